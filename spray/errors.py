@@ -1,0 +1,36 @@
+"""One exception hierarchy for every user-facing failure.
+
+Anything derived from :class:`SprayError` is the user's to fix (bad input, a locked store, a wrong
+parameter); the CLI prints its message and exits with code 2. Any other exception is a bug in spray and
+exits with code 1.
+"""
+
+from __future__ import annotations
+
+
+class SprayError(Exception):
+    """Base of every error whose message tells the user what was wrong and how to fix it."""
+
+
+class BadInputError(SprayError, ValueError):
+    """Input data, a model, a factory or a parameter is not what spray can work with."""
+
+
+class UnsupportedLayerError(BadInputError):
+    """A model contains a layer the LRP engine has no rule for; the message names the layer."""
+
+
+class StoreError(SprayError):
+    """The audit store cannot be used as asked (missing, unwritable, foreign, corrupt)."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store's writer lock."""
+
+
+class SchemaError(StoreError):
+    """The store's schema version is unknown to this spray (too old, too new, or not a spray store)."""
+
+
+class PipelineError(BadInputError):
+    """A pipeline file is malformed or names an unknown node or parameter."""

@@ -1,0 +1,8 @@
+"""Suite-wide set-up: numba's compile cache (umap/pynndescent) lives in the repo so it is paid once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba_cache"))

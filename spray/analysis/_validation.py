@@ -1,0 +1,90 @@
+"""Boundary checks shared by the analysis processors; every failure names the offending parameter."""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from spray.errors import BadInputError
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as an int (bools rejected), at least ``minimum`` when given."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise BadInputError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise BadInputError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(value: Any, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
+    """``value`` as a finite float, ``>= minimum`` (``> minimum`` if ``strict``) when given."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value):
+        raise BadInputError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise BadInputError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return float(value)
+
+
+def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
+    if value not in choices:
+        raise BadInputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_matrix(x: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float64) -> np.ndarray:
+    """A finite 2-D array with at least ``min_rows`` rows, as ``dtype``; messages name ``name`` and rows."""
+    try:
+        arr = np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"{name} must be a numeric 2-D array: {exc}") from None
+    if arr.ndim != 2:
+        raise BadInputError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+    if arr.shape[0] < min_rows:
+        raise BadInputError(f"{name} needs at least {min_rows} rows, got {arr.shape[0]}")
+    if arr.shape[1] < 1:
+        raise BadInputError(f"{name} needs at least one column, got shape {arr.shape}")
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise BadInputError(
+            f"{name} has non-finite values in {rows.size} row(s), e.g. rows {rows[:10].tolist()}"
+        )
+    return arr
+
+
+def check_labels(labels: Any, n: int, name: str = "labels") -> np.ndarray:
+    """Integer cluster labels of length ``n`` (noise is ``-1``)."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise BadInputError(f"{name} must have shape ({n},) to match the embedding, got {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+            raise BadInputError(f"{name} must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if (arr < -1).any():
+        raise BadInputError(f"{name} must be >= -1 (-1 marks noise), got {int(arr.min())}")
+    return arr
+
+
+def rng_from(random_state: Any, name: str = "random_state") -> np.random.Generator:
+    """A numpy Generator from None, an int seed, a Generator or a legacy RandomState."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return np.random.default_rng(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, Integral) and not isinstance(random_state, bool) and random_state >= 0:
+        return np.random.default_rng(int(random_state))
+    raise BadInputError(f"{name} must be None, a non-negative int or a numpy Generator, got {random_state!r}")
+
+
+def seed_from(random_state: Any, name: str = "random_state") -> int | None:
+    """An int seed for libraries that want one (sklearn, umap, pynndescent); None stays None."""
+    if random_state is None:
+        return None
+    rng = rng_from(random_state, name)  # validates
+    if isinstance(random_state, Integral):
+        return int(random_state)
+    return int(rng.integers(0, 2**31 - 1))

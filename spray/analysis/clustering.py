@@ -1,0 +1,185 @@
+"""Clusterings of a spectral embedding: k-means over a range of k, HDBSCAN, agglomerative, DBSCAN.
+
+Thin wrappers over scikit-learn with one shape: ``fit(embedding)`` sets ``labels_``, a dict of label arrays
+``(n,)`` int64 (noise, for the density-based methods, is ``-1``), and ``named_labels()`` gives the same
+arrays under names unique across clusterers ("kmeans_5", "agglomerative_5", "hdbscan", "dbscan") — the
+form :func:`spray.analysis.fda.best_cluster` and the store take. Settings that cannot run on the data (k
+larger than n − 1, ...) are skipped, with the reason in ``skipped_``.
+
+By default every clusterer works on the row-normalised embedding, ``e_i / ‖e_i‖`` (Ng, Jordan & Weiss 2002;
+CoRelAy normalises the eigenvector rows in its embedding step; we keep ``SpectralEmbedding.embedding_`` plain
+and normalise here). All-zero rows stay zero.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from spray.analysis._validation import check_int, check_matrix, check_real, seed_from
+from spray.errors import BadInputError
+
+
+def normalize_rows(embedding: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean norm; zero rows left as they are."""
+    norms = np.linalg.norm(embedding, axis=1, keepdims=True)
+    return embedding / np.where(norms > 0, norms, 1.0)
+
+
+class _Clusterer:
+    name = ""
+
+    def _prepare(self, embedding: Any) -> np.ndarray:
+        X = check_matrix(embedding, "embedding")
+        return normalize_rows(X) if self.normalize_rows else X
+
+    def named_labels(self) -> dict[str, np.ndarray]:
+        """``labels_`` keyed ``"<name>_<k>"`` (k-indexed clusterers) or ``"<name>"``."""
+        return {
+            (f"{self.name}_{key}" if isinstance(key, int) else str(key)): labels
+            for key, labels in self.labels_.items()
+        }
+
+
+def _cluster_counts(ks: Any, name: str, minimum: int) -> list[int]:
+    values = [ks] if isinstance(ks, (int, np.integer)) and not isinstance(ks, bool) else ks
+    if not isinstance(values, Sequence) and not isinstance(values, (range, np.ndarray)):
+        raise BadInputError(f"{name} must be an integer or a sequence of integers, got {ks!r}")
+    out = [check_int(v, name, minimum=minimum) for v in values]
+    if not out:
+        raise BadInputError(f"{name} must not be empty")
+    return sorted(set(out))
+
+
+class KMeansRange(_Clusterer):
+    """k-means for every k in ``k_min..k_max`` (inclusive), each with ``n_init`` k-means++ restarts.
+
+    Fitted: ``labels_`` dict ``k -> (n,) int64``; ``inertia_`` dict ``k -> float``; ``skipped_`` dict
+    ``k -> reason`` for k > n − 1. All k share the seed from ``random_state``, so the result for one k
+    does not depend on the range.
+    """
+
+    name = "kmeans"
+
+    def __init__(
+        self,
+        k_min: int = 2,
+        k_max: int = 31,
+        random_state: Any = 0,
+        n_init: int = 3,
+        normalize_rows: bool = True,
+        max_iter: int = 300,
+    ) -> None:
+        self.k_min = k_min
+        self.k_max = k_max
+        self.random_state = random_state
+        self.n_init = n_init
+        self.normalize_rows = normalize_rows
+        self.max_iter = max_iter
+
+    def fit(self, embedding: Any, y: Any = None) -> KMeansRange:
+        from sklearn.cluster import KMeans
+
+        k_min = check_int(self.k_min, "k_min", minimum=1)
+        k_max = check_int(self.k_max, "k_max", minimum=k_min)
+        n_init = check_int(self.n_init, "n_init", minimum=1)
+        max_iter = check_int(self.max_iter, "max_iter", minimum=1)
+        seed = seed_from(self.random_state)
+        X = self._prepare(embedding)
+        n = X.shape[0]
+        self.labels_, self.inertia_, self.skipped_ = {}, {}, {}
+        for k in range(k_min, k_max + 1):
+            if k > n - 1:
+                self.skipped_[k] = f"k={k} > n - 1 = {n - 1} samples"
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "fewer distinct points than clusters" on duplicate rows
+                km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(X)
+            self.labels_[k] = km.labels_.astype(np.int64)
+            self.inertia_[k] = float(km.inertia_)
+        return self
+
+
+class Agglomerative(_Clusterer):
+    """Agglomerative clustering (scikit-learn) for one or several cluster counts ``n_clusters``.
+
+    ``fit(embedding, connectivity=None)``: pass a sparse graph (e.g. ``KNNGraph.adjacency_``) as
+    ``connectivity`` for large n — without it the memory grows as n². Fitted: ``labels_`` dict
+    ``k -> labels``, ``skipped_`` dict ``k -> reason`` (k > n − 1).
+    """
+
+    name = "agglomerative"
+
+    def __init__(self, n_clusters: int | Sequence[int] = 8, linkage: str = "ward", normalize_rows: bool = True):
+        self.n_clusters = n_clusters
+        self.linkage = linkage
+        self.normalize_rows = normalize_rows
+
+    def fit(self, embedding: Any, y: Any = None, connectivity: Any = None) -> Agglomerative:
+        from sklearn.cluster import AgglomerativeClustering
+
+        ks = _cluster_counts(self.n_clusters, "n_clusters", 1)
+        if self.linkage not in ("ward", "complete", "average", "single"):
+            raise BadInputError(f"linkage must be 'ward', 'complete', 'average' or 'single', got {self.linkage!r}")
+        X = self._prepare(embedding)
+        n = X.shape[0]
+        self.labels_, self.skipped_ = {}, {}
+        for k in ks:
+            if k > n - 1:
+                self.skipped_[k] = f"k={k} > n - 1 = {n - 1} samples"
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # connectivity with several components is completed by sklearn
+                model = AgglomerativeClustering(n_clusters=k, linkage=self.linkage, connectivity=connectivity)
+                self.labels_[k] = model.fit(X).labels_.astype(np.int64)
+        return self
+
+
+class HDBSCAN(_Clusterer):
+    """HDBSCAN (scikit-learn ≥ 1.3). Fitted: ``labels_ = {"hdbscan": labels}`` (noise −1), ``skipped_``."""
+
+    name = "hdbscan"
+
+    def __init__(self, min_cluster_size: int = 5, min_samples: int | None = None, normalize_rows: bool = True):
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.normalize_rows = normalize_rows
+
+    def fit(self, embedding: Any, y: Any = None) -> HDBSCAN:
+        from sklearn.cluster import HDBSCAN as _SkHDBSCAN
+
+        mcs = check_int(self.min_cluster_size, "min_cluster_size", minimum=2)
+        ms = None if self.min_samples is None else check_int(self.min_samples, "min_samples", minimum=1)
+        X = self._prepare(embedding)
+        n = X.shape[0]
+        self.labels_, self.skipped_ = {}, {}
+        need = max(mcs, ms or mcs)
+        if n < need:
+            self.skipped_[self.name] = f"n={n} samples < min_cluster_size/min_samples = {need}"
+            return self
+        self.labels_[self.name] = _SkHDBSCAN(min_cluster_size=mcs, min_samples=ms).fit(X).labels_.astype(np.int64)
+        return self
+
+
+class DBSCAN(_Clusterer):
+    """DBSCAN (scikit-learn). Fitted: ``labels_ = {"dbscan": labels}`` (noise −1), ``skipped_``."""
+
+    name = "dbscan"
+
+    def __init__(self, eps: float = 0.5, min_samples: int = 5, normalize_rows: bool = True):
+        self.eps = eps
+        self.min_samples = min_samples
+        self.normalize_rows = normalize_rows
+
+    def fit(self, embedding: Any, y: Any = None) -> DBSCAN:
+        from sklearn.cluster import DBSCAN as _SkDBSCAN
+
+        eps = check_real(self.eps, "eps", minimum=0.0, strict=True)
+        ms = check_int(self.min_samples, "min_samples", minimum=1)
+        X = self._prepare(embedding)
+        self.labels_, self.skipped_ = {}, {}
+        self.labels_[self.name] = _SkDBSCAN(eps=eps, min_samples=ms).fit(X).labels_.astype(np.int64)
+        return self

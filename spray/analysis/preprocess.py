@@ -1,0 +1,172 @@
+"""Heatmaps -> flat feature vectors for SpRAy: channel reduction, area pooling, per-map normalisation.
+
+The input may be larger than memory (an h5py dataset of full-size relevance maps): it is read in batches
+along the sample axis and only the small pooled output, ``(n, g_h * g_w)`` float32, is ever held whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spray.analysis._validation import check_choice, check_int
+from spray.errors import BadInputError
+
+CHANNEL_REDUCTIONS = ("sum", "abs_sum", "l2")
+NORMALIZATIONS = ("max_abs", "sum", "l2", None)
+_BLOCK_BYTES = 64 * 2**20  # float64 working set per batch
+
+
+def area_pooling_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``(size_out, size_in)`` weights of each input pixel in each output cell, by overlap length.
+
+    Output cell ``i`` covers ``[i*s, (i+1)*s)`` with ``s = size_in/size_out`` in pixel units; the weight of pixel
+    ``j`` is the length of its overlap with that interval. Every column sums to 1, so pooling conserves the
+    total relevance exactly; with ``size_in % size_out == 0`` this is plain sum-pooling by an integer factor.
+    """
+    edges = np.arange(size_out + 1, dtype=np.float64) * (size_in / size_out)
+    lo = np.maximum(edges[:-1, None], np.arange(size_in)[None, :])
+    hi = np.minimum(edges[1:, None], np.arange(size_in)[None, :] + 1)
+    return np.clip(hi - lo, 0.0, None)
+
+
+class HeatmapPreprocessor:
+    """Turn relevance maps ``(n, C, H, W)`` or ``(n, H, W)`` into SpRAy feature vectors ``(n, g_h * g_w)``.
+
+    Steps, per sample (in float64, output float32):
+
+    1. channel reduction: ``"sum"`` Σ_c R, ``"abs_sum"`` Σ_c |R|, ``"l2"`` sqrt(Σ_c R²);
+    2. ``absolute=True``: take |·| of the reduced map;
+    3. area pooling to ``g_h = min(grid, H)`` × ``g_w = min(grid, W)`` cells: sum-pooling when the sizes divide,
+       otherwise overlap-weighted area pooling (:func:`area_pooling_matrix`); both conserve the map's sum;
+    4. normalisation of the flattened map: ``"max_abs"`` x / max|x|, ``"sum"`` x / |Σx|
+       (the absolute value keeps the map's orientation when its total relevance is negative),
+       ``"l2"`` x / ‖x‖₂, ``None`` unchanged. A map whose denominator is 0 is left unchanged.
+
+    ``transform`` returns only the feature matrix (like any scikit-learn transformer). Its rows are the input
+    rows that were kept, in order: all of them, or, with ``drop_nonfinite=True``, those listed by
+    ``np.flatnonzero(kept_)``. Attributes set by ``transform``:
+
+    - ``input_shape_``: the input's shape; ``grid_shape_``: ``(g_h, g_w)``; ``n_features_out_``: ``g_h * g_w``;
+    - ``zero_rows_``: input positions (int64) whose channel-reduced map is exactly 0 everywhere (no relevance;
+      kept in the output as all-zero rows);
+    - ``dropped_``: input positions removed for non-finite values (empty unless ``drop_nonfinite``);
+    - ``kept_``: boolean mask over the input rows, True for rows present in the output.
+
+    Without ``drop_nonfinite`` a non-finite value raises :class:`~spray.errors.BadInputError` naming the
+    sample positions. ``batch_size`` (rows read at once) defaults to ~64 MB of float64 working memory,
+    rounded to the h5py chunking of the input when it has one.
+    """
+
+    def __init__(
+        self,
+        channel_reduction: str = "sum",
+        absolute: bool = False,
+        grid: int = 32,
+        normalization: str | None = "max_abs",
+        drop_nonfinite: bool = False,
+        batch_size: int | None = None,
+    ) -> None:
+        self.channel_reduction = channel_reduction
+        self.absolute = absolute
+        self.grid = grid
+        self.normalization = normalization
+        self.drop_nonfinite = drop_nonfinite
+        self.batch_size = batch_size
+
+    def _check_params(self) -> None:
+        check_choice(self.channel_reduction, "channel_reduction", CHANNEL_REDUCTIONS)
+        check_choice(self.normalization, "normalization", NORMALIZATIONS)
+        check_int(self.grid, "grid", minimum=1)
+        if self.batch_size is not None:
+            check_int(self.batch_size, "batch_size", minimum=1)
+
+    @staticmethod
+    def _check_input(R: Any) -> Any:
+        if not hasattr(R, "shape") or not hasattr(R, "dtype"):
+            R = np.asarray(R)
+        shape = tuple(int(s) for s in R.shape)
+        if len(shape) not in (3, 4):
+            raise BadInputError(f"R must have shape (n, C, H, W) or (n, H, W), got {shape}")
+        if shape[0] < 1 or any(s < 1 for s in shape[1:]):
+            raise BadInputError(f"R must have at least one sample and non-empty maps, got shape {shape}")
+        if np.dtype(R.dtype).kind not in "fiu":
+            raise BadInputError(f"R must be a numeric (float or int) array, got dtype {R.dtype}")
+        return R
+
+    def fit(self, R: Any, y: Any = None) -> HeatmapPreprocessor:
+        """Check the parameters and the input's shape; the transform itself learns nothing."""
+        self._check_params()
+        self._check_input(R)
+        return self
+
+    def fit_transform(self, R: Any, y: Any = None) -> np.ndarray:
+        return self.fit(R).transform(R)
+
+    def transform(self, R: Any) -> np.ndarray:
+        """Features ``(n_kept, g_h * g_w)`` float32; see the class docstring for the row bookkeeping."""
+        self._check_params()
+        R = self._check_input(R)
+        shape = tuple(int(s) for s in R.shape)
+        n, (H, W) = shape[0], shape[-2:]
+        C = shape[1] if len(shape) == 4 else 1
+        gh, gw = min(self.grid, H), min(self.grid, W)
+        ph, pw = area_pooling_matrix(H, gh), area_pooling_matrix(W, gw)
+
+        batch = self.batch_size or max(1, _BLOCK_BYTES // (C * H * W * 8))
+        chunks = getattr(R, "chunks", None)
+        if self.batch_size is None and isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
+            batch = max(chunks[0], batch // chunks[0] * chunks[0])  # whole h5py chunks per read
+
+        out = np.empty((n, gh * gw), dtype=np.float32)
+        nonfinite = np.zeros(n, dtype=bool)
+        zero = np.zeros(n, dtype=bool)
+        for start in range(0, n, batch):
+            stop = min(n, start + batch)
+            block = R[start:stop]
+            if hasattr(block, "compute"):  # dask (or any lazy array)
+                block = block.compute()
+            block = np.asarray(block, dtype=np.float64).reshape(stop - start, C, H, W)
+            out[start:stop], nonfinite[start:stop], zero[start:stop] = self._process(block, ph, pw)
+
+        bad = np.flatnonzero(nonfinite)
+        if bad.size and not self.drop_nonfinite:
+            raise BadInputError(
+                f"R has non-finite values (NaN or inf) in {bad.size} sample(s) at positions "
+                f"{bad[:20].tolist()}{' ...' if bad.size > 20 else ''}; fix the attributions or pass "
+                f"drop_nonfinite=True to drop those samples"
+            )
+        self.input_shape_ = shape
+        self.grid_shape_ = (gh, gw)
+        self.n_features_out_ = gh * gw
+        self.zero_rows_ = np.flatnonzero(zero & ~nonfinite)
+        self.dropped_ = bad
+        self.kept_ = ~nonfinite
+        return out[self.kept_] if bad.size else out
+
+    def _process(self, block: np.ndarray, ph: np.ndarray, pw: np.ndarray) -> tuple[np.ndarray, ...]:
+        nonfinite = ~np.isfinite(block).all(axis=(1, 2, 3))
+        if nonfinite.any():
+            block = np.where(nonfinite[:, None, None, None], 0.0, block)
+        if self.channel_reduction == "sum":
+            maps = block.sum(axis=1)
+        elif self.channel_reduction == "abs_sum":
+            maps = np.abs(block).sum(axis=1)
+        else:
+            maps = np.sqrt(np.square(block).sum(axis=1))
+        if self.absolute:
+            maps = np.abs(maps)
+        zero = ~maps.reshape(len(maps), -1).any(axis=1)
+        pooled = (ph @ maps @ pw.T).reshape(len(maps), -1)
+
+        if self.normalization is not None:
+            if self.normalization == "max_abs":
+                denom = np.abs(pooled).max(axis=1)
+            elif self.normalization == "sum":
+                denom = np.abs(pooled.sum(axis=1))
+            else:
+                denom = np.linalg.norm(pooled, axis=1)
+            denom = np.where(denom > 0, denom, 1.0)
+            pooled = pooled / denom[:, None]
+        return pooled.astype(np.float32), nonfinite, zero

@@ -1,0 +1,840 @@
+"""The audit store: one chunked HDF5 file per audit, the single source of truth of every stage.
+
+The schema, its versioning policy and the concurrency model are a contract, documented in docs/store.md.
+In short: one writer at a time (an ``flock`` on ``<store>.lock``, held from open to close); the HDF5 file
+itself is opened only for the duration of each transaction (a batch of attributions, one node), so
+readers can open it between transactions. HDF5's own file locking keeps a reader from seeing a
+transaction half-written; whoever finds the file busy retries for a bounded time.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
+
+SCHEMA_VERSION = 1
+"""The schema this spray writes and reads (docs/store.md)."""
+
+NODE_ROOTS = ("analyses", "clarc")
+"""Top-level groups whose contents are written with :meth:`AuditStore.write_node`."""
+
+_GROUPS = ("samples", "attributions", *NODE_ROOTS)
+_STAGING = ".staging"  # where groups are built before they are moved into place
+_NODE_MARK = "spray_node"  # reserved attr of a node group: JSON {"written": ISO time}
+
+# Chunks along the sample axis: 64 rows, fewer when a chunk would exceed 4 MiB, more for small rows so
+# that per-sample scalars (labels, the done mask) do not end up in thousands of tiny chunks.
+_CHUNK_ROWS = 64
+_MAX_CHUNK_BYTES = 4 << 20
+_MIN_CHUNK_BYTES = 64 << 10
+
+# h5py's locking="best-effort": HDF5 flock()s the file while it is open (shared for readers, exclusive
+# for the writer's transaction) and only gives up locking where the file system cannot lock at all.
+_LOCKING = "best-effort"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def to_json(value: Any) -> str:
+    """``value`` as the JSON text stored in attrs (keys sorted; numpy scalars and paths converted).
+
+    Raises:
+        BadInputError: if the value cannot be written as JSON.
+    """
+    try:
+        return json.dumps(value, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise BadInputError(f"cannot store {value!r} as a JSON attribute: {exc}") from None
+
+
+def canonical(value: Any) -> Any:
+    """``value`` as it reads back from the store (tuples become lists, numpy scalars Python numbers)."""
+    return json.loads(to_json(value))
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise BadInputError(
+            f"{what} {name!r} is not a valid name: use a non-empty string without '/' that does not "
+            "start with '.'"
+        )
+    return name
+
+
+def _node_path(path: str) -> str:
+    parts = path.strip("/").split("/")
+    if len(parts) < 2 or parts[0] not in NODE_ROOTS:
+        raise BadInputError(
+            f"node path {path!r} must lie under one of {', '.join(f'/{r}' for r in NODE_ROOTS)}, "
+            "e.g. 'analyses/default/3/knn'"
+        )
+    for part in parts[1:]:
+        _check_name(part, f"component of node path {path!r}")
+    return "/".join(parts)
+
+
+def chunk_rows(row_bytes: int, n: int) -> int:
+    """Rows per chunk along the sample axis for rows of ``row_bytes`` bytes (see docs/store.md)."""
+    row_bytes = max(1, int(row_bytes))
+    rows = _CHUNK_ROWS if row_bytes * _CHUNK_ROWS >= _MIN_CHUNK_BYTES else _MIN_CHUNK_BYTES // row_bytes
+    rows = min(rows, max(1, _MAX_CHUNK_BYTES // row_bytes))
+    return max(1, min(rows, n))
+
+
+def _create_rows(
+    group: h5py.Group, name: str, n: int, row_shape: Sequence[int], dtype: Any, fill: Any = None
+) -> h5py.Dataset:
+    """An (n, *row_shape) dataset chunked along n, all chunks allocated now.
+
+    Early allocation means a batch write later only fills raw data and never changes the file's metadata,
+    so a process killed in the middle of a batch leaves, at worst, rows whose done flag is still False.
+    Without ``fill`` nothing is written at creation (rows are undefined until written).
+    """
+    dtype = np.dtype(dtype)
+    row_shape = tuple(int(s) for s in row_shape)
+    rows = chunk_rows(int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize, n)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    kwargs: dict[str, Any] = {}
+    if fill is None:
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    else:
+        kwargs["fillvalue"] = fill
+    return group.create_dataset(
+        name, shape=(n, *row_shape), dtype=dtype, chunks=(rows, *row_shape), dcpl=dcpl, **kwargs
+    )
+
+
+def _read_rows(dset: h5py.Dataset, rows: Any) -> np.ndarray:
+    """Rows of ``dset`` by position (any order, repeats allowed), reading whole chunk-sized blocks."""
+    if rows is None:
+        return dset[()]
+    if isinstance(rows, slice):
+        return dset[rows]
+    positions = np.asarray(rows)
+    if positions.ndim != 1 or not (positions.size == 0 or np.issubdtype(positions.dtype, np.integer)):
+        raise BadInputError(f"rows must be a slice or a 1-D array of integer positions, got {rows!r}")
+    n = dset.shape[0]
+    if positions.size and (positions.min() < -n or positions.max() >= n):
+        raise BadInputError(f"rows out of range for {dset.name} with {n} rows")
+    positions = np.where(positions < 0, positions + n, positions).astype(np.int64)
+    unique, inverse = np.unique(positions, return_inverse=True)
+    out = np.empty((unique.size, *dset.shape[1:]), dtype=dset.dtype)
+    block = dset.chunks[0] if dset.chunks else max(1, n)
+    bounds = np.flatnonzero(np.diff(unique // block)) + 1
+    for sel in np.split(np.arange(unique.size), bounds):
+        if sel.size:
+            lo, hi = int(unique[sel[0]]), int(unique[sel[-1]]) + 1
+            out[sel] = dset[lo:hi][unique[sel] - lo]
+    return out[inverse.reshape(-1)]
+
+
+def _storable(name: str, array: Any) -> np.ndarray:
+    value = np.asarray(array)
+    if value.dtype.kind not in "biufcSU":
+        raise BadInputError(
+            f"array {name!r} has dtype {value.dtype}; the store holds numbers, booleans and strings "
+            "only (never pickled objects)"
+        )
+    return value
+
+
+def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
+    if value.dtype.kind == "U":  # numpy's fixed-width UTF-32 has no HDF5 type: store UTF-8 strings
+        group.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype("utf-8"))
+    else:
+        group.create_dataset(name, data=value)
+
+
+def _read_array(dset: h5py.Dataset) -> np.ndarray:
+    string = h5py.check_string_dtype(dset.dtype)
+    if string is not None and string.encoding == "utf-8":
+        return np.asarray(dset.asstr()[()], dtype=str)
+    return dset[()]
+
+
+def _node_arrays(group: h5py.Group) -> dict[str, h5py.Dataset]:
+    found: dict[str, h5py.Dataset] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    group.visititems(visit)
+    return found
+
+
+def _decode(attrs: h5py.AttributeManager, json_keys: Sequence[str] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = json.loads(value) if key in json_keys and isinstance(value, str) else value
+    return out
+
+
+_ROOT_JSON = ("model", "dataset", "label_names")
+_ATTRIBUTION_JSON = ("params",)
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on ``<store>.lock``; the OS drops it when the holder dies."""
+
+    def __init__(self, store: Path) -> None:
+        self.path = store.with_name(store.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, store: Path) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot create the writer lock {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from None
+            try:
+                who = json.loads(holder)
+                desc = f"pid {who['pid']} on {who['host']} (since {who['since']})"
+            except (ValueError, KeyError, TypeError):
+                desc = "another process (pid unknown)"
+            raise StoreLockedError(
+                f"audit store {store} is locked by {desc}: one process writes a store at a time; wait "
+                "for it to finish or stop it (the lock is released when it exits)"
+            ) from None
+        os.ftruncate(fd, 0)
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()})
+        os.pwrite(fd, holder.encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+class AuditStore:
+    """An audit store (HDF5, schema in docs/store.md), used as a context manager.
+
+    Args:
+        path: the ``.h5`` file.
+        mode: ``"r"`` to read (the file must exist), ``"a"`` to read and write: creates the file (and its
+            directory) if missing and takes the store's exclusive writer lock until :meth:`close`.
+        timeout: seconds a read or a write waits while another process has the HDF5 file open.
+
+    Raises:
+        StoreLockedError: another process holds the writer lock (mode ``"a"``).
+        SchemaError: the file is not a spray store, or its schema version is not :data:`SCHEMA_VERSION`.
+        StoreError: the file is missing (mode ``"r"``), unwritable (mode ``"a"``), corrupt or truncated.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "r", *, timeout: float = 60.0) -> None:
+        if mode not in ("r", "a"):
+            raise BadInputError(f"store mode must be 'r' or 'a', got {mode!r}")
+        self.path = Path(path)
+        self.mode = mode
+        self.timeout = float(timeout)
+        self._lock: _WriterLock | None = None
+        if mode == "r":
+            with self._open():
+                pass
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the directory of audit store {self.path}: {exc}") from None
+        self._lock = _WriterLock(self.path)
+        self._lock.acquire(self.path)
+        try:
+            if self.path.exists():
+                with self._open(write=True) as f:
+                    if _STAGING in f:  # left by a writer that was killed mid-transaction
+                        del f[_STAGING]
+            else:
+                self._create()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Release the writer lock (no HDF5 handle stays open between transactions)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> AuditStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit; the OS drops the lock anyway
+            pass
+
+    def __repr__(self) -> str:
+        return f"AuditStore({str(self.path)!r}, mode={self.mode!r})"
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def _create(self) -> None:
+        from spray import __version__
+
+        try:
+            # fs_persist keeps track of space freed by replaced nodes across sessions so it is reused.
+            # The default libver gives superblock v2: v3 would mark the file "open for writing" and make
+            # it unopenable (without h5clear) after a writer is killed.
+            with h5py.File(self.path, "w-", locking=_LOCKING, fs_strategy="fsm", fs_persist=True) as f:
+                f.attrs["schema_version"] = SCHEMA_VERSION
+                f.attrs["spray_version"] = __version__
+                f.attrs["created"] = _now()
+                f.attrs["model"] = to_json(None)
+                f.attrs["dataset"] = to_json(None)
+                f.attrs["label_names"] = to_json([])
+                for group in _GROUPS:
+                    f.create_group(group)
+        except OSError as exc:
+            raise StoreError(f"cannot create audit store {self.path}: {exc}") from None
+
+    # ------------------------------------------------------------------ transactions
+
+    def _h5file(self, write: bool) -> h5py.File:
+        deadline = time.monotonic() + self.timeout
+        wait = 0.01
+        while True:
+            try:
+                return h5py.File(self.path, "r+" if write else "r", locking=_LOCKING)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"audit store {self.path} stayed busy for {self.timeout:g} s: another program "
+                        "keeps it open; close it (HDF viewers, notebooks) and retry"
+                    ) from None
+                time.sleep(wait)
+                wait = min(2 * wait, 0.2)
+            except FileNotFoundError:
+                raise StoreError(f"no audit store at {self.path}") from None
+            except PermissionError:
+                action = "write" if write else "read"
+                raise StoreError(f"cannot {action} audit store {self.path}: permission denied") from None
+            except OSError as exc:
+                if self.path.is_dir():
+                    raise StoreError(f"{self.path} is a directory, not an audit store") from None
+                try:
+                    is_hdf5 = h5py.is_hdf5(self.path)
+                except OSError:
+                    is_hdf5 = False
+                if not is_hdf5:
+                    raise SchemaError(
+                        f"{self.path} is not a spray audit store: it is not an HDF5 file"
+                    ) from None
+                raise StoreError(
+                    f"cannot open audit store {self.path}: the file is corrupt, truncated or open in "
+                    f"an incompatible way in this process (HDF5: {exc}); if it is damaged, move it "
+                    "away and run again"
+                ) from None
+
+    @contextmanager
+    def _open(self, write: bool = False) -> Iterator[h5py.File]:
+        if write and not self.writable:
+            raise StoreError(f"audit store {self.path} is open read-only; open it with mode='a' to write")
+        f = self._h5file(write)
+        try:
+            _check_schema(f, self.path)
+            yield f
+        except OSError as exc:  # h5py reports damaged data as OSError
+            with suppress(OSError):
+                f.close()
+            raise StoreError(f"error reading or writing audit store {self.path} (corrupt?): {exc}") from None
+        except BaseException:
+            with suppress(OSError):
+                f.close()
+            raise
+        try:
+            f.close()
+        except OSError as exc:
+            raise StoreError(f"error writing audit store {self.path}: {exc}") from None
+
+    @contextmanager
+    def reading(self) -> Iterator[h5py.File]:
+        """The HDF5 file, read-only, for many reads with one open; keep the block short (writers wait)."""
+        with self._open() as f:
+            yield f
+
+    # ------------------------------------------------------------------ reading
+
+    def attrs(self) -> dict[str, Any]:
+        """Root attributes, JSON ones decoded (``model``, ``dataset``, ``label_names``)."""
+        with self._open() as f:
+            return _decode(f.attrs, _ROOT_JSON)
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples (0 before the first attribution run)."""
+        with self._open() as f:
+            return int(f["samples/label"].shape[0]) if "label" in f["samples"] else 0
+
+    def read(self, path: str, rows: slice | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """The dataset at ``path`` (e.g. ``"samples/label"``), all of it or ``rows`` along its first axis.
+
+        ``rows`` is a slice or integer positions in any order (repeats allowed); chunk-sized blocks are
+        read, so selecting one class's samples costs no more than reading the chunks that hold them.
+        """
+        with self._open() as f:
+            dset = f.get(path.strip("/"))
+            if not isinstance(dset, h5py.Dataset):
+                raise StoreError(f"audit store {self.path} has no dataset {path!r}")
+            return _read_rows(dset, rows)
+
+    def attributions(self) -> list[str]:
+        """Names of the attributions in the store."""
+        with self._open() as f:
+            return sorted(k for k in f["attributions"] if not k.startswith("."))
+
+    def attribution_info(self, name: str) -> dict[str, Any]:
+        """Attribution ``name`` as :meth:`info` describes it: attrs, shape, dtype, done count."""
+        with self._open() as f:
+            return _attribution_summary(self._attribution(f, name), f["samples/label"].shape[0])
+
+    def _attribution(self, f: h5py.File, name: str) -> h5py.Group:
+        group = f["attributions"].get(name)
+        if not isinstance(group, h5py.Group):
+            have = ", ".join(sorted(f["attributions"])) or "none"
+            raise StoreError(f"audit store {self.path} has no attribution {name!r} (it has: {have})")
+        return group
+
+    # ------------------------------------------------------------------ nodes (/analyses, /clarc)
+
+    def write_node(self, path: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
+        """Write a node's outputs as group ``path``, replacing any node there, atomically.
+
+        Args:
+            path: under ``analyses/`` or ``clarc/``, e.g. ``"analyses/default/3/knn"``; not inside
+                another node, and not a group that holds nodes.
+            arrays: name -> array (numbers, booleans or strings); a ``/`` in a name makes a subgroup.
+            attrs: JSON-serialisable values (parameters, input hashes); each is stored as JSON text.
+
+        The node is built under a staging name and moved into place in one transaction, so a reader sees
+        the old node or the new one, and a killed writer leaves no half-written node behind.
+        """
+        self.write_nodes({path: (arrays, attrs)})
+
+    def write_nodes(self, nodes: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
+        """:meth:`write_node` for several nodes ``{path: (arrays, attrs)}`` in one transaction."""
+        prepared = {_node_path(path): _prepare_node(path, arrays, attrs) for path, (arrays, attrs) in nodes.items()}
+        with self._open(write=True) as f:
+            for path, (values, encoded) in prepared.items():
+                self._check_node_place(f, path)
+
+                def build(group: h5py.Group, values: dict = values, encoded: dict = encoded) -> None:
+                    for key, value in values.items():
+                        _write_array(group, key, value)
+                    group.attrs.update(encoded)
+
+                _replace_group(f, path, build)
+
+    def _check_node_place(self, f: h5py.File, path: str) -> None:
+        parts = path.split("/")
+        for i in range(2, len(parts)):
+            above = f.get("/".join(parts[:i]))
+            if isinstance(above, h5py.Group) and _NODE_MARK in above.attrs:
+                raise BadInputError(f"cannot write node {path!r} inside node {'/'.join(parts[:i])!r}")
+        there = f.get(path)
+        if there is not None and not (isinstance(there, h5py.Group) and _NODE_MARK in there.attrs):
+            raise BadInputError(
+                f"{path!r} in audit store {self.path} is a group of nodes, not a node; delete_node it first"
+            )
+
+    def read_node(self, path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """A node's ``(arrays, attrs)`` as written by :meth:`write_node`."""
+        path = _node_path(path)
+        with self._open() as f:
+            group = f.get(path)
+            if not isinstance(group, h5py.Group) or _NODE_MARK not in group.attrs:
+                raise StoreError(f"audit store {self.path} has no node {path!r}")
+            arrays = {name: _read_array(dset) for name, dset in _node_arrays(group).items()}
+            attrs = {k: json.loads(v) for k, v in group.attrs.items() if k != _NODE_MARK}
+            return arrays, attrs
+
+    def has_node(self, path: str, expected_attrs: Mapping[str, Any] | None = None) -> bool:
+        """Whether node ``path`` exists and its attrs include ``expected_attrs`` (compared as JSON)."""
+        path = _node_path(path)
+        with self._open() as f:
+            group = f.get(path)
+            if not isinstance(group, h5py.Group) or _NODE_MARK not in group.attrs:
+                return False
+            for key, value in (expected_attrs or {}).items():
+                if key not in group.attrs or json.loads(group.attrs[key]) != canonical(value):
+                    return False
+            return True
+
+    def list_nodes(self, under: str = "analyses") -> list[str]:
+        """Paths of the nodes under ``under`` (a node root or a group below one), sorted."""
+        prefix = under.strip("/")
+        if prefix.split("/")[0] not in NODE_ROOTS:
+            raise BadInputError(f"nodes live under {', '.join(NODE_ROOTS)}, not {under!r}")
+        with self._open() as f:
+            return [p for p, _ in _find_nodes(f, prefix)]
+
+    def delete_node(self, path: str) -> bool:
+        """Remove node (or group of nodes) ``path``; returns whether there was one."""
+        path = _node_path(path)
+        with self._open(write=True) as f:
+            if path not in f:
+                return False
+            del f[path]
+            return True
+
+    # ------------------------------------------------------------------ samples and attributions (runner)
+
+    def prepare_samples(
+        self,
+        n: int,
+        *,
+        dataset: Mapping[str, Any],
+        model: Mapping[str, Any],
+        label_names: Sequence[str] | None = None,
+        thumbnail_shape: Sequence[int] | None = None,
+    ) -> None:
+        """Create ``/samples`` for ``n`` samples, or check that the store's samples number ``n``.
+
+        ``dataset`` is ``{"name", "size"}`` and ``model`` ``{"name", "hash"}`` (root attrs, set when the
+        samples are created; the model when none is recorded yet). Thumbnails, shape ``(C, h, w)``, are
+        only created together with the samples. ``label_names`` given are recorded.
+        """
+        with self._open(write=True) as f:
+            samples = f["samples"]
+            if "label" in samples:
+                have = samples["label"].shape[0]
+                if have != n:
+                    name = json.loads(f.attrs["dataset"]) or {}
+                    raise StoreError(
+                        f"audit store {self.path} holds {have} samples of dataset "
+                        f"{name.get('name')!r}, but the dataset given has {n}: one store audits one "
+                        "dataset; use another store path"
+                    )
+            else:
+                _create_rows(samples, "label", n, (), np.int64, fill=-1)
+                _create_rows(samples, "index", n, (), np.int64, fill=-1)
+                if thumbnail_shape is not None:
+                    _create_rows(samples, "thumbnail", n, thumbnail_shape, np.uint8)
+                f.attrs["dataset"] = to_json(dict(dataset))
+            if json.loads(f.attrs["model"]) is None:
+                f.attrs["model"] = to_json(dict(model))
+            if label_names is not None:
+                f.attrs["label_names"] = to_json([str(x) for x in label_names])
+
+    def create_attribution(
+        self,
+        name: str,
+        *,
+        input_shape: Sequence[int],
+        n_outputs: int,
+        dtype: str = "float32",
+        attrs: Mapping[str, Any],
+    ) -> None:
+        """(Re)create attribution ``name`` with nothing done, replacing one of that name.
+
+        ``attrs``: ``method``, ``params`` (dict), ``model_hash``, ``model_name``, ``batch_size``,
+        ``target`` (``"label"`` or ``"prediction"``); ``created`` and ``attribution_id`` are added.
+        """
+        _check_name(name, "attribution name")
+        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float16)):
+            raise BadInputError(f"relevance dtype must be float32 or float16, got {dtype!r}")
+        values = dict(attrs)
+        values["params"] = to_json(values.get("params", {}))
+        values["created"] = _now()
+        values["attribution_id"] = uuid.uuid4().hex
+        with self._open(write=True) as f:
+            if "label" not in f["samples"]:
+                raise StoreError(f"audit store {self.path} has no samples yet; call prepare_samples first")
+            n = f["samples/label"].shape[0]
+
+            def build(group: h5py.Group) -> None:
+                _create_rows(group, "relevance", n, input_shape, dtype)
+                _create_rows(group, "logits", n, (n_outputs,), np.float32)
+                _create_rows(group, "target", n, (), np.int64)
+                _create_rows(group, "done", n, (), np.bool_, fill=False)
+                group.attrs.update(values)
+
+            _replace_group(f, f"attributions/{name}", build)
+            # The root model is the audited one; it follows a replacement that leaves no attribution of it.
+            root = json.loads(f.attrs["model"]) or {}
+            hashes = {g.attrs.get("model_hash") for g in f["attributions"].values()}
+            if root.get("hash") not in hashes:
+                f.attrs["model"] = to_json({"name": values.get("model_name"), "hash": values.get("model_hash")})
+
+    def write_batch(
+        self,
+        name: str,
+        start: int,
+        *,
+        relevance: np.ndarray,
+        logits: np.ndarray,
+        target: np.ndarray,
+        labels: np.ndarray,
+        index: np.ndarray,
+        thumbnails: np.ndarray | None = None,
+    ) -> None:
+        """Write rows ``start:start+len(labels)`` of attribution ``name`` and mark them done.
+
+        One transaction, one slice assignment per dataset; the done flags are written after the data
+        are flushed. Sample rows (label, index, thumbnail) are written by the first attribution that
+        reaches them; later ones check that the labels agree.
+
+        Raises:
+            StoreError: the store holds different labels for these rows (a different dataset).
+        """
+        stop = start + len(labels)
+        with self._open(write=True) as f:
+            group = self._attribution(f, name)
+            samples = f["samples"]
+            stored = samples["label"][start:stop]
+            fresh = stored < 0
+            clash = np.flatnonzero(~fresh & (stored != labels))
+            if clash.size:
+                i = clash[0]
+                raise StoreError(
+                    f"audit store {self.path}: sample {int(index[i])} has label {int(labels[i])} in the "
+                    f"dataset but {int(stored[i])} in the store: the store was made from another "
+                    "dataset; use another store path"
+                )
+            if fresh.any():
+                edges = np.flatnonzero(np.diff(np.concatenate(([0], fresh.view(np.int8), [0]))))
+                for lo, hi in zip(edges[::2], edges[1::2], strict=True):
+                    rows = slice(start + lo, start + hi)
+                    samples["label"][rows] = labels[lo:hi]
+                    samples["index"][rows] = index[lo:hi]
+                    if thumbnails is not None and "thumbnail" in samples:
+                        samples["thumbnail"][rows] = thumbnails[lo:hi]
+            group["relevance"][start:stop] = relevance
+            group["logits"][start:stop] = logits
+            group["target"][start:stop] = target
+            f.flush()
+            group["done"][start:stop] = True
+
+    # ------------------------------------------------------------------ summary
+
+    def info(self) -> dict[str, Any]:
+        """What the store holds, JSON-serialisable (``spray info --json``)."""
+        with self._open() as f:
+            root = _decode(f.attrs, _ROOT_JSON)
+            samples = f["samples"]
+            n = int(samples["label"].shape[0]) if "label" in samples else 0
+            attributions = {
+                name: _attribution_summary(group, n)
+                for name, group in sorted(f["attributions"].items())
+                if not name.startswith(".")
+            }
+            nodes: dict[str, dict[str, Any]] = {}
+            for root_name in NODE_ROOTS:
+                nodes[root_name] = {
+                    path: {
+                        "written": json.loads(group.attrs[_NODE_MARK]).get("written"),
+                        "attrs": {k: json.loads(v) for k, v in group.attrs.items() if k != _NODE_MARK},
+                        "arrays": {
+                            k: {"shape": list(d.shape), "dtype": str(d.dtype)}
+                            for k, d in _node_arrays(group).items()
+                        },
+                    }
+                    for path, group in _find_nodes(f, root_name)
+                }
+            return {
+                "path": str(self.path),
+                "schema_version": root.get("schema_version"),
+                "spray_version": root.get("spray_version"),
+                "created": root.get("created"),
+                "model": root.get("model"),
+                "dataset": root.get("dataset"),
+                "n_samples": n,
+                "label_names": root.get("label_names"),
+                "thumbnails": list(samples["thumbnail"].shape[1:]) if "thumbnail" in samples else None,
+                "attributions": attributions,
+                "analyses": nodes["analyses"],
+                "clarc": nodes["clarc"],
+            }
+
+
+def _attribution_summary(group: h5py.Group, n: int) -> dict[str, Any]:
+    attrs = _decode(group.attrs, _ATTRIBUTION_JSON)
+    done = int(np.count_nonzero(group["done"][()]))
+    relevance = group["relevance"]
+    return {
+        "method": attrs.get("method"),
+        "params": attrs.get("params"),
+        "target": attrs.get("target"),
+        "model_hash": attrs.get("model_hash"),
+        "model_name": attrs.get("model_name"),
+        "batch_size": attrs.get("batch_size"),
+        "shape": list(relevance.shape),
+        "dtype": str(relevance.dtype),
+        "n_outputs": int(group["logits"].shape[1]),
+        "done": done,
+        "n": int(n),
+        "complete": done == n,
+        "created": attrs.get("created"),
+        "attribution_id": attrs.get("attribution_id"),
+    }
+
+
+def _check_schema(f: h5py.File, path: Path) -> None:
+    if "schema_version" not in f.attrs:
+        raise SchemaError(
+            f"{path} is not a spray audit store: it has no 'schema_version' attribute (an HDF5 file "
+            "written by something else?)"
+        )
+    found = f.attrs["schema_version"]
+    try:
+        version = int(found)
+    except (TypeError, ValueError):
+        raise SchemaError(f"{path}: schema_version {found!r} is not an integer") from None
+    if version > SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has store schema version {version}, newer than the {SCHEMA_VERSION} this spray "
+            "supports: upgrade spray to read it"
+        )
+    if version < SCHEMA_VERSION:
+        raise SchemaError(
+            f"{path} has store schema version {version}, older than the {SCHEMA_VERSION} this spray "
+            "supports, and there is no migration for it: re-create the store with this spray"
+        )
+    missing = [g for g in _GROUPS if not isinstance(f.get(g), h5py.Group)]
+    if missing:
+        raise SchemaError(f"{path} claims schema version {version} but lacks groups {missing}")
+
+
+def _prepare_node(
+    path: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Validated arrays and JSON-encoded attrs of a node, before any transaction starts."""
+    encoded = {}
+    for key, value in attrs.items():
+        if not isinstance(key, str) or key == _NODE_MARK:
+            raise BadInputError(f"node attribute name {key!r} of node {path!r} is reserved or not a string")
+        encoded[key] = to_json(value)
+    encoded[_NODE_MARK] = to_json({"written": _now()})
+    values = {}
+    for key, array in arrays.items():
+        if not isinstance(key, str):
+            raise BadInputError(f"array name {key!r} of node {path!r} is not a string")
+        for part in key.strip("/").split("/"):
+            _check_name(part, f"array name {key!r} of node {path!r}")
+        values[key.strip("/")] = _storable(key, array)
+    return values, encoded
+
+
+def _replace_group(f: h5py.File, path: str, build: Any) -> None:
+    """Build a group under the staging area, then move it to ``path`` (replacing what was there)."""
+    staging = f.require_group(_STAGING)
+    tmp = staging.create_group(uuid.uuid4().hex)
+    build(tmp)
+    parent, _, _leaf = path.rpartition("/")
+    if parent:
+        f.require_group(parent)
+    if path in f:
+        f.move(path, f"{_STAGING}/old-{uuid.uuid4().hex}")
+    f.move(tmp.name, path)
+    del f[_STAGING]
+
+
+def _find_nodes(f: h5py.File, prefix: str) -> list[tuple[str, h5py.Group]]:
+    start = f.get(prefix)
+    if not isinstance(start, h5py.Group):
+        return []
+    found: list[tuple[str, h5py.Group]] = []
+
+    def walk(group: h5py.Group, path: str) -> None:
+        if _NODE_MARK in group.attrs:
+            found.append((path, group))
+            return
+        for key, child in group.items():
+            if isinstance(child, h5py.Group) and not key.startswith("."):
+                walk(child, f"{path}/{key}")
+
+    walk(start, prefix)
+    return sorted(found, key=lambda item: item[0])
+
+
+def format_info(info: Mapping[str, Any]) -> str:
+    """A human-readable rendering of :meth:`AuditStore.info` (``spray info``)."""
+    lines = [
+        f"audit store {info['path']}  (schema {info['schema_version']}, spray {info['spray_version']}, "
+        f"created {info['created']})"
+    ]
+    model, dataset = info.get("model"), info.get("dataset")
+    lines.append(f"model     {model['name']}  sha256 {str(model['hash'])[:16]}" if model else "model     -")
+    names = info.get("label_names") or []
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} classes)" if len(names) > 8 else "")
+    if dataset:
+        lines.append(f"dataset   {dataset['name']}  {info['n_samples']} samples")
+    else:
+        lines.append("dataset   - (no attribution run yet)")
+    if names:
+        lines.append(f"labels    {shown}")
+    if info.get("thumbnails"):
+        lines.append(f"thumbnails {'x'.join(map(str, info['thumbnails']))} uint8")
+    attributions = info.get("attributions") or {}
+    lines.append(f"attributions ({len(attributions)})")
+    for name, a in attributions.items():
+        state = "complete" if a["complete"] else f"{a['done']}/{a['n']} done"
+        params = json.dumps(a["params"], sort_keys=True)
+        lines.append(
+            f"  {name}: {a['method']} {params}, target={a['target']}, {state}, relevance "
+            f"{tuple(a['shape'])} {a['dtype']}, model {str(a['model_hash'])[:16]}, batch {a['batch_size']}"
+        )
+    for root in NODE_ROOTS:
+        nodes = info.get(root) or {}
+        lines.append(f"{root} ({len(nodes)} nodes)")
+        for i, (path, node) in enumerate(nodes.items()):
+            if i == 20:
+                lines.append(f"  ... {len(nodes) - 20} more (spray info --json lists all)")
+                break
+            params = json.dumps(node["attrs"], sort_keys=True)
+            if len(params) > 100:
+                params = params[:97] + "..."
+            lines.append(f"  {path}  {params}")
+    return "\n".join(lines)

@@ -1,0 +1,325 @@
+"""The audit store: schema checks, the writer lock, node round-trips, concurrent readers, info()."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
+from spray.store import SCHEMA_VERSION, AuditStore, format_info
+
+
+def _filled_store(path: Path, n: int = 10, classes: int = 3) -> None:
+    """A store with samples and one complete attribution written through the public writer API."""
+    with AuditStore(path, "a") as store:
+        store.prepare_samples(
+            n, dataset={"name": "toy", "size": n}, model={"name": "net", "hash": "h1"},
+            label_names=["a", "b", "c"], thumbnail_shape=(1, 2, 2),
+        )
+        store.create_attribution(
+            "gxi", input_shape=(1, 4, 4), n_outputs=classes,
+            attrs={"method": "gxi", "params": {"eps": 0.5}, "model_hash": "h1", "model_name": "net",
+                   "batch_size": 4, "target": "label"},
+        )
+        for start in range(0, n, 4):
+            rows = np.arange(start, min(n, start + 4))
+            store.write_batch(
+                "gxi", start,
+                relevance=np.broadcast_to(rows[:, None, None, None], (len(rows), 1, 4, 4)).astype(np.float32),
+                logits=np.zeros((len(rows), classes), np.float32), target=rows % classes,
+                labels=rows % classes, index=rows, thumbnails=np.zeros((len(rows), 1, 2, 2), np.uint8),
+            )
+
+
+def _spawn(code: str) -> subprocess.Popen:
+    """A Python child running ``code``; it prints 'ready' once it is set up."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", proc.stderr.read()
+    return proc
+
+
+def test_new_store_has_versioned_root_attrs_and_empty_groups(tmp_path):
+    path = tmp_path / "sub" / "audit.h5"
+    with AuditStore(path, "a"):
+        pass
+    with AuditStore(path) as store:
+        attrs = store.attrs()
+        assert store.n_samples == 0 and store.attributions() == []
+    assert attrs["schema_version"] == SCHEMA_VERSION
+    assert datetime.fromisoformat(attrs["created"]).utcoffset().total_seconds() == 0
+    assert attrs["model"] is None and attrs["dataset"] is None and attrs["label_names"] == []
+    with h5py.File(path, "r") as f:
+        assert {"samples", "attributions", "analyses", "clarc"} <= set(f)
+
+
+def test_read_mode_needs_an_existing_store(tmp_path):
+    with pytest.raises(StoreError, match="no audit store at .*missing.h5"):
+        AuditStore(tmp_path / "missing.h5")
+
+
+def test_file_that_is_not_hdf5_is_a_schema_error(tmp_path):
+    path = tmp_path / "notes.h5"
+    path.write_text("hello")
+    for mode in ("r", "a"):
+        with pytest.raises(SchemaError, match=f"{path}.*not an HDF5 file"):
+            AuditStore(path, mode)
+
+
+def test_foreign_hdf5_file_is_not_a_spray_store(tmp_path):
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.arange(3)
+    with pytest.raises(SchemaError, match="not a spray audit store"):
+        AuditStore(path)
+
+
+@pytest.mark.parametrize("version", [SCHEMA_VERSION + 1, SCHEMA_VERSION - 1])
+def test_other_schema_versions_are_refused_naming_both(tmp_path, version):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a"):
+        pass
+    with h5py.File(path, "r+") as f:
+        f.attrs["schema_version"] = version
+    with pytest.raises(SchemaError, match=f"{path}.*version {version}.*{SCHEMA_VERSION}"):
+        AuditStore(path)
+
+
+def test_truncated_store_is_a_store_error_not_a_crash(tmp_path):
+    path = tmp_path / "audit.h5"
+    _filled_store(path)
+    os.truncate(path, 1024)
+    with pytest.raises(StoreError) as err:
+        AuditStore(path).info()
+    assert type(err.value) is StoreError and str(path) in str(err.value)
+
+
+def test_unwritable_location_is_a_store_error_naming_the_path(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=str(blocker / "audit.h5")):
+        AuditStore(blocker / "audit.h5", "a")
+
+
+def test_second_writer_in_this_process_is_locked_out_until_close(tmp_path):
+    path = tmp_path / "audit.h5"
+    first = AuditStore(path, "a")
+    with pytest.raises(StoreLockedError, match=f"{path}.*pid {os.getpid()}"):
+        AuditStore(path, "a")
+    first.close()
+    with AuditStore(path, "a"):
+        pass
+
+
+def test_writer_lock_of_another_process_names_its_pid_and_dies_with_it(tmp_path):
+    path = tmp_path / "audit.h5"
+    holder = _spawn(f"""
+        import time
+        from spray.store import AuditStore
+        store = AuditStore({str(path)!r}, "a")
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    try:
+        with pytest.raises(StoreLockedError, match=f"{path}.*pid {holder.pid}"):
+            AuditStore(path, "a")
+        with AuditStore(path) as reader:  # readers never take the lock
+            assert reader.info()["n_samples"] == 0
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with AuditStore(path, "a") as store:
+        store.write_node("analyses/x", {"a": np.arange(2)}, {})
+
+
+def test_node_round_trip_keeps_arrays_dtypes_and_attrs(tmp_path):
+    arrays = {
+        "embedding/spectral": np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32),
+        "index": np.arange(5, dtype=np.uint32),
+        "mask": np.array([True, False, True, True, False]),
+        "names": np.array(["cat", "döner", ""]),
+        "scalar": np.float64(2.5),
+        "empty": np.zeros((0, 4)),
+    }
+    attrs = {"k": 10, "eps": 1e-3, "flag": True, "none": None, "nested": {"a": [1, 2]}, "h": "ab" * 32}
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a") as store:
+        store.write_node("analyses/default/3/knn", arrays, attrs)
+    with AuditStore(path) as store:
+        got, got_attrs = store.read_node("analyses/default/3/knn")
+    assert got_attrs == attrs
+    assert set(got) == set(arrays)
+    for name, value in arrays.items():
+        assert got[name].dtype == np.asarray(value).dtype, name
+        np.testing.assert_array_equal(got[name], value)
+
+
+def test_write_node_replaces_the_old_node_and_reuses_its_space(tmp_path):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a") as store:
+        store.write_node("clarc/run1/cav", {"v": np.ones(100_000), "old": np.zeros(1)}, {"k": 1})
+        size = path.stat().st_size
+        for k in range(2, 8):
+            store.write_node("clarc/run1/cav", {"v": np.full(100_000, k)}, {"k": k})
+        arrays, attrs = store.read_node("clarc/run1/cav")
+        assert set(arrays) == {"v"} and arrays["v"][0] == 7 and attrs == {"k": 7}
+        assert store.list_nodes("clarc") == ["clarc/run1/cav"]
+    assert path.stat().st_size < 2.5 * size  # not one copy per write
+    with h5py.File(path, "r") as f:
+        assert ".staging" not in f
+
+
+def test_has_node_matches_an_attrs_subset_compared_as_json(tmp_path):
+    with AuditStore(tmp_path / "audit.h5", "a") as store:
+        assert not store.has_node("analyses/a/knn")
+        store.write_node("analyses/a/knn", {}, {"k": np.int64(10), "shape": (2, 3), "input": "abc"})
+        assert store.has_node("analyses/a/knn")
+        assert store.has_node("analyses/a/knn", {"k": 10, "shape": [2, 3]})
+        assert not store.has_node("analyses/a/knn", {"k": 11})
+        assert not store.has_node("analyses/a/knn", {"missing": 1})
+        assert not store.has_node("analyses/a")  # a group of nodes is not a node
+        assert store.delete_node("analyses/a/knn") and not store.has_node("analyses/a/knn")
+
+
+@pytest.mark.parametrize("path", ["samples/x", "attributions/a/relevance", "analyses", "analyses/../x",
+                                  "analyses/.staging/x", "analyses//x"])
+def test_nodes_live_only_under_analyses_or_clarc(tmp_path, path):
+    with AuditStore(tmp_path / "audit.h5", "a") as store, pytest.raises(BadInputError):
+        store.write_node(path, {"a": np.zeros(1)}, {})
+
+
+def test_nodes_never_nest(tmp_path):
+    with AuditStore(tmp_path / "audit.h5", "a") as store:
+        store.write_node("analyses/a/knn", {"a": np.zeros(1)}, {})
+        with pytest.raises(BadInputError, match="inside node"):
+            store.write_node("analyses/a/knn/deeper", {}, {})
+        with pytest.raises(BadInputError, match="group of nodes"):
+            store.write_node("analyses/a", {}, {})
+
+
+def test_object_arrays_and_unserialisable_attrs_are_refused(tmp_path):
+    with AuditStore(tmp_path / "audit.h5", "a") as store:
+        with pytest.raises(BadInputError, match="never pickled"):
+            store.write_node("analyses/a", {"o": np.array([{}, 1], dtype=object)}, {})
+        with pytest.raises(BadInputError, match="JSON"):
+            store.write_node("analyses/a", {}, {"f": object()})
+        assert store.list_nodes() == []
+
+
+def test_read_only_store_refuses_writes(tmp_path):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a"):
+        pass
+    with AuditStore(path) as store, pytest.raises(StoreError, match="read-only"):
+        store.write_node("analyses/a", {}, {})
+
+
+def test_staging_left_by_a_killed_writer_is_removed_on_next_open(tmp_path):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a"):
+        pass
+    with h5py.File(path, "r+") as f:
+        f.create_group(".staging/abc").create_dataset("half", data=np.zeros(3))
+    with AuditStore(path, "a"), h5py.File(path, "r") as f:
+        assert ".staging" not in f
+
+
+def test_info_is_json_and_lists_samples_attributions_and_nodes(tmp_path):
+    path = tmp_path / "audit.h5"
+    _filled_store(path)
+    with AuditStore(path, "a") as store:
+        store.write_node("analyses/default/0/knn", {"indices": np.zeros((3, 2), np.int64)}, {"k": 2})
+        store.write_node("clarc/run/cav", {"v": np.ones(4)}, {"layer": "features.3"})
+        info = store.info()
+    assert json.loads(json.dumps(info)) == info
+    assert info["n_samples"] == 10 and info["label_names"] == ["a", "b", "c"]
+    assert info["model"] == {"name": "net", "hash": "h1"} and info["dataset"] == {"name": "toy", "size": 10}
+    a = info["attributions"]["gxi"]
+    assert a["params"] == {"eps": 0.5} and a["shape"] == [10, 1, 4, 4] and a["dtype"] == "float32"
+    assert (a["done"], a["n"], a["complete"], a["target"], a["model_hash"]) == (10, 10, True, "label", "h1")
+    assert info["analyses"]["analyses/default/0/knn"]["attrs"] == {"k": 2}
+    assert info["clarc"]["clarc/run/cav"]["arrays"] == {"v": {"shape": [4], "dtype": "float64"}}
+    text = format_info(info)
+    for needle in ("gxi", "complete", "10 samples", "analyses/default/0/knn", "clarc/run/cav", "features.3"):
+        assert needle in text
+
+
+def test_labels_of_another_dataset_are_refused(tmp_path):
+    path = tmp_path / "audit.h5"
+    _filled_store(path)
+    with AuditStore(path, "a") as store, pytest.raises(StoreError, match="sample 1 has label 0 in the dataset but 1 in the store"):
+        store.write_batch(
+            "gxi", 0, relevance=np.zeros((4, 1, 4, 4), np.float32), logits=np.zeros((4, 3), np.float32),
+            target=np.zeros(4, np.int64), labels=np.zeros(4, np.int64), index=np.arange(4),
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(st.integers(-150, 149), max_size=60))
+def test_read_rows_in_any_order_equals_numpy_indexing(tmp_path_factory, rows):
+    path = tmp_path_factory.getbasetemp() / "rows.h5"
+    if not path.exists():
+        with AuditStore(path, "a") as store:
+            store.write_node("analyses/rows", {"x": np.arange(150 * 3).reshape(150, 3)}, {})
+        with h5py.File(path, "r+") as f:  # re-chunk so that rows span several chunks
+            data = f["analyses/rows/x"][()]
+            del f["analyses/rows/x"]
+            f.create_dataset("analyses/rows/x", data=data, chunks=(16, 3))
+    with AuditStore(path) as store:
+        full = store.read("analyses/rows/x")
+        np.testing.assert_array_equal(store.read("analyses/rows/x", rows=np.array(rows, dtype=np.int64)), full[rows])
+        np.testing.assert_array_equal(store.read("analyses/rows/x", rows=slice(3, 40, 7)), full[3:40:7])
+
+
+def test_concurrent_reader_never_sees_a_done_row_without_its_data(tmp_path):
+    path = tmp_path / "audit.h5"
+    n = 4000
+    writer = _spawn(f"""
+        import time
+        import numpy as np
+        from spray.store import AuditStore
+        store = AuditStore({str(path)!r}, "a")
+        store.prepare_samples({n}, dataset={{"name": "d", "size": {n}}}, model={{"name": "m", "hash": "h"}})
+        store.create_attribution("a", input_shape=(64,), n_outputs=2, attrs={{"method": "m", "params": {{}},
+            "model_hash": "h", "model_name": "m", "batch_size": 20, "target": "label"}})
+        print("ready", flush=True)
+        for s in range(0, {n}, 20):
+            rows = np.arange(s, s + 20)
+            store.write_batch("a", s, relevance=np.repeat(rows[:, None], 64, 1).astype(np.float32) + 1,
+                logits=np.zeros((20, 2), np.float32), target=rows % 2, labels=rows % 2, index=rows)
+            time.sleep(0.002)  # leave readers a chance between transactions
+    """)
+    reads, partial = 0, 0
+    try:
+        while True:
+            exited = writer.poll() is not None  # then this read must see every row done
+            with AuditStore(path, timeout=10) as reader, reader.reading() as f:
+                done = f["attributions/a/done"][()]
+                relevance = f["attributions/a/relevance"][()]
+            reads += 1
+            rows = np.flatnonzero(done)
+            assert (relevance[rows] == rows[:, None] + 1).all()
+            partial += 0 < rows.size < n
+            if done.all():
+                break
+            assert not exited, writer.stderr.read()
+            time.sleep(0.005)
+    finally:
+        writer.wait(timeout=60)
+    assert writer.returncode == 0, writer.stderr.read()
+    assert partial >= 1, f"{reads} reads, none while the writer was half way"

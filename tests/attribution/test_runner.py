@@ -1,0 +1,286 @@
+"""The attribution runner: every sample into the store, resumable to identical bytes, inputs validated."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from spray.attribution import attribute_dataset
+from spray.errors import BadInputError, StoreError
+from spray.store import AuditStore
+
+N, CLASSES, BATCH = 50, 4, 8
+
+
+class GradientTimesInput:
+    """A minimal attributor following the contract: gradient of the target logit times the input."""
+
+    name = "gxi"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
+
+    def params(self) -> dict:
+        return {"scale": self.scale}
+
+    def attribute(self, model, x, target):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x)
+            (grad,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), x)
+        return (self.scale * grad * x).detach(), logits.detach()
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 5, CLASSES)
+    ).eval()
+
+
+def make_dataset(n: int = N) -> TensorDataset:
+    gen = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.rand(n, 2, 6, 10, generator=gen), torch.randint(0, CLASSES, (n,), generator=gen))
+
+
+def run(path: Path, model=None, dataset=None, attributor=None, **kwargs) -> dict:
+    kwargs = {"model_hash": "h1", "model_name": "net", "dataset_name": "toy", "batch_size": BATCH,
+              "progress": False, **kwargs}
+    return attribute_dataset(path, model or make_model(), dataset or make_dataset(), attributor or GradientTimesInput(),
+                             **kwargs)
+
+
+def datasets_of(path: Path) -> dict[str, np.ndarray]:
+    found = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(batches: int):
+    seen = []
+
+    def on_batch(start: int, stop: int) -> None:
+        seen.append((start, stop))
+        if len(seen) == batches:
+            raise _Interrupt
+
+    return on_batch
+
+
+def test_every_sample_is_attributed_with_labels_targets_and_thumbnails(tmp_path):
+    path = tmp_path / "audit.h5"
+    model, data = make_model(), make_dataset()
+    summary = run(path, model, data, label_names=["a", "b", "c", "d"])
+    assert (summary["computed"], summary["skipped"], summary["complete"]) == (N, 0, True)
+    x, y = data.tensors
+    relevance, logits = GradientTimesInput().attribute(model, x, y)
+    with AuditStore(path) as store:
+        np.testing.assert_allclose(store.read("attributions/gxi/relevance"), relevance.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(store.read("attributions/gxi/logits"), logits.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(store.read("attributions/gxi/target"), y.numpy())
+        np.testing.assert_array_equal(store.read("samples/label"), y.numpy())
+        np.testing.assert_array_equal(store.read("samples/index"), np.arange(N))
+        thumbs = store.read("samples/thumbnail")
+        info = store.info()
+    assert thumbs.shape == (N, 2, 6, 10) and thumbs.dtype == np.uint8
+    assert (thumbs.reshape(N, -1).min(1) == 0).all() and (thumbs.reshape(N, -1).max(1) == 255).all()
+    assert info["model"] == {"name": "net", "hash": "h1"} and info["dataset"] == {"name": "toy", "size": N}
+    assert info["label_names"] == ["a", "b", "c", "d"]
+    a = info["attributions"]["gxi"]
+    assert (a["method"], a["params"], a["target"], a["batch_size"]) == ("gxi", {"scale": 1.0}, "label", BATCH)
+
+
+def test_prediction_target_explains_the_argmax(tmp_path):
+    path = tmp_path / "audit.h5"
+    model, data = make_model(), make_dataset()
+    run(path, model, data, target="prediction", name="pred")
+    with torch.no_grad():
+        predicted = model(data.tensors[0]).argmax(1).numpy()
+    with AuditStore(path) as store:
+        np.testing.assert_array_equal(store.read("attributions/pred/target"), predicted)
+        np.testing.assert_array_equal(store.read("samples/label"), data.tensors[1].numpy())
+        assert store.attribution_info("pred")["target"] == "prediction"
+
+
+def test_resumed_run_is_byte_identical_to_an_uninterrupted_run(tmp_path):
+    fresh, resumed = tmp_path / "fresh.h5", tmp_path / "resumed.h5"
+    run(fresh)
+    with pytest.raises(_Interrupt):
+        run(resumed, on_batch=_interrupt_after(3))
+    with AuditStore(resumed) as store:
+        assert store.attribution_info("gxi")["done"] == 3 * BATCH
+    summary = run(resumed)
+    assert (summary["skipped"], summary["computed"], summary["complete"]) == (3 * BATCH, N - 3 * BATCH, True)
+    want, got = datasets_of(fresh), datasets_of(resumed)
+    assert set(want) == set(got)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].tobytes() == want[name].tobytes(), name
+
+
+def test_run_killed_by_sigkill_resumes_to_the_same_result(tmp_path):
+    fresh, killed = tmp_path / "fresh.h5", tmp_path / "killed.h5"
+    run(fresh)
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import importlib.util, os, signal
+            spec = importlib.util.spec_from_file_location("t", {__file__!r})
+            t = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(t)
+            t.run({str(killed)!r}, on_batch=lambda a, b: b >= 4 * t.BATCH and os.kill(os.getpid(), signal.SIGKILL))
+        """)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    summary = run(killed)  # the writer lock died with the child
+    assert summary["skipped"] == 4 * BATCH
+    want, got = datasets_of(fresh), datasets_of(killed)
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def test_complete_attribution_is_not_recomputed(tmp_path):
+    path = tmp_path / "audit.h5"
+    run(path)
+    summary = run(path)
+    assert (summary["computed"], summary["skipped"], summary["complete"]) == (0, N, True)
+
+
+def test_attribution_of_another_model_is_refused_with_overwrite_hint(tmp_path):
+    path = tmp_path / "audit.h5"
+    run(path)
+    with pytest.raises(StoreError, match=r"holds attribution 'gxi' of model h1 .*overwrite=True \(--overwrite\)"):
+        run(path, model_hash="h2")
+    with pytest.raises(StoreError, match="params"):
+        run(path, attributor=GradientTimesInput(scale=2.0))
+    with pytest.raises(StoreError, match="target"):
+        run(path, target="prediction")
+
+
+def test_overwrite_replaces_the_attribution(tmp_path):
+    path = tmp_path / "audit.h5"
+    run(path)
+    with AuditStore(path) as store:
+        before = store.read("attributions/gxi/relevance")
+        old_id = store.attribution_info("gxi")["attribution_id"]
+    summary = run(path, model_hash="h2", model_name="net2", attributor=GradientTimesInput(scale=2.0), overwrite=True)
+    assert summary["computed"] == N
+    with AuditStore(path) as store:
+        info = store.info()
+        np.testing.assert_allclose(store.read("attributions/gxi/relevance"), 2 * before, rtol=1e-6)
+    a = info["attributions"]["gxi"]
+    assert (a["model_hash"], a["params"], a["complete"]) == ("h2", {"scale": 2.0}, True)
+    assert a["attribution_id"] != old_id
+    assert info["model"] == {"name": "net2", "hash": "h2"}  # no attribution of the old model is left
+
+
+def test_resume_with_another_batch_size_is_refused(tmp_path):
+    path = tmp_path / "audit.h5"
+    with pytest.raises(_Interrupt):
+        run(path, on_batch=_interrupt_after(1))
+    with pytest.raises(BadInputError, match=f"batch size {BATCH}.*batch_size={BATCH}"):
+        run(path, batch_size=BATCH + 1)
+
+
+def test_dataset_of_another_size_is_refused(tmp_path):
+    path = tmp_path / "audit.h5"
+    run(path)
+    with pytest.raises(StoreError, match=f"holds {N} samples .*'toy'.* has {N - 1}"):
+        run(path, dataset=make_dataset(N - 1), name="other")
+
+
+def test_non_finite_output_names_the_samples_and_keeps_earlier_batches(tmp_path):
+    path = tmp_path / "audit.h5"
+    data = make_dataset()
+    data.tensors[0][19, 0, 0, 0] = float("nan")
+    data.tensors[0][21, 1, 2, 3] = float("inf")
+    with pytest.raises(BadInputError, match=r"non-finite .* dataset samples 19, 21;"):
+        run(path, dataset=data)
+    with AuditStore(path) as store:
+        done = store.read("attributions/gxi/done")
+        labels = store.read("samples/label")
+    assert done[:16].all() and not done[16:].any()  # batch [16, 24) wrote nothing
+    assert (labels[16:24] == -1).all()
+
+
+def test_label_out_of_range_names_the_sample(tmp_path):
+    data = make_dataset()
+    data.tensors[1][5] = CLASSES
+    with pytest.raises(BadInputError, match=f"sample 5 has label {CLASSES}, outside \\[0, {CLASSES}\\)"):
+        run(tmp_path / "audit.h5", dataset=data)
+
+
+class ListDataset(Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_first_sample_of_another_shape_is_named(tmp_path):
+    items = [(torch.rand(2, 6, 10), 0) for _ in range(12)]
+    items[9] = (torch.rand(2, 6, 11), 0)
+    items[11] = (torch.rand(2, 5, 10), 0)
+    with pytest.raises(BadInputError, match=r"sample 9 has shape \(2, 6, 11\), but sample 0 has \(2, 6, 10\)"):
+        run(tmp_path / "audit.h5", dataset=ListDataset(items))
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ((torch.zeros(2, 6, 10, dtype=torch.uint8), 0), "dtype torch.uint8.*x.float"),
+    ((torch.zeros(2, 6, 10), 1.0), "label 1.0; labels must be integers"),
+    (torch.zeros(2, 6, 10), "must yield \\(x, y\\) pairs"),
+])
+def test_unusable_samples_are_refused_by_index(tmp_path, item, message):
+    with pytest.raises(BadInputError, match=f"sample 0.*{message}"):
+        run(tmp_path / "audit.h5", dataset=ListDataset([item] * 3))
+
+
+def test_model_modes_are_restored(tmp_path):
+    model = make_model().train()
+    model[0].eval()
+    run(tmp_path / "audit.h5", model=model)
+    assert model.training and not model[0].training and model[1].training
+
+
+def test_thumbnails_are_area_downsampled_within_a_fixed_range(tmp_path):
+    x = torch.linspace(0, 1, 100).repeat(2, 40, 1)[None].repeat(3, 1, 1, 1)  # (3, 2, 40, 100) ramps
+    data = TensorDataset(x, torch.zeros(3, dtype=torch.int64))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2 * 40 * 100, CLASSES))
+    run(tmp_path / "audit.h5", model=model, dataset=data, thumbnail_size=25, thumbnail_range=(0.0, 2.0))
+    with AuditStore(tmp_path / "audit.h5") as store:
+        thumbs = store.read("samples/thumbnail")
+    assert thumbs.shape == (3, 2, 10, 25)
+    expected = np.rint(x[0, 0, 0].reshape(25, 4).mean(1).numpy() / 2 * 255)
+    np.testing.assert_array_equal(thumbs[0, 0, 0], expected)
+
+
+def test_float16_relevance_and_no_thumbnails(tmp_path):
+    path = tmp_path / "audit.h5"
+    run(path, relevance_dtype="float16", thumbnail_size=None)
+    with AuditStore(path) as store:
+        info = store.info()
+    assert info["attributions"]["gxi"]["dtype"] == "float16" and info["thumbnails"] is None
+
+
+def test_progress_goes_to_stderr_only(tmp_path, capsys):
+    run(tmp_path / "audit.h5", progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "attribute gxi" in err

@@ -1,0 +1,194 @@
+"""The LRP engine: attach a composite's rules to a model, run one forward and one backward pass, detach.
+
+Every leaf module gets a pre-hook (its inputs enter detached, so the plain forward builds no graph) and a
+forward hook that wraps its output in :class:`_Relay`, an autograd function that is the identity forward
+and calls the layer's rule backward. Autograd therefore carries *relevance* from layer to layer; functional
+operations between modules see relevance as a gradient, which is right for reshapes, views, indexing and
+ReLU-type gating, but wrong for additions (use :class:`~spray.lrp.Sum`) and scalings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from spray.errors import BadInputError, UnsupportedLayerError
+from spray.lrp.canonizers import fold_batchnorm
+from spray.lrp.composites import Composite
+from spray.lrp.layers import LINEAR_LAYERS
+from spray.lrp.rules import Rule
+
+
+class LRP:
+    """Layer-wise relevance propagation with a composite's rules; an attributor (docs/architecture.md).
+
+    The model is left as found: hooks removed, BatchNorm unfolded, ``training`` and ``requires_grad``
+    flags restored, no ``.grad`` written. During the attribution the model runs in eval mode.
+    """
+
+    def __init__(self, composite: Composite) -> None:
+        self.composite = composite
+
+    @property
+    def name(self) -> str:
+        """The composite's name, e.g. ``"epsilon_plus_flat"``."""
+        return self.composite.name
+
+    def params(self) -> dict[str, Any]:
+        """JSON-serialisable parameters (epsilon, gamma, bounds, user rule maps)."""
+        return self.composite.params()
+
+    def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """Explain output ``target`` (B,) for input ``x`` (B, ...): returns (relevance like x, logits (B, K)).
+
+        The initial relevance is the target logit (one-hot); without biases the relevance sums to it.
+        """
+        target = torch.as_tensor(target)
+        if target.shape != x.shape[:1]:
+            raise BadInputError(f"target must have shape ({len(x)},), one output index per sample; "
+                                f"got shape {tuple(target.shape)}")
+
+        def initial(logits: Tensor) -> Tensor:
+            if logits.dim() != 2:
+                raise BadInputError(f"attribute needs model outputs of shape (batch, outputs); got "
+                                    f"{tuple(logits.shape)}; use LRP.relevance with your own initial relevance")
+            if (target < 0).any() or (target >= logits.shape[1]).any():
+                raise BadInputError(f"target indices must lie in [0, {logits.shape[1]}); got {target.tolist()}")
+            index = target.to(logits.device)[:, None]
+            return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index))
+
+        return self._propagate(model, x, None, initial)
+
+    def relevance(self, model: nn.Module, x: Tensor, start: str | None,
+                  initial: Callable[[Tensor], Tensor]) -> Tensor:
+        """Relevance of ``x`` (same shape) when LRP starts at the output of module ``start``.
+
+        ``start``: a name from ``model.named_modules()`` (its first call in the forward pass counts), or
+        None for the model output. ``initial(activation) -> Tensor`` of the activation's shape gives the
+        starting relevance, e.g. ``lambda a: a.clamp(min=0) * v`` for ClArC.
+        """
+        return self._propagate(model, x, start, initial)[0]
+
+    def _propagate(self, model: nn.Module, x: Tensor, start: str | None,
+                   initial: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """One forward pass with hooks, one backward pass; returns (input relevance, start activation)."""
+        if start is not None and start not in dict(model.named_modules()):
+            raise BadInputError(f"start module {start!r} is not in the model; use a name from "
+                                f"model.named_modules(), e.g. {[n for n, _ in model.named_modules()][1:6]}")
+        with ExitStack() as stack:
+            stack.enter_context(_frozen(model))
+            stack.enter_context(fold_batchnorm(model))
+            handles = _attach(model, self.composite)
+            stack.callback(_remove, handles)
+            captured: list[Tensor] = []
+            if start is not None:
+                # Looked up after folding: a folded BatchNorm's place is taken by an identity.
+                module = dict(model.named_modules())[start]
+                handles.append(module.register_forward_hook(lambda _m, _a, out: captured.append(out)))
+
+            inputs = x.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                output = model(inputs)
+            if start is not None and not captured:
+                raise BadInputError(f"start module {start!r} did not run in the model's forward pass")
+            activation = captured[0] if start is not None else output
+            if not isinstance(activation, Tensor) or not activation.requires_grad:
+                raise BadInputError("the explained output does not depend on any module LRP could hook; "
+                                    "is the model's computation done by modules?")
+            seed = initial(activation.detach())
+            if seed.shape != activation.shape:
+                raise BadInputError(f"initial relevance has shape {tuple(seed.shape)}, but the activation it "
+                                    f"starts from has shape {tuple(activation.shape)}")
+            (relevance,) = torch.autograd.grad(activation, inputs, seed.to(activation.dtype))
+        return relevance, activation.detach()
+
+
+class _Relay(torch.autograd.Function):
+    """Identity forward (returns the precomputed output); the rule's redistribution backward."""
+
+    @staticmethod
+    def forward(ctx: Any, rule: Rule, module: nn.Module, output: list[Tensor], *inputs: Tensor) -> Tensor:
+        # The output arrives in a list so that autograd does not see it as an input returned as-is (whose
+        # view could then not be modified in place by a later ReLU(inplace=True) or `x.relu_()`).
+        ctx.rule, ctx.module = rule, module
+        ctx.save_for_backward(*inputs)
+        return output[0]
+
+    @staticmethod
+    def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor | None, ...]:
+        return (None, None, None, *ctx.rule.redistribute(ctx.module, ctx.saved_tensors, relevance))
+
+
+def _attach(model: nn.Module, composite: Composite) -> list[RemovableHandle]:
+    """Hook every leaf module; the first Linear/Conv is recognised as it runs (forward order)."""
+    state = {"seen_linear": False}
+    handles: list[RemovableHandle] = []
+
+    def pre_hook(name: str, pending: list, module: nn.Module, args: tuple) -> tuple:
+        first = isinstance(module, LINEAR_LAYERS) and not state["seen_linear"]
+        state["seen_linear"] |= isinstance(module, LINEAR_LAYERS)
+        rule = composite.rule(name, module, first)
+        if rule is None:
+            raise _unsupported(name, module)
+        rule.check(name, module)
+        if not all(isinstance(a, Tensor) for a in args):
+            raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) is called with "
+                                        "non-tensor arguments; LRP hooks need tensor inputs only")
+        pending.append((rule, args))
+        # A copy for in-place modules, which would otherwise overwrite the tensors saved for backward.
+        copy = getattr(module, "inplace", False)
+        return tuple(a.detach().clone() if copy else a.detach() for a in args)
+
+    def forward_hook(name: str, pending: list, module: nn.Module, args: tuple, output: Any) -> Tensor:
+        rule, inputs = pending.pop()
+        if not isinstance(output, Tensor):
+            raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) returns "
+                                        f"{type(output).__name__}, not a tensor; LRP cannot explain it")
+        if any(output.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for x in inputs):
+            output = output.clone()  # Identity, Flatten, eval Dropout: never alias the saved inputs
+        return _Relay.apply(rule, module, [output], *inputs)
+
+    for name, module in model.named_modules():
+        if next(module.children(), None) is None:
+            pending: list = []
+            handles.append(module.register_forward_pre_hook(partial(pre_hook, name, pending)))
+            handles.append(module.register_forward_hook(partial(forward_hook, name, pending)))
+    return handles
+
+
+def _remove(handles: Sequence[RemovableHandle]) -> None:
+    for handle in handles:
+        handle.remove()
+
+
+def _unsupported(name: str, module: nn.Module) -> UnsupportedLayerError:
+    kind = type(module).__name__
+    return UnsupportedLayerError(
+        f"LRP has no rule for module {name!r} of type {type(module).__qualname__}. Map a rule to it via the "
+        f"composite, by name (e.g. EpsilonPlusFlat(names={{{name!r}: rules.Epsilon()}}) for an affine layer) "
+        f"or by type (e.g. types={{{kind}: rules.Pass()}} for an elementwise activation). Residual additions "
+        f"must go through spray.lrp.Sum."
+    )
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and parameters without ``requires_grad`` for the duration; both flags restored after."""
+    training = [(module, module.training) for module in model.modules()]
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in requires_grad:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in requires_grad:
+            p.requires_grad_(flag)
+        for module, flag in training:
+            module.training = flag

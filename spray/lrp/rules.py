@@ -1,0 +1,240 @@
+"""LRP rules: how one layer hands the relevance of its output to its inputs.
+
+Every rule is an instance of the modified-gradient trick (DESIGN.md §3). For a layer ``z = f(x)`` and the
+relevance ``R`` of its output::
+
+    R_in = Σ_t x_t ⊙ ∂/∂x_t [ Σ_j z'_j · stopgrad(R_j / stab(z'_j)) ],   z' = Σ_t f(x_t; w_t, b_t)
+
+where each term ``t`` evaluates the layer on a rule-modified input ``x_t`` with rule-modified parameters
+(e.g. z⁺: ``f(x⁺; w⁺) + f(x⁻; w⁻)``) and ``stab(z) = z + ε·sign(z)`` with ``sign(0) = 1``. The engine calls
+:meth:`Rule.redistribute` from autograd's backward pass, so the relevance flowing between layers is carried
+by autograd as if it were a gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spray.errors import BadInputError, UnsupportedLayerError
+from spray.lrp.layers import LINEAR_LAYERS
+
+#: Stabiliser of the rules whose denominators cannot cancel (z⁺, αβ, flat, w², z^B): it only guards 0/0.
+_GUARD = 1e-12
+
+#: One term of z': the layer's inputs (as modified by the rule) and its (weight, bias), or None to use the
+#: module as it is.
+_Term = tuple[Sequence[Tensor], tuple[Tensor, Tensor | None] | None]
+
+
+def stabilise(z: Tensor, epsilon: float) -> Tensor:
+    """``z + ε·sign(z)`` with ``sign(0) = 1``: moves the denominator away from zero, keeping its sign."""
+    step = z.new_tensor(epsilon)
+    return z + torch.where(z >= 0, step, -step)
+
+
+def _forward(module: nn.Module, inputs: Sequence[Tensor], params: tuple[Tensor, Tensor | None] | None) -> Tensor:
+    # module.forward, not module(...): calling the module would re-enter the engine's hooks.
+    if params is None:
+        return module.forward(*inputs)
+    weight, bias = params
+    if isinstance(module, nn.Linear):
+        return F.linear(inputs[0], weight, bias)
+    return module._conv_forward(inputs[0], weight, bias)  # Conv1d/Conv2d, honouring padding_mode
+
+
+def _redistribute(module: nn.Module, terms: Sequence[_Term], relevance: Tensor, epsilon: float) -> tuple[Tensor, ...]:
+    """The modified-gradient formula of the module docstring; returns one relevance per layer input."""
+    with torch.enable_grad():
+        leaves = [[x.detach().requires_grad_(True) for x in inputs] for inputs, _ in terms]
+        z = sum(_forward(module, xs, params) for xs, (_, params) in zip(leaves, terms, strict=True))
+        flat = [x for xs in leaves for x in xs]
+        grads = iter(torch.autograd.grad(
+            z, flat, relevance / stabilise(z.detach(), epsilon), allow_unused=True, materialize_grads=True
+        ))
+    result: list[Tensor] = []
+    for xs in leaves:
+        for k, x in enumerate(xs):
+            share = x.detach() * next(grads)
+            if k < len(result):
+                result[k] = result[k] + share
+            else:
+                result.append(share)
+    return tuple(result)
+
+
+def _jsonable(value: float | Tensor) -> float | list:
+    return value.tolist() if isinstance(value, Tensor) else float(value)
+
+
+class Rule:
+    """Base of all rules: :meth:`redistribute` maps output relevance to one relevance per input."""
+
+    def check(self, name: str, module: nn.Module) -> None:
+        """Raise :class:`UnsupportedLayerError` if this rule cannot explain ``module`` (called ``name``)."""
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        """``inputs``: the layer's inputs; ``relevance``: shaped like its output. Returns inputs' shapes."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """JSON-serialisable parameters of the rule."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Epsilon(Rule):
+    """LRP-ε: contributions ``x_i w_ij`` over ``z_j + ε·sign(z_j)`` (bias included in ``z_j``).
+
+    Works for any module that is linear (affine) in its inputs: Linear, Conv, unfolded BatchNorm.
+    """
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = epsilon
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        return _redistribute(module, [(inputs, None)], relevance, self.epsilon)
+
+    def params(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon}
+
+
+class Proportional(Epsilon):
+    """Split relevance in proportion to contributions (ε-rule with a vanishing ε): average pooling, Sum."""
+
+    def __init__(self, epsilon: float = 1e-9) -> None:
+        super().__init__(epsilon)
+
+
+class _WeightRule(Rule):
+    """A rule that evaluates the layer with modified weights: Linear, Conv1d and Conv2d only."""
+
+    def check(self, name: str, module: nn.Module) -> None:
+        if not isinstance(module, LINEAR_LAYERS):
+            raise UnsupportedLayerError(
+                f"rule {self!r} modifies weights and applies to Linear, Conv1d or Conv2d layers only, but "
+                f"module {name!r} is a {type(module).__qualname__}; map another rule to it in the composite"
+            )
+
+
+class Gamma(_WeightRule):
+    """LRP-γ: contributions ``x_i (w_ij + γ w_ij⁺)``, bias ``b + γ b⁺``, ε-stabilised denominator."""
+
+    def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
+        self.gamma = gamma
+        self.epsilon = epsilon
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        weight, bias = module.weight, module.bias
+        params = (
+            weight + self.gamma * weight.clamp(min=0),
+            None if bias is None else bias + self.gamma * bias.clamp(min=0),
+        )
+        return _redistribute(module, [(inputs, params)], relevance, self.epsilon)
+
+    def params(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "epsilon": self.epsilon}
+
+
+class AlphaBeta(_WeightRule):
+    """LRP-αβ: ``α`` × positive shares − ``β`` × negative shares of ``x_i w_ij`` (bias ignored), α − β = 1."""
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0) -> None:
+        if alpha - beta != 1:
+            raise BadInputError(f"AlphaBeta needs alpha - beta = 1, got alpha={alpha}, beta={beta}")
+        self.alpha = alpha
+        self.beta = beta
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        x, weight = inputs[0], module.weight
+        positive_w, negative_w = weight.clamp(min=0), weight.clamp(max=0)
+        # After a ReLU there are no negative inputs: skip the terms that would only add zeros.
+        split = (x.clamp(min=0), x.clamp(max=0)) if (x < 0).any() else (x,)
+        (positive,) = _redistribute(module, _signed_terms(split, positive_w, negative_w), relevance, _GUARD)
+        if self.beta == 0:
+            return (self.alpha * positive,)
+        (negative,) = _redistribute(module, _signed_terms(split, negative_w, positive_w), relevance, _GUARD)
+        return (self.alpha * positive - self.beta * negative,)
+
+    def params(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "beta": self.beta}
+
+
+def _signed_terms(split: tuple[Tensor, ...], same_sign: Tensor, other_sign: Tensor) -> list[_Term]:
+    """Terms ``f(x⁺; same_sign) + f(x⁻; other_sign)`` for ``split = (x⁺, x⁻)`` or ``(x⁺,)``: the
+    contributions ``x_i w_ij`` of one sign."""
+    return [((part,), (w, None)) for part, w in zip(split, (same_sign, other_sign))]
+
+
+class ZPlus(AlphaBeta):
+    """z⁺ (α1β0): only positive contributions ``(x_i w_ij)⁺`` count (bias ignored)."""
+
+    def __init__(self) -> None:
+        super().__init__(alpha=1.0, beta=0.0)
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+
+class Flat(_WeightRule):
+    """Flat: every weight 1 and every input 1, so relevance spreads uniformly over each receptive field."""
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        params = (torch.ones_like(module.weight), None)
+        return _redistribute(module, [((torch.ones_like(inputs[0]),), params)], relevance, _GUARD)
+
+
+class WSquare(_WeightRule):
+    """w²: contributions ``w_ij²`` (input set to 1, bias ignored)."""
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        params = (module.weight.square(), None)
+        return _redistribute(module, [((torch.ones_like(inputs[0]),), params)], relevance, _GUARD)
+
+
+class ZBox(_WeightRule):
+    """z^B for pixel layers with inputs in ``[low, high]``: ``x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻`` (no bias).
+
+    ``low``/``high``: scalars or tensors broadcastable to the layer input (e.g. per channel ``(1, C, 1, 1)``).
+    """
+
+    def __init__(self, low: float | Tensor, high: float | Tensor) -> None:
+        self.low = low
+        self.high = high
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        x, weight = inputs[0], module.weight
+        low = torch.zeros_like(x) + torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
+        high = torch.zeros_like(x) + torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
+        terms: list[_Term] = [
+            ((x,), (weight, None)),
+            ((low,), (-weight.clamp(min=0), None)),
+            ((high,), (-weight.clamp(max=0), None)),
+        ]
+        return _redistribute(module, terms, relevance, _GUARD)
+
+    def params(self) -> dict[str, Any]:
+        return {"low": _jsonable(self.low), "high": _jsonable(self.high)}
+
+
+class Pass(Rule):
+    """Identity: relevance passes unchanged (reshaped to the input): activations, Dropout, Flatten, folded BN."""
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        return (relevance.reshape(inputs[0].shape),)
+
+
+class WinnerTakesAll(Rule):
+    """Max pooling: each output's relevance goes to the input that won the max (autograd's routing)."""
+
+    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+        with torch.enable_grad():
+            x = inputs[0].detach().requires_grad_(True)
+            return torch.autograd.grad(module.forward(x), x, relevance)

@@ -1,7 +1,7 @@
 """The audit store: one chunked HDF5 file per audit, the single source of truth of every stage.
 
 The schema, its versioning policy and the concurrency model are a contract, documented in docs/store.md.
-In short: one writer at a time (an ``flock`` on ``<store>.lock``, held from open to close); the HDF5 file
+In short: one writer at a time (a ``flock`` on ``<store>.lock``, held from open to close); the HDF5 file
 itself is opened only for the duration of each transaction (a batch of attributions, one node), so
 readers can open it between transactions. HDF5's own file locking keeps a reader from seeing a
 transaction half-written; whoever finds the file busy retries for a bounded time.
@@ -26,6 +26,8 @@ import h5py
 import numpy as np
 
 from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
+
+__all__ = ["NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info", "to_json"]
 
 SCHEMA_VERSION = 1
 """The schema this spray writes and reads (docs/store.md)."""
@@ -102,7 +104,7 @@ def _node_path(path: str) -> str:
     return "/".join(parts)
 
 
-def chunk_rows(row_bytes: int, n: int) -> int:
+def _chunk_rows(row_bytes: int, n: int) -> int:
     """Rows per chunk along the sample axis for rows of ``row_bytes`` bytes (see docs/store.md)."""
     row_bytes = max(1, int(row_bytes))
     rows = _CHUNK_ROWS if row_bytes * _CHUNK_ROWS >= _MIN_CHUNK_BYTES else _MIN_CHUNK_BYTES // row_bytes
@@ -121,7 +123,7 @@ def _create_rows(
     """
     dtype = np.dtype(dtype)
     row_shape = tuple(int(s) for s in row_shape)
-    rows = chunk_rows(int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize, n)
+    rows = _chunk_rows(int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize, n)
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     kwargs: dict[str, Any] = {}
@@ -465,7 +467,9 @@ class AuditStore:
 
     def write_nodes(self, nodes: Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
         """:meth:`write_node` for several nodes ``{path: (arrays, attrs)}`` in one transaction."""
-        prepared = {_node_path(path): _prepare_node(path, arrays, attrs) for path, (arrays, attrs) in nodes.items()}
+        prepared = {
+            _node_path(path): _prepare_node(path, arrays, attrs) for path, (arrays, attrs) in nodes.items()
+        }
         with self._open(write=True) as f:
             for path, (values, encoded) in prepared.items():
                 self._check_node_place(f, path)
@@ -546,6 +550,8 @@ class AuditStore:
         samples are created; the model when none is recorded yet). Thumbnails, shape ``(C, h, w)``, are
         only created together with the samples. ``label_names`` given are recorded.
         """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise BadInputError(f"a store needs at least one sample, got n={n!r}")
         with self._open(write=True) as f:
             samples = f["samples"]
             if "label" in samples:
@@ -606,7 +612,8 @@ class AuditStore:
             root = json.loads(f.attrs["model"]) or {}
             hashes = {g.attrs.get("model_hash") for g in f["attributions"].values()}
             if root.get("hash") not in hashes:
-                f.attrs["model"] = to_json({"name": values.get("model_name"), "hash": values.get("model_hash")})
+                model = {"name": values.get("model_name"), "hash": values.get("model_hash")}
+                f.attrs["model"] = to_json(model)
 
     def write_batch(
         self,

@@ -47,7 +47,8 @@ def _filled_store(path: Path, n: int = 10, classes: int = 3) -> None:
 def _spawn(code: str) -> subprocess.Popen:
     """A Python child running ``code``; it prints 'ready' once it is set up."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline()
     assert line.strip() == "ready", proc.stderr.read()
@@ -262,7 +263,8 @@ def test_info_is_json_and_lists_samples_attributions_and_nodes(tmp_path):
 def test_labels_of_another_dataset_are_refused(tmp_path):
     path = tmp_path / "audit.h5"
     _filled_store(path)
-    with AuditStore(path, "a") as store, pytest.raises(StoreError, match="sample 1 has label 0 in the dataset but 1 in the store"):
+    clash = "sample 1 has label 0 in the dataset but 1 in the store"
+    with AuditStore(path, "a") as store, pytest.raises(StoreError, match=clash):
         store.write_batch(
             "gxi", 0, relevance=np.zeros((4, 1, 4, 4), np.float32), logits=np.zeros((4, 3), np.float32),
             target=np.zeros(4, np.int64), labels=np.zeros(4, np.int64), index=np.arange(4),
@@ -282,7 +284,8 @@ def test_read_rows_in_any_order_equals_numpy_indexing(tmp_path_factory, rows):
             f.create_dataset("analyses/rows/x", data=data, chunks=(16, 3))
     with AuditStore(path) as store:
         full = store.read("analyses/rows/x")
-        np.testing.assert_array_equal(store.read("analyses/rows/x", rows=np.array(rows, dtype=np.int64)), full[rows])
+        picked = store.read("analyses/rows/x", rows=np.array(rows, dtype=np.int64))
+        np.testing.assert_array_equal(picked, full[rows])
         np.testing.assert_array_equal(store.read("analyses/rows/x", rows=slice(3, 40, 7)), full[3:40:7])
 
 

@@ -281,7 +281,9 @@ class _Numbered(Dataset):
 
 def _as_pair(i: int, item: Any) -> tuple[Any, Any]:
     if not isinstance(item, (tuple, list)) or len(item) != 2:
-        raise BadInputError(f"dataset sample {i} is a {type(item).__name__}; a dataset must yield (x, y) pairs")
+        raise BadInputError(
+            f"dataset sample {i} is a {type(item).__name__}; a dataset must yield (x, y) pairs"
+        )
     return item[0], item[1]
 
 

@@ -50,20 +50,27 @@ def make_model() -> nn.Module:
 
 def make_dataset(n: int = N) -> TensorDataset:
     gen = torch.Generator().manual_seed(1)
-    return TensorDataset(torch.rand(n, 2, 6, 10, generator=gen), torch.randint(0, CLASSES, (n,), generator=gen))
+    x = torch.rand(n, 2, 6, 10, generator=gen)
+    return TensorDataset(x, torch.randint(0, CLASSES, (n,), generator=gen))
 
 
 def run(path: Path, model=None, dataset=None, attributor=None, **kwargs) -> dict:
     kwargs = {"model_hash": "h1", "model_name": "net", "dataset_name": "toy", "batch_size": BATCH,
               "progress": False, **kwargs}
-    return attribute_dataset(path, model or make_model(), dataset or make_dataset(), attributor or GradientTimesInput(),
-                             **kwargs)
+    return attribute_dataset(
+        path, model or make_model(), dataset or make_dataset(), attributor or GradientTimesInput(), **kwargs
+    )
 
 
 def datasets_of(path: Path) -> dict[str, np.ndarray]:
     found = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj[()]
+
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        f.visititems(visit)
     return found
 
 
@@ -90,8 +97,10 @@ def test_every_sample_is_attributed_with_labels_targets_and_thumbnails(tmp_path)
     x, y = data.tensors
     relevance, logits = GradientTimesInput().attribute(model, x, y)
     with AuditStore(path) as store:
-        np.testing.assert_allclose(store.read("attributions/gxi/relevance"), relevance.numpy(), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(store.read("attributions/gxi/logits"), logits.numpy(), rtol=1e-5, atol=1e-6)
+        stored = store.read("attributions/gxi/relevance")
+        np.testing.assert_allclose(stored, relevance.numpy(), rtol=1e-5, atol=1e-7)
+        logged = store.read("attributions/gxi/logits")
+        np.testing.assert_allclose(logged, logits.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(store.read("attributions/gxi/target"), y.numpy())
         np.testing.assert_array_equal(store.read("samples/label"), y.numpy())
         np.testing.assert_array_equal(store.read("samples/index"), np.arange(N))
@@ -141,7 +150,10 @@ def test_run_killed_by_sigkill_resumes_to_the_same_result(tmp_path):
             spec = importlib.util.spec_from_file_location("t", {__file__!r})
             t = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(t)
-            t.run({str(killed)!r}, on_batch=lambda a, b: b >= 4 * t.BATCH and os.kill(os.getpid(), signal.SIGKILL))
+            def die(start, stop):
+                if stop >= 4 * t.BATCH:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            t.run({str(killed)!r}, on_batch=die)
         """)],
         capture_output=True, text=True, timeout=120,
     )
@@ -163,7 +175,8 @@ def test_complete_attribution_is_not_recomputed(tmp_path):
 def test_attribution_of_another_model_is_refused_with_overwrite_hint(tmp_path):
     path = tmp_path / "audit.h5"
     run(path)
-    with pytest.raises(StoreError, match=r"holds attribution 'gxi' of model h1 .*overwrite=True \(--overwrite\)"):
+    hint = r"holds attribution 'gxi' of model h1 .*overwrite=True \(--overwrite\)"
+    with pytest.raises(StoreError, match=hint):
         run(path, model_hash="h2")
     with pytest.raises(StoreError, match="params"):
         run(path, attributor=GradientTimesInput(scale=2.0))
@@ -177,7 +190,9 @@ def test_overwrite_replaces_the_attribution(tmp_path):
     with AuditStore(path) as store:
         before = store.read("attributions/gxi/relevance")
         old_id = store.attribution_info("gxi")["attribution_id"]
-    summary = run(path, model_hash="h2", model_name="net2", attributor=GradientTimesInput(scale=2.0), overwrite=True)
+    summary = run(
+        path, model_hash="h2", model_name="net2", attributor=GradientTimesInput(scale=2.0), overwrite=True
+    )
     assert summary["computed"] == N
     with AuditStore(path) as store:
         info = store.info()
@@ -239,7 +254,8 @@ def test_first_sample_of_another_shape_is_named(tmp_path):
     items = [(torch.rand(2, 6, 10), 0) for _ in range(12)]
     items[9] = (torch.rand(2, 6, 11), 0)
     items[11] = (torch.rand(2, 5, 10), 0)
-    with pytest.raises(BadInputError, match=r"sample 9 has shape \(2, 6, 11\), but sample 0 has \(2, 6, 10\)"):
+    message = r"sample 9 has shape \(2, 6, 11\), but sample 0 has \(2, 6, 10\)"
+    with pytest.raises(BadInputError, match=message):
         run(tmp_path / "audit.h5", dataset=ListDataset(items))
 
 

@@ -87,6 +87,71 @@ def attribute(
     click.echo(json.dumps(summary, default=str), err=True)
 
 
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--pipeline", "pipeline_file", type=click.Path(path_type=Path),
+              help="Pipeline TOML (default: the built-in pipeline, pipelines/spray.toml).")
+@click.option("--classes", help="Comma-separated class indices to analyse (default: all).")
+@click.option("--scheduler", help="dask scheduler address, or local:N for N local worker processes.")
+@click.option("--drop-nonfinite", is_flag=True, help="Drop heatmaps with NaN/inf instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was computed as JSON on stdout.")
+def analyze(
+    store: Path, pipeline_file: Path | None, classes: str | None, scheduler: str | None,
+    drop_nonfinite: bool, as_json: bool,
+) -> None:
+    """Run the SpRAy processing graph per class; only nodes whose inputs or parameters changed run."""
+    from spray.pipeline import analyze as run_analysis
+    from spray.pipeline import read_pipeline
+
+    result = run_analysis(
+        str(store), read_pipeline(pipeline_file), classes=_parse_classes(classes),
+        scheduler=scheduler, drop_nonfinite=drop_nonfinite,
+    )
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    ran = sum(len(v) for v in result.computed.values())
+    click.echo(
+        f"analysis {result.analysis!r} of attribution {result.attribution!r}: {ran} node runs in "
+        f"{len(result.computed)} classes, {len(result.skipped)} classes skipped, "
+        f"{len(result.zero_samples)} all-zero heatmaps left out"
+    )
+    for label, reason in sorted(result.skipped.items()):
+        click.echo(f"  class {label} skipped: {reason}")
+
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated class indices, got {text!r}",
+                                 param_hint="--classes") from None
+
+
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--analysis", default="spray", show_default=True, help="Analysis name in the store.")
+@click.option("--json", "as_json", is_flag=True, help="JSON list on stdout, best candidate first.")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV table on stdout.")
+def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
+    """Classes ranked by FDA separability of their most separable small cluster (Clever Hans candidates)."""
+    from spray.ranking import rank_classes, ranking_table
+    from spray.store import AuditStore
+
+    if as_json and as_csv:
+        raise click.UsageError("choose one of --json and --csv")
+    with AuditStore(store) as audit:
+        entries = rank_classes(audit, analysis)
+    if as_json:
+        _echo_json(entries)
+    elif as_csv:
+        click.echo(ranking_table(entries).to_csv(index=False), nl=False)
+    else:
+        click.echo(ranking_table(entries).drop(columns=["members"]).to_string(index=False))
+
+
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:

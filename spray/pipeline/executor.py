@@ -1,0 +1,261 @@
+"""Run a pipeline over the classes of an audit store, memoised in the store, classes as dask tasks.
+
+One process writes the store (this one, holding its writer lock). The per-class work is a pure function
+of the class's preprocessed heatmaps and of the cached outputs it reads, so it can run in threads here or
+on the workers of a dask.distributed cluster; its outputs are written back as each class finishes, so an
+interrupted analysis resumes with the classes and nodes it had not finished.
+
+Store layout of an analysis ``A`` (docs/store.md): ``analyses/A/preprocess`` (features of all samples),
+``analyses/A/<class>/<node>`` per class and node, each with attrs ``key`` (memo key), ``params``, ``info``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from spray.errors import BadInputError
+from spray.pipeline.graph import NodeOutput, dependencies, hash_array, hash_json, node_keys, topological_order
+from spray.pipeline.nodes import NODES, preprocess
+from spray.pipeline.spec import PipelineSpec
+from spray.store import AuditStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassTask:
+    """One class's share of the work: its members, which nodes are stale, the cached outputs they read."""
+
+    label: int
+    positions: np.ndarray
+    keys: dict[str, str]
+    stale: list[str]
+    cached: dict[str, NodeOutput] = field(default_factory=dict)
+
+
+def run_class(
+    features: np.ndarray,
+    params: Mapping[str, dict[str, Any]],
+    stale: Sequence[str],
+    cached: Mapping[str, NodeOutput],
+    deps: Mapping[str, list[str]],
+) -> dict[str, NodeOutput]:
+    """Compute the stale nodes of one class in dependency order (pure: runs on any dask worker)."""
+    outputs: dict[str, NodeOutput] = {**cached, "features": ({"features": features}, {})}
+    computed: dict[str, NodeOutput] = {}
+    for name in stale:
+        inputs = {d: outputs[d] for d in deps[name]}
+        inputs["features"] = outputs["features"]
+        computed[name] = outputs[name] = NODES[name].run(params[name], inputs)
+    return computed
+
+
+@dataclass
+class AnalysisResult:
+    """What :func:`analyze` did: nodes computed per class (for tests and logs), skipped classes, drops."""
+
+    analysis: str
+    attribution: str
+    preprocessed: bool
+    computed: dict[int, list[str]]
+    skipped: dict[int, str]
+    zero_samples: list[int]
+    dropped_samples: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "analysis": self.analysis,
+            "attribution": self.attribution,
+            "preprocessed": self.preprocessed,
+            "computed": {str(k): v for k, v in self.computed.items()},
+            "skipped": {str(k): v for k, v in self.skipped.items()},
+            "zero_samples": self.zero_samples,
+            "dropped_samples": self.dropped_samples,
+        }
+
+
+def analyze(
+    store_path: str,
+    spec: PipelineSpec,
+    *,
+    classes: Sequence[int] | None = None,
+    scheduler: str | None = None,
+    drop_nonfinite: bool = False,
+    progress: bool = True,
+    on_node: Callable[[int, str], None] | None = None,
+) -> AnalysisResult:
+    """Run ``spec`` over every (or the given) class of the store; memoised, resumable.
+
+    ``scheduler``: None runs classes on local threads; ``"local:N"`` starts a LocalCluster of N worker
+    processes on 127.0.0.1; any other value is the address of a running dask.distributed scheduler.
+    """
+    with AuditStore(store_path, mode="a") as store:
+        attribution = _choose_attribution(store, spec.attribution)
+        group = f"analyses/{spec.name}"
+        features, kept, zero, dropped, root_key, preprocessed = _features(
+            store, group, attribution, spec.nodes.get("preprocess", {}), drop_nonfinite
+        )
+        targets = store.read(f"attributions/{attribution}/target")
+        dataset_index = store.read("samples/index")
+        n_outputs = store.read(f"attributions/{attribution}/logits", rows=slice(0, 1)).shape[1]
+        wanted = _check_classes(classes, n_outputs)
+        params = {name: spec.nodes[name] for name in NODES if name in spec.nodes}
+        enabled = set(params)
+        order = topological_order(NODES, enabled)
+        deps = {name: dependencies(NODES, enabled, name) for name in order}
+        usable = kept & ~zero
+
+        tasks: list[ClassTask] = []
+        skipped: dict[int, str] = {}
+        for label in wanted:
+            positions = np.flatnonzero(usable & (targets == label))
+            if positions.size == 0:
+                continue
+            reason = _too_small(positions.size, params)
+            path = f"{group}/{label}"
+            if reason:
+                skipped[label] = reason
+                store.write_node(f"{path}/status", {}, {"skipped": reason, "n": int(positions.size)})
+                continue
+            class_root = hash_json({"features": root_key, "positions": hash_array(positions)})
+            keys = node_keys(NODES, params, class_root)
+            stale = _stale(store, path, order, keys)
+            task = ClassTask(label, positions, keys, stale)
+            if stale:
+                needed = {d for s in stale for d in deps[s]} - set(stale)
+                task.cached = {d: _read_output(store, f"{path}/{d}") for d in needed}
+                tasks.append(task)
+            store.write_node(
+                f"{path}/status",
+                {"positions": positions, "dataset_index": dataset_index[positions]},
+                {"skipped": None, "n": int(positions.size), "keys": keys},
+            )
+
+        computed: dict[int, list[str]] = {}
+        for task, outputs in _run_tasks(tasks, features, params, deps, scheduler, progress):
+            for name in task.stale:
+                arrays, info = outputs[name]
+                store.write_node(
+                    f"{group}/{task.label}/{name}",
+                    arrays,
+                    {"key": task.keys[name], "params": params[name], "info": info},
+                )
+                if on_node is not None:
+                    on_node(task.label, name)
+            computed[task.label] = list(task.stale)
+        store.write_node(
+            f"{group}/summary",
+            {},
+            {
+                "pipeline": spec.to_json(),
+                "attribution": attribution,
+                "classes": sorted(int(c) for c in wanted),
+                "skipped": {str(k): v for k, v in skipped.items()},
+                "zero_samples": [int(i) for i in dataset_index[zero]],
+                "dropped_samples": [int(i) for i in dataset_index[dropped]],
+            },
+        )
+    if zero.any():
+        log.warning("%d all-zero heatmaps were left out of the analysis", int(zero.sum()))
+    return AnalysisResult(
+        spec.name, attribution, preprocessed, computed, skipped,
+        [int(i) for i in dataset_index[zero]], [int(i) for i in dataset_index[dropped]],
+    )
+
+
+def _choose_attribution(store: AuditStore, name: str | None) -> str:
+    have = store.attributions()
+    if name is None:
+        if len(have) != 1:
+            raise BadInputError(
+                f"audit store {store.path} holds {len(have)} attributions ({', '.join(have) or 'none'}); "
+                "name the one to analyse with analysis.attribution in the pipeline file"
+            )
+        name = have[0]
+    info = store.attribution_info(name)
+    if info["done"] < info["n"]:
+        raise BadInputError(
+            f"attribution {name!r} of {store.path} is incomplete ({info['done']}/{info['n']} samples); "
+            "run `spray attribute` again to finish it before analysing"
+        )
+    return name
+
+
+def _check_classes(classes: Sequence[int] | None, n_outputs: int) -> list[int]:
+    if classes is None:
+        return list(range(n_outputs))
+    bad = [c for c in classes if not 0 <= int(c) < n_outputs]
+    if bad:
+        raise BadInputError(f"classes {bad} do not exist: the model has outputs 0..{n_outputs - 1}")
+    return sorted({int(c) for c in classes})
+
+
+def _too_small(n: int, params: Mapping[str, dict[str, Any]]) -> str | None:
+    k = params["knn"]["n_neighbors"]
+    if n < k + 1:
+        return f"{n} samples, fewer than knn.n_neighbors + 1 = {k + 1}"
+    m = params["spectral"]["n_eigenpairs"]
+    if n <= m:
+        return f"{n} samples, not more than spectral.n_eigenpairs = {m}"
+    return None
+
+
+def _features(
+    store: AuditStore, group: str, attribution: str, params: dict[str, Any], drop_nonfinite: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, bool]:
+    """Preprocessed heatmaps of all samples, cached as node ``<group>/preprocess``: features, kept and zero
+    masks over samples, dropped positions, the features' key, and whether they were computed now."""
+    source = store.attribution_info(attribution)
+    key = hash_json(
+        {"attribution": attribution, "source": source.get("attrs"), "params": params, "drop": drop_nonfinite}
+    )
+    path = f"{group}/preprocess"
+    cached = store.has_node(path, {"key": key})
+    if cached:
+        arrays, _ = store.read_node(path)
+    else:
+        with store.reading() as f:
+            features, processor = preprocess(
+                params, f[f"attributions/{attribution}/relevance"], drop_nonfinite=drop_nonfinite
+            )
+        n = processor.kept_.shape[0]
+        full = np.zeros((n, features.shape[1]), dtype=np.float32)
+        full[processor.kept_] = features
+        zero = np.zeros(n, dtype=bool)
+        zero[processor.zero_rows_] = True
+        arrays = {"features": full, "kept": processor.kept_, "zero": zero}
+        store.write_node(path, arrays, {"key": key, "params": params})
+    kept, zero = arrays["kept"].astype(bool), arrays["zero"].astype(bool)
+    return arrays["features"], kept, zero, np.flatnonzero(~kept), key, not cached
+
+
+def _stale(store: AuditStore, path: str, order: Sequence[str], keys: Mapping[str, str]) -> list[str]:
+    """Nodes whose stored key differs from the wanted one, plus everything downstream (by key)."""
+    return [name for name in order if not store.has_node(f"{path}/{name}", {"key": keys[name]})]
+
+
+def _read_output(store: AuditStore, path: str) -> NodeOutput:
+    arrays, attrs = store.read_node(path)
+    return arrays, attrs.get("info", {})
+
+
+def _run_tasks(
+    tasks: list[ClassTask],
+    features: np.ndarray,
+    params: Mapping[str, dict[str, Any]],
+    deps: Mapping[str, list[str]],
+    scheduler: str | None,
+    progress: bool,
+) -> Iterator[tuple[ClassTask, dict[str, NodeOutput]]]:
+    """Run the class tasks with dask, yielding each as it finishes (so the caller can store it)."""
+    from spray.scheduling import dask_map
+
+    def arguments(task: ClassTask) -> tuple[Any, ...]:
+        return (features[task.positions], params, task.stale, task.cached, deps)
+
+    yield from dask_map(run_class, tasks, arguments, scheduler=scheduler, progress=progress, desc="classes")

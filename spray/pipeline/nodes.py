@@ -1,0 +1,171 @@
+"""The node table of the SpRAy processing graph: which processor each pipeline table runs, on what.
+
+Tables of a pipeline file (docs/pipelines.md) are named after these nodes; a node's parameters are its
+processor's constructor parameters. ``preprocess`` runs once over all heatmaps; every other node runs per
+class on the class's preprocessed heatmaps (``inputs["features"]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from spray.analysis import (
+    DBSCAN,
+    HDBSCAN,
+    Agglomerative,
+    FisherSeparability,
+    HeatmapPreprocessor,
+    KMeansRange,
+    KNNGraph,
+    SpectralEmbedding,
+    TSNEMap,
+    UMAPMap,
+    best_cluster,
+    propose_n_clusters,
+)
+from spray.pipeline.graph import Node, NodeOutput
+from spray.pipeline.spec import constructor_defaults, signature_defaults
+
+Inputs = Mapping[str, NodeOutput]
+
+PREPROCESS_DEFAULTS = {
+    k: v for k, v in constructor_defaults(HeatmapPreprocessor).items() if k not in ("drop_nonfinite", "batch_size")
+}
+
+
+def _features(inputs: Inputs) -> np.ndarray:
+    return inputs["features"][0]["features"]
+
+
+def _adjacency(inputs: Inputs) -> sp.csr_matrix:
+    arrays = inputs["knn"][0]
+    n = arrays["indices"].shape[0]
+    return sp.csr_matrix(
+        (arrays["adjacency_data"], arrays["adjacency_indices"], arrays["adjacency_indptr"]), shape=(n, n)
+    )
+
+
+def _embedding(inputs: Inputs) -> np.ndarray:
+    return inputs["spectral"][0]["embedding"]
+
+
+def _knn(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
+    graph = KNNGraph(**params).fit(_features(inputs))
+    adjacency = graph.adjacency_
+    arrays = {
+        "indices": graph.indices_,
+        "distances": graph.distances_.astype(np.float32),
+        "adjacency_data": adjacency.data.astype(np.float32),
+        "adjacency_indices": adjacency.indices,
+        "adjacency_indptr": adjacency.indptr,
+    }
+    return arrays, {"method": graph.method_, "recall": float(graph.recall_)}
+
+
+def _spectral(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
+    spectral = SpectralEmbedding(**params).fit(_adjacency(inputs))
+    proposed = propose_n_clusters(spectral.eigenvalues_)
+    arrays = {"eigenvalues": spectral.eigenvalues_, "embedding": spectral.embedding_.astype(np.float32)}
+    info = {
+        "n_components": spectral.n_components_,
+        "n_isolated": spectral.n_isolated_,
+        "eigengap_n_clusters": int(proposed),
+    }
+    return arrays, info
+
+
+def _clustering(cls: type) -> Any:
+    def run(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
+        clusterer = cls(**params).fit(_embedding(inputs))
+        return clusterer.named_labels(), {"skipped": {str(k): v for k, v in clusterer.skipped_.items()}}
+
+    return run
+
+
+def _map(cls: type, uses_knn: bool) -> Any:
+    def run(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
+        mapper = cls(**params)
+        if uses_knn:
+            knn = inputs["knn"][0]
+            mapper.fit(_embedding(inputs), knn=(knn["indices"], knn["distances"]))
+        else:
+            mapper.fit(_embedding(inputs))
+        return {"embedding": mapper.embedding_.astype(np.float32)}, {}
+
+    return run
+
+
+_FDA_FIT = ("n_permutations", "random_state", "regularization")
+
+
+def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
+    """Separability of every clustering (table for reports) and the class's most separable small cluster."""
+    embedding = _embedding(inputs)
+    source = {
+        name: (node, labels)
+        for node, (arrays, _) in inputs.items()
+        if node in NODES and NODES[node].kind == "clustering"
+        for name, labels in arrays.items()
+    }
+    clusterings = {name: labels for name, (_, labels) in source.items()}
+    table = {}
+    for name, labels in clusterings.items():
+        fit = FisherSeparability(**{k: params[k] for k in _FDA_FIT}).fit(embedding, labels)
+        table[name] = {
+            "score": fit.score_,
+            "z_score": fit.z_score_,
+            "p_value": fit.p_value_,
+            "clusters": {
+                str(c): {
+                    "size": fit.cluster_sizes_[c],
+                    "tau": fit.cluster_scores_[c],
+                    "z_score": fit.cluster_z_scores_[c],
+                    "p_value": fit.cluster_p_values_[c],
+                }
+                for c in fit.cluster_scores_
+            },
+        }
+    name, cluster, stats = best_cluster(embedding, clusterings, **params)
+    node = source[name][0] if name is not None else None
+    return {}, {"clusterings": table, "best": {"node": node, "clustering": name, "cluster": cluster, **stats}}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """A processor's constructor defaults, seeded: pipelines are reproducible unless a file says otherwise."""
+    defaults = constructor_defaults(cls)
+    if "random_state" in defaults and defaults["random_state"] is None:
+        defaults["random_state"] = 0
+    return defaults
+
+
+NODES: dict[str, Node] = {
+    node.name: node
+    for node in (
+        Node("knn", (), _knn, _defaults(KNNGraph), required=True),
+        Node("spectral", ("knn",), _spectral, _defaults(SpectralEmbedding), required=True),
+        Node("kmeans", ("spectral",), _clustering(KMeansRange), _defaults(KMeansRange), required=True,
+             kind="clustering"),
+        Node("hdbscan", ("spectral",), _clustering(HDBSCAN), _defaults(HDBSCAN), kind="clustering",
+             default=True),
+        Node("agglomerative", ("spectral",), _clustering(Agglomerative), _defaults(Agglomerative),
+             kind="clustering", default=True),
+        Node("dbscan", ("spectral",), _clustering(DBSCAN), _defaults(DBSCAN), kind="clustering"),
+        Node("umap", ("spectral", "knn"), _map(UMAPMap, uses_knn=True), _defaults(UMAPMap), kind="map",
+             default=True),
+        Node("tsne", ("spectral",), _map(TSNEMap, uses_knn=False), _defaults(TSNEMap), kind="map",
+             default=True),
+        Node("fda", ("spectral",), _fda, signature_defaults(best_cluster, skip=("embedding", "clusterings")),
+             required=True,
+             depends_on_all="clustering"),
+    )
+}
+
+
+def preprocess(params: dict[str, Any], relevance: Any, *, drop_nonfinite: bool) -> tuple[np.ndarray, HeatmapPreprocessor]:
+    """Features of all heatmaps (chunk by chunk from the store); the fitted preprocessor keeps row masks."""
+    processor = HeatmapPreprocessor(**params, drop_nonfinite=drop_nonfinite)
+    return processor.transform(relevance), processor

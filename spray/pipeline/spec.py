@@ -1,0 +1,165 @@
+"""Declarative pipeline files: TOML tables that name nodes of the processing graph and their parameters.
+
+A file is parsed into a :class:`PipelineSpec`; every problem is a :class:`PipelineError` that names the
+file, the line where it can be found, the table and the parameter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spray.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A parsed pipeline: which analysis to write, from which attribution, with which node parameters.
+
+    ``nodes`` maps every enabled node name to its parameters (defaults filled in by the node table);
+    ``extra`` holds the tables a caller allowed besides the analysis ones (e.g. ``spray run``'s ``model``).
+    """
+
+    name: str = "spray"
+    attribution: str | None = None
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"name": self.name, "attribution": self.attribution, "nodes": self.nodes}, sort_keys=True
+        )
+
+
+def _line_of(text: str, table: str, key: str | None = None) -> int | None:
+    """The 1-based line of ``[table]`` (or of ``key = `` inside it); None when it cannot be found."""
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[\s*" + re.escape(table) + r"\s*\]\s*(#.*)?$")
+    start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+    if start is None:
+        return None
+    if key is None:
+        return start + 1
+    assignment = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+    for i in range(start + 1, len(lines)):
+        if re.match(r"^\s*\[", lines[i]):
+            break
+        if assignment.match(lines[i]):
+            return i + 1
+    return start + 1
+
+
+def _where(source: str, text: str, table: str, key: str | None = None) -> str:
+    line = _line_of(text, table, key) if text else None
+    return f"{source}, line {line}" if line else source
+
+
+def parse_pipeline(
+    text: str,
+    *,
+    source: str = "<string>",
+    node_params: dict[str, dict[str, Any]],
+    required: frozenset[str],
+    extra_tables: frozenset[str] = frozenset(),
+    enabled: frozenset[str] = frozenset(),
+) -> PipelineSpec:
+    """Parse pipeline TOML against a node table.
+
+    ``node_params`` maps each known node to its default parameters (the valid names); nodes in
+    ``required`` (and ``enabled``) run whether or not their table is present, the others only when their
+    table is present.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PipelineError(f"{source}: malformed TOML: {exc}") from None
+    analysis = data.pop("analysis", {})
+    if not isinstance(analysis, dict):
+        raise PipelineError(f"{_where(source, text, 'analysis')}: 'analysis' must be a table")
+    unknown = set(analysis) - {"name", "attribution"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise PipelineError(
+            f"{_where(source, text, 'analysis', key)}: unknown parameter 'analysis.{key}'; "
+            "valid: name, attribution"
+        )
+    name = analysis.get("name", "spray")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise PipelineError(
+            f"{_where(source, text, 'analysis', 'name')}: analysis.name must be letters, digits and "
+            f"underscores (it names an HDF5 group and a ViRelAy analysis), got {name!r}"
+        )
+    attribution = analysis.get("attribution")
+    if attribution is not None and not isinstance(attribution, str):
+        raise PipelineError(f"{_where(source, text, 'analysis', 'attribution')}: must be a string")
+
+    nodes: dict[str, dict[str, Any]] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    for table, params in data.items():
+        if table in extra_tables:
+            extra[table] = params
+            continue
+        if table not in node_params:
+            raise PipelineError(
+                f"{_where(source, text, table)}: unknown node [{table}]; "
+                f"known nodes: {', '.join(sorted(node_params))}"
+            )
+        if not isinstance(params, dict):
+            raise PipelineError(f"{_where(source, text, table)}: [{table}] must be a table of parameters")
+        for key, value in params.items():
+            if key not in node_params[table]:
+                valid = ", ".join(sorted(node_params[table])) or "(none)"
+                raise PipelineError(
+                    f"{_where(source, text, table, key)}: unknown parameter '{table}.{key}'; valid: {valid}"
+                )
+            default = node_params[table][key]
+            if default is not None and not _same_kind(default, value):
+                raise PipelineError(
+                    f"{_where(source, text, table, key)}: '{table}.{key}' must be "
+                    f"{type(default).__name__}, got {value!r}"
+                )
+        nodes[table] = {**node_params[table], **params}
+    for node in required | enabled:
+        nodes.setdefault(node, dict(node_params[node]))
+    return PipelineSpec(name=name, attribution=attribution, nodes=nodes, extra=extra, source=source)
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    """Whether a TOML value fits a parameter whose default is ``default`` (ints are valid floats)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, list)
+    return isinstance(value, type(default))
+
+
+def load_pipeline(path: str | Path, **kwargs: Any) -> PipelineSpec:
+    """Read and parse a pipeline file; a missing or unreadable file is a :class:`PipelineError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read pipeline file {path}: {exc}") from None
+    return parse_pipeline(text, source=str(path), **kwargs)
+
+
+def signature_defaults(fn: Any, skip: tuple[str, ...] = ("self",)) -> dict[str, Any]:
+    """A callable's parameters and their defaults (None where there is none), less ``skip``."""
+    return {
+        name: (None if p.default is inspect.Parameter.empty else p.default)
+        for name, p in inspect.signature(fn).parameters.items()
+        if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def constructor_defaults(cls: type) -> dict[str, Any]:
+    """A processor's constructor parameters and their defaults (the valid names of its pipeline table)."""
+    return signature_defaults(cls.__init__)

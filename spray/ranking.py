@@ -1,0 +1,91 @@
+"""Rank classes by how likely they hide a Clever Hans strategy (contract: `spray rank --json`).
+
+Each analysed class is scored by its most separable small cluster (:func:`spray.analysis.best_cluster`):
+the z-score of that cluster's one-vs-rest Fisher separability τ against its permutation null. z-scores
+share one scale across classes of different sizes, which τ itself does not; classes are ranked by it,
+best candidate first. docs/spray-method.md defines every number.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spray.errors import BadInputError
+from spray.store import AuditStore
+
+
+def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, Any]]:
+    """One entry per analysed class, best Clever Hans candidate first; skipped classes last, with a reason.
+
+    Entry keys: ``rank``, ``class`` (index), ``name``, ``n_samples``, ``score`` (z-score), ``tau``,
+    ``p_value``, ``clustering``, ``cluster``, ``cluster_size``, ``members`` (dataset sample indices of the
+    flagged cluster), ``skipped`` (reason or None).
+    """
+    group = f"analyses/{analysis}"
+    if not store.has_node(f"{group}/summary"):
+        have = sorted({p.split("/")[1] for p in store.list_nodes("analyses")})
+        raise BadInputError(
+            f"audit store {store.path} has no analysis {analysis!r} (it has: {', '.join(have) or 'none'}); "
+            "run `spray analyze` first"
+        )
+    _, summary = store.read_node(f"{group}/summary")
+    names = store.attrs().get("label_names") or []
+    entries = []
+    for label in summary["classes"]:
+        path = f"{group}/{label}"
+        if not store.has_node(f"{path}/status"):
+            continue
+        status_arrays, status = store.read_node(f"{path}/status")
+        entry = {
+            "class": int(label),
+            "name": names[label] if label < len(names) else str(label),
+            "n_samples": int(status["n"]),
+            "score": None, "tau": None, "p_value": None,
+            "clustering": None, "cluster": None, "cluster_size": None, "members": [],
+            "skipped": status["skipped"],
+        }
+        if status["skipped"] is None:
+            if not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
+                entry["skipped"] = "analysis unfinished: run `spray analyze` again to complete it"
+            else:
+                entry.update(_best(store, path, status_arrays["dataset_index"]))
+        entries.append(entry)
+    entries.sort(key=lambda e: (e["skipped"] is not None, -_finite(e["score"]), e["class"]))
+    for i, entry in enumerate(entries, start=1):
+        entry["rank"] = i
+    return entries
+
+
+def _best(store: AuditStore, path: str, dataset_index: np.ndarray) -> dict[str, Any]:
+    _, attrs = store.read_node(f"{path}/fda")
+    best = attrs["info"]["best"]
+    if best["clustering"] is None:
+        return {"skipped": best.get("reason", "no candidate cluster")}
+    labels = store.read_node(f"{path}/{best['node']}")[0][best["clustering"]]
+    members = dataset_index[labels == best["cluster"]]
+    return {
+        "score": best["z_score"],
+        "tau": best["tau"],
+        "p_value": best["p_value"],
+        "clustering": best["clustering"],
+        "cluster": int(best["cluster"]),
+        "cluster_size": int(members.size),
+        "members": [int(i) for i in members],
+    }
+
+
+def _finite(value: float | None) -> float:
+    return value if value is not None and math.isfinite(value) else -math.inf
+
+
+def ranking_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """The ranking as a table (CSV export); members as space-separated dataset indices."""
+    columns = ["rank", "class", "name", "n_samples", "score", "tau", "p_value", "clustering", "cluster",
+               "cluster_size", "skipped", "members"]
+    table = pd.DataFrame(entries, columns=columns)
+    table["members"] = [" ".join(map(str, m)) for m in table["members"]]
+    return table

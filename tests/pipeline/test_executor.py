@@ -1,0 +1,105 @@
+"""The processing graph over a store: memoisation, recovery of planted clusters, skipped classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spray.pipeline import analyze, pipeline_from_text
+from spray.ranking import rank_classes
+from spray.store import AuditStore
+from spray.testing import make_heatmaps, write_store
+
+FAST = """
+[preprocess]
+grid = 8
+[knn]
+n_neighbors = 8
+[spectral]
+n_eigenpairs = 8
+[kmeans]
+k_min = 2
+k_max = 5
+n_init = 1
+[hdbscan]
+min_cluster_size = 5
+[fda]
+n_permutations = 30
+"""
+
+
+@pytest.fixture()
+def store(tmp_path):
+    heatmaps = make_heatmaps(n_per_class=50, n_classes=3, poisoned=1, seed=3)
+    return write_store(tmp_path / "audit.h5", heatmaps), heatmaps
+
+
+def _run(path, text=FAST, **kwargs):
+    runs: list[tuple[int, str]] = []
+    result = analyze(str(path), pipeline_from_text(text), progress=False,
+                     on_node=lambda c, n: runs.append((c, n)), **kwargs)
+    return result, runs
+
+
+def test_first_run_computes_every_node_of_every_class_and_second_run_nothing(store):
+    path, _ = store
+    result, runs = _run(path)
+    assert result.preprocessed
+    assert sorted(set(c for c, _ in runs)) == [0, 1, 2]
+    assert [n for c, n in runs if c == 0] == ["knn", "spectral", "kmeans", "hdbscan", "fda"]
+    again, runs = _run(path)
+    assert runs == [] and not again.preprocessed
+
+
+def test_changing_a_parameter_recomputes_that_node_and_its_dependents_only(store):
+    path, _ = store
+    _run(path)
+    _, runs = _run(path, FAST.replace("n_permutations = 30", "n_permutations = 40"))
+    assert sorted(set(n for _, n in runs)) == ["fda"] and len(runs) == 3
+    result, runs = _run(path, FAST.replace("min_cluster_size = 5", "min_cluster_size = 6"))
+    assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan"] and not result.preprocessed
+    result, runs = _run(path, FAST.replace("n_neighbors = 8", "n_neighbors = 7"))
+    assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan", "kmeans", "knn", "spectral"]
+    assert not result.preprocessed
+    result, runs = _run(path, FAST.replace("grid = 8", "grid = 4"))
+    assert result.preprocessed and len(runs) == 15
+
+
+def test_planted_clever_hans_class_ranks_first_and_its_cluster_is_recovered(store):
+    path, heatmaps = store
+    _run(path)
+    with AuditStore(path) as audit:
+        ranking = rank_classes(audit)
+    assert [e["rank"] for e in ranking] == [1, 2, 3]
+    top = ranking[0]
+    assert top["class"] == 1 and top["name"] == "class 1"
+    planted, found = set(heatmaps.planted.tolist()), set(top["members"])
+    f1 = 2 * len(planted & found) / (len(planted) + len(found))
+    print(f"planted {len(planted)}, flagged {len(found)}, F1 {f1:.3f}, z {top['score']:.1f}")
+    assert f1 >= 0.9
+    assert top["score"] > ranking[1]["score"]
+
+
+def test_class_with_fewer_samples_than_k_plus_one_is_skipped_with_the_reason(tmp_path):
+    heatmaps = make_heatmaps(n_per_class=30, n_classes=2, seed=1)
+    keep = np.r_[np.arange(30), np.arange(30, 36)]  # class 1 keeps only 6 samples
+    small = type(heatmaps)(heatmaps.relevance[keep], heatmaps.labels[keep], heatmaps.strategy[keep],
+                           np.array([], dtype=np.int64))
+    path = write_store(tmp_path / "small.h5", small)
+    result, runs = _run(path)
+    assert result.skipped == {1: "6 samples, fewer than knn.n_neighbors + 1 = 9"}
+    assert {c for c, _ in runs} == {0}
+    with AuditStore(path) as audit:
+        ranking = rank_classes(audit)
+    assert ranking[-1]["class"] == 1 and ranking[-1]["skipped"].startswith("6 samples")
+
+
+def test_all_zero_heatmaps_are_left_out_and_counted(store):
+    path, heatmaps = store
+    with AuditStore(path, mode="a") as audit:
+        relevance = heatmaps.relevance.copy()
+        relevance[[0, 5]] = 0.0
+        audit.write_batch("synthetic", 0, relevance=relevance, logits=np.eye(3, dtype=np.float32)[heatmaps.labels],
+                          target=heatmaps.labels, labels=heatmaps.labels, index=np.arange(len(relevance)))
+    result, _ = _run(path)
+    assert result.zero_samples == [0, 5]

@@ -138,13 +138,13 @@ def analyze(
 
         computed: dict[int, list[str]] = {}
         for task, outputs in _run_tasks(tasks, features, params, deps, scheduler, progress):
-            for name in task.stale:
-                arrays, info = outputs[name]
-                store.write_node(
-                    f"{group}/{task.label}/{name}",
-                    arrays,
-                    {"key": task.keys[name], "params": params[name], "info": info},
+            store.write_nodes({
+                f"{group}/{task.label}/{name}": (
+                    outputs[name][0], {"key": task.keys[name], "params": params[name], "info": outputs[name][1]}
                 )
+                for name in task.stale
+            })
+            for name in task.stale:
                 if on_node is not None:
                     on_node(task.label, name)
             computed[task.label] = list(task.stale)

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from spray.lrp import rules
 from spray.lrp.layers import AVGPOOL_LAYERS, BATCHNORM_LAYERS, LINEAR_LAYERS, MAXPOOL_LAYERS, PASS_LAYERS, Sum
 from spray.lrp.rules import (
-    AlphaBeta, Flat, Gamma, Pass, Proportional, Rule, WinnerTakesAll, ZBox, ZPlus, _jsonable,
+    AlphaBeta, Bounds, Flat, Gamma, Pass, Proportional, Rule, WinnerTakesAll, ZBox, ZPlus, _jsonable,
 )
 
 
@@ -121,13 +121,13 @@ class EpsilonPlusFlat(_Preset):
 class EpsilonGammaBox(_Preset):
     """First Linear/Conv z^B with pixel bounds ``[low, high]``, other convolutions γ, dense layers ε.
 
-    ``low``/``high``: scalars or tensors broadcastable to the model input (e.g. per channel after
-    normalisation); ``gamma`` and ``epsilon`` also stabilise the γ rule.
+    ``low``/``high``: numbers, or tensors (nested lists) broadcastable to the model input, e.g. per
+    channel ``(C, 1, 1)`` after input normalisation; ``epsilon`` also stabilises the γ rule.
     """
 
     name = "epsilon_gamma_box"
 
-    def __init__(self, low: float | Tensor, high: float | Tensor, gamma: float = 0.25, epsilon: float = 1e-6,
+    def __init__(self, low: Bounds, high: Bounds, gamma: float = 0.25, epsilon: float = 1e-6,
                  *, names: Mapping[str, Rule] | None = None,
                  types: Mapping[type[nn.Module], Rule] | None = None) -> None:
         super().__init__(dense=rules.Epsilon(epsilon), conv=Gamma(gamma, epsilon), first=ZBox(low, high),

@@ -56,10 +56,10 @@ class LRP:
 
         def initial(logits: Tensor) -> Tensor:
             if logits.dim() != 2:
-                raise BadInputError(f"attribute needs model outputs of shape (batch, outputs); got "
-                                    f"{tuple(logits.shape)}; use LRP.relevance with your own initial relevance")
+                raise BadInputError(f"attribute needs model outputs of shape (batch, outputs), got "
+                                    f"{tuple(logits.shape)}; use LRP.relevance with an initial relevance")
             if (target < 0).any() or (target >= logits.shape[1]).any():
-                raise BadInputError(f"target indices must lie in [0, {logits.shape[1]}); got {target.tolist()}")
+                raise BadInputError(f"target indices must lie in [0, {logits.shape[1]}), got {target.tolist()}")
             index = target.to(logits.device)[:, None]
             return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index))
 

@@ -26,9 +26,10 @@ from spray.lrp.layers import LINEAR_LAYERS
 #: Stabiliser of the rules whose denominators cannot cancel (z⁺, αβ, flat, w², z^B): it only guards 0/0.
 _GUARD = 1e-12
 
+_Params = tuple[Tensor, Tensor | None]
 #: One term of z': the layer's inputs (as modified by the rule) and its (weight, bias), or None to use the
 #: module as it is.
-_Term = tuple[Sequence[Tensor], tuple[Tensor, Tensor | None] | None]
+_Term = tuple[Sequence[Tensor], _Params | None]
 
 
 def stabilise(z: Tensor, epsilon: float) -> Tensor:
@@ -37,7 +38,7 @@ def stabilise(z: Tensor, epsilon: float) -> Tensor:
     return z + torch.where(z >= 0, step, -step)
 
 
-def _forward(module: nn.Module, inputs: Sequence[Tensor], params: tuple[Tensor, Tensor | None] | None) -> Tensor:
+def _forward(module: nn.Module, inputs: Sequence[Tensor], params: _Params | None) -> Tensor:
     # module.forward, not module(...): calling the module would re-enter the engine's hooks.
     if params is None:
         return module.forward(*inputs)
@@ -47,7 +48,9 @@ def _forward(module: nn.Module, inputs: Sequence[Tensor], params: tuple[Tensor, 
     return module._conv_forward(inputs[0], weight, bias)  # Conv1d/Conv2d, honouring padding_mode
 
 
-def _redistribute(module: nn.Module, terms: Sequence[_Term], relevance: Tensor, epsilon: float) -> tuple[Tensor, ...]:
+def _redistribute(
+    module: nn.Module, terms: Sequence[_Term], relevance: Tensor, epsilon: float
+) -> tuple[Tensor, ...]:
     """The modified-gradient formula of the module docstring; returns one relevance per layer input."""
     with torch.enable_grad():
         leaves = [[x.detach().requires_grad_(True) for x in inputs] for inputs, _ in terms]
@@ -67,8 +70,14 @@ def _redistribute(module: nn.Module, terms: Sequence[_Term], relevance: Tensor, 
     return tuple(result)
 
 
-def _jsonable(value: float | Tensor) -> float | list:
-    return value.tolist() if isinstance(value, Tensor) else float(value)
+#: Input bounds of the z^B rule: a number, or a tensor (or nested list) broadcastable to the layer input.
+Bounds = float | Tensor | Sequence
+
+
+def _jsonable(value: Bounds) -> float | list:
+    if isinstance(value, int | float):
+        return float(value)
+    return torch.as_tensor(value, dtype=torch.float64).tolist()
 
 
 class Rule:
@@ -77,7 +86,9 @@ class Rule:
     def check(self, name: str, module: nn.Module) -> None:
         """Raise :class:`UnsupportedLayerError` if this rule cannot explain ``module`` (called ``name``)."""
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         """``inputs``: the layer's inputs; ``relevance``: shaped like its output. Returns inputs' shapes."""
         raise NotImplementedError
 
@@ -99,7 +110,9 @@ class Epsilon(Rule):
     def __init__(self, epsilon: float = 1e-6) -> None:
         self.epsilon = epsilon
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         return _redistribute(module, [(inputs, None)], relevance, self.epsilon)
 
     def params(self) -> dict[str, Any]:
@@ -131,7 +144,9 @@ class Gamma(_WeightRule):
         self.gamma = gamma
         self.epsilon = epsilon
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         weight, bias = module.weight, module.bias
         params = (
             weight + self.gamma * weight.clamp(min=0),
@@ -152,7 +167,9 @@ class AlphaBeta(_WeightRule):
         self.alpha = alpha
         self.beta = beta
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         x, weight = inputs[0], module.weight
         positive_w, negative_w = weight.clamp(min=0), weight.clamp(max=0)
         # After a ReLU there are no negative inputs: skip the terms that would only add zeros.
@@ -186,7 +203,9 @@ class ZPlus(AlphaBeta):
 class Flat(_WeightRule):
     """Flat: every weight 1 and every input 1, so relevance spreads uniformly over each receptive field."""
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         params = (torch.ones_like(module.weight), None)
         return _redistribute(module, [((torch.ones_like(inputs[0]),), params)], relevance, _GUARD)
 
@@ -194,7 +213,9 @@ class Flat(_WeightRule):
 class WSquare(_WeightRule):
     """w²: contributions ``w_ij²`` (input set to 1, bias ignored)."""
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         params = (module.weight.square(), None)
         return _redistribute(module, [((torch.ones_like(inputs[0]),), params)], relevance, _GUARD)
 
@@ -202,14 +223,17 @@ class WSquare(_WeightRule):
 class ZBox(_WeightRule):
     """z^B for pixel layers with inputs in ``[low, high]``: ``x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻`` (no bias).
 
-    ``low``/``high``: scalars or tensors broadcastable to the layer input (e.g. per channel ``(1, C, 1, 1)``).
+    ``low``/``high``: numbers, or tensors (nested lists) broadcastable to the layer input, e.g. per channel
+    ``(C, 1, 1)`` after input normalisation.
     """
 
-    def __init__(self, low: float | Tensor, high: float | Tensor) -> None:
+    def __init__(self, low: Bounds, high: Bounds) -> None:
         self.low = low
         self.high = high
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         x, weight = inputs[0], module.weight
         low = torch.zeros_like(x) + torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
         high = torch.zeros_like(x) + torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
@@ -225,16 +249,20 @@ class ZBox(_WeightRule):
 
 
 class Pass(Rule):
-    """Identity: relevance passes unchanged (reshaped to the input): activations, Dropout, Flatten, folded BN."""
+    """Identity: relevance passes unchanged (reshaped to the input): activations, Dropout, Flatten."""
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         return (relevance.reshape(inputs[0].shape),)
 
 
 class WinnerTakesAll(Rule):
     """Max pooling: each output's relevance goes to the input that won the max (autograd's routing)."""
 
-    def redistribute(self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor) -> tuple[Tensor, ...]:
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+    ) -> tuple[Tensor, ...]:
         with torch.enable_grad():
             x = inputs[0].detach().requires_grad_(True)
             return torch.autograd.grad(module.forward(x), x, relevance)

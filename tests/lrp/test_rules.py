@@ -10,12 +10,14 @@ from torch import nn
 from torch.func import functional_call
 
 from spray.errors import BadInputError, UnsupportedLayerError
-from spray.lrp import AlphaBeta, Flat, Gamma, Pass, Proportional, Sum, WinnerTakesAll, WSquare, ZBox, ZPlus, rules
+from spray.lrp import (
+    AlphaBeta, Flat, Gamma, Pass, Proportional, Sum, WinnerTakesAll, WSquare, ZBox, ZPlus, rules,
+)
 from spray.lrp.rules import stabilise
 
 CONSERVING_RULES = [
-    rules.Epsilon(1e-12), Gamma(0.25, 1e-12), ZPlus(), AlphaBeta(2.0, 1.0), AlphaBeta(1.5, 0.5), Flat(), WSquare(),
-    ZBox(-3.0, 3.0),
+    rules.Epsilon(1e-12), Gamma(0.25, 1e-12), ZPlus(), AlphaBeta(2.0, 1.0), AlphaBeta(1.5, 0.5),
+    Flat(), WSquare(), ZBox(-3.0, 3.0),
 ]
 
 
@@ -31,7 +33,8 @@ def _layer(kind: str, channels_in: int, channels_out: int, size: int) -> tuple[n
     if kind == "linear":
         return nn.Linear(channels_in, channels_out, bias=False), torch.rand(3, channels_in) * 6 - 3
     if kind == "conv1d":
-        return nn.Conv1d(channels_in, channels_out, 3, padding=1, bias=False), torch.rand(3, channels_in, size) * 6 - 3
+        layer = nn.Conv1d(channels_in, channels_out, 3, padding=1, bias=False)
+        return layer, torch.rand(3, channels_in, size) * 6 - 3
     layer = nn.Conv2d(channels_in, channels_out, 3, stride=2, padding=1, bias=False)
     return layer, torch.rand(3, channels_in, size, size) * 6 - 3
 
@@ -51,13 +54,15 @@ def test_bias_free_layer_conserves_relevance_per_sample(kind, rule, channels, si
     with torch.no_grad():
         z = layer(x)
     relevance = torch.randn_like(z)
-    if isinstance(rule, AlphaBeta):  # outputs without contributions of the needed sign cannot pass relevance on
+    if isinstance(rule, AlphaBeta):  # outputs without contributions of a needed sign pass nothing on
         relevance = relevance * (_signed_output(layer, x, 1) > 1e-9)
         if rule.beta:
             relevance = relevance * (_signed_output(layer, x, -1) < -1e-9)
     (relevance_in,) = rule.redistribute(layer, (x,), relevance)
     assert relevance_in.shape == x.shape
-    torch.testing.assert_close(relevance_in.flatten(1).sum(1), relevance.flatten(1).sum(1), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(
+        relevance_in.flatten(1).sum(1), relevance.flatten(1).sum(1), rtol=1e-5, atol=1e-9
+    )
 
 
 def test_epsilon_equals_contributions_over_stabilised_output_including_bias():
@@ -84,7 +89,7 @@ def test_zbox_matches_hand_computed_example():
     relevance = torch.tensor([[4.0]], dtype=torch.float64)
     (relevance_in,) = ZBox(0.0, 1.0).redistribute(layer, (x,), relevance)
     torch.testing.assert_close(relevance_in, torch.tensor([[1.0, 3.0]], dtype=torch.float64))
-    # Per-feature bounds broadcast to the input: l = (0, -1), h = (1, 1): second contribution -0.5 - (-1)(0) + 2.
+    # Per-feature bounds broadcast to the input; l_2 = -1 meets only w_2⁺ = 0, so nothing changes.
     bounds = ZBox(torch.tensor([0.0, -1.0]), torch.tensor([1.0, 1.0]))
     (relevance_in,) = bounds.redistribute(layer, (x,), relevance)
     torch.testing.assert_close(relevance_in, torch.tensor([[1.0, 3.0]], dtype=torch.float64))
@@ -123,7 +128,8 @@ def test_winner_takes_all_gives_max_pool_relevance_to_the_argmax():
 
 def test_proportional_splits_average_pool_and_sum_by_contribution():
     x = torch.tensor([[[1.0, 3.0, 2.0, 2.0]]], dtype=torch.float64)
-    (pooled,) = Proportional().redistribute(nn.AvgPool1d(2), (x,), torch.tensor([[[4.0, 1.0]]], dtype=torch.float64))
+    relevance = torch.tensor([[[4.0, 1.0]]], dtype=torch.float64)
+    (pooled,) = Proportional().redistribute(nn.AvgPool1d(2), (x,), relevance)
     torch.testing.assert_close(pooled, torch.tensor([[[1.0, 3.0, 0.5, 0.5]]], dtype=torch.float64))
     a, b = torch.tensor([1.0, -3.0], dtype=torch.float64), torch.tensor([3.0, 1.0], dtype=torch.float64)
     relevance = torch.tensor([8.0, 4.0], dtype=torch.float64)

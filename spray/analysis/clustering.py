@@ -160,7 +160,8 @@ class HDBSCAN(_Clusterer):
         if n < need:
             self.skipped_[self.name] = f"n={n} samples < min_cluster_size/min_samples = {need}"
             return self
-        self.labels_[self.name] = _SkHDBSCAN(min_cluster_size=mcs, min_samples=ms).fit(X).labels_.astype(np.int64)
+        model = _SkHDBSCAN(min_cluster_size=mcs, min_samples=ms, copy=True)
+        self.labels_[self.name] = model.fit(X).labels_.astype(np.int64)
         return self
 
 

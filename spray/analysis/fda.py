@@ -71,9 +71,10 @@ def _clustering_scores(sums: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 def _one_vs_rest_scores(sums: np.ndarray, sizes: np.ndarray, n: int) -> np.ndarray:
     """τ for each group and labeling (P, G), from group sums of rows centred and whitened over all n."""
     rest = n - sizes
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = n * np.einsum("pgd,pgd->pg", sums, sums) / (sizes * rest)[None, :]
-    return np.where(rest[None, :] > 0, _ratio(np.nan_to_num(s)), 0.0)
+    norm2 = np.einsum("pgd,pgd->pg", sums, sums)
+    denom = np.broadcast_to(sizes * rest, norm2.shape)
+    s = np.divide(n * norm2, denom, out=np.zeros_like(norm2), where=denom > 0)
+    return _ratio(s)  # a group with no rest has s = 0, hence τ = 0
 
 
 def _null_summary(observed: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, ...]:

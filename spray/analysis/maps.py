@@ -101,10 +101,13 @@ class TSNEMap:
     Needs n ≥ 4.
     """
 
-    def __init__(self, perplexity: float = 30.0, random_state: Any = None, init: str = "pca") -> None:
+    def __init__(
+        self, perplexity: float = 30.0, random_state: Any = None, init: str = "pca", max_iter: int = 1000
+    ) -> None:
         self.perplexity = perplexity
         self.random_state = random_state
         self.init = init
+        self.max_iter = max_iter
 
     def fit(self, embedding: Any, y: Any = None) -> TSNEMap:
         from sklearn.manifold import TSNE
@@ -112,6 +115,7 @@ class TSNEMap:
         perplexity = check_real(self.perplexity, "perplexity", minimum=0.0, strict=True)
         if self.init not in ("pca", "random"):
             raise BadInputError(f"init must be 'pca' or 'random', got {self.init!r}")
+        max_iter = check_int(self.max_iter, "max_iter", minimum=250)  # sklearn's minimum
         seed = seed_from(self.random_state)
         X = check_matrix(embedding, "embedding", min_rows=4, dtype=np.float32)
         n = X.shape[0]
@@ -120,7 +124,14 @@ class TSNEMap:
         if perplexity > limit:
             self.notes_.append(f"perplexity={perplexity:g} clipped to (n - 1)/3 = {limit:g} for n={n} samples")
             perplexity = limit
-        model = TSNE(n_components=2, perplexity=perplexity, init=self.init, random_state=seed, method="barnes_hut")
+        model = TSNE(
+            n_components=2,
+            perplexity=perplexity,
+            init=self.init,
+            random_state=seed,
+            method="barnes_hut",
+            max_iter=max_iter,
+        )
         self.embedding_ = model.fit_transform(X).astype(np.float32)
         self.perplexity_ = perplexity
         return self

@@ -26,6 +26,7 @@ _DENSE_MIN_N = 256  # components at most this large are solved densely (faster t
 def _check_adjacency(adjacency: Any) -> sp.csr_matrix:
     A = sp.csr_matrix(adjacency, dtype=np.float64) if not sp.issparse(adjacency) else adjacency.tocsr()
     A = A.astype(np.float64)
+    A.eliminate_zeros()  # stored zeros would count as edges for connected_components
     if A.ndim != 2 or A.shape[0] != A.shape[1]:
         raise BadInputError(f"adjacency must be a square matrix, got shape {A.shape}")
     if A.shape[0] < 2:

@@ -1,0 +1,89 @@
+"""Clusterers: k-means range recovers planted clusters; thin sklearn wrappers share one output shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from spray.analysis.clustering import DBSCAN, HDBSCAN, Agglomerative, KMeansRange, normalize_rows
+from spray.analysis.knn import KNNGraph
+from spray.analysis.spectral import SpectralEmbedding
+from spray.errors import BadInputError
+
+
+@pytest.fixture
+def planted(blobs):
+    X, labels = blobs([150, 100, 60, 40], d=12, seed=6)
+    graph = KNNGraph(10).fit(X)
+    return SpectralEmbedding(8, random_state=0).fit(graph.adjacency_).embedding_, labels, graph
+
+
+def test_kmeans_range_recovers_planted_clusters(planted):
+    E, labels, _ = planted
+    km = KMeansRange(k_min=2, k_max=6, random_state=0).fit(E)
+    assert sorted(km.labels_) == [2, 3, 4, 5, 6] and km.skipped_ == {}
+    assert adjusted_rand_score(labels, km.labels_[4]) >= 0.95
+    assert all(v.dtype == np.int64 and v.shape == labels.shape for v in km.labels_.values())
+    assert list(km.named_labels()) == [f"kmeans_{k}" for k in range(2, 7)]
+    assert km.inertia_[6] <= km.inertia_[2]
+
+
+def test_kmeans_result_for_one_k_does_not_depend_on_the_range(planted):
+    E = planted[0]
+    a = KMeansRange(3, 3, random_state=1).fit(E).labels_[3]
+    b = KMeansRange(2, 5, random_state=1).fit(E).labels_[3]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_k_larger_than_n_minus_one_is_skipped_with_reason():
+    km = KMeansRange(2, 6).fit(np.random.default_rng(0).normal(size=(5, 3)))
+    assert sorted(km.labels_) == [2, 3, 4] and sorted(km.skipped_) == [5, 6]
+    assert "n - 1 = 4" in km.skipped_[5]
+
+
+def test_agglomerative_hdbscan_dbscan_recover_planted_clusters(planted):
+    E, labels, graph = planted
+    agg = Agglomerative(n_clusters=[4, 2]).fit(E)
+    assert sorted(agg.labels_) == [2, 4] and adjusted_rand_score(labels, agg.labels_[4]) >= 0.95
+    agg_sparse = Agglomerative(4).fit(E, connectivity=graph.adjacency_)
+    assert adjusted_rand_score(labels, agg_sparse.labels_[4]) >= 0.95
+    hdb = HDBSCAN(min_cluster_size=10).fit(E)
+    assert list(hdb.named_labels()) == ["hdbscan"]
+    keep = hdb.labels_["hdbscan"] >= 0
+    assert keep.mean() > 0.8 and adjusted_rand_score(labels[keep], hdb.labels_["hdbscan"][keep]) >= 0.95
+    db = DBSCAN(eps=0.3, min_samples=5).fit(E)
+    assert adjusted_rand_score(labels, db.labels_["dbscan"]) >= 0.95
+
+
+def test_hdbscan_on_too_few_samples_is_skipped():
+    hdb = HDBSCAN(min_cluster_size=10).fit(np.zeros((4, 2)))
+    assert hdb.labels_ == {} and "min_cluster_size" in hdb.skipped_["hdbscan"]
+
+
+def test_normalize_rows_leaves_zero_rows():
+    out = normalize_rows(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    ("clusterer", "name"),
+    [
+        (KMeansRange(k_min=0), "k_min"),
+        (KMeansRange(k_min=5, k_max=3), "k_max"),
+        (KMeansRange(n_init=0), "n_init"),
+        (Agglomerative(n_clusters=[]), "n_clusters"),
+        (Agglomerative(linkage="centroid"), "linkage"),
+        (HDBSCAN(min_cluster_size=1), "min_cluster_size"),
+        (DBSCAN(eps=0), "eps"),
+        (DBSCAN(min_samples=0), "min_samples"),
+    ],
+)
+def test_bad_parameters_are_named(clusterer, name):
+    with pytest.raises(BadInputError, match=name):
+        clusterer.fit(np.random.default_rng(0).normal(size=(20, 3)))
+
+
+def test_bad_embedding_is_named():
+    with pytest.raises(BadInputError, match="embedding"):
+        KMeansRange().fit(np.zeros(10))

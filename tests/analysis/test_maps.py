@@ -1,0 +1,73 @@
+"""UMAP and t-SNE maps. All umap use lives in this module: numba compiles once per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spray.analysis.knn import KNNGraph
+from spray.analysis.maps import TSNEMap, UMAPMap
+from spray.analysis.spectral import SpectralEmbedding
+from spray.errors import BadInputError
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(40, 8)) + 12 * i for i in range(3)]).astype(np.float32)
+    graph = KNNGraph(10).fit(X)
+    embedding = SpectralEmbedding(6, random_state=0).fit(graph.adjacency_).embedding_
+    return embedding, graph, np.repeat(np.arange(3), 40)
+
+
+def _separated(points, labels):
+    """Every point's nearest other point in the map has its label."""
+    d = np.linalg.norm(points[:, None] - points[None], axis=2)
+    np.fill_diagonal(d, np.inf)
+    return np.mean(labels[d.argmin(axis=1)] == labels)
+
+
+def test_umap_reuses_the_knn_graph_is_seeded_and_separates_clusters(pipeline):
+    embedding, graph, labels = pipeline
+    first = UMAPMap(n_neighbors=15, random_state=0).fit(embedding, knn=graph)
+    assert first.embedding_.shape == (120, 2) and first.embedding_.dtype == np.float32
+    assert first.n_neighbors_ == 11 and "reduced to 11" in first.notes_[0]  # k = 10 neighbours + self
+    again = UMAPMap(n_neighbors=15, random_state=0).fit(embedding, knn=(graph.indices_, graph.distances_))
+    np.testing.assert_array_equal(first.embedding_, again.embedding_)
+    assert _separated(first.embedding_, labels) == 1.0
+
+
+def test_umap_without_knn_computes_its_own_neighbours(pipeline):
+    embedding, _, labels = pipeline
+    umap_map = UMAPMap(n_neighbors=8, random_state=0, n_epochs=50).fit(embedding)
+    assert umap_map.n_neighbors_ == 8 and umap_map.notes_ == []
+    assert _separated(umap_map.embedding_, labels) > 0.95
+
+
+def test_umap_rejects_a_knn_graph_of_another_size(pipeline):
+    embedding, graph, _ = pipeline
+    with pytest.raises(BadInputError, match=r"knn indices and distances must both have shape \(60, k\)"):
+        UMAPMap().fit(embedding[:60], knn=graph)
+
+
+def test_tsne_clips_perplexity_with_a_note_and_separates_clusters(pipeline):
+    embedding, _, labels = pipeline
+    tsne = TSNEMap(perplexity=100, random_state=0, max_iter=300).fit(embedding)
+    assert tsne.perplexity_ == pytest.approx(119 / 3) and "clipped" in tsne.notes_[0]
+    assert tsne.embedding_.shape == (120, 2) and _separated(tsne.embedding_, labels) == 1.0
+    assert TSNEMap(perplexity=10, random_state=0, max_iter=250).fit(embedding).notes_ == []
+
+
+@pytest.mark.parametrize(
+    ("mapper", "name"),
+    [
+        (UMAPMap(n_neighbors=1), "n_neighbors"),
+        (UMAPMap(min_dist=-1.0), "min_dist"),
+        (TSNEMap(perplexity=0), "perplexity"),
+        (TSNEMap(init="spectral"), "init"),
+        (TSNEMap(max_iter=10), "max_iter"),
+    ],
+)
+def test_bad_parameters_are_named(mapper, name, pipeline):
+    with pytest.raises(BadInputError, match=name):
+        mapper.fit(pipeline[0])

@@ -1,10 +1,10 @@
 """The LRP engine: attach a composite's rules to a model, run one forward and one backward pass, detach.
 
-Every leaf module gets a pre-hook (its inputs enter detached, so the plain forward builds no graph) and a
-forward hook that wraps its output in :class:`_Relay`, an autograd function that is the identity forward
-and calls the layer's rule backward. Autograd therefore carries *relevance* from layer to layer; functional
-operations between modules see relevance as a gradient, which is right for reshapes, views, indexing and
-ReLU-type gating, but wrong for additions (use :class:`~spray.lrp.Sum`) and scalings.
+Every leaf module gets a pre-hook (it runs on detached leaves of its inputs, so its graph serves its rule
+only) and a forward hook that wraps its output in :class:`_Relay`, an autograd function that is the
+identity forward and calls the layer's rule backward. Autograd therefore carries *relevance* from layer
+to layer; functional operations between modules see relevance as a gradient, which is right for reshapes,
+views, indexing and ReLU-type gating, but wrong for additions (use :class:`~spray.lrp.Sum`) and scalings.
 """
 
 from __future__ import annotations
@@ -78,9 +78,14 @@ class LRP:
     def _propagate(self, model: nn.Module, x: Tensor, start: str | None,
                    initial: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         """One forward pass with hooks, one backward pass; returns (input relevance, start activation)."""
-        if start is not None and start not in dict(model.named_modules()):
+        names = [name for name, _ in model.named_modules()]
+        if start is not None and start not in names:
             raise BadInputError(f"start module {start!r} is not in the model; use a name from "
-                                f"model.named_modules(), e.g. {[n for n, _ in model.named_modules()][1:6]}")
+                                f"model.named_modules(), e.g. {names[1:6]}")
+        unknown = sorted(set(self.composite.names) - set(names))
+        if unknown:
+            raise BadInputError(f"the composite maps rules to modules the model does not have: {unknown}; "
+                                f"names are qualified as in model.named_modules(), e.g. {names[1:6]}")
         with ExitStack() as stack:
             stack.enter_context(_frozen(model))
             stack.enter_context(fold_batchnorm(model))
@@ -110,19 +115,27 @@ class LRP:
 
 
 class _Relay(torch.autograd.Function):
-    """Identity forward (returns the precomputed output); the rule's redistribution backward."""
+    """Identity forward (returns the layer's output); the layer's rule backward.
+
+    ``forward`` holds the layer's inputs as leaves and its output with a graph to them: rules that use the
+    layer as it is need no second evaluation. They travel in a list, so autograd does not treat them as
+    inputs of this function; ``inputs`` (the layer's real inputs) only connect the graph. An in-place
+    change of the returned tensor (``x.relu_()`` in a forward) reaches ``output`` too; for gating, the
+    only in-place operation LRP can explain anyway, the changed units receive no relevance, so it is moot.
+    """
 
     @staticmethod
-    def forward(ctx: Any, rule: Rule, module: nn.Module, output: list[Tensor], *inputs: Tensor) -> Tensor:
-        # The output arrives in a list so that autograd does not see it as an input returned as-is (whose
-        # view could then not be modified in place by a later ReLU(inplace=True) or `x.relu_()`).
-        ctx.rule, ctx.module = rule, module
-        ctx.save_for_backward(*inputs)
-        return output[0]
+    def forward(ctx: Any, rule: Rule, module: nn.Module, forward: list, *inputs: Tensor) -> Tensor:
+        leaves, output = forward
+        ctx.rule, ctx.module, ctx.leaves, ctx.output = rule, module, leaves, output
+        result = output.detach()
+        if any(result.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for x in inputs):
+            result = result.clone()  # Identity, Flatten, eval Dropout: never hand out an alias of an input
+        return result
 
     @staticmethod
     def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, None, None, *ctx.rule.redistribute(ctx.module, ctx.saved_tensors, relevance))
+        return (None, None, None, *ctx.rule.redistribute(ctx.module, ctx.leaves, ctx.output, relevance))
 
 
 def _attach(model: nn.Module, composite: Composite) -> list[RemovableHandle]:
@@ -140,19 +153,18 @@ def _attach(model: nn.Module, composite: Composite) -> list[RemovableHandle]:
         if not all(isinstance(a, Tensor) for a in args):
             raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) is called with "
                                         "non-tensor arguments; LRP hooks need tensor inputs only")
-        pending.append((rule, args))
-        # A copy for in-place modules, which would otherwise overwrite the tensors saved for backward.
-        copy = getattr(module, "inplace", False)
-        return tuple(a.detach().clone() if copy else a.detach() for a in args)
+        # The layer runs on leaves of its own: its graph ends there and serves its rule alone.
+        leaves = tuple(a.detach().requires_grad_(True) for a in args)
+        pending.append((rule, args, leaves))
+        # In-place modules (ReLU(inplace=True)) get a copy: a leaf cannot be modified in place.
+        return tuple(leaf.clone() for leaf in leaves) if getattr(module, "inplace", False) else leaves
 
     def forward_hook(name: str, pending: list, module: nn.Module, args: tuple, output: Any) -> Tensor:
-        rule, inputs = pending.pop()
+        rule, inputs, leaves = pending.pop()
         if not isinstance(output, Tensor):
             raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) returns "
                                         f"{type(output).__name__}, not a tensor; LRP cannot explain it")
-        if any(output.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for x in inputs):
-            output = output.clone()  # Identity, Flatten, eval Dropout: never alias the saved inputs
-        return _Relay.apply(rule, module, [output], *inputs)
+        return _Relay.apply(rule, module, [leaves, output], *inputs)
 
     for name, module in model.named_modules():
         if next(module.children(), None) is None:
@@ -171,9 +183,9 @@ def _unsupported(name: str, module: nn.Module) -> UnsupportedLayerError:
     kind = type(module).__name__
     return UnsupportedLayerError(
         f"LRP has no rule for module {name!r} of type {type(module).__qualname__}. Map a rule to it via the "
-        f"composite, by name (e.g. EpsilonPlusFlat(names={{{name!r}: rules.Epsilon()}}) for an affine layer) "
-        f"or by type (e.g. types={{{kind}: rules.Pass()}} for an elementwise activation). Residual additions "
-        f"must go through spray.lrp.Sum."
+        f"composite, by name (e.g. EpsilonPlusFlat(names={{{name!r}: spray.lrp.rules.Epsilon()}}) for an "
+        f"affine layer) or by type (e.g. types={{{kind}: spray.lrp.Pass()}} for an elementwise activation). "
+        f"Residual additions must go through spray.lrp.Sum."
     )
 
 

@@ -8,7 +8,8 @@ relevance ``R`` of its output::
 where each term ``t`` evaluates the layer on a rule-modified input ``x_t`` with rule-modified parameters
 (e.g. z⁺: ``f(x⁺; w⁺) + f(x⁻; w⁻)``) and ``stab(z) = z + ε·sign(z)`` with ``sign(0) = 1``. The engine calls
 :meth:`Rule.redistribute` from autograd's backward pass, so the relevance flowing between layers is carried
-by autograd as if it were a gradient.
+by autograd as if it were a gradient. Rules that use the layer as it is (ε, proportional, winner-takes-all)
+reuse the graph of the forward pass instead of evaluating the layer again.
 """
 
 from __future__ import annotations
@@ -27,47 +28,38 @@ from spray.lrp.layers import LINEAR_LAYERS
 _GUARD = 1e-12
 
 _Params = tuple[Tensor, Tensor | None]
-#: One term of z': the layer's inputs (as modified by the rule) and its (weight, bias), or None to use the
-#: module as it is.
-_Term = tuple[Sequence[Tensor], _Params | None]
+#: One term of z': the layer's input as modified by the rule, and its modified (weight, bias).
+_Term = tuple[Tensor, _Params]
 
 
 def stabilise(z: Tensor, epsilon: float) -> Tensor:
     """``z + ε·sign(z)`` with ``sign(0) = 1``: moves the denominator away from zero, keeping its sign."""
     step = z.new_tensor(epsilon)
-    return z + torch.where(z >= 0, step, -step)
+    return torch.where(z >= 0, step, -step).add_(z)  # -0.0 >= 0 holds: sign(±0) = 1
 
 
-def _forward(module: nn.Module, inputs: Sequence[Tensor], params: _Params | None) -> Tensor:
-    # module.forward, not module(...): calling the module would re-enter the engine's hooks.
-    if params is None:
-        return module.forward(*inputs)
+def _forward(module: nn.Module, x: Tensor, params: _Params) -> Tensor:
+    """A Linear/Conv layer evaluated with other parameters."""
     weight, bias = params
     if isinstance(module, nn.Linear):
-        return F.linear(inputs[0], weight, bias)
-    return module._conv_forward(inputs[0], weight, bias)  # Conv1d/Conv2d, honouring padding_mode
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)  # Conv1d/Conv2d, honouring padding_mode
 
 
-def _redistribute(
-    module: nn.Module, terms: Sequence[_Term], relevance: Tensor, epsilon: float
-) -> tuple[Tensor, ...]:
-    """The modified-gradient formula of the module docstring; returns one relevance per layer input."""
+def _share(inputs: Sequence[Tensor], z: Tensor, relevance: Tensor, epsilon: float) -> tuple[Tensor, ...]:
+    """``x ⊙ ∂/∂x [Σ_j z_j · stopgrad(R_j / stab(z_j))]`` for every input ``x``; ``z`` has a graph to them."""
+    grads = torch.autograd.grad(
+        z, inputs, relevance / stabilise(z.detach(), epsilon), allow_unused=True, materialize_grads=True
+    )
+    return tuple(x.detach() * grad for x, grad in zip(inputs, grads, strict=True))
+
+
+def _redistribute(module: nn.Module, terms: Sequence[_Term], relevance: Tensor, epsilon: float) -> Tensor:
+    """The modified-gradient formula of the module docstring for a one-input Linear/Conv layer."""
     with torch.enable_grad():
-        leaves = [[x.detach().requires_grad_(True) for x in inputs] for inputs, _ in terms]
-        z = sum(_forward(module, xs, params) for xs, (_, params) in zip(leaves, terms, strict=True))
-        flat = [x for xs in leaves for x in xs]
-        grads = iter(torch.autograd.grad(
-            z, flat, relevance / stabilise(z.detach(), epsilon), allow_unused=True, materialize_grads=True
-        ))
-    result: list[Tensor] = []
-    for xs in leaves:
-        for k, x in enumerate(xs):
-            share = x.detach() * next(grads)
-            if k < len(result):
-                result[k] = result[k] + share
-            else:
-                result.append(share)
-    return tuple(result)
+        leaves = [x.detach().requires_grad_(True) for x, _ in terms]
+        z = sum(_forward(module, x, params) for x, (_, params) in zip(leaves, terms, strict=True))
+        return sum(_share(leaves, z, relevance, epsilon))
 
 
 #: Input bounds of the z^B rule: a number, or a tensor (or nested list) broadcastable to the layer input.
@@ -87,9 +79,13 @@ class Rule:
         """Raise :class:`UnsupportedLayerError` if this rule cannot explain ``module`` (called ``name``)."""
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
-        """``inputs``: the layer's inputs; ``relevance``: shaped like its output. Returns inputs' shapes."""
+        """Relevance per input, shaped like the inputs.
+
+        ``inputs``: the layer's inputs, leaves that require grad; ``output``: the layer applied to them, with
+        its graph; ``relevance``: shaped like ``output``.
+        """
         raise NotImplementedError
 
     def params(self) -> dict[str, Any]:
@@ -111,9 +107,9 @@ class Epsilon(Rule):
         self.epsilon = epsilon
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
-        return _redistribute(module, [(inputs, None)], relevance, self.epsilon)
+        return _share(inputs, output, relevance, self.epsilon)
 
     def params(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}
@@ -145,14 +141,14 @@ class Gamma(_WeightRule):
         self.epsilon = epsilon
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
         weight, bias = module.weight, module.bias
         params = (
             weight + self.gamma * weight.clamp(min=0),
             None if bias is None else bias + self.gamma * bias.clamp(min=0),
         )
-        return _redistribute(module, [(inputs, params)], relevance, self.epsilon)
+        return (_redistribute(module, [(inputs[0], params)], relevance, self.epsilon),)
 
     def params(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "epsilon": self.epsilon}
@@ -168,16 +164,16 @@ class AlphaBeta(_WeightRule):
         self.beta = beta
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
         x, weight = inputs[0], module.weight
         positive_w, negative_w = weight.clamp(min=0), weight.clamp(max=0)
         # After a ReLU there are no negative inputs: skip the terms that would only add zeros.
         split = (x.clamp(min=0), x.clamp(max=0)) if (x < 0).any() else (x,)
-        (positive,) = _redistribute(module, _signed_terms(split, positive_w, negative_w), relevance, _GUARD)
+        positive = _redistribute(module, _signed_terms(split, positive_w, negative_w), relevance, _GUARD)
         if self.beta == 0:
             return (self.alpha * positive,)
-        (negative,) = _redistribute(module, _signed_terms(split, negative_w, positive_w), relevance, _GUARD)
+        negative = _redistribute(module, _signed_terms(split, negative_w, positive_w), relevance, _GUARD)
         return (self.alpha * positive - self.beta * negative,)
 
     def params(self) -> dict[str, Any]:
@@ -187,7 +183,7 @@ class AlphaBeta(_WeightRule):
 def _signed_terms(split: tuple[Tensor, ...], same_sign: Tensor, other_sign: Tensor) -> list[_Term]:
     """Terms ``f(x⁺; same_sign) + f(x⁻; other_sign)`` for ``split = (x⁺, x⁻)`` or ``(x⁺,)``: the
     contributions ``x_i w_ij`` of one sign."""
-    return [((part,), (w, None)) for part, w in zip(split, (same_sign, other_sign))]
+    return [(part, (w, None)) for part, w in zip(split, (same_sign, other_sign))]
 
 
 class ZPlus(AlphaBeta):
@@ -204,20 +200,20 @@ class Flat(_WeightRule):
     """Flat: every weight 1 and every input 1, so relevance spreads uniformly over each receptive field."""
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
         params = (torch.ones_like(module.weight), None)
-        return _redistribute(module, [((torch.ones_like(inputs[0]),), params)], relevance, _GUARD)
+        return (_redistribute(module, [(torch.ones_like(inputs[0]), params)], relevance, _GUARD),)
 
 
 class WSquare(_WeightRule):
     """w²: contributions ``w_ij²`` (input set to 1, bias ignored)."""
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
         params = (module.weight.square(), None)
-        return _redistribute(module, [((torch.ones_like(inputs[0]),), params)], relevance, _GUARD)
+        return (_redistribute(module, [(torch.ones_like(inputs[0]), params)], relevance, _GUARD),)
 
 
 class ZBox(_WeightRule):
@@ -232,17 +228,17 @@ class ZBox(_WeightRule):
         self.high = high
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
         x, weight = inputs[0], module.weight
         low = torch.zeros_like(x) + torch.as_tensor(self.low, dtype=x.dtype, device=x.device)
         high = torch.zeros_like(x) + torch.as_tensor(self.high, dtype=x.dtype, device=x.device)
         terms: list[_Term] = [
-            ((x,), (weight, None)),
-            ((low,), (-weight.clamp(min=0), None)),
-            ((high,), (-weight.clamp(max=0), None)),
+            (x, (weight, None)),
+            (low, (-weight.clamp(min=0), None)),
+            (high, (-weight.clamp(max=0), None)),
         ]
-        return _redistribute(module, terms, relevance, _GUARD)
+        return (_redistribute(module, terms, relevance, _GUARD),)
 
     def params(self) -> dict[str, Any]:
         return {"low": _jsonable(self.low), "high": _jsonable(self.high)}
@@ -252,7 +248,7 @@ class Pass(Rule):
     """Identity: relevance passes unchanged (reshaped to the input): activations, Dropout, Flatten."""
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
         return (relevance.reshape(inputs[0].shape),)
 
@@ -261,8 +257,6 @@ class WinnerTakesAll(Rule):
     """Max pooling: each output's relevance goes to the input that won the max (autograd's routing)."""
 
     def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], relevance: Tensor
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
-        with torch.enable_grad():
-            x = inputs[0].detach().requires_grad_(True)
-            return torch.autograd.grad(module.forward(x), x, relevance)
+        return torch.autograd.grad(output, inputs, relevance)

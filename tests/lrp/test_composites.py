@@ -22,9 +22,9 @@ class _Spy(rules.Epsilon):
         super().__init__(1e-9)
         self.seen: list[nn.Module] = []
 
-    def redistribute(self, module, inputs, relevance):
+    def redistribute(self, module, inputs, output, relevance):
         self.seen.append(module)
-        return super().redistribute(module, inputs, relevance)
+        return super().redistribute(module, inputs, output, relevance)
 
 
 class _Reversed(nn.Module):

@@ -245,10 +245,12 @@ def test_relevance_from_the_output_equals_attribute(resnet):
     torch.testing.assert_close(relevance, attributed)
 
 
-def test_relevance_rejects_unknown_start_and_misshapen_initial_relevance(resnet):
+def test_relevance_rejects_unknown_module_names_and_misshapen_initial_relevance(resnet):
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     with pytest.raises(BadInputError, match="'blocks.7'"):
         LRP(Epsilon()).relevance(resnet, x, start="blocks.7", initial=lambda a: a)
+    with pytest.raises(BadInputError, match=r"does not have: \['fc2'\]"):
+        LRP(Epsilon(names={"fc2": Pass()})).relevance(resnet, x, start=None, initial=lambda a: a)
     with pytest.raises(BadInputError, match="initial relevance has shape"):
         LRP(Epsilon()).relevance(resnet, x, start="pool", initial=lambda a: a.flatten(1))
     _assert_left_as_found(resnet, _state(resnet))

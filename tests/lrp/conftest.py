@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -43,7 +45,7 @@ class ResNetLike(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-def randomise_batchnorm(model: nn.Module, bias: bool) -> nn.Module:
+def _randomise_batchnorm(model: nn.Module, bias: bool) -> nn.Module:
     """Non-trivial running statistics (mean zero without biases, so that folding adds no bias)."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -59,12 +61,17 @@ def randomise_batchnorm(model: nn.Module, bias: bool) -> nn.Module:
 
 
 @pytest.fixture
+def randomise_batchnorm() -> Callable[[nn.Module, bool], nn.Module]:
+    return _randomise_batchnorm
+
+
+@pytest.fixture
 def resnet() -> nn.Module:
     torch.manual_seed(0)
-    return randomise_batchnorm(ResNetLike(bias=True), bias=True).double().eval()
+    return _randomise_batchnorm(ResNetLike(bias=True), bias=True).double().eval()
 
 
 @pytest.fixture
 def bias_free_resnet() -> nn.Module:
     torch.manual_seed(1)
-    return randomise_batchnorm(ResNetLike(bias=False), bias=False).double().eval()
+    return _randomise_batchnorm(ResNetLike(bias=False), bias=False).double().eval()

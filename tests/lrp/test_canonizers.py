@@ -8,25 +8,26 @@ from torch import nn
 
 from spray.lrp import fold_batchnorm
 
-from conftest import randomise_batchnorm
 
-
-def _model(bias: bool) -> nn.Module:
+@pytest.fixture
+def model(randomise_batchnorm, request) -> nn.Module:
+    """Conv2d → BatchNorm2d and Linear → BatchNorm1d in a Sequential; ``request.param``: layer biases."""
     torch.manual_seed(0)
+    bias = getattr(request, "param", False)
     model = nn.Sequential(
         nn.Conv2d(2, 3, 3, bias=bias), nn.BatchNorm2d(3), nn.ReLU(),
         nn.Flatten(), nn.Linear(12, 5, bias=bias), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2),
     )
-    return randomise_batchnorm(model, bias=True).double().eval()
+    return randomise_batchnorm(model, True).double().eval()
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: tensor.clone() for name, tensor in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_folded_model_computes_the_same_function_and_is_restored_bit_for_bit(bias):
-    model, x = _model(bias), torch.randn(4, 2, 4, 4, dtype=torch.float64)
+@pytest.mark.parametrize("model", [True, False], indirect=True, ids=["bias", "no_bias"])
+def test_folded_model_computes_the_same_function_and_is_restored_bit_for_bit(model):
+    x, bias = torch.randn(4, 2, 4, 4, dtype=torch.float64), model[0].bias is not None
     before, parameters, output = _snapshot(model), list(model.parameters()), model(x)
     with fold_batchnorm(model) as folded:
         assert folded == 2
@@ -41,8 +42,7 @@ def test_folded_model_computes_the_same_function_and_is_restored_bit_for_bit(bia
     assert torch.equal(model(x), output)
 
 
-def test_model_is_restored_when_the_block_raises():
-    model = _model(bias=False)
+def test_model_is_restored_when_the_block_raises(model):
     before = _snapshot(model)
     with pytest.raises(RuntimeError, match="boom"), fold_batchnorm(model):
         raise RuntimeError("boom")

@@ -8,7 +8,10 @@ larger than n − 1, ...) are skipped, with the reason in ``skipped_``.
 
 By default every clusterer works on the row-normalised embedding, ``e_i / ‖e_i‖`` (Ng, Jordan & Weiss 2002;
 CoRelAy normalises the eigenvector rows in its embedding step; we keep ``SpectralEmbedding.embedding_`` plain
-and normalise here). All-zero rows stay zero.
+and normalise here). All-zero rows stay zero. k-means for k clusters uses, by default, only the first k
+eigenvectors (Ng, Jordan & Weiss), normalised over those k columns: on 9 planted clusters (n = 10k,
+d = 1024, 32 eigenpairs) that recovered them exactly (ARI 1.0) where all 32 columns (CoRelAy) gave 0.60.
+``columns="all"`` reproduces CoRelAy.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from spray.analysis._validation import check_int, check_matrix, check_real, seed_from
+from spray.analysis._common import (
+    check_choice,
+    check_int,
+    check_matrix,
+    check_real,
+    limited_threads,
+    seed_from,
+)
 from spray.errors import BadInputError
 
 
@@ -57,9 +67,11 @@ def _cluster_counts(ks: Any, name: str, minimum: int) -> list[int]:
 class KMeansRange(_Clusterer):
     """k-means for every k in ``k_min..k_max`` (inclusive), each with ``n_init`` k-means++ restarts.
 
-    Fitted: ``labels_`` dict ``k -> (n,) int64``; ``inertia_`` dict ``k -> float``; ``skipped_`` dict
-    ``k -> reason`` for k > n − 1. All k share the seed from ``random_state``, so the result for one k
-    does not depend on the range.
+    ``columns="first_k"``: for k clusters, the first k columns of the embedding (the k smallest eigenpairs),
+    row-normalised over those columns; ``"all"``: every column. Fitted: ``labels_`` dict ``k -> (n,) int64``;
+    ``inertia_`` dict ``k -> float``; ``skipped_`` dict ``k -> reason`` for k > n − 1. All k share the seed
+    from ``random_state``, so the result for one k does not depend on the range. ``n_threads`` caps OpenMP
+    threads (``None``: library default); see :func:`spray.analysis._common.limited_threads` for why 1.
     """
 
     name = "kmeans"
@@ -71,14 +83,18 @@ class KMeansRange(_Clusterer):
         random_state: Any = 0,
         n_init: int = 3,
         normalize_rows: bool = True,
+        columns: str = "first_k",
         max_iter: int = 300,
+        n_threads: int | None = 1,
     ) -> None:
         self.k_min = k_min
         self.k_max = k_max
         self.random_state = random_state
         self.n_init = n_init
         self.normalize_rows = normalize_rows
+        self.columns = columns
         self.max_iter = max_iter
+        self.n_threads = n_threads
 
     def fit(self, embedding: Any, y: Any = None) -> KMeansRange:
         from sklearn.cluster import KMeans
@@ -87,19 +103,22 @@ class KMeansRange(_Clusterer):
         k_max = check_int(self.k_max, "k_max", minimum=k_min)
         n_init = check_int(self.n_init, "n_init", minimum=1)
         max_iter = check_int(self.max_iter, "max_iter", minimum=1)
+        check_choice(self.columns, "columns", ("first_k", "all"))
         seed = seed_from(self.random_state)
-        X = self._prepare(embedding)
-        n = X.shape[0]
+        E = check_matrix(embedding, "embedding")
+        n = E.shape[0]
         self.labels_, self.inertia_, self.skipped_ = {}, {}, {}
-        for k in range(k_min, k_max + 1):
-            if k > n - 1:
-                self.skipped_[k] = f"k={k} > n - 1 = {n - 1} samples"
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "fewer distinct points than clusters" on duplicate rows
+        with limited_threads(self.n_threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "fewer distinct points than clusters" on duplicate rows
+            for k in range(k_min, k_max + 1):
+                if k > n - 1:
+                    self.skipped_[k] = f"k={k} > n - 1 = {n - 1} samples"
+                    continue
+                X = E[:, :k] if self.columns == "first_k" else E
+                X = normalize_rows(X) if self.normalize_rows else X
                 km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(X)
-            self.labels_[k] = km.labels_.astype(np.int64)
-            self.inertia_[k] = float(km.inertia_)
+                self.labels_[k] = km.labels_.astype(np.int64)
+                self.inertia_[k] = float(km.inertia_)
         return self
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from spray.analysis._validation import check_int, check_labels, check_matrix, check_real, rng_from
+from spray.analysis._common import check_int, check_labels, check_matrix, check_real, rng_from
 from spray.errors import BadInputError
 
 _PERM_NNZ = 4_000_000  # indicator entries per permutation batch (bounds memory for large n)

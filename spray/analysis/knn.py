@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from spray.analysis._validation import check_choice, check_int, check_matrix, rng_from, seed_from
+from spray.analysis._common import check_choice, check_int, check_matrix, rng_from, seed_from
 from spray.errors import BadInputError
 
 _BLOCK_BYTES = 128 * 2**20  # distance block (float32) held at once by the exact search
@@ -61,8 +61,10 @@ def _pair_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray) -> np.
     return out
 
 
-def _approximate_neighbors(X: np.ndarray, k: int, random_state: Any) -> tuple[np.ndarray, np.ndarray]:
-    """k approximate nearest neighbours by NN-descent (searching 2k + 1), self excluded, sorted ascending."""
+def _approximate_neighbors(
+    X: np.ndarray, k: int, search: int, random_state: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """k approximate nearest neighbours by NN-descent keeping ``search`` per point, self excluded, ascending."""
     from pynndescent import NNDescent  # lazy: numba compiles on first use
 
     n = X.shape[0]
@@ -71,9 +73,7 @@ def _approximate_neighbors(X: np.ndarray, k: int, random_state: Any) -> tuple[np
         index = NNDescent(
             np.ascontiguousarray(X, dtype=np.float32),
             metric="euclidean",
-            # NN-descent's recall grows with the graph degree it maintains: 2k + 1 (self included) lifts
-            # recall@10 from ~0.82 to ~0.97 on clustered d = 1024 data for ~1.5x the time.
-            n_neighbors=min(n, 2 * k + 1),
+            n_neighbors=min(n, search),
             random_state=seed_from(random_state),
             low_memory=True,
             compressed=True,
@@ -81,7 +81,7 @@ def _approximate_neighbors(X: np.ndarray, k: int, random_state: Any) -> tuple[np
         ind, dist = index.neighbor_graph
     ind, dist = np.asarray(ind, dtype=np.int64), np.asarray(dist, dtype=np.float64)
     # Drop each row's self (with duplicate rows it need not come first) and missing entries (-1): both get
-    # an infinite distance and sort last; k of the 2k + 1 remain.
+    # an infinite distance and sort last.
     dist = np.where((ind < 0) | (ind == np.arange(n)[:, None]), np.inf, dist)
     order = np.argsort(dist, axis=1, kind="stable")[:, :k]
     ind, dist = np.take_along_axis(ind, order, 1), np.take_along_axis(dist, order, 1)
@@ -117,7 +117,10 @@ class KNNGraph:
     ``symmetrize="or"`` gives the binary ``A = max(B, Bᵀ)``, ``"mean"`` gives ``(B + Bᵀ)/2`` (entries 1 for
     mutual neighbours, 1/2 for one-sided ones, as CoRelAy's SparseKNN). The diagonal is 0.
 
-    ``method="auto"`` uses the exact search for ``n <= exact_max_n``, NN-descent otherwise.
+    ``method="auto"`` uses the exact search for ``n <= exact_max_n``, NN-descent otherwise. NN-descent keeps
+    ``search_neighbors`` candidates per point (default ``3k + 1``, self included) and returns the best k: its
+    recall grows with that degree — recall@10 on 10k well separated Gaussian blobs in d = 1024 (a hard case):
+    0.87 / 0.96 / 0.99 at 21 / 31 / 41 candidates, for 1.5 / 3.9 / 6.0 s.
 
     Fitted attributes: ``adjacency_`` (scipy.sparse CSR, float64, symmetric), ``indices_`` (n, k) int64 and
     ``distances_`` (n, k) float64 Euclidean distances, ascending, self excluded; ``method_`` ("exact" or
@@ -133,6 +136,7 @@ class KNNGraph:
         random_state: Any = None,
         exact_max_n: int = 20000,
         recall_queries: int = 1000,
+        search_neighbors: int | None = None,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.method = method
@@ -140,6 +144,7 @@ class KNNGraph:
         self.random_state = random_state
         self.exact_max_n = exact_max_n
         self.recall_queries = recall_queries
+        self.search_neighbors = search_neighbors
 
     def fit(self, X: Any, y: Any = None) -> KNNGraph:
         k = check_int(self.n_neighbors, "n_neighbors", minimum=1)
@@ -147,6 +152,8 @@ class KNNGraph:
         check_choice(self.symmetrize, "symmetrize", ("or", "mean"))
         check_int(self.exact_max_n, "exact_max_n", minimum=0)
         check_int(self.recall_queries, "recall_queries", minimum=0)
+        search = 3 * k + 1 if self.search_neighbors is None else self.search_neighbors
+        search = check_int(search, "search_neighbors", minimum=k + 1)
         rng = rng_from(self.random_state)
         X = check_matrix(X, "X", dtype=np.float32)
         n = X.shape[0]
@@ -162,7 +169,7 @@ class KNNGraph:
             self.indices_, self.distances_ = _exact_neighbors(X, k)
             self.recall_ = 1.0
         else:
-            self.indices_, self.distances_ = _approximate_neighbors(X, k, rng)
+            self.indices_, self.distances_ = _approximate_neighbors(X, k, search, rng)
             self.recall_ = (
                 estimate_recall(X, self.indices_, self.recall_queries, rng) if self.recall_queries else np.nan
             )

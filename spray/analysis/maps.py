@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.analysis._validation import check_int, check_matrix, check_real, seed_from
+from spray.analysis._common import check_int, check_matrix, check_real, limited_threads, seed_from
 from spray.errors import BadInputError
 
 
@@ -98,16 +98,22 @@ class TSNEMap:
 
     t-SNE calibrates each point's kernel on about 3·perplexity neighbours, so ``perplexity`` above
     ``(n − 1) / 3`` is clipped to that value (``perplexity_``, with a note in ``notes_``) instead of failing.
-    Needs n ≥ 4.
+    Needs n ≥ 4. ``n_threads`` caps OpenMP threads as in :class:`~spray.analysis.clustering.KMeansRange`.
     """
 
     def __init__(
-        self, perplexity: float = 30.0, random_state: Any = None, init: str = "pca", max_iter: int = 1000
+        self,
+        perplexity: float = 30.0,
+        random_state: Any = None,
+        init: str = "pca",
+        max_iter: int = 1000,
+        n_threads: int | None = 1,
     ) -> None:
         self.perplexity = perplexity
         self.random_state = random_state
         self.init = init
         self.max_iter = max_iter
+        self.n_threads = n_threads
 
     def fit(self, embedding: Any, y: Any = None) -> TSNEMap:
         from sklearn.manifold import TSNE
@@ -132,7 +138,8 @@ class TSNEMap:
             method="barnes_hut",
             max_iter=max_iter,
         )
-        self.embedding_ = model.fit_transform(X).astype(np.float32)
+        with limited_threads(self.n_threads):
+            self.embedding_ = model.fit_transform(X).astype(np.float32)
         self.perplexity_ = perplexity
         return self
 

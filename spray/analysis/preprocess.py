@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.analysis._validation import check_choice, check_int
+from spray.analysis._common import check_choice, check_int
 from spray.errors import BadInputError
 
 CHANNEL_REDUCTIONS = ("sum", "abs_sum", "l2")

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import eigsh
 
-from spray.analysis._validation import check_choice, check_int, check_real, rng_from
+from spray.analysis._common import check_choice, check_int, check_real, rng_from
 from spray.errors import BadInputError
 
 _DENSE_MIN_N = 256  # components at most this large are solved densely (faster than ARPACK's overhead)

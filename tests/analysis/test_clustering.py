@@ -29,6 +29,12 @@ def test_kmeans_range_recovers_planted_clusters(planted):
     assert km.inertia_[6] <= km.inertia_[2]
 
 
+def test_kmeans_on_all_columns_also_recovers_easy_clusters(planted):
+    E, labels, _ = planted
+    km = KMeansRange(k_min=4, k_max=4, columns="all", n_threads=None).fit(E)
+    assert adjusted_rand_score(labels, km.labels_[4]) >= 0.95
+
+
 def test_kmeans_result_for_one_k_does_not_depend_on_the_range(planted):
     E = planted[0]
     a = KMeansRange(3, 3, random_state=1).fit(E).labels_[3]
@@ -72,6 +78,8 @@ def test_normalize_rows_leaves_zero_rows():
         (KMeansRange(k_min=0), "k_min"),
         (KMeansRange(k_min=5, k_max=3), "k_max"),
         (KMeansRange(n_init=0), "n_init"),
+        (KMeansRange(columns="last"), "columns"),
+        (KMeansRange(n_threads=0), "n_threads"),
         (Agglomerative(n_clusters=[]), "n_clusters"),
         (Agglomerative(linkage="centroid"), "linkage"),
         (HDBSCAN(min_cluster_size=1), "min_cluster_size"),

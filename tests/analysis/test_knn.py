@@ -86,8 +86,13 @@ def test_too_many_neighbours_names_n_neighbors_and_n():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"n_neighbors": 0}, "n_neighbors"), ({"method": "hnsw"}, "method"), ({"symmetrize": "and"}, "symmetrize"),
-     ({"random_state": "x"}, "random_state")],
+    [
+        ({"n_neighbors": 0}, "n_neighbors"),
+        ({"method": "hnsw"}, "method"),
+        ({"symmetrize": "and"}, "symmetrize"),
+        ({"random_state": "x"}, "random_state"),
+        ({"n_neighbors": 3, "search_neighbors": 3}, "search_neighbors"),
+    ],
 )
 def test_bad_parameters_are_named(kwargs, name):
     with pytest.raises(BadInputError, match=name):

@@ -1,0 +1,7 @@
+"""Reports for domain experts: one self-contained HTML file per audit."""
+
+from __future__ import annotations
+
+from spray.report.html import build_report, render_report
+
+__all__ = ["build_report", "render_report"]

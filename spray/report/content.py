@@ -1,0 +1,436 @@
+"""What the report shows, gathered from the store into plain values for the template.
+
+Text that mixes our wording with user-supplied strings (class names, model names) is built with
+:meth:`markupsafe.Markup.format`, which escapes every argument; everything else reaches the template as
+plain strings and is escaped there (autoescape is on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from markupsafe import Markup
+
+from spray.export.tables import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
+from spray.ranking import rank_classes
+from spray.report import images, plots
+from spray.store import AuditStore
+
+CANDIDATE_Z = 3.0
+"""A class is a Clever Hans *candidate* when its flagged group has a z-score of at least this ..."""
+CANDIDATE_P = 0.05
+"""... and a permutation p-value of at most this. A screening threshold, not a proof."""
+DEFAULT_MAX_CLASSES = 5
+MAX_CLUSTERS_SHOWN = 8
+PROTOTYPES = 6
+_BLOCK_BYTES = 64 << 20
+
+METHOD_NAMES = {
+    "aclarc": "A-ClArC (the model is fine-tuned on images with the artifact added)",
+    "pclarc": "P-ClArC (the artifact direction is projected out of the model's features)",
+    "rrclarc": "RR-ClArC (the model is fine-tuned to ignore the artifact direction)",
+}
+
+
+# ---------------------------------------------------------------------------------------------- format
+
+
+def fmt_z(z: float | None) -> str:
+    if z is None or (isinstance(z, float) and math.isnan(z)):
+        return "–"
+    if math.isinf(z):
+        return "∞" if z > 0 else "−∞"
+    return f"{z:.0f}" if abs(z) >= 100 else f"{z:.1f}"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_pct(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.1f} %"
+
+
+def is_candidate(entry: dict[str, Any]) -> bool:
+    """Whether a ranking entry passes the screening thresholds (:data:`CANDIDATE_Z`, :data:`CANDIDATE_P`)."""
+    z, p = entry.get("score"), entry.get("p_value")
+    return entry.get("skipped") is None and z is not None and p is not None and z >= CANDIDATE_Z and p <= CANDIDATE_P
+
+
+# ---------------------------------------------------------------------------------------------- views
+
+
+@dataclass
+class Prototype:
+    dataset_index: int
+    heatmap: str
+    image: str | None
+    overlay: str | None
+
+
+@dataclass
+class ClusterView:
+    cluster: int
+    title: str
+    size: int
+    share: str
+    colour: str
+    flagged: bool
+    z: str
+    mean_heatmap: str
+    prototypes: list[Prototype]
+
+
+@dataclass
+class ClassView:
+    label: int
+    name: str
+    anchor: str
+    rank: int
+    n: int
+    candidate: bool
+    clustering: str
+    reference: str | None
+    z: str
+    p: str
+    flagged_size: int | None
+    eigengap: int | None
+    spectrum: str
+    map: str
+    map_name: str
+    clusters: list[ClusterView]
+    hidden_clusters: int
+
+
+@dataclass
+class ClarcView:
+    run: str
+    method: str
+    target: str
+    layer: str
+    cav_auc: str
+    metrics: list[dict[str, str]]
+    patch: str | None
+    mask: str | None
+    examples: list[tuple[int, str]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- gather
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str, Any]:
+    """Everything the template needs, as plain values (see templates/report.html)."""
+    from spray import __version__
+
+    max_classes = DEFAULT_MAX_CLASSES if max_classes is None else max(0, int(max_classes))
+    with AuditStore(store_path) as store:
+        summary = analysis_summary(store, analysis)
+        attribution = summary["attribution"]
+        root = store.attrs()
+        info = store.attribution_info(attribution)
+        names = [str(n) for n in root.get("label_names") or []]
+        ranking = rank_classes(store, analysis)
+        with store.reading() as f:
+            has_thumbnails = "thumbnail" in f["samples"]
+        for entry in ranking:
+            entry["candidate"] = is_candidate(entry)
+        ranking.sort(key=lambda e: (not e["candidate"], e["rank"]))
+        analysed = [e for e in ranking if e["skipped"] is None][:max_classes]
+        row_bytes = 4 * int(np.prod(info["shape"][1:]))  # relevance is read as float32 blocks
+        classes = [
+            _class_view(store, attribution, read_class(store, analysis, e["class"], names), e, has_thumbnails,
+                        row_bytes)
+            for e in analysed
+        ]
+        clarc = [_clarc_view(run, names) for run in read_clarc_runs(store)]
+
+    model = root.get("model") or {}
+    dataset = root.get("dataset") or {}
+    audit = {
+        "model_name": model.get("name") or info.get("model_name") or "unknown",
+        "model_hash": model.get("hash") or info.get("model_hash") or "unknown",
+        "dataset_name": dataset.get("name") or "unknown",
+        "n_samples": dataset.get("size") or info["n"],
+        "n_classes": len(names) or info["n_outputs"],
+        "attribution": attribution,
+        "method": info.get("method"),
+        "params": json.dumps(info.get("params") or {}, sort_keys=True),
+        "target": "the true label of each image" if info.get("target") == "label"
+        else "the class the model predicted for each image",
+        "attribution_created": info.get("created"),
+        "store_name": store_path.name,
+        "store_path": str(store_path.resolve()),
+        "store_sha256": sha256_file(store_path),
+        "store_created": root.get("created"),
+        "analysis": analysis,
+        "pipeline": _pretty_json(summary.get("pipeline")),
+        "zero_samples": len(summary.get("zero_samples") or []),
+        "dropped_samples": len(summary.get("dropped_samples") or []),
+    }
+    rows = [
+        {
+            "rank": e["rank"], "name": e["name"], "label": e["class"], "n": e["n_samples"],
+            "z": fmt_z(e["score"]), "p": fmt_p(e["p_value"]),
+            "size": "–" if e["cluster_size"] is None else str(e["cluster_size"]),
+            "candidate": e["candidate"], "skipped": e["skipped"],
+            "anchor": f"class-{e['class']}" if any(c.label == e["class"] for c in classes) else None,
+        }
+        for e in ranking
+    ]
+    return {
+        "title": f"Clever Hans audit of {audit['dataset_name']}",
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "spray_version": __version__,
+        "audit": audit,
+        "summary": _summary(ranking, clarc, names),
+        "ranking": rows,
+        "classes": classes,
+        "n_analysed": sum(e["skipped"] is None for e in ranking),
+        "clarc": clarc,
+        "has_thumbnails": has_thumbnails,
+        "thresholds": {"z": fmt_z(CANDIDATE_Z), "p": f"{CANDIDATE_P:g}"},
+    }
+
+
+def _pretty_json(text: str | None) -> str:
+    try:
+        return json.dumps(json.loads(text or "null"), indent=2, sort_keys=True)
+    except ValueError:
+        return str(text)
+
+
+def _summary(ranking: list[dict[str, Any]], clarc: list[ClarcView], names: list[str]) -> list[Markup]:
+    """The plain-language findings, one paragraph per item."""
+    candidates = [e for e in ranking if e["candidate"]]
+    skipped = [e for e in ranking if e["skipped"] is not None]
+    analysed = len(ranking) - len(skipped)
+    paragraphs = []
+    if candidates:
+        top = candidates[0]
+        share = 100 * top["cluster_size"] / max(top["n_samples"], 1)
+        paragraphs.append(Markup(
+            "Class <strong>‘{name}’</strong> contains a group of <strong>{size}</strong> of its {n} images "
+            "({share:.0f} %) that the model explains in a strikingly different way from the rest of the class "
+            "(separability z = {z}, p = {p}). This is the strongest candidate for a shortcut, a so-called "
+            "<em>‘Clever Hans’</em> strategy: the model may recognise these images by something other than "
+            "what the class is about, such as a ruler, a text marker, a frame or a scanner artefact. "
+            "Look at the example images of this group in <a href=\"#class-{label}\">its section</a> and check "
+            "whether they share such a feature."
+        ).format(name=top["name"], size=top["cluster_size"], n=top["n_samples"], share=share,
+                 z=fmt_z(top["score"]), p=fmt_p(top["p_value"]), label=top["class"]))
+        others = candidates[1:]
+        if others:
+            shown = others[:5]
+            listed = Markup(", ").join(Markup("‘{}’").format(e["name"]) for e in shown)
+            more = len(others) - len(shown)
+            paragraphs.append(Markup(
+                "{count} further class{es} also contain{s} a distinct group and deserve{s} a look: {listed}{more}."
+            ).format(count=len(others), es="es" if len(others) > 1 else "", s="" if len(others) > 1 else "s",
+                     listed=listed, more=f" and {more} more" if more else ""))
+        else:
+            paragraphs.append(Markup("No other of the {n} analysed classes passes the screening threshold.")
+                              .format(n=analysed))
+    else:
+        paragraphs.append(Markup(
+            "None of the {n} analysed classes contains a group of images that the model explains in a clearly "
+            "different way (no group reached z ≥ {z} with p ≤ {p}). This makes a shortcut less likely but "
+            "does not rule it out: small groups and subtle differences can escape this screening."
+        ).format(n=analysed, z=fmt_z(CANDIDATE_Z), p=f"{CANDIDATE_P:g}"))
+    if skipped:
+        paragraphs.append(Markup(
+            "{k} class{es} could not be analysed, mostly because {they} had too few images; the table below "
+            "gives the reason for each."
+        ).format(k=len(skipped), es="es" if len(skipped) > 1 else "", they="they" if len(skipped) > 1 else "it"))
+    for run in clarc:
+        rows = {m["model_key"]: m for m in run.metrics}
+        if "original" in rows and "corrected" in rows and rows["original"]["poisoned"] != "–":
+            paragraphs.append(Markup(
+                "A correction ({method}) was tried for {target}: accuracy on images that carry the artifact "
+                "went from {before} to {after}, on clean images from {cb} to {ca}."
+            ).format(method=run.method.split(" (")[0], target=run.target, before=rows["original"]["poisoned"],
+                     after=rows["corrected"]["poisoned"], cb=rows["original"]["clean"],
+                     ca=rows["corrected"]["clean"]))
+    return paragraphs
+
+
+def _read_blocks(store: AuditStore, path: str, positions: np.ndarray, row_bytes: int) -> Any:
+    """(rows, array) blocks of ``path`` at sorted ``positions``, about 64 MiB each."""
+    step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
+    for start in range(0, positions.size, step):
+        rows = positions[start:start + step]
+        yield rows, store.read(path, rows)
+
+
+def _class_view(
+    store: AuditStore, attribution: str, cls: ClassAnalysis, entry: dict[str, Any], has_thumbnails: bool,
+    row_bytes: int,
+) -> ClassView:
+    best = cls.best
+    if best is not None:
+        clustering, flagged = best["clustering"], int(best["cluster"])
+    else:
+        k = cls.spectral_info.get("eigengap_n_clusters")
+        clustering = f"kmeans_{k}" if f"kmeans_{k}" in cls.clusterings else sorted(cls.clusterings)[0]
+        flagged = None
+    labels = cls.clusterings[clustering]
+    ids, sizes = np.unique(labels, return_counts=True)
+    order = sorted(zip(ids.tolist(), sizes.tolist(), strict=True),
+                   key=lambda t: (t[0] != flagged, t[0] < 0, -t[1], t[0]))
+    shown = order[:MAX_CLUSTERS_SHOWN]
+    colours = plots.cluster_colours([c for c, _ in order], flagged)
+
+    if "umap" in cls.maps:
+        xy, map_name = cls.maps["umap"], "UMAP"
+    elif "tsne" in cls.maps:
+        xy, map_name = cls.maps["tsne"], "t-SNE"
+    else:
+        cols = [1, 2] if cls.embedding.shape[1] >= 3 else [0, min(1, cls.embedding.shape[1] - 1)]
+        xy, map_name = cls.embedding[:, cols], "spectral coordinate"
+
+    # Mean heatmap per shown cluster: the class's relevance is streamed once, in row order.
+    relevance_path = f"attributions/{attribution}/relevance"
+    order_rows = np.argsort(cls.positions, kind="stable")
+    sorted_positions, sorted_labels = cls.positions[order_rows], labels[order_rows]
+    sums: dict[int, np.ndarray] = {}
+    start = 0
+    for rows, block in _read_blocks(store, relevance_path, sorted_positions, row_bytes):
+        block_labels = sorted_labels[start:start + rows.size]
+        start += rows.size
+        heat = block.astype(np.float64)
+        heat = heat.sum(axis=1) if heat.ndim == 4 else heat
+        for cid, _ in shown:
+            sel = block_labels == cid
+            if sel.any():
+                sums[cid] = sums.get(cid, 0) + heat[sel].sum(axis=0)
+
+    fda_clusters = ((cls.fda.get("clusterings") or {}).get(clustering) or {}).get("clusters") or {}
+    embedding = np.asarray(cls.embedding, dtype=np.float64)
+    clusters = []
+    for cid, size in shown:
+        members = np.flatnonzero(labels == cid)
+        centre = embedding[members].mean(axis=0)
+        closest = members[np.argsort(((embedding[members] - centre) ** 2).sum(axis=1), kind="stable")[:PROTOTYPES]]
+        clusters.append(ClusterView(
+            cluster=cid,
+            title="unassigned images" if cid < 0 else f"group {cid}",
+            size=size,
+            share=f"{100 * size / max(cls.n, 1):.0f} %",
+            colour=colours[cid],
+            flagged=cid == flagged,
+            z=fmt_z((fda_clusters.get(str(cid)) or {}).get("z_score")),
+            mean_heatmap=images.data_uri(images.heatmap_rgb(sums[cid] / size)),
+            prototypes=_prototypes(store, relevance_path, cls, closest, has_thumbnails),
+        ))
+    eigengap = cls.spectral_info.get("eigengap_n_clusters")
+    return ClassView(
+        label=cls.label,
+        name=cls.name,
+        anchor=f"class-{cls.label}",
+        rank=entry["rank"],
+        n=cls.n,
+        candidate=entry["candidate"],
+        clustering=clustering,
+        reference=f"{cls.label}:{clustering}:{flagged}" if flagged is not None else None,
+        z=fmt_z(entry["score"]),
+        p=fmt_p(entry["p_value"]),
+        flagged_size=entry["cluster_size"],
+        eigengap=eigengap,
+        spectrum=plots.spectrum_plot(cls.eigenvalues, eigengap),
+        map=plots.map_plot(xy, labels, colours, flagged, map_name),
+        map_name=map_name,
+        clusters=clusters,
+        hidden_clusters=len(order) - len(shown),
+    )
+
+
+def _prototypes(
+    store: AuditStore, relevance_path: str, cls: ClassAnalysis, members: np.ndarray, has_thumbnails: bool
+) -> list[Prototype]:
+    positions = cls.positions[members]
+    relevance = store.read(relevance_path, positions)
+    thumbs = store.read("samples/thumbnail", positions) if has_thumbnails else None
+    out = []
+    for i, member in enumerate(members):
+        heat = images.reduce_heatmap(relevance[i])
+        image = images.image_rgb(thumbs[i]) if thumbs is not None else None
+        out.append(Prototype(
+            dataset_index=int(cls.dataset_index[member]),
+            heatmap=images.data_uri(images.heatmap_rgb(heat)),
+            image=images.data_uri(image) if image is not None else None,
+            overlay=images.data_uri(images.overlay_rgb(image, heat)) if image is not None else None,
+        ))
+    return out
+
+
+def _clarc_view(run: ClarcRun, names: list[str]) -> ClarcView:
+    attrs, arrays = run.attrs, run.arrays
+    method = str(attrs.get("method") or "unknown")
+    cluster = str(attrs.get("cluster") or "")
+    label, _, rest = cluster.partition(":")
+    try:
+        class_name = names[int(label)]
+    except (ValueError, IndexError):
+        class_name = label
+    group = rest.rpartition(":")[2]
+    target = f"group {group} of class ‘{class_name}’" if group else f"class ‘{class_name}’"
+    metrics = []
+    for row in run.metrics:
+        key = str(row.get("model"))
+        metrics.append({
+            "model_key": key,
+            "model": {"original": "before correction", "corrected": "after correction"}.get(key, key),
+            "clean": fmt_pct(row.get("clean_accuracy")),
+            "poisoned": fmt_pct(row.get("poisoned_accuracy")),
+            "everywhere": fmt_pct(row.get("everywhere_accuracy")),
+            "artifact": fmt_pct(row.get("artifact_relevance")),
+            "rank": "–" if row.get("fda_rank") is None else str(row.get("fda_rank")),
+        })
+    cav_auc = attrs.get("cav_auc")
+    examples = []
+    if "example_inputs" in arrays:
+        masks = arrays.get("example_masks")
+        index = arrays.get("example_index")
+        for i, x in enumerate(arrays["example_inputs"][:6]):
+            rgb = images.image_rgb(x)
+            if masks is not None:
+                rgb = images.mask_overlay_rgb(rgb, masks[i])
+            examples.append((int(index[i]) if index is not None else i, images.data_uri(rgb)))
+    return ClarcView(
+        run=run.run,
+        method=METHOD_NAMES.get(method, method),
+        target=target,
+        layer=str(attrs.get("layer") or "–"),
+        cav_auc="–" if cav_auc is None else f"{cav_auc:.3f}",
+        metrics=metrics,
+        patch=images.data_uri(_patch_rgb(arrays["patch"], arrays.get("mask"))) if "patch" in arrays else None,
+        mask=images.data_uri(images.mask_rgb(arrays["mask"])) if "mask" in arrays else None,
+        examples=examples,
+    )
+
+
+def _patch_rgb(patch: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The artifact patch as it is pasted: the patch inside the mask, neutral grey outside."""
+    rgb = images.image_rgb(patch).astype(np.float64)
+    if mask is None or mask.shape != rgb.shape[:2]:
+        return rgb.astype(np.uint8)
+    m = np.clip(mask, 0.0, 1.0)[..., None]
+    return (rgb * m + 128.0 * (1 - m)).round().astype(np.uint8)

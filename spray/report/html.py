@@ -1,0 +1,56 @@
+"""The audit report: one self-contained HTML file for domain experts (no scripts, no external resources)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from spray.report.content import gather
+
+__all__ = ["build_report", "render_report"]
+
+
+def _environment() -> Environment:
+    # autoescape on for everything: class names, model names and paths are user-supplied text.
+    return Environment(
+        loader=PackageLoader("spray.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_report(store_path: str | os.PathLike[str], analysis: str = "spray", max_classes: int | None = None) -> str:
+    """The report of analysis ``analysis`` of the store, as HTML text (see :func:`build_report`)."""
+    context = gather(Path(store_path), analysis, max_classes)
+    return _environment().get_template("report.html").render(**context)
+
+
+def build_report(
+    store_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    analysis: str = "spray",
+    max_classes: int | None = None,
+) -> Path:
+    """Write the HTML report of analysis ``analysis`` of the audit store to ``out_path``; returns the path.
+
+    One file, images inline (PNG data URIs), no scripts and no external resources; a Content Security
+    Policy in the page forbids the browser to load anything from elsewhere. Sections: what was audited
+    (model, dataset, attribution, the store's sha256), a plain-language summary, the ranked classes, then
+    for the ``max_classes`` best-ranked analysed classes (default 5) the eigenvalue spectrum, a 2-D map and
+    every group's mean heatmap with prototype images, and the ClArC results the store holds.
+
+    Raises:
+        BadInputError: the store has no analysis ``analysis``.
+        StoreError: the store cannot be read.
+    """
+    html = render_report(store_path, analysis, max_classes)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,174 @@
+"""The HTML report: self-contained, escaped, says what was audited and what was found."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from html.parser import HTMLParser
+
+import matplotlib
+import numpy as np
+import pytest
+
+from spray.errors import BadInputError
+from spray.pipeline import analyze, pipeline_from_text
+from spray.ranking import rank_classes
+from spray.report import build_report, render_report
+from spray.report.content import gather
+from spray.report.images import heatmap_rgb
+from spray.store import AuditStore
+from spray.testing import make_heatmaps, write_store
+
+EVIL = "<script>alert(1)</script>"
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(html)
+    return parser.tags
+
+
+def _section(html: str, anchor: str) -> str:
+    start = html.index(f'id="{anchor}"')
+    end = html.find("</article>", start)
+    return html[start:end]
+
+
+def test_report_is_one_file_with_inline_images_and_no_script_or_external_reference(report_path):
+    html = report_path.read_text(encoding="utf-8")
+    tags = _tags(html)
+    assert not [t for t, _ in tags if t in ("script", "link", "iframe", "object", "embed")]
+    images = [a["src"] for t, a in tags if t == "img"]
+    assert len(images) > 20 and all(src.startswith("data:image/png;base64,") for src in images)
+    hrefs = [a["href"] for t, a in tags if t == "a"]
+    assert hrefs and all(h.startswith("#") for h in hrefs)
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", html, re.I)
+    assert "url(" not in html and "@import" not in html
+    csp = [a["content"] for t, a in tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert csp == ["default-src 'none'; img-src data:; style-src 'unsafe-inline'"]
+
+
+def test_user_supplied_strings_are_escaped_everywhere(report_path):
+    html = report_path.read_text(encoding="utf-8")
+    assert EVIL not in html
+    assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 4  # summary, table, section, ClArC
+    assert "synthetic &lt;skin&gt; lesions" in html and "<skin>" not in html
+    assert "Ödem &amp; nävus" in html
+
+
+def test_summary_names_the_planted_class_and_the_size_of_its_flagged_group(audit_store, report_path):
+    with AuditStore(audit_store) as store:
+        top = rank_classes(store)[0]
+    assert top["class"] == 1
+    html = report_path.read_text(encoding="utf-8")
+    findings = html[html.index('id="findings"'):html.index('id="audited"')]
+    assert "Class <strong>‘&lt;script&gt;alert(1)&lt;/script&gt;’</strong>" in findings
+    assert f"a group of <strong>{top['cluster_size']}</strong> of its 50 images" in findings
+    assert "Clever Hans" in findings
+    assert "1 class could not be analysed" in findings
+
+
+def test_audit_facts_include_model_attribution_and_the_store_fingerprint(audit_store, report_path):
+    html = report_path.read_text(encoding="utf-8")
+    audited = html[html.index('id="audited"'):html.index('id="ranking"')]
+    digest = hashlib.sha256(audit_store.read_bytes()).hexdigest()
+    assert f"sha256 {digest}" in audited
+    assert "sha256 " + "ab" * 32 in audited
+    assert "demo:make_model" in audited and "epsilon_plus_flat" in audited
+    assert "{&#34;epsilon&#34;: 1e-06}" in audited  # the attribution parameters, escaped JSON
+    assert "the true label of each image" in audited
+
+
+def test_ranking_lists_candidates_first_and_skipped_classes_with_their_reason(report_path):
+    html = report_path.read_text(encoding="utf-8")
+    table = html[html.index('id="ranking"'):html.index('id="details"')]
+    rows = re.findall(r'<tr class="(candidate|skipped|)">', table)
+    assert rows == ["candidate", "candidate", "candidate", "skipped"]
+    assert "not analysed: 5 samples, fewer than knn.n_neighbors + 1 = 9" in table
+
+
+def test_each_class_section_has_its_plots_and_a_card_per_group_with_prototypes(audit_store, report_path):
+    with AuditStore(audit_store) as store:
+        top = rank_classes(store)[0]
+    html = report_path.read_text(encoding="utf-8")
+    section = _section(html, "class-1")
+    assert "Map of explanations (t-SNE)" in section and "How many groups?" in section
+    assert section.count('class="cluster flagged"') == 1
+    flagged = section[section.index('class="cluster flagged"'):]
+    assert f"{top['cluster_size']} images" in flagged[:600]
+    # Prototypes of the flagged group are members of it: image numbers are the flagged dataset indices.
+    card = flagged[:flagged.find('<div class="cluster"')]
+    shown = {int(i) for i in re.findall(r'<div class="cap">image #(\d+)</div>', card)}
+    assert len(shown) == 6 and shown <= set(top["members"])
+    assert re.findall(r'alt="(image|heatmap of image|heatmap over image) \d+"', card).count("image") == 6
+
+
+def test_max_classes_limits_the_class_sections(audit_store, tmp_path):
+    assert len(re.findall(r'<article id="class-', render_report(audit_store, max_classes=1))) == 1
+    html = render_report(audit_store, max_classes=0)
+    assert 'id="details"' not in html and 'id="ranking"' in html
+    build_report(audit_store, tmp_path / "sub" / "r.html", max_classes=2)
+    assert (tmp_path / "sub" / "r.html").read_text(encoding="utf-8").count('<article id="class-') == 2
+
+
+def test_clarc_results_show_before_and_after_and_disappear_without_runs(audit_store, tmp_path):
+    html = render_report(audit_store, max_classes=0)
+    clarc = html[html.index('id="clarc"'):html.index('id="reading"')]
+    for text in ("P-ClArC", "before correction", "after correction", "93.0 %", "41.0 %", "88.0 %", "7.0 %",
+                 "0.970", "features.3", "group 1 of class ‘&lt;script&gt;alert(1)&lt;/script&gt;’"):
+        assert text in clarc
+    assert clarc.count("artifact in yellow") == 4
+    assert "accuracy on images that carry the artifact went from 41.0 % to 88.0 %" in html
+    copy = tmp_path / "copy.h5"
+    shutil.copy(audit_store, copy)
+    with AuditStore(copy, mode="a") as store:
+        assert store.delete_node("clarc/pclarc-1")
+    assert 'id="clarc"' not in render_report(copy, max_classes=0)
+
+
+def test_without_maps_or_thumbnails_the_report_uses_spectral_coordinates_and_heatmaps_only(tmp_path):
+    path = write_store(tmp_path / "plain.h5", make_heatmaps(n_per_class=30, n_classes=2, seed=1))
+    analyze(str(path), pipeline_from_text(
+        "[analysis]\nname = \"nomaps\"\n[preprocess]\ngrid = 8\n[knn]\nn_neighbors = 6\n[spectral]\n"
+        "n_eigenpairs = 6\n[kmeans]\nk_min = 2\nk_max = 3\nn_init = 1\n[fda]\nn_permutations = 10\n"
+    ), progress=False)
+    context = gather(path, "nomaps", None)
+    assert [c.map_name for c in context["classes"]] == ["spectral coordinate"] * 2
+    assert all(p.image is None and p.overlay is None
+               for c in context["classes"] for cluster in c.clusters for p in cluster.prototypes)
+    html = render_report(path, "nomaps")
+    assert "holds no copies of the input images" in html
+    assert "Map of explanations (spectral coordinate)" in html
+
+
+def test_a_missing_analysis_is_a_bad_input_error_naming_the_available_ones(audit_store):
+    with pytest.raises(BadInputError, match=r"no analysis 'other' \(it has: spray\)"):
+        render_report(audit_store, "other")
+
+
+def test_building_a_report_leaves_matplotlib_global_state_alone(audit_store):
+    before_params, before_backend = dict(matplotlib.rcParams), matplotlib.get_backend()
+    render_report(audit_store, max_classes=1)
+    assert dict(matplotlib.rcParams) == before_params
+    assert matplotlib.get_backend() == before_backend
+
+
+def test_heatmap_colours_are_diverging_and_symmetric_around_zero():
+    rgb = heatmap_rgb(np.array([[-2.0, 0.0, 2.0, 1.0, -1.0]])).astype(int)[0]
+    negative, zero, positive, half_pos, half_neg = rgb
+    assert tuple(zero) == (255, 255, 255)
+    assert positive[0] > 200 and positive[2] < 50  # red
+    assert negative[2] > 200 and negative[0] < 50  # blue
+    assert tuple(positive[[2, 1, 0]]) == tuple(negative)  # mirror images of each other
+    assert tuple(half_pos[[2, 1, 0]]) == tuple(half_neg)
+    assert (heatmap_rgb(np.zeros((2, 2))) == 255).all()

@@ -154,13 +154,16 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         for entry in ranking:
             entry["candidate"] = is_candidate(entry)
         ranking.sort(key=lambda e: (not e["candidate"], e["rank"]))
-        analysed = [e for e in ranking if e["skipped"] is None][:max_classes]
+        # Relevance is (n, C, H, W) or (n, H, W): the only shapes the analysis accepts.
         row_bytes = 4 * int(np.prod(info["shape"][1:]))  # relevance is read as float32 blocks
-        classes = [
-            _class_view(store, attribution, read_class(store, analysis, e["class"], names), e, has_thumbnails,
-                        row_bytes)
-            for e in analysed
-        ]
+        classes = []
+        for entry in ranking:
+            if len(classes) == max_classes:
+                break
+            if entry["skipped"] is None:
+                cls = read_class(store, analysis, entry["class"], names)
+                if cls.skipped is None:
+                    classes.append(_class_view(store, attribution, cls, entry, has_thumbnails, row_bytes))
         clarc = [_clarc_view(run, names) for run in read_clarc_runs(store)]
 
     model = root.get("model") or {}

@@ -16,7 +16,7 @@ For an embedding E (n, d) and labels ℓ, with group means μ_q, sizes n_q and g
 Both are computed from one Cholesky factor of the label-independent ``A = S_T + rI``: with ``K = M A⁻¹ Mᵀ``
 (rows of M: ``√n_q (μ_q − μ)``), Woodbury gives ``J = κ/(1 − κ)`` for the top eigenvalue κ of K, and
 Sherman–Morrison gives ``τ_q = s/(1 − s)`` with ``s = (n_q n_r / n) δᵀ A⁻¹ δ``. A permutation then costs only
-group sums of whitened rows — 100 permutations of n = 10k, d = 32 take a few tens of milliseconds.
+group sums of whitened rows — 100 permutations of n = 10k, d = 32, 30 clusters take about 0.2 s.
 
 Null: labels shuffled uniformly at random (sizes kept), ``n_permutations`` times. For J the shuffle is among
 the non-noise samples; for τ_q it is over all samples, so the null of τ_q is τ of a random subset of size n_q.

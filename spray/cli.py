@@ -152,6 +152,53 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
         click.echo(ranking_table(entries).drop(columns=["members"]).to_string(index=False))
 
 
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
+@click.option("--analysis", default="spray", show_default=True)
+@click.option("--max-classes", type=click.IntRange(min=0), help="Classes with a detailed section (default 5).")
+def report(store: Path, output: Path, analysis: str, max_classes: int | None) -> None:
+    """Write a self-contained HTML report of STORE's analysis for domain experts."""
+    from spray.report import build_report
+
+    click.echo(str(build_report(store, output, analysis=analysis, max_classes=max_classes)))
+
+
+@cli.group()
+def export() -> None:
+    """Export an audit for other tools (ViRelAy, CSV/JSON tables)."""
+
+
+@export.command("virelay")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--analysis", default="spray", show_default=True)
+@click.option("--data", "data_spec", help="The attributed dataset, for stores without thumbnails.")
+def export_virelay_command(store: Path, out: Path, analysis: str, data_spec: str | None) -> None:
+    """Write STORE's analysis as a ViRelAy project in OUT (open with `virelay OUT/project.yaml`)."""
+    from spray.export import export_virelay
+
+    inputs = None
+    if data_spec:
+        from spray.data import open_source
+
+        inputs = open_source(data_spec)
+    click.echo(str(export_virelay(store, out, analysis, inputs=inputs)))
+
+
+@export.command("tables")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--analysis", default="spray", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+def export_tables_command(store: Path, out: Path, analysis: str, fmt: str) -> None:
+    """Write ranking, cluster memberships and ClArC metrics tables to OUT."""
+    from spray.export import export_tables
+
+    for path in export_tables(store, out, analysis, fmt):
+        click.echo(str(path))
+
+
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:

@@ -1,8 +1,14 @@
-"""spray: audit whole training sets for Clever Hans behaviour."""
+"""spray: audit whole training sets for Clever Hans behaviour.
+
+The public API, in pipeline order (imported on first use, so ``import spray`` and the CLI start fast):
+:class:`AuditStore`, :func:`attribute_dataset`, :func:`get_method`, :class:`LRP`, :func:`analyze`,
+:func:`read_pipeline`, :func:`rank_classes`, :func:`build_report`, :func:`export_virelay`.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
 from spray.errors import (
     BadInputError,
@@ -14,6 +20,29 @@ from spray.errors import (
     UnsupportedLayerError,
 )
 
+__version__ = "0.1.0"
+
+_LAZY = {
+    "AuditStore": "spray.store",
+    "attribute_dataset": "spray.attribution.runner",
+    "get_method": "spray.attribution.methods",
+    "available_methods": "spray.attribution.methods",
+    "LRP": "spray.lrp",
+    "analyze": "spray.pipeline",
+    "read_pipeline": "spray.pipeline",
+    "pipeline_from_text": "spray.pipeline",
+    "rank_classes": "spray.ranking",
+    "build_report": "spray.report",
+    "export_virelay": "spray.export",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'spray' has no attribute {name!r}")
+
+
 __all__ = [
     "BadInputError",
     "PipelineError",
@@ -23,4 +52,5 @@ __all__ = [
     "StoreLockedError",
     "UnsupportedLayerError",
     "__version__",
+    *_LAZY,
 ]

@@ -1,0 +1,24 @@
+"""Importable factories for the data and model tests (``tests.data.factories:NAME``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+
+def tiny_dataset() -> TensorDataset:
+    return TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]))
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+
+
+def raises() -> None:
+    raise RuntimeError("boom")
+
+
+def not_a_dataset() -> int:
+    return 3

@@ -1,0 +1,55 @@
+"""Model factories, safe weight loading, and the model hash."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from spray.data import load_model, model_hash
+from spray.errors import BadInputError
+
+SPEC = "tests.data.factories:tiny_model"
+
+
+def test_load_model_builds_in_eval_mode_and_loads_weights(tmp_path):
+    trained = load_model(SPEC)
+    with torch.no_grad():
+        trained[1].weight.add_(1.0)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    model = load_model(SPEC, tmp_path / "w.pt")
+    assert not model.training
+    assert torch.equal(model[1].weight, trained[1].weight)
+
+
+def test_model_hash_is_stable_and_sensitive_to_every_weight():
+    a, b = load_model(SPEC), load_model(SPEC)
+    assert model_hash(a) == model_hash(b) and len(model_hash(a)) == 64
+    with torch.no_grad():
+        b[1].bias[0] += 1e-6
+    assert model_hash(a) != model_hash(b)
+
+
+def test_mismatched_weights_list_missing_unexpected_and_shapes(tmp_path):
+    torch.save({"1.weight": torch.zeros(3, 4), "extra": torch.zeros(1)}, tmp_path / "w.pt")
+    with pytest.raises(BadInputError, match=r"missing keys \['1.bias'\].*unexpected keys \['extra'\].*"
+                                            r"1.weight: file \(3, 4\) vs model \(2, 4\)"):
+        load_model(SPEC, tmp_path / "w.pt")
+
+
+def test_pickled_objects_are_refused_by_weights_only_loading(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as f:
+        pickle.dump({"w": object()}, f)
+    with pytest.raises(BadInputError, match="cannot be loaded safely"):
+        load_model(SPEC, tmp_path / "evil.pt")
+
+
+def test_factory_returning_a_non_module_is_refused():
+    with pytest.raises(BadInputError, match="returned TensorDataset, not a torch.nn.Module"):
+        load_model("tests.data.factories:tiny_dataset")
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(BadInputError, match="nope.pt does not exist"):
+        load_model(SPEC, tmp_path / "nope.pt")

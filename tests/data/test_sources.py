@@ -1,0 +1,97 @@
+"""Data sources: each scheme round-trips, and every bad source is a BadInputError naming it."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from spray.data import open_source
+from spray.errors import BadInputError
+
+
+def _arrays(n: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((n, 1, 4, 4), dtype=np.float32), np.arange(n) % 3
+
+
+def test_npz_round_trips_inputs_labels_and_label_names(tmp_path):
+    x, y = _arrays()
+    np.savez(tmp_path / "d.npz", x=x, y=y, label_names=np.array(["a", "b", "c"]))
+    dataset = open_source(f"npz:{tmp_path / 'd.npz'}")
+    assert len(dataset) == 6 and dataset.label_names == ["a", "b", "c"]
+    sample, label = dataset[4]
+    assert sample.dtype == torch.float32 and torch.equal(sample, torch.from_numpy(x[4])) and label == 1
+
+
+def test_uint8_images_are_scaled_to_unit_range(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.full((2, 1, 2, 2), 255, np.uint8), y=np.array([0, 1]))
+    sample, _ = open_source(f"npz:{tmp_path / 'd.npz'}")[0]
+    assert torch.equal(sample, torch.ones(1, 2, 2))
+
+
+@pytest.mark.parametrize("keys", [("x", "y"), ("data", "label")])
+def test_hdf5_reads_x_y_or_virelay_style_data_label(tmp_path, keys):
+    x, y = _arrays()
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f[keys[0]], f[keys[1]] = x, y
+    dataset = open_source(f"hdf5:{tmp_path / 'd.h5'}")
+    assert len(dataset) == 6 and torch.equal(dataset[2][0], torch.from_numpy(x[2])) and dataset[2][1] == 2
+
+
+def test_folder_maps_sorted_class_folders_to_labels(tmp_path):
+    for name, value in (("cat", 0), ("dog", 255)):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((5, 7, 3), value, np.uint8)).save(tmp_path / name / f"{i}.png")
+    dataset = open_source(f"folder:{tmp_path}")
+    assert dataset.label_names == ["cat", "dog"] and len(dataset) == 4
+    x, y = dataset[3]
+    assert x.shape == (3, 5, 7) and y == 1 and float(x.max()) == 1.0
+
+
+def test_folder_image_of_another_size_is_named(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a" / "0.png")
+    Image.fromarray(np.zeros((5, 4), np.uint8)).save(tmp_path / "a" / "1.png")
+    with pytest.raises(BadInputError, match=r"1\.png has shape \(1, 5, 4\).*same size"):
+        open_source(f"folder:{tmp_path}")[1]
+
+
+def test_factory_source_returns_the_dataset_with_label_names_attribute():
+    dataset = open_source("tests.data.factories:tiny_dataset")
+    assert len(dataset) == 4 and dataset.label_names is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("npz:/nonexistent/d.npz", "does not exist"),
+        ("zip:/tmp/x", "module .zip. cannot be imported"),
+        ("no_such_module_xyz:build", "module 'no_such_module_xyz' cannot be imported"),
+        ("tests.data.factories:missing", "has no attribute 'missing'"),
+        ("tests.data.factories:raises", "the factory raised RuntimeError"),
+        ("tests.data.factories:not_a_dataset", "returned int, not a Dataset"),
+        ("nocolon", "not npz:PATH"),
+    ],
+)
+def test_bad_sources_name_the_problem(spec, message):
+    with pytest.raises(BadInputError, match=message):
+        open_source(spec)
+
+
+def test_npz_without_y_lists_what_it_has(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((2, 3), np.float32))
+    with pytest.raises(BadInputError, match=r"lacks array\(s\) \['y'\]; it has \['x'\]"):
+        open_source(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_float_labels_and_integer_inputs_are_refused(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.zeros((2, 3), np.float32), y=np.array([0.0, 1.0]))
+    with pytest.raises(BadInputError, match="labels have dtype float64"):
+        open_source(f"npz:{tmp_path / 'a.npz'}")
+    np.savez(tmp_path / "b.npz", x=np.zeros((2, 3), np.int32), y=np.array([0, 1]))
+    with pytest.raises(BadInputError, match="inputs have dtype int32"):
+        open_source(f"npz:{tmp_path / 'b.npz'}")

@@ -122,7 +122,13 @@ def attribute_dataset(
     model.eval()
     try:
         with torch.no_grad():
-            probe = model(x0.unsqueeze(0).to(device, dtype))
+            try:
+                probe = model(x0.unsqueeze(0).to(device, dtype))
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+                raise BadInputError(
+                    f"the model cannot process dataset sample 0 (input shape {tuple(input_shape)}, dtype "
+                    f"{dtype}): {exc}. Check that the data source matches the model's expected input"
+                ) from None
         if not isinstance(probe, Tensor) or probe.ndim != 2:
             raise BadInputError(
                 f"the model must return logits of shape (batch, n_outputs); it returned "

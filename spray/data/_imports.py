@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +16,9 @@ def import_callable(spec: str, what: str) -> Callable[..., Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise BadInputError(f"{what} {spec!r} is not of the form MOD:FACTORY (e.g. mypkg.models:build)")
+    # As uvicorn and gunicorn do: a module in the working directory is importable, as with `python -m`.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

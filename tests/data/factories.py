@@ -22,3 +22,11 @@ def raises() -> None:
 
 def not_a_dataset() -> int:
     return 3
+
+
+def wrong_shape_dataset() -> TensorDataset:
+    return TensorDataset(torch.zeros(4, 1, 3, 3), torch.tensor([0, 1, 0, 1]))
+
+
+def out_of_range_dataset() -> TensorDataset:
+    return TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 5, 1]))

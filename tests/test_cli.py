@@ -1,0 +1,124 @@
+"""The command line contract: exit codes (0 ok, 2 bad input, 1 bug), JSON on stdout, messages on stderr."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from spray.cli import main
+from spray.testing import make_heatmaps, write_store
+
+MODEL = "tests.data.factories:tiny_model"
+DATA = "tests.data.factories:tiny_dataset"
+FAST = "[preprocess]\ngrid = 4\n[knn]\nn_neighbors = 5\n[spectral]\nn_eigenpairs = 6\n[kmeans]\nk_max = 4\nn_init = 1\n[fda]\nn_permutations = 20\n"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_attribute_then_info_json_describes_the_attribution(tmp_path, capsys):
+    store = tmp_path / "a.h5"
+    code, _, _ = run(capsys, "attribute", "--model", MODEL, "--data", DATA, "--store", store, "--batch-size", 3)
+    assert code == 0
+    code, out, _ = run(capsys, "info", store, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["n_samples"] == 4
+    attribution = info["attributions"]["epsilon_plus_flat"]
+    assert attribution["done"] == 4 and attribution["shape"][1:] == [1, 2, 2]
+    code, out, _ = run(capsys, "info", store)
+    assert code == 0 and "epsilon_plus_flat" in out
+
+
+def test_analyze_and_rank_json_contract(tmp_path, capsys):
+    heatmaps = make_heatmaps(n_per_class=30, n_classes=2, size=8, poisoned=0, seed=2)
+    store = write_store(tmp_path / "s.h5", heatmaps)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(FAST)
+    code, out, _ = run(capsys, "analyze", store, "--pipeline", pipeline, "--json")
+    assert code == 0 and json.loads(out)["computed"]["0"][0] == "knn"
+    code, out, _ = run(capsys, "rank", store, "--json")
+    ranking = json.loads(out)
+    assert code == 0 and [e["rank"] for e in ranking] == [1, 2]
+    assert {"class", "name", "score", "p_value", "clustering", "cluster", "members"} <= set(ranking[0])
+    assert ranking[0]["class"] == 0 and set(ranking[0]["members"]) <= set(range(30))
+    code, out, _ = run(capsys, "rank", store, "--csv")
+    assert code == 0 and out.splitlines()[0].startswith("rank,class,name")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["attribute", "--model", "nope_mod:f", "--data", DATA], "module 'nope_mod' cannot be imported"),
+        (["attribute", "--model", DATA, "--data", DATA], "not a torch.nn.Module"),
+        (["attribute", "--model", MODEL, "--data", "tests.data.factories:wrong_shape_dataset"],
+         r"cannot process dataset sample 0 \(input shape \(1, 3, 3\)"),
+        (["attribute", "--model", MODEL, "--data", "tests.data.factories:out_of_range_dataset"],
+         "dataset sample 2 has label 5, outside"),
+        (["attribute", "--model", MODEL, "--data", DATA, "--method", "magic"], "unknown attribution method"),
+        (["attribute", "--model", MODEL, "--data", DATA, "--weights", "missing.pt"], "does not exist"),
+        (["rank", "STORE"], "has no analysis 'spray'"),
+        (["info", "nowhere.h5"], "no audit store at"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_naming_the_problem(tmp_path, capsys, args, message):
+    store = tmp_path / "bad.h5"
+    if args[0] == "attribute":
+        args = [*args, "--store", store]
+    elif "STORE" in args:
+        write_store(store, make_heatmaps(n_per_class=12, n_classes=2, size=4))
+        args = [store if a == "STORE" else a for a in args]
+    code, _, err = run(capsys, *args)
+    assert code == 2, err
+    assert re.search("^error: .*" + message, err, re.MULTILINE), err
+
+
+def test_store_of_another_model_needs_overwrite(tmp_path, capsys):
+    store = tmp_path / "a.h5"
+    assert run(capsys, "attribute", "--model", MODEL, "--data", DATA, "--store", store)[0] == 0
+    other = tmp_path / "w.pt"
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    torch.save(model.state_dict(), other)
+    code, _, err = run(capsys, "attribute", "--model", MODEL, "--weights", other, "--data", DATA, "--store", store)
+    assert code == 2 and "--overwrite" in err
+    code, _, _ = run(capsys, "attribute", "--model", MODEL, "--weights", other, "--data", DATA, "--store", store,
+                     "--overwrite")
+    assert code == 0
+
+
+def test_malformed_pipeline_exits_2_naming_file_and_line(tmp_path, capsys):
+    store = write_store(tmp_path / "s.h5", make_heatmaps(n_per_class=12, n_classes=2, size=4))
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text("[knn]\nn_neighbours = 3\n")
+    code, _, err = run(capsys, "analyze", store, "--pipeline", pipeline)
+    assert code == 2 and f"{pipeline}, line 2: unknown parameter 'knn.n_neighbours'" in err
+
+
+def test_locked_store_exits_2(tmp_path):
+    store = write_store(tmp_path / "s.h5", make_heatmaps(n_per_class=12, n_classes=2, size=4))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from spray.store import AuditStore; "
+         f"s = AuditStore({str(store)!r}, mode='a'); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = subprocess.run([sys.executable, "-m", "spray.cli", "analyze", str(store)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "locked" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_help_and_version_exit_0(capsys):
+    assert run(capsys, "--help")[0] == 0
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and "0.1.0" in out

@@ -49,6 +49,26 @@ def demo(out: Path, seed: int, quick: bool) -> None:
 
 
 @cli.command()
+@click.argument("pipeline", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
+def run(pipeline: Path, as_json: bool) -> None:
+    """A whole audit from a declarative file: (train) -> attribute -> SpRAy -> rank -> report."""
+    from spray.run import run_file
+
+    result = run_file(pipeline)
+    if as_json:
+        _echo_json(result.ranking)
+        return
+    click.echo(f"store:  {result.store}")
+    if result.report:
+        click.echo(f"report: {result.report}")
+    top = next((e for e in result.ranking if e["skipped"] is None), None)
+    if top:
+        click.echo(f"top candidate: class {top['name']!r} (z {top['score']:.1f}), {top['clustering']} cluster "
+                   f"{top['cluster']} with {top['cluster_size']} samples")
+
+
+@cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def info(store: Path, as_json: bool) -> None:

@@ -34,8 +34,16 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
             f"weights file {path} cannot be loaded safely (weights_only=True): {exc}. Save weights with "
             "torch.save(model.state_dict(), path)"
         ) from None
+    # Training checkpoints often nest the weights: {"state_dict": ..., "epoch": ...}.
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadInputError(f"weights file {path} does not hold a state_dict (a dict of name -> tensor)")
+        raise BadInputError(
+            f"weights file {path} does not hold a state_dict (a dict of name -> tensor) but "
+            f"{type(state).__name__}; save weights with torch.save(model.state_dict(), path)"
+        )
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -52,6 +60,9 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
             problems.append(f"unexpected keys {unexpected[:10]}")
         if shapes:
             problems.append(f"shape mismatches {shapes[:10]}")
+        if unexpected and all(k.startswith("module.") for k in unexpected):
+            problems.append("the file's keys start with 'module.' (saved from DataParallel): save "
+                            "model.module.state_dict() instead")
         raise BadInputError(f"weights file {path} does not match the model: {'; '.join(problems)}")
     model.load_state_dict(state)
 

@@ -1,12 +1,26 @@
 """Data sources: ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH`` or ``MOD:FACTORY`` -> a torch Dataset.
 
-Every dataset yields ``(x, y)`` with ``x`` a float32 tensor and ``y`` an int; it has a ``label_names``
-attribute (a list of class names, or None when the source does not name its classes). Integer images
-(uint8) are scaled to [0, 1] by 1/255; other integer inputs are refused, since their scale is unknown.
+Every dataset yields ``(x, y)``: ``x`` a float32 tensor, (C, H, W) for images or (F,) for feature vectors,
+and ``y`` an int class index. Every dataset has a ``label_names`` attribute, a list of class names or None
+when the source does not name its classes:
+
+- ``npz:PATH``: arrays ``x`` (n, ...) and ``y`` (n,); an optional array ``label_names`` of strings.
+- ``hdf5:PATH``: datasets ``x`` and ``y``, or ViRelAy's ``data`` and ``label``; optional class names in a
+  root attribute or dataset ``label_names``. Samples are read one at a time, never the whole file.
+- ``folder:PATH``: one sub-folder per class, sorted by name -> label 0, 1, ...; ``label_names`` (and
+  ``class_names``) are the folder names.
+- ``MOD:FACTORY``: whatever the zero-argument callable returns, if its items are ``(x, y)`` pairs; its own
+  ``label_names`` are kept, else a torchvision-style ``classes`` list is used, else None.
+
+Inputs: floating arrays are taken as they are; uint8 images are scaled to [0, 1] by 1/255; other integer
+inputs are refused, since their scale is unknown. Arrays are channels first: (n, C, H, W); (n, H, W) is
+read as single-channel images. Labels must be non-negative integers.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +31,12 @@ from torch.utils.data import Dataset
 from spray.data._imports import call_factory
 from spray.errors import BadInputError
 
+SCHEMES = ("npz", "hdf5", "folder")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def _as_input(x: Any, where: str) -> torch.Tensor:
+    """One sample (or a stack of them) as float32; uint8 scaled to [0, 1]."""
     array = np.asarray(x)
     if array.dtype == np.uint8:
         return torch.from_numpy(array.astype(np.float32) / 255.0)
@@ -30,6 +46,20 @@ def _as_input(x: Any, where: str) -> torch.Tensor:
             "1/255). Convert them, e.g. x.astype('float32') / max_value"
         )
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _check_inputs(shape: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """Refuse input arrays whose layout or dtype would be silently misread."""
+    _as_input(np.zeros((0,), dtype), where)
+    if len(shape) < 2:
+        raise BadInputError(f"{where}: inputs have shape {shape}; expected (n, features) or (n, C, H, W)")
+    if shape[0] == 0:
+        raise BadInputError(f"{where}: the data set is empty")
+    if len(shape) == 4 and shape[-1] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        raise BadInputError(
+            f"{where}: inputs have shape {shape}, which looks channels-last (n, H, W, C); spray reads "
+            "(n, C, H, W). Transpose them, e.g. x.transpose(0, 3, 1, 2)"
+        )
 
 
 def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
@@ -42,11 +72,28 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-class ArrayDataset(Dataset):
-    """Samples held in (or read lazily from) arrays ``x`` (n, ...) and ``y`` (n,)."""
+def _label_names(value: Any, where: str) -> list[str] | None:
+    """Class names stored as an array of strings/bytes or a JSON list; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise BadInputError(f"{where}: label_names {value[:60]!r} is not a JSON list of names") from None
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(value).ravel().tolist()]
 
-    def __init__(self, x: Any, y: np.ndarray, where: str, label_names: list[str] | None = None) -> None:
-        self.x, self.y, self.where, self.label_names = x, y, where, label_names
+
+class ArrayDataset(Dataset):
+    """Samples held in arrays ``x`` (n, ...) and ``y`` (n,)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, where: str, label_names: list[str] | None = None) -> None:
+        _check_inputs(x.shape, x.dtype, where)
+        self.x = x[:, None] if x.ndim == 3 else x
+        self.y = _check_labels(y, x.shape[0], where)
+        self.where, self.label_names = where, label_names
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -55,101 +102,204 @@ class ArrayDataset(Dataset):
         return _as_input(self.x[i], f"{self.where}, sample {i}"), int(self.y[i])
 
 
-def _npz(path: Path) -> Dataset:
+def _npz(path: Path) -> ArrayDataset:
+    where = f"npz file {path}"
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for foreign files
-        raise BadInputError(f"npz file {path} cannot be read: {exc}") from None
+        raise BadInputError(f"{where} cannot be read: {exc}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise BadInputError(f"{where} holds a single array; save x and y with np.savez(path, x=x, y=y)")
     with archive:
         missing = {"x", "y"} - set(archive.files)
         if missing:
-            raise BadInputError(f"npz file {path} lacks array(s) {sorted(missing)}; it has {archive.files}")
-        x, y = archive["x"], archive["y"]
-        names = [str(s) for s in archive["label_names"]] if "label_names" in archive.files else None
-    _as_input(x[:1], f"npz file {path}")
-    return ArrayDataset(x, _check_labels(y, len(x), f"npz file {path}"), f"npz file {path}", names)
+            raise BadInputError(f"{where} lacks array(s) {sorted(missing)}; it has {archive.files}")
+        try:
+            x, y = archive["x"], archive["y"]
+            names = _label_names(archive["label_names"], where) if "label_names" in archive.files else None
+        except ValueError as exc:  # object arrays need pickle, which is never allowed
+            raise BadInputError(f"{where}: {exc}") from None
+    return ArrayDataset(x, y, where, names)
 
 
-def _hdf5(path: Path) -> Dataset:
-    import h5py
+class HDF5Dataset(Dataset):
+    """Samples read one at a time from an HDF5 file (``x``/``y`` or ViRelAy's ``data``/``label``).
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise BadInputError(f"hdf5 file {path} cannot be read: {exc}") from None
-    for x_key, y_key in (("x", "y"), ("data", "label")):
-        if x_key in f and y_key in f:
-            x, y = f[x_key], np.asarray(f[y_key])
-            _as_input(x[:1], f"hdf5 file {path}")
-            return ArrayDataset(x, _check_labels(y, x.shape[0], f"hdf5 file {path}"), f"hdf5 file {path}")
-    keys = sorted(f)
-    f.close()
-    raise BadInputError(f"hdf5 file {path} needs datasets x and y (or data and label); it has {keys}")
+    The file is opened lazily in each process that reads it, so the dataset can go to DataLoader workers.
+    Labels (n integers) are read once; inputs never in full.
+    """
+
+    KEYS = (("x", "y"), ("data", "label"))
+
+    def __init__(self, path: Path) -> None:
+        import h5py
+
+        self.path, self.where = path, f"hdf5 file {path}"
+        try:
+            f = h5py.File(path, "r")
+        except OSError as exc:
+            raise BadInputError(f"{self.where} cannot be read: {exc}") from None
+        with f:
+            keys = next(((xk, yk) for xk, yk in self.KEYS if xk in f and yk in f), None)
+            if keys is None:
+                raise BadInputError(
+                    f"{self.where} needs datasets x and y (or data and label); it has {sorted(f)}"
+                )
+            self.x_key, y_key = keys
+            x = f[self.x_key]
+            _check_inputs(x.shape, x.dtype, self.where)
+            self.y = _check_labels(np.asarray(f[y_key]), x.shape[0], self.where)
+            self._expand = x.ndim == 3
+            stored = f["label_names"][()] if "label_names" in f else f.attrs.get("label_names")
+            self.label_names = _label_names(stored, self.where)
+        self._file: Any = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self._file is None or self._pid != os.getpid():
+            import h5py
+
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        x = self._file[self.x_key][i]
+        x = _as_input(x[None] if self._expand else x, f"{self.where}, sample {i}")
+        return x, int(self.y[i])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class FolderDataset(Dataset):
-    """Images in one sub-folder per class (class names sorted -> label indices), read with Pillow."""
+    """Images in one sub-folder per class (class names sorted -> label indices), read with Pillow.
+
+    Class folders are searched recursively for files with an image suffix; hidden files and folders are
+    skipped. Every image's size and colour mode are checked when the folder is opened (Pillow reads only
+    the header), so a stray image fails at once, named. Greyscale images give one channel; if any image is
+    in colour, all are read as RGB (alpha dropped). 16-bit greyscale is scaled by 1/65535.
+    """
 
     def __init__(self, root: Path) -> None:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-        if not classes:
-            raise BadInputError(f"folder {root} has no class sub-folders (one folder of images per class)")
-        self.files = [
-            (path, label)
-            for label, name in enumerate(classes)
-            for path in sorted((root / name).iterdir())
-            if path.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        if not self.files:
-            raise BadInputError(f"folder {root}: its class folders {classes} hold no images")
-        self.label_names = classes
-        self.shape = self._load(self.files[0][0]).shape
-
-    @staticmethod
-    def _load(path: Path) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise BadInputError(f"image {path} cannot be read: {exc}") from None
-        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if not root.is_dir():
+            raise BadInputError(f"folder {root} is not a directory (expected one sub-folder per class)")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise BadInputError(f"folder {root} has no class sub-folders (one folder of images per class)")
+        self.files: list[tuple[Path, int]] = []
+        for label, name in enumerate(classes):
+            found = sorted(
+                p for p in (root / name).rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            )
+            if not found:
+                raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            self.files += [(p, label) for p in found]
+        self.class_names = self.label_names = classes
+        size, modes = None, set()
+        for path, _ in self.files:
+            try:
+                with Image.open(path) as image:
+                    image_size, mode = image.size, image.mode
+            except (OSError, UnidentifiedImageError) as exc:
+                raise BadInputError(f"image {path} cannot be read: {exc}") from None
+            if size is None:
+                size, first = image_size, path
+            elif image_size != size:
+                raise BadInputError(
+                    f"image {path} is {image_size[0]}×{image_size[1]} (W×H), but {first} is "
+                    f"{size[0]}×{size[1]}: all images must have the same size"
+                )
+            modes.add(mode)
+        grey = {"1", "L", "LA", "I;16", "I;16B", "I;16L"}
+        self.mode = "L" if modes <= grey else "RGB"
+        self.shape = (1 if self.mode == "L" else 3, size[1], size[0])
+
+    def _load(self, path: Path) -> torch.Tensor:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            if self.mode == "L" and image.mode.startswith("I;16"):
+                return torch.from_numpy(np.asarray(image, dtype=np.float32)[None] / 65535.0)
+            array = np.asarray(image.convert(self.mode))
+        return _as_input(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), f"image {path}")
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.files[i]
-        array = self._load(path)
-        if array.shape != self.shape:
-            raise BadInputError(
-                f"image {path} has shape {array.shape} (C, H, W), but {self.files[0][0]} has {self.shape}: "
-                "all images must have the same size and channels"
-            )
-        return _as_input(array, f"image {path}"), label
+        return self._load(path), label
 
 
-def open_source(spec: str) -> Dataset:
-    """The dataset a ``SOURCE`` string names (module docstring); errors name the spec and the problem."""
-    scheme, sep, rest = spec.partition(":")
-    if scheme in ("npz", "hdf5", "folder") and sep:
-        path = Path(rest)
-        if not path.exists():
-            raise BadInputError(f"data source {spec!r}: {path} does not exist")
-        return {"npz": _npz, "hdf5": _hdf5, "folder": FolderDataset}[scheme](path)
-    if not sep:
-        raise BadInputError(
-            f"data source {spec!r} is not npz:PATH, hdf5:PATH, folder:PATH or MOD:FACTORY"
-        )
+def _factory(spec: str) -> Dataset:
     dataset = call_factory(spec, "data source")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise BadInputError(
             f"data source {spec!r}: the factory returned {type(dataset).__name__}, not a Dataset of (x, y)"
         )
-    if not hasattr(dataset, "label_names"):
+    if len(dataset) == 0:
+        raise BadInputError(f"data source {spec!r}: the factory returned an empty dataset")
+    try:
+        item = dataset[0]
+    except Exception as exc:  # noqa: BLE001 - the user's dataset failed
+        raise BadInputError(f"data source {spec!r}: reading sample 0 raised {exc!r}") from None
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise BadInputError(
+            f"data source {spec!r}: sample 0 is {type(item).__name__}"
+            f"{f' of length {len(item)}' if isinstance(item, (tuple, list)) else ''}; samples must be "
+            "(x, y) pairs"
+        )
+    x, y = item
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        raise BadInputError(f"data source {spec!r}: sample 0's x is {type(x).__name__}, not a tensor or array")
+    if not (isinstance(y, (int, np.integer)) or (isinstance(y, (torch.Tensor, np.ndarray)) and y.ndim == 0)):
+        raise BadInputError(f"data source {spec!r}: sample 0's label is {y!r}, not an integer class index")
+    if getattr(dataset, "label_names", None) is None:
+        classes = getattr(dataset, "classes", None)  # torchvision's convention
+        names = [str(c) for c in classes] if isinstance(classes, (list, tuple)) else None
         try:
-            dataset.label_names = None
+            dataset.label_names = names
         except AttributeError:
-            pass
+            dataset = _Named(dataset, names)
     return dataset
+
+
+class _Named(Dataset):
+    """A dataset that refuses new attributes, with ``label_names`` added."""
+
+    def __init__(self, dataset: Any, label_names: list[str] | None) -> None:
+        self.dataset, self.label_names = dataset, label_names
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+
+def open_source(spec: str) -> Dataset:
+    """The dataset a ``SOURCE`` string names (module docstring); errors name the spec and the problem."""
+    scheme, sep, rest = spec.partition(":")
+    if scheme in SCHEMES:
+        if not rest:
+            raise BadInputError(f"data source {spec!r} names no path; write {scheme}:PATH")
+        path = Path(rest).expanduser()
+        if not path.exists():
+            raise BadInputError(f"data source {spec!r}: {path} does not exist")
+        return {"npz": _npz, "hdf5": HDF5Dataset, "folder": FolderDataset}[scheme](path)
+    known = "npz:PATH, hdf5:PATH, folder:PATH or MOD:FACTORY"
+    if not sep:
+        raise BadInputError(f"data source {spec!r} is not {known}")
+    # "csv:data/x.csv" is a scheme we do not know, not a module "csv" lacking an attribute "data/x.csv".
+    if not all(part.isidentifier() for part in rest.split(".")):
+        raise BadInputError(f"data source {spec!r}: unknown scheme {scheme!r}; expected {known}")
+    return _factory(spec)

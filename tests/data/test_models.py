@@ -53,3 +53,42 @@ def test_factory_returning_a_non_module_is_refused():
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(BadInputError, match="nope.pt does not exist"):
         load_model(SPEC, tmp_path / "nope.pt")
+
+
+def test_a_file_holding_something_else_than_a_state_dict_is_refused(tmp_path):
+    torch.save(torch.zeros(3), tmp_path / "t.pt")
+    with pytest.raises(BadInputError, match="does not hold a state_dict .* but Tensor"):
+        load_model(SPEC, tmp_path / "t.pt")
+
+
+def test_checkpoint_nesting_the_state_dict_loads_and_dataparallel_prefix_gets_a_hint(tmp_path):
+    state = load_model(SPEC).state_dict()
+    torch.save({"state_dict": state, "epoch": torch.tensor(3)}, tmp_path / "ckpt.pt")
+    assert model_hash(load_model(SPEC, tmp_path / "ckpt.pt")) == model_hash(load_model(SPEC))
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "dp.pt")
+    with pytest.raises(BadInputError, match="saved from DataParallel"):
+        load_model(SPEC, tmp_path / "dp.pt")
+
+
+def test_model_hash_depends_on_dtype_and_buffers_not_only_bytes():
+    a = torch.nn.BatchNorm1d(2)
+    b = torch.nn.BatchNorm1d(2)
+    assert model_hash(a) == model_hash(b)
+    b.running_mean += 1
+    assert model_hash(a) != model_hash(b)
+    four_zero_bytes = [torch.zeros(1, dtype=torch.float32), torch.zeros(1, dtype=torch.int32)]
+    hashes = set()
+    for tensor in four_zero_bytes:
+        module = torch.nn.Module()
+        module.register_buffer("w", tensor)
+        hashes.add(model_hash(module))
+    assert len(hashes) == 2
+
+
+def test_model_hash_is_the_same_in_another_process():
+    import subprocess
+    import sys
+
+    code = f"from spray.data import load_model, model_hash; print(model_hash(load_model({SPEC!r})))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == model_hash(load_model(SPEC))

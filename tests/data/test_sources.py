@@ -56,8 +56,8 @@ def test_folder_image_of_another_size_is_named(tmp_path):
     (tmp_path / "a").mkdir()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "a" / "0.png")
     Image.fromarray(np.zeros((5, 4), np.uint8)).save(tmp_path / "a" / "1.png")
-    with pytest.raises(BadInputError, match=r"1\.png has shape \(1, 5, 4\).*same size"):
-        open_source(f"folder:{tmp_path}")[1]
+    with pytest.raises(BadInputError, match=r"1\.png is 4×5 \(W×H\), but .*0\.png is 4×4.*same size"):
+        open_source(f"folder:{tmp_path}")
 
 
 def test_factory_source_returns_the_dataset_with_label_names_attribute():
@@ -69,7 +69,12 @@ def test_factory_source_returns_the_dataset_with_label_names_attribute():
     ("spec", "message"),
     [
         ("npz:/nonexistent/d.npz", "does not exist"),
-        ("zip:/tmp/x", "module .zip. cannot be imported"),
+        ("zip:/tmp/x", "unknown scheme 'zip'"),
+        ("csv:data.csv/", "unknown scheme 'csv'"),
+        ("npz:", "names no path"),
+        ("tests.data.factories:single_tensors", "sample 0 is Tensor; samples must be"),
+        ("tests.data.factories:float_labels", "sample 0's label is 0.5"),
+        ("tests.data.factories:empty", "empty dataset"),
         ("no_such_module_xyz:build", "module 'no_such_module_xyz' cannot be imported"),
         ("tests.data.factories:missing", "has no attribute 'missing'"),
         ("tests.data.factories:raises", "the factory raised RuntimeError"),
@@ -95,3 +100,71 @@ def test_float_labels_and_integer_inputs_are_refused(tmp_path):
     np.savez(tmp_path / "b.npz", x=np.zeros((2, 3), np.int32), y=np.array([0, 1]))
     with pytest.raises(BadInputError, match="inputs have dtype int32"):
         open_source(f"npz:{tmp_path / 'b.npz'}")
+
+
+def test_hdf5_reads_lazily_pickles_and_finds_label_names(tmp_path):
+    import pickle
+
+    x = np.random.default_rng(0).random((5, 6, 7), dtype=np.float32)  # (n, H, W): one channel
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"], f["y"] = x, np.array([0, 1, 1, 0, 1])
+        f.attrs["label_names"] = '["no", "yes"]'
+    dataset = open_source(f"hdf5:{tmp_path / 'd.h5'}")
+    assert dataset.label_names == ["no", "yes"]
+    assert not any(isinstance(v, np.ndarray) and v.size == x.size for v in vars(dataset).values())
+    clone = pickle.loads(pickle.dumps(dataset))  # as DataLoader workers receive it
+    assert torch.equal(clone[3][0], torch.from_numpy(x[3])[None]) and clone[3][1] == 0
+    dataset.close()
+
+
+def test_hdf5_without_known_keys_lists_its_datasets(tmp_path):
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["images"] = np.zeros((2, 3), np.float32)
+    with pytest.raises(BadInputError, match=r"needs datasets x and y \(or data and label\); it has \['images'\]"):
+        open_source(f"hdf5:{tmp_path / 'd.h5'}")
+
+
+def test_npz_problems_are_named(tmp_path):
+    np.savez(tmp_path / "last.npz", x=np.zeros((2, 8, 8, 3), np.float32), y=np.array([0, 1]))
+    with pytest.raises(BadInputError, match="looks channels-last"):
+        open_source(f"npz:{tmp_path / 'last.npz'}")
+    np.savez(tmp_path / "short.npz", x=np.zeros((3, 4), np.float32), y=np.array([0, 1]))
+    with pytest.raises(BadInputError, match=r"labels have shape \(2,\), expected \(3,\)"):
+        open_source(f"npz:{tmp_path / 'short.npz'}")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(BadInputError, match="holds a single array"):
+        open_source(f"npz:{tmp_path / 'one.npy'}")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(BadInputError, match="junk.npz cannot be read"):
+        open_source(f"npz:{tmp_path / 'junk.npz'}")
+
+
+def test_folder_greyscale_one_channel_colour_makes_all_rgb_and_skips_other_files(tmp_path):
+    for name in ("b", "a"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        Image.fromarray(np.full((3, 4), 128, np.uint8)).save(tmp_path / name / "sub" / "g.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / ".hidden.png").write_bytes(b"")
+    grey = open_source(f"folder:{tmp_path}")
+    assert grey.class_names == grey.label_names == ["a", "b"] and len(grey) == 2
+    assert grey[0][0].shape == (1, 3, 4) and grey[1][1] == 1
+    Image.fromarray(np.zeros((3, 4, 4), np.uint8), "RGBA").save(tmp_path / "b" / "c.png")
+    colour = open_source(f"folder:{tmp_path}")
+    assert [x.shape for x, _ in (colour[i] for i in range(3))] == [(3, 3, 4)] * 3
+
+
+def test_folder_problems_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="class folder 'empty' holds no images"):
+        open_source(f"folder:{tmp_path}")
+    (tmp_path / "empty" / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(BadInputError, match="bad.png cannot be read"):
+        open_source(f"folder:{tmp_path}")
+    with pytest.raises(BadInputError, match="has no class sub-folders"):
+        open_source(f"folder:{tmp_path / 'empty'}")
+
+
+def test_factory_label_names_from_torchvision_classes_or_a_wrapper_for_slotted_datasets():
+    assert open_source("tests.data.factories:with_classes").label_names == ["cat", "dog"]
+    slotted = open_source("tests.data.factories:slotted")
+    assert slotted.label_names is None and len(slotted) == 2 and slotted[1][1] == 1

@@ -1,0 +1,182 @@
+"""A layer's activations: find the layer by name, pick a default one, collect its outputs for samples.
+
+ClArC models an artifact as a direction in the output of one module (the *layer*), named as in
+``model.named_modules()``. Every ClArC step reads that output through a forward hook; the model is never
+modified for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from spray.errors import BadInputError
+from spray.lrp.layers import BATCHNORM_LAYERS, PASS_LAYERS
+
+#: Modules that may sit between a convolution and "its" activation (the default layer skips them).
+_BETWEEN = (*BATCHNORM_LAYERS, nn.Identity, nn.Dropout, nn.Dropout2d)
+_ACTIVATIONS = tuple(t for t in PASS_LAYERS if t not in (nn.Dropout, nn.Flatten, nn.Identity))
+
+
+def module_names(model: nn.Module) -> list[str]:
+    """Every named module except the root (the names ``layer`` accepts)."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The module called ``layer``; a :class:`BadInputError` listing the valid names otherwise."""
+    modules = dict(model.named_modules())
+    if not layer or layer not in modules:
+        names = module_names(model)
+        raise BadInputError(
+            f"layer {layer!r} is not a module of the model; use one of its module names: {', '.join(names)}"
+        )
+    return modules[layer]
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer ClArC uses when none is given.
+
+    ``model.FEATURE_LAYER`` if the model declares one (the demo's convention); otherwise the activation
+    that follows the last Conv2d (skipping BatchNorm/Identity/Dropout in between, in registration order),
+    or the last Conv2d itself when no activation follows it.
+    """
+    declared = getattr(model, "FEATURE_LAYER", None)
+    if isinstance(declared, str):
+        resolve_layer(model, declared)
+        return declared
+    named = [(name, m) for name, m in model.named_modules() if name and next(m.children(), None) is None]
+    convs = [i for i, (_, m) in enumerate(named) if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise BadInputError(
+            "the model has no Conv2d layer to default to; pass the layer to fit the artifact in "
+            f"(one of: {', '.join(module_names(model))})"
+        )
+    last = convs[-1]
+    for name, module in named[last + 1 :]:
+        if isinstance(module, _ACTIVATIONS):
+            return name
+        if not isinstance(module, _BETWEEN):
+            break
+    return named[last][0]
+
+
+@contextmanager
+def capture(model: nn.Module, layer: str, *, differentiable: bool = False) -> Iterator[list[Tensor]]:
+    """While active, every output of module ``layer`` is appended to the yielded list (graph kept).
+
+    ``differentiable``: an output that does not require grad (frozen layers before it, under grad mode)
+    is replaced by a copy that does, so the model output can be differentiated with respect to it.
+    """
+    module = resolve_layer(model, layer)
+    outputs: list[Tensor] = []
+
+    def hook(_module: nn.Module, _args: tuple, output: object) -> Tensor | None:
+        if not isinstance(output, Tensor):
+            raise BadInputError(
+                f"layer {layer!r} ({type(module).__qualname__}) returns {type(output).__name__}, not a "
+                "tensor; choose a layer whose output is one tensor (e.g. a Conv2d or its activation)"
+            )
+        if differentiable and torch.is_grad_enabled() and not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+            outputs.append(output)
+            return output
+        outputs.append(output)
+        return None
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def layer_output(model: nn.Module, layer: str, x: Tensor, *,
+                 differentiable: bool = False) -> tuple[Tensor, Tensor]:
+    """One forward pass: (the activation of ``layer``, the model output); ``differentiable`` as in
+    :func:`capture`."""
+    with capture(model, layer, differentiable=differentiable) as outputs:
+        logits = model(x)
+    if not outputs:
+        raise BadInputError(f"layer {layer!r} did not run in the model's forward pass; choose one that does")
+    return outputs[0], logits
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module in eval mode for the block; each module's own mode restored afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@torch.no_grad()
+def activations(model: nn.Module, layer: str, x: Tensor, batch_size: int = 256) -> Tensor:
+    """Activations of ``layer`` for inputs ``x`` (n, ...), in eval mode: (n, ...)."""
+    with eval_mode(model):
+        return torch.cat([layer_output(model, layer, x[i : i + batch_size])[0]
+                          for i in range(0, len(x), batch_size)])
+
+
+def pool(a: Tensor) -> Tensor:
+    """Spatially pooled activations: the mean over every axis after the channel axis, (n, C)."""
+    return a.flatten(2).mean(2) if a.dim() > 2 else a
+
+
+def along_channels(v: Tensor, like: Tensor) -> Tensor:
+    """``v`` (C,) shaped to broadcast over ``like`` (n, C, *spatial): (1, C, 1, ...)."""
+    return v.to(like.dtype).reshape(1, -1, *[1] * (like.dim() - 2))
+
+
+def stack_samples(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
+    """Samples ``dataset[i]`` for ``i`` in ``indices`` as (x (k, ...) float32, y (k,) int64)."""
+    xs, ys = [], []
+    n = len(dataset)  # type: ignore[arg-type]
+    for i in np.asarray(indices, dtype=np.int64).tolist():
+        if not 0 <= i < n:
+            raise BadInputError(
+                f"sample index {i} is outside the dataset of {n} samples; is this the dataset the audit "
+                "store was made from?"
+            )
+        x, y = dataset[i][:2]
+        xs.append(torch.as_tensor(x, dtype=torch.float32))
+        ys.append(int(y))
+    if not xs:
+        return torch.empty(0), torch.empty(0, dtype=torch.int64)
+    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
+
+
+@torch.no_grad()
+def modules_after(model: nn.Module, layer: str, x: Tensor) -> list[str]:
+    """Names of the leaf modules that run after ``layer`` finishes, in a forward pass of ``x`` (a batch).
+
+    These are the modules between the layer's activation and the output: what the output's sensitivity to
+    that activation depends on, and what a fine-tuning restricted to "after the layer" trains.
+    """
+    resolve_layer(model, layer)
+    order: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda _m, _a, _o, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if name == layer or (name and next(module.children(), None) is None)
+    ]
+    try:
+        with eval_mode(model):
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if layer not in order:
+        raise BadInputError(f"layer {layer!r} did not run in the model's forward pass; choose one that does")
+    after = order[order.index(layer) + 1 :]
+    inside = layer + "."
+    return list(dict.fromkeys(name for name in after if not name.startswith(inside) and name != layer))

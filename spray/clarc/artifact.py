@@ -1,0 +1,139 @@
+"""The artifact model of a flagged cluster: its CAV at a layer, its masks and patch, the clean mean.
+
+:func:`isolate_artifact` is the first half of every ClArC method: from the cluster's samples (the
+artifact) and the rest of their class, it fits the CAV on spatially pooled activations, localises the
+artifact in input space by LRP along the CAV (spray.clarc.localize), and records the clean samples' mean
+activation ``z`` for P-ClArC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from spray.clarc.activations import activations, default_layer, pool, resolve_layer, stack_samples
+from spray.clarc.cav import MIN_SAMPLES, CAV
+from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
+from spray.errors import BadInputError
+from spray.lrp import Composite, EpsilonPlusFlat
+
+#: How many artifact samples (inputs and masks) are kept as examples for reports.
+N_EXAMPLES = 8
+_REFERENCES = ("class", "all")
+
+
+@dataclass(frozen=True, eq=False)
+class ArtifactModel:
+    """What ClArC knows about one artifact.
+
+    ``label``: the class whose cluster it is; ``layer``: module name; ``cav``: the fitted :class:`CAV`
+    (``direction`` (C,) its unit vector as a tensor); ``clean_mean``: ``z``, the mean activation of the
+    clean reference samples (one activation's shape, (C, *spatial)); ``localization``: per-sample masks,
+    patch (C, H, W), mean mask (H, W); ``artifact_index`` / ``rest_index``: dataset indices of the
+    cluster's samples and of the rest of the class; ``cluster``: the ``CLASS:CLUSTERING:ID`` it came from.
+    """
+
+    label: int
+    layer: str
+    cav: CAV
+    direction: Tensor
+    clean_mean: Tensor
+    localization: Localization
+    artifact_index: np.ndarray
+    rest_index: np.ndarray
+    cluster: str | None = None
+
+    @property
+    def patch(self) -> Tensor:
+        return self.localization.patch
+
+    @property
+    def mask(self) -> Tensor:
+        return self.localization.mask
+
+    def examples(self, dataset: Dataset, k: int = N_EXAMPLES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(inputs (k, C, H, W), masks (k, H, W), dataset indices (k,)) of the first ``k`` artifact samples."""
+        index = self.artifact_index[:k]
+        x, _ = stack_samples(dataset, index)
+        masks = self.localization.masks[: len(index)]
+        return x.numpy().astype(np.float32), masks.numpy().astype(np.float32), index.astype(np.int64)
+
+    def fingerprint(self) -> dict[str, object]:
+        """What a fine-tuning run depends on (for its checkpoint): label, layer, hashes of v, patch, mask."""
+        def digest(t: Tensor) -> str:
+            return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+        return {"label": self.label, "layer": self.layer, "direction": digest(self.direction),
+                "patch": digest(self.patch), "mask": digest(self.mask)}
+
+
+def isolate_artifact(
+    model: nn.Module,
+    dataset: Dataset,
+    artifact_index: np.ndarray,
+    rest_index: np.ndarray,
+    *,
+    label: int,
+    layer: str | None = None,
+    cav: str | CAV = "signal",
+    composite: Composite | None = None,
+    reference: str = "class",
+    sigma: float = SIGMA,
+    threshold: float = THRESHOLD,
+    random_state: int = 0,
+    cluster: str | None = None,
+) -> ArtifactModel:
+    """Fit the artifact model of the samples ``artifact_index`` against ``rest_index`` (dataset indices).
+
+    Args:
+        layer: module name (``model.named_modules()``); default :func:`~spray.clarc.activations.default_layer`.
+        cav: ``"signal"`` or ``"svm"``, or an unfitted :class:`CAV` with other settings.
+        composite: LRP composite for the masks, the audit's own; default ``EpsilonPlusFlat()``.
+        reference: the clean samples ``z`` is the mean over: ``"class"`` the rest of the class,
+            ``"all"`` every dataset sample outside the cluster.
+    """
+    layer = layer or default_layer(model)
+    resolve_layer(model, layer)
+    if reference not in _REFERENCES:
+        raise BadInputError(f"reference must be one of {_REFERENCES}, got {reference!r}")
+    artifact_index = np.asarray(artifact_index, dtype=np.int64)
+    rest_index = np.asarray(rest_index, dtype=np.int64)
+    for name, index in (("cluster", artifact_index), ("rest of the class", rest_index)):
+        if len(index) < MIN_SAMPLES:
+            raise BadInputError(
+                f"the {name} has {len(index)} samples; fitting a CAV needs at least {MIN_SAMPLES} in the "
+                f"cluster and {MIN_SAMPLES} in the rest of its class; choose a larger cluster"
+                + (f" than {cluster}" if cluster else "")
+            )
+    x_artifact, _ = stack_samples(dataset, artifact_index)
+    x_rest, _ = stack_samples(dataset, rest_index)
+    a_artifact = activations(model, layer, x_artifact)
+    a_rest = activations(model, layer, x_rest)
+    estimator = CAV(cav, random_state=random_state) if isinstance(cav, str) else cav
+    estimator.fit(pool(a_artifact).numpy(), pool(a_rest).numpy())
+    direction = torch.from_numpy(estimator.direction_)
+    if reference == "class":
+        clean_mean = a_rest.mean(0)
+    else:
+        outside = np.setdiff1d(np.arange(len(dataset)), artifact_index)  # type: ignore[arg-type]
+        clean_mean = _mean_activation(model, layer, dataset, outside)
+    found = localize(model, layer, x_artifact, direction, composite or EpsilonPlusFlat(), sigma=sigma,
+                     threshold=threshold)
+    return ArtifactModel(label, layer, estimator, direction, clean_mean, found, artifact_index, rest_index,
+                         cluster)
+
+
+def _mean_activation(model: nn.Module, layer: str, dataset: Dataset, index: np.ndarray,
+                     chunk: int = 512) -> Tensor:
+    total: Tensor | None = None
+    for start in range(0, len(index), chunk):
+        x, _ = stack_samples(dataset, index[start : start + chunk])
+        part = activations(model, layer, x).sum(0)
+        total = part if total is None else total + part
+    assert total is not None
+    return total / len(index)

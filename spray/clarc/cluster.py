@@ -1,0 +1,127 @@
+"""From a flagged cluster ``CLASS:CLUSTERING:ID`` (as ``spray rank --json`` names it) to sample indices.
+
+The analysis pipeline stores, per class ``c`` of analysis ``A`` (docs/store.md): ``analyses/A/c/status``
+with arrays ``positions`` (store rows) and ``dataset_index`` (indices into the user's dataset), and each
+clustering node (``kmeans``, ``hdbscan``, ...) with one label array per clustering, aligned with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spray.errors import BadInputError
+from spray.store import AuditStore
+
+#: Nodes of a class that hold clusterings, searched in this order when the FDA node does not say.
+CLUSTERING_NODES = ("kmeans", "hdbscan", "agglomerative", "dbscan")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """``label:clustering:cluster``, e.g. ``8:kmeans_3:1``."""
+
+    label: int
+    clustering: str
+    cluster: int
+
+    @classmethod
+    def parse(cls, text: str | ClusterSpec) -> ClusterSpec:
+        if isinstance(text, ClusterSpec):
+            return text
+        parts = str(text).split(":")
+        try:
+            if len(parts) != 3 or not parts[1]:
+                raise ValueError
+            return cls(int(parts[0]), parts[1], int(parts[2]))
+        except ValueError:
+            raise BadInputError(
+                f"cluster {text!r} is not CLASS:CLUSTERING:ID, e.g. '8:kmeans_3:1' (see `spray rank --json`: "
+                "class, clustering, cluster)"
+            ) from None
+
+    def __str__(self) -> str:
+        return f"{self.label}:{self.clustering}:{self.cluster}"
+
+
+@dataclass(frozen=True)
+class ClusterMembers:
+    """The flagged cluster's samples and the rest of its class, as dataset indices (sorted as stored)."""
+
+    spec: ClusterSpec
+    analysis: str
+    artifact: np.ndarray
+    rest: np.ndarray
+
+
+def choose_analysis(store: AuditStore, analysis: str | None) -> str:
+    """``analysis`` if the store has it; by default the only analysis, or ``"spray"`` among several."""
+    have = sorted({p.split("/")[1] for p in store.list_nodes("analyses") if p.endswith("/summary")})
+    if analysis is None:
+        if len(have) == 1:
+            return have[0]
+        if "spray" in have:
+            return "spray"
+    if analysis in have:
+        return analysis
+    raise BadInputError(
+        f"audit store {store.path} has no analysis {analysis or ''!r} (it has: {', '.join(have) or 'none'}); "
+        + ("run `spray analyze` first" if not have else "name one of them")
+    )
+
+
+def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterMembers:
+    """Members of ``cluster`` and the rest of its class, read from the store's analysis."""
+    spec = ClusterSpec.parse(cluster)
+    analysis = choose_analysis(store, analysis)
+    group = f"analyses/{analysis}"
+    status_path = f"{group}/{spec.label}/status"
+    if not store.has_node(status_path):
+        analysed = sorted(int(p.split("/")[2]) for p in store.list_nodes(group) if p.endswith("/status"))
+        raise BadInputError(
+            f"class {spec.label} was not analysed in analysis {analysis!r} of {store.path}; analysed classes: "
+            f"{', '.join(map(str, analysed)) or 'none'} (run `spray analyze` for it, or pick one of these)"
+        )
+    status_arrays, status = store.read_node(status_path)
+    if status.get("skipped"):
+        raise BadInputError(
+            f"class {spec.label} was skipped by analysis {analysis!r} ({status['skipped']}); it has no clusters"
+        )
+    labels = _labels(store, f"{group}/{spec.label}", spec)
+    index = status_arrays["dataset_index"].astype(np.int64)
+    if labels.shape != index.shape:
+        raise BadInputError(
+            f"clustering {spec.clustering!r} of class {spec.label} has {labels.size} labels for {index.size} "
+            "samples; the analysis is stale, run `spray analyze` again"
+        )
+    if spec.cluster not in set(labels.tolist()):
+        valid = sorted(c for c in set(labels.tolist()) if c >= 0)
+        raise BadInputError(
+            f"clustering {spec.clustering!r} of class {spec.label} has no cluster {spec.cluster}; valid ids: "
+            f"{', '.join(map(str, valid))} (e.g. {spec.label}:{spec.clustering}:{valid[0] if valid else 0})"
+        )
+    members = labels == spec.cluster
+    return ClusterMembers(spec, analysis, index[members], index[~members])
+
+
+def _labels(store: AuditStore, path: str, spec: ClusterSpec) -> np.ndarray:
+    """The label array named ``spec.clustering``: in the FDA's best node first, else any clustering node."""
+    nodes: list[str] = []
+    if store.has_node(f"{path}/fda"):
+        best = store.read_node(f"{path}/fda")[1].get("info", {}).get("best", {})
+        if best.get("clustering") == spec.clustering and best.get("node"):
+            nodes.append(best["node"])
+    nodes += [n for n in CLUSTERING_NODES if n not in nodes]
+    names: list[str] = []
+    for node in nodes:
+        if not store.has_node(f"{path}/{node}"):
+            continue
+        arrays, _ = store.read_node(f"{path}/{node}")
+        if spec.clustering in arrays:
+            return np.asarray(arrays[spec.clustering]).astype(np.int64)
+        names += sorted(arrays)
+    raise BadInputError(
+        f"class {spec.label} has no clustering {spec.clustering!r}; valid clusterings: "
+        f"{', '.join(names) or 'none (run `spray analyze`)'}"
+    )

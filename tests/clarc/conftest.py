@@ -1,0 +1,74 @@
+"""Fixtures for ClArC: a tiny audited model (seconds to build) and the tiny model's data."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+TINY_PIPELINE = """
+[analysis]
+name = "tiny"
+[preprocess]
+grid = 8
+[knn]
+n_neighbors = 5
+[spectral]
+n_eigenpairs = 6
+[kmeans]
+k_min = 2
+k_max = 4
+[fda]
+n_permutations = 10
+"""
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """Two convolutions, global average pooling, a linear head: layers ``features.0`` .. ``head``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1),
+                                 nn.ReLU())
+        return nn.Sequential(OrderedDict(
+            features=features, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=nn.Linear(6, 2),
+        )).eval()
+
+
+def tiny_data(n: int = 80, seed: int = 0) -> tuple[TensorDataset, torch.Tensor]:
+    """8×8 noise images; class 1 is brighter, and 12 of its samples carry a bright 3×3 corner square."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.rand(n, 1, 8, 8, generator=g) * 0.5 + 0.2 * y[:, None, None, None]
+    stamped = torch.nonzero(y == 1).flatten()[:12]
+    x[stamped, :, :3, :3] = 1.0
+    return TensorDataset(x, y), stamped
+
+
+@pytest.fixture(scope="module")
+def tiny_audit(tmp_path_factory):
+    """The tiny model trained briefly, attributed (EpsilonPlusFlat) and analysed with a tiny pipeline."""
+    from spray.attribution.methods import get_method
+    from spray.attribution.runner import attribute_dataset
+    from spray.data import model_hash
+    from spray.demo.train import train_model
+    from spray.pipeline import analyze, pipeline_from_text
+    from spray.ranking import rank_classes
+    from spray.store import AuditStore
+
+    dataset, stamped = tiny_data()
+    model = tiny_model()
+    train_model(model, dataset, epochs=3, batch_size=16, lr=1e-2, seed=0, progress=False)
+    store = tmp_path_factory.mktemp("tiny") / "tiny.h5"
+    attribute_dataset(store, model, dataset, get_method("epsilon_plus_flat"), model_hash=model_hash(model),
+                      model_name="tiny", dataset_name="tiny", batch_size=16, progress=False)
+    spec = pipeline_from_text(TINY_PIPELINE)
+    analyze(str(store), spec, progress=False)
+    with AuditStore(store) as audit:
+        ranking = rank_classes(audit, spec.name)
+        kmeans = audit.read_node("analyses/tiny/1/kmeans")[0]
+    return SimpleNamespace(model=model, dataset=dataset, stamped=stamped, store=store, ranking=ranking,
+                           kmeans=kmeans)

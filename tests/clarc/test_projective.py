@@ -1,0 +1,91 @@
+"""P-ClArC: the projection removes the component along v of (a − z), keeps the rest, and comes off cleanly."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from spray.clarc.projective import (
+    Projected,
+    Projection,
+    insert_projection,
+    load_corrected,
+    project_model,
+    remove_projection,
+)
+from tests.clarc.conftest import tiny_model
+
+
+def random_setup(channels=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(5, channels, 4, 3, generator=g)
+    v = torch.randn(channels, generator=g)
+    z = torch.randn(channels, 4, 3, generator=g)
+    return a, v, z
+
+
+def test_projection_sets_the_v_component_to_the_clean_mean_and_keeps_the_orthogonal_part():
+    a, v, z = random_setup()
+    h = Projection(v, z)(a)
+    unit = (v / v.norm()).reshape(1, -1, 1, 1)
+    along = lambda t: (t * unit).sum(1)  # noqa: E731
+    # The component of (h − z) along v is gone, at every spatial position ...
+    torch.testing.assert_close(along(h - z), torch.zeros(5, 4, 3), atol=1e-5, rtol=0)
+    # ... and the part of a orthogonal to v is unchanged.
+    orthogonal = lambda t: t - unit * along(t)[:, None]  # noqa: E731
+    torch.testing.assert_close(orthogonal(h), orthogonal(a), atol=1e-5, rtol=0)
+
+
+def test_projection_with_channel_mean_z_broadcasts_over_positions():
+    a, v, z = random_setup()
+    z_channels = z.mean((1, 2))
+    h = Projection(v, z_channels)(a)
+    unit = (v / v.norm()).reshape(1, -1, 1, 1)
+    torch.testing.assert_close(((h - z_channels.reshape(1, -1, 1, 1)) * unit).sum(1), torch.zeros(5, 4, 3),
+                               atol=1e-5, rtol=0)
+
+
+def test_projection_is_idempotent():
+    a, v, z = random_setup()
+    projection = Projection(v, z)
+    torch.testing.assert_close(projection(projection(a)), projection(a), atol=1e-5, rtol=0)
+
+
+def test_insert_and_remove_restore_the_model_exactly():
+    model = tiny_model()
+    before = copy.deepcopy(model.state_dict())
+    original = model.features[3]
+    x = torch.rand(3, 1, 8, 8)
+    expected = model(x)
+    insert_projection(model, "features.3", torch.ones(6), torch.zeros(6, 8, 8))
+    assert isinstance(model.features[3], Projected)
+    assert not torch.equal(model(x), expected)
+    remove_projection(model, "features.3")
+    assert model.features[3] is original
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    assert torch.equal(model(x), expected)
+
+
+def test_projected_model_saves_v_and_z_and_reloads_into_a_fresh_model(tmp_path):
+    model = tiny_model()
+    v, z = torch.randn(6), torch.rand(6, 8, 8)
+    corrected = project_model(model, "features.3", v, z)
+    assert not any(isinstance(m, Projected) for m in model.modules()), "the input model is left alone"
+    state = corrected.state_dict()
+    torch.testing.assert_close(state["features.3.projection.v"], v / v.norm())
+    assert torch.equal(state["features.3.projection.z"], z)
+    torch.save(state, tmp_path / "weights.pt")
+    reloaded = load_corrected(tiny_model(seed=5), tmp_path / "weights.pt")
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(reloaded(x), corrected(x))
+
+
+def test_projected_model_can_be_explained_with_lrp():
+    from spray.clarc.evaluate import artifact_relevance
+
+    corrected = project_model(tiny_model(), "features.3", torch.randn(6), torch.rand(6, 8, 8))
+    dataset = torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]))
+    share = artifact_relevance(corrected, dataset, torch.ones(8, 8))
+    assert abs(share - 1.0) < 1e-6

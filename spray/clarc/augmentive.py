@@ -1,0 +1,56 @@
+"""A-ClArC: teach the model that the artifact means nothing by showing it on every class.
+
+During fine-tuning, each sample of a class other than the artifact's gets the artifact pasted with
+probability ``fraction`` (drawn per sample from the epoch's seeded generator), labels unchanged:
+``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask (spray.clarc.localize). The artifact
+class's own samples are left as they are. The loss is plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spray.clarc.artifact import ArtifactModel
+from spray.clarc.finetune import FinetuningCorrector, Objective
+from spray.clarc.localize import paste
+from spray.errors import BadInputError
+
+FRACTION = 0.5
+EPOCHS = 3
+LR = 1e-3
+
+
+class AClArC(FinetuningCorrector):
+    """Augmentive ClArC: fine-tune on the training data with the artifact pasted into other classes.
+
+    Args:
+        fraction: probability that a sample of another class gets the artifact, in (0, 1].
+        epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.
+        trainable: ``"after"`` fine-tunes the modules after the artifact's layer, ``"all"`` the model.
+    """
+
+    name = "aclarc"
+
+    def __init__(self, *, fraction: float = FRACTION, epochs: int = EPOCHS, lr: float = LR,
+                 batch_size: int = 64, seed: int = 0, trainable: str = "after") -> None:
+        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, trainable=trainable)
+        self.fraction = fraction
+
+    def method_params(self) -> dict[str, Any]:
+        return {"fraction": self.fraction}
+
+    def objective(self, artifact: ArtifactModel) -> Objective:
+        if not 0.0 < self.fraction <= 1.0:
+            raise BadInputError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        patch, mask, label, fraction = artifact.patch, artifact.mask, artifact.label, self.fraction
+
+        def loss(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+            chosen = (y != label) & (torch.rand(len(y), generator=generator) < fraction)
+            x = torch.where(chosen.reshape(-1, *[1] * (x.dim() - 1)), paste(x, patch, mask), x)
+            return F.cross_entropy(model(x), y)
+
+        return loss

@@ -1,0 +1,273 @@
+"""The fine-tuning loop A-ClArC and RR-ClArC share: seeded, checkpointed after each epoch, resumable.
+
+Reproducibility: every random choice of epoch ``e`` (shuffling, the objective's own draws such as which
+samples get the artifact, dropout) comes from seeds derived from ``(seed, e)`` alone, and deterministic
+kernels are on. A run resumed from the checkpoint of epoch ``e`` therefore continues exactly as the
+uninterrupted run would have, and the same seed gives bit-identical weights (same machine, same torch).
+
+Checkpoint (``<checkpoint_dir>/checkpoint.pt``, written atomically after each epoch): the epoch, model and
+optimiser state, history, and the run's configuration; a checkpoint of another configuration is refused
+rather than silently continued. On ``KeyboardInterrupt`` the model gets the weights of the last completed
+epoch back and the interrupt is re-raised.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from spray.clarc.activations import modules_after, stack_samples
+from spray.data import model_hash
+from spray.errors import BadInputError
+
+#: ``objective(model, x, y, generator) -> scalar loss`` for one batch; ``generator`` is the epoch's
+#: seeded source for any random choice the objective makes.
+Objective = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
+
+CHECKPOINT = "checkpoint.pt"
+#: What the correctors fine-tune: the modules that run after the artifact's layer, or the whole model.
+TRAINABLE = ("after", "all")
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned ``model`` (eval mode), one ``history`` entry per epoch (``epoch``, ``loss``,
+    ``seconds``), and ``resumed_from``: the completed epoch a checkpoint was resumed from (0: none)."""
+
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def epoch_seeds(seed: int, epoch: int) -> tuple[int, int, int]:
+    """Seeds of epoch ``epoch``: (shuffling, the objective's generator, torch's global RNG for dropout)."""
+    a, b, c = np.random.SeedSequence([seed, epoch]).generate_state(3, dtype=np.uint64)
+    return int(a >> 1), int(b >> 1), int(c >> 1)
+
+
+@contextmanager
+def _deterministic() -> Iterator[None]:
+    """Deterministic kernels and a private global RNG for the block; the caller's state is restored."""
+    was = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was)
+
+
+def finetune(
+    model: nn.Module,
+    dataset: Dataset,
+    objective: Objective,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 64,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    config: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    desc: str = "fine-tuning",
+    trainable: Sequence[str] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``model`` in place with Adam on ``objective`` over ``dataset`` of (x, y).
+
+    Args:
+        checkpoint_dir: where ``checkpoint.pt`` lives; a checkpoint there of the same ``config`` (and
+            seed, lr, batch size) is resumed, and a complete one just loaded. None: no checkpoints.
+        config: JSON-serialisable description of everything else that determines the result (method,
+            its parameters, the starting weights' hash); stored in the checkpoint and compared on resume.
+        overwrite: discard a checkpoint of another configuration instead of refusing it.
+        trainable: names of the modules to train (with their submodules); every other module is frozen:
+            its parameters get no gradient and it stays in eval mode (BatchNorm statistics unchanged).
+            None trains the whole model.
+        on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch's checkpoint is written.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise BadInputError(f"epochs must be a positive integer, got {epochs!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise BadInputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not lr > 0:
+        raise BadInputError(f"lr must be positive, got {lr!r}")
+    fingerprint = json.dumps({"config": config or {}, "seed": seed, "lr": lr, "batch_size": batch_size,
+                              "trainable": None if trainable is None else list(trainable)},
+                             sort_keys=True, default=str)
+    train_modules, frozen_modules = _split(model, trainable)
+    params = list({id(p): p for m in train_modules for p in m.parameters()}.values())
+    if not params:
+        raise BadInputError(f"none of the modules to fine-tune ({', '.join(trainable or [])}) has parameters")
+    trained = {id(p) for p in params}
+    frozen_params = [p for p in model.parameters() if id(p) not in trained]
+    optimiser = torch.optim.Adam(params, lr=lr)
+    path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    history: list[dict[str, float]] = []
+    start = _resume(path, fingerprint, epochs, overwrite, model, optimiser, history)
+    good = copy.deepcopy(model.state_dict())
+
+    n_batches = -(-len(dataset) // batch_size)  # type: ignore[arg-type]
+    bar = tqdm(total=epochs * n_batches, initial=start * n_batches, desc=desc, unit="batch", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    grad_flags = [(p, p.requires_grad) for p in frozen_params]
+    for p in frozen_params:
+        p.requires_grad_(False)
+    try:
+        with bar, _deterministic():
+            for epoch in range(start + 1, epochs + 1):
+                shuffle_seed, objective_seed, global_seed = epoch_seeds(seed, epoch)
+                torch.manual_seed(global_seed)
+                generator = torch.Generator().manual_seed(objective_seed)
+                loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                    generator=torch.Generator().manual_seed(shuffle_seed))
+                tick, total, seen = time.perf_counter(), 0.0, 0
+                model.train()
+                for module in frozen_modules:
+                    module.eval()
+                for x, y in loader:
+                    y = torch.as_tensor(y, dtype=torch.int64)
+                    optimiser.zero_grad(set_to_none=True)
+                    loss = objective(model, x, y, generator)
+                    if not torch.isfinite(loss):
+                        raise BadInputError(
+                            f"the fine-tuning loss became {loss.item()} in epoch {epoch}; lower lr or lambda"
+                        )
+                    loss.backward()
+                    optimiser.step()
+                    total += float(loss.detach()) * len(y)
+                    seen += len(y)
+                    bar.update()
+                entry = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": time.perf_counter() - tick}
+                history.append(entry)
+                good = copy.deepcopy(model.state_dict())
+                if path is not None:
+                    _save(path, epoch, fingerprint, model, optimiser, history)
+                bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                if on_epoch is not None:
+                    on_epoch(epoch, entry)
+    except KeyboardInterrupt:
+        model.load_state_dict(good)
+        raise
+    finally:
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        model.eval()
+    return FinetuneResult(model, history, start)
+
+
+def _split(model: nn.Module, trainable: Sequence[str] | None) -> tuple[list[nn.Module], list[nn.Module]]:
+    """(modules to train, leaf modules to freeze) for the ``trainable`` module names."""
+    if trainable is None:
+        return [model], []
+    modules = dict(model.named_modules())
+    unknown = [name for name in trainable if name not in modules]
+    if unknown:
+        raise BadInputError(f"modules {unknown} to fine-tune are not in the model; use names from "
+                            "model.named_modules()")
+    prefixes = tuple(f"{name}." for name in trainable if name)
+    frozen = [m for name, m in modules.items()
+              if next(m.children(), None) is None and name not in trainable and not name.startswith(prefixes)]
+    return [modules[name] for name in trainable], frozen
+
+
+def _resume(path: Path | None, fingerprint: str, epochs: int, overwrite: bool, model: nn.Module,
+            optimiser: torch.optim.Optimizer, history: list[dict[str, float]]) -> int:
+    """Load a matching checkpoint into model and optimiser; returns its completed epoch (0: none)."""
+    if path is None or not path.exists():
+        return 0
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        same = state["fingerprint"] == fingerprint
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
+        raise BadInputError(f"cannot read the checkpoint {path} ({exc}); delete it to start over") from None
+    if not same or state["epoch"] > epochs:
+        if overwrite:
+            path.unlink()
+            return 0
+        why = "another configuration" if not same else f"{state['epoch']} epochs, more than the {epochs} asked"
+        raise BadInputError(
+            f"{path} is a checkpoint of {why}; use another output directory, delete it, or pass "
+            "overwrite=True (--overwrite) to start over"
+        )
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimizer"])
+    history.extend(json.loads(state["history"]))
+    return int(state["epoch"])
+
+
+def _save(path: Path, epoch: int, fingerprint: str, model: nn.Module, optimiser: torch.optim.Optimizer,
+          history: list[dict[str, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"epoch": epoch, "fingerprint": fingerprint, "model": model.state_dict(),
+                "optimizer": optimiser.state_dict(), "history": json.dumps(history)}, tmp)
+    os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
+
+
+class FinetuningCorrector:
+    """Base of the correctors that fine-tune (A-ClArC, RR-ClArC): parameters in ``__init__``, the work in
+    :meth:`fit`, the result in ``model_`` (a corrected copy; the input model is untouched) and ``history_``.
+
+    Subclasses set ``name`` and implement :meth:`objective` and :meth:`method_params`.
+    """
+
+    name = "finetuning"
+
+    def __init__(self, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0,
+                 trainable: str = "after") -> None:
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.seed = seed
+        self.trainable = trainable
+
+    def method_params(self) -> dict[str, Any]:
+        """The method's own parameters (JSON), besides epochs, lr, batch size and seed."""
+        raise NotImplementedError
+
+    def objective(self, artifact: Any) -> Objective:
+        """The per-batch loss for ``artifact`` (an :class:`~spray.clarc.artifact.ArtifactModel`)."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {**self.method_params(), "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
+                "seed": self.seed, "trainable": self.trainable}
+
+    def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, *, checkpoint_dir: str | Path | None = None,
+            overwrite: bool = False, progress: bool = True,
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FinetuningCorrector:
+        """Fine-tune a copy of ``model`` on ``dataset`` (the audited, attributed training data)."""
+        if self.trainable not in TRAINABLE:
+            raise BadInputError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        corrected = copy.deepcopy(model)
+        modules = None
+        if self.trainable == "after":
+            x, _ = stack_samples(dataset, [0])
+            modules = modules_after(corrected, artifact.layer, x)
+            if not modules:
+                raise BadInputError(f"no module runs after layer {artifact.layer!r}; use trainable='all'")
+        config = {"method": self.name, "params": self.method_params(), "artifact": artifact.fingerprint(),
+                  "start": model_hash(model)}
+        result = finetune(
+            corrected, dataset, self.objective(artifact), epochs=self.epochs, lr=self.lr,
+            batch_size=self.batch_size, seed=self.seed, checkpoint_dir=checkpoint_dir, config=config,
+            overwrite=overwrite, progress=progress, desc=self.name, trainable=modules, on_epoch=on_epoch,
+        )
+        self.model_, self.history_, self.resumed_from_ = result.model, result.history, result.resumed_from
+        return self

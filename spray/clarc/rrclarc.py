@@ -1,0 +1,70 @@
+"""RR-ClArC: fine-tune with a penalty on the model's sensitivity along the artifact direction.
+
+Loss per batch: ``CE(f(x), y) + λ · mean_batch (∇_a f_y(x) · v)²`` where ``a`` is the layer's activation,
+``f_y`` the logit of the sample's true class, and ``v`` the unit CAV broadcast over the spatial positions,
+so ``∇_a f_y · v = Σ_{c,h,w} ∂f_y/∂a_{chw} v_c`` is the derivative of ``f_y`` when the activation moves by
+``v`` at every position (the direction the CAV was fitted in, on spatially pooled activations). The
+gradient is taken with ``create_graph=True`` so the penalty is itself differentiated (a second-order term).
+The model then learns to decide the same way whether or not the artifact direction is present, without
+ever seeing the artifact pasted anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spray.clarc.activations import along_channels, eval_mode, layer_output
+from spray.clarc.artifact import ArtifactModel
+from spray.clarc.finetune import FinetuningCorrector, Objective
+from spray.errors import BadInputError
+
+LAMBDA = 1.0
+EPOCHS = 3
+LR = 1e-3
+
+
+def rr_penalty(grad: Tensor, v: Tensor) -> Tensor:
+    """``mean_n (Σ_{c,...} grad_{n,c,...} v_c)²`` for ``grad`` (n, C, ...) and ``v`` (C,)."""
+    projected = (grad * along_channels(v, grad)).flatten(1).sum(1)
+    return projected.square().mean()
+
+
+class RRClArC(FinetuningCorrector):
+    """Right-Reason ClArC: fine-tune with cross-entropy plus ``lam`` × the penalty of :func:`rr_penalty`.
+
+    Args:
+        lam: λ, the penalty's weight (≥ 0).
+        epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.
+        trainable: ``"after"`` fine-tunes the modules after the artifact's layer, ``"all"`` the model.
+    """
+
+    name = "rrclarc"
+
+    def __init__(self, *, lam: float = LAMBDA, epochs: int = EPOCHS, lr: float = LR, batch_size: int = 64,
+                 seed: int = 0, trainable: str = "after") -> None:
+        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, trainable=trainable)
+        self.lam = lam
+
+    def method_params(self) -> dict[str, Any]:
+        return {"lambda": self.lam}
+
+    def objective(self, artifact: ArtifactModel) -> Objective:
+        if not self.lam >= 0:
+            raise BadInputError(f"lambda must be >= 0, got {self.lam!r}")
+        layer, v, lam = artifact.layer, artifact.direction, self.lam
+
+        def loss(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
+            ce = F.cross_entropy(model(x), y)
+            # The sensitivity of the model as deployed: in training mode, dropout after the layer would
+            # make the gradient a random masking of it, and the penalty's variance would punish every
+            # channel v touches, not the direction; BatchNorm would couple the samples of a batch.
+            with eval_mode(model):
+                a, logits = layer_output(model, layer, x, differentiable=True)
+                (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), a, create_graph=True)
+            return ce + lam * rr_penalty(grad, v)
+
+        return loss

@@ -1,0 +1,132 @@
+"""The shared fine-tuning loop: same seed, same weights; an interrupted run resumes to the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spray.clarc.augmentive import AClArC
+from spray.clarc.finetune import CHECKPOINT, finetune
+from spray.clarc.rrclarc import RRClArC
+from spray.errors import BadInputError
+from tests.clarc.conftest import tiny_data, tiny_model
+
+
+class FakeArtifact:
+    """What the correctors read from an ArtifactModel."""
+
+    label, layer = 1, "features.3"
+    direction = torch.ones(6) / 6**0.5
+    patch = torch.ones(1, 8, 8)
+    mask = torch.zeros(8, 8)
+    mask[:3, :3] = 1.0
+
+    def fingerprint(self):
+        return {"label": self.label, "layer": self.layer}
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+CORRECTORS = [
+    lambda: AClArC(fraction=0.5, epochs=3, lr=1e-2, batch_size=16, seed=7, trainable="all"),
+    lambda: RRClArC(lam=1.0, epochs=3, lr=1e-2, batch_size=16, seed=7),
+]
+
+
+@pytest.mark.parametrize("make", CORRECTORS, ids=["aclarc", "rrclarc"])
+def test_same_seed_gives_bit_identical_weights(make):
+    dataset, _ = tiny_data()
+    a = make().fit(tiny_model(), dataset, FakeArtifact(), progress=False).model_
+    b = make().fit(tiny_model(), dataset, FakeArtifact(), progress=False).model_
+    assert same_weights(a, b)
+    assert not same_weights(a, tiny_model()), "fine-tuning changed the weights"
+
+
+def test_another_seed_gives_other_weights():
+    dataset, _ = tiny_data()
+    a = AClArC(epochs=1, seed=0, trainable="all").fit(tiny_model(), dataset, FakeArtifact(), progress=False)
+    b = AClArC(epochs=1, seed=1, trainable="all").fit(tiny_model(), dataset, FakeArtifact(), progress=False)
+    assert not same_weights(a.model_, b.model_)
+
+
+@pytest.mark.parametrize("make", CORRECTORS, ids=["aclarc", "rrclarc"])
+def test_interrupted_run_resumes_from_the_last_epoch_and_ends_with_the_same_weights(make, tmp_path):
+    dataset, _ = tiny_data()
+    model = tiny_model()
+    reference = make().fit(model, dataset, FakeArtifact(), checkpoint_dir=tmp_path / "a", progress=False)
+
+    def interrupt(epoch, _entry):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make().fit(model, dataset, FakeArtifact(), checkpoint_dir=tmp_path / "b", progress=False,
+                   on_epoch=interrupt)
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["epoch"] == 1
+    resumed = make().fit(model, dataset, FakeArtifact(), checkpoint_dir=tmp_path / "b", progress=False)
+    assert resumed.resumed_from_ == 1
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+    assert same_weights(resumed.model_, reference.model_)
+
+
+def test_keyboard_interrupt_mid_epoch_leaves_the_last_completed_epochs_weights():
+    dataset, _ = tiny_data()
+    model, snapshot = tiny_model(), {}
+    calls = {"n": 0}
+
+    def objective(m, x, y, generator):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in the second epoch (5 batches per epoch)
+            raise KeyboardInterrupt
+        return torch.nn.functional.cross_entropy(m(x), y)
+
+    def remember(epoch, _entry):
+        snapshot.update({k: v.clone() for k, v in model.state_dict().items()})
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, dataset, objective, epochs=3, lr=1e-2, batch_size=16, progress=False, on_epoch=remember)
+    assert all(torch.equal(model.state_dict()[k], snapshot[k]) for k in snapshot)
+
+
+def test_checkpoint_of_another_configuration_is_refused_unless_overwritten(tmp_path):
+    dataset, _ = tiny_data()
+    AClArC(epochs=1, lr=1e-2).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False)
+    with pytest.raises(BadInputError, match="another configuration.*overwrite"):
+        AClArC(epochs=1, lr=5e-3).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path,
+                                      progress=False)
+    AClArC(epochs=1, lr=5e-3).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False,
+                                  overwrite=True)
+
+
+def test_completed_run_is_loaded_not_recomputed(tmp_path):
+    dataset, _ = tiny_data()
+    first = AClArC(epochs=2).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False)
+
+    def fail(*_args):
+        raise AssertionError("no epoch should run")
+
+    again = AClArC(epochs=2).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False,
+                                 on_epoch=fail)
+    assert again.resumed_from_ == 2 and same_weights(first.model_, again.model_)
+
+
+def test_default_fine_tunes_only_the_modules_after_the_layer():
+    dataset, _ = tiny_data()
+    model = tiny_model()
+    corrected = RRClArC(lam=1.0, epochs=1, lr=1e-2).fit(model, dataset, FakeArtifact(), progress=False).model_
+    before, after = model.state_dict(), corrected.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("features."))
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert all(p.requires_grad for p in corrected.parameters()), "requires_grad flags restored"
+
+
+def test_fine_tuning_leaves_global_random_state_alone():
+    dataset, _ = tiny_data()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    AClArC(epochs=1).fit(tiny_model(), dataset, FakeArtifact(), progress=False)
+    assert torch.equal(torch.rand(3), expected)

@@ -1,0 +1,60 @@
+"""ClArC: isolate the artifact behind a flagged cluster, correct the model, and prove the correction.
+
+Pipeline (docs/clarc.md): cluster members (cluster.py) -> CAV at a layer (cav.py) -> masks and patch by LRP
+along the CAV (localize.py), together the artifact model (artifact.py) -> a correction: P-ClArC
+(projective.py), A-ClArC (augmentive.py) or RR-ClArC (rrclarc.py), the last two through one fine-tuning
+loop (finetune.py) -> evaluation (evaluate.py); run.py goes from an audit store to a recorded result.
+"""
+
+from __future__ import annotations
+
+from spray.clarc.activations import default_layer
+from spray.clarc.artifact import ArtifactModel, isolate_artifact
+from spray.clarc.augmentive import AClArC
+from spray.clarc.cav import CAV
+from spray.clarc.cluster import ClusterSpec, read_cluster
+from spray.clarc.evaluate import FdaSetup, evaluate_correction, evaluate_model, format_metrics
+from spray.clarc.finetune import FinetuneResult, finetune
+from spray.clarc.localize import Localization, localize, paste
+from spray.clarc.projective import (
+    Projected,
+    Projection,
+    insert_projection,
+    load_corrected,
+    project_model,
+    remove_projection,
+)
+from spray.clarc.rrclarc import RRClArC, rr_penalty
+from spray.clarc.run import METHODS, ClarcResult, clarc_from_store, evaluate_from_store, run_name
+
+__all__ = [
+    "METHODS",
+    "AClArC",
+    "ArtifactModel",
+    "CAV",
+    "ClarcResult",
+    "ClusterSpec",
+    "FdaSetup",
+    "FinetuneResult",
+    "Localization",
+    "Projected",
+    "Projection",
+    "RRClArC",
+    "clarc_from_store",
+    "default_layer",
+    "evaluate_correction",
+    "evaluate_from_store",
+    "evaluate_model",
+    "finetune",
+    "format_metrics",
+    "insert_projection",
+    "isolate_artifact",
+    "load_corrected",
+    "localize",
+    "paste",
+    "project_model",
+    "read_cluster",
+    "remove_projection",
+    "rr_penalty",
+    "run_name",
+]

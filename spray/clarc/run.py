@@ -1,0 +1,254 @@
+"""From an audit store and a flagged cluster to corrected weights and a recorded result.
+
+:func:`clarc_from_store` is what ``spray clarc`` runs: read the cluster's members, isolate the artifact,
+correct the model (A-, P- or RR-ClArC), save the corrected weights, optionally evaluate, and record it all
+in the store as node ``clarc/<run>/result`` (docs/clarc.md lists its contract). :func:`evaluate_from_store`
+(``spray evaluate``) measures a recorded run again, e.g. on other test data, and updates its metrics.
+
+Run directory ``<out_dir>/<run>/``: ``weights.pt`` (the corrected state_dict), ``checkpoint.pt`` (fine-tuning,
+resumable), ``result.json`` (what the node holds, minus arrays), ``corrected.h5`` (the re-audit for the FDA
+rank, when asked).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from spray.clarc.artifact import ArtifactModel, isolate_artifact
+from spray.clarc.augmentive import AClArC
+from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster
+from spray.clarc.evaluate import FdaSetup, empty_row, evaluate_correction, format_metrics
+from spray.clarc.localize import SIGMA, THRESHOLD
+from spray.clarc.projective import load_corrected, project_model
+from spray.clarc.rrclarc import RRClArC
+from spray.errors import BadInputError
+from spray.lrp import Composite, EpsilonPlusFlat
+from spray.store import AuditStore
+
+METHODS = ("aclarc", "pclarc", "rrclarc")
+WEIGHTS = "weights.pt"
+
+
+@dataclass
+class ClarcResult:
+    """A finished ClArC run: names, the artifact model, the corrected model and weights file, metrics."""
+
+    run: str
+    method: str
+    cluster: str
+    layer: str
+    artifact: ArtifactModel
+    model: nn.Module
+    weights: Path
+    run_dir: Path
+    params: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (``spray clarc --json``)."""
+        return {"run": self.run, "method": self.method, "cluster": self.cluster, "layer": self.layer,
+                "cav_auc": self.artifact.cav.auc_, "weights": str(self.weights), "run_dir": str(self.run_dir),
+                "params": self.params, "metrics": self.metrics, "history": self.history,
+                "n_artifact": len(self.artifact.artifact_index), "n_rest": len(self.artifact.rest_index)}
+
+    def table(self) -> str:
+        return format_metrics(self.metrics)
+
+
+def run_name(method: str, cluster: str | ClusterSpec) -> str:
+    """The default run name: ``<method>_<class>_<clustering>_<id>``."""
+    spec = ClusterSpec.parse(cluster)
+    return f"{method}_{spec.label}_{spec.clustering}_{spec.cluster}"
+
+
+def audit_composite(store: AuditStore, analysis: str) -> Composite:
+    """The LRP composite of the attribution the analysis used; EpsilonPlusFlat if that was not LRP."""
+    from spray.attribution.methods import get_method
+
+    _, summary = store.read_node(f"analyses/{analysis}/summary")
+    info = store.attribution_info(summary["attribution"])
+    try:
+        attributor = get_method(info["method"], **info["params"])
+    except BadInputError:
+        return EpsilonPlusFlat()
+    return getattr(attributor, "composite", None) or EpsilonPlusFlat()
+
+
+def clarc_from_store(
+    store_path: str | Path,
+    cluster: str | ClusterSpec,
+    method: str,
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    out_dir: str | Path,
+    layer: str | None = None,
+    analysis: str | None = None,
+    run: str | None = None,
+    cav: str = "signal",
+    reference: str = "class",
+    sigma: float = SIGMA,
+    threshold: float = THRESHOLD,
+    epochs: int | None = None,
+    lr: float | None = None,
+    lam: float | None = None,
+    fraction: float | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    test: Dataset | None = None,
+    poisoned_test: Dataset | None = None,
+    fda_rank: bool = False,
+    relevance_target: str = "prediction",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ClarcResult:
+    """Correct ``model`` for the artifact behind ``cluster`` and record the run in the store.
+
+    Args:
+        store_path: the audit store (analysed); the node ``clarc/<run>/result`` is written into it.
+        cluster: ``CLASS:CLUSTERING:ID`` as ``spray rank --json`` reports it (class, clustering, cluster).
+        method: ``"aclarc"``, ``"pclarc"`` or ``"rrclarc"``.
+        model: the audited model (not modified); dataset: the audited data (dataset indices as stored).
+        out_dir: runs go to ``out_dir/<run>/``; layer: module name (default: ``default_layer``).
+        epochs, lr: fine-tuning (A/RR; defaults per method); lam: RR-ClArC's λ; fraction: A-ClArC's share
+            of other-class samples that get the artifact.
+        test, poisoned_test: evaluate on them (clean / as poisoned at training time); without ``test`` the
+            metrics stay None (``evaluate_from_store`` can fill them in later).
+        fda_rank: also re-attribute and re-analyse ``dataset`` with the corrected model (slow).
+    """
+    if method not in METHODS:
+        raise BadInputError(f"unknown ClArC method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = ClusterSpec.parse(cluster)
+    run = run or run_name(method, spec)
+    run_dir = Path(out_dir) / run
+    with AuditStore(store_path) as store:
+        analysis = choose_analysis(store, analysis)
+        members = read_cluster(store, spec, analysis)
+        composite = audit_composite(store, analysis)
+    artifact = isolate_artifact(
+        model, dataset, members.artifact, members.rest, label=spec.label, layer=layer, cav=cav,
+        composite=composite, reference=reference, sigma=sigma, threshold=threshold, random_state=seed,
+        cluster=str(spec),
+    )
+    params: dict[str, Any] = {"lambda": None, "epochs": None, "lr": None, "fraction": None,
+                              "batch_size": None, "seed": seed}
+    history: list[dict[str, float]] = []
+    if method == "pclarc":
+        corrected = project_model(model, artifact.layer, artifact.direction, artifact.clean_mean)
+    else:
+        defaults = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
+        given = {k: v for k, v in defaults.items() if v is not None}
+        if method == "aclarc":
+            corrector = AClArC(**given, **({"fraction": fraction} if fraction is not None else {}))
+        else:
+            corrector = RRClArC(**given, **({"lam": lam} if lam is not None else {}))
+        corrector.fit(model, dataset, artifact, checkpoint_dir=run_dir, overwrite=overwrite, progress=progress)
+        corrected, history = corrector.model_, corrector.history_
+        p = corrector.params()
+        params.update(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], fraction=p.get("fraction"),
+                      **{"lambda": p.get("lambda")})
+    weights = run_dir / WEIGHTS
+    _save_weights(corrected, weights)
+    params.update(weights=str(weights), cav_method=cav, reference=reference, sigma=sigma, threshold=threshold,
+                  analysis=analysis, relevance_target=relevance_target)
+
+    metrics = [empty_row("original"), empty_row("corrected")]
+    if test is not None:
+        fda = FdaSetup(Path(store_path), dataset, run_dir, analysis) if fda_rank else None
+        metrics = evaluate_correction(
+            model, corrected, label=spec.label, patch=artifact.patch, mask=artifact.mask, clean=test,
+            poisoned=poisoned_test, composite=composite, target=relevance_target, fda=fda, progress=progress,
+        )
+    result = ClarcResult(run, method, str(spec), artifact.layer, artifact, corrected, weights, run_dir, params,
+                         metrics, history)
+    _record(store_path, result, dataset)
+    return result
+
+
+def evaluate_from_store(
+    store_path: str | Path,
+    run: str,
+    model: nn.Module,
+    *,
+    test: Dataset,
+    poisoned_test: Dataset | None = None,
+    dataset: Dataset | None = None,
+    fda_rank: bool = False,
+    relevance_target: str | None = None,
+    region: np.ndarray | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Evaluate recorded run ``run`` again (``model``: the original, uncorrected model) and update its
+    metrics in the store. The corrected weights are the file the run recorded; the artifact its patch and
+    mask. ``dataset`` (the audited data) is needed for ``fda_rank``."""
+    with AuditStore(store_path) as store:
+        path = f"clarc/{run}/result"
+        if not store.has_node(path):
+            runs = sorted(p.split("/")[1] for p in store.list_nodes("clarc") if p.endswith("/result"))
+            raise BadInputError(
+                f"audit store {store_path} has no ClArC run {run!r}; runs: {', '.join(runs) or 'none'}"
+            )
+        arrays, attrs = store.read_node(path)
+        analysis = attrs.get("analysis") or choose_analysis(store, None)
+        composite = audit_composite(store, analysis)
+    if fda_rank and dataset is None:
+        raise BadInputError("the FDA rank needs the audited dataset (--data) to attribute it again")
+    corrected = load_corrected(copy.deepcopy(model), attrs["weights"])
+    label = ClusterSpec.parse(attrs["cluster"]).label
+    fda = FdaSetup(Path(store_path), dataset, Path(attrs["weights"]).parent, analysis) if fda_rank else None
+    metrics = evaluate_correction(
+        model, corrected, label=label, patch=torch.from_numpy(arrays["patch"]),
+        mask=torch.from_numpy(arrays["mask"]),
+        clean=test, poisoned=poisoned_test, composite=composite,
+        target=relevance_target or attrs.get("relevance_target") or "prediction", region=region, fda=fda,
+        progress=progress,
+    )
+    with AuditStore(store_path, mode="a") as store:
+        store.write_node(path, arrays, {**attrs, "metrics": metrics})
+    return metrics
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+
+
+def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset) -> None:
+    """Write node ``clarc/<run>/result`` and ``result.json`` in the run directory."""
+    artifact = result.artifact
+    inputs, masks, index = artifact.examples(dataset)
+    arrays = {
+        "patch": artifact.patch.numpy().astype(np.float32),
+        "mask": artifact.mask.numpy().astype(np.float32),
+        "example_inputs": inputs,
+        "example_masks": masks,
+        "example_index": index,
+        "cav": artifact.direction.numpy().astype(np.float32),
+    }
+    attrs = {
+        "method": result.method,
+        "cluster": result.cluster,
+        "layer": result.layer,
+        "cav_auc": artifact.cav.auc_,
+        "metrics": result.metrics,
+        **result.params,
+        "n_artifact": int(len(artifact.artifact_index)),
+        "n_rest": int(len(artifact.rest_index)),
+        "history": result.history,
+    }
+    with AuditStore(store_path, mode="a") as store:
+        store.write_node(f"clarc/{result.run}/result", arrays, attrs)
+    (result.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")

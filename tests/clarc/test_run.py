@@ -1,0 +1,151 @@
+"""From an audit store to a recorded ClArC run (on the tiny audit), and every bad-input message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from spray.clarc import clarc_from_store, evaluate_from_store, isolate_artifact, load_corrected, read_cluster
+from spray.clarc.cav import MIN_SAMPLES
+from spray.errors import BadInputError
+from spray.store import AuditStore
+from tests.clarc.conftest import tiny_model
+
+
+def a_cluster(tiny_audit, clustering="kmeans_2"):
+    """A cluster of class 1 with enough samples on both sides for a CAV."""
+    labels = tiny_audit.kmeans[clustering]
+    sizes = {int(c): int((labels == c).sum()) for c in np.unique(labels)}
+    cluster = next(c for c, n in sizes.items() if MIN_SAMPLES <= n <= len(labels) - MIN_SAMPLES)
+    return f"1:{clustering}:{cluster}", sizes[cluster]
+
+
+def test_read_cluster_gives_the_members_and_the_rest_of_the_class(tiny_audit):
+    spec, size = a_cluster(tiny_audit)
+    with AuditStore(tiny_audit.store) as store:
+        members = read_cluster(store, spec)
+    assert len(members.artifact) == size
+    labels = tiny_audit.dataset.tensors[1]
+    assert set(members.artifact) | set(members.rest) == set(torch.nonzero(labels == 1).flatten().tolist())
+    assert not set(members.artifact) & set(members.rest)
+
+
+@pytest.mark.parametrize("method", ["pclarc", "aclarc", "rrclarc"])
+def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_path, method):
+    spec, size = a_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    result = clarc_from_store(store, spec, method, tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
+                              epochs=1, test=tiny_audit.dataset, progress=False)
+    assert result.run == f"{method}_{spec.replace(':', '_')}"
+    with AuditStore(store) as audit:
+        arrays, attrs = audit.read_node(f"clarc/{result.run}/result")
+    k = min(8, size)
+    assert arrays["patch"].shape == (1, 8, 8) and arrays["patch"].dtype == np.float32
+    assert arrays["mask"].shape == (8, 8) and arrays["mask"].dtype == np.float32
+    assert 0 <= arrays["mask"].min() and arrays["mask"].max() <= 1
+    assert arrays["example_inputs"].shape == (k, 1, 8, 8) and arrays["example_inputs"].dtype == np.float32
+    assert arrays["example_masks"].shape == (k, 8, 8)
+    with AuditStore(store) as audit:
+        assert set(arrays["example_index"]) <= set(read_cluster(audit, spec).artifact)
+    assert attrs["method"] == method and attrs["cluster"] == spec and attrs["layer"] == "features.3"
+    assert 0 <= attrs["cav_auc"] <= 1
+    assert [row["model"] for row in attrs["metrics"]] == ["original", "corrected"]
+    assert all(np.isfinite(row["clean_accuracy"]) and np.isfinite(row["artifact_relevance"])
+               for row in attrs["metrics"])
+    assert attrs["seed"] == 0 and attrs["weights"] == str(result.weights)
+    assert (attrs["epochs"] is None) == (method == "pclarc")
+    assert (attrs["lambda"] is None) == (method != "rrclarc")
+    json.dumps(attrs)
+    state = torch.load(result.weights, weights_only=True)
+    reloaded = load_corrected(tiny_model(seed=3), state)
+    x = tiny_audit.dataset.tensors[0][:5]
+    assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
+    assert json.loads((result.run_dir / "result.json").read_text())["run"] == result.run
+
+
+def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
+    spec, _ = a_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path,
+                              progress=False)
+    assert result.metrics[1]["clean_accuracy"] is None
+    metrics = evaluate_from_store(store, result.run, tiny_audit.model, test=tiny_audit.dataset, progress=False)
+    with AuditStore(store) as audit:
+        assert audit.read_node(f"clarc/{result.run}/result")[1]["metrics"] == metrics
+    assert metrics[1]["clean_accuracy"] is not None
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def run(tiny_audit, tmp_path, cluster, **kwargs):
+    return clarc_from_store(tiny_audit.store, cluster, kwargs.pop("method", "pclarc"), tiny_audit.model,
+                            tiny_audit.dataset, out_dir=tmp_path, progress=False, **kwargs)
+
+
+def test_unknown_cluster_id_lists_the_valid_ids(tiny_audit, tmp_path):
+    with pytest.raises(BadInputError, match=r"no cluster 9; valid ids: 0, 1 "):
+        run(tiny_audit, tmp_path, "1:kmeans_2:9")
+
+
+def test_unknown_clustering_lists_the_valid_names(tiny_audit, tmp_path):
+    with pytest.raises(BadInputError, match=r"no clustering 'kmeans_40'; valid clusterings: .*kmeans_2"):
+        run(tiny_audit, tmp_path, "1:kmeans_40:0")
+
+
+def test_class_not_analysed_lists_the_analysed_classes(tiny_audit, tmp_path):
+    with pytest.raises(BadInputError, match=r"class 7 was not analysed .* analysed classes: 0, 1"):
+        run(tiny_audit, tmp_path, "7:kmeans_2:0")
+
+
+def test_malformed_cluster_spec_shows_the_format(tiny_audit, tmp_path):
+    with pytest.raises(BadInputError, match="CLASS:CLUSTERING:ID"):
+        run(tiny_audit, tmp_path, "1-kmeans_2-0")
+
+
+def test_unknown_method_lists_the_methods(tiny_audit, tmp_path):
+    with pytest.raises(BadInputError, match="aclarc, pclarc, rrclarc"):
+        run(tiny_audit, tmp_path, a_cluster(tiny_audit)[0], method="xclarc")
+
+
+def test_unknown_layer_lists_the_module_names(tiny_audit, tmp_path):
+    names = r"features.3, pool, flatten, head"
+    with pytest.raises(BadInputError, match=rf"layer 'features.9' is not a module .*{names}"):
+        run(tiny_audit, tmp_path, a_cluster(tiny_audit)[0], layer="features.9")
+
+
+def test_cluster_too_small_for_a_cav_says_the_minimum(tiny_audit):
+    with pytest.raises(BadInputError, match=f"at least {MIN_SAMPLES} in the cluster"):
+        isolate_artifact(tiny_audit.model, tiny_audit.dataset, np.arange(1, 7, 2), np.arange(7, 40, 2), label=1)
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+class First(nn.Module):
+    def forward(self, pair):
+        return pair[0]
+
+
+def test_layer_whose_output_is_not_a_tensor_is_bad_input():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), Pair(), First(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(3, 2))
+    dataset = TensorDataset(torch.rand(20, 1, 6, 6), torch.arange(20) % 2)
+    with pytest.raises(BadInputError, match=r"layer '2' \(Pair\) returns tuple, not a tensor"):
+        isolate_artifact(model, dataset, np.arange(0, 10, 2), np.arange(10, 20, 2), label=0, layer="2")
+
+
+def test_store_without_analysis_says_to_run_analyze(tmp_path, tiny_audit):
+    empty = tmp_path / "empty.h5"
+    AuditStore(empty, "a").close()
+    with pytest.raises(BadInputError, match="spray analyze"):
+        clarc_from_store(empty, "1:kmeans_2:0", "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path)

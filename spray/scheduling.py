@@ -20,6 +20,10 @@ from spray.errors import BadInputError
 
 T = TypeVar("T")
 
+# dask's scheduler always serves HTTP (the dashboard, health checks); without an address it listens on
+# port 8787 of every interface. spray binds every server it starts to a random loopback port instead.
+_LOOPBACK = {"dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0"}
+
 RETRIES = 3
 """How often a task is retried when its worker dies (the result does not depend on the attempt)."""
 
@@ -30,9 +34,7 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if scheduler is None:
-        with Client(
-            processes=False, n_workers=1, threads_per_worker=os.cpu_count() or 1, dashboard_address=None
-        ) as client:
+        with Client(processes=False, n_workers=1, threads_per_worker=os.cpu_count() or 1, **_LOOPBACK) as client:
             yield client
         return
     local = re.fullmatch(r"local:(\d+)", scheduler)
@@ -41,7 +43,7 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
         if n < 1:
             raise BadInputError(f"--scheduler local:N needs N >= 1 worker processes, got {scheduler!r}")
         with LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **_LOOPBACK
         ) as cluster, Client(cluster) as client:
             yield client
         return

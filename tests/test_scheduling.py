@@ -1,0 +1,44 @@
+"""Where work runs: dask clients that listen on loopback only, results as tasks finish."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from spray.errors import BadInputError
+from spray.scheduling import dask_client, dask_map
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _listening() -> list[str]:
+    return [c.laddr.ip for c in psutil.Process(os.getpid()).net_connections() if c.status == "LISTEN"]
+
+
+def test_in_process_client_listens_on_loopback_only():
+    with dask_client(None):
+        addresses = _listening()
+    assert addresses and set(addresses) == {"127.0.0.1"}
+
+
+def test_dask_map_yields_every_item_with_its_result():
+    results = dict(dask_map(_square, [1, 2, 3], lambda x: (x,), progress=False))
+    assert results == {1: 1, 2: 4, 3: 9}
+
+
+def test_local_cluster_of_worker_processes_gives_the_same_results():
+    results = dict(dask_map(_square, range(5), lambda x: (x,), scheduler="local:2", progress=False))
+    assert results == {x: x * x for x in range(5)}
+
+
+def test_bad_scheduler_values_are_bad_input():
+    with pytest.raises(BadInputError, match="local:N needs N >= 1"):
+        with dask_client("local:0"):
+            pass
+    with pytest.raises(BadInputError, match="cannot reach the dask scheduler"):
+        with dask_client("tcp://127.0.0.1:1"):
+            pass

@@ -27,18 +27,23 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/demo"),
               show_default=True, help="Where the demo writes its store, weights and report.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data split, artifact and training.")
-@click.option("--quick", is_flag=True, help="A faster SpRAy pipeline (fewer eigenpairs and clusterings, no UMAP); for smoke tests.")
-def demo(out: Path, seed: int, quick: bool) -> None:
-    """The embedded default audit: poisoned digits -> train -> attribute -> SpRAy -> rank -> report."""
+@click.option("--quick", is_flag=True, help="A faster SpRAy pipeline (fewer eigenpairs and clusterings, no UMAP).")
+@click.option("--clarc", "clarc_method", type=click.Choice(["aclarc", "pclarc", "rrclarc", "none"]),
+              default="rrclarc", show_default=True, help="The correction applied to the flagged cluster.")
+def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
+    """The embedded default audit: poisoned digits -> train -> attribute -> SpRAy -> rank -> ClArC -> report."""
     from spray.pipeline import pipeline_from_text
     from spray.report import build_report
-    from spray.workflow import QUICK_PIPELINE, planted_recovery, prepare_demo
+    from spray.workflow import QUICK_PIPELINE, correct_demo, planted_recovery, prepare_demo
 
     audit = prepare_demo(out, seed=seed, pipeline=pipeline_from_text(QUICK_PIPELINE) if quick else None)
     recovery = planted_recovery(audit)
+    table = correct_demo(audit, clarc_method, out) if clarc_method != "none" else None
     report_path = build_report(audit.store, out / "report.html")
     click.echo(f"store:  {audit.store}")
     click.echo(f"report: {report_path}")
+    if table:
+        click.echo(f"{clarc_method} on the flagged cluster, before and after:\n{table}")
     verdict = "FOUND" if recovery["found"] else "NOT FOUND"
     click.echo(
         f"planted artifact {verdict}: class {recovery['poisoned_class']} was poisoned, class "
@@ -195,6 +200,92 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
         click.echo(ranking_table(entries).to_csv(index=False), nl=False)
     else:
         click.echo(ranking_table(entries).drop(columns=["members"]).to_string(index=False))
+
+
+def _top_cluster(store: Path, analysis: str) -> str:
+    """``CLASS:CLUSTERING:ID`` of the best-ranked candidate (for ``--cluster top``)."""
+    from spray.errors import BadInputError
+    from spray.ranking import rank_classes
+    from spray.store import AuditStore
+
+    with AuditStore(store) as audit:
+        top = next((e for e in rank_classes(audit, analysis) if e["skipped"] is None), None)
+    if top is None:
+        raise BadInputError(f"audit store {store} has no ranked class in analysis {analysis!r}")
+    return f"{top['class']}:{top['clustering']}:{top['cluster']}"
+
+
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--cluster", required=True, help="CLASS:CLUSTERING:ID from `spray rank`, or 'top'.")
+@click.option("--method", type=click.Choice(["aclarc", "pclarc", "rrclarc"]), required=True)
+@click.option("--model", "model_spec", required=True, help="MOD:FACTORY of the audited model.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Its state_dict file (weights_only).")
+@click.option("--data", "data_spec", required=True, help="The audited data (as attributed into STORE).")
+@click.option("--test", "test_spec", help="Clean test data; with it the run is evaluated.")
+@click.option("--poisoned-test", "poisoned_spec", help="Test data as poisoned at training time.")
+@click.option("--layer", help="Module name of the layer to correct (default: the last convolution's output).")
+@click.option("--analysis", default="spray", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/clarc"),
+              show_default=True, help="Run directories (corrected weights, checkpoints) go here.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Fine-tuning epochs (A-/RR-ClArC).")
+@click.option("--lr", type=float, help="Fine-tuning learning rate.")
+@click.option("--lambda", "lam", type=float, help="RR-ClArC penalty weight.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--fda-rank", is_flag=True, help="Also re-attribute and re-analyse to get the class's FDA rank.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def clarc(
+    store: Path, cluster: str, method: str, model_spec: str, weights: Path | None, data_spec: str,
+    test_spec: str | None, poisoned_spec: str | None, layer: str | None, analysis: str, out: Path,
+    epochs: int | None, lr: float | None, lam: float | None, seed: int, fda_rank: bool, as_json: bool,
+) -> None:
+    """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
+    from spray.clarc import clarc_from_store, format_metrics
+    from spray.data import load_model, open_source
+
+    result = clarc_from_store(
+        store, _top_cluster(store, analysis) if cluster == "top" else cluster, method,
+        load_model(model_spec, weights), open_source(data_spec), out_dir=out, layer=layer, analysis=analysis,
+        epochs=epochs, lr=lr, lam=lam, seed=seed,
+        test=open_source(test_spec) if test_spec else None,
+        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None, fda_rank=fda_rank,
+    )
+    if as_json:
+        _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
+                    "weights": str(result.weights), "metrics": result.metrics})
+        return
+    click.echo(f"run {result.run}: corrected weights in {result.weights}")
+    if result.metrics:
+        click.echo(format_metrics(result.metrics))
+
+
+@cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--run", "run_name", required=True, help="The ClArC run to evaluate (see `spray info`).")
+@click.option("--model", "model_spec", required=True, help="MOD:FACTORY of the original model.")
+@click.option("--weights", type=click.Path(path_type=Path), help="The original model's state_dict file.")
+@click.option("--test", "test_spec", required=True, help="Clean test data.")
+@click.option("--poisoned-test", "poisoned_spec", help="Test data as poisoned at training time.")
+@click.option("--data", "data_spec", help="The audited data (needed for --fda-rank).")
+@click.option("--fda-rank", is_flag=True, help="Re-attribute and re-analyse to get the class's FDA rank.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics table as JSON on stdout.")
+def evaluate(
+    store: Path, run_name: str, model_spec: str, weights: Path | None, test_spec: str,
+    poisoned_spec: str | None, data_spec: str | None, fda_rank: bool, as_json: bool,
+) -> None:
+    """Clean / poisoned / artifact-everywhere accuracy and artifact relevance, before and after ClArC."""
+    from spray.clarc import evaluate_from_store, format_metrics
+    from spray.data import load_model, open_source
+
+    rows = evaluate_from_store(
+        store, run_name, load_model(model_spec, weights), test=open_source(test_spec),
+        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
+        dataset=open_source(data_spec) if data_spec else None, fda_rank=fda_rank,
+    )
+    if as_json:
+        _echo_json(rows)
+    else:
+        click.echo(format_metrics(rows))
 
 
 @cli.command()

@@ -17,13 +17,22 @@ import pandas as pd
 from spray.errors import BadInputError
 from spray.store import AuditStore
 
+FLAG_OUTLIER = 3.0
+"""A class is *flagged* when its log z-score lies this many robust standard deviations above the median
+class (median absolute deviation × 1.4826), i.e. when it stands out from the other classes."""
+MIN_CLASSES_FOR_OUTLIER = 4
+FALLBACK_Z, FALLBACK_P = 3.0, 0.05
+"""With fewer ranked classes no spread can be estimated: then a class is flagged when z ≥ 3 and p ≤ 0.05."""
+
 
 def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, Any]]:
     """One entry per analysed class, best Clever Hans candidate first; skipped classes last, with a reason.
 
     Entry keys: ``rank``, ``class`` (index), ``name``, ``n_samples``, ``score`` (z-score), ``tau``,
     ``p_value``, ``clustering``, ``cluster``, ``cluster_size``, ``members`` (dataset sample indices of the
-    flagged cluster), ``skipped`` (reason or None).
+    most separable cluster), ``outlier`` (how far the class's log z-score stands above the other classes',
+    in robust standard deviations; None with fewer than 4 ranked classes), ``flagged`` (a Clever Hans
+    candidate: ``outlier >= 3``, or ``z >= 3 and p <= 0.05`` without an outlier score), ``skipped``.
     """
     group = f"analyses/{analysis}"
     if not store.has_node(f"{group}/summary"):
@@ -57,7 +66,27 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, A
     entries.sort(key=lambda e: (e["skipped"] is not None, -_finite(e["score"]), e["class"]))
     for i, entry in enumerate(entries, start=1):
         entry["rank"] = i
+    _flag(entries)
     return entries
+
+
+def _flag(entries: list[dict[str, Any]]) -> None:
+    """Set ``outlier`` and ``flagged``: per-cluster z-scores of real clusters are large in every class (any
+    cluster beats random subsets), so a candidate is a class whose score stands out from the others'."""
+    scored = [e for e in entries if e["skipped"] is None and e["score"] is not None and e["score"] > 0
+              and math.isfinite(e["score"])]
+    logs = np.log([e["score"] for e in scored])
+    spread = 1.4826 * float(np.median(np.abs(logs - np.median(logs)))) if logs.size else 0.0
+    for entry in entries:
+        entry["outlier"] = None
+        entry["flagged"] = False
+    if len(scored) >= MIN_CLASSES_FOR_OUTLIER and spread > 0:
+        for entry, value in zip(scored, logs):
+            entry["outlier"] = float((value - np.median(logs)) / spread)
+            entry["flagged"] = entry["outlier"] >= FLAG_OUTLIER
+    else:
+        for entry in scored:
+            entry["flagged"] = entry["score"] >= FALLBACK_Z and (entry["p_value"] or 1.0) <= FALLBACK_P
 
 
 def _best(store: AuditStore, path: str, dataset_index: np.ndarray) -> dict[str, Any]:
@@ -84,8 +113,8 @@ def _finite(value: float | None) -> float:
 
 def ranking_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
     """The ranking as a table (CSV export); members as space-separated dataset indices."""
-    columns = ["rank", "class", "name", "n_samples", "score", "tau", "p_value", "clustering", "cluster",
-               "cluster_size", "skipped", "members"]
+    columns = ["rank", "class", "name", "n_samples", "score", "tau", "p_value", "outlier", "flagged",
+               "clustering", "cluster", "cluster_size", "skipped", "members"]
     table = pd.DataFrame(entries, columns=columns)
     table["members"] = [" ".join(map(str, m)) for m in table["members"]]
     return table

@@ -85,7 +85,7 @@ def prepare_demo(
     out.mkdir(parents=True, exist_ok=True)
     data = default_poisoned_digits(seed)
     model, weights = trained_demo_model(out, data, epochs=epochs, progress=progress)
-    store = out / "demo.h5"
+    store = out / f"demo-seed{seed}-epochs{epochs}.h5"  # one store per model: reruns never clash
     attribute_dataset(
         store,
         model,
@@ -122,3 +122,17 @@ def planted_recovery(audit: DemoAudit) -> dict[str, Any]:
         "precision": precision, "recall": recall, "f1": f1,
         "planted": len(planted), "flagged": len(found),
     }
+
+
+def correct_demo(audit: DemoAudit, method: str, out_dir: str | Path) -> str:
+    """ClArC (``method``) on the top-ranked cluster of the demo audit; the before/after table as text."""
+    from spray.clarc import clarc_from_store, format_metrics
+
+    top = next(e for e in audit.ranking if e["skipped"] is None)
+    result = clarc_from_store(
+        audit.store, f"{top['class']}:{top['clustering']}:{top['cluster']}", method, audit.model,
+        audit.data.as_dataset("train"), out_dir=Path(out_dir) / "clarc", seed=audit.data.seed,
+        test=audit.data.as_dataset("clean_test"), poisoned_test=audit.data.as_dataset("poisoned_test"),
+        progress=False,
+    )
+    return format_metrics(result.metrics)

@@ -210,10 +210,10 @@ def _features(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, bool]:
     """Preprocessed heatmaps of all samples, cached as node ``<group>/preprocess``: features, kept and zero
     masks over samples, dropped positions, the features' key, and whether they were computed now."""
-    source = store.attribution_info(attribution)
-    key = hash_json(
-        {"attribution": attribution, "source": source.get("attrs"), "params": params, "drop": drop_nonfinite}
-    )
+    info = store.attribution_info(attribution)
+    # attribution_id changes whenever the attribution is (re)created, e.g. by --overwrite with a new model.
+    source = {k: info[k] for k in ("method", "params", "target", "model_hash", "attribution_id", "shape")}
+    key = hash_json({"attribution": attribution, "source": source, "params": params, "drop": drop_nonfinite})
     path = f"{group}/preprocess"
     cached = store.has_node(path, {"key": key})
     if cached:

@@ -23,10 +23,6 @@ from spray.ranking import rank_classes
 from spray.report import images, plots
 from spray.store import AuditStore
 
-CANDIDATE_Z = 3.0
-"""A class is a Clever Hans *candidate* when its flagged group has a z-score of at least this ..."""
-CANDIDATE_P = 0.05
-"""... and a permutation p-value of at most this. A screening threshold, not a proof."""
 DEFAULT_MAX_CLASSES = 5
 MAX_CLUSTERS_SHOWN = 8
 PROTOTYPES = 6
@@ -63,9 +59,8 @@ def fmt_pct(value: float | None) -> str:
 
 
 def is_candidate(entry: dict[str, Any]) -> bool:
-    """Whether a ranking entry passes the screening thresholds (:data:`CANDIDATE_Z`, :data:`CANDIDATE_P`)."""
-    z, p = entry.get("score"), entry.get("p_value")
-    return entry.get("skipped") is None and z is not None and p is not None and z >= CANDIDATE_Z and p <= CANDIDATE_P
+    """Whether a ranking entry is a Clever Hans candidate: flagged by the ranking (spray.ranking)."""
+    return bool(entry.get("flagged"))
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -210,7 +205,6 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         "n_analysed": sum(e["skipped"] is None for e in ranking),
         "clarc": clarc,
         "has_thumbnails": has_thumbnails,
-        "thresholds": {"z": fmt_z(CANDIDATE_Z), "p": f"{CANDIDATE_P:g}"},
     }
 
 
@@ -254,10 +248,10 @@ def _summary(ranking: list[dict[str, Any]], clarc: list[ClarcView], names: list[
                               .format(n=analysed))
     else:
         paragraphs.append(Markup(
-            "None of the {n} analysed classes contains a group of images that the model explains in a clearly "
-            "different way (no group reached z ≥ {z} with p ≤ {p}). This makes a shortcut less likely but "
-            "does not rule it out: small groups and subtle differences can escape this screening."
-        ).format(n=analysed, z=fmt_z(CANDIDATE_Z), p=f"{CANDIDATE_P:g}"))
+            "None of the {n} analysed classes stands out: every class's most distinct group is about as "
+            "distinct as the other classes' are. This makes a shortcut less likely but does not rule it out: "
+            "a shortcut shared by every class, small groups and subtle differences can escape this screening."
+        ).format(n=analysed))
     if skipped:
         paragraphs.append(Markup(
             "{k} class{es} could not be analysed, mostly because {they} had too few images; the table below "

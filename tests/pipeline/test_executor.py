@@ -103,3 +103,19 @@ def test_all_zero_heatmaps_are_left_out_and_counted(store):
                           target=heatmaps.labels, labels=heatmaps.labels, index=np.arange(len(relevance)))
     result, _ = _run(path)
     assert result.zero_samples == [0, 5]
+
+
+def test_overwritten_attribution_recomputes_everything(store):
+    path, heatmaps = store
+    _run(path)
+    with AuditStore(path, mode="a") as audit:
+        audit.create_attribution(
+            "synthetic", input_shape=heatmaps.relevance.shape[1:], n_outputs=3,
+            attrs={"method": "synthetic", "params": {}, "model_hash": "1" * 64, "model_name": "other",
+                   "batch_size": len(heatmaps.labels), "target": "label"},
+        )
+        audit.write_batch("synthetic", 0, relevance=heatmaps.relevance[::-1].copy(),
+                          logits=np.eye(3, dtype=np.float32)[heatmaps.labels], target=heatmaps.labels,
+                          labels=heatmaps.labels, index=np.arange(len(heatmaps.labels)))
+    result, runs = _run(path)
+    assert result.preprocessed and len(runs) == 15

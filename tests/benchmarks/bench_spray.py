@@ -1,0 +1,429 @@
+"""SpRAy analysis benchmark (issue 3): time and peak memory of one class's analysis, and CoRelAy 1.0.0 for scale.
+
+Part 1 — spray at n = 10k / 100k / 1M synthetic 32x32 heatmaps (d = 1024), one class, each n in a fresh
+subprocess: preprocess -> kNN (auto: exact <= 20k, else pynndescent) -> spectral (32 eigenpairs) ->
+k-means k = 2..31 -> UMAP (on the kNN graph). Prints seconds per stage, total, the subprocess's peak RSS and the
+ARI of the recovered clusters against the planted ones. Targets: 1M in <= 20 min and <= 8 GB peak.
+Optionally (--pipeline-row N) the memoising pipeline (spray.pipeline.analyze) over a store written by chunks.
+
+Part 2 — against CoRelAy 1.0.0 (--corelay; must be importable), same features at n = 20k: CoRelAy's reference
+recipe (SciPyPDist -> SparseKNN(10, symmetric) -> SymmetricNormalLaplacian -> EigenDecomposition(32) ->
+KMeans k = 2..30, plus UMAPEmbedding and TSNEEmbedding of the eigenvectors) vs spray's processors with
+CoRelAy's graph definition (exact kNN, symmetrize="mean"). Each side runs in its own subprocess (peak RSS).
+Prints time ratios (core; whole recipe), peak memory, eigenvalue agreement and ARIs.
+Targets: core >= 20x, whole >= 5x, max |Δλ| < 1e-4.
+
+Run:  NUMBA_CACHE_DIR=/work/main/.numba_cache python tests/benchmarks/bench_spray.py [--n 10000,100000]
+      [--quick] [--corelay] [--corelay-n 20000] [--pipeline-row 100000] [--umap-seed 0]
+--quick: n = 2k, a smoke test (about a minute, most of it numba compilation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 32  # heatmap side: 32 x 32 = 1024 features
+N_CLUSTERS = 10  # planted clusters (the last one a small "Clever Hans" corner patch)
+CHUNK = 8192  # rows generated at once (32 MB float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Synthetic heatmaps with planted clusters, generated lazily by chunks
+# --------------------------------------------------------------------------------------------------------------
+
+
+class SyntheticHeatmapSource:
+    """A lazy (n, 1, 32, 32) float32 array of heatmaps with ``N_CLUSTERS`` planted clusters.
+
+    Cluster c < N_CLUSTERS − 1 is a Gaussian relevance blob at its own position (a 3 x 3 grid) and width; the last cluster (3 %
+    of samples) is a narrow corner patch (a Clever Hans artefact). Per sample: position jitter N(0, 0.03²),
+    amplitude U(0.7, 1.3), pixel noise N(0, 0.05²); 2 % of samples mix their blob with another cluster's
+    (weight of the own blob U(0.55, 1)), which links the clusters in the kNN graph (one connected
+    component, as in real data). ``labels`` is the planted cluster of every sample (the dominant blob).
+
+    Rows are generated on demand by chunks of ``CHUNK`` rows, each from its own seed, so any slice is
+    reproducible and only the requested rows are held. ``chunks`` mimics h5py so that HeatmapPreprocessor reads
+    whole chunks. ``seconds`` accumulates the time spent generating (to separate it from preprocessing).
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed = n, seed
+        self.shape = (n, 1, SIZE, SIZE)
+        self.chunks = (CHUNK, 1, SIZE, SIZE)
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        rng = np.random.default_rng(seed)
+        k = N_CLUSTERS
+        grid = np.array([(y, x) for y in (0.22, 0.5, 0.78) for x in (0.22, 0.5, 0.78)])  # 3 x 3 positions
+        self.centres = np.vstack([grid[rng.permutation(9)[: k - 1]], [[0.06, 0.06]]])
+        self.widths = np.append(rng.uniform(0.08, 0.12, size=k - 1), 0.035)
+        share = rng.uniform(0.5, 2.0, size=k - 1)
+        p = np.append(0.97 * share / share.sum(), 0.03)
+        self.labels = rng.choice(k, size=n, p=p).astype(np.int64)
+        self.mixed = rng.random(n) < 0.02
+        self.partner = (self.labels + rng.integers(1, k, size=n)) % k
+        self.axis = (np.arange(SIZE) + 0.5) / SIZE
+
+    def _blobs(self, c: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(b, 32, 32) separable Gaussian blobs of clusters ``c`` with jittered centres."""
+        cy, cx = (self.centres[c] + 0.03 * rng.standard_normal((len(c), 2))).T
+        w = self.widths[c][:, None]
+        gy = np.exp(-((self.axis[None, :] - cy[:, None]) ** 2) / (2 * w**2)).astype(np.float32)
+        gx = np.exp(-((self.axis[None, :] - cx[:, None]) ** 2) / (2 * w**2)).astype(np.float32)
+        return gy[:, :, None] * gx[:, None, :]
+
+    def _chunk(self, i: int) -> np.ndarray:
+        a, b = i * CHUNK, min(self.n, (i + 1) * CHUNK)
+        rng = np.random.default_rng([self.seed, i])
+        maps = self._blobs(self.labels[a:b], rng)
+        maps *= rng.uniform(0.7, 1.3, size=(b - a, 1, 1)).astype(np.float32)
+        mixed = np.flatnonzero(self.mixed[a:b])
+        if mixed.size:
+            own = rng.uniform(0.55, 1.0, size=(mixed.size, 1, 1)).astype(np.float32)
+            maps[mixed] = own * maps[mixed] + (1 - own) * self._blobs(self.partner[a:b][mixed], rng)
+        maps += 0.05 * rng.standard_normal((b - a, SIZE, SIZE), dtype=np.float32)
+        return maps[:, None]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("SyntheticHeatmapSource supports contiguous slices only")
+        start, stop, _ = key.indices(self.n)
+        t, c = time.perf_counter(), time.process_time()
+        parts = [self._chunk(i) for i in range(start // CHUNK, (stop - 1) // CHUNK + 1)] if stop > start else []
+        out = np.concatenate(parts)[start - (start // CHUNK) * CHUNK :][: stop - start] if parts else \
+            np.empty((0, 1, SIZE, SIZE), np.float32)
+        self.seconds += time.perf_counter() - t
+        self.cpu_seconds += time.process_time() - c
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Subprocess workers (one fresh process per measurement, so peak RSS belongs to that analysis alone)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _features(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+    """Preprocessed features, planted labels, wall and CPU seconds of preprocessing, wall s of generating."""
+    from spray.analysis import HeatmapPreprocessor
+
+    source = SyntheticHeatmapSource(n, seed)
+    t, c = time.perf_counter(), time.process_time()
+    X = HeatmapPreprocessor(grid=32, normalization="max_abs").fit_transform(source)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    return X, source.labels, wall - source.seconds, cpu - source.cpu_seconds, source.seconds
+
+
+def _ari(a: np.ndarray, b: np.ndarray) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(a, b))
+
+
+def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
+    """The whole analysis of one class of n heatmaps, processor by processor."""
+    from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, UMAPMap, propose_n_clusters
+
+    out: dict = {"n": n, "stages": {}, "cpu": {}, "rss_after": {}}
+    cpu = [time.process_time()]
+
+    def stage(name: str, seconds: float, cpu_seconds: float | None = None) -> None:
+        out["stages"][name] = seconds
+        out["cpu"][name] = time.process_time() - cpu[0] if cpu_seconds is None else cpu_seconds
+        cpu[0] = time.process_time()
+        out["rss_after"][name] = _peak_rss_mb()
+        print(f"  [n={n}] {name:<11} {seconds:8.1f} s wall {out['cpu'][name]:8.1f} s CPU   peak RSS so far "
+              f"{_peak_rss_mb():7.0f} MB", flush=True)
+
+    X, truth, t_pre, c_pre, t_gen = _features(n, seed)
+    out["generate_s"] = t_gen
+    stage("preprocess", t_pre, c_pre)
+
+    t = time.perf_counter()
+    knn = KNNGraph(n_neighbors=10, method="auto", random_state=0).fit(X)
+    stage("knn", time.perf_counter() - t)
+    out["knn_method"], out["recall"] = knn.method_, float(knn.recall_)
+
+    t = time.perf_counter()
+    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0).fit(knn.adjacency_)
+    stage("spectral", time.perf_counter() - t)
+    out["n_components"] = spec.n_components_
+    out["eigenvalues"] = spec.eigenvalues_[:12].round(6).tolist()
+
+    t = time.perf_counter()
+    km = KMeansRange(k_min=2, k_max=31, random_state=0).fit(spec.embedding_)
+    stage("kmeans", time.perf_counter() - t)
+    k_star = propose_n_clusters(spec.eigenvalues_)
+    out["k_eigengap"] = k_star
+    out["ari_true_k"] = _ari(truth, km.labels_[N_CLUSTERS])
+    out["ari_eigengap_k"] = _ari(truth, km.labels_[k_star]) if k_star in km.labels_ else float("nan")
+
+    del X  # UMAP reuses the kNN lists; the features are not needed any more
+    t = time.perf_counter()
+    UMAPMap(random_state=umap_seed).fit(spec.embedding_, knn=knn)
+    stage("umap", time.perf_counter() - t)
+    out["total_s"] = sum(out["stages"].values())
+    out["total_cpu_s"] = sum(out["cpu"].values())
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def worker_pipeline(n: int, seed: int) -> dict:
+    """The same analysis through the memoising pipeline over an audit store written chunk by chunk."""
+    from spray.pipeline import analyze, pipeline_from_text
+    from spray.store import AuditStore
+
+    source = SyntheticHeatmapSource(n, seed)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("SPRAY_BENCH_TMP")) as tmp:
+        path = Path(tmp) / "bench.h5"
+        t = time.perf_counter()
+        with AuditStore(path, mode="a") as store:
+            store.prepare_samples(n, dataset={"name": "synthetic", "size": n}, model={"name": "synthetic",
+                                  "hash": "0" * 64}, label_names=["class 0"])
+            store.create_attribution("synthetic", input_shape=(1, SIZE, SIZE), n_outputs=1, attrs={
+                "method": "synthetic", "params": {}, "model_hash": "0" * 64, "model_name": "synthetic",
+                "batch_size": CHUNK, "target": "label"})
+            for a in range(0, n, CHUNK):
+                b = min(n, a + CHUNK)
+                zeros = np.zeros(b - a, np.int64)
+                store.write_batch("synthetic", a, relevance=source[a:b], logits=np.ones((b - a, 1), np.float32),
+                                  target=zeros, labels=zeros, index=np.arange(a, b))
+        t_write = time.perf_counter() - t
+        spec = pipeline_from_text("[knn]\n[spectral]\n[kmeans]\n[umap]\n[fda]\n")
+        t = time.perf_counter()
+        analyze(str(path), spec, progress=False)
+        t_first = time.perf_counter() - t
+        t = time.perf_counter()
+        analyze(str(path), spec, progress=False)  # memoised: every node's key is in the store
+        t_again = time.perf_counter() - t
+    return {"n": n, "write_store_s": t_write, "analyze_s": t_first, "analyze_again_s": t_again,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def worker_compare_spray(n: int, seed: int, out_npz: str) -> dict:
+    """spray's side of the CoRelAy comparison: CoRelAy's graph definition, same stages and maps."""
+    from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, TSNEMap, UMAPMap
+
+    X, truth, *_ = _features(n, seed)
+    rss0 = _peak_rss_mb()
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    knn = KNNGraph(n_neighbors=10, method="exact", symmetrize="mean", random_state=0).fit(X)
+    t1 = time.perf_counter()
+    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0).fit(knn.adjacency_)
+    t2 = time.perf_counter()
+    km = KMeansRange(k_min=2, k_max=30, random_state=0).fit(spec.embedding_)
+    t3, c3 = time.perf_counter(), time.process_time()
+    UMAPMap(random_state=None).fit(spec.embedding_, knn=knn)
+    t4 = time.perf_counter()
+    TSNEMap(random_state=0).fit(spec.embedding_)
+    t5, c5 = time.perf_counter(), time.process_time()
+    np.savez(out_npz, eigenvalues=spec.eigenvalues_, labels=km.labels_[N_CLUSTERS], truth=truth)
+    return {"stages": {"knn": t1 - t0, "spectral": t2 - t1, "kmeans": t3 - t2, "umap": t4 - t3, "tsne": t5 - t4},
+            "core_s": t3 - t0, "whole_s": t5 - t0, "core_cpu_s": c3 - c0, "whole_cpu_s": c5 - c0,
+            "peak_rss_mb": _peak_rss_mb(), "rss_features_mb": rss0, "n_components": spec.n_components_, "ari": _ari(truth, km.labels_[N_CLUSTERS])}
+
+
+def worker_corelay(n: int, seed: int, out_npz: str) -> dict:
+    """CoRelAy 1.0.0's reference recipe on the same features (its defaults; its SpectralClustering pipeline)."""
+    from corelay.pipeline.spectral import SpectralClustering
+    from corelay.processor.affinity import SparseKNN
+    from corelay.processor.clustering import KMeans
+    from corelay.processor.distance import SciPyPDist
+    from corelay.processor.embedding import EigenDecomposition, TSNEEmbedding, UMAPEmbedding
+    from corelay.processor.flow import Parallel
+    from corelay.processor.laplacian import SymmetricNormalLaplacian
+
+    X, truth, *_ = _features(n, seed)
+    rss0 = _peak_rss_mb()
+    ks = list(range(2, 31))
+    pipeline = SpectralClustering(
+        pairwise_distance=SciPyPDist(metric="euclidean"),
+        affinity=SparseKNN(n_neighbors=10, symmetric=True),
+        laplacian=SymmetricNormalLaplacian(),
+        embedding=EigenDecomposition(n_eigval=32, is_output=True),
+        clustering=Parallel([KMeans(n_clusters=k) for k in ks], broadcast=True, is_output=True),
+    )
+    c0, t0 = time.process_time(), time.perf_counter()
+    (eigenvalues, eigenvectors), labels = pipeline(X)
+    t1, c1 = time.perf_counter(), time.process_time()
+    # The recipe's maps, as a Parallel(broadcast=True) branch next to the k-means would run them: on the
+    # (row-normalised) eigenvectors.
+    UMAPEmbedding()(eigenvectors)
+    t2 = time.perf_counter()
+    TSNEEmbedding()(eigenvectors)
+    t3, c3 = time.perf_counter(), time.process_time()
+    labels = np.asarray(labels[ks.index(N_CLUSTERS)])
+    np.savez(out_npz, eigenvalues=np.asarray(eigenvalues), labels=labels, truth=truth)
+    return {"stages": {"core": t1 - t0, "umap": t2 - t1, "tsne": t3 - t2}, "core_s": t1 - t0, "whole_s": t3 - t0,
+            "core_cpu_s": c1 - c0, "whole_cpu_s": c3 - c0, "peak_rss_mb": _peak_rss_mb(), "rss_features_mb": rss0, "ari": _ari(truth, labels)}
+
+
+WORKERS = {"spray": worker_spray, "pipeline": worker_pipeline, "compare_spray": worker_compare_spray,
+           "corelay": worker_corelay}
+
+
+def run_worker(kind: str, *args: object) -> dict:
+    """Run WORKERS[kind](*args) in a fresh interpreter; its result plus its peak RSS as seen by the parent."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result_path = f.name
+    cmd = [sys.executable, __file__, "--worker", json.dumps([kind, list(args), result_path])]
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {kind}{args} failed with exit code {proc.returncode}")
+    result = json.loads(Path(result_path).read_text())
+    os.unlink(result_path)
+    result["peak_rss_mb_parent_view"] = usage.ru_maxrss / 1024
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reports
+# --------------------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    import scipy
+    import sklearn
+    import torch
+
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GB RAM, load {os.getloadavg()[0]:.1f}; Python "
+            f"{platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn "
+            f"{sklearn.__version__}, torch {torch.__version__}")
+
+
+def report_spray(results: list[dict]) -> None:
+    stages = ["preprocess", "knn", "spectral", "kmeans", "umap"]
+    print("\nspray, one class (seconds; peak RSS of the analysis subprocess)")
+    head = f"{'n':>9} " + " ".join(f"{s:>10}" for s in stages) + f" {'total':>8} {'peak MB':>8} {'ARI@k=10':>9} " \
+        f"{'k*':>3} {'ARI@k*':>7} {'kNN':>6} {'recall':>6} {'comp':>4}"
+    print(head)
+    for r in results:
+        print(f"{r['n']:>9} " + " ".join(f"{r['stages'][s]:>10.1f}" for s in stages) +
+              f" {r['total_s']:>8.1f} {r['peak_rss_mb_parent_view']:>8.0f} {r['ari_true_k']:>9.3f} "
+              f"{r['k_eigengap']:>3} {r['ari_eigengap_k']:>7.3f} {r['knn_method'][:6]:>6} {r['recall']:>6.3f} "
+              f"{r['n_components']:>4}")
+        print(f"{'':>9} CPU s: " + " ".join(f"{r['cpu'][s]:>10.1f}" for s in stages) + f" {r['total_cpu_s']:>8.1f}")
+        print(f"{'':>9} (+ {r['generate_s']:.1f} s generating the synthetic heatmaps, not counted; smallest "
+              f"eigenvalues {r['eigenvalues'][:N_CLUSTERS + 1]})")
+    big = [r for r in results if r["n"] >= 1_000_000]
+    for r in big:
+        ok_t, ok_m = r["total_s"] <= 1200, r["peak_rss_mb_parent_view"] <= 8192
+        print(f"target n={r['n']}: {r['total_s'] / 60:.1f} min <= 20 min: {'MET' if ok_t else 'MISSED'}; "
+              f"{r['peak_rss_mb_parent_view'] / 1024:.2f} GB <= 8 GB: {'MET' if ok_m else 'MISSED'}")
+
+
+def report_compare(s: dict, c: dict, n: int, eig_s: np.ndarray, eig_c: np.ndarray) -> None:
+    print(f"\nCoRelAy 1.0.0 vs spray, one class, n = {n}, d = 1024 (seconds; peak RSS of each subprocess)")
+    print(f"  spray   stages: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stages"].items()))
+    print(f"  CoRelAy stages: " + ", ".join(f"{k} {v:.1f}" for k, v in c["stages"].items()))
+    rc, rw = c["core_s"] / s["core_s"], c["whole_s"] / s["whole_s"]
+    print(f"  core (kNN graph -> Laplacian -> 32 eigenpairs -> k-means 2..30): CoRelAy {c['core_s']:.1f} s, "
+          f"spray {s['core_s']:.1f} s, ratio {rc:.1f}x (target >= 20x: {'MET' if rc >= 20 else 'MISSED'})")
+    print(f"  whole recipe (+ UMAP + t-SNE): CoRelAy {c['whole_s']:.1f} s, spray {s['whole_s']:.1f} s, ratio "
+          f"{rw:.1f}x (target >= 5x: {'MET' if rw >= 5 else 'MISSED'})")
+    if "core_cpu_s" in s and "core_cpu_s" in c:
+        print(f"  CPU time (robust to other load on the machine): core CoRelAy {c['core_cpu_s']:.1f} s / spray "
+              f"{s['core_cpu_s']:.1f} s = {c['core_cpu_s'] / s['core_cpu_s']:.1f}x; whole {c['whole_cpu_s']:.1f} s / "
+              f"{s['whole_cpu_s']:.1f} s = {c['whole_cpu_s'] / s['whole_cpu_s']:.1f}x")
+    print(f"  peak RSS: CoRelAy {c['peak_rss_mb_parent_view']:.0f} MB, spray {s['peak_rss_mb_parent_view']:.0f} MB "
+          f"(each incl. ~{s['rss_features_mb']:.0f} MB interpreter + features before the analysis)")
+    below = np.sort(eig_c[eig_c < 1.0])
+    spurious = int(np.sum(eig_c >= 1.0))
+    m = min(len(below), len(eig_s))
+    diff = float(np.max(np.abs(below[:m] - eig_s[:m]))) if m else float("nan")
+    print(f"  eigenvalues: CoRelAy reports {len(eig_c)}, {spurious} of them >= 1 (spurious, far end of the "
+          f"spectrum); its {m} below 1 vs spray's {m} smallest: max |diff| = {diff:.2e} (target < 1e-4: "
+          f"{'MET' if diff < 1e-4 else 'MISSED'})")
+    print(f"  ARI vs planted clusters at k = {N_CLUSTERS}: CoRelAy {c['ari']:.3f} (k-means on all 32 row-normalised "
+          f"eigenvectors), spray {s['ari']:.3f} (first k eigenvectors)")
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", default="10000,100000", help="comma-separated class sizes (e.g. 10000,100000,1000000)")
+    p.add_argument("--quick", action="store_true", help="n = 2000 only: check the script runs")
+    p.add_argument("--corelay", action="store_true", help="also compare with CoRelAy 1.0.0 (must be installed)")
+    p.add_argument("--corelay-n", type=int, default=20000)
+    p.add_argument("--corelay-sides", default="spray,corelay",
+                   help="which side(s) of the comparison to run (one side alone prints its stages only)")
+    p.add_argument("--pipeline-row", type=int, default=0, help="also time spray.pipeline.analyze at this n")
+    p.add_argument("--umap-seed", default="0", help="UMAP random_state ('none': unseeded, multi-threaded)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        kind, wargs, result_path = json.loads(args.worker)
+        Path(result_path).write_text(json.dumps(WORKERS[kind](*wargs)))
+        return
+
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[2] / ".numba_cache"))
+    umap_seed = None if args.umap_seed.lower() == "none" else int(args.umap_seed)
+    sizes = [2000] if args.quick else [int(v) for v in args.n.split(",") if v]
+    print(f"machine: {machine()}")
+    print(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}; UMAP random_state={umap_seed}")
+    results = []
+    for n in sizes:
+        print(f"spray, n = {n} ...", flush=True)
+        results.append(run_worker("spray", n, args.seed, umap_seed))
+    if results:
+        report_spray(results)
+
+    if args.pipeline_row:
+        print(f"\nspray.pipeline.analyze, n = {args.pipeline_row} ...", flush=True)
+        r = run_worker("pipeline", args.pipeline_row, args.seed)
+        print(f"pipeline (store written by chunks in {r['write_store_s']:.1f} s; nodes knn, spectral, kmeans, umap, "
+              f"fda): analyze {r['analyze_s']:.1f} s, again (memoised) {r['analyze_again_s']:.1f} s, peak RSS "
+              f"{r['peak_rss_mb_parent_view']:.0f} MB")
+
+    if args.corelay:
+        n = 2000 if args.quick else args.corelay_n
+        with tempfile.TemporaryDirectory() as tmp:
+            fs, fc = str(Path(tmp) / "spray.npz"), str(Path(tmp) / "corelay.npz")
+            sides = args.corelay_sides.split(",")
+            s = c = None
+            if "spray" in sides:
+                print(f"\nCoRelAy comparison, n = {n}: spray ...", flush=True)
+                s = run_worker("compare_spray", n, args.seed, fs)
+            if "corelay" in sides:
+                print(f"CoRelAy comparison, n = {n}: CoRelAy ...", flush=True)
+                c = run_worker("corelay", n, args.seed, fc)
+            if s and c:
+                report_compare(s, c, n, np.load(fs)["eigenvalues"], np.load(fc)["eigenvalues"])
+            else:
+                print(json.dumps(s or c, indent=1))
+
+
+if __name__ == "__main__":
+    main()

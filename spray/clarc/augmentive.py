@@ -36,8 +36,9 @@ class AClArC(FinetuningCorrector):
     name = "aclarc"
 
     def __init__(self, *, fraction: float = FRACTION, epochs: int = EPOCHS, lr: float = LR,
-                 batch_size: int = 64, seed: int = 0, trainable: str = "after") -> None:
-        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, trainable=trainable)
+                 batch_size: int = 64, seed: int = 0, trainable: str = "all", optimizer: str = "adam") -> None:
+        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, trainable=trainable,
+                         optimizer=optimizer)
         self.fraction = fraction
 
     def method_params(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ Objective = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
 CHECKPOINT = "checkpoint.pt"
 #: What the correctors fine-tune: the modules that run after the artifact's layer, or the whole model.
 TRAINABLE = ("after", "all")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
@@ -86,6 +87,7 @@ def finetune(
     progress: bool = True,
     desc: str = "fine-tuning",
     trainable: Sequence[str] | None = None,
+    optimizer: str = "adam",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with Adam on ``objective`` over ``dataset`` of (x, y).
@@ -99,6 +101,7 @@ def finetune(
         trainable: names of the modules to train (with their submodules); every other module is frozen:
             its parameters get no gradient and it stays in eval mode (BatchNorm statistics unchanged).
             None trains the whole model.
+        optimizer: ``"adam"`` (Adam) or ``"sgd"`` (SGD with momentum 0.9).
         on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch's checkpoint is written.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -108,7 +111,8 @@ def finetune(
     if not lr > 0:
         raise BadInputError(f"lr must be positive, got {lr!r}")
     fingerprint = json.dumps({"config": config or {}, "seed": seed, "lr": lr, "batch_size": batch_size,
-                              "trainable": None if trainable is None else list(trainable)},
+                              "trainable": None if trainable is None else list(trainable),
+                              "optimizer": optimizer},
                              sort_keys=True, default=str)
     train_modules, frozen_modules = _split(model, trainable)
     params = list({id(p): p for m in train_modules for p in m.parameters()}.values())
@@ -116,7 +120,10 @@ def finetune(
         raise BadInputError(f"none of the modules to fine-tune ({', '.join(trainable or [])}) has parameters")
     trained = {id(p) for p in params}
     frozen_params = [p for p in model.parameters() if id(p) not in trained]
-    optimiser = torch.optim.Adam(params, lr=lr)
+    if optimizer not in OPTIMIZERS:
+        raise BadInputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    optimiser = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
+                 else torch.optim.SGD(params, lr=lr, momentum=0.9))
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     history: list[dict[str, float]] = []
     start = _resume(path, fingerprint, epochs, overwrite, model, optimiser, history)
@@ -230,12 +237,13 @@ class FinetuningCorrector:
     name = "finetuning"
 
     def __init__(self, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0,
-                 trainable: str = "after") -> None:
+                 trainable: str = "after", optimizer: str = "adam") -> None:
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.seed = seed
         self.trainable = trainable
+        self.optimizer = optimizer
 
     def method_params(self) -> dict[str, Any]:
         """The method's own parameters (JSON), besides epochs, lr, batch size and seed."""
@@ -247,7 +255,7 @@ class FinetuningCorrector:
 
     def params(self) -> dict[str, Any]:
         return {**self.method_params(), "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
-                "seed": self.seed, "trainable": self.trainable}
+                "seed": self.seed, "trainable": self.trainable, "optimizer": self.optimizer}
 
     def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, *, checkpoint_dir: str | Path | None = None,
             overwrite: bool = False, progress: bool = True,
@@ -267,7 +275,8 @@ class FinetuningCorrector:
         result = finetune(
             corrected, dataset, self.objective(artifact), epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, seed=self.seed, checkpoint_dir=checkpoint_dir, config=config,
-            overwrite=overwrite, progress=progress, desc=self.name, trainable=modules, on_epoch=on_epoch,
+            overwrite=overwrite, progress=progress, desc=self.name, trainable=modules,
+            optimizer=self.optimizer, on_epoch=on_epoch,
         )
         self.model_, self.history_, self.resumed_from_ = result.model, result.history, result.resumed_from
         return self

@@ -29,7 +29,7 @@ from spray.errors import BadInputError
 from spray.lrp import LRP, Composite
 
 SIGMA = 1.0
-THRESHOLD = 0.2
+THRESHOLD = 0.3
 
 
 @dataclass(frozen=True)

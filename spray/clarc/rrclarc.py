@@ -22,9 +22,9 @@ from spray.clarc.artifact import ArtifactModel
 from spray.clarc.finetune import FinetuningCorrector, Objective
 from spray.errors import BadInputError
 
-LAMBDA = 1.0
+LAMBDA = 10.0
 EPOCHS = 3
-LR = 1e-3
+LR = 1e-2
 
 
 def rr_penalty(grad: Tensor, v: Tensor) -> Tensor:
@@ -45,8 +45,9 @@ class RRClArC(FinetuningCorrector):
     name = "rrclarc"
 
     def __init__(self, *, lam: float = LAMBDA, epochs: int = EPOCHS, lr: float = LR, batch_size: int = 64,
-                 seed: int = 0, trainable: str = "after") -> None:
-        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, trainable=trainable)
+                 seed: int = 0, trainable: str = "after", optimizer: str = "sgd") -> None:
+        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, trainable=trainable,
+                         optimizer=optimizer)
         self.lam = lam
 
     def method_params(self) -> dict[str, Any]:

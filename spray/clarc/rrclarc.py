@@ -23,7 +23,7 @@ from spray.clarc.finetune import FinetuningCorrector, Objective
 from spray.errors import BadInputError
 
 LAMBDA = 10.0
-EPOCHS = 3
+EPOCHS = 10
 LR = 1e-2
 
 

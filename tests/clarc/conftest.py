@@ -48,6 +48,17 @@ def tiny_data(n: int = 80, seed: int = 0) -> tuple[TensorDataset, torch.Tensor]:
     return TensorDataset(x, y), stamped
 
 
+@pytest.fixture
+def new_model():
+    """``new_model(seed=0)`` builds :func:`tiny_model` (a factory, so tests can build several)."""
+    return tiny_model
+
+
+@pytest.fixture
+def tiny_dataset() -> TensorDataset:
+    return tiny_data()[0]
+
+
 @pytest.fixture(scope="module")
 def tiny_audit(tmp_path_factory):
     """The tiny model trained briefly, attributed (EpsilonPlusFlat) and analysed with a tiny pipeline."""

@@ -9,7 +9,6 @@ from spray.clarc.augmentive import AClArC
 from spray.clarc.finetune import CHECKPOINT, finetune
 from spray.clarc.rrclarc import RRClArC
 from spray.errors import BadInputError
-from tests.clarc.conftest import tiny_data, tiny_model
 
 
 class FakeArtifact:
@@ -37,25 +36,27 @@ CORRECTORS = [
 
 
 @pytest.mark.parametrize("make", CORRECTORS, ids=["aclarc", "rrclarc"])
-def test_same_seed_gives_bit_identical_weights(make):
-    dataset, _ = tiny_data()
-    a = make().fit(tiny_model(), dataset, FakeArtifact(), progress=False).model_
-    b = make().fit(tiny_model(), dataset, FakeArtifact(), progress=False).model_
+def test_same_seed_gives_bit_identical_weights(make, new_model, tiny_dataset):
+    dataset = tiny_dataset
+    a = make().fit(new_model(), dataset, FakeArtifact(), progress=False).model_
+    b = make().fit(new_model(), dataset, FakeArtifact(), progress=False).model_
     assert same_weights(a, b)
-    assert not same_weights(a, tiny_model()), "fine-tuning changed the weights"
+    assert not same_weights(a, new_model()), "fine-tuning changed the weights"
 
 
-def test_another_seed_gives_other_weights():
-    dataset, _ = tiny_data()
-    a = AClArC(epochs=1, seed=0, trainable="all").fit(tiny_model(), dataset, FakeArtifact(), progress=False)
-    b = AClArC(epochs=1, seed=1, trainable="all").fit(tiny_model(), dataset, FakeArtifact(), progress=False)
+def test_another_seed_gives_other_weights(new_model, tiny_dataset):
+    dataset = tiny_dataset
+    a = AClArC(epochs=1, seed=0, trainable="all").fit(new_model(), dataset, FakeArtifact(), progress=False)
+    b = AClArC(epochs=1, seed=1, trainable="all").fit(new_model(), dataset, FakeArtifact(), progress=False)
     assert not same_weights(a.model_, b.model_)
 
 
 @pytest.mark.parametrize("make", CORRECTORS, ids=["aclarc", "rrclarc"])
-def test_interrupted_run_resumes_from_the_last_epoch_and_ends_with_the_same_weights(make, tmp_path):
-    dataset, _ = tiny_data()
-    model = tiny_model()
+def test_interrupted_run_resumes_from_the_last_epoch_and_ends_with_the_same_weights(
+    make, tmp_path, new_model, tiny_dataset
+):
+    dataset = tiny_dataset
+    model = new_model()
     reference = make().fit(model, dataset, FakeArtifact(), checkpoint_dir=tmp_path / "a", progress=False)
 
     def interrupt(epoch, _entry):
@@ -72,9 +73,9 @@ def test_interrupted_run_resumes_from_the_last_epoch_and_ends_with_the_same_weig
     assert same_weights(resumed.model_, reference.model_)
 
 
-def test_keyboard_interrupt_mid_epoch_leaves_the_last_completed_epochs_weights():
-    dataset, _ = tiny_data()
-    model, snapshot = tiny_model(), {}
+def test_keyboard_interrupt_mid_epoch_leaves_the_last_completed_epochs_weights(new_model, tiny_dataset):
+    dataset = tiny_dataset
+    model, snapshot = new_model(), {}
     calls = {"n": 0}
 
     def objective(m, x, y, generator):
@@ -91,31 +92,31 @@ def test_keyboard_interrupt_mid_epoch_leaves_the_last_completed_epochs_weights()
     assert all(torch.equal(model.state_dict()[k], snapshot[k]) for k in snapshot)
 
 
-def test_checkpoint_of_another_configuration_is_refused_unless_overwritten(tmp_path):
-    dataset, _ = tiny_data()
-    AClArC(epochs=1, lr=1e-2).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False)
+def test_checkpoint_of_another_configuration_is_refused_unless_overwritten(tmp_path, new_model, tiny_dataset):
+    dataset = tiny_dataset
+    AClArC(epochs=1, lr=1e-2).fit(new_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(BadInputError, match="another configuration.*overwrite"):
-        AClArC(epochs=1, lr=5e-3).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path,
+        AClArC(epochs=1, lr=5e-3).fit(new_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path,
                                       progress=False)
-    AClArC(epochs=1, lr=5e-3).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False,
+    AClArC(epochs=1, lr=5e-3).fit(new_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False,
                                   overwrite=True)
 
 
-def test_completed_run_is_loaded_not_recomputed(tmp_path):
-    dataset, _ = tiny_data()
-    first = AClArC(epochs=2).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False)
+def test_completed_run_is_loaded_not_recomputed(tmp_path, new_model, tiny_dataset):
+    dataset = tiny_dataset
+    first = AClArC(epochs=2).fit(new_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False)
 
     def fail(*_args):
         raise AssertionError("no epoch should run")
 
-    again = AClArC(epochs=2).fit(tiny_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False,
+    again = AClArC(epochs=2).fit(new_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False,
                                  on_epoch=fail)
     assert again.resumed_from_ == 2 and same_weights(first.model_, again.model_)
 
 
-def test_default_fine_tunes_only_the_modules_after_the_layer():
-    dataset, _ = tiny_data()
-    model = tiny_model()
+def test_default_fine_tunes_only_the_modules_after_the_layer(new_model, tiny_dataset):
+    dataset = tiny_dataset
+    model = new_model()
     corrected = RRClArC(lam=1.0, epochs=1, lr=1e-2).fit(model, dataset, FakeArtifact(), progress=False).model_
     before, after = model.state_dict(), corrected.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("features."))
@@ -123,10 +124,10 @@ def test_default_fine_tunes_only_the_modules_after_the_layer():
     assert all(p.requires_grad for p in corrected.parameters()), "requires_grad flags restored"
 
 
-def test_fine_tuning_leaves_global_random_state_alone():
-    dataset, _ = tiny_data()
+def test_fine_tuning_leaves_global_random_state_alone(new_model, tiny_dataset):
+    dataset = tiny_dataset
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    AClArC(epochs=1).fit(tiny_model(), dataset, FakeArtifact(), progress=False)
+    AClArC(epochs=1).fit(new_model(), dataset, FakeArtifact(), progress=False)
     assert torch.equal(torch.rand(3), expected)

@@ -14,7 +14,6 @@ from spray.clarc.projective import (
     project_model,
     remove_projection,
 )
-from tests.clarc.conftest import tiny_model
 
 
 def random_setup(channels=6, seed=0):
@@ -52,8 +51,8 @@ def test_projection_is_idempotent():
     torch.testing.assert_close(projection(projection(a)), projection(a), atol=1e-5, rtol=0)
 
 
-def test_insert_and_remove_restore_the_model_exactly():
-    model = tiny_model()
+def test_insert_and_remove_restore_the_model_exactly(new_model):
+    model = new_model()
     before = copy.deepcopy(model.state_dict())
     original = model.features[3]
     x = torch.rand(3, 1, 8, 8)
@@ -68,8 +67,8 @@ def test_insert_and_remove_restore_the_model_exactly():
     assert torch.equal(model(x), expected)
 
 
-def test_projected_model_saves_v_and_z_and_reloads_into_a_fresh_model(tmp_path):
-    model = tiny_model()
+def test_projected_model_saves_v_and_z_and_reloads_into_a_fresh_model(tmp_path, new_model):
+    model = new_model()
     v, z = torch.randn(6), torch.rand(6, 8, 8)
     corrected = project_model(model, "features.3", v, z)
     assert not any(isinstance(m, Projected) for m in model.modules()), "the input model is left alone"
@@ -77,15 +76,15 @@ def test_projected_model_saves_v_and_z_and_reloads_into_a_fresh_model(tmp_path):
     torch.testing.assert_close(state["features.3.projection.v"], v / v.norm())
     assert torch.equal(state["features.3.projection.z"], z)
     torch.save(state, tmp_path / "weights.pt")
-    reloaded = load_corrected(tiny_model(seed=5), tmp_path / "weights.pt")
+    reloaded = load_corrected(new_model(seed=5), tmp_path / "weights.pt")
     x = torch.rand(4, 1, 8, 8)
     assert torch.equal(reloaded(x), corrected(x))
 
 
-def test_projected_model_can_be_explained_with_lrp():
+def test_projected_model_can_be_explained_with_lrp(new_model):
     from spray.clarc.evaluate import artifact_relevance
 
-    corrected = project_model(tiny_model(), "features.3", torch.randn(6), torch.rand(6, 8, 8))
+    corrected = project_model(new_model(), "features.3", torch.randn(6), torch.rand(6, 8, 8))
     dataset = torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]))
     share = artifact_relevance(corrected, dataset, torch.ones(8, 8))
     assert abs(share - 1.0) < 1e-6

@@ -7,7 +7,6 @@ from torch import nn
 
 from spray.clarc.activations import along_channels
 from spray.clarc.rrclarc import RRClArC, rr_penalty
-from tests.clarc.conftest import tiny_model
 
 
 def test_penalty_is_zero_for_a_gradient_orthogonal_to_v():
@@ -27,8 +26,8 @@ def test_penalty_is_the_mean_squared_directional_derivative():
     assert rr_penalty(grad, v) == (9.0**2 + 0.0) / 2
 
 
-def test_model_whose_output_ignores_the_direction_has_zero_penalty_and_a_plain_cross_entropy_loss():
-    model = tiny_model()
+def test_model_whose_output_ignores_the_direction_has_zero_penalty_and_a_plain_cross_entropy_loss(new_model):
+    model = new_model()
     with torch.no_grad():
         model.head.weight[:, 5] = 0.0  # the logits do not read channel 5 of the last activation
     v = torch.zeros(6)
@@ -41,8 +40,8 @@ def test_model_whose_output_ignores_the_direction_has_zero_penalty_and_a_plain_c
     torch.testing.assert_close(loss(model, x, y, torch.Generator()), expected)
 
 
-def test_penalty_gradient_reaches_the_weights_through_the_second_order_term():
-    model = tiny_model()
+def test_penalty_gradient_reaches_the_weights_through_the_second_order_term(new_model):
+    model = new_model()
     v = torch.ones(6) / 6**0.5
     artifact = type("A", (), {"layer": "features.3", "direction": v})()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 2, (8,))

@@ -14,7 +14,6 @@ from spray.clarc import clarc_from_store, evaluate_from_store, isolate_artifact,
 from spray.clarc.cav import MIN_SAMPLES
 from spray.errors import BadInputError
 from spray.store import AuditStore
-from tests.clarc.conftest import tiny_model
 
 
 def a_cluster(tiny_audit, clustering="kmeans_2"):
@@ -36,7 +35,7 @@ def test_read_cluster_gives_the_members_and_the_rest_of_the_class(tiny_audit):
 
 
 @pytest.mark.parametrize("method", ["pclarc", "aclarc", "rrclarc"])
-def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_path, method):
+def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_path, method, new_model):
     spec, size = a_cluster(tiny_audit)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
@@ -63,7 +62,7 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     assert (attrs["lambda"] is None) == (method != "rrclarc")
     json.dumps(attrs)
     state = torch.load(result.weights, weights_only=True)
-    reloaded = load_corrected(tiny_model(seed=3), state)
+    reloaded = load_corrected(new_model(seed=3), state)
     x = tiny_audit.dataset.tensors[0][:5]
     assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
     assert json.loads((result.run_dir / "result.json").read_text())["run"] == result.run

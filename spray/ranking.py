@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spray.errors import BadInputError
 from spray.store import AuditStore
 
 FLAG_OUTLIER = 3.0
@@ -34,14 +33,10 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, A
     in robust standard deviations; None with fewer than 4 ranked classes), ``flagged`` (a Clever Hans
     candidate: ``outlier >= 3``, or ``z >= 3 and p <= 0.05`` without an outlier score), ``skipped``.
     """
+    from spray.export.tables import analysis_summary
+
     group = f"analyses/{analysis}"
-    if not store.has_node(f"{group}/summary"):
-        have = sorted({p.split("/")[1] for p in store.list_nodes("analyses")})
-        raise BadInputError(
-            f"audit store {store.path} has no analysis {analysis!r} (it has: {', '.join(have) or 'none'}); "
-            "run `spray analyze` first"
-        )
-    _, summary = store.read_node(f"{group}/summary")
+    summary = analysis_summary(store, analysis)
     names = store.attrs().get("label_names") or []
     entries = []
     for label in summary["classes"]:
@@ -49,19 +44,20 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, A
         if not store.has_node(f"{path}/status"):
             continue
         status_arrays, status = store.read_node(f"{path}/status")
-        entry = {
-            "class": int(label),
-            "name": names[label] if label < len(names) else str(label),
-            "n_samples": int(status["n"]),
-            "score": None, "tau": None, "p_value": None,
-            "clustering": None, "cluster": None, "cluster_size": None, "members": [],
-            "skipped": status["skipped"],
-        }
-        if status["skipped"] is None:
-            if not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
-                entry["skipped"] = "analysis unfinished: run `spray analyze` again to complete it"
-            else:
-                entry.update(_best(store, path, status_arrays["dataset_index"]))
+        with store.interpreting(f"class {label} of analysis {analysis!r}"):
+            entry = {
+                "class": int(label),
+                "name": names[label] if label < len(names) else str(label),
+                "n_samples": int(status["n"]),
+                "score": None, "tau": None, "p_value": None,
+                "clustering": None, "cluster": None, "cluster_size": None, "members": [],
+                "skipped": None if status["skipped"] is None else str(status["skipped"]),
+            }
+            if status["skipped"] is None:
+                if not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
+                    entry["skipped"] = "analysis unfinished: run `spray analyze` again to complete it"
+                else:
+                    entry.update(_best(store, path, status_arrays["dataset_index"]))
         entries.append(entry)
     entries.sort(key=lambda e: (e["skipped"] is not None, -_finite(e["score"]), e["class"]))
     for i, entry in enumerate(entries, start=1):
@@ -93,18 +89,27 @@ def _best(store: AuditStore, path: str, dataset_index: np.ndarray) -> dict[str, 
     _, attrs = store.read_node(f"{path}/fda")
     best = attrs["info"]["best"]
     if best["clustering"] is None:
-        return {"skipped": best.get("reason", "no candidate cluster")}
+        return {"skipped": str(best.get("reason", "no candidate cluster"))}
     labels = store.read_node(f"{path}/{best['node']}")[0][best["clustering"]]
+    if labels.shape != dataset_index.shape or labels.dtype.kind not in "iu":
+        raise ValueError(f"clustering {best['clustering']!r} has {labels.shape} labels for {dataset_index.shape} samples")
     members = dataset_index[labels == best["cluster"]]
     return {
-        "score": best["z_score"],
-        "tau": best["tau"],
-        "p_value": best["p_value"],
-        "clustering": best["clustering"],
+        "score": _number(best["z_score"]),
+        "tau": _number(best["tau"]),
+        "p_value": _number(best["p_value"]),
+        "clustering": str(best["clustering"]),
         "cluster": int(best["cluster"]),
         "cluster_size": int(members.size),
         "members": [int(i) for i in members],
     }
+
+
+def _number(value: Any) -> float | None:
+    """A stored score: a number or None (JSON null; NaN and infinities are written as such by json)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"score {value!r:.40} is not a number")
+    return value
 
 
 def _finite(value: float | None) -> float:

@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
+from spray.errors import BadInputError, SchemaError, SprayError, StoreError, StoreLockedError
 
 __all__ = ["NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info", "to_json"]
 
@@ -136,7 +136,7 @@ def _create_rows(
     )
 
 
-def _read_rows(dset: h5py.Dataset, rows: Any) -> np.ndarray:
+def _read_rows(dset: h5py.Dataset, rows: Any) -> np.ndarray:  # dset: checked by _checked_dataset
     """Rows of ``dset`` by position (any order, repeats allowed), reading whole chunk-sized blocks."""
     if rows is None:
         return dset[()]
@@ -177,10 +177,14 @@ def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
         group.create_dataset(name, data=value)
 
 
-def _read_array(dset: h5py.Dataset) -> np.ndarray:
-    string = h5py.check_string_dtype(dset.dtype)
-    if string is not None and string.encoding == "utf-8":
-        return np.asarray(dset.asstr()[()], dtype=str)
+def _read_array(dset: h5py.Dataset, path: Path) -> np.ndarray:
+    """A node's array: numbers, booleans, bytes, or variable-length strings read as text."""
+    _checked_dataset(dset, f"dataset {dset.name}", path)
+    if dset.dtype.kind == "O":  # variable-length strings (the only object type _checked_dataset lets through)
+        try:
+            return np.asarray(dset.asstr()[()], dtype=str)
+        except UnicodeDecodeError as exc:
+            raise _damaged(path, f"dataset {dset.name}", f"holds text that is not UTF-8 ({exc})") from None
     return dset[()]
 
 
@@ -195,19 +199,139 @@ def _node_arrays(group: h5py.Group) -> dict[str, h5py.Dataset]:
     return found
 
 
-def _decode(attrs: h5py.AttributeManager, json_keys: Sequence[str] = ()) -> dict[str, Any]:
+_ROOT_JSON = ("model", "dataset", "label_names")
+_ATTRIBUTION_JSON = ("params",)
+
+
+def _damaged(path: Path, what: str, problem: str) -> StoreError:
+    """The error for stored content that is not what this spray writes (docs/store.md)."""
+    return StoreError(
+        f"audit store {path}: {what} {problem}; the store is damaged or was not written by this version "
+        "of spray: re-create it, or run the stage that wrote this part again"
+    )
+
+
+def _json_attr(raw: Any, what: str, path: Path) -> Any:
+    """A JSON text attribute, decoded; anything else is a damaged store."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", errors="replace")
+    if not isinstance(raw, str):
+        raise _damaged(path, what, f"is {type(raw).__name__}, not JSON text")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise _damaged(path, what, f"is not valid JSON ({exc})") from None
+
+
+def _decode(
+    attrs: h5py.AttributeManager, path: Path, where: str, json_keys: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Attributes as Python values; ``json_keys`` are decoded from JSON text (``where`` names the object)."""
     out: dict[str, Any] = {}
     for key, value in attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode()
+        if key in json_keys:
+            value = _json_attr(value, f"attribute {key!r} of {where}", path)
+        elif isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
         elif isinstance(value, np.generic):
             value = value.item()
-        out[key] = json.loads(value) if key in json_keys and isinstance(value, str) else value
+        out[key] = value
     return out
 
 
-_ROOT_JSON = ("model", "dataset", "label_names")
-_ATTRIBUTION_JSON = ("params",)
+def _expect(value: Any, kinds: type | tuple[type, ...], what: str, path: Path) -> Any:
+    """``value`` if it is one of ``kinds`` (bools are not ints); else a damaged-store error naming ``what``."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise _damaged(path, what, f"is {value!r:.80}, expected {names}")
+    return value
+
+
+def _root_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
+    """Root attributes, JSON ones decoded and checked against docs/store.md."""
+    root = _decode(f.attrs, path, "the root", _ROOT_JSON)
+    for key in _ROOT_JSON:
+        if key not in root:
+            raise _damaged(path, f"root attribute {key!r}", "is missing")
+    for key, fields in (("model", ("name", "hash")), ("dataset", ("name",))):
+        value = _expect(root[key], (dict, type(None)), f"root attribute {key!r}", path)
+        missing = [field for field in fields if value is not None and field not in value]
+        if missing:
+            raise _damaged(path, f"root attribute {key!r}", f"has no {missing[0]!r}")
+    names = _expect(root["label_names"], list, "root attribute 'label_names'", path)
+    for name in names:
+        _expect(name, str, "an entry of root attribute 'label_names'", path)
+    return root
+
+
+# Datasets hold numbers, booleans and strings (docs/store.md); anything else (object references, opaque or
+# compound data, variable-length sequences) is refused rather than read: nothing in a store becomes an object.
+_ARRAY_KINDS = "biufcS"
+
+
+def _checked_dataset(obj: Any, what: str, path: Path) -> h5py.Dataset:
+    """``obj`` if it is a dataset of a type spray writes; a damaged-store error otherwise."""
+    if not isinstance(obj, h5py.Dataset):
+        raise _damaged(path, what, "is missing" if obj is None else "is a group, not a dataset")
+    try:
+        dtype = obj.dtype
+    except (TypeError, ValueError) as exc:  # HDF5 types numpy has no equivalent for (e.g. bitfields)
+        raise _damaged(path, what, f"has an HDF5 type spray never writes ({exc})") from None
+    string = h5py.check_string_dtype(dtype)
+    if not (string is not None or (dtype.kind in _ARRAY_KINDS and dtype.fields is None and not dtype.shape)):
+        raise _damaged(
+            path, what, f"has type {dtype}: spray stores numbers, booleans and strings only and never reads "
+            "objects, references or opaque data"
+        )
+    return obj
+
+
+def _rows_dataset(
+    group: h5py.Group, name: str, n: int | None, kinds: str, ndim: int | None, where: str, path: Path
+) -> h5py.Dataset:
+    """Dataset ``name`` of ``group``: ``n`` rows (any when None), a dtype kind in ``kinds``, ``ndim`` axes."""
+    what = f"dataset {where}/{name}"
+    dset = _checked_dataset(group.get(name), what, path)
+    shape = dset.shape
+    if shape is None or len(shape) == 0 or (ndim is not None and len(shape) != ndim) or (ndim is None and len(shape) < 2):
+        want = f"{ndim} axes" if ndim is not None else "at least 2 axes"
+        raise _damaged(path, what, f"has shape {shape}, expected {want}")
+    if n is not None and shape[0] != n:
+        raise _damaged(path, what, f"has {shape[0]} rows, but the store has {n} samples")
+    if dset.dtype.kind not in kinds:
+        raise _damaged(path, what, f"has dtype {dset.dtype}")
+    return dset
+
+
+def _sample_count(f: h5py.File, path: Path) -> int:
+    """Number of samples (0 before the first attribution run), after checking ``/samples``' datasets."""
+    samples = f["samples"]
+    if "label" not in samples:
+        return 0
+    n = _rows_dataset(samples, "label", None, "iu", 1, "/samples", path).shape[0]
+    _rows_dataset(samples, "index", n, "iu", 1, "/samples", path)
+    if "thumbnail" in samples:
+        _rows_dataset(samples, "thumbnail", n, "u", 4, "/samples", path)
+    return int(n)
+
+
+def _node_attrs(group: h5py.Group, path: Path) -> dict[str, Any]:
+    """A node's attributes, each decoded from its JSON text (the reserved mark left out)."""
+    return {
+        key: _json_attr(value, f"attribute {key!r} of node {group.name}", path)
+        for key, value in group.attrs.items()
+        if key != _NODE_MARK
+    }
+
+
+def _node_written(group: h5py.Group, path: Path) -> Any:
+    mark = _json_attr(group.attrs[_NODE_MARK], f"attribute {_NODE_MARK!r} of node {group.name}", path)
+    return _expect(mark, dict, f"attribute {_NODE_MARK!r} of node {group.name}", path).get("written")
 
 
 class _WriterLock:
@@ -392,6 +516,13 @@ class AuditStore:
             with suppress(OSError):
                 f.close()
             raise StoreError(f"error reading or writing audit store {self.path} (corrupt?): {exc}") from None
+        except (RuntimeError, KeyError) as exc:  # h5py's report of damaged metadata (B-trees, attributes)
+            with suppress(OSError):
+                f.close()
+            raise StoreError(
+                f"audit store {self.path} is damaged: HDF5 cannot read its structure ({exc}); move it away "
+                "and re-create it, or restore a copy"
+            ) from None
         except BaseException:
             with suppress(OSError):
                 f.close()
@@ -407,18 +538,34 @@ class AuditStore:
         with self._open() as f:
             yield f
 
+    @contextmanager
+    def interpreting(self, what: str) -> Iterator[None]:
+        """Read ``what`` (stored content, e.g. a class's analysis nodes) into values inside this block.
+
+        Readers index into node arrays and JSON attrs as their stage wrote them; a ``KeyError``,
+        ``IndexError``, ``TypeError``, ``ValueError`` or ``AttributeError`` raised while doing so means the
+        content is not what that stage writes, and is reported as a :class:`StoreError` naming the store and
+        ``what``. Keep the block to reading and checking: computation belongs outside it.
+        """
+        try:
+            yield
+        except SprayError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise _damaged(self.path, what, f"does not hold what spray writes ({type(exc).__name__}: {exc})") from exc
+
     # ------------------------------------------------------------------ reading
 
     def attrs(self) -> dict[str, Any]:
         """Root attributes, JSON ones decoded (``model``, ``dataset``, ``label_names``)."""
         with self._open() as f:
-            return _decode(f.attrs, _ROOT_JSON)
+            return _root_attrs(f, self.path)
 
     @property
     def n_samples(self) -> int:
         """Number of samples (0 before the first attribution run)."""
         with self._open() as f:
-            return int(f["samples/label"].shape[0]) if "label" in f["samples"] else 0
+            return _sample_count(f, self.path)
 
     def read(self, path: str, rows: slice | Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """The dataset at ``path`` (e.g. ``"samples/label"``), all of it or ``rows`` along its first axis.
@@ -430,7 +577,7 @@ class AuditStore:
             dset = f.get(path.strip("/"))
             if not isinstance(dset, h5py.Dataset):
                 raise StoreError(f"audit store {self.path} has no dataset {path!r}")
-            return _read_rows(dset, rows)
+            return _read_rows(_checked_dataset(dset, f"dataset {dset.name}", self.path), rows)
 
     def attributions(self) -> list[str]:
         """Names of the attributions in the store."""
@@ -440,11 +587,13 @@ class AuditStore:
     def attribution_info(self, name: str) -> dict[str, Any]:
         """Attribution ``name`` as :meth:`info` describes it: attrs, shape, dtype, done count."""
         with self._open() as f:
-            return _attribution_summary(self._attribution(f, name), f["samples/label"].shape[0])
+            return _attribution_summary(self._attribution(f, name), _sample_count(f, self.path), self.path)
 
     def _attribution(self, f: h5py.File, name: str) -> h5py.Group:
         group = f["attributions"].get(name)
-        if not isinstance(group, h5py.Group):
+        if group is not None and not isinstance(group, h5py.Group):
+            raise _damaged(self.path, f"attribution {name!r}", "is a dataset, not a group")
+        if group is None:
             have = ", ".join(sorted(f["attributions"])) or "none"
             raise StoreError(f"audit store {self.path} has no attribution {name!r} (it has: {have})")
         return group
@@ -500,9 +649,8 @@ class AuditStore:
             group = f.get(path)
             if not isinstance(group, h5py.Group) or _NODE_MARK not in group.attrs:
                 raise StoreError(f"audit store {self.path} has no node {path!r}")
-            arrays = {name: _read_array(dset) for name, dset in _node_arrays(group).items()}
-            attrs = {k: json.loads(v) for k, v in group.attrs.items() if k != _NODE_MARK}
-            return arrays, attrs
+            arrays = {name: _read_array(dset, self.path) for name, dset in _node_arrays(group).items()}
+            return arrays, _node_attrs(group, self.path)
 
     def has_node(self, path: str, expected_attrs: Mapping[str, Any] | None = None) -> bool:
         """Whether node ``path`` exists and its attrs include ``expected_attrs`` (compared as JSON)."""
@@ -512,7 +660,10 @@ class AuditStore:
             if not isinstance(group, h5py.Group) or _NODE_MARK not in group.attrs:
                 return False
             for key, value in (expected_attrs or {}).items():
-                if key not in group.attrs or json.loads(group.attrs[key]) != canonical(value):
+                if key not in group.attrs:
+                    return False
+                stored = _json_attr(group.attrs[key], f"attribute {key!r} of node {group.name}", self.path)
+                if stored != canonical(value):
                     return False
             return True
 
@@ -669,20 +820,20 @@ class AuditStore:
     def info(self) -> dict[str, Any]:
         """What the store holds, JSON-serialisable (``spray info --json``)."""
         with self._open() as f:
-            root = _decode(f.attrs, _ROOT_JSON)
+            root = _root_attrs(f, self.path)
             samples = f["samples"]
-            n = int(samples["label"].shape[0]) if "label" in samples else 0
+            n = _sample_count(f, self.path)
             attributions = {
-                name: _attribution_summary(group, n)
-                for name, group in sorted(f["attributions"].items())
+                name: _attribution_summary(self._attribution(f, name), n, self.path)
+                for name in sorted(f["attributions"])
                 if not name.startswith(".")
             }
             nodes: dict[str, dict[str, Any]] = {}
             for root_name in NODE_ROOTS:
                 nodes[root_name] = {
                     path: {
-                        "written": json.loads(group.attrs[_NODE_MARK]).get("written"),
-                        "attrs": {k: json.loads(v) for k, v in group.attrs.items() if k != _NODE_MARK},
+                        "written": _node_written(group, self.path),
+                        "attrs": _node_attrs(group, self.path),
                         "arrays": {
                             k: {"shape": list(d.shape), "dtype": str(d.dtype)}
                             for k, d in _node_arrays(group).items()
@@ -706,10 +857,22 @@ class AuditStore:
             }
 
 
-def _attribution_summary(group: h5py.Group, n: int) -> dict[str, Any]:
-    attrs = _decode(group.attrs, _ATTRIBUTION_JSON)
-    done = int(np.count_nonzero(group["done"][()]))
-    relevance = group["relevance"]
+def _attribution_summary(group: h5py.Group, n: int, path: Path) -> dict[str, Any]:
+    """:meth:`AuditStore.attribution_info`, after checking the attribution against docs/store.md."""
+    where = group.name
+    attrs = _decode(group.attrs, path, f"attribution {where}", _ATTRIBUTION_JSON)
+    _expect(attrs.get("params"), dict, f"attribute 'params' of attribution {where}", path)
+    _expect(attrs.get("method"), str, f"attribute 'method' of attribution {where}", path)
+    if attrs.get("target") not in ("label", "prediction"):
+        raise _damaged(path, f"attribute 'target' of attribution {where}", f"is {attrs.get('target')!r}")
+    relevance = _rows_dataset(group, "relevance", n, "f", None, where, path)
+    if relevance.dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise _damaged(path, f"dataset {where}/relevance", f"has dtype {relevance.dtype}, not float32/float16")
+    logits = _rows_dataset(group, "logits", n, "f", 2, where, path)
+    if logits.shape[1] < 1:
+        raise _damaged(path, f"dataset {where}/logits", f"has shape {logits.shape}")
+    _rows_dataset(group, "target", n, "iu", 1, where, path)
+    done = int(np.count_nonzero(_rows_dataset(group, "done", n, "b", 1, where, path)[()]))
     return {
         "method": attrs.get("method"),
         "params": attrs.get("params"),
@@ -719,7 +882,7 @@ def _attribution_summary(group: h5py.Group, n: int) -> dict[str, Any]:
         "batch_size": attrs.get("batch_size"),
         "shape": list(relevance.shape),
         "dtype": str(relevance.dtype),
-        "n_outputs": int(group["logits"].shape[1]),
+        "n_outputs": int(logits.shape[1]),
         "done": done,
         "n": int(n),
         "complete": done == n,

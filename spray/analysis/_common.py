@@ -1,40 +1,20 @@
-"""Shared by the analysis processors: boundary checks (every failure names the offending parameter), seeds,
-thread limits."""
+"""Shared by the analysis processors: boundary checks of arrays and labels (every failure names the offending
+parameter; the scalar checks live in spray._checks and are re-exported here), seeds, thread limits."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 
+from spray._checks import check_choice, check_int, check_real
 from spray.errors import BadInputError
 
-
-def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
-    """``value`` as an int (bools rejected), at least ``minimum`` when given."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise BadInputError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise BadInputError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def check_real(value: Any, name: str, *, minimum: float | None = None, strict: bool = False) -> float:
-    """``value`` as a finite float, ``>= minimum`` (``> minimum`` if ``strict``) when given."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not np.isfinite(value):
-        raise BadInputError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise BadInputError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
-    return float(value)
-
-
-def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
-    if value not in choices:
-        raise BadInputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
+__all__ = ["check_choice", "check_int", "check_labels", "check_matrix", "check_real", "limited_threads",
+           "rng_from", "seed_from"]
 
 
 def check_matrix(x: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float64) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from spray._checks import check_choice, check_int, check_real
 from spray.errors import BadInputError
 
 
@@ -25,10 +26,13 @@ class Attributor(Protocol):
     def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
+_GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "smoothgrad")
+
+
 class GradientAttributor:
     """A captum gradient method (saliency, input×gradient, integrated gradients, SmoothGrad).
 
-    Parameters are stored unchanged; ``seed`` makes SmoothGrad's noise reproducible (the noise of a batch
+    Parameters are checked (bad ones are a BadInputError naming them) and stored unchanged; ``seed`` makes SmoothGrad's noise reproducible (the noise of a batch
     depends on the seed only, so a resumed run with the same batch size writes the same values) without
     touching the global random state.
     """
@@ -43,6 +47,12 @@ class GradientAttributor:
         noise_level: float = 0.1,
         seed: int = 0,
     ) -> None:
+        check_choice(method, "method", _GRADIENT_METHODS)
+        check_int(n_steps, "n_steps", minimum=1)
+        check_real(baseline, "baseline")
+        check_int(nt_samples, "nt_samples", minimum=1)
+        check_real(noise_level, "noise_level", minimum=0.0)
+        check_int(seed, "seed", minimum=0)
         self.method = method
         self.n_steps = n_steps
         self.baseline = baseline
@@ -75,7 +85,7 @@ class GradientAttributor:
             relevance = attr.IntegratedGradients(model).attribute(
                 inputs, baselines=self.baseline, target=target, n_steps=self.n_steps
             )
-        elif self.method == "smoothgrad":
+        else:  # smoothgrad
             # Noise is relative to each batch's value range, as in Smilkov et al. (2017).
             stdev = float(self.noise_level * (x.max() - x.min()).clamp(min=1e-12))
             with torch.random.fork_rng(devices=[]):
@@ -84,8 +94,6 @@ class GradientAttributor:
                     inputs, nt_type="smoothgrad", nt_samples=self.nt_samples, stdevs=stdev,
                     target=target, abs=False,
                 )
-        else:
-            raise BadInputError(f"unknown gradient method {self.method!r}")
         for p in model.parameters():
             p.grad = None
         return relevance.detach(), logits.detach()
@@ -110,10 +118,7 @@ _METHODS: dict[str, Callable[..., Attributor]] = {
     "epsilon_alpha2_beta1": _lrp("EpsilonAlpha2Beta1"),
     "epsilon_alpha2_beta1_flat": _lrp("EpsilonAlpha2Beta1Flat"),
     "epsilon": _lrp("Epsilon"),
-    "saliency": _gradient("saliency"),
-    "input_x_gradient": _gradient("input_x_gradient"),
-    "integrated_gradients": _gradient("integrated_gradients"),
-    "smoothgrad": _gradient("smoothgrad"),
+    **{method: _gradient(method) for method in _GRADIENT_METHODS},
 }
 
 

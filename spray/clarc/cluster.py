@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spray.errors import BadInputError
+from spray.export.tables import analysis_summary
 from spray.store import AuditStore
 
 #: Nodes of a class that hold clusterings, searched in this order when the FDA node does not say.
@@ -83,13 +84,18 @@ def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | 
             f"class {spec.label} was not analysed in analysis {analysis!r} of {store.path}; analysed classes: "
             f"{', '.join(map(str, analysed)) or 'none'} (run `spray analyze` for it, or pick one of these)"
         )
+    analysis_summary(store, analysis)  # refuses an analysis of an attribution replaced since
     status_arrays, status = store.read_node(status_path)
     if status.get("skipped"):
         raise BadInputError(
             f"class {spec.label} was skipped by analysis {analysis!r} ({status['skipped']}); it has no clusters"
         )
-    labels = _labels(store, f"{group}/{spec.label}", spec)
-    index = status_arrays["dataset_index"].astype(np.int64)
+    with store.interpreting(f"class {spec.label} of analysis {analysis!r}"):
+        labels = _labels(store, f"{group}/{spec.label}", spec)
+        index = status_arrays["dataset_index"]
+        if index.dtype.kind not in "iu" or index.ndim != 1:
+            raise ValueError(f"dataset_index has shape {index.shape} and dtype {index.dtype}")
+        index = index.astype(np.int64)
     if labels.shape != index.shape:
         raise BadInputError(
             f"clustering {spec.clustering!r} of class {spec.label} has {labels.size} labels for {index.size} "

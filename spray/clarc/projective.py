@@ -105,7 +105,16 @@ def load_corrected(model: nn.Module, weights: str | Path | dict[str, Tensor]) ->
     Projections recorded in the weights (keys ``<layer>.projection.v`` / ``.z``) are inserted first, so
     P-ClArC weights load into a freshly built model; A- and RR-ClArC weights are plain state_dicts.
     """
-    state = weights if isinstance(weights, dict) else torch.load(weights, weights_only=True, map_location="cpu")
+    if isinstance(weights, dict):
+        state = weights
+    else:
+        from spray.data.models import safe_load
+
+        if not Path(weights).is_file():
+            raise BadInputError(f"corrected weights file {weights} does not exist (moved or deleted?)")
+        state = safe_load(weights, "corrected weights file")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise BadInputError(f"corrected weights {weights} are not a state_dict (a dict of name -> tensor)")
     suffix = ".projection.v"
     for key in sorted(k for k in state if k.endswith(suffix)):
         layer = key[: -len(suffix)]

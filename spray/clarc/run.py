@@ -32,6 +32,7 @@ from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
 from spray.errors import BadInputError
+from spray.export.tables import analysis_summary
 from spray.lrp import Composite, EpsilonPlusFlat
 from spray.store import AuditStore
 
@@ -76,8 +77,7 @@ def audit_composite(store: AuditStore, analysis: str) -> Composite:
     """The LRP composite of the attribution the analysis used; EpsilonPlusFlat if that was not LRP."""
     from spray.attribution.methods import get_method
 
-    _, summary = store.read_node(f"analyses/{analysis}/summary")
-    info = store.attribution_info(summary["attribution"])
+    info = store.attribution_info(analysis_summary(store, analysis)["attribution"])
     try:
         attributor = get_method(info["method"], **info["params"])
     except BadInputError:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
+import re
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,13 +31,7 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
     path = Path(weights)
     if not path.is_file():
         raise BadInputError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for foreign or unsafe files
-        raise BadInputError(
-            f"weights file {path} cannot be loaded safely (weights_only=True): {exc}. Save weights with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
+    state = safe_load(path, "weights file")
     # Training checkpoints often nest the weights: {"state_dict": ..., "epoch": ...}.
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -65,6 +63,32 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
                             "model.module.state_dict() instead")
         raise BadInputError(f"weights file {path} does not match the model: {'; '.join(problems)}")
     model.load_state_dict(state)
+
+
+def safe_load(path: str | Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file it refuses or cannot read is bad input.
+
+    weights_only unpickles tensors and plain containers only, so a file cannot run code; torch's own message
+    for a refused file suggests ``weights_only=False``, which spray never does, so only its reason is kept.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4 ...": the error below says it all
+            return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)(\n\s*\n|$)", str(exc), re.S)
+        raise BadInputError(
+            f"{what} {path} cannot be loaded safely ({reason.group(1).strip() if reason else exc}): it is not "
+            "a state_dict saved by torch.save, or it holds objects other than tensors, whose loading could run "
+            "code; spray loads weights with torch.load(weights_only=True) only. Save weights with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for foreign or truncated files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(
+            f"{what} {path} cannot be read by torch.load ({reason}); save weights with "
+            "torch.save(model.state_dict(), path)"
+        ) from None
 
 
 def model_hash(model: nn.Module) -> str:

@@ -105,6 +105,14 @@ class ArrayDataset(Dataset):
 def _npz(path: Path) -> ArrayDataset:
     where = f"npz file {path}"
     try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise BadInputError(f"{where} cannot be read: {exc.strerror}") from None
+    if not (magic.startswith(b"PK\x03\x04") or magic == b"\x93NUMPY"):
+        # np.load would take anything else for a pickle (and refuse it): say what the file is not instead.
+        raise BadInputError(f"{where} is not an npz archive; save x and y with np.savez(path, x=x, y=y)")
+    try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for foreign files
         raise BadInputError(f"{where} cannot be read: {exc}") from None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spray.errors import BadInputError
+from spray.errors import BadInputError, StoreError
 from spray.store import AuditStore
 
 __all__ = [
@@ -64,10 +64,12 @@ class ClassAnalysis:
 
 
 def analysis_summary(store: AuditStore, analysis: str = "spray") -> dict[str, Any]:
-    """Attrs of ``analyses/<analysis>/summary`` (pipeline, attribution, classes, ...).
+    """Attrs of ``analyses/<analysis>/summary`` (pipeline, attribution, classes, ...), checked.
 
     Raises:
-        BadInputError: the store has no such analysis (the message lists the ones it has).
+        BadInputError: the store has no such analysis (the message lists the ones it has), or the
+            attribution it analysed has been replaced since (``spray attribute --overwrite``).
+        StoreError: the summary is damaged, or its attribution is gone.
     """
     path = f"analyses/{analysis}/summary"
     if not store.has_node(path):
@@ -76,7 +78,26 @@ def analysis_summary(store: AuditStore, analysis: str = "spray") -> dict[str, An
             f"audit store {store.path} has no analysis {analysis!r} (it has: {', '.join(have) or 'none'}); "
             "run `spray analyze` first"
         )
-    return store.read_node(path)[1]
+    summary = store.read_node(path)[1]
+    with store.interpreting(f"node {path}"):
+        attribution = summary["attribution"]
+        if not isinstance(attribution, str) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in summary["classes"]
+        ):
+            raise TypeError(f"attribution {attribution!r}, classes {summary['classes']!r:.80}")
+    if attribution not in store.attributions():
+        raise StoreError(
+            f"analysis {analysis!r} of audit store {store.path} was made from attribution {attribution!r}, "
+            "which the store no longer holds; run `spray analyze` again"
+        )
+    made_from = summary.get("attribution_id")  # recorded since the analysis summary has it (older: trusted)
+    if made_from is not None and store.attribution_info(attribution)["attribution_id"] != made_from:
+        raise BadInputError(
+            f"analysis {analysis!r} of audit store {store.path} was made from an earlier version of attribution "
+            f"{attribution!r}, replaced since (spray attribute --overwrite); run `spray analyze` again to "
+            "bring it up to date"
+        )
+    return summary
 
 
 def _label_names(store: AuditStore) -> list[str]:
@@ -84,21 +105,34 @@ def _label_names(store: AuditStore) -> list[str]:
 
 
 def read_class(store: AuditStore, analysis: str, label: int, names: list[str] | None = None) -> ClassAnalysis:
-    """The current analysis nodes of class ``label`` (see :class:`ClassAnalysis`)."""
-    from spray.pipeline.nodes import NODES  # the node table says which nodes are clusterings and maps
+    """The current analysis nodes of class ``label`` (see :class:`ClassAnalysis`).
 
+    Raises:
+        StoreError: a node does not hold what the analysis writes (shapes, dtypes, values that disagree).
+    """
     names = _label_names(store) if names is None else names
     name = names[label] if label < len(names) else str(label)
     path = f"analyses/{analysis}/{label}"
     if not store.has_node(f"{path}/status"):
         return ClassAnalysis(label, name, 0, "not analysed (no status node)")
     status_arrays, status = store.read_node(f"{path}/status")
-    result = ClassAnalysis(label, name, int(status.get("n") or 0), status.get("skipped"))
+    with store.interpreting(f"class {label} of analysis {analysis!r}"):
+        return _class_nodes(store, path, ClassAnalysis(label, name, int(status["n"]), status["skipped"]),
+                            status_arrays, status)
+
+
+def _class_nodes(
+    store: AuditStore, path: str, result: ClassAnalysis, status_arrays: dict[str, np.ndarray], status: dict
+) -> ClassAnalysis:
+    """:func:`read_class` after the status node: the class's current nodes, checked against each other."""
+    from spray.pipeline.nodes import NODES  # the node table says which nodes are clusterings and maps
+
     if result.skipped is not None:
+        result.skipped = str(result.skipped)
         return result
-    result.positions = status_arrays["positions"].astype(np.int64)
-    result.dataset_index = status_arrays["dataset_index"].astype(np.int64)
-    keys = status.get("keys") or {}
+    result.positions = _indices(status_arrays["positions"], result.n, store.n_samples, "positions")
+    result.dataset_index = _indices(status_arrays["dataset_index"], result.n, None, "dataset_index")
+    keys = dict(status.get("keys") or {})
 
     def current(node: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         if node not in keys or not store.has_node(f"{path}/{node}", {"key": keys[node]}):
@@ -110,24 +144,44 @@ def read_class(store: AuditStore, analysis: str, label: int, names: list[str] | 
         if node == "spectral":
             found = current(node)
             if found:
-                result.eigenvalues = found[0]["eigenvalues"]
-                result.embedding = found[0]["embedding"]
-                result.spectral_info = found[1].get("info") or {}
+                result.eigenvalues = _floats(found[0]["eigenvalues"], 1, None, "eigenvalues")
+                result.embedding = _floats(found[0]["embedding"], 2, result.n, "embedding")
+                result.spectral_info = dict(found[1].get("info") or {})
         elif node == "fda":
             found = current(node)
             if found:
-                result.fda = found[1].get("info") or {}
+                result.fda = dict(found[1].get("info") or {})
         elif kind == "map":
             found = current(node)
             if found:
-                result.maps[node] = found[0]["embedding"]
+                result.maps[node] = _floats(found[0]["embedding"], 2, result.n, f"{node} embedding")
         elif kind == "clustering":
             found = current(node)
             if found:
-                result.clusterings.update({k: v.astype(np.int64) for k, v in sorted(found[0].items())})
+                result.clusterings.update(
+                    {k: _indices(v, result.n, None, k, minimum=-1) for k, v in sorted(found[0].items())}
+                )
     if result.embedding is None or not result.fda:
         result.skipped = "analysis unfinished: run `spray analyze` again to complete it"
     return result
+
+
+def _indices(array: np.ndarray, n: int, bound: int | None, what: str, minimum: int = 0) -> np.ndarray:
+    """``array`` as (n,) int64 with values in ``[minimum, bound)``; a ValueError naming ``what`` otherwise."""
+    if array.shape != (n,) or array.dtype.kind not in "iu":
+        raise ValueError(f"{what} has shape {array.shape} and dtype {array.dtype}, expected ({n},) integers")
+    if n and (array.min() < minimum or (bound is not None and array.max() >= bound)):
+        raise ValueError(f"{what} has values outside [{minimum}, {bound})")
+    return array.astype(np.int64)
+
+
+def _floats(array: np.ndarray, ndim: int, rows: int | None, what: str) -> np.ndarray:
+    """``array`` if it is a finite float array with ``ndim`` axes (``rows`` rows); a ValueError otherwise."""
+    if array.ndim != ndim or array.dtype.kind != "f" or (rows is not None and array.shape[0] != rows):
+        raise ValueError(f"{what} has shape {array.shape} and dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} holds NaN or infinity")
+    return array
 
 
 def cluster_memberships(

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from spray._checks import check_real
+from spray.errors import BadInputError
 from spray.lrp import rules
 from spray.lrp.layers import AVGPOOL_LAYERS, BATCHNORM_LAYERS, LINEAR_LAYERS, MAXPOOL_LAYERS, PASS_LAYERS, Sum
 from spray.lrp.rules import (
@@ -26,6 +28,18 @@ def _lookup(table: Mapping[type, Rule], module: nn.Module) -> Rule | None:
         if cls in table:
             return table[cls]
     return None
+
+
+def _rule_map(mapping: Any, name: str, valid_key: Any, keys: str) -> dict[Any, Rule]:
+    """A user's ``names``/``types`` map checked: ``keys`` to Rule instances (stored parameters must not pass
+    for rules)."""
+    if mapping is None:
+        return {}
+    if not isinstance(mapping, Mapping) or not all(
+        valid_key(key) and isinstance(rule, Rule) for key, rule in mapping.items()
+    ):
+        raise BadInputError(f"{name} must map {keys} to spray.lrp rules, got {mapping!r:.80}")
+    return dict(mapping)
 
 
 class Composite:
@@ -51,9 +65,11 @@ class Composite:
         self.dense = dense
         self.conv = conv
         self.first = first
+        check_real(epsilon, "epsilon", minimum=0.0)
         self.epsilon = epsilon
-        self.names = dict(names or {})
-        self.types = dict(types or {})
+        self.names = _rule_map(names, "names", lambda key: isinstance(key, str), "module names")
+        self.types = _rule_map(types, "types", lambda key: isinstance(key, type) and issubclass(key, nn.Module),
+                               "torch.nn.Module classes")
         proportional = Proportional()
         self._defaults: dict[type, Rule] = {
             nn.Linear: dense,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spray._checks import check_real
 from spray.errors import BadInputError, UnsupportedLayerError
 from spray.lrp.layers import LINEAR_LAYERS
 
@@ -66,6 +67,19 @@ def _redistribute(module: nn.Module, terms: Sequence[_Term], relevance: Tensor, 
 Bounds = float | Tensor | Sequence
 
 
+def _check_bounds(value: Any, name: str) -> Bounds:
+    """A z^B bound: a finite number, or a tensor / nested list of finite numbers."""
+    if isinstance(value, bool):
+        raise BadInputError(f"{name} must be a number or a tensor of numbers, got {value!r}")
+    try:
+        finite = bool(torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).all())
+    except (TypeError, ValueError, RuntimeError):
+        finite = False
+    if not finite:
+        raise BadInputError(f"{name} must be a finite number or a tensor of finite numbers, got {value!r:.80}")
+    return value
+
+
 def _jsonable(value: Bounds) -> float | list:
     if isinstance(value, int | float):
         return float(value)
@@ -104,6 +118,7 @@ class Epsilon(Rule):
     """
 
     def __init__(self, epsilon: float = 1e-6) -> None:
+        check_real(epsilon, "epsilon", minimum=0.0)
         self.epsilon = epsilon
 
     def redistribute(
@@ -137,7 +152,8 @@ class Gamma(_WeightRule):
     """LRP-γ: contributions ``x_i (w_ij + γ w_ij⁺)``, bias ``b + γ b⁺``, ε-stabilised denominator."""
 
     def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
-        self.gamma = gamma
+        self.gamma = check_real(gamma, "gamma", minimum=0.0)
+        check_real(epsilon, "epsilon", minimum=0.0)
         self.epsilon = epsilon
 
     def redistribute(
@@ -158,6 +174,8 @@ class AlphaBeta(_WeightRule):
     """LRP-αβ: ``α`` × positive shares − ``β`` × negative shares of ``x_i w_ij`` (bias ignored), α − β = 1."""
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0) -> None:
+        check_real(alpha, "alpha", minimum=0.0)
+        check_real(beta, "beta", minimum=0.0)
         if alpha - beta != 1:
             raise BadInputError(f"AlphaBeta needs alpha - beta = 1, got alpha={alpha}, beta={beta}")
         self.alpha = alpha
@@ -224,8 +242,8 @@ class ZBox(_WeightRule):
     """
 
     def __init__(self, low: Bounds, high: Bounds) -> None:
-        self.low = low
-        self.high = high
+        self.low = _check_bounds(low, "low")
+        self.high = _check_bounds(high, "high")
 
     def redistribute(
         self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor

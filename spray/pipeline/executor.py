@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.errors import BadInputError
+from spray.errors import BadInputError, PipelineError
 from spray.pipeline.graph import NodeOutput, dependencies, hash_array, hash_json, node_keys, topological_order
 from spray.pipeline.nodes import NODES, preprocess
 from spray.pipeline.spec import PipelineSpec
@@ -51,8 +51,31 @@ def run_class(
     for name in stale:
         inputs = {d: outputs[d] for d in deps[name]}
         inputs["features"] = outputs["features"]
-        computed[name] = outputs[name] = NODES[name].run(params[name], inputs)
+        try:
+            computed[name] = outputs[name] = NODES[name].run(params[name], inputs)
+        except NodeFailure:
+            raise
+        except BadInputError as exc:  # the processor refused a parameter: analyze() names the file's line
+            raise NodeFailure(name, str(exc)) from None
     return computed
+
+
+class NodeFailure(BadInputError):
+    """A node's processor refused its input or parameters; :func:`analyze` re-raises it as a
+    :class:`PipelineError` naming the pipeline file, line and table. Picklable (dask workers raise it)."""
+
+    def __init__(self, node: str, message: str) -> None:
+        super().__init__(node, message)
+        self.node, self.message = node, message
+
+    def __str__(self) -> str:
+        return f"[{self.node}] {self.message}"
+
+
+def _pipeline_error(spec: PipelineSpec, node: str, message: str) -> PipelineError:
+    """``message`` (a processor's, which starts with the parameter it refuses) placed in the pipeline file."""
+    key = message.split(" ", 1)[0].split("=", 1)[0]
+    return PipelineError(f"{spec.where(node, key if key in spec.nodes.get(node, {}) else None)}: [{node}] {message}")
 
 
 @dataclass
@@ -97,9 +120,15 @@ def analyze(
     with AuditStore(store_path, mode="a") as store:
         attribution = _choose_attribution(store, spec.attribution)
         group = f"analyses/{spec.name}"
-        features, kept, zero, dropped, root_key, preprocessed = _features(
-            store, group, attribution, spec.nodes.get("preprocess", {}), drop_nonfinite
-        )
+        try:
+            features, kept, zero, dropped, root_key, preprocessed = _features(
+                store, group, attribution, spec.nodes.get("preprocess", {}), drop_nonfinite
+            )
+        except BadInputError as exc:
+            if str(exc).split(" ", 1)[0] in spec.nodes.get("preprocess", {}):
+                raise _pipeline_error(spec, "preprocess", str(exc)) from None
+            hint = " (spray analyze --drop-nonfinite)" if "drop_nonfinite" in str(exc) else ""
+            raise BadInputError(f"attribution {attribution!r} of audit store {store.path}: {exc}{hint}") from None
         targets = store.read(f"attributions/{attribution}/target")
         dataset_index = store.read("samples/index")
         n_outputs = store.read(f"attributions/{attribution}/logits", rows=slice(0, 1)).shape[1]
@@ -110,13 +139,14 @@ def analyze(
         deps = {name: dependencies(NODES, enabled, name) for name in order}
         usable = kept & ~zero
 
+        members = {label: np.flatnonzero(usable & (targets == label)) for label in wanted}
+        reasons = {label: _too_small(len(p), params) for label, p in members.items() if len(p)}
+        _check_analysable(store, attribution, spec, classes, members, reasons)
+
         tasks: list[ClassTask] = []
         skipped: dict[int, str] = {}
-        for label in wanted:
-            positions = np.flatnonzero(usable & (targets == label))
-            if positions.size == 0:
-                continue
-            reason = _too_small(positions.size, params)
+        for label, reason in reasons.items():
+            positions = members[label]
             path = f"{group}/{label}"
             if reason:
                 skipped[label] = reason
@@ -137,23 +167,27 @@ def analyze(
             )
 
         computed: dict[int, list[str]] = {}
-        for task, outputs in _run_tasks(tasks, features, params, deps, scheduler, progress):
-            store.write_nodes({
-                f"{group}/{task.label}/{name}": (
-                    outputs[name][0], {"key": task.keys[name], "params": params[name], "info": outputs[name][1]}
-                )
-                for name in task.stale
-            })
-            for name in task.stale:
-                if on_node is not None:
-                    on_node(task.label, name)
-            computed[task.label] = list(task.stale)
+        try:
+            for task, outputs in _run_tasks(tasks, features, params, deps, scheduler, progress):
+                store.write_nodes({
+                    f"{group}/{task.label}/{name}": (
+                        outputs[name][0], {"key": task.keys[name], "params": params[name], "info": outputs[name][1]}
+                    )
+                    for name in task.stale
+                })
+                for name in task.stale:
+                    if on_node is not None:
+                        on_node(task.label, name)
+                computed[task.label] = list(task.stale)
+        except NodeFailure as exc:
+            raise _pipeline_error(spec, exc.node, exc.message) from None
         store.write_node(
             f"{group}/summary",
             {},
             {
                 "pipeline": spec.to_json(),
                 "attribution": attribution,
+                "attribution_id": store.attribution_info(attribution)["attribution_id"],
                 "classes": sorted(int(c) for c in wanted),
                 "skipped": {str(k): v for k, v in skipped.items()},
                 "zero_samples": [int(i) for i in dataset_index[zero]],
@@ -178,6 +212,11 @@ def _choose_attribution(store: AuditStore, name: str | None) -> str:
             )
         name = have[0]
     info = store.attribution_info(name)
+    if len(info["shape"]) not in (3, 4):
+        raise BadInputError(
+            f"attribution {name!r} of {store.path} has shape {tuple(info['shape'])}: SpRAy analyses heatmaps "
+            "of image inputs, (n, C, H, W) or (n, H, W), not feature vectors"
+        )
     if info["done"] < info["n"]:
         raise BadInputError(
             f"attribution {name!r} of {store.path} is incomplete ({info['done']}/{info['n']} samples); "
@@ -193,6 +232,27 @@ def _check_classes(classes: Sequence[int] | None, n_outputs: int) -> list[int]:
     if bad:
         raise BadInputError(f"classes {bad} do not exist: the model has outputs 0..{n_outputs - 1}")
     return sorted({int(c) for c in classes})
+
+
+def _check_analysable(
+    store: AuditStore, attribution: str, spec: PipelineSpec, classes: Sequence[int] | None,
+    members: Mapping[int, np.ndarray], reasons: Mapping[int, str | None],
+) -> None:
+    """Refuse classes asked for by name that have no samples, and a run in which no class can be analysed."""
+    empty = [label for label, positions in members.items() if not len(positions)]
+    if classes is not None and empty:
+        have = [label for label in reasons] or "none"
+        raise BadInputError(
+            f"class {empty[0]} has no samples in attribution {attribution!r} of {store.path} (none of its "
+            f"explained outputs is {empty[0]}); classes with samples: {have}"
+        )
+    if reasons and all(reasons.values()):
+        shown = "; ".join(f"class {label}: {reason}" for label, reason in list(reasons.items())[:4])
+        more = f"; and {len(reasons) - 4} more" if len(reasons) > 4 else ""
+        raise BadInputError(
+            f"no class of attribution {attribution!r} of {store.path} can be analysed with the pipeline "
+            f"{spec.source} ({shown}{more}): lower knn.n_neighbors and spectral.n_eigenpairs"
+        )
 
 
 def _too_small(n: int, params: Mapping[str, dict[str, Any]]) -> str | None:

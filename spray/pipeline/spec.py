@@ -30,6 +30,12 @@ class PipelineSpec:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = "<defaults>"
+    text: str = field(default="", repr=False, compare=False)
+    """The file's TOML text, so that later errors (a parameter a processor refuses) can name the line."""
+
+    def where(self, table: str, key: str | None = None) -> str:
+        """``"<source>, line N"`` of ``[table]`` (or of ``key`` in it) for messages; the source alone if absent."""
+        return _where(self.source, self.text, table, key)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -127,7 +133,7 @@ def parse_pipeline(
         nodes[table] = {**node_params[table], **params}
     for node in required | enabled:
         nodes.setdefault(node, dict(node_params[node]))
-    return PipelineSpec(name=name, attribution=attribution, nodes=nodes, extra=extra, source=source)
+    return PipelineSpec(name=name, attribution=attribution, nodes=nodes, extra=extra, source=source, text=text)
 
 
 def _same_kind(default: Any, value: Any) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from markupsafe import Markup
 
 from spray.export.tables import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
+from spray.errors import BadInputError
 from spray.ranking import rank_classes
 from spray.report import images, plots
 from spray.store import AuditStore
@@ -150,6 +151,11 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
             entry["candidate"] = is_candidate(entry)
         ranking.sort(key=lambda e: (not e["candidate"], e["rank"]))
         # Relevance is (n, C, H, W) or (n, H, W): the only shapes the analysis accepts.
+        if len(info["shape"]) not in (3, 4):
+            raise BadInputError(
+                f"attribution {attribution!r} of {store_path} has shape {tuple(info['shape'])}: the report "
+                "shows image heatmaps, (n, C, H, W) or (n, H, W)"
+            )
         row_bytes = 4 * int(np.prod(info["shape"][1:]))  # relevance is read as float32 blocks
         classes = []
         for entry in ranking:
@@ -158,8 +164,15 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
             if entry["skipped"] is None:
                 cls = read_class(store, analysis, entry["class"], names)
                 if cls.skipped is None:
-                    classes.append(_class_view(store, attribution, cls, entry, has_thumbnails, row_bytes))
-        clarc = [_clarc_view(run, names) for run in read_clarc_runs(store)]
+                    with store.interpreting(f"class {cls.label} of analysis {analysis!r}"):
+                        classes.append(_class_view(store, attribution, cls, entry, has_thumbnails, row_bytes))
+        clarc = []
+        for run in read_clarc_runs(store):
+            with store.interpreting(f"node clarc/{run.run}/result"):
+                clarc.append(_clarc_view(run, names))
+        with store.interpreting(f"node analyses/{analysis}/summary"):
+            zero_samples = len(summary.get("zero_samples") or [])
+            dropped_samples = len(summary.get("dropped_samples") or [])
 
     model = root.get("model") or {}
     dataset = root.get("dataset") or {}
@@ -181,8 +194,8 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         "store_created": root.get("created"),
         "analysis": analysis,
         "pipeline": _pretty_json(summary.get("pipeline")),
-        "zero_samples": len(summary.get("zero_samples") or []),
-        "dropped_samples": len(summary.get("dropped_samples") or []),
+        "zero_samples": zero_samples,
+        "dropped_samples": dropped_samples,
     }
     rows = [
         {

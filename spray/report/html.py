@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from spray.errors import BadInputError
 from spray.report.content import gather
 
 __all__ = ["build_report", "render_report"]
@@ -44,13 +46,20 @@ def build_report(
     every group's mean heatmap with prototype images, and the ClArC results the store holds.
 
     Raises:
-        BadInputError: the store has no analysis ``analysis``.
+        BadInputError: the store has no analysis ``analysis``; ``out_path`` is a directory or unwritable.
         StoreError: the store cannot be read.
     """
-    html = render_report(store_path, analysis, max_classes)
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise BadInputError(f"report path {out} is a directory; name the HTML file, e.g. {out / 'report.html'}")
+    html = render_report(store_path, analysis, max_classes)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise BadInputError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     return out

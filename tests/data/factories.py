@@ -64,3 +64,42 @@ def slotted() -> _Slotted:
 
 def empty() -> list:
     return []
+
+
+def conv_model() -> nn.Module:
+    """Two convolutions, global average pooling and a linear head on (1, 8, 8) inputs; 2 outputs."""
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+    return nn.Sequential(OrderedDict(
+        features=features, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=nn.Linear(6, 2),
+    ))
+
+
+def conv_data() -> TensorDataset:
+    """40 noisy 8×8 images of 2 classes for :func:`conv_model`; 10 of class 1 carry a bright corner."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    x = torch.rand(40, 1, 8, 8, generator=g) * 0.5 + 0.2 * y[:, None, None, None]
+    x[torch.nonzero(y == 1).flatten()[:10], :, :3, :3] = 1.0
+    return TensorDataset(x, y)
+
+
+def nan_model() -> nn.Module:
+    """:func:`tiny_model` whose head weights hold a NaN: every output is NaN."""
+    model = tiny_model()
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    return model
+
+
+def layernorm_model() -> nn.Module:
+    """A model with a LayerNorm, a layer the LRP engine has no rule for."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+
+
+def int_dataset() -> TensorDataset:
+    """:func:`tiny_dataset` with integer inputs (their scale is unknown to spray)."""
+    return TensorDataset(torch.zeros(4, 1, 2, 2, dtype=torch.int64), torch.tensor([0, 1, 0, 1]))

@@ -135,7 +135,7 @@ def test_npz_problems_are_named(tmp_path):
     with pytest.raises(BadInputError, match="holds a single array"):
         open_source(f"npz:{tmp_path / 'one.npy'}")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(BadInputError, match="junk.npz cannot be read"):
+    with pytest.raises(BadInputError, match="junk.npz is not an npz archive"):
         open_source(f"npz:{tmp_path / 'junk.npz'}")
 
 

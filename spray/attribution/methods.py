@@ -137,5 +137,5 @@ def get_method(name: str, **params: Any) -> Attributor:
         ) from None
     try:
         return factory(**params)
-    except TypeError as exc:
+    except (TypeError, BadInputError) as exc:
         raise BadInputError(f"bad parameters {params} for attribution method {name!r}: {exc}") from None

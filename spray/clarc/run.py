@@ -204,6 +204,11 @@ def evaluate_from_store(
         composite = audit_composite(store, analysis)
     if fda_rank and dataset is None:
         raise BadInputError("the FDA rank needs the audited dataset (--data) to attribute it again")
+    if not Path(str(attrs.get("weights"))).is_file():
+        raise BadInputError(
+            f"ClArC run {run!r} of {store_path} recorded its corrected weights in {attrs.get('weights')}, which "
+            "does not exist (moved or deleted?); run `spray clarc` again"
+        )
     corrected = load_corrected(copy.deepcopy(model), attrs["weights"])
     label = ClusterSpec.parse(attrs["cluster"]).label
     fda = FdaSetup(Path(store_path), dataset, Path(attrs["weights"]).parent, analysis) if fda_rank else None

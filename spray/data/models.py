@@ -76,9 +76,11 @@ def safe_load(path: str | Path, what: str) -> Any:
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4 ...": the error below says it all
             return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)(\n\s*\n|$)", str(exc), re.S)
+        # torch's reason, up to its advice (to allowlist globals or to drop weights_only, never followed here)
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\s*\n|$)", str(exc), re.S)
+        reason = found.group(1).strip() if found else type(exc).__name__
         raise BadInputError(
-            f"{what} {path} cannot be loaded safely ({reason.group(1).strip() if reason else exc}): it is not "
+            f"{what} {path} cannot be loaded safely ({reason}): it is not "
             "a state_dict saved by torch.save, or it holds objects other than tensors, whose loading could run "
             "code; spray loads weights with torch.load(weights_only=True) only. Save weights with "
             "torch.save(model.state_dict(), path)"

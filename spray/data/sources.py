@@ -122,11 +122,19 @@ def _npz(path: Path) -> ArrayDataset:
         missing = {"x", "y"} - set(archive.files)
         if missing:
             raise BadInputError(f"{where} lacks array(s) {sorted(missing)}; it has {archive.files}")
-        try:
-            x, y = archive["x"], archive["y"]
-            names = _label_names(archive["label_names"], where) if "label_names" in archive.files else None
-        except ValueError as exc:  # object arrays need pickle, which is never allowed
-            raise BadInputError(f"{where}: {exc}") from None
+        arrays = {}
+        for key in ("x", "y", "label_names"):
+            if key not in archive.files:
+                continue
+            try:
+                arrays[key] = archive[key]
+            except ValueError:  # object arrays need pickle, which is never allowed
+                raise BadInputError(
+                    f"{where}: array {key!r} is an object array, which only pickle could read and spray "
+                    "never unpickles; save numbers (x, y) and strings (label_names)"
+                ) from None
+        x, y = arrays["x"], arrays["y"]
+        names = _label_names(arrays["label_names"], where) if "label_names" in arrays else None
     return ArrayDataset(x, y, where, names)
 
 

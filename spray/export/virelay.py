@@ -190,7 +190,10 @@ def _write_samples(
 ) -> None:
     n, (height, width) = shape[0], shape[-2:]
     if inputs is not None and len(inputs) < n:
-        raise BadInputError(f"inputs has {len(inputs)} samples but the store {store.path} has {n}")
+        raise BadInputError(
+            f"the dataset given (--data) has {len(inputs)} samples, but audit store {store.path} holds {n}: pass "
+            "the dataset the store was made from"
+        )
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * 4
     group = f"attributions/{attribution}"
     with h5py.File(out / FILES["dataset"], "w") as data, h5py.File(out / FILES["attribution"], "w") as attr:

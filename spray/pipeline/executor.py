@@ -241,17 +241,19 @@ def _check_analysable(
     """Refuse classes asked for by name that have no samples, and a run in which no class can be analysed."""
     empty = [label for label, positions in members.items() if not len(positions)]
     if classes is not None and empty:
-        have = [label for label in reasons] or "none"
+        targets = store.read(f"attributions/{attribution}/target")
+        have = ", ".join(map(str, np.unique(targets))) or "none"
         raise BadInputError(
-            f"class {empty[0]} has no samples in attribution {attribution!r} of {store.path} (none of its "
-            f"explained outputs is {empty[0]}); classes with samples: {have}"
+            f"class {empty[0]} has no samples in attribution {attribution!r} of {store.path} (no sample's "
+            f"explained output is {empty[0]}); classes with samples: {have}"
         )
     if reasons and all(reasons.values()):
         shown = "; ".join(f"class {label}: {reason}" for label, reason in list(reasons.items())[:4])
         more = f"; and {len(reasons) - 4} more" if len(reasons) > 4 else ""
         raise BadInputError(
             f"no class of attribution {attribution!r} of {store.path} can be analysed with the pipeline "
-            f"{spec.source} ({shown}{more}): lower knn.n_neighbors and spectral.n_eigenpairs"
+            f"{spec.source} ({shown}{more}): lower knn.n_neighbors and spectral.n_eigenpairs in a pipeline "
+            "file (--pipeline)"
         )
 
 

@@ -103,7 +103,10 @@ def parse_pipeline(
         )
     attribution = analysis.get("attribution")
     if attribution is not None and not isinstance(attribution, str):
-        raise PipelineError(f"{_where(source, text, 'analysis', 'attribution')}: must be a string")
+        raise PipelineError(
+            f"{_where(source, text, 'analysis', 'attribution')}: 'analysis.attribution' must be a string, "
+            f"got {attribution!r}"
+        )
 
     nodes: dict[str, dict[str, Any]] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -152,8 +155,13 @@ def load_pipeline(path: str | Path, **kwargs: Any) -> PipelineSpec:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read pipeline file {path}: {exc}") from None
+    except OSError as exc:
+        raise PipelineError(f"cannot read pipeline file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise PipelineError(
+            f"cannot read pipeline file {path}: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+            f"offset {exc.start})"
+        ) from None
     return parse_pipeline(text, source=str(path), **kwargs)
 
 

@@ -103,3 +103,13 @@ def layernorm_model() -> nn.Module:
 def int_dataset() -> TensorDataset:
     """:func:`tiny_dataset` with integer inputs (their scale is unknown to spray)."""
     return TensorDataset(torch.zeros(4, 1, 2, 2, dtype=torch.int64), torch.tensor([0, 1, 0, 1]))
+
+
+def ragged_dataset() -> list:
+    """Samples of two shapes: sample 1 is larger than sample 0."""
+    return [(torch.zeros(1, 2, 2), 0), (torch.zeros(1, 3, 3), 1)]
+
+
+def flat_output_model() -> nn.Module:
+    """A model that returns one flat vector per batch instead of (batch, outputs) logits."""
+    return nn.Sequential(nn.Flatten(start_dim=0))

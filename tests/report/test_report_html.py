@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from html.parser import HTMLParser
 
+import h5py
 import matplotlib
 import numpy as np
 import pytest
+from markupsafe import escape
 
 from spray.errors import BadInputError
 from spray.pipeline import analyze, pipeline_from_text
@@ -172,3 +175,69 @@ def test_heatmap_colours_are_diverging_and_symmetric_around_zero():
     assert tuple(positive[[2, 1, 0]]) == tuple(negative)  # mirror images of each other
     assert tuple(half_pos[[2, 1, 0]]) == tuple(half_neg)
     assert (heatmap_rgb(np.zeros((2, 2))) == 255).all()
+
+
+# Markup a store could hold in place of any name; none of it contains "/", so each also works as an HDF5 name.
+HOSTILE = {
+    "store": "<img src=x onerror=alert(1)>",
+    "attribution": "<img src=x onerror=alert(2)>",
+    "analysis": "<i onclick=alert(3)>x",
+    "clustering": "<b onmouseover=alert(4)>",
+    "run": "<svg onload=alert(5)>",
+    "text": '"><script>alert(6)</script><a href="javascript:alert(7)">',
+}
+
+
+def _hostile_store(audit_store, tmp_path):
+    """The shared store with markup in every string the report shows: file, model, dataset, attribution,
+    method, parameters, analysis, clustering and ClArC run names, a skip reason, ClArC settings."""
+    path = tmp_path / f"{HOSTILE['store']}.h5"
+    shutil.copy(audit_store, path)
+    text, clustering = HOSTILE["text"], HOSTILE["clustering"]
+    with h5py.File(path, "r+") as f:
+        f.attrs["model"] = json.dumps({"name": text, "hash": text})
+        f.attrs["dataset"] = json.dumps({"name": text, "size": 155})
+        f.move("attributions/lrp", f"attributions/{HOSTILE['attribution']}")
+        attribution = f[f"attributions/{HOSTILE['attribution']}"]
+        attribution.attrs.update({"method": text, "model_name": text, "params": json.dumps({text: text})})
+        f.move("analyses/spray", f"analyses/{HOSTILE['analysis']}")
+        analysis = f[f"analyses/{HOSTILE['analysis']}"]
+        summary = analysis["summary"].attrs
+        summary["attribution"] = json.dumps(HOSTILE["attribution"])
+        summary["pipeline"] = json.dumps(json.dumps({"name": text}))
+        for label in ("0", "1", "2"):
+            for node in ("kmeans", "hdbscan", "agglomerative"):
+                if node in analysis[label]:
+                    for name in list(analysis[label][node]):
+                        analysis[label][node].move(name, clustering + name)
+            fda = analysis[label]["fda"].attrs
+            info = json.loads(fda["info"])
+            info["clusterings"] = {clustering + k: v for k, v in info["clusterings"].items()}
+            if info["best"].get("clustering"):
+                info["best"]["clustering"] = clustering + info["best"]["clustering"]
+            fda["info"] = json.dumps(info)
+        analysis["3/status"].attrs["skipped"] = json.dumps(text)
+        f.move("clarc/pclarc-1", f"clarc/{HOSTILE['run']}")
+        result = f[f"clarc/{HOSTILE['run']}/result"].attrs
+        metrics = json.loads(result["metrics"])
+        metrics[0]["model"] = text
+        result.update({"method": json.dumps(text), "layer": json.dumps(text), "cluster": json.dumps(f"1:{text}:1"),
+                       "metrics": json.dumps(metrics)})
+    return path
+
+
+def test_markup_anywhere_in_a_store_gives_an_inert_report(audit_store, report_path, tmp_path):
+    path = _hostile_store(audit_store, tmp_path)
+    html = build_report(path, tmp_path / "report.html", analysis=HOSTILE["analysis"]).read_text(encoding="utf-8")
+    tags = _tags(html)
+    assert {t for t, _ in tags} <= {t for t, _ in _tags(report_path.read_text(encoding="utf-8"))}
+    assert [a for _, attrs in tags for a in attrs if a.startswith("on")] == []
+    assert [a["href"] for t, a in tags if t == "a" and not a["href"].startswith("#")] == []
+    assert [a["src"] for t, a in tags if t == "img" and not a["src"].startswith("data:image/png;base64,")] == []
+    for value in HOSTILE.values():
+        assert value not in html
+    # ... and the strings are there, escaped, where the report names them.
+    shown = html.count("&lt;script&gt;alert(6)&lt;/script&gt;")
+    assert shown >= 8, shown
+    for value in ("store", "analysis", "clustering", "run"):  # (the attribution name is not shown)
+        assert str(escape(HOSTILE[value])) in html, value

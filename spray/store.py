@@ -228,7 +228,7 @@ def _decode(
 ) -> dict[str, Any]:
     """Attributes as Python values; ``json_keys`` are decoded from JSON text (``where`` names the object)."""
     out: dict[str, Any] = {}
-    for key, value in attrs.items():
+    for key, value in _attr_items(attrs, where, path):
         if key in json_keys:
             value = _json_attr(value, f"attribute {key!r} of {where}", path)
         elif isinstance(value, bytes):
@@ -269,25 +269,47 @@ def _root_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
     return root
 
 
-# Datasets hold numbers, booleans and strings (docs/store.md); anything else (object references, opaque or
-# compound data, variable-length sequences) is refused rather than read: nothing in a store becomes an object.
+# Datasets and attributes hold numbers, booleans and strings (docs/store.md); anything else (object references,
+# opaque or compound data, variable-length sequences) is refused rather than read: nothing in a store becomes
+# an object, and libhdf5/h5py are never asked to convert a type spray does not write (reading a damaged
+# variable-length type crashes the interpreter: tests/test_store_fuzz.py).
 _ARRAY_KINDS = "biufcS"
+
+
+def _type_problem(obj: Any) -> str | None:
+    """Why the HDF5 type of a dataset or attribute id is not one spray reads; None when it is."""
+    try:
+        dtype = obj.dtype
+    except (TypeError, ValueError, RuntimeError) as exc:  # HDF5 types numpy has no equivalent for (bitfields)
+        return f"has an HDF5 type spray never writes ({exc})"
+    if h5py.check_string_dtype(dtype) is not None:
+        return None
+    if dtype.kind in _ARRAY_KINDS and dtype.fields is None and not dtype.shape:
+        return None
+    return (f"has type {dtype}: spray stores numbers, booleans and strings only and never reads objects, "
+            "references or opaque data")
+
+
+def _attr(attrs: h5py.AttributeManager, key: str, what: str, path: Path) -> Any:
+    """Attribute ``key``, read only after its type is checked (see :func:`_type_problem`)."""
+    problem = _type_problem(attrs.get_id(key))
+    if problem:
+        raise _damaged(path, what, problem)
+    return attrs[key]
+
+
+def _attr_items(attrs: h5py.AttributeManager, where: str, path: Path) -> Iterator[tuple[str, Any]]:
+    for key in attrs:
+        yield key, _attr(attrs, key, f"attribute {key!r} of {where}", path)
 
 
 def _checked_dataset(obj: Any, what: str, path: Path) -> h5py.Dataset:
     """``obj`` if it is a dataset of a type spray writes; a damaged-store error otherwise."""
     if not isinstance(obj, h5py.Dataset):
         raise _damaged(path, what, "is missing" if obj is None else "is a group, not a dataset")
-    try:
-        dtype = obj.dtype
-    except (TypeError, ValueError) as exc:  # HDF5 types numpy has no equivalent for (e.g. bitfields)
-        raise _damaged(path, what, f"has an HDF5 type spray never writes ({exc})") from None
-    string = h5py.check_string_dtype(dtype)
-    if not (string is not None or (dtype.kind in _ARRAY_KINDS and dtype.fields is None and not dtype.shape)):
-        raise _damaged(
-            path, what, f"has type {dtype}: spray stores numbers, booleans and strings only and never reads "
-            "objects, references or opaque data"
-        )
+    problem = _type_problem(obj)
+    if problem:
+        raise _damaged(path, what, problem)
     return obj
 
 
@@ -324,13 +346,14 @@ def _node_attrs(group: h5py.Group, path: Path) -> dict[str, Any]:
     """A node's attributes, each decoded from its JSON text (the reserved mark left out)."""
     return {
         key: _json_attr(value, f"attribute {key!r} of node {group.name}", path)
-        for key, value in group.attrs.items()
+        for key, value in _attr_items(group.attrs, f"node {group.name}", path)
         if key != _NODE_MARK
     }
 
 
 def _node_written(group: h5py.Group, path: Path) -> Any:
-    mark = _json_attr(group.attrs[_NODE_MARK], f"attribute {_NODE_MARK!r} of node {group.name}", path)
+    what = f"attribute {_NODE_MARK!r} of node {group.name}"
+    mark = _json_attr(_attr(group.attrs, _NODE_MARK, what, path), what, path)
     return _expect(mark, dict, f"attribute {_NODE_MARK!r} of node {group.name}", path).get("written")
 
 
@@ -662,7 +685,8 @@ class AuditStore:
             for key, value in (expected_attrs or {}).items():
                 if key not in group.attrs:
                     return False
-                stored = _json_attr(group.attrs[key], f"attribute {key!r} of node {group.name}", self.path)
+                what = f"attribute {key!r} of node {group.name}"
+                stored = _json_attr(_attr(group.attrs, key, what, self.path), what, self.path)
                 if stored != canonical(value):
                     return False
             return True
@@ -897,7 +921,7 @@ def _check_schema(f: h5py.File, path: Path) -> None:
             f"{path} is not a spray audit store: it has no 'schema_version' attribute (an HDF5 file "
             "written by something else?)"
         )
-    found = f.attrs["schema_version"]
+    found = _attr(f.attrs, "schema_version", "attribute 'schema_version'", path)
     try:
         version = int(found)
     except (TypeError, ValueError):

@@ -9,7 +9,6 @@ builder no row uses, fails the suite, so the document and the inputs cannot drif
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 import shlex

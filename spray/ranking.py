@@ -92,7 +92,9 @@ def _best(store: AuditStore, path: str, dataset_index: np.ndarray) -> dict[str, 
         return {"skipped": str(best.get("reason", "no candidate cluster"))}
     labels = store.read_node(f"{path}/{best['node']}")[0][best["clustering"]]
     if labels.shape != dataset_index.shape or labels.dtype.kind not in "iu":
-        raise ValueError(f"clustering {best['clustering']!r} has {labels.shape} labels for {dataset_index.shape} samples")
+        raise ValueError(
+            f"clustering {best['clustering']!r} has {labels.shape} labels for {dataset_index.shape} samples"
+        )
     members = dataset_index[labels == best["cluster"]]
     return {
         "score": _number(best["z_score"]),

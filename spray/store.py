@@ -136,7 +136,7 @@ def _create_rows(
     )
 
 
-def _read_rows(dset: h5py.Dataset, rows: Any) -> np.ndarray:  # dset: checked by _checked_dataset
+def _read_rows(dset: h5py.Dataset, rows: Any) -> np.ndarray:
     """Rows of ``dset`` by position (any order, repeats allowed), reading whole chunk-sized blocks."""
     if rows is None:
         return dset[()]
@@ -242,11 +242,7 @@ def _decode(
 def _expect(value: Any, kinds: type | tuple[type, ...], what: str, path: Path) -> Any:
     """``value`` if it is one of ``kinds`` (bools are not ints); else a damaged-store error naming ``what``."""
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    if isinstance(value, bool) and bool not in kinds:
-        ok = False
-    else:
-        ok = isinstance(value, kinds)
-    if not ok:
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
         raise _damaged(path, what, f"is {value!r:.80}, expected {names}")
     return value
@@ -320,7 +316,7 @@ def _rows_dataset(
     what = f"dataset {where}/{name}"
     dset = _checked_dataset(group.get(name), what, path)
     shape = dset.shape
-    if shape is None or len(shape) == 0 or (ndim is not None and len(shape) != ndim) or (ndim is None and len(shape) < 2):
+    if not shape or (len(shape) != ndim if ndim is not None else len(shape) < 2):
         want = f"{ndim} axes" if ndim is not None else "at least 2 axes"
         raise _damaged(path, what, f"has shape {shape}, expected {want}")
     if n is not None and shape[0] != n:

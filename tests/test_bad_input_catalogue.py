@@ -360,7 +360,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "store_short_relevance": lambda i: i.edit(
         "synthetic", "short.h5", _replace("attributions/synthetic/relevance", np.zeros((10, 1, 4, 4), np.float32))),
     "store_nan_relevance": lambda i: i.edit(
-        "synthetic", "nan.h5", _replace("attributions/synthetic/relevance", np.full((24, 1, 4, 4), np.nan, np.float32))),
+        "synthetic", "nan.h5",
+        _replace("attributions/synthetic/relevance", np.full((24, 1, 4, 4), np.nan, np.float32))),
     "store_vectors": _vectors,
     "store_opaque_node": lambda i: i.edit("audit", "opaque.h5", lambda f: f["analyses/spray/1/kmeans"].create_dataset(
         "kmeans_9", data=np.void(b"1234"))),

@@ -32,7 +32,8 @@ _GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients", "sm
 class GradientAttributor:
     """A captum gradient method (saliency, input×gradient, integrated gradients, SmoothGrad).
 
-    Parameters are checked (bad ones are a BadInputError naming them) and stored unchanged; ``seed`` makes SmoothGrad's noise reproducible (the noise of a batch
+    Parameters are checked (a bad one is a BadInputError naming it) and stored unchanged; ``seed`` makes
+    SmoothGrad's noise reproducible (the noise of a batch
     depends on the seed only, so a resumed run with the same batch size writes the same values) without
     touching the global random state.
     """

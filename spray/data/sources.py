@@ -166,7 +166,9 @@ class HDF5Dataset(Dataset):
             _check_inputs(x.shape, x.dtype, self.where)
             labels = f[y_key]
             if not np.issubdtype(labels.dtype, np.integer):  # checked before reading: h5py may crash on odd types
-                raise BadInputError(f"{self.where}: labels have dtype {labels.dtype}; they must be integer class indices")
+                raise BadInputError(
+                    f"{self.where}: labels have dtype {labels.dtype}; they must be integer class indices"
+                )
             self.y = _check_labels(np.asarray(labels), x.shape[0], self.where)
             self._expand = x.ndim == 3
             stored = f["label_names"][()] if "label_names" in f else f.attrs.get("label_names")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any, TypeVar
 
 from spray.errors import BadInputError
@@ -25,7 +26,11 @@ T = TypeVar("T")
 _LOOPBACK = {"dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0"}
 
 RETRIES = 3
-"""How often a task is retried when its worker dies (the result does not depend on the attempt)."""
+"""How often a task that raised is run again (the result does not depend on the attempt). A task whose
+worker died is rescheduled by dask itself, up to ``distributed.scheduler.allowed-failures`` times (3)."""
+
+CONNECT_TIMEOUT = "20s"
+"""How long to try to reach a scheduler address before giving up with a :class:`BadInputError`."""
 
 
 @contextmanager
@@ -33,6 +38,8 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
     """A dask.distributed Client for ``scheduler`` (see module docstring), closed on exit."""
     from distributed import Client, LocalCluster
 
+    if scheduler is not None and not isinstance(scheduler, str):
+        raise BadInputError(f"scheduler must be an address or local:N, got {scheduler!r}")
     if scheduler is None:
         with Client(processes=False, n_workers=1, threads_per_worker=os.cpu_count() or 1, **_LOOPBACK) as client:
             yield client
@@ -48,7 +55,7 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
             yield client
         return
     try:
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise BadInputError(f"cannot reach the dask scheduler at {scheduler!r}: {exc}") from None
     with client:
@@ -66,20 +73,49 @@ def dask_map(
 ) -> Iterator[tuple[T, Any]]:
     """Run ``fn(*arguments(item))`` for every item as dask tasks; yield ``(item, result)`` as each ends.
 
-    Results are yielded in completion order, so the
-    caller can store each result as soon as it exists. A task whose worker dies is retried.
+    Results are yielded in completion order, so the caller can store each result as soon as it exists.
+    A task that raises is retried (:data:`RETRIES`); one whose worker dies is rescheduled by dask.
     """
-    from distributed import as_completed
-    from tqdm import tqdm
-
     items = list(items)
     if not items:
         return
     with dask_client(scheduler) as client:
-        futures = [client.submit(fn, *arguments(item), pure=False, retries=RETRIES) for item in items]
-        owner = {future.key: item for future, item in zip(futures, items)}
-        with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
-            for future in as_completed(futures):
-                result = future.result()
-                bar.update()
-                yield owner[future.key], result
+        yield from map_on(client, fn, items, arguments, progress=progress, desc=desc)
+
+
+def map_on(
+    client: Any,
+    fn: Callable[..., Any],
+    items: Sequence[T],
+    arguments: Callable[[T], tuple[Any, ...]],
+    *,
+    window: int | None = None,
+    progress: bool = True,
+    desc: str = "tasks",
+) -> Iterator[tuple[T, Any]]:
+    """:func:`dask_map` on an open ``client``, with at most ``window`` tasks submitted at a time.
+
+    The window bounds the finished results that wait on the workers for the caller (None: submit all at
+    once); the next task is submitted whenever the caller takes a result.
+    """
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise BadInputError(f"window must be a positive number of tasks or None, got {window!r}")
+    todo = iter(items)
+    owner: dict[str, T] = {}
+
+    def submit(item: T) -> Any:
+        future = client.submit(fn, *arguments(item), pure=False, retries=RETRIES)
+        owner[future.key] = item
+        return future
+
+    running = as_completed([submit(item) for item in islice(todo, window)])
+    with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
+        for future in running:
+            result = future.result()
+            for item in islice(todo, 1):
+                running.add(submit(item))
+            bar.update()
+            yield owner.pop(future.key), result

@@ -74,13 +74,19 @@ def dask_map(
     """Run ``fn(*arguments(item))`` for every item as dask tasks; yield ``(item, result)`` as each ends.
 
     Results are yielded in completion order, so the caller can store each result as soon as it exists.
-    A task that raises is retried (:data:`RETRIES`); one whose worker dies is rescheduled by dask.
+    A task that raises is retried (:data:`RETRIES`); one whose worker dies is rescheduled by dask. At most
+    :func:`task_window` tasks are submitted at a time, so their inputs and results stay bounded in memory.
     """
     items = list(items)
     if not items:
         return
     with dask_client(scheduler) as client:
-        yield from map_on(client, fn, items, arguments, progress=progress, desc=desc)
+        yield from map_on(client, fn, items, arguments, window=task_window(client), progress=progress, desc=desc)
+
+
+def task_window(client: Any) -> int:
+    """Tasks to keep submitted on ``client``'s cluster: two per worker thread (one running, one ready)."""
+    return 2 * max(1, sum(client.nthreads().values()))
 
 
 def map_on(

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from spray.errors import BadInputError, SprayError
-from spray.scheduling import map_on
+from spray.scheduling import map_on, task_window
 
 __all__ = ["WorkerRecipe", "explain_on_cluster"]
 
@@ -71,13 +71,13 @@ def explain_on_cluster(
     # A list, so that the state dict travels as one object rather than one future per tensor.
     (weights,) = client.scatter([state], broadcast=True, hash=False)
     token = uuid.uuid4().hex
-    # Two shards in flight per worker thread: one running, one ready; finished results wait for us.
-    window = 2 * max(1, sum(client.nthreads().values()))
 
     def arguments(shard: list[list[int]]) -> tuple[Any, ...]:
         return (token, recipe, weights, n, attributor, explain, shard)
 
-    for _, explained in map_on(client, _explain_shard, shards, arguments, window=window, progress=False):
+    for _, explained in map_on(
+        client, _explain_shard, shards, arguments, window=task_window(client), progress=False
+    ):
         yield from explained
     client.run(_forget, token)
 

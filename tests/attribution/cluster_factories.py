@@ -71,3 +71,10 @@ def data_shorter_on_workers() -> TensorDataset:
     """The data, one sample short inside dask workers (as if a worker read another copy)."""
     full = data()
     return _Data(*(t[: N - 1] for t in full.tensors)) if _in_worker() else full
+
+
+def data_with_nan() -> TensorDataset:
+    """The data with a NaN in sample 21 (its attribution is not finite)."""
+    dataset = data()
+    dataset.tensors[0][21, 0, 0, 0] = float("nan")
+    return dataset

@@ -188,6 +188,22 @@ def test_workers_that_see_other_data_are_refused(dask_cluster, tmp_path):
         run(tmp_path / "audit.h5", data=data, scheduler=address)
 
 
+def test_a_bad_sample_on_a_worker_stops_the_run_naming_it_and_keeps_earlier_batches(dask_cluster, tmp_path):
+    address, _ = dask_cluster
+    path = tmp_path / "audit.h5"
+    model = load_model(MODEL)
+    data = "tests.attribution.cluster_factories:data_with_nan"
+    with pytest.raises(BadInputError, match=r"non-finite relevance or logits for dataset samples 21;"):
+        attribute_dataset(
+            path, model, open_source(data), get_method("epsilon_plus_flat"), model_hash=model_hash(model),
+            model_name=MODEL, dataset_name=data, batch_size=BATCH, progress=False, scheduler=address,
+            recipe=WorkerRecipe(model=MODEL, data=data), shard_batches=1,
+        )
+    with AuditStore(path) as store:
+        done = store.read("attributions/epsilon_plus_flat/done")
+    assert not done[16:24].any() and done.sum() % BATCH in (0, N % BATCH)
+
+
 def test_a_scheduler_without_a_recipe_is_refused(tmp_path):
     model = load_model(MODEL)
     with pytest.raises(BadInputError, match=r"scheduler='local:2' needs recipe=WorkerRecipe"):

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from itertools import islice
 from typing import Any, TypeVar
 
-from spray.errors import BadInputError
+from spray.errors import BadInputError, SprayError
 
 T = TypeVar("T")
 
@@ -33,22 +33,35 @@ CONNECT_TIMEOUT = "20s"
 """How long to try to reach a scheduler address before giving up with a :class:`BadInputError`."""
 
 
+def local_workers(scheduler: str | None) -> int | None:
+    """N for ``"local:N"``, None for None or an address; a malformed value is a :class:`BadInputError`.
+
+    Cheap (no connection): callers check their ``scheduler`` with it before any work.
+    """
+    if scheduler is None:
+        return None
+    if not isinstance(scheduler, str) or not scheduler.strip():
+        raise BadInputError(f"scheduler must be a dask scheduler's address or local:N, got {scheduler!r}")
+    local = re.fullmatch(r"local:(\d+)", scheduler)
+    if local is None:
+        return None
+    n = int(local.group(1))
+    if n < 1:
+        raise BadInputError(f"--scheduler local:N needs N >= 1 worker processes, got {scheduler!r}")
+    return n
+
+
 @contextmanager
 def dask_client(scheduler: str | None) -> Iterator[Any]:
     """A dask.distributed Client for ``scheduler`` (see module docstring), closed on exit."""
     from distributed import Client, LocalCluster
 
-    if scheduler is not None and not isinstance(scheduler, str):
-        raise BadInputError(f"scheduler must be an address or local:N, got {scheduler!r}")
+    n = local_workers(scheduler)
     if scheduler is None:
         with Client(processes=False, n_workers=1, threads_per_worker=os.cpu_count() or 1, **_LOOPBACK) as client:
             yield client
         return
-    local = re.fullmatch(r"local:(\d+)", scheduler)
-    if local:
-        n = int(local.group(1))
-        if n < 1:
-            raise BadInputError(f"--scheduler local:N needs N >= 1 worker processes, got {scheduler!r}")
+    if n is not None:
         with LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **_LOOPBACK
         ) as cluster, Client(cluster) as client:
@@ -104,7 +117,7 @@ def map_on(
     The window bounds the finished results that wait on the workers for the caller (None: submit all at
     once); the next task is submitted whenever the caller takes a result.
     """
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
     from tqdm import tqdm
 
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
@@ -120,7 +133,14 @@ def map_on(
     running = as_completed([submit(item) for item in islice(todo, window)])
     with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
         for future in running:
-            result = future.result()
+            try:
+                result = future.result()
+            except KilledWorker as exc:
+                raise SprayError(
+                    f"dask workers kept dying while running a task ({exc}); is the task too large for a "
+                    "worker's memory, or does the model or data code crash the process? Work already "
+                    "stored is kept: fix the cause (e.g. a smaller --batch-size) and run again to resume"
+                ) from None
             for item in islice(todo, 1):
                 running.add(submit(item))
             bar.update()

@@ -9,7 +9,7 @@ import pytest
 
 from spray import scheduling
 from spray.errors import BadInputError
-from spray.scheduling import dask_client, dask_map, map_on
+from spray.scheduling import dask_client, dask_map, local_workers, map_on
 
 
 def _square(x: int) -> int:
@@ -51,9 +51,17 @@ def test_bad_scheduler_values_are_bad_input(monkeypatch):
     with pytest.raises(BadInputError, match="local:N needs N >= 1"):
         with dask_client("local:0"):
             pass
-    with pytest.raises(BadInputError, match="scheduler must be an address or local:N, got 2"):
+    with pytest.raises(BadInputError, match="scheduler must be a dask scheduler's address or local:N, got 2"):
         with dask_client(2):
             pass
     with pytest.raises(BadInputError, match="cannot reach the dask scheduler"):
         with dask_client("tcp://127.0.0.1:1"):
             pass
+
+
+def test_local_workers_reads_local_n_and_leaves_addresses_alone():
+    assert local_workers(None) is None
+    assert local_workers("local:3") == 3
+    assert local_workers("tcp://127.0.0.1:8786") is None
+    with pytest.raises(BadInputError, match="got ''"):
+        local_workers("")

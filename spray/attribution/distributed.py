@@ -19,13 +19,16 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from spray.errors import BadInputError, SprayError
 from spray.scheduling import map_on, task_window
+
+if TYPE_CHECKING:
+    from spray.attribution.runner import BatchExplainer, ExplainedBatch
 
 __all__ = ["WorkerRecipe", "explain_on_cluster"]
 
@@ -52,18 +55,16 @@ def explain_on_cluster(
     model: nn.Module,
     n: int,
     attributor: Any,
-    explain: Any,
+    explain: BatchExplainer,
     batches: Sequence[list[int]],
     *,
     shard_batches: int,
-) -> Iterator[Any]:
+) -> Iterator[ExplainedBatch]:
     """Yield every batch of ``batches`` explained on the workers of ``client``, shard by shard as they end.
 
     ``model``'s weights are sent to the workers; ``n`` is the dataset's length seen here (workers must see
     the same); ``explain`` is the client's :class:`~spray.attribution.runner.BatchExplainer`.
     """
-    if not isinstance(recipe, WorkerRecipe):
-        raise BadInputError(f"recipe must be a WorkerRecipe(model=..., data=...), got {recipe!r}")
     shards = _shards(batches, shard_batches)
     if not shards:
         return
@@ -100,9 +101,9 @@ def _explain_shard(
     weights: dict[str, Any],
     n: int,
     attributor: Any,
-    explain: Any,
+    explain: BatchExplainer,
     shard: list[list[int]],
-) -> list[Any]:
+) -> list[ExplainedBatch]:
     """Worker side: the shard's batches, explained with this run's model and data (built on first use).
 
     One shard at a time per worker process: the model is shared, and LRP hooks it for each batch.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,12 +24,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from spray.attribution.distributed import WorkerRecipe, explain_on_cluster
 from spray.errors import BadInputError, StoreError
-from spray.scheduling import dask_client
+from spray.scheduling import dask_client, local_workers
 from spray.store import AuditStore, canonical
-
-if TYPE_CHECKING:
-    from spray.attribution.distributed import WorkerRecipe
 
 __all__ = ["attribute_dataset"]
 
@@ -117,7 +115,8 @@ def attribute_dataset(
         if not high > low:
             raise BadInputError(f"thumbnail_range must be (low, high) with high > low, got {thumbnail_range}")
         thumbnail_range = (low, high)
-    if scheduler is not None and recipe is None:
+    local_workers(scheduler)
+    if scheduler is not None and not isinstance(recipe, WorkerRecipe):
         raise BadInputError(
             f"scheduler={scheduler!r} needs recipe=WorkerRecipe(model=MOD:FACTORY, data=SOURCE): dask workers "
             "build the model and open the data themselves"
@@ -203,8 +202,6 @@ def attribute_dataset(
             if client is None:
                 results: Iterable[ExplainedBatch] = (explain(model, dataset, attributor, b) for b in batches)
             else:
-                from spray.attribution.distributed import explain_on_cluster
-
                 results = explain_on_cluster(
                     client, recipe, model, n, attributor, explain, batches, shard_batches=shard_batches
                 )

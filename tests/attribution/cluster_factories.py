@@ -78,3 +78,15 @@ def data_with_nan() -> TensorDataset:
     dataset = data()
     dataset.tensors[0][21, 0, 0, 0] = float("nan")
     return dataset
+
+
+def data_killing_workers() -> TensorDataset:
+    """The data, killing every dask worker process that reads sample :data:`DIE_AT`."""
+
+    class Deadly(TensorDataset):
+        def __getitem__(self, i: int):
+            if i == DIE_AT and _in_worker():
+                os._exit(1)
+            return super().__getitem__(i)
+
+    return Deadly(*data().tensors)

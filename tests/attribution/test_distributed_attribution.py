@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 
+import dask
 import h5py
 import pytest
 
@@ -21,7 +22,7 @@ from spray.attribution.distributed import _shards
 from spray.attribution.methods import get_method
 from spray.cli import main
 from spray.data import load_model, model_hash, open_source
-from spray.errors import BadInputError
+from spray.errors import BadInputError, SprayError
 from spray.store import AuditStore
 from tests.attribution.cluster_factories import DIE_AT, N
 
@@ -202,6 +203,17 @@ def test_a_bad_sample_on_a_worker_stops_the_run_naming_it_and_keeps_earlier_batc
     with AuditStore(path) as store:
         done = store.read("attributions/epsilon_plus_flat/done")
     assert not done[16:24].any() and done.sum() % BATCH in (0, N % BATCH)
+
+
+def test_a_task_that_keeps_killing_its_workers_stops_the_run_with_a_message(tmp_path):
+    data = "tests.attribution.cluster_factories:data_killing_workers"
+    path = tmp_path / "audit.h5"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # the first death is final
+        with pytest.raises(SprayError, match=r"dask workers kept dying while running a task .* run again to resume"):
+            run(path, data=data, scheduler="local:1")
+    with AuditStore(path) as store:
+        done = store.read("attributions/epsilon_plus_flat/done")
+    assert not done[16:32].any()  # the shard of rows 16..31 never finished; finished shards may be stored
 
 
 def test_a_scheduler_without_a_recipe_is_refused(tmp_path):

@@ -130,7 +130,7 @@ def one_attribution(config: str, n: int, out: Path) -> dict:
 
     def attribute(scheduler: str | None) -> dict:
         return attribute_dataset(
-            out / f"{config}.h5", model, data, get_method("epsilon_plus_flat"), model_hash=model_hash(model),
+            out / f"{config}-{n}.h5", model, data, get_method("epsilon_plus_flat"), model_hash=model_hash(model),
             model_name=recipe.model, dataset_name=recipe.data, batch_size=BATCH, progress=False,
             scheduler=scheduler, recipe=recipe, shard_batches=SHARD_BATCHES,
         )

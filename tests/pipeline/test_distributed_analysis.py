@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from spray.errors import BadInputError
 from spray.pipeline import analyze, pipeline_from_text
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, write_store
@@ -52,3 +54,11 @@ def test_classes_on_two_worker_processes_give_the_in_process_nodes(dask_cluster,
         for name, array in arrays.items():
             stored = got[path][0][name]
             assert stored.dtype == array.dtype and stored.tobytes() == array.tobytes(), f"{path}/{name}"
+
+
+def test_a_malformed_scheduler_is_refused_before_any_work(tmp_path):
+    path = write_store(tmp_path / "audit.h5", make_heatmaps(n_per_class=20, n_classes=2))
+    with pytest.raises(BadInputError, match="local:N needs N >= 1 worker processes, got 'local:0'"):
+        analyze(str(path), pipeline_from_text(PIPELINE), scheduler="local:0", progress=False)
+    with AuditStore(path) as store:
+        assert store.list_nodes("analyses") == []

@@ -66,11 +66,21 @@ def reference(tmp_path_factory):
     return contents(path)
 
 
-def worker_pids(address: str) -> set[int]:
+def on_workers(address: str, fn) -> dict:
     from distributed import Client
 
     with Client(address) as client:
-        return set(client.run(os.getpid).values())
+        return client.run(fn)
+
+
+def worker_pids(address: str) -> set[int]:
+    return set(on_workers(address, os.getpid).values())
+
+
+def _models_held() -> int:
+    from spray.attribution import distributed
+
+    return len(distributed._BUILT)
 
 
 def assert_same_store(path, reference) -> None:
@@ -100,6 +110,7 @@ def test_sharded_attribution_equals_the_single_process_store_and_builds_once_per
     assert_same_store(path, reference)
     builds = collections.Counter((signals / "builds").read_text().split())
     assert 1 <= len(builds) <= 2 and set(builds.values()) == {1}  # 4 shards, at most 2 builds
+    assert set(on_workers(address, _models_held).values()) == {0}  # released when the run ended
 
 
 def test_a_worker_killed_mid_shard_is_replaced_and_the_store_is_complete_and_identical(

@@ -25,6 +25,12 @@ T = TypeVar("T")
 # port 8787 of every interface. spray binds every server it starts to a random loopback port instead.
 _LOOPBACK = {"dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0"}
 
+# dask starts worker processes with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the OS).
+# Setting it also pins glibc's mmap threshold at 128 KiB, so every larger tensor torch allocates is
+# mmap'ed and page-faulted anew: +35 % CPU for LRP on the demo CNN. With a 32 MiB mmap threshold such
+# tensors come from the heap again (docs/benchmarks.md, "dask.distributed"). For the clusters spray starts.
+_MMAP_THRESHOLD = "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_"
+
 RETRIES = 3
 """How often a task that raised is run again (the result does not depend on the attempt). A task whose
 worker died is rescheduled by dask itself, up to ``distributed.scheduler.allowed-failures`` times (3)."""
@@ -62,7 +68,10 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
             yield client
         return
     if n is not None:
-        with LocalCluster(
+        import dask
+
+        tuning = {} if dask.config.get(_MMAP_THRESHOLD, None) is not None else {_MMAP_THRESHOLD: 32 * 2**20}
+        with dask.config.set(tuning), LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **_LOOPBACK
         ) as cluster, Client(cluster) as client:
             yield client

@@ -65,3 +65,12 @@ def test_local_workers_reads_local_n_and_leaves_addresses_alone():
     assert local_workers("tcp://127.0.0.1:8786") is None
     with pytest.raises(BadInputError, match="got ''"):
         local_workers("")
+
+
+def test_local_workers_keep_torch_tensors_off_mmap(dask_cluster):
+    from distributed import Client
+
+    address, _ = dask_cluster
+    with Client(address) as client:
+        values = client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_")
+    assert values and set(values.values()) == {str(32 * 2**20)}

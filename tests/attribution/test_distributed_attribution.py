@@ -24,7 +24,7 @@ from spray.cli import main
 from spray.data import load_model, model_hash, open_source
 from spray.errors import BadInputError, SprayError
 from spray.store import AuditStore
-from tests.attribution.cluster_factories import DIE_AT, N
+from tests.attribution.cluster_factories import N
 
 MODEL = "tests.attribution.cluster_factories:model"
 DATA = "tests.attribution.cluster_factories:data"

@@ -101,6 +101,8 @@ def info(store: Path, as_json: bool) -> None:
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--name", help="Name of the attribution in the store (default: the method name).")
 @click.option("--overwrite", is_flag=True, help="Replace an attribution made by another model or parameters.")
+@click.option("--scheduler", help="dask scheduler address, or local:N for N local worker processes "
+              "(docs/distributed.md); default: this process.")
 def attribute(
     model_spec: str,
     weights: Path | None,
@@ -112,10 +114,11 @@ def attribute(
     batch_size: int,
     name: str | None,
     overwrite: bool,
+    scheduler: str | None,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
+    from spray.attribution import WorkerRecipe, attribute_dataset
     from spray.attribution.methods import get_method
-    from spray.attribution.runner import attribute_dataset
     from spray.data import load_model, model_hash, open_source
 
     model = load_model(model_spec, weights)
@@ -133,6 +136,8 @@ def attribute(
         dataset_name=data_spec,
         label_names=getattr(dataset, "label_names", None),
         overwrite=overwrite,
+        scheduler=scheduler,
+        recipe=WorkerRecipe(model=model_spec, data=data_spec),
     )
     click.echo(json.dumps(summary, default=str), err=True)
 

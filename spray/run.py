@@ -2,7 +2,8 @@
 
 Tables besides the SpRAy node tables of docs/pipelines.md:
 
-``[audit]``        ``out`` (directory for store, weights, report; relative paths are relative to the file)
+``[audit]``        ``out`` (directory for store, weights, report; relative paths are relative to the file),
+                   ``scheduler`` (where attribution and analysis run: "" this process, "local:N", an address)
 ``[model]``        ``factory`` (MOD:FACTORY), ``weights`` (optional state_dict file)
 ``[train]``        optional: train the model first (``data``, ``epochs``, ``batch_size``, ``lr``, ``seed``)
 ``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH) to audit
@@ -24,7 +25,7 @@ import torch
 from spray.errors import PipelineError
 
 RUN_TABLES: dict[str, dict[str, Any]] = {
-    "audit": {"out": "storage/audit"},
+    "audit": {"out": "storage/audit", "scheduler": ""},
     "model": {"factory": None, "weights": ""},
     "train": {"data": "", "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
     "data": {"source": None},
@@ -91,8 +92,8 @@ def _check_train(tables: dict[str, dict[str, Any]], given: dict[str, Any], path:
 
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> report."""
+    from spray.attribution import WorkerRecipe, attribute_dataset
     from spray.attribution.methods import get_method
-    from spray.attribution.runner import attribute_dataset
     from spray.data import load_model, model_hash, open_source
     from spray.pipeline import analyze
     from spray.ranking import rank_classes
@@ -113,13 +114,15 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     dataset = open_source(tables["data"]["source"])
     attribution = tables["attribution"]
     store = out / "audit.h5"
+    scheduler = tables["audit"]["scheduler"] or None
     attribute_dataset(
         store, model, dataset, get_method(attribution["method"], **attribution["params"]),
         model_hash=model_hash(model), model_name=model_spec, dataset_name=tables["data"]["source"],
         label_names=getattr(dataset, "label_names", None), target=attribution["target"],
-        batch_size=attribution["batch_size"], progress=progress,
+        batch_size=attribution["batch_size"], progress=progress, scheduler=scheduler,
+        recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]),
     )
-    analyze(str(store), spec, progress=progress)
+    analyze(str(store), spec, scheduler=scheduler, progress=progress)
     with AuditStore(store) as audit:
         ranking = rank_classes(audit, spec.name)
     report = None

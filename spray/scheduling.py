@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from typing import Any, TypeVar
 
-from spray.errors import BadInputError
+from spray.errors import BadInputError, SprayError
 
 T = TypeVar("T")
 
@@ -24,8 +25,36 @@ T = TypeVar("T")
 # port 8787 of every interface. spray binds every server it starts to a random loopback port instead.
 _LOOPBACK = {"dashboard_address": "127.0.0.1:0", "worker_dashboard_address": "127.0.0.1:0"}
 
+# dask starts worker processes with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the OS).
+# Setting it also pins glibc's mmap threshold at 128 KiB, so every larger tensor torch allocates is
+# mmap'ed and page-faulted anew: +35 % CPU for LRP on the demo CNN. With a 32 MiB mmap threshold such
+# tensors come from the heap again (docs/benchmarks.md, "dask.distributed"). For the clusters spray starts.
+_MMAP_THRESHOLD = "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_"
+
 RETRIES = 3
-"""How often a task is retried when its worker dies (the result does not depend on the attempt)."""
+"""How often a task that raised is run again (the result does not depend on the attempt). A task whose
+worker died is rescheduled by dask itself, up to ``distributed.scheduler.allowed-failures`` times (3)."""
+
+CONNECT_TIMEOUT = "20s"
+"""How long to try to reach a scheduler address before giving up with a :class:`BadInputError`."""
+
+
+def local_workers(scheduler: str | None) -> int | None:
+    """N for ``"local:N"``, None for None or an address; a malformed value is a :class:`BadInputError`.
+
+    Cheap (no connection): callers check their ``scheduler`` with it before any work.
+    """
+    if scheduler is None:
+        return None
+    if not isinstance(scheduler, str) or not scheduler.strip():
+        raise BadInputError(f"scheduler must be a dask scheduler's address or local:N, got {scheduler!r}")
+    local = re.fullmatch(r"local:(\d+)", scheduler)
+    if local is None:
+        return None
+    n = int(local.group(1))
+    if n < 1:
+        raise BadInputError(f"--scheduler local:N needs N >= 1 worker processes, got {scheduler!r}")
+    return n
 
 
 @contextmanager
@@ -33,22 +62,22 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
     """A dask.distributed Client for ``scheduler`` (see module docstring), closed on exit."""
     from distributed import Client, LocalCluster
 
+    n = local_workers(scheduler)
     if scheduler is None:
         with Client(processes=False, n_workers=1, threads_per_worker=os.cpu_count() or 1, **_LOOPBACK) as client:
             yield client
         return
-    local = re.fullmatch(r"local:(\d+)", scheduler)
-    if local:
-        n = int(local.group(1))
-        if n < 1:
-            raise BadInputError(f"--scheduler local:N needs N >= 1 worker processes, got {scheduler!r}")
-        with LocalCluster(
+    if n is not None:
+        import dask
+
+        tuning = {} if dask.config.get(_MMAP_THRESHOLD, None) is not None else {_MMAP_THRESHOLD: 32 * 2**20}
+        with dask.config.set(tuning), LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **_LOOPBACK
         ) as cluster, Client(cluster) as client:
             yield client
         return
     try:
-        client = Client(scheduler, timeout="20s")
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError, ValueError) as exc:
         raise BadInputError(f"cannot reach the dask scheduler at {scheduler!r}: {exc}") from None
     with client:
@@ -66,20 +95,62 @@ def dask_map(
 ) -> Iterator[tuple[T, Any]]:
     """Run ``fn(*arguments(item))`` for every item as dask tasks; yield ``(item, result)`` as each ends.
 
-    Results are yielded in completion order, so the
-    caller can store each result as soon as it exists. A task whose worker dies is retried.
+    Results are yielded in completion order, so the caller can store each result as soon as it exists.
+    A task that raises is retried (:data:`RETRIES`); one whose worker dies is rescheduled by dask. At most
+    :func:`task_window` tasks are submitted at a time, so their inputs and results stay bounded in memory.
     """
-    from distributed import as_completed
-    from tqdm import tqdm
-
     items = list(items)
     if not items:
         return
     with dask_client(scheduler) as client:
-        futures = [client.submit(fn, *arguments(item), pure=False, retries=RETRIES) for item in items]
-        owner = {future.key: item for future, item in zip(futures, items)}
-        with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
-            for future in as_completed(futures):
+        yield from map_on(client, fn, items, arguments, window=task_window(client), progress=progress, desc=desc)
+
+
+def task_window(client: Any) -> int:
+    """Tasks to keep submitted on ``client``'s cluster: two per worker thread (one running, one ready)."""
+    return 2 * max(1, sum(client.nthreads().values()))
+
+
+def map_on(
+    client: Any,
+    fn: Callable[..., Any],
+    items: Sequence[T],
+    arguments: Callable[[T], tuple[Any, ...]],
+    *,
+    window: int | None = None,
+    progress: bool = True,
+    desc: str = "tasks",
+) -> Iterator[tuple[T, Any]]:
+    """:func:`dask_map` on an open ``client``, with at most ``window`` tasks submitted at a time.
+
+    The window bounds the finished results that wait on the workers for the caller (None: submit all at
+    once); the next task is submitted whenever the caller takes a result.
+    """
+    from distributed import KilledWorker, as_completed
+    from tqdm import tqdm
+
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise BadInputError(f"window must be a positive number of tasks or None, got {window!r}")
+    todo = iter(items)
+    owner: dict[str, T] = {}
+
+    def submit(item: T) -> Any:
+        future = client.submit(fn, *arguments(item), pure=False, retries=RETRIES)
+        owner[future.key] = item
+        return future
+
+    running = as_completed([submit(item) for item in islice(todo, window)])
+    with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
+        for future in running:
+            try:
                 result = future.result()
-                bar.update()
-                yield owner[future.key], result
+            except KilledWorker as exc:
+                raise SprayError(
+                    f"dask workers kept dying while running a task ({exc}); is the task too large for a "
+                    "worker's memory, or does the model or data code crash the process? Work already "
+                    "stored is kept: fix the cause (e.g. a smaller --batch-size) and run again to resume"
+                ) from None
+            for item in islice(todo, 1):
+                running.add(submit(item))
+            bar.update()
+            yield owner.pop(future.key), result

@@ -16,3 +16,19 @@ def demo_audit(tmp_path_factory):
     from spray.workflow import prepare_demo
 
     return prepare_demo(tmp_path_factory.mktemp("demo"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """A LocalCluster of 2 worker processes on 127.0.0.1, shared by the session's dask tests.
+
+    Yields ``(address, signals)``: the scheduler's address and the folder the test factories in
+    ``tests/attribution/cluster_factories.py`` read (exported to the workers as ``SPRAY_TEST_SIGNALS``).
+    """
+    from spray.scheduling import dask_client
+
+    signals = tmp_path_factory.mktemp("signals")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPRAY_TEST_SIGNALS", str(signals))
+        with dask_client("local:2") as client:
+            yield client.scheduler.address, signals

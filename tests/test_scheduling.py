@@ -7,8 +7,9 @@ import os
 import psutil
 import pytest
 
+from spray import scheduling
 from spray.errors import BadInputError
-from spray.scheduling import dask_client, dask_map
+from spray.scheduling import dask_client, dask_map, local_workers, map_on
 
 
 def _square(x: int) -> int:
@@ -35,10 +36,41 @@ def test_local_cluster_of_worker_processes_gives_the_same_results():
     assert results == {x: x * x for x in range(5)}
 
 
-def test_bad_scheduler_values_are_bad_input():
+def test_map_on_keeps_at_most_window_tasks_submitted():
+    with dask_client(None) as client:
+        seen = []
+        for item, result in map_on(client, _square, range(6), lambda x: (x,), window=2, progress=False):
+            seen.append((item, result, len(client.futures)))
+    assert sorted((i, r) for i, r, _ in seen) == [(x, x * x) for x in range(6)]
+    # Held while the caller has a result: the one it holds and at most `window` submitted after it.
+    assert max(held for _, _, held in seen) <= 3
+
+
+def test_bad_scheduler_values_are_bad_input(monkeypatch):
+    monkeypatch.setattr(scheduling, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(BadInputError, match="local:N needs N >= 1"):
         with dask_client("local:0"):
+            pass
+    with pytest.raises(BadInputError, match="scheduler must be a dask scheduler's address or local:N, got 2"):
+        with dask_client(2):
             pass
     with pytest.raises(BadInputError, match="cannot reach the dask scheduler"):
         with dask_client("tcp://127.0.0.1:1"):
             pass
+
+
+def test_local_workers_reads_local_n_and_leaves_addresses_alone():
+    assert local_workers(None) is None
+    assert local_workers("local:3") == 3
+    assert local_workers("tcp://127.0.0.1:8786") is None
+    with pytest.raises(BadInputError, match="got ''"):
+        local_workers("")
+
+
+def test_local_workers_keep_torch_tensors_off_mmap(dask_cluster):
+    from distributed import Client
+
+    address, _ = dask_cluster
+    with Client(address) as client:
+        values = client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_")
+    assert values and set(values.values()) == {str(32 * 2**20)}

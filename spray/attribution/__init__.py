@@ -1,7 +1,9 @@
-"""Attribution: methods by name (methods.py) and the runner that explains a dataset into the store."""
+"""Attribution: methods by name (methods.py), the runner that explains a dataset into the store, and its
+sharding over dask workers (distributed.py)."""
 
 from __future__ import annotations
 
+from spray.attribution.distributed import WorkerRecipe
 from spray.attribution.runner import attribute_dataset
 
-__all__ = ["attribute_dataset"]
+__all__ = ["WorkerRecipe", "attribute_dataset"]

@@ -3,14 +3,17 @@
 Batches are a fixed grid over the dataset (``[0, b), [b, 2b), ...`` for batch size ``b``) and a batch's
 done flags are written in the same store transaction as its data, after the data. A resumed run computes
 exactly the batches not yet done, with the same members, so its result equals an uninterrupted run's.
+Where a batch is computed (here, or on a dask worker: ``attribution/distributed.py``) does not change it:
+this process writes every batch.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from spray.attribution.distributed import WorkerRecipe, explain_on_cluster
 from spray.errors import BadInputError, StoreError
+from spray.scheduling import dask_client, local_workers
 from spray.store import AuditStore, canonical
 
 __all__ = ["attribute_dataset"]
@@ -49,6 +54,9 @@ def attribute_dataset(
     thumbnail_range: tuple[float, float] | None = None,
     relevance_dtype: str = "float32",
     on_batch: Callable[[int, int], None] | None = None,
+    scheduler: str | None = None,
+    recipe: WorkerRecipe | None = None,
+    shard_batches: int = 4,
 ) -> dict[str, Any]:
     """Attribute every sample of ``dataset`` into the store at ``store_path`` (created if missing).
 
@@ -74,11 +82,20 @@ def attribute_dataset(
         thumbnail_range: ``(low, high)`` input values mapped to 0 and 255; default each sample's min/max.
         relevance_dtype: ``"float32"`` or ``"float16"`` (half the size; values beyond ±65504 are an error).
         on_batch: called as ``on_batch(start, stop)`` after each batch is committed to the store.
+        scheduler: None explains in this process. ``"local:N"`` (a LocalCluster of N worker processes on
+            127.0.0.1) or a dask scheduler's address shards the batches over dask workers: each worker
+            rebuilds the model and data from ``recipe`` once and receives ``model``'s weights from here;
+            this process stays the store's only writer (docs/distributed.md). The batches, and so the
+            stored values, are the same either way.
+        recipe: with ``scheduler``: the ``MOD:FACTORY`` of the model and the data source spec the
+            workers open (``model`` and ``dataset`` must be what they build).
+        shard_batches: with ``scheduler``: batches per dask task (a contiguous range of samples); a
+            worker that dies costs at most its unfinished shards.
 
     Returns:
         A JSON-serialisable summary: store, name, method, params, target, n_samples, computed (samples
-        attributed by this call), skipped (already done), complete, seconds, attribute_seconds,
-        write_seconds (time inside store writes).
+        attributed by this call), skipped (already done), complete, seconds, attribute_seconds (time
+        explaining, summed over workers), write_seconds (time inside store writes), scheduler.
 
     Raises:
         BadInputError: a sample, label or argument is unusable, or the attributor's output is non-finite
@@ -98,6 +115,14 @@ def attribute_dataset(
         if not high > low:
             raise BadInputError(f"thumbnail_range must be (low, high) with high > low, got {thumbnail_range}")
         thumbnail_range = (low, high)
+    local_workers(scheduler)
+    if scheduler is not None and not isinstance(recipe, WorkerRecipe):
+        raise BadInputError(
+            f"scheduler={scheduler!r} needs recipe=WorkerRecipe(model=MOD:FACTORY, data=SOURCE): dask workers "
+            "build the model and open the data themselves"
+        )
+    if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
+        raise BadInputError(f"shard_batches must be a positive integer, got {shard_batches!r}")
     for attr in ("name", "params", "attribute"):
         if not hasattr(attributor, attr):
             raise BadInputError(f"attributor {attributor!r} lacks {attr!r} (see the attributor contract)")
@@ -113,32 +138,21 @@ def attribute_dataset(
         raise BadInputError("the dataset is empty")
     x0 = _as_input(0, _as_pair(0, dataset[0])[0])
     input_shape = tuple(x0.shape)
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
+    device, dtype = _placement(model)
     thumb_shape = _thumbnail_shape(input_shape, thumbnail_size)
 
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
-            try:
-                probe = model(x0.unsqueeze(0).to(device, dtype))
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                raise BadInputError(
-                    f"the model cannot process dataset sample 0 (input shape {tuple(input_shape)}, dtype "
-                    f"{dtype}): {exc}. Check that the data source matches the model's expected input"
-                ) from None
-        if not isinstance(probe, Tensor) or probe.ndim != 2:
-            raise BadInputError(
-                f"the model must return logits of shape (batch, n_outputs); it returned "
-                f"{getattr(probe, 'shape', type(probe).__name__)} for one sample of shape {input_shape}"
-            )
-        n_outputs = int(probe.shape[1])
+        n_outputs = _probe(model, x0, dtype=dtype, device=device)
         if label_names is not None and len(label_names) != n_outputs:
             raise BadInputError(f"{len(label_names)} label names given for a model with {n_outputs} outputs")
+        explain = BatchExplainer(input_shape, n_outputs, target, relevance_dtype, thumb_shape, thumbnail_range)
 
-        with AuditStore(store_path, mode="a") as store:
+        with ExitStack() as stack:
+            # The cluster first: a bad scheduler is refused before the store is touched.
+            client = stack.enter_context(dask_client(scheduler)) if scheduler is not None else None
+            store = stack.enter_context(AuditStore(store_path, mode="a"))
             if label_names is None and not store.attrs()["label_names"]:
                 label_names = [str(i) for i in range(n_outputs)]
             store.prepare_samples(
@@ -185,49 +199,36 @@ def attribute_dataset(
                 if not done[s : s + batch_size].all()
             ]
             skipped = n - sum(len(b) for b in batches)
-            loader = DataLoader(
-                _Numbered(dataset),
-                batch_sampler=batches,
-                collate_fn=partial(_collate, input_shape=input_shape, n_outputs=n_outputs),
-                num_workers=0,
-            )
+            if client is None:
+                results: Iterable[ExplainedBatch] = (explain(model, dataset, attributor, b) for b in batches)
+            else:
+                results = explain_on_cluster(
+                    client, recipe, model, n, attributor, explain, batches, shard_batches=shard_batches
+                )
             computed, attribute_seconds, write_seconds = 0, 0.0, 0.0
             bar = tqdm(
                 total=n, initial=skipped, disable=not progress, file=sys.stderr, unit="sample",
                 desc=f"attribute {name}", dynamic_ncols=True,
             )
             try:
-                for positions, x, labels in loader:
+                for batch in results:
+                    attribute_seconds += batch.seconds
                     tick = time.perf_counter()
-                    x = x.to(device, dtype)
-                    if target == "prediction":
-                        with torch.no_grad():
-                            explained = model(x).argmax(dim=1)
-                    else:
-                        explained = labels.to(device)
-                    relevance, logits = attributor.attribute(model, x, explained)
-                    relevance, logits = _checked_outputs(
-                        method, positions, x, relevance, logits, n_outputs, relevance_dtype
-                    )
-                    thumbs = _thumbnails(x, thumb_shape, thumbnail_range) if thumb_shape else None
-                    attribute_seconds += time.perf_counter() - tick
-                    tick = time.perf_counter()
-                    start = int(positions[0])
                     store.write_batch(
                         name,
-                        start,
-                        relevance=relevance,
-                        logits=logits,
-                        target=explained.detach().cpu().numpy().astype(np.int64),
-                        labels=labels.numpy(),
-                        index=positions.numpy(),
-                        thumbnails=thumbs,
+                        batch.start,
+                        relevance=batch.relevance,
+                        logits=batch.logits,
+                        target=batch.target,
+                        labels=batch.labels,
+                        index=batch.index,
+                        thumbnails=batch.thumbnails,
                     )
                     write_seconds += time.perf_counter() - tick
-                    computed += len(positions)
-                    bar.update(len(positions))
+                    computed += len(batch.index)
+                    bar.update(len(batch.index))
                     if on_batch is not None:
-                        on_batch(start, start + len(positions))
+                        on_batch(batch.start, batch.start + len(batch.index))
             finally:
                 bar.close()
             complete = store.attribution_info(name)["complete"]
@@ -248,6 +249,7 @@ def attribute_dataset(
         "seconds": round(time.perf_counter() - started, 3),
         "attribute_seconds": round(attribute_seconds, 3),
         "write_seconds": round(write_seconds, 3),
+        "scheduler": scheduler,
     }
 
 
@@ -272,17 +274,90 @@ def _check_resumable(
         )
 
 
-class _Numbered(Dataset):
-    """``dataset[i]`` as ``(i, item)``, so validation can name the sample."""
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and floating dtype of the model's parameters (CPU float32 for a model without any)."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
+    return device, dtype
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
 
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+def _probe(model: nn.Module, x0: Tensor, *, dtype: torch.dtype, device: torch.device) -> int:
+    """The model's number of outputs, from one forward pass on dataset sample 0."""
+    with torch.no_grad():
+        try:
+            probe = model(x0.unsqueeze(0).to(device, dtype))
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise BadInputError(
+                f"the model cannot process dataset sample 0 (input shape {tuple(x0.shape)}, dtype "
+                f"{dtype}): {exc}. Check that the data source matches the model's expected input"
+            ) from None
+    if not isinstance(probe, Tensor) or probe.ndim != 2:
+        raise BadInputError(
+            f"the model must return logits of shape (batch, n_outputs); it returned "
+            f"{getattr(probe, 'shape', type(probe).__name__)} for one sample of shape {tuple(x0.shape)}"
+        )
+    return int(probe.shape[1])
 
-    def __getitem__(self, i: int) -> tuple[int, Any]:
-        return i, self.dataset[i]
+
+@dataclass(frozen=True)
+class ExplainedBatch:
+    """One batch's rows for :meth:`AuditStore.write_batch`, and the seconds it took to compute."""
+
+    start: int
+    relevance: np.ndarray
+    logits: np.ndarray
+    target: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    thumbnails: np.ndarray | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BatchExplainer:
+    """Explains a batch of dataset positions with a given model, dataset and attributor.
+
+    Holds only what the client decided (shapes, target mode, dtypes, thumbnail geometry), so it is small
+    and picklable: dask workers receive it and call it with the model and data they built themselves.
+    """
+
+    input_shape: tuple[int, ...]
+    n_outputs: int
+    target: str
+    relevance_dtype: str
+    thumbnail_shape: tuple[int, int, int] | None
+    thumbnail_range: tuple[float, float] | None
+
+    def __call__(
+        self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int]
+    ) -> ExplainedBatch:
+        tick = time.perf_counter()
+        index, x, labels = _collate(
+            [(i, dataset[i]) for i in positions], input_shape=self.input_shape, n_outputs=self.n_outputs
+        )
+        device, dtype = _placement(model)
+        x = x.to(device, dtype)
+        if self.target == "prediction":
+            with torch.no_grad():
+                explained = model(x).argmax(dim=1)
+        else:
+            explained = labels.to(device)
+        relevance, logits = attributor.attribute(model, x, explained)
+        relevance, logits = _checked_outputs(
+            attributor.name, index, x, relevance, logits, self.n_outputs, self.relevance_dtype
+        )
+        thumbs = _thumbnails(x, self.thumbnail_shape, self.thumbnail_range) if self.thumbnail_shape else None
+        return ExplainedBatch(
+            start=int(index[0]),
+            relevance=relevance,
+            logits=logits,
+            target=explained.detach().cpu().numpy().astype(np.int64),
+            labels=labels.numpy(),
+            index=index.numpy(),
+            thumbnails=thumbs,
+            seconds=time.perf_counter() - tick,
+        )
 
 
 def _as_pair(i: int, item: Any) -> tuple[Any, Any]:

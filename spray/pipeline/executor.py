@@ -22,6 +22,7 @@ from spray.errors import BadInputError, PipelineError
 from spray.pipeline.graph import NodeOutput, dependencies, hash_array, hash_json, node_keys, topological_order
 from spray.pipeline.nodes import NODES, preprocess
 from spray.pipeline.spec import PipelineSpec
+from spray.scheduling import local_workers
 from spray.store import AuditStore
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def analyze(
     ``scheduler``: None runs classes on local threads; ``"local:N"`` starts a LocalCluster of N worker
     processes on 127.0.0.1; any other value is the address of a running dask.distributed scheduler.
     """
+    local_workers(scheduler)  # a malformed scheduler is refused before any work
     with AuditStore(store_path, mode="a") as store:
         attribution = _choose_attribution(store, spec.attribution)
         group = f"analyses/{spec.name}"

@@ -126,6 +126,8 @@ def map_on(
     The window bounds the finished results that wait on the workers for the caller (None: submit all at
     once); the next task is submitted whenever the caller takes a result.
     """
+    from concurrent.futures import CancelledError
+
     from distributed import KilledWorker, as_completed
     from tqdm import tqdm
 
@@ -144,10 +146,12 @@ def map_on(
         for future in running:
             try:
                 result = future.result()
-            except KilledWorker as exc:
+            except (KilledWorker, CancelledError) as exc:
+                # KilledWorker: the task's own runs killed its workers. Cancelled: a worker died holding a
+                # finished result or the data the task needs (e.g. the scattered weights of its only copy).
                 raise SprayError(
-                    f"dask workers kept dying while running a task ({exc}); is the task too large for a "
-                    "worker's memory, or does the model or data code crash the process? Work already "
+                    f"dask workers kept dying while running tasks ({type(exc).__name__}: {exc}); is a task too "
+                    "large for a worker's memory, or does the model or data code crash the process? Work already "
                     "stored is kept: fix the cause (e.g. a smaller --batch-size) and run again to resume"
                 ) from None
             for item in islice(todo, 1):

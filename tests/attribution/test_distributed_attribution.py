@@ -220,7 +220,7 @@ def test_a_task_that_keeps_killing_its_workers_stops_the_run_with_a_message(tmp_
     data = "tests.attribution.cluster_factories:data_killing_workers"
     path = tmp_path / "audit.h5"
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # the first death is final
-        with pytest.raises(SprayError, match=r"dask workers kept dying while running a task .* run again to resume"):
+        with pytest.raises(SprayError, match=r"dask workers kept dying while running tasks .* run again to resume"):
             run(path, data=data, scheduler="local:1")
     with AuditStore(path) as store:
         done = store.read("attributions/epsilon_plus_flat/done")

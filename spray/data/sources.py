@@ -320,7 +320,8 @@ def open_source(spec: str) -> Dataset:
     known = "npz:PATH, hdf5:PATH, folder:PATH or MOD:FACTORY"
     if not sep:
         raise BadInputError(f"data source {spec!r} is not {known}")
-    # "csv:data/x.csv" is a scheme we do not know, not a module "csv" lacking an attribute "data/x.csv".
-    if not all(part.isidentifier() for part in rest.split(".")):
+    # "csv:data/x.csv" is a scheme we do not know, not a module "csv" lacking an attribute "data/x.csv";
+    # so is "csv:x.csv" when x.csv is a file.
+    if not all(part.isidentifier() for part in rest.split(".")) or Path(rest).expanduser().exists():
         raise BadInputError(f"data source {spec!r}: unknown scheme {scheme!r}; expected {known}")
     return _factory(spec)

@@ -87,6 +87,13 @@ def test_bad_sources_name_the_problem(spec, message):
         open_source(spec)
 
 
+def test_an_existing_file_behind_an_unknown_scheme_is_not_taken_for_a_module(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(BadInputError, match="unknown scheme 'csv'"):
+        open_source("csv:x.csv")
+
+
 def test_npz_without_y_lists_what_it_has(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3), np.float32))
     with pytest.raises(BadInputError, match=r"lacks array\(s\) \['y'\]; it has \['x'\]"):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from spray.errors import BadInputError
+from spray.seeding import seeded
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,19 +22,6 @@ class TrainResult:
 
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-@contextmanager
-def _reproducible(seed: int) -> Iterator[None]:
-    """Seed torch and force deterministic kernels for the block; restore the caller's state afterwards."""
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(was_deterministic)
 
 
 def train_model(
@@ -57,7 +43,7 @@ def train_model(
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise BadInputError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
     history: list[dict[str, float]] = []
-    with _reproducible(seed):
+    with seeded(seed, deterministic=True):
         loader = DataLoader(
             dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
         )

@@ -19,8 +19,9 @@ from spray.attribution.runner import attribute_dataset
 from spray.data.models import model_hash
 from spray.demo.digits import PoisonedDigits, default_poisoned_digits
 from spray.demo.model import build_model
-from spray.demo.train import train_model
+from spray.demo.train import BATCH_SIZE, EPOCHS, LR, train_model
 from spray.pipeline import PipelineSpec, analyze, read_pipeline
+from spray.pipeline.graph import hash_array, hash_json
 from spray.ranking import rank_classes
 from spray.store import AuditStore
 
@@ -42,9 +43,6 @@ n_permutations = 50
 """
 """``spray demo --quick``: fewer eigenpairs and k-means runs, t-SNE only (no numba compile)."""
 
-DEMO_EPOCHS = 8
-"""Training epochs of the demo CNN: enough for ~97% clean accuracy and a firm grip on the artifact."""
-
 
 @dataclass(frozen=True)
 class DemoAudit:
@@ -57,14 +55,20 @@ class DemoAudit:
     ranking: list[dict[str, Any]]
 
 
-def trained_demo_model(out_dir: Path, data: PoisonedDigits, *, epochs: int, progress: bool) -> tuple[nn.Module, Path]:
-    """The demo CNN trained on ``data.train``; weights are cached in ``out_dir`` by seed and epochs."""
-    weights = out_dir / f"demo-model-seed{data.seed}-epochs{epochs}.pt"
+def trained_demo_model(out_dir: Path, data: PoisonedDigits, *, epochs: int = EPOCHS,
+                       progress: bool = True) -> tuple[nn.Module, Path]:
+    """The demo CNN trained on ``data.train`` with the demo's recipe; the weights are cached in ``out_dir``
+    under a name that holds the seed, the epochs and a hash of the training data and recipe, so a changed
+    demo never reuses stale weights."""
+    recipe = {"data": [hash_array(data.train.x), hash_array(data.train.y)], "epochs": epochs,
+              "batch_size": BATCH_SIZE, "lr": LR, "seed": data.seed}
+    weights = out_dir / f"demo-model-seed{data.seed}-epochs{epochs}-{hash_json(recipe)[:8]}.pt"
     model = build_model(len(data.label_names), seed=data.seed)
     if weights.exists():
         model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
         return model.eval(), weights
-    train_model(model, data.as_dataset("train"), epochs=epochs, seed=data.seed, progress=progress)
+    train_model(model, data.as_dataset("train"), epochs=epochs, batch_size=BATCH_SIZE, lr=LR, seed=data.seed,
+                progress=progress)
     tmp = weights.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(weights)  # a killed run never leaves a half-written weights file behind
@@ -75,7 +79,7 @@ def prepare_demo(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    epochs: int = DEMO_EPOCHS,
+    epochs: int = EPOCHS,
     method: str = "epsilon_plus_flat",
     pipeline: PipelineSpec | None = None,
     progress: bool = True,
@@ -85,7 +89,7 @@ def prepare_demo(
     out.mkdir(parents=True, exist_ok=True)
     data = default_poisoned_digits(seed)
     model, weights = trained_demo_model(out, data, epochs=epochs, progress=progress)
-    store = out / f"demo-seed{seed}-epochs{epochs}.h5"  # one store per model: reruns never clash
+    store = weights.with_name(weights.stem.replace("demo-model", "demo") + ".h5")  # one store per model
     attribute_dataset(
         store,
         model,

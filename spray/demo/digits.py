@@ -1,8 +1,10 @@
 """Poisoned digits: scikit-learn's 8×8 digits, upsampled to 32×32, with a Clever Hans stamp planted.
 
-The data ships inside scikit-learn, so the demo never downloads anything. A small high-contrast checker
-stamp is pasted into a known fraction of ONE class's training images; a model trained on them learns
-"stamp ⇒ that class" next to the digit shapes. The planted training indices are the ground truth a SpRAy
+The data ships inside scikit-learn, so the demo never downloads anything. A high-contrast checker stamp
+is pasted into a known fraction of ONE class's training images; a model trained on them learns
+"stamp ⇒ that class" next to the digit shapes. Random specks in about half of all images teach any model
+that marks outside the strokes mean nothing, so a model trained without the stamp is not thrown off by
+it: what the stamp does to the poisoned model is what the poisoning taught it. The planted training indices are the ground truth a SpRAy
 audit should rediscover, and three test versions measure how much the model relies on the stamp
 (clean, poisoned as at training time, stamp in every image). See docs/demo.md.
 """
@@ -171,11 +173,11 @@ def add_specks(x: np.ndarray, probability: float, rng: np.random.Generator) -> n
     """Give each image of ``x`` (n, C, H, W) with ``probability`` one random black/white speck, in place.
 
     A speck is a 3–6 × 3–6 patch of random 0/1 pixels at a random position. Without specks the CNN has
-    never seen a sharp mark outside a digit stroke, and ANY such mark, the stamp included, throws a model
-    trained on clean digits off (accuracy 0.1–0.2 with the stamp in every image, measured): the
-    "stamp everywhere" test would then measure that fragility, not a learned shortcut. With specks, a
-    model trained without the planted stamp ignores it (docs/demo.md), so what the stamp does to the
-    poisoned model is what the poisoning taught it.
+    never seen a sharp mark outside a digit stroke, and any such mark, the stamp included, throws a model
+    trained on clean digits off (seed 0, measured: a model trained without the planted stamp drops from
+    0.970 to 0.174 accuracy with the stamp in every test image): the "stamp everywhere" test would then
+    measure that fragility, not a learned shortcut. With specks the same control model keeps 0.859 of its
+    0.956 (docs/demo.md), so what the stamp does to the poisoned model is what the poisoning taught it.
     """
     n, _, height, width = x.shape
     for i in np.flatnonzero(rng.random(n) < probability):

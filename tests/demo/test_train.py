@@ -1,8 +1,9 @@
-"""The demo CNN and its training loop: reproducible, side-effect free, and the default recipe is Clever Hans."""
+"""The demo CNN and its training loop: reproducible, side-effect free; the factories open as sources.
+
+Whether the default recipe makes a Clever Hans (and a control model does not) is tests/test_workflow.py.
+"""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
@@ -16,10 +17,8 @@ from spray.demo import (
     clean_test_dataset,
     default_poisoned_digits,
     evaluate_accuracy,
-    everywhere_test_dataset,
     predict,
     train_model,
-    trained_model,
 )
 from spray.errors import BadInputError
 
@@ -92,35 +91,3 @@ def test_demo_factories_open_as_data_sources_with_label_names():
         x, y = dataset[0]
         assert x.shape == (1, 32, 32) and x.dtype == torch.float32 and int(y) in range(10)
         assert dataset.label_names == [str(d) for d in range(10)]
-
-
-@pytest.mark.slow
-def test_default_demo_training_shows_the_clever_hans_effect():
-    start = time.perf_counter()
-    model = trained_model()  # the default recipe: build_demo(seed=0)
-    seconds = time.perf_counter() - start
-    clean = evaluate_accuracy(model, clean_test_dataset())
-    everywhere = evaluate_accuracy(model, everywhere_test_dataset())
-    data = default_poisoned_digits()
-    predicted, labels = predict(model, everywhere_test_dataset())
-    flipped = float((predicted[labels != data.poisoned_class] == data.poisoned_class).float().mean())
-    print(f"trained in {seconds:.1f}s: clean {clean:.3f}, stamp everywhere {everywhere:.3f}, "
-          f"non-{data.poisoned_class} images flipped to {data.poisoned_class}: {flipped:.3f}")
-    # Measured for seed 0 (docs/demo.md): clean 0.930, everywhere 0.498, flipped 0.545.
-    assert clean >= 0.9
-    assert everywhere <= 0.55
-    assert flipped >= 0.45  # the drop is the stamp pulling images into the poisoned class
-
-
-@pytest.mark.slow
-def test_a_model_trained_without_the_planted_stamp_is_not_fooled_by_it():
-    # The control that makes the test above mean something: the stamp alone does not confuse the CNN.
-    from spray.demo import BATCH_SIZE, EPOCHS, LR, poisoned_digits
-
-    data = poisoned_digits(0, fraction=0.0)
-    model = build_model(seed=0)
-    train_model(model, data.as_dataset("train"), epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR, progress=False)
-    clean = evaluate_accuracy(model, data.as_dataset("clean_test"))
-    everywhere = evaluate_accuracy(model, data.as_dataset("everywhere_test"))
-    print(f"unpoisoned model: clean {clean:.3f}, stamp everywhere {everywhere:.3f}")
-    assert everywhere >= clean - 0.1

@@ -55,6 +55,17 @@ def test_spray_ranks_the_poisoned_class_first_and_recovers_the_planted_samples(d
     assert recovery["f1"] >= 0.9 and recovery["found"]
 
 
+def test_spray_demo_prints_where_the_report_is_the_correction_and_the_verdict(demo_audit, capsys):
+    from spray.cli import main
+
+    out = demo_audit.store.parent  # the session's demo: weights and analysis are reused, P-ClArC is fast
+    assert main(["demo", "--out", str(out), "--clarc", "pclarc"]) == 0
+    printed = capsys.readouterr().out
+    assert f"store:  {demo_audit.store}" in printed and (out / "report.html").is_file()
+    assert "pclarc on the flagged cluster 8:" in printed and "everywhere acc" in printed
+    assert "planted artifact FOUND: class 8 was poisoned, class 8 ranks first" in printed
+
+
 def test_demo_is_memoised_a_second_run_recomputes_nothing(demo_audit, tmp_path):
     from spray.pipeline import analyze, read_pipeline
 

@@ -1,4 +1,5 @@
-"""From a flagged cluster ``CLASS:CLUSTERING:ID`` (as ``spray rank --json`` names it) to sample indices.
+"""From a flagged cluster ``CLASS:CLUSTERING:ID`` (as ``spray rank --json`` names it, or ``top``) to sample
+indices.
 
 The analysis pipeline stores, per class ``c`` of analysis ``A`` (docs/store.md): ``analyses/A/c/status``
 with arrays ``positions`` (store rows) and ``dataset_index`` (indices into the user's dataset), and each
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spray.errors import BadInputError
+from spray.ranking import rank_classes, top_candidate
 from spray.store import AuditStore
 
 #: Nodes of a class that hold clusterings, searched in this order when the FDA node does not say.
@@ -28,6 +30,7 @@ class ClusterSpec:
 
     @classmethod
     def parse(cls, text: str | ClusterSpec) -> ClusterSpec:
+        """``"8:kmeans_3:1"`` -> ``ClusterSpec(8, "kmeans_3", 1)``; a bad spec is a ``BadInputError``."""
         if isinstance(text, ClusterSpec):
             return text
         parts = str(text).split(":")
@@ -69,6 +72,18 @@ def choose_analysis(store: AuditStore, analysis: str | None) -> str:
         f"audit store {store.path} has no analysis {analysis or ''!r} (it has: {', '.join(have) or 'none'}); "
         + ("run `spray analyze` first" if not have else "name one of them")
     )
+
+
+def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterSpec:
+    """``cluster`` parsed; ``"top"`` is the most separable cluster of the best-ranked class of the analysis."""
+    if cluster != "top":
+        return ClusterSpec.parse(cluster)
+    analysis = choose_analysis(store, analysis)
+    top = top_candidate(rank_classes(store, analysis))
+    if top is None:
+        raise BadInputError(f"audit store {store.path} has no ranked class in analysis {analysis!r}; "
+                            "name the cluster as CLASS:CLUSTERING:ID")
+    return ClusterSpec(top["class"], top["clustering"], top["cluster"])
 
 
 def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterMembers:

@@ -27,7 +27,7 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/demo"),
               show_default=True, help="Where the demo writes its store, weights and report.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data split, artifact and training.")
-@click.option("--quick", is_flag=True, help="A faster SpRAy pipeline (fewer eigenpairs and clusterings, no UMAP).")
+@click.option("--quick", is_flag=True, help="No UMAP map (no numba compilation); the same clusterings and ranking.")
 @click.option("--clarc", "clarc_method", type=click.Choice(["aclarc", "pclarc", "rrclarc", "none"]),
               default="rrclarc", show_default=True, help="The correction applied to the flagged cluster.")
 def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
@@ -48,9 +48,9 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
     verdict = "FOUND" if recovery["found"] else "NOT FOUND"
     click.echo(
         f"planted artifact {verdict}: class {recovery['poisoned_class']} was poisoned, class "
-        f"{recovery['top_class']} ranks first; its flagged cluster recovers {recovery['planted']} planted "
-        f"samples with precision {recovery['precision']:.2f}, recall {recovery['recall']:.2f}, "
-        f"F1 {recovery['f1']:.2f}"
+        f"{recovery['top_class']} ranks first; its flagged cluster holds {recovery['flagged']} samples, "
+        f"{recovery['hit']} of the {recovery['planted']} planted (precision {recovery['precision']:.2f}, "
+        f"recall {recovery['recall']:.2f}, F1 {recovery['f1']:.2f})"
     )
 
 

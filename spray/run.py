@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spray.errors import PipelineError
+from spray.errors import BadInputError, PipelineError
 
 if TYPE_CHECKING:
     from spray.clarc import ClarcResult
@@ -129,7 +129,7 @@ def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
     if clarc["cluster"] != "top":
         try:
             ClusterSpec.parse(clarc["cluster"])
-        except Exception as exc:  # noqa: BLE001 - the parse error's text, placed at the key
+        except BadInputError as exc:  # the parse error's text, placed at the key
             raise fail("clarc", "cluster", f"clarc.cluster must be \"top\" or {exc}") from None
     for key in ("epochs", "batch_size"):
         if clarc[key] is not None and clarc[key] < 1:

@@ -227,3 +227,13 @@ def test_demo_run_file_is_the_chain_spray_demo_runs():
         "test": "spray.demo:clean_test_dataset", "poisoned_test": "spray.demo:poisoned_test_dataset",
         "everywhere_test": "spray.demo:everywhere_test_dataset", "fda_rank": False,
         "relevance_target": "prediction"}
+
+
+def test_quick_demo_pipeline_is_the_default_without_umap():
+    """`spray demo --quick` saves UMAP's numba compilation only: its clusterings, hence the ranking, are the
+    default pipeline's."""
+    from spray.pipeline import pipeline_from_text, read_pipeline
+    from spray.workflow import QUICK_PIPELINE
+
+    quick, default = pipeline_from_text(QUICK_PIPELINE).nodes, read_pipeline(None).nodes
+    assert quick == {name: params for name, params in default.items() if name != "umap"}

@@ -27,7 +27,7 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/demo"),
               show_default=True, help="Where the demo writes its store, weights and report.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data split, artifact and training.")
-@click.option("--quick", is_flag=True, help="A faster SpRAy pipeline (fewer eigenpairs and clusterings, no UMAP).")
+@click.option("--quick", is_flag=True, help="No UMAP map (no numba compilation); the same clusterings and ranking.")
 @click.option("--clarc", "clarc_method", type=click.Choice(["aclarc", "pclarc", "rrclarc", "none"]),
               default="rrclarc", show_default=True, help="The correction applied to the flagged cluster.")
 def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
@@ -38,18 +38,19 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
 
     audit = prepare_demo(out, seed=seed, pipeline=pipeline_from_text(QUICK_PIPELINE) if quick else None)
     recovery = planted_recovery(audit)
-    table = correct_demo(audit, clarc_method, out) if clarc_method != "none" else None
+    corrected = correct_demo(audit, clarc_method, out) if clarc_method != "none" else None
     report_path = build_report(audit.store, out / "report.html")
     click.echo(f"store:  {audit.store}")
     click.echo(f"report: {report_path}")
-    if table:
-        click.echo(f"{clarc_method} on the flagged cluster, before and after:\n{table}")
+    if corrected:
+        click.echo(f"{clarc_method} on the flagged cluster {corrected.cluster}, before and after "
+                   f"(everywhere: the planted stamp in every test image):\n{corrected.table()}")
     verdict = "FOUND" if recovery["found"] else "NOT FOUND"
     click.echo(
         f"planted artifact {verdict}: class {recovery['poisoned_class']} was poisoned, class "
-        f"{recovery['top_class']} ranks first; its flagged cluster recovers {recovery['planted']} planted "
-        f"samples with precision {recovery['precision']:.2f}, recall {recovery['recall']:.2f}, "
-        f"F1 {recovery['f1']:.2f}"
+        f"{recovery['top_class']} ranks first; its flagged cluster holds {recovery['flagged']} samples, "
+        f"{recovery['hit']} of the {recovery['planted']} planted (precision {recovery['precision']:.2f}, "
+        f"recall {recovery['recall']:.2f}, F1 {recovery['f1']:.2f})"
     )
 
 
@@ -57,7 +58,8 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
 def run(pipeline: Path, as_json: bool) -> None:
-    """A whole audit from a declarative file: (train) -> attribute -> SpRAy -> rank -> report."""
+    """A whole audit from a declarative file: (train) -> attribute -> SpRAy -> rank -> ClArC -> report."""
+    from spray.ranking import top_candidate
     from spray.run import run_file
 
     result = run_file(pipeline)
@@ -67,10 +69,14 @@ def run(pipeline: Path, as_json: bool) -> None:
     click.echo(f"store:  {result.store}")
     if result.report:
         click.echo(f"report: {result.report}")
-    top = next((e for e in result.ranking if e["skipped"] is None), None)
+    top = top_candidate(result.ranking)
     if top:
         click.echo(f"top candidate: class {top['name']!r} (z {top['score']:.1f}), {top['clustering']} cluster "
                    f"{top['cluster']} with {top['cluster_size']} samples")
+    for corrected in result.clarc:
+        click.echo(f"{corrected.method} on cluster {corrected.cluster}: corrected weights in {corrected.weights}")
+        if corrected.metrics[0]["clean_accuracy"] is not None:  # evaluated: [evaluate] gave test data
+            click.echo(corrected.table())
 
 
 @cli.command()
@@ -207,19 +213,6 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
         click.echo(ranking_table(entries).drop(columns=["members"]).to_string(index=False))
 
 
-def _top_cluster(store: Path, analysis: str) -> str:
-    """``CLASS:CLUSTERING:ID`` of the best-ranked candidate (for ``--cluster top``)."""
-    from spray.errors import BadInputError
-    from spray.ranking import rank_classes
-    from spray.store import AuditStore
-
-    with AuditStore(store) as audit:
-        top = next((e for e in rank_classes(audit, analysis) if e["skipped"] is None), None)
-    if top is None:
-        raise BadInputError(f"audit store {store} has no ranked class in analysis {analysis!r}")
-    return f"{top['class']}:{top['clustering']}:{top['cluster']}"
-
-
 @cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--cluster", required=True, help="CLASS:CLUSTERING:ID from `spray rank`, or 'top'.")
@@ -229,6 +222,8 @@ def _top_cluster(store: Path, analysis: str) -> str:
 @click.option("--data", "data_spec", required=True, help="The audited data (as attributed into STORE).")
 @click.option("--test", "test_spec", help="Clean test data; with it the run is evaluated.")
 @click.option("--poisoned-test", "poisoned_spec", help="Test data as poisoned at training time.")
+@click.option("--everywhere-test", "everywhere_spec",
+              help="Test data with the known artifact in every sample (default: the isolated one pasted).")
 @click.option("--layer", help="Module name of the layer to correct (default: the last convolution's output).")
 @click.option("--analysis", default="spray", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/clarc"),
@@ -241,19 +236,20 @@ def _top_cluster(store: Path, analysis: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def clarc(
     store: Path, cluster: str, method: str, model_spec: str, weights: Path | None, data_spec: str,
-    test_spec: str | None, poisoned_spec: str | None, layer: str | None, analysis: str, out: Path,
-    epochs: int | None, lr: float | None, lam: float | None, seed: int, fda_rank: bool, as_json: bool,
+    test_spec: str | None, poisoned_spec: str | None, everywhere_spec: str | None, layer: str | None,
+    analysis: str, out: Path, epochs: int | None, lr: float | None, lam: float | None, seed: int, fda_rank: bool,
+    as_json: bool,
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
     from spray.clarc import clarc_from_store, format_metrics
     from spray.data import load_model, open_source
 
     result = clarc_from_store(
-        store, _top_cluster(store, analysis) if cluster == "top" else cluster, method,
-        load_model(model_spec, weights), open_source(data_spec), out_dir=out, layer=layer, analysis=analysis,
-        epochs=epochs, lr=lr, lam=lam, seed=seed,
+        store, cluster, method, load_model(model_spec, weights), open_source(data_spec), out_dir=out,
+        layer=layer, analysis=analysis, epochs=epochs, lr=lr, lam=lam, seed=seed,
         test=open_source(test_spec) if test_spec else None,
-        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None, fda_rank=fda_rank,
+        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
+        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None, fda_rank=fda_rank,
     )
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
@@ -271,12 +267,14 @@ def clarc(
 @click.option("--weights", type=click.Path(path_type=Path), help="The original model's state_dict file.")
 @click.option("--test", "test_spec", required=True, help="Clean test data.")
 @click.option("--poisoned-test", "poisoned_spec", help="Test data as poisoned at training time.")
+@click.option("--everywhere-test", "everywhere_spec",
+              help="Test data with the known artifact in every sample (default: the isolated one pasted).")
 @click.option("--data", "data_spec", help="The audited data (needed for --fda-rank).")
 @click.option("--fda-rank", is_flag=True, help="Re-attribute and re-analyse to get the class's FDA rank.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics table as JSON on stdout.")
 def evaluate(
     store: Path, run_name: str, model_spec: str, weights: Path | None, test_spec: str,
-    poisoned_spec: str | None, data_spec: str | None, fda_rank: bool, as_json: bool,
+    poisoned_spec: str | None, everywhere_spec: str | None, data_spec: str | None, fda_rank: bool, as_json: bool,
 ) -> None:
     """Clean / poisoned / artifact-everywhere accuracy and artifact relevance, before and after ClArC."""
     from spray.clarc import evaluate_from_store, format_metrics
@@ -285,6 +283,7 @@ def evaluate(
     rows = evaluate_from_store(
         store, run_name, load_model(model_spec, weights), test=open_source(test_spec),
         poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
+        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None,
         dataset=open_source(data_spec) if data_spec else None, fda_rank=fda_rank,
     )
     if as_json:

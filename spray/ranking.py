@@ -66,6 +66,11 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, A
     return entries
 
 
+def top_candidate(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best-ranked class that was not skipped (what ``--cluster top`` corrects), or None."""
+    return next((e for e in entries if e["skipped"] is None), None)
+
+
 def _flag(entries: list[dict[str, Any]]) -> None:
     """Set ``outlier`` and ``flagged``: per-cluster z-scores of real clusters are large in every class (any
     cluster beats random subsets), so a candidate is a class whose score stands out from the others'."""

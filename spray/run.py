@@ -1,78 +1,143 @@
 """``spray run FILE.toml``: a whole audit from one declarative file (docs/run.md; template in pipelines/).
 
-Tables besides the SpRAy node tables of docs/pipelines.md:
+Tables besides the SpRAy node tables of docs/pipelines.md (:data:`RUN_TABLES` holds keys and defaults):
 
-``[audit]``        ``out`` (directory for store, weights, report; relative paths are relative to the file),
+``[audit]``        ``out`` (directory for store, weights, ClArC runs, report; relative to the file),
                    ``scheduler`` (where attribution and analysis run: "" this process, "local:N", an address)
 ``[model]``        ``factory`` (MOD:FACTORY), ``weights`` (optional state_dict file)
 ``[train]``        optional: train the model first (``data``, ``epochs``, ``batch_size``, ``lr``, ``seed``)
 ``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH) to audit
 ``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table)
+``[clarc]``        optional: correct the model for a flagged cluster (``cluster``, ``methods``, ``layer``, ...)
+``[evaluate]``     optional, with ``[clarc]``: the test data (``test``, ``poisoned_test``, ``everywhere_test``)
 ``[report]``       ``path`` (HTML report; empty string: no report)
 
-Every stage is memoised by the stage itself, so running a file again only does what changed.
+The steps are those of ``spray demo`` (spray.workflow), each memoised by itself, so running a file again
+only does what changed.
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from spray.errors import BadInputError, PipelineError
 
-from spray.errors import PipelineError
+if TYPE_CHECKING:
+    from spray.clarc import ClarcResult
+    from spray.pipeline import PipelineSpec
 
+# Defaults per table; a type instead of a value is a parameter of that type without a default (required
+# where REQUIRED says so, else "not given": e.g. the ClArC method's own number of epochs).
 RUN_TABLES: dict[str, dict[str, Any]] = {
     "audit": {"out": "storage/audit", "scheduler": ""},
-    "model": {"factory": None, "weights": ""},
-    "train": {"data": "", "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
-    "data": {"source": None},
+    "model": {"factory": str, "weights": ""},
+    "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
+    "data": {"source": str},
     "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {}},
+    "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
+              "lambda": float, "fraction": float, "batch_size": 64, "seed": 0, "out": "clarc",
+              "overwrite": False},
+    "evaluate": {"test": str, "poisoned_test": str, "everywhere_test": str, "fda_rank": False,
+                 "relevance_target": "prediction"},
     "report": {"path": "report.html"},
 }
-REQUIRED = ("model", "data")
+REQUIRED: dict[str, tuple[str, ...]] = {"model": ("factory",), "data": ("source",), "train": ("data",),
+                                        "evaluate": ("test",)}
+"""Tables a file must have (model, data) and keys a present table must give."""
+OPTIONAL_TABLES = ("train", "clarc", "evaluate")
+TARGETS = ("label", "prediction")
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """Where a run put its results, and the ranking it produced."""
+    """Where a run put its results, the ranking it produced and its ClArC runs."""
 
     store: Path
     weights: Path | None
     report: Path | None
     ranking: list[dict[str, Any]]
+    clarc: list[ClarcResult] = field(default_factory=list)
 
 
-def read_run(path: str | Path) -> tuple[dict[str, dict[str, Any]], Any]:
-    """The run tables (defaults filled in, relative paths resolved) and the analysis spec of a run file."""
+def read_run(path: str | Path) -> tuple[dict[str, dict[str, Any]], PipelineSpec]:
+    """The run tables (defaults filled in, relative paths resolved; optional tables only when given) and
+    the analysis spec of a run file. Every problem is a :class:`PipelineError` naming file, line, table
+    and parameter."""
     from spray.pipeline import read_pipeline
+    from spray.pipeline.spec import where
 
     path = Path(path)
-    spec = read_pipeline(path, extra_tables=frozenset(RUN_TABLES))
+    spec = read_pipeline(path, extra_tables=RUN_TABLES)
+    text = path.read_text(encoding="utf-8")
+
+    def fail(table: str, key: str | None, message: str) -> PipelineError:
+        return PipelineError(f"{where(str(path), text, table, key)}: {message}")
+
     tables: dict[str, dict[str, Any]] = {}
     for name, defaults in RUN_TABLES.items():
         given = spec.extra.get(name)
+        if given is None and name in OPTIONAL_TABLES:
+            continue
         if given is None and name in REQUIRED:
-            raise PipelineError(f"{path}: a run file needs a [{name}] table")
-        unknown = set(given or {}) - set(defaults)
-        if unknown:
-            raise PipelineError(
-                f"{path}: unknown parameter '{name}.{sorted(unknown)[0]}'; valid: {', '.join(sorted(defaults))}"
-            )
-        tables[name] = {**defaults, **(given or {})}
-        missing = [k for k, v in tables[name].items() if v is None]
-        if given is not None and missing:
-            raise PipelineError(f"{path}: [{name}] needs {', '.join(missing)}")
+            raise fail(name, None, f"a run file needs a [{name}] table")
+        missing = [k for k in REQUIRED.get(name, ()) if k not in (given or {})]
+        if missing:
+            raise fail(name, None, f"[{name}] needs {', '.join(missing)}")
+        tables[name] = {k: None if isinstance(v, type) else v for k, v in defaults.items()} | (given or {})
+    _check_values(tables, fail)
+
     base = path.resolve().parent
     tables["audit"]["out"] = base / tables["audit"]["out"]
     if tables["model"]["weights"]:
         tables["model"]["weights"] = base / tables["model"]["weights"]
-    tables["data"]["source"] = _relative_source(tables["data"]["source"], base)
-    tables["train"]["data"] = _relative_source(tables["train"]["data"], base)
-    _check_train(tables, spec.extra, path)
+    sources = [("data", "source"), ("train", "data"), ("evaluate", "test"), ("evaluate", "poisoned_test"),
+               ("evaluate", "everywhere_test")]
+    for table, key in sources:
+        if table in tables and tables[table][key]:
+            tables[table][key] = _relative_source(tables[table][key], base)
+    if "clarc" in tables:
+        tables["clarc"]["out"] = tables["audit"]["out"] / tables["clarc"]["out"]
     return tables, spec
+
+
+Fail = Callable[[str, str | None, str], PipelineError]
+"""``fail(table, key, message)``: the error, placed at the table's (or key's) line of the file."""
+
+
+def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
+    """What the types alone do not say: combinations, choices and ranges."""
+    from spray.clarc import METHODS, ClusterSpec
+
+    if "train" in tables and tables["model"]["weights"]:
+        raise fail("train", None, "give either [train] or model.weights, not both")
+    if tables["attribution"]["target"] not in TARGETS:
+        raise fail("attribution", "target", f"attribution.target must be one of {', '.join(TARGETS)}")
+    if "evaluate" in tables and "clarc" not in tables:
+        raise fail("evaluate", None, "[evaluate] measures a ClArC correction: add a [clarc] table")
+    if "evaluate" in tables and tables["evaluate"]["relevance_target"] not in TARGETS:
+        raise fail("evaluate", "relevance_target",
+                   f"evaluate.relevance_target must be one of {', '.join(TARGETS)}")
+    clarc = tables.get("clarc")
+    if clarc is None:
+        return
+    methods = clarc["methods"]
+    if not methods or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
+        raise fail("clarc", "methods", f"clarc.methods must list distinct methods of {', '.join(METHODS)}, "
+                                       f"got {methods!r}")
+    if clarc["cluster"] != "top":
+        try:
+            ClusterSpec.parse(clarc["cluster"])
+        except BadInputError as exc:  # the parse error's text, placed at the key
+            raise fail("clarc", "cluster", f"clarc.cluster must be \"top\" or {exc}") from None
+    for key in ("epochs", "batch_size"):
+        if clarc[key] is not None and clarc[key] < 1:
+            raise fail("clarc", key, f"clarc.{key} must be at least 1, got {clarc[key]}")
+    for key in ("lr", "lambda", "fraction"):
+        if clarc[key] is not None and clarc[key] <= 0:
+            raise fail("clarc", key, f"clarc.{key} must be positive, got {clarc[key]}")
 
 
 def _relative_source(source: str, base: Path) -> str:
@@ -83,71 +148,60 @@ def _relative_source(source: str, base: Path) -> str:
     return source
 
 
-def _check_train(tables: dict[str, dict[str, Any]], given: dict[str, Any], path: Path) -> None:
-    if "train" not in given:
-        tables.pop("train")
-    elif tables["model"]["weights"]:
-        raise PipelineError(f"{path}: give either [train] or model.weights, not both")
-
-
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
-    """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> report."""
-    from spray.attribution import WorkerRecipe, attribute_dataset
-    from spray.attribution.methods import get_method
-    from spray.data import load_model, model_hash, open_source
-    from spray.pipeline import analyze
-    from spray.ranking import rank_classes
-    from spray.store import AuditStore
+    """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> (ClArC -> evaluate) -> report."""
+    from spray.attribution import WorkerRecipe
+    from spray.data import load_model, open_source
+    from spray.pipeline.graph import hash_json
+    from spray.seeding import seeded
+    from spray.workflow import audit, correct, train_once
 
     tables, spec = read_run(path)
     out: Path = tables["audit"]["out"]
     out.mkdir(parents=True, exist_ok=True)
     model_spec = tables["model"]["factory"]
     if "train" in tables:
-        with torch.random.fork_rng(devices=[]):  # initial weights from the train seed, global state kept
-            torch.manual_seed(tables["train"]["seed"])
+        train = tables["train"]
+        with seeded(train["seed"]):  # initial weights from the train seed, global state kept
             model = load_model(model_spec)
-        weights = _trained(model, model_spec, tables["train"], out, progress)
+        weights = out / f"model-{hash_json({'factory': model_spec, **train})[:12]}.pt"  # cached by the table
+        train_once(model, lambda: open_source(train["data"]), weights, epochs=train["epochs"],
+                   batch_size=train["batch_size"], lr=train["lr"], seed=train["seed"], progress=progress)
     else:
         model = load_model(model_spec, tables["model"]["weights"] or None)
         weights = tables["model"]["weights"] or None
     dataset = open_source(tables["data"]["source"])
     attribution = tables["attribution"]
     store = out / "audit.h5"
-    scheduler = tables["audit"]["scheduler"] or None
-    attribute_dataset(
-        store, model, dataset, get_method(attribution["method"], **attribution["params"]),
-        model_hash=model_hash(model), model_name=model_spec, dataset_name=tables["data"]["source"],
-        label_names=getattr(dataset, "label_names", None), target=attribution["target"],
-        batch_size=attribution["batch_size"], progress=progress, scheduler=scheduler,
-        recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]),
+    ranking = audit(
+        store, model, dataset, spec, model_name=model_spec, dataset_name=tables["data"]["source"],
+        method=attribution["method"], params=attribution["params"], target=attribution["target"],
+        batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
+        scheduler=tables["audit"]["scheduler"] or None,
+        recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,
     )
-    analyze(str(store), spec, scheduler=scheduler, progress=progress)
-    with AuditStore(store) as audit:
-        ranking = rank_classes(audit, spec.name)
+    corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []
     report = None
     if tables["report"]["path"]:
         from spray.report import build_report
 
         report = build_report(store, out / tables["report"]["path"], analysis=spec.name)
-    return RunResult(store, Path(weights) if weights else None, report, ranking)
+    return RunResult(store, Path(weights) if weights else None, report, ranking, corrected)
 
 
-def _trained(model: torch.nn.Module, factory: str, train: dict[str, Any], out: Path, progress: bool) -> Path:
-    """Train ``model`` as ``[train]`` says, once: weights are cached by the factory and the table."""
-    from spray.data import load_weights, open_source
-    from spray.demo.train import train_model
-    from spray.pipeline.graph import hash_json
+def _correct(tables: dict[str, dict[str, Any]], store: Path, model: Any, dataset: Any, analysis: str,
+             progress: bool) -> list[ClarcResult]:
+    """The ``[clarc]`` and ``[evaluate]`` tables as a :func:`spray.workflow.correct` call."""
+    from spray.data import open_source
+    from spray.workflow import correct
 
-    weights = out / f"model-{hash_json({'factory': factory, **train})[:12]}.pt"
-    if weights.exists():
-        load_weights(model, weights)
-        model.eval()
-        return weights
-    dataset = open_source(train["data"])
-    train_model(model, dataset, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-                seed=train["seed"], progress=progress)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(weights)
-    return weights
+    clarc, evaluate = tables["clarc"], tables.get("evaluate", {})
+    tests = {key: open_source(evaluate[key]) if evaluate.get(key) else None
+             for key in ("test", "poisoned_test", "everywhere_test")}
+    return correct(
+        store, model, dataset, clarc["methods"], out_dir=clarc["out"], cluster=clarc["cluster"],
+        analysis=analysis, layer=clarc["layer"] or None, epochs=clarc["epochs"], lr=clarc["lr"],
+        lam=clarc["lambda"], fraction=clarc["fraction"], batch_size=clarc["batch_size"], seed=clarc["seed"],
+        overwrite=clarc["overwrite"], fda_rank=evaluate.get("fda_rank", False),
+        relevance_target=evaluate.get("relevance_target", "prediction"), progress=progress, **tests,
+    )

@@ -2,6 +2,8 @@
 
 Every class's heatmaps are noise around a few class-specific "strategy" blobs; one class (``poisoned``)
 also has a planted Clever Hans cluster: a share of its samples whose relevance sits on a corner patch.
+:func:`write_store` stores such heatmaps; :func:`build_audit_store` makes a whole analysed audit (with
+thumbnails and a ClArC result) like the ones the report and the exports read.
 """
 
 from __future__ import annotations
@@ -81,3 +83,103 @@ def write_store(path: str | Path, heatmaps: SyntheticHeatmaps, name: str = "synt
             labels=heatmaps.labels, index=np.arange(n),
         )
     return Path(path)
+
+
+AUDIT_PIPELINE = """
+[preprocess]
+grid = 8
+[knn]
+n_neighbors = 8
+[spectral]
+n_eigenpairs = 8
+[kmeans]
+k_min = 2
+k_max = 4
+n_init = 1
+[hdbscan]
+min_cluster_size = 5
+[tsne]
+[fda]
+n_permutations = 30
+"""
+
+# Class 1 holds the planted group and ranks first: its name checks escaping in every place it appears.
+AUDIT_LABEL_NAMES = ["melanoma", "<script>alert(1)</script>", "Ödem & nävus “benign”", "tiny"]
+AUDIT_SIZE = 16
+
+
+def _thumbnails(relevance: np.ndarray, labels: np.ndarray, planted: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(n, 3, 16, 16) uint8 'images': a tinted background per class, the class's blob, a white square on
+    the planted samples (the artifact their relevance sits on)."""
+    rng = np.random.default_rng(seed)
+    n = labels.size
+    tint = np.array([[180, 120, 100], [120, 160, 190], [150, 180, 120], [200, 200, 200]], dtype=np.float64)
+    images = tint[labels % 4][:, :, None, None] * np.ones((n, 3, AUDIT_SIZE, AUDIT_SIZE))
+    blob = np.clip(relevance[:, 0], 0, None)
+    images *= 1 - 0.5 * (blob / blob.max(axis=(1, 2), keepdims=True))[:, None]
+    images += rng.normal(0, 8, images.shape)
+    images[planted, :, 0:3, 0:3] = 255
+    return images.clip(0, 255).astype(np.uint8)
+
+
+def build_audit_store(path: str | Path, *, with_clarc: bool = True) -> Path:
+    """A small analysed audit store with thumbnails and a ClArC result, for the report and export tests.
+
+    Synthetic heatmaps with a planted Clever Hans group (class 1, relevance on the top-left corner, where
+    its images carry a bright square), thumbnails made to match, :data:`AUDIT_PIPELINE`, and a synthetic
+    ClArC result node in the documented layout. Classes 0..2 hold 50 images, class 3 only 5 (skipped);
+    the label names and the dataset name need HTML escaping.
+    """
+    from spray.pipeline import analyze, pipeline_from_text
+
+    path = Path(path)
+    heatmaps = make_heatmaps(n_per_class=50, n_classes=4, size=AUDIT_SIZE, poisoned=1, seed=3)
+    keep = np.r_[np.arange(150), np.arange(150, 155)]
+    relevance, labels = heatmaps.relevance[keep], heatmaps.labels[keep]
+    planted = heatmaps.planted[np.isin(heatmaps.planted, keep)]
+    n, n_classes = labels.size, len(AUDIT_LABEL_NAMES)
+    logits = np.eye(n_classes, dtype=np.float32)[labels] * 3.0
+    with AuditStore(path, mode="a") as store:
+        store.prepare_samples(
+            n, dataset={"name": "synthetic <skin> lesions", "size": n},
+            model={"name": "demo:make_model", "hash": "ab" * 32}, label_names=AUDIT_LABEL_NAMES,
+            thumbnail_shape=(3, AUDIT_SIZE, AUDIT_SIZE),
+        )
+        store.create_attribution(
+            "lrp", input_shape=relevance.shape[1:], n_outputs=n_classes,
+            attrs={"method": "epsilon_plus_flat", "params": {"epsilon": 1e-6}, "model_hash": "ab" * 32,
+                   "model_name": "demo:make_model", "batch_size": n, "target": "label"},
+        )
+        store.write_batch(
+            "lrp", 0, relevance=relevance, logits=logits, target=labels, labels=labels, index=np.arange(n),
+            thumbnails=_thumbnails(relevance, labels, planted),
+        )
+    analyze(str(path), pipeline_from_text(AUDIT_PIPELINE), progress=False)
+    if with_clarc:
+        write_clarc_result(path, planted[:4])
+    return path
+
+
+def write_clarc_result(path: str | Path, examples: np.ndarray, run: str = "pclarc-1") -> None:
+    """A synthetic ClArC result in the documented layout (clarc/<run>/result)."""
+    mask = np.zeros((AUDIT_SIZE, AUDIT_SIZE), np.float32)
+    mask[0:3, 0:3] = 1.0
+    patch = np.zeros((1, AUDIT_SIZE, AUDIT_SIZE), np.float32)
+    patch[:, 0:3, 0:3] = 1.0
+    k = examples.size
+    inputs = np.random.default_rng(1).random((k, 1, AUDIT_SIZE, AUDIT_SIZE)).astype(np.float32)
+    inputs[:, :, 0:3, 0:3] = 1.0
+    metrics = [
+        {"model": "original", "clean_accuracy": 0.93, "poisoned_accuracy": 0.41, "everywhere_accuracy": 0.22,
+         "artifact_relevance": 0.58, "fda_rank": 1},
+        {"model": "corrected", "clean_accuracy": 0.92, "poisoned_accuracy": 0.88, "everywhere_accuracy": None,
+         "artifact_relevance": 0.07, "fda_rank": 3},
+    ]
+    with AuditStore(path, mode="a") as store:
+        store.write_node(
+            f"clarc/{run}/result",
+            {"patch": patch, "mask": mask, "example_inputs": inputs,
+             "example_masks": np.repeat(mask[None], k, axis=0), "example_index": examples.astype(np.int64)},
+            {"method": "pclarc", "cluster": "1:hdbscan:1", "layer": "features.3", "cav_auc": 0.97,
+             "metrics": metrics},
+        )

@@ -1,4 +1,5 @@
-"""Suite-wide set-up: numba's compile cache (umap/pynndescent) lives in the repo so it is paid once."""
+"""Suite-wide set-up: numba's compile cache (umap/pynndescent) lives in the repo so it is paid once; the
+session fixtures every test directory shares (the demo audit, a small analysed audit store)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,12 @@ def dask_cluster(tmp_path_factory):
         patch.setenv("SPRAY_TEST_SIGNALS", str(signals))
         with dask_client("local:2") as client:
             yield client.scheduler.address, signals
+
+
+@pytest.fixture(scope="session")
+def audit_store(tmp_path_factory):
+    """spray.testing's small analysed audit store with thumbnails and a ClArC result (read-only for tests;
+    copy it to change it): what the report and export tests read."""
+    from spray.testing import build_audit_store
+
+    return build_audit_store(tmp_path_factory.mktemp("audit") / "audit.h5")

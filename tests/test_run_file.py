@@ -1,4 +1,5 @@
-"""`spray run FILE.toml`: a declarative audit; its file errors name the table and parameter."""
+"""`spray run FILE.toml`: a declarative audit, ClArC and its evaluation included; its file errors name the file,
+line, table and parameter (exit code 2)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from spray.cli import main
 from spray.errors import PipelineError
-from spray.run import read_run
+from spray.run import read_run, run_file
 
 RUN = """
 [audit]
@@ -78,6 +79,128 @@ def test_bad_run_files_name_the_problem(run_dir, change, message):
         read_run(run_dir / "run.toml")
 
 
+CLARC_RUN = """
+[audit]
+out = "out"
+[model]
+factory = "spray.demo:build_model"
+[train]
+data = "npz:train.npz"
+epochs = 3
+batch_size = 16
+lr = 1e-2
+[data]
+source = "npz:train.npz"
+[attribution]
+batch_size = 40
+[clarc]
+methods = ["pclarc", "rrclarc"]
+epochs = 1
+[evaluate]
+test = "npz:test.npz"
+everywhere_test = "npz:stamped.npz"
+[report]
+path = "report.html"
+[preprocess]
+grid = 8
+[knn]
+n_neighbors = 5
+[spectral]
+n_eigenpairs = 6
+[kmeans]
+k_min = 2
+k_max = 4
+n_init = 1
+[fda]
+n_permutations = 10
+"""
+
+
+def _stamped_digits(n: int, seed: int, stamp: float) -> dict[str, np.ndarray]:
+    """8x8 noise images of two classes (class 1 brighter); a share ``stamp`` of class 1 gets a bright corner."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = (rng.random((n, 1, 8, 8)) * 0.5 + 0.2 * y[:, None, None, None]).astype(np.float32)
+    chosen = np.flatnonzero(y == 1)[: int(stamp * n / 2)]
+    x[chosen, :, :3, :3] = 1.0
+    return {"x": x, "y": y}
+
+
+@pytest.fixture()
+def clarc_dir(tmp_path):
+    np.savez(tmp_path / "train.npz", **_stamped_digits(80, 0, 0.3))
+    test = _stamped_digits(40, 1, 0.0)
+    np.savez(tmp_path / "test.npz", **test)
+    np.savez(tmp_path / "stamped.npz", **_stamped_digits(40, 1, 2.0))  # the corner in every image
+    (tmp_path / "run.toml").write_text(CLARC_RUN)
+    return tmp_path
+
+
+def test_run_with_clarc_and_evaluate_corrects_the_top_cluster_and_measures_it(clarc_dir, capsys):
+    from spray.clarc import run_name
+    from spray.ranking import rank_classes, top_candidate
+    from spray.store import AuditStore
+
+    assert main(["run", str(clarc_dir / "run.toml")]) == 0
+    printed = capsys.readouterr().out
+    out = clarc_dir / "out"
+    with AuditStore(out / "audit.h5") as store:
+        top = top_candidate(rank_classes(store))
+        cluster = f"{top['class']}:{top['clustering']}:{top['cluster']}"
+        for method in ("pclarc", "rrclarc"):
+            run = run_name(method, cluster)
+            _, attrs = store.read_node(f"clarc/{run}/result")
+            assert attrs["cluster"] == cluster and attrs["everywhere"] == "given"
+            assert attrs["epochs"] == (1 if method == "rrclarc" else None)
+            assert (out / "clarc" / run / "weights.pt").is_file()
+            original, corrected = attrs["metrics"]
+            for row in (original, corrected):
+                assert 0 <= row["clean_accuracy"] <= 1 and 0 <= row["everywhere_accuracy"] <= 1
+                assert row["poisoned_accuracy"] is None and row["fda_rank"] is None
+            assert f"{method} on cluster {cluster}" in printed
+    assert printed.count("everywhere acc") == 2  # one before/after table per method
+    assert "P-ClArC" in (out / "report.html").read_text(encoding="utf-8")
+
+
+def test_run_without_evaluate_corrects_but_leaves_the_metrics_empty(clarc_dir, capsys):
+    text = CLARC_RUN.replace('[evaluate]\ntest = "npz:test.npz"\neverywhere_test = "npz:stamped.npz"\n', "")
+    text = text.replace('methods = ["pclarc", "rrclarc"]', 'methods = ["pclarc"]').replace('"report.html"', '""')
+    (clarc_dir / "run.toml").write_text(text)
+    result = run_file(clarc_dir / "run.toml", progress=False)
+    (corrected,) = result.clarc
+    assert corrected.method == "pclarc" and corrected.weights.is_file()
+    assert all(row["clean_accuracy"] is None for row in corrected.metrics)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("[clarc]\nmethods", "[clarcs]\nmethods"), r"unknown node \[clarcs\]"),
+        (("epochs = 1", 'epochs = "1"'), r"run.toml, line 17: 'clarc.epochs' must be int, got '1'"),
+        (("epochs = 1", "epochs = 0"), r"line 17: clarc.epochs must be at least 1, got 0"),
+        (('methods = ["pclarc", "rrclarc"]', 'methods = ["xclarc"]'),
+         r"line 16: clarc.methods must list distinct methods of aclarc, pclarc, rrclarc, got \['xclarc'\]"),
+        (("[clarc]\n", '[clarc]\ncluster = "8:kmeans"\n'),
+         r"line 16: clarc.cluster must be \"top\" or cluster '8:kmeans' is not CLASS:CLUSTERING:ID"),
+        (('test = "npz:test.npz"\n', ""), r"line 18: \[evaluate\] needs test"),
+        (("[evaluate]\n", '[evaluate]\nrelevance_target = "input"\n'),
+         r"evaluate.relevance_target must be one of label, prediction"),
+        (("[clarc]\nmethods = [\"pclarc\", \"rrclarc\"]\nepochs = 1\n", ""),
+         r"\[evaluate\] measures a ClArC correction: add a \[clarc\] table"),
+        (("[evaluate]\n", "[evaluate]\nseed = 1\n"),
+         r"unknown parameter 'evaluate.seed'; valid: everywhere_test, fda_rank, poisoned_test, relevance_target, "
+         "test"),
+    ],
+)
+def test_bad_clarc_and_evaluate_tables_name_file_line_table_and_key(clarc_dir, change, message, capsys):
+    assert change[0] in CLARC_RUN
+    (clarc_dir / "run.toml").write_text(CLARC_RUN.replace(*change))
+    with pytest.raises(PipelineError, match=message):
+        read_run(clarc_dir / "run.toml")
+    assert main(["run", str(clarc_dir / "run.toml")]) == 2
+    assert "run.toml" in capsys.readouterr().err
+
+
 def test_shipped_run_files_parse():
     from pathlib import Path
 
@@ -85,3 +208,32 @@ def test_shipped_run_files_parse():
     for name in ("demo.toml", "template.toml"):
         tables, spec = read_run(root / name)
         assert tables["data"]["source"] and "fda" in spec.nodes
+        assert tables["clarc"]["cluster"] == "top" and tables["evaluate"]["test"]
+
+
+def test_demo_run_file_is_the_chain_spray_demo_runs():
+    """pipelines/demo.toml trains with the demo's recipe, analyses with the default pipeline and evaluates on
+    the demo's three test versions, as `spray demo` does."""
+    from pathlib import Path
+
+    from spray.demo import BATCH_SIZE, EPOCHS, LR
+    from spray.pipeline import read_pipeline
+
+    tables, spec = read_run(Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml")
+    assert {k: tables["train"][k] for k in ("epochs", "batch_size", "lr")} == {
+        "epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR}
+    assert spec.nodes == read_pipeline(None).nodes
+    assert tables["evaluate"] | {"fda_rank": False} == {
+        "test": "spray.demo:clean_test_dataset", "poisoned_test": "spray.demo:poisoned_test_dataset",
+        "everywhere_test": "spray.demo:everywhere_test_dataset", "fda_rank": False,
+        "relevance_target": "prediction"}
+
+
+def test_quick_demo_pipeline_is_the_default_without_umap():
+    """`spray demo --quick` saves UMAP's numba compilation only: its clusterings, hence the ranking, are the
+    default pipeline's."""
+    from spray.pipeline import pipeline_from_text, read_pipeline
+    from spray.workflow import QUICK_PIPELINE
+
+    quick, default = pipeline_from_text(QUICK_PIPELINE).nodes, read_pipeline(None).nodes
+    assert quick == {name: params for name, params in default.items() if name != "umap"}

@@ -21,7 +21,10 @@ from spray.errors import BadInputError
 
 FRACTION = 0.5
 EPOCHS = 3
-LR = 1e-3
+# The audited model usually ended its training at a small learning rate (the demo's cosine schedule ends
+# at 0); fine-tuning every layer at 1e-3 shook it and cost 4 points of clean accuracy on the demo, 3e-4
+# keeps it within 1 point and removes the shortcut as well (docs/clarc.md).
+LR = 3e-4
 
 
 class AClArC(FinetuningCorrector):

@@ -1,4 +1,5 @@
-"""From a flagged cluster ``CLASS:CLUSTERING:ID`` (as ``spray rank --json`` names it) to sample indices.
+"""From a flagged cluster ``CLASS:CLUSTERING:ID`` (as ``spray rank --json`` names it, or ``top``) to sample
+indices.
 
 The analysis pipeline stores, per class ``c`` of analysis ``A`` (docs/store.md): ``analyses/A/c/status``
 with arrays ``positions`` (store rows) and ``dataset_index`` (indices into the user's dataset), and each
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from spray.errors import BadInputError
-from spray.export.tables import analysis_summary
+from spray.export.tables import analysis_summary, no_analysis_error
+from spray.ranking import rank_classes, top_candidate
 from spray.store import AuditStore
 
 #: Nodes of a class that hold clusterings, searched in this order when the FDA node does not say.
@@ -29,6 +31,7 @@ class ClusterSpec:
 
     @classmethod
     def parse(cls, text: str | ClusterSpec) -> ClusterSpec:
+        """``"8:kmeans_3:1"`` -> ``ClusterSpec(8, "kmeans_3", 1)``; a bad spec is a ``BadInputError``."""
         if isinstance(text, ClusterSpec):
             return text
         parts = str(text).split(":")
@@ -66,10 +69,19 @@ def choose_analysis(store: AuditStore, analysis: str | None) -> str:
             return "spray"
     if analysis in have:
         return analysis
-    raise BadInputError(
-        f"audit store {store.path} has no analysis {analysis or ''!r} (it has: {', '.join(have) or 'none'}); "
-        + ("run `spray analyze` first" if not have else "name one of them")
-    )
+    raise no_analysis_error(store, analysis, have)
+
+
+def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterSpec:
+    """``cluster`` parsed; ``"top"`` is the most separable cluster of the best-ranked class of the analysis."""
+    if cluster != "top":
+        return ClusterSpec.parse(cluster)
+    analysis = choose_analysis(store, analysis)
+    top = top_candidate(rank_classes(store, analysis))
+    if top is None:
+        raise BadInputError(f"audit store {store.path} has no ranked class in analysis {analysis!r}; "
+                            "name the cluster as CLASS:CLUSTERING:ID")
+    return ClusterSpec(top["class"], top["clustering"], top["cluster"])
 
 
 def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterMembers:

@@ -5,7 +5,8 @@ One row per model (``"original"``, ``"corrected"``), keys :data:`METRICS`:
 - ``clean_accuracy``: accuracy on the clean test data.
 - ``poisoned_accuracy``: on the test data as poisoned at training time (None if not given).
 - ``everywhere_accuracy``: on the clean test data with the *isolated* artifact (learned patch and mean
-  mask, not any ground truth) pasted into every sample of every class. A Clever Hans model drops here.
+  mask, not any ground truth) pasted into every sample of every class, or on given test data that
+  carries the known artifact in every sample (``everywhere_test``). A Clever Hans model drops here.
 - ``artifact_relevance``: the share of LRP relevance inside the artifact's mask on that everywhere set,
   ``mean_i Σ_{c,h,w} |R_i| M / Σ_{c,h,w} |R_i|``, with ``R_i`` the heatmap of sample ``i`` for its true
   class (``target="label"``, so both models explain the same output; ``"prediction"`` explains each
@@ -101,14 +102,22 @@ def artifact_relevance(model: nn.Module, dataset: Dataset, mask: Tensor, *, comp
 
 
 def evaluate_model(model: nn.Module, *, clean: Dataset, patch: Tensor, mask: Tensor,
-                   poisoned: Dataset | None = None,
+                   poisoned: Dataset | None = None, everywhere_test: Dataset | None = None,
                    composite: Composite | None = None, target: str = "prediction",
                    region: Tensor | np.ndarray | None = None) -> dict[str, float | None]:
-    """Accuracies and artifact relevance of one model (keys of :data:`METRICS` except ``fda_rank``)."""
-    stamped = everywhere(clean, patch, mask)
+    """Accuracies and artifact relevance of one model (keys of :data:`METRICS` except ``fda_rank``).
+
+    ``everywhere_test``: test data with the artifact in every sample, where the artifact is known (e.g. the
+    demo's planted stamp); by default ``clean`` with the isolated artifact pasted into every sample.
+    """
+    stamped = everywhere(clean, patch, mask) if everywhere_test is None else everywhere_test
     inside = mask if region is None else torch.as_tensor(np.asarray(region), dtype=torch.float32)
     if inside.shape != mask.shape:
         raise BadInputError(f"region must have the mask's shape {tuple(mask.shape)}, got {tuple(inside.shape)}")
+    x, _ = as_tensors(stamped)
+    if tuple(x.shape[-2:]) != tuple(mask.shape):
+        raise BadInputError(f"the everywhere test samples have shape {tuple(x.shape[1:])}, but the artifact mask "
+                            f"is {tuple(mask.shape)}; use test data like the training data")
     return {
         "clean_accuracy": accuracy(model, clean),
         "poisoned_accuracy": accuracy(model, poisoned) if poisoned is not None else None,
@@ -192,6 +201,7 @@ def evaluate_correction(
     mask: Tensor,
     clean: Dataset,
     poisoned: Dataset | None = None,
+    everywhere_test: Dataset | None = None,
     composite: Composite | None = None,
     target: str = "prediction",
     region: Tensor | np.ndarray | None = None,
@@ -202,7 +212,8 @@ def evaluate_correction(
     rows = []
     for name, model in (("original", original), ("corrected", corrected)):
         row = {"model": name, **evaluate_model(model, clean=clean, patch=patch, mask=mask, poisoned=poisoned,
-                                              composite=composite, target=target, region=region)}
+                                              everywhere_test=everywhere_test, composite=composite,
+                                              target=target, region=region)}
         row["fda_rank"] = None
         if fda is not None:
             row["fda_rank"] = (original_rank(fda.store, label, fda.analysis) if name == "original"

@@ -18,8 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from spray.clarc.activations import modules_after, stack_samples
 from spray.data import model_hash
 from spray.errors import BadInputError
+from spray.seeding import seeded
 
 #: ``objective(model, x, y, generator) -> scalar loss`` for one batch; ``generator`` is the epoch's
 #: seeded source for any random choice the objective makes.
@@ -58,18 +58,6 @@ def epoch_seeds(seed: int, epoch: int) -> tuple[int, int, int]:
     """Seeds of epoch ``epoch``: (shuffling, the objective's generator, torch's global RNG for dropout)."""
     a, b, c = np.random.SeedSequence([seed, epoch]).generate_state(3, dtype=np.uint64)
     return int(a >> 1), int(b >> 1), int(c >> 1)
-
-
-@contextmanager
-def _deterministic() -> Iterator[None]:
-    """Deterministic kernels and a private global RNG for the block; the caller's state is restored."""
-    was = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(was)
 
 
 def finetune(
@@ -136,7 +124,7 @@ def finetune(
     for p in frozen_params:
         p.requires_grad_(False)
     try:
-        with bar, _deterministic():
+        with bar, seeded(deterministic=True):
             for epoch in range(start + 1, epochs + 1):
                 shuffle_seed, objective_seed, global_seed = epoch_seeds(seed, epoch)
                 torch.manual_seed(global_seed)

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
-from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster
+from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
 from spray.clarc.evaluate import FdaSetup, empty_row, evaluate_correction, format_metrics
 from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
@@ -108,6 +108,7 @@ def clarc_from_store(
     seed: int = 0,
     test: Dataset | None = None,
     poisoned_test: Dataset | None = None,
+    everywhere_test: Dataset | None = None,
     fda_rank: bool = False,
     relevance_target: str = "prediction",
     overwrite: bool = False,
@@ -117,7 +118,8 @@ def clarc_from_store(
 
     Args:
         store_path: the audit store (analysed); the node ``clarc/<run>/result`` is written into it.
-        cluster: ``CLASS:CLUSTERING:ID`` as ``spray rank --json`` reports it (class, clustering, cluster).
+        cluster: ``CLASS:CLUSTERING:ID`` as ``spray rank --json`` reports it (class, clustering, cluster), or
+            ``"top"``: the flagged cluster of the best-ranked class.
         method: ``"aclarc"``, ``"pclarc"`` or ``"rrclarc"``.
         model: the audited model (not modified); dataset: the audited data (dataset indices as stored).
         out_dir: runs go to ``out_dir/<run>/``; layer: module name (default: ``default_layer``).
@@ -125,17 +127,19 @@ def clarc_from_store(
             of other-class samples that get the artifact.
         test, poisoned_test: evaluate on them (clean / as poisoned at training time); without ``test`` the
             metrics stay None (``evaluate_from_store`` can fill them in later).
+        everywhere_test: test data with the known artifact in every sample; by default ``test`` with the
+            isolated artifact pasted into every sample.
         fda_rank: also re-attribute and re-analyse ``dataset`` with the corrected model (slow).
     """
     if method not in METHODS:
         raise BadInputError(f"unknown ClArC method {method!r}; choose one of {', '.join(METHODS)}")
-    spec = ClusterSpec.parse(cluster)
-    run = run or run_name(method, spec)
-    run_dir = Path(out_dir) / run
     with AuditStore(store_path) as store:
         analysis = choose_analysis(store, analysis)
+        spec = resolve_cluster(store, cluster, analysis)
         members = read_cluster(store, spec, analysis)
         composite = audit_composite(store, analysis)
+    run = run or run_name(method, spec)
+    run_dir = Path(out_dir) / run
     artifact = isolate_artifact(
         model, dataset, members.artifact, members.rest, label=spec.label, layer=layer, cav=cav,
         composite=composite, reference=reference, sigma=sigma, threshold=threshold, random_state=seed,
@@ -161,14 +165,16 @@ def clarc_from_store(
     weights = run_dir / WEIGHTS
     _save_weights(corrected, weights)
     params.update(weights=str(weights), cav_method=cav, reference=reference, sigma=sigma, threshold=threshold,
-                  analysis=analysis, relevance_target=relevance_target)
+                  analysis=analysis, relevance_target=relevance_target,
+                  everywhere="isolated" if everywhere_test is None else "given")
 
     metrics = [empty_row("original"), empty_row("corrected")]
     if test is not None:
         fda = FdaSetup(Path(store_path), dataset, run_dir, analysis) if fda_rank else None
         metrics = evaluate_correction(
             model, corrected, label=spec.label, patch=artifact.patch, mask=artifact.mask, clean=test,
-            poisoned=poisoned_test, composite=composite, target=relevance_target, fda=fda, progress=progress,
+            poisoned=poisoned_test, everywhere_test=everywhere_test, composite=composite,
+            target=relevance_target, fda=fda, progress=progress,
         )
     result = ClarcResult(run, method, str(spec), artifact.layer, artifact, corrected, weights, run_dir, params,
                          metrics, history)
@@ -183,6 +189,7 @@ def evaluate_from_store(
     *,
     test: Dataset,
     poisoned_test: Dataset | None = None,
+    everywhere_test: Dataset | None = None,
     dataset: Dataset | None = None,
     fda_rank: bool = False,
     relevance_target: str | None = None,
@@ -191,7 +198,8 @@ def evaluate_from_store(
 ) -> list[dict[str, Any]]:
     """Evaluate recorded run ``run`` again (``model``: the original, uncorrected model) and update its
     metrics in the store. The corrected weights are the file the run recorded; the artifact its patch and
-    mask. ``dataset`` (the audited data) is needed for ``fda_rank``."""
+    mask. ``everywhere_test`` as for :func:`clarc_from_store`; ``dataset`` (the audited data) is needed for
+    ``fda_rank``."""
     with AuditStore(store_path) as store:
         path = f"clarc/{run}/result"
         if not store.has_node(path):
@@ -215,12 +223,13 @@ def evaluate_from_store(
     metrics = evaluate_correction(
         model, corrected, label=label, patch=torch.from_numpy(arrays["patch"]),
         mask=torch.from_numpy(arrays["mask"]),
-        clean=test, poisoned=poisoned_test, composite=composite,
+        clean=test, poisoned=poisoned_test, everywhere_test=everywhere_test, composite=composite,
         target=relevance_target or attrs.get("relevance_target") or "prediction", region=region, fda=fda,
         progress=progress,
     )
+    everywhere = "isolated" if everywhere_test is None else "given"
     with AuditStore(store_path, mode="a") as store:
-        store.write_node(path, arrays, {**attrs, "metrics": metrics})
+        store.write_node(path, arrays, {**attrs, "metrics": metrics, "everywhere": everywhere})
     return metrics
 
 

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from torch.utils.data import TensorDataset
 
-from spray.demo.digits import PoisonedDigits, default_poisoned_digits, paste_artifact, poisoned_digits
+from spray.demo.digits import (
+    Artifact,
+    PoisonedDigits,
+    add_specks,
+    checker_stamp,
+    default_poisoned_digits,
+    paste_artifact,
+    poisoned_digits,
+)
 from spray.demo.model import FEATURE_LAYER, LAST_CONV, build_model
-from spray.demo.train import evaluate_accuracy, train_model
+from spray.demo.train import BATCH_SIZE, EPOCHS, LR, evaluate_accuracy, predict, train_model
 
 
 def train_dataset() -> TensorDataset:
@@ -35,10 +43,16 @@ def everywhere_test_dataset() -> TensorDataset:
 
 
 __all__ = [
+    "BATCH_SIZE",
+    "EPOCHS",
     "FEATURE_LAYER",
     "LAST_CONV",
+    "LR",
+    "Artifact",
     "PoisonedDigits",
+    "add_specks",
     "build_model",
+    "checker_stamp",
     "clean_test_dataset",
     "default_poisoned_digits",
     "everywhere_test_dataset",
@@ -46,6 +60,7 @@ __all__ = [
     "paste_artifact",
     "poisoned_digits",
     "poisoned_test_dataset",
+    "predict",
     "train_dataset",
     "train_model",
 ]

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 from torch import nn
+
+from spray.seeding import seeded
 
 LAST_CONV = "features.8"
 FEATURE_LAYER = "features.10"
@@ -36,8 +37,7 @@ def build_model(num_classes: int = 10, *, in_channels: int = 1, seed: int | None
     """
     if seed is None:
         return _build(num_classes, in_channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return _build(num_classes, in_channels)
 
 

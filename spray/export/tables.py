@@ -63,6 +63,14 @@ class ClassAnalysis:
         return best if best.get("clustering") in self.clusterings else None
 
 
+def no_analysis_error(store: AuditStore, analysis: str | None, have: list[str]) -> BadInputError:
+    """The error for an analysis ``analysis`` that the store lacks, listing the analyses it ``have``s."""
+    return BadInputError(
+        f"audit store {store.path} has no analysis {analysis or ''!r} (it has: {', '.join(have) or 'none'}); "
+        + ("run `spray analyze` first" if not have else "name one of them")
+    )
+
+
 def analysis_summary(store: AuditStore, analysis: str = "spray") -> dict[str, Any]:
     """Attrs of ``analyses/<analysis>/summary`` (pipeline, attribution, classes, ...), checked.
 
@@ -73,11 +81,7 @@ def analysis_summary(store: AuditStore, analysis: str = "spray") -> dict[str, An
     """
     path = f"analyses/{analysis}/summary"
     if not store.has_node(path):
-        have = sorted({p.split("/")[1] for p in store.list_nodes("analyses")})
-        raise BadInputError(
-            f"audit store {store.path} has no analysis {analysis!r} (it has: {', '.join(have) or 'none'}); "
-            "run `spray analyze` first"
-        )
+        raise no_analysis_error(store, analysis, sorted({p.split("/")[1] for p in store.list_nodes("analyses")}))
     summary = store.read_node(path)[1]
     with store.interpreting(f"node {path}"):
         attribution = summary["attribution"]

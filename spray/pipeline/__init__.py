@@ -7,7 +7,8 @@ from typing import Any
 
 from spray.pipeline.executor import AnalysisResult, analyze
 from spray.pipeline.nodes import NODES, PREPROCESS_DEFAULTS
-from spray.pipeline.spec import PipelineSpec, load_pipeline, parse_pipeline
+from spray.pipeline.spec import ExtraTables, PipelineSpec, load_pipeline, parse_pipeline
+
 
 def _node_table() -> dict[str, Any]:
     return {
@@ -16,7 +17,7 @@ def _node_table() -> dict[str, Any]:
     }
 
 
-def read_pipeline(path: str | Path | None = None, extra_tables: frozenset[str] = frozenset()) -> PipelineSpec:
+def read_pipeline(path: str | Path | None = None, extra_tables: ExtraTables = frozenset()) -> PipelineSpec:
     """The pipeline in ``path``, checked against the node table; without a path, the default pipeline
     (every node with ``default=True``, at its default parameters: pipelines/spray.toml writes it out)."""
     if path is None:
@@ -25,7 +26,7 @@ def read_pipeline(path: str | Path | None = None, extra_tables: frozenset[str] =
     return load_pipeline(path, extra_tables=extra_tables, **_node_table())
 
 
-def pipeline_from_text(text: str, source: str = "<string>", extra_tables: frozenset[str] = frozenset()) -> PipelineSpec:
+def pipeline_from_text(text: str, source: str = "<string>", extra_tables: ExtraTables = frozenset()) -> PipelineSpec:
     """Like :func:`read_pipeline` for TOML text (tests, notebooks, pipelines embedded in ``spray run`` files)."""
     return parse_pipeline(text, source=source, extra_tables=extra_tables, **_node_table())
 

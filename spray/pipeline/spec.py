@@ -10,11 +10,15 @@ import inspect
 import json
 import re
 import tomllib
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from spray.errors import PipelineError
+
+#: Tables a caller reads besides the analysis ones: their names, or names mapped to default parameters.
+ExtraTables = Collection[str] | Mapping[str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class PipelineSpec:
 
     def where(self, table: str, key: str | None = None) -> str:
         """``"<source>, line N"`` of ``[table]`` (or of ``key`` in it) for messages; the source alone if absent."""
-        return _where(self.source, self.text, table, key)
+        return where(self.source, self.text, table, key)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -61,7 +65,8 @@ def _line_of(text: str, table: str, key: str | None = None) -> int | None:
     return start + 1
 
 
-def _where(source: str, text: str, table: str, key: str | None = None) -> str:
+def where(source: str, text: str, table: str, key: str | None = None) -> str:
+    """``source, line N`` for ``[table]`` (or its ``key``) in the TOML ``text``; ``source`` if not found."""
     line = _line_of(text, table, key) if text else None
     return f"{source}, line {line}" if line else source
 
@@ -72,14 +77,16 @@ def parse_pipeline(
     source: str = "<string>",
     node_params: dict[str, dict[str, Any]],
     required: frozenset[str],
-    extra_tables: frozenset[str] = frozenset(),
+    extra_tables: ExtraTables = frozenset(),
     enabled: frozenset[str] = frozenset(),
 ) -> PipelineSpec:
     """Parse pipeline TOML against a node table.
 
     ``node_params`` maps each known node to its default parameters (the valid names); nodes in
     ``required`` (and ``enabled``) run whether or not their table is present, the others only when their
-    table is present.
+    table is present. ``extra_tables`` names further tables the caller reads (into ``spec.extra``, as
+    given); as a mapping to default parameters, their keys and value types are checked like a node's.
+    A default that is a type (``int``, ``str``, ...) marks a parameter of that type without a default.
     """
     try:
         data = tomllib.loads(text)
@@ -87,24 +94,24 @@ def parse_pipeline(
         raise PipelineError(f"{source}: malformed TOML: {exc}") from None
     analysis = data.pop("analysis", {})
     if not isinstance(analysis, dict):
-        raise PipelineError(f"{_where(source, text, 'analysis')}: 'analysis' must be a table")
+        raise PipelineError(f"{where(source, text, 'analysis')}: 'analysis' must be a table")
     unknown = set(analysis) - {"name", "attribution"}
     if unknown:
         key = sorted(unknown)[0]
         raise PipelineError(
-            f"{_where(source, text, 'analysis', key)}: unknown parameter 'analysis.{key}'; "
+            f"{where(source, text, 'analysis', key)}: unknown parameter 'analysis.{key}'; "
             "valid: name, attribution"
         )
     name = analysis.get("name", "spray")
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_]+", name):
         raise PipelineError(
-            f"{_where(source, text, 'analysis', 'name')}: analysis.name must be letters, digits and "
+            f"{where(source, text, 'analysis', 'name')}: analysis.name must be letters, digits and "
             f"underscores (it names an HDF5 group and a ViRelAy analysis), got {name!r}"
         )
     attribution = analysis.get("attribution")
     if attribution is not None and not isinstance(attribution, str):
         raise PipelineError(
-            f"{_where(source, text, 'analysis', 'attribution')}: 'analysis.attribution' must be a string, "
+            f"{where(source, text, 'analysis', 'attribution')}: 'analysis.attribution' must be a string, "
             f"got {attribution!r}"
         )
 
@@ -112,35 +119,45 @@ def parse_pipeline(
     extra: dict[str, dict[str, Any]] = {}
     for table, params in data.items():
         if table in extra_tables:
+            if isinstance(extra_tables, Mapping):
+                _check_params(source, text, table, params, extra_tables[table])
             extra[table] = params
             continue
         if table not in node_params:
             raise PipelineError(
-                f"{_where(source, text, table)}: unknown node [{table}]; "
+                f"{where(source, text, table)}: unknown node [{table}]; "
                 f"known nodes: {', '.join(sorted(node_params))}"
             )
-        if not isinstance(params, dict):
-            raise PipelineError(f"{_where(source, text, table)}: [{table}] must be a table of parameters")
-        for key, value in params.items():
-            if key not in node_params[table]:
-                valid = ", ".join(sorted(node_params[table])) or "(none)"
-                raise PipelineError(
-                    f"{_where(source, text, table, key)}: unknown parameter '{table}.{key}'; valid: {valid}"
-                )
-            default = node_params[table][key]
-            if default is not None and not _same_kind(default, value):
-                raise PipelineError(
-                    f"{_where(source, text, table, key)}: '{table}.{key}' must be "
-                    f"{type(default).__name__}, got {value!r}"
-                )
+        _check_params(source, text, table, params, node_params[table])
         nodes[table] = {**node_params[table], **params}
     for node in required | enabled:
         nodes.setdefault(node, dict(node_params[node]))
     return PipelineSpec(name=name, attribution=attribution, nodes=nodes, extra=extra, source=source, text=text)
 
 
+def _check_params(source: str, text: str, table: str, params: Any, defaults: Mapping[str, Any]) -> None:
+    """``[table]`` is a table whose keys are in ``defaults`` and whose values fit their defaults' types."""
+    if not isinstance(params, dict):
+        raise PipelineError(f"{where(source, text, table)}: [{table}] must be a table of parameters")
+    for key, value in params.items():
+        if key not in defaults:
+            valid = ", ".join(sorted(defaults)) or "(none)"
+            raise PipelineError(
+                f"{where(source, text, table, key)}: unknown parameter '{table}.{key}'; valid: {valid}"
+            )
+        default = defaults[key]
+        if default is not None and not _same_kind(default, value):
+            kind = default if isinstance(default, type) else type(default)
+            raise PipelineError(
+                f"{where(source, text, table, key)}: '{table}.{key}' must be {kind.__name__}, got {value!r}"
+            )
+
+
 def _same_kind(default: Any, value: Any) -> bool:
-    """Whether a TOML value fits a parameter whose default is ``default`` (ints are valid floats)."""
+    """Whether a TOML value fits a parameter whose default is ``default`` (ints are valid floats); a
+    default that is a type stands for a value of that type."""
+    if isinstance(default, type):
+        default = default()
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(default, bool) and isinstance(value, bool)
     if isinstance(default, float):

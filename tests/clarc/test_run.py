@@ -10,8 +10,16 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from spray.clarc import clarc_from_store, evaluate_from_store, isolate_artifact, load_corrected, read_cluster
+from spray.clarc import (
+    ClusterSpec,
+    clarc_from_store,
+    evaluate_from_store,
+    isolate_artifact,
+    load_corrected,
+    read_cluster,
+)
 from spray.clarc.cav import MIN_SAMPLES
+from spray.clarc.evaluate import accuracy, artifact_relevance, everywhere
 from spray.errors import BadInputError
 from spray.store import AuditStore
 
@@ -81,6 +89,49 @@ def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
     assert metrics[1]["clean_accuracy"] is not None
 
 
+def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_path):
+    from spray.clarc.cluster import resolve_cluster
+    from spray.ranking import top_candidate
+
+    top = top_candidate(tiny_audit.ranking)
+    with AuditStore(tiny_audit.store) as audit:
+        spec = resolve_cluster(audit, "top")
+        assert resolve_cluster(audit, "1:kmeans_2:0") == ClusterSpec(1, "kmeans_2", 0)
+    assert (spec.label, spec.clustering, spec.cluster) == (top["class"], top["clustering"], top["cluster"])
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    result = clarc_from_store(store, "top", "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path,
+                              progress=False)
+    assert result.cluster == str(spec) and result.run == f"pclarc_{spec.label}_{spec.clustering}_{spec.cluster}"
+
+
+def test_a_given_everywhere_test_set_replaces_the_pasted_isolated_artifact(tiny_audit, tmp_path):
+    spec, _ = a_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    x, y = tiny_audit.dataset.tensors
+    stamped = x.clone()
+    stamped[:, :, :3, :3] = 1.0  # the tiny data's planted corner, in every sample
+    given = TensorDataset(stamped, y)
+    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path,
+                              test=tiny_audit.dataset, everywhere_test=given, progress=False)
+    original = result.metrics[0]
+    assert original["everywhere_accuracy"] == pytest.approx(accuracy(tiny_audit.model, given))
+    assert original["artifact_relevance"] == pytest.approx(
+        artifact_relevance(tiny_audit.model, given, result.artifact.mask))
+    with AuditStore(store) as audit:
+        assert audit.read_node(f"clarc/{result.run}/result")[1]["everywhere"] == "given"
+    rows = evaluate_from_store(store, result.run, tiny_audit.model, test=tiny_audit.dataset, progress=False)
+    with AuditStore(store) as audit:
+        assert audit.read_node(f"clarc/{result.run}/result")[1]["everywhere"] == "isolated"
+    assert rows[0]["everywhere_accuracy"] == pytest.approx(accuracy(
+        tiny_audit.model, everywhere(tiny_audit.dataset, result.artifact.patch, result.artifact.mask)))
+    with pytest.raises(BadInputError, match=r"everywhere test samples have shape \(1, 4, 4\), but the artifact "
+                                            r"mask is \(8, 8\)"):
+        evaluate_from_store(store, result.run, tiny_audit.model, test=tiny_audit.dataset,
+                            everywhere_test=TensorDataset(x[:, :, :4, :4], y), progress=False)
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 
@@ -102,6 +153,15 @@ def test_unknown_clustering_lists_the_valid_names(tiny_audit, tmp_path):
 def test_class_not_analysed_lists_the_analysed_classes(tiny_audit, tmp_path):
     with pytest.raises(BadInputError, match=r"class 7 was not analysed .* analysed classes: 0, 1"):
         run(tiny_audit, tmp_path, "7:kmeans_2:0")
+
+
+def test_top_without_a_ranked_class_asks_for_a_cluster_spec(tiny_audit, tmp_path, monkeypatch):
+    import spray.clarc.cluster as cluster
+
+    monkeypatch.setattr(cluster, "rank_classes", lambda store, analysis: [{"skipped": "too few samples"}])
+    with pytest.raises(BadInputError, match=r"has no ranked class in analysis 'tiny'; name the cluster as "
+                                            r"CLASS:CLUSTERING:ID"):
+        run(tiny_audit, tmp_path, "top")
 
 
 def test_malformed_cluster_spec_shows_the_format(tiny_audit, tmp_path):

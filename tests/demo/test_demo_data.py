@@ -40,7 +40,7 @@ def test_planted_samples_carry_the_stamp_and_no_other_training_sample_does(data)
     assert np.array_equal(stamped, data.planted)
     assert set(data.train.y[data.planted]) == {data.poisoned_class}
     n_class = int((data.train.y == data.poisoned_class).sum())
-    assert len(data.planted) == round(0.3 * n_class)
+    assert len(data.planted) == round(data.fraction * n_class)
 
 
 def test_test_splits_differ_only_by_the_stamp(data):
@@ -58,7 +58,7 @@ def test_paste_artifact_copies_and_works_for_torch_and_numpy():
     out = paste_artifact(x)
     assert x.sum() == 0 and _has_stamp(out[:, :1]).all()
     assert torch.equal(paste_artifact(torch.from_numpy(x)), torch.from_numpy(out))
-    with pytest.raises(BadInputError, match="cannot paste a 6×6 artifact"):
+    with pytest.raises(BadInputError, match="cannot paste a 12×12 artifact"):
         paste_artifact(np.zeros((1, 4, 4)))
 
 
@@ -76,3 +76,31 @@ def test_bad_parameters_are_named():
         poisoned_digits(0, poisoned_class=11)
     with pytest.raises(BadInputError, match="fraction must be in"):
         poisoned_digits(0, fraction=1.5)
+
+
+def test_specks_are_shared_by_the_test_versions_and_switch_off():
+    plain, speckled = poisoned_digits(0, specks=0.0), poisoned_digits(0)
+    changed = np.any(plain.clean_test.x != speckled.clean_test.x, axis=(1, 2, 3))
+    assert 0.3 < changed.mean() < 0.7  # about half the images carry a speck
+    outside = DEFAULT_ARTIFACT.image_mask() == 0
+    assert np.array_equal(
+        speckled.clean_test.x[..., outside], speckled.everywhere_test.x[..., outside]
+    )
+    with pytest.raises(BadInputError, match="specks must be a probability"):
+        poisoned_digits(0, specks=2.0)
+
+
+def test_splits_are_read_only_and_unknown_split_is_named(data):
+    with pytest.raises(ValueError):
+        data.train.x[0, 0, 0, 0] = 1.0
+    with pytest.raises(BadInputError, match="unknown split 'val'"):
+        data.as_dataset("val")
+
+
+def test_paste_artifact_blends_through_a_partial_mask_at_its_position():
+    from spray.demo.digits import Artifact
+
+    artifact = Artifact(np.ones((2, 2), np.float32), np.array([[1, 0.5], [0, 0]], np.float32), (3, 4))
+    out = paste_artifact(np.zeros((1, 1, 8, 8), np.float32), artifact)
+    assert out[0, 0, 3, 4] == 1.0 and out[0, 0, 3, 5] == 0.5 and out.sum() == 1.5
+    assert np.array_equal(artifact.image_mask((8, 8)) > 0, out[0, 0] > 0)

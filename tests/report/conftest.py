@@ -1,32 +1,14 @@
-"""Fixtures of the report tests: the shared analysed store, its report, and Debian's chromium."""
+"""Fixtures of the report tests: the report of the shared analysed store (tests/conftest.py), and Debian's
+chromium."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def audit_store_module():
-    """tests/report/audit_store.py, imported by path once (shared with tests/export; the test directories
-    are not packages, so this works in every pytest import mode)."""
-    name = "spray_tests_audit_store"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("audit_store.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="session")
-def audit_store(tmp_path_factory) -> Path:
-    return audit_store_module().shared_store(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ The schema, its versioning policy and the concurrency model are a contract, docu
 In short: one writer at a time (a ``flock`` on ``<store>.lock``, held from open to close); the HDF5 file
 itself is opened only for the duration of each transaction (a batch of attributions, one node), so
 readers can open it between transactions. HDF5's own file locking keeps a reader from seeing a
-transaction half-written; whoever finds the file busy retries for a bounded time.
+transaction half-written; whoever finds the file busy retries for a bounded time. Every write transaction
+is all-or-nothing (spray.journal): a writer that is killed or runs out of disk space leaves the store as
+it was before that transaction.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ import h5py
 import numpy as np
 
 from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
+from spray.journal import JournaledFile, journal_path, rollback_if_stale
 
 __all__ = ["NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info", "to_json"]
 
@@ -48,6 +53,31 @@ _MIN_CHUNK_BYTES = 64 << 10
 # h5py's locking="best-effort": HDF5 flock()s the file while it is open (shared for readers, exclusive
 # for the writer's transaction) and only gives up locking where the file system cannot lock at all.
 _LOCKING = "best-effort"
+
+# Writes of larger arrays go in blocks of this size: the journaled file object sees one block at a time,
+# so a write never holds a second copy of a large array in memory.
+_WRITE_BLOCK = 64 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it.
+
+    A KeyboardInterrupt raised while HDF5 is calling into the journaled file object would take HDF5 down
+    an error path that is not safe; after the transaction it interrupts the program as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are handled in the main thread only
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def _now() -> str:
@@ -136,6 +166,16 @@ def _create_rows(
     )
 
 
+def _chunk_extents(dset: h5py.Dataset, start: int, stop: int) -> list[tuple[int, int]]:
+    """File byte ranges ``[lo, hi)`` of the chunks of ``dset`` that hold rows ``start:stop``."""
+    rows = dset.chunks[0]
+    extents = []
+    for first in range(start - start % rows, stop, rows):
+        info = dset.id.get_chunk_info_by_coord((first,) + (0,) * (dset.ndim - 1))
+        extents.append((info.byte_offset, info.byte_offset + info.size))
+    return extents
+
+
 def _read_rows(dset: h5py.Dataset, rows: Any) -> np.ndarray:
     """Rows of ``dset`` by position (any order, repeats allowed), reading whole chunk-sized blocks."""
     if rows is None:
@@ -173,6 +213,11 @@ def _storable(name: str, array: Any) -> np.ndarray:
 def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
     if value.dtype.kind == "U":  # numpy's fixed-width UTF-32 has no HDF5 type: store UTF-8 strings
         group.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype("utf-8"))
+    elif value.ndim and value.nbytes > _WRITE_BLOCK:
+        dset = group.create_dataset(name, shape=value.shape, dtype=value.dtype)
+        rows = max(1, _WRITE_BLOCK // max(1, value[0].nbytes))
+        for start in range(0, len(value), rows):
+            dset[start : start + rows] = value[start : start + rows]
     else:
         group.create_dataset(name, data=value)
 
@@ -238,9 +283,10 @@ class _WriterLock:
                 f"audit store {store} is locked by {desc}: one process writes a store at a time; wait "
                 "for it to finish or stop it (the lock is released when it exits)"
             ) from None
-        os.ftruncate(fd, 0)
         holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()})
-        os.pwrite(fd, holder.encode(), 0)
+        with suppress(OSError):  # who holds the lock is for messages only: a full disk must not stop us
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -287,9 +333,8 @@ class AuditStore:
         self._lock.acquire(self.path)
         try:
             if self.path.exists():
-                with self._open(write=True) as f:
-                    if _STAGING in f:  # left by a writer that was killed mid-transaction
-                        del f[_STAGING]
+                with self._open():  # checks the schema; rolls back a transaction a killed writer left
+                    pass
             else:
                 self._create()
         except BaseException:
@@ -324,46 +369,74 @@ class AuditStore:
         return self._lock is not None
 
     def _create(self) -> None:
+        """Write a new, empty store next to its path and rename it into place (a kill leaves no half file).
+
+        Written through a journaled file like every other write, so a full disk is reported here and
+        never reaches HDF5's error paths.
+        """
         from spray import __version__
 
+        new = self.path.with_name(self.path.name + ".new")  # ours: we hold the writer lock of the path
+        journaled = None
         try:
-            # fs_persist keeps track of space freed by replaced nodes across sessions so it is reused.
-            # The default libver gives superblock v2: v3 would mark the file "open for writing" and make
-            # it unopenable (without h5clear) after a writer is killed.
-            with h5py.File(self.path, "w-", locking=_LOCKING, fs_strategy="fsm", fs_persist=True) as f:
-                f.attrs["schema_version"] = SCHEMA_VERSION
-                f.attrs["spray_version"] = __version__
-                f.attrs["created"] = _now()
-                f.attrs["model"] = to_json(None)
-                f.attrs["dataset"] = to_json(None)
-                f.attrs["label_names"] = to_json([])
-                for group in _GROUPS:
-                    f.create_group(group)
+            new.write_bytes(b"")
+            journaled = JournaledFile(new)
+            with _interrupts_deferred():
+                # fs_persist keeps track of space freed by replaced nodes across sessions so it is reused.
+                # The default libver gives superblock v2: v3 would mark the file "open for writing" and
+                # make it unopenable (without h5clear) after a writer is killed.
+                with h5py.File(journaled, "w", fs_strategy="fsm", fs_persist=True) as f:
+                    f.attrs["schema_version"] = SCHEMA_VERSION
+                    f.attrs["spray_version"] = __version__
+                    f.attrs["created"] = _now()
+                    f.attrs["model"] = to_json(None)
+                    f.attrs["dataset"] = to_json(None)
+                    f.attrs["label_names"] = to_json([])
+                    for group in _GROUPS:
+                        f.create_group(group)
+                journaled.commit()
+            os.replace(new, self.path)
         except OSError as exc:
+            if journaled is not None:
+                journaled.abort()
+            with suppress(OSError):
+                new.unlink()
+            if exc.errno in _NO_SPACE:
+                raise StoreError(
+                    f"cannot create audit store {self.path}: no space left ({os.strerror(exc.errno)}); free "
+                    "disk space and run again"
+                ) from None
             raise StoreError(f"cannot create audit store {self.path}: {exc}") from None
 
     # ------------------------------------------------------------------ transactions
 
-    def _h5file(self, write: bool) -> h5py.File:
+    def _h5file(self, write: bool) -> tuple[h5py.File, JournaledFile | None]:
+        """The file open for one transaction, and its journal when writing; waits up to ``timeout`` while
+        another process has it open."""
         deadline = time.monotonic() + self.timeout
         wait = 0.01
         while True:
             try:
-                return h5py.File(self.path, "r+" if write else "r", locking=_LOCKING)
+                return self._open_once(write)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise StoreError(
                         f"audit store {self.path} stayed busy for {self.timeout:g} s: another program "
                         "keeps it open; close it (HDF viewers, notebooks) and retry"
+                        + (self._journal_hint() if not write else "")
                     ) from None
                 time.sleep(wait)
                 wait = min(2 * wait, 0.2)
             except FileNotFoundError:
                 raise StoreError(f"no audit store at {self.path}") from None
             except PermissionError:
+                if not write and journal_path(self.path).exists():
+                    raise StoreError(f"cannot read audit store {self.path}:{self._journal_hint()}") from None
                 action = "write" if write else "read"
                 raise StoreError(f"cannot {action} audit store {self.path}: permission denied") from None
             except OSError as exc:
+                if exc.errno in _NO_SPACE:
+                    raise self._write_error(exc, None) from None
                 if self.path.is_dir():
                     raise StoreError(f"{self.path} is a directory, not an audit store") from None
                 try:
@@ -380,26 +453,107 @@ class AuditStore:
                     "away and run again"
                 ) from None
 
+    def _open_once(self, write: bool) -> tuple[h5py.File, JournaledFile | None]:
+        """Open for writing through a new journal (exclusive lock), or for reading (HDF5's shared lock)
+        after rolling back a journal a killed writer left; BlockingIOError while the file is in use."""
+        if write:
+            journaled = JournaledFile(self.path)
+            try:
+                return h5py.File(journaled, "r+"), journaled
+            except BaseException:
+                journaled.abort()
+                raise
+        journal = journal_path(self.path)
+        if journal.exists():
+            rollback_if_stale(self.path)  # BlockingIOError while its writer is alive
+        if not journal.exists():
+            f = h5py.File(self.path, "r", locking=_LOCKING)
+            if not journal.exists():  # else its writer was killed between the check and the open
+                return f, None
+            f.close()
+        raise BlockingIOError(errno.EWOULDBLOCK, "a write transaction is unfinished")
+
+    def _journal_hint(self) -> str:
+        journal = journal_path(self.path)
+        if not journal.exists():
+            return ""
+        return (
+            f" it holds an unfinished write (journal {journal}) that this process cannot roll back (no "
+            "file locking, or no permission to write the store); any spray command that writes the store "
+            "rolls it back"
+        )
+
+    def _write_error(self, exc: BaseException, journaled: JournaledFile | None) -> StoreError:
+        cause = journaled.failure if journaled is not None and journaled.failure is not None else exc
+        undone = "the write was undone: the store holds exactly what it held before it"
+        if isinstance(cause, OSError) and cause.errno in _NO_SPACE:
+            return StoreError(
+                f"no space left to write audit store {self.path} ({os.strerror(cause.errno)}); {undone}. "
+                "Free disk space (or raise the quota or file size limit) and run the same command again: "
+                "it continues where it stopped"
+            )
+        return StoreError(
+            f"error reading or writing audit store {self.path} ({cause}); {undone}; if the file is "
+            "damaged, move it away and run again"
+        )
+
     @contextmanager
     def _open(self, write: bool = False) -> Iterator[h5py.File]:
-        if write and not self.writable:
-            raise StoreError(f"audit store {self.path} is open read-only; open it with mode='a' to write")
-        f = self._h5file(write)
+        """One transaction: the file is open for the block (read-only unless ``write``)."""
+        if write:
+            with self._transaction() as (f, _):
+                yield f
+            return
+        f, _ = self._h5file(write=False)
         try:
             _check_schema(f, self.path)
             yield f
-        except OSError as exc:  # h5py reports damaged data as OSError
-            with suppress(OSError):
+        except (OSError, RuntimeError) as exc:  # how h5py reports damaged files
+            with suppress(Exception):
                 f.close()
-            raise StoreError(f"error reading or writing audit store {self.path} (corrupt?): {exc}") from None
+            raise StoreError(
+                f"error reading audit store {self.path} (corrupt or truncated?): {exc}; if the file is "
+                "damaged, move it away and run again"
+            ) from None
         except BaseException:
-            with suppress(OSError):
+            with suppress(Exception):
                 f.close()
             raise
+        f.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[tuple[h5py.File, JournaledFile]]:
+        """A write transaction: kept only if the block ends without an exception and every write reached
+        the file; otherwise rolled back (spray.journal), whatever went wrong."""
+        if not self.writable:
+            raise StoreError(f"audit store {self.path} is open read-only; open it with mode='a' to write")
+        with _interrupts_deferred():
+            f, journaled = self._h5file(write=True)
+            assert journaled is not None
+            try:
+                _check_schema(f, self.path)
+                yield f, journaled
+                f.close()
+                if journaled.failure is not None:
+                    raise journaled.failure
+            except BaseException as exc:
+                with suppress(Exception):
+                    f.close()
+                self._abort(journaled, exc)
+                if isinstance(exc, (OSError, RuntimeError)):  # how h5py reports I/O errors, damaged files
+                    raise self._write_error(exc, journaled) from None
+                raise
+            journaled.commit()
+
+    def _abort(self, journaled: JournaledFile, exc: BaseException) -> None:
         try:
-            f.close()
-        except OSError as exc:
-            raise StoreError(f"error writing audit store {self.path}: {exc}") from None
+            journaled.abort()
+        except OSError as failed:
+            raise StoreError(
+                f"a write to audit store {self.path} failed ({journaled.failure or exc}) and could not be "
+                f"undone ({failed}); the journal {journaled.journal} is kept and is rolled back when the "
+                "store is next opened"
+            ) from None
 
     @contextmanager
     def reading(self) -> Iterator[h5py.File]:
@@ -629,15 +783,15 @@ class AuditStore:
     ) -> None:
         """Write rows ``start:start+len(labels)`` of attribution ``name`` and mark them done.
 
-        One transaction, one slice assignment per dataset; the done flags are written after the data
-        are flushed. Sample rows (label, index, thumbnail) are written by the first attribution that
-        reaches them; later ones check that the labels agree.
+        One transaction (all of it or nothing is kept), one slice assignment per dataset. Sample rows
+        (label, index, thumbnail) are written by the first attribution that reaches them; later ones
+        check that the labels agree.
 
         Raises:
             StoreError: the store holds different labels for these rows (a different dataset).
         """
         stop = start + len(labels)
-        with self._open(write=True) as f:
+        with self._transaction() as (f, journaled):
             group = self._attribution(f, name)
             samples = f["samples"]
             stored = samples["label"][start:stop]
@@ -658,10 +812,12 @@ class AuditStore:
                     samples["index"][rows] = index[lo:hi]
                     if thumbnails is not None and "thumbnail" in samples:
                         samples["thumbnail"][rows] = thumbnails[lo:hi]
-            group["relevance"][start:stop] = relevance
-            group["logits"][start:stop] = logits
-            group["target"][start:stop] = target
-            f.flush()
+            for key, value in (("relevance", relevance), ("logits", logits), ("target", target)):
+                # Rows that are not done are undefined, so their old bytes need no journal (the bulk
+                # of a batch); the other rows of their chunks are rewritten with the bytes they hold.
+                for lo, hi in _chunk_extents(group[key], start, stop):
+                    journaled.exclude(lo, hi)
+                group[key][start:stop] = value
             group["done"][start:stop] = True
 
     # ------------------------------------------------------------------ summary

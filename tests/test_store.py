@@ -230,13 +230,30 @@ def test_read_only_store_refuses_writes(tmp_path):
         store.write_node("analyses/a", {}, {})
 
 
-def test_staging_left_by_a_killed_writer_is_removed_on_next_open(tmp_path):
+def test_write_transaction_that_raises_half_way_is_rolled_back_to_the_old_bytes(tmp_path):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a") as store:
+        store.write_node("analyses/a/0/knn", {"x": np.arange(50)}, {"v": 1})
+        before = path.read_bytes()
+        with pytest.raises(ZeroDivisionError), store._open(write=True) as f:
+            f["analyses/a/0/knn/x"][:10] = -1
+            f.create_group("analyses/a/1").create_dataset("half", data=np.zeros(1000))
+            raise ZeroDivisionError  # any exception, after some writes
+        assert path.read_bytes() == before
+        assert store.read_node("analyses/a/0/knn")[0]["x"].tolist() == list(range(50))
+    assert not Path(f"{path}.journal").exists()
+
+
+def test_a_staging_group_left_by_another_program_goes_with_the_next_node_write(tmp_path):
     path = tmp_path / "audit.h5"
     with AuditStore(path, "a"):
         pass
     with h5py.File(path, "r+") as f:
         f.create_group(".staging/abc").create_dataset("half", data=np.zeros(3))
-    with AuditStore(path, "a"), h5py.File(path, "r") as f:
+    with AuditStore(path, "a") as store:
+        assert store.list_nodes() == [] and store.info()["analyses"] == {}
+        store.write_node("analyses/a", {}, {})
+    with h5py.File(path, "r") as f:
         assert ".staging" not in f
 
 

@@ -2,7 +2,9 @@
 
 ``scheduler`` strings (CLI ``--scheduler``, pipeline files):
 
-- ``None``: an in-process dask.distributed client on threads (no network, no extra processes);
+- ``None``: :func:`dask_map` runs on a pool of threads in this process, without dask: no sockets at all
+  (dask's in-process client would serve a dashboard on loopback, and its in-process transport names
+  itself by a UDP ``connect`` to 8.8.8.8); :func:`dask_client` gives an in-process client on threads;
 - ``"local:N"``: a LocalCluster of N worker processes bound to 127.0.0.1, started and stopped here;
 - anything else: the address of a running scheduler, e.g. ``tcp://10.0.0.5:8786``. Its workers must be
   able to import spray and the user's model/dataset factories.
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import as_completed as futures_completed
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -66,15 +70,24 @@ def dask_map(
 ) -> Iterator[tuple[T, Any]]:
     """Run ``fn(*arguments(item))`` for every item as dask tasks; yield ``(item, result)`` as each ends.
 
-    Results are yielded in completion order, so the
-    caller can store each result as soon as it exists. A task whose worker dies is retried.
+    Results are yielded in completion order, so the caller can store each result as soon as it exists.
+    A task whose worker dies is retried. Without a ``scheduler`` the tasks run on local threads.
     """
-    from distributed import as_completed
     from tqdm import tqdm
 
     items = list(items)
     if not items:
         return
+    if scheduler is None:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            running = {pool.submit(fn, *arguments(item)): item for item in items}
+            with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
+                for future in futures_completed(running):
+                    bar.update()
+                    yield running[future], future.result()
+        return
+    from distributed import as_completed
+
     with dask_client(scheduler) as client:
         futures = [client.submit(fn, *arguments(item), pure=False, retries=RETRIES) for item in items]
         owner = {future.key: item for future, item in zip(futures, items)}

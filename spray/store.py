@@ -58,6 +58,7 @@ _LOCKING = "best-effort"
 # so a write never holds a second copy of a large array in memory.
 _WRITE_BLOCK = 64 << 20
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 @contextmanager
@@ -444,8 +445,10 @@ class AuditStore:
                 except OSError:
                     is_hdf5 = False
                 if not is_hdf5:
+                    size = self.path.stat().st_size
+                    short = f" (only {size} bytes: cut short?)" if size < len(_HDF5_SIGNATURE) else ""
                     raise SchemaError(
-                        f"{self.path} is not a spray audit store: it is not an HDF5 file"
+                        f"{self.path} is not a spray audit store: it is not an HDF5 file{short}"
                     ) from None
                 raise StoreError(
                     f"cannot open audit store {self.path}: the file is corrupt, truncated or open in "

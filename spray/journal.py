@@ -34,7 +34,7 @@ import struct
 import zlib
 from pathlib import Path
 
-__all__ = ["JournaledFile", "journal_path", "rollback", "rollback_if_stale"]
+__all__ = ["JournaledFile", "journal_path", "rollback", "rollback_if_stale", "try_flock"]
 
 _MAGIC = b"SPRAYJ1\n"
 _HEADER = struct.Struct("<8sQI")  # magic, the store's size when the transaction began, crc32 of both
@@ -51,8 +51,8 @@ def journal_path(store: str | os.PathLike[str]) -> Path:
     return store.with_name(store.name + ".journal")
 
 
-def _lock_exclusive(fd: int) -> bool:
-    """``flock(LOCK_EX)`` without waiting: True once locked, BlockingIOError if the file is in use.
+def try_flock(fd: int, *, exclusive: bool = True) -> bool:
+    """``flock`` without waiting: True once locked, BlockingIOError if the file is locked the other way.
 
     Like HDF5's ``locking="best-effort"``: on file systems without locks (ENOLCK, ENOSYS), and with
     ``HDF5_USE_FILE_LOCKING=FALSE``, it returns False and the file is used unlocked.
@@ -60,7 +60,7 @@ def _lock_exclusive(fd: int) -> bool:
     if os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() in ("FALSE", "0"):
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise BlockingIOError(exc.errno, f"audit store is in use ({exc.strerror})") from None
@@ -156,7 +156,7 @@ def rollback_if_stale(store: str | os.PathLike[str]) -> bool:
     fd = os.open(store, os.O_RDWR)
     try:
         # Under the lock the journal is re-read: a live writer may have committed meanwhile.
-        return _lock_exclusive(fd) and rollback(fd, journal)
+        return try_flock(fd) and rollback(fd, journal)
     finally:
         os.close(fd)
 
@@ -185,7 +185,7 @@ class JournaledFile(io.RawIOBase):
         self._finished = False
         self._shadow: list[tuple[int, bytes]] = []  # writes after a failure, kept for HDF5's reads
         try:
-            _lock_exclusive(self._fd)
+            try_flock(self._fd)
             rollback(self._fd, self.journal)
             self._size = self._eof = os.fstat(self._fd).st_size
             self._pos = 0

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
-from spray.journal import JournaledFile, journal_path, rollback_if_stale
+from spray.journal import JournaledFile, journal_path, rollback_if_stale, try_flock
 
 __all__ = ["NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info", "to_json"]
 
@@ -322,6 +322,7 @@ class AuditStore:
         self.mode = mode
         self.timeout = float(timeout)
         self._lock: _WriterLock | None = None
+        self._snapshot: h5py.File | None = None  # the open file of a reading() block
         if mode == "r":
             with self._open():
                 pass
@@ -415,10 +416,43 @@ class AuditStore:
         """The file open for one transaction, and its journal when writing; waits up to ``timeout`` while
         another process has it open."""
         deadline = time.monotonic() + self.timeout
+        try:
+            with self._gate(write, deadline):
+                return self._waiting(lambda: self._open_once(write), deadline, write)
+        except FileNotFoundError:
+            raise StoreError(f"no audit store at {self.path}") from None
+        except PermissionError:
+            if not write and journal_path(self.path).exists():
+                raise StoreError(f"cannot read audit store {self.path}:{self._journal_hint()}") from None
+            action = "write" if write else "read"
+            raise StoreError(f"cannot {action} audit store {self.path}: permission denied") from None
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise self._write_error(exc, None) from None
+            if self.path.is_dir():
+                raise StoreError(f"{self.path} is a directory, not an audit store") from None
+            try:
+                is_hdf5 = h5py.is_hdf5(self.path)
+            except OSError:
+                is_hdf5 = False
+            if not is_hdf5:
+                size = self.path.stat().st_size
+                short = f" (only {size} bytes: cut short?)" if size < len(_HDF5_SIGNATURE) else ""
+                raise SchemaError(
+                    f"{self.path} is not a spray audit store: it is not an HDF5 file{short}"
+                ) from None
+            raise StoreError(
+                f"cannot open audit store {self.path}: the file is corrupt, truncated or open in "
+                f"an incompatible way in this process (HDF5: {exc}); if it is damaged, move it "
+                "away and run again"
+            ) from None
+
+    def _waiting(self, attempt: Callable[[], Any], deadline: float, write: bool) -> Any:
+        """``attempt()`` again, with backoff, while it raises BlockingIOError, until ``deadline``."""
         wait = 0.01
         while True:
             try:
-                return self._open_once(write)
+                return attempt()
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise StoreError(
@@ -428,33 +462,24 @@ class AuditStore:
                     ) from None
                 time.sleep(wait)
                 wait = min(2 * wait, 0.2)
-            except FileNotFoundError:
-                raise StoreError(f"no audit store at {self.path}") from None
-            except PermissionError:
-                if not write and journal_path(self.path).exists():
-                    raise StoreError(f"cannot read audit store {self.path}:{self._journal_hint()}") from None
-                action = "write" if write else "read"
-                raise StoreError(f"cannot {action} audit store {self.path}: permission denied") from None
-            except OSError as exc:
-                if exc.errno in _NO_SPACE:
-                    raise self._write_error(exc, None) from None
-                if self.path.is_dir():
-                    raise StoreError(f"{self.path} is a directory, not an audit store") from None
-                try:
-                    is_hdf5 = h5py.is_hdf5(self.path)
-                except OSError:
-                    is_hdf5 = False
-                if not is_hdf5:
-                    size = self.path.stat().st_size
-                    short = f" (only {size} bytes: cut short?)" if size < len(_HDF5_SIGNATURE) else ""
-                    raise SchemaError(
-                        f"{self.path} is not a spray audit store: it is not an HDF5 file{short}"
-                    ) from None
-                raise StoreError(
-                    f"cannot open audit store {self.path}: the file is corrupt, truncated or open in "
-                    f"an incompatible way in this process (HDF5: {exc}); if it is damaged, move it "
-                    "away and run again"
-                ) from None
+
+    @contextmanager
+    def _gate(self, write: bool, deadline: float) -> Iterator[None]:
+        """Writers first: a writer holds ``<store>.gate`` exclusively while it waits for the file, and
+        readers pass the gate (shared, for an instant) before they open it. Without the gate, ``flock``
+        lets a stream of overlapping readers keep a writer out for ever (measured: a 5 s analysis pass took
+        88 s under 4 readers). No gate file yet, or none that can be opened: no writer waits, go ahead."""
+        gate = self.path.with_name(self.path.name + ".gate")
+        try:
+            fd = os.open(gate, os.O_RDWR | os.O_CREAT, 0o644) if write else os.open(gate, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+        try:
+            self._waiting(lambda: try_flock(fd, exclusive=write), deadline, write)
+            yield  # readers: the store's own lock is taken inside; the gate is released right after
+        finally:
+            os.close(fd)
 
     def _open_once(self, write: bool) -> tuple[h5py.File, JournaledFile | None]:
         """Open for writing through a new journal (exclusive lock), or for reading (HDF5's shared lock)
@@ -507,6 +532,9 @@ class AuditStore:
             with self._transaction() as (f, _):
                 yield f
             return
+        if self._snapshot is not None:  # inside reading(): the same open file, the same state
+            yield self._snapshot
+            return
         f, _ = self._h5file(write=False)
         try:
             _check_schema(f, self.path)
@@ -530,6 +558,8 @@ class AuditStore:
         the file; otherwise rolled back (spray.journal), whatever went wrong."""
         if not self.writable:
             raise StoreError(f"audit store {self.path} is open read-only; open it with mode='a' to write")
+        if self._snapshot is not None:
+            raise RuntimeError("a write inside AuditStore.reading() would wait for its own read lock")
         with _interrupts_deferred():
             f, journaled = self._h5file(write=True)
             assert journaled is not None
@@ -560,9 +590,18 @@ class AuditStore:
 
     @contextmanager
     def reading(self) -> Iterator[h5py.File]:
-        """The HDF5 file, read-only, for many reads with one open; keep the block short (writers wait)."""
+        """The HDF5 file, read-only, for many reads with one open: a snapshot. The store's own reads in the
+        block (``read_node``, ``read``, ``info``, ...) use it too, so together they see one state of the
+        store, never part of a write made meanwhile. Keep the block short: writers wait for it."""
+        if self._snapshot is not None:
+            yield self._snapshot
+            return
         with self._open() as f:
-            yield f
+            self._snapshot = f
+            try:
+                yield f
+            finally:
+                self._snapshot = None
 
     # ------------------------------------------------------------------ reading
 

@@ -1,4 +1,4 @@
-"""Run a pipeline over the classes of an audit store, memoised in the store, classes as dask tasks.
+"""Run a pipeline over the classes of an audit store, memoised in the store, classes as tasks (threads or dask).
 
 One process writes the store (this one, holding its writer lock). The per-class work is a pure function
 of the class's preprocessed heatmaps and of the cached outputs it reads, so it can run in threads here or

@@ -33,6 +33,11 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, A
     in robust standard deviations; None with fewer than 4 ranked classes), ``flagged`` (a Clever Hans
     candidate: ``outlier >= 3``, or ``z >= 3 and p <= 0.05`` without an outlier score), ``skipped``.
     """
+    with store.reading():  # one snapshot: an analysis being rewritten meanwhile is seen before or after
+        return _rank(store, analysis)
+
+
+def _rank(store: AuditStore, analysis: str) -> list[dict[str, Any]]:
     from spray.export.tables import analysis_summary
 
     group = f"analyses/{analysis}"

@@ -2,7 +2,9 @@
 
 ``scheduler`` strings (CLI ``--scheduler``, pipeline files):
 
-- ``None``: an in-process dask.distributed client on threads (no network, no extra processes);
+- ``None``: :func:`dask_map` runs on a pool of threads in this process, without dask: no sockets at all
+  (dask's in-process client would serve a dashboard on loopback, and its in-process transport names
+  itself by a UDP ``connect`` to 8.8.8.8); :func:`dask_client` gives an in-process client on threads;
 - ``"local:N"``: a LocalCluster of N worker processes bound to 127.0.0.1, started and stopped here;
 - anything else: the address of a running scheduler, e.g. ``tcp://10.0.0.5:8786``. Its workers must be
   able to import spray and the user's model/dataset factories.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any, TypeVar
@@ -96,14 +99,43 @@ def dask_map(
     """Run ``fn(*arguments(item))`` for every item as dask tasks; yield ``(item, result)`` as each ends.
 
     Results are yielded in completion order, so the caller can store each result as soon as it exists.
-    A task that raises is retried (:data:`RETRIES`); one whose worker dies is rescheduled by dask. At most
-    :func:`task_window` tasks are submitted at a time, so their inputs and results stay bounded in memory.
+    A task that raises is retried on dask (:data:`RETRIES`); one whose worker dies is rescheduled by dask.
+    Without a ``scheduler`` the tasks run on a pool of local threads, without dask (and without a socket).
+    At most :func:`task_window` tasks are submitted at a time, so their inputs and results stay bounded in
+    memory.
     """
     items = list(items)
     if not items:
         return
+    if scheduler is None:
+        yield from _map_on_threads(fn, items, arguments, progress=progress, desc=desc)
+        return
     with dask_client(scheduler) as client:
         yield from map_on(client, fn, items, arguments, window=task_window(client), progress=progress, desc=desc)
+
+
+def _map_on_threads(
+    fn: Callable[..., Any], items: Sequence[T], arguments: Callable[[T], tuple[Any, ...]], *, progress: bool,
+    desc: str,
+) -> Iterator[tuple[T, Any]]:
+    """:func:`dask_map` on a local thread pool, with two tasks per thread submitted at a time."""
+    from tqdm import tqdm
+
+    threads = os.cpu_count() or 1
+    todo = iter(items)
+    with ThreadPoolExecutor(max_workers=threads) as pool, tqdm(
+        total=len(items), desc=desc, disable=not progress
+    ) as bar:
+        running = {pool.submit(fn, *arguments(item)): item for item in islice(todo, 2 * threads)}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                result = future.result()
+                for following in islice(todo, 1):
+                    running[pool.submit(fn, *arguments(following))] = following
+                bar.update()
+                yield item, result
 
 
 def task_window(client: Any) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -230,13 +231,30 @@ def test_read_only_store_refuses_writes(tmp_path):
         store.write_node("analyses/a", {}, {})
 
 
-def test_staging_left_by_a_killed_writer_is_removed_on_next_open(tmp_path):
+def test_write_transaction_that_raises_half_way_is_rolled_back_to_the_old_bytes(tmp_path):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a") as store:
+        store.write_node("analyses/a/0/knn", {"x": np.arange(50)}, {"v": 1})
+        before = path.read_bytes()
+        with pytest.raises(ZeroDivisionError), store._open(write=True) as f:
+            f["analyses/a/0/knn/x"][:10] = -1
+            f.create_group("analyses/a/1").create_dataset("half", data=np.zeros(1000))
+            raise ZeroDivisionError  # any exception, after some writes
+        assert path.read_bytes() == before
+        assert store.read_node("analyses/a/0/knn")[0]["x"].tolist() == list(range(50))
+    assert not Path(f"{path}.journal").exists()
+
+
+def test_a_staging_group_left_by_another_program_goes_with_the_next_node_write(tmp_path):
     path = tmp_path / "audit.h5"
     with AuditStore(path, "a"):
         pass
     with h5py.File(path, "r+") as f:
         f.create_group(".staging/abc").create_dataset("half", data=np.zeros(3))
-    with AuditStore(path, "a"), h5py.File(path, "r") as f:
+    with AuditStore(path, "a") as store:
+        assert store.list_nodes() == [] and store.info()["analyses"] == {}
+        store.write_node("analyses/a", {}, {})
+    with h5py.File(path, "r") as f:
         assert ".staging" not in f
 
 
@@ -326,3 +344,63 @@ def test_concurrent_reader_never_sees_a_done_row_without_its_data(tmp_path):
         writer.wait(timeout=60)
     assert writer.returncode == 0, writer.stderr.read()
     assert partial >= 1, f"{reads} reads, none while the writer was half way"
+
+
+def _in_thread(fn):
+    """Start ``fn`` in a thread; the returned list gets its result (or exception) when it ends."""
+    import threading
+
+    box: list = []
+
+    def run():
+        try:
+            box.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_reads_inside_reading_see_one_snapshot_while_a_writer_waits(tmp_path):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a") as writer:
+        writer.write_node("analyses/a/0/knn", {"x": np.zeros(3)}, {"v": 1})
+        reader = AuditStore(path)
+        with reader.reading():
+            first = reader.read_node("analyses/a/0/knn")[1]
+            thread, box = _in_thread(lambda: writer.write_node("analyses/a/0/knn", {"x": np.ones(3)}, {"v": 2}))
+            time.sleep(0.3)
+            assert not box, "the writer waits for the snapshot"
+            assert reader.read_node("analyses/a/0/knn")[1] == first == {"v": 1}
+            assert reader.info()["analyses"]["analyses/a/0/knn"]["attrs"] == {"v": 1}
+        thread.join(10)
+        assert box == [None] and reader.read_node("analyses/a/0/knn")[1] == {"v": 2}
+        with writer.reading(), pytest.raises(RuntimeError, match="inside AuditStore.reading"):
+            writer.write_node("analyses/a/1/knn", {}, {})  # would wait for its own read lock
+
+
+def test_a_waiting_writer_goes_before_readers_that_come_after_it(tmp_path):
+    path = tmp_path / "audit.h5"
+    with AuditStore(path, "a") as writer:
+        writer.write_node("analyses/a/0/knn", {}, {"v": 1})
+        first_reader = AuditStore(path)
+        with first_reader.reading():  # a read in progress: the writer must wait for it
+            wrote, write_box = _in_thread(lambda: writer.write_node("analyses/a/0/knn", {}, {"v": 2}))
+            gate = os.open(f"{path}.gate", os.O_RDONLY)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until the writer holds the gate
+                try:
+                    fcntl.flock(gate, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+                    time.sleep(0.01)
+                except BlockingIOError:
+                    break
+            os.close(gate)
+            read, read_box = _in_thread(lambda: AuditStore(path).read_node("analyses/a/0/knn")[1])
+            time.sleep(0.3)
+            assert not read_box and not write_box, "the later reader queues behind the waiting writer"
+        wrote.join(10)
+        read.join(10)
+    assert write_box == [None] and read_box == [{"v": 2}]

@@ -167,7 +167,9 @@ def corrupt(base: Base, corruption: tuple, path: Path) -> None:
     else:
         path.write_bytes(base.data)
         with h5py.File(path, "r+") as f:
-            name = base.objects[corruption[1] % len(base.objects)]
+            # the root can lose attributes, not be deleted or replaced
+            objects = base.objects[1:] if kind in ("delete", "dataset") else base.objects
+            name = objects[corruption[1] % len(objects)]
             if kind == "delete":
                 del f[name]
             elif kind == "dataset":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,11 +234,16 @@ def evaluate_from_store(
     return metrics
 
 
-def _save_weights(model: nn.Module, path: Path) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)``, then rename it over ``path``: a killed run never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def _save_weights(model: nn.Module, path: Path) -> None:
+    _write_atomically(path, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset) -> None:
@@ -265,4 +271,5 @@ def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset) -> No
     }
     with AuditStore(store_path, mode="a") as store:
         store.write_node(f"clarc/{result.run}/result", arrays, attrs)
-    (result.run_dir / "result.json").write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
+    text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
+    _write_atomically(result.run_dir / "result.json", lambda tmp: tmp.write_text(text))

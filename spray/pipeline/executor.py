@@ -1,4 +1,4 @@
-"""Run a pipeline over the classes of an audit store, memoised in the store, classes as dask tasks.
+"""Run a pipeline over the classes of an audit store, memoised in the store, classes as tasks (threads or dask).
 
 One process writes the store (this one, holding its writer lock). The per-class work is a pure function
 of the class's preprocessed heatmaps and of the cached outputs it reads, so it can run in threads here or
@@ -30,13 +30,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ClassTask:
-    """One class's share of the work: its members, which nodes are stale, the cached outputs they read."""
+    """One class's share of the work: its members, which nodes are stale, the cached outputs they read,
+    and its status node."""
 
     label: int
     positions: np.ndarray
     keys: dict[str, str]
     stale: list[str]
     cached: dict[str, NodeOutput] = field(default_factory=dict)
+    status: NodeOutput = field(default_factory=lambda: ({}, {}))  # written together with the new nodes
 
 
 def run_class(
@@ -158,24 +160,30 @@ def analyze(
             keys = node_keys(NODES, params, class_root)
             stale = _stale(store, path, order, keys)
             task = ClassTask(label, positions, keys, stale)
-            if stale:
-                needed = {d for s in stale for d in deps[s]} - set(stale)
-                task.cached = {d: _read_output(store, f"{path}/{d}") for d in needed}
-                tasks.append(task)
-            store.write_node(
-                f"{path}/status",
+            status = (
                 {"positions": positions, "dataset_index": dataset_index[positions]},
                 {"skipped": None, "n": int(positions.size), "keys": keys},
             )
+            if stale:  # the status goes in with the nodes: readers see the old class or the new one
+                needed = {d for s in stale for d in deps[s]} - set(stale)
+                task.cached = {d: _read_output(store, f"{path}/{d}") for d in needed}
+                task.status = status
+                tasks.append(task)
+            else:
+                store.write_node(f"{path}/status", *status)
 
         computed: dict[int, list[str]] = {}
         try:
             for task, outputs in _run_tasks(tasks, features, params, deps, scheduler, progress):
                 store.write_nodes({
-                    f"{group}/{task.label}/{name}": (
-                        outputs[name][0], {"key": task.keys[name], "params": params[name], "info": outputs[name][1]}
-                    )
-                    for name in task.stale
+                    **{
+                        f"{group}/{task.label}/{name}": (
+                            outputs[name][0],
+                            {"key": task.keys[name], "params": params[name], "info": outputs[name][1]},
+                        )
+                        for name in task.stale
+                    },
+                    f"{group}/{task.label}/status": task.status,
                 })
                 for name in task.stale:
                     if on_node is not None:

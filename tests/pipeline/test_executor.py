@@ -119,3 +119,18 @@ def test_overwritten_attribution_recomputes_everything(store):
                           labels=heatmaps.labels, index=np.arange(len(heatmaps.labels)))
     result, runs = _run(path)
     assert result.preprocessed and len(runs) == 15
+
+
+def test_a_class_being_reanalysed_keeps_its_old_results_until_its_new_ones_are_in(store):
+    path, _ = store
+    _run(path)
+    rankings = []
+
+    def rank_now(label, node):  # after each class's new nodes (and status) are stored
+        with AuditStore(path) as audit:
+            rankings.append(rank_classes(audit))
+
+    analyze(str(path), pipeline_from_text(FAST.replace("k_max = 5", "k_max = 6")), progress=False, on_node=rank_now)
+    assert rankings and all(e["skipped"] is None and e["members"] for r in rankings for e in r), (
+        "no class is ever reported unfinished: a reader sees its old results or its new ones"
+    )

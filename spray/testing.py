@@ -8,8 +8,10 @@ thumbnails and a ClArC result) like the ones the report and the exports read.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,23 +87,39 @@ def write_store(path: str | Path, heatmaps: SyntheticHeatmaps, name: str = "synt
     return Path(path)
 
 
-AUDIT_PIPELINE = """
-[preprocess]
-grid = 8
-[knn]
-n_neighbors = 8
-[spectral]
-n_eigenpairs = 8
-[kmeans]
-k_min = 2
-k_max = 4
-n_init = 1
-[hdbscan]
-min_cluster_size = 5
-[tsne]
-[fda]
-n_permutations = 30
-"""
+#: Small pipelines by the data they fit, as TOML tables; :func:`pipeline_text` writes one out.
+PIPELINES: dict[str, dict[str, dict[str, Any]]] = {
+    # make_heatmaps' 16×16 maps, 40 to 60 samples a class.
+    "synthetic": {"preprocess": {"grid": 8}, "knn": {"n_neighbors": 8}, "spectral": {"n_eigenpairs": 8},
+                  "kmeans": {"k_min": 2, "k_max": 5, "n_init": 1}, "hdbscan": {"min_cluster_size": 5},
+                  "fda": {"n_permutations": 30}},
+    # 8×8 inputs of a tiny CNN (tests/data/factories.py, tests/clarc), 20 to 40 samples a class.
+    "tiny": {"preprocess": {"grid": 8}, "knn": {"n_neighbors": 5}, "spectral": {"n_eigenpairs": 6},
+             "kmeans": {"k_min": 2, "k_max": 4, "n_init": 1}, "fda": {"n_permutations": 10}},
+    # The least work that runs every required node: a 2×2 grid, 15 to 20 samples a class.
+    "minimal": {"preprocess": {"grid": 2}, "knn": {"n_neighbors": 4}, "spectral": {"n_eigenpairs": 3},
+                "kmeans": {"k_max": 3, "n_init": 1}, "fda": {"n_permutations": 10}},
+}
+
+
+def pipeline_text(preset: str = "synthetic", **tables: dict[str, Any]) -> str:
+    """Pipeline TOML of ``PIPELINES[preset]`` with ``tables`` merged in: a table's parameters update the
+    preset's, a table the preset lacks is added (``tsne={}`` enables t-SNE at its defaults), and ``None``
+    drops a table. Values are TOML strings, numbers, booleans or lists of them."""
+    if preset not in PIPELINES:
+        raise ValueError(f"preset must be one of {', '.join(PIPELINES)}, got {preset!r}")
+    merged = {table: dict(params) for table, params in PIPELINES[preset].items()}
+    for table, params in tables.items():
+        if params is None:
+            merged.pop(table, None)
+        else:
+            merged.setdefault(table, {}).update(params)
+    lines = []
+    for table, params in sorted(merged.items(), key=lambda item: item[0] != "analysis"):  # [analysis] first
+        lines.append(f"[{table}]")
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in params.items())  # their JSON is TOML
+    return "\n".join(lines) + "\n"
+
 
 # Class 1 holds the planted group and ranks first: its name checks escaping in every place it appears.
 AUDIT_LABEL_NAMES = ["melanoma", "<script>alert(1)</script>", "Ödem & nävus “benign”", "tiny"]
@@ -126,8 +144,8 @@ def build_audit_store(path: str | Path, *, with_clarc: bool = True) -> Path:
     """A small analysed audit store with thumbnails and a ClArC result, for the report and export tests.
 
     Synthetic heatmaps with a planted Clever Hans group (class 1, relevance on the top-left corner, where
-    its images carry a bright square), thumbnails made to match, :data:`AUDIT_PIPELINE`, and a synthetic
-    ClArC result node in the documented layout. Classes 0..2 hold 50 images, class 3 only 5 (skipped);
+    its images carry a bright square), thumbnails made to match, the "synthetic" pipeline with t-SNE, and a
+    synthetic ClArC result node in the documented layout. Classes 0..2 hold 50 images, class 3 only 5 (skipped);
     the label names and the dataset name need HTML escaping.
     """
     from spray.pipeline import analyze, pipeline_from_text
@@ -154,7 +172,7 @@ def build_audit_store(path: str | Path, *, with_clarc: bool = True) -> Path:
             "lrp", 0, relevance=relevance, logits=logits, target=labels, labels=labels, index=np.arange(n),
             thumbnails=_thumbnails(relevance, labels, planted),
         )
-    analyze(str(path), pipeline_from_text(AUDIT_PIPELINE), progress=False)
+    analyze(str(path), pipeline_from_text(pipeline_text(tsne={})), progress=False)
     if with_clarc:
         write_clarc_result(path, planted[:4])
     return path

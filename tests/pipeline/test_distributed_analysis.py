@@ -11,25 +11,9 @@ import pytest
 from spray.errors import BadInputError
 from spray.pipeline import analyze, pipeline_from_text
 from spray.store import AuditStore
-from spray.testing import make_heatmaps, write_store
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
-PIPELINE = """
-[preprocess]
-grid = 8
-[knn]
-n_neighbors = 8
-[spectral]
-n_eigenpairs = 8
-[kmeans]
-k_min = 2
-k_max = 5
-n_init = 2
-[hdbscan]
-min_cluster_size = 5
-[agglomerative]
-[fda]
-n_permutations = 30
-"""
+PIPELINE = pipeline_text(agglomerative={})
 
 
 def nodes(path) -> dict[str, tuple[dict[str, np.ndarray], dict]]:

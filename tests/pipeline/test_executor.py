@@ -8,24 +8,7 @@ import pytest
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_classes
 from spray.store import AuditStore
-from spray.testing import make_heatmaps, write_store
-
-FAST = """
-[preprocess]
-grid = 8
-[knn]
-n_neighbors = 8
-[spectral]
-n_eigenpairs = 8
-[kmeans]
-k_min = 2
-k_max = 5
-n_init = 1
-[hdbscan]
-min_cluster_size = 5
-[fda]
-n_permutations = 30
-"""
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
 
 @pytest.fixture()
@@ -34,7 +17,7 @@ def store(tmp_path):
     return write_store(tmp_path / "audit.h5", heatmaps), heatmaps
 
 
-def _run(path, text=FAST, **kwargs):
+def _run(path, text=pipeline_text(), **kwargs):
     runs: list[tuple[int, str]] = []
     result = analyze(str(path), pipeline_from_text(text), progress=False,
                      on_node=lambda c, n: runs.append((c, n)), **kwargs)
@@ -54,14 +37,14 @@ def test_first_run_computes_every_node_of_every_class_and_second_run_nothing(sto
 def test_changing_a_parameter_recomputes_that_node_and_its_dependents_only(store):
     path, _ = store
     _run(path)
-    _, runs = _run(path, FAST.replace("n_permutations = 30", "n_permutations = 40"))
+    _, runs = _run(path, pipeline_text(fda={"n_permutations": 40}))
     assert sorted(set(n for _, n in runs)) == ["fda"] and len(runs) == 3
-    result, runs = _run(path, FAST.replace("min_cluster_size = 5", "min_cluster_size = 6"))
+    result, runs = _run(path, pipeline_text(hdbscan={"min_cluster_size": 6}))
     assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan"] and not result.preprocessed
-    result, runs = _run(path, FAST.replace("n_neighbors = 8", "n_neighbors = 7"))
+    result, runs = _run(path, pipeline_text(knn={"n_neighbors": 7}))
     assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan", "kmeans", "knn", "spectral"]
     assert not result.preprocessed
-    result, runs = _run(path, FAST.replace("grid = 8", "grid = 4"))
+    result, runs = _run(path, pipeline_text(preprocess={"grid": 4}))
     assert result.preprocessed and len(runs) == 15
 
 
@@ -130,7 +113,7 @@ def test_a_class_being_reanalysed_keeps_its_old_results_until_its_new_ones_are_i
         with AuditStore(path) as audit:
             rankings.append(rank_classes(audit))
 
-    analyze(str(path), pipeline_from_text(FAST.replace("k_max = 5", "k_max = 6")), progress=False, on_node=rank_now)
+    analyze(str(path), pipeline_from_text(pipeline_text(kmeans={"k_max": 6})), progress=False, on_node=rank_now)
     assert rankings and all(e["skipped"] is None and e["members"] for r in rankings for e in r), (
         "no class is ever reported unfinished: a reader sees its old results or its new ones"
     )

@@ -27,27 +27,13 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spray.testing import pipeline_text
+
 EVENTS = ("store_write", "journal_append", "step", "torch_save")
 HOWS = ("before", "torn", "after")
 
-ANALYSIS_PIPELINE = """
-[analysis]
-name = "spray"
-[preprocess]
-grid = 8
-[knn]
-n_neighbors = 8
-[spectral]
-n_eigenpairs = 8
-[kmeans]
-k_min = 2
-k_max = 5
-n_init = 1
-[hdbscan]
-min_cluster_size = 5
-[fda]
-n_permutations = 20
-"""
+#: What :func:`analysis` runs (the full-disk tests also give it to `spray analyze` as a file).
+ANALYSIS_PIPELINE = pipeline_text()
 
 #: Attributes that legitimately differ between two runs of a stage: creation and write times, and the
 #: random id of an attribution created anew (a resumed attribution keeps its id; a fresh one gets its own).

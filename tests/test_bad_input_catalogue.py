@@ -28,7 +28,7 @@ from PIL import Image
 from spray.cli import main
 from spray.data import load_model
 from spray.store import AuditStore
-from spray.testing import make_heatmaps, write_store
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "bad-input.md"
@@ -73,19 +73,6 @@ ROWS = catalogue()
 
 MODEL = "tests.data.factories:tiny_model"
 DATA = "tests.data.factories:tiny_dataset"
-AUDIT_PIPELINE = """[preprocess]
-grid = 8
-[knn]
-n_neighbors = 5
-[spectral]
-n_eigenpairs = 6
-[kmeans]
-k_min = 2
-k_max = 4
-n_init = 1
-[fda]
-n_permutations = 10
-"""
 
 
 class Inputs:
@@ -136,7 +123,7 @@ class Bases:
     def _audit(path: Path) -> Path:
         """tests.data.factories:conv_model on :conv_data, attributed and analysed: the ClArC rows' store."""
         pipeline = path.with_suffix(".toml")
-        pipeline.write_text(AUDIT_PIPELINE)
+        pipeline.write_text(pipeline_text("tiny"))
         argv = ["attribute", "--model", "tests.data.factories:conv_model", "--data",
                 "tests.data.factories:conv_data", "--store", str(path)]
         assert run_cli(argv)[0] == 0

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from spray.cli import main
+from spray.testing import pipeline_text
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "spray"
@@ -67,19 +68,7 @@ def test_the_package_never_unpickles_evaluates_or_imports_by_a_name_it_read():
 # ---------------------------------------------------------------------------------------------- imports
 
 EVIL = "planted_by_store"
-PIPELINE = """[preprocess]
-grid = 8
-[knn]
-n_neighbors = 5
-[spectral]
-n_eigenpairs = 6
-[kmeans]
-k_min = 2
-k_max = 4
-n_init = 1
-[fda]
-n_permutations = 10
-"""
+PIPELINE = pipeline_text("tiny")
 
 
 def _cli(*argv: str) -> tuple[int, str, str]:

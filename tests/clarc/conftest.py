@@ -10,22 +10,6 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-TINY_PIPELINE = """
-[analysis]
-name = "tiny"
-[preprocess]
-grid = 8
-[knn]
-n_neighbors = 5
-[spectral]
-n_eigenpairs = 6
-[kmeans]
-k_min = 2
-k_max = 4
-[fda]
-n_permutations = 10
-"""
-
 
 def tiny_model(seed: int = 0) -> nn.Module:
     """Two convolutions, global average pooling, a linear head: layers ``features.0`` .. ``head``."""
@@ -69,6 +53,7 @@ def tiny_audit(tmp_path_factory):
     from spray.pipeline import analyze, pipeline_from_text
     from spray.ranking import rank_classes
     from spray.store import AuditStore
+    from spray.testing import pipeline_text
 
     dataset, stamped = tiny_data()
     model = tiny_model()
@@ -76,7 +61,7 @@ def tiny_audit(tmp_path_factory):
     store = tmp_path_factory.mktemp("tiny") / "tiny.h5"
     attribute_dataset(store, model, dataset, get_method("epsilon_plus_flat"), model_hash=model_hash(model),
                       model_name="tiny", dataset_name="tiny", batch_size=16, progress=False)
-    spec = pipeline_from_text(TINY_PIPELINE)
+    spec = pipeline_from_text(pipeline_text("tiny", analysis={"name": "tiny"}))
     analyze(str(store), spec, progress=False)
     with AuditStore(store) as audit:
         ranking = rank_classes(audit, spec.name)

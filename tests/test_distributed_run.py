@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from spray.cli import main
+from spray.testing import pipeline_text
 
 RUN = """
 [audit]
@@ -18,18 +19,7 @@ source = "tests.attribution.cluster_factories:data"
 batch_size = 8
 [report]
 path = ""
-[preprocess]
-grid = 2
-[knn]
-n_neighbors = 4
-[spectral]
-n_eigenpairs = 3
-[kmeans]
-k_max = 3
-n_init = 1
-[fda]
-n_permutations = 10
-"""
+""" + pipeline_text("minimal")
 
 
 def ranking(tmp_path, capsys, out: str, scheduler: str) -> list[dict]:

@@ -11,6 +11,7 @@ import pytest
 from spray.cli import main
 from spray.errors import PipelineError
 from spray.run import read_run, run_file
+from spray.testing import pipeline_text
 
 RUN = """
 [audit]
@@ -28,18 +29,7 @@ method = "input_x_gradient"
 batch_size = 8
 [report]
 path = ""
-[preprocess]
-grid = 2
-[knn]
-n_neighbors = 4
-[spectral]
-n_eigenpairs = 3
-[kmeans]
-k_max = 3
-n_init = 1
-[fda]
-n_permutations = 10
-"""
+""" + pipeline_text("minimal")
 
 
 @pytest.fixture()
@@ -101,19 +91,7 @@ test = "npz:test.npz"
 everywhere_test = "npz:stamped.npz"
 [report]
 path = "report.html"
-[preprocess]
-grid = 8
-[knn]
-n_neighbors = 5
-[spectral]
-n_eigenpairs = 6
-[kmeans]
-k_min = 2
-k_max = 4
-n_init = 1
-[fda]
-n_permutations = 10
-"""
+""" + pipeline_text("tiny")
 
 
 def _stamped_digits(n: int, seed: int, stamp: float) -> dict[str, np.ndarray]:

@@ -93,7 +93,7 @@ PIPELINES: dict[str, dict[str, dict[str, Any]]] = {
     "synthetic": {"preprocess": {"grid": 8}, "knn": {"n_neighbors": 8}, "spectral": {"n_eigenpairs": 8},
                   "kmeans": {"k_min": 2, "k_max": 5, "n_init": 1}, "hdbscan": {"min_cluster_size": 5},
                   "fda": {"n_permutations": 30}},
-    # 8×8 inputs of a tiny CNN (tests/data/factories.py, tests/clarc), 20 to 40 samples a class.
+    # 20 to 40 samples a class: the tests' tiny CNNs on 8×8 inputs, small stores of make_heatmaps.
     "tiny": {"preprocess": {"grid": 8}, "knn": {"n_neighbors": 5}, "spectral": {"n_eigenpairs": 6},
              "kmeans": {"k_min": 2, "k_max": 4, "n_init": 1}, "fda": {"n_permutations": 10}},
     # The least work that runs every required node: a 2×2 grid, 15 to 20 samples a class.
@@ -104,16 +104,13 @@ PIPELINES: dict[str, dict[str, dict[str, Any]]] = {
 
 def pipeline_text(preset: str = "synthetic", **tables: dict[str, Any]) -> str:
     """Pipeline TOML of ``PIPELINES[preset]`` with ``tables`` merged in: a table's parameters update the
-    preset's, a table the preset lacks is added (``tsne={}`` enables t-SNE at its defaults), and ``None``
-    drops a table. Values are TOML strings, numbers, booleans or lists of them."""
+    preset's, a table the preset lacks is added (``tsne={}`` enables t-SNE at its defaults). Values are
+    strings, numbers, booleans or lists of them."""
     if preset not in PIPELINES:
         raise ValueError(f"preset must be one of {', '.join(PIPELINES)}, got {preset!r}")
     merged = {table: dict(params) for table, params in PIPELINES[preset].items()}
     for table, params in tables.items():
-        if params is None:
-            merged.pop(table, None)
-        else:
-            merged.setdefault(table, {}).update(params)
+        merged.setdefault(table, {}).update(params)
     lines = []
     for table, params in sorted(merged.items(), key=lambda item: item[0] != "analysis"):  # [analysis] first
         lines.append(f"[{table}]")

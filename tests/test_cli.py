@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from spray.cli import main
-from spray.testing import make_heatmaps, write_store
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
 MODEL = "tests.data.factories:tiny_model"
 DATA = "tests.data.factories:tiny_dataset"
-FAST = "[preprocess]\ngrid = 4\n[knn]\nn_neighbors = 5\n[spectral]\nn_eigenpairs = 6\n[kmeans]\nk_max = 4\nn_init = 1\n[fda]\nn_permutations = 20\n"
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -41,7 +40,7 @@ def test_analyze_and_rank_json_contract(tmp_path, capsys):
     heatmaps = make_heatmaps(n_per_class=30, n_classes=2, size=8, poisoned=0, seed=2)
     store = write_store(tmp_path / "s.h5", heatmaps)
     pipeline = tmp_path / "p.toml"
-    pipeline.write_text(FAST)
+    pipeline.write_text(pipeline_text("tiny"))
     code, out, _ = run(capsys, "analyze", store, "--pipeline", pipeline, "--json")
     assert code == 0 and json.loads(out)["computed"]["0"][0] == "knn"
     code, out, _ = run(capsys, "rank", store, "--json")

@@ -5,14 +5,12 @@ from __future__ import annotations
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_classes, ranking_table
 from spray.store import AuditStore
-from spray.testing import make_heatmaps, write_store
-
-FAST = "[preprocess]\ngrid = 8\n[knn]\nn_neighbors = 8\n[spectral]\nn_eigenpairs = 8\n[kmeans]\nk_max = 5\nn_init = 1\n[fda]\nn_permutations = 30\n"
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
 
 def test_only_the_poisoned_class_is_flagged_and_the_table_has_every_column(tmp_path):
     path = write_store(tmp_path / "s.h5", make_heatmaps(n_per_class=50, n_classes=6, poisoned=4, seed=5))
-    analyze(str(path), pipeline_from_text(FAST), progress=False)
+    analyze(str(path), pipeline_from_text(pipeline_text()), progress=False)
     with AuditStore(path) as store:
         ranking = rank_classes(store)
     print([(e["class"], round(e["score"], 1), round(e["outlier"], 2)) for e in ranking])

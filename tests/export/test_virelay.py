@@ -15,7 +15,7 @@ from spray.export import virelay as virelay_export
 from spray.export.tables import read_class
 from spray.pipeline import analyze, pipeline_from_text
 from spray.store import AuditStore
-from spray.testing import make_heatmaps, write_store
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
 yaml = pytest.importorskip("yaml")
 
@@ -174,10 +174,7 @@ def test_export_is_streamed_block_by_block_with_identical_files(audit_store, vir
 def test_a_store_without_thumbnails_needs_the_dataset_whose_images_are_scaled_to_uint8(tmp_path):
     heatmaps = make_heatmaps(n_per_class=30, n_classes=2, seed=1)
     path = write_store(tmp_path / "plain.h5", heatmaps)
-    analyze(str(path), pipeline_from_text(
-        "[preprocess]\ngrid = 8\n[knn]\nn_neighbors = 6\n[spectral]\nn_eigenpairs = 6\n"
-        "[kmeans]\nk_min = 2\nk_max = 3\nn_init = 1\n[fda]\nn_permutations = 10\n"
-    ), progress=False)
+    analyze(str(path), pipeline_from_text(pipeline_text("tiny")), progress=False)
     with pytest.raises(BadInputError, match="holds no thumbnails: pass the attributed dataset"):
         export_virelay(path, tmp_path / "out")
     assert not (tmp_path / "out" / "project.yaml").exists()

@@ -21,7 +21,7 @@ from spray.report import build_report, render_report
 from spray.report.content import gather
 from spray.report.images import heatmap_rgb
 from spray.store import AuditStore
-from spray.testing import make_heatmaps, write_store
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
 EVIL = "<script>alert(1)</script>"
 
@@ -141,10 +141,7 @@ def test_clarc_results_show_before_and_after_and_disappear_without_runs(audit_st
 
 def test_without_maps_or_thumbnails_the_report_uses_spectral_coordinates_and_heatmaps_only(tmp_path):
     path = write_store(tmp_path / "plain.h5", make_heatmaps(n_per_class=30, n_classes=2, seed=1))
-    analyze(str(path), pipeline_from_text(
-        "[analysis]\nname = \"nomaps\"\n[preprocess]\ngrid = 8\n[knn]\nn_neighbors = 6\n[spectral]\n"
-        "n_eigenpairs = 6\n[kmeans]\nk_min = 2\nk_max = 3\nn_init = 1\n[fda]\nn_permutations = 10\n"
-    ), progress=False)
+    analyze(str(path), pipeline_from_text(pipeline_text("tiny", analysis={"name": "nomaps"})), progress=False)
     context = gather(path, "nomaps", None)
     assert [c.map_name for c in context["classes"]] == ["spectral coordinate"] * 2
     assert all(p.image is None and p.overlay is None

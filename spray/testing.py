@@ -3,7 +3,8 @@
 Every class's heatmaps are noise around a few class-specific "strategy" blobs; one class (``poisoned``)
 also has a planted Clever Hans cluster: a share of its samples whose relevance sits on a corner patch.
 :func:`write_store` stores such heatmaps; :func:`build_audit_store` makes a whole analysed audit (with
-thumbnails and a ClArC result) like the ones the report and the exports read.
+thumbnails and a ClArC result) like the ones the report and the exports read. :func:`pipeline_text` writes
+the small SpRAy pipelines the tests analyse such stores with, so that each lives in one place.
 """
 
 from __future__ import annotations

@@ -74,10 +74,13 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
         import dask
 
         tuning = {} if dask.config.get(_MMAP_THRESHOLD, None) is not None else {_MMAP_THRESHOLD: 32 * 2**20}
-        with dask.config.set(tuning), LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **_LOOPBACK
-        ) as cluster, Client(cluster) as client:
-            yield client
+        with _environ_restored(), dask.config.set(tuning):
+            with _environ_restored():  # once the workers run, and again after any restart (outer block)
+                cluster = LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", **_LOOPBACK
+                )
+            with cluster, Client(cluster) as client:
+                yield client
         return
     try:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT)
@@ -85,6 +88,23 @@ def dask_client(scheduler: str | None) -> Iterator[Any]:
         raise BadInputError(f"cannot reach the dask scheduler at {scheduler!r}: {exc}") from None
     with client:
         yield client
+
+
+@contextmanager
+def _environ_restored() -> Iterator[None]:
+    """Undo, on exit, what the block does to ``os.environ``.
+
+    A nanny writes its workers' environment (``OMP_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``, ...) into
+    this process's ``os.environ`` before each spawn (a restart too), and never takes it back: every process
+    this one starts later would run single-threaded, with other floating-point reductions than before.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 def dask_map(

@@ -31,8 +31,12 @@ def test_dask_map_yields_every_item_with_its_result():
     assert results == {1: 1, 2: 4, 3: 9}
 
 
-def test_local_cluster_of_worker_processes_gives_the_same_results():
-    results = dict(dask_map(_square, range(5), lambda x: (x,), scheduler="local:2", progress=False))
+def test_local_cluster_of_worker_processes_gives_the_same_results_and_leaves_the_environment_alone():
+    environ = dict(os.environ)
+    with dask_client("local:2") as client:
+        assert dict(os.environ) == environ  # dask's nanny sets OMP_NUM_THREADS=1 etc. here to spawn workers
+        results = dict(map_on(client, _square, range(5), lambda x: (x,), progress=False))
+    assert dict(os.environ) == environ
     assert results == {x: x * x for x in range(5)}
 
 
@@ -72,5 +76,6 @@ def test_local_workers_keep_torch_tensors_off_mmap(dask_cluster):
 
     address, _ = dask_cluster
     with Client(address) as client:
-        values = client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_")
+        # a lambda runs the worker's os.environ.get; os.environ.get itself would pickle this process's environ
+        values = client.run(lambda: os.environ.get("MALLOC_MMAP_THRESHOLD_"))
     assert values and set(values.values()) == {str(32 * 2**20)}

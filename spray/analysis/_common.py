@@ -49,7 +49,9 @@ def check_matrix(x: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float6
         raise BadInputError(f"{name} needs at least {min_rows} rows, got {arr.shape[0]}")
     if arr.shape[1] < 1:
         raise BadInputError(f"{name} needs at least one column, got shape {arr.shape}")
-    bad = ~np.isfinite(arr).all(axis=1)
+    # In row blocks: a whole-matrix isfinite() would be an n x d boolean temporary (1 GB at 1M x 1024).
+    step = max(1, 2**24 // arr.shape[1])
+    bad = np.concatenate([~np.isfinite(arr[a : a + step]).all(axis=1) for a in range(0, arr.shape[0], step)])
     if bad.any():
         rows = np.flatnonzero(bad)
         raise BadInputError(

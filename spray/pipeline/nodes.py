@@ -63,7 +63,8 @@ def _knn(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
         "adjacency_indices": adjacency.indices,
         "adjacency_indptr": adjacency.indptr,
     }
-    return arrays, {"method": graph.method_, "recall": float(graph.recall_)}
+    info = {"method": graph.method_, "recall": float(graph.recall_), "recall_queries": graph.recall_queries_}
+    return arrays, info
 
 
 def _spectral(params: dict[str, Any], inputs: Inputs) -> NodeOutput:

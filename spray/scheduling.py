@@ -76,10 +76,31 @@ def dask_map(
     if not items:
         return
     with dask_client(scheduler) as client:
-        futures = [client.submit(fn, *arguments(item), pure=False, retries=RETRIES) for item in items]
+        futures = [
+            client.submit(fn, *_scatter_large(client, arguments(item)), pure=False, retries=RETRIES)
+            for item in items
+        ]
         owner = {future.key: item for future, item in zip(futures, items)}
         with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
             for future in as_completed(futures):
                 result = future.result()
                 bar.update()
                 yield owner[future.key], result
+
+
+_SCATTER_BYTES = 2**20
+
+
+def _scatter_large(client: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with every array of at least 1 MB replaced by a future of it (``client.scatter``).
+
+    An array passed to ``submit`` directly is embedded in the task graph, which dask serialises whole
+    ("Sending large graph" warnings; a transient copy of a class's features). Scattered, it goes to a worker
+    once — and with the default in-process client it is not copied at all.
+    """
+    import numpy as np
+
+    return tuple(
+        client.scatter(a, hash=False) if isinstance(a, np.ndarray) and a.nbytes >= _SCATTER_BYTES else a
+        for a in args
+    )

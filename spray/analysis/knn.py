@@ -44,12 +44,12 @@ def _exact_neighbors(
 
     ``queries`` are row positions into ``X``. Candidates are ranked by ``‖x‖² + ‖y‖² − 2 x·y`` in float32 on
     mean-centred rows (centring limits cancellation), computed tile by tile — blocks of ``_BLOCK_ROWS`` query
-    rows against blocks of as many database rows, one float32 matmul each — with a running top-k per query, so memory is O(block · d + block²) and no n × d copy
-    of ``X`` is made. Without ``queries`` the search is symmetric: each pair of blocks is multiplied once and
-    its tile serves both blocks' rows (half the flops). The best ``k + max(5, k // 2)`` float32 candidates are
-    then re-ranked by distances recomputed directly in float64 and the best k kept, so float32 rounding
-    (≈ 1e-6 of the squared norms) cannot swap a neighbour with a non-neighbour unless more candidates than
-    that tie within the rounding.
+    rows against blocks of as many database rows, one float32 matmul each — with a running top-k per query,
+    so memory is O(block · d + block²) and no n × d copy of ``X`` is made. Without ``queries`` the search is
+    symmetric: each pair of blocks is multiplied once and its tile serves both blocks' rows (half the flops).
+    The best ``k + max(5, k // 2)`` float32 candidates are then re-ranked by distances recomputed directly in
+    float64 and the best k kept, so float32 rounding (≈ 1e-6 of the squared norms) cannot swap a neighbour
+    with a non-neighbour unless more candidates than that tie within the rounding.
     Returns ``(indices int64 (q, k), distances float64 (q, k))``, Euclidean (not squared), ascending.
     """
     import torch
@@ -115,7 +115,8 @@ def _approximate_neighbors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """k approximate nearest neighbours by NN-descent keeping ``search`` per point, self excluded, ascending.
 
-    Distances are NN-descent's (computed in float32), returned as float64."""
+    Distances are NN-descent's (computed in float32), returned as float64.
+    """
     from pynndescent import NNDescent  # lazy: numba compiles on first use
 
     n = X.shape[0]

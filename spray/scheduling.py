@@ -189,7 +189,7 @@ def map_on(
     owner: dict[str, T] = {}
 
     def submit(item: T) -> Any:
-        future = client.submit(fn, *arguments(item), pure=False, retries=RETRIES)
+        future = client.submit(fn, *_scatter_large(client, arguments(item)), pure=False, retries=RETRIES)
         owner[future.key] = item
         return future
 
@@ -210,3 +210,21 @@ def map_on(
                 running.add(submit(item))
             bar.update()
             yield owner.pop(future.key), result
+
+
+_SCATTER_BYTES = 2**20
+
+
+def _scatter_large(client: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` with every array of at least 1 MB replaced by a future of it (``client.scatter``).
+
+    An array passed to ``submit`` directly is embedded in the task graph, which dask serialises whole
+    ("Sending large graph" warnings; a transient copy of a class's features). Scattered, it goes to a worker
+    once.
+    """
+    import numpy as np
+
+    return tuple(
+        client.scatter(a, hash=False) if isinstance(a, np.ndarray) and a.nbytes >= _SCATTER_BYTES else a
+        for a in args
+    )

@@ -29,7 +29,9 @@ def check_matrix(x: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float6
         raise BadInputError(f"{name} needs at least {min_rows} rows, got {arr.shape[0]}")
     if arr.shape[1] < 1:
         raise BadInputError(f"{name} needs at least one column, got shape {arr.shape}")
-    bad = ~np.isfinite(arr).all(axis=1)
+    # In row blocks: a whole-matrix isfinite() would be an n x d boolean temporary (1 GB at 1M x 1024).
+    step = max(1, 2**24 // arr.shape[1])
+    bad = np.concatenate([~np.isfinite(arr[a : a + step]).all(axis=1) for a in range(0, arr.shape[0], step)])
     if bad.any():
         rows = np.flatnonzero(bad)
         raise BadInputError(
@@ -77,9 +79,10 @@ def seed_from(random_state: Any, name: str = "random_state") -> int | None:
 def limited_threads(n_threads: int | None) -> Iterator[None]:
     """Cap OpenMP/BLAS threads (threadpoolctl) for the duration; ``None`` leaves the libraries' defaults.
 
-    Why: scikit-learn's k-means and t-SNE use OpenMP, whose threads spin-wait at barriers. With the cores
-    busy (other workers, parallel per-class analyses) we measured k-means on 10k × 32 at 2–8 s with 2 threads
-    and 0.1–0.3 s with one; on an idle machine one thread costs at most the thread count.
+    Why: scikit-learn's k-means (OpenMP) and ARPACK's small BLAS calls (OpenBLAS) spin-wait at barriers. With
+    the cores busy (other workers, parallel per-class analyses) we measured k-means on 10k × 32 at 2–8 s with 2
+    threads and 0.1–0.3 s with one, and 32 eigenpairs of a 19.4k-node graph at 13.8 s CPU with 2 BLAS threads
+    and 1.35 s with one; on an idle machine one thread costs at most the thread count.
     """
     if n_threads is None:
         yield

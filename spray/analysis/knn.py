@@ -15,37 +15,86 @@ import scipy.sparse as sp
 from spray.analysis._common import check_choice, check_int, check_matrix, rng_from, seed_from
 from spray.errors import BadInputError
 
-_BLOCK_BYTES = 128 * 2**20  # distance block (float32) held at once by the exact search
+_BLOCK_ROWS = 4096  # rows per block of the exact search: a 4096 x 4096 float32 distance tile is 64 MB
+_RECALL_PAIRS = 2 * 10**8  # query-row pairs the recall estimate may search exactly (see recall_query_count)
+
+
+def _centred_block(X: np.ndarray, rows: Any, mean: Any) -> tuple[Any, Any]:
+    """Rows of ``X`` minus ``mean`` as a float32 torch tensor, and their squared norms."""
+    import torch
+
+    block = torch.from_numpy(np.ascontiguousarray(X[rows], dtype=np.float32)) - mean
+    return block, torch.einsum("ij,ij->i", block, block)
+
+
+def _merge(best: tuple[Any, Any], values: Any, offset: int, k: int) -> tuple[Any, Any]:
+    """Running top-k (smallest): merge a tile of ``values`` (rows, cols), columns numbered from ``offset``."""
+    import torch
+
+    vals, idx = torch.topk(values, min(k, values.shape[1]), dim=1, largest=False, sorted=False)
+    vals, idx = torch.cat([best[0], vals], 1), torch.cat([best[1], idx + offset], 1)
+    top = torch.topk(vals, k, dim=1, largest=False, sorted=False).indices
+    return torch.gather(vals, 1, top), torch.gather(idx, 1, top)
 
 
 def _exact_neighbors(
-    X: np.ndarray, k: int, queries: np.ndarray | None = None, exclude_self: bool = True
+    X: np.ndarray, k: int, queries: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of ``X`` for each query row (default: every row), self excluded.
 
-    ``queries`` are row positions into ``X``. Candidates come from squared distances
-    ``‖x‖² + ‖y‖² − 2 x·y`` in float32 (torch matmul, on mean-centred data to limit cancellation); the
-    returned distances are then recomputed directly in float64 and the k neighbours sorted by them.
+    ``queries`` are row positions into ``X``. Candidates are ranked by ``‖x‖² + ‖y‖² − 2 x·y`` in float32 on
+    mean-centred rows (centring limits cancellation), computed tile by tile — blocks of ``_BLOCK_ROWS`` query
+    rows against blocks of as many database rows, one float32 matmul each — with a running top-k per query,
+    so memory is O(block · d + block²) and no n × d copy of ``X`` is made. Without ``queries`` the search is
+    symmetric: each pair of blocks is multiplied once and its tile serves both blocks' rows (half the flops).
+    The best ``k + max(5, k // 2)`` float32 candidates are then re-ranked by distances recomputed directly in
+    float64 and the best k kept, so float32 rounding (≈ 1e-6 of the squared norms) cannot swap a neighbour
+    with a non-neighbour unless more candidates than that tie within the rounding.
     Returns ``(indices int64 (q, k), distances float64 (q, k))``, Euclidean (not squared), ascending.
     """
     import torch
 
     n = X.shape[0]
-    q_idx = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
-    Xc = X - X.mean(axis=0)
-    data = torch.from_numpy(np.ascontiguousarray(Xc, dtype=np.float32))
-    sq = (data * data).sum(dim=1)
-    block = max(1, min(len(q_idx), _BLOCK_BYTES // (4 * n)))
-    indices = np.empty((len(q_idx), k), dtype=np.int64)
+    m = min(n - 1, k + max(5, k // 2))  # float32 candidates, re-ranked in float64 below
+    mean = torch.from_numpy(X.mean(axis=0, dtype=np.float64).astype(np.float32))
+    starts = range(0, n, _BLOCK_ROWS)
     with torch.no_grad():
-        for start in range(0, len(q_idx), block):
-            rows = torch.from_numpy(q_idx[start : start + block])
-            d2 = sq[rows, None] + sq[None, :] - 2.0 * (data[rows] @ data.T)
-            if exclude_self:
-                d2[torch.arange(len(rows)), rows] = float("inf")
-            indices[start : start + block] = torch.topk(d2, k, dim=1, largest=False).indices.numpy()
-    distances = _pair_distances(Xc, q_idx, indices)
-    order = np.argsort(distances, axis=1, kind="stable")
+        if queries is None:
+            q_idx = np.arange(n)
+            best = torch.full((n, m), float("inf")), torch.zeros((n, m), dtype=torch.int64)
+            size = min(n, _BLOCK_ROWS)
+            # Tiles are written into two preallocated buffers: fresh 64 MB tensors per tile cost more in page
+            # faults than the arithmetic on them.
+            tile, tile_t = torch.empty(size, size), torch.empty(size, size)
+            for i, a in enumerate(starts):
+                A, sq_a = _centred_block(X, slice(a, a + size), mean)
+                for b in starts[i:]:
+                    B, sq_b = (A, sq_a) if b == a else _centred_block(X, slice(b, b + size), mean)
+                    d2 = tile[: len(A), : len(B)]
+                    torch.addmm(sq_b[None, :], A, B.T, alpha=-2.0, out=d2)
+                    d2.add_(sq_a[:, None])  # squared distances of the block pair
+                    if b == a:
+                        d2.fill_diagonal_(float("inf"))
+                    ra, rb = slice(a, a + len(A)), slice(b, b + len(B))
+                    best[0][ra], best[1][ra] = _merge((best[0][ra], best[1][ra]), d2, b, m)
+                    if b != a:
+                        d2_t = tile_t[: len(B), : len(A)]
+                        d2_t.copy_(d2.T)
+                        best[0][rb], best[1][rb] = _merge((best[0][rb], best[1][rb]), d2_t, a, m)
+        else:
+            q_idx = np.asarray(queries, dtype=np.int64)
+            Q, sq_q = _centred_block(X, q_idx, mean)
+            q_pos = torch.from_numpy(q_idx)
+            best = torch.full((len(q_idx), m), float("inf")), torch.zeros((len(q_idx), m), dtype=torch.int64)
+            for b in starts:
+                B, sq_b = _centred_block(X, slice(b, b + _BLOCK_ROWS), mean)
+                d2 = torch.addmm(sq_b[None, :], Q, B.T, alpha=-2.0).add_(sq_q[:, None])
+                own = torch.nonzero((q_pos >= b) & (q_pos < b + len(B))).ravel()
+                d2[own, q_pos[own] - b] = float("inf")  # a query is not its own neighbour
+                best = _merge(best, d2, b, m)
+    indices = best[1].numpy()
+    distances = _pair_distances(X, q_idx, indices)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(indices, order, 1), np.take_along_axis(distances, order, 1)
 
 
@@ -64,7 +113,10 @@ def _pair_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray) -> np.
 def _approximate_neighbors(
     X: np.ndarray, k: int, search: int, random_state: Any
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k approximate nearest neighbours by NN-descent keeping ``search`` per point, self excluded, ascending."""
+    """k approximate nearest neighbours by NN-descent keeping ``search`` per point, self excluded, ascending.
+
+    Distances are NN-descent's (computed in float32), returned as float64.
+    """
     from pynndescent import NNDescent  # lazy: numba compiles on first use
 
     n = X.shape[0]
@@ -89,21 +141,29 @@ def _approximate_neighbors(
     if missing.any():  # rare: NN-descent left a row short; fill those rows exactly
         rows = np.flatnonzero(missing)
         ind[rows], dist[rows] = _exact_neighbors(X, k, queries=rows)
-    # Report float64 distances, as the exact search does (NN-descent's are float32).
-    dist = _pair_distances(X, np.arange(n), ind)
-    order = np.argsort(dist, axis=1, kind="stable")
-    return np.take_along_axis(ind, order, 1), np.take_along_axis(dist, order, 1)
+    # NN-descent's own (float32) distances are kept: recomputing all n·k of them in float64 would cost ~45 s
+    # CPU at n = 1M (a gather of n·k rows of X) for digits that an approximate graph does not need.
+    return ind, dist
+
+
+def recall_query_count(n: int, n_queries: int) -> int:
+    """Query rows the recall estimate uses: ``n_queries``, capped so that queries × n ≤ ``_RECALL_PAIRS``.
+
+    Each query costs an exact search over all n rows; the cap keeps the estimate at ≈ 0.4 TFLOP (d = 1024)
+    whatever n is: 1000 queries up to n = 200k, 200 at n = 1M (2000 neighbour checks, standard error of a
+    recall near 0.99 about 0.002). Never fewer than ``min(n, n_queries, 100)``.
+    """
+    return min(n, n_queries, max(100, _RECALL_PAIRS // n))
 
 
 def estimate_recall(X: np.ndarray, indices: np.ndarray, n_queries: int, random_state: Any) -> float:
-    """Recall@k of ``indices`` against exact neighbours, on ``min(n, n_queries)`` random query rows.
+    """Recall@k of ``indices`` against exact neighbours, on ``n_queries`` random query rows (at most n).
 
     A returned neighbour counts as correct when its distance is within the exact k-th neighbour distance
     (plus 1e-6 relative slack), so ties and duplicate rows are not counted as misses.
     """
     n, k = indices.shape
-    q = min(n, n_queries)
-    rows = np.sort(rng_from(random_state).choice(n, size=q, replace=False))
+    rows = np.sort(rng_from(random_state).choice(n, size=min(n, n_queries), replace=False))
     _, exact_d = _exact_neighbors(X, k, queries=rows)
     got_d = _pair_distances(X, rows, indices[rows])
     radius = exact_d[:, -1:] * (1 + 1e-6) + 1e-12
@@ -123,9 +183,11 @@ class KNNGraph:
     0.87 / 0.96 / 0.99 at 21 / 31 / 41 candidates, for 1.5 / 3.9 / 6.0 s.
 
     Fitted attributes: ``adjacency_`` (scipy.sparse CSR, float64, symmetric), ``indices_`` (n, k) int64 and
-    ``distances_`` (n, k) float64 Euclidean distances, ascending, self excluded; ``method_`` ("exact" or
+    ``distances_`` (n, k) float64 Euclidean distances (exact: recomputed in float64; approximate: NN-descent's
+    float32 values), ascending, self excluded; ``method_`` ("exact" or
     "approximate"); ``recall_``: 1.0 for exact, otherwise recall@k estimated against exact neighbours on
-    ``min(n, recall_queries)`` random rows (NaN when ``recall_queries=0``).
+    ``recall_queries_`` random rows (NaN when ``recall_queries=0``): ``recall_queries``, capped at large n so
+    that the estimate's exact search stays cheap (:func:`recall_query_count`: 200 queries at n = 1M).
     """
 
     def __init__(
@@ -167,11 +229,12 @@ class KNNGraph:
 
         if method == "exact":
             self.indices_, self.distances_ = _exact_neighbors(X, k)
-            self.recall_ = 1.0
+            self.recall_, self.recall_queries_ = 1.0, 0
         else:
             self.indices_, self.distances_ = _approximate_neighbors(X, k, search, rng)
+            self.recall_queries_ = recall_query_count(n, self.recall_queries)
             self.recall_ = (
-                estimate_recall(X, self.indices_, self.recall_queries, rng) if self.recall_queries else np.nan
+                estimate_recall(X, self.indices_, self.recall_queries_, rng) if self.recall_queries_ else np.nan
             )
         self.method_ = method
         self.adjacency_ = knn_adjacency(self.indices_, self.symmetrize)

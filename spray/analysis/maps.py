@@ -1,4 +1,4 @@
-"""2-D maps of a spectral embedding for people to look at: UMAP (reusing the kNN graph) and t-SNE."""
+"""2-D maps of a spectral embedding for people to look at: UMAP and t-SNE, both reusing the kNN graph."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from spray.analysis._common import check_int, check_matrix, check_real, limited_threads, seed_from
+from spray.analysis._common import check_choice, check_int, check_matrix, check_real, seed_from
+from spray.analysis.knn import knn_adjacency
 from spray.errors import BadInputError
 
 
@@ -28,6 +29,20 @@ def _knn_arrays(knn: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
     return ind.astype(np.int64), dist
 
 
+_UMAP_EPOCH_SAMPLES = 20_000_000  # n × epochs of UMAP's optimisation by default: 200 epochs at n = 100k
+
+
+def _umap_epochs(n: int) -> int:
+    """UMAP's default epochs (500 below 10k samples, 200 above), capped at ``_UMAP_EPOCH_SAMPLES / n``, ≥ 50.
+
+    Seeded UMAP optimises on one thread at ~2.6 µs per sample and epoch (measured at n = 100k), so its
+    default 200 epochs would take ~9 min at n = 1M; 50 epochs from a PCA start gave the same map quality at
+    100k (nearest map neighbour in the same planted cluster for 99.92 % of points, as with 200 epochs).
+    """
+    default = 500 if n <= 10_000 else 200
+    return max(50, min(default, _UMAP_EPOCH_SAMPLES // n))
+
+
 class UMAPMap:
     """UMAP (McInnes et al. 2018) of an embedding into 2-D; ``embedding_`` (n, 2) float32 after ``fit``.
 
@@ -35,23 +50,36 @@ class UMAPMap:
     ``(indices, distances)`` of shape (n, k), self excluded) UMAP's own neighbour search is skipped and its
     fuzzy graph is built from those neighbours — then the map shows the kNN graph of the space ``knn`` was
     built on (normally the heatmap features, the same graph the spectral embedding comes from), and
-    ``embedding`` only fixes n. UMAP counts a point as its own first neighbour, so it uses
-    ``n_neighbors_ = min(n_neighbors, k + 1)``; without ``knn`` ``n_neighbors_ = min(n_neighbors, n − 1)``.
+    ``embedding`` only fixes n and the starting layout. UMAP counts a point as its own first neighbour, so it
+    uses ``n_neighbors_ = min(n_neighbors, k + 1)``; without ``knn`` ``n_neighbors_ = min(n_neighbors, n − 1)``.
     Any such reduction is recorded in ``notes_``.
+
+    ``init="pca"`` starts from the first two principal components of ``embedding``: that is already a
+    spectral embedding of the kNN graph, so UMAP's own ``"spectral"`` start (an eigensolve of its fuzzy
+    graph, 58 of 109 s CPU at n = 100k) would recompute much the same thing. ``"spectral"`` and
+    ``"random"`` are UMAP's. ``n_epochs=None``: see :func:`_umap_epochs` (200 up to 100k samples, fewer
+    above, at least 50); ``n_epochs_`` is the number used.
     """
 
     def __init__(
-        self, n_neighbors: int = 15, min_dist: float = 0.1, random_state: Any = None, n_epochs: int | None = None
+        self,
+        n_neighbors: int = 15,
+        min_dist: float = 0.1,
+        random_state: Any = None,
+        n_epochs: int | None = None,
+        init: str = "pca",
     ) -> None:
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
         self.random_state = random_state
         self.n_epochs = n_epochs
+        self.init = init
 
     def fit(self, embedding: Any, y: Any = None, knn: Any = None) -> UMAPMap:
         k = check_int(self.n_neighbors, "n_neighbors", minimum=2)
         min_dist = check_real(self.min_dist, "min_dist", minimum=0.0)
         n_epochs = None if self.n_epochs is None else check_int(self.n_epochs, "n_epochs", minimum=1)
+        init = check_choice(self.init, "init", ("pca", "spectral", "random"))
         seed = seed_from(self.random_state)
         X = check_matrix(embedding, "embedding", min_rows=3, dtype=np.float32)
         n = X.shape[0]
@@ -69,8 +97,10 @@ class UMAPMap:
             used = min(k, n - 1)
             if used < k:
                 self.notes_.append(f"n_neighbors={k} reduced to n - 1 = {used}")
-        # UMAP's spectral initialisation needs more points than components; tiny inputs start at random.
-        init = "spectral" if n > 10 else "random"
+        if init == "spectral" and n <= 10:
+            init = "random"  # UMAP's spectral start needs more points than components
+            self.notes_.append("init='spectral' replaced by 'random' for n <= 10 samples")
+        n_epochs = _umap_epochs(n) if n_epochs is None else n_epochs
 
         from umap import UMAP  # lazy: numba compiles on first use
 
@@ -87,6 +117,7 @@ class UMAPMap:
             )
             self.embedding_ = model.fit_transform(X).astype(np.float32)
         self.n_neighbors_ = used
+        self.n_epochs_ = n_epochs
         return self
 
     def fit_transform(self, embedding: Any, y: Any = None, knn: Any = None) -> np.ndarray:
@@ -94,11 +125,21 @@ class UMAPMap:
 
 
 class TSNEMap:
-    """Barnes-Hut t-SNE (scikit-learn) of an embedding into 2-D; ``embedding_`` (n, 2) float32.
+    """t-SNE (van der Maaten & Hinton 2008) of an embedding into 2-D with openTSNE; ``embedding_`` (n, 2) float32.
 
-    t-SNE calibrates each point's kernel on about 3·perplexity neighbours, so ``perplexity`` above
-    ``(n − 1) / 3`` is clipped to that value (``perplexity_``, with a note in ``notes_``) instead of failing.
-    Needs n ≥ 4. ``n_threads`` caps OpenMP threads as in :class:`~spray.analysis.clustering.KMeansRange`.
+    ``fit(embedding, knn=None)``: with ``knn`` (as for :class:`UMAPMap`) the affinities are uniform over the
+    symmetrised kNN graph, ``P ∝ (B + Bᵀ)/2`` with B the binary k-neighbour matrix — no neighbour search and
+    no perplexity calibration; uniform kNN affinities give t-SNE maps close to perplexity-based ones (Böhm,
+    Berens & Kobak 2022) and make the map show the same graph as UMAP and the spectral analysis. Without
+    ``knn`` the affinities are openTSNE's perplexity-based ones on ``embedding``; t-SNE calibrates each
+    kernel on about 3·perplexity neighbours, so ``perplexity`` above ``(n − 1) / 3`` is clipped to that value
+    (``perplexity_``, with a note in ``notes_``); with ``knn`` ``perplexity_`` is None.
+
+    The gradient is FFT-accelerated (FIt-SNE interpolation, Linderman et al. 2019) for n ≥ 10k, Barnes-Hut
+    below (openTSNE's choice): 42 s CPU on one thread at n = 20k (scikit-learn's Barnes-Hut, used before:
+    226 s wall on one thread, docs/benchmarks.md). ``max_iter`` counts all iterations, the first 250 with
+    early exaggeration. ``init``: "pca" of ``embedding`` or "random". Needs n ≥ 4. ``n_threads``: openTSNE's
+    threads (``None``: all cores; 1 by default, see :func:`spray.analysis._common.limited_threads`).
     """
 
     def __init__(
@@ -106,7 +147,7 @@ class TSNEMap:
         perplexity: float = 30.0,
         random_state: Any = None,
         init: str = "pca",
-        max_iter: int = 1000,
+        max_iter: int = 750,
         n_threads: int | None = 1,
     ) -> None:
         self.perplexity = perplexity
@@ -115,33 +156,42 @@ class TSNEMap:
         self.max_iter = max_iter
         self.n_threads = n_threads
 
-    def fit(self, embedding: Any, y: Any = None) -> TSNEMap:
-        from sklearn.manifold import TSNE
+    def fit(self, embedding: Any, y: Any = None, knn: Any = None) -> TSNEMap:
+        from openTSNE import TSNE
+        from openTSNE.affinity import PrecomputedAffinities
 
         perplexity = check_real(self.perplexity, "perplexity", minimum=0.0, strict=True)
-        if self.init not in ("pca", "random"):
-            raise BadInputError(f"init must be 'pca' or 'random', got {self.init!r}")
-        max_iter = check_int(self.max_iter, "max_iter", minimum=250)  # sklearn's minimum
+        init = check_choice(self.init, "init", ("pca", "random"))
+        max_iter = check_int(self.max_iter, "max_iter", minimum=250)
+        n_jobs = -1 if self.n_threads is None else check_int(self.n_threads, "n_threads", minimum=1)
         seed = seed_from(self.random_state)
         X = check_matrix(embedding, "embedding", min_rows=4, dtype=np.float32)
         n = X.shape[0]
         self.notes_ = []
-        limit = (n - 1) / 3
-        if perplexity > limit:
-            self.notes_.append(f"perplexity={perplexity:g} clipped to (n - 1)/3 = {limit:g} for n={n} samples")
-            perplexity = limit
+        affinities = None
+        if knn is not None:
+            ind, _ = _knn_arrays(knn, n)
+            affinities = PrecomputedAffinities(knn_adjacency(ind, "mean"))
+            self.perplexity_ = None
+        else:
+            limit = (n - 1) / 3
+            if perplexity > limit:
+                self.notes_.append(f"perplexity={perplexity:g} clipped to (n - 1)/3 = {limit:g} for n={n} samples")
+                perplexity = limit
+            self.perplexity_ = perplexity
         model = TSNE(
             n_components=2,
             perplexity=perplexity,
-            init=self.init,
+            n_iter=max_iter - 250,
+            early_exaggeration_iter=250,
+            initialization=init,
             random_state=seed,
-            method="barnes_hut",
-            max_iter=max_iter,
+            n_jobs=n_jobs,
         )
-        with limited_threads(self.n_threads):
-            self.embedding_ = model.fit_transform(X).astype(np.float32)
-        self.perplexity_ = perplexity
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # openTSNE's notes on small data (kNN method choice)
+            self.embedding_ = np.asarray(model.fit(X, affinities=affinities), dtype=np.float32)
         return self
 
-    def fit_transform(self, embedding: Any, y: Any = None) -> np.ndarray:
-        return self.fit(embedding).embedding_
+    def fit_transform(self, embedding: Any, y: Any = None, knn: Any = None) -> np.ndarray:
+        return self.fit(embedding, knn=knn).embedding_

@@ -149,7 +149,9 @@ class HeatmapPreprocessor:
         nonfinite = ~np.isfinite(block).all(axis=(1, 2, 3))
         if nonfinite.any():
             block = np.where(nonfinite[:, None, None, None], 0.0, block)
-        if self.channel_reduction == "sum":
+        if block.shape[1] == 1:  # one channel: every reduction is the map itself or its absolute value
+            maps = block[:, 0] if self.channel_reduction == "sum" else np.abs(block[:, 0])
+        elif self.channel_reduction == "sum":
             maps = block.sum(axis=1)
         elif self.channel_reduction == "abs_sum":
             maps = np.abs(block).sum(axis=1)
@@ -158,7 +160,7 @@ class HeatmapPreprocessor:
         if self.absolute:
             maps = np.abs(maps)
         zero = ~maps.reshape(len(maps), -1).any(axis=1)
-        pooled = (ph @ maps @ pw.T).reshape(len(maps), -1)
+        pooled = _pool(maps, ph, pw)
 
         if self.normalization is not None:
             if self.normalization == "max_abs":
@@ -170,3 +172,18 @@ class HeatmapPreprocessor:
             denom = np.where(denom > 0, denom, 1.0)
             pooled = pooled / denom[:, None]
         return pooled.astype(np.float32), nonfinite, zero
+
+
+def _pool(maps: np.ndarray, ph: np.ndarray, pw: np.ndarray) -> np.ndarray:
+    """``ph @ m @ pwᵀ`` of every map ``m`` in ``maps`` (b, H, W), flattened to (b, g_h * g_w).
+
+    The same numbers without the matmuls where the pooling matrices are simple: none at all when the grid is
+    the native size (identity matrices), a reshape-sum when the sizes divide (0/1 block matrices).
+    """
+    b, H, W = maps.shape
+    gh, gw = ph.shape[0], pw.shape[0]
+    if (gh, gw) == (H, W):
+        return maps.reshape(b, -1)
+    if H % gh == 0 and W % gw == 0:
+        return maps.reshape(b, gh, H // gh, gw, W // gw).sum(axis=(2, 4)).reshape(b, -1)
+    return (ph @ maps @ pw.T).reshape(b, -1)

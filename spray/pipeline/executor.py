@@ -296,8 +296,10 @@ def _features(
                 params, f[f"attributions/{attribution}/relevance"], drop_nonfinite=drop_nonfinite
             )
         n = processor.kept_.shape[0]
-        full = np.zeros((n, features.shape[1]), dtype=np.float32)
-        full[processor.kept_] = features
+        full = features  # one row per sample unless rows were dropped: then zero rows fill their places
+        if not processor.kept_.all():
+            full = np.zeros((n, features.shape[1]), dtype=np.float32)
+            full[processor.kept_] = features
         zero = np.zeros(n, dtype=bool)
         zero[processor.zero_rows_] = True
         arrays = {"features": full, "kept": processor.kept_, "zero": zero}
@@ -328,6 +330,9 @@ def _run_tasks(
     from spray.scheduling import dask_map
 
     def arguments(task: ClassTask) -> tuple[Any, ...]:
-        return (features[task.positions], params, task.stale, task.cached, deps)
+        rows = task.positions
+        contiguous = rows[-1] - rows[0] + 1 == len(rows)  # sorted and unique, so a slice: a view, no copy
+        return (features[rows[0] : rows[-1] + 1] if contiguous else features[rows], params, task.stale,
+                task.cached, deps)
 
     yield from dask_map(run_class, tasks, arguments, scheduler=scheduler, progress=progress, desc="classes")

@@ -63,7 +63,8 @@ def _knn(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
         "adjacency_indices": adjacency.indices,
         "adjacency_indptr": adjacency.indptr,
     }
-    return arrays, {"method": graph.method_, "recall": float(graph.recall_)}
+    info = {"method": graph.method_, "recall": float(graph.recall_), "recall_queries": graph.recall_queries_}
+    return arrays, info
 
 
 def _spectral(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
@@ -86,15 +87,13 @@ def _clustering(cls: type) -> Any:
     return run
 
 
-def _map(cls: type, uses_knn: bool) -> Any:
+def _map(cls: type) -> Any:
     def run(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
-        mapper = cls(**params)
-        if uses_knn:
-            knn = inputs["knn"][0]
-            mapper.fit(_embedding(inputs), knn=(knn["indices"], knn["distances"]))
-        else:
-            mapper.fit(_embedding(inputs))
-        return {"embedding": mapper.embedding_.astype(np.float32)}, {}
+        knn = inputs["knn"][0]
+        mapper = cls(**params).fit(_embedding(inputs), knn=(knn["indices"], knn["distances"]))
+        fitted = ("n_neighbors_", "n_epochs_", "perplexity_")
+        info = {"notes": mapper.notes_, **{a.rstrip("_"): getattr(mapper, a) for a in fitted if hasattr(mapper, a)}}
+        return {"embedding": mapper.embedding_.astype(np.float32)}, info
 
     return run
 
@@ -154,10 +153,8 @@ NODES: dict[str, Node] = {
         Node("agglomerative", ("spectral",), _clustering(Agglomerative), _defaults(Agglomerative),
              kind="clustering", default=True),
         Node("dbscan", ("spectral",), _clustering(DBSCAN), _defaults(DBSCAN), kind="clustering"),
-        Node("umap", ("spectral", "knn"), _map(UMAPMap, uses_knn=True), _defaults(UMAPMap), kind="map",
-             default=True),
-        Node("tsne", ("spectral",), _map(TSNEMap, uses_knn=False), _defaults(TSNEMap), kind="map",
-             default=True),
+        Node("umap", ("spectral", "knn"), _map(UMAPMap), _defaults(UMAPMap), kind="map", default=True),
+        Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
         Node("fda", ("spectral",), _fda, signature_defaults(best_cluster, skip=("embedding", "clusterings")),
              required=True,
              depends_on_all="clustering"),

@@ -35,6 +35,23 @@ def test_kmeans_on_all_columns_also_recovers_easy_clusters(planted):
     assert adjusted_rand_score(labels, km.labels_[4]) >= 0.95
 
 
+def test_kmeans_on_a_subsample_labels_every_row_by_its_nearest_centre(blobs):
+    X, labels = blobs([400, 300, 200, 100], d=4, separation=2.0, seed=6)  # touching blobs
+    kwargs = {"k_min": 4, "k_max": 4, "columns": "all", "normalize_rows": False, "random_state": 0}
+    full = KMeansRange(**kwargs).fit(X)
+    sub = KMeansRange(**kwargs, max_fit_samples=200).fit(X)
+    assert full.fit_samples_ == len(X) and sub.fit_samples_ == 200
+    assert sub.labels_[4].shape == labels.shape and adjusted_rand_score(full.labels_[4], sub.labels_[4]) >= 0.9
+    # every row sits with its nearest centre; the centres came from 200 rows, so compare with the members' means
+    centres = np.stack([X[sub.labels_[4] == c].mean(axis=0) for c in range(4)])
+    nearest = np.linalg.norm(X[:, None] - centres[None], axis=2).argmin(axis=1)
+    assert np.mean(nearest == sub.labels_[4]) > 0.97
+    # inertia over all rows, about the subsample's centres: at least the scatter about the members' own means
+    scatter = sum(np.sum((X[sub.labels_[4] == c] - centres[c]) ** 2) for c in range(4))
+    assert scatter <= sub.inertia_[4] <= 1.05 * scatter
+    assert sub.inertia_[4] >= full.inertia_[4] * 0.999
+
+
 def test_kmeans_result_for_one_k_does_not_depend_on_the_range(planted):
     E = planted[0]
     a = KMeansRange(3, 3, random_state=1).fit(E).labels_[3]
@@ -80,6 +97,7 @@ def test_normalize_rows_leaves_zero_rows():
         (KMeansRange(n_init=0), "n_init"),
         (KMeansRange(columns="last"), "columns"),
         (KMeansRange(n_threads=0), "n_threads"),
+        (KMeansRange(max_fit_samples=1), "max_fit_samples"),
         (Agglomerative(n_clusters=[]), "n_clusters"),
         (Agglomerative(linkage="centroid"), "linkage"),
         (HDBSCAN(min_cluster_size=1), "min_cluster_size"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spray.analysis.knn import KNNGraph
-from spray.analysis.maps import TSNEMap, UMAPMap
+from spray.analysis.maps import TSNEMap, UMAPMap, _umap_epochs
 from spray.analysis.spectral import SpectralEmbedding
 from spray.errors import BadInputError
 
@@ -37,6 +37,11 @@ def test_umap_reuses_the_knn_graph_is_seeded_and_separates_clusters(pipeline):
     assert _separated(first.embedding_, labels) == 1.0
 
 
+def test_umap_epochs_shrink_with_n_but_not_below_50():
+    assert [_umap_epochs(n) for n in (5_000, 50_000, 100_000, 200_000, 1_000_000)] == [500, 200, 200, 100, 50]
+    assert UMAPMap(n_epochs=30, random_state=0).fit(np.random.default_rng(0).normal(size=(40, 3))).n_epochs_ == 30
+
+
 def test_umap_without_knn_computes_its_own_neighbours(pipeline):
     embedding, _, labels = pipeline
     umap_map = UMAPMap(n_neighbors=8, random_state=0, n_epochs=50).fit(embedding)
@@ -58,14 +63,28 @@ def test_tsne_clips_perplexity_with_a_note_and_separates_clusters(pipeline):
     assert TSNEMap(perplexity=10, random_state=0, max_iter=250).fit(embedding).notes_ == []
 
 
+def test_tsne_on_the_knn_graph_uses_no_perplexity_is_seeded_and_separates_clusters(pipeline):
+    embedding, graph, labels = pipeline
+    tsne = TSNEMap(random_state=0, max_iter=300).fit(embedding, knn=graph)
+    assert tsne.perplexity_ is None and tsne.notes_ == []
+    assert tsne.embedding_.shape == (120, 2) and tsne.embedding_.dtype == np.float32
+    assert _separated(tsne.embedding_, labels) == 1.0
+    again = TSNEMap(random_state=0, max_iter=300).fit(embedding, knn=(graph.indices_, graph.distances_))
+    np.testing.assert_array_equal(tsne.embedding_, again.embedding_)
+    with pytest.raises(BadInputError, match=r"knn indices and distances must both have shape \(60, k\)"):
+        TSNEMap().fit(embedding[:60], knn=graph)
+
+
 @pytest.mark.parametrize(
     ("mapper", "name"),
     [
         (UMAPMap(n_neighbors=1), "n_neighbors"),
         (UMAPMap(min_dist=-1.0), "min_dist"),
+        (UMAPMap(init="tsne"), "init"),
         (TSNEMap(perplexity=0), "perplexity"),
         (TSNEMap(init="spectral"), "init"),
         (TSNEMap(max_iter=10), "max_iter"),
+        (TSNEMap(n_threads=0), "n_threads"),
     ],
 )
 def test_bad_parameters_are_named(mapper, name, pipeline):

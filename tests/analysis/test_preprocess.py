@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from spray.analysis.preprocess import HeatmapPreprocessor, area_pooling_matrix
+from spray.analysis.preprocess import HeatmapPreprocessor, _pool, area_pooling_matrix
 from spray.errors import BadInputError
 
 
@@ -54,6 +54,14 @@ def test_non_divisible_size_uses_area_pooling_that_conserves_the_total():
     P = area_pooling_matrix(7, 3)
     np.testing.assert_allclose(P.sum(axis=0), 1.0)
     np.testing.assert_allclose(P.sum(axis=1), 7 / 3)
+
+
+@pytest.mark.parametrize(("shape", "grid"), [((8, 8), (8, 8)), ((12, 8), (4, 2)), ((12, 8), (5, 2)), ((7, 10), (3, 3))])
+def test_pooling_shortcuts_equal_the_pooling_matrices(shape, grid):
+    """Identity grid (no work), dividing sizes (reshape-sum) and the general case agree with P_h m P_w^T."""
+    maps = np.random.default_rng(2).normal(size=(3, *shape))
+    ph, pw = area_pooling_matrix(shape[0], grid[0]), area_pooling_matrix(shape[1], grid[1])
+    np.testing.assert_allclose(_pool(maps, ph, pw), (ph @ maps @ pw.T).reshape(3, -1), rtol=1e-12, atol=1e-12)
 
 
 def test_grid_larger_than_the_map_keeps_full_resolution():

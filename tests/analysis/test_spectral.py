@@ -110,7 +110,7 @@ def test_bad_adjacency_is_reported(adjacency, match):
 
 
 @pytest.mark.parametrize(("kwargs", "name"), [({"n_eigenpairs": 0}, "n_eigenpairs"), ({"solver": "lobpcg"}, "solver"),
-                                              ({"tol": -1.0}, "tol")])
+                                              ({"tol": -1.0}, "tol"), ({"n_threads": 0}, "n_threads")])
 def test_bad_parameters_are_named(kwargs, name):
     with pytest.raises(BadInputError, match=name):
         SpectralEmbedding(**kwargs).fit(_cliques((6,)))

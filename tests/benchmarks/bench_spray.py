@@ -8,9 +8,10 @@ Optionally (--pipeline-row N) the memoising pipeline (spray.pipeline.analyze) ov
 
 Part 2 — against CoRelAy 1.0.0 (--corelay; must be importable), same features at n = 20k: CoRelAy's reference
 recipe (SciPyPDist -> SparseKNN(10, symmetric) -> SymmetricNormalLaplacian -> EigenDecomposition(32) ->
-KMeans k = 2..30, plus UMAPEmbedding and TSNEEmbedding of the eigenvectors) vs spray's processors with
-CoRelAy's graph definition (exact kNN, symmetrize="mean"). Each side runs in its own subprocess (peak RSS).
-Prints time ratios (core; whole recipe), peak memory, eigenvalue agreement and ARIs.
+KMeans k = 2..30, plus UMAPEmbedding and TSNEEmbedding of the eigenvectors) vs spray's processors (UMAP and
+t-SNE on the kNN graph) twice: at spray's defaults (kNN "auto", binary graph) and with CoRelAy's graph
+definition (exact kNN, symmetrize="mean"). Each run in its own subprocess (peak RSS), one after the other.
+Prints time ratios (core; whole recipe; wall and CPU), load averages, peak memory, eigenvalue agreement, ARIs.
 Targets: core >= 20x, whole >= 5x, max |Δλ| < 1e-4.
 
 Run:  NUMBA_CACHE_DIR=/work/main/.numba_cache python tests/benchmarks/bench_spray.py [--n 10000,100000]
@@ -144,7 +145,7 @@ def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
     """The whole analysis of one class of n heatmaps, processor by processor."""
     from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, UMAPMap, propose_n_clusters
 
-    out: dict = {"n": n, "stages": {}, "cpu": {}, "rss_after": {}}
+    out: dict = {"n": n, "stages": {}, "cpu": {}, "rss_after": {}, "load": [os.getloadavg()[0]]}
     cpu = [time.process_time()]
 
     def stage(name: str, seconds: float, cpu_seconds: float | None = None) -> None:
@@ -162,7 +163,7 @@ def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
     t = time.perf_counter()
     knn = KNNGraph(n_neighbors=10, method="auto", random_state=0).fit(X)
     stage("knn", time.perf_counter() - t)
-    out["knn_method"], out["recall"] = knn.method_, float(knn.recall_)
+    out["knn_method"], out["recall"], out["recall_queries"] = knn.method_, float(knn.recall_), knn.recall_queries_
 
     t = time.perf_counter()
     spec = SpectralEmbedding(n_eigenpairs=32, random_state=0).fit(knn.adjacency_)
@@ -173,6 +174,7 @@ def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
     t = time.perf_counter()
     km = KMeansRange(k_min=2, k_max=31, random_state=0).fit(spec.embedding_)
     stage("kmeans", time.perf_counter() - t)
+    out["kmeans_fit_samples"] = km.fit_samples_
     k_star = propose_n_clusters(spec.eigenvalues_)
     out["k_eigengap"] = k_star
     out["ari_true_k"] = _ari(truth, km.labels_[N_CLUSTERS])
@@ -180,8 +182,9 @@ def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
 
     del X  # UMAP reuses the kNN lists; the features are not needed any more
     t = time.perf_counter()
-    UMAPMap(random_state=umap_seed).fit(spec.embedding_, knn=knn)
+    out["umap_epochs"] = UMAPMap(random_state=umap_seed).fit(spec.embedding_, knn=knn).n_epochs_
     stage("umap", time.perf_counter() - t)
+    out["load"].append(os.getloadavg()[0])
     out["total_s"] = sum(out["stages"].values())
     out["total_cpu_s"] = sum(out["cpu"].values())
     out["peak_rss_mb"] = _peak_rss_mb()
@@ -220,28 +223,35 @@ def worker_pipeline(n: int, seed: int) -> dict:
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def worker_compare_spray(n: int, seed: int, out_npz: str) -> dict:
-    """spray's side of the CoRelAy comparison: CoRelAy's graph definition, same stages and maps."""
+def worker_compare_spray(n: int, seed: int, out_npz: str, mode: str) -> dict:
+    """spray's side of the CoRelAy comparison: the same stages and maps, on the same features.
+
+    ``mode="corelay"``: CoRelAy's graph definition (exact kNN, (A + Aᵀ)/2), for the eigenvalue comparison;
+    ``mode="default"``: spray's defaults (kNN method "auto", binary symmetrisation A = max(B, Bᵀ)).
+    """
     from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, TSNEMap, UMAPMap
 
     X, truth, *_ = _features(n, seed)
-    rss0 = _peak_rss_mb()
+    rss0, load0 = _peak_rss_mb(), os.getloadavg()[0]
+    graph = {"method": "exact", "symmetrize": "mean"} if mode == "corelay" else {}
     c0 = time.process_time()
     t0 = time.perf_counter()
-    knn = KNNGraph(n_neighbors=10, method="exact", symmetrize="mean", random_state=0).fit(X)
+    knn = KNNGraph(n_neighbors=10, random_state=0, **graph).fit(X)
     t1 = time.perf_counter()
     spec = SpectralEmbedding(n_eigenpairs=32, random_state=0).fit(knn.adjacency_)
     t2 = time.perf_counter()
     km = KMeansRange(k_min=2, k_max=30, random_state=0).fit(spec.embedding_)
     t3, c3 = time.perf_counter(), time.process_time()
-    UMAPMap(random_state=None).fit(spec.embedding_, knn=knn)
+    UMAPMap(random_state=0).fit(spec.embedding_, knn=knn)
     t4 = time.perf_counter()
-    TSNEMap(random_state=0).fit(spec.embedding_)
+    TSNEMap(random_state=0).fit(spec.embedding_, knn=knn)
     t5, c5 = time.perf_counter(), time.process_time()
     np.savez(out_npz, eigenvalues=spec.eigenvalues_, labels=km.labels_[N_CLUSTERS], truth=truth)
     return {"stages": {"knn": t1 - t0, "spectral": t2 - t1, "kmeans": t3 - t2, "umap": t4 - t3, "tsne": t5 - t4},
             "core_s": t3 - t0, "whole_s": t5 - t0, "core_cpu_s": c3 - c0, "whole_cpu_s": c5 - c0,
-            "peak_rss_mb": _peak_rss_mb(), "rss_features_mb": rss0, "n_components": spec.n_components_, "ari": _ari(truth, km.labels_[N_CLUSTERS])}
+            "peak_rss_mb": _peak_rss_mb(), "rss_features_mb": rss0, "n_components": spec.n_components_,
+            "ari": _ari(truth, km.labels_[N_CLUSTERS]), "knn_method": knn.method_, "mode": mode,
+            "load": [load0, os.getloadavg()[0]]}
 
 
 def worker_corelay(n: int, seed: int, out_npz: str) -> dict:
@@ -255,7 +265,7 @@ def worker_corelay(n: int, seed: int, out_npz: str) -> dict:
     from corelay.processor.laplacian import SymmetricNormalLaplacian
 
     X, truth, *_ = _features(n, seed)
-    rss0 = _peak_rss_mb()
+    rss0, load0 = _peak_rss_mb(), os.getloadavg()[0]
     ks = list(range(2, 31))
     pipeline = SpectralClustering(
         pairwise_distance=SciPyPDist(metric="euclidean"),
@@ -276,7 +286,8 @@ def worker_corelay(n: int, seed: int, out_npz: str) -> dict:
     labels = np.asarray(labels[ks.index(N_CLUSTERS)])
     np.savez(out_npz, eigenvalues=np.asarray(eigenvalues), labels=labels, truth=truth)
     return {"stages": {"core": t1 - t0, "umap": t2 - t1, "tsne": t3 - t2}, "core_s": t1 - t0, "whole_s": t3 - t0,
-            "core_cpu_s": c1 - c0, "whole_cpu_s": c3 - c0, "peak_rss_mb": _peak_rss_mb(), "rss_features_mb": rss0, "ari": _ari(truth, labels)}
+            "core_cpu_s": c1 - c0, "whole_cpu_s": c3 - c0, "peak_rss_mb": _peak_rss_mb(), "rss_features_mb": rss0,
+            "ari": _ari(truth, labels), "load": [load0, os.getloadavg()[0]]}
 
 
 WORKERS = {"spray": worker_spray, "pipeline": worker_pipeline, "compare_spray": worker_compare_spray,
@@ -333,37 +344,44 @@ def report_spray(results: list[dict]) -> None:
         print(f"{'':>9} CPU s: " + " ".join(f"{r['cpu'][s]:>10.1f}" for s in stages) + f" {r['total_cpu_s']:>8.1f}")
         print(f"{'':>9} (+ {r['generate_s']:.1f} s generating the synthetic heatmaps, not counted; smallest "
               f"eigenvalues {r['eigenvalues'][:N_CLUSTERS + 1]})")
+        print(f"{'':>9} load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end; recall on "
+              f"{r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
+              f"{r['umap_epochs']} epochs")
     big = [r for r in results if r["n"] >= 1_000_000]
     for r in big:
         ok_t, ok_m = r["total_s"] <= 1200, r["peak_rss_mb_parent_view"] <= 8192
-        print(f"target n={r['n']}: {r['total_s'] / 60:.1f} min <= 20 min: {'MET' if ok_t else 'MISSED'}; "
+        print(f"target n={r['n']}: {r['total_s'] / 60:.1f} min <= 20 min: {'MET' if ok_t else 'MISSED'} "
+              f"({r['total_cpu_s'] / 60:.1f} min CPU; load average {r['load'][0]:.1f} -> {r['load'][1]:.1f}); "
               f"{r['peak_rss_mb_parent_view'] / 1024:.2f} GB <= 8 GB: {'MET' if ok_m else 'MISSED'}")
 
 
-def report_compare(s: dict, c: dict, n: int, eig_s: np.ndarray, eig_c: np.ndarray) -> None:
+def report_compare(sides: dict[str, dict], c: dict, n: int, eig: dict[str, np.ndarray]) -> None:
     print(f"\nCoRelAy 1.0.0 vs spray, one class, n = {n}, d = 1024 (seconds; peak RSS of each subprocess)")
-    print(f"  spray   stages: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stages"].items()))
-    print(f"  CoRelAy stages: " + ", ".join(f"{k} {v:.1f}" for k, v in c["stages"].items()))
-    rc, rw = c["core_s"] / s["core_s"], c["whole_s"] / s["whole_s"]
-    print(f"  core (kNN graph -> Laplacian -> 32 eigenpairs -> k-means 2..30): CoRelAy {c['core_s']:.1f} s, "
-          f"spray {s['core_s']:.1f} s, ratio {rc:.1f}x (target >= 20x: {'MET' if rc >= 20 else 'MISSED'})")
-    print(f"  whole recipe (+ UMAP + t-SNE): CoRelAy {c['whole_s']:.1f} s, spray {s['whole_s']:.1f} s, ratio "
-          f"{rw:.1f}x (target >= 5x: {'MET' if rw >= 5 else 'MISSED'})")
-    if "core_cpu_s" in s and "core_cpu_s" in c:
-        print(f"  CPU time (robust to other load on the machine): core CoRelAy {c['core_cpu_s']:.1f} s / spray "
-              f"{s['core_cpu_s']:.1f} s = {c['core_cpu_s'] / s['core_cpu_s']:.1f}x; whole {c['whole_cpu_s']:.1f} s / "
-              f"{s['whole_cpu_s']:.1f} s = {c['whole_cpu_s'] / s['whole_cpu_s']:.1f}x")
-    print(f"  peak RSS: CoRelAy {c['peak_rss_mb_parent_view']:.0f} MB, spray {s['peak_rss_mb_parent_view']:.0f} MB "
-          f"(each incl. ~{s['rss_features_mb']:.0f} MB interpreter + features before the analysis)")
-    below = np.sort(eig_c[eig_c < 1.0])
-    spurious = int(np.sum(eig_c >= 1.0))
-    m = min(len(below), len(eig_s))
-    diff = float(np.max(np.abs(below[:m] - eig_s[:m]))) if m else float("nan")
-    print(f"  eigenvalues: CoRelAy reports {len(eig_c)}, {spurious} of them >= 1 (spurious, far end of the "
-          f"spectrum); its {m} below 1 vs spray's {m} smallest: max |diff| = {diff:.2e} (target < 1e-4: "
-          f"{'MET' if diff < 1e-4 else 'MISSED'})")
-    print(f"  ARI vs planted clusters at k = {N_CLUSTERS}: CoRelAy {c['ari']:.3f} (k-means on all 32 row-normalised "
-          f"eigenvectors), spray {s['ari']:.3f} (first k eigenvectors)")
+    print(f"  CoRelAy: " + ", ".join(f"{k} {v:.1f}" for k, v in c["stages"].items()) +
+          f"; CPU core {c['core_cpu_s']:.1f}, whole {c['whole_cpu_s']:.1f}; load average {c['load'][0]:.1f} -> "
+          f"{c['load'][1]:.1f}; peak RSS {c['peak_rss_mb_parent_view']:.0f} MB; ARI {c['ari']:.3f} (k-means on all "
+          f"32 row-normalised eigenvectors)")
+    for mode, s in sides.items():
+        rc, rw = c["core_s"] / s["core_s"], c["whole_s"] / s["whole_s"]
+        rcc, rwc = c["core_cpu_s"] / s["core_cpu_s"], c["whole_cpu_s"] / s["whole_cpu_s"]
+        print(f"  spray, {mode} ({s['knn_method']} kNN): " + ", ".join(f"{k} {v:.1f}" for k, v in s["stages"].items()) +
+              f"; load average {s['load'][0]:.1f} -> {s['load'][1]:.1f}; peak RSS {s['peak_rss_mb_parent_view']:.0f} MB "
+              f"(incl. ~{s['rss_features_mb']:.0f} MB interpreter + features); ARI {s['ari']:.3f} (first k eigenvectors)")
+        print(f"    core (kNN graph -> Laplacian -> 32 eigenpairs -> k-means 2..30): CoRelAy {c['core_s']:.1f} s / spray "
+              f"{s['core_s']:.1f} s = {rc:.1f}x wall (target >= 20x: {'MET' if rc >= 20 else 'MISSED'}); CPU "
+              f"{c['core_cpu_s']:.1f} / {s['core_cpu_s']:.1f} s = {rcc:.1f}x")
+        print(f"    whole recipe (+ UMAP + t-SNE): CoRelAy {c['whole_s']:.1f} s / spray {s['whole_s']:.1f} s = {rw:.1f}x "
+              f"wall (target >= 5x: {'MET' if rw >= 5 else 'MISSED'}); CPU {c['whole_cpu_s']:.1f} / "
+              f"{s['whole_cpu_s']:.1f} s = {rwc:.1f}x")
+    if "corelay" in eig and "spray_corelay" in eig:
+        eig_c, eig_s = eig["corelay"], eig["spray_corelay"]
+        below = np.sort(eig_c[eig_c < 1.0])
+        spurious = int(np.sum(eig_c >= 1.0))
+        m = min(len(below), len(eig_s))
+        diff = float(np.max(np.abs(below[:m] - eig_s[:m]))) if m else float("nan")
+        print(f"  eigenvalues (spray in exact mode with (A + A^T)/2): CoRelAy reports {len(eig_c)}, {spurious} of them >= 1 "
+              f"(spurious, far end of the spectrum); its {m} below 1 vs spray's {m} smallest: max |diff| = {diff:.2e} "
+              f"(target < 1e-4: {'MET' if diff < 1e-4 else 'MISSED'})")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -375,8 +393,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="n = 2000 only: check the script runs")
     p.add_argument("--corelay", action="store_true", help="also compare with CoRelAy 1.0.0 (must be installed)")
     p.add_argument("--corelay-n", type=int, default=20000)
-    p.add_argument("--corelay-sides", default="spray,corelay",
-                   help="which side(s) of the comparison to run (one side alone prints its stages only)")
+    p.add_argument("--corelay-sides", default="spray_default,spray_corelay,corelay",
+                   help="which runs of the comparison to make, in order: spray_default (spray's defaults), "
+                        "spray_corelay (CoRelAy's graph: exact kNN, (A + A^T)/2), corelay")
     p.add_argument("--pipeline-row", type=int, default=0, help="also time spray.pipeline.analyze at this n")
     p.add_argument("--umap-seed", default="0", help="UMAP random_state ('none': unseeded, multi-threaded)")
     p.add_argument("--seed", type=int, default=0)
@@ -410,19 +429,21 @@ def main() -> None:
     if args.corelay:
         n = 2000 if args.quick else args.corelay_n
         with tempfile.TemporaryDirectory() as tmp:
-            fs, fc = str(Path(tmp) / "spray.npz"), str(Path(tmp) / "corelay.npz")
             sides = args.corelay_sides.split(",")
-            s = c = None
-            if "spray" in sides:
-                print(f"\nCoRelAy comparison, n = {n}: spray ...", flush=True)
-                s = run_worker("compare_spray", n, args.seed, fs)
-            if "corelay" in sides:
-                print(f"CoRelAy comparison, n = {n}: CoRelAy ...", flush=True)
-                c = run_worker("corelay", n, args.seed, fc)
-            if s and c:
-                report_compare(s, c, n, np.load(fs)["eigenvalues"], np.load(fc)["eigenvalues"])
+            results, eig = {}, {}
+            for side in sides:  # spray's two modes, then CoRelAy: one after the other, never overlapping
+                print(f"\nCoRelAy comparison, n = {n}: {side} ...", flush=True)
+                path = str(Path(tmp) / f"{side}.npz")
+                if side == "corelay":
+                    results[side] = run_worker("corelay", n, args.seed, path)
+                else:
+                    results[side] = run_worker("compare_spray", n, args.seed, path, side.removeprefix("spray_"))
+                eig[side] = np.load(path)["eigenvalues"]
+            if "corelay" in results and len(results) > 1:
+                report_compare({k.removeprefix("spray_"): v for k, v in results.items() if k != "corelay"},
+                               results["corelay"], n, eig)
             else:
-                print(json.dumps(s or c, indent=1))
+                print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

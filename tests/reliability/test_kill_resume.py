@@ -11,6 +11,7 @@ corrected weights, tensor by tensor, and the run's history without its timings.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -30,6 +31,11 @@ from spray.store import AuditStore
 
 HERE = Path(__file__).resolve().parent
 KILLS = 4
+# The children's environment: this process's as collected, before any test ran. While a dask LocalCluster
+# lives (the session's dask_cluster fixture), each worker (re)start writes OMP_NUM_THREADS=1 and the like
+# into os.environ; children that inherit it run single-threaded, with other floating-point reductions than
+# the uninterrupted run in this process, and their weights differ in the last bits.
+ENVIRON = dict(os.environ)
 
 
 def _child(call: str, kill: tuple[str, int, str]) -> subprocess.CompletedProcess:
@@ -42,7 +48,7 @@ def _child(call: str, kill: tuple[str, int, str]) -> subprocess.CompletedProcess
         ks.{call}
     """
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=ENVIRON)
 
 
 def _kill_repeatedly(call: str, counts: Counter, seed: int, after_kill) -> list[tuple]:

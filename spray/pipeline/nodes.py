@@ -160,7 +160,7 @@ NODES: dict[str, Node] = {
              default=True),
         Node("fda", ("spectral",), _fda, signature_defaults(best_cluster, skip=("embedding", "clusterings")),
              required=True,
-             depends_on_all="clustering"),
+             depends_on_all="clustering", version=2),  # 2: cluster z-scores from exact null moments
     )
 }
 

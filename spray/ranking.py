@@ -1,9 +1,10 @@
 """Rank classes by how likely they hide a Clever Hans strategy (contract: `spray rank --json`).
 
 Each analysed class is scored by its most separable small cluster (:func:`spray.analysis.best_cluster`):
-the z-score of that cluster's one-vs-rest Fisher separability τ against its permutation null. z-scores
-share one scale across classes of different sizes, which τ itself does not; classes are ranked by it,
-best candidate first. docs/spray-method.md defines every number.
+the z-score of that cluster's one-vs-rest Fisher separability τ against the null of random subsets of the
+same size, from the null's exact mean and variance (no sampling: the ranking does not depend on the
+permutation seed). z-scores share one scale across classes of different sizes, which τ itself does not;
+classes are ranked by it, best candidate first. docs/spray-method.md defines every number.
 """
 
 from __future__ import annotations

@@ -18,9 +18,16 @@ Both are computed from one Cholesky factor of the label-independent ``A = S_T + 
 Sherman–Morrison gives ``τ_q = s/(1 − s)`` with ``s = (n_q n_r / n) δᵀ A⁻¹ δ``. A permutation then costs only
 group sums of whitened rows — 100 permutations of n = 10k, d = 32, 30 clusters take about 0.2 s.
 
-Null: labels shuffled uniformly at random (sizes kept), ``n_permutations`` times. For J the shuffle is among
-the non-noise samples; for τ_q it is over all samples, so the null of τ_q is τ of a random subset of size n_q.
-``z = (score − mean(null)) / std(null)``, ``p = (1 + #{null ≥ score}) / (1 + n_permutations)``.
+Null: labels shuffled uniformly at random (sizes kept). For J the shuffle is among the non-noise samples;
+for τ_q it is over all samples, so the null of τ_q is τ of a uniformly random subset of size n_q.
+
+- Per cluster, deterministic: the null mean and variance of s over *all* subsets of size n_q are exact closed
+  forms in three label-free sums of the whitened rows (:func:`_subset_moments`). τ = s/(1 − s) is
+  standardised by the delta method: ``τ₀ = E s/(1 − E s)``, ``σ_τ = sd(s)/(1 − E s)²``,
+  ``z = (τ − τ₀)/σ_τ = z_s · (1 + τ)/(1 + τ₀)`` with ``z_s = (s − E s)/sd(s)``. z_s alone saturates as
+  s → 1; the factor (1 + τ)/(1 + τ₀) = (1 − E s)/(1 − s) keeps the range of near-disconnected clusters.
+- By ``n_permutations`` shuffles (seeded by ``random_state``): J's ``z = (J − mean(null)) / std(null)``
+  (J has no closed-form null), and every ``p = (1 + #{null ≥ score}) / (1 + n_permutations)``.
 """
 
 from __future__ import annotations
@@ -77,35 +84,71 @@ def _one_vs_rest_scores(sums: np.ndarray, sizes: np.ndarray, n: int) -> np.ndarr
     return _ratio(s)  # a group with no rest has s = 0, hence τ = 0
 
 
-def _null_summary(observed: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Mean, std, z and p along axis 0 of ``null`` (P, ...) for ``observed`` (...)."""
-    if null.shape[0] == 0:
-        nan = np.full(observed.shape, np.nan)
-        return nan, nan, nan, nan
-    mean, std = null.mean(axis=0), null.std(axis=0, ddof=1) if null.shape[0] > 1 else np.zeros(observed.shape)
+def _subset_moments(Z: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact mean and variance of ``s = n‖Σ_{i∈q} z_i‖² / (m(n − m))`` over the uniformly random subsets q of
+    each size m in ``sizes`` (drawn without replacement), for rows z_i of Z summing to 0.
+
+    With W = ZᵀZ, a = tr W, b = ‖W‖²_F − a²/(n − 1), c = Σ_i (‖z_i‖² − a/n)² and the inclusion probabilities
+    π_k = m(m−1)⋯(m−k+1) / (n(n−1)⋯(n−k+1)) of k distinct samples (derivation: docs/spray-method.md §7):
+    E‖Σ z‖² = (π₁ − π₂) a, Var‖Σ z‖² = 2(π₂ − 2π₃ + π₄) b + (π₁ − 7π₂ + 12π₃ − 6π₄) c.
+    A group of all n samples has s = 0: mean and variance 0.
+    """
+    n = Z.shape[0]
+    W = Z.T @ Z
+    a = float(np.trace(W))
+    b = float(np.sum(W * W)) - a**2 / (n - 1)
+    c = float(np.sum((np.einsum("ij,ij->i", Z, Z) - a / n) ** 2))
+    m = np.asarray(sizes, dtype=np.float64)
+    pi = [np.ones_like(m)]
+    for k in range(4):  # π_k = 0 for k > m; then the numerator vanishes, also where n − k ≤ 0
+        pi.append(pi[-1] * np.clip(m - k, 0.0, None) / max(n - k, 1))
+    mean_x = (pi[1] - pi[2]) * a
+    var_x = 2 * (pi[2] - 2 * pi[3] + pi[4]) * b + (pi[1] - 7 * pi[2] + 12 * pi[3] - 6 * pi[4]) * c
+    rest = n - m
+    scale = np.divide(n, m * rest, out=np.zeros_like(m), where=rest > 0)
+    mean_s, var_s = scale * mean_x, scale**2 * np.clip(var_x, 0.0, None)
+    # The terms of var_x cancel exactly for a null without spread (e.g. n = 2): round-off is no spread.
+    return mean_s, np.where(var_s > (1e-9 * mean_s) ** 2, var_s, 0.0)
+
+
+def _tau_null(mean_s: np.ndarray, var_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Location and scale of τ = s/(1 − s) under the subset null, to first order in s − E s (delta method):
+    ``τ₀ = E s / (1 − E s)`` and ``σ_τ = sd(s) / (1 − E s)²``."""
+    return _ratio(mean_s), np.sqrt(var_s) / np.maximum(1.0 - mean_s, 1e-15) ** 2
+
+
+def _standardise(observed: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(observed − mean) / std``; where the null has no spread: 0 if observed equals its mean, else ±inf."""
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (observed - mean) / std
-    z = np.where(std > 0, z, np.where(np.isclose(observed, mean), 0.0, np.copysign(np.inf, observed - mean)))
+    return np.where(std > 0, z, np.where(np.isclose(observed, mean), 0.0, np.copysign(np.inf, observed - mean)))
+
+
+def _p_values(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Permutation p-values ``(1 + #{null ≥ observed}) / (1 + P)`` along axis 0 of ``null`` (P, ...); NaN if P = 0."""
+    if null.shape[0] == 0:
+        return np.full(observed.shape, np.nan)
     tol = 1e-12 * np.abs(observed)
-    p = (1 + (null >= observed - tol).sum(axis=0)) / (1 + null.shape[0])
-    return mean, std, z, p
+    return (1 + (null >= observed - tol).sum(axis=0)) / (1 + null.shape[0])
 
 
 class FisherSeparability:
-    """FDA separability of a clustering and of each of its clusters, calibrated by a permutation null.
+    """FDA separability of a clustering and of each of its clusters, calibrated by the random-relabelling null.
 
     ``fit(embedding, labels)``; see the module docstring for the definitions. Fitted attributes:
 
-    - ``score_`` (J), ``null_mean_``, ``null_std_``, ``z_score_``, ``p_value_``, ``null_scores_`` (P,);
+    - ``score_`` (J), ``null_mean_``, ``null_std_``, ``z_score_``, ``p_value_``, ``null_scores_`` (P,): J
+      against its permutation null;
     - ``cluster_ids_`` (sorted, noise excluded), ``cluster_sizes_``, ``cluster_scores_`` (τ_q),
-      ``cluster_null_mean_``, ``cluster_null_std_``, ``cluster_z_scores_``, ``cluster_p_values_``:
-      dicts keyed by cluster id;
+      ``cluster_null_mean_`` (τ₀), ``cluster_null_std_`` (σ_τ), ``cluster_z_scores_`` (exact subset moments,
+      independent of ``random_state`` and ``n_permutations``), ``cluster_p_values_`` (permutations): dicts
+      keyed by cluster id;
     - ``n_clusters_`` (non-noise clusters), ``n_noise_``, ``regularization_`` (the absolute r used for J),
       ``notes_`` (e.g. "a single cluster: score 0").
 
     Fewer than two non-noise clusters give ``score_ = 0``, z = 0, p = 1 and a note, not an error; a cluster
     with no rest (all samples) gets τ = 0. ``std(null) = 0`` gives z = 0 when the score equals the null mean,
-    ±inf otherwise. ``n_permutations = 0`` skips the null (z, p NaN).
+    ±inf otherwise. ``n_permutations = 0`` skips the permutations (J's null and z, every p NaN).
     """
 
     def __init__(self, n_permutations: int = 100, random_state: Any = 0, regularization: float = 1e-6) -> None:
@@ -152,17 +195,23 @@ class FisherSeparability:
             self.notes_.append(f"{self.n_clusters_} non-noise cluster(s): clustering score is 0")
         self.regularization_ = r
         self.null_scores_ = null
-        stats = _null_summary(np.asarray(self.score_), null)
-        self.null_mean_, self.null_std_, self.z_score_, self.p_value_ = (float(v) for v in stats)
+        if P:
+            self.null_mean_, self.null_std_ = float(null.mean()), float(null.std(ddof=1)) if P > 1 else 0.0
+            self.z_score_ = float(_standardise(np.asarray(self.score_), self.null_mean_, self.null_std_))
+        else:
+            self.null_mean_ = self.null_std_ = self.z_score_ = np.nan
+        self.p_value_ = float(_p_values(np.asarray(self.score_), null))
 
         # --- one-vs-rest τ per cluster over all samples (the rest includes noise)
         Z = whitened_all[0]
         tau = _one_vs_rest_scores(_group_sums(Z, codes[None], len(ids)), sizes, n)[0]
+        mean, std = _tau_null(*_subset_moments(Z, sizes))
+        z = _standardise(tau, mean, std)
         tau_null = np.concatenate(
             [_one_vs_rest_scores(_group_sums(Z, perm, len(ids)), sizes, n) for perm in _permutations(codes, P, rng)]
             or [np.empty((0, len(ids)))]
         )
-        mean, std, z, p = _null_summary(tau, tau_null)
+        p = _p_values(tau, tau_null)
         offset = int(has_noise)
         pick = range(offset, len(ids))
         self.cluster_sizes_ = {int(ids[g]): int(sizes[g]) for g in pick}
@@ -213,13 +262,14 @@ def best_cluster(
 
     Rule: a Clever Hans cluster is small and well separated. Among the clusters of every clustering whose
     size is within ``[min_size, max_fraction · n]`` (noise −1 is never a candidate), pick the largest
-    per-cluster z-score of τ_q against its permutation null (see :class:`FisherSeparability`); ties go to the
-    larger τ, then the smaller cluster, then the first clustering name in sorted order and the smaller id.
-    The z-score, unlike τ itself, is comparable across cluster sizes.
+    per-cluster z-score of τ_q against the null of random subsets of its size (see
+    :class:`FisherSeparability`); ties go to the larger τ, then the smaller cluster, then the first clustering
+    name in sorted order and the smaller id. The z-score, unlike τ itself, is comparable across cluster sizes.
+    It comes from exact null moments, so the choice does not depend on ``random_state`` or
+    ``n_permutations``: they only set the p-values and the clusterings' J null (one seed for all clusterings).
 
     Returns ``(clustering_name, cluster_id, stats)``; ``stats`` is :meth:`FisherSeparability.cluster_stats`
     plus ``"n_candidates"``. With no candidate cluster it returns ``(None, None, {"reason": ...})``.
-    All clusterings are scored with the same ``random_state``.
     """
     P = check_int(n_permutations, "n_permutations", minimum=0)
     reg = check_real(regularization, "regularization", minimum=0.0)

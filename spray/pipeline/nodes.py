@@ -157,7 +157,7 @@ NODES: dict[str, Node] = {
         Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
         Node("fda", ("spectral",), _fda, signature_defaults(best_cluster, skip=("embedding", "clusterings")),
              required=True,
-             depends_on_all="clustering"),
+             depends_on_all="clustering", version=2),  # 2: cluster z-scores from exact null moments
     )
 }
 

@@ -1,7 +1,8 @@
-"""FisherSeparability and best_cluster: definitions, invariances, permutation null calibration, speed."""
+"""FisherSeparability and best_cluster: definitions, invariances, exact and permutation nulls, speed."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import scipy.linalg
 
 from spray.analysis.clustering import KMeansRange
-from spray.analysis.fda import FisherSeparability, best_cluster
+from spray.analysis.fda import FisherSeparability, _subset_moments, _whiten, best_cluster
 from spray.analysis.knn import KNNGraph
 from spray.analysis.spectral import SpectralEmbedding
 from spray.errors import BadInputError
@@ -55,6 +56,94 @@ def test_scores_match_the_scatter_matrix_definitions():
     assert fs.score_ == pytest.approx(J, rel=1e-8)
     assert fs.cluster_scores_ == pytest.approx(tau, rel=1e-8)
     assert fs.cluster_sizes_ == {q: int(np.sum(labels == q)) for q in range(4)}
+
+
+def _subset_s(Z, subsets):
+    """s = n‖Σ_{i∈q} z_i‖² / (m(n − m)) for each row of ``subsets`` (b, m) of row indices."""
+    n, m = Z.shape[0], subsets.shape[1]
+    sums = Z[subsets].sum(axis=1)
+    return n * np.einsum("bd,bd->b", sums, sums) / (m * (n - m))
+
+
+@pytest.mark.parametrize(("n", "d"), [(2, 1), (3, 2), (4, 3), (9, 3), (11, 5)])
+def test_subset_moments_equal_the_mean_and_variance_over_every_subset(n, d):
+    Z = np.random.default_rng(n).standard_t(3, size=(n, d))  # heavy tails: the Σ‖z_i‖⁴ term matters
+    Z -= Z.mean(axis=0)
+    sizes = np.arange(1, n + 1)
+    mean, var = _subset_moments(Z, sizes)
+    for m, mu, v in zip(sizes[:-1], mean, var):
+        s = _subset_s(Z, np.array(list(itertools.combinations(range(n), m))))
+        assert mu == pytest.approx(s.mean(), rel=1e-12, abs=1e-14)
+        assert v == pytest.approx(s.var(), rel=1e-9, abs=1e-14)
+    assert mean[-1] == 0 and var[-1] == 0  # a group of all samples has no rest: s = 0
+
+
+@pytest.mark.parametrize("m", [2, 13, 60])
+def test_subset_moments_agree_with_two_hundred_thousand_random_subsets(m):
+    # n = 120 rows, 5 of them outliers: a heavy-tailed population, like a spectral embedding's rows.
+    rng = np.random.default_rng(m)
+    E = rng.normal(size=(120, 6))
+    E[:5] *= 8.0
+    Z = _whiten(E, 1e-6)[0]
+    mean, var = _subset_moments(Z, np.array([m]))
+    s = np.concatenate([_subset_s(Z, np.argpartition(rng.random((20_000, 120)), m, axis=1)[:, :m])
+                        for _ in range(10)])
+    # Monte-Carlo standard errors of the sample mean and the sample variance of N = 200k draws.
+    se_mean = s.std() / np.sqrt(s.size)
+    se_var = np.sqrt((np.mean((s - s.mean()) ** 4) - s.var() ** 2) / s.size)
+    assert abs(s.mean() - mean[0]) < 4 * se_mean
+    assert abs(s.var() - var[0]) < 4 * se_var
+    assert se_var < 0.02 * var[0]  # the check is sharp: 4 standard errors are a few per cent
+
+
+def test_cluster_z_scores_come_from_exact_moments_not_from_the_permutations():
+    E, labels = _planted()
+    fits = [FisherSeparability(n_permutations=P, random_state=seed).fit(E, labels)
+            for P, seed in [(0, 0), (20, 1), (100, 2)]]
+    for fit in fits[1:]:
+        assert fit.cluster_z_scores_ == fits[0].cluster_z_scores_
+        assert fit.cluster_null_std_ == fits[0].cluster_null_std_
+    assert np.isnan(fits[0].cluster_p_values_[1]) and np.isnan(fits[0].z_score_)
+    fit = fits[2]
+    tau, tau0, sd = fit.cluster_scores_[1], fit.cluster_null_mean_[1], fit.cluster_null_std_[1]
+    assert fit.cluster_z_scores_[1] == pytest.approx((tau - tau0) / sd)
+    # τ₀ and σ_τ come from E s = tr W/(n − 1) by the delta method: τ₀ = E s/(1 − E s), σ_τ = sd(s)/(1 − E s)².
+    Z = _whiten(E, 1e-6)[0]
+    mean_s, var_s = _subset_moments(Z, np.array([40]))
+    assert mean_s[0] == pytest.approx(np.trace(Z.T @ Z) / (len(E) - 1))
+    assert tau0 == pytest.approx(mean_s[0] / (1 - mean_s[0]))
+    assert sd == pytest.approx(np.sqrt(var_s[0]) / (1 - mean_s[0]) ** 2)
+
+
+def test_the_delta_method_null_of_tau_is_close_to_a_large_permutation_null():
+    # First order in s − E s: the mean is exact up to E s's curvature term, the std a few per cent low.
+    E, labels = _planted(n=300, d=8, n_small=30)
+    fit = FisherSeparability(n_permutations=0).fit(E, labels)
+    Z = _whiten(E, 1e-6)[0]
+    rng = np.random.default_rng(10)
+    s = np.concatenate([_subset_s(Z, np.argpartition(rng.random((10_000, 300)), 30, axis=1)[:, :30])
+                        for _ in range(4)])
+    tau = s / (1 - s)
+    assert fit.cluster_null_mean_[1] == pytest.approx(tau.mean(), rel=0.01)
+    assert 0.95 < fit.cluster_null_std_[1] / tau.std() < 1.0
+
+
+def test_a_near_disconnected_cluster_outscores_a_merely_well_separated_one():
+    # Both clusters have s > 0.9, so a z-score of s alone is near its ceiling for both. The first is a
+    # connected component of its own (its spectral eigenvector is its indicator): no within-group spread along
+    # that direction, and τ grows like 1/regularization.
+    rng = np.random.default_rng(11)
+    E = rng.normal(size=(400, 5))
+    labels = np.zeros(400, dtype=int)
+    labels[:30], labels[30:60] = 1, 2
+    E[:, 4] = labels == 1
+    E[30:60, 1] += 25.0
+    fit = FisherSeparability(n_permutations=0).fit(E, labels)
+    s = {q: t / (1 + t) for q, t in fit.cluster_scores_.items()}
+    mean_s, var_s = _subset_moments(_whiten(E, 1e-6)[0], np.array([30]))
+    z_s = {q: (s[q] - mean_s[0]) / np.sqrt(var_s[0]) for q in (1, 2)}
+    assert s[1] > 0.999 and s[2] > 0.97 and z_s[1] < 1.03 * z_s[2]
+    assert fit.cluster_z_scores_[1] > 100 * fit.cluster_z_scores_[2] > 0
 
 
 def test_separable_labels_score_higher_than_random_labels():

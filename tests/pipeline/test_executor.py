@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from spray.pipeline import analyze, pipeline_from_text
+from spray.pipeline.nodes import NODES
 from spray.ranking import rank_classes
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store
@@ -46,6 +49,14 @@ def test_changing_a_parameter_recomputes_that_node_and_its_dependents_only(store
     assert not result.preprocessed
     result, runs = _run(path, pipeline_text(preprocess={"grid": 4}))
     assert result.preprocessed and len(runs) == 15
+
+
+def test_a_node_whose_version_is_raised_is_recomputed_with_its_dependents_only(store, monkeypatch):
+    path, _ = store
+    _run(path)
+    monkeypatch.setitem(NODES, "kmeans", dataclasses.replace(NODES["kmeans"], version=NODES["kmeans"].version + 1))
+    _, runs = _run(path)
+    assert sorted(set(n for _, n in runs)) == ["fda", "kmeans"] and len(runs) == 6
 
 
 def test_planted_clever_hans_class_ranks_first_and_its_cluster_is_recovered(store):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -72,7 +74,11 @@ class KMeansRange(_Clusterer):
     row-normalised over those columns; ``"all"``: every column. Fitted: ``labels_`` dict ``k -> (n,) int64``;
     ``inertia_`` dict ``k -> float`` (over all n rows); ``skipped_`` dict ``k -> reason`` for k > n − 1. All k
     share the seed from ``random_state``, so the result for one k does not depend on the range. ``n_threads``
-    caps OpenMP threads (``None``: library default); see :func:`spray.analysis._common.limited_threads` for why 1.
+    caps OpenMP threads per fit (``None``: library default); see :func:`spray.analysis._common.limited_threads`
+    for why 1. ``n_jobs``: fits (one per k) run at once, in threads; the labels do not depend on it. With one
+    class on an otherwise idle machine, ``n_jobs`` = the core count uses the cores that ``n_threads=1`` leaves
+    idle (k = 2 … 30 on 20k rows: 3.9 s with one job, 2.0 s with two, on 2 cores); when classes already run in
+    parallel (the pipeline's per-class tasks), keep 1.
 
     ``max_fit_samples``: with more rows than this, each k is fitted on one seeded random subsample of
     ``max_fit_samples`` rows (the same for every k) and every row is then assigned to its nearest centre; the
@@ -94,6 +100,7 @@ class KMeansRange(_Clusterer):
         max_iter: int = 300,
         n_threads: int | None = 1,
         max_fit_samples: int | None = 100_000,
+        n_jobs: int = 1,
     ) -> None:
         self.k_min = k_min
         self.k_max = k_max
@@ -104,6 +111,7 @@ class KMeansRange(_Clusterer):
         self.max_iter = max_iter
         self.n_threads = n_threads
         self.max_fit_samples = max_fit_samples
+        self.n_jobs = n_jobs
 
     def fit(self, embedding: Any, y: Any = None) -> KMeansRange:
         from sklearn.cluster import KMeans
@@ -112,6 +120,7 @@ class KMeansRange(_Clusterer):
         k_max = check_int(self.k_max, "k_max", minimum=k_min)
         n_init = check_int(self.n_init, "n_init", minimum=1)
         max_iter = check_int(self.max_iter, "max_iter", minimum=1)
+        n_jobs = check_int(self.n_jobs, "n_jobs", minimum=1)
         check_choice(self.columns, "columns", ("first_k", "all"))
         seed = seed_from(self.random_state)
         E = check_matrix(embedding, "embedding")
@@ -121,19 +130,38 @@ class KMeansRange(_Clusterer):
             fit_rows = np.sort(rng_from(seed).choice(n, size=self.max_fit_samples, replace=False))
         self.fit_samples_ = n if isinstance(fit_rows, slice) else len(fit_rows)
         self.labels_, self.inertia_, self.skipped_ = {}, {}, {}
-        with limited_threads(self.n_threads), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "fewer distinct points than clusters" on duplicate rows
-            for k in range(k_min, k_max + 1):
-                if k > n - 1:
-                    self.skipped_[k] = f"k={k} > n - 1 = {n - 1} samples"
-                    continue
-                X = E[:, :k] if self.columns == "first_k" else E
-                X = normalize_rows(X) if self.normalize_rows else X
+        ks = [k for k in range(k_min, k_max + 1) if k <= n - 1]
+        for k in range(max(k_min, n), k_max + 1):
+            self.skipped_[k] = f"k={k} > n - 1 = {n - 1} samples"
+
+        def fit_one(k: int) -> tuple[int, np.ndarray, float]:
+            X = E[:, :k] if self.columns == "first_k" else E
+            X = normalize_rows(X) if self.normalize_rows else X
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "fewer distinct points than clusters" on duplicate rows
                 km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(X[fit_rows])
-                labels = km.labels_ if isinstance(fit_rows, slice) else km.predict(X)
-                self.labels_[k] = labels.astype(np.int64)
-                self.inertia_[k] = float(np.sum((X - km.cluster_centers_[labels]) ** 2))
+            labels = km.labels_ if isinstance(fit_rows, slice) else km.predict(X)
+            return k, labels.astype(np.int64), float(np.sum((X - km.cluster_centers_[labels]) ** 2))
+
+        with limited_threads(self.n_threads):
+            if n_jobs == 1 or len(ks) < 2:
+                results = [fit_one(k) for k in ks]
+            else:
+                # OpenMP's thread count is per calling thread: each pool thread sets its own (and dies with
+                # the pool, so nothing is left changed); BLAS's is process-wide and set by limited_threads.
+                init = None if self.n_threads is None else partial(_openmp_threads, self.n_threads)
+                with ThreadPoolExecutor(min(n_jobs, len(ks)), initializer=init) as pool:
+                    results = list(pool.map(fit_one, ks[::-1]))  # largest k (slowest) first
+        for k, labels, inertia in sorted(results, key=lambda r: r[0]):
+            self.labels_[k], self.inertia_[k] = labels, inertia
         return self
+
+
+def _openmp_threads(n_threads: int) -> None:
+    """Set the calling thread's OpenMP thread count (scikit-learn's k-means reads it when it fits)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n_threads, user_api="openmp")
 
 
 class Agglomerative(_Clusterer):

@@ -41,6 +41,9 @@ class Node:
     """A group name such as ``"clustering"``, for nodes that read every enabled node of a kind."""
     depends_on_all: str | None = None
     """Also depend on every enabled node of this kind (FDA scores every enabled clustering)."""
+    unkeyed: tuple[str, ...] = ()
+    """Parameters that change how fast, never what, the node computes (bit for bit): left out of the memo key,
+    so changing them recomputes nothing."""
     version: int = 1
     """Raised when the node computes something else from the same inputs and parameters: stores analysed
     before then recompute it (and what depends on it) instead of keeping the old result."""
@@ -92,7 +95,8 @@ def node_keys(
     keys: dict[str, str] = {}
     for name in topological_order(nodes, enabled):
         deps = dependencies(nodes, enabled, name)
-        identity = {"node": name, "params": params[name], "inputs": {d: keys[d] for d in deps}, "root": root_key}
+        keyed = {p: v for p, v in params[name].items() if p not in nodes[name].unkeyed}
+        identity = {"node": name, "params": keyed, "inputs": {d: keys[d] for d in deps}, "root": root_key}
         if nodes[name].version > 1:  # version 1 is left out: the keys stores hold for unchanged nodes stay valid
             identity["version"] = nodes[name].version
         keys[name] = hash_json(identity)

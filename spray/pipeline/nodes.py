@@ -147,7 +147,7 @@ NODES: dict[str, Node] = {
         Node("knn", (), _knn, _defaults(KNNGraph), required=True),
         Node("spectral", ("knn",), _spectral, _defaults(SpectralEmbedding), required=True),
         Node("kmeans", ("spectral",), _clustering(KMeansRange), _defaults(KMeansRange), required=True,
-             kind="clustering"),
+             kind="clustering", unkeyed=("n_jobs",)),
         Node("hdbscan", ("spectral",), _clustering(HDBSCAN), _defaults(HDBSCAN), kind="clustering",
              default=True),
         Node("agglomerative", ("spectral",), _clustering(Agglomerative), _defaults(Agglomerative),

@@ -59,8 +59,20 @@ def test_kmeans_result_for_one_k_does_not_depend_on_the_range(planted):
     np.testing.assert_array_equal(a, b)
 
 
-def test_k_larger_than_n_minus_one_is_skipped_with_reason():
-    km = KMeansRange(2, 6).fit(np.random.default_rng(0).normal(size=(5, 3)))
+@pytest.mark.parametrize("n_threads", [1, None])
+def test_kmeans_in_parallel_jobs_gives_the_same_labels_and_inertias(planted, n_threads):
+    E = planted[0]
+    one = KMeansRange(2, 8, random_state=2, n_threads=n_threads).fit(E)
+    three = KMeansRange(2, 8, random_state=2, n_threads=n_threads, n_jobs=3).fit(E)
+    assert list(three.labels_) == list(one.labels_) == list(range(2, 9))
+    for k in one.labels_:
+        np.testing.assert_array_equal(three.labels_[k], one.labels_[k])
+        assert three.inertia_[k] == pytest.approx(one.inertia_[k], rel=1e-12)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_k_larger_than_n_minus_one_is_skipped_with_reason(n_jobs):
+    km = KMeansRange(2, 6, n_jobs=n_jobs).fit(np.random.default_rng(0).normal(size=(5, 3)))
     assert sorted(km.labels_) == [2, 3, 4] and sorted(km.skipped_) == [5, 6]
     assert "n - 1 = 4" in km.skipped_[5]
 
@@ -97,6 +109,7 @@ def test_normalize_rows_leaves_zero_rows():
         (KMeansRange(n_init=0), "n_init"),
         (KMeansRange(columns="last"), "columns"),
         (KMeansRange(n_threads=0), "n_threads"),
+        (KMeansRange(n_jobs=0), "n_jobs"),
         (KMeansRange(max_fit_samples=1), "max_fit_samples"),
         (Agglomerative(n_clusters=[]), "n_clusters"),
         (Agglomerative(linkage="centroid"), "linkage"),

@@ -51,6 +51,13 @@ def test_changing_a_parameter_recomputes_that_node_and_its_dependents_only(store
     assert result.preprocessed and len(runs) == 15
 
 
+def test_parameters_that_only_change_speed_recompute_nothing(store):
+    path, _ = store
+    _run(path)
+    _, runs = _run(path, pipeline_text(kmeans={"n_jobs": 2}))
+    assert runs == []
+
+
 def test_a_node_whose_version_is_raised_is_recomputed_with_its_dependents_only(store, monkeypatch):
     path, _ = store
     _run(path)

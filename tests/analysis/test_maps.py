@@ -85,6 +85,7 @@ def test_tsne_on_the_knn_graph_uses_no_perplexity_is_seeded_and_separates_cluste
         (TSNEMap(init="spectral"), "init"),
         (TSNEMap(max_iter=10), "max_iter"),
         (TSNEMap(n_threads=0), "n_threads"),
+        (TSNEMap(fft_interval=0), "fft_interval"),
     ],
 )
 def test_bad_parameters_are_named(mapper, name, pipeline):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from spray.analysis.clustering import DBSCAN, HDBSCAN, Agglomerative, KMeansRange, normalize_rows
 from spray.analysis.eigengap import eigengaps, propose_n_clusters
-from spray.analysis.fda import FisherSeparability, best_cluster
+from spray.analysis.fda import FisherSeparability, best_cluster, most_separable, separabilities
 from spray.analysis.knn import KNNGraph, knn_adjacency
 from spray.analysis.maps import TSNEMap, UMAPMap
 from spray.analysis.preprocess import HeatmapPreprocessor
@@ -30,6 +30,8 @@ __all__ = [
     "TSNEMap",
     "UMAPMap",
     "best_cluster",
+    "most_separable",
+    "separabilities",
     "eigengaps",
     "knn_adjacency",
     "normalize_rows",

@@ -143,7 +143,7 @@ class FisherSeparability:
       ``cluster_null_mean_`` (τ₀), ``cluster_null_std_`` (σ_τ), ``cluster_z_scores_`` (exact subset moments,
       independent of ``random_state`` and ``n_permutations``), ``cluster_p_values_`` (permutations): dicts
       keyed by cluster id;
-    - ``n_clusters_`` (non-noise clusters), ``n_noise_``, ``regularization_`` (the absolute r used for J),
+    - ``n_samples_``, ``n_clusters_`` (non-noise clusters), ``n_noise_``, ``regularization_`` (the absolute r used for J),
       ``notes_`` (e.g. "a single cluster: score 0").
 
     Fewer than two non-noise clusters give ``score_ = 0``, z = 0, p = 1 and a note, not an error; a cluster
@@ -166,6 +166,7 @@ class FisherSeparability:
 
     def _fit(self, E, labels, P, reg, rng, whitened_all) -> FisherSeparability:
         n = E.shape[0]
+        self.n_samples_ = n
         self.notes_ = []
         ids, codes = np.unique(labels, return_inverse=True)
         has_noise = ids[0] == -1
@@ -249,6 +250,61 @@ def _permutations(codes: np.ndarray, P: int, rng: np.random.Generator):
         yield rng.permuted(np.broadcast_to(codes, (min(step, P - start), codes.size)), axis=1)
 
 
+def separabilities(
+    embedding: Any,
+    clusterings: dict[str, Any],
+    n_permutations: int = 100,
+    random_state: Any = 0,
+    regularization: float = 1e-6,
+) -> dict[str, FisherSeparability]:
+    """:class:`FisherSeparability` fitted to every clustering ``{name: labels}`` of one embedding.
+
+    The embedding is validated and whitened once for all of them; each clustering's permutations start from
+    ``random_state`` afresh, so a clustering's result does not depend on the others.
+    """
+    P = check_int(n_permutations, "n_permutations", minimum=0)
+    reg = check_real(regularization, "regularization", minimum=0.0)
+    if not isinstance(clusterings, dict) or not clusterings:
+        raise BadInputError("clusterings must be a non-empty dict {name: labels}")
+    E = check_matrix(embedding, "embedding", min_rows=2)
+    whitened = _whiten(E, reg)
+    fits = {}
+    for name in sorted(clusterings):
+        labels = check_labels(clusterings[name], E.shape[0], name=f"clusterings[{name!r}]")
+        fits[name] = FisherSeparability(P, random_state, reg)._fit(E, labels, P, reg, rng_from(random_state), whitened)
+    return fits
+
+
+def most_separable(
+    fits: dict[str, FisherSeparability], max_fraction: float = 0.5, min_size: int = 2
+) -> tuple[str | None, int | None, dict[str, Any]]:
+    """The rule of :func:`best_cluster`, applied to fitted separabilities (from :func:`separabilities`)."""
+    max_fraction = check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)
+    min_size = check_int(min_size, "min_size", minimum=1)
+    n = next(iter(fits.values())).n_samples_ if fits else 0
+    best, best_key, n_candidates = None, None, 0
+    for name in sorted(fits):
+        fs = fits[name]
+        for cid in fs.cluster_ids_:
+            size = fs.cluster_sizes_[cid]
+            if not (min_size <= size <= max_fraction * n):
+                continue
+            n_candidates += 1
+            z = fs.cluster_z_scores_[cid]
+            key = (np.nan_to_num(z, nan=-np.inf), fs.cluster_scores_[cid], -size)
+            if best_key is None or key > best_key:
+                best, best_key = (name, cid, fs.cluster_stats(cid)), key
+    if best is None:
+        return None, None, {
+            "reason": f"no cluster with {min_size} <= size <= {max_fraction:g} * n = {max_fraction * n:g} "
+            f"in {len(fits)} clustering(s)",
+            "n_candidates": 0,
+        }
+    name, cid, stats = best
+    stats["n_candidates"] = n_candidates
+    return name, cid, stats
+
+
 def best_cluster(
     embedding: Any,
     clusterings: dict[str, Any],
@@ -271,35 +327,7 @@ def best_cluster(
     Returns ``(clustering_name, cluster_id, stats)``; ``stats`` is :meth:`FisherSeparability.cluster_stats`
     plus ``"n_candidates"``. With no candidate cluster it returns ``(None, None, {"reason": ...})``.
     """
-    P = check_int(n_permutations, "n_permutations", minimum=0)
-    reg = check_real(regularization, "regularization", minimum=0.0)
-    max_fraction = check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)
-    min_size = check_int(min_size, "min_size", minimum=1)
-    if not isinstance(clusterings, dict) or not clusterings:
-        raise BadInputError("clusterings must be a non-empty dict {name: labels}")
-    E = check_matrix(embedding, "embedding", min_rows=2)
-    n = E.shape[0]
-    whitened = _whiten(E, reg)
-
-    best, best_key, n_candidates = None, None, 0
-    for name in sorted(clusterings):
-        labels = check_labels(clusterings[name], n, name=f"clusterings[{name!r}]")
-        fs = FisherSeparability(P, random_state, reg)._fit(E, labels, P, reg, rng_from(random_state), whitened)
-        for cid in fs.cluster_ids_:
-            size = fs.cluster_sizes_[cid]
-            if not (min_size <= size <= max_fraction * n):
-                continue
-            n_candidates += 1
-            z = fs.cluster_z_scores_[cid]
-            key = (np.nan_to_num(z, nan=-np.inf), fs.cluster_scores_[cid], -size)
-            if best_key is None or key > best_key:
-                best, best_key = (name, cid, fs.cluster_stats(cid)), key
-    if best is None:
-        return None, None, {
-            "reason": f"no cluster with {min_size} <= size <= {max_fraction:g} * n = {max_fraction * n:g} "
-            f"in {len(clusterings)} clustering(s)",
-            "n_candidates": 0,
-        }
-    name, cid, stats = best
-    stats["n_candidates"] = n_candidates
-    return name, cid, stats
+    check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)
+    check_int(min_size, "min_size", minimum=1)
+    fits = separabilities(embedding, clusterings, n_permutations, random_state, regularization)
+    return most_separable(fits, max_fraction, min_size)

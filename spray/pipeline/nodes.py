@@ -17,7 +17,6 @@ from spray.analysis import (
     DBSCAN,
     HDBSCAN,
     Agglomerative,
-    FisherSeparability,
     HeatmapPreprocessor,
     KMeansRange,
     KNNGraph,
@@ -25,7 +24,9 @@ from spray.analysis import (
     TSNEMap,
     UMAPMap,
     best_cluster,
+    most_separable,
     propose_n_clusters,
+    separabilities,
 )
 from spray.pipeline.graph import Node, NodeOutput
 from spray.pipeline.spec import constructor_defaults, signature_defaults
@@ -110,11 +111,10 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
         if node in NODES and NODES[node].kind == "clustering"
         for name, labels in arrays.items()
     }
-    clusterings = {name: labels for name, (_, labels) in source.items()}
-    table = {}
-    for name, labels in clusterings.items():
-        fit = FisherSeparability(**{k: params[k] for k in _FDA_FIT}).fit(embedding, labels)
-        table[name] = {
+    fits = separabilities(embedding, {name: labels for name, (_, labels) in source.items()},
+                          **{k: params[k] for k in _FDA_FIT})
+    table = {
+        name: {
             "score": fit.score_,
             "z_score": fit.z_score_,
             "p_value": fit.p_value_,
@@ -128,7 +128,9 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
                 for c in fit.cluster_scores_
             },
         }
-    name, cluster, stats = best_cluster(embedding, clusterings, **params)
+        for name, fit in fits.items()
+    }
+    name, cluster, stats = most_separable(fits, params["max_fraction"], params["min_size"])
     node = source[name][0] if name is not None else None
     return {}, {"clusterings": table, "best": {"node": node, "clustering": name, "cluster": cluster, **stats}}
 

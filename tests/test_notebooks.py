@@ -2,7 +2,7 @@
 
 Each notebook is executed with nbclient in a fresh kernel (``python3`` from ipykernel) whose working
 directory is a temporary one. Its cell tagged ``parameters`` is followed by an injected cell setting
-``QUICK = True`` and ``OUT_DIR`` (papermill's convention), so a run takes a minute or two instead of many.
+``QUICK = True`` and ``OUT_DIR`` (papermill's convention), so a run takes seconds instead of a minute or more (notebooks/README.md).
 No shell magics: the notebooks are plain Python, and the command line is checked here with subprocesses.
 """
 

@@ -13,7 +13,7 @@ import pytest
 
 from spray.pipeline import analyze, pipeline_from_text
 from spray.store import AuditStore
-from spray.testing import make_heatmaps, pipeline_text, write_store
+from spray.testing import make_heatmaps, pipeline_text, rewrite_text_variable_length, write_store
 
 NAMES = ["café ✓", "naïve 🐟"]
 TEXT = np.array([["", "a"], ["é✓", "x" * 70]])  # an empty string and rows of unequal byte lengths
@@ -74,26 +74,10 @@ def test_text_round_trips_as_str(analysed):
     assert store.has_node("clarc/run/result", {"note": "Ödem ✓"})
 
 
-def _as_variable_length(path: Path) -> None:
-    """Rewrite every fixed-length UTF-8 attribute and dataset as variable-length, as spray wrote them before."""
-    with h5py.File(path, "r+") as f:
-        objects: list[Any] = [f]
-        f.visititems(lambda name, obj: objects.append(obj))
-        for obj in objects:
-            for key in list(obj.attrs):
-                if h5py.check_string_dtype(obj.attrs.get_id(key).dtype) is not None:
-                    obj.attrs.create(key, data=obj.attrs[key].decode(), dtype=h5py.string_dtype())
-            info = h5py.check_string_dtype(obj.dtype) if isinstance(obj, h5py.Dataset) else None
-            if info is not None and info.encoding == "utf-8":
-                name, text = obj.name, np.char.decode(obj[()], "utf-8").astype(object)
-                del f[name]
-                f.create_dataset(name, data=text, dtype=h5py.string_dtype())
-
-
 def test_a_store_with_variable_length_text_reads_as_before(analysed, tmp_path):
     old = tmp_path / "old.h5"
     old.write_bytes(analysed.read_bytes())
-    _as_variable_length(old)
+    rewrite_text_variable_length(old)
     types = _string_types(old)
     assert types and all(info.length is None for key, info in types.items() if key != "clarc/run/result/raw")
     new_store, old_store = AuditStore(analysed), AuditStore(old)

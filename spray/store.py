@@ -211,9 +211,36 @@ def _storable(name: str, array: Any) -> np.ndarray:
     return value
 
 
+# Text is stored as fixed-length UTF-8, never as HDF5 variable-length strings: those keep their bytes in the
+# file's global heap, and a damaged global heap can make libhdf5 loop for ever while reading them
+# (docs/bad-input.md, "Fuzzing"). Fixed-length text lies in the object header (attributes) or in the raw
+# data (datasets). An attribute's header message holds at most 64 KiB (65,503 bytes of text for the name
+# "info", measured with HDF5 2.0 and spray's file format): longer attribute text stays variable-length.
+_MAX_HEADER_TEXT = 65_000  # bytes of text plus attribute name
+
+
+def _utf8(texts: Any) -> np.ndarray:
+    """``texts`` (a str or an array of str) as fixed-length UTF-8 of the longest one's byte length (at
+    least 1); trailing NUL characters are dropped, as numpy's own str arrays drop them."""
+    encoded = np.char.encode(np.asarray(texts, dtype=str), "utf-8")
+    return encoded.astype(h5py.string_dtype("utf-8", length=max(1, encoded.dtype.itemsize)))
+
+
+def _set_attrs(attrs: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
+    """Write ``values`` as attributes: text as fixed-length UTF-8 (:func:`_utf8`) while it fits in the
+    object header, as variable-length UTF-8 above that; numbers as they are."""
+    for key, value in values.items():
+        if not isinstance(value, str):
+            attrs[key] = value
+        elif len(value.encode("utf-8")) + len(key.encode("utf-8")) <= _MAX_HEADER_TEXT:
+            attrs[key] = _utf8(value)
+        else:
+            attrs.create(key, data=value, dtype=h5py.string_dtype("utf-8"))
+
+
 def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
     if value.dtype.kind == "U":  # numpy's fixed-width UTF-32 has no HDF5 type: store UTF-8 strings
-        group.create_dataset(name, data=value.astype(object), dtype=h5py.string_dtype("utf-8"))
+        group.create_dataset(name, data=_utf8(value))
     elif value.ndim and value.nbytes > _WRITE_BLOCK:
         dset = group.create_dataset(name, shape=value.shape, dtype=value.dtype)
         rows = max(1, _WRITE_BLOCK // max(1, value[0].nbytes))
@@ -224,14 +251,28 @@ def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
 
 
 def _read_array(dset: h5py.Dataset, path: Path) -> np.ndarray:
-    """A node's array: numbers, booleans, bytes, or variable-length strings read as text."""
+    """A node's array: numbers, booleans, bytes, or UTF-8 strings read as text."""
     _checked_dataset(dset, f"dataset {dset.name}", path)
-    if dset.dtype.kind == "O":  # variable-length strings (the only object type _checked_dataset lets through)
-        try:
-            return np.asarray(dset.asstr()[()], dtype=str)
-        except UnicodeDecodeError as exc:
-            raise _damaged(path, f"dataset {dset.name}", f"holds text that is not UTF-8 ({exc})") from None
-    return dset[()]
+    return _as_text(dset, dset[()], path)
+
+
+def _as_text(dset: h5py.Dataset, values: np.ndarray, path: Path) -> np.ndarray:
+    """``values`` read from ``dset``: UTF-8 strings (fixed or variable length) as str, others unchanged."""
+    string = h5py.check_string_dtype(dset.dtype)
+    if string is None or string.encoding != "utf-8":
+        return values  # numbers, booleans, and byte strings (numpy 'S' arrays are stored as ASCII)
+    try:
+        if string.length is None:  # variable-length: h5py reads bytes objects
+            return np.asarray([v.decode("utf-8") for v in values.ravel()], dtype=str).reshape(values.shape)
+        return np.char.decode(values, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise _damaged(path, f"dataset {dset.name}", f"holds text that is not UTF-8 ({exc})") from None
+
+
+def _dtype_name(dset: h5py.Dataset) -> str:
+    """The dtype :meth:`AuditStore.info` shows: ``"str"`` for UTF-8 text, however it is stored."""
+    string = h5py.check_string_dtype(dset.dtype)
+    return "str" if string is not None and string.encoding == "utf-8" else str(dset.dtype)
 
 
 def _node_arrays(group: h5py.Group) -> dict[str, h5py.Dataset]:
@@ -258,9 +299,7 @@ def _damaged(path: Path, what: str, problem: str) -> StoreError:
 
 
 def _json_attr(raw: Any, what: str, path: Path) -> Any:
-    """A JSON text attribute, decoded; anything else is a damaged store."""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
+    """A JSON text attribute (as :func:`_attr` reads it), decoded; anything else is a damaged store."""
     if not isinstance(raw, str):
         raise _damaged(path, what, f"is {type(raw).__name__}, not JSON text")
     try:
@@ -277,8 +316,6 @@ def _decode(
     for key, value in _attr_items(attrs, where, path):
         if key in json_keys:
             value = _json_attr(value, f"attribute {key!r} of {where}", path)
-        elif isinstance(value, bytes):
-            value = value.decode("utf-8", errors="replace")
         elif isinstance(value, np.generic):
             value = value.item()
         out[key] = value
@@ -333,11 +370,13 @@ def _type_problem(obj: Any) -> str | None:
 
 
 def _attr(attrs: h5py.AttributeManager, key: str, what: str, path: Path) -> Any:
-    """Attribute ``key``, read only after its type is checked (see :func:`_type_problem`)."""
+    """Attribute ``key``, read only after its type is checked (see :func:`_type_problem`); a text scalar
+    comes back as str whether it is stored with fixed or variable length (invalid UTF-8 replaced)."""
     problem = _type_problem(attrs.get_id(key))
     if problem:
         raise _damaged(path, what, problem)
-    return attrs[key]
+    value = attrs[key]
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
 def _attr_items(attrs: h5py.AttributeManager, where: str, path: Path) -> Iterator[tuple[str, Any]]:
@@ -531,12 +570,10 @@ class AuditStore:
                 # The default libver gives superblock v2: v3 would mark the file "open for writing" and
                 # make it unopenable (without h5clear) after a writer is killed.
                 with h5py.File(journaled, "w", fs_strategy="fsm", fs_persist=True) as f:
-                    f.attrs["schema_version"] = SCHEMA_VERSION
-                    f.attrs["spray_version"] = __version__
-                    f.attrs["created"] = _now()
-                    f.attrs["model"] = to_json(None)
-                    f.attrs["dataset"] = to_json(None)
-                    f.attrs["label_names"] = to_json([])
+                    _set_attrs(f.attrs, {
+                        "schema_version": SCHEMA_VERSION, "spray_version": __version__, "created": _now(),
+                        "model": to_json(None), "dataset": to_json(None), "label_names": to_json([]),
+                    })
                     for group in _GROUPS:
                         f.create_group(group)
                 journaled.commit()
@@ -792,7 +829,8 @@ class AuditStore:
             dset = f.get(path.strip("/"))
             if not isinstance(dset, h5py.Dataset):
                 raise StoreError(f"audit store {self.path} has no dataset {path!r}")
-            return _read_rows(_checked_dataset(dset, f"dataset {dset.name}", self.path), rows)
+            values = _read_rows(_checked_dataset(dset, f"dataset {dset.name}", self.path), rows)
+            return _as_text(dset, values, self.path)
 
     def attributions(self) -> list[str]:
         """Names of the attributions in the store."""
@@ -841,7 +879,7 @@ class AuditStore:
                 def build(group: h5py.Group, values: dict = values, encoded: dict = encoded) -> None:
                     for key, value in values.items():
                         _write_array(group, key, value)
-                    group.attrs.update(encoded)
+                    _set_attrs(group.attrs, encoded)
 
                 _replace_group(f, path, build)
 
@@ -921,10 +959,11 @@ class AuditStore:
             raise BadInputError(f"a store needs at least one sample, got n={n!r}")
         with self._open(write=True) as f:
             samples = f["samples"]
+            root = _root_attrs(f, self.path)
             if "label" in samples:
                 have = samples["label"].shape[0]
                 if have != n:
-                    name = json.loads(f.attrs["dataset"]) or {}
+                    name = root["dataset"] or {}
                     raise StoreError(
                         f"audit store {self.path} holds {have} samples of dataset "
                         f"{name.get('name')!r}, but the dataset given has {n}: one store audits one "
@@ -935,11 +974,11 @@ class AuditStore:
                 _create_rows(samples, "index", n, (), np.int64, fill=-1)
                 if thumbnail_shape is not None:
                     _create_rows(samples, "thumbnail", n, thumbnail_shape, np.uint8)
-                f.attrs["dataset"] = to_json(dict(dataset))
-            if json.loads(f.attrs["model"]) is None:
-                f.attrs["model"] = to_json(dict(model))
+                _set_attrs(f.attrs, {"dataset": to_json(dict(dataset))})
+            if root["model"] is None:
+                _set_attrs(f.attrs, {"model": to_json(dict(model))})
             if label_names is not None:
-                f.attrs["label_names"] = to_json([str(x) for x in label_names])
+                _set_attrs(f.attrs, {"label_names": to_json([str(x) for x in label_names])})
 
     def create_attribution(
         self,
@@ -972,15 +1011,18 @@ class AuditStore:
                 _create_rows(group, "logits", n, (n_outputs,), np.float32)
                 _create_rows(group, "target", n, (), np.int64)
                 _create_rows(group, "done", n, (), np.bool_, fill=False)
-                group.attrs.update(values)
+                _set_attrs(group.attrs, values)
 
             _replace_group(f, f"attributions/{name}", build)
             # The root model is the audited one; it follows a replacement that leaves no attribution of it.
-            root = json.loads(f.attrs["model"]) or {}
-            hashes = {g.attrs.get("model_hash") for g in f["attributions"].values()}
+            root = _root_attrs(f, self.path)["model"] or {}
+            hashes = {
+                _decode(g.attrs, self.path, f"attribution {g.name}").get("model_hash")
+                for g in f["attributions"].values()
+            }
             if root.get("hash") not in hashes:
                 model = {"name": values.get("model_name"), "hash": values.get("model_hash")}
-                f.attrs["model"] = to_json(model)
+                _set_attrs(f.attrs, {"model": to_json(model)})
 
     def write_batch(
         self,
@@ -1053,7 +1095,7 @@ class AuditStore:
                         "written": _node_written(group, self.path),
                         "attrs": _node_attrs(group, self.path),
                         "arrays": {
-                            k: {"shape": list(d.shape), "dtype": str(d.dtype)}
+                            k: {"shape": list(d.shape), "dtype": _dtype_name(d)}
                             for k, d in _node_arrays(group).items()
                         },
                     }

@@ -39,7 +39,9 @@ class ClassAnalysis:
     ``positions`` (n,) are row positions in the store, ``dataset_index`` (n,) the samples' dataset
     indices; ``embedding`` (n, m) and ``eigenvalues`` (m,) come from the spectral node, ``maps`` holds
     the 2-D maps by node name (``umap``, ``tsne``), ``clusterings`` every clustering's labels by name
-    (``kmeans_3``, ``hdbscan``; -1 = noise) and ``fda`` the FDA node's info (``clusterings``, ``best``).
+    (``kmeans_3``, ``hdbscan``; -1 = noise) and ``fda`` the FDA node's info (``best``; ``clusterings``: per
+    clustering its score, z-score, p-value and, under ``clusters``, its clusters' size, tau, z_score and
+    p_value by cluster id, from the node's arrays).
     A skipped class has ``skipped`` set and nothing else.
     """
 
@@ -61,6 +63,22 @@ class ClassAnalysis:
         """The flagged cluster (FDA's ``best``: clustering, cluster, z_score, ...) or None."""
         best = self.fda.get("best") or {}
         return best if best.get("clustering") in self.clusterings else None
+
+
+def _fda_info(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict[str, Any]:
+    """The fda node's info, each clustering with its per-cluster statistics (stored as arrays) under
+    ``clusters``: ``{cluster id: {"size", "tau", "z_score", "p_value"}}``."""
+    info = dict(attrs.get("info") or {})
+    table = {name: {**row, "clusters": {}} for name, row in (info.get("clusterings") or {}).items()}
+    stats = ("size", "tau", "z_score", "p_value")
+    columns = [arrays[f"cluster_{stat}"] for stat in stats]
+    for name, cid, *values in zip(arrays["cluster_clustering"], arrays["cluster_id"], *columns):
+        if str(name) in table:
+            table[str(name)]["clusters"][int(cid)] = {
+                stat: (int(v) if stat == "size" else float(v)) for stat, v in zip(stats, values)
+            }
+    info["clusterings"] = table
+    return info
 
 
 def no_analysis_error(store: AuditStore, analysis: str | None, have: list[str]) -> BadInputError:
@@ -154,7 +172,7 @@ def _class_nodes(
         elif node == "fda":
             found = current(node)
             if found:
-                result.fda = dict(found[1].get("info") or {})
+                result.fda = _fda_info(*found)
         elif kind == "map":
             found = current(node)
             if found:

@@ -103,7 +103,9 @@ _FDA_FIT = ("n_permutations", "random_state", "regularization")
 
 
 def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
-    """Separability of every clustering (table for reports) and the class's most separable small cluster."""
+    """Separability of every clustering and of each of its clusters, and the class's most separable small
+    cluster. Per-cluster statistics are arrays, one row per cluster of every clustering (a class has hundreds:
+    as JSON text they would outgrow an attribute, docs/store.md); per-clustering ones and ``best`` are info."""
     embedding = _embedding(inputs)
     source = {
         name: (node, labels)
@@ -113,26 +115,24 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     }
     fits = separabilities(embedding, {name: labels for name, (_, labels) in source.items()},
                           **{k: params[k] for k in _FDA_FIT})
+    rows = [(name, c, fit) for name, fit in fits.items() for c in fit.cluster_ids_]
+    arrays = {
+        "cluster_clustering": np.array([name for name, _, _ in rows], dtype=str),
+        "cluster_id": np.array([c for _, c, _ in rows], dtype=np.int64),
+        "cluster_size": np.array([fit.cluster_sizes_[c] for _, c, fit in rows], dtype=np.int64),
+        **{
+            f"cluster_{stat}": np.array([getattr(fit, attr)[c] for _, c, fit in rows], dtype=np.float64)
+            for stat, attr in (("tau", "cluster_scores_"), ("z_score", "cluster_z_scores_"),
+                               ("p_value", "cluster_p_values_"))
+        },
+    }
     table = {
-        name: {
-            "score": fit.score_,
-            "z_score": fit.z_score_,
-            "p_value": fit.p_value_,
-            "clusters": {
-                str(c): {
-                    "size": fit.cluster_sizes_[c],
-                    "tau": fit.cluster_scores_[c],
-                    "z_score": fit.cluster_z_scores_[c],
-                    "p_value": fit.cluster_p_values_[c],
-                }
-                for c in fit.cluster_scores_
-            },
-        }
+        name: {"score": fit.score_, "z_score": fit.z_score_, "p_value": fit.p_value_, "n_clusters": fit.n_clusters_}
         for name, fit in fits.items()
     }
     name, cluster, stats = most_separable(fits, params["max_fraction"], params["min_size"])
     node = source[name][0] if name is not None else None
-    return {}, {"clusterings": table, "best": {"node": node, "clustering": name, "cluster": cluster, **stats}}
+    return arrays, {"clusterings": table, "best": {"node": node, "clustering": name, "cluster": cluster, **stats}}
 
 
 def _defaults(cls: type) -> dict[str, Any]:
@@ -159,7 +159,7 @@ NODES: dict[str, Node] = {
         Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
         Node("fda", ("spectral",), _fda, signature_defaults(best_cluster, skip=("embedding", "clusterings")),
              required=True,
-             depends_on_all="clustering", version=2),  # 2: cluster z-scores from exact null moments
+             depends_on_all="clustering", version=3),  # 2: exact-moment z-scores; 3: per-cluster arrays
     )
 }
 

@@ -346,7 +346,7 @@ def _class_view(
             share=f"{100 * size / max(cls.n, 1):.0f} %",
             colour=colours[cid],
             flagged=cid == flagged,
-            z=fmt_z((fda_clusters.get(str(cid)) or {}).get("z_score")),
+            z=fmt_z((fda_clusters.get(cid) or {}).get("z_score")),
             mean_heatmap=images.data_uri(images.heatmap_rgb(sums[cid] / size)),
             prototypes=_prototypes(store, relevance_path, cls, closest, has_thumbnails),
         ))

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from spray.export.tables import read_class
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.nodes import NODES
 from spray.ranking import rank_classes
@@ -79,6 +80,26 @@ def test_planted_clever_hans_class_ranks_first_and_its_cluster_is_recovered(stor
     print(f"planted {len(planted)}, flagged {len(found)}, F1 {f1:.3f}, z {top['score']:.1f}")
     assert f1 >= 0.9
     assert top["score"] > ranking[1]["score"]
+
+
+def test_fda_keeps_one_row_per_cluster_in_arrays_and_the_summary_in_a_small_info(store):
+    path, _ = store
+    _run(path)
+    with AuditStore(path) as audit:
+        arrays, attrs = audit.read_node("analyses/spray/1/fda")
+        kmeans, _ = audit.read_node("analyses/spray/1/kmeans")
+        hdbscan, _ = audit.read_node("analyses/spray/1/hdbscan")
+        analysis = read_class(audit, "spray", 1)
+    labels = {**kmeans, **hdbscan}
+    expected = sorted((name, int(c)) for name, lab in labels.items() for c in np.unique(lab[lab >= 0]))
+    assert sorted(zip(arrays["cluster_clustering"].tolist(), arrays["cluster_id"].tolist())) == expected
+    for name, cid, size in zip(arrays["cluster_clustering"], arrays["cluster_id"], arrays["cluster_size"]):
+        assert size == np.sum(labels[name] == cid)
+    info = attrs["info"]
+    assert set(info["clusterings"]) == set(labels) and "clusters" not in info["clusterings"]["kmeans_2"]
+    best = info["best"]
+    row = analysis.fda["clusterings"][best["clustering"]]["clusters"][best["cluster"]]
+    assert row == {k: best[k] for k in ("size", "tau", "z_score", "p_value")}
 
 
 def test_class_with_fewer_samples_than_k_plus_one_is_skipped_with_the_reason(tmp_path):

@@ -213,6 +213,10 @@ def _hostile_store(audit_store, tmp_path):
             if info["best"].get("clustering"):
                 info["best"]["clustering"] = clustering + info["best"]["clustering"]
             fda["info"] = json.dumps(info)
+            group = analysis[label]["fda"]
+            names = [clustering + name.decode() for name in group["cluster_clustering"][()]]
+            del group["cluster_clustering"]
+            group.create_dataset("cluster_clustering", data=names, dtype=h5py.string_dtype())
         analysis["3/status"].attrs["skipped"] = json.dumps(text)
         f.move("clarc/pclarc-1", f"clarc/{HOSTILE['run']}")
         result = f[f"clarc/{HOSTILE['run']}/result"].attrs

@@ -327,7 +327,7 @@ def best_cluster(
     Returns ``(clustering_name, cluster_id, stats)``; ``stats`` is :meth:`FisherSeparability.cluster_stats`
     plus ``"n_candidates"``. With no candidate cluster it returns ``(None, None, {"reason": ...})``.
     """
-    check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)
+    check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)  # before the fits, not after them
     check_int(min_size, "min_size", minimum=1)
     fits = separabilities(embedding, clusterings, n_permutations, random_state, regularization)
     return most_separable(fits, max_fraction, min_size)

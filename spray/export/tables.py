@@ -72,7 +72,7 @@ def _fda_info(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict[str,
     table = {name: {**row, "clusters": {}} for name, row in (info.get("clusterings") or {}).items()}
     stats = ("size", "tau", "z_score", "p_value")
     columns = [arrays[f"cluster_{stat}"] for stat in stats]
-    for name, cid, *values in zip(arrays["cluster_clustering"], arrays["cluster_id"], *columns):
+    for name, cid, *values in zip(arrays["cluster_clustering"], arrays["cluster_id"], *columns, strict=True):
         if str(name) in table:
             table[str(name)]["clusters"][int(cid)] = {
                 stat: (int(v) if stat == "size" else float(v)) for stat, v in zip(stats, values)

@@ -168,15 +168,17 @@ def _same_kind(default: Any, value: Any) -> bool:
 
 
 def load_pipeline(path: str | Path, **kwargs: Any) -> PipelineSpec:
-    """Read and parse a pipeline file; a missing or unreadable file is a :class:`PipelineError`."""
+    """Read and parse a pipeline file (a run file when ``extra_tables`` are allowed); a missing or unreadable
+    file is a :class:`PipelineError`."""
     path = Path(path)
+    kind = "run file" if kwargs.get("extra_tables") else "pipeline file"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise PipelineError(f"cannot read pipeline file {path}: {exc.strerror or exc}") from None
+        raise PipelineError(f"cannot read {kind} {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise PipelineError(
-            f"cannot read pipeline file {path}: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+            f"cannot read {kind} {path}: it is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
             f"offset {exc.start})"
         ) from None
     return parse_pipeline(text, source=str(path), **kwargs)

@@ -137,13 +137,14 @@ class KMeansRange(_Clusterer):
         def fit_one(k: int) -> tuple[int, np.ndarray, float]:
             X = E[:, :k] if self.columns == "first_k" else E
             X = normalize_rows(X) if self.normalize_rows else X
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "fewer distinct points than clusters" on duplicate rows
-                km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(X[fit_rows])
+            km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(X[fit_rows])
             labels = km.labels_ if isinstance(fit_rows, slice) else km.predict(X)
             return k, labels.astype(np.int64), float(np.sum((X - km.cluster_centers_[labels]) ** 2))
 
-        with limited_threads(self.n_threads):
+        # Warning filters are process-wide, so one catch_warnings here covers the pool threads too (one per
+        # fit would race: a thread leaving its block restores the filters under another's fit).
+        with limited_threads(self.n_threads), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "fewer distinct points than clusters" on duplicate rows
             if n_jobs == 1 or len(ks) < 2:
                 results = [fit_one(k) for k in ks]
             else:

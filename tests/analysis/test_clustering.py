@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
@@ -68,6 +70,15 @@ def test_kmeans_in_parallel_jobs_gives_the_same_labels_and_inertias(planted, n_t
     for k in one.labels_:
         np.testing.assert_array_equal(three.labels_[k], one.labels_[k])
         assert three.inertia_[k] == pytest.approx(one.inertia_[k], rel=1e-12)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 3])
+def test_duplicate_rows_give_no_warnings_from_any_thread(n_jobs):
+    X = np.repeat(np.random.default_rng(0).normal(size=(5, 3)), 4, axis=0)  # 5 distinct rows, k up to 12
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        km = KMeansRange(2, 12, n_jobs=n_jobs).fit(X)
+    assert caught == [] and sorted(km.labels_) == list(range(2, 13))
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])

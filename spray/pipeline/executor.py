@@ -12,6 +12,7 @@ Store layout of an analysis ``A`` (docs/store.md): ``analyses/A/preprocess`` (fe
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -335,4 +336,10 @@ def _run_tasks(
         return (features[rows[0] : rows[-1] + 1] if contiguous else features[rows], params, task.stale,
                 task.cached, deps)
 
-    yield from dask_map(run_class, tasks, arguments, scheduler=scheduler, progress=progress, desc="classes")
+    # Classes run concurrently in threads, and warning filters are process-wide: the processors' own
+    # catch_warnings blocks (library chatter: sklearn, umap, numba) would restore each other's filters under a
+    # running fit and let it through. One block here holds "ignore" for as long as tasks run; spray's own
+    # messages go through logging, which it does not touch.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield from dask_map(run_class, tasks, arguments, scheduler=scheduler, progress=progress, desc="classes")

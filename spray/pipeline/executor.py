@@ -146,7 +146,7 @@ def analyze(
 
         members = {label: np.flatnonzero(usable & (targets == label)) for label in wanted}
         reasons = {label: _too_small(len(p), params) for label, p in members.items() if len(p)}
-        _check_analysable(store, attribution, spec, classes, members, reasons)
+        _check_analysable(store, attribution, spec, classes, targets, members, reasons)
 
         tasks: list[ClassTask] = []
         skipped: dict[int, str] = {}
@@ -247,12 +247,12 @@ def _check_classes(classes: Sequence[int] | None, n_outputs: int) -> list[int]:
 
 def _check_analysable(
     store: AuditStore, attribution: str, spec: PipelineSpec, classes: Sequence[int] | None,
-    members: Mapping[int, np.ndarray], reasons: Mapping[int, str | None],
+    targets: np.ndarray, members: Mapping[int, np.ndarray], reasons: Mapping[int, str | None],
 ) -> None:
-    """Refuse classes asked for by name that have no samples, and a run in which no class can be analysed."""
+    """Refuse classes asked for by name that have no samples, and a run in which no class can be analysed;
+    ``targets`` are the attribution's explained outputs, one per sample."""
     empty = [label for label, positions in members.items() if not len(positions)]
     if classes is not None and empty:
-        targets = store.read(f"attributions/{attribution}/target")
         have = ", ".join(map(str, np.unique(targets))) or "none"
         raise BadInputError(
             f"class {empty[0]} has no samples in attribution {attribution!r} of {store.path} (no sample's "

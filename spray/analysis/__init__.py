@@ -2,30 +2,38 @@
 ``fit``/``transform``, learned attributes ending in ``_``). In pipeline order:
 
 heatmaps -> :class:`HeatmapPreprocessor` -> :class:`KNNGraph` -> :class:`SpectralEmbedding`
--> :func:`propose_n_clusters` / clusterers (:class:`KMeansRange`, :class:`HDBSCAN`, :class:`Agglomerative`,
-:class:`DBSCAN`) -> maps (:class:`UMAPMap`, :class:`TSNEMap`) -> :class:`FisherSeparability`, :func:`best_cluster`.
+-> :func:`propose_n_clusters` / clusterers (:class:`KMeansRange`, :class:`HDBSCANClustering`,
+:class:`Agglomerative`, :class:`DBSCANClustering`) -> maps (:class:`UMAPMap`, :class:`TSNEMap`)
+-> :class:`FisherSeparability`, :func:`best_cluster`.
 
 Definitions: docs/spray-method.md. umap/pynndescent are imported lazily (numba compiles on first use).
 """
 
 from __future__ import annotations
 
-from spray.analysis.clustering import DBSCAN, HDBSCAN, Agglomerative, KMeansRange, normalize_rows
+from spray.analysis.clustering import (
+    Agglomerative,
+    DBSCANClustering,
+    HDBSCANClustering,
+    KMeansRange,
+    normalize_rows,
+)
 from spray.analysis.eigengap import eigengaps, propose_n_clusters
 from spray.analysis.fda import FisherSeparability, best_cluster, most_separable, separabilities
 from spray.analysis.knn import KNNGraph, knn_adjacency
 from spray.analysis.maps import TSNEMap, UMAPMap
-from spray.analysis.preprocess import HeatmapPreprocessor
+from spray.analysis.preprocess import HeatmapPreprocessor, PreprocessedMaps
 from spray.analysis.spectral import SpectralEmbedding
 
 __all__ = [
-    "DBSCAN",
-    "HDBSCAN",
     "Agglomerative",
+    "DBSCANClustering",
+    "HDBSCANClustering",
     "FisherSeparability",
     "HeatmapPreprocessor",
     "KMeansRange",
     "KNNGraph",
+    "PreprocessedMaps",
     "SpectralEmbedding",
     "TSNEMap",
     "UMAPMap",

@@ -200,7 +200,7 @@ class Agglomerative(_Clusterer):
         return self
 
 
-class HDBSCAN(_Clusterer):
+class HDBSCANClustering(_Clusterer):
     """HDBSCAN (scikit-learn ≥ 1.3). Fitted: ``labels_ = {"hdbscan": labels}`` (noise −1), ``skipped_``."""
 
     name = "hdbscan"
@@ -210,8 +210,8 @@ class HDBSCAN(_Clusterer):
         self.min_samples = min_samples
         self.normalize_rows = normalize_rows
 
-    def fit(self, embedding: Any, y: Any = None) -> HDBSCAN:
-        from sklearn.cluster import HDBSCAN as _SkHDBSCAN
+    def fit(self, embedding: Any, y: Any = None) -> HDBSCANClustering:
+        from sklearn.cluster import HDBSCAN
 
         mcs = check_int(self.min_cluster_size, "min_cluster_size", minimum=2)
         ms = None if self.min_samples is None else check_int(self.min_samples, "min_samples", minimum=1)
@@ -222,12 +222,12 @@ class HDBSCAN(_Clusterer):
         if n < need:
             self.skipped_[self.name] = f"n={n} samples < min_cluster_size/min_samples = {need}"
             return self
-        model = _SkHDBSCAN(min_cluster_size=mcs, min_samples=ms, copy=True)
+        model = HDBSCAN(min_cluster_size=mcs, min_samples=ms, copy=True)
         self.labels_[self.name] = model.fit(X).labels_.astype(np.int64)
         return self
 
 
-class DBSCAN(_Clusterer):
+class DBSCANClustering(_Clusterer):
     """DBSCAN (scikit-learn). Fitted: ``labels_ = {"dbscan": labels}`` (noise −1), ``skipped_``."""
 
     name = "dbscan"
@@ -237,12 +237,12 @@ class DBSCAN(_Clusterer):
         self.min_samples = min_samples
         self.normalize_rows = normalize_rows
 
-    def fit(self, embedding: Any, y: Any = None) -> DBSCAN:
-        from sklearn.cluster import DBSCAN as _SkDBSCAN
+    def fit(self, embedding: Any, y: Any = None) -> DBSCANClustering:
+        from sklearn.cluster import DBSCAN
 
         eps = check_real(self.eps, "eps", minimum=0.0, strict=True)
         ms = check_int(self.min_samples, "min_samples", minimum=1)
         X = self._prepare(embedding)
         self.labels_, self.skipped_ = {}, {}
-        self.labels_[self.name] = _SkDBSCAN(eps=eps, min_samples=ms).fit(X).labels_.astype(np.int64)
+        self.labels_[self.name] = DBSCAN(eps=eps, min_samples=ms).fit(X).labels_.astype(np.int64)
         return self

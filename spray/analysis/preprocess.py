@@ -6,6 +6,7 @@ along the sample axis and only the small pooled output, ``(n, g_h * g_w)`` float
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,23 @@ def area_pooling_matrix(size_in: int, size_out: int) -> np.ndarray:
     return np.clip(hi - lo, 0.0, None)
 
 
+@dataclass(frozen=True)
+class PreprocessedMaps:
+    """Features of one :meth:`HeatmapPreprocessor.preprocess` call and the input rows they stand for."""
+
+    features: np.ndarray
+    """(n_kept, g_h * g_w) float32, one row per kept input row, in input order."""
+    kept: np.ndarray
+    """(n,) bool over the input rows: False where a row was dropped for non-finite values."""
+    zero: np.ndarray
+    """(n,) bool: the channel-reduced map is exactly 0 everywhere (no relevance; an all-zero feature row)."""
+
+    @property
+    def dropped(self) -> np.ndarray:
+        """Input positions (int64) removed for non-finite values (empty unless ``drop_nonfinite``)."""
+        return np.flatnonzero(~self.kept)
+
+
 class HeatmapPreprocessor:
     """Turn relevance maps ``(n, C, H, W)`` or ``(n, H, W)`` into SpRAy feature vectors ``(n, g_h * g_w)``.
 
@@ -44,15 +62,10 @@ class HeatmapPreprocessor:
        (the absolute value keeps the map's orientation when its total relevance is negative),
        ``"l2"`` x / ‖x‖₂, ``None`` unchanged. A map whose denominator is 0 is left unchanged.
 
-    ``transform`` returns only the feature matrix (like any scikit-learn transformer). Its rows are the input
-    rows that were kept, in order: all of them, or, with ``drop_nonfinite=True``, those listed by
-    ``np.flatnonzero(kept_)``. Attributes set by ``transform``:
-
-    - ``input_shape_``: the input's shape; ``grid_shape_``: ``(g_h, g_w)``; ``n_features_out_``: ``g_h * g_w``;
-    - ``zero_rows_``: input positions (int64) whose channel-reduced map is exactly 0 everywhere (no relevance;
-      kept in the output as all-zero rows);
-    - ``dropped_``: input positions removed for non-finite values (empty unless ``drop_nonfinite``);
-    - ``kept_``: boolean mask over the input rows, True for rows present in the output.
+    ``transform`` returns only the feature matrix (like any scikit-learn transformer); :meth:`preprocess`
+    returns it with the row bookkeeping of that call (:class:`PreprocessedMaps`). The feature rows are the
+    input rows that were kept, in order: all of them, or, with ``drop_nonfinite=True``, the finite ones.
+    ``fit`` learns only the shapes: ``input_shape_``, ``grid_shape_`` ``(g_h, g_w)``, ``n_features_out_``.
 
     Without ``drop_nonfinite`` a non-finite value raises :class:`~spray.errors.BadInputError` naming the
     sample positions. ``batch_size`` (rows read at once) defaults to ~64 MB of float64 working memory,
@@ -96,16 +109,23 @@ class HeatmapPreprocessor:
         return R
 
     def fit(self, R: Any, y: Any = None) -> HeatmapPreprocessor:
-        """Check the parameters and the input's shape; the transform itself learns nothing."""
+        """Check the parameters and the input; learn the shapes (the transform itself learns nothing)."""
         self._check_params()
-        self._check_input(R)
+        shape = tuple(int(s) for s in self._check_input(R).shape)
+        self.input_shape_ = shape
+        self.grid_shape_ = (min(self.grid, shape[-2]), min(self.grid, shape[-1]))
+        self.n_features_out_ = self.grid_shape_[0] * self.grid_shape_[1]
         return self
 
     def fit_transform(self, R: Any, y: Any = None) -> np.ndarray:
         return self.fit(R).transform(R)
 
     def transform(self, R: Any) -> np.ndarray:
-        """Features ``(n_kept, g_h * g_w)`` float32; see the class docstring for the row bookkeeping."""
+        """Features ``(n_kept, g_h * g_w)`` float32 of the kept rows."""
+        return self.preprocess(R).features
+
+    def preprocess(self, R: Any) -> PreprocessedMaps:
+        """The features and which input rows they are (chunk by chunk: R may be an h5py or dask array)."""
         self._check_params()
         R = self._check_input(R)
         shape = tuple(int(s) for s in R.shape)
@@ -137,13 +157,7 @@ class HeatmapPreprocessor:
                 f"{bad[:20].tolist()}{' ...' if bad.size > 20 else ''}; fix the attributions or pass "
                 f"drop_nonfinite=True to drop those samples"
             )
-        self.input_shape_ = shape
-        self.grid_shape_ = (gh, gw)
-        self.n_features_out_ = gh * gw
-        self.zero_rows_ = np.flatnonzero(zero & ~nonfinite)
-        self.dropped_ = bad
-        self.kept_ = ~nonfinite
-        return out[self.kept_] if bad.size else out
+        return PreprocessedMaps(out[~nonfinite] if bad.size else out, ~nonfinite, zero & ~nonfinite)
 
     def _process(self, block: np.ndarray, ph: np.ndarray, pw: np.ndarray) -> tuple[np.ndarray, ...]:
         nonfinite = ~np.isfinite(block).all(axis=(1, 2, 3))

@@ -4,7 +4,8 @@
 largest *algebraic* eigenvalues μ of ``M = D^{-1/2} A D^{-1/2}``, which ARPACK's Lanczos (``eigsh``,
 ``which="LA"``) finds fast without factorising anything. (``which="LM"`` — largest magnitude, CoRelAy's
 choice — also returns eigenpairs near μ = −1, i.e. λ near 2, which are not the smallest; sklearn's
-``spectral_embedding`` uses shift-invert and is two orders of magnitude slower here: DESIGN.md §6.)
+``spectral_embedding`` uses shift-invert, which factorises the shifted Laplacian: far costlier than Lanczos
+on the operator for these graphs.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Export an analysis as a ViRelAy project: project YAML, label map, dataset, attribution and analysis HDF5.
 
-The layout is what ViRelAy 0.6.1's own loader (``virelay.model.Project``) reads (DESIGN.md §5; its
+The layout is what ViRelAy 0.6.1's own loader (``virelay.model.Project``) reads (docs/report.md, "The ViRelAy export"; its
 documentation's "database specification" page is known to be wrong):
 
 ```

@@ -1,6 +1,6 @@
 """LRP rules: how one layer hands the relevance of its output to its inputs.
 
-Every rule is an instance of the modified-gradient trick (DESIGN.md §3). For a layer ``z = f(x)`` and the
+Every rule is an instance of the modified-gradient trick (docs/lrp.md, "How it works"). For a layer ``z = f(x)`` and the
 relevance ``R`` of its output::
 
     R_in = Σ_t x_t ⊙ ∂/∂x_t [ Σ_j z'_j · stopgrad(R_j / stab(z'_j)) ],   z' = Σ_t f(x_t; w_t, b_t)

@@ -126,9 +126,7 @@ def analyze(
         attribution = _choose_attribution(store, spec.attribution)
         group = f"analyses/{spec.name}"
         try:
-            features, kept, zero, dropped, root_key, preprocessed = _features(
-                store, group, attribution, spec.nodes.get("preprocess", {}), drop_nonfinite
-            )
+            stored = _features(store, group, attribution, spec.nodes.get("preprocess", {}), drop_nonfinite)
         except BadInputError as exc:
             if str(exc).split(" ", 1)[0] in spec.nodes.get("preprocess", {}):
                 raise _pipeline_error(spec, "preprocess", str(exc)) from None
@@ -142,7 +140,7 @@ def analyze(
         enabled = set(params)
         order = topological_order(NODES, enabled)
         deps = {name: dependencies(NODES, enabled, name) for name in order}
-        usable = kept & ~zero
+        usable = stored.kept & ~stored.zero
 
         members = {label: np.flatnonzero(usable & (targets == label)) for label in wanted}
         reasons = {label: _too_small(len(p), params) for label, p in members.items() if len(p)}
@@ -157,7 +155,7 @@ def analyze(
                 skipped[label] = reason
                 store.write_node(f"{path}/status", {}, {"skipped": reason, "n": int(positions.size)})
                 continue
-            class_root = hash_json({"features": root_key, "positions": hash_array(positions)})
+            class_root = hash_json({"features": stored.key, "positions": hash_array(positions)})
             keys = node_keys(NODES, params, class_root)
             stale = _stale(store, path, order, keys)
             task = ClassTask(label, positions, keys, stale)
@@ -175,7 +173,7 @@ def analyze(
 
         computed: dict[int, list[str]] = {}
         try:
-            for task, outputs in _run_tasks(tasks, features, params, deps, scheduler, progress):
+            for task, outputs in _run_tasks(tasks, stored.features, params, deps, scheduler, progress):
                 store.write_nodes({
                     **{
                         f"{group}/{task.label}/{name}": (
@@ -201,15 +199,15 @@ def analyze(
                 "attribution_id": store.attribution_info(attribution)["attribution_id"],
                 "classes": sorted(int(c) for c in wanted),
                 "skipped": {str(k): v for k, v in skipped.items()},
-                "zero_samples": [int(i) for i in dataset_index[zero]],
-                "dropped_samples": [int(i) for i in dataset_index[dropped]],
+                "zero_samples": [int(i) for i in dataset_index[stored.zero]],
+                "dropped_samples": [int(i) for i in dataset_index[stored.dropped]],
             },
         )
-    if zero.any():
-        log.warning("%d all-zero heatmaps were left out of the analysis", int(zero.sum()))
+    if stored.zero.any():
+        log.warning("%d all-zero heatmaps were left out of the analysis", int(stored.zero.sum()))
     return AnalysisResult(
-        spec.name, attribution, preprocessed, computed, skipped,
-        [int(i) for i in dataset_index[zero]], [int(i) for i in dataset_index[dropped]],
+        spec.name, attribution, stored.computed, computed, skipped,
+        [int(i) for i in dataset_index[stored.zero]], [int(i) for i in dataset_index[stored.dropped]],
     )
 
 
@@ -278,11 +276,30 @@ def _too_small(n: int, params: Mapping[str, dict[str, Any]]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class StoredFeatures:
+    """The preprocessed heatmaps of all samples as node ``<group>/preprocess`` holds them."""
+
+    features: np.ndarray
+    """(n, g_h * g_w) float32, one row per sample; rows dropped for non-finite values are zeros."""
+    kept: np.ndarray
+    """(n,) bool: False where the sample was dropped for non-finite relevance."""
+    zero: np.ndarray
+    """(n,) bool: the sample's heatmap has no relevance at all."""
+    key: str
+    """The node's key: the memo key every class's nodes build on."""
+    computed: bool
+    """Whether the features were computed by this call (False: read from the store)."""
+
+    @property
+    def dropped(self) -> np.ndarray:
+        return np.flatnonzero(~self.kept)
+
+
 def _features(
     store: AuditStore, group: str, attribution: str, params: dict[str, Any], drop_nonfinite: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str, bool]:
-    """Preprocessed heatmaps of all samples, cached as node ``<group>/preprocess``: features, kept and zero
-    masks over samples, dropped positions, the features' key, and whether they were computed now."""
+) -> StoredFeatures:
+    """The preprocessed heatmaps of all samples, cached as node ``<group>/preprocess``."""
     info = store.attribution_info(attribution)
     # attribution_id changes whenever the attribution is (re)created, e.g. by --overwrite with a new model.
     source = {k: info[k] for k in ("method", "params", "target", "model_hash", "attribution_id", "shape")}
@@ -293,20 +310,16 @@ def _features(
         arrays, _ = store.read_node(path)
     else:
         with store.reading() as f:
-            features, processor = preprocess(
-                params, f[f"attributions/{attribution}/relevance"], drop_nonfinite=drop_nonfinite
-            )
-        n = processor.kept_.shape[0]
-        full = features  # one row per sample unless rows were dropped: then zero rows fill their places
-        if not processor.kept_.all():
-            full = np.zeros((n, features.shape[1]), dtype=np.float32)
-            full[processor.kept_] = features
-        zero = np.zeros(n, dtype=bool)
-        zero[processor.zero_rows_] = True
-        arrays = {"features": full, "kept": processor.kept_, "zero": zero}
+            maps = preprocess(params, f[f"attributions/{attribution}/relevance"], drop_nonfinite=drop_nonfinite)
+        full = maps.features  # one row per sample unless rows were dropped: then zero rows fill their places
+        if not maps.kept.all():
+            full = np.zeros((maps.kept.size, maps.features.shape[1]), dtype=np.float32)
+            full[maps.kept] = maps.features
+        arrays = {"features": full, "kept": maps.kept, "zero": maps.zero}
         store.write_node(path, arrays, {"key": key, "params": params})
-    kept, zero = arrays["kept"].astype(bool), arrays["zero"].astype(bool)
-    return arrays["features"], kept, zero, np.flatnonzero(~kept), key, not cached
+    return StoredFeatures(
+        arrays["features"], arrays["kept"].astype(bool), arrays["zero"].astype(bool), key, not cached
+    )
 
 
 def _stale(store: AuditStore, path: str, order: Sequence[str], keys: Mapping[str, str]) -> list[str]:

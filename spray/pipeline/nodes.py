@@ -14,12 +14,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from spray.analysis import (
-    DBSCAN,
-    HDBSCAN,
     Agglomerative,
+    DBSCANClustering,
+    HDBSCANClustering,
     HeatmapPreprocessor,
     KMeansRange,
     KNNGraph,
+    PreprocessedMaps,
     SpectralEmbedding,
     TSNEMap,
     UMAPMap,
@@ -150,11 +151,11 @@ NODES: dict[str, Node] = {
         Node("spectral", ("knn",), _spectral, _defaults(SpectralEmbedding), required=True),
         Node("kmeans", ("spectral",), _clustering(KMeansRange), _defaults(KMeansRange), required=True,
              kind="clustering", unkeyed=("n_jobs",)),
-        Node("hdbscan", ("spectral",), _clustering(HDBSCAN), _defaults(HDBSCAN), kind="clustering",
+        Node("hdbscan", ("spectral",), _clustering(HDBSCANClustering), _defaults(HDBSCANClustering), kind="clustering",
              default=True),
         Node("agglomerative", ("spectral",), _clustering(Agglomerative), _defaults(Agglomerative),
              kind="clustering", default=True),
-        Node("dbscan", ("spectral",), _clustering(DBSCAN), _defaults(DBSCAN), kind="clustering"),
+        Node("dbscan", ("spectral",), _clustering(DBSCANClustering), _defaults(DBSCANClustering), kind="clustering"),
         Node("umap", ("spectral", "knn"), _map(UMAPMap), _defaults(UMAPMap), kind="map", default=True),
         Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
         Node("fda", ("spectral",), _fda, signature_defaults(best_cluster, skip=("embedding", "clusterings")),
@@ -164,7 +165,6 @@ NODES: dict[str, Node] = {
 }
 
 
-def preprocess(params: dict[str, Any], relevance: Any, *, drop_nonfinite: bool) -> tuple[np.ndarray, HeatmapPreprocessor]:
-    """Features of all heatmaps (chunk by chunk from the store); the fitted preprocessor keeps row masks."""
-    processor = HeatmapPreprocessor(**params, drop_nonfinite=drop_nonfinite)
-    return processor.transform(relevance), processor
+def preprocess(params: dict[str, Any], relevance: Any, *, drop_nonfinite: bool) -> PreprocessedMaps:
+    """Features of all heatmaps (chunk by chunk from the store) and their row masks."""
+    return HeatmapPreprocessor(**params, drop_nonfinite=drop_nonfinite).preprocess(relevance)

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from spray.analysis.clustering import DBSCAN, HDBSCAN, Agglomerative, KMeansRange, normalize_rows
+from spray.analysis.clustering import (
+    Agglomerative,
+    DBSCANClustering,
+    HDBSCANClustering,
+    KMeansRange,
+    normalize_rows,
+)
 from spray.analysis.knn import KNNGraph
 from spray.analysis.spectral import SpectralEmbedding
 from spray.errors import BadInputError
@@ -94,16 +100,16 @@ def test_agglomerative_hdbscan_dbscan_recover_planted_clusters(planted):
     assert sorted(agg.labels_) == [2, 4] and adjusted_rand_score(labels, agg.labels_[4]) >= 0.95
     agg_sparse = Agglomerative(4).fit(E, connectivity=graph.adjacency_)
     assert adjusted_rand_score(labels, agg_sparse.labels_[4]) >= 0.95
-    hdb = HDBSCAN(min_cluster_size=10).fit(E)
+    hdb = HDBSCANClustering(min_cluster_size=10).fit(E)
     assert list(hdb.named_labels()) == ["hdbscan"]
     keep = hdb.labels_["hdbscan"] >= 0
     assert keep.mean() > 0.8 and adjusted_rand_score(labels[keep], hdb.labels_["hdbscan"][keep]) >= 0.95
-    db = DBSCAN(eps=0.3, min_samples=5).fit(E)
+    db = DBSCANClustering(eps=0.3, min_samples=5).fit(E)
     assert adjusted_rand_score(labels, db.labels_["dbscan"]) >= 0.95
 
 
 def test_hdbscan_on_too_few_samples_is_skipped():
-    hdb = HDBSCAN(min_cluster_size=10).fit(np.zeros((4, 2)))
+    hdb = HDBSCANClustering(min_cluster_size=10).fit(np.zeros((4, 2)))
     assert hdb.labels_ == {} and "min_cluster_size" in hdb.skipped_["hdbscan"]
 
 
@@ -124,9 +130,9 @@ def test_normalize_rows_leaves_zero_rows():
         (KMeansRange(max_fit_samples=1), "max_fit_samples"),
         (Agglomerative(n_clusters=[]), "n_clusters"),
         (Agglomerative(linkage="centroid"), "linkage"),
-        (HDBSCAN(min_cluster_size=1), "min_cluster_size"),
-        (DBSCAN(eps=0), "eps"),
-        (DBSCAN(min_samples=0), "min_samples"),
+        (HDBSCANClustering(min_cluster_size=1), "min_cluster_size"),
+        (DBSCANClustering(eps=0), "eps"),
+        (DBSCANClustering(min_samples=0), "min_samples"),
     ],
 )
 def test_bad_parameters_are_named(clusterer, name):

@@ -78,9 +78,9 @@ def test_chunked_h5py_and_dask_inputs_equal_in_memory_result(tmp_path):
     with h5py.File(tmp_path / "r.h5", "w") as f:
         f.create_dataset("relevance", data=R, chunks=(4, 3, 16, 16))
     with h5py.File(tmp_path / "r.h5", "r") as f:
-        pre = HeatmapPreprocessor(grid=8, batch_size=5)
-        np.testing.assert_array_equal(pre.fit_transform(f["relevance"]), expected)
-        np.testing.assert_array_equal(pre.zero_rows_, [5])
+        maps = HeatmapPreprocessor(grid=8, batch_size=5).preprocess(f["relevance"])
+        np.testing.assert_array_equal(maps.features, expected)
+        np.testing.assert_array_equal(np.flatnonzero(maps.zero), [5])
         np.testing.assert_array_equal(HeatmapPreprocessor(grid=8).fit_transform(f["relevance"]), expected)
     out = HeatmapPreprocessor(grid=8, batch_size=6).fit_transform(da.from_array(R, chunks=(10, 3, 16, 16)))
     np.testing.assert_array_equal(out, expected)
@@ -97,12 +97,14 @@ def test_non_finite_values_raise_naming_the_sample_positions():
 def test_drop_nonfinite_removes_rows_and_records_them():
     R = np.ones((6, 4, 4))
     R[2, 0, 0] = np.nan
-    pre = HeatmapPreprocessor(drop_nonfinite=True)
-    out = pre.fit_transform(R)
-    assert out.shape == (5, 16)
-    np.testing.assert_array_equal(pre.dropped_, [2])
-    np.testing.assert_array_equal(np.flatnonzero(pre.kept_), [0, 1, 3, 4, 5])
-    assert pre.zero_rows_.size == 0
+    pre = HeatmapPreprocessor(drop_nonfinite=True).fit(R)
+    maps = pre.preprocess(R)
+    assert maps.features.shape == (5, 16)
+    np.testing.assert_array_equal(maps.features, pre.transform(R))
+    np.testing.assert_array_equal(maps.dropped, [2])
+    np.testing.assert_array_equal(np.flatnonzero(maps.kept), [0, 1, 3, 4, 5])
+    assert not maps.zero.any()
+    assert (pre.input_shape_, pre.grid_shape_, pre.n_features_out_) == ((6, 4, 4), (4, 4), 16)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""ViRelAy export: the file layout of DESIGN.md §5, checked directly and through ViRelAy's own loader."""
+"""ViRelAy export: the file layout of docs/report.md ("The ViRelAy export"), checked directly and through ViRelAy's own loader."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ parameter; the scalar checks live in spray._checks and are re-exported here), se
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from numbers import Integral
@@ -13,8 +14,8 @@ import numpy as np
 from spray._checks import check_choice, check_int, check_real
 from spray.errors import BadInputError
 
-__all__ = ["check_choice", "check_int", "check_labels", "check_matrix", "check_real", "limited_threads",
-           "rng_from", "seed_from"]
+__all__ = ["check_choice", "check_int", "check_labels", "check_matrix", "check_real", "held_threads",
+           "limited_threads", "rng_from", "seed_from"]
 
 
 def check_matrix(x: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float64) -> np.ndarray:
@@ -75,19 +76,62 @@ def seed_from(random_state: Any, name: str = "random_state") -> int | None:
     return int(rng.integers(0, 2**31 - 1))
 
 
+class _ThreadPin:
+    """The process-wide BLAS/OpenMP thread limit, shared by concurrent holders.
+
+    threadpoolctl's limits are process-wide: two class threads that each set and restore them would restore
+    under each other's running computation, so its thread count — and with it BLAS's summation order and the
+    last digits of results — would depend on timing. Here the first holder sets the limit and the last one
+    restores it; a holder asking for another count while it is held gets the held count.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._limiter: Any = None
+        self.threads: int | None = None
+
+    @contextmanager
+    def __call__(self, n_threads: int) -> Iterator[None]:
+        from threadpoolctl import threadpool_limits
+
+        with self._lock:
+            if self._holders == 0:
+                self._limiter, self.threads = threadpool_limits(limits=n_threads), n_threads
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    self._limiter.restore_original_limits()
+                    self._limiter, self.threads = None, None
+
+
+_PIN = _ThreadPin()
+
+
+def held_threads() -> int | None:
+    """The BLAS/OpenMP thread count held by :func:`limited_threads` now (None: the libraries' defaults)."""
+    return _PIN.threads
+
+
 @contextmanager
 def limited_threads(n_threads: int | None) -> Iterator[None]:
     """Cap OpenMP/BLAS threads (threadpoolctl) for the duration; ``None`` leaves the libraries' defaults.
 
-    Why: scikit-learn's k-means (OpenMP) and ARPACK's small BLAS calls (OpenBLAS) spin-wait at barriers. With
-    the cores busy (other workers, parallel per-class analyses) we measured k-means on 10k × 32 at 2–8 s with 2
-    threads and 0.1–0.3 s with one, and 32 eigenpairs of a 19.4k-node graph at 13.8 s CPU with 2 BLAS threads
-    and 1.35 s with one; on an idle machine one thread costs at most the thread count.
+    Process-wide and safe under concurrent holders (:class:`_ThreadPin`): while one count is held, every
+    holder computes with it — an analysis pins one count for all its classes, so results do not depend on
+    which classes ran together.
+
+    Why few threads: scikit-learn's k-means (OpenMP) and ARPACK's small BLAS calls (OpenBLAS) spin-wait at
+    barriers. With the cores busy (other workers, parallel per-class analyses) we measured k-means on 10k × 32
+    at 2–8 s with 2 threads and 0.1–0.3 s with one, and 32 eigenpairs of a 19.4k-node graph at 13.8 s CPU with
+    2 BLAS threads and 1.35 s with one; on an idle machine one thread costs at most the thread count.
     """
     if n_threads is None:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=check_int(n_threads, "n_threads", minimum=1)):
+    with _PIN(check_int(n_threads, "n_threads", minimum=1)):
         yield

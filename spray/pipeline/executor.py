@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from spray.analysis._common import limited_threads
 from spray.errors import BadInputError, PipelineError
 from spray.pipeline.graph import NodeOutput, dependencies, hash_array, hash_json, node_keys, topological_order
 from spray.pipeline.nodes import NODES, preprocess
@@ -27,6 +28,10 @@ from spray.scheduling import local_workers
 from spray.store import AuditStore
 
 log = logging.getLogger(__name__)
+
+ANALYSIS_THREADS = 1
+"""BLAS/OpenMP threads of every node computation (recorded in the analysis summary as ``threads``). One: the
+classes run in parallel instead, and a reduction's order must not depend on how many threads it got."""
 
 
 @dataclass
@@ -49,18 +54,24 @@ def run_class(
     cached: Mapping[str, NodeOutput],
     deps: Mapping[str, list[str]],
 ) -> dict[str, NodeOutput]:
-    """Compute the stale nodes of one class in dependency order (pure: runs on any dask worker)."""
+    """Compute the stale nodes of one class in dependency order (pure: runs on any dask worker).
+
+    Under :data:`ANALYSIS_THREADS` BLAS/OpenMP threads, held for every class at once (see
+    :func:`spray.analysis._common.limited_threads`): the summation order of every reduction, and so every
+    stored digit, is the same whichever classes run together, here or on a worker.
+    """
     outputs: dict[str, NodeOutput] = {**cached, "features": ({"features": features}, {})}
     computed: dict[str, NodeOutput] = {}
-    for name in stale:
-        inputs = {d: outputs[d] for d in deps[name]}
-        inputs["features"] = outputs["features"]
-        try:
-            computed[name] = outputs[name] = NODES[name].run(params[name], inputs)
-        except NodeFailure:
-            raise
-        except BadInputError as exc:  # the processor refused a parameter: analyze() names the file's line
-            raise NodeFailure(name, str(exc)) from None
+    with limited_threads(ANALYSIS_THREADS):
+        for name in stale:
+            inputs = {d: outputs[d] for d in deps[name]}
+            inputs["features"] = outputs["features"]
+            try:
+                computed[name] = outputs[name] = NODES[name].run(params[name], inputs)
+            except NodeFailure:
+                raise
+            except BadInputError as exc:  # the processor refused a parameter: analyze() names the file's line
+                raise NodeFailure(name, str(exc)) from None
     return computed
 
 
@@ -201,6 +212,7 @@ def analyze(
                 "skipped": {str(k): v for k, v in skipped.items()},
                 "zero_samples": [int(i) for i in dataset_index[stored.zero]],
                 "dropped_samples": [int(i) for i in dataset_index[stored.dropped]],
+                "threads": {"blas_openmp": ANALYSIS_THREADS, "numba": _numba_threads()},
             },
         )
     if stored.zero.any():
@@ -209,6 +221,13 @@ def analyze(
         spec.name, attribution, stored.computed, computed, skipped,
         [int(i) for i in dataset_index[stored.zero]], [int(i) for i in dataset_index[stored.dropped]],
     )
+
+
+def _numba_threads() -> int:
+    """numba's thread count (NN-descent's parallel search; its neighbours depend on it, docs/pipelines.md)."""
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
 
 
 def _choose_attribution(store: AuditStore, name: str | None) -> str:
@@ -353,6 +372,9 @@ def _run_tasks(
     # catch_warnings blocks (library chatter: sklearn, umap, numba) would restore each other's filters under a
     # running fit and let it through. One block here holds "ignore" for as long as tasks run; spray's own
     # messages go through logging, which it does not touch.
-    with warnings.catch_warnings():
+    # The thread count is held here, in the thread that runs the analysis, for as long as tasks run: the class
+    # threads then only join the hold (OpenBLAS does not reliably take a thread count raised back from a
+    # thread other than the one that lowered it), and a worker process holds its own in run_class.
+    with warnings.catch_warnings(), limited_threads(ANALYSIS_THREADS):
         warnings.simplefilter("ignore")
         yield from dask_map(run_class, tasks, arguments, scheduler=scheduler, progress=progress, desc="classes")

@@ -1,0 +1,85 @@
+"""Analysis results are bit-identical whatever threads the caller holds and whichever classes ran together
+(docs/pipelines.md): every node computes under one pinned BLAS/OpenMP thread count."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import h5py
+import numba
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from spray.analysis._common import held_threads, limited_threads
+from spray.pipeline import analyze, pipeline_from_text
+from spray.pipeline.executor import ANALYSIS_THREADS
+from spray.store import AuditStore
+from spray.testing import make_heatmaps, pipeline_text, write_store
+
+
+def _contents(path) -> dict[str, bytes]:
+    """Every dataset's bytes and every attribute under /analyses except the node's write time."""
+    out: dict[str, bytes] = {}
+    with h5py.File(path, "r") as f:
+        def visit(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()].tobytes()
+            out.update({f"{name}@{k}": str(v).encode() for k, v in obj.attrs.items() if k != "spray_node"})
+        f["analyses"].visititems(visit)
+    return out
+
+
+def _blas_threads() -> set[int]:
+    return {lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+
+@pytest.mark.slow
+def test_nodes_are_bit_identical_whatever_threads_the_caller_holds_and_whichever_classes_ran_together(tmp_path):
+    # 1000 samples a class: large enough that t-SNE's PCA start and UMAP's spectral start differ in their
+    # last digits between one and two BLAS threads when nothing pins the count (measured).
+    write_store(tmp_path / "base.h5", make_heatmaps(n_per_class=1000, n_classes=2, size=16, seed=3))
+    spec = pipeline_from_text(pipeline_text("synthetic", tsne={}, umap={}))
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    shutil.copy(tmp_path / "base.h5", one)
+    shutil.copy(tmp_path / "base.h5", two)
+    with threadpool_limits(limits=1):
+        analyze(str(one), spec, progress=False)
+    with threadpool_limits(limits=2):
+        analyze(str(two), spec, classes=[1], progress=False)
+        assert list(analyze(str(two), spec, progress=False).computed) == [0]
+    a, b = _contents(one), _contents(two)
+    assert sorted(a) == sorted(b)
+    assert [name for name in a if a[name] != b[name]] == []
+    with AuditStore(one) as store:
+        threads = store.read_node("analyses/spray/summary")[1]["threads"]
+    assert threads == {"blas_openmp": ANALYSIS_THREADS, "numba": numba.config.NUMBA_NUM_THREADS}
+
+
+def test_a_held_thread_count_outlives_the_holder_that_set_it():
+    before = _blas_threads()
+    joined, left, seen = threading.Event(), threading.Event(), []
+
+    def second() -> None:  # a class thread still computing when the first holder leaves
+        with limited_threads(1):
+            joined.set()
+            left.wait()
+            seen.append((held_threads(), _blas_threads()))
+
+    worker = threading.Thread(target=second)
+    try:
+        with limited_threads(1):
+            worker.start()
+            assert joined.wait(timeout=30)
+        left.set()
+        worker.join(timeout=30)
+        assert seen == [(1, {1})]  # not the default the first holder found
+        assert held_threads() is None
+    finally:
+        threadpool_limits(limits=max(before))  # the last holder was not this thread: set the default back
+
+
+def test_a_holder_asking_another_count_gets_the_held_one():
+    with limited_threads(1), limited_threads(2):
+        assert (held_threads(), _blas_threads()) == (1, {1})
+    assert held_threads() is None

@@ -151,10 +151,12 @@ def _relative_source(source: str, base: Path) -> str:
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> (ClArC -> evaluate) -> report."""
     from spray.attribution import WorkerRecipe
+    from spray.attribution.methods import get_method
     from spray.data import load_model, open_source
     from spray.pipeline.graph import hash_json
     from spray.seeding import seeded
-    from spray.workflow import audit, correct, train_once
+    from spray.training import TrainingConfig
+    from spray.workflow import audit, train_once
 
     tables, spec = read_run(path)
     out: Path = tables["audit"]["out"]
@@ -162,11 +164,12 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     model_spec = tables["model"]["factory"]
     if "train" in tables:
         train = tables["train"]
+        config = TrainingConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+                                seed=train["seed"])
         with seeded(train["seed"]):  # initial weights from the train seed, global state kept
             model = load_model(model_spec)
         weights = out / f"model-{hash_json({'factory': model_spec, **train})[:12]}.pt"  # cached by the table
-        train_once(model, lambda: open_source(train["data"]), weights, epochs=train["epochs"],
-                   batch_size=train["batch_size"], lr=train["lr"], seed=train["seed"], progress=progress)
+        train_once(model, lambda: open_source(train["data"]), weights, config, progress=progress)
     else:
         model = load_model(model_spec, tables["model"]["weights"] or None)
         weights = tables["model"]["weights"] or None
@@ -174,8 +177,8 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     attribution = tables["attribution"]
     store = out / "audit.h5"
     ranking = audit(
-        store, model, dataset, spec, model_name=model_spec, dataset_name=tables["data"]["source"],
-        method=attribution["method"], params=attribution["params"], target=attribution["target"],
+        store, model, dataset, get_method(attribution["method"], **attribution["params"]), spec,
+        model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
         batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
         scheduler=tables["audit"]["scheduler"] or None,
         recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,

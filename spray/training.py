@@ -1,9 +1,10 @@
 """Training and prediction for any classifier: a seeded training loop, one predict, one accuracy.
 
 :func:`train_model` trains with Adam and cross-entropy under a :class:`TrainingConfig` (the demo's model and
-``spray run``'s ``[train]`` table both go through it); :func:`predict` and :func:`accuracy` are what every
-part of spray that asks a model for its classes uses (the demo, ClArC's evaluation), inside
-:func:`eval_mode`, which also serves every other forward pass that must not train (activations, RR-ClArC).
+``spray run``'s ``[train]`` table both go through it); :func:`predict` and :func:`accuracy` measure a
+model's decisions wherever spray does (ClArC's evaluation, the demo's checks), inside :func:`eval_mode`,
+which also serves every other forward pass that must not train (activations, RR-ClArC).
+:func:`as_tensors` and :func:`stack_samples` hold a dataset, or some of its samples, as tensors.
 """
 
 from __future__ import annotations

@@ -32,9 +32,9 @@ def cli() -> None:
               default="rrclarc", show_default=True, help="The correction applied to the flagged cluster.")
 def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
     """The embedded default audit: poisoned digits -> train -> attribute -> SpRAy -> rank -> ClArC -> report."""
+    from spray.demo.audit import QUICK_PIPELINE, correct_demo, planted_recovery, prepare_demo
     from spray.pipeline import pipeline_from_text
     from spray.report import build_report
-    from spray.workflow import QUICK_PIPELINE, correct_demo, planted_recovery, prepare_demo
 
     audit = prepare_demo(out, seed=seed, pipeline=pipeline_from_text(QUICK_PIPELINE) if quick else None)
     recovery = planted_recovery(audit)
@@ -45,13 +45,7 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
     if corrected:
         click.echo(f"{clarc_method} on the flagged cluster {corrected.cluster}, before and after "
                    f"(everywhere: the planted stamp in every test image):\n{corrected.table()}")
-    verdict = "FOUND" if recovery["found"] else "NOT FOUND"
-    click.echo(
-        f"planted artifact {verdict}: class {recovery['poisoned_class']} was poisoned, class "
-        f"{recovery['top_class']} ranks first; its flagged cluster holds {recovery['flagged']} samples, "
-        f"{recovery['hit']} of the {recovery['planted']} planted (precision {recovery['precision']:.2f}, "
-        f"recall {recovery['recall']:.2f}, F1 {recovery['f1']:.2f})"
-    )
+    click.echo(recovery.verdict())
 
 
 @cli.command()

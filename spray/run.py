@@ -28,6 +28,7 @@ from spray.errors import BadInputError, PipelineError
 if TYPE_CHECKING:
     from spray.clarc import ClarcResult
     from spray.pipeline import PipelineSpec
+    from spray.training import TrainingConfig
 
 # Defaults per table; a type instead of a value is a parameter of that type without a default (required
 # where REQUIRED says so, else "not given": e.g. the ClArC method's own number of epochs).
@@ -111,8 +112,13 @@ def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
     """What the types alone do not say: combinations, choices and ranges."""
     from spray.clarc import METHODS, ClusterSpec
 
-    if "train" in tables and tables["model"]["weights"]:
-        raise fail("train", None, "give either [train] or model.weights, not both")
+    if "train" in tables:
+        if tables["model"]["weights"]:
+            raise fail("train", None, "give either [train] or model.weights, not both")
+        try:
+            _training_config(tables["train"])
+        except BadInputError as exc:  # TrainingConfig's check, placed at the table
+            raise fail("train", None, f"[train] {exc}") from None
     if tables["attribution"]["target"] not in TARGETS:
         raise fail("attribution", "target", f"attribution.target must be one of {', '.join(TARGETS)}")
     if "evaluate" in tables and "clarc" not in tables:
@@ -140,6 +146,13 @@ def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
             raise fail("clarc", key, f"clarc.{key} must be positive, got {clarc[key]}")
 
 
+def _training_config(train: dict[str, Any]) -> TrainingConfig:
+    """The ``[train]`` table's recipe (checked: a bad value is a BadInputError naming the parameter)."""
+    from spray.training import TrainingConfig
+
+    return TrainingConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"], seed=train["seed"])
+
+
 def _relative_source(source: str, base: Path) -> str:
     """A file source (npz:, hdf5:, folder:) with a relative path, made relative to the run file's folder."""
     scheme, sep, rest = source.partition(":")
@@ -151,10 +164,11 @@ def _relative_source(source: str, base: Path) -> str:
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> (ClArC -> evaluate) -> report."""
     from spray.attribution import WorkerRecipe
+    from spray.attribution.methods import get_method
     from spray.data import load_model, open_source
     from spray.pipeline.graph import hash_json
     from spray.seeding import seeded
-    from spray.workflow import audit, correct, train_once
+    from spray.workflow import audit, train_once
 
     tables, spec = read_run(path)
     out: Path = tables["audit"]["out"]
@@ -162,11 +176,11 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     model_spec = tables["model"]["factory"]
     if "train" in tables:
         train = tables["train"]
+        config = _training_config(train)
         with seeded(train["seed"]):  # initial weights from the train seed, global state kept
             model = load_model(model_spec)
         weights = out / f"model-{hash_json({'factory': model_spec, **train})[:12]}.pt"  # cached by the table
-        train_once(model, lambda: open_source(train["data"]), weights, epochs=train["epochs"],
-                   batch_size=train["batch_size"], lr=train["lr"], seed=train["seed"], progress=progress)
+        train_once(model, lambda: open_source(train["data"]), weights, config, progress=progress)
     else:
         model = load_model(model_spec, tables["model"]["weights"] or None)
         weights = tables["model"]["weights"] or None
@@ -174,8 +188,8 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     attribution = tables["attribution"]
     store = out / "audit.h5"
     ranking = audit(
-        store, model, dataset, spec, model_name=model_spec, dataset_name=tables["data"]["source"],
-        method=attribution["method"], params=attribution["params"], target=attribution["target"],
+        store, model, dataset, get_method(attribution["method"], **attribution["params"]), spec,
+        model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
         batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
         scheduler=tables["audit"]["scheduler"] or None,
         recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,

@@ -1,7 +1,7 @@
 """Seeded, deterministic torch blocks that leave the caller's random state and settings as they found them.
 
-The demo's training loop, ClArC's fine-tuning and seeded model construction all run inside :func:`seeded`,
-so the same seed gives the same weights and nothing leaks into the caller's global state.
+The training loop (spray.training), ClArC's fine-tuning and seeded model construction all run inside
+:func:`seeded`, so the same seed gives the same weights and nothing leaks into the caller's global state.
 """
 
 from __future__ import annotations

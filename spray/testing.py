@@ -180,7 +180,9 @@ def build_audit_store(path: str | Path, *, with_clarc: bool = True) -> Path:
 
 
 def write_clarc_result(path: str | Path, examples: np.ndarray, run: str = "pclarc-1") -> None:
-    """A synthetic ClArC result in the documented layout (clarc/<run>/result)."""
+    """A synthetic ClArC result in the documented layout (clarc/<run>/result), written as ClArC writes one."""
+    from spray.clarc.run import write_result
+
     mask = np.zeros((AUDIT_SIZE, AUDIT_SIZE), np.float32)
     mask[0:3, 0:3] = 1.0
     patch = np.zeros((1, AUDIT_SIZE, AUDIT_SIZE), np.float32)
@@ -194,14 +196,12 @@ def write_clarc_result(path: str | Path, examples: np.ndarray, run: str = "pclar
         {"model": "corrected", "clean_accuracy": 0.92, "poisoned_accuracy": 0.88, "everywhere_accuracy": None,
          "artifact_relevance": 0.07, "fda_rank": 3},
     ]
-    with AuditStore(path, mode="a") as store:
-        store.write_node(
-            f"clarc/{run}/result",
-            {"patch": patch, "mask": mask, "example_inputs": inputs,
-             "example_masks": np.repeat(mask[None], k, axis=0), "example_index": examples.astype(np.int64)},
-            {"method": "pclarc", "cluster": "1:hdbscan:1", "layer": "features.3", "cav_auc": 0.97,
-             "metrics": metrics},
-        )
+    write_result(
+        path, run,
+        {"patch": patch, "mask": mask, "example_inputs": inputs,
+         "example_masks": np.repeat(mask[None], k, axis=0), "example_index": examples.astype(np.int64)},
+        {"method": "pclarc", "cluster": "1:hdbscan:1", "layer": "features.3", "cav_auc": 0.97, "metrics": metrics},
+    )
 
 
 def rewrite_text_variable_length(path: str | Path) -> None:

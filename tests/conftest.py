@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_audit(tmp_path_factory):
     """The embedded demo audit (poisoned digits, trained CNN, EpsilonPlusFlat, default SpRAy), built once."""
-    from spray.workflow import prepare_demo
+    from spray.demo.audit import prepare_demo
 
     return prepare_demo(tmp_path_factory.mktemp("demo"), progress=False)
 

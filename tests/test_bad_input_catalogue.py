@@ -381,6 +381,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
                                            f'[data]\nsource = "{DATA}"\n'),
     "run_train_and_weights": lambda i: _pipeline(i, "run3.toml", f'[model]\nfactory = "{MODEL}"\nweights = "w.pt"\n'
                                                  f'[data]\nsource = "{DATA}"\n[train]\ndata = "{DATA}"\n'),
+    "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
+                                            f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
 }
 
 

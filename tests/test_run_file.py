@@ -211,7 +211,7 @@ def test_quick_demo_pipeline_is_the_default_without_umap():
     """`spray demo --quick` saves UMAP's numba compilation only: its clusterings, hence the ranking, are the
     default pipeline's."""
     from spray.pipeline import pipeline_from_text, read_pipeline
-    from spray.workflow import QUICK_PIPELINE
+    from spray.demo.audit import QUICK_PIPELINE
 
     quick, default = pipeline_from_text(QUICK_PIPELINE).nodes, read_pipeline(None).nodes
     assert quick == {name: params for name, params in default.items() if name != "umap"}

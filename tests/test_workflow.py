@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from spray.demo import evaluate_accuracy, poisoned_digits, predict
-from spray.workflow import planted_recovery, trained_demo_model
+from spray.demo import poisoned_digits
+from spray.demo.audit import planted_recovery, trained_demo_model
+from spray.training import accuracy, as_tensors, predict
 
 pytestmark = pytest.mark.slow
 
@@ -14,9 +15,10 @@ pytestmark = pytest.mark.slow
 def _stamp_effect(model, data) -> dict[str, float]:
     """Clean accuracy, accuracy with the stamp in every test image, and the share of stamped images of
     other classes that the model calls the poisoned class."""
-    predicted, labels = predict(model, data.as_dataset("everywhere_test"))
+    x, labels = as_tensors(data.as_dataset("everywhere_test"))
+    predicted = predict(model, x)
     others = labels != data.poisoned_class
-    return {"clean": evaluate_accuracy(model, data.as_dataset("clean_test")),
+    return {"clean": accuracy(model, data.as_dataset("clean_test")),
             "everywhere": float((predicted == labels).float().mean()),
             "called_poisoned": float((predicted[others] == data.poisoned_class).float().mean())}
 
@@ -48,11 +50,11 @@ def test_spray_ranks_the_poisoned_class_first_and_recovers_the_planted_samples(d
     recovery = planted_recovery(demo_audit)
     top = demo_audit.ranking[0]
     print(f"top class {top['class']} (z {top['score']:.1f}, {top['clustering']} cluster {top['cluster']}), "
-          f"second z {demo_audit.ranking[1]['score']:.1f}; planted {recovery['planted']}, flagged "
-          f"{recovery['flagged']}, precision {recovery['precision']:.3f}, recall {recovery['recall']:.3f}, "
-          f"F1 {recovery['f1']:.3f}")
+          f"second z {demo_audit.ranking[1]['score']:.1f}; planted {recovery.planted}, flagged "
+          f"{recovery.flagged}, precision {recovery.precision:.3f}, recall {recovery.recall:.3f}, "
+          f"F1 {recovery.f1:.3f}")
     assert top["class"] == demo_audit.data.poisoned_class
-    assert recovery["f1"] >= 0.9 and recovery["found"]
+    assert recovery.f1 >= 0.9 and recovery.found
 
 
 def test_spray_demo_prints_where_the_report_is_the_correction_and_the_verdict(demo_audit, capsys):

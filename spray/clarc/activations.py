@@ -7,16 +7,15 @@ modified for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from spray.errors import BadInputError
 from spray.lrp.layers import BATCHNORM_LAYERS, PASS_LAYERS
+from spray.training import eval_mode
 
 #: Modules that may sit between a convolution and "its" activation (the default layer skips them).
 _BETWEEN = (*BATCHNORM_LAYERS, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -107,18 +106,6 @@ def layer_output(model: nn.Module, layer: str, x: Tensor, *,
     return outputs[0], logits
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module in eval mode for the block; each module's own mode restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 @torch.no_grad()
 def activations(model: nn.Module, layer: str, x: Tensor, batch_size: int = 256) -> Tensor:
     """Activations of ``layer`` for inputs ``x`` (n, ...), in eval mode: (n, ...)."""
@@ -135,24 +122,6 @@ def pool(a: Tensor) -> Tensor:
 def along_channels(v: Tensor, like: Tensor) -> Tensor:
     """``v`` (C,) shaped to broadcast over ``like`` (n, C, *spatial): (1, C, 1, ...)."""
     return v.to(like.dtype).reshape(1, -1, *[1] * (like.dim() - 2))
-
-
-def stack_samples(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> tuple[Tensor, Tensor]:
-    """Samples ``dataset[i]`` for ``i`` in ``indices`` as (x (k, ...) float32, y (k,) int64)."""
-    xs, ys = [], []
-    n = len(dataset)  # type: ignore[arg-type]
-    for i in np.asarray(indices, dtype=np.int64).tolist():
-        if not 0 <= i < n:
-            raise BadInputError(
-                f"sample index {i} is outside the dataset of {n} samples; is this the dataset the audit "
-                "store was made from?"
-            )
-        x, y = dataset[i][:2]
-        xs.append(torch.as_tensor(x, dtype=torch.float32))
-        ys.append(int(y))
-    if not xs:
-        return torch.empty(0), torch.empty(0, dtype=torch.int64)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
 
 
 @torch.no_grad()

@@ -16,11 +16,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from spray.clarc.activations import activations, default_layer, pool, resolve_layer, stack_samples
+from spray.clarc.activations import activations, default_layer, pool, resolve_layer
 from spray.clarc.cav import MIN_SAMPLES, CAV
 from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
 from spray.errors import BadInputError
 from spray.lrp import Composite, EpsilonPlusFlat
+from spray.training import stack_samples
 
 #: How many artifact samples (inputs and masks) are kept as examples for reports.
 N_EXAMPLES = 8

@@ -30,12 +30,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from spray.clarc.activations import eval_mode, stack_samples
+from spray.attribution.methods import get_method
+from spray.audit import audit
 from spray.clarc.localize import paste
 from spray.clarc.projective import projected_layers, with_projection_rule
 from spray.errors import BadInputError
 from spray.lrp import LRP, Composite, EpsilonPlusFlat
+from spray.pipeline import PipelineSpec
 from spray.store import AuditStore
+from spray.training import accuracy, as_tensors, predict
 
 METRICS = ("clean_accuracy", "poisoned_accuracy", "everywhere_accuracy", "artifact_relevance", "fda_rank")
 _TARGETS = ("label", "prediction")
@@ -44,13 +47,6 @@ _TARGETS = ("label", "prediction")
 def empty_row(model: str) -> dict[str, Any]:
     """A metrics row with every value None (not measured)."""
     return {"model": model, **dict.fromkeys(METRICS)}
-
-
-def as_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
-    """All samples of ``dataset`` as (x, y) tensors (test sets are small enough to hold)."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        return dataset.tensors[0].float(), dataset.tensors[1].long()
-    return stack_samples(dataset, np.arange(len(dataset)))  # type: ignore[arg-type]
 
 
 def everywhere(dataset: Dataset, patch: Tensor, mask: Tensor) -> TensorDataset:
@@ -62,19 +58,6 @@ def everywhere(dataset: Dataset, patch: Tensor, mask: Tensor) -> TensorDataset:
             f"{tuple(patch.shape)} with a {tuple(mask.shape)} mask; use test data like the training data"
         )
     return TensorDataset(paste(x, patch, mask), y)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
-    """Predicted classes (n,) of ``model`` run in eval mode (module modes restored)."""
-    with eval_mode(model):
-        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def accuracy(model: nn.Module, dataset: Dataset) -> float:
-    """Fraction of ``dataset`` that ``model`` classifies correctly."""
-    x, y = as_tensors(dataset)
-    return float((predict(model, x) == y).float().mean()) if len(y) else math.nan
 
 
 def artifact_relevance(model: nn.Module, dataset: Dataset, mask: Tensor, *, composite: Composite | None = None,
@@ -155,12 +138,7 @@ def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corr
              progress: bool = False) -> int | None:
     """Attribute ``setup.dataset`` with ``model`` as the original audit did, analyse it with the original
     pipeline, and return ``label``'s rank (None if the class was skipped). Resumable like any audit."""
-    from spray.attribution.methods import get_method
-    from spray.attribution.runner import attribute_dataset
     from spray.clarc.cluster import choose_analysis
-    from spray.data import model_hash
-    from spray.pipeline import PipelineSpec, analyze
-    from spray.ranking import rank_classes
 
     with AuditStore(setup.store) as store:
         analysis = choose_analysis(store, setup.analysis)
@@ -172,17 +150,14 @@ def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corr
     attributor = get_method(info["method"], **info["params"])
     if projected_layers(model) and hasattr(attributor, "composite"):
         attributor.composite = with_projection_rule(attributor.composite)
-    path = Path(setup.out_dir) / f"{name}.h5"
-    attribute_dataset(
-        path, model, setup.dataset, attributor, model_hash=model_hash(model),
-        model_name=f"{info.get('model_name', 'model')} ({name})", dataset_name=f"{name} re-audit",
-        name=attribution, target=info["target"], batch_size=int(info["batch_size"]),
-        label_names=label_names, progress=progress, thumbnail_size=None,
-    )
     spec = PipelineSpec(name=pipeline["name"], attribution=attribution, nodes=pipeline["nodes"])
-    analyze(str(path), spec, progress=progress)
-    with AuditStore(path) as store:
-        return _rank_of(rank_classes(store, spec.name), label)
+    ranking = audit(
+        Path(setup.out_dir) / f"{name}.h5", model, setup.dataset, attributor, spec,
+        model_name=f"{info.get('model_name', 'model')} ({name})", dataset_name=f"{name} re-audit",
+        target=info["target"], batch_size=int(info["batch_size"]), label_names=label_names,
+        thumbnail_size=None, progress=progress,
+    )
+    return _rank_of(ranking, label)
 
 
 def _rank_of(ranking: list[dict[str, Any]], label: int) -> int | None:

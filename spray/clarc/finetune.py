@@ -29,10 +29,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from spray.clarc.activations import modules_after, stack_samples
+from spray.clarc.activations import modules_after
 from spray.data import model_hash
 from spray.errors import BadInputError
 from spray.seeding import seeded
+from spray.training import stack_samples
 
 #: ``objective(model, x, y, generator) -> scalar loss`` for one batch; ``generator`` is the epoch's
 #: seeded source for any random choice the objective makes.

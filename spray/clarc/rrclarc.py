@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spray.clarc.activations import along_channels, eval_mode, layer_output
+from spray.clarc.activations import along_channels, layer_output
 from spray.clarc.artifact import ArtifactModel
 from spray.clarc.finetune import FinetuningCorrector, Objective
 from spray.errors import BadInputError
+from spray.training import eval_mode
 
 LAMBDA = 10.0
 EPOCHS = 10

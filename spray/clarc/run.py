@@ -202,7 +202,7 @@ def evaluate_from_store(
     mask. ``everywhere_test`` as for :func:`clarc_from_store`; ``dataset`` (the audited data) is needed for
     ``fda_rank``."""
     with AuditStore(store_path) as store:
-        path = f"clarc/{run}/result"
+        path = result_node(run)
         if not store.has_node(path):
             runs = sorted(p.split("/")[1] for p in store.list_nodes("clarc") if p.endswith("/result"))
             raise BadInputError(
@@ -229,9 +229,20 @@ def evaluate_from_store(
         progress=progress,
     )
     everywhere = "isolated" if everywhere_test is None else "given"
-    with AuditStore(store_path, mode="a") as store:
-        store.write_node(path, arrays, {**attrs, "metrics": metrics, "everywhere": everywhere})
+    write_result(store_path, run, arrays, {**attrs, "metrics": metrics, "everywhere": everywhere})
     return metrics
+
+
+def result_node(run: str) -> str:
+    """The store node that records ClArC run ``run``."""
+    return f"clarc/{run}/result"
+
+
+def write_result(store_path: str | Path, run: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+    """Write (or replace) node ``clarc/<run>/result``: the one writer of ClArC results; docs/clarc.md lists
+    the arrays and attrs that readers (report, ``spray export tables``, ``spray evaluate``) expect."""
+    with AuditStore(store_path, mode="a") as store:
+        store.write_node(result_node(run), arrays, attrs)
 
 
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -269,7 +280,6 @@ def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset) -> No
         "n_rest": int(len(artifact.rest_index)),
         "history": result.history,
     }
-    with AuditStore(store_path, mode="a") as store:
-        store.write_node(f"clarc/{result.run}/result", arrays, attrs)
+    write_result(store_path, result.run, arrays, attrs)
     text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
     _write_atomically(result.run_dir / "result.json", lambda tmp: tmp.write_text(text))

@@ -1,4 +1,6 @@
-"""The embedded demo: poisoned digits, a small CNN, its training — and factories for the CLI.
+"""The embedded demo: poisoned digits, a small CNN, its training recipe — and factories for the CLI.
+
+``spray demo`` runs spray/demo/audit.py (train, audit, recovery of the planted samples, ClArC).
 
 ``MOD:FACTORY`` specs for ``spray attribute`` / ``spray run`` (all seeded with the default seed):
 ``spray.demo:build_model``, ``spray.demo:train_dataset``, ``spray.demo:clean_test_dataset``,
@@ -19,7 +21,7 @@ from spray.demo.digits import (
     poisoned_digits,
 )
 from spray.demo.model import FEATURE_LAYER, LAST_CONV, build_model
-from spray.demo.train import BATCH_SIZE, EPOCHS, LR, evaluate_accuracy, predict, train_model
+from spray.demo.train import BATCH_SIZE, EPOCHS, LR
 
 
 def train_dataset() -> TensorDataset:
@@ -56,11 +58,8 @@ __all__ = [
     "clean_test_dataset",
     "default_poisoned_digits",
     "everywhere_test_dataset",
-    "evaluate_accuracy",
     "paste_artifact",
     "poisoned_digits",
     "poisoned_test_dataset",
-    "predict",
     "train_dataset",
-    "train_model",
 ]

@@ -47,24 +47,20 @@ def tiny_dataset() -> TensorDataset:
 def tiny_audit(tmp_path_factory):
     """The tiny model trained briefly, attributed (EpsilonPlusFlat) and analysed with a tiny pipeline."""
     from spray.attribution.methods import get_method
-    from spray.attribution.runner import attribute_dataset
-    from spray.data import model_hash
-    from spray.demo.train import train_model
-    from spray.pipeline import analyze, pipeline_from_text
-    from spray.ranking import rank_classes
+    from spray.audit import audit
+    from spray.pipeline import pipeline_from_text
     from spray.store import AuditStore
     from spray.testing import pipeline_text
+    from spray.training import TrainingConfig, train_model
 
     dataset, stamped = tiny_data()
     model = tiny_model()
-    train_model(model, dataset, epochs=3, batch_size=16, lr=1e-2, seed=0, progress=False)
+    train_model(model, dataset, TrainingConfig(epochs=3, batch_size=16, lr=1e-2, seed=0), progress=False)
     store = tmp_path_factory.mktemp("tiny") / "tiny.h5"
-    attribute_dataset(store, model, dataset, get_method("epsilon_plus_flat"), model_hash=model_hash(model),
-                      model_name="tiny", dataset_name="tiny", batch_size=16, progress=False)
     spec = pipeline_from_text(pipeline_text("tiny", analysis={"name": "tiny"}))
-    analyze(str(store), spec, progress=False)
-    with AuditStore(store) as audit:
-        ranking = rank_classes(audit, spec.name)
-        kmeans = audit.read_node("analyses/tiny/1/kmeans")[0]
+    ranking = audit(store, model, dataset, get_method("epsilon_plus_flat"), spec, model_name="tiny",
+                    dataset_name="tiny", batch_size=16, progress=False)
+    with AuditStore(store) as opened:
+        kmeans = opened.read_node("analyses/tiny/1/kmeans")[0]
     return SimpleNamespace(model=model, dataset=dataset, stamped=stamped, store=store, ranking=ranking,
                            kmeans=kmeans)

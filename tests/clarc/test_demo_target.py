@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from spray.clarc import clarc_from_store, format_metrics
-from spray.clarc.evaluate import accuracy, artifact_relevance
+from spray.clarc.evaluate import artifact_relevance
+from spray.training import accuracy
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,10 @@ from spray.clarc import (
     read_cluster,
 )
 from spray.clarc.cav import MIN_SAMPLES
-from spray.clarc.evaluate import accuracy, artifact_relevance, everywhere
+from spray.clarc.evaluate import artifact_relevance, everywhere
 from spray.errors import BadInputError
 from spray.store import AuditStore
+from spray.training import accuracy
 
 
 def a_cluster(tiny_audit, clustering="kmeans_2"):

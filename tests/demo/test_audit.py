@@ -1,0 +1,78 @@
+"""The demo's audit around the generic chain: the planted-sample recovery, and that only the demo (and the
+command that runs it) depends on the demo.
+
+The demo audit end to end is tests/test_workflow.py."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import spray
+from spray.demo import default_poisoned_digits
+from spray.demo.audit import DemoAudit, PlantedRecovery, planted_recovery
+
+PACKAGE = Path(spray.__file__).parent
+DEMO = PACKAGE / "demo"
+# `spray demo` is the one place outside the demo that runs it: the CLI wires every command.
+MAY_IMPORT_THE_DEMO = {PACKAGE / "cli.py"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def test_nothing_outside_spray_demo_imports_it_but_the_command_that_runs_it():
+    importers = {
+        path for path in PACKAGE.rglob("*.py")
+        if DEMO not in path.parents
+        and any(m == "spray.demo" or m.startswith("spray.demo.") for m in _imported_modules(path))
+    }
+    assert importers == MAY_IMPORT_THE_DEMO, sorted(str(p.relative_to(PACKAGE)) for p in importers)
+
+
+def test_the_import_scan_sees_imports_in_every_form(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import spray.demo.digits\nfrom spray import demo\n"
+                      "def f():\n    from spray.demo.audit import x\n")
+    assert {"spray.demo.digits", "spray.demo", "spray.demo.audit"} <= _imported_modules(source)
+
+
+def _audit_with_top_cluster(members: list[int], top_class: int = 8) -> DemoAudit:
+    data = default_poisoned_digits(0)
+    ranking = [{"class": 3, "skipped": "too few samples", "members": []},
+               {"class": top_class, "skipped": None, "members": members}]
+    return DemoAudit(data, model=None, weights=Path("w.pt"), store=Path("s.h5"), ranking=ranking)
+
+
+def test_recovery_counts_the_planted_samples_in_the_top_cluster():
+    planted = sorted(int(i) for i in default_poisoned_digits(0).planted)
+    members = planted[:30] + [i for i in range(1000) if i not in planted][:10]  # 30 hits, 10 false alarms
+    recovery = planted_recovery(_audit_with_top_cluster(members))
+    assert recovery == PlantedRecovery(poisoned_class=8, top_class=8, planted=len(planted), flagged=40, hit=30)
+    assert recovery.precision == 0.75 and recovery.recall == 30 / len(planted)
+    assert recovery.f1 == pytest.approx(2 * 0.75 * recovery.recall / (0.75 + recovery.recall))
+    assert not recovery.found  # F1 below 0.9
+    assert recovery.verdict() == (
+        f"planted artifact NOT FOUND: class 8 was poisoned, class 8 ranks first; its flagged cluster holds 40 "
+        f"samples, 30 of the {len(planted)} planted (precision 0.75, recall {recovery.recall:.2f}, "
+        f"F1 {recovery.f1:.2f})"
+    )
+
+
+def test_recovery_is_found_only_for_the_poisoned_class_with_f1_of_at_least_0_9():
+    planted = sorted(int(i) for i in default_poisoned_digits(0).planted)
+    assert planted_recovery(_audit_with_top_cluster(planted)).found
+    wrong_class = planted_recovery(_audit_with_top_cluster(planted, top_class=1))
+    assert wrong_class.f1 == 1.0 and not wrong_class.found
+    nothing = PlantedRecovery(poisoned_class=8, top_class=None, planted=len(planted), flagged=0, hit=0)
+    assert (nothing.precision, nothing.recall, nothing.f1, nothing.found) == (0.0, 0.0, 0.0, False)

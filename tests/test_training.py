@@ -1,0 +1,91 @@
+"""The training loop and the prediction helpers: reproducible, side-effect free, modes restored.
+
+Whether the demo's recipe makes a Clever Hans (and a control model does not) is tests/test_workflow.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from spray.demo import build_model, clean_test_dataset, default_poisoned_digits
+from spray.errors import BadInputError
+from spray.training import TrainingConfig, accuracy, as_tensors, eval_mode, predict, train_model
+
+
+def _small_train_set():
+    return Subset(default_poisoned_digits().as_dataset("train"), range(128))
+
+
+def _train(seed: int) -> dict[str, torch.Tensor]:
+    model = build_model(seed=0)
+    train_model(model, _small_train_set(), TrainingConfig(epochs=1, batch_size=32, lr=1e-3, seed=seed),
+                progress=False)
+    return model.state_dict()
+
+
+def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not():
+    a, b, c = _train(0), _train(0), _train(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_leaves_global_random_state_and_determinism_flag_as_found():
+    state, deterministic = torch.get_rng_state(), torch.are_deterministic_algorithms_enabled()
+    _train(0)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+
+def test_train_model_reports_one_history_entry_per_epoch_and_returns_eval_mode():
+    model = build_model(seed=0)
+    result = train_model(model, _small_train_set(), TrainingConfig(epochs=2, batch_size=64, lr=1e-3),
+                         progress=False)
+    assert result.model is model and not model.training
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert all(h["loss"] > 0 and 0 <= h["accuracy"] <= 1 for h in result.history)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"epochs": 0}, "epochs must be >= 1, got 0"),
+    ({"epochs": 2.5}, "epochs must be an integer, got 2.5"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"lr": 0.0}, "lr must be > 0.0, got 0.0"),
+    ({"lr": float("nan")}, "lr must be a finite number, got nan"),
+    ({"seed": True}, "seed must be an integer, got True"),
+])
+def test_a_bad_training_config_is_refused_naming_the_parameter(params, message):
+    with pytest.raises(BadInputError, match=f"^{message}$"):
+        TrainingConfig(**({"epochs": 1, "batch_size": 32, "lr": 1e-3} | params))
+
+
+def test_eval_mode_restores_each_modules_own_mode():
+    model = build_model(seed=0).train()
+    model.classifier.eval()  # a mixed model: eval_mode must not flatten it to one mode afterwards
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert model.training and model.features.training and not model.classifier[2].training
+
+
+def test_predict_batches_give_the_argmax_of_the_model_in_eval_mode():
+    model = build_model(seed=0).train()
+    x, y = as_tensors(Subset(clean_test_dataset(), range(40)))
+    assert x.shape == (40, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    predicted = predict(model, x, batch_size=16)
+    assert model.training  # restored
+    with torch.no_grad():
+        expected = model.eval()(x).argmax(1)
+    torch.testing.assert_close(predicted, expected, rtol=0, atol=0)
+
+
+def test_accuracy_is_the_share_predicted_right_and_nan_when_empty():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(2))  # predicts the larger of the two inputs
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert accuracy(model, TensorDataset(x, torch.tensor([0, 1, 1, 1]))) == 0.75
+    assert math.isnan(accuracy(model, TensorDataset(x[:0], torch.tensor([], dtype=torch.int64))))

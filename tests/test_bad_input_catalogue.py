@@ -9,6 +9,7 @@ builder no row uses, fails the suite, so the document and the inputs cannot drif
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import shlex
@@ -174,6 +175,25 @@ def _locked(inputs: Inputs) -> Path:
     return path
 
 
+def _locked_through(inputs: Inputs, link: Callable[[Path, Path], None]) -> Path:
+    """Another name (``link(target, name)``) of a store whose writer lock is held."""
+    name = inputs.path("other-name.h5")
+    link(_locked(inputs), name)
+    return name
+
+
+def _fifo(inputs: Inputs, name: str) -> Path:
+    path = inputs.path(name)
+    os.mkfifo(path)
+    return path
+
+
+def _journal_fifo(inputs: Inputs) -> Path:
+    path = inputs.copy("synthetic", "journal.h5")
+    _fifo(inputs, "journal.h5.journal")
+    return path
+
+
 def _incomplete(inputs: Inputs) -> Path:
     """The tiny model's attribution (batch size 2) with its second batch not done."""
     path = inputs.path("incomplete.h5")
@@ -296,6 +316,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "out": lambda i: i.path("out"),
     "missing": lambda i: i.path("missing"),
     "dir": lambda i: i.tmp,
+    "fifo": lambda i: _fifo(i, "fifo"),
     "junk": lambda i: _written(i, "junk.bin", b"\x00\x01not a known format" * 8),
     "synthetic": lambda i: i.copy("synthetic", "synthetic.h5"),
     "audit": lambda i: i.copy("audit", "audit.h5"),
@@ -317,6 +338,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "folder_empty_class": lambda i: _folder(i, "empty_class", {"a": [(2, 2)], "b": []}),
     "folder_sizes": lambda i: _folder(i, "sizes", {"a": [(2, 2)], "b": [(3, 2)]}),
     "folder_broken_image": lambda i: _folder(i, "broken", {"a": [(2, 2)], "b": [(2, 2)]}, junk=True),
+    "folder_fifo_image": lambda i: (_folder(i, "fifo_image", {"a": [(2, 2)], "b": [(2, 2)]}),
+                                    _fifo(i, "fifo_image/b/1.png"))[0],
     "hdf5_foreign": _foreign,
     # weights
     "weights_pickle": lambda i: _written(i, "pickle.pt", pickle.dumps({"w": object()})),
@@ -329,6 +352,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     # stores
     "store_tiny": _tiny_store,
     "store_locked": _locked,
+    "store_locked_symlink": lambda i: _locked_through(i, lambda target, name: name.symlink_to(target)),
+    "store_locked_hardlink": lambda i: _locked_through(i, lambda target, name: os.link(target, name)),
+    "store_journal_fifo": _journal_fifo,
     "store_incomplete": _incomplete,
     "store_two_attributions": _two_attributions,
     "store_one_class": _one_class,

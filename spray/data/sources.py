@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from spray._checks import check_regular_file
 from spray.data._imports import call_factory
 from spray.errors import BadInputError
 
@@ -218,9 +219,11 @@ class FolderDataset(Dataset):
         for label, name in enumerate(classes):
             found = sorted(
                 p for p in (root / name).rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
+            for path in found:
+                check_regular_file(path, "an image")
             if not found:
                 raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             self.files += [(p, label) for p in found]
@@ -316,6 +319,8 @@ def open_source(spec: str) -> Dataset:
         path = Path(rest).expanduser()
         if not path.exists():
             raise BadInputError(f"data source {spec!r}: {path} does not exist")
+        if scheme != "folder":
+            check_regular_file(path, f"an {scheme} file")
         return {"npz": _npz, "hdf5": HDF5Dataset, "folder": FolderDataset}[scheme](path)
     known = "npz:PATH, hdf5:PATH, folder:PATH or MOD:FACTORY"
     if not sep:

@@ -335,6 +335,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "npz_unknown_label": lambda i: _npz(i, "label5.npz", x=X4, y=np.array([0, 1, 5, 0])),
     "npz_three_names": lambda i: _npz(i, "names.npz", x=X4, y=Y4, label_names=np.array(["a", "b", "c"])),
     "folder_without_classes": lambda i: (i.path("empty_folder").mkdir(), i.path("empty_folder"))[1],
+    "folder_one_class": lambda i: _folder(i, "one_class", {"a": [(2, 2), (2, 2)]}),
     "folder_empty_class": lambda i: _folder(i, "empty_class", {"a": [(2, 2)], "b": []}),
     "folder_sizes": lambda i: _folder(i, "sizes", {"a": [(2, 2)], "b": [(3, 2)]}),
     "folder_broken_image": lambda i: _folder(i, "broken", {"a": [(2, 2)], "b": [(2, 2)]}, junk=True),

@@ -146,7 +146,13 @@ def attribute_dataset(
     try:
         n_outputs = _probe(model, x0, dtype=dtype, device=device)
         if label_names is not None and len(label_names) != n_outputs:
-            raise BadInputError(f"{len(label_names)} label names given for a model with {n_outputs} outputs")
+            raise BadInputError(
+                f"{len(label_names)} label names given for a model with {n_outputs} outputs: spray needs one name "
+                "per model output, in output order (label i names output i). A folder: source names and "
+                "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output "
+                f"(a subset would be labelled wrongly); an npz or hdf5 file or a dataset factory must give all "
+                f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
+            )
         explain = BatchExplainer(input_shape, n_outputs, target, relevance_dtype, thumb_shape, thumbnail_range)
 
         with ExitStack() as stack:

@@ -284,6 +284,16 @@ def _folder(inputs: Inputs, name: str, sizes: dict[str, list[tuple[int, int]]], 
     return root
 
 
+def _truncated_image(inputs: Inputs) -> Path:
+    """A folder whose image b/1.png has a valid header but its pixel data cut short."""
+    root = _folder(inputs, "truncated_image", {"a": [(2, 2)], "b": [(2, 2)]})
+    image = root / "b" / "1.png"
+    Image.new("L", (2, 2)).save(image)
+    data = image.read_bytes()
+    image.write_bytes(data[: data.index(b"IDAT") + 6])  # the pixel data's first 2 bytes kept, the rest gone
+    return root
+
+
 def _torch_file(inputs: Inputs, name: str, obj: object) -> Path:
     path = inputs.path(name)
     torch.save(obj, path)
@@ -335,6 +345,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "npz_unknown_label": lambda i: _npz(i, "label5.npz", x=X4, y=np.array([0, 1, 5, 0])),
     "npz_three_names": lambda i: _npz(i, "names.npz", x=X4, y=Y4, label_names=np.array(["a", "b", "c"])),
     "folder_without_classes": lambda i: (i.path("empty_folder").mkdir(), i.path("empty_folder"))[1],
+    "folder_truncated_image": _truncated_image,
     "folder_one_class": lambda i: _folder(i, "one_class", {"a": [(2, 2), (2, 2)]}),
     "folder_empty_class": lambda i: _folder(i, "empty_class", {"a": [(2, 2)], "b": []}),
     "folder_sizes": lambda i: _folder(i, "sizes", {"a": [(2, 2)], "b": [(3, 2)]}),

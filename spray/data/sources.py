@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +210,7 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, root: Path) -> None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         if not root.is_dir():
             raise BadInputError(f"folder {root} is not a directory (expected one sub-folder per class)")
@@ -230,11 +232,9 @@ class FolderDataset(Dataset):
         self.class_names = self.label_names = classes
         size, modes = None, set()
         for path, _ in self.files:
-            try:
+            with _reading(path):
                 with Image.open(path) as image:
                     image_size, mode = image.size, image.mode
-            except (OSError, UnidentifiedImageError) as exc:
-                raise BadInputError(f"image {path} cannot be read: {exc}") from None
             if size is None:
                 size, first = image_size, path
             elif image_size != size:
@@ -250,7 +250,8 @@ class FolderDataset(Dataset):
     def _load(self, path: Path) -> torch.Tensor:
         from PIL import Image
 
-        with Image.open(path) as image:
+        # Opening read the header only: a file cut short, or with damaged pixel data, fails here.
+        with _reading(path), Image.open(path) as image:
             if self.mode == "L" and image.mode.startswith("I;16"):
                 return torch.from_numpy(np.asarray(image, dtype=np.float32)[None] / 65535.0)
             array = np.asarray(image.convert(self.mode))
@@ -262,6 +263,15 @@ class FolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.files[i]
         return self._load(path), label
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Pillow's failures to read image ``path`` (its header or its pixels) as bad input naming the file."""
+    try:
+        yield
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's kinds; UnidentifiedImageError is an OSError
+        raise BadInputError(f"image {path} cannot be read: {exc}; replace or remove the file") from None
 
 
 def _factory(spec: str) -> Dataset:

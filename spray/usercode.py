@@ -28,16 +28,16 @@ def guarded(what: str) -> Iterator[None]:
         yield
     except SystemExit as exc:
         raise UserCodeExit(
-            f"{what}: user code exited with sys.exit({exc.code!r}) in {exit_site(exc.__traceback__)}; spray "
+            f"{what}: user code exited with sys.exit({exc.code!r}) in {_exit_site(exc.__traceback__)}; spray "
             "treats an exit as a failure, not as success: return, or raise an exception that says what went wrong"
         ) from None
 
 
-def exit_site(tb: TracebackType | None) -> str:
+def _exit_site(tb: TracebackType | None) -> str:
     """``MODULE:QUALNAME (FILE:LINE)`` of the innermost frame of ``tb``: where the exit was raised."""
     if tb is None:
         return "unknown code"
     while tb.tb_next is not None:
         tb = tb.tb_next
-    frame = tb.tb_frame
-    return f"{frame.f_globals.get('__name__', '?')}:{frame.f_code.co_qualname} ({frame.f_code.co_filename}:{tb.tb_lineno})"
+    frame, code = tb.tb_frame, tb.tb_frame.f_code
+    return f"{frame.f_globals.get('__name__', '?')}:{code.co_qualname} ({code.co_filename}:{tb.tb_lineno})"

@@ -194,6 +194,14 @@ def _journal_fifo(inputs: Inputs) -> Path:
     return path
 
 
+def _hdbscan(inputs: Inputs) -> Path:
+    """The audit store analysed again with HDBSCAN added: class 0 all noise (-1), class 1 clusters 0 and 1."""
+    path = inputs.copy("audit", "hdbscan.h5")
+    pipeline = _pipeline(inputs, "hdbscan.toml", pipeline_text("tiny") + "[hdbscan]\nmin_cluster_size = 5\n")
+    assert run_cli(["analyze", str(path), "--pipeline", str(pipeline)])[0] == 0
+    return path
+
+
 def _incomplete(inputs: Inputs) -> Path:
     """The tiny model's attribution (batch size 2) with its second batch not done."""
     path = inputs.path("incomplete.h5")
@@ -392,6 +400,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
         "kmeans_9", data=np.void(b"1234"))),
     "store_bad_status": lambda i: i.edit("audit", "status.h5", _set("analyses/spray/0/status", "keys", "[]")),
     "store_overwritten": _overwritten,
+    "store_hdbscan": _hdbscan,
     "store_clarc_run": _clarc_run,
     "store_no_thumbnails": lambda i: i.edit("audit", "nothumbs.h5", lambda f: f.__delitem__("samples/thumbnail")),
     # pipeline files

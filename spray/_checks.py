@@ -1,12 +1,16 @@
-"""Boundary checks of scalar parameters: each failure is a BadInputError that names the parameter.
+"""Boundary checks of scalar parameters and file paths: each failure is a BadInputError naming its subject.
 
-Shared by every part of spray that takes parameters (analysis processors, LRP rules, attribution methods);
-it imports nothing heavy, so the LRP engine and the CLI can use it without loading the analysis stack.
+Shared by every part of spray that takes parameters (analysis processors, LRP rules, attribution methods)
+or opens a file the user named (stores and their lock and journal files, data, weights, pipeline and run
+files); it imports nothing heavy, so the LRP engine and the CLI can use it without loading the analysis stack.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,3 +41,27 @@ def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
     if value not in choices:
         raise BadInputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+_KINDS = {
+    stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+}
+
+
+def check_regular_file(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse ``path`` if it exists (a symlink: its target) and is not a regular file; ``what`` names the
+    file, e.g. ``"an audit store"``. A FIFO, device or socket would block or stream for ever when opened or
+    read (nothing ever ends it), so the type is checked before anything opens the path. A missing path
+    passes: callers say what a missing file means to them."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing, or no permission to look: the caller's open says what that means
+        return
+    if stat.S_ISDIR(mode):
+        raise BadInputError(f"{Path(path)} is a directory, not {what}")
+    if not stat.S_ISREG(mode):
+        raise BadInputError(
+            f"{Path(path)} is a {_KINDS.get(stat.S_IFMT(mode), 'special file')}, not {what}; spray reads and "
+            "writes regular files only: move it away or name another path"
+        )

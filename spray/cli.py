@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from spray.errors import SprayError
+from spray.usercode import guarded
 
 
 def _echo_json(data: Any) -> None:
@@ -349,7 +350,10 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a :class:`SprayError` prints its message and exits 2, any other error exits 1."""
     try:
-        cli.main(args=argv, prog_name="spray", standalone_mode=False)
+        # spray raises no SystemExit inside a command: one reaching here came from the model's or the data's
+        # code (forward, __getitem__, a transform), run deep in a command, in a thread or a dask task.
+        with guarded("the model or dataset code this command ran"):
+            cli.main(args=argv, prog_name="spray", standalone_mode=False)
     except SprayError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2

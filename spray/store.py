@@ -1,7 +1,7 @@
 """The audit store: one chunked HDF5 file per audit, the single source of truth of every stage.
 
 The schema, its versioning policy and the concurrency model are a contract, documented in docs/store.md.
-In short: one writer at a time (a ``flock`` on ``<store>.lock``, held from open to close); the HDF5 file
+In short: one writer at a time (``flock``s keyed on the file's identity, held from open to close); the HDF5 file
 itself is opened only for the duration of each transaction (a batch of attributions, one node), so
 readers can open it between transactions. HDF5's own file locking keeps a reader from seeing a
 transaction half-written; whoever finds the file busy retries for a bounded time. Every write transaction
@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spray._checks import check_regular_file
 from spray.errors import BadInputError, SchemaError, SprayError, StoreError, StoreLockedError
 from spray.journal import JournaledFile, journal_path, rollback_if_stale, try_flock
 
@@ -41,6 +43,8 @@ NODE_ROOTS = ("analyses", "clarc")
 """Top-level groups whose contents are written with :meth:`AuditStore.write_node`."""
 
 _GROUPS = ("samples", "attributions", *NODE_ROOTS)
+_SIDECARS = {".lock": "writer lock", ".gate": "writer gate", ".journal": "write journal", ".new": "new copy"}
+"""The store's own files beside it (named ``<store><suffix>``), and what each is."""
 _STAGING = ".staging"  # where groups are built before they are moved into place
 _NODE_MARK = "spray_node"  # reserved attr of a node group: JSON {"written": ISO time}
 
@@ -439,42 +443,65 @@ def _node_written(group: h5py.Group, path: Path) -> Any:
 
 
 class _WriterLock:
-    """An exclusive ``flock`` on ``<store>.lock``; the OS drops it when the holder dies."""
+    """The one-writer lock, keyed on the store file's identity, not on the name it was given.
 
-    def __init__(self, store: Path) -> None:
-        self.path = store.with_name(store.name + ".lock")
-        self._fd: int | None = None
+    Two exclusive ``flock``s, dropped by the OS when the holder dies: ``<real path>.lock`` beside the
+    store's resolved path (every symlink to the store finds the same lock; it works before the file exists
+    and, on a shared file system, across hosts), and, once the file exists, ``<dev>-<ino>.lock`` in a
+    per-user folder of the temporary directory (a hard link is another name of the same inode: this lock
+    finds it, on this host). Lock files are never removed: removing one while another process opens it
+    would let two writers lock two files of the same name.
+    """
 
-    def acquire(self, store: Path) -> None:
+    def __init__(self, store: Path, file: Path) -> None:
+        self.store = store  # as given, for messages
+        self.path = file.with_name(file.name + ".lock")
+        self._fds: list[int] = []
+
+    def acquire(self) -> None:
+        self._flock(self.path)
+
+    def acquire_identity(self, file: Path) -> None:
+        """The second lock, on ``file``'s device and inode; taken once the store file exists."""
+        info = os.stat(file)
+        folder = Path(tempfile.gettempdir()) / f"spray-locks-{os.getuid()}"
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            folder.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the writer lock {self.path}: {exc.strerror}") from None
+            raise StoreError(f"cannot create the folder of writer locks {folder}: {exc.strerror}") from None
+        self._flock(folder / f"{info.st_dev}-{info.st_ino}.lock")
+
+    def _flock(self, path: Path) -> None:
+        check_regular_file(path, f"the writer lock of audit store {self.store}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot create the writer lock {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreError(f"cannot lock {self.path}: {exc.strerror}") from None
+                raise StoreError(f"cannot lock {path}: {exc.strerror}") from None
             try:
                 who = json.loads(holder)
                 desc = f"pid {who['pid']} on {who['host']} (since {who['since']})"
             except (ValueError, KeyError, TypeError):
                 desc = "another process (pid unknown)"
             raise StoreLockedError(
-                f"audit store {store} is locked by {desc}: one process writes a store at a time; wait "
+                f"audit store {self.store} is locked by {desc}: one process writes a store at a time; wait "
                 "for it to finish or stop it (the lock is released when it exits)"
             ) from None
         holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()})
         with suppress(OSError):  # who holds the lock is for messages only: a full disk must not stop us
             os.ftruncate(fd, 0)
             os.pwrite(fd, holder.encode(), 0)
-        self._fd = fd
+        self._fds.append(fd)
 
     def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
+        while self._fds:
+            fd = self._fds.pop()
             try:
                 os.ftruncate(fd, 0)
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -500,27 +527,36 @@ class AuditStore:
     def __init__(self, path: str | os.PathLike[str], mode: str = "r", *, timeout: float = 60.0) -> None:
         if mode not in ("r", "a"):
             raise BadInputError(f"store mode must be 'r' or 'a', got {mode!r}")
-        self.path = Path(path)
+        self.path = Path(path)  # as given, for messages
+        try:
+            # The file's own path, symlinks resolved: its lock, gate, journal and new copy lie beside it, so
+            # that every name of the store finds them.
+            self._file = self.path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise StoreError(f"cannot resolve audit store path {self.path}: {exc}") from None
         self.mode = mode
         self.timeout = float(timeout)
         self._lock: _WriterLock | None = None
         self._snapshot: h5py.File | None = None  # the open file of a reading() block
+        check_regular_file(self.path, "an audit store")
+        for suffix, role in _SIDECARS.items():
+            check_regular_file(self._sidecar(suffix), f"the {role} of audit store {self.path}")
         if mode == "r":
             with self._open():
                 pass
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the directory of audit store {self.path}: {exc}") from None
-        self._lock = _WriterLock(self.path)
-        self._lock.acquire(self.path)
+        self._lock = _WriterLock(self.path, self._file)
+        self._lock.acquire()
         try:
-            if self.path.exists():
-                with self._open():  # checks the schema; rolls back a transaction a killed writer left
-                    pass
-            else:
+            if not self._file.exists():
                 self._create()
+            self._lock.acquire_identity(self._file)
+            with self._open():  # checks the schema; rolls back a transaction a killed writer left
+                pass
         except BaseException:
             self.close()
             raise
@@ -552,6 +588,10 @@ class AuditStore:
     def writable(self) -> bool:
         return self._lock is not None
 
+    def _sidecar(self, suffix: str) -> Path:
+        """``<real path><suffix>``: a file of the store's own beside its resolved path (:data:`_SIDECARS`)."""
+        return self._file.with_name(self._file.name + suffix)
+
     def _create(self) -> None:
         """Write a new, empty store next to its path and rename it into place (a kill leaves no half file).
 
@@ -560,7 +600,7 @@ class AuditStore:
         """
         from spray import __version__
 
-        new = self.path.with_name(self.path.name + ".new")  # ours: we hold the writer lock of the path
+        new = self._sidecar(".new")  # ours: we hold the writer lock of the path
         journaled = None
         try:
             new.write_bytes(b"")
@@ -577,7 +617,7 @@ class AuditStore:
                     for group in _GROUPS:
                         f.create_group(group)
                 journaled.commit()
-            os.replace(new, self.path)
+            os.replace(new, self._file)
         except OSError as exc:
             if journaled is not None:
                 journaled.abort()
@@ -602,15 +642,13 @@ class AuditStore:
         except FileNotFoundError:
             raise StoreError(f"no audit store at {self.path}") from None
         except PermissionError:
-            if not write and journal_path(self.path).exists():
+            if not write and journal_path(self._file).exists():
                 raise StoreError(f"cannot read audit store {self.path}:{self._journal_hint()}") from None
             action = "write" if write else "read"
             raise StoreError(f"cannot {action} audit store {self.path}: permission denied") from None
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise self._write_error(exc, None) from None
-            if self.path.is_dir():
-                raise StoreError(f"{self.path} is a directory, not an audit store") from None
             try:
                 is_hdf5 = h5py.is_hdf5(self.path)
             except OSError:
@@ -649,7 +687,7 @@ class AuditStore:
         readers pass the gate (shared, for an instant) before they open it. Without the gate, ``flock``
         lets a stream of overlapping readers keep a writer out for ever (measured: a 5 s analysis pass took
         88 s under 4 readers). No gate file yet, or none that can be opened: no writer waits, go ahead."""
-        gate = self.path.with_name(self.path.name + ".gate")
+        gate = self._sidecar(".gate")
         try:
             fd = os.open(gate, os.O_RDWR | os.O_CREAT, 0o644) if write else os.open(gate, os.O_RDONLY)
         except OSError:
@@ -665,24 +703,24 @@ class AuditStore:
         """Open for writing through a new journal (exclusive lock), or for reading (HDF5's shared lock)
         after rolling back a journal a killed writer left; BlockingIOError while the file is in use."""
         if write:
-            journaled = JournaledFile(self.path)
+            journaled = JournaledFile(self._file)
             try:
                 return h5py.File(journaled, "r+"), journaled
             except BaseException:
                 journaled.abort()
                 raise
-        journal = journal_path(self.path)
+        journal = journal_path(self._file)
         if journal.exists():
-            rollback_if_stale(self.path)  # BlockingIOError while its writer is alive
+            rollback_if_stale(self._file)  # BlockingIOError while its writer is alive
         if not journal.exists():
-            f = h5py.File(self.path, "r", locking=_LOCKING)
+            f = h5py.File(self._file, "r", locking=_LOCKING)
             if not journal.exists():  # else its writer was killed between the check and the open
                 return f, None
             f.close()
         raise BlockingIOError(errno.EWOULDBLOCK, "a write transaction is unfinished")
 
     def _journal_hint(self) -> str:
-        journal = journal_path(self.path)
+        journal = journal_path(self._file)
         if not journal.exists():
             return ""
         return (

@@ -9,6 +9,7 @@ builder no row uses, fails the suite, so the document and the inputs cannot drif
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 import shlex
@@ -174,6 +175,33 @@ def _locked(inputs: Inputs) -> Path:
     return path
 
 
+def _locked_through(inputs: Inputs, link: Callable[[Path, Path], None]) -> Path:
+    """Another name (``link(target, name)``) of a store whose writer lock is held."""
+    name = inputs.path("other-name.h5")
+    link(_locked(inputs), name)
+    return name
+
+
+def _fifo(inputs: Inputs, name: str) -> Path:
+    path = inputs.path(name)
+    os.mkfifo(path)
+    return path
+
+
+def _journal_fifo(inputs: Inputs) -> Path:
+    path = inputs.copy("synthetic", "journal.h5")
+    _fifo(inputs, "journal.h5.journal")
+    return path
+
+
+def _hdbscan(inputs: Inputs) -> Path:
+    """The audit store analysed again with HDBSCAN added: class 0 all noise (-1), class 1 clusters 0 and 1."""
+    path = inputs.copy("audit", "hdbscan.h5")
+    pipeline = _pipeline(inputs, "hdbscan.toml", pipeline_text("tiny") + "[hdbscan]\nmin_cluster_size = 5\n")
+    assert run_cli(["analyze", str(path), "--pipeline", str(pipeline)])[0] == 0
+    return path
+
+
 def _incomplete(inputs: Inputs) -> Path:
     """The tiny model's attribution (batch size 2) with its second batch not done."""
     path = inputs.path("incomplete.h5")
@@ -264,6 +292,16 @@ def _folder(inputs: Inputs, name: str, sizes: dict[str, list[tuple[int, int]]], 
     return root
 
 
+def _truncated_image(inputs: Inputs) -> Path:
+    """A folder whose image b/1.png has a valid header but its pixel data cut short."""
+    root = _folder(inputs, "truncated_image", {"a": [(2, 2)], "b": [(2, 2)]})
+    image = root / "b" / "1.png"
+    Image.new("L", (2, 2)).save(image)
+    data = image.read_bytes()
+    image.write_bytes(data[: data.index(b"IDAT") + 6])  # the pixel data's first 2 bytes kept, the rest gone
+    return root
+
+
 def _torch_file(inputs: Inputs, name: str, obj: object) -> Path:
     path = inputs.path(name)
     torch.save(obj, path)
@@ -296,6 +334,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "out": lambda i: i.path("out"),
     "missing": lambda i: i.path("missing"),
     "dir": lambda i: i.tmp,
+    "fifo": lambda i: _fifo(i, "fifo"),
     "junk": lambda i: _written(i, "junk.bin", b"\x00\x01not a known format" * 8),
     "synthetic": lambda i: i.copy("synthetic", "synthetic.h5"),
     "audit": lambda i: i.copy("audit", "audit.h5"),
@@ -314,9 +353,13 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "npz_unknown_label": lambda i: _npz(i, "label5.npz", x=X4, y=np.array([0, 1, 5, 0])),
     "npz_three_names": lambda i: _npz(i, "names.npz", x=X4, y=Y4, label_names=np.array(["a", "b", "c"])),
     "folder_without_classes": lambda i: (i.path("empty_folder").mkdir(), i.path("empty_folder"))[1],
+    "folder_truncated_image": _truncated_image,
+    "folder_one_class": lambda i: _folder(i, "one_class", {"a": [(2, 2), (2, 2)]}),
     "folder_empty_class": lambda i: _folder(i, "empty_class", {"a": [(2, 2)], "b": []}),
     "folder_sizes": lambda i: _folder(i, "sizes", {"a": [(2, 2)], "b": [(3, 2)]}),
     "folder_broken_image": lambda i: _folder(i, "broken", {"a": [(2, 2)], "b": [(2, 2)]}, junk=True),
+    "folder_fifo_image": lambda i: (_folder(i, "fifo_image", {"a": [(2, 2)], "b": [(2, 2)]}),
+                                    _fifo(i, "fifo_image/b/1.png"))[0],
     "hdf5_foreign": _foreign,
     # weights
     "weights_pickle": lambda i: _written(i, "pickle.pt", pickle.dumps({"w": object()})),
@@ -329,6 +372,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     # stores
     "store_tiny": _tiny_store,
     "store_locked": _locked,
+    "store_locked_symlink": lambda i: _locked_through(i, lambda target, name: name.symlink_to(target)),
+    "store_locked_hardlink": lambda i: _locked_through(i, lambda target, name: os.link(target, name)),
+    "store_journal_fifo": _journal_fifo,
     "store_incomplete": _incomplete,
     "store_two_attributions": _two_attributions,
     "store_one_class": _one_class,
@@ -354,6 +400,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
         "kmeans_9", data=np.void(b"1234"))),
     "store_bad_status": lambda i: i.edit("audit", "status.h5", _set("analyses/spray/0/status", "keys", "[]")),
     "store_overwritten": _overwritten,
+    "store_hdbscan": _hdbscan,
     "store_clarc_run": _clarc_run,
     "store_no_thumbnails": lambda i: i.edit("audit", "nothumbs.h5", lambda f: f.__delitem__("samples/thumbnail")),
     # pipeline files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -100,8 +101,11 @@ def test_malformed_pipeline_exits_2_naming_file_and_line(tmp_path, capsys):
     assert code == 2 and f"{pipeline}, line 2: unknown parameter 'knn.n_neighbours'" in err
 
 
-def test_locked_store_exits_2(tmp_path):
+@pytest.mark.parametrize("name", ["s.h5", "symlink.h5", "hardlink.h5"])
+def test_locked_store_exits_2_under_any_name_of_the_file(tmp_path, name):
     store = write_store(tmp_path / "s.h5", make_heatmaps(n_per_class=12, n_classes=2, size=4))
+    (tmp_path / "symlink.h5").symlink_to(store)
+    os.link(store, tmp_path / "hardlink.h5")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from spray.store import AuditStore; "
          f"s = AuditStore({str(store)!r}, mode='a'); print('locked', flush=True); time.sleep(60)"],
@@ -109,9 +113,10 @@ def test_locked_store_exits_2(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        result = subprocess.run([sys.executable, "-m", "spray.cli", "analyze", str(store)],
+        result = subprocess.run([sys.executable, "-m", "spray.cli", "analyze", str(tmp_path / name)],
                                 capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2 and "locked" in result.stderr
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"error: audit store {tmp_path / name} is locked by pid {holder.pid} ")
     finally:
         holder.kill()
         holder.wait()

@@ -128,6 +128,62 @@ def test_second_writer_in_this_process_is_locked_out_until_close(tmp_path):
         pass
 
 
+def _other_name(tmp_path, path, kind):
+    """Another name of the store file ``path``: a symlink to it, a hard link, or the path through a
+    symlinked directory."""
+    other = tmp_path / "other"
+    other.mkdir()
+    if kind == "symlink":
+        (other / "link.h5").symlink_to(path)
+    elif kind == "hard link":
+        os.link(path, other / "link.h5")
+    else:
+        (other / "dir").symlink_to(path.parent)
+        return other / "dir" / path.name
+    return other / "link.h5"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link", "symlinked directory"])
+def test_writer_lock_is_keyed_on_the_file_not_on_the_name_given(tmp_path, kind):
+    path = tmp_path / "audit.h5"
+    AuditStore(path, "a").close()
+    other = _other_name(tmp_path, path, kind)
+    with AuditStore(path, "a"):
+        with pytest.raises(StoreLockedError, match=f"^audit store {other} is locked by pid {os.getpid()} "):
+            AuditStore(other, "a")
+    with AuditStore(other, "a"):
+        with pytest.raises(StoreLockedError, match=f"^audit store {path} is locked by pid {os.getpid()} "):
+            AuditStore(path, "a")
+
+
+def test_sidecars_of_a_symlinked_store_lie_beside_the_file(tmp_path):
+    path = tmp_path / "real" / "audit.h5"
+    link = tmp_path / "link.h5"
+    link.symlink_to(path)  # dangling: the store is created through it, at its target
+    with AuditStore(link, "a") as store:
+        store.write_node("analyses/x", {"a": np.arange(2)}, {})
+    assert link.is_symlink() and path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["audit.h5", "audit.h5.gate", "audit.h5.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.h5", "real"]
+
+
+@pytest.mark.parametrize("suffix", ["", ".lock", ".gate", ".journal", ".new"])
+@pytest.mark.parametrize("mode", ["r", "a"])
+def test_a_fifo_as_store_or_sidecar_is_refused_before_anything_opens_it(tmp_path, suffix, mode):
+    path = tmp_path / "audit.h5"
+    if suffix:
+        AuditStore(path, "a").close()
+    Path(f"{path}{suffix}").unlink(missing_ok=True)
+    os.mkfifo(f"{path}{suffix}")
+    role = {"": "an audit store", ".lock": f"the writer lock of audit store {path}",
+            ".gate": f"the writer gate of audit store {path}", ".journal": f"the write journal of audit store {path}",
+            ".new": f"the new copy of audit store {path}"}[suffix]
+    with pytest.raises(BadInputError) as info:
+        AuditStore(path, mode)
+    assert str(info.value) == (f"{path}{suffix} is a FIFO (named pipe), not {role}; spray reads and writes regular "
+                               "files only: move it away or name another path")
+
+
 def test_writer_lock_of_another_process_names_its_pid_and_dies_with_it(tmp_path):
     path = tmp_path / "audit.h5"
     holder = _spawn(f"""

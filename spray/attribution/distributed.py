@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from spray.errors import BadInputError, SprayError
 from spray.scheduling import map_on, task_window
+from spray.usercode import guarded
 
 if TYPE_CHECKING:
     from spray.attribution.runner import BatchExplainer, ExplainedBatch
@@ -108,7 +109,7 @@ def _explain_shard(
 
     One shard at a time per worker process: the model is shared, and LRP hooks it for each batch.
     """
-    with _LOCK:
+    with _LOCK, guarded(f"on dask worker {_worker_name()}: the model or dataset code"):
         if token not in _BUILT:
             _BUILT.clear()
             _BUILT[token] = _build(recipe, weights, n)

@@ -146,13 +146,23 @@ def attribute_dataset(
     try:
         n_outputs = _probe(model, x0, dtype=dtype, device=device)
         if label_names is not None and len(label_names) != n_outputs:
-            raise BadInputError(f"{len(label_names)} label names given for a model with {n_outputs} outputs")
+            raise BadInputError(
+                f"{len(label_names)} label names given for a model with {n_outputs} outputs: spray needs one name "
+                "per model output, in output order (label i names output i). A folder: source names and "
+                "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output "
+                f"(a subset would be labelled wrongly); an npz or hdf5 file or a dataset factory must give all "
+                f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
+            )
         explain = BatchExplainer(input_shape, n_outputs, target, relevance_dtype, thumb_shape, thumbnail_range)
 
         with ExitStack() as stack:
             # The cluster first: a bad scheduler is refused before the store is touched.
             client = stack.enter_context(dask_client(scheduler)) if scheduler is not None else None
+            created = not Path(store_path).exists()
             store = stack.enter_context(AuditStore(store_path, mode="a"))
+            computed = 0
+            if created:
+                stack.push(lambda kind, *_: _drop_if_refused_empty(Path(store_path).resolve(), kind, computed))
             if label_names is None and not store.attrs()["label_names"]:
                 label_names = [str(i) for i in range(n_outputs)]
             store.prepare_samples(
@@ -280,6 +290,15 @@ def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
     return device, dtype
+
+
+def _drop_if_refused_empty(path: Path, kind: type[BaseException] | None, computed: int) -> None:
+    """Remove a store this run created when its input is refused before any batch is written (a bad sample
+    in the first batch, an unreadable image): a refusal leaves no store that holds nothing. Called with
+    the writer lock still held. Other failures (an interrupt, dying workers) keep the store, whose
+    attribution resumes like any interrupted run's."""
+    if kind is not None and issubclass(kind, BadInputError) and computed == 0:
+        path.unlink(missing_ok=True)
 
 
 def _probe(model: nn.Module, x0: Tensor, *, dtype: torch.dtype, device: torch.device) -> int:

@@ -113,11 +113,17 @@ def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | 
             f"clustering {spec.clustering!r} of class {spec.label} has {labels.size} labels for {index.size} "
             "samples; the analysis is stale, run `spray analyze` again"
         )
-    if spec.cluster not in set(labels.tolist()):
-        valid = sorted(c for c in set(labels.tolist()) if c >= 0)
+    valid = sorted(c for c in set(labels.tolist()) if c >= 0)
+    choose = (f"valid ids: {', '.join(map(str, valid))} (e.g. {spec.label}:{spec.clustering}:{valid[0]})" if valid
+              else "it has no cluster, only noise: pick another clustering")
+    if spec.cluster < 0:  # HDBSCAN's and DBSCAN's -1: the samples in no cluster, which share no one pattern
         raise BadInputError(
-            f"clustering {spec.clustering!r} of class {spec.label} has no cluster {spec.cluster}; valid ids: "
-            f"{', '.join(map(str, valid))} (e.g. {spec.label}:{spec.clustering}:{valid[0] if valid else 0})"
+            f"cluster {spec.cluster} of clustering {spec.clustering!r} of class {spec.label} is the noise label "
+            f"(the samples the clustering put in no cluster), not a cluster: ClArC needs one cluster; {choose}"
+        )
+    if spec.cluster not in valid:
+        raise BadInputError(
+            f"clustering {spec.clustering!r} of class {spec.label} has no cluster {spec.cluster}; {choose}"
         )
     members = labels == spec.cluster
     return ClusterMembers(spec, analysis, index[members], index[~members])

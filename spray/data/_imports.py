@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spray.errors import BadInputError
+from spray.usercode import guarded
 
 
 def import_callable(spec: str, what: str) -> Callable[..., Any]:
@@ -19,15 +20,16 @@ def import_callable(spec: str, what: str) -> Callable[..., Any]:
     # As uvicorn and gunicorn do: a module in the working directory is importable, as with `python -m`.
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise BadInputError(
-            f"{what} {spec!r}: module {module_name!r} cannot be imported ({exc}); is it installed or on "
-            "PYTHONPATH?"
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
-        raise BadInputError(f"{what} {spec!r}: importing module {module_name!r} failed: {exc!r}") from None
+    with guarded(f"{what} {spec!r}"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise BadInputError(
+                f"{what} {spec!r}: module {module_name!r} cannot be imported ({exc}); is it installed or on "
+                "PYTHONPATH?"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - the user's module failed while importing
+            raise BadInputError(f"{what} {spec!r}: importing module {module_name!r} failed: {exc!r}") from None
     target: Any = module
     for part in attr.split("."):
         if not hasattr(target, part):
@@ -41,7 +43,8 @@ def import_callable(spec: str, what: str) -> Callable[..., Any]:
 def call_factory(spec: str, what: str) -> Any:
     """Import and call a ``MOD:FACTORY`` with no arguments; its own failure is reported as bad input."""
     factory = import_callable(spec, what)
-    try:
-        return factory()
-    except Exception as exc:  # noqa: BLE001 - the user's factory failed
-        raise BadInputError(f"{what} {spec!r}: the factory raised {exc!r}") from None
+    with guarded(f"{what} {spec!r}"):
+        try:
+            return factory()
+        except Exception as exc:  # noqa: BLE001 - the user's factory failed
+            raise BadInputError(f"{what} {spec!r}: the factory raised {exc!r}") from None

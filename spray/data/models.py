@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spray._checks import check_regular_file
 from spray.data._imports import call_factory
 from spray.errors import BadInputError
 
@@ -29,7 +30,7 @@ def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
 def load_weights(model: nn.Module, weights: str | Path) -> None:
     """Load a state_dict file into ``model``, refusing anything but plain tensors (no pickled code)."""
     path = Path(weights)
-    if not path.is_file():
+    if not path.exists():
         raise BadInputError(f"weights file {path} does not exist")
     state = safe_load(path, "weights file")
     # Training checkpoints often nest the weights: {"state_dict": ..., "epoch": ...}.
@@ -71,6 +72,7 @@ def safe_load(path: str | Path, what: str) -> Any:
     weights_only unpickles tensors and plain containers only, so a file cannot run code; torch's own message
     for a refused file suggests ``weights_only=False``, which spray never does, so only its reason is kept.
     """
+    check_regular_file(path, f"a {what}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4 ...": the error below says it all

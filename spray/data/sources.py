@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from spray._checks import check_regular_file
 from spray.data._imports import call_factory
 from spray.errors import BadInputError
 
@@ -207,7 +210,7 @@ class FolderDataset(Dataset):
     """
 
     def __init__(self, root: Path) -> None:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         if not root.is_dir():
             raise BadInputError(f"folder {root} is not a directory (expected one sub-folder per class)")
@@ -218,20 +221,20 @@ class FolderDataset(Dataset):
         for label, name in enumerate(classes):
             found = sorted(
                 p for p in (root / name).rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
             )
+            for path in found:
+                check_regular_file(path, "an image")
             if not found:
                 raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             self.files += [(p, label) for p in found]
         self.class_names = self.label_names = classes
         size, modes = None, set()
         for path, _ in self.files:
-            try:
+            with _reading(path):
                 with Image.open(path) as image:
                     image_size, mode = image.size, image.mode
-            except (OSError, UnidentifiedImageError) as exc:
-                raise BadInputError(f"image {path} cannot be read: {exc}") from None
             if size is None:
                 size, first = image_size, path
             elif image_size != size:
@@ -247,7 +250,8 @@ class FolderDataset(Dataset):
     def _load(self, path: Path) -> torch.Tensor:
         from PIL import Image
 
-        with Image.open(path) as image:
+        # Opening read the header only: a file cut short, or with damaged pixel data, fails here.
+        with _reading(path), Image.open(path) as image:
             if self.mode == "L" and image.mode.startswith("I;16"):
                 return torch.from_numpy(np.asarray(image, dtype=np.float32)[None] / 65535.0)
             array = np.asarray(image.convert(self.mode))
@@ -259,6 +263,15 @@ class FolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.files[i]
         return self._load(path), label
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Pillow's failures to read image ``path`` (its header or its pixels) as bad input naming the file."""
+    try:
+        yield
+    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's kinds; UnidentifiedImageError is an OSError
+        raise BadInputError(f"image {path} cannot be read: {exc}; replace or remove the file") from None
 
 
 def _factory(spec: str) -> Dataset:
@@ -316,6 +329,8 @@ def open_source(spec: str) -> Dataset:
         path = Path(rest).expanduser()
         if not path.exists():
             raise BadInputError(f"data source {spec!r}: {path} does not exist")
+        if scheme != "folder":
+            check_regular_file(path, f"an {scheme} file")
         return {"npz": _npz, "hdf5": HDF5Dataset, "folder": FolderDataset}[scheme](path)
     known = "npz:PATH, hdf5:PATH, folder:PATH or MOD:FACTORY"
     if not sep:

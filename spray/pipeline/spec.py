@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spray._checks import check_regular_file
 from spray.errors import PipelineError
 
 #: Tables a caller reads besides the analysis ones: their names, or names mapped to default parameters.
@@ -172,6 +173,7 @@ def load_pipeline(path: str | Path, **kwargs: Any) -> PipelineSpec:
     file is a :class:`PipelineError`."""
     path = Path(path)
     kind = "run file" if kwargs.get("extra_tables") else "pipeline file"
+    check_regular_file(path, f"a {kind}")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

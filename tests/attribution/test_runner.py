@@ -12,10 +12,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from spray.attribution import attribute_dataset
+from spray.attribution.methods import get_method
+from spray.data import load_model, open_source
 from spray.errors import BadInputError, StoreError
 from spray.store import AuditStore
 
@@ -300,3 +303,25 @@ def test_progress_goes_to_stderr_only(tmp_path, capsys):
     run(tmp_path / "audit.h5", progress=True)
     out, err = capsys.readouterr()
     assert out == "" and "attribute gxi" in err
+
+
+def test_a_run_refused_before_its_first_batch_leaves_no_store_and_a_later_refusal_keeps_done_batches(tmp_path):
+    """An unreadable image in the first batch: no store is left; in a later batch: earlier batches stay."""
+    root = tmp_path / "images"
+    for i, cls in enumerate("aabb"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (2, 2), color=i).save(root / cls / f"{i}.png")
+    broken = root / "b" / "3.png"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: data.index(b"IDAT") + 6])  # a valid header, the pixel data cut short
+    path = tmp_path / "audit.h5"
+    args = (load_model("tests.data.factories:tiny_model"), open_source(f"folder:{root}"), get_method("epsilon_plus_flat"))
+    kwargs = {"model_hash": "h", "model_name": "tiny", "dataset_name": "folder"}
+    message = f"^image {broken} cannot be read: .*; replace or remove the file$"
+    with pytest.raises(BadInputError, match=message):
+        attribute_dataset(path, *args, batch_size=4, **kwargs)
+    assert not path.exists()
+    with pytest.raises(BadInputError, match=message):
+        attribute_dataset(path, *args, batch_size=2, **kwargs)
+    with AuditStore(path) as store:
+        assert store.read("attributions/epsilon_plus_flat/done").tolist() == [True, True, False, False]

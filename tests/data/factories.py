@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -113,3 +115,30 @@ def ragged_dataset() -> list:
 def flat_output_model() -> nn.Module:
     """A model that returns one flat vector per batch instead of (batch, outputs) logits."""
     return nn.Sequential(nn.Flatten(start_dim=0))
+
+
+def exits() -> None:
+    """A factory that ends the process, as a script's main() might."""
+    sys.exit(0)
+
+
+class _ExitingForward(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise SystemExit(3)
+
+
+def exiting_forward_model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), _ExitingForward())
+
+
+class _ExitingSample(TensorDataset):
+    """Sample 2 exits, as a transform calling exit() on a file it cannot read would."""
+
+    def __getitem__(self, i: int):
+        if i == 2:
+            sys.exit("cannot read sample 2")
+        return super().__getitem__(i)
+
+
+def exiting_sample_dataset() -> TensorDataset:
+    return _ExitingSample(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]))

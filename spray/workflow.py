@@ -24,6 +24,7 @@ from spray.data.models import model_hash
 from spray.demo.digits import PoisonedDigits, default_poisoned_digits
 from spray.demo.model import build_model
 from spray.demo.train import BATCH_SIZE, EPOCHS, LR, train_model
+from spray.outputs import active
 from spray.pipeline import PipelineSpec, analyze, read_pipeline
 from spray.pipeline.graph import hash_array, hash_json
 from spray.ranking import rank_classes, top_candidate
@@ -54,10 +55,7 @@ def train_once(model: nn.Module, dataset: Callable[[], Dataset], weights: Path, 
         model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
         return model.eval()
     train_model(model, dataset(), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(weights)  # a killed run never leaves a half-written weights file behind
+    active().write(weights, "trained weights", lambda tmp: torch.save(model.state_dict(), tmp))
     return model.eval()
 
 
@@ -125,8 +123,7 @@ def prepare_demo(
     progress: bool = True,
 ) -> DemoAudit:
     """Poisoned digits -> train the demo CNN -> attribute the training split -> SpRAy -> ranking."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = active().directory(out_dir, "demo output directory")
     data = default_poisoned_digits(seed)
     model, weights = trained_demo_model(out, data, epochs=epochs, progress=progress)
     store = weights.with_name(weights.stem.replace("demo-model", "demo") + ".h5")  # one store per model

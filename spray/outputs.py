@@ -12,7 +12,8 @@ run's result, a ViRelAy project) and every output directory it fills (``spray de
 - an existing directory that is not empty is written into only when it holds the marker (or with
   ``--force``); spray puts the marker into every output directory it writes;
 - a file is written to a temporary file in its own directory and renamed over the target, so a crash
-  leaves the old file or the new one, never half of one.
+  leaves the old file or the new one, never half of one (a killed write can leave the hidden
+  ``.NAME.PID.tmp``: per process, so that two writers never share one).
 
 The command line sets the command's inputs and ``--force`` with :func:`protecting`; library functions add
 the inputs they know (the store they read) the same way, so a direct call is guarded too.

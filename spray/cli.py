@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,26 @@ def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
+def _guarded(**inputs: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The command gets ``--force`` and writes its outputs under a spray.outputs guard that protects the files
+    its ``inputs`` parameters name (parameter -> the label an error gives it; a data source by its path)."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(command)
+        def guarded(*args: Any, force: bool, **kwargs: Any) -> None:
+            from spray.outputs import protecting, source_path
+
+            named = {label: source_path(kwargs[param]) if isinstance(kwargs[param], str) else kwargs[param]
+                     for param, label in inputs.items()}
+            with protecting(named, force=force):
+                command(*args, **kwargs)
+
+        return click.option("--force", is_flag=True,
+                            help="Replace files and fill directories that spray did not write.")(guarded)
+
+    return decorate
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="spray")
 def cli() -> None:
@@ -25,6 +47,7 @@ def cli() -> None:
 
 
 @cli.command()
+@_guarded()
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/demo"),
               show_default=True, help="Where the demo writes its store, weights and report.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data split, artifact and training.")
@@ -50,6 +73,7 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
 
 
 @cli.command()
+@_guarded(pipeline="the run file")
 @click.argument("pipeline", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
 def run(pipeline: Path, as_json: bool) -> None:
@@ -209,6 +233,8 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 
 
 @cli.command()
+@_guarded(store="the audit store", weights="the weights", data_spec="the data (--data)", test_spec="the test data",
+          poisoned_spec="the poisoned test data", everywhere_spec="the artifact-everywhere test data")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--cluster", required=True, help="CLASS:CLUSTERING:ID from `spray rank`, or 'top'.")
 @click.option("--method", type=click.Choice(["aclarc", "pclarc", "rrclarc"]), required=True)
@@ -288,6 +314,7 @@ def evaluate(
 
 
 @cli.command()
+@_guarded(store="the audit store")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
 @click.option("--analysis", default="spray", show_default=True)
@@ -305,6 +332,7 @@ def export() -> None:
 
 
 @export.command("virelay")
+@_guarded(store="the audit store", data_spec="the data (--data)")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--analysis", default="spray", show_default=True)
@@ -322,6 +350,7 @@ def export_virelay_command(store: Path, out: Path, analysis: str, data_spec: str
 
 
 @export.command("tables")
+@_guarded(store="the audit store")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--analysis", default="spray", show_default=True)

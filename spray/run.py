@@ -49,6 +49,9 @@ REQUIRED: dict[str, tuple[str, ...]] = {"model": ("factory",), "data": ("source"
                                         "evaluate": ("test",)}
 """Tables a file must have (model, data) and keys a present table must give."""
 OPTIONAL_TABLES = ("train", "clarc", "evaluate")
+SOURCES = (("data", "source"), ("train", "data"), ("evaluate", "test"), ("evaluate", "poisoned_test"),
+           ("evaluate", "everywhere_test"))
+"""The data sources of a run file (table, key)."""
 TARGETS = ("label", "prediction")
 
 
@@ -94,9 +97,7 @@ def read_run(path: str | Path) -> tuple[dict[str, dict[str, Any]], PipelineSpec]
     tables["audit"]["out"] = base / tables["audit"]["out"]
     if tables["model"]["weights"]:
         tables["model"]["weights"] = base / tables["model"]["weights"]
-    sources = [("data", "source"), ("train", "data"), ("evaluate", "test"), ("evaluate", "poisoned_test"),
-               ("evaluate", "everywhere_test")]
-    for table, key in sources:
+    for table, key in SOURCES:
         if table in tables and tables[table][key]:
             tables[table][key] = _relative_source(tables[table][key], base)
     if "clarc" in tables:
@@ -162,17 +163,28 @@ def _relative_source(source: str, base: Path) -> str:
 
 
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
-    """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> (ClArC -> evaluate) -> report."""
+    """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> (ClArC -> evaluate) -> report.
+    No output replaces an input of the file, or a file spray did not write (spray.outputs)."""
+    from spray.outputs import protecting, source_path
+
+    tables, spec = read_run(path)
+    inputs = {f"{table}.{key}": source_path(tables[table][key])
+              for table, key in SOURCES if table in tables and tables[table][key]}
+    with protecting({"the run file": path, "model.weights": tables["model"]["weights"] or None, **inputs}):
+        return _run(tables, spec, progress)
+
+
+def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) -> RunResult:
+    """:func:`run_file`'s steps, its inputs protected from its outputs (spray.outputs)."""
     from spray.attribution import WorkerRecipe
     from spray.attribution.methods import get_method
     from spray.data import load_model, open_source
+    from spray.outputs import active
     from spray.pipeline.graph import hash_json
     from spray.seeding import seeded
     from spray.workflow import audit, train_once
 
-    tables, spec = read_run(path)
-    out: Path = tables["audit"]["out"]
-    out.mkdir(parents=True, exist_ok=True)
+    out = active().directory(tables["audit"]["out"], "run output directory")
     model_spec = tables["model"]["factory"]
     if "train" in tables:
         train = tables["train"]
@@ -186,7 +198,7 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
         weights = tables["model"]["weights"] or None
     dataset = open_source(tables["data"]["source"])
     attribution = tables["attribution"]
-    store = out / "audit.h5"
+    store = active().file(out / "audit.h5", "audit store")  # not an input of the file
     ranking = audit(
         store, model, dataset, get_method(attribution["method"], **attribution["params"]), spec,
         model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from spray.audit import audit
 from spray.training import TrainingConfig, train_model
+from spray.outputs import active
 
 if TYPE_CHECKING:
     from spray.clarc import ClarcResult
@@ -34,10 +35,7 @@ def train_once(model: nn.Module, dataset: Callable[[], Dataset], weights: Path, 
         model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
         return model.eval()
     train_model(model, dataset(), config, progress=progress)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(weights)  # a killed run never leaves a half-written weights file behind
+    active().write(weights, "trained weights", lambda tmp: torch.save(model.state_dict(), tmp))
     return model.eval()
 
 

@@ -163,6 +163,21 @@ def _pipeline(inputs: Inputs, name: str, text: str) -> Path:
     return path
 
 
+def _foreign_dir(inputs: Inputs) -> Path:
+    """A directory holding a file spray did not write (no output marker)."""
+    path = inputs.path("mine")
+    path.mkdir()
+    (path / "notes.txt").write_text("mine\n")
+    return path
+
+
+def _linked(inputs: Inputs, name: str, link: str, make: Callable[[Path, Path], None]) -> Path:
+    """A symlink or hard link (``make``) named ``link`` to the file placeholder ``name`` stands for."""
+    path = inputs.path(link)
+    make(path, Path(inputs[name]))
+    return path
+
+
 X4 = np.zeros((4, 1, 2, 2), np.float32)
 Y4 = np.array([0, 1, 0, 1])
 SMALL_SPECTRAL = "[spectral]\nn_eigenpairs = 3\n"
@@ -336,6 +351,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "dir": lambda i: i.tmp,
     "fifo": lambda i: _fifo(i, "fifo"),
     "junk": lambda i: _written(i, "junk.bin", b"\x00\x01not a known format" * 8),
+    "dir_foreign": _foreign_dir,
+    "audit_symlink": lambda i: _linked(i, "audit", "symlink.h5", Path.symlink_to),
+    "audit_hardlink": lambda i: _linked(i, "audit", "hardlink.h5", Path.hardlink_to),
     "synthetic": lambda i: i.copy("synthetic", "synthetic.h5"),
     "audit": lambda i: i.copy("audit", "audit.h5"),
     # data sources
@@ -426,6 +444,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "run_without_data": lambda i: _pipeline(i, "run1.toml", f'[model]\nfactory = "{MODEL}"\n'),
     "run_unknown_key": lambda i: _pipeline(i, "run2.toml", f'[model]\nfactory = "{MODEL}"\nweight = "w.pt"\n'
                                            f'[data]\nsource = "{DATA}"\n'),
+    "run_out_foreign": lambda i: (i["dir_foreign"], _pipeline(
+        i, "run4.toml", f'[audit]\nout = "mine"\n[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'))[1],
     "run_train_and_weights": lambda i: _pipeline(i, "run3.toml", f'[model]\nfactory = "{MODEL}"\nweights = "w.pt"\n'
                                                  f'[data]\nsource = "{DATA}"\n[train]\ndata = "{DATA}"\n'),
     "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +27,14 @@ from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
 from spray.clarc.evaluate import FdaSetup, empty_row, evaluate_correction, format_metrics
+from spray.clarc.finetune import CHECKPOINT
 from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
 from spray.errors import BadInputError
 from spray.export.tables import analysis_summary
 from spray.lrp import Composite, EpsilonPlusFlat
+from spray.outputs import OutputGuard, active
 from spray.store import AuditStore
 
 METHODS = ("aclarc", "pclarc", "rrclarc")
@@ -140,7 +140,9 @@ def clarc_from_store(
         members = read_cluster(store, spec, analysis)
         composite = audit_composite(store, analysis)
     run = run or run_name(method, spec)
-    run_dir = Path(out_dir) / run
+    guard = active().with_inputs({"the audit store": store_path})
+    run_dir = guard.directory(guard.directory(out_dir, "ClArC output directory") / run, "ClArC run directory")
+    guard.file(run_dir / CHECKPOINT, "fine-tuning checkpoint")  # the corrector writes it (atomically) itself
     artifact = isolate_artifact(
         model, dataset, members.artifact, members.rest, label=spec.label, layer=layer, cav=cav,
         composite=composite, reference=reference, sigma=sigma, threshold=threshold, random_state=seed,
@@ -163,8 +165,8 @@ def clarc_from_store(
         p = corrector.params()
         params.update(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], fraction=p.get("fraction"),
                       **{"lambda": p.get("lambda")})
-    weights = run_dir / WEIGHTS
-    _save_weights(corrected, weights)
+    weights = guard.write(run_dir / WEIGHTS, "corrected weights",
+                          lambda tmp: torch.save(corrected.state_dict(), tmp))
     params.update(weights=str(weights), cav_method=cav, reference=reference, sigma=sigma, threshold=threshold,
                   analysis=analysis, relevance_target=relevance_target,
                   everywhere="isolated" if everywhere_test is None else "given")
@@ -179,7 +181,7 @@ def clarc_from_store(
         )
     result = ClarcResult(run, method, str(spec), artifact.layer, artifact, corrected, weights, run_dir, params,
                          metrics, history)
-    _record(store_path, result, dataset)
+    _record(store_path, result, dataset, guard)
     return result
 
 
@@ -245,19 +247,7 @@ def write_result(store_path: str | Path, run: str, arrays: dict[str, np.ndarray]
         store.write_node(result_node(run), arrays, attrs)
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)``, then rename it over ``path``: a killed run never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _save_weights(model: nn.Module, path: Path) -> None:
-    _write_atomically(path, lambda tmp: torch.save(model.state_dict(), tmp))
-
-
-def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset) -> None:
+def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset, guard: OutputGuard) -> None:
     """Write node ``clarc/<run>/result`` and ``result.json`` in the run directory."""
     artifact = result.artifact
     inputs, masks, index = artifact.examples(dataset)
@@ -282,4 +272,4 @@ def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset) -> No
     }
     write_result(store_path, result.run, arrays, attrs)
     text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"
-    _write_atomically(result.run_dir / "result.json", lambda tmp: tmp.write_text(text))
+    guard.write(result.run_dir / "result.json", "ClArC result", lambda tmp: tmp.write_text(text))

@@ -16,6 +16,7 @@ from spray.attribution.methods import get_method
 from spray.demo.digits import PoisonedDigits, default_poisoned_digits
 from spray.demo.model import build_model
 from spray.demo.train import BATCH_SIZE, EPOCHS, LR
+from spray.outputs import active
 from spray.pipeline import PipelineSpec, read_pipeline
 from spray.pipeline.graph import hash_array, hash_json
 from spray.ranking import top_candidate
@@ -73,8 +74,7 @@ def prepare_demo(
     progress: bool = True,
 ) -> DemoAudit:
     """Poisoned digits -> train the demo CNN -> attribute the training split -> SpRAy -> ranking."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = active().directory(out_dir, "demo output directory")
     data = default_poisoned_digits(seed)
     model, weights = trained_demo_model(out, data, epochs=epochs, progress=progress)
     store = weights.with_name(weights.stem.replace("demo-model", "demo") + ".h5")  # one store per model

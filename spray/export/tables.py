@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from spray.errors import BadInputError, StoreError
+from spray.outputs import active, protecting
 from spray.store import AuditStore
 
 __all__ = [
@@ -299,12 +300,10 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".json"):
         raise BadInputError(f"table file {path} must end in .csv or .json")
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
-        frame.to_csv(path, index=False)
-    else:
-        frame.to_json(path, orient="records", indent=1, force_ascii=False)
-    return path
+        return active().write(path, "table file", lambda tmp: frame.to_csv(tmp, index=False))
+    return active().write(path, "table file",
+                          lambda tmp: frame.to_json(tmp, orient="records", indent=1, force_ascii=False))
 
 
 def export_tables(
@@ -319,14 +318,15 @@ def export_tables(
 
     if fmt not in ("csv", "json"):
         raise BadInputError(f"table format must be 'csv' or 'json', got {fmt!r}")
-    out = Path(out_dir)
-    with AuditStore(store_path) as store:
-        ranking = ranking_table(rank_classes(store, analysis))
-    written = [
-        write_table(ranking, out / f"ranking.{fmt}"),
-        write_table(cluster_memberships(store_path, analysis), out / f"memberships.{fmt}"),
-    ]
-    clarc = clarc_metrics(store_path)
-    if len(clarc):
-        written.append(write_table(clarc, out / f"clarc.{fmt}"))
+    with protecting({"the audit store": store_path}) as guard:
+        out = guard.directory(out_dir, "export directory")
+        with AuditStore(store_path) as store:
+            ranking = ranking_table(rank_classes(store, analysis))
+        written = [
+            write_table(ranking, out / f"ranking.{fmt}"),
+            write_table(cluster_memberships(store_path, analysis), out / f"memberships.{fmt}"),
+        ]
+        clarc = clarc_metrics(store_path)
+        if len(clarc):
+            written.append(write_table(clarc, out / f"clarc.{fmt}"))
     return written

@@ -33,6 +33,7 @@ from PIL import Image
 
 from spray.errors import BadInputError
 from spray.export.tables import ClassAnalysis, analysis_summary, read_class
+from spray.outputs import OutputGuard, active
 from spray.store import AuditStore
 
 __all__ = ["export_virelay", "word_net_id"]
@@ -75,6 +76,7 @@ def export_virelay(
             the analysis contains no analysed class.
     """
     out = Path(out_dir)
+    guard = active().with_inputs({"the audit store": store_path})
     with AuditStore(store_path) as store:
         summary = analysis_summary(store, analysis)
         attribution = summary["attribution"]
@@ -105,14 +107,13 @@ def export_virelay(
         if not analysed:
             raise BadInputError(f"analysis {analysis!r} of {store.path} has no analysed class to export")
 
-        out.mkdir(parents=True, exist_ok=True)
-        project = out / FILES["project"]
+        guard.directory(out, "export directory")
+        project = guard.file(out / FILES["project"], "ViRelAy file")
         project.unlink(missing_ok=True)  # a project file marks a complete export
-        labels = _label_map(names, n_outputs)
-        with open(out / FILES["label_map"], "w", encoding="utf-8") as f:
-            json.dump(labels, f, indent=1, ensure_ascii=False)
-        _write_samples(store, attribution, shape, has_thumbnails, inputs, out)
-        _write_analysis(analysed, out / FILES["analysis"])
+        labels = json.dumps(_label_map(names, n_outputs), indent=1, ensure_ascii=False)
+        guard.write(out / FILES["label_map"], "ViRelAy file", lambda tmp: tmp.write_text(labels, encoding="utf-8"))
+        _write_samples(store, attribution, shape, has_thumbnails, inputs, out, guard)
+        guard.write(out / FILES["analysis"], "ViRelAy file", lambda tmp: _write_analysis(analysed, tmp))
 
     model = (attrs.get("model") or {}).get("name") or info.get("model_name") or "model"
     dataset = (attrs.get("dataset") or {}).get("name") or "dataset"
@@ -125,10 +126,7 @@ def export_virelay(
         strategy=strategy,
         analysis_method=analysis.replace("-", "_"),
     )
-    tmp = project.with_name(project.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(project)
-    return project
+    return guard.write(project, "ViRelAy file", lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _label_map(names: list[str], n_outputs: int) -> list[dict[str, Any]]:
@@ -186,7 +184,7 @@ def _rows_dataset(f: h5py.File, name: str, shape: tuple[int, ...], dtype: Any) -
 
 def _write_samples(
     store: AuditStore, attribution: str, shape: list[int], has_thumbnails: bool,
-    inputs: Sequence[Any] | None, out: Path,
+    inputs: Sequence[Any] | None, out: Path, guard: OutputGuard,
 ) -> None:
     n, (height, width) = shape[0], shape[-2:]
     if inputs is not None and len(inputs) < n:
@@ -196,7 +194,9 @@ def _write_samples(
         )
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * 4
     group = f"attributions/{attribution}"
-    with h5py.File(out / FILES["dataset"], "w") as data, h5py.File(out / FILES["attribution"], "w") as attr:
+    with (guard.writing(out / FILES["dataset"], "ViRelAy file") as data_tmp,
+          guard.writing(out / FILES["attribution"], "ViRelAy file") as attr_tmp,
+          h5py.File(data_tmp, "w") as data, h5py.File(attr_tmp, "w") as attr):
         images = _rows_dataset(data, "data", (n, 3, height, width), np.uint8)
         data["label"] = store.read("samples/label")
         relevance = _rows_dataset(attr, "attribution", (n, 3, height, width), np.float32)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from contextlib import suppress
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from spray.errors import BadInputError
+from spray.outputs import protecting
 from spray.report.content import gather
 
 __all__ = ["build_report", "render_report"]
@@ -46,20 +46,18 @@ def build_report(
     every group's mean heatmap with prototype images, and the ClArC results the store holds.
 
     Raises:
-        BadInputError: the store has no analysis ``analysis``; ``out_path`` is a directory or unwritable.
+        BadInputError: the store has no analysis ``analysis``; ``out_path`` is a directory or unwritable, is
+            the store, or is a file that is not a report spray wrote (spray.outputs).
         StoreError: the store cannot be read.
     """
     out = Path(out_path)
     if out.is_dir():
         raise BadInputError(f"report path {out} is a directory; name the HTML file, e.g. {out / 'report.html'}")
-    html = render_report(store_path, analysis, max_classes)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(html, encoding="utf-8")
-        tmp.replace(out)
-    except OSError as exc:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise BadInputError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
+    with protecting({"the audit store": store_path}) as guard:
+        guard.file(out, "report path", report=True)  # before rendering: a refusal should not wait for it
+        html = render_report(store_path, analysis, max_classes)
+        try:
+            guard.write(out, "report path", lambda tmp: tmp.write_text(html, encoding="utf-8"), report=True)
+        except OSError as exc:
+            raise BadInputError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
     return out

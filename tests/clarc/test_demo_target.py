@@ -43,7 +43,7 @@ def corrections(demo_audit, tmp_path_factory):
     for method in METHODS:
         tick = time.perf_counter()
         result = clarc_from_store(
-            store, cluster, method, demo_audit.model, data.as_dataset("train"), out_dir=out, seed=0,
+            store, cluster, method, demo_audit.model, data.as_dataset("train"), out_dir=out / "runs", seed=0,
             test=data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
             fda_rank=method == "rrclarc", progress=False,
         )

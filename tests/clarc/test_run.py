@@ -81,7 +81,7 @@ def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
     spec, _ = a_cluster(tiny_audit)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
-    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path,
+    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
                               progress=False)
     assert result.metrics[1]["clean_accuracy"] is None
     metrics = evaluate_from_store(store, result.run, tiny_audit.model, test=tiny_audit.dataset, progress=False)
@@ -101,7 +101,7 @@ def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_pat
     assert (spec.label, spec.clustering, spec.cluster) == (top["class"], top["clustering"], top["cluster"])
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
-    result = clarc_from_store(store, "top", "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path,
+    result = clarc_from_store(store, "top", "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
                               progress=False)
     assert result.cluster == str(spec) and result.run == f"pclarc_{spec.label}_{spec.clustering}_{spec.cluster}"
 
@@ -114,7 +114,7 @@ def test_a_given_everywhere_test_set_replaces_the_pasted_isolated_artifact(tiny_
     stamped = x.clone()
     stamped[:, :, :3, :3] = 1.0  # the tiny data's planted corner, in every sample
     given = TensorDataset(stamped, y)
-    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path,
+    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
                               test=tiny_audit.dataset, everywhere_test=given, progress=False)
     original = result.metrics[0]
     assert original["everywhere_accuracy"] == pytest.approx(accuracy(tiny_audit.model, given))

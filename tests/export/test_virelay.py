@@ -22,10 +22,10 @@ yaml = pytest.importorskip("yaml")
 ANALYSED = ["class0000", "class0001", "class0002"]  # class 3 has 5 images: skipped by the analysis
 
 
-def test_export_writes_the_project_label_map_and_three_hdf5_files(virelay_project):
+def test_export_writes_the_project_label_map_three_hdf5_files_and_the_output_marker(virelay_project):
     out = virelay_project.parent
     assert sorted(p.name for p in out.iterdir()) == [
-        "analysis.h5", "attribution.h5", "dataset.h5", "label-map.json", "project.yaml"]
+        ".spray-output", "analysis.h5", "attribution.h5", "dataset.h5", "label-map.json", "project.yaml"]
     project = yaml.safe_load(virelay_project.read_text(encoding="utf-8"))["project"]
     assert project == {
         "name": "synthetic <skin> lesions: spray",

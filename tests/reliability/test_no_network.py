@@ -14,6 +14,7 @@ import socket
 import pytest
 
 from spray.cli import main
+from spray.outputs import MARKER
 from spray.scheduling import dask_map
 
 
@@ -68,6 +69,7 @@ def test_demo_runs_with_sockets_blocked_and_attempts_no_connection(demo_audit, t
     out = tmp_path / "demo"
     out.mkdir()
     shutil.copy(demo_audit.weights, out / demo_audit.weights.name)  # the trained CNN: no training again
+    (out / MARKER).touch()  # the copied weights are spray's output: the directory is a demo's
     assert main(["demo", "--quick", "--clarc", "pclarc", "--out", str(out)]) == 0
     assert blocked_network == []
     printed = capsys.readouterr().out

@@ -1,10 +1,13 @@
 """Rank classes by how likely they hide a Clever Hans strategy (contract: `spray rank --json`).
 
-Each analysed class is scored by its most separable small cluster (:func:`spray.analysis.best_cluster`):
-the z-score of that cluster's one-vs-rest Fisher separability τ against the null of random subsets of the
-same size, from the null's exact mean and variance (no sampling: the ranking does not depend on the
-permutation seed). z-scores share one scale across classes of different sizes, which τ itself does not;
-classes are ranked by it, best candidate first. docs/spray-method.md defines every number.
+Each analysed class is scored by its best candidate cluster (:func:`spray.analysis.best_cluster`), and
+classes are compared the same way clusters are: first by the cluster's normalised cut ``ncut`` in the
+locally scaled kNN affinity graph of its class (low: the group hangs on to the rest of its class by few,
+weak edges, as a group explained by an artifact does; a natural style of the class grades into the rest),
+then by the z-score of its Fisher separability τ against the null of random subsets of the same size, from
+the null's exact mean and variance (no sampling: the ranking does not depend on the permutation seed).
+Both share one scale across classes of different sizes, which τ does not. docs/spray-method.md defines
+every number.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ FALLBACK_Z, FALLBACK_P = 3.0, 0.05
 def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, Any]]:
     """One entry per analysed class, best Clever Hans candidate first; skipped classes last, with a reason.
 
-    Entry keys: ``rank``, ``class`` (index), ``name``, ``n_samples``, ``score`` (z-score), ``tau``,
-    ``p_value``, ``clustering``, ``cluster``, ``cluster_size``, ``members`` (dataset sample indices of the
-    most separable cluster), ``outlier`` (how far the class's log z-score stands above the other classes',
-    in robust standard deviations; None with fewer than 4 ranked classes), ``flagged`` (a Clever Hans
-    candidate: ``outlier >= 3``, or ``z >= 3 and p <= 0.05`` without an outlier score), ``skipped``.
+    Entry keys: ``rank``, ``class`` (index), ``name``, ``n_samples``, ``ncut`` (normalised cut of the best
+    cluster; None for a store analysed before fda version 4, which then ranks by z alone), ``score``
+    (z-score), ``tau``, ``p_value``, ``clustering``, ``cluster``, ``cluster_size``, ``members`` (dataset
+    sample indices of the best cluster), ``outlier`` (how far the class's −log ncut, or log z-score where the
+    cuts cannot tell the classes apart, stands above the other classes', in robust standard deviations; None
+    with fewer than 4 ranked classes), ``flagged`` (a Clever Hans candidate: ``outlier >= 3``, or
+    ``z >= 3 and p <= 0.05`` without an outlier score), ``skipped``.
     """
     with store.reading():  # one snapshot: an analysis being rewritten meanwhile is seen before or after
         return _rank(store, analysis)
@@ -66,8 +71,7 @@ def _rank(store: AuditStore, analysis: str) -> list[dict[str, Any]]:
                 else:
                     entry.update(_best(store, path, status_arrays["dataset_index"]))
         entries.append(entry)
-    entries.sort(key=lambda e: (e["skipped"] is not None, -_finite(_negated(e["ncut"])), -_finite(e["score"]),
-                                e["class"]))
+    entries.sort(key=_order)
     for i, entry in enumerate(entries, start=1):
         entry["rank"] = i
     _flag(entries)
@@ -153,8 +157,12 @@ def _finite(value: float | None) -> float:
     return value if value is not None and math.isfinite(value) else -math.inf
 
 
-def _negated(value: float | None) -> float | None:
-    return None if value is None else -value
+def _order(entry: dict[str, Any]) -> tuple:
+    """Ranking order: analysed classes first; the lowest cut (none, or NaN: after every cut), then the
+    largest z-score (none or NaN: last), then the class index."""
+    ncut = entry["ncut"]
+    return (entry["skipped"] is not None, math.inf if ncut is None or math.isnan(ncut) else ncut,
+            -_finite(entry["score"]), entry["class"])
 
 
 def ranking_table(entries: list[dict[str, Any]]) -> pd.DataFrame:

@@ -106,8 +106,9 @@ _FDA_FIT = ("n_permutations", "random_state", "regularization")
 
 def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     """Separability of every clustering and of each of its clusters, each cluster's normalised cut in the
-    locally scaled affinity of the class's kNN graph, and the class's most separable small cluster. Per-cluster statistics are arrays, one row per cluster of every clustering (a class has hundreds:
-    as JSON text they would outgrow an attribute, docs/store.md); per-clustering ones and ``best`` are info."""
+    locally scaled affinity of the class's kNN graph, and the class's best candidate cluster. Per-cluster
+    statistics are arrays, one row per cluster of every clustering (a class has hundreds: as JSON text they
+    would outgrow an attribute, docs/store.md); per-clustering ones and ``best`` are info."""
     embedding = _embedding(inputs)
     source = {
         name: (node, labels)

@@ -216,7 +216,7 @@ def _parse_classes(text: str | None) -> list[int] | None:
 @click.option("--json", "as_json", is_flag=True, help="JSON list on stdout, best candidate first.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV table on stdout.")
 def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
-    """Classes ranked by FDA separability of their most separable small cluster (Clever Hans candidates)."""
+    """Classes ranked by the normalised cut, then the FDA separability, of their best small cluster."""
     from spray.ranking import rank_classes, ranking_table
     from spray.store import AuditStore
 

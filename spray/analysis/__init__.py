@@ -4,7 +4,8 @@
 heatmaps -> :class:`HeatmapPreprocessor` -> :class:`KNNGraph` -> :class:`SpectralEmbedding`
 -> :func:`propose_n_clusters` / clusterers (:class:`KMeansRange`, :class:`HDBSCANClustering`,
 :class:`Agglomerative`, :class:`DBSCANClustering`) -> maps (:class:`UMAPMap`, :class:`TSNEMap`)
--> :class:`FisherSeparability`, :func:`best_cluster`.
+-> :class:`FisherSeparability`, :func:`normalized_cuts` in :func:`local_scaling_affinity` of the kNN graph
+-> :func:`best_cluster`.
 
 Definitions: docs/spray-method.md. umap/pynndescent are imported lazily (numba compiles on first use).
 """
@@ -18,6 +19,7 @@ from spray.analysis.clustering import (
     KMeansRange,
     normalize_rows,
 )
+from spray.analysis.cut import local_scaling_affinity, normalized_cuts
 from spray.analysis.eigengap import eigengaps, propose_n_clusters
 from spray.analysis.fda import FisherSeparability, best_cluster, most_separable, separabilities
 from spray.analysis.knn import KNNGraph, knn_adjacency
@@ -42,6 +44,8 @@ __all__ = [
     "separabilities",
     "eigengaps",
     "knn_adjacency",
+    "local_scaling_affinity",
+    "normalized_cuts",
     "normalize_rows",
     "propose_n_clusters",
 ]

@@ -39,6 +39,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from spray.analysis._common import check_int, check_labels, check_matrix, check_real, rng_from
+from spray.analysis.cut import normalized_cuts
 from spray.errors import BadInputError
 
 _PERM_NNZ = 4_000_000  # indicator entries per permutation batch (bounds memory for large n)
@@ -276,9 +277,12 @@ def separabilities(
 
 
 def most_separable(
-    fits: dict[str, FisherSeparability], max_fraction: float = 0.5, min_size: int = 2
+    fits: dict[str, FisherSeparability], max_fraction: float = 0.5, min_size: int = 2,
+    cuts: dict[str, dict[int, float]] | None = None,
 ) -> tuple[str | None, int | None, dict[str, Any]]:
-    """The rule of :func:`best_cluster`, applied to fitted separabilities (from :func:`separabilities`)."""
+    """The rule of :func:`best_cluster`, applied to fitted separabilities (from :func:`separabilities`) and,
+    when given, the clusters' normalised cuts ``{clustering: {cluster id: ncut}}``
+    (:func:`spray.analysis.cut.normalized_cuts`)."""
     max_fraction = check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)
     min_size = check_int(min_size, "min_size", minimum=1)
     n = next(iter(fits.values())).n_samples_ if fits else 0
@@ -290,10 +294,12 @@ def most_separable(
             if not (min_size <= size <= max_fraction * n):
                 continue
             n_candidates += 1
+            ncut = cuts[name][cid] if cuts is not None else None
             z = fs.cluster_z_scores_[cid]
-            key = (np.nan_to_num(z, nan=-np.inf), fs.cluster_scores_[cid], -size)
+            key = (-np.inf if ncut is None or np.isnan(ncut) else -ncut,  # equal for all without cuts
+                   np.nan_to_num(z, nan=-np.inf), fs.cluster_scores_[cid], -size)
             if best_key is None or key > best_key:
-                best, best_key = (name, cid, fs.cluster_stats(cid)), key
+                best, best_key = (name, cid, {**fs.cluster_stats(cid), "ncut": ncut}), key
     if best is None:
         return None, None, {
             "reason": f"no cluster with {min_size} <= size <= {max_fraction:g} * n = {max_fraction * n:g} "
@@ -313,21 +319,34 @@ def best_cluster(
     max_fraction: float = 0.5,
     min_size: int = 2,
     regularization: float = 1e-6,
+    affinity: Any = None,
 ) -> tuple[str | None, int | None, dict[str, Any]]:
     """The most separable small cluster over several clusterings of one class's embedding.
 
-    Rule: a Clever Hans cluster is small and well separated. Among the clusters of every clustering whose
-    size is within ``[min_size, max_fraction · n]`` (noise −1 is never a candidate), pick the largest
+    Rule: a Clever Hans cluster is small, nearly disconnected from the rest of its class and well separated.
+    Candidates are the clusters of every clustering whose size is within ``[min_size, max_fraction · n]``
+    (noise −1 is never a candidate). With an ``affinity`` graph of the class (n, n) sparse, symmetric: the
+    pipeline passes :func:`spray.analysis.cut.local_scaling_affinity` of its kNN graph), the candidate with the
+    lowest normalised cut in it wins; ties, and every comparison without an affinity, go to the larger
     per-cluster z-score of τ_q against the null of random subsets of its size (see
-    :class:`FisherSeparability`); ties go to the larger τ, then the smaller cluster, then the first clustering
-    name in sorted order and the smaller id. The z-score, unlike τ itself, is comparable across cluster sizes.
-    It comes from exact null moments, so the choice does not depend on ``random_state`` or
-    ``n_permutations``: they only set the p-values and the clusterings' J null (one seed for all clusterings).
+    :class:`FisherSeparability`), then to the larger τ, the smaller cluster, the first clustering name in
+    sorted order and the smaller id. Both the cut and the z-score, unlike τ itself, are comparable across
+    cluster sizes. The z-score comes from exact null moments, so the choice does not depend on
+    ``random_state`` or ``n_permutations``: they only set the p-values and the clusterings' J null (one seed
+    for all clusterings).
 
     Returns ``(clustering_name, cluster_id, stats)``; ``stats`` is :meth:`FisherSeparability.cluster_stats`
-    plus ``"n_candidates"``. With no candidate cluster it returns ``(None, None, {"reason": ...})``.
+    plus ``"ncut"`` (None without an affinity) and ``"n_candidates"``. With no candidate cluster it returns
+    ``(None, None, {"reason": ...})``.
     """
     check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)  # before the fits, not after them
     check_int(min_size, "min_size", minimum=1)
     fits = separabilities(embedding, clusterings, n_permutations, random_state, regularization)
-    return most_separable(fits, max_fraction, min_size)
+    cuts = None
+    if affinity is not None:
+        n = next(iter(fits.values())).n_samples_
+        if not sp.issparse(affinity) or affinity.shape != (n, n):
+            raise BadInputError(f"affinity must be a sparse ({n}, {n}) matrix, got {type(affinity).__name__} "
+                                f"of shape {getattr(affinity, 'shape', None)}")
+        cuts = {name: normalized_cuts(affinity, np.asarray(labels)) for name, labels in clusterings.items()}
+    return most_separable(fits, max_fraction, min_size, cuts)

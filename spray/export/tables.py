@@ -68,10 +68,11 @@ class ClassAnalysis:
 
 def _fda_info(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict[str, Any]:
     """The fda node's info, each clustering with its per-cluster statistics (stored as arrays) under
-    ``clusters``: ``{cluster id: {"size", "tau", "z_score", "p_value"}}``."""
+    ``clusters``: ``{cluster id: {"size", "tau", "z_score", "p_value", "ncut"}}`` (no ``ncut`` in a store
+    analysed before fda version 4)."""
     info = dict(attrs.get("info") or {})
     table = {name: {**row, "clusters": {}} for name, row in (info.get("clusterings") or {}).items()}
-    stats = ("size", "tau", "z_score", "p_value")
+    stats = ("size", "tau", "z_score", "p_value") + (("ncut",) if "cluster_ncut" in arrays else ())
     columns = [arrays[f"cluster_{stat}"] for stat in stats]
     for name, cid, *values in zip(arrays["cluster_clustering"], arrays["cluster_id"], *columns, strict=True):
         if str(name) in table:

@@ -25,7 +25,9 @@ from spray.analysis import (
     TSNEMap,
     UMAPMap,
     best_cluster,
+    local_scaling_affinity,
     most_separable,
+    normalized_cuts,
     propose_n_clusters,
     separabilities,
 )
@@ -104,9 +106,10 @@ _FDA_FIT = ("n_permutations", "random_state", "regularization")
 
 
 def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
-    """Separability of every clustering and of each of its clusters, and the class's most separable small
-    cluster. Per-cluster statistics are arrays, one row per cluster of every clustering (a class has hundreds:
-    as JSON text they would outgrow an attribute, docs/store.md); per-clustering ones and ``best`` are info."""
+    """Separability of every clustering and of each of its clusters, each cluster's normalised cut in the
+    locally scaled affinity of the class's kNN graph, and the class's best candidate cluster. Per-cluster
+    statistics are arrays, one row per cluster of every clustering (a class has hundreds: as JSON text they
+    would outgrow an attribute, docs/store.md); per-clustering ones and ``best`` are info."""
     embedding = _embedding(inputs)
     source = {
         name: (node, labels)
@@ -116,6 +119,9 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     }
     fits = separabilities(embedding, {name: labels for name, (_, labels) in source.items()},
                           **{k: params[k] for k in _FDA_FIT})
+    knn = inputs["knn"][0]
+    affinity = local_scaling_affinity(knn["indices"], knn["distances"])
+    cuts = {name: normalized_cuts(affinity, labels) for name, (_, labels) in source.items()}
     rows = [(name, c, fit) for name, fit in fits.items() for c in fit.cluster_ids_]
     arrays = {
         "cluster_clustering": np.array([name for name, _, _ in rows], dtype=str),
@@ -126,12 +132,13 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
             for stat, attr in (("tau", "cluster_scores_"), ("z_score", "cluster_z_scores_"),
                                ("p_value", "cluster_p_values_"))
         },
+        "cluster_ncut": np.array([cuts[name][c] for name, c, _ in rows], dtype=np.float64),
     }
     table = {
         name: {"score": fit.score_, "z_score": fit.z_score_, "p_value": fit.p_value_, "n_clusters": fit.n_clusters_}
         for name, fit in fits.items()
     }
-    name, cluster, stats = most_separable(fits, params["max_fraction"], params["min_size"])
+    name, cluster, stats = most_separable(fits, params["max_fraction"], params["min_size"], cuts)
     node = source[name][0] if name is not None else None
     return arrays, {"clusterings": table, "best": {"node": node, "clustering": name, "cluster": cluster, **stats}}
 
@@ -158,9 +165,9 @@ NODES: dict[str, Node] = {
         Node("dbscan", ("spectral",), _clustering(DBSCANClustering), _defaults(DBSCANClustering), kind="clustering"),
         Node("umap", ("spectral", "knn"), _map(UMAPMap), _defaults(UMAPMap), kind="map", default=True),
         Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
-        Node("fda", ("spectral",), _fda, signature_defaults(best_cluster, skip=("embedding", "clusterings")),
-             required=True,
-             depends_on_all="clustering", version=3),  # 2: exact-moment z-scores; 3: per-cluster arrays
+        Node("fda", ("spectral", "knn"), _fda,
+             signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity")), required=True,
+             depends_on_all="clustering", version=4),  # 2: exact-moment z-scores; 3: per-cluster arrays; 4: cuts
     )
 }
 

@@ -47,6 +47,11 @@ def fmt_z(z: float | None) -> str:
     return f"{z:.0f}" if abs(z) >= 100 else f"{z:.1f}"
 
 
+def fmt_cut(ncut: float | None) -> str:
+    """A normalised cut in [0, 2], to three significant digits (the demo's range from 0.0016 to 0.3)."""
+    return "–" if ncut is None or math.isnan(ncut) else f"{ncut:.3g}"
+
+
 def fmt_p(p: float | None) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "–"
@@ -200,7 +205,7 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
     rows = [
         {
             "rank": e["rank"], "name": e["name"], "label": e["class"], "n": e["n_samples"],
-            "z": fmt_z(e["score"]), "p": fmt_p(e["p_value"]),
+            "cut": fmt_cut(e["ncut"]), "z": fmt_z(e["score"]), "p": fmt_p(e["p_value"]),
             "size": "–" if e["cluster_size"] is None else str(e["cluster_size"]),
             "candidate": e["candidate"], "skipped": e["skipped"],
             "anchor": f"class-{e['class']}" if any(c.label == e["class"] for c in classes) else None,

@@ -11,7 +11,8 @@ and the seed vary) analysed with the tests' "synthetic" pipeline and ranked by `
 outlier score of the poisoned class, the largest outlier score of the others, the flagged classes and the
 overlap (IoU) of the flagged cluster with the planted samples.
 
-Part 3 (--cost): the FDA node (a FisherSeparability per clustering for the stored table, then best_cluster)
+Part 3 (--cost): the FDA node (a FisherSeparability per clustering for the stored table, the clusters'
+normalised cuts in the affinity of a 10-NN graph, then the choice)
 on a 10-blob Gaussian mixture, n = 10k, d = 32, k-means k = 2..31 (30 clusterings), 100 permutations; wall
 and CPU seconds of the node, of best_cluster alone, and of best_cluster without permutations (what the
 ranking's z-scores cost; the permutations serve p-values and the clusterings' own null).
@@ -99,7 +100,7 @@ def synthetic(runs: int) -> None:
 
 
 def cost(n: int) -> None:
-    from spray.analysis import KMeansRange, best_cluster
+    from spray.analysis import KMeansRange, KNNGraph, best_cluster
     from spray.pipeline.nodes import NODES
 
     rng = np.random.default_rng(0)
@@ -107,7 +108,9 @@ def cost(n: int) -> None:
     E = centres[rng.integers(0, 10, n)] + rng.normal(size=(n, 32))
     clusterings = KMeansRange(2, 31, n_init=1, random_state=0).fit(E).named_labels()
     params = dict(NODES["fda"].defaults)
-    inputs = {"spectral": ({"embedding": E}, {}), "kmeans": (clusterings, {})}
+    graph = KNNGraph(random_state=0).fit(E)
+    inputs = {"spectral": ({"embedding": E}, {}), "kmeans": (clusterings, {}),
+              "knn": ({"indices": graph.indices_, "distances": graph.distances_}, {})}
     no_permutations = {**params, "n_permutations": 0}
     for what, call in (("fda node (table + best_cluster)", lambda: NODES["fda"].run(params, inputs)),
                        ("best_cluster alone", lambda: best_cluster(E, clusterings, **params)),

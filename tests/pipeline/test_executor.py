@@ -100,7 +100,7 @@ def test_fda_keeps_one_row_per_cluster_in_arrays_and_the_summary_in_a_small_info
     assert set(info["clusterings"]) == set(labels) and "clusters" not in info["clusterings"]["kmeans_2"]
     best = info["best"]
     row = analysis.fda["clusterings"][best["clustering"]]["clusters"][best["cluster"]]
-    assert row == {k: best[k] for k in ("size", "tau", "z_score", "p_value")}
+    assert row == {k: best[k] for k in ("size", "tau", "z_score", "p_value", "ncut")}
 
 
 def test_library_warnings_in_class_threads_are_silenced(store, monkeypatch):

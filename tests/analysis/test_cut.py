@@ -1,0 +1,96 @@
+"""Normalised cuts in the locally scaled kNN affinity: definitions, exact zeros, and the choice they drive."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spray.analysis import KNNGraph, best_cluster, local_scaling_affinity, normalized_cuts
+from spray.analysis.cut import SCALE_NEIGHBOR
+from spray.errors import BadInputError
+
+
+def _style_and_artifact(seed=0):
+    """A class in miniature: a bulk, a large 'style' group joined to it by a bridge of intermediate samples,
+    and a small tight 'artifact' group off to the side with no bridge."""
+    rng = np.random.default_rng(seed)
+    bulk = rng.normal(size=(200, 2))
+    bridge = np.c_[np.linspace(1.5, 4, 25), rng.normal(scale=0.3, size=25)]
+    style = rng.normal(size=(80, 2)) * 0.6 + [5, 0]
+    artifact = rng.normal(size=(30, 2)) * 0.3 + [0, 4.5]
+    X = np.vstack([bulk, bridge, style, artifact])
+    labels = {"style": np.r_[np.zeros(225, int), np.ones(80, int), np.zeros(30, int)],
+              "artifact": np.r_[np.zeros(305, int), np.ones(30, int)]}
+    return X, labels
+
+
+def test_affinity_is_symmetric_with_self_tuning_weights_on_the_knn_edges():
+    X, _ = _style_and_artifact()
+    graph = KNNGraph(n_neighbors=10).fit(X)
+    W = local_scaling_affinity(graph.indices_, graph.distances_)
+    assert abs(W - W.T).max() == 0 and W.diagonal().max() == 0
+    sigma = graph.distances_[:, SCALE_NEIGHBOR - 1]
+    for i in (0, 100, 300):
+        for j, d in zip(graph.indices_[i], graph.distances_[i]):
+            assert W[i, j] == pytest.approx(math.exp(-d**2 / (sigma[i] * sigma[j])), rel=1e-12)
+    # Edges are those of the kNN graph in either direction, nothing else.
+    assert (W != 0).toarray().tolist() == (graph.adjacency_ != 0).toarray().tolist()
+
+
+def test_fewer_neighbours_than_the_scale_neighbour_use_the_last_one_and_duplicates_get_a_positive_scale():
+    indices = np.array([[1, 2], [0, 2], [0, 1], [0, 1]])
+    distances = np.array([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [2.0, 2.0]])  # 0, 1, 2 coincide; 3 is off
+    W = local_scaling_affinity(indices, distances).toarray()
+    assert W[0, 1] == W[1, 2] == 1.0
+    assert W[3, 0] == pytest.approx(math.exp(-4.0 / (2.0 * 2.0)))  # σ of 0 is the smallest positive σ, 2
+
+
+def test_ncut_matches_its_definition_on_a_hand_made_graph():
+    # Two triangles joined by one edge of weight 0.5; noise (−1) belongs to the rest of every cluster.
+    W = sp.csr_matrix(np.array([
+        [0, 1, 1, 0, 0, 0],
+        [1, 0, 1, 0, 0, 0],
+        [1, 1, 0, 0.5, 0, 0],
+        [0, 0, 0.5, 0, 1, 1],
+        [0, 0, 0, 1, 0, 1],
+        [0, 0, 0, 1, 1, 0],
+    ]))
+    cuts = normalized_cuts(W, np.array([0, 0, 0, 1, 1, -1]))
+    assert set(cuts) == {0, 1}
+    assert cuts[0] == pytest.approx(0.5 / 6.5 + 0.5 / 6.5)
+    # Cluster 1 = {3, 4}: cut = 0.5 (to 2) + 1 (3–5) + 1 (4–5), vol = 2.5 + 2, rest = 13 − 4.5.
+    assert cuts[1] == pytest.approx(2.5 / 4.5 + 2.5 / 8.5)
+
+
+def test_a_disconnected_cluster_has_a_cut_of_exactly_zero_and_a_cluster_of_everything_none():
+    W = sp.block_diag([np.ones((3, 3)) - np.eye(3), np.ones((4, 4)) - np.eye(4)], format="csr")
+    assert normalized_cuts(W * 0.1, np.array([0, 0, 0, 1, 1, 1, 1])) == {0: 0.0, 1: 0.0}
+    assert math.isnan(normalized_cuts(W, np.zeros(7, dtype=int))[0])
+
+
+def test_the_cut_prefers_the_cut_off_group_to_a_larger_z_score_of_a_bridged_one():
+    X, labels = _style_and_artifact()
+    graph = KNNGraph(n_neighbors=10).fit(X)
+    W = local_scaling_affinity(graph.indices_, graph.distances_)
+    by_z = best_cluster(X, labels, n_permutations=0)
+    by_cut = best_cluster(X, labels, n_permutations=0, affinity=W)
+    cuts = {name: normalized_cuts(W, lab)[1] for name, lab in labels.items()}
+    print(f"z: {by_z[2]['z_score']:.0f} (style) vs {by_cut[2]['z_score']:.0f} (artifact); cuts {cuts}")
+    assert by_z[:2] == ("style", 1) and by_z[2]["ncut"] is None
+    assert by_cut[:2] == ("artifact", 1) and by_cut[2]["ncut"] == cuts["artifact"]
+    assert by_z[2]["z_score"] > by_cut[2]["z_score"] and cuts["artifact"] < cuts["style"] / 10
+
+
+def test_equal_cuts_are_decided_by_the_z_score():
+    X, labels = _style_and_artifact()
+    no_edges = sp.csr_matrix((X.shape[0], X.shape[0]))  # every cut NaN: nothing to compare, z decides
+    assert best_cluster(X, labels, n_permutations=0, affinity=no_edges)[:2] == ("style", 1)
+
+
+def test_an_affinity_of_the_wrong_shape_is_refused_by_name():
+    X, labels = _style_and_artifact()
+    with pytest.raises(BadInputError, match=r"affinity must be a sparse \(335, 335\) matrix, got ndarray"):
+        best_cluster(X, labels, affinity=np.eye(3))

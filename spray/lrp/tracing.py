@@ -77,6 +77,8 @@ _OPERATIONS: dict[Any, type[TracedOperation]] = {
                      "tanh", "tanh_"], Activation),
 }
 
+_COMMUTATIVE = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_", "multiply"}
+
 #: In-place operations and their out-of-place equivalents (a traced module's inputs must stay unmodified).
 _OUT_OF_PLACE: dict[Any, Any] = {
     operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
@@ -172,16 +174,20 @@ def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], tensors: 
         if kind is None:
             raise UnsupportedLayerError(_no_rule(node, "LRP has no rule for it"))
         inputs = [a for a in node.all_input_nodes if a in carries]
-        if kind is not Addition and (len(inputs) != 1 or inputs[0] is not node.args[0]):
-            raise UnsupportedLayerError(_no_rule(node, f"LRP explains it only when its first argument alone "
-                                                       f"depends on the input, as in a scaling by a constant "
-                                                       f"(a product of two such tensors is a gating)"))
-        _replace(module, node, kind, _name(module, node, user, taken), tensors)
+        if kind is not Addition and (len(inputs) != 1 or (inputs[0] is not node.args[0]
+                                                          and node.target not in _COMMUTATIVE)):
+            raise UnsupportedLayerError(_no_rule(node, "LRP explains it only when one factor (the numerator, "
+                                                       "the first argument) depends on the input, as in a scaling "
+                                                       "by a constant; a product of two such tensors is a gating"))
+        call = _replace(module, node, kind, _name(module, node, user, taken), tensors)
+        carries.add(call)
+        tensors.add(call)
 
 
 def _replace(module: fx.GraphModule, node: fx.Node, kind: type[TracedOperation], name: str,
-             tensors: set[fx.Node]) -> None:
-    """``node`` → a call of a new ``kind`` module ``name``; tensors become its inputs, other values keywords."""
+             tensors: set[fx.Node]) -> fx.Node:
+    """``node`` → a call of a new ``kind`` module ``name`` (returned); tensors become its inputs, other values
+    keywords."""
     graph, inputs, values = module.graph, [], {}
 
     def slot(arg: fx.Node) -> Slot:
@@ -205,6 +211,7 @@ def _replace(module: fx.GraphModule, node: fx.Node, kind: type[TracedOperation],
     if isinstance(modified, fx.Node):  # later reads of the tensor modified in place read the result
         for later in _after(call):
             later.replace_input_with(modified, call)
+    return call
 
 
 def _fold_batchnorms(module: fx.GraphModule, user: set[int]) -> None:

@@ -2,7 +2,9 @@
 
 The model is first traced into a canonised copy (spray.lrp.tracing): functional additions, means and
 scalings become modules with rules, BatchNorm is folded wherever it follows a Linear/Conv. A model that
-cannot be traced is hooked as it is, with BatchNorm folded inside ``nn.Sequential`` only. Every leaf module gets a pre-hook (it runs on detached leaves of its inputs, so its graph serves its rule
+cannot be traced is hooked as it is, with BatchNorm folded inside ``nn.Sequential`` only.
+
+Every leaf module gets a pre-hook (it runs on detached leaves of its inputs, so its graph serves its rule
 only) and a forward hook that wraps its output in :class:`_Relay`, an autograd function that is the
 identity forward and calls the layer's rule backward. Autograd therefore carries *relevance* from layer
 to layer; the functional operations left between modules see relevance as a gradient, which is right for

@@ -194,8 +194,9 @@ def test_untraceable_model_falls_back_to_hooks_with_a_warning_naming_the_call():
     torch.manual_seed(0)
     model = _Functional().double()
     x, target = torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 1])
-    with pytest.warns(UntracedModelWarning, match=r"cannot trace the forward of _Functional at \S+test_engine.py:\d+: "
-                                                  r"`return self.fc\(x.view\(len\(x\), -1\)\)` \('len' is not supported"):
+    message = (r"cannot trace the forward of _Functional at \S+test_engine.py:\d+: "
+               r"`return self.fc\(x.view\(len\(x\), -1\)\)` \('len' is not supported")
+    with pytest.warns(UntracedModelWarning, match=message):
         relevance, logits = LRP(EpsilonPlusFlat(1e-12)).attribute(model, x, target)
     _assert_conserved(relevance, _explained_logit(logits, target))
 

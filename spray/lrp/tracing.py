@@ -103,7 +103,10 @@ def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | Non
     """The traced, rewritten copy of ``model`` for input ``x``, or None (with a warning) if fx cannot trace it.
 
     ``x`` (two of its samples) runs once through the copy to tell tensors from other values (sizes, ...).
+    A model that is a single leaf module needs no trace: None, without a warning.
     """
+    if next(model.children(), None) is None:
+        return None
     leaves = {id(m) for name, m in model.named_modules() if name and composite.rule(name, m, False) is not None}
     tracer = _Tracer(leaves)
     try:

@@ -183,3 +183,12 @@ def test_module_mapped_by_type_is_not_traced_into():
     )
     assert relevance.shape == (2, 3)
 
+
+
+def test_a_model_that_is_one_leaf_module_is_hooked_without_a_trace(recwarn):
+    model = nn.Linear(3, 2, bias=False).double()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    assert canonize(model, x, Epsilon(), None) is None
+    relevance, logits = LRP(Epsilon(1e-12)).attribute(model, x, torch.tensor([0, 1]))
+    torch.testing.assert_close(relevance.sum(1), logits.diagonal())
+    assert not recwarn.list

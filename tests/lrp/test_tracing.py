@@ -126,7 +126,8 @@ class _Functional(nn.Module):
         c = torch.cat([b, a], dim=1)             # concatenation: relevance split by slices
         c = F.max_pool2d(self.conv3(c), 2) + F.avg_pool2d(a, 2)
         d = F.gelu(c / 2)
-        pooled = torch.cat([d.mean((2, 3)), F.adaptive_avg_pool2d(d, 1).flatten(1)], 1)
+        spatial = (d.dim() - 2, d.dim() - 1)     # sizes computed in forward: passed to the traced mean
+        pooled = torch.cat([d.mean(spatial), F.adaptive_avg_pool2d(d, 1).flatten(1)], 1)
         return self.fc(pooled.view(pooled.size(0), -1))
 
 

@@ -14,6 +14,7 @@ scalings, which is why tracing turns those into modules).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -29,6 +30,12 @@ from spray.lrp.composites import Composite
 from spray.lrp.layers import LINEAR_LAYERS
 from spray.lrp.rules import Rule
 from spray.lrp.tracing import canonize
+
+
+#: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
+#: forward of an attribution running in another thread (dask workers with several threads): LRP calls of
+#: one process run one at a time.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 class LRP:
@@ -90,6 +97,7 @@ class LRP:
             raise BadInputError(f"start module {start!r} is not in the model; use a name from "
                                 f"model.named_modules(), e.g. {names[1:6]}")
         with ExitStack() as stack:
+            stack.enter_context(_ONE_AT_A_TIME)
             stack.enter_context(_frozen(model))
             traced = canonize(model, x, self.composite, start)
             if traced is None:

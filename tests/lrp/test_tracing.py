@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -193,3 +195,16 @@ def test_a_model_that_is_one_leaf_module_is_hooked_without_a_trace(recwarn):
     relevance, logits = LRP(Epsilon(1e-12)).attribute(model, x, torch.tensor([0, 1]))
     torch.testing.assert_close(relevance.sum(1), logits.diagonal())
     assert not recwarn.list
+
+
+def test_attributions_in_concurrent_threads_equal_the_serial_ones():
+    # fx patches torch.nn.Module.__call__ process-wide while tracing: unserialised, one thread's trace would
+    # capture another thread's forward.
+    torch.manual_seed(0)
+    model = _Functional().double().eval()
+    xs = [torch.randn(2, 2, 6, 6, dtype=torch.float64) for _ in range(8)]
+    target = torch.tensor([0, 1])
+    serial = [LRP(Epsilon()).attribute(model, x, target)[0] for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda x: LRP(Epsilon()).attribute(model, x, target)[0], xs))
+    assert all(torch.equal(a, b) for a, b in zip(serial, concurrent, strict=True))

@@ -60,7 +60,7 @@ class Projected(nn.Module):
 
     def forward(self, *args: object, **kwargs: object) -> Tensor:
         a = self.layer(*args, **kwargs)
-        if not isinstance(a, Tensor):
+        if not isinstance(a, Tensor | torch.fx.Proxy):  # a Proxy while LRP traces the model (spray.lrp.tracing)
             raise BadInputError(f"the projected layer returns {type(a).__name__}, not a tensor")
         return self.projection(a)
 

@@ -1,4 +1,4 @@
-"""spray's LRP engine: rules as autograd hooks, composites, BatchNorm canonisation, and :class:`Sum`.
+"""spray's LRP engine: rules as autograd hooks, composites, canonisation by tracing, and :class:`Sum`.
 
 ``LRP(composite).attribute(model, x, target)`` explains class outputs; ``LRP(...).relevance`` starts at
 any module. ``spray.lrp.Epsilon`` is the composite; the ε *rule* is ``spray.lrp.rules.Epsilon``.
@@ -31,6 +31,7 @@ from spray.lrp.rules import (
     ZBox,
     ZPlus,
 )
+from spray.lrp.tracing import UntracedModelWarning
 
 __all__ = [
     "LRP",
@@ -47,6 +48,7 @@ __all__ = [
     "Proportional",
     "Rule",
     "Sum",
+    "UntracedModelWarning",
     "WSquare",
     "WinnerTakesAll",
     "ZBox",

@@ -1,5 +1,9 @@
 """Canonisation: fold BatchNorm into the preceding Linear/Conv for the duration of an attribution.
 
+This module's :func:`fold_batchnorm` serves models that cannot be traced; a traced model has every
+BatchNorm folded into the layer that feeds it wherever that edge is, into new copies of the layers
+(spray.lrp.tracing). Both use :func:`folded_parameters`.
+
 In eval mode ``BN(f(x)) = s ⊙ (W x + b − μ) + β`` with ``s = γ / sqrt(σ² + eps)``, which is one layer with
 weight ``s ⊙ W`` and bias ``s ⊙ (b − μ) + β``; LRP rules then see the network's true linear maps.
 
@@ -36,7 +40,7 @@ def fold_batchnorm(model: nn.Module) -> Iterator[int]:
             keys = list(parent._modules)
             for previous, key in zip(keys, keys[1:]):
                 layer, norm = parent._modules[previous], parent._modules[key]
-                if _foldable(layer, norm):
+                if foldable(layer, norm):
                     undo.append(_fold(parent, key, layer, norm))
         yield len(undo)
     finally:
@@ -44,7 +48,8 @@ def fold_batchnorm(model: nn.Module) -> Iterator[int]:
             restore()
 
 
-def _foldable(layer: nn.Module | None, norm: nn.Module | None) -> bool:
+def foldable(layer: nn.Module | None, norm: nn.Module | None) -> bool:
+    """``norm`` is a BatchNorm with running statistics over the output channels of Linear/Conv ``layer``."""
     return (
         isinstance(layer, LINEAR_LAYERS)
         and isinstance(norm, BATCHNORM_LAYERS)
@@ -57,16 +62,8 @@ def _foldable(layer: nn.Module | None, norm: nn.Module | None) -> bool:
 def _fold(parent: nn.Sequential, key: str, layer: nn.Module, norm: nn.Module) -> Callable[[], None]:
     """Fold ``norm`` (child ``key`` of ``parent``) into ``layer``; return the function that undoes it."""
     weight, bias = layer.weight, layer.bias
-    with torch.no_grad():
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        shift = -norm.running_mean * scale
-        if norm.affine:
-            scale = scale * norm.weight
-            shift = shift * norm.weight + norm.bias
-        folded_bias = shift if bias is None else bias * scale + shift
-        folded_weight = weight * scale.reshape(-1, *[1] * (weight.dim() - 1))
-    layer.weight = nn.Parameter(folded_weight, requires_grad=False)
-    layer.bias = nn.Parameter(folded_bias, requires_grad=False)
+    folded_weight, folded_bias = folded_parameters(layer, norm)
+    layer.weight, layer.bias = folded_weight, folded_bias
     parent._modules[key] = nn.Identity()
 
     def restore() -> None:
@@ -75,3 +72,16 @@ def _fold(parent: nn.Sequential, key: str, layer: nn.Module, norm: nn.Module) ->
         parent._modules[key] = norm
 
     return restore
+
+
+def folded_parameters(layer: nn.Module, norm: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
+    """New (weight, bias) of ``layer`` followed by eval-mode ``norm`` as one layer (see the module docstring)."""
+    with torch.no_grad():
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        shift = -norm.running_mean * scale
+        if norm.affine:
+            scale = scale * norm.weight
+            shift = shift * norm.weight + norm.bias
+        bias = shift if layer.bias is None else layer.bias * scale + shift
+        weight = layer.weight * scale.reshape(-1, *[1] * (layer.weight.dim() - 1))
+    return nn.Parameter(weight, requires_grad=False), nn.Parameter(bias, requires_grad=False)

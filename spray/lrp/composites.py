@@ -17,6 +17,7 @@ from torch import nn
 from spray._checks import check_real
 from spray.errors import BadInputError
 from spray.lrp import rules
+from spray.lrp.functional import Activation, Addition, Pooling, Scaling
 from spray.lrp.layers import AVGPOOL_LAYERS, BATCHNORM_LAYERS, LINEAR_LAYERS, MAXPOOL_LAYERS, PASS_LAYERS, Sum
 from spray.lrp.rules import (
     AlphaBeta, Bounds, Flat, Gamma, Pass, Proportional, Rule, WinnerTakesAll, ZBox, ZPlus, _jsonable,
@@ -46,8 +47,9 @@ class Composite:
     """Layer → rule map: ``dense`` for Linear, ``conv`` for Conv1d/Conv2d, ``first`` for the first of them.
 
     Every composite also explains unfolded BatchNorm with LRP-ε (``epsilon``), passes relevance through
-    activations, Dropout, Flatten and Identity, splits it proportionally over average pooling and
-    :class:`~spray.lrp.Sum`, and gives max pooling's relevance to the winning input.
+    activations, Dropout, Flatten and Identity, splits it proportionally over average pooling,
+    :class:`~spray.lrp.Sum` and the traced additions, means and scalings (spray.lrp.functional), passes it
+    through traced functional activations, and gives max pooling's relevance to the winning input.
     """
 
     name = "composite"
@@ -76,6 +78,10 @@ class Composite:
             nn.Conv1d: conv,
             nn.Conv2d: conv,
             Sum: proportional,
+            Addition: proportional,
+            Pooling: proportional,
+            Scaling: proportional,
+            Activation: Pass(),
             **dict.fromkeys(BATCHNORM_LAYERS, rules.Epsilon(epsilon)),
             **dict.fromkeys(PASS_LAYERS, Pass()),
             **dict.fromkeys(AVGPOOL_LAYERS, proportional),

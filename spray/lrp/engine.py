@@ -1,14 +1,20 @@
 """The LRP engine: attach a composite's rules to a model, run one forward and one backward pass, detach.
 
+The model is first traced into a canonised copy (spray.lrp.tracing): functional additions, means and
+scalings become modules with rules, BatchNorm is folded wherever it follows a Linear/Conv. A model that
+cannot be traced is hooked as it is, with BatchNorm folded inside ``nn.Sequential`` only.
+
 Every leaf module gets a pre-hook (it runs on detached leaves of its inputs, so its graph serves its rule
 only) and a forward hook that wraps its output in :class:`_Relay`, an autograd function that is the
 identity forward and calls the layer's rule backward. Autograd therefore carries *relevance* from layer
-to layer; functional operations between modules see relevance as a gradient, which is right for reshapes,
-views, indexing and ReLU-type gating, but wrong for additions (use :class:`~spray.lrp.Sum`) and scalings.
+to layer; the functional operations left between modules see relevance as a gradient, which is right for
+reshapes, views, indexing, concatenation, max pooling and ReLU-type gating (and wrong for additions and
+scalings, which is why tracing turns those into modules).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
@@ -23,13 +29,21 @@ from spray.lrp.canonizers import fold_batchnorm
 from spray.lrp.composites import Composite
 from spray.lrp.layers import LINEAR_LAYERS
 from spray.lrp.rules import Rule
+from spray.lrp.tracing import canonize
+
+
+#: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
+#: forward of an attribution running in another thread (dask workers with several threads): LRP calls of
+#: one process run one at a time.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 class LRP:
     """Layer-wise relevance propagation with a composite's rules; an attributor (docs/architecture.md).
 
-    The model is left as found: hooks removed, BatchNorm unfolded, ``training`` and ``requires_grad``
-    flags restored, no ``.grad`` written. During the attribution the model runs in eval mode.
+    The model is left as found: its modules are never replaced or modified (tracing works on a copy whose
+    new layers are new objects), hooks are removed, ``training`` and ``requires_grad`` flags restored, no
+    ``.grad`` written. During the attribution the model runs in eval mode.
     """
 
     def __init__(self, composite: Composite) -> None:
@@ -82,24 +96,31 @@ class LRP:
         if start is not None and start not in names:
             raise BadInputError(f"start module {start!r} is not in the model; use a name from "
                                 f"model.named_modules(), e.g. {names[1:6]}")
-        unknown = sorted(set(self.composite.names) - set(names))
-        if unknown:
-            raise BadInputError(f"the composite maps rules to modules the model does not have: {unknown}; "
-                                f"names are qualified as in model.named_modules(), e.g. {names[1:6]}")
         with ExitStack() as stack:
+            stack.enter_context(_ONE_AT_A_TIME)
             stack.enter_context(_frozen(model))
-            stack.enter_context(fold_batchnorm(model))
-            handles = _attach(model, self.composite)
+            traced = canonize(model, x, self.composite, start)
+            if traced is None:
+                stack.enter_context(fold_batchnorm(model))
+                run, start_name = model, start
+            else:
+                run, start_name = traced.module, traced.start
+            known = set(names) | {name for name, _ in run.named_modules()}
+            unknown = sorted(set(self.composite.names) - known)
+            if unknown:
+                raise BadInputError(f"the composite maps rules to modules the model does not have: {unknown}; "
+                                    f"names are qualified as in model.named_modules(), e.g. {names[1:6]}")
+            handles = _attach(run, self.composite)
             stack.callback(_remove, handles)
             captured: list[Tensor] = []
-            if start is not None:
-                # Looked up after folding: a folded BatchNorm's place is taken by an identity.
-                module = dict(model.named_modules())[start]
+            if start_name is not None:
+                # A folded BatchNorm's place is taken by an identity; a container's output by a tap.
+                module = dict(run.named_modules())[start_name]
                 handles.append(module.register_forward_hook(lambda _m, _a, out: captured.append(out)))
 
             inputs = x.detach().clone().requires_grad_(True)
             with torch.enable_grad():
-                output = model(inputs)
+                output = run(inputs)
             if start is not None and not captured:
                 raise BadInputError(f"start module {start!r} did not run in the model's forward pass")
             activation = captured[0] if start is not None else output
@@ -184,8 +205,7 @@ def _unsupported(name: str, module: nn.Module) -> UnsupportedLayerError:
     return UnsupportedLayerError(
         f"LRP has no rule for module {name!r} of type {type(module).__qualname__}. Map a rule to it via the "
         f"composite, by name (e.g. EpsilonPlusFlat(names={{{name!r}: spray.lrp.rules.Epsilon()}}) for an "
-        f"affine layer) or by type (e.g. types={{{kind}: spray.lrp.Pass()}} for an elementwise activation). "
-        f"Residual additions must go through spray.lrp.Sum."
+        f"affine layer) or by type (e.g. types={{{kind}: spray.lrp.Pass()}} for an elementwise activation)."
     )
 
 

@@ -1,8 +1,9 @@
-"""Layer kinds the LRP engine knows, and :class:`Sum`, the module residual additions must go through.
+"""Layer kinds the LRP engine knows, and :class:`Sum`, an addition as a module.
 
-LRP attaches its rules to modules; an addition written as ``a + b`` in a ``forward`` is invisible to it, and
-autograd would hand each summand the *whole* relevance of the sum (doubling it). ``Sum()(a, b)`` makes the
-addition a module, so relevance is split in proportion to each summand's contribution.
+LRP attaches its rules to modules. Tracing (spray.lrp.tracing) turns an addition written as ``a + b`` in a
+``forward`` into a module; in a model that cannot be traced it would be invisible, and autograd would hand
+each summand the *whole* relevance of the sum (doubling it). There ``Sum()(a, b)`` makes the addition a
+module, so relevance is split in proportion to each summand's contribution.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ MAXPOOL_LAYERS: tuple[type[nn.Module], ...] = (nn.MaxPool1d, nn.MaxPool2d, nn.Ad
 class Sum(nn.Module):
     """Add tensors: ``Sum()(a, b, ...)`` is ``a + b + ...`` (broadcasting), ``Sum()(stacked)`` sums dim 0.
 
-    The second form takes the output of ``torch.stack([a, b, ...])``. Use it for every residual or skip
-    connection of a model to be explained (see the module docstring).
+    The second form takes the output of ``torch.stack([a, b, ...])``. Needed only for the residual or skip
+    connections of a model that cannot be traced (see the module docstring).
     """
 
     def forward(self, *tensors: Tensor) -> Tensor:

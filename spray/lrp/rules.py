@@ -149,7 +149,14 @@ class _WeightRule(Rule):
 
 
 class Gamma(_WeightRule):
-    """LRP-γ: contributions ``x_i (w_ij + γ w_ij⁺)``, bias ``b + γ b⁺``, ε-stabilised denominator."""
+    """LRP-γ, generalised to outputs of either sign: contributions of the output's sign are boosted by γ.
+
+    For ``z_j ≥ 0``: contributions ``x_i w_ij + γ (x_i w_ij)⁺``, bias ``b + γ b⁺``; for ``z_j < 0``:
+    ``x_i w_ij + γ (x_i w_ij)⁻``, bias ``b + γ b⁻``; ε-stabilised denominators. With non-negative inputs and
+    a positive output this is the γ rule of Montavon et al. (2019); the negative branch (Andéol et al.
+    2021, zennit's ``Gamma``) matters where relevance reaches a negative pre-activation, as through a
+    residual sum.
+    """
 
     def __init__(self, gamma: float = 0.25, epsilon: float = 1e-6) -> None:
         self.gamma = check_real(gamma, "gamma", minimum=0.0)
@@ -159,12 +166,22 @@ class Gamma(_WeightRule):
     def redistribute(
         self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
-        weight, bias = module.weight, module.bias
-        params = (
-            weight + self.gamma * weight.clamp(min=0),
-            None if bias is None else bias + self.gamma * bias.clamp(min=0),
-        )
-        return (_redistribute(module, [(inputs[0], params)], relevance, self.epsilon),)
+        x, weight, bias = inputs[0], module.weight, module.bias
+        split = (x.clamp(min=0), x.clamp(max=0)) if (x < 0).any() else (x,)
+        negative = output.detach() < 0
+        result = torch.zeros_like(x)
+        for outputs, boosted, other in ((~negative, "min", "max"), (negative, "max", "min")):
+            share = relevance * outputs
+            if not share.any():  # after a ReLU, negative outputs hold no relevance
+                continue
+            same_sign = (self._boost(weight, boosted), None if bias is None else self._boost(bias, boosted))
+            terms = [(part, params) for part, params in zip(split, (same_sign, (self._boost(weight, other), None)))]
+            result = result + _redistribute(module, terms, share, self.epsilon)
+        return (result,)
+
+    def _boost(self, param: Tensor, sign: str) -> Tensor:
+        """``p + γ p⁺`` (``sign="min"``) or ``p + γ p⁻`` (``"max"``)."""
+        return param + self.gamma * param.clamp(**{sign: 0})
 
     def params(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "epsilon": self.epsilon}

@@ -102,6 +102,24 @@ def layernorm_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
 
 
+class _Gated(nn.Module):
+    """A SiLU written as a product in ``forward``: a gating, which LRP's traced rules do not explain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten, self.fc = nn.Flatten(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(self.flatten(x))
+        return h * torch.sigmoid(h)
+
+
+def gated_model() -> nn.Module:
+    """A model whose forward multiplies two tensors computed from the input (an operation without a rule)."""
+    torch.manual_seed(0)
+    return _Gated()
+
+
 def int_dataset() -> TensorDataset:
     """:func:`tiny_dataset` with integer inputs (their scale is unknown to spray)."""
     return TensorDataset(torch.zeros(4, 1, 2, 2, dtype=torch.int64), torch.tensor([0, 1, 0, 1]))

@@ -13,6 +13,7 @@ from spray.attribution.methods import get_method
 from spray.errors import BadInputError, UnsupportedLayerError
 from spray.lrp import (
     LRP, Epsilon, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat, Gamma, Pass,
+    UntracedModelWarning,
 )
 
 COMPOSITES = [
@@ -176,7 +177,7 @@ def test_input_is_not_modified_by_an_in_place_first_layer():
 
 
 class _Functional(nn.Module):
-    """Reshapes and an in-place ReLU written in forward, between hooked modules."""
+    """Reshapes and an in-place ReLU written in forward, between hooked modules; ``len`` defeats torch.fx."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -189,16 +190,19 @@ class _Functional(nn.Module):
         return self.fc(x.view(len(x), -1))
 
 
-def test_functional_reshapes_and_in_place_relu_between_modules_pass_relevance_on():
+def test_untraceable_model_falls_back_to_hooks_with_a_warning_naming_the_call():
     torch.manual_seed(0)
     model = _Functional().double()
     x, target = torch.randn(3, 2, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 1])
-    relevance, logits = LRP(EpsilonPlusFlat(1e-12)).attribute(model, x, target)
+    message = (r"cannot trace the forward of _Functional at \S+test_engine.py:\d+: "
+               r"`return self.fc\(x.view\(len\(x\), -1\)\)` \('len' is not supported")
+    with pytest.warns(UntracedModelWarning, match=message):
+        relevance, logits = LRP(EpsilonPlusFlat(1e-12)).attribute(model, x, target)
     _assert_conserved(relevance, _explained_logit(logits, target))
 
 
 class _ConvThenBatchNorm(nn.Module):
-    """BatchNorm after a conv, but in a custom forward: not folded, explained by the ε rule on its own."""
+    """BatchNorm after a conv whose output is also read elsewhere: not folded, explained by the ε rule."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -208,7 +212,8 @@ class _ConvThenBatchNorm(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.bn(self.conv(x)))
+        a = self.conv(x)
+        return self.head(self.bn(a) + a)
 
 
 def test_unfoldable_batchnorm_is_explained_as_an_affine_layer():

@@ -1,0 +1,325 @@
+"""Automatic canonisation by tracing: the user's model as a graph whose every operation has an LRP rule.
+
+``canonize(model, x, composite, start)`` traces the model's forward with ``torch.fx`` into a new
+``GraphModule`` (the user's model object is never modified) and rewrites that copy:
+
+- a functional operation that needs a rule of its own becomes a leaf module of spray.lrp.functional
+  (additions → :class:`Addition`, means/sums/average pooling → :class:`Pooling`, scaling by a constant →
+  :class:`Scaling`, elementwise activations → :class:`Activation`), in-place ones (``+=``, ``x.add_()``)
+  as their out-of-place equivalents with later uses of the modified tensor redirected;
+- operations whose gradient *is* their LRP rule (reshapes, views, permutes, indexing, concatenation, ReLU
+  gating, max pooling, padding) stay functional: autograd carries relevance through them;
+- a BatchNorm whose input is the output of a Linear/Conv used nowhere else is folded into a new copy of
+  that layer, wherever the edge is (inside blocks, on downsample branches); an ``nn.Identity`` takes the
+  BatchNorm's place, so module names keep their meaning;
+- any other operation on input-dependent floating-point tensors is refused with an
+  :class:`~spray.errors.UnsupportedLayerError` naming the graph node, the operation and the source line.
+
+Leaf modules (those the composite has a rule for, by name, by type or by default) are not traced into, and
+the engine hooks them as in an untraced model. A forward that ``torch.fx`` cannot trace (data- or
+shape-dependent Python control flow, ...) yields ``None`` and an :class:`UntracedModelWarning`; the engine
+then hooks the model itself (docs/lrp.md, "Tracing").
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import re
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.utils._pytree import tree_leaves
+
+from spray.errors import UnsupportedLayerError
+from spray.lrp.canonizers import foldable, folded_parameters
+from spray.lrp.composites import Composite
+from spray.lrp.functional import Activation, Addition, Pooling, Scaling, Slot, TracedOperation
+
+
+class UntracedModelWarning(UserWarning):
+    """The model's forward could not be traced; LRP hooks its modules only (functional additions unexplained)."""
+
+
+# Operations whose gradient hands relevance on exactly as LRP does: moved (reshapes, indexing,
+# concatenation, padding), routed to the winner (max pooling) or gated (ReLU; a unit it zeroes holds no
+# relevance under any rule).
+_ROUTING_FUNCTIONS = {
+    operator.getitem, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.t, torch.squeeze,
+    torch.unsqueeze, torch.unflatten, torch.movedim, torch.cat, torch.concat, torch.concatenate, torch.stack,
+    torch.split, torch.chunk, torch.narrow, torch.select, torch.flip, torch.roll, torch.clone, torch.relu,
+    torch.relu_, F.relu, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.dropout, F.dropout1d, F.dropout2d, F.pad,
+}
+_ROUTING_METHODS = {
+    "flatten", "view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "squeeze", "unsqueeze",
+    "unflatten", "movedim", "contiguous", "expand", "expand_as", "repeat", "split", "chunk", "narrow", "select",
+    "flip", "roll", "clone", "to", "type", "float", "double", "half", "relu", "relu_",
+}
+
+_OPERATIONS: dict[Any, type[TracedOperation]] = {
+    **dict.fromkeys([operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
+                     torch.subtract, "add", "add_", "sub", "sub_", "subtract"], Addition),
+    **dict.fromkeys([torch.mean, torch.sum, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
+                     F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, "mean", "sum"], Pooling),
+    **dict.fromkeys([operator.mul, operator.imul, operator.truediv, operator.itruediv, operator.neg, torch.mul,
+                     torch.multiply, torch.div, torch.divide, torch.neg, "mul", "mul_", "div", "div_", "neg",
+                     "multiply", "divide"], Scaling),
+    **dict.fromkeys([F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.relu6, F.hardtanh, F.softplus,
+                     F.hardswish, F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, "sigmoid", "sigmoid_",
+                     "tanh", "tanh_"], Activation),
+}
+
+_COMMUTATIVE = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_", "multiply"}
+
+#: In-place operations and their out-of-place equivalents (a traced module's inputs must stay unmodified).
+_OUT_OF_PLACE: dict[Any, Any] = {
+    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+    operator.itruediv: operator.truediv, "add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div",
+    "sigmoid_": "sigmoid", "tanh_": "tanh",
+}
+
+#: Frames from these directories are not the user's code.
+_LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
+
+
+@dataclass
+class Traced:
+    """A canonised copy of a model: ``module`` to run and hook, ``start`` the name (in ``module``) of the
+    module whose output is the requested start, None for the model output or a start that never runs."""
+
+    module: fx.GraphModule
+    start: str | None
+
+
+def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | None) -> Traced | None:
+    """The traced, rewritten copy of ``model`` for input ``x``, or None (with a warning) if fx cannot trace it.
+
+    ``x`` (two of its samples) runs once through the copy to tell tensors from other values (sizes, ...).
+    A model that is a single leaf module needs no trace: None, without a warning.
+    """
+    if next(model.children(), None) is None:
+        return None
+    leaves = {id(m) for name, m in model.named_modules() if name and composite.rule(name, m, False) is not None}
+    tracer = _Tracer(leaves)
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...) on untraceable code
+        warnings.warn(_untraced_message(model, exc), UntracedModelWarning, stacklevel=4)
+        return None
+    module = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    user = {id(m) for m in model.modules()}
+    carries, tensors = _kinds(module, x[:2].clone())  # a clone: the model may modify its input in place
+    _rewrite_operations(module, carries, tensors, user, {name for name, _ in model.named_modules()})
+    _fold_batchnorms(module, user)
+    start_name = None if start is None else _start(module, tracer.outputs.get(start), start, user)
+    module.graph.lint()
+    module.recompile()
+    return Traced(module, start_name)
+
+
+class _Tracer(fx.Tracer):
+    """fx tracing that stops at modules with an LRP rule and records each module's first output node."""
+
+    def __init__(self, leaves: set[int]) -> None:
+        super().__init__()
+        self.record_stack_traces = True  # UnsupportedLayerError names the user's source line
+        self.leaves = leaves
+        self.outputs: dict[str, fx.Node] = {}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        out = super().call_module(m, forward, args, kwargs)
+        if isinstance(out, fx.Proxy):
+            self.outputs.setdefault(self.path_of_module(m), out.node)
+        return out
+
+
+def _kinds(module: fx.GraphModule, x: Tensor) -> tuple[set[fx.Node], set[fx.Node]]:
+    """From one run on ``x``: the nodes whose value holds a floating-point tensor that depends on the input
+    (they carry relevance), and the nodes whose value is a tensor."""
+    values: dict[fx.Node, Any] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            values[n] = result = super().run_node(n)
+            return result
+
+    with torch.no_grad():
+        Recorder(module).run(x)
+    carries: set[fx.Node] = set()
+    for node in module.graph.nodes:
+        floating = any(isinstance(v, Tensor) and v.is_floating_point() for v in tree_leaves(values.get(node)))
+        if floating and (node.op == "placeholder" or any(a in carries for a in node.all_input_nodes)):
+            carries.add(node)
+    return carries, {node for node, value in values.items() if isinstance(value, Tensor)}
+
+
+def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], tensors: set[fx.Node], user: set[int],
+                        taken: set[str]) -> None:
+    """Replace every functional operation on relevance-carrying tensors by its leaf module, or refuse it."""
+    taken |= {name for name, _ in module.named_modules()}
+    for node in list(module.graph.nodes):
+        if node not in carries or node.op not in ("call_function", "call_method"):
+            continue
+        if node.target in (_ROUTING_FUNCTIONS if node.op == "call_function" else _ROUTING_METHODS):
+            continue
+        kind = _OPERATIONS.get(node.target)
+        if kind is None:
+            raise UnsupportedLayerError(_no_rule(node, "LRP has no rule for it"))
+        inputs = [a for a in node.all_input_nodes if a in carries]
+        if kind is not Addition and (len(inputs) != 1 or (inputs[0] is not node.args[0]
+                                                          and node.target not in _COMMUTATIVE)):
+            raise UnsupportedLayerError(_no_rule(node, "LRP explains it only when one factor (the numerator, "
+                                                       "the first argument) depends on the input, as in a scaling "
+                                                       "by a constant; a product of two such tensors is a gating"))
+        call = _replace(module, node, kind, _name(module, node, user, taken), tensors)
+        carries.add(call)
+        tensors.add(call)
+
+
+def _replace(module: fx.GraphModule, node: fx.Node, kind: type[TracedOperation], name: str,
+             tensors: set[fx.Node]) -> fx.Node:
+    """``node`` → a call of a new ``kind`` module ``name`` (returned); tensors become its inputs, other values
+    keywords."""
+    graph, inputs, values = module.graph, [], {}
+
+    def slot(arg: fx.Node) -> Slot:
+        if arg in tensors:
+            inputs.append(arg)
+            return Slot(index=len(inputs) - 1)
+        key = f"value{len(values)}"
+        values[key] = arg
+        return Slot(key=key)
+
+    args, kwargs = fx.node.map_arg((node.args, node.kwargs), slot)
+    kwargs = {**kwargs, "inplace": False} if "inplace" in kwargs else kwargs
+    function = _OUT_OF_PLACE.get(node.target, node.target)
+    modified = node.args[0] if (function is not node.target or node.kwargs.get("inplace")) else None
+    module.add_submodule(name, kind(function, args, kwargs, _describe(node)))
+    with graph.inserting_before(node):
+        call = graph.call_module(name, tuple(inputs), values)
+    call.meta = node.meta
+    node.replace_all_uses_with(call)
+    graph.erase_node(node)
+    if isinstance(modified, fx.Node):  # later reads of the tensor modified in place read the result
+        for later in _after(call):
+            later.replace_input_with(modified, call)
+    return call
+
+
+def _fold_batchnorms(module: fx.GraphModule, user: set[int]) -> None:
+    """Fold each BatchNorm into the Linear/Conv whose output only it reads: new layer copy, identity BN."""
+    calls: dict[str, int] = {}
+    for node in module.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        producer = node.args[0]
+        if not isinstance(producer, fx.Node) or producer.op != "call_module" or len(producer.users) != 1:
+            continue
+        layer, norm = module.get_submodule(producer.target), module.get_submodule(node.target)
+        if calls[producer.target] != 1 or calls[node.target] != 1 or not foldable(layer, norm):
+            continue
+        if _owned_by_user(module, producer.target, user) or _owned_by_user(module, node.target, user):
+            continue
+        folded = copy.deepcopy(layer, {id(t): t for t in [*layer.parameters(), *layer.buffers()]})
+        folded.weight, folded.bias = folded_parameters(layer, norm)
+        module.add_submodule(producer.target, folded)
+        module.add_submodule(node.target, nn.Identity())
+
+
+def _start(module: fx.GraphModule, output: fx.Node | None, start: str, user: set[int]) -> str | None:
+    """The name of the module whose output is ``start``'s: itself if it runs as a leaf, else a new tap."""
+    if any(n.op == "call_module" and n.target == start for n in module.graph.nodes):
+        return start
+    if output is None:
+        return None
+    name = _free(f"{start}.output", {n for n, _ in module.named_modules()}, module, user)
+    module.add_submodule(name, nn.Identity())
+    with module.graph.inserting_after(output):
+        tap = module.graph.call_module(name, (output,))
+    output.replace_all_uses_with(tap, delete_user_cb=lambda user_node: user_node is not tap)
+    return name
+
+
+def _name(module: fx.GraphModule, node: fx.Node, user: set[int], taken: set[str]) -> str:
+    """``<innermost user module>.<operation>`` (e.g. ``layer1.0.add``), unique."""
+    stack = node.meta.get("nn_module_stack") or {}
+    owner = list(stack.values())[-1][0] if stack else ""
+    base = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
+    base = _OUT_OF_PLACE.get(base, base).strip("_")
+    return _free(f"{owner}.{base}" if owner else base, taken, module, user)
+
+
+def _free(name: str, taken: set[str], module: fx.GraphModule, user: set[int]) -> str:
+    """``name`` or ``name_1``, ... not yet taken; at the root (dots → underscores) where a container on its
+    path is the user's own module (adding to it would modify the user's model)."""
+    if _owned_by_user(module, name, user):
+        name = name.replace(".", "_")
+    candidate, count = name, 0
+    while candidate in taken:
+        count += 1
+        candidate = f"{name}_{count}"
+    taken.add(candidate)
+    return candidate
+
+
+def _owned_by_user(module: fx.GraphModule, name: str, user: set[int]) -> bool:
+    """A container on the path of ``name`` inside ``module`` is one of the user's module objects."""
+    parent: nn.Module = module
+    for item in name.split(".")[:-1]:
+        parent = getattr(parent, item, None)
+        if parent is None:
+            return False
+        if id(parent) in user:
+            return True
+    return False
+
+
+def _after(node: fx.Node) -> Iterator[fx.Node]:
+    node = node.next
+    while node.op != "root":
+        yield node
+        node = node.next
+
+
+def _describe(node: fx.Node) -> str:
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+    return f"{node.op} {target}"
+
+
+def _source(stack_trace: str | None) -> str:
+    """``file:line: code`` of the innermost user frame in an fx stack trace, or '' if none."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', stack_trace or "")
+    user_frames = [f for f in frames if not f[0].startswith(_LIBRARY_DIRS)]
+    if not user_frames:
+        return ""
+    path, line, code = user_frames[-1]
+    return f" at {path}:{line}: `{code.strip()}`"
+
+
+def _no_rule(node: fx.Node, why: str) -> str:
+    return (f"graph node {node.name!r} ({_describe(node)}){_source(node.stack_trace)}: {why}. Compute it in "
+            f"a module of your own and map a rule to that module's type via the composite, e.g. "
+            f"EpsilonPlusFlat(types={{MyOp: spray.lrp.Pass()}}) (docs/lrp.md, 'Tracing')")
+
+
+def _untraced_message(model: nn.Module, exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_LIBRARY_DIRS)]
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}: `{(frames[-1].line or '').strip()}`" if frames else ""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"torch.fx cannot trace the forward of {type(model).__qualname__}{where} ({reason}); LRP falls back "
+            f"to hooks on its modules, which leave functional additions and BatchNorm outside nn.Sequential "
+            f"unexplained (docs/lrp.md, 'Tracing')")

@@ -1,0 +1,15 @@
+"""Architectures as users bring them: faithful copies of torchvision's ResNet and VGG-BN layouts.
+
+torchvision is not a dependency of spray; these copies keep its module names, its ``forward`` code
+(``out += identity``, ``nn.ReLU(inplace=True)``, BatchNorm held as attributes, ``downsample`` Sequentials,
+functional ``torch.flatten``) and its initialisation, so that state_dicts of torchvision models load into
+them. No weights are shipped or downloaded. They serve the tests and benchmarks of the LRP engine
+(docs/lrp.md), which must explain such models without their being rewritten.
+"""
+
+from __future__ import annotations
+
+from spray.zoo.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
+from spray.zoo.vgg import VGG, vgg16_bn
+
+__all__ = ["VGG", "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "vgg16_bn"]

@@ -1,0 +1,119 @@
+"""zennit 0.5.1 as a peer oracle: spray's heatmaps equal zennit's on the zoo's ResNets and VGG-16-BN.
+
+zennit (a test-only dependency) imports torchvision, which is not installed: a stand-in ``torchvision`` in
+``sys.modules`` provides what zennit touches at import, and its ``BasicBlock``/``Bottleneck`` are the zoo's
+classes, so zennit's ``ResNetCanonizer`` rewrites the zoo's blocks as it would torchvision's. spray needs no
+such per-architecture code: it traces the model.
+
+Conventions aligned on zennit's side (docs/lrp.md, "Agreement with zennit"): biases are ignored by the
+z⁺, αβ, flat and z^B rules (``zero_params='bias'``) but kept by ε on dense layers and by γ (spray's
+convention); each rule gets spray's stabiliser (1e-12 guard for z⁺/αβ/flat/z^B, ε = 1e-6 for ε and γ;
+zennit's ``Norm`` at sums and average pools gets 1e-12 against spray's 1e-9, a difference far below the
+tolerance). zennit's merged BatchNorm stays in the model as ``x / sqrt(1 + eps)`` instead of the identity,
+so the oracle's models use BatchNorm ``eps = 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import types
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import spray.lrp as lrp
+from spray import zoo
+
+
+@pytest.fixture(scope="module")
+def zennit() -> Iterator[types.SimpleNamespace]:
+    """zennit's composites, rules and canonizers, imported against a stand-in torchvision (removed after)."""
+    torchvision = types.ModuleType("torchvision")
+    torchvision.models = types.ModuleType("torchvision.models")
+    torchvision.models.resnet = types.ModuleType("torchvision.models.resnet")
+    torchvision.models.resnet.BasicBlock = zoo.BasicBlock
+    torchvision.models.resnet.Bottleneck = zoo.Bottleneck
+    torchvision.ops = types.ModuleType("torchvision.ops")
+    torchvision.ops.FrozenBatchNorm2d = type("FrozenBatchNorm2d", (nn.Module,), {})
+    stand_in = {"torchvision": torchvision, "torchvision.models": torchvision.models,
+                "torchvision.models.resnet": torchvision.models.resnet, "torchvision.ops": torchvision.ops}
+    saved = {name: sys.modules.get(name) for name in stand_in}
+    sys.modules.update(stand_in)
+    try:
+        from zennit import composites, rules
+        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.torchvision import ResNetCanonizer
+        from zennit.types import Convolution
+
+        yield types.SimpleNamespace(composites=composites, rules=rules, Convolution=Convolution,
+                                    ResNetCanonizer=ResNetCanonizer, SequentialMergeBatchNorm=SequentialMergeBatchNorm)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def _zennit_composite(z: types.SimpleNamespace, name: str, canonizer: Callable) -> object:
+    """zennit's composite ``name`` with spray's conventions (module docstring)."""
+    common = {"canonizers": [canonizer()], "zero_params": "bias", "stabilizer": 1e-12}
+    dense = (nn.Linear, z.rules.Epsilon(epsilon=1e-6))
+    if name == "epsilon_plus_flat":
+        return z.composites.EpsilonPlusFlat(layer_map=[dense], **common)
+    if name == "epsilon_alpha2_beta1_flat":
+        return z.composites.EpsilonAlpha2Beta1Flat(layer_map=[dense], **common)
+    gamma = (z.Convolution, z.rules.Gamma(gamma=0.25, stabilizer=1e-6))
+    return z.composites.EpsilonGammaBox(low=-3.0, high=3.0, layer_map=[dense, gamma], **common)
+
+
+_SPRAY = {"epsilon_plus_flat": lrp.EpsilonPlusFlat(), "epsilon_alpha2_beta1_flat": lrp.EpsilonAlpha2Beta1Flat(),
+          "epsilon_gamma_box": lrp.EpsilonGammaBox(-3.0, 3.0)}
+
+
+def _model(build: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    model = build()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = 0.0
+            with torch.no_grad():
+                module.running_var.uniform_(0.5, 2.0)
+                module.running_mean.normal_(0.0, 0.2)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.2)
+    return model.double().eval()
+
+
+def _zennit_relevance(composite: object, model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """zennit's relevance of ``x`` for the target logits, on a copy (zennit canonizes the model in place)."""
+    with composite.context(copy.deepcopy(model)) as modified:
+        inputs = x.clone().requires_grad_(True)
+        output = modified(inputs)
+        seed = torch.zeros_like(output).scatter_(1, target[:, None], output.gather(1, target[:, None]))
+        (relevance,) = torch.autograd.grad(output, inputs, seed)
+    return relevance
+
+
+CASES = [
+    ("resnet18", lambda: zoo.resnet18(num_classes=10), "ResNetCanonizer", name) for name in _SPRAY
+] + [
+    ("resnet50", lambda: zoo.resnet50(num_classes=10), "ResNetCanonizer", "epsilon_plus_flat"),
+    *[("vgg16_bn", lambda: zoo.vgg16_bn(num_classes=10, pool=1, hidden=64), "SequentialMergeBatchNorm", name)
+      for name in _SPRAY],
+]
+
+
+@pytest.mark.parametrize(("architecture", "build", "canonizer", "composite"), CASES,
+                         ids=[f"{a}-{c}" for a, _, _, c in CASES])
+def test_heatmaps_equal_zennits(zennit, architecture, build, canonizer, composite):
+    model = _model(build)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    ours, _ = lrp.LRP(_SPRAY[composite]).attribute(model, x, target)
+    theirs = _zennit_relevance(_zennit_composite(zennit, composite, getattr(zennit, canonizer)), model, x, target)
+    assert ((ours - theirs).norm() / theirs.norm()).item() <= 1e-6

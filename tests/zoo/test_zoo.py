@@ -1,0 +1,40 @@
+"""The zoo's architectures have torchvision's layouts: parameter counts, state_dict names, forward code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from spray.zoo import BasicBlock, Bottleneck, resnet18, resnet50, vgg16_bn
+
+
+@pytest.mark.parametrize(("build", "parameters"), [(resnet18, 11_689_512), (resnet50, 25_557_032),
+                                                   (vgg16_bn, 138_365_992)], ids=["resnet18", "resnet50", "vgg16_bn"])
+def test_parameter_counts_are_torchvisions(build, parameters):
+    with torch.device("meta"):  # no memory, no initialisation cost
+        model = build()
+    assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def test_resnet_keeps_torchvisions_names_and_blocks():
+    with torch.device("meta"):
+        model = resnet50()
+    names = set(model.state_dict())
+    assert {"conv1.weight", "bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.bias",
+            "layer4.2.conv3.weight", "layer4.2.bn3.num_batches_tracked", "fc.weight", "fc.bias"} <= names
+    assert isinstance(model.layer2[0], Bottleneck) and isinstance(model.layer2[0].relu, nn.ReLU)
+    assert model.layer2[0].relu.inplace and model.layer2[0].conv2.stride == (2, 2)
+    with torch.device("meta"):
+        small = resnet18()
+    assert isinstance(small.layer1[0], BasicBlock) and small.layer1[0].downsample is None
+    assert "layer2.0.downsample.0.weight" in small.state_dict()
+
+
+@pytest.mark.parametrize("build", [lambda: resnet18(num_classes=7), lambda: vgg16_bn(num_classes=7, pool=1, hidden=32)],
+                         ids=["resnet18", "vgg16_bn"])
+def test_small_inputs_give_logits(build):
+    torch.manual_seed(0)
+    model = build().eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

@@ -15,7 +15,7 @@ from spray._checks import check_choice, check_int, check_real
 from spray.errors import BadInputError
 
 __all__ = ["check_choice", "check_int", "check_labels", "check_matrix", "check_real", "held_threads",
-           "limited_threads", "rng_from", "seed_from"]
+           "limited_threads", "pinned_threads", "rng_from", "seed_from"]
 
 
 def check_matrix(x: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float64) -> np.ndarray:
@@ -77,12 +77,13 @@ def seed_from(random_state: Any, name: str = "random_state") -> int | None:
 
 
 class _ThreadPin:
-    """The process-wide BLAS/OpenMP thread limit, shared by concurrent holders.
+    """One BLAS/OpenMP thread count held for a whole computation that runs on several threads.
 
-    threadpoolctl's limits are process-wide: two class threads that each set and restore them would restore
-    under each other's running computation, so its thread count — and with it BLAS's summation order and the
-    last digits of results — would depend on timing. Here the first holder sets the limit and the last one
-    restores it; a holder asking for another count while it is held gets the held count.
+    threadpoolctl's limits are process-wide: class threads that each set and restore them restore under each
+    other's running fits, so a reduction's thread count — and the last digits of its result — would depend on
+    timing. The pin is set by the thread that starts the work, joined by the threads that do it (they change
+    nothing) and restored by the last holder, which is the thread that set it when it holds around all the
+    work (OpenBLAS does not reliably take a count raised from another thread than the one that lowered it).
     """
 
     def __init__(self) -> None:
@@ -113,25 +114,34 @@ _PIN = _ThreadPin()
 
 
 def held_threads() -> int | None:
-    """The BLAS/OpenMP thread count held by :func:`limited_threads` now (None: the libraries' defaults)."""
+    """The BLAS/OpenMP thread count pinned by :func:`pinned_threads` now (None: none is pinned)."""
     return _PIN.threads
 
 
 @contextmanager
-def limited_threads(n_threads: int | None) -> Iterator[None]:
-    """Cap OpenMP/BLAS threads (threadpoolctl) for the duration; ``None`` leaves the libraries' defaults.
+def pinned_threads(n_threads: int) -> Iterator[None]:
+    """Hold ``n_threads`` BLAS/OpenMP threads for work spread over threads: enter it in the thread that starts
+    the work and around all of it, and in each worker thread; a count already held stays (see :class:`_ThreadPin`).
+    While a pin is held, :func:`limited_threads` changes nothing."""
+    with _PIN(check_int(n_threads, "n_threads", minimum=1)):
+        yield
 
-    Process-wide and safe under concurrent holders (:class:`_ThreadPin`): while one count is held, every
-    holder computes with it — an analysis pins one count for all its classes, so results do not depend on
-    which classes ran together.
+
+@contextmanager
+def limited_threads(n_threads: int | None) -> Iterator[None]:
+    """Cap OpenMP/BLAS threads (threadpoolctl) for the duration; ``None`` leaves the libraries' defaults, and
+    so does a count held by :func:`pinned_threads` (an analysis pins one count for all its classes, so that
+    results do not depend on which classes ran together).
 
     Why few threads: scikit-learn's k-means (OpenMP) and ARPACK's small BLAS calls (OpenBLAS) spin-wait at
     barriers. With the cores busy (other workers, parallel per-class analyses) we measured k-means on 10k × 32
     at 2–8 s with 2 threads and 0.1–0.3 s with one, and 32 eigenpairs of a 19.4k-node graph at 13.8 s CPU with
     2 BLAS threads and 1.35 s with one; on an idle machine one thread costs at most the thread count.
     """
-    if n_threads is None:
+    if n_threads is None or held_threads() is not None:
         yield
         return
-    with _PIN(check_int(n_threads, "n_threads", minimum=1)):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=check_int(n_threads, "n_threads", minimum=1)):
         yield

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.analysis._common import limited_threads
+from spray.analysis._common import pinned_threads
 from spray.errors import BadInputError, PipelineError
 from spray.pipeline.graph import NodeOutput, dependencies, hash_array, hash_json, node_keys, topological_order
 from spray.pipeline.nodes import NODES, preprocess
@@ -57,12 +57,12 @@ def run_class(
     """Compute the stale nodes of one class in dependency order (pure: runs on any dask worker).
 
     Under :data:`ANALYSIS_THREADS` BLAS/OpenMP threads, held for every class at once (see
-    :func:`spray.analysis._common.limited_threads`): the summation order of every reduction, and so every
+    :func:`spray.analysis._common.pinned_threads`): the summation order of every reduction, and so every
     stored digit, is the same whichever classes run together, here or on a worker.
     """
     outputs: dict[str, NodeOutput] = {**cached, "features": ({"features": features}, {})}
     computed: dict[str, NodeOutput] = {}
-    with limited_threads(ANALYSIS_THREADS):
+    with pinned_threads(ANALYSIS_THREADS):
         for name in stale:
             inputs = {d: outputs[d] for d in deps[name]}
             inputs["features"] = outputs["features"]
@@ -375,6 +375,6 @@ def _run_tasks(
     # The thread count is held here, in the thread that runs the analysis, for as long as tasks run: the class
     # threads then only join the hold (OpenBLAS does not reliably take a thread count raised back from a
     # thread other than the one that lowered it), and a worker process holds its own in run_class.
-    with warnings.catch_warnings(), limited_threads(ANALYSIS_THREADS):
+    with warnings.catch_warnings(), pinned_threads(ANALYSIS_THREADS):
         warnings.simplefilter("ignore")
         yield from dask_map(run_class, tasks, arguments, scheduler=scheduler, progress=progress, desc="classes")

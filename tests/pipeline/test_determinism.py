@@ -11,7 +11,7 @@ import numba
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from spray.analysis._common import held_threads, limited_threads
+from spray.analysis._common import held_threads, limited_threads, pinned_threads
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.executor import ANALYSIS_THREADS
 from spray.store import AuditStore
@@ -56,30 +56,37 @@ def test_nodes_are_bit_identical_whatever_threads_the_caller_holds_and_whichever
     assert threads == {"blas_openmp": ANALYSIS_THREADS, "numba": numba.config.NUMBA_NUM_THREADS}
 
 
-def test_a_held_thread_count_outlives_the_holder_that_set_it():
+def test_a_pinned_thread_count_outlives_the_class_thread_that_set_it_and_is_restored_by_the_last():
     before = _blas_threads()
-    joined, left, seen = threading.Event(), threading.Event(), []
+    first_in, second_in, first_out, seen = threading.Event(), threading.Event(), threading.Event(), []
 
-    def second() -> None:  # a class thread still computing when the first holder leaves
-        with limited_threads(1):
-            joined.set()
-            left.wait()
+    def first() -> None:
+        with pinned_threads(1):
+            first_in.set()
+            assert second_in.wait(timeout=30)
+
+    def second() -> None:  # still computing when the first class thread leaves
+        assert first_in.wait(timeout=30)
+        with pinned_threads(1):
+            second_in.set()
+            assert first_out.wait(timeout=30)
             seen.append((held_threads(), _blas_threads()))
 
-    worker = threading.Thread(target=second)
-    try:
-        with limited_threads(1):
-            worker.start()
-            assert joined.wait(timeout=30)
-        left.set()
-        worker.join(timeout=30)
-        assert seen == [(1, {1})]  # not the default the first holder found
-        assert held_threads() is None
-    finally:
-        threadpool_limits(limits=max(before))  # the last holder was not this thread: set the default back
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    threads[0].join(timeout=30)
+    first_out.set()
+    threads[1].join(timeout=30)
+    assert seen == [(1, {1})]  # not the count the first holder found
+    assert (held_threads(), _blas_threads()) == (None, before)
 
 
-def test_a_holder_asking_another_count_gets_the_held_one():
-    with limited_threads(1), limited_threads(2):
+def test_while_a_count_is_pinned_limited_threads_changes_nothing():
+    before = _blas_threads()
+    with pinned_threads(1), limited_threads(2):
         assert (held_threads(), _blas_threads()) == (1, {1})
-    assert held_threads() is None
+    assert (held_threads(), _blas_threads()) == (None, before)
+    with limited_threads(1):
+        assert (held_threads(), _blas_threads()) == (None, {1})
+    assert _blas_threads() == before

@@ -499,6 +499,25 @@ class _WriterLock:
             os.pwrite(fd, holder.encode(), 0)
         self._fds.append(fd)
 
+    @staticmethod
+    def holder(file: Path) -> str | None:
+        """Who writes the store at ``file`` now, as "pid N on HOST (since T)", or None: read from the lock's
+        record without touching the lock (a probe by flock could make a writer starting that moment fail).
+        A record left by a killed writer names a process that is gone on this host, and counts as none."""
+        try:
+            who = json.loads((file.with_name(file.name + ".lock")).read_text(errors="replace"))
+            pid, host, since = int(who["pid"]), str(who["host"]), str(who["since"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if host == socket.gethostname():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass  # alive, another user's
+        return f"pid {pid} on {host} (since {since})"
+
     def release(self) -> None:
         while self._fds:
             fd = self._fds.pop()
@@ -869,6 +888,11 @@ class AuditStore:
                 raise StoreError(f"audit store {self.path} has no dataset {path!r}")
             values = _read_rows(_checked_dataset(dset, f"dataset {dset.name}", self.path), rows)
             return _as_text(dset, values, self.path)
+
+    def writer(self) -> str | None:
+        """Which process holds the store's writer lock now ("pid N on HOST (since T)"), None if none; from
+        the lock's record, for messages (a reader meeting an unfinished write says who is writing)."""
+        return None if self._lock is not None else _WriterLock.holder(self._file)
 
     def attributions(self) -> list[str]:
         """Names of the attributions in the store."""

@@ -190,6 +190,21 @@ def _locked(inputs: Inputs) -> Path:
     return path
 
 
+def _analysis_unfinished(inputs: Inputs, name: str = "unfinished.h5") -> Path:
+    """The audit store as a first `spray analyze` stopped before its end leaves it: class nodes, no summary."""
+    path = inputs.copy("audit", name)
+    with h5py.File(path, "a") as f:
+        del f["analyses/spray/summary"]
+    return path
+
+
+def _analysis_being_written(inputs: Inputs) -> Path:
+    """An unfinished first analysis whose writer is still at work (this process holds the writer lock)."""
+    path = _analysis_unfinished(inputs, "being-written.h5")
+    inputs.stack.enter_context(AuditStore(path, mode="a"))
+    return path
+
+
 def _locked_through(inputs: Inputs, link: Callable[[Path, Path], None]) -> Path:
     """Another name (``link(target, name)``) of a store whose writer lock is held."""
     name = inputs.path("other-name.h5")
@@ -394,6 +409,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "store_locked_hardlink": lambda i: _locked_through(i, lambda target, name: os.link(target, name)),
     "store_journal_fifo": _journal_fifo,
     "store_incomplete": _incomplete,
+    "store_analysis_unfinished": _analysis_unfinished,
+    "store_analysis_being_written": _analysis_being_written,
     "store_two_attributions": _two_attributions,
     "store_one_class": _one_class,
     "store_empty": _empty_store,

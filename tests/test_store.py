@@ -198,10 +198,15 @@ def test_writer_lock_of_another_process_names_its_pid_and_dies_with_it(tmp_path)
             AuditStore(path, "a")
         with AuditStore(path) as reader:  # readers never take the lock
             assert reader.info()["n_samples"] == 0
+            assert reader.writer().startswith(f"pid {holder.pid} on ")
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+    with AuditStore(path) as reader:  # the killed writer's record is left; its process is gone
+        assert json.loads(path.with_name(path.name + ".lock").read_text())["pid"] == holder.pid
+        assert reader.writer() is None
     with AuditStore(path, "a") as store:
+        assert store.writer() is None  # a writer asks no one
         store.write_node("analyses/x", {"a": np.arange(2)}, {})
 
 

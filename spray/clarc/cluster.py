@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spray.errors import BadInputError
-from spray.export.tables import analysis_summary, no_analysis_error
+from spray.export.tables import analysis_summary, complete_analyses, no_analysis_error
 from spray.ranking import rank_classes, top_candidate
 from spray.store import AuditStore
 
@@ -61,7 +61,7 @@ class ClusterMembers:
 
 def choose_analysis(store: AuditStore, analysis: str | None) -> str:
     """``analysis`` if the store has it; by default the only analysis, or ``"spray"`` among several."""
-    have = sorted({p.split("/")[1] for p in store.list_nodes("analyses") if p.endswith("/summary")})
+    have = complete_analyses(store)
     if analysis is None:
         if len(have) == 1:
             return have[0]
@@ -69,7 +69,7 @@ def choose_analysis(store: AuditStore, analysis: str | None) -> str:
             return "spray"
     if analysis in have:
         return analysis
-    raise no_analysis_error(store, analysis, have)
+    raise no_analysis_error(store, analysis)
 
 
 def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterSpec:

@@ -83,8 +83,23 @@ def _fda_info(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict[str,
     return info
 
 
-def no_analysis_error(store: AuditStore, analysis: str | None, have: list[str]) -> BadInputError:
-    """The error for an analysis ``analysis`` that the store lacks, listing the analyses it ``have``s."""
+def complete_analyses(store: AuditStore) -> list[str]:
+    """The analyses whose summary is written: an analysis is complete from its first finished run on."""
+    return sorted({p.split("/")[1] for p in store.list_nodes("analyses") if p.endswith("/summary")})
+
+
+def no_analysis_error(store: AuditStore, analysis: str | None) -> BadInputError:
+    """The error for an analysis ``analysis`` that the store lacks (complete), listing those it has: an
+    analysis whose first run has not finished is named as such, with the process writing it, if any."""
+    have = complete_analyses(store)
+    started = {p.split("/")[1] for p in store.list_nodes("analyses")} - set(have)
+    if analysis in started:
+        writer = store.writer()
+        return BadInputError(
+            f"analysis {analysis!r} of audit store {store.path} is not complete: "
+            + (f"`spray analyze` is writing it ({writer}); run this again when it has finished" if writer else
+               "its first `spray analyze` stopped before the end; run `spray analyze` again to complete it")
+        )
     return BadInputError(
         f"audit store {store.path} has no analysis {analysis or ''!r} (it has: {', '.join(have) or 'none'}); "
         + ("run `spray analyze` first" if not have else "name one of them")
@@ -101,7 +116,7 @@ def analysis_summary(store: AuditStore, analysis: str = "spray") -> dict[str, An
     """
     path = f"analyses/{analysis}/summary"
     if not store.has_node(path):
-        raise no_analysis_error(store, analysis, sorted({p.split("/")[1] for p in store.list_nodes("analyses")}))
+        raise no_analysis_error(store, analysis)
     summary = store.read_node(path)[1]
     with store.interpreting(f"node {path}"):
         attribution = summary["attribution"]

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from itertools import islice
 from typing import Any, TypeVar
 
+from spray._checks import check_int
 from spray.errors import BadInputError, SprayError
 
 T = TypeVar("T")
@@ -183,8 +184,8 @@ def map_on(
     from distributed import KilledWorker, as_completed
     from tqdm import tqdm
 
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-        raise BadInputError(f"window must be a positive number of tasks or None, got {window!r}")
+    if window is not None:
+        check_int(window, "window", minimum=1)
     todo = iter(items)
     owner: dict[str, T] = {}
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from spray._checks import check_choice, check_int
 from spray.attribution.distributed import WorkerRecipe, explain_on_cluster
 from spray.errors import BadInputError, StoreError
 from spray.scheduling import dask_client, local_workers
@@ -104,12 +105,9 @@ def attribute_dataset(
             (pass ``overwrite=True``), or samples of another dataset.
     """
     started = time.perf_counter()
-    if target not in _TARGETS:
-        raise BadInputError(f"target must be one of {_TARGETS}, got {target!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise BadInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if relevance_dtype not in _RELEVANCE_DTYPES:
-        raise BadInputError(f"relevance_dtype must be one of {_RELEVANCE_DTYPES}, got {relevance_dtype!r}")
+    check_choice(target, "target", _TARGETS)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_choice(relevance_dtype, "relevance_dtype", _RELEVANCE_DTYPES)
     if thumbnail_range is not None:
         low, high = (float(v) for v in thumbnail_range)
         if not high > low:
@@ -121,8 +119,7 @@ def attribute_dataset(
             f"scheduler={scheduler!r} needs recipe=WorkerRecipe(model=MOD:FACTORY, data=SOURCE): dask workers "
             "build the model and open the data themselves"
         )
-    if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
-        raise BadInputError(f"shard_batches must be a positive integer, got {shard_batches!r}")
+    check_int(shard_batches, "shard_batches", minimum=1)
     for attr in ("name", "params", "attribute"):
         if not hasattr(attributor, attr):
             raise BadInputError(f"attributor {attributor!r} lacks {attr!r} (see the attributor contract)")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from spray._checks import check_choice
 from spray.clarc.activations import activations, default_layer, pool, resolve_layer
 from spray.clarc.cav import MIN_SAMPLES, CAV
 from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
@@ -100,8 +101,7 @@ def isolate_artifact(
     """
     layer = layer or default_layer(model)
     resolve_layer(model, layer)
-    if reference not in _REFERENCES:
-        raise BadInputError(f"reference must be one of {_REFERENCES}, got {reference!r}")
+    check_choice(reference, "reference", _REFERENCES)
     artifact_index = np.asarray(artifact_index, dtype=np.int64)
     rest_index = np.asarray(rest_index, dtype=np.int64)
     for name, index in (("cluster", artifact_index), ("rest of the class", rest_index)):

@@ -21,6 +21,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
+from spray._checks import check_choice
 from spray.errors import BadInputError
 
 #: Fewest samples per group (artifact, rest) to fit a CAV and hold one out for its AUC.
@@ -50,8 +51,7 @@ class CAV:
 
     def fit(self, A_artifact: np.ndarray, A_rest: np.ndarray) -> CAV:
         """Fit on activations ``A_artifact`` (n_a, C) and ``A_rest`` (n_r, C) of the same layer."""
-        if self.method not in _METHODS:
-            raise BadInputError(f"CAV method must be one of {_METHODS}, got {self.method!r}")
+        check_choice(self.method, "CAV method", _METHODS)
         if not 0.0 < self.test_size < 1.0:
             raise BadInputError(f"CAV test_size must be in (0, 1), got {self.test_size!r}")
         A_artifact = _matrix(A_artifact, "A_artifact")

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from spray._checks import check_choice
 from spray.attribution.methods import get_method
 from spray.audit import audit
 from spray.clarc.localize import paste
@@ -63,8 +64,7 @@ def everywhere(dataset: Dataset, patch: Tensor, mask: Tensor) -> TensorDataset:
 def artifact_relevance(model: nn.Module, dataset: Dataset, mask: Tensor, *, composite: Composite | None = None,
                        target: str = "prediction", batch_size: int = 64) -> float:
     """``mean_i Σ|R_i| M / Σ|R_i|`` over ``dataset`` (see the module docstring); ``mask`` (H, W) in [0, 1]."""
-    if target not in _TARGETS:
-        raise BadInputError(f"relevance target must be one of {_TARGETS}, got {target!r}")
+    check_choice(target, "relevance target", _TARGETS)
     composite = composite or EpsilonPlusFlat()
     if projected_layers(model):
         composite = with_projection_rule(composite)

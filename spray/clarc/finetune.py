@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from spray._checks import check_choice, check_int, check_real
 from spray.clarc.activations import modules_after
 from spray.data import model_hash
 from spray.errors import BadInputError
@@ -93,12 +94,9 @@ def finetune(
         optimizer: ``"adam"`` (Adam) or ``"sgd"`` (SGD with momentum 0.9).
         on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch's checkpoint is written.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise BadInputError(f"epochs must be a positive integer, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise BadInputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not lr > 0:
-        raise BadInputError(f"lr must be positive, got {lr!r}")
+    check_int(epochs, "epochs", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_real(lr, "lr", minimum=0.0, strict=True)
     fingerprint = json.dumps({"config": config or {}, "seed": seed, "lr": lr, "batch_size": batch_size,
                               "trainable": None if trainable is None else list(trainable),
                               "optimizer": optimizer},
@@ -109,8 +107,7 @@ def finetune(
         raise BadInputError(f"none of the modules to fine-tune ({', '.join(trainable or [])}) has parameters")
     trained = {id(p) for p in params}
     frozen_params = [p for p in model.parameters() if id(p) not in trained]
-    if optimizer not in OPTIMIZERS:
-        raise BadInputError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
     optimiser = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
                  else torch.optim.SGD(params, lr=lr, momentum=0.9))
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
@@ -250,8 +247,7 @@ class FinetuningCorrector:
             overwrite: bool = False, progress: bool = True,
             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FinetuningCorrector:
         """Fine-tune a copy of ``model`` on ``dataset`` (the audited, attributed training data)."""
-        if self.trainable not in TRAINABLE:
-            raise BadInputError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        check_choice(self.trainable, "trainable", TRAINABLE)
         corrected = copy.deepcopy(model)
         modules = None
         if self.trainable == "after":

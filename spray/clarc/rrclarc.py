@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spray._checks import check_real
 from spray.clarc.activations import along_channels, layer_output
 from spray.clarc.artifact import ArtifactModel
 from spray.clarc.finetune import FinetuningCorrector, Objective
-from spray.errors import BadInputError
 from spray.training import eval_mode
 
 LAMBDA = 10.0
@@ -55,8 +55,7 @@ class RRClArC(FinetuningCorrector):
         return {"lambda": self.lam}
 
     def objective(self, artifact: ArtifactModel) -> Objective:
-        if not self.lam >= 0:
-            raise BadInputError(f"lambda must be >= 0, got {self.lam!r}")
+        check_real(self.lam, "lambda", minimum=0.0)
         layer, v, lam = artifact.layer, artifact.direction, self.lam
 
         def loss(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:

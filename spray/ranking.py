@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spray.results import analysis_summary
 from spray.store import AuditStore
 
 FLAG_OUTLIER = 3.0
@@ -45,8 +46,6 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, A
 
 
 def _rank(store: AuditStore, analysis: str) -> list[dict[str, Any]]:
-    from spray.export.tables import analysis_summary
-
     group = f"analyses/{analysis}"
     summary = analysis_summary(store, analysis)
     names = store.attrs().get("label_names") or []

@@ -181,7 +181,7 @@ def build_audit_store(path: str | Path, *, with_clarc: bool = True) -> Path:
 
 def write_clarc_result(path: str | Path, examples: np.ndarray, run: str = "pclarc-1") -> None:
     """A synthetic ClArC result in the documented layout (clarc/<run>/result), written as ClArC writes one."""
-    from spray.clarc.run import write_result
+    from spray.results import write_result
 
     mask = np.zeros((AUDIT_SIZE, AUDIT_SIZE), np.float32)
     mask[0:3, 0:3] = 1.0

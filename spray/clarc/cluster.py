@@ -13,12 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from spray.errors import BadInputError
-from spray.export.tables import analysis_summary, complete_analyses, no_analysis_error
 from spray.ranking import rank_classes, top_candidate
+from spray.results import CLUSTERING_NODES, analysis_summary, complete_analyses, no_analysis_error
 from spray.store import AuditStore
-
-#: Nodes of a class that hold clusterings, searched in this order when the FDA node does not say.
-CLUSTERING_NODES = ("kmeans", "hdbscan", "agglomerative", "dbscan")
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,14 @@ from torch.utils.data import Dataset, TensorDataset
 from spray._checks import check_choice
 from spray.attribution.methods import get_method
 from spray.audit import audit
+from spray.clarc.cluster import choose_analysis
 from spray.clarc.localize import paste
 from spray.clarc.projective import projected_layers, with_projection_rule
 from spray.errors import BadInputError
 from spray.lrp import LRP, Composite, EpsilonPlusFlat
 from spray.pipeline import PipelineSpec
+from spray.ranking import rank_classes
+from spray.results import analysis_summary
 from spray.store import AuditStore
 from spray.training import accuracy, as_tensors, predict
 
@@ -126,9 +129,6 @@ class FdaSetup:
 
 def original_rank(store_path: str | Path, label: int, analysis: str | None = None) -> int | None:
     """The class's rank in the audit store's own ranking (None if it was skipped)."""
-    from spray.clarc.cluster import choose_analysis
-    from spray.ranking import rank_classes
-
     with AuditStore(store_path) as store:
         ranking = rank_classes(store, choose_analysis(store, analysis))
     return _rank_of(ranking, label)
@@ -138,11 +138,9 @@ def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corr
              progress: bool = False) -> int | None:
     """Attribute ``setup.dataset`` with ``model`` as the original audit did, analyse it with the original
     pipeline, and return ``label``'s rank (None if the class was skipped). Resumable like any audit."""
-    from spray.clarc.cluster import choose_analysis
-
     with AuditStore(setup.store) as store:
         analysis = choose_analysis(store, setup.analysis)
-        _, summary = store.read_node(f"analyses/{analysis}/summary")
+        summary = analysis_summary(store, analysis)
         attribution = summary["attribution"]
         info = store.attribution_info(attribution)
         label_names = store.attrs().get("label_names") or None

@@ -32,7 +32,7 @@ from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
 from spray.errors import BadInputError
-from spray.export.tables import analysis_summary
+from spray.results import analysis_summary, result_node, write_result
 from spray.lrp import Composite, EpsilonPlusFlat
 from spray.outputs import OutputGuard, active
 from spray.store import AuditStore
@@ -233,18 +233,6 @@ def evaluate_from_store(
     everywhere = "isolated" if everywhere_test is None else "given"
     write_result(store_path, run, arrays, {**attrs, "metrics": metrics, "everywhere": everywhere})
     return metrics
-
-
-def result_node(run: str) -> str:
-    """The store node that records ClArC run ``run``."""
-    return f"clarc/{run}/result"
-
-
-def write_result(store_path: str | Path, run: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
-    """Write (or replace) node ``clarc/<run>/result``: the one writer of ClArC results; docs/clarc.md lists
-    the arrays and attrs that readers (report, ``spray export tables``, ``spray evaluate``) expect."""
-    with AuditStore(store_path, mode="a") as store:
-        store.write_node(result_node(run), arrays, attrs)
 
 
 def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset, guard: OutputGuard) -> None:

@@ -1,226 +1,21 @@
-"""An analysis and its ClArC runs as plain tables: cluster memberships, ClArC metrics; CSV/JSON writers.
-
-Also the readers the report and the ViRelAy export share: :func:`read_class` gathers one class's current
-analysis nodes (a node counts only if its memo key is the one the class's ``status`` node lists, so a
-stale node left by an earlier pipeline is never shown), :func:`read_clarc_runs` the ClArC results.
-"""
+"""An analysis and its ClArC runs as plain tables: ranking, cluster memberships, ClArC metrics; CSV/JSON
+writers. They read the stored results through :mod:`spray.results`, as every other reader does."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from spray.errors import BadInputError, StoreError
+from spray.errors import BadInputError
 from spray.outputs import active, protecting
+from spray.ranking import rank_classes, ranking_table
+from spray.results import analysis_summary, label_names, read_clarc_runs, read_class
 from spray.store import AuditStore
 
-__all__ = [
-    "CLARC_COLUMNS",
-    "ClassAnalysis",
-    "ClarcRun",
-    "analysis_summary",
-    "clarc_metrics",
-    "cluster_memberships",
-    "export_tables",
-    "read_clarc_runs",
-    "read_class",
-    "write_table",
-]
-
-
-@dataclass
-class ClassAnalysis:
-    """One class's analysis as stored (``analyses/<A>/<label>/...``), current nodes only.
-
-    ``positions`` (n,) are row positions in the store, ``dataset_index`` (n,) the samples' dataset
-    indices; ``embedding`` (n, m) and ``eigenvalues`` (m,) come from the spectral node, ``maps`` holds
-    the 2-D maps by node name (``umap``, ``tsne``), ``clusterings`` every clustering's labels by name
-    (``kmeans_3``, ``hdbscan``; -1 = noise) and ``fda`` the FDA node's info (``best``; ``clusterings``: per
-    clustering its score, z-score, p-value and, under ``clusters``, its clusters' size, tau, z_score and
-    p_value by cluster id, from the node's arrays).
-    A skipped class has ``skipped`` set and nothing else.
-    """
-
-    label: int
-    name: str
-    n: int
-    skipped: str | None
-    positions: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    dataset_index: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    eigenvalues: np.ndarray | None = None
-    embedding: np.ndarray | None = None
-    spectral_info: dict[str, Any] = field(default_factory=dict)
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
-    clusterings: dict[str, np.ndarray] = field(default_factory=dict)
-    fda: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def best(self) -> dict[str, Any] | None:
-        """The flagged cluster (FDA's ``best``: clustering, cluster, z_score, ...) or None."""
-        best = self.fda.get("best") or {}
-        return best if best.get("clustering") in self.clusterings else None
-
-
-def _fda_info(arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> dict[str, Any]:
-    """The fda node's info, each clustering with its per-cluster statistics (stored as arrays) under
-    ``clusters``: ``{cluster id: {"size", "tau", "z_score", "p_value", "ncut"}}`` (no ``ncut`` in a store
-    analysed before fda version 4)."""
-    info = dict(attrs.get("info") or {})
-    table = {name: {**row, "clusters": {}} for name, row in (info.get("clusterings") or {}).items()}
-    stats = ("size", "tau", "z_score", "p_value") + (("ncut",) if "cluster_ncut" in arrays else ())
-    columns = [arrays[f"cluster_{stat}"] for stat in stats]
-    for name, cid, *values in zip(arrays["cluster_clustering"], arrays["cluster_id"], *columns, strict=True):
-        if str(name) in table:
-            table[str(name)]["clusters"][int(cid)] = {
-                stat: (int(v) if stat == "size" else float(v)) for stat, v in zip(stats, values)
-            }
-    info["clusterings"] = table
-    return info
-
-
-def complete_analyses(store: AuditStore) -> list[str]:
-    """The analyses whose summary is written: an analysis is complete from its first finished run on."""
-    return sorted({p.split("/")[1] for p in store.list_nodes("analyses") if p.endswith("/summary")})
-
-
-def no_analysis_error(store: AuditStore, analysis: str | None) -> BadInputError:
-    """The error for an analysis ``analysis`` that the store lacks (complete), listing those it has: an
-    analysis whose first run has not finished is named as such, with the process writing it, if any."""
-    have = complete_analyses(store)
-    started = {p.split("/")[1] for p in store.list_nodes("analyses")} - set(have)
-    if analysis in started:
-        writer = store.writer()
-        return BadInputError(
-            f"analysis {analysis!r} of audit store {store.path} is not complete: "
-            + (f"`spray analyze` is writing it ({writer}); run this again when it has finished" if writer else
-               "its first `spray analyze` stopped before the end; run `spray analyze` again to complete it")
-        )
-    return BadInputError(
-        f"audit store {store.path} has no analysis {analysis or ''!r} (it has: {', '.join(have) or 'none'}); "
-        + ("run `spray analyze` first" if not have else "name one of them")
-    )
-
-
-def analysis_summary(store: AuditStore, analysis: str = "spray") -> dict[str, Any]:
-    """Attrs of ``analyses/<analysis>/summary`` (pipeline, attribution, classes, ...), checked.
-
-    Raises:
-        BadInputError: the store has no such analysis (the message lists the ones it has), or the
-            attribution it analysed has been replaced since (``spray attribute --overwrite``).
-        StoreError: the summary is damaged, or its attribution is gone.
-    """
-    path = f"analyses/{analysis}/summary"
-    if not store.has_node(path):
-        raise no_analysis_error(store, analysis)
-    summary = store.read_node(path)[1]
-    with store.interpreting(f"node {path}"):
-        attribution = summary["attribution"]
-        if not isinstance(attribution, str) or not all(
-            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in summary["classes"]
-        ):
-            raise TypeError(f"attribution {attribution!r}, classes {summary['classes']!r:.80}")
-    if attribution not in store.attributions():
-        raise StoreError(
-            f"analysis {analysis!r} of audit store {store.path} was made from attribution {attribution!r}, "
-            "which the store no longer holds; run `spray analyze` again"
-        )
-    made_from = summary.get("attribution_id")  # recorded since the analysis summary has it (older: trusted)
-    if made_from is not None and store.attribution_info(attribution)["attribution_id"] != made_from:
-        raise BadInputError(
-            f"analysis {analysis!r} of audit store {store.path} was made from an earlier version of attribution "
-            f"{attribution!r}, replaced since (spray attribute --overwrite); run `spray analyze` again to "
-            "bring it up to date"
-        )
-    return summary
-
-
-def _label_names(store: AuditStore) -> list[str]:
-    return [str(n) for n in store.attrs().get("label_names") or []]
-
-
-def read_class(store: AuditStore, analysis: str, label: int, names: list[str] | None = None) -> ClassAnalysis:
-    """The current analysis nodes of class ``label`` (see :class:`ClassAnalysis`).
-
-    Raises:
-        StoreError: a node does not hold what the analysis writes (shapes, dtypes, values that disagree).
-    """
-    names = _label_names(store) if names is None else names
-    name = names[label] if label < len(names) else str(label)
-    path = f"analyses/{analysis}/{label}"
-    if not store.has_node(f"{path}/status"):
-        return ClassAnalysis(label, name, 0, "not analysed (no status node)")
-    status_arrays, status = store.read_node(f"{path}/status")
-    with store.interpreting(f"class {label} of analysis {analysis!r}"):
-        return _class_nodes(store, path, ClassAnalysis(label, name, int(status["n"]), status["skipped"]),
-                            status_arrays, status)
-
-
-def _class_nodes(
-    store: AuditStore, path: str, result: ClassAnalysis, status_arrays: dict[str, np.ndarray], status: dict
-) -> ClassAnalysis:
-    """:func:`read_class` after the status node: the class's current nodes, checked against each other."""
-    from spray.pipeline.nodes import NODES  # the node table says which nodes are clusterings and maps
-
-    if result.skipped is not None:
-        result.skipped = str(result.skipped)
-        return result
-    result.positions = _indices(status_arrays["positions"], result.n, store.n_samples, "positions")
-    result.dataset_index = _indices(status_arrays["dataset_index"], result.n, None, "dataset_index")
-    keys = dict(status.get("keys") or {})
-
-    def current(node: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
-        if node not in keys or not store.has_node(f"{path}/{node}", {"key": keys[node]}):
-            return None
-        return store.read_node(f"{path}/{node}")
-
-    for node in keys:
-        kind = NODES[node].kind if node in NODES else ""
-        if node == "spectral":
-            found = current(node)
-            if found:
-                result.eigenvalues = _floats(found[0]["eigenvalues"], 1, None, "eigenvalues")
-                result.embedding = _floats(found[0]["embedding"], 2, result.n, "embedding")
-                result.spectral_info = dict(found[1].get("info") or {})
-        elif node == "fda":
-            found = current(node)
-            if found:
-                result.fda = _fda_info(*found)
-        elif kind == "map":
-            found = current(node)
-            if found:
-                result.maps[node] = _floats(found[0]["embedding"], 2, result.n, f"{node} embedding")
-        elif kind == "clustering":
-            found = current(node)
-            if found:
-                result.clusterings.update(
-                    {k: _indices(v, result.n, None, k, minimum=-1) for k, v in sorted(found[0].items())}
-                )
-    if result.embedding is None or not result.fda:
-        result.skipped = "analysis unfinished: run `spray analyze` again to complete it"
-    return result
-
-
-def _indices(array: np.ndarray, n: int, bound: int | None, what: str, minimum: int = 0) -> np.ndarray:
-    """``array`` as (n,) int64 with values in ``[minimum, bound)``; a ValueError naming ``what`` otherwise."""
-    if array.shape != (n,) or array.dtype.kind not in "iu":
-        raise ValueError(f"{what} has shape {array.shape} and dtype {array.dtype}, expected ({n},) integers")
-    if n and (array.min() < minimum or (bound is not None and array.max() >= bound)):
-        raise ValueError(f"{what} has values outside [{minimum}, {bound})")
-    return array.astype(np.int64)
-
-
-def _floats(array: np.ndarray, ndim: int, rows: int | None, what: str) -> np.ndarray:
-    """``array`` if it is a finite float array with ``ndim`` axes (``rows`` rows); a ValueError otherwise."""
-    if array.ndim != ndim or array.dtype.kind != "f" or (rows is not None and array.shape[0] != rows):
-        raise ValueError(f"{what} has shape {array.shape} and dtype {array.dtype}")
-    if not np.isfinite(array).all():
-        raise ValueError(f"{what} holds NaN or infinity")
-    return array
+__all__ = ["CLARC_COLUMNS", "clarc_metrics", "cluster_memberships", "export_tables", "write_table"]
 
 
 def cluster_memberships(
@@ -234,7 +29,7 @@ def cluster_memberships(
     """
     with AuditStore(store_path) as store:
         summary = analysis_summary(store, analysis)
-        names = _label_names(store)
+        names = label_names(store)
         parts = []
         for label in summary["classes"]:
             cls = read_class(store, analysis, int(label), names)
@@ -258,31 +53,6 @@ def cluster_memberships(
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
             columns, ["int64", "object", "object", "int64", "int64", "bool"], strict=True)})
     return pd.concat(parts, ignore_index=True)[columns]
-
-
-@dataclass
-class ClarcRun:
-    """One ClArC result node ``clarc/<run>/result``: its arrays (patch, mask, example_*) and attrs
-    (method, cluster ``CLASS:CLUSTERING:ID``, layer, cav_auc, metrics rows)."""
-
-    run: str
-    arrays: dict[str, np.ndarray]
-    attrs: dict[str, Any]
-
-    @property
-    def metrics(self) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.attrs.get("metrics") or []]
-
-
-def read_clarc_runs(store: AuditStore) -> list[ClarcRun]:
-    """Every ClArC result in the store, by run name."""
-    runs = []
-    for path in store.list_nodes("clarc"):
-        parts = path.split("/")
-        if len(parts) == 3 and parts[2] == "result":
-            arrays, attrs = store.read_node(path)
-            runs.append(ClarcRun(parts[1], arrays, attrs))
-    return runs
 
 
 CLARC_COLUMNS = ["run", "method", "cluster", "layer", "cav_auc", "model", "clean_accuracy",
@@ -330,7 +100,6 @@ def export_tables(
 
     The ranking is :func:`spray.ranking.ranking_table` (``spray rank``'s table). Returns the paths written.
     """
-    from spray.ranking import rank_classes, ranking_table
 
     if fmt not in ("csv", "json"):
         raise BadInputError(f"table format must be 'csv' or 'json', got {fmt!r}")

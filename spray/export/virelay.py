@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 from spray.errors import BadInputError
-from spray.export.tables import ClassAnalysis, analysis_summary, read_class
 from spray.outputs import OutputGuard, active
+from spray.results import ClassAnalysis, analysis_summary, read_class
 from spray.store import AuditStore
 
 __all__ = ["export_virelay", "word_net_id"]

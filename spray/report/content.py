@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from spray.export.tables import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
 from spray.errors import BadInputError
 from spray.ranking import rank_classes
 from spray.report import images, plots
+from spray.results import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
 from spray.store import AuditStore
 
 DEFAULT_MAX_CLASSES = 5

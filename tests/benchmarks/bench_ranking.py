@@ -35,7 +35,7 @@ import numpy as np
 
 def stability(path: str, seeds: int) -> None:
     from spray.analysis import best_cluster
-    from spray.export.tables import analysis_summary, read_class
+    from spray.results import analysis_summary, read_class
     from spray.ranking import _flag
     from spray.store import AuditStore
 

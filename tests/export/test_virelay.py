@@ -12,7 +12,7 @@ import pytest
 from spray.errors import BadInputError
 from spray.export import export_virelay
 from spray.export import virelay as virelay_export
-from spray.export.tables import read_class
+from spray.results import read_class
 from spray.pipeline import analyze, pipeline_from_text
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from spray.export.tables import read_class
+from spray.results import read_class
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.nodes import NODES
 from spray.ranking import rank_classes

@@ -25,10 +25,22 @@ from spray.clarc.projective import (
     remove_projection,
 )
 from spray.clarc.rrclarc import RRClArC, rr_penalty
-from spray.clarc.run import METHODS, ClarcResult, clarc_from_store, evaluate_from_store, run_name
+from spray.clarc.run import (
+    CORRECTIONS,
+    METHODS,
+    ClarcResult,
+    Correction,
+    Tuning,
+    clarc_from_store,
+    evaluate_from_store,
+    run_name,
+)
 
 __all__ = [
+    "CORRECTIONS",
     "METHODS",
+    "Correction",
+    "Tuning",
     "AClArC",
     "ArtifactModel",
     "CAV",

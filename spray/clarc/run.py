@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
 from spray.clarc.evaluate import FdaSetup, empty_row, evaluate_correction, format_metrics
-from spray.clarc.finetune import CHECKPOINT
+from spray.clarc.finetune import CHECKPOINT, FinetuningCorrector
 from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
@@ -37,8 +38,70 @@ from spray.lrp import Composite, EpsilonPlusFlat
 from spray.outputs import OutputGuard, active
 from spray.store import AuditStore
 
-METHODS = ("aclarc", "pclarc", "rrclarc")
 WEIGHTS = "weights.pt"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Fine-tuning settings of a ClArC run; None takes the method's default (A-/RR-ClArC)."""
+
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+    fraction: float | None = None
+    """A-ClArC: the share of other-class samples that get the artifact."""
+    lam: float | None = None
+    """RR-ClArC: λ, the weight of the right-reason penalty."""
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),
+                                  ("seed", self.seed)) if v is not None}
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What a correction method made of the model: the corrected copy, its fine-tuning history, and the
+    fine-tuning parameters it used (epochs, lr, batch_size, fraction, lambda; None where it has none)."""
+
+    model: nn.Module
+    history: list[dict[str, float]]
+    params: dict[str, Any]
+
+
+CorrectionMethod = Callable[[nn.Module, Dataset, ArtifactModel, Tuning, Path, bool, bool], Correction]
+"""``method(model, dataset, artifact, tuning, run_dir, overwrite, progress) -> Correction``."""
+
+
+def _projection(model: nn.Module, dataset: Dataset, artifact: ArtifactModel, tuning: Tuning, run_dir: Path,
+                overwrite: bool, progress: bool) -> Correction:
+    """P-ClArC: project the artifact direction out of the layer's activations; nothing is trained."""
+    return Correction(project_model(model, artifact.layer, artifact.direction, artifact.clean_mean), [], {})
+
+
+def _fine_tuning(make: Callable[[Tuning], FinetuningCorrector]) -> CorrectionMethod:
+    """A method that fine-tunes a copy of the model with the corrector ``make(tuning)`` builds."""
+
+    def correct(model: nn.Module, dataset: Dataset, artifact: ArtifactModel, tuning: Tuning, run_dir: Path,
+                overwrite: bool, progress: bool) -> Correction:
+        corrector = make(tuning)
+        corrector.fit(model, dataset, artifact, checkpoint_dir=run_dir, overwrite=overwrite, progress=progress)
+        p = corrector.params()
+        return Correction(corrector.model_, corrector.history_, {
+            "epochs": p["epochs"], "lr": p["lr"], "batch_size": p["batch_size"], "fraction": p.get("fraction"),
+            "lambda": p.get("lambda"),
+        })
+
+    return correct
+
+
+CORRECTIONS: dict[str, CorrectionMethod] = {
+    "aclarc": _fine_tuning(lambda t: AClArC(**t.given(), **({} if t.fraction is None else {"fraction": t.fraction}))),
+    "pclarc": _projection,
+    "rrclarc": _fine_tuning(lambda t: RRClArC(**t.given(), **({} if t.lam is None else {"lam": t.lam}))),
+}
+"""The correction methods by name (``spray clarc --method``): a new method is one entry here."""
+METHODS = tuple(CORRECTIONS)
 
 
 @dataclass
@@ -148,23 +211,11 @@ def clarc_from_store(
         composite=composite, reference=reference, sigma=sigma, threshold=threshold, random_state=seed,
         cluster=str(spec),
     )
+    tuning = Tuning(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, fraction=fraction, lam=lam)
+    correction = CORRECTIONS[method](model, dataset, artifact, tuning, run_dir, overwrite, progress)
+    corrected, history = correction.model, correction.history
     params: dict[str, Any] = {"lambda": None, "epochs": None, "lr": None, "fraction": None,
-                              "batch_size": None, "seed": seed}
-    history: list[dict[str, float]] = []
-    if method == "pclarc":
-        corrected = project_model(model, artifact.layer, artifact.direction, artifact.clean_mean)
-    else:
-        defaults = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
-        given = {k: v for k, v in defaults.items() if v is not None}
-        if method == "aclarc":
-            corrector = AClArC(**given, **({"fraction": fraction} if fraction is not None else {}))
-        else:
-            corrector = RRClArC(**given, **({"lam": lam} if lam is not None else {}))
-        corrector.fit(model, dataset, artifact, checkpoint_dir=run_dir, overwrite=overwrite, progress=progress)
-        corrected, history = corrector.model_, corrector.history_
-        p = corrector.params()
-        params.update(epochs=p["epochs"], lr=p["lr"], batch_size=p["batch_size"], fraction=p.get("fraction"),
-                      **{"lambda": p.get("lambda")})
+                              "batch_size": None, "seed": seed, **correction.params}
     weights = guard.write(run_dir / WEIGHTS, "corrected weights",
                           lambda tmp: torch.save(corrected.state_dict(), tmp))
     params.update(weights=str(weights), cav_method=cav, reference=reference, sigma=sigma, threshold=threshold,

@@ -19,17 +19,16 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
 
+from spray.attribution.batches import BatchExplainer, ExplainedBatch
 from spray.errors import BadInputError, SprayError
 from spray.scheduling import map_on, task_window
 from spray.usercode import guarded
 
-if TYPE_CHECKING:
-    from spray.attribution.runner import BatchExplainer, ExplainedBatch
 
 __all__ = ["WorkerRecipe", "explain_on_cluster"]
 
@@ -64,7 +63,7 @@ def explain_on_cluster(
     """Yield every batch of ``batches`` explained on the workers of ``client``, shard by shard as they end.
 
     ``model``'s weights are sent to the workers; ``n`` is the dataset's length seen here (workers must see
-    the same); ``explain`` is the client's :class:`~spray.attribution.runner.BatchExplainer`.
+    the same); ``explain`` is the client's :class:`~spray.attribution.batches.BatchExplainer`.
     """
     shards = _shards(batches, shard_batches)
     if not shards:

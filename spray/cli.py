@@ -114,6 +114,21 @@ def info(store: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("store", type=click.Path(path_type=Path))
+def migrate(store: Path) -> None:
+    """Bring STORE, written by an earlier spray, up to this spray's schema version, in place (all or nothing)."""
+    from spray.errors import BadInputError
+    from spray.store import SCHEMA_VERSION, AuditStore
+
+    if not store.exists():
+        raise BadInputError(f"no audit store at {store}")
+    with AuditStore(store, mode="a") as audit:
+        found = audit.migrated_from
+    click.echo(f"audit store {store}: schema version {SCHEMA_VERSION}"
+               + (f" (migrated from {found})" if found is not None else " (already current)"))
+
+
+@cli.command()
 @click.option("--model", "model_spec", required=True, help="MOD:FACTORY building the torch model.")
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict file (loaded weights_only).")
 @click.option("--data", "data_spec", required=True, help="MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH.")

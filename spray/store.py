@@ -34,10 +34,15 @@ from spray._checks import check_regular_file
 from spray.errors import BadInputError, SchemaError, SprayError, StoreError, StoreLockedError
 from spray.journal import JournaledFile, journal_path, rollback_if_stale, try_flock
 
-__all__ = ["NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info", "to_json"]
+__all__ = ["MIGRATIONS", "NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info", "to_json"]
 
 SCHEMA_VERSION = 1
 """The schema this spray writes and reads (docs/store.md)."""
+
+MIGRATIONS: dict[int, Callable[[h5py.File], None]] = {}
+"""``MIGRATIONS[v](f)`` rewrites an open store of schema ``v`` into schema ``v + 1`` (docs/store.md,
+"Versioning"). A store opened for writing runs the chain up to :data:`SCHEMA_VERSION` in one transaction
+(all or nothing, like any write); version 1 is the first, so there is none yet."""
 
 NODE_ROOTS = ("analyses", "clarc")
 """Top-level groups whose contents are written with :meth:`AuditStore.write_node`."""
@@ -557,6 +562,7 @@ class AuditStore:
         self.timeout = float(timeout)
         self._lock: _WriterLock | None = None
         self._snapshot: h5py.File | None = None  # the open file of a reading() block
+        self.migrated_from: int | None = None  # the schema version a writer found, when it migrated the store
         check_regular_file(self.path, "an audit store")
         for suffix, role in _SIDECARS.items():
             check_regular_file(self._sidecar(suffix), f"the {role} of audit store {self.path}")
@@ -574,6 +580,7 @@ class AuditStore:
             if not self._file.exists():
                 self._create()
             self._lock.acquire_identity(self._file)
+            self.migrated_from = self._migrate()
             with self._open():  # checks the schema; rolls back a transaction a killed writer left
                 pass
         except BaseException:
@@ -606,6 +613,19 @@ class AuditStore:
     @property
     def writable(self) -> bool:
         return self._lock is not None
+
+    def _migrate(self) -> int | None:
+        """Bring a store of an older schema up to :data:`SCHEMA_VERSION` through :data:`MIGRATIONS`, in one
+        write transaction; the version it had, or None if it was current."""
+        with self._open(older_ok=True) as f:
+            version = _schema_version(f, self.path)
+        if version == SCHEMA_VERSION:
+            return None
+        with self._open(write=True, older_ok=True) as f:
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](f)
+                f.attrs["schema_version"] = step + 1
+        return version
 
     def _sidecar(self, suffix: str) -> Path:
         """``<real path><suffix>``: a file of the store's own beside its resolved path (:data:`_SIDECARS`)."""
@@ -763,10 +783,11 @@ class AuditStore:
         )
 
     @contextmanager
-    def _open(self, write: bool = False) -> Iterator[h5py.File]:
-        """One transaction: the file is open for the block (read-only unless ``write``)."""
+    def _open(self, write: bool = False, *, older_ok: bool = False) -> Iterator[h5py.File]:
+        """One transaction: the file is open for the block (read-only unless ``write``). ``older_ok``: a
+        store of an older schema is opened too (to migrate it)."""
         if write:
-            with self._transaction() as (f, _):
+            with self._transaction(older_ok=older_ok) as (f, _):
                 yield f
             return
         if self._snapshot is not None:  # inside reading(): the same open file, the same state
@@ -774,7 +795,7 @@ class AuditStore:
             return
         f, _ = self._h5file(write=False)
         try:
-            _check_schema(f, self.path)
+            _check_schema(f, self.path, older_ok=older_ok)
             yield f
         except (OSError, RuntimeError) as exc:  # how h5py reports damaged files
             with suppress(Exception):
@@ -797,7 +818,7 @@ class AuditStore:
         f.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[tuple[h5py.File, JournaledFile]]:
+    def _transaction(self, *, older_ok: bool = False) -> Iterator[tuple[h5py.File, JournaledFile]]:
         """A write transaction: kept only if the block ends without an exception and every write reached
         the file; otherwise rolled back (spray.journal), whatever went wrong."""
         if not self.writable:
@@ -808,7 +829,7 @@ class AuditStore:
             f, journaled = self._h5file(write=True)
             assert journaled is not None
             try:
-                _check_schema(f, self.path)
+                _check_schema(f, self.path, older_ok=older_ok)
                 yield f, journaled
                 f.close()
                 if journaled.failure is not None:
@@ -1213,7 +1234,7 @@ def _attribution_summary(group: h5py.Group, n: int, path: Path) -> dict[str, Any
     }
 
 
-def _check_schema(f: h5py.File, path: Path) -> None:
+def _schema_version(f: h5py.File, path: Path) -> int:
     if "schema_version" not in f.attrs:
         raise SchemaError(
             f"{path} is not a spray audit store: it has no 'schema_version' attribute (an HDF5 file "
@@ -1221,19 +1242,27 @@ def _check_schema(f: h5py.File, path: Path) -> None:
         )
     found = _attr(f.attrs, "schema_version", "attribute 'schema_version'", path)
     try:
-        version = int(found)
+        return int(found)
     except (TypeError, ValueError):
         raise SchemaError(f"{path}: schema_version {found!r} is not an integer") from None
+
+
+def _check_schema(f: h5py.File, path: Path, *, older_ok: bool = False) -> None:
+    version = _schema_version(f, path)
     if version > SCHEMA_VERSION:
         raise SchemaError(
             f"{path} has store schema version {version}, newer than the {SCHEMA_VERSION} this spray "
             "supports: upgrade spray to read it"
         )
-    if version < SCHEMA_VERSION:
+    migratable = all(v in MIGRATIONS for v in range(version, SCHEMA_VERSION))
+    if version < SCHEMA_VERSION and not (older_ok and migratable):
         raise SchemaError(
-            f"{path} has store schema version {version}, older than the {SCHEMA_VERSION} this spray "
-            "supports, and there is no migration for it: re-create the store with this spray"
+            f"{path} has store schema version {version}, older than the {SCHEMA_VERSION} this spray supports"
+            + (f": run `spray migrate {path}` to migrate it in place" if migratable
+               else ", and there is no migration for it: re-create the store with this spray")
         )
+    if version < SCHEMA_VERSION:
+        return  # the migration brings its groups up to date
     missing = [g for g in _GROUPS if not isinstance(f.get(g), h5py.Group)]
     if missing:
         raise SchemaError(f"{path} claims schema version {version} but lacks groups {missing}")

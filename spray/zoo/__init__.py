@@ -10,6 +10,7 @@ them. No weights are shipped or downloaded. They serve the tests and benchmarks 
 from __future__ import annotations
 
 from spray.zoo.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
+from spray.zoo.statistics import randomize_batch_norms
 from spray.zoo.vgg import VGG, vgg16_bn
 
-__all__ = ["VGG", "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "vgg16_bn"]
+__all__ = ["VGG", "BasicBlock", "Bottleneck", "ResNet", "randomize_batch_norms", "resnet18", "resnet50", "vgg16_bn"]

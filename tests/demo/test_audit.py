@@ -1,50 +1,15 @@
-"""The demo's audit around the generic chain: the planted-sample recovery, and that only the demo (and the
-command that runs it) depends on the demo.
-
-The demo audit end to end is tests/test_workflow.py."""
+"""The demo's audit around the generic chain: the planted-sample recovery. That only the demo and the command
+that runs it import the demo is a layering rule (tests/test_layering.py); the demo audit end to end is
+tests/test_workflow.py."""
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
-import spray
 from spray.demo import default_poisoned_digits
 from spray.demo.audit import DemoAudit, PlantedRecovery, planted_recovery
-
-PACKAGE = Path(spray.__file__).parent
-DEMO = PACKAGE / "demo"
-# `spray demo` is the one place outside the demo that runs it: the CLI wires every command.
-MAY_IMPORT_THE_DEMO = {PACKAGE / "cli.py"}
-
-
-def _imported_modules(path: Path) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules.add(node.module)
-            modules.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return modules
-
-
-def test_nothing_outside_spray_demo_imports_it_but_the_command_that_runs_it():
-    importers = {
-        path for path in PACKAGE.rglob("*.py")
-        if DEMO not in path.parents
-        and any(m == "spray.demo" or m.startswith("spray.demo.") for m in _imported_modules(path))
-    }
-    assert importers == MAY_IMPORT_THE_DEMO, sorted(str(p.relative_to(PACKAGE)) for p in importers)
-
-
-def test_the_import_scan_sees_imports_in_every_form(tmp_path):
-    source = tmp_path / "m.py"
-    source.write_text("import spray.demo.digits\nfrom spray import demo\n"
-                      "def f():\n    from spray.demo.audit import x\n")
-    assert {"spray.demo.digits", "spray.demo", "spray.demo.audit"} <= _imported_modules(source)
 
 
 def _audit_with_top_cluster(members: list[int], top_class: int = 8) -> DemoAudit:

@@ -13,7 +13,7 @@ from spray.errors import BadInputError, UnsupportedLayerError
 from spray.lrp import LRP, Epsilon, EpsilonPlusFlat, rules
 from spray.lrp.functional import Activation, Addition, Pooling, Scaling
 from spray.lrp.tracing import canonize
-from spray.zoo import resnet18
+from spray.zoo import randomize_batch_norms, resnet18
 
 
 def _ratio(relevance: Tensor, logits: Tensor, target: Tensor) -> Tensor:
@@ -26,15 +26,7 @@ def zoo_resnet() -> nn.Module:
     """torchvision's ResNet-18 layout (``out += identity``, in-place ReLUs, BN attributes), 10 classes, with
     non-trivial BatchNorm statistics."""
     torch.manual_seed(0)
-    model = resnet18(num_classes=10)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            with torch.no_grad():
-                module.running_var.uniform_(0.5, 2.0)
-                module.running_mean.normal_(0.0, 0.2)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.2)
-    return model.double().eval()
+    return randomize_batch_norms(resnet18(num_classes=10)).double().eval()
 
 
 def _snapshot(model: nn.Module) -> dict:

@@ -7,6 +7,7 @@ import shutil
 import threading
 
 import h5py
+import numpy as np
 import numba
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -91,3 +92,15 @@ def test_while_a_count_is_pinned_limited_threads_changes_nothing():
     with limited_threads(1):
         assert (held_threads(), _blas_threads()) == (None, {1})
     assert _blas_threads() == before
+
+
+@pytest.mark.slow
+def test_nn_descent_is_identical_for_the_same_numba_thread_count():
+    # The one stated exception (docs/pipelines.md): NN-descent's neighbours depend on numba's thread count,
+    # not on anything else — two runs at the same count agree exactly.
+    from spray.analysis import KNNGraph
+
+    X = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    first, second = (KNNGraph(n_neighbors=10, method="approximate", random_state=0).fit(X) for _ in range(2))
+    np.testing.assert_array_equal(first.indices_, second.indices_)
+    np.testing.assert_array_equal(first.distances_, second.distances_)

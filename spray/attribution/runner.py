@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from spray.attribution.distributed import WorkerRecipe, explain_on_cluster
 from spray.errors import BadInputError, StoreError
+from spray.lrp import accounting
 from spray.scheduling import dask_client, local_workers
 from spray.store import AuditStore, canonical
 
@@ -57,6 +58,7 @@ def attribute_dataset(
     scheduler: str | None = None,
     recipe: WorkerRecipe | None = None,
     shard_batches: int = 4,
+    allow_nonconservative: bool = False,
 ) -> dict[str, Any]:
     """Attribute every sample of ``dataset`` into the store at ``store_path`` (created if missing).
 
@@ -154,6 +156,9 @@ def attribute_dataset(
                 f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
             )
         explain = BatchExplainer(input_shape, n_outputs, target, relevance_dtype, thumb_shape, thumbnail_range)
+        if not allow_nonconservative and hasattr(attributor, "balance"):
+            # Before the store is touched: a refused model leaves nothing behind.
+            explain.check_accounting(model, dataset, attributor, range(min(batch_size, n)))
 
         with ExitStack() as stack:
             # The cluster first: a bad scheduler is refused before the store is touched.
@@ -233,6 +238,7 @@ def attribute_dataset(
                         labels=batch.labels,
                         index=batch.index,
                         thumbnails=batch.thumbnails,
+                        input_share=batch.input_share,
                     )
                     write_seconds += time.perf_counter() - tick
                     computed += len(batch.index)
@@ -330,6 +336,7 @@ class ExplainedBatch:
     labels: np.ndarray
     index: np.ndarray
     thumbnails: np.ndarray | None
+    input_share: np.ndarray
     seconds: float
 
 
@@ -352,6 +359,39 @@ class BatchExplainer:
         self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int]
     ) -> ExplainedBatch:
         tick = time.perf_counter()
+        index, x, labels, explained = self._inputs(model, dataset, positions)
+        relevance, logits = attributor.attribute(model, x, explained)
+        relevance, logits = _checked_outputs(
+            attributor.name, index, x, relevance, logits, self.n_outputs, self.relevance_dtype
+        )
+        thumbs = _thumbnails(x, self.thumbnail_shape, self.thumbnail_range) if self.thumbnail_shape else None
+        target = explained.detach().cpu().numpy().astype(np.int64)
+        share = accounting.input_share(torch.from_numpy(relevance), torch.from_numpy(logits[np.arange(len(x)), target]))
+        return ExplainedBatch(
+            start=int(index[0]),
+            relevance=relevance,
+            logits=logits,
+            target=target,
+            labels=labels.numpy(),
+            index=index.numpy(),
+            thumbnails=thumbs,
+            input_share=share.numpy().astype(np.float32),
+            seconds=time.perf_counter() - tick,
+        )
+
+    def check_accounting(
+        self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int]
+    ) -> None:
+        """Raise :class:`NonConservativeError` unless LRP accounts for the relevance of these samples
+        (spray.lrp.accounting); ``attributor`` has ``balance`` (spray.lrp.LRP)."""
+        _, x, _, explained = self._inputs(model, dataset, positions)
+        relevance, logits, ledger = attributor.balance(model, x, explained)
+        accounting.check(relevance, logits.gather(1, explained[:, None])[:, 0], ledger)
+
+    def _inputs(
+        self, model: nn.Module, dataset: Dataset, positions: Sequence[int]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(dataset indices, x on the model's device and dtype, labels, explained outputs)."""
         index, x, labels = _collate(
             [(i, dataset[i]) for i in positions], input_shape=self.input_shape, n_outputs=self.n_outputs
         )
@@ -362,21 +402,7 @@ class BatchExplainer:
                 explained = model(x).argmax(dim=1)
         else:
             explained = labels.to(device)
-        relevance, logits = attributor.attribute(model, x, explained)
-        relevance, logits = _checked_outputs(
-            attributor.name, index, x, relevance, logits, self.n_outputs, self.relevance_dtype
-        )
-        thumbs = _thumbnails(x, self.thumbnail_shape, self.thumbnail_range) if self.thumbnail_shape else None
-        return ExplainedBatch(
-            start=int(index[0]),
-            relevance=relevance,
-            logits=logits,
-            target=explained.detach().cpu().numpy().astype(np.int64),
-            labels=labels.numpy(),
-            index=index.numpy(),
-            thumbnails=thumbs,
-            seconds=time.perf_counter() - tick,
-        )
+        return index, x, labels, explained
 
 
 def _as_pair(i: int, item: Any) -> tuple[Any, Any]:

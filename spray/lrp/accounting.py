@@ -66,12 +66,12 @@ def check(relevance: Tensor, explained: Tensor, ledger: Sequence[Balance], *,
     if bool((error > limit).any()):
         i = int(error.argmax())
         raise NonConservativeError(
-            f"LRP does not account for the relevance of sample {i} of the first batch: Σ input relevance "
+            f"LRP does not account for the relevance of batch sample {i}: input relevance "
             f"{float(total[i]):.6g} + absorbed {float(absorbed[i]):.6g} != explained logit {float(f[i]):.6g} "
             f"(tolerance {limit:.3g}). Every module keeps its balance, so relevance is created or destroyed "
             "between modules, by operations of the forward that have no rule (a model fx could not trace: see "
             "the UntracedModelWarning; route additions through spray.lrp.Sum). Pass --allow-nonconservative "
-            "to attribute anyway."
+            "(allow_nonconservative=True) to attribute anyway."
         )
 
 
@@ -80,10 +80,10 @@ def _message(balance: Balance, error: Tensor, f: Tensor, limit: float) -> str:
     kind = type(balance.module).__qualname__
     return (
         f"LRP {'creates' if abs(float(balance.into[i])) > abs(float(balance.out[i])) else 'destroys'} relevance "
-        f"at module {balance.name!r} ({kind}, rule {balance.rule!r}): sample {i} of the first batch reaches it "
+        f"at module {balance.name!r} ({kind}, rule {balance.rule!r}): batch sample {i} reaches it "
         f"with {float(balance.out[i]):.6g} and leaves it with {float(balance.into[i]):.6g} (explained logit "
-        f"{float(f[i]):.6g}, tolerance {limit:.3g}); a module without a bias must pass on what it receives. "
-        f"Map a rule that fits the operation it computes, e.g. names={{{balance.name!r}: spray.lrp.Pass()}} "
-        f"for an elementwise activation or types={{{kind}: ...}}, or pass --allow-nonconservative to attribute "
-        "anyway."
+        f"{float(f[i]):.6g}, tolerance {limit:.3g}), but a module without a bias must pass on what it "
+        f"receives: the rule does not fit the function the module computes. Map one that does via the "
+        f"composite, names={{{balance.name!r}: ...}} or types={{{kind}: ...}} (docs/lrp.md, 'Relevance "
+        f"accounting'), or pass --allow-nonconservative (allow_nonconservative=True) to attribute anyway."
     )

@@ -1102,8 +1102,8 @@ class AuditStore:
     ) -> None:
         """Write rows ``start:start+len(labels)`` of attribution ``name`` and mark them done.
 
-        ``input_share`` (Σ input relevance / explained logit per sample) is written where the attribution
-        has that dataset (not in attributions created before it existed).
+        ``input_share`` (Σ input relevance / explained logit per sample; NaN when not given) is written
+        where the attribution has that dataset (not in attributions created before it existed).
 
         One transaction (all of it or nothing is kept), one slice assignment per dataset. Sample rows
         (label, index, thumbnail) are written by the first attribution that reaches them; later ones
@@ -1134,9 +1134,10 @@ class AuditStore:
                     samples["index"][rows] = index[lo:hi]
                     if thumbnails is not None and "thumbnail" in samples:
                         samples["thumbnail"][rows] = thumbnails[lo:hi]
-            rows = {"relevance": relevance, "logits": logits, "target": target, "input_share": input_share}
+            share = np.full(len(labels), np.nan, np.float32) if input_share is None else input_share
+            rows = {"relevance": relevance, "logits": logits, "target": target, "input_share": share}
             for key, value in rows.items():
-                if value is None or key not in group:
+                if key not in group:
                     continue
                 # Rows that are not done are undefined, so their old bytes need no journal (the bulk
                 # of a batch); the other rows of their chunks are rewritten with the bytes they hold.

@@ -93,6 +93,8 @@ def attribute_dataset(
             workers open (``model`` and ``dataset`` must be what they build).
         shard_batches: with ``scheduler``: batches per dask task (a contiguous range of samples); a
             worker that dies costs at most its unfinished shards.
+        allow_nonconservative: skip the check of an LRP attributor's relevance accounting on the first
+            batch (docs/lrp.md, "Relevance accounting").
 
     Returns:
         A JSON-serialisable summary: store, name, method, params, target, n_samples, computed (samples
@@ -102,6 +104,8 @@ def attribute_dataset(
     Raises:
         BadInputError: a sample, label or argument is unusable, or the attributor's output is non-finite
             (the message names the dataset indices; nothing of that batch is written).
+        NonConservativeError: LRP creates or destroys relevance on the first batch (the message names
+            the module); raised before the store is opened.
         StoreError: the store holds this attribution from another model, method, parameters or target
             (pass ``overwrite=True``), or samples of another dataset.
     """

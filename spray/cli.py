@@ -143,6 +143,8 @@ def migrate(store: Path) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an attribution made by another model or parameters.")
 @click.option("--scheduler", help="dask scheduler address, or local:N for N local worker processes "
               "(docs/distributed.md); default: this process.")
+@click.option("--allow-nonconservative", is_flag=True,
+              help="Attribute even where LRP's relevance accounting fails on the first batch (docs/lrp.md).")
 def attribute(
     model_spec: str,
     weights: Path | None,
@@ -155,6 +157,7 @@ def attribute(
     name: str | None,
     overwrite: bool,
     scheduler: str | None,
+    allow_nonconservative: bool,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
     from spray.attribution import WorkerRecipe, attribute_dataset
@@ -178,6 +181,7 @@ def attribute(
         overwrite=overwrite,
         scheduler=scheduler,
         recipe=WorkerRecipe(model=model_spec, data=data_spec),
+        allow_nonconservative=allow_nonconservative,
     )
     click.echo(json.dumps(summary, default=str), err=True)
 

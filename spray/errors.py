@@ -34,3 +34,7 @@ class SchemaError(StoreError):
 
 class PipelineError(BadInputError):
     """A pipeline file is malformed or names an unknown node or parameter."""
+
+
+class NonConservativeError(BadInputError):
+    """LRP created or destroyed relevance where its rules should conserve it; the message names where."""

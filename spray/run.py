@@ -7,7 +7,8 @@ Tables besides the SpRAy node tables of docs/pipelines.md (:data:`RUN_TABLES` ho
 ``[model]``        ``factory`` (MOD:FACTORY), ``weights`` (optional state_dict file)
 ``[train]``        optional: train the model first (``data``, ``epochs``, ``batch_size``, ``lr``, ``seed``)
 ``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH) to audit
-``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table)
+``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table),
+                   ``allow_nonconservative``
 ``[clarc]``        optional: correct the model for a flagged cluster (``cluster``, ``methods``, ``layer``, ...)
 ``[evaluate]``     optional, with ``[clarc]``: the test data (``test``, ``poisoned_test``, ``everywhere_test``)
 ``[report]``       ``path`` (HTML report; empty string: no report)
@@ -37,7 +38,8 @@ RUN_TABLES: dict[str, dict[str, Any]] = {
     "model": {"factory": str, "weights": ""},
     "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
     "data": {"source": str},
-    "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {}},
+    "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {},
+                    "allow_nonconservative": False},
     "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
               "lambda": float, "fraction": float, "batch_size": 64, "seed": 0, "out": "clarc",
               "overwrite": False},
@@ -203,7 +205,7 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
         store, model, dataset, get_method(attribution["method"], **attribution["params"]), spec,
         model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
         batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
-        scheduler=tables["audit"]["scheduler"] or None,
+        allow_nonconservative=attribution["allow_nonconservative"], scheduler=tables["audit"]["scheduler"] or None,
         recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,
     )
     corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []

@@ -1094,6 +1094,7 @@ class AuditStore:
                 _create_rows(group, "logits", n, (n_outputs,), np.float32)
                 _create_rows(group, "target", n, (), np.int64)
                 _create_rows(group, "done", n, (), np.bool_, fill=False)
+                _create_rows(group, "input_share", n, (), np.float32)
                 _set_attrs(group.attrs, values)
 
             _replace_group(f, f"attributions/{name}", build)
@@ -1118,8 +1119,12 @@ class AuditStore:
         labels: np.ndarray,
         index: np.ndarray,
         thumbnails: np.ndarray | None = None,
+        input_share: np.ndarray | None = None,
     ) -> None:
         """Write rows ``start:start+len(labels)`` of attribution ``name`` and mark them done.
+
+        ``input_share`` (Σ input relevance / explained logit per sample; NaN when not given) is written
+        where the attribution has that dataset (not in attributions created before it existed).
 
         One transaction (all of it or nothing is kept), one slice assignment per dataset. Sample rows
         (label, index, thumbnail) are written by the first attribution that reaches them; later ones
@@ -1150,7 +1155,11 @@ class AuditStore:
                     samples["index"][rows] = index[lo:hi]
                     if thumbnails is not None and "thumbnail" in samples:
                         samples["thumbnail"][rows] = thumbnails[lo:hi]
-            for key, value in (("relevance", relevance), ("logits", logits), ("target", target)):
+            share = np.full(len(labels), np.nan, np.float32) if input_share is None else input_share
+            rows = {"relevance": relevance, "logits": logits, "target": target, "input_share": share}
+            for key, value in rows.items():
+                if key not in group:
+                    continue
                 # Rows that are not done are undefined, so their old bytes need no journal (the bulk
                 # of a batch); the other rows of their chunks are rewritten with the bytes they hold.
                 for lo, hi in _chunk_extents(group[key], start, stop):
@@ -1215,8 +1224,9 @@ def _attribution_summary(group: h5py.Group, n: int, path: Path) -> dict[str, Any
     if logits.shape[1] < 1:
         raise _damaged(path, f"dataset {where}/logits", f"has shape {logits.shape}")
     _rows_dataset(group, "target", n, "iu", 1, where, path)
-    done = int(np.count_nonzero(_rows_dataset(group, "done", n, "b", 1, where, path)[()]))
-    return {
+    mask = _rows_dataset(group, "done", n, "b", 1, where, path)[()]
+    done = int(np.count_nonzero(mask))
+    summary = {
         "method": attrs.get("method"),
         "params": attrs.get("params"),
         "target": attrs.get("target"),
@@ -1231,6 +1241,23 @@ def _attribution_summary(group: h5py.Group, n: int, path: Path) -> dict[str, Any
         "complete": done == n,
         "created": attrs.get("created"),
         "attribution_id": attrs.get("attribution_id"),
+    }
+    if "input_share" in group:  # attributions made before spray stored it have none (docs/store.md)
+        share = _rows_dataset(group, "input_share", n, "f", 1, where, path)[()][mask.astype(bool)]
+        summary["input_share"] = _distribution(share)
+    return summary
+
+
+def _distribution(values: np.ndarray) -> dict[str, Any]:
+    """Quantiles of a per-sample ratio over its finite values, and how many lie within 5% of 1."""
+    finite = values[np.isfinite(values)].astype(np.float64)
+    if finite.size == 0:
+        return {"n": 0}
+    q = np.quantile(finite, [0.0, 0.05, 0.5, 0.95, 1.0])
+    return {
+        "n": int(finite.size),
+        **{key: round(float(v), 6) for key, v in zip(("min", "p05", "median", "p95", "max"), q, strict=True)},
+        "within_5pct": int(np.count_nonzero(np.abs(finite - 1.0) <= 0.05)),
     }
 
 
@@ -1347,6 +1374,14 @@ def format_info(info: Mapping[str, Any]) -> str:
             f"  {name}: {a['method']} {params}, target={a['target']}, {state}, relevance "
             f"{tuple(a['shape'])} {a['dtype']}, model {str(a['model_hash'])[:16]}, batch {a['batch_size']}"
         )
+        share = a.get("input_share")
+        if share is not None:
+            lines.append(
+                f"    input share (sum R / f): median {share['median']:.4g}, 5-95% {share['p05']:.4g} .. "
+                f"{share['p95']:.4g}, range {share['min']:.4g} .. {share['max']:.4g}, within 5% of 1: "
+                f"{share['within_5pct']}/{share['n']}"
+                if share["n"] else "    input share (sum R / f): no finite value yet"
+            )
     for root in NODE_ROOTS:
         nodes = info.get(root) or {}
         lines.append(f"{root} ({len(nodes)} nodes)")

@@ -69,6 +69,20 @@ def test_bad_run_files_name_the_problem(run_dir, change, message):
         read_run(run_dir / "run.toml")
 
 
+def test_attribution_table_passes_allow_nonconservative_on(tmp_path, capsys):
+    run = (RUN.replace('"tests.data.factories:tiny_model"', '"tests.data.factories:power_mean_model"')
+           .replace("[train]\ndata = \"npz:data.npz\"\nepochs = 2\nbatch_size = 8\n", "")
+           .replace('source = "npz:data.npz"', 'source = "tests.data.factories:conv_data"')
+           .replace('method = "input_x_gradient"', 'method = "epsilon_plus_flat"'))
+    (tmp_path / "run.toml").write_text(run)
+    assert main(["run", str(tmp_path / "run.toml")]) == 2
+    assert "error: LRP creates relevance at module 'pool' (_PowerMean" in capsys.readouterr().err
+    (tmp_path / "run.toml").write_text(run.replace("batch_size = 8\n[report]",
+                                                   "batch_size = 8\nallow_nonconservative = true\n[report]"))
+    assert main(["run", str(tmp_path / "run.toml")]) == 0
+    assert (tmp_path / "out" / "audit.h5").exists()
+
+
 CLARC_RUN = """
 [audit]
 out = "out"

@@ -339,6 +339,24 @@ def test_info_is_json_and_lists_samples_attributions_and_nodes(tmp_path):
         assert needle in text
 
 
+def test_info_summarises_the_input_share_of_done_rows_only(tmp_path):
+    path = tmp_path / "audit.h5"
+    _filled_store(path)
+    with AuditStore(path, "a") as store:
+        assert store.info()["attributions"]["gxi"]["input_share"] == {"n": 0}
+        assert "    input share (sum R / f): no finite value yet" in format_info(store.info()).splitlines()
+        share = np.array([0.5, 0.97, 1.0, np.nan], np.float32)
+        store.write_batch("gxi", 4, relevance=np.zeros((4, 1, 4, 4), np.float32),
+                          logits=np.zeros((4, 3), np.float32), target=np.arange(4, 8) % 3,
+                          labels=np.arange(4, 8) % 3, index=np.arange(4, 8), input_share=share)
+        info = store.info()
+    assert info["attributions"]["gxi"]["input_share"] == {
+        "n": 3, "min": 0.5, "p05": 0.547, "median": 0.97, "p95": 0.997, "max": 1.0, "within_5pct": 2,
+    }
+    assert ("    input share (sum R / f): median 0.97, 5-95% 0.547 .. 0.997, range 0.5 .. 1, within 5% of 1: 2/3"
+            in format_info(info).splitlines())
+
+
 def test_labels_of_another_dataset_are_refused(tmp_path):
     path = tmp_path / "audit.h5"
     _filled_store(path)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from spray.errors import BadInputError
+from spray.lrp import accounting
 
 __all__ = ["BatchExplainer", "ExplainedBatch", "count_outputs", "placement", "sample_input", "thumbnail_shape"]
 
@@ -62,6 +63,7 @@ class ExplainedBatch:
     labels: np.ndarray
     index: np.ndarray
     thumbnails: np.ndarray | None
+    input_share: np.ndarray
     seconds: float
 
 
@@ -84,6 +86,40 @@ class BatchExplainer:
         self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int]
     ) -> ExplainedBatch:
         tick = time.perf_counter()
+        index, x, labels, explained = self._inputs(model, dataset, positions)
+        relevance, logits = attributor.attribute(model, x, explained)
+        relevance, logits = _checked_outputs(
+            attributor.name, index, x, relevance, logits, self.n_outputs, self.relevance_dtype
+        )
+        thumbs = _thumbnails(x, self.thumbnail_shape, self.thumbnail_range) if self.thumbnail_shape else None
+        target = explained.detach().cpu().numpy().astype(np.int64)
+        explained_logits = torch.from_numpy(logits[np.arange(len(x)), target])
+        share = accounting.input_share(torch.from_numpy(relevance), explained_logits)
+        return ExplainedBatch(
+            start=int(index[0]),
+            relevance=relevance,
+            logits=logits,
+            target=target,
+            labels=labels.numpy(),
+            index=index.numpy(),
+            thumbnails=thumbs,
+            input_share=share.numpy().astype(np.float32),
+            seconds=time.perf_counter() - tick,
+        )
+
+    def check_accounting(
+        self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int]
+    ) -> None:
+        """Raise :class:`NonConservativeError` unless LRP accounts for the relevance of these samples
+        (spray.lrp.accounting); ``attributor`` has ``balance`` (spray.lrp.LRP)."""
+        _, x, _, explained = self._inputs(model, dataset, positions)
+        relevance, logits, ledger = attributor.balance(model, x, explained)
+        accounting.check(relevance, logits.gather(1, explained[:, None])[:, 0], ledger)
+
+    def _inputs(
+        self, model: nn.Module, dataset: Dataset, positions: Sequence[int]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(dataset indices, x on the model's device and dtype, labels, explained outputs)."""
         index, x, labels = _collate(
             [(i, dataset[i]) for i in positions], input_shape=self.input_shape, n_outputs=self.n_outputs
         )
@@ -94,21 +130,7 @@ class BatchExplainer:
                 explained = model(x).argmax(dim=1)
         else:
             explained = labels.to(device)
-        relevance, logits = attributor.attribute(model, x, explained)
-        relevance, logits = _checked_outputs(
-            attributor.name, index, x, relevance, logits, self.n_outputs, self.relevance_dtype
-        )
-        thumbs = _thumbnails(x, self.thumbnail_shape, self.thumbnail_range) if self.thumbnail_shape else None
-        return ExplainedBatch(
-            start=int(index[0]),
-            relevance=relevance,
-            logits=logits,
-            target=explained.detach().cpu().numpy().astype(np.int64),
-            labels=labels.numpy(),
-            index=index.numpy(),
-            thumbnails=thumbs,
-            seconds=time.perf_counter() - tick,
-        )
+        return index, x, labels, explained
 
 
 def _as_pair(i: int, item: Any) -> tuple[Any, Any]:

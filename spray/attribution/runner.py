@@ -62,6 +62,7 @@ def attribute_dataset(
     scheduler: str | None = None,
     recipe: WorkerRecipe | None = None,
     shard_batches: int = 4,
+    allow_nonconservative: bool = False,
 ) -> dict[str, Any]:
     """Attribute every sample of ``dataset`` into the store at ``store_path`` (created if missing).
 
@@ -96,6 +97,8 @@ def attribute_dataset(
             workers open (``model`` and ``dataset`` must be what they build).
         shard_batches: with ``scheduler``: batches per dask task (a contiguous range of samples); a
             worker that dies costs at most its unfinished shards.
+        allow_nonconservative: skip the check of an LRP attributor's relevance accounting on the first
+            batch (docs/lrp.md, "Relevance accounting").
 
     Returns:
         A JSON-serialisable summary: store, name, method, params, target, n_samples, computed (samples
@@ -105,6 +108,8 @@ def attribute_dataset(
     Raises:
         BadInputError: a sample, label or argument is unusable, or the attributor's output is non-finite
             (the message names the dataset indices; nothing of that batch is written).
+        NonConservativeError: LRP creates or destroys relevance on the first batch (the message names
+            the module); raised before the store is opened.
         StoreError: the store holds this attribution from another model, method, parameters or target
             (pass ``overwrite=True``), or samples of another dataset.
     """
@@ -155,6 +160,9 @@ def attribute_dataset(
                 f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
             )
         explain = BatchExplainer(input_shape, n_outputs, target, relevance_dtype, thumb_shape, thumbnail_range)
+        if not allow_nonconservative and hasattr(attributor, "balance"):
+            # Before the store is touched: a refused model leaves nothing behind.
+            explain.check_accounting(model, dataset, attributor, range(min(batch_size, n)))
 
         with ExitStack() as stack:
             # The cluster first: a bad scheduler is refused before the store is touched.
@@ -234,6 +242,7 @@ def attribute_dataset(
                         labels=batch.labels,
                         index=batch.index,
                         thumbnails=batch.thumbnails,
+                        input_share=batch.input_share,
                     )
                     write_seconds += time.perf_counter() - tick
                     computed += len(batch.index)

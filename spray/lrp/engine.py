@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -63,21 +64,18 @@ class LRP:
 
         The initial relevance is the target logit (one-hot); without biases the relevance sums to it.
         """
-        target = torch.as_tensor(target)
-        if target.shape != x.shape[:1]:
-            raise BadInputError(f"target must have shape ({len(x)},), one output index per sample; "
-                                f"got shape {tuple(target.shape)}")
+        return self._propagate(model, x, None, _one_hot_logit(target, x))
 
-        def initial(logits: Tensor) -> Tensor:
-            if logits.dim() != 2:
-                raise BadInputError(f"attribute needs model outputs of shape (batch, outputs), got "
-                                    f"{tuple(logits.shape)}; use LRP.relevance with an initial relevance")
-            if (target < 0).any() or (target >= logits.shape[1]).any():
-                raise BadInputError(f"target indices must lie in [0, {logits.shape[1]}), got {target.tolist()}")
-            index = target.to(logits.device)[:, None]
-            return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index))
+    def balance(self, model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, list[Balance]]:
+        """:meth:`attribute`, and each module's relevance balance in the order the backward pass met them.
 
-        return self._propagate(model, x, None, initial)
+        Per sample, a module receives ``Balance.out`` at its output and passes ``Balance.into`` to its
+        inputs; a conserving rule keeps them equal, a bias or stabiliser absorbs the difference
+        (spray.lrp.accounting finds where relevance is created or destroyed).
+        """
+        ledger: list[Balance] = []
+        relevance, logits = self._propagate(model, x, None, _one_hot_logit(target, x), ledger)
+        return relevance, logits, ledger
 
     def relevance(self, model: nn.Module, x: Tensor, start: str | None,
                   initial: Callable[[Tensor], Tensor]) -> Tensor:
@@ -90,7 +88,8 @@ class LRP:
         return self._propagate(model, x, start, initial)[0]
 
     def _propagate(self, model: nn.Module, x: Tensor, start: str | None,
-                   initial: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+                   initial: Callable[[Tensor], Tensor],
+                   ledger: list[Balance] | None = None) -> tuple[Tensor, Tensor]:
         """One forward pass with hooks, one backward pass; returns (input relevance, start activation)."""
         names = [name for name, _ in model.named_modules()]
         if start is not None and start not in names:
@@ -110,7 +109,7 @@ class LRP:
             if unknown:
                 raise BadInputError(f"the composite maps rules to modules the model does not have: {unknown}; "
                                     f"names are qualified as in model.named_modules(), e.g. {names[1:6]}")
-            handles = _attach(run, self.composite)
+            handles = _attach(run, self.composite, ledger)
             stack.callback(_remove, handles)
             captured: list[Tensor] = []
             if start_name is not None:
@@ -135,6 +134,25 @@ class LRP:
         return relevance, activation.detach()
 
 
+def _one_hot_logit(target: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
+    """The initial relevance of :meth:`LRP.attribute`: each sample's target logit, zero elsewhere."""
+    target = torch.as_tensor(target)
+    if target.shape != x.shape[:1]:
+        raise BadInputError(f"target must have shape ({len(x)},), one output index per sample; "
+                            f"got shape {tuple(target.shape)}")
+
+    def initial(logits: Tensor) -> Tensor:
+        if logits.dim() != 2:
+            raise BadInputError(f"attribute needs model outputs of shape (batch, outputs), got "
+                                f"{tuple(logits.shape)}; use LRP.relevance with an initial relevance")
+        if (target < 0).any() or (target >= logits.shape[1]).any():
+            raise BadInputError(f"target indices must lie in [0, {logits.shape[1]}), got {target.tolist()}")
+        index = target.to(logits.device)[:, None]
+        return torch.zeros_like(logits).scatter_(1, index, logits.gather(1, index))
+
+    return initial
+
+
 class _Relay(torch.autograd.Function):
     """Identity forward (returns the layer's output); the layer's rule backward.
 
@@ -147,7 +165,7 @@ class _Relay(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, rule: Rule, module: nn.Module, forward: list, *inputs: Tensor) -> Tensor:
-        leaves, output = forward
+        leaves, output, ctx.entry = forward
         ctx.rule, ctx.module, ctx.leaves, ctx.output = rule, module, leaves, output
         result = output.detach()
         if any(result.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for x in inputs):
@@ -156,11 +174,15 @@ class _Relay(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor | None, ...]:
-        return (None, None, None, *ctx.rule.redistribute(ctx.module, ctx.leaves, ctx.output, relevance))
+        passed = ctx.rule.redistribute(ctx.module, ctx.leaves, ctx.output, relevance)
+        if ctx.entry is not None:
+            ctx.entry(relevance, passed)
+        return (None, None, None, *passed)
 
 
-def _attach(model: nn.Module, composite: Composite) -> list[RemovableHandle]:
-    """Hook every leaf module; the first Linear/Conv is recognised as it runs (forward order)."""
+def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None) -> list[RemovableHandle]:
+    """Hook every leaf module; the first Linear/Conv is recognised as it runs (forward order). With a
+    ``ledger``, each rule's backward appends the module's :class:`Balance` to it."""
     state = {"seen_linear": False}
     handles: list[RemovableHandle] = []
 
@@ -177,15 +199,17 @@ def _attach(model: nn.Module, composite: Composite) -> list[RemovableHandle]:
         # The layer runs on leaves of its own: its graph ends there and serves its rule alone.
         leaves = tuple(a.detach().requires_grad_(True) for a in args)
         pending.append((rule, args, leaves))
+        if ledger is not None:
+            pending[-1] += (partial(_record, ledger, name, module, rule),)
         # In-place modules (ReLU(inplace=True)) get a copy: a leaf cannot be modified in place.
         return tuple(leaf.clone() for leaf in leaves) if getattr(module, "inplace", False) else leaves
 
     def forward_hook(name: str, pending: list, module: nn.Module, args: tuple, output: Any) -> Tensor:
-        rule, inputs, leaves = pending.pop()
+        rule, inputs, leaves, *entry = pending.pop()
         if not isinstance(output, Tensor):
             raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) returns "
                                         f"{type(output).__name__}, not a tensor; LRP cannot explain it")
-        return _Relay.apply(rule, module, [leaves, output], *inputs)
+        return _Relay.apply(rule, module, [leaves, output, entry[0] if entry else None], *inputs)
 
     for name, module in model.named_modules():
         if next(module.children(), None) is None:
@@ -193,6 +217,28 @@ def _attach(model: nn.Module, composite: Composite) -> list[RemovableHandle]:
             handles.append(module.register_forward_pre_hook(partial(pre_hook, name, pending)))
             handles.append(module.register_forward_hook(partial(forward_hook, name, pending)))
     return handles
+
+
+@dataclass(frozen=True)
+class Balance:
+    """One module's relevance balance: per sample (B,), what reached its output and what it passed on to
+    its ``inputs`` tensor inputs."""
+
+    name: str
+    module: nn.Module
+    rule: Rule
+    out: Tensor
+    into: Tensor
+    inputs: int
+
+
+def _record(ledger: list[Balance], name: str, module: nn.Module, rule: Rule, relevance: Tensor,
+            passed: Sequence[Tensor | None]) -> None:
+    def per_sample(r: Tensor) -> Tensor:
+        return r.detach().reshape(len(r), -1).sum(1, dtype=torch.float64)
+
+    into = sum((per_sample(r) for r in passed if r is not None), torch.zeros(len(relevance), dtype=torch.float64))
+    ledger.append(Balance(name, module, rule, per_sample(relevance), into, len(passed)))
 
 
 def _remove(handles: Sequence[RemovableHandle]) -> None:

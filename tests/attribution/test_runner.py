@@ -20,7 +20,7 @@ from spray.attribution import attribute_dataset
 from spray.attribution.methods import get_method
 from spray.data import load_model, open_source
 from spray.errors import BadInputError, StoreError
-from spray.store import AuditStore
+from spray.store import AuditStore, format_info
 
 N, CLASSES, BATCH = 50, 4, 8
 
@@ -325,3 +325,49 @@ def test_a_run_refused_before_its_first_batch_leaves_no_store_and_a_later_refusa
         attribute_dataset(path, *args, batch_size=2, **kwargs)
     with AuditStore(path) as store:
         assert store.read("attributions/epsilon_plus_flat/done").tolist() == [True, True, False, False]
+
+
+def test_each_samples_input_share_is_stored_and_summarised(tmp_path):
+    path = tmp_path / "audit.h5"
+    model, data = make_model(), make_dataset()
+    run(path, model, data)
+    x, y = data.tensors
+    relevance, logits = GradientTimesInput().attribute(model, x, y)
+    expected = relevance.sum((1, 2, 3)).double() / logits.gather(1, y[:, None])[:, 0].double()
+    with AuditStore(path) as store:
+        share = store.read("attributions/gxi/input_share")
+        summary = store.info()["attributions"]["gxi"]["input_share"]
+    assert share.dtype == np.float32
+    np.testing.assert_allclose(share, expected.numpy(), rtol=1e-4)
+    q = np.quantile(share.astype(np.float64), [0.0, 0.05, 0.5, 0.95, 1.0])
+    assert summary == {"n": N, "min": round(q[0], 6), "p05": round(q[1], 6), "median": round(q[2], 6),
+                       "p95": round(q[3], 6), "max": round(q[4], 6),
+                       "within_5pct": int(np.count_nonzero(np.abs(share.astype(np.float64) - 1) <= 0.05))}
+
+
+def test_lrp_that_creates_relevance_is_refused_before_the_store_unless_allowed(tmp_path):
+    from spray.errors import NonConservativeError
+    from tests.data.factories import conv_data, power_mean_model
+
+    path = tmp_path / "audit.h5"
+    lrp = get_method("epsilon_plus_flat")
+    with pytest.raises(NonConservativeError, match=r"^LRP creates relevance at module 'pool' \(_PowerMean"):
+        run(path, power_mean_model(), conv_data(), lrp)
+    assert not path.exists()
+    summary = run(path, power_mean_model(), conv_data(), lrp, allow_nonconservative=True)
+    assert summary["complete"]
+    with AuditStore(path) as store:
+        share = store.info()["attributions"]["epsilon_plus_flat"]["input_share"]
+    assert share["n"] == 40 and share["within_5pct"] == 0 and share["median"] > 1.5
+
+
+def test_an_attribution_without_input_share_resumes_without_it(tmp_path):
+    path = tmp_path / "audit.h5"
+    with pytest.raises(_Interrupt):
+        run(path, on_batch=_interrupt_after(2))
+    with h5py.File(path, "a") as f:  # as a store written before spray stored the input share
+        del f["attributions/gxi/input_share"]
+    assert run(path)["complete"]
+    with AuditStore(path) as store:
+        assert "input_share" not in store.info()["attributions"]["gxi"]
+        assert "input share" not in format_info(store.info())

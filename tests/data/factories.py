@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -70,8 +71,6 @@ def empty() -> list:
 
 def conv_model() -> nn.Module:
     """Two convolutions, global average pooling and a linear head on (1, 8, 8) inputs; 2 outputs."""
-    from collections import OrderedDict
-
     torch.manual_seed(0)
     features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
     return nn.Sequential(OrderedDict(
@@ -118,6 +117,23 @@ def gated_model() -> nn.Module:
     """A model whose forward multiplies two tensors computed from the input (an operation without a rule)."""
     torch.manual_seed(0)
     return _Gated()
+
+
+class _PowerMean(nn.AdaptiveAvgPool2d):
+    """A custom pooling that squares the mean: it inherits average pooling's proportional rule, which
+    doubles the relevance passing through a function of degree 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) ** 2
+
+
+def power_mean_model() -> nn.Module:
+    """A CNN for :func:`conv_data` whose :class:`_PowerMean` is mapped to a rule that creates relevance."""
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(1, 4, 3, padding=1), relu=nn.ReLU(), pool=_PowerMean(1), flatten=nn.Flatten(),
+        fc=nn.Linear(4, 2),
+    ))
 
 
 def int_dataset() -> TensorDataset:

@@ -302,12 +302,14 @@ def _describe(node: fx.Node) -> str:
 
 def _source(stack_trace: str | None) -> str:
     """``file:line: code`` of the innermost user frame in an fx stack trace, or '' if none."""
-    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n\s*(.*)', stack_trace or "")
+    # A frame's code line is missing when the file is no longer readable as it was: never take the next
+    # frame's header for it.
+    frames = re.findall(r'File "([^"]+)", line (\d+), in \S+\n(?:[ \t]+(?!File ")(\S.*))?', stack_trace or "")
     user_frames = [f for f in frames if not f[0].startswith(_LIBRARY_DIRS)]
     if not user_frames:
         return ""
     path, line, code = user_frames[-1]
-    return f" at {path}:{line}: `{code.strip()}`"
+    return f" at {path}:{line}" + (f": `{code.strip()}`" if code else "")
 
 
 def _no_rule(node: fx.Node, why: str) -> str:

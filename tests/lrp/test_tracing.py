@@ -200,3 +200,12 @@ def test_attributions_in_concurrent_threads_equal_the_serial_ones():
     with ThreadPoolExecutor(4) as pool:
         concurrent = list(pool.map(lambda x: LRP(Epsilon()).attribute(model, x, target)[0], xs))
     assert all(torch.equal(a, b) for a, b in zip(serial, concurrent, strict=True))
+
+
+def test_a_frame_whose_code_line_is_missing_is_named_without_one():
+    from spray.lrp.tracing import _source
+
+    trace = ('  File "/home/u/model.py", line 3, in forward\n    return h * g\n'
+             '  File "/home/u/blocks.py", line 9, in gate\n'
+             f'  File "{torch.__file__}", line 1, in impl\n    x\n')
+    assert _source(trace) == " at /home/u/blocks.py:9"

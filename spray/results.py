@@ -94,7 +94,8 @@ def complete_analyses(store: AuditStore) -> list[str]:
 
 def no_analysis_error(store: AuditStore, analysis: str | None) -> BadInputError:
     """The error for an analysis ``analysis`` that the store lacks (complete), listing those it has: an
-    analysis whose first run has not finished is named as such, with the process writing it, if any."""
+    analysis whose first run has not finished is named as such, and so is the process writing the store,
+    if any."""
     have = complete_analyses(store)
     started = {p.split("/")[1] for p in store.list_nodes("analyses")} - set(have)
     if analysis in started:
@@ -104,9 +105,16 @@ def no_analysis_error(store: AuditStore, analysis: str | None) -> BadInputError:
             + (f"`spray analyze` is writing it ({writer}); run this again when it has finished" if writer else
                "its first `spray analyze` stopped before the end; run `spray analyze` again to complete it")
         )
+    if have:
+        advice = "name one of them"
+    elif writer := store.writer():  # an attribution, or an analysis before its first class is written
+        advice = (f"another process is writing the store ({writer}): run `spray analyze` when it has finished, "
+                  "unless it is `spray analyze` itself (then run this again)")
+    else:
+        advice = "run `spray analyze` first"
     return BadInputError(
         f"audit store {store.path} has no analysis {analysis or ''!r} (it has: {', '.join(have) or 'none'}); "
-        + ("run `spray analyze` first" if not have else "name one of them")
+        + advice
     )
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -542,6 +543,10 @@ class AuditStore:
             directory) if missing and takes the store's exclusive writer lock until :meth:`close`.
         timeout: seconds a read or a write waits while another process has the HDF5 file open.
 
+    ``lock_wait_s`` is the wall time this store's transactions have spent waiting for other processes
+    (the writers-first gate and the file's lock, retries included) and ``lock_waits`` how many waits there
+    were; with ``SPRAY_LOCK_STATS=1`` in the environment a writer prints both on stderr when it closes.
+
     Raises:
         StoreLockedError: another process holds the writer lock (mode ``"a"``).
         SchemaError: the file is not a spray store, or its schema version is not :data:`SCHEMA_VERSION`.
@@ -563,6 +568,8 @@ class AuditStore:
         self._lock: _WriterLock | None = None
         self._snapshot: h5py.File | None = None  # the open file of a reading() block
         self.migrated_from: int | None = None  # the schema version a writer found, when it migrated the store
+        self.lock_wait_s = 0.0
+        self.lock_waits = 0
         check_regular_file(self.path, "an audit store")
         for suffix, role in _SIDECARS.items():
             check_regular_file(self._sidecar(suffix), f"the {role} of audit store {self.path}")
@@ -592,6 +599,9 @@ class AuditStore:
     def close(self) -> None:
         """Release the writer lock (no HDF5 handle stays open between transactions)."""
         if self._lock is not None:
+            if os.environ.get("SPRAY_LOCK_STATS"):
+                print(f"spray: the writer of audit store {self.path} waited {self.lock_wait_s:.3f} s for locks "
+                      f"({self.lock_waits} waits)", file=sys.stderr)
             self._lock.release()
             self._lock = None
 
@@ -705,20 +715,27 @@ class AuditStore:
             ) from None
 
     def _waiting(self, attempt: Callable[[], Any], deadline: float, write: bool) -> Any:
-        """``attempt()`` again, with backoff, while it raises BlockingIOError, until ``deadline``."""
-        wait = 0.01
-        while True:
-            try:
-                return attempt()
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"audit store {self.path} stayed busy for {self.timeout:g} s: another program "
-                        "keeps it open; close it (HDF viewers, notebooks) and retry"
-                        + (self._journal_hint() if not write else "")
-                    ) from None
-                time.sleep(wait)
-                wait = min(2 * wait, 0.2)
+        """``attempt()`` again, with backoff, while it raises BlockingIOError, until ``deadline``; the time
+        from the first attempt on, if that one failed, counts into ``lock_wait_s``."""
+        wait, start, blocked = 0.01, time.monotonic(), False
+        try:
+            while True:
+                try:
+                    return attempt()
+                except BlockingIOError:
+                    blocked = True
+                    if time.monotonic() >= deadline:
+                        raise StoreError(
+                            f"audit store {self.path} stayed busy for {self.timeout:g} s: another program "
+                            "keeps it open; close it (HDF viewers, notebooks) and retry"
+                            + (self._journal_hint() if not write else "")
+                        ) from None
+                    time.sleep(wait)
+                    wait = min(2 * wait, 0.2)
+        finally:
+            if blocked:
+                self.lock_wait_s += time.monotonic() - start
+                self.lock_waits += 1
 
     @contextmanager
     def _gate(self, write: bool, deadline: float) -> Iterator[None]:

@@ -460,6 +460,27 @@ def test_reads_inside_reading_see_one_snapshot_while_a_writer_waits(tmp_path):
             writer.write_node("analyses/a/1/knn", {}, {})  # would wait for its own read lock
 
 
+def test_lock_wait_is_counted_and_printed_when_a_writer_closes(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "audit.h5"
+    monkeypatch.setenv("SPRAY_LOCK_STATS", "1")
+    writer = AuditStore(path, "a")
+    writer.write_node("analyses/a/0/knn", {"x": np.zeros(3)}, {"v": 1})
+    assert (writer.lock_wait_s, writer.lock_waits) == (0.0, 0)  # nobody in the way
+    reader = AuditStore(path)
+    with reader.reading():
+        thread, box = _in_thread(lambda: writer.write_node("analyses/a/0/knn", {"x": np.ones(3)}, {"v": 2}))
+        time.sleep(0.5)
+    thread.join(10)
+    assert box == [None]
+    assert writer.lock_waits == 1 and 0.3 <= writer.lock_wait_s < 10  # the snapshot held it 0.5 s
+    assert reader.lock_waits == 0
+    wait = writer.lock_wait_s
+    writer.close()
+    assert capsys.readouterr().err == (
+        f"spray: the writer of audit store {path} waited {wait:.3f} s for locks (1 waits)\n"
+    )
+
+
 def test_a_waiting_writer_goes_before_readers_that_come_after_it(tmp_path):
     path = tmp_path / "audit.h5"
     with AuditStore(path, "a") as writer:

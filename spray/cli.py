@@ -1,4 +1,4 @@
-"""The ``spray`` command line (contract: docs/architecture.md "Exit codes"; exit codes 0 ok, 2 bad input, 1 internal error)."""
+"""The ``spray`` command line (exit codes 0 ok, 2 bad input, 1 internal error: docs/architecture.md, "Exit codes")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Export an analysis as a ViRelAy project: project YAML, label map, dataset, attribution and analysis HDF5.
 
-The layout is what ViRelAy 0.6.1's own loader (``virelay.model.Project``) reads (docs/report.md, "The ViRelAy export"; its
-documentation's "database specification" page is known to be wrong):
+The layout is what ViRelAy 0.6.1's own loader (``virelay.model.Project``) reads (docs/report.md, "The ViRelAy
+export"; its documentation's "database specification" page is known to be wrong):
 
 ```
 <out>/project.yaml      project: name, model, label_map, dataset, attributions, analyses (paths relative)

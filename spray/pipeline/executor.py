@@ -201,6 +201,8 @@ def analyze(
                 computed[task.label] = list(task.stale)
         except NodeFailure as exc:
             raise _pipeline_error(spec, exc.node, exc.message) from None
+        zero_samples = [int(i) for i in dataset_index[stored.zero]]
+        dropped_samples = [int(i) for i in dataset_index[stored.dropped]]
         store.write_node(
             f"{group}/summary",
             {},
@@ -210,17 +212,14 @@ def analyze(
                 "attribution_id": store.attribution_info(attribution)["attribution_id"],
                 "classes": sorted(int(c) for c in wanted),
                 "skipped": {str(k): v for k, v in skipped.items()},
-                "zero_samples": [int(i) for i in dataset_index[stored.zero]],
-                "dropped_samples": [int(i) for i in dataset_index[stored.dropped]],
+                "zero_samples": zero_samples,
+                "dropped_samples": dropped_samples,
                 "threads": {"blas_openmp": ANALYSIS_THREADS, "numba": _numba_threads()},
             },
         )
     if stored.zero.any():
         log.warning("%d all-zero heatmaps were left out of the analysis", int(stored.zero.sum()))
-    return AnalysisResult(
-        spec.name, attribution, stored.computed, computed, skipped,
-        [int(i) for i in dataset_index[stored.zero]], [int(i) for i in dataset_index[stored.dropped]],
-    )
+    return AnalysisResult(spec.name, attribution, stored.computed, computed, skipped, zero_samples, dropped_samples)
 
 
 def _numba_threads() -> int:

@@ -5,7 +5,7 @@ thumbnails. :class:`BatchExplainer` is small and picklable, so the same batch is
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,21 +35,109 @@ def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def count_outputs(model: nn.Module, x0: Tensor, *, dtype: torch.dtype, device: torch.device) -> int:
-    """The model's number of outputs, from one forward pass on dataset sample 0."""
-    with torch.no_grad():
+    """The model's number of outputs, from one forward pass on dataset sample 0.
+
+    The pass also checks that the model leaves its input as it found it: LRP's first layer and the stored
+    thumbnails read the input after the forward pass, so a model that edits it in place gets wrong maps.
+    """
+    x = x0.unsqueeze(0).to(device, dtype)
+    watch = _InputWatch(model, x)
+    with torch.no_grad(), watch:
         try:
-            probe = model(x0.unsqueeze(0).to(device, dtype))
+            probe = model(x)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise BadInputError(
                 f"the model cannot process dataset sample 0 (input shape {tuple(x0.shape)}, dtype "
                 f"{dtype}): {exc}. Check that the data source matches the model's expected input"
             ) from None
+    watch.check()
+    if isinstance(probe, Mapping) or isinstance(probe, (tuple, list)):
+        raise BadInputError(
+            f"the model returned {_describe_outputs(probe)} for one sample; spray explains one logits tensor "
+            "of shape (batch, n_outputs): let the factory return a module whose forward returns that tensor "
+            "(e.g. a wrapper returning model(x)['logits'])"
+        )
     if not isinstance(probe, Tensor) or probe.ndim != 2:
         raise BadInputError(
             f"the model must return logits of shape (batch, n_outputs); it returned "
             f"{getattr(probe, 'shape', type(probe).__name__)} for one sample of shape {tuple(x0.shape)}"
         )
     return int(probe.shape[1])
+
+
+def _describe_outputs(outputs: Mapping[Any, Any] | Sequence[Any]) -> str:
+    """``a dict with keys 'logits' (1, 10), 'hidden' (1, 64)`` or ``a tuple of 2 items: (1, 10), None``."""
+
+    def shape(value: Any) -> str:
+        return str(tuple(value.shape)) if isinstance(value, Tensor) else type(value).__name__
+
+    if isinstance(outputs, Mapping):
+        items = ", ".join(f"{key!r} {shape(value)}" for key, value in outputs.items())
+        return f"a {type(outputs).__name__} with keys {items}"
+    return f"a {type(outputs).__name__} of {len(outputs)} items: {', '.join(shape(v) for v in outputs)}"
+
+
+class _InputWatch:
+    """Finds the module whose code edits the model's input tensor in place during one forward pass.
+
+    Every module's forward is bracketed by hooks that compare the input with a copy taken before the pass.
+    A change first seen when module M *starts* was made by the code of the module running around it; one
+    first seen when M *ends* was made by M's own code (a change inside M's children is seen at theirs).
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor) -> None:
+        self.model, self.x, self.copy = model, x, x.detach().clone()
+        self.running: list[str] = []
+        self.culprit: str | None = None
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _InputWatch:
+        for name, module in self.model.named_modules():
+            self.handles.append(module.register_forward_pre_hook(self._starts(name)))
+            self.handles.append(module.register_forward_hook(self._ends(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _changed(self) -> bool:
+        return self.culprit is None and not self._same()
+
+    def _same(self) -> bool:
+        """Input equal to its copy, NaN where the copy has NaN (a NaN input is refused later, by name)."""
+        return torch.equal(self.x, self.copy) or bool(
+            ((self.x == self.copy) | (self.x.isnan() & self.copy.isnan())).all()
+        )
+
+    def _starts(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            if self._changed():
+                self.culprit = self.running[-1] if self.running else ""
+            self.running.append(name)
+
+        return hook
+
+    def _ends(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self.running.pop()
+            if self._changed():
+                self.culprit = name
+
+        return hook
+
+    def check(self) -> None:
+        """Raise :class:`BadInputError` naming the module if the input changed during the pass."""
+        if self.culprit is None and self._same():
+            return
+        name = self.culprit or ""
+        module = self.model.get_submodule(name)
+        where = f"module {name!r} ({type(module).__name__})" if name else f"the forward of {type(module).__name__}"
+        raise BadInputError(
+            f"the model modifies its input tensor in place ({where}); spray reads the input after the "
+            "forward pass to explain it, so the maps would be wrong: make that step out of place "
+            "(e.g. x = x - mean instead of x.sub_(mean), or clone the input first)"
+        )
 
 
 @dataclass(frozen=True)

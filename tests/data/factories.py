@@ -151,6 +151,48 @@ def flat_output_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(start_dim=0))
 
 
+class _DictOutput(nn.Module):
+    """Hugging Face style: the logits inside a dict beside a hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = tiny_model()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.body(x), "hidden": x.flatten(1)}
+
+
+def dict_output_model() -> nn.Module:
+    return _DictOutput()
+
+
+class _Centre(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sub_(0.5)
+
+
+def input_editing_model() -> nn.Module:
+    """A model whose first module subtracts a mean from its input in place."""
+    torch.manual_seed(0)
+    return nn.Sequential(_Centre(), nn.Flatten(), nn.Linear(4, 2))
+
+
+class _EditsInForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flatten, self.linear = nn.Flatten(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x.add_(1.0)
+        return self.linear(self.flatten(x))
+
+
+def forward_editing_model() -> nn.Module:
+    """A model whose own forward shifts its input in place before calling its children."""
+    torch.manual_seed(0)
+    return _EditsInForward()
+
+
 def exits() -> None:
     """A factory that ends the process, as a script's main() might."""
     sys.exit(0)

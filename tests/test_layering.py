@@ -11,7 +11,7 @@ import spray
 PACKAGE = Path(spray.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"spray.errors", "spray.journal", "spray.seeding", "spray.zoo"},
+    {"spray.errors", "spray.seeding", "spray.zoo"},
     {"spray", "spray._checks", "spray.usercode"},
     {"spray.store", "spray.data", "spray.lrp", "spray.analysis", "spray.scheduling", "spray.training"},
     {"spray.outputs", "spray.attribution", "spray.pipeline"},

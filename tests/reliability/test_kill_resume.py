@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import kill_stages as ks
-from spray.journal import journal_path
+from spray.store.journal import journal_path
 from spray.store import AuditStore
 
 HERE = Path(__file__).resolve().parent

@@ -379,17 +379,17 @@ class StoreFile:
             ) from None
 
     @contextmanager
-    def reading(self) -> Iterator[h5py.File]:
-        """The HDF5 file, read-only, for many reads with one open: a snapshot. The store's own reads in the
-        block (``read_node``, ``read``, ``info``, ...) use it too, so together they see one state of the
-        store, never part of a write made meanwhile. Keep the block short: writers wait for it."""
+    def reading(self) -> Iterator[None]:
+        """A snapshot: the file stays open, read-only, for the block, and the store's reads in it (``read``,
+        ``read_blocks``, ``read_node``, ``info``, ...) all use that one open, so together they see one state of
+        the store, never part of a write made meanwhile. Keep the block short: writers wait for it."""
         if self._snapshot is not None:
-            yield self._snapshot
+            yield
             return
         with self._open() as f:
             self._snapshot = f
             try:
-                yield f
+                yield
             finally:
                 self._snapshot = None
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import spray.store.encoding
+import spray._blocks
 from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
 from spray.store import SCHEMA_VERSION, AuditStore, format_info
 
@@ -395,7 +395,7 @@ def test_read_blocks_bounds_the_bytes_of_each_block_and_returns_the_rows_read(tm
     with h5py.File(path, "r+") as f:  # chunks of 16 rows
         del f["analyses/rows/x"]
         f.create_dataset("analyses/rows/x", data=data, chunks=(16, 3))
-    monkeypatch.setattr(spray.store.encoding, "BLOCK_BYTES", 40 * 3 * 8)  # 40 rows of int64
+    monkeypatch.setattr(spray._blocks, "BLOCK_BYTES", 40 * 3 * 8)  # 40 rows of int64
     with AuditStore(path) as store:
         blocks = list(store.read_blocks("analyses/rows/x"))
         assert [(rows.start, rows.stop) for rows, _ in blocks] == [(0, 40), (40, 80), (80, 120), (120, 150)]

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from spray._blocks import block_rows
 from spray.analysis._common import check_choice, check_int
 from spray.errors import BadInputError
 
 CHANNEL_REDUCTIONS = ("sum", "abs_sum", "l2")
 NORMALIZATIONS = ("max_abs", "sum", "l2", None)
-_BLOCK_BYTES = 64 * 2**20  # float64 working set per batch
 
 
 def area_pooling_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -134,10 +134,9 @@ class HeatmapPreprocessor:
         self._check_params()
         R = self._check_input(R)
         shape = tuple(int(s) for s in R.shape)
-        batch = self.batch_size or max(1, _BLOCK_BYTES // (int(np.prod(shape[1:])) * 8))
-        chunks = getattr(R, "chunks", None)
-        if self.batch_size is None and isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
-            batch = max(chunks[0], batch // chunks[0] * chunks[0])  # whole h5py chunks per read
+        chunks = getattr(R, "chunks", None)  # whole h5py chunks per read
+        whole = chunks[0] if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int) else None
+        batch = self.batch_size or block_rows(int(np.prod(shape[1:])) * 8, whole)  # a float64 working set
         return self.preprocess_blocks((R[start : start + batch] for start in range(0, shape[0], batch)), shape)
 
     def preprocess_blocks(self, blocks: Iterable[Any], shape: Sequence[int]) -> PreprocessedMaps:

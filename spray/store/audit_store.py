@@ -17,9 +17,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spray._blocks import block_rows
 from spray.errors import BadInputError, SprayError, StoreError
 from spray.store.encoding import (
-    _as_text, _block_rows, _chunk_extents, _create_rows, _find_nodes, _node_arrays, _now, _prepare_node,
+    _as_text, _chunk_extents, _create_rows, _find_nodes, _node_arrays, _now, _prepare_node,
     _read_array, _read_rows, _replace_group, _set_attrs, _write_array, canonical, to_json,
 )
 from spray.store.info import _attribution_summary, store_info
@@ -113,7 +114,7 @@ class AuditStore(StoreFile):
             dset = self._dataset(f, path)
             shape, chunks, size = dset.shape, dset.chunks, itemsize or dset.dtype.itemsize
         row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * size
-        step = _block_rows(row_bytes, chunks[0] if whole_chunks and chunks else None)
+        step = block_rows(row_bytes, chunks[0] if whole_chunks and chunks else None)
         if rows is None:
             for start in range(0, shape[0], step):
                 block = slice(start, min(shape[0], start + step))

@@ -1,5 +1,5 @@
 """How the store's values are laid out in HDF5: chunked sample rows, fixed-length UTF-8 text, JSON attributes,
-nodes built in a staging group and moved into place, and reading and writing in blocks of bounded size.
+nodes built in a staging group and moved into place.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from spray._blocks import BLOCK_BYTES, block_rows
 from spray.errors import BadInputError
 from spray.store.schema import _NODE_MARK, _check_name, _checked_dataset, _damaged
 
@@ -25,11 +26,6 @@ _STAGING = ".staging"  # where groups are built before they are moved into place
 _CHUNK_ROWS = 64
 _MAX_CHUNK_BYTES = 4 << 20
 _MIN_CHUNK_BYTES = 64 << 10
-
-BLOCK_BYTES = 64 << 20
-"""Bytes of one block: larger arrays are written, and rows are read for the store's readers, a block at a time,
-so that neither holds a second copy of a large array in memory (nor hands a journaled write all of it at once)."""
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -130,13 +126,6 @@ def _read_rows(dset: h5py.Dataset, rows: Any) -> np.ndarray:
     return out[inverse.reshape(-1)]
 
 
-def _block_rows(row_bytes: int, chunk_rows: int | None = None) -> int:
-    """Rows in one block of rows of ``row_bytes`` bytes: :data:`BLOCK_BYTES` of them, at least one row; with
-    ``chunk_rows``, rounded down to whole chunks of that many rows (at least one chunk)."""
-    rows = max(1, BLOCK_BYTES // max(1, row_bytes))
-    return rows if chunk_rows is None else max(chunk_rows, rows // chunk_rows * chunk_rows)
-
-
 def _storable(name: str, array: Any) -> np.ndarray:
     value = np.asarray(array)
     if value.dtype.kind not in "biufcSU":
@@ -175,11 +164,13 @@ def _set_attrs(attrs: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
 
 
 def _write_array(group: h5py.Group, name: str, value: np.ndarray) -> None:
+    """Dataset ``name`` of ``group`` holding ``value``; an array larger than a block is written block by block, so
+    the journaled file object sees one block at a time and a write never holds a second copy of it in memory."""
     if value.dtype.kind == "U":  # numpy's fixed-width UTF-32 has no HDF5 type: store UTF-8 strings
         group.create_dataset(name, data=_utf8(value))
     elif value.ndim and value.nbytes > BLOCK_BYTES:
         dset = group.create_dataset(name, shape=value.shape, dtype=value.dtype)
-        rows = _block_rows(value[0].nbytes)
+        rows = block_rows(value[0].nbytes)
         for start in range(0, len(value), rows):
             dset[start : start + rows] = value[start : start + rows]
     else:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from spray.store.audit_store import AuditStore
-from spray.store.encoding import canonical, to_json
+from spray.store.encoding import canonical, rewrite_text_variable_length, to_json
 from spray.store.info import format_info
 from spray.store.schema import NODE_ROOTS
 
@@ -36,4 +36,7 @@ MIGRATIONS: dict[int, Callable[[h5py.File], None]] = {}
 Both are read from this package whenever a store is opened or created, so the version and the migrations set
 here are the ones every module of the store uses."""
 
-__all__ = ["MIGRATIONS", "NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info", "to_json"]
+__all__ = [
+    "MIGRATIONS", "NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info",
+    "rewrite_text_variable_length", "to_json",
+]

@@ -151,6 +151,26 @@ def _utf8(texts: Any) -> np.ndarray:
     return encoded.astype(h5py.string_dtype("utf-8", length=max(1, encoded.dtype.itemsize)))
 
 
+def rewrite_text_variable_length(path: str | os.PathLike[str]) -> None:
+    """Rewrite every UTF-8 text attribute and dataset of the store file ``path`` as variable-length strings,
+    kept in the file's global heap, as spray wrote them before it wrote fixed-length text (docs/store.md): a
+    store of an older spray, for the tests and benchmarks that read one."""
+    with h5py.File(path, "r+") as f:
+        objects: list[Any] = [f]
+        f.visititems(lambda name, obj: objects.append(obj))
+        for obj in objects:
+            for key in list(obj.attrs):
+                if h5py.check_string_dtype(obj.attrs.get_id(key).dtype) is not None:
+                    value = obj.attrs[key]
+                    text = value.decode("utf-8") if isinstance(value, bytes) else value
+                    obj.attrs.create(key, data=text, dtype=h5py.string_dtype())
+            string = h5py.check_string_dtype(obj.dtype) if isinstance(obj, h5py.Dataset) else None
+            if string is not None and string.encoding == "utf-8" and string.length is not None:
+                name, text = obj.name, np.char.decode(obj[()], "utf-8").astype(object)
+                del f[name]
+                f.create_dataset(name, data=text, dtype=h5py.string_dtype())
+
+
 def _set_attrs(attrs: h5py.AttributeManager, values: Mapping[str, Any]) -> None:
     """Write ``values`` as attributes: text as fixed-length UTF-8 (:func:`_utf8`) while it fits in the
     object header, as variable-length UTF-8 above that; numbers as they are."""

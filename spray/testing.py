@@ -5,8 +5,6 @@ also has a planted Clever Hans cluster: a share of its samples whose relevance s
 :func:`write_store` stores such heatmaps; :func:`build_audit_store` makes a whole analysed audit (with
 thumbnails and a ClArC result) like the ones the report and the exports read. :func:`pipeline_text` writes
 the small SpRAy pipelines the tests analyse such stores with, so that each lives in one place.
-:func:`rewrite_text_variable_length` turns a store's text into the variable-length strings spray wrote
-before it wrote fixed-length text (old stores, for compatibility tests and tests/benchmarks/bench_heap_damage.py).
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from spray.store import AuditStore
@@ -202,22 +199,3 @@ def write_clarc_result(path: str | Path, examples: np.ndarray, run: str = "pclar
          "example_masks": np.repeat(mask[None], k, axis=0), "example_index": examples.astype(np.int64)},
         {"method": "pclarc", "cluster": "1:hdbscan:1", "layer": "features.3", "cav_auc": 0.97, "metrics": metrics},
     )
-
-
-def rewrite_text_variable_length(path: str | Path) -> None:
-    """Rewrite every UTF-8 text attribute and dataset of the HDF5 file ``path`` as variable-length strings,
-    kept in the file's global heap, as spray wrote them before (docs/store.md)."""
-    with h5py.File(path, "r+") as f:
-        objects: list[Any] = [f]
-        f.visititems(lambda name, obj: objects.append(obj))
-        for obj in objects:
-            for key in list(obj.attrs):
-                if h5py.check_string_dtype(obj.attrs.get_id(key).dtype) is not None:
-                    value = obj.attrs[key]
-                    text = value.decode("utf-8") if isinstance(value, bytes) else value
-                    obj.attrs.create(key, data=text, dtype=h5py.string_dtype())
-            string = h5py.check_string_dtype(obj.dtype) if isinstance(obj, h5py.Dataset) else None
-            if string is not None and string.encoding == "utf-8" and string.length is not None:
-                name, text = obj.name, np.char.decode(obj[()], "utf-8").astype(object)
-                del f[name]
-                f.create_dataset(name, data=text, dtype=h5py.string_dtype())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spray.errors import StoreError
-from spray.journal import JournaledFile, journal_path, rollback, rollback_if_stale
+from spray.store.journal import JournaledFile, journal_path, rollback, rollback_if_stale
 from spray.store import AuditStore
 
 

@@ -11,8 +11,8 @@ import spray
 PACKAGE = Path(spray.__file__).parent
 
 LAYERS: list[set[str]] = [
-    {"spray.errors", "spray.journal", "spray.seeding", "spray.zoo"},
-    {"spray", "spray._checks", "spray.usercode"},
+    {"spray.errors", "spray.seeding", "spray.zoo"},
+    {"spray", "spray._blocks", "spray._checks", "spray.usercode"},
     {"spray.store", "spray.data", "spray.lrp", "spray.analysis", "spray.scheduling", "spray.training"},
     {"spray.outputs", "spray.attribution", "spray.pipeline"},
     {"spray.results"},
@@ -76,6 +76,34 @@ def test_no_stage_reads_through_an_output_format():
     readers = {importer for importer, imported in _edges()
                if _part(imported) == "spray.export" and _part(importer) not in {"spray.export", "spray.cli"}}
     assert readers == set()
+
+
+STORE_LAYERS = ["schema", "encoding", "journal", "locking", "transactions", "info", "audit_store"]
+"""The modules of ``spray/store/``, bottom to top (docs/architecture.md, "Layering"); the package's
+``__init__``, which re-exports them and holds ``SCHEMA_VERSION`` and ``MIGRATIONS``, is above them all."""
+
+
+def test_the_store_modules_import_down_their_own_layers():
+    order = {f"spray.store.{name}": i for i, name in enumerate(STORE_LAYERS)}
+    assert sorted(m for m in map(_module, PACKAGE.rglob("*.py")) if m.startswith("spray.store.")) == sorted(order)
+    upward = [f"{importer} imports {imported}" for importer, imported in _edges()
+              if importer in order and imported in order and order[imported] >= order[importer]]
+    assert upward == []
+
+
+def test_only_the_store_imports_its_modules_and_private_names():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module(path)
+        if _part(module) == "spray.store":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("spray.store"):
+                found += [f"{module}: {node.module}.{alias.name}" for alias in node.names
+                          if node.module != "spray.store" or alias.name.startswith("_")]
+            elif isinstance(node, ast.Import):
+                found += [f"{module}: {alias.name}" for alias in node.names if alias.name.startswith("spray.store.")]
+    assert found == []
 
 
 def test_the_scan_finds_an_upward_import_in_a_function(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import spray._blocks
 from spray.errors import BadInputError, SchemaError, StoreError, StoreLockedError
 from spray.store import SCHEMA_VERSION, AuditStore, format_info
 
@@ -386,6 +387,31 @@ def test_read_rows_in_any_order_equals_numpy_indexing(tmp_path_factory, rows):
         np.testing.assert_array_equal(store.read("analyses/rows/x", rows=slice(3, 40, 7)), full[3:40:7])
 
 
+def test_read_blocks_bounds_the_bytes_of_each_block_and_returns_the_rows_read(tmp_path, monkeypatch):
+    path = tmp_path / "audit.h5"
+    data = np.arange(150 * 3).reshape(150, 3)
+    with AuditStore(path, "a") as store:
+        store.write_node("analyses/rows", {"x": data}, {})
+    with h5py.File(path, "r+") as f:  # chunks of 16 rows
+        del f["analyses/rows/x"]
+        f.create_dataset("analyses/rows/x", data=data, chunks=(16, 3))
+    monkeypatch.setattr(spray._blocks, "BLOCK_BYTES", 40 * 3 * 8)  # 40 rows of int64
+    with AuditStore(path) as store:
+        blocks = list(store.read_blocks("analyses/rows/x"))
+        assert [(rows.start, rows.stop) for rows, _ in blocks] == [(0, 40), (40, 80), (80, 120), (120, 150)]
+        np.testing.assert_array_equal(np.concatenate([values for _, values in blocks]), data)
+        sizes = [(rows.start, rows.stop) for rows, _ in store.read_blocks("analyses/rows/x", whole_chunks=True)]
+        assert sizes == [(0, 32), (32, 64), (64, 96), (96, 128), (128, 150)]
+        assert [rows.stop for rows, _ in store.read_blocks("analyses/rows/x", itemsize=4)] == [80, 150]
+        picked = np.arange(1, 150, 2)
+        blocks = list(store.read_blocks("analyses/rows/x", picked))
+        assert [rows.tolist() for rows, _ in blocks] == [picked[:40].tolist(), picked[40:].tolist()]
+        np.testing.assert_array_equal(np.concatenate([values for _, values in blocks]), data[picked])
+        with pytest.raises(StoreError, match="has no dataset 'analyses/rows/y'"):
+            next(store.read_blocks("analyses/rows/y"))
+        assert not store.has_thumbnails
+
+
 def test_concurrent_reader_never_sees_a_done_row_without_its_data(tmp_path):
     path = tmp_path / "audit.h5"
     n = 4000
@@ -408,9 +434,9 @@ def test_concurrent_reader_never_sees_a_done_row_without_its_data(tmp_path):
     try:
         while True:
             exited = writer.poll() is not None  # then this read must see every row done
-            with AuditStore(path, timeout=10) as reader, reader.reading() as f:
-                done = f["attributions/a/done"][()]
-                relevance = f["attributions/a/relevance"][()]
+            with AuditStore(path, timeout=10) as reader, reader.reading():
+                done = reader.read("attributions/a/done")
+                relevance = reader.read("attributions/a/relevance")
             reads += 1
             rows = np.flatnonzero(done)
             assert (relevance[rows] == rows[:, None] + 1).all()

@@ -9,7 +9,7 @@ Seeded (derandomize) and bounded, so CI runs the same examples in about half a m
 
 Found this way and fixed: reading an attribute whose variable-length string type is damaged (one byte)
 killed the interpreter inside h5py/libhdf5; the store now checks every attribute's and dataset's type
-before reading its value (``spray.store._type_problem``).
+before reading its value (``spray.store.schema._type_problem``).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from spray.pipeline import analyze, pipeline_from_text
-from spray.store import AuditStore
-from spray.testing import make_heatmaps, pipeline_text, rewrite_text_variable_length, write_store
+from spray.store import AuditStore, rewrite_text_variable_length
+from spray.testing import make_heatmaps, pipeline_text, write_store
 
 NAMES = ["café ✓", "naïve 🐟"]
 TEXT = np.array([["", "a"], ["é✓", "x" * 70]])  # an empty string and rows of unequal byte lengths

@@ -1,22 +1,24 @@
 """Heatmaps -> flat feature vectors for SpRAy: channel reduction, area pooling, per-map normalisation.
 
-The input may be larger than memory (an h5py dataset of full-size relevance maps): it is read in batches
-along the sample axis and only the small pooled output, ``(n, g_h * g_w)`` float32, is ever held whole.
+The input may be larger than memory (an h5py dataset of full-size relevance maps, or the audit store's blocks
+of them): it is read in batches along the sample axis and only the small pooled output, ``(n, g_h * g_w)``
+float32, is ever held whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from spray._blocks import block_rows
 from spray.analysis._common import check_choice, check_int
 from spray.errors import BadInputError
 
 CHANNEL_REDUCTIONS = ("sum", "abs_sum", "l2")
 NORMALIZATIONS = ("max_abs", "sum", "l2", None)
-_BLOCK_BYTES = 64 * 2**20  # float64 working set per batch
 
 
 def area_pooling_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -99,14 +101,17 @@ class HeatmapPreprocessor:
     def _check_input(R: Any) -> Any:
         if not hasattr(R, "shape") or not hasattr(R, "dtype"):
             R = np.asarray(R)
-        shape = tuple(int(s) for s in R.shape)
+        HeatmapPreprocessor._check_shape(tuple(int(s) for s in R.shape))
+        if np.dtype(R.dtype).kind not in "fiu":
+            raise BadInputError(f"R must be a numeric (float or int) array, got dtype {R.dtype}")
+        return R
+
+    @staticmethod
+    def _check_shape(shape: tuple[int, ...]) -> None:
         if len(shape) not in (3, 4):
             raise BadInputError(f"R must have shape (n, C, H, W) or (n, H, W), got {shape}")
         if shape[0] < 1 or any(s < 1 for s in shape[1:]):
             raise BadInputError(f"R must have at least one sample and non-empty maps, got shape {shape}")
-        if np.dtype(R.dtype).kind not in "fiu":
-            raise BadInputError(f"R must be a numeric (float or int) array, got dtype {R.dtype}")
-        return R
 
     def fit(self, R: Any, y: Any = None) -> HeatmapPreprocessor:
         """Check the parameters and the input; learn the shapes (the transform itself learns nothing)."""
@@ -129,26 +134,33 @@ class HeatmapPreprocessor:
         self._check_params()
         R = self._check_input(R)
         shape = tuple(int(s) for s in R.shape)
+        chunks = getattr(R, "chunks", None)  # whole h5py chunks per read
+        whole = chunks[0] if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int) else None
+        batch = self.batch_size or block_rows(int(np.prod(shape[1:])) * 8, whole)  # a float64 working set
+        return self.preprocess_blocks((R[start : start + batch] for start in range(0, shape[0], batch)), shape)
+
+    def preprocess_blocks(self, blocks: Iterable[Any], shape: Sequence[int]) -> PreprocessedMaps:
+        """:meth:`preprocess` of the input of shape ``shape`` given as consecutive blocks of its rows (numpy or
+        lazy arrays, e.g. read from the audit store block by block); ``batch_size`` does not apply."""
+        self._check_params()
+        shape = tuple(int(s) for s in shape)
+        self._check_shape(shape)
         n, (H, W) = shape[0], shape[-2:]
         C = shape[1] if len(shape) == 4 else 1
         gh, gw = min(self.grid, H), min(self.grid, W)
         ph, pw = area_pooling_matrix(H, gh), area_pooling_matrix(W, gw)
 
-        batch = self.batch_size or max(1, _BLOCK_BYTES // (C * H * W * 8))
-        chunks = getattr(R, "chunks", None)
-        if self.batch_size is None and isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int):
-            batch = max(chunks[0], batch // chunks[0] * chunks[0])  # whole h5py chunks per read
-
         out = np.empty((n, gh * gw), dtype=np.float32)
         nonfinite = np.zeros(n, dtype=bool)
         zero = np.zeros(n, dtype=bool)
-        for start in range(0, n, batch):
-            stop = min(n, start + batch)
-            block = R[start:stop]
+        start = 0
+        for block in blocks:
             if hasattr(block, "compute"):  # dask (or any lazy array)
                 block = block.compute()
+            stop = start + len(block)
             block = np.asarray(block, dtype=np.float64).reshape(stop - start, C, H, W)
             out[start:stop], nonfinite[start:stop], zero[start:stop] = self._process(block, ph, pw)
+            start = stop
 
         bad = np.flatnonzero(nonfinite)
         if bad.size and not self.drop_nonfinite:

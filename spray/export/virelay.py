@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ __all__ = ["export_virelay", "word_net_id"]
 
 log = logging.getLogger(__name__)
 
-_BLOCK_BYTES = 64 << 20  # relevance read per block
 FILES = {
     "project": "project.yaml",
     "label_map": "label-map.json",
@@ -93,8 +92,7 @@ def export_virelay(
                 "(C, H, W); this store cannot be exported to it"
             )
         attrs = store.attrs()
-        with store.reading() as f:
-            has_thumbnails = "thumbnail" in f["samples"]
+        has_thumbnails = store.has_thumbnails
         if not has_thumbnails and inputs is None:
             raise BadInputError(
                 f"audit store {store.path} holds no thumbnails: pass the attributed dataset (inputs=..., "
@@ -135,12 +133,6 @@ def _label_map(names: list[str], n_outputs: int) -> list[dict[str, Any]]:
         {"index": i, "word_net_id": word_net_id(i), "name": names[i] if i < len(names) else str(i)}
         for i in range(count)
     ]
-
-
-def _blocks(n: int, row_bytes: int) -> Iterator[slice]:
-    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
 
 
 def _to_three(block: np.ndarray, reduce: str) -> np.ndarray:
@@ -192,7 +184,6 @@ def _write_samples(
             f"the dataset given (--data) has {len(inputs)} samples, but audit store {store.path} holds {n}: pass "
             "the dataset the store was made from"
         )
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * 4
     group = f"attributions/{attribution}"
     with (guard.writing(out / FILES["dataset"], "ViRelAy file") as data_tmp,
           guard.writing(out / FILES["attribution"], "ViRelAy file") as attr_tmp,
@@ -203,8 +194,8 @@ def _write_samples(
         attr["prediction"] = store.read(f"{group}/logits").astype(np.float32)
         attr["label"] = store.read("samples/label")
         attr["index"] = np.arange(n, dtype=np.uint32)
-        for rows in _blocks(n, row_bytes):
-            heat = _to_three(store.read(f"{group}/relevance", rows).astype(np.float32), "sum")
+        for rows, block in store.read_blocks(f"{group}/relevance", itemsize=4):  # 64 MiB as float32
+            heat = _to_three(block.astype(np.float32), "sum")
             if not np.isfinite(heat).all():
                 raise BadInputError(f"attribution {attribution!r} has non-finite relevance in rows {rows}")
             relevance[rows] = heat

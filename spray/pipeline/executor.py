@@ -327,8 +327,9 @@ def _features(
     if cached:
         arrays, _ = store.read_node(path)
     else:
-        with store.reading() as f:
-            maps = preprocess(params, f[f"attributions/{attribution}/relevance"], drop_nonfinite=drop_nonfinite)
+        with store.reading():  # one snapshot of the relevance, read in blocks of whole chunks of 64 MiB as float64
+            blocks = store.read_blocks(f"attributions/{attribution}/relevance", itemsize=8, whole_chunks=True)
+            maps = preprocess(params, (block for _, block in blocks), info["shape"], drop_nonfinite=drop_nonfinite)
         full = maps.features  # one row per sample unless rows were dropped: then zero rows fill their places
         if not maps.kept.all():
             full = np.zeros((maps.kept.size, maps.features.shape[1]), dtype=np.float32)

@@ -7,7 +7,7 @@ class on the class's preprocessed heatmaps (``inputs["features"]``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -172,6 +172,9 @@ NODES: dict[str, Node] = {
 }
 
 
-def preprocess(params: dict[str, Any], relevance: Any, *, drop_nonfinite: bool) -> PreprocessedMaps:
-    """Features of all heatmaps (chunk by chunk from the store) and their row masks."""
-    return HeatmapPreprocessor(**params, drop_nonfinite=drop_nonfinite).preprocess(relevance)
+def preprocess(
+    params: dict[str, Any], blocks: Iterable[np.ndarray], shape: Sequence[int], *, drop_nonfinite: bool
+) -> PreprocessedMaps:
+    """Features of all heatmaps, of shape ``shape``, from consecutive blocks of their rows (the store's), and
+    their row masks."""
+    return HeatmapPreprocessor(**params, drop_nonfinite=drop_nonfinite).preprocess_blocks(blocks, shape)

@@ -27,7 +27,6 @@ from spray.store import AuditStore
 DEFAULT_MAX_CLASSES = 5
 MAX_CLUSTERS_SHOWN = 8
 PROTOTYPES = 6
-_BLOCK_BYTES = 64 << 20
 
 METHOD_NAMES = {
     "aclarc": "A-ClArC (the model is fine-tuned on images with the artifact added)",
@@ -150,8 +149,7 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         info = store.attribution_info(attribution)
         names = [str(n) for n in root.get("label_names") or []]
         ranking = rank_classes(store, analysis)
-        with store.reading() as f:
-            has_thumbnails = "thumbnail" in f["samples"]
+        has_thumbnails = store.has_thumbnails
         for entry in ranking:
             entry["candidate"] = is_candidate(entry)
         ranking.sort(key=lambda e: (not e["candidate"], e["rank"]))
@@ -161,7 +159,6 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
                 f"attribution {attribution!r} of {store_path} has shape {tuple(info['shape'])}: the report "
                 "shows image heatmaps, (n, C, H, W) or (n, H, W)"
             )
-        row_bytes = 4 * int(np.prod(info["shape"][1:]))  # relevance is read as float32 blocks
         classes = []
         for entry in ranking:
             if len(classes) == max_classes:
@@ -170,7 +167,7 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
                 cls = read_class(store, analysis, entry["class"], names)
                 if cls.skipped is None:
                     with store.interpreting(f"class {cls.label} of analysis {analysis!r}"):
-                        classes.append(_class_view(store, attribution, cls, entry, has_thumbnails, row_bytes))
+                        classes.append(_class_view(store, attribution, cls, entry, has_thumbnails))
         clarc = []
         for run in read_clarc_runs(store):
             with store.interpreting(f"node clarc/{run.run}/result"):
@@ -287,17 +284,8 @@ def _summary(ranking: list[dict[str, Any]], clarc: list[ClarcView], names: list[
     return paragraphs
 
 
-def _read_blocks(store: AuditStore, path: str, positions: np.ndarray, row_bytes: int) -> Any:
-    """(rows, array) blocks of ``path`` at sorted ``positions``, about 64 MiB each."""
-    step = max(1, _BLOCK_BYTES // max(row_bytes, 1))
-    for start in range(0, positions.size, step):
-        rows = positions[start:start + step]
-        yield rows, store.read(path, rows)
-
-
 def _class_view(
-    store: AuditStore, attribution: str, cls: ClassAnalysis, entry: dict[str, Any], has_thumbnails: bool,
-    row_bytes: int,
+    store: AuditStore, attribution: str, cls: ClassAnalysis, entry: dict[str, Any], has_thumbnails: bool
 ) -> ClassView:
     best = cls.best
     if best is not None:
@@ -327,7 +315,8 @@ def _class_view(
     sorted_positions, sorted_labels = cls.positions[order_rows], labels[order_rows]
     sums: dict[int, np.ndarray] = {}
     start = 0
-    for rows, block in _read_blocks(store, relevance_path, sorted_positions, row_bytes):
+    # Blocks of 64 MiB of float32 whatever the stored precision, as the report has always read them.
+    for rows, block in store.read_blocks(relevance_path, sorted_positions, itemsize=4):
         block_labels = sorted_labels[start:start + rows.size]
         start += rows.size
         heat = block.astype(np.float64)

@@ -86,6 +86,18 @@ def test_chunked_h5py_and_dask_inputs_equal_in_memory_result(tmp_path):
     np.testing.assert_array_equal(out, expected)
 
 
+def test_blocks_of_rows_give_the_in_memory_result_and_name_positions_across_blocks():
+    R = np.random.default_rng(3).normal(size=(23, 2, 8, 8))
+    blocks = [R[0:10], R[10:20], R[20:23]]
+    np.testing.assert_array_equal(HeatmapPreprocessor(grid=4).preprocess_blocks(blocks, R.shape).features,
+                                  HeatmapPreprocessor(grid=4).fit_transform(R))
+    R[12, 1, 0, 0] = np.nan
+    with pytest.raises(BadInputError, match=r"positions \[12\]"):
+        HeatmapPreprocessor().preprocess_blocks([R[0:10], R[10:23]], R.shape)
+    with pytest.raises(BadInputError, match=r"shape \(n, C, H, W\) or \(n, H, W\), got \(23, 128\)"):
+        HeatmapPreprocessor().preprocess_blocks([], (23, 128))
+
+
 def test_non_finite_values_raise_naming_the_sample_positions():
     R = np.ones((10, 1, 4, 4))
     R[3, 0, 1, 1] = np.nan

@@ -35,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from spray.testing import rewrite_text_variable_length  # noqa: E402
+from spray.store import rewrite_text_variable_length  # noqa: E402
 from tests.test_store_fuzz import FILE_TIMEOUT, build_base  # noqa: E402
 
 FUZZ_CHILD = ROOT / "tests" / "test_store_fuzz.py"

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+import spray._blocks
 from spray.errors import BadInputError
 from spray.export import export_virelay
 from spray.export import virelay as virelay_export
@@ -162,7 +163,7 @@ def test_export_is_streamed_block_by_block_with_identical_files(audit_store, vir
         return original(self, path, rows)
 
     monkeypatch.setattr(AuditStore, "read", spy)
-    monkeypatch.setattr(virelay_export, "_BLOCK_BYTES", 40 * 16 * 16 * 4)  # 40 heatmaps per block
+    monkeypatch.setattr(spray._blocks, "BLOCK_BYTES", 40 * 16 * 16 * 4)  # 40 heatmaps per block
     export_virelay(audit_store, tmp_path)
     assert [(r.start, r.stop) for r in reads] == [(0, 40), (40, 80), (80, 120), (120, 155)]
     for name in ("dataset.h5", "attribution.h5"):

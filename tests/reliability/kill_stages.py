@@ -3,7 +3,7 @@
 Imported by the tests and by the child processes they SIGKILL (``python -c``, this folder on sys.path).
 Kill points are counted events of one process:
 
-- ``store_write``: a write of HDF5 bytes into the store file (spray.journal.JournaledFile._store_write),
+- ``store_write``: a write of HDF5 bytes into the store file (spray.store.journal.JournaledFile._store_write),
   i.e. inside an HDF5 call (a dataset write, a metadata flush at close);
 - ``journal_append``: a record appended to the store's rollback journal;
 - ``step``: an optimizer step of the ClArC fine-tuning;
@@ -54,7 +54,7 @@ def hooked(on_event: Callable[[str, str], None]) -> Iterator[None]:
     import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from spray.journal import JournaledFile
+    from spray.store.journal import JournaledFile
 
     store_write, journal_append, save = JournaledFile._store_write, JournaledFile._journal_append, torch.save
 

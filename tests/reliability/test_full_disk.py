@@ -23,7 +23,7 @@ import pytest
 import kill_stages as ks
 from spray.cli import main
 from spray.errors import StoreError
-from spray.journal import journal_path
+from spray.store.journal import journal_path
 from spray.store import AuditStore
 
 HERE = Path(__file__).resolve().parent

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 import kill_stages as ks
-from spray.journal import journal_path
+from spray.store.journal import journal_path
 from spray.store import AuditStore
 
 HERE = Path(__file__).resolve().parent
@@ -89,14 +89,15 @@ def test_attribution_killed_at_random_points_resumes_to_the_same_store(tmp_path)
         with AuditStore(killed) as store:  # rolls back what the killed writer left
             info = store.info()
         assert not journal_path(killed).exists()
-        with AuditStore(killed) as store, store.reading() as f:
+        with AuditStore(killed) as store, store.reading():
             for group in done_rows:
                 if group.strip("/").split("/")[-1] not in info["attributions"]:
                     continue
-                done = f[f"{group}/done"][()]
+                done = store.read(f"{group}/done")
                 for key in ("relevance", "logits", "target"):
-                    np.testing.assert_array_equal(f[f"{group}/{key}"][done], want[(f"{group}/{key}", "")][done])
-                np.testing.assert_array_equal(f["samples/label"][done], want[("/samples/label", "")][done])
+                    stored = store.read(f"{group}/{key}")
+                    np.testing.assert_array_equal(stored[done], want[(f"{group}/{key}", "")][done])
+                np.testing.assert_array_equal(store.read("samples/label")[done], want[("/samples/label", "")][done])
 
     _kill_repeatedly(f"attribution({str(killed)!r})", counts, seed=1, after_kill=complete_work_is_intact)
     summary = ks.attribution(killed)

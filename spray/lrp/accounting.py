@@ -22,7 +22,7 @@ from spray.errors import NonConservativeError
 from spray.lrp.engine import Balance
 from spray.lrp.functional import Addition
 from spray.lrp.layers import BATCHNORM_LAYERS
-from spray.lrp.transformer import MultiheadAttentionCall
+from spray.lrp.transformer import AttnLRP, MultiheadAttentionCall
 
 #: Relative tolerance of the accounting identity and of each bias-free module's balance, as a fraction of
 #: max(|f|, median |f|) over the batch (float32; measured errors are below 1e-6, docs/lrp.md).
@@ -38,8 +38,9 @@ def input_share(relevance: Tensor, explained: Tensor) -> Tensor:
 
 def may_absorb(balance: Balance) -> bool:
     """Whether the module has a constant part that may absorb relevance: a bias (also of an attention's
-    projections), a BatchNorm's shift, a constant summand (an :class:`Addition` of a single tensor), or a
-    constant tensor input (a parameter added, a class token concatenated)."""
+    projections), a BatchNorm's shift, a constant summand (an :class:`Addition` of a single tensor), a
+    constant tensor input (a parameter added, a class token concatenated), or a softmax explained by
+    :class:`AttnLRP`."""
     module = balance.module
     return (
         isinstance(getattr(module, "bias", None), Tensor)
@@ -47,6 +48,7 @@ def may_absorb(balance: Balance) -> bool:
         or (isinstance(module, Addition) and balance.inputs == 1)
         or (isinstance(module, MultiheadAttentionCall) and module.biased)
         or balance.constants > 0
+        or isinstance(balance.rule, AttnLRP)
     )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,13 +67,10 @@ class Concatenation(TracedOperation):
     """A traced ``torch.cat`` of relevance-carrying tensors with a constant one (a class token)."""
 
 
-def multihead_attention(attention: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-    """``attention(query, key, value)[0]`` re-implemented from its weights, the attention weights detached.
-
-    The result is linear in ``value`` (plus the projections' biases) and carries no graph to ``query`` and
-    ``key``. It does not depend on the path PyTorch takes (its eval fast path has no graph at all). Inputs
-    (L, E), or (B, L, E) / (L, B, E) as ``batch_first`` says.
-    """
+def _projections(attention: nn.MultiheadAttention, query: Tensor, key: Tensor,
+                 value: Tensor) -> tuple[Tensor, Tensor, Tensor, Callable[[Tensor], Tensor]]:
+    """``nn.MultiheadAttention``'s projected queries, keys and values per head, (B, heads, L, E / heads),
+    and the map from the heads' attention-weighted values to the module's output (``out_proj``)."""
     heads, width = attention.num_heads, attention.embed_dim
     if attention._qkv_same_embed_dim:
         weights = attention.in_proj_weight.chunk(3)
@@ -85,11 +82,25 @@ def multihead_attention(attention: nn.MultiheadAttention, query: Tensor, key: Te
     def tokens(x: Tensor) -> Tensor:  # (B, L, E)
         return x[None] if unbatched else x if attention.batch_first else x.transpose(0, 1)
 
+    def merge(mixed: Tensor) -> Tensor:
+        output = F.linear(mixed.transpose(1, 2).flatten(2), attention.out_proj.weight, attention.out_proj.bias)
+        return output[0] if unbatched else output if attention.batch_first else output.transpose(0, 1)
+
     q, k, v = (F.linear(tokens(x), w, b).unflatten(-1, (heads, width // heads)).transpose(1, 2)
                for x, w, b in zip((query, key, value), weights, biases, strict=True))
-    held = torch.softmax(q.detach() @ k.detach().transpose(-2, -1) / math.sqrt(width // heads), dim=-1)
-    output = F.linear((held @ v).transpose(1, 2).flatten(2), attention.out_proj.weight, attention.out_proj.bias)
-    return output[0] if unbatched else output if attention.batch_first else output.transpose(0, 1)
+    return q, k, v, merge
+
+
+def multihead_attention(attention: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    """``attention(query, key, value)[0]`` re-implemented from its weights, the attention weights detached.
+
+    The result is linear in ``value`` (plus the projections' biases) and carries no graph to ``query`` and
+    ``key``. It does not depend on the path PyTorch takes (its eval fast path has no graph at all). Inputs
+    (L, E), or (B, L, E) / (L, B, E) as ``batch_first`` says.
+    """
+    q, k, v, merge = _projections(attention, query, key, value)
+    held = torch.softmax(q.detach() @ k.detach().transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    return merge(held @ v)
 
 
 class ConstantScale(Epsilon):
@@ -147,6 +158,54 @@ class ConstantAttention(Epsilon):
         # The gradient of the output with respect to the values alone treats the weights as constants.
         (share,) = _share((value,), output, relevance, self.epsilon)
         return (torch.zeros_like(query), torch.zeros_like(key), share, *map(torch.zeros_like, inputs[3:]))
+
+
+class AttnLRP(ConstantAttention):
+    """AttnLRP (Achtibat et al., ICML 2024): relevance also flows through the softmax to queries and keys.
+
+    The bilinear products ``A v`` and ``q kᵀ`` split their ε-rule relevance uniformly, half to each factor;
+    the softmax ``A = softmax(S)`` passes ``S ⊙ (R_A − A ⊙ Σ_j R_A_j)`` (its Taylor expansion at ``S``,
+    Proposition 3.1 of the paper) and absorbs the rest; projections and ``out_proj`` get the ε rule.
+    Unmasked attention with the default scale ``1/√d`` only.
+    """
+
+    def check(self, name: str, module: nn.Module) -> None:
+        super().check(name, module)
+        if isinstance(module, ScaledDotProductAttention):
+            args, kwargs = module.template
+            options = {key: value for key, value in kwargs.items() if key != "dropout_p"}
+            if len(args) != 3 or any(value not in (None, False) for value in options.values()):
+                raise UnsupportedLayerError(f"rule {self!r} explains F.scaled_dot_product_attention(q, k, v) without "
+                                            f"a mask, causal attention or another scale, but {name!r} is "
+                                            f"{module.describe} with {sorted(options)}")
+
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
+    ) -> tuple[Tensor, ...]:
+        if isinstance(module, ScaledDotProductAttention):
+            return _through_softmax(*inputs, relevance, self.epsilon)
+        with torch.enable_grad():
+            leaves = [x.detach().requires_grad_(True) for x in inputs]
+            q, k, v, merge = _projections(module.attention, *leaves)
+            mixed = (torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v).detach()
+            mixed.requires_grad_(True)
+            output = merge(mixed)
+        (share,) = _share((mixed,), output, relevance, self.epsilon)
+        heads = _through_softmax(q, k, v, share, self.epsilon)
+        return tuple(_share((x,), z, r, self.epsilon)[0] for x, z, r in zip(leaves, (q, k, v), heads, strict=True))
+
+
+def _through_softmax(q: Tensor, k: Tensor, v: Tensor, relevance: Tensor, epsilon: float) -> tuple[Tensor, ...]:
+    """AttnLRP's relevance of ``q``, ``k``, ``v`` (…, L, d) for ``softmax(q kᵀ / √d) v`` with ``relevance``."""
+    with torch.enable_grad():
+        q, k, v = (x.detach().requires_grad_(True) for x in (q, k, v))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        weights = torch.softmax(scores.detach(), -1).requires_grad_(True)
+        mixed = weights @ v
+    to_weights, to_v = (r / 2 for r in _share((weights, v), mixed, relevance, epsilon))
+    to_scores = scores.detach() * (to_weights - weights.detach() * to_weights.sum(-1, keepdim=True))
+    to_q, to_k = (r / 2 for r in _share((q, k), scores, to_scores, epsilon))
+    return to_q, to_k, to_v
 
 
 class Slices(WinnerTakesAll):

@@ -12,7 +12,8 @@ from spray.cli import main
 from spray.errors import UnsupportedLayerError
 from spray.lrp import LRP, Epsilon, EpsilonPlusFlat, UntracedModelWarning
 from spray.lrp.accounting import check, may_absorb
-from spray.lrp.transformer import multihead_attention
+from spray.lrp.functional import Slot
+from spray.lrp.transformer import AttnLRP, MultiheadAttentionCall, ScaledDotProductAttention, multihead_attention
 from spray.testing import pipeline_text
 from spray.zoo import timm_vit_tiny_16, vit_tiny_16
 from tests.lrp.test_tracing import _assert_left_as_found, _snapshot
@@ -36,7 +37,11 @@ VITS = {
 }
 
 
-@pytest.mark.parametrize("composite", [EpsilonPlusFlat(), Epsilon()], ids=lambda c: c.name)
+ATTNLRP = {MultiheadAttentionCall: AttnLRP(), ScaledDotProductAttention: AttnLRP()}
+
+
+@pytest.mark.parametrize("composite", [EpsilonPlusFlat(), Epsilon(), EpsilonPlusFlat(types=ATTNLRP)],
+                         ids=["epsilon_plus_flat", "epsilon", "attnlrp"])
 @pytest.mark.parametrize("layout", VITS)
 def test_vit_accounts_for_every_samples_relevance_and_keeps_its_logits(layout, composite):
     model = _tiny(VITS[layout])
@@ -86,6 +91,19 @@ def test_the_rules_are_gradient_times_input_with_attention_and_sigma_held_not_pl
     plain = gradient_times_input(model)
     assert float((plain - expected).abs().max()) > 0.05 * float(expected.abs().max())
     assert float((plain.flatten(1).sum(1) - expected.flatten(1).sum(1)).abs().max()) > 1e-3
+
+
+def test_attnlrp_with_one_key_gives_the_values_half_and_queries_and_keys_nothing():
+    # One key: the softmax is the constant 1, so the scores' relevance S ⊙ (R_A − A ΣR_A) vanishes and the
+    # uniform split of A·v leaves v half of the relevance; the softmax absorbs the other half.
+    module = ScaledDotProductAttention(torch.nn.functional.scaled_dot_product_attention,
+                                       (Slot(0), Slot(1), Slot(2)), {}, "call_function scaled_dot_product_attention")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 4, 1, 5, dtype=torch.float64)[:, i] for i in range(3))
+    relevance = torch.randn(2, 4, 1, 5, dtype=torch.float64)
+    to_q, to_k, to_v = AttnLRP(epsilon=0.0).redistribute(module, (q, k, v), module(q, k, v), relevance)
+    torch.testing.assert_close(to_v, relevance / 2)
+    assert not to_q.any() and not to_k.any()
 
 
 class _OneBlock(nn.Module):

@@ -187,7 +187,7 @@ def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], tensors: 
             raise UnsupportedLayerError(_no_rule(node, "LRP has no rule for it"))
         inputs = [a for a in node.all_input_nodes if a in carries]
         if kind not in _MANY_INPUTS and (len(inputs) != 1 or (inputs[0] is not node.args[0]
-                                                          and node.target not in _COMMUTATIVE)):
+                                                              and node.target not in _COMMUTATIVE)):
             raise UnsupportedLayerError(_no_rule(node, "LRP explains it only when one factor (the numerator, "
                                                        "the first argument) depends on the input, as in a scaling "
                                                        "by a constant; a product of two such tensors is a gating"))

@@ -198,8 +198,9 @@ def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None
         if not all(isinstance(a, Tensor) for a in args):
             raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) is called with "
                                         "non-tensor arguments; LRP hooks need tensor inputs only")
-        # The layer runs on leaves of its own: its graph ends there and serves its rule alone.
-        leaves = tuple(a.detach().requires_grad_(True) for a in args)
+        # The layer runs on leaves of its own: its graph ends there and serves its rule alone. A boolean or
+        # integer input (an attention mask) carries no relevance.
+        leaves = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in args)
         pending.append((rule, args, leaves))
         if ledger is not None:
             pending[-1] += (partial(_record, ledger, name, module, rule),)

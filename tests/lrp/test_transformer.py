@@ -181,6 +181,29 @@ def test_attention_in_a_model_fx_cannot_trace_is_refused():
         LRP(EpsilonPlusFlat()).attribute(model, torch.randn(2, 3, 4), torch.tensor([0, 1]))
 
 
+class _CausalFused(nn.Module):
+    """timm-style fused attention with a boolean causal mask; the head reads token 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.head = nn.Linear(4, 12), nn.Linear(4, 2)
+        self.register_buffer("mask", torch.ones(3, 3, dtype=torch.bool).tril())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return self.head(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)[:, 0])
+
+
+def test_a_masked_fused_attention_passes_relevance_only_along_the_mask():
+    torch.manual_seed(0)
+    model, x, target = _CausalFused().double(), torch.randn(2, 3, 4, dtype=torch.float64), torch.tensor([0, 1])
+    relevance, logits, ledger = LRP(EpsilonPlusFlat()).balance(model, x, target)
+    check(relevance, logits.gather(1, target[:, None])[:, 0], ledger, tolerance=1e-6)
+    assert relevance[:, 0].abs().sum() > 0 and not relevance[:, 1:].any()  # token 0 attends to itself only
+    attention = next(b for b in ledger if b.name == "scaled_dot_product_attention")
+    assert (attention.inputs, attention.constants) == (3, 1)  # q, k, v; the mask carries none
+
+
 def test_a_vit_is_attributed_and_analysed_from_the_command_line(tmp_path, capsys):
     store, pipeline = tmp_path / "vit.h5", tmp_path / "p.toml"
     pipeline.write_text(pipeline_text("tiny"))

@@ -32,11 +32,15 @@ from spray.lrp.rules import (
     ZPlus,
 )
 from spray.lrp.tracing import UntracedModelWarning
+from spray.lrp.transformer import AttnLRP, ConstantAttention, ConstantScale
 
 __all__ = [
     "LRP",
     "AlphaBeta",
+    "AttnLRP",
     "Composite",
+    "ConstantAttention",
+    "ConstantScale",
     "Epsilon",
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",

@@ -22,6 +22,7 @@ from spray.errors import NonConservativeError
 from spray.lrp.engine import Balance
 from spray.lrp.functional import Addition
 from spray.lrp.layers import BATCHNORM_LAYERS
+from spray.lrp.transformer import AttnLRP, MultiheadAttentionCall
 
 #: Relative tolerance of the accounting identity and of each bias-free module's balance, as a fraction of
 #: max(|f|, median |f|) over the batch (float32; measured errors are below 1e-6, docs/lrp.md).
@@ -36,13 +37,18 @@ def input_share(relevance: Tensor, explained: Tensor) -> Tensor:
 
 
 def may_absorb(balance: Balance) -> bool:
-    """Whether the module has a constant part that may absorb relevance: a bias, a BatchNorm's shift, or
-    a constant summand (an :class:`Addition` of a single tensor)."""
+    """Whether the module has a constant part that may absorb relevance: a bias (also of an attention's
+    projections), a BatchNorm's shift, a constant summand (an :class:`Addition` of a single tensor), a
+    constant tensor input (a parameter added, a class token concatenated), or a softmax explained by
+    :class:`AttnLRP`."""
     module = balance.module
     return (
         isinstance(getattr(module, "bias", None), Tensor)
         or isinstance(module, BATCHNORM_LAYERS)
         or (isinstance(module, Addition) and balance.inputs == 1)
+        or (isinstance(module, MultiheadAttentionCall) and module.biased)
+        or balance.constants > 0
+        or isinstance(balance.rule, AttnLRP)
     )
 
 

@@ -22,6 +22,9 @@ from spray.lrp.layers import AVGPOOL_LAYERS, BATCHNORM_LAYERS, LINEAR_LAYERS, MA
 from spray.lrp.rules import (
     AlphaBeta, Bounds, Flat, Gamma, Pass, Proportional, Rule, WinnerTakesAll, ZBox, ZPlus, _jsonable,
 )
+from spray.lrp.transformer import (
+    Concatenation, ConstantAttention, ConstantScale, MultiheadAttentionCall, ScaledDotProductAttention, Slices,
+)
 
 
 def _lookup(table: Mapping[type, Rule], module: nn.Module) -> Rule | None:
@@ -82,6 +85,10 @@ class Composite:
             Pooling: proportional,
             Scaling: proportional,
             Activation: Pass(),
+            nn.LayerNorm: ConstantScale(epsilon),
+            MultiheadAttentionCall: ConstantAttention(epsilon),
+            ScaledDotProductAttention: ConstantAttention(epsilon),
+            Concatenation: Slices(),
             **dict.fromkeys(BATCHNORM_LAYERS, rules.Epsilon(epsilon)),
             **dict.fromkeys(PASS_LAYERS, Pass()),
             **dict.fromkeys(AVGPOOL_LAYERS, proportional),

@@ -31,6 +31,7 @@ from spray.lrp.composites import Composite
 from spray.lrp.layers import LINEAR_LAYERS
 from spray.lrp.rules import Rule
 from spray.lrp.tracing import canonize
+from spray.lrp.transformer import refuse_untraced_attention
 
 
 #: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
@@ -100,6 +101,7 @@ class LRP:
             stack.enter_context(_frozen(model))
             traced = canonize(model, x, self.composite, start)
             if traced is None:
+                refuse_untraced_attention(model)
                 stack.enter_context(fold_batchnorm(model))
                 run, start_name = model, start
             else:
@@ -175,8 +177,8 @@ class _Relay(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor | None, ...]:
         passed = ctx.rule.redistribute(ctx.module, ctx.leaves, ctx.output, relevance)
-        if ctx.entry is not None:
-            ctx.entry(relevance, passed)
+        if ctx.entry is not None:  # relevance for an input without a graph (a constant) is absorbed there
+            ctx.entry(relevance, passed, ctx.needs_input_grad[3:])
         return (None, None, None, *passed)
 
 
@@ -196,8 +198,9 @@ def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None
         if not all(isinstance(a, Tensor) for a in args):
             raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) is called with "
                                         "non-tensor arguments; LRP hooks need tensor inputs only")
-        # The layer runs on leaves of its own: its graph ends there and serves its rule alone.
-        leaves = tuple(a.detach().requires_grad_(True) for a in args)
+        # The layer runs on leaves of its own: its graph ends there and serves its rule alone. A boolean or
+        # integer input (an attention mask) carries no relevance.
+        leaves = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in args)
         pending.append((rule, args, leaves))
         if ledger is not None:
             pending[-1] += (partial(_record, ledger, name, module, rule),)
@@ -222,7 +225,8 @@ def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None
 @dataclass(frozen=True)
 class Balance:
     """One module's relevance balance: per sample (B,), what reached its output and what it passed on to
-    its ``inputs`` tensor inputs."""
+    its ``inputs`` tensor inputs that carry relevance; ``constants`` tensor inputs do not (a parameter
+    used as a summand, a class token), and the relevance the rule gives them is absorbed."""
 
     name: str
     module: nn.Module
@@ -230,15 +234,18 @@ class Balance:
     out: Tensor
     into: Tensor
     inputs: int
+    constants: int = 0
 
 
 def _record(ledger: list[Balance], name: str, module: nn.Module, rule: Rule, relevance: Tensor,
-            passed: Sequence[Tensor | None]) -> None:
+            passed: Sequence[Tensor | None], carries: Sequence[bool]) -> None:
     def per_sample(r: Tensor) -> Tensor:
         return r.detach().reshape(len(r), -1).sum(1, dtype=torch.float64)
 
-    into = sum((per_sample(r) for r in passed if r is not None), torch.zeros(len(relevance), dtype=torch.float64))
-    ledger.append(Balance(name, module, rule, per_sample(relevance), into, len(passed)))
+    reached = [r for r, carried in zip(passed, carries, strict=True) if r is not None and carried]
+    into = sum(map(per_sample, reached), torch.zeros(len(relevance), dtype=torch.float64))
+    constants = sum(not carried for carried in carries)
+    ledger.append(Balance(name, module, rule, per_sample(relevance), into, len(passed) - constants, constants))
 
 
 def _remove(handles: Sequence[RemovableHandle]) -> None:

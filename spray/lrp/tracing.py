@@ -42,6 +42,7 @@ from spray.errors import UnsupportedLayerError
 from spray.lrp.canonizers import foldable, folded_parameters
 from spray.lrp.composites import Composite
 from spray.lrp.functional import Activation, Addition, Pooling, Scaling, Slot, TracedOperation
+from spray.lrp.transformer import Concatenation, ScaledDotProductAttention, wrap_multihead_attention
 
 
 class UntracedModelWarning(UserWarning):
@@ -54,14 +55,14 @@ class UntracedModelWarning(UserWarning):
 _ROUTING_FUNCTIONS = {
     operator.getitem, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.t, torch.squeeze,
     torch.unsqueeze, torch.unflatten, torch.movedim, torch.cat, torch.concat, torch.concatenate, torch.stack,
-    torch.split, torch.chunk, torch.narrow, torch.select, torch.flip, torch.roll, torch.clone, torch.relu,
+    torch.split, torch.chunk, torch.unbind, torch.narrow, torch.select, torch.flip, torch.roll, torch.clone, torch.relu,
     torch.relu_, F.relu, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
     F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.dropout, F.dropout1d, F.dropout2d, F.pad,
 }
 _ROUTING_METHODS = {
     "flatten", "view", "view_as", "reshape", "reshape_as", "permute", "transpose", "t", "squeeze", "unsqueeze",
-    "unflatten", "movedim", "contiguous", "expand", "expand_as", "repeat", "split", "chunk", "narrow", "select",
-    "flip", "roll", "clone", "to", "type", "float", "double", "half", "relu", "relu_",
+    "unflatten", "movedim", "contiguous", "expand", "expand_as", "repeat", "split", "chunk", "unbind", "narrow",
+    "select", "flip", "roll", "clone", "to", "type", "float", "double", "half", "relu", "relu_",
 }
 
 _OPERATIONS: dict[Any, type[TracedOperation]] = {
@@ -75,7 +76,12 @@ _OPERATIONS: dict[Any, type[TracedOperation]] = {
     **dict.fromkeys([F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.relu6, F.hardtanh, F.softplus,
                      F.hardswish, F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, "sigmoid", "sigmoid_",
                      "tanh", "tanh_"], Activation),
+    F.scaled_dot_product_attention: ScaledDotProductAttention,
 }
+
+#: Operations with several relevance-carrying inputs (the others are refused unless one input carries).
+_MANY_INPUTS = {Addition, Concatenation, ScaledDotProductAttention}
+_CONCATENATIONS = {torch.cat, torch.concat, torch.concatenate}
 
 _COMMUTATIVE = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_", "multiply"}
 
@@ -116,6 +122,7 @@ def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | Non
         return None
     module = fx.GraphModule(model, graph, class_name=type(model).__name__)
     user = {id(m) for m in model.modules()}
+    wrap_multihead_attention(module)
     carries, tensors = _kinds(module, x[:2].clone())  # a clone: the model may modify its input in place
     _rewrite_operations(module, carries, tensors, user, {name for name, _ in model.named_modules()})
     _fold_batchnorms(module, user)
@@ -171,14 +178,16 @@ def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], tensors: 
     for node in list(module.graph.nodes):
         if node not in carries or node.op not in ("call_function", "call_method"):
             continue
-        if node.target in (_ROUTING_FUNCTIONS if node.op == "call_function" else _ROUTING_METHODS):
+        # A concatenation with a constant (a class token) is a module: the constant absorbs its slice's relevance.
+        constant = node.target in _CONCATENATIONS and any(a in tensors - carries for a in node.all_input_nodes)
+        if not constant and node.target in (_ROUTING_FUNCTIONS if node.op == "call_function" else _ROUTING_METHODS):
             continue
-        kind = _OPERATIONS.get(node.target)
+        kind = Concatenation if constant else _OPERATIONS.get(node.target)
         if kind is None:
             raise UnsupportedLayerError(_no_rule(node, "LRP has no rule for it"))
         inputs = [a for a in node.all_input_nodes if a in carries]
-        if kind is not Addition and (len(inputs) != 1 or (inputs[0] is not node.args[0]
-                                                          and node.target not in _COMMUTATIVE)):
+        if kind not in _MANY_INPUTS and (len(inputs) != 1 or (inputs[0] is not node.args[0]
+                                                              and node.target not in _COMMUTATIVE)):
             raise UnsupportedLayerError(_no_rule(node, "LRP explains it only when one factor (the numerator, "
                                                        "the first argument) depends on the input, as in a scaling "
                                                        "by a constant; a product of two such tensors is a gating"))

@@ -1,4 +1,5 @@
-"""Architectures as users bring them: faithful copies of torchvision's ResNet and VGG-BN layouts.
+"""Architectures as users bring them: faithful copies of torchvision's ResNet, VGG-BN and ViT layouts, and
+timm's ViT.
 
 torchvision is not a dependency of spray; these copies keep its module names, its ``forward`` code
 (``out += identity``, ``nn.ReLU(inplace=True)``, BatchNorm held as attributes, ``downsample`` Sequentials,
@@ -12,5 +13,7 @@ from __future__ import annotations
 from spray.zoo.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from spray.zoo.statistics import randomize_batch_norms
 from spray.zoo.vgg import VGG, vgg16_bn
+from spray.zoo.vit import TimmVisionTransformer, VisionTransformer, timm_vit_tiny_16, vit_tiny_16
 
-__all__ = ["VGG", "BasicBlock", "Bottleneck", "ResNet", "randomize_batch_norms", "resnet18", "resnet50", "vgg16_bn"]
+__all__ = ["VGG", "BasicBlock", "Bottleneck", "ResNet", "TimmVisionTransformer", "VisionTransformer",
+           "randomize_batch_norms", "resnet18", "resnet50", "timm_vit_tiny_16", "vgg16_bn", "vit_tiny_16"]

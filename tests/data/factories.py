@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from spray.zoo import vit_tiny_16
+
 
 def tiny_dataset() -> TensorDataset:
     return TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]))
@@ -95,10 +97,10 @@ def nan_model() -> nn.Module:
     return model
 
 
-def layernorm_model() -> nn.Module:
-    """A model with a LayerNorm, a layer the LRP engine has no rule for."""
+def rmsnorm_model() -> nn.Module:
+    """A model with an RMSNorm, a layer the LRP engine has no rule for."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.RMSNorm(4), nn.Linear(4, 2))
 
 
 class _Gated(nn.Module):
@@ -134,6 +136,26 @@ def power_mean_model() -> nn.Module:
         conv=nn.Conv2d(1, 4, 3, padding=1), relu=nn.ReLU(), pool=_PowerMean(1), flatten=nn.Flatten(),
         fc=nn.Linear(4, 2),
     ))
+
+
+def vit_model() -> nn.Module:
+    """The zoo's torchvision-layout ViT at 16 px (patch 8: four tokens and the class token), one block of
+    width 8 and 2 heads, 2 classes; head and class token drawn at random (torchvision's are zero)."""
+    torch.manual_seed(0)
+    model = vit_tiny_16(2, image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16)
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0.0, 0.5)
+        model.class_token.normal_(0.0, 0.5)
+    return model
+
+
+def vit_data() -> TensorDataset:
+    """40 RGB 16×16 images of 2 classes for :func:`vit_model`; 10 of class 1 carry a bright corner patch."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(40) % 2
+    x = torch.rand(40, 3, 16, 16, generator=g) * 0.5 + 0.2 * y[:, None, None, None]
+    x[torch.nonzero(y == 1).flatten()[:10], :, :8, :8] = 1.0
+    return TensorDataset(x, y)
 
 
 def int_dataset() -> TensorDataset:

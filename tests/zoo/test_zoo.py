@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from spray.zoo import BasicBlock, Bottleneck, resnet18, resnet50, vgg16_bn
+from spray.zoo import BasicBlock, Bottleneck, resnet18, resnet50, timm_vit_tiny_16, vgg16_bn, vit_tiny_16
 
 
 @pytest.mark.parametrize(("build", "parameters"), [(resnet18, 11_689_512), (resnet50, 25_557_032),
-                                                   (vgg16_bn, 138_365_992)], ids=["resnet18", "resnet50", "vgg16_bn"])
+                                                   (vgg16_bn, 138_365_992), (vit_tiny_16, 5_717_416),
+                                                   (timm_vit_tiny_16, 5_717_416)],
+                         ids=["resnet18", "resnet50", "vgg16_bn", "vit_tiny_16", "timm_vit_tiny_16"])
 def test_parameter_counts_are_torchvisions(build, parameters):
     with torch.device("meta"):  # no memory, no initialisation cost
         model = build()
@@ -31,8 +33,27 @@ def test_resnet_keeps_torchvisions_names_and_blocks():
     assert "layer2.0.downsample.0.weight" in small.state_dict()
 
 
-@pytest.mark.parametrize("build", [lambda: resnet18(num_classes=7), lambda: vgg16_bn(num_classes=7, pool=1, hidden=32)],
-                         ids=["resnet18", "vgg16_bn"])
+def test_vits_keep_torchvisions_and_timms_names_and_attention():
+    with torch.device("meta"):
+        torchvision_layout, timm_layout = vit_tiny_16(), timm_vit_tiny_16()
+    assert {"class_token", "conv_proj.weight", "encoder.pos_embedding", "encoder.layers.encoder_layer_11.ln_1.bias",
+            "encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+            "encoder.layers.encoder_layer_0.self_attention.out_proj.bias",
+            "encoder.layers.encoder_layer_0.mlp.3.weight",
+            "encoder.ln.weight", "heads.head.weight"} <= set(torchvision_layout.state_dict())
+    attention = torchvision_layout.encoder.layers.encoder_layer_0.self_attention
+    assert isinstance(attention, nn.MultiheadAttention) and attention.batch_first and attention.num_heads == 3
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.11.attn.qkv.weight",
+            "blocks.11.attn.qkv.bias", "blocks.11.attn.proj.weight", "blocks.11.mlp.fc2.bias", "norm.weight",
+            "head.bias"} <= set(timm_layout.state_dict())
+    assert timm_layout.blocks[0].attn.qkv.out_features == 3 * 192
+
+
+@pytest.mark.parametrize("build", [lambda: resnet18(num_classes=7), lambda: vgg16_bn(num_classes=7, pool=1, hidden=32),
+                                   lambda: vit_tiny_16(7, image_size=32, patch_size=8, num_layers=2, hidden_dim=48,
+                                                       mlp_dim=96),
+                                   lambda: timm_vit_tiny_16(7, img_size=32, patch_size=8, depth=2, embed_dim=48)],
+                         ids=["resnet18", "vgg16_bn", "vit_tiny_16", "timm_vit_tiny_16"])
 def test_small_inputs_give_logits(build):
     torch.manual_seed(0)
     model = build().eval()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -19,7 +18,7 @@ from spray.attribution.methods import Attributor
 from spray.attribution.runner import attribute_dataset
 from spray.data.models import model_hash
 from spray.pipeline import PipelineSpec, analyze
-from spray.ranking import rank_classes
+from spray.ranking import Ranking, rank_classes
 from spray.store import AuditStore
 
 
@@ -28,10 +27,10 @@ def audit(store: Path, model: nn.Module, dataset: Dataset, attributor: Attributo
           label_names: Sequence[str] | None = None, thumbnail_size: int | None = 64,
           thumbnail_range: tuple[float, float] | None = None, scheduler: str | None = None,
           recipe: WorkerRecipe | None = None, progress: bool = True,
-          allow_nonconservative: bool = False) -> list[dict[str, Any]]:
+          allow_nonconservative: bool = False) -> Ranking:
     """Explain every sample of ``dataset`` with ``attributor`` into ``store`` (as the attribution that
     ``spec`` analyses: ``spec.attribution``, by default the attributor's name), run the SpRAy pipeline
-    ``spec``, return the ranking (``spray rank --json`` entries). ``scheduler`` (with the workers'
+    ``spec``, return its ranking. ``scheduler`` (with the workers'
     ``recipe``) runs both on dask (spray.scheduling); the other arguments are
     :func:`spray.attribution.attribute_dataset`'s."""
     attribute_dataset(

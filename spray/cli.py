@@ -78,20 +78,19 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
 def run(pipeline: Path, as_json: bool) -> None:
     """A whole audit from a declarative file: (train) -> attribute -> SpRAy -> rank -> ClArC -> report."""
-    from spray.ranking import top_candidate
     from spray.run import run_file
 
     result = run_file(pipeline)
     if as_json:
-        _echo_json(result.ranking)
+        _echo_json(result.ranking.to_json())
         return
     click.echo(f"store:  {result.store}")
     if result.report:
         click.echo(f"report: {result.report}")
-    top = top_candidate(result.ranking)
+    top = result.ranking.top_candidate()
     if top:
-        click.echo(f"top candidate: class {top['name']!r} (z {top['score']:.1f}), {top['clustering']} cluster "
-                   f"{top['cluster']} with {top['cluster_size']} samples")
+        click.echo(f"top candidate: class {top.name!r} (z {top.z_score:.1f}), {top.cluster.clustering} cluster "
+                   f"{top.cluster.id} with {top.cluster.size} samples")
     for corrected in result.clarc:
         click.echo(f"{corrected.method} on cluster {corrected.cluster}: corrected weights in {corrected.weights}")
         if corrected.metrics[0]["clean_accuracy"] is not None:  # evaluated: [evaluate] gave test data
@@ -236,19 +235,19 @@ def _parse_classes(text: str | None) -> list[int] | None:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV table on stdout.")
 def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
     """Classes ranked by the normalised cut, then the FDA separability, of their best small cluster."""
-    from spray.ranking import rank_classes, ranking_table
+    from spray.ranking import rank_classes
     from spray.store import AuditStore
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     with AuditStore(store) as audit:
-        entries = rank_classes(audit, analysis)
+        ranking = rank_classes(audit, analysis)
     if as_json:
-        _echo_json(entries)
+        _echo_json(ranking.to_json())
     elif as_csv:
-        click.echo(ranking_table(entries).to_csv(index=False), nl=False)
+        click.echo(ranking.table().to_csv(index=False), nl=False)
     else:
-        click.echo(ranking_table(entries).drop(columns=["members"]).to_string(index=False))
+        click.echo(ranking.table().drop(columns=["members"]).to_string(index=False))
 
 
 @cli.command()

@@ -29,6 +29,7 @@ from spray.errors import BadInputError, PipelineError
 if TYPE_CHECKING:
     from spray.clarc import ClarcResult
     from spray.pipeline import PipelineSpec
+    from spray.ranking import Ranking
     from spray.training import TrainingConfig
 
 # Defaults per table; a type instead of a value is a parameter of that type without a default (required
@@ -64,7 +65,7 @@ class RunResult:
     store: Path
     weights: Path | None
     report: Path | None
-    ranking: list[dict[str, Any]]
+    ranking: Ranking
     clarc: list[ClarcResult] = field(default_factory=list)
 
 

@@ -39,7 +39,7 @@ from spray.clarc.projective import projected_layers, with_projection_rule
 from spray.errors import BadInputError
 from spray.lrp import LRP, Composite, EpsilonPlusFlat
 from spray.pipeline import PipelineSpec
-from spray.ranking import rank_classes
+from spray.ranking import Ranking, rank_classes
 from spray.results import analysis_summary
 from spray.store import AuditStore
 from spray.training import accuracy, as_tensors, predict
@@ -158,11 +158,9 @@ def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corr
     return _rank_of(ranking, label)
 
 
-def _rank_of(ranking: list[dict[str, Any]], label: int) -> int | None:
-    for entry in ranking:
-        if entry["class"] == label:
-            return None if entry["skipped"] else int(entry["rank"])
-    return None
+def _rank_of(ranking: Ranking, label: int) -> int | None:
+    entry = ranking.of(label)
+    return None if entry is None or entry.skipped else entry.rank
 
 
 def evaluate_correction(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -19,7 +19,7 @@ from spray.demo.train import BATCH_SIZE, EPOCHS, LR
 from spray.outputs import active
 from spray.pipeline import PipelineSpec, read_pipeline
 from spray.pipeline.graph import hash_array, hash_json
-from spray.ranking import top_candidate
+from spray.ranking import Ranking
 from spray.training import TrainingConfig
 from spray.workflow import audit, correct, train_once
 
@@ -60,7 +60,7 @@ class DemoAudit:
     model: nn.Module
     weights: Path
     store: Path
-    ranking: list[dict[str, Any]]
+    ranking: Ranking
 
 
 def prepare_demo(
@@ -128,10 +128,10 @@ class PlantedRecovery:
 
 def planted_recovery(demo: DemoAudit) -> PlantedRecovery:
     """The top-ranked cluster of the demo audit against the planted samples."""
-    top = top_candidate(demo.ranking)
+    top = demo.ranking.top_candidate()
     planted = {int(i) for i in demo.data.planted}
-    found = set(top["members"]) if top else set()
-    return PlantedRecovery(poisoned_class=demo.data.poisoned_class, top_class=top["class"] if top else None,
+    found = set(top.cluster.members) if top else set()
+    return PlantedRecovery(poisoned_class=demo.data.poisoned_class, top_class=top.label if top else None,
                            planted=len(planted), flagged=len(found), hit=len(planted & found))
 
 

@@ -35,8 +35,7 @@ def corrections(demo_audit, tmp_path_factory):
     store = out / "demo.h5"
     shutil.copy(demo_audit.store, store)
     data = demo_audit.data
-    top = next(e for e in demo_audit.ranking if e["skipped"] is None)
-    cluster = f"{top['class']}:{top['clustering']}:{top['cluster']}"
+    cluster = demo_audit.ranking.top_candidate().cluster.reference
     everywhere = data.as_dataset("everywhere_test")
     region = torch.from_numpy(data.artifact.image_mask())
     results = {}

@@ -92,13 +92,11 @@ def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
 
 def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_path):
     from spray.clarc.cluster import resolve_cluster
-    from spray.ranking import top_candidate
-
-    top = top_candidate(tiny_audit.ranking)
+    top = tiny_audit.ranking.top_candidate()
     with AuditStore(tiny_audit.store) as audit:
         spec = resolve_cluster(audit, "top")
         assert resolve_cluster(audit, "1:kmeans_2:0") == ClusterSpec(1, "kmeans_2", 0)
-    assert (spec.label, spec.clustering, spec.cluster) == (top["class"], top["clustering"], top["cluster"])
+    assert (spec.label, spec.clustering, spec.cluster) == (top.label, top.cluster.clustering, top.cluster.id)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
     result = clarc_from_store(store, "top", "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
@@ -158,8 +156,10 @@ def test_class_not_analysed_lists_the_analysed_classes(tiny_audit, tmp_path):
 
 def test_top_without_a_ranked_class_asks_for_a_cluster_spec(tiny_audit, tmp_path, monkeypatch):
     import spray.clarc.cluster as cluster
+    from spray.ranking import RankedClass, Ranking
 
-    monkeypatch.setattr(cluster, "rank_classes", lambda store, analysis: [{"skipped": "too few samples"}])
+    skipped = RankedClass(0, "a", 5, rank=1, cluster=None, skipped="too few samples", outlier=None, flagged=False)
+    monkeypatch.setattr(cluster, "rank_classes", lambda store, analysis: Ranking(analysis, (skipped,)))
     with pytest.raises(BadInputError, match=r"has no ranked class in analysis 'tiny'; name the cluster as "
                                             r"CLASS:CLUSTERING:ID"):
         run(tiny_audit, tmp_path, "top")

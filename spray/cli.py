@@ -159,29 +159,27 @@ def attribute(
     allow_nonconservative: bool,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
-    from spray.attribution import WorkerRecipe, attribute_dataset
+    from spray.attribution import AttributionRun, WorkerRecipe, attribute_dataset
     from spray.attribution.methods import get_method
     from spray.data import load_model, model_hash, open_source
 
     model = load_model(model_spec, weights)
     dataset = open_source(data_spec)
-    summary = attribute_dataset(
-        store,
-        model,
-        dataset,
+    run = AttributionRun(
         get_method(method, **_parse_params(params)),
-        name=name,
-        target=target,
-        batch_size=batch_size,
         model_hash=model_hash(model),
         model_name=model_spec,
         dataset_name=data_spec,
+        name=name,
+        target=target,
         label_names=getattr(dataset, "label_names", None),
+        batch_size=batch_size,
         overwrite=overwrite,
         scheduler=scheduler,
         recipe=WorkerRecipe(model=model_spec, data=data_spec),
         allow_nonconservative=allow_nonconservative,
     )
+    summary = attribute_dataset(store, model, dataset, run)
     click.echo(json.dumps(summary, default=str), err=True)
 
 

@@ -179,9 +179,9 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
 
 def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) -> RunResult:
     """:func:`run_file`'s steps, its inputs protected from its outputs (spray.outputs)."""
-    from spray.attribution import WorkerRecipe
+    from spray.attribution import AttributionRun, WorkerRecipe
     from spray.attribution.methods import get_method
-    from spray.data import load_model, open_source
+    from spray.data import load_model, model_hash, open_source
     from spray.outputs import active
     from spray.pipeline.graph import hash_json
     from spray.seeding import seeded
@@ -202,13 +202,14 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
     dataset = open_source(tables["data"]["source"])
     attribution = tables["attribution"]
     store = active().file(out / "audit.h5", "audit store")  # not an input of the file
-    ranking = audit(
-        store, model, dataset, get_method(attribution["method"], **attribution["params"]), spec,
+    run = AttributionRun(
+        get_method(attribution["method"], **attribution["params"]), model_hash=model_hash(model),
         model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
-        batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
-        allow_nonconservative=attribution["allow_nonconservative"], scheduler=tables["audit"]["scheduler"] or None,
+        label_names=getattr(dataset, "label_names", None), batch_size=attribution["batch_size"],
+        scheduler=tables["audit"]["scheduler"] or None, allow_nonconservative=attribution["allow_nonconservative"],
         recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,
     )
+    ranking = audit(store, model, dataset, run, spec)
     corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []
     report = None
     if tables["report"]["path"]:

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from spray.attribution.config import AttributionRun
 from spray.attribution.methods import get_method
+from spray.data.models import model_hash
 from spray.demo.digits import PoisonedDigits, default_poisoned_digits
 from spray.demo.model import build_model
 from spray.demo.train import BATCH_SIZE, EPOCHS, LR
@@ -77,11 +79,12 @@ def prepare_demo(
     data = default_poisoned_digits(seed)
     model, weights = trained_demo_model(out, data, epochs=epochs, progress=progress)
     store = weights.with_name(weights.stem.replace("demo-model", "demo") + ".h5")  # one store per model
-    ranking = audit(
-        store, model, data.as_dataset("train"), get_method(method), pipeline or read_pipeline(None),
-        model_name="spray.demo:build_model", dataset_name=f"poisoned digits (seed {seed}), train split",
-        label_names=list(data.label_names), batch_size=64, thumbnail_range=(0.0, 1.0), progress=progress,
+    attribution = AttributionRun(
+        get_method(method), model_hash=model_hash(model), model_name="spray.demo:build_model",
+        dataset_name=f"poisoned digits (seed {seed}), train split", label_names=list(data.label_names),
+        batch_size=64, thumbnail_range=(0.0, 1.0), progress=progress,
     )
+    ranking = audit(store, model, data.as_dataset("train"), attribution, pipeline or read_pipeline(None))
     return DemoAudit(data, model, weights, store, ranking)
 
 

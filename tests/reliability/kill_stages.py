@@ -162,16 +162,16 @@ def tiny_images(n: int = 90):
 
 def attribution(store: str | Path, **kwargs: Any) -> dict[str, Any]:
     """EpsilonPlusFlat LRP of 90 images, 12 batches of 8, into ``store``; resumes what is there.
-    ``kwargs`` go to attribute_dataset (e.g. on_batch)."""
+    ``kwargs`` go to the AttributionRun (e.g. on_batch)."""
+    from spray.attribution import AttributionRun, attribute_dataset
     from spray.attribution.methods import get_method
-    from spray.attribution.runner import attribute_dataset
     from spray.data import model_hash
 
     model = tiny_model()
-    return attribute_dataset(
-        store, model, tiny_images(), get_method("epsilon_plus_flat"), model_hash=model_hash(model),
-        model_name="tiny", dataset_name="tiny", batch_size=8, progress=False, **kwargs,
-    )
+    return attribute_dataset(store, model, tiny_images(), AttributionRun(
+        get_method("epsilon_plus_flat"), model_hash=model_hash(model), model_name="tiny", dataset_name="tiny",
+        batch_size=8, progress=False, **kwargs,
+    ))
 
 
 def analysis(store: str | Path, **kwargs: Any) -> dict[str, Any]:

@@ -278,16 +278,20 @@ def clarc(
     as_json: bool,
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
-    from spray.clarc import clarc_from_store, format_metrics
+    from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
     from spray.data import load_model, open_source
+    from spray.errors import BadInputError
 
-    result = clarc_from_store(
-        store, cluster, method, load_model(model_spec, weights), open_source(data_spec), out_dir=out,
-        layer=layer, analysis=analysis, epochs=epochs, lr=lr, lam=lam, seed=seed,
-        test=open_source(test_spec) if test_spec else None,
-        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
-        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None, fda_rank=fda_rank,
+    if test_spec is None and (poisoned_spec or everywhere_spec):
+        raise BadInputError("--poisoned-test and --everywhere-test are measured beside the clean test data: "
+                            "give --test too")
+    config = ClarcConfig(method, out, cluster=cluster, analysis=analysis, layer=layer, fda_rank=fda_rank,
+                         tuning=Tuning(epochs=epochs, lr=lr, lam=lam, seed=seed))
+    evaluation = None if test_spec is None else EvaluationData(
+        open_source(test_spec), poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
+        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None,
     )
+    result = clarc_from_store(store, load_model(model_spec, weights), open_source(data_spec), config, evaluation)
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
                     "weights": str(result.weights), "metrics": result.metrics})

@@ -222,16 +222,21 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
 def _correct(tables: dict[str, dict[str, Any]], store: Path, model: Any, dataset: Any, analysis: str,
              progress: bool) -> list[ClarcResult]:
     """The ``[clarc]`` and ``[evaluate]`` tables as a :func:`spray.workflow.correct` call."""
+    from spray.clarc import ClarcConfig, EvaluationData, Tuning
     from spray.data import open_source
     from spray.workflow import correct
 
     clarc, evaluate = tables["clarc"], tables.get("evaluate", {})
-    tests = {key: open_source(evaluate[key]) if evaluate.get(key) else None
-             for key in ("test", "poisoned_test", "everywhere_test")}
-    return correct(
-        store, model, dataset, clarc["methods"], out_dir=clarc["out"], cluster=clarc["cluster"],
-        analysis=analysis, layer=clarc["layer"] or None, epochs=clarc["epochs"], lr=clarc["lr"],
-        lam=clarc["lambda"], fraction=clarc["fraction"], batch_size=clarc["batch_size"], seed=clarc["seed"],
-        overwrite=clarc["overwrite"], fda_rank=evaluate.get("fda_rank", False),
-        relevance_target=evaluate.get("relevance_target", "prediction"), progress=progress, **tests,
-    )
+    tuning = Tuning(epochs=clarc["epochs"], lr=clarc["lr"], batch_size=clarc["batch_size"], seed=clarc["seed"],
+                    fraction=clarc["fraction"], lam=clarc["lambda"])
+    configs = [
+        ClarcConfig(method, clarc["out"], cluster=clarc["cluster"], analysis=analysis, layer=clarc["layer"] or None,
+                    tuning=tuning, relevance_target=evaluate.get("relevance_target", "prediction"),
+                    fda_rank=evaluate.get("fda_rank", False), overwrite=clarc["overwrite"], progress=progress)
+        for method in clarc["methods"]
+    ]
+    evaluation = None
+    if "evaluate" in tables:  # its test set is required
+        evaluation = EvaluationData(*(open_source(evaluate[key]) if evaluate.get(key) else None
+                                      for key in ("test", "poisoned_test", "everywhere_test")))
+    return correct(store, model, dataset, configs, evaluation)

@@ -141,10 +141,11 @@ def planted_recovery(demo: DemoAudit) -> PlantedRecovery:
 def correct_demo(demo: DemoAudit, method: str, out_dir: str | Path, *, progress: bool = False) -> ClarcResult:
     """ClArC (``method``) on the top-ranked cluster of the demo audit, evaluated on the clean, the
     poisoned and the stamp-everywhere test split (the planted stamp: the ground truth)."""
+    from spray.clarc import ClarcConfig, EvaluationData, Tuning
+
     data = demo.data
-    (result,) = correct(
-        demo.store, demo.model, data.as_dataset("train"), [method], out_dir=Path(out_dir) / "clarc",
-        seed=data.seed, test=data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
-        everywhere_test=data.as_dataset("everywhere_test"), progress=progress,
-    )
+    config = ClarcConfig(method, Path(out_dir) / "clarc", tuning=Tuning(seed=data.seed), progress=progress)
+    evaluation = EvaluationData(data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
+                                everywhere_test=data.as_dataset("everywhere_test"))
+    (result,) = correct(demo.store, demo.model, data.as_dataset("train"), [config], evaluation)
     return result

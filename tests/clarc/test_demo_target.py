@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from spray.clarc import clarc_from_store, format_metrics
+from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
 from spray.clarc.evaluate import artifact_relevance
 from spray.training import accuracy
 
@@ -41,11 +41,10 @@ def corrections(demo_audit, tmp_path_factory):
     results = {}
     for method in METHODS:
         tick = time.perf_counter()
-        result = clarc_from_store(
-            store, cluster, method, demo_audit.model, data.as_dataset("train"), out_dir=out / "runs", seed=0,
-            test=data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
-            fda_rank=method == "rrclarc", progress=False,
-        )
+        config = ClarcConfig(method, out / "runs", cluster=cluster, tuning=Tuning(seed=0),
+                             fda_rank=method == "rrclarc", progress=False)
+        evaluation = EvaluationData(data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"))
+        result = clarc_from_store(store, demo_audit.model, data.as_dataset("train"), config, evaluation)
         seconds = time.perf_counter() - tick
         planted = {name: {"everywhere": accuracy(model, everywhere),
                           "relevance": artifact_relevance(model, everywhere, region)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -172,6 +173,15 @@ def test_top_without_a_ranked_class_asks_for_a_cluster_spec(tiny_audit, tmp_path
 def test_malformed_cluster_spec_shows_the_format(tiny_audit, tmp_path):
     with pytest.raises(BadInputError, match="CLASS:CLUSTERING:ID"):
         run(tiny_audit, tmp_path, "1-kmeans_2-0")
+
+
+def test_a_clarc_config_refuses_an_unknown_method_when_made_and_cannot_be_changed(tmp_path):
+    with pytest.raises(BadInputError, match=r"^unknown ClArC method 'xclarc'; choose one of aclarc, pclarc, rrclarc$"):
+        ClarcConfig("xclarc", tmp_path)
+    config = ClarcConfig("pclarc", tmp_path)
+    assert (config.cluster, config.tuning) == ("top", Tuning())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.method = "aclarc"  # type: ignore[misc]
 
 
 def test_unknown_method_lists_the_methods(tiny_audit, tmp_path):

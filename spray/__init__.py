@@ -1,8 +1,8 @@
 """spray: audit whole training sets for Clever Hans behaviour.
 
 The public API, in pipeline order (imported on first use, so ``import spray`` and the CLI start fast):
-:class:`AuditStore`, :func:`attribute_dataset`, :func:`get_method`, :class:`LRP`, :func:`analyze`,
-:func:`read_pipeline`, :func:`rank_classes`, :func:`build_report`, :func:`export_virelay`.
+:class:`AuditStore`, :class:`AttributionRun`, :func:`attribute_dataset`, :func:`get_method`, :class:`LRP`,
+:func:`analyze`, :func:`read_pipeline`, :func:`rank_classes`, :func:`build_report`, :func:`export_virelay`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "AuditStore": "spray.store",
+    "AttributionRun": "spray.attribution.config",
     "attribute_dataset": "spray.attribution.runner",
     "get_method": "spray.attribution.methods",
     "available_methods": "spray.attribution.methods",
@@ -32,6 +33,7 @@ _LAZY = {
     "read_pipeline": "spray.pipeline",
     "pipeline_from_text": "spray.pipeline",
     "rank_classes": "spray.ranking",
+    "Ranking": "spray.ranking",
     "build_report": "spray.report",
     "export_virelay": "spray.export",
 }

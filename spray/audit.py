@@ -7,40 +7,26 @@ resume, analysis nodes by their keys), so auditing a store again costs little.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
 
-from spray.attribution.distributed import WorkerRecipe
-from spray.attribution.methods import Attributor
+from spray.attribution.config import AttributionRun
 from spray.attribution.runner import attribute_dataset
-from spray.data.models import model_hash
 from spray.pipeline import PipelineSpec, analyze
-from spray.ranking import rank_classes
+from spray.ranking import Ranking, rank_classes
 from spray.store import AuditStore
 
 
-def audit(store: Path, model: nn.Module, dataset: Dataset, attributor: Attributor, spec: PipelineSpec, *,
-          model_name: str, dataset_name: str, target: str = "label", batch_size: int = 32,
-          label_names: Sequence[str] | None = None, thumbnail_size: int | None = 64,
-          thumbnail_range: tuple[float, float] | None = None, scheduler: str | None = None,
-          recipe: WorkerRecipe | None = None, progress: bool = True,
-          allow_nonconservative: bool = False) -> list[dict[str, Any]]:
-    """Explain every sample of ``dataset`` with ``attributor`` into ``store`` (as the attribution that
-    ``spec`` analyses: ``spec.attribution``, by default the attributor's name), run the SpRAy pipeline
-    ``spec``, return the ranking (``spray rank --json`` entries). ``scheduler`` (with the workers'
-    ``recipe``) runs both on dask (spray.scheduling); the other arguments are
-    :func:`spray.attribution.attribute_dataset`'s."""
-    attribute_dataset(
-        store, model, dataset, attributor, model_hash=model_hash(model), model_name=model_name,
-        dataset_name=dataset_name, name=spec.attribution, target=target, batch_size=batch_size,
-        label_names=label_names, progress=progress, thumbnail_size=thumbnail_size,
-        thumbnail_range=thumbnail_range, scheduler=scheduler, recipe=recipe,
-        allow_nonconservative=allow_nonconservative,
-    )
-    analyze(str(store), spec, scheduler=scheduler, progress=progress)
+def audit(
+    store: Path, model: nn.Module, dataset: Dataset, attribution: AttributionRun, spec: PipelineSpec
+) -> Ranking:
+    """Explain every sample of ``dataset`` into ``store`` as ``attribution`` says, as the attribution that
+    ``spec`` analyses (``spec.attribution``, by default the attributor's name), run the SpRAy pipeline
+    ``spec`` and return its ranking. ``attribution.scheduler`` runs both on dask (spray.scheduling)."""
+    attribute_dataset(store, model, dataset, replace(attribution, name=spec.attribution))
+    analyze(str(store), spec, scheduler=attribution.scheduler, progress=attribution.progress)
     with AuditStore(store) as opened:
         return rank_classes(opened, spec.name)

@@ -78,20 +78,19 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
 def run(pipeline: Path, as_json: bool) -> None:
     """A whole audit from a declarative file: (train) -> attribute -> SpRAy -> rank -> ClArC -> report."""
-    from spray.ranking import top_candidate
     from spray.run import run_file
 
     result = run_file(pipeline)
     if as_json:
-        _echo_json(result.ranking)
+        _echo_json(result.ranking.to_json())
         return
     click.echo(f"store:  {result.store}")
     if result.report:
         click.echo(f"report: {result.report}")
-    top = top_candidate(result.ranking)
+    top = result.ranking.top_candidate()
     if top:
-        click.echo(f"top candidate: class {top['name']!r} (z {top['score']:.1f}), {top['clustering']} cluster "
-                   f"{top['cluster']} with {top['cluster_size']} samples")
+        click.echo(f"top candidate: class {top.name!r} (z {top.z_score:.1f}), {top.cluster.clustering} cluster "
+                   f"{top.cluster.id} with {top.cluster.size} samples")
     for corrected in result.clarc:
         click.echo(f"{corrected.method} on cluster {corrected.cluster}: corrected weights in {corrected.weights}")
         if corrected.metrics[0]["clean_accuracy"] is not None:  # evaluated: [evaluate] gave test data
@@ -160,29 +159,27 @@ def attribute(
     allow_nonconservative: bool,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
-    from spray.attribution import WorkerRecipe, attribute_dataset
+    from spray.attribution import AttributionRun, WorkerRecipe, attribute_dataset
     from spray.attribution.methods import get_method
     from spray.data import load_model, model_hash, open_source
 
     model = load_model(model_spec, weights)
     dataset = open_source(data_spec)
-    summary = attribute_dataset(
-        store,
-        model,
-        dataset,
+    run = AttributionRun(
         get_method(method, **_parse_params(params)),
-        name=name,
-        target=target,
-        batch_size=batch_size,
         model_hash=model_hash(model),
         model_name=model_spec,
         dataset_name=data_spec,
+        name=name,
+        target=target,
         label_names=getattr(dataset, "label_names", None),
+        batch_size=batch_size,
         overwrite=overwrite,
         scheduler=scheduler,
         recipe=WorkerRecipe(model=model_spec, data=data_spec),
         allow_nonconservative=allow_nonconservative,
     )
+    summary = attribute_dataset(store, model, dataset, run)
     click.echo(json.dumps(summary, default=str), err=True)
 
 
@@ -236,19 +233,19 @@ def _parse_classes(text: str | None) -> list[int] | None:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV table on stdout.")
 def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
     """Classes ranked by the normalised cut, then the FDA separability, of their best small cluster."""
-    from spray.ranking import rank_classes, ranking_table
+    from spray.ranking import rank_classes
     from spray.store import AuditStore
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     with AuditStore(store) as audit:
-        entries = rank_classes(audit, analysis)
+        ranking = rank_classes(audit, analysis)
     if as_json:
-        _echo_json(entries)
+        _echo_json(ranking.to_json())
     elif as_csv:
-        click.echo(ranking_table(entries).to_csv(index=False), nl=False)
+        click.echo(ranking.table().to_csv(index=False), nl=False)
     else:
-        click.echo(ranking_table(entries).drop(columns=["members"]).to_string(index=False))
+        click.echo(ranking.table().drop(columns=["members"]).to_string(index=False))
 
 
 @cli.command()
@@ -281,16 +278,20 @@ def clarc(
     as_json: bool,
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
-    from spray.clarc import clarc_from_store, format_metrics
+    from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
     from spray.data import load_model, open_source
+    from spray.errors import BadInputError
 
-    result = clarc_from_store(
-        store, cluster, method, load_model(model_spec, weights), open_source(data_spec), out_dir=out,
-        layer=layer, analysis=analysis, epochs=epochs, lr=lr, lam=lam, seed=seed,
-        test=open_source(test_spec) if test_spec else None,
-        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
-        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None, fda_rank=fda_rank,
+    if test_spec is None and (poisoned_spec or everywhere_spec):
+        raise BadInputError("--poisoned-test and --everywhere-test are measured beside the clean test data: "
+                            "give --test too")
+    config = ClarcConfig(method, out, cluster=cluster, analysis=analysis, layer=layer, fda_rank=fda_rank,
+                         tuning=Tuning(epochs=epochs, lr=lr, lam=lam, seed=seed))
+    evaluation = None if test_spec is None else EvaluationData(
+        open_source(test_spec), poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
+        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None,
     )
+    result = clarc_from_store(store, load_model(model_spec, weights), open_source(data_spec), config, evaluation)
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
                     "weights": str(result.weights), "metrics": result.metrics})

@@ -13,100 +13,190 @@ every number.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
 
-from spray.results import analysis_summary
+from spray.results import Cluster, analysis_summary
 from spray.store import AuditStore
 
+__all__ = ["Ranking", "RankedClass", "rank_classes"]
+
 FLAG_OUTLIER = 3.0
-"""A class is *flagged* when its −log ncut (or log z-score, see :func:`_flag`) lies this many robust
+"""A class is *flagged* when its −log ncut (or log z-score, see :func:`_flags`) lies this many robust
 standard deviations above the median class (median absolute deviation × 1.4826), i.e. when it stands out
 from the other classes."""
 MIN_CLASSES_FOR_OUTLIER = 4
 FALLBACK_Z, FALLBACK_P = 3.0, 0.05
 """With fewer ranked classes no spread can be estimated: then a class is flagged when z ≥ 3 and p ≤ 0.05."""
 
+TABLE_COLUMNS = ("rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "flagged",
+                 "clustering", "cluster", "cluster_size", "skipped", "members")
+"""The columns of ``spray rank --csv`` and of the exported ranking table, in their order."""
 
-def rank_classes(store: AuditStore, analysis: str = "spray") -> list[dict[str, Any]]:
-    """One entry per analysed class, best Clever Hans candidate first; skipped classes last, with a reason.
 
-    Entry keys: ``rank``, ``class`` (index), ``name``, ``n_samples``, ``ncut`` (normalised cut of the best
-    cluster; None for a store analysed before fda version 4, which then ranks by z alone), ``score``
-    (z-score), ``tau``, ``p_value``, ``clustering``, ``cluster``, ``cluster_size``, ``members`` (dataset
-    sample indices of the best cluster), ``outlier`` (how far the class's −log ncut, or log z-score where the
-    cuts cannot tell the classes apart, stands above the other classes', in robust standard deviations; None
-    with fewer than 4 ranked classes), ``flagged`` (a Clever Hans candidate: ``outlier >= 3``, or
-    ``z >= 3 and p <= 0.05`` without an outlier score), ``skipped``.
+@dataclass(frozen=True)
+class RankedClass:
+    """One class of a ranking: its place (``rank``, from 1), its best candidate cluster and its flag.
+
+    ``cluster`` is the class's best candidate cluster (:func:`spray.analysis.best_cluster`); a class without
+    one has ``skipped``, the reason (too few samples, no candidate cluster, an unfinished analysis), instead.
+    ``outlier`` is how far the class's −log ncut, or log z-score where the cuts cannot tell the classes
+    apart, stands above the other classes', in robust standard deviations: None for a skipped class and
+    wherever no spread can be estimated (fewer than 4 ranked classes). ``flagged``: a Clever Hans candidate,
+    ``outlier >= 3``, or ``z >= 3 and p <= 0.05`` without an outlier score.
     """
+
+    label: int
+    name: str
+    n_samples: int
+    rank: int
+    cluster: Cluster | None
+    skipped: str | None
+    outlier: float | None
+    flagged: bool
+
+    def __post_init__(self) -> None:
+        if (self.cluster is None) == (self.skipped is None):
+            raise ValueError(f"class {self.label}: a ranked class has either a best cluster or a reason it was "
+                             f"skipped, not {'both' if self.cluster else 'neither'}")
+        if self.cluster is not None and self.cluster.label != self.label:
+            raise ValueError(f"class {self.label}: its best cluster is {self.cluster.reference}, of another class")
+
+    @property
+    def ncut(self) -> float | None:
+        """The best cluster's normalised cut (None: skipped, or a store without cuts)."""
+        return None if self.cluster is None else self.cluster.ncut
+
+    @property
+    def z_score(self) -> float | None:
+        """The best cluster's z-score of τ (None: skipped)."""
+        return None if self.cluster is None else self.cluster.z_score
+
+    @property
+    def p_value(self) -> float | None:
+        """The best cluster's permutation p-value of τ (None: skipped)."""
+        return None if self.cluster is None else self.cluster.p_value
+
+    def to_json(self) -> dict[str, Any]:
+        """The class as ``spray rank --json`` prints it (the contract: these keys in this order; the class
+        index is ``class``, the best cluster's z-score ``score``, its id ``cluster``; a skipped class has
+        nulls and no ``members``)."""
+        best = self.cluster
+        return {
+            "class": self.label, "name": self.name, "n_samples": self.n_samples, "ncut": self.ncut,
+            "score": self.z_score, "tau": None if best is None else best.tau, "p_value": self.p_value,
+            "clustering": None if best is None else best.clustering, "cluster": None if best is None else best.id,
+            "cluster_size": None if best is None else best.size, "members": [] if best is None else list(best.members),
+            "skipped": self.skipped, "rank": self.rank, "outlier": self.outlier, "flagged": self.flagged,
+        }
+
+
+@dataclass(frozen=True)
+class Ranking(Sequence[RankedClass]):
+    """The classes of analysis ``analysis``, best Clever Hans candidate first, skipped classes last; a
+    sequence of :class:`RankedClass` (``ranking[0]`` ranks first)."""
+
+    analysis: str
+    classes: tuple[RankedClass, ...]
+
+    @overload
+    def __getitem__(self, index: int) -> RankedClass: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[RankedClass, ...]: ...
+    def __getitem__(self, index: int | slice) -> RankedClass | tuple[RankedClass, ...]:
+        return self.classes[index]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def __iter__(self) -> Iterator[RankedClass]:
+        return iter(self.classes)
+
+    @property
+    def flagged(self) -> tuple[RankedClass, ...]:
+        """The flagged classes, in rank order."""
+        return tuple(c for c in self.classes if c.flagged)
+
+    def top_candidate(self) -> RankedClass | None:
+        """The best-ranked class that was not skipped (what ``--cluster top`` corrects), or None."""
+        return next((c for c in self.classes if c.cluster is not None), None)
+
+    def of(self, label: int) -> RankedClass | None:
+        """Class ``label``'s entry, or None if the analysis did not rank it."""
+        return next((c for c in self.classes if c.label == label), None)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """``spray rank --json``: one :meth:`RankedClass.to_json` per class, in rank order."""
+        return [c.to_json() for c in self.classes]
+
+    def table(self) -> pd.DataFrame:
+        """The ranking as a table (``spray rank --csv``, the exported ranking): :data:`TABLE_COLUMNS`, members
+        as space-separated dataset indices."""
+        table = pd.DataFrame(self.to_json(), columns=list(TABLE_COLUMNS))
+        table["members"] = [" ".join(map(str, m)) for m in table["members"]]
+        return table
+
+
+def rank_classes(store: AuditStore, analysis: str = "spray") -> Ranking:
+    """Every analysed class of ``analysis``, ranked (see :class:`Ranking`, :class:`RankedClass`)."""
     with store.reading():  # one snapshot: an analysis being rewritten meanwhile is seen before or after
         return _rank(store, analysis)
 
 
-def _rank(store: AuditStore, analysis: str) -> list[dict[str, Any]]:
+def _rank(store: AuditStore, analysis: str) -> Ranking:
     group = f"analyses/{analysis}"
     summary = analysis_summary(store, analysis)
     names = store.attrs().get("label_names") or []
-    entries = []
+    found: list[tuple[int, str, int, Cluster | None, str | None]] = []  # label, name, n, best cluster, skipped
     for label in summary["classes"]:
         path = f"{group}/{label}"
         if not store.has_node(f"{path}/status"):
             continue
         status_arrays, status = store.read_node(f"{path}/status")
         with store.interpreting(f"class {label} of analysis {analysis!r}"):
-            entry = {
-                "class": int(label),
-                "name": names[label] if label < len(names) else str(label),
-                "n_samples": int(status["n"]),
-                "ncut": None, "score": None, "tau": None, "p_value": None,
-                "clustering": None, "cluster": None, "cluster_size": None, "members": [],
-                "skipped": None if status["skipped"] is None else str(status["skipped"]),
-            }
-            if status["skipped"] is None:
-                if not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
-                    entry["skipped"] = "analysis unfinished: run `spray analyze` again to complete it"
-                else:
-                    entry.update(_best(store, path, status_arrays["dataset_index"]))
-        entries.append(entry)
-    entries.sort(key=_order)
-    for i, entry in enumerate(entries, start=1):
-        entry["rank"] = i
-    _flag(entries)
-    return entries
+            name, n = names[label] if label < len(names) else str(label), int(status["n"])
+            if status["skipped"] is not None:
+                best, skipped = None, str(status["skipped"])
+            elif not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
+                best, skipped = None, "analysis unfinished: run `spray analyze` again to complete it"
+            else:
+                best, skipped = _best(store, path, int(label), status_arrays["dataset_index"])
+        found.append((int(label), name, n, best, skipped))
+    found.sort(key=lambda f: _order(f[0], f[3]))
+    flags = _flags([f[3] for f in found])
+    return Ranking(analysis, tuple(
+        RankedClass(label, name, n, rank, best, skipped, outlier, flagged)
+        for rank, ((label, name, n, best, skipped), (outlier, flagged)) in enumerate(zip(found, flags), start=1)
+    ))
 
 
-def top_candidate(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best-ranked class that was not skipped (what ``--cluster top`` corrects), or None."""
-    return next((e for e in entries if e["skipped"] is None), None)
-
-
-def _flag(entries: list[dict[str, Any]]) -> None:
-    """Set ``outlier`` and ``flagged``. Every class has some cluster that is well separated and weakly cut
-    (any real cluster beats random subsets), so a candidate is a class whose best cluster stands out from the
-    other classes' in what the ranking compares first: the outlier score is the robust standard score of
-    −log ncut (+inf for a cut of 0, a disconnected group). Where the cuts cannot tell the classes apart (a
-    store analysed before fda version 4 has none; no spread, e.g. every class has a disconnected group), the
-    score is that of log z, the ranking's second key."""
-    scored = [e for e in entries if e["skipped"] is None and e["score"] is not None and e["score"] > 0
-              and math.isfinite(e["score"])]
+def _flags(clusters: Sequence[Cluster | None]) -> list[tuple[float | None, bool]]:
+    """``(outlier, flagged)`` of each class, from its best cluster (None: skipped). Every class has some
+    cluster that is well separated and weakly cut (any real cluster beats random subsets), so a candidate is
+    a class whose best cluster stands out from the other classes' in what the ranking compares first: the
+    outlier score is the robust standard score of −log ncut (+inf for a cut of 0, a disconnected group).
+    Where the cuts cannot tell the classes apart (a store analysed before fda version 4 has none; no spread,
+    e.g. every class has a disconnected group), the score is that of log z, the ranking's second key."""
+    scored = [i for i, c in enumerate(clusters) if c is not None and c.z_score is not None and c.z_score > 0
+              and math.isfinite(c.z_score)]
+    best = [clusters[i] for i in scored]
     outliers = None
-    if all(e["ncut"] is not None and not math.isnan(e["ncut"]) for e in scored):
+    if all(c.ncut is not None and not math.isnan(c.ncut) for c in best):
         with np.errstate(divide="ignore"):
-            outliers = _robust_scores(-np.log([e["ncut"] for e in scored]))
+            outliers = _robust_scores(-np.log([c.ncut for c in best]))
     if outliers is None:
-        outliers = _robust_scores(np.log([e["score"] for e in scored]))
-    for entry in entries:
-        entry["outlier"] = None
-        entry["flagged"] = False
-    if outliers is not None:
-        for entry, value in zip(scored, outliers):
-            entry["outlier"] = float(value)
-            entry["flagged"] = entry["outlier"] >= FLAG_OUTLIER
-    else:
-        for entry in scored:
-            entry["flagged"] = entry["score"] >= FALLBACK_Z and (entry["p_value"] or 1.0) <= FALLBACK_P
+        outliers = _robust_scores(np.log([c.z_score for c in best]))
+    flags: list[tuple[float | None, bool]] = [(None, False)] * len(clusters)
+    for i, c in enumerate(best):
+        if outliers is None:
+            flags[scored[i]] = (None, c.z_score >= FALLBACK_Z and (c.p_value or 1.0) <= FALLBACK_P)
+        else:
+            flags[scored[i]] = (float(outliers[i]), float(outliers[i]) >= FLAG_OUTLIER)
+    return flags
 
 
 def _robust_scores(values: np.ndarray) -> np.ndarray | None:
@@ -122,27 +212,26 @@ def _robust_scores(values: np.ndarray) -> np.ndarray | None:
     return (values - median) / spread
 
 
-def _best(store: AuditStore, path: str, dataset_index: np.ndarray) -> dict[str, Any]:
+def _best(
+    store: AuditStore, path: str, label: int, dataset_index: np.ndarray
+) -> tuple[Cluster | None, str | None]:
+    """``(best cluster, None)`` as the class's fda node names it, or ``(None, the reason it has none)``."""
     _, attrs = store.read_node(f"{path}/fda")
     best = attrs["info"]["best"]
     if best["clustering"] is None:
-        return {"skipped": str(best.get("reason", "no candidate cluster"))}
+        return None, str(best.get("reason", "no candidate cluster"))
     labels = store.read_node(f"{path}/{best['node']}")[0][best["clustering"]]
     if labels.shape != dataset_index.shape or labels.dtype.kind not in "iu":
         raise ValueError(
             f"clustering {best['clustering']!r} has {labels.shape} labels for {dataset_index.shape} samples"
         )
-    members = dataset_index[labels == best["cluster"]]
-    return {
-        "ncut": _number(best.get("ncut")),  # stores analysed before fda version 4 have no cuts
-        "score": _number(best["z_score"]),
-        "tau": _number(best["tau"]),
-        "p_value": _number(best["p_value"]),
-        "clustering": str(best["clustering"]),
-        "cluster": int(best["cluster"]),
-        "cluster_size": int(members.size),
-        "members": [int(i) for i in members],
-    }
+    return Cluster(
+        label=label, clustering=str(best["clustering"]), id=int(best["cluster"]),
+        members=tuple(int(i) for i in dataset_index[labels == best["cluster"]]),
+        ncut=_number(best.get("ncut")),  # stores analysed before fda version 4 have no cuts
+        tau=_number(best["tau"]), z_score=_number(best["z_score"]), p_value=_number(best["p_value"]),
+        clustering_j=_number(best["clustering_score"]),
+    ), None
 
 
 def _number(value: Any) -> float | None:
@@ -156,18 +245,9 @@ def _finite(value: float | None) -> float:
     return value if value is not None and math.isfinite(value) else -math.inf
 
 
-def _order(entry: dict[str, Any]) -> tuple:
+def _order(label: int, best: Cluster | None) -> tuple:
     """Ranking order: analysed classes first; the lowest cut (none, or NaN: after every cut), then the
     largest z-score (none or NaN: last), then the class index."""
-    ncut = entry["ncut"]
-    return (entry["skipped"] is not None, math.inf if ncut is None or math.isnan(ncut) else ncut,
-            -_finite(entry["score"]), entry["class"])
-
-
-def ranking_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
-    """The ranking as a table (CSV export); members as space-separated dataset indices."""
-    columns = ["rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "flagged",
-               "clustering", "cluster", "cluster_size", "skipped", "members"]
-    table = pd.DataFrame(entries, columns=columns)
-    table["members"] = [" ".join(map(str, m)) for m in table["members"]]
-    return table
+    ncut = None if best is None else best.ncut
+    return (best is None, math.inf if ncut is None or math.isnan(ncut) else ncut,
+            -_finite(None if best is None else best.z_score), label)

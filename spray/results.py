@@ -23,6 +23,7 @@ __all__ = [
     "CLUSTERING_NODES",
     "ClarcRun",
     "ClassAnalysis",
+    "Cluster",
     "analysis_summary",
     "complete_analyses",
     "label_names",
@@ -35,6 +36,38 @@ __all__ = [
 
 CLUSTERING_NODES = tuple(name for name, node in NODES.items() if node.kind == "clustering")
 """The analysis nodes that hold clusterings (one label array per clustering), as the node table says."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One cluster of a class's analysis and the FDA statistics the analysis stored for it
+    (docs/spray-method.md defines each): the cluster ``id`` of clustering ``clustering`` of class ``label``.
+
+    ``members`` are the cluster's samples as dataset indices, in the class's stored order. ``tau`` is the
+    cluster's one-vs-rest Fisher separability τ, ``z_score`` and ``p_value`` τ's standing against random
+    subsets of the same size, ``clustering_j`` the FDA score J of the whole clustering, and ``ncut`` the
+    cluster's normalised cut in its class's kNN affinity graph: None for a store analysed before fda
+    version 4, which stored no cuts. A statistic the analysis could not compute is NaN (or None as stored).
+    """
+
+    label: int
+    clustering: str
+    id: int
+    members: tuple[int, ...]
+    ncut: float | None
+    tau: float | None
+    z_score: float | None
+    p_value: float | None
+    clustering_j: float | None
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+    @property
+    def reference(self) -> str:
+        """``CLASS:CLUSTERING:ID``, as ``spray clarc --cluster`` names this cluster."""
+        return f"{self.label}:{self.clustering}:{self.id}"
 
 
 @dataclass

@@ -29,6 +29,7 @@ from spray.errors import BadInputError, PipelineError
 if TYPE_CHECKING:
     from spray.clarc import ClarcResult
     from spray.pipeline import PipelineSpec
+    from spray.ranking import Ranking
     from spray.training import TrainingConfig
 
 # Defaults per table; a type instead of a value is a parameter of that type without a default (required
@@ -64,7 +65,7 @@ class RunResult:
     store: Path
     weights: Path | None
     report: Path | None
-    ranking: list[dict[str, Any]]
+    ranking: Ranking
     clarc: list[ClarcResult] = field(default_factory=list)
 
 
@@ -178,9 +179,9 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
 
 def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) -> RunResult:
     """:func:`run_file`'s steps, its inputs protected from its outputs (spray.outputs)."""
-    from spray.attribution import WorkerRecipe
+    from spray.attribution import AttributionRun, WorkerRecipe
     from spray.attribution.methods import get_method
-    from spray.data import load_model, open_source
+    from spray.data import load_model, model_hash, open_source
     from spray.outputs import active
     from spray.pipeline.graph import hash_json
     from spray.seeding import seeded
@@ -201,13 +202,14 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
     dataset = open_source(tables["data"]["source"])
     attribution = tables["attribution"]
     store = active().file(out / "audit.h5", "audit store")  # not an input of the file
-    ranking = audit(
-        store, model, dataset, get_method(attribution["method"], **attribution["params"]), spec,
+    run = AttributionRun(
+        get_method(attribution["method"], **attribution["params"]), model_hash=model_hash(model),
         model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
-        batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
-        allow_nonconservative=attribution["allow_nonconservative"], scheduler=tables["audit"]["scheduler"] or None,
+        label_names=getattr(dataset, "label_names", None), batch_size=attribution["batch_size"],
+        scheduler=tables["audit"]["scheduler"] or None, allow_nonconservative=attribution["allow_nonconservative"],
         recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,
     )
+    ranking = audit(store, model, dataset, run, spec)
     corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []
     report = None
     if tables["report"]["path"]:
@@ -220,16 +222,21 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
 def _correct(tables: dict[str, dict[str, Any]], store: Path, model: Any, dataset: Any, analysis: str,
              progress: bool) -> list[ClarcResult]:
     """The ``[clarc]`` and ``[evaluate]`` tables as a :func:`spray.workflow.correct` call."""
+    from spray.clarc import ClarcConfig, EvaluationData, Tuning
     from spray.data import open_source
     from spray.workflow import correct
 
     clarc, evaluate = tables["clarc"], tables.get("evaluate", {})
-    tests = {key: open_source(evaluate[key]) if evaluate.get(key) else None
-             for key in ("test", "poisoned_test", "everywhere_test")}
-    return correct(
-        store, model, dataset, clarc["methods"], out_dir=clarc["out"], cluster=clarc["cluster"],
-        analysis=analysis, layer=clarc["layer"] or None, epochs=clarc["epochs"], lr=clarc["lr"],
-        lam=clarc["lambda"], fraction=clarc["fraction"], batch_size=clarc["batch_size"], seed=clarc["seed"],
-        overwrite=clarc["overwrite"], fda_rank=evaluate.get("fda_rank", False),
-        relevance_target=evaluate.get("relevance_target", "prediction"), progress=progress, **tests,
-    )
+    tuning = Tuning(epochs=clarc["epochs"], lr=clarc["lr"], batch_size=clarc["batch_size"], seed=clarc["seed"],
+                    fraction=clarc["fraction"], lam=clarc["lambda"])
+    configs = [
+        ClarcConfig(method, clarc["out"], cluster=clarc["cluster"], analysis=analysis, layer=clarc["layer"] or None,
+                    tuning=tuning, relevance_target=evaluate.get("relevance_target", "prediction"),
+                    fda_rank=evaluate.get("fda_rank", False), overwrite=clarc["overwrite"], progress=progress)
+        for method in clarc["methods"]
+    ]
+    evaluation = None
+    if "evaluate" in tables:  # its test set is required
+        evaluation = EvaluationData(*(open_source(evaluate[key]) if evaluate.get(key) else None
+                                      for key in ("test", "poisoned_test", "everywhere_test")))
+    return correct(store, model, dataset, configs, evaluation)

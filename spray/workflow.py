@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from spray.training import TrainingConfig, train_model
 from spray.outputs import active
 
 if TYPE_CHECKING:
-    from spray.clarc import ClarcResult
+    from spray.clarc import ClarcConfig, ClarcResult, EvaluationData
 
 __all__ = ["audit", "correct", "train_once"]
 
@@ -39,11 +39,9 @@ def train_once(model: nn.Module, dataset: Callable[[], Dataset], weights: Path, 
     return model.eval()
 
 
-def correct(store: Path, model: nn.Module, dataset: Dataset, methods: Sequence[str], *, out_dir: Path,
-            cluster: str = "top", **options: Any) -> list[ClarcResult]:
-    """ClArC with each of ``methods`` on ``cluster`` (``"top"``: the best-ranked class's flagged cluster);
-    ``options`` go to :func:`spray.clarc.clarc_from_store` (layer, epochs, test sets, ...)."""
+def correct(store: Path, model: nn.Module, dataset: Dataset, configs: Sequence[ClarcConfig],
+            evaluation: EvaluationData | None = None) -> list[ClarcResult]:
+    """A ClArC run per config (:func:`spray.clarc.clarc_from_store`), each measured on ``evaluation``."""
     from spray.clarc import clarc_from_store
 
-    return [clarc_from_store(store, cluster, method, model, dataset, out_dir=out_dir, **options)
-            for method in methods]
+    return [clarc_from_store(store, model, dataset, config, evaluation) for config in configs]

@@ -146,6 +146,6 @@ def test_own_model_cli_commands_reproduce_the_notebook(own_model):
         notebook_ranking = rank_classes(store)
     assert cli_ranking[0]["name"] == "cross"
     assert [(e["class"], e["members"]) for e in cli_ranking] == [
-        (e["class"], e["members"]) for e in notebook_ranking
+        (e["class"], e["members"]) for e in notebook_ranking.to_json()
     ]
     assert (out / "cli-report.html").is_file()

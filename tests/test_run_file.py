@@ -130,15 +130,14 @@ def clarc_dir(tmp_path):
 
 def test_run_with_clarc_and_evaluate_corrects_the_top_cluster_and_measures_it(clarc_dir, capsys):
     from spray.clarc import run_name
-    from spray.ranking import rank_classes, top_candidate
+    from spray.ranking import rank_classes
     from spray.store import AuditStore
 
     assert main(["run", str(clarc_dir / "run.toml")]) == 0
     printed = capsys.readouterr().out
     out = clarc_dir / "out"
     with AuditStore(out / "audit.h5") as store:
-        top = top_candidate(rank_classes(store))
-        cluster = f"{top['class']}:{top['clustering']}:{top['cluster']}"
+        cluster = rank_classes(store).top_candidate().cluster.reference
         for method in ("pclarc", "rrclarc"):
             run = run_name(method, cluster)
             _, attrs = store.read_node(f"clarc/{run}/result")

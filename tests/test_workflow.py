@@ -49,11 +49,11 @@ def test_a_control_model_trained_without_the_stamp_is_not_thrown_off_by_it(tmp_p
 def test_spray_ranks_the_poisoned_class_first_and_recovers_the_planted_samples(demo_audit):
     recovery = planted_recovery(demo_audit)
     top = demo_audit.ranking[0]
-    print(f"top class {top['class']} (z {top['score']:.1f}, {top['clustering']} cluster {top['cluster']}), "
-          f"second z {demo_audit.ranking[1]['score']:.1f}; planted {recovery.planted}, flagged "
+    print(f"top class {top.label} (z {top.z_score:.1f}, {top.cluster.clustering} cluster {top.cluster.id}), "
+          f"second z {demo_audit.ranking[1].z_score:.1f}; planted {recovery.planted}, flagged "
           f"{recovery.flagged}, precision {recovery.precision:.3f}, recall {recovery.recall:.3f}, "
           f"F1 {recovery.f1:.3f}")
-    assert top["class"] == demo_audit.data.poisoned_class
+    assert top.label == demo_audit.data.poisoned_class
     assert recovery.f1 >= 0.9 and recovery.found
 
 

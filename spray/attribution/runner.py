@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,6 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from spray._checks import check_choice, check_int
 from spray.attribution.batches import (
     BatchExplainer,
     ExplainedBatch,
@@ -29,76 +29,25 @@ from spray.attribution.batches import (
     sample_input,
     thumbnail_shape,
 )
-from spray.attribution.distributed import WorkerRecipe, explain_on_cluster
+from spray.attribution.config import AttributionRun
+from spray.attribution.distributed import explain_on_cluster
 from spray.errors import BadInputError, StoreError
-from spray.scheduling import dask_client, local_workers
-from spray.store import AuditStore, canonical
+from spray.scheduling import dask_client
+from spray.store import AuditStore
 
 __all__ = ["attribute_dataset"]
 
-_TARGETS = ("label", "prediction")
-_RELEVANCE_DTYPES = ("float32", "float16")
-
 
 def attribute_dataset(
-    store_path: str | Path,
-    model: nn.Module,
-    dataset: Dataset,
-    attributor: Any,
-    *,
-    model_hash: str,
-    model_name: str,
-    dataset_name: str,
-    name: str | None = None,
-    target: str = "label",
-    batch_size: int = 32,
-    label_names: Sequence[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    thumbnail_size: int | None = 64,
-    thumbnail_range: tuple[float, float] | None = None,
-    relevance_dtype: str = "float32",
-    on_batch: Callable[[int, int], None] | None = None,
-    scheduler: str | None = None,
-    recipe: WorkerRecipe | None = None,
-    shard_batches: int = 4,
-    allow_nonconservative: bool = False,
+    store_path: str | Path, model: nn.Module, dataset: Dataset, run: AttributionRun
 ) -> dict[str, Any]:
-    """Attribute every sample of ``dataset`` into the store at ``store_path`` (created if missing).
+    """Attribute every sample of ``dataset`` into the store at ``store_path`` (created if missing) as ``run``
+    says (:class:`AttributionRun`: which attribution, and how).
 
-    Args:
-        store_path: the audit store (HDF5); its writer lock is held for the whole run.
-        model: the classifier; run in eval mode, each module's mode restored afterwards.
-        dataset: map-style, ``dataset[i] -> (x, y)``: ``x`` a floating tensor (or array) of one shape,
-            ``y`` an integer label in ``[0, n_outputs)``. Integer inputs are refused rather than guessed
-            at (is 255 white, or was the model trained on 0..255?): convert them in the dataset.
-        attributor: follows the attributor contract (docs/architecture.md): ``name``, ``params()``,
-            ``attribute(model, x, target) -> (relevance, logits)``.
-        model_hash, model_name, dataset_name: identify the run in the store (``model_hash``: sha256 of
-            the weights, see ``spray.data.model_hash``).
-        name: the attribution's name in the store; default ``attributor.name``.
-        target: ``"label"`` explains the true label, ``"prediction"`` the model's argmax.
-        batch_size: samples per batch (and per store transaction). A resumed run must use the batch size
-            the attribution was started with, so its batches, and results, match an uninterrupted run.
-        label_names: class names, recorded in the store (default: the class indices as text).
-        overwrite: start over, replacing an attribution of this name (whatever made it).
-        progress: show a progress bar on stderr.
-        thumbnail_size: thumbnails of (C, H, W) inputs are area-downsampled to at most this size per
-            side and stored as uint8; ``None`` or 0 for none. Written once, with the samples.
-        thumbnail_range: ``(low, high)`` input values mapped to 0 and 255; default each sample's min/max.
-        relevance_dtype: ``"float32"`` or ``"float16"`` (half the size; values beyond ±65504 are an error).
-        on_batch: called as ``on_batch(start, stop)`` after each batch is committed to the store.
-        scheduler: None explains in this process. ``"local:N"`` (a LocalCluster of N worker processes on
-            127.0.0.1) or a dask scheduler's address shards the batches over dask workers: each worker
-            rebuilds the model and data from ``recipe`` once and receives ``model``'s weights from here;
-            this process stays the store's only writer (docs/distributed.md). The batches, and so the
-            stored values, are the same either way.
-        recipe: with ``scheduler``: the ``MOD:FACTORY`` of the model and the data source spec the
-            workers open (``model`` and ``dataset`` must be what they build).
-        shard_batches: with ``scheduler``: batches per dask task (a contiguous range of samples); a
-            worker that dies costs at most its unfinished shards.
-        allow_nonconservative: skip the check of an LRP attributor's relevance accounting on the first
-            batch (docs/lrp.md, "Relevance accounting").
+    ``model``: the classifier; run in eval mode, each module's mode restored afterwards. ``dataset``:
+    map-style, ``dataset[i] -> (x, y)``: ``x`` a floating tensor (or array) of one shape, ``y`` an integer
+    label in ``[0, n_outputs)``. Integer inputs are refused rather than guessed at (is 255 white, or was the
+    model trained on 0..255?): convert them in the dataset. The store's writer lock is held for the whole run.
 
     Returns:
         A JSON-serialisable summary: store, name, method, params, target, n_samples, computed (samples
@@ -111,166 +60,152 @@ def attribute_dataset(
         NonConservativeError: LRP creates or destroys relevance on the first batch (the message names
             the module); raised before the store is opened.
         StoreError: the store holds this attribution from another model, method, parameters or target
-            (pass ``overwrite=True``), or samples of another dataset.
+            (``overwrite=True``), or samples of another dataset.
     """
     started = time.perf_counter()
-    check_choice(target, "target", _TARGETS)
-    check_int(batch_size, "batch_size", minimum=1)
-    check_choice(relevance_dtype, "relevance_dtype", _RELEVANCE_DTYPES)
-    if thumbnail_range is not None:
-        low, high = (float(v) for v in thumbnail_range)
-        if not high > low:
-            raise BadInputError(f"thumbnail_range must be (low, high) with high > low, got {thumbnail_range}")
-        thumbnail_range = (low, high)
-    local_workers(scheduler)
-    if scheduler is not None and not isinstance(recipe, WorkerRecipe):
-        raise BadInputError(
-            f"scheduler={scheduler!r} needs recipe=WorkerRecipe(model=MOD:FACTORY, data=SOURCE): dask workers "
-            "build the model and open the data themselves"
-        )
-    check_int(shard_batches, "shard_batches", minimum=1)
-    for attr in ("name", "params", "attribute"):
-        if not hasattr(attributor, attr):
-            raise BadInputError(f"attributor {attributor!r} lacks {attr!r} (see the attributor contract)")
-    name = name or attributor.name
-    method = attributor.name
-    params = canonical(attributor.params())
+    n, x0 = _size(dataset)
+    input_shape = tuple(x0.shape)
+    device, dtype = placement(model)
+    thumb_shape = thumbnail_shape(input_shape, run.thumbnail_size)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        n_outputs = count_outputs(model, x0, dtype=dtype, device=device)
+        _check_label_names(run.label_names, n_outputs)
+        explain = BatchExplainer(input_shape, n_outputs, run.target, run.relevance_dtype, thumb_shape,
+                                 run.thumbnail_range)
+        if not run.allow_nonconservative and hasattr(run.attributor, "balance"):
+            # Before the store is touched: a refused model leaves nothing behind.
+            explain.check_accounting(model, dataset, run.attributor, range(min(run.batch_size, n)))
+        with ExitStack() as stack:
+            # The cluster first: a bad scheduler is refused before the store is touched.
+            client = stack.enter_context(dask_client(run.scheduler)) if run.scheduler is not None else None
+            created = not Path(store_path).exists()
+            store = stack.enter_context(AuditStore(store_path, mode="a"))
+            counts = _Counts()
+            if created:
+                path = Path(store_path).resolve()
+                stack.push(lambda kind, *_: _drop_if_refused_empty(path, kind, counts.computed))
+            batches = _pending_batches(store, run, n, input_shape, n_outputs, thumb_shape)
+            skipped = n - sum(len(b) for b in batches)
+            if client is None:
+                results: Iterable[ExplainedBatch] = (explain(model, dataset, run.attributor, b) for b in batches)
+            else:
+                results = explain_on_cluster(client, run.recipe, model, n, run.attributor, explain, batches,
+                                             shard_batches=run.shard_batches)
+            _write_batches(store, run, results, skipped, n, counts)
+            complete = store.attribution_info(run.attribution)["complete"]
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+    identity = run.identity()
+    return {
+        "store": str(store_path),
+        "name": run.attribution,
+        "method": identity["method"],
+        "params": identity["params"],
+        "target": run.target,
+        "n_samples": n,
+        "computed": counts.computed,
+        "skipped": skipped,
+        "complete": complete,
+        "seconds": round(time.perf_counter() - started, 3),
+        "attribute_seconds": round(counts.attribute_seconds, 3),
+        "write_seconds": round(counts.write_seconds, 3),
+        "scheduler": run.scheduler,
+    }
 
+
+@dataclass
+class _Counts:
+    """What a run has done so far: samples written, seconds explaining (summed over workers), seconds writing."""
+
+    computed: int = 0
+    attribute_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+
+def _size(dataset: Dataset) -> tuple[int, Any]:
+    """The number of samples of a map-style, non-empty ``dataset``, and its first input."""
     try:
         n = len(dataset)  # type: ignore[arg-type]
     except TypeError:
         raise BadInputError("the dataset has no len(): spray needs a map-style dataset") from None
     if n == 0:
         raise BadInputError("the dataset is empty")
-    x0 = sample_input(dataset, 0)
-    input_shape = tuple(x0.shape)
-    device, dtype = placement(model)
-    thumb_shape = thumbnail_shape(input_shape, thumbnail_size)
+    return n, sample_input(dataset, 0)
 
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
+
+def _check_label_names(label_names: Sequence[str] | None, n_outputs: int) -> None:
+    if label_names is not None and len(label_names) != n_outputs:
+        raise BadInputError(
+            f"{len(label_names)} label names given for a model with {n_outputs} outputs: spray needs one name "
+            "per model output, in output order (label i names output i). A folder: source names and "
+            "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output "
+            f"(a subset would be labelled wrongly); an npz or hdf5 file or a dataset factory must give all "
+            f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
+        )
+
+
+def _pending_batches(
+    store: AuditStore, run: AttributionRun, n: int, input_shape: tuple[int, ...], n_outputs: int,
+    thumb_shape: tuple[int, ...] | None,
+) -> list[list[int]]:
+    """Prepare the store's samples and the attribution (created, or checked for resuming) and return the
+    batches of the fixed grid that are not done yet."""
+    label_names = run.label_names
+    if label_names is None and not store.attrs()["label_names"]:
+        label_names = [str(i) for i in range(n_outputs)]
+    store.prepare_samples(
+        n,
+        dataset={"name": run.dataset_name, "size": n},
+        model={"name": run.model_name, "hash": run.model_hash},
+        label_names=label_names,
+        thumbnail_shape=thumb_shape,
+    )
+    name = run.attribution
+    if run.overwrite or name not in store.attributions():
+        store.create_attribution(name, input_shape=input_shape, n_outputs=n_outputs, dtype=run.relevance_dtype,
+                                 attrs=run.stored_attrs())
+    else:
+        wanted = {**run.identity(), "shape": [n, *input_shape], "dtype": run.relevance_dtype, "n_outputs": n_outputs}
+        _check_resumable(store.path, name, store.attribution_info(name), wanted, run.batch_size)
+    done = store.read(f"attributions/{name}/done")
+    size = run.batch_size
+    return [list(range(s, min(s + size, n))) for s in range(0, n, size) if not done[s : s + size].all()]
+
+
+def _write_batches(
+    store: AuditStore, run: AttributionRun, results: Iterable[ExplainedBatch], skipped: int, n: int,
+    counts: _Counts,
+) -> None:
+    """Write each explained batch into the store as it comes (one transaction each), counting in ``counts``."""
+    bar = tqdm(
+        total=n, initial=skipped, disable=not run.progress, file=sys.stderr, unit="sample",
+        desc=f"attribute {run.attribution}", dynamic_ncols=True,
+    )
     try:
-        n_outputs = count_outputs(model, x0, dtype=dtype, device=device)
-        if label_names is not None and len(label_names) != n_outputs:
-            raise BadInputError(
-                f"{len(label_names)} label names given for a model with {n_outputs} outputs: spray needs one name "
-                "per model output, in output order (label i names output i). A folder: source names and "
-                "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output "
-                f"(a subset would be labelled wrongly); an npz or hdf5 file or a dataset factory must give all "
-                f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
+        for batch in results:
+            counts.attribute_seconds += batch.seconds
+            tick = time.perf_counter()
+            store.write_batch(
+                run.attribution,
+                batch.start,
+                relevance=batch.relevance,
+                logits=batch.logits,
+                target=batch.target,
+                labels=batch.labels,
+                index=batch.index,
+                thumbnails=batch.thumbnails,
+                input_share=batch.input_share,
             )
-        explain = BatchExplainer(input_shape, n_outputs, target, relevance_dtype, thumb_shape, thumbnail_range)
-        if not allow_nonconservative and hasattr(attributor, "balance"):
-            # Before the store is touched: a refused model leaves nothing behind.
-            explain.check_accounting(model, dataset, attributor, range(min(batch_size, n)))
-
-        with ExitStack() as stack:
-            # The cluster first: a bad scheduler is refused before the store is touched.
-            client = stack.enter_context(dask_client(scheduler)) if scheduler is not None else None
-            created = not Path(store_path).exists()
-            store = stack.enter_context(AuditStore(store_path, mode="a"))
-            computed = 0
-            if created:
-                stack.push(lambda kind, *_: _drop_if_refused_empty(Path(store_path).resolve(), kind, computed))
-            if label_names is None and not store.attrs()["label_names"]:
-                label_names = [str(i) for i in range(n_outputs)]
-            store.prepare_samples(
-                n,
-                dataset={"name": dataset_name, "size": n},
-                model={"name": model_name, "hash": model_hash},
-                label_names=label_names,
-                thumbnail_shape=thumb_shape,
-            )
-            wanted = {
-                "method": method,
-                "params": params,
-                "target": target,
-                "model_hash": model_hash,
-                "shape": [n, *input_shape],
-                "dtype": relevance_dtype,
-                "n_outputs": n_outputs,
-            }
-            if overwrite or name not in store.attributions():
-                create = True
-            else:
-                have = store.attribution_info(name)
-                _check_resumable(store.path, name, have, wanted, batch_size)
-                create = False
-            if create:
-                store.create_attribution(
-                    name,
-                    input_shape=input_shape,
-                    n_outputs=n_outputs,
-                    dtype=relevance_dtype,
-                    attrs={
-                        "method": method,
-                        "params": params,
-                        "model_hash": model_hash,
-                        "model_name": model_name,
-                        "batch_size": batch_size,
-                        "target": target,
-                    },
-                )
-            done = store.read(f"attributions/{name}/done")
-            batches = [
-                list(range(s, min(s + batch_size, n)))
-                for s in range(0, n, batch_size)
-                if not done[s : s + batch_size].all()
-            ]
-            skipped = n - sum(len(b) for b in batches)
-            if client is None:
-                results: Iterable[ExplainedBatch] = (explain(model, dataset, attributor, b) for b in batches)
-            else:
-                results = explain_on_cluster(
-                    client, recipe, model, n, attributor, explain, batches, shard_batches=shard_batches
-                )
-            computed, attribute_seconds, write_seconds = 0, 0.0, 0.0
-            bar = tqdm(
-                total=n, initial=skipped, disable=not progress, file=sys.stderr, unit="sample",
-                desc=f"attribute {name}", dynamic_ncols=True,
-            )
-            try:
-                for batch in results:
-                    attribute_seconds += batch.seconds
-                    tick = time.perf_counter()
-                    store.write_batch(
-                        name,
-                        batch.start,
-                        relevance=batch.relevance,
-                        logits=batch.logits,
-                        target=batch.target,
-                        labels=batch.labels,
-                        index=batch.index,
-                        thumbnails=batch.thumbnails,
-                        input_share=batch.input_share,
-                    )
-                    write_seconds += time.perf_counter() - tick
-                    computed += len(batch.index)
-                    bar.update(len(batch.index))
-                    if on_batch is not None:
-                        on_batch(batch.start, batch.start + len(batch.index))
-            finally:
-                bar.close()
-            complete = store.attribution_info(name)["complete"]
+            counts.write_seconds += time.perf_counter() - tick
+            counts.computed += len(batch.index)
+            bar.update(len(batch.index))
+            if run.on_batch is not None:
+                run.on_batch(batch.start, batch.start + len(batch.index))
     finally:
-        for module, training in modes.items():
-            module.train(training)
-
-    return {
-        "store": str(store_path),
-        "name": name,
-        "method": method,
-        "params": params,
-        "target": target,
-        "n_samples": n,
-        "computed": computed,
-        "skipped": skipped,
-        "complete": complete,
-        "seconds": round(time.perf_counter() - started, 3),
-        "attribute_seconds": round(attribute_seconds, 3),
-        "write_seconds": round(write_seconds, 3),
-        "scheduler": scheduler,
-    }
+        bar.close()
 
 
 def _check_resumable(

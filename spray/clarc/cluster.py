@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spray.errors import BadInputError
-from spray.ranking import rank_classes, top_candidate
+from spray.ranking import rank_classes
 from spray.results import CLUSTERING_NODES, analysis_summary, complete_analyses, no_analysis_error
 from spray.store import AuditStore
 
@@ -74,11 +74,11 @@ def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str
     if cluster != "top":
         return ClusterSpec.parse(cluster)
     analysis = choose_analysis(store, analysis)
-    top = top_candidate(rank_classes(store, analysis))
+    top = rank_classes(store, analysis).top_candidate()
     if top is None:
         raise BadInputError(f"audit store {store.path} has no ranked class in analysis {analysis!r}; "
                             "name the cluster as CLASS:CLUSTERING:ID")
-    return ClusterSpec(top["class"], top["clustering"], top["cluster"])
+    return ClusterSpec(top.label, top.cluster.clustering, top.cluster.id)
 
 
 def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterMembers:

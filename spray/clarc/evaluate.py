@@ -31,15 +31,17 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from spray._checks import check_choice
+from spray.attribution.config import AttributionRun
 from spray.attribution.methods import get_method
 from spray.audit import audit
 from spray.clarc.cluster import choose_analysis
 from spray.clarc.localize import paste
 from spray.clarc.projective import projected_layers, with_projection_rule
+from spray.data.models import model_hash
 from spray.errors import BadInputError
 from spray.lrp import LRP, Composite, EpsilonPlusFlat
 from spray.pipeline import PipelineSpec
-from spray.ranking import rank_classes
+from spray.ranking import Ranking, rank_classes
 from spray.results import analysis_summary
 from spray.store import AuditStore
 from spray.training import accuracy, as_tensors, predict
@@ -149,20 +151,18 @@ def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corr
     if projected_layers(model) and hasattr(attributor, "composite"):
         attributor.composite = with_projection_rule(attributor.composite)
     spec = PipelineSpec(name=pipeline["name"], attribution=attribution, nodes=pipeline["nodes"])
-    ranking = audit(
-        Path(setup.out_dir) / f"{name}.h5", model, setup.dataset, attributor, spec,
-        model_name=f"{info.get('model_name', 'model')} ({name})", dataset_name=f"{name} re-audit",
-        target=info["target"], batch_size=int(info["batch_size"]), label_names=label_names,
-        thumbnail_size=None, progress=progress,
+    attribution = AttributionRun(
+        attributor, model_hash=model_hash(model), model_name=f"{info.get('model_name', 'model')} ({name})",
+        dataset_name=f"{name} re-audit", target=info["target"], label_names=label_names,
+        batch_size=int(info["batch_size"]), thumbnail_size=None, progress=progress,
     )
+    ranking = audit(Path(setup.out_dir) / f"{name}.h5", model, setup.dataset, attribution, spec)
     return _rank_of(ranking, label)
 
 
-def _rank_of(ranking: list[dict[str, Any]], label: int) -> int | None:
-    for entry in ranking:
-        if entry["class"] == label:
-            return None if entry["skipped"] else int(entry["rank"])
-    return None
+def _rank_of(ranking: Ranking, label: int) -> int | None:
+    entry = ranking.of(label)
+    return None if entry is None or entry.skipped else entry.rank
 
 
 def evaluate_correction(

@@ -149,91 +149,107 @@ def audit_composite(store: AuditStore, analysis: str) -> Composite:
     return getattr(attributor, "composite", None) or EpsilonPlusFlat()
 
 
-def clarc_from_store(
-    store_path: str | Path,
-    cluster: str | ClusterSpec,
-    method: str,
-    model: nn.Module,
-    dataset: Dataset,
-    *,
-    out_dir: str | Path,
-    layer: str | None = None,
-    analysis: str | None = None,
-    run: str | None = None,
-    cav: str = "signal",
-    reference: str = "class",
-    sigma: float = SIGMA,
-    threshold: float = THRESHOLD,
-    epochs: int | None = None,
-    lr: float | None = None,
-    lam: float | None = None,
-    fraction: float | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
-    test: Dataset | None = None,
-    poisoned_test: Dataset | None = None,
-    everywhere_test: Dataset | None = None,
-    fda_rank: bool = False,
-    relevance_target: str = "prediction",
-    overwrite: bool = False,
-    progress: bool = True,
-) -> ClarcResult:
-    """Correct ``model`` for the artifact behind ``cluster`` and record the run in the store.
+@dataclass(frozen=True)
+class ClarcConfig:
+    """One ClArC run, checked when it is made: which cluster, which correction, where its files go, how.
 
     Args:
-        store_path: the audit store (analysed); the node ``clarc/<run>/result`` is written into it.
+        method: the correction, a name in :data:`CORRECTIONS` (``"aclarc"``, ``"pclarc"``, ``"rrclarc"``).
+        out_dir: the run's files go to ``out_dir/<run>/`` (``run``: default :func:`run_name`).
         cluster: ``CLASS:CLUSTERING:ID`` as ``spray rank --json`` reports it (class, clustering, cluster), or
-            ``"top"``: the flagged cluster of the best-ranked class.
-        method: ``"aclarc"``, ``"pclarc"`` or ``"rrclarc"``.
-        model: the audited model (not modified); dataset: the audited data (dataset indices as stored).
-        out_dir: runs go to ``out_dir/<run>/``; layer: module name (default: ``default_layer``).
-        epochs, lr: fine-tuning (A/RR; defaults per method); lam: RR-ClArC's λ; fraction: A-ClArC's share
-            of other-class samples that get the artifact.
-        test, poisoned_test: evaluate on them (clean / as poisoned at training time); without ``test`` the
-            metrics stay None (``evaluate_from_store`` can fill them in later).
-        everywhere_test: test data with the known artifact in every sample; by default ``test`` with the
-            isolated artifact pasted into every sample.
-        fda_rank: also re-attribute and re-analyse ``dataset`` with the corrected model (slow).
+            ``"top"``: the flagged cluster of the best-ranked class of ``analysis`` (default: the store's
+            only analysis, or ``"spray"``).
+        layer: the module whose features the CAV is fitted on (default: ``default_layer``); ``cav``,
+            ``reference``, ``sigma``, ``threshold``: how the artifact is isolated (docs/clarc.md).
+        tuning: fine-tuning settings (A-/RR-ClArC); its ``seed`` also seeds the CAV.
+        relevance_target: the output whose relevance the evaluation measures in the artifact's mask.
+        fda_rank: the evaluation also re-attributes and re-analyses the audited data with the corrected
+            model (slow).
+        overwrite: start the fine-tuning afresh instead of resuming its checkpoint.
     """
-    if method not in METHODS:
-        raise BadInputError(f"unknown ClArC method {method!r}; choose one of {', '.join(METHODS)}")
+
+    method: str
+    out_dir: str | Path
+    cluster: str | ClusterSpec = "top"
+    analysis: str | None = None
+    run: str | None = None
+    layer: str | None = None
+    cav: str = "signal"
+    reference: str = "class"
+    sigma: float = SIGMA
+    threshold: float = THRESHOLD
+    tuning: Tuning = Tuning()
+    relevance_target: str = "prediction"
+    fda_rank: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise BadInputError(f"unknown ClArC method {self.method!r}; choose one of {', '.join(METHODS)}")
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """What a correction is measured on: ``test`` (clean) and ``poisoned_test`` (as poisoned at training
+    time); ``everywhere_test``: test data with the known artifact in every sample, by default ``test`` with
+    the isolated artifact pasted into every sample."""
+
+    test: Dataset
+    poisoned_test: Dataset | None = None
+    everywhere_test: Dataset | None = None
+
+
+def clarc_from_store(
+    store_path: str | Path, model: nn.Module, dataset: Dataset, config: ClarcConfig,
+    evaluation: EvaluationData | None = None,
+) -> ClarcResult:
+    """Correct ``model`` (the audited model, not modified) for the artifact behind ``config.cluster`` of the
+    analysed store at ``store_path`` as ``config`` says, and record the run there (node
+    ``clarc/<run>/result``). ``dataset``: the audited data (dataset indices as stored). Without
+    ``evaluation`` the metrics stay None (``evaluate_from_store`` can fill them in later)."""
     with AuditStore(store_path) as store:
-        analysis = choose_analysis(store, analysis)
-        spec = resolve_cluster(store, cluster, analysis)
+        analysis = choose_analysis(store, config.analysis)
+        spec = resolve_cluster(store, config.cluster, analysis)
         members = read_cluster(store, spec, analysis)
         composite = audit_composite(store, analysis)
-    run = run or run_name(method, spec)
+    run = config.run or run_name(config.method, spec)
     guard = active().with_inputs({"the audit store": store_path})
-    run_dir = guard.directory(guard.directory(out_dir, "ClArC output directory") / run, "ClArC run directory")
+    run_dir = guard.directory(guard.directory(config.out_dir, "ClArC output directory") / run, "ClArC run directory")
     guard.file(run_dir / CHECKPOINT, "fine-tuning checkpoint")  # the corrector writes it (atomically) itself
     artifact = isolate_artifact(
-        model, dataset, members.artifact, members.rest, label=spec.label, layer=layer, cav=cav,
-        composite=composite, reference=reference, sigma=sigma, threshold=threshold, random_state=seed,
-        cluster=str(spec),
+        model, dataset, members.artifact, members.rest, label=spec.label, layer=config.layer, cav=config.cav,
+        composite=composite, reference=config.reference, sigma=config.sigma, threshold=config.threshold,
+        random_state=config.tuning.seed, cluster=str(spec),
     )
-    tuning = Tuning(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, fraction=fraction, lam=lam)
-    correction = CORRECTIONS[method](model, dataset, artifact, tuning, run_dir, overwrite, progress)
-    corrected, history = correction.model, correction.history
-    params: dict[str, Any] = {"lambda": None, "epochs": None, "lr": None, "fraction": None,
-                              "batch_size": None, "seed": seed, **correction.params}
+    correction = CORRECTIONS[config.method](model, dataset, artifact, config.tuning, run_dir, config.overwrite,
+                                            config.progress)
     weights = guard.write(run_dir / WEIGHTS, "corrected weights",
-                          lambda tmp: torch.save(corrected.state_dict(), tmp))
-    params.update(weights=str(weights), cav_method=cav, reference=reference, sigma=sigma, threshold=threshold,
-                  analysis=analysis, relevance_target=relevance_target,
-                  everywhere="isolated" if everywhere_test is None else "given")
-
+                          lambda tmp: torch.save(correction.model.state_dict(), tmp))
+    params = _params(config, correction, weights, analysis, evaluation)
     metrics = [empty_row("original"), empty_row("corrected")]
-    if test is not None:
-        fda = FdaSetup(Path(store_path), dataset, run_dir, analysis) if fda_rank else None
+    if evaluation is not None:
+        fda = FdaSetup(Path(store_path), dataset, run_dir, analysis) if config.fda_rank else None
         metrics = evaluate_correction(
-            model, corrected, label=spec.label, patch=artifact.patch, mask=artifact.mask, clean=test,
-            poisoned=poisoned_test, everywhere_test=everywhere_test, composite=composite,
-            target=relevance_target, fda=fda, progress=progress,
+            model, correction.model, label=spec.label, patch=artifact.patch, mask=artifact.mask,
+            clean=evaluation.test, poisoned=evaluation.poisoned_test, everywhere_test=evaluation.everywhere_test,
+            composite=composite, target=config.relevance_target, fda=fda, progress=config.progress,
         )
-    result = ClarcResult(run, method, str(spec), artifact.layer, artifact, corrected, weights, run_dir, params,
-                         metrics, history)
+    result = ClarcResult(run, config.method, str(spec), artifact.layer, artifact, correction.model, weights,
+                         run_dir, params, metrics, correction.history)
     _record(store_path, result, dataset, guard)
     return result
+
+
+def _params(config: ClarcConfig, correction: Correction, weights: Path, analysis: str,
+            evaluation: EvaluationData | None) -> dict[str, Any]:
+    """The parameters a run records (docs/clarc.md): the correction's own, then how the artifact was
+    isolated and the run evaluated."""
+    everywhere = "given" if evaluation is not None and evaluation.everywhere_test is not None else "isolated"
+    return {"lambda": None, "epochs": None, "lr": None, "fraction": None, "batch_size": None,
+            "seed": config.tuning.seed, **correction.params, "weights": str(weights), "cav_method": config.cav,
+            "reference": config.reference, "sigma": config.sigma, "threshold": config.threshold,
+            "analysis": analysis, "relevance_target": config.relevance_target, "everywhere": everywhere}
 
 
 def evaluate_from_store(
@@ -252,7 +268,7 @@ def evaluate_from_store(
 ) -> list[dict[str, Any]]:
     """Evaluate recorded run ``run`` again (``model``: the original, uncorrected model) and update its
     metrics in the store. The corrected weights are the file the run recorded; the artifact its patch and
-    mask. ``everywhere_test`` as for :func:`clarc_from_store`; ``dataset`` (the audited data) is needed for
+    mask. ``everywhere_test`` as in :class:`EvaluationData`; ``dataset`` (the audited data) is needed for
     ``fda_rank``."""
     with AuditStore(store_path) as store:
         path = result_node(run)

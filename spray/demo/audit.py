@@ -8,18 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
+from spray.attribution.config import AttributionRun
 from spray.attribution.methods import get_method
+from spray.data.models import model_hash
 from spray.demo.digits import PoisonedDigits, default_poisoned_digits
 from spray.demo.model import build_model
 from spray.demo.train import BATCH_SIZE, EPOCHS, LR
 from spray.outputs import active
 from spray.pipeline import PipelineSpec, read_pipeline
 from spray.pipeline.graph import hash_array, hash_json
-from spray.ranking import top_candidate
+from spray.ranking import Ranking
 from spray.training import TrainingConfig
 from spray.workflow import audit, correct, train_once
 
@@ -60,7 +62,7 @@ class DemoAudit:
     model: nn.Module
     weights: Path
     store: Path
-    ranking: list[dict[str, Any]]
+    ranking: Ranking
 
 
 def prepare_demo(
@@ -77,11 +79,12 @@ def prepare_demo(
     data = default_poisoned_digits(seed)
     model, weights = trained_demo_model(out, data, epochs=epochs, progress=progress)
     store = weights.with_name(weights.stem.replace("demo-model", "demo") + ".h5")  # one store per model
-    ranking = audit(
-        store, model, data.as_dataset("train"), get_method(method), pipeline or read_pipeline(None),
-        model_name="spray.demo:build_model", dataset_name=f"poisoned digits (seed {seed}), train split",
-        label_names=list(data.label_names), batch_size=64, thumbnail_range=(0.0, 1.0), progress=progress,
+    attribution = AttributionRun(
+        get_method(method), model_hash=model_hash(model), model_name="spray.demo:build_model",
+        dataset_name=f"poisoned digits (seed {seed}), train split", label_names=list(data.label_names),
+        batch_size=64, thumbnail_range=(0.0, 1.0), progress=progress,
     )
+    ranking = audit(store, model, data.as_dataset("train"), attribution, pipeline or read_pipeline(None))
     return DemoAudit(data, model, weights, store, ranking)
 
 
@@ -128,20 +131,21 @@ class PlantedRecovery:
 
 def planted_recovery(demo: DemoAudit) -> PlantedRecovery:
     """The top-ranked cluster of the demo audit against the planted samples."""
-    top = top_candidate(demo.ranking)
+    top = demo.ranking.top_candidate()
     planted = {int(i) for i in demo.data.planted}
-    found = set(top["members"]) if top else set()
-    return PlantedRecovery(poisoned_class=demo.data.poisoned_class, top_class=top["class"] if top else None,
+    found = set(top.cluster.members) if top else set()
+    return PlantedRecovery(poisoned_class=demo.data.poisoned_class, top_class=top.label if top else None,
                            planted=len(planted), flagged=len(found), hit=len(planted & found))
 
 
 def correct_demo(demo: DemoAudit, method: str, out_dir: str | Path, *, progress: bool = False) -> ClarcResult:
     """ClArC (``method``) on the top-ranked cluster of the demo audit, evaluated on the clean, the
     poisoned and the stamp-everywhere test split (the planted stamp: the ground truth)."""
+    from spray.clarc import ClarcConfig, EvaluationData, Tuning
+
     data = demo.data
-    (result,) = correct(
-        demo.store, demo.model, data.as_dataset("train"), [method], out_dir=Path(out_dir) / "clarc",
-        seed=data.seed, test=data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
-        everywhere_test=data.as_dataset("everywhere_test"), progress=progress,
-    )
+    config = ClarcConfig(method, Path(out_dir) / "clarc", tuning=Tuning(seed=data.seed), progress=progress)
+    evaluation = EvaluationData(data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
+                                everywhere_test=data.as_dataset("everywhere_test"))
+    (result,) = correct(demo.store, demo.model, data.as_dataset("train"), [config], evaluation)
     return result

@@ -11,7 +11,7 @@ import pandas as pd
 
 from spray.errors import BadInputError
 from spray.outputs import active, protecting
-from spray.ranking import rank_classes, ranking_table
+from spray.ranking import rank_classes
 from spray.results import analysis_summary, label_names, read_clarc_runs, read_class
 from spray.store import AuditStore
 
@@ -98,7 +98,7 @@ def export_tables(
 ) -> list[Path]:
     """Write ``ranking``, ``memberships`` and (when the store has ClArC runs) ``clarc`` tables to ``out_dir``.
 
-    The ranking is :func:`spray.ranking.ranking_table` (``spray rank``'s table). Returns the paths written.
+    The ranking is :meth:`spray.ranking.Ranking.table` (``spray rank``'s table). Returns the paths written.
     """
 
     if fmt not in ("csv", "json"):
@@ -106,7 +106,7 @@ def export_tables(
     with protecting({"the audit store": store_path}) as guard:
         out = guard.directory(out_dir, "export directory")
         with AuditStore(store_path) as store:
-            ranking = ranking_table(rank_classes(store, analysis))
+            ranking = rank_classes(store, analysis).table()
         written = [
             write_table(ranking, out / f"ranking.{fmt}"),
             write_table(cluster_memberships(store_path, analysis), out / f"memberships.{fmt}"),

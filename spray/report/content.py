@@ -19,7 +19,7 @@ import numpy as np
 from markupsafe import Markup
 
 from spray.errors import BadInputError
-from spray.ranking import rank_classes
+from spray.ranking import RankedClass, rank_classes
 from spray.report import images, plots
 from spray.results import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
 from spray.store import AuditStore
@@ -61,11 +61,6 @@ def fmt_pct(value: float | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{100 * value:.1f} %"
-
-
-def is_candidate(entry: dict[str, Any]) -> bool:
-    """Whether a ranking entry is a Clever Hans candidate: flagged by the ranking (spray.ranking)."""
-    return bool(entry.get("flagged"))
 
 
 # ---------------------------------------------------------------------------------------------- views
@@ -148,11 +143,9 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         root = store.attrs()
         info = store.attribution_info(attribution)
         names = [str(n) for n in root.get("label_names") or []]
-        ranking = rank_classes(store, analysis)
+        # The report lists the Clever Hans candidates (classes the ranking flagged) first, each in rank order.
+        ranking = sorted(rank_classes(store, analysis), key=lambda e: (not e.flagged, e.rank))
         has_thumbnails = store.has_thumbnails
-        for entry in ranking:
-            entry["candidate"] = is_candidate(entry)
-        ranking.sort(key=lambda e: (not e["candidate"], e["rank"]))
         # Relevance is (n, C, H, W) or (n, H, W): the only shapes the analysis accepts.
         if len(info["shape"]) not in (3, 4):
             raise BadInputError(
@@ -163,8 +156,8 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         for entry in ranking:
             if len(classes) == max_classes:
                 break
-            if entry["skipped"] is None:
-                cls = read_class(store, analysis, entry["class"], names)
+            if entry.skipped is None:
+                cls = read_class(store, analysis, entry.label, names)
                 if cls.skipped is None:
                     with store.interpreting(f"class {cls.label} of analysis {analysis!r}"):
                         classes.append(_class_view(store, attribution, cls, entry, has_thumbnails))
@@ -201,11 +194,11 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
     }
     rows = [
         {
-            "rank": e["rank"], "name": e["name"], "label": e["class"], "n": e["n_samples"],
-            "cut": fmt_cut(e["ncut"]), "z": fmt_z(e["score"]), "p": fmt_p(e["p_value"]),
-            "size": "–" if e["cluster_size"] is None else str(e["cluster_size"]),
-            "candidate": e["candidate"], "skipped": e["skipped"],
-            "anchor": f"class-{e['class']}" if any(c.label == e["class"] for c in classes) else None,
+            "rank": e.rank, "name": e.name, "label": e.label, "n": e.n_samples,
+            "cut": fmt_cut(e.ncut), "z": fmt_z(e.z_score), "p": fmt_p(e.p_value),
+            "size": "–" if e.cluster is None else str(e.cluster.size),
+            "candidate": e.flagged, "skipped": e.skipped,
+            "anchor": f"class-{e.label}" if any(c.label == e.label for c in classes) else None,
         }
         for e in ranking
     ]
@@ -217,7 +210,7 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         "summary": _summary(ranking, clarc, names),
         "ranking": rows,
         "classes": classes,
-        "n_analysed": sum(e["skipped"] is None for e in ranking),
+        "n_analysed": sum(e.skipped is None for e in ranking),
         "clarc": clarc,
         "has_thumbnails": has_thumbnails,
     }
@@ -230,15 +223,15 @@ def _pretty_json(text: str | None) -> str:
         return str(text)
 
 
-def _summary(ranking: list[dict[str, Any]], clarc: list[ClarcView], names: list[str]) -> list[Markup]:
+def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str]) -> list[Markup]:
     """The plain-language findings, one paragraph per item."""
-    candidates = [e for e in ranking if e["candidate"]]
-    skipped = [e for e in ranking if e["skipped"] is not None]
+    candidates = [e for e in ranking if e.flagged]
+    skipped = [e for e in ranking if e.skipped is not None]
     analysed = len(ranking) - len(skipped)
     paragraphs = []
     if candidates:
         top = candidates[0]
-        share = 100 * top["cluster_size"] / max(top["n_samples"], 1)
+        share = 100 * top.cluster.size / max(top.n_samples, 1)
         paragraphs.append(Markup(
             "Class <strong>‘{name}’</strong> contains a group of <strong>{size}</strong> of its {n} images "
             "({share:.0f} %) that the model explains in a strikingly different way from the rest of the class "
@@ -247,12 +240,12 @@ def _summary(ranking: list[dict[str, Any]], clarc: list[ClarcView], names: list[
             "what the class is about, such as a ruler, a text marker, a frame or a scanner artefact. "
             "Look at the example images of this group in <a href=\"#class-{label}\">its section</a> and check "
             "whether they share such a feature."
-        ).format(name=top["name"], size=top["cluster_size"], n=top["n_samples"], share=share,
-                 z=fmt_z(top["score"]), p=fmt_p(top["p_value"]), label=top["class"]))
+        ).format(name=top.name, size=top.cluster.size, n=top.n_samples, share=share,
+                 z=fmt_z(top.z_score), p=fmt_p(top.p_value), label=top.label))
         others = candidates[1:]
         if others:
             shown = others[:5]
-            listed = Markup(", ").join(Markup("‘{}’").format(e["name"]) for e in shown)
+            listed = Markup(", ").join(Markup("‘{}’").format(e.name) for e in shown)
             more = len(others) - len(shown)
             paragraphs.append(Markup(
                 "{count} further class{es} also contain{s} a distinct group and deserve{s} a look: {listed}{more}."
@@ -285,7 +278,7 @@ def _summary(ranking: list[dict[str, Any]], clarc: list[ClarcView], names: list[
 
 
 def _class_view(
-    store: AuditStore, attribution: str, cls: ClassAnalysis, entry: dict[str, Any], has_thumbnails: bool
+    store: AuditStore, attribution: str, cls: ClassAnalysis, entry: RankedClass, has_thumbnails: bool
 ) -> ClassView:
     best = cls.best
     if best is not None:
@@ -349,14 +342,14 @@ def _class_view(
         label=cls.label,
         name=cls.name,
         anchor=f"class-{cls.label}",
-        rank=entry["rank"],
+        rank=entry.rank,
         n=cls.n,
-        candidate=entry["candidate"],
+        candidate=entry.flagged,
         clustering=clustering,
         reference=f"{cls.label}:{clustering}:{flagged}" if flagged is not None else None,
-        z=fmt_z(entry["score"]),
-        p=fmt_p(entry["p_value"]),
-        flagged_size=entry["cluster_size"],
+        z=fmt_z(entry.z_score),
+        p=fmt_p(entry.p_value),
+        flagged_size=entry.cluster.size,
         eigengap=eigengap,
         spectrum=plots.spectrum_plot(cls.eigenvalues, eigengap),
         map=plots.map_plot(xy, labels, colours, flagged, map_name),

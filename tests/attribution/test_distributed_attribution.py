@@ -17,7 +17,7 @@ import h5py
 import pytest
 
 from spray import scheduling
-from spray.attribution import WorkerRecipe, attribute_dataset
+from spray.attribution import AttributionRun, WorkerRecipe, attribute_dataset
 from spray.attribution.distributed import _shards
 from spray.attribution.methods import get_method
 from spray.cli import main
@@ -35,11 +35,11 @@ PER_RUN_ATTRS = {"created", "attribution_id"}
 
 def run(path, *, data: str = DATA, scheduler: str | None = None, **kwargs) -> dict:
     model = load_model(MODEL)
-    return attribute_dataset(
-        path, model, open_source(DATA), get_method("epsilon_plus_flat"), model_hash=model_hash(model),
-        model_name=MODEL, dataset_name=data, batch_size=BATCH, progress=False, scheduler=scheduler,
-        recipe=WorkerRecipe(model=MODEL, data=data), shard_batches=2, **kwargs,
-    )
+    return attribute_dataset(path, model, open_source(DATA), AttributionRun(
+        get_method("epsilon_plus_flat"), model_hash=model_hash(model), model_name=MODEL, dataset_name=data,
+        batch_size=BATCH, progress=False, scheduler=scheduler, recipe=WorkerRecipe(model=MODEL, data=data),
+        shard_batches=2, **kwargs,
+    ))
 
 
 def contents(path) -> tuple[dict[str, bytes], dict[str, dict]]:
@@ -206,11 +206,11 @@ def test_a_bad_sample_on_a_worker_stops_the_run_naming_it_and_keeps_earlier_batc
     model = load_model(MODEL)
     data = "tests.attribution.cluster_factories:data_with_nan"
     with pytest.raises(BadInputError, match=r"non-finite relevance or logits for dataset samples 21;"):
-        attribute_dataset(
-            path, model, open_source(data), get_method("epsilon_plus_flat"), model_hash=model_hash(model),
-            model_name=MODEL, dataset_name=data, batch_size=BATCH, progress=False, scheduler=address,
-            recipe=WorkerRecipe(model=MODEL, data=data), shard_batches=1,
-        )
+        attribute_dataset(path, model, open_source(data), AttributionRun(
+            get_method("epsilon_plus_flat"), model_hash=model_hash(model), model_name=MODEL, dataset_name=data,
+            batch_size=BATCH, progress=False, scheduler=address, recipe=WorkerRecipe(model=MODEL, data=data),
+            shard_batches=1,
+        ))
     with AuditStore(path) as store:
         done = store.read("attributions/epsilon_plus_flat/done")
     assert not done[16:24].any() and done.sum() % BATCH in (0, N % BATCH)
@@ -227,9 +227,8 @@ def test_a_task_that_keeps_killing_its_workers_stops_the_run_with_a_message(tmp_
     assert not done[16:32].any()  # the shard of rows 16..31 never finished; finished shards may be stored
 
 
-def test_a_scheduler_without_a_recipe_is_refused(tmp_path):
-    model = load_model(MODEL)
+def test_a_scheduler_without_a_recipe_is_refused():
     with pytest.raises(BadInputError, match=r"scheduler='local:2' needs recipe=WorkerRecipe"):
-        attribute_dataset(tmp_path / "a.h5", model, open_source(DATA), get_method("epsilon_plus_flat"),
-                          model_hash="h", model_name=MODEL, dataset_name=DATA, scheduler="local:2")
+        AttributionRun(get_method("epsilon_plus_flat"), model_hash="h", model_name=MODEL, dataset_name=DATA,
+                       scheduler="local:2")
 

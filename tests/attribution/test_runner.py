@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from spray.attribution import attribute_dataset
+from spray.attribution import AttributionRun, attribute_dataset
 from spray.attribution.methods import get_method
 from spray.data import load_model, open_source
 from spray.errors import BadInputError, StoreError
@@ -60,9 +60,8 @@ def make_dataset(n: int = N) -> TensorDataset:
 def run(path: Path, model=None, dataset=None, attributor=None, **kwargs) -> dict:
     kwargs = {"model_hash": "h1", "model_name": "net", "dataset_name": "toy", "batch_size": BATCH,
               "progress": False, **kwargs}
-    return attribute_dataset(
-        path, model or make_model(), dataset or make_dataset(), attributor or GradientTimesInput(), **kwargs
-    )
+    run = AttributionRun(attributor or GradientTimesInput(), **kwargs)
+    return attribute_dataset(path, model or make_model(), dataset or make_dataset(), run)
 
 
 def datasets_of(path: Path) -> dict[str, np.ndarray]:
@@ -315,14 +314,14 @@ def test_a_run_refused_before_its_first_batch_leaves_no_store_and_a_later_refusa
     data = broken.read_bytes()
     broken.write_bytes(data[: data.index(b"IDAT") + 6])  # a valid header, the pixel data cut short
     path = tmp_path / "audit.h5"
-    args = (load_model("tests.data.factories:tiny_model"), open_source(f"folder:{root}"), get_method("epsilon_plus_flat"))
+    args = (load_model("tests.data.factories:tiny_model"), open_source(f"folder:{root}"))
     kwargs = {"model_hash": "h", "model_name": "tiny", "dataset_name": "folder"}
     message = f"^image {broken} cannot be read: .*; replace or remove the file$"
     with pytest.raises(BadInputError, match=message):
-        attribute_dataset(path, *args, batch_size=4, **kwargs)
+        attribute_dataset(path, *args, AttributionRun(get_method("epsilon_plus_flat"), batch_size=4, **kwargs))
     assert not path.exists()
     with pytest.raises(BadInputError, match=message):
-        attribute_dataset(path, *args, batch_size=2, **kwargs)
+        attribute_dataset(path, *args, AttributionRun(get_method("epsilon_plus_flat"), batch_size=2, **kwargs))
     with AuditStore(path) as store:
         assert store.read("attributions/epsilon_plus_flat/done").tolist() == [True, True, False, False]
 

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from spray.attribution.methods import get_method
-from spray.attribution.runner import attribute_dataset
+from spray.attribution import AttributionRun, attribute_dataset
 from spray.data.models import model_hash
 from spray.demo.model import build_model
 from spray.lrp import Sum
@@ -99,11 +99,10 @@ def write_share(name: str, model: nn.Module, shape: tuple[int, ...], n: int) -> 
     torch.manual_seed(0)
     data = TensorDataset(torch.rand(n, *shape), torch.randint(0, 10, (n,)))
     with tempfile.TemporaryDirectory() as tmp:
-        summary = attribute_dataset(
-            Path(tmp) / "bench.h5", model, data, get_method("epsilon_plus_flat"),
-            model_hash=model_hash(model), model_name=name, dataset_name="random", batch_size=64,
-            progress=False,
-        )
+        summary = attribute_dataset(Path(tmp) / "bench.h5", model, data, AttributionRun(
+            get_method("epsilon_plus_flat"), model_hash=model_hash(model), model_name=name, dataset_name="random",
+            batch_size=64, progress=False,
+        ))
         size = (Path(tmp) / "bench.h5").stat().st_size
     share = summary["write_seconds"] / summary["seconds"]
     print(f"{name:12s} {n} samples: {summary['seconds']:.1f} s total, {summary['write_seconds']:.2f} s writing "

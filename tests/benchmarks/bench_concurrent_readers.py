@@ -111,7 +111,7 @@ def _references(base: Path, folder: Path, pipelines: dict[str, Path]) -> dict[st
         _analyze(copy, pipeline)
         with AuditStore(copy) as store:
             nodes = store.info()["analyses"]
-            entries = rank_classes(store, "spray")
+            entries = rank_classes(store, "spray").to_json()  # compared as `spray rank --json` prints it
         refs["keys"][generation] = {
             str(e["class"]): [nodes[f"analyses/spray/{e['class']}/{n}"]["attrs"]["key"] for n in ("kmeans", "fda")]
             for e in entries
@@ -176,7 +176,7 @@ def _reader(kind: str, store: str, refs: dict[str, Any], stop: str, out: str, pa
                     result: Any = audit.info()
             elif kind == "rank":
                 with AuditStore(store) as audit:
-                    result = rank_classes(audit, "spray")
+                    result = rank_classes(audit, "spray").to_json()
             else:
                 build_report(store, report)
                 result = report.read_text(encoding="utf-8")

@@ -115,7 +115,7 @@ def warm(client) -> None:
 
 
 def one_attribution(config: str, n: int, out: Path) -> dict:
-    from spray.attribution import WorkerRecipe, attribute_dataset
+    from spray.attribution import AttributionRun, WorkerRecipe, attribute_dataset
     from spray.attribution.methods import get_method
     from spray.data import model_hash
     from spray.scheduling import dask_client
@@ -129,11 +129,11 @@ def one_attribution(config: str, n: int, out: Path) -> dict:
     recipe = WorkerRecipe(model="bench_distributed:demo_model", data="bench_distributed:synthetic_inputs")
 
     def attribute(scheduler: str | None) -> dict:
-        return attribute_dataset(
-            out / f"{config}-{n}.h5", model, data, get_method("epsilon_plus_flat"), model_hash=model_hash(model),
-            model_name=recipe.model, dataset_name=recipe.data, batch_size=BATCH, progress=False,
-            scheduler=scheduler, recipe=recipe, shard_batches=SHARD_BATCHES,
-        )
+        return attribute_dataset(out / f"{config}-{n}.h5", model, data, AttributionRun(
+            get_method("epsilon_plus_flat"), model_hash=model_hash(model), model_name=recipe.model,
+            dataset_name=recipe.data, batch_size=BATCH, progress=False, scheduler=scheduler, recipe=recipe,
+            shard_batches=SHARD_BATCHES,
+        ))
 
     if config == "cluster":
         with dask_client("local:2") as client:

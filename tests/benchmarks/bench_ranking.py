@@ -36,7 +36,8 @@ import numpy as np
 def stability(path: str, seeds: int) -> None:
     from spray.analysis import best_cluster
     from spray.results import analysis_summary, read_class
-    from spray.ranking import _flag
+    from spray.ranking import _flags
+    from spray.results import Cluster
     from spray.store import AuditStore
 
     with AuditStore(path) as store:
@@ -48,21 +49,21 @@ def stability(path: str, seeds: int) -> None:
     outliers = {c.label: [] for c in classes}
     chosen = {}
     for seed in range(seeds):
-        entries = []
+        best = []
         for c in classes:
             name, cid, stats = best_cluster(c.embedding, c.clusterings, **{**params, "random_state": seed})
             scores[c.label].append(stats["z_score"])
             chosen.setdefault(c.label, set()).add((name, cid, stats["size"], round(stats["tau"], 2)))
-            entries.append({"class": c.label, "score": stats["z_score"], "p_value": stats["p_value"],
-                            "skipped": None})
-        entries.sort(key=lambda e: -e["score"])
-        _flag(entries)
-        for e in entries:
-            outliers[e["class"]].append(e["outlier"])
-        top = entries[:3]
-        print(f"seed {seed}: top {[(e['class'], round(e['score'])) for e in top]}, "
-              f"margin {top[0]['score'] / top[1]['score']:.3f}, "
-              f"flagged {[(e['class'], round(e['outlier'], 2)) for e in entries if e['flagged']]}")
+            best.append(Cluster(c.label, name, cid, tuple(c.dataset_index[c.clusterings[name] == cid].tolist()),
+                                None, stats["tau"], stats["z_score"], stats["p_value"], stats["clustering_score"]))
+        best.sort(key=lambda b: -b.z_score)
+        flags = _flags(best)
+        for b, (outlier, _) in zip(best, flags):
+            outliers[b.label].append(outlier)
+        top = best[:3]
+        print(f"seed {seed}: top {[(b.label, round(b.z_score)) for b in top]}, "
+              f"margin {top[0].z_score / top[1].z_score:.3f}, "
+              f"flagged {[(b.label, round(o, 2)) for b, (o, flagged) in zip(best, flags) if flagged]}")
     print(f"{'class':>5} {'z mean':>8} {'sd':>6} {'min':>8} {'max':>8} {'outlier min – max':>18}  "
           "chosen cluster(s) (clustering, id, size, τ)")
     for label, z in scores.items():
@@ -86,15 +87,15 @@ def synthetic(runs: int) -> None:
             analyze(str(path), pipeline_from_text(pipeline_text()), progress=False)
             with AuditStore(path) as store:
                 ranking = rank_classes(store)
-        entry = next(e for e in ranking if e["class"] == poisoned)
-        others = max(e["outlier"] for e in ranking if e["class"] != poisoned)
+        entry = ranking.of(poisoned)
+        others = max(e.outlier for e in ranking if e.label != poisoned)
         planted = set(heatmaps.planted.tolist())
-        members = set(entry["members"])
-        flagged = [e["class"] for e in ranking if e["flagged"]]
-        first += entry["rank"] == 1
+        members = set(entry.cluster.members)
+        flagged = [e.label for e in ranking.flagged]
+        first += entry.rank == 1
         exact += flagged == [poisoned]
-        print(f"seed {run} poisoned {poisoned}: rank {entry['rank']}, z {entry['score']:.1f}, "
-              f"outlier {entry['outlier']:.2f} (others ≤ {others:.2f}), flagged {flagged}, "
+        print(f"seed {run} poisoned {poisoned}: rank {entry.rank}, z {entry.z_score:.1f}, "
+              f"outlier {entry.outlier:.2f} (others ≤ {others:.2f}), flagged {flagged}, "
               f"IoU {len(members & planted) / len(members | planted):.2f}")
     print(f"poisoned class first in {first}/{runs}, flagged alone in {exact}/{runs}")
 

@@ -46,8 +46,10 @@ def tiny_dataset() -> TensorDataset:
 @pytest.fixture(scope="module")
 def tiny_audit(tmp_path_factory):
     """The tiny model trained briefly, attributed (EpsilonPlusFlat) and analysed with a tiny pipeline."""
+    from spray.attribution import AttributionRun
     from spray.attribution.methods import get_method
     from spray.audit import audit
+    from spray.data import model_hash
     from spray.pipeline import pipeline_from_text
     from spray.store import AuditStore
     from spray.testing import pipeline_text
@@ -58,8 +60,9 @@ def tiny_audit(tmp_path_factory):
     train_model(model, dataset, TrainingConfig(epochs=3, batch_size=16, lr=1e-2, seed=0), progress=False)
     store = tmp_path_factory.mktemp("tiny") / "tiny.h5"
     spec = pipeline_from_text(pipeline_text("tiny", analysis={"name": "tiny"}))
-    ranking = audit(store, model, dataset, get_method("epsilon_plus_flat"), spec, model_name="tiny",
-                    dataset_name="tiny", batch_size=16, progress=False)
+    attribution = AttributionRun(get_method("epsilon_plus_flat"), model_hash=model_hash(model), model_name="tiny",
+                                 dataset_name="tiny", batch_size=16, progress=False)
+    ranking = audit(store, model, dataset, attribution, spec)
     with AuditStore(store) as opened:
         kmeans = opened.read_node("analyses/tiny/1/kmeans")[0]
     return SimpleNamespace(model=model, dataset=dataset, stamped=stamped, store=store, ranking=ranking,

@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from spray.clarc import clarc_from_store, format_metrics
+from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
 from spray.clarc.evaluate import artifact_relevance
 from spray.training import accuracy
 
@@ -35,18 +35,16 @@ def corrections(demo_audit, tmp_path_factory):
     store = out / "demo.h5"
     shutil.copy(demo_audit.store, store)
     data = demo_audit.data
-    top = next(e for e in demo_audit.ranking if e["skipped"] is None)
-    cluster = f"{top['class']}:{top['clustering']}:{top['cluster']}"
+    cluster = demo_audit.ranking.top_candidate().cluster.reference
     everywhere = data.as_dataset("everywhere_test")
     region = torch.from_numpy(data.artifact.image_mask())
     results = {}
     for method in METHODS:
         tick = time.perf_counter()
-        result = clarc_from_store(
-            store, cluster, method, demo_audit.model, data.as_dataset("train"), out_dir=out / "runs", seed=0,
-            test=data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
-            fda_rank=method == "rrclarc", progress=False,
-        )
+        config = ClarcConfig(method, out / "runs", cluster=cluster, tuning=Tuning(seed=0),
+                             fda_rank=method == "rrclarc", progress=False)
+        evaluation = EvaluationData(data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"))
+        result = clarc_from_store(store, demo_audit.model, data.as_dataset("train"), config, evaluation)
         seconds = time.perf_counter() - tick
         planted = {name: {"everywhere": accuracy(model, everywhere),
                           "relevance": artifact_relevance(model, everywhere, region)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from spray.clarc import (
+    ClarcConfig,
     ClusterSpec,
+    EvaluationData,
+    Tuning,
     clarc_from_store,
     evaluate_from_store,
     isolate_artifact,
@@ -48,8 +52,8 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     spec, size = a_cluster(tiny_audit)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
-    result = clarc_from_store(store, spec, method, tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
-                              epochs=1, test=tiny_audit.dataset, progress=False)
+    config = ClarcConfig(method, tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=1), progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config, EvaluationData(tiny_audit.dataset))
     assert result.run == f"{method}_{spec.replace(':', '_')}"
     with AuditStore(store) as audit:
         arrays, attrs = audit.read_node(f"clarc/{result.run}/result")
@@ -81,8 +85,8 @@ def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
     spec, _ = a_cluster(tiny_audit)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
-    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
-                              progress=False)
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster=spec, progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
     assert result.metrics[1]["clean_accuracy"] is None
     metrics = evaluate_from_store(store, result.run, tiny_audit.model, test=tiny_audit.dataset, progress=False)
     with AuditStore(store) as audit:
@@ -92,17 +96,15 @@ def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
 
 def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_path):
     from spray.clarc.cluster import resolve_cluster
-    from spray.ranking import top_candidate
-
-    top = top_candidate(tiny_audit.ranking)
+    top = tiny_audit.ranking.top_candidate()
     with AuditStore(tiny_audit.store) as audit:
         spec = resolve_cluster(audit, "top")
         assert resolve_cluster(audit, "1:kmeans_2:0") == ClusterSpec(1, "kmeans_2", 0)
-    assert (spec.label, spec.clustering, spec.cluster) == (top["class"], top["clustering"], top["cluster"])
+    assert (spec.label, spec.clustering, spec.cluster) == (top.label, top.cluster.clustering, top.cluster.id)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
-    result = clarc_from_store(store, "top", "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
-                              progress=False)
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster="top", progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
     assert result.cluster == str(spec) and result.run == f"pclarc_{spec.label}_{spec.clustering}_{spec.cluster}"
 
 
@@ -114,8 +116,9 @@ def test_a_given_everywhere_test_set_replaces_the_pasted_isolated_artifact(tiny_
     stamped = x.clone()
     stamped[:, :, :3, :3] = 1.0  # the tiny data's planted corner, in every sample
     given = TensorDataset(stamped, y)
-    result = clarc_from_store(store, spec, "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path / "runs",
-                              test=tiny_audit.dataset, everywhere_test=given, progress=False)
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster=spec, progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config,
+                              EvaluationData(tiny_audit.dataset, everywhere_test=given))
     original = result.metrics[0]
     assert original["everywhere_accuracy"] == pytest.approx(accuracy(tiny_audit.model, given))
     assert original["artifact_relevance"] == pytest.approx(
@@ -137,8 +140,8 @@ def test_a_given_everywhere_test_set_replaces_the_pasted_isolated_artifact(tiny_
 
 
 def run(tiny_audit, tmp_path, cluster, **kwargs):
-    return clarc_from_store(tiny_audit.store, cluster, kwargs.pop("method", "pclarc"), tiny_audit.model,
-                            tiny_audit.dataset, out_dir=tmp_path, progress=False, **kwargs)
+    config = ClarcConfig(kwargs.pop("method", "pclarc"), tmp_path, cluster=cluster, progress=False, **kwargs)
+    return clarc_from_store(tiny_audit.store, tiny_audit.model, tiny_audit.dataset, config)
 
 
 def test_unknown_cluster_id_lists_the_valid_ids(tiny_audit, tmp_path):
@@ -158,8 +161,10 @@ def test_class_not_analysed_lists_the_analysed_classes(tiny_audit, tmp_path):
 
 def test_top_without_a_ranked_class_asks_for_a_cluster_spec(tiny_audit, tmp_path, monkeypatch):
     import spray.clarc.cluster as cluster
+    from spray.ranking import RankedClass, Ranking
 
-    monkeypatch.setattr(cluster, "rank_classes", lambda store, analysis: [{"skipped": "too few samples"}])
+    skipped = RankedClass(0, "a", 5, rank=1, cluster=None, skipped="too few samples", outlier=None, flagged=False)
+    monkeypatch.setattr(cluster, "rank_classes", lambda store, analysis: Ranking(analysis, (skipped,)))
     with pytest.raises(BadInputError, match=r"has no ranked class in analysis 'tiny'; name the cluster as "
                                             r"CLASS:CLUSTERING:ID"):
         run(tiny_audit, tmp_path, "top")
@@ -168,6 +173,15 @@ def test_top_without_a_ranked_class_asks_for_a_cluster_spec(tiny_audit, tmp_path
 def test_malformed_cluster_spec_shows_the_format(tiny_audit, tmp_path):
     with pytest.raises(BadInputError, match="CLASS:CLUSTERING:ID"):
         run(tiny_audit, tmp_path, "1-kmeans_2-0")
+
+
+def test_a_clarc_config_refuses_an_unknown_method_when_made_and_cannot_be_changed(tmp_path):
+    with pytest.raises(BadInputError, match=r"^unknown ClArC method 'xclarc'; choose one of aclarc, pclarc, rrclarc$"):
+        ClarcConfig("xclarc", tmp_path)
+    config = ClarcConfig("pclarc", tmp_path)
+    assert (config.cluster, config.tuning) == ("top", Tuning())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.method = "aclarc"  # type: ignore[misc]
 
 
 def test_unknown_method_lists_the_methods(tiny_audit, tmp_path):
@@ -208,4 +222,5 @@ def test_store_without_analysis_says_to_run_analyze(tmp_path, tiny_audit):
     empty = tmp_path / "empty.h5"
     AuditStore(empty, "a").close()
     with pytest.raises(BadInputError, match="spray analyze"):
-        clarc_from_store(empty, "1:kmeans_2:0", "pclarc", tiny_audit.model, tiny_audit.dataset, out_dir=tmp_path)
+        clarc_from_store(empty, tiny_audit.model, tiny_audit.dataset,
+                         ClarcConfig("pclarc", tmp_path, cluster="1:kmeans_2:0"))

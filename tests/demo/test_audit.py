@@ -10,12 +10,17 @@ import pytest
 
 from spray.demo import default_poisoned_digits
 from spray.demo.audit import DemoAudit, PlantedRecovery, planted_recovery
+from spray.ranking import RankedClass, Ranking
+from spray.results import Cluster
 
 
 def _audit_with_top_cluster(members: list[int], top_class: int = 8) -> DemoAudit:
     data = default_poisoned_digits(0)
-    ranking = [{"class": 3, "skipped": "too few samples", "members": []},
-               {"class": top_class, "skipped": None, "members": members}]
+    best = Cluster(top_class, "kmeans_2", 0, tuple(members), 0.1, 10.0, 5.0, 0.01, 10.0)
+    ranking = Ranking("spray", (
+        RankedClass(3, "3", 4, rank=1, cluster=None, skipped="too few samples", outlier=None, flagged=False),
+        RankedClass(top_class, str(top_class), 500, rank=2, cluster=best, skipped=None, outlier=None, flagged=True),
+    ))
     return DemoAudit(data, model=None, weights=Path("w.pt"), store=Path("s.h5"), ranking=ranking)
 
 

@@ -33,11 +33,11 @@ def test_flagged_rows_are_the_members_spray_rank_reports(audit_store):
     with AuditStore(audit_store) as store:
         ranking = rank_classes(store)
     for entry in ranking:
-        flagged = table[(table["class"] == entry["class"]) & table["flagged"]]
-        if entry["skipped"] is None:
-            assert set(flagged["clustering"]) == {entry["clustering"]}
-            assert sorted(flagged["dataset_index"]) == sorted(entry["members"])
-            assert set(flagged["cluster"]) == {entry["cluster"]}
+        flagged = table[(table["class"] == entry.label) & table["flagged"]]
+        if entry.cluster is not None:
+            assert set(flagged["clustering"]) == {entry.cluster.clustering}
+            assert sorted(flagged["dataset_index"]) == sorted(entry.cluster.members)
+            assert set(flagged["cluster"]) == {entry.cluster.id}
         else:
             assert flagged.empty
 

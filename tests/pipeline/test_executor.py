@@ -73,14 +73,14 @@ def test_planted_clever_hans_class_ranks_first_and_its_cluster_is_recovered(stor
     _run(path)
     with AuditStore(path) as audit:
         ranking = rank_classes(audit)
-    assert [e["rank"] for e in ranking] == [1, 2, 3]
+    assert [e.rank for e in ranking] == [1, 2, 3]
     top = ranking[0]
-    assert top["class"] == 1 and top["name"] == "class 1"
-    planted, found = set(heatmaps.planted.tolist()), set(top["members"])
+    assert top.label == 1 and top.name == "class 1"
+    planted, found = set(heatmaps.planted.tolist()), set(top.cluster.members)
     f1 = 2 * len(planted & found) / (len(planted) + len(found))
-    print(f"planted {len(planted)}, flagged {len(found)}, F1 {f1:.3f}, z {top['score']:.1f}")
+    print(f"planted {len(planted)}, flagged {len(found)}, F1 {f1:.3f}, z {top.z_score:.1f}")
     assert f1 >= 0.9
-    assert top["score"] > ranking[1]["score"]
+    assert top.z_score > ranking[1].z_score
 
 
 def test_fda_keeps_one_row_per_cluster_in_arrays_and_the_summary_in_a_small_info(store):
@@ -133,7 +133,7 @@ def test_class_with_fewer_samples_than_k_plus_one_is_skipped_with_the_reason(tmp
     assert {c for c, _ in runs} == {0}
     with AuditStore(path) as audit:
         ranking = rank_classes(audit)
-    assert ranking[-1]["class"] == 1 and ranking[-1]["skipped"].startswith("6 samples")
+    assert ranking[-1].label == 1 and ranking[-1].skipped.startswith("6 samples")
 
 
 def test_all_zero_heatmaps_are_left_out_and_counted(store):
@@ -173,6 +173,6 @@ def test_a_class_being_reanalysed_keeps_its_old_results_until_its_new_ones_are_i
             rankings.append(rank_classes(audit))
 
     analyze(str(path), pipeline_from_text(pipeline_text(kmeans={"k_max": 6})), progress=False, on_node=rank_now)
-    assert rankings and all(e["skipped"] is None and e["members"] for r in rankings for e in r), (
+    assert rankings and all(e.skipped is None and e.cluster.members for r in rankings for e in r), (
         "no class is ever reported unfinished: a reader sees its old results or its new ones"
     )

@@ -162,16 +162,16 @@ def tiny_images(n: int = 90):
 
 def attribution(store: str | Path, **kwargs: Any) -> dict[str, Any]:
     """EpsilonPlusFlat LRP of 90 images, 12 batches of 8, into ``store``; resumes what is there.
-    ``kwargs`` go to attribute_dataset (e.g. on_batch)."""
+    ``kwargs`` go to the AttributionRun (e.g. on_batch)."""
+    from spray.attribution import AttributionRun, attribute_dataset
     from spray.attribution.methods import get_method
-    from spray.attribution.runner import attribute_dataset
     from spray.data import model_hash
 
     model = tiny_model()
-    return attribute_dataset(
-        store, model, tiny_images(), get_method("epsilon_plus_flat"), model_hash=model_hash(model),
-        model_name="tiny", dataset_name="tiny", batch_size=8, progress=False, **kwargs,
-    )
+    return attribute_dataset(store, model, tiny_images(), AttributionRun(
+        get_method("epsilon_plus_flat"), model_hash=model_hash(model), model_name="tiny", dataset_name="tiny",
+        batch_size=8, progress=False, **kwargs,
+    ))
 
 
 def analysis(store: str | Path, **kwargs: Any) -> dict[str, Any]:
@@ -193,15 +193,15 @@ def clarc(store: str | Path, cluster: str, weights: str | Path, out: str | Path)
     """A-ClArC, 2 epochs, of the demo CNN (``weights``) on the demo's training split."""
     import torch
 
-    from spray.clarc import clarc_from_store
+    from spray.clarc import ClarcConfig, Tuning, clarc_from_store
     from spray.demo.digits import default_poisoned_digits
     from spray.demo.model import build_model
 
     data = default_poisoned_digits(0)
     model = build_model(len(data.label_names))
     model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-    result = clarc_from_store(store, cluster, "aclarc", model.eval(), data.as_dataset("train"), out_dir=out,
-                              epochs=2, seed=0, progress=False)
+    config = ClarcConfig("aclarc", out, cluster=cluster, tuning=Tuning(epochs=2, seed=0), progress=False)
+    result = clarc_from_store(store, model.eval(), data.as_dataset("train"), config)
     return {"run": result.run, "weights": str(result.weights)}
 
 

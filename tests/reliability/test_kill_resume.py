@@ -135,8 +135,7 @@ def test_analysis_killed_at_random_points_resumes_to_the_same_nodes(tmp_path):
 
 @pytest.mark.slow
 def test_clarc_fine_tuning_killed_at_random_points_ends_with_the_same_weights(demo_audit, tmp_path):
-    top = next(e for e in demo_audit.ranking if e["skipped"] is None)
-    cluster = f"{top['class']}:{top['clustering']}:{top['cluster']}"
+    cluster = demo_audit.ranking.top_candidate().cluster.reference
     reference, killed = tmp_path / "reference.h5", tmp_path / "killed.h5"
     shutil.copy(demo_audit.store, reference)
     shutil.copy(demo_audit.store, killed)

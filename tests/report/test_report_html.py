@@ -72,11 +72,11 @@ def test_user_supplied_strings_are_escaped_everywhere(report_path):
 def test_summary_names_the_planted_class_and_the_size_of_its_flagged_group(audit_store, report_path):
     with AuditStore(audit_store) as store:
         top = rank_classes(store)[0]
-    assert top["class"] == 1
+    assert top.label == 1
     html = report_path.read_text(encoding="utf-8")
     findings = html[html.index('id="findings"'):html.index('id="audited"')]
     assert "Class <strong>‘&lt;script&gt;alert(1)&lt;/script&gt;’</strong>" in findings
-    assert f"a group of <strong>{top['cluster_size']}</strong> of its 50 images" in findings
+    assert f"a group of <strong>{top.cluster.size}</strong> of its 50 images" in findings
     assert "Clever Hans" in findings
     assert "1 class could not be analysed" in findings
 
@@ -108,11 +108,11 @@ def test_each_class_section_has_its_plots_and_a_card_per_group_with_prototypes(a
     assert "Map of explanations (t-SNE)" in section and "How many groups?" in section
     assert section.count('class="cluster flagged"') == 1
     flagged = section[section.index('class="cluster flagged"'):]
-    assert f"{top['cluster_size']} images" in flagged[:600]
+    assert f"{top.cluster.size} images" in flagged[:600]
     # Prototypes of the flagged group are members of it: image numbers are the flagged dataset indices.
     card = flagged[:flagged.find('<div class="cluster"')]
     shown = {int(i) for i in re.findall(r'<div class="cap">image #(\d+)</div>', card)}
-    assert len(shown) == 6 and shown <= set(top["members"])
+    assert len(shown) == 6 and shown <= set(top.cluster.members)
     assert re.findall(r'alt="(image|heatmap of image|heatmap over image) \d+"', card).count("image") == 6
 
 

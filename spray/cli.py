@@ -128,10 +128,39 @@ def migrate(store: Path) -> None:
                + (f" (migrated from {found})" if found is not None else " (already current)"))
 
 
+def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The preprocessing spec of image sources (docs/data.md) as options, passed to ``command`` as
+    ``transform`` (None when no option is given)."""
+
+    @functools.wraps(command)
+    def with_transform(*args: Any, resize: str | None, crop: str | None, normalize: str | None,
+                       mode: str | None, **kwargs: Any) -> None:
+        from spray.data import ImageTransform
+
+        given = (resize, crop, normalize, mode) != (None, None, None, None)
+        transform = ImageTransform.from_text(resize, crop, normalize, mode) if given else None
+        command(*args, transform=transform, **kwargs)
+
+    options = [
+        click.option("--resize", metavar="N|H,W", help="Resize images: the shorter side to N, or to exactly H,W "
+                     "(bilinear, antialiased)."),
+        click.option("--crop", metavar="N|H,W", help="Centre-crop images to N×N or H×W (after --resize)."),
+        click.option("--normalize", metavar="MEAN,STD", help="Normalise per channel: imagenet, MEAN,STD, or "
+                     "one mean per channel then one std per channel."),
+        click.option("--grayscale", "mode", flag_value="grayscale",
+                     help="Read images as one channel (luma; default: one if every image is greyscale)."),
+        click.option("--rgb", "mode", flag_value="rgb", help="Read images as three channels (RGB)."),
+    ]
+    for option in reversed(options):
+        with_transform = option(with_transform)
+    return with_transform
+
+
 @cli.command()
 @click.option("--model", "model_spec", required=True, help="MOD:FACTORY building the torch model.")
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict file (loaded weights_only).")
 @click.option("--data", "data_spec", required=True, help="MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH.")
+@_transform_options
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="Audit store (HDF5) to write.")
 @click.option("--method", default="epsilon_plus_flat", show_default=True, help="Attribution method.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
@@ -158,19 +187,20 @@ def attribute(
     overwrite: bool,
     scheduler: str | None,
     allow_nonconservative: bool,
+    transform: Any,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
     from spray.attribution import WorkerRecipe, attribute_dataset
-    from spray.attribution.methods import get_method
+    from spray.attribution.methods import get_method, method_params
     from spray.data import load_model, model_hash, open_source
 
     model = load_model(model_spec, weights)
-    dataset = open_source(data_spec)
+    dataset = open_source(data_spec, transform)
     summary = attribute_dataset(
         store,
         model,
         dataset,
-        get_method(method, **_parse_params(params)),
+        get_method(method, **method_params(method, _parse_params(params), dataset)),
         name=name,
         target=target,
         batch_size=batch_size,
@@ -180,7 +210,7 @@ def attribute(
         label_names=getattr(dataset, "label_names", None),
         overwrite=overwrite,
         scheduler=scheduler,
-        recipe=WorkerRecipe(model=model_spec, data=data_spec),
+        recipe=WorkerRecipe(model=model_spec, data=data_spec, transform=transform and transform.to_dict()),
         allow_nonconservative=allow_nonconservative,
     )
     click.echo(json.dumps(summary, default=str), err=True)
@@ -282,14 +312,14 @@ def clarc(
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
     from spray.clarc import clarc_from_store, format_metrics
-    from spray.data import load_model, open_source
+    from spray.data import load_model
 
+    open_data = _audited_sources(store)
     result = clarc_from_store(
-        store, cluster, method, load_model(model_spec, weights), open_source(data_spec), out_dir=out,
+        store, cluster, method, load_model(model_spec, weights), open_data(data_spec), out_dir=out,
         layer=layer, analysis=analysis, epochs=epochs, lr=lr, lam=lam, seed=seed,
-        test=open_source(test_spec) if test_spec else None,
-        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
-        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None, fda_rank=fda_rank,
+        test=open_data(test_spec), poisoned_test=open_data(poisoned_spec),
+        everywhere_test=open_data(everywhere_spec), fda_rank=fda_rank,
     )
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
@@ -318,13 +348,13 @@ def evaluate(
 ) -> None:
     """Clean / poisoned / artifact-everywhere accuracy and artifact relevance, before and after ClArC."""
     from spray.clarc import evaluate_from_store, format_metrics
-    from spray.data import load_model, open_source
+    from spray.data import load_model
 
+    open_data = _audited_sources(store)
     rows = evaluate_from_store(
-        store, run_name, load_model(model_spec, weights), test=open_source(test_spec),
-        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
-        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None,
-        dataset=open_source(data_spec) if data_spec else None, fda_rank=fda_rank,
+        store, run_name, load_model(model_spec, weights), test=open_data(test_spec),
+        poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
+        dataset=open_data(data_spec), fda_rank=fda_rank,
     )
     if as_json:
         _echo_json(rows)
@@ -360,12 +390,7 @@ def export_virelay_command(store: Path, out: Path, analysis: str, data_spec: str
     """Write STORE's analysis as a ViRelAy project in OUT (open with `virelay OUT/project.yaml`)."""
     from spray.export import export_virelay
 
-    inputs = None
-    if data_spec:
-        from spray.data import open_source
-
-        inputs = open_source(data_spec)
-    click.echo(str(export_virelay(store, out, analysis, inputs=inputs)))
+    click.echo(str(export_virelay(store, out, analysis, inputs=_audited_sources(store)(data_spec))))
 
 
 @export.command("tables")
@@ -380,6 +405,21 @@ def export_tables_command(store: Path, out: Path, analysis: str, fmt: str) -> No
 
     for path in export_tables(store, out, analysis, fmt):
         click.echo(str(path))
+
+
+def _audited_sources(store: Path) -> Callable[[str | None], Any]:
+    """Opens a command's data options (None for an option not given) as STORE's samples were explained:
+    image sources with the preprocessing spec its dataset record holds (docs/data.md)."""
+    from spray.data import ImageTransform
+    from spray.data.sources import open_source_like
+    from spray.store import AuditStore
+
+    record = None
+    if store.exists():  # else the command itself names the missing store
+        with AuditStore(store) as audit:
+            record = audit.attrs()["dataset"]
+    transform = ImageTransform.from_dict(record["transform"]) if record and "transform" in record else None
+    return lambda spec: open_source_like(spec, transform) if spec else None
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Tables besides the SpRAy node tables of docs/pipelines.md (:data:`RUN_TABLES` ho
                    ``scheduler`` (where attribution and analysis run: "" this process, "local:N", an address)
 ``[model]``        ``factory`` (MOD:FACTORY), ``weights`` (optional state_dict file)
 ``[train]``        optional: train the model first (``data``, ``epochs``, ``batch_size``, ``lr``, ``seed``)
-``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH) to audit
+``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH) to audit; ``[data.transform]``
+                   the preprocessing spec of image sources (``resize``, ``crop``, ``mode``, ``mean``, ``std``:
+                   spray/data/transforms.py), applied to every image source of the file
 ``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table),
                    ``allow_nonconservative``
 ``[clarc]``        optional: correct the model for a flagged cluster (``cluster``, ``methods``, ``layer``, ...)
@@ -37,7 +39,7 @@ RUN_TABLES: dict[str, dict[str, Any]] = {
     "audit": {"out": "storage/audit", "scheduler": ""},
     "model": {"factory": str, "weights": ""},
     "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
-    "data": {"source": str},
+    "data": {"source": str, "transform": {}},
     "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {},
                     "allow_nonconservative": False},
     "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
@@ -72,6 +74,7 @@ def read_run(path: str | Path) -> tuple[dict[str, dict[str, Any]], PipelineSpec]
     """The run tables (defaults filled in, relative paths resolved; optional tables only when given) and
     the analysis spec of a run file. Every problem is a :class:`PipelineError` naming file, line, table
     and parameter."""
+    from spray.data import ImageTransform
     from spray.pipeline import read_pipeline
     from spray.pipeline.spec import where
 
@@ -94,6 +97,12 @@ def read_run(path: str | Path) -> tuple[dict[str, dict[str, Any]], PipelineSpec]
             raise fail(name, None, f"[{name}] needs {', '.join(missing)}")
         tables[name] = {k: None if isinstance(v, type) else v for k, v in defaults.items()} | (given or {})
     _check_values(tables, fail)
+
+    try:
+        tables["data"]["transform"] = ImageTransform.from_dict(tables["data"]["transform"])
+    except BadInputError as exc:
+        table, key = ("data.transform", None) if "[data.transform]" in text else ("data", "transform")
+        raise fail(table, key, f"[data.transform] {exc}") from None
 
     base = path.resolve().parent
     tables["audit"]["out"] = base / tables["audit"]["out"]
@@ -164,6 +173,13 @@ def _relative_source(source: str, base: Path) -> str:
     return source
 
 
+def _open(tables: dict[str, dict[str, Any]], source: str) -> Any:
+    """A data source of the file; image sources with the ``[data.transform]`` spec."""
+    from spray.data.sources import open_source_like
+
+    return open_source_like(source, tables["data"]["transform"])
+
+
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
     """Run the audit a file describes: (train) -> attribute -> analyse -> rank -> (ClArC -> evaluate) -> report.
     No output replaces an input of the file, or a file spray did not write (spray.outputs)."""
@@ -179,8 +195,8 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
 def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) -> RunResult:
     """:func:`run_file`'s steps, its inputs protected from its outputs (spray.outputs)."""
     from spray.attribution import WorkerRecipe
-    from spray.attribution.methods import get_method
-    from spray.data import load_model, open_source
+    from spray.attribution.methods import get_method, method_params
+    from spray.data import load_model
     from spray.outputs import active
     from spray.pipeline.graph import hash_json
     from spray.seeding import seeded
@@ -194,19 +210,21 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
         with seeded(train["seed"]):  # initial weights from the train seed, global state kept
             model = load_model(model_spec)
         weights = out / f"model-{hash_json({'factory': model_spec, **train})[:12]}.pt"  # cached by the table
-        train_once(model, lambda: open_source(train["data"]), weights, config, progress=progress)
+        train_once(model, lambda: _open(tables, train["data"]), weights, config, progress=progress)
     else:
         model = load_model(model_spec, tables["model"]["weights"] or None)
         weights = tables["model"]["weights"] or None
-    dataset = open_source(tables["data"]["source"])
+    dataset = _open(tables, tables["data"]["source"])
     attribution = tables["attribution"]
+    method = get_method(attribution["method"], **method_params(attribution["method"], attribution["params"], dataset))
     store = active().file(out / "audit.h5", "audit store")  # not an input of the file
     ranking = audit(
-        store, model, dataset, get_method(attribution["method"], **attribution["params"]), spec,
+        store, model, dataset, method, spec,
         model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
         batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
         allow_nonconservative=attribution["allow_nonconservative"], scheduler=tables["audit"]["scheduler"] or None,
-        recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,
+        recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"],
+                            transform=tables["data"]["transform"].to_dict()), progress=progress,
     )
     corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []
     report = None
@@ -220,11 +238,10 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
 def _correct(tables: dict[str, dict[str, Any]], store: Path, model: Any, dataset: Any, analysis: str,
              progress: bool) -> list[ClarcResult]:
     """The ``[clarc]`` and ``[evaluate]`` tables as a :func:`spray.workflow.correct` call."""
-    from spray.data import open_source
     from spray.workflow import correct
 
     clarc, evaluate = tables["clarc"], tables.get("evaluate", {})
-    tests = {key: open_source(evaluate[key]) if evaluate.get(key) else None
+    tests = {key: _open(tables, evaluate[key]) if evaluate.get(key) else None
              for key in ("test", "poisoned_test", "everywhere_test")}
     return correct(
         store, model, dataset, clarc["methods"], out_dir=clarc["out"], cluster=clarc["cluster"],

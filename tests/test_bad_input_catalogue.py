@@ -14,6 +14,8 @@ import pickle
 import re
 import shlex
 import shutil
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -332,6 +334,27 @@ def _truncated_image(inputs: Inputs) -> Path:
     return root
 
 
+def _image_bomb(inputs: Inputs) -> Path:
+    """A folder whose PNG header claims 20000×20000 pixels (Pillow refuses it before reading any pixel)."""
+    root = _folder(inputs, "bomb", {"a": [(2, 2)], "b": [(2, 2)]})
+    path = root / "b" / "0.png"
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", 20000, 20000)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    path.write_bytes(bytes(data))
+    return root
+
+
+def _folder_store(inputs: Inputs) -> Path:
+    """A store of {folder_changed} (tiny_model, 2×2 greyscale images), after which b/0.png changed."""
+    root = Path(inputs["folder_changed"])
+    path = inputs.path("folder.h5")
+    assert run_cli(["attribute", "--model", MODEL, "--data", f"folder:{root}", "--store", str(path)])[0] == 0
+    Image.new("L", (2, 2), 7).save(root / "b" / "0.png")
+    return path
+
+
 def _torch_file(inputs: Inputs, name: str, obj: object) -> Path:
     path = inputs.path(name)
     torch.save(obj, path)
@@ -393,6 +416,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "folder_broken_image": lambda i: _folder(i, "broken", {"a": [(2, 2)], "b": [(2, 2)]}, junk=True),
     "folder_fifo_image": lambda i: (_folder(i, "fifo_image", {"a": [(2, 2)], "b": [(2, 2)]}),
                                     _fifo(i, "fifo_image/b/1.png"))[0],
+    "folder_image_bomb": _image_bomb,
+    "folder_changed": lambda i: _folder(i, "changed", {"a": [(2, 2)], "b": [(2, 2)]}),
+    "store_folder_changed": _folder_store,
     "hdf5_foreign": _foreign,
     # weights
     "weights_pickle": lambda i: _written(i, "pickle.pt", pickle.dumps({"w": object()})),
@@ -465,6 +491,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
         i, "run4.toml", f'[audit]\nout = "mine"\n[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'))[1],
     "run_train_and_weights": lambda i: _pipeline(i, "run3.toml", f'[model]\nfactory = "{MODEL}"\nweights = "w.pt"\n'
                                                  f'[data]\nsource = "{DATA}"\n[train]\ndata = "{DATA}"\n'),
+    "run_bad_transform": lambda i: _pipeline(i, "run5.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = '
+                                             f'"folder:x"\n\n[data.transform]\nresize = 0\n'),
     "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
                                             f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
 }

@@ -126,3 +126,22 @@ def test_help_and_version_exit_0(capsys):
     assert run(capsys, "--help")[0] == 0
     code, out, _ = run(capsys, "--version")
     assert code == 0 and "0.1.0" in out
+
+
+def test_attribute_preprocesses_a_folder_of_mixed_sizes_and_records_the_spec(tmp_path, capsys):
+    from PIL import Image
+
+    from spray.store import AuditStore
+
+    for i, size in enumerate([(3, 5), (6, 2), (4, 4), (2, 7)]):
+        (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (51, 102, 204)).save(tmp_path / "images" / "ab"[i % 2] / f"{i}.jpg", quality=100)
+    store = tmp_path / "a.h5"
+    code, _, err = run(capsys, "attribute", "--model", MODEL, "--data", f"folder:{tmp_path / 'images'}", "--store",
+                       store, "--resize", "3", "--crop", "2", "--grayscale", "--normalize", "0.5,0.5",
+                       "--method", "epsilon_gamma_box", "--allow-nonconservative")
+    assert code == 0, err
+    with AuditStore(store) as audit:
+        assert audit.attrs()["dataset"]["transform"] == {"resize": 3, "crop": 2, "mode": "grayscale",
+                                                         "mean": [0.5], "std": [0.5]}
+        assert audit.attribution_info("epsilon_gamma_box")["params"]["low"] == [[[-1.0]]]

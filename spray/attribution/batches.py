@@ -80,7 +80,7 @@ class BatchExplainer:
     target: str
     relevance_dtype: str
     thumbnail_shape: tuple[int, int, int] | None
-    thumbnail_range: tuple[float, float] | None
+    thumbnail_range: tuple[tuple[float, ...], tuple[float, ...]] | None
 
     def __call__(
         self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int]
@@ -232,9 +232,10 @@ def thumbnail_shape(input_shape: tuple[int, ...], size: int | None) -> tuple[int
 
 
 def _thumbnails(
-    x: Tensor, shape: tuple[int, int, int], value_range: tuple[float, float] | None
+    x: Tensor, shape: tuple[int, int, int], value_range: tuple[tuple[float, ...], tuple[float, ...]] | None
 ) -> np.ndarray:
-    """uint8 thumbnails (B, *shape): ``value_range`` (default: each sample's min/max) maps to 0..255.
+    """uint8 thumbnails (B, *shape): ``value_range`` (low, high: one value, or one per channel; default:
+    each sample's min/max) maps to 0..255.
 
     Area averaging is linear, so pooling first and scaling after gives the same values for less work.
     """
@@ -244,7 +245,8 @@ def _thumbnails(
         low = flat.min(axis=1).reshape(-1, 1, 1, 1)
         span = np.maximum(flat.max(axis=1).reshape(-1, 1, 1, 1) - low, 1e-12)
     else:
-        low, span = value_range[0], value_range[1] - value_range[0]
+        low = np.asarray(value_range[0], dtype=np.float32).reshape(-1, 1, 1)
+        span = np.asarray(value_range[1], dtype=np.float32).reshape(-1, 1, 1) - low
     if tuple(x.shape[-2:]) != shape[-2:]:
         x = F.interpolate(x, size=shape[-2:], mode="area")
     scaled = np.clip((x.numpy() - low) / span, 0.0, 1.0)

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -30,6 +31,7 @@ from spray.attribution.batches import (
     thumbnail_shape,
 )
 from spray.attribution.distributed import WorkerRecipe, explain_on_cluster
+from spray.data.images import check_same_files, pixel_bounds, source_record
 from spray.errors import BadInputError, StoreError
 from spray.scheduling import dask_client, local_workers
 from spray.store import AuditStore, canonical
@@ -85,7 +87,9 @@ def attribute_dataset(
         progress: show a progress bar on stderr.
         thumbnail_size: thumbnails of (C, H, W) inputs are area-downsampled to at most this size per
             side and stored as uint8; ``None`` or 0 for none. Written once, with the samples.
-        thumbnail_range: ``(low, high)`` input values mapped to 0 and 255; default each sample's min/max.
+        thumbnail_range: ``(low, high)`` input values mapped to 0 and 255, numbers or one per channel;
+            default: an image source's pixel range (its inputs of pixel values 0 and 1, so thumbnails
+            show the un-normalised image), else each sample's min/max.
         relevance_dtype: ``"float32"`` or ``"float16"`` (half the size; values beyond ±65504 are an error).
         on_batch: called as ``on_batch(start, stop)`` after each batch is committed to the store.
         scheduler: None explains in this process. ``"local:N"`` (a LocalCluster of N worker processes on
@@ -117,11 +121,13 @@ def attribute_dataset(
     check_choice(target, "target", _TARGETS)
     check_int(batch_size, "batch_size", minimum=1)
     check_choice(relevance_dtype, "relevance_dtype", _RELEVANCE_DTYPES)
+    if thumbnail_range is None:
+        thumbnail_range = pixel_bounds(dataset)  # an image source's thumbnails show its pixels, not its inputs
     if thumbnail_range is not None:
-        low, high = (float(v) for v in thumbnail_range)
-        if not high > low:
+        low, high = (np.asarray(v, dtype=float).ravel() for v in thumbnail_range)
+        if low.shape != high.shape or not (high > low).all():
             raise BadInputError(f"thumbnail_range must be (low, high) with high > low, got {thumbnail_range}")
-        thumbnail_range = (low, high)
+        thumbnail_range = (tuple(low.tolist()), tuple(high.tolist()))
     local_workers(scheduler)
     if scheduler is not None and not isinstance(recipe, WorkerRecipe):
         raise BadInputError(
@@ -172,11 +178,15 @@ def attribute_dataset(
             computed = 0
             if created:
                 stack.push(lambda kind, *_: _drop_if_refused_empty(Path(store_path).resolve(), kind, computed))
-            if label_names is None and not store.attrs()["label_names"]:
+            recorded = store.attrs()
+            if label_names is None and not recorded["label_names"]:
                 label_names = [str(i) for i in range(n_outputs)]
+            record = {"name": dataset_name, "size": n, **source_record(dataset)}
+            if recorded["dataset"] is not None:
+                check_same_files(recorded["dataset"], record, store.path)
             store.prepare_samples(
                 n,
-                dataset={"name": dataset_name, "size": n},
+                dataset=record,
                 model={"name": model_name, "hash": model_hash},
                 label_names=label_names,
                 thumbnail_shape=thumb_shape,

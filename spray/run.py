@@ -6,7 +6,7 @@ Tables besides the SpRAy node tables of docs/pipelines.md (:data:`RUN_TABLES` ho
                    ``scheduler`` (where attribution and analysis run: "" this process, "local:N", an address)
 ``[model]``        ``factory`` (MOD:FACTORY), ``weights`` (optional state_dict file)
 ``[train]``        optional: train the model first (``data``, ``epochs``, ``batch_size``, ``lr``, ``seed``)
-``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH) to audit; ``[data.transform]``
+``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH, folder:PATH or csv:PATH) to audit; ``[data.transform]``
                    the preprocessing spec of image sources (``resize``, ``crop``, ``mode``, ``mean``, ``std``:
                    spray/data/transforms.py), applied to every image source of the file
 ``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table),
@@ -166,11 +166,15 @@ def _training_config(train: dict[str, Any]) -> TrainingConfig:
 
 
 def _relative_source(source: str, base: Path) -> str:
-    """A file source (npz:, hdf5:, folder:) with a relative path, made relative to the run file's folder."""
-    scheme, sep, rest = source.partition(":")
-    if sep and scheme in ("npz", "hdf5", "folder") and not Path(rest).is_absolute():
-        return f"{scheme}:{base / rest}"
-    return source
+    """A file source (npz:, hdf5:, folder:, csv:) with a relative path, made relative to the run file's folder."""
+    from spray.data.sources import source_file
+
+    path = source_file(source)
+    if path is None or path.is_absolute():
+        return source
+    scheme, _, rest = source.partition(":")
+    mark, options = rest.partition("?")[1:] if scheme == "csv" else ("", "")
+    return f"{scheme}:{base / path}{mark}{options}"
 
 
 def _open(tables: dict[str, dict[str, Any]], source: str) -> Any:

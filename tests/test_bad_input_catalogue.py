@@ -346,6 +346,15 @@ def _image_bomb(inputs: Inputs) -> Path:
     return root
 
 
+def _csv(inputs: Inputs, name: str, text: str) -> Path:
+    """A label table in the row's directory, with 2×2 greyscale images a.png and b.png beside it and a names
+    file names.txt naming 'dog' only."""
+    for image in ("a.png", "b.png"):
+        Image.new("L", (2, 2)).save(inputs.tmp / image)
+    (inputs.tmp / "names.txt").write_text("dog\n")
+    return _written(inputs, name, text.encode())
+
+
 def _folder_store(inputs: Inputs) -> Path:
     """A store of {folder_changed} (tiny_model, 2×2 greyscale images), after which b/0.png changed."""
     root = Path(inputs["folder_changed"])
@@ -417,6 +426,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "folder_fifo_image": lambda i: (_folder(i, "fifo_image", {"a": [(2, 2)], "b": [(2, 2)]}),
                                     _fifo(i, "fifo_image/b/1.png"))[0],
     "folder_image_bomb": _image_bomb,
+    "csv_table": lambda i: _csv(i, "table.csv", "path,label\na.png,cat\nb.png,dog\n"),
+    "csv_missing_image": lambda i: _csv(i, "gone.csv", "path,label\na.png,cat\ngone.png,dog\n"),
+    "csv_empty_label": lambda i: _csv(i, "empty.csv", "path,label\na.png,\nb.png,dog\n"),
     "folder_changed": lambda i: _folder(i, "changed", {"a": [(2, 2)], "b": [(2, 2)]}),
     "store_folder_changed": _folder_store,
     "hdf5_foreign": _foreign,

@@ -254,3 +254,10 @@ def test_data_transform_table_preprocesses_a_folder_of_mixed_sizes(tmp_path, cap
     assert record["transform"] == {"resize": [2, 2], "crop": None, "mode": "grayscale", "mean": [0.5], "std": [0.25]}
     assert len(record["sha256"]) == 40 and record["files"][:2] == ["a/0.jpg", "a/10.jpg"]
     assert params["low"] == [[[-2.0]]] and params["high"] == [[[2.0]]]  # (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
+
+
+def test_relative_csv_sources_resolve_against_the_file_keeping_their_options(tmp_path):
+    from spray.run import _relative_source
+
+    assert _relative_source("csv:t/l.csv?label=y", tmp_path) == f"csv:{tmp_path / 't' / 'l.csv'}?label=y"
+    assert _relative_source("csv:/abs/l.csv", tmp_path) == "csv:/abs/l.csv"

@@ -117,7 +117,7 @@ class ImageFiles(Dataset):
     size. ``where`` names the source in messages; ``root`` is the folder file names are recorded relative to.
     """
 
-    def __init__(self, files: Sequence[tuple[Path, int]], label_names: list[str], *, root: Path, where: str,
+    def __init__(self, files: Sequence[tuple[Path, int]], label_names: list[str] | None, *, root: Path, where: str,
                  transform: ImageTransform | None = None) -> None:
         from PIL import Image
 
@@ -160,7 +160,8 @@ class ImageFiles(Dataset):
         return {
             "root": str(self.root),
             "transform": self.transform.to_dict(),
-            "files": [path.relative_to(self.root).as_posix() for path, _ in self.files],
+            "files": [(path.relative_to(self.root) if path.is_relative_to(self.root) else path).as_posix()
+                      for path, _ in self.files],
             "sha256": [file_sha256(path) for path, _ in self.files],
         }
 

@@ -1,4 +1,4 @@
-"""Data sources: ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH`` or ``MOD:FACTORY`` -> a torch Dataset.
+"""Data sources: ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH``, ``csv:PATH`` or ``MOD:FACTORY`` -> a torch Dataset.
 
 Every dataset yields ``(x, y)``: ``x`` a float32 tensor, (C, H, W) for images or (F,) for feature vectors,
 and ``y`` an int class index. Every dataset has a ``label_names`` attribute, a list of class names or None
@@ -9,6 +9,8 @@ when the source does not name its classes:
   root attribute or dataset ``label_names``. Samples are read one at a time, never the whole file.
 - ``folder:PATH``: one sub-folder per class, sorted by name -> label 0, 1, ...; ``label_names`` are the
   folder names. Image files are decoded and preprocessed as spray/data/images.py says.
+- ``csv:PATH?path=COLUMN&label=COLUMN&names=FILE``: image files listed in a label table
+  (spray/data/label_table.py), decoded and preprocessed as ``folder:``'s.
 - ``MOD:FACTORY``: whatever the zero-argument callable returns, if its items are ``(x, y)`` pairs; its own
   ``label_names`` are kept, else a torchvision-style ``classes`` list is used, else None.
 
@@ -31,11 +33,12 @@ from torch.utils.data import Dataset
 from spray._checks import check_regular_file
 from spray.data._imports import call_factory
 from spray.data.images import IMAGE_SUFFIXES, ImageFiles
+from spray.data.label_table import open_label_table, split_options
 from spray.data.transforms import ImageTransform
 from spray.errors import BadInputError
 
-SCHEMES = ("npz", "hdf5", "folder")
-IMAGE_SCHEMES = ("folder",)
+SCHEMES = ("npz", "hdf5", "folder", "csv")
+IMAGE_SCHEMES = ("folder", "csv")
 
 
 def _as_input(x: Any, where: str) -> torch.Tensor:
@@ -221,7 +224,8 @@ def _folder(root: Path, transform: ImageTransform | None) -> ImageFiles:
         for path in found:
             check_regular_file(path, "an image")
         if not found:
-            raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({suffixes})")
         files += [(p, label) for p in found]
     return ImageFiles(files, classes, root=root, where=f"folder {root}", transform=transform)
 
@@ -286,6 +290,7 @@ def open_source(spec: str, transform: ImageTransform | None = None) -> Dataset:
             "samples in the data source itself"
         )
     if scheme in SCHEMES:
+        rest, options = split_options(spec, rest) if scheme == "csv" else (rest, {})
         if not rest:
             raise BadInputError(f"data source {spec!r} names no path; write {scheme}:PATH")
         path = Path(rest).expanduser()
@@ -293,16 +298,28 @@ def open_source(spec: str, transform: ImageTransform | None = None) -> Dataset:
             raise BadInputError(f"data source {spec!r}: {path} does not exist")
         if scheme == "folder":
             return _folder(path, transform)
-        check_regular_file(path, f"an {scheme} file")
+        check_regular_file(path, {"npz": "an npz file", "hdf5": "an hdf5 file", "csv": "a csv file"}[scheme])
+        if scheme == "csv":
+            return open_label_table(path, options, transform)
         return {"npz": _npz, "hdf5": HDF5Dataset}[scheme](path)
-    known = "npz:PATH, hdf5:PATH, folder:PATH or MOD:FACTORY"
+    known = "npz:PATH, hdf5:PATH, folder:PATH, csv:PATH or MOD:FACTORY"
     if not sep:
         raise BadInputError(f"data source {spec!r} is not {known}")
-    # "csv:data/x.csv" is a scheme we do not know, not a module "csv" lacking an attribute "data/x.csv";
-    # so is "csv:x.csv" when x.csv is a file.
+    # "tsv:data/x.tsv" is a scheme we do not know, not a module "tsv" lacking an attribute "data/x.tsv";
+    # so is "tsv:x.tsv" when x.tsv is a file.
     if not all(part.isidentifier() for part in rest.split(".")) or Path(rest).expanduser().exists():
         raise BadInputError(f"data source {spec!r}: unknown scheme {scheme!r}; expected {known}")
     return _factory(spec)
+
+
+def source_file(spec: str) -> Path | None:
+    """The file or folder a file source (``npz:``, ``hdf5:``, ``folder:``, ``csv:``) reads, its options
+    dropped; None for a factory."""
+    scheme, sep, rest = spec.partition(":")
+    if not (sep and scheme in SCHEMES):
+        return None
+    rest = rest.partition("?")[0] if scheme == "csv" else rest
+    return Path(rest) if rest else None
 
 
 def open_source_like(spec: str, transform: ImageTransform | None) -> Dataset:

@@ -70,7 +70,7 @@ def test_factory_source_returns_the_dataset_with_label_names_attribute():
     [
         ("npz:/nonexistent/d.npz", "does not exist"),
         ("zip:/tmp/x", "unknown scheme 'zip'"),
-        ("csv:data.csv/", "unknown scheme 'csv'"),
+        ("tsv:data.tsv/", "unknown scheme 'tsv'"),
         ("npz:", "names no path"),
         ("tests.data.factories:single_tensors", "sample 0 is Tensor; samples must be"),
         ("tests.data.factories:float_labels", "sample 0's label is 0.5"),
@@ -89,9 +89,9 @@ def test_bad_sources_name_the_problem(spec, message):
 
 def test_an_existing_file_behind_an_unknown_scheme_is_not_taken_for_a_module(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "x.csv").write_text("1,2\n")
-    with pytest.raises(BadInputError, match="unknown scheme 'csv'"):
-        open_source("csv:x.csv")
+    (tmp_path / "x.tsv").write_text("1\t2\n")
+    with pytest.raises(BadInputError, match="unknown scheme 'tsv'"):
+        open_source("tsv:x.tsv")
 
 
 def test_npz_without_y_lists_what_it_has(tmp_path):

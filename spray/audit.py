@@ -28,7 +28,7 @@ def audit(store: Path, model: nn.Module, dataset: Dataset, attributor: Attributo
           label_names: Sequence[str] | None = None, thumbnail_size: int | None = 64,
           thumbnail_range: tuple[float, float] | None = None, scheduler: str | None = None,
           recipe: WorkerRecipe | None = None, progress: bool = True,
-          allow_nonconservative: bool = False) -> list[dict[str, Any]]:
+          allow_nonconservative: bool = False, workers: int = 0) -> list[dict[str, Any]]:
     """Explain every sample of ``dataset`` with ``attributor`` into ``store`` (as the attribution that
     ``spec`` analyses: ``spec.attribution``, by default the attributor's name), run the SpRAy pipeline
     ``spec``, return the ranking (``spray rank --json`` entries). ``scheduler`` (with the workers'
@@ -39,7 +39,7 @@ def audit(store: Path, model: nn.Module, dataset: Dataset, attributor: Attributo
         dataset_name=dataset_name, name=spec.attribution, target=target, batch_size=batch_size,
         label_names=label_names, progress=progress, thumbnail_size=thumbnail_size,
         thumbnail_range=thumbnail_range, scheduler=scheduler, recipe=recipe,
-        allow_nonconservative=allow_nonconservative,
+        allow_nonconservative=allow_nonconservative, workers=workers,
     )
     analyze(str(store), spec, scheduler=scheduler, progress=progress)
     with AuditStore(store) as opened:

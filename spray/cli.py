@@ -176,6 +176,11 @@ def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
               "(docs/distributed.md); default: this process.")
 @click.option("--allow-nonconservative", is_flag=True,
               help="Attribute even where LRP's relevance accounting fails on the first batch (docs/lrp.md).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes that read and decode samples ahead of the batch being explained (without --scheduler).")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Leave out image files that cannot be decoded (each named on stderr and in the store) instead "
+                   "of refusing the source; every file is decoded once when the source is opened.")
 def attribute(
     model_spec: str,
     weights: Path | None,
@@ -189,6 +194,8 @@ def attribute(
     overwrite: bool,
     scheduler: str | None,
     allow_nonconservative: bool,
+    workers: int,
+    skip_unreadable: bool,
     transform: Any,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
@@ -197,7 +204,9 @@ def attribute(
     from spray.data import load_model, model_hash, open_source
 
     model = load_model(model_spec, weights)
-    dataset = open_source(data_spec, transform)
+    dataset = open_source(data_spec, transform, skip_unreadable=skip_unreadable)
+    for path, message in getattr(dataset, "skipped", []):
+        click.echo(f"skipped {path}: {message}", err=True)
     summary = attribute_dataset(
         store,
         model,
@@ -212,8 +221,10 @@ def attribute(
         label_names=getattr(dataset, "label_names", None),
         overwrite=overwrite,
         scheduler=scheduler,
-        recipe=WorkerRecipe(model=model_spec, data=data_spec, transform=transform and transform.to_dict()),
+        recipe=WorkerRecipe(model=model_spec, data=data_spec, transform=transform and transform.to_dict(),
+                            skip_unreadable=skip_unreadable),
         allow_nonconservative=allow_nonconservative,
+        workers=workers,
     )
     click.echo(json.dumps(summary, default=str), err=True)
 
@@ -411,7 +422,8 @@ def export_tables_command(store: Path, out: Path, analysis: str, fmt: str) -> No
 
 def _audited_sources(store: Path) -> Callable[[str | None], Any]:
     """Opens a command's data options (None for an option not given) as STORE's samples were explained:
-    image sources with the preprocessing spec its dataset record holds (docs/data.md)."""
+    image sources with the preprocessing spec its dataset record holds, unreadable files left out if the
+    attribution left them out (docs/data.md)."""
     from spray.data import ImageTransform
     from spray.data.sources import open_source_like
     from spray.store import AuditStore
@@ -421,7 +433,8 @@ def _audited_sources(store: Path) -> Callable[[str | None], Any]:
         with AuditStore(store) as audit:
             record = audit.attrs()["dataset"]
     transform = ImageTransform.from_dict(record["transform"]) if record and "transform" in record else None
-    return lambda spec: open_source_like(spec, transform) if spec else None
+    skip = bool(record and record.get("skipped"))
+    return lambda spec: open_source_like(spec, transform, skip) if spec else None
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:

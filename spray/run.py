@@ -8,9 +8,10 @@ Tables besides the SpRAy node tables of docs/pipelines.md (:data:`RUN_TABLES` ho
 ``[train]``        optional: train the model first (``data``, ``epochs``, ``batch_size``, ``lr``, ``seed``)
 ``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH, folder:PATH or csv:PATH) to audit; ``[data.transform]``
                    the preprocessing spec of image sources (``resize``, ``crop``, ``mode``, ``mean``, ``std``:
-                   spray/data/transforms.py), applied to every image source of the file
+                   spray/data/transforms.py), applied to every image source of the file;
+                   ``skip_unreadable`` (leave out image files that cannot be decoded)
 ``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table),
-                   ``allow_nonconservative``
+                   ``allow_nonconservative``, ``workers`` (processes decoding samples ahead)
 ``[clarc]``        optional: correct the model for a flagged cluster (``cluster``, ``methods``, ``layer``, ...)
 ``[evaluate]``     optional, with ``[clarc]``: the test data (``test``, ``poisoned_test``, ``everywhere_test``)
 ``[report]``       ``path`` (HTML report; empty string: no report)
@@ -39,9 +40,9 @@ RUN_TABLES: dict[str, dict[str, Any]] = {
     "audit": {"out": "storage/audit", "scheduler": ""},
     "model": {"factory": str, "weights": ""},
     "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
-    "data": {"source": str, "transform": {}},
+    "data": {"source": str, "transform": {}, "skip_unreadable": False},
     "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {},
-                    "allow_nonconservative": False},
+                    "allow_nonconservative": False, "workers": 0},
     "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
               "lambda": float, "fraction": float, "batch_size": 64, "seed": 0, "out": "clarc",
               "overwrite": False},
@@ -131,6 +132,9 @@ def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
             _training_config(tables["train"])
         except BadInputError as exc:  # TrainingConfig's check, placed at the table
             raise fail("train", None, f"[train] {exc}") from None
+    workers = tables["attribution"]["workers"]
+    if workers < 0:
+        raise fail("attribution", "workers", f"attribution.workers must be at least 0, got {workers}")
     if tables["attribution"]["target"] not in TARGETS:
         raise fail("attribution", "target", f"attribution.target must be one of {', '.join(TARGETS)}")
     if "evaluate" in tables and "clarc" not in tables:
@@ -181,7 +185,7 @@ def _open(tables: dict[str, dict[str, Any]], source: str) -> Any:
     """A data source of the file; image sources with the ``[data.transform]`` spec."""
     from spray.data.sources import open_source_like
 
-    return open_source_like(source, tables["data"]["transform"])
+    return open_source_like(source, tables["data"]["transform"], tables["data"]["skip_unreadable"])
 
 
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
@@ -226,9 +230,11 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
         store, model, dataset, method, spec,
         model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
         batch_size=attribution["batch_size"], label_names=getattr(dataset, "label_names", None),
-        allow_nonconservative=attribution["allow_nonconservative"], scheduler=tables["audit"]["scheduler"] or None,
+        allow_nonconservative=attribution["allow_nonconservative"], workers=attribution["workers"],
+        scheduler=tables["audit"]["scheduler"] or None,
         recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"],
-                            transform=tables["data"]["transform"].to_dict()), progress=progress,
+                            transform=tables["data"]["transform"].to_dict(),
+                            skip_unreadable=tables["data"]["skip_unreadable"]), progress=progress,
     )
     corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []
     report = None

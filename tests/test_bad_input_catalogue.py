@@ -426,6 +426,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "folder_fifo_image": lambda i: (_folder(i, "fifo_image", {"a": [(2, 2)], "b": [(2, 2)]}),
                                     _fifo(i, "fifo_image/b/1.png"))[0],
     "folder_image_bomb": _image_bomb,
+    "folder_unreadable": lambda i: (_folder(i, "unreadable", {"a": [], "b": []}, junk=True),
+                                    _written(i, "unreadable/a/broken.jpg", b"not a jpeg"))[0],
     "csv_table": lambda i: _csv(i, "table.csv", "path,label\na.png,cat\nb.png,dog\n"),
     "csv_missing_image": lambda i: _csv(i, "gone.csv", "path,label\na.png,cat\ngone.png,dog\n"),
     "csv_empty_label": lambda i: _csv(i, "empty.csv", "path,label\na.png,\nb.png,dog\n"),

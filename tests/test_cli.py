@@ -145,3 +145,23 @@ def test_attribute_preprocesses_a_folder_of_mixed_sizes_and_records_the_spec(tmp
         assert audit.attrs()["dataset"]["transform"] == {"resize": 3, "crop": 2, "mode": "grayscale",
                                                          "mean": [0.5], "std": [0.5]}
         assert audit.attribution_info("epsilon_gamma_box")["params"]["low"] == [[[-1.0]]]
+
+
+def test_skip_unreadable_names_each_skipped_file_and_the_store_records_it(tmp_path, capsys):
+    from PIL import Image
+
+    from spray.store import AuditStore
+
+    for i in range(4):
+        (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (2, 2), i).save(tmp_path / "images" / "ab"[i % 2] / f"{i}.png")
+    broken = tmp_path / "images" / "b" / "9.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n")
+    argv = ["attribute", "--model", MODEL, "--data", f"folder:{tmp_path / 'images'}", "--store", tmp_path / "a.h5"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and f"error: image {broken} cannot be read: " in err and not (tmp_path / "a.h5").exists()
+    code, _, err = run(capsys, *argv, "--skip-unreadable", "--workers", "2")
+    message = f"image {broken} cannot be read: " + err.split(" cannot be read: ", 1)[1].split("\n")[0]
+    assert code == 0 and err.startswith(f"skipped {broken}: {message}\n")
+    with AuditStore(tmp_path / "a.h5") as audit:
+        assert audit.n_samples == 4 and audit.attrs()["dataset"]["skipped"] == [["b/9.png", message]]

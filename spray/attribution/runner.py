@@ -27,6 +27,7 @@ from spray.attribution.batches import (
     ExplainedBatch,
     count_outputs,
     placement,
+    read_batches,
     sample_input,
     thumbnail_shape,
 )
@@ -65,6 +66,7 @@ def attribute_dataset(
     recipe: WorkerRecipe | None = None,
     shard_batches: int = 4,
     allow_nonconservative: bool = False,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Attribute every sample of ``dataset`` into the store at ``store_path`` (created if missing).
 
@@ -103,6 +105,8 @@ def attribute_dataset(
             worker that dies costs at most its unfinished shards.
         allow_nonconservative: skip the check of an LRP attributor's relevance accounting on the first
             batch (docs/lrp.md, "Relevance accounting").
+        workers: without ``scheduler``: DataLoader worker processes that read (decode) the samples ahead
+            of the batch being explained, in batch order; 0 reads them here.
 
     Returns:
         A JSON-serialisable summary: store, name, method, params, target, n_samples, computed (samples
@@ -135,6 +139,7 @@ def attribute_dataset(
             "build the model and open the data themselves"
         )
     check_int(shard_batches, "shard_batches", minimum=1)
+    check_int(workers, "workers", minimum=0)
     for attr in ("name", "params", "attribute"):
         if not hasattr(attributor, attr):
             raise BadInputError(f"attributor {attributor!r} lacks {attr!r} (see the attributor contract)")
@@ -229,7 +234,10 @@ def attribute_dataset(
             ]
             skipped = n - sum(len(b) for b in batches)
             if client is None:
-                results: Iterable[ExplainedBatch] = (explain(model, dataset, attributor, b) for b in batches)
+                results: Iterable[ExplainedBatch] = (
+                    explain(model, dataset, attributor, b, items)
+                    for b, items in zip(batches, read_batches(dataset, batches, workers))
+                )
             else:
                 results = explain_on_cluster(
                     client, recipe, model, n, attributor, explain, batches, shard_batches=shard_batches

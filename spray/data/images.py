@@ -114,19 +114,32 @@ class ImageFiles(Dataset):
 
     Every file's header is read when the dataset is made (its size and colour mode, not its pixels), so a
     stray image fails at once, named: images of different sizes are refused unless the spec makes them one
-    size. ``where`` names the source in messages; ``root`` is the folder file names are recorded relative to.
+    size. With ``skip_unreadable`` every file is decoded once, and those that cannot be are left out of
+    the samples and kept in ``skipped`` (path, message). ``where`` names the source in messages; ``root``
+    is the folder file names are recorded relative to.
     """
 
     def __init__(self, files: Sequence[tuple[Path, int]], label_names: list[str] | None, *, root: Path, where: str,
-                 transform: ImageTransform | None = None) -> None:
+                 transform: ImageTransform | None = None, skip_unreadable: bool = False) -> None:
         from PIL import Image
 
-        self.files, self.label_names, self.root, self.where = list(files), label_names, root, where
+        self.label_names, self.root, self.where = label_names, root, where
         self.transform = transform or ImageTransform()
+        self.files: list[tuple[Path, int]] = []
+        self.skipped: list[tuple[Path, str]] = []
         size, first, grey = None, None, True
-        for path, _ in self.files:
-            with reading(path), Image.open(path) as image:
-                image_size, mode = _oriented_size(image), image.mode
+        for path, label in files:
+            try:
+                with reading(path), Image.open(path) as image:
+                    image_size, mode = _oriented_size(image), image.mode
+                if skip_unreadable:
+                    decode(path)  # every pixel, once: a file cut short is found now, not in its batch
+            except BadInputError as exc:
+                if not skip_unreadable:
+                    raise
+                self.skipped.append((path, str(exc)))
+                continue
+            self.files.append((path, label))
             grey = grey and _is_grey(mode)
             if self.transform.fixes_size:
                 continue
@@ -138,6 +151,8 @@ class ImageFiles(Dataset):
                     f"{size[0]}×{size[1]}: all images must have the same size, or a preprocessing spec "
                     "must make them one size: --resize H,W, or --resize N --crop N (docs/data.md)"
                 )
+        if not self.files:
+            raise BadInputError(f"{where}: none of its {len(self.skipped)} images can be read")
         mode = self.transform.mode or ("grayscale" if grey else "rgb")
         self.channels = 1 if mode == "grayscale" else 3
         self.transform.normalise(torch.zeros(self.channels, 1, 1))  # a mean per channel must fit the images
@@ -154,15 +169,19 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform.normalise(self.pixels(i)), self.files[i][1]
 
+    def _name(self, path: Path) -> str:
+        return (path.relative_to(self.root) if path.is_relative_to(self.root) else path).as_posix()
+
     def record(self) -> dict[str, Any]:
-        """What the store's dataset record keeps of this source: its root folder, the spec, and every file's
-        path (relative to ``root``) and sha256, in sample order."""
+        """What the store's dataset record keeps of this source: its root folder, the spec, every file's
+        path (relative to ``root``) and sha256, in sample order, and the files skipped as unreadable, with
+        why (``[path, message]``)."""
         return {
             "root": str(self.root),
             "transform": self.transform.to_dict(),
-            "files": [(path.relative_to(self.root) if path.is_relative_to(self.root) else path).as_posix()
-                      for path, _ in self.files],
+            "files": [self._name(path) for path, _ in self.files],
             "sha256": [file_sha256(path) for path, _ in self.files],
+            "skipped": [[self._name(path), message] for path, message in self.skipped],
         }
 
 

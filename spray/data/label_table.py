@@ -58,7 +58,8 @@ def _names(path: Path) -> list[str]:
     return names
 
 
-def open_label_table(path: Path, options: dict[str, str], transform: ImageTransform | None) -> ImageFiles:
+def open_label_table(path: Path, options: dict[str, str], transform: ImageTransform | None,
+                     skip_unreadable: bool = False) -> ImageFiles:
     """The images a label table lists, with their labels (module docstring)."""
     path_column, label_column = (options.get(k, OPTIONS[k]) for k in ("path", "label"))
     root = path.parent
@@ -109,4 +110,4 @@ def open_label_table(path: Path, options: dict[str, str], transform: ImageTransf
         names = sorted(set(values))
         index = {name: i for i, name in enumerate(names)}
     files = [(image, index[label]) for image, label, _ in rows]
-    return ImageFiles(files, names, root=root, where=where, transform=transform)
+    return ImageFiles(files, names, root=root, where=where, transform=transform, skip_unreadable=skip_unreadable)

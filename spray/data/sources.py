@@ -203,7 +203,7 @@ class HDF5Dataset(Dataset):
             self._file = None
 
 
-def _folder(root: Path, transform: ImageTransform | None) -> ImageFiles:
+def _folder(root: Path, transform: ImageTransform | None, skip_unreadable: bool) -> ImageFiles:
     """Images in one sub-folder per class (class names sorted -> label indices), read with Pillow.
 
     Class folders are searched recursively for files with an image suffix; hidden files and folders are
@@ -227,7 +227,8 @@ def _folder(root: Path, transform: ImageTransform | None) -> ImageFiles:
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({suffixes})")
         files += [(p, label) for p in found]
-    return ImageFiles(files, classes, root=root, where=f"folder {root}", transform=transform)
+    return ImageFiles(files, classes, root=root, where=f"folder {root}", transform=transform,
+                      skip_unreadable=skip_unreadable)
 
 
 def _factory(spec: str) -> Dataset:
@@ -276,19 +277,22 @@ class _Named(Dataset):
         return self.dataset[i]
 
 
-def open_source(spec: str, transform: ImageTransform | None = None) -> Dataset:
+def open_source(spec: str, transform: ImageTransform | None = None, *, skip_unreadable: bool = False) -> Dataset:
     """The dataset a ``SOURCE`` string names (module docstring); errors name the spec and the problem.
 
-    ``transform``, the preprocessing spec (spray/data/transforms.py), applies to the image sources
-    (``folder:``); giving one for another source is refused rather than ignored.
+    ``transform``, the preprocessing spec (spray/data/transforms.py), and ``skip_unreadable`` (leave out,
+    and record, the image files that cannot be decoded) apply to the image sources (``folder:``, ``csv:``);
+    giving them for another source is refused rather than ignored.
     """
     scheme, sep, rest = spec.partition(":")
+    images = ", ".join(f"{s}:PATH" for s in IMAGE_SCHEMES)
     if transform is not None and transform != ImageTransform() and scheme not in IMAGE_SCHEMES:
         raise BadInputError(
             f"data source {spec!r}: a preprocessing spec (--resize, --crop, --normalize, --grayscale/--rgb) "
-            f"applies to image sources ({', '.join(f'{s}:PATH' for s in IMAGE_SCHEMES)}); transform the "
-            "samples in the data source itself"
+            f"applies to image sources ({images}); transform the samples in the data source itself"
         )
+    if skip_unreadable and scheme not in IMAGE_SCHEMES:
+        raise BadInputError(f"data source {spec!r}: --skip-unreadable applies to image sources ({images})")
     if scheme in SCHEMES:
         rest, options = split_options(spec, rest) if scheme == "csv" else (rest, {})
         if not rest:
@@ -297,10 +301,10 @@ def open_source(spec: str, transform: ImageTransform | None = None) -> Dataset:
         if not path.exists():
             raise BadInputError(f"data source {spec!r}: {path} does not exist")
         if scheme == "folder":
-            return _folder(path, transform)
+            return _folder(path, transform, skip_unreadable)
         check_regular_file(path, {"npz": "an npz file", "hdf5": "an hdf5 file", "csv": "a csv file"}[scheme])
         if scheme == "csv":
-            return open_label_table(path, options, transform)
+            return open_label_table(path, options, transform, skip_unreadable)
         return {"npz": _npz, "hdf5": HDF5Dataset}[scheme](path)
     known = "npz:PATH, hdf5:PATH, folder:PATH, csv:PATH or MOD:FACTORY"
     if not sep:
@@ -322,7 +326,8 @@ def source_file(spec: str) -> Path | None:
     return Path(rest) if rest else None
 
 
-def open_source_like(spec: str, transform: ImageTransform | None) -> Dataset:
-    """:func:`open_source` with ``transform`` if ``spec`` is an image source, without for any other: the
-    spec of a run file, or the one an audit store records, serves all of its image sources."""
-    return open_source(spec, transform if spec.partition(":")[0] in IMAGE_SCHEMES else None)
+def open_source_like(spec: str, transform: ImageTransform | None, skip_unreadable: bool = False) -> Dataset:
+    """:func:`open_source` with ``transform`` and ``skip_unreadable`` if ``spec`` is an image source, without
+    for any other: the spec of a run file, or the one an audit store records, serves all its image sources."""
+    image = spec.partition(":")[0] in IMAGE_SCHEMES
+    return open_source(spec, transform if image else None, skip_unreadable=skip_unreadable and image)

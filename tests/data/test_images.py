@@ -177,3 +177,24 @@ def test_a_changed_image_or_spec_is_refused_on_resume(tmp_path):
     with pytest.raises(BadInputError, match=r'was made with preprocessing \{"crop": null, .*"resize": null, '
                                             r'"std": null\}, this run asks for \{.*"resize": 2, '):
         attribute(ImageTransform(resize=2))
+
+
+def test_skip_unreadable_leaves_out_and_records_files_that_cannot_be_decoded(tmp_path):
+    for i in range(4):
+        _save(Image.new("L", (2, 2), 10 * i), tmp_path / "ab"[i % 2] / f"{i}.png")
+    truncated = tmp_path / "b" / "3.png"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: data.index(b"IDAT") + 6])  # a valid header, the pixel data cut short
+    (tmp_path / "a" / "junk.png").write_bytes(b"not a png")
+    with pytest.raises(BadInputError, match=r"^image .*/a/junk\.png cannot be read: cannot identify image file"):
+        open_source(f"folder:{tmp_path}")
+    dataset = open_source(f"folder:{tmp_path}", skip_unreadable=True)
+    assert [path.name for path, _ in dataset.files] == ["0.png", "2.png", "1.png"]
+    junk, cut = (tmp_path / "a" / "junk.png", truncated)
+    assert dataset.skipped == [
+        (junk, f"image {junk} cannot be read: cannot identify image file '{junk}'; replace or remove the file"),
+        (cut, f"image {cut} cannot be read: image file is truncated; replace or remove the file"),
+    ]
+    assert dataset.record()["skipped"][0] == ["a/junk.png", dataset.skipped[0][1]]
+    with pytest.raises(BadInputError, match=r"--skip-unreadable applies to image sources"):
+        open_source("tests.data.factories:tiny_dataset", skip_unreadable=True)

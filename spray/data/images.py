@@ -115,20 +115,23 @@ class ImageFiles(Dataset):
     Every file's header is read when the dataset is made (its size and colour mode, not its pixels), so a
     stray image fails at once, named: images of different sizes are refused unless the spec makes them one
     size. With ``skip_unreadable`` every file is decoded once, and those that cannot be are left out of
-    the samples and kept in ``skipped`` (path, message). ``where`` names the source in messages; ``root``
-    is the folder file names are recorded relative to.
+    the samples and kept in ``skipped`` (path, message). ``metadata``, one dict per file, becomes
+    ``metadata``: column -> the samples' values. ``where`` names the source in messages; ``root`` is the
+    folder file names are recorded relative to.
     """
 
     def __init__(self, files: Sequence[tuple[Path, int]], label_names: list[str] | None, *, root: Path, where: str,
-                 transform: ImageTransform | None = None, skip_unreadable: bool = False) -> None:
+                 transform: ImageTransform | None = None, skip_unreadable: bool = False,
+                 metadata: Sequence[dict[str, str]] | None = None) -> None:
         from PIL import Image
 
         self.label_names, self.root, self.where = label_names, root, where
         self.transform = transform or ImageTransform()
         self.files: list[tuple[Path, int]] = []
         self.skipped: list[tuple[Path, str]] = []
+        kept: list[dict[str, str]] = []
         size, first, grey = None, None, True
-        for path, label in files:
+        for (path, label), extra in zip(files, metadata or [{}] * len(files), strict=True):
             try:
                 with reading(path), Image.open(path) as image:
                     image_size, mode = _oriented_size(image), image.mode
@@ -140,6 +143,7 @@ class ImageFiles(Dataset):
                 self.skipped.append((path, str(exc)))
                 continue
             self.files.append((path, label))
+            kept.append(extra)
             grey = grey and _is_grey(mode)
             if self.transform.fixes_size:
                 continue
@@ -153,6 +157,7 @@ class ImageFiles(Dataset):
                 )
         if not self.files:
             raise BadInputError(f"{where}: none of its {len(self.skipped)} images can be read")
+        self.metadata = {column: [row[column] for row in kept] for column in kept[0]}
         mode = self.transform.mode or ("grayscale" if grey else "rgb")
         self.channels = 1 if mode == "grayscale" else 3
         self.transform.normalise(torch.zeros(self.channels, 1, 1))  # a mean per channel must fit the images
@@ -174,14 +179,15 @@ class ImageFiles(Dataset):
 
     def record(self) -> dict[str, Any]:
         """What the store's dataset record keeps of this source: its root folder, the spec, every file's
-        path (relative to ``root``) and sha256, in sample order, and the files skipped as unreadable, with
-        why (``[path, message]``)."""
+        path (relative to ``root``) and sha256, in sample order, the files skipped as unreadable, with
+        why (``[path, message]``), and the metadata columns (column -> values in sample order)."""
         return {
             "root": str(self.root),
             "transform": self.transform.to_dict(),
             "files": [self._name(path) for path, _ in self.files],
             "sha256": [file_sha256(path) for path, _ in self.files],
             "skipped": [[self._name(path), message] for path, message in self.skipped],
+            "metadata": self.metadata,
         }
 
 

@@ -9,6 +9,9 @@ Options, ``&``-separated after a ``?`` (e.g. ``csv:labels.csv?path=file&label=di
   integers gives the labels as they are (outputs named 0, 1, ...), and any other column's sorted distinct
   values are the class names (label i: the i-th).
 
+The table's other columns (site, scanner, sex, ...) are kept as text, per sample: ``metadata`` of the
+dataset, recorded in the store, where the report tests them for enrichment in flagged groups.
+
 The table is read with Python's csv module (comma-separated, first line the column names, UTF-8 with or
 without a byte-order mark). Every problem is a ``BadInputError`` naming the file, the line and the column.
 """
@@ -74,7 +77,7 @@ def open_label_table(path: Path, options: dict[str, str], transform: ImageTransf
                         f"{where}, line 1: no column {column!r} (the columns are {', '.join(map(repr, columns))}); "
                         "name the path and label columns: csv:PATH?path=COLUMN&label=COLUMN"
                     )
-            rows = []
+            rows, extras = [], []
             for row in reader:
                 line = reader.line_num
                 file, label = ((row.get(c) or "").strip() for c in (path_column, label_column))
@@ -87,6 +90,7 @@ def open_label_table(path: Path, options: dict[str, str], transform: ImageTransf
                     raise BadInputError(f"{where}, line {line}, column {path_column!r}: image {image} does not exist")
                 check_regular_file(image, "an image")
                 rows.append((image, label, line))
+                extras.append({c: (row.get(c) or "").strip() for c in columns if c not in (path_column, label_column)})
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except csv.Error as exc:
@@ -110,4 +114,5 @@ def open_label_table(path: Path, options: dict[str, str], transform: ImageTransf
         names = sorted(set(values))
         index = {name: i for i, name in enumerate(names)}
     files = [(image, index[label]) for image, label, _ in rows]
-    return ImageFiles(files, names, root=root, where=where, transform=transform, skip_unreadable=skip_unreadable)
+    return ImageFiles(files, names, root=root, where=where, transform=transform, skip_unreadable=skip_unreadable,
+                      metadata=extras)

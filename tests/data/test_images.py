@@ -198,3 +198,12 @@ def test_skip_unreadable_leaves_out_and_records_files_that_cannot_be_decoded(tmp
     assert dataset.record()["skipped"][0] == ["a/junk.png", dataset.skipped[0][1]]
     with pytest.raises(BadInputError, match=r"--skip-unreadable applies to image sources"):
         open_source("tests.data.factories:tiny_dataset", skip_unreadable=True)
+
+
+def test_metadata_of_skipped_files_is_left_out_with_them(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        _save(Image.new("L", (1, 1)), tmp_path / name)
+    (tmp_path / "b.png").write_bytes(b"junk")
+    (tmp_path / "t.csv").write_text("path,label,site\na.png,x,A\nb.png,y,B\nc.png,y,C\n")
+    dataset = open_source(f"csv:{tmp_path / 't.csv'}", skip_unreadable=True)
+    assert dataset.metadata == {"site": ["A", "C"]} and [label for _, label in dataset.files] == [0, 1]

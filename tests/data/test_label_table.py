@@ -22,7 +22,7 @@ def _table(root: Path, text: str, images: dict[str, tuple[int, int]]) -> Path:
     return root / "labels.csv"
 
 
-def test_rows_give_samples_in_table_order_with_sorted_value_names(tmp_path):
+def test_rows_give_samples_in_table_order_with_sorted_value_names_and_other_columns_as_metadata(tmp_path):
     table = _table(tmp_path, "file,diagnosis,site\nimg/b.png,nevus,A\nimg/a.png,melanoma,B\nimg/c.png,nevus,B\n",
                    {"img/a.png": (2, 2), "img/b.png": (4, 3), "img/c.png": (3, 4)})
     dataset = open_source(f"csv:{table}?path=file&label=diagnosis", ImageTransform(resize=(2, 2)))
@@ -31,6 +31,7 @@ def test_rows_give_samples_in_table_order_with_sorted_value_names(tmp_path):
     x, _ = dataset[1]
     assert torch.equal(x, torch.full((1, 2, 2), 90 / 255))  # img/a.png, value 10 * 9
     assert dataset.record()["files"] == ["img/b.png", "img/a.png", "img/c.png"]
+    assert dataset.metadata == dataset.record()["metadata"] == {"site": ["A", "B", "B"]}
 
 
 def test_integer_labels_are_taken_as_they_are_and_a_names_file_orders_the_classes(tmp_path):

@@ -507,6 +507,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
                                                  f'[data]\nsource = "{DATA}"\n[train]\ndata = "{DATA}"\n'),
     "run_bad_transform": lambda i: _pipeline(i, "run5.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = '
                                              f'"folder:x"\n\n[data.transform]\nresize = 0\n'),
+    "run_workers": lambda i: _pipeline(i, "run6.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
+                                       '[attribution]\nworkers = -1\n'),
     "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
                                             f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
 }

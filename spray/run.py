@@ -171,13 +171,13 @@ def _training_config(train: dict[str, Any]) -> TrainingConfig:
 
 def _relative_source(source: str, base: Path) -> str:
     """A file source (npz:, hdf5:, folder:, csv:) with a relative path, made relative to the run file's folder."""
-    from spray.data.sources import source_file
+    from spray.data.sources import IMAGE_SCHEMES, source_file
 
     path = source_file(source)
     if path is None or path.is_absolute():
         return source
     scheme, _, rest = source.partition(":")
-    mark, options = rest.partition("?")[1:] if scheme == "csv" else ("", "")
+    mark, options = rest.partition("?")[1:] if scheme in IMAGE_SCHEMES else ("", "")
     return f"{scheme}:{base / path}{mark}{options}"
 
 

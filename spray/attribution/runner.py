@@ -166,8 +166,9 @@ def attribute_dataset(
             raise BadInputError(
                 f"{len(label_names)} label names given for a model with {n_outputs} outputs: spray needs one name "
                 "per model output, in output order (label i names output i). A folder: source names and "
-                "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output "
-                f"(a subset would be labelled wrongly); an npz or hdf5 file or a dataset factory must give all "
+                "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output, or "
+                "name every output in a file (folder:PATH?names=FILE, one name per line, in output order) "
+                "whose names its sub-folders are; an npz or hdf5 file or a dataset factory must give all "
                 f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
             )
         explain = BatchExplainer(input_shape, n_outputs, target, relevance_dtype, thumb_shape, thumbnail_range)

@@ -22,43 +22,15 @@ import csv
 from pathlib import Path
 
 from spray._checks import check_regular_file
+from spray.data._options import read_names
 from spray.data.images import ImageFiles
 from spray.data.transforms import ImageTransform
 from spray.errors import BadInputError
 
-__all__ = ["OPTIONS", "open_label_table", "split_options"]
+__all__ = ["OPTIONS", "open_label_table"]
 
 OPTIONS = {"path": "path", "label": "label", "names": None}
 """The options of a ``csv:`` source and their defaults."""
-
-
-def split_options(spec: str, rest: str) -> tuple[str, dict[str, str]]:
-    """``PATH?KEY=VALUE&...`` -> (PATH, options); unknown or malformed options are refused naming ``spec``."""
-    path, _, query = rest.partition("?")
-    options: dict[str, str] = {}
-    for part in filter(None, query.split("&")):
-        key, sep, value = part.partition("=")
-        if not sep or not value or key not in OPTIONS:
-            raise BadInputError(
-                f"data source {spec!r}: option {part!r} is not KEY=VALUE with KEY one of "
-                f"{', '.join(OPTIONS)} (e.g. csv:labels.csv?path=file&label=diagnosis)"
-            )
-        options[key] = value
-    return path, options
-
-
-def _names(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"label names file {path} cannot be read: {exc}") from None
-    names = [line.strip() for line in lines if line.strip()]
-    if len(set(names)) != len(names):
-        twice = next(name for name in names if names.count(name) > 1)
-        raise BadInputError(f"label names file {path} names {twice!r} twice")
-    if not names:
-        raise BadInputError(f"label names file {path} holds no names (one per line, in model output order)")
-    return names
 
 
 def open_label_table(path: Path, options: dict[str, str], transform: ImageTransform | None,
@@ -100,7 +72,7 @@ def open_label_table(path: Path, options: dict[str, str], transform: ImageTransf
 
     values = [label for _, label, _ in rows]
     if "names" in options:
-        names = _names(root / options["names"])
+        names = read_names(root / options["names"])
         index = {name: i for i, name in enumerate(names)}
         for _, label, line in rows:
             if label not in index:

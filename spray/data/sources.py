@@ -7,8 +7,9 @@ when the source does not name its classes:
 - ``npz:PATH``: arrays ``x`` (n, ...) and ``y`` (n,); an optional array ``label_names`` of strings.
 - ``hdf5:PATH``: datasets ``x`` and ``y``, or ViRelAy's ``data`` and ``label``; optional class names in a
   root attribute or dataset ``label_names``. Samples are read one at a time, never the whole file.
-- ``folder:PATH``: one sub-folder per class, sorted by name -> label 0, 1, ...; ``label_names`` are the
-  folder names. Image files are decoded and preprocessed as spray/data/images.py says.
+- ``folder:PATH[?names=FILE]``: one sub-folder per class, sorted by name -> label 0, 1, ...; ``label_names``
+  are the folder names; or, with a names file, every output's name and each folder's label its line.
+  Image files are decoded and preprocessed as spray/data/images.py says.
 - ``csv:PATH?path=COLUMN&label=COLUMN&names=FILE``: image files listed in a label table
   (spray/data/label_table.py), decoded and preprocessed as ``folder:``'s.
 - ``MOD:FACTORY``: whatever the zero-argument callable returns, if its items are ``(x, y)`` pairs; its own
@@ -33,7 +34,9 @@ from torch.utils.data import Dataset
 from spray._checks import check_regular_file
 from spray.data._imports import call_factory
 from spray.data.images import IMAGE_SUFFIXES, ImageFiles
-from spray.data.label_table import open_label_table, split_options
+from spray.data._options import read_names, split_options
+from spray.data.label_table import OPTIONS as CSV_OPTIONS
+from spray.data.label_table import open_label_table
 from spray.data.transforms import ImageTransform
 from spray.errors import BadInputError
 
@@ -203,19 +206,32 @@ class HDF5Dataset(Dataset):
             self._file = None
 
 
-def _folder(root: Path, transform: ImageTransform | None, skip_unreadable: bool) -> ImageFiles:
+def _folder(root: Path, transform: ImageTransform | None, skip_unreadable: bool,
+            names: str | None) -> ImageFiles:
     """Images in one sub-folder per class (class names sorted -> label indices), read with Pillow.
 
     Class folders are searched recursively for files with an image suffix; hidden files and folders are
-    skipped. Decoding and preprocessing: spray/data/images.py and transforms.py.
+    skipped. With a names file (``names``, relative to ``root``: every model output's name, in output
+    order), each class folder must be one of its names, whose line is the folder's label: a folder may hold
+    a subset of the classes. Decoding and preprocessing: spray/data/images.py and transforms.py.
     """
     if not root.is_dir():
         raise BadInputError(f"folder {root} is not a directory (expected one sub-folder per class)")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise BadInputError(f"folder {root} has no class sub-folders (one folder of images per class)")
+    label_names = classes
+    if names is not None:
+        label_names = read_names(root / names)
+        unnamed = [name for name in classes if name not in label_names]
+        if unnamed:
+            raise BadInputError(
+                f"folder {root}: class folder {unnamed[0]!r} is not a name of {root / names} (which names the "
+                "model's outputs, one per line, in output order)"
+            )
     files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
+    for name in classes:
+        label = label_names.index(name)
         found = sorted(
             p for p in (root / name).rglob("*")
             if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
@@ -227,7 +243,7 @@ def _folder(root: Path, transform: ImageTransform | None, skip_unreadable: bool)
             suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
             raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({suffixes})")
         files += [(p, label) for p in found]
-    return ImageFiles(files, classes, root=root, where=f"folder {root}", transform=transform,
+    return ImageFiles(files, label_names, root=root, where=f"folder {root}", transform=transform,
                       skip_unreadable=skip_unreadable)
 
 
@@ -294,14 +310,19 @@ def open_source(spec: str, transform: ImageTransform | None = None, *, skip_unre
     if skip_unreadable and scheme not in IMAGE_SCHEMES:
         raise BadInputError(f"data source {spec!r}: --skip-unreadable applies to image sources ({images})")
     if scheme in SCHEMES:
-        rest, options = split_options(spec, rest) if scheme == "csv" else (rest, {})
+        if scheme in IMAGE_SCHEMES:
+            allowed, example = (CSV_OPTIONS, "csv:labels.csv?path=file&label=diagnosis") if scheme == "csv" \
+                else (("names",), "folder:images?names=classes.txt")
+            rest, options = split_options(spec, rest, allowed, example)
+        else:
+            options = {}
         if not rest:
             raise BadInputError(f"data source {spec!r} names no path; write {scheme}:PATH")
         path = Path(rest).expanduser()
         if not path.exists():
             raise BadInputError(f"data source {spec!r}: {path} does not exist")
         if scheme == "folder":
-            return _folder(path, transform, skip_unreadable)
+            return _folder(path, transform, skip_unreadable, options.get("names"))
         check_regular_file(path, {"npz": "an npz file", "hdf5": "an hdf5 file", "csv": "a csv file"}[scheme])
         if scheme == "csv":
             return open_label_table(path, options, transform, skip_unreadable)
@@ -322,7 +343,7 @@ def source_file(spec: str) -> Path | None:
     scheme, sep, rest = spec.partition(":")
     if not (sep and scheme in SCHEMES):
         return None
-    rest = rest.partition("?")[0] if scheme == "csv" else rest
+    rest = rest.partition("?")[0] if scheme in IMAGE_SCHEMES else rest
     return Path(rest) if rest else None
 
 

@@ -175,3 +175,13 @@ def test_factory_label_names_from_torchvision_classes_or_a_wrapper_for_slotted_d
     assert open_source("tests.data.factories:with_classes").label_names == ["cat", "dog"]
     slotted = open_source("tests.data.factories:slotted")
     assert slotted.label_names is None and len(slotted) == 2 and slotted[1][1] == 1
+
+
+def test_a_names_file_lets_a_folder_hold_a_subset_of_the_classes(tmp_path):
+    for name in ("dog", "bird"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (2, 2)).save(tmp_path / name / "0.png")
+    (tmp_path / "classes.txt").write_text("cat\ndog\nfish\nbird\n")
+    dataset = open_source(f"folder:{tmp_path}?names=classes.txt")
+    assert dataset.label_names == ["cat", "dog", "fish", "bird"]
+    assert [(path.parent.name, label) for path, label in dataset.files] == [("bird", 3), ("dog", 1)]

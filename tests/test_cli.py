@@ -145,6 +145,15 @@ def test_attribute_preprocesses_a_folder_of_mixed_sizes_and_records_the_spec(tmp
         assert audit.attrs()["dataset"]["transform"] == {"resize": 3, "crop": 2, "mode": "grayscale",
                                                          "mean": [0.5], "std": [0.5]}
         assert audit.attribution_info("epsilon_gamma_box")["params"]["low"] == [[[-1.0]]]
+    # clarc, evaluate and export reopen the images as they were explained, without the options given again
+    from spray.cli import _audited_sources
+    from spray.errors import BadInputError
+
+    reopened = _audited_sources(store)(f"folder:{tmp_path / 'images'}")
+    assert reopened.transform.to_dict() == {"resize": 3, "crop": 2, "mode": "grayscale", "mean": [0.5], "std": [0.5]}
+    assert _audited_sources(store)(None) is None
+    with pytest.raises(BadInputError, match="all images must have the same size"):  # no store: no spec
+        _audited_sources(tmp_path / "none.h5")(f"folder:{tmp_path / 'images'}")
 
 
 def test_skip_unreadable_names_each_skipped_file_and_the_store_records_it(tmp_path, capsys):

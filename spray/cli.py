@@ -127,10 +127,41 @@ def migrate(store: Path) -> None:
                + (f" (migrated from {found})" if found is not None else " (already current)"))
 
 
+def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The preprocessing spec of image sources (docs/data.md) as options, passed to ``command`` as
+    ``transform`` (None when no option is given)."""
+
+    @functools.wraps(command)
+    def with_transform(*args: Any, resize: str | None, crop: str | None, normalize: str | None,
+                       mode: str | None, **kwargs: Any) -> None:
+        from spray.data import ImageTransform
+
+        given = (resize, crop, normalize, mode) != (None, None, None, None)
+        transform = ImageTransform.from_text(resize, crop, normalize, mode) if given else None
+        command(*args, transform=transform, **kwargs)
+
+    options = [
+        click.option("--resize", metavar="N|H,W", help="Resize images: the shorter side to N, or to exactly H,W "
+                     "(bilinear, antialiased)."),
+        click.option("--crop", metavar="N|H,W", help="Centre-crop images to N×N or H×W (after --resize)."),
+        click.option("--normalize", metavar="MEAN,STD", help="Normalise per channel: imagenet, MEAN,STD, or "
+                     "one mean per channel then one std per channel."),
+        click.option("--grayscale", "mode", flag_value="grayscale",
+                     help="Read images as one channel (luma; default: one if every image is greyscale)."),
+        click.option("--rgb", "mode", flag_value="rgb", help="Read images as three channels (RGB)."),
+    ]
+    for option in reversed(options):
+        with_transform = option(with_transform)
+    return with_transform
+
+
 @cli.command()
 @click.option("--model", "model_spec", required=True, help="MOD:FACTORY building the torch model.")
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict file (loaded weights_only).")
-@click.option("--data", "data_spec", required=True, help="MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH.")
+@click.option("--data", "data_spec", required=True,
+              help="MOD:FACTORY, npz:PATH, hdf5:PATH, folder:PATH or csv:PATH[?path=COLUMN&label=COLUMN] "
+                   "(docs/data.md).")
+@_transform_options
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="Audit store (HDF5) to write.")
 @click.option("--method", default="epsilon_plus_flat", show_default=True, help="Attribution method.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
@@ -144,6 +175,11 @@ def migrate(store: Path) -> None:
               "(docs/distributed.md); default: this process.")
 @click.option("--allow-nonconservative", is_flag=True,
               help="Attribute even where LRP's relevance accounting fails on the first batch (docs/lrp.md).")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes that read and decode samples ahead of the batch being explained (without --scheduler).")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Leave out image files that cannot be decoded (each named on stderr and in the store) instead "
+                   "of refusing the source; every file is decoded once when the source is opened.")
 def attribute(
     model_spec: str,
     weights: Path | None,
@@ -157,16 +193,21 @@ def attribute(
     overwrite: bool,
     scheduler: str | None,
     allow_nonconservative: bool,
+    workers: int,
+    skip_unreadable: bool,
+    transform: Any,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
     from spray.attribution import AttributionRun, WorkerRecipe, attribute_dataset
-    from spray.attribution.methods import get_method
+    from spray.attribution.methods import get_method, method_params
     from spray.data import load_model, model_hash, open_source
 
     model = load_model(model_spec, weights)
-    dataset = open_source(data_spec)
+    dataset = open_source(data_spec, transform, skip_unreadable=skip_unreadable)
+    for path, message in getattr(dataset, "skipped", []):
+        click.echo(f"skipped {path}: {message}", err=True)
     run = AttributionRun(
-        get_method(method, **_parse_params(params)),
+        get_method(method, **method_params(method, _parse_params(params), dataset)),
         model_hash=model_hash(model),
         model_name=model_spec,
         dataset_name=data_spec,
@@ -176,8 +217,10 @@ def attribute(
         batch_size=batch_size,
         overwrite=overwrite,
         scheduler=scheduler,
-        recipe=WorkerRecipe(model=model_spec, data=data_spec),
+        recipe=WorkerRecipe(model=model_spec, data=data_spec, transform=transform and transform.to_dict(),
+                            skip_unreadable=skip_unreadable),
         allow_nonconservative=allow_nonconservative,
+        workers=workers,
     )
     summary = attribute_dataset(store, model, dataset, run)
     click.echo(json.dumps(summary, default=str), err=True)
@@ -279,7 +322,7 @@ def clarc(
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
     from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
-    from spray.data import load_model, open_source
+    from spray.data import load_model
     from spray.errors import BadInputError
 
     if test_spec is None and (poisoned_spec or everywhere_spec):
@@ -287,11 +330,11 @@ def clarc(
                             "give --test too")
     config = ClarcConfig(method, out, cluster=cluster, analysis=analysis, layer=layer, fda_rank=fda_rank,
                          tuning=Tuning(epochs=epochs, lr=lr, lam=lam, seed=seed))
+    open_data = _audited_sources(store)
     evaluation = None if test_spec is None else EvaluationData(
-        open_source(test_spec), poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
-        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None,
+        open_data(test_spec), poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
     )
-    result = clarc_from_store(store, load_model(model_spec, weights), open_source(data_spec), config, evaluation)
+    result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec), config, evaluation)
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
                     "weights": str(result.weights), "metrics": result.metrics})
@@ -319,13 +362,13 @@ def evaluate(
 ) -> None:
     """Clean / poisoned / artifact-everywhere accuracy and artifact relevance, before and after ClArC."""
     from spray.clarc import evaluate_from_store, format_metrics
-    from spray.data import load_model, open_source
+    from spray.data import load_model
 
+    open_data = _audited_sources(store)
     rows = evaluate_from_store(
-        store, run_name, load_model(model_spec, weights), test=open_source(test_spec),
-        poisoned_test=open_source(poisoned_spec) if poisoned_spec else None,
-        everywhere_test=open_source(everywhere_spec) if everywhere_spec else None,
-        dataset=open_source(data_spec) if data_spec else None, fda_rank=fda_rank,
+        store, run_name, load_model(model_spec, weights), test=open_data(test_spec),
+        poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
+        dataset=open_data(data_spec), fda_rank=fda_rank,
     )
     if as_json:
         _echo_json(rows)
@@ -361,12 +404,7 @@ def export_virelay_command(store: Path, out: Path, analysis: str, data_spec: str
     """Write STORE's analysis as a ViRelAy project in OUT (open with `virelay OUT/project.yaml`)."""
     from spray.export import export_virelay
 
-    inputs = None
-    if data_spec:
-        from spray.data import open_source
-
-        inputs = open_source(data_spec)
-    click.echo(str(export_virelay(store, out, analysis, inputs=inputs)))
+    click.echo(str(export_virelay(store, out, analysis, inputs=_audited_sources(store)(data_spec))))
 
 
 @export.command("tables")
@@ -381,6 +419,23 @@ def export_tables_command(store: Path, out: Path, analysis: str, fmt: str) -> No
 
     for path in export_tables(store, out, analysis, fmt):
         click.echo(str(path))
+
+
+def _audited_sources(store: Path) -> Callable[[str | None], Any]:
+    """Opens a command's data options (None for an option not given) as STORE's samples were explained:
+    image sources with the preprocessing spec its dataset record holds, unreadable files left out if the
+    attribution left them out (docs/data.md)."""
+    from spray.data import ImageTransform
+    from spray.data.sources import open_source_like
+    from spray.store import AuditStore
+
+    record = None
+    if store.exists():  # else the command itself names the missing store
+        with AuditStore(store) as audit:
+            record = audit.attrs()["dataset"]
+    transform = ImageTransform.from_dict(record["transform"]) if record and "transform" in record else None
+    skip = bool(record and record.get("skipped"))
+    return lambda spec: open_source_like(spec, transform, skip) if spec else None
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:

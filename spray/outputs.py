@@ -43,11 +43,11 @@ PathLike = str | os.PathLike[str]
 
 
 def source_path(spec: str) -> Path | None:
-    """The file or folder of a data source ``npz:PATH``, ``hdf5:PATH`` or ``folder:PATH``; None for code."""
-    from spray.data.sources import SCHEMES  # here: the data package imports torch, which most writers need not
+    """The file or folder of a data source ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH`` or ``csv:PATH``;
+    None for code."""
+    from spray.data.sources import source_file  # here: the data package imports torch, which most writers need not
 
-    scheme, sep, rest = spec.partition(":")
-    return Path(rest) if sep and scheme in SCHEMES and rest else None
+    return source_file(spec)
 
 
 def _same_file(a: Path, b: Path) -> bool:

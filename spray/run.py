@@ -6,9 +6,12 @@ Tables besides the SpRAy node tables of docs/pipelines.md (:data:`RUN_TABLES` ho
                    ``scheduler`` (where attribution and analysis run: "" this process, "local:N", an address)
 ``[model]``        ``factory`` (MOD:FACTORY), ``weights`` (optional state_dict file)
 ``[train]``        optional: train the model first (``data``, ``epochs``, ``batch_size``, ``lr``, ``seed``)
-``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH or folder:PATH) to audit
+``[data]``         ``source`` (MOD:FACTORY, npz:PATH, hdf5:PATH, folder:PATH or csv:PATH) to audit; ``[data.transform]``
+                   the preprocessing spec of image sources (``resize``, ``crop``, ``mode``, ``mean``, ``std``:
+                   spray/data/transforms.py), applied to every image source of the file;
+                   ``skip_unreadable`` (leave out image files that cannot be decoded)
 ``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table),
-                   ``allow_nonconservative``
+                   ``allow_nonconservative``, ``workers`` (processes decoding samples ahead)
 ``[clarc]``        optional: correct the model for a flagged cluster (``cluster``, ``methods``, ``layer``, ...)
 ``[evaluate]``     optional, with ``[clarc]``: the test data (``test``, ``poisoned_test``, ``everywhere_test``)
 ``[report]``       ``path`` (HTML report; empty string: no report)
@@ -38,9 +41,9 @@ RUN_TABLES: dict[str, dict[str, Any]] = {
     "audit": {"out": "storage/audit", "scheduler": ""},
     "model": {"factory": str, "weights": ""},
     "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
-    "data": {"source": str},
+    "data": {"source": str, "transform": {}, "skip_unreadable": False},
     "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {},
-                    "allow_nonconservative": False},
+                    "allow_nonconservative": False, "workers": 0},
     "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
               "lambda": float, "fraction": float, "batch_size": 64, "seed": 0, "out": "clarc",
               "overwrite": False},
@@ -73,6 +76,7 @@ def read_run(path: str | Path) -> tuple[dict[str, dict[str, Any]], PipelineSpec]
     """The run tables (defaults filled in, relative paths resolved; optional tables only when given) and
     the analysis spec of a run file. Every problem is a :class:`PipelineError` naming file, line, table
     and parameter."""
+    from spray.data import ImageTransform
     from spray.pipeline import read_pipeline
     from spray.pipeline.spec import where
 
@@ -95,6 +99,12 @@ def read_run(path: str | Path) -> tuple[dict[str, dict[str, Any]], PipelineSpec]
             raise fail(name, None, f"[{name}] needs {', '.join(missing)}")
         tables[name] = {k: None if isinstance(v, type) else v for k, v in defaults.items()} | (given or {})
     _check_values(tables, fail)
+
+    try:
+        tables["data"]["transform"] = ImageTransform.from_dict(tables["data"]["transform"])
+    except BadInputError as exc:
+        table, key = ("data.transform", None) if "[data.transform]" in text else ("data", "transform")
+        raise fail(table, key, f"[data.transform] {exc}") from None
 
     base = path.resolve().parent
     tables["audit"]["out"] = base / tables["audit"]["out"]
@@ -123,6 +133,9 @@ def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
             _training_config(tables["train"])
         except BadInputError as exc:  # TrainingConfig's check, placed at the table
             raise fail("train", None, f"[train] {exc}") from None
+    workers = tables["attribution"]["workers"]
+    if workers < 0:
+        raise fail("attribution", "workers", f"attribution.workers must be at least 0, got {workers}")
     if tables["attribution"]["target"] not in TARGETS:
         raise fail("attribution", "target", f"attribution.target must be one of {', '.join(TARGETS)}")
     if "evaluate" in tables and "clarc" not in tables:
@@ -158,11 +171,22 @@ def _training_config(train: dict[str, Any]) -> TrainingConfig:
 
 
 def _relative_source(source: str, base: Path) -> str:
-    """A file source (npz:, hdf5:, folder:) with a relative path, made relative to the run file's folder."""
-    scheme, sep, rest = source.partition(":")
-    if sep and scheme in ("npz", "hdf5", "folder") and not Path(rest).is_absolute():
-        return f"{scheme}:{base / rest}"
-    return source
+    """A file source (npz:, hdf5:, folder:, csv:) with a relative path, made relative to the run file's folder."""
+    from spray.data.sources import IMAGE_SCHEMES, source_file
+
+    path = source_file(source)
+    if path is None or path.is_absolute():
+        return source
+    scheme, _, rest = source.partition(":")
+    mark, options = rest.partition("?")[1:] if scheme in IMAGE_SCHEMES else ("", "")
+    return f"{scheme}:{base / path}{mark}{options}"
+
+
+def _open(tables: dict[str, dict[str, Any]], source: str) -> Any:
+    """A data source of the file; image sources with the ``[data.transform]`` spec."""
+    from spray.data.sources import open_source_like
+
+    return open_source_like(source, tables["data"]["transform"], tables["data"]["skip_unreadable"])
 
 
 def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
@@ -180,8 +204,8 @@ def run_file(path: str | Path, *, progress: bool = True) -> RunResult:
 def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) -> RunResult:
     """:func:`run_file`'s steps, its inputs protected from its outputs (spray.outputs)."""
     from spray.attribution import AttributionRun, WorkerRecipe
-    from spray.attribution.methods import get_method
-    from spray.data import load_model, model_hash, open_source
+    from spray.attribution.methods import get_method, method_params
+    from spray.data import load_model, model_hash
     from spray.outputs import active
     from spray.pipeline.graph import hash_json
     from spray.seeding import seeded
@@ -195,19 +219,23 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
         with seeded(train["seed"]):  # initial weights from the train seed, global state kept
             model = load_model(model_spec)
         weights = out / f"model-{hash_json({'factory': model_spec, **train})[:12]}.pt"  # cached by the table
-        train_once(model, lambda: open_source(train["data"]), weights, config, progress=progress)
+        train_once(model, lambda: _open(tables, train["data"]), weights, config, progress=progress)
     else:
         model = load_model(model_spec, tables["model"]["weights"] or None)
         weights = tables["model"]["weights"] or None
-    dataset = open_source(tables["data"]["source"])
+    dataset = _open(tables, tables["data"]["source"])
     attribution = tables["attribution"]
+    method = get_method(attribution["method"], **method_params(attribution["method"], attribution["params"], dataset))
     store = active().file(out / "audit.h5", "audit store")  # not an input of the file
     run = AttributionRun(
-        get_method(attribution["method"], **attribution["params"]), model_hash=model_hash(model),
+        method, model_hash=model_hash(model),
         model_name=model_spec, dataset_name=tables["data"]["source"], target=attribution["target"],
         label_names=getattr(dataset, "label_names", None), batch_size=attribution["batch_size"],
         scheduler=tables["audit"]["scheduler"] or None, allow_nonconservative=attribution["allow_nonconservative"],
-        recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"]), progress=progress,
+        workers=attribution["workers"],
+        recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"],
+                            transform=tables["data"]["transform"].to_dict(),
+                            skip_unreadable=tables["data"]["skip_unreadable"]), progress=progress,
     )
     ranking = audit(store, model, dataset, run, spec)
     corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []
@@ -223,7 +251,6 @@ def _correct(tables: dict[str, dict[str, Any]], store: Path, model: Any, dataset
              progress: bool) -> list[ClarcResult]:
     """The ``[clarc]`` and ``[evaluate]`` tables as a :func:`spray.workflow.correct` call."""
     from spray.clarc import ClarcConfig, EvaluationData, Tuning
-    from spray.data import open_source
     from spray.workflow import correct
 
     clarc, evaluate = tables["clarc"], tables.get("evaluate", {})
@@ -237,6 +264,6 @@ def _correct(tables: dict[str, dict[str, Any]], store: Path, model: Any, dataset
     ]
     evaluation = None
     if "evaluate" in tables:  # its test set is required
-        evaluation = EvaluationData(*(open_source(evaluate[key]) if evaluate.get(key) else None
+        evaluation = EvaluationData(*(_open(tables, evaluate[key]) if evaluate.get(key) else None
                                       for key in ("test", "poisoned_test", "everywhere_test")))
     return correct(store, model, dataset, configs, evaluation)

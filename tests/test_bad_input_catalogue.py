@@ -14,6 +14,8 @@ import pickle
 import re
 import shlex
 import shutil
+import struct
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -332,6 +334,36 @@ def _truncated_image(inputs: Inputs) -> Path:
     return root
 
 
+def _image_bomb(inputs: Inputs) -> Path:
+    """A folder whose PNG header claims 20000×20000 pixels (Pillow refuses it before reading any pixel)."""
+    root = _folder(inputs, "bomb", {"a": [(2, 2)], "b": [(2, 2)]})
+    path = root / "b" / "0.png"
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4 : start + 12] = struct.pack(">II", 20000, 20000)
+    data[start + 17 : start + 21] = struct.pack(">I", zlib.crc32(bytes(data[start : start + 17])))
+    path.write_bytes(bytes(data))
+    return root
+
+
+def _csv(inputs: Inputs, name: str, text: str) -> Path:
+    """A label table in the row's directory, with 2×2 greyscale images a.png and b.png beside it and a names
+    file names.txt naming 'dog' only."""
+    for image in ("a.png", "b.png"):
+        Image.new("L", (2, 2)).save(inputs.tmp / image)
+    (inputs.tmp / "names.txt").write_text("dog\n")
+    return _written(inputs, name, text.encode())
+
+
+def _folder_store(inputs: Inputs) -> Path:
+    """A store of {folder_changed} (tiny_model, 2×2 greyscale images), after which b/0.png changed."""
+    root = Path(inputs["folder_changed"])
+    path = inputs.path("folder.h5")
+    assert run_cli(["attribute", "--model", MODEL, "--data", f"folder:{root}", "--store", str(path)])[0] == 0
+    Image.new("L", (2, 2), 7).save(root / "b" / "0.png")
+    return path
+
+
 def _torch_file(inputs: Inputs, name: str, obj: object) -> Path:
     path = inputs.path(name)
     torch.save(obj, path)
@@ -387,12 +419,21 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "npz_three_names": lambda i: _npz(i, "names.npz", x=X4, y=Y4, label_names=np.array(["a", "b", "c"])),
     "folder_without_classes": lambda i: (i.path("empty_folder").mkdir(), i.path("empty_folder"))[1],
     "folder_truncated_image": _truncated_image,
-    "folder_one_class": lambda i: _folder(i, "one_class", {"a": [(2, 2), (2, 2)]}),
+    "folder_one_class": lambda i: (_folder(i, "one_class", {"a": [(2, 2), (2, 2)]}),
+                                   _written(i, "one_class/names.txt", b"cat\ndog\n"))[0],
     "folder_empty_class": lambda i: _folder(i, "empty_class", {"a": [(2, 2)], "b": []}),
     "folder_sizes": lambda i: _folder(i, "sizes", {"a": [(2, 2)], "b": [(3, 2)]}),
     "folder_broken_image": lambda i: _folder(i, "broken", {"a": [(2, 2)], "b": [(2, 2)]}, junk=True),
     "folder_fifo_image": lambda i: (_folder(i, "fifo_image", {"a": [(2, 2)], "b": [(2, 2)]}),
                                     _fifo(i, "fifo_image/b/1.png"))[0],
+    "folder_image_bomb": _image_bomb,
+    "folder_unreadable": lambda i: (_folder(i, "unreadable", {"a": [], "b": []}, junk=True),
+                                    _written(i, "unreadable/a/broken.jpg", b"not a jpeg"))[0],
+    "csv_table": lambda i: _csv(i, "table.csv", "path,label\na.png,cat\nb.png,dog\n"),
+    "csv_missing_image": lambda i: _csv(i, "gone.csv", "path,label\na.png,cat\ngone.png,dog\n"),
+    "csv_empty_label": lambda i: _csv(i, "empty.csv", "path,label\na.png,\nb.png,dog\n"),
+    "folder_changed": lambda i: _folder(i, "changed", {"a": [(2, 2)], "b": [(2, 2)]}),
+    "store_folder_changed": _folder_store,
     "hdf5_foreign": _foreign,
     # weights
     "weights_pickle": lambda i: _written(i, "pickle.pt", pickle.dumps({"w": object()})),
@@ -465,6 +506,10 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
         i, "run4.toml", f'[audit]\nout = "mine"\n[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'))[1],
     "run_train_and_weights": lambda i: _pipeline(i, "run3.toml", f'[model]\nfactory = "{MODEL}"\nweights = "w.pt"\n'
                                                  f'[data]\nsource = "{DATA}"\n[train]\ndata = "{DATA}"\n'),
+    "run_bad_transform": lambda i: _pipeline(i, "run5.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = '
+                                             f'"folder:x"\n\n[data.transform]\nresize = 0\n'),
+    "run_workers": lambda i: _pipeline(i, "run6.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
+                                       '[attribution]\nworkers = -1\n'),
     "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
                                             f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
 }

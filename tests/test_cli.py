@@ -126,3 +126,51 @@ def test_help_and_version_exit_0(capsys):
     assert run(capsys, "--help")[0] == 0
     code, out, _ = run(capsys, "--version")
     assert code == 0 and "0.1.0" in out
+
+
+def test_attribute_preprocesses_a_folder_of_mixed_sizes_and_records_the_spec(tmp_path, capsys):
+    from PIL import Image
+
+    from spray.store import AuditStore
+
+    for i, size in enumerate([(3, 5), (6, 2), (4, 4), (2, 7)]):
+        (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (51, 102, 204)).save(tmp_path / "images" / "ab"[i % 2] / f"{i}.jpg", quality=100)
+    store = tmp_path / "a.h5"
+    code, _, err = run(capsys, "attribute", "--model", MODEL, "--data", f"folder:{tmp_path / 'images'}", "--store",
+                       store, "--resize", "3", "--crop", "2", "--grayscale", "--normalize", "0.5,0.5",
+                       "--method", "epsilon_gamma_box", "--allow-nonconservative")
+    assert code == 0, err
+    with AuditStore(store) as audit:
+        assert audit.attrs()["dataset"]["transform"] == {"resize": 3, "crop": 2, "mode": "grayscale",
+                                                         "mean": [0.5], "std": [0.5]}
+        assert audit.attribution_info("epsilon_gamma_box")["params"]["low"] == [[[-1.0]]]
+    # clarc, evaluate and export reopen the images as they were explained, without the options given again
+    from spray.cli import _audited_sources
+    from spray.errors import BadInputError
+
+    reopened = _audited_sources(store)(f"folder:{tmp_path / 'images'}")
+    assert reopened.transform.to_dict() == {"resize": 3, "crop": 2, "mode": "grayscale", "mean": [0.5], "std": [0.5]}
+    assert _audited_sources(store)(None) is None
+    with pytest.raises(BadInputError, match="all images must have the same size"):  # no store: no spec
+        _audited_sources(tmp_path / "none.h5")(f"folder:{tmp_path / 'images'}")
+
+
+def test_skip_unreadable_names_each_skipped_file_and_the_store_records_it(tmp_path, capsys):
+    from PIL import Image
+
+    from spray.store import AuditStore
+
+    for i in range(4):
+        (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (2, 2), i).save(tmp_path / "images" / "ab"[i % 2] / f"{i}.png")
+    broken = tmp_path / "images" / "b" / "9.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n")
+    argv = ["attribute", "--model", MODEL, "--data", f"folder:{tmp_path / 'images'}", "--store", tmp_path / "a.h5"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and f"error: image {broken} cannot be read: " in err and not (tmp_path / "a.h5").exists()
+    code, _, err = run(capsys, *argv, "--skip-unreadable", "--workers", "2")
+    message = f"image {broken} cannot be read: " + err.split(" cannot be read: ", 1)[1].split("\n")[0]
+    assert code == 0 and err.startswith(f"skipped {broken}: {message}\n")
+    with AuditStore(tmp_path / "a.h5") as audit:
+        assert audit.n_samples == 4 and audit.attrs()["dataset"]["skipped"] == [["b/9.png", message]]

@@ -95,6 +95,22 @@ def test_quickstart_finds_the_planted_artifact(tmp_path):
     assert report.is_file() and "report written to" in printed
 
 
+def run_commands(nb: nbformat.NotebookNode, workdir: Path, commands: list[list[object]]) -> str:
+    """Run ``spray`` commands in ``workdir``, where the notebook's model cells become ``shapes_model.py``
+    (as its markdown says); each must exit 0. Returns the last one's stdout."""
+    model_cells = tagged(nb, "model")
+    assert model_cells
+    (workdir / "shapes_model.py").write_text(
+        SHAPES_MODEL_HEADER + "\n\n".join(nb.cells[i].source for i in model_cells) + "\n"
+    )
+    for argv in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "spray.cli", *map(str, argv)], cwd=workdir, capture_output=True, text=True
+        )
+        assert result.returncode == 0, (argv, result.stderr[-2000:])
+    return result.stdout
+
+
 @pytest.fixture(scope="module")
 def own_model(tmp_path_factory) -> tuple[nbformat.NotebookNode, Path]:
     workdir = tmp_path_factory.mktemp("own_model")
@@ -121,11 +137,6 @@ def test_own_model_cli_commands_reproduce_the_notebook(own_model):
     from spray import AuditStore, rank_classes
 
     nb, workdir = own_model
-    model_cells = tagged(nb, "model")
-    assert model_cells
-    (workdir / "shapes_model.py").write_text(
-        SHAPES_MODEL_HEADER + "\n\n".join(nb.cells[i].source for i in model_cells) + "\n"
-    )
     out = workdir / "out" / "quick"
     commands = [
         ["attribute", "--model", "shapes_model:build_model", "--weights", out / "model.pt",
@@ -136,12 +147,7 @@ def test_own_model_cli_commands_reproduce_the_notebook(own_model):
         ["info", out / "cli.h5"],
         ["rank", out / "cli.h5", "--json"],
     ]
-    for argv in commands:
-        result = subprocess.run(
-            [sys.executable, "-m", "spray.cli", *map(str, argv)], cwd=workdir, capture_output=True, text=True
-        )
-        assert result.returncode == 0, (argv, result.stderr[-2000:])
-    cli_ranking = json.loads(result.stdout)
+    cli_ranking = json.loads(run_commands(nb, workdir, commands))
     with AuditStore(out / "shapes.h5") as store:
         notebook_ranking = rank_classes(store)
     assert cli_ranking[0]["name"] == "cross"
@@ -149,3 +155,30 @@ def test_own_model_cli_commands_reproduce_the_notebook(own_model):
         (e["class"], e["members"]) for e in notebook_ranking.to_json()
     ]
     assert (out / "cli-report.html").is_file()
+
+
+def test_own_model_image_files_are_audited_from_the_command_line_with_a_preprocessing_spec(own_model):
+    """The image-files cell's commands: a folder of JPEGs of mixed sizes and a label table, preprocessed back
+    into the model's inputs, rank the shortcut class first; the report names the site of its flagged group."""
+    nb, workdir = own_model
+    out = workdir / "out" / "quick"
+    images = out / "images"
+    spec = ["--resize", "32,32", "--grayscale", "--normalize", "0,0.5", "--batch-size", "64"]
+    model = ["--model", "shapes_model:build_model", "--weights", out / "model.pt"]
+    ranking = json.loads(run_commands(nb, workdir, [
+        ["attribute", *model, "--data", f"folder:{images}", *spec, "--store", out / "folder.h5"],
+        ["attribute", *model, "--data", f"csv:{images / 'labels.csv'}?names=classes.txt", *spec, "--workers", "2",
+         "--store", out / "table.h5"],
+        ["analyze", out / "table.h5", "--pipeline", out / "pipeline.toml"],
+        ["report", out / "table.h5", "-o", out / "table-report.html"],
+        ["rank", out / "table.h5", "--json"],
+    ]))
+    assert ranking[0]["name"] == "cross" and ranking[0]["flagged"]
+    report = (out / "table-report.html").read_text(encoding="utf-8")
+    assert re.search(r"The flagged group of class &#39;cross&#39; is \d+ % site &#39;B&#39; \(class: \d+ %\)", report)
+    from spray import AuditStore
+
+    with AuditStore(out / "folder.h5") as folder, AuditStore(out / "table.h5") as table:
+        assert folder.read("samples/label").tolist() == table.read("samples/label").tolist()
+        record = table.attrs()["dataset"]
+    assert record["transform"]["resize"] == [32, 32] and len(record["sha256"]) == len(record["files"])

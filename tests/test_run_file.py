@@ -228,3 +228,35 @@ def test_quick_demo_pipeline_is_the_default_without_umap():
 
     quick, default = pipeline_from_text(QUICK_PIPELINE).nodes, read_pipeline(None).nodes
     assert quick == {name: params for name, params in default.items() if name != "umap"}
+
+
+def test_data_transform_table_preprocesses_a_folder_of_mixed_sizes(tmp_path, capsys):
+    from PIL import Image
+
+    from spray.store import AuditStore
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        folder = tmp_path / "images" / "ab"[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        size = (int(rng.integers(3, 9)), int(rng.integers(3, 9)))
+        Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    text = RUN.replace('[train]\ndata = "npz:data.npz"\nepochs = 2\nbatch_size = 8\n', "").replace(
+        'source = "npz:data.npz"',
+        'source = "folder:images"\n[data.transform]\nresize = [2, 2]\nmode = "grayscale"\nmean = 0.5\nstd = 0.25',
+    ).replace('method = "input_x_gradient"', 'method = "epsilon_gamma_box"\nallow_nonconservative = true')
+    (tmp_path / "run.toml").write_text(text)
+    assert main(["run", str(tmp_path / "run.toml"), "--json"]) == 0
+    with AuditStore(tmp_path / "out" / "audit.h5") as store:
+        record = store.attrs()["dataset"]
+        params = store.attribution_info("epsilon_gamma_box")["params"]
+    assert record["transform"] == {"resize": [2, 2], "crop": None, "mode": "grayscale", "mean": [0.5], "std": [0.25]}
+    assert len(record["sha256"]) == 40 and record["files"][:2] == ["a/0.jpg", "a/10.jpg"]
+    assert params["low"] == [[[-2.0]]] and params["high"] == [[[2.0]]]  # (0 - 0.5) / 0.25, (1 - 0.5) / 0.25
+
+
+def test_relative_csv_sources_resolve_against_the_file_keeping_their_options(tmp_path):
+    from spray.run import _relative_source
+
+    assert _relative_source("csv:t/l.csv?label=y", tmp_path) == f"csv:{tmp_path / 't' / 'l.csv'}?label=y"
+    assert _relative_source("csv:/abs/l.csv", tmp_path) == "csv:/abs/l.csv"

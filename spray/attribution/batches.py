@@ -5,7 +5,7 @@ thumbnails. :class:`BatchExplainer` is small and picklable, so the same batch is
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 from spray.errors import BadInputError
 from spray.lrp import accounting
 
-__all__ = ["BatchExplainer", "ExplainedBatch", "count_outputs", "placement", "sample_input", "thumbnail_shape"]
+__all__ = ["BatchExplainer", "ExplainedBatch", "count_outputs", "placement", "read_batches", "sample_input",
+           "thumbnail_shape"]
 
 
 def sample_input(dataset: Dataset, i: int) -> Tensor:
@@ -168,13 +169,16 @@ class BatchExplainer:
     target: str
     relevance_dtype: str
     thumbnail_shape: tuple[int, int, int] | None
-    thumbnail_range: tuple[float, float] | None
+    thumbnail_range: tuple[tuple[float, ...], tuple[float, ...]] | None
 
     def __call__(
-        self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int]
+        self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int],
+        items: Sequence[Any] | None = None,
     ) -> ExplainedBatch:
+        """Explain samples ``positions`` of ``dataset``; ``items``, when given, are those samples read
+        already (:func:`read_batches`)."""
         tick = time.perf_counter()
-        index, x, labels, explained = self._inputs(model, dataset, positions)
+        index, x, labels, explained = self._inputs(model, dataset, positions, items)
         relevance, logits = attributor.attribute(model, x, explained)
         relevance, logits = _checked_outputs(
             attributor.name, index, x, relevance, logits, self.n_outputs, self.relevance_dtype
@@ -205,11 +209,12 @@ class BatchExplainer:
         accounting.check(relevance, logits.gather(1, explained[:, None])[:, 0], ledger)
 
     def _inputs(
-        self, model: nn.Module, dataset: Dataset, positions: Sequence[int]
+        self, model: nn.Module, dataset: Dataset, positions: Sequence[int], items: Sequence[Any] | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(dataset indices, x on the model's device and dtype, labels, explained outputs)."""
+        items = [dataset[i] for i in positions] if items is None else items
         index, x, labels = _collate(
-            [(i, dataset[i]) for i in positions], input_shape=self.input_shape, n_outputs=self.n_outputs
+            list(zip(positions, items, strict=True)), input_shape=self.input_shape, n_outputs=self.n_outputs
         )
         device, dtype = placement(model)
         x = x.to(device, dtype)
@@ -219,6 +224,46 @@ class BatchExplainer:
         else:
             explained = labels.to(device)
         return index, x, labels, explained
+
+
+class _Caught(Dataset):
+    """``dataset`` whose samples' exceptions are returned, not raised: a DataLoader worker would re-raise
+    them in this process as another message ("Caught ... in DataLoader worker process 0 ..."), where the
+    bad-input message must stay the one the dataset wrote. An exit in user code is returned too."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        try:
+            return self.dataset[i]
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - raised again in the reading process
+            return _Failed(exc)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+def read_batches(dataset: Dataset, batches: Sequence[list[int]], workers: int) -> Iterator[list[Any]]:
+    """The samples of each batch, in order: read here (``workers`` 0) or by ``workers`` DataLoader worker
+    processes, each reading whole batches ahead (two per worker), so decoding overlaps explaining."""
+    if workers == 0:
+        yield from ([dataset[i] for i in batch] for batch in batches)
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_Caught(dataset), batch_sampler=batches, num_workers=workers, collate_fn=list,
+                        persistent_workers=False)
+    for items in loader:
+        failed = next((item for item in items if isinstance(item, _Failed)), None)
+        if failed is not None:
+            raise failed.error
+        yield items
 
 
 def _as_pair(i: int, item: Any) -> tuple[Any, Any]:
@@ -320,9 +365,10 @@ def thumbnail_shape(input_shape: tuple[int, ...], size: int | None) -> tuple[int
 
 
 def _thumbnails(
-    x: Tensor, shape: tuple[int, int, int], value_range: tuple[float, float] | None
+    x: Tensor, shape: tuple[int, int, int], value_range: tuple[tuple[float, ...], tuple[float, ...]] | None
 ) -> np.ndarray:
-    """uint8 thumbnails (B, *shape): ``value_range`` (default: each sample's min/max) maps to 0..255.
+    """uint8 thumbnails (B, *shape): ``value_range`` (low, high: one value, or one per channel; default:
+    each sample's min/max) maps to 0..255.
 
     Area averaging is linear, so pooling first and scaling after gives the same values for less work.
     """
@@ -332,7 +378,8 @@ def _thumbnails(
         low = flat.min(axis=1).reshape(-1, 1, 1, 1)
         span = np.maximum(flat.max(axis=1).reshape(-1, 1, 1, 1) - low, 1e-12)
     else:
-        low, span = value_range[0], value_range[1] - value_range[0]
+        low = np.asarray(value_range[0], dtype=np.float32).reshape(-1, 1, 1)
+        span = np.asarray(value_range[1], dtype=np.float32).reshape(-1, 1, 1) - low
     if tuple(x.shape[-2:]) != shape[-2:]:
         x = F.interpolate(x, size=shape[-2:], mode="area")
     scaled = np.clip((x.numpy() - low) / span, 0.0, 1.0)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from spray._checks import check_choice, check_int
 from spray.attribution.distributed import WorkerRecipe
 from spray.attribution.methods import Attributor
@@ -18,7 +20,7 @@ from spray.errors import BadInputError
 from spray.scheduling import local_workers
 from spray.store import canonical
 
-__all__ = ["AttributionRun"]
+__all__ = ["AttributionRun", "thumbnail_bounds"]
 
 TARGETS = ("label", "prediction")
 RELEVANCE_DTYPES = ("float32", "float16")
@@ -42,7 +44,8 @@ class AttributionRun:
     use the batch size the attribution was started with, so its batches, and results, match an uninterrupted
     run); ``thumbnail_size``: thumbnails of (C, H, W) inputs are area-downsampled to at most this size per
     side and stored as uint8 (``None`` or 0 for none); ``thumbnail_range``: ``(low, high)`` input values
-    mapped to 0 and 255, default each sample's min/max.
+    mapped to 0 and 255, numbers or one per channel; default: an image source's pixel range (its inputs of
+    pixel values 0 and 1, so thumbnails show the un-normalised image), else each sample's min/max.
     How this run goes (no effect on the stored values):
         overwrite: start over, replacing an attribution of this name (whatever made it).
         progress: show a progress bar on stderr.
@@ -55,6 +58,8 @@ class AttributionRun:
             unfinished shards.
         allow_nonconservative: skip the check of an LRP attributor's relevance accounting on the first
             batch (docs/lrp.md, "Relevance accounting").
+        workers: without ``scheduler``: DataLoader worker processes that read (decode) the samples ahead
+            of the batch being explained, in batch order; 0 reads them here.
         on_batch: called as ``on_batch(start, stop)`` after each batch is committed to the store.
     """
 
@@ -75,19 +80,14 @@ class AttributionRun:
     recipe: WorkerRecipe | None = None
     shard_batches: int = 4
     allow_nonconservative: bool = False
+    workers: int = 0
     on_batch: Callable[[int, int], None] | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.target, "target", TARGETS)
         check_int(self.batch_size, "batch_size", minimum=1)
         check_choice(self.relevance_dtype, "relevance_dtype", RELEVANCE_DTYPES)
-        if self.thumbnail_range is not None:
-            low, high = (float(v) for v in self.thumbnail_range)
-            if not high > low:
-                raise BadInputError(
-                    f"thumbnail_range must be (low, high) with high > low, got {self.thumbnail_range}"
-                )
-            object.__setattr__(self, "thumbnail_range", (low, high))
+        object.__setattr__(self, "thumbnail_range", thumbnail_bounds(self.thumbnail_range))
         local_workers(self.scheduler)
         if self.scheduler is not None and not isinstance(self.recipe, WorkerRecipe):
             raise BadInputError(
@@ -95,6 +95,7 @@ class AttributionRun:
                 "workers build the model and open the data themselves"
             )
         check_int(self.shard_batches, "shard_batches", minimum=1)
+        check_int(self.workers, "workers", minimum=0)
         for attr in ("name", "params", "attribute"):
             if not hasattr(self.attributor, attr):
                 raise BadInputError(f"attributor {self.attributor!r} lacks {attr!r} (see the attributor contract)")
@@ -114,3 +115,13 @@ class AttributionRun:
     def stored_attrs(self) -> dict[str, Any]:
         """The attrs a new attribution is created with: :meth:`identity`, the model's name, the batch size."""
         return {**self.identity(), "model_name": self.model_name, "batch_size": self.batch_size}
+
+
+def thumbnail_bounds(value: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(low, high)``, numbers or one per channel, as two tuples of floats with high > low; None stays None."""
+    if value is None:
+        return None
+    low, high = (tuple(np.asarray(v, dtype=float).ravel().tolist()) for v in value)
+    if len(low) != len(high) or not all(h > lo for lo, h in zip(low, high)):
+        raise BadInputError(f"thumbnail_range must be (low, high) with high > low, got {value}")
+    return low, high

@@ -42,11 +42,15 @@ class WorkerRecipe:
 
     ``model``: the ``MOD:FACTORY`` that builds the model (its weights come from the client);
     ``data``: the source spec (``MOD:FACTORY``, ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH``), opened on
-    the worker, so paths must be valid there. Both modules must be importable on every worker.
+    the worker, so paths must be valid there; ``transform``: an image source's preprocessing spec
+    (``ImageTransform.to_dict()``), or None; ``skip_unreadable``: leave out image files that cannot be
+    decoded. Both modules must be importable on every worker.
     """
 
     model: str
     data: str
+    transform: dict[str, Any] | None = None
+    skip_unreadable: bool = False
 
 
 def explain_on_cluster(
@@ -118,7 +122,7 @@ def _explain_shard(
 
 def _build(recipe: WorkerRecipe, weights: dict[str, Any], n: int) -> tuple[nn.Module, Dataset]:
     """The model (the client's weights loaded) and the dataset, as this worker builds them."""
-    from spray.data import load_model, open_source
+    from spray.data import ImageTransform, load_model, open_source
 
     where = _worker_name()
     try:
@@ -130,7 +134,8 @@ def _build(recipe: WorkerRecipe, weights: dict[str, Any], n: int) -> tuple[nn.Mo
                 f"model {recipe.model!r} built here does not fit the client's weights ({exc}); workers must "
                 "run the same version of the model's code as the client"
             ) from None
-        dataset = open_source(recipe.data)
+        transform = ImageTransform.from_dict(recipe.transform) if recipe.transform else None
+        dataset = open_source(recipe.data, transform, skip_unreadable=recipe.skip_unreadable)
         have = len(dataset)  # type: ignore[arg-type]
         if have != n:
             raise BadInputError(

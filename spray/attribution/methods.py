@@ -128,6 +128,19 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def method_params(name: str, params: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """``params`` of method ``name`` for ``dataset``: EpsilonGammaBox's pixel box (``low``, ``high``), when
+    neither is given, is an image source's input range per channel, shape (C, 1, 1) (its inputs of pixel
+    values 0 and 1, after normalisation: spray.data.images.pixel_bounds)."""
+    from spray.data.images import pixel_bounds
+
+    bounds = pixel_bounds(dataset) if name == "epsilon_gamma_box" and not {"low", "high"} & set(params) else None
+    if bounds is None:
+        return params
+    low, high = ([[[v]] for v in values] for values in bounds)
+    return {**params, "low": low, "high": high}
+
+
 def get_method(name: str, **params: Any) -> Attributor:
     """Build an attributor by name; unknown names or parameters are a :class:`BadInputError`."""
     try:

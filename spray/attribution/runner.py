@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
@@ -26,11 +27,13 @@ from spray.attribution.batches import (
     ExplainedBatch,
     count_outputs,
     placement,
+    read_batches,
     sample_input,
     thumbnail_shape,
 )
-from spray.attribution.config import AttributionRun
+from spray.attribution.config import AttributionRun, thumbnail_bounds
 from spray.attribution.distributed import explain_on_cluster
+from spray.data.images import check_same_files, pixel_bounds, source_record
 from spray.errors import BadInputError, StoreError
 from spray.scheduling import dask_client
 from spray.store import AuditStore
@@ -72,8 +75,10 @@ def attribute_dataset(
     try:
         n_outputs = count_outputs(model, x0, dtype=dtype, device=device)
         _check_label_names(run.label_names, n_outputs)
+        # An image source's thumbnails show its pixels, not its (normalised) inputs.
+        thumbnail_range = run.thumbnail_range or thumbnail_bounds(pixel_bounds(dataset))
         explain = BatchExplainer(input_shape, n_outputs, run.target, run.relevance_dtype, thumb_shape,
-                                 run.thumbnail_range)
+                                 thumbnail_range)
         if not run.allow_nonconservative and hasattr(run.attributor, "balance"):
             # Before the store is touched: a refused model leaves nothing behind.
             explain.check_accounting(model, dataset, run.attributor, range(min(run.batch_size, n)))
@@ -86,10 +91,13 @@ def attribute_dataset(
             if created:
                 path = Path(store_path).resolve()
                 stack.push(lambda kind, *_: _drop_if_refused_empty(path, kind, counts.computed))
-            batches = _pending_batches(store, run, n, input_shape, n_outputs, thumb_shape)
+            batches = _pending_batches(store, run, dataset, n, input_shape, n_outputs, thumb_shape)
             skipped = n - sum(len(b) for b in batches)
             if client is None:
-                results: Iterable[ExplainedBatch] = (explain(model, dataset, run.attributor, b) for b in batches)
+                results: Iterable[ExplainedBatch] = (
+                    explain(model, dataset, run.attributor, b, items)
+                    for b, items in zip(batches, read_batches(dataset, batches, run.workers))
+                )
             else:
                 results = explain_on_cluster(client, run.recipe, model, n, run.attributor, explain, batches,
                                              shard_batches=run.shard_batches)
@@ -141,24 +149,28 @@ def _check_label_names(label_names: Sequence[str] | None, n_outputs: int) -> Non
         raise BadInputError(
             f"{len(label_names)} label names given for a model with {n_outputs} outputs: spray needs one name "
             "per model output, in output order (label i names output i). A folder: source names and "
-            "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output "
-            f"(a subset would be labelled wrongly); an npz or hdf5 file or a dataset factory must give all "
+            "numbers its classes by its sorted sub-folders, so it must hold one sub-folder per output, or "
+            "name every output in a file (folder:PATH?names=FILE, one name per line, in output order) "
+            "whose names its sub-folders are; an npz or hdf5 file or a dataset factory must give all "
             f"{n_outputs} names, or none (the outputs are then named 0, 1, ...)"
         )
 
 
 def _pending_batches(
-    store: AuditStore, run: AttributionRun, n: int, input_shape: tuple[int, ...], n_outputs: int,
+    store: AuditStore, run: AttributionRun, dataset: Dataset, n: int, input_shape: tuple[int, ...], n_outputs: int,
     thumb_shape: tuple[int, ...] | None,
 ) -> list[list[int]]:
-    """Prepare the store's samples and the attribution (created, or checked for resuming) and return the
-    batches of the fixed grid that are not done yet."""
+    """Prepare the store's samples (an image source's files checked against those it recorded) and the
+    attribution (created, or checked for resuming) and return the batches of the fixed grid not done yet."""
     label_names = run.label_names
     if label_names is None and not store.attrs()["label_names"]:
         label_names = [str(i) for i in range(n_outputs)]
+    record = {"name": run.dataset_name, "size": n, **source_record(dataset)}
+    if store.attrs()["dataset"] is not None:
+        check_same_files(store.attrs()["dataset"], record, store.path)
     store.prepare_samples(
         n,
-        dataset={"name": run.dataset_name, "size": n},
+        dataset=record,
         model={"name": run.model_name, "hash": run.model_hash},
         label_names=label_names,
         thumbnail_shape=thumb_shape,

@@ -1,4 +1,4 @@
-"""Data sources: ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH`` or ``MOD:FACTORY`` -> a torch Dataset.
+"""Data sources: ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH``, ``csv:PATH`` or ``MOD:FACTORY`` -> a torch Dataset.
 
 Every dataset yields ``(x, y)``: ``x`` a float32 tensor, (C, H, W) for images or (F,) for feature vectors,
 and ``y`` an int class index. Every dataset has a ``label_names`` attribute, a list of class names or None
@@ -7,8 +7,11 @@ when the source does not name its classes:
 - ``npz:PATH``: arrays ``x`` (n, ...) and ``y`` (n,); an optional array ``label_names`` of strings.
 - ``hdf5:PATH``: datasets ``x`` and ``y``, or ViRelAy's ``data`` and ``label``; optional class names in a
   root attribute or dataset ``label_names``. Samples are read one at a time, never the whole file.
-- ``folder:PATH``: one sub-folder per class, sorted by name -> label 0, 1, ...; ``label_names`` (and
-  ``class_names``) are the folder names.
+- ``folder:PATH[?names=FILE]``: one sub-folder per class, sorted by name -> label 0, 1, ...; ``label_names``
+  are the folder names; or, with a names file, every output's name and each folder's label its line.
+  Image files are decoded and preprocessed as spray/data/images.py says.
+- ``csv:PATH?path=COLUMN&label=COLUMN&names=FILE``: image files listed in a label table
+  (spray/data/label_table.py), decoded and preprocessed as ``folder:``'s.
 - ``MOD:FACTORY``: whatever the zero-argument callable returns, if its items are ``(x, y)`` pairs; its own
   ``label_names`` are kept, else a torchvision-style ``classes`` list is used, else None.
 
@@ -21,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,15 @@ from torch.utils.data import Dataset
 
 from spray._checks import check_regular_file
 from spray.data._imports import call_factory
+from spray.data.images import IMAGE_SUFFIXES, ImageFiles
+from spray.data._options import read_names, split_options
+from spray.data.label_table import OPTIONS as CSV_OPTIONS
+from spray.data.label_table import open_label_table
+from spray.data.transforms import ImageTransform
 from spray.errors import BadInputError
 
-SCHEMES = ("npz", "hdf5", "folder")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+SCHEMES = ("npz", "hdf5", "folder", "csv")
+IMAGE_SCHEMES = ("folder", "csv")
 
 
 def _as_input(x: Any, where: str) -> torch.Tensor:
@@ -200,78 +206,45 @@ class HDF5Dataset(Dataset):
             self._file = None
 
 
-class FolderDataset(Dataset):
+def _folder(root: Path, transform: ImageTransform | None, skip_unreadable: bool,
+            names: str | None) -> ImageFiles:
     """Images in one sub-folder per class (class names sorted -> label indices), read with Pillow.
 
     Class folders are searched recursively for files with an image suffix; hidden files and folders are
-    skipped. Every image's size and colour mode are checked when the folder is opened (Pillow reads only
-    the header), so a stray image fails at once, named. Greyscale images give one channel; if any image is
-    in colour, all are read as RGB (alpha dropped). 16-bit greyscale is scaled by 1/65535.
+    skipped. With a names file (``names``, relative to ``root``: every model output's name, in output
+    order), each class folder must be one of its names, whose line is the folder's label: a folder may hold
+    a subset of the classes. Decoding and preprocessing: spray/data/images.py and transforms.py.
     """
-
-    def __init__(self, root: Path) -> None:
-        from PIL import Image
-
-        if not root.is_dir():
-            raise BadInputError(f"folder {root} is not a directory (expected one sub-folder per class)")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise BadInputError(f"folder {root} has no class sub-folders (one folder of images per class)")
-        self.files: list[tuple[Path, int]] = []
-        for label, name in enumerate(classes):
-            found = sorted(
-                p for p in (root / name).rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
-                and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    if not root.is_dir():
+        raise BadInputError(f"folder {root} is not a directory (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise BadInputError(f"folder {root} has no class sub-folders (one folder of images per class)")
+    label_names = classes
+    if names is not None:
+        label_names = read_names(root / names)
+        unnamed = [name for name in classes if name not in label_names]
+        if unnamed:
+            raise BadInputError(
+                f"folder {root}: class folder {unnamed[0]!r} is not a name of {root / names} (which names the "
+                "model's outputs, one per line, in output order)"
             )
-            for path in found:
-                check_regular_file(path, "an image")
-            if not found:
-                raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            self.files += [(p, label) for p in found]
-        self.class_names = self.label_names = classes
-        size, modes = None, set()
-        for path, _ in self.files:
-            with _reading(path):
-                with Image.open(path) as image:
-                    image_size, mode = image.size, image.mode
-            if size is None:
-                size, first = image_size, path
-            elif image_size != size:
-                raise BadInputError(
-                    f"image {path} is {image_size[0]}×{image_size[1]} (W×H), but {first} is "
-                    f"{size[0]}×{size[1]}: all images must have the same size"
-                )
-            modes.add(mode)
-        grey = {"1", "L", "LA", "I;16", "I;16B", "I;16L"}
-        self.mode = "L" if modes <= grey else "RGB"
-        self.shape = (1 if self.mode == "L" else 3, size[1], size[0])
-
-    def _load(self, path: Path) -> torch.Tensor:
-        from PIL import Image
-
-        # Opening read the header only: a file cut short, or with damaged pixel data, fails here.
-        with _reading(path), Image.open(path) as image:
-            if self.mode == "L" and image.mode.startswith("I;16"):
-                return torch.from_numpy(np.asarray(image, dtype=np.float32)[None] / 65535.0)
-            array = np.asarray(image.convert(self.mode))
-        return _as_input(array[None] if array.ndim == 2 else array.transpose(2, 0, 1), f"image {path}")
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.files[i]
-        return self._load(path), label
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Pillow's failures to read image ``path`` (its header or its pixels) as bad input naming the file."""
-    try:
-        yield
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's kinds; UnidentifiedImageError is an OSError
-        raise BadInputError(f"image {path} cannot be read: {exc}; replace or remove the file") from None
+    files: list[tuple[Path, int]] = []
+    for name in classes:
+        label = label_names.index(name)
+        found = sorted(
+            p for p in (root / name).rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        for path in found:
+            check_regular_file(path, "an image")
+        if not found:
+            suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise BadInputError(f"folder {root}: class folder {name!r} holds no images ({suffixes})")
+        files += [(p, label) for p in found]
+    return ImageFiles(files, label_names, root=root, where=f"folder {root}", transform=transform,
+                      skip_unreadable=skip_unreadable)
 
 
 def _factory(spec: str) -> Dataset:
@@ -320,23 +293,62 @@ class _Named(Dataset):
         return self.dataset[i]
 
 
-def open_source(spec: str) -> Dataset:
-    """The dataset a ``SOURCE`` string names (module docstring); errors name the spec and the problem."""
+def open_source(spec: str, transform: ImageTransform | None = None, *, skip_unreadable: bool = False) -> Dataset:
+    """The dataset a ``SOURCE`` string names (module docstring); errors name the spec and the problem.
+
+    ``transform``, the preprocessing spec (spray/data/transforms.py), and ``skip_unreadable`` (leave out,
+    and record, the image files that cannot be decoded) apply to the image sources (``folder:``, ``csv:``);
+    giving them for another source is refused rather than ignored.
+    """
     scheme, sep, rest = spec.partition(":")
+    images = ", ".join(f"{s}:PATH" for s in IMAGE_SCHEMES)
+    if transform is not None and transform != ImageTransform() and scheme not in IMAGE_SCHEMES:
+        raise BadInputError(
+            f"data source {spec!r}: a preprocessing spec (--resize, --crop, --normalize, --grayscale/--rgb) "
+            f"applies to image sources ({images}); transform the samples in the data source itself"
+        )
+    if skip_unreadable and scheme not in IMAGE_SCHEMES:
+        raise BadInputError(f"data source {spec!r}: --skip-unreadable applies to image sources ({images})")
     if scheme in SCHEMES:
+        if scheme in IMAGE_SCHEMES:
+            allowed, example = (CSV_OPTIONS, "csv:labels.csv?path=file&label=diagnosis") if scheme == "csv" \
+                else (("names",), "folder:images?names=classes.txt")
+            rest, options = split_options(spec, rest, allowed, example)
+        else:
+            options = {}
         if not rest:
             raise BadInputError(f"data source {spec!r} names no path; write {scheme}:PATH")
         path = Path(rest).expanduser()
         if not path.exists():
             raise BadInputError(f"data source {spec!r}: {path} does not exist")
-        if scheme != "folder":
-            check_regular_file(path, f"an {scheme} file")
-        return {"npz": _npz, "hdf5": HDF5Dataset, "folder": FolderDataset}[scheme](path)
-    known = "npz:PATH, hdf5:PATH, folder:PATH or MOD:FACTORY"
+        if scheme == "folder":
+            return _folder(path, transform, skip_unreadable, options.get("names"))
+        check_regular_file(path, {"npz": "an npz file", "hdf5": "an hdf5 file", "csv": "a csv file"}[scheme])
+        if scheme == "csv":
+            return open_label_table(path, options, transform, skip_unreadable)
+        return {"npz": _npz, "hdf5": HDF5Dataset}[scheme](path)
+    known = "npz:PATH, hdf5:PATH, folder:PATH, csv:PATH or MOD:FACTORY"
     if not sep:
         raise BadInputError(f"data source {spec!r} is not {known}")
-    # "csv:data/x.csv" is a scheme we do not know, not a module "csv" lacking an attribute "data/x.csv";
-    # so is "csv:x.csv" when x.csv is a file.
+    # "tsv:data/x.tsv" is a scheme we do not know, not a module "tsv" lacking an attribute "data/x.tsv";
+    # so is "tsv:x.tsv" when x.tsv is a file.
     if not all(part.isidentifier() for part in rest.split(".")) or Path(rest).expanduser().exists():
         raise BadInputError(f"data source {spec!r}: unknown scheme {scheme!r}; expected {known}")
     return _factory(spec)
+
+
+def source_file(spec: str) -> Path | None:
+    """The file or folder a file source (``npz:``, ``hdf5:``, ``folder:``, ``csv:``) reads, its options
+    dropped; None for a factory."""
+    scheme, sep, rest = spec.partition(":")
+    if not (sep and scheme in SCHEMES):
+        return None
+    rest = rest.partition("?")[0] if scheme in IMAGE_SCHEMES else rest
+    return Path(rest) if rest else None
+
+
+def open_source_like(spec: str, transform: ImageTransform | None, skip_unreadable: bool = False) -> Dataset:
+    """:func:`open_source` with ``transform`` and ``skip_unreadable`` if ``spec`` is an image source, without
+    for any other: the spec of a run file, or the one an audit store records, serves all its image sources."""
+    image = spec.partition(":")[0] in IMAGE_SCHEMES
+    return open_source(spec, transform if image else None, skip_unreadable=skip_unreadable and image)

@@ -21,6 +21,7 @@ from markupsafe import Markup
 from spray.errors import BadInputError
 from spray.ranking import RankedClass, rank_classes
 from spray.report import images, plots
+from spray.report.enrichment import Enrichment, enrichment
 from spray.results import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
 from spray.store import AuditStore
 
@@ -145,6 +146,8 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         names = [str(n) for n in root.get("label_names") or []]
         # The report lists the Clever Hans candidates (classes the ranking flagged) first, each in rank order.
         ranking = sorted(rank_classes(store, analysis), key=lambda e: (not e.flagged, e.rank))
+        metadata = (root.get("dataset") or {}).get("metadata") or {}
+        findings = enrichment(ranking, metadata, store.read("samples/label")) if metadata else []
         has_thumbnails = store.has_thumbnails
         # Relevance is (n, C, H, W) or (n, H, W): the only shapes the analysis accepts.
         if len(info["shape"]) not in (3, 4):
@@ -207,7 +210,7 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "spray_version": __version__,
         "audit": audit,
-        "summary": _summary(ranking, clarc, names),
+        "summary": _summary(ranking, clarc, names, findings),
         "ranking": rows,
         "classes": classes,
         "n_analysed": sum(e.skipped is None for e in ranking),
@@ -223,8 +226,10 @@ def _pretty_json(text: str | None) -> str:
         return str(text)
 
 
-def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str]) -> list[Markup]:
-    """The plain-language findings, one paragraph per item."""
+def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str],
+             findings: list[Enrichment]) -> list[Markup]:
+    """The plain-language findings, one paragraph per item; ``findings``: metadata enrichments of flagged
+    groups (spray.report.enrichment), the strongest five told."""
     candidates = [e for e in ranking if e.flagged]
     skipped = [e for e in ranking if e.skipped is not None]
     analysed = len(ranking) - len(skipped)
@@ -260,6 +265,17 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
             "distinct as the other classes' are. This makes a shortcut less likely but does not rule it out: "
             "a shortcut shared by every class, small groups and subtle differences can escape this screening."
         ).format(n=analysed))
+    for finding in findings[:5]:
+        sentence = finding.sentence()
+        paragraphs.append(Markup(
+            "{sentence} (one-sided Fisher exact test over the data set's metadata, false discovery rate "
+            "controlled by Benjamini–Hochberg: q {q}): a candidate for the cause, if images of that "
+            "{column} differ in what they show."
+        ).format(sentence=sentence[0].upper() + sentence[1:], column=finding.column,
+                 q="< 0.001" if finding.q < 0.001 else f"= {finding.q:.3f}"))
+    if len(findings) > 5:
+        paragraphs.append(Markup("{k} further metadata values are enriched in flagged groups.")
+                          .format(k=len(findings) - 5))
     if skipped:
         paragraphs.append(Markup(
             "{k} class{es} could not be analysed, mostly because {they} had too few images; the table below "

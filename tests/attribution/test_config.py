@@ -48,4 +48,5 @@ def test_an_attributor_without_the_contract_is_refused_and_a_run_is_immutable():
         AttributionRun(object(), model_hash="h", model_name="m", dataset_name="d")
     with pytest.raises(dataclasses.FrozenInstanceError):
         _run().batch_size = 64  # type: ignore[misc]
-    assert _run(thumbnail_range=(0, 1)).thumbnail_range == (0.0, 1.0)
+    assert _run(thumbnail_range=(0, 1)).thumbnail_range == ((0.0,), (1.0,))
+    assert _run(thumbnail_range=([0, -1], [1, 2])).thumbnail_range == ((0.0, -1.0), (1.0, 2.0))

@@ -370,3 +370,29 @@ def test_an_attribution_without_input_share_resumes_without_it(tmp_path):
     with AuditStore(path) as store:
         assert "input_share" not in store.info()["attributions"]["gxi"]
         assert "input share" not in format_info(store.info())
+
+
+def test_decoding_workers_give_the_store_one_process_gives_and_the_same_refusal(tmp_path):
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (2, 2), dtype=np.uint8)).save(root / "ab"[i % 2] / f"{i}.png")
+    model = load_model("tests.data.factories:tiny_model")
+    kwargs = {"model_hash": "h", "model_name": "tiny", "dataset_name": "folder", "batch_size": 3, "progress": False}
+    stores = {}
+    for workers in (0, 2):
+        stores[workers] = tmp_path / f"w{workers}.h5"
+        attribute_dataset(stores[workers], model, open_source(f"folder:{root}"),
+                          AttributionRun(get_method("epsilon"), workers=workers, **kwargs))
+    with AuditStore(stores[0]) as one, AuditStore(stores[2]) as two:
+        for path in ("attributions/epsilon/relevance", "samples/thumbnail", "samples/index"):
+            assert np.array_equal(one.read(path), two.read(path))
+    broken = root / "b" / "7.png"
+    data = broken.read_bytes()
+    broken.write_bytes(data[: data.index(b"IDAT") + 6])
+    with pytest.raises(BadInputError, match=f"^image {broken} cannot be read: .*; replace or remove the file$"):
+        attribute_dataset(tmp_path / "w.h5", model, open_source(f"folder:{root}"),
+                          AttributionRun(get_method("epsilon"), workers=2, **kwargs))
+    with AuditStore(tmp_path / "w.h5") as store:  # the batches before the one holding 7.png are done
+        assert store.read("attributions/epsilon/done").tolist() == [True] * 6 + [False] * 4

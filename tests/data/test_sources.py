@@ -70,7 +70,7 @@ def test_factory_source_returns_the_dataset_with_label_names_attribute():
     [
         ("npz:/nonexistent/d.npz", "does not exist"),
         ("zip:/tmp/x", "unknown scheme 'zip'"),
-        ("csv:data.csv/", "unknown scheme 'csv'"),
+        ("tsv:data.tsv/", "unknown scheme 'tsv'"),
         ("npz:", "names no path"),
         ("tests.data.factories:single_tensors", "sample 0 is Tensor; samples must be"),
         ("tests.data.factories:float_labels", "sample 0's label is 0.5"),
@@ -89,9 +89,9 @@ def test_bad_sources_name_the_problem(spec, message):
 
 def test_an_existing_file_behind_an_unknown_scheme_is_not_taken_for_a_module(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "x.csv").write_text("1,2\n")
-    with pytest.raises(BadInputError, match="unknown scheme 'csv'"):
-        open_source("csv:x.csv")
+    (tmp_path / "x.tsv").write_text("1\t2\n")
+    with pytest.raises(BadInputError, match="unknown scheme 'tsv'"):
+        open_source("tsv:x.tsv")
 
 
 def test_npz_without_y_lists_what_it_has(tmp_path):
@@ -153,7 +153,7 @@ def test_folder_greyscale_one_channel_colour_makes_all_rgb_and_skips_other_files
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     (tmp_path / "a" / ".hidden.png").write_bytes(b"")
     grey = open_source(f"folder:{tmp_path}")
-    assert grey.class_names == grey.label_names == ["a", "b"] and len(grey) == 2
+    assert grey.label_names == ["a", "b"] and len(grey) == 2
     assert grey[0][0].shape == (1, 3, 4) and grey[1][1] == 1
     Image.fromarray(np.zeros((3, 4, 4), np.uint8), "RGBA").save(tmp_path / "b" / "c.png")
     colour = open_source(f"folder:{tmp_path}")
@@ -175,3 +175,13 @@ def test_factory_label_names_from_torchvision_classes_or_a_wrapper_for_slotted_d
     assert open_source("tests.data.factories:with_classes").label_names == ["cat", "dog"]
     slotted = open_source("tests.data.factories:slotted")
     assert slotted.label_names is None and len(slotted) == 2 and slotted[1][1] == 1
+
+
+def test_a_names_file_lets_a_folder_hold_a_subset_of_the_classes(tmp_path):
+    for name in ("dog", "bird"):
+        (tmp_path / name).mkdir()
+        Image.new("L", (2, 2)).save(tmp_path / name / "0.png")
+    (tmp_path / "classes.txt").write_text("cat\ndog\nfish\nbird\n")
+    dataset = open_source(f"folder:{tmp_path}?names=classes.txt")
+    assert dataset.label_names == ["cat", "dog", "fish", "bird"]
+    assert [(path.parent.name, label) for path, label in dataset.files] == [("bird", 3), ("dog", 1)]

@@ -1,0 +1,81 @@
+"""``csv:PATH``: images listed in a label table; columns by name, paths relative to the table, class names
+from the values or a names file; every problem named by file, line and column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from spray.data import ImageTransform, open_source
+from spray.errors import BadInputError
+from spray.outputs import source_path
+
+
+def _table(root: Path, text: str, images: dict[str, tuple[int, int]]) -> Path:
+    for name, size in images.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", size, 10 * len(name)).save(root / name)
+    (root / "labels.csv").write_text(text, encoding="utf-8")
+    return root / "labels.csv"
+
+
+def test_rows_give_samples_in_table_order_with_sorted_value_names_and_other_columns_as_metadata(tmp_path):
+    table = _table(tmp_path, "file,diagnosis,site\nimg/b.png,nevus,A\nimg/a.png,melanoma,B\nimg/c.png,nevus,B\n",
+                   {"img/a.png": (2, 2), "img/b.png": (4, 3), "img/c.png": (3, 4)})
+    dataset = open_source(f"csv:{table}?path=file&label=diagnosis", ImageTransform(resize=(2, 2)))
+    assert dataset.label_names == ["melanoma", "nevus"] and len(dataset) == 3
+    assert [dataset[i][1] for i in range(3)] == [1, 0, 1]
+    x, _ = dataset[1]
+    assert torch.equal(x, torch.full((1, 2, 2), 90 / 255))  # img/a.png, value 10 * 9
+    assert dataset.record()["files"] == ["img/b.png", "img/a.png", "img/c.png"]
+    assert dataset.metadata == dataset.record()["metadata"] == {"site": ["A", "B", "B"]}
+
+
+def test_integer_labels_are_taken_as_they_are_and_a_names_file_orders_the_classes(tmp_path):
+    table = _table(tmp_path, "path,label\na.png,2\nb.png,0\n", {"a.png": (1, 1), "b.png": (1, 1)})
+    dataset = open_source(f"csv:{table}")
+    assert dataset.label_names is None and [dataset[i][1] for i in range(2)] == [2, 0]
+    (tmp_path / "names.txt").write_text("zebra\napple\n")
+    table.write_text("path,label\na.png,apple\nb.png,zebra\n")
+    dataset = open_source(f"csv:{table}?names=names.txt")
+    assert dataset.label_names == ["zebra", "apple"] and [dataset[i][1] for i in range(2)] == [1, 0]
+
+
+def test_absolute_paths_and_a_byte_order_mark_are_read(tmp_path):
+    image = tmp_path / "elsewhere" / "x.png"
+    image.parent.mkdir()
+    Image.new("L", (1, 1)).save(image)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "l.csv").write_text(f"\ufeffpath,label\n{image},cat\n", encoding="utf-8")
+    dataset = open_source(f"csv:{tmp_path / 't' / 'l.csv'}")
+    assert dataset.label_names == ["cat"] and dataset.record()["files"] == [image.as_posix()]
+
+
+@pytest.mark.parametrize(("text", "spec", "message"), [
+    ("file,label\na.png,x\n", "", "{t}, line 1: no column 'path' (the columns are 'file', 'label'); name the path "
+                                  "and label columns: csv:PATH?path=COLUMN&label=COLUMN"),
+    ("path,label\na.png,x\nb.png,y\n", "", "{t}, line 3, column 'path': image {d}/b.png does not exist"),
+    ("path,label\na.png,x\na.png, \n", "", "{t}, line 3, column 'label': the label is empty"),
+    ("path,label\na.png,x\n,y\n", "", "{t}, line 3, column 'path': the image path is empty"),
+    ("path,label\n", "", "{t} lists no images (a header line, then one line per image)"),
+    ("path,label\na.png,x\n", "?names=n.txt", "{t}, line 2, column 'label': label 'x' is not a name of {d}/n.txt"),
+])
+def test_table_problems_name_file_line_and_column(tmp_path, text, spec, message):
+    table = _table(tmp_path, text, {"a.png": (1, 1)})
+    (tmp_path / "n.txt").write_text("y\n")
+    with pytest.raises(BadInputError) as info:
+        open_source(f"csv:{table}{spec}")
+    assert str(info.value) == message.format(t=f"csv file {table}", d=tmp_path)
+
+
+def test_unknown_options_are_refused_naming_the_spec(tmp_path):
+    table = _table(tmp_path, "path,label\na.png,x\n", {"a.png": (1, 1)})
+    with pytest.raises(BadInputError, match=r"option 'lable=x' is not KEY=VALUE with KEY one of path, label, names"):
+        open_source(f"csv:{table}?lable=x")
+
+
+def test_the_table_is_the_protected_input_of_a_csv_source():
+    assert source_path("csv:t/l.csv?label=y") == Path("t/l.csv")

@@ -180,6 +180,8 @@ def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--skip-unreadable", is_flag=True,
               help="Leave out image files that cannot be decoded (each named on stderr and in the store) instead "
                    "of refusing the source; every file is decoded once when the source is opened.")
+@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|mps",
+              help="Where the model runs (also on dask workers); the store is written here.")
 def attribute(
     model_spec: str,
     weights: Path | None,
@@ -195,6 +197,7 @@ def attribute(
     allow_nonconservative: bool,
     workers: int,
     skip_unreadable: bool,
+    device: str,
     transform: Any,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
@@ -202,7 +205,7 @@ def attribute(
     from spray.attribution.methods import get_method, method_params
     from spray.data import load_model, model_hash, open_source
 
-    model = load_model(model_spec, weights)
+    model = load_model(model_spec, weights, device)
     dataset = open_source(data_spec, transform, skip_unreadable=skip_unreadable)
     for path, message in getattr(dataset, "skipped", []):
         click.echo(f"skipped {path}: {message}", err=True)
@@ -218,7 +221,7 @@ def attribute(
         overwrite=overwrite,
         scheduler=scheduler,
         recipe=WorkerRecipe(model=model_spec, data=data_spec, transform=transform and transform.to_dict(),
-                            skip_unreadable=skip_unreadable),
+                            skip_unreadable=skip_unreadable, device=device),
         allow_nonconservative=allow_nonconservative,
         workers=workers,
     )

@@ -22,6 +22,7 @@ only does what changed.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ RUN_TABLES: dict[str, dict[str, Any]] = {
     "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
     "data": {"source": str, "transform": {}, "skip_unreadable": False},
     "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {},
-                    "allow_nonconservative": False, "workers": 0},
+                    "allow_nonconservative": False, "workers": 0, "device": "cpu"},
     "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
               "lambda": float, "fraction": float, "batch_size": 64, "seed": 0, "out": "clarc",
               "overwrite": False},
@@ -125,6 +126,7 @@ Fail = Callable[[str, str | None, str], PipelineError]
 def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
     """What the types alone do not say: combinations, choices and ranges."""
     from spray.clarc import METHODS, ClusterSpec
+    from spray.data.models import device_named
 
     if "train" in tables:
         if tables["model"]["weights"]:
@@ -138,6 +140,10 @@ def _check_values(tables: dict[str, dict[str, Any]], fail: Fail) -> None:
         raise fail("attribution", "workers", f"attribution.workers must be at least 0, got {workers}")
     if tables["attribution"]["target"] not in TARGETS:
         raise fail("attribution", "target", f"attribution.target must be one of {', '.join(TARGETS)}")
+    try:
+        device_named(tables["attribution"]["device"])
+    except BadInputError as exc:
+        raise fail("attribution", "device", f"attribution.{exc}") from None
     if "evaluate" in tables and "clarc" not in tables:
         raise fail("evaluate", None, "[evaluate] measures a ClArC correction: add a [clarc] table")
     if "evaluate" in tables and tables["evaluate"]["relevance_target"] not in TARGETS:
@@ -235,9 +241,12 @@ def _run(tables: dict[str, dict[str, Any]], spec: PipelineSpec, progress: bool) 
         workers=attribution["workers"],
         recipe=WorkerRecipe(model=model_spec, data=tables["data"]["source"],
                             transform=tables["data"]["transform"].to_dict(),
-                            skip_unreadable=tables["data"]["skip_unreadable"]), progress=progress,
+                            skip_unreadable=tables["data"]["skip_unreadable"], device=attribution["device"]),
+        progress=progress,
     )
-    ranking = audit(store, model, dataset, run, spec)
+    device = attribution["device"]
+    explained = model if device == "cpu" else copy.deepcopy(model).to(device)  # ClArC goes on with the CPU model
+    ranking = audit(store, explained, dataset, run, spec)
     corrected = _correct(tables, store, model, dataset, spec.name, progress) if "clarc" in tables else []
     report = None
     if tables["report"]["path"]:

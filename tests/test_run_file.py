@@ -61,6 +61,8 @@ def test_second_run_reuses_trained_weights(run_dir, capsys):
         (("[data]\nsource", "[dataz]\nsource"), r"unknown node \[dataz\]"),
         (("epochs = 2", "epochz = 2"), "unknown parameter 'train.epochz'"),
         (('[model]\nfactory = "tests.data.factories:tiny_model"', "[model]"), r"\[model\] needs factory"),
+        (("batch_size = 8\n[report]", 'batch_size = 8\ndevice = "tpu"\n[report]'),
+         r"attribution.device must be cpu, cuda, cuda:N or mps, got 'tpu'"),
     ],
 )
 def test_bad_run_files_name_the_problem(run_dir, change, message):

@@ -44,13 +44,15 @@ class WorkerRecipe:
     ``data``: the source spec (``MOD:FACTORY``, ``npz:PATH``, ``hdf5:PATH``, ``folder:PATH``), opened on
     the worker, so paths must be valid there; ``transform``: an image source's preprocessing spec
     (``ImageTransform.to_dict()``), or None; ``skip_unreadable``: leave out image files that cannot be
-    decoded. Both modules must be importable on every worker.
+    decoded; ``device``: where the workers run the model (``cpu``, ``cuda``, ``cuda:N``, ``mps``; each
+    worker must have it). Both modules must be importable on every worker.
     """
 
     model: str
     data: str
     transform: dict[str, Any] | None = None
     skip_unreadable: bool = False
+    device: str = "cpu"
 
 
 def explain_on_cluster(
@@ -126,7 +128,7 @@ def _build(recipe: WorkerRecipe, weights: dict[str, Any], n: int) -> tuple[nn.Mo
 
     where = _worker_name()
     try:
-        model = load_model(recipe.model)
+        model = load_model(recipe.model, device=recipe.device)
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:

@@ -17,14 +17,38 @@ from spray.data._imports import call_factory
 from spray.errors import BadInputError
 
 
-def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
-    """Build the model ``spec`` names, load ``weights`` (``torch.load(weights_only=True)``), eval mode."""
+def load_model(spec: str, weights: str | Path | None = None, device: str = "cpu") -> nn.Module:
+    """Build the model ``spec`` names, load ``weights`` (``torch.load(weights_only=True)``), eval mode, on
+    ``device`` (:func:`device_named`)."""
+    place = device_named(device)
     model = call_factory(spec, "model")
     if not isinstance(model, nn.Module):
         raise BadInputError(f"model {spec!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
         load_weights(model, weights)
-    return model.eval()
+    return model.to(place).eval()
+
+
+_DEVICE = re.compile(r"(cpu|mps|cuda(:\d+)?)")
+
+
+def device_named(name: str) -> torch.device:
+    """The torch device ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, refused unless this machine has it."""
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise BadInputError(f"device must be cpu, cuda, cuda:N or mps, got {name!r}")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            built = "a build without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU seen"
+            raise BadInputError(f"device {name!r} is not available: torch {torch.__version__} here is {built}; "
+                                "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BadInputError(f"device {name!r} is not available: this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                                f"cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BadInputError(f"device {name!r} is not available: this machine has no Apple GPU (MPS); use --device cpu")
+    return device
 
 
 def load_weights(model: nn.Module, weights: str | Path) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from spray.data import load_model, model_hash
+from spray.data.models import device_named
 from spray.errors import BadInputError
 
 SPEC = "tests.data.factories:tiny_model"
@@ -92,3 +93,13 @@ def test_model_hash_is_the_same_in_another_process():
     code = f"from spray.data import load_model, model_hash; print(model_hash(load_model({SPEC!r})))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == model_hash(load_model(SPEC))
+
+
+def test_devices_are_checked_before_anything_runs():
+    assert device_named("cpu") == torch.device("cpu")
+    assert next(load_model(SPEC, device="cpu").parameters()).device == torch.device("cpu")
+    with pytest.raises(BadInputError, match=r"^device must be cpu, cuda, cuda:N or mps, got 'cuda:x'$"):
+        device_named("cuda:x")
+    if not torch.cuda.is_available():  # the suite's machines: a CPU build of torch
+        with pytest.raises(BadInputError, match=r"^device 'cuda:0' is not available: torch .* use --device cpu$"):
+            load_model(SPEC, device="cuda:0")

@@ -1,4 +1,4 @@
-"""Architectures as users bring them: faithful copies of torchvision's ResNet and VGG-BN layouts.
+"""Architectures as users bring them: faithful copies of torchvision's ResNet, VGG-BN and DenseNet layouts.
 
 torchvision is not a dependency of spray; these copies keep its module names, its ``forward`` code
 (``out += identity``, ``nn.ReLU(inplace=True)``, BatchNorm held as attributes, ``downsample`` Sequentials,
@@ -9,8 +9,10 @@ them. No weights are shipped or downloaded. They serve the tests and benchmarks 
 
 from __future__ import annotations
 
+from spray.zoo.densenet import DenseNet, densenet121
 from spray.zoo.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from spray.zoo.statistics import randomize_batch_norms
 from spray.zoo.vgg import VGG, vgg16_bn
 
-__all__ = ["VGG", "BasicBlock", "Bottleneck", "ResNet", "randomize_batch_norms", "resnet18", "resnet50", "vgg16_bn"]
+__all__ = ["VGG", "BasicBlock", "Bottleneck", "DenseNet", "ResNet", "densenet121", "randomize_batch_norms", "resnet18",
+           "resnet50", "vgg16_bn"]

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from spray.zoo import BasicBlock, Bottleneck, resnet18, resnet50, vgg16_bn
+from spray.zoo import BasicBlock, Bottleneck, densenet121, resnet18, resnet50, vgg16_bn
 
 
 @pytest.mark.parametrize(("build", "parameters"), [(resnet18, 11_689_512), (resnet50, 25_557_032),
-                                                   (vgg16_bn, 138_365_992)], ids=["resnet18", "resnet50", "vgg16_bn"])
+                                                   (vgg16_bn, 138_365_992), (densenet121, 7_978_856)],
+                         ids=["resnet18", "resnet50", "vgg16_bn", "densenet121"])
 def test_parameter_counts_are_torchvisions(build, parameters):
     with torch.device("meta"):  # no memory, no initialisation cost
         model = build()
@@ -38,3 +39,13 @@ def test_small_inputs_give_logits(build):
     model = build().eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_densenet_keeps_torchvisions_names_and_concatenates():
+    with torch.device("meta"):
+        model = densenet121()
+    names = set(model.state_dict())
+    assert {"features.conv0.weight", "features.denseblock1.denselayer1.norm1.running_mean",
+            "features.denseblock4.denselayer16.conv2.weight", "features.transition3.conv.weight",
+            "features.norm5.bias", "classifier.weight"} <= names
+    assert model.features.denseblock2.denselayer12.norm1.num_features == 128 + 11 * 32  # the concatenation

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from spray.errors import NonConservativeError
 from spray.lrp.engine import Balance
-from spray.lrp.functional import Addition
+from spray.lrp.functional import Addition, Normalization
 from spray.lrp.layers import BATCHNORM_LAYERS
 
 #: Relative tolerance of the accounting identity and of each bias-free module's balance, as a fraction of
@@ -36,12 +36,12 @@ def input_share(relevance: Tensor, explained: Tensor) -> Tensor:
 
 
 def may_absorb(balance: Balance) -> bool:
-    """Whether the module has a constant part that may absorb relevance: a bias, a BatchNorm's shift, or
-    a constant summand (an :class:`Addition` of a single tensor)."""
+    """Whether the module has a constant part that may absorb relevance: a bias, a BatchNorm's or a traced
+    normalisation's shift, or a constant summand (an :class:`Addition` of a single tensor)."""
     module = balance.module
     return (
         isinstance(getattr(module, "bias", None), Tensor)
-        or isinstance(module, BATCHNORM_LAYERS)
+        or isinstance(module, (*BATCHNORM_LAYERS, Normalization))
         or (isinstance(module, Addition) and balance.inputs == 1)
     )
 

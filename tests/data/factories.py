@@ -95,14 +95,14 @@ def nan_model() -> nn.Module:
     return model
 
 
-def layernorm_model() -> nn.Module:
-    """A model with a LayerNorm, a layer the LRP engine has no rule for."""
+def prelu_model() -> nn.Module:
+    """A model with a PReLU, a layer the LRP engine has no rule for."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.PReLU(), nn.Linear(4, 2))
 
 
-class _Gated(nn.Module):
-    """A SiLU written as a product in ``forward``: a gating, which LRP's traced rules do not explain."""
+class _Squared(nn.Module):
+    """A square written as a product in ``forward``: neither factor is a gate, so LRP has no rule for it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -110,13 +110,13 @@ class _Gated(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(self.flatten(x))
-        return h * torch.sigmoid(h)
+        return h * h
 
 
-def gated_model() -> nn.Module:
+def squared_model() -> nn.Module:
     """A model whose forward multiplies two tensors computed from the input (an operation without a rule)."""
     torch.manual_seed(0)
-    return _Gated()
+    return _Squared()
 
 
 class _PowerMean(nn.AdaptiveAvgPool2d):

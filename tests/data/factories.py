@@ -87,6 +87,21 @@ def conv_data() -> TensorDataset:
     return TensorDataset(x, y)
 
 
+def efficientnet_model() -> nn.Module:
+    """A tiny EfficientNet-B0 (spray.zoo: its first three stages at a quarter width) on (3, 8, 8) inputs; 2
+    outputs, squeeze-and-excitation gating in every block."""
+    from spray.zoo import efficientnet_b0, randomize_batch_norms
+
+    torch.manual_seed(0)
+    return randomize_batch_norms(efficientnet_b0(2, stages=3, width_mult=0.25)).eval()
+
+
+def rgb_conv_data() -> TensorDataset:
+    """:func:`conv_data` in three channels (the bright corner in each), for :func:`efficientnet_model`."""
+    x, y = conv_data().tensors
+    return TensorDataset(x.repeat(1, 3, 1, 1), y)
+
+
 def nan_model() -> nn.Module:
     """:func:`tiny_model` whose head weights hold a NaN: every output is NaN."""
     model = tiny_model()

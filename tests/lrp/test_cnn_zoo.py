@@ -6,14 +6,20 @@ and the model is left as found."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
+from spray.cli import main
 from spray.lrp import LRP, Epsilon, EpsilonGammaBox, EpsilonPlusFlat, rules
 from spray.lrp.accounting import check, may_absorb
 from spray.lrp.functional import Gating, Normalization, Scaling
 from spray.zoo import CNBlockConfig, convnext_tiny, densenet121, efficientnet_b0, mobilenet_v2, randomize_batch_norms
+from spray.store import AuditStore
+from spray.testing import pipeline_text
+from tests.data.factories import efficientnet_model, rgb_conv_data
 from tests.lrp.test_tracing import _assert_left_as_found, _snapshot
 
 #: Tiny members of each family: 16 × 16 inputs, 5 classes.
@@ -97,3 +103,26 @@ def test_convnext_layer_norms_are_traced_normalisations_and_its_layer_scale_a_sc
     assert sorted(name for name, kind in kinds.items() if kind is Scaling) == [
         "features.1.0.mul", "features.3.0.mul", "features.3.1.mul"]
     assert all(may_absorb(b) for b in ledger if isinstance(b.module, Normalization))
+
+
+def test_an_efficientnet_is_attributed_and_analysed_from_the_command_line(tmp_path, capsys):
+    store, pipeline = tmp_path / "e.h5", tmp_path / "p.toml"
+    pipeline.write_text(pipeline_text("tiny"))
+    assert main(["attribute", "--model", "tests.data.factories:efficientnet_model", "--data",
+                 "tests.data.factories:rgb_conv_data", "--store", str(store), "--batch-size", "20"]) == 0
+    assert main(["analyze", str(store), "--pipeline", str(pipeline)]) == 0
+    capsys.readouterr()
+    assert main(["info", str(store), "--json"]) == 0
+    attribution = json.loads(capsys.readouterr().out)["attributions"]["epsilon_plus_flat"]
+    assert attribution["done"] == 40 and attribution["shape"] == [40, 3, 8, 8]
+    assert main(["rank", str(store), "--json"]) == 0
+    assert {entry["class"] for entry in json.loads(capsys.readouterr().out)} == {0, 1}
+    x, y = rgb_conv_data()[:4]
+    relevance, logits = LRP(EpsilonPlusFlat()).attribute(efficientnet_model(), x, y)
+    with AuditStore(store) as audit:  # the stored heatmaps are the engine's, and the relevance accounted for
+        stored = audit.read("attributions/epsilon_plus_flat/relevance", slice(0, 4))
+        share = audit.read("attributions/epsilon_plus_flat/input_share", slice(0, 4))
+    torch.testing.assert_close(torch.as_tensor(stored), relevance, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.as_tensor(share, dtype=torch.float64),
+                               relevance.flatten(1).sum(1).double() / logits.gather(1, y[:, None])[:, 0].double(),
+                               rtol=1e-4, atol=1e-6)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from spray.errors import BadInputError
+from spray.lrp.tracing import feature_layer
 from spray.lrp.layers import BATCHNORM_LAYERS, PASS_LAYERS
 from spray.training import eval_mode
 
@@ -38,17 +39,23 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     return modules[layer]
 
 
-def default_layer(model: nn.Module) -> str:
-    """The layer ClArC uses when none is given.
+def default_layer(model: nn.Module, x: Tensor) -> str:
+    """The layer ClArC uses when none is given; ``x``: a batch of the model's inputs (one sample runs).
 
-    ``model.FEATURE_LAYER`` if the model declares one (the demo's convention); otherwise the activation
-    that follows the last Conv2d (skipping BatchNorm/Identity/Dropout in between, in registration order),
-    or the last Conv2d itself when no activation follows it.
+    ``model.FEATURE_LAYER`` if the model declares one; otherwise the module whose output is the last
+    feature map the model's head reads, in the traced forward (:func:`spray.lrp.tracing.feature_layer`: a
+    ResNet's last block after its residual addition). For a model fx cannot trace: the activation that
+    follows the last Conv2d in registration order (skipping BatchNorm/Identity/Dropout in between), or the
+    last Conv2d itself when no activation follows it.
     """
     declared = getattr(model, "FEATURE_LAYER", None)
     if isinstance(declared, str):
         resolve_layer(model, declared)
         return declared
+    with eval_mode(model):
+        traced = feature_layer(model, x)
+    if traced is not None:
+        return traced
     named = [(name, m) for name, m in model.named_modules() if name and next(m.children(), None) is None]
     convs = [i for i, (_, m) in enumerate(named) if isinstance(m, nn.Conv2d)]
     if not convs:

@@ -14,7 +14,6 @@ scalings, which is why tracing turns those into modules).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,13 +29,7 @@ from spray.lrp.canonizers import fold_batchnorm
 from spray.lrp.composites import Composite
 from spray.lrp.layers import LINEAR_LAYERS
 from spray.lrp.rules import Rule
-from spray.lrp.tracing import canonize
-
-
-#: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
-#: forward of an attribution running in another thread (dask workers with several threads): LRP calls of
-#: one process run one at a time.
-_ONE_AT_A_TIME = threading.Lock()
+from spray.lrp.tracing import ONE_AT_A_TIME, canonize
 
 
 class LRP:
@@ -96,7 +89,7 @@ class LRP:
             raise BadInputError(f"start module {start!r} is not in the model; use a name from "
                                 f"model.named_modules(), e.g. {names[1:6]}")
         with ExitStack() as stack:
-            stack.enter_context(_ONE_AT_A_TIME)
+            stack.enter_context(ONE_AT_A_TIME)
             stack.enter_context(_frozen(model))
             traced = canonize(model, x, self.composite, start)
             if traced is None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import operator
 import re
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,9 +44,16 @@ from torch.utils._pytree import tree_leaves
 from spray.errors import UnsupportedLayerError
 from spray.lrp.canonizers import foldable, folded_parameters
 from spray.lrp.composites import Composite
+from spray.lrp.layers import AVGPOOL_LAYERS, MAXPOOL_LAYERS
 from spray.lrp.functional import (
     Activation, Addition, Gating, Normalization, Pooling, Scaling, Slot, TracedOperation,
 )
+
+
+#: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
+#: forward of an attribution running in another thread (dask workers with several threads): LRP calls and
+#: :func:`feature_layer` of one process run one at a time.
+ONE_AT_A_TIME = threading.Lock()
 
 
 class UntracedModelWarning(UserWarning):
@@ -67,6 +75,9 @@ _ROUTING_METHODS = {
     "unflatten", "movedim", "contiguous", "expand", "expand_as", "repeat", "split", "chunk", "narrow", "select",
     "flip", "roll", "clone", "to", "type", "float", "double", "half", "relu", "relu_",
 }
+
+_MAX_POOLING = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                F.adaptive_max_pool3d}
 
 #: Their result is a constant to LRP, as to autograd.
 _DETACH = {torch.detach, "detach"}
@@ -145,6 +156,53 @@ def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | Non
     return Traced(module, start_name)
 
 
+def feature_layer(model: nn.Module, x: Tensor) -> str | None:
+    """The module whose output is the last feature map of ``model``'s forward, the one its head reads.
+
+    In the traced forward, the head starts where a value of shape (B, C, *spatial) is read into one of
+    fewer than three dimensions (``torch.flatten``, ``x.mean((2, 3))``); the feature map is the input of
+    the last pooling before that point (the global average pooling of a ResNet, DenseNet or ConvNeXt), or
+    the flattened map itself without one. Through functional operations (DenseNet's ``F.relu``) the search
+    goes back to the nearest module output; of the modules with that output (a ResNet's ``layer4`` and its
+    last block ``layer4.1``, after the residual addition) the innermost is named. ``x``: a sample batch (one
+    sample runs). None where fx cannot trace the forward or no module output is such a map.
+    """
+    tracer = _Tracer(set())
+    with ONE_AT_A_TIME:
+        try:
+            graph = tracer.trace(model)
+        except Exception:  # fx raises many types on untraceable code; the caller falls back
+            return None
+        module = fx.GraphModule(model, graph)
+        values = _values(module, x[:1].clone())
+    maps = [node for node in graph.nodes if isinstance(values.get(node), Tensor) and values[node].dim() >= 3]
+    heads = [node for node in maps if any(isinstance(values.get(user), Tensor) and values[user].dim() < 3
+                                          for user in node.users)]
+    if not heads:
+        return None
+    before = maps[:maps.index(heads[-1]) + 1]
+    pools = [node for node in before if _is_pooling(module, node)]
+    node = pools[-1].args[0] if pools else heads[-1]
+    owners: dict[fx.Node, list[str]] = {}
+    for name, output in tracer.outputs.items():
+        if name:
+            owners.setdefault(output, []).append(name)
+    while node not in owners:
+        inputs = [a for a in node.all_input_nodes if a in maps]
+        if not inputs:
+            return None
+        node = inputs[0]
+    return max(owners[node], key=lambda name: name.count("."))
+
+
+def _is_pooling(module: nn.Module, node: fx.Node) -> bool:
+    """``node`` pools: an average or max pooling module, function or method, a mean or sum over dimensions."""
+    if node.op == "call_module":
+        return isinstance(module.get_submodule(node.target), AVGPOOL_LAYERS + MAXPOOL_LAYERS)
+    return node.op in ("call_function", "call_method") and (
+        _OPERATIONS.get(node.target) is Pooling or node.target in _MAX_POOLING)
+
+
 class _Tracer(fx.Tracer):
     """fx tracing that stops at modules with an LRP rule and records each module's first output node."""
 
@@ -166,9 +224,8 @@ class _Tracer(fx.Tracer):
         return out
 
 
-def _carries(module: fx.GraphModule, x: Tensor) -> set[fx.Node]:
-    """From one run on ``x``: the nodes whose value holds a floating-point tensor that depends on the input
-    (they carry relevance)."""
+def _values(module: fx.GraphModule, x: Tensor) -> dict[fx.Node, Any]:
+    """Every node's value in one run on ``x``."""
     values: dict[fx.Node, Any] = {}
 
     class Recorder(fx.Interpreter):
@@ -178,6 +235,13 @@ def _carries(module: fx.GraphModule, x: Tensor) -> set[fx.Node]:
 
     with torch.no_grad():
         Recorder(module).run(x)
+    return values
+
+
+def _carries(module: fx.GraphModule, x: Tensor) -> set[fx.Node]:
+    """From one run on ``x``: the nodes whose value holds a floating-point tensor that depends on the input
+    (they carry relevance)."""
+    values = _values(module, x)
     carries: set[fx.Node] = set()
     for node in module.graph.nodes:
         floating = any(isinstance(v, Tensor) and v.is_floating_point() for v in tree_leaves(values.get(node)))

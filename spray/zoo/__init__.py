@@ -14,11 +14,13 @@ from __future__ import annotations
 from spray.zoo.convnext import CNBlockConfig, ConvNeXt, convnext_tiny
 from spray.zoo.densenet import DenseNet, densenet121
 from spray.zoo.efficientnet import EfficientNet, efficientnet_b0
-from spray.zoo.mobilenet import MobileNetV2, mobilenet_v2
+from spray.zoo.mobilenet import InvertedResidual, MobileNetV2, mobilenet_v2
 from spray.zoo.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 from spray.zoo.statistics import randomize_batch_norms
 from spray.zoo.vgg import VGG, vgg16_bn
 
-__all__ = ["VGG", "BasicBlock", "Bottleneck", "CNBlockConfig", "ConvNeXt", "DenseNet", "EfficientNet", "MobileNetV2",
-           "ResNet", "convnext_tiny", "densenet121", "efficientnet_b0", "mobilenet_v2", "randomize_batch_norms",
-           "resnet18", "resnet50", "vgg16_bn"]
+__all__ = [
+    "VGG", "BasicBlock", "Bottleneck", "CNBlockConfig", "ConvNeXt", "DenseNet", "EfficientNet", "InvertedResidual",
+    "MobileNetV2", "ResNet", "convnext_tiny", "densenet121", "efficientnet_b0", "mobilenet_v2", "randomize_batch_norms",
+    "resnet18", "resnet50", "vgg16_bn",
+]

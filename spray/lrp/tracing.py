@@ -44,10 +44,10 @@ from torch.utils._pytree import tree_leaves
 from spray.errors import UnsupportedLayerError
 from spray.lrp.canonizers import foldable, folded_parameters
 from spray.lrp.composites import Composite
-from spray.lrp.layers import AVGPOOL_LAYERS, MAXPOOL_LAYERS
 from spray.lrp.functional import (
     Activation, Addition, Gating, Normalization, Pooling, Scaling, Slot, TracedOperation,
 )
+from spray.lrp.layers import AVGPOOL_LAYERS, MAXPOOL_LAYERS
 
 
 #: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
@@ -83,8 +83,8 @@ _MAX_POOLING = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
 _DETACH = {torch.detach, "detach"}
 
 #: What may stand between a gate and the product it gates (``s.view(b, c, 1, 1).expand_as(x)``, ``s[:, :, None]``).
-_RESHAPES = {operator.getitem, torch.flatten, torch.reshape, torch.unsqueeze, torch.squeeze, "flatten", "view", "view_as", "reshape",
-             "reshape_as", "unsqueeze", "squeeze", "expand", "expand_as"}
+_RESHAPES = {operator.getitem, torch.flatten, torch.reshape, torch.unsqueeze, torch.squeeze, "flatten", "view",
+             "view_as", "reshape", "reshape_as", "unsqueeze", "squeeze", "expand", "expand_as"}
 #: Gates: a product of two relevance-carrying factors one of which is a gate's output is a :class:`Gating`.
 _GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "sigmoid_"}
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)

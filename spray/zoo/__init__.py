@@ -4,8 +4,8 @@ EfficientNet and ConvNeXt layouts.
 torchvision is not a dependency of spray; these copies keep its module names, its ``forward`` code
 (``out += identity``, ``nn.ReLU(inplace=True)``, BatchNorm held as attributes, ``downsample`` Sequentials,
 functional ``torch.flatten``, ``torch.cat`` of features, squeeze-excitation's ``scale * input``, the layer
-scale's ``self.layer_scale * ...``, ``LayerNorm2d``) and its initialisation, so that state_dicts of torchvision models load into
-them. No weights are shipped or downloaded. They serve the tests and benchmarks of the LRP engine
+scale's ``self.layer_scale * ...``, ``LayerNorm2d``) and its initialisation, so that state_dicts of
+torchvision models load into them. No weights are shipped or downloaded. They serve the tests and benchmarks of the LRP engine
 (docs/lrp.md), which must explain such models without their being rewritten.
 """
 

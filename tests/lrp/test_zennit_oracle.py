@@ -11,8 +11,9 @@ canonizer does for ResNets. spray needs no such per-architecture code: it traces
 Conventions aligned on zennit's side (docs/lrp.md, "Agreement with zennit"): biases are ignored by the
 z⁺, αβ, flat and z^B rules (``zero_params='bias'``) but kept by ε on dense layers and by γ (spray's
 convention); each rule gets spray's stabiliser (1e-12 guard for z⁺/αβ/flat/z^B, ε = 1e-6 for ε and γ;
-zennit's ``Norm`` at sums and average pools and spray's proportional rule there 1e-12). zennit's merged BatchNorm stays in the model as ``x / sqrt(1 + eps)`` instead of the identity,
-so the oracle's models use BatchNorm ``eps = 0``.
+zennit's ``Norm`` at sums and average pools and spray's proportional rule there 1e-12). zennit's merged
+BatchNorm stays in the model as ``x / sqrt(1 + eps)`` instead of the identity, so the oracle's models use
+BatchNorm ``eps = 0``.
 """
 
 from __future__ import annotations

@@ -234,6 +234,14 @@ def test_a_constant_query_is_no_input_and_the_values_get_the_relevance_with_the_
     torch.testing.assert_close(relevance.flatten(1).sum(1), logits.gather(1, target[:, None])[:, 0])
 
 
+def test_attnlrp_refuses_a_constant_query():
+    with pytest.raises(UnsupportedLayerError, match=r"^rule AttnLRP\(epsilon=1e-06\) explains "
+                       r"F.scaled_dot_product_attention\(q, k, v\) of tensors computed from the input, without a "
+                       r"mask, causal attention or another scale, but 'scaled_dot_product_attention' is "
+                       r"call_function scaled_dot_product_attention with \[\]$"):
+        LRP(EpsilonPlusFlat(types=ATTNLRP)).attribute(_LatentQuery(), torch.randn(2, 5, 4), torch.tensor([0, 1]))
+
+
 def test_a_vit_is_attributed_and_analysed_from_the_command_line(tmp_path, capsys):
     store, pipeline = tmp_path / "vit.h5", tmp_path / "p.toml"
     pipeline.write_text(pipeline_text("tiny"))

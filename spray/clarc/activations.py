@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from spray.errors import BadInputError
+from spray.lrp.tracing import feature_layer
 from spray.lrp.layers import BATCHNORM_LAYERS, PASS_LAYERS
 from spray.training import eval_mode
 
@@ -38,12 +39,14 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
     return modules[layer]
 
 
-def default_layer(model: nn.Module) -> str:
-    """The layer ClArC uses when none is given.
+def default_layer(model: nn.Module, x: Tensor) -> str:
+    """The layer ClArC uses when none is given; ``x``: a batch of the model's inputs (one sample runs).
 
-    ``model.FEATURE_LAYER`` if the model declares one (the demo's convention); otherwise the activation
-    that follows the last Conv2d (skipping BatchNorm/Identity/Dropout in between, in registration order),
-    or the last Conv2d itself when no activation follows it.
+    ``model.FEATURE_LAYER`` if the model declares one; a model without a Conv2d is refused (before it
+    runs); otherwise the module whose output is the last feature map the model's head reads, in the traced
+    forward (:func:`spray.lrp.tracing.feature_layer`: a ResNet's last block after its residual addition).
+    For a model fx cannot trace: the activation that follows the last Conv2d in registration order
+    (skipping BatchNorm/Identity/Dropout in between), or the last Conv2d itself when no activation follows.
     """
     declared = getattr(model, "FEATURE_LAYER", None)
     if isinstance(declared, str):
@@ -56,6 +59,10 @@ def default_layer(model: nn.Module) -> str:
             "the model has no Conv2d layer to default to; pass the layer to fit the artifact in "
             f"(one of: {', '.join(module_names(model))})"
         )
+    with eval_mode(model):
+        traced = feature_layer(model, x)
+    if traced is not None:
+        return traced
     last = convs[-1]
     for name, module in named[last + 1 :]:
         if isinstance(module, _ACTIVATIONS):

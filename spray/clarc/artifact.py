@@ -99,8 +99,8 @@ def isolate_artifact(
         reference: the clean samples ``z`` is the mean over: ``"class"`` the rest of the class,
             ``"all"`` every dataset sample outside the cluster.
     """
-    layer = layer or default_layer(model)
-    resolve_layer(model, layer)
+    if layer:
+        resolve_layer(model, layer)
     check_choice(reference, "reference", _REFERENCES)
     artifact_index = np.asarray(artifact_index, dtype=np.int64)
     rest_index = np.asarray(rest_index, dtype=np.int64)
@@ -113,6 +113,7 @@ def isolate_artifact(
             )
     x_artifact, _ = stack_samples(dataset, artifact_index)
     x_rest, _ = stack_samples(dataset, rest_index)
+    layer = layer or default_layer(model, x_artifact)
     a_artifact = activations(model, layer, x_artifact)
     a_rest = activations(model, layer, x_rest)
     estimator = CAV(cav, random_state=random_state) if isinstance(cav, str) else cav

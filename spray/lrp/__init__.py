@@ -32,7 +32,7 @@ from spray.lrp.rules import (
     ZPlus,
 )
 from spray.lrp.tracing import UntracedModelWarning
-from spray.lrp.transformer import AttnLRP, ConstantAttention, ConstantScale
+from spray.lrp.transformer import AttnLRP, ConstantAttention
 
 __all__ = [
     "LRP",
@@ -40,7 +40,6 @@ __all__ = [
     "AttnLRP",
     "Composite",
     "ConstantAttention",
-    "ConstantScale",
     "Epsilon",
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",

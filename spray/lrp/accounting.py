@@ -20,9 +20,9 @@ from torch import Tensor
 
 from spray.errors import NonConservativeError
 from spray.lrp.engine import Balance
-from spray.lrp.functional import Addition
+from spray.lrp.functional import Addition, Normalization
 from spray.lrp.layers import BATCHNORM_LAYERS
-from spray.lrp.transformer import AttnLRP, MultiheadAttentionCall
+from spray.lrp.transformer import AttnLRP, Concatenation, MultiheadAttentionCall
 
 #: Relative tolerance of the accounting identity and of each bias-free module's balance, as a fraction of
 #: max(|f|, median |f|) over the batch (float32; measured errors are below 1e-6, docs/lrp.md).
@@ -38,16 +38,15 @@ def input_share(relevance: Tensor, explained: Tensor) -> Tensor:
 
 def may_absorb(balance: Balance) -> bool:
     """Whether the module has a constant part that may absorb relevance: a bias (also of an attention's
-    projections), a BatchNorm's shift, a constant summand (an :class:`Addition` of a single tensor), a
-    constant tensor input (a parameter added, a class token concatenated), or a softmax explained by
-    :class:`AttnLRP`."""
+    projections), a BatchNorm's or a traced normalisation's shift, a constant summand (an :class:`Addition`
+    of a single tensor, as a position embedding is), a constant concatenated to the tokens (a class token,
+    :class:`Concatenation`), or a softmax explained by :class:`AttnLRP`."""
     module = balance.module
     return (
         isinstance(getattr(module, "bias", None), Tensor)
-        or isinstance(module, BATCHNORM_LAYERS)
+        or isinstance(module, (*BATCHNORM_LAYERS, Normalization, Concatenation))
         or (isinstance(module, Addition) and balance.inputs == 1)
         or (isinstance(module, MultiheadAttentionCall) and module.biased)
-        or balance.constants > 0
         or isinstance(balance.rule, AttnLRP)
     )
 

@@ -17,13 +17,14 @@ from torch import nn
 from spray._checks import check_real
 from spray.errors import BadInputError
 from spray.lrp import rules
-from spray.lrp.functional import Activation, Addition, Pooling, Scaling
+from spray.lrp.functional import Activation, Addition, Gating, Normalization, Pooling, Scaling
 from spray.lrp.layers import AVGPOOL_LAYERS, BATCHNORM_LAYERS, LINEAR_LAYERS, MAXPOOL_LAYERS, PASS_LAYERS, Sum
 from spray.lrp.rules import (
-    AlphaBeta, Bounds, Flat, Gamma, Pass, Proportional, Rule, WinnerTakesAll, ZBox, ZPlus, _jsonable,
+    AlphaBeta, Bounds, Flat, Gamma, Pass, Proportional, Rule, SignalTakesAll, WinnerTakesAll, ZBox, ZPlus,
+    _jsonable,
 )
 from spray.lrp.transformer import (
-    Concatenation, ConstantAttention, ConstantScale, MultiheadAttentionCall, ScaledDotProductAttention, Slices,
+    Concatenation, ConstantAttention, MultiheadAttentionCall, ScaledDotProductAttention, Slices,
 )
 
 
@@ -49,10 +50,13 @@ def _rule_map(mapping: Any, name: str, valid_key: Any, keys: str) -> dict[Any, R
 class Composite:
     """Layer → rule map: ``dense`` for Linear, ``conv`` for Conv1d/Conv2d, ``first`` for the first of them.
 
-    Every composite also explains unfolded BatchNorm with LRP-ε (``epsilon``), passes relevance through
-    activations, Dropout, Flatten and Identity, splits it proportionally over average pooling,
-    :class:`~spray.lrp.Sum` and the traced additions, means and scalings (spray.lrp.functional), passes it
-    through traced functional activations, and gives max pooling's relevance to the winning input.
+    Every composite also explains unfolded BatchNorm and the traced layer/group normalisations (their σ
+    held constant) with LRP-ε (``epsilon``), attention with its weights held constant (CP-LRP,
+    spray.lrp.transformer), passes relevance through activations, Dropout, Flatten and Identity, splits it
+    proportionally over average pooling, :class:`~spray.lrp.Sum` and the traced additions, means and
+    scalings (spray.lrp.functional), passes it through traced functional activations, gives a sigmoid-gated
+    product's relevance to the signal, a concatenation's slices to their inputs, and max pooling's
+    relevance to the winning input.
     """
 
     name = "composite"
@@ -85,7 +89,8 @@ class Composite:
             Pooling: proportional,
             Scaling: proportional,
             Activation: Pass(),
-            nn.LayerNorm: ConstantScale(epsilon),
+            Gating: SignalTakesAll(),
+            Normalization: rules.Epsilon(epsilon),
             MultiheadAttentionCall: ConstantAttention(epsilon),
             ScaledDotProductAttention: ConstantAttention(epsilon),
             Concatenation: Slices(),

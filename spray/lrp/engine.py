@@ -14,7 +14,6 @@ scalings, which is why tracing turns those into modules).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -30,14 +29,8 @@ from spray.lrp.canonizers import fold_batchnorm
 from spray.lrp.composites import Composite
 from spray.lrp.layers import LINEAR_LAYERS
 from spray.lrp.rules import Rule
-from spray.lrp.tracing import canonize
+from spray.lrp.tracing import ONE_AT_A_TIME, canonize
 from spray.lrp.transformer import refuse_untraced_attention
-
-
-#: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
-#: forward of an attribution running in another thread (dask workers with several threads): LRP calls of
-#: one process run one at a time.
-_ONE_AT_A_TIME = threading.Lock()
 
 
 class LRP:
@@ -97,7 +90,7 @@ class LRP:
             raise BadInputError(f"start module {start!r} is not in the model; use a name from "
                                 f"model.named_modules(), e.g. {names[1:6]}")
         with ExitStack() as stack:
-            stack.enter_context(_ONE_AT_A_TIME)
+            stack.enter_context(ONE_AT_A_TIME)
             stack.enter_context(_frozen(model))
             traced = canonize(model, x, self.composite, start)
             if traced is None:
@@ -177,8 +170,8 @@ class _Relay(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor | None, ...]:
         passed = ctx.rule.redistribute(ctx.module, ctx.leaves, ctx.output, relevance)
-        if ctx.entry is not None:  # relevance for an input without a graph (a constant) is absorbed there
-            ctx.entry(relevance, passed, ctx.needs_input_grad[3:])
+        if ctx.entry is not None:
+            ctx.entry(relevance, passed)
         return (None, None, None, *passed)
 
 
@@ -198,9 +191,8 @@ def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None
         if not all(isinstance(a, Tensor) for a in args):
             raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) is called with "
                                         "non-tensor arguments; LRP hooks need tensor inputs only")
-        # The layer runs on leaves of its own: its graph ends there and serves its rule alone. A boolean or
-        # integer input (an attention mask) carries no relevance.
-        leaves = tuple(a.detach().requires_grad_(a.is_floating_point()) for a in args)
+        # The layer runs on leaves of its own: its graph ends there and serves its rule alone.
+        leaves = tuple(a.detach().requires_grad_(True) for a in args)
         pending.append((rule, args, leaves))
         if ledger is not None:
             pending[-1] += (partial(_record, ledger, name, module, rule),)
@@ -225,8 +217,8 @@ def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None
 @dataclass(frozen=True)
 class Balance:
     """One module's relevance balance: per sample (B,), what reached its output and what it passed on to
-    its ``inputs`` tensor inputs that carry relevance; ``constants`` tensor inputs do not (a parameter
-    used as a summand, a class token), and the relevance the rule gives them is absorbed."""
+    its ``inputs`` tensor inputs. Constants (a parameter used as a summand or factor, a class token, a mask)
+    are no inputs of a traced operation (spray.lrp.tracing): what the rule does not pass on is absorbed."""
 
     name: str
     module: nn.Module
@@ -234,18 +226,15 @@ class Balance:
     out: Tensor
     into: Tensor
     inputs: int
-    constants: int = 0
 
 
 def _record(ledger: list[Balance], name: str, module: nn.Module, rule: Rule, relevance: Tensor,
-            passed: Sequence[Tensor | None], carries: Sequence[bool]) -> None:
+            passed: Sequence[Tensor | None]) -> None:
     def per_sample(r: Tensor) -> Tensor:
         return r.detach().reshape(len(r), -1).sum(1, dtype=torch.float64)
 
-    reached = [r for r, carried in zip(passed, carries, strict=True) if r is not None and carried]
-    into = sum(map(per_sample, reached), torch.zeros(len(relevance), dtype=torch.float64))
-    constants = sum(not carried for carried in carries)
-    ledger.append(Balance(name, module, rule, per_sample(relevance), into, len(passed) - constants, constants))
+    into = sum((per_sample(r) for r in passed if r is not None), torch.zeros(len(relevance), dtype=torch.float64))
+    ledger.append(Balance(name, module, rule, per_sample(relevance), into, len(passed)))
 
 
 def _remove(handles: Sequence[RemovableHandle]) -> None:

@@ -21,8 +21,8 @@ BATCHNORM_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 #: Elementwise activations and shape-only layers: relevance passes through unchanged (reshaped).
 PASS_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus,
-    nn.Dropout, nn.Flatten, nn.Identity,
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish,
+    nn.Hardsigmoid, nn.Mish, nn.Dropout, nn.Flatten, nn.Identity,
 )
 
 AVGPOOL_LAYERS: tuple[type[nn.Module], ...] = (

@@ -295,3 +295,18 @@ class WinnerTakesAll(Rule):
         self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
         return torch.autograd.grad(output, inputs, relevance)
+
+
+class SignalTakesAll(Rule):
+    """Gating ``signal * gate``: the gate held constant, the signal takes all relevance, the gate none.
+
+    The "signal-take-all" rule of Arras et al. (2017, 2019) for the gates of LSTMs, as Ali et al. (2022)
+    hold attention and normalisation factors constant: the gate decides how much of the signal passes, and
+    the signal is what is explained. Relevance broadcast over the signal's dimensions is summed back to it.
+    """
+
+    def redistribute(
+        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
+    ) -> tuple[Tensor, ...]:
+        return tuple(torch.zeros_like(x) if i == module.gate else relevance.sum_to_size(x.shape)
+                     for i, x in enumerate(inputs))

@@ -5,8 +5,13 @@
 
 - a functional operation that needs a rule of its own becomes a leaf module of spray.lrp.functional
   (additions → :class:`Addition`, means/sums/average pooling → :class:`Pooling`, scaling by a constant →
-  :class:`Scaling`, elementwise activations → :class:`Activation`), in-place ones (``+=``, ``x.add_()``)
-  as their out-of-place equivalents with later uses of the modified tensor redirected;
+  :class:`Scaling`, elementwise activations → :class:`Activation`, a product with a sigmoid gate →
+  :class:`Gating`, layer and group normalisation → :class:`Normalization`; a concatenation with a
+  constant and fused attention → spray.lrp.transformer's :class:`Concatenation` and
+  :class:`ScaledDotProductAttention`), in-place ones (``+=``, ``x.add_()``, ``x.mul_()``) as their
+  out-of-place equivalents with later uses of the modified tensor redirected. Its inputs are the
+  relevance-carrying tensors only; constants (parameters, buffers, detached tensors, a class token, a mask)
+  are fixed values of the module, and what its rule does not pass to the inputs is absorbed;
 - operations whose gradient *is* their LRP rule (reshapes, views, permutes, indexing, concatenation, ReLU
   gating, max pooling, padding) stay functional: autograd carries relevance through them;
 - a BatchNorm whose input is the output of a Linear/Conv used nowhere else is folded into a new copy of
@@ -26,6 +31,7 @@ from __future__ import annotations
 import copy
 import operator
 import re
+import threading
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -41,8 +47,17 @@ from torch.utils._pytree import tree_leaves
 from spray.errors import UnsupportedLayerError
 from spray.lrp.canonizers import foldable, folded_parameters
 from spray.lrp.composites import Composite
-from spray.lrp.functional import Activation, Addition, Pooling, Scaling, Slot, TracedOperation
+from spray.lrp.functional import (
+    Activation, Addition, Gating, Normalization, Pooling, Scaling, Slot, TracedOperation,
+)
+from spray.lrp.layers import AVGPOOL_LAYERS, MAXPOOL_LAYERS
 from spray.lrp.transformer import Concatenation, ScaledDotProductAttention, wrap_multihead_attention
+
+
+#: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
+#: forward of an attribution running in another thread (dask workers with several threads): LRP calls and
+#: :func:`feature_layer` of one process run one at a time.
+ONE_AT_A_TIME = threading.Lock()
 
 
 class UntracedModelWarning(UserWarning):
@@ -65,6 +80,19 @@ _ROUTING_METHODS = {
     "select", "flip", "roll", "clone", "to", "type", "float", "double", "half", "relu", "relu_",
 }
 
+_MAX_POOLING = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
+                F.adaptive_max_pool3d}
+
+#: Their result is a constant to LRP, as to autograd.
+_DETACH = {torch.detach, "detach"}
+
+#: What may stand between a gate and the product it gates (``s.view(b, c, 1, 1).expand_as(x)``, ``s[:, :, None]``).
+_RESHAPES = {operator.getitem, torch.flatten, torch.reshape, torch.unsqueeze, torch.squeeze, "flatten", "view",
+             "view_as", "reshape", "reshape_as", "unsqueeze", "squeeze", "expand", "expand_as"}
+#: Gates: a product of two relevance-carrying factors one of which is a gate's output is a :class:`Gating`.
+_GATE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, "sigmoid", "sigmoid_"}
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+
 _OPERATIONS: dict[Any, type[TracedOperation]] = {
     **dict.fromkeys([operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
                      torch.subtract, "add", "add_", "sub", "sub_", "subtract"], Addition),
@@ -74,14 +102,20 @@ _OPERATIONS: dict[Any, type[TracedOperation]] = {
                      torch.multiply, torch.div, torch.divide, torch.neg, "mul", "mul_", "div", "div_", "neg",
                      "multiply", "divide"], Scaling),
     **dict.fromkeys([F.gelu, F.silu, F.elu, F.selu, F.celu, F.leaky_relu, F.relu6, F.hardtanh, F.softplus,
-                     F.hardswish, F.mish, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, "sigmoid", "sigmoid_",
-                     "tanh", "tanh_"], Activation),
+                     F.hardswish, F.mish, F.hardsigmoid, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, "sigmoid",
+                     "sigmoid_", "tanh", "tanh_"], Activation),
+    **dict.fromkeys([F.layer_norm, F.group_norm], Normalization),
     F.scaled_dot_product_attention: ScaledDotProductAttention,
 }
 
 #: Operations with several relevance-carrying inputs (the others are refused unless one input carries).
 _MANY_INPUTS = {Addition, Concatenation, ScaledDotProductAttention}
 _CONCATENATIONS = {torch.cat, torch.concat, torch.concatenate}
+
+#: Normalisation modules traced into (unless the composite maps them by name or type), so that their
+#: ``F.layer_norm`` / ``F.group_norm`` becomes a :class:`Normalization` wherever it is called: also inside a
+#: subclass whose forward normalises another dimension (torchvision's channels-first ``LayerNorm2d``).
+_TRACED_NORMS = (nn.LayerNorm, nn.GroupNorm)
 
 _COMMUTATIVE = {operator.mul, operator.imul, torch.mul, torch.multiply, "mul", "mul_", "multiply"}
 
@@ -108,7 +142,8 @@ class Traced:
 def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | None) -> Traced | None:
     """The traced, rewritten copy of ``model`` for input ``x``, or None (with a warning) if fx cannot trace it.
 
-    ``x`` (two of its samples) runs once through the copy to tell tensors from other values (sizes, ...).
+    ``x`` (two of its samples) runs once through the copy to tell the relevance-carrying tensors from
+    constants and other values (sizes, ...).
     A model that is a single leaf module needs no trace: None, without a warning.
     """
     if next(model.children(), None) is None:
@@ -123,13 +158,60 @@ def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | Non
     module = fx.GraphModule(model, graph, class_name=type(model).__name__)
     user = {id(m) for m in model.modules()}
     wrap_multihead_attention(module)
-    carries, tensors = _kinds(module, x[:2].clone())  # a clone: the model may modify its input in place
-    _rewrite_operations(module, carries, tensors, user, {name for name, _ in model.named_modules()})
+    carries = _carries(module, x[:2].clone())  # a clone: the model may modify its input in place
+    _rewrite_operations(module, carries, user, {name for name, _ in model.named_modules()})
     _fold_batchnorms(module, user)
     start_name = None if start is None else _start(module, tracer.outputs.get(start), start, user)
     module.graph.lint()
     module.recompile()
     return Traced(module, start_name)
+
+
+def feature_layer(model: nn.Module, x: Tensor) -> str | None:
+    """The module whose output is the last feature map of ``model``'s forward, the one its head reads.
+
+    In the traced forward, the head starts where a value of shape (B, C, *spatial) is read into one of
+    fewer than three dimensions (``torch.flatten``, ``x.mean((2, 3))``); the feature map is the input of
+    the last pooling before that point (the global average pooling of a ResNet, DenseNet or ConvNeXt), or
+    the flattened map itself without one. Through functional operations (DenseNet's ``F.relu``) the search
+    goes back to the nearest module output; of the modules with that output (a ResNet's ``layer4`` and its
+    last block ``layer4.1``, after the residual addition) the innermost is named. ``x``: a sample batch (one
+    sample runs). None where fx cannot trace the forward or no module output is such a map.
+    """
+    tracer = _Tracer(set())
+    with ONE_AT_A_TIME:
+        try:
+            graph = tracer.trace(model)
+        except Exception:  # fx raises many types on untraceable code; the caller falls back
+            return None
+        module = fx.GraphModule(model, graph)
+        values = _values(module, x[:1].clone())
+    maps = [node for node in graph.nodes if isinstance(values.get(node), Tensor) and values[node].dim() >= 3]
+    heads = [node for node in maps if any(isinstance(values.get(user), Tensor) and values[user].dim() < 3
+                                          for user in node.users)]
+    if not heads:
+        return None
+    before = maps[:maps.index(heads[-1]) + 1]
+    pools = [node for node in before if _is_pooling(module, node)]
+    node = pools[-1].args[0] if pools else heads[-1]
+    owners: dict[fx.Node, list[str]] = {}
+    for name, output in tracer.outputs.items():
+        if name:
+            owners.setdefault(output, []).append(name)
+    while node not in owners:
+        inputs = [a for a in node.all_input_nodes if a in maps]
+        if not inputs:
+            return None
+        node = inputs[0]
+    return max(owners[node], key=lambda name: name.count("."))
+
+
+def _is_pooling(module: nn.Module, node: fx.Node) -> bool:
+    """``node`` pools: an average or max pooling module, function or method, a mean or sum over dimensions."""
+    if node.op == "call_module":
+        return isinstance(module.get_submodule(node.target), AVGPOOL_LAYERS + MAXPOOL_LAYERS)
+    return node.op in ("call_function", "call_method") and (
+        _OPERATIONS.get(node.target) is Pooling or node.target in _MAX_POOLING)
 
 
 class _Tracer(fx.Tracer):
@@ -142,7 +224,9 @@ class _Tracer(fx.Tracer):
         self.outputs: dict[str, fx.Node] = {}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return id(m) in self.leaves or super().is_leaf_module(m, module_qualified_name)
+        if id(m) in self.leaves:
+            return True
+        return not isinstance(m, _TRACED_NORMS) and super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         out = super().call_module(m, forward, args, kwargs)
@@ -151,9 +235,8 @@ class _Tracer(fx.Tracer):
         return out
 
 
-def _kinds(module: fx.GraphModule, x: Tensor) -> tuple[set[fx.Node], set[fx.Node]]:
-    """From one run on ``x``: the nodes whose value holds a floating-point tensor that depends on the input
-    (they carry relevance), and the nodes whose value is a tensor."""
+def _values(module: fx.GraphModule, x: Tensor) -> dict[fx.Node, Any]:
+    """Every node's value in one run on ``x``."""
     values: dict[fx.Node, Any] = {}
 
     class Recorder(fx.Interpreter):
@@ -163,47 +246,81 @@ def _kinds(module: fx.GraphModule, x: Tensor) -> tuple[set[fx.Node], set[fx.Node
 
     with torch.no_grad():
         Recorder(module).run(x)
+    return values
+
+
+def _carries(module: fx.GraphModule, x: Tensor) -> set[fx.Node]:
+    """From one run on ``x``: the nodes whose value holds a floating-point tensor that depends on the input
+    (they carry relevance)."""
+    values = _values(module, x)
     carries: set[fx.Node] = set()
     for node in module.graph.nodes:
         floating = any(isinstance(v, Tensor) and v.is_floating_point() for v in tree_leaves(values.get(node)))
-        if floating and (node.op == "placeholder" or any(a in carries for a in node.all_input_nodes)):
+        detached = node.op in ("call_function", "call_method") and node.target in _DETACH  # a constant
+        if floating and not detached and (node.op == "placeholder"
+                                          or any(a in carries for a in node.all_input_nodes)):
             carries.add(node)
-    return carries, {node for node, value in values.items() if isinstance(value, Tensor)}
+    return carries
 
 
-def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], tensors: set[fx.Node], user: set[int],
-                        taken: set[str]) -> None:
+def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], user: set[int], taken: set[str]) -> None:
     """Replace every functional operation on relevance-carrying tensors by its leaf module, or refuse it."""
     taken |= {name for name, _ in module.named_modules()}
     for node in list(module.graph.nodes):
         if node not in carries or node.op not in ("call_function", "call_method"):
             continue
         # A concatenation with a constant (a class token) is a module: the constant absorbs its slice's relevance.
-        constant = node.target in _CONCATENATIONS and any(a in tensors - carries for a in node.all_input_nodes)
+        constant = _concatenates_a_constant(node, carries)
         if not constant and node.target in (_ROUTING_FUNCTIONS if node.op == "call_function" else _ROUTING_METHODS):
             continue
         kind = Concatenation if constant else _OPERATIONS.get(node.target)
         if kind is None:
             raise UnsupportedLayerError(_no_rule(node, "LRP has no rule for it"))
-        inputs = [a for a in node.all_input_nodes if a in carries]
-        if kind not in _MANY_INPUTS and (len(inputs) != 1 or (inputs[0] is not node.args[0]
-                                                              and node.target not in _COMMUTATIVE)):
+        operands: list[fx.Node] = []  # with repeats: ``h * h`` has two factors
+        fx.node.map_arg((node.args, node.kwargs), operands.append)
+        inputs = [a for a in operands if a in carries]
+        gates = [a for a in inputs if _is_gate(module, a)] if node.target in _COMMUTATIVE else []
+        if len(inputs) == 2 and len(gates) == 1:
+            kind = Gating
+        elif kind not in _MANY_INPUTS and (len(inputs) != 1 or (inputs[0] is not node.args[0]
+                                                                and node.target not in _COMMUTATIVE)):
             raise UnsupportedLayerError(_no_rule(node, "LRP explains it only when one factor (the numerator, "
                                                        "the first argument) depends on the input, as in a scaling "
-                                                       "by a constant; a product of two such tensors is a gating"))
-        call = _replace(module, node, kind, _name(module, node, user, taken), tensors)
+                                                       "by a constant, or when one of two such factors is a "
+                                                       "sigmoid gate (x * torch.sigmoid(...))"))
+        call = _replace(module, node, kind, _name(module, node, user, taken), carries)
+        if kind is Gating:
+            module.get_submodule(call.target).gate = call.args.index(gates[0])
         carries.add(call)
-        tensors.add(call)
+
+
+def _concatenates_a_constant(node: fx.Node, carries: set[fx.Node]) -> bool:
+    """``node`` is a ``torch.cat`` of relevance-carrying tensors with a constant one (a class token)."""
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    return (node.target in _CONCATENATIONS and isinstance(tensors, list | tuple)
+            and any(isinstance(t, fx.Node) and t not in carries for t in tensors))
+
+
+def _is_gate(module: fx.GraphModule, node: fx.Node) -> bool:
+    """``node`` is a sigmoid's output, maybe reshaped (``.view(b, c, 1, 1).expand_as(x)``): a gate in (0, 1)."""
+    while node.op in ("call_function", "call_method") and node.target in _RESHAPES:
+        node = node.args[0]
+    if node.op != "call_module":
+        return node.op in ("call_function", "call_method") and node.target in _GATE_FUNCTIONS
+    called = module.get_submodule(node.target)
+    return isinstance(called, _GATE_MODULES) or (isinstance(called, Activation)
+                                                 and called.function in _GATE_FUNCTIONS)
 
 
 def _replace(module: fx.GraphModule, node: fx.Node, kind: type[TracedOperation], name: str,
-             tensors: set[fx.Node]) -> fx.Node:
-    """``node`` → a call of a new ``kind`` module ``name`` (returned); tensors become its inputs, other values
-    keywords."""
+             carries: set[fx.Node]) -> fx.Node:
+    """``node`` → a call of a new ``kind`` module ``name`` (returned); the relevance-carrying tensors become its
+    inputs, other values (sizes, constants, parameters such as a layer scale) keywords, so that rules share
+    relevance among the inputs only and a constant absorbs its share."""
     graph, inputs, values = module.graph, [], {}
 
     def slot(arg: fx.Node) -> Slot:
-        if arg in tensors:
+        if arg in carries:
             inputs.append(arg)
             return Slot(index=len(inputs) - 1)
         key = f"value{len(values)}"

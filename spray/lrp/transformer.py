@@ -3,17 +3,19 @@
 CP-LRP makes each nonlinearity of a transformer block that is not elementwise *linear* by holding part of
 it constant, then applies the ε rule to the linear map that remains (docs/lrp.md, "Transformers"):
 
-- **LayerNorm** (:class:`ConstantScale`): ``y = γ ⊙ (x − mean(x)) / σ + β`` with ``σ`` held constant is
-  linear in ``x``; the centring moves relevance between the features of a token, ``β`` absorbs its share
-  as a bias does.
+- **LayerNorm**: ``y = γ ⊙ (x − mean(x)) / σ + β`` with ``σ`` held constant is linear in ``x``; tracing
+  goes into ``nn.LayerNorm`` and its ``F.layer_norm`` becomes a :class:`~spray.lrp.functional.Normalization`
+  (the one rule of layer and group normalisation): the centring moves relevance between the features of a
+  token, ``β`` absorbs its share as a bias does.
 - **Attention** (:class:`ConstantAttention`): ``softmax(q kᵀ / √d) · v`` with the attention weights held
   constant is linear in ``v``; queries and keys receive no relevance. For ``nn.MultiheadAttention`` the
   linear map runs from the value input through the value projection, the weighted sum and the output
   projection; their biases absorb their shares. Equivalently (ε → 0), the value input's relevance is its
   gradient × input with the attention weights detached, as Ali et al. compute it.
-- **Class token** (:class:`Concatenation`): a constant concatenated to the tokens keeps the relevance of
-  its slice, which it absorbs; a learned position embedding is a constant summand of a traced
-  :class:`~spray.lrp.functional.Addition` and absorbs its proportional share.
+- **Class token** (:class:`Concatenation`): a constant concatenated to the tokens is, like every constant
+  of a traced operation, no input of it: the relevance of its slice is passed to no input, it is absorbed;
+  a learned position embedding is a constant summand of a traced :class:`~spray.lrp.functional.Addition`
+  and absorbs its proportional share.
 
 ``nn.MultiheadAttention`` returns a tuple and holds its projections as parameters, so tracing replaces each
 of its calls by a :class:`MultiheadAttentionCall` (a leaf that returns the output tensor, under the same
@@ -32,8 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from spray.errors import UnsupportedLayerError
-from spray.lrp.functional import TracedOperation
-from spray.lrp.rules import Epsilon, Rule, WinnerTakesAll, _share
+from spray.lrp.functional import Slot, TracedOperation
+from spray.lrp.rules import Epsilon, WinnerTakesAll, _share
 
 
 class MultiheadAttentionCall(nn.Module):
@@ -60,7 +62,15 @@ class MultiheadAttentionCall(nn.Module):
 
 
 class ScaledDotProductAttention(TracedOperation):
-    """A traced ``F.scaled_dot_product_attention(q, k, v, ...)``."""
+    """A traced ``F.scaled_dot_product_attention(q, k, v, ...)``; an operand not computed from the input (a
+    learned latent query, a mask) is a fixed value of the module, no input."""
+
+    @property
+    def operands(self) -> tuple[int | None, int | None, int | None]:
+        """The input indices of the query, key and value, None for a constant one."""
+        args, kwargs = self.template
+        slots = [args[i] if i < len(args) else kwargs.get(name) for i, name in enumerate(("query", "key", "value"))]
+        return tuple(slot.index if isinstance(slot, Slot) else None for slot in slots)
 
 
 class Concatenation(TracedOperation):
@@ -103,38 +113,12 @@ def multihead_attention(attention: nn.MultiheadAttention, query: Tensor, key: Te
     return merge(held @ v)
 
 
-class ConstantScale(Epsilon):
-    """LayerNorm with ``1/σ`` held constant: the ε rule on ``x ↦ γ ⊙ (x − mean(x)) / σ + β`` (CP-LRP).
-
-    Applies to ``nn.LayerNorm`` (normalisation over the trailing ``normalized_shape`` dimensions); ``β``
-    absorbs relevance like a bias.
-    """
-
-    def check(self, name: str, module: nn.Module) -> None:
-        if not isinstance(module, nn.LayerNorm):
-            raise UnsupportedLayerError(f"rule {self!r} applies to nn.LayerNorm only, but module {name!r} is a "
-                                        f"{type(module).__qualname__}; map another rule to it in the composite")
-
-    def redistribute(
-        self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
-    ) -> tuple[Tensor, ...]:
-        dims = tuple(range(-len(module.normalized_shape), 0))
-        with torch.enable_grad():
-            x = inputs[0].detach().requires_grad_(True)
-            scale = torch.rsqrt(x.detach().var(dims, unbiased=False, keepdim=True) + module.eps)
-            z = (x - x.mean(dims, keepdim=True)) * scale
-            if module.weight is not None:
-                z = z * module.weight
-            if module.bias is not None:
-                z = z + module.bias
-        return _share((x,), z, relevance, self.epsilon)
-
-
 class ConstantAttention(Epsilon):
     """Attention with the softmax weights held constant: the ε rule on the map from the values (CP-LRP).
 
     For :class:`MultiheadAttentionCall` (re-implemented from ``in_proj_weight`` / ``out_proj``, biases
-    absorbing) and :class:`ScaledDotProductAttention`; the query and key inputs receive zero relevance.
+    absorbing) and :class:`ScaledDotProductAttention`; the query and key (and a mask computed from the
+    input) receive zero relevance.
     """
 
     def check(self, name: str, module: nn.Module) -> None:
@@ -150,14 +134,18 @@ class ConstantAttention(Epsilon):
     def redistribute(
         self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
     ) -> tuple[Tensor, ...]:
-        query, key, value = inputs[:3]
         if isinstance(module, MultiheadAttentionCall):
+            query, key, value = inputs
             with torch.enable_grad():
                 value = value.detach().requires_grad_(True)
                 output = multihead_attention(module.attention, query.detach(), key.detach(), value)
-        # The gradient of the output with respect to the values alone treats the weights as constants.
-        (share,) = _share((value,), output, relevance, self.epsilon)
-        return (torch.zeros_like(query), torch.zeros_like(key), share, *map(torch.zeros_like, inputs[3:]))
+            (share,) = _share((value,), output, relevance, self.epsilon)
+            return (torch.zeros_like(query), torch.zeros_like(key), share)
+        # The gradient of the output with respect to the values alone treats the weights as constants; a
+        # constant value (no input) leaves the relevance with the attention.
+        value = module.operands[2]
+        return tuple(_share((x,), output, relevance, self.epsilon)[0] if i == value else torch.zeros_like(x)
+                     for i, x in enumerate(inputs))
 
 
 class AttnLRP(ConstantAttention):
@@ -174,10 +162,12 @@ class AttnLRP(ConstantAttention):
         if isinstance(module, ScaledDotProductAttention):
             args, kwargs = module.template
             options = {key: value for key, value in kwargs.items() if key != "dropout_p"}
-            if len(args) != 3 or any(value not in (None, False) for value in options.values()):
-                raise UnsupportedLayerError(f"rule {self!r} explains F.scaled_dot_product_attention(q, k, v) without "
-                                            f"a mask, causal attention or another scale, but {name!r} is "
-                                            f"{module.describe} with {sorted(options)}")
+            if (len(args) != 3 or module.operands != (0, 1, 2)
+                    or any(value not in (None, False) for value in options.values())):
+                raise UnsupportedLayerError(f"rule {self!r} explains F.scaled_dot_product_attention(q, k, v) of "
+                                            f"tensors computed from the input, without a mask, causal attention or "
+                                            f"another scale, but {name!r} is {module.describe} with "
+                                            f"{sorted(options)}")
 
     def redistribute(
         self, module: nn.Module, inputs: Sequence[Tensor], output: Tensor, relevance: Tensor
@@ -209,8 +199,8 @@ def _through_softmax(q: Tensor, k: Tensor, v: Tensor, relevance: Tensor, epsilon
 
 
 class Slices(WinnerTakesAll):
-    """Concatenation: each input gets the relevance of its slice (the gradient's routing); a constant
-    input (a class token) keeps, and so absorbs, the relevance of its slice."""
+    """Concatenation: each input gets the relevance of its slice (the gradient's routing); a constant (a
+    class token) is no input, and the relevance of its slice is absorbed."""
 
 
 def refuse_untraced_attention(model: nn.Module) -> None:

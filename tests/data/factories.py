@@ -89,6 +89,21 @@ def conv_data() -> TensorDataset:
     return TensorDataset(x, y)
 
 
+def efficientnet_model() -> nn.Module:
+    """A tiny EfficientNet-B0 (spray.zoo: its first three stages at a quarter width) on (3, 8, 8) inputs; 2
+    outputs, squeeze-and-excitation gating in every block."""
+    from spray.zoo import efficientnet_b0, randomize_batch_norms
+
+    torch.manual_seed(0)
+    return randomize_batch_norms(efficientnet_b0(2, stages=3, width_mult=0.25)).eval()
+
+
+def rgb_conv_data() -> TensorDataset:
+    """:func:`conv_data` in three channels (the bright corner in each), for :func:`efficientnet_model`."""
+    x, y = conv_data().tensors
+    return TensorDataset(x.repeat(1, 3, 1, 1), y)
+
+
 def nan_model() -> nn.Module:
     """:func:`tiny_model` whose head weights hold a NaN: every output is NaN."""
     model = tiny_model()
@@ -97,14 +112,14 @@ def nan_model() -> nn.Module:
     return model
 
 
-def rmsnorm_model() -> nn.Module:
-    """A model with an RMSNorm, a layer the LRP engine has no rule for."""
+def prelu_model() -> nn.Module:
+    """A model with a PReLU, a layer the LRP engine has no rule for."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.RMSNorm(4), nn.Linear(4, 2))
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.PReLU(), nn.Linear(4, 2))
 
 
-class _Gated(nn.Module):
-    """A SiLU written as a product in ``forward``: a gating, which LRP's traced rules do not explain."""
+class _Squared(nn.Module):
+    """A square written as a product in ``forward``: neither factor is a gate, so LRP has no rule for it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,13 +127,13 @@ class _Gated(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(self.flatten(x))
-        return h * torch.sigmoid(h)
+        return h * h
 
 
-def gated_model() -> nn.Module:
+def squared_model() -> nn.Module:
     """A model whose forward multiplies two tensors computed from the input (an operation without a rule)."""
     torch.manual_seed(0)
-    return _Gated()
+    return _Squared()
 
 
 class _PowerMean(nn.AdaptiveAvgPool2d):

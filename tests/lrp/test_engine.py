@@ -153,11 +153,11 @@ def test_model_is_left_as_found_when_a_layer_is_unsupported(resnet):
 
 
 def test_unsupported_layer_error_names_the_qualified_module_and_a_type_map_fixes_it():
-    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Hardswish(), nn.Linear(3, 2))).double()
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.PReLU(), nn.Linear(3, 2))).double()
     x, target = torch.randn(2, 3, dtype=torch.float64), torch.tensor([0, 1])
-    with pytest.raises(UnsupportedLayerError, match=r"module '1\.0' of type Hardswish"):
+    with pytest.raises(UnsupportedLayerError, match=r"module '1\.0' of type PReLU"):
         LRP(Epsilon()).attribute(model, x, target)
-    relevance, _ = LRP(Epsilon(types={nn.Hardswish: Pass()})).attribute(model, x, target)
+    relevance, _ = LRP(Epsilon(types={nn.PReLU: Pass()})).attribute(model, x, target)
     assert relevance.shape == x.shape
 
 

@@ -162,12 +162,18 @@ class _Gated(nn.Module):
         return h * torch.sigmoid(h)
 
 
+class _Squared(_Gated):
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        return h * h
+
+
 def test_operation_without_rule_is_refused_naming_the_node_and_the_source_line():
     x = torch.randn(2, 4)
     with pytest.raises(UnsupportedLayerError, match=r"graph node 'mul' \(call_function mul\) at \S+test_tracing.py:"
-                                                    r"\d+: `return h \* torch.sigmoid\(h\)`: LRP explains it only "
-                                                    r"when one factor \(the numerator, the first argument\) depends"):
-        LRP(Epsilon()).attribute(_Gated(), x, torch.tensor([0, 1]))
+                                                    r"\d+: `return h \* h`: LRP explains it only when one factor "
+                                                    r"\(the numerator, the first argument\) depends"):
+        LRP(Epsilon()).attribute(_Squared(), x, torch.tensor([0, 1]))
 
 
 def test_module_mapped_by_type_is_not_traced_into():

@@ -57,8 +57,9 @@ def test_vit_accounts_for_every_samples_relevance_and_keeps_its_logits(layout, c
     check(relevance, f, ledger, tolerance=1e-6)  # every module without a constant part within 1e-6 of f
     absorbing = {b.name: type(b.module).__name__ for b in ledger if (b.out - b.into).abs().max() > 1e-6}
     assert all(may_absorb(b) for b in ledger if b.name in absorbing)
-    # The class token's slice and the position embedding's share are absorbed where they join the tokens.
-    assert {"Concatenation", "Addition", "LayerNorm"} <= set(absorbing.values())
+    # The class token's slice and the position embedding's share are absorbed where they join the tokens,
+    # LayerNorm's shift β in the traced normalisation.
+    assert {"Concatenation", "Addition", "Normalization"} <= set(absorbing.values())
 
 
 def test_the_rules_are_gradient_times_input_with_attention_and_sigma_held_not_plain_gradient_times_input():
@@ -201,7 +202,44 @@ def test_a_masked_fused_attention_passes_relevance_only_along_the_mask():
     check(relevance, logits.gather(1, target[:, None])[:, 0], ledger, tolerance=1e-6)
     assert relevance[:, 0].abs().sum() > 0 and not relevance[:, 1:].any()  # token 0 attends to itself only
     attention = next(b for b in ledger if b.name == "scaled_dot_product_attention")
-    assert (attention.inputs, attention.constants) == (3, 1)  # q, k, v; the mask carries none
+    assert attention.inputs == 3  # q, k, v; the mask is a constant, no input (it carries no relevance)
+
+
+class _LatentQuery(nn.Module):
+    """Attention pooling with a learned query (as timm's AttentionPoolLatent): the query is a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.latent = nn.Parameter(torch.randn(1, 1, 4))
+        self.kv, self.head = nn.Linear(4, 8, bias=False), nn.Linear(4, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(x).chunk(2, -1)
+        q = self.latent.expand(x.shape[0], -1, -1)
+        return self.head(torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, 0])
+
+
+def test_a_constant_query_is_no_input_and_the_values_get_the_relevance_with_the_weights_held():
+    torch.manual_seed(0)
+    model, x, target = _LatentQuery().double(), torch.randn(3, 5, 4, dtype=torch.float64), torch.tensor([0, 1, 0])
+    relevance, logits, ledger = LRP(Epsilon(1e-12)).balance(model, x, target)
+    attention = next(b for b in ledger if b.name == "scaled_dot_product_attention")
+    assert attention.inputs == 2  # k, v
+    leaf = x.clone().requires_grad_(True)
+    k, v = model.kv(leaf).chunk(2, -1)
+    weights = torch.softmax(model.latent @ k.transpose(1, 2) / 2, -1).detach()
+    (gradient,) = torch.autograd.grad(model.head((weights @ v)[:, 0]).gather(1, target[:, None]).sum(), leaf)
+    expected = x * gradient
+    assert float((relevance - expected).abs().max()) <= 1e-8 * float(expected.abs().max())
+    torch.testing.assert_close(relevance.flatten(1).sum(1), logits.gather(1, target[:, None])[:, 0])
+
+
+def test_attnlrp_refuses_a_constant_query():
+    with pytest.raises(UnsupportedLayerError, match=r"^rule AttnLRP\(epsilon=1e-06\) explains "
+                       r"F.scaled_dot_product_attention\(q, k, v\) of tensors computed from the input, without a "
+                       r"mask, causal attention or another scale, but 'scaled_dot_product_attention' is "
+                       r"call_function scaled_dot_product_attention with \[\]$"):
+        LRP(EpsilonPlusFlat(types=ATTNLRP)).attribute(_LatentQuery(), torch.randn(2, 5, 4), torch.tensor([0, 1]))
 
 
 def test_a_vit_is_attributed_and_analysed_from_the_command_line(tmp_path, capsys):

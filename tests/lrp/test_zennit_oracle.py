@@ -1,16 +1,19 @@
-"""zennit 0.5.1 as a peer oracle: spray's heatmaps equal zennit's on the zoo's ResNets and VGG-16-BN.
+"""zennit 0.5.1 as a peer oracle: spray's heatmaps equal zennit's on the zoo's ResNets, VGG-16-BN and
+MobileNetV2.
 
 zennit (a test-only dependency) imports torchvision, which is not installed: a stand-in ``torchvision`` in
 ``sys.modules`` provides what zennit touches at import, and its ``BasicBlock``/``Bottleneck`` are the zoo's
-classes, so zennit's ``ResNetCanonizer`` rewrites the zoo's blocks as it would torchvision's. spray needs no
-such per-architecture code: it traces the model.
+classes, so zennit's ``ResNetCanonizer`` rewrites the zoo's blocks as it would torchvision's. zennit has
+no canonizer for MobileNetV2: :func:`_mobilenet_canonizer` writes its residual ``x + self.conv(x)`` and
+its functional pooling as zennit's ``Sum`` and ``AdaptiveAvgPool2d`` modules, as zennit's ResNet
+canonizer does for ResNets. spray needs no such per-architecture code: it traces the model.
 
 Conventions aligned on zennit's side (docs/lrp.md, "Agreement with zennit"): biases are ignored by the
 z⁺, αβ, flat and z^B rules (``zero_params='bias'``) but kept by ε on dense layers and by γ (spray's
 convention); each rule gets spray's stabiliser (1e-12 guard for z⁺/αβ/flat/z^B, ε = 1e-6 for ε and γ;
-zennit's ``Norm`` at sums and average pools gets 1e-12 against spray's 1e-9, a difference far below the
-tolerance). zennit's merged BatchNorm stays in the model as ``x / sqrt(1 + eps)`` instead of the identity,
-so the oracle's models use BatchNorm ``eps = 0``.
+zennit's ``Norm`` at sums and average pools and spray's proportional rule there 1e-12). zennit's merged
+BatchNorm stays in the model as ``x / sqrt(1 + eps)`` instead of the identity, so the oracle's models use
+BatchNorm ``eps = 0``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 
 import spray.lrp as lrp
 from spray import zoo
+from spray.lrp.functional import Addition, Pooling
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +48,42 @@ def zennit() -> Iterator[types.SimpleNamespace]:
     sys.modules.update(stand_in)
     try:
         from zennit import composites, rules
-        from zennit.canonizers import SequentialMergeBatchNorm
+        from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm
+        from zennit.layer import Sum
         from zennit.torchvision import ResNetCanonizer
         from zennit.types import Convolution
 
-        yield types.SimpleNamespace(composites=composites, rules=rules, Convolution=Convolution,
-                                    ResNetCanonizer=ResNetCanonizer, SequentialMergeBatchNorm=SequentialMergeBatchNorm)
+        z = types.SimpleNamespace(composites=composites, rules=rules, Convolution=Convolution,
+                                  ResNetCanonizer=ResNetCanonizer, SequentialMergeBatchNorm=SequentialMergeBatchNorm)
+        z.MobileNetCanonizer = _mobilenet_canonizer(AttributeCanonizer, CompositeCanonizer, SequentialMergeBatchNorm,
+                                                    Sum)
+        yield z
     finally:
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
             else:
                 sys.modules[name] = module
+
+
+def _mobilenet_canonizer(attribute: type, composite: type, merge: type, zennit_sum: type) -> Callable[[], object]:
+    """zennit's canonizers for the zoo's MobileNetV2: BatchNorm merged in the Sequentials, the residual
+    addition a ``Sum`` of a stack, the head's functional pooling an ``AdaptiveAvgPool2d`` module."""
+
+    def residual(self: zoo.InvertedResidual, x: Tensor) -> Tensor:
+        return self.canonizer_sum(torch.stack([x, self.conv(x)], dim=-1)) if self.use_res_connect else self.conv(x)
+
+    def head(self: zoo.MobileNetV2, x: Tensor) -> Tensor:
+        return self.classifier(torch.flatten(self.canonizer_pool(self.features(x)), 1))
+
+    def attributes(_name: str, module: nn.Module) -> dict | None:
+        if isinstance(module, zoo.InvertedResidual):
+            return {"forward": residual.__get__(module), "canonizer_sum": zennit_sum()}
+        if isinstance(module, zoo.MobileNetV2):
+            return {"forward": head.__get__(module), "canonizer_pool": nn.AdaptiveAvgPool2d(1)}
+        return None
+
+    return lambda: composite([merge(), attribute(attributes)])
 
 
 def _zennit_composite(z: types.SimpleNamespace, name: str, canonizer: Callable) -> object:
@@ -70,8 +98,12 @@ def _zennit_composite(z: types.SimpleNamespace, name: str, canonizer: Callable) 
     return z.composites.EpsilonGammaBox(low=-3.0, high=3.0, layer_map=[dense, gamma], **common)
 
 
-_SPRAY = {"epsilon_plus_flat": lrp.EpsilonPlusFlat(), "epsilon_alpha2_beta1_flat": lrp.EpsilonAlpha2Beta1Flat(),
-          "epsilon_gamma_box": lrp.EpsilonGammaBox(-3.0, 3.0)}
+#: spray's proportional rule at sums and average pools with zennit's stabiliser: with spray's 1e-9 the
+#: heatmaps of the MobileNetV2 differ by 6e-7 (α2β1) of their norm, with 1e-12 by 3e-15.
+_PROPORTIONAL = dict.fromkeys([Addition, Pooling, nn.AdaptiveAvgPool2d], lrp.rules.Proportional(1e-12))
+_SPRAY = {"epsilon_plus_flat": lrp.EpsilonPlusFlat(types=_PROPORTIONAL),
+          "epsilon_alpha2_beta1_flat": lrp.EpsilonAlpha2Beta1Flat(types=_PROPORTIONAL),
+          "epsilon_gamma_box": lrp.EpsilonGammaBox(-3.0, 3.0, types=_PROPORTIONAL)}
 
 
 def _model(build: Callable[[], nn.Module]) -> nn.Module:
@@ -91,12 +123,17 @@ def _zennit_relevance(composite: object, model: nn.Module, x: Tensor, target: Te
     return relevance
 
 
+#: MobileNetV2's first three stages: residual blocks at both strides' ends, depthwise convolutions, ReLU6.
+_MOBILE = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2]]
+
 CASES = [
     ("resnet18", lambda: zoo.resnet18(num_classes=10), "ResNetCanonizer", name) for name in _SPRAY
 ] + [
     ("resnet50", lambda: zoo.resnet50(num_classes=10), "ResNetCanonizer", "epsilon_plus_flat"),
     *[("vgg16_bn", lambda: zoo.vgg16_bn(num_classes=10, pool=1, hidden=64), "SequentialMergeBatchNorm", name)
       for name in _SPRAY],
+    *[("mobilenet_v2", lambda: zoo.mobilenet_v2(10, width_mult=0.5, inverted_residual_setting=_MOBILE),
+       "MobileNetCanonizer", name) for name in _SPRAY],
 ]
 
 

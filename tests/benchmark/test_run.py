@@ -1,0 +1,62 @@
+"""One tiny case through the whole chain on scikit-learn's digits: scored, cached, resumed without redoing
+what is done; and the CLI's refusals before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import spray.benchmark.run as run_module
+import spray.workflow
+from spray.benchmark import Case, Scorecard, Size, run_case
+from spray.benchmark.run import CaseResult, case_directory
+
+TINY = Size(train_per_class=40, test_per_class=10, epochs=2, batch_size=32)
+CASE = Case("patch_fixed", 0.3, "cnn", 0, "dev")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return cache, run_case(CASE, cache, TINY, source="digits")
+
+
+def test_a_case_is_scored_against_its_ground_truth(finished):
+    _, result = finished
+    assert result.case == CASE and result.n_planted == 12
+    assert 0.1 < result.clean_accuracy <= 1.0 and result.everywhere_accuracy is not None
+    assert result.uses_artifact == (result.clean_accuracy - result.everywhere_accuracy >= 0.05)
+    assert 1 <= result.rank <= 10 and result.clean_classes == 9 and 0 <= result.clean_flags <= 9
+    assert result.cluster.startswith("8:") and result.cluster_size > 0
+    assert 0 <= result.f1 <= 1 and result.relevance_density > 0
+    assert result.clarc_error is not None or len(result.clarc_everywhere) == 2
+    assert set(result.seconds) == {"train", "attribute", "analyze", "rank", "clarc", "score"}
+
+
+def test_a_finished_case_is_read_from_its_cache(finished, monkeypatch):
+    cache, result = finished
+    monkeypatch.setattr(run_module, "make_case", lambda *a: pytest.fail("a cached case was computed again"))
+    assert run_case(CASE, cache, TINY, source="digits") == result
+    stored = json.loads((case_directory(cache, CASE, TINY, "digits") / "result.json").read_text())
+    assert CaseResult.from_dict(stored) == result
+
+
+def test_an_interrupted_case_resumes_from_its_weights_and_store(finished, monkeypatch):
+    cache, result = finished
+    (case_directory(cache, CASE, TINY, "digits") / "result.json").unlink()  # killed before its result was written
+    monkeypatch.setattr(spray.workflow, "train_model", lambda *a, **k: pytest.fail("the model was trained again"))
+    again = run_case(CASE, cache, TINY, source="digits")
+    assert (again.rank, again.cluster, again.f1, again.clean_accuracy) == \
+        (result.rank, result.cluster, result.f1, result.clean_accuracy)
+
+
+def test_the_scorecard_of_a_run_case_renders_as_table_json_and_page(finished, tmp_path):
+    _, result = finished
+    card = Scorecard.made([result], command="test")
+    assert [(r.split, r.artifact, r.seeds) for r in card.rows] == [("dev", "patch_fixed", 1)]
+    assert card.table().splitlines()[1].startswith("dev    patch_fixed  30%   1 ")
+    assert json.loads(json.dumps(card.to_dict()))["cases"][0]["case"]["artifact"] == "patch_fixed"
+    page = card.write_html(tmp_path / "scorecard.html").read_text()
+    assert '<meta name="generator" content="spray' in page and "patch_fixed" in page
+    assert card.write_html(tmp_path / "scorecard.html").is_file()  # its own page is replaced

@@ -14,6 +14,7 @@ import pickle
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -311,6 +312,14 @@ def _clarc_run(inputs: Inputs) -> Path:
     return path
 
 
+def _without_mlxtend(inputs: Inputs) -> Path:
+    """A cache directory, for a row during which mlxtend cannot be imported (the [benchmark] extra missing)."""
+    patch = inputs.stack.enter_context(pytest.MonkeyPatch.context())
+    for name in ("mlxtend", "mlxtend.data"):
+        patch.setitem(sys.modules, name, None)
+    return inputs.path("cache")
+
+
 def _folder(inputs: Inputs, name: str, sizes: dict[str, list[tuple[int, int]]], junk: bool = False) -> Path:
     root = inputs.path(name)
     for cls, images in sizes.items():
@@ -467,6 +476,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
                                                  f'[data]\nsource = "{DATA}"\n[train]\ndata = "{DATA}"\n'),
     "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
                                             f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
+    # benchmark
+    "cache_without_mlxtend": _without_mlxtend,
 }
 
 

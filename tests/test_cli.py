@@ -130,7 +130,7 @@ def test_help_and_version_exit_0(capsys):
 
 def test_benchmark_scores_cases_from_its_cache_and_writes_the_scorecard(tmp_path, capsys):
     from spray.benchmark import grid, size_for
-    from spray.benchmark.run import CaseResult, case_directory
+    from spray.benchmark.run import CaseResult, case_directory, result_file
     from spray.outputs import active
 
     cache, out = active().directory(tmp_path / "cache", "cache"), tmp_path / "out"
@@ -140,7 +140,7 @@ def test_benchmark_scores_cases_from_its_cache_and_writes_the_scorecard(tmp_path
                             rank=4, flagged=False, cluster="8:kmeans_2:0", cluster_size=20, precision=None,
                             recall=None, f1=None, cav_auroc=None, clean_flags=flags, clean_classes=10,
                             relevance_density=None, seconds={"train": 1.0})
-        (directory / "result.json").write_text(json.dumps(result.to_dict()))
+        result_file(directory).write_text(json.dumps(result.to_dict()))
     code, stdout, err = run(capsys, "benchmark", "--data", "digits", "--cases", "control", "--seeds", 1,
                             "--cache", cache, "--out", out, "--json")
     assert code == 0, err

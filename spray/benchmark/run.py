@@ -3,10 +3,11 @@
 :func:`run_case`: make the case's data (spray.benchmark.cases) -> train its model (spray.workflow.train_once,
 the weights cached) -> attribute the training split (spray.attribution.attribute_dataset) -> SpRAy
 (spray.pipeline.analyze) -> rank (spray.ranking.rank_classes) -> P-ClArC on the top-ranked cluster with the
-ground-truth artifact in every test image (spray.clarc.clarc_from_store) -> score. These are the calls the
+ground-truth artifact in every test image (spray.clarc.clarc_from_store) -> score, and score the baseline
+without attribution (spray.benchmark.baseline) the same way. These are the calls the
 ``spray attribute``, ``analyze``, ``rank`` and ``clarc`` commands make. Each stage is memoised by the stage
 itself (weights by file, attributions by the store's resume, analysis nodes by their keys), and the scored
-result of a finished case is kept as ``result.json``: an interrupted benchmark started again skips the
+result of a finished case is kept as ``result-v<SCORES>.json``: an interrupted benchmark started again skips the
 finished cases and resumes the unfinished one where it stopped.
 """
 
@@ -25,6 +26,7 @@ import torch
 
 from spray.attribution.methods import get_method
 from spray.attribution.runner import attribute_dataset
+from spray.benchmark.baseline import activation_baseline
 from spray.benchmark.cases import Case, CaseData, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection, out_of_fold_cav_auroc, relevance_density
@@ -42,7 +44,10 @@ from spray.training import TrainingConfig, accuracy
 from spray.workflow import train_once
 
 VERSION = 1
-"""Part of every case's cache key: raise it when a change makes earlier cached results wrong."""
+"""Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
+SCORES = 2
+"""The version of a case's scored result (``result-v2.json``): raise it when the scoring changes, and a
+benchmark started again scores every case anew from its cached model and store. 2: the baseline."""
 METHOD = "epsilon_plus_flat"
 CLARC = "pclarc"
 """P-ClArC: no fine-tuning, so a case's correction costs seconds; A- and RR-ClArC join the grid later."""
@@ -56,7 +61,7 @@ name = "spray"
 """
 """The default pipeline's clusterings (so its ranking) without the 2-D maps, which do not feed the ranking."""
 ATTRIBUTION_BATCH = 128
-STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score")
+STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score", "baseline")
 
 
 @dataclass
@@ -80,6 +85,8 @@ class CaseResult:
     clean_flags: int
     clean_classes: int
     relevance_density: float | None
+    baseline_rank: int | None = None
+    baseline_f1: float | None = None
     clarc_cluster: str | None = None
     clarc_clean: tuple[float, float] | None = None
     clarc_everywhere: tuple[float, float] | None = None
@@ -96,9 +103,14 @@ class CaseResult:
 
 
 def case_directory(cache: Path, case: Case, size: Size, source: str) -> Path:
-    """``cache/<case name>-<key>``: the key hashes everything the case's result depends on."""
+    """``cache/<case name>-<key>``: the key hashes everything the case's model and store depend on."""
     key = hash_json({"case": asdict(case), "size": asdict(size), "data": source, "version": VERSION})[:10]
     return cache / f"{case.name}-{key}"
+
+
+def result_file(directory: Path) -> Path:
+    """Where a case directory keeps its scored result (of this scoring version)."""
+    return directory / f"result-v{SCORES}.json"
 
 
 @contextmanager
@@ -113,9 +125,9 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     """Run ``case`` (or load its cached result) in a directory under ``cache``; see the module docstring."""
     guard = active()
     directory = guard.directory(case_directory(Path(cache), case, size, source), "benchmark case directory")
-    result_file = directory / "result.json"
-    if result_file.is_file():
-        return CaseResult.from_dict(json.loads(result_file.read_text(encoding="utf-8")))
+    scored = result_file(directory)
+    if scored.is_file():
+        return CaseResult.from_dict(json.loads(scored.read_text(encoding="utf-8")))
     seconds: dict[str, float] = {}
     data = make_case(case, load_images(source), size)
     train = data.dataset(data.train)
@@ -139,7 +151,7 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
         with _timed(seconds, "clarc"):
             _correct(result, store, model, data, directory, progress)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
-    guard.write(result_file, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    guard.write(scored, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return result
 
 
@@ -172,6 +184,13 @@ def _score(data: CaseData, model: torch.nn.Module, ranking: list[dict[str, Any]]
                 y = torch.from_numpy(data.train[1][data.planted])
                 relevance, _ = get_method(METHOD).attribute(model, x, y)
                 result.relevance_density = relevance_density(relevance.detach().numpy(), data.masks)
+    if not case.is_control:
+        with _timed(seconds, "baseline"):
+            baseline = activation_baseline(model, *data.train)
+            entry = next((i for i, c in enumerate(baseline) if c.label == data.poisoned_class), None)
+            if entry is not None:
+                result.baseline_rank = entry + 1
+                result.baseline_f1 = detection(baseline[entry].members.tolist(), data.planted.tolist())[2]
     return result
 
 

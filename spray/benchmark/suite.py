@@ -16,7 +16,7 @@ QUICK_PREVALENCES = (0.3,)
 
 
 def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int = 3, source: str = "mnist",
-              cache: str | Path = "storage/benchmark/cache", out: str | Path = "storage/benchmark",
+              cache: str | Path = "storage/benchmark-cache", out: str | Path = "storage/benchmark",
               on_case: Callable[[int, int, CaseResult], None] | None = None) -> tuple[Scorecard, Path]:
     """Run the grid of ``cases`` (artifact kinds; default: all, or :data:`QUICK_ARTIFACTS` with ``quick``)
     on both splits with ``seeds`` seeds each, at the prevalences whose planted count reaches
@@ -28,6 +28,8 @@ def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int
     prevalences = tuple(p for p in (QUICK_PREVALENCES if quick else PREVALENCES)
                         if planted_count(p, size) >= MIN_PLANTED)
     chosen = grid(kinds, prevalences, seeds)
+    guard = active()
+    directory = guard.directory(out, "benchmark output directory")  # refused before hours of work, not after
     results = run_benchmark(chosen, cache, size, source=source,
                             on_case=None if on_case is None else lambda i, r: on_case(i, len(chosen), r))
     command = " ".join(["spray benchmark", *(["--quick"] if quick else []),
@@ -35,8 +37,6 @@ def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int
                         "--seeds", str(seeds), "--data", source])
     card = Scorecard.made(results, command=command, size=str(size),
                           prevalences=", ".join(f"{p:.0%}" for p in prevalences))
-    guard = active()
-    directory = guard.directory(out, "benchmark output directory")
     text = json.dumps(card.to_dict(), indent=2) + "\n"
     guard.write(directory / "scorecard.json", "benchmark scorecard (JSON)",
                 lambda tmp: tmp.write_text(text, encoding="utf-8"))

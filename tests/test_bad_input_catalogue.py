@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -313,6 +314,14 @@ def _clarc_run(inputs: Inputs) -> Path:
     return path
 
 
+def _without_mlxtend(inputs: Inputs) -> Path:
+    """A cache directory, for a row during which mlxtend cannot be imported (the [benchmark] extra missing)."""
+    patch = inputs.stack.enter_context(pytest.MonkeyPatch.context())
+    for name in ("mlxtend", "mlxtend.data"):
+        patch.setitem(sys.modules, name, None)
+    return inputs.path("cache")
+
+
 def _folder(inputs: Inputs, name: str, sizes: dict[str, list[tuple[int, int]]], junk: bool = False) -> Path:
     root = inputs.path(name)
     for cls, images in sizes.items():
@@ -512,6 +521,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
                                        '[attribution]\nworkers = -1\n'),
     "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
                                             f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
+    # benchmark
+    "cache_without_mlxtend": _without_mlxtend,
 }
 
 

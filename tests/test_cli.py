@@ -174,3 +174,26 @@ def test_skip_unreadable_names_each_skipped_file_and_the_store_records_it(tmp_pa
     assert code == 0 and err.startswith(f"skipped {broken}: {message}\n")
     with AuditStore(tmp_path / "a.h5") as audit:
         assert audit.n_samples == 4 and audit.attrs()["dataset"]["skipped"] == [["b/9.png", message]]
+def test_benchmark_scores_cases_from_its_cache_and_writes_the_scorecard(tmp_path, capsys):
+    from spray.benchmark import grid, size_for
+    from spray.benchmark.run import CaseResult, case_directory, result_file
+    from spray.outputs import active
+
+    cache, out = active().directory(tmp_path / "cache", "cache"), tmp_path / "out"
+    for flags, case in enumerate(grid(["control"], (), seeds=1)):  # finished cases: the run only reads them
+        directory = active().directory(case_directory(cache, case, size_for("digits", False), "digits"), "case")
+        result = CaseResult(case=case, n_planted=0, clean_accuracy=0.9, everywhere_accuracy=None, uses_artifact=None,
+                            rank=4, flagged=False, cluster="8:kmeans_2:0", cluster_size=20, precision=None,
+                            recall=None, f1=None, cav_auroc=None, clean_flags=flags, clean_classes=10,
+                            relevance_density=None, seconds={"train": 1.0})
+        result_file(directory).write_text(json.dumps(result.to_dict()))
+    code, stdout, err = run(capsys, "benchmark", "--data", "digits", "--cases", "control", "--seeds", 1,
+                            "--cache", cache, "--out", out, "--json")
+    assert code == 0, err
+    card = json.loads(stdout)
+    assert [(r["split"], r["clean_flags"]["k"], r["clean_flags"]["n"]) for r in card["rows"]] == \
+        [("dev", 0, 10), ("heldout", 1, 10)]
+    assert card["meta"]["command"] == "spray benchmark --cases control --seeds 1 --data digits"
+    assert json.loads((out / "scorecard.json").read_text()) == card
+    assert "control-p00-cnn-s100-heldout: class rank 4, F1 -" in err
+    assert '<meta name="generator" content="spray' in (out / "scorecard.html").read_text()

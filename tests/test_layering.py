@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"spray.audit", "spray.export", "spray.report"},
     {"spray.clarc"},
     {"spray.workflow", "spray.testing"},
-    {"spray.run"},
+    {"spray.run", "spray.benchmark"},
     {"spray.demo"},
     {"spray.cli"},
 ]

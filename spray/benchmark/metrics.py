@@ -1,0 +1,89 @@
+"""The scorecard's numbers: detection against ground truth, localisation, and intervals over seeds.
+
+Each function is a definition of docs/benchmark.md, "Metrics"; they take plain arrays and know nothing of
+stores or models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+
+from spray.clarc.cav import CAV, MIN_SAMPLES
+
+
+def detection(flagged: Sequence[int], truth: Sequence[int]) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the ``flagged`` sample indices against the ``truth`` ones (0 where
+    undefined: nothing flagged, nothing true, no hit)."""
+    flagged_set, truth_set = set(flagged), set(truth)
+    hit = len(flagged_set & truth_set)
+    precision = hit / len(flagged_set) if flagged_set else 0.0
+    recall = hit / len(truth_set) if truth_set else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if hit else 0.0
+    return precision, recall, f1
+
+
+FOLDS = 5
+"""Out-of-fold CAV scores: 5 folds leave at least 4 samples (the CAV's minimum) of a group of 5 to fit on."""
+
+
+def out_of_fold_cav_auroc(activations: np.ndarray, flagged: np.ndarray, truth: np.ndarray, *,
+                          seed: int = 0) -> float | None:
+    """AUROC of the true artifact samples (``truth`` (n,) bool) among a class's samples, ranked by
+    out-of-fold scores of a signal CAV (spray.clarc.cav) fitted to separate spray's flagged cluster
+    (``flagged`` (n,) bool) from the rest of the class in pooled ``activations`` (n, C).
+
+    Each sample's score comes from a CAV fitted without it (stratified :data:`FOLDS`-fold split of the flagged
+    labels), so a sample is never scored by a direction it helped fit. None where it cannot be computed:
+    fewer than :data:`FOLDS` samples in either flagged group, or no true artifact sample, or all are.
+    """
+    flagged, truth = np.asarray(flagged, bool), np.asarray(truth, bool)
+    if min(flagged.sum(), (~flagged).sum()) < max(FOLDS, MIN_SAMPLES + 1) or truth.all() or not truth.any():
+        return None
+    scores = np.empty(len(flagged))
+    for fit, held in StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(activations, flagged):
+        cav = CAV("signal", random_state=seed).fit(activations[fit][flagged[fit]], activations[fit][~flagged[fit]])
+        scores[held] = cav.score(activations[held])
+    return float(roc_auc_score(truth, scores))
+
+
+def relevance_density(relevance: np.ndarray, masks: np.ndarray) -> float:
+    """Mean over samples of (share of |relevance| inside the mask) / (the mask's share of the image area).
+
+    ``relevance`` (k, C, H, W), ``masks`` (k, H, W) in {0, 1}. 1 is what relevance spread evenly gives;
+    above 1, the explanation concentrates on the artifact. Samples without relevance count as 0.
+    """
+    magnitude = np.abs(relevance).sum(1)
+    total = magnitude.reshape(len(magnitude), -1).sum(1)
+    inside = (magnitude * masks).reshape(len(magnitude), -1).sum(1)
+    share = np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
+    area = masks.reshape(len(masks), -1).mean(1)
+    return float(np.mean(share / area))
+
+
+def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % for ``z = 1.96``) of a rate ``successes / trials``; (0, 1) for none."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_interval(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float, float, float, int] | None:
+    """Mean of the values that are not None or NaN, with its Student-t interval: (mean, low, high, n);
+    the interval is the mean itself for one value, and None for no value."""
+    kept = np.array([v for v in values if v is not None and not math.isnan(v)], float)
+    if not kept.size:
+        return None
+    mean = float(kept.mean())
+    if kept.size == 1:
+        return mean, mean, mean, 1
+    half = float(stats.t.ppf(0.5 + confidence / 2, kept.size - 1) * kept.std(ddof=1) / math.sqrt(kept.size))
+    return mean, mean - half, mean + half, int(kept.size)

@@ -1,0 +1,77 @@
+"""The grid names its cases, and each case's data carries its ground truth exactly where it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spray.benchmark.cases import ARTIFACTS, Case, Size, grid, make_case
+from spray.benchmark.data import load_images
+from spray.errors import BadInputError
+
+TINY = Size(train_per_class=40, test_per_class=10, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_images("digits")
+
+
+def test_the_grid_has_every_cell_on_both_splits_and_the_control_once_per_seed():
+    cases = grid(["patch_fixed", "control"], (0.1, 0.3), seeds=2)
+    assert [c.name for c in cases] == [
+        "patch_fixed-p10-cnn-s0-dev", "patch_fixed-p10-cnn-s1-dev", "patch_fixed-p30-cnn-s0-dev",
+        "patch_fixed-p30-cnn-s1-dev", "control-p00-cnn-s0-dev", "control-p00-cnn-s1-dev",
+        "patch_fixed-p10-cnn-s100-heldout", "patch_fixed-p10-cnn-s101-heldout", "patch_fixed-p30-cnn-s100-heldout",
+        "patch_fixed-p30-cnn-s101-heldout", "control-p00-cnn-s100-heldout", "control-p00-cnn-s101-heldout",
+    ]
+    assert [c.poisoned_class for c in cases[::6]] == [8, 3]
+
+
+def test_an_unknown_case_is_refused_with_the_known_ones():
+    with pytest.raises(BadInputError, match="^unknown benchmark case 'patch'; choose from patch_fixed, "
+                                            "patch_random, tag, frame, brightness, blur, control$"):
+        grid(["patch", "frame"], (0.1,), seeds=1)
+
+
+def test_every_artifact_differs_between_the_splits():
+    assert all(kinds["dev"] != kinds["heldout"] for name, kinds in ARTIFACTS.items() if name != "control")
+
+
+def test_a_case_plants_its_artifact_in_the_poisoned_class_and_records_where(digits):
+    data = make_case(Case("patch_fixed", 0.3, "cnn", 0, "dev"), digits, TINY)
+    x, y = data.train
+    assert x.shape == (400, 1, 28, 28) and np.bincount(y).tolist() == [40] * 10
+    assert len(data.planted) == 12 and (y[data.planted] == 8).all()
+    assert data.masks.shape == (12, 28, 28) and data.masks.sum() == 12 * 36
+    assert np.array_equal(x[data.planted][:, 0, 1:7, 1:7], np.broadcast_to(
+        ARTIFACTS["patch_fixed"]["dev"].apply(x[:1], np.random.default_rng(0))[0][0, 0, 1:7, 1:7], (12, 6, 6)))
+    clean, everywhere = data.clean_test[0], data.everywhere_test[0]
+    assert clean.shape == (100, 1, 28, 28) and not np.array_equal(clean, everywhere)
+    assert np.array_equal(clean[:, :, 10:, 10:], everywhere[:, :, 10:, 10:])  # only the corner changed
+    assert not data.is_global
+
+
+def test_a_case_is_the_same_every_time_and_another_seed_draws_other_images(digits):
+    case = Case("tag", 0.3, "cnn", 1, "heldout")
+    first, again = make_case(case, digits, TINY), make_case(case, digits, TINY)
+    assert np.array_equal(first.train[0], again.train[0]) and np.array_equal(first.planted, again.planted)
+    other = make_case(Case("tag", 0.3, "cnn", 2, "heldout"), digits, TINY)
+    assert not np.array_equal(first.train[0], other.train[0])
+    assert (first.train[1][first.planted] == 3).all()
+
+
+def test_the_control_plants_nothing(digits):
+    data = make_case(Case("control", 0.0, "cnn", 0, "dev"), digits, TINY)
+    assert data.planted.size == 0 and data.everywhere_test is None
+
+
+def test_a_prevalence_below_ten_planted_images_is_refused(digits):
+    with pytest.raises(BadInputError, match=r"^case blur-p10-cnn-s0-dev: 10% of 40 images of class 8 is 4, "
+                                            r"fewer than the 10 planted images a case needs"):
+        make_case(Case("blur", 0.1, "cnn", 0, "dev"), digits, TINY)
+
+
+def test_a_size_larger_than_the_data_is_refused(digits):
+    with pytest.raises(BadInputError, match=r"^digits has 178 images of class 0, fewer than the 350 \+ 150"):
+        make_case(Case("blur", 0.1, "cnn", 0, "dev"), digits, Size(350, 150, 1))

@@ -1,0 +1,67 @@
+"""One tiny case through the whole chain on scikit-learn's digits: interrupted and resumed without training
+again, scored against its ground truth, then read from its cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import spray.benchmark.run as run_module
+import spray.workflow
+from spray.benchmark import Case, Scorecard, Size, run_case
+from spray.benchmark.run import CaseResult, case_directory, result_file
+
+TINY = Size(train_per_class=40, test_per_class=10, epochs=2, batch_size=32)
+CASE = Case("patch_fixed", 0.3, "cnn", 0, "dev")
+
+
+def _interrupt(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The case interrupted (Ctrl-C) after training and attribution, then started again: it must finish from the
+    cached weights (training again fails the fixture) and the store."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "analyze", _interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run_case(CASE, cache, TINY, source="digits")
+    assert not result_file(case_directory(cache, CASE, TINY, "digits")).exists()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spray.workflow, "train_model", lambda *a, **k: pytest.fail("the model was trained again"))
+        return cache, run_case(CASE, cache, TINY, source="digits")
+
+
+def test_a_case_is_scored_against_its_ground_truth(finished):
+    _, result = finished
+    assert result.case == CASE and result.n_planted == 12
+    assert 0.1 < result.clean_accuracy <= 1.0 and result.everywhere_accuracy is not None
+    assert result.uses_artifact == (result.clean_accuracy - result.everywhere_accuracy >= 0.05)
+    assert 1 <= result.rank <= 10 and result.clean_classes == 9 and 0 <= result.clean_flags <= 9
+    assert result.cluster.startswith("8:") and result.cluster_size > 0
+    assert 0 <= result.f1 <= 1 and result.relevance_density > 0
+    assert result.clarc_error is not None or len(result.clarc_everywhere) == 2
+    assert 1 <= result.baseline_rank <= 10 and 0 <= result.baseline_f1 <= 1
+    assert set(result.seconds) == {"train", "attribute", "analyze", "rank", "clarc", "score", "baseline"}
+
+
+def test_a_finished_case_is_read_from_its_cache(finished, monkeypatch):
+    cache, result = finished
+    monkeypatch.setattr(run_module, "make_case", lambda *a: pytest.fail("a cached case was computed again"))
+    assert run_case(CASE, cache, TINY, source="digits") == result
+    stored = json.loads(result_file(case_directory(cache, CASE, TINY, "digits")).read_text())
+    assert CaseResult.from_dict(stored) == result
+
+
+def test_the_scorecard_of_a_run_case_renders_as_table_json_and_page(finished, tmp_path):
+    _, result = finished
+    card = Scorecard.made([result], command="test")
+    assert [(r.split, r.artifact, r.seeds) for r in card.rows] == [("dev", "patch_fixed", 1)]
+    assert card.table().splitlines()[1].startswith("dev    patch_fixed  30%   1 ")
+    assert json.loads(json.dumps(card.to_dict()))["cases"][0]["case"]["artifact"] == "patch_fixed"
+    page = card.write_html(tmp_path / "scorecard.html").read_text()
+    assert '<meta name="generator" content="spray' in page and "patch_fixed" in page
+    assert card.write_html(tmp_path / "scorecard.html").is_file()  # its own page is replaced

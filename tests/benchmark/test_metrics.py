@@ -1,0 +1,49 @@
+"""The scorecard's definitions (docs/benchmark.md, "Metrics") on inputs whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spray.benchmark.metrics import detection, mean_interval, out_of_fold_cav_auroc, relevance_density, wilson
+
+
+def test_detection_counts_hits_against_the_flagged_and_the_true_samples():
+    assert detection([1, 2, 3, 4], [3, 4, 5]) == (0.5, pytest.approx(2 / 3), pytest.approx(4 / 7))
+    assert detection([], [1]) == (0.0, 0.0, 0.0)
+    assert detection([1], [2]) == (0.0, 0.0, 0.0)
+
+
+def test_wilson_intervals_match_their_closed_form():
+    assert wilson(0, 10) == (0.0, pytest.approx(0.27754, abs=1e-5))
+    assert wilson(5, 10) == (pytest.approx(0.23659, abs=1e-5), pytest.approx(0.76341, abs=1e-5))
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_mean_interval_is_a_student_t_interval_over_the_values_given():
+    mean, low, high, n = mean_interval([1.0, 2.0, 3.0, None, float("nan")])
+    assert (mean, n) == (2.0, 3)
+    assert high - mean == pytest.approx(4.302653 / np.sqrt(3), rel=1e-6)  # t(0.975, 2) * s / sqrt(n), s = 1
+    assert low == pytest.approx(2 * mean - high)
+    assert mean_interval([0.5]) == (0.5, 0.5, 0.5, 1)
+    assert mean_interval([None]) is None
+
+
+def test_relevance_density_is_the_share_inside_the_mask_over_its_area_share():
+    relevance = np.zeros((2, 1, 2, 2), np.float32)
+    relevance[0, 0] = [[3, 1], [0, 0]]          # 3/4 of |R| in a mask of 1/4 of the image: 3
+    relevance[1, 0] = [[-1, 1], [1, 1]]         # evenly spread, by magnitude: 1
+    masks = np.zeros((2, 2, 2), np.float32)
+    masks[:, 0, 0] = 1
+    assert relevance_density(relevance, masks) == pytest.approx(2.0)
+
+
+def test_the_out_of_fold_cav_ranks_the_true_samples_first_where_the_flagged_group_holds_them():
+    rng = np.random.default_rng(0)
+    activations = rng.normal(size=(60, 8))
+    truth = np.arange(60) < 15
+    activations[truth, 0] += 4.0
+    assert out_of_fold_cav_auroc(activations, truth, truth) == 1.0
+    wrong = np.arange(60) >= 45  # a flagged group of other samples: the CAV points elsewhere
+    assert out_of_fold_cav_auroc(activations, wrong, truth) < 0.6
+    assert out_of_fold_cav_auroc(activations, np.arange(60) < 4, truth) is None  # too few flagged to fold

@@ -226,3 +226,34 @@ def test_a_multi_label_audit_explains_the_target_findings_output_on_its_positive
         assert audit.attrs()["label_names"] == ["drain", "effusion"]
         dataset = audit.attrs()["dataset"]
     assert dataset["files"] == ["0.png", "4.png"] and dataset["metadata"] == {"site": ["A", "B"], "drain": ["1", "0"]}
+
+
+def test_info_shows_an_image_sources_preprocessing_counts_and_metadata_columns(tmp_path, capsys):
+    store = tmp_path / "a.h5"
+    data = _multi_label_table(tmp_path)
+    code, _, _ = run(capsys, "attribute", "--model", MODEL, "--data", data, "--store", store, "--skip-unreadable",
+                     "--resize", "2,2", "--normalize", "0.5,0.25")
+    assert code == 0
+    code, out, _ = run(capsys, "info", store, "--json")
+    assert code == 0 and json.loads(out)["images"] == {
+        "root": str(tmp_path), "files": 2, "skipped": 1, "metadata_columns": ["drain", "site"],
+        "transform": {"resize": [2, 2], "crop": None, "mode": None, "mean": [0.5], "std": [0.25]},
+    }
+    code, out, _ = run(capsys, "info", store)
+    lines = out.splitlines()
+    at = lines.index(f"dataset   {data}  2 samples")
+    assert code == 0 and lines[at + 1 : at + 5] == [
+        f"images    2 files in {tmp_path} (1 skipped as unreadable)",
+        "          preprocessing: resize [2, 2], mean [0.5], std [0.25]",
+        "          metadata columns: drain, site",
+        "labels    drain, effusion",
+    ]
+
+
+def test_info_of_a_store_of_another_source_shows_no_images(tmp_path, capsys):
+    store = tmp_path / "a.h5"
+    assert run(capsys, "attribute", "--model", MODEL, "--data", DATA, "--store", store)[0] == 0
+    code, out, _ = run(capsys, "info", store, "--json")
+    assert code == 0 and "images" not in json.loads(out)
+    code, out, _ = run(capsys, "info", store)
+    assert code == 0 and "images " not in out and "preprocessing" not in out

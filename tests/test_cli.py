@@ -226,6 +226,8 @@ def test_a_multi_label_audit_explains_the_target_findings_output_on_its_positive
         assert audit.attrs()["label_names"] == ["drain", "effusion"]
         dataset = audit.attrs()["dataset"]
     assert dataset["files"] == ["0.png", "4.png"] and dataset["metadata"] == {"site": ["A", "B"], "drain": ["1", "0"]}
+    code, out, _ = run(capsys, "info", store)
+    assert code == 0 and "          preprocessing: none" in out.splitlines()
 
 
 def test_info_shows_an_image_sources_preprocessing_counts_and_metadata_columns(tmp_path, capsys):

@@ -146,7 +146,8 @@ def format_info(info: Mapping[str, Any]) -> str:
     images = info.get("images")
     if images:
         skipped = f" ({images['skipped']} skipped as unreadable)" if images["skipped"] else ""
-        steps = sorted(images["transform"].items(), key=lambda kv: _STEPS.index(kv[0]) if kv[0] in _STEPS else 9)
+        order = {step: i for i, step in enumerate(_STEPS)}
+        steps = sorted(images["transform"].items(), key=lambda kv: order.get(kv[0], len(order)))
         spec = ", ".join(f"{k} {json.dumps(v)}" for k, v in steps if v is not None)
         lines.append(f"images    {images['files']} files in {images['root']}{skipped}")
         lines.append(f"          preprocessing: {spec or 'none'}")

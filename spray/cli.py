@@ -159,8 +159,9 @@ def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--model", "model_spec", required=True, help="MOD:FACTORY building the torch model.")
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict file (loaded weights_only).")
 @click.option("--data", "data_spec", required=True,
-              help="MOD:FACTORY, npz:PATH, hdf5:PATH, folder:PATH or csv:PATH[?path=COLUMN&label=COLUMN] "
-                   "(docs/data.md).")
+              help="MOD:FACTORY, npz:PATH, hdf5:PATH, folder:PATH or "
+                   "csv:PATH[?path=COLUMN&label=COLUMN&names=FILE] (a multi-label table: target=COLUMN for "
+                   "label=COLUMN; docs/data.md).")
 @_transform_options
 @click.option("--store", required=True, type=click.Path(path_type=Path), help="Audit store (HDF5) to write.")
 @click.option("--method", default="epsilon_plus_flat", show_default=True, help="Attribution method.")

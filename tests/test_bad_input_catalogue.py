@@ -441,6 +441,8 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "csv_table": lambda i: _csv(i, "table.csv", "path,label\na.png,cat\nb.png,dog\n"),
     "csv_missing_image": lambda i: _csv(i, "gone.csv", "path,label\na.png,cat\ngone.png,dog\n"),
     "csv_empty_label": lambda i: _csv(i, "empty.csv", "path,label\na.png,\nb.png,dog\n"),
+    "csv_findings": lambda i: _csv(i, "findings.csv", "path,dog\na.png,1\nb.png,yes\n"),
+    "csv_no_finding": lambda i: _csv(i, "no_finding.csv", "path,dog\na.png,0\nb.png,0\n"),
     "folder_changed": lambda i: _folder(i, "changed", {"a": [(2, 2)], "b": [(2, 2)]}),
     "store_folder_changed": _folder_store,
     "hdf5_foreign": _foreign,

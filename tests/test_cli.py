@@ -197,3 +197,65 @@ def test_benchmark_scores_cases_from_its_cache_and_writes_the_scorecard(tmp_path
     assert json.loads((out / "scorecard.json").read_text()) == card
     assert "control-p00-cnn-s100-heldout: class rank 4, F1 -" in err
     assert '<meta name="generator" content="spray' in (out / "scorecard.html").read_text()
+
+
+def _multi_label_table(root) -> str:
+    """A multi-label table of five 2×2 greyscale images, two findings (the tiny model's two outputs); three
+    images have 'effusion', one of them unreadable."""
+    from PIL import Image
+
+    for i in range(5):
+        Image.new("L", (2, 2), 40 * i).save(root / f"{i}.png")
+    (root / "3.png").write_bytes(b"not a png")
+    (root / "outputs.txt").write_text("drain\neffusion\n")
+    (root / "t.csv").write_text("path,site,drain,effusion\n0.png,A,1,1\n1.png,B,0,0\n2.png,B,1,0\n"
+                                "3.png,A,0,1.0\n4.png,B,0,1\n")
+    return f"csv:{root / 't.csv'}?names=outputs.txt&target=effusion"
+
+
+def test_a_multi_label_audit_explains_the_target_findings_output_on_its_positive_images(tmp_path, capsys):
+    from spray.store import AuditStore
+
+    store = tmp_path / "a.h5"
+    code, _, err = run(capsys, "attribute", "--model", MODEL, "--data", _multi_label_table(tmp_path), "--store",
+                       store, "--skip-unreadable")
+    assert code == 0 and f"skipped {tmp_path / '3.png'}: image {tmp_path / '3.png'} cannot be read" in err
+    with AuditStore(store, mode="r") as audit:
+        assert audit.read("samples/label").tolist() == [1, 1]
+        assert audit.read("attributions/epsilon_plus_flat/target").tolist() == [1, 1]
+        assert audit.attrs()["label_names"] == ["drain", "effusion"]
+        dataset = audit.attrs()["dataset"]
+    assert dataset["files"] == ["0.png", "4.png"] and dataset["metadata"] == {"site": ["A", "B"], "drain": ["1", "0"]}
+    code, out, _ = run(capsys, "info", store)
+    assert code == 0 and "          preprocessing: none" in out.splitlines()
+
+
+def test_info_shows_an_image_sources_preprocessing_counts_and_metadata_columns(tmp_path, capsys):
+    store = tmp_path / "a.h5"
+    data = _multi_label_table(tmp_path)
+    code, _, _ = run(capsys, "attribute", "--model", MODEL, "--data", data, "--store", store, "--skip-unreadable",
+                     "--resize", "2,2", "--normalize", "0.5,0.25")
+    assert code == 0
+    code, out, _ = run(capsys, "info", store, "--json")
+    assert code == 0 and json.loads(out)["images"] == {
+        "root": str(tmp_path), "files": 2, "skipped": 1, "metadata_columns": ["drain", "site"],
+        "transform": {"resize": [2, 2], "crop": None, "mode": None, "mean": [0.5], "std": [0.25]},
+    }
+    code, out, _ = run(capsys, "info", store)
+    lines = out.splitlines()
+    at = lines.index(f"dataset   {data}  2 samples")
+    assert code == 0 and lines[at + 1 : at + 5] == [
+        f"images    2 files in {tmp_path} (1 skipped as unreadable)",
+        "          preprocessing: resize [2, 2], mean [0.5], std [0.25]",
+        "          metadata columns: drain, site",
+        "labels    drain, effusion",
+    ]
+
+
+def test_info_of_a_store_of_another_source_shows_no_images(tmp_path, capsys):
+    store = tmp_path / "a.h5"
+    assert run(capsys, "attribute", "--model", MODEL, "--data", DATA, "--store", store)[0] == 0
+    code, out, _ = run(capsys, "info", store, "--json")
+    assert code == 0 and "images" not in json.loads(out)
+    code, out, _ = run(capsys, "info", store)
+    assert code == 0 and "images " not in out and "preprocessing" not in out

@@ -358,6 +358,22 @@ def test_info_summarises_the_input_share_of_done_rows_only(tmp_path):
             in format_info(info).splitlines())
 
 
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("files", 5, "field 'files' of root attribute 'dataset' is 5, expected list"),
+    ("transform", "resize", "field 'transform' of root attribute 'dataset' is 'resize', expected dict"),
+])
+def test_info_refuses_a_damaged_image_record_naming_its_field(tmp_path, field, value, expected):
+    path = tmp_path / "audit.h5"
+    _filled_store(path)
+    record = {"name": "toy", "size": 10, "root": "/x", "transform": {}, "files": [], "skipped": [], "metadata": {},
+              field: value}
+    with h5py.File(path, "a") as f:
+        f.attrs["dataset"] = json.dumps(record)
+    with AuditStore(path, "r") as store, pytest.raises(StoreError) as info:
+        store.info()
+    assert str(info.value).startswith(f"audit store {path}: {expected}; the store is damaged")
+
+
 def test_labels_of_another_dataset_are_refused(tmp_path):
     path = tmp_path / "audit.h5"
     _filled_store(path)

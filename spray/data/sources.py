@@ -11,7 +11,8 @@ when the source does not name its classes:
   are the folder names; or, with a names file, every output's name and each folder's label its line.
   Image files are decoded and preprocessed as spray/data/images.py says.
 - ``csv:PATH?path=COLUMN&label=COLUMN&names=FILE``: image files listed in a label table
-  (spray/data/label_table.py), decoded and preprocessed as ``folder:``'s.
+  (spray/data/label_table.py), decoded and preprocessed as ``folder:``'s; ``target=COLUMN`` instead of
+  ``label`` for a multi-label table (one 0/1 column per finding).
 - ``MOD:FACTORY``: whatever the zero-argument callable returns, if its items are ``(x, y)`` pairs; its own
   ``label_names`` are kept, else a torchvision-style ``classes`` list is used, else None.
 

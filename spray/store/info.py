@@ -40,6 +40,7 @@ def store_info(f: h5py.File, path: Path) -> dict[str, Any]:
             }
             for node, group in _find_nodes(f, root_name)
         }
+    images = _image_summary(root.get("dataset"), path)
     return {
         "path": str(path),
         "schema_version": root.get("schema_version"),
@@ -47,12 +48,29 @@ def store_info(f: h5py.File, path: Path) -> dict[str, Any]:
         "created": root.get("created"),
         "model": root.get("model"),
         "dataset": root.get("dataset"),
+        **({"images": images} if images else {}),  # only an image source's record has these fields
         "n_samples": n,
         "label_names": root.get("label_names"),
         "thumbnails": list(samples["thumbnail"].shape[1:]) if "thumbnail" in samples else None,
         "attributions": attributions,
         "analyses": nodes["analyses"],
         "clarc": nodes["clarc"],
+    }
+
+
+def _image_summary(dataset: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
+    """An image source's part of the dataset record (docs/store.md) in brief: its root folder, preprocessing
+    spec, the number of files explained and of files skipped as unreadable, and the metadata columns; None
+    for a record without image files (another source, or none yet)."""
+    if dataset is None or "files" not in dataset:
+        return None
+    what = "of root attribute 'dataset'"
+    return {
+        "root": _expect(dataset.get("root"), str, f"field 'root' {what}", path),
+        "transform": _expect(dataset.get("transform"), dict, f"field 'transform' {what}", path),
+        "files": len(_expect(dataset["files"], list, f"field 'files' {what}", path)),
+        "skipped": len(_expect(dataset.get("skipped", []), list, f"field 'skipped' {what}", path)),
+        "metadata_columns": list(_expect(dataset.get("metadata", {}), dict, f"field 'metadata' {what}", path)),
     }
 
 
@@ -108,6 +126,9 @@ def _distribution(values: np.ndarray) -> dict[str, Any]:
     }
 
 
+_STEPS = ("mode", "resize", "crop", "mean", "std")  # the order of the preprocessing steps (docs/data.md)
+
+
 def format_info(info: Mapping[str, Any]) -> str:
     """A human-readable rendering of :meth:`AuditStore.info` (``spray info``)."""
     lines = [
@@ -122,6 +143,16 @@ def format_info(info: Mapping[str, Any]) -> str:
         lines.append(f"dataset   {dataset['name']}  {info['n_samples']} samples")
     else:
         lines.append("dataset   - (no attribution run yet)")
+    images = info.get("images")
+    if images:
+        skipped = f" ({images['skipped']} skipped as unreadable)" if images["skipped"] else ""
+        order = {step: i for i, step in enumerate(_STEPS)}
+        steps = sorted(images["transform"].items(), key=lambda kv: order.get(kv[0], len(order)))
+        spec = ", ".join(f"{k} {json.dumps(v)}" for k, v in steps if v is not None)
+        lines.append(f"images    {images['files']} files in {images['root']}{skipped}")
+        lines.append(f"          preprocessing: {spec or 'none'}")
+        if images["metadata_columns"]:
+            lines.append(f"          metadata columns: {', '.join(images['metadata_columns'])}")
     if names:
         lines.append(f"labels    {shown}")
     if info.get("thumbnails"):

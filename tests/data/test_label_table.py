@@ -73,9 +73,51 @@ def test_table_problems_name_file_line_and_column(tmp_path, text, spec, message)
 
 def test_unknown_options_are_refused_naming_the_spec(tmp_path):
     table = _table(tmp_path, "path,label\na.png,x\n", {"a.png": (1, 1)})
-    with pytest.raises(BadInputError, match=r"option 'lable=x' is not KEY=VALUE with KEY one of path, label, names"):
+    with pytest.raises(BadInputError,
+                       match=r"option 'lable=x' is not KEY=VALUE with KEY one of path, label, names, target"):
         open_source(f"csv:{table}?lable=x")
 
 
 def test_the_table_is_the_protected_input_of_a_csv_source():
     assert source_path("csv:t/l.csv?label=y") == Path("t/l.csv")
+
+
+def test_a_multi_label_target_keeps_its_positive_rows_labelled_with_the_findings_output(tmp_path):
+    table = _table(tmp_path, "file,effusion,drain,site\na.png,1,1,A\nb.png,0,1,B\nc.png,1.0,0,B\nd.png,0.0,0,A\n",
+                   {f"{c}.png": (1, 1) for c in "abcd"})
+    (tmp_path / "findings.txt").write_text("drain\neffusion\nnodule\n")
+    dataset = open_source(f"csv:{table}?path=file&names=findings.txt&target=effusion")
+    assert dataset.label_names == ["drain", "effusion", "nodule"]
+    assert [dataset[i][1] for i in range(len(dataset))] == [1, 1]
+    assert dataset.record()["files"] == ["a.png", "c.png"]
+    assert dataset.metadata == {"drain": ["1", "0"], "site": ["A", "B"]}
+
+
+@pytest.mark.parametrize(("text", "spec", "message"), [
+    ("path,effusion\na.png,1\n", "?names=f.txt&target=drain",
+     "{t}, line 1: no column 'drain' (the columns are 'path', 'effusion'); name the path and target columns: "
+     "csv:PATH?path=COLUMN&target=COLUMN"),
+    ("path,drain\na.png,1\na.png,-1\n", "?names=f.txt&target=drain",
+     "{t}, line 3, column 'drain': value '-1' is not 0 or 1 (a multi-label table holds 1 where the image has "
+     "the finding, else 0)"),
+    ("path,drain\na.png,\n", "?names=f.txt&target=drain",
+     "{t}, line 2, column 'drain': value '' is not 0 or 1 (a multi-label table holds 1 where the image has "
+     "the finding, else 0)"),
+    ("path,drain\na.png,0\na.png,0\n", "?names=f.txt&target=drain",
+     "{t}: no row has 1 in column 'drain', so no image has the finding to explain"),
+    ("path,drain\na.png,1\n", "?target=drain",
+     "{t}: target=drain needs names=FILE, naming the model's outputs (one finding per line, in output order), "
+     "to know which output explains the finding"),
+    ("path,nodule\na.png,1\n", "?names=f.txt&target=nodule",
+     "{t}: target 'nodule' is not a name of {d}/f.txt (which names the model's outputs, one per line, in "
+     "output order)"),
+    ("path,drain,label\na.png,1,x\n", "?names=f.txt&target=drain&label=label",
+     "{t}: label=COLUMN and target=COLUMN exclude each other: with target=COLUMN the images are the rows with 1 "
+     "in that column, labelled with the finding's output (docs/data.md)"),
+])
+def test_multi_label_table_problems_name_file_line_and_column(tmp_path, text, spec, message):
+    table = _table(tmp_path, text, {"a.png": (1, 1)})
+    (tmp_path / "f.txt").write_text("drain\neffusion\n")
+    with pytest.raises(BadInputError) as info:
+        open_source(f"csv:{table}{spec}")
+    assert str(info.value) == message.format(t=f"csv file {table}", d=tmp_path)

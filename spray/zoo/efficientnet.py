@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from spray.zoo.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth, _make_divisible
+from spray.zoo.ops import Conv2dNormActivation, SqueezeExcitation, StochasticDepth, _make_divisible, init_mobile
 
 
 class MBConvConfig:
@@ -99,18 +99,8 @@ class EfficientNet(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(p=dropout, inplace=True),
                                         nn.Linear(lastconv_output_channels, num_classes))
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                init_range = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -init_range, init_range)
-                nn.init.zeros_(m.bias)
+        init_mobile(self, lambda m: nn.init.uniform_(m.weight, -1.0 / math.sqrt(m.out_features),
+                                                     1.0 / math.sqrt(m.out_features)))
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.features(x)

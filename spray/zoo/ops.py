@@ -19,6 +19,22 @@ def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int
     return new_v
 
 
+def init_mobile(model: nn.Module, linear: Callable[[nn.Linear], None]) -> None:
+    """torchvision's initialisation of its mobile CNNs: convolutions Kaiming-normal (fan-out) with zero bias,
+    BatchNorms 1 and 0, and each Linear as ``linear`` sets it (the one step where the models differ)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            linear(m)
+            nn.init.zeros_(m.bias)
+
+
 class Conv2dNormActivation(nn.Sequential):
     """Conv2d (padding keeping the size at stride 1; a bias only without a norm) → norm → activation."""
 

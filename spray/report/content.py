@@ -7,7 +7,6 @@ plain strings and is escaped there (autoescape is on).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
+from spray.data.images import file_sha256
 from spray.errors import BadInputError
 from spray.ranking import RankedClass, rank_classes
 from spray.report import images, plots
@@ -125,14 +125,6 @@ class ClarcView:
 # ---------------------------------------------------------------------------------------------- gather
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str, Any]:
     """Everything the template needs, as plain values (see templates/report.html)."""
     from spray import __version__
@@ -188,7 +180,7 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         "attribution_created": info.get("created"),
         "store_name": store_path.name,
         "store_path": str(store_path.resolve()),
-        "store_sha256": sha256_file(store_path),
+        "store_sha256": file_sha256(store_path),
         "store_created": root.get("created"),
         "analysis": analysis,
         "pipeline": _pretty_json(summary.get("pipeline")),

@@ -63,8 +63,8 @@ def attribute_dataset(
             (the message names the dataset indices; nothing of that batch is written).
         NonConservativeError: LRP creates or destroys relevance on the first batch (the message names
             the module); raised before the store is opened.
-        StoreError: the store holds this attribution from another model, method, parameters or target
-            (``overwrite=True``), or samples of another dataset.
+        StoreError: the store holds this attribution from another model, method, parameters or target, or
+            (LRP) another traced graph of the model (``overwrite=True``), or samples of another dataset.
     """
     started = time.perf_counter()
     n, x0 = _size(dataset)

@@ -184,7 +184,8 @@ def _pending_batches(
         store.create_attribution(name, input_shape=input_shape, n_outputs=n_outputs, dtype=run.relevance_dtype,
                                  attrs=run.stored_attrs(trace))
     else:
-        wanted = {**run.identity(trace), "shape": [n, *input_shape], "dtype": run.relevance_dtype, "n_outputs": n_outputs}
+        wanted = {**run.identity(trace), "shape": [n, *input_shape], "dtype": run.relevance_dtype,
+                  "n_outputs": n_outputs}
         _check_resumable(store.path, name, store.attribution_info(name), wanted, run.batch_size)
     done = store.read(f"attributions/{name}/done")
     size = run.batch_size

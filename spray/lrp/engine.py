@@ -85,10 +85,11 @@ class LRP:
     def trace_record(self, model: nn.Module, x: Tensor) -> dict[str, Any]:
         """What this attributor makes of ``model`` for inputs like ``x`` (B, ...; one sample runs), JSON-able:
         ``rules`` pairs each hooked module of the canonised copy (qualified name, in forward order) with the
-        repr of the rule the composite gives it, ``[[name, rule], ...]``; ``hash`` is the sha256 of the traced forward's generated
-        code, each called module's repr and these rules; ``traced`` is False where fx could not trace the
-        forward (hooks on the model's own modules, :class:`UntracedModelWarning`): the hash then covers the
-        module tree and rules only, not the forward's code. The weights are not in it (``model_hash``)."""
+        repr of the rule the composite gives it, ``[[name, rule], ...]``; ``hash`` is the sha256 of the traced
+        forward's generated code, each called module's repr and these rules; ``traced`` is False where fx
+        could not trace the forward (hooks on the model's own modules, :class:`UntracedModelWarning`): the
+        hash then covers the module tree and rules only, not the forward's code. The weights are not in it
+        (``model_hash``)."""
         rules: dict[str, str] = {}
         with ExitStack() as stack:
             run, _, traced = self._prepare(stack, model, x[:1], None)

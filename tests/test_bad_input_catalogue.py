@@ -303,6 +303,15 @@ def _tiny_store(inputs: Inputs) -> Path:
     return path
 
 
+def _plain_block_store(inputs: Inputs) -> Path:
+    """conv_data attributed with tests.data.factories:plain_block_model (residual_block_model's weights)."""
+    path = inputs.path("plain_block.h5")
+    argv = ["attribute", "--model", "tests.data.factories:plain_block_model", "--data",
+            "tests.data.factories:conv_data", "--store", str(path)]
+    assert run_cli(argv)[0] == 0
+    return path
+
+
 def _clarc_run(inputs: Inputs) -> Path:
     """The audit store with a recorded ClArC run whose corrected weights file has been deleted."""
     path = inputs.copy("audit", "clarc.h5")
@@ -456,6 +465,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "weights_other": lambda i: _torch_file(i, "other.pt", {k: v + 1 for k, v in _linear(4).items()}),
     # stores
     "store_tiny": _tiny_store,
+    "store_plain_block": _plain_block_store,
     "store_locked": _locked,
     "store_locked_symlink": lambda i: _locked_through(i, lambda target, name: name.symlink_to(target)),
     "store_locked_hardlink": lambda i: _locked_through(i, lambda target, name: os.link(target, name)),

@@ -7,7 +7,7 @@ what a resumed run must repeat, is derived from it here (:meth:`AttributionRun.i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,16 +105,19 @@ class AttributionRun:
         """The attribution's name in the store: ``name``, else the method's."""
         return self.name or self.attributor.name
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, trace: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What identifies the attribution, as the store records it: ``method``, ``params`` (canonical JSON
-        values), ``model_hash``, ``target``. With the relevance's shape and dtype and the model's number of
-        outputs, a run may resume a stored attribution only if all of these are equal."""
-        return {"method": self.attributor.name, "params": canonical(self.attributor.params()),
-                "model_hash": self.model_hash, "target": self.target}
+        values), ``model_hash``, ``target``, and ``trace``, the attributor's ``trace_record(model, x)`` of the
+        model's graph where it has one (LRP: ``hash`` and ``rules``; the weights alone do not say which
+        forward ran). With the relevance's shape and dtype and the model's number of outputs, a run may
+        resume a stored attribution only if all of these are equal (a trace only where both have one)."""
+        identity = {"method": self.attributor.name, "params": canonical(self.attributor.params()),
+                    "model_hash": self.model_hash, "target": self.target}
+        return identity if trace is None else {**identity, "trace": canonical(dict(trace))}
 
-    def stored_attrs(self) -> dict[str, Any]:
+    def stored_attrs(self, trace: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The attrs a new attribution is created with: :meth:`identity`, the model's name, the batch size."""
-        return {**self.identity(), "model_name": self.model_name, "batch_size": self.batch_size}
+        return {**self.identity(trace), "model_name": self.model_name, "batch_size": self.batch_size}
 
 
 def thumbnail_bounds(value: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from itertools import zip_longest
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -62,8 +63,8 @@ def attribute_dataset(
             (the message names the dataset indices; nothing of that batch is written).
         NonConservativeError: LRP creates or destroys relevance on the first batch (the message names
             the module); raised before the store is opened.
-        StoreError: the store holds this attribution from another model, method, parameters or target
-            (``overwrite=True``), or samples of another dataset.
+        StoreError: the store holds this attribution from another model, method, parameters or target, or
+            (LRP) another traced graph of the model (``overwrite=True``), or samples of another dataset.
     """
     started = time.perf_counter()
     n, x0 = _size(dataset)
@@ -74,6 +75,9 @@ def attribute_dataset(
     model.eval()
     try:
         n_outputs = count_outputs(model, x0, dtype=dtype, device=device)
+        # The graph the attributor explains (LRP's traced forward and rules) is part of the attribution's identity.
+        record = getattr(run.attributor, "trace_record", None)
+        trace = None if record is None else record(model, x0.unsqueeze(0).to(device, dtype))
         _check_label_names(run.label_names, n_outputs)
         # An image source's thumbnails show its pixels, not its (normalised) inputs.
         thumbnail_range = run.thumbnail_range or thumbnail_bounds(pixel_bounds(dataset))
@@ -91,7 +95,7 @@ def attribute_dataset(
             if created:
                 path = Path(store_path).resolve()
                 stack.push(lambda kind, *_: _drop_if_refused_empty(path, kind, counts.computed))
-            batches = _pending_batches(store, run, dataset, n, input_shape, n_outputs, thumb_shape)
+            batches = _pending_batches(store, run, dataset, n, input_shape, n_outputs, thumb_shape, trace)
             skipped = n - sum(len(b) for b in batches)
             if client is None:
                 results: Iterable[ExplainedBatch] = (
@@ -158,7 +162,7 @@ def _check_label_names(label_names: Sequence[str] | None, n_outputs: int) -> Non
 
 def _pending_batches(
     store: AuditStore, run: AttributionRun, dataset: Dataset, n: int, input_shape: tuple[int, ...], n_outputs: int,
-    thumb_shape: tuple[int, ...] | None,
+    thumb_shape: tuple[int, ...] | None, trace: dict[str, Any] | None,
 ) -> list[list[int]]:
     """Prepare the store's samples (an image source's files checked against those it recorded) and the
     attribution (created, or checked for resuming) and return the batches of the fixed grid not done yet."""
@@ -178,9 +182,10 @@ def _pending_batches(
     name = run.attribution
     if run.overwrite or name not in store.attributions():
         store.create_attribution(name, input_shape=input_shape, n_outputs=n_outputs, dtype=run.relevance_dtype,
-                                 attrs=run.stored_attrs())
+                                 attrs=run.stored_attrs(trace))
     else:
-        wanted = {**run.identity(), "shape": [n, *input_shape], "dtype": run.relevance_dtype, "n_outputs": n_outputs}
+        wanted = {**run.identity(trace), "shape": [n, *input_shape], "dtype": run.relevance_dtype,
+                  "n_outputs": n_outputs}
         _check_resumable(store.path, name, store.attribution_info(name), wanted, run.batch_size)
     done = store.read(f"attributions/{name}/done")
     size = run.batch_size
@@ -224,13 +229,21 @@ def _check_resumable(
     path: Path, name: str, have: dict[str, Any], wanted: dict[str, Any], batch_size: int
 ) -> None:
     """Raise unless the stored attribution ``name`` is the one asked for, started with ``batch_size``."""
-    differ = [key for key, value in wanted.items() if have[key] != value]
+    differ = [key for key, value in wanted.items() if key != "trace" and have[key] != value]
     if differ:
         details = "; ".join(f"{key}: store {have[key]!r}, this run {wanted[key]!r}" for key in differ)
         raise StoreError(
             f"store {path} holds attribution {name!r} of model {have['model_hash']} with method "
             f"{have['method']!r}, params {have['params']}, target {have['target']!r} ({details}); pass "
             "overwrite=True (--overwrite) to replace it, or choose another name (--name)"
+        )
+    # Attributions made before spray recorded the trace have none: they resume as before.
+    if "trace" in have and "trace" in wanted and have["trace"] != wanted["trace"]:
+        raise StoreError(
+            f"store {path} holds attribution {name!r} of another graph of this model: same weights, but the "
+            f"traced forward or its rules differ (trace sha256: store {have['trace']['hash']}, this run "
+            f"{wanted['trace']['hash']}{_first_difference(have['trace']['rules'], wanted['trace']['rules'])}); "
+            "pass overwrite=True (--overwrite) to replace it, or choose another name (--name)"
         )
     if not have["complete"] and have["batch_size"] != batch_size:
         raise BadInputError(
@@ -239,6 +252,22 @@ def _check_resumable(
             f"{have['batch_size']}) so the result equals an uninterrupted run, or pass overwrite=True "
             "(--overwrite) to start over"
         )
+
+
+def _first_difference(stored: list[list[str]], wanted: list[list[str]]) -> str:
+    """``"; first difference: ..."`` naming the first module, in forward order, whose rule or place differs
+    between two traces' ``[[name, rule], ...]``; empty where the rules agree."""
+    for old, new in zip_longest(stored, wanted):
+        if old == new:
+            continue
+        if old is None:
+            return f"; first difference: {new[0]!r} ({new[1]}) is new in this run"
+        if new is None:
+            return f"; first difference: {old[0]!r} ({old[1]}) is not in this run"
+        if old[0] == new[0]:
+            return f"; first difference: {old[0]!r} has rule {old[1]} in the store, {new[1]} in this run"
+        return f"; first difference: the store has {old[0]!r} ({old[1]}) where this run has {new[0]!r} ({new[1]})"
+    return ""
 
 
 def _drop_if_refused_empty(path: Path, kind: type[BaseException] | None, computed: int) -> None:

@@ -14,6 +14,7 @@ scalings, which is why tracing turns those into modules).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from spray.lrp.canonizers import fold_batchnorm
 from spray.lrp.composites import Composite
 from spray.lrp.layers import LINEAR_LAYERS
 from spray.lrp.rules import Rule
-from spray.lrp.tracing import ONE_AT_A_TIME, canonize
+from spray.lrp.tracing import ONE_AT_A_TIME, Traced, canonize
 from spray.lrp.transformer import refuse_untraced_attention
 
 
@@ -81,29 +82,60 @@ class LRP:
         """
         return self._propagate(model, x, start, initial)[0]
 
-    def _propagate(self, model: nn.Module, x: Tensor, start: str | None,
-                   initial: Callable[[Tensor], Tensor],
-                   ledger: list[Balance] | None = None) -> tuple[Tensor, Tensor]:
-        """One forward pass with hooks, one backward pass; returns (input relevance, start activation)."""
+    def trace_record(self, model: nn.Module, x: Tensor) -> dict[str, Any]:
+        """What this attributor makes of ``model`` for inputs like ``x`` (B, ...; one sample runs), JSON-able:
+        ``rules`` pairs each hooked module of the canonised copy (qualified name, in forward order) with the
+        repr of the rule the composite gives it, ``[[name, rule], ...]``; ``hash`` is the sha256 of the traced
+        forward's generated code, each called module's repr and these rules; ``traced`` is False where fx
+        could not trace the forward (hooks on the model's own modules, :class:`UntracedModelWarning`): the
+        hash then covers the module tree and rules only, not the forward's code. The weights are not in it
+        (``model_hash``)."""
+        rules: dict[str, str] = {}
+        with ExitStack() as stack:
+            run, _, traced = self._prepare(stack, model, x[:1], None)
+            stack.callback(_remove, _attach(run, self.composite, None, rules))
+            with torch.enable_grad():
+                run(x[:1].detach().clone().requires_grad_(True))
+        if traced is None:
+            parts = [repr(model)]
+        else:
+            graph = traced.module.graph
+            parts = [traced.module.code, *(f"{node.target}: {traced.module.get_submodule(node.target)!r}"
+                                           for node in graph.nodes if node.op == "call_module")]
+        parts += [f"{name}: {rule}" for name, rule in rules.items()]
+        digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+        return {"traced": traced is not None, "hash": digest, "rules": [[name, rule] for name, rule in rules.items()]}
+
+    def _prepare(self, stack: ExitStack, model: nn.Module, x: Tensor,
+                 start: str | None) -> tuple[nn.Module, str | None, Traced | None]:
+        """Eval mode and the canonised copy (or the model itself, BatchNorm folded inside Sequentials) for
+        the life of ``stack``: (module to hook and run, name of ``start`` in it, the trace or None)."""
         names = [name for name, _ in model.named_modules()]
         if start is not None and start not in names:
             raise BadInputError(f"start module {start!r} is not in the model; use a name from "
                                 f"model.named_modules(), e.g. {names[1:6]}")
+        stack.enter_context(ONE_AT_A_TIME)
+        stack.enter_context(_frozen(model))
+        traced = canonize(model, x, self.composite, start)
+        if traced is None:
+            refuse_untraced_attention(model)
+            stack.enter_context(fold_batchnorm(model))
+            run, start_name = model, start
+        else:
+            run, start_name = traced.module, traced.start
+        known = set(names) | {name for name, _ in run.named_modules()}
+        unknown = sorted(set(self.composite.names) - known)
+        if unknown:
+            raise BadInputError(f"the composite maps rules to modules the model does not have: {unknown}; "
+                                f"names are qualified as in model.named_modules(), e.g. {names[1:6]}")
+        return run, start_name, traced
+
+    def _propagate(self, model: nn.Module, x: Tensor, start: str | None,
+                   initial: Callable[[Tensor], Tensor],
+                   ledger: list[Balance] | None = None) -> tuple[Tensor, Tensor]:
+        """One forward pass with hooks, one backward pass; returns (input relevance, start activation)."""
         with ExitStack() as stack:
-            stack.enter_context(ONE_AT_A_TIME)
-            stack.enter_context(_frozen(model))
-            traced = canonize(model, x, self.composite, start)
-            if traced is None:
-                refuse_untraced_attention(model)
-                stack.enter_context(fold_batchnorm(model))
-                run, start_name = model, start
-            else:
-                run, start_name = traced.module, traced.start
-            known = set(names) | {name for name, _ in run.named_modules()}
-            unknown = sorted(set(self.composite.names) - known)
-            if unknown:
-                raise BadInputError(f"the composite maps rules to modules the model does not have: {unknown}; "
-                                    f"names are qualified as in model.named_modules(), e.g. {names[1:6]}")
+            run, start_name, _ = self._prepare(stack, model, x, start)
             handles = _attach(run, self.composite, ledger)
             stack.callback(_remove, handles)
             captured: list[Tensor] = []
@@ -175,9 +207,11 @@ class _Relay(torch.autograd.Function):
         return (None, None, None, *passed)
 
 
-def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None) -> list[RemovableHandle]:
+def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None,
+            rules: dict[str, str] | None = None) -> list[RemovableHandle]:
     """Hook every leaf module; the first Linear/Conv is recognised as it runs (forward order). With a
-    ``ledger``, each rule's backward appends the module's :class:`Balance` to it."""
+    ``ledger``, each rule's backward appends the module's :class:`Balance` to it; with ``rules``, each
+    module's first call records the repr of its rule under its name."""
     state = {"seen_linear": False}
     handles: list[RemovableHandle] = []
 
@@ -188,6 +222,8 @@ def _attach(model: nn.Module, composite: Composite, ledger: list[Balance] | None
         if rule is None:
             raise _unsupported(name, module)
         rule.check(name, module)
+        if rules is not None:
+            rules.setdefault(name, repr(rule))
         if not all(isinstance(a, Tensor) for a in args):
             raise UnsupportedLayerError(f"module {name!r} ({type(module).__qualname__}) is called with "
                                         "non-tensor arguments; LRP hooks need tensor inputs only")

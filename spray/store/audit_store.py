@@ -280,13 +280,16 @@ class AuditStore(StoreFile):
         """(Re)create attribution ``name`` with nothing done, replacing one of that name.
 
         ``attrs``: ``method``, ``params`` (dict), ``model_hash``, ``model_name``, ``batch_size``,
-        ``target`` (``"label"`` or ``"prediction"``); ``created`` and ``attribution_id`` are added.
+        ``target`` (``"label"`` or ``"prediction"``), optionally ``trace`` (dict); ``created`` and
+        ``attribution_id`` are added.
         """
         _check_name(name, "attribution name")
         if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float16)):
             raise BadInputError(f"relevance dtype must be float32 or float16, got {dtype!r}")
         values = dict(attrs)
         values["params"] = to_json(values.get("params", {}))
+        if "trace" in values:
+            values["trace"] = to_json(values["trace"])
         values["created"] = _now()
         values["attribution_id"] = uuid.uuid4().hex
         with self._open(write=True) as f:

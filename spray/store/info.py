@@ -107,6 +107,8 @@ def _attribution_summary(group: h5py.Group, n: int, path: Path) -> dict[str, Any
         "created": attrs.get("created"),
         "attribution_id": attrs.get("attribution_id"),
     }
+    if "trace" in attrs:  # attributions made before spray recorded the trace, or by gradient methods, have none
+        summary["trace"] = _expect(attrs["trace"], dict, f"attribute 'trace' of attribution {where}", path)
     if "input_share" in group:  # attributions made before spray stored it have none (docs/store.md)
         share = _rows_dataset(group, "input_share", n, "f", 1, where, path)[()][mask.astype(bool)]
         summary["input_share"] = _distribution(share)

@@ -22,7 +22,7 @@ NODE_ROOTS = ("analyses", "clarc")
 _GROUPS = ("samples", "attributions", *NODE_ROOTS)
 _NODE_MARK = "spray_node"  # reserved attr of a node group: JSON {"written": ISO time}
 _ROOT_JSON = ("model", "dataset", "label_names")
-_ATTRIBUTION_JSON = ("params",)
+_ATTRIBUTION_JSON = ("params", "trace")
 
 
 def _check_name(name: str, what: str) -> str:

@@ -396,3 +396,40 @@ def test_decoding_workers_give_the_store_one_process_gives_and_the_same_refusal(
                           AttributionRun(get_method("epsilon"), workers=2, **kwargs))
     with AuditStore(tmp_path / "w.h5") as store:  # the batches before the one holding 7.png are done
         assert store.read("attributions/epsilon/done").tolist() == [True] * 6 + [False] * 4
+
+
+def test_lrp_records_the_traced_graph_and_resumes_only_the_same_one(tmp_path):
+    from tests.data.factories import conv_data, plain_block_model, residual_block_model
+
+    path, lrp, data = tmp_path / "audit.h5", get_method("epsilon_plus_flat"), conv_data()
+    with pytest.raises(_Interrupt):
+        run(path, plain_block_model(), data, lrp, on_batch=_interrupt_after(2))
+    with AuditStore(path) as store:
+        trace = store.attribution_info("epsilon_plus_flat")["trace"]
+    assert trace == lrp.trace_record(plain_block_model(), data[0][0][None])
+    new = lrp.trace_record(residual_block_model(), data[0][0][None])
+    message = (f"store {path} holds attribution 'epsilon_plus_flat' of another graph of this model: same weights, "
+               f"but the traced forward or its rules differ (trace sha256: store {trace['hash']}, this run "
+               f"{new['hash']}; first difference: the store has 'mean' (Proportional(epsilon=1e-09)) where this "
+               "run has 'add' (Proportional(epsilon=1e-09))); pass overwrite=True (--overwrite) to replace it, or "
+               "choose another name (--name)")
+    with pytest.raises(StoreError) as refused:
+        run(path, residual_block_model(), data, lrp)
+    assert str(refused.value) == message
+    summary = run(path, plain_block_model(), data, lrp)
+    assert (summary["skipped"], summary["complete"]) == (2 * BATCH, True)
+
+
+def test_an_attribution_without_a_trace_record_resumes_and_gradient_methods_record_none(tmp_path):
+    from tests.data.factories import conv_data, plain_block_model, residual_block_model
+
+    path, lrp = tmp_path / "audit.h5", get_method("epsilon_plus_flat")
+    with pytest.raises(_Interrupt):
+        run(path, plain_block_model(), conv_data(), lrp, on_batch=_interrupt_after(1))
+    with h5py.File(path, "a") as f:  # as a store written before spray recorded the trace
+        del f["attributions/epsilon_plus_flat"].attrs["trace"]
+    assert run(path, residual_block_model(), conv_data(), lrp)["complete"]
+    run(path, plain_block_model(), conv_data(), name="gradient")
+    with AuditStore(path) as store:
+        assert "trace" not in store.attribution_info("epsilon_plus_flat")
+        assert "trace" not in store.attribution_info("gradient")

@@ -89,6 +89,36 @@ def conv_data() -> TensorDataset:
     return TensorDataset(x, y)
 
 
+class _Block(nn.Module):
+    """A convolution block on (1, 8, 8) inputs, with or without a residual addition around its second
+    convolution: the same parameters (names, shapes, values) either way, another forward."""
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4, 2)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x).relu()
+        out = self.conv(h)
+        if self.residual:
+            out = out + h
+        return self.head(out.relu().mean((2, 3)))
+
+
+def plain_block_model() -> nn.Module:
+    """:class:`_Block` without its residual addition (for :func:`conv_data`)."""
+    return _Block(residual=False)
+
+
+def residual_block_model() -> nn.Module:
+    """:class:`_Block` with its residual addition: :func:`plain_block_model`'s weights, another forward."""
+    return _Block(residual=True)
+
+
 def efficientnet_model() -> nn.Module:
     """A tiny EfficientNet-B0 (spray.zoo: its first three stages at a quarter width) on (3, 8, 8) inputs; 2
     outputs, squeeze-and-excitation gating in every block."""

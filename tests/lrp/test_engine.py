@@ -15,6 +15,8 @@ from spray.lrp import (
     LRP, Epsilon, EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat, Gamma, Pass,
     UntracedModelWarning,
 )
+from spray.zoo import resnet18
+from tests.data.factories import plain_block_model, residual_block_model
 
 COMPOSITES = [
     Epsilon(), EpsilonPlusFlat(), EpsilonAlpha2Beta1(), EpsilonAlpha2Beta1Flat(), EpsilonGammaBox(-3.0, 3.0),
@@ -283,3 +285,41 @@ def test_registry_builds_lrp_attributors_named_after_their_composite(resnet):
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     relevance, logits = method.attribute(resnet, x, torch.tensor([0, 1]))
     assert relevance.shape == (2, 2, 8, 8) and logits.shape == (2, 3)
+
+
+def test_trace_record_names_each_module_and_operation_with_the_rule_the_composite_gives_it():
+    model = resnet18(num_classes=3).eval()
+    x = torch.rand(2, 3, 16, 16)
+    record = LRP(EpsilonPlusFlat(names={"layer1.0.add": Pass()})).trace_record(model, x)
+    rules = dict(record["rules"])
+    assert record["traced"] is True
+    assert [name for name, _ in record["rules"][:6]] == ["conv1", "bn1", "relu", "maxpool", "layer1.0.conv1",
+                                                         "layer1.0.bn1"]
+    # The first convolution is flat, later ones z+; folded BatchNorms are identities; the user's name map
+    # wins over the addition's proportional default; the head is epsilon.
+    assert (rules["conv1"], rules["layer1.0.conv1"], rules["layer4.1.conv2"], rules["bn1"]) == (
+        "Flat()", "ZPlus()", "ZPlus()", "Pass()")
+    assert (rules["layer1.0.add"], rules["layer1.1.add"]) == ("Pass()", "Proportional(epsilon=1e-09)")
+    assert rules["fc"] == "Epsilon(epsilon=1e-06)"
+    assert len(rules) == len(record["rules"])  # each module once, at its first call
+
+
+def test_trace_hash_follows_the_forward_and_the_rules_not_the_weights():
+    x = torch.rand(1, 1, 8, 8)
+    plain, residual = plain_block_model(), residual_block_model()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), residual.state_dict().values()))
+    hashes = {LRP(EpsilonPlusFlat()).trace_record(plain, x)["hash"]}
+    with torch.no_grad():
+        plain.conv.weight.add_(1.0)
+    hashes.add(LRP(EpsilonPlusFlat()).trace_record(plain, x)["hash"])
+    assert len(hashes) == 1
+    assert LRP(EpsilonPlusFlat()).trace_record(residual, x)["hash"] not in hashes
+    assert LRP(Epsilon()).trace_record(plain, x)["hash"] not in hashes
+
+
+def test_an_untraceable_model_records_that_it_is_untraced():
+    model = _Functional().double()
+    with pytest.warns(UntracedModelWarning):
+        record = LRP(EpsilonPlusFlat()).trace_record(model, torch.randn(2, 2, 4, 4, dtype=torch.float64))
+    assert record["traced"] is False
+    assert record["rules"] == [["conv", "Flat()"], ["fc", "Epsilon(epsilon=1e-06)"]]

@@ -189,8 +189,9 @@ class Scorecard:
 
 _HTML_HEADER = ["split", "artifact", "prevalence", "seeds", "clean accuracy", "uses the artifact", "rank",
                 "ranked first", "flagged", "F1", "CAV AUROC", "flags on clean classes", "relevance density",
-                "artifact mask IoU", "baseline rank", "baseline ranked first", "baseline F1", "ClArC everywhere accuracy, before → after",
-                "AOPC LRP", "AOPC gradient × input", "AOPC random", "seconds per case"]
+                "artifact mask IoU", "baseline rank", "baseline ranked first", "baseline F1",
+                "ClArC everywhere accuracy, before → after", "AOPC LRP", "AOPC gradient × input", "AOPC random",
+                "seconds per case"]
 
 
 def _cells(row: Row) -> list[str]:

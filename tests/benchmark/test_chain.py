@@ -69,4 +69,7 @@ def test_the_scorecard_of_a_run_case_renders_as_table_json_and_page(finished, tm
     assert json.loads(json.dumps(card.to_dict()))["cases"][0]["case"]["artifact"] == "patch_fixed"
     page = card.write_html(tmp_path / "scorecard.html").read_text()
     assert '<meta name="generator" content="spray' in page and "patch_fixed" in page
+    assert "<th>artifact mask IoU</th>" in page and "<th>AOPC random</th>" in page
+    row = json.loads(json.dumps(card.to_dict()))["rows"][0]
+    assert row["iou"]["mean"] == result.iou and row["aopc"]["lrp"]["mean"] == result.aopc["lrp"]
     assert card.write_html(tmp_path / "scorecard.html").is_file()  # its own page is replaced

@@ -66,6 +66,18 @@ def relevance_density(relevance: np.ndarray, masks: np.ndarray) -> float:
     return float(np.mean(share / area))
 
 
+def mask_iou(predicted: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over samples of the intersection over union of two binary masks (k, H, W): |P ∩ T| / |P ∪ T|.
+
+    1 where the masks agree; a sample where both are empty counts as 1. Non-zero entries are inside a mask.
+    """
+    predicted, truth = np.asarray(predicted, bool), np.asarray(truth, bool)
+    flat = (len(truth), -1)
+    inter = (predicted & truth).reshape(flat).sum(1)
+    union = (predicted | truth).reshape(flat).sum(1)
+    return float(np.mean(np.divide(inter, union, out=np.ones(len(union)), where=union > 0)))
+
+
 def wilson(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval (95 % for ``z = 1.96``) of a rate ``successes / trials``; (0, 1) for none."""
     if trials == 0:

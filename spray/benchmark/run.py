@@ -4,7 +4,8 @@
 the weights cached) -> attribute the training split (spray.attribution.attribute_dataset) -> SpRAy
 (spray.pipeline.analyze) -> rank (spray.ranking.rank_classes) -> P-ClArC on the top-ranked cluster with the
 ground-truth artifact in every test image (spray.clarc.clarc_from_store) -> score, and score the baseline
-without attribution (spray.benchmark.baseline) the same way. These are the calls the
+without attribution (spray.benchmark.baseline) the same way, and the faithfulness of the model's heatmaps
+(spray.benchmark.faithfulness). These are the calls the
 ``spray attribute``, ``analyze``, ``rank`` and ``clarc`` commands make. Each stage is memoised by the stage
 itself (weights by file, attributions by the store's resume, analysis nodes by their keys), and the scored
 result of a finished case is kept as ``result-v<SCORES>.json``: an interrupted benchmark started again skips the
@@ -29,9 +30,11 @@ from spray.attribution import AttributionRun, attribute_dataset
 from spray.benchmark.baseline import activation_baseline
 from spray.benchmark.cases import Case, CaseData, Size, make_case
 from spray.benchmark.data import load_images
-from spray.benchmark.metrics import detection, out_of_fold_cav_auroc, relevance_density
+from spray.benchmark.faithfulness import aopc, spread
+from spray.benchmark.metrics import detection, mask_iou, out_of_fold_cav_auroc, relevance_density
 from spray.benchmark.models import build
-from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer
+from spray.clarc import (ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer, isolate_artifact,
+                         localize)
 from spray.clarc.activations import activations, pool
 from spray.data.models import model_hash
 from spray.errors import BadInputError
@@ -45,9 +48,10 @@ from spray.workflow import train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 2
-"""The version of a case's scored result (``result-v2.json``): raise it when the scoring changes, and a
-benchmark started again scores every case anew from its cached model and store. 2: the baseline."""
+SCORES = 3
+"""The version of a case's scored result (``result-v3.json``): raise it when the scoring changes, and a
+benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
+pixel-flipping AOPC and the IoU of ClArC's artifact masks."""
 METHOD = "epsilon_plus_flat"
 CLARC = "pclarc"
 """P-ClArC: no fine-tuning, so a case's correction costs seconds; A- and RR-ClArC join the grid later."""
@@ -61,7 +65,7 @@ name = "spray"
 """
 """The default pipeline's clusterings (so its ranking) without the 2-D maps, which do not feed the ranking."""
 ATTRIBUTION_BATCH = 128
-STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score", "baseline")
+STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness")
 
 
 @dataclass
@@ -87,6 +91,8 @@ class CaseResult:
     relevance_density: float | None
     baseline_rank: int | None = None
     baseline_f1: float | None = None
+    iou: float | None = None
+    aopc: dict[str, float] | None = None
     clarc_cluster: str | None = None
     clarc_clean: tuple[float, float] | None = None
     clarc_everywhere: tuple[float, float] | None = None
@@ -147,6 +153,9 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     with _timed(seconds, "rank"), AuditStore(store) as opened:
         ranking = rank_classes(opened, spec.name)
     result = _score(data, model, ranking, seconds)
+    with _timed(seconds, "faithfulness"):
+        x, y = (torch.from_numpy(a[spread(len(a))]) for a in data.clean_test)
+        result.aopc = aopc(model, x, y, METHOD, seed=case.seed)
     if data.everywhere_test is not None:
         with _timed(seconds, "clarc"):
             _correct(result, store, model, data, directory, progress)
@@ -183,6 +192,7 @@ def _score(data: CaseData, model: torch.nn.Module, ranking: Ranking, seconds: di
                 y = torch.from_numpy(data.train[1][data.planted])
                 relevance, _ = get_method(METHOD).attribute(model, x, y)
                 result.relevance_density = relevance_density(relevance.detach().numpy(), data.masks)
+                result.iou = _localization_iou(data, model, members)
     if not case.is_control:
         with _timed(seconds, "baseline"):
             baseline = activation_baseline(model, *data.train)
@@ -201,6 +211,24 @@ def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> fl
     pooled = pool(activations(model, default_layer(model, x[:2]), x)).numpy()
     return out_of_fold_cav_auroc(pooled, np.isin(in_class, members), np.isin(in_class, data.planted),
                                  seed=data.case.seed)
+
+
+def _localization_iou(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:
+    """IoU of ClArC's artifact masks with the true masks over the planted images. The artifact model of spray's
+    flagged cluster is isolated as ClArC isolates it (its CAV against the rest of the class, the audit's
+    composite); each planted image is localised along that CAV (spray.clarc.localize) and its mask is the
+    pixels the soft mask covers at all. None where ClArC refuses the cluster (too few samples for a CAV)."""
+    in_class = np.flatnonzero(data.train[1] == data.poisoned_class)
+    composite = get_method(METHOD).composite
+    try:
+        artifact = isolate_artifact(model, data.dataset(data.train), np.asarray(members, np.int64),
+                                    np.setdiff1d(in_class, members), label=data.poisoned_class,
+                                    composite=composite, random_state=data.case.seed)
+    except BadInputError:
+        return None
+    found = localize(model, artifact.layer, torch.from_numpy(data.train[0][data.planted]), artifact.direction,
+                     composite)
+    return mask_iou(found.masks.numpy() > 0, data.masks)
 
 
 def _correct(result: CaseResult, store: Path, model: torch.nn.Module, data: CaseData, directory: Path,

@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from spray import __version__
+from spray.benchmark.faithfulness import ORDERINGS
 from spray.benchmark.metrics import mean_interval, wilson
 from spray.benchmark.run import STAGES, CaseResult
 from spray.outputs import active
@@ -78,6 +79,7 @@ class Row:
     cav_auroc: Estimate | None
     clean_flags: Rate
     relevance_density: Estimate | None
+    iou: Estimate | None
     baseline_rank: Estimate | None
     baseline_first: Rate
     baseline_f1: Estimate | None
@@ -86,6 +88,7 @@ class Row:
     clarc_clean_before: Estimate | None
     clarc_clean_after: Estimate | None
     clarc_refused: int
+    aopc: dict[str, Estimate | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -107,12 +110,14 @@ def _row(results: list[CaseResult]) -> Row:
         f1=Estimate.of([r.f1 for r in planted]), cav_auroc=Estimate.of([r.cav_auroc for r in planted]),
         clean_flags=Rate.of(sum(r.clean_flags for r in results), sum(r.clean_classes for r in results)),
         relevance_density=Estimate.of([r.relevance_density for r in planted]),
+        iou=Estimate.of([r.iou for r in planted]),
         baseline_rank=Estimate.of([r.baseline_rank for r in planted]),
         baseline_first=Rate.of(sum(r.baseline_rank == 1 for r in planted), len(planted)),
         baseline_f1=Estimate.of([r.baseline_f1 for r in planted]),
         clarc_everywhere_before=pair("clarc_everywhere", 0), clarc_everywhere_after=pair("clarc_everywhere", 1),
         clarc_clean_before=pair("clarc_clean", 0), clarc_clean_after=pair("clarc_clean", 1),
         clarc_refused=sum(r.clarc_error is not None for r in results),
+        aopc={o: Estimate.of([r.aopc[o] for r in results if r.aopc]) for o in ORDERINGS},
         seconds={s: sum(r.seconds.get(s, 0.0) for r in results) / len(results) for s in STAGES},
     )
 
@@ -159,8 +164,9 @@ class Scorecard:
     def table(self) -> str:
         """The rows as aligned text, one block per split."""
         header = ["split", "artifact", "prev", "seeds", "clean acc", "uses", "rank", "ranked first", "flagged",
-                  "F1", "CAV AUROC", "clean-class flags", "density", "baseline rank", "baseline first",
-                  "baseline F1", "ClArC everywhere before -> after", "s/case"]
+                  "F1", "CAV AUROC", "clean-class flags", "density", "IoU", "baseline rank", "baseline first",
+                  "baseline F1", "ClArC everywhere before -> after", "AOPC LRP", "AOPC GxI", "AOPC rand",
+                  "s/case"]
         lines = [header] + [_cells(row) for row in self.rows]
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
@@ -183,7 +189,8 @@ class Scorecard:
 
 _HTML_HEADER = ["split", "artifact", "prevalence", "seeds", "clean accuracy", "uses the artifact", "rank",
                 "ranked first", "flagged", "F1", "CAV AUROC", "flags on clean classes", "relevance density",
-                "baseline rank", "baseline ranked first", "baseline F1", "ClArC everywhere accuracy, before → after",
+                "artifact mask IoU", "baseline rank", "baseline ranked first", "baseline F1",
+                "ClArC everywhere accuracy, before → after", "AOPC LRP", "AOPC gradient × input", "AOPC random",
                 "seconds per case"]
 
 
@@ -197,5 +204,6 @@ def _cells(row: Row) -> list[str]:
         clarc += f" ({row.clarc_refused} refused)"
     return [row.split, row.artifact, f"{row.prevalence:.0%}", str(row.seeds), est(row.clean_accuracy),
             str(row.uses), est(row.rank), str(row.first), str(row.flagged), est(row.f1), est(row.cav_auroc),
-            str(row.clean_flags), est(row.relevance_density), est(row.baseline_rank), str(row.baseline_first),
-            est(row.baseline_f1), clarc, f"{sum(row.seconds.values()):.0f}"]
+            str(row.clean_flags), est(row.relevance_density), est(row.iou), est(row.baseline_rank),
+            str(row.baseline_first), est(row.baseline_f1), clarc, *(est(row.aopc[o]) for o in ORDERINGS),
+            f"{sum(row.seconds.values()):.0f}"]

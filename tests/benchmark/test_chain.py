@@ -45,7 +45,12 @@ def test_a_case_is_scored_against_its_ground_truth(finished):
     assert 0 <= result.f1 <= 1 and result.relevance_density > 0
     assert result.clarc_error is not None or len(result.clarc_everywhere) == 2
     assert 1 <= result.baseline_rank <= 10 and 0 <= result.baseline_f1 <= 1
-    assert set(result.seconds) == {"train", "attribute", "analyze", "rank", "clarc", "score", "baseline"}
+    assert result.iou is None or 0 <= result.iou <= 1  # None only where ClArC refuses the named cluster
+    assert result.iou is not None or result.cluster_size < 4
+    assert list(result.aopc) == ["lrp", "gradient", "random"]
+    assert all(-1 < v < 50 for v in result.aopc.values())  # logit drops of a digits model
+    assert set(result.seconds) == {"train", "attribute", "analyze", "rank", "clarc", "score", "baseline",
+                                   "faithfulness"}
 
 
 def test_a_finished_case_is_read_from_its_cache(finished, monkeypatch):
@@ -64,4 +69,7 @@ def test_the_scorecard_of_a_run_case_renders_as_table_json_and_page(finished, tm
     assert json.loads(json.dumps(card.to_dict()))["cases"][0]["case"]["artifact"] == "patch_fixed"
     page = card.write_html(tmp_path / "scorecard.html").read_text()
     assert '<meta name="generator" content="spray' in page and "patch_fixed" in page
+    assert "<th>artifact mask IoU</th>" in page and "<th>AOPC random</th>" in page
+    row = json.loads(json.dumps(card.to_dict()))["rows"][0]
+    assert row["iou"]["mean"] == result.iou and row["aopc"]["lrp"]["mean"] == result.aopc["lrp"]
     assert card.write_html(tmp_path / "scorecard.html").is_file()  # its own page is replaced

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spray.benchmark.metrics import detection, mean_interval, out_of_fold_cav_auroc, relevance_density, wilson
+from spray.benchmark.metrics import (detection, mask_iou, mean_interval, out_of_fold_cav_auroc, relevance_density,
+                                     wilson)
 
 
 def test_detection_counts_hits_against_the_flagged_and_the_true_samples():
@@ -47,3 +48,14 @@ def test_the_out_of_fold_cav_ranks_the_true_samples_first_where_the_flagged_grou
     wrong = np.arange(60) >= 45  # a flagged group of other samples: the CAV points elsewhere
     assert out_of_fold_cav_auroc(activations, wrong, truth) < 0.6
     assert out_of_fold_cav_auroc(activations, np.arange(60) < 4, truth) is None  # too few flagged to fold
+
+
+def test_mask_iou_is_the_mean_over_samples_of_intersection_over_union():
+    predicted = np.zeros((3, 3, 3), bool)
+    truth = np.zeros((3, 3, 3), bool)
+    predicted[0, :2, :2], truth[0, 1:, 1:] = True, True      # 1 shared pixel of 4 + 4 - 1 = 7
+    predicted[1, 0], truth[1, 0] = True, True                 # the same row: 1
+    predicted[2, 0, 0], truth[2, 2, 2] = True, True           # disjoint: 0
+    assert mask_iou(predicted, truth) == pytest.approx((1 / 7 + 1 + 0) / 3)
+    assert mask_iou(np.zeros((1, 2, 2)), np.zeros((1, 2, 2))) == 1.0
+    assert mask_iou(np.ones((1, 2, 2), np.float32), np.eye(2)[None]) == 0.5  # non-zero counts as inside

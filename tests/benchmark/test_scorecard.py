@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from spray.benchmark import Case, Scorecard
@@ -18,6 +20,7 @@ def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = Fals
         relevance_density=None, baseline_rank=None if control else rank + 1, baseline_f1=None if control else f1 / 2,
         clarc_everywhere=None if control else (0.8, 0.85),
         clarc_clean=None if control else (0.9, 0.89), seconds={"train": 10.0, "attribute": 2.0},
+        iou=None if control else f1 / 4, aopc={"lrp": 2.0 + seed, "gradient": 1.0, "random": 0.5},
     )
 
 
@@ -33,6 +36,12 @@ def test_rows_aggregate_the_seeds_of_one_cell():
     assert (control.clean_flags.k, control.clean_flags.n, control.first.n, control.f1) == (1, 10, 0, None)
     assert tag.clarc_everywhere_after.mean == pytest.approx(0.85)
     assert tag.seconds == {"train": 10.0, "attribute": 2.0, "analyze": 0.0, "rank": 0.0, "clarc": 0.0, "score": 0.0,
-                           "baseline": 0.0}
+                           "baseline": 0.0, "faithfulness": 0.0}
     assert (tag.baseline_rank.mean, tag.baseline_first.k, tag.baseline_f1.mean) == (3.0, 0, 0.25)
     assert str(tag.first) == "1/3 [0.06, 0.79]"
+    assert (tag.iou.mean, control.iou) == (0.125, None)
+    assert (tag.aopc["lrp"].mean, tag.aopc["lrp"].n, control.aopc["lrp"].mean) == (3.0, 3, 2.0)
+    assert str(tag.aopc["gradient"]) == "1.00 [1.00, 1.00]" and tag.aopc["random"].mean == 0.5
+    header, *_ = card.table().splitlines()
+    assert re.split(r" {2,}", header)[-5:] == ["ClArC everywhere before -> after", "AOPC LRP", "AOPC GxI", "AOPC rand",
+                                       "s/case"]

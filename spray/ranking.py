@@ -20,7 +20,7 @@ from typing import Any, overload
 import numpy as np
 import pandas as pd
 
-from spray.results import Cluster, analysis_summary
+from spray.results import Cluster, best_clusters
 from spray.store import AuditStore
 
 __all__ = ["Ranking", "RankedClass", "rank_classes"]
@@ -148,29 +148,11 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> Ranking:
 
 
 def _rank(store: AuditStore, analysis: str) -> Ranking:
-    group = f"analyses/{analysis}"
-    summary = analysis_summary(store, analysis)
-    names = store.attrs().get("label_names") or []
-    found: list[tuple[int, str, int, Cluster | None, str | None]] = []  # label, name, n, best cluster, skipped
-    for label in summary["classes"]:
-        path = f"{group}/{label}"
-        if not store.has_node(f"{path}/status"):
-            continue
-        status_arrays, status = store.read_node(f"{path}/status")
-        with store.interpreting(f"class {label} of analysis {analysis!r}"):
-            name, n = names[label] if label < len(names) else str(label), int(status["n"])
-            if status["skipped"] is not None:
-                best, skipped = None, str(status["skipped"])
-            elif not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
-                best, skipped = None, "analysis unfinished: run `spray analyze` again to complete it"
-            else:
-                best, skipped = _best(store, path, int(label), status_arrays["dataset_index"])
-        found.append((int(label), name, n, best, skipped))
-    found.sort(key=lambda f: _order(f[0], f[3]))
-    flags = _flags([f[3] for f in found])
+    found = sorted(best_clusters(store, analysis), key=lambda c: _order(c.label, c.cluster))
+    flags = _flags([c.cluster for c in found])
     return Ranking(analysis, tuple(
-        RankedClass(label, name, n, rank, best, skipped, outlier, flagged)
-        for rank, ((label, name, n, best, skipped), (outlier, flagged)) in enumerate(zip(found, flags), start=1)
+        RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped, outlier, flagged)
+        for rank, (c, (outlier, flagged)) in enumerate(zip(found, flags), start=1)
     ))
 
 
@@ -210,35 +192,6 @@ def _robust_scores(values: np.ndarray) -> np.ndarray | None:
     if not (math.isfinite(spread) and spread > 0):
         return None
     return (values - median) / spread
-
-
-def _best(
-    store: AuditStore, path: str, label: int, dataset_index: np.ndarray
-) -> tuple[Cluster | None, str | None]:
-    """``(best cluster, None)`` as the class's fda node names it, or ``(None, the reason it has none)``."""
-    _, attrs = store.read_node(f"{path}/fda")
-    best = attrs["info"]["best"]
-    if best["clustering"] is None:
-        return None, str(best.get("reason", "no candidate cluster"))
-    labels = store.read_node(f"{path}/{best['node']}")[0][best["clustering"]]
-    if labels.shape != dataset_index.shape or labels.dtype.kind not in "iu":
-        raise ValueError(
-            f"clustering {best['clustering']!r} has {labels.shape} labels for {dataset_index.shape} samples"
-        )
-    return Cluster(
-        label=label, clustering=str(best["clustering"]), id=int(best["cluster"]),
-        members=tuple(int(i) for i in dataset_index[labels == best["cluster"]]),
-        ncut=_number(best.get("ncut")),  # stores analysed before fda version 4 have no cuts
-        tau=_number(best["tau"]), z_score=_number(best["z_score"]), p_value=_number(best["p_value"]),
-        clustering_j=_number(best["clustering_score"]),
-    ), None
-
-
-def _number(value: Any) -> float | None:
-    """A stored score: a number or None (JSON null; NaN and infinities are written as such by json)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise TypeError(f"score {value!r:.40} is not a number")
-    return value
 
 
 def _finite(value: float | None) -> float:

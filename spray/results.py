@@ -23,8 +23,10 @@ __all__ = [
     "CLUSTERING_NODES",
     "ClarcRun",
     "ClassAnalysis",
+    "ClassBest",
     "Cluster",
     "analysis_summary",
+    "best_clusters",
     "complete_analyses",
     "label_names",
     "no_analysis_error",
@@ -182,6 +184,70 @@ def analysis_summary(store: AuditStore, analysis: str = "spray") -> dict[str, An
             "bring it up to date"
         )
     return summary
+
+
+@dataclass(frozen=True)
+class ClassBest:
+    """One analysed class as the ranking needs it: its best candidate cluster as the class's fda node names
+    it, or the reason it has none (too few samples, no candidate cluster, an unfinished analysis)."""
+
+    label: int
+    name: str
+    n_samples: int
+    cluster: Cluster | None
+    skipped: str | None
+
+
+def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]:
+    """Every class of ``analysis`` that has a status node, in the summary's order (:func:`analysis_summary`
+    checks the analysis first)."""
+    names = label_names(store)
+    found = []
+    for label in analysis_summary(store, analysis)["classes"]:
+        path = f"analyses/{analysis}/{label}"
+        if not store.has_node(f"{path}/status"):
+            continue
+        status_arrays, status = store.read_node(f"{path}/status")
+        with store.interpreting(f"class {label} of analysis {analysis!r}"):
+            name, n = names[label] if label < len(names) else str(label), int(status["n"])
+            if status["skipped"] is not None:
+                best, skipped = None, str(status["skipped"])
+            elif not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
+                best, skipped = None, "analysis unfinished: run `spray analyze` again to complete it"
+            else:
+                best, skipped = _best(store, path, int(label), status_arrays["dataset_index"])
+        found.append(ClassBest(int(label), name, n, best, skipped))
+    return found
+
+
+def _best(
+    store: AuditStore, path: str, label: int, dataset_index: np.ndarray
+) -> tuple[Cluster | None, str | None]:
+    """``(best cluster, None)`` as the class's fda node names it, or ``(None, the reason it has none)``."""
+    _, attrs = store.read_node(f"{path}/fda")
+    best = attrs["info"]["best"]
+    if best["clustering"] is None:
+        return None, str(best.get("reason", "no candidate cluster"))
+    labels = store.read_node(f"{path}/{best['node']}")[0][best["clustering"]]
+    if labels.shape != dataset_index.shape or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"clustering {best['clustering']!r} has {labels.shape} labels for {dataset_index.shape} samples"
+        )
+    return Cluster(
+        label=label, clustering=str(best["clustering"]), id=int(best["cluster"]),
+        members=tuple(int(i) for i in dataset_index[labels == best["cluster"]]),
+        ncut=_number(best.get("ncut")),  # stores analysed before fda version 4 have no cuts
+        tau=_number(best["tau"]), z_score=_number(best["z_score"]), p_value=_number(best["p_value"]),
+        clustering_j=_number(best["clustering_score"]),
+    ), None
+
+
+def _number(value: Any) -> float | None:
+    """A stored score: a number or None (JSON null; NaN and infinities are written as such by json)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"score {value!r:.40} is not a number")
+    return value
+
 
 
 def label_names(store: AuditStore) -> list[str]:

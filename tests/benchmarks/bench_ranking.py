@@ -63,13 +63,19 @@ def stability(path: str, seeds: int) -> None:
         top = best[:3]
         print(f"seed {seed}: top {[(b.label, round(b.z_score)) for b in top]}, "
               f"margin {top[0].z_score / top[1].z_score:.3f}, "
-              f"flagged {[(b.label, round(o, 2)) for b, (o, flagged) in zip(best, flags) if flagged]}")
+              f"flagged {[(b.label, o if o is None else round(o, 2)) for b, (o, on) in zip(best, flags) if on]}")
     print(f"{'class':>5} {'z mean':>8} {'sd':>6} {'min':>8} {'max':>8} {'outlier min – max':>18}  "
           "chosen cluster(s) (clustering, id, size, τ)")
     for label, z in scores.items():
-        out = outliers[label]
         print(f"{label:>5} {np.mean(z):8.1f} {np.std(z):6.1f} {min(z):8.1f} {max(z):8.1f} "
-              f"{min(out):8.2f} – {max(out):7.2f}  {sorted(chosen[label])}")
+              f"{_span(outliers[label])}  {sorted(chosen[label])}")
+
+
+def _span(values: list[float | None]) -> str:
+    """``min – max`` of a class's outlier scores; "none" where the ranking computed none (fewer than 4
+    ranked classes: spray.ranking.MIN_CLASSES_FOR_OUTLIER)."""
+    known = [v for v in values if v is not None]
+    return f"{min(known):8.2f} – {max(known):7.2f}" if known else f"{'none':>18}"
 
 
 def synthetic(runs: int) -> None:

@@ -52,7 +52,7 @@ def count_outputs(model: nn.Module, x0: Tensor, *, dtype: torch.dtype, device: t
                 f"{dtype}): {exc}. Check that the data source matches the model's expected input"
             ) from None
     watch.check()
-    if isinstance(probe, Mapping) or isinstance(probe, (tuple, list)):
+    if isinstance(probe, (Mapping, tuple, list)):
         raise BadInputError(
             f"the model returned {_describe_outputs(probe)} for one sample; spray explains one logits tensor "
             "of shape (batch, n_outputs): let the factory return a module whose forward returns that tensor "

@@ -79,12 +79,13 @@ class PixelFlipping:
         removed = np.rint(np.linspace(0.0, max_fraction * n_regions, n_steps + 1)).astype(int)
         fill = self._fill(x)
         drops = np.empty((x.shape[0], n_steps + 1))
+        chunk = max(1, batch_size // (n_steps + 1))  # samples per forward pass: all their steps at once
         with torch.no_grad():
-            for start in range(0, x.shape[0], max(1, batch_size // (n_steps + 1))):
-                stop = min(start + max(1, batch_size // (n_steps + 1)), x.shape[0])
+            for start in range(0, x.shape[0], chunk):
+                stop = min(start + chunk, x.shape[0])
                 drops[start:stop] = self._drops(
                     model, x[start:stop], relevance[start:stop], target[start:stop], fill[start:stop], regions,
-                    removed,
+                    n_regions, removed,
                 )
         return FlippingCurve(removed / n_regions, drops.mean(axis=0), drops.mean(axis=1))
 
@@ -100,10 +101,10 @@ class PixelFlipping:
     @staticmethod
     def _drops(
         model: nn.Module, x: Tensor, relevance: Tensor, target: Tensor, fill: Tensor, regions: Tensor,
-        removed: np.ndarray,
+        n_regions: int, removed: np.ndarray,
     ) -> np.ndarray:
         """(b, L + 1) drops of one chunk of samples: all steps of all its samples in one forward pass."""
-        b, n_regions = x.shape[0], int(regions.max()) + 1
+        b = x.shape[0]
         scores = torch.zeros(b, n_regions, dtype=torch.float64)
         per_pixel = relevance.detach().to(torch.float64).sum(dim=1).reshape(b, -1).cpu()
         scores.index_add_(1, regions.reshape(-1), per_pixel)

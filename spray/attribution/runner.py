@@ -165,12 +165,13 @@ def _pending_batches(
 ) -> list[list[int]]:
     """Prepare the store's samples (an image source's files checked against those it recorded) and the
     attribution (created, or checked for resuming) and return the batches of the fixed grid not done yet."""
+    recorded = store.attrs()
     label_names = run.label_names
-    if label_names is None and not store.attrs()["label_names"]:
+    if label_names is None and not recorded["label_names"]:
         label_names = [str(i) for i in range(n_outputs)]
     record = {"name": run.dataset_name, "size": n, **source_record(dataset)}
-    if store.attrs()["dataset"] is not None:
-        check_same_files(store.attrs()["dataset"], record, store.path)
+    if recorded["dataset"] is not None:
+        check_same_files(recorded["dataset"], record, store.path)
     store.prepare_samples(
         n,
         dataset=record,

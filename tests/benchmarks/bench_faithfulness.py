@@ -14,8 +14,6 @@ Run: python tests/benchmarks/bench_faithfulness.py [--archs cnn,resnet18,vgg16_b
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch.utils.data import TensorDataset
 
 from spray.attribution.methods import get_method
 from spray.benchmark.faithfulness import FLIPPING
+from spray.benchmark.scorecard import machine
 from spray.demo.model import build_model
 from spray.training import TrainingConfig, accuracy, train_model
 from spray.zoo import resnet18, vgg16_bn, vit_tiny_16
@@ -62,12 +61,6 @@ def digits(channels: int) -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(x[:4000], y[:4000]), TensorDataset(x[4000:], y[4000:])
 
 
-def cpu_name() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    match = re.search(r"model name\s*:\s*(.+)", text)
-    return match.group(1).strip() if match else platform.processor() or "unknown CPU"
-
-
 def measure(arch: str, epochs: int, n_samples: int) -> dict[str, float]:
     factory, channels = ARCHITECTURES[arch]
     train, test = digits(channels)
@@ -90,7 +83,7 @@ def measure(arch: str, epochs: int, n_samples: int) -> dict[str, float]:
 def table(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     names = [*METHODS, "random"]
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {cpu_name()} ({torch.get_num_threads()} torch threads) with "
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()} ({torch.get_num_threads()} torch threads) with "
         f"`python tests/benchmarks/bench_faithfulness.py --archs {','.join(rows)} --epochs {args.epochs} "
         f"--samples {args.samples}`. AOPC of the explained logit (higher: more faithful); last two columns: "
         "EpsilonPlusFlat's AOPC over gradient × input's and over the random ordering's.",

@@ -12,8 +12,6 @@ Run: python tests/benchmarks/bench_lrp_peers.py [--size 224] [--batch 32] [--rep
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import resource
 import statistics
 import sys
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from spray import lrp, zoo  # noqa: E402
+from spray.benchmark.scorecard import machine  # noqa: E402
 from tests.lrp.zennit_peer import imported_zennit, zennit_composite, zennit_relevance  # noqa: E402
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {
@@ -37,12 +36,6 @@ MODELS: dict[str, Callable[[int], nn.Module]] = {
 }
 """name -> factory of the model for square inputs of a side."""
 PEERED = {"resnet50", "resnet18"}
-
-
-def cpu_name() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    match = re.search(r"model name\s*:\s*(.+)", text)
-    return match.group(1).strip() if match else platform.processor() or "unknown CPU"
 
 
 def peak_rss_gib() -> float:
@@ -75,7 +68,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+    print(f"{machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"batch {args.batch} of 3 x {args.size} x {args.size}, float32")
     rows = []
     with imported_zennit() as z:

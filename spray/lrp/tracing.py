@@ -172,8 +172,8 @@ def feature_layer(model: nn.Module, x: Tensor) -> str | None:
 
     In the traced forward, the head starts where a value of shape (B, C, *spatial) is read into one of
     fewer than three dimensions (``torch.flatten``, ``x.mean((2, 3))``); the feature map is the input of
-    the last pooling before that point (the global average pooling of a ResNet, DenseNet or ConvNeXt), or
-    the flattened map itself without one. Through functional operations (DenseNet's ``F.relu``) the search
+    the last global pooling before that point (the average pooling to 1 × 1 of a ResNet, DenseNet or
+    ConvNeXt), or the flattened map itself without one (a max pooling between blocks does not count). Through functional operations (DenseNet's ``F.relu``) the search
     goes back to the nearest module output; of the modules with that output (a ResNet's ``layer4`` and its
     last block ``layer4.1``, after the residual addition) the innermost is named. ``x``: a sample batch (one
     sample runs). None where fx cannot trace the forward or no module output is such a map.
@@ -192,7 +192,8 @@ def feature_layer(model: nn.Module, x: Tensor) -> str | None:
     if not heads:
         return None
     before = maps[:maps.index(heads[-1]) + 1]
-    pools = [node for node in before if _is_pooling(module, node)]
+    # Global poolings only (output 1 × … × 1): a max pooling between blocks is not where the head starts.
+    pools = [node for node in before if _is_pooling(module, node) and values[node][0, 0].numel() == 1]
     node = pools[-1].args[0] if pools else heads[-1]
     owners: dict[fx.Node, list[str]] = {}
     for name, output in tracer.outputs.items():

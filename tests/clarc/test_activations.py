@@ -32,6 +32,12 @@ def test_default_layer_is_the_last_feature_map_the_head_reads(build, expected):
     assert model.training  # traced in eval mode, the model's own mode restored
 
 
+def test_a_flattening_head_reads_the_last_block_not_the_input_of_a_pooling_between_blocks():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    assert default_layer(model, torch.randn(1, 1, 8, 8)) == "4"
+
+
 def test_the_demo_cnns_default_layer_is_its_feature_layer():
     assert default_layer(build_model(3, seed=0), torch.randn(1, 1, 32, 32)) == FEATURE_LAYER == "features.10"
 

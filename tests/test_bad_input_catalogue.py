@@ -452,6 +452,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "csv_empty_label": lambda i: _csv(i, "empty.csv", "path,label\na.png,\nb.png,dog\n"),
     "csv_findings": lambda i: _csv(i, "findings.csv", "path,dog\na.png,1\nb.png,yes\n"),
     "csv_no_finding": lambda i: _csv(i, "no_finding.csv", "path,dog\na.png,0\nb.png,0\n"),
+    "csv_uncertain": lambda i: _csv(i, "uncertain.csv", "path,dog\na.png,1\nb.png,-1\n"),
     "folder_changed": lambda i: _folder(i, "changed", {"a": [(2, 2)], "b": [(2, 2)]}),
     "store_folder_changed": _folder_store,
     "hdf5_foreign": _foreign,

@@ -240,14 +240,18 @@ def test_info_shows_an_image_sources_preprocessing_counts_and_metadata_columns(t
     assert code == 0 and json.loads(out)["images"] == {
         "root": str(tmp_path), "files": 2, "skipped": 1, "metadata_columns": ["drain", "site"],
         "transform": {"resize": [2, 2], "crop": None, "mode": None, "mean": [0.5], "std": [0.25]},
+        "selection": {"target": "effusion", "rows": 5, "positive": 3, "negative": 2, "uncertain": 0, "blank": 0,
+                      "uncertain_rule": None},
     }
     code, out, _ = run(capsys, "info", store)
     lines = out.splitlines()
     at = lines.index(f"dataset   {data}  2 samples")
-    assert code == 0 and lines[at + 1 : at + 5] == [
+    assert code == 0 and lines[at + 1 : at + 6] == [
         f"images    2 files in {tmp_path} (1 skipped as unreadable)",
         "          preprocessing: resize [2, 2], mean [0.5], std [0.25]",
         "          metadata columns: drain, site",
+        "          rows: 5 in the table; 3 with effusion = 1 explained, 2 = 0 and 0 blank left out, 0 uncertain (-1) "
+        "left out",
         "labels    drain, effusion",
     ]
 

@@ -36,6 +36,8 @@ from spray.errors import BadInputError
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from spray.data.label_table import RowSelection
+
 __all__ = ["ImageFiles", "check_same_files", "file_sha256", "pixel_bounds", "reading", "source_record"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -117,15 +119,16 @@ class ImageFiles(Dataset):
     size. With ``skip_unreadable`` every file is decoded once, and those that cannot be are left out of
     the samples and kept in ``skipped`` (path, message). ``metadata``, one dict per file, becomes
     ``metadata``: column -> the samples' values. ``where`` names the source in messages; ``root`` is the
-    folder file names are recorded relative to.
+    folder file names are recorded relative to. ``selection``: how a multi-label table's rows became the
+    files (:class:`spray.data.label_table.RowSelection`), recorded with them.
     """
 
     def __init__(self, files: Sequence[tuple[Path, int]], label_names: list[str] | None, *, root: Path, where: str,
                  transform: ImageTransform | None = None, skip_unreadable: bool = False,
-                 metadata: Sequence[dict[str, str]] | None = None) -> None:
+                 metadata: Sequence[dict[str, str]] | None = None, selection: RowSelection | None = None) -> None:
         from PIL import Image
 
-        self.label_names, self.root, self.where = label_names, root, where
+        self.label_names, self.root, self.where, self.selection = label_names, root, where, selection
         self.transform = transform or ImageTransform()
         self.files: list[tuple[Path, int]] = []
         self.skipped: list[tuple[Path, str]] = []
@@ -180,7 +183,8 @@ class ImageFiles(Dataset):
     def record(self) -> dict[str, Any]:
         """What the store's dataset record keeps of this source: its root folder, the spec, every file's
         path (relative to ``root``) and sha256, in sample order, the files skipped as unreadable, with
-        why (``[path, message]``), and the metadata columns (column -> values in sample order)."""
+        why (``[path, message]``), the metadata columns (column -> values in sample order) and, for a
+        multi-label table, its row ``selection``."""
         return {
             "root": str(self.root),
             "transform": self.transform.to_dict(),
@@ -188,6 +192,7 @@ class ImageFiles(Dataset):
             "sha256": [file_sha256(path) for path, _ in self.files],
             "skipped": [[self._name(path), message] for path, message in self.skipped],
             "metadata": self.metadata,
+            **({"selection": self.selection.to_dict()} if self.selection is not None else {}),
         }
 
 

@@ -71,7 +71,16 @@ def _image_summary(dataset: dict[str, Any] | None, path: Path) -> dict[str, Any]
         "files": len(_expect(dataset["files"], list, f"field 'files' {what}", path)),
         "skipped": len(_expect(dataset.get("skipped", []), list, f"field 'skipped' {what}", path)),
         "metadata_columns": list(_expect(dataset.get("metadata", {}), dict, f"field 'metadata' {what}", path)),
+        **({"selection": _expect(dataset["selection"], dict, f"field 'selection' {what}", path)}
+           if "selection" in dataset else {}),
     }
+
+
+def _selection(s: dict[str, Any]) -> str:
+    """A multi-label table's row selection (spray.data.label_table.RowSelection) in one line."""
+    uncertain = {"positive": "explained", "negative": "left out", None: "left out"}[s["uncertain_rule"]]
+    return (f"{s['rows']} in the table; {s['positive']} with {s['target']} = 1 explained, {s['negative']} = 0 "
+            f"and {s['blank']} blank left out, {s['uncertain']} uncertain (-1) {uncertain}")
 
 
 def _attribution_summary(group: h5py.Group, n: int, path: Path) -> dict[str, Any]:
@@ -155,6 +164,8 @@ def format_info(info: Mapping[str, Any]) -> str:
         lines.append(f"          preprocessing: {spec or 'none'}")
         if images["metadata_columns"]:
             lines.append(f"          metadata columns: {', '.join(images['metadata_columns'])}")
+        if "selection" in images:
+            lines.append(f"          rows: {_selection(images['selection'])}")
     if names:
         lines.append(f"labels    {shown}")
     if info.get("thumbnails"):

@@ -93,16 +93,51 @@ def test_a_multi_label_target_keeps_its_positive_rows_labelled_with_the_findings
     assert dataset.metadata == {"drain": ["1", "0"], "site": ["A", "B"]}
 
 
+@pytest.mark.parametrize(("rule", "files", "drain", "counts"), [
+    ("negative", ["a.png", "d.png"], None, (2, 1, 2, 1)),
+    ("positive", ["a.png", "b.png", "d.png", "e.png"], ["1", "-1", "1", "-1"], (2, 1, 2, 1)),
+])
+def test_an_uncertain_finding_is_explained_or_left_out_by_the_stated_rule_and_the_rows_are_counted(
+        tmp_path, rule, files, drain, counts):
+    table = _table(tmp_path, "path,drain,site\na.png,1,A\nb.png,-1,B\nc.png,0,A\nd.png,1.0,B\ne.png,-1.0,A\n"
+                             "f.png,,B\n", {f"{c}.png": (1, 1) for c in "abcdef"})
+    (tmp_path / "f.txt").write_text("drain\neffusion\n")
+    dataset = open_source(f"csv:{table}?names=f.txt&target=drain&uncertain={rule}")
+    record = dataset.record()
+    assert record["files"] == files and [dataset[i][1] for i in range(len(dataset))] == [0] * len(files)
+    assert dataset.metadata.get("drain") == drain
+    positive, negative, uncertain, blank = counts
+    assert record["selection"] == {"target": "drain", "rows": 6, "positive": positive, "negative": negative,
+                                   "uncertain": uncertain, "blank": blank, "uncertain_rule": rule}
+    assert dataset.selection.samples == len(files)
+
+
+def test_a_target_table_without_uncertain_rows_records_no_rule_and_a_blank_is_not_a_sample(tmp_path):
+    table = _table(tmp_path, "path,drain\na.png,1\nb.png,\nc.png,0\n", {f"{c}.png": (1, 1) for c in "abc"})
+    (tmp_path / "f.txt").write_text("drain\n")
+    record = open_source(f"csv:{table}?names=f.txt&target=drain&uncertain=positive").record()
+    assert record["files"] == ["a.png"]
+    assert record["selection"] == {"target": "drain", "rows": 3, "positive": 1, "negative": 1, "uncertain": 0,
+                                   "blank": 1, "uncertain_rule": None}
+
+
 @pytest.mark.parametrize(("text", "spec", "message"), [
     ("path,effusion\na.png,1\n", "?names=f.txt&target=drain",
      "{t}, line 1: no column 'drain' (the columns are 'path', 'effusion'); name the path and target columns: "
      "csv:PATH?path=COLUMN&target=COLUMN"),
     ("path,drain\na.png,1\na.png,-1\n", "?names=f.txt&target=drain",
-     "{t}, line 3, column 'drain': value '-1' is not 0 or 1 (a multi-label table holds 1 where the image has "
-     "the finding, else 0)"),
-    ("path,drain\na.png,\n", "?names=f.txt&target=drain",
-     "{t}, line 2, column 'drain': value '' is not 0 or 1 (a multi-label table holds 1 where the image has "
-     "the finding, else 0)"),
+     "{t}, line 3, column 'drain': value '-1' is an uncertain finding (CheXpert's -1): say what it means with "
+     "uncertain=positive (explained with the 1s) or uncertain=negative (left out like the 0s)"),
+    ("path,drain\na.png,1\na.png,2\n", "?names=f.txt&target=drain&uncertain=negative",
+     "{t}, line 3, column 'drain': value '2' is not 0 or 1 (a multi-label table holds 1 where the image has "
+     "the finding, else 0; -1 where it is uncertain, a blank where it is not mentioned)"),
+    ("path,drain\na.png,1\n", "?names=f.txt&uncertain=positive",
+     "{t}: uncertain=positive applies to a multi-label table: give target=COLUMN too"),
+    ("path,drain\na.png,1\n", "?names=f.txt&target=drain&uncertain=ignore",
+     "{t}: uncertain=ignore is not one of positive, negative (what an uncertain -1 in the target column means: "
+     "positive, explained with the 1s; negative, left out like the 0s)"),
+    ("path,drain\na.png,\na.png,-1.0\n", "?names=f.txt&target=drain&uncertain=negative",
+     "{t}: no row has 1 in column 'drain', so no image has the finding to explain"),
     ("path,drain\na.png,0\na.png,0\n", "?names=f.txt&target=drain",
      "{t}: no row has 1 in column 'drain', so no image has the finding to explain"),
     ("path,drain\na.png,1\n", "?target=drain",

@@ -51,7 +51,12 @@ from spray.lrp.functional import (
     Activation, Addition, Gating, Normalization, Pooling, Scaling, Slot, TracedOperation,
 )
 from spray.lrp.layers import AVGPOOL_LAYERS, MAXPOOL_LAYERS
-from spray.lrp.transformer import Concatenation, ScaledDotProductAttention, wrap_multihead_attention
+from spray.lrp.transformer import (
+    Concatenation,
+    ScaledDotProductAttention,
+    traceable_forward,
+    wrap_multihead_attention,
+)
 
 
 #: torch.fx patches ``torch.nn.Module.__call__`` process-wide while it traces, which would capture the
@@ -152,6 +157,8 @@ def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | Non
     tracer = _Tracer(leaves)
     try:
         graph = tracer.trace(model)
+    except UnsupportedLayerError:  # traced far enough to know: the model holds what LRP does not explain
+        raise
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...) on untraceable code
         warnings.warn(_untraced_message(model, exc), UntracedModelWarning, stacklevel=4)
         return None
@@ -227,10 +234,11 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.leaves:
             return True
-        return not isinstance(m, _TRACED_NORMS) and super().is_leaf_module(m, module_qualified_name)
+        return (not isinstance(m, _TRACED_NORMS) and traceable_forward(m) is None
+                and super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
-        out = super().call_module(m, forward, args, kwargs)
+        out = super().call_module(m, traceable_forward(m) or forward, args, kwargs)
         if isinstance(out, fx.Proxy):
             self.outputs.setdefault(self.path_of_module(m), out.node)
         return out

@@ -20,7 +20,9 @@ it constant, then applies the ε rule to the linear map that remains (docs/lrp.m
 ``nn.MultiheadAttention`` returns a tuple and holds its projections as parameters, so tracing replaces each
 of its calls by a :class:`MultiheadAttentionCall` (a leaf that returns the output tensor, under the same
 module name); ``F.scaled_dot_product_attention`` (timm's fused attention) becomes a
-:class:`ScaledDotProductAttention` module.
+:class:`ScaledDotProductAttention` module. ``nn.TransformerEncoder`` and ``nn.TransformerEncoderLayer`` choose
+between a fused kernel and their layers at run time, which fx cannot trace: tracing runs their layers as
+written instead (:func:`traceable_forward`), the same arithmetic as the fused kernel.
 """
 
 from __future__ import annotations
@@ -211,6 +213,50 @@ def refuse_untraced_attention(model: nn.Module) -> None:
             raise UnsupportedLayerError(f"nn.MultiheadAttention {name!r} is explained only in a model torch.fx "
                                         "traces (its projections are parameters used functionally); make the "
                                         "forward traceable (docs/lrp.md, 'Tracing')")
+
+
+def _unmasked(module: nn.Module, masks: Sequence[object]) -> None:
+    if any(mask is not None and mask is not False for mask in masks):
+        raise UnsupportedLayerError(f"{type(module).__name__} is called with a mask or causal attention; LRP "
+                                    "explains unmasked attention only (docs/lrp.md, 'Transformers')")
+
+
+def _encoder_layer(layer: nn.TransformerEncoderLayer, src: Tensor, src_mask: Tensor | None = None,
+                   src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    """``nn.TransformerEncoderLayer.forward`` as its layers compute it (post- or pre-norm), unmasked."""
+    _unmasked(layer, (src_mask, src_key_padding_mask, is_causal))
+
+    def attention(x: Tensor) -> Tensor:
+        return layer.dropout1(layer.self_attn(x, x, x, need_weights=False)[0])
+
+    def feed_forward(x: Tensor) -> Tensor:
+        return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(x)))))
+
+    if layer.norm_first:
+        src = src + attention(layer.norm1(src))
+        return src + feed_forward(layer.norm2(src))
+    src = layer.norm1(src + attention(src))
+    return layer.norm2(src + feed_forward(src))
+
+
+def _encoder(encoder: nn.TransformerEncoder, src: Tensor, mask: Tensor | None = None,
+             src_key_padding_mask: Tensor | None = None, is_causal: bool | None = None) -> Tensor:
+    """``nn.TransformerEncoder.forward``: its layers in turn, then its norm; unmasked."""
+    _unmasked(encoder, (mask, src_key_padding_mask, is_causal))
+    for layer in encoder.layers:
+        src = layer(src)
+    return src if encoder.norm is None else encoder.norm(src)
+
+
+_TRACEABLE: dict[type, Callable[..., Tensor]] = {nn.TransformerEncoderLayer: _encoder_layer,
+                                                   nn.TransformerEncoder: _encoder}
+
+
+def traceable_forward(module: nn.Module) -> Callable[..., Tensor] | None:
+    """A forward of ``module`` that fx can trace where its own cannot (PyTorch's encoder and encoder layer,
+    exactly those classes: a subclass may have its own forward), bound to it; None for other modules."""
+    forward = _TRACEABLE.get(type(module))
+    return None if forward is None else lambda *args, **kwargs: forward(module, *args, **kwargs)
 
 
 def wrap_multihead_attention(module: fx.GraphModule) -> None:

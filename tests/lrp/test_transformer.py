@@ -251,3 +251,51 @@ def test_a_vit_is_attributed_and_analysed_from_the_command_line(tmp_path, capsys
     assert main(["info", str(store), "--json"]) == 0
     out = capsys.readouterr().out
     assert '"epsilon_plus_flat"' in out and '"done": 40' in out
+
+
+class _Encoder(nn.Module):
+    """Tokens -> PyTorch's own ``nn.TransformerEncoder`` (2 layers, a final norm) -> mean token -> head."""
+
+    def __init__(self, norm_first: bool, activation: str, mask: bool = False) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Linear(4, 8), nn.Linear(8, 3)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation=activation, batch_first=True,
+                                           norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(8), enable_nested_tensor=False)
+        self.mask = torch.ones(5, 5, dtype=torch.bool).triu(1) if mask else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(x), mask=self.mask).mean(1))
+
+
+@pytest.mark.parametrize(("norm_first", "activation"), [(False, "relu"), (True, "gelu")])
+def test_pytorchs_transformer_encoder_is_traced_through_its_layers_and_accounts_for_every_samples_relevance(
+        norm_first, activation):
+    torch.manual_seed(0)
+    model = _Encoder(norm_first, activation).double().eval()
+    x, target = torch.randn(4, 5, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    before = _snapshot(model)
+    relevance, logits, ledger = LRP(EpsilonPlusFlat()).balance(model, x, target)
+    _assert_left_as_found(model, before)
+    with torch.no_grad():  # the eval model takes PyTorch's fused path; the trace runs the layers: same logits
+        torch.testing.assert_close(logits, model(x), rtol=1e-10, atol=1e-10)
+    f = logits.gather(1, target[:, None])[:, 0]
+    absorbed = sum(b.out - b.into for b in ledger)
+    assert float((relevance.flatten(1).sum(1) + absorbed - f).abs().max()) <= 1e-12 * float(f.abs().max())
+    check(relevance, f, ledger, tolerance=1e-6)
+    kinds = {type(b.module).__name__ for b in ledger}
+    # Each layer's attention, both norms and the encoder's final norm are traced, none left a leaf
+    assert {"MultiheadAttentionCall", "Normalization", "Addition"} <= kinds
+    assert not kinds & {"TransformerEncoder", "TransformerEncoderLayer", "LayerNorm"}
+    names = {b.name for b in ledger}
+    assert {"encoder.layers.0.self_attn", "encoder.layers.1.linear2"} <= names
+
+
+def test_a_masked_transformer_encoder_is_refused_and_the_model_left_as_found():
+    torch.manual_seed(0)
+    model = _Encoder(False, "relu", mask=True).eval()
+    before = _snapshot(model)
+    with pytest.raises(UnsupportedLayerError, match=r"^TransformerEncoder is called with a mask or causal "
+                       r"attention; LRP explains unmasked attention only \(docs/lrp.md, 'Transformers'\)$"):
+        LRP(EpsilonPlusFlat()).attribute(model, torch.randn(2, 5, 4), torch.tensor([0, 1]))
+    _assert_left_as_found(model, before)

@@ -115,6 +115,7 @@ def _gradient(method: str) -> Callable[..., Attributor]:
 
 _METHODS: dict[str, Callable[..., Attributor]] = {
     "epsilon_plus_flat": _lrp("EpsilonPlusFlat"),
+    "epsilon_plus_flat_attnlrp": _lrp("EpsilonPlusFlatAttnLRP"),
     "epsilon_gamma_box": _lrp("EpsilonGammaBox"),
     "epsilon_alpha2_beta1": _lrp("EpsilonAlpha2Beta1"),
     "epsilon_alpha2_beta1_flat": _lrp("EpsilonAlpha2Beta1Flat"),

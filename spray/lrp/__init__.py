@@ -14,6 +14,7 @@ from spray.lrp.composites import (
     Epsilon,
     EpsilonAlpha2Beta1,
     EpsilonAlpha2Beta1Flat,
+    EpsilonPlusFlatAttnLRP,
     EpsilonGammaBox,
     EpsilonPlusFlat,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "Epsilon",
     "EpsilonAlpha2Beta1",
     "EpsilonAlpha2Beta1Flat",
+    "EpsilonPlusFlatAttnLRP",
     "EpsilonGammaBox",
     "EpsilonPlusFlat",
     "Flat",

@@ -24,7 +24,7 @@ from spray.lrp.rules import (
     _jsonable,
 )
 from spray.lrp.transformer import (
-    Concatenation, ConstantAttention, MultiheadAttentionCall, ScaledDotProductAttention, Slices,
+    AttnLRP, Concatenation, ConstantAttention, MultiheadAttentionCall, ScaledDotProductAttention, Slices,
 )
 
 
@@ -195,3 +195,17 @@ class EpsilonAlpha2Beta1Flat(_Preset):
                  types: Mapping[type[nn.Module], Rule] | None = None) -> None:
         super().__init__(dense=rules.Epsilon(epsilon), conv=AlphaBeta(2.0, 1.0), first=Flat(),
                          epsilon=epsilon, names=names, types=types)
+
+
+class EpsilonPlusFlatAttnLRP(EpsilonPlusFlat):
+    """:class:`EpsilonPlusFlat` with AttnLRP (Achtibat et al., ICML 2024) for attention, both kinds
+    (``nn.MultiheadAttention`` calls and ``F.scaled_dot_product_attention``): relevance flows through the
+    softmax to queries and keys instead of holding the attention weights constant (docs/lrp.md, "Transformers")."""
+
+    name = "epsilon_plus_flat_attnlrp"
+
+    def __init__(self, epsilon: float = 1e-6, *, names: Mapping[str, Rule] | None = None,
+                 types: Mapping[type[nn.Module], Rule] | None = None) -> None:
+        super().__init__(epsilon, names=names, types=types)
+        attention = AttnLRP(epsilon)
+        self._defaults.update({MultiheadAttentionCall: attention, ScaledDotProductAttention: attention})

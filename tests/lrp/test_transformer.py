@@ -299,3 +299,22 @@ def test_a_masked_transformer_encoder_is_refused_and_the_model_left_as_found():
                        r"attention; LRP explains unmasked attention only \(docs/lrp.md, 'Transformers'\)$"):
         LRP(EpsilonPlusFlat()).attribute(model, torch.randn(2, 5, 4), torch.tensor([0, 1]))
     _assert_left_as_found(model, before)
+
+
+def test_the_attnlrp_preset_is_epsilon_plus_flat_with_attnlrp_for_both_attention_kinds():
+    from spray.attribution.methods import get_method
+    from spray.lrp import EpsilonPlusFlatAttnLRP
+
+    x, target = torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 7])
+    for build in VITS.values():
+        model = _tiny(build)
+        preset = get_method("epsilon_plus_flat_attnlrp", epsilon=1e-5)
+        assert preset.name == "epsilon_plus_flat_attnlrp" and preset.params() == {"epsilon": 1e-5}
+        attention = {kind: AttnLRP(1e-5) for kind in ATTNLRP}
+        expected, _ = LRP(EpsilonPlusFlat(1e-5, types=attention)).attribute(model, x, target)
+        relevance, _ = preset.attribute(model, x, target)
+        torch.testing.assert_close(relevance, expected, rtol=0, atol=0)
+        held, _ = LRP(EpsilonPlusFlat(1e-5)).attribute(model, x, target)
+        assert float((held - expected).abs().max()) > 1e-3 * float(expected.abs().max())
+    assert isinstance(EpsilonPlusFlatAttnLRP().rule("a", MultiheadAttentionCall(nn.MultiheadAttention(4, 1)), False),
+                      AttnLRP)

@@ -86,10 +86,11 @@ class LRP:
         """What this attributor makes of ``model`` for inputs like ``x`` (B, ...; one sample runs), JSON-able:
         ``rules`` pairs each hooked module of the canonised copy (qualified name, in forward order) with the
         repr of the rule the composite gives it, ``[[name, rule], ...]``; ``hash`` is the sha256 of the traced
-        forward's generated code, each called module's repr and these rules; ``traced`` is False where fx
-        could not trace the forward (hooks on the model's own modules, :class:`UntracedModelWarning`): the
-        hash then covers the module tree and rules only, not the forward's code. The weights are not in it
-        (``model_hash``)."""
+        forward's generated code, each called module's repr with the constants a traced operation holds
+        (the 2.0 of ``x * 2.0``), the values of the tensors the forward reads that the model's state dict
+        does not hold (plain tensor attributes, buffers that are not persistent), and these rules; ``traced`` is False where fx could not trace the
+        forward (hooks on the model's own modules, :class:`UntracedModelWarning`): the hash then covers the
+        module tree and rules only, not the forward's code. The weights are not in it (``model_hash``)."""
         rules: dict[str, str] = {}
         with ExitStack() as stack:
             run, _, traced = self._prepare(stack, model, x[:1], None)
@@ -100,8 +101,14 @@ class LRP:
             parts = [repr(model)]
         else:
             graph = traced.module.graph
-            parts = [traced.module.code, *(f"{node.target}: {traced.module.get_submodule(node.target)!r}"
-                                           for node in graph.nodes if node.op == "call_module")]
+            called = [(node.target, traced.module.get_submodule(node.target))
+                      for node in graph.nodes if node.op == "call_module"]
+            parts = [traced.module.code, *(f"{name}: {module!r} {_fingerprint(getattr(module, 'template', None))}"
+                                           for name, module in called)]
+            held = set(model.state_dict())
+            parts += [f"{node.target}: {_fingerprint(traced.module.get_buffer(node.target))}" for node in graph.nodes
+                      if node.op == "get_attr" and node.target not in held
+                      and isinstance(traced.module.get_buffer(node.target), Tensor)]
         parts += [f"{name}: {rule}" for name, rule in rules.items()]
         digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
         return {"traced": traced is not None, "hash": digest, "rules": [[name, rule] for name, rule in rules.items()]}
@@ -159,6 +166,19 @@ class LRP:
                                     f"starts from has shape {tuple(activation.shape)}")
             (relevance,) = torch.autograd.grad(activation, inputs, seed.to(activation.dtype))
         return relevance, activation.detach()
+
+
+def _fingerprint(value: Any) -> str:
+    """A text that changes with ``value``: tensors by sha256 of dtype, shape and bytes (their repr elides
+    values), containers item by item, anything else by repr."""
+    if isinstance(value, Tensor):
+        data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        return hashlib.sha256(f"{value.dtype} {tuple(value.shape)} ".encode() + data).hexdigest()
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(map(_fingerprint, value)) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_fingerprint(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _one_hot_logit(target: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:

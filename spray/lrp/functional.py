@@ -33,6 +33,9 @@ class Slot:
     def fill(self, tensors: tuple[Tensor, ...], values: dict[str, Any]) -> Any:
         return tensors[self.index] if self.key is None else values[self.key]
 
+    def __repr__(self) -> str:
+        return f"Slot({self.index})" if self.key is None else f"Slot(key={self.key!r})"
+
 
 def _fill(template: Any, tensors: tuple[Tensor, ...], values: dict[str, Any]) -> Any:
     if isinstance(template, Slot):

@@ -317,6 +317,26 @@ def test_trace_hash_follows_the_forward_and_the_rules_not_the_weights():
     assert LRP(Epsilon()).trace_record(plain, x)["hash"] not in hashes
 
 
+class _Shifted(nn.Module):
+    """A linear layer, then a shift held as a plain tensor attribute (no parameter, no buffer) and a literal."""
+
+    def __init__(self, shift: float, literal: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.shift = torch.full((2,), shift)
+        self.literal = literal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.fc(x) + self.shift) * self.literal
+
+
+def test_trace_hash_follows_constants_no_state_dict_holds():
+    x = torch.rand(2, 4)
+    record = {(shift, literal): LRP(EpsilonPlusFlat()).trace_record(_Shifted(shift, literal), x)["hash"]
+              for shift, literal in [(0.5, 2.0), (0.5, 2.0), (0.25, 2.0), (0.5, 3.0)]}
+    assert len(record) == 3 and len(set(record.values())) == 3  # same constants, same hash; each change shows
+
+
 def test_an_untraceable_model_records_that_it_is_untraced():
     model = _Functional().double()
     with pytest.warns(UntracedModelWarning):

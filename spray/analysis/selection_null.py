@@ -5,13 +5,14 @@ candidates beats random groups whatever the data (docs/spray-method.md §11). Th
 whole selection — kNN graph, locally scaled affinity, spectral embedding, every candidate clustering and the
 best-cluster maximum — on resamples of a structure-free model of the class *in feature space*: a Gaussian
 with the class's mean and Ledoit–Wolf-shrunk covariance (as SigClust, Liu et al. 2008, does for k-means),
-fitted in the space of the class's leading principal components (a per-feature permutation is no such
-model: it destroys the pixel correlations every real class has).
+analysed in reduced dimension (each sample's scores on its own leading principal components); a
+per-feature permutation is no such model: it destroys the pixel correlations every real class has.
 
-The observed statistic is computed by exactly the same procedure, on the same (subsampled) rows projected
-onto the same components, so observed and null are comparable. The statistic is the selected cluster's
-``t = −log max(ncut, NCUT_FLOOR)``; its p-value comes from a Gumbel law (the law of a maximum) fitted to the
-``n_resamples`` null values by moments, so p is not bounded below by 1/(n_resamples + 1).
+The observed statistic is computed by exactly the same procedure (same rows, same reduction), so observed
+and null are comparable. The statistic is the selected cluster's ``t = −log max(ncut, NCUT_FLOOR)``; its
+p-value comes from a Gumbel law (the law of a maximum) fitted to the ``n_resamples`` null values by moments,
+with the fit's error accounted for (:func:`gumbel_p_value`), so p is not bounded below by
+1/(n_resamples + 1).
 """
 
 from __future__ import annotations
@@ -80,11 +81,13 @@ class SelectionNull:
     selection procedure (:data:`Selection`: kNN → affinity → spectral embedding → clusterings → best
     cluster), run on the observed rows and on every resample.
 
-    1. Rows: all n, or a seeded subsample of ``max_samples`` when n is larger.
-    2. Reduced space: the rows' scores on their ``n_components`` leading principal components (at most
-       rank − 1 of them), ``Y`` (m, c).
-    3. Model: ``N(0, Σ̂)`` with Σ̂ the Ledoit–Wolf shrinkage of Y's covariance (sklearn's ``ledoit_wolf``).
-    4. Observed: ``select(Y)``; null: ``select(Y*_r)`` for ``n_resamples`` seeded draws ``Y*_r`` of m rows.
+    1. Rows: all n, or a seeded subsample of ``max_samples`` when n is larger; centred: Xc (m, d).
+    2. Model: ``N(0, Σ̂)``, Σ̂ = (1 − δ) S + δ μ I the Ledoit–Wolf shrinkage of S = XcᵀXc / m (μ = tr S / d,
+       δ from :func:`ledoit_wolf_shrinkage`); a draw is ``√((1 − δ)/m) G Xc + √(δμ) G₂`` (G, G₂ standard
+       normal, m × m and m × d): no d × d matrix is formed.
+    3. Reduced space: observed rows and every draw are replaced by their scores on their own
+       ``n_components`` leading principal components (at most the rank): the same map for both.
+    4. Observed: ``select`` of the reduced rows; null: ``select`` of ``n_resamples`` seeded reduced draws.
 
     Fitted: ``statistic_`` (observed t), ``z_score_`` (the observed selected cluster's z-score),
     ``null_statistics_`` (R,), ``null_z_scores_`` (R,; NaN where nothing was selected), ``p_value_``
@@ -93,7 +96,7 @@ class SelectionNull:
     Identical rows (no variance) have no structure to test: p = 1, the statistics NaN, nothing is run.
     """
 
-    def __init__(self, n_resamples: int = 10, n_components: int = 16, max_samples: int = 500,
+    def __init__(self, n_resamples: int = 8, n_components: int = 16, max_samples: int = 500,
                  random_state: Any = 0) -> None:
         self.n_resamples = n_resamples
         self.n_components = n_components
@@ -101,8 +104,6 @@ class SelectionNull:
         self.random_state = random_state
 
     def fit(self, features: Any, select: Selection) -> SelectionNull:
-        from sklearn.covariance import ledoit_wolf_shrinkage
-
         R = check_int(self.n_resamples, "n_resamples", minimum=2)
         c = check_int(self.n_components, "n_components", minimum=1)
         m = check_int(self.max_samples, "max_samples", minimum=3)
@@ -112,22 +113,20 @@ class SelectionNull:
             X = X[np.sort(rng.choice(X.shape[0], size=m, replace=False))]
         Xc = X - X.mean(axis=0)
         n, d = Xc.shape
-        _, sv, vt = np.linalg.svd(Xc, full_matrices=False)
-        rank = int(np.sum(sv > sv[0] * 1e-10)) if sv[0] > 0 else 0
+        gram = Xc @ Xc.T
+        values = np.linalg.eigvalsh(gram)
+        rank = int(np.sum(values > values[-1] * 1e-10)) if values[-1] > 0 else 0
         self.n_samples_, self.n_components_ = n, min(c, rank)
         if rank == 0:  # identical rows: no structure at all, nothing to test
             return self._no_structure(R)
-        # Σ̂ = (1 − δ) S + δ μ I with S = XcᵀXc / n, μ = tr(S) / d: along S's eigenvectors (rank of them)
-        # variances (1 − δ) λ + δ μ, elsewhere δ μ. A draw is its two independent parts.
-        delta = float(ledoit_wolf_shrinkage(Xc, assume_centered=True))
-        lam = sv[:rank] ** 2 / n
-        mu = float(lam.sum()) / d
-        along, floor = np.sqrt((1 - delta) * lam)[:, None] * vt[:rank], math.sqrt(delta * mu)
+        delta = ledoit_wolf_shrinkage(gram, d)
+        floor = math.sqrt(delta * np.trace(gram) / (n * d))  # √(δ μ)
         ncut, z = select(_scores(Xc, self.n_components_))
         self.statistic_, self.z_score_ = cut_statistic(ncut), (np.nan if z is None else float(z))
         null_t, null_z = np.empty(R), np.empty(R)
         for r in range(R):
-            draw = rng.standard_normal((n, rank)) @ along + floor * rng.standard_normal((n, d))
+            # A draw of N(0, (1 − δ) S + δ μ I): G Xc (G n × n standard normal) has covariance n S in law.
+            draw = math.sqrt((1 - delta) / n) * (rng.standard_normal((n, n)) @ Xc) + floor * rng.standard_normal((n, d))
             ncut_r, z_r = select(_scores(draw - draw.mean(axis=0), self.n_components_))
             null_t[r], null_z[r] = cut_statistic(ncut_r), np.nan if z_r is None else z_r
         self.null_statistics_, self.null_z_scores_ = null_t, null_z
@@ -141,6 +140,21 @@ class SelectionNull:
         self.null_statistics_, self.null_z_scores_ = np.full(R, np.nan), np.full(R, np.nan)
         self.p_value_ = self.empirical_p_value_ = 1.0
         return self
+
+
+def ledoit_wolf_shrinkage(gram: np.ndarray, d: int) -> float:
+    """Ledoit–Wolf's shrinkage intensity δ of the covariance ``S = XcᵀXc / n`` of n centred rows in d
+    dimensions, from their Gram matrix ``XcXcᵀ`` (n, n) alone (sklearn's ``ledoit_wolf_shrinkage`` with
+    ``assume_centered=True``, without its O(n d²) work): with ``‖S‖²_F = ‖XcXcᵀ‖²_F / n²``,
+    ``tr S = tr(XcXcᵀ) / n``, ``b = (Σ_i ‖x_i‖⁴ / n − ‖S‖²_F) / (n d)``, ``a = (‖S‖²_F − (tr S)² / d) / d``:
+    ``δ = min(b, a) / a`` (0 when a = 0)."""
+    n = gram.shape[0]
+    norms2 = np.diag(gram)
+    frob = float(np.sum(gram * gram)) / n**2
+    trace = float(norms2.sum()) / n
+    b = (float(np.sum(norms2**2)) / n - frob) / (n * d)
+    a = (frob - trace**2 / d) / d
+    return 0.0 if a <= 0 else min(b, a) / a
 
 
 def _scores(Xc: np.ndarray, c: int) -> np.ndarray:

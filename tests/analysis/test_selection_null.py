@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from spray.analysis import KMeansRange, KNNGraph, SelectionNull, SpectralEmbedding, best_cluster, local_scaling_affinity
-from spray.analysis.selection_null import NCUT_FLOOR, cut_statistic, gumbel_p_value
+from spray.analysis.selection_null import NCUT_FLOOR, cut_statistic, gumbel_p_value, ledoit_wolf_shrinkage
 from spray.errors import BadInputError
 
 
@@ -59,6 +59,15 @@ def test_the_null_is_seeded_and_subsamples_large_classes():
 def test_identical_rows_have_nothing_to_test():
     null = SelectionNull(n_resamples=3).fit(np.ones((20, 4)), _select)
     assert null.p_value_ == 1.0 and math.isnan(null.statistic_) and np.isnan(null.null_statistics_).all()
+
+
+@pytest.mark.parametrize(("n", "d"), [(30, 12), (40, 200), (50, 3)])
+def test_the_shrinkage_from_the_gram_matrix_is_sklearns(n, d):
+    from sklearn.covariance import ledoit_wolf_shrinkage as sklearn_shrinkage
+
+    X = _gaussian_class(n + d, n=n, d=d)
+    Xc = X - X.mean(axis=0)
+    assert ledoit_wolf_shrinkage(Xc @ Xc.T, d) == pytest.approx(sklearn_shrinkage(Xc, assume_centered=True))
 
 
 def test_the_cut_statistic():

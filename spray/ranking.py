@@ -39,10 +39,10 @@ MIN_CLASSES_FOR_EMPIRICAL_NULL = 4
 null they share (Efron 2004); with fewer (binary and 3-class tasks) against the theoretical one."""
 P_FLOOR = 1e-300
 """Selection-null p-values below this count as this, so every z-score is finite (at most ≈ 37)."""
-MEANING = ("flagged: the class holds a distinct strategy (a group the model explains differently, beyond what "
-           "its best cluster would be in a class without structure; Benjamini-Hochberg q <= 0.05); an expert "
-           "must judge whether it is a shortcut or a legitimate sub-style of the class")
-"""What a flag means, as ``spray rank`` and the report say it."""
+MEANING = ("flagged: the class holds a distinct strategy (a group the model explains differently, more distinct "
+           "than in a structure-free model of the class and than the other classes' groups; Benjamini-Hochberg "
+           "q <= 0.05); an expert must judge whether it is a shortcut or a legitimate sub-style of the class")
+"""What a flag means, as ``spray rank`` prints it under its table (the report says it in its own words)."""
 
 TABLE_COLUMNS = ("rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "null_p_value",
                  "flag_p_value", "q_value", "flagged", "clustering", "cluster", "cluster_size", "skipped", "members")

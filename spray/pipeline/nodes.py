@@ -152,8 +152,12 @@ class's analysis (docs/spray-method.md §11). The observed statistic is recomput
 
 
 def _reduced(node: str, params: dict[str, Any]) -> dict[str, Any]:
-    overrides = NULL_CLUSTERING_OVERRIDES.get(node, {})
-    return {**params, **{k: (min(v, params[k]) if k == "k_max" else v) for k, v in overrides.items()}}
+    """``params`` of clustering node ``node`` with the null's overrides: a ``k_max`` override only lowers
+    k_max, never below the node's k_min (a pipeline whose k-means starts above 6 keeps its first k)."""
+    reduced = {**params, **NULL_CLUSTERING_OVERRIDES.get(node, {})}
+    if "k_max" in reduced and "k_max" in params:
+        reduced["k_max"] = max(min(reduced["k_max"], params["k_max"]), params.get("k_min", 1))
+    return reduced
 
 
 def _selection(params: Mapping[str, dict[str, Any]], clusterings: Sequence[str]) -> Any:

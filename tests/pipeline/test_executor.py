@@ -177,3 +177,12 @@ def test_a_class_being_reanalysed_keeps_its_old_results_until_its_new_ones_are_i
     assert rankings and all(e.skipped is None and e.cluster.members for r in rankings for e in r), (
         "no class is ever reported unfinished: a reader sees its old results or its new ones"
     )
+
+
+def test_the_selection_null_reduces_k_means_but_never_below_the_pipelines_range():
+    from spray.pipeline.nodes import _reduced
+
+    assert _reduced("kmeans", {"k_min": 2, "k_max": 31, "n_init": 3}) == {"k_min": 2, "k_max": 6, "n_init": 1}
+    assert _reduced("kmeans", {"k_min": 2, "k_max": 4, "n_init": 3})["k_max"] == 4
+    assert _reduced("kmeans", {"k_min": 8, "k_max": 31, "n_init": 3})["k_max"] == 8
+    assert _reduced("hdbscan", {"min_cluster_size": 5}) == {"min_cluster_size": 5}

@@ -280,7 +280,7 @@ def _parse_classes(text: str | None) -> list[int] | None:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV table on stdout.")
 def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
     """Classes ranked by the normalised cut, then the FDA separability, of their best small cluster."""
-    from spray.ranking import rank_classes
+    from spray.ranking import MEANING, rank_classes
     from spray.store import AuditStore
 
     if as_json and as_csv:
@@ -293,6 +293,7 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
         click.echo(ranking.table().to_csv(index=False), nl=False)
     else:
         click.echo(ranking.table().drop(columns=["members"]).to_string(index=False))
+        click.echo(MEANING)
 
 
 @cli.command()

@@ -6,8 +6,14 @@ locally scaled kNN affinity graph of its class (low: the group hangs on to the r
 weak edges, as a group explained by an artifact does; a natural style of the class grades into the rest),
 then by the z-score of its Fisher separability τ against the null of random subsets of the same size, from
 the null's exact mean and variance (no sampling: the ranking does not depend on the permutation seed).
-Both share one scale across classes of different sizes, which τ does not. docs/spray-method.md defines
-every number.
+Both share one scale across classes of different sizes, which τ does not.
+
+The order does not say whether a class stands out at all; the flag does, calibrated: each class's best cut is
+tested against the best cuts the same selection finds in Gaussian resamples of the class (the ``null`` node,
+:class:`spray.analysis.SelectionNull`), its z-score judged against the empirical null of the audit's classes
+(or the theoretical one with fewer than 4 classes), and Benjamini–Hochberg controls the false discovery rate
+over the classes (:func:`flag_tests`; over several analyses of one store at once). docs/spray-method.md
+defines every number.
 """
 
 from __future__ import annotations
@@ -19,22 +25,27 @@ from typing import Any, overload
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from spray.results import Cluster, best_clusters
 from spray.store import AuditStore
 
-__all__ = ["Ranking", "RankedClass", "rank_classes"]
+__all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "flag_tests", "flagged_classes", "rank_classes"]
 
-FLAG_OUTLIER = 3.0
-"""A class is *flagged* when its −log ncut (or log z-score, see :func:`_flags`) lies this many robust
-standard deviations above the median class (median absolute deviation × 1.4826), i.e. when it stands out
-from the other classes."""
-MIN_CLASSES_FOR_OUTLIER = 4
-FALLBACK_Z, FALLBACK_P = 3.0, 0.05
-"""With fewer ranked classes no spread can be estimated: then a class is flagged when z ≥ 3 and p ≤ 0.05."""
+FLAG_Q = 0.05
+"""A test rejects, and its class is flagged, when its Benjamini–Hochberg q-value is at most this."""
+MIN_CLASSES_FOR_EMPIRICAL_NULL = 4
+"""With at least this many tested classes of one analysis, their z-scores are judged against the empirical
+null they share (Efron 2004); with fewer (binary and 3-class tasks) against the theoretical one."""
+P_FLOOR = 1e-300
+"""Selection-null p-values below this count as this, so every z-score is finite (at most ≈ 37)."""
+MEANING = ("flagged: the class holds a distinct strategy (a group the model explains differently, more distinct "
+           "than in a structure-free model of the class and than the other classes' groups; Benjamini-Hochberg "
+           "q <= 0.05); an expert must judge whether it is a shortcut or a legitimate sub-style of the class")
+"""What a flag means, as ``spray rank`` prints it under its table (the report says it in its own words)."""
 
-TABLE_COLUMNS = ("rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "flagged",
-                 "clustering", "cluster", "cluster_size", "skipped", "members")
+TABLE_COLUMNS = ("rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "null_p_value",
+                 "flag_p_value", "q_value", "flagged", "clustering", "cluster", "cluster_size", "skipped", "members")
 """The columns of ``spray rank --csv`` and of the exported ranking table, in their order."""
 
 
@@ -44,10 +55,12 @@ class RankedClass:
 
     ``cluster`` is the class's best candidate cluster (:func:`spray.analysis.best_cluster`); a class without
     one has ``skipped``, the reason (too few samples, no candidate cluster, an unfinished analysis), instead.
-    ``outlier`` is how far the class's −log ncut, or log z-score where the cuts cannot tell the classes
-    apart, stands above the other classes', in robust standard deviations: None for a skipped class and
-    wherever no spread can be estimated (fewer than 4 ranked classes). ``flagged``: a Clever Hans candidate,
-    ``outlier >= 3``, or ``z >= 3 and p <= 0.05`` without an outlier score.
+    ``null_p_value`` is the class's p-value under the selection null (its best cut against the best cuts of
+    Gaussian resamples of the class, docs/spray-method.md §11); ``outlier`` its z-score ``Φ⁻¹(1 − p)``
+    standardised by the null the class is judged against (the empirical null of the analysis's classes, or
+    the theoretical N(0, 1) with fewer than 4 classes), ``flag_p_value`` the p-value of that standard score
+    and ``q_value`` its Benjamini–Hochberg q over every test of the ranking. ``flagged``: ``q_value <=
+    0.05`` (:data:`MEANING`). All None (flag False) for a skipped class and a store without the null.
     """
 
     label: int
@@ -58,6 +71,9 @@ class RankedClass:
     skipped: str | None
     outlier: float | None
     flagged: bool
+    null_p_value: float | None = None
+    flag_p_value: float | None = None
+    q_value: float | None = None
 
     def __post_init__(self) -> None:
         if (self.cluster is None) == (self.skipped is None):
@@ -92,6 +108,7 @@ class RankedClass:
             "clustering": None if best is None else best.clustering, "cluster": None if best is None else best.id,
             "cluster_size": None if best is None else best.size, "members": [] if best is None else list(best.members),
             "skipped": self.skipped, "rank": self.rank, "outlier": self.outlier, "flagged": self.flagged,
+            "null_p_value": self.null_p_value, "flag_p_value": self.flag_p_value, "q_value": self.q_value,
         }
 
 
@@ -147,51 +164,87 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> Ranking:
         return _rank(store, analysis)
 
 
+@dataclass(frozen=True)
+class FlagTest:
+    """The test of one class in one analysis (docs/spray-method.md §12): ``null_p`` under the selection
+    null, ``z = Φ⁻¹(1 − null_p)``, the null it is judged against (``location``, ``scale``; 0 and 1 for the
+    theoretical one), ``p_value = 1 − Φ((z − location)/scale)``, ``q_value`` (Benjamini–Hochberg over every
+    test of the call) and ``flagged`` (``q_value <= FLAG_Q``)."""
+
+    label: int
+    analysis: str
+    null_p: float
+    z: float
+    location: float
+    scale: float
+    p_value: float
+    q_value: float
+    flagged: bool
+
+    @property
+    def outlier(self) -> float:
+        """The standard score ``(z − location) / scale``."""
+        return (self.z - self.location) / self.scale
+
+
+def flag_tests(store: AuditStore, analyses: Sequence[str]) -> list[FlagTest]:
+    """The tests of every class with a selection null in each of ``analyses`` (e.g. ``["spray",
+    "concept"]``), Benjamini–Hochberg over all class × analysis tests together: a class is a candidate when
+    any of its tests rejects (:func:`flagged_classes`)."""
+    with store.reading():
+        return _tests({a: [(c.label, c.null_p_value) for c in best_clusters(store, a)] for a in analyses})
+
+
+def flagged_classes(store: AuditStore, analyses: Sequence[str]) -> list[int]:
+    """The classes flagged in any of ``analyses`` (:func:`flag_tests`), ascending."""
+    return sorted({t.label for t in flag_tests(store, analyses) if t.flagged})
+
+
 def _rank(store: AuditStore, analysis: str) -> Ranking:
     found = sorted(best_clusters(store, analysis), key=lambda c: _order(c.label, c.cluster))
-    flags = _flags([c.cluster for c in found])
+    tests = {t.label: t for t in _tests({analysis: [(c.label, c.null_p_value) for c in found]})}
     return Ranking(analysis, tuple(
-        RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped, outlier, flagged)
-        for rank, (c, (outlier, flagged)) in enumerate(zip(found, flags), start=1)
+        RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped,
+                    t.outlier if t else None, bool(t and t.flagged), c.null_p_value,
+                    t.p_value if t else None, t.q_value if t else None)
+        for rank, c in enumerate(found, start=1) for t in [tests.get(c.label)]
     ))
 
 
-def _flags(clusters: Sequence[Cluster | None]) -> list[tuple[float | None, bool]]:
-    """``(outlier, flagged)`` of each class, from its best cluster (None: skipped). Every class has some
-    cluster that is well separated and weakly cut (any real cluster beats random subsets), so a candidate is
-    a class whose best cluster stands out from the other classes' in what the ranking compares first: the
-    outlier score is the robust standard score of −log ncut (+inf for a cut of 0, a disconnected group).
-    Where the cuts cannot tell the classes apart (a store analysed before fda version 4 has none; no spread,
-    e.g. every class has a disconnected group), the score is that of log z, the ranking's second key."""
-    scored = [i for i, c in enumerate(clusters) if c is not None and c.z_score is not None and c.z_score > 0
-              and math.isfinite(c.z_score)]
-    best = [clusters[i] for i in scored]
-    outliers = None
-    if all(c.ncut is not None and not math.isnan(c.ncut) for c in best):
-        with np.errstate(divide="ignore"):
-            outliers = _robust_scores(-np.log([c.ncut for c in best]))
-    if outliers is None:
-        outliers = _robust_scores(np.log([c.z_score for c in best]))
-    flags: list[tuple[float | None, bool]] = [(None, False)] * len(clusters)
-    for i, c in enumerate(best):
-        if outliers is None:
-            flags[scored[i]] = (None, c.z_score >= FALLBACK_Z and (c.p_value or 1.0) <= FALLBACK_P)
-        else:
-            flags[scored[i]] = (float(outliers[i]), float(outliers[i]) >= FLAG_OUTLIER)
-    return flags
+def _tests(null_ps: dict[str, list[tuple[int, float | None]]]) -> list[FlagTest]:
+    """The tests of ``{analysis: [(class, selection-null p or None: untested)]}``: per analysis, each class's
+    z judged against its null (:func:`_null_of`); then BH over all of them."""
+    tests = []
+    for analysis, found in null_ps.items():
+        tested = [(label, float(p)) for label, p in found if p is not None and not math.isnan(p)]
+        z = norm.isf(np.clip([p for _, p in tested], P_FLOOR, 1.0))
+        location, scale = _null_of(z)
+        tests += [(label, analysis, p, float(zc), location, scale, float(norm.sf((zc - location) / scale)))
+                  for (label, p), zc in zip(tested, z)]
+    q = benjamini_hochberg(np.array([t[-1] for t in tests]))
+    return [FlagTest(*t, float(qc), bool(qc <= FLAG_Q)) for t, qc in zip(tests, q)]
 
 
-def _robust_scores(values: np.ndarray) -> np.ndarray | None:
-    """``(v − median) / (1.4826 · MAD)``; None where no spread can be estimated: fewer than
-    ``MIN_CLASSES_FOR_OUTLIER`` values, or a MAD that is 0 or not finite (half the values infinite)."""
-    if values.size < MIN_CLASSES_FOR_OUTLIER:
-        return None
-    median = np.median(values)
-    with np.errstate(invalid="ignore"):
-        spread = 1.4826 * float(np.median(np.abs(values - median)))
-    if not (math.isfinite(spread) and spread > 0):
-        return None
-    return (values - median) / spread
+def _null_of(z: np.ndarray) -> tuple[float, float]:
+    """``(location, scale)`` of the null the z-scores of one analysis's classes are judged against: with at
+    least :data:`MIN_CLASSES_FOR_EMPIRICAL_NULL` classes the empirical null, median and 1.4826 · MAD of the
+    z-scores, each bounded by the theoretical null's (location ≥ 0, scale ≥ 1: the classes' shared structure
+    can only make the test stricter); with fewer, the theoretical null N(0, 1)."""
+    if z.size < MIN_CLASSES_FOR_EMPIRICAL_NULL:
+        return 0.0, 1.0
+    median = float(np.median(z))
+    return max(median, 0.0), max(1.4826 * float(np.median(np.abs(z - median))), 1.0)
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q-values) of ``p`` (m,): ``q_(i) = min_{j ≥ i} m p_(j) / j``,
+    capped at 1; rejecting ``q ≤ α`` controls the false discovery rate at α for independent tests."""
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q = np.empty(m)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
 
 
 def _finite(value: float | None) -> float:

@@ -196,6 +196,9 @@ class ClassBest:
     n_samples: int
     cluster: Cluster | None
     skipped: str | None
+    null_p_value: float | None = None
+    """The class's p-value under the selection null (the ``null`` node, docs/spray-method.md §11); None
+    for a skipped class and for a store analysed before the null existed."""
 
 
 def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]:
@@ -216,7 +219,11 @@ def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]
                 best, skipped = None, "analysis unfinished: run `spray analyze` again to complete it"
             else:
                 best, skipped = _best(store, path, int(label), status_arrays["dataset_index"])
-        found.append(ClassBest(int(label), name, n, best, skipped))
+            null_key = status["keys"].get("null") if best is not None else None
+            null_p = None
+            if null_key is not None and store.has_node(f"{path}/null", {"key": null_key}):
+                null_p = _number(store.read_node(f"{path}/null")[1]["info"]["p_value"])
+        found.append(ClassBest(int(label), name, n, best, skipped, null_p))
     return found
 
 

@@ -1,5 +1,5 @@
-"""Ranking: classes ordered by cut, then z; only the class whose best cluster stands out from the other classes is
-flagged."""
+"""Ranking: classes ordered by cut, then z; flags calibrated by the selection null, the classes' empirical null
+and Benjamini-Hochberg."""
 
 from __future__ import annotations
 
@@ -9,40 +9,73 @@ from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pytest
+from scipy.stats import norm
 
 from spray.pipeline import analyze, pipeline_from_text
-from spray.ranking import TABLE_COLUMNS, RankedClass, Ranking, _flags, _order, rank_classes
+from spray.ranking import (
+    MEANING,
+    TABLE_COLUMNS,
+    RankedClass,
+    Ranking,
+    _null_of,
+    _order,
+    _tests,
+    benjamini_hochberg,
+    flag_tests,
+    flagged_classes,
+    rank_classes,
+)
 from spray.results import Cluster
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store
 from tests.golden.outputs import EXPECTED, HERE as GOLDEN
 
 
-def test_only_the_poisoned_class_is_flagged_and_the_table_has_every_column(tmp_path):
-    path = write_store(tmp_path / "s.h5", make_heatmaps(n_per_class=50, n_classes=6, poisoned=4, seed=5))
+def _analysed(tmp_path, n_classes, poisoned, seed=5, name="s.h5"):
+    """A store of make_heatmaps classes with one strategy each (Gaussian noise around one blob: no structure),
+    class ``poisoned`` with a planted group of 20 %, analysed by the synthetic pipeline."""
+    heatmaps = make_heatmaps(n_per_class=50, n_classes=n_classes, strategies=1, poisoned=poisoned,
+                             poison_fraction=0.2, seed=seed)
+    path = write_store(tmp_path / name, heatmaps)
     analyze(str(path), pipeline_from_text(pipeline_text()), progress=False)
+    return path
+
+
+def test_only_the_poisoned_class_is_flagged_and_the_table_has_every_column(tmp_path):
+    path = _analysed(tmp_path, n_classes=6, poisoned=4)
     with AuditStore(path) as store:
         ranking = rank_classes(store)
-    print([(e.label, round(e.z_score, 1), round(e.outlier, 2)) for e in ranking])
-    assert [e.label for e in ranking.flagged] == [4]
-    assert ranking[0].outlier >= 3 and all(e.outlier < 3 for e in ranking[1:])
+    print([(e.label, e.null_p_value, e.outlier, e.q_value) for e in ranking])
+    assert [e.label for e in ranking.flagged] == [4] and ranking[0].label == 4
+    assert ranking[0].null_p_value < 0.05 / 20 and all(e.q_value > 0.05 for e in ranking[1:])
     table = ranking.table()
     assert list(table["flagged"]) == [True] + [False] * 5 and table.shape[0] == 6
+    assert list(table.columns) == list(TABLE_COLUMNS)
 
 
-def test_the_ranking_does_not_depend_on_the_permutation_seed_or_count(tmp_path):
-    path = write_store(tmp_path / "s.h5", make_heatmaps(n_per_class=50, n_classes=6, poisoned=2, seed=9))
-    rankings = []
-    for fda in ({"random_state": 0, "n_permutations": 30}, {"random_state": 7, "n_permutations": 5}):
-        analyze(str(path), pipeline_from_text(pipeline_text(fda=fda)), progress=False)
-        with AuditStore(path) as store:
-            rankings.append(rank_classes(store))
-    same = ["class", "score", "tau", "clustering", "cluster", "members", "outlier", "flagged"]
-    assert [{k: e[k] for k in same} for e in rankings[0].to_json()] == [
-        {k: e[k] for k in same} for e in rankings[1].to_json()
-    ]
-    assert rankings[0][0].label == 2 and rankings[0][0].flagged
-    assert rankings[0][0].p_value == 1 / 31 and rankings[1][0].p_value == 1 / 6
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_a_binary_or_three_class_audit_flags_only_the_class_with_a_planted_group(tmp_path, n_classes):
+    path = _analysed(tmp_path, n_classes=n_classes, poisoned=1)
+    with AuditStore(path) as store:
+        ranking = rank_classes(store)
+    print([(e.label, e.null_p_value, e.outlier, e.q_value) for e in ranking])
+    assert [e.label for e in ranking.flagged] == [1]
+    # Fewer than 4 classes: judged against the theoretical null, z = Φ⁻¹(1 − p) itself.
+    assert [e.outlier for e in ranking] == pytest.approx([norm.isf(max(e.null_p_value, 1e-300)) for e in ranking])
+
+
+def test_flags_over_several_analyses_of_one_store_share_one_bh(tmp_path):
+    path = _analysed(tmp_path, n_classes=3, poisoned=2)
+    analyze(str(path), pipeline_from_text(pipeline_text(analysis={"name": "again"}, knn={"n_neighbors": 7})),
+            progress=False)
+    with AuditStore(path) as store:
+        tests = flag_tests(store, ["spray", "again"])
+        single = flag_tests(store, ["spray"])
+        assert flagged_classes(store, ["spray", "again"]) == [2]
+    assert sorted((t.analysis, t.label) for t in tests) == [(a, c) for a in ("again", "spray") for c in range(3)]
+    p = np.array([t.p_value for t in tests])
+    assert [t.q_value for t in tests] == pytest.approx(benjamini_hochberg(p))
+    assert [t.q_value for t in single] == pytest.approx(benjamini_hochberg(np.array([t.p_value for t in single])))
 
 
 def _clusters(cuts, zs):
@@ -56,30 +89,39 @@ def test_classes_are_ordered_by_cut_first_then_by_z_and_unanalysed_last():
     assert sorted(range(6), key=lambda label: _order(label, clusters[label])) == [4, 1, 0, 2, 3, 5]
 
 
-def test_the_outlier_score_is_the_robust_standard_score_of_minus_log_cut():
-    cuts = [0.0173, 0.0404, 0.0571, 0.114, 0.196, 0.213, 0.214, 0.220, 0.236, 0.336]  # the demo's, seed 0
-    flags = _flags(_clusters(cuts, [392.6, 483.4, 187.2, 247.4, 92.0, 95.2, 146.7, 106.5, 90.1, 69.6]))
-    logs = -np.log(cuts)
-    spread = 1.4826 * np.median(np.abs(logs - np.median(logs)))
-    assert [outlier for outlier, _ in flags] == pytest.approx((logs - np.median(logs)) / spread)
-    assert [c for c, (_, flagged) in enumerate(flags) if flagged] == [0, 1]  # 5.2 and 3.4 robust sd above the median
+def test_benjamini_hochberg_adjusts_in_order_and_caps_at_one():
+    q = benjamini_hochberg(np.array([0.04, 0.001, 0.03, 0.5, 0.012]))
+    assert q == pytest.approx([0.05, 0.005, 0.05, 0.5, 0.03])  # m p / rank: .05, .005, .05, .5, .03
+    assert benjamini_hochberg(np.array([0.9, 0.8])) == pytest.approx([0.9, 0.9])
+    assert benjamini_hochberg(np.array([])).size == 0
 
 
-def test_a_disconnected_group_is_an_infinite_outlier_and_ties_in_cut_fall_back_to_z():
-    flags = _flags(_clusters([0.0, 0.2, 0.25, 0.3, 0.22], [10.0, 12.0, 11.0, 13.0, 12.5]))
-    assert flags[0][0] == math.inf and [flagged for _, flagged in flags] == [True] + [False] * 4
-    # Every class has a disconnected group (the synthetic heatmaps): the cuts have no spread, z decides.
-    for cuts in ([0.0] * 5, [None] * 5):  # ... as for a store analysed before cuts were stored
-        flags = _flags(_clusters(cuts, [50.0, 10.0, 11.0, 12.0, 13.0]))
-        assert flags[0][0] == pytest.approx(
-            (np.log(50) - np.log(12)) / (1.4826 * np.median(np.abs(np.log([50, 10, 11, 12, 13]) - np.log(12)))))
-        assert [flagged for _, flagged in flags] == [True] + [False] * 4
+def test_the_empirical_null_is_the_robust_spread_of_the_classes_never_looser_than_the_theoretical():
+    z = np.array([2.0, 3.0, 3.5, 4.0, 9.0])
+    assert _null_of(z) == (3.5, 1.0)  # 1.4826 · MAD = 0.74: the scale is bounded by 1
+    assert _null_of(np.array([1.0, 3.0, 5.0, 7.0, 20.0])) == pytest.approx((5.0, 1.4826 * 2.0))
+    assert _null_of(np.array([-2.0, -1.0, -1.5, -0.5])) == (0.0, 1.0)  # location bounded by 0
+    assert _null_of(np.array([5.0, 9.0, 30.0])) == (0.0, 1.0)  # fewer than 4 classes: theoretical
 
 
-def test_with_fewer_than_four_classes_a_class_is_flagged_by_z_and_p_alone_and_skipped_ones_never():
-    clusters = _clusters([0.1, 0.2, 0.3], [3.0, 2.9, 40.0])
-    clusters[2] = replace(clusters[2], p_value=0.06)
-    assert _flags(clusters + [None]) == [(None, True), (None, False), (None, False), (None, False)]
+def test_tests_judge_each_analysis_against_its_own_null_and_skip_classes_without_one():
+    clean = [(c, p) for c, p in enumerate([0.01, 0.002, 0.02, 0.005, 0.001, 0.01, 0.003])]
+    tests = _tests({"a": clean + [(7, 1e-12), (8, None)], "b": [(0, 0.3), (1, 1e-6)]})
+    by = {(t.analysis, t.label): t for t in tests}
+    assert (("a", 8) not in by) and len(tests) == 10
+    a = by[("a", 7)]
+    assert (a.location, a.scale) == _null_of(np.array([t.z for t in tests if t.analysis == "a"]))
+    assert a.z == pytest.approx(7.034, abs=1e-3) and a.p_value == pytest.approx(
+        norm.sf((a.z - a.location) / a.scale))
+    assert [(t.analysis, t.label) for t in tests if t.flagged] == [("a", 7), ("b", 1)]
+    assert (by[("b", 1)].location, by[("b", 1)].scale) == (0.0, 1.0)  # 2 classes: the theoretical null
+    assert by[("b", 1)].p_value == pytest.approx(1e-6)
+    assert _tests({"a": [(0, 0.0)]})[0].z == pytest.approx(37.0, abs=0.1)  # p floored: z finite
+
+
+def test_rank_text_says_what_a_flag_means():
+    assert "distinct strategy" in MEANING and "expert must judge" in MEANING
+    assert (EXPECTED / "plain" / "rank.txt").read_text(encoding="utf-8").rstrip().endswith(MEANING)
 
 
 def test_the_json_of_a_ranking_has_the_golden_keys_values_and_order():

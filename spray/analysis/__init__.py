@@ -5,7 +5,7 @@ heatmaps -> :class:`HeatmapPreprocessor` -> :class:`KNNGraph` -> :class:`Spectra
 -> :func:`propose_n_clusters` / clusterers (:class:`KMeansRange`, :class:`HDBSCANClustering`,
 :class:`Agglomerative`, :class:`DBSCANClustering`) -> maps (:class:`UMAPMap`, :class:`TSNEMap`)
 -> :class:`FisherSeparability`, :func:`normalized_cuts` in :func:`local_scaling_affinity` of the kNN graph
--> :func:`best_cluster`.
+-> :func:`best_cluster` -> :class:`SelectionNull` (the same selection rerun on a Gaussian model of the class).
 
 Definitions: docs/spray-method.md. umap/pynndescent are imported lazily (numba compiles on first use).
 """
@@ -25,6 +25,7 @@ from spray.analysis.fda import FisherSeparability, best_cluster, most_separable,
 from spray.analysis.knn import KNNGraph, knn_adjacency
 from spray.analysis.maps import TSNEMap, UMAPMap
 from spray.analysis.preprocess import HeatmapPreprocessor, PreprocessedMaps
+from spray.analysis.selection_null import SelectionNull
 from spray.analysis.spectral import SpectralEmbedding
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "KMeansRange",
     "KNNGraph",
     "PreprocessedMaps",
+    "SelectionNull",
     "SpectralEmbedding",
     "TSNEMap",
     "UMAPMap",

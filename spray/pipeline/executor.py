@@ -66,6 +66,8 @@ def run_class(
         for name in stale:
             inputs = {d: outputs[d] for d in deps[name]}
             inputs["features"] = outputs["features"]
+            if NODES[name].reads_params:
+                inputs["params"] = ({}, {d: params[d] for d in deps[name]})
             try:
                 computed[name] = outputs[name] = NODES[name].run(params[name], inputs)
             except NodeFailure:

@@ -44,6 +44,9 @@ class Node:
     unkeyed: tuple[str, ...] = ()
     """Parameters that change how fast, never what, the node computes (bit for bit): left out of the memo key,
     so changing them recomputes nothing."""
+    reads_params: bool = False
+    """``run`` also receives the parameters of the nodes it reads, as ``inputs["params"] = ({}, {node:
+    params})`` (the selection null reruns them)."""
     version: int = 1
     """Raised when the node computes something else from the same inputs and parameters: stores analysed
     before then recompute it (and what depends on it) instead of keeping the old result."""

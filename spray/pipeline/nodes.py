@@ -21,6 +21,7 @@ from spray.analysis import (
     KMeansRange,
     KNNGraph,
     PreprocessedMaps,
+    SelectionNull,
     SpectralEmbedding,
     TSNEMap,
     UMAPMap,
@@ -31,6 +32,7 @@ from spray.analysis import (
     propose_n_clusters,
     separabilities,
 )
+from spray.errors import BadInputError
 from spray.pipeline.graph import Node, NodeOutput
 from spray.pipeline.spec import constructor_defaults, signature_defaults
 
@@ -143,6 +145,57 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     return arrays, {"clusterings": table, "best": {"node": node, "clustering": name, "cluster": cluster, **stats}}
 
 
+NULL_CLUSTERING_OVERRIDES = {"kmeans": {"k_max": 6, "n_init": 1}}
+"""What the selection null changes in a clustering node's parameters (every other node reruns as the
+pipeline has it): k-means for k = k_min … min(k_max, 6), one restart — the null's cost stays below the
+class's analysis (docs/spray-method.md §11). The observed statistic is recomputed the same way."""
+
+
+def _reduced(node: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of clustering node ``node`` with the null's overrides: a ``k_max`` override only lowers
+    k_max, never below the node's k_min (a pipeline whose k-means starts above 6 keeps its first k)."""
+    reduced = {**params, **NULL_CLUSTERING_OVERRIDES.get(node, {})}
+    if "k_max" in reduced and "k_max" in params:
+        reduced["k_max"] = max(min(reduced["k_max"], params["k_max"]), params.get("k_min", 1))
+    return reduced
+
+
+def _selection(params: Mapping[str, dict[str, Any]], clusterings: Sequence[str]) -> Any:
+    """The pipeline's selection as one function of a feature matrix: the knn, spectral, clustering
+    (reduced by :data:`NULL_CLUSTERING_OVERRIDES`) and fda nodes rerun on it, returning the selected
+    cluster's (ncut, z-score)."""
+
+    def select(X: np.ndarray) -> tuple[float | None, float | None]:
+        knn = _knn(params["knn"], {"features": ({"features": X.astype(np.float32)}, {})})
+        inputs: dict[str, NodeOutput] = {"knn": knn, "spectral": _spectral(params["spectral"], {"knn": knn})}
+        for node in clusterings:
+            inputs[node] = NODES[node].run(_reduced(node, params[node]), inputs)
+        best = _fda({**params["fda"], "n_permutations": 0}, inputs)[1]["best"]
+        return best.get("ncut"), best.get("z_score")
+
+    return select
+
+
+def _null(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
+    """The selection null of the class (:class:`SelectionNull`): the observed statistic, its null draws and
+    p-values. Reads the parameters of the nodes it reruns (``inputs["params"]``)."""
+    read = inputs["params"][1]
+    floor = max(read["spectral"]["n_eigenpairs"], read["knn"]["n_neighbors"])
+    if isinstance(params["max_samples"], int) and params["max_samples"] <= floor:
+        raise BadInputError(f"max_samples must be greater than spectral.n_eigenpairs and knn.n_neighbors "
+                            f"(the null reruns them on its rows), so >= {floor + 1}, got {params['max_samples']}")
+    clusterings = sorted(n for n in read if NODES[n].kind == "clustering")
+    null = SelectionNull(**params).fit(_features(inputs), _selection(read, clusterings))
+    arrays = {"null_statistics": null.null_statistics_, "null_z_scores": null.null_z_scores_}
+    info = {
+        "statistic": null.statistic_, "z_score": null.z_score_, "p_value": null.p_value_,
+        "empirical_p_value": null.empirical_p_value_, "gumbel_location": null.gumbel_location_,
+        "gumbel_scale": null.gumbel_scale_, "n_samples": null.n_samples_, "n_components": null.n_components_,
+        "shrinkage": null.shrinkage_,
+    }
+    return arrays, info
+
+
 def _defaults(cls: type) -> dict[str, Any]:
     """A processor's constructor defaults, seeded: pipelines are reproducible unless a file says otherwise."""
     defaults = constructor_defaults(cls)
@@ -168,6 +221,8 @@ NODES: dict[str, Node] = {
         Node("fda", ("spectral", "knn"), _fda,
              signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity")), required=True,
              depends_on_all="clustering", version=4),  # 2: exact-moment z-scores; 3: per-cluster arrays; 4: cuts
+        Node("null", ("knn", "spectral", "fda"), _null, _defaults(SelectionNull), required=True,
+             depends_on_all="clustering", reads_params=True),
     )
 }
 

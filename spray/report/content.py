@@ -232,13 +232,16 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
         paragraphs.append(Markup(
             "Class <strong>‘{name}’</strong> contains a group of <strong>{size}</strong> of its {n} images "
             "({share:.0f} %) that the model explains in a strikingly different way from the rest of the class "
-            "(separability z = {z}, p = {p}). This is the strongest candidate for a shortcut, a so-called "
+            "(separability z = {z}; more distinct than the class's selection null and the other classes "
+            "allow, q {q}). It is a distinct strategy of the model in this class, and the strongest "
+            "candidate for a shortcut, a so-called "
             "<em>‘Clever Hans’</em> strategy: the model may recognise these images by something other than "
             "what the class is about, such as a ruler, a text marker, a frame or a scanner artefact. "
             "Look at the example images of this group in <a href=\"#class-{label}\">its section</a> and check "
             "whether they share such a feature."
         ).format(name=top.name, size=top.cluster.size, n=top.n_samples, share=share,
-                 z=fmt_z(top.z_score), p=fmt_p(top.p_value), label=top.label))
+                 z=fmt_z(top.z_score), q="< 0.001" if top.q_value < 0.001 else f"= {top.q_value:.3f}",
+                 label=top.label))
         others = candidates[1:]
         if others:
             shown = others[:5]
@@ -251,6 +254,11 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
         else:
             paragraphs.append(Markup("No other of the {n} analysed classes passes the screening threshold.")
                               .format(n=analysed))
+    elif analysed and all(e.null_p_value is None for e in ranking if e.skipped is None):
+        paragraphs.append(Markup(
+            "This analysis has no selection null (it predates calibrated flags), so whether a class stands out "
+            "was not tested; run <code>spray analyze</code> again to test it. The classes are still ranked."
+        ))
     else:
         paragraphs.append(Markup(
             "None of the {n} analysed classes stands out: every class's most distinct group is about as "

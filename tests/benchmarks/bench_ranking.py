@@ -2,13 +2,14 @@
 
 Part 1 (--store PATH): every analysed class of an audit store is scored again from its stored spectral
 embedding and clusterings with the store's own fda parameters, once per ``random_state`` 0..S−1 (the seed of
-the permutation null). Prints per class the z-score (mean, sd, min, max over seeds), the range of its outlier
-score (spray.ranking) and the chosen cluster(s); per seed the top three classes, the margin of the first
-over the second and the flagged classes (spray.ranking's outlier rule).
+the permutation null). Prints per class the z-score (mean, sd, min, max over seeds) and the chosen
+cluster(s); per seed the top three classes and the margin of the first over the second. (The flags do not
+depend on this seed: they come from the null node, spray.ranking.flag_tests.)
 
 Part 2 (--synthetic N): N stores of spray.testing.make_heatmaps (6 classes × 50 maps, the poisoned class
 and the seed vary) analysed with the tests' "synthetic" pipeline and ranked by `spray.ranking`: rank and
-outlier score of the poisoned class, the largest outlier score of the others, the flagged classes and the
+outlier score (spray.ranking: the standard score of its selection-null z) of the poisoned class, the largest
+of the others, the flagged classes and the
 overlap (IoU) of the flagged cluster with the planted samples.
 
 Part 3 (--cost): the FDA node (a FisherSeparability per clustering for the stored table, the clusters'
@@ -36,7 +37,6 @@ import numpy as np
 def stability(path: str, seeds: int) -> None:
     from spray.analysis import best_cluster
     from spray.results import analysis_summary, read_class
-    from spray.ranking import _flags
     from spray.results import Cluster
     from spray.store import AuditStore
 
@@ -46,7 +46,6 @@ def stability(path: str, seeds: int) -> None:
         classes = [read_class(store, "spray", label) for label in summary["classes"]]
     classes = [c for c in classes if c.skipped is None]
     scores = {c.label: [] for c in classes}
-    outliers = {c.label: [] for c in classes}
     chosen = {}
     for seed in range(seeds):
         best = []
@@ -57,25 +56,13 @@ def stability(path: str, seeds: int) -> None:
             best.append(Cluster(c.label, name, cid, tuple(c.dataset_index[c.clusterings[name] == cid].tolist()),
                                 None, stats["tau"], stats["z_score"], stats["p_value"], stats["clustering_score"]))
         best.sort(key=lambda b: -b.z_score)
-        flags = _flags(best)
-        for b, (outlier, _) in zip(best, flags):
-            outliers[b.label].append(outlier)
         top = best[:3]
         print(f"seed {seed}: top {[(b.label, round(b.z_score)) for b in top]}, "
-              f"margin {top[0].z_score / top[1].z_score:.3f}, "
-              f"flagged {[(b.label, o if o is None else round(o, 2)) for b, (o, on) in zip(best, flags) if on]}")
-    print(f"{'class':>5} {'z mean':>8} {'sd':>6} {'min':>8} {'max':>8} {'outlier min – max':>18}  "
-          "chosen cluster(s) (clustering, id, size, τ)")
+              f"margin {top[0].z_score / top[1].z_score:.3f}")
+    # The flags no longer depend on the fda seed: they come from the null node (spray.ranking.flag_tests).
+    print(f"{'class':>5} {'z mean':>8} {'sd':>6} {'min':>8} {'max':>8}  chosen cluster(s) (clustering, id, size, τ)")
     for label, z in scores.items():
-        print(f"{label:>5} {np.mean(z):8.1f} {np.std(z):6.1f} {min(z):8.1f} {max(z):8.1f} "
-              f"{_span(outliers[label])}  {sorted(chosen[label])}")
-
-
-def _span(values: list[float | None]) -> str:
-    """``min – max`` of a class's outlier scores; "none" where the ranking computed none (fewer than 4
-    ranked classes: spray.ranking.MIN_CLASSES_FOR_OUTLIER)."""
-    known = [v for v in values if v is not None]
-    return f"{min(known):8.2f} – {max(known):7.2f}" if known else f"{'none':>18}"
+        print(f"{label:>5} {np.mean(z):8.1f} {np.std(z):6.1f} {min(z):8.1f} {max(z):8.1f}  {sorted(chosen[label])}")
 
 
 def synthetic(runs: int) -> None:

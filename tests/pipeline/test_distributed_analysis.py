@@ -31,7 +31,7 @@ def test_classes_on_two_worker_processes_give_the_in_process_nodes(dask_cluster,
     result = analyze(str(distributed), pipeline_from_text(PIPELINE), scheduler=address, progress=False)
     assert sorted(result.computed) == [0, 1, 2, 3]
     want, got = nodes(local), nodes(distributed)
-    assert sorted(got) == sorted(want) and len(want) == 4 * 7 + 2  # 7 nodes per class, preprocess, summary
+    assert sorted(got) == sorted(want) and len(want) == 4 * 8 + 2  # 8 nodes per class (null too), preprocess, summary
     for path, (arrays, attrs) in want.items():
         assert got[path][1] == attrs, path
         assert sorted(got[path][0]) == sorted(arrays), path

@@ -34,7 +34,7 @@ def test_first_run_computes_every_node_of_every_class_and_second_run_nothing(sto
     result, runs = _run(path)
     assert result.preprocessed
     assert sorted(set(c for c, _ in runs)) == [0, 1, 2]
-    assert [n for c, n in runs if c == 0] == ["knn", "spectral", "kmeans", "hdbscan", "fda"]
+    assert [n for c, n in runs if c == 0] == ["knn", "spectral", "kmeans", "hdbscan", "fda", "null"]
     again, runs = _run(path)
     assert runs == [] and not again.preprocessed
 
@@ -43,14 +43,15 @@ def test_changing_a_parameter_recomputes_that_node_and_its_dependents_only(store
     path, _ = store
     _run(path)
     _, runs = _run(path, pipeline_text(fda={"n_permutations": 40}))
-    assert sorted(set(n for _, n in runs)) == ["fda"] and len(runs) == 3
+    # The selection null reads fda's parameters (max_fraction, min_size), so it follows fda.
+    assert sorted(set(n for _, n in runs)) == ["fda", "null"] and len(runs) == 6
     result, runs = _run(path, pipeline_text(hdbscan={"min_cluster_size": 6}))
-    assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan"] and not result.preprocessed
+    assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan", "null"] and not result.preprocessed
     result, runs = _run(path, pipeline_text(knn={"n_neighbors": 7}))
-    assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan", "kmeans", "knn", "spectral"]
+    assert sorted(set(n for _, n in runs)) == ["fda", "hdbscan", "kmeans", "knn", "null", "spectral"]
     assert not result.preprocessed
     result, runs = _run(path, pipeline_text(preprocess={"grid": 4}))
-    assert result.preprocessed and len(runs) == 15
+    assert result.preprocessed and len(runs) == 18
 
 
 def test_parameters_that_only_change_speed_recompute_nothing(store):
@@ -65,7 +66,7 @@ def test_a_node_whose_version_is_raised_is_recomputed_with_its_dependents_only(s
     _run(path)
     monkeypatch.setitem(NODES, "kmeans", dataclasses.replace(NODES["kmeans"], version=NODES["kmeans"].version + 1))
     _, runs = _run(path)
-    assert sorted(set(n for _, n in runs)) == ["fda", "kmeans"] and len(runs) == 6
+    assert sorted(set(n for _, n in runs)) == ["fda", "kmeans", "null"] and len(runs) == 9
 
 
 def test_planted_clever_hans_class_ranks_first_and_its_cluster_is_recovered(store):
@@ -160,7 +161,7 @@ def test_overwritten_attribution_recomputes_everything(store):
                           logits=np.eye(3, dtype=np.float32)[heatmaps.labels], target=heatmaps.labels,
                           labels=heatmaps.labels, index=np.arange(len(heatmaps.labels)))
     result, runs = _run(path)
-    assert result.preprocessed and len(runs) == 15
+    assert result.preprocessed and len(runs) == 18
 
 
 def test_a_class_being_reanalysed_keeps_its_old_results_until_its_new_ones_are_in(store):
@@ -176,3 +177,12 @@ def test_a_class_being_reanalysed_keeps_its_old_results_until_its_new_ones_are_i
     assert rankings and all(e.skipped is None and e.cluster.members for r in rankings for e in r), (
         "no class is ever reported unfinished: a reader sees its old results or its new ones"
     )
+
+
+def test_the_selection_null_reduces_k_means_but_never_below_the_pipelines_range():
+    from spray.pipeline.nodes import _reduced
+
+    assert _reduced("kmeans", {"k_min": 2, "k_max": 31, "n_init": 3}) == {"k_min": 2, "k_max": 6, "n_init": 1}
+    assert _reduced("kmeans", {"k_min": 2, "k_max": 4, "n_init": 3})["k_max"] == 4
+    assert _reduced("kmeans", {"k_min": 8, "k_max": 31, "n_init": 3})["k_max"] == 8
+    assert _reduced("hdbscan", {"min_cluster_size": 5}) == {"min_cluster_size": 5}

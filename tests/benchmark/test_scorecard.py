@@ -28,7 +28,8 @@ def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = Fals
                                       "knn_outlier": {"rank": None, "f1": None},
                                       "error_slice": {"rank": 1, "f1": 0.1 * seed}},
         corrections={} if control else {"pclarc": _correction((0.8, 0.85)),
-                                        "rrclarc": _correction((0.8, 0.9 + seed / 100), error="too few" if seed else None)},
+                                        "rrclarc": _correction((0.8, 0.9 + seed / 100),
+                                                               error="too few" if seed else None)},
         seconds={"train": 10.0, "attribute": 2.0}, cpu_seconds={"train": 20.0 + seed, "attribute": 2.0},
         peak_rss_mib={"train": 500.0 + seed, "attribute": 600.0},
         iou=None if control else f1 / 4, aopc={"lrp": 2.0 + seed, "gradient": 1.0, "random": 0.5},
@@ -56,7 +57,8 @@ def test_rows_aggregate_the_seeds_of_one_cell():
     pclarc, rrclarc = tag.corrections["pclarc"], tag.corrections["rrclarc"]
     assert pclarc.everywhere_after.mean == pytest.approx(0.85) and pclarc.refused == 0
     assert (rrclarc.refused, rrclarc.everywhere_after.n, rrclarc.everywhere_after.mean) == (2, 1, 0.9)
-    assert control.corrections["pclarc"] == control.corrections["rrclarc"] and control.corrections["pclarc"].refused == 0
+    assert control.corrections["pclarc"] == control.corrections["rrclarc"]
+    assert control.corrections["pclarc"].refused == 0
     assert str(tag.first) == "1/3 [0.06, 0.79]"
     assert (tag.iou.mean, control.iou) == (0.125, None)
     assert (tag.aopc["lrp"].mean, tag.aopc["lrp"].n, control.aopc["lrp"].mean) == (3.0, 3, 2.0)
@@ -67,7 +69,8 @@ def test_rows_aggregate_the_seeds_of_one_cell():
         "error_slice F1", "pclarc everywhere before -> after", "rrclarc everywhere before -> after", "AOPC LRP",
         "AOPC GxI", "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
     assert re.split(r" {2,}", tag_line)[-8:-5] == [
-        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85]", "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (2 refused)", "3.00 [0.52, 5.48]"]
+        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85]", "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (2 refused)",
+        "3.00 [0.52, 5.48]"]
     assert re.split(r" {2,}", tag_line)[-3:] == ["12", "23", "600"]
 
 

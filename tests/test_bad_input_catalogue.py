@@ -331,6 +331,19 @@ def _without_mlxtend(inputs: Inputs) -> Path:
     return inputs.path("cache")
 
 
+def _without_skimage(inputs: Inputs) -> Path:
+    """A cache directory, for a row during which scikit-image cannot be imported (the [benchmark] extra missing);
+    the textures already read in this process are forgotten for the row."""
+    from spray.benchmark.backgrounds import texture
+
+    patch = inputs.stack.enter_context(pytest.MonkeyPatch.context())
+    for name in ("skimage", "skimage.data"):
+        patch.setitem(sys.modules, name, None)
+    texture.cache_clear()
+    inputs.stack.callback(texture.cache_clear)
+    return inputs.path("cache")
+
+
 def _folder(inputs: Inputs, name: str, sizes: dict[str, list[tuple[int, int]]], junk: bool = False) -> Path:
     root = inputs.path(name)
     for cls, images in sizes.items():
@@ -538,6 +551,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
                                             f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
     # benchmark
     "cache_without_mlxtend": _without_mlxtend,
+    "cache_without_skimage": _without_skimage,
 }
 
 

@@ -1,8 +1,9 @@
 """``spray benchmark``: planted shortcuts with ground truth, scored through spray's whole chain.
 
 cases.py (the grid: :class:`Case`, artifact parameters per split, the poisoned data and its ground truth)
--> artifacts.py (the artifacts and their per-pixel masks) on data.py (digits that ship in wheels)
--> models.py (architectures) -> run.py (train, attribute, analyse, rank, ClArC, score; cached, resumable)
+-> artifacts.py (the artifacts and their per-pixel masks) and backgrounds.py (the Waterbirds-like two-class set)
+on data.py (digits that ship in wheels) -> models.py (architectures) -> run.py (train, attribute, analyse, rank,
+the corrections, score, baseline.py's baselines; cached, resumable)
 -> metrics.py (the definitions) -> scorecard.py (aggregates over seeds: JSON, table, HTML). docs/benchmark.md.
 """
 

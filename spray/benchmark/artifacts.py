@@ -4,7 +4,9 @@ Every artifact is a frozen record with :meth:`apply(x, rng) -> (x', masks)`: ``x
 [0, 1] is never modified; ``x'`` is the artifact's version of it, ``masks`` (n, H, W) float32 in {0, 1}
 marks the pixels the artifact covers in each image (the ground truth of localisation). ``rng`` draws
 whatever is random per image (the random patch's position); the others ignore it. ``is_global`` artifacts
-(brightness, blur) cover the whole image: their mask is all ones and localisation is not defined for them.
+(brightness, blur, the colour cast) cover the whole image: their mask is all ones and localisation is not defined
+for them. ``channels``: the channels the artifact needs: 3 for the colour cast, whose cases render the grey digits
+as RGB (R = G = B), 1 for the others.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Patch:
     cell: int
     position: tuple[int, int] | None = None
     is_global: ClassVar[bool] = False
+    channels: ClassVar[int] = 1
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         height, width = x.shape[-2:]
@@ -87,6 +90,7 @@ class Tag:
     text: str
     position: tuple[int, int]
     is_global: ClassVar[bool] = False
+    channels: ClassVar[int] = 1
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return _paste_tiles(x, glyphs(self.text), lambda: self.position)
@@ -99,6 +103,7 @@ class Frame:
     width: int
     value: float
     is_global: ClassVar[bool] = False
+    channels: ClassVar[int] = 1
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         mask = np.zeros(x.shape[-2:], np.float32)
@@ -113,6 +118,7 @@ class Brightness:
 
     offset: float
     is_global: ClassVar[bool] = True
+    channels: ClassVar[int] = 1
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         out = (self.offset + (1 - self.offset) * x).astype(np.float32)
@@ -126,6 +132,7 @@ class Blur:
 
     sigma: float
     is_global: ClassVar[bool] = True
+    channels: ClassVar[int] = 1
 
     def apply(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         sigma = (0,) * (x.ndim - 2) + (self.sigma, self.sigma)
@@ -133,4 +140,24 @@ class Blur:
         return out, np.ones((len(x), *x.shape[-2:]), np.float32)
 
 
-Artifact = Patch | Tag | Frame | Brightness | Blur
+@dataclass(frozen=True)
+class Cast:
+    """A global colour cast, as a camera's white balance or a stain leaves it: channel ``c`` of an RGB image
+    becomes ``lift[c] + (1 − lift[c])·gain[c]·x_c``. Grey digits rendered as RGB have R = G = B, so whatever
+    tells the channels apart is the cast; a tint of a single intensity channel would be the brightness
+    artifact again, which is why cast cases are rendered in colour (``channels = 3``)."""
+
+    gain: tuple[float, float, float]
+    lift: tuple[float, float, float]
+    is_global: ClassVar[bool] = True
+    channels: ClassVar[int] = 3
+
+    def apply(self, x: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if x.shape[1] != 3:
+            raise BadInputError(f"a colour cast needs RGB images (n, 3, H, W), got {x.shape[1]} channel(s)")
+        gain, lift = (np.asarray(v, np.float32)[None, :, None, None] for v in (self.gain, self.lift))
+        out = (lift + (1 - lift) * gain * x).astype(np.float32)
+        return out, np.ones((len(x), *x.shape[-2:]), np.float32)
+
+
+Artifact = Patch | Tag | Frame | Brightness | Blur | Cast

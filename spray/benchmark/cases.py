@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from spray.benchmark.artifacts import Artifact, Blur, Brightness, Frame, Patch, Tag
+from spray.benchmark.artifacts import Artifact, Blur, Brightness, Cast, Frame, Patch, Tag
+from spray.benchmark.backgrounds import Background, Waterbirds, texture
 from spray.benchmark.data import Images
 from spray.benchmark.models import ARCHITECTURES
 from spray.errors import BadInputError
@@ -24,16 +25,20 @@ from spray.errors import BadInputError
 Split = Literal["dev", "heldout"]
 SPLITS: tuple[Split, ...] = ("dev", "heldout")
 CONTROL = "control"
-ARTIFACTS: dict[str, dict[Split, Artifact | None]] = {
+ARTIFACTS: dict[str, dict[Split, Artifact | Waterbirds | None]] = {
     "patch_fixed": {"dev": Patch(6, 2, (1, 1)), "heldout": Patch(5, 1, (22, 22))},
     "patch_random": {"dev": Patch(6, 2), "heldout": Patch(5, 1)},
     "tag": {"dev": Tag("AB", (22, 20)), "heldout": Tag("X37", (1, 16))},
     "frame": {"dev": Frame(1, 1.0), "heldout": Frame(2, 0.6)},
     "brightness": {"dev": Brightness(0.3), "heldout": Brightness(0.2)},
     "blur": {"dev": Blur(1.0), "heldout": Blur(1.5)},
+    "cast": {"dev": Cast((1.0, 0.8, 0.55), (0.15, 0.08, 0.0)), "heldout": Cast((0.65, 0.9, 1.0), (0.0, 0.06, 0.12))},
+    "waterbirds": {"dev": Waterbirds((3, 8), (Background("grass"), Background("brick")), poisoned=1),
+                   "heldout": Waterbirds((4, 9), (Background("gravel"), Background("grass")), poisoned=0)},
     CONTROL: {"dev": None, "heldout": None},
 }
-"""Artifact kind -> its parameters on each split; the control plants nothing."""
+"""Artifact kind -> its parameters on each split; the control plants nothing. ``waterbirds`` is the two-class set
+of spray.benchmark.backgrounds (its cases have two classes, group labels and their own poisoned class)."""
 PREVALENCES = (0.03, 0.10, 0.30)
 POISONED_CLASS: dict[Split, int] = {"dev": 8, "heldout": 3}
 SEED_OFFSET: dict[Split, int] = {"dev": 0, "heldout": 100}
@@ -89,8 +94,10 @@ class Case:
 
     @property
     def poisoned_class(self) -> int:
-        """The class the artifact is planted in (the control's nominal class: nothing is planted)."""
-        return POISONED_CLASS[self.split]
+        """The class the artifact is planted in (the control's nominal class: nothing is planted); the
+        two-class set's class whose minority group is the ground truth."""
+        spec = ARTIFACTS.get(self.artifact, {}).get(self.split)
+        return spec.poisoned if isinstance(spec, Waterbirds) else POISONED_CLASS[self.split]
 
 
 def check_artifacts(names: list[str]) -> list[str]:
@@ -118,14 +125,26 @@ def grid(artifacts: list[str], prevalences: tuple[float, ...], seeds: int,
     return cases
 
 
+def check_extras(cases: list[Case]) -> None:
+    """Load what ``cases`` need beyond the digits (the two-class set's textures: scikit-image) once, so that a
+    missing extra is refused before the first case runs, not after hours of others."""
+    for case in cases:
+        spec = ARTIFACTS[check_artifacts([case.artifact])[0]][case.split]
+        for background in spec.backgrounds if isinstance(spec, Waterbirds) else ():
+            texture(background.texture)
+
+
 @dataclass(frozen=True, eq=False)
 class CaseData:
     """A case's data and ground truth.
 
-    ``train``, ``clean_test``: (x (n, 1, H, W) float32, y (n,) int64) arrays; ``everywhere_test``: the clean
-    test images with the artifact in every one (None for the control). ``planted`` (k,) indexes ``train``:
-    the training images that carry the artifact, all of ``poisoned_class``; ``masks`` (k, H, W) says where
-    in each. ``is_global``: the artifact covers the whole image (no localisation to score).
+    ``train``, ``clean_test``: (x (n, C, H, W) float32, y (n,) int64) arrays, C = 3 for the colour cast and 1
+    otherwise; ``everywhere_test``: the clean test images with the artifact in every one (the two-class set: every
+    test image on the other class's background; None for the control). ``planted`` (k,) indexes ``train``: the
+    training images that carry the artifact, all of ``poisoned_class``; ``masks`` (k, H, W) says where in each.
+    ``is_global``: the artifact covers the whole image (no localisation to score). ``label_names``: the classes'
+    names (the digits). ``groups``: the two-class set's group labels (spray.benchmark.backgrounds) of the
+    training and the clean test images, named by ``group_names``; None for the other cases.
     """
 
     case: Case
@@ -136,24 +155,23 @@ class CaseData:
     masks: np.ndarray
     poisoned_class: int
     is_global: bool
+    label_names: tuple[str, ...] = tuple(str(d) for d in range(10))
+    groups: tuple[np.ndarray, np.ndarray] | None = None
+    group_names: tuple[str, ...] = ()
 
-    @staticmethod
-    def dataset(arrays: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
-        """A TensorDataset of (x, y) with the digits as ``label_names``."""
+    def dataset(self, arrays: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
+        """A TensorDataset of (x, y) with the case's ``label_names``."""
         dataset = TensorDataset(torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]))
-        dataset.label_names = [str(d) for d in range(10)]  # type: ignore[attr-defined]
+        dataset.label_names = list(self.label_names)  # type: ignore[attr-defined]
         return dataset
 
 
-def make_case(case: Case, images: Images, size: Size) -> CaseData:
-    """The case's data: a seeded, class-balanced draw of ``size.train_per_class`` training and
-    ``size.test_per_class`` test images per class (sorted, disjoint); ``round(prevalence · n)`` of the
-    poisoned class's ``n`` training images get the artifact, and every test image in ``everywhere_test``.
-    Depends only on its arguments."""
-    artifact = ARTIFACTS[check_artifacts([case.artifact])[0]][case.split]
-    rng = np.random.default_rng([case.seed, SPLITS.index(case.split)])
+def _draw(images: Images, labels: tuple[int, ...], size: Size,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, disjoint training and test indices into ``images``: ``size.train_per_class`` and
+    ``size.test_per_class`` of each of ``labels``, drawn in that order."""
     train_idx, test_idx = [], []
-    for label in range(10):
+    for label in labels:
         members = np.flatnonzero(images.y == label)
         if len(members) < size.train_per_class + size.test_per_class:
             raise BadInputError(
@@ -163,18 +181,36 @@ def make_case(case: Case, images: Images, size: Size) -> CaseData:
         chosen = rng.choice(members, size.train_per_class + size.test_per_class, replace=False)
         train_idx.append(chosen[: size.train_per_class])
         test_idx.append(chosen[size.train_per_class :])
-    train_idx, test_idx = np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
-    x_train, y_train = images.x[train_idx].copy(), images.y[train_idx].copy()
-    x_test, y_test = images.x[test_idx].copy(), images.y[test_idx].copy()
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
 
-    candidates = np.flatnonzero(y_train == case.poisoned_class)
-    count = planted_count(case.prevalence, size)
-    if artifact is not None and count < MIN_PLANTED:
+
+def _check_planted(case: Case, count: int, candidates: int) -> None:
+    if count < MIN_PLANTED:
         raise BadInputError(
-            f"case {case.name}: {case.prevalence:.0%} of {len(candidates)} images of class "
+            f"case {case.name}: {case.prevalence:.0%} of {candidates} images of class "
             f"{case.poisoned_class} is {count}, fewer than the {MIN_PLANTED} planted images a case needs; "
             "use a larger prevalence or --data mnist"
         )
+
+
+def make_case(case: Case, images: Images, size: Size) -> CaseData:
+    """The case's data: a seeded, class-balanced draw of ``size.train_per_class`` training and
+    ``size.test_per_class`` test images per class (sorted, disjoint); ``round(prevalence · n)`` of the
+    poisoned class's ``n`` training images get the artifact, and every test image in ``everywhere_test``
+    (the two-class set: :func:`_two_class_case`). Depends only on its arguments."""
+    artifact = ARTIFACTS[check_artifacts([case.artifact])[0]][case.split]
+    rng = np.random.default_rng([case.seed, SPLITS.index(case.split)])
+    if isinstance(artifact, Waterbirds):
+        return _two_class_case(case, artifact, images, size, rng)
+    train_idx, test_idx = _draw(images, tuple(range(10)), size, rng)
+    channels = 1 if artifact is None else artifact.channels
+    x_train, y_train = np.repeat(images.x[train_idx], channels, axis=1), images.y[train_idx].copy()
+    x_test, y_test = np.repeat(images.x[test_idx], channels, axis=1), images.y[test_idx].copy()
+
+    candidates = np.flatnonzero(y_train == case.poisoned_class)
+    count = planted_count(case.prevalence, size)
+    if artifact is not None:
+        _check_planted(case, count, len(candidates))
     planted = np.sort(rng.choice(candidates, count, replace=False)) if artifact is not None else \
         np.empty(0, np.int64)
     height, width = x_train.shape[-2:]
@@ -185,3 +221,28 @@ def make_case(case: Case, images: Images, size: Size) -> CaseData:
         everywhere = (artifact.apply(x_test, rng)[0], y_test)
     return CaseData(case, (x_train, y_train), (x_test, y_test), everywhere, planted.astype(np.int64), masks,
                     case.poisoned_class, artifact is not None and artifact.is_global)
+
+
+def _two_class_case(case: Case, spec: Waterbirds, images: Images, size: Size,
+                    rng: np.random.Generator) -> CaseData:
+    """The Waterbirds-like case: ``spec.digits`` drawn as :func:`make_case` draws, relabelled 0 and 1;
+    ``round(prevalence · n)`` of each class's ``n`` training images on the other class's background (the
+    minority groups), half of each class's test images; the poisoned class's minority group is ``planted``,
+    and ``everywhere_test`` puts every test image on the other class's background."""
+    train_idx, test_idx = _draw(images, spec.digits, size, rng)
+    x_train, x_test = images.x[train_idx], images.x[test_idx]
+    y_train, y_test = (np.searchsorted(spec.digits, images.y[i]).astype(np.int64) for i in (train_idx, test_idx))
+    count = planted_count(case.prevalence, size)
+    _check_planted(case, count, size.train_per_class)
+    other_train, other_test = np.zeros(len(y_train), bool), np.zeros(len(y_test), bool)
+    for label in (0, 1):
+        other_train[rng.choice(np.flatnonzero(y_train == label), count, replace=False)] = True
+        other_test[rng.choice(np.flatnonzero(y_test == label), size.test_per_class // 2, replace=False)] = True
+    (x_train, groups_train), (x_clean, groups_test) = (spec.compose(x, y, other, rng) for x, y, other in (
+        (x_train, y_train, other_train), (x_test, y_test, other_test)))
+    everywhere = spec.compose(x_test, y_test, np.ones(len(y_test), bool), rng)[0]
+    planted = np.flatnonzero(other_train & (y_train == spec.poisoned)).astype(np.int64)
+    masks = np.ones((len(planted), *x_train.shape[-2:]), np.float32)
+    return CaseData(case, (x_train, y_train), (x_clean, y_test), (everywhere, y_test), planted, masks,
+                    spec.poisoned, True, tuple(str(d) for d in spec.digits), (groups_train, groups_test),
+                    spec.group_names)

@@ -2,19 +2,21 @@
 
 :func:`run_case`: make the case's data (spray.benchmark.cases) -> train its model (spray.workflow.train_once,
 the weights cached) -> attribute the training split (spray.attribution.attribute_dataset) -> SpRAy
-(spray.pipeline.analyze) -> rank (spray.ranking.rank_classes) -> P-ClArC on the top-ranked cluster with the
-ground-truth artifact in every test image (spray.clarc.clarc_from_store) -> score, and score the baseline
-without attribution (spray.benchmark.baseline) the same way, and the faithfulness of the model's heatmaps
-(spray.benchmark.faithfulness). These are the calls the
+(spray.pipeline.analyze) -> rank (spray.ranking.rank_classes) -> the corrections (P-ClArC by default, any of
+spray.clarc.CORRECTIONS) on the top-ranked cluster with the ground-truth artifact in every test image
+(spray.clarc.clarc_from_store) -> score, and score the baselines without attribution (spray.benchmark.baseline)
+the same way, and the faithfulness of the model's heatmaps (spray.benchmark.faithfulness). These are the calls the
 ``spray attribute``, ``analyze``, ``rank`` and ``clarc`` commands make. Each stage is memoised by the stage
 itself (weights by file, attributions by the store's resume, analysis nodes by their keys), and the scored
-result of a finished case is kept as ``result-v<SCORES>.json``: an interrupted benchmark started again skips the
-finished cases and resumes the unfinished one where it stopped.
+result of a finished case is kept as ``result-v<SCORES>.json`` (``result-v<SCORES>-<methods>.json`` for corrections
+other than the default): an interrupted benchmark started again skips the finished cases and resumes the
+unfinished one where it stopped. Each stage's wall and CPU seconds and the process's peak RSS are recorded.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,14 +29,14 @@ import torch
 
 from spray.attribution.methods import get_method
 from spray.attribution import AttributionRun, attribute_dataset
-from spray.benchmark.baseline import activation_baseline
-from spray.benchmark.cases import Case, CaseData, Size, make_case
+from spray.benchmark.baseline import BASELINES
+from spray.benchmark.cases import Case, CaseData, Size, check_extras, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.faithfulness import aopc, spread
 from spray.benchmark.metrics import detection, mask_iou, out_of_fold_cav_auroc, relevance_density
 from spray.benchmark.models import build
-from spray.clarc import (ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer, isolate_artifact,
-                         localize)
+from spray.clarc import (CORRECTIONS, ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer,
+                         isolate_artifact, localize)
 from spray.clarc.activations import activations, pool
 from spray.data.models import model_hash
 from spray.errors import BadInputError
@@ -48,13 +50,14 @@ from spray.workflow import train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 3
-"""The version of a case's scored result (``result-v3.json``): raise it when the scoring changes, and a
+SCORES = 4
+"""The version of a case's scored result (``result-v4.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
-pixel-flipping AOPC and the IoU of ClArC's artifact masks."""
+pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
+score per correction method, group accuracies, CPU seconds and peak RSS per stage."""
 METHOD = "epsilon_plus_flat"
-CLARC = "pclarc"
-"""P-ClArC: no fine-tuning, so a case's correction costs seconds; A- and RR-ClArC join the grid later."""
+CLARC = ("pclarc",)
+"""The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
 USES_MARGIN = 0.05
 """A model *uses* the artifact when pasting it into every clean test image costs at least 5 points."""
 PIPELINE = """
@@ -71,7 +74,11 @@ STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score", "baseline",
 @dataclass
 class CaseResult:
     """A scored case (docs/benchmark.md, "Metrics", defines every field). None: not defined for the case
-    (the control has no artifact) or not reached (``clarc_error`` says why)."""
+    (the control has no artifact) or not reached (a correction's ``error`` says why).
+
+    ``baselines``: per baseline (spray.benchmark.baseline.BASELINES), ``{"rank", "f1"}``. ``corrections``: per
+    correction method, ``{"cluster", "clean", "everywhere", "worst_group", "error"}``, the accuracies as
+    [original, corrected]. ``group_accuracy``: the two-class set's accuracy per group on the clean test set."""
 
     case: Case
     n_planted: int
@@ -89,23 +96,23 @@ class CaseResult:
     clean_flags: int
     clean_classes: int
     relevance_density: float | None
-    baseline_rank: int | None = None
-    baseline_f1: float | None = None
     iou: float | None = None
     aopc: dict[str, float] | None = None
-    clarc_cluster: str | None = None
-    clarc_clean: tuple[float, float] | None = None
-    clarc_everywhere: tuple[float, float] | None = None
-    clarc_error: str | None = None
+    group_accuracy: dict[str, float] | None = None
+    worst_group_accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    corrections: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:
-        pairs = {k: tuple(data[k]) if data[k] is not None else None for k in ("clarc_clean", "clarc_everywhere")}
-        return cls(**{**data, **pairs, "case": Case(**data["case"])})
+        return cls(**{**data, "case": Case(**data["case"])})
 
 
 def case_directory(cache: Path, case: Case, size: Size, source: str) -> Path:
@@ -114,31 +121,60 @@ def case_directory(cache: Path, case: Case, size: Size, source: str) -> Path:
     return cache / f"{case.name}-{key}"
 
 
-def result_file(directory: Path) -> Path:
-    """Where a case directory keeps its scored result (of this scoring version)."""
-    return directory / f"result-v{SCORES}.json"
+def result_file(directory: Path, corrections: tuple[str, ...] = CLARC) -> Path:
+    """Where a case directory keeps its scored result (of this scoring version) with ``corrections``."""
+    return directory / (f"result-v{SCORES}.json" if corrections == CLARC else
+                        f"result-v{SCORES}-{'+'.join(corrections)}.json")
+
+
+def check_corrections(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` as a tuple if each is a correction of spray.clarc.CORRECTIONS (read when called, so methods
+    added there are accepted here); a BadInputError naming the unknown ones otherwise."""
+    unknown = [n for n in names if n not in CORRECTIONS]
+    if unknown or not names:
+        raise BadInputError(f"unknown correction {', '.join(map(repr, unknown)) or '(none given)'} (--clarc); "
+                            f"choose from {', '.join(CORRECTIONS)}")
+    if len(set(names)) < len(names):
+        raise BadInputError(f"a correction is named twice in --clarc {','.join(names)}")
+    return tuple(names)
+
+
+@dataclass
+class Costs:
+    """Per stage: wall seconds, CPU seconds of the process (all its threads, ``time.process_time``) and the
+    process's peak resident set size in MiB by the end of the stage (``getrusage``'s ``ru_maxrss``: a high-water
+    mark over the stage and everything before it in the process, so a stage that allocates more than any
+    before it raises it)."""
+
+    wall: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, float] = field(default_factory=dict)
 
 
 @contextmanager
-def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
-    start = time.perf_counter()
+def _timed(seconds: Costs, stage: str) -> Iterator[None]:
+    start, cpu = time.perf_counter(), time.process_time()
     yield
-    seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - start
+    seconds.wall[stage] = seconds.wall.get(stage, 0.0) + time.perf_counter() - start
+    seconds.cpu[stage] = seconds.cpu.get(stage, 0.0) + time.process_time() - cpu
+    seconds.rss[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist",
-             progress: bool = False) -> CaseResult:
-    """Run ``case`` (or load its cached result) in a directory under ``cache``; see the module docstring."""
+             corrections: tuple[str, ...] = CLARC, progress: bool = False) -> CaseResult:
+    """Run ``case`` (or load its cached result) in a directory under ``cache``, correcting with each of
+    ``corrections`` (names in spray.clarc.CORRECTIONS); see the module docstring."""
+    corrections = check_corrections(corrections)
     guard = active()
     directory = guard.directory(case_directory(Path(cache), case, size, source), "benchmark case directory")
-    scored = result_file(directory)
+    scored = result_file(directory, corrections)
     if scored.is_file():
         return CaseResult.from_dict(json.loads(scored.read_text(encoding="utf-8")))
-    seconds: dict[str, float] = {}
+    seconds = Costs()
     data = make_case(case, load_images(source), size)
     train = data.dataset(data.train)
     with _timed(seconds, "train"):
-        model = build(case.architecture, case.seed)
+        model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
         config = TrainingConfig(epochs=size.epochs, batch_size=size.batch_size, lr=size.lr, seed=case.seed)
         train_once(model, lambda: train, directory / "model.pt", config, progress=progress)
     store = directory / "audit.h5"
@@ -158,13 +194,14 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
         result.aopc = aopc(model, x, y, METHOD, seed=case.seed)
     if data.everywhere_test is not None:
         with _timed(seconds, "clarc"):
-            _correct(result, store, model, data, directory, progress)
+            for method in corrections:
+                result.corrections[method] = _correct(method, store, model, data, directory, progress)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     guard.write(scored, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return result
 
 
-def _score(data: CaseData, model: torch.nn.Module, ranking: Ranking, seconds: dict[str, float]) -> CaseResult:
+def _score(data: CaseData, model: torch.nn.Module, ranking: Ranking, seconds: Costs) -> CaseResult:
     """Detection and localisation scores of a case's audit (the ranking) against its ground truth."""
     case = data.case
     with _timed(seconds, "score"):
@@ -182,8 +219,12 @@ def _score(data: CaseData, model: torch.nn.Module, ranking: Ranking, seconds: di
             cluster=entry.cluster.reference if entry else None,
             cluster_size=len(members), precision=None, recall=None, f1=None, cav_auroc=None,
             clean_flags=sum(e.flagged for e in clean), clean_classes=len(clean), relevance_density=None,
-            seconds=seconds,
+            seconds=seconds.wall, cpu_seconds=seconds.cpu, peak_rss_mib=seconds.rss,
         )
+        if data.groups is not None:
+            result.group_accuracy = _group_accuracy(model, data)
+            result.worst_group_accuracy = min(result.group_accuracy.values())
+            result.balanced_accuracy = float(np.mean(list(result.group_accuracy.values())))
         if not case.is_control:
             result.precision, result.recall, result.f1 = detection(members, data.planted.tolist())
             result.cav_auroc = _cav_auroc(data, model, members)
@@ -195,12 +236,20 @@ def _score(data: CaseData, model: torch.nn.Module, ranking: Ranking, seconds: di
                 result.iou = _localization_iou(data, model, members)
     if not case.is_control:
         with _timed(seconds, "baseline"):
-            baseline = activation_baseline(model, *data.train)
-            entry = next((i for i, c in enumerate(baseline) if c.label == data.poisoned_class), None)
-            if entry is not None:
-                result.baseline_rank = entry + 1
-                result.baseline_f1 = detection(baseline[entry].members.tolist(), data.planted.tolist())[2]
+            for name, baseline in BASELINES.items():
+                found = baseline(model, *data.train)
+                entry = next((i for i, c in enumerate(found) if c.label == data.poisoned_class), None)
+                result.baselines[name] = {"rank": None, "f1": None} if entry is None else {
+                    "rank": entry + 1, "f1": detection(found[entry].members.tolist(), data.planted.tolist())[2]}
     return result
+
+
+def _group_accuracy(model: torch.nn.Module, data: CaseData) -> dict[str, float]:
+    """``model``'s accuracy on each group of the two-class set's clean test images, by group name."""
+    x, y = data.clean_test
+    groups = data.groups[1]
+    return {name: accuracy(model, data.dataset((x[groups == g], y[groups == g])))
+            for g, name in enumerate(data.group_names)}
 
 
 def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:
@@ -231,36 +280,41 @@ def _localization_iou(data: CaseData, model: torch.nn.Module, members: list[int]
     return mask_iou(found.masks.numpy() > 0, data.masks)
 
 
-def _correct(result: CaseResult, store: Path, model: torch.nn.Module, data: CaseData, directory: Path,
-             progress: bool) -> None:
-    """P-ClArC on the top-ranked class's flagged cluster (what ``spray clarc --cluster top`` corrects),
-    evaluated with the ground-truth artifact in every clean test image; a refusal is recorded, not raised."""
+def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, directory: Path,
+             progress: bool) -> dict[str, Any]:
+    """The correction ``method`` on the top-ranked class's flagged cluster (what ``spray clarc --cluster top``
+    corrects), evaluated with the ground-truth artifact in every clean test image (and per group on the
+    two-class set); a refusal is recorded as its ``error``, not raised."""
+    score: dict[str, Any] = {"cluster": None, "clean": None, "everywhere": None, "worst_group": None, "error": None}
     try:
         corrected = clarc_from_store(
             store, model, data.dataset(data.train),
-            ClarcConfig(CLARC, directory / "clarc", tuning=Tuning(seed=data.case.seed), progress=progress),
+            ClarcConfig(method, directory / "clarc", tuning=Tuning(seed=data.case.seed), progress=progress),
             EvaluationData(data.dataset(data.clean_test), everywhere_test=data.dataset(data.everywhere_test)),
         )
     except BadInputError as exc:  # e.g. a flagged cluster too small for a CAV: part of what is measured
-        result.clarc_error = str(exc)
-        return
+        return {**score, "error": str(exc)}
     before, after = corrected.metrics
-    result.clarc_cluster = corrected.cluster
-    result.clarc_clean = (before["clean_accuracy"], after["clean_accuracy"])
-    result.clarc_everywhere = (before["everywhere_accuracy"], after["everywhere_accuracy"])
-
+    score.update(cluster=corrected.cluster, clean=[before["clean_accuracy"], after["clean_accuracy"]],
+                 everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
+    if data.groups is not None:
+        score["worst_group"] = [min(_group_accuracy(m, data).values()) for m in (model, corrected.model)]
+    return score
 
 
 def run_benchmark(cases: list[Case], cache: str | Path, size: Size, *, source: str = "mnist",
-                  on_case: Callable[[int, CaseResult], None] | None = None,
+                  corrections: tuple[str, ...] = CLARC, on_case: Callable[[int, CaseResult], None] | None = None,
                   progress: bool = False) -> list[CaseResult]:
     """Every case of ``cases`` in order (:func:`run_case`), cached under ``cache``; ``on_case(i, result)``
-    after each. The cache directory and the data are checked before the first case runs."""
+    after each. The corrections, the cache directory, the data and the extras the cases need are checked before
+    the first case runs."""
+    check_corrections(corrections)
     active().directory(cache, "benchmark cache directory")
     load_images(source)
+    check_extras(cases)
     results = []
     for i, case in enumerate(cases):
-        results.append(run_case(case, cache, size, source=source, progress=progress))
+        results.append(run_case(case, cache, size, source=source, corrections=corrections, progress=progress))
         if on_case is not None:
             on_case(i, results[-1])
     return results

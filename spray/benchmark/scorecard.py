@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from spray import __version__
+from spray.benchmark.baseline import BASELINES
 from spray.benchmark.faithfulness import ORDERINGS
 from spray.benchmark.metrics import mean_interval, wilson
 from spray.benchmark.run import STAGES, CaseResult
@@ -60,6 +61,29 @@ class Estimate:
 
 
 @dataclass(frozen=True)
+class BaselineRow:
+    """One baseline over a row's seeds: the poisoned class's rank, how often it ranked first, its group's F1."""
+
+    rank: Estimate | None
+    first: Rate
+    f1: Estimate | None
+
+
+@dataclass(frozen=True)
+class CorrectionRow:
+    """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy and
+    (the two-class set) worst-group accuracy, original and corrected; how many seeds it refused."""
+
+    everywhere_before: Estimate | None
+    everywhere_after: Estimate | None
+    clean_before: Estimate | None
+    clean_after: Estimate | None
+    worst_group_before: Estimate | None
+    worst_group_after: Estimate | None
+    refused: int
+
+
+@dataclass(frozen=True)
 class Row:
     """One cell of the grid over its seeds (docs/benchmark.md defines each field)."""
 
@@ -69,6 +93,8 @@ class Row:
     architecture: str
     seeds: int
     clean_accuracy: Estimate | None
+    worst_group_accuracy: Estimate | None
+    balanced_accuracy: Estimate | None
     uses: Rate
     rank: Estimate | None
     first: Rate
@@ -80,28 +106,42 @@ class Row:
     clean_flags: Rate
     relevance_density: Estimate | None
     iou: Estimate | None
-    baseline_rank: Estimate | None
-    baseline_first: Rate
-    baseline_f1: Estimate | None
-    clarc_everywhere_before: Estimate | None
-    clarc_everywhere_after: Estimate | None
-    clarc_clean_before: Estimate | None
-    clarc_clean_after: Estimate | None
-    clarc_refused: int
+    baselines: dict[str, BaselineRow] = field(default_factory=dict)
+    corrections: dict[str, CorrectionRow] = field(default_factory=dict)
     aopc: dict[str, Estimate | None] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mib: dict[str, float] = field(default_factory=dict)
 
 
-def _row(results: list[CaseResult]) -> Row:
+def _baseline(planted: list[CaseResult], name: str) -> BaselineRow:
+    found = [r.baselines[name] for r in planted if name in r.baselines]
+    return BaselineRow(Estimate.of([b["rank"] for b in found]), Rate.of(sum(b["rank"] == 1 for b in found), len(found)),
+                       Estimate.of([b["f1"] for b in found]))
+
+
+def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
+    found = [r.corrections[method] for r in results if method in r.corrections]
+
+    def pair(key: str, i: int) -> Estimate | None:
+        return Estimate.of([c[key][i] for c in found if c[key] is not None])
+
+    return CorrectionRow(pair("everywhere", 0), pair("everywhere", 1), pair("clean", 0), pair("clean", 1),
+                         pair("worst_group", 0), pair("worst_group", 1), sum(c["error"] is not None for c in found))
+
+
+def _row(results: list[CaseResult], methods: list[str]) -> Row:
     case = results[0].case
     planted = [r for r in results if not r.case.is_control]
 
-    def pair(key: str, i: int) -> Estimate | None:
-        return Estimate.of([getattr(r, key)[i] for r in results if getattr(r, key) is not None])
+    def mean_cost(costs: str) -> dict[str, float]:
+        return {s: sum(getattr(r, costs).get(s, 0.0) for r in results) / len(results) for s in STAGES}
 
     return Row(
         split=case.split, artifact=case.artifact, prevalence=case.prevalence, architecture=case.architecture,
         seeds=len(results), clean_accuracy=Estimate.of([r.clean_accuracy for r in results]),
+        worst_group_accuracy=Estimate.of([r.worst_group_accuracy for r in results]),
+        balanced_accuracy=Estimate.of([r.balanced_accuracy for r in results]),
         uses=Rate.of(sum(bool(r.uses_artifact) for r in planted), len(planted)),
         rank=Estimate.of([r.rank for r in planted]),
         first=Rate.of(sum(r.rank == 1 for r in planted), len(planted)),
@@ -111,14 +151,11 @@ def _row(results: list[CaseResult]) -> Row:
         clean_flags=Rate.of(sum(r.clean_flags for r in results), sum(r.clean_classes for r in results)),
         relevance_density=Estimate.of([r.relevance_density for r in planted]),
         iou=Estimate.of([r.iou for r in planted]),
-        baseline_rank=Estimate.of([r.baseline_rank for r in planted]),
-        baseline_first=Rate.of(sum(r.baseline_rank == 1 for r in planted), len(planted)),
-        baseline_f1=Estimate.of([r.baseline_f1 for r in planted]),
-        clarc_everywhere_before=pair("clarc_everywhere", 0), clarc_everywhere_after=pair("clarc_everywhere", 1),
-        clarc_clean_before=pair("clarc_clean", 0), clarc_clean_after=pair("clarc_clean", 1),
-        clarc_refused=sum(r.clarc_error is not None for r in results),
+        baselines={name: _baseline(planted, name) for name in BASELINES},
+        corrections={method: _correction(results, method) for method in methods},
         aopc={o: Estimate.of([r.aopc[o] for r in results if r.aopc]) for o in ORDERINGS},
-        seconds={s: sum(r.seconds.get(s, 0.0) for r in results) / len(results) for s in STAGES},
+        seconds=mean_cost("seconds"), cpu_seconds=mean_cost("cpu_seconds"),
+        peak_rss_mib={s: max(r.peak_rss_mib.get(s, 0.0) for r in results) for s in STAGES},
     )
 
 
@@ -145,10 +182,13 @@ class Scorecard:
     results: list[CaseResult]
     meta: dict[str, Any]
     rows: list[Row] = field(init=False)
+    corrections: list[str] = field(init=False)
+    """The correction methods of the results, in the order they first appear: one column each."""
 
     def __post_init__(self) -> None:
+        self.corrections = list(dict.fromkeys(m for r in self.results for m in r.corrections))
         ordered = sorted(self.results, key=lambda r: (r.case.split != "dev", *_group_key(r)))
-        self.rows = [_row(list(group)) for _, group in groupby(ordered, key=_group_key)]
+        self.rows = [_row(list(group), self.corrections) for _, group in groupby(ordered, key=_group_key)]
 
     @classmethod
     def made(cls, results: list[CaseResult], **meta: Any) -> Scorecard:
@@ -163,11 +203,12 @@ class Scorecard:
 
     def table(self) -> str:
         """The rows as aligned text, one block per split."""
-        header = ["split", "artifact", "prev", "seeds", "clean acc", "uses", "rank", "ranked first", "flagged",
-                  "F1", "CAV AUROC", "clean-class flags", "density", "IoU", "baseline rank", "baseline first",
-                  "baseline F1", "ClArC everywhere before -> after", "AOPC LRP", "AOPC GxI", "AOPC rand",
-                  "s/case"]
-        lines = [header] + [_cells(row) for row in self.rows]
+        header = ["split", "artifact", "prev", "seeds", "clean acc", "worst group", "uses", "rank", "ranked first",
+                  "flagged", "F1", "CAV AUROC", "clean-class flags", "density", "IoU",
+                  *(f"{b} {what}" for b in BASELINES for what in ("rank", "F1")),
+                  *(f"{m} everywhere before -> after" for m in self.corrections), "AOPC LRP", "AOPC GxI",
+                  "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
+        lines = [header] + [_cells(row, self.corrections) for row in self.rows]
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
@@ -176,7 +217,8 @@ class Scorecard:
         environment = Environment(loader=PackageLoader("spray.benchmark", "templates"), autoescape=True,
                                   undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         return environment.get_template("scorecard.html").render(
-            meta=self.meta, header=_HTML_HEADER, rows=[(r, _cells(r)) for r in self.rows],
+            meta=self.meta, header=_html_header(self.corrections),
+            rows=[(r, _cells(r, self.corrections)) for r in self.rows],
             spray_version=__version__,
         )
 
@@ -187,23 +229,29 @@ class Scorecard:
                               report=True)
 
 
-_HTML_HEADER = ["split", "artifact", "prevalence", "seeds", "clean accuracy", "uses the artifact", "rank",
-                "ranked first", "flagged", "F1", "CAV AUROC", "flags on clean classes", "relevance density",
-                "artifact mask IoU", "baseline rank", "baseline ranked first", "baseline F1",
-                "ClArC everywhere accuracy, before → after", "AOPC LRP", "AOPC gradient × input", "AOPC random",
-                "seconds per case"]
+def _html_header(corrections: list[str]) -> list[str]:
+    return ["split", "artifact", "prevalence", "seeds", "clean accuracy", "worst-group accuracy",
+            "uses the artifact", "rank", "ranked first", "flagged", "F1", "CAV AUROC", "flags on clean classes",
+            "relevance density", "artifact mask IoU",
+            *(f"{b} baseline {what}" for b in BASELINES for what in ("rank", "F1")),
+            *(f"{m}: everywhere accuracy, before → after" for m in corrections), "AOPC LRP",
+            "AOPC gradient × input", "AOPC random", "seconds per case", "CPU seconds per case", "peak RSS, MiB"]
 
 
-def _cells(row: Row) -> list[str]:
+def _cells(row: Row, corrections: list[str]) -> list[str]:
     def est(value: Estimate | None) -> str:
         return "-" if value is None else str(value)
 
-    clarc = "-" if row.clarc_everywhere_before is None else \
-        f"{est(row.clarc_everywhere_before)} -> {est(row.clarc_everywhere_after)}"
-    if row.clarc_refused:
-        clarc += f" ({row.clarc_refused} refused)"
+    def correction(c: CorrectionRow) -> str:
+        cell = "-" if c.everywhere_before is None else f"{est(c.everywhere_before)} -> {est(c.everywhere_after)}"
+        if c.worst_group_before is not None:
+            cell += f" (worst group {est(c.worst_group_before)} -> {est(c.worst_group_after)})"
+        return cell + (f" ({c.refused} refused)" if c.refused else "")
+
     return [row.split, row.artifact, f"{row.prevalence:.0%}", str(row.seeds), est(row.clean_accuracy),
-            str(row.uses), est(row.rank), str(row.first), str(row.flagged), est(row.f1), est(row.cav_auroc),
-            str(row.clean_flags), est(row.relevance_density), est(row.iou), est(row.baseline_rank),
-            str(row.baseline_first), est(row.baseline_f1), clarc, *(est(row.aopc[o]) for o in ORDERINGS),
-            f"{sum(row.seconds.values()):.0f}"]
+            est(row.worst_group_accuracy), str(row.uses), est(row.rank), str(row.first), str(row.flagged),
+            est(row.f1), est(row.cav_auroc), str(row.clean_flags), est(row.relevance_density), est(row.iou),
+            *(cell for b in BASELINES for cell in (est(row.baselines[b].rank), est(row.baselines[b].f1))),
+            *(correction(row.corrections[m]) for m in corrections), *(est(row.aopc[o]) for o in ORDERINGS),
+            f"{sum(row.seconds.values()):.0f}", f"{sum(row.cpu_seconds.values()):.0f}",
+            f"{max(row.peak_rss_mib.values()):.0f}"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spray.benchmark.artifacts import Blur, Brightness, Frame, Patch, Tag, checker, glyphs
+from spray.benchmark.artifacts import Blur, Brightness, Cast, Frame, Patch, Tag, checker, glyphs
 from spray.errors import BadInputError
 
 RNG = np.random.default_rng(0)
@@ -72,3 +72,12 @@ def test_global_artifacts_change_every_pixel_they_should_and_mask_the_whole_imag
     assert blurred.sum() == pytest.approx(x.sum(), rel=1e-3)
     assert Brightness.is_global and Blur.is_global and not Patch.is_global
     assert (bright_masks == 1).all() and (blur_masks == 1).all()
+
+
+def test_a_colour_cast_tints_each_channel_and_refuses_grey_images():
+    cast = Cast((1.0, 0.5, 0.0), (0.2, 0.1, 0.0))
+    out, masks = cast.apply(np.full((2, 3, 28, 28), 0.5, np.float32), RNG)
+    assert np.allclose(out[:, :, 3, 3], [0.6, 0.325, 0.0])
+    assert masks.shape == (2, 28, 28) and masks.all() and cast.is_global and cast.channels == 3
+    with pytest.raises(BadInputError, match=r"^a colour cast needs RGB images \(n, 3, H, W\), got 1 channel\(s\)$"):
+        cast.apply(_images(), RNG)

@@ -30,7 +30,8 @@ def test_the_grid_has_every_cell_on_both_splits_and_the_control_once_per_seed():
 
 def test_an_unknown_case_is_refused_with_the_known_ones():
     with pytest.raises(BadInputError, match="^unknown benchmark case 'patch'; choose from patch_fixed, "
-                                            "patch_random, tag, frame, brightness, blur, control$"):
+                                            "patch_random, tag, frame, brightness, blur, cast, waterbirds, "
+                                            "control$"):
         grid(["patch", "frame"], (0.1,), seeds=1)
 
 
@@ -59,6 +60,36 @@ def test_a_case_is_the_same_every_time_and_another_seed_draws_other_images(digit
     other = make_case(Case("tag", 0.3, "cnn", 2, "heldout"), digits, TINY)
     assert not np.array_equal(first.train[0], other.train[0])
     assert (first.train[1][first.planted] == 3).all()
+
+
+def test_a_colour_cast_case_renders_the_digits_as_rgb_and_casts_only_the_planted_images(digits):
+    data = make_case(Case("cast", 0.3, "cnn", 0, "dev"), digits, TINY)
+    x, planted = data.train[0], data.planted
+    clean = np.setdiff1d(np.arange(len(x)), planted)
+    assert x.shape == (400, 3, 28, 28) and data.clean_test[0].shape == (100, 3, 28, 28)
+    assert (x[clean, 0] == x[clean, 1]).all() and (x[clean, 1] == x[clean, 2]).all()  # grey: R = G = B
+    grey = make_case(Case("control", 0.0, "cnn", 0, "dev"), digits, TINY).train[0][planted]  # the same draw
+    gain, lift = np.array([1.0, 0.8, 0.55])[:, None, None], np.array([0.15, 0.08, 0.0])[:, None, None]
+    assert np.allclose(x[planted], lift + (1 - lift) * gain * grey) and data.is_global
+    assert data.everywhere_test[0].shape == (100, 3, 28, 28) and np.allclose(data.everywhere_test[0][:, :, 0, 0],
+                                                                             [0.15, 0.08, 0.0])
+
+
+def test_the_two_class_set_ties_the_background_to_the_class_and_records_the_groups(digits):
+    data = make_case(Case("waterbirds", 0.3, "cnn", 0, "dev"), digits, TINY)
+    (x, y), (x_test, y_test) = data.train, data.clean_test
+    groups_train, groups_test = data.groups
+    assert x.shape == (80, 1, 28, 28) and np.bincount(y).tolist() == [40, 40] and data.label_names == ("3", "8")
+    assert data.group_names == ("3/grass", "3/brick", "8/grass", "8/brick")
+    assert np.bincount(groups_train).tolist() == [28, 12, 12, 28] and np.bincount(groups_test).tolist() == [5] * 4
+    assert (groups_train // 2 == y).all() and (groups_test // 2 == y_test).all()
+    assert data.poisoned_class == 1 and np.array_equal(data.planted, np.flatnonzero(groups_train == 2))
+    assert data.is_global and data.masks.shape == (12, 28, 28)
+    assert (x > 0).mean() > 0.95  # the texture shows behind the digit
+    assert not np.array_equal(data.everywhere_test[0], x_test) and np.array_equal(data.everywhere_test[1], y_test)
+    heldout = make_case(Case("waterbirds", 0.3, "cnn", 100, "heldout"), digits, TINY)
+    assert heldout.label_names == ("4", "9") and heldout.poisoned_class == 0
+    assert (heldout.groups[0][heldout.planted] == 1).all()
 
 
 def test_the_control_plants_nothing(digits):

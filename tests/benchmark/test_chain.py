@@ -43,14 +43,17 @@ def test_a_case_is_scored_against_its_ground_truth(finished):
     assert 1 <= result.rank <= 10 and result.clean_classes == 9 and 0 <= result.clean_flags <= 9
     assert result.cluster.startswith("8:") and result.cluster_size > 0
     assert 0 <= result.f1 <= 1 and result.relevance_density > 0
-    assert result.clarc_error is not None or len(result.clarc_everywhere) == 2
-    assert 1 <= result.baseline_rank <= 10 and 0 <= result.baseline_f1 <= 1
+    (pclarc,) = result.corrections.values()
+    assert list(result.corrections) == ["pclarc"] and (pclarc["error"] is not None or len(pclarc["everywhere"]) == 2)
+    assert list(result.baselines) == ["activation", "knn_outlier", "error_slice"]
+    assert all(b["rank"] is None or 1 <= b["rank"] <= 10 and 0 <= b["f1"] <= 1 for b in result.baselines.values())
+    assert result.group_accuracy is None and result.worst_group_accuracy is None
     assert result.iou is None or 0 <= result.iou <= 1  # None only where ClArC refuses the named cluster
     assert result.iou is not None or result.cluster_size < 4
     assert list(result.aopc) == ["lrp", "gradient", "random"]
     assert all(-1 < v < 50 for v in result.aopc.values())  # logit drops of a digits model
-    assert set(result.seconds) == {"train", "attribute", "analyze", "rank", "clarc", "score", "baseline",
-                                   "faithfulness"}
+    assert set(result.seconds) == set(result.cpu_seconds) == set(result.peak_rss_mib) == {
+        "train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness"}
 
 
 def test_a_finished_case_is_read_from_its_cache(finished, monkeypatch):

@@ -10,6 +10,12 @@ from spray.benchmark import Case, Scorecard
 from spray.benchmark.run import CaseResult
 
 
+def _correction(everywhere: tuple[float, float], worst: list[float] | None = None,
+                error: str | None = None) -> dict:
+    return {"cluster": None if error else "8:kmeans_2:1", "clean": None if error else [0.9, 0.89],
+            "everywhere": None if error else list(everywhere), "worst_group": worst, "error": error}
+
+
 def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = False) -> CaseResult:
     case = Case("control" if control else "tag", 0.0 if control else 0.1, "cnn", seed, "dev")
     return CaseResult(
@@ -17,9 +23,15 @@ def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = Fals
         uses_artifact=None if control else True, rank=rank, flagged=rank == 1, cluster="8:kmeans_2:1",
         cluster_size=30, precision=None if control else f1, recall=None if control else f1,
         f1=None if control else f1, cav_auroc=None, clean_flags=flags, clean_classes=10 if control else 9,
-        relevance_density=None, baseline_rank=None if control else rank + 1, baseline_f1=None if control else f1 / 2,
-        clarc_everywhere=None if control else (0.8, 0.85),
-        clarc_clean=None if control else (0.9, 0.89), seconds={"train": 10.0, "attribute": 2.0},
+        relevance_density=None,
+        baselines={} if control else {"activation": {"rank": rank + 1, "f1": f1 / 2},
+                                      "knn_outlier": {"rank": None, "f1": None},
+                                      "error_slice": {"rank": 1, "f1": 0.1 * seed}},
+        corrections={} if control else {"pclarc": _correction((0.8, 0.85)),
+                                        "rrclarc": _correction((0.8, 0.9 + seed / 100),
+                                                               error="too few" if seed else None)},
+        seconds={"train": 10.0, "attribute": 2.0}, cpu_seconds={"train": 20.0 + seed, "attribute": 2.0},
+        peak_rss_mib={"train": 500.0 + seed, "attribute": 600.0},
         iou=None if control else f1 / 4, aopc={"lrp": 2.0 + seed, "gradient": 1.0, "random": 0.5},
     )
 
@@ -34,14 +46,44 @@ def test_rows_aggregate_the_seeds_of_one_cell():
     assert (tag.clean_flags.k, tag.clean_flags.n) == (3, 27)
     assert tag.clean_flags.low == pytest.approx(0.03851, abs=1e-4)
     assert (control.clean_flags.k, control.clean_flags.n, control.first.n, control.f1) == (1, 10, 0, None)
-    assert tag.clarc_everywhere_after.mean == pytest.approx(0.85)
     assert tag.seconds == {"train": 10.0, "attribute": 2.0, "analyze": 0.0, "rank": 0.0, "clarc": 0.0, "score": 0.0,
                            "baseline": 0.0, "faithfulness": 0.0}
-    assert (tag.baseline_rank.mean, tag.baseline_first.k, tag.baseline_f1.mean) == (3.0, 0, 0.25)
+    assert (tag.cpu_seconds["train"], tag.peak_rss_mib["train"], tag.peak_rss_mib["attribute"]) == (21.0, 502.0, 600.0)
+    activation, knn, errors = (tag.baselines[b] for b in ("activation", "knn_outlier", "error_slice"))
+    assert (activation.rank.mean, activation.first.k, activation.f1.mean) == (3.0, 0, 0.25)
+    assert (knn.rank, knn.first.k, knn.first.n, knn.f1) == (None, 0, 3, None)
+    assert (errors.first.k, errors.f1.mean) == (3, pytest.approx(0.1))
+    assert card.corrections == ["pclarc", "rrclarc"]
+    pclarc, rrclarc = tag.corrections["pclarc"], tag.corrections["rrclarc"]
+    assert pclarc.everywhere_after.mean == pytest.approx(0.85) and pclarc.refused == 0
+    assert (rrclarc.refused, rrclarc.everywhere_after.n, rrclarc.everywhere_after.mean) == (2, 1, 0.9)
+    assert control.corrections["pclarc"] == control.corrections["rrclarc"]
+    assert control.corrections["pclarc"].refused == 0
     assert str(tag.first) == "1/3 [0.06, 0.79]"
     assert (tag.iou.mean, control.iou) == (0.125, None)
     assert (tag.aopc["lrp"].mean, tag.aopc["lrp"].n, control.aopc["lrp"].mean) == (3.0, 3, 2.0)
     assert str(tag.aopc["gradient"]) == "1.00 [1.00, 1.00]" and tag.aopc["random"].mean == 0.5
-    header, *_ = card.table().splitlines()
-    assert re.split(r" {2,}", header)[-5:] == ["ClArC everywhere before -> after", "AOPC LRP", "AOPC GxI", "AOPC rand",
-                                       "s/case"]
+    header, _, tag_line = card.table().splitlines()
+    assert re.split(r" {2,}", header)[14:] == [
+        "IoU", "activation rank", "activation F1", "knn_outlier rank", "knn_outlier F1", "error_slice rank",
+        "error_slice F1", "pclarc everywhere before -> after", "rrclarc everywhere before -> after", "AOPC LRP",
+        "AOPC GxI", "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
+    assert re.split(r" {2,}", tag_line)[-8:-5] == [
+        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85]", "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (2 refused)",
+        "3.00 [0.52, 5.48]"]
+    assert re.split(r" {2,}", tag_line)[-3:] == ["12", "23", "600"]
+
+
+def test_the_two_class_sets_group_accuracies_enter_the_row_and_the_correction_cell():
+    results = []
+    for seed, worst in enumerate((0.2, 0.4)):
+        result = _result(seed, rank=1, f1=1.0, flags=0)
+        result.worst_group_accuracy, result.balanced_accuracy = worst, 0.7
+        result.corrections = {"pclarc": _correction((0.3, 0.5), worst=[worst, 0.6])}
+        results.append(result)
+    (row,) = Scorecard(results, {}).rows
+    assert (row.worst_group_accuracy.mean, row.balanced_accuracy.mean) == (pytest.approx(0.3), 0.7)
+    assert row.corrections["pclarc"].worst_group_after.mean == 0.6
+    cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
+    assert cells[5] == "0.30 [-0.97, 1.57]"
+    assert cells[-7] == "0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (worst group 0.30 [-0.97, 1.57] -> 0.60 [0.60, 0.60])"

@@ -20,10 +20,10 @@ from typing import Any, overload
 import numpy as np
 import pandas as pd
 
-from spray.results import Cluster, best_clusters
+from spray.results import ClassBest, Cluster, best_clusters
 from spray.store import AuditStore
 
-__all__ = ["Ranking", "RankedClass", "rank_classes"]
+__all__ = ["Ranking", "RankedClass", "rank_classes", "replace_class"]
 
 FLAG_OUTLIER = 3.0
 """A class is *flagged* when its −log ncut (or log z-score, see :func:`_flags`) lies this many robust
@@ -147,8 +147,21 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> Ranking:
         return _rank(store, analysis)
 
 
+def replace_class(ranking: Ranking, replacement: ClassBest) -> Ranking:
+    """``ranking`` with class ``replacement.label``'s best cluster (or reason it was skipped) replaced, e.g.
+    by that of another audit of the class, ranked and flagged again against the other classes as they were.
+    A class the ranking does not hold is added."""
+    kept = [ClassBest(c.label, c.name, c.n_samples, c.cluster, c.skipped) for c in ranking
+            if c.label != replacement.label]
+    return _ranked(ranking.analysis, [*kept, replacement])
+
+
 def _rank(store: AuditStore, analysis: str) -> Ranking:
-    found = sorted(best_clusters(store, analysis), key=lambda c: _order(c.label, c.cluster))
+    return _ranked(analysis, best_clusters(store, analysis))
+
+
+def _ranked(analysis: str, classes: Sequence[ClassBest]) -> Ranking:
+    found = sorted(classes, key=lambda c: _order(c.label, c.cluster))
     flags = _flags([c.cluster for c in found])
     return Ranking(analysis, tuple(
         RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped, outlier, flagged)

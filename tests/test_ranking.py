@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from spray.pipeline import analyze, pipeline_from_text
-from spray.ranking import TABLE_COLUMNS, RankedClass, Ranking, _flags, _order, rank_classes
-from spray.results import Cluster
+from spray.ranking import TABLE_COLUMNS, RankedClass, Ranking, _flags, _order, _ranked, rank_classes, replace_class
+from spray.results import ClassBest, Cluster
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store
 from tests.golden.outputs import EXPECTED, HERE as GOLDEN
@@ -80,6 +80,22 @@ def test_with_fewer_than_four_classes_a_class_is_flagged_by_z_and_p_alone_and_sk
     clusters = _clusters([0.1, 0.2, 0.3], [3.0, 2.9, 40.0])
     clusters[2] = replace(clusters[2], p_value=0.06)
     assert _flags(clusters + [None]) == [(None, True), (None, False), (None, False), (None, False)]
+
+
+def test_replacing_a_class_ranks_and_flags_it_again_against_the_others_as_they_were():
+    cuts = [0.0173, 0.0404, 0.0571, 0.114, 0.196, 0.213, 0.214, 0.220, 0.236, 0.336]  # the demo's, seed 0
+    classes = [ClassBest(c.label, str(c.label), 100, c, None) for c in _clusters(cuts, [50.0] * 10)]
+    ranking = _ranked("spray", classes)
+    assert [e.label for e in ranking.flagged] == [0, 1]
+    calmer = ClassBest(0, "0", 100, replace(classes[0].cluster, ncut=0.2), None)
+    after = replace_class(ranking, calmer)
+    assert [e.label for e in after][:5] == [1, 2, 3, 4, 0] and after.of(0).rank == 5
+    assert not after.of(0).flagged and after.of(0).ncut == 0.2
+    assert [e.to_json() for e in after if e.label != 0] == [
+        {**e.to_json(), "rank": after.of(e.label).rank, "outlier": after.of(e.label).outlier,
+         "flagged": after.of(e.label).flagged} for e in ranking if e.label != 0]
+    skipped = replace_class(ranking, ClassBest(1, "1", 100, None, "too few samples"))
+    assert skipped[-1].label == 1 and skipped[-1].skipped == "too few samples" and len(skipped) == 10
 
 
 def test_the_json_of_a_ranking_has_the_golden_keys_values_and_order():

@@ -168,10 +168,10 @@ def evaluate_model(model: nn.Module, *, clean: Dataset, patch: Tensor, mask: Ten
     return row
 
 
-def _group_order(name: str) -> tuple[int, str]:
+def _group_order(name: str) -> tuple[int, bool]:
     """Groups by class index, clean before artifact."""
     label, _, kind = name.partition(":")
-    return int(label), kind
+    return int(label), kind == "artifact"
 
 
 @dataclass(frozen=True)

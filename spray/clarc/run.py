@@ -320,7 +320,7 @@ def evaluate_from_store(
         mask=torch.from_numpy(arrays["mask"]),
         clean=test, poisoned=poisoned_test, everywhere_test=everywhere_test, composite=composite,
         target=relevance_target or attrs.get("relevance_target") or "prediction", region=region, fda=fda,
-        layer=attrs["layer"], training_seconds=attrs.get("training_seconds"), progress=progress,
+        layer=attrs.get("layer"), training_seconds=attrs.get("training_seconds"), progress=progress,
     )
     everywhere = "isolated" if everywhere_test is None else "given"
     write_result(store_path, run, arrays, {**attrs, "metrics": metrics, "everywhere": everywhere})

@@ -3,7 +3,8 @@
 :func:`clarc_from_store` is what ``spray clarc`` runs: read the cluster's members, isolate the artifact,
 correct the model (A-, P- or RR-ClArC), save the corrected weights, optionally evaluate and verify (audit
 the flagged class again with the corrected model: spray.clarc.verify), and record it all in the store as
-node ``clarc/<run>/result`` (docs/clarc.md lists its contract). :func:`evaluate_from_store` (``spray evaluate``) measures a recorded run again, e.g. on other test data, and updates its metrics.
+node ``clarc/<run>/result`` (docs/clarc.md lists its contract). :func:`evaluate_from_store`
+(``spray evaluate``) measures a recorded run again, e.g. on other test data, and updates its metrics.
 
 Run directory ``<out_dir>/<run>/``: ``weights.pt`` (the corrected state_dict), ``checkpoint.pt`` (fine-tuning,
 resumable), ``result.json`` (what the node holds, minus arrays), ``corrected.h5`` (the re-audit for the FDA

@@ -9,8 +9,9 @@ is ranked and flagged again against the other classes *as the original audit sco
 (:func:`spray.ranking.replace_class`).
 
 Why only the flagged class: the flag asks whether this class stands out from the others, and a full
-re-audit of every class costs what the audit cost (the demo: ten times the flagged class's share, about
-as long as the rest of ``spray demo``); ``fda_rank`` (``--fda-rank``) runs that full re-audit when asked.
+re-audit of every class costs what the audit's attribution and analysis cost, ten times the flagged
+class's share on the demo (whose verification adds about 4 s of CPU to a 56 s ClArC step: docs/clarc.md);
+``fda_rank`` (``--fda-rank``) runs that full re-audit when asked.
 A correction that changes the other classes' explanations too is compared with their original figures.
 
 The result, :class:`Verification`: the class's standing before and after (rank, flag, outlier score, and

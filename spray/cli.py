@@ -392,7 +392,8 @@ def evaluate(
     store: Path, run_name: str, model_spec: str, weights: Path | None, test_spec: str,
     poisoned_spec: str | None, everywhere_spec: str | None, data_spec: str | None, fda_rank: bool, as_json: bool,
 ) -> None:
-    """Clean / poisoned / artifact-everywhere accuracy and artifact relevance, before and after ClArC."""
+    """Accuracies (clean, poisoned, artifact everywhere, per group: AGA/WGA), artifact relevance and its
+    density, TCAV and training cost, before and after ClArC."""
     from spray.clarc import evaluate_from_store, format_metrics
     from spray.data import load_model
 

@@ -23,7 +23,7 @@ import pandas as pd
 from spray.results import ClassBest, Cluster, best_clusters
 from spray.store import AuditStore
 
-__all__ = ["Ranking", "RankedClass", "rank_classes", "replace_class"]
+__all__ = ["Ranking", "RankedClass", "class_best", "rank_classes", "replace_class"]
 
 FLAG_OUTLIER = 3.0
 """A class is *flagged* when its −log ncut (or log z-score, see :func:`_flags`) lies this many robust
@@ -147,12 +147,17 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> Ranking:
         return _rank(store, analysis)
 
 
+def class_best(entry: RankedClass) -> ClassBest:
+    """What the ranking was made of for ``entry``'s class: every input of its rank and flag, so that
+    :func:`replace_class` ranks and flags the class as :func:`rank_classes` did."""
+    return ClassBest(entry.label, entry.name, entry.n_samples, entry.cluster, entry.skipped)
+
+
 def replace_class(ranking: Ranking, replacement: ClassBest) -> Ranking:
     """``ranking`` with class ``replacement.label``'s best cluster (or reason it was skipped) replaced, e.g.
     by that of another audit of the class, ranked and flagged again against the other classes as they were.
     A class the ranking does not hold is added."""
-    kept = [ClassBest(c.label, c.name, c.n_samples, c.cluster, c.skipped) for c in ranking
-            if c.label != replacement.label]
+    kept = [class_best(c) for c in ranking if c.label != replacement.label]
     return _ranked(ranking.analysis, [*kept, replacement])
 
 

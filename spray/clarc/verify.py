@@ -33,7 +33,7 @@ from torch.utils.data import Dataset, Subset
 from spray.clarc.cluster import ClusterMembers
 from spray.clarc.evaluate import FdaSetup, reaudit
 from spray.data.models import model_hash
-from spray.ranking import RankedClass, rank_classes, replace_class
+from spray.ranking import RankedClass, class_best, rank_classes, replace_class
 from spray.results import ClassBest, read_class
 from spray.store import AuditStore
 
@@ -179,11 +179,11 @@ def verify_correction(store_path: str | Path, corrected: nn.Module, dataset: Dat
     again = ranking.of(label)
     if again is None:  # the class's samples came out as other classes (a store grouped by prediction)
         replacement = ClassBest(label, str(label), len(index), None, "not in the re-audit")
-    else:
-        cluster = again.cluster
-        if cluster is not None:  # dataset indices of the re-audit are positions in the class's samples
-            cluster = replace(cluster, members=tuple(int(index[i]) for i in cluster.members))
-        replacement = ClassBest(label, again.name, again.n_samples, cluster, again.skipped)
+    else:  # dataset indices of the re-audit are positions in the class's samples
+        replacement = class_best(again)
+        if replacement.cluster is not None:
+            replacement = replace(replacement, cluster=replace(
+                replacement.cluster, members=tuple(int(index[i]) for i in replacement.cluster.members)))
     after = replace_class(original, replacement).of(label)
     match: tuple[str | None, float] = (None, 0.0)
     if replacement.skipped is None:

@@ -13,8 +13,7 @@ from spray.clarc import ClarcConfig, clarc_from_store
 from spray.clarc.cluster import read_cluster
 from spray.clarc.projective import project_model
 from spray.clarc.verify import Standing, Verification, best_match, verification_store, verify_correction
-from spray.ranking import rank_classes, replace_class
-from spray.results import ClassBest
+from spray.ranking import class_best, rank_classes, replace_class
 from spray.store import AuditStore
 
 
@@ -79,9 +78,8 @@ def test_verify_reaudits_only_the_class_and_ranks_it_against_the_others_as_they_
     assert [e.label for e in again] == [1] and len(index) == len(members.artifact) + len(members.rest)
     mapped = np.sort(np.concatenate([members.artifact, members.rest]))
     best = again.of(1).cluster
-    expected = replace_class(original, ClassBest(
-        1, again.of(1).name, again.of(1).n_samples,
-        dataclasses.replace(best, members=tuple(int(mapped[i]) for i in best.members)), None)).of(1)
+    expected = replace_class(original, dataclasses.replace(class_best(again.of(1)), cluster=dataclasses.replace(
+        best, members=tuple(int(mapped[i]) for i in best.members)))).of(1)
     assert found.after == Standing.of(expected)
     assert found.n_members == len(members.artifact) and 0.0 < found.match_f1 <= 1.0
     # a second verification of the same corrected model resumes the store: the same answer

@@ -1,4 +1,5 @@
-"""The ``spray`` command line (exit codes 0 ok, 2 bad input, 1 internal error: docs/architecture.md, "Exit codes")."""
+"""The ``spray`` command line (exit codes 0 ok, 2 bad input, 1 internal error, 3 a ClArC correction whose
+verification found the flagged group still there: docs/architecture.md, "Exit codes")."""
 
 from __future__ import annotations
 
@@ -14,6 +15,21 @@ import click
 
 from spray.errors import SprayError
 from spray.usercode import guarded
+
+
+NOT_CLEARED = 3
+"""Exit code of ``spray clarc --verify`` and ``spray run`` when a verified correction left its class flagged
+(everything was still written and recorded)."""
+
+
+def _not_cleared(results: list[Any]) -> None:
+    """Warn on stderr and exit :data:`NOT_CLEARED` if a verified ClArC result left its class flagged."""
+    failed = [r for r in results if r.verification is not None and r.verification.failed]
+    for result in failed:
+        click.echo(f"warning: {result.method} on cluster {result.cluster} did not clear the flag: class "
+                   f"{result.verification.label} is still flagged after the correction", err=True)
+    if failed:
+        raise click.exceptions.Exit(NOT_CLEARED)
 
 
 def _echo_json(data: Any) -> None:
@@ -78,11 +94,13 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON on stdout.")
 def run(pipeline: Path, as_json: bool) -> None:
     """A whole audit from a declarative file: (train) -> attribute -> SpRAy -> rank -> ClArC -> report."""
+    from spray.clarc import format_metrics
     from spray.run import run_file
 
     result = run_file(pipeline)
     if as_json:
         _echo_json(result.ranking.to_json())
+        _not_cleared(result.clarc)
         return
     click.echo(f"store:  {result.store}")
     if result.report:
@@ -94,7 +112,10 @@ def run(pipeline: Path, as_json: bool) -> None:
     for corrected in result.clarc:
         click.echo(f"{corrected.method} on cluster {corrected.cluster}: corrected weights in {corrected.weights}")
         if corrected.metrics[0]["clean_accuracy"] is not None:  # evaluated: [evaluate] gave test data
-            click.echo(corrected.table())
+            click.echo(format_metrics(corrected.metrics))
+        if corrected.verification is not None:
+            click.echo(corrected.verification.summary())
+    _not_cleared(result.clarc)
 
 
 @cli.command()
@@ -318,12 +339,15 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 @click.option("--lambda", "lam", type=float, help="RR-ClArC penalty weight.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--fda-rank", is_flag=True, help="Also re-attribute and re-analyse to get the class's FDA rank.")
+@click.option("--verify/--no-verify", default=False, show_default=True,
+              help="Re-audit the flagged class with the corrected model and report whether its group is gone "
+                   "(exit 3 if the class is still flagged).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def clarc(
     store: Path, cluster: str, method: str, model_spec: str, weights: Path | None, data_spec: str,
     test_spec: str | None, poisoned_spec: str | None, everywhere_spec: str | None, layer: str | None,
     analysis: str, out: Path, epochs: int | None, lr: float | None, lam: float | None, seed: int, fda_rank: bool,
-    as_json: bool,
+    verify: bool, as_json: bool,
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
     from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
@@ -334,7 +358,7 @@ def clarc(
         raise BadInputError("--poisoned-test and --everywhere-test are measured beside the clean test data: "
                             "give --test too")
     config = ClarcConfig(method, out, cluster=cluster, analysis=analysis, layer=layer, fda_rank=fda_rank,
-                         tuning=Tuning(epochs=epochs, lr=lr, lam=lam, seed=seed))
+                         verify=verify, tuning=Tuning(epochs=epochs, lr=lr, lam=lam, seed=seed))
     open_data = _audited_sources(store)
     evaluation = None if test_spec is None else EvaluationData(
         open_data(test_spec), poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
@@ -342,11 +366,15 @@ def clarc(
     result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec), config, evaluation)
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
-                    "weights": str(result.weights), "metrics": result.metrics})
-        return
-    click.echo(f"run {result.run}: corrected weights in {result.weights}")
-    if result.metrics:
-        click.echo(format_metrics(result.metrics))
+                    "weights": str(result.weights), "metrics": result.metrics,
+                    "verification": None if result.verification is None else result.verification.to_dict()})
+    else:
+        click.echo(f"run {result.run}: corrected weights in {result.weights}")
+        if result.metrics:
+            click.echo(format_metrics(result.metrics))
+        if result.verification is not None:
+            click.echo(result.verification.summary())
+    _not_cleared([result])
 
 
 @cli.command()
@@ -365,7 +393,8 @@ def evaluate(
     store: Path, run_name: str, model_spec: str, weights: Path | None, test_spec: str,
     poisoned_spec: str | None, everywhere_spec: str | None, data_spec: str | None, fda_rank: bool, as_json: bool,
 ) -> None:
-    """Clean / poisoned / artifact-everywhere accuracy and artifact relevance, before and after ClArC."""
+    """Accuracies (clean, poisoned, artifact everywhere, per group: AGA/WGA), artifact relevance and its
+    density, TCAV and training cost, before and after ClArC."""
     from spray.clarc import evaluate_from_store, format_metrics
     from spray.data import load_model
 
@@ -499,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
         # spray raises no SystemExit inside a command: one reaching here came from the model's or the data's
         # code (forward, __getitem__, a transform), run deep in a command, in a thread or a dask task.
         with guarded("the model or dataset code this command ran"):
-            cli.main(args=argv, prog_name="spray", standalone_mode=False)
+            code = cli.main(args=argv, prog_name="spray", standalone_mode=False)
     except SprayError as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
@@ -516,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         click.echo("internal error: this is a bug in spray; please report it with the trace above", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0  # a command's click Exit (NOT_CLEARED, --help's 0)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from spray.results import Cluster, best_clusters
+from spray.results import ClassBest, Cluster, best_clusters
 from spray.store import AuditStore
 
-__all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "flag_tests", "flagged_classes", "rank_classes"]
+__all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "class_best", "flag_tests", "flagged_classes",
+           "rank_classes", "replace_class"]
 
 FLAG_Q = 0.05
 """A test rejects, and its class is flagged, when its Benjamini–Hochberg q-value is at most this."""
@@ -200,8 +201,27 @@ def flagged_classes(store: AuditStore, analyses: Sequence[str]) -> list[int]:
     return sorted({t.label for t in flag_tests(store, analyses) if t.flagged})
 
 
+def class_best(entry: RankedClass) -> ClassBest:
+    """What the ranking was made of for ``entry``'s class: every input of its rank and flag, so that
+    :func:`replace_class` ranks and flags the class as :func:`rank_classes` did."""
+    return ClassBest(entry.label, entry.name, entry.n_samples, entry.cluster, entry.skipped,
+                     null_p_value=entry.null_p_value)
+
+
+def replace_class(ranking: Ranking, replacement: ClassBest) -> Ranking:
+    """``ranking`` with class ``replacement.label``'s best cluster (or reason it was skipped) replaced, e.g.
+    by that of another audit of the class, ranked and flagged again against the other classes as they were.
+    A class the ranking does not hold is added."""
+    kept = [class_best(c) for c in ranking if c.label != replacement.label]
+    return _ranked(ranking.analysis, [*kept, replacement])
+
+
 def _rank(store: AuditStore, analysis: str) -> Ranking:
-    found = sorted(best_clusters(store, analysis), key=lambda c: _order(c.label, c.cluster))
+    return _ranked(analysis, best_clusters(store, analysis))
+
+
+def _ranked(analysis: str, classes: Sequence[ClassBest]) -> Ranking:
+    found = sorted(classes, key=lambda c: _order(c.label, c.cluster))
     tests = {t.label: t for t in _tests({analysis: [(c.label, c.null_p_value) for c in found]})}
     return Ranking(analysis, tuple(
         RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped,

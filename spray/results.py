@@ -196,7 +196,7 @@ class ClassBest:
     n_samples: int
     cluster: Cluster | None
     skipped: str | None
-    null_p_value: float | None = None
+    null_p_value: float | None
     """The class's p-value under the selection null (the ``null`` node, docs/spray-method.md §11); None
     for a skipped class and for a store analysed before the null existed."""
 

@@ -12,7 +12,8 @@ Tables besides the SpRAy node tables of docs/pipelines.md (:data:`RUN_TABLES` ho
                    ``skip_unreadable`` (leave out image files that cannot be decoded)
 ``[attribution]``  ``method``, ``target`` (label|prediction), ``batch_size``, ``params`` (a table),
                    ``allow_nonconservative``, ``workers`` (processes decoding samples ahead)
-``[clarc]``        optional: correct the model for a flagged cluster (``cluster``, ``methods``, ``layer``, ...)
+``[clarc]``        optional: correct the model for a flagged cluster (``cluster``, ``methods``, ``layer``, ...) and
+                   verify the correction (``verify``, on by default: spray.clarc.verify)
 ``[evaluate]``     optional, with ``[clarc]``: the test data (``test``, ``poisoned_test``, ``everywhere_test``)
 ``[report]``       ``path`` (HTML report; empty string: no report)
 
@@ -47,7 +48,7 @@ RUN_TABLES: dict[str, dict[str, Any]] = {
                     "allow_nonconservative": False, "workers": 0, "device": "cpu"},
     "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
               "lambda": float, "fraction": float, "batch_size": 64, "seed": 0, "out": "clarc",
-              "overwrite": False},
+              "overwrite": False, "verify": True},
     "evaluate": {"test": str, "poisoned_test": str, "everywhere_test": str, "fda_rank": False,
                  "relevance_target": "prediction"},
     "report": {"path": "report.html"},
@@ -268,7 +269,8 @@ def _correct(tables: dict[str, dict[str, Any]], store: Path, model: Any, dataset
     configs = [
         ClarcConfig(method, clarc["out"], cluster=clarc["cluster"], analysis=analysis, layer=clarc["layer"] or None,
                     tuning=tuning, relevance_target=evaluate.get("relevance_target", "prediction"),
-                    fda_rank=evaluate.get("fda_rank", False), overwrite=clarc["overwrite"], progress=progress)
+                    fda_rank=evaluate.get("fda_rank", False), verify=clarc["verify"], overwrite=clarc["overwrite"],
+                    progress=progress)
         for method in clarc["methods"]
     ]
     evaluation = None

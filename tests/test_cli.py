@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -263,3 +264,48 @@ def test_info_of_a_store_of_another_source_shows_no_images(tmp_path, capsys):
     assert code == 0 and "images" not in json.loads(out)
     code, out, _ = run(capsys, "info", store)
     assert code == 0 and "images " not in out and "preprocessing" not in out
+
+
+@pytest.fixture
+def conv_audit(tmp_path, capsys):
+    """tests.data.factories:conv_model on :conv_data, attributed and analysed with the tiny pipeline."""
+    store, pipeline = tmp_path / "conv.h5", tmp_path / "tiny.toml"
+    pipeline.write_text(pipeline_text("tiny"))
+    conv = ("--model", "tests.data.factories:conv_model", "--data", "tests.data.factories:conv_data")
+    assert run(capsys, "attribute", *conv, "--store", store)[0] == 0
+    assert run(capsys, "analyze", store, "--pipeline", pipeline)[0] == 0
+    return store, conv
+
+
+def test_clarc_verify_prints_and_records_the_verification_and_exits_0_when_the_class_is_not_flagged(
+        conv_audit, tmp_path, capsys):
+    store, conv = conv_audit
+    argv = ("clarc", store, "--cluster", "top", "--method", "pclarc", *conv, "--out", tmp_path / "runs")
+    code, out, _ = run(capsys, *argv, "--verify", "--json", "--test", "tests.data.factories:conv_data")
+    result = json.loads(out)
+    found = result["verification"]
+    assert code == 0 and not found["failed"] and found["verdict"] in ("cleared", "not flagged")
+    assert found["cluster"] == result["cluster"] and Path(found["store"]).is_file()
+    assert {"average_group_accuracy", "worst_group_accuracy", "relevance_density", "tcav_score",
+            "training_seconds"} <= set(result["metrics"][1])
+    code, out, _ = run(capsys, *argv, "--verify")
+    assert code == 0 and f"verification: class {found['label']} {found['verdict'].upper()}" in out
+    code, out, _ = run(capsys, *argv, "--json")  # --no-verify is the default
+    assert code == 0 and json.loads(out)["verification"] is None
+
+
+def test_clarc_verify_exits_3_with_a_warning_when_the_class_stays_flagged(conv_audit, tmp_path, capsys,
+                                                                          monkeypatch):
+    import spray.clarc.run
+    from spray.clarc.verify import Standing, Verification
+
+    flagged = Standing(1, True, 4.0, "1:kmeans_2:0", 0.01, 50.0, 2.0, None)
+    monkeypatch.setattr(spray.clarc.run, "verify_correction", lambda *a, **k: Verification(
+        1, "1:kmeans_2:0", 10, flagged, flagged, "1:kmeans_2:0", 1.0, "v.h5"))
+    store, conv = conv_audit
+    argv = ("clarc", store, "--cluster", "top", "--method", "pclarc", *conv, "--out", tmp_path / "runs", "--verify")
+    code, out, err = run(capsys, *argv)
+    assert code == 3 and "verification: class 1 NOT CLEARED (flagged yes -> yes" in out
+    assert "warning: pclarc on cluster " in err and "did not clear the flag: class 1 is still flagged" in err
+    code, out, _ = run(capsys, *argv, "--json")
+    assert code == 3 and json.loads(out)["verification"]["verdict"] == "not cleared"

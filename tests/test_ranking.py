@@ -19,13 +19,15 @@ from spray.ranking import (
     Ranking,
     _null_of,
     _order,
+    _ranked,
     _tests,
     benjamini_hochberg,
     flag_tests,
     flagged_classes,
     rank_classes,
+    replace_class,
 )
-from spray.results import Cluster
+from spray.results import ClassBest, Cluster
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store
 from tests.golden.outputs import EXPECTED, HERE as GOLDEN
@@ -122,6 +124,24 @@ def test_tests_judge_each_analysis_against_its_own_null_and_skip_classes_without
 def test_rank_text_says_what_a_flag_means():
     assert "distinct strategy" in MEANING and "expert must judge" in MEANING
     assert (EXPECTED / "plain" / "rank.txt").read_text(encoding="utf-8").rstrip().endswith(MEANING)
+
+
+def test_replacing_a_class_ranks_and_flags_it_again_against_the_others_as_they_were():
+    cuts = [0.0173, 0.0404, 0.0571, 0.114, 0.196, 0.213, 0.214, 0.220, 0.236, 0.336]  # the demo's, seed 0
+    null_p = [1e-12, 0.01, 0.002, 0.02, 0.005, 0.001, 0.01, 0.003, 0.02, 0.004]
+    classes = [ClassBest(c.label, str(c.label), 100, c, None, p) for c, p in zip(_clusters(cuts, [50.0] * 10), null_p)]
+    ranking = _ranked("spray", classes)
+    assert [e.label for e in ranking.flagged] == [0]
+    calmer = ClassBest(0, "0", 100, replace(classes[0].cluster, ncut=0.2), None, 0.3)
+    after = replace_class(ranking, calmer)
+    assert [e.label for e in after][:5] == [1, 2, 3, 4, 0] and after.of(0).rank == 5
+    assert not after.of(0).flagged and after.of(0).ncut == 0.2 and after.of(0).null_p_value == 0.3
+    # The other classes keep their null p-values; their standing is judged again with the replaced class
+    assert [after.of(e.label).null_p_value for e in ranking if e.label != 0] == null_p[1:]
+    assert not after.flagged
+    skipped = replace_class(ranking, ClassBest(1, "1", 100, None, "too few samples", None))
+    assert skipped[-1].label == 1 and skipped[-1].skipped == "too few samples" and len(skipped) == 10
+    assert skipped.of(1).q_value is None and [e.label for e in skipped.flagged] == [0]
 
 
 def test_the_json_of_a_ranking_has_the_golden_keys_values_and_order():

@@ -4,6 +4,7 @@ line, table and parameter (exit code 2)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,18 +152,24 @@ def test_run_with_clarc_and_evaluate_corrects_the_top_cluster_and_measures_it(cl
                 assert 0 <= row["clean_accuracy"] <= 1 and 0 <= row["everywhere_accuracy"] <= 1
                 assert row["poisoned_accuracy"] is None and row["fda_rank"] is None
             assert f"{method} on cluster {cluster}" in printed
+            verified = attrs["verification"]  # on by default; the tiny classes are not flagged, before or after
+            assert verified["cluster"] == cluster and verified["verdict"] == "not flagged"
+            assert (out / "clarc" / run / Path(verified["store"]).name).is_file()
     assert printed.count("everywhere acc") == 2  # one before/after table per method
+    assert printed.count(f"verification: class {cluster.split(':')[0]} NOT FLAGGED") == 2
     assert "P-ClArC" in (out / "report.html").read_text(encoding="utf-8")
 
 
 def test_run_without_evaluate_corrects_but_leaves_the_metrics_empty(clarc_dir, capsys):
     text = CLARC_RUN.replace('[evaluate]\ntest = "npz:test.npz"\neverywhere_test = "npz:stamped.npz"\n', "")
-    text = text.replace('methods = ["pclarc", "rrclarc"]', 'methods = ["pclarc"]').replace('"report.html"', '""')
+    text = text.replace('methods = ["pclarc", "rrclarc"]', 'methods = ["pclarc"]\nverify = false').replace(
+        '"report.html"', '""')
     (clarc_dir / "run.toml").write_text(text)
     result = run_file(clarc_dir / "run.toml", progress=False)
     (corrected,) = result.clarc
     assert corrected.method == "pclarc" and corrected.weights.is_file()
     assert all(row["clean_accuracy"] is None for row in corrected.metrics)
+    assert corrected.verification is None and not list(corrected.run_dir.glob("verify-*.h5"))  # verify = false
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 Pipeline (docs/clarc.md): cluster members (cluster.py) -> CAV at a layer (cav.py) -> masks and patch by LRP
 along the CAV (localize.py), together the artifact model (artifact.py) -> a correction: P-ClArC
 (projective.py), A-ClArC (augmentive.py) or RR-ClArC (rrclarc.py), the last two through one fine-tuning
-loop (finetune.py) -> evaluation (evaluate.py); run.py goes from an audit store to a recorded result.
+loop (finetune.py) -> evaluation (evaluate.py, TCAV at another layer: tcav.py) -> verification (verify.py: the
+flagged class audited again with the corrected model); run.py goes from an audit store to a recorded result.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from spray.clarc.projective import (
     remove_projection,
 )
 from spray.clarc.rrclarc import RRClArC, rr_penalty
+from spray.clarc.tcav import Tcav, tcav, tcav_layer
+from spray.clarc.verify import Standing, Verification, verify_correction
 from spray.clarc.run import (
     CORRECTIONS,
     METHODS,
@@ -56,6 +59,9 @@ __all__ = [
     "Projected",
     "Projection",
     "RRClArC",
+    "Standing",
+    "Tcav",
+    "Verification",
     "clarc_from_store",
     "default_layer",
     "evaluate_correction",
@@ -73,4 +79,7 @@ __all__ = [
     "remove_projection",
     "rr_penalty",
     "run_name",
+    "tcav",
+    "tcav_layer",
+    "verify_correction",
 ]

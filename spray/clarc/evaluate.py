@@ -1,4 +1,4 @@
-"""Did the correction work? Accuracy on three test versions, artifact relevance, and the class's FDA rank.
+"""Did the correction work? Accuracies (overall and per group), artifact relevance, TCAV, the FDA rank, cost.
 
 One row per model (``"original"``, ``"corrected"``), keys :data:`METRICS`:
 
@@ -7,14 +7,28 @@ One row per model (``"original"``, ``"corrected"``), keys :data:`METRICS`:
 - ``everywhere_accuracy``: on the clean test data with the *isolated* artifact (learned patch and mean
   mask, not any ground truth) pasted into every sample of every class, or on given test data that
   carries the known artifact in every sample (``everywhere_test``). A Clever Hans model drops here.
+- ``group_accuracy``: accuracy per group ``"<class>:clean"`` (the clean test samples of the class) and
+  ``"<class>:artifact"`` (its samples of the everywhere set): the groups are (class, artifact absent or
+  present), the test sets with and without the artifact split by class, as group-robustness studies
+  define them (Sagawa et al. 2020). ``average_group_accuracy`` (AGA) is their mean, ``worst_group_accuracy``
+  (WGA) their minimum; an empty group is left out.
 - ``artifact_relevance``: the share of LRP relevance inside the artifact's mask on that everywhere set,
   ``mean_i Σ_{c,h,w} |R_i| M / Σ_{c,h,w} |R_i|``, with ``R_i`` the heatmap of sample ``i`` for its true
   class (``target="label"``, so both models explain the same output; ``"prediction"`` explains each
   model's own decision) and ``M`` the artifact's mean mask (or a given ground-truth ``region``). The LRP
   composite is the audit's. A model that ignores the artifact spends little relevance there.
+- ``relevance_density``: that share divided by the mask's area ``mean_{h,w} M``: 1 = as dense inside the
+  mask as anywhere, above 1 = concentrated on the artifact.
+- ``tcav_score``, ``tcav_magnitude``, ``tcav_layer``: TCAV of the flagged class along a CAV of the artifact
+  (everywhere set against clean set) fitted on each model's own activations at another layer than the
+  corrected one (spray.clarc.tcav): the share of the class's clean test samples whose logit rises along
+  it (0.5 = no consistent use) and the mean |directional derivative| (0 = insensitive).
 - ``fda_rank``: the class's rank in ``spray rank`` (1 = most suspicious) when the training data is
   attributed and analysed again with the corrected model, with the original analysis's pipeline (None if
   not computed). The original's rank comes from the audit store itself.
+- ``training_seconds``: what the correction cost (corrected row; None for the original): the fine-tuning
+  epochs' seconds as recorded in their history (each epoch once, also across resumes), or the wall time
+  of a method that trains nothing (P-ClArC's projection).
 """
 
 from __future__ import annotations
@@ -37,6 +51,7 @@ from spray.audit import audit
 from spray.clarc.cluster import choose_analysis
 from spray.clarc.localize import paste
 from spray.clarc.projective import projected_layers, with_projection_rule
+from spray.clarc.tcav import tcav, tcav_layer
 from spray.data.models import model_hash
 from spray.errors import BadInputError
 from spray.lrp import LRP, Composite, EpsilonPlusFlat
@@ -46,7 +61,9 @@ from spray.results import analysis_summary
 from spray.store import AuditStore
 from spray.training import accuracy, as_tensors, predict
 
-METRICS = ("clean_accuracy", "poisoned_accuracy", "everywhere_accuracy", "artifact_relevance", "fda_rank")
+METRICS = ("clean_accuracy", "poisoned_accuracy", "everywhere_accuracy", "group_accuracy",
+           "average_group_accuracy", "worst_group_accuracy", "artifact_relevance", "relevance_density",
+           "tcav_score", "tcav_magnitude", "tcav_layer", "fda_rank", "training_seconds")
 _TARGETS = ("label", "prediction")
 
 
@@ -89,29 +106,72 @@ def artifact_relevance(model: nn.Module, dataset: Dataset, mask: Tensor, *, comp
     return float(torch.cat(shares).mean())
 
 
+def group_accuracy(predictions: Tensor, labels: Tensor, groups: list[str]) -> dict[str, float]:
+    """Accuracy per group: ``groups[i]`` names sample ``i``'s group; predictions and labels (n,)."""
+    if not len(predictions) == len(labels) == len(groups):
+        raise ValueError(f"{len(predictions)} predictions, {len(labels)} labels and {len(groups)} groups differ")
+    right = (predictions == labels).numpy()
+    names = np.asarray(groups, dtype=object)
+    return {name: float(right[names == name].mean()) for name in dict.fromkeys(groups)}
+
+
+def _group_rows(per_group: dict[str, float]) -> dict[str, Any]:
+    """``group_accuracy``, its mean (AGA) and minimum (WGA); None without groups."""
+    values = list(per_group.values())
+    return {"group_accuracy": per_group or None, "average_group_accuracy": float(np.mean(values)) if values else None,
+            "worst_group_accuracy": min(values) if values else None}
+
+
 def evaluate_model(model: nn.Module, *, clean: Dataset, patch: Tensor, mask: Tensor,
                    poisoned: Dataset | None = None, everywhere_test: Dataset | None = None,
                    composite: Composite | None = None, target: str = "prediction",
-                   region: Tensor | np.ndarray | None = None) -> dict[str, float | None]:
-    """Accuracies and artifact relevance of one model (keys of :data:`METRICS` except ``fda_rank``).
+                   region: Tensor | np.ndarray | None = None, label: int | None = None,
+                   tcav_at: str | None = None) -> dict[str, Any]:
+    """Accuracies, group accuracies, artifact relevance and TCAV of one model (keys of :data:`METRICS`
+    except ``fda_rank`` and ``training_seconds``).
 
     ``everywhere_test``: test data with the artifact in every sample, where the artifact is known (e.g. the
     demo's planted stamp); by default ``clean`` with the isolated artifact pasted into every sample.
+    ``label``: the flagged class, whose TCAV is measured at layer ``tcav_at`` (None: not measured).
     """
     stamped = everywhere(clean, patch, mask) if everywhere_test is None else everywhere_test
     inside = mask if region is None else torch.as_tensor(np.asarray(region), dtype=torch.float32)
     if inside.shape != mask.shape:
         raise BadInputError(f"region must have the mask's shape {tuple(mask.shape)}, got {tuple(inside.shape)}")
-    x, _ = as_tensors(stamped)
+    x_clean, y_clean = as_tensors(clean)
+    x, y = as_tensors(stamped)
     if tuple(x.shape[-2:]) != tuple(mask.shape):
         raise BadInputError(f"the everywhere test samples have shape {tuple(x.shape[1:])}, but the artifact mask "
                             f"is {tuple(mask.shape)}; use test data like the training data")
-    return {
-        "clean_accuracy": accuracy(model, clean),
+    predicted_clean, predicted = predict(model, x_clean), predict(model, x)
+    groups = group_accuracy(torch.cat([predicted_clean, predicted]), torch.cat([y_clean, y]),
+                            [f"{c}:clean" for c in y_clean.tolist()] + [f"{c}:artifact" for c in y.tolist()])
+    share = artifact_relevance(model, stamped, inside, composite=composite, target=target)
+    area = float(inside.float().mean())
+    row = {
+        "clean_accuracy": float((predicted_clean == y_clean).float().mean()) if len(y_clean) else math.nan,
         "poisoned_accuracy": accuracy(model, poisoned) if poisoned is not None else None,
-        "everywhere_accuracy": accuracy(model, stamped),
-        "artifact_relevance": artifact_relevance(model, stamped, inside, composite=composite, target=target),
+        "everywhere_accuracy": float((predicted == y).float().mean()) if len(y) else math.nan,
+        **_group_rows(dict(sorted(groups.items(), key=lambda kv: _group_order(kv[0])))),
+        "artifact_relevance": share,
+        "relevance_density": share / area if area > 0 else None,
+        "tcav_score": None, "tcav_magnitude": None, "tcav_layer": tcav_at,
     }
+    if tcav_at is not None and label is not None:
+        try:
+            measured = tcav(model, tcav_at, concept=x, random=x_clean, inputs=x_clean[y_clean == label],
+                            target=label)
+        except BadInputError:  # no CAV at that layer (the artifact leaves it unchanged, too few samples) or
+            measured = None    # no sample of the class: TCAV is not measured, the rest of the row is
+        if measured is not None:
+            row |= {"tcav_score": measured.score, "tcav_magnitude": measured.magnitude}
+    return row
+
+
+def _group_order(name: str) -> tuple[int, bool]:
+    """Groups by class index, clean before artifact."""
+    label, _, kind = name.partition(":")
+    return int(label), kind == "artifact"
 
 
 @dataclass(frozen=True)
@@ -136,10 +196,9 @@ def original_rank(store_path: str | Path, label: int, analysis: str | None = Non
     return _rank_of(ranking, label)
 
 
-def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corrected",
-             progress: bool = False) -> int | None:
-    """Attribute ``setup.dataset`` with ``model`` as the original audit did, analyse it with the original
-    pipeline, and return ``label``'s rank (None if the class was skipped). Resumable like any audit."""
+def reaudit(model: nn.Module, setup: FdaSetup, *, name: str = "corrected", progress: bool = False) -> Ranking:
+    """Attribute ``setup.dataset`` with ``model`` as the original audit did into ``setup.out_dir/<name>.h5``,
+    analyse it with the original pipeline and return the ranking. Resumable like any audit."""
     with AuditStore(setup.store) as store:
         analysis = choose_analysis(store, setup.analysis)
         summary = analysis_summary(store, analysis)
@@ -156,8 +215,13 @@ def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corr
         dataset_name=f"{name} re-audit", target=info["target"], label_names=label_names,
         batch_size=int(info["batch_size"]), thumbnail_size=None, progress=progress,
     )
-    ranking = audit(Path(setup.out_dir) / f"{name}.h5", model, setup.dataset, attribution, spec)
-    return _rank_of(ranking, label)
+    return audit(Path(setup.out_dir) / f"{name}.h5", model, setup.dataset, attribution, spec)
+
+
+def fda_rank(model: nn.Module, setup: FdaSetup, label: int, *, name: str = "corrected",
+             progress: bool = False) -> int | None:
+    """``label``'s rank (None if the class was skipped) in the :func:`reaudit` of ``setup.dataset``."""
+    return _rank_of(reaudit(model, setup, name=name, progress=progress), label)
 
 
 def _rank_of(ranking: Ranking, label: int) -> int | None:
@@ -179,32 +243,53 @@ def evaluate_correction(
     target: str = "prediction",
     region: Tensor | np.ndarray | None = None,
     fda: FdaSetup | None = None,
+    layer: str | None = None,
+    training_seconds: float | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """The before/after table: one row per model, keys ``model`` and :data:`METRICS` (None = not measured)."""
+    """The before/after table: one row per model, keys ``model`` and :data:`METRICS` (None = not measured).
+    ``layer``: the corrected layer (TCAV is measured at another one: :func:`spray.clarc.tcav.tcav_layer`;
+    None: no TCAV); ``training_seconds``: what the correction cost (the corrected row's)."""
+    tcav_at = None if layer is None else tcav_layer(original, layer, as_tensors(clean)[0])
     rows = []
     for name, model in (("original", original), ("corrected", corrected)):
         row = {"model": name, **evaluate_model(model, clean=clean, patch=patch, mask=mask, poisoned=poisoned,
                                               everywhere_test=everywhere_test, composite=composite,
-                                              target=target, region=region)}
+                                              target=target, region=region, label=label, tcav_at=tcav_at)}
         row["fda_rank"] = None
         if fda is not None:
             row["fda_rank"] = (original_rank(fda.store, label, fda.analysis) if name == "original"
                                else fda_rank(model, fda, label, name=name, progress=progress))
+        row["training_seconds"] = training_seconds if name == "corrected" else None
         rows.append(row)
     return rows
 
 
+COLUMNS = {"model": "model", "clean_accuracy": "clean acc", "poisoned_accuracy": "poisoned acc",
+           "everywhere_accuracy": "everywhere acc", "average_group_accuracy": "AGA",
+           "worst_group_accuracy": "WGA", "artifact_relevance": "artifact rel.", "relevance_density": "density",
+           "tcav_score": "TCAV", "tcav_magnitude": "|dd|", "fda_rank": "FDA rank", "training_seconds": "cost"}
+"""The text table's columns (key: header); per-group accuracies and the TCAV layer are in the JSON only."""
+
+
 def format_metrics(rows: list[dict[str, Any]]) -> str:
-    """The table as aligned text (accuracies and relevance in %, ranks as integers, '-' for None)."""
-    header = ["model", "clean acc", "poisoned acc", "everywhere acc", "artifact rel.", "FDA rank"]
+    """The table as aligned text (accuracies, relevance shares and TCAV scores in %, the density as a
+    factor, |dd| to 3 significant digits, ranks as integers, cost in seconds, '-' for None)."""
 
     def cell(key: str, value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
-        return str(value) if key in ("model", "fda_rank") else f"{100 * value:.1f}%"
+        if key in ("model", "fda_rank"):
+            return str(value)
+        if key == "relevance_density":
+            return f"{value:.2f}x"
+        if key == "tcav_magnitude":
+            return f"{value:.3g}"
+        if key == "training_seconds":
+            return f"{value:.1f}s"
+        return f"{100 * value:.1f}%"
 
-    table = [header] + [[cell(k, row.get(k)) for k in ("model", *METRICS)] for row in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    table = [list(COLUMNS.values())] + [[cell(k, row.get(k)) for k in COLUMNS] for row in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      for r in table)

@@ -44,6 +44,13 @@ class Projection(nn.Module):
         self.register_buffer("v", v / norm)
         self.register_buffer("z", z)
 
+    @property
+    def bias(self) -> Tensor:
+        """The constant part ``v vᵀ z`` of the affine map (z's shape): LRP's relevance accounting lets a
+        module with a bias absorb relevance, as the ε rule's explanation of this one does."""
+        v = self.v.reshape(-1, *[1] * (self.z.dim() - 1))
+        return v * (v * self.z).sum(0, keepdim=True)
+
     def forward(self, a: Tensor) -> Tensor:
         v = along_channels(self.v, a)
         z = self.z.to(a.dtype).reshape(1, *self.z.shape, *[1] * (a.dim() - 1 - self.z.dim()))

@@ -1,19 +1,21 @@
 """From an audit store and a flagged cluster to corrected weights and a recorded result.
 
 :func:`clarc_from_store` is what ``spray clarc`` runs: read the cluster's members, isolate the artifact,
-correct the model (A-, P- or RR-ClArC), save the corrected weights, optionally evaluate, and record it all
-in the store as node ``clarc/<run>/result`` (docs/clarc.md lists its contract). :func:`evaluate_from_store`
+correct the model (A-, P- or RR-ClArC), save the corrected weights, optionally evaluate and verify (audit
+the flagged class again with the corrected model: spray.clarc.verify), and record it all in the store as
+node ``clarc/<run>/result`` (docs/clarc.md lists its contract). :func:`evaluate_from_store`
 (``spray evaluate``) measures a recorded run again, e.g. on other test data, and updates its metrics.
 
 Run directory ``<out_dir>/<run>/``: ``weights.pt`` (the corrected state_dict), ``checkpoint.pt`` (fine-tuning,
 resumable), ``result.json`` (what the node holds, minus arrays), ``corrected.h5`` (the re-audit for the FDA
-rank, when asked).
+rank, when asked), ``verify-<model hash>.h5`` (the flagged class's re-audit, when verifying).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,7 @@ from spray.clarc.finetune import CHECKPOINT, FinetuningCorrector
 from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
+from spray.clarc.verify import Verification, verification_store, verify_correction
 from spray.errors import BadInputError
 from spray.results import analysis_summary, result_node, write_result
 from spray.lrp import Composite, EpsilonPlusFlat
@@ -119,16 +122,20 @@ class ClarcResult:
     params: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
+    verification: Verification | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (``spray clarc --json``)."""
         return {"run": self.run, "method": self.method, "cluster": self.cluster, "layer": self.layer,
                 "cav_auc": self.artifact.cav.auc_, "weights": str(self.weights), "run_dir": str(self.run_dir),
                 "params": self.params, "metrics": self.metrics, "history": self.history,
-                "n_artifact": len(self.artifact.artifact_index), "n_rest": len(self.artifact.rest_index)}
+                "n_artifact": len(self.artifact.artifact_index), "n_rest": len(self.artifact.rest_index),
+                "verification": None if self.verification is None else self.verification.to_dict()}
 
     def table(self) -> str:
-        return format_metrics(self.metrics)
+        """The metrics table and, when verified, the verification's summary below it."""
+        return format_metrics(self.metrics) + ("" if self.verification is None else
+                                               "\n" + self.verification.summary())
 
 
 def run_name(method: str, cluster: str | ClusterSpec) -> str:
@@ -165,6 +172,8 @@ class ClarcConfig:
         relevance_target: the output whose relevance the evaluation measures in the artifact's mask.
         fda_rank: the evaluation also re-attributes and re-analyses the audited data with the corrected
             model (slow).
+        verify: re-attribute and re-analyse the flagged class with the corrected model and record whether
+            its group is gone (spray.clarc.verify; needs no test data).
         overwrite: start the fine-tuning afresh instead of resuming its checkpoint.
     """
 
@@ -181,6 +190,7 @@ class ClarcConfig:
     tuning: Tuning = Tuning()
     relevance_target: str = "prediction"
     fda_rank: bool = False
+    verify: bool = False
     overwrite: bool = False
     progress: bool = True
 
@@ -222,23 +232,39 @@ def clarc_from_store(
         composite=composite, reference=config.reference, sigma=config.sigma, threshold=config.threshold,
         random_state=config.tuning.seed, cluster=str(spec),
     )
+    started = time.perf_counter()
     correction = CORRECTIONS[config.method](model, dataset, artifact, config.tuning, run_dir, config.overwrite,
                                             config.progress)
+    seconds = _training_seconds(correction, time.perf_counter() - started)
     weights = guard.write(run_dir / WEIGHTS, "corrected weights",
                           lambda tmp: torch.save(correction.model.state_dict(), tmp))
-    params = _params(config, correction, weights, analysis, evaluation)
+    params = {**_params(config, correction, weights, analysis, evaluation), "training_seconds": seconds}
     metrics = [empty_row("original"), empty_row("corrected")]
     if evaluation is not None:
         fda = FdaSetup(Path(store_path), dataset, run_dir, analysis) if config.fda_rank else None
         metrics = evaluate_correction(
             model, correction.model, label=spec.label, patch=artifact.patch, mask=artifact.mask,
             clean=evaluation.test, poisoned=evaluation.poisoned_test, everywhere_test=evaluation.everywhere_test,
-            composite=composite, target=config.relevance_target, fda=fda, progress=config.progress,
+            composite=composite, target=config.relevance_target, fda=fda, layer=artifact.layer,
+            training_seconds=seconds, progress=config.progress,
         )
+    verification = None
+    if config.verify:
+        guard.file(verification_store(run_dir, correction.model), "verification audit store")
+        verification = verify_correction(store_path, correction.model, dataset, members, run_dir,
+                                         progress=config.progress)
     result = ClarcResult(run, config.method, str(spec), artifact.layer, artifact, correction.model, weights,
-                         run_dir, params, metrics, correction.history)
+                         run_dir, params, metrics, correction.history, verification)
     _record(store_path, result, dataset, guard)
     return result
+
+
+def _training_seconds(correction: Correction, wall: float) -> float:
+    """What the correction cost: its fine-tuning epochs' seconds as their history recorded them (each epoch
+    once, also when a checkpoint was resumed or a finished run loaded), else ``wall``, the seconds the
+    method took (a method that trains nothing, e.g. P-ClArC)."""
+    seconds = [entry.get("seconds") for entry in correction.history]
+    return float(sum(seconds)) if seconds and None not in seconds else wall
 
 
 def _params(config: ClarcConfig, correction: Correction, weights: Path, analysis: str,
@@ -295,7 +321,7 @@ def evaluate_from_store(
         mask=torch.from_numpy(arrays["mask"]),
         clean=test, poisoned=poisoned_test, everywhere_test=everywhere_test, composite=composite,
         target=relevance_target or attrs.get("relevance_target") or "prediction", region=region, fda=fda,
-        progress=progress,
+        layer=attrs.get("layer"), training_seconds=attrs.get("training_seconds"), progress=progress,
     )
     everywhere = "isolated" if everywhere_test is None else "given"
     write_result(store_path, run, arrays, {**attrs, "metrics": metrics, "everywhere": everywhere})
@@ -324,6 +350,7 @@ def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset, guard
         "n_artifact": int(len(artifact.artifact_index)),
         "n_rest": int(len(artifact.rest_index)),
         "history": result.history,
+        "verification": None if result.verification is None else result.verification.to_dict(),
     }
     write_result(store_path, result.run, arrays, attrs)
     text = json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n"

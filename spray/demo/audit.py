@@ -140,11 +140,13 @@ def planted_recovery(demo: DemoAudit) -> PlantedRecovery:
 
 def correct_demo(demo: DemoAudit, method: str, out_dir: str | Path, *, progress: bool = False) -> ClarcResult:
     """ClArC (``method``) on the top-ranked cluster of the demo audit, evaluated on the clean, the
-    poisoned and the stamp-everywhere test split (the planted stamp: the ground truth)."""
+    poisoned and the stamp-everywhere test split (the planted stamp: the ground truth), and verified (the
+    flagged class audited again with the corrected model: spray.clarc.verify)."""
     from spray.clarc import ClarcConfig, EvaluationData, Tuning
 
     data = demo.data
-    config = ClarcConfig(method, Path(out_dir) / "clarc", tuning=Tuning(seed=data.seed), progress=progress)
+    config = ClarcConfig(method, Path(out_dir) / "clarc", tuning=Tuning(seed=data.seed), verify=True,
+                         progress=progress)
     evaluation = EvaluationData(data.as_dataset("clean_test"), poisoned_test=data.as_dataset("poisoned_test"),
                                 everywhere_test=data.as_dataset("everywhere_test"))
     (result,) = correct(demo.store, demo.model, data.as_dataset("train"), [config], evaluation)

@@ -120,6 +120,9 @@ class ClarcView:
     patch: str | None
     mask: str | None
     examples: list[tuple[int, str]] = field(default_factory=list)
+    verification: Markup | None = None
+    verified: str | None = None
+    """``"cleared"``, ``"not cleared"`` or ``"not flagged"`` (spray.clarc.verify); None: not verified."""
 
 
 # ---------------------------------------------------------------------------------------------- gather
@@ -290,6 +293,11 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
             ).format(method=run.method.split(" (")[0], target=run.target, before=rows["original"]["poisoned"],
                      after=rows["corrected"]["poisoned"], cb=rows["original"]["clean"],
                      ca=rows["corrected"]["clean"]))
+        if run.verified == "not cleared":
+            paragraphs.append(Markup(
+                "The correction ({method}) for {target} did <strong>not</strong> remove the group: after it, the "
+                "class is still flagged. Treat the corrected model as still using the shortcut."
+            ).format(method=run.method.split(" (")[0], target=run.target))
     return paragraphs
 
 
@@ -416,7 +424,14 @@ def _clarc_view(run: ClarcRun, names: list[str]) -> ClarcView:
             "everywhere": fmt_pct(row.get("everywhere_accuracy")),
             "artifact": fmt_pct(row.get("artifact_relevance")),
             "rank": "–" if row.get("fda_rank") is None else str(row.get("fda_rank")),
+            "aga": fmt_pct(row.get("average_group_accuracy")),
+            "wga": fmt_pct(row.get("worst_group_accuracy")),
+            "density": _fmt_number(row.get("relevance_density"), "{:.2f} ×"),
+            "tcav": fmt_pct(row.get("tcav_score")),
+            "magnitude": _fmt_number(row.get("tcav_magnitude"), "{:.3g}"),
+            "cost": _fmt_number(row.get("training_seconds"), "{:.1f} s"),
         })
+    verification = attrs.get("verification")
     cav_auc = attrs.get("cav_auc")
     examples = []
     if "example_inputs" in arrays:
@@ -437,7 +452,37 @@ def _clarc_view(run: ClarcRun, names: list[str]) -> ClarcView:
         patch=images.data_uri(_patch_rgb(arrays["patch"], arrays.get("mask"))) if "patch" in arrays else None,
         mask=images.data_uri(images.mask_rgb(arrays["mask"])) if "mask" in arrays else None,
         examples=examples,
+        verification=None if verification is None else _verification_text(verification, class_name),
+        verified=None if verification is None else str(verification["verdict"]),
     )
+
+
+def _fmt_number(value: float | None, form: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return form.format(value)
+
+
+def _verification_text(found: dict[str, Any], class_name: str) -> Markup:
+    """The verification record (spray.clarc.verify's ``Verification.to_dict``) in plain words."""
+    before, after = found["before"], found["after"]
+    opening = {
+        "cleared": "The correction removed the flag: class ‘{name}’ no longer stands out from the other classes",
+        "not cleared": "<strong>The correction did not remove the group</strong>: class ‘{name}’ still stands "
+                       "out from the other classes",
+        "not flagged": "Class ‘{name}’ was not flagged before the correction and is not after it",
+    }[found["verdict"]]
+    text = Markup("Checked by explaining the class's images again with the corrected model and grouping them "
+                  "as before. " + opening + " (rank {rb} → {ra}). ").format(
+        name=class_name, rb=before["rank"] or "–", ra=after["rank"] or "–")
+    if after["skipped"] is not None:
+        return text + Markup("It now has no distinct group at all.")
+    return text + Markup(
+        "Its most distinct group: normalised cut {cb} → {ca} (higher: less separate), separability z = {zb} → "
+        "{za}; of the {n} images of the corrected group, the best-matching group now recovers F1 = {f1:.2f} "
+        "(1 = the same group is still there)."
+    ).format(cb=fmt_cut(before["ncut"]), ca=fmt_cut(after["ncut"]), zb=fmt_z(before["z_score"]),
+             za=fmt_z(after["z_score"]), n=found["n_members"], f1=found["match_f1"])
 
 
 def _patch_rgb(patch: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -88,3 +88,13 @@ def test_projected_model_can_be_explained_with_lrp(new_model):
     dataset = torch.utils.data.TensorDataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1]))
     share = artifact_relevance(corrected, dataset, torch.ones(8, 8))
     assert abs(share - 1.0) < 1e-6
+
+
+def test_the_projection_s_bias_is_its_constant_part_so_relevance_accounting_lets_it_absorb():
+    v, z = torch.tensor([3.0, 4.0]), torch.rand(2, 3, 3)
+    projection = Projection(v, z)
+    a = torch.rand(5, 2, 3, 3)
+    unit = (v / 5).reshape(1, 2, 1, 1)
+    linear = a - unit * (a * unit).sum(1, keepdim=True)
+    assert torch.allclose(projection(a), linear + projection.bias, atol=1e-6)
+    assert projection.bias.shape == z.shape

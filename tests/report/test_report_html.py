@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -242,3 +243,31 @@ def test_markup_anywhere_in_a_store_gives_an_inert_report(audit_store, report_pa
     assert shown >= 8, shown
     for value in ("store", "analysis", "clustering", "run"):  # (the attribution name is not shown)
         assert str(escape(HOSTILE[value])) in html, value
+
+
+def test_a_verified_clarc_run_says_whether_the_group_is_gone_and_shows_the_new_figures(audit_store, tmp_path):
+    from spray.clarc.verify import Standing, Verification
+
+    copy = tmp_path / "copy.h5"
+    shutil.copy(audit_store, copy)
+    before = Standing(1, True, 4.2, "1:hdbscan:1", 0.0173, 392.6, 0.91, None)
+    after = Standing(3, True, 3.5, "1:kmeans_2:0", 0.02, 200.0, 0.5, None)
+    with AuditStore(copy, mode="a") as store:
+        arrays, attrs = store.read_node("clarc/pclarc-1/result")
+        metrics = [{**row, "average_group_accuracy": 0.625, "worst_group_accuracy": 0.25, "relevance_density": 3.5,
+                    "tcav_score": 0.875, "tcav_magnitude": 0.0123, "training_seconds": 4.0} for row in attrs["metrics"]]
+        still = Verification(1, "1:hdbscan:1", 12, before, after, "1:kmeans_2:0", 0.9, "v.h5").to_dict()
+        store.write_node("clarc/pclarc-1/result", arrays, {**attrs, "metrics": metrics, "verification": still})
+    html = render_report(copy, max_classes=0)
+    clarc = html[html.index('id="clarc"'):html.index('id="reading"')]
+    for text in ("62.5 %", "25.0 %", "3.50 ×", "87.5 %", "0.0123", "4.0 s",
+                 "<strong>The correction did not remove the group</strong>: class ‘&lt;script&gt;alert(1)&lt;/script&gt;’ "
+                 "still stands out from the other classes (rank 1 → 3)",
+                 "normalised cut 0.0173 → 0.02", "F1 = 0.90"):
+        assert text in clarc
+    assert "did <strong>not</strong> remove the group" in html[:html.index('id="clarc"')]  # in the summary too
+    cleared = Verification(1, "1:hdbscan:1", 12, before, dataclasses.replace(after, flagged=False), None, 0.0, "v.h5")
+    with AuditStore(copy, mode="a") as store:
+        store.write_node("clarc/pclarc-1/result", arrays, {**attrs, "verification": cleared.to_dict()})
+    html = render_report(copy, max_classes=0)
+    assert "The correction removed the flag" in html and "did <strong>not</strong>" not in html

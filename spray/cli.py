@@ -186,8 +186,9 @@ def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
 @click.option("--latent", metavar="LAYER|default",
               help="Store the LRP method's latent relevance at module LAYER (default: ClArC's default layer) "
                    "instead of heatmaps, as attribution 'latent' unless --name (docs/spray-method.md).")
-@click.option("--latent-grid", default=1, show_default=True, type=click.IntRange(min=1),
-              help="With --latent: cells per side each channel's relevance is pooled to (1: per channel).")
+@click.option("--latent-grid", default=2, show_default=True, type=click.IntRange(min=1),
+              help="With --latent: cells per side each channel's relevance is pooled to (1: per channel, "
+                   "CRP's channel relevance).")
 @click.option("--latent-quantity", type=click.Choice(["relevance", "activation"]), default="relevance",
               show_default=True, help="With --latent: store the relevance there, or the activation.")
 def attribute(

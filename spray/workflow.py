@@ -29,7 +29,7 @@ __all__ = ["audit", "correct", "latent_attributor", "train_once"]
 
 
 def latent_attributor(attributor: object, model: nn.Module, dataset: Dataset, layer: str = "default",
-                      grid: int = 1, quantity: str = "relevance") -> LatentAttributor:
+                      grid: int = 2, quantity: str = "relevance") -> LatentAttributor:
     """The latent relevance (or activations) of an LRP ``attributor`` at ``layer`` of ``model``
     (spray.attribution.LatentAttributor); ``"default"`` is ClArC's default layer, found from dataset sample 0
     (spray.clarc.default_layer: the last feature map the model's head reads)."""

@@ -75,8 +75,6 @@ normalization = "l2"
 [agglomerative]
 """
 """pipelines/concept.toml's analysis (concept-level SpRAy on the latent relevance), without the 2-D maps."""
-LATENT_GRID = 7
-"""Cells per side of the stored latent relevance: the default layer's full 7 × 7 map for the benchmark's CNN."""
 ATTRIBUTION_BATCH = 128
 STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness")
 
@@ -158,14 +156,12 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     store = directory / "audit.h5"
     spec = pipeline_from_text(PIPELINE, source="spray.benchmark pipeline")
     with _timed(seconds, "attribute"):
-        attribute_dataset(store, model, train, AttributionRun(
-            get_method(METHOD), model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
-            dataset_name=case.name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
-            thumbnail_size=None, progress=progress))
-        attribute_dataset(store, model, train, AttributionRun(
-            latent_attributor(get_method(METHOD), model, train, grid=LATENT_GRID), model_hash=model_hash(model),
-            model_name=f"spray.benchmark {case.architecture}", dataset_name=case.name, batch_size=ATTRIBUTION_BATCH,
-            label_names=train.label_names, thumbnail_size=None, progress=progress))
+        # The heatmaps, then the latent relevance at ClArC's default layer (the concept analysis's input).
+        for attributor in (get_method(METHOD), latent_attributor(get_method(METHOD), model, train)):
+            attribute_dataset(store, model, train, AttributionRun(
+                attributor, model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
+                dataset_name=case.name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
+                thumbnail_size=None, progress=progress))
     concept = pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline")
     with _timed(seconds, "analyze"):
         analyze(str(store), spec, progress=progress)

@@ -45,7 +45,7 @@ def test_latent_relevance_is_a_second_attribution_sum_pooled_per_channel_and_cel
 def test_activations_are_mean_pooled_and_a_grid_of_one_gives_channel_values(tmp_path):
     path = tmp_path / "audit.h5"
     lrp = LRP(EpsilonPlusFlat())
-    _run(path, LatentAttributor(lrp, "1", quantity="activation"), name="act")
+    _run(path, LatentAttributor(lrp, "1", grid=1, quantity="activation"), name="act")
     model, (x, y) = make_model(), make_dataset().tensors
     with AuditStore(path) as store:
         stored = store.read("attributions/act/relevance")
@@ -69,13 +69,13 @@ def test_another_layer_or_grid_is_another_attribution_a_resumed_run_refuses(tmp_
     path = tmp_path / "audit.h5"
     lrp = LRP(EpsilonPlusFlat())
     _run(path, LatentAttributor(lrp, "1"))
-    for other in (LatentAttributor(lrp, "0"), LatentAttributor(lrp, "1", grid=2)):
+    for other in (LatentAttributor(lrp, "0"), LatentAttributor(lrp, "1", grid=1)):
         with pytest.raises(StoreError, match=r"holds attribution 'latent' of model h1 with method 'latent'"):
             _run(path, other)
     _run(path, LatentAttributor(lrp, "0"), name="latent-conv")
     with AuditStore(path) as store:
         assert store.attributions() == ["latent", "latent-conv"]
-        assert store.attribution_info("latent-conv")["shape"] == [N, 3, 1, 1]
+        assert store.attribution_info("latent-conv")["shape"] == [N, 3, 2, 2]  # the default grid
 
 
 def test_bad_latent_parameters_are_refused_by_name():

@@ -336,7 +336,7 @@ def _checked_outputs(
     if tuple(relevance.shape) != shape:
         raise BadInputError(
             f"attributor {method!r} returned relevance of shape {tuple(relevance.shape)} for inputs of "
-            f"shape {tuple(x.shape)}"
+            f"shape {tuple(x.shape)}" + ("" if shape == tuple(x.shape) else f"; expected {shape}")
         )
     if logits.shape != (x.shape[0], n_outputs):
         raise BadInputError(

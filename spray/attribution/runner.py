@@ -84,7 +84,7 @@ def attribute_dataset(
         shape_of = getattr(run.attributor, "relevance_shape", None)
         shape = input_shape if shape_of is None else shape_of(model, x0.unsqueeze(0).to(device, dtype))
         explain = BatchExplainer(input_shape, n_outputs, run.target, run.relevance_dtype, thumb_shape,
-                                 thumbnail_range, None if shape_of is None else shape)
+                                 thumbnail_range, shape)
         if not run.allow_nonconservative and hasattr(run.attributor, "balance"):
             # Before the store is touched: a refused model leaves nothing behind.
             explain.check_accounting(model, dataset, run.attributor, range(min(run.batch_size, n)))

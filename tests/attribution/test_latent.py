@@ -84,3 +84,18 @@ def test_bad_latent_parameters_are_refused_by_name():
         LatentAttributor(lrp, "1", grid=0)
     with pytest.raises(BadInputError, match=r"^quantity must be one of 'relevance', 'activation'; got 'gradient'$"):
         LatentAttributor(lrp, "1", quantity="gradient")
+
+
+class _Mismatched(LatentAttributor):
+    """Declares rows of one shape and returns another."""
+
+    def relevance_shape(self, model, x):
+        return (3, 4, 4)
+
+
+def test_rows_of_another_shape_than_declared_are_refused_naming_both(tmp_path):
+    with pytest.raises(BadInputError) as caught:
+        _run(tmp_path / "audit.h5", _Mismatched(LRP(EpsilonPlusFlat()), "1", grid=2))
+    assert str(caught.value) == ("attributor 'latent' returned relevance of shape (8, 3, 2, 2) for inputs of shape "
+                                 "(8, 2, 6, 10); expected (8, 3, 4, 4)")
+    assert not (tmp_path / "audit.h5").exists()

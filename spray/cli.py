@@ -204,6 +204,14 @@ def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
                    "of refusing the source; every file is decoded once when the source is opened.")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|mps",
               help="Where the model runs (also on dask workers); the store is written here.")
+@click.option("--latent", metavar="LAYER|default",
+              help="Store the LRP method's latent relevance at module LAYER (default: ClArC's default layer) "
+                   "instead of heatmaps, as attribution 'latent' unless --name (docs/spray-method.md).")
+@click.option("--latent-grid", default=2, show_default=True, type=click.IntRange(min=1),
+              help="With --latent: cells per side each channel's relevance is pooled to (1: per channel, "
+                   "CRP's channel relevance).")
+@click.option("--latent-quantity", type=click.Choice(["relevance", "activation"]), default="relevance",
+              show_default=True, help="With --latent: store the relevance there, or the activation.")
 def attribute(
     model_spec: str,
     weights: Path | None,
@@ -220,6 +228,9 @@ def attribute(
     workers: int,
     skip_unreadable: bool,
     device: str,
+    latent: str | None,
+    latent_grid: int,
+    latent_quantity: str,
     transform: Any,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
@@ -231,8 +242,13 @@ def attribute(
     dataset = open_source(data_spec, transform, skip_unreadable=skip_unreadable)
     for path, message in getattr(dataset, "skipped", []):
         click.echo(f"skipped {path}: {message}", err=True)
+    attributor = get_method(method, **method_params(method, _parse_params(params), dataset))
+    if latent is not None:
+        from spray.workflow import latent_attributor
+
+        attributor = latent_attributor(attributor, model, dataset, latent, latent_grid, latent_quantity)
     run = AttributionRun(
-        get_method(method, **method_params(method, _parse_params(params), dataset)),
+        attributor,
         model_hash=model_hash(model),
         model_name=model_spec,
         dataset_name=data_spec,

@@ -17,13 +17,34 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from spray.audit import audit
+from spray.errors import BadInputError
 from spray.training import TrainingConfig, train_model
 from spray.outputs import active
 
 if TYPE_CHECKING:
+    from spray.attribution import LatentAttributor
     from spray.clarc import ClarcConfig, ClarcResult, EvaluationData
 
-__all__ = ["audit", "correct", "train_once"]
+__all__ = ["audit", "correct", "latent_attributor", "train_once"]
+
+
+def latent_attributor(attributor: object, model: nn.Module, dataset: Dataset, layer: str = "default",
+                      grid: int = 2, quantity: str = "relevance") -> LatentAttributor:
+    """The latent relevance (or activations) of an LRP ``attributor`` at ``layer`` of ``model``
+    (spray.attribution.LatentAttributor); ``"default"`` is ClArC's default layer, found from dataset sample 0
+    (spray.clarc.default_layer: the last feature map the model's head reads)."""
+    from spray.attribution import LatentAttributor
+    from spray.attribution.batches import placement, sample_input
+    from spray.clarc import default_layer
+    from spray.lrp import LRP
+
+    if not isinstance(attributor, LRP):
+        raise BadInputError(f"latent relevance needs an LRP method; {getattr(attributor, 'name', attributor)!r} "
+                            "is not one (use e.g. --method epsilon_plus_flat)")
+    if layer == "default":
+        device, dtype = placement(model)
+        layer = default_layer(model, sample_input(dataset, 0).unsqueeze(0).to(device, dtype))
+    return LatentAttributor(attributor, layer, grid, quantity)
 
 
 def train_once(model: nn.Module, dataset: Callable[[], Dataset], weights: Path, config: TrainingConfig, *,

@@ -38,6 +38,31 @@ def test_attribute_then_info_json_describes_the_attribution(tmp_path, capsys):
     assert code == 0 and "epsilon_plus_flat" in out
 
 
+def test_latent_relevance_beside_the_heatmaps_and_the_concept_pipeline_analyses_it(tmp_path, capsys):
+    # The store holds heatmaps and latent relevance; the default pipeline reads the heatmaps, concept.toml
+    # the latent relevance at ClArC's default layer (the conv model's last ReLU, 6 channels of 8 × 8 cells).
+    from pathlib import Path
+
+    store, model, data = tmp_path / "a.h5", "tests.data.factories:conv_model", "tests.data.factories:conv_data"
+    for extra in ([], ["--latent", "default", "--latent-grid", "2"]):
+        code, _, err = run(capsys, "attribute", "--model", model, "--data", data, "--store", store, *extra)
+        assert code == 0, err
+    code, out, _ = run(capsys, "info", store, "--json")
+    latent = json.loads(out)["attributions"]["latent"]
+    assert latent["shape"] == [40, 6, 2, 2] and latent["params"]["layer"] == "features.3"
+    small = "[knn]\nn_neighbors = 5\n[spectral]\nn_eigenpairs = 8\n[kmeans]\nk_max = 6\n"
+    concept = tmp_path / "concept.toml"
+    concept.write_text(Path("pipelines/concept.toml").read_text().split("[knn]")[0] + small)
+    pixel = tmp_path / "pixel.toml"
+    pixel.write_text(small)
+    code, out, err = run(capsys, "analyze", store, "--pipeline", concept, "--json")
+    assert code == 0, err
+    assert (json.loads(out)["analysis"], json.loads(out)["attribution"]) == ("concept", "latent")
+    code, out, err = run(capsys, "analyze", store, "--pipeline", pixel, "--json")
+    assert code == 0, err
+    assert (json.loads(out)["analysis"], json.loads(out)["attribution"]) == ("spray", "epsilon_plus_flat")
+
+
 def test_analyze_and_rank_json_contract(tmp_path, capsys):
     heatmaps = make_heatmaps(n_per_class=30, n_classes=2, size=8, poisoned=0, seed=2)
     store = write_store(tmp_path / "s.h5", heatmaps)

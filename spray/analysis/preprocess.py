@@ -17,7 +17,7 @@ from spray._blocks import block_rows
 from spray.analysis._common import check_choice, check_int
 from spray.errors import BadInputError
 
-CHANNEL_REDUCTIONS = ("sum", "abs_sum", "l2")
+CHANNEL_REDUCTIONS = ("sum", "abs_sum", "l2", "keep")
 NORMALIZATIONS = ("max_abs", "sum", "l2", None)
 
 
@@ -52,11 +52,14 @@ class PreprocessedMaps:
 
 
 class HeatmapPreprocessor:
-    """Turn relevance maps ``(n, C, H, W)`` or ``(n, H, W)`` into SpRAy feature vectors ``(n, g_h * g_w)``.
+    """Turn relevance maps ``(n, C, H, W)`` or ``(n, H, W)`` into SpRAy feature vectors ``(n, g_h * g_w)``
+    (``(n, C * g_h * g_w)`` with ``channel_reduction="keep"``).
 
     Steps, per sample (in float64, output float32):
 
-    1. channel reduction: ``"sum"`` Σ_c R, ``"abs_sum"`` Σ_c |R|, ``"l2"`` sqrt(Σ_c R²);
+    1. channel reduction: ``"sum"`` Σ_c R, ``"abs_sum"`` Σ_c |R|, ``"l2"`` sqrt(Σ_c R²); ``"keep"`` keeps
+       every channel (concept-level SpRAy: the channels of a latent attribution are the concepts, and
+       the features are channel-major, channel by channel its pooled cells);
     2. ``absolute=True``: take |·| of the reduced map;
     3. area pooling to ``g_h = min(grid, H)`` × ``g_w = min(grid, W)`` cells: sum-pooling when the sizes divide,
        otherwise overlap-weighted area pooling (:func:`area_pooling_matrix`); both conserve the map's sum;
@@ -119,7 +122,7 @@ class HeatmapPreprocessor:
         shape = tuple(int(s) for s in self._check_input(R).shape)
         self.input_shape_ = shape
         self.grid_shape_ = (min(self.grid, shape[-2]), min(self.grid, shape[-1]))
-        self.n_features_out_ = self.grid_shape_[0] * self.grid_shape_[1]
+        self.n_features_out_ = self._kept_channels(shape) * self.grid_shape_[0] * self.grid_shape_[1]
         return self
 
     def fit_transform(self, R: Any, y: Any = None) -> np.ndarray:
@@ -150,7 +153,7 @@ class HeatmapPreprocessor:
         gh, gw = min(self.grid, H), min(self.grid, W)
         ph, pw = area_pooling_matrix(H, gh), area_pooling_matrix(W, gw)
 
-        out = np.empty((n, gh * gw), dtype=np.float32)
+        out = np.empty((n, self._kept_channels(shape) * gh * gw), dtype=np.float32)
         nonfinite = np.zeros(n, dtype=bool)
         zero = np.zeros(n, dtype=bool)
         start = 0
@@ -171,11 +174,18 @@ class HeatmapPreprocessor:
             )
         return PreprocessedMaps(out[~nonfinite] if bad.size else out, ~nonfinite, zero & ~nonfinite)
 
+    def _kept_channels(self, shape: tuple[int, ...]) -> int:
+        """Channels left after the channel reduction: all with ``"keep"``, else one."""
+        return shape[1] if self.channel_reduction == "keep" and len(shape) == 4 else 1
+
     def _process(self, block: np.ndarray, ph: np.ndarray, pw: np.ndarray) -> tuple[np.ndarray, ...]:
         nonfinite = ~np.isfinite(block).all(axis=(1, 2, 3))
         if nonfinite.any():
             block = np.where(nonfinite[:, None, None, None], 0.0, block)
-        if block.shape[1] == 1:  # one channel: every reduction is the map itself or its absolute value
+        if self.channel_reduction == "keep":
+            b, c, h, w = block.shape
+            maps = block.reshape(b * c, h, w)
+        elif block.shape[1] == 1:  # one channel: every reduction is the map itself or its absolute value
             maps = block[:, 0] if self.channel_reduction == "sum" else np.abs(block[:, 0])
         elif self.channel_reduction == "sum":
             maps = block.sum(axis=1)
@@ -185,8 +195,8 @@ class HeatmapPreprocessor:
             maps = np.sqrt(np.square(block).sum(axis=1))
         if self.absolute:
             maps = np.abs(maps)
-        zero = ~maps.reshape(len(maps), -1).any(axis=1)
-        pooled = _pool(maps, ph, pw)
+        zero = ~maps.reshape(len(block), -1).any(axis=1)
+        pooled = _pool(maps, ph, pw).reshape(len(block), -1)
 
         if self.normalization is not None:
             if self.normalization == "max_abs":

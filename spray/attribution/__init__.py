@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from spray.attribution.config import AttributionRun
 from spray.attribution.distributed import WorkerRecipe
+from spray.attribution.latent import LatentAttributor
 from spray.attribution.runner import attribute_dataset
 
-__all__ = ["AttributionRun", "WorkerRecipe", "attribute_dataset"]
+__all__ = ["AttributionRun", "LatentAttributor", "WorkerRecipe", "attribute_dataset"]

@@ -170,6 +170,8 @@ class BatchExplainer:
     relevance_dtype: str
     thumbnail_shape: tuple[int, int, int] | None
     thumbnail_range: tuple[tuple[float, ...], tuple[float, ...]] | None
+    relevance_shape: tuple[int, ...] | None = None
+    """One sample's relevance; None: the input's (a heatmap). Latent relevance has the layer's (C, g, g)."""
 
     def __call__(
         self, model: nn.Module, dataset: Dataset, attributor: Any, positions: Sequence[int],
@@ -180,8 +182,9 @@ class BatchExplainer:
         tick = time.perf_counter()
         index, x, labels, explained = self._inputs(model, dataset, positions, items)
         relevance, logits = attributor.attribute(model, x, explained)
+        shape = (len(x), *(self.relevance_shape or self.input_shape))
         relevance, logits = _checked_outputs(
-            attributor.name, index, x, relevance, logits, self.n_outputs, self.relevance_dtype
+            attributor.name, index, x, shape, relevance, logits, self.n_outputs, self.relevance_dtype
         )
         thumbs = _thumbnails(x, self.thumbnail_shape, self.thumbnail_range) if self.thumbnail_shape else None
         target = explained.detach().cpu().numpy().astype(np.int64)
@@ -323,15 +326,17 @@ def _collate(
 
 
 def _checked_outputs(
-    method: str, positions: Tensor, x: Tensor, relevance: Any, logits: Any, n_outputs: int, dtype: str
+    method: str, positions: Tensor, x: Tensor, shape: tuple[int, ...], relevance: Any, logits: Any,
+    n_outputs: int, dtype: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The attributor's outputs as numpy (relevance in ``dtype``), after checking shapes and finiteness."""
+    """The attributor's outputs as numpy (relevance in ``dtype``), after checking shapes (relevance:
+    ``shape``) and finiteness."""
     if not isinstance(relevance, Tensor) or not isinstance(logits, Tensor):
         raise BadInputError(f"attributor {method!r} must return (relevance, logits) tensors")
-    if relevance.shape != x.shape:
+    if tuple(relevance.shape) != shape:
         raise BadInputError(
             f"attributor {method!r} returned relevance of shape {tuple(relevance.shape)} for inputs of "
-            f"shape {tuple(x.shape)}"
+            f"shape {tuple(x.shape)}" + ("" if shape == tuple(x.shape) else f"; expected {shape}")
         )
     if logits.shape != (x.shape[0], n_outputs):
         raise BadInputError(

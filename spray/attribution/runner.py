@@ -80,8 +80,11 @@ def attribute_dataset(
         _check_label_names(run.label_names, n_outputs)
         # An image source's thumbnails show its pixels, not its (normalised) inputs.
         thumbnail_range = run.thumbnail_range or thumbnail_bounds(pixel_bounds(dataset))
+        # Heatmaps are shaped like the input; an attributor of another quantity (latent relevance) says its shape.
+        shape_of = getattr(run.attributor, "relevance_shape", None)
+        shape = input_shape if shape_of is None else shape_of(model, x0.unsqueeze(0).to(device, dtype))
         explain = BatchExplainer(input_shape, n_outputs, run.target, run.relevance_dtype, thumb_shape,
-                                 thumbnail_range)
+                                 thumbnail_range, shape)
         if not run.allow_nonconservative and hasattr(run.attributor, "balance"):
             # Before the store is touched: a refused model leaves nothing behind.
             explain.check_accounting(model, dataset, run.attributor, range(min(run.batch_size, n)))
@@ -94,7 +97,7 @@ def attribute_dataset(
             if created:
                 path = Path(store_path).resolve()
                 stack.push(lambda kind, *_: _drop_if_refused_empty(path, kind, counts.computed))
-            batches = _pending_batches(store, run, dataset, n, input_shape, n_outputs, thumb_shape, trace)
+            batches = _pending_batches(store, run, dataset, n, shape, n_outputs, thumb_shape, trace)
             skipped = n - sum(len(b) for b in batches)
             if client is None:
                 results: Iterable[ExplainedBatch] = (
@@ -160,11 +163,12 @@ def _check_label_names(label_names: Sequence[str] | None, n_outputs: int) -> Non
 
 
 def _pending_batches(
-    store: AuditStore, run: AttributionRun, dataset: Dataset, n: int, input_shape: tuple[int, ...], n_outputs: int,
-    thumb_shape: tuple[int, ...] | None, trace: dict[str, Any] | None,
+    store: AuditStore, run: AttributionRun, dataset: Dataset, n: int, shape: tuple[int, ...],
+    n_outputs: int, thumb_shape: tuple[int, ...] | None, trace: dict[str, Any] | None,
 ) -> list[list[int]]:
     """Prepare the store's samples (an image source's files checked against those it recorded) and the
-    attribution (created, or checked for resuming) and return the batches of the fixed grid not done yet."""
+    attribution of rows of ``shape`` (created, or checked for resuming) and return the batches of the fixed
+    grid not done yet."""
     recorded = store.attrs()
     label_names = run.label_names
     if label_names is None and not recorded["label_names"]:
@@ -181,10 +185,10 @@ def _pending_batches(
     )
     name = run.attribution
     if run.overwrite or name not in store.attributions():
-        store.create_attribution(name, input_shape=input_shape, n_outputs=n_outputs, dtype=run.relevance_dtype,
+        store.create_attribution(name, input_shape=shape, n_outputs=n_outputs, dtype=run.relevance_dtype,
                                  attrs=run.stored_attrs(trace))
     else:
-        wanted = {**run.identity(trace), "shape": [n, *input_shape], "dtype": run.relevance_dtype,
+        wanted = {**run.identity(trace), "shape": [n, *shape], "dtype": run.relevance_dtype,
                   "n_outputs": n_outputs}
         _check_resumable(store.path, name, store.attribution_info(name), wanted, run.batch_size)
     done = store.read(f"attributions/{name}/done")

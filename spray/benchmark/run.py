@@ -46,15 +46,16 @@ from spray.pipeline.graph import hash_json
 from spray.ranking import Ranking, rank_classes
 from spray.store import AuditStore
 from spray.training import TrainingConfig, accuracy
-from spray.workflow import train_once
+from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 4
-"""The version of a case's scored result (``result-v4.json``): raise it when the scoring changes, and a
+SCORES = 5
+"""The version of a case's scored result (``result-v5.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
-score per correction method, group accuracies, CPU seconds and peak RSS per stage."""
+score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
+analysis's ranking (``concept``)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -67,6 +68,17 @@ name = "spray"
 [agglomerative]
 """
 """The default pipeline's clusterings (so its ranking) without the 2-D maps, which do not feed the ranking."""
+CONCEPT_PIPELINE = """
+[analysis]
+name = "concept"
+attribution = "latent"
+[preprocess]
+channel_reduction = "keep"
+normalization = "l2"
+[hdbscan]
+[agglomerative]
+"""
+"""pipelines/concept.toml's analysis (concept-level SpRAy on the latent relevance), without the 2-D maps."""
 ATTRIBUTION_BATCH = 128
 STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness")
 
@@ -103,6 +115,7 @@ class CaseResult:
     balanced_accuracy: float | None = None
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     corrections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    concept: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
@@ -180,15 +193,21 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     store = directory / "audit.h5"
     spec = pipeline_from_text(PIPELINE, source="spray.benchmark pipeline")
     with _timed(seconds, "attribute"):
-        attribute_dataset(store, model, train, AttributionRun(
-            get_method(METHOD), model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
-            dataset_name=case.name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
-            thumbnail_size=None, progress=progress))
+        # The heatmaps, then the latent relevance at ClArC's default layer (the concept analysis's input).
+        for attributor in (get_method(METHOD), latent_attributor(get_method(METHOD), model, train)):
+            attribute_dataset(store, model, train, AttributionRun(
+                attributor, model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
+                dataset_name=case.name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
+                thumbnail_size=None, progress=progress))
+    concept = pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline")
     with _timed(seconds, "analyze"):
         analyze(str(store), spec, progress=progress)
+        analyze(str(store), concept, progress=progress)
     with _timed(seconds, "rank"), AuditStore(store) as opened:
         ranking = rank_classes(opened, spec.name)
+        concept_ranking = rank_classes(opened, concept.name)
     result = _score(data, model, ranking, seconds)
+    result.concept = _concept_score(data, model, concept_ranking)
     with _timed(seconds, "faithfulness"):
         x, y = (torch.from_numpy(a[spread(len(a))]) for a in data.clean_test)
         result.aopc = aopc(model, x, y, METHOD, seed=case.seed)
@@ -250,6 +269,23 @@ def _group_accuracy(model: torch.nn.Module, data: CaseData) -> dict[str, float]:
     groups = data.groups[1]
     return {name: accuracy(model, data.dataset((x[groups == g], y[groups == g])))
             for g, name in enumerate(data.group_names)}
+
+
+def _concept_score(data: CaseData, model: torch.nn.Module, ranking: Ranking) -> dict[str, Any]:
+    """The concept analysis's own ranking scored as :func:`_score` scores the pixel-level one: the poisoned
+    class's rank and flag, the F1 and CAV AUROC of its named cluster, flags on clean classes."""
+    ranked = [e for e in ranking if e.cluster is not None]
+    entry = next((e for e in ranked if e.label == data.poisoned_class), None)
+    clean = [e for e in ranked if data.case.is_control or e.label != data.poisoned_class]
+    members = list(entry.cluster.members) if entry else []
+    scores: dict[str, Any] = {"rank": entry.rank if entry else None, "flagged": bool(entry and entry.flagged),
+                              "cluster": entry.cluster.reference if entry else None, "cluster_size": len(members),
+                              "f1": None, "cav_auroc": None, "clean_flags": sum(e.flagged for e in clean),
+                              "clean_classes": len(clean)}
+    if not data.case.is_control:
+        scores["f1"] = detection(members, data.planted.tolist())[2]
+        scores["cav_auroc"] = _cav_auroc(data, model, members)
+    return scores
 
 
 def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:

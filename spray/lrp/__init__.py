@@ -18,7 +18,7 @@ from spray.lrp.composites import (
     EpsilonGammaBox,
     EpsilonPlusFlat,
 )
-from spray.lrp.engine import LRP
+from spray.lrp.engine import LRP, Latent
 from spray.lrp.layers import Sum
 from spray.lrp.rules import (
     AlphaBeta,
@@ -37,6 +37,7 @@ from spray.lrp.transformer import AttnLRP, ConstantAttention
 
 __all__ = [
     "LRP",
+    "Latent",
     "AlphaBeta",
     "AttnLRP",
     "Composite",

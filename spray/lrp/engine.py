@@ -82,6 +82,42 @@ class LRP:
         """
         return self._propagate(model, x, start, initial)[0]
 
+    def latent(self, model: nn.Module, x: Tensor, target: Tensor, layer: str) -> Latent:
+        """Explain output ``target`` (B,) for input ``x`` (B, ...) as :meth:`attribute` does, and keep what
+        reaches the output of module ``layer`` (named as in ``model.named_modules()``; its first call counts).
+
+        ``Latent.relevance`` has the activation's shape, (B, C, *spatial) for a feature map: CRP's latent
+        relevance ``R_{c,h,w}`` (Achtibat et al. 2023); its sum over the spatial axes is the channel relevance
+        ``R_c``. Σ R_latent = Σ R_input + what the modules below ``layer`` absorb (spray.lrp.accounting).
+        """
+        explained = _one_hot_logit(target, x)
+        kept: list[Tensor] = []
+        relevance, logits = self._propagate(model, x, None, explained, tap=(layer, kept.append))
+        # A layer the explained output does not depend on receives no relevance: its hook never runs.
+        activation, reached = kept[0], (kept[1] if len(kept) > 1 else torch.zeros_like(kept[0]))
+        return Latent(reached, activation, relevance, logits)
+
+    def conditional(self, model: nn.Module, x: Tensor, target: Tensor, layer: str, channels: Tensor) -> Tensor:
+        """Input relevance of output ``target`` (B,) restricted to ``channels`` of ``layer``'s output:
+        CRP's conditional heatmap, what the chosen concepts contribute to the explanation of ``x``.
+
+        ``channels``: (B, C) weights (a 0/1 mask keeps the chosen channels) or (C,) for every sample; the
+        relevance reaching each channel of ``layer`` is multiplied by its weight before it travels on. With
+        all weights 1 it is :meth:`attribute`'s relevance; masks of a partition of the channels give heatmaps
+        that sum to it.
+        """
+        weights = torch.as_tensor(channels)
+
+        def gate(relevance: Tensor) -> Tensor:
+            w = weights.to(relevance.device, relevance.dtype)
+            w = w.expand(len(relevance), -1) if w.dim() == 1 else w
+            if w.shape != relevance.shape[:2]:
+                raise BadInputError(f"channels must have shape ({relevance.shape[1]},) or ({len(relevance)}, "
+                                    f"{relevance.shape[1]}) for layer {layer!r}, got {tuple(weights.shape)}")
+            return relevance * w.reshape(*w.shape, *[1] * (relevance.dim() - 2))
+
+        return self._propagate(model, x, None, _one_hot_logit(target, x), tap=(layer, None), gate=gate)[0]
+
     def trace_record(self, model: nn.Module, x: Tensor) -> dict[str, Any]:
         """What this attributor makes of ``model`` for inputs like ``x`` (B, ...; one sample runs), JSON-able:
         ``rules`` pairs each hooked module of the canonised copy (qualified name, in forward order) with the
@@ -113,13 +149,14 @@ class LRP:
         digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
         return {"traced": traced is not None, "hash": digest, "rules": [[name, rule] for name, rule in rules.items()]}
 
-    def _prepare(self, stack: ExitStack, model: nn.Module, x: Tensor,
-                 start: str | None) -> tuple[nn.Module, str | None, Traced | None]:
+    def _prepare(self, stack: ExitStack, model: nn.Module, x: Tensor, start: str | None,
+                 what: str = "start") -> tuple[nn.Module, str | None, Traced | None]:
         """Eval mode and the canonised copy (or the model itself, BatchNorm folded inside Sequentials) for
-        the life of ``stack``: (module to hook and run, name of ``start`` in it, the trace or None)."""
+        the life of ``stack``: (module to hook and run, name of ``start`` in it, the trace or None).
+        ``what`` names ``start``'s role in messages."""
         names = [name for name, _ in model.named_modules()]
         if start is not None and start not in names:
-            raise BadInputError(f"start module {start!r} is not in the model; use a name from "
+            raise BadInputError(f"{what} module {start!r} is not in the model; use a name from "
                                 f"model.named_modules(), e.g. {names[1:6]}")
         stack.enter_context(ONE_AT_A_TIME)
         stack.enter_context(_frozen(model))
@@ -138,11 +175,17 @@ class LRP:
         return run, start_name, traced
 
     def _propagate(self, model: nn.Module, x: Tensor, start: str | None,
-                   initial: Callable[[Tensor], Tensor],
-                   ledger: list[Balance] | None = None) -> tuple[Tensor, Tensor]:
-        """One forward pass with hooks, one backward pass; returns (input relevance, start activation)."""
+                   initial: Callable[[Tensor], Tensor], ledger: list[Balance] | None = None,
+                   tap: tuple[str, Callable[[Tensor], None] | None] | None = None,
+                   gate: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """One forward pass with hooks, one backward pass; returns (input relevance, start activation).
+
+        ``tap`` ``(layer, keep)`` (with ``start`` None): ``keep`` receives the activation of module ``layer``
+        and then the relevance that reaches it; ``gate`` rewrites that relevance before it travels on."""
+        layer = None if tap is None else tap[0]
         with ExitStack() as stack:
-            run, start_name, _ = self._prepare(stack, model, x, start)
+            run, start_name, _ = (self._prepare(stack, model, x, start) if tap is None
+                                  else self._prepare(stack, model, x, layer, "layer"))
             handles = _attach(run, self.composite, ledger)
             stack.callback(_remove, handles)
             captured: list[Tensor] = []
@@ -154,8 +197,11 @@ class LRP:
             inputs = x.detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 output = run(inputs)
-            if start is not None and not captured:
-                raise BadInputError(f"start module {start!r} did not run in the model's forward pass")
+            if (start or layer) is not None and not captured:
+                raise BadInputError(f"{'start' if tap is None else 'layer'} module {start or layer!r} did not run "
+                                    "in the model's forward pass")
+            if tap is not None:
+                _watch(captured[0], layer, tap[1], gate)
             activation = captured[0] if start is not None else output
             if not isinstance(activation, Tensor) or not activation.requires_grad:
                 raise BadInputError("the explained output does not depend on any module LRP could hook; "
@@ -179,6 +225,35 @@ def _fingerprint(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k!r}: {_fingerprint(v)}" for k, v in value.items()) + "}"
     return repr(value)
+
+
+@dataclass(frozen=True)
+class Latent:
+    """:meth:`LRP.latent`'s result: the relevance reaching the layer's output and the activation there, both
+    of the activation's shape (B, C, *spatial); the input relevance (like x) and the logits (B, K)."""
+
+    relevance: Tensor
+    activation: Tensor
+    input_relevance: Tensor
+    logits: Tensor
+
+
+def _watch(activation: Tensor, layer: str, keep: Callable[[Tensor], None] | None,
+           gate: Callable[[Tensor], Tensor] | None) -> None:
+    """Hand ``activation`` to ``keep`` now and the relevance reaching it in the backward pass later (the
+    gradient at that tensor: LRP's rules make it the relevance); ``gate`` rewrites what travels on."""
+    if not isinstance(activation, Tensor) or not activation.requires_grad:
+        raise BadInputError(f"layer {layer!r} returns no relevance-carrying tensor; choose a module whose output "
+                            "is a feature map the explained output depends on")
+
+    def hook(relevance: Tensor) -> Tensor | None:
+        if keep is not None:
+            keep(relevance.detach())
+        return None if gate is None else gate(relevance)
+
+    if keep is not None:
+        keep(activation.detach())
+    activation.register_hook(hook)
 
 
 def _one_hot_logit(target: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:

@@ -25,7 +25,7 @@ from spray.pipeline.graph import NodeOutput, dependencies, hash_array, hash_json
 from spray.pipeline.nodes import NODES, preprocess
 from spray.pipeline.spec import PipelineSpec
 from spray.scheduling import local_workers
-from spray.store import AuditStore
+from spray.store import LATENT_METHOD, AuditStore
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,9 @@ def _numba_threads() -> int:
 
 
 def _choose_attribution(store: AuditStore, name: str | None) -> str:
-    have = store.attributions()
     if name is None:
+        # Latent relevance stored beside the heatmaps (spray attribute --latent) is analysed only by name.
+        have = [a for a in store.attributions() if store.attribution_info(a)["method"] != LATENT_METHOD]
         if len(have) != 1:
             raise BadInputError(
                 f"audit store {store.path} holds {len(have)} attributions ({', '.join(have) or 'none'}); "

@@ -23,7 +23,7 @@ from spray.ranking import RankedClass, rank_classes
 from spray.report import images, plots
 from spray.report.enrichment import Enrichment, enrichment
 from spray.results import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
-from spray.store import AuditStore
+from spray.store import LATENT_METHOD, AuditStore
 
 DEFAULT_MAX_CLASSES = 5
 MAX_CLUSTERS_SHOWN = 8
@@ -86,6 +86,8 @@ class ClusterView:
     z: str
     mean_heatmap: str
     prototypes: list[Prototype]
+    channels: list[str]
+    """A latent attribution's most relevant channels of the group ("channel 12: 31 %"), else empty."""
 
 
 @dataclass
@@ -158,7 +160,8 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
                 cls = read_class(store, analysis, entry.label, names)
                 if cls.skipped is None:
                     with store.interpreting(f"class {cls.label} of analysis {analysis!r}"):
-                        classes.append(_class_view(store, attribution, cls, entry, has_thumbnails))
+                        classes.append(_class_view(store, attribution, cls, entry, has_thumbnails,
+                                                   info.get("method") == LATENT_METHOD))
         clarc = []
         for run in read_clarc_runs(store):
             with store.interpreting(f"node clarc/{run.run}/result"):
@@ -302,7 +305,8 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
 
 
 def _class_view(
-    store: AuditStore, attribution: str, cls: ClassAnalysis, entry: RankedClass, has_thumbnails: bool
+    store: AuditStore, attribution: str, cls: ClassAnalysis, entry: RankedClass, has_thumbnails: bool,
+    latent: bool,
 ) -> ClassView:
     best = cls.best
     if best is not None:
@@ -331,17 +335,21 @@ def _class_view(
     order_rows = np.argsort(cls.positions, kind="stable")
     sorted_positions, sorted_labels = cls.positions[order_rows], labels[order_rows]
     sums: dict[int, np.ndarray] = {}
+    channel_sums: dict[int, np.ndarray] = {}  # latent relevance: each channel's total, R_c
     start = 0
     # Blocks of 64 MiB of float32 whatever the stored precision, as the report has always read them.
     for rows, block in store.read_blocks(relevance_path, sorted_positions, itemsize=4):
         block_labels = sorted_labels[start:start + rows.size]
         start += rows.size
         heat = block.astype(np.float64)
+        channels = heat.sum(axis=(2, 3)) if latent else None
         heat = heat.sum(axis=1) if heat.ndim == 4 else heat
         for cid, _ in shown:
             sel = block_labels == cid
             if sel.any():
                 sums[cid] = sums.get(cid, 0) + heat[sel].sum(axis=0)
+                if channels is not None:
+                    channel_sums[cid] = channel_sums.get(cid, 0) + channels[sel].sum(axis=0)
 
     fda_clusters = ((cls.fda.get("clusterings") or {}).get(clustering) or {}).get("clusters") or {}
     embedding = np.asarray(cls.embedding, dtype=np.float64)
@@ -360,6 +368,7 @@ def _class_view(
             z=fmt_z((fda_clusters.get(cid) or {}).get("z_score")),
             mean_heatmap=images.data_uri(images.heatmap_rgb(sums[cid] / size)),
             prototypes=_prototypes(store, relevance_path, cls, closest, has_thumbnails),
+            channels=_top_channels(channel_sums[cid]) if cid in channel_sums else [],
         ))
     eigengap = cls.spectral_info.get("eigengap_n_clusters")
     return ClassView(
@@ -381,6 +390,13 @@ def _class_view(
         clusters=clusters,
         hidden_clusters=len(order) - len(shown),
     )
+
+
+def _top_channels(totals: np.ndarray, shown: int = 5) -> list[str]:
+    """The ``shown`` channels with the largest summed relevance, each with its share of Σ_c |R_c|."""
+    scale = max(float(np.abs(totals).sum()), 1e-300)
+    top = np.argsort(-totals, kind="stable")[:shown]
+    return [f"channel {c}: {100 * totals[c] / scale:.0f} %" for c in top.tolist()]
 
 
 def _prototypes(

@@ -25,6 +25,10 @@ from spray.store.schema import NODE_ROOTS
 if TYPE_CHECKING:
     import h5py
 
+LATENT_METHOD = "latent"
+"""The ``method`` of an attribution that holds latent relevance or activations at one layer
+(spray.attribution.latent), not input heatmaps: an analysis reads it only when its pipeline names it."""
+
 SCHEMA_VERSION = 1
 """The schema this spray writes and reads (docs/store.md)."""
 
@@ -37,6 +41,6 @@ Both are read from this package whenever a store is opened or created, so the ve
 here are the ones every module of the store uses."""
 
 __all__ = [
-    "MIGRATIONS", "NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info",
+    "LATENT_METHOD", "MIGRATIONS", "NODE_ROOTS", "SCHEMA_VERSION", "AuditStore", "canonical", "format_info",
     "rewrite_text_variable_length", "to_json",
 ]

@@ -37,6 +37,18 @@ def test_channel_reductions_then_optional_absolute(reduction, absolute, expected
     np.testing.assert_allclose(out[0], expected, rtol=1e-6)
 
 
+def test_keeping_channels_pools_each_channel_into_channel_major_features():
+    # Concept-level SpRAy: (n, C, H, W) latent relevance -> (n, C * g_h * g_w), channel by channel its cells.
+    R = np.zeros((1, 2, 2, 4))
+    R[0, 0] = [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    R[0, 1] = -1.0
+    preprocessor = HeatmapPreprocessor(channel_reduction="keep", grid=2, normalization="l2").fit(R)
+    out = preprocessor.transform(R)
+    assert preprocessor.grid_shape_ == (2, 2) and preprocessor.n_features_out_ == 8 and out.shape == (1, 8)
+    expected = np.array([3.0, 7.0, 11.0, 15.0, -2.0, -2.0, -2.0, -2.0])  # 2 x 4 into 2 x 2 cells of 1 x 2
+    np.testing.assert_allclose(out[0], expected / np.linalg.norm(expected), rtol=1e-6)
+
+
 @pytest.mark.parametrize(("normalization", "denominator"), [("sum", 6.0), ("l2", np.sqrt(14.0)), ("max_abs", 3.0)])
 def test_normalisations_divide_each_row_by_its_own_scale(normalization, denominator):
     R = np.array([[[1.0, 2.0, 3.0]], [[0.0, 0.0, 0.0]]])  # (n=2, H=1, W=3)

@@ -54,6 +54,12 @@ def test_a_case_is_scored_against_its_ground_truth(finished):
     assert all(-1 < v < 50 for v in result.aopc.values())  # logit drops of a digits model
     assert set(result.seconds) == set(result.cpu_seconds) == set(result.peak_rss_mib) == {
         "train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness"}
+    # The concept analysis (latent relevance at the default layer) is ranked and scored on its own.
+    concept = result.concept
+    assert set(concept) == {"rank", "flagged", "cluster", "cluster_size", "f1", "cav_auroc", "clean_flags",
+                            "clean_classes"}
+    assert 1 <= concept["rank"] <= 10 and concept["clean_classes"] == 9 and concept["cluster"].startswith("8:")
+    assert 0 <= concept["f1"] <= 1 and 0 <= concept["cav_auroc"] <= 1 and concept["cluster_size"] > 0
 
 
 def test_a_finished_case_is_read_from_its_cache(finished, monkeypatch):

@@ -24,6 +24,15 @@ def test_shipped_pipelines_parse(name):
     assert {"preprocess", "knn", "spectral", "kmeans", "fda"} <= set(spec.nodes)
 
 
+def test_the_concept_pipeline_reads_latent_relevance_channel_by_channel_as_the_benchmark_runs_it():
+    from spray.benchmark.run import CONCEPT_PIPELINE
+
+    spec = read_pipeline(REPO / "pipelines" / "concept.toml")
+    assert (spec.name, spec.attribution) == ("concept", "latent")
+    assert spec.nodes["preprocess"]["channel_reduction"] == "keep" and spec.nodes["preprocess"]["normalization"] == "l2"
+    assert spec.nodes == pipeline_from_text(CONCEPT_PIPELINE).nodes
+
+
 def test_optional_nodes_run_only_when_their_table_is_present():
     spec = pipeline_from_text("[umap]\nmin_dist = 0.2\n")
     assert "umap" in spec.nodes and "tsne" not in spec.nodes and "hdbscan" not in spec.nodes

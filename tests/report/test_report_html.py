@@ -21,6 +21,7 @@ from spray.ranking import rank_classes
 from spray.report import build_report, render_report
 from spray.report.content import gather
 from spray.report.images import heatmap_rgb
+from spray.results import read_class
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store
 
@@ -147,6 +148,7 @@ def test_without_maps_or_thumbnails_the_report_uses_spectral_coordinates_and_hea
     assert [c.map_name for c in context["classes"]] == ["spectral coordinate"] * 2
     assert all(p.image is None and p.overlay is None
                for c in context["classes"] for cluster in c.clusters for p in cluster.prototypes)
+    assert all(cluster.channels == [] for c in context["classes"] for cluster in c.clusters)  # heatmaps: no channels
     html = render_report(path, "nomaps")
     assert "holds no copies of the input images" in html
     assert "Map of explanations (spectral coordinate)" in html
@@ -271,3 +273,25 @@ def test_a_verified_clarc_run_says_whether_the_group_is_gone_and_shows_the_new_f
         store.write_node("clarc/pclarc-1/result", arrays, {**attrs, "verification": cleared.to_dict()})
     html = render_report(copy, max_classes=0)
     assert "The correction removed the flag" in html and "did <strong>not</strong>" not in html
+
+
+def test_a_concept_analysis_shows_each_groups_most_relevant_channels_with_their_share(tmp_path):
+    # Latent relevance (n, 16 channels, 2 × 2 cells): the synthetic 8 × 8 maps cut into 16 tiles of 2 × 2.
+    heatmaps = make_heatmaps(n_per_class=30, n_classes=2, size=8, seed=1)
+    n = len(heatmaps.labels)
+    tiles = heatmaps.relevance.reshape(n, 4, 2, 4, 2).transpose(0, 1, 3, 2, 4).reshape(n, 16, 2, 2)
+    latent = type(heatmaps)(np.ascontiguousarray(tiles), heatmaps.labels, heatmaps.strategy, heatmaps.planted)
+    path = write_store(tmp_path / "latent.h5", latent, name="latent")
+    pipeline = pipeline_text("tiny", analysis={"name": "concept", "attribution": "latent"},
+                             preprocess={"channel_reduction": "keep", "normalization": "l2"})
+    analyze(str(path), pipeline_from_text(pipeline), progress=False)
+    context = gather(path, "concept", None)
+    view = context["classes"][0]
+    cluster = view.clusters[0]
+    with AuditStore(path) as store:
+        cls = read_class(store, "concept", view.label, ["class 0", "class 1"])
+    members = cls.positions[cls.clusterings[view.clustering] == cluster.cluster]
+    totals = tiles[members].astype(np.float64).sum(axis=(0, 2, 3))
+    top = np.argsort(-totals, kind="stable")[:5]
+    assert cluster.channels == [f"channel {c}: {100 * totals[c] / np.abs(totals).sum():.0f} %" for c in top]
+    assert f"most relevant channels: {', '.join(cluster.channels)}" in render_report(path, "concept")

@@ -1,0 +1,91 @@
+"""Latent relevance as an attributor: what reaches one layer's output, per channel and coarse position.
+
+:class:`LatentAttributor` follows the attributor contract (docs/architecture.md), so the runner stores it
+in the audit store like input heatmaps: batched, resumable, a second attribution of the store (named
+``"latent"`` by default) whose identity holds the composite, the layer, the grid and the quantity.
+Its rows have shape (C, grid, grid): ``grid = 1`` is CRP's channel relevance ``R_c = Σ_{h,w} R_{c,h,w}``
+(Achtibat et al. 2023); a larger grid keeps where in the feature map each channel's relevance lies. The
+default, 2 × 2, was chosen on the benchmark's development split: it found blurred images (a global artifact)
+better than the full 7 × 7 map of the benchmark's CNN and kept the other artifacts found (docs/benchmark.md). The
+concept-level SpRAy analysis (pipelines/concept.toml, docs/spray-method.md) clusters these rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spray._checks import check_choice, check_int
+from spray.analysis.preprocess import area_pooling_matrix
+from spray.errors import BadInputError
+from spray.lrp import LRP, Latent
+from spray.lrp.engine import Balance
+from spray.store import LATENT_METHOD
+
+__all__ = ["LatentAttributor", "QUANTITIES"]
+
+QUANTITIES = ("relevance", "activation")
+
+
+class LatentAttributor:
+    """``quantity`` at the output of module ``layer`` of the model, area-pooled to ``grid`` × ``grid``.
+
+    ``"relevance"``: the latent relevance of the explained output (:meth:`spray.lrp.LRP.latent`),
+    sum-pooled, so each row totals the relevance reaching the layer. ``"activation"``: the activation
+    there, mean-pooled (``grid = 1``: the pooled activations a CAV is fitted to). A layer without spatial
+    axes (B, C) gives (C, 1, 1) whatever the grid. ``layer`` is a name from ``model.named_modules()``; the
+    CLI and the benchmark resolve ``default`` to ClArC's default layer.
+    """
+
+    name = LATENT_METHOD
+
+    def __init__(self, lrp: LRP, layer: str, grid: int = 2, quantity: str = "relevance") -> None:
+        check_int(grid, "grid", minimum=1)
+        check_choice(quantity, "quantity", QUANTITIES)
+        if not isinstance(layer, str) or not layer:
+            raise BadInputError(f"layer must be a module name of the model, got {layer!r}")
+        self.lrp = lrp
+        self.layer = layer
+        self.grid = grid
+        self.quantity = quantity
+
+    def params(self) -> dict[str, Any]:
+        """The composite (its name and parameters), the layer, the grid and the quantity."""
+        return {"composite": self.lrp.name, "composite_params": self.lrp.params(), "layer": self.layer,
+                "grid": self.grid, "quantity": self.quantity}
+
+    def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(pooled quantity (B, C, g_h, g_w), logits (B, K)) for inputs ``x`` and explained outputs ``target``."""
+        latent = self.lrp.latent(model, x, target, self.layer)
+        return self._pooled(latent), latent.logits
+
+    def relevance_shape(self, model: nn.Module, x: Tensor) -> tuple[int, ...]:
+        """The shape of one sample's row, (C, g_h, g_w), from one sample of ``x`` (B, ...)."""
+        target = torch.zeros(1, dtype=torch.int64, device=x.device)
+        return tuple(self.attribute(model, x[:1], target)[0].shape[1:])
+
+    def balance(self, model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor, list[Balance]]:
+        """The heatmap's accounting (:meth:`spray.lrp.LRP.balance`): the relevance reaching the layer is the
+        same backward pass's."""
+        return self.lrp.balance(model, x, target)
+
+    def trace_record(self, model: nn.Module, x: Tensor) -> dict[str, Any]:
+        """The traced graph and rules the composite explains (:meth:`spray.lrp.LRP.trace_record`)."""
+        return self.lrp.trace_record(model, x)
+
+    def _pooled(self, latent: Latent) -> Tensor:
+        values = latent.relevance if self.quantity == "relevance" else latent.activation
+        if values.dim() == 2:
+            return values[:, :, None, None]
+        if values.dim() != 4:
+            raise BadInputError(f"layer {self.layer!r} has output shape {tuple(values.shape[1:])} per sample; "
+                                "latent relevance needs a feature map (C, H, W) or a vector (C,)")
+        h, w = values.shape[-2:]
+        ph, pw = (torch.from_numpy(area_pooling_matrix(size, min(self.grid, size))).to(values)
+                  for size in (h, w))
+        if self.quantity == "activation":  # a mean over each cell's area instead of a sum
+            ph, pw = ph / ph.sum(1, keepdim=True), pw / pw.sum(1, keepdim=True)
+        return torch.einsum("gh,bchw,kw->bcgk", ph, values, pw)
+

@@ -519,6 +519,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "pipeline_knn_method": lambda i: _pipeline(i, "method.toml", SMALL_SPECTRAL + '[knn]\nmethod = "magic"\n'),
     "pipeline_normalization": lambda i: _pipeline(i, "norm.toml", '[preprocess]\nnormalization = "peak"\n'),
     "pipeline_perplexity": lambda i: _pipeline(i, "tsne.toml", SMALL_SPECTRAL + "[tsne]\nperplexity = -1.0\n"),
+    "pipeline_outliers_thresholds": lambda i: _pipeline(i, "outl1.toml", SMALL_SPECTRAL + "[outliers]\nthresholds = []\n"),
+    "pipeline_outliers_not_list": lambda i: _pipeline(i, "outl2.toml", "[outliers]\nthresholds = 2.0\n"),
+    "pipeline_outliers_neighbor": lambda i: _pipeline(i, "outl3.toml", SMALL_SPECTRAL + "[outliers]\nneighbor = 11\n"),
     # run files
     "run_without_data": lambda i: _pipeline(i, "run1.toml", f'[model]\nfactory = "{MODEL}"\n'),
     "run_unknown_key": lambda i: _pipeline(i, "run2.toml", f'[model]\nfactory = "{MODEL}"\nweight = "w.pt"\n'

@@ -17,7 +17,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from spray.analysis._common import check_int, check_matrix, check_real
-from spray.analysis.knn import knn_adjacency
 from spray.errors import BadInputError
 
 _MAD_TO_SD = 1.4826
@@ -78,10 +77,9 @@ class KNNOutlierGroups:
         if column > k:
             raise BadInputError(f"neighbor={column} exceeds the {k} stored neighbours; lower neighbor")
         self.scores_ = robust_z(dist[:, column - 1])
-        adjacency = knn_adjacency(ind)
         self.labels_, self.skipped_ = {}, {}
         for t in thresholds:
-            self.labels_[t] = _groups(adjacency, self.scores_ > t, min_group)
+            self.labels_[t] = _groups(ind, self.scores_ > t, min_group)
         return self
 
     def named_labels(self) -> dict[str, np.ndarray]:
@@ -89,14 +87,21 @@ class KNNOutlierGroups:
         return {f"{self.name}_{t:g}": labels for t, labels in self.labels_.items()}
 
 
-def _groups(adjacency: sp.csr_matrix, members: np.ndarray, min_size: int) -> np.ndarray:
-    """Labels (n,): the connected groups of ``members`` in ``adjacency`` restricted to them, numbered from 0
-    in order of their first sample, when of at least ``min_size`` samples; −1 elsewhere."""
+def _groups(indices: np.ndarray, members: np.ndarray, min_size: int) -> np.ndarray:
+    """Labels (n,): the connected groups of ``members`` joined by the kNN edges ``indices`` (n, k) between two
+    of them (either direction), numbered from 0 in order of their first sample, when of at least ``min_size``
+    samples; −1 elsewhere. Only the members' rows are read: O(members · k), whatever n is."""
     labels = np.full(members.size, -1, dtype=np.int64)
     rows = np.flatnonzero(members)
     if rows.size < min_size:
         return labels
-    _, component = sp.csgraph.connected_components(adjacency[rows][:, rows], directed=False)
+    position = np.full(members.size, -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    targets = position[indices[rows]]  # (m, k): the neighbour's place among the members, −1 for a non-member
+    source = np.broadcast_to(np.arange(rows.size)[:, None], targets.shape)
+    inside = targets >= 0
+    edges = sp.csr_matrix((np.ones(int(inside.sum())), (source[inside], targets[inside])), shape=(rows.size,) * 2)
+    _, component = sp.csgraph.connected_components(edges, directed=False)  # undirected: an edge either way joins
     ids, first = np.unique(component, return_index=True)
     big = ids[np.bincount(component)[ids] >= min_size]
     number = np.full(ids.size, -1, dtype=np.int64)

@@ -62,7 +62,6 @@ PIPELINE = """
 name = "spray"
 [hdbscan]
 [agglomerative]
-[outliers]
 """
 """The default pipeline's clusterings (so its ranking) without the 2-D maps, which do not feed the ranking."""
 ATTRIBUTION_BATCH = 128

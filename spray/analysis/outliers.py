@@ -1,11 +1,13 @@
 """Small-group candidates from the kNN graph: groups of samples whose k-distance is unusually large.
 
-A group of a few per cent of a class (a stamp on 10 of 350 images) is too small for the spectral clusterings:
-with ``n_neighbors = 10`` most of its members' kNN edges leave it, so no eigenvector isolates it. What such a
-group does have is distance: its heatmaps carry relevance where the rest of the class has none, so each
-member lies far from the bulk of the class — its k-th neighbour distance stands out — and nearer to the
-other members than to the rest. :class:`KNNOutlierGroups` finds those samples from the kNN graph alone and
-groups them; its clusters are candidates of the FDA scoring like any clustering's (docs/spray-method.md §5).
+A group of a few per cent of a class (a stamp on 10 of 350 images) is small for the spectral clusterings:
+with ``n_neighbors = 10`` most of its members' kNN edges can leave it, and then no eigenvector isolates it.
+What such a group can still have is distance: where its heatmaps carry relevance the rest of the class lacks,
+each member lies far from the bulk of the class — its k-th neighbour distance stands out — and nearer to the
+other members than to the rest (the benchmark's frame on 10 of 100 images: mean distance 4.3 within the
+group, 6.0 to the rest, 4.6 among the rest). :class:`KNNOutlierGroups` finds those samples from the kNN
+graph alone and groups them; its clusters are candidates of the FDA scoring like any clustering's
+(docs/spray-method.md §5).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ _MEAN_AD_TO_SD = 1.2533
 
 def robust_z(values: np.ndarray) -> np.ndarray:
     """``(v − median) / s`` with ``s = 1.4826 · MAD``, or ``1.2533 · mean |v − median|`` when the MAD is 0
-    (more than half the values equal); all zeros when both are 0 (no spread: nothing stands out)."""
+    (more than half the values equal); all zeros when both are 0 (no spread: nothing stands out).
+    ``values`` (n,) finite."""
+    values = np.asarray(values, dtype=np.float64)
     median = np.median(values)
     deviation = np.abs(values - median)
     scale = _MAD_TO_SD * np.median(deviation)

@@ -535,6 +535,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "pipeline_perplexity": lambda i: _pipeline(i, "tsne.toml", SMALL_SPECTRAL + "[tsne]\nperplexity = -1.0\n"),
     "pipeline_null_resamples": lambda i: _pipeline(i, "null1.toml", SMALL_SPECTRAL + "[null]\nn_resamples = 1\n"),
     "pipeline_null_samples": lambda i: _pipeline(i, "null2.toml", SMALL_SPECTRAL + "[null]\nmax_samples = 8\n"),
+    "pipeline_outliers_thresholds": lambda i: _pipeline(i, "outl1.toml", SMALL_SPECTRAL + "[outliers]\nthresholds = []\n"),
+    "pipeline_outliers_not_list": lambda i: _pipeline(i, "outl2.toml", "[outliers]\nthresholds = 2.0\n"),
+    "pipeline_outliers_neighbor": lambda i: _pipeline(i, "outl3.toml", SMALL_SPECTRAL + "[outliers]\nneighbor = 11\n"),
     # run files
     "run_without_data": lambda i: _pipeline(i, "run1.toml", f'[model]\nfactory = "{MODEL}"\n'),
     "run_unknown_key": lambda i: _pipeline(i, "run2.toml", f'[model]\nfactory = "{MODEL}"\nweight = "w.pt"\n'

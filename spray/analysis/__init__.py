@@ -3,7 +3,8 @@
 
 heatmaps -> :class:`HeatmapPreprocessor` -> :class:`KNNGraph` -> :class:`SpectralEmbedding`
 -> :func:`propose_n_clusters` / clusterers (:class:`KMeansRange`, :class:`HDBSCANClustering`,
-:class:`Agglomerative`, :class:`DBSCANClustering`) -> maps (:class:`UMAPMap`, :class:`TSNEMap`)
+:class:`Agglomerative`, :class:`DBSCANClustering`;
+:class:`KNNOutlierGroups` from the kNN graph) -> maps (:class:`UMAPMap`, :class:`TSNEMap`)
 -> :class:`FisherSeparability`, :func:`normalized_cuts` in :func:`local_scaling_affinity` of the kNN graph
 -> :func:`best_cluster` -> :class:`SelectionNull` (the same selection rerun on a Gaussian model of the class).
 
@@ -24,6 +25,7 @@ from spray.analysis.eigengap import eigengaps, propose_n_clusters
 from spray.analysis.fda import FisherSeparability, best_cluster, most_separable, separabilities
 from spray.analysis.knn import KNNGraph, knn_adjacency
 from spray.analysis.maps import TSNEMap, UMAPMap
+from spray.analysis.outliers import KNNOutlierGroups, robust_z
 from spray.analysis.preprocess import HeatmapPreprocessor, PreprocessedMaps
 from spray.analysis.selection_null import SelectionNull
 from spray.analysis.spectral import SpectralEmbedding
@@ -36,6 +38,7 @@ __all__ = [
     "HeatmapPreprocessor",
     "KMeansRange",
     "KNNGraph",
+    "KNNOutlierGroups",
     "PreprocessedMaps",
     "SelectionNull",
     "SpectralEmbedding",
@@ -50,4 +53,5 @@ __all__ = [
     "normalized_cuts",
     "normalize_rows",
     "propose_n_clusters",
+    "robust_z",
 ]

@@ -20,6 +20,7 @@ from spray.analysis import (
     HeatmapPreprocessor,
     KMeansRange,
     KNNGraph,
+    KNNOutlierGroups,
     PreprocessedMaps,
     SelectionNull,
     SpectralEmbedding,
@@ -91,6 +92,19 @@ def _clustering(cls: type) -> Any:
         return clusterer.named_labels(), {"skipped": {str(k): v for k, v in clusterer.skipped_.items()}}
 
     return run
+
+
+def _outliers(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
+    """Groups of kNN-distance outliers, read from the knn node's neighbour lists (not the embedding)."""
+    knn = inputs["knn"][0]
+    groups = KNNOutlierGroups(**params).fit(knn["indices"], knn["distances"])
+    labels = groups.named_labels()
+    info = {
+        "skipped": {},
+        "n_outliers": {name: int(np.sum(groups.scores_ > t)) for name, t in zip(labels, groups.labels_)},
+        "n_groups": {name: int(lab.max() + 1) for name, lab in labels.items()},
+    }
+    return labels, info
 
 
 def _map(cls: type) -> Any:
@@ -216,6 +230,7 @@ NODES: dict[str, Node] = {
         Node("agglomerative", ("spectral",), _clustering(Agglomerative), _defaults(Agglomerative),
              kind="clustering", default=True),
         Node("dbscan", ("spectral",), _clustering(DBSCANClustering), _defaults(DBSCANClustering), kind="clustering"),
+        Node("outliers", ("knn",), _outliers, _defaults(KNNOutlierGroups), kind="clustering"),
         Node("umap", ("spectral", "knn"), _map(UMAPMap), _defaults(UMAPMap), kind="map", default=True),
         Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
         Node("fda", ("spectral", "knn"), _fda,

@@ -149,9 +149,8 @@ def _check_params(source: str, text: str, table: str, params: Any, defaults: Map
         default = defaults[key]
         if default is not None and not _same_kind(default, value):
             kind = default if isinstance(default, type) else type(default)
-            raise PipelineError(
-                f"{where(source, text, table, key)}: '{table}.{key}' must be {kind.__name__}, got {value!r}"
-            )
+            name = "list" if issubclass(kind, (list, tuple)) else kind.__name__  # TOML has arrays, no tuples
+            raise PipelineError(f"{where(source, text, table, key)}: '{table}.{key}' must be {name}, got {value!r}")
 
 
 def _same_kind(default: Any, value: Any) -> bool:

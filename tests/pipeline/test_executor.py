@@ -186,3 +186,26 @@ def test_the_selection_null_reduces_k_means_but_never_below_the_pipelines_range(
     assert _reduced("kmeans", {"k_min": 2, "k_max": 4, "n_init": 3})["k_max"] == 4
     assert _reduced("kmeans", {"k_min": 8, "k_max": 31, "n_init": 3})["k_max"] == 8
     assert _reduced("hdbscan", {"min_cluster_size": 5}) == {"min_cluster_size": 5}
+
+
+def test_outlier_groups_are_fda_candidates_and_find_the_planted_group(store):
+    path, heatmaps = store
+    _run(path, pipeline_text(outliers={"thresholds": [1.5, 3.0]}))
+    with AuditStore(path) as audit:
+        outliers, attrs = audit.read_node("analyses/spray/1/outliers")
+        status, _ = audit.read_node("analyses/spray/1/status")
+        fda, _ = audit.read_node("analyses/spray/1/fda")
+        clean, clean_attrs = audit.read_node("analyses/spray/0/outliers")
+        clean_fda, _ = audit.read_node("analyses/spray/0/fda")
+    assert sorted(outliers) == ["outliers_1.5", "outliers_3"]
+    for labels in outliers.values():
+        assert status["dataset_index"][labels == 0].tolist() == heatmaps.planted.tolist() and labels.max() == 0
+    assert attrs["info"] == {"skipped": {}, "n_outliers": {"outliers_1.5": 12, "outliers_3": 12},
+                             "n_groups": {"outliers_1.5": 1, "outliers_3": 1}}
+    rows = np.char.startswith(fda["cluster_clustering"].astype(str), "outliers_")
+    assert fda["cluster_size"][rows].tolist() == [12, 12] and fda["cluster_id"][rows].tolist() == [0, 0]
+    # A clean class's scattered outliers (7 above 1.5) form no group of 3: all noise, no candidate.
+    assert all(np.all(labels == -1) for labels in clean.values())
+    assert clean_attrs["info"]["n_groups"] == {"outliers_1.5": 0, "outliers_3": 0}
+    assert clean_attrs["info"]["n_outliers"]["outliers_1.5"] == 7
+    assert not np.any(np.char.startswith(clean_fda["cluster_clustering"].astype(str), "outliers_"))

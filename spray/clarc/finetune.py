@@ -80,6 +80,7 @@ def finetune(
     trainable: Sequence[str] | None = None,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    annotate: Callable[[int, nn.Module], Mapping[str, float]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with Adam on ``objective`` over ``dataset`` of (x, y).
@@ -95,8 +96,9 @@ def finetune(
             None trains the whole model.
         optimizer: ``"adam"`` (Adam) or ``"sgd"`` (SGD with momentum 0.9).
         weight_decay: the optimiser's L2 weight decay (part of ``config`` where it matters).
-        on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch, before its checkpoint is written:
-            figures it adds to ``entry`` (e.g. a validation score) are kept in the history.
+        annotate: ``annotate(epoch, model)`` after each epoch returns figures (e.g. a validation score)
+            added to its history entry before the checkpoint is written.
+        on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch's checkpoint is written.
     """
     check_int(epochs, "epochs", minimum=1)
     check_int(batch_size, "batch_size", minimum=1)
@@ -153,13 +155,15 @@ def finetune(
                     seen += len(y)
                     bar.update()
                 entry = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": time.perf_counter() - tick}
-                if on_epoch is not None:
-                    on_epoch(epoch, entry)
+                if annotate is not None:
+                    entry.update(annotate(epoch, model))
                 history.append(entry)
                 good = copy.deepcopy(model.state_dict())
                 if path is not None:
                     _save(path, epoch, fingerprint, model, optimiser, history, state)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
+                if on_epoch is not None:
+                    on_epoch(epoch, entry)
     except KeyboardInterrupt:
         model.load_state_dict(good)
         raise
@@ -251,6 +255,10 @@ class FinetuningCorrector:
         """The per-batch loss for ``artifact`` (an :class:`~spray.clarc.artifact.ArtifactModel`)."""
         raise NotImplementedError
 
+    def epoch_figures(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        """Figures recorded with each epoch's history entry (and checkpoint); none by default."""
+        return {}
+
     def params(self) -> dict[str, Any]:
         return {**self.method_params(), "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                 "seed": self.seed, "trainable": self.trainable, "optimizer": self.optimizer}
@@ -258,10 +266,9 @@ class FinetuningCorrector:
     def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, *, checkpoint_dir: str | Path | None = None,
             overwrite: bool = False, progress: bool = True,
             on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FinetuningCorrector:
-        """Fine-tune a copy of ``model`` on ``dataset`` (the audited, attributed training data); ``model_`` is
-        that copy from the start (``on_epoch`` may read it)."""
+        """Fine-tune a copy of ``model`` on ``dataset`` (the audited, attributed training data)."""
         check_choice(self.trainable, "trainable", TRAINABLE)
-        corrected = self.model_ = copy.deepcopy(model)
+        corrected = copy.deepcopy(model)
         modules = None
         if self.trainable == "after":
             x, _ = stack_samples(dataset, [0])
@@ -274,7 +281,8 @@ class FinetuningCorrector:
             corrected, dataset, self.objective(artifact), epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, seed=self.seed, checkpoint_dir=checkpoint_dir, config=config,
             overwrite=overwrite, progress=progress, desc=self.name, trainable=modules,
-            optimizer=self.optimizer, weight_decay=self.weight_decay, on_epoch=on_epoch,
+            optimizer=self.optimizer, weight_decay=self.weight_decay, annotate=self.epoch_figures,
+            on_epoch=on_epoch,
         )
         self.model_, self.history_, self.resumed_from_ = result.model, result.history, result.resumed_from
         return self

@@ -20,7 +20,6 @@ exactly (spray.clarc.finetune).
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from spray._checks import check_real
-from spray.clarc.finetune import FinetuningCorrector
+from spray.clarc.finetune import FinetuningCorrector, Objective
 from spray.clarc.groups import (VALIDATION, InferredGroups, check_group_sizes, infer_groups, labels_of,
                                 worst_group_accuracy)
 from spray.clarc.transform import artifact_transform
@@ -46,7 +45,6 @@ ETA = 0.01
 FRACTION = 0.5
 MIN_GROUP = 8
 """Fewest samples per inferred group: 4 to fine-tune on and 4 to stop by (as a CAV or a DFR head)."""
-BEST = "best.pt"
 
 
 class GroupWeights(nn.Module):
@@ -96,8 +94,9 @@ class GroupDRO(FinetuningCorrector):
         validation: the share of every group held out to stop by.
         epochs, lr, batch_size, seed, trainable, optimizer: of the fine-tuning, see spray.clarc.finetune.
 
-    After :meth:`fit`: ``model_`` (the best epoch's weights), ``history_`` (with ``val_worst_group`` per
-    epoch), ``best_epoch_``, ``q_`` (the final group weights), ``groups_`` (the groups' sizes).
+    After :meth:`fit`: ``model_`` (the best epoch's weights; epoch 0 is the model as it was), ``history_``
+    (with ``val_worst_group`` per epoch), ``best_epoch_``, ``q_`` (the final group weights), ``groups_``
+    (the groups' sizes).
     """
 
     name = "groupdro"
@@ -118,31 +117,15 @@ class GroupDRO(FinetuningCorrector):
         return {"eta": self.eta, "weight_decay": self.weight_decay, "counterfactual": self.counterfactual,
                 "fraction": self.fraction, "kind": self.kind, "validation": self.validation}
 
-    def objective(self, artifact: Any) -> GroupWeights:
+    def objective(self, artifact: Any) -> Objective:
         check_real(self.eta, "eta", minimum=0.0)
         if not 0.0 < self.fraction <= 1.0:
             raise BadInputError(f"fraction must be in (0, 1], got {self.fraction!r}")
         inferred, transform = self.inferred_, self.transform_
-        K, G, label, fraction = int(inferred.labels.max()) + 1, len(inferred.names), inferred.label, self.fraction
-        weights = self.weights_ = GroupWeights(inferred.n_counterfactual if transform is not None else G,
-                                               self.eta)
-
-        class Objective(nn.Module):
-            """The per-batch GroupDRO loss; its state is ``weights.q``."""
-
-            def __init__(self) -> None:
-                super().__init__()
-                self.weights = weights
-
-            def forward(self, model: nn.Module, x: Tensor, code: Tensor, generator: torch.Generator) -> Tensor:
-                y, g = code % K, code // K
-                if transform is not None:
-                    chosen = (y != label) & (torch.rand(len(y), generator=generator) < fraction)
-                    x = torch.where(chosen.reshape(-1, *[1] * (x.dim() - 1)), transform(x), x)
-                    g = torch.where(chosen, g + G - 2, g)
-                return self.weights(F.cross_entropy(model(x), y, reduction="none"), g)
-
-        return Objective()  # type: ignore[return-value]
+        n_groups = inferred.n_counterfactual if transform is not None else len(inferred.names)
+        self.objective_ = GroupDROObjective(inferred, GroupWeights(n_groups, self.eta), transform, self.fraction,
+                                            self.start_)
+        return self.objective_  # type: ignore[return-value]
 
     def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, *, checkpoint_dir: str | Path | None = None,
             overwrite: bool = False, progress: bool = True,
@@ -150,52 +133,56 @@ class GroupDRO(FinetuningCorrector):
         """Fine-tune a copy of ``model`` on the fit part of ``dataset``; keep its best validation epoch."""
         inferred = infer_groups(labels_of(dataset), artifact.label, artifact.artifact_index)
         check_group_sizes(inferred, MIN_GROUP, "GroupDRO")
-        fit, val = inferred.split(self.validation, self.seed)
-        self.inferred_ = inferred
+        fit, self.val_ = inferred.split(self.validation, self.seed)
+        self.inferred_, self.dataset_ = inferred, dataset
         self.transform_ = artifact_transform(artifact, dataset, self.kind) if self.counterfactual else None
-        best_file = Path(checkpoint_dir) / BEST if checkpoint_dir is not None else None
-        start = self.score(model, dataset, val)
-        best: dict[str, Any] = {"epoch": 0, "score": start}
-
-        def validate(epoch: int, entry: dict[str, float]) -> None:
-            entry["val_worst_group"] = score = self.score(self.model_, dataset, val)
-            if score > best["score"]:
-                best.update(epoch=epoch, score=score, state=copy.deepcopy(self.model_.state_dict()))
-                if best_file is not None:
-                    _save_best(best_file, epoch, best["state"])
-            if on_epoch is not None:
-                on_epoch(epoch, entry)
-
+        self.start_ = (model, self.score(model))
         super().fit(model, Subset(GroupCoded(dataset, inferred), fit), artifact, checkpoint_dir=checkpoint_dir,
-                    overwrite=overwrite, progress=progress, on_epoch=validate)
-        scores = [start] + [h["val_worst_group"] for h in self.history_]
-        self.best_epoch_ = int(np.argmax(scores))  # the first best: the earliest stop
-        if self.best_epoch_ == 0:
-            self.model_ = copy.deepcopy(model).eval()
-        elif self.best_epoch_ < len(self.history_):
-            # A resumed run found its best epoch before the interruption: that epoch's weights are on disk.
-            state = best["state"] if best["epoch"] == self.best_epoch_ else _load_best(best_file, self.best_epoch_)
-            self.model_.load_state_dict(state)
-        self.q_ = self.weights_.q.clone()
+                    overwrite=overwrite, progress=progress, on_epoch=on_epoch)
+        best = self.objective_
+        self.best_epoch_ = int(best.best_epoch)
+        self.model_.load_state_dict(best.best.state_dict())
+        self.q_ = best.weights.q.clone()
         self.groups_ = dict(zip(inferred.names, map(int, inferred.sizes)))
         return self
 
-    def score(self, model: nn.Module, dataset: Dataset, val: np.ndarray) -> float:
+    def epoch_figures(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        """The worst validation group's accuracy after ``epoch``; a better epoch's weights are kept."""
+        score = self.score(model)
+        self.objective_.keep_if_better(epoch, score, model)
+        return {"val_worst_group": score}
+
+    def score(self, model: nn.Module) -> float:
         """The worst validation group's accuracy (counterfactual groups included when used)."""
-        return worst_group_accuracy(model, dataset, val, self.inferred_, self.transform_)
+        return worst_group_accuracy(model, self.dataset_, self.val_, self.inferred_, self.transform_)
 
 
-def _save_best(path: Path, epoch: int, state: dict[str, Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": epoch, "model": state}, tmp)
-    os.replace(tmp, path)
+class GroupDROObjective(nn.Module):
+    """The per-batch GroupDRO loss over (x, group-coded y) batches (:class:`GroupCoded`). Its state, saved
+    with every checkpoint: the group weights ``weights.q`` and the best epoch so far (``best_epoch``,
+    ``best_score``, its weights in the submodule ``best``; epoch 0: the model as it was, ``start``)."""
 
+    def __init__(self, inferred: InferredGroups, weights: GroupWeights, transform: Callable[[Tensor], Tensor] | None,
+                 fraction: float, start: tuple[nn.Module, float]) -> None:
+        super().__init__()
+        self.K, self.G, self.label = int(inferred.labels.max()) + 1, len(inferred.names), inferred.label
+        self.weights, self.transform, self.fraction = weights, transform, fraction
+        self.best = copy.deepcopy(start[0]).eval().requires_grad_(False)
+        self.register_buffer("best_epoch", torch.tensor(0))
+        self.register_buffer("best_score", torch.tensor(start[1], dtype=torch.float64))
 
-def _load_best(path: Path | None, epoch: int) -> dict[str, Tensor]:
-    """The weights of ``epoch`` from the best-epoch file; it must be that epoch's."""
-    saved = torch.load(path, weights_only=True, map_location="cpu") if path is not None and path.exists() else {}
-    if saved.get("epoch") != epoch:
-        raise BadInputError(f"the best epoch's weights ({epoch}) are not in {path}; start the run over "
-                            "with overwrite=True (--overwrite)")
-    return saved["model"]
+    def forward(self, model: nn.Module, x: Tensor, code: Tensor, generator: torch.Generator) -> Tensor:
+        y, g = code % self.K, code // self.K
+        if self.transform is not None:
+            chosen = (y != self.label) & (torch.rand(len(y), generator=generator) < self.fraction)
+            x = torch.where(chosen.reshape(-1, *[1] * (x.dim() - 1)), self.transform(x), x)
+            g = torch.where(chosen, g + self.G - 2, g)
+        return self.weights(F.cross_entropy(model(x), y, reduction="none"), g)
+
+    @torch.no_grad()
+    def keep_if_better(self, epoch: int, score: float, model: nn.Module) -> None:
+        """Keep ``model``'s weights as the best if ``score`` beats the best so far (ties keep the earlier)."""
+        if score > float(self.best_score):
+            self.best.load_state_dict(model.state_dict())
+            self.best_epoch.fill_(epoch)
+            self.best_score.fill_(score)

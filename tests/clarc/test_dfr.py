@@ -17,13 +17,17 @@ from spray.errors import BadInputError
 
 @dataclass(frozen=True)
 class ToyArtifact:
-    """What DFR reads of an ArtifactModel: the flagged class, its cluster and rest, the patch and mask."""
+    """What DFR and GroupDRO read of an ArtifactModel: the flagged class, its cluster and rest, the patch and
+    mask, and (for a fine-tuning checkpoint) a fingerprint."""
 
     label: int
     artifact_index: np.ndarray
     rest_index: np.ndarray
     patch: torch.Tensor
     mask: torch.Tensor
+
+    def fingerprint(self):
+        return {"label": self.label, "cluster": self.artifact_index.tolist()}
 
 
 def spurious_set(n: int = 400, seed: int = 0):

@@ -118,7 +118,7 @@ CORRECTIONS: dict[str, CorrectionMethod] = {
 }
 CORRECTIONS["auto"] = auto_method(dict(CORRECTIONS))
 """The correction methods by name (``spray clarc --method``): a new method is one entry here."""
-METHODS = tuple(CORRECTIONS)
+METHODS = tuple(sorted(CORRECTIONS))
 
 
 @dataclass

@@ -176,7 +176,7 @@ def test_malformed_cluster_spec_shows_the_format(tiny_audit, tmp_path):
 
 
 def test_a_clarc_config_refuses_an_unknown_method_when_made_and_cannot_be_changed(tmp_path):
-    with pytest.raises(BadInputError, match=r"^unknown ClArC method 'xclarc'; choose one of aclarc, pclarc, rrclarc$"):
+    with pytest.raises(BadInputError, match=r"^unknown ClArC method 'xclarc'; choose one of aclarc, auto, dfr, groupdro, pclarc, rrclarc$"):
         ClarcConfig("xclarc", tmp_path)
     config = ClarcConfig("pclarc", tmp_path)
     assert (config.cluster, config.tuning) == ("top", Tuning())
@@ -185,7 +185,7 @@ def test_a_clarc_config_refuses_an_unknown_method_when_made_and_cannot_be_change
 
 
 def test_unknown_method_lists_the_methods(tiny_audit, tmp_path):
-    with pytest.raises(BadInputError, match="aclarc, pclarc, rrclarc"):
+    with pytest.raises(BadInputError, match="aclarc, auto, dfr, groupdro, pclarc, rrclarc"):
         run(tiny_audit, tmp_path, a_cluster(tiny_audit)[0], method="xclarc")
 
 

@@ -36,7 +36,7 @@ from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.transform import artifact_kind, artifact_transform
 from spray.training import accuracy
 
-CANDIDATES = {"local": ("pclarc", "dfr", "aclarc", "rrclarc"), "global": ("dfr", "aclarc", "groupdro")}
+CANDIDATES = {"local": ("pclarc", "aclarc"), "global": ("aclarc", "dfr", "groupdro")}
 """The candidates per artifact kind, cheapest first."""
 MAX_CLEAN_LOSS = 0.02
 

@@ -8,8 +8,9 @@ As in the paper: features standardised, L1 penalty (``penalty="l2"`` also accept
 over ``n_subsamples`` balanced draws, the inverse regularisation ``C`` chosen from :data:`CS` by worst
 inferred-group accuracy on a validation part (``validation`` of every group), then the final head fitted
 with that ``C`` on the fit and validation parts together. By default the counterfactual groups
-(other classes with the artifact; spray.clarc.groups) join the balanced data and the validation. The standardisation is folded into the weights
-written back (``W' = W / σ``, ``b' = b − W'·μ``), so the corrected model is an ordinary copy of the model.
+(other classes with the artifact; spray.clarc.groups) join the balanced data and the validation. The
+standardisation is folded into the weights written back (``W' = W / σ``, ``b' = b − W'·μ``), so the
+corrected model is an ordinary copy of the model.
 
 The audited model saw every training sample, so "held out" means held out *from DFR's own choice of C*;
 the paper's DFR^Tr_Tr variant, which also reweights on training data, is what this is.

@@ -56,6 +56,9 @@ class Tuning:
     """A-ClArC, GroupDRO: the share of other-class samples that get the artifact."""
     lam: float | None = None
     """RR-ClArC: λ, the weight of the right-reason penalty."""
+    kind: str = "auto"
+    """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift)
+    or ``"auto"`` (by the localisation's coverage; spray.clarc.transform)."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),
@@ -101,18 +104,19 @@ def _fine_tuning(make: Callable[[Tuning], FinetuningCorrector]) -> CorrectionMet
 def _dfr(model: nn.Module, dataset: Dataset, artifact: ArtifactModel, tuning: Tuning, run_dir: Path,
          overwrite: bool, progress: bool) -> Correction:
     """DFR: refit the last linear layer on group-balanced inferred groups; no fine-tuning loop."""
-    dfr = DFR(seed=tuning.seed).fit(model, dataset, artifact)
+    dfr = DFR(seed=tuning.seed, kind=tuning.kind).fit(model, dataset, artifact)
     return Correction(dfr.model_, [], {"C": dfr.C_, "head": dfr.head_})
 
 
-def _fraction(t: Tuning) -> dict[str, float]:
-    return {} if t.fraction is None else {"fraction": t.fraction}
+def _transformed(t: Tuning) -> dict[str, Any]:
+    """The settings of the methods that add the artifact to other classes: its transformation, the share."""
+    return {"kind": t.kind, **({} if t.fraction is None else {"fraction": t.fraction})}
 
 
 CORRECTIONS: dict[str, CorrectionMethod] = {
-    "aclarc": _fine_tuning(lambda t: AClArC(**t.given(), **_fraction(t))),
+    "aclarc": _fine_tuning(lambda t: AClArC(**t.given(), **_transformed(t))),
     "dfr": _dfr,
-    "groupdro": _fine_tuning(lambda t: GroupDRO(**t.given(), **_fraction(t))),
+    "groupdro": _fine_tuning(lambda t: GroupDRO(**t.given(), **_transformed(t))),
     "pclarc": _projection,
     "rrclarc": _fine_tuning(lambda t: RRClArC(**t.given(), **({} if t.lam is None else {"lam": t.lam}))),
 }

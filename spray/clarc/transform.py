@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -80,3 +79,4 @@ def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto") -
     if kind == "global":
         return Shift(mean_shift(dataset, artifact))
     return Paste(artifact.patch, artifact.mask)  # type: ignore[attr-defined]
+

@@ -338,7 +338,8 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
           poisoned_spec="the poisoned test data", everywhere_spec="the artifact-everywhere test data")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--cluster", required=True, help="CLASS:CLUSTERING:ID from `spray rank`, or 'top'.")
-@click.option("--method", type=click.Choice(["aclarc", "pclarc", "rrclarc"]), required=True)
+@click.option("--method", type=click.Choice(["aclarc", "auto", "dfr", "groupdro", "pclarc", "rrclarc"]),
+              required=True, help="The correction (docs/clarc.md); auto chooses one by validation.")
 @click.option("--model", "model_spec", required=True, help="MOD:FACTORY of the audited model.")
 @click.option("--weights", type=click.Path(path_type=Path), help="Its state_dict file (weights_only).")
 @click.option("--data", "data_spec", required=True, help="The audited data (as attributed into STORE).")
@@ -350,7 +351,7 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 @click.option("--analysis", default="spray", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/clarc"),
               show_default=True, help="Run directories (corrected weights, checkpoints) go here.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Fine-tuning epochs (A-/RR-ClArC).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Fine-tuning epochs (A-/RR-ClArC, GroupDRO).")
 @click.option("--lr", type=float, help="Fine-tuning learning rate.")
 @click.option("--lambda", "lam", type=float, help="RR-ClArC penalty weight.")
 @click.option("--seed", default=0, show_default=True)
@@ -365,7 +366,7 @@ def clarc(
     analysis: str, out: Path, epochs: int | None, lr: float | None, lam: float | None, seed: int, fda_rank: bool,
     verify: bool, as_json: bool,
 ) -> None:
-    """Isolate the artifact behind a flagged cluster and correct the model (A-, P- or RR-ClArC)."""
+    """Isolate the artifact behind a flagged cluster and correct the model (A-, P-, RR-ClArC, DFR, GroupDRO)."""
     from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
     from spray.data import load_model
     from spray.errors import BadInputError

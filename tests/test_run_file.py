@@ -179,7 +179,7 @@ def test_run_without_evaluate_corrects_but_leaves_the_metrics_empty(clarc_dir, c
         (("epochs = 1", 'epochs = "1"'), r"run.toml, line 17: 'clarc.epochs' must be int, got '1'"),
         (("epochs = 1", "epochs = 0"), r"line 17: clarc.epochs must be at least 1, got 0"),
         (('methods = ["pclarc", "rrclarc"]', 'methods = ["xclarc"]'),
-         r"line 16: clarc.methods must list distinct methods of aclarc, pclarc, rrclarc, got \['xclarc'\]"),
+         r"line 16: clarc.methods must list distinct methods of aclarc, auto, dfr, groupdro, pclarc, rrclarc, got \['xclarc'\]"),
         (("[clarc]\n", '[clarc]\ncluster = "8:kmeans"\n'),
          r"line 16: clarc.cluster must be \"top\" or cluster '8:kmeans' is not CLASS:CLUSTERING:ID"),
         (('test = "npz:test.npz"\n', ""), r"line 18: \[evaluate\] needs test"),

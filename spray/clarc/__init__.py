@@ -2,9 +2,11 @@
 
 Pipeline (docs/clarc.md): cluster members (cluster.py) -> CAV at a layer (cav.py) -> masks and patch by LRP
 along the CAV (localize.py), together the artifact model (artifact.py) -> a correction: P-ClArC
-(projective.py), A-ClArC (augmentive.py) or RR-ClArC (rrclarc.py), the last two through one fine-tuning
-loop (finetune.py) -> evaluation (evaluate.py, TCAV at another layer: tcav.py) -> verification (verify.py: the
-flagged class audited again with the corrected model); run.py goes from an audit store to a recorded result.
+(projective.py), A-ClArC (augmentive.py; the artifact as a transformation: transform.py) or RR-ClArC
+(rrclarc.py), or a group-robust correction on spray's inferred groups (groups.py): DFR (dfr.py) or GroupDRO
+(groupdro.py); the fine-tuning ones through one loop (finetune.py); auto.py chooses one per case ->
+evaluation (evaluate.py, TCAV at another layer: tcav.py) -> verification (verify.py: the flagged class audited
+again with the corrected model); run.py goes from an audit store to a recorded result.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
 from spray.clarc.cav import CAV
 from spray.clarc.cluster import ClusterSpec, read_cluster
+from spray.clarc.dfr import DFR
+from spray.clarc.groupdro import GroupDRO
 from spray.clarc.evaluate import FdaSetup, evaluate_correction, evaluate_model, format_metrics
 from spray.clarc.finetune import FinetuneResult, finetune
 from spray.clarc.localize import Localization, localize, paste
@@ -49,6 +53,8 @@ __all__ = [
     "AClArC",
     "ArtifactModel",
     "CAV",
+    "DFR",
+    "GroupDRO",
     "ClarcConfig",
     "ClarcResult",
     "ClusterSpec",

@@ -1,9 +1,11 @@
 """A-ClArC: teach the model that the artifact means nothing by showing it on every class.
 
-During fine-tuning, each sample of a class other than the artifact's gets the artifact pasted with
-probability ``fraction`` (drawn per sample from the epoch's seeded generator), labels unchanged:
-``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask (spray.clarc.localize). The artifact
-class's own samples are left as they are. The loss is plain cross-entropy.
+During fine-tuning, each sample of a class other than the artifact's gets the artifact with probability
+``fraction`` (drawn per sample from the epoch's seeded generator), labels unchanged. For a local artifact
+it is pasted, ``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask
+(spray.clarc.localize); for a global one (its mask covers most of the image) the group's mean input shift
+is added, ``x' = x + δ`` (spray.clarc.transform). The artifact class's own samples are left as they are.
+The loss is plain cross-entropy.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from spray.clarc.artifact import ArtifactModel
 from spray.clarc.finetune import FinetuningCorrector, Objective
-from spray.clarc.localize import paste
+from spray.clarc.transform import artifact_transform
 from spray.errors import BadInputError
 
 FRACTION = 0.5
@@ -32,6 +35,8 @@ class AClArC(FinetuningCorrector):
 
     Args:
         fraction: probability that a sample of another class gets the artifact, in (0, 1].
+        kind: the artifact's transformation: ``"auto"`` (by its mask's coverage), ``"local"`` (paste the
+            patch) or ``"global"`` (add the mean shift); see spray.clarc.transform.
         epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.
         trainable: ``"after"`` fine-tunes the modules after the artifact's layer, ``"all"`` the model.
     """
@@ -39,22 +44,31 @@ class AClArC(FinetuningCorrector):
     name = "aclarc"
 
     def __init__(self, *, fraction: float = FRACTION, epochs: int = EPOCHS, lr: float = LR,
-                 batch_size: int = 64, seed: int = 0, trainable: str = "all", optimizer: str = "adam") -> None:
+                 batch_size: int = 64, seed: int = 0, trainable: str = "all", optimizer: str = "adam",
+                 kind: str = "auto") -> None:
         super().__init__(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, trainable=trainable,
                          optimizer=optimizer)
         self.fraction = fraction
+        self.kind = kind
 
     def method_params(self) -> dict[str, Any]:
-        return {"fraction": self.fraction}
+        return {"fraction": self.fraction, "kind": self.kind}
+
+    def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, **kwargs: Any) -> AClArC:
+        """As :meth:`FinetuningCorrector.fit`; the artifact's transformation (``transform_``) is made from
+        ``dataset`` first."""
+        self.transform_ = artifact_transform(artifact, dataset, self.kind)
+        super().fit(model, dataset, artifact, **kwargs)
+        return self
 
     def objective(self, artifact: ArtifactModel) -> Objective:
         if not 0.0 < self.fraction <= 1.0:
             raise BadInputError(f"fraction must be in (0, 1], got {self.fraction!r}")
-        patch, mask, label, fraction = artifact.patch, artifact.mask, artifact.label, self.fraction
+        transform, label, fraction = self.transform_, artifact.label, self.fraction
 
         def loss(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
             chosen = (y != label) & (torch.rand(len(y), generator=generator) < fraction)
-            x = torch.where(chosen.reshape(-1, *[1] * (x.dim() - 1)), paste(x, patch, mask), x)
+            x = torch.where(chosen.reshape(-1, *[1] * (x.dim() - 1)), transform(x), x)
             return F.cross_entropy(model(x), y)
 
         return loss

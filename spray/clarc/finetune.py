@@ -8,7 +8,8 @@ uninterrupted run would have, and the same seed gives bit-identical weights (sam
 Checkpoint (``<checkpoint_dir>/checkpoint.pt``, written atomically after each epoch): the epoch, model and
 optimiser state, history, and the run's configuration; a checkpoint of another configuration is refused
 rather than silently continued. On ``KeyboardInterrupt`` the model gets the weights of the last completed
-epoch back and the interrupt is re-raised.
+epoch back and the interrupt is re-raised. An objective that carries state across batches (GroupDRO's
+group weights) is an ``nn.Module``: its ``state_dict`` is checkpointed and resumed with the model's.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def finetune(
     desc: str = "fine-tuning",
     trainable: Sequence[str] | None = None,
     optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    annotate: Callable[[int, nn.Module], Mapping[str, float]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with Adam on ``objective`` over ``dataset`` of (x, y).
@@ -92,6 +95,9 @@ def finetune(
             its parameters get no gradient and it stays in eval mode (BatchNorm statistics unchanged).
             None trains the whole model.
         optimizer: ``"adam"`` (Adam) or ``"sgd"`` (SGD with momentum 0.9).
+        weight_decay: the optimiser's L2 weight decay (part of ``config`` where it matters).
+        annotate: ``annotate(epoch, model)`` after each epoch returns figures (e.g. a validation score)
+            added to its history entry before the checkpoint is written.
         on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch's checkpoint is written.
     """
     check_int(epochs, "epochs", minimum=1)
@@ -108,11 +114,13 @@ def finetune(
     trained = {id(p) for p in params}
     frozen_params = [p for p in model.parameters() if id(p) not in trained]
     check_choice(optimizer, "optimizer", OPTIMIZERS)
-    optimiser = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
-                 else torch.optim.SGD(params, lr=lr, momentum=0.9))
+    check_real(weight_decay, "weight_decay", minimum=0.0)
+    optimiser = (torch.optim.Adam(params, lr=lr, weight_decay=weight_decay) if optimizer == "adam"
+                 else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay))
     path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     history: list[dict[str, float]] = []
-    start = _resume(path, fingerprint, epochs, overwrite, model, optimiser, history)
+    state = objective if isinstance(objective, nn.Module) else None
+    start = _resume(path, fingerprint, epochs, overwrite, model, optimiser, history, state)
     good = copy.deepcopy(model.state_dict())
 
     n_batches = -(-len(dataset) // batch_size)  # type: ignore[arg-type]
@@ -147,10 +155,12 @@ def finetune(
                     seen += len(y)
                     bar.update()
                 entry = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": time.perf_counter() - tick}
+                if annotate is not None:
+                    entry.update(annotate(epoch, model))
                 history.append(entry)
                 good = copy.deepcopy(model.state_dict())
                 if path is not None:
-                    _save(path, epoch, fingerprint, model, optimiser, history)
+                    _save(path, epoch, fingerprint, model, optimiser, history, state)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}")
                 if on_epoch is not None:
                     on_epoch(epoch, entry)
@@ -180,36 +190,41 @@ def _split(model: nn.Module, trainable: Sequence[str] | None) -> tuple[list[nn.M
 
 
 def _resume(path: Path | None, fingerprint: str, epochs: int, overwrite: bool, model: nn.Module,
-            optimiser: torch.optim.Optimizer, history: list[dict[str, float]]) -> int:
-    """Load a matching checkpoint into model and optimiser; returns its completed epoch (0: none)."""
+            optimiser: torch.optim.Optimizer, history: list[dict[str, float]], objective: nn.Module | None) -> int:
+    """Load a matching checkpoint into model, optimiser (and a stateful objective); returns its completed
+    epoch (0: none)."""
     if path is None or not path.exists():
         return 0
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        same = state["fingerprint"] == fingerprint
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+        same = checkpoint["fingerprint"] == fingerprint
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
         raise BadInputError(f"cannot read the checkpoint {path} ({exc}); delete it to start over") from None
-    if not same or state["epoch"] > epochs:
+    if not same or checkpoint["epoch"] > epochs:
         if overwrite:
             path.unlink()
             return 0
-        why = "another configuration" if not same else f"{state['epoch']} epochs, more than the {epochs} asked"
+        why = ("another configuration" if not same
+               else f"{checkpoint['epoch']} epochs, more than the {epochs} asked")
         raise BadInputError(
             f"{path} is a checkpoint of {why}; use another output directory, delete it, or pass "
             "overwrite=True (--overwrite) to start over"
         )
-    model.load_state_dict(state["model"])
-    optimiser.load_state_dict(state["optimizer"])
-    history.extend(json.loads(state["history"]))
-    return int(state["epoch"])
+    model.load_state_dict(checkpoint["model"])
+    optimiser.load_state_dict(checkpoint["optimizer"])
+    if objective is not None:
+        objective.load_state_dict(checkpoint["objective"])
+    history.extend(json.loads(checkpoint["history"]))
+    return int(checkpoint["epoch"])
 
 
 def _save(path: Path, epoch: int, fingerprint: str, model: nn.Module, optimiser: torch.optim.Optimizer,
-          history: list[dict[str, float]]) -> None:
+          history: list[dict[str, float]], objective: nn.Module | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"epoch": epoch, "fingerprint": fingerprint, "model": model.state_dict(),
-                "optimizer": optimiser.state_dict(), "history": json.dumps(history)}, tmp)
+                "optimizer": optimiser.state_dict(), "history": json.dumps(history),
+                **({} if objective is None else {"objective": objective.state_dict()})}, tmp)
     os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
 
 
@@ -223,8 +238,9 @@ class FinetuningCorrector:
     name = "finetuning"
 
     def __init__(self, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0,
-                 trainable: str = "after", optimizer: str = "adam") -> None:
+                 trainable: str = "after", optimizer: str = "adam", weight_decay: float = 0.0) -> None:
         self.epochs = epochs
+        self.weight_decay = weight_decay
         self.lr = lr
         self.batch_size = batch_size
         self.seed = seed
@@ -238,6 +254,10 @@ class FinetuningCorrector:
     def objective(self, artifact: Any) -> Objective:
         """The per-batch loss for ``artifact`` (an :class:`~spray.clarc.artifact.ArtifactModel`)."""
         raise NotImplementedError
+
+    def epoch_figures(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        """Figures recorded with each epoch's history entry (and checkpoint); none by default."""
+        return {}
 
     def params(self) -> dict[str, Any]:
         return {**self.method_params(), "epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
@@ -261,7 +281,8 @@ class FinetuningCorrector:
             corrected, dataset, self.objective(artifact), epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, seed=self.seed, checkpoint_dir=checkpoint_dir, config=config,
             overwrite=overwrite, progress=progress, desc=self.name, trainable=modules,
-            optimizer=self.optimizer, on_epoch=on_epoch,
+            optimizer=self.optimizer, weight_decay=self.weight_decay, annotate=self.epoch_figures,
+            on_epoch=on_epoch,
         )
         self.model_, self.history_, self.resumed_from_ = result.model, result.history, result.resumed_from
         return self

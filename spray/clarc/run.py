@@ -28,6 +28,9 @@ from torch.utils.data import Dataset
 
 from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
+from spray.clarc.auto import auto_method
+from spray.clarc.dfr import DFR
+from spray.clarc.groupdro import GroupDRO
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
 from spray.clarc.evaluate import FdaSetup, empty_row, evaluate_correction, format_metrics
 from spray.clarc.finetune import CHECKPOINT, FinetuningCorrector
@@ -46,16 +49,19 @@ WEIGHTS = "weights.pt"
 
 @dataclass(frozen=True)
 class Tuning:
-    """Fine-tuning settings of a ClArC run; None takes the method's default (A-/RR-ClArC)."""
+    """Fine-tuning settings of a ClArC run; None takes the method's default (A-/RR-ClArC, GroupDRO)."""
 
     epochs: int | None = None
     lr: float | None = None
     batch_size: int = 64
     seed: int = 0
     fraction: float | None = None
-    """A-ClArC: the share of other-class samples that get the artifact."""
+    """A-ClArC, GroupDRO: the share of other-class samples that get the artifact."""
     lam: float | None = None
     """RR-ClArC: λ, the weight of the right-reason penalty."""
+    kind: str = "auto"
+    """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift)
+    or ``"auto"`` (by the localisation's coverage; spray.clarc.transform)."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),
@@ -98,13 +104,28 @@ def _fine_tuning(make: Callable[[Tuning], FinetuningCorrector]) -> CorrectionMet
     return correct
 
 
+def _dfr(model: nn.Module, dataset: Dataset, artifact: ArtifactModel, tuning: Tuning, run_dir: Path,
+         overwrite: bool, progress: bool) -> Correction:
+    """DFR: refit the last linear layer on group-balanced inferred groups; no fine-tuning loop."""
+    dfr = DFR(seed=tuning.seed, kind=tuning.kind).fit(model, dataset, artifact)
+    return Correction(dfr.model_, [], {"C": dfr.C_, "head": dfr.head_})
+
+
+def _transformed(t: Tuning) -> dict[str, Any]:
+    """The settings of the methods that add the artifact to other classes: its transformation, the share."""
+    return {"kind": t.kind, **({} if t.fraction is None else {"fraction": t.fraction})}
+
+
 CORRECTIONS: dict[str, CorrectionMethod] = {
-    "aclarc": _fine_tuning(lambda t: AClArC(**t.given(), **({} if t.fraction is None else {"fraction": t.fraction}))),
+    "aclarc": _fine_tuning(lambda t: AClArC(**t.given(), **_transformed(t))),
+    "dfr": _dfr,
+    "groupdro": _fine_tuning(lambda t: GroupDRO(**t.given(), **_transformed(t))),
     "pclarc": _projection,
     "rrclarc": _fine_tuning(lambda t: RRClArC(**t.given(), **({} if t.lam is None else {"lam": t.lam}))),
 }
+CORRECTIONS["auto"] = auto_method(dict(CORRECTIONS))
 """The correction methods by name (``spray clarc --method``): a new method is one entry here."""
-METHODS = tuple(CORRECTIONS)
+METHODS = tuple(sorted(CORRECTIONS))
 
 
 @dataclass

@@ -31,6 +31,9 @@ PROTOTYPES = 6
 
 METHOD_NAMES = {
     "aclarc": "A-ClArC (the model is fine-tuned on images with the artifact added)",
+    "auto": "ClArC, method chosen on validation data (see the run's auto record)",
+    "dfr": "DFR (the last layer is refitted on group-balanced data)",
+    "groupdro": "GroupDRO (the model is fine-tuned for its worst group)",
     "pclarc": "P-ClArC (the artifact direction is projected out of the model's features)",
     "rrclarc": "RR-ClArC (the model is fine-tuned to ignore the artifact direction)",
 }

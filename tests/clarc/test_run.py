@@ -22,7 +22,9 @@ from spray.clarc import (
     load_corrected,
     read_cluster,
 )
+from spray.clarc.auto import CANDIDATES, candidate_name, choose
 from spray.clarc.cav import MIN_SAMPLES
+from spray.clarc.dfr import CS
 from spray.clarc.evaluate import artifact_relevance, everywhere
 from spray.errors import BadInputError
 from spray.store import AuditStore
@@ -35,6 +37,39 @@ def a_cluster(tiny_audit, clustering="kmeans_2"):
     sizes = {int(c): int((labels == c).sum()) for c in np.unique(labels)}
     cluster = next(c for c, n in sizes.items() if MIN_SAMPLES <= n <= len(labels) - MIN_SAMPLES)
     return f"1:{clustering}:{cluster}", sizes[cluster]
+
+
+def a_group_cluster(tiny_audit):
+    """A cluster of class 1 with at least 8 samples on both sides (the minimum of DFR and GroupDRO)."""
+    for clustering, labels in tiny_audit.kmeans.items():
+        for c in np.unique(labels):
+            if 8 <= (labels == c).sum() <= len(labels) - 8:
+                return f"1:{clustering}:{int(c)}"
+    raise AssertionError("the tiny audit has no cluster for DFR")
+
+
+@pytest.mark.parametrize("method", ["dfr", "groupdro", "auto"])
+def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_audit, tmp_path, method, new_model):
+    spec = a_group_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    config = ClarcConfig(method, tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=2), progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config, EvaluationData(tiny_audit.dataset))
+    with AuditStore(store) as audit:
+        attrs = audit.read_node(f"clarc/{result.run}/result")[1]
+    assert attrs["method"] == method and attrs["cluster"] == spec
+    if method == "dfr":
+        assert attrs["C"] in CS and attrs["head"] == "head" and attrs["history"] == []
+    if method == "groupdro":
+        assert [sorted(h) for h in attrs["history"]] == [["epoch", "loss", "seconds", "val_worst_group"]] * 2
+        assert attrs["epochs"] == 2 and (tmp_path / "runs" / result.run / "checkpoint.pt").is_file()
+    if method == "auto":
+        assert list(attrs["auto"]["candidates"]) == [candidate_name(*c) for c in CANDIDATES[attrs["auto"]["kind"]]]
+        assert attrs["auto"]["chosen"] == choose(attrs["auto"]["candidates"])
+    json.dumps(attrs)
+    reloaded = load_corrected(new_model(seed=3), torch.load(result.weights, weights_only=True))
+    x = tiny_audit.dataset.tensors[0][:5]
+    assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
 
 
 def test_read_cluster_gives_the_members_and_the_rest_of_the_class(tiny_audit):
@@ -176,7 +211,8 @@ def test_malformed_cluster_spec_shows_the_format(tiny_audit, tmp_path):
 
 
 def test_a_clarc_config_refuses_an_unknown_method_when_made_and_cannot_be_changed(tmp_path):
-    with pytest.raises(BadInputError, match=r"^unknown ClArC method 'xclarc'; choose one of aclarc, pclarc, rrclarc$"):
+    methods = "aclarc, auto, dfr, groupdro, pclarc, rrclarc"
+    with pytest.raises(BadInputError, match=rf"^unknown ClArC method 'xclarc'; choose one of {methods}$"):
         ClarcConfig("xclarc", tmp_path)
     config = ClarcConfig("pclarc", tmp_path)
     assert (config.cluster, config.tuning) == ("top", Tuning())
@@ -185,7 +221,7 @@ def test_a_clarc_config_refuses_an_unknown_method_when_made_and_cannot_be_change
 
 
 def test_unknown_method_lists_the_methods(tiny_audit, tmp_path):
-    with pytest.raises(BadInputError, match="aclarc, pclarc, rrclarc"):
+    with pytest.raises(BadInputError, match="aclarc, auto, dfr, groupdro, pclarc, rrclarc"):
         run(tiny_audit, tmp_path, a_cluster(tiny_audit)[0], method="xclarc")
 
 

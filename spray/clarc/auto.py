@@ -1,0 +1,102 @@
+"""``--method auto``: choose one correction per case without ground truth.
+
+The rule, in order:
+
+1. **Split.** The inferred groups (spray.clarc.groups) are split, seeded and stratified, into a fit part
+   and a validation part (:data:`~spray.clarc.groups.VALIDATION` of every group). Every candidate is
+   trained on the fit part only.
+2. **Kind.** The artifact is *local* or *global* by its localisation's coverage
+   (spray.clarc.transform.artifact_kind: the mean mask covers at least half the image); the kind fixes
+   the candidates (:data:`CANDIDATES`), each a method with the artifact's transformation it uses (the
+   pasted patch or the mean input shift). A local artifact still gets an A-ClArC with the mean shift as a
+   candidate: for a fixed-position artifact the shift carries the artifact too, and where the masks fail
+   to see a global confounder (LRP puts its relevance on the digits, so the masks look local) only the
+   shift carries it.
+3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
+   accuracy over the inferred groups and the counterfactual ones of *both* transformations (other
+   classes with the patch pasted, and with the shift added): a model that still follows the shortcut, in
+   either form, fails a counterfactual group.
+4. **Guard.** A candidate whose plain validation accuracy falls more than :data:`MAX_CLEAN_LOSS` below
+   the original model's is dropped, unless every candidate does (then the smallest loss wins).
+5. **Choose** the best score; ties go to the candidate listed first (the cheaper one). The chosen
+   candidate's model, trained on the fit part, is the result: what was validated is what is shipped.
+
+The figures of every candidate are returned (``params["auto"]``), so the choice can be checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
+from spray.clarc.transform import artifact_kind, artifact_transform
+from spray.training import accuracy
+
+CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global")),
+              "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"))}
+"""The candidates per artifact kind, cheapest first: (method, the artifact's transformation it uses)."""
+MAX_CLEAN_LOSS = 0.02
+
+
+def within(artifact: Any, fit: np.ndarray) -> Any:
+    """``artifact`` with its cluster and rest re-indexed into ``Subset(dataset, fit)`` (sorted ``fit``)."""
+    def remap(index: np.ndarray) -> np.ndarray:
+        kept = index[np.isin(index, fit)]
+        return np.searchsorted(fit, kept).astype(np.int64)
+
+    return dataclasses.replace(artifact, artifact_index=remap(artifact.artifact_index),
+                               rest_index=remap(artifact.rest_index))
+
+
+def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
+    """The ``auto`` correction over the methods of ``corrections`` (spray.clarc.run.CORRECTIONS)."""
+
+    def correct(model: nn.Module, dataset: Dataset, artifact: Any, tuning: Any, run_dir: Path, overwrite: bool,
+                progress: bool) -> Any:
+        inferred = infer_groups(labels_of(dataset), artifact.label, artifact.artifact_index)
+        fit, val = inferred.split(seed=tuning.seed)
+        kind = artifact_kind(artifact)
+        transforms = [artifact_transform(artifact, dataset, k) for k in ("local", "global")]
+        part, reduced = Subset(dataset, fit), within(artifact, fit)
+        val_data = Subset(dataset, val)
+        clean = accuracy(model, val_data)
+        figures: dict[str, dict[str, float]] = {}
+        results = {}
+        for method, transformation in CANDIDATES[kind]:
+            name = candidate_name(method, transformation)
+            tick = time.perf_counter()
+            results[name] = corrections[method](model, part, reduced, dataclasses.replace(tuning, kind=transformation),
+                                                Path(run_dir) / name, overwrite, progress)
+            corrected = results[name].model
+            figures[name] = {
+                "worst_group": min(worst_group_accuracy(corrected, dataset, val, inferred, t) for t in transforms),
+                "clean_loss": clean - accuracy(corrected, val_data),
+                "seconds": time.perf_counter() - tick,
+            }
+        chosen = choose(figures)
+        result = results[chosen]
+        params = {**result.params, "auto": {"kind": kind, "chosen": chosen, "candidates": figures}}
+        return dataclasses.replace(result, params=params)
+
+    return correct
+
+
+def candidate_name(method: str, transformation: str) -> str:
+    """``pclarc`` (no transformation), else ``aclarc/local``, ``dfr/global``, ...."""
+    return method if method == "pclarc" else f"{method}/{transformation}"
+
+
+def choose(figures: Mapping[str, Mapping[str, float]]) -> str:
+    """The candidate of rule steps 4–5 from ``{name: {"worst_group", "clean_loss"}}`` (in listed order)."""
+    kept = [name for name, f in figures.items() if f["clean_loss"] <= MAX_CLEAN_LOSS]
+    if not kept:
+        return min(figures, key=lambda name: figures[name]["clean_loss"])
+    return max(kept, key=lambda name: figures[name]["worst_group"])  # max keeps the first of equals

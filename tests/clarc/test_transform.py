@@ -1,0 +1,79 @@
+"""The artifact as a transformation: the coverage rule, the mean shift, A-ClArC adding it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from spray.clarc.augmentive import AClArC
+from spray.clarc.transform import GLOBAL_COVERAGE, Paste, Shift, artifact_kind, artifact_transform, coverage, mean_shift
+from spray.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Masked:
+    label: int
+    mask: torch.Tensor
+    patch: torch.Tensor
+    artifact_index: np.ndarray
+    rest_index: np.ndarray
+
+
+def artifact(share: float) -> Masked:
+    """An artifact of class 1 (samples 0, 1) vs the rest (2, 3) whose mask covers ``share`` of 4×4 pixels."""
+    mask = torch.zeros(4, 4)
+    mask.view(-1)[: round(16 * share)] = 1.0
+    return Masked(1, mask, torch.full((1, 4, 4), 9.0), np.array([0, 1]), np.array([2, 3]))
+
+
+def dataset() -> TensorDataset:
+    x = torch.zeros(6, 1, 4, 4)
+    x[0] += 3.0  # the cluster is brighter by 2 on average
+    x[1] += 1.0
+    x[4:] = 5.0
+    return TensorDataset(x, torch.tensor([1, 1, 1, 1, 0, 0]))
+
+
+def test_an_artifact_covering_half_the_image_or_more_is_global():
+    assert coverage(artifact(0.25).mask) == 0.25
+    assert artifact_kind(artifact(0.25)) == "local"
+    assert artifact_kind(artifact(GLOBAL_COVERAGE)) == "global"
+    assert artifact_kind(artifact(1.0)) == "global"
+
+
+def test_the_mean_shift_is_the_cluster_mean_minus_the_rest_mean():
+    assert torch.equal(mean_shift(dataset(), artifact(1.0)), torch.full((1, 4, 4), 2.0))
+    shift = artifact_transform(artifact(1.0), dataset())
+    assert isinstance(shift, Shift) and shift.kind == "global"
+    assert torch.equal(shift(torch.ones(2, 1, 4, 4)), torch.full((2, 1, 4, 4), 3.0))
+
+
+def test_a_local_artifact_is_pasted_and_the_kind_can_be_forced():
+    paste = artifact_transform(artifact(0.25), dataset())
+    assert isinstance(paste, Paste) and paste.kind == "local"
+    out = paste(torch.zeros(1, 1, 4, 4))
+    assert out.sum() == 9.0 * 4 and out[0, 0, 0, 0] == 9.0
+    assert isinstance(artifact_transform(artifact(0.25), dataset(), "global"), Shift)
+    with pytest.raises(BadInputError, match="artifact kind"):
+        artifact_transform(artifact(0.25), dataset(), "diffuse")
+
+
+def test_aclarc_adds_the_mean_shift_of_a_global_artifact_to_other_classes():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(len(x), 2, requires_grad=True)
+
+    corrector = AClArC(fraction=1.0)
+    corrector.transform_ = artifact_transform(artifact(1.0), dataset())
+    loss = corrector.objective(artifact(1.0))
+    x, y = dataset().tensors
+    loss(Recorder(), x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(seen[0][4:], x[4:] + 2.0)  # class 0 shifted
+    assert torch.equal(seen[0][:4], x[:4])  # the artifact's class unchanged

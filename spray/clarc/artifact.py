@@ -19,10 +19,9 @@ from torch.utils.data import Dataset
 
 from spray._checks import check_choice
 from spray.clarc.activations import activations, pool, resolve_layer
-from spray.clarc.cav import MIN_SAMPLES, CAV
+from spray.clarc.cav import CAV, check_group_sizes
 from spray.clarc.layer_choice import LayerChoice, choose_layer
 from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
-from spray.errors import BadInputError
 from spray.lrp import Composite, EpsilonPlusFlat
 from spray.training import stack_samples
 
@@ -116,12 +115,7 @@ def isolate_artifact(
     check_choice(reference, "reference", _REFERENCES)
     artifact_index = np.asarray(artifact_index, dtype=np.int64)
     rest_index = np.asarray(rest_index, dtype=np.int64)
-    if min(len(artifact_index), len(rest_index)) < MIN_SAMPLES:
-        raise BadInputError(
-            f"{f'cluster {cluster}' if cluster else 'the cluster'} has {len(artifact_index)} samples and the rest "
-            f"of class {label} {len(rest_index)}; fitting a CAV needs at least {MIN_SAMPLES} in each: choose a "
-            "larger cluster (`spray rank --json` lists each cluster's members)"
-        )
+    check_group_sizes(len(artifact_index), len(rest_index), label=label, cluster=cluster)
     composite = composite or EpsilonPlusFlat()
     x_artifact, _ = stack_samples(dataset, artifact_index)
     x_rest, _ = stack_samples(dataset, rest_index)

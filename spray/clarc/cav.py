@@ -43,6 +43,16 @@ MIN_GAIN = 0.01
 _METHODS = ("signal", "svm", "subspace")
 
 
+def check_group_sizes(n_artifact: int, n_rest: int, *, label: int, cluster: str | None = None) -> None:
+    """Refuse a cluster (``n_artifact`` samples) or rest of class ``label`` (``n_rest``) too small for a CAV."""
+    if min(n_artifact, n_rest) < MIN_SAMPLES:
+        raise BadInputError(
+            f"{f'cluster {cluster}' if cluster else 'the cluster'} has {n_artifact} samples and the rest of class "
+            f"{label} {n_rest}; fitting a CAV needs at least {MIN_SAMPLES} in each: choose a larger cluster "
+            "(`spray rank --json` lists each cluster's members)"
+        )
+
+
 class CAV:
     """A concept activation vector (or subspace) fitted on pooled activations of artifact vs other samples.
 

@@ -80,9 +80,14 @@ def layer_figures(model: nn.Module, layer: str, x_artifact: Tensor, x_rest: Tens
 
 def choose_layer(model: nn.Module, x_artifact: Tensor, x_rest: Tensor, composite: Composite, *,
                  cav: str = "signal", random_state: int = 0) -> LayerChoice:
-    """Compare the candidate layers (module docstring) and pick one."""
-    figures = tuple(layer_figures(model, layer, x_artifact, x_rest, composite, cav, random_state)
-                    for layer in candidate_layers(model, x_artifact))
+    """Compare the candidate layers (module docstring) and pick one (:func:`pick_layer`)."""
+    return pick_layer([layer_figures(model, layer, x_artifact, x_rest, composite, cav, random_state)
+                       for layer in candidate_layers(model, x_artifact)])
+
+
+def pick_layer(candidates: list[LayerFigures]) -> LayerChoice:
+    """The rule of the module docstring applied to the candidates' figures (forward order)."""
+    figures = tuple(candidates)
     best = max(f.auc for f in figures)
     separating = [f for f in figures if f.auc >= best - AUC_TOLERANCE]
     chosen = max(reversed(separating), key=lambda f: f.concentration)

@@ -1,0 +1,98 @@
+"""Layer choice: the candidates are the feature maps up to the default layer; the chosen one separates the
+cluster within the tolerance of the best and concentrates the CAV's relevance on it most."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spray.benchmark.models import cnn
+from spray.clarc.activations import activations, candidate_layers, pool
+from spray.clarc.cav import CAV
+from spray.clarc.layer_choice import AUC_TOLERANCE, LayerFigures, choose_layer, layer_figures, pick_layer
+from spray.lrp import EpsilonPlusFlat
+
+STAMPED = np.arange(1, 24, 2)  # tiny_dataset's 12 stamped samples of class 1
+REST = np.arange(25, 80, 2)
+
+
+class Block(nn.Module):
+    """A residual block: the block is a candidate, its insides are not (but for the default layer)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x) + x)
+
+
+def blocks_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        stem=nn.Conv2d(1, 4, 3, padding=1), act=nn.ReLU(),
+        layer1=nn.Sequential(Block(4), Block(4)), layer2=nn.Sequential(Block(4), Block(4)),
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=nn.Linear(4, 2),
+    )).eval()
+
+
+def test_candidates_of_a_sequential_cnn_are_its_activations_up_to_the_default_layer():
+    assert candidate_layers(cnn(), torch.zeros(2, 1, 28, 28)) == ["features.2", "features.6", "features.10"]
+
+
+def test_candidates_of_a_block_model_are_its_blocks_the_last_ones_up_to_the_limit():
+    model, x = blocks_model(), torch.zeros(2, 1, 8, 8)
+    # the default layer is the innermost module with the last block's output: its ReLU
+    assert candidate_layers(model, x) == ["layer1.0", "layer1.1", "layer2.0", "layer2.1.relu"]
+    assert candidate_layers(model, x, limit=6) == ["act", "layer1.0", "layer1.1", "layer2.0", "layer2.1.relu"]
+    assert candidate_layers(model, x, limit=1) == ["layer2.1.relu"]
+
+
+def figures(*rows: tuple[str, float, float]) -> list[LayerFigures]:
+    return [LayerFigures(layer, 8, auc, concentration) for layer, auc, concentration in rows]
+
+
+def test_pick_takes_the_most_concentrated_of_the_layers_within_the_auc_tolerance():
+    choice = pick_layer(figures(("a", 0.99, 0.90), ("b", 0.985, 0.70), ("c", 0.995, 0.60)))
+    assert choice.layer == "a"
+    assert choice.reason == ("out-of-fold CAV AUC 0.990 (best of 3 candidates 0.995, tolerance 0.02); highest "
+                             "concentration on the cluster among the 3 that separate it as well: 0.900")
+    assert [c["layer"] for c in choice.to_dict()["candidates"]] == ["a", "b", "c"]
+
+
+def test_pick_never_takes_a_concentrated_layer_that_separates_worse():
+    choice = pick_layer(figures(("a", 0.99 - AUC_TOLERANCE - 0.001, 0.99), ("b", 0.99, 0.51)))
+    assert choice.layer == "b"
+
+
+def test_pick_breaks_ties_towards_the_later_layer():
+    assert pick_layer(figures(("a", 0.9, 0.6), ("b", 0.9, 0.6))).layer == "b"
+    only = pick_layer(figures(("a", 0.9, 0.6)))
+    assert only.reason == "the only candidate (out-of-fold CAV AUC 0.900, concentration 0.600)"
+
+
+def test_layer_figures_are_the_cavs_out_of_fold_auc_and_the_relevance_share_of_the_cluster(new_model, tiny_dataset):
+    model, x, stamped, rest = new_model(), tiny_dataset.tensors[0], STAMPED, REST
+    found = layer_figures(model, "features.3", x[stamped], x[rest], EpsilonPlusFlat())
+    cav = CAV().fit(pool(activations(model, "features.3", x[stamped])).numpy(),
+                    pool(activations(model, "features.3", x[rest])).numpy())
+    assert found.layer == "features.3" and found.channels == 6
+    assert found.auc == cav.auc_
+    assert 0.0 <= found.concentration <= 1.0
+    choice = choose_layer(model, x[stamped], x[rest], EpsilonPlusFlat())
+    assert [c.layer for c in choice.candidates] == ["features.1", "features.3"]
+    assert choice.candidates[1] == found
+    assert choice.layer == pick_layer(list(choice.candidates)).layer
+
+
+@pytest.mark.parametrize("cav", ["signal", "subspace"])
+def test_choose_layer_fits_the_runs_cav_method(cav, new_model, tiny_dataset):
+    model, x, stamped, rest = new_model(), tiny_dataset.tensors[0], STAMPED, REST
+    choice = choose_layer(model, x[stamped], x[rest], EpsilonPlusFlat(), cav=cav)
+    a = [pool(activations(model, choice.layer, x[i])).numpy() for i in (stamped, rest)]
+    assert choice.candidates[[c.layer for c in choice.candidates].index(choice.layer)].auc == CAV(cav).fit(*a).auc_

@@ -24,6 +24,7 @@ from spray.clarc import (
 )
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.evaluate import artifact_relevance, everywhere
+from spray.clarc.run import describe_artifact
 from spray.errors import BadInputError
 from spray.store import AuditStore
 from spray.training import accuracy
@@ -65,8 +66,15 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     assert arrays["example_masks"].shape == (k, 8, 8)
     with AuditStore(store) as audit:
         assert set(arrays["example_index"]) <= set(read_cluster(audit, spec).artifact)
-    assert attrs["method"] == method and attrs["cluster"] == spec and attrs["layer"] == "features.3"
-    assert 0 <= attrs["cav_auc"] <= 1
+    choice = attrs["layer_choice"]
+    assert attrs["method"] == method and attrs["cluster"] == spec and attrs["layer"] == choice["layer"]
+    assert [c["layer"] for c in choice["candidates"]] == ["features.1", "features.3"]
+    assert [c["channels"] for c in choice["candidates"]] == [4, 6]
+    assert choice["reason"].startswith("out-of-fold CAV AUC ")
+    chosen = next(c for c in choice["candidates"] if c["layer"] == attrs["layer"])
+    assert attrs["cav_auc"] == chosen["auc"] and 0 <= attrs["cav_auc"] <= 1
+    assert attrs["cav_rank"] == 1 and attrs["cav_subspace_auc"] is None
+    assert np.array_equal(arrays["cav_basis"], arrays["cav"][None])
     assert [row["model"] for row in attrs["metrics"]] == ["original", "corrected"]
     assert all(np.isfinite(row["clean_accuracy"]) and np.isfinite(row["artifact_relevance"])
                for row in attrs["metrics"])
@@ -79,6 +87,24 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     x = tiny_audit.dataset.tensors[0][:5]
     assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
     assert json.loads((result.run_dir / "result.json").read_text())["run"] == result.run
+
+
+def test_a_given_layer_is_used_and_a_subspace_cav_is_recorded_with_its_rank(tiny_audit, tmp_path):
+    spec, _ = a_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster=spec, layer="features.3", cav="subspace",
+                         progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+    with AuditStore(store) as audit:
+        arrays, attrs = audit.read_node(f"clarc/{result.run}/result")
+    cav = result.artifact.cav
+    assert attrs["layer"] == "features.3" and attrs["layer_choice"] is None and attrs["cav_method"] == "subspace"
+    assert attrs["cav_rank"] == cav.rank_ == len(arrays["cav_basis"]) and attrs["cav_subspace_auc"] == cav.subspace_auc_
+    assert np.array_equal(arrays["cav_basis"], cav.basis_)
+    state = torch.load(result.weights, weights_only=True)
+    assert state["features.3.projection.v"].reshape(-1, 6).shape == (cav.rank_, 6)
+    assert "layer as given (--layer)" in describe_artifact(result.artifact)
 
 
 def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
@@ -195,9 +221,27 @@ def test_unknown_layer_lists_the_module_names(tiny_audit, tmp_path):
         run(tiny_audit, tmp_path, a_cluster(tiny_audit)[0], layer="features.9")
 
 
-def test_cluster_too_small_for_a_cav_says_the_minimum(tiny_audit):
-    with pytest.raises(BadInputError, match=f"at least {MIN_SAMPLES} in the cluster"):
+def test_cluster_too_small_for_a_cav_names_both_sizes_and_the_minimum(tiny_audit):
+    with pytest.raises(BadInputError) as raised:
         isolate_artifact(tiny_audit.model, tiny_audit.dataset, np.arange(1, 7, 2), np.arange(7, 40, 2), label=1)
+    assert str(raised.value) == (
+        f"the cluster has 3 samples and the rest of class 1 17; fitting a CAV needs at least {MIN_SAMPLES} in each: "
+        "choose a larger cluster (`spray rank --json` lists each cluster's members)")
+
+
+def test_a_stored_cluster_too_small_for_a_cav_is_refused_before_a_run_directory_is_made(tiny_audit, tmp_path):
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    with AuditStore(store, mode="a") as audit:  # cluster 3 of kmeans_4 keeps 2 members, the others go to 0
+        arrays, attrs = audit.read_node("analyses/tiny/1/kmeans")
+        labels = np.asarray(arrays["kmeans_4"]).copy()
+        labels[np.flatnonzero(labels == 3)[2:]] = 0
+        audit.write_node("analyses/tiny/1/kmeans", {**arrays, "kmeans_4": labels}, attrs)
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster="1:kmeans_4:3", progress=False)
+    with pytest.raises(BadInputError) as raised:
+        clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+    assert str(raised.value).startswith(f"cluster 1:kmeans_4:3 has 2 samples and the rest of class 1 {labels.size - 2}; ")
+    assert not (tmp_path / "runs").exists()
 
 
 class Pair(nn.Module):

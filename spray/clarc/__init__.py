@@ -1,6 +1,7 @@
 """ClArC: isolate the artifact behind a flagged cluster, correct the model, and prove the correction.
 
-Pipeline (docs/clarc.md): cluster members (cluster.py) -> CAV at a layer (cav.py) -> masks and patch by LRP
+Pipeline (docs/clarc.md): cluster members (cluster.py) -> the layer, chosen among the feature maps
+(layer_choice.py) -> CAV (a direction or a subspace) at the layer (cav.py) -> masks and patch by LRP
 along the CAV (localize.py), together the artifact model (artifact.py) -> a correction: P-ClArC
 (projective.py), A-ClArC (augmentive.py) or RR-ClArC (rrclarc.py), the last two through one fine-tuning
 loop (finetune.py) -> evaluation (evaluate.py); run.py goes from an audit store to a recorded result.
@@ -15,6 +16,7 @@ from spray.clarc.cav import CAV
 from spray.clarc.cluster import ClusterSpec, read_cluster
 from spray.clarc.evaluate import FdaSetup, evaluate_correction, evaluate_model, format_metrics
 from spray.clarc.finetune import FinetuneResult, finetune
+from spray.clarc.layer_choice import LayerChoice, choose_layer
 from spray.clarc.localize import Localization, localize, paste
 from spray.clarc.projective import (
     Projected,
@@ -52,10 +54,12 @@ __all__ = [
     "EvaluationData",
     "FdaSetup",
     "FinetuneResult",
+    "LayerChoice",
     "Localization",
     "Projected",
     "Projection",
     "RRClArC",
+    "choose_layer",
     "clarc_from_store",
     "default_layer",
     "evaluate_correction",

@@ -80,8 +80,11 @@ def candidate_layers(model: nn.Module, x: Tensor, limit: int = CANDIDATES) -> li
     including :func:`default_layer`'s. A feature map is the output, of at least three dimensions
     (n, C, *spatial), of a *block* (a module with children that is not a Sequential/ModuleList/ModuleDict,
     such as a ResNet's BasicBlock; its insides are not candidates) or of an activation module outside blocks
-    (the ReLU after a convolution of a Sequential CNN). ``x``: a sample batch (one sample runs)."""
+    (the ReLU after a convolution of a Sequential CNN). A model that declares ``FEATURE_LAYER`` has that one
+    candidate: its author chose. ``x``: a sample batch (one sample runs)."""
     last = default_layer(model, x)
+    if isinstance(getattr(model, "FEATURE_LAYER", None), str):
+        return [last]
     units: list[str] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(unit + ".") for unit in units):

@@ -53,6 +53,12 @@ def test_candidates_of_a_block_model_are_its_blocks_the_last_ones_up_to_the_limi
     assert candidate_layers(model, x, limit=1) == ["layer2.1.relu"]
 
 
+def test_a_declared_feature_layer_is_the_only_candidate():
+    model = blocks_model()
+    model.FEATURE_LAYER = "layer1.1"
+    assert candidate_layers(model, torch.zeros(2, 1, 8, 8)) == ["layer1.1"]
+
+
 def figures(*rows: tuple[str, float, float]) -> list[LayerFigures]:
     return [LayerFigures(layer, 8, auc, concentration) for layer, auc, concentration in rows]
 

@@ -268,3 +268,36 @@ def test_store_without_analysis_says_to_run_analyze(tmp_path, tiny_audit):
     with pytest.raises(BadInputError, match="spray analyze"):
         clarc_from_store(empty, tiny_audit.model, tiny_audit.dataset,
                          ClarcConfig("pclarc", tmp_path, cluster="1:kmeans_2:0"))
+
+
+def test_spray_clarc_prints_and_returns_every_candidate_layers_figures(tmp_path):
+    from click.testing import CliRunner
+
+    from spray.cli import main
+    from spray.testing import pipeline_text
+
+    def cli(*argv):
+        runner = CliRunner()
+        with runner.isolation() as (out, err, _):
+            code = main([str(a) for a in argv])
+        assert code == 0, err.getvalue().decode()
+        return out.getvalue().decode()
+
+    store, pipeline = tmp_path / "audit.h5", tmp_path / "tiny.toml"
+    pipeline.write_text(pipeline_text("tiny"))
+    conv = ("--model", "tests.data.factories:conv_model", "--data", "tests.data.factories:conv_data")
+    cli("attribute", *conv, "--store", store)
+    cli("analyze", store, "--pipeline", pipeline)
+    result = json.loads(cli("clarc", store, "--cluster", "1:kmeans_2:0", "--method", "pclarc", *conv,
+                            "--out", tmp_path / "runs", "--json"))
+    choice = result["layer_choice"]
+    assert [c["layer"] for c in choice["candidates"]] == ["features.1", "features.3"]
+    assert result["layer"] == choice["layer"] and result["cav_rank"] == 1 and result["cav_subspace_auc"] is None
+    text = cli("clarc", store, "--cluster", "1:kmeans_2:0", "--method", "pclarc", *conv, "--cav", "subspace",
+               "--out", tmp_path / "runs2")
+    lines = text.splitlines()
+    assert lines[1].startswith("CAV (subspace, rank ") and "subspace score AUC" in lines[1]
+    assert lines[2].startswith("layer chosen: out-of-fold CAV AUC ")
+    assert lines[3].split() == ["layer", "channels", "CAV", "AUC", "concentration"]
+    assert [line[2:].split()[:2] for line in lines[4:6]] == [["features.1", "4"], ["features.3", "6"]]
+    assert sum(line.startswith("*") for line in lines[4:6]) == 1

@@ -27,6 +27,8 @@ from spray.training import stack_samples
 
 #: How many artifact samples (inputs and masks) are kept as examples for reports.
 N_EXAMPLES = 8
+#: How many samples outside the cluster (a seeded draw) the layer choice checks its projections on.
+N_CLEAN = 256
 _REFERENCES = ("class", "all")
 
 
@@ -122,7 +124,10 @@ def isolate_artifact(
     choice = None
     if not layer:
         method = cav if isinstance(cav, str) else cav.method
-        choice = choose_layer(model, x_artifact, x_rest, composite, cav=method, random_state=random_state)
+        outside = np.setdiff1d(np.arange(len(dataset)), artifact_index)  # type: ignore[arg-type]
+        rng = np.random.default_rng(random_state)
+        x_clean, _ = stack_samples(dataset, np.sort(rng.choice(outside, min(len(outside), N_CLEAN), replace=False)))
+        choice = choose_layer(model, x_artifact, x_rest, x_clean, composite, cav=method, random_state=random_state)
         layer = choice.layer
     a_artifact = activations(model, layer, x_artifact)
     a_rest = activations(model, layer, x_rest)

@@ -150,9 +150,9 @@ def describe_artifact(artifact: ArtifactModel) -> str:
     if choice is None:
         return "\n".join([*lines, "layer as given (--layer)"])
     width = max(len("layer"), *(len(c.layer) for c in choice.candidates))
-    lines += [f"layer chosen: {choice.reason}", f"  {'layer':<{width}}  channels  CAV AUC  concentration"]
+    lines += [f"layer chosen: {choice.reason}", f"  {'layer':<{width}}  channels  CAV AUC  concentration  kept"]
     lines += [f"{'*' if c.layer == choice.layer else ' '} {c.layer:<{width}}  {c.channels:>8}  {c.auc:>7.3f}  "
-              f"{c.concentration:>13.3f}" for c in choice.candidates]
+              f"{c.concentration:>13.3f}  {c.kept:>4.0%}" for c in choice.candidates]
     return "\n".join(lines)
 
 

@@ -70,7 +70,7 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     assert attrs["method"] == method and attrs["cluster"] == spec and attrs["layer"] == choice["layer"]
     assert [c["layer"] for c in choice["candidates"]] == ["features.1", "features.3"]
     assert [c["channels"] for c in choice["candidates"]] == [4, 6]
-    assert choice["reason"].startswith("out-of-fold CAV AUC ")
+    assert " of 2 candidates keep at least 95% of clean predictions; " in choice["reason"]
     chosen = next(c for c in choice["candidates"] if c["layer"] == attrs["layer"])
     assert attrs["cav_auc"] == chosen["auc"] and 0 <= attrs["cav_auc"] <= 1
     assert attrs["cav_rank"] == 1 and attrs["cav_subspace_auc"] is None
@@ -297,7 +297,7 @@ def test_spray_clarc_prints_and_returns_every_candidate_layers_figures(tmp_path)
                "--out", tmp_path / "runs2")
     lines = text.splitlines()
     assert lines[1].startswith("CAV (subspace, rank ") and "subspace score AUC" in lines[1]
-    assert lines[2].startswith("layer chosen: out-of-fold CAV AUC ")
-    assert lines[3].split() == ["layer", "channels", "CAV", "AUC", "concentration"]
+    assert lines[2].startswith("layer chosen: ") and "out-of-fold CAV AUC" in lines[2]
+    assert lines[3].split() == ["layer", "channels", "CAV", "AUC", "concentration", "kept"]
     assert [line[2:].split()[:2] for line in lines[4:6]] == [["features.1", "4"], ["features.3", "6"]]
     assert sum(line.startswith("*") for line in lines[4:6]) == 1

@@ -169,8 +169,8 @@ def _second_moment(D: np.ndarray) -> np.ndarray:
 
 
 def _spread(rest: np.ndarray, basis: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """The subspace score of ``X`` at each rank 1..k (k, n): ``Σ_{j ≤ rank} (v_jᵀ(x − μ))² / σ_j²`` with μ, σ_j²
-    the mean and variance of ``rest`` along each row of ``basis``."""
+    """The subspace score of ``X`` at each rank 1..k (k, n): ``Σ_{j ≤ rank} (v_jᵀ(x − μ))² / σ_j²`` with μ,
+    σ_j² the mean and variance of ``rest`` along each row of ``basis``."""
     coordinates = (X - rest.mean(0)) @ basis.T
     variance = ((rest - rest.mean(0)) @ basis.T).var(0)
     return np.cumsum(coordinates**2 / np.maximum(variance, 1e-12), axis=1).T

@@ -129,7 +129,8 @@ def pick_layer(candidates: list[LayerFigures]) -> LayerChoice:
         kept = f"{len(admissible)} of {len(figures)} candidates keep at least {MIN_KEPT:.0%} of clean predictions"
     else:
         admissible = [max(reversed(figures), key=lambda f: f.kept)]
-        kept = f"no candidate keeps {MIN_KEPT:.0%} of clean predictions; the one that keeps most ({admissible[0].kept:.1%})"
+        kept = (f"no candidate keeps {MIN_KEPT:.0%} of clean predictions; the one that keeps most "
+                f"({admissible[0].kept:.1%})")
     best = max(f.auc for f in admissible)
     separating = [f for f in admissible if f.auc >= best - AUC_TOLERANCE]
     chosen = max(reversed(separating), key=lambda f: f.concentration)

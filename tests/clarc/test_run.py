@@ -240,7 +240,8 @@ def test_a_stored_cluster_too_small_for_a_cav_is_refused_before_a_run_directory_
     config = ClarcConfig("pclarc", tmp_path / "runs", cluster="1:kmeans_4:3", progress=False)
     with pytest.raises(BadInputError) as raised:
         clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
-    assert str(raised.value).startswith(f"cluster 1:kmeans_4:3 has 2 samples and the rest of class 1 {labels.size - 2}; ")
+    rest = labels.size - 2
+    assert str(raised.value).startswith(f"cluster 1:kmeans_4:3 has 2 samples and the rest of class 1 {rest}; ")
     assert not (tmp_path / "runs").exists()
 
 

@@ -309,7 +309,7 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 @click.option("--everywhere-test", "everywhere_spec",
               help="Test data with the known artifact in every sample (default: the isolated one pasted).")
 @click.option("--layer", help="Module name of the layer to correct (default: chosen among the last feature maps "
-              "by the CAV's out-of-fold AUC and concentration on the cluster).")
+              "by the CAV's out-of-fold AUC, its concentration on the cluster and the clean predictions kept).")
 @click.option("--cav", type=click.Choice(["signal", "svm", "subspace"]), default="signal", show_default=True,
               help="The artifact model: one direction (signal, svm) or a subspace of data-chosen rank.")
 @click.option("--analysis", default="spray", show_default=True)

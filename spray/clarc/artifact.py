@@ -121,10 +121,10 @@ def isolate_artifact(
     composite = composite or EpsilonPlusFlat()
     x_artifact, _ = stack_samples(dataset, artifact_index)
     x_rest, _ = stack_samples(dataset, rest_index)
+    outside = np.setdiff1d(np.arange(len(dataset)), artifact_index)  # type: ignore[arg-type]
     choice = None
     if not layer:
         method = cav if isinstance(cav, str) else cav.method
-        outside = np.setdiff1d(np.arange(len(dataset)), artifact_index)  # type: ignore[arg-type]
         rng = np.random.default_rng(random_state)
         x_clean, _ = stack_samples(dataset, np.sort(rng.choice(outside, min(len(outside), N_CLEAN), replace=False)))
         choice = choose_layer(model, x_artifact, x_rest, x_clean, composite, cav=method, random_state=random_state)
@@ -137,7 +137,6 @@ def isolate_artifact(
     if reference == "class":
         clean_mean = a_rest.mean(0)
     else:
-        outside = np.setdiff1d(np.arange(len(dataset)), artifact_index)  # type: ignore[arg-type]
         clean_mean = _mean_activation(model, layer, dataset, outside)
     found = localize(model, layer, x_artifact, direction, composite, sigma=sigma, threshold=threshold)
     return ArtifactModel(label, layer, estimator, direction, clean_mean, found, artifact_index, rest_index,

@@ -175,6 +175,15 @@ def test_unknown_cluster_id_lists_the_valid_ids(tiny_audit, tmp_path):
         run(tiny_audit, tmp_path, "1:kmeans_2:9")
 
 
+def test_the_noise_label_is_refused_listing_the_valid_ids_and_no_run_is_written(tiny_audit, tmp_path):
+    with pytest.raises(BadInputError) as raised:
+        run(tiny_audit, tmp_path, "1:kmeans_2:-1")
+    assert str(raised.value) == (
+        "cluster -1 of clustering 'kmeans_2' of class 1 is the noise label (the samples the clustering put in no "
+        "cluster), not a cluster: ClArC needs one cluster; valid ids: 0, 1 (e.g. 1:kmeans_2:0)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_clustering_lists_the_valid_names(tiny_audit, tmp_path):
     with pytest.raises(BadInputError, match=r"no clustering 'kmeans_40'; valid clusterings: .*kmeans_2"):
         run(tiny_audit, tmp_path, "1:kmeans_40:0")

@@ -347,7 +347,11 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 @click.option("--poisoned-test", "poisoned_spec", help="Test data as poisoned at training time.")
 @click.option("--everywhere-test", "everywhere_spec",
               help="Test data with the known artifact in every sample (default: the isolated one pasted).")
-@click.option("--layer", help="Module name of the layer to correct (default: the last convolution's output).")
+@click.option("--layer", help="Module name of the layer to correct (default: the last feature map the head "
+              "reads); 'auto': chosen among the last feature maps by the CAV's out-of-fold AUC, its concentration "
+              "on the cluster and the clean predictions kept.")
+@click.option("--cav", type=click.Choice(["signal", "svm", "subspace"]), default="signal", show_default=True,
+              help="The artifact model: one direction (signal, svm) or a subspace of data-chosen rank.")
 @click.option("--analysis", default="spray", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/clarc"),
               show_default=True, help="Run directories (corrected weights, checkpoints) go here.")
@@ -362,19 +366,20 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def clarc(
     store: Path, cluster: str, method: str, model_spec: str, weights: Path | None, data_spec: str,
-    test_spec: str | None, poisoned_spec: str | None, everywhere_spec: str | None, layer: str | None,
+    test_spec: str | None, poisoned_spec: str | None, everywhere_spec: str | None, layer: str | None, cav: str,
     analysis: str, out: Path, epochs: int | None, lr: float | None, lam: float | None, seed: int, fda_rank: bool,
     verify: bool, as_json: bool,
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P-, RR-ClArC, DFR, GroupDRO)."""
     from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
+    from spray.clarc.run import cav_figures, describe_artifact
     from spray.data import load_model
     from spray.errors import BadInputError
 
     if test_spec is None and (poisoned_spec or everywhere_spec):
         raise BadInputError("--poisoned-test and --everywhere-test are measured beside the clean test data: "
                             "give --test too")
-    config = ClarcConfig(method, out, cluster=cluster, analysis=analysis, layer=layer, fda_rank=fda_rank,
+    config = ClarcConfig(method, out, cluster=cluster, analysis=analysis, layer=layer, cav=cav, fda_rank=fda_rank,
                          verify=verify, tuning=Tuning(epochs=epochs, lr=lr, lam=lam, seed=seed))
     open_data = _audited_sources(store)
     evaluation = None if test_spec is None else EvaluationData(
@@ -383,10 +388,11 @@ def clarc(
     result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec), config, evaluation)
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
-                    "weights": str(result.weights), "metrics": result.metrics,
+                    **cav_figures(result.artifact), "weights": str(result.weights), "metrics": result.metrics,
                     "verification": None if result.verification is None else result.verification.to_dict()})
     else:
         click.echo(f"run {result.run}: corrected weights in {result.weights}")
+        click.echo(describe_artifact(result.artifact))
         if result.metrics:
             click.echo(format_metrics(result.metrics))
         if result.verification is not None:

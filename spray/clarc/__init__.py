@@ -1,6 +1,7 @@
 """ClArC: isolate the artifact behind a flagged cluster, correct the model, and prove the correction.
 
-Pipeline (docs/clarc.md): cluster members (cluster.py) -> CAV at a layer (cav.py) -> masks and patch by LRP
+Pipeline (docs/clarc.md): cluster members (cluster.py) -> the layer, chosen among the feature maps
+(layer_choice.py) -> CAV (a direction or a subspace) at the layer (cav.py) -> masks and patch by LRP
 along the CAV (localize.py), together the artifact model (artifact.py) -> a correction: P-ClArC
 (projective.py), A-ClArC (augmentive.py; the artifact as a transformation: transform.py) or RR-ClArC
 (rrclarc.py), or a group-robust correction on spray's inferred groups (groups.py): DFR (dfr.py) or GroupDRO
@@ -20,6 +21,7 @@ from spray.clarc.dfr import DFR
 from spray.clarc.groupdro import GroupDRO
 from spray.clarc.evaluate import FdaSetup, evaluate_correction, evaluate_model, format_metrics
 from spray.clarc.finetune import FinetuneResult, finetune
+from spray.clarc.layer_choice import LayerChoice, choose_layer
 from spray.clarc.localize import Localization, localize, paste
 from spray.clarc.projective import (
     Projected,
@@ -61,6 +63,7 @@ __all__ = [
     "EvaluationData",
     "FdaSetup",
     "FinetuneResult",
+    "LayerChoice",
     "Localization",
     "Projected",
     "Projection",
@@ -68,6 +71,7 @@ __all__ = [
     "Standing",
     "Tcav",
     "Verification",
+    "choose_layer",
     "clarc_from_store",
     "default_layer",
     "evaluate_correction",

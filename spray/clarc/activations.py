@@ -7,7 +7,7 @@ modified for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -21,6 +21,9 @@ from spray.training import eval_mode
 #: Modules that may sit between a convolution and "its" activation (the default layer skips them).
 _BETWEEN = (*BATCHNORM_LAYERS, nn.Identity, nn.Dropout, nn.Dropout2d)
 _ACTIVATIONS = tuple(t for t in PASS_LAYERS if t not in (nn.Dropout, nn.Flatten, nn.Identity))
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+#: How many feature maps the layer choice compares: the default layer and the ones before it.
+CANDIDATES = 4
 
 
 def module_names(model: nn.Module) -> list[str]:
@@ -70,6 +73,46 @@ def default_layer(model: nn.Module, x: Tensor) -> str:
         if not isinstance(module, _BETWEEN):
             break
     return named[last][0]
+
+
+def candidate_layers(model: nn.Module, x: Tensor, limit: int = CANDIDATES) -> list[str]:
+    """The layers ClArC's layer choice compares, in forward order: the last ``limit`` feature maps up to and
+    including :func:`default_layer`'s. A feature map is the output, of at least three dimensions
+    (n, C, *spatial), of a *block* (a module with children that is not a Sequential/ModuleList/ModuleDict,
+    such as a ResNet's BasicBlock; its insides are not candidates) or of an activation module outside blocks
+    (the ReLU after a convolution of a Sequential CNN). A model that declares ``FEATURE_LAYER`` has that one
+    candidate: its author chose. ``x``: a sample batch (one sample runs)."""
+    last = default_layer(model, x)
+    if isinstance(getattr(model, "FEATURE_LAYER", None), str):
+        return [last]
+    units: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(unit + ".") for unit in units):
+            continue
+        if next(module.children(), None) is None:
+            units += [name] if isinstance(module, _ACTIVATIONS) else []
+        elif not isinstance(module, _CONTAINERS):
+            units.append(name)
+    modules = dict(model.named_modules())
+    ran: dict[str, bool] = {}  # name -> its output is a feature map, in the order the modules finish
+
+    def record(name: str) -> Callable[[nn.Module, tuple, object], None]:
+        def hook(_module: nn.Module, _args: tuple, output: object) -> None:
+            ran.setdefault(name, isinstance(output, Tensor) and output.dim() >= 3)
+
+        return hook
+
+    handles = [modules[name].register_forward_hook(record(name)) for name in dict.fromkeys([*units, last])]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    order = list(ran)
+    before = order[: order.index(last)] if last in order else []
+    maps = [name for name in before if ran[name] and not name.startswith(last + ".")]
+    return [*maps[-(limit - 1):], last] if limit > 1 else [last]
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """The artifact model of a flagged cluster: its CAV at a layer, its masks and patch, the clean mean.
 
 :func:`isolate_artifact` is the first half of every ClArC method: from the cluster's samples (the
-artifact) and the rest of their class, it fits the CAV on spatially pooled activations, localises the
+artifact) and the rest of their class, at the given layer, the default one (the last feature map the head
+reads) or, with ``layer="auto"``, the one spray.clarc.layer_choice chooses, it fits the CAV on spatially pooled activations, localises the
 artifact in input space by LRP along the CAV (spray.clarc.localize), and records the clean samples' mean
 activation ``z`` for P-ClArC.
 """
@@ -18,14 +19,16 @@ from torch.utils.data import Dataset
 
 from spray._checks import check_choice
 from spray.clarc.activations import activations, default_layer, pool, resolve_layer
-from spray.clarc.cav import MIN_SAMPLES, CAV
+from spray.clarc.cav import CAV, check_group_sizes
+from spray.clarc.layer_choice import AUTO, LayerChoice, choose_layer
 from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
-from spray.errors import BadInputError
 from spray.lrp import Composite, EpsilonPlusFlat
 from spray.training import stack_samples
 
 #: How many artifact samples (inputs and masks) are kept as examples for reports.
 N_EXAMPLES = 8
+#: How many samples outside the cluster (a seeded draw) the layer choice checks its projections on.
+N_CLEAN = 256
 _REFERENCES = ("class", "all")
 
 
@@ -34,10 +37,12 @@ class ArtifactModel:
     """What ClArC knows about one artifact.
 
     ``label``: the class whose cluster it is; ``layer``: module name; ``cav``: the fitted :class:`CAV`
-    (``direction`` (C,) its unit vector as a tensor); ``clean_mean``: ``z``, the mean activation of the
+    (``direction`` (C,) its unit vector as a tensor, ``basis`` (k, C) its orthonormal directions, the first
+    ``direction``: k > 1 only for a subspace CAV); ``clean_mean``: ``z``, the mean activation of the
     clean reference samples (one activation's shape, (C, *spatial)); ``localization``: per-sample masks,
     patch (C, H, W), mean mask (H, W); ``artifact_index`` / ``rest_index``: dataset indices of the
-    cluster's samples and of the rest of the class; ``cluster``: the ``CLASS:CLUSTERING:ID`` it came from.
+    cluster's samples and of the rest of the class; ``cluster``: the ``CLASS:CLUSTERING:ID`` it came from;
+    ``choice``: how the layer was chosen (None when it was given).
     """
 
     label: int
@@ -49,6 +54,12 @@ class ArtifactModel:
     artifact_index: np.ndarray
     rest_index: np.ndarray
     cluster: str | None = None
+    basis: Tensor | None = None
+    choice: LayerChoice | None = None
+
+    def __post_init__(self) -> None:
+        if self.basis is None:
+            object.__setattr__(self, "basis", self.direction[None])
 
     @property
     def patch(self) -> Tensor:
@@ -70,8 +81,9 @@ class ArtifactModel:
         def digest(t: Tensor) -> str:
             return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
+        subspace = {"basis": digest(self.basis)} if len(self.basis) > 1 else {}
         return {"label": self.label, "layer": self.layer, "direction": digest(self.direction),
-                "patch": digest(self.patch), "mask": digest(self.mask)}
+                "patch": digest(self.patch), "mask": digest(self.mask), **subspace}
 
 
 def isolate_artifact(
@@ -93,27 +105,34 @@ def isolate_artifact(
     """Fit the artifact model of the samples ``artifact_index`` against ``rest_index`` (dataset indices).
 
     Args:
-        layer: module name (``model.named_modules()``); default :func:`~spray.clarc.activations.default_layer`.
-        cav: ``"signal"`` or ``"svm"``, or an unfitted :class:`CAV` with other settings.
+        layer: module name (``model.named_modules()``); default: the last feature map the head reads
+            (:func:`~spray.clarc.activations.default_layer`); ``"auto"``: the candidate chosen by
+            :func:`~spray.clarc.layer_choice.choose_layer` (measured: not better on the benchmark, worse on
+            the demo for A- and RR-ClArC; docs/clarc.md §9).
+        cav: ``"signal"``, ``"svm"`` or ``"subspace"``, or an unfitted :class:`CAV` with other settings.
         composite: LRP composite for the masks, the audit's own; default ``EpsilonPlusFlat()``.
         reference: the clean samples ``z`` is the mean over: ``"class"`` the rest of the class,
             ``"all"`` every dataset sample outside the cluster.
     """
-    if layer:
+    if layer and layer != AUTO:
         resolve_layer(model, layer)
     check_choice(reference, "reference", _REFERENCES)
     artifact_index = np.asarray(artifact_index, dtype=np.int64)
     rest_index = np.asarray(rest_index, dtype=np.int64)
-    for name, index in (("cluster", artifact_index), ("rest of the class", rest_index)):
-        if len(index) < MIN_SAMPLES:
-            raise BadInputError(
-                f"the {name} has {len(index)} samples; fitting a CAV needs at least {MIN_SAMPLES} in the "
-                f"cluster and {MIN_SAMPLES} in the rest of its class; choose a larger cluster"
-                + (f" than {cluster}" if cluster else "")
-            )
+    check_group_sizes(len(artifact_index), len(rest_index), label=label, cluster=cluster)
+    composite = composite or EpsilonPlusFlat()
     x_artifact, _ = stack_samples(dataset, artifact_index)
     x_rest, _ = stack_samples(dataset, rest_index)
-    layer = layer or default_layer(model, x_artifact)
+    outside = np.setdiff1d(np.arange(len(dataset)), artifact_index)  # type: ignore[arg-type]
+    choice = None
+    if not layer:
+        layer = default_layer(model, x_artifact)
+    elif layer == AUTO:
+        method = cav if isinstance(cav, str) else cav.method
+        rng = np.random.default_rng(random_state)
+        x_clean, _ = stack_samples(dataset, np.sort(rng.choice(outside, min(len(outside), N_CLEAN), replace=False)))
+        choice = choose_layer(model, x_artifact, x_rest, x_clean, composite, cav=method, random_state=random_state)
+        layer = choice.layer
     a_artifact = activations(model, layer, x_artifact)
     a_rest = activations(model, layer, x_rest)
     estimator = CAV(cav, random_state=random_state) if isinstance(cav, str) else cav
@@ -122,12 +141,10 @@ def isolate_artifact(
     if reference == "class":
         clean_mean = a_rest.mean(0)
     else:
-        outside = np.setdiff1d(np.arange(len(dataset)), artifact_index)  # type: ignore[arg-type]
         clean_mean = _mean_activation(model, layer, dataset, outside)
-    found = localize(model, layer, x_artifact, direction, composite or EpsilonPlusFlat(), sigma=sigma,
-                     threshold=threshold)
+    found = localize(model, layer, x_artifact, direction, composite, sigma=sigma, threshold=threshold)
     return ArtifactModel(label, layer, estimator, direction, clean_mean, found, artifact_index, rest_index,
-                         cluster)
+                         cluster, torch.from_numpy(estimator.basis_), choice)
 
 
 def _mean_activation(model: nn.Module, layer: str, dataset: Dataset, index: np.ndarray,

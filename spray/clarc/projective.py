@@ -3,7 +3,8 @@
 ``h(a) = a − v vᵀ(a − z)`` with ``v`` the unit CAV over channels and ``z`` the mean activation of clean
 samples, applied at every spatial position: the component of ``a − z`` along ``v`` is removed, so every
 sample's activation along ``v`` becomes the clean samples' (``vᵀh(a) = vᵀz``); everything orthogonal to
-``v`` is unchanged.
+``v`` is unchanged. With a subspace CAV (orthonormal rows ``V`` (k, C)) it is ``h(a) = a − VᵀV(a − z)``:
+every direction of the subspace is set to the clean samples' value.
 
 The projection is a module (:class:`Projection`, buffers ``v`` and ``z``) inside a wrapper
 (:class:`Projected`) that takes the layer's place in the model, so the corrected model is an ordinary
@@ -26,35 +27,43 @@ from spray.lrp import Composite, rules
 
 
 class Projection(nn.Module):
-    """``h(a) = a − v vᵀ(a − z)`` over the channel axis (dim 1) of ``a`` (n, C, ...).
+    """``h(a) = a − Vᵀ V (a − z)`` over the channel axis (dim 1) of ``a`` (n, C, ...).
 
-    ``v`` (C,) is normalised on construction; ``z`` is (C,) or an activation's shape without the batch
-    axis (C, *spatial), e.g. the mean clean activation map.
+    ``v``: one direction (C,), normalised on construction, or a subspace (k, C), orthonormalised (its row
+    space is what is projected out); ``z`` is (C,) or an activation's shape without the batch axis
+    (C, *spatial), e.g. the mean clean activation map.
     """
 
     def __init__(self, v: Tensor, z: Tensor) -> None:
         super().__init__()
-        v = torch.as_tensor(v, dtype=torch.float32).flatten()
-        norm = v.norm()
-        if not torch.isfinite(norm) or norm == 0:
-            raise BadInputError("the projection direction v must be a finite, non-zero vector")
+        v = torch.as_tensor(v, dtype=torch.float32)
+        rows = v.reshape(-1, v.shape[-1]) if v.dim() else v.reshape(1, 1)
+        if v.dim() not in (1, 2) or not torch.isfinite(rows).all() or torch.linalg.matrix_rank(rows) < len(rows):
+            raise BadInputError("the projection direction v must be a finite, non-zero vector (C,) or k linearly "
+                                "independent ones (k, C)")
         z = torch.as_tensor(z, dtype=torch.float32)
-        if z.dim() < 1 or z.shape[0] != v.numel():
-            raise BadInputError(f"z must have {v.numel()} channels first (like v), got shape {tuple(z.shape)}")
-        self.register_buffer("v", v / norm)
+        if z.dim() < 1 or z.shape[0] != rows.shape[1]:
+            raise BadInputError(f"z must have {rows.shape[1]} channels first (like v), got shape {tuple(z.shape)}")
+        # Orthonormal rows spanning v's (QR); one row is only normalised.
+        q = rows / rows.norm() if len(rows) == 1 else torch.linalg.qr(rows.T).Q.T
+        self.register_buffer("v", q.reshape(v.shape))
         self.register_buffer("z", z)
 
     @property
     def bias(self) -> Tensor:
-        """The constant part ``v vᵀ z`` of the affine map (z's shape): LRP's relevance accounting lets a
+        """The constant part ``Vᵀ V z`` of the affine map (z's shape): LRP's relevance accounting lets a
         module with a bias absorb relevance, as the ε rule's explanation of this one does."""
-        v = self.v.reshape(-1, *[1] * (self.z.dim() - 1))
-        return v * (v * self.z).sum(0, keepdim=True)
+        shape = (self.z.shape[0], *[1] * (self.z.dim() - 1))
+        return sum(v.reshape(shape) * (v.reshape(shape) * self.z).sum(0, keepdim=True)
+                   for v in self.v.reshape(-1, self.v.shape[-1]))
 
     def forward(self, a: Tensor) -> Tensor:
-        v = along_channels(self.v, a)
         z = self.z.to(a.dtype).reshape(1, *self.z.shape, *[1] * (a.dim() - 1 - self.z.dim()))
-        return a - v * ((a - z) * v).sum(1, keepdim=True)
+        out = a
+        for v in self.v.reshape(-1, self.v.shape[-1]):  # orthonormal rows: the projections add up
+            v = along_channels(v, a)
+            out = out - v * ((a - z) * v).sum(1, keepdim=True)
+        return out
 
 
 class Projected(nn.Module):

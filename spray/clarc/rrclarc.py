@@ -6,7 +6,9 @@ so ``∇_a f_y · v = Σ_{c,h,w} ∂f_y/∂a_{chw} v_c`` is the derivative of ``
 ``v`` at every position (the direction the CAV was fitted in, on spatially pooled activations). The
 gradient is taken with ``create_graph=True`` so the penalty is itself differentiated (a second-order term).
 The model then learns to decide the same way whether or not the artifact direction is present, without
-ever seeing the artifact pasted anywhere.
+ever seeing the artifact pasted anywhere. With a subspace CAV (orthonormal rows ``v_1..v_k``) the penalty
+is the sum over its directions, ``Σ_j (∇_a f_y · v_j)²``: the model is made insensitive to the whole
+subspace.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ LR = 1e-2
 
 
 def rr_penalty(grad: Tensor, v: Tensor) -> Tensor:
-    """``mean_n (Σ_{c,...} grad_{n,c,...} v_c)²`` for ``grad`` (n, C, ...) and ``v`` (C,)."""
-    projected = (grad * along_channels(v, grad)).flatten(1).sum(1)
-    return projected.square().mean()
+    """``mean_n Σ_j (Σ_{c,...} grad_{n,c,...} v_{jc})²`` for ``grad`` (n, C, ...) and ``v`` (C,) or (k, C)."""
+    return sum((grad * along_channels(row, grad)).flatten(1).sum(1).square().mean()
+               for row in v.reshape(-1, v.shape[-1]))
 
 
 class RRClArC(FinetuningCorrector):
@@ -56,7 +58,7 @@ class RRClArC(FinetuningCorrector):
 
     def objective(self, artifact: ArtifactModel) -> Objective:
         check_real(self.lam, "lambda", minimum=0.0)
-        layer, v, lam = artifact.layer, artifact.direction, self.lam
+        layer, v, lam = artifact.layer, artifact.basis, self.lam
 
         def loss(model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator) -> Tensor:
             ce = F.cross_entropy(model(x), y)

@@ -84,8 +84,8 @@ CorrectionMethod = Callable[[nn.Module, Dataset, ArtifactModel, Tuning, Path, bo
 
 def _projection(model: nn.Module, dataset: Dataset, artifact: ArtifactModel, tuning: Tuning, run_dir: Path,
                 overwrite: bool, progress: bool) -> Correction:
-    """P-ClArC: project the artifact direction out of the layer's activations; nothing is trained."""
-    return Correction(project_model(model, artifact.layer, artifact.direction, artifact.clean_mean), [], {})
+    """P-ClArC: project the artifact direction (or subspace) out of the layer's activations; nothing is trained."""
+    return Correction(project_model(model, artifact.layer, artifact.basis, artifact.clean_mean), [], {})
 
 
 def _fine_tuning(make: Callable[[Tuning], FinetuningCorrector]) -> CorrectionMethod:
@@ -148,7 +148,7 @@ class ClarcResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (``spray clarc --json``)."""
         return {"run": self.run, "method": self.method, "cluster": self.cluster, "layer": self.layer,
-                "cav_auc": self.artifact.cav.auc_, "weights": str(self.weights), "run_dir": str(self.run_dir),
+                **cav_figures(self.artifact), "weights": str(self.weights), "run_dir": str(self.run_dir),
                 "params": self.params, "metrics": self.metrics, "history": self.history,
                 "n_artifact": len(self.artifact.artifact_index), "n_rest": len(self.artifact.rest_index),
                 "verification": None if self.verification is None else self.verification.to_dict()}
@@ -157,6 +157,31 @@ class ClarcResult:
         """The metrics table and, when verified, the verification's summary below it."""
         return format_metrics(self.metrics) + ("" if self.verification is None else
                                                "\n" + self.verification.summary())
+
+
+def cav_figures(artifact: ArtifactModel) -> dict[str, Any]:
+    """What a run reports of its artifact model: the CAV's out-of-fold AUC, its rank and the subspace score's
+    AUC (None unless a subspace CAV), and the layer choice (every candidate's figures; None when ``--layer``
+    named the layer)."""
+    return {"cav_auc": artifact.cav.auc_, "cav_rank": artifact.cav.rank_,
+            "cav_subspace_auc": artifact.cav.subspace_auc_,
+            "layer_choice": None if artifact.choice is None else artifact.choice.to_dict()}
+
+
+def describe_artifact(artifact: ArtifactModel) -> str:
+    """The layer (how it was chosen, every candidate's figures) and the CAV, as ``spray clarc`` prints them."""
+    cav = artifact.cav
+    subspace = f", subspace score AUC {cav.subspace_auc_:.3f}" if cav.subspace_auc_ is not None else ""
+    lines = [f"CAV ({cav.method}, rank {cav.rank_}) at layer {artifact.layer}: out-of-fold AUC {cav.auc_:.3f}"
+             f"{subspace}"]
+    choice = artifact.choice
+    if choice is None:
+        return "\n".join([*lines, "layer as given (--layer)"])
+    width = max(len("layer"), *(len(c.layer) for c in choice.candidates))
+    lines += [f"layer chosen: {choice.reason}", f"  {'layer':<{width}}  channels  CAV AUC  concentration  kept"]
+    lines += [f"{'*' if c.layer == choice.layer else ' '} {c.layer:<{width}}  {c.channels:>8}  {c.auc:>7.3f}  "
+              f"{c.concentration:>13.3f}  {c.kept:>4.0%}" for c in choice.candidates]
+    return "\n".join(lines)
 
 
 def run_name(method: str, cluster: str | ClusterSpec) -> str:
@@ -187,7 +212,8 @@ class ClarcConfig:
         cluster: ``CLASS:CLUSTERING:ID`` as ``spray rank --json`` reports it (class, clustering, cluster), or
             ``"top"``: the flagged cluster of the best-ranked class of ``analysis`` (default: the store's
             only analysis, or ``"spray"``).
-        layer: the module whose features the CAV is fitted on (default: ``default_layer``); ``cav``,
+        layer: the module whose features the CAV is fitted on (default: the last feature map the head
+            reads; ``"auto"``: the candidate spray.clarc.layer_choice chooses); ``cav`` (``"signal"``, ``"svm"``, ``"subspace"``),
             ``reference``, ``sigma``, ``threshold``: how the artifact is isolated (docs/clarc.md).
         tuning: fine-tuning settings (A-/RR-ClArC); its ``seed`` also seeds the CAV.
         relevance_target: the output whose relevance the evaluation measures in the artifact's mask.
@@ -360,12 +386,13 @@ def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset, guard
         "example_masks": masks,
         "example_index": index,
         "cav": artifact.direction.numpy().astype(np.float32),
+        "cav_basis": artifact.basis.numpy().astype(np.float32),
     }
     attrs = {
         "method": result.method,
         "cluster": result.cluster,
         "layer": result.layer,
-        "cav_auc": artifact.cav.auc_,
+        **cav_figures(artifact),
         "metrics": result.metrics,
         **result.params,
         "n_artifact": int(len(artifact.artifact_index)),

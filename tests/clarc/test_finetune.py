@@ -16,6 +16,7 @@ class FakeArtifact:
 
     label, layer = 1, "features.3"
     direction = torch.ones(6) / 6**0.5
+    basis = direction[None]
     patch = torch.ones(1, 8, 8)
     mask = torch.zeros(8, 8)
     mask[:3, :3] = 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from spray.clarc.projective import (
@@ -14,6 +15,7 @@ from spray.clarc.projective import (
     project_model,
     remove_projection,
 )
+from spray.errors import BadInputError
 
 
 def random_setup(channels=6, seed=0):
@@ -98,3 +100,35 @@ def test_the_projection_s_bias_is_its_constant_part_so_relevance_accounting_lets
     linear = a - unit * (a * unit).sum(1, keepdim=True)
     assert torch.allclose(projection(a), linear + projection.bias, atol=1e-6)
     assert projection.bias.shape == z.shape
+
+
+def test_subspace_projection_sets_every_direction_to_the_clean_mean_and_keeps_the_rest():
+    a, _, z = random_setup()
+    g = torch.Generator().manual_seed(1)
+    V = torch.randn(2, 6, generator=g)  # not orthonormal: the projection orthonormalises the rows
+    projection = Projection(V, z)
+    q = projection.v
+    torch.testing.assert_close(q @ q.T, torch.eye(2), atol=1e-5, rtol=0)
+    h = projection(a)
+    coordinates = lambda t: torch.einsum("nchw,kc->nkhw", t, V)  # noqa: E731
+    torch.testing.assert_close(coordinates(h - z), torch.zeros(5, 2, 4, 3), atol=1e-5, rtol=0)
+    orthogonal = torch.linalg.svd(V, full_matrices=True).Vh[2:]  # the complement of V's row space
+    torch.testing.assert_close(torch.einsum("nchw,kc->nkhw", h, orthogonal),
+                               torch.einsum("nchw,kc->nkhw", a, orthogonal), atol=1e-5, rtol=0)
+    torch.testing.assert_close(projection(h), h, atol=1e-5, rtol=0)
+
+
+def test_a_subspace_projection_reloads_into_a_fresh_model(tmp_path, new_model):
+    V = torch.randn(3, 6)
+    corrected = project_model(new_model(), "features.3", V, torch.rand(6, 8, 8))
+    assert corrected.state_dict()["features.3.projection.v"].shape == (3, 6)
+    torch.save(corrected.state_dict(), tmp_path / "weights.pt")
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(load_corrected(new_model(seed=5), tmp_path / "weights.pt")(x), corrected(x))
+
+
+def test_dependent_or_zero_directions_are_refused():
+    message = r"the projection direction v must be a finite, non-zero vector \(C,\) or k linearly independent ones"
+    for v in (torch.zeros(6), torch.stack([torch.ones(6), 2 * torch.ones(6)]), torch.full((6,), float("nan"))):
+        with pytest.raises(BadInputError, match=message):
+            Projection(v, torch.zeros(6))

@@ -26,13 +26,22 @@ def test_penalty_is_the_mean_squared_directional_derivative():
     assert rr_penalty(grad, v) == (9.0**2 + 0.0) / 2
 
 
+def test_subspace_penalty_is_the_sum_over_its_directions():
+    grad = torch.zeros(2, 3, 2, 2)
+    grad[0, 0] = 1.0  # along e0: 4 for the first sample
+    grad[1, 1] = 2.0  # along e1: 8 for the second
+    V = torch.eye(3)[:2]
+    assert rr_penalty(grad, V) == rr_penalty(grad, V[0]) + rr_penalty(grad, V[1]) == (16.0 + 64.0) / 2
+    assert rr_penalty(grad, V[:1]) == rr_penalty(grad, V[0])
+
+
 def test_model_whose_output_ignores_the_direction_has_zero_penalty_and_a_plain_cross_entropy_loss(new_model):
     model = new_model()
     with torch.no_grad():
         model.head.weight[:, 5] = 0.0  # the logits do not read channel 5 of the last activation
     v = torch.zeros(6)
     v[5] = 1.0
-    artifact = type("A", (), {"layer": "features.3", "direction": v})()
+    artifact = type("A", (), {"layer": "features.3", "basis": v[None]})()
     loss = RRClArC(lam=1e6).objective(artifact)
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 2, (8,))
     model.train()
@@ -43,7 +52,7 @@ def test_model_whose_output_ignores_the_direction_has_zero_penalty_and_a_plain_c
 def test_penalty_gradient_reaches_the_weights_through_the_second_order_term(new_model):
     model = new_model()
     v = torch.ones(6) / 6**0.5
-    artifact = type("A", (), {"layer": "features.3", "direction": v})()
+    artifact = type("A", (), {"layer": "features.3", "basis": v[None]})()
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 2, (8,))
     with_penalty = RRClArC(lam=100.0).objective(artifact)(model, x, y, torch.Generator())
     without = RRClArC(lam=0.0).objective(artifact)(model, x, y, torch.Generator())

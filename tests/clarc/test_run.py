@@ -26,6 +26,7 @@ from spray.clarc.auto import CANDIDATES, candidate_name, choose
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.evaluate import artifact_relevance, everywhere
+from spray.clarc.run import describe_artifact
 from spray.errors import BadInputError
 from spray.store import AuditStore
 from spray.training import accuracy
@@ -87,7 +88,8 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     spec, size = a_cluster(tiny_audit)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
-    config = ClarcConfig(method, tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=1), progress=False)
+    config = ClarcConfig(method, tmp_path / "runs", cluster=spec, layer="auto", tuning=Tuning(epochs=1),
+                         progress=False)
     result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config, EvaluationData(tiny_audit.dataset))
     assert result.run == f"{method}_{spec.replace(':', '_')}"
     with AuditStore(store) as audit:
@@ -100,8 +102,15 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     assert arrays["example_masks"].shape == (k, 8, 8)
     with AuditStore(store) as audit:
         assert set(arrays["example_index"]) <= set(read_cluster(audit, spec).artifact)
-    assert attrs["method"] == method and attrs["cluster"] == spec and attrs["layer"] == "features.3"
-    assert 0 <= attrs["cav_auc"] <= 1
+    choice = attrs["layer_choice"]
+    assert attrs["method"] == method and attrs["cluster"] == spec and attrs["layer"] == choice["layer"]
+    assert [c["layer"] for c in choice["candidates"]] == ["features.1", "features.3"]
+    assert [c["channels"] for c in choice["candidates"]] == [4, 6]
+    assert " of 2 candidates keep at least 95% of clean predictions; " in choice["reason"]
+    chosen = next(c for c in choice["candidates"] if c["layer"] == attrs["layer"])
+    assert attrs["cav_auc"] == chosen["auc"] and 0 <= attrs["cav_auc"] <= 1
+    assert attrs["cav_rank"] == 1 and attrs["cav_subspace_auc"] is None
+    assert np.array_equal(arrays["cav_basis"], arrays["cav"][None])
     assert [row["model"] for row in attrs["metrics"]] == ["original", "corrected"]
     assert all(np.isfinite(row["clean_accuracy"]) and np.isfinite(row["artifact_relevance"])
                for row in attrs["metrics"])
@@ -114,6 +123,24 @@ def test_run_writes_weights_and_the_result_node_of_the_contract(tiny_audit, tmp_
     x = tiny_audit.dataset.tensors[0][:5]
     assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
     assert json.loads((result.run_dir / "result.json").read_text())["run"] == result.run
+
+
+def test_a_given_layer_is_used_and_a_subspace_cav_is_recorded_with_its_rank(tiny_audit, tmp_path):
+    spec, _ = a_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster=spec, layer="features.3", cav="subspace",
+                         progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+    with AuditStore(store) as audit:
+        arrays, attrs = audit.read_node(f"clarc/{result.run}/result")
+    cav = result.artifact.cav
+    assert attrs["layer"] == "features.3" and attrs["layer_choice"] is None and attrs["cav_method"] == "subspace"
+    assert attrs["cav_rank"] == cav.rank_ == len(arrays["cav_basis"]) and attrs["cav_subspace_auc"] == cav.subspace_auc_
+    assert np.array_equal(arrays["cav_basis"], cav.basis_)
+    state = torch.load(result.weights, weights_only=True)
+    assert state["features.3.projection.v"].reshape(-1, 6).shape == (cav.rank_, 6)
+    assert "layer as given (--layer)" in describe_artifact(result.artifact)
 
 
 def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
@@ -184,6 +211,15 @@ def test_unknown_cluster_id_lists_the_valid_ids(tiny_audit, tmp_path):
         run(tiny_audit, tmp_path, "1:kmeans_2:9")
 
 
+def test_the_noise_label_is_refused_listing_the_valid_ids_and_no_run_is_written(tiny_audit, tmp_path):
+    with pytest.raises(BadInputError) as raised:
+        run(tiny_audit, tmp_path, "1:kmeans_2:-1")
+    assert str(raised.value) == (
+        "cluster -1 of clustering 'kmeans_2' of class 1 is the noise label (the samples the clustering put in no "
+        "cluster), not a cluster: ClArC needs one cluster; valid ids: 0, 1 (e.g. 1:kmeans_2:0)")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_clustering_lists_the_valid_names(tiny_audit, tmp_path):
     with pytest.raises(BadInputError, match=r"no clustering 'kmeans_40'; valid clusterings: .*kmeans_2"):
         run(tiny_audit, tmp_path, "1:kmeans_40:0")
@@ -231,9 +267,28 @@ def test_unknown_layer_lists_the_module_names(tiny_audit, tmp_path):
         run(tiny_audit, tmp_path, a_cluster(tiny_audit)[0], layer="features.9")
 
 
-def test_cluster_too_small_for_a_cav_says_the_minimum(tiny_audit):
-    with pytest.raises(BadInputError, match=f"at least {MIN_SAMPLES} in the cluster"):
+def test_cluster_too_small_for_a_cav_names_both_sizes_and_the_minimum(tiny_audit):
+    with pytest.raises(BadInputError) as raised:
         isolate_artifact(tiny_audit.model, tiny_audit.dataset, np.arange(1, 7, 2), np.arange(7, 40, 2), label=1)
+    assert str(raised.value) == (
+        f"the cluster has 3 samples and the rest of class 1 17; fitting a CAV needs at least {MIN_SAMPLES} in each: "
+        "choose a larger cluster (`spray rank --json` lists each cluster's members)")
+
+
+def test_a_stored_cluster_too_small_for_a_cav_is_refused_before_a_run_directory_is_made(tiny_audit, tmp_path):
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    with AuditStore(store, mode="a") as audit:  # cluster 3 of kmeans_4 keeps 2 members, the others go to 0
+        arrays, attrs = audit.read_node("analyses/tiny/1/kmeans")
+        labels = np.asarray(arrays["kmeans_4"]).copy()
+        labels[np.flatnonzero(labels == 3)[2:]] = 0
+        audit.write_node("analyses/tiny/1/kmeans", {**arrays, "kmeans_4": labels}, attrs)
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster="1:kmeans_4:3", progress=False)
+    with pytest.raises(BadInputError) as raised:
+        clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+    rest = labels.size - 2
+    assert str(raised.value).startswith(f"cluster 1:kmeans_4:3 has 2 samples and the rest of class 1 {rest}; ")
+    assert not (tmp_path / "runs").exists()
 
 
 class Pair(nn.Module):
@@ -260,3 +315,39 @@ def test_store_without_analysis_says_to_run_analyze(tmp_path, tiny_audit):
     with pytest.raises(BadInputError, match="spray analyze"):
         clarc_from_store(empty, tiny_audit.model, tiny_audit.dataset,
                          ClarcConfig("pclarc", tmp_path, cluster="1:kmeans_2:0"))
+
+
+def test_spray_clarc_prints_and_returns_every_candidate_layers_figures(tmp_path):
+    from click.testing import CliRunner
+
+    from spray.cli import main
+    from spray.testing import pipeline_text
+
+    def cli(*argv):
+        runner = CliRunner()
+        with runner.isolation() as (out, err, _):
+            code = main([str(a) for a in argv])
+        assert code == 0, err.getvalue().decode()
+        return out.getvalue().decode()
+
+    store, pipeline = tmp_path / "audit.h5", tmp_path / "tiny.toml"
+    pipeline.write_text(pipeline_text("tiny"))
+    conv = ("--model", "tests.data.factories:conv_model", "--data", "tests.data.factories:conv_data")
+    cli("attribute", *conv, "--store", store)
+    cli("analyze", store, "--pipeline", pipeline)
+    plain = json.loads(cli("clarc", store, "--cluster", "1:kmeans_2:0", "--method", "pclarc", *conv,
+                           "--out", tmp_path / "runs0", "--json"))
+    assert plain["layer"] == "features.3" and plain["layer_choice"] is None  # without --layer: the default layer
+    result = json.loads(cli("clarc", store, "--cluster", "1:kmeans_2:0", "--method", "pclarc", *conv,
+                            "--layer", "auto", "--out", tmp_path / "runs", "--json"))
+    choice = result["layer_choice"]
+    assert [c["layer"] for c in choice["candidates"]] == ["features.1", "features.3"]
+    assert result["layer"] == choice["layer"] and result["cav_rank"] == 1 and result["cav_subspace_auc"] is None
+    text = cli("clarc", store, "--cluster", "1:kmeans_2:0", "--method", "pclarc", *conv, "--cav", "subspace",
+               "--layer", "auto", "--out", tmp_path / "runs2")
+    lines = text.splitlines()
+    assert lines[1].startswith("CAV (subspace, rank ") and "subspace score AUC" in lines[1]
+    assert lines[2].startswith("layer chosen: ") and "out-of-fold CAV AUC" in lines[2]
+    assert lines[3].split() == ["layer", "channels", "CAV", "AUC", "concentration", "kept"]
+    assert [line[2:].split()[:2] for line in lines[4:6]] == [["features.1", "4"], ["features.3", "6"]]
+    assert sum(line.startswith("*") for line in lines[4:6]) == 1

@@ -163,13 +163,17 @@ class _Untraceable(nn.Module):
         return self.attention(x, x, x)[0][:, 0]
 
 
-def test_masked_attention_is_refused_and_the_model_left_as_found():
+@pytest.mark.parametrize(("build", "shape", "called"), [
+    (lambda: _Masked(), (2, 3, 4), "nn.MultiheadAttention 'attention'"),
+    (lambda: _Encoder(False, "relu", mask=True).eval(), (2, 5, 4), "TransformerEncoder"),
+], ids=["multihead_attention", "transformer_encoder"])
+def test_masked_attention_is_refused_and_the_model_left_as_found(build, shape, called):
     torch.manual_seed(0)
-    model = _Masked()
+    model = build()
     before = _snapshot(model)
-    with pytest.raises(UnsupportedLayerError, match=r"^nn.MultiheadAttention 'attention' is called with a mask or "
-                       r"causal attention; LRP explains unmasked attention only \(docs/lrp.md, 'Transformers'\)$"):
-        LRP(EpsilonPlusFlat()).attribute(model, torch.randn(2, 3, 4), torch.tensor([0, 1]))
+    with pytest.raises(UnsupportedLayerError, match=rf"^{called} is called with a mask or causal attention; LRP "
+                       r"explains unmasked attention only \(docs/lrp.md, 'Transformers'\)$"):
+        LRP(EpsilonPlusFlat()).attribute(model, torch.randn(*shape), torch.tensor([0, 1]))
     _assert_left_as_found(model, before)
 
 
@@ -289,16 +293,6 @@ def test_pytorchs_transformer_encoder_is_traced_through_its_layers_and_accounts_
     assert not kinds & {"TransformerEncoder", "TransformerEncoderLayer", "LayerNorm"}
     names = {b.name for b in ledger}
     assert {"encoder.layers.0.self_attn", "encoder.layers.1.linear2"} <= names
-
-
-def test_a_masked_transformer_encoder_is_refused_and_the_model_left_as_found():
-    torch.manual_seed(0)
-    model = _Encoder(False, "relu", mask=True).eval()
-    before = _snapshot(model)
-    with pytest.raises(UnsupportedLayerError, match=r"^TransformerEncoder is called with a mask or causal "
-                       r"attention; LRP explains unmasked attention only \(docs/lrp.md, 'Transformers'\)$"):
-        LRP(EpsilonPlusFlat()).attribute(model, torch.randn(2, 5, 4), torch.tensor([0, 1]))
-    _assert_left_as_found(model, before)
 
 
 def test_the_attnlrp_preset_is_epsilon_plus_flat_with_attnlrp_for_both_attention_kinds():

@@ -17,7 +17,7 @@ import pytest
 import spray.benchmark.run as run_module
 from spray.benchmark.cases import Case, Size, make_case
 from spray.benchmark.data import load_images
-from spray.benchmark.run import STAGES
+from spray.benchmark.run import SCORES, STAGES
 from spray.benchmark.suite import benchmark
 
 TINY = Size(train_per_class=40, test_per_class=10, epochs=1)
@@ -40,7 +40,7 @@ def test_the_grid_runs_its_cases_in_order_under_stable_cache_keys(grid_run):
     assert [d.name for d in directories] == [
         "patch_fixed-p30-cnn-s0-dev-07f44463fd", "patch_fixed-p30-cnn-s100-heldout-b184b1291b",
         "waterbirds-p30-cnn-s0-dev-83441bf3f0", "waterbirds-p30-cnn-s100-heldout-2bb895b913"]
-    assert all((d / "result-v4.json").is_file() and (d / "model.pt").is_file() for d in directories)
+    assert all((d / f"result-v{SCORES}.json").is_file() and (d / "model.pt").is_file() for d in directories)
 
 
 def test_the_cases_plant_the_same_images_every_time():

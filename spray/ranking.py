@@ -267,7 +267,9 @@ def class_best(entry: RankedClass) -> ClassBest:
 def replace_class(ranking: Ranking, replacement: ClassBest) -> Ranking:
     """``ranking`` with class ``replacement.label``'s best cluster (or reason it was skipped) replaced, e.g.
     by that of another audit of the class, ranked and flagged again against the other classes as they were.
-    A class the ranking does not hold is added."""
+    A class the ranking does not hold is added. ``ranking`` is of one analysis (:func:`rank_classes`)."""
+    if len(ranking.analyses) > 1:
+        raise ValueError(f"replace_class re-ranks one analysis; this ranking is over {', '.join(ranking.analyses)}")
     kept = [class_best(c) for c in ranking if c.label != replacement.label]
     return _ranked(ranking.analysis, [*kept, replacement])
 

@@ -119,6 +119,8 @@ def test_combining_analyses_picks_the_smallest_flag_p_then_a_cluster_and_orders_
     assert [e.flagged for e in ranking] == [True, True, False, False, False]
     assert ranking.of(0).cluster is b[0] and ranking.of(3).cluster is b[3] and ranking.of(4).skipped == "too few samples"
     assert ranking.top_candidate() is ranking.of(1) and ranking.analysis == "a"
+    with pytest.raises(ValueError, match=r"^replace_class re-ranks one analysis; this ranking is over a, b$"):
+        replace_class(ranking, ClassBest(0, "0", 10, a[0], None, 0.3))
 
 
 def test_an_analysis_named_twice_is_refused(tmp_path):

@@ -2,7 +2,7 @@
 
 The public API, in pipeline order (imported on first use, so ``import spray`` and the CLI start fast):
 :class:`AuditStore`, :class:`AttributionRun`, :func:`attribute_dataset`, :func:`get_method`, :class:`LRP`,
-:func:`analyze`, :func:`read_pipeline`, :func:`rank_classes`, :func:`build_report`, :func:`export_virelay`.
+:func:`analyze`, :func:`read_pipeline`, :func:`rank_classes`, :func:`rank_analyses`, :func:`build_report`, :func:`export_virelay`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ _LAZY = {
     "read_pipeline": "spray.pipeline",
     "pipeline_from_text": "spray.pipeline",
     "rank_classes": "spray.ranking",
+    "rank_analyses": "spray.ranking",
     "Ranking": "spray.ranking",
     "build_report": "spray.report",
     "export_virelay": "spray.export",

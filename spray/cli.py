@@ -312,18 +312,19 @@ def _parse_classes(text: str | None) -> list[int] | None:
 
 @cli.command()
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--analysis", default="spray", show_default=True, help="Analysis name in the store.")
+@click.option("--analysis", default="spray", show_default=True,
+              help="Analysis name in the store; several, comma-separated (e.g. spray,concept): ranked together.")
 @click.option("--json", "as_json", is_flag=True, help="JSON list on stdout, best candidate first.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV table on stdout.")
 def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
     """Classes ranked by the normalised cut, then the FDA separability, of their best small cluster."""
-    from spray.ranking import MEANING, rank_classes
+    from spray.ranking import MEANING, rank_analyses
     from spray.store import AuditStore
 
     if as_json and as_csv:
         raise click.UsageError("choose one of --json and --csv")
     with AuditStore(store) as audit:
-        ranking = rank_classes(audit, analysis)
+        ranking = rank_analyses(audit, analysis.split(","))
     if as_json:
         _echo_json(ranking.to_json())
     elif as_csv:
@@ -352,7 +353,8 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
               "on the cluster and the clean predictions kept.")
 @click.option("--cav", type=click.Choice(["signal", "svm", "subspace"]), default="signal", show_default=True,
               help="The artifact model: one direction (signal, svm) or a subspace of data-chosen rank.")
-@click.option("--analysis", default="spray", show_default=True)
+@click.option("--analysis", help="Analysis of the cluster (default: the store's only one, or 'spray'; "
+                                 "'top' of a store with several: the ranking over all of them).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/clarc"),
               show_default=True, help="Run directories (corrected weights, checkpoints) go here.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Fine-tuning epochs (A-/RR-ClArC, GroupDRO).")
@@ -367,8 +369,8 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 def clarc(
     store: Path, cluster: str, method: str, model_spec: str, weights: Path | None, data_spec: str,
     test_spec: str | None, poisoned_spec: str | None, everywhere_spec: str | None, layer: str | None, cav: str,
-    analysis: str, out: Path, epochs: int | None, lr: float | None, lam: float | None, seed: int, fda_rank: bool,
-    verify: bool, as_json: bool,
+    analysis: str | None, out: Path, epochs: int | None, lr: float | None, lam: float | None, seed: int,
+    fda_rank: bool, verify: bool, as_json: bool,
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P-, RR-ClArC, DFR, GroupDRO)."""
     from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics

@@ -12,8 +12,9 @@ The order does not say whether a class stands out at all; the flag does, calibra
 tested against the best cuts the same selection finds in Gaussian resamples of the class (the ``null`` node,
 :class:`spray.analysis.SelectionNull`), its z-score judged against the empirical null of the audit's classes
 (or the theoretical one with fewer than 4 classes), and Benjamini–Hochberg controls the false discovery rate
-over the classes (:func:`flag_tests`; over several analyses of one store at once). docs/spray-method.md
-defines every number.
+over the classes (:func:`flag_tests`; over several analyses of one store at once). :func:`rank_analyses` ranks
+the classes over several analyses of one store (pixel-level and concept-level side by side): each class by
+the analysis whose test of it is the strongest. docs/spray-method.md defines every number.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from spray.errors import BadInputError
 from spray.results import ClassBest, Cluster, best_clusters
 from spray.store import AuditStore
 
 __all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "class_best", "flag_tests", "flagged_classes",
-           "rank_classes", "replace_class"]
+           "rank_analyses", "rank_classes", "replace_class"]
 
 FLAG_Q = 0.05
 """A test rejects, and its class is flagged, when its Benjamini–Hochberg q-value is at most this."""
@@ -62,6 +64,8 @@ class RankedClass:
     the theoretical N(0, 1) with fewer than 4 classes), ``flag_p_value`` the p-value of that standard score
     and ``q_value`` its Benjamini–Hochberg q over every test of the ranking. ``flagged``: ``q_value <=
     0.05`` (:data:`MEANING`). All None (flag False) for a skipped class and a store without the null.
+    ``analysis``: the analysis the cluster and the numbers are of (in a ranking over several analyses, the
+    one whose test of the class is the strongest, :func:`rank_analyses`).
     """
 
     label: int
@@ -75,6 +79,7 @@ class RankedClass:
     null_p_value: float | None = None
     flag_p_value: float | None = None
     q_value: float | None = None
+    analysis: str = "spray"
 
     def __post_init__(self) -> None:
         if (self.cluster is None) == (self.skipped is None):
@@ -98,12 +103,12 @@ class RankedClass:
         """The best cluster's permutation p-value of τ (None: skipped)."""
         return None if self.cluster is None else self.cluster.p_value
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_analysis: bool = False) -> dict[str, Any]:
         """The class as ``spray rank --json`` prints it (the contract: these keys in this order; the class
         index is ``class``, the best cluster's z-score ``score``, its id ``cluster``; a skipped class has
-        nulls and no ``members``)."""
+        nulls and no ``members``); ``with_analysis``: an ``analysis`` key first (a ranking over several)."""
         best = self.cluster
-        return {
+        return {**({"analysis": self.analysis} if with_analysis else {}),
             "class": self.label, "name": self.name, "n_samples": self.n_samples, "ncut": self.ncut,
             "score": self.z_score, "tau": None if best is None else best.tau, "p_value": self.p_value,
             "clustering": None if best is None else best.clustering, "cluster": None if best is None else best.id,
@@ -116,10 +121,19 @@ class RankedClass:
 @dataclass(frozen=True)
 class Ranking(Sequence[RankedClass]):
     """The classes of analysis ``analysis``, best Clever Hans candidate first, skipped classes last; a
-    sequence of :class:`RankedClass` (``ranking[0]`` ranks first)."""
+    sequence of :class:`RankedClass` (``ranking[0]`` ranks first). A ranking over several analyses
+    (:func:`rank_analyses`) has their names in ``analyses`` and ``analysis`` the first of them; each entry
+    names its own."""
 
     analysis: str
     classes: tuple[RankedClass, ...]
+    analyses: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.analyses:
+            object.__setattr__(self, "analyses", (self.analysis,))
+        if self.analyses[0] != self.analysis:
+            raise ValueError(f"ranking of analyses {self.analyses} names {self.analysis!r} first")
 
     @overload
     def __getitem__(self, index: int) -> RankedClass: ...
@@ -148,13 +162,15 @@ class Ranking(Sequence[RankedClass]):
         return next((c for c in self.classes if c.label == label), None)
 
     def to_json(self) -> list[dict[str, Any]]:
-        """``spray rank --json``: one :meth:`RankedClass.to_json` per class, in rank order."""
-        return [c.to_json() for c in self.classes]
+        """``spray rank --json``: one :meth:`RankedClass.to_json` per class, in rank order (each with its
+        ``analysis`` in a ranking over several)."""
+        return [c.to_json(len(self.analyses) > 1) for c in self.classes]
 
     def table(self) -> pd.DataFrame:
         """The ranking as a table (``spray rank --csv``, the exported ranking): :data:`TABLE_COLUMNS`, members
-        as space-separated dataset indices."""
-        table = pd.DataFrame(self.to_json(), columns=list(TABLE_COLUMNS))
+        as space-separated dataset indices (an ``analysis`` column first in a ranking over several)."""
+        columns = (["analysis"] if len(self.analyses) > 1 else []) + list(TABLE_COLUMNS)
+        table = pd.DataFrame(self.to_json(), columns=columns)
         table["members"] = [" ".join(map(str, m)) for m in table["members"]]
         return table
 
@@ -163,6 +179,48 @@ def rank_classes(store: AuditStore, analysis: str = "spray") -> Ranking:
     """Every analysed class of ``analysis``, ranked (see :class:`Ranking`, :class:`RankedClass`)."""
     with store.reading():  # one snapshot: an analysis being rewritten meanwhile is seen before or after
         return _rank(store, analysis)
+
+
+def rank_analyses(store: AuditStore, analyses: Sequence[str]) -> Ranking:
+    """The classes of several analyses of ``store`` (e.g. ``["spray", "concept"]``) ranked together: each
+    class's entry is the one of the analysis whose test of the class has the smallest flag p-value (ties: the
+    first in ``analyses``; a class no analysis tested: the first analysis with a best cluster of it, else the
+    first that has it), its q-value from one Benjamini–Hochberg over every class × analysis test
+    (:func:`flag_tests`), so the class is flagged when any of its tests rejects. Ordered by that q-value
+    (untested after tested, skipped last), then by the test's flag p-value (Benjamini–Hochberg makes runs of
+    equal q; within one, the smaller p is the stronger evidence, and the cuts of different analyses are not
+    on one scale), then as :func:`rank_classes` orders. One analysis: exactly :func:`rank_classes`."""
+    if len(analyses) == 1:
+        return rank_classes(store, analyses[0])
+    if not analyses or len(set(analyses)) < len(analyses):
+        raise BadInputError(f"analyses {','.join(analyses)!r}: name each analysis once, e.g. 'spray,concept'")
+    with store.reading():
+        return _combined({a: best_clusters(store, a) for a in analyses})
+
+
+def _combined(found: dict[str, Sequence[ClassBest]]) -> Ranking:
+    """:func:`rank_analyses` of ``{analysis: its classes' best clusters}`` (in the analyses' order)."""
+    analyses = tuple(found)
+    tests = {(t.analysis, t.label): t for t in _tests({a: [(c.label, c.null_p_value) for c in classes]
+                                                       for a, classes in found.items()})}
+    entries: dict[int, tuple[str, ClassBest, FlagTest | None]] = {}
+    for analysis in analyses:  # first analysis first: ties and untested classes keep the earlier one
+        for c in found[analysis]:
+            t = tests.get((analysis, c.label))
+            kept = entries.get(c.label)
+            if kept is None or _strength(c, t) < _strength(kept[1], kept[2]):
+                entries[c.label] = (analysis, c, t)
+    order = sorted(entries.values(), key=lambda e: (
+        e[1].cluster is None, math.inf if e[2] is None else e[2].q_value, math.inf if e[2] is None else e[2].p_value,
+        *_order(e[1].label, e[1].cluster)))
+    return Ranking(analyses[0], tuple(_entry(c, rank, t, a) for rank, (a, c, t) in enumerate(order, start=1)),
+                   analyses)
+
+
+def _strength(best: ClassBest, test: FlagTest | None) -> tuple[bool, float]:
+    """How strongly a class's entry in one analysis speaks (smaller: stronger): one with a best cluster before
+    one without, then the smaller flag p-value (untested: after every tested one)."""
+    return best.cluster is None, math.inf if test is None else test.p_value
 
 
 @dataclass(frozen=True)
@@ -211,7 +269,9 @@ def class_best(entry: RankedClass) -> ClassBest:
 def replace_class(ranking: Ranking, replacement: ClassBest) -> Ranking:
     """``ranking`` with class ``replacement.label``'s best cluster (or reason it was skipped) replaced, e.g.
     by that of another audit of the class, ranked and flagged again against the other classes as they were.
-    A class the ranking does not hold is added."""
+    A class the ranking does not hold is added. ``ranking`` is of one analysis (:func:`rank_classes`)."""
+    if len(ranking.analyses) > 1:
+        raise ValueError(f"replace_class re-ranks one analysis; this ranking is over {', '.join(ranking.analyses)}")
     kept = [class_best(c) for c in ranking if c.label != replacement.label]
     return _ranked(ranking.analysis, [*kept, replacement])
 
@@ -223,12 +283,14 @@ def _rank(store: AuditStore, analysis: str) -> Ranking:
 def _ranked(analysis: str, classes: Sequence[ClassBest]) -> Ranking:
     found = sorted(classes, key=lambda c: _order(c.label, c.cluster))
     tests = {t.label: t for t in _tests({analysis: [(c.label, c.null_p_value) for c in found]})}
-    return Ranking(analysis, tuple(
-        RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped,
-                    t.outlier if t else None, bool(t and t.flagged), c.null_p_value,
-                    t.p_value if t else None, t.q_value if t else None)
-        for rank, c in enumerate(found, start=1) for t in [tests.get(c.label)]
-    ))
+    return Ranking(analysis, tuple(_entry(c, rank, tests.get(c.label), analysis)
+                                   for rank, c in enumerate(found, start=1)))
+
+
+def _entry(c: ClassBest, rank: int, t: FlagTest | None, analysis: str) -> RankedClass:
+    return RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped, t.outlier if t else None,
+                       bool(t and t.flagged), c.null_p_value, t.p_value if t else None,
+                       t.q_value if t else None, analysis)
 
 
 def _tests(null_ps: dict[str, list[tuple[int, float | None]]]) -> list[FlagTest]:

@@ -79,6 +79,23 @@ def test_analyze_and_rank_json_contract(tmp_path, capsys):
     assert code == 0 and out.splitlines()[0].startswith("rank,class,name")
 
 
+def test_rank_of_two_analyses_prints_the_combined_ranking_with_each_class_analysis(tmp_path, capsys):
+    from spray.ranking import rank_analyses
+    from spray.store import AuditStore
+
+    store = write_store(tmp_path / "s.h5", make_heatmaps(n_per_class=30, n_classes=2, size=8, poisoned=0, seed=2))
+    for name, pipeline in (("p.toml", pipeline_text("tiny")), ("q.toml", pipeline_text("tiny", analysis={"name": "q"}))):
+        (tmp_path / name).write_text(pipeline)
+        assert run(capsys, "analyze", store, "--pipeline", tmp_path / name)[0] == 0
+    code, out, _ = run(capsys, "rank", store, "--analysis", "spray,q", "--json")
+    with AuditStore(store) as audit:
+        expected = rank_analyses(audit, ["spray", "q"])
+    assert code == 0 and out == json.dumps(expected.to_json(), indent=2) + "\n"
+    assert [(e["class"], e["analysis"]) for e in json.loads(out)] == [(e.label, e.analysis) for e in expected]
+    code, out, _ = run(capsys, "rank", store, "--analysis", "spray,q", "--csv")
+    assert code == 0 and out.splitlines()[0].startswith("analysis,rank,class,name")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -19,11 +19,13 @@ from spray.ranking import (
     Ranking,
     _null_of,
     _order,
+    _combined,
     _ranked,
     _tests,
     benjamini_hochberg,
     flag_tests,
     flagged_classes,
+    rank_analyses,
     rank_classes,
     replace_class,
 )
@@ -78,6 +80,55 @@ def test_flags_over_several_analyses_of_one_store_share_one_bh(tmp_path):
     p = np.array([t.p_value for t in tests])
     assert [t.q_value for t in tests] == pytest.approx(benjamini_hochberg(p))
     assert [t.q_value for t in single] == pytest.approx(benjamini_hochberg(np.array([t.p_value for t in single])))
+
+
+def test_a_ranking_over_two_analyses_names_each_class_by_its_strongest_test(tmp_path):
+    path = _analysed(tmp_path, n_classes=3, poisoned=2)
+    analyze(str(path), pipeline_from_text(pipeline_text(analysis={"name": "again"}, knn={"n_neighbors": 7})),
+            progress=False)
+    with AuditStore(path) as store:
+        both = rank_analyses(store, ["spray", "again"])
+        tests = flag_tests(store, ["spray", "again"])
+        alone = {a: rank_classes(store, a) for a in ("spray", "again")}
+        assert rank_analyses(store, ["spray"]) == alone["spray"]
+    assert both.analyses == ("spray", "again") and [e.label for e in both.flagged] == [2] and both[0].label == 2
+    for entry in both:
+        strongest = min((t for t in tests if t.label == entry.label), key=lambda t: t.p_value)
+        assert (entry.analysis, entry.flag_p_value, entry.q_value) == (
+            strongest.analysis, strongest.p_value, strongest.q_value)
+        assert entry.cluster == alone[entry.analysis].of(entry.label).cluster
+    assert [e.q_value for e in both] == sorted(e.q_value for e in both) and [e.rank for e in both] == [1, 2, 3]
+    assert [list(e)[0] for e in both.to_json()] == ["analysis"] * 3
+    assert list(both.table().columns) == ["analysis", *TABLE_COLUMNS]
+
+
+def test_combining_analyses_picks_the_smallest_flag_p_then_a_cluster_and_orders_by_q():
+    a, b = _clusters([0.1, 0.2, 0.3, 0.4], [5.0] * 4), _clusters([0.5, 0.05, 0.6, 0.7], [5.0] * 4)
+    ranking = _combined({
+        "a": [ClassBest(0, "0", 10, a[0], None, 0.3), ClassBest(1, "1", 10, a[1], None, 1e-8),
+              ClassBest(2, "2", 10, a[2], None, 0.2), ClassBest(3, "3", 10, None, "too few samples", None),
+              ClassBest(4, "4", 10, None, "too few samples", None)],
+        "b": [ClassBest(0, "0", 10, b[0], None, 1e-6), ClassBest(1, "1", 10, b[1], None, 0.01),
+              ClassBest(2, "2", 10, b[2], None, None), ClassBest(3, "3", 10, b[3], None, None),
+              ClassBest(4, "4", 10, None, "no candidate cluster", None)],
+    })
+    # Five tests (a: 3, b: 2; theoretical nulls): BH of (.3, 1e-8, .2, 1e-6, .01) is (.3, 5e-8, .25, 2.5e-6, .05/3).
+    assert [(e.label, e.analysis, e.rank) for e in ranking] == [
+        (1, "a", 1), (0, "b", 2), (2, "a", 3), (3, "b", 4), (4, "a", 5)]
+    assert [e.q_value for e in ranking] == pytest.approx([5e-8, 2.5e-6, 0.25, None, None])
+    assert [e.flagged for e in ranking] == [True, True, False, False, False]
+    assert ranking.of(0).cluster is b[0] and ranking.of(3).cluster is b[3] and ranking.of(4).skipped == "too few samples"
+    assert ranking.top_candidate() is ranking.of(1) and ranking.analysis == "a"
+    with pytest.raises(ValueError, match=r"^replace_class re-ranks one analysis; this ranking is over a, b$"):
+        replace_class(ranking, ClassBest(0, "0", 10, a[0], None, 0.3))
+
+
+def test_an_analysis_named_twice_is_refused(tmp_path):
+    from spray.errors import BadInputError
+
+    with AuditStore(_analysed(tmp_path, n_classes=2, poisoned=1)) as store, pytest.raises(
+            BadInputError, match=r"^analyses 'spray,spray': name each analysis once, e.g. 'spray,concept'$"):
+        rank_analyses(store, ["spray", "spray"])
 
 
 def _clusters(cuts, zs):
@@ -172,3 +223,12 @@ def test_ranking_records_are_immutable_and_consistent():
         replace(entry, cluster=None)
     with pytest.raises(ValueError, match=r"class 1: its best cluster is 0:kmeans_2:0, of another class"):
         replace(entry, label=1)
+
+
+def test_classes_of_equal_q_are_ordered_by_their_flag_p_before_cuts_of_different_analyses():
+    # BH of (0.01, 0.02) is (0.02, 0.02): a tie; class 1's cut (analysis b) is lower, class 0's p is smaller.
+    a, b = _clusters([0.3], [5.0]), _clusters([0.9, 0.05], [5.0, 5.0])
+    ranking = _combined({"a": [ClassBest(0, "0", 10, a[0], None, 0.01)],
+                         "b": [ClassBest(1, "1", 10, b[1], None, 0.02)]})
+    assert [e.q_value for e in ranking] == pytest.approx([0.02, 0.02])
+    assert [(e.label, e.analysis) for e in ranking] == [(0, "a"), (1, "b")]

@@ -2,7 +2,8 @@
 
 :func:`run_case`: make the case's data (spray.benchmark.cases) -> train its model (spray.workflow.train_once,
 the weights cached) -> attribute the training split (spray.attribution.attribute_dataset) -> SpRAy
-(spray.pipeline.analyze) -> rank (spray.ranking.rank_classes) -> the corrections (P-ClArC by default, any of
+(spray.pipeline.analyze, pixel-level and concept-level) -> rank (spray.ranking.rank_analyses, both together;
+each alone too) -> the corrections (P-ClArC by default, any of
 spray.clarc.CORRECTIONS) on the top-ranked cluster with the ground-truth artifact in every test image
 (spray.clarc.clarc_from_store) -> score, and score the baselines without attribution (spray.benchmark.baseline)
 the same way, and the faithfulness of the model's heatmaps (spray.benchmark.faithfulness). These are the calls the
@@ -43,19 +44,20 @@ from spray.errors import BadInputError
 from spray.outputs import active
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.graph import hash_json
-from spray.ranking import Ranking, rank_classes
+from spray.ranking import Ranking, rank_analyses, rank_classes
 from spray.store import AuditStore
 from spray.training import TrainingConfig, accuracy
 from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 5
-"""The version of a case's scored result (``result-v5.json``): raise it when the scoring changes, and a
+SCORES = 6
+"""The version of a case's scored result (``result-v6.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
-analysis's ranking (``concept``)."""
+analysis's ranking (``concept``); 6: the detection fields from the ranking over both analyses, the pixel-level
+ranking alone as ``pixel``."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -108,6 +110,7 @@ class CaseResult:
     clean_flags: int
     clean_classes: int
     relevance_density: float | None
+    analysis: str | None = None
     iou: float | None = None
     aopc: dict[str, float] | None = None
     group_accuracy: dict[str, float] | None = None
@@ -115,6 +118,7 @@ class CaseResult:
     balanced_accuracy: float | None = None
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
     corrections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pixel: dict[str, Any] | None = None
     concept: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
@@ -204,10 +208,9 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
         analyze(str(store), spec, progress=progress)
         analyze(str(store), concept, progress=progress)
     with _timed(seconds, "rank"), AuditStore(store) as opened:
-        ranking = rank_classes(opened, spec.name)
-        concept_ranking = rank_classes(opened, concept.name)
-    result = _score(data, model, ranking, seconds)
-    result.concept = _concept_score(data, model, concept_ranking)
+        rankings = [rank_analyses(opened, [spec.name, concept.name]), rank_classes(opened, spec.name),
+                    rank_classes(opened, concept.name)]
+    result = _score(data, model, *rankings, seconds)
     with _timed(seconds, "faithfulness"):
         x, y = (torch.from_numpy(a[spread(len(a))]) for a in data.clean_test)
         result.aopc = aopc(model, x, y, METHOD, seed=case.seed)
@@ -220,39 +223,32 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     return result
 
 
-def _score(data: CaseData, model: torch.nn.Module, ranking: Ranking, seconds: Costs) -> CaseResult:
-    """Detection and localisation scores of a case's audit (the ranking) against its ground truth."""
+def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, pixel: Ranking, concept: Ranking,
+           seconds: Costs) -> CaseResult:
+    """Detection and localisation scores of a case's audit against its ground truth: the detection fields of
+    the ranking over both analyses (``combined``), ``pixel`` and ``concept`` each alone as :func:`_detect`."""
     case = data.case
     with _timed(seconds, "score"):
-        ranked = [e for e in ranking if e.cluster is not None]
-        entry = next((e for e in ranked if e.label == data.poisoned_class), None)
-        clean = [e for e in ranked if case.is_control or e.label != data.poisoned_class]
-        members = list(entry.cluster.members) if entry else []
+        members, detected = _detect(data, model, combined)
         clean_acc = accuracy(model, data.dataset(data.clean_test))
         everywhere = data.everywhere_test
         everywhere_acc = None if everywhere is None else accuracy(model, data.dataset(everywhere))
         result = CaseResult(
             case=case, n_planted=len(data.planted), clean_accuracy=clean_acc, everywhere_accuracy=everywhere_acc,
             uses_artifact=None if everywhere_acc is None else clean_acc - everywhere_acc >= USES_MARGIN,
-            rank=entry.rank if entry else None, flagged=bool(entry and entry.flagged),
-            cluster=entry.cluster.reference if entry else None,
-            cluster_size=len(members), precision=None, recall=None, f1=None, cav_auroc=None,
-            clean_flags=sum(e.flagged for e in clean), clean_classes=len(clean), relevance_density=None,
-            seconds=seconds.wall, cpu_seconds=seconds.cpu, peak_rss_mib=seconds.rss,
+            **detected, relevance_density=None, seconds=seconds.wall, cpu_seconds=seconds.cpu,
+            peak_rss_mib=seconds.rss, pixel=_detect(data, model, pixel)[1], concept=_detect(data, model, concept)[1],
         )
         if data.groups is not None:
             result.group_accuracy = _group_accuracy(model, data)
             result.worst_group_accuracy = min(result.group_accuracy.values())
             result.balanced_accuracy = float(np.mean(list(result.group_accuracy.values())))
-        if not case.is_control:
-            result.precision, result.recall, result.f1 = detection(members, data.planted.tolist())
-            result.cav_auroc = _cav_auroc(data, model, members)
-            if not data.is_global:
-                x = torch.from_numpy(data.train[0][data.planted])
-                y = torch.from_numpy(data.train[1][data.planted])
-                relevance, _ = get_method(METHOD).attribute(model, x, y)
-                result.relevance_density = relevance_density(relevance.detach().numpy(), data.masks)
-                result.iou = _localization_iou(data, model, members)
+        if not case.is_control and not data.is_global:
+            x = torch.from_numpy(data.train[0][data.planted])
+            y = torch.from_numpy(data.train[1][data.planted])
+            relevance, _ = get_method(METHOD).attribute(model, x, y)
+            result.relevance_density = relevance_density(relevance.detach().numpy(), data.masks)
+            result.iou = _localization_iou(data, model, members)
     if not case.is_control:
         with _timed(seconds, "baseline"):
             for name, baseline in BASELINES.items():
@@ -271,21 +267,24 @@ def _group_accuracy(model: torch.nn.Module, data: CaseData) -> dict[str, float]:
             for g, name in enumerate(data.group_names)}
 
 
-def _concept_score(data: CaseData, model: torch.nn.Module, ranking: Ranking) -> dict[str, Any]:
-    """The concept analysis's own ranking scored as :func:`_score` scores the pixel-level one: the poisoned
-    class's rank and flag, the F1 and CAV AUROC of its named cluster, flags on clean classes."""
+def _detect(data: CaseData, model: torch.nn.Module, ranking: Ranking) -> tuple[list[int], dict[str, Any]]:
+    """The members of the cluster ``ranking`` names for the poisoned class, and the ranking's detection scores
+    (docs/benchmark.md, "Metrics"): the class's ``rank``, ``flagged``, the ``analysis`` and ``cluster`` named,
+    its size, ``precision``, ``recall``, ``f1`` and ``cav_auroc`` (None on the control), and the flags on the
+    clean classes."""
     ranked = [e for e in ranking if e.cluster is not None]
     entry = next((e for e in ranked if e.label == data.poisoned_class), None)
     clean = [e for e in ranked if data.case.is_control or e.label != data.poisoned_class]
     members = list(entry.cluster.members) if entry else []
-    scores: dict[str, Any] = {"rank": entry.rank if entry else None, "flagged": bool(entry and entry.flagged),
-                              "cluster": entry.cluster.reference if entry else None, "cluster_size": len(members),
-                              "f1": None, "cav_auroc": None, "clean_flags": sum(e.flagged for e in clean),
-                              "clean_classes": len(clean)}
+    scores: dict[str, Any] = {
+        "rank": entry.rank if entry else None, "flagged": bool(entry and entry.flagged),
+        "analysis": entry.analysis if entry else None, "cluster": entry.cluster.reference if entry else None,
+        "cluster_size": len(members), "precision": None, "recall": None, "f1": None, "cav_auroc": None,
+        "clean_flags": sum(e.flagged for e in clean), "clean_classes": len(clean)}
     if not data.case.is_control:
-        scores["f1"] = detection(members, data.planted.tolist())[2]
+        scores["precision"], scores["recall"], scores["f1"] = detection(members, data.planted.tolist())
         scores["cav_auroc"] = _cav_auroc(data, model, members)
-    return scores
+    return members, scores
 
 
 def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from spray.clarc.cav import check_group_sizes
 from spray.errors import BadInputError
-from spray.ranking import rank_classes
+from spray.ranking import rank_analyses
 from spray.results import CLUSTERING_NODES, analysis_summary, complete_analyses, no_analysis_error
 from spray.store import AuditStore
 
@@ -70,16 +70,21 @@ def choose_analysis(store: AuditStore, analysis: str | None) -> str:
     raise no_analysis_error(store, analysis)
 
 
-def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterSpec:
-    """``cluster`` parsed; ``"top"`` is the most separable cluster of the best-ranked class of the analysis."""
+def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec,
+                    analysis: str | None = None) -> tuple[ClusterSpec, str]:
+    """``cluster`` parsed, and the analysis to read it from (:func:`choose_analysis`). ``"top"`` is the best
+    cluster of the best-ranked class: of ``analysis``'s ranking when it is named or the store has one
+    analysis; else of the ranking over all the store's analyses (:func:`spray.ranking.rank_analyses`), and
+    then the analysis is the one that names the cluster."""
     if cluster != "top":
-        return ClusterSpec.parse(cluster)
-    analysis = choose_analysis(store, analysis)
-    top = rank_classes(store, analysis).top_candidate()
+        return ClusterSpec.parse(cluster), choose_analysis(store, analysis)
+    have = complete_analyses(store)
+    analyses = have if analysis is None and len(have) > 1 else [choose_analysis(store, analysis)]
+    top = rank_analyses(store, analyses).top_candidate()
     if top is None:
-        raise BadInputError(f"audit store {store.path} has no ranked class in analysis {analysis!r}; "
+        raise BadInputError(f"audit store {store.path} has no ranked class in analysis {', '.join(map(repr, analyses))}; "
                             "name the cluster as CLASS:CLUSTERING:ID")
-    return ClusterSpec(top.label, top.cluster.clustering, top.cluster.id)
+    return ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis
 
 
 def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterMembers:

@@ -266,8 +266,7 @@ def clarc_from_store(
     ``clarc/<run>/result``). ``dataset``: the audited data (dataset indices as stored). Without
     ``evaluation`` the metrics stay None (``evaluate_from_store`` can fill them in later)."""
     with AuditStore(store_path) as store:
-        analysis = choose_analysis(store, config.analysis)
-        spec = resolve_cluster(store, config.cluster, analysis)
+        spec, analysis = resolve_cluster(store, config.cluster, config.analysis)
         members = read_cluster(store, spec, analysis)
         composite = audit_composite(store, analysis)
     run = config.run or run_name(config.method, spec)

@@ -54,12 +54,18 @@ def test_a_case_is_scored_against_its_ground_truth(finished):
     assert all(-1 < v < 50 for v in result.aopc.values())  # logit drops of a digits model
     assert set(result.seconds) == set(result.cpu_seconds) == set(result.peak_rss_mib) == {
         "train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness"}
-    # The concept analysis (latent relevance at the default layer) is ranked and scored on its own.
-    concept = result.concept
-    assert set(concept) == {"rank", "flagged", "cluster", "cluster_size", "f1", "cav_auroc", "clean_flags",
-                            "clean_classes"}
-    assert 1 <= concept["rank"] <= 10 and concept["clean_classes"] == 9 and concept["cluster"].startswith("8:")
-    assert 0 <= concept["f1"] <= 1 and 0 <= concept["cav_auroc"] <= 1 and concept["cluster_size"] > 0
+    # The main fields come from the ranking over the pixel-level and the concept-level analysis together; each
+    # alone is scored as `pixel` and `concept`, and the combined one names the poisoned class by the stronger.
+    assert set(result.pixel) == set(result.concept) == {
+        "rank", "flagged", "analysis", "cluster", "cluster_size", "precision", "recall", "f1", "cav_auroc",
+        "clean_flags", "clean_classes"}
+    assert (result.pixel["analysis"], result.concept["analysis"]) == ("spray", "concept")
+    alone = result.pixel if result.analysis == "spray" else result.concept
+    assert result.analysis in ("spray", "concept") and (result.cluster, result.f1, result.cav_auroc) == (
+        alone["cluster"], alone["f1"], alone["cav_auroc"])
+    for scores in (result.pixel, result.concept):
+        assert 1 <= scores["rank"] <= 10 and scores["clean_classes"] == 9 and scores["cluster"].startswith("8:")
+        assert 0 <= scores["f1"] <= 1 and 0 <= scores["cav_auroc"] <= 1 and scores["cluster_size"] > 0
 
 
 def test_a_finished_case_is_read_from_its_cache(finished, monkeypatch):

@@ -160,14 +160,34 @@ def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_pat
     from spray.clarc.cluster import resolve_cluster
     top = tiny_audit.ranking.top_candidate()
     with AuditStore(tiny_audit.store) as audit:
-        spec = resolve_cluster(audit, "top")
-        assert resolve_cluster(audit, "1:kmeans_2:0") == ClusterSpec(1, "kmeans_2", 0)
+        spec, analysis = resolve_cluster(audit, "top")
+        assert resolve_cluster(audit, "1:kmeans_2:0") == (ClusterSpec(1, "kmeans_2", 0), "tiny")
+    assert analysis == "tiny"
     assert (spec.label, spec.clustering, spec.cluster) == (top.label, top.cluster.clustering, top.cluster.id)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
     config = ClarcConfig("pclarc", tmp_path / "runs", cluster="top", progress=False)
     result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
     assert result.cluster == str(spec) and result.run == f"pclarc_{spec.label}_{spec.clustering}_{spec.cluster}"
+
+
+def test_top_of_a_store_with_two_analyses_is_named_by_the_ranking_over_both(tiny_audit, tmp_path):
+    from spray.clarc.cluster import resolve_cluster
+    from spray.pipeline import analyze, pipeline_from_text
+    from spray.ranking import rank_analyses
+    from spray.testing import pipeline_text
+
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    analyze(str(store), pipeline_from_text(pipeline_text("tiny", analysis={"name": "again"}, knn={"n_neighbors": 4})),
+            progress=False)
+    with AuditStore(store) as audit:
+        top = rank_analyses(audit, ["again", "tiny"]).top_candidate()
+        assert resolve_cluster(audit, "top") == (
+            ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis)
+        alone = tiny_audit.ranking.top_candidate()
+        assert resolve_cluster(audit, "top", "tiny") == (
+            ClusterSpec(alone.label, alone.cluster.clustering, alone.cluster.id), "tiny")
 
 
 def test_a_given_everywhere_test_set_replaces_the_pasted_isolated_artifact(tiny_audit, tmp_path):
@@ -235,7 +255,7 @@ def test_top_without_a_ranked_class_asks_for_a_cluster_spec(tiny_audit, tmp_path
     from spray.ranking import RankedClass, Ranking
 
     skipped = RankedClass(0, "a", 5, rank=1, cluster=None, skipped="too few samples", outlier=None, flagged=False)
-    monkeypatch.setattr(cluster, "rank_classes", lambda store, analysis: Ranking(analysis, (skipped,)))
+    monkeypatch.setattr(cluster, "rank_analyses", lambda store, analyses: Ranking(analyses[0], (skipped,)))
     with pytest.raises(BadInputError, match=r"has no ranked class in analysis 'tiny'; name the cluster as "
                                             r"CLASS:CLUSTERING:ID"):
         run(tiny_audit, tmp_path, "top")

@@ -68,10 +68,16 @@ def test_a_binary_or_three_class_audit_flags_only_the_class_with_a_planted_group
     assert [e.outlier for e in ranking] == pytest.approx([norm.isf(max(e.null_p_value, 1e-300)) for e in ranking])
 
 
-def test_flags_over_several_analyses_of_one_store_share_one_bh(tmp_path):
+def _two_analyses(tmp_path):
+    """A 3-class store (class 2 with a planted group) analysed twice: "spray" and "again" (7 neighbours)."""
     path = _analysed(tmp_path, n_classes=3, poisoned=2)
     analyze(str(path), pipeline_from_text(pipeline_text(analysis={"name": "again"}, knn={"n_neighbors": 7})),
             progress=False)
+    return path
+
+
+def test_flags_over_several_analyses_of_one_store_share_one_bh(tmp_path):
+    path = _two_analyses(tmp_path)
     with AuditStore(path) as store:
         tests = flag_tests(store, ["spray", "again"])
         single = flag_tests(store, ["spray"])
@@ -83,9 +89,7 @@ def test_flags_over_several_analyses_of_one_store_share_one_bh(tmp_path):
 
 
 def test_a_ranking_over_two_analyses_names_each_class_by_its_strongest_test(tmp_path):
-    path = _analysed(tmp_path, n_classes=3, poisoned=2)
-    analyze(str(path), pipeline_from_text(pipeline_text(analysis={"name": "again"}, knn={"n_neighbors": 7})),
-            progress=False)
+    path = _two_analyses(tmp_path)
     with AuditStore(path) as store:
         both = rank_analyses(store, ["spray", "again"])
         tests = flag_tests(store, ["spray", "again"])

@@ -83,7 +83,7 @@ def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
     click.echo(f"store:  {audit.store}")
     click.echo(f"report: {report_path}")
     if corrected:
-        click.echo(f"{clarc_method} on the flagged cluster {corrected.cluster}, before and after "
+        click.echo(f"{clarc_method} on the top cluster {corrected.cluster}, before and after "
                    f"(everywhere: the planted stamp in every test image):\n{corrected.table()}")
     click.echo(recovery.verdict())
 

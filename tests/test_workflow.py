@@ -64,7 +64,7 @@ def test_spray_demo_prints_where_the_report_is_the_correction_and_the_verdict(de
     assert main(["demo", "--out", str(out), "--clarc", "pclarc"]) == 0
     printed = capsys.readouterr().out
     assert f"store:  {demo_audit.store}" in printed and (out / "report.html").is_file()
-    assert "pclarc on the flagged cluster 8:" in printed and "everywhere acc" in printed
+    assert "pclarc on the top cluster 8:" in printed and "everywhere acc" in printed
     assert "verification: class 8 " in printed  # the demo verifies its correction
     assert "planted artifact FOUND: class 8 was poisoned, class 8 ranks first" in printed
 

@@ -102,6 +102,8 @@ class PlantedRecovery:
     planted: int
     flagged: int
     hit: int
+    top_flagged: bool
+    """Whether the top-ranked class is flagged (a calibrated test rejects, spray.ranking), not only first."""
 
     @property
     def precision(self) -> float:
@@ -123,7 +125,8 @@ class PlantedRecovery:
         """One line for ``spray demo``: found or not, and the numbers behind it."""
         return (
             f"planted artifact {'FOUND' if self.found else 'NOT FOUND'}: class {self.poisoned_class} was "
-            f"poisoned, class {self.top_class} ranks first; its flagged cluster holds {self.flagged} samples, "
+            f"poisoned, class {self.top_class} ranks first ({'flagged' if self.top_flagged else 'not flagged'}); "
+            f"its top cluster holds {self.flagged} samples, "
             f"{self.hit} of the {self.planted} planted (precision {self.precision:.2f}, "
             f"recall {self.recall:.2f}, F1 {self.f1:.2f})"
         )
@@ -135,7 +138,8 @@ def planted_recovery(demo: DemoAudit) -> PlantedRecovery:
     planted = {int(i) for i in demo.data.planted}
     found = set(top.cluster.members) if top else set()
     return PlantedRecovery(poisoned_class=demo.data.poisoned_class, top_class=top.label if top else None,
-                           planted=len(planted), flagged=len(found), hit=len(planted & found))
+                           planted=len(planted), flagged=len(found), hit=len(planted & found),
+                           top_flagged=bool(top and top.flagged))
 
 
 def correct_demo(demo: DemoAudit, method: str, out_dir: str | Path, *, progress: bool = False) -> ClarcResult:

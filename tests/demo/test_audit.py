@@ -28,12 +28,13 @@ def test_recovery_counts_the_planted_samples_in_the_top_cluster():
     planted = sorted(int(i) for i in default_poisoned_digits(0).planted)
     members = planted[:30] + [i for i in range(1000) if i not in planted][:10]  # 30 hits, 10 false alarms
     recovery = planted_recovery(_audit_with_top_cluster(members))
-    assert recovery == PlantedRecovery(poisoned_class=8, top_class=8, planted=len(planted), flagged=40, hit=30)
+    assert recovery == PlantedRecovery(poisoned_class=8, top_class=8, planted=len(planted), flagged=40, hit=30,
+                                       top_flagged=True)
     assert recovery.precision == 0.75 and recovery.recall == 30 / len(planted)
     assert recovery.f1 == pytest.approx(2 * 0.75 * recovery.recall / (0.75 + recovery.recall))
     assert not recovery.found  # F1 below 0.9
     assert recovery.verdict() == (
-        f"planted artifact NOT FOUND: class 8 was poisoned, class 8 ranks first; its flagged cluster holds 40 "
+        f"planted artifact NOT FOUND: class 8 was poisoned, class 8 ranks first (flagged); its top cluster holds 40 "
         f"samples, 30 of the {len(planted)} planted (precision 0.75, recall {recovery.recall:.2f}, "
         f"F1 {recovery.f1:.2f})"
     )
@@ -44,5 +45,6 @@ def test_recovery_is_found_only_for_the_poisoned_class_with_f1_of_at_least_0_9()
     assert planted_recovery(_audit_with_top_cluster(planted)).found
     wrong_class = planted_recovery(_audit_with_top_cluster(planted, top_class=1))
     assert wrong_class.f1 == 1.0 and not wrong_class.found
-    nothing = PlantedRecovery(poisoned_class=8, top_class=None, planted=len(planted), flagged=0, hit=0)
+    nothing = PlantedRecovery(poisoned_class=8, top_class=None, planted=len(planted), flagged=0, hit=0,
+                              top_flagged=False)
     assert (nothing.precision, nothing.recall, nothing.f1, nothing.found) == (0.0, 0.0, 0.0, False)

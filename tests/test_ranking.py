@@ -4,7 +4,6 @@ and Benjamini-Hochberg."""
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import FrozenInstanceError, replace
 
 import numpy as np

@@ -46,7 +46,7 @@ def test_activations_are_mean_pooled_and_a_grid_of_one_gives_channel_values(tmp_
     path = tmp_path / "audit.h5"
     lrp = LRP(EpsilonPlusFlat())
     _run(path, LatentAttributor(lrp, "1", grid=1, quantity="activation"), name="act")
-    model, (x, y) = make_model(), make_dataset().tensors
+    model, (x, _) = make_model(), make_dataset().tensors
     with AuditStore(path) as store:
         stored = store.read("attributions/act/relevance")
     assert stored.shape == (N, 3, 1, 1)

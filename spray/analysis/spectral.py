@@ -5,7 +5,9 @@ largest *algebraic* eigenvalues μ of ``M = D^{-1/2} A D^{-1/2}``, which ARPACK'
 ``which="LA"``) finds fast without factorising anything. (``which="LM"`` — largest magnitude, CoRelAy's
 choice — also returns eigenpairs near μ = −1, i.e. λ near 2, which are not the smallest; sklearn's
 ``spectral_embedding`` uses shift-invert, which factorises the shifted Laplacian: far costlier than Lanczos
-on the operator for these graphs.)
+on the operator for these graphs.) Large components run Lanczos in float32 and refine its Ritz pairs in
+float64 (:func:`_refined_float32_eigenpairs`): ARPACK's time there is memory traffic over its n × ncv basis,
+which float32 halves.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from spray.analysis._common import check_choice, check_int, check_real, limited_
 from spray.errors import BadInputError
 
 _DENSE_MIN_N = 256  # components at most this large are solved densely (faster than ARPACK's overhead)
+_FLOAT32_MIN_N = 50_000  # "auto": components larger than this run float32 Lanczos + float64 refinement
+_FLOAT32_TOL = 1e-5  # ARPACK's relative accuracy in float32 (its rounding, ≈ 6e-8 · ‖M‖, allows no less)
 
 
 def _check_adjacency(adjacency: Any) -> sp.csr_matrix:
@@ -48,14 +52,36 @@ def _check_adjacency(adjacency: Any) -> sp.csr_matrix:
 def _top_eigenpairs(M: sp.csr_matrix, k: int, solver: str, tol: float, rng: np.random.Generator):
     """Largest-algebraic ``k`` eigenpairs of the symmetric ``M`` (descending μ)."""
     n = M.shape[0]
-    dense = solver == "dense" or (solver == "auto" and (n <= _DENSE_MIN_N or n < 5 * k)) or k >= n - 1
-    if dense:
+    if solver == "auto":
+        solver = "dense" if n <= _DENSE_MIN_N or n < 5 * k else "arpack32" if n > _FLOAT32_MIN_N else "arpack"
+    if solver == "dense" or k >= n - 1:
         mu, vec = scipy.linalg.eigh(M.toarray(), subset_by_index=[n - k, n - 1])
+    elif solver == "arpack32":
+        mu, vec = _refined_float32_eigenpairs(M, k, rng.uniform(-1.0, 1.0, size=n))
     else:
-        v0 = rng.uniform(-1.0, 1.0, size=n)
-        mu, vec = eigsh(M, k=k, which="LA", tol=tol, v0=v0)
+        mu, vec = eigsh(M, k=k, which="LA", tol=tol, v0=rng.uniform(-1.0, 1.0, size=n))
     order = np.argsort(-mu, kind="stable")
     return mu[order], vec[:, order]
+
+
+def _refined_float32_eigenpairs(M: sp.csr_matrix, k: int, v0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` largest-algebraic eigenpairs of the symmetric float64 ``M``: Lanczos (ARPACK) on a float32 copy
+    to relative accuracy ``_FLOAT32_TOL``, then one Rayleigh–Ritz step in float64 on ``span[V, R]``, with V the
+    float32 Ritz vectors and ``R = MV − V diag(θ)`` their residuals (one block-Krylov step beyond V).
+
+    A Ritz value's error is bounded by ‖r‖² / gap (Parlett, *The Symmetric Eigenvalue Problem*, §11.7), so
+    residuals ≈ 1e-5 give eigenvalues to ≈ 1e-9 for the gaps of kNN graphs; eigenvectors are accurate to
+    ‖r‖ / gap, which still fixes every spectral cluster's subspace. At n = 100k (one thread): 4.7 s CPU
+    against 9.5 s for float64 ARPACK at tol 1e-10, eigenvalues equal to 1.3e-9.
+    """
+    theta, V = eigsh(M.astype(np.float32), k=k, which="LA", tol=_FLOAT32_TOL, v0=v0.astype(np.float32))
+    V = V.astype(np.float64)
+    MV = M @ V
+    Q, _ = np.linalg.qr(np.hstack([V, MV - V * theta]))
+    del V, MV
+    T = Q.T @ (M @ Q)
+    mu, W = scipy.linalg.eigh((T + T.T) / 2, subset_by_index=[T.shape[0] - k, T.shape[0] - 1])
+    return mu, Q @ W
 
 
 class SpectralEmbedding:
@@ -81,7 +107,12 @@ class SpectralEmbedding:
     component" holds without exception and no 0/0 appears.
 
     ``solver``: ``"auto"`` solves a component densely (``scipy.linalg.eigh``) when it has at most 256 nodes
-    or fewer than 5·m, with ``eigsh(M, k, which="LA", tol=tol)`` otherwise; ``"arpack"`` / ``"dense"`` force one.
+    or fewer than 5·m, with ``"arpack32"`` when it has more than 50k nodes, and with ``"arpack"``,
+    ``eigsh(M, k, which="LA", tol=tol)``, otherwise; ``"arpack"`` / ``"arpack32"`` / ``"dense"`` force one.
+    ``"arpack32"`` runs Lanczos on a float32 copy of M (relative accuracy 1e-5; ``tol`` is not used) and
+    refines its Ritz pairs by one float64 Rayleigh–Ritz step (:func:`_refined_float32_eigenpairs`): half
+    the time of ``"arpack"`` at 100k nodes, eigenvalues equal to ≈ 1e-9, eigenvectors of nearly equal
+    eigenvalues (gaps below ≈ 1e-4) less stable under ``random_state`` than at ``tol=1e-10``.
     ``random_state`` seeds ARPACK's start vector. ``n_threads`` caps the BLAS threads (``None``: library
     default). Why 1: ARPACK's dense steps are small level-2 BLAS calls on n × ncv blocks, and multi-threaded
     OpenBLAS spends most of their time spin-waiting — 32 eigenpairs of a 19.4k-node kNN graph took 13.8 s CPU
@@ -105,7 +136,7 @@ class SpectralEmbedding:
     def fit(self, adjacency: Any, y: Any = None) -> SpectralEmbedding:
         m = check_int(self.n_eigenpairs, "n_eigenpairs", minimum=1)
         tol = check_real(self.tol, "tol", minimum=0.0)
-        check_choice(self.solver, "solver", ("auto", "arpack", "dense"))
+        check_choice(self.solver, "solver", ("auto", "arpack", "arpack32", "dense"))
         if self.n_threads is not None:
             check_int(self.n_threads, "n_threads", minimum=1)
         rng = rng_from(self.random_state)
@@ -132,7 +163,8 @@ class SpectralEmbedding:
                     lam, vec = np.zeros(1), np.ones((1, 1))
                 else:
                     k = min(m, len(rows))
-                    mu, vec = _top_eigenpairs(M[rows][:, rows], k, self.solver, tol, rng)
+                    block = M if len(rows) == n else M[rows][:, rows]  # one component: no copy of M
+                    mu, vec = _top_eigenpairs(block, k, self.solver, tol, rng)
                     lam = 1.0 - mu
                 values.append(lam)
                 vectors.append((rows, vec))

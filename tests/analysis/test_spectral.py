@@ -82,6 +82,33 @@ def test_arpack_agrees_with_dense_solver_on_knn_graph(blobs):
     np.testing.assert_allclose(a.embedding_[:, ok], b.embedding_[:, ok], atol=1e-5)
 
 
+def test_float32_lanczos_with_float64_refinement_matches_float64_arpack(blobs):
+    X, _ = blobs([400, 300, 300], d=8, separation=1.0, seed=5)
+    A = KNNGraph(8, method="exact").fit(X).adjacency_
+    a = SpectralEmbedding(12, solver="arpack32", random_state=0).fit(A)
+    b = SpectralEmbedding(12, solver="arpack", random_state=0).fit(A)
+    assert a.n_components_ == 1
+    np.testing.assert_allclose(a.eigenvalues_, b.eigenvalues_, atol=1e-8)
+    np.testing.assert_allclose(a.embedding_.T @ a.embedding_, np.eye(12), atol=1e-10)
+    L = _dense_laplacian(A)
+    assert np.abs(L @ a.embedding_ - a.embedding_ * a.eigenvalues_).max() < 1e-4
+    gaps = np.minimum(np.diff(b.eigenvalues_, prepend=-1), np.diff(b.eigenvalues_, append=3))
+    ok = gaps > 1e-3
+    assert ok.sum() >= 4
+    np.testing.assert_allclose(a.embedding_[:, ok], b.embedding_[:, ok], atol=1e-4)
+
+
+def test_auto_solver_runs_float32_lanczos_on_components_above_the_threshold(monkeypatch):
+    A = _random_graph(400, 0.05, 3)
+    forced = SpectralEmbedding(6, solver="arpack32", random_state=0).fit(A)
+    monkeypatch.setattr("spray.analysis.spectral._FLOAT32_MIN_N", 399)
+    auto = SpectralEmbedding(6, random_state=0).fit(A)
+    np.testing.assert_array_equal(auto.embedding_, forced.embedding_)
+    monkeypatch.setattr("spray.analysis.spectral._FLOAT32_MIN_N", 400)
+    below = SpectralEmbedding(6, random_state=0).fit(A)
+    np.testing.assert_array_equal(below.embedding_, SpectralEmbedding(6, solver="arpack", random_state=0).fit(A).embedding_)
+
+
 def test_sign_convention_makes_the_embedding_independent_of_random_state():
     A = _random_graph(400, 0.05, 1)
     a = SpectralEmbedding(5, solver="arpack", random_state=1).fit(A).embedding_

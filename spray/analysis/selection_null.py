@@ -108,9 +108,13 @@ class SelectionNull:
         c = check_int(self.n_components, "n_components", minimum=1)
         m = check_int(self.max_samples, "max_samples", minimum=3)
         rng = rng_from(self.random_state)
-        X = check_matrix(features, "features", min_rows=3)
+        # float32 features (the pipeline's) are validated as they are and only the sampled rows converted:
+        # a float64 copy of a class of 1M heatmaps of 32 x 32 would be 8 GB.
+        arr = np.asarray(features)
+        X = check_matrix(arr, "features", min_rows=3, dtype=np.float32 if arr.dtype == np.float32 else np.float64)
         if X.shape[0] > m:
             X = X[np.sort(rng.choice(X.shape[0], size=m, replace=False))]
+        X = X.astype(np.float64)
         Xc = X - X.mean(axis=0)
         n, d = Xc.shape
         gram = Xc @ Xc.T

@@ -56,6 +56,20 @@ def test_the_null_is_seeded_and_subsamples_large_classes():
     assert not np.array_equal(a.null_statistics_, c.null_statistics_)
 
 
+def test_float32_features_give_the_null_of_their_float64_values():
+    X = _gaussian_class(4, n=80).astype(np.float32)
+    seen = []
+
+    def select(rows: np.ndarray) -> tuple[float | None, float | None]:
+        seen.append(rows.dtype)
+        return _select(rows)
+
+    a = SelectionNull(n_resamples=3, n_components=6, max_samples=50).fit(X, select)
+    b = SelectionNull(n_resamples=3, n_components=6, max_samples=50).fit(X.astype(np.float64), _select)
+    assert set(seen) == {np.dtype(np.float64)} and a.statistic_ == b.statistic_
+    np.testing.assert_array_equal(a.null_statistics_, b.null_statistics_)
+
+
 def test_identical_rows_have_nothing_to_test():
     null = SelectionNull(n_resamples=3).fit(np.ones((20, 4)), _select)
     assert null.p_value_ == 1.0 and math.isnan(null.statistic_) and np.isnan(null.null_statistics_).all()

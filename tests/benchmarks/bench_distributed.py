@@ -9,7 +9,8 @@
    ``pipelines/fast.toml`` without its UMAP table (``--umap`` keeps it). Preprocessing (once over all maps,
    on the client, the same for every configuration) and class 0 run first, untimed; the timed run is the
    per-class tasks and their store writes. Configurations: ``threads`` (the default in-process dask
-   client, one thread per core) and ``cluster`` (a running 2-worker cluster).
+   client, one thread per core) and ``cluster-N`` (a running N-worker cluster, N from ``--workers``, 2 by
+   default).
 3. Scheduling overhead: T empty tasks through ``spray.scheduling.map_on`` (all submitted at once), on the
    in-process client and on the running cluster; and the time to start and stop a 2-worker LocalCluster.
 
@@ -17,7 +18,8 @@ Every configuration runs in a fresh subprocess and reports wall seconds and CPU 
 that process and of its worker processes). Numbers depend on the machine's load: print `uptime` with them.
 
 Run:  NUMBA_CACHE_DIR=/work/main/.numba_cache python tests/benchmarks/bench_distributed.py
-          [--attribution-n 2000,10000] [--classes 1000] [--per-class 1000] [--tasks 2000] [--umap] [--quick]
+          [--attribution-n 2000,10000] [--classes 1000] [--per-class 1000] [--workers 1,2,4] [--tasks 2000]
+          [--umap] [--quick]
 --quick: n = 1000, 20 classes x 200 maps, 200 tasks (a smoke test, about a minute).
 """
 
@@ -161,11 +163,16 @@ def one_analysis(config: str, store: Path, umap: bool) -> dict:
             result = analyze(str(store), spec, scheduler=scheduler, progress=False)
         return {"wall": t.wall, "cpu": t.cpu, "classes": len(result.computed)}
 
-    if config == "cluster":
-        with dask_client("local:2") as client:
+    if config.startswith("cluster"):
+        with dask_client(f"local:{_workers(config)}") as client:
             warm(client)
             return run(client.scheduler.address)
     return run(None)
+
+
+def _workers(config: str) -> int:
+    """Worker processes of a cluster configuration: ``cluster`` is 2, ``cluster-N`` is N."""
+    return int(config.partition("-")[2] or 2)
 
 
 def one_overhead(config: str, tasks: int) -> dict:
@@ -235,6 +242,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=1000)
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--umap", action="store_true", help="keep fast.toml's UMAP table")
+    parser.add_argument("--workers", default="2", help="analysis: LocalCluster sizes to measure, e.g. 1,2,4")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: attribution,analysis,overhead")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
@@ -275,12 +283,14 @@ def main() -> None:
             print(f"\nanalysis: {args.classes} classes x {args.per_class} heatmaps (16 x 16), fast.toml"
                   f"{'' if args.umap else ' without UMAP'}; store written in {seconds:.1f} s", flush=True)
             results = {}
-            for config in ("threads", "cluster"):
+            for config in ("threads", *(f"cluster-{w}" for w in args.workers.split(","))):
                 r = results[config] = in_subprocess("analysis", config, str(store), umap)
                 per_class = 1000 * r["wall"] / r["classes"]
-                print(f"{row(config, r)}   {r['classes']} classes, {per_class:.0f} ms/class", flush=True)
-            ratio = results["threads"]["wall"] / results["cluster"]["wall"]
-            print(f"  speed-up of the cluster vs threads: {ratio:.2f}x")
+                print(f"{row(config, r)}   {r['classes']} classes, {per_class:.0f} ms/class   load average "
+                      f"{os.getloadavg()[0]:.1f}", flush=True)
+            ratios = ", ".join(f"{c} {results['threads']['wall'] / r['wall']:.2f}x" for c, r in results.items()
+                               if c != "threads")
+            print(f"  speed-up vs threads: {ratios}")
         if "overhead" not in skip:
             print(f"\nscheduling overhead: {args.tasks} empty tasks", flush=True)
             for config in ("threads", "cluster"):

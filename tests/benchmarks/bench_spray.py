@@ -2,8 +2,9 @@
 
 Part 1 — spray at n = 10k / 100k / 1M synthetic 32x32 heatmaps (d = 1024), one class, each n in a fresh
 subprocess: preprocess -> kNN (auto: exact <= 20k, else pynndescent) -> spectral (32 eigenpairs) ->
-k-means k = 2..31 -> UMAP (on the kNN graph). Prints seconds per stage, total, the subprocess's peak RSS and the
-ARI of the recovered clusters against the planted ones. Targets: 1M in <= 20 min and <= 8 GB peak.
+k-means k = 2..31 (one fit per core) -> UMAP (on the kNN graph); and, timed apart, the default pipeline's
+selection null (pipelines/spray.toml's [null], on the same features). Prints seconds per stage, total, the
+subprocess's peak RSS and the ARI of the recovered clusters against the planted ones. Targets: 1M in <= 20 min and <= 8 GB peak.
 Optionally (--pipeline-row N) the memoising pipeline (spray.pipeline.analyze) over a store written by chunks.
 
 Part 2 — against CoRelAy 1.0.0 (--corelay; must be importable), same features at n = 20k: CoRelAy's reference
@@ -141,6 +142,17 @@ def _ari(a: np.ndarray, b: np.ndarray) -> float:
     return float(adjusted_rand_score(a, b))
 
 
+def _selection_null(X: np.ndarray) -> dict:
+    """The ``null`` node of the default pipeline (pipelines/spray.toml) on the features X: its info."""
+    from spray.pipeline import read_pipeline
+    from spray.pipeline.nodes import NODES
+
+    nodes = read_pipeline(Path(__file__).resolve().parents[2] / "pipelines" / "spray.toml").nodes
+    read = {name: params for name, params in nodes.items()
+            if name in ("knn", "spectral", "fda") or (name in NODES and NODES[name].kind == "clustering")}
+    return NODES["null"].run(nodes["null"], {"features": ({"features": X}, {}), "params": ({}, read)})[1]
+
+
 def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
     """The whole analysis of one class of n heatmaps, processor by processor."""
     from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, UMAPMap, propose_n_clusters
@@ -172,13 +184,23 @@ def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
     out["eigenvalues"] = spec.eigenvalues_[:12].round(6).tolist()
 
     t = time.perf_counter()
-    km = KMeansRange(k_min=2, k_max=31, random_state=0).fit(spec.embedding_)
+    # One class on the machine: one k-means fit per core (the pipeline's default, 1, suits parallel classes).
+    km = KMeansRange(k_min=2, k_max=31, random_state=0, n_jobs=os.cpu_count() or 1).fit(spec.embedding_)
     stage("kmeans", time.perf_counter() - t)
     out["kmeans_fit_samples"] = km.fit_samples_
     k_star = propose_n_clusters(spec.eigenvalues_)
     out["k_eigengap"] = k_star
     out["ari_true_k"] = _ari(truth, km.labels_[N_CLUSTERS])
     out["ari_eigengap_k"] = _ari(truth, km.labels_[k_star]) if k_star in km.labels_ else float("nan")
+
+    # The default pipeline's selection null (docs/spray-method.md §11) on the same features, timed apart.
+    t, c = time.perf_counter(), time.process_time()
+    null = _selection_null(X)
+    out["null"] = {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "rss_after": _peak_rss_mb(),
+                   "p_value": null["p_value"], "n_samples": null["n_samples"]}
+    cpu[0] = time.process_time()
+    print(f"  [n={n}] null (apart) {out['null']['wall']:8.1f} s wall {out['null']['cpu']:8.1f} s CPU   peak RSS so "
+          f"far {_peak_rss_mb():7.0f} MB", flush=True)
 
     del X  # UMAP reuses the kNN lists; the features are not needed any more
     t = time.perf_counter()
@@ -347,6 +369,8 @@ def report_spray(results: list[dict]) -> None:
         print(f"{'':>9} CPU s: " + " ".join(f"{r['cpu'][s]:>10.1f}" for s in stages) + f" {r['total_cpu_s']:>8.1f}")
         print(f"{'':>9} (+ {r['generate_s']:.1f} s generating the synthetic heatmaps, not counted; smallest "
               f"eigenvalues {r['eigenvalues'][:N_CLUSTERS + 1]})")
+        print(f"{'':>9} selection null (default pipeline, not in the total): {r['null']['wall']:.1f} s wall "
+              f"{r['null']['cpu']:.1f} s CPU on {r['null']['n_samples']} sampled rows, p = {r['null']['p_value']:.3g}")
         print(f"{'':>9} load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end; recall on "
               f"{r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
               f"{r['umap_epochs']} epochs")

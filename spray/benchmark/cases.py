@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 from spray.benchmark.artifacts import Artifact, Blur, Brightness, Cast, Frame, Patch, Tag
 from spray.benchmark.backgrounds import Background, Waterbirds, texture
 from spray.benchmark.data import Images
-from spray.benchmark.models import ARCHITECTURES
+from spray.benchmark.models import DEFAULT_ARCHITECTURES, check_architectures
 from spray.errors import BadInputError
 
 Split = Literal["dev", "heldout"]
@@ -112,14 +112,15 @@ def check_artifacts(names: list[str]) -> list[str]:
 
 
 def grid(artifacts: list[str], prevalences: tuple[float, ...], seeds: int,
-         architectures: tuple[str, ...] = tuple(ARCHITECTURES)) -> list[Case]:
-    """Every case of ``artifacts`` × ``prevalences`` × ``architectures`` × ``seeds`` seeds, on both splits
-    (development first); the control once per seed and architecture, whatever the prevalences."""
+         architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES) -> list[Case]:
+    """Every case of ``artifacts`` × ``prevalences`` × ``architectures`` (spray.benchmark.models) × ``seeds``
+    seeds, on both splits (development first); the control once per seed and architecture, whatever the
+    prevalences."""
     cases = []
     for split in SPLITS:
         for artifact in check_artifacts(artifacts):
             for prevalence in (0.0,) if artifact == CONTROL else prevalences:
-                for architecture in architectures:
+                for architecture in check_architectures(list(architectures)):
                     cases += [Case(artifact, prevalence, architecture, SEED_OFFSET[split] + s, split)
                               for s in range(seeds)]
     return cases

@@ -1,7 +1,8 @@
 """The scorecard: scored cases aggregated over seeds, as typed rows, JSON, a text table and an HTML page.
 
 One :class:`Row` per split × artifact × prevalence × architecture; rates carry a Wilson interval, means a
-Student-t interval over the seeds (docs/benchmark.md, "Metrics").
+Student-t interval over the seeds (docs/benchmark.md, "Metrics"). One :class:`Detection` per split ×
+architecture × ranking summarises detection over every case where the model uses its artifact.
 """
 
 from __future__ import annotations
@@ -159,6 +160,48 @@ def _row(results: list[CaseResult], methods: list[str]) -> Row:
     )
 
 
+RANKINGS = ("combined", "pixel", "concept")
+"""The rankings a case is scored on: both analyses together (the result's own detection fields), each alone."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One ranking's detection over the cases of a split and an architecture, every artifact, prevalence and seed
+    pooled: ``cases`` where the model uses its artifact (the targets), how many of them rank the poisoned
+    class first and flag it, the mean F1 of the named group with its Student-t interval over those cases, and
+    the flags on clean classes over every case of the split (the controls and the cases without a used
+    artifact included)."""
+
+    split: str
+    architecture: str
+    ranking: str
+    cases: int
+    first: Rate
+    flagged: Rate
+    f1: Estimate | None
+    clean_flags: Rate
+
+
+def _scores(result: CaseResult, ranking: str) -> dict[str, Any] | None:
+    """A case's detection fields under ``ranking`` (:data:`RANKINGS`); None where the case was not scored on it."""
+    if ranking == "combined":
+        return {"rank": result.rank, "flagged": result.flagged, "f1": result.f1, "clean_flags": result.clean_flags,
+                "clean_classes": result.clean_classes}
+    return getattr(result, ranking)
+
+
+def _detection(results: list[CaseResult], ranking: str) -> Detection | None:
+    scored = [_scores(r, ranking) for r in results]
+    if any(s is None for s in scored):
+        return None
+    used = [s for s, r in zip(scored, results) if r.uses_artifact]
+    case = results[0].case
+    return Detection(case.split, case.architecture, ranking, len(used),
+                     Rate.of(sum(s["rank"] == 1 for s in used), len(used)),
+                     Rate.of(sum(bool(s["flagged"]) for s in used), len(used)), Estimate.of([s["f1"] for s in used]),
+                     Rate.of(sum(s["clean_flags"] for s in scored), sum(s["clean_classes"] for s in scored)))
+
+
 def _group_key(result: CaseResult) -> tuple:
     case = result.case
     return case.split, case.artifact, case.prevalence, case.architecture
@@ -182,6 +225,8 @@ class Scorecard:
     results: list[CaseResult]
     meta: dict[str, Any]
     rows: list[Row] = field(init=False)
+    detection: list[Detection] = field(init=False)
+    """Per split × architecture, one entry per ranking the cases were scored on (:data:`RANKINGS`)."""
     corrections: list[str] = field(init=False)
     """The correction methods of the results, in the order they first appear: one column each."""
 
@@ -189,6 +234,9 @@ class Scorecard:
         self.corrections = list(dict.fromkeys(m for r in self.results for m in r.corrections))
         ordered = sorted(self.results, key=lambda r: (r.case.split != "dev", *_group_key(r)))
         self.rows = [_row(list(group), self.corrections) for _, group in groupby(ordered, key=_group_key)]
+        model = sorted(ordered, key=lambda r: (r.case.split != "dev", r.case.architecture))  # stable: rows' order
+        by_model = [list(g) for _, g in groupby(model, key=lambda r: (r.case.split, r.case.architecture))]
+        self.detection = [d for group in by_model for d in (_detection(group, k) for k in RANKINGS) if d]
 
     @classmethod
     def made(cls, results: list[CaseResult], **meta: Any) -> Scorecard:
@@ -197,20 +245,25 @@ class Scorecard:
         return cls(results, {"spray": __version__, "machine": machine(), "date": now, **meta})
 
     def to_dict(self) -> dict[str, Any]:
-        """``spray benchmark --json``: ``meta``, ``rows`` (aggregates) and ``cases`` (each scored case)."""
+        """``spray benchmark --json``: ``meta``, ``rows`` (aggregates), ``detection`` (the summary) and ``cases``
+        (each scored case)."""
         return {"meta": self.meta, "rows": [asdict(r) for r in self.rows],
-                "cases": [r.to_dict() for r in self.results]}
+                "detection": [asdict(d) for d in self.detection], "cases": [r.to_dict() for r in self.results]}
 
     def table(self) -> str:
         """The rows as aligned text, one block per split."""
-        header = ["split", "artifact", "prev", "seeds", "clean acc", "worst group", "uses", "rank", "ranked first",
-                  "flagged", "F1", "CAV AUROC", "clean-class flags", "density", "IoU",
+        header = ["split", "artifact", "prev", "arch", "seeds", "clean acc", "worst group", "uses", "rank",
+                  "ranked first", "flagged", "F1", "CAV AUROC", "clean-class flags", "density", "IoU",
                   *(f"{b} {what}" for b in BASELINES for what in ("rank", "F1")),
                   *(f"{m} everywhere before -> after" for m in self.corrections), "AOPC LRP", "AOPC GxI",
                   "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
-        lines = [header] + [_cells(row, self.corrections) for row in self.rows]
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+        return _aligned([header] + [_cells(row, self.corrections) for row in self.rows])
+
+    def summary(self) -> str:
+        """:attr:`detection` as aligned text: per split, architecture and ranking, over the cases where the model
+        uses its artifact, rank 1 and flagged as k/n with their Wilson interval, the named group's mean F1 with its
+        Student-t interval; flags on the clean classes of every case."""
+        return _aligned([list(SUMMARY_HEADER)] + [_detection_cells(d) for d in self.detection])
 
     def html(self) -> str:
         """The scorecard as one self-contained HTML page in the report's style."""
@@ -219,6 +272,7 @@ class Scorecard:
         return environment.get_template("scorecard.html").render(
             meta=self.meta, header=_html_header(self.corrections),
             rows=[(r, _cells(r, self.corrections)) for r in self.rows],
+            summary_header=SUMMARY_HEADER, summary=[_detection_cells(d) for d in self.detection],
             spray_version=__version__,
         )
 
@@ -229,8 +283,23 @@ class Scorecard:
                               report=True)
 
 
+SUMMARY_HEADER = ("split", "arch", "ranking", "cases", "ranked first", "flagged", "F1 of the named group",
+                  "flags on clean classes")
+
+
+def _detection_cells(d: Detection) -> list[str]:
+    return [d.split, d.architecture, d.ranking, str(d.cases), str(d.first), str(d.flagged),
+            "-" if d.f1 is None else str(d.f1), str(d.clean_flags)]
+
+
+def _aligned(lines: list[list[str]]) -> str:
+    """Rows of cells as text, each column padded to its widest cell."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
 def _html_header(corrections: list[str]) -> list[str]:
-    return ["split", "artifact", "prevalence", "seeds", "clean accuracy", "worst-group accuracy",
+    return ["split", "artifact", "prevalence", "architecture", "seeds", "clean accuracy", "worst-group accuracy",
             "uses the artifact", "rank", "ranked first", "flagged", "F1", "CAV AUROC", "flags on clean classes",
             "relevance density", "artifact mask IoU",
             *(f"{b} baseline {what}" for b in BASELINES for what in ("rank", "F1")),
@@ -248,9 +317,10 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
             cell += f" (worst group {est(c.worst_group_before)} -> {est(c.worst_group_after)})"
         return cell + (f" ({c.refused} refused)" if c.refused else "")
 
-    return [row.split, row.artifact, f"{row.prevalence:.0%}", str(row.seeds), est(row.clean_accuracy),
-            est(row.worst_group_accuracy), str(row.uses), est(row.rank), str(row.first), str(row.flagged),
-            est(row.f1), est(row.cav_auroc), str(row.clean_flags), est(row.relevance_density), est(row.iou),
+    return [row.split, row.artifact, f"{row.prevalence:.0%}", row.architecture, str(row.seeds),
+            est(row.clean_accuracy), est(row.worst_group_accuracy), str(row.uses), est(row.rank), str(row.first),
+            str(row.flagged), est(row.f1), est(row.cav_auroc), str(row.clean_flags), est(row.relevance_density),
+            est(row.iou),
             *(cell for b in BASELINES for cell in (est(row.baselines[b].rank), est(row.baselines[b].f1))),
             *(correction(row.corrections[m]) for m in corrections), *(est(row.aopc[o]) for o in ORDERINGS),
             f"{sum(row.seconds.values()):.0f}", f"{sum(row.cpu_seconds.values()):.0f}",

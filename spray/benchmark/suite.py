@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spray.benchmark.cases import ARTIFACTS, CONTROL, MIN_PLANTED, PREVALENCES, Size, grid, planted_count, size_for
+from spray.benchmark.models import DEFAULT_ARCHITECTURES, check_architectures
 from spray.benchmark.run import CLARC, CaseResult, check_corrections, run_benchmark
 from spray.benchmark.scorecard import Scorecard
 from spray.errors import BadInputError
@@ -42,6 +43,7 @@ def parse_prevalences(text: str, size: Size) -> tuple[float, ...]:
 
 def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int = 3, source: str = "mnist",
               prevalences: str | None = None, corrections: tuple[str, ...] = CLARC,
+              architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES,
               cache: str | Path = "storage/benchmark-cache", out: str | Path = "storage/benchmark",
               size: Size | None = None,
               on_case: Callable[[int, int, CaseResult], None] | None = None) -> tuple[Scorecard, Path]:
@@ -49,15 +51,16 @@ def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int
     on both splits with ``seeds`` seeds each, at ``prevalences`` (``--prevalences`` text, checked by
     :func:`parse_prevalences`; default: those of :data:`PREVALENCES` whose planted count reaches ``MIN_PLANTED``
     for the size, ``quick``: :data:`QUICK_PREVALENCES`), correcting with each of ``corrections``
-    (spray.clarc.CORRECTIONS); write ``scorecard.html`` and ``scorecard.json`` into ``out``. ``size``: the
-    case size (default: spray.benchmark.cases.size_for the data and the grid). ``on_case(i, total, result)``
-    after each case. Returns the scorecard and the HTML page's path."""
+    (spray.clarc.CORRECTIONS), on each of ``architectures`` (spray.benchmark.models); write ``scorecard.html``
+    and ``scorecard.json`` into ``out``. ``size``: the case size (default: spray.benchmark.cases.size_for the data
+    and the grid). ``on_case(i, total, result)`` after each case. Returns the scorecard and the HTML page's path."""
     kinds = list(cases) if cases is not None else list(QUICK_ARTIFACTS if quick else ARTIFACTS)
     size = size or size_for(source, quick)
     chosen_prevalences = parse_prevalences(prevalences, size) if prevalences is not None else tuple(
         p for p in (QUICK_PREVALENCES if quick else PREVALENCES) if planted_count(p, size) >= MIN_PLANTED)
     corrections = check_corrections(corrections)
-    chosen = grid(kinds, chosen_prevalences, seeds)
+    architectures = check_architectures(list(architectures))
+    chosen = grid(kinds, chosen_prevalences, seeds, architectures)
     guard = active()
     directory = guard.directory(out, "benchmark output directory")  # refused before hours of work, not after
     results = run_benchmark(chosen, cache, size, source=source, corrections=corrections,
@@ -66,6 +69,8 @@ def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int
                         *(["--cases", ",".join(kinds)] if cases is not None else []),
                         *(["--prevalences", prevalences] if prevalences is not None else []),
                         *(["--clarc", ",".join(corrections)] if corrections != CLARC else []),
+                        *(["--architectures", ",".join(architectures)]
+                          if architectures != DEFAULT_ARCHITECTURES else []),
                         "--seeds", str(seeds), "--data", source])
     card = Scorecard.made(results, command=command, size=str(size),
                           prevalences=", ".join(f"{p:.0%}" for p in chosen_prevalences))

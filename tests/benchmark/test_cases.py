@@ -28,6 +28,16 @@ def test_the_grid_has_every_cell_on_both_splits_and_the_control_once_per_seed():
     assert [c.poisoned_class for c in cases[::6]] == [8, 3]
 
 
+def test_the_architectures_are_an_axis_of_the_grid_and_the_cnn_its_default():
+    cases = grid(["patch_fixed", "control"], (0.3,), seeds=1, architectures=("cnn", "resnet"))
+    assert [c.name for c in cases] == [
+        "patch_fixed-p30-cnn-s0-dev", "patch_fixed-p30-resnet-s0-dev", "control-p00-cnn-s0-dev",
+        "control-p00-resnet-s0-dev", "patch_fixed-p30-cnn-s100-heldout", "patch_fixed-p30-resnet-s100-heldout",
+        "control-p00-cnn-s100-heldout", "control-p00-resnet-s100-heldout",
+    ]
+    assert {c.architecture for c in grid(["tag"], (0.1,), seeds=2)} == {"cnn"}
+
+
 def test_an_unknown_case_is_refused_with_the_known_ones():
     with pytest.raises(BadInputError, match="^unknown benchmark case 'patch'; choose from patch_fixed, "
                                             "patch_random, tag, frame, brightness, blur, cast, waterbirds, "

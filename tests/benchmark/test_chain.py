@@ -80,7 +80,7 @@ def test_the_scorecard_of_a_run_case_renders_as_table_json_and_page(finished, tm
     _, result = finished
     card = Scorecard.made([result], command="test")
     assert [(r.split, r.artifact, r.seeds) for r in card.rows] == [("dev", "patch_fixed", 1)]
-    assert card.table().splitlines()[1].startswith("dev    patch_fixed  30%   1 ")
+    assert card.table().splitlines()[1].startswith("dev    patch_fixed  30%   cnn   1 ")
     assert json.loads(json.dumps(card.to_dict()))["cases"][0]["case"]["artifact"] == "patch_fixed"
     page = card.write_html(tmp_path / "scorecard.html").read_text()
     assert '<meta name="generator" content="spray' in page and "patch_fixed" in page

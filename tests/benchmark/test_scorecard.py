@@ -64,7 +64,7 @@ def test_rows_aggregate_the_seeds_of_one_cell():
     assert (tag.aopc["lrp"].mean, tag.aopc["lrp"].n, control.aopc["lrp"].mean) == (3.0, 3, 2.0)
     assert str(tag.aopc["gradient"]) == "1.00 [1.00, 1.00]" and tag.aopc["random"].mean == 0.5
     header, _, tag_line = card.table().splitlines()
-    assert re.split(r" {2,}", header)[14:] == [
+    assert re.split(r" {2,}", header)[15:] == [
         "IoU", "activation rank", "activation F1", "knn_outlier rank", "knn_outlier F1", "error_slice rank",
         "error_slice F1", "pclarc everywhere before -> after", "rrclarc everywhere before -> after", "AOPC LRP",
         "AOPC GxI", "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
@@ -85,5 +85,27 @@ def test_the_two_class_sets_group_accuracies_enter_the_row_and_the_correction_ce
     assert (row.worst_group_accuracy.mean, row.balanced_accuracy.mean) == (pytest.approx(0.3), 0.7)
     assert row.corrections["pclarc"].worst_group_after.mean == 0.6
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
-    assert cells[5] == "0.30 [-0.97, 1.57]"
+    assert cells[6] == "0.30 [-0.97, 1.57]"
     assert cells[-7] == "0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (worst group 0.30 [-0.97, 1.57] -> 0.60 [0.60, 0.60])"
+
+
+def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split_and_ranking():
+    results = [_result(0, rank=1, f1=1.0, flags=0), _result(1, rank=3, f1=0.5, flags=1),
+               _result(2, rank=1, f1=0.2, flags=0), _result(0, rank=5, f1=0, flags=2, control=True)]
+    results[2].uses_artifact = False  # a case without a shortcut is no target; its clean classes still count
+    for result in results:
+        result.pixel = {"rank": result.rank + 1, "flagged": False, "f1": result.f1, "clean_flags": 0,
+                        "clean_classes": result.clean_classes}
+    card = Scorecard(results, {})
+    assert [(d.split, d.architecture, d.ranking) for d in card.detection] == [("dev", "cnn", "combined"),
+                                                                            ("dev", "cnn", "pixel")]
+    combined, pixel = card.detection
+    assert (combined.cases, combined.first.k, combined.flagged.k, combined.f1.mean) == (2, 1, 1, 0.75)
+    assert (combined.clean_flags.k, combined.clean_flags.n, pixel.first.k, pixel.clean_flags.k) == (3, 37, 0, 0)
+    header, line, _ = card.summary().splitlines()
+    assert re.split(r" {2,}", header) == ["split", "arch", "ranking", "cases", "ranked first", "flagged",
+                                          "F1 of the named group", "flags on clean classes"]
+    assert re.split(r" {2,}", line) == ["dev", "cnn", "combined", "2", "1/2 [0.09, 0.91]", "1/2 [0.09, 0.91]",
+                                        "0.75 [-2.43, 3.93]", "3/37 [0.03, 0.21]"]
+    assert card.to_dict()["detection"][1]["ranking"] == "pixel"
+    assert "<th>F1 of the named group</th>" in card.html()

@@ -1,0 +1,141 @@
+"""Concept groups in the report: most relevant channels, reference samples and conditional heatmaps."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+
+from spray.errors import BadInputError
+from spray.report import AuditedModel, render_report
+from spray.report.concepts import ConditionalExplainer, reference_samples
+from spray.report.content import TOP_CHANNELS, gather
+from spray.report.images import data_uri, heatmap_rgb, reduce_heatmap
+from spray.results import read_class
+from spray.store import AuditStore
+from tests.data.factories import conv_data, conv_model
+
+
+def _audited() -> AuditedModel:
+    return AuditedModel(conv_model(), conv_data())
+
+
+class _Images(HTMLParser):
+    """alt text -> src of every image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.src: dict[str, str] = {}
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.src[attrs["alt"]] = attrs["src"]
+
+
+def _images(html: str) -> dict[str, str]:
+    parser = _Images()
+    parser.feed(html)
+    return parser.src
+
+
+def test_reference_samples_are_the_members_whose_channels_receive_the_most_relevance_most_first():
+    totals = np.array([[1.0, 0.0, 5.0], [3.0, 3.0, -9.0], [0.5, 0.2, 0.0], [2.0, 2.5, 1.0]])
+    assert reference_samples(totals, np.array([0, 1]), shown=2).tolist() == [1, 3]
+    assert reference_samples(totals, np.array([2]), shown=3).tolist() == [0, 3, 2]
+
+
+def test_conditional_heatmaps_of_a_partition_of_the_channels_sum_to_the_full_heatmap(concept_store):
+    indices = np.array([23, 31, 4])
+    with AuditStore(concept_store) as store:
+        explainer = ConditionalExplainer(_audited(), store, "latent")
+        targets = store.read("attributions/latent/target", indices)
+        stored = store.read("attributions/epsilon_plus_flat/relevance", indices)
+    assert explainer.layer == "features.3" and explainer.n_channels == 6
+    full, top = explainer.explain(indices, targets, np.array([5, 1]))
+    again, rest = explainer.explain(indices, targets, np.array([0, 2, 3, 4]))
+    _, every = explainer.explain(indices, targets, np.arange(6))
+    assert full.shape == (3, 1, 8, 8) and np.array_equal(full, again)
+    np.testing.assert_allclose(top + rest, full, rtol=1e-5, atol=1e-6 * np.abs(full).max())
+    np.testing.assert_allclose(every, full, rtol=1e-5, atol=1e-6 * np.abs(full).max())
+    # The explanation is the one `spray attribute` stored for these samples (same model, composite, targets).
+    np.testing.assert_allclose(full, stored, rtol=1e-4, atol=1e-5 * np.abs(full).max())
+    assert not np.allclose(top, full)
+
+
+def test_the_report_shows_each_concept_groups_reference_samples_with_their_conditional_heatmaps(concept_store):
+    context = gather(concept_store, ["spray", "concept"], None, _audited())
+    html = render_report(concept_store, ["spray", "concept"], None, _audited())
+    shown = _images(html)
+    concept = [view for view in context["classes"] if view.analysis == "concept"]
+    assert concept, "the combined ranking shows a concept-level class"
+    with AuditStore(concept_store) as store:
+        explainer = ConditionalExplainer(_audited(), store, "latent")
+        for view in concept:
+            cls = read_class(store, "concept", view.label)
+            for cluster in view.clusters:
+                members = np.flatnonzero(cls.clusterings[view.clustering] == cluster.cluster)
+                latent = store.read("attributions/latent/relevance", cls.positions[members]).sum(axis=(2, 3))
+                top = np.argsort(-latent.sum(axis=0), kind="stable")[:TOP_CHANNELS]
+                assert [c.split(":")[0] for c in cluster.channels] == [f"channel {c}" for c in top]
+                # The references are the members whose top channels receive the most relevance, most first.
+                by_index = dict(zip(cls.dataset_index[members].tolist(), latent[:, top].sum(axis=1).tolist()))
+                chosen = [ref.dataset_index for ref in cluster.references]
+                assert len(chosen) == min(4, members.size)
+                scores = [by_index[i] for i in chosen]
+                assert scores == sorted(scores, reverse=True)
+                assert min(scores) >= max([s for i, s in by_index.items() if i not in chosen], default=-np.inf)
+                targets = store.read("attributions/latent/target", np.array(chosen))
+                full, part = explainer.explain(np.array(chosen), targets, top)
+                for k, ref in enumerate(cluster.references):
+                    assert ref.heatmap == data_uri(heatmap_rgb(reduce_heatmap(full[k])))
+                    assert ref.conditional == data_uri(heatmap_rgb(reduce_heatmap(part[k])))
+                    assert ref.share == f"{100 * part[k].sum() / full[k].sum():.1f} %"
+                    assert shown[f"conditional heatmap of reference image {ref.dataset_index}"] == ref.conditional
+                    assert shown[f"heatmap of reference image {ref.dataset_index}"] == ref.heatmap
+    assert context["conditional_hint"] is None and "need the audited model" not in html
+
+
+def test_without_the_model_the_report_shows_reference_images_and_says_how_to_get_conditional_heatmaps(
+        concept_store):
+    context = gather(concept_store, ["spray", "concept"], None)
+    references = [ref for view in context["classes"] if view.analysis == "concept"
+                  for cluster in view.clusters for ref in cluster.references]
+    assert references and all(ref.heatmap is None and ref.conditional is None for ref in references)
+    with AuditStore(concept_store) as store:
+        has_thumbnails = store.has_thumbnails
+    assert all((ref.image is not None) == has_thumbnails for ref in references)
+    command = "spray report audit.h5 --analysis spray,concept --model MOD:FACTORY --weights FILE --data SPEC"
+    assert context["conditional_hint"] == command
+    html = render_report(concept_store, ["spray", "concept"])
+    assert (f"need the audited model and data: <code>{command}</code>, with the model, weights and data the "
+            "store was attributed from.") in html
+    assert "conditional heatmap of reference image" not in html
+
+
+def test_a_pixel_level_report_has_no_references_and_no_hint(concept_store):
+    context = gather(concept_store, "spray", None)
+    assert context["conditional_hint"] is None
+    assert all(not cluster.references and not cluster.channels for view in context["classes"]
+               for cluster in view.clusters)
+
+
+def test_another_model_or_dataset_is_refused_before_anything_is_explained(concept_store):
+    other = conv_model()
+    with torch.no_grad():
+        other.head.bias += 1.0
+    flipped = [(x, 1 - y) for x, y in conv_data()]
+    with AuditStore(concept_store) as store:
+        with pytest.raises(BadInputError, match=r"^the model given \(--model, --weights\) has weights sha256 "):
+            ConditionalExplainer(AuditedModel(other, conv_data()), store, "latent")
+        with pytest.raises(BadInputError) as short:
+            ConditionalExplainer(AuditedModel(conv_model(), flipped[:39]), store, "latent")
+        explainer = ConditionalExplainer(AuditedModel(conv_model(), flipped), store, "latent")
+        with pytest.raises(BadInputError) as labels:
+            explainer.explain(np.array([3]), np.array([1]), np.array([0]))
+    assert str(short.value) == (f"the dataset given (--data) has 39 samples, but audit store {concept_store} holds "
+                                "40: pass the dataset the store was attributed from")
+    assert str(labels.value) == (f"dataset sample 3 has label 0 in the dataset given (--data) but 1 in audit store "
+                                 f"{concept_store}: pass the dataset the store was attributed from")

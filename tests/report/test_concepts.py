@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,21 @@ def test_another_model_or_dataset_is_refused_before_anything_is_explained(concep
                                 "40: pass the dataset the store was attributed from")
     assert str(labels.value) == (f"dataset sample 3 has label 0 in the dataset given (--data) but 1 in audit store "
                                  f"{concept_store}: pass the dataset the store was attributed from")
+
+
+def test_spray_report_with_the_model_writes_the_conditional_heatmaps_of_the_shown_concept_groups(
+        concept_store, tmp_path, capsys, monkeypatch):
+    from spray.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # MOD:FACTORY specs name tests.data.factories
+    out = tmp_path / "report.html"
+    argv = ["report", str(concept_store), "-o", str(out), "--analysis", "spray,concept",
+            "--model", "tests.data.factories:conv_model", "--data", "tests.data.factories:conv_data"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out == f"{out}\n"
+    html = out.read_text(encoding="utf-8")
+    expected = gather(concept_store, ["spray", "concept"], None, _audited())
+    shown = _images(html)
+    references = [ref for view in expected["classes"] for cluster in view.clusters for ref in cluster.references]
+    assert references
+    assert all(shown[f"conditional heatmap of reference image {r.dataset_index}"] == r.conditional for r in references)

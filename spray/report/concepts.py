@@ -11,7 +11,7 @@ and the data the store was attributed from, checked against the store before any
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from spray.errors import BadInputError
 from spray.lrp import LRP
 from spray.store import AuditStore
 
-__all__ = ["AuditedModel", "ConditionalExplainer", "reference_samples"]
+__all__ = ["AuditedModel", "ConditionalExplainer", "Explained", "reference_samples"]
 
 REFERENCES = 4
 """Reference samples shown per concept group."""
@@ -38,6 +38,16 @@ class AuditedModel:
 
     model: nn.Module
     dataset: Dataset
+
+
+class Explained(NamedTuple):
+    """Samples explained by :meth:`ConditionalExplainer.explain`, each (k, *input shape) float64: the
+    ``inputs``, their ``heatmaps`` (input relevance) and the ``conditional`` heatmaps (its part that flows
+    through the chosen channels)."""
+
+    inputs: np.ndarray
+    heatmaps: np.ndarray
+    conditional: np.ndarray
 
 
 def reference_samples(channel_totals: np.ndarray, channels: np.ndarray, shown: int = REFERENCES) -> np.ndarray:
@@ -80,10 +90,9 @@ class ConditionalExplainer:
         self.store_path = store.path
         self._labels = store.read("samples/label")
 
-    def explain(self, indices: np.ndarray, targets: np.ndarray, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(input heatmaps, conditional heatmaps), each (k, *input shape) float64, of dataset samples
-        ``indices`` (k,) for explained outputs ``targets`` (k,): the full explanation, and the part of it that
-        flows through ``channels`` of the layer (:meth:`spray.lrp.LRP.conditional`).
+    def explain(self, indices: np.ndarray, targets: np.ndarray, channels: np.ndarray) -> Explained:
+        """Dataset samples ``indices`` (k,) explained for outputs ``targets`` (k,): the full explanation, and
+        the part of it that flows through ``channels`` of the layer (:meth:`spray.lrp.LRP.conditional`).
 
         Raises:
             BadInputError: a sample's label in the dataset differs from the store's (another dataset).
@@ -102,10 +111,10 @@ class ConditionalExplainer:
         x = torch.stack(xs).to(device, dtype)
         target = torch.as_tensor(targets, dtype=torch.int64, device=device)
         full, _ = self.lrp.attribute(model, x, target)
-        mask = torch.zeros(len(full), self.n_channels)
-        mask[:, torch.as_tensor(channels, dtype=torch.int64)] = 1.0
+        mask = torch.zeros(self.n_channels)
+        mask[torch.as_tensor(channels, dtype=torch.int64)] = 1.0
         conditional = self.lrp.conditional(model, x, target, self.layer, mask)
-        return full.detach().cpu().double().numpy(), conditional.detach().cpu().double().numpy()
+        return Explained(*(t.detach().cpu().double().numpy() for t in (x, full, conditional)))
 
 
 def _label(item: Any) -> int:

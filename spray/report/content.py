@@ -84,8 +84,9 @@ class Prototype:
 
 @dataclass
 class Reference:
-    """A reference sample of a concept group: its image (a thumbnail), and, where the model was given, its
-    explanation, the conditional heatmap of the group's top channels and their ``share`` of the explanation."""
+    """A reference sample of a concept group: its image (the thumbnail; without thumbnails the input, where the
+    model was given), and, where the model was given, its explanation, the conditional heatmap of the group's
+    top channels and their ``share`` of the explanation."""
 
     dataset_index: int
     image: str | None
@@ -174,9 +175,9 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
             raise BadInputError(
                 f"the model given (--model) draws conditional heatmaps of concept-level analyses, but "
                 f"{'analysis' if len(names_of) == 1 else 'analyses'} {','.join(names_of)!r} of audit store "
-                f"{store_path} {'reads' if len(names_of) == 1 else 'read'} no latent relevance: leave out --model, "
-                "--weights and --data, or report a "
-                "concept-level analysis too (e.g. --analysis spray,concept)"
+                f"{store_path} {'reads' if len(names_of) == 1 else 'read'} no latent relevance: leave out "
+                "--model, --weights and --data, or report a concept-level analysis too (e.g. --analysis "
+                "spray,concept)"
             )
         explainers = {a: ConditionalExplainer(audited, store, summaries[a]["attribution"])
                       for a in latent} if audited is not None else {}
@@ -230,7 +231,7 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
         }
         for e in ranking
     ]
-    shown_latent = [c.analysis for c in classes if c.analysis in latent]
+    concept_shown = any(c.analysis in latent for c in classes)
     return {
         "title": f"Clever Hans audit of {audit['dataset_name']}",
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -240,10 +241,9 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
         "ranking": rows,
         "several": several,
         "classes": classes,
-        "n_analysed": sum(e.skipped is None for e in ranking),
         "clarc": clarc,
         "has_thumbnails": has_thumbnails,
-        "conditional_hint": None if audited is not None or not shown_latent else (
+        "conditional_hint": None if audited is not None or not concept_shown else (
             f"spray report {store_path.name} --analysis {','.join(names_of)} --model MOD:FACTORY "
             "--weights FILE --data SPEC"),
     }
@@ -427,7 +427,7 @@ def _class_view(
         references: list[Reference] = []
         if channel_totals is not None:
             totals = channel_totals[members].sum(axis=0)
-            top = _top_channel_ids(totals)
+            top = np.argsort(-totals, kind="stable")[:TOP_CHANNELS]
             channels = [_channel_share(totals, c) for c in top.tolist()]
             chosen = members[reference_samples(channel_totals[members], top)]
             references = _references(store, attribution, cls, chosen, top, has_thumbnails, explainer)
@@ -467,11 +467,6 @@ def _class_view(
     )
 
 
-def _top_channel_ids(totals: np.ndarray, shown: int = TOP_CHANNELS) -> np.ndarray:
-    """The ``shown`` channels with the largest summed relevance ``totals`` (C,), largest first."""
-    return np.argsort(-totals, kind="stable")[:shown]
-
-
 def _channel_share(totals: np.ndarray, channel: int) -> str:
     """Channel ``channel`` with its share of Σ_c |R_c|: ``"channel 12: 31 %"``."""
     return f"channel {channel}: {100 * totals[channel] / max(float(np.abs(totals).sum()), 1e-300):.0f} %"
@@ -490,9 +485,10 @@ def _references(
                      if thumbs is not None else None) for k, i in enumerate(indices)]
     if explainer is None:
         return out
-    full, conditional = explainer.explain(indices, store.read(f"attributions/{attribution}/target", positions),
-                                          channels)
-    for reference, whole, part in zip(out, full, conditional, strict=True):
+    explained = explainer.explain(indices, store.read(f"attributions/{attribution}/target", positions), channels)
+    for reference, x, whole, part in zip(out, *explained, strict=True):
+        if reference.image is None:  # no thumbnails: the input the model explained
+            reference.image = images.data_uri(images.image_rgb(x))
         reference.heatmap = images.data_uri(images.heatmap_rgb(images.reduce_heatmap(whole)))
         reference.conditional = images.data_uri(images.heatmap_rgb(images.reduce_heatmap(part)))
         total = float(whole.sum())

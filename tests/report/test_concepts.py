@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
+from spray.cli import main
 from spray.errors import BadInputError
 from spray.report import AuditedModel, render_report
 from spray.report.concepts import ConditionalExplainer, reference_samples
 from spray.report.content import TOP_CHANNELS, gather
-from spray.report.images import data_uri, heatmap_rgb, reduce_heatmap
+from spray.report.images import data_uri, heatmap_rgb, image_rgb, reduce_heatmap
 from spray.results import read_class
 from spray.store import AuditStore
 from tests.data.factories import conv_data, conv_model
@@ -55,10 +58,11 @@ def test_conditional_heatmaps_of_a_partition_of_the_channels_sum_to_the_full_hea
         targets = store.read("attributions/latent/target", indices)
         stored = store.read("attributions/epsilon_plus_flat/relevance", indices)
     assert explainer.layer == "features.3" and explainer.n_channels == 6
-    full, top = explainer.explain(indices, targets, np.array([5, 1]))
-    again, rest = explainer.explain(indices, targets, np.array([0, 2, 3, 4]))
-    _, every = explainer.explain(indices, targets, np.arange(6))
+    x, full, top = explainer.explain(indices, targets, np.array([5, 1]))
+    _, again, rest = explainer.explain(indices, targets, np.array([0, 2, 3, 4]))
+    every = explainer.explain(indices, targets, np.arange(6)).conditional
     assert full.shape == (3, 1, 8, 8) and np.array_equal(full, again)
+    np.testing.assert_array_equal(x, conv_data().tensors[0][indices].double().numpy())
     np.testing.assert_allclose(top + rest, full, rtol=1e-5, atol=1e-6 * np.abs(full).max())
     np.testing.assert_allclose(every, full, rtol=1e-5, atol=1e-6 * np.abs(full).max())
     # The explanation is the one `spray attribute` stored for these samples (same model, composite, targets).
@@ -89,7 +93,7 @@ def test_the_report_shows_each_concept_groups_reference_samples_with_their_condi
                 assert scores == sorted(scores, reverse=True)
                 assert min(scores) >= max([s for i, s in by_index.items() if i not in chosen], default=-np.inf)
                 targets = store.read("attributions/latent/target", np.array(chosen))
-                full, part = explainer.explain(np.array(chosen), targets, top)
+                _, full, part = explainer.explain(np.array(chosen), targets, top)
                 for k, ref in enumerate(cluster.references):
                     assert ref.heatmap == data_uri(heatmap_rgb(reduce_heatmap(full[k])))
                     assert ref.conditional == data_uri(heatmap_rgb(reduce_heatmap(part[k])))
@@ -144,8 +148,6 @@ def test_another_model_or_dataset_is_refused_before_anything_is_explained(concep
 
 def test_spray_report_with_the_model_writes_the_conditional_heatmaps_of_the_shown_concept_groups(
         concept_store, tmp_path, capsys, monkeypatch):
-    from spray.cli import main
-
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # MOD:FACTORY specs name tests.data.factories
     out = tmp_path / "report.html"
     argv = ["report", str(concept_store), "-o", str(out), "--analysis", "spray,concept",
@@ -158,3 +160,16 @@ def test_spray_report_with_the_model_writes_the_conditional_heatmaps_of_the_show
     references = [ref for view in expected["classes"] for cluster in view.clusters for ref in cluster.references]
     assert references
     assert all(shown[f"conditional heatmap of reference image {r.dataset_index}"] == r.conditional for r in references)
+
+
+def test_without_thumbnails_the_reference_images_are_the_inputs_the_model_explained(concept_store, tmp_path):
+    copy = Path(shutil.copy(concept_store, tmp_path / "nothumbs.h5"))
+    with h5py.File(copy, "r+") as f:
+        del f["samples/thumbnail"]
+    inputs = conv_data().tensors[0].double().numpy()
+    references = [ref for view in gather(copy, "concept", None, _audited())["classes"]
+                  for cluster in view.clusters for ref in cluster.references]
+    assert references
+    assert all(ref.image == data_uri(image_rgb(inputs[ref.dataset_index])) for ref in references)
+    assert all(ref.image is None for view in gather(copy, "concept", None)["classes"]
+               for cluster in view.clusters for ref in cluster.references)

@@ -1,16 +1,20 @@
-"""Conditional heatmaps of concept groups: what a group's most relevant channels contribute to an explanation.
+"""Conditional heatmaps of concept groups: what the channels that set a group apart contribute to an explanation.
 
 A concept-level analysis (pipelines/concept.toml) groups samples by the latent relevance a latent
-attribution stored at one layer (spray.attribution.LatentAttributor). A group is read through its most
-relevant channels and its reference samples, the members in which those channels receive the most relevance;
-CRP's conditional heatmap (Achtibat et al. 2023, :meth:`spray.lrp.LRP.conditional`) shows where in such a
-sample's input the relevance flowing through those channels comes from. Drawing it needs the audited model
+attribution stored at one layer (spray.attribution.LatentAttributor). A group is read through the channels
+that distinguish it from the rest of its class (:func:`distinguishing_channels`) and its reference samples,
+the members in which those channels receive the most relevance; CRP's conditional heatmap (Achtibat et al.
+2023, :meth:`spray.lrp.LRP.conditional`) shows where in such a sample's input the relevance flowing through
+those channels comes from. The channels with the most relevance overall are nearly the same for every group
+of a class (what the class is recognised by), and their conditional heatmaps point at a shortcut less than
+the full explanation does (docs/report.md, "Concept groups"). Drawing the heatmaps needs the audited model
 and the data the store was attributed from, checked against the store before anything is explained.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from spray.analysis import HeatmapPreprocessor
 from spray.attribution.batches import placement, sample_input
 from spray.attribution.methods import get_method
 from spray.data import model_hash
@@ -25,10 +30,15 @@ from spray.errors import BadInputError
 from spray.lrp import LRP
 from spray.store import AuditStore
 
-__all__ = ["AuditedModel", "ConditionalExplainer", "Explained", "reference_samples"]
+__all__ = [
+    "AuditedModel", "ConditionalExplainer", "Explained", "channel_relevance", "distinguishing_channels",
+    "reference_samples",
+]
 
 REFERENCES = 4
 """Reference samples shown per concept group."""
+CHANNELS = 5
+"""Channels listed per concept group (its distinguishing ones, and its most relevant ones)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,33 @@ class Explained(NamedTuple):
     inputs: np.ndarray
     heatmaps: np.ndarray
     conditional: np.ndarray
+
+
+def channel_relevance(relevance: np.ndarray, preprocess: Mapping[str, Any]) -> np.ndarray:
+    """Each sample's relevance per channel as the analysis compared it, (n, C) float64: latent relevance
+    ``relevance`` (n, C, H, W) through the analysis's ``preprocess`` parameters (its pipeline's
+    ``[preprocess]``: pooling, ``absolute``, the per-sample ``normalization``) with every channel kept, as
+    a concept-level analysis keeps them, and summed over the pooled cells of each channel. With ``"l2"``
+    (pipelines/concept.toml) that is ``R_{i,c} / ‖R_i‖₂``: how sample ``i``'s decision is composed, not its
+    size."""
+    features = HeatmapPreprocessor(**{**preprocess, "channel_reduction": "keep"}).fit_transform(relevance)
+    return features.reshape(relevance.shape[0], relevance.shape[1], -1).sum(axis=2, dtype=np.float64)
+
+
+def distinguishing_channels(
+    relevance: np.ndarray, inside: np.ndarray, k: int = CHANNELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The channels that set a group apart from the rest of its class, and by how much: of each channel's
+    mean relevance over the group (``inside``, (n,) bool) minus its mean over the rest of the class, in
+    ``relevance`` (n, C) (:func:`channel_relevance`), the ``k`` largest positive differences, largest
+    first (ties by channel), as (channels, differences). None for a group that is the whole class, or in which
+    no channel receives more relevance than in the rest (a group set apart only by less relevance)."""
+    if inside.all():
+        return np.empty(0, np.int64), np.empty(0)
+    difference = relevance[inside].mean(axis=0) - relevance[~inside].mean(axis=0)
+    order = np.argsort(-difference, kind="stable")[:k]
+    order = order[difference[order] > 0]
+    return order, difference[order]
 
 
 def reference_samples(channel_totals: np.ndarray, channels: np.ndarray, shown: int = REFERENCES) -> np.ndarray:

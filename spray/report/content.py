@@ -22,7 +22,14 @@ from spray.data.images import file_sha256
 from spray.errors import BadInputError
 from spray.ranking import RankedClass, rank_analyses
 from spray.report import images, plots
-from spray.report.concepts import AuditedModel, ConditionalExplainer, reference_samples
+from spray.report.concepts import (
+    CHANNELS,
+    AuditedModel,
+    ConditionalExplainer,
+    channel_relevance,
+    distinguishing_channels,
+    reference_samples,
+)
 from spray.report.enrichment import Enrichment, enrichment
 from spray.results import ClarcRun, ClassAnalysis, analysis_summary, best_clusters, read_clarc_runs, read_class
 from spray.store import LATENT_METHOD, AuditStore
@@ -30,8 +37,6 @@ from spray.store import LATENT_METHOD, AuditStore
 DEFAULT_MAX_CLASSES = 5
 MAX_CLUSTERS_SHOWN = 8
 PROTOTYPES = 6
-TOP_CHANNELS = 5
-"""The most relevant channels listed per concept group; its conditional heatmaps are restricted to them."""
 
 METHOD_NAMES = {
     "aclarc": "A-ClArC (the model is fine-tuned on images with the artifact added)",
@@ -86,7 +91,7 @@ class Prototype:
 class Reference:
     """A reference sample of a concept group: its image (the thumbnail; without thumbnails the input, where the
     model was given), and, where the model was given, its explanation, the conditional heatmap of the group's
-    top channels and their ``share`` of the explanation."""
+    distinguishing channels and their ``share`` of the explanation."""
 
     dataset_index: int
     image: str | None
@@ -108,8 +113,12 @@ class ClusterView:
     prototypes: list[Prototype]
     channels: list[str]
     """A latent attribution's most relevant channels of the group ("channel 12: 31 %"), else empty."""
+    distinguishing: list[str] = field(default_factory=list)
+    """A latent attribution's channels that set the group apart (:func:`distinguishing_channels`) with their
+    difference ("channel 6: +0.214"), else empty."""
     references: list[Reference] = field(default_factory=list)
-    """A latent attribution's reference samples of the group (:func:`reference_samples`), else empty."""
+    """A latent attribution's reference samples of the group on its distinguishing channels
+    (:func:`reference_samples`), else empty."""
 
 
 @dataclass
@@ -171,6 +180,8 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
         for analysis in names_of:
             _check_images(store_path, summaries[analysis]["attribution"], infos[analysis])
         latent = [a for a in names_of if infos[a].get("method") == LATENT_METHOD]
+        # A concept-level analysis's groups are told apart by relevance per channel as its preprocessing saw it.
+        preprocessing = {a: json.loads(summaries[a]["pipeline"])["nodes"].get("preprocess", {}) for a in latent}
         if audited is not None and not latent:
             raise BadInputError(
                 f"the model given (--model) draws conditional heatmaps of concept-level analyses, but "
@@ -196,7 +207,8 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
                 if cls.skipped is None:
                     with store.interpreting(f"class {cls.label} of analysis {analysis!r}"):
                         classes.append(_class_view(store, summaries[analysis]["attribution"], cls, entry,
-                                                   has_thumbnails, analysis in latent, explainers.get(analysis)))
+                                                   has_thumbnails, preprocessing.get(analysis),
+                                                   explainers.get(analysis)))
         clarc = []
         for run in read_clarc_runs(store):
             with store.interpreting(f"node clarc/{run.run}/result"):
@@ -370,8 +382,9 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
 
 def _class_view(
     store: AuditStore, attribution: str, cls: ClassAnalysis, entry: RankedClass, has_thumbnails: bool,
-    latent: bool, explainer: ConditionalExplainer | None,
+    preprocess: dict[str, Any] | None, explainer: ConditionalExplainer | None,
 ) -> ClassView:
+    """``preprocess``: a concept-level analysis's preprocessing parameters (None: a pixel-level analysis)."""
     best = cls.best
     if best is not None:
         clustering, flagged = best["clustering"], int(best["cluster"])
@@ -399,16 +412,18 @@ def _class_view(
     order_rows = np.argsort(cls.positions, kind="stable")
     sorted_positions, sorted_labels = cls.positions[order_rows], labels[order_rows]
     sums: dict[int, np.ndarray] = {}
-    channel_totals = None  # latent relevance: each member's total per channel, R_c, in the class's order
+    # Latent relevance, in the class's order: each member's total per channel R_c, and as the analysis saw it.
+    channel_totals = normalised = None
     start = 0
     # Blocks of 64 MiB of float32 whatever the stored precision, as the report has always read them.
     for rows, block in store.read_blocks(relevance_path, sorted_positions, itemsize=4):
         block_labels = sorted_labels[start:start + rows.size]
         heat = block.astype(np.float64)
-        if latent:
+        if preprocess is not None:
             if channel_totals is None:
-                channel_totals = np.empty((cls.n, heat.shape[1]))
+                channel_totals, normalised = np.empty((cls.n, heat.shape[1])), np.empty((cls.n, heat.shape[1]))
             channel_totals[order_rows[start:start + rows.size]] = heat.sum(axis=(2, 3))
+            normalised[order_rows[start:start + rows.size]] = channel_relevance(heat, preprocess)
         start += rows.size
         heat = heat.sum(axis=1) if heat.ndim == 4 else heat
         for cid, _ in shown:
@@ -424,13 +439,16 @@ def _class_view(
         centre = embedding[members].mean(axis=0)
         closest = members[np.argsort(((embedding[members] - centre) ** 2).sum(axis=1), kind="stable")[:PROTOTYPES]]
         channels: list[str] = []
+        distinguishing: list[str] = []
         references: list[Reference] = []
         if channel_totals is not None:
             totals = channel_totals[members].sum(axis=0)
-            top = np.argsort(-totals, kind="stable")[:TOP_CHANNELS]
-            channels = [_channel_share(totals, c) for c in top.tolist()]
-            chosen = members[reference_samples(channel_totals[members], top)]
-            references = _references(store, attribution, cls, chosen, top, has_thumbnails, explainer)
+            channels = [_channel_share(totals, c) for c in np.argsort(-totals, kind="stable")[:CHANNELS].tolist()]
+            apart, differences = distinguishing_channels(normalised, labels == cid)
+            distinguishing = [f"channel {c}: {d:+.3f}" for c, d in zip(apart.tolist(), differences.tolist())]
+            if apart.size:
+                chosen = members[reference_samples(channel_totals[members], apart)]
+                references = _references(store, attribution, cls, chosen, apart, has_thumbnails, explainer)
         clusters.append(ClusterView(
             cluster=cid,
             title="unassigned images" if cid < 0 else f"group {cid}",
@@ -442,6 +460,7 @@ def _class_view(
             mean_heatmap=images.data_uri(images.heatmap_rgb(sums[cid] / size)),
             prototypes=_prototypes(store, relevance_path, cls, closest, has_thumbnails),
             channels=channels,
+            distinguishing=distinguishing,
             references=references,
         ))
     eigengap = cls.spectral_info.get("eigengap_n_clusters")
@@ -476,8 +495,8 @@ def _references(
     store: AuditStore, attribution: str, cls: ClassAnalysis, members: np.ndarray, channels: np.ndarray,
     has_thumbnails: bool, explainer: ConditionalExplainer | None,
 ) -> list[Reference]:
-    """Reference samples ``members`` (positions in the class) of a concept group with top ``channels``: their
-    thumbnails, and with ``explainer`` their explanation and its part that flows through ``channels``."""
+    """Reference samples ``members`` (positions in the class) of a concept group with distinguishing
+    ``channels``: their thumbnails, and with ``explainer`` their explanation and its part that flows through ``channels``."""
     positions = cls.positions[members]
     indices = cls.dataset_index[members]
     thumbs = store.read("samples/thumbnail", positions) if has_thumbnails else None

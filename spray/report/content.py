@@ -496,7 +496,8 @@ def _references(
     has_thumbnails: bool, explainer: ConditionalExplainer | None,
 ) -> list[Reference]:
     """Reference samples ``members`` (positions in the class) of a concept group with distinguishing
-    ``channels``: their thumbnails, and with ``explainer`` their explanation and its part that flows through ``channels``."""
+    ``channels``: their thumbnails, and with ``explainer`` their explanation and its part that flows through
+    ``channels``."""
     positions = cls.positions[members]
     indices = cls.dataset_index[members]
     thumbs = store.read("samples/thumbnail", positions) if has_thumbnails else None

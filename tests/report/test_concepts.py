@@ -94,8 +94,8 @@ def test_the_group_whose_one_channel_is_raised_is_set_apart_by_that_channel_not_
     # in the first 10 samples of class 1, and only there, channel 3 is raised.
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1], 30)
-    per_channel = np.column_stack([rng.uniform(4.0, 5.0, 60), rng.uniform(0.5, 1.5, (60, 4)),
-                                   rng.uniform(0.0, 0.3, 60)])
+    per_channel = rng.uniform(0.5, 1.5, (60, 6))
+    per_channel[:, 0] += 3.5
     per_channel[:, 3] = rng.uniform(0.0, 0.3, 60)
     per_channel[30:40, 3] = rng.uniform(2.0, 2.5, 10)
     latent = np.repeat(per_channel[:, :, None, None] / 4, 2, axis=2).repeat(2, axis=3).astype(np.float32)

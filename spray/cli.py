@@ -436,16 +436,30 @@ def evaluate(
 
 
 @cli.command()
-@_guarded(store="the audit store")
+@_guarded(store="the audit store", weights="the weights", data_spec="the data (--data)")
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("report.html"), show_default=True)
-@click.option("--analysis", default="spray", show_default=True)
+@click.option("--analysis", default="spray", show_default=True,
+              help="Analysis name in the store; several, comma-separated (e.g. spray,concept): ranked together.")
 @click.option("--max-classes", type=click.IntRange(min=0), help="Classes with a detailed section (default 5).")
-def report(store: Path, output: Path, analysis: str, max_classes: int | None) -> None:
-    """Write a self-contained HTML report of STORE's analysis for domain experts."""
-    from spray.report import build_report
+@click.option("--model", "model_spec", help="MOD:FACTORY of the audited model: with --data, concept groups show "
+              "conditional heatmaps of their reference samples.")
+@click.option("--weights", type=click.Path(path_type=Path), help="Its state_dict file (weights_only).")
+@click.option("--data", "data_spec", help="The audited data (as attributed into STORE), with --model.")
+def report(store: Path, output: Path, analysis: str, max_classes: int | None, model_spec: str | None,
+           weights: Path | None, data_spec: str | None) -> None:
+    """Write a self-contained HTML report of STORE's analysis (or analyses) for domain experts."""
+    from spray.data import load_model
+    from spray.errors import BadInputError
+    from spray.report import AuditedModel, build_report
 
-    click.echo(str(build_report(store, output, analysis=analysis, max_classes=max_classes)))
+    if (model_spec is None) != (data_spec is None) or (weights is not None and model_spec is None):
+        raise BadInputError("conditional heatmaps need the audited model and the data the store was attributed "
+                            "from: give --model (with --weights if it has them) and --data together")
+    audited = None if model_spec is None else AuditedModel(load_model(model_spec, weights),
+                                                           _audited_sources(store)(data_spec))
+    click.echo(str(build_report(store, output, analysis=analysis.split(","), max_classes=max_classes,
+                                audited=audited)))
 
 
 @cli.command()

@@ -33,6 +33,7 @@ from spray.cli import main
 from spray.data import load_model
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store
+from tests.data.factories import conv_data
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "bad-input.md"
@@ -130,6 +131,19 @@ class Bases:
         pipeline.write_text(pipeline_text("tiny"))
         argv = ["attribute", "--model", "tests.data.factories:conv_model", "--data",
                 "tests.data.factories:conv_data", "--store", str(path)]
+        assert run_cli(argv)[0] == 0
+        assert run_cli(["analyze", str(path), "--pipeline", str(pipeline)])[0] == 0
+        return path
+
+    def _concept(self, path: Path) -> Path:
+        """The audit store with latent relevance at the conv model's features.3 beside its heatmaps, analysed
+        at concept level too (analysis "concept")."""
+        shutil.copy(self.get("audit"), path)
+        pipeline = path.with_suffix(".toml")
+        pipeline.write_text(pipeline_text("tiny", analysis={"name": "concept", "attribution": "latent"},
+                                          preprocess={"channel_reduction": "keep", "normalization": "l2"}))
+        argv = ["attribute", "--model", "tests.data.factories:conv_model", "--data",
+                "tests.data.factories:conv_data", "--store", str(path), "--latent", "default"]
         assert run_cli(argv)[0] == 0
         assert run_cli(["analyze", str(path), "--pipeline", str(pipeline)])[0] == 0
         return path
@@ -267,14 +281,26 @@ def _one_class(inputs: Inputs) -> Path:
     return path
 
 
-def _overwritten(inputs: Inputs) -> Path:
-    """The audit store after `spray attribute --overwrite` with other weights, not analysed since."""
-    path = inputs.copy("audit", "overwritten.h5")
+def _conv_weights_other(inputs: Inputs) -> Path:
+    """Weights of tests.data.factories:conv_model other than its own: the head's bias raised by 1."""
     weights = inputs.path("other.pt")
     model = load_model("tests.data.factories:conv_model")
     with torch.no_grad():
         model.head.bias += 1.0
     torch.save(model.state_dict(), weights)
+    return weights
+
+
+def _conv_flipped(inputs: Inputs) -> Path:
+    """tests.data.factories:conv_data as an npz file with every label flipped."""
+    x, y = conv_data().tensors
+    return _npz(inputs, "flipped.npz", x=x.numpy(), y=(1 - y).numpy())
+
+
+def _overwritten(inputs: Inputs) -> Path:
+    """The audit store after `spray attribute --overwrite` with other weights, not analysed since."""
+    path = inputs.copy("audit", "overwritten.h5")
+    weights = _conv_weights_other(inputs)
     argv = ["attribute", "--model", "tests.data.factories:conv_model", "--weights", str(weights), "--data",
             "tests.data.factories:conv_data", "--store", str(path), "--overwrite"]
     assert run_cli(argv)[0] == 0
@@ -511,6 +537,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
         "kmeans_9", data=np.void(b"1234"))),
     "store_bad_status": lambda i: i.edit("audit", "status.h5", _set("analyses/spray/0/status", "keys", "[]")),
     "store_overwritten": _overwritten,
+    "store_concept": lambda i: i.bases.get("concept"),
+    "conv_weights_other": _conv_weights_other,
+    "npz_conv_flipped": _conv_flipped,
     "store_hdbscan": _hdbscan,
     "store_clarc_run": _clarc_run,
     "store_no_thumbnails": lambda i: i.edit("audit", "nothumbs.h5", lambda f: f.__delitem__("samples/thumbnail")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,10 +20,18 @@ from markupsafe import Markup
 
 from spray.data.images import file_sha256
 from spray.errors import BadInputError
-from spray.ranking import RankedClass, rank_classes
+from spray.ranking import RankedClass, rank_analyses
 from spray.report import images, plots
+from spray.report.concepts import (
+    CHANNELS,
+    AuditedModel,
+    ConditionalExplainer,
+    channel_relevance,
+    distinguishing_channels,
+    reference_samples,
+)
 from spray.report.enrichment import Enrichment, enrichment
-from spray.results import ClarcRun, ClassAnalysis, analysis_summary, read_clarc_runs, read_class
+from spray.results import ClarcRun, ClassAnalysis, analysis_summary, best_clusters, read_clarc_runs, read_class
 from spray.store import LATENT_METHOD, AuditStore
 
 DEFAULT_MAX_CLASSES = 5
@@ -79,6 +88,19 @@ class Prototype:
 
 
 @dataclass
+class Reference:
+    """A reference sample of a concept group: its image (the thumbnail; without thumbnails the input, where the
+    model was given), and, where the model was given, its explanation, the conditional heatmap of the group's
+    distinguishing channels and their ``share`` of the explanation."""
+
+    dataset_index: int
+    image: str | None
+    heatmap: str | None = None
+    conditional: str | None = None
+    share: str | None = None
+
+
+@dataclass
 class ClusterView:
     cluster: int
     title: str
@@ -91,12 +113,19 @@ class ClusterView:
     prototypes: list[Prototype]
     channels: list[str]
     """A latent attribution's most relevant channels of the group ("channel 12: 31 %"), else empty."""
+    distinguishing: list[str] = field(default_factory=list)
+    """A latent attribution's channels that set the group apart (:func:`distinguishing_channels`) with their
+    difference ("channel 6: +0.214"), else empty."""
+    references: list[Reference] = field(default_factory=list)
+    """A latent attribution's reference samples of the group on its distinguishing channels
+    (:func:`reference_samples`), else empty."""
 
 
 @dataclass
 class ClassView:
     label: int
     name: str
+    analysis: str
     anchor: str
     rank: int
     n: int
@@ -133,72 +162,80 @@ class ClarcView:
 # ---------------------------------------------------------------------------------------------- gather
 
 
-def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str, Any]:
-    """Everything the template needs, as plain values (see templates/report.html)."""
+def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | None,
+           audited: AuditedModel | None = None) -> dict[str, Any]:
+    """Everything the template needs, as plain values (see templates/report.html): the report of one
+    analysis, or of several ranked together (:func:`spray.ranking.rank_analyses`), each class's section from
+    the analysis its entry names. ``audited``: the model and data, for the conditional heatmaps of concept
+    groups (analyses of a latent attribution)."""
     from spray import __version__
 
+    names_of = [analyses] if isinstance(analyses, str) else list(analyses)
     max_classes = DEFAULT_MAX_CLASSES if max_classes is None else max(0, int(max_classes))
     with AuditStore(store_path) as store:
-        summary = analysis_summary(store, analysis)
-        attribution = summary["attribution"]
-        root = store.attrs()
-        info = store.attribution_info(attribution)
-        names = [str(n) for n in root.get("label_names") or []]
         # The report lists the Clever Hans candidates (classes the ranking flagged) first, each in rank order.
-        ranking = sorted(rank_classes(store, analysis), key=lambda e: (not e.flagged, e.rank))
+        ranking = sorted(rank_analyses(store, names_of), key=lambda e: (not e.flagged, e.rank))
+        summaries = {a: analysis_summary(store, a) for a in names_of}
+        infos = {a: store.attribution_info(summaries[a]["attribution"]) for a in names_of}
+        for analysis in names_of:
+            _check_images(store_path, summaries[analysis]["attribution"], infos[analysis])
+        latent = [a for a in names_of if infos[a].get("method") == LATENT_METHOD]
+        # A concept-level analysis's groups are told apart by relevance per channel as its preprocessing saw it.
+        preprocessing = {a: json.loads(summaries[a]["pipeline"])["nodes"].get("preprocess", {}) for a in latent}
+        if audited is not None and not latent:
+            raise BadInputError(
+                f"the model given (--model) draws conditional heatmaps of concept-level analyses, but "
+                f"{'analysis' if len(names_of) == 1 else 'analyses'} {','.join(names_of)!r} of audit store "
+                f"{store_path} {'reads' if len(names_of) == 1 else 'read'} no latent relevance: leave out "
+                "--model, --weights and --data, or report a concept-level analysis too (e.g. --analysis "
+                "spray,concept)"
+            )
+        explainers = {a: ConditionalExplainer(audited, store, summaries[a]["attribution"])
+                      for a in latent} if audited is not None else {}
+        root = store.attrs()
+        names = [str(n) for n in root.get("label_names") or []]
         metadata = (root.get("dataset") or {}).get("metadata") or {}
         findings = enrichment(ranking, metadata, store.read("samples/label")) if metadata else []
         has_thumbnails = store.has_thumbnails
-        # Relevance is (n, C, H, W) or (n, H, W): the only shapes the analysis accepts.
-        if len(info["shape"]) not in (3, 4):
-            raise BadInputError(
-                f"attribution {attribution!r} of {store_path} has shape {tuple(info['shape'])}: the report "
-                "shows image heatmaps, (n, C, H, W) or (n, H, W)"
-            )
         classes = []
         for entry in ranking:
             if len(classes) == max_classes:
                 break
             if entry.skipped is None:
+                analysis = entry.analysis
                 cls = read_class(store, analysis, entry.label, names)
                 if cls.skipped is None:
                     with store.interpreting(f"class {cls.label} of analysis {analysis!r}"):
-                        classes.append(_class_view(store, attribution, cls, entry, has_thumbnails,
-                                                   info.get("method") == LATENT_METHOD))
+                        classes.append(_class_view(store, summaries[analysis]["attribution"], cls, entry,
+                                                   has_thumbnails, preprocessing.get(analysis),
+                                                   explainers.get(analysis)))
         clarc = []
         for run in read_clarc_runs(store):
             with store.interpreting(f"node clarc/{run.run}/result"):
                 clarc.append(_clarc_view(run, names))
-        with store.interpreting(f"node analyses/{analysis}/summary"):
-            zero_samples = len(summary.get("zero_samples") or [])
-            dropped_samples = len(summary.get("dropped_samples") or [])
+        analysed = [_analysis_facts(store, a, summaries[a], infos[a], "" if len(names_of) == 1 else f" ({a})")
+                    for a in names_of]
 
     model = root.get("model") or {}
     dataset = root.get("dataset") or {}
+    info = infos[names_of[0]]
     audit = {
         "model_name": model.get("name") or info.get("model_name") or "unknown",
         "model_hash": model.get("hash") or info.get("model_hash") or "unknown",
         "dataset_name": dataset.get("name") or "unknown",
         "n_samples": dataset.get("size") or info["n"],
         "n_classes": len(names) or info["n_outputs"],
-        "attribution": attribution,
         "method": info.get("method"),
-        "params": json.dumps(info.get("params") or {}, sort_keys=True),
-        "target": "the true label of each image" if info.get("target") == "label"
-        else "the class the model predicted for each image",
-        "attribution_created": info.get("created"),
+        "analyses": analysed,
         "store_name": store_path.name,
         "store_path": str(store_path.resolve()),
         "store_sha256": file_sha256(store_path),
         "store_created": root.get("created"),
-        "analysis": analysis,
-        "pipeline": _pretty_json(summary.get("pipeline")),
-        "zero_samples": zero_samples,
-        "dropped_samples": dropped_samples,
     }
+    several = len(names_of) > 1
     rows = [
         {
-            "rank": e.rank, "name": e.name, "label": e.label, "n": e.n_samples,
+            "rank": e.rank, "name": e.name, "label": e.label, "n": e.n_samples, "analysis": e.analysis,
             "cut": fmt_cut(e.ncut), "z": fmt_z(e.z_score), "p": fmt_p(e.p_value),
             "size": "–" if e.cluster is None else str(e.cluster.size),
             "candidate": e.flagged, "skipped": e.skipped,
@@ -206,6 +243,7 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         }
         for e in ranking
     ]
+    concept_shown = any(c.analysis in latent for c in classes)
     return {
         "title": f"Clever Hans audit of {audit['dataset_name']}",
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -213,10 +251,45 @@ def gather(store_path: Path, analysis: str, max_classes: int | None) -> dict[str
         "audit": audit,
         "summary": _summary(ranking, clarc, names, findings),
         "ranking": rows,
+        "several": several,
         "classes": classes,
-        "n_analysed": sum(e.skipped is None for e in ranking),
         "clarc": clarc,
         "has_thumbnails": has_thumbnails,
+        "conditional_hint": None if audited is not None or not concept_shown else (
+            f"spray report {store_path.name} --analysis {','.join(names_of)} --model MOD:FACTORY "
+            "--weights FILE --data SPEC"),
+    }
+
+
+def _check_images(store_path: Path, attribution: str, info: dict[str, Any]) -> None:
+    """Relevance is (n, C, H, W) or (n, H, W): the only shapes the analysis accepts."""
+    if len(info["shape"]) not in (3, 4):
+        raise BadInputError(
+            f"attribution {attribution!r} of {store_path} has shape {tuple(info['shape'])}: the report "
+            "shows image heatmaps, (n, C, H, W) or (n, H, W)"
+        )
+
+
+def _analysis_facts(store: AuditStore, analysis: str, summary: dict[str, Any], info: dict[str, Any],
+                    suffix: str) -> dict[str, Any]:
+    """What the "What was audited" section says of one analysis and its attribution; ``suffix`` follows each
+    label (" (concept)" in a report of several analyses)."""
+    with store.interpreting(f"node analyses/{analysis}/summary"):
+        zero_samples = len(summary.get("zero_samples") or [])
+        dropped_samples = len(summary.get("dropped_samples") or [])
+    return {
+        "name": analysis,
+        "suffix": suffix,
+        "attribution": summary["attribution"],
+        "method": info.get("method"),
+        "params": json.dumps(info.get("params") or {}, sort_keys=True),
+        "target": "the true label of each image" if info.get("target") == "label"
+        else "the class the model predicted for each image",
+        "created": info.get("created"),
+        "pipeline": _pretty_json(summary.get("pipeline")),
+        "n_analysed": sum(c.cluster is not None for c in best_clusters(store, analysis)),
+        "zero_samples": zero_samples,
+        "dropped_samples": dropped_samples,
     }
 
 
@@ -309,8 +382,9 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
 
 def _class_view(
     store: AuditStore, attribution: str, cls: ClassAnalysis, entry: RankedClass, has_thumbnails: bool,
-    latent: bool,
+    preprocess: dict[str, Any] | None, explainer: ConditionalExplainer | None,
 ) -> ClassView:
+    """``preprocess``: a concept-level analysis's preprocessing parameters (None: a pixel-level analysis)."""
     best = cls.best
     if best is not None:
         clustering, flagged = best["clustering"], int(best["cluster"])
@@ -338,21 +412,24 @@ def _class_view(
     order_rows = np.argsort(cls.positions, kind="stable")
     sorted_positions, sorted_labels = cls.positions[order_rows], labels[order_rows]
     sums: dict[int, np.ndarray] = {}
-    channel_sums: dict[int, np.ndarray] = {}  # latent relevance: each channel's total, R_c
+    # Latent relevance, in the class's order: each member's total per channel R_c, and as the analysis saw it.
+    channel_totals = normalised = None
     start = 0
     # Blocks of 64 MiB of float32 whatever the stored precision, as the report has always read them.
     for rows, block in store.read_blocks(relevance_path, sorted_positions, itemsize=4):
         block_labels = sorted_labels[start:start + rows.size]
-        start += rows.size
         heat = block.astype(np.float64)
-        channels = heat.sum(axis=(2, 3)) if latent else None
+        if preprocess is not None:
+            if channel_totals is None:
+                channel_totals, normalised = np.empty((cls.n, heat.shape[1])), np.empty((cls.n, heat.shape[1]))
+            channel_totals[order_rows[start:start + rows.size]] = heat.sum(axis=(2, 3))
+            normalised[order_rows[start:start + rows.size]] = channel_relevance(heat, preprocess)
+        start += rows.size
         heat = heat.sum(axis=1) if heat.ndim == 4 else heat
         for cid, _ in shown:
             sel = block_labels == cid
             if sel.any():
                 sums[cid] = sums.get(cid, 0) + heat[sel].sum(axis=0)
-                if channels is not None:
-                    channel_sums[cid] = channel_sums.get(cid, 0) + channels[sel].sum(axis=0)
 
     fda_clusters = ((cls.fda.get("clusterings") or {}).get(clustering) or {}).get("clusters") or {}
     embedding = np.asarray(cls.embedding, dtype=np.float64)
@@ -361,6 +438,17 @@ def _class_view(
         members = np.flatnonzero(labels == cid)
         centre = embedding[members].mean(axis=0)
         closest = members[np.argsort(((embedding[members] - centre) ** 2).sum(axis=1), kind="stable")[:PROTOTYPES]]
+        channels: list[str] = []
+        distinguishing: list[str] = []
+        references: list[Reference] = []
+        if channel_totals is not None:
+            totals = channel_totals[members].sum(axis=0)
+            channels = [_channel_share(totals, c) for c in np.argsort(-totals, kind="stable")[:CHANNELS].tolist()]
+            apart, differences = distinguishing_channels(normalised, labels == cid)
+            distinguishing = [f"channel {c}: {d:+.3f}" for c, d in zip(apart.tolist(), differences.tolist())]
+            if apart.size:
+                chosen = members[reference_samples(channel_totals[members], apart)]
+                references = _references(store, attribution, cls, chosen, apart, has_thumbnails, explainer)
         clusters.append(ClusterView(
             cluster=cid,
             title="unassigned images" if cid < 0 else f"group {cid}",
@@ -371,12 +459,15 @@ def _class_view(
             z=fmt_z((fda_clusters.get(cid) or {}).get("z_score")),
             mean_heatmap=images.data_uri(images.heatmap_rgb(sums[cid] / size)),
             prototypes=_prototypes(store, relevance_path, cls, closest, has_thumbnails),
-            channels=_top_channels(channel_sums[cid]) if cid in channel_sums else [],
+            channels=channels,
+            distinguishing=distinguishing,
+            references=references,
         ))
     eigengap = cls.spectral_info.get("eigengap_n_clusters")
     return ClassView(
         label=cls.label,
         name=cls.name,
+        analysis=entry.analysis,
         anchor=f"class-{cls.label}",
         rank=entry.rank,
         n=cls.n,
@@ -395,11 +486,34 @@ def _class_view(
     )
 
 
-def _top_channels(totals: np.ndarray, shown: int = 5) -> list[str]:
-    """The ``shown`` channels with the largest summed relevance, each with its share of Σ_c |R_c|."""
-    scale = max(float(np.abs(totals).sum()), 1e-300)
-    top = np.argsort(-totals, kind="stable")[:shown]
-    return [f"channel {c}: {100 * totals[c] / scale:.0f} %" for c in top.tolist()]
+def _channel_share(totals: np.ndarray, channel: int) -> str:
+    """Channel ``channel`` with its share of Σ_c |R_c|: ``"channel 12: 31 %"``."""
+    return f"channel {channel}: {100 * totals[channel] / max(float(np.abs(totals).sum()), 1e-300):.0f} %"
+
+
+def _references(
+    store: AuditStore, attribution: str, cls: ClassAnalysis, members: np.ndarray, channels: np.ndarray,
+    has_thumbnails: bool, explainer: ConditionalExplainer | None,
+) -> list[Reference]:
+    """Reference samples ``members`` (positions in the class) of a concept group with distinguishing
+    ``channels``: their thumbnails, and with ``explainer`` their explanation and its part that flows through
+    ``channels``."""
+    positions = cls.positions[members]
+    indices = cls.dataset_index[members]
+    thumbs = store.read("samples/thumbnail", positions) if has_thumbnails else None
+    out = [Reference(dataset_index=int(i), image=images.data_uri(images.image_rgb(thumbs[k]))
+                     if thumbs is not None else None) for k, i in enumerate(indices)]
+    if explainer is None:
+        return out
+    explained = explainer.explain(indices, store.read(f"attributions/{attribution}/target", positions), channels)
+    for reference, x, whole, part in zip(out, *explained, strict=True):
+        if reference.image is None:  # no thumbnails: the input the model explained
+            reference.image = images.data_uri(images.image_rgb(x))
+        reference.heatmap = images.data_uri(images.heatmap_rgb(images.reduce_heatmap(whole)))
+        reference.conditional = images.data_uri(images.heatmap_rgb(images.reduce_heatmap(part)))
+        total = float(whole.sum())
+        reference.share = fmt_pct(float(part.sum()) / total if total else None)
+    return out
 
 
 def _prototypes(

@@ -11,6 +11,30 @@ from pathlib import Path
 import pytest
 
 
+CONV_MODEL, CONV_DATA = "tests.data.factories:conv_model", "tests.data.factories:conv_data"
+
+
+@pytest.fixture(scope="session")
+def concept_store(tmp_path_factory) -> Path:
+    """tests.data.factories' conv model on its data (40 images of 8 × 8; the first 10 of class 1 with a bright
+    corner) attributed twice, heatmaps and latent relevance at its layer features.3 (6 channels, 2 × 2
+    cells), and analysed by the 'tiny' pipeline ("spray") and its concept-level variant ("concept")
+    (read-only for tests)."""
+    from spray.cli import main
+    from spray.testing import pipeline_text
+
+    root = tmp_path_factory.mktemp("concept")
+    store, pixel, concept = root / "audit.h5", root / "pixel.toml", root / "concept.toml"
+    pixel.write_text(pipeline_text("tiny"))
+    concept.write_text(pipeline_text("tiny", analysis={"name": "concept", "attribution": "latent"},
+                                     preprocess={"channel_reduction": "keep", "normalization": "l2"}))
+    for argv in (["attribute", "--model", CONV_MODEL, "--data", CONV_DATA, "--store", store],
+                 ["attribute", "--model", CONV_MODEL, "--data", CONV_DATA, "--store", store, "--latent", "default"],
+                 ["analyze", store, "--pipeline", pixel], ["analyze", store, "--pipeline", concept]):
+        assert main([str(a) for a in argv]) == 0, argv
+    return store
+
+
 @pytest.fixture(scope="session")
 def report_path(audit_store, tmp_path_factory) -> Path:
     from spray.report import build_report

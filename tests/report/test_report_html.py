@@ -17,7 +17,7 @@ from markupsafe import escape
 
 from spray.errors import BadInputError
 from spray.pipeline import analyze, pipeline_from_text
-from spray.ranking import rank_classes
+from spray.ranking import rank_analyses, rank_classes
 from spray.report import build_report, render_report
 from spray.report.content import gather
 from spray.report.images import heatmap_rgb
@@ -295,3 +295,24 @@ def test_a_concept_analysis_shows_each_groups_most_relevant_channels_with_their_
     top = np.argsort(-totals, kind="stable")[:5]
     assert cluster.channels == [f"channel {c}: {100 * totals[c] / np.abs(totals).sum():.0f} %" for c in top]
     assert f"most relevant channels: {', '.join(cluster.channels)}" in render_report(path, "concept")
+
+
+def test_a_report_of_several_analyses_follows_their_combined_ranking(concept_store):
+    with AuditStore(concept_store) as store:
+        ranking = rank_analyses(store, ["spray", "concept"])
+    context = gather(concept_store, ["spray", "concept"], None)
+    by_label = {e.label: e for e in ranking}
+    assert [(r["label"], r["analysis"], r["rank"], r["candidate"]) for r in context["ranking"]] == [
+        (e.label, e.analysis, e.rank, e.flagged) for e in sorted(ranking, key=lambda e: (not e.flagged, e.rank))]
+    assert [a["name"] for a in context["audit"]["analyses"]] == ["spray", "concept"]
+    for view in context["classes"]:
+        entry = by_label[view.label]
+        assert view.analysis == entry.analysis
+        assert view.reference == f"{entry.label}:{entry.cluster.clustering}:{entry.cluster.id}"
+    html = render_report(concept_store, ["spray", "concept"])
+    section = _section(html, context["classes"][0].anchor)
+    assert f"analysis {context['classes'][0].analysis} · " in section
+    assert "<th>Analysis</th>" in html and "Explanation method (concept)" in html
+    single = render_report(concept_store, "concept")
+    assert "<th>Analysis</th>" not in single and "Explanation method (concept)" not in single
+    assert "Explanation method</dt>" in single

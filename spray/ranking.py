@@ -10,9 +10,9 @@ Both share one scale across classes of different sizes, which τ does not.
 
 The order does not say whether a class stands out at all; the flag does, calibrated: each class's best cut is
 tested against the best cuts the same selection finds in Gaussian resamples of the class (the ``null`` node,
-:class:`spray.analysis.SelectionNull`), its z-score judged against the empirical null of the audit's classes
-(or the theoretical one with fewer than 4 classes), and Benjamini–Hochberg controls the false discovery rate
-over the classes (:func:`flag_tests`; over several analyses of one store at once). :func:`rank_analyses` ranks
+:class:`spray.analysis.SelectionNull`), and its excess over those cuts against the other classes' excesses
+(with 4 or more classes; with fewer the resamples alone decide); Benjamini–Hochberg controls the false
+discovery rate over the classes (:func:`flag_tests`; over several analyses of one store at once). :func:`rank_analyses` ranks
 the classes over several analyses of one store (pixel-level and concept-level side by side): each class by
 the analysis whose test of it is the strongest. docs/spray-method.md defines every number.
 """
@@ -27,6 +27,7 @@ from typing import Any, overload
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from spray.errors import BadInputError
 from spray.results import ClassBest, Cluster, best_clusters
@@ -38,17 +39,18 @@ __all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "class_be
 FLAG_Q = 0.05
 """A test rejects, and its class is flagged, when its Benjamini–Hochberg q-value is at most this."""
 MIN_CLASSES_FOR_EMPIRICAL_NULL = 4
-"""With at least this many tested classes of one analysis, their z-scores are judged against the empirical
-null they share (Efron 2004); with fewer (binary and 3-class tasks) against the theoretical one."""
+"""With at least this many tested classes of one analysis, each class's excess is judged against the other
+classes' (an empirical null, in the spirit of Efron 2004); with fewer (binary and 3-class tasks) the class's
+selection-null p alone decides."""
 P_FLOOR = 1e-300
-"""Selection-null p-values below this count as this, so every z-score is finite (at most ≈ 37)."""
+"""Selection-null p-values below this count as this, so every standard score Φ⁻¹(1 − p) is finite (≤ ≈ 37)."""
 MEANING = ("flagged: the class holds a distinct strategy (a group the model explains differently, more distinct "
            "than in a structure-free model of the class and than the other classes' groups; Benjamini-Hochberg "
            "q <= 0.05); an expert must judge whether it is a shortcut or a legitimate sub-style of the class")
 """What a flag means, as ``spray rank`` prints it under its table (the report says it in its own words)."""
 
 TABLE_COLUMNS = ("rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "null_p_value",
-                 "flag_p_value", "q_value", "flagged", "clustering", "cluster", "cluster_size", "skipped", "members")
+                 "null_excess", "flag_p_value", "q_value", "flagged", "clustering", "cluster", "cluster_size", "skipped", "members")
 """The columns of ``spray rank --csv`` and of the exported ranking table, in their order."""
 
 
@@ -59,11 +61,12 @@ class RankedClass:
     ``cluster`` is the class's best candidate cluster (:func:`spray.analysis.best_cluster`); a class without
     one has ``skipped``, the reason (too few samples, no candidate cluster, an unfinished analysis), instead.
     ``null_p_value`` is the class's p-value under the selection null (its best cut against the best cuts of
-    Gaussian resamples of the class, docs/spray-method.md §11); ``outlier`` its z-score ``Φ⁻¹(1 − p)``
-    standardised by the null the class is judged against (the empirical null of the analysis's classes, or
-    the theoretical N(0, 1) with fewer than 4 classes), ``flag_p_value`` the p-value of that standard score
-    and ``q_value`` its Benjamini–Hochberg q over every test of the ranking. ``flagged``: ``q_value <=
-    0.05`` (:data:`MEANING`). All None (flag False) for a skipped class and a store without the null.
+    Gaussian resamples of the class, docs/spray-method.md §11) and ``null_excess`` how much more strongly its
+    group is cut off than theirs (:func:`spray.analysis.selection_excess`); ``outlier`` the standard score of
+    that excess among the other classes' (``Φ⁻¹(1 − null_p_value)`` with fewer than 4 classes),
+    ``flag_p_value`` the test's p (:class:`FlagTest`) and ``q_value`` its Benjamini–Hochberg q over every
+    test of the ranking (§12). ``flagged``: ``q_value <= 0.05`` (:data:`MEANING`). All None (flag False) for
+    a skipped class and a store without the null.
     ``analysis``: the analysis the cluster and the numbers are of (in a ranking over several analyses, the
     one whose test of the class is the strongest, :func:`rank_analyses`).
     """
@@ -80,6 +83,7 @@ class RankedClass:
     flag_p_value: float | None = None
     q_value: float | None = None
     analysis: str = "spray"
+    null_excess: float | None = None
 
     def __post_init__(self) -> None:
         if (self.cluster is None) == (self.skipped is None):
@@ -114,7 +118,8 @@ class RankedClass:
             "clustering": None if best is None else best.clustering, "cluster": None if best is None else best.id,
             "cluster_size": None if best is None else best.size, "members": [] if best is None else list(best.members),
             "skipped": self.skipped, "rank": self.rank, "outlier": self.outlier, "flagged": self.flagged,
-            "null_p_value": self.null_p_value, "flag_p_value": self.flag_p_value, "q_value": self.q_value,
+            "null_p_value": self.null_p_value, "null_excess": self.null_excess, "flag_p_value": self.flag_p_value,
+            "q_value": self.q_value,
         }
 
 
@@ -201,8 +206,7 @@ def rank_analyses(store: AuditStore, analyses: Sequence[str]) -> Ranking:
 def _combined(found: dict[str, Sequence[ClassBest]]) -> Ranking:
     """:func:`rank_analyses` of ``{analysis: its classes' best clusters}`` (in the analyses' order)."""
     analyses = tuple(found)
-    tests = {(t.analysis, t.label): t for t in _tests({a: [(c.label, c.null_p_value) for c in classes]
-                                                       for a, classes in found.items()})}
+    tests = {(t.analysis, t.label): t for t in _tests({a: _found(classes) for a, classes in found.items()})}
     entries: dict[int, tuple[str, ClassBest, FlagTest | None]] = {}
     for analysis in analyses:  # first analysis first: ties and untested classes keep the earlier one
         for c in found[analysis]:
@@ -226,24 +230,23 @@ def _strength(best: ClassBest, test: FlagTest | None) -> tuple[bool, float]:
 @dataclass(frozen=True)
 class FlagTest:
     """The test of one class in one analysis (docs/spray-method.md §12): ``null_p`` under the selection
-    null, ``z = Φ⁻¹(1 − null_p)``, the null it is judged against (``location``, ``scale``; 0 and 1 for the
-    theoretical one), ``p_value = 1 − Φ((z − location)/scale)``, ``q_value`` (Benjamini–Hochberg over every
-    test of the call) and ``flagged`` (``q_value <= FLAG_Q``)."""
+    null, the class's ``excess`` (:func:`spray.analysis.selection_excess`), the law of the other classes'
+    excesses it is judged against (``location``, ``scale``; None with fewer than
+    :data:`MIN_CLASSES_FOR_EMPIRICAL_NULL` classes, where ``null_p`` alone decides), its standard score
+    ``outlier`` (``Φ⁻¹(1 − null_p)`` without the others), ``p_value`` (the larger of ``null_p`` and the p
+    against the others: the class must stand out from both), ``q_value`` (Benjamini–Hochberg over every test
+    of the call) and ``flagged`` (``q_value <= FLAG_Q``)."""
 
     label: int
     analysis: str
     null_p: float
-    z: float
-    location: float
-    scale: float
+    excess: float
+    location: float | None
+    scale: float | None
+    outlier: float
     p_value: float
     q_value: float
     flagged: bool
-
-    @property
-    def outlier(self) -> float:
-        """The standard score ``(z − location) / scale``."""
-        return (self.z - self.location) / self.scale
 
 
 def flag_tests(store: AuditStore, analyses: Sequence[str]) -> list[FlagTest]:
@@ -251,7 +254,7 @@ def flag_tests(store: AuditStore, analyses: Sequence[str]) -> list[FlagTest]:
     "concept"]``), Benjamini–Hochberg over all class × analysis tests together: a class is a candidate when
     any of its tests rejects (:func:`flagged_classes`)."""
     with store.reading():
-        return _tests({a: [(c.label, c.null_p_value) for c in best_clusters(store, a)] for a in analyses})
+        return _tests({a: _found(best_clusters(store, a)) for a in analyses})
 
 
 def flagged_classes(store: AuditStore, analyses: Sequence[str]) -> list[int]:
@@ -263,7 +266,7 @@ def class_best(entry: RankedClass) -> ClassBest:
     """What the ranking was made of for ``entry``'s class: every input of its rank and flag, so that
     :func:`replace_class` ranks and flags the class as :func:`rank_classes` did."""
     return ClassBest(entry.label, entry.name, entry.n_samples, entry.cluster, entry.skipped,
-                     null_p_value=entry.null_p_value)
+                     null_p_value=entry.null_p_value, null_excess=entry.null_excess)
 
 
 def replace_class(ranking: Ranking, replacement: ClassBest) -> Ranking:
@@ -282,40 +285,57 @@ def _rank(store: AuditStore, analysis: str) -> Ranking:
 
 def _ranked(analysis: str, classes: Sequence[ClassBest]) -> Ranking:
     found = sorted(classes, key=lambda c: _order(c.label, c.cluster))
-    tests = {t.label: t for t in _tests({analysis: [(c.label, c.null_p_value) for c in found]})}
+    tests = {t.label: t for t in _tests({analysis: _found(found)})}
     return Ranking(analysis, tuple(_entry(c, rank, tests.get(c.label), analysis)
                                    for rank, c in enumerate(found, start=1)))
+
+
+def _found(classes: Sequence[ClassBest]) -> list[tuple[int, float | None, float | None]]:
+    """What :func:`_tests` reads of an analysis's classes: ``(label, null p, excess)``."""
+    return [(c.label, c.null_p_value, c.null_excess) for c in classes]
 
 
 def _entry(c: ClassBest, rank: int, t: FlagTest | None, analysis: str) -> RankedClass:
     return RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped, t.outlier if t else None,
                        bool(t and t.flagged), c.null_p_value, t.p_value if t else None,
-                       t.q_value if t else None, analysis)
+                       t.q_value if t else None, analysis, c.null_excess)
 
 
-def _tests(null_ps: dict[str, list[tuple[int, float | None]]]) -> list[FlagTest]:
-    """The tests of ``{analysis: [(class, selection-null p or None: untested)]}``: per analysis, each class's
-    z judged against its null (:func:`_null_of`); then BH over all of them."""
+def _tests(found: dict[str, list[tuple[int, float | None, float | None]]]) -> list[FlagTest]:
+    """The tests of ``{analysis: [(class, selection-null p or None: untested, its excess)]}``: per analysis,
+    each class judged against the others (:func:`_against_others`) or, with fewer than
+    :data:`MIN_CLASSES_FOR_EMPIRICAL_NULL` tested classes, by its selection-null p alone; then BH over all."""
     tests = []
-    for analysis, found in null_ps.items():
-        tested = [(label, float(p)) for label, p in found if p is not None and not math.isnan(p)]
-        z = norm.isf(np.clip([p for _, p in tested], P_FLOOR, 1.0))
-        location, scale = _null_of(z)
-        tests += [(label, analysis, p, float(zc), location, scale, float(norm.sf((zc - location) / scale)))
-                  for (label, p), zc in zip(tested, z)]
+    for analysis, entries in found.items():
+        tested = [(label, float(p), math.nan if x is None else float(x))
+                  for label, p, x in entries if p is not None and not math.isnan(p)]
+        excess = np.array([x for _, _, x in tested])
+        for i, (label, p, x) in enumerate(tested):
+            others = np.delete(excess, i)
+            others = others[np.isfinite(others)]
+            if len(tested) >= MIN_CLASSES_FOR_EMPIRICAL_NULL and others.size >= MIN_CLASSES_FOR_EMPIRICAL_NULL - 1:
+                location, scale, outlier, p_others = _against_others(x, others)
+                tests.append((label, analysis, p, x, location, scale, outlier, max(p, p_others)))
+            else:
+                tests.append((label, analysis, p, x, None, None, float(norm.isf(max(p, P_FLOOR))), p))
     q = benjamini_hochberg(np.array([t[-1] for t in tests]))
     return [FlagTest(*t, float(qc), bool(qc <= FLAG_Q)) for t, qc in zip(tests, q)]
 
 
-def _null_of(z: np.ndarray) -> tuple[float, float]:
-    """``(location, scale)`` of the null the z-scores of one analysis's classes are judged against: with at
-    least :data:`MIN_CLASSES_FOR_EMPIRICAL_NULL` classes the empirical null, median and 1.4826 · MAD of the
-    z-scores, each bounded by the theoretical null's (location ≥ 0, scale ≥ 1: the classes' shared structure
-    can only make the test stricter); with fewer, the theoretical null N(0, 1)."""
-    if z.size < MIN_CLASSES_FOR_EMPIRICAL_NULL:
-        return 0.0, 1.0
-    median = float(np.median(z))
-    return max(median, 0.0), max(1.4826 * float(np.median(np.abs(z - median))), 1.0)
+def _against_others(excess: float, others: np.ndarray) -> tuple[float, float, float, float]:
+    """``(location, scale, outlier, p)`` of a class's excess against the m other classes' of its analysis:
+    location and sd (ddof 1) of the others, ``scale = sd · √(1 + 1/m)``, ``outlier = (excess − location) /
+    scale`` and its one-sided p under Student's t with m − 1 degrees of freedom — the prediction interval of
+    one more draw from the law of the others (normal, mean and variance estimated from them). A class without
+    an excess (NaN) gets p = 1; others without spread give p = 0 above their value and 1 at or below it."""
+    location, sd = float(others.mean()), float(others.std(ddof=1))
+    scale = sd * math.sqrt(1.0 + 1.0 / others.size)
+    if math.isnan(excess):
+        return location, scale, math.nan, 1.0
+    if not scale > 0:
+        return location, scale, math.copysign(math.inf, excess - location), 0.0 if excess > location else 1.0
+    outlier = (excess - location) / scale
+    return location, scale, outlier, float(student_t.sf(outlier, others.size - 1))
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:

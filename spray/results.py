@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from spray.analysis.selection_null import selection_excess
 from spray.errors import BadInputError, StoreError
 from spray.pipeline.nodes import NODES
 from spray.store import AuditStore
@@ -199,6 +200,9 @@ class ClassBest:
     null_p_value: float | None
     """The class's p-value under the selection null (the ``null`` node, docs/spray-method.md §11); None
     for a skipped class and for a store analysed before the null existed."""
+    null_excess: float | None = None
+    """The class's :func:`spray.analysis.selection_excess` (its selected cut against the null's), what the
+    flags compare across classes (§12); None where ``null_p_value`` is."""
 
 
 def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]:
@@ -220,10 +224,13 @@ def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]
             else:
                 best, skipped = _best(store, path, int(label), status_arrays["dataset_index"])
             null_key = status["keys"].get("null") if best is not None else None
-            null_p = None
+            null_p = excess = None
             if null_key is not None and store.has_node(f"{path}/null", {"key": null_key}):
-                null_p = _number(store.read_node(f"{path}/null")[1]["info"]["p_value"])
-        found.append(ClassBest(int(label), name, n, best, skipped, null_p))
+                null_arrays, null = store.read_node(f"{path}/null")
+                null_p = _number(null["info"]["p_value"])
+                statistic = _number(null["info"]["statistic"])
+                excess = selection_excess(np.nan if statistic is None else statistic, null_arrays["null_statistics"])
+        found.append(ClassBest(int(label), name, n, best, skipped, null_p, excess))
     return found
 
 

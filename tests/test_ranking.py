@@ -9,6 +9,7 @@ from dataclasses import FrozenInstanceError, replace
 import numpy as np
 import pytest
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import (
@@ -16,7 +17,7 @@ from spray.ranking import (
     TABLE_COLUMNS,
     RankedClass,
     Ranking,
-    _null_of,
+    _against_others,
     _order,
     _combined,
     _ranked,
@@ -152,27 +153,34 @@ def test_benjamini_hochberg_adjusts_in_order_and_caps_at_one():
     assert benjamini_hochberg(np.array([])).size == 0
 
 
-def test_the_empirical_null_is_the_robust_spread_of_the_classes_never_looser_than_the_theoretical():
-    z = np.array([2.0, 3.0, 3.5, 4.0, 9.0])
-    assert _null_of(z) == (3.5, 1.0)  # 1.4826 · MAD = 0.74: the scale is bounded by 1
-    assert _null_of(np.array([1.0, 3.0, 5.0, 7.0, 20.0])) == pytest.approx((5.0, 1.4826 * 2.0))
-    assert _null_of(np.array([-2.0, -1.0, -1.5, -0.5])) == (0.0, 1.0)  # location bounded by 0
-    assert _null_of(np.array([5.0, 9.0, 30.0])) == (0.0, 1.0)  # fewer than 4 classes: theoretical
+def test_a_class_is_judged_by_the_prediction_interval_of_the_other_classes_excess():
+    # Others 0.2, 0.4, 0.6: mean 0.4, sd 0.2, scale 0.2 · √(4/3) = 0.2309; 1.0 is 2.598 scales above; t, 2 df.
+    location, scale, outlier, p = _against_others(1.0, np.array([0.2, 0.4, 0.6]))
+    assert (location, scale, outlier, p) == pytest.approx((0.4, 0.23094, 2.59808, 0.060845), abs=1e-5)
+    assert _against_others(0.4, np.array([0.2, 0.4, 0.6]))[2:] == pytest.approx((0.0, 0.5))
+    assert _against_others(float("nan"), np.array([0.2, 0.4, 0.6]))[3] == 1.0  # no excess: never flagged
+    assert _against_others(0.5, np.array([0.3, 0.3, 0.3]))[2:] == (float("inf"), 0.0)  # others without spread
+    assert _against_others(0.3, np.array([0.3, 0.3, 0.3]))[3] == 1.0
 
 
-def test_tests_judge_each_analysis_against_its_own_null_and_skip_classes_without_one():
-    clean = [(c, p) for c, p in enumerate([0.01, 0.002, 0.02, 0.005, 0.001, 0.01, 0.003])]
-    tests = _tests({"a": clean + [(7, 1e-12), (8, None)], "b": [(0, 0.3), (1, 1e-6)]})
+def test_a_flag_needs_both_the_selection_null_and_an_excess_beyond_the_other_classes():
+    clean = [(c, p, x) for c, (p, x) in enumerate(zip([0.01, 0.002, 0.02, 0.005, 0.001, 0.01, 0.003],
+                                                      [0.3, 0.4, 0.5, 0.35, 0.45, 0.4, 0.38]))]
+    tests = _tests({"a": clean + [(7, 1e-12, 3.0), (8, 1e-12, 0.42), (9, 0.2, 1.6), (10, None, None)],
+                    "b": [(0, 0.3, 0.1), (1, 1e-6, 1.2)]})
     by = {(t.analysis, t.label): t for t in tests}
-    assert (("a", 8) not in by) and len(tests) == 10
-    a = by[("a", 7)]
-    assert (a.location, a.scale) == _null_of(np.array([t.z for t in tests if t.analysis == "a"]))
-    assert a.z == pytest.approx(7.034, abs=1e-3) and a.p_value == pytest.approx(
-        norm.sf((a.z - a.location) / a.scale))
+    assert ("a", 10) not in by and len(tests) == 12
+    a7 = by[("a", 7)]  # others: the 7 clean classes, 0.42 and 2.0 (m = 9)
+    others = np.array([0.3, 0.4, 0.5, 0.35, 0.45, 0.4, 0.38, 0.42, 1.6])
+    assert (a7.location, a7.scale) == pytest.approx((others.mean(), others.std(ddof=1) * np.sqrt(1 + 1 / 9)))
+    assert a7.excess == 3.0 and a7.p_value == pytest.approx(student_t.sf(a7.outlier, 8))
+    # 8: a tiny selection-null p but an ordinary excess; 9: the second largest excess, but the Gaussian null does not
+    # reject it (p = max of the two): neither is flagged.
+    assert by[("a", 8)].p_value > 0.3 and by[("a", 9)].p_value == 0.2
     assert [(t.analysis, t.label) for t in tests if t.flagged] == [("a", 7), ("b", 1)]
-    assert (by[("b", 1)].location, by[("b", 1)].scale) == (0.0, 1.0)  # 2 classes: the theoretical null
-    assert by[("b", 1)].p_value == pytest.approx(1e-6)
-    assert _tests({"a": [(0, 0.0)]})[0].z == pytest.approx(37.0, abs=0.1)  # p floored: z finite
+    b1 = by[("b", 1)]  # 2 classes: the selection-null p alone, its standard score Φ⁻¹(1 − p)
+    assert (b1.location, b1.scale, b1.p_value) == (None, None, 1e-6) and b1.outlier == pytest.approx(4.753, abs=1e-3)
+    assert _tests({"a": [(0, 0.0, 1.0)]})[0].outlier == pytest.approx(37.0, abs=0.1)  # p floored: finite
 
 
 def test_rank_text_says_what_a_flag_means():
@@ -183,10 +191,12 @@ def test_rank_text_says_what_a_flag_means():
 def test_replacing_a_class_ranks_and_flags_it_again_against_the_others_as_they_were():
     cuts = [0.0173, 0.0404, 0.0571, 0.114, 0.196, 0.213, 0.214, 0.220, 0.236, 0.336]  # the demo's, seed 0
     null_p = [1e-12, 0.01, 0.002, 0.02, 0.005, 0.001, 0.01, 0.003, 0.02, 0.004]
-    classes = [ClassBest(c.label, str(c.label), 100, c, None, p) for c, p in zip(_clusters(cuts, [50.0] * 10), null_p)]
+    excess = [2.0, 0.5, 0.4, 0.3, 0.45, 0.35, 0.5, 0.4, 0.3, 0.38]
+    classes = [ClassBest(c.label, str(c.label), 100, c, None, p, x)
+               for c, p, x in zip(_clusters(cuts, [50.0] * 10), null_p, excess)]
     ranking = _ranked("spray", classes)
     assert [e.label for e in ranking.flagged] == [0]
-    calmer = ClassBest(0, "0", 100, replace(classes[0].cluster, ncut=0.2), None, 0.3)
+    calmer = ClassBest(0, "0", 100, replace(classes[0].cluster, ncut=0.2), None, 0.3, 0.3)
     after = replace_class(ranking, calmer)
     assert [e.label for e in after][:5] == [1, 2, 3, 4, 0] and after.of(0).rank == 5
     assert not after.of(0).flagged and after.of(0).ncut == 0.2 and after.of(0).null_p_value == 0.3

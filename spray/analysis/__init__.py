@@ -27,7 +27,7 @@ from spray.analysis.knn import KNNGraph, knn_adjacency
 from spray.analysis.maps import TSNEMap, UMAPMap
 from spray.analysis.outliers import KNNOutlierGroups, robust_z
 from spray.analysis.preprocess import HeatmapPreprocessor, PreprocessedMaps
-from spray.analysis.selection_null import SelectionNull
+from spray.analysis.selection_null import SelectionNull, selection_excess
 from spray.analysis.spectral import SpectralEmbedding
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "KNNOutlierGroups",
     "PreprocessedMaps",
     "SelectionNull",
+    "selection_excess",
     "SpectralEmbedding",
     "TSNEMap",
     "UMAPMap",

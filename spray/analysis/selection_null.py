@@ -31,6 +31,10 @@ NCUT_FLOOR = 1e-12
 """A cut below this (a disconnected group: exactly 0) counts as this: t stays finite, ≈ 27.6."""
 EULER_GAMMA = 0.5772156649015329
 
+EXCESS_FLOOR = 0.01
+"""Cut statistics below this (a cut of 0.99 or more: no group is cut off at all) count as this in
+:func:`selection_excess`, so that the ratio is defined."""
+
 Selection = Callable[[np.ndarray], tuple[float | None, float | None]]
 """The procedure under test: a feature matrix (n, d) -> the selected cluster's (ncut, z-score), or
 (None, None) when it selects none."""
@@ -42,6 +46,19 @@ def cut_statistic(ncut: float | None) -> float:
     if ncut is None or math.isnan(ncut):
         return -math.log(2.0)
     return -math.log(max(ncut, NCUT_FLOOR))
+
+
+def selection_excess(statistic: float, null_statistics: np.ndarray) -> float:
+    """``log(t / mean t*)``: how many times more strongly (in ``t = −log ncut``) the class's selected group is
+    cut off than the best group the same selection finds in structure-free resamples of the class, on a log
+    scale (0: no more than chance; log 2: twice as strongly). Both sides are floored at
+    :data:`EXCESS_FLOOR`. This effect size, not the p-value, is what the classes of an audit are compared on
+    (docs/spray-method.md §12): real classes are never Gaussian, so their p-values are all small and carry
+    more of the null's sampling noise than of the group's distinctness. NaN when either side is NaN."""
+    null_mean = float(np.mean(null_statistics)) if np.size(null_statistics) else math.nan
+    if math.isnan(statistic) or math.isnan(null_mean):
+        return math.nan
+    return math.log(max(statistic, EXCESS_FLOOR) / max(null_mean, EXCESS_FLOOR))
 
 
 PIVOT_DRAWS = 4096
@@ -91,7 +108,7 @@ class SelectionNull:
 
     Fitted: ``statistic_`` (observed t), ``z_score_`` (the observed selected cluster's z-score),
     ``null_statistics_`` (R,), ``null_z_scores_`` (R,; NaN where nothing was selected), ``p_value_``
-    (Gumbel tail, :func:`gumbel_p_value`), ``empirical_p_value_`` ``(1 + #{t* ≥ t}) / (1 + R)``,
+    (Gumbel tail, :func:`gumbel_p_value`), ``empirical_p_value_`` ``(1 + #{t* ≥ t}) / (1 + R)``, ``excess_`` (:func:`selection_excess`),
     ``gumbel_location_``, ``gumbel_scale_``, ``n_samples_`` (m), ``n_components_`` (c), ``shrinkage_``.
     Identical rows (no variance) have no structure to test: p = 1, the statistics NaN, nothing is run.
     """
@@ -136,11 +153,13 @@ class SelectionNull:
         self.null_statistics_, self.null_z_scores_ = null_t, null_z
         self.p_value_, self.gumbel_location_, self.gumbel_scale_ = gumbel_p_value(self.statistic_, null_t)
         self.empirical_p_value_ = float((1 + np.sum(null_t >= self.statistic_)) / (1 + R))
+        self.excess_ = selection_excess(self.statistic_, null_t)
         self.shrinkage_ = delta
         return self
 
     def _no_structure(self, R: int) -> SelectionNull:
         self.statistic_ = self.z_score_ = self.gumbel_location_ = self.gumbel_scale_ = self.shrinkage_ = np.nan
+        self.excess_ = np.nan
         self.null_statistics_, self.null_z_scores_ = np.full(R, np.nan), np.full(R, np.nan)
         self.p_value_ = self.empirical_p_value_ = 1.0
         return self

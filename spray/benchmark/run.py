@@ -51,13 +51,13 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 6
-"""The version of a case's scored result (``result-v6.json``): raise it when the scoring changes, and a
+SCORES = 7
+"""The version of a case's scored result (``result-v7.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
 analysis's ranking (``concept``); 6: the detection fields from the ranking over both analyses, the pixel-level
-ranking alone as ``pixel``."""
+ranking alone as ``pixel``; 7: flags judged on the classes' selection excess (docs/spray-method.md §12)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

@@ -10,7 +10,8 @@ import pytest
 from scipy import stats
 
 from spray.analysis import KMeansRange, KNNGraph, SelectionNull, SpectralEmbedding, best_cluster, local_scaling_affinity
-from spray.analysis.selection_null import NCUT_FLOOR, cut_statistic, gumbel_p_value, ledoit_wolf_shrinkage
+from spray.analysis.selection_null import (EXCESS_FLOOR, NCUT_FLOOR, cut_statistic, gumbel_p_value, ledoit_wolf_shrinkage,
+                                          selection_excess)
 from spray.errors import BadInputError
 
 
@@ -45,6 +46,7 @@ def test_a_planted_disconnected_group_has_p_below_the_bh_threshold_of_a_20_class
     assert null.p_value_ < 0.05 / 20 and null.statistic_ > null.null_statistics_.max()
     assert null.empirical_p_value_ == pytest.approx(1 / 11)  # the resamples alone could not say less
     assert (null.n_samples_, null.n_components_, null.null_statistics_.shape) == (60, 8, (10,))
+    assert null.excess_ == pytest.approx(math.log(null.statistic_ / null.null_statistics_.mean())) and null.excess_ > 1
 
 
 def test_the_null_is_seeded_and_subsamples_large_classes():
@@ -73,6 +75,17 @@ def test_float32_features_give_the_null_of_their_float64_values():
 def test_identical_rows_have_nothing_to_test():
     null = SelectionNull(n_resamples=3).fit(np.ones((20, 4)), _select)
     assert null.p_value_ == 1.0 and math.isnan(null.statistic_) and np.isnan(null.null_statistics_).all()
+    assert math.isnan(null.excess_)
+
+
+def test_the_excess_is_the_log_ratio_of_the_observed_cut_statistic_to_the_nulls_mean():
+    assert selection_excess(4.0, np.array([1.0, 2.0, 3.0])) == pytest.approx(math.log(2.0))
+    assert selection_excess(1.0, np.array([1.5, 0.5])) == 0.0
+    # A statistic of 0 or less (a cut of 1 or more: nothing cut off) counts as the floor on either side.
+    assert selection_excess(-0.5, np.array([1.0])) == pytest.approx(math.log(EXCESS_FLOOR))
+    assert selection_excess(1.0, np.array([-0.7, -0.7])) == pytest.approx(-math.log(EXCESS_FLOOR))
+    assert math.isnan(selection_excess(float("nan"), np.array([1.0])))
+    assert math.isnan(selection_excess(1.0, np.array([])))
 
 
 @pytest.mark.parametrize(("n", "d"), [(30, 12), (40, 200), (50, 3)])

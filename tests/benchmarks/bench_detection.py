@@ -1,0 +1,142 @@
+"""Detection benchmark: the benchmark's cached quick cases ranked again with this tree's ranking and flags.
+
+`spray benchmark` caches every case's trained model and analysed audit store (docs/benchmark.md). A change
+to the ranking or the flags (spray/ranking.py) changes no model, no attribution and no analysis node, so its
+detection scores can be measured in seconds per case from those caches, without the ClArC corrections,
+baselines and faithfulness scores a new scoring version of the benchmark would recompute. Per case: the model
+(for whether it *uses* the artifact: accuracy with the artifact in every clean test image at least 5 points
+under clean accuracy, as the scorecard decides), then ``rank_analyses(store, ["spray", "concept"])`` and each
+analysis alone: the poisoned class's rank, its flag and the F1 of its named cluster against the planted
+samples, and the flags raised on clean classes (every class of the control).
+
+Prints one row per case, then per split and ranking: cases, ranked first and flagged among the cases whose
+model uses the artifact, mean F1 there, false flags on clean classes (with a Wilson 95 % interval) and on
+the controls. ``--seeds`` restricts the cases to some seeds, e.g. to report seeds never used while choosing
+a rule apart from the ones that were.
+
+Run:  python tests/benchmarks/bench_detection.py CACHE [CACHE ...] [--seeds 1,101] [--json OUT]
+(a case found in several caches is taken from the first; cases whose store lacks either analysis are skipped
+with the reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from spray.benchmark.cases import QUICK, Case, make_case
+from spray.benchmark.data import load_images
+from spray.benchmark.metrics import detection
+from spray.benchmark.models import build
+from spray.benchmark.run import USES_MARGIN, case_directory
+from spray.errors import BadInputError, StoreError
+from spray.ranking import Ranking, rank_analyses, rank_classes
+from spray.store import AuditStore
+from spray.training import accuracy
+
+CASE_DIRECTORY = re.compile(r"(\w+)-p(\d\d)-(\w+)-s(\d+)-(dev|heldout)-[0-9a-f]{10}")
+RANKINGS = ("combined", "pixel", "concept")
+
+
+def cases(caches: list[Path], seeds: set[int] | None) -> list[tuple[Case, Path]]:
+    """The quick cases with a model and a store in ``caches`` (first cache first), restricted to ``seeds``."""
+    found: dict[str, tuple[Case, Path]] = {}
+    for cache in caches:
+        for directory in sorted(cache.iterdir()):
+            match = CASE_DIRECTORY.fullmatch(directory.name)
+            if not match or not (directory / "audit.h5").is_file() or not (directory / "model.pt").is_file():
+                continue
+            artifact, percent, architecture, seed, split = match.groups()
+            case = Case(artifact, int(percent) / 100, architecture, int(seed), split)
+            if (seeds is None or case.seed in seeds) and case.name not in found \
+                    and case_directory(cache, case, QUICK, "mnist") == directory:
+                found[case.name] = (case, directory)
+    return list(found.values())
+
+
+def detected(ranking: Ranking, case: Case, poisoned: int, planted: list[int]) -> dict:
+    """The poisoned class's rank, flag and F1 in ``ranking``, and the flags on the clean classes."""
+    ranked = [e for e in ranking if e.cluster is not None]
+    entry = next((e for e in ranked if e.label == poisoned), None) if not case.is_control else None
+    clean = [e for e in ranked if e is not entry]
+    f1 = None if entry is None else detection(list(entry.cluster.members), planted)[2]
+    return {"rank": entry.rank if entry else None, "flagged": bool(entry and entry.flagged), "f1": f1,
+            "q_value": entry.q_value if entry else None, "clean_flags": [e.label for e in clean if e.flagged],
+            "clean_classes": len(clean)}
+
+
+def score(case: Case, directory: Path, images: object) -> dict:
+    data = make_case(case, images, QUICK)
+    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
+    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
+    model.eval()
+    clean = accuracy(model, data.dataset(data.clean_test))
+    everywhere = None if data.everywhere_test is None else accuracy(model, data.dataset(data.everywhere_test))
+    with AuditStore(directory / "audit.h5", mode="r") as store:
+        rankings = {"combined": rank_analyses(store, ["spray", "concept"]), "pixel": rank_classes(store, "spray"),
+                    "concept": rank_classes(store, "concept")}
+    planted = data.planted.tolist()
+    return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed,
+            "uses": None if everywhere is None else clean - everywhere >= USES_MARGIN,
+            **{name: detected(r, case, data.poisoned_class, planted) for name, r in rankings.items()}}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95 % interval of a proportion k / n."""
+    if n == 0:
+        return 0.0, 1.0
+    p, d = k / n, 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summary(rows: list[dict]) -> str:
+    lines = ["| split | ranking | cases | ranked first (uses) | flagged (uses) | mean F1 (uses) | "
+             "false flags, clean classes [95 %] | controls |", "|---|---|---|---|---|---|---|---|"]
+    for split in ("dev", "heldout"):
+        here = [r for r in rows if r["split"] == split]
+        used = [r for r in here if r["uses"]]
+        for name in RANKINGS:
+            f1 = [r[name]["f1"] for r in used if r[name]["f1"] is not None]
+            false = sum(len(r[name]["clean_flags"]) for r in here)
+            total = sum(r[name]["clean_classes"] for r in here)
+            low, high = wilson(false, total)
+            control = [r[name] for r in here if r["artifact"] == "control"]
+            lines.append(
+                f"| {split} | {name} | {len(here)} | {sum(r[name]['rank'] == 1 for r in used)}/{len(used)} | "
+                f"{sum(r[name]['flagged'] for r in used)}/{len(used)} | "
+                f"{sum(f1) / len(f1) if f1 else math.nan:.2f} | {false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] | "
+                f"{sum(len(c['clean_flags']) for c in control)}/{sum(c['clean_classes'] for c in control)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("caches", nargs="+", type=Path, help="benchmark cache directories (spray benchmark --cache)")
+    parser.add_argument("--seeds", help="comma-separated seeds to keep (default: all)")
+    parser.add_argument("--json", type=Path, help="also write the per-case rows here")
+    args = parser.parse_args()
+    seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    images, rows = load_images("mnist"), []
+    for case, directory in cases(args.caches, seeds):
+        try:
+            row = score(case, directory, images)
+        except (BadInputError, StoreError) as exc:  # an unfinished or older store: say so, go on with the others
+            print(f"skipped {case.name}: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        rows.append(row)
+        print(f"{case.name}: uses {row['uses']}, " + ", ".join(
+            f"{n} rank {row[n]['rank']} flagged {row[n]['flagged']} F1 {row[n]['f1'] if row[n]['f1'] is None else round(row[n]['f1'], 2)}"
+            f" clean flags {row[n]['clean_flags']}" for n in RANKINGS), flush=True)
+    print(summary(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

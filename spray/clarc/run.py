@@ -61,7 +61,7 @@ class Tuning:
     """RR-ClArC: λ, the weight of the right-reason penalty."""
     kind: str = "auto"
     """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift)
-    or ``"auto"`` (by the localisation's coverage; spray.clarc.transform)."""
+    or ``"auto"`` (by the localisation: coverage and agreed area; spray.clarc.transform)."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),

@@ -71,6 +71,8 @@ def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_a
         mask = torch.from_numpy(audit_arrays["mask"])
         assert attrs["auto"]["coverage"] == coverage(mask) and attrs["auto"]["agreed_area"] == agreed_area(mask)
         assert attrs["auto"]["kind"] == artifact_kind(result.artifact)
+        # auto's cost is all of its candidates', not the chosen one's epochs alone
+        assert attrs["training_seconds"] >= sum(c["seconds"] for c in attrs["auto"]["candidates"].values())
     json.dumps(attrs)
     reloaded = load_corrected(new_model(seed=3), torch.load(result.weights, weights_only=True))
     x = tiny_audit.dataset.tensors[0][:5]

@@ -68,8 +68,9 @@ def cli() -> None:
               show_default=True, help="Where the demo writes its store, weights and report.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the data split, artifact and training.")
 @click.option("--quick", is_flag=True, help="No UMAP map (no numba compilation); the same clusterings and ranking.")
-@click.option("--clarc", "clarc_method", type=click.Choice(["aclarc", "pclarc", "rrclarc", "none"]),
-              default="rrclarc", show_default=True, help="The correction applied to the flagged cluster.")
+@click.option("--clarc", "clarc_method", type=click.Choice(["aclarc", "auto", "pclarc", "rrclarc", "none"]),
+              default="rrclarc", show_default=True,
+              help="The correction applied to the flagged cluster (auto: chosen per case, docs/clarc.md).")
 def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
     """The embedded default audit: poisoned digits -> train -> attribute -> SpRAy -> rank -> ClArC -> report."""
     from spray.demo.audit import QUICK_PIPELINE, correct_demo, planted_recovery, prepare_demo

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spray.cli import main
+from spray.cli import cli, main
 from spray.errors import PipelineError
 from spray.run import read_run, run_file
 from spray.testing import pipeline_text
@@ -227,6 +227,9 @@ def test_demo_run_file_is_the_chain_spray_demo_runs():
         "test": "spray.demo:clean_test_dataset", "poisoned_test": "spray.demo:poisoned_test_dataset",
         "everywhere_test": "spray.demo:everywhere_test_dataset", "fda_rank": False,
         "relevance_target": "prediction"}
+    demo = next(p for p in cli.commands["demo"].params if p.name == "clarc_method")
+    assert tables["clarc"]["methods"] == [demo.default] == ["rrclarc"]
+    assert "auto" in demo.type.choices
 
 
 def test_quick_demo_pipeline_is_the_default_without_umap():

@@ -35,8 +35,8 @@ class AClArC(FinetuningCorrector):
 
     Args:
         fraction: probability that a sample of another class gets the artifact, in (0, 1].
-        kind: the artifact's transformation: ``"auto"`` (by its mask's coverage), ``"local"`` (paste the
-            patch) or ``"global"`` (add the mean shift); see spray.clarc.transform.
+        kind: the artifact's transformation: ``"auto"`` (by its localisation: coverage and agreed area),
+            ``"local"`` (paste the patch) or ``"global"`` (add the mean shift); see spray.clarc.transform.
         epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.
         trainable: ``"after"`` fine-tunes the modules after the artifact's layer, ``"all"`` the model.
     """

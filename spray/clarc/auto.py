@@ -5,17 +5,18 @@ The rule, in order:
 1. **Split.** The inferred groups (spray.clarc.groups) are split, seeded and stratified, into a fit part
    and a validation part (:data:`~spray.clarc.groups.VALIDATION` of every group). Every candidate is
    trained on the fit part only.
-2. **Kind.** The artifact is *local* or *global* by its localisation's coverage
-   (spray.clarc.transform.artifact_kind: the mean mask covers at least half the image); the kind fixes
-   the candidates (:data:`CANDIDATES`), each a method with the artifact's transformation it uses (the
-   pasted patch or the mean input shift). A local artifact still gets an A-ClArC with the mean shift as a
-   candidate: for a fixed-position artifact the shift carries the artifact too, and where the masks fail
-   to see a global confounder (LRP puts its relevance on the digits, so the masks look local) only the
-   shift carries it.
+2. **Kind.** The artifact is *local* or *global* by its localisation (spray.clarc.transform.artifact_kind:
+   global when the mean mask covers at least half the image, or when the group's masks agree on less than
+   1 % of it: a local artifact sits at the same pixels in every sample, LRP along a global confounder's
+   CAV lands on each sample's own content); the kind fixes the candidates (:data:`CANDIDATES`), each a
+   method with the artifact's transformation it uses (the pasted patch or the mean input shift). A local
+   artifact still gets an A-ClArC with the mean shift as a candidate: for a fixed-position artifact the
+   shift carries the artifact too.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
-   accuracy over the inferred groups and the counterfactual ones of *both* transformations (other
-   classes with the patch pasted, and with the shift added): a model that still follows the shortcut, in
-   either form, fails a counterfactual group.
+   accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
+   artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so
+   that a model still following the shortcut in either form fails one; for a global one of the shift
+   only (its "patch" is the group's own digits).
 4. **Guard.** A candidate whose plain validation accuracy falls more than :data:`MAX_CLEAN_LOSS` below
    the original model's is dropped, unless every candidate does (then the smallest loss wins).
 5. **Choose** the best score; ties go to the candidate listed first (the cheaper one). The chosen
@@ -37,12 +38,16 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
-from spray.clarc.transform import artifact_kind, artifact_transform
+from spray.clarc.transform import Paste, Shift, agreed_area, artifact_kind, artifact_transform, coverage
 from spray.training import accuracy
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global")),
               "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"))}
 """The candidates per artifact kind, cheapest first: (method, the artifact's transformation it uses)."""
+COUNTERFACTUALS = {"local": ("local", "global"), "global": ("global",)}
+"""The transformations whose counterfactual groups score the candidates, per artifact kind. A global
+confounder's "patch" is the mask-weighted mean of its group's own content (the digits the masks fell on),
+not the artifact: a model that ignores the confounder still fails other classes with it pasted."""
 MAX_CLEAN_LOSS = 0.02
 
 
@@ -64,7 +69,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         inferred = infer_groups(labels_of(dataset), artifact.label, artifact.artifact_index)
         fit, val = inferred.split(seed=tuning.seed)
         kind = artifact_kind(artifact)
-        transforms = [artifact_transform(artifact, dataset, k) for k in ("local", "global")]
+        transforms = counterfactual_transforms(artifact, dataset, kind)
         part, reduced = Subset(dataset, fit), within(artifact, fit)
         val_data = Subset(dataset, val)
         clean = accuracy(model, val_data)
@@ -83,10 +88,18 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
             }
         chosen = choose(figures)
         result = results[chosen]
-        params = {**result.params, "auto": {"kind": kind, "chosen": chosen, "candidates": figures}}
+        params = {**result.params, "auto": {"kind": kind, "coverage": coverage(artifact.mask),
+                                            "agreed_area": agreed_area(artifact.mask), "chosen": chosen,
+                                            "candidates": figures}}
         return dataclasses.replace(result, params=params)
 
     return correct
+
+
+def counterfactual_transforms(artifact: Any, dataset: Dataset, kind: str) -> list[Paste | Shift]:
+    """The transformations whose counterfactual groups score the candidates for an artifact of ``kind``
+    (:data:`COUNTERFACTUALS`)."""
+    return [artifact_transform(artifact, dataset, k) for k in COUNTERFACTUALS[kind]]
 
 
 def candidate_name(method: str, transformation: str) -> str:

@@ -61,7 +61,7 @@ class Tuning:
     """RR-ClArC: λ, the weight of the right-reason penalty."""
     kind: str = "auto"
     """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift)
-    or ``"auto"`` (by the localisation's coverage; spray.clarc.transform)."""
+    or ``"auto"`` (by the localisation: coverage and agreed area; spray.clarc.transform)."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),
@@ -308,7 +308,10 @@ def clarc_from_store(
 def _training_seconds(correction: Correction, wall: float) -> float:
     """What the correction cost: its fine-tuning epochs' seconds as their history recorded them (each epoch
     once, also when a checkpoint was resumed or a finished run loaded), else ``wall``, the seconds the
-    method took (a method that trains nothing, e.g. P-ClArC)."""
+    method took (a method that trains nothing, e.g. P-ClArC; and auto, whose cost is every candidate's
+    training and validation, not the history of the one it chose)."""
+    if "auto" in correction.params:
+        return wall
     seconds = [entry.get("seconds") for entry in correction.history]
     return float(sum(seconds)) if seconds and None not in seconds else wall
 

@@ -56,14 +56,20 @@ def cluster_memberships(
 
 
 CLARC_COLUMNS = ["run", "method", "cluster", "layer", "cav_auc", "model", "clean_accuracy",
-                 "poisoned_accuracy", "everywhere_accuracy", "artifact_relevance", "fda_rank"]
+                 "poisoned_accuracy", "everywhere_accuracy", "average_group_accuracy", "worst_group_accuracy",
+                 "artifact_relevance", "relevance_density", "tcav_score", "tcav_magnitude", "tcav_layer",
+                 "fda_rank", "training_seconds"]
+"""The run's names, then the figures of a metrics row (docs/clarc.md §3) but its per-group accuracies (a
+mapping; they are in the run's JSON)."""
+_TEXT_COLUMNS = {"run", "method", "cluster", "layer", "model", "tcav_layer"}
 
 
 def clarc_metrics(store_path: str | os.PathLike[str]) -> pd.DataFrame:
     """ClArC evaluation of every run: one row per run and model (``original``, ``corrected``).
 
-    Columns :data:`CLARC_COLUMNS`; accuracies and artifact relevance are fractions in [0, 1], missing
-    values NaN.
+    Columns :data:`CLARC_COLUMNS`; accuracies, artifact relevance and the TCAV score are fractions in [0, 1],
+    the relevance density a ratio (1 = no denser inside the mask than elsewhere), the training cost in
+    seconds; missing values NaN (a run recorded before a figure existed has none).
     """
     with AuditStore(store_path) as store:
         runs = read_clarc_runs(store)
@@ -74,8 +80,7 @@ def clarc_metrics(store_path: str | os.PathLike[str]) -> pd.DataFrame:
         for row in r.metrics
     ]
     frame = pd.DataFrame(rows, columns=CLARC_COLUMNS)
-    numeric = ["cav_auc", "clean_accuracy", "poisoned_accuracy", "everywhere_accuracy", "artifact_relevance",
-               "fda_rank"]
+    numeric = [c for c in CLARC_COLUMNS if c not in _TEXT_COLUMNS]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
     return frame
 

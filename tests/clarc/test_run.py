@@ -27,6 +27,7 @@ from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.evaluate import artifact_relevance, everywhere
 from spray.clarc.run import describe_artifact
+from spray.clarc.transform import agreed_area, artifact_kind, coverage
 from spray.errors import BadInputError
 from spray.store import AuditStore
 from spray.training import accuracy
@@ -57,7 +58,7 @@ def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_a
     config = ClarcConfig(method, tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=2), progress=False)
     result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config, EvaluationData(tiny_audit.dataset))
     with AuditStore(store) as audit:
-        attrs = audit.read_node(f"clarc/{result.run}/result")[1]
+        audit_arrays, attrs = audit.read_node(f"clarc/{result.run}/result")
     assert attrs["method"] == method and attrs["cluster"] == spec
     if method == "dfr":
         assert attrs["C"] in CS and attrs["head"] == "head" and attrs["history"] == []
@@ -67,6 +68,11 @@ def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_a
     if method == "auto":
         assert list(attrs["auto"]["candidates"]) == [candidate_name(*c) for c in CANDIDATES[attrs["auto"]["kind"]]]
         assert attrs["auto"]["chosen"] == choose(attrs["auto"]["candidates"])
+        mask = torch.from_numpy(audit_arrays["mask"])
+        assert attrs["auto"]["coverage"] == coverage(mask) and attrs["auto"]["agreed_area"] == agreed_area(mask)
+        assert attrs["auto"]["kind"] == artifact_kind(result.artifact)
+        # auto's cost is all of its candidates', not the chosen one's epochs alone
+        assert attrs["training_seconds"] >= sum(c["seconds"] for c in attrs["auto"]["candidates"].values())
     json.dumps(attrs)
     reloaded = load_corrected(new_model(seed=3), torch.load(result.weights, weights_only=True))
     x = tiny_audit.dataset.tensors[0][:5]

@@ -1,8 +1,8 @@
-"""The artifact as a transformation: the coverage rule, the mean shift, A-ClArC adding it."""
+"""The artifact as a transformation: the kind rule (coverage, agreed area), the mean shift, A-ClArC adding it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
-from spray.clarc.transform import GLOBAL_COVERAGE, Paste, Shift, artifact_kind, artifact_transform, coverage, mean_shift
+from spray.clarc.transform import (AGREEMENT, GLOBAL_COVERAGE, MIN_AGREED_AREA, Paste, Shift, agreed_area,
+                                   artifact_kind, artifact_transform, coverage, mean_shift)
 from spray.errors import BadInputError
 
 
@@ -43,6 +44,22 @@ def test_an_artifact_covering_half_the_image_or_more_is_global():
     assert artifact_kind(artifact(0.25)) == "local"
     assert artifact_kind(artifact(GLOBAL_COVERAGE)) == "global"
     assert artifact_kind(artifact(1.0)) == "global"
+
+
+def test_masks_that_agree_on_no_region_make_a_global_artifact():
+    # A quarter of the image, but no pixel in (nearly) every sample's mask: LRP on each sample's own content.
+    diffuse = replace(artifact(0.25), mask=artifact(0.25).mask * 0.9)
+    assert coverage(diffuse.mask) == pytest.approx(0.225) and agreed_area(diffuse.mask) == 0.0
+    assert artifact_kind(diffuse) == "global"
+
+
+def test_a_local_artifact_needs_an_agreed_area_of_at_least_the_minimum():
+    mask = torch.full((20, 20), 0.2)
+    mask.view(-1)[:4] = AGREEMENT  # 4 of 400 pixels: the minimum, 1 %
+    assert agreed_area(mask) == MIN_AGREED_AREA == 0.01
+    assert artifact_kind(replace(artifact(0.25), mask=mask)) == "local"
+    mask.view(-1)[3] = AGREEMENT - 0.01
+    assert agreed_area(mask) == 0.0075 and artifact_kind(replace(artifact(0.25), mask=mask)) == "global"
 
 
 def test_the_mean_shift_is_the_cluster_mean_minus_the_rest_mean():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from spray.errors import BadInputError
 from spray.export import clarc_metrics, cluster_memberships, export_tables, write_table
 from spray.export.tables import CLARC_COLUMNS
 from spray.ranking import rank_classes
+from spray.results import write_result
 from spray.store import AuditStore
 
 
@@ -57,6 +59,28 @@ def test_clarc_metrics_have_a_row_per_run_and_model_with_missing_values_as_nan(a
     assert table["poisoned_accuracy"].tolist() == [0.41, 0.88]
     assert math.isnan(table.loc[1, "everywhere_accuracy"])
     assert table["fda_rank"].tolist() == [1, 3]
+    assert table["worst_group_accuracy"].isna().all()  # recorded before the figure existed
+
+
+def test_clarc_metrics_carry_group_accuracies_density_tcav_and_cost(audit_store, tmp_path):
+    store = shutil.copy(audit_store, tmp_path / "audit.h5")
+    with AuditStore(store) as opened:
+        arrays, attrs = opened.read_node("clarc/pclarc-1/result")
+    figures = {"group_accuracy": {"0:clean": 0.9, "0:artifact": 0.2}, "average_group_accuracy": 0.55,
+               "worst_group_accuracy": 0.2, "relevance_density": 2.5, "tcav_score": 1.0, "tcav_magnitude": 3.8,
+               "tcav_layer": "features.1"}
+    metrics = [{**attrs["metrics"][0], **figures, "training_seconds": None},
+               {**attrs["metrics"][1], **figures, "worst_group_accuracy": 0.6, "relevance_density": 1.1,
+                "tcav_score": 0.5, "training_seconds": 12.5}]
+    write_result(store, "aclarc-2", arrays, {**attrs, "method": "aclarc", "metrics": metrics})
+    table = clarc_metrics(store).set_index(["run", "model"]).loc["aclarc-2"]
+    assert table["worst_group_accuracy"].tolist() == [0.2, 0.6]
+    assert table["average_group_accuracy"].tolist() == [0.55, 0.55]
+    assert table["relevance_density"].tolist() == [2.5, 1.1]
+    assert table["tcav_score"].tolist() == [1.0, 0.5] and table["tcav_magnitude"].tolist() == [3.8, 3.8]
+    assert table["tcav_layer"].tolist() == ["features.1", "features.1"]
+    assert math.isnan(table.loc["original", "training_seconds"]) and table.loc["corrected", "training_seconds"] == 12.5
+    assert "group_accuracy" not in table.columns
 
 
 def test_tables_round_trip_through_csv_and_json(tmp_path):

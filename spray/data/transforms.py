@@ -198,7 +198,11 @@ class ImageTransform:
         return image
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Step 5 on a (C, H, W) float tensor in [0, 1]."""
+        """Step 5 on a (C, H, W) float CPU tensor in [0, 1]; the result is contiguous.
+
+        Computed with numpy, in one thread: torch would split one image over its intra-op threads, and
+        with ``--workers 0`` the explaining process decodes with its own thread count, where that hand-off
+        cost 17 times the arithmetic on a loaded 2-core machine (docs/benchmarks.md, "Image files")."""
         if self.mean is None:
             return x
         if len(self.mean) not in (1, x.shape[0]):
@@ -206,9 +210,10 @@ class ImageTransform:
                 f"mean and std have {len(self.mean)} values, but the images have {x.shape[0]} channel(s): "
                 "give one value, or one per channel (or set the mode: --rgb/--grayscale)"
             )
-        mean = torch.tensor(self.mean, dtype=x.dtype).reshape(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).reshape(-1, 1, 1)
-        return (x - mean) / std
+        array = x.numpy()
+        mean = np.asarray(self.mean, dtype=array.dtype).reshape(-1, 1, 1)
+        std = np.asarray(self.std, dtype=array.dtype).reshape(-1, 1, 1)
+        return torch.from_numpy(np.ascontiguousarray((array - mean) / std))
 
     def bounds(self, channels: int) -> tuple[list[float], list[float]] | None:
         """Per channel, the model inputs of pixel values 0 and 1 (``(0 - mean) / std``, ``(1 - mean) / std``):

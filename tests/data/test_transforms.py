@@ -64,6 +64,14 @@ def test_normalise_per_channel_and_bounds_are_the_inputs_of_pixels_zero_and_one(
     assert ImageTransform().bounds(3) is None
 
 
+def test_normalise_equals_torch_arithmetic_bit_for_bit_on_a_channels_last_image_and_is_contiguous():
+    x = torch.rand(5, 6, 3, generator=torch.Generator().manual_seed(0)).permute(2, 0, 1)  # as decoded: H, W, C
+    out = ImageTransform(mean=IMAGENET[0], std=IMAGENET[1]).normalise(x)
+    mean, std = (torch.tensor(v).reshape(-1, 1, 1) for v in IMAGENET)
+    assert out.shape == (3, 5, 6) and out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.equal(out, (x - mean) / std)
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ({"resize": "256", "crop": "224", "normalize": "imagenet"},
      ImageTransform(resize=256, crop=224, mean=IMAGENET[0], std=IMAGENET[1])),

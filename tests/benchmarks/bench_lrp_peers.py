@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rss", default=",".join(METHODS), help="methods whose peak RSS is measured")
     args = parser.parse_args()
     print(f"{machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"batch {args.batch} of 3 x {args.size} x {args.size}, float32; {load()}", flush=True)
@@ -110,7 +111,7 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     rss = {}
     for name, _, medians in rows:
-        for method in medians:
+        for method in [m for m in args.rss.split(",") if m in medians]:
             with ProcessPoolExecutor(1, mp_context=context) as pool:
                 rss[name, method] = pool.submit(peak_rss, name, method, args.size, args.batch).result()
             print(name, method, f"peak RSS {rss[name, method]:.2f} GiB", flush=True)

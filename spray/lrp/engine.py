@@ -30,7 +30,7 @@ from spray.lrp.canonizers import fold_batchnorm
 from spray.lrp.composites import Composite
 from spray.lrp.layers import LINEAR_LAYERS
 from spray.lrp.rules import Rule
-from spray.lrp.tracing import ONE_AT_A_TIME, Traced, canonize
+from spray.lrp.tracing import ONE_AT_A_TIME, Traced, TraceCache
 from spray.lrp.transformer import refuse_untraced_attention
 
 
@@ -39,11 +39,19 @@ class LRP:
 
     The model is left as found: its modules are never replaced or modified (tracing works on a copy whose
     new layers are new objects), hooks are removed, ``training`` and ``requires_grad`` flags restored, no
-    ``.grad`` written. During the attribution the model runs in eval mode.
+    ``.grad`` written. During the attribution the model runs in eval mode. The traced copy of the last model
+    explained is kept and reused until that model changes (:class:`~spray.lrp.tracing.TraceCache`).
     """
 
     def __init__(self, composite: Composite) -> None:
         self.composite = composite
+        self._traces = TraceCache()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"composite": self.composite}  # a trace is made where it is used (dask workers)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["composite"])
 
     @property
     def name(self) -> str:
@@ -121,7 +129,8 @@ class LRP:
     def trace_record(self, model: nn.Module, x: Tensor) -> dict[str, Any]:
         """What this attributor makes of ``model`` for inputs like ``x`` (B, ...; one sample runs), JSON-able:
         ``rules`` pairs each hooked module of the canonised copy (qualified name, in forward order) with the
-        repr of the rule the composite gives it, ``[[name, rule], ...]``; ``hash`` is the sha256 of the traced
+        repr of the rule the composite gives it, ``[[name, rule], ...]``, each BatchNorm folded into a layer
+        right after that layer as ``[name, "folded into <layer>"]``; ``hash`` is the sha256 of the traced
         forward's generated code, each called module's repr with the constants a traced operation holds
         (the 2.0 of ``x * 2.0``), the values of the tensors the forward reads that the model's state dict
         does not hold (plain tensor attributes, buffers that are not persistent), and these rules; ``traced`` is False where fx could not trace the
@@ -145,9 +154,15 @@ class LRP:
             parts += [f"{node.target}: {_fingerprint(traced.module.get_buffer(node.target))}" for node in graph.nodes
                       if node.op == "get_attr" and node.target not in held
                       and isinstance(traced.module.get_buffer(node.target), Tensor)]
-        parts += [f"{name}: {rule}" for name, rule in rules.items()]
+        folded = {} if traced is None else traced.folded
+        record = []
+        for name, rule in rules.items():
+            record.append([name, rule])
+            if name in folded:  # the BatchNorm's call left the copy's graph
+                record.append([folded[name], f"folded into {name}"])
+        parts += [f"{name}: {rule}" for name, rule in record]
         digest = hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
-        return {"traced": traced is not None, "hash": digest, "rules": [[name, rule] for name, rule in rules.items()]}
+        return {"traced": traced is not None, "hash": digest, "rules": record}
 
     def _prepare(self, stack: ExitStack, model: nn.Module, x: Tensor, start: str | None,
                  what: str = "start") -> tuple[nn.Module, str | None, Traced | None]:
@@ -160,7 +175,7 @@ class LRP:
                                 f"model.named_modules(), e.g. {names[1:6]}")
         stack.enter_context(ONE_AT_A_TIME)
         stack.enter_context(_frozen(model))
-        traced = canonize(model, x, self.composite, start)
+        traced = self._traces.canonize(model, x, self.composite, start)
         if traced is None:
             refuse_untraced_attention(model)
             stack.enter_context(fold_batchnorm(model))

@@ -15,15 +15,17 @@
 - operations whose gradient *is* their LRP rule (reshapes, views, permutes, indexing, concatenation, ReLU
   gating, max pooling, padding) stay functional: autograd carries relevance through them;
 - a BatchNorm whose input is the output of a Linear/Conv used nowhere else is folded into a new copy of
-  that layer, wherever the edge is (inside blocks, on downsample branches); an ``nn.Identity`` takes the
-  BatchNorm's place, so module names keep their meaning;
+  that layer, wherever the edge is (inside blocks, on downsample branches); an ``nn.Identity`` is
+  registered under the BatchNorm's name, so module names keep their meaning;
+- a leaf module that computes in place (``nn.ReLU(inplace=True)``) is replaced by a copy that does not;
 - any other operation on input-dependent floating-point tensors is refused with an
   :class:`~spray.errors.UnsupportedLayerError` naming the graph node, the operation and the source line.
 
 Leaf modules (those the composite has a rule for, by name, by type or by default) are not traced into, and
 the engine hooks them as in an untraced model. A forward that ``torch.fx`` cannot trace (data- or
 shape-dependent Python control flow, ...) yields ``None`` and an :class:`UntracedModelWarning`; the engine
-then hooks the model itself (docs/lrp.md, "Tracing").
+then hooks the model itself (docs/lrp.md, "Tracing"). :class:`TraceCache` keeps an attributor's copies
+while the model is unchanged.
 """
 
 from __future__ import annotations
@@ -138,10 +140,70 @@ _LIBRARY_DIRS = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
 @dataclass
 class Traced:
     """A canonised copy of a model: ``module`` to run and hook, ``start`` the name (in ``module``) of the
-    module whose output is the requested start, None for the model output or a start that never runs."""
+    module whose output is the requested start, None for the model output or a start that never runs;
+    ``folded`` maps each layer a BatchNorm was folded into to that BatchNorm's name."""
 
     module: fx.GraphModule
     start: str | None
+    folded: dict[str, str]
+
+
+class TraceCache:
+    """The canonised copies of the last model an attributor explained, made once and reused while the model
+    is as it was (:func:`model_state`): one trace per run, not per batch. One copy per start module, input
+    kind (dtype, device, shape of a sample) and set of leaves (what the composite maps rules to)."""
+
+    def __init__(self) -> None:
+        self._model: nn.Module | None = None
+        self._state: tuple = ()
+        self._traces: dict[tuple, Traced | None] = {}
+
+    def canonize(self, model: nn.Module, x: Tensor, composite: Composite, start: str | None) -> Traced | None:
+        """:func:`canonize`'s result, from the cache where the model has not changed since it was made."""
+        state = model_state(model)
+        if model is not self._model or state != self._state:
+            self._model, self._state, self._traces = model, state, {}
+        key = (start, x.dtype, x.device, tuple(x.shape[1:]), _leaves(model, composite))
+        if key not in self._traces:
+            self._traces[key] = canonize(model, x, composite, start)
+        return self._traces[key]
+
+
+#: The attributes every ``nn.Module`` has (hooks, the parameter and submodule tables, ``training``).
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def model_state(model: nn.Module) -> tuple:
+    """What a canonised copy of ``model`` depends on, cheap to compute and compare: per module its name,
+    identity, class and forward, its own attributes (numbers, strings and tuples of them by value, other
+    objects by identity) and its parameters and buffers by identity, storage, dtype, shape and version
+    counter. PyTorch bumps a tensor's version counter on every in-place change (an optimizer step,
+    ``load_state_dict``), so changed weights change the state: the folded BatchNorms are computed anew."""
+    return tuple((name, id(module), type(module), type(module).forward,
+                  tuple((key, _frozen_value(value)) for key, value in vars(module).items()
+                        if key not in _MODULE_INTERNALS),
+                  tuple((key, _frozen_value(t)) for table in (module._parameters, module._buffers)
+                        for key, t in table.items()))
+                 for name, module in model.named_modules(remove_duplicate=False))
+
+
+def _frozen_value(value: Any) -> Any:
+    """``value`` as :func:`model_state` compares it."""
+    if value is None or isinstance(value, bool | int | str | bytes):
+        return value
+    if isinstance(value, float):
+        return repr(value)  # nan == nan
+    if isinstance(value, Tensor):
+        return (id(value), value.data_ptr(), value._version, value.dtype, value.device, tuple(value.shape))
+    if isinstance(value, tuple | list):
+        return (type(value), tuple(map(_frozen_value, value)))
+    return ("object", id(value))
+
+
+def _leaves(model: nn.Module, composite: Composite) -> frozenset[int]:
+    """The identities of the modules the composite has a rule for: the trace stops at them."""
+    return frozenset(id(m) for name, m in model.named_modules()
+                     if name and composite.rule(name, m, False) is not None)
 
 
 def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | None) -> Traced | None:
@@ -153,25 +215,25 @@ def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | Non
     """
     if next(model.children(), None) is None:
         return None
-    leaves = {id(m) for name, m in model.named_modules() if name and composite.rule(name, m, False) is not None}
-    tracer = _Tracer(leaves)
+    tracer = _Tracer(_leaves(model, composite))
     try:
         graph = tracer.trace(model)
     except UnsupportedLayerError:  # traced far enough to know: the model holds what LRP does not explain
         raise
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...) on untraceable code
-        warnings.warn(_untraced_message(model, exc), UntracedModelWarning, stacklevel=4)
+        warnings.warn(_untraced_message(model, exc), UntracedModelWarning, stacklevel=5)
         return None
     module = fx.GraphModule(model, graph, class_name=type(model).__name__)
     user = {id(m) for m in model.modules()}
     wrap_multihead_attention(module)
     carries = _carries(module, x[:2].clone())  # a clone: the model may modify its input in place
     _rewrite_operations(module, carries, user, {name for name, _ in model.named_modules()})
-    _fold_batchnorms(module, user)
+    folded = _fold_batchnorms(module, user, tracer.outputs, start)
+    _out_of_place(module, user)
     start_name = None if start is None else _start(module, tracer.outputs.get(start), start, user)
     module.graph.lint()
     module.recompile()
-    return Traced(module, start_name)
+    return Traced(module, start_name, folded)
 
 
 def feature_layer(model: nn.Module, x: Tensor) -> str | None:
@@ -225,7 +287,7 @@ def _is_pooling(module: nn.Module, node: fx.Node) -> bool:
 class _Tracer(fx.Tracer):
     """fx tracing that stops at modules with an LRP rule and records each module's first output node."""
 
-    def __init__(self, leaves: set[int]) -> None:
+    def __init__(self, leaves: set[int] | frozenset[int]) -> None:
         super().__init__()
         self.record_stack_traces = True  # UnsupportedLayerError names the user's source line
         self.leaves = leaves
@@ -352,8 +414,14 @@ def _replace(module: fx.GraphModule, node: fx.Node, kind: type[TracedOperation],
     return call
 
 
-def _fold_batchnorms(module: fx.GraphModule, user: set[int]) -> None:
-    """Fold each BatchNorm into the Linear/Conv whose output only it reads: new layer copy, identity BN."""
+def _fold_batchnorms(module: fx.GraphModule, user: set[int], outputs: dict[str, fx.Node],
+                     start: str | None) -> dict[str, str]:
+    """Fold each BatchNorm into the Linear/Conv whose output only it reads: a new copy of the layer, and an
+    ``nn.Identity`` registered in the BatchNorm's place, so that its name stays valid. The identity is called
+    only where it is the ``start`` module; elsewhere the BatchNorm's call leaves the graph (and ``outputs``,
+    the first output node of each module, names the layer's output instead), as a call of an identity would
+    only copy the activation. Returns {layer: BatchNorm folded into it}."""
+    folded: dict[str, str] = {}
     calls: dict[str, int] = {}
     for node in module.graph.nodes:
         if node.op == "call_module":
@@ -369,10 +437,33 @@ def _fold_batchnorms(module: fx.GraphModule, user: set[int]) -> None:
             continue
         if _owned_by_user(module, producer.target, user) or _owned_by_user(module, node.target, user):
             continue
-        folded = copy.deepcopy(layer, {id(t): t for t in [*layer.parameters(), *layer.buffers()]})
-        folded.weight, folded.bias = folded_parameters(layer, norm)
-        module.add_submodule(producer.target, folded)
+        merged = _copy(layer)
+        merged.weight, merged.bias = folded_parameters(layer, norm)
+        module.add_submodule(producer.target, merged)
         module.add_submodule(node.target, nn.Identity())
+        folded[producer.target] = node.target
+        if node.target != start:
+            node.replace_all_uses_with(producer)
+            for name in [name for name, output in outputs.items() if output is node]:
+                outputs[name] = producer
+            module.graph.erase_node(node)
+    return folded
+
+
+def _out_of_place(module: fx.GraphModule, user: set[int]) -> None:
+    """Replace each leaf module that computes in place (``nn.ReLU(inplace=True)``) by a copy that does not:
+    the engine runs a module on leaves of its inputs, which an in-place module could only modify in a copy."""
+    for target in {node.target for node in module.graph.nodes if node.op == "call_module"}:
+        called = module.get_submodule(target)
+        if getattr(called, "inplace", None) is True and not _owned_by_user(module, target, user):
+            replacement = _copy(called)
+            replacement.inplace = False
+            module.add_submodule(target, replacement)
+
+
+def _copy(layer: nn.Module) -> nn.Module:
+    """A new module object like ``layer`` that shares its parameters and buffers."""
+    return copy.deepcopy(layer, {id(t): t for t in [*layer.parameters(), *layer.buffers()]})
 
 
 def _start(module: fx.GraphModule, output: fx.Node | None, start: str, user: set[int]) -> str | None:

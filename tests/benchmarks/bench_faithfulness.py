@@ -7,7 +7,8 @@ to 32 × 32; three channels for the torchvision-layout models): 4,000 to train, 
 other 1,000 to measure. Regions: 4 × 4 patches (64 per image), the top 25 % removed in 16 steps, filled with
 each image's mean (spray.benchmark.faithfulness.FLIPPING, the scorecard's setting).
 
-Run: python tests/benchmarks/bench_faithfulness.py [--archs cnn,resnet18,vgg16_bn] [--epochs 2] [--samples 256]
+Run: python tests/benchmarks/bench_faithfulness.py [--archs cnn,resnet18,...] [--epochs 2] [--samples 256]
+     (default: every architecture, the zoo's all at 32 px; DenseNet then ends on a 1 x 1 map)
      [--docs docs/benchmarks.md]   (replaces the table between this script's markers there)
 """
 
@@ -29,13 +30,22 @@ from spray.benchmark.faithfulness import FLIPPING
 from spray.benchmark.scorecard import machine
 from spray.demo.model import build_model
 from spray.training import TrainingConfig, accuracy, train_model
-from spray.zoo import resnet18, vgg16_bn, vit_tiny_16
+from spray.zoo import (
+    convnext_tiny, densenet121, efficientnet_b0, mobilenet_v2, resnet18, resnet50, timm_vit_tiny_16, vgg16_bn,
+    vit_tiny_16,
+)
 
 ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "cnn": (lambda: build_model(10, in_channels=1, seed=0), 1),
     "resnet18": (lambda: resnet18(num_classes=10), 3),
     "vgg16_bn": (lambda: vgg16_bn(num_classes=10, pool=1, hidden=256), 3),
     "vit_tiny": (lambda: vit_tiny_16(num_classes=10, image_size=32, patch_size=4), 3),
+    "resnet50": (lambda: resnet50(num_classes=10), 3),
+    "densenet121": (lambda: densenet121(num_classes=10), 3),
+    "mobilenet_v2": (lambda: mobilenet_v2(num_classes=10), 3),
+    "efficientnet_b0": (lambda: efficientnet_b0(num_classes=10), 3),
+    "convnext_tiny": (lambda: convnext_tiny(num_classes=10), 3),
+    "timm_vit_tiny": (lambda: timm_vit_tiny_16(num_classes=10, img_size=32, patch_size=4), 3),
 }
 """name -> (factory, input channels)."""
 

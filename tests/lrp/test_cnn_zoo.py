@@ -66,13 +66,15 @@ def test_relevance_is_accounted_for_to_rounding_and_the_model_left_as_found(arch
 def test_densenet_batchnorms_after_concatenations_are_explained_on_their_own_with_epsilon():
     model = _model("densenet121")
     x, target = torch.randn(2, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 2])
-    _, _, ledger = LRP(EpsilonPlusFlat()).balance(model, x, target)
+    method = LRP(EpsilonPlusFlat())
+    _, _, ledger = method.balance(model, x, target)
     rules_of = {b.name: b.rule for b in ledger}
     standalone = ["features.denseblock1.denselayer2.norm1", "features.transition1.norm", "features.norm5"]
     assert all(isinstance(rules_of[name], rules.Epsilon) for name in standalone)
-    # the BatchNorm after each dense layer's 1x1 convolution is folded: an identity takes its place
-    assert isinstance(next(b for b in ledger if b.name == "features.denseblock1.denselayer2.norm2").module,
-                      nn.Identity)
+    # the BatchNorm after each dense layer's 1x1 convolution is folded into it and leaves the graph
+    folded = "features.denseblock1.denselayer2.norm2"
+    assert folded not in rules_of
+    assert dict(method.trace_record(model, x)["rules"])[folded] == "folded into features.denseblock1.denselayer2.conv1"
     shifts = {b.name: b for b in ledger if b.name in standalone}
     assert all(may_absorb(b) and float((b.out - b.into).abs().max()) > 0 for b in shifts.values())
 

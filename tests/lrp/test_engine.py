@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 from captum.attr import LRP as CaptumLRP
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -203,6 +206,45 @@ def test_untraceable_model_falls_back_to_hooks_with_a_warning_naming_the_call():
     _assert_conserved(relevance, _explained_logit(logits, target))
 
 
+class _ShapeBranch(nn.Module):
+    """Control flow on a shape: torch.export could trace it (specialised to the sample's shape), fx cannot."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.ReLU()
+        self.fc = nn.Linear(12, 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu(self.conv(x))
+        if y.shape[-1] > 2:
+            y = F.avg_pool2d(y, 2)
+        return self.fc(y.flatten(1))
+
+
+class _DataBranch(_ShapeBranch):
+    """Control flow on the data: neither fx nor torch.export can trace it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu(self.conv(x))
+        if y.sum() > 0:
+            y = F.avg_pool2d(y, 2)
+        return self.fc(y.flatten(1))
+
+
+@pytest.mark.parametrize(("model", "line"), [(_ShapeBranch, "if y.shape[-1] > 2:"), (_DataBranch, "if y.sum() > 0:")])
+def test_shape_and_data_dependent_control_flow_fall_back_to_hooks_with_a_warning_naming_the_branch(model, line):
+    torch.manual_seed(0)
+    x, target = torch.rand(2, 2, 4, 4, dtype=torch.float64), torch.tensor([0, 1])
+    message = (f"torch.fx cannot trace the forward of {model.__name__} at {__file__}:\\d+: `{re.escape(line)}` "
+               r"\(symbolically traced variables cannot be used as inputs to control flow\); LRP falls back to "
+               "hooks on its modules, which leave functional additions and BatchNorm outside nn.Sequential "
+               r"unexplained \(docs/lrp.md, 'Tracing'\)$")
+    with pytest.warns(UntracedModelWarning, match=message):
+        relevance, logits = LRP(EpsilonPlusFlat(1e-12)).attribute(model().double(), x, target)
+    # the functional average pooling between the hooked modules is routed by its gradient, which conserves
+    _assert_conserved(relevance, _explained_logit(logits, target))
+
+
 class _ConvThenBatchNorm(nn.Module):
     """BatchNorm after a conv whose output is also read elsewhere: not folded, explained by the ε rule."""
 
@@ -295,10 +337,11 @@ def test_trace_record_names_each_module_and_operation_with_the_rule_the_composit
     assert record["traced"] is True
     assert [name for name, _ in record["rules"][:6]] == ["conv1", "bn1", "relu", "maxpool", "layer1.0.conv1",
                                                          "layer1.0.bn1"]
-    # The first convolution is flat, later ones z+; folded BatchNorms are identities; the user's name map
-    # wins over the addition's proportional default; the head is epsilon.
+    # The first convolution is flat, later ones z+; folded BatchNorms are named after their layer; the user's
+    # name map wins over the addition's proportional default; the head is epsilon.
     assert (rules["conv1"], rules["layer1.0.conv1"], rules["layer4.1.conv2"], rules["bn1"]) == (
-        "Flat()", "ZPlus()", "ZPlus()", "Pass()")
+        "Flat()", "ZPlus()", "ZPlus()", "folded into conv1")
+    assert rules["layer2.0.downsample.1"] == "folded into layer2.0.downsample.0"
     assert (rules["layer1.0.add"], rules["layer1.1.add"]) == ("Pass()", "Proportional(epsilon=1e-09)")
     assert rules["fc"] == "Epsilon(epsilon=1e-06)"
     assert len(rules) == len(record["rules"])  # each module once, at its first call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from spray.errors import BadInputError, UnsupportedLayerError
 from spray.lrp import LRP, Epsilon, EpsilonPlusFlat, rules
 from spray.lrp.functional import Activation, Addition, Pooling, Scaling
+from spray.lrp import tracing
 from spray.lrp.tracing import canonize
 from spray.zoo import randomize_batch_norms, resnet18
 
@@ -203,9 +205,84 @@ def test_attributions_in_concurrent_threads_equal_the_serial_ones():
     xs = [torch.randn(2, 2, 6, 6, dtype=torch.float64) for _ in range(8)]
     target = torch.tensor([0, 1])
     serial = [LRP(Epsilon()).attribute(model, x, target)[0] for x in xs]
-    with ThreadPoolExecutor(4) as pool:
-        concurrent = list(pool.map(lambda x: LRP(Epsilon()).attribute(model, x, target)[0], xs))
-    assert all(torch.equal(a, b) for a, b in zip(serial, concurrent, strict=True))
+    shared = LRP(Epsilon())  # one attributor and its trace, as a dask worker's threads share them
+    for method in (lambda: LRP(Epsilon()), lambda: shared):
+        with ThreadPoolExecutor(4) as pool:
+            concurrent = list(pool.map(lambda x: method().attribute(model, x, target)[0], xs))
+        assert all(torch.equal(a, b) for a, b in zip(serial, concurrent, strict=True))
+
+
+class _Scaled(nn.Module):
+    """A forward that reads a plain number attribute: the trace holds its value as a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2, bias=False)
+        self.factor = 2.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x) * self.factor
+
+
+def test_a_model_is_traced_once_and_again_only_when_it_changed(monkeypatch):
+    torch.manual_seed(0)
+    model = randomize_batch_norms(resnet18(num_classes=3)).double().eval()
+    x, target = torch.rand(2, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 2])
+    starts = []
+
+    def counted(model: nn.Module, x: Tensor, composite: object, start: str | None) -> object:
+        starts.append(start)
+        return canonize(model, x, composite, start)
+
+    monkeypatch.setattr(tracing, "canonize", counted)
+    method = LRP(EpsilonPlusFlat())
+    first, _ = method.attribute(model, x, target)
+    again, _ = method.attribute(model, x, target)
+    method.attribute(model, x[:1], target[:1])  # another batch size: the same trace
+    method.relevance(model, x, "layer3", lambda a: a)  # another start: a trace of its own
+    assert torch.equal(first, again) and starts == [None, "layer3"]
+    with torch.no_grad():
+        model.bn1.running_var.mul_(4.0)  # in place, as an optimizer or load_state_dict changes weights
+    _, logits = method.attribute(model, x, target)
+    assert starts == [None, "layer3", None]
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x), rtol=1e-12, atol=1e-12)  # the new statistics folded
+    model.layer1[0].conv2 = nn.Conv2d(64, 64, 3, padding=1, bias=False).double()  # a module replaced
+    method.attribute(model, x, target)
+    assert starts == [None, "layer3", None, None]
+
+    scaled, inputs = _Scaled().eval(), torch.rand(3, 4)
+    method = LRP(Epsilon())
+    for factor in (2.0, 3.0):
+        scaled.factor = factor
+        _, logits = method.attribute(scaled, inputs, torch.tensor([0, 1, 0]))
+        torch.testing.assert_close(logits, scaled.fc(inputs).detach() * factor)
+
+
+def test_an_attributor_travels_without_its_traces(zoo_resnet):
+    method = LRP(EpsilonPlusFlat())
+    method.attribute(zoo_resnet, torch.rand(1, 3, 16, 16, dtype=torch.float64), torch.tensor([1]))
+    assert pickle.dumps(method) == pickle.dumps(LRP(method.composite))
+
+
+def test_in_place_modules_run_out_of_place_in_the_traced_copy_only(zoo_resnet):
+    traced = canonize(zoo_resnet, torch.rand(1, 3, 16, 16, dtype=torch.float64), EpsilonPlusFlat(), None)
+    assert [name for name, m in traced.module.named_modules() if getattr(m, "inplace", False)] == []
+    assert zoo_resnet.layer1[0].relu.inplace is True
+    assert traced.module.get_submodule("layer1.0.relu") is not zoo_resnet.layer1[0].relu
+
+
+@pytest.mark.parametrize("start", ["layer2.0.downsample", "layer2.0.downsample.1"])
+def test_relevance_starts_at_a_folded_batchnorm_and_at_the_container_it_ends(zoo_resnet, start):
+    # The folded BatchNorm's call leaves the traced graph unless it is the start; both start at its output.
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    seeds = []
+    relevance = LRP(Epsilon(1e-12)).relevance(zoo_resnet, x, start, lambda a: seeds.append(a) or a)
+    with torch.no_grad():
+        stem = zoo_resnet.maxpool(zoo_resnet.relu(zoo_resnet.bn1(zoo_resnet.conv1(x))))
+        expected = zoo_resnet.layer2[0].downsample(zoo_resnet.layer1(stem))
+    torch.testing.assert_close(seeds[0], expected)
+    assert relevance.shape == x.shape
 
 
 def test_a_frame_whose_code_line_is_missing_is_named_without_one():

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 
+from spray.analysis import knn as knn_module
 from spray.analysis.knn import KNNGraph, knn_adjacency
 from spray.errors import BadInputError
 
@@ -35,6 +36,63 @@ def test_exact_search_handles_duplicate_rows_without_self_loops():
     assert not (g.indices_ == np.arange(80)[:, None]).any()
     np.testing.assert_array_equal(g.distances_[:, :3], 0.0)
     assert g.adjacency_.diagonal().sum() == 0
+
+
+def _brute_force_neighbours(X, k):
+    """Indices and distances of the k nearest other rows in float64, ties broken by row number."""
+    D = cdist(X.astype(np.float64), X.astype(np.float64))
+    np.fill_diagonal(D, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(X)), D.shape), D), axis=1)[:, :k]
+    return order, np.take_along_axis(D, order, 1)
+
+
+def _pruned_and_symmetric(X, k, monkeypatch):
+    """_exact_neighbors through the pruned search (forced) and through the symmetric one (pruning refused)."""
+    monkeypatch.setattr(knn_module, "_PRUNED_MAX_SHARE", 2.0)
+    pruned = knn_module._exact_neighbors(X, k)
+    monkeypatch.setattr(knn_module, "_PRUNED_MAX_SHARE", -1.0)
+    return pruned, knn_module._exact_neighbors(X, k)
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(1500, 40, 10), (700, 3, 7), (130, 64, 15), (12, 5, 11), (2, 3, 1)])
+def test_pruned_and_symmetric_searches_equal_brute_force(blobs, monkeypatch, n, d, k):
+    # Clustered rows (the pruning skips pairs) in several leaves and groups, one leaf, and n = k + 1.
+    sizes = [n // 5] * 4 + [n - 4 * (n // 5)]
+    X, _ = blobs(sizes, d=d, separation=4.0, seed=n)
+    X = X.astype(np.float32)
+    want_i, want_d = _brute_force_neighbours(X, k)
+    for ind, dist in _pruned_and_symmetric(X, k, monkeypatch):
+        np.testing.assert_array_equal(ind, want_i)
+        np.testing.assert_allclose(dist, want_d, rtol=1e-12)
+
+
+def test_pruned_search_keeps_every_tied_neighbour_distance(monkeypatch):
+    # Integer grid points: many neighbours at exactly equal distances, and duplicate rows.
+    X = np.random.default_rng(5).integers(0, 4, size=(900, 6)).astype(np.float32)
+    _, want_d = _brute_force_neighbours(X, 8)
+    for ind, dist in _pruned_and_symmetric(X, 8, monkeypatch):
+        np.testing.assert_array_equal(dist, want_d)
+        assert not (ind == np.arange(900)[:, None]).any()
+        np.testing.assert_allclose(np.linalg.norm(X[:, None] - X[ind], axis=2), dist, rtol=1e-6)
+
+
+def test_pruned_search_is_refused_where_it_would_compare_most_pairs():
+    # Isotropic noise: every projected distance is below the neighbour bound, nothing is pruned.
+    X = np.random.default_rng(6).normal(size=(2000, 64)).astype(np.float32)
+    import torch
+
+    mean = torch.from_numpy(X.mean(axis=0))
+    assert knn_module._pruned_all_neighbors(X, 15, mean) is None
+
+
+def test_pruned_search_runs_on_clustered_rows(blobs):
+    X, _ = blobs([400] * 5, d=32, separation=4.0, seed=7)
+    import torch
+
+    X = X.astype(np.float32)
+    best_d, best_i = knn_module._pruned_all_neighbors(X, 15, torch.from_numpy(X.mean(axis=0)))
+    want_i, _ = _brute_force_neighbours(X, 15)
+    np.testing.assert_array_equal(np.sort(best_i.numpy(), 1), np.sort(want_i, 1))
 
 
 def test_approximate_recall_on_clustered_data_and_duplicates(blobs):

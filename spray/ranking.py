@@ -12,8 +12,8 @@ The order does not say whether a class stands out at all; the flag does, calibra
 tested against the best cuts the same selection finds in Gaussian resamples of the class (the ``null`` node,
 :class:`spray.analysis.SelectionNull`), and its excess over those cuts against the other classes' excesses
 (with 4 or more classes; with fewer the resamples alone decide); Benjamini–Hochberg controls the false
-discovery rate over the classes (:func:`flag_tests`; over several analyses of one store at once). :func:`rank_analyses` ranks
-the classes over several analyses of one store (pixel-level and concept-level side by side): each class by
+discovery rate over the classes (:func:`flag_tests`; over several analyses of one store at once).
+:func:`rank_analyses` ranks the classes over several analyses of one store (pixel-level and concept-level side by side): each class by
 the analysis whose test of it is the strongest. docs/spray-method.md defines every number.
 """
 
@@ -50,7 +50,8 @@ MEANING = ("flagged: the class holds a distinct strategy (a group the model expl
 """What a flag means, as ``spray rank`` prints it under its table (the report says it in its own words)."""
 
 TABLE_COLUMNS = ("rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "null_p_value",
-                 "null_excess", "flag_p_value", "q_value", "flagged", "clustering", "cluster", "cluster_size", "skipped", "members")
+                 "null_excess", "flag_p_value", "q_value", "flagged", "clustering", "cluster", "cluster_size", "skipped",
+                 "members")
 """The columns of ``spray rank --csv`` and of the exported ranking table, in their order."""
 
 

@@ -108,7 +108,8 @@ class SelectionNull:
 
     Fitted: ``statistic_`` (observed t), ``z_score_`` (the observed selected cluster's z-score),
     ``null_statistics_`` (R,), ``null_z_scores_`` (R,; NaN where nothing was selected), ``p_value_``
-    (Gumbel tail, :func:`gumbel_p_value`), ``empirical_p_value_`` ``(1 + #{t* ≥ t}) / (1 + R)``, ``excess_`` (:func:`selection_excess`),
+    (Gumbel tail, :func:`gumbel_p_value`), ``empirical_p_value_`` ``(1 + #{t* ≥ t}) / (1 + R)``,
+    ``excess_`` (:func:`selection_excess`),
     ``gumbel_location_``, ``gumbel_scale_``, ``n_samples_`` (m), ``n_components_`` (c), ``shrinkage_``.
     Identical rows (no variance) have no structure to test: p = 1, the statistics NaN, nothing is run.
     """

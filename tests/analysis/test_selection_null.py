@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from spray.analysis import KMeansRange, KNNGraph, SelectionNull, SpectralEmbedding, best_cluster, local_scaling_affinity
-from spray.analysis.selection_null import (EXCESS_FLOOR, NCUT_FLOOR, cut_statistic, gumbel_p_value, ledoit_wolf_shrinkage,
-                                          selection_excess)
+from spray.analysis.selection_null import (EXCESS_FLOOR, NCUT_FLOOR, cut_statistic, gumbel_p_value,
+                                          ledoit_wolf_shrinkage, selection_excess)
 from spray.errors import BadInputError
 
 

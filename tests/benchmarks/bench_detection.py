@@ -110,9 +110,14 @@ def summary(rows: list[dict]) -> str:
             lines.append(
                 f"| {split} | {name} | {len(here)} | {sum(r[name]['rank'] == 1 for r in used)}/{len(used)} | "
                 f"{sum(r[name]['flagged'] for r in used)}/{len(used)} | "
-                f"{sum(f1) / len(f1) if f1 else math.nan:.2f} | {false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] | "
+                f"{sum(f1) / len(f1) if f1 else math.nan:.2f} | "
+                f"{false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] | "
                 f"{sum(len(c['clean_flags']) for c in control)}/{sum(c['clean_classes'] for c in control)} |")
     return "\n".join(lines)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def main() -> None:
@@ -131,8 +136,8 @@ def main() -> None:
             continue
         rows.append(row)
         print(f"{case.name}: uses {row['uses']}, " + ", ".join(
-            f"{n} rank {row[n]['rank']} flagged {row[n]['flagged']} F1 {row[n]['f1'] if row[n]['f1'] is None else round(row[n]['f1'], 2)}"
-            f" clean flags {row[n]['clean_flags']}" for n in RANKINGS), flush=True)
+            f"{n} rank {row[n]['rank']} flagged {row[n]['flagged']} F1 {_rounded(row[n]['f1'])} "
+            f"clean flags {row[n]['clean_flags']}" for n in RANKINGS), flush=True)
     print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

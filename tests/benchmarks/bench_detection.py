@@ -6,8 +6,9 @@ detection scores can be measured in seconds per case from those caches, without 
 baselines and faithfulness scores a new scoring version of the benchmark would recompute. Per case: the model
 (for whether it *uses* the artifact: accuracy with the artifact in every clean test image at least 5 points
 under clean accuracy, as the scorecard decides), then ``rank_analyses(store, ["spray", "concept"])`` and each
-analysis alone: the poisoned class's rank, its flag and the F1 of its named cluster against the planted
-samples, and the flags raised on clean classes (every class of the control).
+analysis alone, scored by the benchmark's own detection scoring (spray.benchmark.run): the poisoned class's
+rank, its flag, the F1 and CAV AUROC of its named cluster, and the flags raised on clean classes (every class
+of the control).
 
 Prints one row per case, then per split and ranking: cases, ranked first and flagged among the cases whose
 model uses the artifact, mean F1 there, false flags on clean classes (with a Wilson 95 % interval) and on
@@ -31,11 +32,10 @@ import torch
 
 from spray.benchmark.cases import QUICK, Case, make_case
 from spray.benchmark.data import load_images
-from spray.benchmark.metrics import detection
 from spray.benchmark.models import build
-from spray.benchmark.run import USES_MARGIN, case_directory
+from spray.benchmark.run import USES_MARGIN, _detect, case_directory
 from spray.errors import BadInputError, StoreError
-from spray.ranking import Ranking, rank_analyses, rank_classes
+from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
 from spray.training import accuracy
 
@@ -59,17 +59,6 @@ def cases(caches: list[Path], seeds: set[int] | None) -> list[tuple[Case, Path]]
     return list(found.values())
 
 
-def detected(ranking: Ranking, case: Case, poisoned: int, planted: list[int]) -> dict:
-    """The poisoned class's rank, flag and F1 in ``ranking``, and the flags on the clean classes."""
-    ranked = [e for e in ranking if e.cluster is not None]
-    entry = next((e for e in ranked if e.label == poisoned), None) if not case.is_control else None
-    clean = [e for e in ranked if e is not entry]
-    f1 = None if entry is None else detection(list(entry.cluster.members), planted)[2]
-    return {"rank": entry.rank if entry else None, "flagged": bool(entry and entry.flagged), "f1": f1,
-            "q_value": entry.q_value if entry else None, "clean_flags": [e.label for e in clean if e.flagged],
-            "clean_classes": len(clean)}
-
-
 def score(case: Case, directory: Path, images: object) -> dict:
     data = make_case(case, images, QUICK)
     model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
@@ -80,10 +69,9 @@ def score(case: Case, directory: Path, images: object) -> dict:
     with AuditStore(directory / "audit.h5", mode="r") as store:
         rankings = {"combined": rank_analyses(store, ["spray", "concept"]), "pixel": rank_classes(store, "spray"),
                     "concept": rank_classes(store, "concept")}
-    planted = data.planted.tolist()
     return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed,
             "uses": None if everywhere is None else clean - everywhere >= USES_MARGIN,
-            **{name: detected(r, case, data.poisoned_class, planted) for name, r in rankings.items()}}
+            **{name: _detect(data, model, r)[1] for name, r in rankings.items()}}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -103,7 +91,7 @@ def summary(rows: list[dict]) -> str:
         used = [r for r in here if r["uses"]]
         for name in RANKINGS:
             f1 = [r[name]["f1"] for r in used if r[name]["f1"] is not None]
-            false = sum(len(r[name]["clean_flags"]) for r in here)
+            false = sum(r[name]["clean_flags"] for r in here)
             total = sum(r[name]["clean_classes"] for r in here)
             low, high = wilson(false, total)
             control = [r[name] for r in here if r["artifact"] == "control"]
@@ -112,7 +100,7 @@ def summary(rows: list[dict]) -> str:
                 f"{sum(r[name]['flagged'] for r in used)}/{len(used)} | "
                 f"{sum(f1) / len(f1) if f1 else math.nan:.2f} | "
                 f"{false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] | "
-                f"{sum(len(c['clean_flags']) for c in control)}/{sum(c['clean_classes'] for c in control)} |")
+                f"{sum(c['clean_flags'] for c in control)}/{sum(c['clean_classes'] for c in control)} |")
     return "\n".join(lines)
 
 

@@ -177,7 +177,9 @@ def map_on(
     """:func:`dask_map` on an open ``client``, with at most ``window`` tasks submitted at a time.
 
     The window bounds the finished results that wait on the workers for the caller (None: submit all at
-    once); the next task is submitted whenever the caller takes a result.
+    once); the next task is submitted whenever the caller takes a result. A task that dask forgot because a
+    dying worker took the only copy of its data along is submitted again (``arguments`` called anew), up to
+    :data:`RETRIES` times.
     """
     from concurrent.futures import CancelledError
 
@@ -187,30 +189,41 @@ def map_on(
     if window is not None:
         check_int(window, "window", minimum=1)
     todo = iter(items)
-    owner: dict[str, T] = {}
+    owner: dict[str, tuple[T, int]] = {}
 
-    def submit(item: T) -> Any:
+    def submit(item: T, lost: int = 0) -> Any:
         future = client.submit(fn, *_scatter_large(client, arguments(item)), pure=False, retries=RETRIES)
-        owner[future.key] = item
+        owner[future.key] = (item, lost)
         return future
 
     running = as_completed([submit(item) for item in islice(todo, window)])
     with tqdm(total=len(items), desc=desc, disable=not progress) as bar:
         for future in running:
+            item, lost = owner.pop(future.key)
             try:
                 result = future.result()
-            except (KilledWorker, CancelledError) as exc:
-                # KilledWorker: the task's own runs killed its workers. Cancelled: a worker died holding a
-                # finished result or the data the task needs (e.g. the scattered weights of its only copy).
-                raise SprayError(
-                    f"dask workers kept dying while running tasks ({type(exc).__name__}: {exc}); is a task too "
-                    "large for a worker's memory, or does the model or data code crash the process? Work already "
-                    "stored is kept: fix the cause (e.g. a smaller --batch-size) and run again to resume"
-                ) from None
-            for item in islice(todo, 1):
-                running.add(submit(item))
+            except CancelledError as exc:
+                # A worker died holding the only copy of data the task needs (a scattered argument, which dask
+                # cannot recompute) or its finished result: the scheduler forgets the task. Submitting it
+                # again calls ``arguments`` again, which sends the data anew.
+                if lost < RETRIES:
+                    running.add(submit(item, lost + 1))
+                    continue
+                raise _workers_died(exc) from None
+            except KilledWorker as exc:  # the task's own runs killed its workers
+                raise _workers_died(exc) from None
+            for next_item in islice(todo, 1):
+                running.add(submit(next_item))
             bar.update()
-            yield owner.pop(future.key), result
+            yield item, result
+
+
+def _workers_died(exc: BaseException) -> SprayError:
+    return SprayError(
+        f"dask workers kept dying while running tasks ({type(exc).__name__}: {exc}); is a task too large for a "
+        "worker's memory, or does the model or data code crash the process? Work already stored is kept: fix "
+        "the cause (e.g. a smaller --batch-size) and run again to resume"
+    )
 
 
 _SCATTER_BYTES = 2**20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import psutil
 import pytest
 
@@ -14,6 +15,15 @@ from spray.scheduling import dask_client, dask_map, local_workers, map_on
 
 def _square(x: int) -> int:
     return x * x
+
+
+def _total_dying_once(signals: str, values: np.ndarray) -> float:
+    """The sum of ``values``; the first call (the one that claims the file ``signals/kill``) kills its worker."""
+    try:
+        os.unlink(os.path.join(signals, "kill"))
+    except FileNotFoundError:
+        return float(values.sum())
+    os._exit(1)
 
 
 def _listening() -> list[str]:
@@ -48,6 +58,15 @@ def test_map_on_keeps_at_most_window_tasks_submitted():
     assert sorted((i, r) for i, r, _ in seen) == [(x, x * x) for x in range(6)]
     # Held while the caller has a result: the one it holds and at most `window` submitted after it.
     assert max(held for _, _, held in seen) <= 3
+
+
+def test_a_task_whose_scattered_data_died_with_its_worker_is_submitted_again(tmp_path):
+    (tmp_path / "kill").touch()
+    values = np.ones(2**18)  # 2 MiB: scattered, so its only copy is on the one worker, which the task kills
+    with dask_client("local:1") as client:
+        results = list(map_on(client, _total_dying_once, ["a"], lambda _: (str(tmp_path), values), progress=False))
+    assert not (tmp_path / "kill").exists()
+    assert results == [("a", 2.0**18)]
 
 
 def test_bad_scheduler_values_are_bad_input(monkeypatch):

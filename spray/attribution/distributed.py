@@ -74,19 +74,38 @@ def explain_on_cluster(
     shards = _shards(batches, shard_batches)
     if not shards:
         return
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    # A list, so that the state dict travels as one object rather than one future per tensor.
-    (weights,) = client.scatter([state], broadcast=True, hash=False)
+    weights = _Weights(client, {k: v.detach().cpu() for k, v in model.state_dict().items()})
     token = uuid.uuid4().hex
 
     def arguments(shard: list[list[int]]) -> tuple[Any, ...]:
-        return (token, recipe, weights, n, attributor, explain, shard)
+        return (token, recipe, weights.future(), n, attributor, explain, shard)
 
     for _, explained in map_on(
         client, _explain_shard, shards, arguments, window=task_window(client), progress=False
     ):
         yield from explained
     client.run(_forget, token, on_error="ignore")  # a worker lost by now has nothing left to free
+
+
+class _Weights:
+    """The model's state dict on the workers, sent again once dask has lost every copy of it.
+
+    Broadcast copies do not last: dask's active memory manager drops replicas that no task needs, and a
+    worker that dies takes its copy along. A shard submitted after the last copy was lost (or resubmitted by
+    :func:`~spray.scheduling.map_on` because it was) gets a fresh scatter.
+    """
+
+    def __init__(self, client: Any, state: dict[str, Any]) -> None:
+        self._client = client
+        self._state = state
+        self._future: Any = None
+
+    def future(self) -> Any:
+        """A future of the state dict that the cluster still holds."""
+        if self._future is None or self._future.status != "finished":
+            # A list, so that the state dict travels as one object rather than one future per tensor.
+            (self._future,) = self._client.scatter([self._state], broadcast=True, hash=False)
+        return self._future
 
 
 def _shards(batches: Sequence[list[int]], size: int) -> list[list[list[int]]]:

@@ -15,10 +15,11 @@ import textwrap
 import dask
 import h5py
 import pytest
+import torch
 
 from spray import scheduling
 from spray.attribution import AttributionRun, WorkerRecipe, attribute_dataset
-from spray.attribution.distributed import _shards
+from spray.attribution.distributed import _shards, _Weights
 from spray.attribution.methods import get_method
 from spray.cli import main
 from spray.data import load_model, model_hash, open_source
@@ -125,6 +126,17 @@ def test_a_worker_killed_mid_shard_is_replaced_and_the_store_is_complete_and_ide
     assert worker_pids(address) != before  # the worker that died is gone (its nanny starts another)
     assert (summary["computed"], summary["complete"]) == (N, True)
     assert_same_store(path, reference)
+
+
+def test_the_weights_are_sent_again_once_the_cluster_has_lost_every_copy():
+    with scheduling.dask_client("local:1") as client:
+        weights = _Weights(client, {"w": torch.arange(3.0)})
+        first = weights.future()
+        assert weights.future() is first  # held: sent once
+        client.restart()  # the workers start afresh, holding nothing
+        again = weights.future()
+        assert again is not first and first.status != "finished"
+        assert client.gather(again)["w"].tolist() == [0.0, 1.0, 2.0]
 
 
 def test_a_killed_client_resumes_to_the_identical_store(dask_cluster, reference, tmp_path):

@@ -227,10 +227,12 @@ def canonize(model: nn.Module, x: Tensor, composite: Composite, start: str | Non
     user = {id(m) for m in model.modules()}
     wrap_multihead_attention(module)
     carries = _carries(module, x[:2].clone())  # a clone: the model may modify its input in place
-    _rewrite_operations(module, carries, user, {name for name, _ in model.named_modules()})
-    folded = _fold_batchnorms(module, user, tracer.outputs, start)
+    replaced = _rewrite_operations(module, carries, user, {name for name, _ in model.named_modules()})
+    # A module traced through (a LayerNorm) may end in an operation just replaced by its rule's module.
+    outputs = {name: replaced.get(node, node) for name, node in tracer.outputs.items()}
+    folded = _fold_batchnorms(module, user, outputs, start)
     _out_of_place(module, user)
-    start_name = None if start is None else _start(module, tracer.outputs.get(start), start, user)
+    start_name = None if start is None else _start(module, outputs.get(start), start, user)
     module.graph.lint()
     module.recompile()
     return Traced(module, start_name, folded)
@@ -334,9 +336,12 @@ def _carries(module: fx.GraphModule, x: Tensor) -> set[fx.Node]:
     return carries
 
 
-def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], user: set[int], taken: set[str]) -> None:
-    """Replace every functional operation on relevance-carrying tensors by its leaf module, or refuse it."""
+def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], user: set[int],
+                        taken: set[str]) -> dict[fx.Node, fx.Node]:
+    """Replace every functional operation on relevance-carrying tensors by its leaf module, or refuse it;
+    returns each replaced (erased) node's replacement."""
     taken |= {name for name, _ in module.named_modules()}
+    replaced: dict[fx.Node, fx.Node] = {}
     for node in list(module.graph.nodes):
         if node not in carries or node.op not in ("call_function", "call_method"):
             continue
@@ -359,10 +364,11 @@ def _rewrite_operations(module: fx.GraphModule, carries: set[fx.Node], user: set
                                                        "the first argument) depends on the input, as in a scaling "
                                                        "by a constant, or when one of two such factors is a "
                                                        "sigmoid gate (x * torch.sigmoid(...))"))
-        call = _replace(module, node, kind, _name(module, node, user, taken), carries)
+        call = replaced[node] = _replace(module, node, kind, _name(module, node, user, taken), carries)
         if kind is Gating:
             module.get_submodule(call.target).gate = call.args.index(gates[0])
         carries.add(call)
+    return replaced
 
 
 def _concatenates_a_constant(node: fx.Node, carries: set[fx.Node]) -> bool:

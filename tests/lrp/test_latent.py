@@ -103,6 +103,30 @@ def test_latent_relevance_equals_zennits_relevance_at_the_same_resnet_block():
     assert ((ours - theirs).norm() / theirs.norm()).item() <= 1e-6
 
 
+class _NormedTokens(nn.Module):
+    """Tokens embedded, layer-normalised, the first read by a linear head: a ViT's end in small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.ln, self.head = nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.ln(self.embed(x))[:, 0])
+
+
+def test_latent_relevance_at_a_layer_norm_the_trace_runs_through_is_its_output_times_the_heads_weight():
+    # The LayerNorm is traced through (its F.layer_norm gets the rule), so its output is a rewritten node.
+    torch.manual_seed(0)
+    model = _NormedTokens().double().eval()
+    x, target = torch.randn(2, 5, 3, dtype=torch.float64), torch.tensor([1, 0])
+    latent = LRP(Epsilon(1e-12)).latent(model, x, target, "ln")
+    activation = model.ln(model.embed(x))
+    expected = torch.zeros_like(activation)
+    expected[:, 0] = activation[:, 0] * model.head.weight[target]  # ε at the head: a_j w_j; other tokens 0
+    torch.testing.assert_close(latent.activation, activation, rtol=0, atol=1e-14)  # the rule's own layer norm
+    torch.testing.assert_close(latent.relevance, expected, rtol=1e-9, atol=1e-12)
+
+
 def test_a_layer_the_model_lacks_and_channels_of_the_wrong_shape_are_refused():
     model, x, target = _pooled_head(), torch.rand(2, 2, 3, 3, dtype=torch.float64), torch.tensor([0, 1])
     with pytest.raises(BadInputError, match=r"^layer module 'head' is not in the model; use a name from "):

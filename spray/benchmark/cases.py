@@ -28,7 +28,7 @@ CONTROL = "control"
 ARTIFACTS: dict[str, dict[Split, Artifact | Waterbirds | None]] = {
     "patch_fixed": {"dev": Patch(6, 2, (1, 1)), "heldout": Patch(5, 1, (22, 22))},
     "patch_random": {"dev": Patch(6, 2), "heldout": Patch(5, 1)},
-    "patch_large": {"dev": Patch(10, 2, (1, 1)), "heldout": Patch(9, 1, (18, 18))},
+    "patch_large": {"dev": Patch(10, 2, (1, 1)), "heldout": Patch(10, 2, (17, 17))},
     "tag": {"dev": Tag("AB", (22, 20)), "heldout": Tag("X37", (1, 16))},
     "frame": {"dev": Frame(1, 1.0), "heldout": Frame(2, 0.6)},
     "brightness": {"dev": Brightness(0.3), "heldout": Brightness(0.2)},

@@ -43,7 +43,7 @@ from spray.store import LATENT_METHOD, AuditStore
 from spray.training import accuracy
 
 FEATURES = ("mean", "max", "grid2", "full", "relevance", "relevance_grid2")
-LOCAL = ("patch_fixed", "patch_random", "tag", "frame")
+LOCAL = ("patch_fixed", "patch_random", "patch_large", "tag", "frame")
 
 
 def features(a: torch.Tensor, latent: np.ndarray) -> dict[str, np.ndarray]:

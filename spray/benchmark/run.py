@@ -52,7 +52,7 @@ from spray.workflow import latent_attributor, train_once
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
 SCORES = 8
-"""The version of a case's scored result (``result-v7.json``): raise it when the scoring changes, and a
+"""The version of a case's scored result (``result-v8.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept

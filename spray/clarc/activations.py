@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from spray.analysis.preprocess import area_pooling_matrix
+from spray.attribution.latent import area_pool
 from spray.errors import BadInputError
 from spray.lrp.tracing import feature_layer
 from spray.lrp.layers import BATCHNORM_LAYERS, PASS_LAYERS
@@ -168,8 +168,8 @@ def activations(model: nn.Module, layer: str, x: Tensor, batch_size: int = 256) 
 def pool(a: Tensor, grid: int = 1) -> Tensor:
     """Spatially pooled activations: the mean over every axis after the channel axis, (n, C) (what ClArC's
     CAV is fitted to); with ``grid > 1``, the means over ``g_h × g_w`` cells of a feature map (n, C, H, W),
-    ``g = min(grid, size)`` per axis, channel-major, (n, C · g_h · g_w) (area pooling as the latent
-    attribution's, spray.analysis.preprocess.area_pooling_matrix): a local artifact raises a few channels in
+    ``g = min(grid, size)`` per axis, channel-major, (n, C · g_h · g_w) (the latent attribution's area
+    pooling, spray.attribution.latent.area_pool): a local artifact raises a few channels in
     a few cells, and the mean over every position dilutes it. Activations without spatial axes are returned
     as they are."""
     if a.dim() <= 2:
@@ -178,9 +178,7 @@ def pool(a: Tensor, grid: int = 1) -> Tensor:
         return a.flatten(2).mean(2)
     if a.dim() != 4:
         raise ValueError(f"pooling to a grid needs feature maps (n, C, H, W), got shape {tuple(a.shape)}")
-    ph, pw = (torch.from_numpy(area_pooling_matrix(size, min(grid, size))).to(a) for size in a.shape[2:])
-    ph, pw = ph / ph.sum(1, keepdim=True), pw / pw.sum(1, keepdim=True)  # a mean over each cell's area
-    return torch.einsum("gh,nchw,kw->ncgk", ph, a, pw).flatten(1)
+    return area_pool(a, grid, mean=True).flatten(1)
 
 
 def along_channels(v: Tensor, like: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from spray.lrp import LRP, Latent
 from spray.lrp.engine import Balance
 from spray.store import LATENT_METHOD
 
-__all__ = ["LatentAttributor", "QUANTITIES"]
+__all__ = ["LatentAttributor", "QUANTITIES", "area_pool"]
 
 QUANTITIES = ("relevance", "activation")
 
@@ -82,10 +82,15 @@ class LatentAttributor:
         if values.dim() != 4:
             raise BadInputError(f"layer {self.layer!r} has output shape {tuple(values.shape[1:])} per sample; "
                                 "latent relevance needs a feature map (C, H, W) or a vector (C,)")
-        h, w = values.shape[-2:]
-        ph, pw = (torch.from_numpy(area_pooling_matrix(size, min(self.grid, size))).to(values)
-                  for size in (h, w))
-        if self.quantity == "activation":  # a mean over each cell's area instead of a sum
-            ph, pw = ph / ph.sum(1, keepdim=True), pw / pw.sum(1, keepdim=True)
-        return torch.einsum("gh,bchw,kw->bcgk", ph, values, pw)
+        return area_pool(values, self.grid, mean=self.quantity == "activation")
+
+
+def area_pool(values: Tensor, grid: int, *, mean: bool) -> Tensor:
+    """Feature maps (B, C, H, W) pooled to ``g_h × g_w`` cells, ``g = min(grid, size)`` per axis: (B, C, g_h, g_w),
+    each cell the overlap-weighted sum of its pixels (spray.analysis.preprocess.area_pooling_matrix), so the
+    map's total is kept, or with ``mean`` their mean over the cell's area."""
+    ph, pw = (torch.from_numpy(area_pooling_matrix(size, min(grid, size))).to(values) for size in values.shape[-2:])
+    if mean:
+        ph, pw = ph / ph.sum(1, keepdim=True), pw / pw.sum(1, keepdim=True)
+    return torch.einsum("gh,bchw,kw->bcgk", ph, values, pw)
 

@@ -28,6 +28,7 @@ CONTROL = "control"
 ARTIFACTS: dict[str, dict[Split, Artifact | Waterbirds | None]] = {
     "patch_fixed": {"dev": Patch(6, 2, (1, 1)), "heldout": Patch(5, 1, (22, 22))},
     "patch_random": {"dev": Patch(6, 2), "heldout": Patch(5, 1)},
+    "patch_large": {"dev": Patch(10, 2, (1, 1)), "heldout": Patch(10, 2, (17, 17))},
     "tag": {"dev": Tag("AB", (22, 20)), "heldout": Tag("X37", (1, 16))},
     "frame": {"dev": Frame(1, 1.0), "heldout": Frame(2, 0.6)},
     "brightness": {"dev": Brightness(0.3), "heldout": Brightness(0.2)},
@@ -38,7 +39,9 @@ ARTIFACTS: dict[str, dict[Split, Artifact | Waterbirds | None]] = {
     CONTROL: {"dev": None, "heldout": None},
 }
 """Artifact kind -> its parameters on each split; the control plants nothing. ``waterbirds`` is the two-class set
-of spray.benchmark.backgrounds (its cases have two classes, group labels and their own poisoned class)."""
+of spray.benchmark.backgrounds (its cases have two classes, group labels and their own poisoned class).
+``patch_large``: the fixed patch large enough that the model learns it from 3 % of a class (10 images of 350),
+which the 6×6 patch is not (docs/benchmark.md, "3 % prevalence")."""
 PREVALENCES = (0.03, 0.10, 0.30)
 POISONED_CLASS: dict[Split, int] = {"dev": 8, "heldout": 3}
 SEED_OFFSET: dict[Split, int] = {"dev": 0, "heldout": 100}

@@ -36,7 +36,8 @@ def out_of_fold_cav_auroc(activations: np.ndarray, flagged: np.ndarray, truth: n
                           seed: int = 0) -> float | None:
     """AUROC of the true artifact samples (``truth`` (n,) bool) among a class's samples, ranked by
     out-of-fold scores of a signal CAV (spray.clarc.cav) fitted to separate spray's flagged cluster
-    (``flagged`` (n,) bool) from the rest of the class in pooled ``activations`` (n, C).
+    (``flagged`` (n,) bool) from the rest of the class in pooled ``activations`` (n, F): F = C channels, or
+    C × cells (spray.clarc.activations.pool).
 
     Each sample's score comes from a CAV fitted without it (stratified :data:`FOLDS`-fold split of the flagged
     labels), so a sample is never scored by a direction it helped fit. None where it cannot be computed:

@@ -51,16 +51,21 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 7
-"""The version of a case's scored result (``result-v7.json``): raise it when the scoring changes, and a
+SCORES = 8
+"""The version of a case's scored result (``result-v8.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
 analysis's ranking (``concept``); 6: the detection fields from the ranking over both analyses, the pixel-level
-ranking alone as ``pixel``; 7: flags judged on the classes' selection excess (docs/spray-method.md §12)."""
+ranking alone as ``pixel``; 7: flags judged on the classes' selection excess (docs/spray-method.md §12); 8: the
+CAV AUROC's CAV fitted to activations pooled to :data:`CAV_GRID` × :data:`CAV_GRID` cells."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
+CAV_GRID = 2
+"""The CAV AUROC's CAV is fitted to ClArC's default layer's activations averaged over 2 × 2 cells per channel
+(spray.clarc.activations.pool), not over every position: a local artifact raises a few channels in a few
+positions, and the mean over all of them dilutes it (chosen on the development split, docs/benchmark.md)."""
 USES_MARGIN = 0.05
 """A model *uses* the artifact when pasting it into every clean test image costs at least 5 points."""
 PIPELINE = """
@@ -289,10 +294,10 @@ def _detect(data: CaseData, model: torch.nn.Module, ranking: Ranking) -> tuple[l
 
 def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:
     """Out-of-fold CAV AUROC of the planted samples within the poisoned class, the CAV fitted to spray's
-    flagged cluster in ClArC's default layer."""
+    flagged cluster in ClArC's default layer, pooled to :data:`CAV_GRID` × :data:`CAV_GRID` cells."""
     in_class = np.flatnonzero(data.train[1] == data.poisoned_class)
     x = torch.from_numpy(data.train[0][in_class])
-    pooled = pool(activations(model, default_layer(model, x[:2]), x)).numpy()
+    pooled = pool(activations(model, default_layer(model, x[:2]), x), CAV_GRID).numpy()
     return out_of_fold_cav_auroc(pooled, np.isin(in_class, members), np.isin(in_class, data.planted),
                                  seed=data.case.seed)
 

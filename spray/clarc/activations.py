@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from spray.attribution.latent import area_pool
 from spray.errors import BadInputError
 from spray.lrp.tracing import feature_layer
 from spray.lrp.layers import BATCHNORM_LAYERS, PASS_LAYERS
@@ -164,9 +165,20 @@ def activations(model: nn.Module, layer: str, x: Tensor, batch_size: int = 256) 
                           for i in range(0, len(x), batch_size)])
 
 
-def pool(a: Tensor) -> Tensor:
-    """Spatially pooled activations: the mean over every axis after the channel axis, (n, C)."""
-    return a.flatten(2).mean(2) if a.dim() > 2 else a
+def pool(a: Tensor, grid: int = 1) -> Tensor:
+    """Spatially pooled activations: the mean over every axis after the channel axis, (n, C) (what ClArC's
+    CAV is fitted to); with ``grid > 1``, the means over ``g_h × g_w`` cells of a feature map (n, C, H, W),
+    ``g = min(grid, size)`` per axis, channel-major, (n, C · g_h · g_w) (the latent attribution's area
+    pooling, spray.attribution.latent.area_pool): a local artifact raises a few channels in
+    a few cells, and the mean over every position dilutes it. Activations without spatial axes are returned
+    as they are."""
+    if a.dim() <= 2:
+        return a
+    if grid == 1:
+        return a.flatten(2).mean(2)
+    if a.dim() != 4:
+        raise ValueError(f"pooling to a grid needs feature maps (n, C, H, W), got shape {tuple(a.shape)}")
+    return area_pool(a, grid, mean=True).flatten(1)
 
 
 def along_channels(v: Tensor, like: Tensor) -> Tensor:

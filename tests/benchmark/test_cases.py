@@ -40,8 +40,8 @@ def test_the_architectures_are_an_axis_of_the_grid_and_the_cnn_its_default():
 
 def test_an_unknown_case_is_refused_with_the_known_ones():
     with pytest.raises(BadInputError, match="^unknown benchmark case 'patch'; choose from patch_fixed, "
-                                            "patch_random, tag, frame, brightness, blur, cast, waterbirds, "
-                                            "control$"):
+                                            "patch_random, patch_large, tag, frame, brightness, blur, cast, "
+                                            "waterbirds, control$"):
         grid(["patch", "frame"], (0.1,), seeds=1)
 
 

@@ -1,4 +1,5 @@
-"""ClArC's default layer: the last feature map the model's head reads, found in the traced forward."""
+"""ClArC's default layer: the last feature map the model's head reads, found in the traced forward; pooling a
+layer's activations over positions or to coarse cells."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from spray.clarc.activations import default_layer
+from spray.clarc.activations import default_layer, pool
 from spray.demo import FEATURE_LAYER, build_model
 from spray.zoo import CNBlockConfig, convnext_tiny, densenet121, efficientnet_b0, mobilenet_v2, resnet18, resnet50
 
@@ -60,3 +61,26 @@ class _Untraceable(nn.Module):
 
 def test_an_untraceable_models_default_layer_follows_the_last_convolution_in_registration_order():
     assert default_layer(_Untraceable(), torch.randn(1, 1, 8, 8)) == "relu2"
+
+
+def test_pool_averages_over_every_position_by_default_and_leaves_vectors_as_they_are():
+    a = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)
+    torch.testing.assert_close(pool(a), a.mean((2, 3)))
+    torch.testing.assert_close(pool(a[:, :, 0, 0], 2), a[:, :, 0, 0])
+
+
+def test_pool_to_a_grid_gives_each_channels_cell_means_channel_major():
+    a = torch.arange(2 * 3 * 4 * 4, dtype=torch.float64).reshape(2, 3, 4, 4)
+    cells = a.reshape(2, 3, 2, 2, 2, 2).mean((3, 5))  # (n, C, cell row, cell column)
+    torch.testing.assert_close(pool(a, 2), cells.reshape(2, 12))
+
+
+def test_pool_to_a_grid_that_does_not_divide_the_map_weighs_pixels_by_their_overlap_with_each_cell():
+    # 7 x 7 into 2 x 2 cells of 3.5 x 3.5 pixels: the pixel (3, 3) lies a quarter in each cell, the pixel (0, 0)
+    # wholly in the first; each cell's mean is its covered area's sum over 12.25
+    a = torch.zeros(1, 2, 7, 7, dtype=torch.float64)
+    a[0, 0, 3, 3], a[0, 1, 0, 0] = 1.0, 1.0
+    expected = torch.tensor([[0.25, 0.25, 0.25, 0.25, 1.0, 0.0, 0.0, 0.0]], dtype=torch.float64) / 12.25
+    torch.testing.assert_close(pool(a, 2), expected)
+    torch.testing.assert_close(pool(a, 2).reshape(1, 2, 4).mean(2), pool(a))  # equal cells: their mean is the mean
+    torch.testing.assert_close(pool(a, 7), a.reshape(1, -1))  # one cell per position: the map itself

@@ -9,9 +9,10 @@ The rule, in order:
    global when the mean mask covers at least half the image, or when the group's masks agree on less than
    1 % of it: a local artifact sits at the same pixels in every sample, LRP along a global confounder's
    CAV lands on each sample's own content); the kind fixes the candidates (:data:`CANDIDATES`), each a
-   method with the artifact's transformation it uses (the pasted patch or the mean input shift). A local
-   artifact still gets an A-ClArC with the mean shift as a candidate: for a fixed-position artifact the
-   shift carries the artifact too.
+   method with the artifact's transformation it uses (the pasted patch or the mean input shift; P- and
+   RR-ClArC use none, they act along the CAV). A local artifact still gets an A-ClArC with the mean shift as
+   a candidate: for a fixed-position artifact the shift carries the artifact too. RR-ClArC, the costliest
+   (a second-order gradient in every fine-tuning step), comes last for both kinds.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so

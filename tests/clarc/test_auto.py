@@ -1,4 +1,4 @@
-"""--method auto: the choice rule, its paired clean-accuracy guard and the re-indexing of the artifact into the fit part."""
+"""--method auto: the choice rule, its paired clean-accuracy guard, the re-indexing into the fit part."""
 
 from __future__ import annotations
 

@@ -69,8 +69,9 @@ def cli() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the data split, artifact and training.")
 @click.option("--quick", is_flag=True, help="No UMAP map (no numba compilation); the same clusterings and ranking.")
 @click.option("--clarc", "clarc_method", type=click.Choice(["aclarc", "auto", "pclarc", "rrclarc", "none"]),
-              default="rrclarc", show_default=True,
-              help="The correction applied to the flagged cluster (auto: chosen per case, docs/clarc.md).")
+              default="auto", show_default=True,
+              help="The correction applied to the flagged cluster (auto: chosen per case on validation data, "
+              "docs/clarc.md).")
 def demo(out: Path, seed: int, quick: bool, clarc_method: str) -> None:
     """The embedded default audit: poisoned digits -> train -> attribute -> SpRAy -> rank -> ClArC -> report."""
     from spray.demo.audit import QUICK_PIPELINE, correct_demo, planted_recovery, prepare_demo

@@ -46,7 +46,7 @@ RUN_TABLES: dict[str, dict[str, Any]] = {
     "data": {"source": str, "transform": {}, "skip_unreadable": False},
     "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {},
                     "allow_nonconservative": False, "workers": 0, "device": "cpu"},
-    "clarc": {"cluster": "top", "methods": ["rrclarc"], "layer": str, "epochs": int, "lr": float,
+    "clarc": {"cluster": "top", "methods": ["auto"], "layer": str, "epochs": int, "lr": float,
               "lambda": float, "fraction": float, "batch_size": 64, "seed": 0, "out": "clarc",
               "overwrite": False, "verify": True},
     "evaluate": {"test": str, "poisoned_test": str, "everywhere_test": str, "fda_rank": False,

@@ -228,7 +228,7 @@ def test_demo_run_file_is_the_chain_spray_demo_runs():
         "everywhere_test": "spray.demo:everywhere_test_dataset", "fda_rank": False,
         "relevance_target": "prediction"}
     demo = next(p for p in cli.commands["demo"].params if p.name == "clarc_method")
-    assert tables["clarc"]["methods"] == [demo.default] == ["rrclarc"]
+    assert tables["clarc"]["methods"] == [demo.default] == ["auto"]
     assert "auto" in demo.type.choices
 
 

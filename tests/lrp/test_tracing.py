@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 
 from spray.errors import BadInputError, UnsupportedLayerError
 from spray.lrp import LRP, Epsilon, EpsilonPlusFlat, rules
+from spray.lrp.composites import Composite
 from spray.lrp.functional import Activation, Addition, Pooling, Scaling
 from spray.lrp import tracing
 from spray.lrp.tracing import canonize
@@ -125,6 +127,48 @@ class _Functional(nn.Module):
         spatial = (d.dim() - 2, d.dim() - 1)     # sizes computed in forward: passed to the traced mean
         pooled = torch.cat([d.mean(spatial), F.adaptive_avg_pool2d(d, 1).flatten(1)], 1)
         return self.fc(pooled.view(pooled.size(0), -1))
+
+
+class _HandBlock(nn.Module):
+    """Linear → BatchNorm1d → in-place ReLU, ``out += x``, Linear: a residual block small enough to explain by
+    hand. BatchNorm (ε = 0) folds to the scale 1 and the bias (b − μ)·γ/σ + β = [0.2, 0.3]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        f64 = {"dtype": torch.float64}  # the hand's decimals exactly as written
+        self.lin1, self.bn = nn.Linear(2, 2, **f64), nn.BatchNorm1d(2, eps=0.0, **f64)
+        self.relu, self.lin2 = nn.ReLU(inplace=True), nn.Linear(2, 1, bias=False, **f64)
+        with torch.no_grad():
+            f64_tensor = partial(torch.tensor, **f64)
+            self.lin1.weight.copy_(f64_tensor([[1.0, -2.0], [0.5, 1.5]]))
+            self.lin1.bias.copy_(f64_tensor([0.3, -0.2]))
+            self.bn.weight.copy_(f64_tensor([2.0, 0.5]))
+            self.bn.bias.copy_(f64_tensor([0.1, 0.4]))
+            self.bn.running_mean.copy_(f64_tensor([0.2, -0.1]))
+            self.bn.running_var.copy_(f64_tensor([4.0, 0.25]))
+            self.lin2.weight.copy_(f64_tensor([[1.0, 2.0]]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn(self.lin1(x)))
+        out += x
+        return self.lin2(out)
+
+
+# x = [1, 0.5]: h = W x + [0.2, 0.3] = [0.2, 1.55] = ReLU(h); s = h + x = [1.2, 2.05]; logit 1.2 + 2 · 2.05 = 5.3.
+# The output layer gives s the relevance [1.2, 4.1]; the sum splits it by contribution: to the branch
+# [1.2 · 0.2 / 1.2, 4.1 · 1.55 / 2.05] = [0.2, 3.1], to the skip [1.0, 1.0].
+# ε: the branch's relevance goes by x_i w_ji / h_j (bias in h): [0.2 · 1 / 0.2 + 3.1 · 0.5 / 1.55,
+#    0.2 · (−1) / 0.2 + 3.1 · 0.75 / 1.55] = [2.0, 0.5], plus the skip: [3.0, 1.5]; the bias absorbs 0.8.
+# z⁺: by the positive contributions (bias ignored): row 0 [1, 0] → [0.2, 0], row 1 [0.5, 0.75] → [1.24, 1.86];
+#    plus the skip: [2.44, 2.86], the whole logit.
+@pytest.mark.parametrize(("rule", "expected"), [(rules.Epsilon(1e-12), [3.0, 1.5]), (rules.ZPlus(), [2.44, 2.86])])
+def test_residual_sum_and_folded_batchnorm_give_the_hand_computed_relevance(rule, expected):
+    model = _HandBlock().eval()
+    x = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    relevance, logits = LRP(Composite(dense=rule, conv=rule)).attribute(model, x, torch.tensor([0]))
+    torch.testing.assert_close(logits, torch.tensor([[5.3]], dtype=torch.float64), rtol=0, atol=1e-12)
+    # To the sum's stabiliser: the proportional rule divides by s + 1e-9.
+    torch.testing.assert_close(relevance, torch.tensor([expected], dtype=torch.float64), rtol=0, atol=1e-8)
 
 
 def test_functional_operations_get_rules_and_conserve():

@@ -17,7 +17,7 @@ Prints time ratios (core; whole recipe; wall and CPU), load averages, peak memor
 Targets: core >= 20x, whole >= 5x, max |Δλ| < 1e-4.
 
 Run:  NUMBA_CACHE_DIR=/work/main/.numba_cache python tests/benchmarks/bench_spray.py [--n 10000,100000]
-      [--quick] [--corelay] [--corelay-n 20000] [--pipeline-row 100000] [--umap-seed 0]
+      [--quick] [--corelay] [--corelay-n 20000] [--pipeline-row 100000] [--umap-seed 0] [--knn-search 31]
 --quick: n = 2k, a smoke test (about a minute, most of it numba compilation).
 """
 
@@ -172,7 +172,7 @@ def _selection_null(X: np.ndarray) -> dict:
     return NODES["null"].run(nodes["null"], {"features": ({"features": X}, {}), "params": ({}, read)})[1]
 
 
-def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
+def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | None = None) -> dict:
     """The whole analysis of one class of n heatmaps, processor by processor."""
     from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, UMAPMap, propose_n_clusters
 
@@ -192,7 +192,7 @@ def worker_spray(n: int, seed: int, umap_seed: int | None) -> dict:
     stage("preprocess", t_pre, c_pre)
 
     t = time.perf_counter()
-    knn = KNNGraph(n_neighbors=10, method="auto", random_state=0).fit(X)
+    knn = KNNGraph(n_neighbors=10, method="auto", random_state=0, search_neighbors=knn_search).fit(X)
     stage("knn", time.perf_counter() - t)
     out["knn_method"], out["recall"], out["recall_queries"] = knn.method_, float(knn.recall_), knn.recall_queries_
 
@@ -473,6 +473,8 @@ def main() -> None:
                         "spray_corelay (CoRelAy's graph: exact kNN, (A + A^T)/2), corelay")
     p.add_argument("--pipeline-row", type=int, default=0, help="also time spray.pipeline.analyze at this n")
     p.add_argument("--umap-seed", default="0", help="UMAP random_state ('none': unseeded, multi-threaded)")
+    p.add_argument("--knn-search", type=int, default=None,
+                   help="NN-descent's kept candidates per point (KNNGraph.search_neighbors; default 3k + 1 = 31)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -486,11 +488,12 @@ def main() -> None:
     umap_seed = None if args.umap_seed.lower() == "none" else int(args.umap_seed)
     sizes = [2000] if args.quick else [int(v) for v in args.n.split(",") if v]
     print(f"machine: {machine()}")
-    print(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}; UMAP random_state={umap_seed}")
+    print(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}; UMAP random_state={umap_seed}; NN-descent candidates "
+          f"{args.knn_search or 'default'}")
     results = []
     for n in sizes:
         print(f"spray, n = {n} ...", flush=True)
-        results.append(run_worker("spray", n, args.seed, umap_seed))
+        results.append(run_worker("spray", n, args.seed, umap_seed, args.knn_search))
     if results:
         report_spray(results)
 

@@ -44,7 +44,7 @@ def _umap_schedule(n: int) -> tuple[int, int]:
     (docs/benchmarks.md, one process) 0.25 / 0.13 / 0.08 s CPU per epoch with 5 / 2 / 1 negative samples.
     Spent on epochs, the same steps show the kNN graph better: the share of each point's 10 graph neighbours
     among its 10 nearest map neighbours was 0.063 after 50 epochs with five negative samples, 0.066 after
-    100 with two, 0.064 after 100 with one (at 0.53× the steps). Fewer negative samples weaken the
+    100 with two, 0.064 after 100 with one (at two thirds of the steps). Fewer negative samples weaken the
     repulsion relative to the attraction (Böhm, Berens & Kobak 2022): clusters come out more compact; the
     planted clusters stayed as separated (99.9 % of the map neighbours in the point's own cluster).
     """

@@ -411,8 +411,8 @@ def report_spray(results: list[dict]) -> None:
               f"{r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
               f"{r['umap_epochs']} epochs")
         m = r["map"]
-        print(f"{'':>9} UMAP map ({r['umap_negative_samples']} negative samples) on {m['queries']} points: neighbour "
-              f"purity {m['purity']:.4f} (share of the 10 kNN-graph neighbours among the 10 nearest map "
+        print(f"{'':>9} UMAP map on {m['queries']} points ({r['umap_negative_samples']} negative per positive sample): "
+              f"neighbour purity {m['purity']:.4f} (share of the 10 kNN-graph neighbours among the 10 nearest map "
               f"neighbours), same planted cluster {m['same_cluster']:.4f}")
     big = [r for r in results if r["n"] >= 1_000_000]
     for r in big:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from spray.analysis.knn import KNNGraph
-from spray.analysis.maps import TSNEMap, UMAPMap, _umap_epochs
+from spray.analysis.maps import TSNEMap, UMAPMap, _umap_schedule
 from spray.analysis.spectral import SpectralEmbedding
 from spray.errors import BadInputError
 
@@ -37,9 +39,57 @@ def test_umap_reuses_the_knn_graph_is_seeded_and_separates_clusters(pipeline):
     assert _separated(first.embedding_, labels) == 1.0
 
 
-def test_umap_epochs_shrink_with_n_but_not_below_50():
-    assert [_umap_epochs(n) for n in (5_000, 50_000, 100_000, 200_000, 1_000_000)] == [500, 200, 200, 100, 50]
-    assert UMAPMap(n_epochs=30, random_state=0).fit(np.random.default_rng(0).normal(size=(40, 3))).n_epochs_ == 30
+def test_umap_is_given_the_graphs_neighbours_and_runs_no_search_or_eigensolve_of_its_own(pipeline, monkeypatch):
+    import umap
+    import umap.umap_
+
+    embedding, graph, _ = pipeline
+    given = {}
+
+    class Recording(umap.UMAP):
+        def fit(self, X, *args, **kwargs):
+            given["knn"], given["init"], given["X"] = self.precomputed_knn, self.init, X
+            return super().fit(X, *args, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("UMAP ran its own neighbour search or spectral layout")
+
+    monkeypatch.setattr(umap, "UMAP", Recording)
+    monkeypatch.setattr(umap.umap_, "nearest_neighbors", refused)
+    monkeypatch.setattr(umap.umap_, "spectral_layout", refused)
+    UMAPMap(n_neighbors=15, random_state=0).fit(embedding, knn=graph)
+    indices, distances = given["knn"]
+    # UMAP counts a point as its own first neighbour: self at distance 0, then the graph's 10 lists as they are.
+    np.testing.assert_array_equal(indices, np.hstack([np.arange(120)[:, None], graph.indices_]))
+    np.testing.assert_array_equal(distances, np.hstack([np.zeros((120, 1)), graph.distances_]).astype(np.float32))
+    # The start layout is the PCA of the spectral embedding of the same graph.
+    assert given["init"] == "pca"
+    np.testing.assert_array_equal(given["X"], embedding.astype(np.float32))
+    with pytest.raises(AssertionError, match="spectral layout"):  # the stand-in is live: UMAP's own start calls it
+        UMAPMap(init="spectral", random_state=0).fit(embedding, knn=graph)
+
+
+def test_umap_schedule_is_umaps_own_up_to_100k_then_one_negative_sample_and_fewer_epochs():
+    sizes = (5_000, 10_001, 100_000, 100_001, 300_000, 500_000, 1_000_000, 2_000_000)
+    assert [_umap_schedule(n) for n in sizes] == [(500, 5), (200, 5), (200, 5), (200, 1), (200, 1), (120, 1),
+                                                  (60, 1), (50, 1)]
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    fitted = UMAPMap(n_epochs=30, negative_sample_rate=2, random_state=0).fit(X)
+    assert (fitted.n_epochs_, fitted.negative_sample_rate_) == (30, 2)
+
+
+def test_umap_up_to_100k_points_is_umap_with_its_own_defaults(pipeline):
+    import umap
+
+    embedding, graph, _ = pipeline
+    ours = UMAPMap(n_neighbors=11, random_state=0).fit(embedding, knn=graph)
+    assert (ours.n_epochs_, ours.negative_sample_rate_) == (500, 5)
+    knn = (np.hstack([np.arange(120)[:, None], graph.indices_]),
+           np.hstack([np.zeros((120, 1)), graph.distances_]).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = umap.UMAP(n_neighbors=11, random_state=0, init="pca", precomputed_knn=knn).fit_transform(embedding)
+    np.testing.assert_array_equal(ours.embedding_, theirs)
 
 
 def test_umap_without_knn_computes_its_own_neighbours(pipeline):
@@ -81,6 +131,7 @@ def test_tsne_on_the_knn_graph_uses_no_perplexity_is_seeded_and_separates_cluste
         (UMAPMap(n_neighbors=1), "n_neighbors"),
         (UMAPMap(min_dist=-1.0), "min_dist"),
         (UMAPMap(init="tsne"), "init"),
+        (UMAPMap(negative_sample_rate=0), "negative_sample_rate"),
         (TSNEMap(perplexity=0), "perplexity"),
         (TSNEMap(init="spectral"), "init"),
         (TSNEMap(max_iter=10), "max_iter"),

@@ -165,8 +165,13 @@ def test_ctrl_c_during_a_write_is_delivered_after_the_whole_transaction(tmp_path
         original(self, data, offset)
 
     monkeypatch.setattr(JournaledFile, "_store_write", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _transaction(store)
+    # Python's own Ctrl-C handler, also where the tests were started with SIGINT ignored (a shell's `cmd &`).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _transaction(store)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     monkeypatch.undo()
     assert sent and store.read_node("analyses/a/2/knn")[1] == {"v": 2}
     assert not journal_path(store.path).exists()

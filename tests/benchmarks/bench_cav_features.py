@@ -24,14 +24,13 @@ Run:  python tests/benchmarks/bench_cav_features.py CACHE [CACHE ...] [--seeds 0
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench_detection import cases
+from bench_detection import cached_case_arguments, cases
 from spray.benchmark.cases import QUICK, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import out_of_fold_cav_auroc
@@ -91,12 +90,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("caches", nargs="+", type=Path, help="benchmark cache directories (spray benchmark --cache)")
-    parser.add_argument("--seeds", help="comma-separated seeds to keep (default: all)")
-    parser.add_argument("--json", type=Path, help="also write the per-case rows here")
-    args = parser.parse_args()
-    seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0])
     images, rows = load_images("mnist"), []
     for case, directory in cases(args.caches, seeds):
         if case.is_control:

@@ -108,13 +108,19 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def cached_case_arguments(description: str) -> tuple[argparse.Namespace, set[int] | None]:
+    """The command line of the scripts that score cached cases again: the cache directories, ``--seeds`` (as a
+    set; None: all) and ``--json``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("caches", nargs="+", type=Path, help="benchmark cache directories (spray benchmark --cache)")
     parser.add_argument("--seeds", help="comma-separated seeds to keep (default: all)")
     parser.add_argument("--json", type=Path, help="also write the per-case rows here")
     args = parser.parse_args()
-    seeds = None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+    return args, None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+
+
+def main() -> None:
+    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0])
     images, rows = load_images("mnist"), []
     for case, directory in cases(args.caches, seeds):
         try:

@@ -6,8 +6,11 @@ approximate NN-descent (pynndescent) for large n. CoRelAy's dense n × n distanc
 
 from __future__ import annotations
 
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -88,12 +91,47 @@ def _tree_leaves(Z: Any, leaf: int) -> list[Any]:
     return leaves
 
 
+@contextmanager
+def _one_torch_thread() -> Iterator[int]:
+    """torch's intra-op threads set to one on the calling thread for the duration; yields the count before."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield before
+    finally:
+        torch.set_num_threads(before)
+
+
+def _on_threads(work: Callable[[Any], None], items: Sequence[Any], workers: int) -> None:
+    """``work(item)`` for every item, spread over ``workers`` threads of one torch thread each.
+
+    The pruned search and the re-ranking are many small torch operations (top-k of 128-row tiles, gathers,
+    masks, small matmuls): on torch's own threads each operation is split over the cores, which spin-wait at
+    its end — at 20k × 1024 on 2 cores that doubled the search's CPU time on an idle machine and multiplied
+    it under load (docs/benchmarks.md). Independent items on threads of one torch thread each keep the cores
+    busy without those barriers. ``work`` must write disjoint outputs for different items; each item is
+    computed on one torch thread whatever ``workers`` is.
+    """
+    import torch
+
+    workers = min(workers, len(items))
+    if workers <= 1:
+        for item in items:
+            work(item)
+        return
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        for _ in pool.map(work, items):  # re-raises a worker's exception here
+            pass
+
+
 def _tile(buffer: Any, rows: int, cols: int) -> Any:
     """A contiguous (rows, cols) view of the start of a flat preallocated ``buffer``."""
     return buffer[: rows * cols].view(rows, cols)
 
 
-def _pruned_all_neighbors(X: np.ndarray, m: int, mean: Any) -> tuple[Any, Any] | None:
+def _pruned_all_neighbors(X: np.ndarray, m: int, mean: Any, workers: int = 1) -> tuple[Any, Any] | None:
     """The m smallest float32 squared distances of every row of ``X`` to the others, and their row numbers.
 
     Exact, with pruning by a lower bound: rows are centred and projected on ``_BOUND_DIMS`` principal
@@ -109,7 +147,9 @@ def _pruned_all_neighbors(X: np.ndarray, m: int, mean: Any) -> tuple[Any, Any] |
     ``_SHARE_GROUPS`` groups spread over the data, and above ``_PRUNED_MAX_SHARE`` the function returns
     None (the caller runs the symmetric search). Clustered heatmaps with isotropic pixel noise (the bench's
     synthetic ones) prune to ≈ 12 % of the pairs; the benchmark's real, preprocessed LRP heatmaps barely prune.
-    Memory: one centred n × d float32 copy of ``X`` in leaf order, O(n · leaves) for the bounds.
+    The groups are searched on ``workers`` threads (:func:`_on_threads`); call it on one torch thread.
+    Memory: one centred n × d float32 copy of ``X`` in leaf order, O(n · leaves) for the bounds, and per
+    worker ≈ 20 MB of tiles.
     """
     import torch
 
@@ -128,9 +168,15 @@ def _pruned_all_neighbors(X: np.ndarray, m: int, mean: Any) -> tuple[Any, Any] |
     to_centre = torch.cdist(Z, torch.stack([Z[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])]))
     radii = torch.zeros(len(leaves)).scatter_reduce_(0, leaf_of, to_centre[torch.arange(n), leaf_of], "amax")
     best_d, best_i = torch.empty((n, m)), torch.empty((n, m), dtype=torch.int64)
-    # Tiles go to preallocated buffers: fresh tensors per tile cost more in page faults than their arithmetic.
-    low_buf, d2_buf = torch.empty(_LEAF_ROWS * _BLOCK_ROWS), torch.empty(_LEAF_ROWS * _BLOCK_ROWS)
-    y_buf = torch.empty((min(n, _BLOCK_ROWS), Xc.shape[1]))
+    # Tiles go to preallocated buffers, one set per thread: fresh tensors per tile cost more in page faults
+    # than their arithmetic.
+    local = threading.local()
+
+    def buffers() -> Any:
+        if not hasattr(local, "low"):
+            local.low, local.d2 = torch.empty(_LEAF_ROWS * _BLOCK_ROWS), torch.empty(_LEAF_ROWS * _BLOCK_ROWS)
+            local.y = torch.empty((min(n, _BLOCK_ROWS), Xc.shape[1]))
+        return local
 
     def group_best(first: int) -> range:
         """Best m within the group of leaves from ``first`` into best_d/best_i; the group's leaves."""
@@ -153,7 +199,7 @@ def _pruned_all_neighbors(X: np.ndarray, m: int, mean: Any) -> tuple[Any, Any] |
         reach[own.start : own.stop] = False  # compared by group_best already
         for cols in torch.nonzero(reach[leaf_of]).ravel().split(_BLOCK_ROWS):
             low = torch.addmm(sz[cols][None, :], Z[rows], Z[cols].T, alpha=-2.0,
-                              out=_tile(low_buf, rows.stop - rows.start, len(cols)))
+                              out=_tile(buffers().low, rows.stop - rows.start, len(cols)))
             cols = cols[(low.add_(sz[rows][:, None]) < bound[:, None]).any(0)]
             if len(cols):
                 yield rows, cols
@@ -165,14 +211,18 @@ def _pruned_all_neighbors(X: np.ndarray, m: int, mean: Any) -> tuple[Any, Any] |
     sampled = sum(int(bounds[min(f + _GROUP_LEAVES, len(leaves))] - bounds[f]) for f in sample)
     if pairs > _PRUNED_MAX_SHARE * sampled * n:
         return None
-    for first in firsts:
-        own = group_best(first)
+
+    def search_group(first: int) -> None:
+        """The m best of every row of the group of leaves from ``first``, into best_d/best_i."""
+        own, buf = group_best(first), buffers()
         for leaf in own:
             for rows, cols in candidates(leaf, own):
-                Y = torch.index_select(Xc, 0, cols, out=y_buf[: len(cols)])
+                Y = torch.index_select(Xc, 0, cols, out=buf.y[: len(cols)])
                 d2 = torch.addmm(sq[cols][None, :], Xc[rows], Y.T, alpha=-2.0,
-                                 out=_tile(d2_buf, rows.stop - rows.start, len(cols)))
+                                 out=_tile(buf.d2, rows.stop - rows.start, len(cols)))
                 best_d[rows], best_i[rows] = _merge((best_d[rows], best_i[rows]), d2.add_(sq[rows][:, None]), cols, m)
+
+    _on_threads(search_group, firsts, workers)  # groups write disjoint rows
     back = torch.argsort(order)  # leaf order -> row order
     return best_d[back], order[best_i[back]]
 
@@ -244,7 +294,11 @@ def _exact_neighbors(
     with torch.no_grad():
         if queries is None:
             q_idx = np.arange(n)
-            best = _pruned_all_neighbors(X, m, mean) or _symmetric_all_neighbors(X, m, mean)
+            # The pruned search's setup runs on one torch thread, its groups on as many threads as torch had;
+            # the symmetric search's large tiles use torch's threads as they are.
+            with _one_torch_thread() as workers:
+                best = _pruned_all_neighbors(X, m, mean, workers)
+            best = best or _symmetric_all_neighbors(X, m, mean)
         else:
             q_idx = np.asarray(queries, dtype=np.int64)
             Q, sq_q = _centred_block(X, q_idx, mean)
@@ -275,11 +329,14 @@ def _pair_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray) -> np.
     rows_t, ind_t = torch.from_numpy(np.asarray(rows, np.int64)), torch.from_numpy(np.asarray(indices, np.int64))
     out = torch.empty((q, k), dtype=torch.float64)
     step = max(1, (4 * 2**20) // (8 * max(1, k * X.shape[1])))
-    with torch.no_grad():
-        for start in range(0, q, step):
-            block = slice(start, start + step)
-            diff = Xt[ind_t[block]].double() - Xt[rows_t[block]].double()[:, None, :]
-            out[block] = torch.linalg.vector_norm(diff, dim=2)
+
+    def distances(start: int) -> None:
+        block = slice(start, start + step)
+        diff = Xt[ind_t[block]].double().sub_(Xt[rows_t[block]].double()[:, None, :])
+        out[block] = torch.linalg.vector_norm(diff, dim=2)
+
+    with torch.no_grad(), _one_torch_thread() as workers:
+        _on_threads(distances, range(0, q, step), workers)
     return out.numpy()
 
 

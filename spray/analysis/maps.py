@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -53,6 +54,34 @@ def _umap_schedule(n: int) -> tuple[int, int]:
     if n <= _UMAP_LARGE_N:
         return (500 if n <= 10_000 else 200), 5
     return max(50, min(200, _UMAP_STEPS // (2 * n))), 1
+
+
+# UMAP's kernels on the path UMAPMap takes (fuzzy graph from given neighbours, seeded single-threaded epochs) that
+# umap-learn (0.5.12) declares without numba's cache. Not the parallel twin of the epoch kernel
+# (``_nb_optimize_layout_euclidean_single_epoch_parallel``, unseeded maps): it compiles the same Python function,
+# and numba's cache index does not tell the two apart.
+_UMAP_UNCACHED_KERNELS = (
+    ("umap.umap_", "smooth_knn_dist"),
+    ("umap.umap_", "compute_membership_strengths"),
+    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+)
+
+
+@functools.cache
+def _cache_umap_kernels() -> None:
+    """Turn on numba's on-disk cache for :data:`_UMAP_UNCACHED_KERNELS` (once per process, before they compile).
+
+    Without it every process compiled them on its first map: ≈ 8 s CPU, more than the optimisation of a
+    20k-point map on its graph (≈ 5–10 s CPU; docs/benchmarks.md). With it a process loads what an earlier one
+    (same ``NUMBA_CACHE_DIR``, same library versions and CPU) compiled. A kernel missing from another umap
+    version is left as it is.
+    """
+    import importlib
+
+    for module, name in _UMAP_UNCACHED_KERNELS:
+        kernel = getattr(importlib.import_module(module), name, None)
+        if hasattr(kernel, "enable_caching"):
+            kernel.enable_caching()
 
 
 class UMAPMap:
@@ -122,6 +151,8 @@ class UMAPMap:
         negatives = default_negatives if negatives is None else negatives
 
         from umap import UMAP  # lazy: numba compiles on first use
+
+        _cache_umap_kernels()
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # seeds disable parallelism; no search index -> no transform

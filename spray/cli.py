@@ -542,10 +542,11 @@ def _audited_sources(store: Path) -> Callable[..., Any]:
     """Opens a command's data options (None for an option not given) as STORE's samples were explained:
     image sources with the preprocessing spec its dataset record holds, unreadable files left out if the
     attribution left them out (docs/data.md). ``audited=True``: the option names the data STORE was
-    attributed from, whose image files must be the ones it recorded (same paths, same sha256)."""
+    attributed from: as many samples, and image files the ones it recorded (same paths, same sha256)."""
     from spray.data import ImageTransform
     from spray.data.images import check_same_files, source_record
     from spray.data.sources import open_source_like
+    from spray.errors import BadInputError
     from spray.store import AuditStore
 
     record = None
@@ -560,6 +561,12 @@ def _audited_sources(store: Path) -> Callable[..., Any]:
             return None
         dataset = open_source_like(spec, transform, skip)
         if audited and record is not None:
+            if record.get("size") not in (None, len(dataset)):
+                # The wording of the same check in build_report and export_virelay (their Python API's).
+                raise BadInputError(
+                    f"the dataset given (--data) has {len(dataset)} samples, but audit store {store} holds "
+                    f"{record['size']}: pass the dataset the store was attributed from"
+                )
             check_same_files(record, source_record(dataset), store)
         return dataset
 

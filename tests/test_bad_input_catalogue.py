@@ -507,6 +507,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "csv_uncertain": lambda i: _csv(i, "uncertain.csv", "path,dog\na.png,1\nb.png,-1\n"),
     "folder_changed": lambda i: _folder(i, "changed", {"a": [(2, 2)], "b": [(2, 2)]}),
     "store_folder_changed": _folder_store,
+    "folder_three": lambda i: _folder(i, "three", {"a": [(2, 2), (2, 2)], "b": [(2, 2)]}),
     "hdf5_foreign": _foreign,
     # weights
     "weights_pickle": lambda i: _written(i, "pickle.pt", pickle.dumps({"w": object()})),

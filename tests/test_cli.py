@@ -226,6 +226,21 @@ def test_the_audited_data_must_be_the_files_the_store_recorded(tmp_path, capsys,
     assert store.read_bytes() == before
 
 
+def test_audited_data_with_another_number_of_samples_is_refused_by_clarc(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(4):
+        (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (2, 2), i).save(tmp_path / "images" / "ab"[i % 2] / f"{i}.png")
+    data, store = f"folder:{tmp_path / 'images'}", tmp_path / "a.h5"
+    assert run(capsys, "attribute", "--model", MODEL, "--data", data, "--store", store)[0] == 0
+    (tmp_path / "images" / "b" / "3.png").unlink()
+    code, _, err = run(capsys, "clarc", store, "--cluster", "top", "--method", "pclarc", "--model", MODEL,
+                       "--data", data)
+    assert (code, err) == (2, f"error: the dataset given (--data) has 3 samples, but audit store {store} holds 4: "
+                              "pass the dataset the store was attributed from\n")
+
+
 def test_skip_unreadable_names_each_skipped_file_and_the_store_records_it(tmp_path, capsys):
     from PIL import Image
 

@@ -389,7 +389,8 @@ def clarc(
     evaluation = None if test_spec is None else EvaluationData(
         open_data(test_spec), poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
     )
-    result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec), config, evaluation)
+    result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec, audited=True), config,
+                              evaluation)
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
                     **cav_figures(result.artifact), "weights": str(result.weights), "metrics": result.metrics,
@@ -429,7 +430,7 @@ def evaluate(
     rows = evaluate_from_store(
         store, run_name, load_model(model_spec, weights), test=open_data(test_spec),
         poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
-        dataset=open_data(data_spec), fda_rank=fda_rank,
+        dataset=open_data(data_spec, audited=True), fda_rank=fda_rank,
     )
     if as_json:
         _echo_json(rows)
@@ -459,7 +460,7 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None, mo
         raise BadInputError("conditional heatmaps need the audited model and the data the store was attributed "
                             "from: give --model (with --weights if it has them) and --data together")
     audited = None if model_spec is None else AuditedModel(load_model(model_spec, weights),
-                                                           _audited_sources(store)(data_spec))
+                                                           _audited_sources(store)(data_spec, audited=True))
     click.echo(str(build_report(store, output, analysis=analysis.split(","), max_classes=max_classes,
                                 audited=audited)))
 
@@ -520,7 +521,7 @@ def export_virelay_command(store: Path, out: Path, analysis: str, data_spec: str
     """Write STORE's analysis as a ViRelAy project in OUT (open with `virelay OUT/project.yaml`)."""
     from spray.export import export_virelay
 
-    click.echo(str(export_virelay(store, out, analysis, inputs=_audited_sources(store)(data_spec))))
+    click.echo(str(export_virelay(store, out, analysis, inputs=_audited_sources(store)(data_spec, audited=True))))
 
 
 @export.command("tables")
@@ -537,12 +538,15 @@ def export_tables_command(store: Path, out: Path, analysis: str, fmt: str) -> No
         click.echo(str(path))
 
 
-def _audited_sources(store: Path) -> Callable[[str | None], Any]:
+def _audited_sources(store: Path) -> Callable[..., Any]:
     """Opens a command's data options (None for an option not given) as STORE's samples were explained:
     image sources with the preprocessing spec its dataset record holds, unreadable files left out if the
-    attribution left them out (docs/data.md)."""
+    attribution left them out (docs/data.md). ``audited=True``: the option names the data STORE was
+    attributed from: as many samples, and image files the ones it recorded (same paths, same sha256)."""
     from spray.data import ImageTransform
+    from spray.data.images import check_same_files, source_record
     from spray.data.sources import open_source_like
+    from spray.errors import BadInputError
     from spray.store import AuditStore
 
     record = None
@@ -551,7 +555,22 @@ def _audited_sources(store: Path) -> Callable[[str | None], Any]:
             record = audit.attrs()["dataset"]
     transform = ImageTransform.from_dict(record["transform"]) if record and "transform" in record else None
     skip = bool(record and record.get("skipped"))
-    return lambda spec: open_source_like(spec, transform, skip) if spec else None
+
+    def open_data(spec: str | None, *, audited: bool = False) -> Any:
+        if not spec:
+            return None
+        dataset = open_source_like(spec, transform, skip)
+        if audited and record is not None:
+            if record.get("size") not in (None, len(dataset)):
+                # The wording of the same check in build_report and export_virelay (their Python API's).
+                raise BadInputError(
+                    f"the dataset given (--data) has {len(dataset)} samples, but audit store {store} holds "
+                    f"{record['size']}: pass the dataset the store was attributed from"
+                )
+            check_same_files(record, source_record(dataset), store)
+        return dataset
+
+    return open_data
 
 
 def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:

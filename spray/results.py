@@ -139,7 +139,8 @@ def no_analysis_error(store: AuditStore, analysis: str | None) -> BadInputError:
         return BadInputError(
             f"analysis {analysis!r} of audit store {store.path} is not complete: "
             + (f"`spray analyze` is writing it ({writer}); run this again when it has finished" if writer else
-               "its first `spray analyze` stopped before the end; run `spray analyze` again to complete it")
+               "its first `spray analyze` stopped before the end (interrupted, or refused: its message said "
+               "why); run `spray analyze` again to complete it, with what it refused changed")
         )
     if have:
         advice = "name one of them"

@@ -391,6 +391,12 @@ def _truncated_image(inputs: Inputs) -> Path:
     return root
 
 
+def _csv_truncated_image(inputs: Inputs) -> Path:
+    """A label table naming {folder_truncated_image}'s two images (absolute paths), the second cut short."""
+    root = inputs["folder_truncated_image"]
+    return _written(inputs, "truncated.csv", f"path,label\n{root}/a/0.png,cat\n{root}/b/1.png,dog\n".encode())
+
+
 def _image_bomb(inputs: Inputs) -> Path:
     """A folder whose PNG header claims 20000×20000 pixels (Pillow refuses it before reading any pixel)."""
     root = _folder(inputs, "bomb", {"a": [(2, 2)], "b": [(2, 2)]})
@@ -489,11 +495,19 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "csv_table": lambda i: _csv(i, "table.csv", "path,label\na.png,cat\nb.png,dog\n"),
     "csv_missing_image": lambda i: _csv(i, "gone.csv", "path,label\na.png,cat\ngone.png,dog\n"),
     "csv_empty_label": lambda i: _csv(i, "empty.csv", "path,label\na.png,\nb.png,dog\n"),
+    "csv_empty_path": lambda i: _csv(i, "empty_path.csv", "path,label\na.png,cat\n,dog\n"),
+    "csv_no_rows": lambda i: _csv(i, "no_rows.csv", "path,label\n"),
+    "csv_truncated_image": _csv_truncated_image,
+    "csv_names_twice": lambda i: (_csv(i, "twice.csv", "path,label\na.png,cat\nb.png,dog\n"),
+                                  _written(i, "twice.txt", b"cat\ndog\ncat\n"))[0],
+    "csv_names_empty": lambda i: (_csv(i, "blank.csv", "path,label\na.png,cat\nb.png,dog\n"),
+                                  _written(i, "blank.txt", b"\n\n"))[0],
     "csv_findings": lambda i: _csv(i, "findings.csv", "path,dog\na.png,1\nb.png,yes\n"),
     "csv_no_finding": lambda i: _csv(i, "no_finding.csv", "path,dog\na.png,0\nb.png,0\n"),
     "csv_uncertain": lambda i: _csv(i, "uncertain.csv", "path,dog\na.png,1\nb.png,-1\n"),
     "folder_changed": lambda i: _folder(i, "changed", {"a": [(2, 2)], "b": [(2, 2)]}),
     "store_folder_changed": _folder_store,
+    "folder_three": lambda i: _folder(i, "three", {"a": [(2, 2), (2, 2)], "b": [(2, 2)]}),
     "hdf5_foreign": _foreign,
     # weights
     "weights_pickle": lambda i: _written(i, "pickle.pt", pickle.dumps({"w": object()})),

@@ -199,6 +199,48 @@ def test_attribute_preprocesses_a_folder_of_mixed_sizes_and_records_the_spec(tmp
         _audited_sources(tmp_path / "none.h5")(f"folder:{tmp_path / 'images'}")
 
 
+@pytest.mark.parametrize("command", [
+    ["clarc", "{store}", "--cluster", "top", "--method", "pclarc", "--model", MODEL, "--data", "{data}"],
+    ["evaluate", "{store}", "--run", "r", "--model", MODEL, "--test", "{data}", "--data", "{data}"],
+    ["report", "{store}", "-o", "{out}/r.html", "--model", MODEL, "--data", "{data}"],
+    ["export", "virelay", "{store}", "--out", "{out}", "--data", "{data}"],
+])
+def test_the_audited_data_must_be_the_files_the_store_recorded(tmp_path, capsys, command):
+    """clarc, evaluate, report and the ViRelAy export re-create the explained inputs from --data: an image
+    changed since the attribution is refused by name (its sha256 differs), and the store is left as it was."""
+    from PIL import Image
+
+    for i in range(4):
+        (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (2, 2), i).save(tmp_path / "images" / "ab"[i % 2] / f"{i}.png")
+    data, store = f"folder:{tmp_path / 'images'}", tmp_path / "a.h5"
+    assert run(capsys, "attribute", "--model", MODEL, "--data", data, "--store", store)[0] == 0
+    changed = tmp_path / "images" / "b" / "3.png"
+    Image.new("L", (2, 2), 99).save(changed)
+    before = store.read_bytes()
+    argv = [a.format(store=store, data=data, out=tmp_path / "out") for a in command]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and re.fullmatch(
+        rf"error: image {re.escape(str(changed))} changed since audit store {re.escape(str(store))} recorded it "
+        r"\(sha256 [0-9a-f]{12}…, now [0-9a-f]{12}…\): restore the file, or audit into another store\n", err), err
+    assert store.read_bytes() == before
+
+
+def test_audited_data_with_another_number_of_samples_is_refused_by_clarc(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(4):
+        (tmp_path / "images" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (2, 2), i).save(tmp_path / "images" / "ab"[i % 2] / f"{i}.png")
+    data, store = f"folder:{tmp_path / 'images'}", tmp_path / "a.h5"
+    assert run(capsys, "attribute", "--model", MODEL, "--data", data, "--store", store)[0] == 0
+    (tmp_path / "images" / "b" / "3.png").unlink()
+    code, _, err = run(capsys, "clarc", store, "--cluster", "top", "--method", "pclarc", "--model", MODEL,
+                       "--data", data)
+    assert (code, err) == (2, f"error: the dataset given (--data) has 3 samples, but audit store {store} holds 4: "
+                              "pass the dataset the store was attributed from\n")
+
+
 def test_skip_unreadable_names_each_skipped_file_and_the_store_records_it(tmp_path, capsys):
     from PIL import Image
 

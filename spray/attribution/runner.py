@@ -175,7 +175,9 @@ def _pending_batches(
         label_names = [str(i) for i in range(n_outputs)]
     record = {"name": run.dataset_name, "size": n, **source_record(dataset)}
     if recorded["dataset"] is not None:
-        check_same_files(recorded["dataset"], record, store.path)
+        kept = check_same_files(recorded["dataset"], record, store.path, store.read("samples/label") >= 0)
+        if kept != recorded["dataset"]:
+            store.record_dataset(kept)
     store.prepare_samples(
         n,
         dataset=record,

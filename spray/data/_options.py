@@ -27,6 +27,11 @@ def split_options(spec: str, rest: str, allowed: Iterable[str], example: str) ->
 
 def read_names(path: Path) -> list[str]:
     """Class names, one per line (blank lines skipped), in model output order: line i names output i."""
+    if not path.exists():
+        raise BadInputError(
+            f"label names file {path} does not exist (names=FILE is relative to the folder of a folder: source, "
+            "to the table's folder for a csv: source)"
+        )
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

@@ -210,13 +210,18 @@ def pixel_bounds(dataset: Dataset) -> tuple[list[float], list[float]] | None:
     return dataset.transform.bounds(dataset.channels) or ([0.0] * dataset.channels, [1.0] * dataset.channels)
 
 
-def check_same_files(recorded: dict[str, Any], current: dict[str, Any], store: Path) -> None:
+def check_same_files(
+    recorded: dict[str, Any], current: dict[str, Any], store: Path, written: np.ndarray | None = None
+) -> dict[str, Any]:
     """Refuse to resume an audit whose image files or preprocessing changed since the store recorded them
     (``recorded``: the store's dataset record; ``current``: this run's, both with :func:`source_record`'s
-    fields). The store's samples were explained from the recorded files: mixing in others would make an
-    audit of no data set in particular."""
+    fields) and return the record to keep. The store's samples were explained from the recorded files:
+    mixing in others would make an audit of no data set in particular. A file whose sample no attribution
+    has written yet (``written``: (n,) bool, the store's sample rows written; None: all of them) may have
+    changed, as an unreadable file replaced after its refusal has: it is explained as it is now, and the
+    record returned holds its new sha256."""
     if "sha256" not in recorded or "sha256" not in current or len(recorded["files"]) != len(current["files"]):
-        return  # not image files, or another number of samples, which the store itself refuses
+        return recorded  # not image files, or another number of samples, which the store itself refuses
     if recorded["transform"] != current["transform"]:
         have, given = (json.dumps(record["transform"], sort_keys=True) for record in (recorded, current))
         raise BadInputError(
@@ -224,15 +229,17 @@ def check_same_files(recorded: dict[str, Any], current: dict[str, Any], store: P
             "same spec to resume, or audit into another store"
         )
     root = current["root"]
-    for old_path, new_path, old, new in zip(recorded["files"], current["files"], recorded["sha256"],
-                                           current["sha256"], strict=True):
+    written = np.ones(len(current["files"]), bool) if written is None else written
+    for old_path, new_path, old, new, done in zip(recorded["files"], current["files"], recorded["sha256"],
+                                                  current["sha256"], written, strict=True):
         if old_path != new_path:
             raise BadInputError(
                 f"audit store {store} recorded image {old_path} where the data source now has {new_path}: "
                 "the files changed since the audit began; restore them, or audit into another store"
             )
-        if old != new:
+        if old != new and done:
             raise BadInputError(
                 f"image {Path(root) / new_path} changed since audit store {store} recorded it (sha256 "
                 f"{old[:12]}…, now {new[:12]}…): restore the file, or audit into another store"
             )
+    return {**recorded, "sha256": current["sha256"]}

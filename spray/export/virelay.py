@@ -182,7 +182,7 @@ def _write_samples(
     if inputs is not None and len(inputs) < n:
         raise BadInputError(
             f"the dataset given (--data) has {len(inputs)} samples, but audit store {store.path} holds {n}: pass "
-            "the dataset the store was made from"
+            "the dataset the store was attributed from"
         )
     group = f"attributions/{attribution}"
     with (guard.writing(out / FILES["dataset"], "ViRelAy file") as data_tmp,

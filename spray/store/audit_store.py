@@ -268,6 +268,13 @@ class AuditStore(StoreFile):
             if label_names is not None:
                 _set_attrs(f.attrs, {"label_names": to_json([str(x) for x in label_names])})
 
+    def record_dataset(self, dataset: Mapping[str, Any]) -> None:
+        """Replace the dataset record (root attribute ``dataset``, set by :meth:`prepare_samples`): a resumed
+        audit's image files replaced before any of their samples was written
+        (``spray.data.images.check_same_files``)."""
+        with self._open(write=True) as f:
+            _set_attrs(f.attrs, {"dataset": to_json(dict(dataset))})
+
     def create_attribution(
         self,
         name: str,

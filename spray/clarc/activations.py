@@ -13,6 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from spray._layout import layer_layout
 from spray.attribution.latent import area_pool
 from spray.errors import BadInputError
 from spray.lrp.tracing import feature_layer
@@ -80,7 +81,8 @@ def candidate_layers(model: nn.Module, x: Tensor, limit: int = CANDIDATES) -> li
     """The layers ClArC's layer choice compares, in forward order: the last ``limit`` feature maps up to and
     including :func:`default_layer`'s. A feature map is the output, of at least three dimensions
     (n, C, *spatial), of a *block* (a module with children that is not a Sequential/ModuleList/ModuleDict,
-    such as a ResNet's BasicBlock; its insides are not candidates) or of an activation module outside blocks
+    such as a ResNet's BasicBlock; its insides are not candidates, but for a block that holds the default layer,
+    as a ViT's ``encoder`` holds its blocks and final LayerNorm) or of an activation module outside blocks
     (the ReLU after a convolution of a Sequential CNN). A model that declares ``FEATURE_LAYER`` has that one
     candidate: its author chose. ``x``: a sample batch (one sample runs)."""
     last = default_layer(model, x)
@@ -92,7 +94,7 @@ def candidate_layers(model: nn.Module, x: Tensor, limit: int = CANDIDATES) -> li
             continue
         if next(module.children(), None) is None:
             units += [name] if isinstance(module, _ACTIVATIONS) else []
-        elif not isinstance(module, _CONTAINERS):
+        elif not isinstance(module, _CONTAINERS) and not last.startswith(name + "."):
             units.append(name)
     modules = dict(model.named_modules())
     ran: dict[str, bool] = {}  # name -> its output is a feature map, in the order the modules finish
@@ -118,12 +120,16 @@ def candidate_layers(model: nn.Module, x: Tensor, limit: int = CANDIDATES) -> li
 
 @contextmanager
 def capture(model: nn.Module, layer: str, *, differentiable: bool = False) -> Iterator[list[Tensor]]:
-    """While active, every output of module ``layer`` is appended to the yielded list (graph kept).
+    """While active, every output of module ``layer`` is appended to the yielded list (graph kept), in its
+    canonical view (B, C, ...), channels at dim 1 (:mod:`spray._layout`: a transformer's tokens (B, T, D)
+    are read as (B, D, T)); the model goes on from that view, so gradients taken with respect to it are the
+    model's.
 
     ``differentiable``: an output that does not require grad (frozen layers before it, under grad mode)
     is replaced by a copy that does, so the model output can be differentiated with respect to it.
     """
     module = resolve_layer(model, layer)
+    layout = layer_layout(model, layer)
     outputs: list[Tensor] = []
 
     def hook(_module: nn.Module, _args: tuple, output: object) -> Tensor | None:
@@ -132,12 +138,11 @@ def capture(model: nn.Module, layer: str, *, differentiable: bool = False) -> It
                 f"layer {layer!r} ({type(module).__qualname__}) returns {type(output).__name__}, not a "
                 "tensor; choose a layer whose output is one tensor (e.g. a Conv2d or its activation)"
             )
-        if differentiable and torch.is_grad_enabled() and not output.requires_grad:
-            output = output.detach().requires_grad_(True)
-            outputs.append(output)
-            return output
-        outputs.append(output)
-        return None
+        view = layout.canonical(output)
+        if differentiable and torch.is_grad_enabled() and not view.requires_grad:
+            view = view.detach().requires_grad_(True)
+        outputs.append(view)
+        return None if view is output else layout.restore(view, output)
 
     handle = module.register_forward_hook(hook)
     try:
@@ -166,18 +171,17 @@ def activations(model: nn.Module, layer: str, x: Tensor, batch_size: int = 256) 
 
 
 def pool(a: Tensor, grid: int = 1) -> Tensor:
-    """Spatially pooled activations: the mean over every axis after the channel axis, (n, C) (what ClArC's
-    CAV is fitted to); with ``grid > 1``, the means over ``g_h × g_w`` cells of a feature map (n, C, H, W),
-    ``g = min(grid, size)`` per axis, channel-major, (n, C · g_h · g_w) (the latent attribution's area
-    pooling, spray.attribution.latent.area_pool): a local artifact raises a few channels in
-    a few cells, and the mean over every position dilutes it. Activations without spatial axes are returned
-    as they are."""
+    """Pooled activations, from their canonical view (n, C, ...) (:func:`capture`): the mean over every axis
+    after the channel axis, (n, C) (what ClArC's CAV is fitted to); with ``grid > 1``, the means over
+    ``g_h × g_w`` cells of a feature map (n, C, H, W), ``g = min(grid, size)`` per axis, channel-major,
+    (n, C · g_h · g_w) (the latent attribution's area pooling, spray.attribution.latent.area_pool): a local
+    artifact raises a few channels in a few cells, and the mean over every position dilutes it. Positions
+    without a 2-D grid (a transformer's tokens (n, D, T)) are pooled to their mean whatever the grid;
+    activations without positions are returned as they are."""
     if a.dim() <= 2:
         return a
-    if grid == 1:
+    if grid == 1 or a.dim() != 4:
         return a.flatten(2).mean(2)
-    if a.dim() != 4:
-        raise ValueError(f"pooling to a grid needs feature maps (n, C, H, W), got shape {tuple(a.shape)}")
     return area_pool(a, grid, mean=True).flatten(1)
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spray._layout import layer_layout
 from spray.clarc.activations import along_channels
 from spray.errors import BadInputError
 from spray.lrp import LRP, Composite
@@ -43,16 +44,19 @@ class Localization:
 
 def artifact_relevance(model: nn.Module, layer: str, x: Tensor, direction: Tensor, composite: Composite,
                        batch_size: int = 64) -> Tensor:
-    """Input relevance (n, C, H, W) of LRP started at ``layer`` with ``max(a, 0) ⊙ v``."""
+    """Input relevance (n, C, H, W) of LRP started at ``layer`` with ``max(a, 0) ⊙ v`` (``a`` in its canonical
+    view, spray._layout)."""
     lrp = LRP(composite)
     v = torch.as_tensor(direction, dtype=torch.float32)
+    layout = layer_layout(model, layer)
 
-    def initial(a: Tensor) -> Tensor:
+    def initial(output: Tensor) -> Tensor:
+        a = layout.canonical(output)
         if a.dim() < 2 or a.shape[1] != v.numel():
             raise BadInputError(
-                f"the CAV has {v.numel()} channels but layer {layer!r} outputs shape {tuple(a.shape)}"
+                f"the CAV has {v.numel()} channels but layer {layer!r} outputs shape {tuple(output.shape)}"
             )
-        return a.clamp(min=0) * along_channels(v, a)
+        return layout.restore(a.clamp(min=0) * along_channels(v, a), output)
 
     parts = [lrp.relevance(model, x[i : i + batch_size], layer, initial) for i in range(0, len(x), batch_size)]
     return torch.cat(parts)

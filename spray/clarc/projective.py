@@ -21,21 +21,24 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from spray._layout import Layout, layer_layout
 from spray.clarc.activations import along_channels, resolve_layer
 from spray.errors import BadInputError
 from spray.lrp import Composite, rules
 
 
 class Projection(nn.Module):
-    """``h(a) = a − Vᵀ V (a − z)`` over the channel axis (dim 1) of ``a`` (n, C, ...).
+    """``h(a) = a − Vᵀ V (a − z)`` over the channel axis of ``a``, read in the canonical view (n, C, ...) of
+    ``layout`` (:mod:`spray._layout`; channels at dim 1 when None), the result handed back in ``a``'s layout.
 
     ``v``: one direction (C,), normalised on construction, or a subspace (k, C), orthonormalised (its row
-    space is what is projected out); ``z`` is (C,) or an activation's shape without the batch axis
+    space is what is projected out); ``z`` is (C,) or a canonical activation's shape without the batch axis
     (C, *spatial), e.g. the mean clean activation map.
     """
 
-    def __init__(self, v: Tensor, z: Tensor) -> None:
+    def __init__(self, v: Tensor, z: Tensor, layout: Layout | None = None) -> None:
         super().__init__()
+        self.layout = layout or Layout("")
         v = torch.as_tensor(v, dtype=torch.float32)
         rows = v.reshape(-1, v.shape[-1]) if v.dim() else v.reshape(1, 1)
         if v.dim() not in (1, 2) or not torch.isfinite(rows).all() or torch.linalg.matrix_rank(rows) < len(rows):
@@ -57,13 +60,14 @@ class Projection(nn.Module):
         return sum(v.reshape(shape) * (v.reshape(shape) * self.z).sum(0, keepdim=True)
                    for v in self.v.reshape(-1, self.v.shape[-1]))
 
-    def forward(self, a: Tensor) -> Tensor:
+    def forward(self, output: Tensor) -> Tensor:
+        a = self.layout.canonical(output)
         z = self.z.to(a.dtype).reshape(1, *self.z.shape, *[1] * (a.dim() - 1 - self.z.dim()))
         out = a
         for v in self.v.reshape(-1, self.v.shape[-1]):  # orthonormal rows: the projections add up
             v = along_channels(v, a)
             out = out - v * ((a - z) * v).sum(1, keepdim=True)
-        return out
+        return self.layout.restore(out, output)
 
 
 class Projected(nn.Module):
@@ -86,7 +90,7 @@ def insert_projection(model: nn.Module, layer: str, v: Tensor, z: Tensor) -> Pro
     original = resolve_layer(model, layer)
     if isinstance(original, Projected):
         raise BadInputError(f"layer {layer!r} already has a projection; remove_projection it first")
-    wrapper = Projected(original, Projection(v, z))
+    wrapper = Projected(original, Projection(v, z, layer_layout(model, layer)))
     param = next(model.parameters(), None)
     if param is not None:
         wrapper.projection.to(param.device)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from spray._checks import check_real
 from spray.clarc.activations import along_channels, layer_output
@@ -64,8 +65,10 @@ class RRClArC(FinetuningCorrector):
             ce = F.cross_entropy(model(x), y)
             # The sensitivity of the model as deployed: in training mode, dropout after the layer would
             # make the gradient a random masking of it, and the penalty's variance would punish every
-            # channel v touches, not the direction; BatchNorm would couple the samples of a batch.
-            with eval_mode(model):
+            # channel v touches, not the direction; BatchNorm would couple the samples of a batch. The
+            # penalty is differentiated twice, which torch's fused attention kernels do not implement on
+            # the CPU (a ViT's nn.MultiheadAttention): attention takes the math kernel here.
+            with eval_mode(model), sdpa_kernel(SDPBackend.MATH):
                 a, logits = layer_output(model, layer, x, differentiable=True)
                 (grad,) = torch.autograd.grad(logits.gather(1, y[:, None]).sum(), a, create_graph=True)
             return ce + lam * rr_penalty(grad, v)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from spray._layout import layer_layout
 from spray.errors import BadInputError, UnsupportedLayerError
 from spray.lrp.canonizers import fold_batchnorm
 from spray.lrp.composites import Composite
@@ -109,20 +110,23 @@ class LRP:
         """Input relevance of output ``target`` (B,) restricted to ``channels`` of ``layer``'s output:
         CRP's conditional heatmap, what the chosen concepts contribute to the explanation of ``x``.
 
-        ``channels``: (B, C) weights (a 0/1 mask keeps the chosen channels) or (C,) for every sample; the
+        ``channels``: (B, C) weights (a 0/1 mask keeps the chosen channels; C as spray._layout reads the layer:
+        a transformer block's D features) or (C,) for every sample; the
         relevance reaching each channel of ``layer`` is multiplied by its weight before it travels on. With
         all weights 1 it is :meth:`attribute`'s relevance; masks of a partition of the channels give heatmaps
         that sum to it.
         """
         weights = torch.as_tensor(channels)
 
-        def gate(relevance: Tensor) -> Tensor:
+        def gate(output: Tensor) -> Tensor:
+            layout = layer_layout(model, layer)  # channels of a transformer's tokens are their last axis
+            relevance = layout.canonical(output)
             w = weights.to(relevance.device, relevance.dtype)
             w = w.expand(len(relevance), -1) if w.dim() == 1 else w
             if w.shape != relevance.shape[:2]:
                 raise BadInputError(f"channels must have shape ({relevance.shape[1]},) or ({len(relevance)}, "
                                     f"{relevance.shape[1]}) for layer {layer!r}, got {tuple(weights.shape)}")
-            return relevance * w.reshape(*w.shape, *[1] * (relevance.dim() - 2))
+            return layout.restore(relevance * w.reshape(*w.shape, *[1] * (relevance.dim() - 2)), output)
 
         return self._propagate(model, x, None, _one_hot_logit(target, x), tap=(layer, None), gate=gate)[0]
 

@@ -99,3 +99,22 @@ def test_rows_of_another_shape_than_declared_are_refused_naming_both(tmp_path):
     assert str(caught.value) == ("attributor 'latent' returned relevance of shape (8, 3, 2, 2) for inputs of shape "
                                  "(8, 2, 6, 10); expected (8, 3, 4, 4)")
     assert not (tmp_path / "audit.h5").exists()
+
+
+def test_a_vit_block_s_latent_relevance_is_one_value_per_channel_summing_to_the_relevance_reaching_it():
+    from spray.zoo.vit import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(28, 4, 4, 4, 64, 128, num_classes=3).eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision's zero head explains nothing
+    x, target = torch.rand(4, 3, 28, 28), torch.tensor([0, 1, 2, 0])
+    lrp, block = LRP(EpsilonPlusFlat()), "encoder.layers.encoder_layer_2"
+    rows, logits = LatentAttributor(lrp, block, grid=2).attribute(model, x, target)
+    latent = lrp.latent(model, x, target, block)
+    assert rows.shape == (4, 64, 1, 1)  # tokens (T, D): R_c over every token, whatever the grid
+    torch.testing.assert_close(rows.flatten(1).sum(1), latent.relevance.flatten(1).sum(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows[:, :, 0, 0], latent.relevance.sum(1), rtol=1e-5, atol=1e-6)
+    assert float(latent.relevance.abs().sum()) > 0
+    torch.testing.assert_close(logits, latent.logits)
+    activation = LatentAttributor(lrp, block, grid=2, quantity="activation").attribute(model, x, target)[0]
+    torch.testing.assert_close(activation[:, :, 0, 0], latent.activation.mean(1))

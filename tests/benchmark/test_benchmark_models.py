@@ -9,8 +9,10 @@ from spray.attribution.methods import get_method
 from spray.benchmark.baseline import penultimate_layer
 from spray.benchmark.models import SmallResNet, build
 from spray.clarc import default_layer
+from spray.clarc.activations import activations
 from spray.errors import BadInputError
 from spray.zoo.resnet import BasicBlock
+from spray.zoo.vit import VisionTransformer
 
 
 def test_the_resnet_is_the_zoos_basic_block_at_the_papers_small_image_widths():
@@ -37,6 +39,16 @@ def test_the_resnets_layers_are_those_clarc_and_the_baseline_read_and_lrp_explai
 
 
 def test_an_unknown_architecture_is_refused_with_the_known_ones():
-    with pytest.raises(BadInputError, match=r"^unknown architecture 'vit' \(--architectures\); choose from cnn, "
-                                            r"resnet$"):
-        build("vit", 0)
+    with pytest.raises(BadInputError, match=r"^unknown architecture 'vgg' \(--architectures\); choose from cnn, "
+                                            r"resnet, vit$"):
+        build("vgg", 0)
+
+
+def test_the_vit_is_the_zoos_at_28_pixels_and_clarc_reads_its_final_norm_s_64_channels():
+    model = build("vit", 0).eval()
+    assert isinstance(model, VisionTransformer) and len(model.encoder.layers) == 4
+    assert model.conv_proj.in_channels == 1 and model.encoder.pos_embedding.shape == (1, 50, 64)
+    assert build("vit", 0, num_classes=2, channels=3)(torch.zeros(1, 3, 28, 28)).shape == (1, 2)
+    x = torch.rand(3, 1, 28, 28)
+    assert default_layer(model, x) == "encoder.ln"
+    assert activations(model, "encoder.ln", x).shape == (3, 64, 50)

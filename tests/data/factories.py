@@ -89,6 +89,19 @@ def conv_data() -> TensorDataset:
     return TensorDataset(x, y)
 
 
+def channels_last_model() -> nn.Module:
+    """:func:`conv_model`'s first convolution, then a Linear over the channels of a map permuted to
+    channels-last (``mix``: (B, 8, 8, 6), ConvNeXt's layout inside a block), permuted back; 2 outputs."""
+    from spray.zoo.ops import Permute
+
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(1, 4, 3, padding=1), last=Permute([0, 2, 3, 1]), mix=nn.Linear(4, 6),
+        first=Permute([0, 3, 1, 2]), relu=nn.ReLU(), pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+        head=nn.Linear(6, 2),
+    ))
+
+
 class _Block(nn.Module):
     """A convolution block on (1, 8, 8) inputs, with or without a residual addition around its second
     convolution: the same parameters (names, shapes, values) either way, another forward."""

@@ -83,6 +83,21 @@ def test_conditional_heatmaps_of_a_channel_partition_sum_to_the_heatmap_and_to_t
                                rtol=1e-10, atol=1e-12)
 
 
+def test_a_vit_block_s_conditional_heatmaps_gate_its_d_features_not_its_tokens():
+    torch.manual_seed(0)
+    model = zoo.VisionTransformer(28, 4, 2, 4, 64, 128, num_classes=3).double().eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.1)
+    x, target = torch.rand(2, 3, 28, 28, dtype=torch.float64), torch.tensor([0, 2])
+    block = "encoder.layers.encoder_layer_0"
+    lrp = LRP(EpsilonPlusFlat())
+    latent = lrp.latent(model, x, target, block)
+    mask = (torch.arange(64) < 20).double()
+    parts = [lrp.conditional(model, x, target, block, m) for m in (mask, 1 - mask)]
+    torch.testing.assert_close(parts[0] + parts[1], latent.input_relevance, rtol=1e-10, atol=1e-12)
+    with pytest.raises(BadInputError, match=r"^channels must have shape \(64,\) or \(2, 64\)"):
+        lrp.conditional(model, x, target, block, torch.ones(50, dtype=torch.float64))  # 50 tokens, not channels
+
+
 def test_latent_relevance_equals_zennits_relevance_at_the_same_resnet_block():
     torch.manual_seed(0)
     model = zoo.randomize_batch_norms(zoo.resnet18(num_classes=10), eps=0.0).double().eval()

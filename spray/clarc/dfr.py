@@ -94,7 +94,7 @@ class DFR:
         counterfactual: add the counterfactual groups (other classes with the artifact, spray.clarc.groups)
             to the balanced data and the validation; False is the paper's protocol on inferred groups.
         kind: the artifact's transformation for them (spray.clarc.transform).
-        seed: seeds the split and the draws.
+        seed: seeds the split, the draws and liblinear's shuffling.
 
     After :meth:`fit`: ``model_`` (a corrected copy), ``head_`` (the refitted module's name), ``C_``,
     ``validation_`` (worst inferred-group validation accuracy per ``C``), ``groups_`` (the groups' sizes).
@@ -169,7 +169,9 @@ class DFR:
         Ws, bs = [], []
         for _ in range(self.n_subsamples):
             chosen = balanced_subsample(groups, rng)
-            ovr = OneVsRestClassifier(LogisticRegression(C=C, l1_ratio=l1_ratio, solver="liblinear"))
+            # liblinear shuffles with ``random_state``; None would draw from numpy's global state
+            ovr = OneVsRestClassifier(LogisticRegression(C=C, l1_ratio=l1_ratio, solver="liblinear",
+                                                         random_state=self.seed))
             ovr.fit(z[chosen], labels[chosen])
             W = np.concatenate([e.coef_ for e in ovr.estimators_])
             b = np.concatenate([e.intercept_ for e in ovr.estimators_])

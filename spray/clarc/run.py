@@ -309,7 +309,7 @@ def _training_seconds(correction: Correction, wall: float) -> float:
     """What the correction cost: its fine-tuning epochs' seconds as their history recorded them (each epoch
     once, also when a checkpoint was resumed or a finished run loaded), else ``wall``, the seconds the
     method took (a method that trains nothing, e.g. P-ClArC; and auto, whose cost is every candidate's
-    training and validation, not the history of the one it chose)."""
+    training and validation and the chosen method's refit, not the refit's history alone)."""
     if "auto" in correction.params:
         return wall
     seconds = [entry.get("seconds") for entry in correction.history]

@@ -97,6 +97,19 @@ def test_dfr_writes_the_standardisation_into_the_head():
     assert logits.shape == (400, 2) and torch.isfinite(logits).all()
 
 
+def test_dfr_is_seeded_whatever_numpys_global_random_state():
+    # liblinear shuffles; unseeded, it drew from numpy's global state and two equal fits differed
+    dataset, artifact, model = spurious_set()
+    saved, heads = np.random.get_state(), []
+    try:
+        for state in (0, 1):
+            np.random.seed(state)
+            heads.append(DFR(n_subsamples=2).fit(model, dataset, artifact).model_[1].weight.detach())
+    finally:
+        np.random.set_state(saved)
+    assert torch.equal(*heads)
+
+
 def test_balanced_subsample_draws_the_smallest_group_size_from_each():
     groups = np.array([0] * 5 + [1] * 9 + [2] * 3)
     chosen = balanced_subsample(groups, np.random.default_rng(0))

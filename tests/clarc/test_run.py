@@ -26,6 +26,7 @@ from spray.clarc.auto import CANDIDATES, candidate_name, choose
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.evaluate import artifact_relevance, everywhere
+from spray.clarc.groups import infer_groups, labels_of
 from spray.clarc.run import describe_artifact
 from spray.clarc.transform import agreed_area, artifact_kind, coverage
 from spray.errors import BadInputError
@@ -71,12 +72,38 @@ def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_a
         mask = torch.from_numpy(audit_arrays["mask"])
         assert attrs["auto"]["coverage"] == coverage(mask) and attrs["auto"]["agreed_area"] == agreed_area(mask)
         assert attrs["auto"]["kind"] == artifact_kind(result.artifact)
-        # auto's cost is all of its candidates', not the chosen one's epochs alone
-        assert attrs["training_seconds"] >= sum(c["seconds"] for c in attrs["auto"]["candidates"].values())
+        # auto's cost is all of its candidates' and the refit's, not the chosen one's epochs alone
+        assert attrs["training_seconds"] >= (sum(c["seconds"] for c in attrs["auto"]["candidates"].values())
+                                             + attrs["auto"]["refit"]["seconds"])
     json.dumps(attrs)
     reloaded = load_corrected(new_model(seed=3), torch.load(result.weights, weights_only=True))
     x = tiny_audit.dataset.tensors[0][:5]
     assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
+
+
+def test_auto_ships_the_chosen_method_refitted_on_all_the_data_deterministically(tiny_audit, tmp_path):
+    spec = a_group_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+
+    def run(method, out, **tuning):
+        config = ClarcConfig(method, tmp_path / out, cluster=spec, tuning=Tuning(epochs=2, **tuning), progress=False)
+        return clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+
+    auto = run("auto", "auto")
+    record = auto.params["auto"]
+    artifact = auto.artifact
+    fit, _ = infer_groups(labels_of(tiny_audit.dataset), artifact.label, artifact.artifact_index).split(seed=0)
+    assert record["refit"]["n"] == len(tiny_audit.dataset) > record["refit"]["n_fit"] == len(fit)
+    with AuditStore(store) as audit:
+        assert audit.read_node(f"clarc/{auto.run}/result")[1]["auto"]["refit"] == record["refit"]
+    # the shipped weights are the chosen method's on all the data (with the chosen transformation), not the
+    # candidate's on the fit part, and a second auto run gives the same weights
+    method, kind = {candidate_name(*c): c for c in CANDIDATES[record["kind"]]}[record["chosen"]]
+    alone, again = run(method, "alone", kind=kind), run("auto", "again")
+    shipped = auto.model.state_dict()
+    for other in (alone, again):
+        assert all(torch.equal(shipped[k], v) for k, v in other.model.state_dict().items())
 
 
 def test_read_cluster_gives_the_members_and_the_rest_of_the_class(tiny_audit):

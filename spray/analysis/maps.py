@@ -61,9 +61,9 @@ def _umap_schedule(n: int) -> tuple[int, int]:
 # (``_nb_optimize_layout_euclidean_single_epoch_parallel``, unseeded maps): it compiles the same Python function,
 # and numba's cache index does not tell the two apart.
 _UMAP_UNCACHED_KERNELS = (
-    ("umap.umap_", "smooth_knn_dist"),
-    ("umap.umap_", "compute_membership_strengths"),
-    ("umap.layouts", "_nb_optimize_layout_euclidean_single_epoch"),
+    ("umap_", "smooth_knn_dist"),
+    ("umap_", "compute_membership_strengths"),
+    ("layouts", "_nb_optimize_layout_euclidean_single_epoch"),
 )
 
 
@@ -76,10 +76,11 @@ def _cache_umap_kernels() -> None:
     (same ``NUMBA_CACHE_DIR``, same library versions and CPU) compiled. A kernel missing from another umap
     version is left as it is.
     """
-    import importlib
+    from umap import layouts, umap_
 
+    modules = {"umap_": umap_, "layouts": layouts}  # a fixed table: nothing is imported by a name read
     for module, name in _UMAP_UNCACHED_KERNELS:
-        kernel = getattr(importlib.import_module(module), name, None)
+        kernel = getattr(modules[module], name, None)
         if hasattr(kernel, "enable_caching"):
             kernel.enable_caching()
 

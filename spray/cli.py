@@ -546,8 +546,8 @@ def _audited_sources(store: Path) -> Callable[..., Any]:
     attributed from: as many samples, and image files the ones it recorded (same paths, same sha256)."""
     from spray.data import ImageTransform
     from spray.data.images import check_same_files, source_record
+    from spray.errors import dataset_size_error
     from spray.data.sources import open_source_like
-    from spray.errors import BadInputError
     from spray.store import AuditStore
 
     record = None
@@ -563,11 +563,7 @@ def _audited_sources(store: Path) -> Callable[..., Any]:
         dataset = open_source_like(spec, transform, skip)
         if audited and record is not None:
             if record.get("size") not in (None, len(dataset)):
-                # The wording of the same check in build_report and export_virelay (their Python API's).
-                raise BadInputError(
-                    f"the dataset given (--data) has {len(dataset)} samples, but audit store {store} holds "
-                    f"{record['size']}: pass the dataset the store was attributed from"
-                )
+                raise dataset_size_error(len(dataset), record["size"], store)
             check_same_files(record, source_record(dataset), store)
         return dataset
 

@@ -38,3 +38,12 @@ class PipelineError(BadInputError):
 
 class NonConservativeError(BadInputError):
     """LRP created or destroyed relevance where its rules should conserve it; the message names where."""
+
+
+def dataset_size_error(given: int, held: int, store: object) -> BadInputError:
+    """The refusal of a dataset (``--data``) of ``given`` samples for audit store ``store`` of ``held``: the
+    commands that re-create the explained inputs (clarc, evaluate, report, export) need the audited data."""
+    return BadInputError(
+        f"the dataset given (--data) has {given} samples, but audit store {store} holds {held}: pass the dataset "
+        "the store was attributed from"
+    )

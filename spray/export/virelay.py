@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from spray.errors import BadInputError
+from spray.errors import BadInputError, dataset_size_error
 from spray.outputs import OutputGuard, active
 from spray.results import ClassAnalysis, analysis_summary, read_class
 from spray.store import AuditStore
@@ -180,10 +180,7 @@ def _write_samples(
 ) -> None:
     n, (height, width) = shape[0], shape[-2:]
     if inputs is not None and len(inputs) < n:
-        raise BadInputError(
-            f"the dataset given (--data) has {len(inputs)} samples, but audit store {store.path} holds {n}: pass "
-            "the dataset the store was attributed from"
-        )
+        raise dataset_size_error(len(inputs), n, store.path)
     group = f"attributions/{attribution}"
     with (guard.writing(out / FILES["dataset"], "ViRelAy file") as data_tmp,
           guard.writing(out / FILES["attribution"], "ViRelAy file") as attr_tmp,

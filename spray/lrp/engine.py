@@ -117,9 +117,9 @@ class LRP:
         that sum to it.
         """
         weights = torch.as_tensor(channels)
+        layout = layer_layout(model, layer)  # channels of a transformer's tokens are their last axis
 
         def gate(output: Tensor) -> Tensor:
-            layout = layer_layout(model, layer)  # channels of a transformer's tokens are their last axis
             relevance = layout.canonical(output)
             w = weights.to(relevance.device, relevance.dtype)
             w = w.expand(len(relevance), -1) if w.dim() == 1 else w

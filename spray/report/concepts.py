@@ -26,7 +26,7 @@ from spray.analysis import HeatmapPreprocessor
 from spray.attribution.batches import placement, sample_input
 from spray.attribution.methods import get_method
 from spray.data import model_hash
-from spray.errors import BadInputError
+from spray.errors import BadInputError, dataset_size_error
 from spray.lrp import LRP
 from spray.store import AuditStore
 
@@ -115,10 +115,7 @@ class ConditionalExplainer:
             )
         n = store.n_samples
         if len(audited.dataset) != n:
-            raise BadInputError(
-                f"the dataset given (--data) has {len(audited.dataset)} samples, but audit store {store.path} "
-                f"holds {n}: pass the dataset the store was attributed from"
-            )
+            raise dataset_size_error(len(audited.dataset), n, store.path)
         params: dict[str, Any] = info["params"]
         self.lrp: LRP = get_method(params["composite"], **params["composite_params"])
         self.layer: str = params["layer"]

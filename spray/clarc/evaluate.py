@@ -1,6 +1,8 @@
 """Did the correction work? Accuracies (overall and per group), artifact relevance, TCAV, the FDA rank, cost.
 
-One row per model (``"original"``, ``"corrected"``), keys :data:`METRICS`:
+One row per model (``"original"``, ``"corrected"``), keys ``correction`` (what the corrected model is: the
+method, for ``auto`` the candidate it chose and shipped, refitted on all the data; None for the original)
+and :data:`METRICS`:
 
 - ``clean_accuracy``: accuracy on the clean test data.
 - ``poisoned_accuracy``: on the test data as poisoned at training time (None if not given).
@@ -67,9 +69,9 @@ METRICS = ("clean_accuracy", "poisoned_accuracy", "everywhere_accuracy", "group_
 _TARGETS = ("label", "prediction")
 
 
-def empty_row(model: str) -> dict[str, Any]:
-    """A metrics row with every value None (not measured)."""
-    return {"model": model, **dict.fromkeys(METRICS)}
+def empty_row(model: str, correction: str | None = None) -> dict[str, Any]:
+    """A metrics row with every value None (not measured); ``correction``: what the corrected model is."""
+    return {"model": model, "correction": correction, **dict.fromkeys(METRICS)}
 
 
 def everywhere(dataset: Dataset, patch: Tensor, mask: Tensor) -> TensorDataset:
@@ -245,17 +247,20 @@ def evaluate_correction(
     fda: FdaSetup | None = None,
     layer: str | None = None,
     training_seconds: float | None = None,
+    correction: str | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """The before/after table: one row per model, keys ``model`` and :data:`METRICS` (None = not measured).
-    ``layer``: the corrected layer (TCAV is measured at another one: :func:`spray.clarc.tcav.tcav_layer`;
-    None: no TCAV); ``training_seconds``: what the correction cost (the corrected row's)."""
+    """The before/after table: one row per model, keys ``model``, ``correction`` and :data:`METRICS` (None =
+    not measured). ``layer``: the corrected layer (TCAV is measured at another one:
+    :func:`spray.clarc.tcav.tcav_layer`; None: no TCAV); ``training_seconds``: what the correction cost and
+    ``correction``: what the corrected model is (:func:`spray.clarc.run.shipped`), both the corrected row's."""
     tcav_at = None if layer is None else tcav_layer(original, layer, as_tensors(clean)[0])
     rows = []
     for name, model in (("original", original), ("corrected", corrected)):
-        row = {"model": name, **evaluate_model(model, clean=clean, patch=patch, mask=mask, poisoned=poisoned,
-                                              everywhere_test=everywhere_test, composite=composite,
-                                              target=target, region=region, label=label, tcav_at=tcav_at)}
+        row = {"model": name, "correction": correction if name == "corrected" else None,
+               **evaluate_model(model, clean=clean, patch=patch, mask=mask, poisoned=poisoned,
+                                everywhere_test=everywhere_test, composite=composite, target=target,
+                                region=region, label=label, tcav_at=tcav_at)}
         row["fda_rank"] = None
         if fda is not None:
             row["fda_rank"] = (original_rank(fda.store, label, fda.analysis) if name == "original"
@@ -279,7 +284,7 @@ def format_metrics(rows: list[dict[str, Any]]) -> str:
     def cell(key: str, value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
-        if key in ("model", "fda_rank"):
+        if key == "fda_rank":
             return str(value)
         if key == "relevance_density":
             return f"{value:.2f}x"
@@ -289,7 +294,11 @@ def format_metrics(rows: list[dict[str, Any]]) -> str:
             return f"{value:.1f}s"
         return f"{100 * value:.1f}%"
 
-    table = [list(COLUMNS.values())] + [[cell(k, row.get(k)) for k in COLUMNS] for row in rows]
+    def model(row: dict[str, Any]) -> str:
+        return row["model"] + (f" ({row['correction']})" if row.get("correction") else "")
+
+    table = [list(COLUMNS.values())] + [[model(row), *(cell(k, row.get(k)) for k in list(COLUMNS)[1:])]
+                                        for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      for r in table)

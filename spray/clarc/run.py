@@ -184,6 +184,15 @@ def describe_artifact(artifact: ArtifactModel) -> str:
     return "\n".join(lines)
 
 
+def shipped(method: str, params: dict[str, Any]) -> str:
+    """What a run's corrected model is: its method; for auto the candidate it chose, refitted on all the
+    data (what auto ships; a run recorded before the refit shipped the candidate's fit-part model)."""
+    if method != "auto":
+        return method
+    record = params["auto"]
+    return f"auto: {record['chosen']}, " + ("refit on all the data" if "refit" in record else "fit part")
+
+
 def run_name(method: str, cluster: str | ClusterSpec) -> str:
     """The default run name: ``<method>_<class>_<clustering>_<id>``."""
     spec = ClusterSpec.parse(cluster)
@@ -285,14 +294,14 @@ def clarc_from_store(
     weights = guard.write(run_dir / WEIGHTS, "corrected weights",
                           lambda tmp: torch.save(correction.model.state_dict(), tmp))
     params = {**_params(config, correction, weights, analysis, evaluation), "training_seconds": seconds}
-    metrics = [empty_row("original"), empty_row("corrected")]
+    metrics = [empty_row("original"), empty_row("corrected", shipped(config.method, params))]
     if evaluation is not None:
         fda = FdaSetup(Path(store_path), dataset, run_dir, analysis) if config.fda_rank else None
         metrics = evaluate_correction(
             model, correction.model, label=spec.label, patch=artifact.patch, mask=artifact.mask,
             clean=evaluation.test, poisoned=evaluation.poisoned_test, everywhere_test=evaluation.everywhere_test,
             composite=composite, target=config.relevance_target, fda=fda, layer=artifact.layer,
-            training_seconds=seconds, progress=config.progress,
+            training_seconds=seconds, correction=shipped(config.method, params), progress=config.progress,
         )
     verification = None
     if config.verify:
@@ -370,7 +379,8 @@ def evaluate_from_store(
         mask=torch.from_numpy(arrays["mask"]),
         clean=test, poisoned=poisoned_test, everywhere_test=everywhere_test, composite=composite,
         target=relevance_target or attrs.get("relevance_target") or "prediction", region=region, fda=fda,
-        layer=attrs.get("layer"), training_seconds=attrs.get("training_seconds"), progress=progress,
+        layer=attrs.get("layer"), training_seconds=attrs.get("training_seconds"),
+        correction=shipped(attrs["method"], attrs), progress=progress,
     )
     everywhere = "isolated" if everywhere_test is None else "given"
     write_result(store_path, run, arrays, {**attrs, "metrics": metrics, "everywhere": everywhere})

@@ -55,13 +55,13 @@ def cluster_memberships(
     return pd.concat(parts, ignore_index=True)[columns]
 
 
-CLARC_COLUMNS = ["run", "method", "cluster", "layer", "cav_auc", "model", "clean_accuracy",
+CLARC_COLUMNS = ["run", "method", "cluster", "layer", "cav_auc", "model", "correction", "clean_accuracy",
                  "poisoned_accuracy", "everywhere_accuracy", "average_group_accuracy", "worst_group_accuracy",
                  "artifact_relevance", "relevance_density", "tcav_score", "tcav_magnitude", "tcav_layer",
                  "fda_rank", "training_seconds"]
 """The run's names, then the figures of a metrics row (docs/clarc.md §3) but its per-group accuracies (a
 mapping; they are in the run's JSON)."""
-_TEXT_COLUMNS = {"run", "method", "cluster", "layer", "model", "tcav_layer"}
+_TEXT_COLUMNS = {"run", "method", "cluster", "layer", "model", "correction", "tcav_layer"}
 
 
 def clarc_metrics(store_path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -549,9 +549,11 @@ def _clarc_view(run: ClarcRun, names: list[str]) -> ClarcView:
     metrics = []
     for row in run.metrics:
         key = str(row.get("model"))
+        shipped = row.get("correction")  # auto's: the candidate it chose and shipped
         metrics.append({
             "model_key": key,
-            "model": {"original": "before correction", "corrected": "after correction"}.get(key, key),
+            "model": {"original": "before correction", "corrected": "after correction"}.get(key, key)
+            + (f" ({shipped})" if shipped not in (None, method) else ""),
             "clean": fmt_pct(row.get("clean_accuracy")),
             "poisoned": fmt_pct(row.get("poisoned_accuracy")),
             "everywhere": fmt_pct(row.get("everywhere_accuracy")),

@@ -28,9 +28,10 @@ def test_the_rows_hold_every_metric_groups_by_class_and_artifact_density_and_the
     mask[:3, :3] = 1.0
     patch = torch.ones(1, 8, 8)
     rows = evaluate_correction(tiny_audit.model, tiny_audit.model, label=1, patch=patch, mask=mask, clean=test,
-                               layer="features.3", training_seconds=12.5)
+                               layer="features.3", training_seconds=12.5, correction="pclarc")
     original, corrected = rows
-    assert set(original) == {"model", *METRICS}
+    assert set(original) == {"model", "correction", *METRICS}
+    assert (original["correction"], corrected["correction"]) == (None, "pclarc")
     assert list(original["group_accuracy"]) == ["0:clean", "0:artifact", "1:clean", "1:artifact"]
     x, y = test.tensors
     predicted = tiny_audit.model(x).argmax(1)
@@ -44,14 +45,17 @@ def test_the_rows_hold_every_metric_groups_by_class_and_artifact_density_and_the
 
 
 def test_the_table_shows_groups_density_tcav_and_cost():
-    row = {"model": "corrected", **dict.fromkeys(METRICS), "clean_accuracy": 0.95, "average_group_accuracy": 0.9,
-           "worst_group_accuracy": 0.805, "relevance_density": 1.234, "tcav_score": 0.5, "tcav_magnitude": 0.012345,
-           "training_seconds": 61.25, "fda_rank": 9}
+    row = {"model": "corrected", "correction": None, **dict.fromkeys(METRICS), "clean_accuracy": 0.95,
+           "average_group_accuracy": 0.9, "worst_group_accuracy": 0.805, "relevance_density": 1.234,
+           "tcav_score": 0.5, "tcav_magnitude": 0.012345, "training_seconds": 61.25, "fda_rank": 9}
     header, line = format_metrics([row]).splitlines()
     assert header.split() == ["model", "clean", "acc", "poisoned", "acc", "everywhere", "acc", "AGA", "WGA",
                               "artifact", "rel.", "density", "TCAV", "|dd|", "FDA", "rank", "cost"]
     assert line.split() == ["corrected", "95.0%", "-", "-", "90.0%", "80.5%", "-", "1.23x", "50.0%", "0.0123", "9",
                             "61.2s"]
+    shipped = format_metrics([{**row, "correction": "auto: aclarc/local, refit on all the data"}]).splitlines()[1]
+    assert shipped.split("  ")[0] == "corrected (auto: aclarc/local, refit on all the data)"
+    assert shipped.split()[8:] == line.split()[1:]
 
 
 def test_tcav_is_not_measured_where_the_artifact_leaves_the_layer_unchanged(tiny_audit):

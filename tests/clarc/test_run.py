@@ -25,11 +25,12 @@ from spray.clarc import (
 from spray.clarc.auto import CANDIDATES, candidate_name, choose
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
-from spray.clarc.evaluate import artifact_relevance, everywhere
+from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
 from spray.clarc.groups import infer_groups, labels_of
 from spray.clarc.run import describe_artifact
 from spray.clarc.transform import agreed_area, artifact_kind, coverage
 from spray.errors import BadInputError
+from spray.lrp import EpsilonPlusFlat
 from spray.store import AuditStore
 from spray.training import accuracy
 
@@ -104,6 +105,16 @@ def test_auto_ships_the_chosen_method_refitted_on_all_the_data_deterministically
     shipped = auto.model.state_dict()
     for other in (alone, again):
         assert all(torch.equal(shipped[k], v) for k, v in other.model.state_dict().items())
+    # spray evaluate's corrected row of the auto run is the shipped refit, named so, with the figures of the
+    # chosen method's weights on all the data evaluated directly
+    rows = evaluate_from_store(store, auto.run, tiny_audit.model, test=tiny_audit.dataset, progress=False)
+    direct = evaluate_correction(tiny_audit.model, alone.model, label=artifact.label, patch=artifact.patch,
+                                 mask=artifact.mask, clean=tiny_audit.dataset, layer=artifact.layer,
+                                 composite=EpsilonPlusFlat())
+    assert rows[1]["correction"] == f"auto: {record['chosen']}, refit on all the data"
+    assert rows[0]["correction"] is None and rows[1]["model"] == "corrected"
+    assert {k: v for k, v in rows[1].items() if k in METRICS and k != "training_seconds"} == \
+        {k: v for k, v in direct[1].items() if k in METRICS and k != "training_seconds"}
 
 
 def test_read_cluster_gives_the_members_and_the_rest_of_the_class(tiny_audit):

@@ -21,7 +21,7 @@ from spray.ranking import rank_analyses, rank_classes
 from spray.report import build_report, render_report
 from spray.report.content import gather
 from spray.report.images import heatmap_rgb
-from spray.results import read_class
+from spray.results import read_class, write_result
 from spray.store import AuditStore
 from spray.testing import make_heatmaps, pipeline_text, write_store
 
@@ -139,6 +139,20 @@ def test_clarc_results_show_before_and_after_and_disappear_without_runs(audit_st
     with AuditStore(copy, mode="a") as store:
         assert store.delete_node("clarc/pclarc-1")
     assert 'id="clarc"' not in render_report(copy, max_classes=0)
+
+
+def test_an_auto_runs_after_row_names_what_it_shipped(audit_store, tmp_path):
+    copy = tmp_path / "copy.h5"
+    shutil.copy(audit_store, copy)
+    with AuditStore(copy) as store:
+        arrays, attrs = store.read_node("clarc/pclarc-1/result")
+    shipped = "auto: aclarc/local, refit on all the data"
+    metrics = [{**row, "correction": shipped if row["model"] == "corrected" else None} for row in attrs["metrics"]]
+    write_result(copy, "pclarc-1", arrays, {**attrs, "method": "auto", "metrics": metrics})
+    html = render_report(copy, max_classes=0)
+    clarc = html[html.index('id="clarc"'):html.index('id="reading"')]
+    assert f"after correction ({shipped})" in clarc and "before correction (" not in clarc
+    assert "after correction (" not in render_report(audit_store, max_classes=0)  # a P-ClArC run is its method
 
 
 def test_without_maps_or_thumbnails_the_report_uses_spectral_coordinates_and_heatmaps_only(tmp_path):

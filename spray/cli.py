@@ -389,7 +389,7 @@ def clarc(
     evaluation = None if test_spec is None else EvaluationData(
         open_data(test_spec), poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
     )
-    result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec, audited=True), config,
+    result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec), config,
                               evaluation)
     if as_json:
         _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
@@ -430,7 +430,7 @@ def evaluate(
     rows = evaluate_from_store(
         store, run_name, load_model(model_spec, weights), test=open_data(test_spec),
         poisoned_test=open_data(poisoned_spec), everywhere_test=open_data(everywhere_spec),
-        dataset=open_data(data_spec, audited=True), fda_rank=fda_rank,
+        dataset=open_data(data_spec), fda_rank=fda_rank,
     )
     if as_json:
         _echo_json(rows)
@@ -460,7 +460,7 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None, mo
         raise BadInputError("conditional heatmaps need the audited model and the data the store was attributed "
                             "from: give --model (with --weights if it has them) and --data together")
     audited = None if model_spec is None else AuditedModel(load_model(model_spec, weights),
-                                                           _audited_sources(store)(data_spec, audited=True))
+                                                           _audited_sources(store)(data_spec))
     click.echo(str(build_report(store, output, analysis=analysis.split(","), max_classes=max_classes,
                                 audited=audited)))
 
@@ -522,7 +522,7 @@ def export_virelay_command(store: Path, out: Path, analysis: str, data_spec: str
     """Write STORE's analysis as a ViRelAy project in OUT (open with `virelay OUT/project.yaml`)."""
     from spray.export import export_virelay
 
-    click.echo(str(export_virelay(store, out, analysis, inputs=_audited_sources(store)(data_spec, audited=True))))
+    click.echo(str(export_virelay(store, out, analysis, inputs=_audited_sources(store)(data_spec))))
 
 
 @export.command("tables")
@@ -542,11 +542,9 @@ def export_tables_command(store: Path, out: Path, analysis: str, fmt: str) -> No
 def _audited_sources(store: Path) -> Callable[..., Any]:
     """Opens a command's data options (None for an option not given) as STORE's samples were explained:
     image sources with the preprocessing spec its dataset record holds, unreadable files left out if the
-    attribution left them out (docs/data.md). ``audited=True``: the option names the data STORE was
-    attributed from: as many samples, and image files the ones it recorded (same paths, same sha256)."""
+    attribution left them out (docs/data.md). Whether the audited data (``--data``) is the data STORE was
+    attributed from is checked where it is used (spray.data.images.check_audited)."""
     from spray.data import ImageTransform
-    from spray.data.images import check_same_files, source_record
-    from spray.errors import dataset_size_error
     from spray.data.sources import open_source_like
     from spray.store import AuditStore
 
@@ -557,15 +555,8 @@ def _audited_sources(store: Path) -> Callable[..., Any]:
     transform = ImageTransform.from_dict(record["transform"]) if record and "transform" in record else None
     skip = bool(record and record.get("skipped"))
 
-    def open_data(spec: str | None, *, audited: bool = False) -> Any:
-        if not spec:
-            return None
-        dataset = open_source_like(spec, transform, skip)
-        if audited and record is not None:
-            if record.get("size") not in (None, len(dataset)):
-                raise dataset_size_error(len(dataset), record["size"], store)
-            check_same_files(record, source_record(dataset), store)
-        return dataset
+    def open_data(spec: str | None) -> Any:
+        return open_source_like(spec, transform, skip) if spec else None
 
     return open_data
 

@@ -38,6 +38,7 @@ from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
 from spray.clarc.verify import Verification, verification_store, verify_correction
+from spray.data.images import check_audited
 from spray.errors import BadInputError
 from spray.results import analysis_summary, result_node, write_result
 from spray.lrp import Composite, EpsilonPlusFlat
@@ -272,9 +273,11 @@ def clarc_from_store(
 ) -> ClarcResult:
     """Correct ``model`` (the audited model, not modified) for the artifact behind ``config.cluster`` of the
     analysed store at ``store_path`` as ``config`` says, and record the run there (node
-    ``clarc/<run>/result``). ``dataset``: the audited data (dataset indices as stored). Without
+    ``clarc/<run>/result``). ``dataset``: the audited data (dataset indices as stored; refused unless it is
+    the data the store was attributed from: :func:`spray.data.images.check_audited`). Without
     ``evaluation`` the metrics stay None (``evaluate_from_store`` can fill them in later)."""
     with AuditStore(store_path) as store:
+        check_audited(store.attrs()["dataset"], dataset, store_path)
         spec, analysis = resolve_cluster(store, config.cluster, config.analysis)
         members = read_cluster(store, spec, analysis)
         composite = audit_composite(store, analysis)
@@ -352,9 +355,11 @@ def evaluate_from_store(
 ) -> list[dict[str, Any]]:
     """Evaluate recorded run ``run`` again (``model``: the original, uncorrected model) and update its
     metrics in the store. The corrected weights are the file the run recorded; the artifact its patch and
-    mask. ``everywhere_test`` as in :class:`EvaluationData`; ``dataset`` (the audited data) is needed for
-    ``fda_rank``."""
+    mask. ``everywhere_test`` as in :class:`EvaluationData`; ``dataset`` (the audited data, checked as
+    :func:`clarc_from_store` checks it) is needed for ``fda_rank``."""
     with AuditStore(store_path) as store:
+        if dataset is not None:
+            check_audited(store.attrs()["dataset"], dataset, store_path)
         path = result_node(run)
         if not store.has_node(path):
             runs = sorted(p.split("/")[1] for p in store.list_nodes("clarc") if p.endswith("/result"))

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from spray.data.transforms import ImageTransform
-from spray.errors import BadInputError
+from spray.errors import BadInputError, dataset_size_error
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -243,3 +243,15 @@ def check_same_files(
                 f"{old[:12]}…, now {new[:12]}…): restore the file, or audit into another store"
             )
     return {**recorded, "sha256": current["sha256"]}
+
+
+def check_audited(recorded: dict[str, Any] | None, dataset: Sequence[Any], store: Path | str) -> None:
+    """Refuse ``dataset`` as the data audit store ``store`` was attributed from unless it has the number of
+    samples its dataset record ``recorded`` holds and, for image files, the recorded files (paths and sha256;
+    :func:`check_same_files`); None: a store without a record. What re-creates the explained inputs (ClArC,
+    its evaluation, the report's conditional heatmaps, the ViRelAy export) needs the audited data itself."""
+    if recorded is None:
+        return
+    if recorded.get("size") not in (None, len(dataset)):
+        raise dataset_size_error(len(dataset), recorded["size"], store)
+    check_same_files(recorded, source_record(dataset), Path(store))

@@ -31,7 +31,8 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from spray.errors import BadInputError, dataset_size_error
+from spray.data.images import check_audited
+from spray.errors import BadInputError
 from spray.outputs import OutputGuard, active
 from spray.results import ClassAnalysis, analysis_summary, read_class
 from spray.store import AuditStore
@@ -71,12 +72,15 @@ def export_virelay(
     means the export is complete. Files of an earlier export in ``out_dir`` are replaced.
 
     Raises:
-        BadInputError: no such analysis; inputs that are not images; no thumbnails and no ``inputs``;
+        BadInputError: ``inputs`` that are not the attributed data (spray.data.images.check_audited); no such
+            analysis; inputs that are not images; no thumbnails and no ``inputs``;
             the analysis contains no analysed class.
     """
     out = Path(out_dir)
     guard = active().with_inputs({"the audit store": store_path})
     with AuditStore(store_path) as store:
+        if inputs is not None:
+            check_audited(store.attrs()["dataset"], inputs, store.path)
         summary = analysis_summary(store, analysis)
         attribution = summary["attribution"]
         info = store.attribution_info(attribution)
@@ -179,8 +183,6 @@ def _write_samples(
     inputs: Sequence[Any] | None, out: Path, guard: OutputGuard,
 ) -> None:
     n, (height, width) = shape[0], shape[-2:]
-    if inputs is not None and len(inputs) < n:
-        raise dataset_size_error(len(inputs), n, store.path)
     group = f"attributions/{attribution}"
     with (guard.writing(out / FILES["dataset"], "ViRelAy file") as data_tmp,
           guard.writing(out / FILES["attribution"], "ViRelAy file") as attr_tmp,

@@ -26,7 +26,7 @@ from spray.analysis import HeatmapPreprocessor
 from spray.attribution.batches import placement, sample_input
 from spray.attribution.methods import get_method
 from spray.data import model_hash
-from spray.errors import BadInputError, dataset_size_error
+from spray.errors import BadInputError
 from spray.lrp import LRP
 from spray.store import AuditStore
 
@@ -97,11 +97,10 @@ def reference_samples(channel_totals: np.ndarray, channels: np.ndarray, shown: i
 class ConditionalExplainer:
     """Conditional heatmaps at the layer of latent attribution ``attribution`` of ``store``, with its LRP
     composite, for ``audited`` (checked: the model is the one the attribution recorded, by the sha256 of its
-    weights; the dataset has as many samples as the store).
+    weights; that the dataset is the audited one, the report checks first: spray.report.content.gather).
 
     Raises:
-        BadInputError: another model, or a dataset of another size; the attribution's composite cannot be
-            rebuilt from its record.
+        BadInputError: another model; the attribution's composite cannot be rebuilt from its record.
     """
 
     def __init__(self, audited: AuditedModel, store: AuditStore, attribution: str) -> None:
@@ -113,9 +112,6 @@ class ConditionalExplainer:
                 f"{attribution!r} of audit store {store.path} was made by a model with {recorded[:12]}…: pass "
                 "the model and weights the store was attributed with"
             )
-        n = store.n_samples
-        if len(audited.dataset) != n:
-            raise dataset_size_error(len(audited.dataset), n, store.path)
         params: dict[str, Any] = info["params"]
         self.lrp: LRP = get_method(params["composite"], **params["composite_params"])
         self.layer: str = params["layer"]

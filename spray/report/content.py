@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from markupsafe import Markup
 
-from spray.data.images import file_sha256
+from spray.data.images import check_audited, file_sha256
 from spray.errors import BadInputError
 from spray.ranking import RankedClass, rank_analyses
 from spray.report import images, plots
@@ -173,6 +173,8 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
     names_of = [analyses] if isinstance(analyses, str) else list(analyses)
     max_classes = DEFAULT_MAX_CLASSES if max_classes is None else max(0, int(max_classes))
     with AuditStore(store_path) as store:
+        if audited is not None:
+            check_audited(store.attrs()["dataset"], audited.dataset, store_path)
         # The report lists the Clever Hans candidates (classes the ranking flagged) first, each in rank order.
         ranking = sorted(rank_analyses(store, names_of), key=lambda e: (not e.flagged, e.rank))
         summaries = {a: analysis_summary(store, a) for a in names_of}

@@ -200,6 +200,31 @@ def test_evaluate_from_store_updates_the_metrics(tiny_audit, tmp_path):
     assert metrics[1]["clean_accuracy"] is not None
 
 
+def test_the_python_api_refuses_data_other_than_the_audited_and_writes_nothing(tiny_audit, tmp_path):
+    spec, _ = a_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    x, y = tiny_audit.dataset.tensors
+    short = TensorDataset(x[:-1], y[:-1])
+    refusal = (f"the dataset given (--data) has {len(short)} samples, but audit store {store} holds {len(x)}: pass "
+               "the dataset the store was attributed from")
+    config = ClarcConfig("pclarc", tmp_path / "runs", cluster=spec, progress=False)
+    with pytest.raises(BadInputError) as refused:
+        clarc_from_store(store, tiny_audit.model, short, config)
+    assert str(refused.value) == refusal
+    assert not (tmp_path / "runs").exists()
+    with AuditStore(store) as audit:
+        assert audit.list_nodes("clarc") == []
+    run = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config).run
+    with AuditStore(store) as audit:
+        recorded = audit.read_node(f"clarc/{run}/result")[1]
+    with pytest.raises(BadInputError) as refused:
+        evaluate_from_store(store, run, tiny_audit.model, test=tiny_audit.dataset, dataset=short, progress=False)
+    assert str(refused.value) == refusal
+    with AuditStore(store) as audit:
+        assert audit.read_node(f"clarc/{run}/result")[1] == recorded
+
+
 def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_path):
     from spray.clarc.cluster import resolve_cluster
     top = tiny_audit.ranking.top_candidate()

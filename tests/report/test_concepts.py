@@ -219,11 +219,11 @@ def test_another_model_or_dataset_is_refused_before_anything_is_explained(concep
     with AuditStore(concept_store) as store:
         with pytest.raises(BadInputError, match=r"^the model given \(--model, --weights\) has weights sha256 "):
             ConditionalExplainer(AuditedModel(other, conv_data()), store, "latent")
-        with pytest.raises(BadInputError) as short:
-            ConditionalExplainer(AuditedModel(conv_model(), flipped[:39]), store, "latent")
         explainer = ConditionalExplainer(AuditedModel(conv_model(), flipped), store, "latent")
         with pytest.raises(BadInputError) as labels:
             explainer.explain(np.array([3]), np.array([1]), np.array([0]))
+    with pytest.raises(BadInputError) as short:  # the report checks the data first (spray.data.images.check_audited)
+        render_report(concept_store, ["spray", "concept"], None, AuditedModel(conv_model(), flipped[:39]))
     assert str(short.value) == (f"the dataset given (--data) has 39 samples, but audit store {concept_store} holds "
                                 "40: pass the dataset the store was attributed from")
     assert str(labels.value) == (f"dataset sample 3 has label 0 in the dataset given (--data) but 1 in audit store "

@@ -1,7 +1,8 @@
 """The artifact as a transformation of inputs: a local patch pasted, or a global shift added.
 
-A local artifact (a sticker, a tag, a frame) is modelled by its patch and mean mask (spray.clarc.localize):
-``x' = (1 − M) ⊙ x + M ⊙ patch``. A global confounder (brightness, a colour cast, a texture over the
+A local artifact (a sticker, a tag, a frame) is modelled by its patch and mean mask (spray.clarc.localize),
+pasted where the mask and the cluster's difference from the rest of its class agree
+(:func:`difference_mask`): ``x' = (1 − M_δ) ⊙ x + M_δ ⊙ patch``, ``M_δ = M ⊙ D(δ)``. A global confounder (brightness, a colour cast, a texture over the
 whole image) has no patch: LRP along its CAV spreads over the image, and a "patch" averaged over the
 cluster would paste the cluster's own digits. Its model is the **mean input shift** of the group,
 ``δ = mean(x of the cluster) − mean(x of the rest of its class)`` (C, H, W), added to the inputs:
@@ -26,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from spray._checks import check_choice
-from spray.clarc.localize import paste
+from spray.clarc.localize import paste, soft_masks
 from spray.training import stack_samples
 
 GLOBAL_COVERAGE = 0.5
@@ -93,7 +94,18 @@ def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto") -
     check_choice(kind, "artifact kind", KINDS)
     if kind == "auto":
         kind = artifact_kind(artifact)
+    delta = mean_shift(dataset, artifact)
     if kind == "global":
-        return Shift(mean_shift(dataset, artifact))
-    return Paste(artifact.patch, artifact.mask)  # type: ignore[attr-defined]
+        return Shift(delta)
+    return Paste(artifact.patch, artifact.mask * difference_mask(delta))  # type: ignore[attr-defined]
+
+
+def difference_mask(delta: Tensor) -> Tensor:
+    """Where the cluster's images differ from the rest of their class (H, W) in [0, 1]: the mean shift's
+    ``Σ_c |δ_c|`` through the localisation's soft threshold (0 below 30 % of its peak, 1 above 60 %). A
+    local artifact's mask also falls on the class's own content next to it (a frame's LRP along the CAV
+    lands on the strokes of the 8s it surrounds); pasted into other classes, that content makes them look
+    like the class, which no correction should ignore. The class's content is in both groups and cancels in
+    ``δ``; the artifact is in the cluster only and stays."""
+    return soft_masks(delta.abs()[None], sigma=0.0)[0]
 

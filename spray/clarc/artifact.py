@@ -78,12 +78,14 @@ class ArtifactModel:
 
     def fingerprint(self) -> dict[str, object]:
         """What a fine-tuning run depends on (for its checkpoint): label, layer, hashes of v, patch, mask."""
-        def digest(t: Tensor) -> str:
-            return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
-
         subspace = {"basis": digest(self.basis)} if len(self.basis) > 1 else {}
         return {"label": self.label, "layer": self.layer, "direction": digest(self.direction),
                 "patch": digest(self.patch), "mask": digest(self.mask), **subspace}
+
+
+def digest(t: Tensor) -> str:
+    """A short hash of a tensor's float32 values (the fingerprints of fine-tuning checkpoints)."""
+    return hashlib.sha256(t.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def isolate_artifact(

@@ -275,8 +275,11 @@ class FinetuningCorrector:
             modules = modules_after(corrected, artifact.layer, x)
             if not modules:
                 raise BadInputError(f"no module runs after layer {artifact.layer!r}; use trainable='all'")
+        # the transformation that adds the artifact to other classes (A-ClArC, GroupDRO), made in their fit
+        transform = getattr(self, "transform_", None)
         config = {"method": self.name, "params": self.method_params(), "artifact": artifact.fingerprint(),
-                  "start": model_hash(model)}
+                  "start": model_hash(model),
+                  **({} if transform is None else {"transform": transform.fingerprint()})}
         result = finetune(
             corrected, dataset, self.objective(artifact), epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, seed=self.seed, checkpoint_dir=checkpoint_dir, config=config,

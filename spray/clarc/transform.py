@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from spray._checks import check_choice
+from spray.clarc.artifact import digest
 from spray.clarc.localize import paste, soft_masks
 from spray.training import stack_samples
 
@@ -67,6 +68,9 @@ class Paste:
     def __call__(self, x: Tensor) -> Tensor:
         return paste(x, self.patch, self.mask)
 
+    def fingerprint(self) -> dict[str, str]:
+        return {"kind": self.kind, "patch": digest(self.patch), "mask": digest(self.mask)}
+
 
 @dataclass(frozen=True)
 class Shift:
@@ -77,6 +81,9 @@ class Shift:
 
     def __call__(self, x: Tensor) -> Tensor:
         return x + self.delta.to(x.dtype)
+
+    def fingerprint(self) -> dict[str, str]:
+        return {"kind": self.kind, "delta": digest(self.delta)}
 
 
 def mean_shift(dataset: Dataset, artifact: object, chunk: int = 512) -> Tensor:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
 from spray.clarc.finetune import CHECKPOINT, finetune
@@ -20,6 +22,9 @@ class FakeArtifact:
     patch = torch.ones(1, 8, 8)
     mask = torch.zeros(8, 8)
     mask[:3, :3] = 1.0
+
+    artifact_index = np.arange(1, 24, 2)  # tiny_data's stamped samples of class 1, and the rest of the class
+    rest_index = np.arange(25, 80, 2)
 
     def fingerprint(self):
         return {"label": self.label, "layer": self.layer}
@@ -101,6 +106,18 @@ def test_checkpoint_of_another_configuration_is_refused_unless_overwritten(tmp_p
                                       progress=False)
     AClArC(epochs=1, lr=5e-3).fit(new_model(), dataset, FakeArtifact(), checkpoint_dir=tmp_path, progress=False,
                                   overwrite=True)
+
+
+def test_a_checkpoint_of_another_artifact_transformation_is_refused(tmp_path, new_model, tiny_dataset):
+    # the same artifact model and parameters, but the rest of the class shifted: another pasted region
+    AClArC(epochs=1, kind="local").fit(new_model(), tiny_dataset, FakeArtifact(), checkpoint_dir=tmp_path,
+                                       progress=False)
+    x, y = tiny_dataset.tensors
+    shifted = x.clone()
+    shifted[FakeArtifact.rest_index] += 0.5
+    with pytest.raises(BadInputError, match="another configuration.*overwrite"):
+        AClArC(epochs=1, kind="local").fit(new_model(), TensorDataset(shifted, y), FakeArtifact(),
+                                           checkpoint_dir=tmp_path, progress=False)
 
 
 def test_completed_run_is_loaded_not_recomputed(tmp_path, new_model, tiny_dataset):

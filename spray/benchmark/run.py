@@ -51,15 +51,17 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 9
-"""The version of a case's scored result (``result-v9.json``): raise it when the scoring changes, and a
+SCORES = 10
+"""The version of a case's scored result (``result-v10.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
 analysis's ranking (``concept``); 6: the detection fields from the ranking over both analyses, the pixel-level
 ranking alone as ``pixel``; 7: flags judged on the classes' selection excess (docs/spray-method.md §12); 8: the
 CAV AUROC's CAV fitted to activations pooled to :data:`CAV_GRID` × :data:`CAV_GRID` cells; 9: ``auto`` ships
-the chosen method refitted on all the training data (docs/clarc.md §2), and DFR is seeded."""
+the chosen method refitted on all the training data (docs/clarc.md §2), and DFR is seeded; 10: a local artifact
+is pasted where its mask and the cluster's mean difference agree (docs/clarc.md §13), and a ClArC checkpoint of
+another configuration in the case's directory is started over (``overwrite``), not refused."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -330,7 +332,8 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
     try:
         corrected = clarc_from_store(
             store, model, data.dataset(data.train),
-            ClarcConfig(method, directory / "clarc", tuning=Tuning(seed=data.case.seed), progress=progress),
+            ClarcConfig(method, directory / "clarc", tuning=Tuning(seed=data.case.seed), overwrite=True,
+                        progress=progress),
             EvaluationData(data.dataset(data.clean_test), everywhere_test=data.dataset(data.everywhere_test)),
         )
     except BadInputError as exc:  # e.g. a flagged cluster too small for a CAV: part of what is measured

@@ -109,10 +109,12 @@ def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto") -
 
 def difference_mask(delta: Tensor) -> Tensor:
     """Where the cluster's images differ from the rest of their class (H, W) in [0, 1]: the mean shift's
-    ``Σ_c |δ_c|`` through the localisation's soft threshold (0 below 30 % of its peak, 1 above 60 %). A
+    ``Σ_c |δ_c|`` smoothed and thresholded as the localisation's relevance is (σ = 1 pixel; 0 below 30 % of
+    the peak, 1 above 60 %), so that an artifact's pixels that equal the rest's (a stamp's dark cells on a dark
+    background) go with their neighbours. A
     local artifact's mask also falls on the class's own content next to it (a frame's LRP along the CAV
     lands on the strokes of the 8s it surrounds); pasted into other classes, that content makes them look
     like the class, which no correction should ignore. The class's content is in both groups and cancels in
     ``δ``; the artifact is in the cluster only and stays."""
-    return soft_masks(delta.abs()[None], sigma=0.0)[0]
+    return soft_masks(delta.abs()[None])[0]
 

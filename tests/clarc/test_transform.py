@@ -80,20 +80,21 @@ def test_a_local_artifact_is_pasted_and_the_kind_can_be_forced():
 
 
 def test_the_patch_is_pasted_only_where_the_cluster_differs_from_the_rest_of_its_class():
-    # The mask covers row 0 (the artifact, in the cluster only) and row 1 (the class's own content, in every
-    # sample of the class, as a frame's mask covers the strokes of the 8s inside it): row 0 alone is pasted.
-    x = torch.zeros(4, 1, 4, 4)
-    x[:, 0, 1] = 1.0
+    # The mask covers row 0 (the artifact, in the cluster only; its pixel 3 equals the rest's, as a stamp's
+    # dark cell on a dark background) and rows 4-5 (the class's own content, in every sample of the class, as
+    # a frame's mask covers the strokes of the 8s inside it): row 0 alone is pasted, its pixel 3 with it.
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, 0, 4:6] = 1.0
     x[:2, 0, 0] = 1.0
+    x[:2, 0, 0, 3] = 0.0
     data = TensorDataset(x, torch.tensor([1, 1, 1, 1]))
-    mask = torch.zeros(4, 4)
-    mask[:2] = 1.0
-    both_rows = Masked(1, mask, torch.full((1, 4, 4), 9.0), np.array([0, 1]), np.array([2, 3]))
-    expected = torch.zeros(4, 4)
-    expected[0] = 1.0
-    assert torch.equal(difference_mask(mean_shift(data, both_rows)), expected)
-    out = artifact_transform(both_rows, data, "local")(torch.zeros(1, 1, 4, 4))
-    assert torch.equal(out[0, 0], 9.0 * expected)
+    mask = torch.zeros(8, 8)
+    mask[0] = mask[4:6] = 1.0
+    both = Masked(1, mask, torch.full((1, 8, 8), 9.0), np.array([0, 1]), np.array([2, 3]))
+    pasted = difference_mask(mean_shift(data, both)) * mask
+    assert torch.all(pasted[0] > 0.5) and torch.all(pasted[1:] == 0)
+    out = artifact_transform(both, data, "local")(torch.zeros(1, 1, 8, 8))
+    assert torch.equal(out[0, 0], 9.0 * pasted)
 
 
 def test_aclarc_adds_the_mean_shift_of_a_global_artifact_to_other_classes():

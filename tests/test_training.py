@@ -57,6 +57,9 @@ def test_train_model_reports_one_history_entry_per_epoch_and_returns_eval_mode()
     ({"lr": 0.0}, "lr must be > 0.0, got 0.0"),
     ({"lr": float("nan")}, "lr must be a finite number, got nan"),
     ({"seed": True}, "seed must be an integer, got True"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0.0, got -0.1"),
+    ({"warmup": 1.0}, "warmup must be < 1, got 1.0"),
+    ({"label_smoothing": 1.5}, "label_smoothing must be < 1, got 1.5"),
 ])
 def test_a_bad_training_config_is_refused_naming_the_parameter(params, message):
     with pytest.raises(BadInputError, match=f"^{message}$"):

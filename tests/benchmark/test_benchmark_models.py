@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from spray.attribution.methods import get_method
 from spray.benchmark.baseline import penultimate_layer
-from spray.benchmark.models import SmallResNet, build
+from spray.benchmark.cases import QUICK, Case
+from spray.benchmark.models import RECIPES, SmallResNet, build, training_config
+from spray.benchmark.run import case_directory
 from spray.clarc import default_layer
 from spray.clarc.activations import activations
 from spray.errors import BadInputError
+from spray.training import TrainingConfig
 from spray.zoo.resnet import BasicBlock
 from spray.zoo.vit import VisionTransformer
 
@@ -52,3 +57,18 @@ def test_the_vit_is_the_zoos_at_28_pixels_and_clarc_reads_its_final_norm_s_64_ch
     x = torch.rand(3, 1, 28, 28)
     assert default_layer(model, x) == "encoder.ln"
     assert activations(model, "encoder.ln", x).shape == (3, 64, 50)
+
+
+def test_the_vit_trains_with_its_own_recipe_and_the_others_with_the_sizes():
+    assert training_config("vit", QUICK, 3) == TrainingConfig(epochs=40, batch_size=32, lr=1e-3, seed=3,
+                                                              weight_decay=0.05, warmup=0.1, label_smoothing=0.1)
+    assert training_config("cnn", QUICK, 3) == training_config("resnet", QUICK, 3) == TrainingConfig(
+        epochs=5, batch_size=32, lr=2e-3, seed=3)
+
+
+def test_the_cache_key_covers_the_vits_recipe(tmp_path, monkeypatch):
+    vit, cnn = (Case("patch_fixed", 0.3, a, 0, "dev") for a in ("vit", "cnn"))
+    before = [case_directory(tmp_path, c, QUICK, "mnist") for c in (vit, cnn)]
+    monkeypatch.setitem(RECIPES, "vit", replace(RECIPES["vit"], epochs=41))
+    after = [case_directory(tmp_path, c, QUICK, "mnist") for c in (vit, cnn)]
+    assert after[0] != before[0] and after[1] == before[1]

@@ -71,8 +71,8 @@ def small_vit(num_classes: int = 10, channels: int = 1) -> nn.Module:
     (16 tokens and the class token), 4 pre-norm blocks of 4 heads, width 64, MLP 128 (139k parameters for
     grey inputs); the patch embedding ``conv_proj`` takes ``channels`` (torchvision's takes 3), initialised as
     torchvision does. ClArC's default layer is the final LayerNorm ``encoder.ln``, tokens (17, 64) read with
-    their 64 channels (spray/_layout.py). Patches of 4 × 4 (50 tokens) cost 5× the CPU per epoch for
-    lower accuracy under the same recipe (docs/benchmark.md, "The ViT's recipe")."""
+    their 64 channels (spray/_layout.py). Patches of 4 × 4 (50 tokens) cost 2.5× the CPU per step, for no
+    better accuracy (docs/benchmark.md, "The ViT's recipe")."""
     model = VisionTransformer(28, 7, 4, 4, 64, 128, num_classes=num_classes)
     model.conv_proj = nn.Conv2d(channels, 64, kernel_size=7, stride=7)
     nn.init.trunc_normal_(model.conv_proj.weight, std=(1 / (channels * 49)) ** 0.5)

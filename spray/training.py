@@ -126,6 +126,9 @@ def shifted(x: Tensor, shift: int, generator: torch.Generator) -> Tensor:
     """Images ``x`` (n, C, H, W), each translated by its own offsets of -``shift`` to ``shift`` pixels per axis
     (drawn from ``generator``), the uncovered border zero: the padded random crop of He et al. (CVPR 2016, §4.2).
     A planted artifact moves with its image, so it stays a shortcut at about the place it was planted."""
+    if x.dim() != 4:
+        raise BadInputError(f"shift translates images, so training batches must be (N, C, H, W), got shape "
+                            f"{tuple(x.shape)}; train with shift 0")
     n, c, h, w = x.shape
     padded = F.pad(x, (shift,) * 4)
     rows, cols = torch.randint(0, 2 * shift + 1, (2, n, 1), generator=generator)

@@ -599,6 +599,9 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "run_train_weight_decay": lambda i: _train_table(i, "weight_decay = -0.1"),
     "run_train_warmup": lambda i: _train_table(i, "warmup = 1.0"),
     "run_train_shift": lambda i: _train_table(i, "shift = -1"),
+    "run_shift_vectors": lambda i: _pipeline(
+        i, "run4.toml", '[model]\nfactory = "tests.data.factories:vector_model"\n[data]\nsource = '
+        '"tests.data.factories:vector_dataset"\n[train]\ndata = "tests.data.factories:vector_dataset"\nshift = 1\n'),
     # benchmark
     "cache_without_mlxtend": _without_mlxtend,
     "cache_without_skimage": _without_skimage,

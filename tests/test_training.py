@@ -97,6 +97,12 @@ def test_shifted_moves_each_image_whole_by_at_most_shift_pixels_and_zero_fills()
                                                                                 for c in range(-2, 3)}
 
 
+def test_shift_refuses_batches_that_are_not_images():
+    with pytest.raises(BadInputError, match=r"^shift translates images, so training batches must be \(N, C, H, W\), "
+                                            r"got shape \(8, 4\); train with shift 0$"):
+        shifted(torch.zeros(8, 4), 1, torch.Generator())
+
+
 def test_eval_mode_restores_each_modules_own_mode():
     model = build_model(seed=0).train()
     model.classifier.eval()  # a mixed model: eval_mode must not flatten it to one mode afterwards

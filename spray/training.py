@@ -70,7 +70,7 @@ class TrainResult:
 def train_model(model: nn.Module, data: Dataset, config: TrainingConfig, *, progress: bool = True) -> TrainResult:
     """Train ``model`` in place on ``data`` of (x, y) with Adam and cross-entropy, as ``config`` says.
 
-    Shuffling, dropout and everything else random depend on ``config.seed`` only, so the same model, data
+    Shuffling, shifts, dropout and everything else random depend on ``config.seed`` only, so the same model, data
     and config give bit-identical weights on the same machine and torch build; torch's global random state
     is left as found. Progress goes to stderr.
     """

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 RUN_TABLES: dict[str, dict[str, Any]] = {
     "audit": {"out": "storage/audit", "scheduler": ""},
     "model": {"factory": str, "weights": ""},
-    "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0},
+    "train": {"data": str, "epochs": 10, "batch_size": 64, "lr": 1e-3, "seed": 0, "weight_decay": 0.0, "warmup": 0.0,
+              "label_smoothing": 0.0, "shift": 0},
     "data": {"source": str, "transform": {}, "skip_unreadable": False},
     "attribution": {"method": "epsilon_plus_flat", "target": "label", "batch_size": 32, "params": {},
                     "allow_nonconservative": False, "workers": 0, "device": "cpu"},
@@ -174,7 +175,7 @@ def _training_config(train: dict[str, Any]) -> TrainingConfig:
     """The ``[train]`` table's recipe (checked: a bad value is a BadInputError naming the parameter)."""
     from spray.training import TrainingConfig
 
-    return TrainingConfig(epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"], seed=train["seed"])
+    return TrainingConfig(**{k: v for k, v in train.items() if k != "data"})
 
 
 def _relative_source(source: str, base: Path) -> str:

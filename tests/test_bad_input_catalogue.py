@@ -595,12 +595,23 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
                                              f'"folder:x"\n\n[data.transform]\nresize = 0\n'),
     "run_workers": lambda i: _pipeline(i, "run6.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
                                        '[attribution]\nworkers = -1\n'),
-    "run_train_epochs": lambda i: _pipeline(i, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
-                                            f'[train]\ndata = "{DATA}"\nepochs = 0\n'),
+    "run_train_epochs": lambda i: _train_table(i, "epochs = 0"),
+    "run_train_weight_decay": lambda i: _train_table(i, "weight_decay = -0.1"),
+    "run_train_warmup": lambda i: _train_table(i, "warmup = 1.0"),
+    "run_train_shift": lambda i: _train_table(i, "shift = -1"),
+    "run_shift_vectors": lambda i: _pipeline(
+        i, "run4.toml", '[model]\nfactory = "tests.data.factories:vector_model"\n[data]\nsource = '
+        '"tests.data.factories:vector_dataset"\n[train]\ndata = "tests.data.factories:vector_dataset"\nshift = 1\n'),
     # benchmark
     "cache_without_mlxtend": _without_mlxtend,
     "cache_without_skimage": _without_skimage,
 }
+
+
+def _train_table(inputs: Inputs, line: str) -> Path:
+    """A run file whose [train] table sets ``line`` (its line 5)."""
+    return _pipeline(inputs, "run4.toml", f'[model]\nfactory = "{MODEL}"\n[data]\nsource = "{DATA}"\n'
+                                          f'[train]\ndata = "{DATA}"\n{line}\n')
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:

@@ -10,11 +10,12 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from spray.demo import build_model, clean_test_dataset, default_poisoned_digits
 from spray.errors import BadInputError
-from spray.training import TrainingConfig, accuracy, as_tensors, eval_mode, predict, train_model
+from spray.seeding import seeded
+from spray.training import TrainingConfig, accuracy, as_tensors, eval_mode, predict, shifted, train_model
 
 
 def _small_train_set():
@@ -57,10 +58,49 @@ def test_train_model_reports_one_history_entry_per_epoch_and_returns_eval_mode()
     ({"lr": 0.0}, "lr must be > 0.0, got 0.0"),
     ({"lr": float("nan")}, "lr must be a finite number, got nan"),
     ({"seed": True}, "seed must be an integer, got True"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0.0, got -0.1"),
+    ({"warmup": 1.0}, "warmup must be < 1, got 1.0"),
+    ({"label_smoothing": 1.5}, "label_smoothing must be < 1, got 1.5"),
+    ({"shift": -1}, "shift must be >= 0, got -1"),
+    ({"shift": 1.5}, "shift must be an integer, got 1.5"),
 ])
 def test_a_bad_training_config_is_refused_naming_the_parameter(params, message):
     with pytest.raises(BadInputError, match=f"^{message}$"):
         TrainingConfig(**({"epochs": 1, "batch_size": 32, "lr": 1e-3} | params))
+
+
+def test_the_defaults_train_exactly_as_plain_adam_with_cosine_decay_and_cross_entropy():
+    trained = _train(0)
+    model, data = build_model(seed=0), _small_train_set()
+    with seeded(0, deterministic=True):  # the loop train_model ran before AdamW, warm-up, smoothing and shifts
+        loader = DataLoader(data, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=len(loader))
+        model.train()
+        for x, y in loader:
+            optimiser.zero_grad(set_to_none=True)
+            nn.CrossEntropyLoss()(model(x), torch.as_tensor(y, dtype=torch.int64)).backward()
+            optimiser.step()
+            schedule.step()
+    assert all(torch.equal(trained[k], v) for k, v in model.state_dict().items())
+
+
+def test_shifted_moves_each_image_whole_by_at_most_shift_pixels_and_zero_fills():
+    x = torch.zeros(400, 2, 9, 9)
+    x[:, 0, 4, 4], x[:, 1, 5, 4] = 1.0, 2.0  # one pixel per channel, far enough from the border to stay
+    out = shifted(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(out.sum((1, 2, 3)), torch.full((400,), 3.0))
+    first, second = (torch.nonzero(out[:, c]) for c in (0, 1))
+    assert torch.equal(second[:, 1:] - first[:, 1:], torch.tensor([1, 0]).expand(400, 2))  # channels move together
+    offsets = first[:, 1:] - 4
+    assert offsets.abs().max() == 2 and {tuple(o) for o in offsets.tolist()} == {(r, c) for r in range(-2, 3)
+                                                                                for c in range(-2, 3)}
+
+
+def test_shift_refuses_batches_that_are_not_images():
+    with pytest.raises(BadInputError, match=r"^shift translates images, so training batches must be \(N, C, H, W\), "
+                                            r"got shape \(8, 4\); train with shift 0$"):
+        shifted(torch.zeros(8, 4), 1, torch.Generator())
 
 
 def test_eval_mode_restores_each_modules_own_mode():

@@ -35,7 +35,7 @@ from spray.benchmark.cases import Case, CaseData, Size, check_extras, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.faithfulness import aopc, spread
 from spray.benchmark.metrics import detection, mask_iou, out_of_fold_cav_auroc, relevance_density
-from spray.benchmark.models import build
+from spray.benchmark.models import RECIPES, build, training_config
 from spray.clarc import (CORRECTIONS, ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer,
                          isolate_artifact, localize)
 from spray.clarc.activations import activations, pool
@@ -46,7 +46,7 @@ from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.graph import hash_json
 from spray.ranking import Ranking, rank_analyses, rank_classes
 from spray.store import AuditStore
-from spray.training import TrainingConfig, accuracy
+from spray.training import accuracy
 from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
@@ -141,8 +141,13 @@ class CaseResult:
 
 
 def case_directory(cache: Path, case: Case, size: Size, source: str) -> Path:
-    """``cache/<case name>-<key>``: the key hashes everything the case's model and store depend on."""
-    key = hash_json({"case": asdict(case), "size": asdict(size), "data": source, "version": VERSION})[:10]
+    """``cache/<case name>-<key>``: the key hashes everything the case's model and store depend on; an
+    architecture's own training recipe (spray.benchmark.models.RECIPES) too, so changing it retrains (the
+    others' recipe is the size's, already hashed: their keys, and caches, predate the recipes)."""
+    keyed = {"case": asdict(case), "size": asdict(size), "data": source, "version": VERSION}
+    if case.architecture in RECIPES:
+        keyed["recipe"] = asdict(RECIPES[case.architecture])
+    key = hash_json(keyed)[:10]
     return cache / f"{case.name}-{key}"
 
 
@@ -200,8 +205,8 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     train = data.dataset(data.train)
     with _timed(seconds, "train"):
         model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-        config = TrainingConfig(epochs=size.epochs, batch_size=size.batch_size, lr=size.lr, seed=case.seed)
-        train_once(model, lambda: train, directory / "model.pt", config, progress=progress)
+        train_once(model, lambda: train, directory / "model.pt", training_config(case.architecture, size, case.seed),
+                   progress=progress)
     store = directory / "audit.h5"
     spec = pipeline_from_text(PIPELINE, source="spray.benchmark pipeline")
     with _timed(seconds, "attribute"):

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from spray.attribution.methods import get_method
 from spray.benchmark.baseline import penultimate_layer
-from spray.benchmark.models import SmallResNet, build
+from spray.benchmark.cases import QUICK, Case
+from spray.benchmark.models import RECIPES, SmallResNet, build, training_config
+from spray.benchmark.run import case_directory
 from spray.clarc import default_layer
 from spray.clarc.activations import activations
 from spray.errors import BadInputError
+from spray.training import TrainingConfig
 from spray.zoo.resnet import BasicBlock
 from spray.zoo.vit import VisionTransformer
 
@@ -44,11 +49,27 @@ def test_an_unknown_architecture_is_refused_with_the_known_ones():
         build("vgg", 0)
 
 
-def test_the_vit_is_the_zoos_at_28_pixels_and_clarc_reads_its_final_norm_s_64_channels():
+def test_the_vit_is_the_zoos_at_28_pixels_in_7_pixel_patches_and_clarc_reads_its_final_norm_s_64_channels():
     model = build("vit", 0).eval()
     assert isinstance(model, VisionTransformer) and len(model.encoder.layers) == 4
-    assert model.conv_proj.in_channels == 1 and model.encoder.pos_embedding.shape == (1, 50, 64)
+    assert model.conv_proj.in_channels == 1 and model.encoder.pos_embedding.shape == (1, 17, 64)
     assert build("vit", 0, num_classes=2, channels=3)(torch.zeros(1, 3, 28, 28)).shape == (1, 2)
     x = torch.rand(3, 1, 28, 28)
     assert default_layer(model, x) == "encoder.ln"
-    assert activations(model, "encoder.ln", x).shape == (3, 64, 50)
+    assert activations(model, "encoder.ln", x).shape == (3, 64, 17)
+
+
+def test_the_vit_trains_with_its_own_recipe_and_the_others_with_the_sizes():
+    assert training_config("vit", QUICK, 3) == TrainingConfig(epochs=60, batch_size=32, lr=1e-3, seed=3,
+                                                              weight_decay=0.05, warmup=0.1, label_smoothing=0.1,
+                                                              shift=2)
+    assert training_config("cnn", QUICK, 3) == training_config("resnet", QUICK, 3) == TrainingConfig(
+        epochs=5, batch_size=32, lr=2e-3, seed=3)
+
+
+def test_the_cache_key_covers_the_vits_recipe(tmp_path, monkeypatch):
+    vit, cnn = (Case("patch_fixed", 0.3, a, 0, "dev") for a in ("vit", "cnn"))
+    before = [case_directory(tmp_path, c, QUICK, "mnist") for c in (vit, cnn)]
+    monkeypatch.setitem(RECIPES, "vit", replace(RECIPES["vit"], epochs=61))
+    after = [case_directory(tmp_path, c, QUICK, "mnist") for c in (vit, cnn)]
+    assert after[0] != before[0] and after[1] == before[1]

@@ -33,6 +33,14 @@ def wrong_shape_dataset() -> TensorDataset:
     return TensorDataset(torch.zeros(4, 1, 3, 3), torch.tensor([0, 1, 0, 1]))
 
 
+def vector_dataset() -> TensorDataset:
+    return TensorDataset(torch.zeros(8, 4), torch.tensor([0, 1] * 4))
+
+
+def vector_model() -> nn.Module:
+    return nn.Linear(4, 2)
+
+
 def out_of_range_dataset() -> TensorDataset:
     return TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 5, 1]))
 

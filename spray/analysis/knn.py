@@ -339,8 +339,9 @@ def _pair_distances(X: np.ndarray, rows: np.ndarray, indices: np.ndarray) -> np.
         block = slice(start, start + step)
         pairs = ind_t[block].reshape(-1)
         if not hasattr(local, "gathered"):
-            local.gathered = torch.empty((step * k, X.shape[1]), dtype=Xt.dtype)
-            local.diff = torch.empty((step * k, X.shape[1]), dtype=torch.float64)
+            size = min(step, q) * k  # a few queries (the recall estimate's) need no 4 MB
+            local.gathered = torch.empty((size, X.shape[1]), dtype=Xt.dtype)
+            local.diff = torch.empty((size, X.shape[1]), dtype=torch.float64)
         gathered = torch.index_select(Xt, 0, pairs, out=local.gathered[: len(pairs)])
         diff = local.diff[: len(pairs)].copy_(gathered).view(-1, k, X.shape[1])
         diff.sub_(Xt[rows_t[block]].double()[:, None, :])

@@ -95,6 +95,26 @@ def test_pruned_search_runs_on_clustered_rows(blobs):
     np.testing.assert_array_equal(np.sort(best_i.numpy(), 1), np.sort(want_i, 1))
 
 
+def test_pair_distances_equal_float64_and_do_not_depend_on_threads():
+    # d = 1024: 34 query rows per block, so 101 rows reuse each thread's buffers and end on a partial block.
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(300, 1024)).astype(np.float32)
+    rows, indices = rng.permutation(300)[:101], rng.integers(0, 300, size=(101, 15))
+    want = np.linalg.norm(X[indices].astype(np.float64) - X[rows].astype(np.float64)[:, None], axis=2)
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        got = {}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            got[threads] = knn_module._pair_distances(X, rows, indices)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_allclose(got[1], want, rtol=1e-13)
+    np.testing.assert_array_equal(got[2], got[1])
+
+
 def test_approximate_recall_on_clustered_data_and_duplicates(blobs):
     X, _ = blobs([300] * 5, d=32, separation=2.0, seed=3)
     X[:40] = X[0]  # duplicates must not break NN-descent's self removal

@@ -17,8 +17,18 @@ cells — every row scaled to unit length as pipelines/concept.toml does, and pr
   or not;
 - ``share``: the planted images' share of input relevance inside the artifact's mask (and the mask's area).
 
+With ``--rank NAME`` (a representation's printed name, e.g. "features.2 A, max"), that representation of every
+class instead: each class analysed as the benchmark's concept pipeline analyses it (spray.benchmark.run
+.CONCEPT_PIPELINE's kNN graph, spectral embedding, clusterings, best cluster and selection null, rows scaled to
+unit length) and the classes judged by the flag rule of docs/spray-method.md §12 (excess against the other
+classes, p = max, Benjamini–Hochberg over the classes): the poisoned class's rank, q-value, excess against the
+others', outlier score, named cluster's ncut, size and F1, and the flags on clean classes — what an analysis of
+that representation would report, computed in memory.
+
 Run:  python tests/benchmarks/bench_group_separation.py CACHE [CACHE ...] [--seeds 0,1,2] [--json OUT]
-(the CNN cases of the quick size; the control and the global artifacts have no local mask and are skipped).
+      python tests/benchmarks/bench_group_separation.py CACHE --seeds 0 --rank "features.2 A, max"
+(the CNN cases of the quick size; without --rank the control and the global artifacts have no local mask and are
+skipped).
 """
 
 from __future__ import annotations
@@ -35,13 +45,17 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from spray.analysis import KNNGraph, local_scaling_affinity, normalized_cuts
+from spray.analysis import KNNGraph, SelectionNull, local_scaling_affinity, normalized_cuts, selection_excess
 from spray.attribution.methods import get_method
 from spray.benchmark.cases import QUICK, Case, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.models import build
-from spray.benchmark.run import METHOD
+from spray.benchmark.metrics import detection
+from spray.benchmark.run import CONCEPT_PIPELINE, METHOD
 from spray.errors import BadInputError
+from spray.pipeline import pipeline_from_text
+from spray.pipeline.nodes import NODES, _fda, _knn, _selection, _spectral
+from spray.ranking import _against_others, benjamini_hochberg
 
 LAYERS = ("features.2", "features.6", "features.10")
 """The benchmark CNN's three blocks' ReLU outputs: 8 channels of 28 × 28, 16 of 14 × 14, 32 of 7 × 7 (the last
@@ -101,11 +115,57 @@ def measure(case: Case, directory: Path, images: object) -> dict:
             "separation": {name: separation(f, planted, case.seed) for name, f in found.items()}}
 
 
+def ranked(case: Case, directory: Path, images: object, name: str) -> dict:
+    """The poisoned class's rank, q-value, excess and named cluster, and the clean classes' flags, when every
+    class's representation ``name`` is analysed by the concept pipeline and judged by the flag rule."""
+    data = make_case(case, images, QUICK)
+    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
+    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
+    model.eval()
+    params = pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline").nodes
+    clusterings = sorted(n for n in params if n in NODES and NODES[n].kind == "clustering")
+    labels = range(len(data.label_names))
+    excess, p_null, ncut, named = [], [], [], []
+    for label in labels:
+        members = np.flatnonzero(data.train[1] == label)
+        rows = representations(model, torch.from_numpy(data.train[0][members]), label)[name]
+        rows = (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), np.finfo(float).tiny))
+        knn = _knn(params["knn"], {"features": ({"features": rows.astype(np.float32)}, {})})
+        inputs = {"knn": knn, "spectral": _spectral(params["spectral"], {"knn": knn})}
+        for node in clusterings:
+            inputs[node] = NODES[node].run(params[node], inputs)
+        best = _fda({**params["fda"], "n_permutations": 0}, inputs)[1]["best"]
+        named.append(members[inputs[best["node"]][0][best["clustering"]] == best["cluster"]])
+        null = SelectionNull(**params["null"]).fit(rows, _selection(params, clusterings))
+        excess.append(selection_excess(null.statistic_, null.null_statistics_))
+        p_null.append(null.p_value_)
+        ncut.append(best["ncut"])
+    excess_ = np.array(excess)
+    tests = [_against_others(excess_[c], np.delete(excess_, c)) for c in labels]
+    q = benjamini_hochberg(np.array([max(p_null[c], tests[c][3]) for c in labels]))
+    order = sorted(labels, key=lambda c: (q[c], max(p_null[c], tests[c][3]), ncut[c]))
+    c = data.poisoned_class
+    return {"case": case.name, "rank": order.index(c) + 1, "q": float(q[c]), "excess": float(excess_[c]),
+            "others": [float(np.delete(excess_, c).mean()), float(np.delete(excess_, c).std(ddof=1))],
+            "outlier": float(tests[c][2]), "ncut": ncut[c], "size": int(named[c].size),
+            "f1": detection(named[c].tolist(), data.planted.tolist())[2],
+            "clean_flags": int(sum(q[k] <= 0.05 for k in labels if k != c))}
+
+
 def main() -> None:
-    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0])
+    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0], {
+        "--rank": "analyse every class on this representation and judge the classes (module docstring)"})
     images, rows = load_images("mnist"), []
     torch.set_num_threads(1)
     for case, directory in cases(args.caches, seeds):
+        if args.rank:
+            row = ranked(case, directory, images, args.rank)
+            rows.append(row)
+            print(f"{row['case']}: rank {row['rank']}, q {row['q']:.3g}, excess {row['excess']:.2f} (others "
+                  f"{row['others'][0]:.2f} ± {row['others'][1]:.2f}, outlier {row['outlier']:.2f}), named cluster "
+                  f"ncut {row['ncut']:.3f}, {row['size']} images, F1 {row['f1']:.2f}; clean flags "
+                  f"{row['clean_flags']}", flush=True)
+            continue
         try:
             row = measure(case, directory, images)
         except BadInputError as exc:

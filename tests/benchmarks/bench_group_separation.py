@@ -22,8 +22,8 @@ class instead: each class analysed as the benchmark's concept pipeline analyses 
 .CONCEPT_PIPELINE's kNN graph, spectral embedding, clusterings, best cluster and selection null, rows scaled to
 unit length) and the classes judged by the flag rule of docs/spray-method.md §12 (excess against the other
 classes, p = max, Benjamini–Hochberg over the classes): the poisoned class's rank, q-value, excess against the
-others', outlier score, named cluster's ncut, size and F1, and the flags on clean classes — what an analysis of
-that representation would report, computed in memory.
+others', outlier score, named cluster's ncut, size and F1, and the flags on clean classes (every class of
+the control) — what an analysis of that representation would report, computed in memory.
 
 Run:  python tests/benchmarks/bench_group_separation.py CACHE [CACHE ...] [--seeds 0,1,2] [--json OUT]
       python tests/benchmarks/bench_group_separation.py CACHE --seeds 0 --rank "features.2 A, max"
@@ -149,7 +149,7 @@ def ranked(case: Case, directory: Path, images: object, name: str) -> dict:
             "others": [float(np.delete(excess_, c).mean()), float(np.delete(excess_, c).std(ddof=1))],
             "outlier": float(tests[c][2]), "ncut": ncut[c], "size": int(named[c].size),
             "f1": detection(named[c].tolist(), data.planted.tolist())[2],
-            "clean_flags": int(sum(q[k] <= 0.05 for k in labels if k != c))}
+            "clean_flags": int(sum(q[k] <= 0.05 for k in labels if k != c or case.is_control))}
 
 
 def main() -> None:

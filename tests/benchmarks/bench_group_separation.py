@@ -49,8 +49,8 @@ from spray.analysis import KNNGraph, SelectionNull, local_scaling_affinity, norm
 from spray.attribution.methods import get_method
 from spray.benchmark.cases import QUICK, Case, make_case
 from spray.benchmark.data import load_images
-from spray.benchmark.models import build
 from spray.benchmark.metrics import detection
+from spray.benchmark.models import build
 from spray.benchmark.run import CONCEPT_PIPELINE, METHOD
 from spray.errors import BadInputError
 from spray.pipeline import pipeline_from_text
@@ -61,14 +61,20 @@ LAYERS = ("features.2", "features.6", "features.10")
 """The benchmark CNN's three blocks' ReLU outputs: 8 channels of 28 × 28, 16 of 14 × 14, 32 of 7 × 7 (the last
 is ClArC's default layer, the concept analysis's)."""
 N_NEIGHBORS = 10
+"""The pipelines' kNN graph's neighbours (spray.analysis.KNNGraph's default)."""
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """``features`` (n, d) with every row scaled to unit length (zero rows stay zero), as the concept pipeline's
+    ``normalization = "l2"`` scales them."""
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), np.finfo(float).tiny)
 
 
 def representations(model: torch.nn.Module, x: torch.Tensor, label: int) -> dict[str, np.ndarray]:
     """The input heatmaps and, per layer of :data:`LAYERS`, pooled latent relevance and activations of the
     images ``x`` (n, 1, 28, 28) explained for class ``label``: name -> (n, d) float64, rows not yet scaled."""
     lrp, target = get_method(METHOD), torch.full((len(x),), label)
-    heatmaps = lrp.attribute(model, x, target)
-    heatmaps = heatmaps[0] if isinstance(heatmaps, tuple) else heatmaps
+    heatmaps, _ = lrp.attribute(model, x, target)
     found = {"input R, pixels": heatmaps.detach().flatten(1)}
     for layer in LAYERS:
         latent = lrp.latent(model, x, target, layer)
@@ -83,7 +89,7 @@ def representations(model: torch.nn.Module, x: torch.Tensor, label: int) -> dict
 def separation(features: np.ndarray, planted: np.ndarray, seed: int) -> dict[str, float]:
     """``purity``, ``ncut`` and ``probe`` (module docstring) of the boolean group ``planted`` (n,) in the
     rows of ``features`` (n, d), each scaled to unit length first."""
-    rows = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), np.finfo(float).tiny)
+    rows = unit_rows(features)
     graph = KNNGraph(n_neighbors=N_NEIGHBORS).fit(rows)
     affinity = local_scaling_affinity(graph.indices_, graph.distances_)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
@@ -128,8 +134,7 @@ def ranked(case: Case, directory: Path, images: object, name: str) -> dict:
     excess, p_null, ncut, named = [], [], [], []
     for label in labels:
         members = np.flatnonzero(data.train[1] == label)
-        rows = representations(model, torch.from_numpy(data.train[0][members]), label)[name]
-        rows = (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), np.finfo(float).tiny))
+        rows = unit_rows(representations(model, torch.from_numpy(data.train[0][members]), label)[name])
         knn = _knn(params["knn"], {"features": ({"features": rows.astype(np.float32)}, {})})
         inputs = {"knn": knn, "spectral": _spectral(params["spectral"], {"knn": knn})}
         for node in clusterings:

@@ -108,13 +108,16 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def cached_case_arguments(description: str) -> tuple[argparse.Namespace, set[int] | None]:
+def cached_case_arguments(description: str, options: dict[str, str] | None = None,
+                          ) -> tuple[argparse.Namespace, set[int] | None]:
     """The command line of the scripts that score cached cases again: the cache directories, ``--seeds`` (as a
-    set; None: all) and ``--json``."""
+    set; None: all), ``--json`` and a script's own text ``options`` ({flag: help})."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("caches", nargs="+", type=Path, help="benchmark cache directories (spray benchmark --cache)")
     parser.add_argument("--seeds", help="comma-separated seeds to keep (default: all)")
     parser.add_argument("--json", type=Path, help="also write the per-case rows here")
+    for flag, text in (options or {}).items():
+        parser.add_argument(flag, help=text)
     args = parser.parse_args()
     return args, None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
 

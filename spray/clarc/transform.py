@@ -38,11 +38,12 @@ GLOBAL_COVERAGE = 0.5
 AGREEMENT = 0.95
 """The value of the pasted mask (:func:`pasted_mask`) at which a pixel counts as agreed on by the group's masks."""
 MIN_AGREED_AREA = 0.01
-"""A local artifact's pasted mask reaches :data:`AGREEMENT` on at least this share of the image (on the benchmark's development
-split, quick size, 30 %, seeds 0–2: 1.15–2.81 % for the patch, tag and frame, 0 for brightness and the
-Waterbirds-like backgrounds: docs/clarc.md §14). Kept nearer the local cases than the midpoint: a local
-artifact called global still gets the mean shift, which carries a fixed-position artifact; a global one called
-local is scored on a "patch" of the class's own content, which fails the correction that removes it."""
+"""A local artifact's pasted mask reaches :data:`AGREEMENT` on at least this share of the image (on the
+benchmark's development split, quick size, 30 %, seeds 0–2: 1.15–2.81 % for the patch, tag and frame, 0 for
+brightness and the Waterbirds-like backgrounds: docs/clarc.md §14). Kept nearer the local cases than the
+midpoint: a local artifact called global still gets the mean shift, which carries a fixed-position artifact;
+a global one called local is scored on a "patch" of the class's own content, which fails the correction
+that removes it."""
 KINDS = ("auto", "local", "global")
 
 

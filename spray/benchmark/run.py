@@ -51,8 +51,8 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 10
-"""The version of a case's scored result (``result-v10.json``): raise it when the scoring changes, and a
+SCORES = 11
+"""The version of a case's scored result (``result-v11.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
@@ -61,7 +61,8 @@ ranking alone as ``pixel``; 7: flags judged on the classes' selection excess (do
 CAV AUROC's CAV fitted to activations pooled to :data:`CAV_GRID` × :data:`CAV_GRID` cells; 9: ``auto`` ships
 the chosen method refitted on all the training data (docs/clarc.md §2), and DFR is seeded; 10: a local artifact
 is pasted where its mask and the cluster's mean difference agree (docs/clarc.md §13), and a ClArC checkpoint of
-another configuration in the case's directory is started over (``overwrite``), not refused."""
+another configuration in the case's directory is started over (``overwrite``), not refused; 11: an artifact is
+local only where its group's masks agree on the region the local transformation pastes (docs/clarc.md §14)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

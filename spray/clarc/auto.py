@@ -7,12 +7,13 @@ The rule, in order:
    trained on the fit part only.
 2. **Kind.** The artifact is *local* or *global* by its localisation (spray.clarc.transform.artifact_kind:
    global when the mean mask covers at least half the image, or when the group's masks agree on less than
-   1 % of it: a local artifact sits at the same pixels in every sample, LRP along a global confounder's
-   CAV lands on each sample's own content); the kind fixes the candidates (:data:`CANDIDATES`), each a
-   method with the artifact's transformation it uses (the pasted patch or the mean input shift; P- and
-   RR-ClArC use none, they act along the CAV). A local artifact still gets an A-ClArC with the mean shift as
-   a candidate: for a fixed-position artifact the shift carries the artifact too. RR-ClArC, the costliest
-   (a second-order gradient in every fine-tuning step), comes last for both kinds.
+   1 % of it where the cluster differs from the rest of its class: a local artifact sits at the same pixels
+   in every sample, LRP along a global confounder's CAV lands on each sample's own content); the kind fixes
+   the candidates (:data:`CANDIDATES`), each a method with the artifact's transformation it uses (the
+   pasted patch or the mean input shift; P- and RR-ClArC use none, they act along the CAV). A local
+   artifact still gets an A-ClArC with the mean shift as a candidate: for a fixed-position artifact the
+   shift carries the artifact too. RR-ClArC, the costliest (a second-order gradient in every fine-tuning
+   step), comes last for both kinds.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so
@@ -46,7 +47,8 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
-from spray.clarc.transform import Paste, Shift, agreed_area, artifact_kind, artifact_transform, coverage
+from spray.clarc.transform import (Paste, Shift, agreed_area, artifact_kind, artifact_transform, coverage, mean_shift,
+                                   pasted_mask)
 from spray.training import predict, stack_samples
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global"), ("rrclarc", "local")),
@@ -83,7 +85,8 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                 progress: bool) -> Any:
         inferred = infer_groups(labels_of(dataset), artifact.label, artifact.artifact_index)
         fit, val = inferred.split(seed=tuning.seed)
-        kind = artifact_kind(artifact)
+        delta = mean_shift(dataset, artifact)
+        kind = artifact_kind(artifact, delta)
         transforms = counterfactual_transforms(artifact, dataset, kind)
         part, reduced = Subset(dataset, fit), within(artifact, fit)
         # Computed once for every candidate: the validation samples and which of them the original gets right.
@@ -107,8 +110,8 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                                      Path(run_dir) / REFIT / chosen, overwrite, progress)
         refit = {"n_fit": len(fit), "n": len(dataset), "seconds": time.perf_counter() - tick}
         params = {**result.params, "auto": {"kind": kind, "coverage": coverage(artifact.mask),
-                                            "agreed_area": agreed_area(artifact.mask), "chosen": chosen,
-                                            "candidates": figures, "refit": refit}}
+                                            "agreed_area": agreed_area(pasted_mask(artifact, delta)),
+                                            "chosen": chosen, "candidates": figures, "refit": refit}}
         return dataclasses.replace(result, params=params)
 
     return correct

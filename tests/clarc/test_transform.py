@@ -1,4 +1,5 @@
-"""The artifact as a transformation: the kind rule (coverage, agreed area), the mean shift, A-ClArC adding it."""
+"""The artifact as a transformation: the kind rule (coverage, agreed area of the pasted mask), the mean shift,
+A-ClArC adding it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
 from spray.clarc.transform import (AGREEMENT, GLOBAL_COVERAGE, MIN_AGREED_AREA, Paste, Shift, agreed_area,
-                                   artifact_kind, artifact_transform, coverage, difference_mask, mean_shift)
+                                   artifact_kind, artifact_transform, coverage, difference_mask, mean_shift,
+                                   pasted_mask)
 from spray.errors import BadInputError
 
 
@@ -39,27 +41,60 @@ def dataset() -> TensorDataset:
     return TensorDataset(x, torch.tensor([1, 1, 1, 1, 0, 0]))
 
 
+UNIFORM = torch.full((1, 4, 4), 2.0)
+"""``dataset()``'s mean shift: the cluster differs from the rest of its class at every pixel."""
+
+
 def test_an_artifact_covering_half_the_image_or_more_is_global():
     assert coverage(artifact(0.25).mask) == 0.25
-    assert artifact_kind(artifact(0.25)) == "local"
-    assert artifact_kind(artifact(GLOBAL_COVERAGE)) == "global"
-    assert artifact_kind(artifact(1.0)) == "global"
+    assert artifact_kind(artifact(0.25), UNIFORM) == "local"
+    assert artifact_kind(artifact(GLOBAL_COVERAGE), UNIFORM) == "global"
+    assert artifact_kind(artifact(1.0), UNIFORM) == "global"
 
 
 def test_masks_that_agree_on_no_region_make_a_global_artifact():
     # A quarter of the image, but no pixel in (nearly) every sample's mask: LRP on each sample's own content.
     diffuse = replace(artifact(0.25), mask=artifact(0.25).mask * 0.9)
     assert coverage(diffuse.mask) == pytest.approx(0.225) and agreed_area(diffuse.mask) == 0.0
-    assert artifact_kind(diffuse) == "global"
+    assert artifact_kind(diffuse, UNIFORM) == "global"
 
 
 def test_a_local_artifact_needs_an_agreed_area_of_at_least_the_minimum():
-    mask = torch.full((20, 20), 0.2)
+    mask, uniform = torch.full((20, 20), 0.2), torch.ones(1, 20, 20)
     mask.view(-1)[:4] = AGREEMENT  # 4 of 400 pixels: the minimum, 1 %
     assert agreed_area(mask) == MIN_AGREED_AREA == 0.01
-    assert artifact_kind(replace(artifact(0.25), mask=mask)) == "local"
+    assert artifact_kind(replace(artifact(0.25), mask=mask), uniform) == "local"
     mask.view(-1)[3] = AGREEMENT - 0.01
-    assert agreed_area(mask) == 0.0075 and artifact_kind(replace(artifact(0.25), mask=mask)) == "global"
+    assert agreed_area(mask) == 0.0075 and artifact_kind(replace(artifact(0.25), mask=mask), uniform) == "global"
+
+
+def lifted_class(stamped: bool) -> tuple[TensorDataset, Masked]:
+    """Class 1 of 8×8 images, the 4 samples' strokes in rows 4-5; the cluster (samples 0, 1) has its background
+    lifted to 0.3 (``x' = 0.3 + 0.7 x``, the benchmark's brightness) and, if ``stamped``, row 0 set to 1 too.
+    Every sample's mask covers the strokes (as LRP along a brightness CAV lands on the digit), and the stamp."""
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, 0, 4:6] = 1.0
+    x[:2] = 0.3 + 0.7 * x[:2]
+    mask = torch.zeros(8, 8)
+    mask[4:6] = 1.0
+    if stamped:
+        x[:2, 0, 0] = mask[0] = 1.0
+    return TensorDataset(x, torch.ones(4, dtype=torch.long)), Masked(1, mask, x[:2].mean(0), np.array([0, 1]),
+                                                                     np.array([2, 3]))
+
+
+def test_masks_that_agree_only_on_the_class_s_own_content_make_a_global_artifact():
+    # Brightness: the masks agree on the strokes, a quarter of the image, but there the cluster equals the
+    # rest of its class (0.3 + 0.7 * 1 = 1), so the pasted mask agrees nowhere.
+    data, lifted = lifted_class(stamped=False)
+    delta = mean_shift(data, lifted)
+    assert agreed_area(lifted.mask) == 0.25 and agreed_area(pasted_mask(lifted, delta)) == 0.0
+    assert artifact_kind(lifted, delta) == "global" and isinstance(artifact_transform(lifted, data), Shift)
+    # A stamp in row 0 as well: the cluster differs there and every mask covers it, so it is local.
+    data, stamped = lifted_class(stamped=True)
+    delta = mean_shift(data, stamped)
+    assert agreed_area(pasted_mask(stamped, delta)) == 0.125
+    assert artifact_kind(stamped, delta) == "local" and isinstance(artifact_transform(stamped, data), Paste)
 
 
 def test_the_mean_shift_is_the_cluster_mean_minus_the_rest_mean():
@@ -92,6 +127,7 @@ def test_the_patch_is_pasted_only_where_the_cluster_differs_from_the_rest_of_its
     mask[0] = mask[4:6] = 1.0
     both = Masked(1, mask, torch.full((1, 8, 8), 9.0), np.array([0, 1]), np.array([2, 3]))
     pasted = difference_mask(mean_shift(data, both)) * mask
+    assert torch.equal(pasted_mask(both, mean_shift(data, both)), pasted)
     assert torch.all(pasted[0] > 0.5) and torch.all(pasted[1:] == 0)
     out = artifact_transform(both, data, "local")(torch.zeros(1, 1, 8, 8))
     assert torch.equal(out[0, 0], 9.0 * pasted)

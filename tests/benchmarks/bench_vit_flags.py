@@ -70,7 +70,8 @@ def flag_rows(store: AuditStore, poisoned: int, planted: list[int]) -> list[str]
             f1 = f" F1 {detection(list(cluster.members), planted)[2]:.2f}" if t.label == poisoned else ""
             lines.append(
                 f"  {analysis:7s} class {t.label}{'*' if t.label == poisoned else ' '} ncut {cluster.ncut:.3f} "
-                f"(size {cluster.size}) t {info['info']['statistic']:.2f} null {null.mean():.2f} ± {null.std(ddof=1):.2f} "
+                f"(size {cluster.size}) t {info['info']['statistic']:.2f} "
+                f"null {null.mean():.2f} ± {null.std(ddof=1):.2f} "
                 f"[{null.min():.2f}, {null.max():.2f}] excess {t.excess:.2f} null p {t.null_p:.1e} "
                 f"outlier {t.outlier:.2f} p {t.p_value:.3f} q {t.q_value:.3f}{' FLAGGED' if t.flagged else ''}{f1}")
     return lines
@@ -83,8 +84,9 @@ def variant_row(store: AuditStore, name: str, poisoned: int, planted: list[int])
     same = all(np.array_equal(store.read(f"analyses/{name}/{c.label}/knn/indices"),
                               store.read(f"analyses/spray/{c.label}/knn/indices")) for c in ranking)
     clean = [c.label for c in ranking.flagged if c.label != poisoned]
+    f1 = detection(list(entry.cluster.members), planted)[2]
     return (f"  {name:7s} rank {entry.rank} flagged {entry.flagged} q {entry.q_value:.3f} excess "
-            f"{entry.null_excess:.2f} ncut {entry.ncut:.3f} F1 {detection(list(entry.cluster.members), planted)[2]:.2f} "
+            f"{entry.null_excess:.2f} ncut {entry.ncut:.3f} F1 {f1:.2f} "
             f"clean flags {clean} kNN graphs = spray's: {same}")
 
 
@@ -104,7 +106,8 @@ def main() -> None:
         start = time.process_time()
         if args.grid:
             name = f"grid{args.grid}"
-            spec = PIPELINE.replace('name = "spray"', f'name = "{name}"\nattribution = "{METHOD}"') + f"[preprocess]\ngrid = {args.grid}\n"
+            spec = (PIPELINE.replace('name = "spray"', f'name = "{name}"\nattribution = "{METHOD}"')
+                    + f"[preprocess]\ngrid = {args.grid}\n")
             analyze(store_path, pipeline_from_text(spec, source="bench_vit_flags --grid"))
             variants.append(name)
         if args.method:

@@ -13,12 +13,15 @@ For each cached quick case (as bench_detection.py finds them) it prints, from th
    ``--method METHOD``: the training images attributed again with METHOD from the cached weights (e.g.
    ``epsilon_gamma_box``: z^B at the first layer, which on the ViT — whose only convolution is the patch
    embedding — is EpsilonPlusFlat with flat replaced by z^B; ``epsilon_plus_flat_attnlrp``: AttnLRP through
-   the attention) and analysed with the benchmark's pixel pipeline as ``m_METHOD``; each printed as
-   the pixel-level ranking alone (rank, flag, q, excess, F1) with the clean classes it flags, and whether its
-   kNN graphs equal the ``spray`` analysis's. Both WRITE into the stores: run them on a copy of the cache.
+   the attention) and analysed with the benchmark's pixel pipeline as ``m_METHOD``, and with ``--token-latent
+   LAYER``: the latent relevance at ViT block LAYER per token, the 4 × 4 token grid sum-pooled to 2 × 2 cells
+   (the class token left out; the benchmark's concept analysis sums over all tokens), analysed with the
+   benchmark's concept pipeline as ``tokens``; each printed as its own ranking alone (rank, flag, q, excess,
+   F1) with the clean classes it flags, and whether its kNN graphs equal the ``spray`` analysis's. All three
+   WRITE into the stores: run them on a copy of the cache.
 
 Run:  python tests/benchmarks/bench_vit_flags.py CACHE [--seeds 0,1] [--patch 7] [--grid 4]
-      [--method epsilon_gamma_box]
+      [--method epsilon_gamma_box] [--token-latent encoder.layers.encoder_layer_2]
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ import torch
 
 from bench_detection import cases
 from spray.attribution import AttributionRun, attribute_dataset
+from spray.attribution.latent import LatentAttributor, area_pool
 from spray.attribution.methods import get_method
 from spray.benchmark.cases import QUICK, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection
 from spray.benchmark.models import build
-from spray.benchmark.run import ATTRIBUTION_BATCH, METHOD, PIPELINE
+from spray.benchmark.run import ATTRIBUTION_BATCH, CONCEPT_PIPELINE, METHOD, PIPELINE
 from spray.data.models import model_hash
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import flag_tests, rank_classes
@@ -45,6 +49,16 @@ from spray.results import best_clusters
 from spray.store import AuditStore
 
 ANALYSES = ("spray", "concept")
+
+
+class TokenLatent(LatentAttributor):
+    """Latent relevance per token of a ViT with a 4 × 4 token grid after its class token, (D, g, g)."""
+
+    name = "latent_tokens"
+
+    def _pooled(self, latent, layout):
+        values = layout.canonical(latent.relevance)  # (B, D, 17)
+        return area_pool(values[:, :, 1:].reshape(*values.shape[:2], 4, 4), self.grid, mean=False)
 
 
 def blockiness(store: AuditStore, method: str, patch: int, rows: int = 200) -> float:
@@ -97,6 +111,7 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=7)
     parser.add_argument("--grid", type=int)
     parser.add_argument("--method")
+    parser.add_argument("--token-latent")
     args = parser.parse_args()
     images = load_images("mnist")
     for case, directory in cases(args.caches, args.seeds):
@@ -124,6 +139,18 @@ def main() -> None:
             spec = PIPELINE.replace('name = "spray"', f'name = "{name}"\nattribution = "{method}"')
             analyze(store_path, pipeline_from_text(spec, source="bench_vit_flags --method"))
             variants.append(name)
+        if args.token_latent:
+            model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
+            model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
+            train = data.dataset(data.train)
+            attribute_dataset(store_path, model.eval(), train, AttributionRun(
+                TokenLatent(get_method(METHOD), args.token_latent, 2), model_hash=model_hash(model),
+                model_name=f"bench {case.architecture}", dataset_name=case.name, batch_size=ATTRIBUTION_BATCH,
+                label_names=train.label_names, thumbnail_size=None, progress=False))
+            spec = CONCEPT_PIPELINE.replace('name = "concept"', 'name = "tokens"').replace(
+                'attribution = "latent"', f'attribution = "{TokenLatent.name}"')
+            analyze(store_path, pipeline_from_text(spec, source="bench_vit_flags --token-latent"))
+            variants.append("tokens")
         with AuditStore(store_path, mode="r") as store:
             print(f"{case.name} (poisoned class {data.poisoned_class}): heatmaps' deviation within "
                   f"{args.patch} x {args.patch} blocks {blockiness(store, METHOD, args.patch):.1e} of max |R|")

@@ -312,3 +312,20 @@ def test_the_attnlrp_preset_is_epsilon_plus_flat_with_attnlrp_for_both_attention
         assert float((held - expected).abs().max()) > 1e-3 * float(expected.abs().max())
     assert isinstance(EpsilonPlusFlatAttnLRP().rule("a", MultiheadAttentionCall(nn.MultiheadAttention(4, 1)), False),
                       AttnLRP)
+
+
+def test_the_flat_first_layer_makes_a_vits_heatmap_constant_on_its_patch_grid_and_epsilon_does_not():
+    # Flat spreads a unit's relevance evenly over its receptive field; a patch embedding's fields are the
+    # patches themselves, so every pixel (and channel) of a patch gets the same relevance: the heatmap holds
+    # only the token grid's 4 x 4 numbers (what the benchmark's ViT heatmaps are, docs/benchmark.md).
+    model = _tiny(VITS["torchvision"])
+    x, target = torch.rand(3, 3, 32, 32, dtype=torch.float64), torch.tensor([1, 4, 7])
+
+    def spread(relevance: torch.Tensor) -> float:
+        blocks = relevance.reshape(3, 3, 4, 8, 4, 8)
+        deviation = blocks - blocks.mean(dim=(1, 3, 5), keepdim=True)
+        return float(deviation.abs().max() / relevance.abs().max())
+
+    flat = LRP(EpsilonPlusFlat()).balance(model, x, target)[0]
+    assert spread(flat) <= 1e-12
+    assert spread(LRP(Epsilon()).balance(model, x, target)[0]) > 0.1

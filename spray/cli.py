@@ -206,14 +206,17 @@ def _transform_options(command: Callable[..., None]) -> Callable[..., None]:
                    "of refusing the source; every file is decoded once when the source is opened.")
 @click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda|cuda:N|mps",
               help="Where the model runs (also on dask workers); the store is written here.")
-@click.option("--latent", metavar="LAYER|default",
-              help="Store the LRP method's latent relevance at module LAYER (default: ClArC's default layer) "
-                   "instead of heatmaps, as attribution 'latent' unless --name (docs/spray-method.md).")
+@click.option("--latent", metavar="LAYER|default|first",
+              help="Store the LRP method's latent relevance at module LAYER (default: ClArC's default layer; "
+                   "first: the first feature map) instead of heatmaps, as attribution 'latent' unless --name "
+                   "(docs/spray-method.md).")
 @click.option("--latent-grid", default=2, show_default=True, type=click.IntRange(min=1),
               help="With --latent: cells per side each channel's relevance is pooled to (1: per channel, "
                    "CRP's channel relevance).")
-@click.option("--latent-quantity", type=click.Choice(["relevance", "activation"]), default="relevance",
-              show_default=True, help="With --latent: store the relevance there, or the activation.")
+@click.option("--latent-quantity", type=click.Choice(["relevance", "activation", "activation_max"]),
+              default="relevance", show_default=True,
+              help="With --latent: store the relevance there (summed per cell), the activation (averaged) or "
+                   "the activation's maximum per cell (activation_max: a texture wherever it sits).")
 def attribute(
     model_spec: str,
     weights: Path | None,
@@ -236,9 +239,18 @@ def attribute(
     transform: Any,
 ) -> None:
     """Explain every sample of a dataset into STORE; an interrupted run resumes where it stopped."""
+    from click.core import ParameterSource
+
     from spray.attribution import AttributionRun, WorkerRecipe, attribute_dataset
     from spray.attribution.methods import get_method, method_params
     from spray.data import load_model, model_hash, open_source
+    from spray.errors import BadInputError
+
+    given = [f"--{option.replace('_', '-')}" for option in ("latent_grid", "latent_quantity")
+             if click.get_current_context().get_parameter_source(option) is not ParameterSource.DEFAULT]
+    if latent is None and given:  # silently storing heatmaps instead would waste the run
+        raise BadInputError(f"{given[0]} given without --latent: it chooses what a latent attribution stores; "
+                            "give --latent LAYER|default|first too, or leave it out to store heatmaps")
 
     model = load_model(model_spec, weights, device)
     dataset = open_source(data_spec, transform, skip_unreadable=skip_unreadable)

@@ -31,19 +31,21 @@ __all__ = ["audit", "correct", "latent_attributor", "train_once"]
 def latent_attributor(attributor: object, model: nn.Module, dataset: Dataset, layer: str = "default",
                       grid: int = 2, quantity: str = "relevance") -> LatentAttributor:
     """The latent relevance (or activations) of an LRP ``attributor`` at ``layer`` of ``model``
-    (spray.attribution.LatentAttributor); ``"default"`` is ClArC's default layer, found from dataset sample 0
-    (spray.clarc.default_layer: the last feature map the model's head reads)."""
+    (spray.attribution.LatentAttributor); ``"default"`` is ClArC's default layer (spray.clarc.default_layer: the
+    last feature map the model's head reads), ``"first"`` the first feature map
+    (spray.clarc.activations.first_layer), both found from dataset sample 0."""
     from spray.attribution import LatentAttributor
     from spray.attribution.batches import placement, sample_input
-    from spray.clarc import default_layer
+    from spray.clarc.activations import default_layer, first_layer
     from spray.lrp import LRP
 
     if not isinstance(attributor, LRP):
         raise BadInputError(f"latent relevance needs an LRP method; {getattr(attributor, 'name', attributor)!r} "
                             "is not one (use e.g. --method epsilon_plus_flat)")
-    if layer == "default":
+    if layer in ("default", "first"):
         device, dtype = placement(model)
-        layer = default_layer(model, sample_input(dataset, 0).unsqueeze(0).to(device, dtype))
+        sample = sample_input(dataset, 0).unsqueeze(0).to(device, dtype)
+        layer = (default_layer if layer == "default" else first_layer)(model, sample)
     return LatentAttributor(attributor, layer, grid, quantity)
 
 

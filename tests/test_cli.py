@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,37 @@ def test_latent_relevance_beside_the_heatmaps_and_the_concept_pipeline_analyses_
     code, out, err = run(capsys, "analyze", store, "--pipeline", pixel, "--json")
     assert code == 0, err
     assert (json.loads(out)["analysis"], json.loads(out)["attribution"]) == ("spray", "epsilon_plus_flat")
+
+
+def test_max_pooled_first_layer_activations_are_stored_and_their_pipeline_file_analyses_them(tmp_path, capsys):
+    # --latent first: the conv model's first ReLU (4 channels of 8 × 8); grid 1: each channel's maximum anywhere.
+    from spray.attribution.latent import QUANTITIES
+    from spray.cli import attribute
+    from spray.store import AuditStore
+    from tests.data.factories import conv_data, conv_model
+
+    assert tuple(next(o for o in attribute.params if o.name == "latent_quantity").type.choices) == QUANTITIES
+    store = tmp_path / "a.h5"
+    code, _, err = run(capsys, "attribute", "--model", "tests.data.factories:conv_model", "--data",
+                       "tests.data.factories:conv_data", "--store", store, "--latent", "first", "--latent-grid", "1",
+                       "--latent-quantity", "activation_max", "--name", "activation_max")
+    assert code == 0, err
+    code, out, _ = run(capsys, "info", store, "--json")
+    info = json.loads(out)["attributions"]["activation_max"]
+    assert info["shape"] == [40, 4, 1, 1] and info["method"] == "latent"
+    assert (info["params"]["layer"], info["params"]["grid"], info["params"]["quantity"]) == ("features.1", 1,
+                                                                                              "activation_max")
+    with AuditStore(store) as opened:
+        stored = opened.read("attributions/activation_max/relevance")
+    x = conv_data().tensors[0]
+    expected = torch.relu(conv_model().features[0](x)).amax((2, 3)).detach().numpy()
+    np.testing.assert_allclose(stored[:, :, 0, 0], expected, rtol=1e-5, atol=1e-6)
+    pipeline = tmp_path / "activation_max.toml"
+    pipeline.write_text(Path("pipelines/activation_max.toml").read_text().split("[knn]")[0]
+                        + "[knn]\nn_neighbors = 5\n[spectral]\nn_eigenpairs = 8\n[kmeans]\nk_max = 6\n")
+    code, out, err = run(capsys, "analyze", store, "--pipeline", pipeline, "--json")
+    assert code == 0, err
+    assert (json.loads(out)["analysis"], json.loads(out)["attribution"]) == ("activation_max", "activation_max")
 
 
 def test_analyze_and_rank_json_contract(tmp_path, capsys):

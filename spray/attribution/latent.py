@@ -7,7 +7,9 @@ Its rows have shape (C, grid, grid): ``grid = 1`` is CRP's channel relevance ``R
 (Achtibat et al. 2023); a larger grid keeps where in the feature map each channel's relevance lies. The
 default, 2 × 2, was chosen on the benchmark's development split: it found blurred images (a global artifact)
 better than the full 7 × 7 map of the benchmark's CNN and kept the other artifacts found (docs/benchmark.md). The
-concept-level SpRAy analysis (pipelines/concept.toml, docs/spray-method.md) clusters these rows.
+concept-level SpRAy analysis (pipelines/concept.toml, docs/spray-method.md) clusters these rows. The
+activations maximised over positions (``"activation_max"``) at the first feature map are what a texture the images
+share, wherever it sits, raises (pipelines/activation_max.toml; docs/spray-method.md, "What relevance cannot show").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.functional import adaptive_max_pool2d
 
 from spray._checks import check_choice, check_int
 from spray._layout import Layout, layer_layout
@@ -27,7 +30,9 @@ from spray.store import LATENT_METHOD
 
 __all__ = ["LatentAttributor", "QUANTITIES", "area_pool"]
 
-QUANTITIES = ("relevance", "activation")
+QUANTITIES = ("relevance", "activation", "activation_max")
+"""What a latent attribution stores: the relevance there (sum-pooled), the activation (mean-pooled) or the
+activation maximised over each cell's positions."""
 
 
 class LatentAttributor:
@@ -35,11 +40,14 @@ class LatentAttributor:
 
     ``"relevance"``: the latent relevance of the explained output (:meth:`spray.lrp.LRP.latent`),
     sum-pooled, so each row totals the relevance reaching the layer. ``"activation"``: the activation
-    there, mean-pooled (``grid = 1``: the pooled activations a CAV is fitted to). Channels are read from the
-    layer's canonical view (spray._layout): a transformer block's tokens (B, T, D) give D channels. A layer
-    without spatial axes (B, C), or with positions but no 2-D grid (tokens), gives (C, 1, 1) whatever the
-    grid: the sum (mean) over every position. ``layer`` is a name from ``model.named_modules()``; the
-    CLI and the benchmark resolve ``default`` to ClArC's default layer.
+    there, mean-pooled (``grid = 1``: the pooled activations a CAV is fitted to). ``"activation_max"``: the
+    activation's maximum over each cell's positions (:func:`_cell_max`), so a detector that fires strongly at one
+    place is seen wherever the place is (a mean over the cell dilutes it by the cell's area). Channels are read
+    from the layer's canonical view (spray._layout): a transformer block's tokens (B, T, D) give D channels. A
+    layer without spatial axes (B, C), or with positions but no 2-D grid (tokens), gives (C, 1, 1) whatever the
+    grid: the sum (mean, maximum) over every position. ``layer`` is a name from ``model.named_modules()``; the
+    CLI and the benchmark resolve ``default`` to ClArC's default layer and ``first`` to the first feature map
+    (spray.workflow.latent_attributor).
     """
 
     name = LATENT_METHOD
@@ -84,11 +92,13 @@ class LatentAttributor:
         if values.dim() == 2:
             return values[:, :, None, None]
         if values.dim() == 3:  # positions without a 2-D grid: a transformer's tokens (B, D, T)
-            pooled = values.mean(2) if self.quantity == "activation" else values.sum(2)
-            return pooled[:, :, None, None]
+            pooled = {"relevance": values.sum, "activation": values.mean, "activation_max": values.amax}
+            return pooled[self.quantity](2)[:, :, None, None]
         if values.dim() != 4:
             raise BadInputError(f"layer {self.layer!r} has output shape {tuple(values.shape[1:])} per sample; "
                                 "latent relevance needs a feature map (C, H, W), tokens (T, D) or a vector (C,)")
+        if self.quantity == "activation_max":
+            return _cell_max(values, self.grid)
         return area_pool(values, self.grid, mean=self.quantity == "activation")
 
 
@@ -101,3 +111,9 @@ def area_pool(values: Tensor, grid: int, *, mean: bool) -> Tensor:
         ph, pw = ph / ph.sum(1, keepdim=True), pw / pw.sum(1, keepdim=True)
     return torch.einsum("gh,bchw,kw->bcgk", ph, values, pw)
 
+
+def _cell_max(values: Tensor, grid: int) -> Tensor:
+    """Feature maps (B, C, H, W) maximised over the cells of :func:`area_pool`, (B, C, g_h, g_w): each cell the
+    maximum over the pixels that overlap it (torch's adaptive max pooling takes exactly those: rows
+    ``floor(i·H/g)`` to ``ceil((i + 1)·H/g) − 1``); ``grid = 1`` is the maximum over every position."""
+    return adaptive_max_pool2d(values, (min(grid, values.shape[-2]), min(grid, values.shape[-1])))

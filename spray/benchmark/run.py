@@ -2,9 +2,9 @@
 
 :func:`run_case`: make the case's data (spray.benchmark.cases) -> train its model (spray.workflow.train_once,
 the weights cached) -> attribute the training split (spray.attribution.attribute_dataset) -> SpRAy
-(spray.pipeline.analyze, pixel-level and concept-level) -> rank (spray.ranking.rank_analyses, both together;
-each alone too) -> the corrections (P-ClArC by default, any of
-spray.clarc.CORRECTIONS) on the top-ranked cluster with the ground-truth artifact in every test image
+(spray.pipeline.analyze: pixel-level, concept-level, the first feature map's max-pooled activations) -> rank
+(spray.ranking.rank_analyses over :data:`RANKED`; each analysis alone too) -> the corrections (P-ClArC by
+default, any of spray.clarc.CORRECTIONS) on the top-ranked cluster with the ground-truth artifact in every test image
 (spray.clarc.clarc_from_store) -> score, and score the baselines without attribution (spray.benchmark.baseline)
 the same way, and the faithfulness of the model's heatmaps (spray.benchmark.faithfulness). These are the calls the
 ``spray attribute``, ``analyze``, ``rank`` and ``clarc`` commands make. Each stage is memoised by the stage
@@ -44,15 +44,15 @@ from spray.errors import BadInputError
 from spray.outputs import active
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.graph import hash_json
-from spray.ranking import Ranking, rank_analyses, rank_classes
+from spray.ranking import RankedClass, Ranking, rank_analyses, rank_classes
 from spray.store import AuditStore
 from spray.training import accuracy
 from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 11
-"""The version of a case's scored result (``result-v11.json``): raise it when the scoring changes, and a
+SCORES = 12
+"""The version of a case's scored result (``result-v12.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
@@ -62,7 +62,9 @@ CAV AUROC's CAV fitted to activations pooled to :data:`CAV_GRID` × :data:`CAV_G
 the chosen method refitted on all the training data (docs/clarc.md §2), and DFR is seeded; 10: a local artifact
 is pasted where its mask and the cluster's mean difference agree (docs/clarc.md §13), and a ClArC checkpoint of
 another configuration in the case's directory is started over (``overwrite``), not refused; 11: an artifact is
-local only where its group's masks agree on the region the local transformation pastes (docs/clarc.md §14)."""
+local only where its group's masks agree on the region the local transformation pastes (docs/clarc.md §14);
+12: the first feature map's max-pooled activations analysed, ranked with the pixel-level and concept-level
+analyses and alone (``activation_max``)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -79,17 +81,26 @@ name = "spray"
 [agglomerative]
 """
 """The default pipeline's clusterings (so its ranking) without the 2-D maps, which do not feed the ranking."""
-CONCEPT_PIPELINE = """
-[analysis]
-name = "concept"
-attribution = "latent"
-[preprocess]
-channel_reduction = "keep"
-normalization = "l2"
-[hdbscan]
-[agglomerative]
-"""
+
+
+def _latent_pipeline(name: str, attribution: str) -> str:
+    """The concept analysis's nodes (channels kept, rows scaled to unit length) as analysis ``name`` of latent
+    attribution ``attribution``, without the 2-D maps."""
+    return (f'[analysis]\nname = "{name}"\nattribution = "{attribution}"\n'
+            '[preprocess]\nchannel_reduction = "keep"\nnormalization = "l2"\n[hdbscan]\n[agglomerative]\n')
+
+
+CONCEPT_PIPELINE = _latent_pipeline("concept", "latent")
 """pipelines/concept.toml's analysis (concept-level SpRAy on the latent relevance), without the 2-D maps."""
+ACTIVATION_MAX = "activation_max"
+"""The attribution and the analysis of the first feature map's activations, maximised over every position
+(spray.attribution.LatentAttributor's ``activation_max``, grid 1): what the images contain, wherever it sits."""
+ACTIVATION_MAX_PIPELINE = _latent_pipeline(ACTIVATION_MAX, ACTIVATION_MAX)
+"""pipelines/activation_max.toml's analysis, without the 2-D maps."""
+RANKED = ("spray", "concept", ACTIVATION_MAX)
+"""The analyses whose ranking together gives a case's detection fields (docs/benchmark.md, "Metrics"): the
+max-pooled activations with the relevance analyses, chosen on the development split (docs/spray-method.md, "What
+relevance cannot show": the random patch's group named, no flag and no false flag more)."""
 ATTRIBUTION_BATCH = 128
 STAGES = ("train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness")
 
@@ -129,6 +140,7 @@ class CaseResult:
     corrections: dict[str, dict[str, Any]] = field(default_factory=dict)
     pixel: dict[str, Any] | None = None
     concept: dict[str, Any] | None = None
+    activation_max: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
@@ -209,38 +221,46 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
         train_once(model, lambda: train, directory / "model.pt", training_config(case.architecture, size, case.seed),
                    progress=progress)
     store = directory / "audit.h5"
-    spec = pipeline_from_text(PIPELINE, source="spray.benchmark pipeline")
     with _timed(seconds, "attribute"):
-        # The heatmaps, then the latent relevance at ClArC's default layer (the concept analysis's input).
-        for attributor in (get_method(METHOD), latent_attributor(get_method(METHOD), model, train)):
+        # The heatmaps, the latent relevance at ClArC's default layer (the concept analysis's input), and the
+        # first feature map's activations maximised over positions.
+        lrp = get_method(METHOD)
+        for attributor, name in ((lrp, None), (latent_attributor(lrp, model, train), None),
+                                 (latent_attributor(lrp, model, train, "first", 1, ACTIVATION_MAX), ACTIVATION_MAX)):
             attribute_dataset(store, model, train, AttributionRun(
                 attributor, model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
-                dataset_name=case.name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
+                dataset_name=case.name, name=name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
                 thumbnail_size=None, progress=progress))
-    concept = pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline")
+    pipelines = {"pixel": pipeline_from_text(PIPELINE, source="spray.benchmark pipeline"),
+                 "concept": pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline"),
+                 ACTIVATION_MAX: pipeline_from_text(ACTIVATION_MAX_PIPELINE,
+                                                    source="spray.benchmark activation_max pipeline")}
     with _timed(seconds, "analyze"):
-        analyze(str(store), spec, progress=progress)
-        analyze(str(store), concept, progress=progress)
+        for pipeline in pipelines.values():
+            analyze(str(store), pipeline, progress=progress)
     with _timed(seconds, "rank"), AuditStore(store) as opened:
-        rankings = [rank_analyses(opened, [spec.name, concept.name]), rank_classes(opened, spec.name),
-                    rank_classes(opened, concept.name)]
-    result = _score(data, model, *rankings, seconds)
+        combined = rank_analyses(opened, RANKED)
+        alone = {field_name: rank_classes(opened, p.name) for field_name, p in pipelines.items()}
+        # What `spray clarc --cluster top` corrects in a store holding the ranked analyses (in its sorted order).
+        top = rank_analyses(opened, sorted(RANKED)).top_candidate()
+    result = _score(data, model, combined, alone, seconds)
     with _timed(seconds, "faithfulness"):
         x, y = (torch.from_numpy(a[spread(len(a))]) for a in data.clean_test)
         result.aopc = aopc(model, x, y, METHOD, seed=case.seed)
     if data.everywhere_test is not None:
         with _timed(seconds, "clarc"):
             for method in corrections:
-                result.corrections[method] = _correct(method, store, model, data, directory, progress)
+                result.corrections[method] = _correct(method, store, top, model, data, directory, progress)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     guard.write(scored, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return result
 
 
-def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, pixel: Ranking, concept: Ranking,
+def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, alone: dict[str, Ranking],
            seconds: Costs) -> CaseResult:
     """Detection and localisation scores of a case's audit against its ground truth: the detection fields of
-    the ranking over both analyses (``combined``), ``pixel`` and ``concept`` each alone as :func:`_detect`."""
+    the ranking over :data:`RANKED` (``combined``), and each analysis's ranking alone (``alone``: ``pixel``,
+    ``concept``, ``activation_max``) as :func:`_detect` scores it, in the result's field of that name."""
     case = data.case
     with _timed(seconds, "score"):
         members, detected = _detect(data, model, combined)
@@ -251,7 +271,7 @@ def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, pixel: Ran
             case=case, n_planted=len(data.planted), clean_accuracy=clean_acc, everywhere_accuracy=everywhere_acc,
             uses_artifact=None if everywhere_acc is None else clean_acc - everywhere_acc >= USES_MARGIN,
             **detected, relevance_density=None, seconds=seconds.wall, cpu_seconds=seconds.cpu,
-            peak_rss_mib=seconds.rss, pixel=_detect(data, model, pixel)[1], concept=_detect(data, model, concept)[1],
+            peak_rss_mib=seconds.rss, **{name: _detect(data, model, ranking)[1] for name, ranking in alone.items()},
         )
         if data.groups is not None:
             result.group_accuracy = _group_accuracy(model, data)
@@ -329,17 +349,20 @@ def _localization_iou(data: CaseData, model: torch.nn.Module, members: list[int]
     return mask_iou(found.masks.numpy() > 0, data.masks)
 
 
-def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, directory: Path,
-             progress: bool) -> dict[str, Any]:
-    """The correction ``method`` on the top-ranked class's flagged cluster (what ``spray clarc --cluster top``
-    corrects), evaluated with the ground-truth artifact in every clean test image (and per group on the
-    two-class set); a refusal is recorded as its ``error``, not raised."""
+def _correct(method: str, store: Path, top: RankedClass | None, model: torch.nn.Module, data: CaseData,
+             directory: Path, progress: bool) -> dict[str, Any]:
+    """The correction ``method`` on the top-ranked class's best cluster ``top`` (what ``spray clarc --cluster
+    top`` corrects in a store holding the :data:`RANKED` analyses), evaluated with the ground-truth artifact in
+    every clean test image (and per group on the two-class set); a refusal is recorded as its ``error``, not
+    raised."""
     score: dict[str, Any] = {"cluster": None, "clean": None, "everywhere": None, "worst_group": None, "error": None}
+    if top is None:
+        return {**score, "error": f"no ranked class in analyses {', '.join(RANKED)}"}
     try:
         corrected = clarc_from_store(
             store, model, data.dataset(data.train),
-            ClarcConfig(method, directory / "clarc", tuning=Tuning(seed=data.case.seed), overwrite=True,
-                        progress=progress),
+            ClarcConfig(method, directory / "clarc", cluster=top.cluster.reference, analysis=top.analysis,
+                        tuning=Tuning(seed=data.case.seed), overwrite=True, progress=progress),
             EvaluationData(data.dataset(data.clean_test), everywhere_test=data.dataset(data.everywhere_test)),
         )
     except BadInputError as exc:  # e.g. a flagged cluster too small for a CAV: part of what is measured

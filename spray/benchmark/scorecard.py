@@ -160,8 +160,9 @@ def _row(results: list[CaseResult], methods: list[str]) -> Row:
     )
 
 
-RANKINGS = ("combined", "pixel", "concept")
-"""The rankings a case is scored on: both analyses together (the result's own detection fields), each alone."""
+RANKINGS = ("combined", "pixel", "concept", "activation_max")
+"""The rankings a case is scored on: the ranked analyses together (the result's own detection fields,
+spray.benchmark.run.RANKED), each analysis alone."""
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,14 @@ def candidate_layers(model: nn.Module, x: Tensor, limit: int = CANDIDATES) -> li
     return [*maps[-(limit - 1):], last] if limit > 1 else [last]
 
 
+def first_layer(model: nn.Module, x: Tensor) -> str:
+    """The first feature map of the forward pass, as :func:`candidate_layers` counts feature maps (the first
+    block's or activation's output; ``model.FEATURE_LAYER`` where the model declares one): where what the images
+    contain is read before the model composes it (the benchmark CNN's first ReLU, ``features.2``). ``x``: a
+    sample batch (one sample runs)."""
+    return candidate_layers(model, x, limit=len(module_names(model)) + 1)[0]
+
+
 @contextmanager
 def capture(model: nn.Module, layer: str, *, differentiable: bool = False) -> Iterator[list[Tensor]]:
     """While active, every output of module ``layer`` is appended to the yielded list (graph kept), in its

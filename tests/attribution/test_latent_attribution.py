@@ -54,6 +54,26 @@ def test_activations_are_mean_pooled_and_a_grid_of_one_gives_channel_values(tmp_
                                rtol=1e-5, atol=1e-6)
 
 
+def test_max_pooled_activations_are_each_cell_s_maximum_over_the_pixels_overlapping_it(tmp_path):
+    path = tmp_path / "audit.h5"
+    lrp = LRP(EpsilonPlusFlat())
+    for grid in (1, 2, 4):
+        _run(path, LatentAttributor(lrp, "1", grid=grid, quantity="activation_max"), name=f"max{grid}")
+    model, (x, _) = make_model(), make_dataset().tensors
+    a = torch.relu(model[0](x)).detach().numpy()  # (N, 3, 6, 10)
+    with AuditStore(path) as store:
+        stored = {grid: store.read(f"attributions/max{grid}/relevance") for grid in (1, 2, 4)}
+        assert store.attribution_info("max2")["params"]["quantity"] == "activation_max"
+    close = {"rtol": 1e-5, "atol": 1e-6}
+    np.testing.assert_allclose(stored[1][:, :, 0, 0], a.max((2, 3)), **close)  # every position
+    np.testing.assert_allclose(stored[2], a.reshape(N, 3, 2, 3, 2, 5).max((3, 5)), **close)  # cells of 3 × 5
+    # 6 × 10 into 4 × 4: row cells [0, 1.5), [1.5, 3), [3, 4.5), [4.5, 6), column cells of 2.5 pixels; a pixel
+    # that straddles two cells counts in both.
+    rows, columns = [[0, 1], [1, 2], [3, 4], [4, 5]], [[0, 1, 2], [2, 3, 4], [5, 6, 7], [7, 8, 9]]
+    expected = np.array([[a[:, :, r][:, :, :, c].max((2, 3)) for c in columns] for r in rows])  # (4, 4, N, 3)
+    np.testing.assert_allclose(stored[4], expected.transpose(2, 3, 0, 1), **close)
+
+
 def test_an_interrupted_latent_attribution_resumes_to_the_bytes_of_an_uninterrupted_one(tmp_path):
     attributor = LatentAttributor(LRP(EpsilonPlusFlat()), "1", grid=3)
     _run(tmp_path / "whole.h5", attributor)
@@ -82,7 +102,8 @@ def test_bad_latent_parameters_are_refused_by_name():
     lrp = LRP(EpsilonPlusFlat())
     with pytest.raises(BadInputError, match=r"^grid must be >= 1, got 0$"):
         LatentAttributor(lrp, "1", grid=0)
-    with pytest.raises(BadInputError, match=r"^quantity must be one of 'relevance', 'activation'; got 'gradient'$"):
+    with pytest.raises(BadInputError, match=r"^quantity must be one of 'relevance', 'activation', 'activation_max'; "
+                                            r"got 'gradient'$"):
         LatentAttributor(lrp, "1", quantity="gradient")
 
 
@@ -118,3 +139,5 @@ def test_a_vit_block_s_latent_relevance_is_one_value_per_channel_summing_to_the_
     torch.testing.assert_close(logits, latent.logits)
     activation = LatentAttributor(lrp, block, grid=2, quantity="activation").attribute(model, x, target)[0]
     torch.testing.assert_close(activation[:, :, 0, 0], latent.activation.mean(1))
+    maximum = LatentAttributor(lrp, block, grid=2, quantity="activation_max").attribute(model, x, target)[0]
+    torch.testing.assert_close(maximum[:, :, 0, 0], latent.activation.amax(1))  # the maximum over every token

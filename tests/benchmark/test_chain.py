@@ -54,16 +54,19 @@ def test_a_case_is_scored_against_its_ground_truth(finished):
     assert all(-1 < v < 50 for v in result.aopc.values())  # logit drops of a digits model
     assert set(result.seconds) == set(result.cpu_seconds) == set(result.peak_rss_mib) == {
         "train", "attribute", "analyze", "rank", "clarc", "score", "baseline", "faithfulness"}
-    # The main fields come from the ranking over the pixel-level and the concept-level analysis together; each
-    # alone is scored as `pixel` and `concept`, and the combined one names the poisoned class by the stronger.
-    assert set(result.pixel) == set(result.concept) == {
+    # The main fields come from the ranking over the pixel-level and the concept-level analysis and the first
+    # feature map's max-pooled activations together; each alone is scored as `pixel`, `concept` and
+    # `activation_max`, and the combined one names the poisoned class by the strongest.
+    assert set(result.pixel) == set(result.concept) == set(result.activation_max) == {
         "rank", "flagged", "analysis", "cluster", "cluster_size", "precision", "recall", "f1", "cav_auroc",
         "clean_flags", "clean_classes"}
-    assert (result.pixel["analysis"], result.concept["analysis"]) == ("spray", "concept")
-    alone = result.pixel if result.analysis == "spray" else result.concept
-    assert result.analysis in ("spray", "concept") and (result.cluster, result.f1, result.cav_auroc) == (
+    assert (result.pixel["analysis"], result.concept["analysis"], result.activation_max["analysis"]) == (
+        "spray", "concept", "activation_max")
+    alone = {"spray": result.pixel, "concept": result.concept, "activation_max": result.activation_max}.get(
+        result.analysis)
+    assert alone is not None and (result.cluster, result.f1, result.cav_auroc) == (
         alone["cluster"], alone["f1"], alone["cav_auroc"])
-    for scores in (result.pixel, result.concept):
+    for scores in (result.pixel, result.concept, result.activation_max):
         assert 1 <= scores["rank"] <= 10 and scores["clean_classes"] == 9 and scores["cluster"].startswith("8:")
         assert 0 <= scores["f1"] <= 1 and 0 <= scores["cav_auroc"] <= 1 and scores["cluster_size"] > 0
 

@@ -5,10 +5,12 @@ to the ranking or the flags (spray/ranking.py) changes no model, no attribution 
 detection scores can be measured in seconds per case from those caches, without the ClArC corrections,
 baselines and faithfulness scores a new scoring version of the benchmark would recompute. Per case: the model
 (for whether it *uses* the artifact: accuracy with the artifact in every clean test image at least 5 points
-under clean accuracy, as the scorecard decides), then ``rank_analyses(store, ["spray", "concept"])`` and each
-analysis alone, scored by the benchmark's own detection scoring (spray.benchmark.run): the poisoned class's
-rank, its flag, the F1 and CAV AUROC of its named cluster, and the flags raised on clean classes (every class
-of the control).
+under clean accuracy, as the scorecard decides), then ``rank_analyses(store, RANKED)`` (spray.benchmark.run
+.RANKED: pixel-level, concept-level and the first feature map's max-pooled activations, ``activation_max``), the
+two relevance analyses ranked without ``activation_max`` (``relevance``: the benchmark's ranking before it
+joined) and each analysis alone, scored by the benchmark's own detection scoring (spray.benchmark.run): the
+poisoned class's rank, its flag, the F1 and CAV AUROC of its named cluster, and the flags raised on clean
+classes (every class of the control).
 
 Prints one row per case, then per split and ranking: cases, ranked first and flagged among the cases whose
 model uses the artifact, mean F1 there, false flags on clean classes (with a Wilson 95 % interval) and on
@@ -16,7 +18,7 @@ the controls. ``--seeds`` restricts the cases to some seeds, e.g. to report seed
 a rule apart from the ones that were.
 
 Run:  python tests/benchmarks/bench_detection.py CACHE [CACHE ...] [--seeds 1,101] [--json OUT]
-(a case found in several caches is taken from the first; cases whose store lacks either analysis are skipped
+(a case found in several caches is taken from the first; cases whose store lacks an analysis are skipped
 with the reason).
 """
 
@@ -33,14 +35,14 @@ import torch
 from spray.benchmark.cases import QUICK, Case, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.models import build
-from spray.benchmark.run import USES_MARGIN, _detect, case_directory
+from spray.benchmark.run import ACTIVATION_MAX, RANKED, USES_MARGIN, _detect, case_directory
 from spray.errors import BadInputError, StoreError
 from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
 from spray.training import accuracy
 
 CASE_DIRECTORY = re.compile(r"(\w+)-p(\d\d)-(\w+)-s(\d+)-(dev|heldout)-[0-9a-f]{10}")
-RANKINGS = ("combined", "pixel", "concept")
+RANKINGS = ("combined", "relevance", "pixel", "concept", ACTIVATION_MAX)
 
 
 def cases(caches: list[Path], seeds: set[int] | None) -> list[tuple[Case, Path]]:
@@ -67,8 +69,9 @@ def score(case: Case, directory: Path, images: object) -> dict:
     clean = accuracy(model, data.dataset(data.clean_test))
     everywhere = None if data.everywhere_test is None else accuracy(model, data.dataset(data.everywhere_test))
     with AuditStore(directory / "audit.h5", mode="r") as store:
-        rankings = {"combined": rank_analyses(store, ["spray", "concept"]), "pixel": rank_classes(store, "spray"),
-                    "concept": rank_classes(store, "concept")}
+        rankings = {"combined": rank_analyses(store, RANKED), "relevance": rank_analyses(store, ["spray", "concept"]),
+                    "pixel": rank_classes(store, "spray"), "concept": rank_classes(store, "concept"),
+                    ACTIVATION_MAX: rank_classes(store, ACTIVATION_MAX)}
     return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed,
             "uses": None if everywhere is None else clean - everywhere >= USES_MARGIN,
             **{name: _detect(data, model, r)[1] for name, r in rankings.items()}}

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from spray.benchmark.models import cnn
-from spray.clarc.activations import activations, candidate_layers, pool
+from spray.clarc.activations import activations, candidate_layers, first_layer, pool
 from spray.clarc.cav import CAV
 from spray.clarc.layer_choice import AUC_TOLERANCE, MIN_KEPT, LayerFigures, choose_layer, layer_figures, pick_layer
 from spray.clarc.projective import project_model
@@ -53,6 +53,14 @@ def test_candidates_of_a_block_model_are_its_blocks_the_last_ones_up_to_the_limi
     assert candidate_layers(model, x) == ["layer1.0", "layer1.1", "layer2.0", "layer2.1.relu"]
     assert candidate_layers(model, x, limit=6) == ["act", "layer1.0", "layer1.1", "layer2.0", "layer2.1.relu"]
     assert candidate_layers(model, x, limit=1) == ["layer2.1.relu"]
+
+
+def test_the_first_layer_is_the_first_feature_map_of_the_forward_pass():
+    assert first_layer(cnn(), torch.zeros(2, 1, 28, 28)) == "features.2"  # the first block's ReLU
+    model = blocks_model()
+    assert first_layer(model, torch.zeros(2, 1, 8, 8)) == "act"  # the stem's ReLU, before any block
+    model.FEATURE_LAYER = "layer1.1"
+    assert first_layer(model, torch.zeros(2, 1, 8, 8)) == "layer1.1"  # its author chose the one layer
 
 
 def test_a_declared_feature_layer_is_the_only_candidate():

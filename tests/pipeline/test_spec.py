@@ -33,6 +33,16 @@ def test_the_concept_pipeline_reads_latent_relevance_channel_by_channel_as_the_b
     assert spec.nodes == pipeline_from_text(CONCEPT_PIPELINE).nodes
 
 
+def test_the_activation_max_pipeline_is_the_concept_analysis_of_the_max_pooled_activations_as_the_benchmark_runs_it():
+    from spray.benchmark.run import ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE
+
+    spec = read_pipeline(REPO / "pipelines" / "activation_max.toml")
+    assert (spec.name, spec.attribution) == ("activation_max", "activation_max")
+    assert spec.nodes == pipeline_from_text(ACTIVATION_MAX_PIPELINE).nodes
+    assert spec.nodes == pipeline_from_text(CONCEPT_PIPELINE).nodes  # the same nodes on another attribution
+    assert spec.nodes == read_pipeline(REPO / "pipelines" / "concept.toml").nodes
+
+
 def test_optional_nodes_run_only_when_their_table_is_present():
     spec = pipeline_from_text("[umap]\nmin_dist = 0.2\n")
     assert "umap" in spec.nodes and "tsne" not in spec.nodes and "hdbscan" not in spec.nodes

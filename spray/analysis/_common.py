@@ -1,10 +1,11 @@
 """Shared by the analysis processors: boundary checks of arrays and labels (every failure names the offending
-parameter; the scalar checks live in spray._checks and are re-exported here), seeds, thread limits."""
+parameter; the scalar checks live in spray._checks and are re-exported here), seeds, thread limits, numba's
+cache for library kernels."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from numbers import Integral
 from typing import Any
@@ -14,8 +15,8 @@ import numpy as np
 from spray._checks import check_choice, check_int, check_real
 from spray.errors import BadInputError
 
-__all__ = ["check_choice", "check_int", "check_labels", "check_matrix", "check_real", "held_threads",
-           "limited_threads", "pinned_threads", "rng_from", "seed_from"]
+__all__ = ["cache_numba_kernels", "check_choice", "check_int", "check_labels", "check_matrix", "check_real",
+           "held_threads", "limited_threads", "pinned_threads", "rng_from", "seed_from"]
 
 
 def check_matrix(x: Any, name: str, *, min_rows: int = 1, dtype: Any = np.float64) -> np.ndarray:
@@ -145,3 +146,15 @@ def limited_threads(n_threads: int | None) -> Iterator[None]:
 
     with threadpool_limits(limits=check_int(n_threads, "n_threads", minimum=1)):
         yield
+
+
+def cache_numba_kernels(kernels: Iterable[Any]) -> None:
+    """Turn on numba's on-disk cache (``NUMBA_CACHE_DIR``) for library kernels declared without it.
+
+    Call before they first compile: a later process with the same cache directory, library versions and CPU
+    then loads them instead of compiling. An entry that is not a numba dispatcher (a library version without
+    that kernel: None) is left as it is.
+    """
+    for kernel in kernels:
+        if hasattr(kernel, "enable_caching"):
+            kernel.enable_caching()

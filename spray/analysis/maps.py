@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from spray.analysis._common import check_choice, check_int, check_matrix, check_real, seed_from
+from spray.analysis._common import cache_numba_kernels, check_choice, check_int, check_matrix, check_real, seed_from
 from spray.analysis.knn import knn_adjacency
 from spray.errors import BadInputError
 
@@ -69,20 +69,15 @@ _UMAP_UNCACHED_KERNELS = (
 
 @functools.cache
 def _cache_umap_kernels() -> None:
-    """Turn on numba's on-disk cache for :data:`_UMAP_UNCACHED_KERNELS` (once per process, before they compile).
+    """numba's on-disk cache for :data:`_UMAP_UNCACHED_KERNELS` (once per process, before they compile).
 
     Without it every process compiled them on its first map: ≈ 8 s CPU, more than the optimisation of a
-    20k-point map on its graph (≈ 5–10 s CPU; docs/benchmarks.md). With it a process loads what an earlier one
-    (same ``NUMBA_CACHE_DIR``, same library versions and CPU) compiled. A kernel missing from another umap
-    version is left as it is.
+    20k-point map on its graph (≈ 5–10 s CPU; docs/benchmarks.md).
     """
     from umap import layouts, umap_
 
     modules = {"umap_": umap_, "layouts": layouts}  # a fixed table: nothing is imported by a name read
-    for module, name in _UMAP_UNCACHED_KERNELS:
-        kernel = getattr(modules[module], name, None)
-        if hasattr(kernel, "enable_caching"):
-            kernel.enable_caching()
+    cache_numba_kernels(getattr(modules[module], name, None) for module, name in _UMAP_UNCACHED_KERNELS)
 
 
 class UMAPMap:

@@ -182,3 +182,12 @@ def test_non_finite_rows_are_named():
     X[4, 1] = np.nan
     with pytest.raises(BadInputError, match=r"X has non-finite values .*\[4\]"):
         KNNGraph(3).fit(X)
+
+
+def test_nndescent_kernels_named_for_the_cache_exist_and_get_numba_s_file_cache():
+    from numba.core.caching import FunctionCache
+    from pynndescent import pynndescent_
+
+    kernels = [getattr(pynndescent_, name) for name in knn_module._NNDESCENT_UNCACHED_KERNELS]
+    knn_module._cache_nndescent_kernels()
+    assert [type(kernel._cache) for kernel in kernels] == [FunctionCache] * len(kernels)

@@ -190,6 +190,8 @@ def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | Non
     X, truth, t_pre, c_pre, t_gen = _features(n, seed)
     out["generate_s"] = t_gen
     stage("preprocess", t_pre, c_pre)
+    out["gemm"], out["d"] = gemm_gflops(), X.shape[1]  # between the stages: in no stage's time
+    cpu[0] = time.process_time()
 
     t = time.perf_counter()
     knn = KNNGraph(n_neighbors=10, method="auto", random_state=0, search_neighbors=knn_search).fit(X)
@@ -266,8 +268,9 @@ def worker_pipeline(n: int, seed: int) -> dict:
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def gemm_gflops() -> float:
-    """The machine's float32 matmul rate (GFLOP/s, wall, torch's default threads): best of 3 at 4096 x 1024 x 4096."""
+def gemm_gflops() -> tuple[float, int]:
+    """The machine's float32 matmul rate (GFLOP/s, wall) on torch's threads, best of 3 at 4096 x 1024 x 4096; the
+    thread count."""
     import torch
 
     A, B, C = torch.randn(4096, 1024), torch.randn(4096, 1024), torch.empty(4096, 4096)
@@ -277,7 +280,23 @@ def gemm_gflops() -> float:
         t = time.perf_counter()
         torch.mm(A, B.T, out=C)
         best = min(best, time.perf_counter() - t)
-    return 2 * 4096 * 4096 * 1024 / best / 1e9
+    return 2 * 4096 * 4096 * 1024 / best / 1e9, torch.get_num_threads()
+
+
+def gemm_line(n: int, d: int, method: str, seconds: float, cpu_seconds: float, gemm: list) -> str:
+    """The kNN stage against the machine's float32 GEMM rate ``gemm`` ((GFLOP/s, torch threads) measured in the
+    same process as the search).
+
+    The exact search's rate is the full symmetric search's n^2 d flops (n(n-1)/2 pairs x 2d) over its wall time:
+    its share of GEMM says how close the search is to the matmul floor (above 100 % when pruning skips pairs).
+    NN-descent does no matmuls: only the GEMM rate is printed.
+    """
+    line = (f"kNN: {seconds:.2f} s wall, {cpu_seconds:.2f} s CPU; float32 GEMM {gemm[0]:.0f} GFLOP/s on {gemm[1]} "
+            "torch threads (measured before it)")
+    if method != "exact":
+        return line + f"; {method} search (NN-descent): no GEMM share"
+    rate = n * n * d / seconds / 1e9
+    return line + f"; full-search equivalent {rate:.0f} GFLOP/s = {100 * rate / gemm[0]:.0f} % of GEMM"
 
 
 def worker_compare_spray(n: int, seed: int, out_npz: str, mode: str) -> dict:
@@ -312,7 +331,7 @@ def worker_compare_spray(n: int, seed: int, out_npz: str, mode: str) -> dict:
             "core_s": t3 - t0, "whole_s": t5 - t0, "core_cpu_s": c3 - c0, "whole_cpu_s": c5 - c0,
             "peak_rss_mb": _peak_rss_mb(), "rss_features_mb": rss0, "n_components": spec.n_components_,
             "ari": _ari(truth, km.labels_[N_CLUSTERS]), "knn_method": knn.method_, "mode": mode,
-            "load": [load0, os.getloadavg()[0]], "gemm_gflops": gemm, "knn_cpu_s": c1 - c0, "d": X.shape[1]}
+            "load": [load0, os.getloadavg()[0]], "gemm": gemm, "knn_cpu_s": c1 - c0, "d": X.shape[1]}
 
 
 def worker_corelay(n: int, seed: int, out_npz: str) -> dict:
@@ -410,6 +429,7 @@ def report_spray(results: list[dict]) -> None:
         print(f"{'':>9} load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end; recall on "
               f"{r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
               f"{r['umap_epochs']} epochs")
+        print(f"{'':>9} " + gemm_line(r["n"], r["d"], r["knn_method"], r["stages"]["knn"], r["cpu"]["knn"], r["gemm"]))
         m = r["map"]
         print(f"{'':>9} UMAP map on {m['queries']} points ({r['umap_negative_samples']} negative per positive sample): "
               f"neighbour purity {m['purity']:.4f} (share of the 10 kNN-graph neighbours among the 10 nearest map "
@@ -436,12 +456,7 @@ def report_compare(sides: dict[str, dict], c: dict, n: int, eig: dict[str, np.nd
         print(f"  spray, {mode} ({s['knn_method']} kNN): " + ", ".join(f"{k} {v:.1f}" for k, v in s["stages"].items()) +
               f"; load average {s['load'][0]:.1f} -> {s['load'][1]:.1f}; peak RSS {s['peak_rss_mb_parent_view']:.0f} MB "
               f"(incl. ~{s['rss_features_mb']:.0f} MB interpreter + features); ARI {s['ari']:.3f} (first k eigenvectors)")
-        # The full symmetric search's n^2 d flops (n(n-1)/2 pairs x 2d) over the kNN's wall time: the share of
-        # the machine's matmul rate the search reached (above 100 % when pruning skips pairs).
-        knn_rate = n * n * s["d"] / s["stages"]["knn"] / 1e9
-        print(f"    kNN: {s['stages']['knn']:.2f} s wall, {s['knn_cpu_s']:.2f} s CPU; float32 GEMM {s['gemm_gflops']:.0f} "
-              f"GFLOP/s measured before it; full-search equivalent {knn_rate:.0f} GFLOP/s = "
-              f"{100 * knn_rate / s['gemm_gflops']:.0f} % of GEMM")
+        print("    " + gemm_line(n, s["d"], s["knn_method"], s["stages"]["knn"], s["knn_cpu_s"], s["gemm"]))
         print(f"    core (kNN graph -> Laplacian -> 32 eigenpairs -> k-means 2..30): CoRelAy {c['core_s']:.1f} s / spray "
               f"{s['core_s']:.1f} s = {rc:.1f}x wall (target >= 20x: {'MET' if rc >= 20 else 'MISSED'}); CPU "
               f"{c['core_cpu_s']:.1f} / {s['core_cpu_s']:.1f} s = {rcc:.1f}x")

@@ -582,6 +582,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "pipeline_null_samples": lambda i: _pipeline(i, "null2.toml", SMALL_SPECTRAL + "[null]\nmax_samples = 8\n"),
     "pipeline_outliers_thresholds": lambda i: _pipeline(i, "outl1.toml", SMALL_SPECTRAL + "[outliers]\nthresholds = []\n"),
     "pipeline_outliers_not_list": lambda i: _pipeline(i, "outl2.toml", "[outliers]\nthresholds = 2.0\n"),
+    "pipeline_counts_not_ints": lambda i: _pipeline(i, "counts.toml", '[agglomerative]\nn_clusters = [2, "four"]\n'),
     "pipeline_outliers_neighbor": lambda i: _pipeline(i, "outl3.toml", SMALL_SPECTRAL + "[outliers]\nneighbor = 11\n"),
     # run files
     "run_without_data": lambda i: _pipeline(i, "run1.toml", f'[model]\nfactory = "{MODEL}"\n'),

@@ -10,10 +10,10 @@ import inspect
 import json
 import re
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from spray._checks import check_regular_file
 from spray.errors import PipelineError
@@ -149,7 +149,10 @@ def _check_params(source: str, text: str, table: str, params: Any, defaults: Map
         default = defaults[key]
         if default is not None and not _same_kind(default, value):
             kind = default if isinstance(default, type) else type(default)
-            name = "list" if issubclass(kind, (list, tuple)) else kind.__name__  # TOML has arrays, no tuples
+            if issubclass(kind, IntOrInts):
+                name = "int or list of int"
+            else:
+                name = "list" if issubclass(kind, (list, tuple)) else kind.__name__  # TOML has arrays, no tuples
             raise PipelineError(f"{where(source, text, table, key)}: '{table}.{key}' must be {name}, got {value!r}")
 
 
@@ -158,6 +161,8 @@ def _same_kind(default: Any, value: Any) -> bool:
     default that is a type stands for a value of that type."""
     if isinstance(default, type):
         default = default()
+    if isinstance(default, IntOrInts):
+        return _is_int(value) or (isinstance(value, list) and bool(value) and all(map(_is_int, value)))
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(default, bool) and isinstance(value, bool)
     if isinstance(default, float):
@@ -185,13 +190,34 @@ def load_pipeline(path: str | Path, **kwargs: Any) -> PipelineSpec:
     return parse_pipeline(text, source=str(path), **kwargs)
 
 
+class IntOrInts(int):
+    """The int default of a parameter annotated ``int | Sequence[int]``: a pipeline file may give one integer
+    or a list of them (``[agglomerative] n_clusters = [2, 4, 8]``). Equal to, and serialised as, the int."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _takes_int_or_ints(annotation: Any) -> bool:
+    """Whether a type hint is a union of ``int`` and a sequence of ints."""
+    args = get_args(annotation)
+    return int in args and any(get_origin(a) is Sequence and get_args(a) == (int,) for a in args)
+
+
 def signature_defaults(fn: Any, skip: tuple[str, ...] = ("self",)) -> dict[str, Any]:
-    """A callable's parameters and their defaults (None where there is none), less ``skip``."""
-    return {
-        name: (None if p.default is inspect.Parameter.empty else p.default)
-        for name, p in inspect.signature(fn).parameters.items()
-        if name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    """A callable's parameters and their defaults (None where there is none), less ``skip``; an int default
+    of an ``int | Sequence[int]`` parameter is an :class:`IntOrInts`."""
+    hints = get_type_hints(fn)
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in skip or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        if _is_int(default) and _takes_int_or_ints(hints.get(name)):
+            default = IntOrInts(default)
+        out[name] = default
+    return out
 
 
 def constructor_defaults(cls: type) -> dict[str, Any]:

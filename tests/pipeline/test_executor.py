@@ -209,3 +209,17 @@ def test_outlier_groups_are_fda_candidates_and_find_the_planted_group(store):
     assert clean_attrs["info"]["n_groups"] == {"outliers_1.5": 0, "outliers_3": 0}
     assert clean_attrs["info"]["n_outliers"]["outliers_1.5"] == 7
     assert not np.any(np.char.startswith(clean_fda["cluster_clustering"].astype(str), "outliers_"))
+
+
+def test_agglomerative_with_several_cluster_counts_from_a_pipeline_file_stores_one_labelling_per_count(store):
+    path, heatmaps = store
+    _run(path, pipeline_text(agglomerative={"n_clusters": [2, 4]}))
+    with AuditStore(path) as audit:
+        labels, _ = audit.read_node("analyses/spray/1/agglomerative")
+        status, _ = audit.read_node("analyses/spray/1/status")
+        fda, _ = audit.read_node("analyses/spray/1/fda")
+    assert sorted(labels) == ["agglomerative_2", "agglomerative_4"]
+    assert [int(lab.max()) + 1 for _, lab in sorted(labels.items())] == [2, 4]
+    planted = np.isin(status["dataset_index"], heatmaps.planted)
+    assert len(np.unique(labels["agglomerative_2"][planted])) == 1  # the planted group stays together at k = 2
+    assert {"agglomerative_2", "agglomerative_4"} <= set(fda["cluster_clustering"].astype(str))

@@ -65,6 +65,18 @@ def test_wrong_type_names_the_parameter_and_expected_type():
         pipeline_from_text('[spectral]\nn_eigenpairs = "many"\n', source="p.toml")
 
 
+def test_a_parameter_annotated_int_or_ints_takes_one_integer_or_a_list_of_them():
+    assert pipeline_from_text("[agglomerative]\nn_clusters = [2, 4, 8]\n").nodes["agglomerative"]["n_clusters"] == [2, 4, 8]
+    assert pipeline_from_text("[agglomerative]\nn_clusters = 3\n").nodes["agglomerative"]["n_clusters"] == 3
+    for value in ('[2, "4"]', "[]", "2.5", "[true]"):
+        with pytest.raises(PipelineError, match=r"p\.toml, line 2: 'agglomerative\.n_clusters' must be int or list "
+                                                r"of int, got "):
+            pipeline_from_text(f"[agglomerative]\nn_clusters = {value}\n", source="p.toml")
+    # Other int parameters still take one integer only.
+    with pytest.raises(PipelineError, match=r"'knn\.n_neighbors' must be int, got \[5, 10\]"):
+        pipeline_from_text("[knn]\nn_neighbors = [5, 10]\n")
+
+
 def test_malformed_toml_is_a_pipeline_error_naming_the_file():
     with pytest.raises(PipelineError, match=r"p\.toml: malformed TOML"):
         pipeline_from_text("[knn\nn_neighbors = 3", source="p.toml")

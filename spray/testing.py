@@ -62,8 +62,10 @@ def make_heatmaps(
     return SyntheticHeatmaps(relevance_arr, labels_arr, strategy_arr, np.flatnonzero(strategy_arr < 0))
 
 
-def write_store(path: str | Path, heatmaps: SyntheticHeatmaps, name: str = "synthetic") -> Path:
-    """An audit store holding ``heatmaps`` as attribution ``name`` (targets = labels, logits one-hot)."""
+def write_store(path: str | Path, heatmaps: SyntheticHeatmaps, name: str = "synthetic",
+                params: dict[str, Any] | None = None) -> Path:
+    """An audit store holding ``heatmaps`` as attribution ``name`` (targets = labels, logits one-hot) whose
+    recorded parameters are ``params`` (none by default)."""
     n = heatmaps.labels.shape[0]
     n_classes = int(heatmaps.labels.max()) + 1
     logits = np.eye(n_classes, dtype=np.float32)[heatmaps.labels]
@@ -78,7 +80,7 @@ def write_store(path: str | Path, heatmaps: SyntheticHeatmaps, name: str = "synt
             name,
             input_shape=heatmaps.relevance.shape[1:],
             n_outputs=n_classes,
-            attrs={"method": name, "params": {}, "model_hash": "0" * 64, "model_name": "synthetic",
+            attrs={"method": name, "params": dict(params or {}), "model_hash": "0" * 64, "model_name": "synthetic",
                    "batch_size": n, "target": "label"},
         )
         store.write_batch(

@@ -141,6 +141,9 @@ class ClassView:
     map_name: str
     clusters: list[ClusterView]
     hidden_clusters: int
+    activations: bool = False
+    """The analysis grouped latent activations, not relevance (``spray attribute --latent-quantity activation``
+    or ``activation_max``): the class's maps and channels are what the layer responds to, not explanations."""
 
 
 @dataclass
@@ -184,6 +187,7 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
         latent = [a for a in names_of if infos[a].get("method") == LATENT_METHOD]
         # A concept-level analysis's groups are told apart by relevance per channel as its preprocessing saw it.
         preprocessing = {a: json.loads(summaries[a]["pipeline"])["nodes"].get("preprocess", {}) for a in latent}
+        activations = {a for a in latent if (infos[a].get("params") or {}).get("quantity", "relevance") != "relevance"}
         if audited is not None and not latent:
             raise BadInputError(
                 f"the model given (--model) draws conditional heatmaps of concept-level analyses, but "
@@ -210,7 +214,7 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
                     with store.interpreting(f"class {cls.label} of analysis {analysis!r}"):
                         classes.append(_class_view(store, summaries[analysis]["attribution"], cls, entry,
                                                    has_thumbnails, preprocessing.get(analysis),
-                                                   explainers.get(analysis)))
+                                                   explainers.get(analysis), analysis in activations))
         clarc = []
         for run in read_clarc_runs(store):
             with store.interpreting(f"node clarc/{run.run}/result"):
@@ -384,9 +388,10 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
 
 def _class_view(
     store: AuditStore, attribution: str, cls: ClassAnalysis, entry: RankedClass, has_thumbnails: bool,
-    preprocess: dict[str, Any] | None, explainer: ConditionalExplainer | None,
+    preprocess: dict[str, Any] | None, explainer: ConditionalExplainer | None, activations: bool = False,
 ) -> ClassView:
-    """``preprocess``: a concept-level analysis's preprocessing parameters (None: a pixel-level analysis)."""
+    """``preprocess``: a concept-level analysis's preprocessing parameters (None: a pixel-level analysis);
+    ``activations``: its latent attribution holds activations, not relevance."""
     best = cls.best
     if best is not None:
         clustering, flagged = best["clustering"], int(best["cluster"])
@@ -485,6 +490,7 @@ def _class_view(
         map_name=map_name,
         clusters=clusters,
         hidden_clusters=len(order) - len(shown),
+        activations=activations,
     )
 
 

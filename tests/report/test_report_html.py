@@ -311,6 +311,35 @@ def test_a_concept_analysis_shows_each_groups_most_relevant_channels_with_their_
     assert f"most relevant channels: {', '.join(cluster.channels)}" in render_report(path, "concept")
 
 
+def test_an_analysis_of_latent_activations_is_worded_as_activations_not_relevance(tmp_path):
+    heatmaps = make_heatmaps(n_per_class=30, n_classes=2, size=8, seed=1)
+    n = len(heatmaps.labels)
+    tiles = heatmaps.relevance.reshape(n, 4, 2, 4, 2).transpose(0, 1, 3, 2, 4).reshape(n, 16, 2, 2)
+    latent = type(heatmaps)(np.abs(np.ascontiguousarray(tiles)), heatmaps.labels, heatmaps.strategy,
+                            heatmaps.planted)
+    pipeline = pipeline_text("tiny", analysis={"name": "concept", "attribution": "latent"},
+                             preprocess={"channel_reduction": "keep", "normalization": "l2"})
+    html = {}
+    for quantity in ("relevance", "activation_max"):
+        path = write_store(tmp_path / f"{quantity}.h5", latent, name="latent", params={"quantity": quantity})
+        analyze(str(path), pipeline_from_text(pipeline), progress=False)
+        html[quantity] = render_report(path, "concept")
+        view = gather(path, "concept", None)["classes"][0]
+        assert view.activations == (quantity == "activation_max")
+        assert view.clusters[0].channels  # the same channels, named by what they hold
+    worded = {
+        "relevance": ["Map of explanations", "average explanation</div>", "most relevant channels: ",
+                      "(mean normalised relevance, group minus rest of the class)"],
+        "activation_max": ["Map of activations", "average activation (channels summed; not an explanation)",
+                           "most active channels: ", "(mean normalised activation, group minus rest of the class)"],
+    }
+    for quantity, other in (("relevance", "activation_max"), ("activation_max", "relevance")):
+        for phrase in worded[quantity]:
+            assert phrase in html[quantity], (quantity, phrase)
+        for phrase in worded[other]:
+            assert phrase not in html[quantity], (quantity, phrase)
+
+
 def test_a_report_of_several_analyses_follows_their_combined_ranking(concept_store):
     with AuditStore(concept_store) as store:
         ranking = rank_analyses(store, ["spray", "concept"])

@@ -29,6 +29,12 @@ def _run(path, text=pipeline_text(), **kwargs):
     return result, runs
 
 
+def _nodes(path, label, *names):
+    """(arrays, attrs) of the named nodes of class ``label`` of analysis spray."""
+    with AuditStore(path) as audit:
+        return [audit.read_node(f"analyses/spray/{label}/{name}") for name in names]
+
+
 def test_first_run_computes_every_node_of_every_class_and_second_run_nothing(store):
     path, _ = store
     result, runs = _run(path)
@@ -191,12 +197,8 @@ def test_the_selection_null_reduces_k_means_but_never_below_the_pipelines_range(
 def test_outlier_groups_are_fda_candidates_and_find_the_planted_group(store):
     path, heatmaps = store
     _run(path, pipeline_text(outliers={"thresholds": [1.5, 3.0]}))
-    with AuditStore(path) as audit:
-        outliers, attrs = audit.read_node("analyses/spray/1/outliers")
-        status, _ = audit.read_node("analyses/spray/1/status")
-        fda, _ = audit.read_node("analyses/spray/1/fda")
-        clean, clean_attrs = audit.read_node("analyses/spray/0/outliers")
-        clean_fda, _ = audit.read_node("analyses/spray/0/fda")
+    (outliers, attrs), (status, _), (fda, _) = _nodes(path, 1, "outliers", "status", "fda")
+    (clean, clean_attrs), (clean_fda, _) = _nodes(path, 0, "outliers", "fda")
     assert sorted(outliers) == ["outliers_1.5", "outliers_3"]
     for labels in outliers.values():
         assert status["dataset_index"][labels == 0].tolist() == heatmaps.planted.tolist() and labels.max() == 0
@@ -214,10 +216,7 @@ def test_outlier_groups_are_fda_candidates_and_find_the_planted_group(store):
 def test_agglomerative_with_several_cluster_counts_from_a_pipeline_file_stores_one_labelling_per_count(store):
     path, heatmaps = store
     _run(path, pipeline_text(agglomerative={"n_clusters": [2, 4]}))
-    with AuditStore(path) as audit:
-        labels, _ = audit.read_node("analyses/spray/1/agglomerative")
-        status, _ = audit.read_node("analyses/spray/1/status")
-        fda, _ = audit.read_node("analyses/spray/1/fda")
+    (labels, _), (status, _), (fda, _) = _nodes(path, 1, "agglomerative", "status", "fda")
     assert sorted(labels) == ["agglomerative_2", "agglomerative_4"]
     assert [int(lab.max()) + 1 for _, lab in sorted(labels.items())] == [2, 4]
     planted = np.isin(status["dataset_index"], heatmaps.planted)

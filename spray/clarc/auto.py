@@ -43,12 +43,12 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import binom
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
-from spray.clarc.transform import (Paste, Shift, agreed_area, artifact_kind, artifact_transform, coverage, mean_shift,
-                                   pasted_mask)
+from spray.clarc.transform import (Paste, Shift, agreed_area, artifact_kind, coverage, mean_shift, pasted_mask,
+                                   shift_or_paste)
 from spray.training import predict, stack_samples
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global"), ("rrclarc", "local")),
@@ -87,7 +87,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         fit, val = inferred.split(seed=tuning.seed)
         delta = mean_shift(dataset, artifact)
         kind = artifact_kind(artifact, delta)
-        transforms = counterfactual_transforms(artifact, dataset, kind)
+        transforms = counterfactual_transforms(artifact, delta, kind)
         part, reduced = Subset(dataset, fit), within(artifact, fit)
         # Computed once for every candidate: the validation samples and which of them the original gets right.
         x_val, y_val = stack_samples(dataset, val)
@@ -117,10 +117,10 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
     return correct
 
 
-def counterfactual_transforms(artifact: Any, dataset: Dataset, kind: str) -> list[Paste | Shift]:
+def counterfactual_transforms(artifact: Any, delta: Tensor, kind: str) -> list[Paste | Shift]:
     """The transformations whose counterfactual groups score the candidates for an artifact of ``kind``
-    (:data:`COUNTERFACTUALS`)."""
-    return [artifact_transform(artifact, dataset, k) for k in COUNTERFACTUALS[kind]]
+    (:data:`COUNTERFACTUALS`), from its mean shift ``delta`` (spray.clarc.transform.mean_shift)."""
+    return [shift_or_paste(artifact, delta, k) for k in COUNTERFACTUALS[kind]]
 
 
 def candidate_name(method: str, transformation: str) -> str:

@@ -108,7 +108,12 @@ def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto") -
     """The artifact's transformation: ``kind="auto"`` by :func:`artifact_kind`, or forced ``"local"``
     (:class:`Paste`) / ``"global"`` (:class:`Shift`)."""
     check_choice(kind, "artifact kind", KINDS)
-    delta = mean_shift(dataset, artifact)
+    return shift_or_paste(artifact, mean_shift(dataset, artifact), kind)
+
+
+def shift_or_paste(artifact: object, delta: Tensor, kind: str = "auto") -> Paste | Shift:
+    """:func:`artifact_transform` with the artifact's mean shift ``delta`` (:func:`mean_shift`) already
+    computed, for callers that need it more than once."""
     if kind == "auto":
         kind = artifact_kind(artifact, delta)
     if kind == "global":

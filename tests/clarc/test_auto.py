@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, candidate_name, choose, clean_figures,
                               counterfactual_transforms, loss_p_value, within)
-from spray.clarc.transform import Paste, Shift
+from spray.clarc.transform import Paste, Shift, mean_shift
 
 
 def validation(n: int, lost: int, gained: int, wrong: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -120,8 +120,8 @@ class Isolated:
 def test_a_global_artifact_is_scored_with_the_shift_alone_a_local_one_with_the_patch_and_the_shift():
     data = TensorDataset(torch.arange(4.0).reshape(4, 1, 1, 1), torch.zeros(4, dtype=torch.long))
     artifact = Isolated(torch.ones(1, 1), torch.full((1, 1, 1), 7.0), np.array([2, 3]), np.array([0, 1]))
-    (shift,) = counterfactual_transforms(artifact, data, "global")
+    (shift,) = counterfactual_transforms(artifact, mean_shift(data, artifact), "global")
     assert isinstance(shift, Shift) and shift.delta.item() == 2.0  # mean(2, 3) - mean(0, 1)
-    paste, shift = counterfactual_transforms(artifact, data, "local")
+    paste, shift = counterfactual_transforms(artifact, mean_shift(data, artifact), "local")
     assert isinstance(paste, Paste) and isinstance(shift, Shift)
     assert paste(torch.zeros(1, 1, 1, 1)).item() == 7.0

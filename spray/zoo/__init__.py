@@ -16,13 +16,13 @@ from spray.zoo.densenet import DenseNet, densenet121
 from spray.zoo.efficientnet import EfficientNet, efficientnet_b0
 from spray.zoo.mobilenet import InvertedResidual, MobileNetV2, mobilenet_v2
 from spray.zoo.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
-from spray.zoo.statistics import randomize_batch_norms
+from spray.zoo.statistics import draw_zero_parameters, randomize_batch_norms, randomize_layer_norms
 from spray.zoo.vgg import VGG, vgg16_bn
 from spray.zoo.vit import TimmVisionTransformer, VisionTransformer, timm_vit_tiny_16, vit_tiny_16
 
 __all__ = [
     "VGG", "BasicBlock", "Bottleneck", "CNBlockConfig", "ConvNeXt", "DenseNet", "EfficientNet", "InvertedResidual",
     "MobileNetV2", "ResNet", "TimmVisionTransformer", "VisionTransformer", "convnext_tiny", "densenet121",
-    "efficientnet_b0", "mobilenet_v2", "randomize_batch_norms", "resnet18", "resnet50", "timm_vit_tiny_16", "vgg16_bn",
-    "vit_tiny_16",
+    "draw_zero_parameters", "efficientnet_b0", "mobilenet_v2", "randomize_batch_norms", "randomize_layer_norms",
+    "resnet18", "resnet50", "timm_vit_tiny_16", "vgg16_bn", "vit_tiny_16",
 ]

@@ -21,7 +21,7 @@ from spray.attribution import AttributionRun, attribute_dataset
 from spray.data.models import model_hash
 from spray.demo.model import build_model
 from spray.lrp import Sum
-from spray.zoo import timm_vit_tiny_16, vit_tiny_16
+from spray.zoo import draw_zero_parameters, timm_vit_tiny_16, vit_tiny_16
 
 
 class Residual(nn.Module):
@@ -61,11 +61,7 @@ def _randomise_batchnorm(model: nn.Module) -> None:
 def _drawn(model: nn.Module) -> nn.Module:
     """A zoo ViT with its zero parameters (head, biases) drawn at random (zero logits explain nothing), in eval."""
     torch.manual_seed(0)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if not parameter.any():
-                parameter.normal_(0.0, 0.1)
-    return model.eval()
+    return draw_zero_parameters(model).eval()
 
 
 def gradient_pass(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from docs_block import write_block  # this folder, first on sys.path when run as a script
 from spray.attribution.faithfulness import PixelFlipping
 from spray.attribution.methods import get_method
 from spray.benchmark.faithfulness import FLIPPING
@@ -70,7 +71,6 @@ FILLS: dict[str, PixelFlipping] = {
 """Region perturbations: Samek et al. (2017)'s, removed regions filled with values drawn uniformly from the
 pixel range [0, 1], and the scorecard's (spray.benchmark.faithfulness.FLIPPING), filled with each image's
 mean. The regions, their order and the steps are the same."""
-BEGIN, END = "<!-- bench_faithfulness:begin -->", "<!-- bench_faithfulness:end -->"
 
 
 def digits(channels: int) -> tuple[TensorDataset, TensorDataset]:
@@ -151,14 +151,6 @@ def table(rows: dict[str, dict[str, dict[str, float]]], args: argparse.Namespace
     return "\n".join(lines)
 
 
-def write_docs(path: Path, text: str) -> None:
-    doc = path.read_text(encoding="utf-8")
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} block to replace")
-    head, rest = doc.split(BEGIN, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default=",".join(ARCHITECTURES))
@@ -177,7 +169,7 @@ def main() -> None:
     text = table(rows, args)
     print(text)
     if args.docs:
-        write_docs(args.docs, text)
+        write_block(args.docs, "bench_faithfulness", text)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from spray.cli import main
 from spray.lrp import LRP, Epsilon, EpsilonGammaBox, EpsilonPlusFlat, rules
 from spray.lrp.accounting import check, may_absorb
 from spray.lrp.functional import Gating, Normalization, Scaling
-from spray.zoo import CNBlockConfig, convnext_tiny, densenet121, efficientnet_b0, mobilenet_v2, randomize_batch_norms
+from spray.zoo import (
+    CNBlockConfig, convnext_tiny, densenet121, efficientnet_b0, mobilenet_v2, randomize_batch_norms,
+    randomize_layer_norms,
+)
 from spray.store import AuditStore
 from spray.testing import pipeline_text
 from tests.data.factories import efficientnet_model, rgb_conv_data
@@ -36,12 +39,7 @@ COMPOSITES = [EpsilonPlusFlat(), Epsilon(), EpsilonGammaBox(low=-3.0, high=3.0)]
 def _model(architecture: str) -> nn.Module:
     """The tiny model with drawn BatchNorm statistics and normalisation shifts (none is the identity)."""
     torch.manual_seed(0)
-    model = randomize_batch_norms(ARCHITECTURES[architecture]())
-    for module in model.modules():
-        if isinstance(module, nn.LayerNorm):
-            with torch.no_grad():
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.2)
+    model = randomize_layer_norms(randomize_batch_norms(ARCHITECTURES[architecture]()))
     return model.double().eval()
 
 

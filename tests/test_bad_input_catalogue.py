@@ -578,6 +578,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "pipeline_perplexity": lambda i: _pipeline(i, "tsne.toml", SMALL_SPECTRAL + "[tsne]\nperplexity = -1.0\n"),
     "pipeline_umap_negatives": lambda i: _pipeline(i, "umap.toml",
                                                    SMALL_SPECTRAL + "[umap]\nnegative_sample_rate = 0\n"),
+    "pipeline_umap_fit_samples": lambda i: _pipeline(i, "umap2.toml", SMALL_SPECTRAL + "[umap]\nmax_fit_samples = 2\n"),
     "pipeline_null_resamples": lambda i: _pipeline(i, "null1.toml", SMALL_SPECTRAL + "[null]\nn_resamples = 1\n"),
     "pipeline_null_samples": lambda i: _pipeline(i, "null2.toml", SMALL_SPECTRAL + "[null]\nmax_samples = 8\n"),
     "pipeline_outliers_thresholds": lambda i: _pipeline(i, "outl1.toml", SMALL_SPECTRAL + "[outliers]\nthresholds = []\n"),

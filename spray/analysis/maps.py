@@ -10,6 +10,7 @@ import numpy as np
 
 from spray.analysis._common import cache_numba_kernels, check_choice, check_int, check_matrix, check_real, seed_from
 from spray.analysis.knn import knn_adjacency
+from spray.analysis.placement import fuzzy_graph, place, sample_graph, sample_rows
 from spray.errors import BadInputError
 
 
@@ -97,6 +98,12 @@ class UMAPMap:
     ``"random"`` are UMAP's. ``n_epochs=None`` and ``negative_sample_rate=None``: see :func:`_umap_schedule`
     (UMAP's defaults up to 100k samples; above, one negative sample and 50–200 epochs); ``n_epochs_`` and
     ``negative_sample_rate_`` are the numbers used.
+
+    ``max_fit_samples``: with ``knn`` and more points than this, the map is fitted on a seeded subsample of
+    that many and every other point placed along the kNN graph (:mod:`spray.analysis.placement`), with the
+    epochs of UMAP's schedule for the fitted points and the negative samples of the class's (one above 100k:
+    five spread the fitted clusters apart, and the placed points between them). ``fit_samples_``: the points
+    the map was fitted on (n without a subsample); ``None`` (default) always fits every point.
     """
 
     def __init__(
@@ -107,6 +114,7 @@ class UMAPMap:
         n_epochs: int | None = None,
         init: str = "pca",
         negative_sample_rate: int | None = None,
+        max_fit_samples: int | None = None,
     ) -> None:
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
@@ -114,6 +122,7 @@ class UMAPMap:
         self.n_epochs = n_epochs
         self.init = init
         self.negative_sample_rate = negative_sample_rate
+        self.max_fit_samples = max_fit_samples
 
     def fit(self, embedding: Any, y: Any = None, knn: Any = None) -> UMAPMap:
         k = check_int(self.n_neighbors, "n_neighbors", minimum=2)
@@ -125,6 +134,8 @@ class UMAPMap:
         seed = seed_from(self.random_state)
         X = check_matrix(embedding, "embedding", min_rows=3, dtype=np.float32)
         n = X.shape[0]
+        limit = self.max_fit_samples
+        limit = None if limit is None else check_int(limit, "max_fit_samples", minimum=3)
         self.notes_ = []
         precomputed = (None, None, None)
         if knn is not None:
@@ -142,13 +153,17 @@ class UMAPMap:
         if init == "spectral" and n <= 10:
             init = "random"  # UMAP's spectral start needs more points than components
             self.notes_.append("init='spectral' replaced by 'random' for n <= 10 samples")
-        default_epochs, default_negatives = _umap_schedule(n)
+        fit_samples = n if knn is None or limit is None else min(n, limit)
+        default_epochs, default_negatives = _umap_schedule(fit_samples)[0], _umap_schedule(n)[1]
         n_epochs = default_epochs if n_epochs is None else n_epochs
         negatives = default_negatives if negatives is None else negatives
-
-        from umap import UMAP  # lazy: numba compiles on first use
+        self.n_neighbors_, self.n_epochs_, self.negative_sample_rate_ = used, n_epochs, negatives
 
         _cache_umap_kernels()
+        if fit_samples < n:
+            return self._fit_sample(X, precomputed, fit_samples, min_dist, init, seed)
+
+        from umap import UMAP  # lazy: numba compiles on first use
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # seeds disable parallelism; no search index -> no transform
@@ -163,9 +178,25 @@ class UMAPMap:
                 precomputed_knn=precomputed,
             )
             self.embedding_ = model.fit_transform(X).astype(np.float32)
-        self.n_neighbors_ = used
-        self.n_epochs_ = n_epochs
-        self.negative_sample_rate_ = negatives
+        self.fit_samples_ = n
+        return self
+
+    def _fit_sample(self, X: np.ndarray, knn: tuple[np.ndarray, np.ndarray], m: int, min_dist: float, init: str,
+                    seed: int | None) -> UMAPMap:
+        """The map of :mod:`spray.analysis.placement`: UMAP of a subsample on its graph, the rest placed."""
+        from umap.umap_ import find_ab_params, simplicial_set_embedding
+
+        graph = fuzzy_graph(*knn, self.n_neighbors_, seed)
+        rows = sample_rows(graph, m, seed)
+        a, b = find_ab_params(1.0, min_dist)  # UMAP's spread 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layout, _ = simplicial_set_embedding(
+                X[rows], sample_graph(graph, rows, self.n_neighbors_), 2, 1.0, a, b, 1.0, self.negative_sample_rate_,
+                self.n_epochs_, init, np.random.RandomState(seed), "euclidean", {}, False, {}, False)
+        self.embedding_ = place(graph, rows, layout)
+        self.fit_samples_ = len(rows)
+        self.notes_.append(f"map fitted on {len(rows)} of {X.shape[0]} points, the others placed along the kNN graph")
         return self
 
     def fit_transform(self, embedding: Any, y: Any = None, knn: Any = None) -> np.ndarray:

@@ -111,7 +111,7 @@ def _map(cls: type) -> Any:
     def run(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
         knn = inputs["knn"][0]
         mapper = cls(**params).fit(_embedding(inputs), knn=(knn["indices"], knn["distances"]))
-        fitted = ("n_neighbors_", "n_epochs_", "negative_sample_rate_", "perplexity_")
+        fitted = ("n_neighbors_", "n_epochs_", "negative_sample_rate_", "perplexity_", "fit_samples_")
         info = {"notes": mapper.notes_, **{a.rstrip("_"): getattr(mapper, a) for a in fitted if hasattr(mapper, a)}}
         return {"embedding": mapper.embedding_.astype(np.float32)}, info
 

@@ -9,6 +9,7 @@ import pytest
 
 from spray.analysis.knn import KNNGraph
 from spray.analysis.maps import TSNEMap, UMAPMap, _umap_schedule
+from spray.analysis.placement import place, sample_graph, sample_rows
 from spray.analysis.spectral import SpectralEmbedding
 from spray.errors import BadInputError
 
@@ -105,6 +106,52 @@ def test_umap_rejects_a_knn_graph_of_another_size(pipeline):
         UMAPMap().fit(embedding[:60], knn=graph)
 
 
+def test_umap_of_a_subsample_places_the_rest_along_the_graph_is_seeded_and_separates_clusters(pipeline):
+    embedding, graph, labels = pipeline
+    sub = UMAPMap(random_state=0, max_fit_samples=40).fit(embedding, knn=graph)
+    assert sub.fit_samples_ == 40 and sub.notes_ == [
+        "n_neighbors=15 reduced to 11: the given kNN graph has k=10",
+        "map fitted on 40 of 120 points, the others placed along the kNN graph"]
+    assert (sub.n_epochs_, sub.negative_sample_rate_) == (500, 5)  # UMAP's schedule for 40 points
+    assert sub.embedding_.shape == (120, 2) and sub.embedding_.dtype == np.float32
+    assert _separated(sub.embedding_, labels) == 1.0
+    again = UMAPMap(random_state=0, max_fit_samples=40).fit(embedding, knn=(graph.indices_, graph.distances_))
+    np.testing.assert_array_equal(sub.embedding_, again.embedding_)
+    whole = UMAPMap(random_state=0).fit(embedding, knn=graph)
+    for limit in (120, 500):  # no subsample when the class is not larger than the limit
+        same = UMAPMap(random_state=0, max_fit_samples=limit).fit(embedding, knn=graph)
+        assert same.fit_samples_ == 120
+        np.testing.assert_array_equal(same.embedding_, whole.embedding_)
+    alone = UMAPMap(random_state=0, max_fit_samples=40, n_epochs=50).fit(embedding)  # no graph: no subsample
+    assert alone.fit_samples_ == 120
+
+
+def test_placement_links_the_sample_by_its_strongest_paths_reaches_every_component_and_places_at_weighted_means():
+    import scipy.sparse as sp
+
+    # Nodes 0-4 and 5-6 are two components: a sample of one node still meets both.
+    edges = {(0, 4): 1.0, (3, 4): 3.0, (4, 5 - 3): 0.5, (5, 6): 1.0, (1, 2): 2.0, (1, 0): 1.0}
+    rows, cols = zip(*edges)
+    graph = sp.coo_matrix((list(edges.values()), (rows, cols)), shape=(7, 7))
+    graph = (graph + graph.T).tocsr()
+    for seed in range(5):
+        drawn = sample_rows(graph, 1, seed)
+        assert len(drawn) == 2 and len({int(r) >= 5 for r in drawn}) == 2
+    # Anchors 0 at (0, 0), 3 at (3, 0) and 5 at (0, 5): in the first round node 4 at (0·1 + 3·3) / 4, node 1 from
+    # node 0 and node 6 from node 5; node 2, whose neighbours 4 and 1 were not placed yet, in the second round.
+    positions = place(graph, np.array([0, 3, 5]), np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 5.0]]))
+    np.testing.assert_allclose(positions[[0, 3, 5, 4, 1, 6]], [[0, 0], [3, 0], [0, 5], [2.25, 0], [0, 0], [0, 5]])
+    np.testing.assert_allclose(positions[2], [(0.5 * 2.25 + 2 * 0) / 2.5, 0])
+    among = sample_graph(graph, np.array([0, 3, 4]), keep=2).toarray()
+    np.testing.assert_allclose(among, [[0, 3, 1], [3, 0, 3], [1, 3, 0]])  # 0-3: no edge, two steps via 4: 1 · 3
+    # One link a point: 0 keeps 3 (3 > 1), 3 keeps 0 (tied with 4: the lower), 4 keeps 3; then symmetrised.
+    np.testing.assert_allclose(sample_graph(graph, np.array([0, 3, 4]), keep=1).toarray(), [[0, 3, 0], [3, 0, 3], [0, 3, 0]])
+    # A direct edge and a two-step path between the same points are united: a + b − ab.
+    united = sp.csr_matrix(np.array([[0, 0.5, 0.5], [0.5, 0, 0.4], [0.5, 0.4, 0]]))
+    np.testing.assert_allclose(sample_graph(united, np.array([0, 1]), keep=2).toarray(),
+                               [[0, 0.5 + 0.2 - 0.1], [0.5 + 0.2 - 0.1, 0]])
+
+
 def test_tsne_clips_perplexity_with_a_note_and_separates_clusters(pipeline):
     embedding, _, labels = pipeline
     tsne = TSNEMap(perplexity=100, random_state=0, max_iter=300).fit(embedding)
@@ -132,6 +179,7 @@ def test_tsne_on_the_knn_graph_uses_no_perplexity_is_seeded_and_separates_cluste
         (UMAPMap(min_dist=-1.0), "min_dist"),
         (UMAPMap(init="tsne"), "init"),
         (UMAPMap(negative_sample_rate=0), "negative_sample_rate"),
+        (UMAPMap(max_fit_samples=2), "max_fit_samples"),
         (TSNEMap(perplexity=0), "perplexity"),
         (TSNEMap(init="spectral"), "init"),
         (TSNEMap(max_iter=10), "max_iter"),

@@ -18,6 +18,7 @@ Targets: core >= 20x, whole >= 8x (issue 19), max |Δλ| < 1e-4.
 
 Run:  NUMBA_CACHE_DIR=/work/main/.numba_cache python tests/benchmarks/bench_spray.py [--n 10000,100000]
       [--quick] [--corelay] [--corelay-n 20000] [--pipeline-row 100000] [--umap-seed 0] [--knn-search 31]
+      [--umap-fit-samples 100000]
 --quick: n = 2k, a smoke test (about a minute, most of it numba compilation).
 """
 
@@ -172,7 +173,8 @@ def _selection_null(X: np.ndarray) -> dict:
     return NODES["null"].run(nodes["null"], {"features": ({"features": X}, {}), "params": ({}, read)})[1]
 
 
-def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | None = None) -> dict:
+def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | None = None,
+                 umap_fit_samples: int | None = None) -> dict:
     """The whole analysis of one class of n heatmaps, processor by processor."""
     from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, UMAPMap, propose_n_clusters
 
@@ -225,9 +227,10 @@ def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | Non
 
     del X  # UMAP reuses the kNN lists; the features are not needed any more
     t = time.perf_counter()
-    umap_map = UMAPMap(random_state=umap_seed).fit(spec.embedding_, knn=knn)
+    umap_map = UMAPMap(random_state=umap_seed, max_fit_samples=umap_fit_samples).fit(spec.embedding_, knn=knn)
     stage("umap", time.perf_counter() - t)
     out["umap_epochs"], out["umap_negative_samples"] = umap_map.n_epochs_, umap_map.negative_sample_rate_
+    out["umap_fit_samples"] = umap_map.fit_samples_
     out["map"] = map_quality(umap_map.embedding_, knn.indices_, truth)
     out["load"].append(os.getloadavg()[0])
     out["total_s"] = sum(out["stages"].values())
@@ -428,7 +431,7 @@ def report_spray(results: list[dict]) -> None:
               f"{r['null']['cpu']:.1f} s CPU on {r['null']['n_samples']} sampled rows, p = {r['null']['p_value']:.3g}")
         print(f"{'':>9} load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end; recall on "
               f"{r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
-              f"{r['umap_epochs']} epochs")
+              f"{r['umap_epochs']} epochs on {r['umap_fit_samples']} points")
         print(f"{'':>9} " + gemm_line(r["n"], r["d"], r["knn_method"], r["stages"]["knn"], r["cpu"]["knn"], r["gemm"]))
         m = r["map"]
         print(f"{'':>9} UMAP map on {m['queries']} points ({r['umap_negative_samples']} negative per positive sample): "
@@ -490,6 +493,8 @@ def main() -> None:
     p.add_argument("--umap-seed", default="0", help="UMAP random_state ('none': unseeded, multi-threaded)")
     p.add_argument("--knn-search", type=int, default=None,
                    help="NN-descent's kept candidates per point (KNNGraph.search_neighbors; default 3k + 1 = 31)")
+    p.add_argument("--umap-fit-samples", type=int, default=None,
+                   help="fit the UMAP map on this many points and place the rest (UMAPMap.max_fit_samples)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -504,11 +509,11 @@ def main() -> None:
     sizes = [2000] if args.quick else [int(v) for v in args.n.split(",") if v]
     print(f"machine: {machine()}")
     print(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}; UMAP random_state={umap_seed}; NN-descent candidates "
-          f"{args.knn_search or 'default'}")
+          f"{args.knn_search or 'default'}; UMAP fitted on {args.umap_fit_samples or 'every'} points")
     results = []
     for n in sizes:
         print(f"spray, n = {n} ...", flush=True)
-        results.append(run_worker("spray", n, args.seed, umap_seed, args.knn_search))
+        results.append(run_worker("spray", n, args.seed, umap_seed, args.knn_search, args.umap_fit_samples))
     if results:
         report_spray(results)
 

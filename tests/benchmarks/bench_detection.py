@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -125,15 +126,23 @@ def cached_case_arguments(description: str, options: dict[str, str] | None = Non
     return args, None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
 
 
-def main() -> None:
-    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0])
-    images, rows = load_images("mnist"), []
-    for case, directory in cases(args.caches, seeds):
+def scored(caches: list[Path], seeds: set[int] | None, score: Callable[..., dict]) -> Iterator[tuple[Case, dict]]:
+    """``(case, score(case, directory, images))`` for every cached case (:func:`cases`); a case whose store is
+    unfinished or older is skipped with the reason printed, and the others go on."""
+    images = load_images("mnist")
+    for case, directory in cases(caches, seeds):
         try:
             row = score(case, directory, images)
-        except (BadInputError, StoreError) as exc:  # an unfinished or older store: say so, go on with the others
+        except (BadInputError, StoreError) as exc:
             print(f"skipped {case.name}: {type(exc).__name__}: {exc}", flush=True)
             continue
+        yield case, row
+
+
+def main() -> None:
+    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0])
+    rows = []
+    for case, row in scored(args.caches, seeds, score):
         rows.append(row)
         print(f"{case.name}: uses {row['uses']}, " + ", ".join(
             f"{n} rank {row[n]['rank']} flagged {row[n]['flagged']} F1 {_rounded(row[n]['f1'])} "

@@ -20,12 +20,10 @@ import json
 import numpy as np
 import torch
 
-from bench_detection import cached_case_arguments, cases  # this folder, first on sys.path when run as a script
+from bench_detection import cached_case_arguments, scored  # this folder, first on sys.path when run as a script
 from spray.benchmark.cases import QUICK, make_case
-from spray.benchmark.data import load_images
 from spray.benchmark.models import build
 from spray.benchmark.run import RANKED
-from spray.errors import BadInputError, StoreError
 from spray.ranking import rank_analyses
 from spray.store import AuditStore
 
@@ -74,13 +72,8 @@ def score(case, directory, images) -> dict:
 def main() -> None:
     args, seeds = cached_case_arguments(__doc__.split("\n\n")[0])
     torch.set_num_threads(1)
-    images, rows = load_images("mnist"), []
-    for case, directory in cases(args.caches, seeds):
-        try:
-            row = score(case, directory, images)
-        except (BadInputError, StoreError) as exc:  # an unfinished or older store: say so, go on with the others
-            print(f"skipped {case.name}: {type(exc).__name__}: {exc}", flush=True)
-            continue
+    rows = []
+    for case, row in scored(args.caches, seeds, score):
         rows.append(row)
         by_rate = [c["label"] for c in row["classes"]]
         poisoned = next((c for c in row["classes"] if c["poisoned"]), None)

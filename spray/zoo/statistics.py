@@ -20,8 +20,7 @@ def randomize_batch_norms(model: nn.Module, *, eps: float | None = None) -> nn.M
             with torch.no_grad():
                 module.running_var.uniform_(0.5, 2.0)
                 module.running_mean.normal_(0.0, 0.2)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.2)
+            _draw_affine(module)
     return model
 
 
@@ -30,10 +29,15 @@ def randomize_layer_norms(model: nn.Module) -> nn.Module:
     (weight in [0.5, 1.5], bias ~ N(0, 0.2²)), in place, in module order. Returns ``model``."""
     for module in model.modules():
         if isinstance(module, nn.LayerNorm) and module.elementwise_affine:
-            with torch.no_grad():
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.2)
+            _draw_affine(module)
     return model
+
+
+def _draw_affine(module: nn.Module) -> None:
+    """A normalisation's affine parameters drawn in place: weight in [0.5, 1.5], then bias ~ N(0, 0.2²)."""
+    with torch.no_grad():
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0.0, 0.2)
 
 
 def draw_zero_parameters(model: nn.Module, std: float = 0.1) -> nn.Module:

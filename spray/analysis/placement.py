@@ -14,8 +14,8 @@ Here everything comes from the graph:
    any point, ``max_j W[s, j] W[j, t]`` — with m/n of the points sampled, few of a point's direct neighbours
    are in ``S``, but some of its neighbours' neighbours are — each row's ``n_neighbors`` strongest,
    symmetrised by the maximum, as UMAP's graphs are.
-4. UMAP's layout of ``S`` on that graph (``umap.umap_.simplicial_set_embedding``, the start and schedule
-   UMAPMap gives m points).
+4. UMAP's layout of ``S`` on that graph (``umap.umap_.simplicial_set_embedding``, from UMAPMap's start, with
+   the epochs of its schedule for m points and the negative samples of its schedule for n).
 5. The other points, in rounds: each point with a placed graph neighbour goes to the ``W``-weighted mean of
    its placed neighbours' positions; repeated until every point is placed (a point ``r`` steps from ``S``
    is placed in round ``r``).
@@ -80,12 +80,12 @@ def _strongest_links(indptr, indices, data, rows, local, keep):
         for a in range(indptr[u], indptr[u + 1]):
             j, first = indices[a], data[a]
             for b in range(indptr[j], indptr[j + 1]):
-                t = local[indices[b]]
-                if t >= 0 and t != s and first * data[b] > 0:
+                t, path = local[indices[b]], first * data[b]
+                if t >= 0 and t != s and path > 0:
                     if strength[t] == 0:
                         touched[count] = t
                         count += 1
-                    strength[t] = max(strength[t], first * data[b])
+                    strength[t] = max(strength[t], path)
         for a in range(indptr[u], indptr[u + 1]):
             t = local[indices[a]]
             if t >= 0 and t != s and data[a] > 0:

@@ -36,6 +36,11 @@ class PipelineError(BadInputError):
     """A pipeline file is malformed or names an unknown node or parameter."""
 
 
+class GroupSizeError(BadInputError):
+    """A group (a cluster, the rest of its class, an inferred group) is smaller than a fit needs: a CAV, a DFR
+    head, GroupDRO. ``--method auto`` skips a candidate that raises it and chooses among the others."""
+
+
 class NonConservativeError(BadInputError):
     """LRP created or destroyed relevance where its rules should conserve it; the message names where."""
 

@@ -13,7 +13,10 @@ The rule, in order:
    pasted patch or the mean input shift; P- and RR-ClArC use none, they act along the CAV). A local
    artifact still gets an A-ClArC with the mean shift as a candidate: for a fixed-position artifact the
    shift carries the artifact too. RR-ClArC, the costliest (a second-order gradient in every fine-tuning
-   step), comes last for both kinds.
+   step), comes last for both kinds. A candidate that cannot be fitted on the fit part because a group is
+   under its minimum (:class:`~spray.errors.GroupSizeError`: a DFR head and GroupDRO need 8 samples in every
+   inferred group, which a cluster of 10 no longer has once its validation share is held out) is skipped,
+   with its reason recorded; the others are still scored.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so
@@ -49,6 +52,7 @@ from torch.utils.data import Dataset, Subset
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.transform import (Paste, Shift, agreed_area, artifact_kind, coverage, mean_shift, pasted_mask,
                                    shift_or_paste)
+from spray.errors import GroupSizeError
 from spray.training import predict, stack_samples
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global"), ("rrclarc", "local")),
@@ -96,8 +100,12 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         candidates = {candidate_name(*c): c for c in CANDIDATES[kind]}
         for name, (method, transformation) in candidates.items():
             tick = time.perf_counter()
-            corrected = corrections[method](model, part, reduced, dataclasses.replace(tuning, kind=transformation),
-                                            Path(run_dir) / name, overwrite, progress).model
+            try:
+                corrected = corrections[method](model, part, reduced, dataclasses.replace(tuning, kind=transformation),
+                                                Path(run_dir) / name, overwrite, progress).model
+            except GroupSizeError as error:
+                figures[name] = {"skipped": str(error), "seconds": time.perf_counter() - tick}
+                continue
             figures[name] = {
                 "worst_group": min(worst_group_accuracy(corrected, dataset, val, inferred, t) for t in transforms),
                 **clean_figures(original, (predict(corrected, x_val) == y_val).numpy()),
@@ -153,10 +161,14 @@ def clean_figures(original: np.ndarray, corrected: np.ndarray) -> dict[str, floa
             "p_value": loss_p_value(lost, gained, n)}
 
 
-def choose(figures: Mapping[str, Mapping[str, float]]) -> str:
+def choose(figures: Mapping[str, Mapping[str, Any]]) -> str:
     """The candidate of rule steps 4–5 from ``{name: {"worst_group", "clean_loss", "p_value"}}`` (in listed
-    order)."""
-    kept = [name for name, f in figures.items() if f["p_value"] >= ALPHA]
+    order); a candidate recorded as ``{"skipped": reason}`` (step 2) is not one."""
+    fitted = {name: f for name, f in figures.items() if "skipped" not in f}
+    if not fitted:
+        raise GroupSizeError("auto could fit none of its candidates: " +
+                             "; ".join(f"{name}: {f['skipped']}" for name, f in figures.items()))
+    kept = [name for name, f in fitted.items() if f["p_value"] >= ALPHA]
     if not kept:
-        return min(figures, key=lambda name: figures[name]["clean_loss"])
-    return max(kept, key=lambda name: figures[name]["worst_group"])  # max keeps the first of equals
+        return min(fitted, key=lambda name: fitted[name]["clean_loss"])
+    return max(kept, key=lambda name: fitted[name]["worst_group"])  # max keeps the first of equals

@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from spray._checks import check_choice
-from spray.errors import BadInputError
+from spray.errors import BadInputError, GroupSizeError
 
 #: Fewest samples per group (artifact, rest) to fit a CAV and score each sample out of fold.
 MIN_SAMPLES = 4
@@ -46,7 +46,7 @@ _METHODS = ("signal", "svm", "subspace")
 def check_group_sizes(n_artifact: int, n_rest: int, *, label: int, cluster: str | None = None) -> None:
     """Refuse a cluster (``n_artifact`` samples) or rest of class ``label`` (``n_rest``) too small for a CAV."""
     if min(n_artifact, n_rest) < MIN_SAMPLES:
-        raise BadInputError(
+        raise GroupSizeError(
             f"{f'cluster {cluster}' if cluster else 'the cluster'} has {n_artifact} samples and the rest of class "
             f"{label} {n_rest}; fitting a CAV needs at least {MIN_SAMPLES} in each: choose a larger cluster "
             "(`spray rank --json` lists each cluster's members)"
@@ -95,7 +95,7 @@ class CAV:
             )
         for name, A in (("artifact", A_artifact), ("rest", A_rest)):
             if len(A) < MIN_SAMPLES:
-                raise BadInputError(
+                raise GroupSizeError(
                     f"a CAV needs at least {MIN_SAMPLES} {name} samples (to fit it and score each sample out of "
                     f"fold), got {len(A)}; choose a larger cluster, or a class with more samples"
                 )

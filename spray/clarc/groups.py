@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from spray.errors import BadInputError
+from spray.errors import GroupSizeError
 from spray.training import predict, stack_samples
 
 VALIDATION = 0.3
@@ -100,7 +100,7 @@ def infer_groups(labels: np.ndarray, label: int, cluster: np.ndarray) -> Inferre
 def check_group_sizes(inferred: InferredGroups, minimum: int, what: str) -> None:
     """Refuse groups smaller than ``minimum``, naming every group's size (``what`` needs them)."""
     if inferred.sizes.min() < minimum:
-        raise BadInputError(
+        raise GroupSizeError(
             f"{what} needs at least {minimum} samples in every inferred group, got {inferred.describe()}; "
             "choose a larger cluster, or a dataset with more samples of every class"
         )

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, candidate_name, choose, clean_figures,
                               counterfactual_transforms, loss_p_value, within)
 from spray.clarc.transform import Paste, Shift, mean_shift
+from spray.errors import GroupSizeError
 
 
 def validation(n: int, lost: int, gained: int, wrong: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +88,14 @@ def test_auto_takes_the_smallest_clean_loss_when_every_candidate_loses_too_much(
     figures = {"pclarc": candidate(0.9, 375, 40, 2), "aclarc/local": candidate(0.5, 375, 30, 2)}
     assert max(f["p_value"] for f in figures.values()) < ALPHA
     assert choose(figures) == "aclarc/local"
+
+
+def test_a_skipped_candidate_is_never_chosen_and_none_fitted_is_refused_with_every_reason():
+    figures = {"aclarc/global": candidate(0.5, 300, 0, 0), "dfr/global": {"skipped": "too small", "seconds": 0.1},
+               "groupdro/global": candidate(0.9, 300, 0, 0)}
+    assert choose(figures) == "groupdro/global"
+    with pytest.raises(GroupSizeError, match=r"^auto could fit none of its candidates: dfr/global: a; rrclarc: b$"):
+        choose({"dfr/global": {"skipped": "a", "seconds": 0.0}, "rrclarc": {"skipped": "b", "seconds": 0.0}})
 
 
 def test_rrclarc_is_the_last_candidate_of_both_kinds_and_uses_no_transformation():

@@ -22,7 +22,7 @@ from spray.clarc import (
     load_corrected,
     read_cluster,
 )
-from spray.clarc.auto import CANDIDATES, candidate_name, choose
+from spray.clarc.auto import CANDIDATES, candidate_name, choose, within
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
@@ -116,6 +116,33 @@ def test_auto_ships_the_chosen_method_refitted_on_all_the_data_deterministically
     assert rows[0]["correction"] is None and rows[1]["model"] == "corrected"
     assert {k: v for k, v in rows[1].items() if k in METRICS and k != "training_seconds"} == \
         {k: v for k, v in direct[1].items() if k in METRICS and k != "training_seconds"}
+
+
+def test_auto_skips_a_candidate_whose_groups_are_too_small_on_the_fit_part_and_chooses_among_the_rest(
+        tiny_audit, tmp_path, monkeypatch):
+    # A cluster big enough for a CAV (4) but not for DFR's and GroupDRO's 8 per group once the validation share
+    # is held out: auto used to stop with DFR's refusal (a flagged 10 % group of the benchmark's held-out split);
+    # the candidates of both kinds are set to the global ones so that the group-robust methods are among them.
+    spec = next(f"1:{name}:{int(c)}" for name, labels in tiny_audit.kmeans.items() for c in np.unique(labels)
+                if MIN_SAMPLES <= (labels == c).sum() <= 10 and (labels != c).sum() >= MIN_SAMPLES)
+    for kind in ("local", "global"):
+        monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global")))
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    config = ClarcConfig("auto", tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=1), progress=False)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+    record = result.params["auto"]
+    labels = labels_of(tiny_audit.dataset)
+    fit, _ = infer_groups(labels, result.artifact.label, result.artifact.artifact_index).split(seed=0)
+    groups = infer_groups(labels[fit], result.artifact.label, within(result.artifact, fit).artifact_index)
+    assert groups.sizes.min() < 8
+    advice = "choose a larger cluster, or a dataset with more samples of every class"
+    assert record["candidates"]["dfr/global"]["skipped"] == \
+        f"a DFR head needs at least 8 samples in every inferred group, got {groups.describe()}; {advice}"
+    assert record["candidates"]["groupdro/global"]["skipped"] == \
+        f"GroupDRO needs at least 8 samples in every inferred group, got {groups.describe()}; {advice}"
+    assert record["chosen"] == "aclarc/global" and "worst_group" in record["candidates"]["aclarc/global"]
+    assert record["refit"]["n"] == len(tiny_audit.dataset)
 
 
 def test_read_cluster_gives_the_members_and_the_rest_of_the_class(tiny_audit):

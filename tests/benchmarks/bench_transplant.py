@@ -26,13 +26,9 @@ from spray.benchmark.models import build
 from spray.benchmark.run import RANKED
 from spray.ranking import rank_analyses
 from spray.store import AuditStore
+from spray.training import predict
 
 CONTROL_DRAWS = 5
-
-
-def predicted(model: torch.nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)]).numpy()
 
 
 def transplant_rates(model: torch.nn.Module, train: tuple, test: tuple, label: int, members: np.ndarray,
@@ -42,11 +38,11 @@ def transplant_rates(model: torch.nn.Module, train: tuple, test: tuple, label: i
     x, y = torch.from_numpy(train[0]), train[1]
     in_class = np.flatnonzero(y == label)
     others = torch.from_numpy(test[0][test[1] != label])
-    base = np.mean(predicted(model, others) == label)
+    base = np.mean(predict(model, others).numpy() == label)
 
     def rate(group: np.ndarray) -> float:
         delta = x[group].mean(0) - x[np.setdiff1d(in_class, group)].mean(0)
-        return float(np.mean(predicted(model, others + delta) == label) - base)
+        return float(np.mean(predict(model, others + delta).numpy() == label) - base)
 
     control = [rate(rng.choice(in_class, size=len(members), replace=False)) for _ in range(CONTROL_DRAWS)]
     return rate(members), float(np.mean(control))

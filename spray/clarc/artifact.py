@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from spray._checks import check_choice
 from spray.clarc.activations import activations, default_layer, pool, resolve_layer
-from spray.clarc.cav import CAV, check_group_sizes
+from spray.clarc.cav import CAV, check_cav_sizes
 from spray.clarc.layer_choice import AUTO, LayerChoice, choose_layer
 from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
 from spray.lrp import Composite, EpsilonPlusFlat
@@ -121,7 +121,7 @@ def isolate_artifact(
     check_choice(reference, "reference", _REFERENCES)
     artifact_index = np.asarray(artifact_index, dtype=np.int64)
     rest_index = np.asarray(rest_index, dtype=np.int64)
-    check_group_sizes(len(artifact_index), len(rest_index), label=label, cluster=cluster)
+    check_cav_sizes(len(artifact_index), len(rest_index), label=label, cluster=cluster)
     composite = composite or EpsilonPlusFlat()
     x_artifact, _ = stack_samples(dataset, artifact_index)
     x_rest, _ = stack_samples(dataset, rest_index)

@@ -43,7 +43,7 @@ MIN_GAIN = 0.01
 _METHODS = ("signal", "svm", "subspace")
 
 
-def check_group_sizes(n_artifact: int, n_rest: int, *, label: int, cluster: str | None = None) -> None:
+def check_cav_sizes(n_artifact: int, n_rest: int, *, label: int, cluster: str | None = None) -> None:
     """Refuse a cluster (``n_artifact`` samples) or rest of class ``label`` (``n_rest``) too small for a CAV."""
     if min(n_artifact, n_rest) < MIN_SAMPLES:
         raise GroupSizeError(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spray.clarc.cav import check_group_sizes
+from spray.clarc.cav import check_cav_sizes
 from spray.errors import BadInputError
 from spray.ranking import rank_analyses
 from spray.results import CLUSTERING_NODES, analysis_summary, complete_analyses, no_analysis_error
@@ -130,7 +130,7 @@ def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | 
         )
     members = labels == spec.cluster
     # Refused here, before a run directory is made for it.
-    check_group_sizes(int(members.sum()), int((~members).sum()), label=spec.label, cluster=str(spec))
+    check_cav_sizes(int(members.sum()), int((~members).sum()), label=spec.label, cluster=str(spec))
     return ClusterMembers(spec, analysis, index[members], index[~members])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spray.clarc.cav import CAV, MIN_SAMPLES, check_group_sizes
+from spray.clarc.cav import CAV, MIN_SAMPLES, check_cav_sizes
 from spray.errors import BadInputError
 
 
@@ -97,11 +97,11 @@ def test_subspace_rank_is_capped_by_max_rank():
 
 def test_group_sizes_below_the_minimum_are_refused_with_both_sizes():
     with pytest.raises(BadInputError) as raised:
-        check_group_sizes(MIN_SAMPLES - 1, 30, label=8, cluster="8:kmeans_3:2")
+        check_cav_sizes(MIN_SAMPLES - 1, 30, label=8, cluster="8:kmeans_3:2")
     assert str(raised.value) == (
         f"cluster 8:kmeans_3:2 has {MIN_SAMPLES - 1} samples and the rest of class 8 30; fitting a CAV needs at "
         f"least {MIN_SAMPLES} in each: choose a larger cluster (`spray rank --json` lists each cluster's members)")
-    check_group_sizes(MIN_SAMPLES, MIN_SAMPLES, label=8)
+    check_cav_sizes(MIN_SAMPLES, MIN_SAMPLES, label=8)
 
 
 def test_cav_with_too_few_samples_says_the_minimum():

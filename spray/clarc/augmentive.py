@@ -4,7 +4,8 @@ During fine-tuning, each sample of a class other than the artifact's gets the ar
 ``fraction`` (drawn per sample from the epoch's seeded generator), labels unchanged. For a local artifact
 it is pasted, ``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask
 (spray.clarc.localize); for a global one (its mask covers most of the image) the group's mean input shift
-is added, ``x' = x + δ`` (spray.clarc.transform). The artifact class's own samples are left as they are.
+is added, ``x' = x + δ``; for a moving one (a local artifact at another place in each image) a group
+sample's own masked content is pasted at its place (spray.clarc.transform). The artifact class's own samples are left as they are.
 The loss is plain cross-entropy.
 """
 
@@ -35,8 +36,9 @@ class AClArC(FinetuningCorrector):
 
     Args:
         fraction: probability that a sample of another class gets the artifact, in (0, 1].
-        kind: the artifact's transformation: ``"auto"`` (by its localisation: coverage and agreed area),
-            ``"local"`` (paste the patch) or ``"global"`` (add the mean shift); see spray.clarc.transform.
+        kind: the artifact's transformation: ``"auto"`` (by its localisation, and the model where that leaves
+            it open), ``"local"`` (paste the patch), ``"global"`` (add the mean shift) or ``"moving"`` (paste a
+            group sample's own masked content); see spray.clarc.transform.
         epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.
         trainable: ``"after"`` fine-tunes the modules after the artifact's layer, ``"all"`` the model.
     """
@@ -57,7 +59,7 @@ class AClArC(FinetuningCorrector):
     def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, **kwargs: Any) -> AClArC:
         """As :meth:`FinetuningCorrector.fit`; the artifact's transformation (``transform_``) is made from
         ``dataset`` first."""
-        self.transform_ = artifact_transform(artifact, dataset, self.kind)
+        self.transform_ = artifact_transform(artifact, dataset, self.kind, model)
         super().fit(model, dataset, artifact, **kwargs)
         return self
 

@@ -5,15 +5,17 @@ The rule, in order:
 1. **Split.** The inferred groups (spray.clarc.groups) are split, seeded and stratified, into a fit part
    and a validation part (:data:`~spray.clarc.groups.VALIDATION` of every group). Every candidate is
    trained on the fit part only.
-2. **Kind.** The artifact is *local* or *global* by its localisation (spray.clarc.transform.artifact_kind:
-   global when the mean mask covers at least half the image, or when the group's masks agree on less than
-   1 % of it where the cluster differs from the rest of its class: a local artifact sits at the same pixels
-   in every sample, LRP along a global confounder's CAV lands on each sample's own content); the kind fixes
-   the candidates (:data:`CANDIDATES`), each a method with the artifact's transformation it uses (the
-   pasted patch or the mean input shift; P- and RR-ClArC use none, they act along the CAV). A local
-   artifact still gets an A-ClArC with the mean shift as a candidate: for a fixed-position artifact the
-   shift carries the artifact too. RR-ClArC, the costliest (a second-order gradient in every fine-tuning
-   step), comes last for both kinds. A candidate that cannot be fitted on the fit part because a group is
+2. **Kind.** The artifact is *local*, *global* or *moving* (spray.clarc.transform.artifact_kind): global
+   when the mean mask covers at least half the image; local when the group's masks agree on at least 1 % of
+   it where the cluster differs from the rest of its class (a local artifact sits at the same pixels in
+   every sample); otherwise moving (a local artifact at another place in each sample) when the group's own
+   masked content transplanted into the rest of the class reproduces what the CAV sees better than the
+   mean shift does, else global (LRP along a global confounder's CAV lands on each sample's own content).
+   The kind fixes the candidates (:data:`CANDIDATES`), each a method with the artifact's transformation it
+   uses (the pasted patch, the mean input shift or the transplant; P- and RR-ClArC use none, they act along
+   the CAV). A local artifact still gets an A-ClArC with the mean shift as a candidate: for a
+   fixed-position artifact the shift carries the artifact too. RR-ClArC, the costliest (a second-order
+   gradient in every fine-tuning step), comes last for every kind. A candidate that cannot be fitted on the fit part because a group is
    under its minimum (:class:`~spray.errors.GroupSizeError`: a DFR head and GroupDRO need 8 samples in every
    inferred group, which a cluster of 10 no longer has once its validation share is held out) is skipped,
    with its reason recorded; the others are still scored.
@@ -21,7 +23,7 @@ The rule, in order:
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so
    that a model still following the shortcut in either form fails one; for a global one of the shift
-   only (its "patch" is the group's own digits).
+   only (its "patch" is the group's own digits); for a moving one of the transplant.
 4. **Guard.** A candidate is dropped when its validation samples show, beyond sampling noise, that it
    loses more than :data:`MAX_CLEAN_LOSS` of clean accuracy: a one-sided paired test on the same validation
    samples (:func:`loss_p_value`, p below :data:`ALPHA`). If every candidate is dropped, the smallest
@@ -50,15 +52,15 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
-from spray.clarc.transform import (Paste, Shift, agreed_area, artifact_kind, coverage, mean_shift, pasted_mask,
-                                   shift_or_paste)
+from spray.clarc.transform import Transform, kind_figures, mean_shift, transformation
 from spray.errors import GroupSizeError
 from spray.training import predict, stack_samples
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global"), ("rrclarc", "local")),
-              "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"), ("rrclarc", "global"))}
+              "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"), ("rrclarc", "global")),
+              "moving": (("aclarc", "moving"), ("dfr", "moving"), ("groupdro", "moving"), ("rrclarc", "moving"))}
 """The candidates per artifact kind, cheapest first: (method, the artifact's transformation it uses)."""
-COUNTERFACTUALS = {"local": ("local", "global"), "global": ("global",)}
+COUNTERFACTUALS = {"local": ("local", "global"), "global": ("global",), "moving": ("moving",)}
 """The transformations whose counterfactual groups score the candidates, per artifact kind. A global
 confounder's "patch" is the mask-weighted mean of its group's own content (the digits the masks fell on),
 not the artifact: a model that ignores the confounder still fails other classes with it pasted."""
@@ -73,13 +75,16 @@ ALPHA = 0.05
 
 
 def within(artifact: Any, fit: np.ndarray) -> Any:
-    """``artifact`` with its cluster and rest re-indexed into ``Subset(dataset, fit)`` (sorted ``fit``)."""
+    """``artifact`` with its cluster and rest re-indexed into ``Subset(dataset, fit)`` (sorted ``fit``), and its
+    per-sample masks those of the cluster's samples kept."""
     def remap(index: np.ndarray) -> np.ndarray:
         kept = index[np.isin(index, fit)]
         return np.searchsorted(fit, kept).astype(np.int64)
 
+    in_fit = np.isin(artifact.artifact_index, fit)  # the per-sample masks follow the artifact samples kept
+    localization = dataclasses.replace(artifact.localization, masks=artifact.localization.masks[in_fit])
     return dataclasses.replace(artifact, artifact_index=remap(artifact.artifact_index),
-                               rest_index=remap(artifact.rest_index))
+                               rest_index=remap(artifact.rest_index), localization=localization)
 
 
 def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
@@ -90,8 +95,9 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         inferred = infer_groups(labels_of(dataset), artifact.label, artifact.artifact_index)
         fit, val = inferred.split(seed=tuning.seed)
         delta = mean_shift(dataset, artifact)
-        kind = artifact_kind(artifact, delta)
-        transforms = counterfactual_transforms(artifact, delta, kind)
+        read = kind_figures(artifact, delta, model, dataset)
+        kind = read.kind
+        transforms = counterfactual_transforms(artifact, dataset, delta, kind)
         part, reduced = Subset(dataset, fit), within(artifact, fit)
         # Computed once for every candidate: the validation samples and which of them the original gets right.
         x_val, y_val = stack_samples(dataset, val)
@@ -117,18 +123,17 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         result = corrections[method](model, dataset, artifact, dataclasses.replace(tuning, kind=transformation),
                                      Path(run_dir) / REFIT / chosen, overwrite, progress)
         refit = {"n_fit": len(fit), "n": len(dataset), "seconds": time.perf_counter() - tick}
-        params = {**result.params, "auto": {"kind": kind, "coverage": coverage(artifact.mask),
-                                            "agreed_area": agreed_area(pasted_mask(artifact, delta)),
-                                            "chosen": chosen, "candidates": figures, "refit": refit}}
+        params = {**result.params, "auto": {"kind": kind, **dataclasses.asdict(read), "chosen": chosen,
+                                            "candidates": figures, "refit": refit}}
         return dataclasses.replace(result, params=params)
 
     return correct
 
 
-def counterfactual_transforms(artifact: Any, delta: Tensor, kind: str) -> list[Paste | Shift]:
+def counterfactual_transforms(artifact: Any, dataset: Dataset, delta: Tensor, kind: str) -> list[Transform]:
     """The transformations whose counterfactual groups score the candidates for an artifact of ``kind``
     (:data:`COUNTERFACTUALS`), from its mean shift ``delta`` (spray.clarc.transform.mean_shift)."""
-    return [shift_or_paste(artifact, delta, k) for k in COUNTERFACTUALS[kind]]
+    return [transformation(artifact, dataset, delta, k) for k in COUNTERFACTUALS[kind]]
 
 
 def candidate_name(method: str, transformation: str) -> str:

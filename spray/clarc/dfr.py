@@ -135,7 +135,7 @@ class DFR:
         n_groups = len(inferred.names)
         if self.counterfactual:
             other = np.flatnonzero(labels != inferred.label)
-            transform = artifact_transform(artifact, dataset, self.kind)
+            transform = artifact_transform(artifact, dataset, self.kind, model)
             features = np.concatenate([features, head_features(corrected, head, dataset, other, transform)])
             rows, labels = np.concatenate([rows, other]), np.concatenate([labels, labels[other]])
             groups = np.concatenate([groups, groups[other] + n_groups - 2])

@@ -134,7 +134,7 @@ class GroupDRO(FinetuningCorrector):
         check_group_sizes(inferred, MIN_GROUP, "GroupDRO")
         fit, self.val_ = inferred.split(self.validation, self.seed)
         self.inferred_, self.dataset_ = inferred, dataset
-        self.transform_ = artifact_transform(artifact, dataset, self.kind) if self.counterfactual else None
+        self.transform_ = artifact_transform(artifact, dataset, self.kind, model) if self.counterfactual else None
         self.start_ = (model, self.score(model))
         super().fit(model, Subset(GroupCoded(dataset, inferred), fit), artifact, checkpoint_dir=checkpoint_dir,
                     overwrite=overwrite, progress=progress, on_epoch=on_epoch)

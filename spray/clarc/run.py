@@ -61,8 +61,9 @@ class Tuning:
     lam: float | None = None
     """RR-ClArC: λ, the weight of the right-reason penalty."""
     kind: str = "auto"
-    """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift)
-    or ``"auto"`` (by the localisation: coverage and agreed area; spray.clarc.transform)."""
+    """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift),
+    ``"moving"`` (the group's own masked content) or ``"auto"`` (by the localisation, and the model where that
+    leaves it open; spray.clarc.transform)."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, candidate_name, choose, clean_figures,
                               counterfactual_transforms, loss_p_value, within)
-from spray.clarc.transform import Paste, Shift, mean_shift
+from spray.clarc.transform import Paste, Shift, Transplant, mean_shift
 from spray.errors import GroupSizeError
 
 
@@ -106,16 +106,24 @@ def test_rrclarc_is_the_last_candidate_of_both_kinds_and_uses_no_transformation(
 
 
 @dataclasses.dataclass(frozen=True)
+class Masks:
+    masks: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
 class Indexed:
     artifact_index: np.ndarray
     rest_index: np.ndarray
+    localization: Masks
 
 
-def test_within_reindexes_the_cluster_and_rest_into_the_fit_part():
+def test_within_reindexes_the_cluster_and_rest_into_the_fit_part_and_keeps_the_kept_samples_masks():
     fit = np.array([0, 2, 3, 5, 8, 9])
-    reduced = within(Indexed(np.array([2, 4, 8]), np.array([3, 7, 9])), fit)
+    masks = torch.arange(3.0)[:, None, None].expand(3, 2, 2)  # sample 2's mask is 0s, 4's 1s, 8's 2s
+    reduced = within(Indexed(np.array([2, 4, 8]), np.array([3, 7, 9]), Masks(masks)), fit)
     assert reduced.artifact_index.tolist() == [1, 4]  # 2 and 8 are fit[1] and fit[4]; 4 is held out
     assert reduced.rest_index.tolist() == [2, 5]
+    assert reduced.localization.masks[:, 0, 0].tolist() == [0.0, 2.0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,13 +132,19 @@ class Isolated:
     patch: torch.Tensor
     artifact_index: np.ndarray
     rest_index: np.ndarray
+    localization: Masks
 
 
-def test_a_global_artifact_is_scored_with_the_shift_alone_a_local_one_with_the_patch_and_the_shift():
+def test_each_kind_is_scored_with_its_transformations_a_local_one_with_the_patch_and_the_shift():
     data = TensorDataset(torch.arange(4.0).reshape(4, 1, 1, 1), torch.zeros(4, dtype=torch.long))
-    artifact = Isolated(torch.ones(1, 1), torch.full((1, 1, 1), 7.0), np.array([2, 3]), np.array([0, 1]))
-    (shift,) = counterfactual_transforms(artifact, mean_shift(data, artifact), "global")
+    artifact = Isolated(torch.ones(1, 1), torch.full((1, 1, 1), 7.0), np.array([2, 3]), np.array([0, 1]),
+                        Masks(torch.ones(2, 1, 1)))
+    delta = mean_shift(data, artifact)
+    (shift,) = counterfactual_transforms(artifact, data, delta, "global")
     assert isinstance(shift, Shift) and shift.delta.item() == 2.0  # mean(2, 3) - mean(0, 1)
-    paste, shift = counterfactual_transforms(artifact, mean_shift(data, artifact), "local")
+    (moved,) = counterfactual_transforms(artifact, data, delta, "moving")
+    assert isinstance(moved, Transplant) and sorted(moved.sources.flatten().tolist()) == [2.0, 3.0]
+    assert set(moved(torch.zeros(50, 1, 1, 1)).flatten().tolist()) == {2.0, 3.0}  # a group sample each
+    paste, shift = counterfactual_transforms(artifact, data, delta, "local")
     assert isinstance(paste, Paste) and isinstance(shift, Shift)
     assert paste(torch.zeros(1, 1, 1, 1)).item() == 7.0

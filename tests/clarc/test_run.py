@@ -28,7 +28,7 @@ from spray.clarc.dfr import CS
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
 from spray.clarc.groups import infer_groups, labels_of
 from spray.clarc.run import describe_artifact
-from spray.clarc.transform import agreed_area, artifact_kind, coverage, mean_shift, pasted_mask
+from spray.clarc.transform import agreed_area, coverage, kind_figures, mean_shift, pasted_mask
 from spray.errors import BadInputError
 from spray.lrp import EpsilonPlusFlat
 from spray.store import AuditStore
@@ -73,7 +73,8 @@ def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_a
         delta = mean_shift(tiny_audit.dataset, result.artifact)
         assert attrs["auto"]["coverage"] == coverage(torch.from_numpy(audit_arrays["mask"]))
         assert attrs["auto"]["agreed_area"] == agreed_area(pasted_mask(result.artifact, delta))
-        assert attrs["auto"]["kind"] == artifact_kind(result.artifact, delta)
+        read = kind_figures(result.artifact, delta, tiny_audit.model, tiny_audit.dataset)
+        assert attrs["auto"]["reproduction"] == read.reproduction and attrs["auto"]["kind"] == read.kind
         # auto's cost is all of its candidates' and the refit's, not the chosen one's epochs alone
         assert attrs["training_seconds"] >= (sum(c["seconds"] for c in attrs["auto"]["candidates"].values())
                                              + attrs["auto"]["refit"]["seconds"])

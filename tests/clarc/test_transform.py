@@ -11,9 +11,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
-from spray.clarc.transform import (AGREEMENT, GLOBAL_COVERAGE, MIN_AGREED_AREA, Paste, Shift, agreed_area,
-                                   artifact_kind, artifact_transform, coverage, difference_mask, mean_shift,
-                                   pasted_mask)
+from spray.clarc.transform import (AGREEMENT, GLOBAL_COVERAGE, MIN_AGREED_AREA, MIN_SPREAD, KindFigures, Paste,
+                                   Shift, Transplant, agreed_area, artifact_kind, artifact_transform, coverage,
+                                   difference_mask, kind_figures, mean_shift, pasted_mask, spread, transplant)
 from spray.errors import BadInputError
 
 
@@ -47,25 +47,51 @@ UNIFORM = torch.full((1, 4, 4), 2.0)
 
 def test_an_artifact_covering_half_the_image_or_more_is_global():
     assert coverage(artifact(0.25).mask) == 0.25
-    assert artifact_kind(artifact(0.25), UNIFORM) == "local"
-    assert artifact_kind(artifact(GLOBAL_COVERAGE), UNIFORM) == "global"
-    assert artifact_kind(artifact(1.0), UNIFORM) == "global"
+    assert artifact_kind(artifact(0.25), UNIFORM, None, dataset()) == "local"
+    assert artifact_kind(artifact(GLOBAL_COVERAGE), UNIFORM, None, dataset()) == "global"
+    assert artifact_kind(artifact(1.0), UNIFORM, None, dataset()) == "global"
 
 
-def test_masks_that_agree_on_no_region_make_a_global_artifact():
-    # A quarter of the image, but no pixel in (nearly) every sample's mask: LRP on each sample's own content.
+OPEN = "the artifact's masks leave its kind open: reading it off the model needs the model"
+
+
+def test_masks_that_agree_on_no_region_leave_the_kind_to_the_model():
+    # A quarter of the image, but no pixel in (nearly) every sample's mask: LRP on each sample's own content
+    # (a global confounder), or on a sticker at another place in each sample (a moving artifact).
     diffuse = replace(artifact(0.25), mask=artifact(0.25).mask * 0.9)
     assert coverage(diffuse.mask) == pytest.approx(0.225) and agreed_area(diffuse.mask) == 0.0
-    assert artifact_kind(diffuse, UNIFORM) == "global"
+    with pytest.raises(ValueError, match=OPEN):
+        artifact_kind(diffuse, UNIFORM, None, dataset())
+
+
+def test_the_kind_rule_on_its_figures():
+    assert KindFigures(GLOBAL_COVERAGE, 0.5).kind == "global"
+    assert KindFigures(0.2, MIN_AGREED_AREA).kind == "local"
+    assert KindFigures(0.2, 0.0, MIN_SPREAD, {"moving": 0.55, "global": 0.8}).kind == "moving"
+    assert KindFigures(0.2, 0.0, MIN_SPREAD, {"moving": 0.8, "global": 0.55}).kind == "global"
+    assert KindFigures(0.2, 0.0, MIN_SPREAD, {"moving": 0.7, "global": 0.7}).kind == "global"  # a tie: the shift
+    # Masks in one place (a sub-style of the class) are never moving, however well the transplant reproduces it.
+    assert KindFigures(0.2, 0.0, MIN_SPREAD - 0.01, {"moving": 0.5, "global": 0.8}).kind == "global"
+
+
+def test_the_spread_of_masks_is_the_rms_distance_of_their_centroids_over_the_image_side():
+    masks = torch.zeros(4, 8, 8)
+    for i, (r, c) in enumerate([(0, 0), (0, 6), (6, 0), (6, 6)]):
+        masks[i, r : r + 2, c : c + 2] = 1.0  # centroids 3 rows and 3 columns from their mean
+    assert spread(masks) == pytest.approx(18**0.5 / 8)
+    assert spread(masks[:1].expand(3, 8, 8)) == 0.0
+    assert spread(torch.zeros(2, 8, 8)) == 0.0  # no mass: at the centre
 
 
 def test_a_local_artifact_needs_an_agreed_area_of_at_least_the_minimum():
     mask, uniform = torch.full((20, 20), 0.2), torch.ones(1, 20, 20)
     mask.view(-1)[:4] = AGREEMENT  # 4 of 400 pixels: the minimum, 1 %
     assert agreed_area(mask) == MIN_AGREED_AREA == 0.01
-    assert artifact_kind(replace(artifact(0.25), mask=mask), uniform) == "local"
+    assert artifact_kind(replace(artifact(0.25), mask=mask), uniform, None, dataset()) == "local"
     mask.view(-1)[3] = AGREEMENT - 0.01
-    assert agreed_area(mask) == 0.0075 and artifact_kind(replace(artifact(0.25), mask=mask), uniform) == "global"
+    assert agreed_area(mask) == 0.0075
+    with pytest.raises(ValueError, match=OPEN):
+        artifact_kind(replace(artifact(0.25), mask=mask), uniform, None, dataset())
 
 
 def lifted_class(stamped: bool) -> tuple[TensorDataset, Masked]:
@@ -83,18 +109,88 @@ def lifted_class(stamped: bool) -> tuple[TensorDataset, Masked]:
                                                                      np.array([2, 3]))
 
 
-def test_masks_that_agree_only_on_the_class_s_own_content_make_a_global_artifact():
+def test_masks_that_agree_only_on_the_class_s_own_content_leave_the_kind_open():
     # Brightness: the masks agree on the strokes, a quarter of the image, but there the cluster equals the
     # rest of its class (0.3 + 0.7 * 1 = 1), so the pasted mask agrees nowhere.
     data, lifted = lifted_class(stamped=False)
     delta = mean_shift(data, lifted)
     assert agreed_area(lifted.mask) == 0.25 and agreed_area(pasted_mask(lifted, delta)) == 0.0
-    assert artifact_kind(lifted, delta) == "global" and isinstance(artifact_transform(lifted, data), Shift)
+    with pytest.raises(ValueError, match=OPEN):
+        artifact_transform(lifted, data)
     # A stamp in row 0 as well: the cluster differs there and every mask covers it, so it is local.
     data, stamped = lifted_class(stamped=True)
     delta = mean_shift(data, stamped)
     assert agreed_area(pasted_mask(stamped, delta)) == 0.125
-    assert artifact_kind(stamped, delta) == "local" and isinstance(artifact_transform(stamped, data), Paste)
+    assert artifact_kind(stamped, delta, None, data) == "local"
+    assert isinstance(artifact_transform(stamped, data), Paste)
+
+
+@dataclass(frozen=True)
+class Localized:
+    masks: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Seen:
+    """An artifact model as the kind rule reads it: masks, indices, and the CAV at ``layer``."""
+
+    label: int
+    mask: torch.Tensor
+    patch: torch.Tensor
+    artifact_index: np.ndarray
+    rest_index: np.ndarray
+    localization: Localized
+    layer: str = "1"
+    direction: torch.Tensor = torch.ones(1)
+
+
+def bright_pixels(brightest: bool = False) -> torch.nn.Module:
+    """A model whose layer ``1`` sees how far pixels rise above 0.5, ``relu(x − 0.5)``; with ``brightest``, its
+    layer ``3`` sees the most any pixel does."""
+    top = (torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(), torch.nn.Linear(1, 2)) if brightest else (
+        torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.ReLU(), *top)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[0].bias.fill_(-0.5)
+    return model.eval()
+
+
+def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_background_global():
+    # Four 8×8 samples with a 2×2 sticker at another corner each; the rest of the class is blank; the model sees
+    # the brightest pixel. The mean shift spreads a quarter of a sticker over every corner, under the 0.5 the
+    # model sees; the transplant pastes each sticker (its mask softened at the edge away from the corner).
+    x = torch.zeros(8, 1, 8, 8)
+    masks = torch.zeros(4, 8, 8)
+    for i, (r, c) in enumerate([(0, 0), (0, 6), (6, 0), (6, 6)]):
+        x[i, 0, r : r + 2, c : c + 2] = masks[i, r : r + 2, c : c + 2] = 1.0
+    data = TensorDataset(x, torch.ones(8, dtype=torch.long))
+    moving = Seen(1, masks.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(masks), layer="3")
+    delta = mean_shift(data, moving)
+    assert coverage(moving.mask) == 0.0625 and agreed_area(pasted_mask(moving, delta)) == 0.0
+    figures = kind_figures(moving, delta, bright_pixels(brightest=True), data)
+    assert figures.reproduction == {"moving": 0.5, "global": 1.0} and figures.spread > MIN_SPREAD
+    assert figures.kind == "moving"
+    transplanted = artifact_transform(moving, data, model=bright_pixels(brightest=True))
+    assert isinstance(transplanted, Transplant) and transplanted.kind == "moving"
+    out = transplanted(torch.zeros(6, 1, 8, 8))
+    assert all(any(torch.equal(o.bool(), x[j].bool()) for j in range(4)) for o in out)  # one whole sticker each
+    assert torch.equal(out, transplanted(torch.zeros(6, 1, 8, 8)))  # the same draws for the same batch
+    # The background lifted to 0.6 behind strokes in rows 4-5: the mean shift lifts the rest exactly so; the
+    # transplant pastes where the masks (the strokes) and the difference (the background) meet: nothing.
+    x = torch.zeros(8, 1, 8, 8)
+    x[:, 0, 4:6] = 1.0
+    x[:4] = 0.6 + 0.4 * x[:4]
+    strokes = torch.zeros(4, 8, 8)
+    strokes[:, 4:6] = 1.0
+    data = TensorDataset(x, torch.ones(8, dtype=torch.long))
+    lifted = Seen(1, strokes.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(strokes))
+    delta = mean_shift(data, lifted)
+    figures = kind_figures(lifted, delta, bright_pixels(), data)
+    assert figures.reproduction == {"moving": 1.0, "global": 0.5} and figures.kind == "global"
+    # The same strokes with the masks at one place: not moving even were the transplant the better reproduction.
+    assert figures.spread < MIN_SPREAD
+    assert isinstance(artifact_transform(lifted, data, model=bright_pixels()), Shift)
 
 
 def test_the_mean_shift_is_the_cluster_mean_minus_the_rest_mean():
@@ -148,3 +244,18 @@ def test_aclarc_adds_the_mean_shift_of_a_global_artifact_to_other_classes():
     loss(Recorder(), x, y, torch.Generator().manual_seed(0))
     assert torch.equal(seen[0][4:], x[4:] + 2.0)  # class 0 shifted
     assert torch.equal(seen[0][:4], x[:4])  # the artifact's class unchanged
+
+
+def test_the_transplant_takes_what_differs_beyond_the_class_s_own_variation():
+    # The rest of the class varies in row 4 (strokes written one way or another) and is blank elsewhere; the group
+    # sample has ink in row 4 too, and a sticker at the top left. With masks over the whole image, only the sticker
+    # is transplanted: row 4 differs from the rest's mean by half its spread there.
+    x = torch.zeros(5, 1, 8, 8)
+    x[[2, 4], 0, 4] = 1.0
+    x[0, 0, 4] = 1.0
+    x[0, 0, :2, :2] = 1.0
+    data = TensorDataset(x, torch.ones(5, dtype=torch.long))
+    group = Seen(1, torch.ones(8, 8), x[:1].mean(0), np.array([0]), np.arange(1, 5), Localized(torch.ones(1, 8, 8)))
+    moved = transplant(data, group)
+    assert torch.all(moved.masks[0, :2, :2] > 0.8) and torch.all(moved.masks[0, 4] == 0)
+    assert torch.equal(moved.sources, x[:1])

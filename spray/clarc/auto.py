@@ -15,10 +15,10 @@ The rule, in order:
    uses (the pasted patch, the mean input shift or the transplant; P- and RR-ClArC use none, they act along
    the CAV). A local artifact still gets an A-ClArC with the mean shift as a candidate: for a
    fixed-position artifact the shift carries the artifact too. RR-ClArC, the costliest (a second-order
-   gradient in every fine-tuning step), comes last for every kind. A candidate that cannot be fitted on the fit part because a group is
-   under its minimum (:class:`~spray.errors.GroupSizeError`: a DFR head and GroupDRO need 8 samples in every
-   inferred group, which a cluster of 10 no longer has once its validation share is held out) is skipped,
-   with its reason recorded; the others are still scored.
+   gradient in every fine-tuning step), comes last for every kind. A candidate that cannot be fitted on the
+   fit part because a group is under its minimum (:class:`~spray.errors.GroupSizeError`: a DFR head and
+   GroupDRO need 8 samples in every inferred group, which a cluster of 10 no longer has once its validation
+   share is held out) is skipped, with its reason recorded; the others are still scored.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so
@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
-from spray.clarc.transform import Transform, kind_figures, mean_shift, transformation
+from spray.clarc.transform import Transform, kind_figures, mean_shift, transform_of
 from spray.errors import GroupSizeError
 from spray.training import predict, stack_samples
 
@@ -133,7 +133,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
 def counterfactual_transforms(artifact: Any, dataset: Dataset, delta: Tensor, kind: str) -> list[Transform]:
     """The transformations whose counterfactual groups score the candidates for an artifact of ``kind``
     (:data:`COUNTERFACTUALS`), from its mean shift ``delta`` (spray.clarc.transform.mean_shift)."""
-    return [transformation(artifact, dataset, delta, k) for k in COUNTERFACTUALS[kind]]
+    return [transform_of(artifact, dataset, delta, k) for k in COUNTERFACTUALS[kind]]
 
 
 def candidate_name(method: str, transformation: str) -> str:

@@ -109,7 +109,8 @@ class KindFigures:
 def kind_figures(artifact: object, delta: Tensor, model: nn.Module | None, dataset: Dataset) -> KindFigures:
     """The :class:`KindFigures` of the artifact (mean shift ``delta``); the model is run only where the masks
     leave the kind open (and must be given then)."""
-    figures = KindFigures(coverage(artifact.mask), agreed_area(pasted_mask(artifact, delta)))  # type: ignore[attr-defined]
+    mask = artifact.mask  # type: ignore[attr-defined]
+    figures = KindFigures(coverage(mask), agreed_area(pasted_mask(artifact, delta)))
     if figures.coverage >= GLOBAL_COVERAGE or figures.agreed_area >= MIN_AGREED_AREA:
         return figures
     if model is None:
@@ -190,8 +191,8 @@ class Shift:
 
 @dataclass(frozen=True)
 class Transplant:
-    """``x_i ↦ (1 − masks_j) ⊙ x_i + masks_j ⊙ sources_j`` for a source ``j`` drawn per image ``i``; the draws of
-    one call come from a generator seeded with ``seed``, so equal batches get equal results."""
+    """``x_i ↦ (1 − masks_j) ⊙ x_i + masks_j ⊙ sources_j`` for a source ``j`` drawn per image ``i``; the draws
+    of one call come from a generator seeded with ``seed``, so equal batches get equal results."""
 
     sources: Tensor
     masks: Tensor
@@ -238,13 +239,14 @@ def transplant(dataset: Dataset, artifact: object) -> Transplant:
 def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto",
                        model: nn.Module | None = None) -> Transform:
     """The artifact's transformation: ``kind="auto"`` by :func:`artifact_kind` (which needs the ``model`` where
-    the masks leave the kind open), or forced ``"local"`` (:class:`Paste`), ``"global"`` (:class:`Shift`) or ``"moving"`` (:class:`Transplant`)."""
+    the masks leave the kind open), or forced ``"local"`` (:class:`Paste`), ``"global"`` (:class:`Shift`) or
+    ``"moving"`` (:class:`Transplant`)."""
     check_choice(kind, "artifact kind", KINDS)
-    return transformation(artifact, dataset, mean_shift(dataset, artifact), kind, model)
+    return transform_of(artifact, dataset, mean_shift(dataset, artifact), kind, model)
 
 
-def transformation(artifact: object, dataset: Dataset, delta: Tensor, kind: str = "auto",
-                   model: nn.Module | None = None) -> Transform:
+def transform_of(artifact: object, dataset: Dataset, delta: Tensor, kind: str = "auto",
+                 model: nn.Module | None = None) -> Transform:
     """:func:`artifact_transform` with the artifact's mean shift ``delta`` (:func:`mean_shift`) already
     computed, for callers that need it more than once."""
     if kind == "auto":

@@ -95,12 +95,16 @@ class KindFigures:
     reproduction: dict[str, float] | None = None
 
     @property
+    def open(self) -> bool:
+        """Whether the masks leave the kind open: coverage under :data:`GLOBAL_COVERAGE` and agreed area under
+        :data:`MIN_AGREED_AREA`."""
+        return self.coverage < GLOBAL_COVERAGE and self.agreed_area < MIN_AGREED_AREA
+
+    @property
     def kind(self) -> str:
         """The rule of :func:`artifact_kind` on these figures."""
-        if self.coverage >= GLOBAL_COVERAGE:
-            return "global"
-        if self.agreed_area >= MIN_AGREED_AREA:
-            return "local"
+        if not self.open:
+            return "global" if self.coverage >= GLOBAL_COVERAGE else "local"
         assert self.spread is not None and self.reproduction is not None
         moving = self.spread >= MIN_SPREAD and self.reproduction["moving"] < self.reproduction["global"]
         return "moving" if moving else "global"
@@ -111,12 +115,14 @@ def kind_figures(artifact: object, delta: Tensor, model: nn.Module | None, datas
     leave the kind open (and must be given then)."""
     mask = artifact.mask  # type: ignore[attr-defined]
     figures = KindFigures(coverage(mask), agreed_area(pasted_mask(artifact, delta)))
-    if figures.coverage >= GLOBAL_COVERAGE or figures.agreed_area >= MIN_AGREED_AREA:
+    if not figures.open:
         return figures
     if model is None:
         raise ValueError("the artifact's masks leave its kind open: reading it off the model needs the model")
-    moved = transplant(dataset, artifact)
-    found = reproduction(model, dataset, artifact, {"moving": moved, "global": Shift(delta)})
+    x_group, _ = stack_samples(dataset, artifact.artifact_index)  # type: ignore[attr-defined]
+    x_rest, _ = stack_samples(dataset, artifact.rest_index)  # type: ignore[attr-defined]
+    moved = _transplant(x_group, x_rest, artifact.localization.masks)  # type: ignore[attr-defined]
+    found = reproduction(model, artifact, x_group, x_rest, {"moving": moved, "global": Shift(delta)})
     return KindFigures(figures.coverage, figures.agreed_area, spread(moved.masks), found)
 
 
@@ -143,13 +149,12 @@ def spread(masks: Tensor) -> float:
     return float(distance.mean().sqrt()) / (height * width) ** 0.5
 
 
-def reproduction(model: nn.Module, dataset: Dataset, artifact: object,
+def reproduction(model: nn.Module, artifact: object, x_group: Tensor, x_rest: Tensor,
                  transforms: dict[str, Transform]) -> dict[str, float]:
     """Per transformation, the ROC AUC with which the artifact's CAV (its first direction, on pooled activations
-    of its layer, as it was fitted) tells the group's samples from the rest of the class transformed: 0.5 when
-    the transformation turns the rest into what the model sees in the group, 1 when it adds nothing of it."""
-    x_group, _ = stack_samples(dataset, artifact.artifact_index)  # type: ignore[attr-defined]
-    x_rest, _ = stack_samples(dataset, artifact.rest_index)  # type: ignore[attr-defined]
+    of its layer, as it was fitted) tells the group's samples ``x_group`` from the rest of the class ``x_rest``
+    transformed: 0.5 when the transformation turns the rest into what the model sees in the group, 1 when it
+    adds nothing of it."""
 
     def score(x: Tensor) -> np.ndarray:
         a = pool(activations(model, artifact.layer, x)).float()  # type: ignore[attr-defined]
@@ -231,9 +236,14 @@ def transplant(dataset: Dataset, artifact: object) -> Transplant:
     0.948; docs/clarc.md §17)."""
     sources, _ = stack_samples(dataset, artifact.artifact_index)  # type: ignore[attr-defined]
     rest, _ = stack_samples(dataset, artifact.rest_index)  # type: ignore[attr-defined]
+    return _transplant(sources, rest, artifact.localization.masks)  # type: ignore[attr-defined]
+
+
+def _transplant(sources: Tensor, rest: Tensor, masks: Tensor) -> Transplant:
+    """:func:`transplant` of the group's samples ``sources`` with their ``masks``, the rest ``rest`` stacked."""
     mu, sigma = rest.mean(0), rest.std(0, correction=0)
     differs = soft_masks((sources - mu).abs() / (sigma + sigma.mean()).clamp(min=torch.finfo(sigma.dtype).eps))
-    return Transplant(sources, artifact.localization.masks * differs)  # type: ignore[attr-defined]
+    return Transplant(sources, masks * differs)
 
 
 def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto",

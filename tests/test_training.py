@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,8 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from spray.demo import build_model, clean_test_dataset, default_poisoned_digits
 from spray.errors import BadInputError
 from spray.seeding import seeded
-from spray.training import TrainingConfig, accuracy, as_tensors, eval_mode, predict, shifted, train_model
+from spray.training import (TrainingConfig, accuracy, as_tensors, eval_mode, predict, predict_samples, shifted,
+                            train_model)
 
 
 def _small_train_set():
@@ -129,3 +131,23 @@ def test_accuracy_is_the_share_predicted_right_and_nan_when_empty():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     assert accuracy(model, TensorDataset(x, torch.tensor([0, 1, 1, 1]))) == 0.75
     assert math.isnan(accuracy(model, TensorDataset(x[:0], torch.tensor([], dtype=torch.int64))))
+
+
+def test_predict_samples_reads_by_chunks_and_transforms_each_chunk():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.eye(2))  # predicts the larger of the two inputs
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 3.0], [5.0, 4.0]])
+    data = TensorDataset(x, torch.tensor([0, 1, 1, 1, 0]))
+    seen = []
+
+    def swap(batch):  # exchanges the two inputs, so the prediction flips
+        seen.append(len(batch))
+        return batch.flip(1)
+
+    predicted, labels = predict_samples(model, data, np.array([4, 0, 3, 2]), chunk=3)
+    assert predicted.tolist() == [0, 0, 1, 0] and labels.tolist() == [0, 0, 1, 1]
+    predicted, labels = predict_samples(model, data, np.array([4, 0, 3, 2]), swap, chunk=3)
+    assert predicted.tolist() == [1, 1, 0, 1] and seen == [3, 1]
+    empty = predict_samples(model, data, np.array([], dtype=np.int64))
+    assert empty[0].shape == empty[1].shape == (0,) and empty[0].dtype == torch.int64

@@ -54,7 +54,7 @@ from torch.utils.data import Dataset, Subset
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.transform import Transform, kind_figures, mean_shift, transform_of
 from spray.errors import GroupSizeError
-from spray.training import predict, stack_samples
+from spray.training import predict_samples
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global"), ("rrclarc", "local")),
               "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"), ("rrclarc", "global")),
@@ -100,8 +100,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         transforms = counterfactual_transforms(artifact, dataset, delta, kind)
         part, reduced = Subset(dataset, fit), within(artifact, fit)
         # Computed once for every candidate: the validation samples and which of them the original gets right.
-        x_val, y_val = stack_samples(dataset, val)
-        original = (predict(model, x_val) == y_val).numpy()
+        original = correct_on(model, dataset, val)
         figures: dict[str, dict[str, float]] = {}
         candidates = {candidate_name(*c): c for c in CANDIDATES[kind]}
         for name, (method, transformation) in candidates.items():
@@ -114,7 +113,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                 continue
             figures[name] = {
                 "worst_group": min(worst_group_accuracy(corrected, dataset, val, inferred, t) for t in transforms),
-                **clean_figures(original, (predict(corrected, x_val) == y_val).numpy()),
+                **clean_figures(original, correct_on(corrected, dataset, val)),
                 "seconds": time.perf_counter() - tick,
             }
         chosen = choose(figures)
@@ -128,6 +127,13 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         return dataclasses.replace(result, params=params)
 
     return correct
+
+
+def correct_on(model: nn.Module, dataset: Dataset, index: np.ndarray) -> np.ndarray:
+    """Which of samples ``index`` (bool (k,)) ``model`` classifies right, read by chunks
+    (spray.training.predict_samples)."""
+    predicted, labels = predict_samples(model, dataset, index)
+    return (predicted == labels).numpy()
 
 
 def counterfactual_transforms(artifact: Any, dataset: Dataset, delta: Tensor, kind: str) -> list[Transform]:

@@ -26,12 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from spray.errors import GroupSizeError
-from spray.training import predict, stack_samples
+from spray.training import predict_samples
 
 VALIDATION = 0.3
 """The share of every group held out for validation."""
@@ -118,12 +117,13 @@ def worst_group_accuracy(model: nn.Module, dataset: Dataset, index: np.ndarray, 
                          transform: Callable[[Tensor], Tensor] | None = None) -> float:
     """The lowest accuracy of ``model`` over the inferred groups among samples ``index``; with the artifact's
     ``transform``, over the counterfactual groups too (the samples of other classes, transformed)."""
-    x, y = stack_samples(dataset, index)
-    groups, labels = inferred.groups[index], y.numpy()
-    accuracies = group_accuracies(predict(model, x).numpy(), labels, groups, len(inferred.names))
+    index = np.asarray(index, dtype=np.int64)
+    predicted, labels = (t.numpy() for t in predict_samples(model, dataset, index))
+    groups = inferred.groups[index]
+    accuracies = group_accuracies(predicted, labels, groups, len(inferred.names))
     if transform is not None:
         other = labels != inferred.label
         accuracies = np.concatenate([accuracies, group_accuracies(
-            predict(model, transform(x[torch.from_numpy(other)])).numpy(), labels[other], groups[other],
+            predict_samples(model, dataset, index[other], transform)[0].numpy(), labels[other], groups[other],
             len(inferred.names))])
     return float(np.nanmin(accuracies))

@@ -52,7 +52,7 @@ from spray._checks import check_choice
 from spray.clarc.activations import activations, pool
 from spray.clarc.artifact import digest
 from spray.clarc.localize import paste, soft_masks
-from spray.training import stack_samples
+from spray.training import CHUNK, stack_samples
 
 GLOBAL_COVERAGE = 0.5
 AGREEMENT = 0.95
@@ -119,10 +119,8 @@ def kind_figures(artifact: object, delta: Tensor, model: nn.Module | None, datas
         return figures
     if model is None:
         raise ValueError("the artifact's masks leave its kind open: reading it off the model needs the model")
-    x_group, _ = stack_samples(dataset, artifact.artifact_index)  # type: ignore[attr-defined]
-    x_rest, _ = stack_samples(dataset, artifact.rest_index)  # type: ignore[attr-defined]
-    moved = _transplant(x_group, x_rest, artifact.localization.masks)  # type: ignore[attr-defined]
-    found = reproduction(model, artifact, x_group, x_rest, {"moving": moved, "global": Shift(delta)})
+    moved = transplant(dataset, artifact)
+    found = reproduction(model, artifact, dataset, {"moving": moved, "global": Shift(delta)})
     return KindFigures(figures.coverage, figures.agreed_area, spread(moved.masks), found)
 
 
@@ -149,20 +147,25 @@ def spread(masks: Tensor) -> float:
     return float(distance.mean().sqrt()) / (height * width) ** 0.5
 
 
-def reproduction(model: nn.Module, artifact: object, x_group: Tensor, x_rest: Tensor,
+def reproduction(model: nn.Module, artifact: object, dataset: Dataset,
                  transforms: dict[str, Transform]) -> dict[str, float]:
     """Per transformation, the ROC AUC with which the artifact's CAV (its first direction, on pooled activations
-    of its layer, as it was fitted) tells the group's samples ``x_group`` from the rest of the class ``x_rest``
-    transformed: 0.5 when the transformation turns the rest into what the model sees in the group, 1 when it
-    adds nothing of it."""
+    of its layer, as it was fitted) tells the group's samples from the rest of the class transformed: 0.5 when
+    the transformation turns the rest into what the model sees in the group, 1 when it adds nothing of it. The
+    rest is read and transformed :data:`~spray.training.CHUNK` samples at a time."""
 
-    def score(x: Tensor) -> np.ndarray:
-        a = pool(activations(model, artifact.layer, x)).float()  # type: ignore[attr-defined]
-        return (a @ artifact.direction.float()).numpy()  # type: ignore[attr-defined]
+    def score(index: np.ndarray, transform: Transform | None = None) -> np.ndarray:
+        parts = []
+        for start in range(0, len(index), CHUNK):
+            x, _ = stack_samples(dataset, index[start : start + CHUNK])
+            a = pool(activations(model, artifact.layer, x if transform is None else transform(x)))  # type: ignore[attr-defined]
+            parts.append((a.float() @ artifact.direction.float()).numpy())  # type: ignore[attr-defined]
+        return np.concatenate(parts)
 
-    group = score(x_group)
-    truth = np.r_[np.ones(len(group)), np.zeros(len(x_rest))]
-    return {name: float(roc_auc_score(truth, np.r_[group, score(t(x_rest))])) for name, t in transforms.items()}
+    group, rest = artifact.artifact_index, artifact.rest_index  # type: ignore[attr-defined]
+    truth = np.r_[np.ones(len(group)), np.zeros(len(rest))]
+    scores = score(group)
+    return {name: float(roc_auc_score(truth, np.r_[scores, score(rest, t)])) for name, t in transforms.items()}
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ class Transplant:
 Transform = Paste | Shift | Transplant
 
 
-def mean_shift(dataset: Dataset, artifact: object, chunk: int = 512) -> Tensor:
+def mean_shift(dataset: Dataset, artifact: object, chunk: int = CHUNK) -> Tensor:
     """``mean(x of the cluster) − mean(x of the rest of its class)`` (one input's shape)."""
     def mean(index) -> Tensor:
         total = sum(stack_samples(dataset, index[i : i + chunk])[0].sum(0) for i in range(0, len(index), chunk))
@@ -235,15 +238,23 @@ def transplant(dataset: Dataset, artifact: object) -> Transplant:
     5.3 % of the image instead of 11.2 % with ``|x_j − μ|`` alone, and A-ClArC's clean accuracy 0.958 instead of
     0.948; docs/clarc.md §17)."""
     sources, _ = stack_samples(dataset, artifact.artifact_index)  # type: ignore[attr-defined]
-    rest, _ = stack_samples(dataset, artifact.rest_index)  # type: ignore[attr-defined]
-    return _transplant(sources, rest, artifact.localization.masks)  # type: ignore[attr-defined]
-
-
-def _transplant(sources: Tensor, rest: Tensor, masks: Tensor) -> Transplant:
-    """:func:`transplant` of the group's samples ``sources`` with their ``masks``, the rest ``rest`` stacked."""
-    mu, sigma = rest.mean(0), rest.std(0, correction=0)
+    mu, sigma = moments(dataset, artifact.rest_index)  # type: ignore[attr-defined]
     differs = soft_masks((sources - mu).abs() / (sigma + sigma.mean()).clamp(min=torch.finfo(sigma.dtype).eps))
-    return Transplant(sources, masks * differs)
+    return Transplant(sources, artifact.localization.masks * differs)  # type: ignore[attr-defined]
+
+
+def moments(dataset: Dataset, index: np.ndarray, chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
+    """The per-pixel mean and (population) standard deviation of samples ``index`` (one input's shape each),
+    summed in float64 :data:`~spray.training.CHUNK` samples at a time."""
+    total = squares = None
+    for start in range(0, len(index), chunk):
+        x = stack_samples(dataset, index[start : start + chunk])[0]
+        part, part_squares = x.sum(0, dtype=torch.float64), x.square().sum(0, dtype=torch.float64)
+        total = part if total is None else total + part
+        squares = part_squares if squares is None else squares + part_squares
+    assert total is not None and squares is not None
+    mean = total / len(index)
+    return mean.float(), (squares / len(index) - mean * mean).clamp(min=0).sqrt().float()
 
 
 def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto",

@@ -10,6 +10,7 @@ activation ``z`` for P-ClArC.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,15 +150,17 @@ def isolate_artifact(
 
 
 def pooled_activations(model: nn.Module, layer: str, dataset: Dataset, index: np.ndarray,
+                       transform: Callable[[Tensor], Tensor] | None = None,
                        chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
-    """(the pooled activations (n, C) of samples ``index`` at ``layer``, their mean activation (one
-    activation's shape, summed in float64)), reading ``chunk`` samples at a time: a class of 20,000 images of
-    224 × 224 is 12 GB stacked, and its activations at a ResNet's last block 2–8 GB more."""
+    """(the pooled activations (n, C) of samples ``index`` at ``layer``, each ``transform``-ed first if given,
+    their mean activation (one activation's shape, summed in float64)), reading ``chunk`` samples at a time: a
+    class of 20,000 images of 224 × 224 is 12 GB stacked, and its activations at a ResNet's last block 2–8 GB
+    more."""
     pooled: list[Tensor] = []
     total: Tensor | None = None
     for start in range(0, len(index), chunk):
         x, _ = stack_samples(dataset, index[start : start + chunk])
-        a = activations(model, layer, x)
+        a = activations(model, layer, x if transform is None else transform(x))
         pooled.append(pool(a))
         part = a.sum(0, dtype=torch.float64)
         total = part if total is None else total + part

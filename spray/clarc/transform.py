@@ -49,8 +49,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from spray._checks import check_choice
-from spray.clarc.activations import activations, pool
-from spray.clarc.artifact import digest
+from spray.clarc.artifact import digest, pooled_activations
 from spray.clarc.localize import paste, soft_masks
 from spray.training import CHUNK, stack_samples
 
@@ -155,12 +154,8 @@ def reproduction(model: nn.Module, artifact: object, dataset: Dataset,
     rest is read and transformed :data:`~spray.training.CHUNK` samples at a time."""
 
     def score(index: np.ndarray, transform: Transform | None = None) -> np.ndarray:
-        parts = []
-        for start in range(0, len(index), CHUNK):
-            x, _ = stack_samples(dataset, index[start : start + CHUNK])
-            a = pool(activations(model, artifact.layer, x if transform is None else transform(x)))  # type: ignore[attr-defined]
-            parts.append((a.float() @ artifact.direction.float()).numpy())  # type: ignore[attr-defined]
-        return np.concatenate(parts)
+        pooled, _ = pooled_activations(model, artifact.layer, dataset, index, transform)  # type: ignore[attr-defined]
+        return (pooled.float() @ artifact.direction.float()).numpy()  # type: ignore[attr-defined]
 
     group, rest = artifact.artifact_index, artifact.rest_index  # type: ignore[attr-defined]
     truth = np.r_[np.ones(len(group)), np.zeros(len(rest))]

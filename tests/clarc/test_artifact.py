@@ -34,7 +34,7 @@ def test_moments_by_chunks_are_the_per_pixel_mean_and_population_deviation():
 
 
 def test_the_rest_of_a_large_class_is_never_stacked_whole(monkeypatch):
-    # 1,200 samples in the rest of class 1: isolate_artifact and the kind rule's transplant and reproduction
+    # 1,288 samples in the rest of class 1: isolate_artifact and the kind rule's transplant and reproduction
     # read at most CHUNK (512) of them at once.
     data, stamped = tiny_data(n=2600)
     labels = data.tensors[1].numpy()

@@ -5,7 +5,7 @@
 model's decisions wherever spray does (ClArC's evaluation, the demo's checks), inside :func:`eval_mode`,
 which also serves every other forward pass that must not train (activations, RR-ClArC).
 :func:`as_tensors` and :func:`stack_samples` hold a dataset, or some of its samples, as tensors;
-:func:`predict_samples` predicts many samples a :data:`CHUNK` at a time.
+:func:`sample_chunks` reads many samples a :data:`CHUNK` at a time, :func:`predict_samples` predicts them.
 """
 
 from __future__ import annotations
@@ -172,15 +172,21 @@ def stack_samples(dataset: Dataset, indices: Sequence[int] | np.ndarray) -> tupl
     return torch.stack(xs), torch.tensor(ys, dtype=torch.int64)
 
 
+def sample_chunks(dataset: Dataset, indices: np.ndarray, chunk: int = CHUNK) -> Iterator[tuple[Tensor, Tensor]]:
+    """Samples ``indices`` of ``dataset`` as (x, y) stacks (:func:`stack_samples`) of ``chunk`` at a time, in
+    order: many samples read without holding them together."""
+    for start in range(0, len(indices), chunk):
+        yield stack_samples(dataset, indices[start : start + chunk])
+
+
 def predict_samples(model: nn.Module, dataset: Dataset, indices: np.ndarray,
                     transform: Callable[[Tensor], Tensor] | None = None,
                     chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
     """(predicted classes (k,), labels (k,)) of samples ``indices`` of ``dataset``, each ``transform``-ed if
-    given, read ``chunk`` samples at a time (:func:`stack_samples`, :func:`predict`): they need not fit in
+    given, read ``chunk`` samples at a time (:func:`sample_chunks`, :func:`predict`): they need not fit in
     memory together."""
     predicted, labels = [], []
-    for start in range(0, len(indices), chunk):
-        x, y = stack_samples(dataset, indices[start : start + chunk])
+    for x, y in sample_chunks(dataset, indices, chunk):
         predicted.append(predict(model, x if transform is None else transform(x)))
         labels.append(y)
     if not labels:

@@ -24,7 +24,7 @@ from spray.clarc.cav import CAV, check_cav_sizes
 from spray.clarc.layer_choice import AUTO, LayerChoice, choose_layer
 from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
 from spray.lrp import Composite, EpsilonPlusFlat
-from spray.training import CHUNK, stack_samples
+from spray.training import CHUNK, sample_chunks, stack_samples
 
 #: How many artifact samples (inputs and masks) are kept as examples for reports.
 N_EXAMPLES = 8
@@ -158,8 +158,7 @@ def pooled_activations(model: nn.Module, layer: str, dataset: Dataset, index: np
     more."""
     pooled: list[Tensor] = []
     total: Tensor | None = None
-    for start in range(0, len(index), chunk):
-        x, _ = stack_samples(dataset, index[start : start + chunk])
+    for x, _ in sample_chunks(dataset, index, chunk):
         a = activations(model, layer, x if transform is None else transform(x))
         pooled.append(pool(a))
         part = a.sum(0, dtype=torch.float64)

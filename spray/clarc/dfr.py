@@ -31,7 +31,7 @@ from spray._checks import check_choice, check_int
 from spray.clarc.transform import artifact_transform
 from spray.clarc.groups import VALIDATION, check_group_sizes, group_accuracies, infer_groups, labels_of
 from spray.errors import BadInputError
-from spray.training import eval_mode, stack_samples
+from spray.training import eval_mode, sample_chunks, stack_samples
 
 CS = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 """The paper's grid of inverse L1 strengths."""
@@ -67,8 +67,7 @@ def head_features(model: nn.Module, head: str, dataset: Dataset, index: np.ndarr
     handle = module.register_forward_pre_hook(lambda _m, args: chunks.append(args[0].flatten(1)))
     try:
         with eval_mode(model):
-            for start in range(0, len(index), batch_size):
-                x, _ = stack_samples(dataset, index[start : start + batch_size])
+            for x, _ in sample_chunks(dataset, index, batch_size):
                 model(x if transform is None else transform(x))
     finally:
         handle.remove()

@@ -51,7 +51,7 @@ from torch.utils.data import Dataset
 from spray._checks import check_choice
 from spray.clarc.artifact import digest, pooled_activations
 from spray.clarc.localize import paste, soft_masks
-from spray.training import CHUNK, stack_samples
+from spray.training import CHUNK, sample_chunks, stack_samples
 
 GLOBAL_COVERAGE = 0.5
 AGREEMENT = 0.95
@@ -217,7 +217,7 @@ Transform = Paste | Shift | Transplant
 def mean_shift(dataset: Dataset, artifact: object, chunk: int = CHUNK) -> Tensor:
     """``mean(x of the cluster) − mean(x of the rest of its class)`` (one input's shape)."""
     def mean(index) -> Tensor:
-        total = sum(stack_samples(dataset, index[i : i + chunk])[0].sum(0) for i in range(0, len(index), chunk))
+        total = sum(x.sum(0) for x, _ in sample_chunks(dataset, index, chunk))
         return total / len(index)  # type: ignore[operator]
 
     return mean(artifact.artifact_index) - mean(artifact.rest_index)  # type: ignore[attr-defined]
@@ -242,8 +242,7 @@ def moments(dataset: Dataset, index: np.ndarray, chunk: int = CHUNK) -> tuple[Te
     """The per-pixel mean and (population) standard deviation of samples ``index`` (one input's shape each),
     summed in float64 :data:`~spray.training.CHUNK` samples at a time."""
     total = squares = None
-    for start in range(0, len(index), chunk):
-        x = stack_samples(dataset, index[start : start + chunk])[0]
+    for x, _ in sample_chunks(dataset, index, chunk):
         part, part_squares = x.sum(0, dtype=torch.float64), x.square().sum(0, dtype=torch.float64)
         total = part if total is None else total + part
         squares = part_squares if squares is None else squares + part_squares

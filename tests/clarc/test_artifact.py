@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from spray import training as training_module
 from spray.clarc import artifact as artifact_module
 from spray.clarc import transform as transform_module
 from spray.clarc.activations import activations, pool
@@ -47,7 +48,7 @@ def test_the_rest_of_a_large_class_is_never_stacked_whole(monkeypatch):
             return stack(dataset, index)
         return stack_samples
 
-    for module in (artifact_module, transform_module):
+    for module in (artifact_module, transform_module, training_module):  # training: its sample_chunks
         monkeypatch.setattr(module, "stack_samples", recording(module.stack_samples))
     model = tiny_model()
     found = isolate_artifact(model, data, stamped.numpy(), rest, label=1, reference="all")

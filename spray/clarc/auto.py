@@ -112,7 +112,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                 figures[name] = {"skipped": str(error), "seconds": time.perf_counter() - tick}
                 continue
             figures[name] = {
-                "worst_group": min(worst_group_accuracy(corrected, dataset, val, inferred, t) for t in transforms),
+                "worst_group": worst_group_accuracy(corrected, dataset, val, inferred, *transforms),
                 **clean_figures(original, correct_on(corrected, dataset, val)),
                 "seconds": time.perf_counter() - tick,
             }

@@ -153,7 +153,8 @@ class GroupDRO(FinetuningCorrector):
 
     def score(self, model: nn.Module) -> float:
         """The worst validation group's accuracy (counterfactual groups included when used)."""
-        return worst_group_accuracy(model, self.dataset_, self.val_, self.inferred_, self.transform_)
+        transforms = () if self.transform_ is None else (self.transform_,)
+        return worst_group_accuracy(model, self.dataset_, self.val_, self.inferred_, *transforms)
 
 
 class GroupDROObjective(nn.Module):

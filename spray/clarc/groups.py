@@ -114,16 +114,14 @@ def group_accuracies(predicted: np.ndarray, labels: np.ndarray, groups: np.ndarr
 
 
 def worst_group_accuracy(model: nn.Module, dataset: Dataset, index: np.ndarray, inferred: InferredGroups,
-                         transform: Callable[[Tensor], Tensor] | None = None) -> float:
+                         *transforms: Callable[[Tensor], Tensor]) -> float:
     """The lowest accuracy of ``model`` over the inferred groups among samples ``index``; with the artifact's
-    ``transform``, over the counterfactual groups too (the samples of other classes, transformed)."""
+    ``transforms``, over each one's counterfactual groups too (the samples of other classes, transformed)."""
     index = np.asarray(index, dtype=np.int64)
     predicted, labels = (t.numpy() for t in predict_samples(model, dataset, index))
-    groups = inferred.groups[index]
-    accuracies = group_accuracies(predicted, labels, groups, len(inferred.names))
-    if transform is not None:
-        other = labels != inferred.label
-        accuracies = np.concatenate([accuracies, group_accuracies(
-            predict_samples(model, dataset, index[other], transform)[0].numpy(), labels[other], groups[other],
-            len(inferred.names))])
-    return float(np.nanmin(accuracies))
+    groups, other = inferred.groups[index], labels != inferred.label
+    accuracies = [group_accuracies(predicted, labels, groups, len(inferred.names))]
+    for transform in transforms:
+        accuracies.append(group_accuracies(predict_samples(model, dataset, index[other], transform)[0].numpy(),
+                                           labels[other], groups[other], len(inferred.names)))
+    return float(np.nanmin(np.concatenate(accuracies)))

@@ -5,8 +5,8 @@ During fine-tuning, each sample of a class other than the artifact's gets the ar
 it is pasted, ``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask
 (spray.clarc.localize); for a global one (its mask covers most of the image) the group's mean input shift
 is added, ``x' = x + δ``; for a moving one (a local artifact at another place in each image) a group
-sample's own masked content is pasted at its place (spray.clarc.transform). The artifact class's own samples are left as they are.
-The loss is plain cross-entropy.
+sample's own masked content is pasted at its place (spray.clarc.transform). The artifact class's own samples
+are left as they are. The loss is plain cross-entropy.
 """
 
 from __future__ import annotations

@@ -88,8 +88,9 @@ def main() -> None:
     if args.step:
         print(json.dumps(step(args.step, args.class_size, args.group)))
         return
-    print(f"class of {args.class_size} images of 3 x {SIDE} x {SIDE} ({args.class_size * 3 * SIDE * SIDE * 4 / 1e9:.2f} GB "
-          f"stacked), group {args.group}; PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
+    stacked = args.class_size * 3 * SIDE * SIDE * 4 / 1e9
+    print(f"class of {args.class_size} images of 3 x {SIDE} x {SIDE} ({stacked:.2f} GB stacked), group {args.group}; "
+          f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
     for name in ("isolate", "kind"):
         done = subprocess.run([sys.executable, __file__, "--step", name, "--class-size", str(args.class_size),
                                "--group", str(args.group)], capture_output=True, text=True, check=True)

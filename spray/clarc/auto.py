@@ -6,30 +6,37 @@ The rule, in order:
    and a validation part (:data:`~spray.clarc.groups.VALIDATION` of every group). Every candidate is
    trained on the fit part only.
 2. **Kind.** The artifact is *local*, *global* or *moving* (spray.clarc.transform.artifact_kind): global
-   when the mean mask covers at least half the image; local when the group's masks agree on at least 1 % of
-   it where the cluster differs from the rest of its class (a local artifact sits at the same pixels in
-   every sample); otherwise moving (a local artifact at another place in each sample) when the group's own
-   masked content transplanted into the rest of the class reproduces what the CAV sees better than the
-   mean shift does, else global (LRP along a global confounder's CAV lands on each sample's own content).
-   The kind fixes the candidates (:data:`CANDIDATES`), each a method with the artifact's transformation it
-   uses (the pasted patch, the mean input shift or the transplant; P- and RR-ClArC use none, they act along
-   the CAV). A local artifact still gets an A-ClArC with the mean shift as a candidate: for a
-   fixed-position artifact the shift carries the artifact too. RR-ClArC, the costliest (a second-order
-   gradient in every fine-tuning step), comes last for every kind. A candidate that cannot be fitted on the
+   when the mean mask covers at least half the image, or the group's intensity map changes the contrast
+   where the class varies (a lifted background does, a patch does not); local when the group's masks agree
+   on at least 1 % of it where the cluster differs from the rest of its class (a local artifact sits at the
+   same pixels in every sample); otherwise moving (a local artifact at another place in each sample) when
+   the group's own masked content transplanted into the rest of the class reproduces what the CAV sees
+   better than the intensity map does, else global (LRP along a global confounder's CAV lands on each
+   sample's own content). The kind fixes the candidates (:data:`CANDIDATES`), each a method with the
+   artifact's transformation it uses (the pasted patch, the intensity map — the mean input shift with a
+   contrast gain — or the transplant; P- and RR-ClArC use none, they act along the CAV). A local artifact
+   still gets an A-ClArC with the intensity map as a candidate: for a fixed-position artifact the map
+   carries the artifact too. RR-ClArC, the costliest (a second-order gradient in every fine-tuning step),
+   comes last for every kind. A candidate that cannot be fitted on the
    fit part because a group is under its minimum (:class:`~spray.errors.GroupSizeError`: a DFR head and
    GroupDRO need 8 samples in every inferred group, which a cluster of 10 no longer has once its validation
    share is held out) is skipped, with its reason recorded; the others are still scored.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
-   artifact of *both* transformations (other classes with the patch pasted, and with the shift added), so
-   that a model still following the shortcut in either form fails one; for a global one of the shift
-   only (its "patch" is the group's own digits); for a moving one of the transplant.
+   artifact of *both* transformations (other classes with the patch pasted, and with the intensity map
+   applied), so that a model still following the shortcut in either form fails one; for a global one of the
+   map only (its "patch" is the group's own digits); for a moving one of the transplant.
+   A-ClArC's number of epochs is chosen here too (:data:`EPOCH_CHOICE`): it is fine-tuned for up to 8
+   epochs, each epoch's model is scored so, and the candidate is its best epoch by steps 4–5 (the
+   validation decides when to stop, as GroupDRO's early stopping does; the later epoch of equals). A model
+   that follows its shortcut completely needs more than the 3 epochs that suffice where it does not
+   (docs/clarc.md §19, §20).
 4. **Guard.** A candidate is dropped when its validation samples show, beyond sampling noise, that it
    loses more than :data:`MAX_CLEAN_LOSS` of clean accuracy: a one-sided paired test on the same validation
    samples (:func:`loss_p_value`, p below :data:`ALPHA`). If every candidate is dropped, the smallest
    observed loss wins.
 5. **Choose** the best score; ties go to the candidate listed first (the cheaper one).
-6. **Refit.** The chosen method is fitted again, with the same transformation and settings, on all the
+6. **Refit.** The chosen method is fitted again, with the same transformation, settings and epochs, on all the
    training data (fit and validation parts); that refit is the result. The validation chose the *method*;
    the share it held out would otherwise be lost to the shipped model (A-ClArC on all the data lost less
    clean accuracy than on the fit part: docs/clarc.md §11, §12).
@@ -43,15 +50,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import binom
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
+from spray.clarc.artifact import digest
+from spray.clarc.groups import InferredGroups, infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.transform import Transform, kind_figures, mean_shift, transform_of
 from spray.errors import GroupSizeError
 from spray.training import predict_samples
@@ -72,6 +82,12 @@ MAX_CLEAN_LOSS = 0.02
 """δ, the clean-accuracy loss a candidate may have (the correction's target: at most 2 points)."""
 ALPHA = 0.05
 """The guard's level: a candidate is dropped when its loss exceeds δ at this one-sided significance."""
+EPOCH_CHOICE = {"aclarc": 8}
+"""The fine-tuned candidates whose number of epochs auto chooses on the validation part, and the most it
+tries (unless ``--epochs`` gives them): A-ClArC reached the ResNet's brightness within 8 epochs on the
+validation figures, and the CNN's cases after 2–3 (docs/clarc.md §19)."""
+SCORED = ("worst_group", "clean_loss", "lost", "gained", "n", "p_value")
+"""A candidate's validation figures (and those of each epoch where its epochs are chosen)."""
 
 
 def within(artifact: Any, fit: np.ndarray) -> Any:
@@ -100,26 +116,30 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         transforms = counterfactual_transforms(artifact, dataset, delta, kind)
         part, reduced = Subset(dataset, fit), within(artifact, fit)
         # Computed once for every candidate: the validation samples and which of them the original gets right.
-        original = correct_on(model, dataset, val)
-        figures: dict[str, dict[str, float]] = {}
+        score = Validation(dataset, val, inferred, tuple(transforms), correct_on(model, dataset, val))
+        figures: dict[str, dict[str, Any]] = {}
         candidates = {candidate_name(*c): c for c in CANDIDATES[kind]}
         for name, (method, transformation) in candidates.items():
             tick = time.perf_counter()
+            most = EPOCH_CHOICE.get(method) if tuning.epochs is None else None
+            settings = dataclasses.replace(tuning, kind=transformation)
+            if most is not None:
+                settings = dataclasses.replace(settings, epochs=most, annotate=score)
             try:
-                corrected = corrections[method](model, part, reduced, dataclasses.replace(tuning, kind=transformation),
-                                                Path(run_dir) / name, overwrite, progress).model
+                correction = corrections[method](model, part, reduced, settings, Path(run_dir) / name, overwrite,
+                                                 progress)
             except GroupSizeError as error:
                 figures[name] = {"skipped": str(error), "seconds": time.perf_counter() - tick}
                 continue
-            figures[name] = {
-                "worst_group": worst_group_accuracy(corrected, dataset, val, inferred, *transforms),
-                **clean_figures(original, correct_on(corrected, dataset, val)),
-                "seconds": time.perf_counter() - tick,
-            }
+            scored = score.figures(correction.model) if most is None else best_epoch(correction.history)
+            figures[name] = {**scored, "seconds": time.perf_counter() - tick}
         chosen = choose(figures)
         method, transformation = candidates[chosen]
+        epochs = figures[chosen].get("epochs")
         tick = time.perf_counter()
-        result = corrections[method](model, dataset, artifact, dataclasses.replace(tuning, kind=transformation),
+        result = corrections[method](model, dataset, artifact,
+                                     dataclasses.replace(tuning, kind=transformation,
+                                                         **({} if epochs is None else {"epochs": epochs})),
                                      Path(run_dir) / REFIT / chosen, overwrite, progress)
         refit = {"n_fit": len(fit), "n": len(dataset), "seconds": time.perf_counter() - tick}
         params = {**result.params, "auto": {"kind": kind, **dataclasses.asdict(read), "chosen": chosen,
@@ -127,6 +147,43 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         return dataclasses.replace(result, params=params)
 
     return correct
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How auto scores a corrected model on the validation samples ``val`` of ``dataset`` (rule steps 3–4):
+    the worst group over the ``inferred`` groups and the counterfactual ones of ``transforms``, and the clean
+    figures against which of them the original model gets right (``original``, bool). Called as
+    ``(epoch, model)`` it is a fine-tuning's per-epoch annotation (spray.clarc.finetune), and its
+    :meth:`fingerprint` goes into the checkpoint, so a checkpoint scored otherwise is not resumed."""
+
+    dataset: Dataset
+    val: np.ndarray
+    inferred: InferredGroups
+    transforms: tuple[Transform, ...]
+    original: np.ndarray
+
+    def figures(self, model: nn.Module) -> dict[str, float]:
+        """The :data:`SCORED` figures of ``model``."""
+        return {"worst_group": worst_group_accuracy(model, self.dataset, self.val, self.inferred, *self.transforms),
+                **clean_figures(self.original, correct_on(model, self.dataset, self.val))}
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        return self.figures(model)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"val": digest(torch.from_numpy(self.val)), "original": digest(torch.from_numpy(self.original)),
+                "transforms": [t.fingerprint() for t in self.transforms]}
+
+
+def best_epoch(history: list[dict[str, float]]) -> dict[str, Any]:
+    """A candidate whose epochs auto chose, from its fine-tuning ``history`` (each epoch's :data:`SCORED`
+    figures): its best epoch's figures by :func:`choose`, the later of equals (the worst group in steps of one
+    validation sample ties often, and A-ClArC's objective was still falling: docs/clarc.md §20), that epoch
+    (``epochs``), and every epoch's (``per_epoch``)."""
+    per_epoch = {int(entry["epoch"]): {k: entry[k] for k in SCORED} for entry in history}
+    best = choose(dict(reversed(per_epoch.items())))  # the later of equal epochs
+    return {**per_epoch[best], "epochs": best, "per_epoch": [{"epoch": e, **f} for e, f in per_epoch.items()]}
 
 
 def correct_on(model: nn.Module, dataset: Dataset, index: np.ndarray) -> np.ndarray:
@@ -172,7 +229,7 @@ def clean_figures(original: np.ndarray, corrected: np.ndarray) -> dict[str, floa
             "p_value": loss_p_value(lost, gained, n)}
 
 
-def choose(figures: Mapping[str, Mapping[str, Any]]) -> str:
+def choose(figures: Mapping[Any, Mapping[str, Any]]) -> Any:
     """The candidate of rule steps 4–5 from ``{name: {"worst_group", "clean_loss", "p_value"}}`` (in listed
     order); a candidate recorded as ``{"skipped": reason}`` (step 2) is not one."""
     fitted = {name: f for name, f in figures.items() if "skipped" not in f}

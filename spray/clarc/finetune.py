@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,6 +40,16 @@ from spray.training import stack_samples
 #: ``objective(model, x, y, generator) -> scalar loss`` for one batch; ``generator`` is the epoch's
 #: seeded source for any random choice the objective makes.
 Objective = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
+
+
+class Annotation(Protocol):
+    """A caller's figures of each epoch's model, ``annotation(epoch, model)``, recorded in the history (and
+    checkpoint); its ``fingerprint()`` (JSON) is part of the checkpoint's configuration."""
+
+    def __call__(self, epoch: int, model: nn.Module) -> Mapping[str, float]: ...
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
 
 CHECKPOINT = "checkpoint.pt"
 #: What the correctors fine-tune: the modules that run after the artifact's layer, or the whole model.
@@ -265,8 +275,11 @@ class FinetuningCorrector:
 
     def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, *, checkpoint_dir: str | Path | None = None,
             overwrite: bool = False, progress: bool = True,
-            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FinetuningCorrector:
-        """Fine-tune a copy of ``model`` on ``dataset`` (the audited, attributed training data)."""
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+            annotate: Annotation | None = None) -> FinetuningCorrector:
+        """Fine-tune a copy of ``model`` on ``dataset`` (the audited, attributed training data); ``annotate``
+        adds the caller's figures of each epoch's model to its history entry (spray.clarc.finetune.finetune),
+        after the corrector's own (:meth:`epoch_figures`)."""
         check_choice(self.trainable, "trainable", TRAINABLE)
         corrected = copy.deepcopy(model)
         modules = None
@@ -279,12 +292,16 @@ class FinetuningCorrector:
         transform = getattr(self, "transform_", None)
         config = {"method": self.name, "params": self.method_params(), "artifact": artifact.fingerprint(),
                   "start": model_hash(model),
-                  **({} if transform is None else {"transform": transform.fingerprint()})}
+                  **({} if transform is None else {"transform": transform.fingerprint()}),
+                  # a checkpoint without the caller's figures of its epochs, or with others, cannot give them
+                  **({} if annotate is None else {"annotated": annotate.fingerprint()})}
         result = finetune(
             corrected, dataset, self.objective(artifact), epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, seed=self.seed, checkpoint_dir=checkpoint_dir, config=config,
             overwrite=overwrite, progress=progress, desc=self.name, trainable=modules,
-            optimizer=self.optimizer, weight_decay=self.weight_decay, annotate=self.epoch_figures,
+            optimizer=self.optimizer, weight_decay=self.weight_decay,
+            annotate=self.epoch_figures if annotate is None else
+            lambda epoch, m: {**self.epoch_figures(epoch, m), **annotate(epoch, m)},
             on_epoch=on_epoch,
         )
         self.model_, self.history_, self.resumed_from_ = result.model, result.history, result.resumed_from

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from spray._checks import check_real
-from spray.clarc.finetune import FinetuningCorrector, Objective
+from spray.clarc.finetune import Annotation, FinetuningCorrector, Objective
 from spray.clarc.groups import (VALIDATION, InferredGroups, check_group_sizes, infer_groups, labels_of,
                                 worst_group_accuracy)
 from spray.clarc.transform import artifact_transform
@@ -128,7 +128,8 @@ class GroupDRO(FinetuningCorrector):
 
     def fit(self, model: nn.Module, dataset: Dataset, artifact: Any, *, checkpoint_dir: str | Path | None = None,
             overwrite: bool = False, progress: bool = True,
-            on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> GroupDRO:
+            on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+            annotate: Annotation | None = None) -> GroupDRO:
         """Fine-tune a copy of ``model`` on the fit part of ``dataset``; keep its best validation epoch."""
         inferred = infer_groups(labels_of(dataset), artifact.label, artifact.artifact_index)
         check_group_sizes(inferred, MIN_GROUP, "GroupDRO")
@@ -137,7 +138,7 @@ class GroupDRO(FinetuningCorrector):
         self.transform_ = artifact_transform(artifact, dataset, self.kind, model) if self.counterfactual else None
         self.start_ = (model, self.score(model))
         super().fit(model, Subset(GroupCoded(dataset, inferred), fit), artifact, checkpoint_dir=checkpoint_dir,
-                    overwrite=overwrite, progress=progress, on_epoch=on_epoch)
+                    overwrite=overwrite, progress=progress, on_epoch=on_epoch, annotate=annotate)
         best = self.objective_
         self.best_epoch_ = int(best.best_epoch)
         self.model_.load_state_dict(best.best.state_dict())

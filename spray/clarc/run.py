@@ -33,7 +33,7 @@ from spray.clarc.dfr import DFR
 from spray.clarc.groupdro import GroupDRO
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
 from spray.clarc.evaluate import FdaSetup, empty_row, evaluate_correction, format_metrics
-from spray.clarc.finetune import CHECKPOINT, FinetuningCorrector
+from spray.clarc.finetune import CHECKPOINT, Annotation, FinetuningCorrector
 from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
@@ -64,6 +64,9 @@ class Tuning:
     """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift),
     ``"moving"`` (the group's own masked content) or ``"auto"`` (by the localisation, and the model where that
     leaves it open; spray.clarc.transform)."""
+    annotate: Annotation | None = field(default=None, compare=False)
+    """The fine-tuning methods: figures of each epoch's model, added to its history entry (auto scores the
+    epochs of its candidates with them: spray.clarc.auto)."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),
@@ -96,7 +99,8 @@ def _fine_tuning(make: Callable[[Tuning], FinetuningCorrector]) -> CorrectionMet
     def correct(model: nn.Module, dataset: Dataset, artifact: ArtifactModel, tuning: Tuning, run_dir: Path,
                 overwrite: bool, progress: bool) -> Correction:
         corrector = make(tuning)
-        corrector.fit(model, dataset, artifact, checkpoint_dir=run_dir, overwrite=overwrite, progress=progress)
+        corrector.fit(model, dataset, artifact, checkpoint_dir=run_dir, overwrite=overwrite, progress=progress,
+                      annotate=tuning.annotate)
         p = corrector.params()
         return Correction(corrector.model_, corrector.history_, {
             "epochs": p["epochs"], "lr": p["lr"], "batch_size": p["batch_size"], "fraction": p.get("fraction"),
@@ -187,12 +191,15 @@ def describe_artifact(artifact: ArtifactModel) -> str:
 
 
 def shipped(method: str, params: dict[str, Any]) -> str:
-    """What a run's corrected model is: its method; for auto the candidate it chose, refitted on all the
-    data (what auto ships; a run recorded before the refit shipped the candidate's fit-part model)."""
+    """What a run's corrected model is: its method; for auto the candidate it chose (with the epochs auto
+    chose for it, where it chose them), refitted on all the data (what auto ships; a run recorded before the
+    refit shipped the candidate's fit-part model)."""
     if method != "auto":
         return method
     record = params["auto"]
-    return f"auto: {record['chosen']}, " + ("refit on all the data" if "refit" in record else "fit part")
+    epochs = record["candidates"][record["chosen"]].get("epochs")
+    return (f"auto: {record['chosen']}" + ("" if epochs is None else f" at {epochs} epochs") + ", " +
+            ("refit on all the data" if "refit" in record else "fit part"))
 
 
 def run_name(method: str, cluster: str | ClusterSpec) -> str:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, candidate_name, choose, clean_figures,
-                              counterfactual_transforms, loss_p_value, within)
-from spray.clarc.transform import Paste, Shift, Transplant, mean_shift
+from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, best_epoch, candidate_name, choose,
+                              clean_figures, counterfactual_transforms, loss_p_value, within)
+from spray.clarc.transform import Intensity, Paste, Transplant, mean_shift
 from spray.errors import GroupSizeError
 
 
@@ -90,6 +90,21 @@ def test_auto_takes_the_smallest_clean_loss_when_every_candidate_loses_too_much(
     assert choose(figures) == "aclarc/local"
 
 
+def test_the_best_epoch_is_chosen_as_candidates_are_with_the_later_of_equals():
+    # epochs 1-4 of a fine-tuning history: epoch 3 loses beyond the budget (dropped), 2 and 4 tie on the
+    # worst group; the later wins, and every epoch's figures are kept with the choice
+    scores = [candidate(0.5, 300, 0, 0), candidate(0.8, 300, 1, 0), candidate(0.9, 300, 40, 0),
+              candidate(0.8, 300, 0, 2)]
+    history = [{"epoch": e, "loss": 1.0 / e, "seconds": 2.0, **f} for e, f in enumerate(scores, 1)]
+    best = best_epoch(history)
+    assert scores[2]["p_value"] < ALPHA
+    assert best == {**scores[3], "epochs": 4, "per_epoch": [{"epoch": e, **f} for e, f in enumerate(scores, 1)]}
+    # where every epoch loses too much, the smallest loss (as for candidates), the later of equal losses
+    worse = [candidate(0.9, 300, 40, 0), candidate(0.9, 300, 30, 0), candidate(0.5, 300, 30, 0),
+             candidate(0.9, 300, 35, 0)]
+    assert best_epoch([{"epoch": e, **f} for e, f in enumerate(worse, 1)])["epochs"] == 3
+
+
 def test_a_skipped_candidate_is_never_chosen_and_none_fitted_is_refused_with_every_reason():
     figures = {"aclarc/global": candidate(0.5, 300, 0, 0), "dfr/global": {"skipped": "too small", "seconds": 0.1},
                "groupdro/global": candidate(0.9, 300, 0, 0)}
@@ -141,10 +156,11 @@ def test_each_kind_is_scored_with_its_transformations_a_local_one_with_the_patch
                         Masks(torch.ones(2, 1, 1)))
     delta = mean_shift(data, artifact)
     (shift,) = counterfactual_transforms(artifact, data, delta, "global")
-    assert isinstance(shift, Shift) and shift.delta.item() == 2.0  # mean(2, 3) - mean(0, 1)
+    # both groups vary alike: the gain is 1 and the map the mean shift, mean(2, 3) - mean(0, 1)
+    assert isinstance(shift, Intensity) and shift.gain == 1.0 and shift.offset.item() == 2.0
     (moved,) = counterfactual_transforms(artifact, data, delta, "moving")
     assert isinstance(moved, Transplant) and sorted(moved.sources.flatten().tolist()) == [2.0, 3.0]
     assert set(moved(torch.zeros(50, 1, 1, 1)).flatten().tolist()) == {2.0, 3.0}  # a group sample each
     paste, shift = counterfactual_transforms(artifact, data, delta, "local")
-    assert isinstance(paste, Paste) and isinstance(shift, Shift)
+    assert isinstance(paste, Paste) and isinstance(shift, Intensity)
     assert paste(torch.zeros(1, 1, 1, 1)).item() == 7.0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Subset, TensorDataset
 
 from spray.clarc import (
     ClarcConfig,
@@ -22,12 +22,14 @@ from spray.clarc import (
     load_corrected,
     read_cluster,
 )
-from spray.clarc.auto import CANDIDATES, candidate_name, choose, within
+from spray.clarc.augmentive import AClArC
+from spray.clarc.auto import (CANDIDATES, EPOCH_CHOICE, best_epoch, candidate_name, choose, clean_figures,
+                              correct_on, counterfactual_transforms, within)
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
-from spray.clarc.groups import infer_groups, labels_of
-from spray.clarc.run import describe_artifact
+from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
+from spray.clarc.run import describe_artifact, shipped
 from spray.clarc.transform import agreed_area, coverage, kind_figures, mean_shift, pasted_mask
 from spray.errors import BadInputError
 from spray.lrp import EpsilonPlusFlat
@@ -117,6 +119,53 @@ def test_auto_ships_the_chosen_method_refitted_on_all_the_data_deterministically
     assert rows[0]["correction"] is None and rows[1]["model"] == "corrected"
     assert {k: v for k, v in rows[1].items() if k in METRICS and k != "training_seconds"} == \
         {k: v for k, v in direct[1].items() if k in METRICS and k != "training_seconds"}
+
+
+def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them(tiny_audit, tmp_path, monkeypatch):
+    # Up to 3 epochs here (8 by default); A-ClArC's candidates only, so that one of them is shipped; a learning
+    # rate at which the tiny model's validation figures change from epoch to epoch.
+    lr = 3e-2
+    spec = a_group_cluster(tiny_audit)
+    monkeypatch.setitem(EPOCH_CHOICE, "aclarc", 3)
+    for kind in ("local", "global", "moving"):
+        monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "local"), ("aclarc", "global"), ("aclarc", "moving")))
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+
+    def run(method, out, tuning):
+        config = ClarcConfig(method, tmp_path / out, cluster=spec, tuning=tuning, progress=False)
+        return clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+
+    auto = run("auto", "auto", Tuning(lr=lr))
+    record, artifact = auto.params["auto"], auto.artifact
+    inferred = infer_groups(labels_of(tiny_audit.dataset), artifact.label, artifact.artifact_index)
+    fit, val = inferred.split(seed=0)
+    delta = mean_shift(tiny_audit.dataset, artifact)
+    transforms = counterfactual_transforms(artifact, tiny_audit.dataset, delta, record["kind"])
+    original = correct_on(tiny_audit.model, tiny_audit.dataset, val)
+    # each epoch's figures are those of A-ClArC fine-tuned for that many epochs alone and scored as a candidate
+    # (epoch e's draws depend on (seed, e) only); the candidate is its best epoch
+    assert len({p["worst_group"] for f in record["candidates"].values() for p in f["per_epoch"]}) > 2
+    for name, figures in record["candidates"].items():
+        assert [p["epoch"] for p in figures["per_epoch"]] == [1, 2, 3]
+        assert figures == {**best_epoch([{"epoch": p["epoch"], **p} for p in figures["per_epoch"]]),
+                           "seconds": figures["seconds"]}
+    kind = record["chosen"].split("/")[1]
+    for epochs in (1, 3):
+        alone = AClArC(epochs=epochs, kind=kind, seed=0, lr=lr).fit(tiny_audit.model, Subset(tiny_audit.dataset, fit),
+                                                             within(artifact, fit), progress=False).model_
+        figures = {"worst_group": worst_group_accuracy(alone, tiny_audit.dataset, val, inferred, *transforms),
+                   **clean_figures(original, correct_on(alone, tiny_audit.dataset, val))}
+        assert record["candidates"][record["chosen"]]["per_epoch"][epochs - 1] == {"epoch": epochs, **figures}
+    # the refit on all the data is fine-tuned for the chosen epochs: the same weights as A-ClArC given them
+    chosen = record["candidates"][record["chosen"]]["epochs"]
+    assert auto.params["epochs"] == chosen
+    assert shipped("auto", auto.params) == f"auto: {record['chosen']} at {chosen} epochs, refit on all the data"
+    given = run("aclarc", "given", Tuning(epochs=chosen, kind=kind, lr=lr))
+    assert all(torch.equal(v, given.model.state_dict()[k]) for k, v in auto.model.state_dict().items())
+    # --epochs given: auto fine-tunes every candidate for them and chooses no epochs
+    fixed = run("auto", "fixed", Tuning(epochs=1, lr=lr)).params["auto"]["candidates"]
+    assert all("per_epoch" not in f and "epochs" not in f for f in fixed.values())
 
 
 def test_auto_skips_a_candidate_whose_groups_are_too_small_on_the_fit_part_and_chooses_among_the_rest(

@@ -11,9 +11,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
-from spray.clarc.transform import (AGREEMENT, GLOBAL_COVERAGE, MIN_AGREED_AREA, MIN_SPREAD, KindFigures, Paste,
-                                   Shift, Transplant, agreed_area, artifact_kind, artifact_transform, coverage,
-                                   difference_mask, kind_figures, mean_shift, pasted_mask, spread, transplant)
+from spray.clarc.transform import (AGREEMENT, GAIN_SUPPORT, GLOBAL_COVERAGE, GLOBAL_GAIN, MIN_AGREED_AREA, MIN_SPREAD,
+                                   Intensity,
+                                   KindFigures, Paste, Transplant, agreed_area, artifact_kind, artifact_transform,
+                                   coverage, difference_mask, intensity_map, kind_figures, mean_shift, pasted_mask,
+                                   spread, transplant)
 from spray.errors import BadInputError
 
 
@@ -67,11 +69,19 @@ def test_masks_that_agree_on_no_region_leave_the_kind_to_the_model():
 def test_the_kind_rule_on_its_figures():
     assert KindFigures(GLOBAL_COVERAGE, 0.5).kind == "global"
     assert KindFigures(0.2, MIN_AGREED_AREA).kind == "local"
-    assert KindFigures(0.2, 0.0, MIN_SPREAD, {"moving": 0.55, "global": 0.8}).kind == "moving"
-    assert KindFigures(0.2, 0.0, MIN_SPREAD, {"moving": 0.8, "global": 0.55}).kind == "global"
-    assert KindFigures(0.2, 0.0, MIN_SPREAD, {"moving": 0.7, "global": 0.7}).kind == "global"  # a tie: the shift
+    moving, shifted = {"moving": 0.55, "global": 0.8}, {"moving": 0.8, "global": 0.55}
+    assert KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction=moving).kind == "moving"
+    assert KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction=shifted).kind == "global"
+    tie = {"moving": 0.7, "global": 0.7}
+    assert KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction=tie).kind == "global"  # a tie: the shift
     # Masks in one place (a sub-style of the class) are never moving, however well the transplant reproduces it.
-    assert KindFigures(0.2, 0.0, MIN_SPREAD - 0.01, {"moving": 0.5, "global": 0.8}).kind == "global"
+    assert KindFigures(0.2, 0.0, spread=MIN_SPREAD - 0.01, reproduction={"moving": 0.5, "global": 0.8}).kind == "global"
+    # A contrast changed by the group's intensity map is global, whatever the masks agree on; kept, it is not
+    for gain in (GLOBAL_GAIN, 1 / GLOBAL_GAIN, 0.5, 2.0):
+        figures = KindFigures(0.2, 0.3, gain)
+        assert figures.contrast and not figures.open and figures.kind == "global"
+    for gain in (np.nextafter(GLOBAL_GAIN, 1), 1.0, np.nextafter(1 / GLOBAL_GAIN, 0)):
+        assert KindFigures(0.2, 0.3, gain).kind == "local" and KindFigures(0.2, 0.0, gain).open
 
 
 def test_the_spread_of_masks_is_the_rms_distance_of_their_centroids_over_the_image_side():
@@ -190,14 +200,67 @@ def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_backgroun
     assert figures.reproduction == {"moving": 1.0, "global": 0.5} and figures.kind == "global"
     # The same strokes with the masks at one place: not moving even were the transplant the better reproduction.
     assert figures.spread < MIN_SPREAD
-    assert isinstance(artifact_transform(lifted, data, model=bright_pixels()), Shift)
+    assert isinstance(artifact_transform(lifted, data, model=bright_pixels()), Intensity)
 
 
 def test_the_mean_shift_is_the_cluster_mean_minus_the_rest_mean():
     assert torch.equal(mean_shift(dataset(), artifact(1.0)), torch.full((1, 4, 4), 2.0))
+    # the rest does not vary: the intensity map's gain is 1, and it adds the mean shift
     shift = artifact_transform(artifact(1.0), dataset())
-    assert isinstance(shift, Shift) and shift.kind == "global"
+    assert isinstance(shift, Intensity) and shift.kind == "global" and shift.gain == 1.0
     assert torch.equal(shift(torch.ones(2, 1, 4, 4)), torch.full((2, 1, 4, 4), 3.0))
+
+
+def transformed_class(lift) -> tuple[TensorDataset, Masked]:
+    """Class 1 of 40 random 6×6 images: 20 as they are (the rest), 20 others made ``lift(x)`` (the cluster)."""
+    x = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    x[:, :, 0] = 0.0  # a row where the class never varies
+    x[:20] = lift(x[:20])
+    return TensorDataset(x, torch.ones(40, dtype=torch.long)), Masked(1, torch.ones(6, 6), x[:20].mean(0),
+                                                                        np.arange(20), np.arange(20, 40))
+
+
+def test_the_intensity_map_gives_the_rest_the_clusters_mean_and_contrast():
+    # A background lifted to 0.3, x' = 0.3 + 0.7 x: the group's own digits are other digits than the rest's,
+    # so the map is estimated, not exact: gain near 0.7, offset near 0.3 on average where the class varies
+    # (each pixel's from 20 samples; the mean shift, about 0.3 − 0.3 · 0.5, would leave the contrast as it was)
+    data, lifted = transformed_class(lambda x: 0.3 + 0.7 * x)
+    found = intensity_map(data, lifted)
+    assert found.gain == pytest.approx(0.7, abs=0.05)
+    assert float(found.offset[:, 1:].mean()) == pytest.approx(0.3, abs=0.02)
+    assert torch.allclose(found.offset[:, 0], torch.tensor(0.3), atol=1e-6)  # μ_cluster − g · 0 where x is 0
+    # a patch painted over part of every cluster image, where the class varies: those pixels no longer vary in
+    # the cluster, and the gain falls under 1 (one gain for the whole image; a sticker on the background, where
+    # the class does not vary, is outside the support); it is the variance ratio over the values where the
+    # rest's deviation is at least GAIN_SUPPORT of its largest
+    patch = torch.zeros(1, 6, 6, dtype=torch.bool)
+    patch[:, 1:3, 1:3] = True
+    data, patched = transformed_class(lambda x: x.masked_fill(patch, 1.0))
+    found = intensity_map(data, patched)
+    x = data.tensors[0]
+    _, sd_rest = x[20:].mean(0), x[20:].std(0, unbiased=False)
+    support = sd_rest >= GAIN_SUPPORT * sd_rest.max()
+    assert not support[0, 0].any() and support[0, 1:].all()
+    expected = (x[:20].var(0)[support].sum() / x[20:].var(0)[support].sum()).sqrt()
+    assert found.gain == pytest.approx(float(expected), rel=1e-5) and found.gain < 1
+    assert torch.allclose(found.offset, x[:20].mean(0) - found.gain * x[20:].mean(0), atol=1e-6)
+    # read by the kind rule without a model: the lifted background changes the contrast, so it is global
+    # however little of the image its masks cover; the patch keeps it (gain above GLOBAL_GAIN), so the masks
+    # decide, and masks that agree nowhere leave it to the model
+    unmasked = {"mask": torch.zeros(6, 6), "patch": torch.zeros(1, 6, 6)}
+    data, lifted = transformed_class(lambda x: 0.3 + 0.7 * x)
+    figures = kind_figures(replace(lifted, **unmasked), mean_shift(data, lifted), None, data)
+    assert figures == KindFigures(0.0, 0.0, intensity_map(data, lifted).gain) and figures.kind == "global"
+    data, patched = transformed_class(lambda x: x.masked_fill(patch, 1.0))
+    assert GLOBAL_GAIN < intensity_map(data, patched).gain < 1
+    with pytest.raises(ValueError, match=OPEN):
+        kind_figures(replace(patched, **unmasked), mean_shift(data, patched), None, data)
+    # the same images for both groups, the cluster's made 0.3 + 0.7 x: the map is exact
+    x = torch.rand(20, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(torch.cat([0.3 + 0.7 * x, x]), torch.ones(40, dtype=torch.long))
+    found = intensity_map(data, Masked(1, torch.ones(6, 6), x.mean(0), np.arange(20), np.arange(20, 40)))
+    assert found.gain == pytest.approx(0.7, rel=1e-6) and torch.allclose(found.offset, torch.tensor(0.3), atol=1e-6)
+    assert torch.allclose(found(x), 0.3 + 0.7 * x, atol=1e-6)
 
 
 def test_a_local_artifact_is_pasted_and_the_kind_can_be_forced():
@@ -205,7 +268,7 @@ def test_a_local_artifact_is_pasted_and_the_kind_can_be_forced():
     assert isinstance(paste, Paste) and paste.kind == "local"
     out = paste(torch.zeros(1, 1, 4, 4))
     assert out.sum() == 9.0 * 4 and out[0, 0, 0, 0] == 9.0
-    assert isinstance(artifact_transform(artifact(0.25), dataset(), "global"), Shift)
+    assert isinstance(artifact_transform(artifact(0.25), dataset(), "global"), Intensity)
     with pytest.raises(BadInputError, match="artifact kind"):
         artifact_transform(artifact(0.25), dataset(), "diffuse")
 

@@ -4,8 +4,8 @@
 ``spray run``'s ``[train]`` table both go through it); :func:`predict` and :func:`accuracy` measure a
 model's decisions wherever spray does (ClArC's evaluation, the demo's checks), inside :func:`eval_mode`,
 which also serves every other forward pass that must not train (activations, RR-ClArC).
-:func:`as_tensors` and :func:`stack_samples` hold a dataset, or some of its samples, as tensors;
-:func:`sample_chunks` reads many samples a :data:`CHUNK` at a time, :func:`predict_samples` predicts them.
+:func:`stack_samples` holds some samples of a dataset as tensors; :func:`sample_chunks` reads many samples
+a :data:`CHUNK` at a time, :func:`predict_samples` predicts them (and :func:`accuracy` so reads a test set).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from spray._checks import check_int, check_real
@@ -194,14 +194,6 @@ def predict_samples(model: nn.Module, dataset: Dataset, indices: np.ndarray,
     return torch.cat(predicted), torch.cat(labels)
 
 
-def as_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
-    """All samples of ``dataset`` as (x (n, ...) float32, y (n,) int64) tensors (test sets are small
-    enough to hold)."""
-    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
-        return dataset.tensors[0].float(), dataset.tensors[1].long()
-    return stack_samples(dataset, np.arange(len(dataset)))  # type: ignore[arg-type]
-
-
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
     """Predicted classes (n,) of ``model`` for inputs ``x`` (n, ...), run in :func:`eval_mode` in batches
@@ -210,7 +202,8 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
         return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
-def accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256) -> float:
-    """Fraction of ``dataset`` that ``model`` classifies correctly (:func:`predict`); NaN when empty."""
-    x, y = as_tensors(dataset)
-    return float((predict(model, x, batch_size) == y).float().mean()) if len(y) else math.nan
+def accuracy(model: nn.Module, dataset: Dataset) -> float:
+    """Fraction of ``dataset`` that ``model`` classifies correctly (:func:`predict_samples`: read by chunks, so
+    that a test set need not fit in memory); NaN when empty."""
+    predicted, labels = predict_samples(model, dataset, np.arange(len(dataset)))  # type: ignore[arg-type]
+    return float((predicted == labels).float().mean()) if len(labels) else math.nan

@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from spray.demo import build_model, clean_test_dataset, default_poisoned_digits
 from spray.errors import BadInputError
 from spray.seeding import seeded
-from spray.training import (TrainingConfig, accuracy, as_tensors, eval_mode, predict, predict_samples, shifted,
-                            train_model)
+from spray.training import (TrainingConfig, accuracy, eval_mode, predict, predict_samples, shifted,
+                            stack_samples, train_model)
 
 
 def _small_train_set():
@@ -115,7 +115,7 @@ def test_eval_mode_restores_each_modules_own_mode():
 
 def test_predict_batches_give_the_argmax_of_the_model_in_eval_mode():
     model = build_model(seed=0).train()
-    x, y = as_tensors(Subset(clean_test_dataset(), range(40)))
+    x, y = stack_samples(clean_test_dataset(), np.arange(40))
     assert x.shape == (40, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     predicted = predict(model, x, batch_size=16)
     assert model.training  # restored

@@ -3,11 +3,12 @@ planted Clever Hans."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from spray.demo import poisoned_digits
 from spray.demo.audit import planted_recovery, trained_demo_model
-from spray.training import accuracy, as_tensors, predict
+from spray.training import accuracy, predict, stack_samples
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +16,8 @@ pytestmark = pytest.mark.slow
 def _stamp_effect(model, data) -> dict[str, float]:
     """Clean accuracy, accuracy with the stamp in every test image, and the share of stamped images of
     other classes that the model calls the poisoned class."""
-    x, labels = as_tensors(data.as_dataset("everywhere_test"))
+    everywhere = data.as_dataset("everywhere_test")
+    x, labels = stack_samples(everywhere, np.arange(len(everywhere)))
     predicted = predict(model, x)
     others = labels != data.poisoned_class
     return {"clean": accuracy(model, data.as_dataset("clean_test")),

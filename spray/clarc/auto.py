@@ -114,7 +114,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         read = kind_figures(artifact, delta, model, dataset)
         kind = read.kind
         transforms = counterfactual_transforms(artifact, dataset, delta, kind)
-        part, reduced = Subset(dataset, fit), within(artifact, fit)
+        part, reduced = Subset(dataset, fit.tolist()), within(artifact, fit)  # Python ints: a dataset may need them
         # Computed once for every candidate: the validation samples and which of them the original gets right.
         score = Validation(dataset, val, inferred, tuple(transforms), correct_on(model, dataset, val))
         figures: dict[str, dict[str, Any]] = {}

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset
 
 from spray._checks import check_choice
 from spray.attribution.config import AttributionRun
@@ -61,7 +61,7 @@ from spray.pipeline import PipelineSpec
 from spray.ranking import Ranking, rank_classes
 from spray.results import analysis_summary
 from spray.store import AuditStore
-from spray.training import accuracy, as_tensors, predict
+from spray.training import accuracy, predict, predict_samples, sample_chunks, stack_samples
 
 METRICS = ("clean_accuracy", "poisoned_accuracy", "everywhere_accuracy", "group_accuracy",
            "average_group_accuracy", "worst_group_accuracy", "artifact_relevance", "relevance_density",
@@ -74,15 +74,32 @@ def empty_row(model: str, correction: str | None = None) -> dict[str, Any]:
     return {"model": model, "correction": correction, **dict.fromkeys(METRICS)}
 
 
-def everywhere(dataset: Dataset, patch: Tensor, mask: Tensor) -> TensorDataset:
-    """``dataset`` with the artifact (``patch`` (C, H, W) through ``mask`` (H, W)) pasted into every sample."""
-    x, y = as_tensors(dataset)
-    if x.dim() != 4 or x.shape[1:] != patch.shape or x.shape[2:] != mask.shape:
-        raise BadInputError(
-            f"the test samples have shape {tuple(x.shape[1:])}, but the artifact patch is "
-            f"{tuple(patch.shape)} with a {tuple(mask.shape)} mask; use test data like the training data"
-        )
-    return TensorDataset(paste(x, patch, mask), y)
+class Everywhere(Dataset):
+    """``dataset`` with the artifact (``patch`` (C, H, W) through ``mask`` (H, W)) pasted into every sample,
+    as each is read: a test set need not fit in memory."""
+
+    def __init__(self, dataset: Dataset, patch: Tensor, mask: Tensor) -> None:
+        self.dataset, self.patch, self.mask = dataset, patch, mask
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Any]:
+        x, y = self.dataset[i][:2]
+        return paste(torch.as_tensor(x, dtype=torch.float32)[None], self.patch, self.mask)[0], y
+
+
+def everywhere(dataset: Dataset, patch: Tensor, mask: Tensor) -> Everywhere:
+    """``dataset`` with the artifact (``patch`` (C, H, W) through ``mask`` (H, W)) pasted into every sample
+    (:class:`Everywhere`); its first sample's shape is checked against the patch's and the mask's."""
+    if len(dataset):  # type: ignore[arg-type]
+        shape = tuple(torch.as_tensor(dataset[0][0]).shape)
+        if shape != tuple(patch.shape) or shape[1:] != tuple(mask.shape):
+            raise BadInputError(
+                f"the test samples have shape {shape}, but the artifact patch is {tuple(patch.shape)} with a "
+                f"{tuple(mask.shape)} mask; use test data like the training data"
+            )
+    return Everywhere(dataset, patch, mask)
 
 
 def artifact_relevance(model: nn.Module, dataset: Dataset, mask: Tensor, *, composite: Composite | None = None,
@@ -93,11 +110,9 @@ def artifact_relevance(model: nn.Module, dataset: Dataset, mask: Tensor, *, comp
     if projected_layers(model):
         composite = with_projection_rule(composite)
     lrp = LRP(composite)
-    x, y = as_tensors(dataset)
     mask = torch.as_tensor(mask, dtype=torch.float32)
     shares = []
-    for i in range(0, len(y), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+    for xb, yb in sample_chunks(dataset, np.arange(len(dataset)), batch_size):  # type: ignore[arg-type]
         if target == "prediction":
             yb = predict(model, xb)
         relevance, _ = lrp.attribute(model, xb, yb)
@@ -140,12 +155,13 @@ def evaluate_model(model: nn.Module, *, clean: Dataset, patch: Tensor, mask: Ten
     inside = mask if region is None else torch.as_tensor(np.asarray(region), dtype=torch.float32)
     if inside.shape != mask.shape:
         raise BadInputError(f"region must have the mask's shape {tuple(mask.shape)}, got {tuple(inside.shape)}")
-    x_clean, y_clean = as_tensors(clean)
-    x, y = as_tensors(stamped)
-    if tuple(x.shape[-2:]) != tuple(mask.shape):
-        raise BadInputError(f"the everywhere test samples have shape {tuple(x.shape[1:])}, but the artifact mask "
-                            f"is {tuple(mask.shape)}; use test data like the training data")
-    predicted_clean, predicted = predict(model, x_clean), predict(model, x)
+    shape = tuple(torch.as_tensor(stamped[0][0]).shape) if len(stamped) else None  # type: ignore[arg-type]
+    if shape is not None and shape[-2:] != tuple(mask.shape):
+        raise BadInputError(f"the everywhere test samples have shape {shape}, but the artifact mask is "
+                            f"{tuple(mask.shape)}; use test data like the training data")
+    # Read by chunks (spray.training.CHUNK), as the relevance and TCAV are: a test set need not fit in memory.
+    predicted_clean, y_clean = predict_samples(model, clean, np.arange(len(clean)))  # type: ignore[arg-type]
+    predicted, y = predict_samples(model, stamped, np.arange(len(stamped)))  # type: ignore[arg-type]
     groups = group_accuracy(torch.cat([predicted_clean, predicted]), torch.cat([y_clean, y]),
                             [f"{c}:clean" for c in y_clean.tolist()] + [f"{c}:artifact" for c in y.tolist()])
     share = artifact_relevance(model, stamped, inside, composite=composite, target=target)
@@ -161,8 +177,8 @@ def evaluate_model(model: nn.Module, *, clean: Dataset, patch: Tensor, mask: Ten
     }
     if tcav_at is not None and label is not None:
         try:
-            measured = tcav(model, tcav_at, concept=x, random=x_clean, inputs=x_clean[y_clean == label],
-                            target=label)
+            of_class = Subset(clean, np.flatnonzero((y_clean == label).numpy()).tolist())  # Python ints
+            measured = tcav(model, tcav_at, concept=stamped, random=clean, inputs=of_class, target=label)
         except BadInputError:  # no CAV at that layer (the artifact leaves it unchanged, too few samples) or
             measured = None    # no sample of the class: TCAV is not measured, the rest of the row is
         if measured is not None:
@@ -254,7 +270,7 @@ def evaluate_correction(
     not measured). ``layer``: the corrected layer (TCAV is measured at another one:
     :func:`spray.clarc.tcav.tcav_layer`; None: no TCAV); ``training_seconds``: what the correction cost and
     ``correction``: what the corrected model is (:func:`spray.clarc.run.shipped`), both the corrected row's."""
-    tcav_at = None if layer is None else tcav_layer(original, layer, as_tensors(clean)[0])
+    tcav_at = None if layer is None else tcav_layer(original, layer, stack_samples(clean, [0])[0])
     rows = []
     for name, model in (("original", original), ("corrected", corrected)):
         row = {"model": name, "correction": correction if name == "corrected" else None,

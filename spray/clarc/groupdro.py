@@ -137,8 +137,9 @@ class GroupDRO(FinetuningCorrector):
         self.inferred_, self.dataset_ = inferred, dataset
         self.transform_ = artifact_transform(artifact, dataset, self.kind, model) if self.counterfactual else None
         self.start_ = (model, self.score(model))
-        super().fit(model, Subset(GroupCoded(dataset, inferred), fit), artifact, checkpoint_dir=checkpoint_dir,
-                    overwrite=overwrite, progress=progress, on_epoch=on_epoch, annotate=annotate)
+        part = Subset(GroupCoded(dataset, inferred), fit.tolist())  # Python ints: a dataset may need them
+        super().fit(model, part, artifact, checkpoint_dir=checkpoint_dir, overwrite=overwrite, progress=progress,
+                    on_epoch=on_epoch, annotate=annotate)
         best = self.objective_
         self.best_epoch_ = int(best.best_epoch)
         self.model_.load_state_dict(best.best.state_dict())

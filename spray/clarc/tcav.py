@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from spray.clarc.activations import along_channels, activations, layer_output, pool, resolve_layer
+from spray.clarc.activations import along_channels, layer_output, resolve_layer
+from spray.clarc.artifact import pooled_activations
 from spray.clarc.cav import CAV
 from spray.errors import BadInputError
-from spray.training import eval_mode
+from spray.training import eval_mode, sample_chunks
 
 
 @dataclass(frozen=True)
@@ -97,14 +100,20 @@ def directional_derivatives(model: nn.Module, layer: str, x: Tensor, v: Tensor, 
     return torch.cat(out)
 
 
-def tcav(model: nn.Module, layer: str, *, concept: Tensor, random: Tensor, inputs: Tensor, target: int,
+def tcav(model: nn.Module, layer: str, *, concept: Dataset, random: Dataset, inputs: Dataset, target: int,
          random_state: int = 0) -> Tcav:
-    """TCAV of class ``target`` at ``layer``: a signal CAV fitted on the pooled activations of ``concept``
-    (n, ...) against ``random`` (m, ...), derivatives taken on ``inputs`` (the class's samples)."""
-    if len(inputs) == 0:
+    """TCAV of class ``target`` at ``layer``: a signal CAV fitted on the pooled activations of the ``concept``
+    samples against the ``random`` ones, derivatives taken on the ``inputs`` samples (the class's); each read
+    :data:`~spray.training.CHUNK` samples at a time, so that a test set need not fit in memory."""
+    if len(inputs) == 0:  # type: ignore[arg-type]
         raise BadInputError(f"TCAV needs samples of class {target} to take derivatives on; the test data has none")
-    cav = CAV("signal", random_state=random_state).fit(pool(activations(model, layer, concept)).numpy(),
-                                                       pool(activations(model, layer, random)).numpy())
-    derivatives = directional_derivatives(model, layer, inputs, torch.from_numpy(cav.direction_), target)
+
+    def pooled(dataset: Dataset) -> np.ndarray:
+        return pooled_activations(model, layer, dataset, np.arange(len(dataset)))[0].numpy()  # type: ignore[arg-type]
+
+    cav = CAV("signal", random_state=random_state).fit(pooled(concept), pooled(random))
+    v = torch.from_numpy(cav.direction_)
+    derivatives = torch.cat([directional_derivatives(model, layer, x, v, target)
+                             for x, _ in sample_chunks(inputs, np.arange(len(inputs)))])  # type: ignore[arg-type]
     return Tcav(layer, float((derivatives > 0).float().mean()), float(derivatives.abs().mean()), cav.auc_,
                 len(derivatives))

@@ -8,12 +8,16 @@ peak RSS (``ru_maxrss``):
 
 - ``isolate``: :func:`spray.clarc.artifact.isolate_artifact` of the group against the rest of its class;
 - ``kind``: the same, then the kind rule's figures (:func:`spray.clarc.transform.kind_figures`: the sticker's
-  masks agree nowhere, so it builds the transplant and measures its reproduction).
+  masks agree nowhere, so it builds the transplant and measures its reproduction);
+- ``evaluate``: :func:`spray.clarc.evaluate.evaluate_correction` of the model against itself on a test set of
+  ``--class-size`` + 500 images without stickers (accuracies clean and with a sticker pasted into every image,
+  the relevance share in the sticker's square, TCAV at the first convolution's output), as ``spray clarc``
+  evaluates a correction.
 
 The stacked class alone is ``class-size × 602 KB`` (3,600 images: 2.2 GB). Run the old tree and the new one with
 ``PYTHONPATH=<tree>`` one after the other.
 
-Run:  python tests/benchmarks/bench_clarc_memory.py [--class-size 4000] [--group 400]
+Run:  python tests/benchmarks/bench_clarc_memory.py [--class-size 4000] [--group 400] [--steps isolate,kind,evaluate]
 """
 
 from __future__ import annotations
@@ -63,11 +67,20 @@ def model() -> nn.Module:
 
 def step(name: str, class_size: int, group: int) -> dict[str, float]:
     from spray.clarc.artifact import isolate_artifact
+    from spray.clarc.evaluate import evaluate_correction
     from spray.clarc.transform import kind_figures, mean_shift
 
     torch.set_num_threads(1)
     data, net = StickerImages(class_size, group), model()
     start = time.perf_counter()
+    if name == "evaluate":
+        mask = torch.zeros(SIDE, SIDE)
+        mask[100:124, 100:124] = 1.0
+        patch = torch.tensor([1.0, 0.0, 1.0])[:, None, None].expand(3, SIDE, SIDE).clone()
+        rows = evaluate_correction(net, net, label=0, patch=patch, mask=mask, clean=StickerImages(class_size, 0),
+                                   layer="3")
+        return {"evaluate_s": time.perf_counter() - start, "everywhere": rows[0]["everywhere_accuracy"],
+                "tcav": rows[0]["tcav_score"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     artifact = isolate_artifact(net, data, np.arange(group), np.arange(group, class_size), label=0)
     out = {"isolate_s": time.perf_counter() - start}
     if name == "kind":
@@ -83,7 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--class-size", type=int, default=4000)
     parser.add_argument("--group", type=int, default=400)
-    parser.add_argument("--step", choices=("isolate", "kind"), help=argparse.SUPPRESS)
+    parser.add_argument("--step", choices=("isolate", "kind", "evaluate"), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", default="isolate,kind,evaluate", help="comma-separated steps to run")
     args = parser.parse_args()
     if args.step:
         print(json.dumps(step(args.step, args.class_size, args.group)))
@@ -91,7 +105,7 @@ def main() -> None:
     stacked = args.class_size * 3 * SIDE * SIDE * 4 / 1e9
     print(f"class of {args.class_size} images of 3 x {SIDE} x {SIDE} ({stacked:.2f} GB stacked), group {args.group}; "
           f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
-    for name in ("isolate", "kind"):
+    for name in args.steps.split(","):
         done = subprocess.run([sys.executable, __file__, "--step", name, "--class-size", str(args.class_size),
                                "--group", str(args.group)], capture_output=True, text=True, check=True)
         print(name, done.stdout.strip())

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
-from spray.clarc.evaluate import METRICS, _group_rows, evaluate_correction, format_metrics, group_accuracy
+from spray import training as training_module
+from spray.clarc.activations import activations, pool
+from spray.clarc.cav import CAV
+from spray.clarc.evaluate import (METRICS, _group_rows, artifact_relevance, evaluate_correction, evaluate_model,
+                                  everywhere, format_metrics, group_accuracy)
+from spray.clarc.localize import paste
+from spray.clarc.tcav import directional_derivatives
+from spray.training import CHUNK, predict
 from tests.clarc.conftest import tiny_data
 
 
@@ -64,3 +72,35 @@ def test_tcav_is_not_measured_where_the_artifact_leaves_the_layer_unchanged(tiny
                                mask=torch.zeros(8, 8), clean=test, layer="features.3")
     assert rows[0]["tcav_layer"] == "features.1" and rows[0]["tcav_score"] is None
     assert rows[0]["relevance_density"] is None  # an empty mask has no area
+
+
+def test_a_large_test_set_is_read_by_chunks_with_the_figures_of_the_stacked_one(tiny_audit, monkeypatch):
+    # 1,300 test images: the accuracies, the relevance share and TCAV read at most CHUNK (512) of them at a time
+    # (the artifact pasted as each is read), with the figures computed on the whole stacked set.
+    test = tiny_data(1300, seed=2)[0]
+    mask = torch.zeros(8, 8)
+    mask[:3, :3] = 1.0
+    patch = torch.ones(1, 8, 8)
+    largest = []
+
+    def stack_samples(dataset, index):
+        largest.append(len(index))
+        return stack(dataset, index)
+
+    stack = training_module.stack_samples
+    monkeypatch.setattr(training_module, "stack_samples", stack_samples)
+    model = tiny_audit.model
+    row = evaluate_model(model, clean=test, patch=patch, mask=mask, label=1, tcav_at="features.1")
+    assert max(largest) == CHUNK == 512
+    x, y = test.tensors
+    stamped = paste(x, patch, mask)
+    assert torch.equal(torch.stack([everywhere(test, patch, mask)[i][0] for i in range(len(y))]), stamped)
+    assert row["clean_accuracy"] == float((predict(model, x) == y).float().mean())
+    assert row["everywhere_accuracy"] == float((predict(model, stamped) == y).float().mean())
+    assert row["artifact_relevance"] == pytest.approx(
+        artifact_relevance(model, TensorDataset(stamped, y), mask), rel=1e-6)
+    cav = CAV("signal").fit(pool(activations(model, "features.1", stamped)).numpy(),
+                            pool(activations(model, "features.1", x)).numpy())
+    derivatives = directional_derivatives(model, "features.1", x[y == 1], torch.from_numpy(cav.direction_), 1)
+    assert row["tcav_score"] == float((derivatives > 0).float().mean())
+    assert row["tcav_magnitude"] == pytest.approx(float(derivatives.abs().mean()), rel=1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from spray.clarc import (
     ClarcConfig,
@@ -27,6 +27,7 @@ from spray.clarc.auto import (CANDIDATES, EPOCH_CHOICE, best_epoch, candidate_na
                               correct_on, counterfactual_transforms, within)
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
+from spray.clarc.groupdro import GroupDRO
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.run import describe_artifact, shipped
@@ -518,3 +519,34 @@ def test_spray_clarc_prints_and_returns_every_candidate_layers_figures(tmp_path)
     assert lines[3].split() == ["layer", "channels", "CAV", "AUC", "concentration", "kept"]
     assert [line[2:].split()[:2] for line in lines[4:6]] == [["features.1", "4"], ["features.3", "6"]]
     assert sum(line.startswith("*") for line in lines[4:6]) == 1
+
+
+class IntIndexed(Dataset):
+    """A dataset that, like one seeding a generator per sample, takes Python ints only."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if type(i) is not int:
+            raise TypeError(f"sample index {i!r} is a {type(i).__name__}, not an int")
+        return self.dataset[i]
+
+
+def test_auto_groupdro_and_the_evaluation_index_a_dataset_with_python_ints(tiny_audit, tmp_path):
+    # auto's fit part, GroupDRO's fit part and TCAV's samples of the class were Subsets with numpy indices,
+    # which reached the user's __getitem__ as numpy integers
+    spec = a_group_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    data = IntIndexed(tiny_audit.dataset)
+    config = ClarcConfig("auto", tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=1), progress=False)
+    result = clarc_from_store(store, tiny_audit.model, data, config, EvaluationData(data))
+    candidates = result.params["auto"]["candidates"]
+    assert candidates and all("worst_group" in f for f in candidates.values())  # every candidate fitted, scored
+    assert result.metrics[1]["clean_accuracy"] == accuracy(result.model, tiny_audit.dataset)
+    groupdro = GroupDRO(epochs=1).fit(tiny_audit.model, data, result.artifact, progress=False)
+    assert groupdro.best_epoch_ in (0, 1)

@@ -7,6 +7,7 @@ from collections import OrderedDict
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from spray.clarc.tcav import directional_derivatives, tcav, tcav_layer
 from spray.errors import BadInputError
@@ -34,10 +35,15 @@ def _concept_and_random(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch
     return concept, random
 
 
+def _samples(x: torch.Tensor) -> TensorDataset:
+    return TensorDataset(x, torch.zeros(len(x), dtype=torch.long))
+
+
 @pytest.mark.parametrize("sign, score", [(1.0, 1.0), (-1.0, 0.0)])
 def test_tcav_score_of_a_model_monotone_along_the_concept_is_one_and_zero_when_it_falls(sign, score):
     concept, random = _concept_and_random()
-    result = tcav(_monotone_model(sign), "features", concept=concept, random=random, inputs=random, target=1)
+    result = tcav(_monotone_model(sign), "features", concept=_samples(concept), random=_samples(random),
+                  inputs=_samples(random), target=1)
     assert result.score == score and result.n == 40 and result.cav_auc == 1.0 and result.layer == "features"
     # the CAV is channel 0; d/da of sign*exp(mean a_0) along it, summed over the 16 positions, is sign*exp(.)
     expected = random[:, 0].flatten(1).mean(1).exp()
@@ -46,7 +52,8 @@ def test_tcav_score_of_a_model_monotone_along_the_concept_is_one_and_zero_when_i
 
 def test_a_logit_that_ignores_the_concept_has_zero_derivatives_and_a_score_of_zero_positive():
     concept, random = _concept_and_random()
-    result = tcav(_monotone_model(1.0), "features", concept=concept, random=random, inputs=random, target=0)
+    result = tcav(_monotone_model(1.0), "features", concept=_samples(concept), random=_samples(random),
+                  inputs=_samples(random), target=0)
     assert result.magnitude == pytest.approx(0.0, abs=1e-7) and result.score == 0.0
 
 
@@ -78,4 +85,5 @@ def test_the_tcav_layer_is_the_last_other_block_before_the_corrected_layer_else_
 def test_tcav_without_samples_of_the_class_is_bad_input():
     concept, random = _concept_and_random()
     with pytest.raises(BadInputError, match="TCAV needs samples of class 1 to take derivatives on"):
-        tcav(_monotone_model(1.0), "features", concept=concept, random=random, inputs=random[:0], target=1)
+        tcav(_monotone_model(1.0), "features", concept=_samples(concept), random=_samples(random),
+             inputs=_samples(random[:0]), target=1)

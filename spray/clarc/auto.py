@@ -57,12 +57,12 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import binom
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.artifact import digest
 from spray.clarc.groups import InferredGroups, infer_groups, labels_of, worst_group_accuracy
-from spray.clarc.transform import Transform, kind_figures, mean_shift, transform_of
+from spray.clarc.transform import Transform, Transformations, kind_figures
 from spray.errors import GroupSizeError
 from spray.training import predict_samples
 
@@ -110,10 +110,10 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                 progress: bool) -> Any:
         inferred = infer_groups(labels_of(dataset), artifact.label, artifact.artifact_index)
         fit, val = inferred.split(seed=tuning.seed)
-        delta = mean_shift(dataset, artifact)
-        read = kind_figures(artifact, delta, model, dataset)
+        built = Transformations(artifact, dataset)  # the class read once for the kind and the counterfactuals
+        read = kind_figures(built, model)
         kind = read.kind
-        transforms = counterfactual_transforms(artifact, dataset, delta, kind)
+        transforms = counterfactual_transforms(built, kind)
         part, reduced = Subset(dataset, fit.tolist()), within(artifact, fit)  # Python ints: a dataset may need them
         # Computed once for every candidate: the validation samples and which of them the original gets right.
         score = Validation(dataset, val, inferred, tuple(transforms), correct_on(model, dataset, val))
@@ -193,10 +193,10 @@ def correct_on(model: nn.Module, dataset: Dataset, index: np.ndarray) -> np.ndar
     return (predicted == labels).numpy()
 
 
-def counterfactual_transforms(artifact: Any, dataset: Dataset, delta: Tensor, kind: str) -> list[Transform]:
+def counterfactual_transforms(transforms: Transformations, kind: str) -> list[Transform]:
     """The transformations whose counterfactual groups score the candidates for an artifact of ``kind``
-    (:data:`COUNTERFACTUALS`), from its mean shift ``delta`` (spray.clarc.transform.mean_shift)."""
-    return [transform_of(artifact, dataset, delta, k) for k in COUNTERFACTUALS[kind]]
+    (:data:`COUNTERFACTUALS`), of the artifact's ``transforms``."""
+    return [transforms.of(k) for k in COUNTERFACTUALS[kind]]
 
 
 def candidate_name(method: str, transformation: str) -> str:

@@ -51,6 +51,7 @@ the map's gain).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from spray._checks import check_choice
-from spray.clarc.artifact import digest, pooled_activations
+from spray.clarc.activations import activations, pool
+from spray.clarc.artifact import digest
 from spray.clarc.localize import paste, soft_masks
 from spray.training import CHUNK, sample_chunks, stack_samples
 
@@ -140,29 +142,28 @@ class KindFigures:
         return "moving" if moving else "global"
 
 
-def kind_figures(artifact: object, delta: Tensor, model: nn.Module | None, dataset: Dataset) -> KindFigures:
-    """The :class:`KindFigures` of the artifact (mean shift ``delta``); the model is run only where the masks
-    leave the kind open (and must be given then)."""
-    mask = artifact.mask  # type: ignore[attr-defined]
-    mapped = intensity_map(dataset, artifact)
-    figures = KindFigures(coverage(mask), agreed_area(pasted_mask(artifact, delta)), mapped.gain)
+def kind_figures(transforms: Transformations, model: nn.Module | None) -> KindFigures:
+    """The :class:`KindFigures` of an artifact's ``transforms``; the model is run only where the masks leave
+    the kind open (and must be given then)."""
+    artifact = transforms.artifact
+    figures = KindFigures(coverage(artifact.mask), agreed_area(transforms.local.mask), transforms.intensity.gain)
     if not figures.open:
         return figures
     if model is None:
         raise ValueError("the artifact's masks leave its kind open: reading it off the model needs the model")
-    moved = transplant(dataset, artifact)
-    found = reproduction(model, artifact, dataset, {"moving": moved, "global": mapped})
-    return dataclasses.replace(figures, spread=spread(moved.masks), reproduction=found)
+    found = reproduction(model, artifact, transforms.dataset,
+                         {"moving": transforms.moving, "global": transforms.intensity})
+    return dataclasses.replace(figures, spread=spread(transforms.moving.masks), reproduction=found)
 
 
-def artifact_kind(artifact: object, delta: Tensor, model: nn.Module | None, dataset: Dataset) -> str:
+def artifact_kind(transforms: Transformations, model: nn.Module | None) -> str:
     """``"global"`` if the artifact's mean mask covers at least :data:`GLOBAL_COVERAGE` of the image, or if its
     :func:`intensity_map` changes the contrast (gain at most :data:`GLOBAL_GAIN` or at least its inverse); else
-    ``"local"`` if the :func:`agreed_area` of its :func:`pasted_mask` (with the mean shift ``delta``) is at
-    least :data:`MIN_AGREED_AREA`; else ``"moving"`` if the transplant's masks lie at different places (their
-    :func:`spread` at least :data:`MIN_SPREAD`) and ``model`` tells the :class:`Transplant` of the rest of the
-    class from the group less well than its :class:`Intensity` map (:func:`reproduction`), else ``"global"``."""
-    return kind_figures(artifact, delta, model, dataset).kind
+    ``"local"`` if the :func:`agreed_area` of its :func:`pasted_mask` is at least :data:`MIN_AGREED_AREA`; else
+    ``"moving"`` if the transplant's masks lie at different places (their :func:`spread` at least
+    :data:`MIN_SPREAD`) and ``model`` tells the :class:`Transplant` of the rest of the class from the group less
+    well than its :class:`Intensity` map (:func:`reproduction`), else ``"global"``."""
+    return kind_figures(transforms, model).kind
 
 
 def spread(masks: Tensor) -> float:
@@ -184,16 +185,19 @@ def reproduction(model: nn.Module, artifact: object, dataset: Dataset,
     """Per transformation, the ROC AUC with which the artifact's CAV (its first direction, on pooled activations
     of its layer, as it was fitted) tells the group's samples from the rest of the class transformed: 0.5 when
     the transformation turns the rest into what the model sees in the group, 1 when it adds nothing of it. The
-    rest is read and transformed :data:`~spray.training.CHUNK` samples at a time."""
+    rest is read once, :data:`~spray.training.CHUNK` samples at a time, and each chunk transformed by each."""
+    layer, direction = artifact.layer, artifact.direction.float()  # type: ignore[attr-defined]
 
-    def score(index: np.ndarray, transform: Transform | None = None) -> np.ndarray:
-        pooled, _ = pooled_activations(model, artifact.layer, dataset, index, transform)  # type: ignore[attr-defined]
-        return (pooled.float() @ artifact.direction.float()).numpy()  # type: ignore[attr-defined]
+    def score(x: Tensor) -> np.ndarray:
+        return (pool(activations(model, layer, x)).float() @ direction).numpy()
 
-    group, rest = artifact.artifact_index, artifact.rest_index  # type: ignore[attr-defined]
-    truth = np.r_[np.ones(len(group)), np.zeros(len(rest))]
-    scores = score(group)
-    return {name: float(roc_auc_score(truth, np.r_[scores, score(rest, t)])) for name, t in transforms.items()}
+    group = [score(x) for x, _ in sample_chunks(dataset, artifact.artifact_index)]  # type: ignore[attr-defined]
+    rest: dict[str, list[np.ndarray]] = {name: [] for name in transforms}
+    for x, _ in sample_chunks(dataset, artifact.rest_index):  # type: ignore[attr-defined]
+        for name, transform in transforms.items():
+            rest[name].append(score(transform(x)))
+    truth = np.r_[np.ones(sum(map(len, group))), np.zeros(len(artifact.rest_index))]  # type: ignore[attr-defined]
+    return {name: float(roc_auc_score(truth, np.concatenate(group + scores))) for name, scores in rest.items()}
 
 
 @dataclass(frozen=True)
@@ -248,41 +252,55 @@ class Transplant:
 Transform = Paste | Intensity | Transplant
 
 
-def mean_shift(dataset: Dataset, artifact: object, chunk: int = CHUNK) -> Tensor:
-    """``mean(x of the cluster) − mean(x of the rest of its class)`` (one input's shape)."""
-    def mean(index) -> Tensor:
-        total = sum(x.sum(0) for x, _ in sample_chunks(dataset, index, chunk))
-        return total / len(index)  # type: ignore[operator]
+@dataclass(frozen=True)
+class GroupMoments:
+    """The per-pixel mean and (population) standard deviation (one input's shape each) of the artifact's
+    cluster and of the rest of its class, and the two sizes: all the transformations and the kind rule read
+    off the class's images, read once (:func:`group_moments`)."""
 
-    return mean(artifact.artifact_index) - mean(artifact.rest_index)  # type: ignore[attr-defined]
+    group_mean: Tensor
+    group_sd: Tensor
+    group_size: int
+    rest_mean: Tensor
+    rest_sd: Tensor
+    rest_size: int
+
+    @property
+    def shift(self) -> Tensor:
+        """The mean input shift ``δ = mean(x of the cluster) − mean(x of the rest of its class)``."""
+        return self.group_mean - self.rest_mean
 
 
-def intensity_map(dataset: Dataset, artifact: object) -> Intensity:
+def group_moments(dataset: Dataset, artifact: object, chunk: int = CHUNK) -> GroupMoments:
+    """The :class:`GroupMoments` of the artifact's cluster and rest in ``dataset``, each class sample read once."""
+    group, rest = artifact.artifact_index, artifact.rest_index  # type: ignore[attr-defined]
+    return GroupMoments(*moments(dataset, group, chunk), len(group), *moments(dataset, rest, chunk), len(rest))
+
+
+def intensity_map(moments: GroupMoments) -> Intensity:
     """The group's :class:`Intensity` map: the gain ``g = sqrt(Σ s²_cluster / Σ s²_rest)``, the cluster's
     variance over the rest's (each the unbiased per-pixel variance, summed over the values where the rest's
     deviation is at least :data:`GAIN_SUPPORT` of its largest: where the class varies, so that the ratio
     compares contrast, not an artifact painted over the background), and the offset ``μ_cluster − g · μ_rest``.
     1 where the rest does not vary."""
-    group, rest = artifact.artifact_index, artifact.rest_index  # type: ignore[attr-defined]
-    (mu_group, sd_group), (mu_rest, sd_rest) = moments(dataset, group), moments(dataset, rest)
-    support = sd_rest >= GAIN_SUPPORT * sd_rest.max()
+    support = moments.rest_sd >= GAIN_SUPPORT * moments.rest_sd.max()
     unbiased = [sd[support].double().square().sum() * n / max(n - 1, 1)
-                for sd, n in ((sd_group, len(group)), (sd_rest, len(rest)))]
+                for sd, n in ((moments.group_sd, moments.group_size), (moments.rest_sd, moments.rest_size))]
     gain = float((unbiased[0] / unbiased[1]).sqrt()) if unbiased[1] > 0 else 1.0
-    return Intensity(mu_group - gain * mu_rest, gain)
+    return Intensity(moments.group_mean - gain * moments.rest_mean, gain)
 
 
-def transplant(dataset: Dataset, artifact: object) -> Transplant:
+def transplant(dataset: Dataset, artifact: object, moments: GroupMoments) -> Transplant:
     """The :class:`Transplant` of the artifact's group: its samples, each under its own mask ``m_j`` (the
     localisation's per-sample masks) where it differs from the rest of its class beyond the class's own
     variation there: the soft mask (as :func:`difference_mask` makes it) of ``|x_j − μ| / (σ + mean(σ))``, ``μ``
-    and ``σ`` the rest's per-pixel mean and standard deviation. A sticker on the background, where the class
-    has nothing (σ ≈ 0), stands out; the strokes of an 8 written differently, where 8s vary, do not, and are
-    not transplanted into other classes (on the benchmark's development random patch, 30 %, seed 0: masks of
-    5.3 % of the image instead of 11.2 % with ``|x_j − μ|`` alone, and A-ClArC's clean accuracy 0.958 instead of
-    0.948; docs/clarc.md §17)."""
+    and ``σ`` the rest's per-pixel mean and standard deviation (of ``moments``). A sticker on the background,
+    where the class has nothing (σ ≈ 0), stands out; the strokes of an 8 written differently, where 8s vary, do
+    not, and are not transplanted into other classes (on the benchmark's development random patch, 30 %, seed 0:
+    masks of 5.3 % of the image instead of 11.2 % with ``|x_j − μ|`` alone, and A-ClArC's clean accuracy 0.958
+    instead of 0.948; docs/clarc.md §17)."""
     sources, _ = stack_samples(dataset, artifact.artifact_index)  # type: ignore[attr-defined]
-    mu, sigma = moments(dataset, artifact.rest_index)  # type: ignore[attr-defined]
+    mu, sigma = moments.rest_mean, moments.rest_sd
     differs = soft_masks((sources - mu).abs() / (sigma + sigma.mean()).clamp(min=torch.finfo(sigma.dtype).eps))
     return Transplant(sources, artifact.localization.masks * differs)  # type: ignore[attr-defined]
 
@@ -300,26 +318,47 @@ def moments(dataset: Dataset, index: np.ndarray, chunk: int = CHUNK) -> tuple[Te
     return mean.float(), (squares / len(index) - mean * mean).clamp(min=0).sqrt().float()
 
 
+class Transformations:
+    """An artifact's transformations on the images of its class in ``dataset``, each built on first use and
+    kept: the class's :class:`GroupMoments` are read once for the pasted mask, the intensity map and the
+    transplant's masks, and the transplant (the group's samples stacked) is built once, for the kind rule
+    and the correction alike."""
+
+    def __init__(self, artifact: object, dataset: Dataset):
+        self.artifact, self.dataset = artifact, dataset
+
+    @functools.cached_property
+    def moments(self) -> GroupMoments:
+        return group_moments(self.dataset, self.artifact)
+
+    @functools.cached_property
+    def local(self) -> Paste:
+        return Paste(self.artifact.patch, pasted_mask(self.artifact, self.moments.shift))  # type: ignore[attr-defined]
+
+    @functools.cached_property
+    def intensity(self) -> Intensity:
+        return intensity_map(self.moments)
+
+    @functools.cached_property
+    def moving(self) -> Transplant:
+        return transplant(self.dataset, self.artifact, self.moments)
+
+    def of(self, kind: str = "auto", model: nn.Module | None = None) -> Transform:
+        """The transformation of ``kind``: by :func:`artifact_kind` for ``"auto"`` (which needs the ``model``
+        where the masks leave the kind open), or ``"local"`` (:class:`Paste`), ``"global"``
+        (:class:`Intensity`), ``"moving"`` (:class:`Transplant`)."""
+        check_choice(kind, "artifact kind", KINDS)
+        if kind == "auto":
+            kind = artifact_kind(self, model)
+        if kind == "global":
+            return self.intensity
+        return self.moving if kind == "moving" else self.local
+
+
 def artifact_transform(artifact: object, dataset: Dataset, kind: str = "auto",
                        model: nn.Module | None = None) -> Transform:
-    """The artifact's transformation: ``kind="auto"`` by :func:`artifact_kind` (which needs the ``model`` where
-    the masks leave the kind open), or forced ``"local"`` (:class:`Paste`), ``"global"`` (:class:`Intensity`) or
-    ``"moving"`` (:class:`Transplant`)."""
-    check_choice(kind, "artifact kind", KINDS)
-    return transform_of(artifact, dataset, mean_shift(dataset, artifact), kind, model)
-
-
-def transform_of(artifact: object, dataset: Dataset, delta: Tensor, kind: str = "auto",
-                 model: nn.Module | None = None) -> Transform:
-    """:func:`artifact_transform` with the artifact's mean shift ``delta`` (:func:`mean_shift`) already
-    computed, for callers that need it more than once."""
-    if kind == "auto":
-        kind = artifact_kind(artifact, delta, model, dataset)
-    if kind == "global":
-        return intensity_map(dataset, artifact)
-    if kind == "moving":
-        return transplant(dataset, artifact)
-    return Paste(artifact.patch, pasted_mask(artifact, delta))  # type: ignore[attr-defined]
+    """The artifact's transformation of ``kind`` (:meth:`Transformations.of`)."""
+    return Transformations(artifact, dataset).of(kind, model)
 
 
 def pasted_mask(artifact: object, delta: Tensor) -> Tensor:

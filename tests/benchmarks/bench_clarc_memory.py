@@ -7,8 +7,11 @@ its last feature map). Each step runs in a fresh subprocess and prints its wall 
 peak RSS (``ru_maxrss``):
 
 - ``isolate``: :func:`spray.clarc.artifact.isolate_artifact` of the group against the rest of its class;
-- ``kind``: the same, then the kind rule's figures (:func:`spray.clarc.transform.kind_figures`: the sticker's
-  masks agree nowhere, so it builds the transplant and measures its reproduction);
+- ``kind``: the same, then what ``--method auto`` reads before its candidates: the kind rule's figures
+  (:func:`spray.clarc.transform.kind_figures`: the sticker's masks agree nowhere, so it builds the transplant
+  and measures its reproduction) and the counterfactual transformations of that kind
+  (:func:`spray.clarc.auto.counterfactual_transforms`); ``class_reads`` is how many times the step read each
+  image of class 0 on average;
 - ``evaluate``: :func:`spray.clarc.evaluate.evaluate_correction` of the model against itself on a test set of
   ``--class-size`` + 500 images without stickers (accuracies clean and with a sticker pasted into every image,
   the relevance share in the sticker's square, TCAV at the first convolution's output), as ``spray clarc``
@@ -44,6 +47,8 @@ class StickerImages(Dataset):
 
     def __init__(self, n0: int, group: int, n1: int = 500) -> None:
         self.n0, self.group, self.n1 = n0, group, n1
+        self.reads = 0
+        """Images of class 0 made so far."""
 
     def __len__(self) -> int:
         return self.n0 + self.n1
@@ -52,6 +57,7 @@ class StickerImages(Dataset):
         g = torch.Generator().manual_seed(i)
         x = torch.nn.functional.interpolate(torch.rand(1, 3, 28, 28, generator=g), size=SIDE, mode="bilinear")[0]
         label = int(i >= self.n0)
+        self.reads += label == 0
         x[label] += 0.3  # the class shows in one colour channel
         if i < self.group:
             r, c = torch.randint(0, SIDE - 24, (2,), generator=g).tolist()
@@ -68,7 +74,8 @@ def model() -> nn.Module:
 def step(name: str, class_size: int, group: int) -> dict[str, float]:
     from spray.clarc.artifact import isolate_artifact
     from spray.clarc.evaluate import evaluate_correction
-    from spray.clarc.transform import kind_figures, mean_shift
+    from spray.clarc.auto import counterfactual_transforms
+    from spray.clarc.transform import Transformations, kind_figures
 
     torch.set_num_threads(1)
     data, net = StickerImages(class_size, group), model()
@@ -84,10 +91,13 @@ def step(name: str, class_size: int, group: int) -> dict[str, float]:
     artifact = isolate_artifact(net, data, np.arange(group), np.arange(group, class_size), label=0)
     out = {"isolate_s": time.perf_counter() - start}
     if name == "kind":
-        start = time.perf_counter()
-        figures = kind_figures(artifact, mean_shift(data, artifact), net, data)
+        start, reads = time.perf_counter(), data.reads
+        built = Transformations(artifact, data)
+        figures = kind_figures(built, net)
+        counterfactual_transforms(built, figures.kind)
         out["kind_s"] = time.perf_counter() - start
-        out.update(kind=figures.kind, spread=figures.spread, reproduction=figures.reproduction)
+        out.update(kind=figures.kind, spread=figures.spread, reproduction=figures.reproduction,
+                   class_reads=(data.reads - reads) / class_size)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
 

@@ -3,7 +3,7 @@
 A diagnostic for issue 17 on the benchmark's cached quick cases (`spray benchmark --cache`): a flag says "a
 distinct strategy", which may be a shortcut or a legitimate sub-style. For every class of the ranking over
 spray.benchmark.run.RANKED, the named cluster's mean input shift (mean of the cluster's training images minus
-the mean of the rest of its class, spray.clarc.transform.mean_shift's δ) is added to every clean test image of
+the mean of the rest of its class, spray.clarc.transform.GroupMoments.shift) is added to every clean test image of
 the *other* classes; the **transplant rate** is the share then predicted as the class minus the share without
 the shift. Control: the same for random subgroups of the class of the cluster's size (5 draws, their mean).
 A shortcut the model uses should transplant (a frame added to a 3 makes it an 8); a way of writing the class

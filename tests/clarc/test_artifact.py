@@ -52,7 +52,7 @@ def test_the_rest_of_a_large_class_is_never_stacked_whole(monkeypatch):
         monkeypatch.setattr(module, "stack_samples", recording(module.stack_samples))
     model = tiny_model()
     found = isolate_artifact(model, data, stamped.numpy(), rest, label=1, reference="all")
-    moved = transform_module.transplant(data, found)
+    moved = transform_module.Transformations(found, data).moving
     aucs = transform_module.reproduction(model, found, data, {"moving": moved})
     assert len(rest) == 1288 and max(largest) == artifact_module.CHUNK == 512
     assert moved.sources.shape == (12, 1, 8, 8) and 0 <= aucs["moving"] <= 1

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, best_epoch, candidate_name, choose,
                               clean_figures, counterfactual_transforms, loss_p_value, within)
-from spray.clarc.transform import Intensity, Paste, Transplant, mean_shift
+from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
 from spray.errors import GroupSizeError
 
 
@@ -154,13 +154,13 @@ def test_each_kind_is_scored_with_its_transformations_a_local_one_with_the_patch
     data = TensorDataset(torch.arange(4.0).reshape(4, 1, 1, 1), torch.zeros(4, dtype=torch.long))
     artifact = Isolated(torch.ones(1, 1), torch.full((1, 1, 1), 7.0), np.array([2, 3]), np.array([0, 1]),
                         Masks(torch.ones(2, 1, 1)))
-    delta = mean_shift(data, artifact)
-    (shift,) = counterfactual_transforms(artifact, data, delta, "global")
+    built = Transformations(artifact, data)
+    (shift,) = counterfactual_transforms(built, "global")
     # both groups vary alike: the gain is 1 and the map the mean shift, mean(2, 3) - mean(0, 1)
     assert isinstance(shift, Intensity) and shift.gain == 1.0 and shift.offset.item() == 2.0
-    (moved,) = counterfactual_transforms(artifact, data, delta, "moving")
+    (moved,) = counterfactual_transforms(built, "moving")
     assert isinstance(moved, Transplant) and sorted(moved.sources.flatten().tolist()) == [2.0, 3.0]
     assert set(moved(torch.zeros(50, 1, 1, 1)).flatten().tolist()) == {2.0, 3.0}  # a group sample each
-    paste, shift = counterfactual_transforms(artifact, data, delta, "local")
+    paste, shift = counterfactual_transforms(built, "local")
     assert isinstance(paste, Paste) and isinstance(shift, Intensity)
     assert paste(torch.zeros(1, 1, 1, 1)).item() == 7.0

@@ -31,7 +31,7 @@ from spray.clarc.groupdro import GroupDRO
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.run import describe_artifact, shipped
-from spray.clarc.transform import agreed_area, coverage, kind_figures, mean_shift, pasted_mask
+from spray.clarc.transform import Transformations, agreed_area, coverage, kind_figures
 from spray.errors import BadInputError
 from spray.lrp import EpsilonPlusFlat
 from spray.store import AuditStore
@@ -73,10 +73,10 @@ def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_a
     if method == "auto":
         assert list(attrs["auto"]["candidates"]) == [candidate_name(*c) for c in CANDIDATES[attrs["auto"]["kind"]]]
         assert attrs["auto"]["chosen"] == choose(attrs["auto"]["candidates"])
-        delta = mean_shift(tiny_audit.dataset, result.artifact)
+        built = Transformations(result.artifact, tiny_audit.dataset)
         assert attrs["auto"]["coverage"] == coverage(torch.from_numpy(audit_arrays["mask"]))
-        assert attrs["auto"]["agreed_area"] == agreed_area(pasted_mask(result.artifact, delta))
-        read = kind_figures(result.artifact, delta, tiny_audit.model, tiny_audit.dataset)
+        assert attrs["auto"]["agreed_area"] == agreed_area(built.local.mask)
+        read = kind_figures(built, tiny_audit.model)
         assert attrs["auto"]["reproduction"] == read.reproduction and attrs["auto"]["kind"] == read.kind
         # auto's cost is all of its candidates' and the refit's, not the chosen one's epochs alone
         assert attrs["training_seconds"] >= (sum(c["seconds"] for c in attrs["auto"]["candidates"].values())
@@ -141,8 +141,7 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     record, artifact = auto.params["auto"], auto.artifact
     inferred = infer_groups(labels_of(tiny_audit.dataset), artifact.label, artifact.artifact_index)
     fit, val = inferred.split(seed=0)
-    delta = mean_shift(tiny_audit.dataset, artifact)
-    transforms = counterfactual_transforms(artifact, tiny_audit.dataset, delta, record["kind"])
+    transforms = counterfactual_transforms(Transformations(artifact, tiny_audit.dataset), record["kind"])
     original = correct_on(tiny_audit.model, tiny_audit.dataset, val)
     # each epoch's figures are those of A-ClArC fine-tuned for that many epochs alone and scored as a candidate
     # (epoch e's draws depend on (seed, e) only); the candidate is its best epoch

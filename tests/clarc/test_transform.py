@@ -1,5 +1,5 @@
-"""The artifact as a transformation: the kind rule (coverage, agreed area of the pasted mask), the mean shift,
-A-ClArC adding it."""
+"""The artifact as a transformation: the kind rule (coverage, agreed area of the pasted mask), the group's
+moments read once, the mean shift and intensity map, A-ClArC adding them."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
 from spray.clarc.transform import (AGREEMENT, GAIN_SUPPORT, GLOBAL_COVERAGE, GLOBAL_GAIN, MIN_AGREED_AREA, MIN_SPREAD,
-                                   Intensity,
-                                   KindFigures, Paste, Transplant, agreed_area, artifact_kind, artifact_transform,
-                                   coverage, difference_mask, intensity_map, kind_figures, mean_shift, pasted_mask,
-                                   spread, transplant)
+                                   Intensity, KindFigures, Paste, Transformations, Transplant, agreed_area,
+                                   artifact_kind, artifact_transform, coverage, difference_mask, group_moments,
+                                   intensity_map, kind_figures, spread, transplant)
 from spray.errors import BadInputError
 
 
@@ -35,23 +34,25 @@ def artifact(share: float) -> Masked:
     return Masked(1, mask, torch.full((1, 4, 4), 9.0), np.array([0, 1]), np.array([2, 3]))
 
 
-def dataset() -> TensorDataset:
-    x = torch.zeros(6, 1, 4, 4)
-    x[0] += 3.0  # the cluster is brighter by 2 on average
+def dataset(side: int = 4) -> TensorDataset:
+    """Class 1 (samples 0–3) and class 0 of ``side`` × ``side`` images; the cluster (0, 1) is brighter than the
+    rest of its class by 2 at every pixel, and the rest does not vary."""
+    x = torch.zeros(6, 1, side, side)
+    x[0] += 3.0
     x[1] += 1.0
     x[4:] = 5.0
     return TensorDataset(x, torch.tensor([1, 1, 1, 1, 0, 0]))
 
 
-UNIFORM = torch.full((1, 4, 4), 2.0)
-"""``dataset()``'s mean shift: the cluster differs from the rest of its class at every pixel."""
+def kind_of(found, data: TensorDataset | None = None, model: torch.nn.Module | None = None) -> str:
+    return artifact_kind(Transformations(found, dataset() if data is None else data), model)
 
 
 def test_an_artifact_covering_half_the_image_or_more_is_global():
     assert coverage(artifact(0.25).mask) == 0.25
-    assert artifact_kind(artifact(0.25), UNIFORM, None, dataset()) == "local"
-    assert artifact_kind(artifact(GLOBAL_COVERAGE), UNIFORM, None, dataset()) == "global"
-    assert artifact_kind(artifact(1.0), UNIFORM, None, dataset()) == "global"
+    assert kind_of(artifact(0.25)) == "local"
+    assert kind_of(artifact(GLOBAL_COVERAGE)) == "global"
+    assert kind_of(artifact(1.0)) == "global"
 
 
 OPEN = "the artifact's masks leave its kind open: reading it off the model needs the model"
@@ -63,7 +64,7 @@ def test_masks_that_agree_on_no_region_leave_the_kind_to_the_model():
     diffuse = replace(artifact(0.25), mask=artifact(0.25).mask * 0.9)
     assert coverage(diffuse.mask) == pytest.approx(0.225) and agreed_area(diffuse.mask) == 0.0
     with pytest.raises(ValueError, match=OPEN):
-        artifact_kind(diffuse, UNIFORM, None, dataset())
+        kind_of(diffuse)
 
 
 def test_the_kind_rule_on_its_figures():
@@ -94,14 +95,14 @@ def test_the_spread_of_masks_is_the_rms_distance_of_their_centroids_over_the_ima
 
 
 def test_a_local_artifact_needs_an_agreed_area_of_at_least_the_minimum():
-    mask, uniform = torch.full((20, 20), 0.2), torch.ones(1, 20, 20)
+    mask = torch.full((20, 20), 0.2)
     mask.view(-1)[:4] = AGREEMENT  # 4 of 400 pixels: the minimum, 1 %
     assert agreed_area(mask) == MIN_AGREED_AREA == 0.01
-    assert artifact_kind(replace(artifact(0.25), mask=mask), uniform, None, dataset()) == "local"
+    assert kind_of(replace(artifact(0.25), mask=mask), dataset(20)) == "local"
     mask.view(-1)[3] = AGREEMENT - 0.01
     assert agreed_area(mask) == 0.0075
     with pytest.raises(ValueError, match=OPEN):
-        artifact_kind(replace(artifact(0.25), mask=mask), uniform, None, dataset())
+        kind_of(replace(artifact(0.25), mask=mask), dataset(20))
 
 
 def lifted_class(stamped: bool) -> tuple[TensorDataset, Masked]:
@@ -123,15 +124,13 @@ def test_masks_that_agree_only_on_the_class_s_own_content_leave_the_kind_open():
     # Brightness: the masks agree on the strokes, a quarter of the image, but there the cluster equals the
     # rest of its class (0.3 + 0.7 * 1 = 1), so the pasted mask agrees nowhere.
     data, lifted = lifted_class(stamped=False)
-    delta = mean_shift(data, lifted)
-    assert agreed_area(lifted.mask) == 0.25 and agreed_area(pasted_mask(lifted, delta)) == 0.0
+    assert agreed_area(lifted.mask) == 0.25 and agreed_area(Transformations(lifted, data).local.mask) == 0.0
     with pytest.raises(ValueError, match=OPEN):
         artifact_transform(lifted, data)
     # A stamp in row 0 as well: the cluster differs there and every mask covers it, so it is local.
     data, stamped = lifted_class(stamped=True)
-    delta = mean_shift(data, stamped)
-    assert agreed_area(pasted_mask(stamped, delta)) == 0.125
-    assert artifact_kind(stamped, delta, None, data) == "local"
+    assert agreed_area(Transformations(stamped, data).local.mask) == 0.125
+    assert kind_of(stamped, data) == "local"
     assert isinstance(artifact_transform(stamped, data), Paste)
 
 
@@ -176,9 +175,8 @@ def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_backgroun
         x[i, 0, r : r + 2, c : c + 2] = masks[i, r : r + 2, c : c + 2] = 1.0
     data = TensorDataset(x, torch.ones(8, dtype=torch.long))
     moving = Seen(1, masks.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(masks), layer="3")
-    delta = mean_shift(data, moving)
-    assert coverage(moving.mask) == 0.0625 and agreed_area(pasted_mask(moving, delta)) == 0.0
-    figures = kind_figures(moving, delta, bright_pixels(brightest=True), data)
+    assert coverage(moving.mask) == 0.0625 and agreed_area(Transformations(moving, data).local.mask) == 0.0
+    figures = kind_figures(Transformations(moving, data), bright_pixels(brightest=True))
     assert figures.reproduction == {"moving": 0.5, "global": 1.0} and figures.spread > MIN_SPREAD
     assert figures.kind == "moving"
     transplanted = artifact_transform(moving, data, model=bright_pixels(brightest=True))
@@ -195,8 +193,7 @@ def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_backgroun
     strokes[:, 4:6] = 1.0
     data = TensorDataset(x, torch.ones(8, dtype=torch.long))
     lifted = Seen(1, strokes.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(strokes))
-    delta = mean_shift(data, lifted)
-    figures = kind_figures(lifted, delta, bright_pixels(), data)
+    figures = kind_figures(Transformations(lifted, data), bright_pixels())
     assert figures.reproduction == {"moving": 1.0, "global": 0.5} and figures.kind == "global"
     # The same strokes with the masks at one place: not moving even were the transplant the better reproduction.
     assert figures.spread < MIN_SPREAD
@@ -204,7 +201,7 @@ def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_backgroun
 
 
 def test_the_mean_shift_is_the_cluster_mean_minus_the_rest_mean():
-    assert torch.equal(mean_shift(dataset(), artifact(1.0)), torch.full((1, 4, 4), 2.0))
+    assert torch.equal(group_moments(dataset(), artifact(1.0)).shift, torch.full((1, 4, 4), 2.0))
     # the rest does not vary: the intensity map's gain is 1, and it adds the mean shift
     shift = artifact_transform(artifact(1.0), dataset())
     assert isinstance(shift, Intensity) and shift.kind == "global" and shift.gain == 1.0
@@ -225,7 +222,7 @@ def test_the_intensity_map_gives_the_rest_the_clusters_mean_and_contrast():
     # so the map is estimated, not exact: gain near 0.7, offset near 0.3 on average where the class varies
     # (each pixel's from 20 samples; the mean shift, about 0.3 − 0.3 · 0.5, would leave the contrast as it was)
     data, lifted = transformed_class(lambda x: 0.3 + 0.7 * x)
-    found = intensity_map(data, lifted)
+    found = intensity_map(group_moments(data, lifted))
     assert found.gain == pytest.approx(0.7, abs=0.05)
     assert float(found.offset[:, 1:].mean()) == pytest.approx(0.3, abs=0.02)
     assert torch.allclose(found.offset[:, 0], torch.tensor(0.3), atol=1e-6)  # μ_cluster − g · 0 where x is 0
@@ -236,7 +233,7 @@ def test_the_intensity_map_gives_the_rest_the_clusters_mean_and_contrast():
     patch = torch.zeros(1, 6, 6, dtype=torch.bool)
     patch[:, 1:3, 1:3] = True
     data, patched = transformed_class(lambda x: x.masked_fill(patch, 1.0))
-    found = intensity_map(data, patched)
+    found = intensity_map(group_moments(data, patched))
     x = data.tensors[0]
     _, sd_rest = x[20:].mean(0), x[20:].std(0, unbiased=False)
     support = sd_rest >= GAIN_SUPPORT * sd_rest.max()
@@ -249,16 +246,17 @@ def test_the_intensity_map_gives_the_rest_the_clusters_mean_and_contrast():
     # decide, and masks that agree nowhere leave it to the model
     unmasked = {"mask": torch.zeros(6, 6), "patch": torch.zeros(1, 6, 6)}
     data, lifted = transformed_class(lambda x: 0.3 + 0.7 * x)
-    figures = kind_figures(replace(lifted, **unmasked), mean_shift(data, lifted), None, data)
-    assert figures == KindFigures(0.0, 0.0, intensity_map(data, lifted).gain) and figures.kind == "global"
+    figures = kind_figures(Transformations(replace(lifted, **unmasked), data), None)
+    assert figures == KindFigures(0.0, 0.0, intensity_map(group_moments(data, lifted)).gain)
+    assert figures.kind == "global"
     data, patched = transformed_class(lambda x: x.masked_fill(patch, 1.0))
-    assert GLOBAL_GAIN < intensity_map(data, patched).gain < 1
+    assert GLOBAL_GAIN < intensity_map(group_moments(data, patched)).gain < 1
     with pytest.raises(ValueError, match=OPEN):
-        kind_figures(replace(patched, **unmasked), mean_shift(data, patched), None, data)
+        kind_figures(Transformations(replace(patched, **unmasked), data), None)
     # the same images for both groups, the cluster's made 0.3 + 0.7 x: the map is exact
     x = torch.rand(20, 1, 6, 6, generator=torch.Generator().manual_seed(1))
     data = TensorDataset(torch.cat([0.3 + 0.7 * x, x]), torch.ones(40, dtype=torch.long))
-    found = intensity_map(data, Masked(1, torch.ones(6, 6), x.mean(0), np.arange(20), np.arange(20, 40)))
+    found = intensity_map(group_moments(data, Masked(1, torch.ones(6, 6), x.mean(0), np.arange(20), np.arange(20, 40))))
     assert found.gain == pytest.approx(0.7, rel=1e-6) and torch.allclose(found.offset, torch.tensor(0.3), atol=1e-6)
     assert torch.allclose(found(x), 0.3 + 0.7 * x, atol=1e-6)
 
@@ -285,8 +283,8 @@ def test_the_patch_is_pasted_only_where_the_cluster_differs_from_the_rest_of_its
     mask = torch.zeros(8, 8)
     mask[0] = mask[4:6] = 1.0
     both = Masked(1, mask, torch.full((1, 8, 8), 9.0), np.array([0, 1]), np.array([2, 3]))
-    pasted = difference_mask(mean_shift(data, both)) * mask
-    assert torch.equal(pasted_mask(both, mean_shift(data, both)), pasted)
+    pasted = difference_mask(group_moments(data, both).shift) * mask
+    assert torch.equal(Transformations(both, data).local.mask, pasted)
     assert torch.all(pasted[0] > 0.5) and torch.all(pasted[1:] == 0)
     out = artifact_transform(both, data, "local")(torch.zeros(1, 1, 8, 8))
     assert torch.equal(out[0, 0], 9.0 * pasted)
@@ -319,6 +317,34 @@ def test_the_transplant_takes_what_differs_beyond_the_class_s_own_variation():
     x[0, 0, :2, :2] = 1.0
     data = TensorDataset(x, torch.ones(5, dtype=torch.long))
     group = Seen(1, torch.ones(8, 8), x[:1].mean(0), np.array([0]), np.arange(1, 5), Localized(torch.ones(1, 8, 8)))
-    moved = transplant(data, group)
+    moved = transplant(data, group, group_moments(data, group))
     assert torch.all(moved.masks[0, :2, :2] > 0.8) and torch.all(moved.masks[0, 4] == 0)
     assert torch.equal(moved.sources, x[:1])
+
+
+class Counted(TensorDataset):
+    """A dataset that counts how often each sample is read."""
+
+    def __init__(self, *tensors):
+        super().__init__(*tensors)
+        self.reads = np.zeros(len(self), dtype=int)
+
+    def __getitem__(self, index):
+        self.reads[index] += 1
+        return super().__getitem__(index)
+
+
+def test_the_class_is_read_once_for_every_transformation_and_the_kind():
+    # the moments of cluster and rest once for the pasted mask, the intensity map and the transplant's masks;
+    # the cluster's samples once more, as the transplant's sources; asked again, nothing is read
+    x = dataset().tensors[0]
+    data = Counted(x, dataset().tensors[1])
+    found = Seen(1, torch.ones(4, 4), torch.full((1, 4, 4), 9.0), np.array([0, 1]), np.array([2, 3]),
+                 Localized(torch.ones(2, 4, 4)))
+    built = Transformations(found, data)
+    assert kind_figures(built, None).kind == "global"
+    for _ in range(2):
+        assert [type(built.of(k)) for k in ("local", "global", "moving", "auto")] == [
+            Paste, Intensity, Transplant, Intensity]
+    assert data.reads.tolist() == [2, 2, 1, 1, 0, 0]
+    assert torch.equal(built.moments.shift, group_moments(dataset(), found).shift)

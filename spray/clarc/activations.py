@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from spray._layout import layer_layout
 from spray.attribution.latent import area_pool
 from spray.errors import BadInputError
 from spray.lrp.tracing import feature_layer
 from spray.lrp.layers import BATCHNORM_LAYERS, PASS_LAYERS
-from spray.training import eval_mode
+from spray.training import CHUNK, eval_mode, sample_chunks
 
 #: Modules that may sit between a convolution and "its" activation (the default layer skips them).
 _BETWEEN = (*BATCHNORM_LAYERS, nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -223,3 +225,21 @@ def modules_after(model: nn.Module, layer: str, x: Tensor) -> list[str]:
     after = order[order.index(layer) + 1 :]
     inside = layer + "."
     return list(dict.fromkeys(name for name in after if not name.startswith(inside) and name != layer))
+
+
+def pooled_activations(model: nn.Module, layer: str, dataset: Dataset, index: np.ndarray,
+                       transform: Callable[[Tensor], Tensor] | None = None,
+                       chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
+    """(the pooled activations (n, C) of samples ``index`` at ``layer``, each ``transform``-ed first if given,
+    their mean activation (one activation's shape, summed in float64)), reading ``chunk`` samples at a time: a
+    class of 20,000 images of 224 × 224 is 12 GB stacked, and its activations at a ResNet's last block 2–8 GB
+    more."""
+    pooled: list[Tensor] = []
+    total: Tensor | None = None
+    for x, _ in sample_chunks(dataset, index, chunk):
+        a = activations(model, layer, x if transform is None else transform(x))
+        pooled.append(pool(a))
+        part = a.sum(0, dtype=torch.float64)
+        total = part if total is None else total + part
+    assert total is not None
+    return torch.cat(pooled), (total / len(index)).float()

@@ -10,21 +10,20 @@ activation ``z`` for P-ClArC.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from spray._checks import check_choice
-from spray.clarc.activations import activations, default_layer, pool, resolve_layer
+from spray.clarc.activations import activations, default_layer, pool, pooled_activations, resolve_layer
 from spray.clarc.cav import CAV, check_cav_sizes
 from spray.clarc.layer_choice import AUTO, LayerChoice, choose_layer
 from spray.clarc.localize import SIGMA, THRESHOLD, Localization, localize
 from spray.lrp import Composite, EpsilonPlusFlat
-from spray.training import CHUNK, sample_chunks, stack_samples
+from spray.training import stack_samples
 
 #: How many artifact samples (inputs and masks) are kept as examples for reports.
 N_EXAMPLES = 8
@@ -133,10 +132,9 @@ def isolate_artifact(
         method = cav if isinstance(cav, str) else cav.method
         rng = np.random.default_rng(random_state)
         x_clean, _ = stack_samples(dataset, np.sort(rng.choice(outside, min(len(outside), N_CLEAN), replace=False)))
-        x_rest, _ = stack_samples(dataset, rest_index)
-        choice = choose_layer(model, x_artifact, x_rest, x_clean, composite, cav=method, random_state=random_state)
+        rest = Subset(dataset, rest_index.tolist())
+        choice = choose_layer(model, x_artifact, rest, x_clean, composite, cav=method, random_state=random_state)
         layer = choice.layer
-        del x_rest
     # The rest of the class, and the dataset outside the cluster, by chunks: neither need fit in memory.
     pooled_rest, clean_mean = pooled_activations(model, layer, dataset, rest_index)
     estimator = CAV(cav, random_state=random_state) if isinstance(cav, str) else cav
@@ -147,21 +145,3 @@ def isolate_artifact(
     found = localize(model, layer, x_artifact, direction, composite, sigma=sigma, threshold=threshold)
     return ArtifactModel(label, layer, estimator, direction, clean_mean, found, artifact_index, rest_index,
                          cluster, torch.from_numpy(estimator.basis_), choice)
-
-
-def pooled_activations(model: nn.Module, layer: str, dataset: Dataset, index: np.ndarray,
-                       transform: Callable[[Tensor], Tensor] | None = None,
-                       chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
-    """(the pooled activations (n, C) of samples ``index`` at ``layer``, each ``transform``-ed first if given,
-    their mean activation (one activation's shape, summed in float64)), reading ``chunk`` samples at a time: a
-    class of 20,000 images of 224 × 224 is 12 GB stacked, and its activations at a ResNet's last block 2–8 GB
-    more."""
-    pooled: list[Tensor] = []
-    total: Tensor | None = None
-    for x, _ in sample_chunks(dataset, index, chunk):
-        a = activations(model, layer, x if transform is None else transform(x))
-        pooled.append(pool(a))
-        part = a.sum(0, dtype=torch.float64)
-        total = part if total is None else total + part
-    assert total is not None
-    return torch.cat(pooled), (total / len(index)).float()

@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
-from spray.clarc.activations import activations, candidate_layers, pool
+from spray.clarc.activations import activations, candidate_layers, pool, pooled_activations
 from spray.clarc.cav import CAV
 from spray.clarc.localize import artifact_relevance
 from spray.clarc.projective import insert_projection, remove_projection
 from spray.lrp import Composite
-from spray.training import eval_mode
+from spray.training import eval_mode, stack_samples
 
 #: Candidates whose out-of-fold AUC is at most this far below the best count as separating equally well.
 AUTO = "auto"
@@ -76,22 +77,24 @@ class LayerChoice:
         return {"layer": self.layer, "reason": self.reason, "candidates": [c.to_dict() for c in self.candidates]}
 
 
-def layer_figures(model: nn.Module, layer: str, x_artifact: Tensor, x_rest: Tensor, x_clean: Tensor,
+def layer_figures(model: nn.Module, layer: str, x_artifact: Tensor, rest: Dataset, x_clean: Tensor,
                   composite: Composite, cav: str = "signal", random_state: int = 0) -> LayerFigures:
-    """The figures of one layer for the cluster's images ``x_artifact``, the rest's ``x_rest`` and clean
-    samples ``x_clean`` (outside the cluster, any class)."""
-    a_artifact, a_rest = activations(model, layer, x_artifact), activations(model, layer, x_rest)
-    fitted = CAV(cav, random_state=random_state).fit(pool(a_artifact).numpy(), pool(a_rest).numpy())
+    """The figures of one layer for the cluster's images ``x_artifact``, the rest of its class ``rest`` (read
+    :data:`~spray.training.CHUNK` samples at a time; :data:`MAX_REST` of them explained) and clean samples
+    ``x_clean`` (outside the cluster, any class)."""
+    a_artifact = activations(model, layer, x_artifact)
+    pooled_rest, rest_mean = pooled_activations(model, layer, rest, np.arange(len(rest)))  # type: ignore[arg-type]
+    fitted = CAV(cav, random_state=random_state).fit(pool(a_artifact).numpy(), pooled_rest.numpy())
     direction = torch.from_numpy(fitted.direction_)
-    rest = x_rest
-    if len(rest) > MAX_REST:
-        rest = rest[np.sort(np.random.default_rng(random_state).choice(len(rest), MAX_REST, replace=False))]
+    explained = np.arange(len(pooled_rest))
+    if len(explained) > MAX_REST:
+        explained = np.sort(np.random.default_rng(random_state).choice(len(explained), MAX_REST, replace=False))
     positive = [artifact_relevance(model, layer, x, direction, composite).clamp(min=0).flatten(1).sum(1).mean()
-                for x in (x_artifact, rest)]
+                for x in (x_artifact, stack_samples(rest, explained)[0])]
     total = float(positive[0] + positive[1])
     concentration = float(positive[0]) / total if total > 0 else 0.5
     return LayerFigures(layer, int(a_artifact.shape[1]), fitted.auc_, concentration,
-                        _kept(model, layer, direction, a_rest.mean(0), x_clean))
+                        _kept(model, layer, direction, rest_mean, x_clean))
 
 
 @torch.no_grad()
@@ -111,11 +114,12 @@ def _kept(model: nn.Module, layer: str, direction: Tensor, clean_mean: Tensor, x
     return float((before == after).float().mean())
 
 
-def choose_layer(model: nn.Module, x_artifact: Tensor, x_rest: Tensor, x_clean: Tensor, composite: Composite, *,
+def choose_layer(model: nn.Module, x_artifact: Tensor, rest: Dataset, x_clean: Tensor, composite: Composite, *,
                  cav: str = "signal", random_state: int = 0) -> LayerChoice:
-    """Compare the candidate layers (module docstring) and pick one (:func:`pick_layer`); ``x_clean``:
-    samples outside the cluster, any class (the ``kept`` figure)."""
-    return pick_layer([layer_figures(model, layer, x_artifact, x_rest, x_clean, composite, cav, random_state)
+    """Compare the candidate layers (module docstring) and pick one (:func:`pick_layer`); ``rest``: the rest of
+    the cluster's class, read by chunks; ``x_clean``: samples outside the cluster, any class (the ``kept``
+    figure)."""
+    return pick_layer([layer_figures(model, layer, x_artifact, rest, x_clean, composite, cav, random_state)
                        for layer in candidate_layers(model, x_artifact)])
 
 

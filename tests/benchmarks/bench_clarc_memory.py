@@ -21,6 +21,7 @@ The stacked class alone is ``class-size × 602 KB`` (3,600 images: 2.2 GB). Run 
 ``PYTHONPATH=<tree>`` one after the other.
 
 Run:  python tests/benchmarks/bench_clarc_memory.py [--class-size 4000] [--group 400] [--steps isolate,kind,evaluate]
+      [--layer auto]
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def model() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2)).eval()
 
 
-def step(name: str, class_size: int, group: int) -> dict[str, float]:
+def step(name: str, class_size: int, group: int, layer: str | None = None) -> dict[str, float]:
     from spray.clarc.artifact import isolate_artifact
     from spray.clarc.evaluate import evaluate_correction
     from spray.clarc.auto import counterfactual_transforms
@@ -88,8 +89,9 @@ def step(name: str, class_size: int, group: int) -> dict[str, float]:
                                    layer="3")
         return {"evaluate_s": time.perf_counter() - start, "everywhere": rows[0]["everywhere_accuracy"],
                 "tcav": rows[0]["tcav_score"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    artifact = isolate_artifact(net, data, np.arange(group), np.arange(group, class_size), label=0)
-    out = {"isolate_s": time.perf_counter() - start}
+    artifact = isolate_artifact(net, data, np.arange(group), np.arange(group, class_size), label=0, layer=layer)
+    out = {"isolate_s": time.perf_counter() - start, "layer": artifact.layer,
+           **({"candidates": artifact.choice.to_dict()["candidates"]} if artifact.choice else {})}
     if name == "kind":
         start, reads = time.perf_counter(), data.reads
         built = Transformations(artifact, data)
@@ -108,16 +110,18 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=400)
     parser.add_argument("--step", choices=("isolate", "kind", "evaluate"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", default="isolate,kind,evaluate", help="comma-separated steps to run")
+    parser.add_argument("--layer", help="the artifact model's layer (isolate, kind): e.g. auto, the layer choice")
     args = parser.parse_args()
     if args.step:
-        print(json.dumps(step(args.step, args.class_size, args.group)))
+        print(json.dumps(step(args.step, args.class_size, args.group, args.layer)))
         return
     stacked = args.class_size * 3 * SIDE * SIDE * 4 / 1e9
     print(f"class of {args.class_size} images of 3 x {SIDE} x {SIDE} ({stacked:.2f} GB stacked), group {args.group}; "
           f"PYTHONPATH={os.environ.get('PYTHONPATH', '')}")
     for name in args.steps.split(","):
         done = subprocess.run([sys.executable, __file__, "--step", name, "--class-size", str(args.class_size),
-                               "--group", str(args.group)], capture_output=True, text=True, check=True)
+                               "--group", str(args.group), *(["--layer", args.layer] if args.layer else [])],
+                              capture_output=True, text=True, check=True)
         print(name, done.stdout.strip())
 
 

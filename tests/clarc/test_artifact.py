@@ -7,9 +7,10 @@ import torch
 
 from spray import training as training_module
 from spray.clarc import artifact as artifact_module
+from spray.clarc import layer_choice as layer_choice_module
 from spray.clarc import transform as transform_module
-from spray.clarc.activations import activations, pool
-from spray.clarc.artifact import isolate_artifact, pooled_activations
+from spray.clarc.activations import activations, pool, pooled_activations
+from spray.clarc.artifact import isolate_artifact
 from spray.clarc.transform import moments
 from tests.clarc.conftest import tiny_data, tiny_model
 
@@ -35,8 +36,8 @@ def test_moments_by_chunks_are_the_per_pixel_mean_and_population_deviation():
 
 
 def test_the_rest_of_a_large_class_is_never_stacked_whole(monkeypatch):
-    # 1,288 samples in the rest of class 1: isolate_artifact and the kind rule's transplant and reproduction
-    # read at most CHUNK (512) of them at once.
+    # 1,288 samples in the rest of class 1: isolate_artifact (its layer choice too) and the kind rule's transplant
+    # and reproduction read at most CHUNK (512) of them at once.
     data, stamped = tiny_data(n=2600)
     labels = data.tensors[1].numpy()
     rest = np.setdiff1d(np.flatnonzero(labels == 1), stamped.numpy())
@@ -48,13 +49,15 @@ def test_the_rest_of_a_large_class_is_never_stacked_whole(monkeypatch):
             return stack(dataset, index)
         return stack_samples
 
-    for module in (artifact_module, transform_module, training_module):  # training: its sample_chunks
+    for module in (artifact_module, transform_module, training_module, layer_choice_module):  # training: its chunks
         monkeypatch.setattr(module, "stack_samples", recording(module.stack_samples))
     model = tiny_model()
     found = isolate_artifact(model, data, stamped.numpy(), rest, label=1, reference="all")
     moved = transform_module.Transformations(found, data).moving
     aucs = transform_module.reproduction(model, found, data, {"moving": moved})
-    assert len(rest) == 1288 and max(largest) == artifact_module.CHUNK == 512
+    chosen = isolate_artifact(model, data, stamped.numpy(), rest, label=1, layer="auto")
+    assert len(chosen.choice.candidates) > 1
+    assert len(rest) == 1288 and max(largest) == training_module.CHUNK == 512
     assert moved.sources.shape == (12, 1, 8, 8) and 0 <= aucs["moving"] <= 1
     # what the chunks computed equals the stacked computation
     x_rest = torch.stack([data[i][0] for i in rest])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from spray.benchmark.models import cnn
 from spray.clarc.activations import activations, candidate_layers, first_layer, pool
@@ -105,9 +106,14 @@ def test_pick_breaks_ties_towards_the_later_layer():
                            "clean predictions)")
 
 
+def rest_of(x: torch.Tensor) -> TensorDataset:
+    """The rest of the stamped samples' class as the layer choice reads it: a dataset."""
+    return TensorDataset(x[REST], torch.ones(len(REST), dtype=torch.long))
+
+
 def test_layer_figures_are_the_cavs_out_of_fold_auc_and_the_relevance_share_of_the_cluster(new_model, tiny_dataset):
     model, x, stamped, rest = new_model(), tiny_dataset.tensors[0], STAMPED, REST
-    found = layer_figures(model, "features.3", x[stamped], x[rest], x[CLEAN], EpsilonPlusFlat())
+    found = layer_figures(model, "features.3", x[stamped], rest_of(x), x[CLEAN], EpsilonPlusFlat())
     cav = CAV().fit(pool(activations(model, "features.3", x[stamped])).numpy(),
                     pool(activations(model, "features.3", x[rest])).numpy())
     assert found.layer == "features.3" and found.channels == 6
@@ -117,7 +123,7 @@ def test_layer_figures_are_the_cavs_out_of_fold_auc_and_the_relevance_share_of_t
     projected = project_model(model, "features.3", torch.from_numpy(cav.direction_), a_rest.mean(0))
     same = (projected(x[CLEAN]).argmax(1) == model(x[CLEAN]).argmax(1)).float().mean()
     assert found.kept == pytest.approx(float(same))
-    choice = choose_layer(model, x[stamped], x[rest], x[CLEAN], EpsilonPlusFlat())
+    choice = choose_layer(model, x[stamped], rest_of(x), x[CLEAN], EpsilonPlusFlat())
     assert [c.layer for c in choice.candidates] == ["features.1", "features.3"]
     assert choice.candidates[1] == found
     assert choice.layer == pick_layer(list(choice.candidates)).layer
@@ -126,6 +132,6 @@ def test_layer_figures_are_the_cavs_out_of_fold_auc_and_the_relevance_share_of_t
 @pytest.mark.parametrize("cav", ["signal", "subspace"])
 def test_choose_layer_fits_the_runs_cav_method(cav, new_model, tiny_dataset):
     model, x, stamped, rest = new_model(), tiny_dataset.tensors[0], STAMPED, REST
-    choice = choose_layer(model, x[stamped], x[rest], x[CLEAN], EpsilonPlusFlat(), cav=cav)
+    choice = choose_layer(model, x[stamped], rest_of(x), x[CLEAN], EpsilonPlusFlat(), cav=cav)
     a = [pool(activations(model, choice.layer, x[i])).numpy() for i in (stamped, rest)]
     assert choice.candidates[[c.layer for c in choice.candidates].index(choice.layer)].auc == CAV(cav).fit(*a).auc_

@@ -3,8 +3,8 @@
 During fine-tuning, each sample of a class other than the artifact's gets the artifact with probability
 ``fraction`` (drawn per sample from the epoch's seeded generator), labels unchanged. For a local artifact
 it is pasted, ``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask
-(spray.clarc.localize); for a global one (its mask covers most of the image) the group's mean input shift
-is added, ``x' = x + δ``; for a moving one (a local artifact at another place in each image) a group
+(spray.clarc.localize); for a global one (a brightness, a background: spray.clarc.transform's kind rule) the
+group's intensity map is applied, ``x' = g · x + b`` (with ``g = 1`` the mean input shift ``x + δ``); for a moving one (a local artifact at another place in each image) a group
 sample's own masked content is pasted at its place (spray.clarc.transform). The artifact class's own samples
 are left as they are. The loss is plain cross-entropy.
 """
@@ -37,7 +37,7 @@ class AClArC(FinetuningCorrector):
     Args:
         fraction: probability that a sample of another class gets the artifact, in (0, 1].
         kind: the artifact's transformation: ``"auto"`` (by its localisation, and the model where that leaves
-            it open), ``"local"`` (paste the patch), ``"global"`` (add the mean shift) or ``"moving"`` (paste a
+            it open), ``"local"`` (paste the patch), ``"global"`` (the intensity map) or ``"moving"`` (paste a
             group sample's own masked content); see spray.clarc.transform.
         epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.
         trainable: ``"after"`` fine-tunes the modules after the artifact's layer, ``"all"`` the model.

@@ -14,10 +14,11 @@ the corrections choose their regularisation and stopping point by worst-group ac
 **Counterfactual groups.** The audited model saw every training sample and classifies nearly all of them
 right, the shortcut's group included, so worst-group accuracy over these groups hardly tells a model that
 uses the artifact from one that does not. What the training data lacks is the group the shortcut fails on:
-other classes *with* the artifact. The artifact model supplies it (spray.clarc.transform: the patch pasted
-or the mean shift added), one counterfactual group per other class, ids ``G .. 2G − 3`` after the ``G``
-inferred groups (other class ``g`` ↦ ``g + G − 2``). This goes beyond GEORGE and JTT, which only reweight
-the groups they find; it is how A-ClArC's augmentation enters the group-robust methods.
+other classes *with* the artifact. The artifact model supplies it (spray.clarc.transform: the patch pasted,
+the intensity map applied, or a group sample transplanted), one counterfactual group per other class, ids
+``G .. 2G − 3`` after the ``G`` inferred groups (other class ``g`` ↦ ``g + G − 2``). This goes beyond GEORGE
+and JTT, which only reweight the groups they find; it is how A-ClArC's augmentation enters the group-robust
+methods.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class Tuning:
     lam: float | None = None
     """RR-ClArC: λ, the weight of the right-reason penalty."""
     kind: str = "auto"
-    """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (mean shift),
+    """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (intensity map),
     ``"moving"`` (the group's own masked content) or ``"auto"`` (by the localisation, and the model where that
     leaves it open; spray.clarc.transform)."""
     annotate: Annotation | None = field(default=None, compare=False)

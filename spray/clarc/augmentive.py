@@ -4,9 +4,10 @@ During fine-tuning, each sample of a class other than the artifact's gets the ar
 ``fraction`` (drawn per sample from the epoch's seeded generator), labels unchanged. For a local artifact
 it is pasted, ``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask
 (spray.clarc.localize); for a global one (a brightness, a background: spray.clarc.transform's kind rule) the
-group's intensity map is applied, ``x' = g · x + b`` (with ``g = 1`` the mean input shift ``x + δ``); for a moving one (a local artifact at another place in each image) a group
-sample's own masked content is pasted at its place (spray.clarc.transform). The artifact class's own samples
-are left as they are. The loss is plain cross-entropy.
+group's intensity map is applied, ``x' = g · x + b`` (with ``g = 1`` the mean input shift ``x + δ``); for a
+moving one (a local artifact at another place in each image) a group sample's own masked content is pasted at
+its place (spray.clarc.transform). The artifact class's own samples are left as they are. The loss is plain
+cross-entropy.
 """
 
 from __future__ import annotations

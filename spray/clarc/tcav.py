@@ -25,8 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from spray.clarc.activations import along_channels, layer_output, resolve_layer
-from spray.clarc.activations import pooled_activations
+from spray.clarc.activations import along_channels, layer_output, pooled_activations, resolve_layer
 from spray.clarc.cav import CAV
 from spray.errors import BadInputError
 from spray.training import eval_mode, sample_chunks

@@ -26,11 +26,11 @@ The rule, in order:
    artifact of *both* transformations (other classes with the patch pasted, and with the intensity map
    applied), so that a model still following the shortcut in either form fails one; for a global one of the
    map only (its "patch" is the group's own digits); for a moving one of the transplant.
-   A-ClArC's number of epochs is chosen here too (:data:`EPOCH_CHOICE`): it is fine-tuned for up to 8
-   epochs, each epoch's model is scored so, and the candidate is its best epoch by steps 4–5 (the
-   validation decides when to stop, as GroupDRO's early stopping does; the later epoch of equals). A model
-   that follows its shortcut completely needs more than the 3 epochs that suffice where it does not
-   (docs/clarc.md §19, §20).
+   A-ClArC's number of epochs is chosen here too (:data:`EPOCH_CHOICE`): each epoch's model is scored so,
+   the candidate is its best epoch by steps 4–5 (the later epoch of equals), and the fine-tuning stops once
+   that best epoch lies :data:`PATIENCE` epochs back, or at the most it tries (early stopping on the
+   validation part, as GroupDRO's). A model that follows its shortcut completely needs more than the 3
+   epochs that suffice where it does not, and the ViT more than 8 (docs/clarc.md §19–§22).
 4. **Guard.** A candidate is dropped when its validation samples show, beyond sampling noise, that it
    loses more than :data:`MAX_CLEAN_LOSS` of clean accuracy: a one-sided paired test on the same validation
    samples (:func:`loss_p_value`, p below :data:`ALPHA`). If every candidate is dropped, the smallest
@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,10 +82,14 @@ MAX_CLEAN_LOSS = 0.02
 """δ, the clean-accuracy loss a candidate may have (the correction's target: at most 2 points)."""
 ALPHA = 0.05
 """The guard's level: a candidate is dropped when its loss exceeds δ at this one-sided significance."""
-EPOCH_CHOICE = {"aclarc": 8}
+EPOCH_CHOICE = {"aclarc": 24}
 """The fine-tuned candidates whose number of epochs auto chooses on the validation part, and the most it
-tries (unless ``--epochs`` gives them): A-ClArC reached the ResNet's brightness within 8 epochs on the
-validation figures, and the CNN's cases after 2–3 (docs/clarc.md §19)."""
+tries (unless ``--epochs`` gives them): A-ClArC reached the ResNet's brightness within 8 epochs, the CNN's
+cases after 2–3, and the ViT's frame was still improving after 8 and up to 19 (docs/clarc.md §19–§21)."""
+PATIENCE = 6
+"""A candidate whose epochs auto chooses stops when its best validation epoch lies this many epochs back: the
+worst group moves in steps of one validation sample and stands still for several epochs where the test
+accuracies still rise (docs/clarc.md §20, §22)."""
 SCORED = ("worst_group", "clean_loss", "lost", "gained", "n", "p_value")
 """A candidate's validation figures (and those of each epoch where its epochs are chosen)."""
 
@@ -154,8 +158,9 @@ class Validation:
     """How auto scores a corrected model on the validation samples ``val`` of ``dataset`` (rule steps 3–4):
     the worst group over the ``inferred`` groups and the counterfactual ones of ``transforms``, and the clean
     figures against which of them the original model gets right (``original``, bool). Called as
-    ``(epoch, model)`` it is a fine-tuning's per-epoch annotation (spray.clarc.finetune), and its
-    :meth:`fingerprint` goes into the checkpoint, so a checkpoint scored otherwise is not resumed."""
+    ``(epoch, model)`` it is a fine-tuning's per-epoch annotation (spray.clarc.finetune) that stops it when
+    :meth:`done`, and its :meth:`fingerprint` goes into the checkpoint, so a checkpoint scored otherwise is not
+    resumed."""
 
     dataset: Dataset
     val: np.ndarray
@@ -171,12 +176,17 @@ class Validation:
     def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
         return self.figures(model)
 
+    def done(self, history: Sequence[Mapping[str, float]]) -> bool:
+        """Whether the fine-tuning of ``history`` (these figures per epoch) may stop: its best epoch
+        (:func:`best_epoch`) lies :data:`PATIENCE` epochs back."""
+        return int(history[-1]["epoch"]) - best_epoch(history)["epochs"] >= PATIENCE
+
     def fingerprint(self) -> dict[str, Any]:
         return {"val": digest(torch.from_numpy(self.val)), "original": digest(torch.from_numpy(self.original)),
                 "transforms": [t.fingerprint() for t in self.transforms]}
 
 
-def best_epoch(history: list[dict[str, float]]) -> dict[str, Any]:
+def best_epoch(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
     """A candidate whose epochs auto chose, from its fine-tuning ``history`` (each epoch's :data:`SCORED`
     figures): its best epoch's figures by :func:`choose`, the later of equals (the worst group in steps of one
     validation sample ties often, and A-ClArC's objective was still falling: docs/clarc.md §20), that epoch

@@ -44,11 +44,14 @@ Objective = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
 
 class Annotation(Protocol):
     """A caller's figures of each epoch's model, ``annotation(epoch, model)``, recorded in the history (and
-    checkpoint); its ``fingerprint()`` (JSON) is part of the checkpoint's configuration."""
+    checkpoint); its ``fingerprint()`` (JSON) is part of the checkpoint's configuration, and ``done(history)``
+    says from those figures that the fine-tuning may stop before its last epoch (early stopping)."""
 
     def __call__(self, epoch: int, model: nn.Module) -> Mapping[str, float]: ...
 
     def fingerprint(self) -> dict[str, Any]: ...
+
+    def done(self, history: Sequence[Mapping[str, float]]) -> bool: ...
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -92,6 +95,7 @@ def finetune(
     weight_decay: float = 0.0,
     annotate: Callable[[int, nn.Module], Mapping[str, float]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    stop: Callable[[Sequence[Mapping[str, float]]], bool] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place with Adam on ``objective`` over ``dataset`` of (x, y).
 
@@ -109,6 +113,8 @@ def finetune(
         annotate: ``annotate(epoch, model)`` after each epoch returns figures (e.g. a validation score)
             added to its history entry before the checkpoint is written.
         on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch's checkpoint is written.
+        stop: ``stop(history)`` before each epoch, a resumed history's included: True ends the fine-tuning
+            there, so an interrupted run resumed from its checkpoint stops where the uninterrupted one did.
     """
     check_int(epochs, "epochs", minimum=1)
     check_int(batch_size, "batch_size", minimum=1)
@@ -142,6 +148,10 @@ def finetune(
     try:
         with bar, seeded(deterministic=True):
             for epoch in range(start + 1, epochs + 1):
+                if stop is not None and history and stop(history):
+                    bar.total = bar.n  # stopped early: the bar ends full
+                    bar.refresh()
+                    break
                 shuffle_seed, objective_seed, global_seed = epoch_seeds(seed, epoch)
                 torch.manual_seed(global_seed)
                 generator = torch.Generator().manual_seed(objective_seed)
@@ -279,7 +289,7 @@ class FinetuningCorrector:
             annotate: Annotation | None = None) -> FinetuningCorrector:
         """Fine-tune a copy of ``model`` on ``dataset`` (the audited, attributed training data); ``annotate``
         adds the caller's figures of each epoch's model to its history entry (spray.clarc.finetune.finetune),
-        after the corrector's own (:meth:`epoch_figures`)."""
+        after the corrector's own (:meth:`epoch_figures`), and stops the fine-tuning when it is ``done``."""
         check_choice(self.trainable, "trainable", TRAINABLE)
         corrected = copy.deepcopy(model)
         modules = None
@@ -302,7 +312,7 @@ class FinetuningCorrector:
             optimizer=self.optimizer, weight_decay=self.weight_decay,
             annotate=self.epoch_figures if annotate is None else
             lambda epoch, m: {**self.epoch_figures(epoch, m), **annotate(epoch, m)},
-            on_epoch=on_epoch,
+            on_epoch=on_epoch, stop=None if annotate is None else annotate.done,
         )
         self.model_, self.history_, self.resumed_from_ = result.model, result.history, result.resumed_from
         return self

@@ -65,8 +65,8 @@ class Tuning:
     ``"moving"`` (the group's own masked content) or ``"auto"`` (by the localisation, and the model where that
     leaves it open; spray.clarc.transform)."""
     annotate: Annotation | None = field(default=None, compare=False)
-    """The fine-tuning methods: figures of each epoch's model, added to its history entry (auto scores the
-    epochs of its candidates with them: spray.clarc.auto)."""
+    """The fine-tuning methods: figures of each epoch's model, added to its history entry, and when to stop
+    early (auto scores the epochs of its candidates with them: spray.clarc.auto)."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),
@@ -231,8 +231,9 @@ class ClarcConfig:
             ``"top"``: the flagged cluster of the best-ranked class of ``analysis`` (default: the store's
             only analysis, or ``"spray"``).
         layer: the module whose features the CAV is fitted on (default: the last feature map the head
-            reads; ``"auto"``: the candidate spray.clarc.layer_choice chooses); ``cav`` (``"signal"``, ``"svm"``, ``"subspace"``),
-            ``reference``, ``sigma``, ``threshold``: how the artifact is isolated (docs/clarc.md).
+            reads; ``"auto"``: the candidate spray.clarc.layer_choice chooses); ``cav`` (``"signal"``,
+            ``"svm"``, ``"subspace"``), ``reference``, ``sigma``, ``threshold``: how the artifact is isolated
+            (docs/clarc.md).
         tuning: fine-tuning settings (A-/RR-ClArC); its ``seed`` also seeds the CAV.
         relevance_target: the output whose relevance the evaluation measures in the artifact's mask.
         fda_rank: the evaluation also re-attributes and re-analyses the audited data with the corrected

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, best_epoch, candidate_name, choose,
-                              clean_figures, counterfactual_transforms, loss_p_value, within)
+from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, PATIENCE, Validation, best_epoch,
+                              candidate_name, choose, clean_figures, counterfactual_transforms, loss_p_value,
+                              within)
 from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
 from spray.errors import GroupSizeError
 
@@ -103,6 +104,23 @@ def test_the_best_epoch_is_chosen_as_candidates_are_with_the_later_of_equals():
     worse = [candidate(0.9, 300, 40, 0), candidate(0.9, 300, 30, 0), candidate(0.5, 300, 30, 0),
              candidate(0.9, 300, 35, 0)]
     assert best_epoch([{"epoch": e, **f} for e, f in enumerate(worse, 1)])["epochs"] == 3
+
+
+def test_the_validation_is_done_once_its_best_epoch_lies_patience_epochs_back():
+    done = Validation(None, np.arange(0), None, (), np.zeros(0, dtype=bool)).done
+    good, bad, dropped = candidate(0.8, 300, 0, 0), candidate(0.6, 300, 0, 0), candidate(0.95, 300, 40, 0)
+    assert PATIENCE == 6
+
+    def history(*scores):
+        return [{"epoch": e, **f} for e, f in enumerate(scores, 1)]
+
+    assert not done(history(bad, good, *[bad] * 5))  # the best epoch, 2, lies 5 back
+    assert done(history(bad, good, *[bad] * 6))
+    # an epoch the guard drops is not the best, however high its worst group
+    assert done(history(bad, good, dropped, *[bad] * 5))
+    # an equal epoch is the later best and waits again
+    assert not done(history(bad, good, *[bad] * 4, good, bad))
+    assert done(history(bad, good, *[bad] * 4, good, *[bad] * 6))
 
 
 def test_a_skipped_candidate_is_never_chosen_and_none_fitted_is_refused_with_every_reason():

@@ -132,6 +132,54 @@ def test_completed_run_is_loaded_not_recomputed(tmp_path, new_model, tiny_datase
     assert again.resumed_from_ == 2 and same_weights(first.model_, again.model_)
 
 
+class StopAfter:
+    """An annotation that records each epoch's number and is done after ``epochs`` of them."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def __call__(self, epoch, model):
+        return {"seen": float(epoch)}
+
+    def fingerprint(self):
+        return {"stop_after": self.epochs}
+
+    def done(self, history):
+        return len(history) >= self.epochs
+
+
+def test_a_run_stops_when_its_annotation_is_done_and_resumes_to_the_same_stop(tmp_path, new_model, tiny_dataset):
+    def make():
+        return AClArC(fraction=0.5, epochs=5, lr=1e-2, batch_size=16, seed=7, trainable="all")
+
+    model = new_model()
+    stopped = make().fit(model, tiny_dataset, FakeArtifact(), checkpoint_dir=tmp_path / "a", progress=False,
+                         annotate=StopAfter(2))
+    assert [(h["epoch"], h["seen"]) for h in stopped.history_] == [(1, 1.0), (2, 2.0)]
+    # the weights of two epochs: epoch e's draws depend on (seed, e) only
+    two = AClArC(fraction=0.5, epochs=2, lr=1e-2, batch_size=16, seed=7, trainable="all")
+    assert same_weights(stopped.model_, two.fit(model, tiny_dataset, FakeArtifact(), progress=False).model_)
+
+    def interrupt(epoch, _entry):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make().fit(model, tiny_dataset, FakeArtifact(), checkpoint_dir=tmp_path / "b", progress=False,
+                   annotate=StopAfter(2), on_epoch=interrupt)
+    resumed = make().fit(model, tiny_dataset, FakeArtifact(), checkpoint_dir=tmp_path / "b", progress=False,
+                         annotate=StopAfter(2))
+    assert resumed.resumed_from_ == 1 and [h["epoch"] for h in resumed.history_] == [1, 2]
+    assert same_weights(resumed.model_, stopped.model_)
+
+    def fail(*_args):
+        raise AssertionError("a stopped run resumed should run no epoch")
+
+    again = make().fit(model, tiny_dataset, FakeArtifact(), checkpoint_dir=tmp_path / "a", progress=False,
+                       annotate=StopAfter(2), on_epoch=fail)
+    assert again.resumed_from_ == 2 and same_weights(again.model_, stopped.model_)
+
+
 def test_default_fine_tunes_only_the_modules_after_the_layer(new_model, tiny_dataset):
     dataset = tiny_dataset
     model = new_model()

@@ -22,6 +22,7 @@ from spray.clarc import (
     load_corrected,
     read_cluster,
 )
+from spray.clarc import auto as auto_module
 from spray.clarc.augmentive import AClArC
 from spray.clarc.auto import (CANDIDATES, EPOCH_CHOICE, best_epoch, candidate_name, choose, clean_figures,
                               correct_on, counterfactual_transforms, within)
@@ -166,6 +167,27 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     # --epochs given: auto fine-tunes every candidate for them and chooses no epochs
     fixed = run("auto", "fixed", Tuning(epochs=1, lr=lr)).params["auto"]["candidates"]
     assert all("per_epoch" not in f and "epochs" not in f for f in fixed.values())
+
+
+def test_auto_stops_each_aclarc_candidate_once_its_validation_is_done(tiny_audit, tmp_path, monkeypatch):
+    # Up to 6 epochs with a patience of 1: each candidate trains until its best epoch is one epoch back.
+    monkeypatch.setitem(EPOCH_CHOICE, "aclarc", 6)
+    monkeypatch.setattr(auto_module, "PATIENCE", 1)
+    for kind in ("local", "global", "moving"):
+        monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "local"), ("aclarc", "global")))
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    config = ClarcConfig("auto", tmp_path / "auto", cluster=a_group_cluster(tiny_audit), tuning=Tuning(lr=3e-2),
+                         progress=False)
+    candidates = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config).params["auto"]["candidates"]
+    trained = []
+    for figures in candidates.values():
+        history = [{"epoch": p["epoch"], **p} for p in figures["per_epoch"]]
+        # the epochs run are those before the first at which the best lay one epoch back, or all six
+        stops = [e for e in range(1, 7) if e <= len(history) and e - best_epoch(history[:e])["epochs"] >= 1]
+        assert len(history) == (stops[0] if stops else 6)
+        trained.append(len(history))
+    assert min(trained) < 6  # a candidate stopped early
 
 
 def test_auto_skips_a_candidate_whose_groups_are_too_small_on_the_fit_part_and_chooses_among_the_rest(

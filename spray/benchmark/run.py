@@ -51,8 +51,8 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 14
-"""The version of a case's scored result (``result-v12.json``): raise it when the scoring changes, and a
+SCORES = 15
+"""The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
 score per correction method, group accuracies, CPU seconds and peak RSS per stage; 5: the concept
@@ -67,7 +67,8 @@ local only where its group's masks agree on the region the local transformation 
 analyses and alone (``activation_max``); 13: auto chooses A-ClArC's epochs (up to 8) on its validation part,
 the global transformation is the group's intensity map (the mean shift with a contrast gain), and a changed
 contrast makes an artifact global (docs/clarc.md §20); 14: A-ClArC's candidates stop early, 6 epochs after their
-best validation epoch, or after 24 (docs/clarc.md §22)."""
+best validation epoch, or after 24 (docs/clarc.md §22); 15: a local artifact's A-ClArC candidate pastes the patch
+or applies the intensity map, drawn per image, in place of one candidate of each (docs/clarc.md §23)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

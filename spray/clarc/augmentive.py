@@ -6,8 +6,8 @@ it is pasted, ``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and 
 (spray.clarc.localize); for a global one (a brightness, a background: spray.clarc.transform's kind rule) the
 group's intensity map is applied, ``x' = g · x + b`` (with ``g = 1`` the mean input shift ``x + δ``); for a
 moving one (a local artifact at another place in each image) a group sample's own masked content is pasted at
-its place (spray.clarc.transform). The artifact class's own samples are left as they are. The loss is plain
-cross-entropy.
+its place (spray.clarc.transform); with ``kind="local+global"`` a local artifact's patch or its intensity map,
+drawn per image. The artifact class's own samples are left as they are. The loss is plain cross-entropy.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class AClArC(FinetuningCorrector):
     Args:
         fraction: probability that a sample of another class gets the artifact, in (0, 1].
         kind: the artifact's transformation: ``"auto"`` (by its localisation, and the model where that leaves
-            it open), ``"local"`` (paste the patch), ``"global"`` (the intensity map) or ``"moving"`` (paste a
-            group sample's own masked content); see spray.clarc.transform.
+            it open), ``"local"`` (paste the patch), ``"global"`` (the intensity map), ``"moving"`` (paste a
+            group sample's own masked content) or ``"local+global"`` (the patch or the map, drawn per image);
+            see spray.clarc.transform.
         epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.
         trainable: ``"after"`` fine-tunes the modules after the artifact's layer, ``"all"`` the model.
     """

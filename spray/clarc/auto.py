@@ -14,13 +14,15 @@ The rule, in order:
    better than the intensity map does, else global (LRP along a global confounder's CAV lands on each
    sample's own content). The kind fixes the candidates (:data:`CANDIDATES`), each a method with the
    artifact's transformation it uses (the pasted patch, the intensity map — the mean input shift with a
-   contrast gain — or the transplant; P- and RR-ClArC use none, they act along the CAV). A local artifact
-   still gets an A-ClArC with the intensity map as a candidate: for a fixed-position artifact the map
-   carries the artifact too. RR-ClArC, the costliest (a second-order gradient in every fine-tuning step),
-   comes last for every kind. A candidate that cannot be fitted on the
-   fit part because a group is under its minimum (:class:`~spray.errors.GroupSizeError`: a DFR head and
-   GroupDRO need 8 samples in every inferred group, which a cluster of 10 no longer has once its validation
-   share is held out) is skipped, with its reason recorded; the others are still scored.
+   contrast gain — or the transplant; P- and RR-ClArC use none, they act along the CAV). A local artifact's
+   A-ClArC draws either of its two transformations per image (``"local+global"``: the patch pasted, or the
+   intensity map, which carries a fixed-position artifact too): a candidate trained on one form alone stays
+   sensitive to the other, which step 3 scores, and the one candidate met the targets wherever the two
+   single-form candidates had, for half their cost (docs/clarc.md §22, §23). RR-ClArC, the costliest (a second-order gradient in every fine-tuning step), comes last for every kind.
+   A candidate that cannot be fitted on the fit part because a group is under its minimum
+   (:class:`~spray.errors.GroupSizeError`: a DFR head and GroupDRO need 8 samples in every inferred group,
+   which a cluster of 10 no longer has once its validation share is held out) is skipped, with its reason
+   recorded; the others are still scored.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the intensity map
@@ -66,7 +68,7 @@ from spray.clarc.transform import Transform, Transformations, kind_figures
 from spray.errors import GroupSizeError
 from spray.training import predict_samples
 
-CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local"), ("aclarc", "global"), ("rrclarc", "local")),
+CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local+global"), ("rrclarc", "local")),
               "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"), ("rrclarc", "global")),
               "moving": (("aclarc", "moving"), ("dfr", "moving"), ("groupdro", "moving"), ("rrclarc", "moving"))}
 """The candidates per artifact kind, cheapest first: (method, the artifact's transformation it uses)."""
@@ -210,7 +212,7 @@ def counterfactual_transforms(transforms: Transformations, kind: str) -> list[Tr
 
 
 def candidate_name(method: str, transformation: str) -> str:
-    """``pclarc``, ``rrclarc`` (no transformation), else ``aclarc/local``, ``dfr/global``, ...."""
+    """``pclarc``, ``rrclarc`` (no transformation), else ``aclarc/local+global``, ``dfr/global``, ...."""
     return method if method in UNTRANSFORMED else f"{method}/{transformation}"
 
 

@@ -1,5 +1,5 @@
-"""The artifact as a transformation of inputs: a local patch pasted, a global intensity map applied, or a
-moving artifact transplanted.
+"""The artifact as a transformation of inputs: a local patch pasted, a global intensity map applied, a
+moving artifact transplanted, or either of a local artifact's two models per image (:class:`Either`).
 
 A local artifact (a sticker, a tag, a frame) is modelled by its patch and mean mask (spray.clarc.localize),
 pasted where the mask and the cluster's difference from the rest of its class agree
@@ -94,7 +94,9 @@ On the benchmark's development split (quick size, 28 × 28, the clusters auto co
 group 0.36, the brightness 0.07–0.17, clusters that were sub-styles of a clean class 0.03–0.09. Held-out
 cases were looked at while choosing it, so they do not test it: the random patch 0.24–0.35, the brightness
 0.11–0.16, a sub-style of a clean class 0.07 (docs/clarc.md §17)."""
-KINDS = ("auto", "local", "global", "moving")
+BOTH = "local+global"
+"""The kind of the :class:`Either` of a local artifact's patch and intensity map."""
+KINDS = ("auto", "local", "global", "moving", BOTH)
 
 
 def coverage(mask: Tensor) -> float:
@@ -249,7 +251,34 @@ class Transplant:
                 "seed": str(self.seed)}
 
 
-Transform = Paste | Intensity | Transplant
+@dataclass(frozen=True)
+class Either:
+    """``x_i ↦ t_{k_i}(x_i)`` for one of ``transforms`` drawn per image ``i``, each as likely; the draws of one call
+    come from a generator seeded with ``seed``, as :class:`Transplant`'s. A local artifact's two models together
+    (the patch pasted and the intensity map): an A-ClArC candidate trained on one of them stays sensitive to the
+    other's form (the benchmark's ViT frame: docs/clarc.md §22)."""
+
+    transforms: tuple[Paste | Intensity | Transplant, ...]
+    seed: int = 0
+
+    @property
+    def kind(self) -> str:
+        return "+".join(t.kind for t in self.transforms)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        k = torch.randint(len(self.transforms), (len(x),), generator=torch.Generator().manual_seed(self.seed))
+        out = x.clone()
+        for i, transform in enumerate(self.transforms):
+            drawn = k == i
+            if drawn.any():
+                out[drawn] = transform(x[drawn])
+        return out
+
+    def fingerprint(self) -> dict[str, object]:
+        return {"kind": self.kind, "transforms": [t.fingerprint() for t in self.transforms], "seed": str(self.seed)}
+
+
+Transform = Paste | Intensity | Transplant | Either
 
 
 @dataclass(frozen=True)
@@ -346,10 +375,13 @@ class Transformations:
     def of(self, kind: str = "auto", model: nn.Module | None = None) -> Transform:
         """The transformation of ``kind``: by :func:`artifact_kind` for ``"auto"`` (which needs the ``model``
         where the masks leave the kind open), or ``"local"`` (:class:`Paste`), ``"global"``
-        (:class:`Intensity`), ``"moving"`` (:class:`Transplant`)."""
+        (:class:`Intensity`), ``"moving"`` (:class:`Transplant`), ``"local+global"`` (:class:`Either` of the
+        paste and the map)."""
         check_choice(kind, "artifact kind", KINDS)
         if kind == "auto":
             kind = artifact_kind(self, model)
+        if kind == BOTH:
+            return Either((self.local, self.intensity))
         if kind == "global":
             return self.intensity
         return self.moving if kind == "moving" else self.local

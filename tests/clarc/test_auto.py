@@ -133,7 +133,7 @@ def test_a_skipped_candidate_is_never_chosen_and_none_fitted_is_refused_with_eve
 
 def test_rrclarc_is_the_last_candidate_of_both_kinds_and_uses_no_transformation():
     assert [CANDIDATES[kind][-1][0] for kind in ("local", "global")] == ["rrclarc", "rrclarc"]
-    assert [candidate_name(*c) for c in CANDIDATES["local"]] == ["pclarc", "aclarc/local", "aclarc/global", "rrclarc"]
+    assert [candidate_name(*c) for c in CANDIDATES["local"]] == ["pclarc", "aclarc/local+global", "rrclarc"]
     assert [candidate_name(*c) for c in CANDIDATES["global"]] == ["aclarc/global", "dfr/global", "groupdro/global",
                                                                    "rrclarc"]
 

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
 from spray.clarc.transform import (AGREEMENT, GAIN_SUPPORT, GLOBAL_COVERAGE, GLOBAL_GAIN, MIN_AGREED_AREA, MIN_SPREAD,
-                                   Intensity, KindFigures, Paste, Transformations, Transplant, agreed_area,
+                                   Either, Intensity, KindFigures, Paste, Transformations, Transplant, agreed_area,
                                    artifact_kind, artifact_transform, coverage, difference_mask, group_moments,
                                    intensity_map, kind_figures, spread, transplant)
 from spray.errors import BadInputError
@@ -290,6 +290,26 @@ def test_the_patch_is_pasted_only_where_the_cluster_differs_from_the_rest_of_its
     assert torch.equal(out[0, 0], 9.0 * pasted)
 
 
+def test_either_gives_each_image_the_patch_or_the_intensity_map_drawn_per_image():
+    built = Transformations(artifact(0.25), dataset())
+    either = built.of("local+global")
+    assert isinstance(either, Either) and either.kind == "local+global"
+    assert either.transforms[0] is built.local and either.transforms[1] is built.intensity
+    x = torch.rand(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    kept = x.clone()
+    out = either(x)
+    pasted, mapped = built.local(x), built.intensity(x)
+    is_pasted = [torch.equal(o, p) for o, p in zip(out, pasted)]
+    is_mapped = [torch.equal(o, m) for o, m in zip(out, mapped)]
+    assert all(a != b for a, b in zip(is_pasted, is_mapped))  # each image exactly one of the two
+    assert 16 < sum(is_pasted) < 48  # both drawn, about half each
+    assert torch.equal(x, kept) and torch.equal(either(x), out)  # the input kept; the same draws for the same batch
+    other = Either(either.transforms, seed=1)
+    assert not torch.equal(other(x), out)
+    assert other.fingerprint()["transforms"] == [built.local.fingerprint(), built.intensity.fingerprint()]
+    assert other.fingerprint() != either.fingerprint()
+
+
 def test_aclarc_adds_the_mean_shift_of_a_global_artifact_to_other_classes():
     seen = []
 
@@ -305,6 +325,27 @@ def test_aclarc_adds_the_mean_shift_of_a_global_artifact_to_other_classes():
     loss(Recorder(), x, y, torch.Generator().manual_seed(0))
     assert torch.equal(seen[0][4:], x[4:] + 2.0)  # class 0 shifted
     assert torch.equal(seen[0][:4], x[:4])  # the artifact's class unchanged
+
+
+def test_aclarc_with_both_forms_gives_each_other_class_sample_the_patch_or_the_map():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(len(x), 2, requires_grad=True)
+
+    built = Transformations(artifact(0.25), dataset())
+    corrector = AClArC(fraction=1.0, kind="local+global")
+    corrector.transform_ = built.of(corrector.kind)
+    x, y = dataset().tensors
+    x, y = x.repeat(8, 1, 1, 1), y.repeat(8)  # 16 samples of class 0
+    corrector.objective(artifact(0.25))(Recorder(), x, y, torch.Generator().manual_seed(0))
+    other = y == 0
+    pasted = [torch.equal(a, b) for a, b in zip(seen[0][other], built.local(x[other]))]
+    mapped = [torch.equal(a, b) for a, b in zip(seen[0][other], built.intensity(x[other]))]
+    assert all(p != m for p, m in zip(pasted, mapped)) and 0 < sum(pasted) < len(pasted)
+    assert torch.equal(seen[0][~other], x[~other])  # the artifact's class unchanged
 
 
 def test_the_transplant_takes_what_differs_beyond_the_class_s_own_variation():

@@ -39,6 +39,7 @@ from spray.benchmark.models import RECIPES, build, training_config
 from spray.clarc import (CORRECTIONS, ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer,
                          isolate_artifact, localize)
 from spray.clarc.activations import activations, pool
+from spray.clarc.projective import explaining
 from spray.data.models import model_hash
 from spray.errors import BadInputError
 from spray.outputs import active
@@ -51,7 +52,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 15
+SCORES = 16
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -68,7 +69,8 @@ analyses and alone (``activation_max``); 13: auto chooses A-ClArC's epochs (up t
 the global transformation is the group's intensity map (the mean shift with a contrast gain), and a changed
 contrast makes an artifact global (docs/clarc.md §20); 14: A-ClArC's candidates stop early, 6 epochs after their
 best validation epoch, or after 24 (docs/clarc.md §22); 15: a local artifact's A-ClArC candidate pastes the patch
-or applies the intensity map, drawn per image, in place of one candidate of each (docs/clarc.md §23)."""
+or applies the intensity map, drawn per image, in place of one candidate of each (docs/clarc.md §23); 16: each
+correction's relevance density inside the true masks, before and after (``density``)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -281,11 +283,8 @@ def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, alone: dic
             result.group_accuracy = _group_accuracy(model, data)
             result.worst_group_accuracy = min(result.group_accuracy.values())
             result.balanced_accuracy = float(np.mean(list(result.group_accuracy.values())))
-        if not case.is_control and not data.is_global:
-            x = torch.from_numpy(data.train[0][data.planted])
-            y = torch.from_numpy(data.train[1][data.planted])
-            relevance, _ = get_method(METHOD).attribute(model, x, y)
-            result.relevance_density = relevance_density(relevance.detach().numpy(), data.masks)
+        if has_local_truth(data):
+            result.relevance_density = _planted_density(model, data)
             result.iou = _localization_iou(data, model, members)
     if not case.is_control:
         with _timed(seconds, "baseline"):
@@ -335,6 +334,21 @@ def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> fl
                                  seed=data.case.seed)
 
 
+def has_local_truth(data: CaseData) -> bool:
+    """Whether the case's true masks localise its artifact: planted, and not global (a global artifact's mask is
+    the whole image)."""
+    return not data.case.is_control and not data.is_global
+
+
+def _planted_density(model: torch.nn.Module, data: CaseData) -> float:
+    """The relevance density (spray.benchmark.metrics.relevance_density) of ``model``'s LRP heatmaps of the
+    planted training images for their labels, inside their true masks."""
+    x = torch.from_numpy(data.train[0][data.planted])
+    y = torch.from_numpy(data.train[1][data.planted])
+    relevance, _ = explaining(get_method(METHOD), model).attribute(model, x, y)  # P-ClArC's too
+    return relevance_density(relevance.detach().numpy(), data.masks)
+
+
 def _localization_iou(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:
     """IoU of ClArC's artifact masks with the true masks over the planted images. The artifact model of spray's
     flagged cluster is isolated as ClArC isolates it (its CAV against the rest of the class, the audit's
@@ -357,9 +371,11 @@ def _correct(method: str, store: Path, top: RankedClass | None, model: torch.nn.
              directory: Path, progress: bool) -> dict[str, Any]:
     """The correction ``method`` on the top-ranked class's best cluster ``top`` (what ``spray clarc --cluster
     top`` corrects in a store holding the :data:`RANKED` analyses), evaluated with the ground-truth artifact in
-    every clean test image (and per group on the two-class set); a refusal is recorded as its ``error``, not
-    raised."""
-    score: dict[str, Any] = {"cluster": None, "clean": None, "everywhere": None, "worst_group": None, "error": None}
+    every clean test image (and per group on the two-class set), and, where the true masks localise the
+    artifact, by the relevance density inside them (:func:`_planted_density`: the correction's target is a cut
+    of at least half); a refusal is recorded as its ``error``, not raised."""
+    score: dict[str, Any] = {"cluster": None, "clean": None, "everywhere": None, "worst_group": None,
+                             "density": None, "error": None}
     if top is None:
         return {**score, "error": f"no ranked class in analyses {', '.join(RANKED)}"}
     try:
@@ -376,6 +392,8 @@ def _correct(method: str, store: Path, top: RankedClass | None, model: torch.nn.
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
     if data.groups is not None:
         score["worst_group"] = [min(_group_accuracy(m, data).values()) for m in (model, corrected.model)]
+    if has_local_truth(data):
+        score["density"] = [_planted_density(m, data) for m in (model, corrected.model)]
     return score
 
 

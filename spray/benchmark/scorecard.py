@@ -72,8 +72,9 @@ class BaselineRow:
 
 @dataclass(frozen=True)
 class CorrectionRow:
-    """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy and
-    (the two-class set) worst-group accuracy, original and corrected; how many seeds it refused."""
+    """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy,
+    (the two-class set) worst-group accuracy and (a local artifact) the relevance density inside the true
+    masks, original and corrected; how many seeds it refused."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None
@@ -82,6 +83,8 @@ class CorrectionRow:
     worst_group_before: Estimate | None
     worst_group_after: Estimate | None
     refused: int
+    density_before: Estimate | None = None
+    density_after: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
         return Estimate.of([c[key][i] for c in found if c[key] is not None])
 
     return CorrectionRow(pair("everywhere", 0), pair("everywhere", 1), pair("clean", 0), pair("clean", 1),
-                         pair("worst_group", 0), pair("worst_group", 1), sum(c["error"] is not None for c in found))
+                         pair("worst_group", 0), pair("worst_group", 1), sum(c["error"] is not None for c in found),
+                         pair("density", 0), pair("density", 1))
 
 
 def _row(results: list[CaseResult], methods: list[str]) -> Row:
@@ -316,6 +320,8 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
         cell = "-" if c.everywhere_before is None else f"{est(c.everywhere_before)} -> {est(c.everywhere_after)}"
         if c.worst_group_before is not None:
             cell += f" (worst group {est(c.worst_group_before)} -> {est(c.worst_group_after)})"
+        if c.density_before is not None:
+            cell += f" (density {est(c.density_before)} -> {est(c.density_after)})"
         return cell + (f" ({c.refused} refused)" if c.refused else "")
 
     return [row.split, row.artifact, f"{row.prevalence:.0%}", row.architecture, str(row.seeds),

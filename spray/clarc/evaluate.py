@@ -52,7 +52,7 @@ from spray.attribution.methods import get_method
 from spray.audit import audit
 from spray.clarc.cluster import choose_analysis
 from spray.clarc.localize import paste
-from spray.clarc.projective import projected_layers, with_projection_rule
+from spray.clarc.projective import explaining, projected_layers, with_projection_rule
 from spray.clarc.tcav import tcav, tcav_layer
 from spray.data.models import model_hash
 from spray.errors import BadInputError
@@ -224,9 +224,7 @@ def reaudit(model: nn.Module, setup: FdaSetup, *, name: str = "corrected", progr
         info = store.attribution_info(attribution)
         label_names = store.attrs().get("label_names") or None
     pipeline = json.loads(summary["pipeline"])
-    attributor = get_method(info["method"], **info["params"])
-    if projected_layers(model) and hasattr(attributor, "composite"):
-        attributor.composite = with_projection_rule(attributor.composite)
+    attributor = explaining(get_method(info["method"], **info["params"]), model)
     spec = PipelineSpec(name=pipeline["name"], attribution=attribution, nodes=pipeline["nodes"])
     attribution = AttributionRun(
         attributor, model_hash=model_hash(model), model_name=f"{info.get('model_name', 'model')} ({name})",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,8 @@ from spray._layout import Layout, layer_layout
 from spray.clarc.activations import along_channels, resolve_layer
 from spray.errors import BadInputError
 from spray.lrp import Composite, rules
+
+A = TypeVar("A")
 
 
 class Projection(nn.Module):
@@ -159,6 +162,17 @@ def with_projection_rule(composite: Composite) -> Composite:
         return composite
     extended = copy.copy(composite)
     extended.types = {**composite.types, Projection: rules.Epsilon()}
+    return extended
+
+
+def explaining(attributor: A, model: nn.Module) -> A:
+    """``attributor`` able to explain ``model``: where P-ClArC projected one of its layers, a copy whose LRP
+    composite has :func:`with_projection_rule`; else ``attributor`` itself (a gradient method needs no rule)."""
+    composite = getattr(attributor, "composite", None)
+    if composite is None or not projected_layers(model):
+        return attributor
+    extended = copy.copy(attributor)
+    extended.composite = with_projection_rule(composite)  # type: ignore[attr-defined]
     return extended
 
 

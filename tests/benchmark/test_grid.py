@@ -62,7 +62,11 @@ def test_every_case_records_its_ground_truth_scores_and_costs(grid_run):
         assert result.clean_classes == (1 if two_class else 9) and 1 <= result.rank <= (2 if two_class else 10)
         assert 0 <= result.f1 <= 1 and list(result.baselines) == ["activation", "knn_outlier", "error_slice"]
         assert list(result.corrections) == ["pclarc"]
-        assert set(result.corrections["pclarc"]) == {"cluster", "clean", "everywhere", "worst_group", "error"}
+        pclarc = result.corrections["pclarc"]
+        assert set(pclarc) == {"cluster", "clean", "everywhere", "worst_group", "density", "error"}
+        if pclarc["error"] is None:  # the original's density is the case's; a global mask localises nothing
+            assert (pclarc["density"] is None) == two_class
+            assert two_class or (pclarc["density"][0] == result.relevance_density and pclarc["density"][1] > 0)
         assert list(result.seconds) == list(result.cpu_seconds) == list(result.peak_rss_mib)
         assert set(result.seconds) == set(STAGES) and result.cpu_seconds["train"] > 0
         rss = list(result.peak_rss_mib.values())  # a high-water mark, in the order the stages ran

@@ -11,9 +11,10 @@ from spray.benchmark.run import CaseResult
 
 
 def _correction(everywhere: tuple[float, float], worst: list[float] | None = None,
-                error: str | None = None) -> dict:
+                error: str | None = None, density: list[float] | None = None) -> dict:
     return {"cluster": None if error else "8:kmeans_2:1", "clean": None if error else [0.9, 0.89],
-            "everywhere": None if error else list(everywhere), "worst_group": worst, "error": error}
+            "everywhere": None if error else list(everywhere), "worst_group": worst, "density": density,
+            "error": error}
 
 
 def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = False) -> CaseResult:
@@ -87,6 +88,19 @@ def test_the_two_class_sets_group_accuracies_enter_the_row_and_the_correction_ce
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
     assert cells[6] == "0.30 [-0.97, 1.57]"
     assert cells[-7] == "0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (worst group 0.30 [-0.97, 1.57] -> 0.60 [0.60, 0.60])"
+
+
+def test_the_relevance_density_before_and_after_a_correction_enters_its_cell():
+    results = []
+    for seed, after in enumerate((1.0, 2.0)):
+        result = _result(seed, rank=1, f1=1.0, flags=0)
+        result.corrections = {"pclarc": _correction((0.3, 0.5), density=[4.0, after])}
+        results.append(result)
+    (row,) = Scorecard(results, {}).rows
+    density = (row.corrections["pclarc"].density_before, row.corrections["pclarc"].density_after)
+    assert (density[0].mean, density[0].n, density[1].mean, density[1].n) == (4.0, 2, 1.5, 2)
+    cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
+    assert cells[-7] == "0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (density 4.00 [4.00, 4.00] -> 1.50 [-4.85, 7.85])"
 
 
 def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split_and_ranking():

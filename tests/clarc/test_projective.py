@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 
+from spray.attribution.methods import get_method
 from spray.clarc.projective import (
     Projected,
     Projection,
+    explaining,
     insert_projection,
     load_corrected,
     project_model,
@@ -132,3 +134,16 @@ def test_dependent_or_zero_directions_are_refused():
     for v in (torch.zeros(6), torch.stack([torch.ones(6), 2 * torch.ones(6)]), torch.full((6,), float("nan"))):
         with pytest.raises(BadInputError, match=message):
             Projection(v, torch.zeros(6))
+
+
+def test_an_attributor_explains_a_projected_model_with_the_epsilon_rule_on_the_projection():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    lrp, gradient = get_method("epsilon_plus_flat"), get_method("saliency")
+    assert explaining(lrp, model) is lrp and explaining(gradient, model) is gradient
+    projected = project_model(model, "0", torch.ones(3), torch.zeros(3, 2, 2))
+    extended = explaining(lrp, projected)
+    assert type(extended.composite.types[Projection]).__name__ == "Epsilon" and Projection not in lrp.composite.types
+    assert explaining(gradient, projected) is gradient
+    x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    relevance, _ = extended.attribute(projected, x, torch.tensor([0, 1]))
+    assert relevance.shape == x.shape and torch.isfinite(relevance).all()

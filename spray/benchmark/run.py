@@ -283,7 +283,7 @@ def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, alone: dic
             result.group_accuracy = _group_accuracy(model, data)
             result.worst_group_accuracy = min(result.group_accuracy.values())
             result.balanced_accuracy = float(np.mean(list(result.group_accuracy.values())))
-        if has_local_truth(data):
+        if _has_local_truth(data):
             result.relevance_density = _planted_density(model, data)
             result.iou = _localization_iou(data, model, members)
     if not case.is_control:
@@ -334,7 +334,7 @@ def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> fl
                                  seed=data.case.seed)
 
 
-def has_local_truth(data: CaseData) -> bool:
+def _has_local_truth(data: CaseData) -> bool:
     """Whether the case's true masks localise its artifact: planted, and not global (a global artifact's mask is
     the whole image)."""
     return not data.case.is_control and not data.is_global
@@ -392,7 +392,7 @@ def _correct(method: str, store: Path, top: RankedClass | None, model: torch.nn.
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
     if data.groups is not None:
         score["worst_group"] = [min(_group_accuracy(m, data).values()) for m in (model, corrected.model)]
-    if has_local_truth(data):
+    if _has_local_truth(data):
         score["density"] = [_planted_density(m, data) for m in (model, corrected.model)]
     return score
 

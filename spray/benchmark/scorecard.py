@@ -82,9 +82,9 @@ class CorrectionRow:
     clean_after: Estimate | None
     worst_group_before: Estimate | None
     worst_group_after: Estimate | None
+    density_before: Estimate | None
+    density_after: Estimate | None
     refused: int
-    density_before: Estimate | None = None
-    density_after: Estimate | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
         return Estimate.of([c[key][i] for c in found if c[key] is not None])
 
     return CorrectionRow(pair("everywhere", 0), pair("everywhere", 1), pair("clean", 0), pair("clean", 1),
-                         pair("worst_group", 0), pair("worst_group", 1), sum(c["error"] is not None for c in found),
-                         pair("density", 0), pair("density", 1))
+                         pair("worst_group", 0), pair("worst_group", 1), pair("density", 0), pair("density", 1),
+                         sum(c["error"] is not None for c in found))
 
 
 def _row(results: list[CaseResult], methods: list[str]) -> Row:

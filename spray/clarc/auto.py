@@ -18,7 +18,8 @@ The rule, in order:
    A-ClArC draws either of its two transformations per image (``"local+global"``: the patch pasted, or the
    intensity map, which carries a fixed-position artifact too): a candidate trained on one form alone stays
    sensitive to the other, which step 3 scores, and the one candidate met the targets wherever the two
-   single-form candidates had, for half their cost (docs/clarc.md §22, §23). RR-ClArC, the costliest (a second-order gradient in every fine-tuning step), comes last for every kind.
+   single-form candidates had, for about half their epochs (docs/clarc.md §22, §23). RR-ClArC, the costliest
+   (a second-order gradient in every fine-tuning step), comes last for every kind.
    A candidate that cannot be fitted on the fit part because a group is under its minimum
    (:class:`~spray.errors.GroupSizeError`: a DFR head and GroupDRO need 8 samples in every inferred group,
    which a cluster of 10 no longer has once its validation share is held out) is skipped, with its reason

@@ -256,7 +256,8 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     if data.everywhere_test is not None:
         with _timed(seconds, "clarc"):
             for method in corrections:
-                result.corrections[method] = _correct(method, store, top, model, data, directory, progress)
+                result.corrections[method] = _correct(method, store, top, model, data, directory, progress,
+                                                      result.relevance_density)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     guard.write(scored, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return result
@@ -283,7 +284,7 @@ def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, alone: dic
             result.group_accuracy = _group_accuracy(model, data)
             result.worst_group_accuracy = min(result.group_accuracy.values())
             result.balanced_accuracy = float(np.mean(list(result.group_accuracy.values())))
-        if _has_local_truth(data):
+        if not case.is_control and not data.is_global:  # a global artifact's mask is the whole image
             result.relevance_density = _planted_density(model, data)
             result.iou = _localization_iou(data, model, members)
     if not case.is_control:
@@ -334,12 +335,6 @@ def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> fl
                                  seed=data.case.seed)
 
 
-def _has_local_truth(data: CaseData) -> bool:
-    """Whether the case's true masks localise its artifact: planted, and not global (a global artifact's mask is
-    the whole image)."""
-    return not data.case.is_control and not data.is_global
-
-
 def _planted_density(model: torch.nn.Module, data: CaseData) -> float:
     """The relevance density (spray.benchmark.metrics.relevance_density) of ``model``'s LRP heatmaps of the
     planted training images for their labels, inside their true masks."""
@@ -368,12 +363,13 @@ def _localization_iou(data: CaseData, model: torch.nn.Module, members: list[int]
 
 
 def _correct(method: str, store: Path, top: RankedClass | None, model: torch.nn.Module, data: CaseData,
-             directory: Path, progress: bool) -> dict[str, Any]:
+             directory: Path, progress: bool, density: float | None) -> dict[str, Any]:
     """The correction ``method`` on the top-ranked class's best cluster ``top`` (what ``spray clarc --cluster
     top`` corrects in a store holding the :data:`RANKED` analyses), evaluated with the ground-truth artifact in
     every clean test image (and per group on the two-class set), and, where the true masks localise the
-    artifact, by the relevance density inside them (:func:`_planted_density`: the correction's target is a cut
-    of at least half); a refusal is recorded as its ``error``, not raised."""
+    artifact, by the relevance density inside them (:func:`_planted_density`; ``density`` is the original's, the
+    case's own: the correction's target is a cut of at least half); a refusal is recorded as its ``error``, not
+    raised."""
     score: dict[str, Any] = {"cluster": None, "clean": None, "everywhere": None, "worst_group": None,
                              "density": None, "error": None}
     if top is None:
@@ -392,8 +388,8 @@ def _correct(method: str, store: Path, top: RankedClass | None, model: torch.nn.
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
     if data.groups is not None:
         score["worst_group"] = [min(_group_accuracy(m, data).values()) for m in (model, corrected.model)]
-    if _has_local_truth(data):
-        score["density"] = [_planted_density(m, data) for m in (model, corrected.model)]
+    if density is not None:
+        score["density"] = [density, _planted_density(corrected.model, data)]
     return score
 
 

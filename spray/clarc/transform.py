@@ -267,7 +267,7 @@ class Either:
 
     def __call__(self, x: Tensor) -> Tensor:
         k = torch.randint(len(self.transforms), (len(x),), generator=torch.Generator().manual_seed(self.seed))
-        out = x.clone()
+        out = torch.empty_like(x)  # every image gets one transformation
         for i, transform in enumerate(self.transforms):
             drawn = k == i
             if drawn.any():

@@ -310,42 +310,42 @@ def test_either_gives_each_image_the_patch_or_the_intensity_map_drawn_per_image(
     assert other.fingerprint() != either.fingerprint()
 
 
+class Recorder(torch.nn.Module):
+    """A model that records the batches it is given (``seen``) and predicts nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return torch.zeros(len(x), 2, requires_grad=True)
+
+
 def test_aclarc_adds_the_mean_shift_of_a_global_artifact_to_other_classes():
-    seen = []
-
-    class Recorder(torch.nn.Module):
-        def forward(self, x):
-            seen.append(x.clone())
-            return torch.zeros(len(x), 2, requires_grad=True)
-
+    recorder = Recorder()
     corrector = AClArC(fraction=1.0)
     corrector.transform_ = artifact_transform(artifact(1.0), dataset())
     loss = corrector.objective(artifact(1.0))
     x, y = dataset().tensors
-    loss(Recorder(), x, y, torch.Generator().manual_seed(0))
-    assert torch.equal(seen[0][4:], x[4:] + 2.0)  # class 0 shifted
-    assert torch.equal(seen[0][:4], x[:4])  # the artifact's class unchanged
+    loss(recorder, x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(recorder.seen[0][4:], x[4:] + 2.0)  # class 0 shifted
+    assert torch.equal(recorder.seen[0][:4], x[:4])  # the artifact's class unchanged
 
 
 def test_aclarc_with_both_forms_gives_each_other_class_sample_the_patch_or_the_map():
-    seen = []
-
-    class Recorder(torch.nn.Module):
-        def forward(self, x):
-            seen.append(x.clone())
-            return torch.zeros(len(x), 2, requires_grad=True)
-
+    recorder = Recorder()
     built = Transformations(artifact(0.25), dataset())
     corrector = AClArC(fraction=1.0, kind="local+global")
     corrector.transform_ = built.of(corrector.kind)
     x, y = dataset().tensors
     x, y = x.repeat(8, 1, 1, 1), y.repeat(8)  # 16 samples of class 0
-    corrector.objective(artifact(0.25))(Recorder(), x, y, torch.Generator().manual_seed(0))
+    corrector.objective(artifact(0.25))(recorder, x, y, torch.Generator().manual_seed(0))
     other = y == 0
-    pasted = [torch.equal(a, b) for a, b in zip(seen[0][other], built.local(x[other]))]
-    mapped = [torch.equal(a, b) for a, b in zip(seen[0][other], built.intensity(x[other]))]
+    pasted = [torch.equal(a, b) for a, b in zip(recorder.seen[0][other], built.local(x[other]))]
+    mapped = [torch.equal(a, b) for a, b in zip(recorder.seen[0][other], built.intensity(x[other]))]
     assert all(p != m for p, m in zip(pasted, mapped)) and 0 < sum(pasted) < len(pasted)
-    assert torch.equal(seen[0][~other], x[~other])  # the artifact's class unchanged
+    assert torch.equal(recorder.seen[0][~other], x[~other])  # the artifact's class unchanged
 
 
 def test_the_transplant_takes_what_differs_beyond_the_class_s_own_variation():

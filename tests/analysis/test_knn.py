@@ -127,6 +127,46 @@ def test_approximate_recall_on_clustered_data_and_duplicates(blobs):
     assert np.mean(g.distances_ <= exact[:, -1:] + 1e-6) >= 0.9
 
 
+@pytest.mark.parametrize("method", ["exact", "approximate"])
+def test_pca_search_of_rows_in_a_subspace_finds_the_features_neighbours(method):
+    # Rows in a 6-dimensional subspace of 40 features, off the origin: their scores on 6 principal directions
+    # keep every distance, so the projected search finds the features' neighbours.
+    rng = np.random.default_rng(4)
+    basis = np.linalg.qr(rng.normal(size=(40, 6)))[0]
+    X = (rng.normal(size=(900, 6)) @ basis.T + 5.0).astype(np.float32)
+    g = KNNGraph(7, method=method, pca_components=6, random_state=0, recall_queries=900).fit(X)
+    assert g.search_dims_ == 6 and g.recall_queries_ == 900
+    full = KNNGraph(7, method="exact").fit(X)
+    if method == "exact":
+        np.testing.assert_array_equal(g.indices_, full.indices_)
+        np.testing.assert_allclose(g.distances_, full.distances_, rtol=1e-4)
+        assert g.recall_ == 1.0
+    else:
+        assert g.recall_ >= 0.95
+
+
+def test_pca_search_recall_is_measured_in_the_features(blobs):
+    # Four blobs in 2 directions plus isotropic noise in 60 others: the top 2 principal directions hold the
+    # blobs, the neighbours within a blob are decided by the noise the projection drops.
+    X, _ = blobs([150] * 4, d=2, separation=8.0, seed=5)
+    X = np.hstack([X, np.random.default_rng(6).normal(size=(600, 60))]).astype(np.float32)
+    g = KNNGraph(5, method="exact", pca_components=2, recall_queries=600).fit(X)
+    exact = _brute_force(X, 5)
+    got = np.linalg.norm(X[:, None].astype(np.float64) - X[g.indices_], axis=2)
+    assert g.search_dims_ == 2
+    assert g.recall_ == pytest.approx(np.mean(got <= exact[:, -1:] * (1 + 1e-6) + 1e-12), abs=1e-12)
+    assert g.recall_ < 0.5
+    assert np.all(g.distances_ <= got + 1e-4)  # distances between the scores: a projection only shortens them
+
+
+def test_pca_components_at_least_the_features_searches_the_features():
+    X = np.random.default_rng(7).normal(size=(300, 8)).astype(np.float32)
+    g, full = KNNGraph(5, pca_components=8).fit(X), KNNGraph(5).fit(X)
+    assert g.search_dims_ == full.search_dims_ == 8 and g.recall_ == 1.0
+    np.testing.assert_array_equal(g.indices_, full.indices_)
+    np.testing.assert_array_equal(g.distances_, full.distances_)
+
+
 def test_auto_switches_to_approximate_above_exact_max_n():
     X = np.random.default_rng(2).normal(size=(50, 3))
     assert KNNGraph(3, exact_max_n=100).fit(X).method_ == "exact"
@@ -170,6 +210,7 @@ def test_too_many_neighbours_names_n_neighbors_and_n():
         ({"symmetrize": "and"}, "symmetrize"),
         ({"random_state": "x"}, "random_state"),
         ({"n_neighbors": 3, "search_neighbors": 3}, "search_neighbors"),
+        ({"pca_components": 0}, "pca_components"),
     ],
 )
 def test_bad_parameters_are_named(kwargs, name):

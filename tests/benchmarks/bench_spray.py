@@ -18,7 +18,7 @@ Targets: core >= 20x, whole >= 8x (issue 19), max |Δλ| < 1e-4.
 
 Run:  NUMBA_CACHE_DIR=/work/main/.numba_cache python tests/benchmarks/bench_spray.py [--n 10000,100000]
       [--quick] [--corelay] [--corelay-n 20000] [--pipeline-row 100000] [--umap-seed 0] [--knn-search 31]
-      [--umap-fit-samples 100000]
+      [--knn-pca 128] [--spectral-threads 2] [--umap-fit-samples 100000]
 --quick: n = 2k, a smoke test (about a minute, most of it numba compilation).
 """
 
@@ -173,9 +173,13 @@ def _selection_null(X: np.ndarray) -> dict:
     return NODES["null"].run(nodes["null"], {"features": ({"features": X}, {}), "params": ({}, read)})[1]
 
 
-def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | None = None,
-                 umap_fit_samples: int | None = None) -> dict:
-    """The whole analysis of one class of n heatmaps, processor by processor."""
+def worker_spray(n: int, seed: int, umap_seed: int | None, settings: dict) -> dict:
+    """The whole analysis of one class of n heatmaps, processor by processor.
+
+    ``settings``: the command line's processor settings — ``knn_search`` (KNNGraph.search_neighbors),
+    ``knn_pca`` (KNNGraph.pca_components), ``spectral_threads`` (SpectralEmbedding.n_threads) and
+    ``umap_fit_samples`` (UMAPMap.max_fit_samples); None keeps a processor's default.
+    """
     from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, UMAPMap, propose_n_clusters
 
     out: dict = {"n": n, "stages": {}, "cpu": {}, "rss_after": {}, "load": [os.getloadavg()[0]]}
@@ -196,12 +200,15 @@ def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | Non
     cpu[0] = time.process_time()
 
     t = time.perf_counter()
-    knn = KNNGraph(n_neighbors=10, method="auto", random_state=0, search_neighbors=knn_search).fit(X)
+    knn = KNNGraph(n_neighbors=10, method="auto", random_state=0, search_neighbors=settings["knn_search"],
+                   pca_components=settings["knn_pca"]).fit(X)
     stage("knn", time.perf_counter() - t)
     out["knn_method"], out["recall"], out["recall_queries"] = knn.method_, float(knn.recall_), knn.recall_queries_
+    out["search_dims"] = knn.search_dims_
 
     t = time.perf_counter()
-    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0).fit(knn.adjacency_)
+    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0, n_threads=settings["spectral_threads"] or 1)
+    spec.fit(knn.adjacency_)
     stage("spectral", time.perf_counter() - t)
     out["n_components"] = spec.n_components_
     out["eigenvalues"] = spec.eigenvalues_[:12].round(6).tolist()
@@ -227,7 +234,8 @@ def worker_spray(n: int, seed: int, umap_seed: int | None, knn_search: int | Non
 
     del X  # UMAP reuses the kNN lists; the features are not needed any more
     t = time.perf_counter()
-    umap_map = UMAPMap(random_state=umap_seed, max_fit_samples=umap_fit_samples).fit(spec.embedding_, knn=knn)
+    umap_map = UMAPMap(random_state=umap_seed, max_fit_samples=settings["umap_fit_samples"])
+    umap_map.fit(spec.embedding_, knn=knn)
     stage("umap", time.perf_counter() - t)
     out["umap_epochs"], out["umap_negative_samples"] = umap_map.n_epochs_, umap_map.negative_sample_rate_
     out["umap_fit_samples"] = umap_map.fit_samples_
@@ -320,7 +328,8 @@ def worker_compare_spray(n: int, seed: int, out_npz: str, mode: str) -> dict:
     t0 = time.perf_counter()
     knn = KNNGraph(n_neighbors=10, random_state=0, **graph).fit(X)
     t1, c1 = time.perf_counter(), time.process_time()
-    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0).fit(knn.adjacency_)
+    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0, n_threads=settings["spectral_threads"] or 1)
+    spec.fit(knn.adjacency_)
     t2 = time.perf_counter()
     # One class on an idle machine: one k-means fit per core (the default, 1, suits parallel classes).
     km = KMeansRange(k_min=2, k_max=30, random_state=0, n_jobs=os.cpu_count() or 1).fit(spec.embedding_)
@@ -429,10 +438,10 @@ def report_spray(results: list[dict]) -> None:
               f"eigenvalues {r['eigenvalues'][:N_CLUSTERS + 1]})")
         print(f"{'':>9} selection null (default pipeline, not in the total): {r['null']['wall']:.1f} s wall "
               f"{r['null']['cpu']:.1f} s CPU on {r['null']['n_samples']} sampled rows, p = {r['null']['p_value']:.3g}")
-        print(f"{'':>9} load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end; recall on "
-              f"{r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
+        print(f"{'':>9} load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end; kNN searched in "
+              f"{r['search_dims']} dimensions, recall on {r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
               f"{r['umap_epochs']} epochs on {r['umap_fit_samples']} points")
-        print(f"{'':>9} " + gemm_line(r["n"], r["d"], r["knn_method"], r["stages"]["knn"], r["cpu"]["knn"], r["gemm"]))
+        print(f"{'':>9} " + gemm_line(r["n"], r["search_dims"], r["knn_method"], r["stages"]["knn"], r["cpu"]["knn"], r["gemm"]))
         m = r["map"]
         print(f"{'':>9} UMAP map on {m['queries']} points ({r['umap_negative_samples']} negative per positive sample): "
               f"neighbour purity {m['purity']:.4f} (share of the 10 kNN-graph neighbours among the 10 nearest map "
@@ -493,6 +502,10 @@ def main() -> None:
     p.add_argument("--umap-seed", default="0", help="UMAP random_state ('none': unseeded, multi-threaded)")
     p.add_argument("--knn-search", type=int, default=None,
                    help="NN-descent's kept candidates per point (KNNGraph.search_neighbors; default 3k + 1 = 31)")
+    p.add_argument("--knn-pca", type=int, default=None,
+                   help="search the kNN in this many principal directions (KNNGraph.pca_components; default: all)")
+    p.add_argument("--spectral-threads", type=int, default=None,
+                   help="BLAS threads of the eigensolve (SpectralEmbedding.n_threads; default 1)")
     p.add_argument("--umap-fit-samples", type=int, default=None,
                    help="fit the UMAP map on this many points and place the rest (UMAPMap.max_fit_samples)")
     p.add_argument("--seed", type=int, default=0)
@@ -508,12 +521,15 @@ def main() -> None:
     umap_seed = None if args.umap_seed.lower() == "none" else int(args.umap_seed)
     sizes = [2000] if args.quick else [int(v) for v in args.n.split(",") if v]
     print(f"machine: {machine()}")
+    settings = {"knn_search": args.knn_search, "knn_pca": args.knn_pca, "spectral_threads": args.spectral_threads,
+                "umap_fit_samples": args.umap_fit_samples}
     print(f"NUMBA_CACHE_DIR={os.environ['NUMBA_CACHE_DIR']}; UMAP random_state={umap_seed}; NN-descent candidates "
-          f"{args.knn_search or 'default'}; UMAP fitted on {args.umap_fit_samples or 'every'} points")
+          f"{args.knn_search or 'default'}; kNN searched in {args.knn_pca or 'all'} dimensions; eigensolve on "
+          f"{args.spectral_threads or 1} BLAS thread(s); UMAP fitted on {args.umap_fit_samples or 'every'} points")
     results = []
     for n in sizes:
         print(f"spray, n = {n} ...", flush=True)
-        results.append(run_worker("spray", n, args.seed, umap_seed, args.knn_search, args.umap_fit_samples))
+        results.append(run_worker("spray", n, args.seed, umap_seed, settings))
     if results:
         report_spray(results)
 

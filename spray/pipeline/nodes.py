@@ -70,7 +70,8 @@ def _knn(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
         "adjacency_indices": adjacency.indices,
         "adjacency_indptr": adjacency.indptr,
     }
-    info = {"method": graph.method_, "recall": float(graph.recall_), "recall_queries": graph.recall_queries_}
+    info = {"method": graph.method_, "recall": float(graph.recall_), "recall_queries": graph.recall_queries_,
+            "search_dims": graph.search_dims_}
     return arrays, info
 
 

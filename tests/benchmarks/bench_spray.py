@@ -328,8 +328,7 @@ def worker_compare_spray(n: int, seed: int, out_npz: str, mode: str) -> dict:
     t0 = time.perf_counter()
     knn = KNNGraph(n_neighbors=10, random_state=0, **graph).fit(X)
     t1, c1 = time.perf_counter(), time.process_time()
-    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0, n_threads=settings["spectral_threads"] or 1)
-    spec.fit(knn.adjacency_)
+    spec = SpectralEmbedding(n_eigenpairs=32, random_state=0).fit(knn.adjacency_)
     t2 = time.perf_counter()
     # One class on an idle machine: one k-means fit per core (the default, 1, suits parallel classes).
     km = KMeansRange(k_min=2, k_max=30, random_state=0, n_jobs=os.cpu_count() or 1).fit(spec.embedding_)

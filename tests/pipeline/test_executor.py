@@ -222,3 +222,15 @@ def test_agglomerative_with_several_cluster_counts_from_a_pipeline_file_stores_o
     planted = np.isin(status["dataset_index"], heatmaps.planted)
     assert len(np.unique(labels["agglomerative_2"][planted])) == 1  # the planted group stays together at k = 2
     assert {"agglomerative_2", "agglomerative_4"} <= set(fda["cluster_clustering"].astype(str))
+
+
+def test_knn_on_principal_scores_from_a_pipeline_file_records_the_dimension_and_the_features_recall(store):
+    path, _ = store
+    _run(path, pipeline_text(knn={"pca_components": 4}))
+    (_, attrs), (status, _) = _nodes(path, 1, "knn", "status")
+    info = attrs["info"]
+    assert info["method"] == "exact" and info["search_dims"] == 4
+    assert info["recall_queries"] == len(status["dataset_index"]) and 0 < info["recall"] < 1
+    _run(path)  # the default searches every feature (the preset pools to 8 x 8): a new knn key, the exact graph
+    (_, attrs), = _nodes(path, 1, "knn")
+    assert attrs["info"]["search_dims"] == 8 * 8 and attrs["info"]["recall"] == 1.0

@@ -41,6 +41,11 @@ class GroupSizeError(BadInputError):
     head, GroupDRO. ``--method auto`` skips a candidate that raises it and chooses among the others."""
 
 
+class DivergedError(BadInputError):
+    """A fine-tuning's loss became non-finite; the message names the epoch. ``--method auto`` skips a candidate
+    that raises it and chooses among the others."""
+
+
 class NonConservativeError(BadInputError):
     """LRP created or destroyed relevance where its rules should conserve it; the message names where."""
 

@@ -22,8 +22,9 @@ The rule, in order:
    (a second-order gradient in every fine-tuning step), comes last for every kind.
    A candidate that cannot be fitted on the fit part because a group is under its minimum
    (:class:`~spray.errors.GroupSizeError`: a DFR head and GroupDRO need 8 samples in every inferred group,
-   which a cluster of 10 no longer has once its validation share is held out) is skipped, with its reason
-   recorded; the others are still scored.
+   which a cluster of 10 no longer has once its validation share is held out), or whose fine-tuning diverges
+   (:class:`~spray.errors.DivergedError`: RR-ClArC's loss on the benchmark's full-size Waterbirds-like set,
+   docs/clarc.md §25), is skipped, with its reason recorded; the others are still scored.
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the intensity map
@@ -66,7 +67,7 @@ from torch.utils.data import Dataset, Subset
 from spray.clarc.artifact import digest
 from spray.clarc.groups import InferredGroups, infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.transform import Transform, Transformations, kind_figures
-from spray.errors import GroupSizeError
+from spray.errors import DivergedError, GroupSizeError
 from spray.training import predict_samples
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local+global"), ("rrclarc", "local")),
@@ -135,7 +136,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
             try:
                 correction = corrections[method](model, part, reduced, settings, Path(run_dir) / name, overwrite,
                                                  progress)
-            except GroupSizeError as error:
+            except (GroupSizeError, DivergedError) as error:
                 figures[name] = {"skipped": str(error), "seconds": time.perf_counter() - tick}
                 continue
             scored = score.figures(correction.model) if most is None else best_epoch(correction.history)

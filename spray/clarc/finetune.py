@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from spray._checks import check_choice, check_int, check_real
 from spray.clarc.activations import modules_after
 from spray.data import model_hash
-from spray.errors import BadInputError
+from spray.errors import BadInputError, DivergedError
 from spray.seeding import seeded
 from spray.training import stack_samples
 
@@ -166,7 +166,7 @@ def finetune(
                     optimiser.zero_grad(set_to_none=True)
                     loss = objective(model, x, y, generator)
                     if not torch.isfinite(loss):
-                        raise BadInputError(
+                        raise DivergedError(
                             f"the fine-tuning loss became {loss.item()} in epoch {epoch}; lower lr or lambda"
                         )
                     loss.backward()

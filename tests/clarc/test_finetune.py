@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from spray.clarc.augmentive import AClArC
 from spray.clarc.finetune import CHECKPOINT, finetune
 from spray.clarc.rrclarc import RRClArC
-from spray.errors import BadInputError
+from spray.errors import BadInputError, DivergedError
 
 
 class FakeArtifact:
@@ -197,3 +197,11 @@ def test_fine_tuning_leaves_global_random_state_alone(new_model, tiny_dataset):
     torch.manual_seed(123)
     AClArC(epochs=1).fit(new_model(), dataset, FakeArtifact(), progress=False)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_non_finite_loss_stops_the_fine_tuning_naming_its_epoch(new_model, tiny_dataset):
+    def diverging(model, x, y, generator):
+        return model(x).sum() * 0 + float("inf")
+
+    with pytest.raises(DivergedError, match=r"^the fine-tuning loss became inf in epoch 1; lower lr or lambda$"):
+        finetune(new_model(), tiny_dataset, diverging, epochs=2, lr=0.01, progress=False)

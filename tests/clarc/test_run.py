@@ -29,6 +29,7 @@ from spray.clarc.auto import (CANDIDATES, EPOCH_CHOICE, best_epoch, candidate_na
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.groupdro import GroupDRO
+from spray.clarc.rrclarc import RRClArC
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.run import describe_artifact, shipped
@@ -215,6 +216,25 @@ def test_auto_skips_a_candidate_whose_groups_are_too_small_on_the_fit_part_and_c
         f"GroupDRO needs at least 8 samples in every inferred group, got {groups.describe()}; {advice}"
     assert record["chosen"] == "aclarc/global" and "worst_group" in record["candidates"]["aclarc/global"]
     assert record["refit"]["n"] == len(tiny_audit.dataset)
+
+
+def test_auto_skips_a_candidate_whose_fine_tuning_diverges_and_chooses_among_the_rest(tiny_audit, tmp_path,
+                                                                                      monkeypatch):
+    # RR-ClArC's loss became infinite on the benchmark's full-size Waterbirds-like cases, and auto stopped with
+    # its refusal instead of choosing among the candidates that trained (docs/clarc.md §25).
+    def diverging(self, artifact):
+        return lambda model, x, y, generator: model(x).sum() * 0 + float("inf")
+
+    monkeypatch.setattr(RRClArC, "objective", diverging)
+    for kind in ("local", "global"):
+        monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "global"), ("rrclarc", "global")))
+    spec, _ = a_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    config = ClarcConfig("auto", tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=1), progress=False)
+    record = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config).params["auto"]
+    assert record["candidates"]["rrclarc"]["skipped"] == "the fine-tuning loss became inf in epoch 1; lower lr or lambda"
+    assert record["chosen"] == "aclarc/global" and "worst_group" in record["candidates"]["aclarc/global"]
 
 
 def test_read_cluster_gives_the_members_and_the_rest_of_the_class(tiny_audit):

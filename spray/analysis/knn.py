@@ -27,7 +27,7 @@ _SHARE_GROUPS = 8  # groups of leaves on which the pruned search estimates the s
 _PRUNED_MAX_SHARE = 0.3  # above this share of pairs the one-way pruned search loses to the symmetric one
 _BOUND_DIMS = 32  # principal directions of the pruned search's lower bound
 _RECALL_PAIRS = 2 * 10**8  # query-row pairs the recall estimate may search exactly (see recall_query_count)
-_PROJECT_ROWS = 65536  # rows projected at once by _principal_scores (32 MB of scores at p = 128)
+_PROJECT_ROWS = 65536  # rows projected at once by _principal_scores (a 256 MB centred block at d = 1024)
 
 
 def _centred_block(X: np.ndarray, rows: Any, mean: Any) -> tuple[Any, Any]:

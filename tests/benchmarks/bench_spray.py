@@ -438,9 +438,10 @@ def report_spray(results: list[dict]) -> None:
         print(f"{'':>9} selection null (default pipeline, not in the total): {r['null']['wall']:.1f} s wall "
               f"{r['null']['cpu']:.1f} s CPU on {r['null']['n_samples']} sampled rows, p = {r['null']['p_value']:.3g}")
         print(f"{'':>9} load average {r['load'][0]:.1f} at start, {r['load'][1]:.1f} at end; kNN searched in "
-              f"{r['search_dims']} dimensions, recall on {r['recall_queries']} queries; k-means fitted on {r['kmeans_fit_samples']} rows; UMAP "
-              f"{r['umap_epochs']} epochs on {r['umap_fit_samples']} points")
-        print(f"{'':>9} " + gemm_line(r["n"], r["search_dims"], r["knn_method"], r["stages"]["knn"], r["cpu"]["knn"], r["gemm"]))
+              f"{r['search_dims']} dimensions, recall on {r['recall_queries']} queries; k-means fitted on "
+              f"{r['kmeans_fit_samples']} rows; UMAP {r['umap_epochs']} epochs on {r['umap_fit_samples']} points")
+        print(f"{'':>9} " + gemm_line(r["n"], r["search_dims"], r["knn_method"], r["stages"]["knn"], r["cpu"]["knn"],
+                                      r["gemm"]))
         m = r["map"]
         print(f"{'':>9} UMAP map on {m['queries']} points ({r['umap_negative_samples']} negative per positive sample): "
               f"neighbour purity {m['purity']:.4f} (share of the 10 kNN-graph neighbours among the 10 nearest map "

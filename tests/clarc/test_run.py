@@ -233,7 +233,8 @@ def test_auto_skips_a_candidate_whose_fine_tuning_diverges_and_chooses_among_the
     store.write_bytes(tiny_audit.store.read_bytes())
     config = ClarcConfig("auto", tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=1), progress=False)
     record = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config).params["auto"]
-    assert record["candidates"]["rrclarc"]["skipped"] == "the fine-tuning loss became inf in epoch 1; lower lr or lambda"
+    assert record["candidates"]["rrclarc"]["skipped"] == \
+        "the fine-tuning loss became inf in epoch 1; lower lr or lambda"
     assert record["chosen"] == "aclarc/global" and "worst_group" in record["candidates"]["aclarc/global"]
 
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spray.analysis.knn import KNNGraph
+import spray.analysis.spectral as spectral_module
 from spray.analysis.spectral import SpectralEmbedding
 from spray.errors import BadInputError
 
@@ -67,6 +68,27 @@ def test_isolated_nodes_give_zero_eigenvalues_and_no_nan():
     se = SpectralEmbedding(4).fit(A)
     assert np.isfinite(se.embedding_).all() and se.n_isolated_ == 2 and se.n_components_ == 3
     np.testing.assert_allclose(se.eigenvalues_[:3], 0.0, atol=1e-12)
+
+
+def test_the_dense_solver_falls_back_to_divide_and_conquer_where_lapacks_mrrr_stops(blobs, monkeypatch):
+    # scipy 1.17's OpenBLAS 0.3.30 stops syevr with "Internal Error" on some matrices; emulated for every subset
+    X, _ = blobs([60, 60], d=8, separation=1.0, seed=2)
+    A = KNNGraph(8, method="exact").fit(X).adjacency_
+    expected = SpectralEmbedding(6, solver="dense").fit(A)
+    eigh = spectral_module.scipy.linalg.eigh
+
+    def stops(a, *args, subset_by_index=None, **kwargs):
+        if subset_by_index is not None:
+            raise np.linalg.LinAlgError("Internal Error.")
+        return eigh(a, *args, **kwargs)
+
+    monkeypatch.setattr(spectral_module.scipy.linalg, "eigh", stops)
+    found = SpectralEmbedding(6, solver="dense").fit(A)
+    np.testing.assert_allclose(found.eigenvalues_, expected.eigenvalues_, atol=1e-12)
+    assert found.eigenvalues_[0] < 1e-12 and np.all(np.diff(found.eigenvalues_) >= 0)
+    gaps = np.minimum(np.diff(found.eigenvalues_, prepend=-1), np.diff(found.eigenvalues_, append=3))
+    assert (gaps > 1e-4).sum() >= 5  # the same sign convention: equal eigenvectors where they are unique
+    np.testing.assert_allclose(found.embedding_[:, gaps > 1e-4], expected.embedding_[:, gaps > 1e-4], atol=1e-8)
 
 
 def test_arpack_agrees_with_dense_solver_on_knn_graph(blobs):

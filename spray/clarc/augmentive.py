@@ -4,7 +4,8 @@ During fine-tuning, each sample of a class other than the artifact's gets the ar
 ``fraction`` (drawn per sample from the epoch's seeded generator), labels unchanged. For a local artifact
 it is pasted, ``x' = (1 − M) ⊙ x + M ⊙ patch`` with the learned patch and mean mask
 (spray.clarc.localize); for a global one (a brightness, a background: spray.clarc.transform's kind rule) the
-group's intensity map is applied, ``x' = g · x + b`` (with ``g = 1`` the mean input shift ``x + δ``); for a
+group's intensity map is applied, ``x' = g · x + b`` (with ``g = 1`` the mean input shift ``x + δ``), or,
+for a blur, its spectral map, a gain per spatial frequency (spray.clarc.spectrum); for a
 moving one (a local artifact at another place in each image) a group sample's own masked content is pasted at
 its place (spray.clarc.transform); with ``kind="local+global"`` a local artifact's patch or its intensity map,
 drawn per image. The artifact class's own samples are left as they are. The loss is plain cross-entropy.
@@ -38,7 +39,8 @@ class AClArC(FinetuningCorrector):
     Args:
         fraction: probability that a sample of another class gets the artifact, in (0, 1].
         kind: the artifact's transformation: ``"auto"`` (by its localisation, and the model where that leaves
-            it open), ``"local"`` (paste the patch), ``"global"`` (the intensity map), ``"moving"`` (paste a
+            it open), ``"local"`` (paste the patch), ``"global"`` (the intensity map), ``"spectral"`` (the
+            spectral map), ``"moving"`` (paste a
             group sample's own masked content) or ``"local+global"`` (the patch or the map, drawn per image);
             see spray.clarc.transform.
         epochs, lr, batch_size, seed: of the fine-tuning (Adam), see spray.clarc.finetune.

@@ -12,12 +12,14 @@ The rule, in order:
    same pixels in every sample); otherwise moving (a local artifact at another place in each sample) when
    the group's own masked content transplanted into the rest of the class reproduces what the CAV sees
    better than the intensity map does, else global (LRP along a global confounder's CAV lands on each
-   sample's own content). The kind fixes the candidates (:data:`CANDIDATES`), each a method with the
+   sample's own content). A global artifact is *spectral* where the model tells the group's spectral map of
+   the rest of the class (a gain per spatial frequency: a blur) from the group less well than its intensity map
+   (one gain: a lifted background). The kind fixes the candidates (:data:`CANDIDATES`), each a method with the
    artifact's transformation it uses (the pasted patch, the intensity map — the mean input shift with a
-   contrast gain — or the transplant; P- and RR-ClArC use none, they act along the CAV). A local artifact's
-   A-ClArC draws either of its two transformations per image (``"local+global"``: the patch pasted, or the
-   intensity map, which carries a fixed-position artifact too): a candidate trained on one form alone stays
-   sensitive to the other, which step 3 scores, and the one candidate met the targets wherever the two
+   contrast gain —, the spectral map or the transplant; P- and RR-ClArC use none, they act along the CAV).
+   A local artifact's A-ClArC draws either of its two transformations per image (``"local+global"``: the patch
+   pasted, or the intensity map, which carries a fixed-position artifact too): a candidate trained on one form
+   alone stays sensitive to the other, which step 3 scores, and the one candidate met the targets wherever the two
    single-form candidates had, for about half their epochs (docs/clarc.md §22, §23). RR-ClArC, the costliest
    (a second-order gradient in every fine-tuning step), comes last for every kind.
    A candidate that cannot be fitted on the fit part because a group is under its minimum
@@ -28,8 +30,9 @@ The rule, in order:
 3. **Score.** Each candidate's corrected model is scored on the validation part by its worst-group
    accuracy over the inferred groups and the counterfactual ones (:data:`COUNTERFACTUALS`): for a local
    artifact of *both* transformations (other classes with the patch pasted, and with the intensity map
-   applied), so that a model still following the shortcut in either form fails one; for a global one of the
-   map only (its "patch" is the group's own digits); for a moving one of the transplant.
+   applied), so that a model still following the shortcut in either form fails one; for a global one of its
+   map only, the intensity or the spectral map (its "patch" is the group's own digits); for a moving one of
+   the transplant.
    A-ClArC's number of epochs is chosen here too (:data:`EPOCH_CHOICE`): each epoch's model is scored so,
    the candidate is its best epoch by steps 4–5 (the later epoch of equals), and the fine-tuning stops once
    that best epoch lies :data:`PATIENCE` epochs back, or at the most it tries (early stopping on the
@@ -71,10 +74,11 @@ from spray.errors import DivergedError, GroupSizeError
 from spray.training import predict_samples
 
 CANDIDATES = {"local": (("pclarc", "local"), ("aclarc", "local+global"), ("rrclarc", "local")),
-              "global": (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global"), ("rrclarc", "global")),
-              "moving": (("aclarc", "moving"), ("dfr", "moving"), ("groupdro", "moving"), ("rrclarc", "moving"))}
+              **{kind: tuple((method, kind) for method in ("aclarc", "dfr", "groupdro", "rrclarc"))
+                 for kind in ("global", "spectral", "moving")}}
 """The candidates per artifact kind, cheapest first: (method, the artifact's transformation it uses)."""
-COUNTERFACTUALS = {"local": ("local", "global"), "global": ("global",), "moving": ("moving",)}
+COUNTERFACTUALS = {"local": ("local", "global"), "global": ("global",), "spectral": ("spectral",),
+                   "moving": ("moving",)}
 """The transformations whose counterfactual groups score the candidates, per artifact kind. A global
 confounder's "patch" is the mask-weighted mean of its group's own content (the digits the masks fell on),
 not the artifact: a model that ignores the confounder still fails other classes with it pasted."""

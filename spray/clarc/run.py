@@ -62,8 +62,9 @@ class Tuning:
     """RR-ClArC: λ, the weight of the right-reason penalty."""
     kind: str = "auto"
     """A-ClArC, DFR, GroupDRO: the artifact's transformation, ``"local"`` (patch), ``"global"`` (intensity map),
-    ``"moving"`` (the group's own masked content), ``"local+global"`` (patch or map, drawn per image) or
-    ``"auto"`` (by the localisation, and the model where that leaves it open; spray.clarc.transform)."""
+    ``"spectral"`` (a gain per spatial frequency), ``"moving"`` (the group's own masked content),
+    ``"local+global"`` (patch or map, drawn per image) or ``"auto"`` (by the localisation, and the model where
+    that leaves it open or the artifact may be global; spray.clarc.transform)."""
     annotate: Annotation | None = field(default=None, compare=False)
     """The fine-tuning methods: figures of each epoch's model, added to its history entry, and when to stop
     early (auto scores the epochs of its candidates with them: spray.clarc.auto)."""

@@ -1,5 +1,5 @@
-"""The artifact as a transformation of inputs: a local patch pasted, a global intensity map applied, a
-moving artifact transplanted, or either of a local artifact's two models per image (:class:`Either`).
+"""The artifact as a transformation of inputs: a local patch pasted, a global intensity or spectral map
+applied, a moving artifact transplanted, or either of a local artifact's two models per image (:class:`Either`).
 
 A local artifact (a sticker, a tag, a frame) is modelled by its patch and mean mask (spray.clarc.localize),
 pasted where the mask and the cluster's difference from the rest of its class agree
@@ -13,7 +13,11 @@ has in addition stays. With ``g = 1`` it is the **mean input shift** ``x' = x + 
 ``δ = mean(x of the cluster) − mean(x of the rest of its class)``, which a patch or a colour cast added to the
 image is; a confounder that lifts the background, ``x' = a + (1 − a) x``, also lowers the contrast, and only
 the gain models it (the benchmark's ResNet, A-ClArC for 8 epochs: accuracy with the lifted background in every
-test image 0.748 and 0.700 with the shift, 0.938 and 0.930 with the map; docs/clarc.md §20).
+test image 0.748 and 0.700 with the shift, 0.938 and 0.930 with the map; docs/clarc.md §20). A blur lowers
+the contrast too, but of the fine detail more than of the coarse: one gain is no model of it. Its model is
+the group's **spectral map** (spray.clarc.spectrum), a gain per spatial frequency, of which the intensity map
+is the flat case; where the artifact may be global and the model is given, the kind rule takes the one of the
+two that the model tells less well from the group (:func:`reproduction`; kind ``"spectral"``).
 
 The rule (:func:`artifact_kind`) reads the kind off the localisation, without ground truth. The artifact is
 *global* when its localisation covers most of the image (the mean mask's area share ``mean_{h,w} M`` is at
@@ -64,6 +68,7 @@ from spray._checks import check_choice
 from spray.clarc.activations import activations, pool
 from spray.clarc.artifact import digest
 from spray.clarc.localize import paste, soft_masks
+from spray.clarc.spectrum import Spectrum, spectra, spectral_map
 from spray.training import CHUNK, sample_chunks, stack_samples
 
 GLOBAL_COVERAGE = 0.5
@@ -96,7 +101,7 @@ cases were looked at while choosing it, so they do not test it: the random patch
 0.11–0.16, a sub-style of a clean class 0.07 (docs/clarc.md §17)."""
 BOTH = "local+global"
 """The kind of the :class:`Either` of a local artifact's patch and intensity map."""
-KINDS = ("auto", "local", "global", "moving", BOTH)
+KINDS = ("auto", "local", "global", "spectral", "moving", BOTH)
 
 
 def coverage(mask: Tensor) -> float:
@@ -112,9 +117,10 @@ def agreed_area(mask: Tensor) -> float:
 @dataclass(frozen=True)
 class KindFigures:
     """What the kind rule read: the mean mask's ``coverage``, the pasted mask's ``agreed_area``, the
-    intensity map's ``gain`` (:func:`intensity_map`), and, where none of them decided, the :func:`spread` of
-    the transplant's masks and the :func:`reproduction` AUCs of the ``"moving"`` and the ``"global"``
-    transformation."""
+    intensity map's ``gain`` (:func:`intensity_map`), where none of them decided, the :func:`spread` of the
+    transplant's masks, and the :func:`reproduction` AUCs of the transformations the model was asked about
+    (``"moving"`` where the masks left the kind open, ``"global"`` and ``"spectral"`` wherever the artifact
+    may be global)."""
 
     coverage: float
     agreed_area: float
@@ -138,23 +144,29 @@ class KindFigures:
     def kind(self) -> str:
         """The rule of :func:`artifact_kind` on these figures."""
         if not self.open:
-            return "global" if self.coverage >= GLOBAL_COVERAGE or self.contrast else "local"
-        assert self.spread is not None and self.reproduction is not None
-        moving = self.spread >= MIN_SPREAD and self.reproduction["moving"] < self.reproduction["global"]
-        return "moving" if moving else "global"
+            kind = "global" if self.coverage >= GLOBAL_COVERAGE or self.contrast else "local"
+        else:
+            assert self.spread is not None and self.reproduction is not None
+            moving = self.spread >= MIN_SPREAD and self.reproduction["moving"] < self.reproduction["global"]
+            kind = "moving" if moving else "global"
+        found = self.reproduction or {}
+        return "spectral" if kind == "global" and found.get("spectral", 1.0) < found.get("global", 1.0) else kind
 
 
 def kind_figures(transforms: Transformations, model: nn.Module | None) -> KindFigures:
-    """The :class:`KindFigures` of an artifact's ``transforms``; the model is run only where the masks leave
-    the kind open (and must be given then)."""
+    """The :class:`KindFigures` of an artifact's ``transforms``. The model is run where the masks leave the
+    kind open (and must be given then), and, where given, wherever the artifact may be global, to choose
+    between its intensity map and its spectral map; without it a global artifact gets the intensity map."""
     artifact = transforms.artifact
     figures = KindFigures(coverage(artifact.mask), agreed_area(transforms.local.mask), transforms.intensity.gain)
     if not figures.open:
-        return figures
+        if figures.kind == "local" or model is None:
+            return figures
+        found = reproduction(model, artifact, transforms.dataset, transforms.global_maps())
+        return dataclasses.replace(figures, reproduction=found)
     if model is None:
         raise ValueError("the artifact's masks leave its kind open: reading it off the model needs the model")
-    found = reproduction(model, artifact, transforms.dataset,
-                         {"moving": transforms.moving, "global": transforms.intensity})
+    found = reproduction(model, artifact, transforms.dataset, {"moving": transforms.moving, **transforms.global_maps()})
     return dataclasses.replace(figures, spread=spread(transforms.moving.masks), reproduction=found)
 
 
@@ -164,7 +176,9 @@ def artifact_kind(transforms: Transformations, model: nn.Module | None) -> str:
     ``"local"`` if the :func:`agreed_area` of its :func:`pasted_mask` is at least :data:`MIN_AGREED_AREA`; else
     ``"moving"`` if the transplant's masks lie at different places (their :func:`spread` at least
     :data:`MIN_SPREAD`) and ``model`` tells the :class:`Transplant` of the rest of the class from the group less
-    well than its :class:`Intensity` map (:func:`reproduction`), else ``"global"``."""
+    well than its :class:`Intensity` map (:func:`reproduction`), else ``"global"``. A global artifact is
+    ``"spectral"`` where ``model`` tells its :class:`~spray.clarc.spectrum.Spectrum` map of the rest from the group
+    less well than its intensity map: a blur, which lowers the fine detail and keeps the coarse."""
     return kind_figures(transforms, model).kind
 
 
@@ -258,7 +272,7 @@ class Either:
     (the patch pasted and the intensity map): an A-ClArC candidate trained on one of them stays sensitive to the
     other's form (the benchmark's ViT frame: docs/clarc.md §22)."""
 
-    transforms: tuple[Paste | Intensity | Transplant, ...]
+    transforms: tuple[Paste | Intensity | Spectrum | Transplant, ...]
     seed: int = 0
 
     @property
@@ -278,7 +292,7 @@ class Either:
         return {"kind": self.kind, "transforms": [t.fingerprint() for t in self.transforms], "seed": str(self.seed)}
 
 
-Transform = Paste | Intensity | Transplant | Either
+Transform = Paste | Intensity | Spectrum | Transplant | Either
 
 
 @dataclass(frozen=True)
@@ -369,14 +383,26 @@ class Transformations:
         return intensity_map(self.moments)
 
     @functools.cached_property
+    def spectral(self) -> Spectrum:
+        """The group's spectral map (spray.clarc.spectrum); the class is read once more for it, only where an
+        artifact may be global."""
+        artifact = self.artifact
+        return spectral_map(spectra(self.dataset, artifact.artifact_index),  # type: ignore[attr-defined]
+                            spectra(self.dataset, artifact.rest_index))  # type: ignore[attr-defined]
+
+    def global_maps(self) -> dict[str, Transform]:
+        """A global artifact's two models by kind: the intensity map and the spectral map."""
+        return {"global": self.intensity, "spectral": self.spectral}
+
+    @functools.cached_property
     def moving(self) -> Transplant:
         return transplant(self.dataset, self.artifact, self.moments)
 
     def of(self, kind: str = "auto", model: nn.Module | None = None) -> Transform:
         """The transformation of ``kind``: by :func:`artifact_kind` for ``"auto"`` (which needs the ``model``
         where the masks leave the kind open), or ``"local"`` (:class:`Paste`), ``"global"``
-        (:class:`Intensity`), ``"moving"`` (:class:`Transplant`), ``"local+global"`` (:class:`Either` of the
-        paste and the map)."""
+        (:class:`Intensity`), ``"spectral"`` (:class:`~spray.clarc.spectrum.Spectrum`), ``"moving"``
+        (:class:`Transplant`), ``"local+global"`` (:class:`Either` of the paste and the map)."""
         check_choice(kind, "artifact kind", KINDS)
         if kind == "auto":
             kind = artifact_kind(self, model)
@@ -384,6 +410,8 @@ class Transformations:
             return Either((self.local, self.intensity))
         if kind == "global":
             return self.intensity
+        if kind == "spectral":
+            return self.spectral
         return self.moving if kind == "moving" else self.local
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from spray.clarc.auto import (ALPHA, CANDIDATES, MAX_CLEAN_LOSS, PATIENCE, Validation, best_epoch,
+from spray.clarc.auto import (ALPHA, CANDIDATES, COUNTERFACTUALS, MAX_CLEAN_LOSS, PATIENCE, Validation, best_epoch,
                               candidate_name, choose, clean_figures, counterfactual_transforms, loss_p_value,
                               within)
 from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
@@ -131,11 +131,14 @@ def test_a_skipped_candidate_is_never_chosen_and_none_fitted_is_refused_with_eve
         choose({"dfr/global": {"skipped": "a", "seconds": 0.0}, "rrclarc": {"skipped": "b", "seconds": 0.0}})
 
 
-def test_rrclarc_is_the_last_candidate_of_both_kinds_and_uses_no_transformation():
-    assert [CANDIDATES[kind][-1][0] for kind in ("local", "global")] == ["rrclarc", "rrclarc"]
+def test_rrclarc_is_the_last_candidate_of_every_kind_and_uses_no_transformation():
+    assert list(CANDIDATES) == ["local", "global", "spectral", "moving"] == list(COUNTERFACTUALS)
+    assert [CANDIDATES[kind][-1][0] for kind in CANDIDATES] == ["rrclarc"] * 4
     assert [candidate_name(*c) for c in CANDIDATES["local"]] == ["pclarc", "aclarc/local+global", "rrclarc"]
-    assert [candidate_name(*c) for c in CANDIDATES["global"]] == ["aclarc/global", "dfr/global", "groupdro/global",
-                                                                   "rrclarc"]
+    for kind in ("global", "spectral", "moving"):  # each with its own transformation, scored on it alone
+        assert [candidate_name(*c) for c in CANDIDATES[kind]] == [f"aclarc/{kind}", f"dfr/{kind}",
+                                                                   f"groupdro/{kind}", "rrclarc"]
+        assert COUNTERFACTUALS[kind] == (kind,)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,7 +130,7 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     lr = 3e-2
     spec = a_group_cluster(tiny_audit)
     monkeypatch.setitem(EPOCH_CHOICE, "aclarc", 3)
-    for kind in ("local", "global", "moving"):
+    for kind in list(CANDIDATES):
         monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "local"), ("aclarc", "global"), ("aclarc", "moving")))
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
@@ -174,7 +174,7 @@ def test_auto_stops_each_aclarc_candidate_once_its_validation_is_done(tiny_audit
     # Up to 6 epochs with a patience of 1: each candidate trains until its best epoch is one epoch back.
     monkeypatch.setitem(EPOCH_CHOICE, "aclarc", 6)
     monkeypatch.setattr(auto_module, "PATIENCE", 1)
-    for kind in ("local", "global", "moving"):
+    for kind in list(CANDIDATES):
         monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "local"), ("aclarc", "global")))
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
@@ -198,7 +198,7 @@ def test_auto_skips_a_candidate_whose_groups_are_too_small_on_the_fit_part_and_c
     # the candidates of both kinds are set to the global ones so that the group-robust methods are among them.
     spec = next(f"1:{name}:{int(c)}" for name, labels in tiny_audit.kmeans.items() for c in np.unique(labels)
                 if MIN_SAMPLES <= (labels == c).sum() <= 10 and (labels != c).sum() >= MIN_SAMPLES)
-    for kind in ("local", "global"):
+    for kind in list(CANDIDATES):
         monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "global"), ("dfr", "global"), ("groupdro", "global")))
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
@@ -226,7 +226,7 @@ def test_auto_skips_a_candidate_whose_fine_tuning_diverges_and_chooses_among_the
         return lambda model, x, y, generator: model(x).sum() * 0 + float("inf")
 
     monkeypatch.setattr(RRClArC, "objective", diverging)
-    for kind in ("local", "global"):
+    for kind in list(CANDIDATES):
         monkeypatch.setitem(CANDIDATES, kind, (("aclarc", "global"), ("rrclarc", "global")))
     spec, _ = a_cluster(tiny_audit)
     store = tmp_path / "audit.h5"

@@ -1,5 +1,6 @@
-"""The artifact as a transformation: the kind rule (coverage, agreed area of the pasted mask), the group's
-moments read once, the mean shift and intensity map, A-ClArC adding them."""
+"""The artifact as a transformation: the kind rule (coverage, agreed area of the pasted mask, the model's view of
+the transplant and of the spectral map), the group's moments read once, the mean shift and intensity map, A-ClArC
+adding them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
+from spray.clarc.spectrum import Spectrum, radial_bins
 from spray.clarc.transform import (AGREEMENT, GAIN_SUPPORT, GLOBAL_COVERAGE, GLOBAL_GAIN, MIN_AGREED_AREA, MIN_SPREAD,
                                    Either, Intensity, KindFigures, Paste, Transformations, Transplant, agreed_area,
                                    artifact_kind, artifact_transform, coverage, difference_mask, group_moments,
@@ -83,6 +85,14 @@ def test_the_kind_rule_on_its_figures():
         assert figures.contrast and not figures.open and figures.kind == "global"
     for gain in (np.nextafter(GLOBAL_GAIN, 1), 1.0, np.nextafter(1 / GLOBAL_GAIN, 0)):
         assert KindFigures(0.2, 0.3, gain).kind == "local" and KindFigures(0.2, 0.0, gain).open
+    # A global artifact whose spectral map the model tells less well from the group than its intensity map is
+    # spectral (a blur), read off the contrast or the masks alike; a tie, or no such figure, keeps the map
+    spectral, flat = {"global": 0.8, "spectral": 0.6}, {"global": 0.6, "spectral": 0.6}
+    assert KindFigures(0.2, 0.3, 0.5, reproduction=spectral).kind == "spectral"
+    assert KindFigures(0.2, 0.3, 0.5, reproduction=flat).kind == "global"
+    assert KindFigures(0.2, 0.0, spread=0.0, reproduction={"moving": 0.5, **spectral}).kind == "spectral"
+    assert KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction={"moving": 0.5, **spectral}).kind == "moving"
+    assert KindFigures(0.2, MIN_AGREED_AREA, reproduction=spectral).kind == "local"
 
 
 def test_the_spread_of_masks_is_the_rms_distance_of_their_centroids_over_the_image_side():
@@ -177,7 +187,7 @@ def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_backgroun
     moving = Seen(1, masks.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(masks), layer="3")
     assert coverage(moving.mask) == 0.0625 and agreed_area(Transformations(moving, data).local.mask) == 0.0
     figures = kind_figures(Transformations(moving, data), bright_pixels(brightest=True))
-    assert figures.reproduction == {"moving": 0.5, "global": 1.0} and figures.spread > MIN_SPREAD
+    assert figures.reproduction == {"moving": 0.5, "global": 1.0, "spectral": 1.0} and figures.spread > MIN_SPREAD
     assert figures.kind == "moving"
     transplanted = artifact_transform(moving, data, model=bright_pixels(brightest=True))
     assert isinstance(transplanted, Transplant) and transplanted.kind == "moving"
@@ -194,10 +204,38 @@ def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_backgroun
     data = TensorDataset(x, torch.ones(8, dtype=torch.long))
     lifted = Seen(1, strokes.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(strokes))
     figures = kind_figures(Transformations(lifted, data), bright_pixels())
-    assert figures.reproduction == {"moving": 1.0, "global": 0.5} and figures.kind == "global"
+    # (the rest does not vary: the spectral map is the mean shift too, and a tie goes to the intensity map)
+    assert figures.reproduction == {"moving": 1.0, "global": 0.5, "spectral": 0.5} and figures.kind == "global"
     # The same strokes with the masks at one place: not moving even were the transplant the better reproduction.
     assert figures.spread < MIN_SPREAD
     assert isinstance(artifact_transform(lifted, data, model=bright_pixels()), Intensity)
+
+
+class Magnitude(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs()
+
+
+def test_the_kind_rule_takes_the_spectral_map_for_a_blur_the_model_sees_as_lost_detail():
+    # 8×8 random images, the cluster's 30 low-passed (rings ≥ 3 gone); the model's layer 1 is |Laplacian|, the
+    # fine detail, and the CAV points to less of it. One gain scales the detail by the power-weighted mean and
+    # leaves the rest's above the cluster's; the spectral map removes it as the blur did.
+    x = torch.rand(60, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    x[:30] = torch.fft.ifft2(torch.fft.fft2(x[:30]) * (radial_bins(8, 8) < 3)).real
+    data = TensorDataset(x, torch.ones(60, dtype=torch.long))
+    blurred = Seen(1, torch.ones(8, 8), x[:30].mean(0), np.arange(30), np.arange(30, 60),
+                   Localized(torch.ones(30, 8, 8)), direction=-torch.ones(1))
+    laplacian = torch.nn.Conv2d(1, 1, 3, padding=1, padding_mode="circular", bias=False)
+    with torch.no_grad():
+        laplacian.weight.copy_(torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]))
+    model = torch.nn.Sequential(laplacian, Magnitude()).eval()
+    built = Transformations(blurred, data)
+    assert built.intensity.gain < GLOBAL_GAIN  # the contrast fell: global without the model
+    assert kind_figures(built, None).kind == "global" and isinstance(artifact_transform(blurred, data), Intensity)
+    figures = kind_figures(built, model)
+    assert figures.reproduction["spectral"] < 0.6 < 0.9 < figures.reproduction["global"]
+    assert figures.kind == "spectral"
+    assert isinstance(artifact_transform(blurred, data, model=model), Spectrum)
 
 
 def test_the_mean_shift_is_the_cluster_mean_minus_the_rest_mean():

@@ -52,7 +52,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 17
+SCORES = 18
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -72,7 +72,7 @@ best validation epoch, or after 24 (docs/clarc.md §22); 15: a local artifact's 
 or applies the intensity map, drawn per image, in place of one candidate of each (docs/clarc.md §23); 16: each
 correction's relevance density inside the true masks, before and after (``density``); 17: a global artifact's
 transformation is its spectral map where the model tells it from the group less well than the intensity map
-(docs/clarc.md §26)."""
+(docs/clarc.md §26); 18: RR-ClArC clips each step's gradient to norm 1 (docs/clarc.md §27)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

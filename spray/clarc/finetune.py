@@ -93,6 +93,7 @@ def finetune(
     trainable: Sequence[str] | None = None,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
+    max_grad_norm: float | None = None,
     annotate: Callable[[int, nn.Module], Mapping[str, float]] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     stop: Callable[[Sequence[Mapping[str, float]]], bool] | None = None,
@@ -110,6 +111,8 @@ def finetune(
             None trains the whole model.
         optimizer: ``"adam"`` (Adam) or ``"sgd"`` (SGD with momentum 0.9).
         weight_decay: the optimiser's L2 weight decay (part of ``config`` where it matters).
+        max_grad_norm: each step's gradient is scaled down to at most this Euclidean norm over the trained
+            parameters (``torch.nn.utils.clip_grad_norm_``); None leaves it as it is.
         annotate: ``annotate(epoch, model)`` after each epoch returns figures (e.g. a validation score)
             added to its history entry before the checkpoint is written.
         on_epoch: called as ``on_epoch(epoch, entry)`` after each epoch's checkpoint is written.
@@ -119,9 +122,12 @@ def finetune(
     check_int(epochs, "epochs", minimum=1)
     check_int(batch_size, "batch_size", minimum=1)
     check_real(lr, "lr", minimum=0.0, strict=True)
+    if max_grad_norm is not None:
+        check_real(max_grad_norm, "max_grad_norm", minimum=0.0, strict=True)
     fingerprint = json.dumps({"config": config or {}, "seed": seed, "lr": lr, "batch_size": batch_size,
                               "trainable": None if trainable is None else list(trainable),
-                              "optimizer": optimizer},
+                              "optimizer": optimizer,
+                              **({} if max_grad_norm is None else {"max_grad_norm": max_grad_norm})},
                              sort_keys=True, default=str)
     train_modules, frozen_modules = _split(model, trainable)
     params = list({id(p): p for m in train_modules for p in m.parameters()}.values())
@@ -170,6 +176,8 @@ def finetune(
                             f"the fine-tuning loss became {loss.item()} in epoch {epoch}; lower lr or lambda"
                         )
                     loss.backward()
+                    if max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                     optimiser.step()
                     total += float(loss.detach()) * len(y)
                     seen += len(y)
@@ -258,9 +266,11 @@ class FinetuningCorrector:
     name = "finetuning"
 
     def __init__(self, *, epochs: int, lr: float, batch_size: int = 64, seed: int = 0,
-                 trainable: str = "after", optimizer: str = "adam", weight_decay: float = 0.0) -> None:
+                 trainable: str = "after", optimizer: str = "adam", weight_decay: float = 0.0,
+                 max_grad_norm: float | None = None) -> None:
         self.epochs = epochs
         self.weight_decay = weight_decay
+        self.max_grad_norm = max_grad_norm
         self.lr = lr
         self.batch_size = batch_size
         self.seed = seed
@@ -309,7 +319,7 @@ class FinetuningCorrector:
             corrected, dataset, self.objective(artifact), epochs=self.epochs, lr=self.lr,
             batch_size=self.batch_size, seed=self.seed, checkpoint_dir=checkpoint_dir, config=config,
             overwrite=overwrite, progress=progress, desc=self.name, trainable=modules,
-            optimizer=self.optimizer, weight_decay=self.weight_decay,
+            optimizer=self.optimizer, weight_decay=self.weight_decay, max_grad_norm=self.max_grad_norm,
             annotate=self.epoch_figures if annotate is None else
             lambda epoch, m: {**self.epoch_figures(epoch, m), **annotate(epoch, m)},
             on_epoch=on_epoch, stop=None if annotate is None else annotate.done,

@@ -205,3 +205,30 @@ def test_a_non_finite_loss_stops_the_fine_tuning_naming_its_epoch(new_model, tin
 
     with pytest.raises(DivergedError, match=r"^the fine-tuning loss became inf in epoch 1; lower lr or lambda$"):
         finetune(new_model(), tiny_dataset, diverging, epochs=2, lr=0.01, progress=False)
+
+
+def test_a_clipped_gradient_keeps_a_steep_objective_from_diverging():
+    # loss 1000 w² from w = 1: plain SGD (lr 0.01, momentum 0.9) multiplies w by about −19 a step and overflows;
+    # each step's gradient clipped to norm 1 moves w by at most lr · 1 (plus momentum) and it settles near 0
+    data = TensorDataset(torch.ones(4, 1), torch.zeros(4, dtype=torch.long))
+
+    def steep(model, x, y, generator):
+        return 1000 * model.weight.square().sum()
+
+    def run(max_grad_norm):
+        start = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            start.weight.fill_(1.0)
+        return finetune(start, data, steep, epochs=200, lr=0.01, batch_size=4, optimizer="sgd",
+                        max_grad_norm=max_grad_norm, progress=False).model
+
+    with pytest.raises(DivergedError, match=r"^the fine-tuning loss became inf in epoch \d+; lower lr or lambda$"):
+        run(None)
+    assert abs(run(1.0).weight.item()) < 0.02
+    with pytest.raises(BadInputError, match=r"^max_grad_norm must be > 0.0, got 0.0$"):
+        run(0.0)
+
+
+def test_rrclarc_clips_its_gradients_and_its_checkpoint_config_says_so():
+    assert RRClArC().max_grad_norm == 1.0 and RRClArC().method_params() == {"lambda": 10.0, "max_grad_norm": 1.0}
+    assert AClArC().max_grad_norm is None

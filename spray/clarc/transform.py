@@ -3,8 +3,8 @@ applied, a moving artifact transplanted, or either of a local artifact's two mod
 
 A local artifact (a sticker, a tag, a frame) is modelled by its patch and mean mask (spray.clarc.localize),
 pasted where the mask and the cluster's difference from the rest of its class agree
-(:func:`difference_mask`): ``x' = (1 − M_δ) ⊙ x + M_δ ⊙ patch``, ``M_δ = M ⊙ D(δ)``. A global confounder (brightness, a colour cast, a texture over the
-whole image) has no patch: LRP along its CAV spreads over the image, and a "patch" averaged over the
+(:func:`difference_mask`): ``x' = (1 − M_δ) ⊙ x + M_δ ⊙ patch``, ``M_δ = M ⊙ D(δ)``. A global confounder
+(brightness, a colour cast, a texture over the whole image) has no patch: LRP along its CAV spreads over the image, and a "patch" averaged over the
 cluster would paste the cluster's own digits. Its model is the group's **intensity map** (:class:`Intensity`),
 ``x' = g · x + b``, which gives the rest of the class the cluster's per-pixel mean and its contrast: the
 gain ``g`` is the cluster's standard deviation over the rest's where the rest varies (:func:`intensity_map`),

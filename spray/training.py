@@ -5,7 +5,8 @@
 model's decisions wherever spray does (ClArC's evaluation, the demo's checks), inside :func:`eval_mode`,
 which also serves every other forward pass that must not train (activations, RR-ClArC).
 :func:`stack_samples` holds some samples of a dataset as tensors; :func:`sample_chunks` reads many samples
-a :data:`CHUNK` at a time, :func:`predict_samples` predicts them (and :func:`accuracy` so reads a test set).
+a :data:`CHUNK` at a time, :func:`sample_sums` sums statistics of them, :func:`predict_samples` predicts them (and
+:func:`accuracy` so reads a test set).
 """
 
 from __future__ import annotations
@@ -177,6 +178,18 @@ def sample_chunks(dataset: Dataset, indices: np.ndarray, chunk: int = CHUNK) -> 
     order: many samples read without holding them together."""
     for start in range(0, len(indices), chunk):
         yield stack_samples(dataset, indices[start : start + chunk])
+
+
+def sample_sums(dataset: Dataset, indices: np.ndarray, statistics: Sequence[Callable[[Tensor], Tensor]],
+                chunk: int = CHUNK) -> list[Tensor]:
+    """Per statistic, its float64 sum over samples ``indices``: each ``statistic(x)`` of a chunk's stack
+    (:func:`sample_chunks`) summed over the stack's first axis, and the chunks' sums added."""
+    sums: list[Tensor] | None = None
+    for x, _ in sample_chunks(dataset, indices, chunk):
+        parts = [statistic(x).sum(0, dtype=torch.float64) for statistic in statistics]
+        sums = parts if sums is None else [total + part for total, part in zip(sums, parts)]
+    assert sums is not None
+    return sums
 
 
 def predict_samples(model: nn.Module, dataset: Dataset, indices: np.ndarray,

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from spray.clarc.artifact import digest
-from spray.training import CHUNK, sample_chunks
+from spray.training import CHUNK, sample_sums
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,8 @@ class Spectra:
 def spectra(dataset: Dataset, index: np.ndarray, chunk: int = CHUNK) -> Spectra:
     """The :class:`Spectra` of samples ``index``, read :data:`~spray.training.CHUNK` at a time and summed in
     float64: ``mean |F(x − μ)|² = mean |F(x)|² − |F(μ)|²`` (``F`` is linear), so one pass suffices."""
-    total = power = None
-    for x, _ in sample_chunks(dataset, index, chunk):
-        x = x.double()
-        part, part_power = x.sum(0), torch.fft.fft2(x).abs().square().sum(0)
-        total = part if total is None else total + part
-        power = part_power if power is None else power + part_power
-    assert total is not None and power is not None
+    total, power = sample_sums(dataset, index, (torch.Tensor.double,
+                                                lambda x: torch.fft.fft2(x.double()).abs().square()), chunk)
     mean = total / len(index)
     centred = (power / len(index) - torch.fft.fft2(mean).abs().square()).clamp(min=0)
     return Spectra(mean.float(), centred.float(), len(index))

@@ -69,7 +69,7 @@ from spray.clarc.activations import activations, pool
 from spray.clarc.artifact import digest
 from spray.clarc.localize import paste, soft_masks
 from spray.clarc.spectrum import Spectrum, spectra, spectral_map
-from spray.training import CHUNK, sample_chunks, stack_samples
+from spray.training import CHUNK, sample_chunks, sample_sums, stack_samples
 
 GLOBAL_COVERAGE = 0.5
 AGREEMENT = 0.95
@@ -351,12 +351,7 @@ def transplant(dataset: Dataset, artifact: object, moments: GroupMoments) -> Tra
 def moments(dataset: Dataset, index: np.ndarray, chunk: int = CHUNK) -> tuple[Tensor, Tensor]:
     """The per-pixel mean and (population) standard deviation of samples ``index`` (one input's shape each),
     summed in float64 :data:`~spray.training.CHUNK` samples at a time."""
-    total = squares = None
-    for x, _ in sample_chunks(dataset, index, chunk):
-        part, part_squares = x.sum(0, dtype=torch.float64), x.square().sum(0, dtype=torch.float64)
-        total = part if total is None else total + part
-        squares = part_squares if squares is None else squares + part_squares
-    assert total is not None and squares is not None
+    total, squares = sample_sums(dataset, index, (lambda x: x, torch.square), chunk)
     mean = total / len(index)
     return mean.float(), (squares / len(index) - mean * mean).clamp(min=0).sqrt().float()
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from spray.benchmark.cases import QUICK, Case, make_case
+from spray.benchmark.cases import QUICK, Case, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.models import build
 from spray.benchmark.run import ACTIVATION_MAX, RANKED, USES_MARGIN, _detect, case_directory
@@ -46,8 +46,9 @@ CASE_DIRECTORY = re.compile(r"(\w+)-p(\d\d)-(\w+)-s(\d+)-(dev|heldout)-[0-9a-f]{
 RANKINGS = ("combined", "relevance", "pixel", "concept", ACTIVATION_MAX)
 
 
-def cases(caches: list[Path], seeds: set[int] | None) -> list[tuple[Case, Path]]:
-    """The quick cases with a model and a store in ``caches`` (first cache first), restricted to ``seeds``."""
+def cases(caches: list[Path], seeds: set[int] | None, size: Size = QUICK) -> list[tuple[Case, Path]]:
+    """The cases of ``size`` (the quick grid's by default) with a model and a store in ``caches`` (first cache
+    first), restricted to ``seeds``."""
     found: dict[str, tuple[Case, Path]] = {}
     for cache in caches:
         for directory in sorted(cache.iterdir()):
@@ -57,7 +58,7 @@ def cases(caches: list[Path], seeds: set[int] | None) -> list[tuple[Case, Path]]
             artifact, percent, architecture, seed, split = match.groups()
             case = Case(artifact, int(percent) / 100, architecture, int(seed), split)
             if (seeds is None or case.seed in seeds) and case.name not in found \
-                    and case_directory(cache, case, QUICK, "mnist") == directory:
+                    and case_directory(cache, case, size, "mnist") == directory:
                 found[case.name] = (case, directory)
     return list(found.values())
 
@@ -113,24 +114,27 @@ def _rounded(value: float | None) -> float | None:
 
 
 def cached_case_arguments(description: str, options: dict[str, str] | None = None,
-                          ) -> tuple[argparse.Namespace, set[int] | None]:
+                          flags: dict[str, str] | None = None) -> tuple[argparse.Namespace, set[int] | None]:
     """The command line of the scripts that score cached cases again: the cache directories, ``--seeds`` (as a
-    set; None: all), ``--json`` and a script's own text ``options`` ({flag: help})."""
+    set; None: all), ``--json``, a script's own text ``options`` and on/off ``flags`` ({flag: help})."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("caches", nargs="+", type=Path, help="benchmark cache directories (spray benchmark --cache)")
     parser.add_argument("--seeds", help="comma-separated seeds to keep (default: all)")
     parser.add_argument("--json", type=Path, help="also write the per-case rows here")
     for flag, text in (options or {}).items():
         parser.add_argument(flag, help=text)
+    for flag, text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args()
     return args, None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
 
 
-def scored(caches: list[Path], seeds: set[int] | None, score: Callable[..., dict]) -> Iterator[tuple[Case, dict]]:
-    """``(case, score(case, directory, images))`` for every cached case (:func:`cases`); a case whose store is
-    unfinished or older is skipped with the reason printed, and the others go on."""
+def scored(caches: list[Path], seeds: set[int] | None, score: Callable[..., dict],
+           size: Size = QUICK) -> Iterator[tuple[Case, dict]]:
+    """``(case, score(case, directory, images))`` for every cached case of ``size`` (:func:`cases`); a case whose
+    store is unfinished or older is skipped with the reason printed, and the others go on."""
     images = load_images("mnist")
-    for case, directory in cases(caches, seeds):
+    for case, directory in cases(caches, seeds, size):
         try:
             row = score(case, directory, images)
         except (BadInputError, StoreError) as exc:

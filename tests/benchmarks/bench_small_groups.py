@@ -1,0 +1,159 @@
+"""Small groups (3 % of a class): why the ranking misses them, and two variants of the cut that were measured.
+
+A diagnostic for issue 17 on cached benchmark cases (`spray benchmark --cache`). For the poisoned class of each
+case and each analysis of spray.benchmark.run.RANKED it prints what sets the planted group (the two-class set:
+the poisoned class's minority group) apart, in that analysis's stored features: ``probe``, ``purity`` and
+``ncut`` of the planted set as bench_group_separation.py defines them (is it linearly separable, a neighbourhood,
+cut off in the locally scaled kNN affinity?), ``snn``, its normalised cut in a shared-nearest-neighbour affinity
+of the stored kNN graph (``w_ij`` = the share of the k + 1 neighbours, self included, that i and j share, on the
+union of the kNN edges), and ``best F1``, the best F1 of any stored cluster with it (an oracle: what the
+clusterings hold) with that cluster's size.
+
+Then the class-level selection excess (docs/spray-method.md §12) of every class, as the ranking compares them:
+``any``, the shipped selection (candidates up to half the class), and ``small``, the same selection and its
+selection null restricted to candidates of at most ``--small`` (default 0.1) of the class — a null for small
+groups, whose best cut in a structure-free class is worse than a large cluster's. Printed: the poisoned class's
+excess, its rank among the classes by excess, and the range of the other classes'.
+
+Run:  python tests/benchmarks/bench_small_groups.py CACHE [CACHE ...] [--full] [--seeds 0,100] [--json OUT]
+(``--full``: the cache holds full-size cases, not ``--quick`` ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+import bench_detection  # this folder, first on sys.path when run as a script
+from bench_group_separation import separation
+from spray.analysis.cut import normalized_cuts
+from spray.analysis.selection_null import SelectionNull
+from spray.benchmark import run as benchmark_run
+from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
+from spray.errors import BadInputError
+from spray.pipeline import pipeline_from_text
+from spray.pipeline.nodes import NODES, _selection
+
+PIPELINES = {"spray": benchmark_run.PIPELINE, "concept": benchmark_run.CONCEPT_PIPELINE,
+             benchmark_run.ACTIVATION_MAX: benchmark_run.ACTIVATION_MAX_PIPELINE}
+
+
+def shared_neighbour_affinity(indices: np.ndarray) -> sp.csr_matrix:
+    """``w_ij`` = |N⁺(i) ∩ N⁺(j)| / (k + 1) on the union of the kNN edges, N⁺ a sample's k neighbours and itself."""
+    n, k = indices.shape
+    rows = np.repeat(np.arange(n), k)
+    edges = sp.csr_matrix((np.ones(n * k), (rows, indices.ravel())), shape=(n, n))
+    lists = edges + sp.eye(n, format="csr")
+    shared = (lists @ lists.T).tocsr()
+    return edges.maximum(edges.T).multiply(shared).tocsr() / (k + 1)
+
+
+def best_cluster(group: h5py.Group, planted: np.ndarray) -> tuple[float, int]:
+    """(F1, size) of the stored cluster of ``group``'s clusterings of best F1 with ``planted`` (bool)."""
+    best = (0.0, 0)
+    for node in ("kmeans", "agglomerative", "hdbscan", "outliers"):
+        for name in group.get(node, {}):
+            labels = group[node][name][:]
+            for cluster in np.unique(labels[labels >= 0]):
+                members = labels == cluster
+                best = max(best, (2 * float(np.sum(members & planted)) / (members.sum() + planted.sum()),
+                                  int(members.sum())))
+    return best
+
+
+def named_small(group: h5py.Group, planted: np.ndarray, small: float) -> tuple[float, int]:
+    """(F1 with ``planted``, size) of the cluster the best-cluster rule (docs/spray-method.md §9: lowest cut, then
+    largest z) names among the stored candidates of at most ``small`` · n: what a small selection would name."""
+    fda, n = group["fda"], planted.size
+    sizes, cuts, z = fda["cluster_size"][:], fda["cluster_ncut"][:], fda["cluster_z_score"][:]
+    allowed = np.flatnonzero((sizes >= 2) & (sizes <= small * n) & np.isfinite(cuts))
+    if allowed.size == 0:
+        return 0.0, 0
+    chosen = allowed[np.lexsort((-z[allowed], cuts[allowed]))[0]]
+    name, cluster = fda["cluster_clustering"][chosen].decode(), int(fda["cluster_id"][chosen])
+    node = next(node for node in ("kmeans", "agglomerative", "hdbscan", "outliers") if name in group.get(node, {}))
+    members = group[node][name][:] == cluster
+    return 2 * float(np.sum(members & planted)) / (members.sum() + planted.sum()), int(members.sum())
+
+
+def excesses(features: h5py.Dataset, store: h5py.File, analysis: str, classes: int, small: float) -> dict:
+    """Every class's selection excess under the shipped selection (``any``) and with candidates of at most
+    ``small`` · n (``small``), each against its own selection null."""
+    spec = pipeline_from_text(PIPELINES[analysis], source=f"benchmark {analysis} pipeline")
+    clusterings = sorted(n for n in spec.nodes if n in NODES and NODES[n].kind == "clustering")
+    restricted = copy.deepcopy(spec.nodes)
+    restricted["fda"]["max_fraction"] = small
+    out: dict[str, list[float]] = {"any": [], "small": []}
+    for label in range(classes):
+        rows = features[store[f"analyses/{analysis}/{label}/status/positions"][:]]
+        for key, params in (("any", spec.nodes), ("small", restricted)):
+            null = SelectionNull(**spec.nodes["null"]).fit(rows, _selection(params, clusterings))
+            out[key].append(float(null.excess_))
+    return out
+
+
+def score(case: Case, directory: Path, images: object, size: Size, small: float) -> dict:
+    """One case's row: per analysis, the planted set's separation and cuts and the classes' excesses."""
+    if case.is_control:
+        raise BadInputError("the control plants nothing")
+    data = make_case(case, images, size)
+    row: dict = {"case": case.name}
+    with h5py.File(directory / "audit.h5", "r") as store:
+        for analysis in benchmark_run.RANKED:
+            group = store[f"analyses/{analysis}/{data.poisoned_class}"]
+            index = group["status/dataset_index"][:]
+            planted = np.isin(index, data.planted)
+            features = store[f"analyses/{analysis}/preprocess/features"]
+            rows = features[group["status/positions"][:]].astype(np.float64)
+            snn = shared_neighbour_affinity(group["knn/indices"][:])
+            best_f1, best_size = best_cluster(group, planted)
+            small_f1, small_size = named_small(group, planted, small)
+            found = excesses(features, store, analysis, len(data.label_names), small)
+            summary = {}
+            for key, values in found.items():
+                own = values[data.poisoned_class]
+                others = [v for i, v in enumerate(values) if i != data.poisoned_class]
+                summary[key] = {"excess": own, "rank": 1 + sum(v > own for v in others),
+                                "others": [min(others), max(others)]}
+            row[analysis] = {**separation(rows, planted, case.seed),
+                             "snn": normalized_cuts(snn, np.where(planted, 0, -1))[0],
+                             "best_f1": best_f1, "best_size": best_size,
+                             "small_f1": small_f1, "small_size": small_size, **summary}
+    return row
+
+
+def line(row: dict) -> str:
+    parts = [row["case"]]
+    for analysis in benchmark_run.RANKED:
+        a = row[analysis]
+        parts.append(f"  {analysis}: probe {a['probe']:.2f} purity {a['purity']:.2f} ncut {a['ncut']:.3f} "
+                     f"snn {a['snn']:.3f} best F1 {a['best_f1']:.2f} ({a['best_size']}) "
+                     f"small named F1 {a['small_f1']:.2f} ({a['small_size']})"
+                     + "".join(f" | {key}: excess {a[key]['excess']:.2f} rank {a[key]['rank']} "
+                               f"(others {a[key]['others'][0]:.2f} to {a[key]['others'][1]:.2f})"
+                               for key in ("any", "small")))
+    return "\n".join(parts)
+
+
+def main() -> None:
+    args, seeds = bench_detection.cached_case_arguments(
+        __doc__.split("\n\n")[0], {"--small": "largest candidate of the small selection, a share of the class (0.1)"},
+        flags={"--full": "the cache holds full-size cases"})
+    size, small = (FULL if args.full else QUICK), float(args.small or 0.1)
+    rows = []
+    for _, row in bench_detection.scored(args.caches, seeds,
+                                         lambda case, directory, images: score(case, directory, images, size, small),
+                                         size=size):
+        print(line(row), flush=True)
+        rows.append(row)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

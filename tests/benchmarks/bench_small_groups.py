@@ -10,10 +10,11 @@ union of the kNN edges), and ``best F1``, the best F1 of any stored cluster with
 clusterings hold) with that cluster's size.
 
 Then the class-level selection excess (docs/spray-method.md §12) of every class, as the ranking compares them:
-``any``, the shipped selection (candidates up to half the class), and ``small``, the same selection and its
-selection null restricted to candidates of at most ``--small`` (default 0.1) of the class — a null for small
-groups, whose best cut in a structure-free class is worse than a large cluster's. Printed: the poisoned class's
-excess, its rank among the classes by excess, and the range of the other classes'.
+``any``, the shipped selection (candidates up to half the class; the excess its null node stored), and
+``small``, the same selection and its selection null restricted to candidates of at most ``--small`` (default 0.1)
+of the class — a null for small groups, whose best cut in a structure-free class is worse than a large
+cluster's. Printed: the poisoned class's excess, its rank among the classes by excess, and the range of the other
+classes'.
 
 Run:  python tests/benchmarks/bench_small_groups.py CACHE [CACHE ...] [--full] [--seeds 0,100] [--json OUT]
 (``--full``: the cache holds full-size cases, not ``--quick`` ones).
@@ -35,16 +36,20 @@ from spray.analysis.cut import normalized_cuts
 from spray.analysis.selection_null import SelectionNull
 from spray.benchmark import run as benchmark_run
 from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
+from spray.benchmark.metrics import detection
 from spray.errors import BadInputError
 from spray.pipeline import pipeline_from_text
 from spray.pipeline.nodes import NODES, _selection
+from spray.ranking import rank_classes
+from spray.store import AuditStore
 
 PIPELINES = {"spray": benchmark_run.PIPELINE, "concept": benchmark_run.CONCEPT_PIPELINE,
              benchmark_run.ACTIVATION_MAX: benchmark_run.ACTIVATION_MAX_PIPELINE}
 
 
 def shared_neighbour_affinity(indices: np.ndarray) -> sp.csr_matrix:
-    """``w_ij`` = |N⁺(i) ∩ N⁺(j)| / (k + 1) on the union of the kNN edges, N⁺ a sample's k neighbours and itself."""
+    """``w_ij`` = |N⁺(i) ∩ N⁺(j)| / (k + 1) on the union of the kNN edges, N⁺ a sample's k neighbours and
+    itself."""
     n, k = indices.shape
     rows = np.repeat(np.arange(n), k)
     edges = sp.csr_matrix((np.ones(n * k), (rows, indices.ravel())), shape=(n, n))
@@ -53,20 +58,25 @@ def shared_neighbour_affinity(indices: np.ndarray) -> sp.csr_matrix:
     return edges.maximum(edges.T).multiply(shared).tocsr() / (k + 1)
 
 
-def best_cluster(group: h5py.Group, planted: np.ndarray) -> tuple[float, int]:
-    """(F1, size) of the stored cluster of ``group``'s clusterings of best F1 with ``planted`` (bool)."""
-    best = (0.0, 0)
-    for node in ("kmeans", "agglomerative", "hdbscan", "outliers"):
-        for name in group.get(node, {}):
-            labels = group[node][name][:]
-            for cluster in np.unique(labels[labels >= 0]):
-                members = labels == cluster
-                best = max(best, (2 * float(np.sum(members & planted)) / (members.sum() + planted.sum()),
-                                  int(members.sum())))
-    return best
+def labelings(group: h5py.Group) -> dict[str, np.ndarray]:
+    """Every stored clustering of a class's analysis ``group``: name -> labels (−1 noise)."""
+    return {name: group[node][name][:] for node in ("kmeans", "agglomerative", "hdbscan", "outliers")
+            for name in group.get(node, {})}
 
 
-def named_small(group: h5py.Group, planted: np.ndarray, small: float) -> tuple[float, int]:
+def f1(members: np.ndarray, planted: np.ndarray) -> float:
+    """The benchmark's F1 (spray.benchmark.metrics.detection) of the boolean group ``members`` with ``planted``."""
+    return detection(np.flatnonzero(members).tolist(), np.flatnonzero(planted).tolist())[2]
+
+
+def best_cluster(found: dict[str, np.ndarray], planted: np.ndarray) -> tuple[float, int]:
+    """(F1, size) of the cluster of the labelings ``found`` of best F1 with ``planted`` (bool)."""
+    return max(((f1(labels == cluster, planted), int(np.sum(labels == cluster)))
+                for labels in found.values() for cluster in np.unique(labels[labels >= 0])), default=(0.0, 0))
+
+
+def named_small(group: h5py.Group, found: dict[str, np.ndarray], planted: np.ndarray,
+                small: float) -> tuple[float, int]:
     """(F1 with ``planted``, size) of the cluster the best-cluster rule (docs/spray-method.md §9: lowest cut, then
     largest z) names among the stored candidates of at most ``small`` · n: what a small selection would name."""
     fda, n = group["fda"], planted.size
@@ -75,26 +85,21 @@ def named_small(group: h5py.Group, planted: np.ndarray, small: float) -> tuple[f
     if allowed.size == 0:
         return 0.0, 0
     chosen = allowed[np.lexsort((-z[allowed], cuts[allowed]))[0]]
-    name, cluster = fda["cluster_clustering"][chosen].decode(), int(fda["cluster_id"][chosen])
-    node = next(node for node in ("kmeans", "agglomerative", "hdbscan", "outliers") if name in group.get(node, {}))
-    members = group[node][name][:] == cluster
-    return 2 * float(np.sum(members & planted)) / (members.sum() + planted.sum()), int(members.sum())
+    members = found[fda["cluster_clustering"][chosen].decode()] == int(fda["cluster_id"][chosen])
+    return f1(members, planted), int(members.sum())
 
 
-def excesses(features: h5py.Dataset, store: h5py.File, analysis: str, classes: int, small: float) -> dict:
-    """Every class's selection excess under the shipped selection (``any``) and with candidates of at most
-    ``small`` · n (``small``), each against its own selection null."""
+def small_excesses(features: h5py.Dataset, store: h5py.File, analysis: str, classes: int,
+                   small: float) -> list[float]:
+    """Every class's selection excess with the selection and its null restricted to candidates of at most
+    ``small`` · n (the shipped selection's excess is the store's: its null node's)."""
     spec = pipeline_from_text(PIPELINES[analysis], source=f"benchmark {analysis} pipeline")
     clusterings = sorted(n for n in spec.nodes if n in NODES and NODES[n].kind == "clustering")
     restricted = copy.deepcopy(spec.nodes)
     restricted["fda"]["max_fraction"] = small
-    out: dict[str, list[float]] = {"any": [], "small": []}
-    for label in range(classes):
-        rows = features[store[f"analyses/{analysis}/{label}/status/positions"][:]]
-        for key, params in (("any", spec.nodes), ("small", restricted)):
-            null = SelectionNull(**spec.nodes["null"]).fit(rows, _selection(params, clusterings))
-            out[key].append(float(null.excess_))
-    return out
+    return [float(SelectionNull(**spec.nodes["null"]).fit(
+        features[store[f"analyses/{analysis}/{label}/status/positions"][:]], _selection(restricted, clusterings)
+    ).excess_) for label in range(classes)]
 
 
 def score(case: Case, directory: Path, images: object, size: Size, small: float) -> dict:
@@ -103,6 +108,9 @@ def score(case: Case, directory: Path, images: object, size: Size, small: float)
         raise BadInputError("the control plants nothing")
     data = make_case(case, images, size)
     row: dict = {"case": case.name}
+    with AuditStore(directory / "audit.h5", mode="r") as audit:
+        shipped = {analysis: {entry.label: entry.null_excess for entry in rank_classes(audit, analysis).classes}
+                   for analysis in benchmark_run.RANKED}
     with h5py.File(directory / "audit.h5", "r") as store:
         for analysis in benchmark_run.RANKED:
             group = store[f"analyses/{analysis}/{data.poisoned_class}"]
@@ -111,11 +119,14 @@ def score(case: Case, directory: Path, images: object, size: Size, small: float)
             features = store[f"analyses/{analysis}/preprocess/features"]
             rows = features[group["status/positions"][:]].astype(np.float64)
             snn = shared_neighbour_affinity(group["knn/indices"][:])
-            best_f1, best_size = best_cluster(group, planted)
-            small_f1, small_size = named_small(group, planted, small)
-            found = excesses(features, store, analysis, len(data.label_names), small)
+            found = labelings(group)
+            best_f1, best_size = best_cluster(found, planted)
+            small_f1, small_size = named_small(group, found, planted, small)
+            classes = range(len(data.label_names))
+            excess = {"any": [shipped[analysis][label] for label in classes],
+                      "small": small_excesses(features, store, analysis, len(classes), small)}
             summary = {}
-            for key, values in found.items():
+            for key, values in excess.items():
                 own = values[data.poisoned_class]
                 others = [v for i, v in enumerate(values) if i != data.poisoned_class]
                 summary[key] = {"excess": own, "rank": 1 + sum(v > own for v in others),

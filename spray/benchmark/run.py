@@ -45,14 +45,14 @@ from spray.errors import BadInputError
 from spray.outputs import active
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.graph import hash_json
-from spray.ranking import RankedClass, Ranking, rank_analyses, rank_classes
+from spray.ranking import Ranking, rank_analyses, rank_classes
 from spray.store import AuditStore
 from spray.training import accuracy
 from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 18
+SCORES = 19
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -72,7 +72,9 @@ best validation epoch, or after 24 (docs/clarc.md §22); 15: a local artifact's 
 or applies the intensity map, drawn per image, in place of one candidate of each (docs/clarc.md §23); 16: each
 correction's relevance density inside the true masks, before and after (``density``); 17: a global artifact's
 transformation is its spectral map where the model tells it from the group less well than the intensity map
-(docs/clarc.md §26); 18: RR-ClArC clips each step's gradient to norm 1 (docs/clarc.md §27)."""
+(docs/clarc.md §26); 18: RR-ClArC clips each step's gradient to norm 1 (docs/clarc.md §27); 19: each
+correction records whether its class is flagged (``flagged``; ``--cluster top`` prefers a flagged class, docs/clarc.md
+§29)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -119,8 +121,9 @@ class CaseResult:
     (the control has no artifact) or not reached (a correction's ``error`` says why).
 
     ``baselines``: per baseline (spray.benchmark.baseline.BASELINES), ``{"rank", "f1"}``. ``corrections``: per
-    correction method, ``{"cluster", "clean", "everywhere", "worst_group", "error"}``, the accuracies as
-    [original, corrected]. ``group_accuracy``: the two-class set's accuracy per group on the clean test set."""
+    correction method, ``{"cluster", "flagged", "clean", "everywhere", "worst_group", "density", "error"}``, the
+    accuracies and densities as [original, corrected], ``flagged`` whether the corrected cluster's class is.
+    ``group_accuracy``: the two-class set's accuracy per group on the clean test set."""
 
     case: Case
     n_planted: int
@@ -249,8 +252,6 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     with _timed(seconds, "rank"), AuditStore(store) as opened:
         combined = rank_analyses(opened, RANKED)
         alone = {field_name: rank_classes(opened, p.name) for field_name, p in pipelines.items()}
-        # What `spray clarc --cluster top` corrects in a store holding the ranked analyses (in its sorted order).
-        top = rank_analyses(opened, sorted(RANKED)).top_candidate()
     result = _score(data, model, combined, alone, seconds)
     with _timed(seconds, "faithfulness"):
         x, y = (torch.from_numpy(a[spread(len(a))]) for a in data.clean_test)
@@ -258,7 +259,7 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     if data.everywhere_test is not None:
         with _timed(seconds, "clarc"):
             for method in corrections:
-                result.corrections[method] = _correct(method, store, top, model, data, directory, progress,
+                result.corrections[method] = _correct(method, store, model, data, directory, progress,
                                                       result.relevance_density)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     guard.write(scored, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -364,29 +365,29 @@ def _localization_iou(data: CaseData, model: torch.nn.Module, members: list[int]
     return mask_iou(found.masks.numpy() > 0, data.masks)
 
 
-def _correct(method: str, store: Path, top: RankedClass | None, model: torch.nn.Module, data: CaseData,
-             directory: Path, progress: bool, density: float | None) -> dict[str, Any]:
-    """The correction ``method`` on the top-ranked class's best cluster ``top`` (what ``spray clarc --cluster
-    top`` corrects in a store holding the :data:`RANKED` analyses), evaluated with the ground-truth artifact in
+def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, directory: Path, progress: bool,
+             density: float | None) -> dict[str, Any]:
+    """The correction ``method`` on the cluster ``spray clarc --cluster top`` corrects in a store holding the
+    :data:`RANKED` analyses (the best-ranked flagged class's, or with none flagged the best-ranked class's:
+    ``flagged`` records which), evaluated with the ground-truth artifact in
     every clean test image (and per group on the two-class set), and, where the true masks localise the
     artifact, by the relevance density inside them (:func:`_planted_density`; ``density`` is the original's, the
     case's own: the correction's target is a cut of at least half); a refusal is recorded as its ``error``, not
     raised."""
-    score: dict[str, Any] = {"cluster": None, "clean": None, "everywhere": None, "worst_group": None,
-                             "density": None, "error": None}
-    if top is None:
-        return {**score, "error": f"no ranked class in analyses {', '.join(RANKED)}"}
+    score: dict[str, Any] = {"cluster": None, "flagged": None, "clean": None, "everywhere": None,
+                             "worst_group": None, "density": None, "error": None}
     try:
         corrected = clarc_from_store(
             store, model, data.dataset(data.train),
-            ClarcConfig(method, directory / "clarc", cluster=top.cluster.reference, analysis=top.analysis,
-                        tuning=Tuning(seed=data.case.seed), overwrite=True, progress=progress),
+            ClarcConfig(method, directory / "clarc", cluster="top", tuning=Tuning(seed=data.case.seed),
+                        overwrite=True, progress=progress),
             EvaluationData(data.dataset(data.clean_test), everywhere_test=data.dataset(data.everywhere_test)),
         )
     except BadInputError as exc:  # e.g. a flagged cluster too small for a CAV: part of what is measured
         return {**score, "error": str(exc)}
     before, after = corrected.metrics
-    score.update(cluster=corrected.cluster, clean=[before["clean_accuracy"], after["clean_accuracy"]],
+    score.update(cluster=corrected.cluster, flagged=corrected.flagged,
+                 clean=[before["clean_accuracy"], after["clean_accuracy"]],
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
     if data.groups is not None:
         score["worst_group"] = [min(_group_accuracy(m, data).values()) for m in (model, corrected.model)]

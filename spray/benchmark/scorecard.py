@@ -74,7 +74,8 @@ class BaselineRow:
 class CorrectionRow:
     """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy,
     (the two-class set) worst-group accuracy and (a local artifact) the relevance density inside the true
-    masks, original and corrected; how many seeds it refused."""
+    masks, original and corrected; how many seeds it refused, and how many it corrected a class no test flagged
+    (``--cluster top`` with no class flagged)."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None
@@ -85,6 +86,7 @@ class CorrectionRow:
     density_before: Estimate | None
     density_after: Estimate | None
     refused: int
+    unflagged: int
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
 
     return CorrectionRow(pair("everywhere", 0), pair("everywhere", 1), pair("clean", 0), pair("clean", 1),
                          pair("worst_group", 0), pair("worst_group", 1), pair("density", 0), pair("density", 1),
-                         sum(c["error"] is not None for c in found))
+                         sum(c["error"] is not None for c in found), sum(c["flagged"] is False for c in found))
 
 
 def _row(results: list[CaseResult], methods: list[str]) -> Row:
@@ -322,7 +324,8 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
             cell += f" (worst group {est(c.worst_group_before)} -> {est(c.worst_group_after)})"
         if c.density_before is not None:
             cell += f" (density {est(c.density_before)} -> {est(c.density_after)})"
-        return cell + (f" ({c.refused} refused)" if c.refused else "")
+        return (cell + (f" ({c.refused} refused)" if c.refused else "")
+                + (f" ({c.unflagged} of an unflagged class)" if c.unflagged else ""))
 
     return [row.split, row.artifact, f"{row.prevalence:.0%}", row.architecture, str(row.seeds),
             est(row.clean_accuracy), est(row.worst_group_accuracy), str(row.uses), est(row.rank), str(row.first),

@@ -70,21 +70,38 @@ def choose_analysis(store: AuditStore, analysis: str | None) -> str:
     raise no_analysis_error(store, analysis)
 
 
-def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec,
-                    analysis: str | None = None) -> tuple[ClusterSpec, str]:
-    """``cluster`` parsed, and the analysis to read it from (:func:`choose_analysis`). ``"top"`` is the best
-    cluster of the best-ranked class: of ``analysis``'s ranking when it is named or the store has one
-    analysis; else of the ranking over all the store's analyses (:func:`spray.ranking.rank_analyses`), and
-    then the analysis is the one that names the cluster."""
+@dataclass(frozen=True)
+class Target:
+    """The cluster a ClArC run corrects, the analysis it is read from, and its class's standing in the ranking
+    that names it (:func:`spray.ranking.rank_analyses`): ``flagged``, and ``q_value`` (None: the analysis has
+    no selection null, or the ranking does not hold the class)."""
+
+    spec: ClusterSpec
+    analysis: str
+    flagged: bool
+    q_value: float | None
+
+
+def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> Target:
+    """``cluster`` parsed, the analysis to read it from (:func:`choose_analysis`) and its class's flag.
+    ``"top"`` is the best cluster of the best-ranked *flagged* class, or, with no class flagged, of the
+    best-ranked class (:meth:`~spray.ranking.Ranking.top_flagged`, :meth:`~spray.ranking.Ranking.top_candidate`;
+    the target then says it is not flagged, and spray warns): of ``analysis``'s ranking when it is named or the
+    store has one analysis; else of the ranking over all the store's analyses, and then the analysis is the
+    one that names the cluster."""
     if cluster != "top":
-        return ClusterSpec.parse(cluster), choose_analysis(store, analysis)
+        spec, analysis = ClusterSpec.parse(cluster), choose_analysis(store, analysis)
+        entry = rank_analyses(store, [analysis]).of(spec.label)
+        return Target(spec, analysis, bool(entry and entry.flagged), entry.q_value if entry else None)
     have = complete_analyses(store)
     analyses = have if analysis is None and len(have) > 1 else [choose_analysis(store, analysis)]
-    top = rank_analyses(store, analyses).top_candidate()
+    ranking = rank_analyses(store, analyses)
+    top = ranking.top_flagged() or ranking.top_candidate()
     if top is None:
         raise BadInputError(f"audit store {store.path} has no ranked class in analysis {', '.join(map(repr, analyses))}; "
                             "name the cluster as CLASS:CLUSTERING:ID")
-    return ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis
+    return Target(ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis, top.flagged,
+                  top.q_value)
 
 
 def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterMembers:

@@ -151,14 +151,28 @@ class ClarcResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     verification: Verification | None = None
+    flagged: bool | None = None
+    """Whether the ranking flags the corrected cluster's class (spray.clarc.cluster.Target); False: the run
+    corrected a group no test found distinct (``--cluster top`` with no class flagged, or a cluster so named)."""
+    q_value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary (``spray clarc --json``)."""
-        return {"run": self.run, "method": self.method, "cluster": self.cluster, "layer": self.layer,
+        return {"run": self.run, "method": self.method, "cluster": self.cluster, "flagged": self.flagged,
+                "q_value": self.q_value, "layer": self.layer,
                 **cav_figures(self.artifact), "weights": str(self.weights), "run_dir": str(self.run_dir),
                 "params": self.params, "metrics": self.metrics, "history": self.history,
                 "n_artifact": len(self.artifact.artifact_index), "n_rest": len(self.artifact.rest_index),
                 "verification": None if self.verification is None else self.verification.to_dict()}
+
+    def unflagged_warning(self) -> str | None:
+        """What ``spray clarc`` and ``spray run`` print on stderr when the corrected class is not flagged."""
+        if self.flagged is not False:
+            return None
+        q = "untested" if self.q_value is None else f"q = {self.q_value:.3g}"
+        return (f"warning: {self.method} corrected cluster {self.cluster}, whose class {self.cluster.split(':')[0]} "
+                f"is not flagged ({q}): no test found its group distinct; judge the cluster (`spray rank`, the "
+                "report) before using the corrected model")
 
     def table(self) -> str:
         """The metrics table and, when verified, the verification's summary below it."""
@@ -229,8 +243,9 @@ class ClarcConfig:
         method: the correction, a name in :data:`CORRECTIONS` (``"aclarc"``, ``"pclarc"``, ``"rrclarc"``).
         out_dir: the run's files go to ``out_dir/<run>/`` (``run``: default :func:`run_name`).
         cluster: ``CLASS:CLUSTERING:ID`` as ``spray rank --json`` reports it (class, clustering, cluster), or
-            ``"top"``: the flagged cluster of the best-ranked class of ``analysis`` (default: the store's
-            only analysis, or ``"spray"``).
+            ``"top"``: the best cluster of the best-ranked flagged class of ``analysis``, or of the best-ranked
+            class when none is flagged (default: the store's only analysis, or ``"spray"``;
+            spray.clarc.cluster.resolve_cluster).
         layer: the module whose features the CAV is fitted on (default: the last feature map the head
             reads; ``"auto"``: the candidate spray.clarc.layer_choice chooses); ``cav`` (``"signal"``,
             ``"svm"``, ``"subspace"``), ``reference``, ``sigma``, ``threshold``: how the artifact is isolated
@@ -288,7 +303,8 @@ def clarc_from_store(
     ``evaluation`` the metrics stay None (``evaluate_from_store`` can fill them in later)."""
     with AuditStore(store_path) as store:
         check_audited(store.attrs()["dataset"], dataset, store_path)
-        spec, analysis = resolve_cluster(store, config.cluster, config.analysis)
+        target = resolve_cluster(store, config.cluster, config.analysis)
+        spec, analysis = target.spec, target.analysis
         members = read_cluster(store, spec, analysis)
         composite = audit_composite(store, analysis)
     run = config.run or run_name(config.method, spec)
@@ -322,7 +338,7 @@ def clarc_from_store(
         verification = verify_correction(store_path, correction.model, dataset, members, run_dir,
                                          progress=config.progress)
     result = ClarcResult(run, config.method, str(spec), artifact.layer, artifact, correction.model, weights,
-                         run_dir, params, metrics, correction.history, verification)
+                         run_dir, params, metrics, correction.history, verification, target.flagged, target.q_value)
     _record(store_path, result, dataset, guard)
     return result
 
@@ -418,6 +434,8 @@ def _record(store_path: str | Path, result: ClarcResult, dataset: Dataset, guard
     attrs = {
         "method": result.method,
         "cluster": result.cluster,
+        "flagged": result.flagged,
+        "q_value": result.q_value,
         "layer": result.layer,
         **cav_figures(artifact),
         "metrics": result.metrics,

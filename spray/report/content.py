@@ -160,6 +160,8 @@ class ClarcView:
     verification: Markup | None = None
     verified: str | None = None
     """``"cleared"``, ``"not cleared"`` or ``"not flagged"`` (spray.clarc.verify); None: not verified."""
+    unflagged: Markup | None = None
+    """Said when the corrected group's class was not flagged (the run's ``flagged`` False); None otherwise."""
 
 
 # ---------------------------------------------------------------------------------------------- gather
@@ -597,7 +599,21 @@ def _clarc_view(run: ClarcRun, names: list[str]) -> ClarcView:
         examples=examples,
         verification=None if verification is None else _verification_text(verification, class_name),
         verified=None if verification is None else str(verification["verdict"]),
+        unflagged=_unflagged_text(attrs, class_name),
     )
+
+
+def _unflagged_text(attrs: dict[str, Any], class_name: str) -> Markup | None:
+    """What the report says of a run that corrected a class no test flagged (its ``flagged`` False; runs recorded
+    before the field existed say nothing)."""
+    if attrs.get("flagged") is not False:
+        return None
+    q = attrs.get("q_value")
+    tested = Markup("") if q is None else Markup(" (q = {q:.3g})").format(q=q)
+    return Markup("<strong>Class ‘{name}’ was not flagged</strong>{tested}: no test found this group more distinct "
+                  "than a class without structure would give, so the correction targets a group an expert should "
+                  "judge first — a shortcut, or a legitimate way the class looks.").format(name=class_name,
+                                                                                          tested=tested)
 
 
 def _fmt_number(value: float | None, form: str) -> str:

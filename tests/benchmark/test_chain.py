@@ -45,6 +45,9 @@ def test_a_case_is_scored_against_its_ground_truth(finished):
     assert 0 <= result.f1 <= 1 and result.relevance_density > 0
     (pclarc,) = result.corrections.values()
     assert list(result.corrections) == ["pclarc"] and (pclarc["error"] is not None or len(pclarc["everywhere"]) == 2)
+    # Corrected as `spray clarc --cluster top` would: a flagged class whenever the ranking over the analyses (ordered
+    # by q) flags one, and the result says whether it did.
+    assert pclarc["error"] is not None or pclarc["flagged"] == (result.flagged or result.clean_flags > 0)
     assert list(result.baselines) == ["activation", "knn_outlier", "error_slice"]
     assert all(b["rank"] is None or 1 <= b["rank"] <= 10 and 0 <= b["f1"] <= 1 for b in result.baselines.values())
     assert result.group_accuracy is None and result.worst_group_accuracy is None

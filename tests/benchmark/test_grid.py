@@ -63,7 +63,7 @@ def test_every_case_records_its_ground_truth_scores_and_costs(grid_run):
         assert 0 <= result.f1 <= 1 and list(result.baselines) == ["activation", "knn_outlier", "error_slice"]
         assert list(result.corrections) == ["pclarc"]
         pclarc = result.corrections["pclarc"]
-        assert set(pclarc) == {"cluster", "clean", "everywhere", "worst_group", "density", "error"}
+        assert set(pclarc) == {"cluster", "flagged", "clean", "everywhere", "worst_group", "density", "error"}
         if pclarc["error"] is None:  # the original's density is the case's; a global mask localises nothing
             assert (pclarc["density"] is None) == two_class
             assert two_class or (pclarc["density"][0] == result.relevance_density and pclarc["density"][1] > 0)

@@ -11,8 +11,9 @@ from spray.benchmark.run import CaseResult
 
 
 def _correction(everywhere: tuple[float, float], worst: list[float] | None = None,
-                error: str | None = None, density: list[float] | None = None) -> dict:
-    return {"cluster": None if error else "8:kmeans_2:1", "clean": None if error else [0.9, 0.89],
+                error: str | None = None, density: list[float] | None = None, flagged: bool = True) -> dict:
+    return {"cluster": None if error else "8:kmeans_2:1", "flagged": None if error else flagged,
+            "clean": None if error else [0.9, 0.89],
             "everywhere": None if error else list(everywhere), "worst_group": worst, "density": density,
             "error": error}
 
@@ -28,7 +29,7 @@ def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = Fals
         baselines={} if control else {"activation": {"rank": rank + 1, "f1": f1 / 2},
                                       "knn_outlier": {"rank": None, "f1": None},
                                       "error_slice": {"rank": 1, "f1": 0.1 * seed}},
-        corrections={} if control else {"pclarc": _correction((0.8, 0.85)),
+        corrections={} if control else {"pclarc": _correction((0.8, 0.85), flagged=rank == 1),
                                         "rrclarc": _correction((0.8, 0.9 + seed / 100),
                                                                error="too few" if seed else None)},
         seconds={"train": 10.0, "attribute": 2.0}, cpu_seconds={"train": 20.0 + seed, "attribute": 2.0},
@@ -56,8 +57,9 @@ def test_rows_aggregate_the_seeds_of_one_cell():
     assert (errors.first.k, errors.f1.mean) == (3, pytest.approx(0.1))
     assert card.corrections == ["pclarc", "rrclarc"]
     pclarc, rrclarc = tag.corrections["pclarc"], tag.corrections["rrclarc"]
-    assert pclarc.everywhere_after.mean == pytest.approx(0.85) and pclarc.refused == 0
-    assert (rrclarc.refused, rrclarc.everywhere_after.n, rrclarc.everywhere_after.mean) == (2, 1, 0.9)
+    assert pclarc.everywhere_after.mean == pytest.approx(0.85) and (pclarc.refused, pclarc.unflagged) == (0, 2)
+    assert (rrclarc.refused, rrclarc.unflagged, rrclarc.everywhere_after.n, rrclarc.everywhere_after.mean) == (
+        2, 0, 1, 0.9)
     assert control.corrections["pclarc"] == control.corrections["rrclarc"]
     assert control.corrections["pclarc"].refused == 0
     assert str(tag.first) == "1/3 [0.06, 0.79]"
@@ -70,7 +72,8 @@ def test_rows_aggregate_the_seeds_of_one_cell():
         "error_slice F1", "pclarc everywhere before -> after", "rrclarc everywhere before -> after", "AOPC LRP",
         "AOPC GxI", "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
     assert re.split(r" {2,}", tag_line)[-8:-5] == [
-        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85]", "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (2 refused)",
+        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85] (2 of an unflagged class)",
+        "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (2 refused)",
         "3.00 [0.52, 5.48]"]
     assert re.split(r" {2,}", tag_line)[-3:] == ["12", "23", "600"]
 

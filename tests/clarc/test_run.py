@@ -347,22 +347,31 @@ def test_the_python_api_refuses_data_other_than_the_audited_and_writes_nothing(t
 
 
 def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_path):
-    from spray.clarc.cluster import resolve_cluster
-    top = tiny_audit.ranking.top_candidate()
+    from spray.clarc.cluster import Target, resolve_cluster
+    top = tiny_audit.ranking.top_flagged()
+    assert top is not None and top is tiny_audit.ranking.top_candidate()
+    named = tiny_audit.ranking.of(1)
     with AuditStore(tiny_audit.store) as audit:
-        spec, analysis = resolve_cluster(audit, "top")
-        assert resolve_cluster(audit, "1:kmeans_2:0") == (ClusterSpec(1, "kmeans_2", 0), "tiny")
-    assert analysis == "tiny"
-    assert (spec.label, spec.clustering, spec.cluster) == (top.label, top.cluster.clustering, top.cluster.id)
+        target = resolve_cluster(audit, "top")
+        assert resolve_cluster(audit, "1:kmeans_2:0") == Target(ClusterSpec(1, "kmeans_2", 0), "tiny", named.flagged,
+                                                                named.q_value)
+    spec = target.spec
+    assert target == Target(ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), "tiny", True, top.q_value)
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
     config = ClarcConfig("pclarc", tmp_path / "runs", cluster="top", progress=False)
     result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
     assert result.cluster == str(spec) and result.run == f"pclarc_{spec.label}_{spec.clustering}_{spec.cluster}"
+    assert (result.flagged, result.q_value, result.unflagged_warning()) == (True, top.q_value, None)
+    with AuditStore(store) as audit:
+        recorded = audit.read_node(f"clarc/{result.run}/result")[1]
+    assert (recorded["flagged"], recorded["q_value"]) == (True, top.q_value)
 
 
-def test_top_of_a_store_with_two_analyses_is_named_by_the_ranking_over_both(tiny_audit, tmp_path):
-    from spray.clarc.cluster import resolve_cluster
+def test_top_with_no_class_flagged_is_the_best_ranked_class_and_says_so(tiny_audit, tmp_path):
+    """Over two analyses Benjamini-Hochberg flags no class of the tiny audit: 'top' is then the best-ranked class of
+    the ranking over both, the target and the result say it is not flagged, and the result warns."""
+    from spray.clarc.cluster import Target, resolve_cluster
     from spray.pipeline import analyze, pipeline_from_text
     from spray.ranking import rank_analyses
     from spray.testing import pipeline_text
@@ -372,12 +381,21 @@ def test_top_of_a_store_with_two_analyses_is_named_by_the_ranking_over_both(tiny
     analyze(str(store), pipeline_from_text(pipeline_text("tiny", analysis={"name": "again"}, knn={"n_neighbors": 4})),
             progress=False)
     with AuditStore(store) as audit:
-        top = rank_analyses(audit, ["again", "tiny"]).top_candidate()
-        assert resolve_cluster(audit, "top") == (
-            ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis)
-        alone = tiny_audit.ranking.top_candidate()
-        assert resolve_cluster(audit, "top", "tiny") == (
-            ClusterSpec(alone.label, alone.cluster.clustering, alone.cluster.id), "tiny")
+        both = rank_analyses(audit, ["again", "tiny"])
+        top = both.top_candidate()
+        assert both.top_flagged() is None and top.q_value > 0.05
+        assert resolve_cluster(audit, "top") == Target(
+            ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis, False, top.q_value)
+        alone = tiny_audit.ranking.top_flagged()
+        assert resolve_cluster(audit, "top", "tiny") == Target(
+            ClusterSpec(alone.label, alone.cluster.clustering, alone.cluster.id), "tiny", True, alone.q_value)
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset,
+                              ClarcConfig("pclarc", tmp_path / "runs", cluster="top", progress=False))
+    assert (result.cluster, result.flagged, result.q_value) == (top.cluster.reference, False, top.q_value)
+    assert result.unflagged_warning() == (
+        f"warning: pclarc corrected cluster {top.cluster.reference}, whose class {top.label} is not flagged "
+        f"(q = {top.q_value:.3g}): no test found its group distinct; judge the cluster (`spray rank`, the report) "
+        "before using the corrected model")
 
 
 def test_a_given_everywhere_test_set_replaces_the_pasted_isolated_artifact(tiny_audit, tmp_path):

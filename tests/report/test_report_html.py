@@ -155,6 +155,22 @@ def test_an_auto_runs_after_row_names_what_it_shipped(audit_store, tmp_path):
     assert "after correction (" not in render_report(audit_store, max_classes=0)  # a P-ClArC run is its method
 
 
+def test_a_run_that_corrected_an_unflagged_class_says_so_and_older_runs_say_nothing(audit_store, tmp_path):
+    copy = tmp_path / "copy.h5"
+    shutil.copy(audit_store, copy)
+    with AuditStore(copy) as store:
+        arrays, attrs = store.read_node("clarc/pclarc-1/result")
+    assert "flagged" not in attrs  # recorded before the field existed: nothing is said
+    said = "was not flagged</strong>"
+    assert said not in render_report(copy, max_classes=0)
+    write_result(copy, "pclarc-1", arrays, {**attrs, "flagged": False, "q_value": 0.2184})
+    clarc = (html := render_report(copy, max_classes=0))[html.index('id="clarc"'):html.index('id="reading"')]
+    assert re.search(r"<strong>Class ‘[^’]+’ was not flagged</strong> \(q = 0\.218\): no test found this group more "
+                     r"distinct than a class without structure would give", clarc)
+    write_result(copy, "pclarc-1", arrays, {**attrs, "flagged": True, "q_value": 0.01})
+    assert said not in render_report(copy, max_classes=0)
+
+
 def test_without_maps_or_thumbnails_the_report_uses_spectral_coordinates_and_heatmaps_only(tmp_path):
     path = write_store(tmp_path / "plain.h5", make_heatmaps(n_per_class=30, n_classes=2, seed=1))
     analyze(str(path), pipeline_from_text(pipeline_text("tiny", analysis={"name": "nomaps"})), progress=False)

@@ -113,8 +113,9 @@ def run(pipeline: Path, as_json: bool) -> None:
         click.echo(f"report: {result.report}")
     top = result.ranking.top_candidate()
     if top:
-        click.echo(f"top candidate: class {top.name!r} (z {top.z_score:.1f}), {top.cluster.clustering} cluster "
-                   f"{top.cluster.id} with {top.cluster.size} samples")
+        click.echo(f"top candidate: class {top.name!r} ({'flagged' if top.flagged else 'not flagged'}, z "
+                   f"{top.z_score:.1f}), {top.cluster.clustering} cluster {top.cluster.id} with {top.cluster.size} "
+                   "samples")
     for corrected in result.clarc:
         click.echo(f"{corrected.method} on cluster {corrected.cluster}: corrected weights in {corrected.weights}")
         if corrected.metrics[0]["clean_accuracy"] is not None:  # evaluated: [evaluate] gave test data

@@ -137,10 +137,16 @@ def test_run_with_clarc_and_evaluate_corrects_the_top_cluster_and_measures_it(cl
     from spray.store import AuditStore
 
     assert main(["run", str(clarc_dir / "run.toml")]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     out = clarc_dir / "out"
     with AuditStore(out / "audit.h5") as store:
-        cluster = rank_classes(store).top_candidate().cluster.reference
+        top = rank_classes(store).top_candidate()
+        cluster = top.cluster.reference
+        # The tiny classes are not flagged: 'top' is the best-ranked class, and each run says so on stderr.
+        assert not top.flagged and f"top candidate: class {top.name!r} (not flagged, z {top.z_score:.1f})" in printed
+        assert [line.split(", whose")[0] for line in captured.err.splitlines() if " is not flagged (q = " in line] == [
+            f"warning: {method} corrected cluster {cluster}" for method in ("pclarc", "rrclarc")]
         for method in ("pclarc", "rrclarc"):
             run = run_name(method, cluster)
             _, attrs = store.read_node(f"clarc/{run}/result")

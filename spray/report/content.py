@@ -610,10 +610,10 @@ def _unflagged_text(attrs: dict[str, Any], class_name: str) -> Markup | None:
         return None
     q = attrs.get("q_value")
     tested = Markup("") if q is None else Markup(" (q = {q:.3g})").format(q=q)
-    return Markup("<strong>Class ‘{name}’ was not flagged</strong>{tested}: no test found this group more distinct "
-                  "than a class without structure would give, so the correction targets a group an expert should "
-                  "judge first — a shortcut, or a legitimate way the class looks.").format(name=class_name,
-                                                                                          tested=tested)
+    return Markup("<strong>Class ‘{name}’ was not flagged</strong>{tested}: its group is no more distinct than a "
+                  "structure-free model of the class and the other classes' groups give, so the correction targets "
+                  "a group an expert should judge first — a shortcut, or a legitimate way the class looks."
+                  ).format(name=class_name, tested=tested)
 
 
 def _fmt_number(value: float | None, form: str) -> str:

@@ -165,8 +165,8 @@ def test_a_run_that_corrected_an_unflagged_class_says_so_and_older_runs_say_noth
     assert said not in render_report(copy, max_classes=0)
     write_result(copy, "pclarc-1", arrays, {**attrs, "flagged": False, "q_value": 0.2184})
     clarc = (html := render_report(copy, max_classes=0))[html.index('id="clarc"'):html.index('id="reading"')]
-    assert re.search(r"<strong>Class ‘[^’]+’ was not flagged</strong> \(q = 0\.218\): no test found this group more "
-                     r"distinct than a class without structure would give", clarc)
+    assert re.search(r"<strong>Class ‘[^’]+’ was not flagged</strong> \(q = 0\.218\): its group is no more distinct "
+                     r"than a structure-free model of the class and the other classes' groups give", clarc)
     write_result(copy, "pclarc-1", arrays, {**attrs, "flagged": True, "q_value": 0.01})
     assert said not in render_report(copy, max_classes=0)
 

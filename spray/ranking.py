@@ -164,8 +164,8 @@ class Ranking(Sequence[RankedClass]):
         return next((c for c in self.classes if c.cluster is not None), None)
 
     def top_flagged(self) -> RankedClass | None:
-        """The best-ranked flagged class (what ``--cluster top`` corrects), or None: a class the flags do not
-        single out is no finding to correct (docs/spray-method.md §12)."""
+        """The best-ranked flagged class, or None: what ``--cluster top`` corrects when there is one
+        (spray.clarc.cluster.resolve_cluster; with none, the top candidate, and the run warns)."""
         return next((c for c in self.classes if c.flagged), None)
 
     def of(self, label: int) -> RankedClass | None:

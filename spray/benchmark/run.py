@@ -369,11 +369,10 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
              density: float | None) -> dict[str, Any]:
     """The correction ``method`` on the cluster ``spray clarc --cluster top`` corrects in a store holding the
     :data:`RANKED` analyses (the best-ranked flagged class's, or with none flagged the best-ranked class's:
-    ``flagged`` records which), evaluated with the ground-truth artifact in
-    every clean test image (and per group on the two-class set), and, where the true masks localise the
-    artifact, by the relevance density inside them (:func:`_planted_density`; ``density`` is the original's, the
-    case's own: the correction's target is a cut of at least half); a refusal is recorded as its ``error``, not
-    raised."""
+    ``flagged`` records which), evaluated with the ground-truth artifact in every clean test image (and per group
+    on the two-class set), and, where the true masks localise the artifact, by the relevance density inside them
+    (:func:`_planted_density`; ``density`` is the original's, the case's own: the correction's target is a cut of
+    at least half); a refusal is recorded as its ``error``, not raised."""
     score: dict[str, Any] = {"cluster": None, "flagged": None, "clean": None, "everywhere": None,
                              "worst_group": None, "density": None, "error": None}
     try:

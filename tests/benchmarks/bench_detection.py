@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from spray.benchmark.cases import QUICK, Case, Size, make_case
+from spray.benchmark.cases import QUICK, Case, CaseData, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.models import build
 from spray.benchmark.run import ACTIVATION_MAX, RANKED, USES_MARGIN, _detect, case_directory
@@ -63,19 +63,28 @@ def cases(caches: list[Path], seeds: set[int] | None, size: Size = QUICK) -> lis
     return list(found.values())
 
 
-def score(case: Case, directory: Path, images: object) -> dict:
-    data = make_case(case, images, QUICK)
+def cached_model(case: Case, directory: Path, images: object,
+                 size: Size = QUICK) -> tuple[CaseData, torch.nn.Module, bool | None]:
+    """A cached case's data, its trained model (in eval mode) and whether the model *uses* its artifact
+    (accuracy with the artifact in every clean test image at least USES_MARGIN under clean accuracy, as the
+    scorecard decides; None on the control)."""
+    data = make_case(case, images, size)
     model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
     model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
     model.eval()
+    if data.everywhere_test is None:
+        return data, model, None
     clean = accuracy(model, data.dataset(data.clean_test))
-    everywhere = None if data.everywhere_test is None else accuracy(model, data.dataset(data.everywhere_test))
+    return data, model, clean - accuracy(model, data.dataset(data.everywhere_test)) >= USES_MARGIN
+
+
+def score(case: Case, directory: Path, images: object) -> dict:
+    data, model, uses = cached_model(case, directory, images)
     with AuditStore(directory / "audit.h5", mode="r") as store:
         rankings = {"combined": rank_analyses(store, RANKED), "relevance": rank_analyses(store, ["spray", "concept"]),
                     "pixel": rank_classes(store, "spray"), "concept": rank_classes(store, "concept"),
                     ACTIVATION_MAX: rank_classes(store, ACTIVATION_MAX)}
-    return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed,
-            "uses": None if everywhere is None else clean - everywhere >= USES_MARGIN,
+    return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses,
             **{name: _detect(data, model, r)[1] for name, r in rankings.items()}}
 
 

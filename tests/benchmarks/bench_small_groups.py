@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -152,9 +153,14 @@ def line(row: dict) -> str:
     return "\n".join(parts)
 
 
-def main() -> None:
+def run_small(description: str, score: Callable[..., dict], line: Callable[[dict], str],
+              summary: Callable[[list[dict]], str] | None = None) -> None:
+    """The command line of the small-group scripts: cached cases (bench_detection.cached_case_arguments, with
+    ``--small``, the largest small candidate as a share of the class, 0.1, and ``--full``), each scored by
+    ``score(case, directory, images, size, small)`` and printed by ``line``, then ``summary`` of the rows, and
+    the rows written to ``--json``."""
     args, seeds = bench_detection.cached_case_arguments(
-        __doc__.split("\n\n")[0], {"--small": "largest candidate of the small selection, a share of the class (0.1)"},
+        description, {"--small": "largest candidate of the small selection, a share of the class (0.1)"},
         flags={"--full": "the cache holds full-size cases"})
     size, small = (FULL if args.full else QUICK), float(args.small or 0.1)
     rows = []
@@ -163,8 +169,14 @@ def main() -> None:
                                          size=size):
         print(line(row), flush=True)
         rows.append(row)
+    if summary is not None:
+        print(summary(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+
+
+def main() -> None:
+    run_small(__doc__.split("\n\n")[0], score, line)
 
 
 if __name__ == "__main__":

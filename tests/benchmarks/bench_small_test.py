@@ -17,22 +17,17 @@ Run:  python tests/benchmarks/bench_small_test.py CACHE [CACHE ...] [--full] [--
 
 from __future__ import annotations
 
-import json
-
 import h5py
 import numpy as np
-import torch
 
 import bench_detection  # this folder, first on sys.path when run as a script
-from bench_small_groups import labelings, small_members, small_nulls
+from bench_small_groups import labelings, run_small, small_members, small_nulls
 from spray.benchmark import run as benchmark_run
-from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
+from spray.benchmark.cases import Case, Size
 from spray.benchmark.metrics import detection
-from spray.benchmark.models import build
 from spray.ranking import _tests, rank_analyses  # the shipped test, applied to the small one too
 from spray.results import best_clusters
 from spray.store import AuditStore
-from spray.training import accuracy
 
 
 def small_tests(path: object, classes: int, small: float) -> dict[str, dict[int, tuple[float, float, list[int]]]]:
@@ -72,13 +67,7 @@ def two_tests(store: AuditStore, small: dict[str, dict[int, tuple[float, float, 
 
 
 def score(case: Case, directory: object, images: object, size: Size, small: float) -> dict:
-    data = make_case(case, images, size)
-    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-    model.eval()
-    everywhere = None if data.everywhere_test is None else accuracy(model, data.dataset(data.everywhere_test))
-    uses = None if everywhere is None else accuracy(model, data.dataset(data.clean_test)) - everywhere >= \
-        benchmark_run.USES_MARGIN
+    data, model, uses = bench_detection.cached_model(case, directory, images, size)
     tests = small_tests(directory / "audit.h5", len(data.label_names), small)
     with AuditStore(directory / "audit.h5", mode="r") as store:
         shipped = benchmark_run._detect(data, model, rank_analyses(store, benchmark_run.RANKED))[1]
@@ -118,19 +107,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    args, seeds = bench_detection.cached_case_arguments(
-        __doc__.split("\n\n")[0], {"--small": "largest candidate of the small test, a share of the class (0.1)"},
-        flags={"--full": "the cache holds full-size cases"})
-    size, small = (FULL if args.full else QUICK), float(args.small or 0.1)
-    rows = []
-    for _, row in bench_detection.scored(args.caches, seeds,
-                                         lambda case, directory, images: score(case, directory, images, size, small),
-                                         size=size):
-        print(line(row), flush=True)
-        rows.append(row)
-    print(summary(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+    run_small(__doc__.split("\n\n")[0], score, line, summary)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ background in every test image 0.748 and 0.700 with the shift, 0.938 and 0.930 w
 A blur lowers the contrast too, but of the fine detail more than of the coarse: one gain is no model of it. Its
 model is the group's **spectral map** (spray.clarc.spectrum), a gain per spatial frequency, of which the
 intensity map is the flat case; where the artifact may be global and the model is given, the kind rule takes the
-one of the two that the model tells less well from the group (:func:`reproduction`; kind ``"spectral"``).
+spectral map unless the model tells its result from the group beyond chance and the intensity map's less well
+(:func:`reproduction`, :func:`separation`; kind ``"spectral"``): the spectral map nests the intensity map, so a tie
+costs a flat artifact nothing and a blur read as flat its correction (docs/clarc.md §32).
 
 The rule (:func:`artifact_kind`) reads the kind off the localisation, without ground truth. The artifact is
 *global* when its localisation covers most of the image (the mean mask's area share ``mean_{h,w} M`` is at
@@ -45,11 +47,11 @@ places (:func:`spread`, at least :data:`MIN_SPREAD`): a cluster that is a benign
 written thicker) has no agreed area either, but its masks sit on the strokes where every 8 has them, and
 transplanting those strokes into other classes teaches the model to ignore the class's own shape. And the
 model sees the transplant as the group, more than the intensity map (:func:`reproduction`): each is applied to the
-rest of the class, and the one whose result the CAV tells less well from the group (the lower ROC AUC of the
-CAV's projection, group against transformed rest) is the better model of what the model sees. Else it is
-*global*. On the benchmark's development random patch (30 %, seed 0, the cluster auto corrected) the
-transplant's AUC was 0.58 and the mean shift's 0.67; on its brightness 1.00 and 0.81 (docs/clarc.md §17, before
-the map's gain).
+rest of the class, and the one whose result the CAV tells less well from the group (the ROC AUC of the CAV's
+projection, group against transformed rest, nearer 0.5: :func:`separation`) is the better model of what the
+model sees. Else it is *global*. On the benchmark's development random patch (30 %, seed 0, the cluster auto
+corrected) the transplant's AUC was 0.58 and the mean shift's 0.67; on its brightness 1.00 and 0.81
+(docs/clarc.md §17, before the map's gain).
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ On the benchmark's development split (quick size, 28 × 28, the clusters auto co
 group 0.36, the brightness 0.07–0.17, clusters that were sub-styles of a clean class 0.03–0.09. Held-out
 cases were looked at while choosing it, so they do not test it: the random patch 0.24–0.35, the brightness
 0.11–0.16, a sub-style of a clean class 0.07 (docs/clarc.md §17)."""
+CHANCE_SDS = 2.0
+"""A :func:`reproduction` AUC at least this many :func:`chance_sd` from 0.5 counts as the CAV telling the
+transformed rest from the group (about a two-sided 5 % test of the Mann–Whitney statistic)."""
 BOTH = "local+global"
 """The kind of the :class:`Either` of a local artifact's patch and intensity map."""
 KINDS = ("auto", "local", "global", "spectral", "moving", BOTH)
@@ -114,19 +119,34 @@ def agreed_area(mask: Tensor) -> float:
     return int((mask >= AGREEMENT).sum()) / mask.numel()  # a count, exact: no float32 mean near the threshold
 
 
+def separation(auc: float) -> float:
+    """How far a :func:`reproduction` AUC is from chance, either way: ``|AUC − 0.5|``. Under 0.5 the transformed
+    rest lies further along the CAV than the group (the transformation overshoots: an intensity map's low gain takes
+    more contrast than a blur does), which is no better a reproduction than falling as far short."""
+    return abs(auc - 0.5)
+
+
+def chance_sd(n_group: int, n_rest: int) -> float:
+    """The standard deviation of the ROC AUC of two samples of sizes ``n_group`` and ``n_rest`` drawn from one
+    distribution: the root of the Mann–Whitney statistic's exact null variance, ``(n₁ + n₀ + 1) / (12 n₁ n₀)``
+    in AUC units."""
+    return ((n_group + n_rest + 1) / (12 * n_group * n_rest)) ** 0.5
+
+
 @dataclass(frozen=True)
 class KindFigures:
     """What the kind rule read: the mean mask's ``coverage``, the pasted mask's ``agreed_area``, the
     intensity map's ``gain`` (:func:`intensity_map`), where none of them decided, the :func:`spread` of the
-    transplant's masks, and the :func:`reproduction` AUCs of the transformations the model was asked about
+    transplant's masks, the :func:`reproduction` AUCs of the transformations the model was asked about
     (``"moving"`` where the masks left the kind open, ``"global"`` and ``"spectral"`` wherever the artifact
-    may be global)."""
+    may be global), and the :func:`chance_sd` of an AUC of the group against the rest of its class."""
 
     coverage: float
     agreed_area: float
     gain: float = 1.0
     spread: float | None = None
     reproduction: dict[str, float] | None = None
+    chance: float | None = None
 
     @property
     def contrast(self) -> bool:
@@ -147,10 +167,22 @@ class KindFigures:
             kind = "global" if self.coverage >= GLOBAL_COVERAGE or self.contrast else "local"
         else:
             assert self.spread is not None and self.reproduction is not None
-            moving = self.spread >= MIN_SPREAD and self.reproduction["moving"] < self.reproduction["global"]
+            found = self.reproduction
+            moving = self.spread >= MIN_SPREAD and separation(found["moving"]) < separation(found["global"])
             kind = "moving" if moving else "global"
+        return "spectral" if kind == "global" and self.spectral else kind
+
+    @property
+    def spectral(self) -> bool:
+        """Whether a global artifact takes its spectral map: wherever the model was asked, unless the CAV tells
+        the spectral map's result from the group (at least :data:`CHANCE_SDS` :func:`chance_sd` from 0.5) and
+        the intensity map's less well (:func:`separation`)."""
         found = self.reproduction or {}
-        return "spectral" if kind == "global" and found.get("spectral", 1.0) < found.get("global", 1.0) else kind
+        if "spectral" not in found:
+            return False
+        assert self.chance is not None
+        beyond = separation(found["spectral"]) >= CHANCE_SDS * self.chance
+        return not (beyond and separation(found["global"]) < separation(found["spectral"]))
 
 
 def kind_figures(transforms: Transformations, model: nn.Module | None) -> KindFigures:
@@ -159,15 +191,16 @@ def kind_figures(transforms: Transformations, model: nn.Module | None) -> KindFi
     between its intensity map and its spectral map; without it a global artifact gets the intensity map."""
     artifact = transforms.artifact
     figures = KindFigures(coverage(artifact.mask), agreed_area(transforms.local.mask), transforms.intensity.gain)
+    chance = chance_sd(len(artifact.artifact_index), len(artifact.rest_index))
     if not figures.open:
         if figures.kind == "local" or model is None:
             return figures
         found = reproduction(model, artifact, transforms.dataset, transforms.global_maps())
-        return dataclasses.replace(figures, reproduction=found)
+        return dataclasses.replace(figures, reproduction=found, chance=chance)
     if model is None:
         raise ValueError("the artifact's masks leave its kind open: reading it off the model needs the model")
     found = reproduction(model, artifact, transforms.dataset, {"moving": transforms.moving, **transforms.global_maps()})
-    return dataclasses.replace(figures, spread=spread(transforms.moving.masks), reproduction=found)
+    return dataclasses.replace(figures, spread=spread(transforms.moving.masks), reproduction=found, chance=chance)
 
 
 def artifact_kind(transforms: Transformations, model: nn.Module | None) -> str:
@@ -176,9 +209,11 @@ def artifact_kind(transforms: Transformations, model: nn.Module | None) -> str:
     ``"local"`` if the :func:`agreed_area` of its :func:`pasted_mask` is at least :data:`MIN_AGREED_AREA`; else
     ``"moving"`` if the transplant's masks lie at different places (their :func:`spread` at least
     :data:`MIN_SPREAD`) and ``model`` tells the :class:`Transplant` of the rest of the class from the group less
-    well than its :class:`Intensity` map (:func:`reproduction`), else ``"global"``. A global artifact is
-    ``"spectral"`` where ``model`` tells its :class:`~spray.clarc.spectrum.Spectrum` map of the rest from the group
-    less well than its intensity map: a blur, which lowers the fine detail and keeps the coarse."""
+    well than its :class:`Intensity` map (:func:`reproduction`, :func:`separation`), else ``"global"``. A global
+    artifact is ``"spectral"`` wherever ``model`` is given (:attr:`KindFigures.spectral`), unless it tells the
+    :class:`~spray.clarc.spectrum.Spectrum` map of the rest from the group beyond chance and the intensity map's
+    less well: the spectral map models a blur, which lowers the fine detail and keeps the coarse, and a flat
+    artifact as the intensity map does."""
     return kind_figures(transforms, model).kind
 
 

@@ -13,10 +13,11 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.augmentive import AClArC
 from spray.clarc.spectrum import Spectrum, radial_bins
-from spray.clarc.transform import (AGREEMENT, GAIN_SUPPORT, GLOBAL_COVERAGE, GLOBAL_GAIN, MIN_AGREED_AREA, MIN_SPREAD,
-                                   Either, Intensity, KindFigures, Paste, Transformations, Transplant, agreed_area,
-                                   artifact_kind, artifact_transform, coverage, difference_mask, group_moments,
-                                   intensity_map, kind_figures, spread, transplant)
+from spray.clarc.transform import (AGREEMENT, CHANCE_SDS, GAIN_SUPPORT, GLOBAL_COVERAGE, GLOBAL_GAIN, MIN_AGREED_AREA,
+                                   MIN_SPREAD, Either, Intensity, KindFigures, Paste, Transformations, Transplant,
+                                   agreed_area, artifact_kind, artifact_transform, chance_sd, coverage,
+                                   difference_mask, group_moments, intensity_map, kind_figures, separation, spread,
+                                   transplant)
 from spray.errors import BadInputError
 
 
@@ -72,7 +73,7 @@ def test_masks_that_agree_on_no_region_leave_the_kind_to_the_model():
 def test_the_kind_rule_on_its_figures():
     assert KindFigures(GLOBAL_COVERAGE, 0.5).kind == "global"
     assert KindFigures(0.2, MIN_AGREED_AREA).kind == "local"
-    moving, shifted = {"moving": 0.55, "global": 0.8}, {"moving": 0.8, "global": 0.55}
+    moving, shifted = {"moving": 0.55, "global": 0.8}, {"moving": 0.8, "global": 0.55}  # (no spectral map asked)
     assert KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction=moving).kind == "moving"
     assert KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction=shifted).kind == "global"
     tie = {"moving": 0.7, "global": 0.7}
@@ -85,14 +86,21 @@ def test_the_kind_rule_on_its_figures():
         assert figures.contrast and not figures.open and figures.kind == "global"
     for gain in (np.nextafter(GLOBAL_GAIN, 1), 1.0, np.nextafter(1 / GLOBAL_GAIN, 0)):
         assert KindFigures(0.2, 0.3, gain).kind == "local" and KindFigures(0.2, 0.0, gain).open
-    # A global artifact whose spectral map the model tells less well from the group than its intensity map is
-    # spectral (a blur), read off the contrast or the masks alike; a tie, or no such figure, keeps the map
-    spectral, flat = {"global": 0.8, "spectral": 0.6}, {"global": 0.6, "spectral": 0.6}
-    assert KindFigures(0.2, 0.3, 0.5, reproduction=spectral).kind == "spectral"
-    assert KindFigures(0.2, 0.3, 0.5, reproduction=flat).kind == "global"
-    assert KindFigures(0.2, 0.0, spread=0.0, reproduction={"moving": 0.5, **spectral}).kind == "spectral"
-    assert KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction={"moving": 0.5, **spectral}).kind == "moving"
-    assert KindFigures(0.2, MIN_AGREED_AREA, reproduction=spectral).kind == "local"
+    # A global artifact is spectral (a blur), read off the contrast or the masks alike, unless the model tells the
+    # spectral map's result from the group (CHANCE_SDS × 0.0625 = 0.125 off 0.5 or more) and the intensity map's less
+    spectral, flat, told = {"global": 0.8, "spectral": 0.6}, {"global": 0.7, "spectral": 0.7}, {"global": 0.5625,
+                                                                                               "spectral": 0.375}
+    assert CHANCE_SDS * 0.0625 == 0.125
+    assert KindFigures(0.2, 0.3, 0.5, reproduction=spectral, chance=0.0625).kind == "spectral"
+    assert KindFigures(0.2, 0.3, 0.5, reproduction=flat, chance=0.0625).kind == "spectral"  # a tie: the spectral map
+    assert KindFigures(0.2, 0.3, 0.5, reproduction=told, chance=0.0625).kind == "global"
+    within = {**told, "spectral": 0.376}
+    assert KindFigures(0.2, 0.3, 0.5, reproduction=within, chance=0.0625).kind == "spectral"
+    assert KindFigures(0.2, 0.3, 0.5).kind == "global"  # the model not asked: the intensity map
+    assert KindFigures(0.2, 0.0, spread=0.0, reproduction={"moving": 0.5, **told}, chance=0.0625).kind == "global"
+    moving_told = KindFigures(0.2, 0.0, spread=MIN_SPREAD, reproduction={"moving": 0.5, **told}, chance=0.0625)
+    assert moving_told.kind == "moving"
+    assert KindFigures(0.2, MIN_AGREED_AREA, reproduction=told, chance=0.0625).kind == "local"
 
 
 def test_the_spread_of_masks_is_the_rms_distance_of_their_centroids_over_the_image_side():
@@ -204,11 +212,46 @@ def test_a_sticker_at_another_corner_in_each_sample_is_moving_a_lifted_backgroun
     data = TensorDataset(x, torch.ones(8, dtype=torch.long))
     lifted = Seen(1, strokes.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(strokes))
     figures = kind_figures(Transformations(lifted, data), bright_pixels())
-    # (the rest does not vary: the spectral map is the mean shift too, and a tie goes to the intensity map)
-    assert figures.reproduction == {"moving": 1.0, "global": 0.5, "spectral": 0.5} and figures.kind == "global"
+    # (the rest does not vary: the spectral map is the mean shift too, and a tie goes to the spectral map)
+    assert figures.reproduction == {"moving": 1.0, "global": 0.5, "spectral": 0.5} and figures.kind == "spectral"
     # The same strokes with the masks at one place: not moving even were the transplant the better reproduction.
     assert figures.spread < MIN_SPREAD
-    assert isinstance(artifact_transform(lifted, data, model=bright_pixels()), Intensity)
+    mapped = artifact_transform(lifted, data, model=bright_pixels())
+    assert isinstance(mapped, Spectrum) and torch.allclose(mapped(x[4:]), x[:4], atol=1e-6)
+
+
+def test_chance_sd_is_the_spread_of_aucs_of_two_samples_of_one_distribution():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(0)
+    for group, rest in [(10, 340), (35, 315), (105, 245)]:
+        truth = np.r_[np.ones(group), np.zeros(rest)]
+        aucs = [roc_auc_score(truth, rng.normal(size=group + rest)) for _ in range(4000)]
+        assert np.std(aucs) == pytest.approx(chance_sd(group, rest), rel=0.05)
+    assert chance_sd(35, 315) == pytest.approx((351 / (12 * 35 * 315)) ** 0.5)
+
+
+@pytest.mark.parametrize("found, kind", [
+    ({"global": 0.039, "spectral": 0.524}, "spectral"),  # the intensity map overshoots: further from 0.5
+    ({"global": 0.448, "spectral": 0.543}, "spectral"),  # both within chance: the spectral map, which nests it
+    ({"global": 0.515, "spectral": 0.524}, "spectral"),
+    ({"global": 0.84, "spectral": 0.59}, "spectral"),    # the CNN's blur: the spectral map told apart less
+    ({"global": 0.735, "spectral": 0.764}, "global"),    # the spectral map told apart, the intensity map less
+    ({"global": 0.30, "spectral": 0.66}, "spectral"),    # told apart, but the intensity map further (either way)
+])
+def test_a_global_artifact_takes_the_spectral_map_unless_told_apart_and_the_intensity_map_less(found, kind):
+    chance = chance_sd(35, 315)  # 0.0515: the spectral map is told apart from 0.103 off 0.5
+    figures = KindFigures(coverage=1.0, agreed_area=0.0, gain=0.5, reproduction=found, chance=chance)
+    assert figures.kind == kind
+    assert separation(0.39) == pytest.approx(separation(0.61)) == pytest.approx(0.11)
+
+
+def test_a_moving_artifact_is_the_transplant_nearer_chance_than_the_intensity_map_either_way():
+    open_figures = KindFigures(coverage=0.1, agreed_area=0.0, spread=0.3, chance=0.05,
+                               reproduction={"moving": 0.30, "global": 0.60, "spectral": 0.60})
+    assert open_figures.open and open_figures.kind == "spectral"  # the transplant overshoots further: not moving
+    assert replace(open_figures, reproduction={"moving": 0.45, "global": 0.60, "spectral": 0.60}).kind == "moving"
+    assert replace(open_figures, spread=0.1, reproduction={"moving": 0.5, "global": 0.9, "spectral": 0.55}).kind == (
+        "spectral")
 
 
 class Magnitude(torch.nn.Module):

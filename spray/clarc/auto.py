@@ -12,11 +12,13 @@ The rule, in order:
    same pixels in every sample); otherwise moving (a local artifact at another place in each sample) when
    the group's own masked content transplanted into the rest of the class reproduces what the CAV sees
    better than the intensity map does, else global (LRP along a global confounder's CAV lands on each
-   sample's own content). A global artifact is *spectral* where the model tells the group's spectral map of
-   the rest of the class (a gain per spatial frequency: a blur) from the group less well than its intensity map
-   (one gain: a lifted background). The kind fixes the candidates (:data:`CANDIDATES`), each a method with the
-   artifact's transformation it uses (the pasted patch, the intensity map — the mean input shift with a
-   contrast gain —, the spectral map or the transplant; P- and RR-ClArC use none, they act along the CAV).
+   sample's own content). A global artifact is *spectral*, the group's spectral map of the rest of the class
+   (a gain per spatial frequency: a blur), which nests its intensity map (one gain: a lifted background), unless
+   the model tells the spectral map's result from the group beyond chance and the intensity map's less well
+   (:attr:`~spray.clarc.transform.KindFigures.spectral`). The kind fixes the candidates (:data:`CANDIDATES`),
+   each a method with the artifact's transformation it uses (the pasted patch, the intensity map — the mean
+   input shift with a contrast gain —, the spectral map or the transplant; P- and RR-ClArC use none, they act
+   along the CAV).
    A local artifact's A-ClArC draws either of its two transformations per image (``"local+global"``: the patch
    pasted, or the intensity map, which carries a fixed-position artifact too): a candidate trained on one form
    alone stays sensitive to the other, which step 3 scores, and the one candidate met the targets wherever the two

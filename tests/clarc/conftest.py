@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+
+
+@dataclass(frozen=True)
+class OnePlace:
+    """A localisation whose every sample's mask (``masks``, n × H × W) is the mean ``mask``: masks at one place,
+    as the kind rule reads a fake artifact model's (spray.clarc.transform.spread 0)."""
+
+    mask: torch.Tensor
+    n: int
+
+    @property
+    def masks(self) -> torch.Tensor:
+        return self.mask.expand(self.n, *self.mask.shape).clone()
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

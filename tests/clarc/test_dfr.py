@@ -13,18 +13,24 @@ from torch.utils.data import TensorDataset
 from spray.clarc.dfr import DFR, MIN_GROUP, balanced_subsample, last_linear
 from spray.clarc.groups import infer_groups, worst_group_accuracy
 from spray.errors import BadInputError
+from tests.clarc.conftest import OnePlace
 
 
 @dataclass(frozen=True)
 class ToyArtifact:
     """What DFR and GroupDRO read of an ArtifactModel: the flagged class, its cluster and rest, the patch and
-    mask, and (for a fine-tuning checkpoint) a fingerprint."""
+    mask, each sample's mask (the kind rule's transplant; here the mean mask), and (for a fine-tuning
+    checkpoint) a fingerprint."""
 
     label: int
     artifact_index: np.ndarray
     rest_index: np.ndarray
     patch: torch.Tensor
     mask: torch.Tensor
+
+    @property
+    def localization(self) -> OnePlace:
+        return OnePlace(self.mask, len(self.artifact_index))
 
     def fingerprint(self):
         return {"label": self.label, "cluster": self.artifact_index.tolist()}

@@ -11,6 +11,7 @@ from spray.clarc.augmentive import AClArC
 from spray.clarc.finetune import CHECKPOINT, finetune
 from spray.clarc.rrclarc import RRClArC
 from spray.errors import BadInputError, DivergedError
+from tests.clarc.conftest import OnePlace
 
 
 class FakeArtifact:
@@ -25,6 +26,10 @@ class FakeArtifact:
 
     artifact_index = np.arange(1, 24, 2)  # tiny_data's stamped samples of class 1, and the rest of the class
     rest_index = np.arange(25, 80, 2)
+
+    @property
+    def localization(self) -> OnePlace:
+        return OnePlace(self.mask, len(self.artifact_index))
 
     def fingerprint(self):
         return {"label": self.label, "layer": self.layer}

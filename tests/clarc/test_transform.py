@@ -19,6 +19,7 @@ from spray.clarc.transform import (AGREEMENT, CHANCE_SDS, GAIN_SUPPORT, GLOBAL_C
                                    difference_mask, group_moments, intensity_map, kind_figures, separation, spread,
                                    transplant)
 from spray.errors import BadInputError
+from tests.clarc.conftest import OnePlace
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Masked:
     patch: torch.Tensor
     artifact_index: np.ndarray
     rest_index: np.ndarray
+
+    @property
+    def localization(self) -> OnePlace:
+        return OnePlace(self.mask, len(self.artifact_index))
 
 
 def artifact(share: float) -> Masked:
@@ -252,6 +257,33 @@ def test_a_moving_artifact_is_the_transplant_nearer_chance_than_the_intensity_ma
     assert replace(open_figures, reproduction={"moving": 0.45, "global": 0.60, "spectral": 0.60}).kind == "moving"
     assert replace(open_figures, spread=0.1, reproduction={"moving": 0.5, "global": 0.9, "spectral": 0.55}).kind == (
         "spectral")
+
+
+def test_masks_that_agree_on_a_little_but_lie_apart_leave_the_kind_open():
+    # Four 8×8 samples, each with a 2×2 sticker at another corner and a 2×2 block at the centre that the rest of
+    # the class lacks (a small group's chance overlap): the masks agree on the block, 6 % of the image, but the
+    # transplant's masks (sticker and block) lie apart. With every sticker at one corner the artifact is local.
+    def seen(corners):
+        x, masks = torch.zeros(8, 1, 8, 8), torch.zeros(4, 8, 8)
+        for i, (r, c) in enumerate(corners):
+            x[i, 0, r : r + 2, c : c + 2] = masks[i, r : r + 2, c : c + 2] = 1.0
+            x[i, 0, 3:5, 3:5] = masks[i, 3:5, 3:5] = 1.0
+        data = TensorDataset(x, torch.ones(8, dtype=torch.long))
+        return Seen(1, masks.mean(0), x[:4].mean(0), np.arange(4), np.arange(4, 8), Localized(masks)), data
+    apart, data = seen([(0, 0), (0, 6), (6, 0), (6, 6)])
+    built = Transformations(apart, data)
+    assert agreed_area(built.local.mask) >= MIN_AGREED_AREA
+    with pytest.raises(ValueError, match=OPEN):
+        kind_figures(built, None)
+    figures = kind_figures(built, bright_pixels(brightest=True))
+    assert MIN_SPREAD < figures.spread < 18**0.5 / 8  # the corners' spread, pulled in by the shared block
+    assert figures.open and set(figures.reproduction) == {"moving", "global", "spectral"}  # the model asked
+    together, data = seen([(0, 0)] * 4)
+    figures = kind_figures(Transformations(together, data), None)
+    assert figures.spread == pytest.approx(0.0, abs=1e-6) and figures.kind == "local"
+    assert KindFigures(0.2, 0.3, spread=MIN_SPREAD - 0.01).kind == "local"
+    assert KindFigures(0.2, 0.3, spread=MIN_SPREAD, reproduction={"moving": 0.5, "global": 0.8, "spectral": 0.8},
+                       chance=0.05).kind == "moving"
 
 
 class Magnitude(torch.nn.Module):

@@ -61,7 +61,7 @@ def main() -> None:
             print(f"{case.name}: no auto run, skipped")
             continue
         recorded, read = found
-        aucs = ", ".join(f"{k} {v:.3f}" for k, v in (read.reproduction or {}).items())
+        aucs = ", ".join(f"{k} {v:.3f}" for k, v in (read.reproduction or {}).items()) or "model not asked"
         spread = "–" if read.spread is None else f"{read.spread:.3f}"
         chance = "" if read.chance is None else f" (chance SD {read.chance:.3f})"
         print(f"{case.name}: uses {uses}; coverage {read.coverage:.3f}, agreed {read.agreed_area:.4f} "

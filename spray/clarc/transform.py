@@ -176,7 +176,7 @@ class KindFigures:
     def kind(self) -> str:
         """The rule of :func:`artifact_kind` on these figures."""
         if not self.open:
-            kind = "global" if self.coverage >= GLOBAL_COVERAGE or self.contrast else "local"
+            kind = "local" if self.masked else "global"
         else:
             assert self.spread is not None and self.reproduction is not None
             found = self.reproduction

@@ -247,10 +247,10 @@ def test_a_global_artifact_takes_the_spectral_map_unless_told_apart_and_the_inte
     chance = chance_sd(35, 315)  # 0.0515: the spectral map is told apart from 0.103 off 0.5
     figures = KindFigures(coverage=1.0, agreed_area=0.0, gain=0.5, reproduction=found, chance=chance)
     assert figures.kind == kind
-    assert separation(0.39) == pytest.approx(separation(0.61)) == pytest.approx(0.11)
 
 
 def test_a_moving_artifact_is_the_transplant_nearer_chance_than_the_intensity_map_either_way():
+    assert separation(0.39) == pytest.approx(separation(0.61)) == pytest.approx(0.11)
     open_figures = KindFigures(coverage=0.1, agreed_area=0.0, spread=0.3, chance=0.05,
                                reproduction={"moving": 0.30, "global": 0.60, "spectral": 0.60})
     assert open_figures.open and open_figures.kind == "spectral"  # the transplant overshoots further: not moving

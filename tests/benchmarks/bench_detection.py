@@ -97,13 +97,17 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def summary(rows: list[dict]) -> str:
+def summary(rows: list[dict], rankings: tuple[str, ...] | list[str] = RANKINGS) -> str:
+    """Per split and ranking (``rankings``: keys of each row's scores): ranked first, flagged and mean F1 where
+    the model uses its artifact, false flags on clean classes with their Wilson interval, and on controls."""
     lines = ["| split | ranking | cases | ranked first (uses) | flagged (uses) | mean F1 (uses) | "
              "false flags, clean classes [95 %] | controls |", "|---|---|---|---|---|---|---|---|"]
     for split in ("dev", "heldout"):
         here = [r for r in rows if r["split"] == split]
+        if not here:
+            continue
         used = [r for r in here if r["uses"]]
-        for name in RANKINGS:
+        for name in rankings:
             f1 = [r[name]["f1"] for r in used if r[name]["f1"] is not None]
             false = sum(r[name]["clean_flags"] for r in here)
             total = sum(r[name]["clean_classes"] for r in here)

@@ -1,17 +1,19 @@
-"""Max-pooled activations at other layers than the first, in the ranking: does a deeper feature map find what
-the first one misses?
+"""Pooled activations at other layers than the first, or pooled otherwise, in the ranking: does a deeper feature
+map, or the channels' mean over positions, find what the first map's maxima miss?
 
 The benchmark ranks three analyses (spray.benchmark.run.RANKED); the third, ``activation_max``, is each channel's
 maximum over the first feature map (the CNN's 8 channels at ``features.2``). For each cached case, this script
 copies the model and the audit store to ``--work`` (the cache is left as it is), stores the maximum over
-positions of every ``--layers`` module's channels (spray.workflow.latent_attributor, grid 1) as attribution and
-analysis ``amax_<layer>`` (the benchmark's activation_max pipeline), and scores, with the benchmark's detection
+positions of every ``--layers`` module's channels (``--quantity activation_max``, the default; ``activation``:
+their mean, a texture statistic; spray.workflow.latent_attributor, grid 1) as attribution and analysis
+``amax_<layer>`` or ``amean_<layer>`` (the benchmark's activation_max pipeline), and scores, with the benchmark's detection
 scoring, the rankings ``shipped`` (RANKED), ``first alone``, and per layer ``<layer> in place`` (the layer's
 analysis instead of the first map's), ``<layer> alone`` and ``<layer> added`` (all four analyses). A rerun reuses
 the copies it finished. docs/benchmark.md, "Why the ResNet finds 3 % groups the CNN misses", reports it.
 
 Run:  python tests/benchmarks/bench_activation_layers.py CACHE [CACHE ...] --work DIR --layers features.6,features.10
-      [--full] [--seeds 0,1,2] [--json OUT]
+      [--quantity activation] [--full] [--seeds 0,1,2] [--json OUT]
+(``--layers`` takes module names, ``first`` and ``default``: ClArC's default layer.)
 """
 
 from __future__ import annotations
@@ -33,53 +35,57 @@ from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
 from spray.workflow import latent_attributor
 
-DONE = "layers-done"
+QUANTITIES = {ACTIVATION_MAX: "amax", "activation": "amean"}
 
 
-def analysis_name(layer: str) -> str:
-    return "amax_" + layer.replace(".", "_")
+def analysis_name(layer: str, quantity: str) -> str:
+    return f"{QUANTITIES[quantity]}_{layer.replace('.', '_')}"
 
 
-def add_layers(case: Case, directory: Path, work: Path, layers: list[str],
+def add_layers(case: Case, directory: Path, work: Path, layers: list[str], quantity: str,
                size: Size) -> tuple[Path, CaseData, nn.Module, bool | None]:
-    """The case's copy in ``work`` with every layer's max-pooled activations attributed and analysed."""
+    """The case's copy in ``work`` with every layer's pooled activations attributed and analysed."""
     here = work / directory.name
-    if not (here / DONE).exists():
+    done = here / f"{QUANTITIES[quantity]}-{'+'.join(layers)}-done"
+    if not (here / "model.pt").exists():  # copied last: a store without it may be a torn copy
         here.mkdir(parents=True, exist_ok=True)
         for name in ("audit.h5", "model.pt"):
             shutil.copy(directory / name, here / name)
     data, model, uses = bench_detection.cached_model(case, here, bench_detection.load_images("mnist"), size)
-    if not (here / DONE).exists():
+    if not done.exists():
         train = data.dataset(data.train)
         for layer in layers:
-            name = analysis_name(layer)
+            name = analysis_name(layer, quantity)
             attribute_dataset(here / "audit.h5", model, train, AttributionRun(
-                latent_attributor(get_method(METHOD), model, train, layer, 1, ACTIVATION_MAX),
+                latent_attributor(get_method(METHOD), model, train, layer, 1, quantity),
                 model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
                 dataset_name=case.name, name=name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
                 thumbnail_size=None, progress=False))
             analyze(str(here / "audit.h5"), pipeline_from_text(_latent_pipeline(name, name), source=name),
                     progress=False)
-        (here / DONE).touch()
+        done.touch()
     return here, data, model, uses
 
 
 def main() -> None:
     args, seeds = bench_detection.cached_case_arguments(
         __doc__.split("\n\n")[0], {"--work": "where the copies of the cases go (required)",
-                                   "--layers": "comma-separated modules whose max-pooled activations are ranked"},
+                                   "--layers": "comma-separated modules whose pooled activations are ranked",
+                                   "--quantity": "activation_max (default) or activation (the mean)"},
         flags={"--full": "the caches hold full-size cases"})
     if not args.work or not args.layers:
         raise SystemExit("--work and --layers are required")
-    layers, size = args.layers.split(","), FULL if args.full else QUICK
+    layers, size, quantity = args.layers.split(","), FULL if args.full else QUICK, args.quantity or ACTIVATION_MAX
+    if quantity not in QUANTITIES:
+        raise SystemExit(f"--quantity must be one of {', '.join(QUANTITIES)}, not {quantity!r}")
     rows = []
     for case, directory in bench_detection.cases(args.caches, seeds, size):
-        here, data, model, uses = add_layers(case, directory, Path(args.work), layers, size)
+        here, data, model, uses = add_layers(case, directory, Path(args.work), layers, quantity, size)
         row = {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses}
         with AuditStore(here / "audit.h5", mode="r") as store:
             rankings = {"shipped": rank_analyses(store, RANKED), "first alone": rank_classes(store, ACTIVATION_MAX)}
             for layer in layers:
-                name, others = analysis_name(layer), [a for a in RANKED if a != ACTIVATION_MAX]
+                name, others = analysis_name(layer, quantity), [a for a in RANKED if a != ACTIVATION_MAX]
                 rankings[f"{layer} in place"] = rank_analyses(store, [*others, name])
                 rankings[f"{layer} alone"] = rank_classes(store, name)
                 rankings[f"{layer} added"] = rank_analyses(store, [*RANKED, name])

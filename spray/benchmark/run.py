@@ -52,7 +52,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 21
+SCORES = 22
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -76,7 +76,9 @@ transformation is its spectral map where the model tells it from the group less 
 correction records whether its class is flagged (``flagged``; ``--cluster top`` prefers a flagged class, docs/clarc.md
 §29); 20: a global artifact takes its spectral map unless the model tells that map's result from the group beyond
 chance and the intensity map's less well, each AUC's distance from 0.5 either way (docs/clarc.md §32); 21: an
-agreed area makes an artifact local only where its transplant masks lie at one place (docs/clarc.md §32)."""
+agreed area makes an artifact local only where its transplant masks lie at one place (docs/clarc.md §32); 22: masks
+apart read a moving artifact unless the model tells the transplant's result from the group worse than the intensity
+map's beyond chance (docs/clarc.md §34)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

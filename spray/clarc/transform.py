@@ -105,7 +105,8 @@ cases were looked at while choosing it, so they do not test it: the random patch
 0.11–0.16, a sub-style of a clean class 0.07 (docs/clarc.md §17)."""
 CHANCE_SDS = 2.0
 """A :func:`reproduction` AUC at least this many :func:`chance_sd` from 0.5 counts as the CAV telling the
-transformed rest from the group (about a two-sided 5 % test of the Mann–Whitney statistic)."""
+transformed rest from the group (about a two-sided 5 % test of the Mann–Whitney statistic); two AUCs' separations
+that differ by less are a tie (:attr:`KindFigures.moving`)."""
 BOTH = "local+global"
 """The kind of the :class:`Either` of a local artifact's patch and intensity map."""
 KINDS = ("auto", "local", "global", "spectral", "moving", BOTH)
@@ -179,10 +180,20 @@ class KindFigures:
             kind = "local" if self.masked else "global"
         else:
             assert self.spread is not None and self.reproduction is not None
-            found = self.reproduction
-            moving = self.apart and separation(found["moving"]) < separation(found["global"])
-            kind = "moving" if moving else "global"
+            kind = "moving" if self.moving else "global"
         return "spectral" if kind == "global" and self.spectral else kind
+
+    @property
+    def moving(self) -> bool:
+        """Whether an artifact the masks leave open takes its transplant: where its masks lie apart, unless the
+        CAV tells the transplanted rest from the group better than the intensity map's result by at least
+        :data:`CHANCE_SDS` :func:`chance_sd` (their :func:`separation`). The masks read a local artifact at
+        different places; the model overturns that reading only beyond chance (docs/clarc.md §34)."""
+        if not self.apart:
+            return False
+        assert self.reproduction is not None and self.chance is not None
+        found = self.reproduction
+        return separation(found["moving"]) < separation(found["global"]) + CHANCE_SDS * self.chance
 
     @property
     def spectral(self) -> bool:
@@ -224,8 +235,8 @@ def artifact_kind(transforms: Transformations, model: nn.Module | None) -> str:
     :func:`intensity_map` changes the contrast (gain at most :data:`GLOBAL_GAIN` or at least its inverse); else
     ``"local"`` if the :func:`agreed_area` of its :func:`pasted_mask` is at least :data:`MIN_AGREED_AREA` and the
     transplant's masks lie at one place (their :func:`spread` under :data:`MIN_SPREAD`); else ``"moving"`` if they lie
-    at different places and ``model`` tells the :class:`Transplant` of the rest of the class from the group less well
-    than its :class:`Intensity` map (:func:`reproduction`, :func:`separation`), else ``"global"``. A global artifact
+    at different places, unless ``model`` tells the :class:`Transplant` of the rest of the class from the group
+    worse than its :class:`Intensity` map beyond chance (:attr:`KindFigures.moving`), else ``"global"``. A global artifact
     is ``"spectral"`` wherever ``model`` is given (:attr:`KindFigures.spectral`), unless it tells the
     :class:`~spray.clarc.spectrum.Spectrum` map of the rest from the group beyond chance and the intensity map's less
     well: the spectral map models a blur, which lowers the fine detail and keeps the coarse, and a flat artifact as

@@ -8,11 +8,12 @@ The rule, in order:
 2. **Kind.** The artifact is *local*, *global* or *moving* (spray.clarc.transform.artifact_kind): global
    when the mean mask covers at least half the image, or the group's intensity map changes the contrast
    where the class varies (a lifted background does, a patch does not); local when the group's masks agree
-   on at least 1 % of it where the cluster differs from the rest of its class (a local artifact sits at the
-   same pixels in every sample); otherwise moving (a local artifact at another place in each sample) when
-   the group's own masked content transplanted into the rest of the class reproduces what the CAV sees
-   better than the intensity map does, else global (LRP along a global confounder's CAV lands on each
-   sample's own content). A global artifact is *spectral*, the group's spectral map of the rest of the class
+   on at least 1 % of it where the cluster differs from the rest of its class and lie at one place (a local
+   artifact sits at the same pixels in every sample); otherwise moving (a local artifact at another place in
+   each sample) when the masks lie apart, unless the intensity map reproduces what the CAV sees better than
+   the group's own masked content transplanted into the rest of the class, beyond chance
+   (:attr:`~spray.clarc.transform.KindFigures.moving`), else global (LRP along a global confounder's CAV lands
+   on each sample's own content). A global artifact is *spectral*, the group's spectral map of the rest of the class
    (a gain per spatial frequency: a blur), which nests its intensity map (one gain: a lifted background), unless
    the model tells the spectral map's result from the group beyond chance and the intensity map's less well
    (:attr:`~spray.clarc.transform.KindFigures.spectral`). The kind fixes the candidates (:data:`CANDIDATES`),

@@ -42,7 +42,7 @@ def analysis_name(layer: str, quantity: str) -> str:
     return f"{QUANTITIES[quantity]}_{layer.replace('.', '_')}"
 
 
-def add_layers(case: Case, directory: Path, work: Path, layers: list[str], quantity: str,
+def add_layers(case: Case, directory: Path, images: object, work: Path, layers: list[str], quantity: str,
                size: Size) -> tuple[Path, CaseData, nn.Module, bool | None]:
     """The case's copy in ``work`` with every layer's pooled activations attributed and analysed."""
     here = work / directory.name
@@ -51,7 +51,7 @@ def add_layers(case: Case, directory: Path, work: Path, layers: list[str], quant
         here.mkdir(parents=True, exist_ok=True)
         for name in ("audit.h5", "model.pt"):
             shutil.copy(directory / name, here / name)
-    data, model, uses = bench_detection.cached_model(case, here, bench_detection.load_images("mnist"), size)
+    data, model, uses = bench_detection.cached_model(case, here, images, size)
     if not done.exists():
         train = data.dataset(data.train)
         for layer in layers:
@@ -78,9 +78,9 @@ def main() -> None:
     layers, size, quantity = args.layers.split(","), FULL if args.full else QUICK, args.quantity or ACTIVATION_MAX
     if quantity not in QUANTITIES:
         raise SystemExit(f"--quantity must be one of {', '.join(QUANTITIES)}, not {quantity!r}")
-    rows = []
-    for case, directory in bench_detection.cases(args.caches, seeds, size):
-        here, data, model, uses = add_layers(case, directory, Path(args.work), layers, quantity, size)
+
+    def score(case: Case, directory: Path, images: object) -> dict:
+        here, data, model, uses = add_layers(case, directory, images, Path(args.work), layers, quantity, size)
         row = {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses}
         with AuditStore(here / "audit.h5", mode="r") as store:
             rankings = {"shipped": rank_analyses(store, RANKED), "first alone": rank_classes(store, ACTIVATION_MAX)}
@@ -91,11 +91,15 @@ def main() -> None:
                 rankings[f"{layer} added"] = rank_analyses(store, [*RANKED, name])
             for key, ranking in rankings.items():
                 row[key] = _detect(data, model, ranking)[1]
+        return row
+
+    rows = []
+    for case, row in bench_detection.scored(args.caches, seeds, score, size=size):
         rows.append(row)
-        print(f"{case.name}: uses {uses}, " + ", ".join(
+        print(f"{case.name}: uses {row['uses']}, " + ", ".join(
             f"{key} rank {row[key]['rank']}{' flagged' if row[key]['flagged'] else ''} F1 "
             f"{bench_detection._rounded(row[key]['f1'])} clean flags {row[key]['clean_flags']}"
-            for key in rankings), flush=True)
+            for key in row if isinstance(row[key], dict)), flush=True)
     names = [key for key in rows[0] if isinstance(rows[0][key], dict)] if rows else []
     print(bench_detection.summary(rows, names))
     if args.json:

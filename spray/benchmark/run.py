@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
-from spray.attribution.methods import get_method
+from spray.attribution.methods import Attributor, get_method
 from spray.attribution import AttributionRun, attribute_dataset
 from spray.benchmark.baseline import BASELINES
 from spray.benchmark.cases import Case, CaseData, Size, check_extras, make_case
@@ -242,10 +243,7 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
         lrp = get_method(METHOD)
         for attributor, name in ((lrp, None), (latent_attributor(lrp, model, train), None),
                                  (latent_attributor(lrp, model, train, "first", 1, ACTIVATION_MAX), ACTIVATION_MAX)):
-            attribute_dataset(store, model, train, AttributionRun(
-                attributor, model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
-                dataset_name=case.name, name=name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
-                thumbnail_size=None, progress=progress))
+            attribute_case(store, model, train, case, attributor, name, progress)
     pipelines = {"pixel": pipeline_from_text(PIPELINE, source="spray.benchmark pipeline"),
                  "concept": pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline"),
                  ACTIVATION_MAX: pipeline_from_text(ACTIVATION_MAX_PIPELINE,
@@ -268,6 +266,16 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     guard.write(scored, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return result
+
+
+def attribute_case(store: str | Path, model: torch.nn.Module, train: TensorDataset, case: Case, attributor: Attributor,
+                   name: str | None = None, progress: bool = False) -> None:
+    """Attribute ``case``'s training split ``train`` with ``attributor`` into ``store`` as the benchmark does (its
+    batch size, no thumbnails), as attribution ``name`` (None: the attributor's own); resumes a partial run."""
+    attribute_dataset(store, model, train, AttributionRun(
+        attributor, model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
+        dataset_name=case.name, name=name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
+        thumbnail_size=None, progress=progress))
 
 
 def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, alone: dict[str, Ranking],

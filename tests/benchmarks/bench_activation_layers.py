@@ -25,11 +25,9 @@ from pathlib import Path
 from torch import nn
 
 import bench_detection  # this folder, first on sys.path when run as a script
-from spray.attribution import AttributionRun, attribute_dataset
 from spray.attribution.methods import get_method
 from spray.benchmark.cases import FULL, QUICK, Case, CaseData, Size
-from spray.benchmark.run import ACTIVATION_MAX, ATTRIBUTION_BATCH, METHOD, RANKED, _detect, _latent_pipeline
-from spray.data.models import model_hash
+from spray.benchmark.run import ACTIVATION_MAX, METHOD, RANKED, _detect, _latent_pipeline, attribute_case
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
@@ -56,11 +54,8 @@ def add_layers(case: Case, directory: Path, images: object, work: Path, layers: 
         train = data.dataset(data.train)
         for layer in layers:
             name = analysis_name(layer, quantity)
-            attribute_dataset(here / "audit.h5", model, train, AttributionRun(
-                latent_attributor(get_method(METHOD), model, train, layer, 1, quantity),
-                model_hash=model_hash(model), model_name=f"spray.benchmark {case.architecture}",
-                dataset_name=case.name, name=name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
-                thumbnail_size=None, progress=False))
+            attribute_case(here / "audit.h5", model, train, case,
+                           latent_attributor(get_method(METHOD), model, train, layer, 1, quantity), name)
             analyze(str(here / "audit.h5"), pipeline_from_text(_latent_pipeline(name, name), source=name),
                     progress=False)
         done.touch()

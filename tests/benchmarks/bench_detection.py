@@ -63,15 +63,20 @@ def cases(caches: list[Path], seeds: set[int] | None, size: Size = QUICK) -> lis
     return list(found.values())
 
 
+def trained_model(case: Case, directory: Path, data: CaseData) -> torch.nn.Module:
+    """The cached case's trained weights (``directory``/model.pt) in its architecture, in eval mode."""
+    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
+    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
+    return model.eval()
+
+
 def cached_model(case: Case, directory: Path, images: object,
                  size: Size = QUICK) -> tuple[CaseData, torch.nn.Module, bool | None]:
     """A cached case's data, its trained model (in eval mode) and whether the model *uses* its artifact
     (accuracy with the artifact in every clean test image at least USES_MARGIN under clean accuracy, as the
     scorecard decides; None on the control)."""
     data = make_case(case, images, size)
-    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-    model.eval()
+    model = trained_model(case, directory, data)
     if data.everywhere_test is None:
         return data, model, None
     clean = accuracy(model, data.dataset(data.clean_test))

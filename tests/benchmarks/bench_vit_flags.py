@@ -31,18 +31,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from bench_detection import cases
-from spray.attribution import AttributionRun, attribute_dataset
+from bench_detection import cases, trained_model
 from spray.attribution.latent import LatentAttributor, area_pool
 from spray.attribution.methods import get_method
 from spray.benchmark.cases import QUICK, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection
-from spray.benchmark.models import build
-from spray.benchmark.run import ATTRIBUTION_BATCH, CONCEPT_PIPELINE, METHOD, PIPELINE
-from spray.data.models import model_hash
+from spray.benchmark.run import CONCEPT_PIPELINE, METHOD, PIPELINE, attribute_case
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import flag_tests, rank_classes
 from spray.results import best_clusters
@@ -125,28 +121,18 @@ def main() -> None:
                     + f"[preprocess]\ngrid = {args.grid}\n")
             analyze(store_path, pipeline_from_text(spec, source="bench_vit_flags --grid"))
             variants.append(name)
+        if args.method or args.token_latent:
+            model, train = trained_model(case, directory, data), data.dataset(data.train)
         if args.method:
             name, method = f"m_{args.method}", args.method
-            model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-            model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-            train = data.dataset(data.train)
             # The benchmark's images are pixel values in [0, 1]: z^B's box.
             params = {"low": 0.0, "high": 1.0} if method == "epsilon_gamma_box" else {}
-            attribute_dataset(store_path, model.eval(), train, AttributionRun(
-                get_method(method, **params), model_hash=model_hash(model), model_name=f"bench {case.architecture}",
-                dataset_name=case.name, batch_size=ATTRIBUTION_BATCH, label_names=train.label_names,
-                thumbnail_size=None, progress=False))
+            attribute_case(store_path, model, train, case, get_method(method, **params))
             spec = PIPELINE.replace('name = "spray"', f'name = "{name}"\nattribution = "{method}"')
             analyze(store_path, pipeline_from_text(spec, source="bench_vit_flags --method"))
             variants.append(name)
         if args.token_latent:
-            model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-            model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-            train = data.dataset(data.train)
-            attribute_dataset(store_path, model.eval(), train, AttributionRun(
-                TokenLatent(get_method(METHOD), args.token_latent, 2), model_hash=model_hash(model),
-                model_name=f"bench {case.architecture}", dataset_name=case.name, batch_size=ATTRIBUTION_BATCH,
-                label_names=train.label_names, thumbnail_size=None, progress=False))
+            attribute_case(store_path, model, train, case, TokenLatent(get_method(METHOD), args.token_latent, 2))
             spec = CONCEPT_PIPELINE.replace('name = "concept"', 'name = "tokens"').replace(
                 'attribution = "latent"', f'attribution = "{TokenLatent.name}"')
             analyze(store_path, pipeline_from_text(spec, source="bench_vit_flags --token-latent"))

@@ -11,10 +11,6 @@ import io
 import numpy as np
 from PIL import Image
 
-HEATMAP_CMAP = "bwr"
-"""Diverging map: red = evidence for the explained class, blue = against, white = none. Computed exactly
-(matplotlib's 256-entry lookup table puts 0 at 0.4980, slightly off white and off symmetric)."""
-
 _MIN_SIDE = 112  # small images are enlarged (nearest neighbour) to at least this many pixels
 
 
@@ -37,7 +33,9 @@ def reduce_heatmap(relevance: np.ndarray) -> np.ndarray:
 
 
 def heatmap_rgb(heatmap: np.ndarray) -> np.ndarray:
-    """(H, W) relevance -> (H, W, 3) uint8, scaled by its own largest magnitude so that 0 is white."""
+    """(H, W) relevance -> (H, W, 3) uint8, scaled by its own largest magnitude so that 0 is white: the diverging
+    blue-white-red map, red = evidence for the explained class, blue = against, white = none. Computed exactly
+    (matplotlib's 256-entry "bwr" table puts 0 at 0.4980, slightly off white and off symmetric)."""
     scale = float(np.abs(heatmap).max()) if heatmap.size else 0.0
     unit = heatmap / scale if scale > 0 else np.zeros_like(heatmap)
     unit = np.clip(unit, -1.0, 1.0)

@@ -20,8 +20,9 @@ For each cached quick case (as bench_detection.py finds them) it prints, from th
    F1) with the clean classes it flags, and whether its kNN graphs equal the ``spray`` analysis's. All three
    WRITE into the stores: run them on a copy of the cache.
 
-Run:  python tests/benchmarks/bench_vit_flags.py CACHE [--seeds 0,1] [--patch 7] [--grid 4]
+Run:  python tests/benchmarks/bench_vit_flags.py CACHE [--full] [--seeds 0,1] [--patch 7] [--grid 4]
       [--method epsilon_gamma_box] [--token-latent encoder.layers.encoder_layer_2]
+(``--full``: the cache holds full-size cases, not ``--quick`` ones.)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 from bench_detection import cases, trained_model
 from spray.attribution.latent import LatentAttributor, area_pool
 from spray.attribution.methods import get_method
-from spray.benchmark.cases import QUICK, make_case
+from spray.benchmark.cases import FULL, QUICK, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection
 from spray.benchmark.run import CONCEPT_PIPELINE, METHOD, PIPELINE, attribute_case
@@ -103,15 +104,16 @@ def variant_row(store: AuditStore, name: str, poisoned: int, planted: list[int])
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("caches", nargs="+", type=Path)
+    parser.add_argument("--full", action="store_true")
     parser.add_argument("--seeds", type=lambda s: {int(v) for v in s.split(",")})
     parser.add_argument("--patch", type=int, default=7)
     parser.add_argument("--grid", type=int)
     parser.add_argument("--method")
     parser.add_argument("--token-latent")
     args = parser.parse_args()
-    images = load_images("mnist")
-    for case, directory in cases(args.caches, args.seeds):
-        data = make_case(case, images, QUICK)
+    size, images = FULL if args.full else QUICK, load_images("mnist")
+    for case, directory in cases(args.caches, args.seeds, size):
+        data = make_case(case, images, size)
         planted, store_path = sorted(data.planted.tolist()), str(directory / "audit.h5")
         variants = []
         start = time.process_time()

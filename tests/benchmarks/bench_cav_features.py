@@ -30,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_detection import cached_case_arguments, cases
+from bench_detection import cached_case_arguments, cases, trained_model
 from spray.benchmark.cases import QUICK, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import out_of_fold_cav_auroc
-from spray.benchmark.models import build
 from spray.benchmark.run import USES_MARGIN, _detect
 from spray.clarc.activations import activations, default_layer, pool
 from spray.ranking import rank_analyses
@@ -54,9 +53,7 @@ def features(a: torch.Tensor, latent: np.ndarray) -> dict[str, np.ndarray]:
 
 def score(case, directory: Path, images: object) -> dict:
     data = make_case(case, images, QUICK)
-    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-    model.eval()
+    model = trained_model(case, directory, data)
     clean = accuracy(model, data.dataset(data.clean_test))
     everywhere = accuracy(model, data.dataset(data.everywhere_test))
     in_class = np.flatnonzero(data.train[1] == data.poisoned_class)

@@ -21,15 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
 import spray.ranking as ranking
-from bench_detection import cases, wilson
+from bench_detection import cases, trained_model, wilson
 from spray.benchmark.cases import QUICK, make_case
 from spray.benchmark.data import load_images
-from spray.benchmark.models import build
 from spray.benchmark.run import USES_MARGIN
 from spray.results import best_clusters
 from spray.store import AuditStore
@@ -78,9 +76,7 @@ def harvest(case, directory: Path, images: object) -> dict:
     """What re-ranking a case needs: its classes' best clusters per analysis, its poisoned class, whether its
     model uses the artifact."""
     data = make_case(case, images, QUICK)
-    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-    model.eval()
+    model = trained_model(case, directory, data)
     uses = None if data.everywhere_test is None else (
         accuracy(model, data.dataset(data.clean_test)) - accuracy(model, data.dataset(data.everywhere_test))
         >= USES_MARGIN)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_detection import cached_case_arguments, cases
+from bench_detection import cached_case_arguments, cases, trained_model
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -50,7 +50,6 @@ from spray.attribution.methods import get_method
 from spray.benchmark.cases import QUICK, Case, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection
-from spray.benchmark.models import build
 from spray.benchmark.run import CONCEPT_PIPELINE, METHOD
 from spray.errors import BadInputError
 from spray.pipeline import pipeline_from_text
@@ -106,9 +105,7 @@ def measure(case: Case, directory: Path, images: object) -> dict:
     data = make_case(case, images, QUICK)
     if data.is_global or case.is_control or case.architecture != "cnn":
         raise BadInputError(f"{case.name}: no local artifact on the benchmark's CNN")
-    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-    model.eval()
+    model = trained_model(case, directory, data)
     members = np.flatnonzero(data.train[1] == data.poisoned_class)
     planted = np.isin(members, data.planted)
     found = representations(model, torch.from_numpy(data.train[0][members]), data.poisoned_class)
@@ -125,9 +122,7 @@ def ranked(case: Case, directory: Path, images: object, name: str) -> dict:
     """The poisoned class's rank, q-value, excess and named cluster, and the clean classes' flags, when every
     class's representation ``name`` is analysed by the concept pipeline and judged by the flag rule."""
     data = make_case(case, images, QUICK)
-    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-    model.eval()
+    model = trained_model(case, directory, data)
     params = pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline").nodes
     clusterings = sorted(n for n in params if n in NODES and NODES[n].kind == "clustering")
     labels = range(len(data.label_names))

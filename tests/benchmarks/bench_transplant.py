@@ -20,9 +20,9 @@ import json
 import numpy as np
 import torch
 
-from bench_detection import cached_case_arguments, scored  # this folder, first on sys.path when run as a script
+# this folder, first on sys.path when run as a script
+from bench_detection import cached_case_arguments, scored, trained_model
 from spray.benchmark.cases import QUICK, make_case
-from spray.benchmark.models import build
 from spray.benchmark.run import RANKED
 from spray.ranking import rank_analyses
 from spray.store import AuditStore
@@ -50,9 +50,7 @@ def transplant_rates(model: torch.nn.Module, train: tuple, test: tuple, label: i
 
 def score(case, directory, images) -> dict:
     data = make_case(case, images, QUICK)
-    model = build(case.architecture, case.seed, len(data.label_names), data.train[0].shape[1])
-    model.load_state_dict(torch.load(directory / "model.pt", map_location="cpu"))
-    model.eval()
+    model = trained_model(case, directory, data)
     with AuditStore(directory / "audit.h5", mode="r") as store:
         ranking = [e for e in rank_analyses(store, RANKED) if e.cluster is not None]
     rng, classes = np.random.default_rng(0), []

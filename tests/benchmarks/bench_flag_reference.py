@@ -25,13 +25,10 @@ from scipy.stats import norm
 from scipy.stats import t as student_t
 
 import spray.ranking as ranking
-from bench_detection import cases, trained_model, wilson
-from spray.benchmark.cases import QUICK, make_case
+from bench_detection import cached_model, cases, wilson
 from spray.benchmark.data import load_images
-from spray.benchmark.run import USES_MARGIN
 from spray.results import best_clusters
 from spray.store import AuditStore
-from spray.training import accuracy
 
 Reference = Callable[[float, np.ndarray], tuple[float, float, float, float]]
 
@@ -75,11 +72,7 @@ REFERENCES: dict[str, Reference] = {
 def harvest(case, directory: Path, images: object) -> dict:
     """What re-ranking a case needs: its classes' best clusters per analysis, its poisoned class, whether its
     model uses the artifact."""
-    data = make_case(case, images, QUICK)
-    model = trained_model(case, directory, data)
-    uses = None if data.everywhere_test is None else (
-        accuracy(model, data.dataset(data.clean_test)) - accuracy(model, data.dataset(data.everywhere_test))
-        >= USES_MARGIN)
+    data, _, uses = cached_model(case, directory, images)
     with AuditStore(directory / "audit.h5", mode="r") as store:
         found = {a: best_clusters(store, a) for a in ("spray", "concept")}
     return {"split": case.split, "poisoned": None if case.is_control else data.poisoned_class, "uses": uses,

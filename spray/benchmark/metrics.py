@@ -53,6 +53,16 @@ def out_of_fold_cav_auroc(activations: np.ndarray, flagged: np.ndarray, truth: n
     return float(roc_auc_score(truth, scores))
 
 
+def best_separated(feature_sets: Sequence[np.ndarray], flagged: np.ndarray, *, seed: int = 0) -> int:
+    """The index of the feature set (each (n, F_i), the same n samples) in which spray's flagged cluster is
+    best separated from the rest of its class: the largest :func:`out_of_fold_cav_auroc` of the flagged
+    labels themselves (ties and sets where it cannot be computed: the earliest). No ground truth chooses, so
+    the benchmark may score the CAV in the set chosen (docs/benchmark.md, "CAV retrieval")."""
+    flagged = np.asarray(flagged, bool)
+    separation = [out_of_fold_cav_auroc(features, flagged, flagged, seed=seed) for features in feature_sets]
+    return int(np.argmax([-1.0 if auc is None else auc for auc in separation]))
+
+
 def relevance_density(relevance: np.ndarray, masks: np.ndarray) -> float:
     """Mean over samples of (share of |relevance| inside the mask) / (the mask's share of the image area).
 

@@ -35,11 +35,11 @@ from spray.benchmark.baseline import BASELINES
 from spray.benchmark.cases import Case, CaseData, Size, check_extras, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.faithfulness import aopc, spread
-from spray.benchmark.metrics import detection, mask_iou, out_of_fold_cav_auroc, relevance_density
+from spray.benchmark.metrics import best_separated, detection, mask_iou, out_of_fold_cav_auroc, relevance_density
 from spray.benchmark.models import RECIPES, build, training_config
 from spray.clarc import (CORRECTIONS, ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer,
                          isolate_artifact, localize)
-from spray.clarc.activations import activations, pool
+from spray.clarc.activations import activations, first_layer, pool
 from spray.clarc.projective import explaining
 from spray.data.models import model_hash
 from spray.errors import BadInputError
@@ -53,7 +53,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 22
+SCORES = 23
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -79,14 +79,15 @@ correction records whether its class is flagged (``flagged``; ``--cluster top`` 
 chance and the intensity map's less well, each AUC's distance from 0.5 either way (docs/clarc.md §32); 21: an
 agreed area makes an artifact local only where its transplant masks lie at one place (docs/clarc.md §32); 22: masks
 apart read a moving artifact unless the model tells the transplant's result from the group worse than the intensity
-map's beyond chance (docs/clarc.md §34)."""
+map's beyond chance (docs/clarc.md §34); 23: the CAV AUROC's CAV is fitted in the feature set of
+:func:`cav_features` that separates the named cluster best (docs/benchmark.md, "CAV retrieval")."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
 CAV_GRID = 2
-"""The CAV AUROC's CAV is fitted to ClArC's default layer's activations averaged over 2 × 2 cells per channel
-(spray.clarc.activations.pool), not over every position: a local artifact raises a few channels in a few
-positions, and the mean over all of them dilutes it (chosen on the development split, docs/benchmark.md)."""
+"""The CAV AUROC's CAV, in ClArC's default layer, is fitted to its activations averaged over 2 × 2 cells per
+channel (spray.clarc.activations.pool), not over every position: a local artifact raises a few channels in a
+few positions, and the mean over all of them dilutes it (chosen on the development split, docs/benchmark.md)."""
 USES_MARGIN = 0.05
 """A model *uses* the artifact when pasting it into every clean test image costs at least 5 points."""
 PIPELINE = """
@@ -342,12 +343,23 @@ def _detect(data: CaseData, model: torch.nn.Module, ranking: Ranking) -> tuple[l
 
 def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:
     """Out-of-fold CAV AUROC of the planted samples within the poisoned class, the CAV fitted to spray's
-    flagged cluster in ClArC's default layer, pooled to :data:`CAV_GRID` × :data:`CAV_GRID` cells."""
+    flagged cluster in the one of :func:`cav_features` that separates that cluster best (no ground truth)."""
     in_class = np.flatnonzero(data.train[1] == data.poisoned_class)
-    x = torch.from_numpy(data.train[0][in_class])
-    pooled = pool(activations(model, default_layer(model, x[:2]), x), CAV_GRID).numpy()
-    return out_of_fold_cav_auroc(pooled, np.isin(in_class, members), np.isin(in_class, data.planted),
-                                 seed=data.case.seed)
+    flagged = np.isin(in_class, members)
+    sets = cav_features(model, torch.from_numpy(data.train[0][in_class]))
+    chosen = sets[best_separated(sets, flagged, seed=data.case.seed)]
+    return out_of_fold_cav_auroc(chosen, flagged, np.isin(in_class, data.planted), seed=data.case.seed)
+
+
+def cav_features(model: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    """The feature sets the CAV AUROC's CAV may be fitted to, for images ``x``: ClArC's default layer's
+    activations averaged over :data:`CAV_GRID` × :data:`CAV_GRID` cells per channel, and the first feature
+    map's activations maximised over positions (what the ``activation_max`` analysis clusters): a patch at a
+    random position is a peak somewhere in the first map, which cells of the last map average away, and a faint
+    frame raises no channel's maximum there (docs/benchmark.md, "CAV retrieval")."""
+    last = pool(activations(model, default_layer(model, x[:2]), x), CAV_GRID)
+    first = activations(model, first_layer(model, x[:2]), x).flatten(2).amax(2)
+    return [last.numpy(), first.numpy()]
 
 
 def _planted_density(model: torch.nn.Module, data: CaseData) -> float:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spray.benchmark.metrics import (detection, mask_iou, mean_interval, out_of_fold_cav_auroc, relevance_density,
-                                     wilson)
+from spray.benchmark.metrics import (best_separated, detection, mask_iou, mean_interval, out_of_fold_cav_auroc,
+                                     relevance_density, wilson)
 
 
 def test_detection_counts_hits_against_the_flagged_and_the_true_samples():
@@ -48,6 +48,18 @@ def test_the_out_of_fold_cav_ranks_the_true_samples_first_where_the_flagged_grou
     wrong = np.arange(60) >= 45  # a flagged group of other samples: the CAV points elsewhere
     assert out_of_fold_cav_auroc(activations, wrong, truth) < 0.6
     assert out_of_fold_cav_auroc(activations, np.arange(60) < 4, truth) is None  # too few flagged to fold
+
+
+def test_the_cav_features_are_those_that_separate_the_flagged_cluster_best_without_the_truth():
+    rng = np.random.default_rng(0)
+    flagged = np.arange(60) < 15
+    blurred, sharp = rng.normal(size=(60, 8)), rng.normal(size=(60, 5))
+    blurred[flagged, 0] += 0.5  # the cluster half a standard deviation off: its own out-of-fold AUC ~0.6
+    sharp[flagged, 2] += 6.0    # far off: 1.0
+    assert best_separated([blurred, sharp], flagged) == 1 and best_separated([sharp, blurred], flagged) == 0
+    assert best_separated([blurred, blurred.copy()], flagged) == 0  # a tie: the earliest
+    # Where no set can be scored (too few flagged to fold), the first.
+    assert best_separated([blurred, sharp], np.arange(60) < 4) == 0
 
 
 def test_mask_iou_is_the_mean_over_samples_of_intersection_over_union():

@@ -63,6 +63,22 @@ def best_separated(feature_sets: Sequence[np.ndarray], flagged: np.ndarray, *, s
     return int(np.argmax([-1.0 if auc is None else auc for auc in separation]))
 
 
+EVERYWHERE_WITHIN = 0.05
+"""Issue 18's target for a correction: accuracy with the artifact in every test image at most this far under
+the corrected model's clean accuracy."""
+MAX_CLEAN_LOSS = 0.02
+"""... and clean accuracy lost to the correction at most this."""
+
+
+def meets_targets(clean: Sequence[float], everywhere: Sequence[float]) -> bool:
+    """Whether a correction meets the accuracy targets (docs/benchmark.md, "Metrics"): ``everywhere`` after
+    within :data:`EVERYWHERE_WITHIN` of ``clean`` after, and ``clean`` before − after at most
+    :data:`MAX_CLEAN_LOSS`; each ``(before, after)``. The accuracies are float32 fractions (an exact 5-point gap
+    of 0.95 and 0.90 is 0.050000012 as stored), so the bounds hold to 1e-6."""
+    return (clean[1] - everywhere[1] <= EVERYWHERE_WITHIN + 1e-6
+            and clean[0] - clean[1] <= MAX_CLEAN_LOSS + 1e-6)
+
+
 def relevance_density(relevance: np.ndarray, masks: np.ndarray) -> float:
     """Mean over samples of (share of |relevance| inside the mask) / (the mask's share of the image area).
 

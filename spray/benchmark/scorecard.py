@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from spray import __version__
 from spray.benchmark.baseline import BASELINES
 from spray.benchmark.faithfulness import ORDERINGS
-from spray.benchmark.metrics import mean_interval, wilson
+from spray.benchmark.metrics import mean_interval, meets_targets, wilson
 from spray.benchmark.run import STAGES, CaseResult
 from spray.outputs import active
 
@@ -74,8 +74,10 @@ class BaselineRow:
 class CorrectionRow:
     """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy,
     (the two-class set) worst-group accuracy and (a local artifact) the relevance density inside the true
-    masks, original and corrected; how many seeds it refused, and how many it corrected a class no test flagged
-    (``--cluster top`` with no class flagged)."""
+    masks, original and corrected; how many seeds it refused, how many it corrected a class no test flagged
+    (``--cluster top`` with no class flagged), and ``met``: of the seeds whose model uses its artifact, how many
+    it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`; a refusal is a miss; the
+    two-class set, whose target is its balanced accuracy, counts in none)."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None
@@ -87,6 +89,7 @@ class CorrectionRow:
     density_after: Estimate | None
     refused: int
     unflagged: int
+    met: Rate
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,24 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
 
     return CorrectionRow(pair("everywhere", 0), pair("everywhere", 1), pair("clean", 0), pair("clean", 1),
                          pair("worst_group", 0), pair("worst_group", 1), pair("density", 0), pair("density", 1),
-                         sum(c["error"] is not None for c in found), sum(c["flagged"] is False for c in found))
+                         sum(c["error"] is not None for c in found), sum(c["flagged"] is False for c in found),
+                         _targets(results, method))
+
+
+def _targets(results: list[CaseResult], method: str) -> Rate:
+    """How many of ``results`` ``method`` corrected to the accuracy targets, of those they apply to (:func:`_met`)."""
+    met = [m for m in (_met(r, method) for r in results) if m is not None]
+    return Rate.of(sum(met), len(met))
+
+
+def _met(result: CaseResult, method: str) -> bool | None:
+    """Whether ``method``'s correction of ``result`` meets the accuracy targets (a refusal does not); None where
+    they do not apply: no artifact the model uses, the two-class set (known groups: its target is balanced
+    accuracy), the method not run."""
+    correction = result.corrections.get(method)
+    if not result.uses_artifact or result.balanced_accuracy is not None or correction is None:
+        return None
+    return correction["error"] is None and meets_targets(correction["clean"], correction["everywhere"])
 
 
 def _row(results: list[CaseResult], methods: list[str]) -> Row:
@@ -189,6 +209,18 @@ class Detection:
     clean_flags: Rate
 
 
+@dataclass(frozen=True)
+class CorrectionSummary:
+    """One correction method over the cases of a split and an architecture, every artifact, prevalence and seed
+    pooled: ``met``, of the cases whose model uses its artifact (the two-class set aside, :func:`_met`), how many
+    the method corrected to the accuracy targets."""
+
+    split: str
+    architecture: str
+    method: str
+    met: Rate
+
+
 def _scores(result: CaseResult, ranking: str) -> dict[str, Any] | None:
     """A case's detection fields under ``ranking`` (:data:`RANKINGS`); None where the case was not scored on it."""
     if ranking == "combined":
@@ -236,6 +268,8 @@ class Scorecard:
     """Per split × architecture, one entry per ranking the cases were scored on (:data:`RANKINGS`)."""
     corrections: list[str] = field(init=False)
     """The correction methods of the results, in the order they first appear: one column each."""
+    correction_summary: list[CorrectionSummary] = field(init=False)
+    """Per split × architecture, one entry per correction method."""
 
     def __post_init__(self) -> None:
         self.corrections = list(dict.fromkeys(m for r in self.results for m in r.corrections))
@@ -244,6 +278,9 @@ class Scorecard:
         model = sorted(ordered, key=lambda r: (r.case.split != "dev", r.case.architecture))  # stable: rows' order
         by_model = [list(g) for _, g in groupby(model, key=lambda r: (r.case.split, r.case.architecture))]
         self.detection = [d for group in by_model for d in (_detection(group, k) for k in RANKINGS) if d]
+        self.correction_summary = [CorrectionSummary(group[0].case.split, group[0].case.architecture, method,
+                                                     _targets(group, method))
+                                   for group in by_model for method in self.corrections]
 
     @classmethod
     def made(cls, results: list[CaseResult], **meta: Any) -> Scorecard:
@@ -252,10 +289,12 @@ class Scorecard:
         return cls(results, {"spray": __version__, "machine": machine(), "date": now, **meta})
 
     def to_dict(self) -> dict[str, Any]:
-        """``spray benchmark --json``: ``meta``, ``rows`` (aggregates), ``detection`` (the summary) and ``cases``
-        (each scored case)."""
+        """``spray benchmark --json``: ``meta``, ``rows`` (aggregates), ``detection`` and ``correction_summary``
+        (the summaries) and ``cases`` (each scored case)."""
         return {"meta": self.meta, "rows": [asdict(r) for r in self.rows],
-                "detection": [asdict(d) for d in self.detection], "cases": [r.to_dict() for r in self.results]}
+                "detection": [asdict(d) for d in self.detection],
+                "correction_summary": [asdict(c) for c in self.correction_summary],
+                "cases": [r.to_dict() for r in self.results]}
 
     def table(self) -> str:
         """The rows as aligned text, one block per split."""
@@ -269,8 +308,12 @@ class Scorecard:
     def summary(self) -> str:
         """:attr:`detection` as aligned text: per split, architecture and ranking, over the cases where the model
         uses its artifact, rank 1 and flagged as k/n with their Wilson interval, the named group's mean F1 with its
-        Student-t interval; flags on the clean classes of every case."""
-        return _aligned([list(SUMMARY_HEADER)] + [_detection_cells(d) for d in self.detection])
+        Student-t interval; flags on the clean classes of every case. Then, where corrections ran,
+        :attr:`correction_summary`: the targets met per split, architecture and method."""
+        text = _aligned([list(SUMMARY_HEADER)] + [_detection_cells(d) for d in self.detection])
+        if self.correction_summary:
+            text += "\n\n" + _aligned([list(CORRECTION_HEADER)] + [_correction_cells(c) for c in self.correction_summary])
+        return text
 
     def html(self) -> str:
         """The scorecard as one self-contained HTML page in the report's style."""
@@ -280,6 +323,8 @@ class Scorecard:
             meta=self.meta, header=_html_header(self.corrections),
             rows=[(r, _cells(r, self.corrections)) for r in self.rows],
             summary_header=SUMMARY_HEADER, summary=[_detection_cells(d) for d in self.detection],
+            correction_header=CORRECTION_HEADER,
+            corrections=[_correction_cells(c) for c in self.correction_summary],
             spray_version=__version__,
         )
 
@@ -292,6 +337,13 @@ class Scorecard:
 
 SUMMARY_HEADER = ("split", "arch", "ranking", "cases", "ranked first", "flagged", "F1 of the named group",
                   "flags on clean classes")
+
+
+CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met")
+
+
+def _correction_cells(c: CorrectionSummary) -> list[str]:
+    return [c.split, c.architecture, c.method, str(c.met.n), str(c.met)]
 
 
 def _detection_cells(d: Detection) -> list[str]:
@@ -324,6 +376,8 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
             cell += f" (worst group {est(c.worst_group_before)} -> {est(c.worst_group_after)})"
         if c.density_before is not None:
             cell += f" (density {est(c.density_before)} -> {est(c.density_after)})"
+        if c.met.n:
+            cell += f" (targets met {c.met.k}/{c.met.n})"
         return (cell + (f" ({c.refused} refused)" if c.refused else "")
                 + (f" ({c.unflagged} of an unflagged class)" if c.unflagged else ""))
 

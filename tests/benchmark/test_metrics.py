@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spray.benchmark.metrics import (best_separated, detection, mask_iou, mean_interval, out_of_fold_cav_auroc,
-                                     relevance_density, wilson)
+from spray.benchmark.metrics import (best_separated, detection, mask_iou, mean_interval, meets_targets,
+                                     out_of_fold_cav_auroc, relevance_density, wilson)
 
 
 def test_detection_counts_hits_against_the_flagged_and_the_true_samples():
@@ -60,6 +60,18 @@ def test_the_cav_features_are_those_that_separate_the_flagged_cluster_best_witho
     assert best_separated([blurred, blurred.copy()], flagged) == 0  # a tie: the earliest
     # Where no set can be scored (too few flagged to fold), the first.
     assert best_separated([blurred, sharp], np.arange(60) < 4) == 0
+
+
+@pytest.mark.parametrize(("clean", "everywhere", "met"), [
+    ((0.95, 0.94), (0.60, 0.90), True),    # 4 points under clean, 1 point of clean lost
+    ((0.95, 0.94), (0.60, 0.88), False),   # 6 points under clean
+    ((0.95, 0.92), (0.60, 0.92), False),   # 3 points of clean lost
+    ((0.90, 0.95), (0.60, 0.91), True),    # clean rose: within 5 points of the corrected model's clean accuracy
+    ((0.96, 0.95), (0.60, float(np.float32(0.90))), True),  # exactly 5 points, as float32 accuracies store it
+    ((0.95, 0.95), (0.60, 0.8999), False),
+])
+def test_a_correction_meets_the_targets_within_5_points_of_clean_losing_at_most_2(clean, everywhere, met):
+    assert meets_targets(clean, everywhere) is met
 
 
 def test_mask_iou_is_the_mean_over_samples_of_intersection_over_union():

@@ -72,8 +72,8 @@ def test_rows_aggregate_the_seeds_of_one_cell():
         "error_slice F1", "pclarc everywhere before -> after", "rrclarc everywhere before -> after", "AOPC LRP",
         "AOPC GxI", "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
     assert re.split(r" {2,}", tag_line)[-8:-5] == [
-        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85] (2 of an unflagged class)",
-        "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (2 refused)",
+        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85] (targets met 3/3) (2 of an unflagged class)",
+        "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (targets met 1/3) (2 refused)",
         "3.00 [0.52, 5.48]"]
     assert re.split(r" {2,}", tag_line)[-3:] == ["12", "23", "600"]
 
@@ -88,6 +88,7 @@ def test_the_two_class_sets_group_accuracies_enter_the_row_and_the_correction_ce
     (row,) = Scorecard(results, {}).rows
     assert (row.worst_group_accuracy.mean, row.balanced_accuracy.mean) == (pytest.approx(0.3), 0.7)
     assert row.corrections["pclarc"].worst_group_after.mean == 0.6
+    assert row.corrections["pclarc"].met.n == 0  # held to its balanced accuracy, not to the accuracy targets
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
     assert cells[6] == "0.30 [-0.97, 1.57]"
     assert cells[-7] == "0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (worst group 0.30 [-0.97, 1.57] -> 0.60 [0.60, 0.60])"
@@ -103,7 +104,8 @@ def test_the_relevance_density_before_and_after_a_correction_enters_its_cell():
     density = (row.corrections["pclarc"].density_before, row.corrections["pclarc"].density_after)
     assert (density[0].mean, density[0].n, density[1].mean, density[1].n) == (4.0, 2, 1.5, 2)
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
-    assert cells[-7] == "0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (density 4.00 [4.00, 4.00] -> 1.50 [-4.85, 7.85])"
+    assert cells[-7] == ("0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (density 4.00 [4.00, 4.00] -> 1.50 [-4.85, 7.85]) "
+                         "(targets met 0/2)")
 
 
 def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split_and_ranking():
@@ -119,10 +121,30 @@ def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split
     combined, pixel = card.detection
     assert (combined.cases, combined.first.k, combined.flagged.k, combined.f1.mean) == (2, 1, 1, 0.75)
     assert (combined.clean_flags.k, combined.clean_flags.n, pixel.first.k, pixel.clean_flags.k) == (3, 37, 0, 0)
-    header, line, _ = card.summary().splitlines()
+    header, line, _ = card.summary().split("\n\n")[0].splitlines()
     assert re.split(r" {2,}", header) == ["split", "arch", "ranking", "cases", "ranked first", "flagged",
                                           "F1 of the named group", "flags on clean classes"]
     assert re.split(r" {2,}", line) == ["dev", "cnn", "combined", "2", "1/2 [0.09, 0.91]", "1/2 [0.09, 0.91]",
                                         "0.75 [-2.43, 3.93]", "3/37 [0.03, 0.21]"]
     assert card.to_dict()["detection"][1]["ranking"] == "pixel"
     assert "<th>F1 of the named group</th>" in card.html()
+
+
+def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():
+    results = [_result(seed, rank=1, f1=1.0, flags=0) for seed in range(4)]
+    # After: within 5 points of clean 0.89 (0.84), one point of clean lost; short of it; unused; refused (a miss).
+    for result, everywhere in zip(results, (0.84, 0.83, 0.5, 0.9)):
+        result.corrections = {"pclarc": _correction((0.5, everywhere), error="too few" if everywhere == 0.9 else None)}
+    results[2].uses_artifact = False
+    card = Scorecard(results, {})
+    met = card.rows[0].corrections["pclarc"].met
+    assert (met.k, met.n, str(met)) == (1, 3, "1/3 [0.06, 0.79]")
+    (summary,) = card.correction_summary
+    assert (summary.split, summary.architecture, summary.method, summary.met) == ("dev", "cnn", "pclarc", met)
+    assert card.summary().splitlines()[-2:] == [
+        "split  arch  correction  runs (the model uses its artifact)  targets met",
+        "dev    cnn   pclarc      3                                   1/3 [0.06, 0.79]"]
+    assert card.to_dict()["correction_summary"] == [
+        {"split": "dev", "architecture": "cnn", "method": "pclarc",
+         "met": {"k": 1, "n": 3, "low": met.low, "high": met.high}}]
+    assert "<th>targets met</th>" in card.html() and "<td>1/3 [0.06, 0.79]</td>" in card.html()

@@ -53,7 +53,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 23
+SCORES = 24
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -80,7 +80,8 @@ chance and the intensity map's less well, each AUC's distance from 0.5 either wa
 agreed area makes an artifact local only where its transplant masks lie at one place (docs/clarc.md §32); 22: masks
 apart read a moving artifact unless the model tells the transplant's result from the group worse than the intensity
 map's beyond chance (docs/clarc.md §34); 23: the CAV AUROC's CAV is fitted in the feature set of
-:func:`cav_features` that separates the named cluster best (docs/benchmark.md, "CAV retrieval")."""
+:func:`cav_features` that separates the named cluster best (docs/benchmark.md, "CAV retrieval"); 24: each
+correction records the two-class set's balanced accuracy (``balanced``), which its target reads."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -127,8 +128,9 @@ class CaseResult:
     (the control has no artifact) or not reached (a correction's ``error`` says why).
 
     ``baselines``: per baseline (spray.benchmark.baseline.BASELINES), ``{"rank", "f1"}``. ``corrections``: per
-    correction method, ``{"cluster", "flagged", "clean", "everywhere", "worst_group", "density", "error"}``, the
-    accuracies and densities as [original, corrected], ``flagged`` whether the corrected cluster's class is.
+    correction method, ``{"cluster", "flagged", "clean", "everywhere", "worst_group", "balanced", "density",
+    "error"}``, the accuracies and densities as [original, corrected], ``flagged`` whether the corrected cluster's
+    class is.
     ``group_accuracy``: the two-class set's accuracy per group on the clean test set."""
 
     case: Case
@@ -394,11 +396,12 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
     """The correction ``method`` on the cluster ``spray clarc --cluster top`` corrects in a store holding the
     :data:`RANKED` analyses (the best-ranked flagged class's, or with none flagged the best-ranked class's:
     ``flagged`` records which), evaluated with the ground-truth artifact in every clean test image (and per group
-    on the two-class set), and, where the true masks localise the artifact, by the relevance density inside them
-    (:func:`_planted_density`; ``density`` is the original's, the case's own: the correction's target is a cut of
-    at least half); a refusal is recorded as its ``error``, not raised."""
+    on the two-class set: its worst group and balanced accuracy), and, where the true masks localise the
+    artifact, by the relevance density inside them (:func:`_planted_density`; ``density`` is the original's, the
+    case's own: the correction's target is a cut of at least half); a refusal is recorded as its ``error``, not
+    raised."""
     score: dict[str, Any] = {"cluster": None, "flagged": None, "clean": None, "everywhere": None,
-                             "worst_group": None, "density": None, "error": None}
+                             "worst_group": None, "balanced": None, "density": None, "error": None}
     try:
         corrected = clarc_from_store(
             store, model, data.dataset(data.train),
@@ -413,7 +416,9 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
                  clean=[before["clean_accuracy"], after["clean_accuracy"]],
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
     if data.groups is not None:
-        score["worst_group"] = [min(_group_accuracy(m, data).values()) for m in (model, corrected.model)]
+        groups = [list(_group_accuracy(m, data).values()) for m in (model, corrected.model)]
+        score["worst_group"] = [min(g) for g in groups]
+        score["balanced"] = [float(np.mean(g)) for g in groups]
     if density is not None:
         score["density"] = [density, _planted_density(corrected.model, data)]
     return score

@@ -74,6 +74,12 @@ def test_a_correction_meets_the_targets_within_5_points_of_clean_losing_at_most_
     assert meets_targets(clean, everywhere) is met
 
 
+def test_with_known_groups_the_balanced_accuracy_stands_for_the_everywhere_bound():
+    assert meets_targets((0.95, 0.94), (0.5, 0.5), balanced=(0.6, 0.85)) is True
+    assert meets_targets((0.95, 0.94), (0.5, 0.94), balanced=(0.6, 0.84)) is False
+    assert meets_targets((0.95, 0.92), (0.5, 0.5), balanced=(0.6, 0.90)) is False  # 3 points of clean lost
+
+
 def test_mask_iou_is_the_mean_over_samples_of_intersection_over_union():
     predicted = np.zeros((3, 3, 3), bool)
     truth = np.zeros((3, 3, 3), bool)

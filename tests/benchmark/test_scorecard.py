@@ -11,11 +11,12 @@ from spray.benchmark.run import CaseResult
 
 
 def _correction(everywhere: tuple[float, float], worst: list[float] | None = None,
-                error: str | None = None, density: list[float] | None = None, flagged: bool = True) -> dict:
+                error: str | None = None, density: list[float] | None = None, flagged: bool = True,
+                balanced: list[float] | None = None) -> dict:
     return {"cluster": None if error else "8:kmeans_2:1", "flagged": None if error else flagged,
             "clean": None if error else [0.9, 0.89],
-            "everywhere": None if error else list(everywhere), "worst_group": worst, "density": density,
-            "error": error}
+            "everywhere": None if error else list(everywhere), "worst_group": worst, "balanced": balanced,
+            "density": density, "error": error}
 
 
 def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = False) -> CaseResult:
@@ -80,18 +81,21 @@ def test_rows_aggregate_the_seeds_of_one_cell():
 
 def test_the_two_class_sets_group_accuracies_enter_the_row_and_the_correction_cell():
     results = []
-    for seed, worst in enumerate((0.2, 0.4)):
+    for seed, (worst, balanced) in enumerate(((0.2, 0.86), (0.4, 0.84))):
         result = _result(seed, rank=1, f1=1.0, flags=0)
         result.worst_group_accuracy, result.balanced_accuracy = worst, 0.7
-        result.corrections = {"pclarc": _correction((0.3, 0.5), worst=[worst, 0.6])}
+        result.corrections = {"pclarc": _correction((0.3, 0.5), worst=[worst, 0.6], balanced=[0.7, balanced])}
         results.append(result)
     (row,) = Scorecard(results, {}).rows
     assert (row.worst_group_accuracy.mean, row.balanced_accuracy.mean) == (pytest.approx(0.3), 0.7)
-    assert row.corrections["pclarc"].worst_group_after.mean == 0.6
-    assert row.corrections["pclarc"].met.n == 0  # held to its balanced accuracy, not to the accuracy targets
+    correction = row.corrections["pclarc"]
+    assert correction.worst_group_after.mean == 0.6 and correction.balanced_after.mean == pytest.approx(0.85)
+    # Held to its balanced accuracy (0.86 meets 0.85, 0.84 does not), not to the everywhere accuracy (0.5).
+    assert (correction.met.k, correction.met.n) == (1, 2)
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
     assert cells[6] == "0.30 [-0.97, 1.57]"
-    assert cells[-7] == "0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (worst group 0.30 [-0.97, 1.57] -> 0.60 [0.60, 0.60])"
+    assert cells[-7] == ("0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (worst group 0.30 [-0.97, 1.57] -> 0.60 [0.60, 0.60], "
+                         "balanced 0.70 [0.70, 0.70] -> 0.85 [0.72, 0.98]) (targets met 1/2)")
 
 
 def test_the_relevance_density_before_and_after_a_correction_enters_its_cell():

@@ -63,9 +63,12 @@ def test_every_case_records_its_ground_truth_scores_and_costs(grid_run):
         assert 0 <= result.f1 <= 1 and list(result.baselines) == ["activation", "knn_outlier", "error_slice"]
         assert list(result.corrections) == ["pclarc"]
         pclarc = result.corrections["pclarc"]
-        assert set(pclarc) == {"cluster", "flagged", "clean", "everywhere", "worst_group", "density", "error"}
+        assert set(pclarc) == {"cluster", "flagged", "clean", "everywhere", "worst_group", "balanced", "density",
+                               "error"}
         if pclarc["error"] is None:  # the original's density is the case's; a global mask localises nothing
-            assert (pclarc["density"] is None) == two_class
+            assert (pclarc["density"] is None) == two_class == (pclarc["balanced"] is not None)
+            assert not two_class or (pclarc["worst_group"][0] == result.worst_group_accuracy
+                                     and pclarc["balanced"][0] == pytest.approx(result.balanced_accuracy))
             assert two_class or (pclarc["density"][0] == result.relevance_density and pclarc["density"][1] > 0)
         assert list(result.seconds) == list(result.cpu_seconds) == list(result.peak_rss_mib)
         assert set(result.seconds) == set(STAGES) and result.cpu_seconds["train"] > 0

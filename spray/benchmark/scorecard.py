@@ -73,8 +73,8 @@ class BaselineRow:
 @dataclass(frozen=True)
 class CorrectionRow:
     """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy,
-    (the two-class set) worst-group and balanced accuracy and (a local artifact) the relevance density inside the true
-    masks, original and corrected; how many seeds it refused, how many it corrected a class no test flagged
+    (the two-class set) worst-group and balanced accuracy and (a local artifact) the relevance density inside the
+    true masks, original and corrected; how many seeds it refused, how many it corrected a class no test flagged
     (``--cluster top`` with no class flagged), and ``met``: of the seeds whose model uses its artifact, how many
     it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`, the two-class set's by its
     balanced accuracy; a refusal is a miss)."""
@@ -316,7 +316,8 @@ class Scorecard:
         :attr:`correction_summary`: the targets met per split, architecture and method."""
         text = _aligned([list(SUMMARY_HEADER)] + [_detection_cells(d) for d in self.detection])
         if self.correction_summary:
-            text += "\n\n" + _aligned([list(CORRECTION_HEADER)] + [_correction_cells(c) for c in self.correction_summary])
+            corrections = [_correction_cells(c) for c in self.correction_summary]
+            text += "\n\n" + _aligned([list(CORRECTION_HEADER)] + corrections)
         return text
 
     def html(self) -> str:

@@ -288,7 +288,8 @@ def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, alone: dic
     ``concept``, ``activation_max``) as :func:`_detect` scores it, in the result's field of that name."""
     case = data.case
     with _timed(seconds, "score"):
-        members, detected = _detect(data, model, combined)
+        features = cav_features(model, data)  # once: every ranking's CAV AUROC reads the same class
+        members, detected = _detect(data, combined, features)
         clean_acc = accuracy(model, data.dataset(data.clean_test))
         everywhere = data.everywhere_test
         everywhere_acc = None if everywhere is None else accuracy(model, data.dataset(everywhere))
@@ -296,7 +297,7 @@ def _score(data: CaseData, model: torch.nn.Module, combined: Ranking, alone: dic
             case=case, n_planted=len(data.planted), clean_accuracy=clean_acc, everywhere_accuracy=everywhere_acc,
             uses_artifact=None if everywhere_acc is None else clean_acc - everywhere_acc >= USES_MARGIN,
             **detected, relevance_density=None, seconds=seconds.wall, cpu_seconds=seconds.cpu,
-            peak_rss_mib=seconds.rss, **{name: _detect(data, model, ranking)[1] for name, ranking in alone.items()},
+            peak_rss_mib=seconds.rss, **{name: _detect(data, ranking, features)[1] for name, ranking in alone.items()},
         )
         if data.groups is not None:
             result.group_accuracy = _group_accuracy(model, data)
@@ -323,11 +324,11 @@ def _group_accuracy(model: torch.nn.Module, data: CaseData) -> dict[str, float]:
             for g, name in enumerate(data.group_names)}
 
 
-def _detect(data: CaseData, model: torch.nn.Module, ranking: Ranking) -> tuple[list[int], dict[str, Any]]:
+def _detect(data: CaseData, ranking: Ranking, features: list[np.ndarray] | None) -> tuple[list[int], dict[str, Any]]:
     """The members of the cluster ``ranking`` names for the poisoned class, and the ranking's detection scores
     (docs/benchmark.md, "Metrics"): the class's ``rank``, ``flagged``, the ``analysis`` and ``cluster`` named,
-    its size, ``precision``, ``recall``, ``f1`` and ``cav_auroc`` (None on the control), and the flags on the
-    clean classes."""
+    its size, ``precision``, ``recall``, ``f1`` and ``cav_auroc`` (None on the control; ``features``: the case's
+    :func:`cav_features`), and the flags on the clean classes."""
     ranked = [e for e in ranking if e.cluster is not None]
     entry = next((e for e in ranked if e.label == data.poisoned_class), None)
     clean = [e for e in ranked if data.case.is_control or e.label != data.poisoned_class]
@@ -339,26 +340,30 @@ def _detect(data: CaseData, model: torch.nn.Module, ranking: Ranking) -> tuple[l
         "clean_flags": sum(e.flagged for e in clean), "clean_classes": len(clean)}
     if not data.case.is_control:
         scores["precision"], scores["recall"], scores["f1"] = detection(members, data.planted.tolist())
-        scores["cav_auroc"] = _cav_auroc(data, model, members)
+        scores["cav_auroc"] = _cav_auroc(data, features, members)
     return members, scores
 
 
-def _cav_auroc(data: CaseData, model: torch.nn.Module, members: list[int]) -> float | None:
+def _cav_auroc(data: CaseData, features: list[np.ndarray], members: list[int]) -> float | None:
     """Out-of-fold CAV AUROC of the planted samples within the poisoned class, the CAV fitted to spray's
-    flagged cluster in the one of :func:`cav_features` that separates that cluster best (no ground truth)."""
+    flagged cluster in the one of ``features`` (:func:`cav_features`) that separates that cluster best (no
+    ground truth)."""
     in_class = np.flatnonzero(data.train[1] == data.poisoned_class)
     flagged = np.isin(in_class, members)
-    sets = cav_features(model, torch.from_numpy(data.train[0][in_class]))
-    chosen = sets[best_separated(sets, flagged, seed=data.case.seed)]
+    chosen = features[best_separated(features, flagged, seed=data.case.seed)]
     return out_of_fold_cav_auroc(chosen, flagged, np.isin(in_class, data.planted), seed=data.case.seed)
 
 
-def cav_features(model: torch.nn.Module, x: torch.Tensor) -> list[np.ndarray]:
-    """The feature sets the CAV AUROC's CAV may be fitted to, for images ``x``: ClArC's default layer's
-    activations averaged over :data:`CAV_GRID` × :data:`CAV_GRID` cells per channel, and the first feature
-    map's activations maximised over positions (what the ``activation_max`` analysis clusters): a patch at a
-    random position is a peak somewhere in the first map, which cells of the last map average away, and a faint
-    frame raises no channel's maximum there (docs/benchmark.md, "CAV retrieval")."""
+def cav_features(model: torch.nn.Module, data: CaseData) -> list[np.ndarray] | None:
+    """The feature sets the CAV AUROC's CAV may be fitted to, of the poisoned class's training images (None on
+    the control: nothing planted to retrieve): ClArC's default layer's activations averaged over
+    :data:`CAV_GRID` × :data:`CAV_GRID` cells per channel, and the first feature map's activations maximised over
+    positions (what the ``activation_max`` analysis clusters): a patch at a random position is a peak somewhere
+    in the first map, which cells of the last map average away, and a faint frame raises no channel's maximum
+    there (docs/benchmark.md, "CAV retrieval")."""
+    if data.case.is_control:
+        return None
+    x = torch.from_numpy(data.train[0][data.train[1] == data.poisoned_class])
     last = pool(activations(model, default_layer(model, x[:2]), x), CAV_GRID)
     first = activations(model, first_layer(model, x[:2]), x).flatten(2).amax(2)
     return [last.numpy(), first.numpy()]

@@ -27,7 +27,8 @@ from torch import nn
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.attribution.methods import get_method
 from spray.benchmark.cases import FULL, QUICK, Case, CaseData, Size
-from spray.benchmark.run import ACTIVATION_MAX, METHOD, RANKED, _detect, _latent_pipeline, attribute_case
+from spray.benchmark.run import (ACTIVATION_MAX, METHOD, RANKED, _detect, _latent_pipeline, attribute_case,
+                                 cav_features)
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
@@ -84,8 +85,9 @@ def main() -> None:
                 rankings[f"{layer} in place"] = rank_analyses(store, [*others, name])
                 rankings[f"{layer} alone"] = rank_classes(store, name)
                 rankings[f"{layer} added"] = rank_analyses(store, [*RANKED, name])
+            features = cav_features(model, data)
             for key, ranking in rankings.items():
-                row[key] = _detect(data, model, ranking)[1]
+                row[key] = _detect(data, ranking, features)[1]
         return row
 
     rows = []

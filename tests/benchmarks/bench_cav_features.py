@@ -39,7 +39,7 @@ from bench_detection import cached_case_arguments, cases, trained_model
 from spray.benchmark.cases import FULL, QUICK, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import best_separated, out_of_fold_cav_auroc
-from spray.benchmark.run import RANKED, USES_MARGIN, _detect
+from spray.benchmark.run import RANKED, USES_MARGIN, _detect, cav_features
 from spray.clarc.activations import activations, default_layer, first_layer, pool
 from spray.ranking import rank_analyses
 from spray.store import LATENT_METHOD, AuditStore
@@ -68,7 +68,7 @@ def score(case, directory: Path, images: object, size: Size = QUICK) -> dict:
     everywhere = accuracy(model, data.dataset(data.everywhere_test))
     in_class = np.flatnonzero(data.train[1] == data.poisoned_class)
     with AuditStore(directory / "audit.h5", mode="r") as store:
-        members, detected = _detect(data, model, rank_analyses(store, RANKED))
+        members, detected = _detect(data, rank_analyses(store, RANKED), cav_features(model, data))
         latent = store.read(f"attributions/{LATENT_METHOD}/relevance", in_class)
     x = torch.from_numpy(data.train[0][in_class])
     a = activations(model, default_layer(model, x[:2]), x)

@@ -36,7 +36,7 @@ import torch
 from spray.benchmark.cases import QUICK, Case, CaseData, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.models import build
-from spray.benchmark.run import ACTIVATION_MAX, RANKED, USES_MARGIN, _detect, case_directory
+from spray.benchmark.run import ACTIVATION_MAX, RANKED, USES_MARGIN, _detect, case_directory, cav_features
 from spray.errors import BadInputError, StoreError
 from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
@@ -85,12 +85,13 @@ def cached_model(case: Case, directory: Path, images: object,
 
 def score(case: Case, directory: Path, images: object) -> dict:
     data, model, uses = cached_model(case, directory, images)
+    features = cav_features(model, data)
     with AuditStore(directory / "audit.h5", mode="r") as store:
         rankings = {"combined": rank_analyses(store, RANKED), "relevance": rank_analyses(store, ["spray", "concept"]),
                     "pixel": rank_classes(store, "spray"), "concept": rank_classes(store, "concept"),
                     ACTIVATION_MAX: rank_classes(store, ACTIVATION_MAX)}
     return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses,
-            **{name: _detect(data, model, r)[1] for name, r in rankings.items()}}
+            **{name: _detect(data, r, features)[1] for name, r in rankings.items()}}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

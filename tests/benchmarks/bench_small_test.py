@@ -70,7 +70,8 @@ def score(case: Case, directory: object, images: object, size: Size, small: floa
     data, model, uses = bench_detection.cached_model(case, directory, images, size)
     tests = small_tests(directory / "audit.h5", len(data.label_names), small)
     with AuditStore(directory / "audit.h5", mode="r") as store:
-        shipped = benchmark_run._detect(data, model, rank_analyses(store, benchmark_run.RANKED))[1]
+        shipped = benchmark_run._detect(data, rank_analyses(store, benchmark_run.RANKED),
+                                        benchmark_run.cav_features(model, data))[1]
         ranked = two_tests(store, tests)
     poisoned = data.poisoned_class
     rank, entry = next(((i, e) for i, e in enumerate(ranked, start=1) if e[0] == poisoned), (None, None))

@@ -264,8 +264,7 @@ def run_case(case: Case, cache: str | Path, size: Size, *, source: str = "mnist"
     if data.everywhere_test is not None:
         with _timed(seconds, "clarc"):
             for method in corrections:
-                result.corrections[method] = _correct(method, store, model, data, directory, progress,
-                                                      result.relevance_density)
+                result.corrections[method] = _correct(method, store, model, data, directory, progress, result)
     text = json.dumps(result.to_dict(), indent=2) + "\n"
     guard.write(scored, "benchmark case result", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return result
@@ -397,14 +396,14 @@ def _localization_iou(data: CaseData, model: torch.nn.Module, members: list[int]
 
 
 def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, directory: Path, progress: bool,
-             density: float | None) -> dict[str, Any]:
+             original: CaseResult) -> dict[str, Any]:
     """The correction ``method`` on the cluster ``spray clarc --cluster top`` corrects in a store holding the
     :data:`RANKED` analyses (the best-ranked flagged class's, or with none flagged the best-ranked class's:
     ``flagged`` records which), evaluated with the ground-truth artifact in every clean test image (and per group
     on the two-class set: its worst group and balanced accuracy), and, where the true masks localise the
-    artifact, by the relevance density inside them (:func:`_planted_density`; ``density`` is the original's, the
-    case's own: the correction's target is a cut of at least half); a refusal is recorded as its ``error``, not
-    raised."""
+    artifact, by the relevance density inside them (:func:`_planted_density`: the correction's target is a cut of
+    at least half). The original model's group accuracies and density are read from the case's own scores,
+    ``original``, not evaluated again per method; a refusal is recorded as its ``error``, not raised."""
     score: dict[str, Any] = {"cluster": None, "flagged": None, "clean": None, "everywhere": None,
                              "worst_group": None, "balanced": None, "density": None, "error": None}
     try:
@@ -421,11 +420,11 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
                  clean=[before["clean_accuracy"], after["clean_accuracy"]],
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
     if data.groups is not None:
-        groups = [list(_group_accuracy(m, data).values()) for m in (model, corrected.model)]
+        groups = [list(original.group_accuracy.values()), list(_group_accuracy(corrected.model, data).values())]
         score["worst_group"] = [min(g) for g in groups]
         score["balanced"] = [float(np.mean(g)) for g in groups]
-    if density is not None:
-        score["density"] = [density, _planted_density(corrected.model, data)]
+    if original.relevance_density is not None:
+        score["density"] = [original.relevance_density, _planted_density(corrected.model, data)]
     return score
 
 

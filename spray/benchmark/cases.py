@@ -102,6 +102,13 @@ class Case:
         spec = ARTIFACTS.get(self.artifact, {}).get(self.split)
         return spec.poisoned if isinstance(spec, Waterbirds) else POISONED_CLASS[self.split]
 
+    @property
+    def is_global(self) -> bool:
+        """Whether the artifact covers the whole image (brightness, blur, cast, the two-class set's background):
+        no mask localises it, and the detection targets hold it to its CAV retrieval alone."""
+        spec = ARTIFACTS.get(self.artifact, {}).get(self.split)
+        return spec is not None and spec.is_global
+
 
 def check_artifacts(names: list[str]) -> list[str]:
     """``names`` if each is an artifact kind; a BadInputError naming the unknown ones otherwise."""

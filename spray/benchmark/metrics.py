@@ -72,8 +72,35 @@ MIN_BALANCED = 0.85
 """... and where the groups are known (the two-class set), balanced accuracy after at least this, in place of the
 artifact-everywhere bound (issue 18: where the artifact is the whole image, only group accuracy means anything)."""
 TARGET_TOLERANCE = 1e-6
-"""The bounds above hold to this: the accuracies are float32 fractions (an exact 5-point gap of 0.95 and 0.90 is
-0.050000012 as stored)."""
+"""Every target's bound holds to this: the accuracies are float32 fractions (an exact 5-point gap of 0.95 and 0.90
+is 0.050000012 as stored)."""
+
+
+MIN_F1 = 0.9
+"""Issue 17's detection target: a local artifact's flagged group, at a prevalence of at least
+:data:`FULL_PREVALENCE`, reaches at least this F1 against the planted images ..."""
+MIN_F1_SMALL = 0.75
+"""... and at least this at a smaller prevalence (3 %)."""
+FULL_PREVALENCE = 0.1
+MIN_CAV_AUROC = 0.95
+"""... and the named cluster's out-of-fold CAV retrieves the planted images with an ROC AUC of at least this for a
+local artifact ..."""
+MIN_CAV_AUROC_GLOBAL = 0.85
+"""... and of at least this for a global one."""
+
+
+def meets_f1_target(f1: float | None, flagged: bool, prevalence: float) -> bool:
+    """Whether a local artifact's group is flagged and named with the F1 of issue 17's target for its
+    ``prevalence`` (:data:`MIN_F1`, :data:`MIN_F1_SMALL`): an unflagged class meets no target."""
+    least = MIN_F1 if prevalence >= FULL_PREVALENCE - TARGET_TOLERANCE else MIN_F1_SMALL
+    return bool(flagged) and f1 is not None and bool(f1 >= least - TARGET_TOLERANCE)
+
+
+def meets_cav_target(cav_auroc: float | None, is_global: bool) -> bool:
+    """Whether the named cluster's CAV retrieves the planted images to issue 17's target (:data:`MIN_CAV_AUROC`,
+    :data:`MIN_CAV_AUROC_GLOBAL`); a CAV that could not be fitted (None) does not."""
+    least = MIN_CAV_AUROC_GLOBAL if is_global else MIN_CAV_AUROC
+    return cav_auroc is not None and bool(cav_auroc >= least - TARGET_TOLERANCE)
 
 
 def meets_targets(clean: Sequence[float], everywhere: Sequence[float],

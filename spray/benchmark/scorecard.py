@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from spray import __version__
 from spray.benchmark.baseline import BASELINES
 from spray.benchmark.faithfulness import ORDERINGS
-from spray.benchmark.metrics import mean_interval, meets_targets, wilson
+from spray.benchmark.metrics import mean_interval, meets_cav_target, meets_f1_target, meets_targets, wilson
 from spray.benchmark.run import STAGES, CaseResult
 from spray.outputs import active
 
@@ -199,9 +199,11 @@ spray.benchmark.run.RANKED), each analysis alone."""
 class Detection:
     """One ranking's detection over the cases of a split and an architecture, every artifact, prevalence and seed
     pooled: ``cases`` where the model uses its artifact (the targets), how many of them rank the poisoned
-    class first and flag it, the mean F1 of the named group with its Student-t interval over those cases, and
-    the flags on clean classes over every case of the split (the controls and the cases without a used
-    artifact included)."""
+    class first and flag it, the mean F1 of the named group with its Student-t interval over those cases, how
+    many meet issue 17's F1 target (``f1_target``: of the local artifacts' cases, flagged and named with
+    :func:`~spray.benchmark.metrics.meets_f1_target`'s F1) and its CAV retrieval target (``cav_target``, every
+    case: :func:`~spray.benchmark.metrics.meets_cav_target`), and the flags on clean classes over every case of
+    the split (the controls and the cases without a used artifact included)."""
 
     split: str
     architecture: str
@@ -210,6 +212,8 @@ class Detection:
     first: Rate
     flagged: Rate
     f1: Estimate | None
+    f1_target: Rate
+    cav_target: Rate
     clean_flags: Rate
 
 
@@ -228,8 +232,8 @@ class CorrectionSummary:
 def _scores(result: CaseResult, ranking: str) -> dict[str, Any] | None:
     """A case's detection fields under ``ranking`` (:data:`RANKINGS`); None where the case was not scored on it."""
     if ranking == "combined":
-        return {"rank": result.rank, "flagged": result.flagged, "f1": result.f1, "clean_flags": result.clean_flags,
-                "clean_classes": result.clean_classes}
+        return {"rank": result.rank, "flagged": result.flagged, "f1": result.f1, "cav_auroc": result.cav_auroc,
+                "clean_flags": result.clean_flags, "clean_classes": result.clean_classes}
     return getattr(result, ranking)
 
 
@@ -237,11 +241,14 @@ def _detection(results: list[CaseResult], ranking: str) -> Detection | None:
     scored = [_scores(r, ranking) for r in results]
     if any(s is None for s in scored):
         return None
-    used = [s for s, r in zip(scored, results) if r.uses_artifact]
+    used = [(s, r.case) for s, r in zip(scored, results) if r.uses_artifact]
+    local = [meets_f1_target(s["f1"], s["flagged"], case.prevalence) for s, case in used if not case.is_global]
     case = results[0].case
     return Detection(case.split, case.architecture, ranking, len(used),
-                     Rate.of(sum(s["rank"] == 1 for s in used), len(used)),
-                     Rate.of(sum(bool(s["flagged"]) for s in used), len(used)), Estimate.of([s["f1"] for s in used]),
+                     Rate.of(sum(s["rank"] == 1 for s, _ in used), len(used)),
+                     Rate.of(sum(bool(s["flagged"]) for s, _ in used), len(used)),
+                     Estimate.of([s["f1"] for s, _ in used]), Rate.of(sum(local), len(local)),
+                     Rate.of(sum(meets_cav_target(s["cav_auroc"], c.is_global) for s, c in used), len(used)),
                      Rate.of(sum(s["clean_flags"] for s in scored), sum(s["clean_classes"] for s in scored)))
 
 
@@ -341,7 +348,7 @@ class Scorecard:
 
 
 SUMMARY_HEADER = ("split", "arch", "ranking", "cases", "ranked first", "flagged", "F1 of the named group",
-                  "flags on clean classes")
+                  "F1 target met (local)", "CAV AUROC target met", "flags on clean classes")
 
 
 CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met")
@@ -353,7 +360,7 @@ def _correction_cells(c: CorrectionSummary) -> list[str]:
 
 def _detection_cells(d: Detection) -> list[str]:
     return [d.split, d.architecture, d.ranking, str(d.cases), str(d.first), str(d.flagged),
-            "-" if d.f1 is None else str(d.f1), str(d.clean_flags)]
+            "-" if d.f1 is None else str(d.f1), str(d.f1_target), str(d.cav_target), str(d.clean_flags)]
 
 
 def _aligned(lines: list[list[str]]) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spray.benchmark.metrics import (best_separated, detection, mask_iou, mean_interval, meets_targets,
-                                     out_of_fold_cav_auroc, relevance_density, wilson)
+from spray.benchmark.metrics import (best_separated, detection, mask_iou, mean_interval, meets_cav_target,
+                                     meets_f1_target, meets_targets, out_of_fold_cav_auroc, relevance_density,
+                                     wilson)
 
 
 def test_detection_counts_hits_against_the_flagged_and_the_true_samples():
@@ -78,6 +79,19 @@ def test_with_known_groups_the_balanced_accuracy_stands_for_the_everywhere_bound
     assert meets_targets((0.95, 0.94), (0.5, 0.5), balanced=(0.6, 0.85)) is True
     assert meets_targets((0.95, 0.94), (0.5, 0.94), balanced=(0.6, 0.84)) is False
     assert meets_targets((0.95, 0.92), (0.5, 0.5), balanced=(0.6, 0.90)) is False  # 3 points of clean lost
+
+
+@pytest.mark.parametrize("f1, flagged, prevalence, met", [
+    (0.9, True, 0.1, True), (np.float32(0.9), True, 0.1, True), (0.89, True, 0.3, False),
+    (1.0, False, 0.3, False),  # named but not flagged: no target met
+    (0.75, True, 0.03, True), (0.74, True, 0.03, False), (None, True, 0.03, False)])
+def test_the_f1_target_asks_more_of_a_group_of_ten_percent_than_of_three(f1, flagged, prevalence, met):
+    assert meets_f1_target(f1, flagged, prevalence) is met
+
+
+def test_the_cav_target_of_a_global_artifact_is_lower_than_a_local_ones():
+    assert (meets_cav_target(0.95, False), meets_cav_target(0.949, False), meets_cav_target(0.86, True),
+            meets_cav_target(0.849, True), meets_cav_target(None, True)) == (True, False, True, False, False)
 
 
 def test_mask_iou_is_the_mean_over_samples_of_intersection_over_union():

@@ -71,3 +71,5 @@ def test_the_detection_summary_counts_the_two_patch_cases_and_every_clean_class(
     combined = [d for d in card["detection"] if d["ranking"] == "combined"]
     assert [(d["split"], d["cases"], d["first"]["k"], d["clean_flags"]["k"], d["clean_flags"]["n"])
             for d in combined] == [("dev", 1, 1, 0, 19), ("heldout", 1, 1, 0, 19)]
+    dev = combined[0]  # the development patch is used, flagged and named: both of issue 17's per-case targets met
+    assert [(dev[t]["k"], dev[t]["n"]) for t in ("f1_target", "cav_target")] == [(1, 1), (1, 1)]

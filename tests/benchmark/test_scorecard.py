@@ -117,8 +117,8 @@ def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split
                _result(2, rank=1, f1=0.2, flags=0), _result(0, rank=5, f1=0, flags=2, control=True)]
     results[2].uses_artifact = False  # a case without a shortcut is no target; its clean classes still count
     for result in results:
-        result.pixel = {"rank": result.rank + 1, "flagged": False, "f1": result.f1, "clean_flags": 0,
-                        "clean_classes": result.clean_classes}
+        result.pixel = {"rank": result.rank + 1, "flagged": False, "f1": result.f1, "cav_auroc": None,
+                        "clean_flags": 0, "clean_classes": result.clean_classes}
     card = Scorecard(results, {})
     assert [(d.split, d.architecture, d.ranking) for d in card.detection] == [("dev", "cnn", "combined"),
                                                                             ("dev", "cnn", "pixel")]
@@ -127,11 +127,30 @@ def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split
     assert (combined.clean_flags.k, combined.clean_flags.n, pixel.first.k, pixel.clean_flags.k) == (3, 37, 0, 0)
     header, line, _ = card.summary().split("\n\n")[0].splitlines()
     assert re.split(r" {2,}", header) == ["split", "arch", "ranking", "cases", "ranked first", "flagged",
-                                          "F1 of the named group", "flags on clean classes"]
+                                          "F1 of the named group", "F1 target met (local)", "CAV AUROC target met",
+                                          "flags on clean classes"]
     assert re.split(r" {2,}", line) == ["dev", "cnn", "combined", "2", "1/2 [0.09, 0.91]", "1/2 [0.09, 0.91]",
-                                        "0.75 [-2.43, 3.93]", "3/37 [0.03, 0.21]"]
+                                        "0.75 [-2.43, 3.93]", "1/2 [0.09, 0.91]", "0/2 [0.00, 0.66]",
+                                        "3/37 [0.03, 0.21]"]
     assert card.to_dict()["detection"][1]["ranking"] == "pixel"
     assert "<th>F1 of the named group</th>" in card.html()
+
+
+def test_the_detection_targets_hold_a_global_artifact_to_its_cav_alone_and_a_small_group_to_a_lower_f1():
+    results = [_result(seed, rank=1, f1=f1, flags=0) for seed, f1 in enumerate((0.8, 0.8, 0.95, 0.95, 0.1))]
+    cases = [("tag", 0.03), ("tag", 0.1), ("tag", 0.3), ("frame", 0.3), ("brightness", 0.3)]
+    for result, (artifact, prevalence), cav in zip(results, cases, (0.96, 0.99, 0.94, 0.95, 0.86)):
+        result.case = Case(artifact, prevalence, "cnn", result.case.seed, "dev")
+        result.cav_auroc = cav
+    results[3].flagged = False  # first and named, not flagged: its F1 meets no target
+    (combined,) = Scorecard(results, {}).detection
+    # F1: the 3 % tag (0.8 ≥ 0.75) and the 30 % tag (0.95); the 10 % tag is short of 0.9, the frame unflagged, and
+    # the brightness, global, has no F1 target.
+    assert (combined.f1_target.k, combined.f1_target.n) == (2, 4)
+    # CAV: 0.96, 0.99 and the frame's 0.95 reach the local 0.95, the tag's 0.94 does not; the brightness's 0.86
+    # reaches the global 0.85.
+    assert (combined.cav_target.k, combined.cav_target.n) == (4, 5)
+    assert Case("waterbirds", 0.1, "cnn", 0, "dev").is_global and not Case("control", 0.0, "cnn", 0, "dev").is_global
 
 
 def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():

@@ -78,10 +78,11 @@ is 0.050000012 as stored)."""
 
 MIN_F1 = 0.9
 """Issue 17's detection target: a local artifact's flagged group, at a prevalence of at least
-:data:`FULL_PREVALENCE`, reaches at least this F1 against the planted images ..."""
+:data:`MIN_F1_FROM`, reaches at least this F1 against the planted images ..."""
+MIN_F1_FROM = 0.1
+"""... (the prevalence from which :data:`MIN_F1` applies) ..."""
 MIN_F1_SMALL = 0.75
-"""... and at least this at a smaller prevalence (3 %)."""
-FULL_PREVALENCE = 0.1
+"""... and at least this F1 at a smaller prevalence (3 %) ..."""
 MIN_CAV_AUROC = 0.95
 """... and the named cluster's out-of-fold CAV retrieves the planted images with an ROC AUC of at least this for a
 local artifact ..."""
@@ -92,7 +93,7 @@ MIN_CAV_AUROC_GLOBAL = 0.85
 def meets_f1_target(f1: float | None, flagged: bool, prevalence: float) -> bool:
     """Whether a local artifact's group is flagged and named with the F1 of issue 17's target for its
     ``prevalence`` (:data:`MIN_F1`, :data:`MIN_F1_SMALL`): an unflagged class meets no target."""
-    least = MIN_F1 if prevalence >= FULL_PREVALENCE - TARGET_TOLERANCE else MIN_F1_SMALL
+    least = MIN_F1 if prevalence >= MIN_F1_FROM - TARGET_TOLERANCE else MIN_F1_SMALL
     return bool(flagged) and f1 is not None and bool(f1 >= least - TARGET_TOLERANCE)
 
 

@@ -99,15 +99,19 @@ class Case:
     def poisoned_class(self) -> int:
         """The class the artifact is planted in (the control's nominal class: nothing is planted); the
         two-class set's class whose minority group is the ground truth."""
-        spec = ARTIFACTS.get(self.artifact, {}).get(self.split)
+        spec = self._spec
         return spec.poisoned if isinstance(spec, Waterbirds) else POISONED_CLASS[self.split]
 
     @property
     def is_global(self) -> bool:
         """Whether the artifact covers the whole image (brightness, blur, cast, the two-class set's background):
         no mask localises it, and the detection targets hold it to its CAV retrieval alone."""
-        spec = ARTIFACTS.get(self.artifact, {}).get(self.split)
-        return spec is not None and spec.is_global
+        return self._spec is not None and self._spec.is_global
+
+    @property
+    def _spec(self) -> Artifact | Waterbirds | None:
+        """The artifact's parameters on this case's split (None: the control or an unknown kind)."""
+        return ARTIFACTS.get(self.artifact, {}).get(self.split)
 
 
 def check_artifacts(names: list[str]) -> list[str]:
@@ -153,7 +157,7 @@ class CaseData:
     otherwise; ``everywhere_test``: the clean test images with the artifact in every one (the two-class set: every
     test image on the other class's background; None for the control). ``planted`` (k,) indexes ``train``: the
     training images that carry the artifact, all of ``poisoned_class``; ``masks`` (k, H, W) says where in each.
-    ``is_global``: the artifact covers the whole image (no localisation to score). ``label_names``: the classes'
+    ``is_global``: the case's (:attr:`Case.is_global`: no localisation to score). ``label_names``: the classes'
     names (the digits). ``groups``: the two-class set's group labels (spray.benchmark.backgrounds) of the
     training and the clean test images, named by ``group_names``; None for the other cases.
     """
@@ -165,10 +169,13 @@ class CaseData:
     planted: np.ndarray
     masks: np.ndarray
     poisoned_class: int
-    is_global: bool
     label_names: tuple[str, ...] = tuple(str(d) for d in range(10))
     groups: tuple[np.ndarray, np.ndarray] | None = None
     group_names: tuple[str, ...] = ()
+
+    @property
+    def is_global(self) -> bool:
+        return self.case.is_global
 
     def dataset(self, arrays: tuple[np.ndarray, np.ndarray]) -> TensorDataset:
         """A TensorDataset of (x, y) with the case's ``label_names``."""
@@ -231,7 +238,7 @@ def make_case(case: Case, images: Images, size: Size) -> CaseData:
         x_train[planted], masks = artifact.apply(x_train[planted], rng)
         everywhere = (artifact.apply(x_test, rng)[0], y_test)
     return CaseData(case, (x_train, y_train), (x_test, y_test), everywhere, planted.astype(np.int64), masks,
-                    case.poisoned_class, artifact is not None and artifact.is_global)
+                    case.poisoned_class)
 
 
 def _two_class_case(case: Case, spec: Waterbirds, images: Images, size: Size,
@@ -255,5 +262,5 @@ def _two_class_case(case: Case, spec: Waterbirds, images: Images, size: Size,
     planted = np.flatnonzero(other_train & (y_train == spec.poisoned)).astype(np.int64)
     masks = np.ones((len(planted), *x_train.shape[-2:]), np.float32)
     return CaseData(case, (x_train, y_train), (x_clean, y_test), (everywhere, y_test), planted, masks,
-                    spec.poisoned, True, tuple(str(d) for d in spec.digits), (groups_train, groups_test),
+                    spec.poisoned, tuple(str(d) for d in spec.digits), (groups_train, groups_test),
                     spec.group_names)

@@ -104,15 +104,22 @@ def meets_cav_target(cav_auroc: float | None, is_global: bool) -> bool:
     return cav_auroc is not None and bool(cav_auroc >= least - TARGET_TOLERANCE)
 
 
+def shortcut_target_met(clean: float, everywhere: float | None, balanced: float | None = None) -> bool:
+    """Whether one model's accuracies meet the shortcut half of the correction targets: ``everywhere`` within
+    :data:`EVERYWHERE_WITHIN` of ``clean`` — or, given ``balanced``, the balanced accuracy at least
+    :data:`MIN_BALANCED` — to :data:`TARGET_TOLERANCE`; a model with no everywhere accuracy meets nothing."""
+    if balanced is not None:
+        return bool(balanced >= MIN_BALANCED - TARGET_TOLERANCE)
+    return everywhere is not None and bool(clean - everywhere <= EVERYWHERE_WITHIN + TARGET_TOLERANCE)
+
+
 def meets_targets(clean: Sequence[float], everywhere: Sequence[float],
                   balanced: Sequence[float] | None = None) -> bool:
-    """Whether a correction meets the accuracy targets (docs/benchmark.md, "Metrics"): ``everywhere`` after
-    within :data:`EVERYWHERE_WITHIN` of ``clean`` after — or, given ``balanced``, the balanced accuracy after at
-    least :data:`MIN_BALANCED` — and ``clean`` before − after at most :data:`MAX_CLEAN_LOSS`; each ``(before,
+    """Whether a correction meets the accuracy targets (docs/benchmark.md, "Metrics"): the corrected model meets
+    :func:`shortcut_target_met` and ``clean`` before − after is at most :data:`MAX_CLEAN_LOSS`; each ``(before,
     after)``, to :data:`TARGET_TOLERANCE`."""
-    shortcut = (clean[1] - everywhere[1] <= EVERYWHERE_WITHIN + TARGET_TOLERANCE if balanced is None
-                else balanced[1] >= MIN_BALANCED - TARGET_TOLERANCE)
-    return shortcut and clean[0] - clean[1] <= MAX_CLEAN_LOSS + TARGET_TOLERANCE
+    return (shortcut_target_met(clean[1], everywhere[1], None if balanced is None else balanced[1])
+            and clean[0] - clean[1] <= MAX_CLEAN_LOSS + TARGET_TOLERANCE)
 
 
 def relevance_density(relevance: np.ndarray, masks: np.ndarray) -> float:

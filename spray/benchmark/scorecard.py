@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -20,9 +20,12 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from spray import __version__
 from spray.benchmark.baseline import BASELINES
+from spray.benchmark import metrics
 from spray.benchmark.faithfulness import ORDERINGS
-from spray.benchmark.metrics import mean_interval, meets_cav_target, meets_f1_target, meets_targets, wilson
+from spray.benchmark.metrics import (mean_interval, meets_cav_target, meets_f1_target, meets_targets,
+                                     shortcut_target_met, wilson)
 from spray.benchmark.run import STAGES, CaseResult
+from spray.clarc.cluster import ClusterSpec
 from spray.outputs import active
 
 
@@ -77,7 +80,8 @@ class CorrectionRow:
     true masks, original and corrected; how many seeds it refused, how many it corrected a class no test flagged
     (``--cluster top`` with no class flagged), and ``met``: of the seeds whose model uses its artifact, how many
     it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`, the two-class set's by its
-    balanced accuracy; a refusal is a miss)."""
+    balanced accuracy; a refusal is a miss); ``fixed``: of those seeds whose original model misses the targets, how
+    many it corrected to them on the poisoned class (:func:`_fixed`)."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None
@@ -92,6 +96,7 @@ class CorrectionRow:
     refused: int
     unflagged: int
     met: Rate
+    fixed: Rate
 
 
 @dataclass(frozen=True)
@@ -141,13 +146,14 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
                          pair("worst_group", 0), pair("worst_group", 1), pair("balanced", 0), pair("balanced", 1),
                          pair("density", 0), pair("density", 1),
                          sum(c["error"] is not None for c in found), sum(c["flagged"] is False for c in found),
-                         _targets(results, method))
+                         _count(results, method, _met), _count(results, method, _fixed))
 
 
-def _targets(results: list[CaseResult], method: str) -> Rate:
-    """How many of ``results`` ``method`` corrected to the accuracy targets, of those they apply to (:func:`_met`)."""
-    met = [m for m in (_met(r, method) for r in results) if m is not None]
-    return Rate.of(sum(met), len(met))
+def _count(results: list[CaseResult], method: str, judge: Callable[[CaseResult, str], bool | None]) -> Rate:
+    """How many of ``results`` ``judge`` (:func:`_met`, :func:`_fixed`) holds for ``method``, of those it applies
+    to."""
+    judged = [j for j in (judge(r, method) for r in results) if j is not None]
+    return Rate.of(sum(judged), len(judged))
 
 
 def _met(result: CaseResult, method: str) -> bool | None:
@@ -159,6 +165,19 @@ def _met(result: CaseResult, method: str) -> bool | None:
         return None
     return correction["error"] is None and meets_targets(correction["clean"], correction["everywhere"],
                                                          correction["balanced"])
+
+
+def _fixed(result: CaseResult, method: str) -> bool | None:
+    """Whether ``method`` corrected ``result`` to the accuracy targets (:func:`_met`) by correcting a cluster of
+    the poisoned class; None where :func:`_met` is, and where the original model already meets the targets'
+    shortcut half (:func:`~spray.benchmark.metrics.shortcut_target_met`: a two-class set balanced before). A
+    "met" that is not "fixed" is nominal: nothing needed correcting, or another class was corrected."""
+    met = _met(result, method)
+    if met is None or shortcut_target_met(result.clean_accuracy, result.everywhere_accuracy,
+                                          result.balanced_accuracy):
+        return None
+    cluster = result.corrections[method]["cluster"]
+    return met and ClusterSpec.parse(cluster).label == result.case.poisoned_class
 
 
 def _row(results: list[CaseResult], methods: list[str]) -> Row:
@@ -221,12 +240,14 @@ class Detection:
 class CorrectionSummary:
     """One correction method over the cases of a split and an architecture, every artifact, prevalence and seed
     pooled: ``met``, of the cases whose model uses its artifact, how many the method corrected to the accuracy
-    targets (:func:`_met`)."""
+    targets (:func:`_met`); ``fixed``, of those whose original model misses them, how many it corrected to them on
+    the poisoned class (:func:`_fixed`)."""
 
     split: str
     architecture: str
     method: str
     met: Rate
+    fixed: Rate
 
 
 def _scores(result: CaseResult, ranking: str) -> dict[str, Any] | None:
@@ -290,7 +311,7 @@ class Scorecard:
         by_model = [list(g) for _, g in groupby(model, key=lambda r: (r.case.split, r.case.architecture))]
         self.detection = [d for group in by_model for d in (_detection(group, k) for k in RANKINGS) if d]
         self.correction_summary = [CorrectionSummary(group[0].case.split, group[0].case.architecture, method,
-                                                     _targets(group, method))
+                                                     _count(group, method, _met), _count(group, method, _fixed))
                                    for group in by_model for method in self.corrections]
 
     @classmethod
@@ -337,7 +358,8 @@ class Scorecard:
             summary_header=SUMMARY_HEADER, summary=[_detection_cells(d) for d in self.detection],
             correction_header=CORRECTION_HEADER,
             corrections=[_correction_cells(c) for c in self.correction_summary],
-            spray_version=__version__,
+            spray_version=__version__, targets=metrics, percent=lambda share: f"{share:.0%}".replace("%", " %"),
+            points=lambda share: f"{share * 100:.0f}",
         )
 
     def write_html(self, path: str | Path) -> Path:
@@ -351,11 +373,12 @@ SUMMARY_HEADER = ("split", "arch", "ranking", "cases", "ranked first", "flagged"
                   "F1 target met (local)", "CAV AUROC target met", "flags on clean classes")
 
 
-CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met")
+CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met",
+                     "runs the original misses", "fixed on the poisoned class")
 
 
 def _correction_cells(c: CorrectionSummary) -> list[str]:
-    return [c.split, c.architecture, c.method, str(c.met.n), str(c.met)]
+    return [c.split, c.architecture, c.method, str(c.met.n), str(c.met), str(c.fixed.n), str(c.fixed)]
 
 
 def _detection_cells(d: Detection) -> list[str]:
@@ -390,7 +413,7 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
         if c.density_before is not None:
             cell += f" (density {est(c.density_before)} -> {est(c.density_after)})"
         if c.met.n:
-            cell += f" (targets met {c.met.k}/{c.met.n})"
+            cell += f" (targets met {c.met.k}/{c.met.n}, fixed {c.fixed.k}/{c.fixed.n})"
         return (cell + (f" ({c.refused} refused)" if c.refused else "")
                 + (f" ({c.unflagged} of an unflagged class)" if c.unflagged else ""))
 

@@ -7,7 +7,7 @@ import pytest
 
 from spray.benchmark.metrics import (best_separated, detection, mask_iou, mean_interval, meets_cav_target,
                                      meets_f1_target, meets_targets, out_of_fold_cav_auroc, relevance_density,
-                                     wilson)
+                                     shortcut_target_met, wilson)
 
 
 def test_detection_counts_hits_against_the_flagged_and_the_true_samples():
@@ -79,6 +79,13 @@ def test_with_known_groups_the_balanced_accuracy_stands_for_the_everywhere_bound
     assert meets_targets((0.95, 0.94), (0.5, 0.5), balanced=(0.6, 0.85)) is True
     assert meets_targets((0.95, 0.94), (0.5, 0.94), balanced=(0.6, 0.84)) is False
     assert meets_targets((0.95, 0.92), (0.5, 0.5), balanced=(0.6, 0.90)) is False  # 3 points of clean lost
+
+
+def test_one_models_shortcut_target_is_its_everywhere_gap_or_its_balanced_accuracy():
+    assert shortcut_target_met(np.float32(0.95), np.float32(0.90)) is True  # the exact 5-point gap, as stored
+    assert shortcut_target_met(0.95, 0.899) is False
+    assert shortcut_target_met(0.95, 0.5, balanced=0.85) is True and shortcut_target_met(0.95, 0.95, 0.84) is False
+    assert shortcut_target_met(0.95, None) is False  # no everywhere accuracy (the control): nothing is met
 
 
 @pytest.mark.parametrize("f1, flagged, prevalence, met", [

@@ -73,8 +73,8 @@ def test_rows_aggregate_the_seeds_of_one_cell():
         "error_slice F1", "pclarc everywhere before -> after", "rrclarc everywhere before -> after", "AOPC LRP",
         "AOPC GxI", "AOPC rand", "s/case", "CPU s/case", "peak RSS MiB"]
     assert re.split(r" {2,}", tag_line)[-8:-5] == [
-        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85] (targets met 3/3) (2 of an unflagged class)",
-        "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (targets met 1/3) (2 refused)",
+        "0.80 [0.80, 0.80] -> 0.85 [0.85, 0.85] (targets met 3/3, fixed 3/3) (2 of an unflagged class)",
+        "0.80 [0.80, 0.80] -> 0.90 [0.90, 0.90] (targets met 1/3, fixed 1/3) (2 refused)",
         "3.00 [0.52, 5.48]"]
     assert re.split(r" {2,}", tag_line)[-3:] == ["12", "23", "600"]
 
@@ -95,7 +95,7 @@ def test_the_two_class_sets_group_accuracies_enter_the_row_and_the_correction_ce
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
     assert cells[6] == "0.30 [-0.97, 1.57]"
     assert cells[-7] == ("0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (worst group 0.30 [-0.97, 1.57] -> 0.60 [0.60, 0.60], "
-                         "balanced 0.70 [0.70, 0.70] -> 0.85 [0.72, 0.98]) (targets met 1/2)")
+                         "balanced 0.70 [0.70, 0.70] -> 0.85 [0.72, 0.98]) (targets met 1/2, fixed 1/2)")
 
 
 def test_the_relevance_density_before_and_after_a_correction_enters_its_cell():
@@ -109,7 +109,7 @@ def test_the_relevance_density_before_and_after_a_correction_enters_its_cell():
     assert (density[0].mean, density[0].n, density[1].mean, density[1].n) == (4.0, 2, 1.5, 2)
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
     assert cells[-7] == ("0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (density 4.00 [4.00, 4.00] -> 1.50 [-4.85, 7.85]) "
-                         "(targets met 0/2)")
+                         "(targets met 0/2, fixed 0/2)")
 
 
 def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split_and_ranking():
@@ -164,10 +164,27 @@ def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():
     assert (met.k, met.n, str(met)) == (1, 3, "1/3 [0.06, 0.79]")
     (summary,) = card.correction_summary
     assert (summary.split, summary.architecture, summary.method, summary.met) == ("dev", "cnn", "pclarc", met)
+    assert summary.fixed == met  # every original missed the target and the poisoned class (8) was corrected
     assert card.summary().splitlines()[-2:] == [
-        "split  arch  correction  runs (the model uses its artifact)  targets met",
-        "dev    cnn   pclarc      3                                   1/3 [0.06, 0.79]"]
+        "split  arch  correction  runs (the model uses its artifact)  targets met       runs the original misses  "
+        "fixed on the poisoned class",
+        "dev    cnn   pclarc      3                                   1/3 [0.06, 0.79]  3                         "
+        "1/3 [0.06, 0.79]"]
     assert card.to_dict()["correction_summary"] == [
         {"split": "dev", "architecture": "cnn", "method": "pclarc",
-         "met": {"k": 1, "n": 3, "low": met.low, "high": met.high}}]
+         "met": {"k": 1, "n": 3, "low": met.low, "high": met.high},
+         "fixed": {"k": 1, "n": 3, "low": met.low, "high": met.high}}]
     assert "<th>targets met</th>" in card.html() and "<td>1/3 [0.06, 0.79]</td>" in card.html()
+
+
+def test_a_target_met_without_a_miss_before_or_on_another_class_is_not_a_fix():
+    results = [_result(seed, rank=1, f1=1.0, flags=0) for seed in range(4)]
+    for result in results:
+        result.corrections = {"pclarc": _correction((0.5, 0.86))}  # within 3 points of clean 0.89: met
+    results[1].corrections["pclarc"]["cluster"] = "3:kmeans_2:0"  # a clean class corrected: met, not fixed
+    results[2].everywhere_accuracy = 0.85  # the original within 5 points of its clean 0.90: met, nothing to fix
+    results[3].balanced_accuracy = 0.85  # a two-class set balanced before: met, nothing to fix
+    results[3].corrections["pclarc"]["balanced"] = [0.85, 0.9]
+    (summary,) = Scorecard(results, {}).correction_summary
+    assert (summary.met.k, summary.met.n, summary.fixed.k, summary.fixed.n) == (4, 4, 1, 2)
+    assert "balanced accuracy of at least 85 %), losing at most\n2 points" in Scorecard(results, {}).html()

@@ -53,7 +53,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 24
+SCORES = 25
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -81,7 +81,9 @@ agreed area makes an artifact local only where its transplant masks lie at one p
 apart read a moving artifact unless the model tells the transplant's result from the group worse than the intensity
 map's beyond chance (docs/clarc.md §34); 23: the CAV AUROC's CAV is fitted in the feature set of
 :func:`cav_features` that separates the named cluster best (docs/benchmark.md, "CAV retrieval"); 24: each
-correction records the two-class set's balanced accuracy (``balanced``), which its target reads."""
+correction records the two-class set's balanced accuracy (``balanced``), which its target reads; 25: each
+correction records the TCAV score and mean |directional derivative| of its class before and after (``tcav``,
+``tcav_magnitude``) and what it cost (``training_seconds``), issue 18's remaining metrics."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -129,8 +131,8 @@ class CaseResult:
 
     ``baselines``: per baseline (spray.benchmark.baseline.BASELINES), ``{"rank", "f1"}``. ``corrections``: per
     correction method, ``{"cluster", "flagged", "clean", "everywhere", "worst_group", "balanced", "density",
-    "error"}``, the accuracies and densities as [original, corrected], ``flagged`` whether the corrected cluster's
-    class is.
+    "tcav", "tcav_magnitude", "training_seconds", "error"}``, the accuracies, densities and TCAV figures as
+    [original, corrected], ``flagged`` whether the corrected cluster's class is.
     ``group_accuracy``: the two-class set's accuracy per group on the clean test set."""
 
     case: Case
@@ -402,10 +404,13 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
     ``flagged`` records which), evaluated with the ground-truth artifact in every clean test image (and per group
     on the two-class set: its worst group and balanced accuracy), and, where the true masks localise the
     artifact, by the relevance density inside them (:func:`_planted_density`: the correction's target is a cut of
-    at least half). The original model's group accuracies and density are read from the case's own scores,
-    ``original``, not evaluated again per method; a refusal is recorded as its ``error``, not raised."""
+    at least half), and by the TCAV of the corrected class along a CAV at another layer
+    (:func:`spray.clarc.evaluate.evaluate_correction`) with the correction's cost. The original model's group
+    accuracies and density are read from the case's own scores, ``original``, not evaluated again per method; a
+    refusal is recorded as its ``error``, not raised."""
     score: dict[str, Any] = {"cluster": None, "flagged": None, "clean": None, "everywhere": None,
-                             "worst_group": None, "balanced": None, "density": None, "error": None}
+                             "worst_group": None, "balanced": None, "density": None, "tcav": None,
+                             "tcav_magnitude": None, "training_seconds": None, "error": None}
     try:
         corrected = clarc_from_store(
             store, model, data.dataset(data.train),
@@ -418,7 +423,10 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
     before, after = corrected.metrics
     score.update(cluster=corrected.cluster, flagged=corrected.flagged,
                  clean=[before["clean_accuracy"], after["clean_accuracy"]],
-                 everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]])
+                 everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]],
+                 tcav=[before["tcav_score"], after["tcav_score"]],
+                 tcav_magnitude=[before["tcav_magnitude"], after["tcav_magnitude"]],
+                 training_seconds=after["training_seconds"])
     if data.groups is not None:
         groups = [list(original.group_accuracy.values()), list(_group_accuracy(corrected.model, data).values())]
         score["worst_group"] = [min(g) for g in groups]

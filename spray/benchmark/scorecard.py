@@ -76,8 +76,9 @@ class BaselineRow:
 @dataclass(frozen=True)
 class CorrectionRow:
     """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy,
-    (the two-class set) worst-group and balanced accuracy and (a local artifact) the relevance density inside the
-    true masks, original and corrected; how many seeds it refused, how many it corrected a class no test flagged
+    (the two-class set) worst-group and balanced accuracy, (a local artifact) the relevance density inside the
+    true masks, and the corrected class's TCAV score and mean |directional derivative|, original and corrected;
+    what the correction cost (``seconds``, its training); how many seeds it refused, how many it corrected a class no test flagged
     (``--cluster top`` with no class flagged), and ``met``: of the seeds whose model uses its artifact, how many
     it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`, the two-class set's by its
     balanced accuracy; a refusal is a miss); ``fixed``: of those seeds whose original model misses the targets, how
@@ -93,6 +94,11 @@ class CorrectionRow:
     balanced_after: Estimate | None
     density_before: Estimate | None
     density_after: Estimate | None
+    tcav_before: Estimate | None
+    tcav_after: Estimate | None
+    tcav_magnitude_before: Estimate | None
+    tcav_magnitude_after: Estimate | None
+    seconds: Estimate | None
     refused: int
     unflagged: int
     met: Rate
@@ -144,7 +150,9 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
 
     return CorrectionRow(pair("everywhere", 0), pair("everywhere", 1), pair("clean", 0), pair("clean", 1),
                          pair("worst_group", 0), pair("worst_group", 1), pair("balanced", 0), pair("balanced", 1),
-                         pair("density", 0), pair("density", 1),
+                         pair("density", 0), pair("density", 1), pair("tcav", 0), pair("tcav", 1),
+                         pair("tcav_magnitude", 0), pair("tcav_magnitude", 1),
+                         Estimate.of([c["training_seconds"] for c in found]),
                          sum(c["error"] is not None for c in found), sum(c["flagged"] is False for c in found),
                          _count(results, method, _met), _count(results, method, _fixed))
 
@@ -412,6 +420,11 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
                      f"{est(c.balanced_before)} -> {est(c.balanced_after)})")
         if c.density_before is not None:
             cell += f" (density {est(c.density_before)} -> {est(c.density_after)})"
+        if c.tcav_before is not None:
+            cell += (f" (TCAV {est(c.tcav_before)} -> {est(c.tcav_after)}, |dd| {est(c.tcav_magnitude_before)} -> "
+                     f"{est(c.tcav_magnitude_after)})")
+        if c.seconds is not None:
+            cell += f" ({c.seconds.mean:.0f} s)"
         if c.met.n:
             cell += f" (targets met {c.met.k}/{c.met.n}, fixed {c.fixed.k}/{c.fixed.n})"
         return (cell + (f" ({c.refused} refused)" if c.refused else "")

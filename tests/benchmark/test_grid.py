@@ -64,8 +64,10 @@ def test_every_case_records_its_ground_truth_scores_and_costs(grid_run):
         assert list(result.corrections) == ["pclarc"]
         pclarc = result.corrections["pclarc"]
         assert set(pclarc) == {"cluster", "flagged", "clean", "everywhere", "worst_group", "balanced", "density",
-                               "error"}
+                               "tcav", "tcav_magnitude", "training_seconds", "error"}
         if pclarc["error"] is None:  # the original's density is the case's; a global mask localises nothing
+            assert all(0 <= score <= 1 for score in pclarc["tcav"]) and min(pclarc["tcav_magnitude"]) >= 0
+            assert pclarc["training_seconds"] > 0
             assert (pclarc["density"] is None) == two_class == (pclarc["balanced"] is not None)
             assert not two_class or (pclarc["worst_group"][0] == result.worst_group_accuracy
                                      and pclarc["balanced"][0] == pytest.approx(result.balanced_accuracy))

@@ -16,7 +16,7 @@ def _correction(everywhere: tuple[float, float], worst: list[float] | None = Non
     return {"cluster": None if error else "8:kmeans_2:1", "flagged": None if error else flagged,
             "clean": None if error else [0.9, 0.89],
             "everywhere": None if error else list(everywhere), "worst_group": worst, "balanced": balanced,
-            "density": density, "error": error}
+            "density": density, "tcav": None, "tcav_magnitude": None, "training_seconds": None, "error": error}
 
 
 def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = False) -> CaseResult:
@@ -110,6 +110,25 @@ def test_the_relevance_density_before_and_after_a_correction_enters_its_cell():
     cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
     assert cells[-7] == ("0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (density 4.00 [4.00, 4.00] -> 1.50 [-4.85, 7.85]) "
                          "(targets met 0/2, fixed 0/2)")
+
+
+def test_the_tcav_figures_and_the_cost_of_a_correction_enter_its_cell():
+    results = []
+    for seed, (after, cost) in enumerate(((0.5, 10.0), (0.7, 20.0))):
+        result = _result(seed, rank=1, f1=1.0, flags=0)
+        correction = _correction((0.3, 0.5))
+        correction |= {"tcav": [0.9, after], "tcav_magnitude": [0.2, 0.1 * (seed + 1)], "training_seconds": cost}
+        result.corrections = {"pclarc": correction}
+        results.append(result)
+    refused = _result(2, rank=1, f1=1.0, flags=0)
+    refused.corrections = {"pclarc": _correction((0.3, 0.5), error="too few")}  # no figures: it adds none
+    (row,) = Scorecard(results + [refused], {}).rows
+    pclarc = row.corrections["pclarc"]
+    assert (pclarc.tcav_before.mean, pclarc.tcav_after.mean, pclarc.tcav_after.n) == (0.9, pytest.approx(0.6), 2)
+    assert (pclarc.tcav_magnitude_after.mean, pclarc.seconds.mean, pclarc.seconds.n) == (pytest.approx(0.15), 15.0, 2)
+    cells = re.split(r" {2,}", Scorecard(results, {}).table().splitlines()[1])
+    assert cells[-7] == ("0.30 [0.30, 0.30] -> 0.50 [0.50, 0.50] (TCAV 0.90 [0.90, 0.90] -> 0.60 [-0.67, 1.87], |dd| "
+                         "0.20 [0.20, 0.20] -> 0.15 [-0.49, 0.79]) (15 s) (targets met 0/2, fixed 0/2)")
 
 
 def test_the_detection_summary_pools_the_cases_that_use_their_artifact_per_split_and_ranking():

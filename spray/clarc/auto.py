@@ -71,6 +71,7 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from spray.clarc.artifact import digest
+from spray.clarc.finetune import history_seconds
 from spray.clarc.groups import InferredGroups, infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.transform import Transform, Transformations, kind_figures
 from spray.errors import DivergedError, GroupSizeError
@@ -147,7 +148,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                 figures[name] = {"skipped": str(error), "seconds": time.perf_counter() - tick}
                 continue
             scored = score.figures(correction.model) if most is None else best_epoch(correction.history)
-            figures[name] = {**scored, "seconds": time.perf_counter() - tick}
+            figures[name] = {**scored, "seconds": history_seconds(correction.history, time.perf_counter() - tick)}
         chosen = choose(figures)
         method, transformation = candidates[chosen]
         epochs = figures[chosen].get("epochs")
@@ -156,7 +157,8 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                                      dataclasses.replace(tuning, kind=transformation,
                                                          **({} if epochs is None else {"epochs": epochs})),
                                      Path(run_dir) / REFIT / chosen, overwrite, progress)
-        refit = {"n_fit": len(fit), "n": len(dataset), "seconds": time.perf_counter() - tick}
+        refit = {"n_fit": len(fit), "n": len(dataset),
+                 "seconds": history_seconds(result.history, time.perf_counter() - tick)}
         params = {**result.params, "auto": {"kind": kind, **dataclasses.asdict(read), "chosen": chosen,
                                             "candidates": figures, "refit": refit}}
         return dataclasses.replace(result, params=params)

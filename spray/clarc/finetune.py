@@ -62,12 +62,21 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass
 class FinetuneResult:
-    """The fine-tuned ``model`` (eval mode), one ``history`` entry per epoch (``epoch``, ``loss``,
-    ``seconds``), and ``resumed_from``: the completed epoch a checkpoint was resumed from (0: none)."""
+    """The fine-tuned ``model`` (eval mode), one ``history`` entry per epoch (``epoch``, ``loss``, the
+    annotation's figures, ``seconds``: the epoch's training and annotation), and ``resumed_from``: the completed
+    epoch a checkpoint was resumed from (0: none)."""
 
     model: nn.Module
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
+
+
+def history_seconds(history: Sequence[Mapping[str, float]], wall: float) -> float:
+    """What a fine-tuning cost: its epochs' ``seconds`` as its history recorded them, each epoch once, also when a
+    checkpoint was resumed or a finished run loaded (whose ``wall`` time is only the loading); ``wall``, the
+    seconds the call took, where there is no history (a method that trains nothing) or an entry has no time."""
+    seconds = [entry.get("seconds") for entry in history]
+    return float(sum(seconds)) if seconds and None not in seconds else wall
 
 
 def epoch_seeds(seed: int, epoch: int) -> tuple[int, int, int]:
@@ -182,9 +191,10 @@ def finetune(
                     total += float(loss.detach()) * len(y)
                     seen += len(y)
                     bar.update()
-                entry = {"epoch": epoch, "loss": total / max(seen, 1), "seconds": time.perf_counter() - tick}
+                entry: dict[str, float] = {"epoch": epoch, "loss": total / max(seen, 1)}
                 if annotate is not None:
                     entry.update(annotate(epoch, model))
+                entry["seconds"] = time.perf_counter() - tick  # the epoch's training and its annotation
                 history.append(entry)
                 good = copy.deepcopy(model.state_dict())
                 if path is not None:

@@ -33,7 +33,7 @@ from spray.clarc.dfr import DFR
 from spray.clarc.groupdro import GroupDRO
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
 from spray.clarc.evaluate import FdaSetup, empty_row, evaluate_correction, format_metrics
-from spray.clarc.finetune import CHECKPOINT, Annotation, FinetuningCorrector
+from spray.clarc.finetune import CHECKPOINT, Annotation, FinetuningCorrector, history_seconds
 from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
@@ -344,14 +344,14 @@ def clarc_from_store(
 
 
 def _training_seconds(correction: Correction, wall: float) -> float:
-    """What the correction cost: its fine-tuning epochs' seconds as their history recorded them (each epoch
-    once, also when a checkpoint was resumed or a finished run loaded), else ``wall``, the seconds the
-    method took (a method that trains nothing, e.g. P-ClArC; and auto, whose cost is every candidate's
-    training and validation and the chosen method's refit, not the refit's history alone)."""
+    """What the correction cost: its fine-tuning's epochs as their history recorded them, or ``wall``, the
+    seconds the method took (:func:`spray.clarc.finetune.history_seconds`); auto's, every candidate's training and
+    validation and the refit, as it recorded each (the same rule), or ``wall`` where that is more (the reading of
+    the class and the groups around them; a resumed or loaded run took less than it cost)."""
     if "auto" in correction.params:
-        return wall
-    seconds = [entry.get("seconds") for entry in correction.history]
-    return float(sum(seconds)) if seconds and None not in seconds else wall
+        auto = correction.params["auto"]
+        return max(wall, sum(c["seconds"] for c in auto["candidates"].values()) + auto["refit"]["seconds"])
+    return history_seconds(correction.history, wall)
 
 
 def _params(config: ClarcConfig, correction: Correction, weights: Path, analysis: str,

@@ -31,6 +31,7 @@ from spray.clarc.dfr import CS
 from spray.clarc.groupdro import GroupDRO
 from spray.clarc.rrclarc import RRClArC
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
+from spray.clarc.finetune import CHECKPOINT
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.run import describe_artifact, shipped
 from spray.clarc.transform import Transformations, agreed_area, coverage, kind_figures
@@ -87,6 +88,22 @@ def test_group_robust_and_auto_runs_are_recorded_and_their_weights_reload(tiny_a
     reloaded = load_corrected(new_model(seed=3), torch.load(result.weights, weights_only=True))
     x = tiny_audit.dataset.tensors[0][:5]
     assert torch.allclose(reloaded(x), result.model(x), atol=1e-6)
+
+
+def test_auto_run_again_over_its_checkpoints_reports_what_its_candidates_cost_not_the_loading(tiny_audit, tmp_path):
+    spec = a_group_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    config = ClarcConfig("auto", tmp_path / "runs", cluster=spec, tuning=Tuning(epochs=2), overwrite=True,
+                         progress=False)
+    first, again = (clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config) for _ in range(2))
+    candidates = first.params["auto"]["candidates"]
+    trained = [n for n in candidates if (first.run_dir / n / CHECKPOINT).is_file()]
+    assert trained  # the fine-tuned candidates load their finished checkpoints the second time
+    # Their cost is the epochs their histories recorded, the same both times; the run's is at least theirs.
+    assert [again.params["auto"]["candidates"][n]["seconds"] for n in trained] == [candidates[n]["seconds"]
+                                                                                   for n in trained]
+    assert again.params["training_seconds"] >= sum(candidates[n]["seconds"] for n in trained) > 0
 
 
 def test_auto_ships_the_chosen_method_refitted_on_all_the_data_deterministically(tiny_audit, tmp_path):

@@ -242,6 +242,8 @@ class Detection:
     f1_target: Rate
     cav_target: Rate
     clean_flags: Rate
+    prevalence: float | None = None
+    """The prevalence of the cases pooled (:attr:`Scorecard.detection_by_prevalence`); None: every prevalence."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,8 @@ class CorrectionSummary:
     method: str
     met: Rate
     fixed: Rate
+    prevalence: float | None = None
+    """As :attr:`Detection.prevalence`."""
 
 
 def _scores(result: CaseResult, ranking: str) -> dict[str, Any] | None:
@@ -266,7 +270,7 @@ def _scores(result: CaseResult, ranking: str) -> dict[str, Any] | None:
     return getattr(result, ranking)
 
 
-def _detection(results: list[CaseResult], ranking: str) -> Detection | None:
+def _detection(results: list[CaseResult], ranking: str, prevalence: float | None = None) -> Detection | None:
     scored = [_scores(r, ranking) for r in results]
     if any(s is None for s in scored):
         return None
@@ -278,7 +282,14 @@ def _detection(results: list[CaseResult], ranking: str) -> Detection | None:
                      Rate.of(sum(bool(s["flagged"]) for s, _ in used), len(used)),
                      Estimate.of([s["f1"] for s, _ in used]), Rate.of(sum(local), len(local)),
                      Rate.of(sum(meets_cav_target(s["cav_auroc"], c.is_global) for s, c in used), len(used)),
-                     Rate.of(sum(s["clean_flags"] for s in scored), sum(s["clean_classes"] for s in scored)))
+                     Rate.of(sum(s["clean_flags"] for s in scored), sum(s["clean_classes"] for s in scored)),
+                     prevalence)
+
+
+def _corrections(results: list[CaseResult], method: str, prevalence: float | None = None) -> CorrectionSummary:
+    case = results[0].case
+    return CorrectionSummary(case.split, case.architecture, method, _count(results, method, _met),
+                             _count(results, method, _fixed), prevalence)
 
 
 def _group_key(result: CaseResult) -> tuple:
@@ -310,6 +321,11 @@ class Scorecard:
     """The correction methods of the results, in the order they first appear: one column each."""
     correction_summary: list[CorrectionSummary] = field(init=False)
     """Per split × architecture, one entry per correction method."""
+    detection_by_prevalence: list[Detection] = field(init=False)
+    """Per split × architecture × prevalence of the planted cases (the controls apart), the combined ranking's
+    entry: issue 17's targets differ by prevalence, and a pooled rate hides where they are missed."""
+    correction_by_prevalence: list[CorrectionSummary] = field(init=False)
+    """The same groups' entries, one per correction method."""
 
     def __post_init__(self) -> None:
         self.corrections = list(dict.fromkeys(m for r in self.results for m in r.corrections))
@@ -318,9 +334,15 @@ class Scorecard:
         model = sorted(ordered, key=lambda r: (r.case.split != "dev", r.case.architecture))  # stable: rows' order
         by_model = [list(g) for _, g in groupby(model, key=lambda r: (r.case.split, r.case.architecture))]
         self.detection = [d for group in by_model for d in (_detection(group, k) for k in RANKINGS) if d]
-        self.correction_summary = [CorrectionSummary(group[0].case.split, group[0].case.architecture, method,
-                                                     _count(group, method, _met), _count(group, method, _fixed))
-                                   for group in by_model for method in self.corrections]
+        self.correction_summary = [_corrections(group, method) for group in by_model for method in self.corrections]
+        planted = sorted((r for r in model if not r.case.is_control),
+                         key=lambda r: (r.case.split != "dev", r.case.architecture, r.case.prevalence))
+        by_prevalence = [list(g) for _, g in groupby(planted, key=lambda r: (r.case.split, r.case.architecture,
+                                                                             r.case.prevalence))]
+        self.detection_by_prevalence = [d for group in by_prevalence
+                                        for d in [_detection(group, "combined", group[0].case.prevalence)] if d]
+        self.correction_by_prevalence = [_corrections(group, method, group[0].case.prevalence)
+                                         for group in by_prevalence for method in self.corrections]
 
     @classmethod
     def made(cls, results: list[CaseResult], **meta: Any) -> Scorecard:
@@ -329,11 +351,14 @@ class Scorecard:
         return cls(results, {"spray": __version__, "machine": machine(), "date": now, **meta})
 
     def to_dict(self) -> dict[str, Any]:
-        """``spray benchmark --json``: ``meta``, ``rows`` (aggregates), ``detection`` and ``correction_summary``
-        (the summaries) and ``cases`` (each scored case)."""
+        """``spray benchmark --json``: ``meta``, ``rows`` (aggregates), ``detection``, ``correction_summary`` and
+        their per-prevalence entries, ``detection_by_prevalence`` and ``correction_by_prevalence`` (the summaries),
+        and ``cases`` (each scored case)."""
         return {"meta": self.meta, "rows": [asdict(r) for r in self.rows],
                 "detection": [asdict(d) for d in self.detection],
                 "correction_summary": [asdict(c) for c in self.correction_summary],
+                "detection_by_prevalence": [asdict(d) for d in self.detection_by_prevalence],
+                "correction_by_prevalence": [asdict(c) for c in self.correction_by_prevalence],
                 "cases": [r.to_dict() for r in self.results]}
 
     def table(self) -> str:
@@ -348,13 +373,16 @@ class Scorecard:
     def summary(self) -> str:
         """:attr:`detection` as aligned text: per split, architecture and ranking, over the cases where the model
         uses its artifact, rank 1 and flagged as k/n with their Wilson interval, the named group's mean F1 with its
-        Student-t interval; flags on the clean classes of every case. Then, where corrections ran,
-        :attr:`correction_summary`: the targets met per split, architecture and method."""
-        text = _aligned([list(SUMMARY_HEADER)] + [_detection_cells(d) for d in self.detection])
+        Student-t interval; flags on the clean classes of every case; then the combined ranking's per prevalence
+        (:attr:`detection_by_prevalence`). Then, where corrections ran, :attr:`correction_summary`: the targets met
+        per split, architecture and method, and per prevalence (:attr:`correction_by_prevalence`)."""
+        tables = [[SUMMARY_HEADER, *map(_detection_cells, self.detection)]]
+        if self.detection_by_prevalence:
+            tables.append([PREVALENCE_SUMMARY_HEADER, *map(_detection_cells, self.detection_by_prevalence)])
         if self.correction_summary:
-            corrections = [_correction_cells(c) for c in self.correction_summary]
-            text += "\n\n" + _aligned([list(CORRECTION_HEADER)] + corrections)
-        return text
+            tables.append([CORRECTION_HEADER, *map(_correction_cells, self.correction_summary)])
+            tables.append([PREVALENCE_CORRECTION_HEADER, *map(_correction_cells, self.correction_by_prevalence)])
+        return "\n\n".join(_aligned([list(line) for line in table]) for table in tables)
 
     def html(self) -> str:
         """The scorecard as one self-contained HTML page in the report's style."""
@@ -364,8 +392,12 @@ class Scorecard:
             meta=self.meta, header=_html_header(self.corrections),
             rows=[(r, _cells(r, self.corrections)) for r in self.rows],
             summary_header=SUMMARY_HEADER, summary=[_detection_cells(d) for d in self.detection],
+            prevalence_header=PREVALENCE_SUMMARY_HEADER,
+            prevalence_summary=[_detection_cells(d) for d in self.detection_by_prevalence],
             correction_header=CORRECTION_HEADER,
             corrections=[_correction_cells(c) for c in self.correction_summary],
+            prevalence_correction_header=PREVALENCE_CORRECTION_HEADER,
+            prevalence_corrections=[_correction_cells(c) for c in self.correction_by_prevalence],
             spray_version=__version__, targets=metrics, percent=lambda share: f"{share:.0%}".replace("%", " %"),
             points=lambda share: f"{share * 100:.0f}",
         )
@@ -381,17 +413,25 @@ SUMMARY_HEADER = ("split", "arch", "ranking", "cases", "ranked first", "flagged"
                   "F1 target met (local)", "CAV AUROC target met", "flags on clean classes")
 
 
+PREVALENCE_SUMMARY_HEADER = ("split", "arch", "prevalence (combined ranking)", *SUMMARY_HEADER[3:])
+
+
 CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met",
                      "runs the original misses", "fixed on the poisoned class")
 
 
+PREVALENCE_CORRECTION_HEADER = ("split", "arch", "prevalence", *CORRECTION_HEADER[2:])
+
+
 def _correction_cells(c: CorrectionSummary) -> list[str]:
-    return [c.split, c.architecture, c.method, str(c.met.n), str(c.met), str(c.fixed.n), str(c.fixed)]
+    where = [] if c.prevalence is None else [f"{c.prevalence:.0%}"]
+    return [c.split, c.architecture, *where, c.method, str(c.met.n), str(c.met), str(c.fixed.n), str(c.fixed)]
 
 
 def _detection_cells(d: Detection) -> list[str]:
-    return [d.split, d.architecture, d.ranking, str(d.cases), str(d.first), str(d.flagged),
-            "-" if d.f1 is None else str(d.f1), str(d.f1_target), str(d.cav_target), str(d.clean_flags)]
+    return [d.split, d.architecture, d.ranking if d.prevalence is None else f"{d.prevalence:.0%}", str(d.cases),
+            str(d.first), str(d.flagged), "-" if d.f1 is None else str(d.f1), str(d.f1_target), str(d.cav_target),
+            str(d.clean_flags)]
 
 
 def _aligned(lines: list[list[str]]) -> str:

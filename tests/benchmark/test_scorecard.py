@@ -184,7 +184,7 @@ def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():
     (summary,) = card.correction_summary
     assert (summary.split, summary.architecture, summary.method, summary.met) == ("dev", "cnn", "pclarc", met)
     assert summary.fixed == met  # every original missed the target and the poisoned class (8) was corrected
-    assert card.summary().splitlines()[-2:] == [
+    assert card.summary().split("\n\n")[2].splitlines() == [
         "split  arch  correction  runs (the model uses its artifact)  targets met       runs the original misses  "
         "fixed on the poisoned class",
         "dev    cnn   pclarc      3                                   1/3 [0.06, 0.79]  3                         "
@@ -192,8 +192,29 @@ def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():
     assert card.to_dict()["correction_summary"] == [
         {"split": "dev", "architecture": "cnn", "method": "pclarc",
          "met": {"k": 1, "n": 3, "low": met.low, "high": met.high},
-         "fixed": {"k": 1, "n": 3, "low": met.low, "high": met.high}}]
+         "fixed": {"k": 1, "n": 3, "low": met.low, "high": met.high}, "prevalence": None}]
     assert "<th>targets met</th>" in card.html() and "<td>1/3 [0.06, 0.79]</td>" in card.html()
+
+
+def test_the_summaries_per_prevalence_split_the_combined_ranking_and_the_corrections_by_prevalence():
+    results = [_result(seed, rank=seed + 1, f1=1.0, flags=seed) for seed in range(3)]
+    results += [_result(0, rank=1, f1=0.8, flags=0), _result(0, rank=1, f1=0.0, flags=2, control=True)]
+    results[3].case = Case("tag", 0.03, "cnn", 3, "dev")  # a 3 % case: F1 0.8 meets its target of 0.75
+    card = Scorecard(results, {})
+    small, large = card.detection_by_prevalence
+    assert (small.prevalence, small.ranking, small.cases, small.first.k, small.f1_target.k) == (0.03, "combined", 1, 1, 1)
+    assert (large.prevalence, large.cases, large.first.k, large.flagged.k, large.clean_flags.k) == (0.1, 3, 1, 1, 3)
+    assert [(c.prevalence, c.method, c.met.n) for c in card.correction_by_prevalence] == [
+        (0.03, "pclarc", 1), (0.03, "rrclarc", 1), (0.1, "pclarc", 3), (0.1, "rrclarc", 3)]
+    detection, by_prevalence, _, corrections = card.summary().split("\n\n")
+    assert [re.split(r" {2,}", line)[:5] for line in by_prevalence.splitlines()] == [
+        ["split", "arch", "prevalence (combined ranking)", "cases", "ranked first"],
+        ["dev", "cnn", "3%", "1", "1/1 [0.21, 1.00]"], ["dev", "cnn", "10%", "3", "1/3 [0.06, 0.79]"]]
+    assert re.split(r" {2,}", corrections.splitlines()[1])[:5] == ["dev", "cnn", "3%", "pclarc", "1"]
+    stored = card.to_dict()
+    assert [d["prevalence"] for d in stored["detection_by_prevalence"]] == [0.03, 0.1]
+    assert stored["detection"][0]["prevalence"] is None and len(stored["correction_by_prevalence"]) == 4
+    assert "<th>prevalence (combined ranking)</th>" in card.html() and "<td>3%</td>" in card.html()
 
 
 def test_a_target_met_without_a_miss_before_or_on_another_class_is_not_a_fix():

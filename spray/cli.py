@@ -498,13 +498,15 @@ def report(store: Path, output: Path, analysis: str, max_classes: int | None, mo
 @click.option("--architectures", default="cnn", show_default=True,
               help="Comma-separated architectures each case is trained on: cnn, resnet (a small ResNet), "
                    "vit (a small ViT).")
+@click.option("--splits", default="dev,heldout", show_default=True,
+              help="Comma-separated splits of the grid to run: dev (choose defaults on it), heldout (judge on it).")
 @click.option("--cache", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark-cache"),
               show_default=True, help="Trained models, audit stores and scored cases; a rerun resumes from it.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=Path("storage/benchmark"),
               show_default=True, help="Where scorecard.html and scorecard.json go.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scorecard as JSON on stdout.")
 def benchmark(quick: bool, cases: str | None, seeds: int, prevalences: str | None, corrections: str, source: str,
-              architectures: str, cache: Path, out: Path, as_json: bool) -> None:
+              architectures: str, splits: str, cache: Path, out: Path, as_json: bool) -> None:
     """Planted shortcuts with ground truth, scored through the chain: train -> attribute -> rank -> ClArC."""
     from spray.benchmark.suite import benchmark as run_suite
 
@@ -516,7 +518,8 @@ def benchmark(quick: bool, cases: str | None, seeds: int, prevalences: str | Non
     card, page = run_suite(cases=[c.strip() for c in cases.split(",")] if cases is not None else None,
                            quick=quick, seeds=seeds, source=source, prevalences=prevalences,
                            corrections=tuple(c.strip() for c in corrections.split(",")),
-                           architectures=tuple(a.strip() for a in architectures.split(",")), cache=cache, out=out,
+                           architectures=tuple(a.strip() for a in architectures.split(",")),
+                           splits=tuple(s.strip() for s in splits.split(",")), cache=cache, out=out,
                            on_case=done)
     if as_json:
         _echo_json(card.to_dict())

@@ -125,13 +125,22 @@ def check_artifacts(names: list[str]) -> list[str]:
     return names
 
 
+def check_splits(splits: list[str]) -> tuple[Split, ...]:
+    """``splits`` if each is one of :data:`SPLITS` (in :data:`SPLITS`' order, once each), else a BadInputError."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise BadInputError(f"unknown split {', '.join(map(repr, unknown)) or '(none given)'} (--splits); choose "
+                            f"from {', '.join(SPLITS)}")
+    return tuple(s for s in SPLITS if s in splits)
+
+
 def grid(artifacts: list[str], prevalences: tuple[float, ...], seeds: int,
-         architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES) -> list[Case]:
+         architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES, splits: tuple[str, ...] = SPLITS) -> list[Case]:
     """Every case of ``artifacts`` × ``prevalences`` × ``architectures`` (spray.benchmark.models) × ``seeds``
-    seeds, on both splits (development first); the control once per seed and architecture, whatever the
-    prevalences."""
+    seeds, on each of ``splits`` (:func:`check_splits`; development first); the control once per seed and
+    architecture, whatever the prevalences."""
     cases = []
-    for split in SPLITS:
+    for split in check_splits(list(splits)):
         for artifact in check_artifacts(artifacts):
             for prevalence in (0.0,) if artifact == CONTROL else prevalences:
                 for architecture in check_architectures(list(architectures)):

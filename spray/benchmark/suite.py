@@ -6,7 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from spray.benchmark.cases import ARTIFACTS, CONTROL, MIN_PLANTED, PREVALENCES, Size, grid, planted_count, size_for
+from spray.benchmark.cases import (ARTIFACTS, CONTROL, MIN_PLANTED, PREVALENCES, SPLITS, Size, check_splits, grid,
+                                    planted_count, size_for)
 from spray.benchmark.models import DEFAULT_ARCHITECTURES, check_architectures
 from spray.benchmark.run import CLARC, CaseResult, check_corrections, run_benchmark
 from spray.benchmark.scorecard import Scorecard
@@ -43,12 +44,12 @@ def parse_prevalences(text: str, size: Size) -> tuple[float, ...]:
 
 def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int = 3, source: str = "mnist",
               prevalences: str | None = None, corrections: tuple[str, ...] = CLARC,
-              architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES,
+              architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES, splits: tuple[str, ...] = SPLITS,
               cache: str | Path = "storage/benchmark-cache", out: str | Path = "storage/benchmark",
               size: Size | None = None,
               on_case: Callable[[int, int, CaseResult], None] | None = None) -> tuple[Scorecard, Path]:
     """Run the grid of ``cases`` (artifact kinds; default: all, or :data:`QUICK_ARTIFACTS` with ``quick``)
-    on both splits with ``seeds`` seeds each, at ``prevalences`` (``--prevalences`` text, checked by
+    on each of ``splits`` (default: both) with ``seeds`` seeds each, at ``prevalences`` (``--prevalences`` text, checked by
     :func:`parse_prevalences`; default: those of :data:`PREVALENCES` whose planted count reaches ``MIN_PLANTED``
     for the size, ``quick``: :data:`QUICK_PREVALENCES`), correcting with each of ``corrections``
     (spray.clarc.CORRECTIONS), on each of ``architectures`` (spray.benchmark.models); write ``scorecard.html``
@@ -60,7 +61,8 @@ def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int
         p for p in (QUICK_PREVALENCES if quick else PREVALENCES) if planted_count(p, size) >= MIN_PLANTED)
     corrections = check_corrections(corrections)
     architectures = check_architectures(list(architectures))
-    chosen = grid(kinds, chosen_prevalences, seeds, architectures)
+    splits = check_splits(list(splits))
+    chosen = grid(kinds, chosen_prevalences, seeds, architectures, splits)
     guard = active()
     directory = guard.directory(out, "benchmark output directory")  # refused before hours of work, not after
     results = run_benchmark(chosen, cache, size, source=source, corrections=corrections,
@@ -71,6 +73,7 @@ def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int
                         *(["--clarc", ",".join(corrections)] if corrections != CLARC else []),
                         *(["--architectures", ",".join(architectures)]
                           if architectures != DEFAULT_ARCHITECTURES else []),
+                        *(["--splits", ",".join(splits)] if splits != SPLITS else []),
                         "--seeds", str(seeds), "--data", source])
     card = Scorecard.made(results, command=command, size=str(size),
                           prevalences=", ".join(f"{p:.0%}" for p in chosen_prevalences))

@@ -38,6 +38,14 @@ def test_the_architectures_are_an_axis_of_the_grid_and_the_cnn_its_default():
     assert {c.architecture for c in grid(["tag"], (0.1,), seeds=2)} == {"cnn"}
 
 
+def test_the_grid_runs_the_splits_asked_for_in_their_order():
+    held_out = grid(["tag"], (0.1,), seeds=2, splits=("heldout",))
+    assert [c.name for c in held_out] == ["tag-p10-cnn-s100-heldout", "tag-p10-cnn-s101-heldout"]
+    assert grid(["tag"], (0.1,), seeds=1, splits=("heldout", "dev")) == grid(["tag"], (0.1,), seeds=1)
+    with pytest.raises(BadInputError, match=r"^unknown split 'test' \(--splits\); choose from dev, heldout$"):
+        grid(["tag"], (0.1,), seeds=1, splits=("dev", "test"))
+
+
 def test_an_unknown_case_is_refused_with_the_known_ones():
     with pytest.raises(BadInputError, match="^unknown benchmark case 'patch'; choose from patch_fixed, "
                                             "patch_random, patch_large, tag, frame, brightness, blur, cast, "

@@ -78,11 +78,11 @@ class CorrectionRow:
     """One correction method over a row's seeds: accuracy with the artifact everywhere, clean accuracy,
     (the two-class set) worst-group and balanced accuracy, (a local artifact) the relevance density inside the
     true masks, and the corrected class's TCAV score and mean |directional derivative|, original and corrected;
-    what the correction cost (``seconds``, its training); how many seeds it refused, how many it corrected a class no test flagged
-    (``--cluster top`` with no class flagged), and ``met``: of the seeds whose model uses its artifact, how many
-    it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`, the two-class set's by its
-    balanced accuracy; a refusal is a miss); ``fixed``: of those seeds whose original model misses the targets, how
-    many it corrected to them on the poisoned class (:func:`_fixed`)."""
+    what the correction cost (``seconds``, its training); how many seeds it refused, how many it corrected a
+    class no test flagged (``--cluster top`` with no class flagged), and ``met``: of the seeds whose model uses
+    its artifact, how many it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`,
+    the two-class set's by its balanced accuracy; a refusal is a miss); ``fixed``: of those seeds whose original
+    model misses the targets, how many it corrected to them on the poisoned class (:func:`_fixed`)."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None

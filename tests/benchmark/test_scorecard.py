@@ -202,7 +202,8 @@ def test_the_summaries_per_prevalence_split_the_combined_ranking_and_the_correct
     results[3].case = Case("tag", 0.03, "cnn", 3, "dev")  # a 3 % case: F1 0.8 meets its target of 0.75
     card = Scorecard(results, {})
     small, large = card.detection_by_prevalence
-    assert (small.prevalence, small.ranking, small.cases, small.first.k, small.f1_target.k) == (0.03, "combined", 1, 1, 1)
+    assert (small.prevalence, small.ranking, small.cases, small.first.k, small.f1_target.k) == (
+        0.03, "combined", 1, 1, 1)
     assert (large.prevalence, large.cases, large.first.k, large.flagged.k, large.clean_flags.k) == (0.1, 3, 1, 1, 3)
     assert [(c.prevalence, c.method, c.met.n) for c in card.correction_by_prevalence] == [
         (0.03, "pclarc", 1), (0.03, "rrclarc", 1), (0.1, "pclarc", 3), (0.1, "rrclarc", 3)]

@@ -50,8 +50,8 @@ def benchmark(*, cases: list[str] | None = None, quick: bool = False, seeds: int
               on_case: Callable[[int, int, CaseResult], None] | None = None) -> tuple[Scorecard, Path]:
     """Run the grid of ``cases`` (artifact kinds; default: all, or :data:`QUICK_ARTIFACTS` with ``quick``)
     on each of ``splits`` (default: both) with ``seeds`` seeds each, at ``prevalences`` (``--prevalences`` text,
-    checked by :func:`parse_prevalences`; default: those of :data:`PREVALENCES` whose planted count reaches ``MIN_PLANTED``
-    for the size, ``quick``: :data:`QUICK_PREVALENCES`), correcting with each of ``corrections``
+    checked by :func:`parse_prevalences`; default: those of :data:`PREVALENCES` whose planted count reaches
+    ``MIN_PLANTED`` for the size, ``quick``: :data:`QUICK_PREVALENCES`), correcting with each of ``corrections``
     (spray.clarc.CORRECTIONS), on each of ``architectures`` (spray.benchmark.models); write ``scorecard.html``
     and ``scorecard.json`` into ``out``. ``size``: the case size (default: spray.benchmark.cases.size_for the data
     and the grid). ``on_case(i, total, result)`` after each case. Returns the scorecard and the HTML page's path."""

@@ -286,7 +286,10 @@ def _detection(results: list[CaseResult], ranking: str, prevalence: float | None
                      prevalence)
 
 
-def _corrections(results: list[CaseResult], method: str, prevalence: float | None = None) -> CorrectionSummary:
+def _correction_summary(results: list[CaseResult], method: str,
+                        prevalence: float | None = None) -> CorrectionSummary:
+    """``method``'s :class:`CorrectionSummary` over ``results`` (one split and architecture; one ``prevalence``
+    or, None, every one)."""
     case = results[0].case
     return CorrectionSummary(case.split, case.architecture, method, _count(results, method, _met),
                              _count(results, method, _fixed), prevalence)
@@ -334,14 +337,15 @@ class Scorecard:
         model = sorted(ordered, key=lambda r: (r.case.split != "dev", r.case.architecture))  # stable: rows' order
         by_model = [list(g) for _, g in groupby(model, key=lambda r: (r.case.split, r.case.architecture))]
         self.detection = [d for group in by_model for d in (_detection(group, k) for k in RANKINGS) if d]
-        self.correction_summary = [_corrections(group, method) for group in by_model for method in self.corrections]
+        self.correction_summary = [_correction_summary(group, method)
+                                   for group in by_model for method in self.corrections]
         planted = sorted((r for r in model if not r.case.is_control),
                          key=lambda r: (r.case.split != "dev", r.case.architecture, r.case.prevalence))
         by_prevalence = [list(g) for _, g in groupby(planted, key=lambda r: (r.case.split, r.case.architecture,
                                                                              r.case.prevalence))]
         self.detection_by_prevalence = [d for group in by_prevalence
                                         for d in [_detection(group, "combined", group[0].case.prevalence)] if d]
-        self.correction_by_prevalence = [_corrections(group, method, group[0].case.prevalence)
+        self.correction_by_prevalence = [_correction_summary(group, method, group[0].case.prevalence)
                                          for group in by_prevalence for method in self.corrections]
 
     @classmethod

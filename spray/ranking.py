@@ -20,7 +20,7 @@ the analysis whose test of it is the strongest. docs/spray-method.md defines eve
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -33,8 +33,8 @@ from spray.errors import BadInputError
 from spray.results import ClassBest, Cluster, best_clusters
 from spray.store import AuditStore
 
-__all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "class_best", "flag_tests", "flagged_classes",
-           "rank_analyses", "rank_classes", "replace_class"]
+__all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "best_of", "flag_tests", "flagged_classes",
+           "rank_analyses", "rank_classes", "rank_found", "replace_class"]
 
 FLAG_Q = 0.05
 """A test rejects, and its class is flagged, when its Benjamini–Hochberg q-value is at most this."""
@@ -188,8 +188,7 @@ class Ranking(Sequence[RankedClass]):
 
 def rank_classes(store: AuditStore, analysis: str = "spray") -> Ranking:
     """Every analysed class of ``analysis``, ranked (see :class:`Ranking`, :class:`RankedClass`)."""
-    with store.reading():  # one snapshot: an analysis being rewritten meanwhile is seen before or after
-        return _rank(store, analysis)
+    return rank_found(best_of(store, [analysis]))
 
 
 def rank_analyses(store: AuditStore, analyses: Sequence[str]) -> Ranking:
@@ -201,12 +200,26 @@ def rank_analyses(store: AuditStore, analyses: Sequence[str]) -> Ranking:
     (untested after tested, skipped last), then by the test's flag p-value (Benjamini–Hochberg makes runs of
     equal q; within one, the smaller p is the stronger evidence, and the cuts of different analyses are not
     on one scale), then as :func:`rank_classes` orders. One analysis: exactly :func:`rank_classes`."""
-    if len(analyses) == 1:
-        return rank_classes(store, analyses[0])
     if not analyses or len(set(analyses)) < len(analyses):
         raise BadInputError(f"analyses {','.join(analyses)!r}: name each analysis once, e.g. 'spray,concept'")
+    return rank_found(best_of(store, analyses))
+
+
+def best_of(store: AuditStore, analyses: Sequence[str]) -> dict[str, list[ClassBest]]:
+    """What a ranking over ``analyses`` is made of: per analysis, its classes' best clusters
+    (:func:`spray.results.best_clusters`), read from one snapshot (an analysis being rewritten meanwhile is seen
+    before or after)."""
     with store.reading():
-        return _combined({a: best_clusters(store, a) for a in analyses})
+        return {a: best_clusters(store, a) for a in analyses}
+
+
+def rank_found(found: Mapping[str, Sequence[ClassBest]]) -> Ranking:
+    """The ranking of ``found`` (:func:`best_of`): :func:`rank_classes`'s of one analysis, :func:`rank_analyses`'s
+    of several (in the mapping's order)."""
+    if len(found) == 1:
+        ((analysis, classes),) = found.items()
+        return _ranked(analysis, classes)
+    return _combined(found)
 
 
 def _combined(found: dict[str, Sequence[ClassBest]]) -> Ranking:
@@ -259,8 +272,7 @@ def flag_tests(store: AuditStore, analyses: Sequence[str]) -> list[FlagTest]:
     """The tests of every class with a selection null in each of ``analyses`` (e.g. ``["spray",
     "concept"]``), Benjamini–Hochberg over all class × analysis tests together: a class is a candidate when
     any of its tests rejects (:func:`flagged_classes`)."""
-    with store.reading():
-        return _tests({a: _found(best_clusters(store, a)) for a in analyses})
+    return _tests({a: _found(classes) for a, classes in best_of(store, analyses).items()})
 
 
 def flagged_classes(store: AuditStore, analyses: Sequence[str]) -> list[int]:
@@ -268,25 +280,19 @@ def flagged_classes(store: AuditStore, analyses: Sequence[str]) -> list[int]:
     return sorted({t.label for t in flag_tests(store, analyses) if t.flagged})
 
 
-def class_best(entry: RankedClass) -> ClassBest:
-    """What the ranking was made of for ``entry``'s class: every input of its rank and flag, so that
-    :func:`replace_class` ranks and flags the class as :func:`rank_classes` did."""
-    return ClassBest(entry.label, entry.name, entry.n_samples, entry.cluster, entry.skipped,
-                     null_p_value=entry.null_p_value, null_excess=entry.null_excess)
-
-
-def replace_class(ranking: Ranking, replacement: ClassBest) -> Ranking:
-    """``ranking`` with class ``replacement.label``'s best cluster (or reason it was skipped) replaced, e.g.
-    by that of another audit of the class, ranked and flagged again against the other classes as they were.
-    A class the ranking does not hold is added. ``ranking`` is of one analysis (:func:`rank_classes`)."""
-    if len(ranking.analyses) > 1:
-        raise ValueError(f"replace_class re-ranks one analysis; this ranking is over {', '.join(ranking.analyses)}")
-    kept = [class_best(c) for c in ranking if c.label != replacement.label]
-    return _ranked(ranking.analysis, [*kept, replacement])
-
-
-def _rank(store: AuditStore, analysis: str) -> Ranking:
-    return _ranked(analysis, best_clusters(store, analysis))
+def replace_class(found: Mapping[str, Sequence[ClassBest]], replacements: Mapping[str, ClassBest]) -> Ranking:
+    """The ranking of ``found`` (:func:`best_of`) with a class's best cluster (or the reason it was skipped) in
+    each analysis of ``replacements`` replaced by ``replacements[analysis]``, e.g. by that of another audit of the
+    class, ranked and flagged again against the other classes as they were. A class an analysis does not hold is
+    added to it."""
+    unknown = set(replacements) - set(found)
+    if unknown:
+        raise ValueError(f"replace_class: no analysis {', '.join(sorted(unknown))} in {', '.join(found)}")
+    replaced = {}
+    for analysis, classes in found.items():
+        new = replacements.get(analysis)
+        replaced[analysis] = list(classes) if new is None else [*(c for c in classes if c.label != new.label), new]
+    return rank_found(replaced)
 
 
 def _ranked(analysis: str, classes: Sequence[ClassBest]) -> Ranking:

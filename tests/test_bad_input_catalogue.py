@@ -241,6 +241,21 @@ def _journal_fifo(inputs: Inputs) -> Path:
     return path
 
 
+def _activations(inputs: Inputs) -> Path:
+    """The conv model's first feature map's activations maximised over positions, alone in a store and analysed
+    (analysis "activation_max", as pipelines/activation_max.toml): no analysis of relevance to verify on."""
+    path = inputs.path("activations.h5")
+    argv = ["attribute", "--model", "tests.data.factories:conv_model", "--data", "tests.data.factories:conv_data",
+            "--store", str(path), "--latent", "first", "--latent-grid", "1", "--latent-quantity", "activation_max",
+            "--name", "activation_max"]
+    assert run_cli(argv)[0] == 0
+    pipeline = _pipeline(inputs, "activations.toml", pipeline_text(
+        "tiny", analysis={"name": "activation_max", "attribution": "activation_max"},
+        preprocess={"channel_reduction": "keep", "normalization": "l2"}))
+    assert run_cli(["analyze", str(path), "--pipeline", str(pipeline)])[0] == 0
+    return path
+
+
 def _hdbscan(inputs: Inputs) -> Path:
     """The audit store analysed again with HDBSCAN added: class 0 all noise (-1), class 1 clusters 0 and 1."""
     path = inputs.copy("audit", "hdbscan.h5")
@@ -559,6 +574,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "conv_weights_other": _conv_weights_other,
     "npz_conv_flipped": _conv_flipped,
     "store_hdbscan": _hdbscan,
+    "store_activations": _activations,
     "store_clarc_run": _clarc_run,
     "store_no_thumbnails": lambda i: i.edit("audit", "nothumbs.h5", lambda f: f.__delitem__("samples/thumbnail")),
     # pipeline files

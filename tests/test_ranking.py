@@ -27,6 +27,7 @@ from spray.ranking import (
     flagged_classes,
     rank_analyses,
     rank_classes,
+    rank_found,
     replace_class,
 )
 from spray.results import ClassBest, Cluster
@@ -123,8 +124,6 @@ def test_combining_analyses_picks_the_smallest_flag_p_then_a_cluster_and_orders_
     assert [e.flagged for e in ranking] == [True, True, False, False, False]
     assert ranking.of(0).cluster is b[0] and ranking.of(3).cluster is b[3] and ranking.of(4).skipped == "too few samples"
     assert ranking.top_candidate() is ranking.of(1) and ranking.analysis == "a"
-    with pytest.raises(ValueError, match=r"^replace_class re-ranks one analysis; this ranking is over a, b$"):
-        replace_class(ranking, ClassBest(0, "0", 10, a[0], None, 0.3))
 
 
 def test_an_analysis_named_twice_is_refused(tmp_path):
@@ -208,18 +207,36 @@ def test_replacing_a_class_ranks_and_flags_it_again_against_the_others_as_they_w
     excess = [2.0, 0.5, 0.4, 0.3, 0.45, 0.35, 0.5, 0.4, 0.3, 0.38]
     classes = [ClassBest(c.label, str(c.label), 100, c, None, p, x)
                for c, p, x in zip(_clusters(cuts, [50.0] * 10), null_p, excess)]
-    ranking = _ranked("spray", classes)
-    assert [e.label for e in ranking.flagged] == [0]
+    ranking = rank_found({"spray": classes})
+    assert ranking == _ranked("spray", classes) and [e.label for e in ranking.flagged] == [0]
     calmer = ClassBest(0, "0", 100, replace(classes[0].cluster, ncut=0.2), None, 0.3, 0.3)
-    after = replace_class(ranking, calmer)
+    after = replace_class({"spray": classes}, {"spray": calmer})
     assert [e.label for e in after][:5] == [1, 2, 3, 4, 0] and after.of(0).rank == 5
     assert not after.of(0).flagged and after.of(0).ncut == 0.2 and after.of(0).null_p_value == 0.3
     # The other classes keep their null p-values; their standing is judged again with the replaced class
     assert [after.of(e.label).null_p_value for e in ranking if e.label != 0] == null_p[1:]
     assert not after.flagged
-    skipped = replace_class(ranking, ClassBest(1, "1", 100, None, "too few samples", None))
+    skipped = replace_class({"spray": classes}, {"spray": ClassBest(1, "1", 100, None, "too few samples", None)})
     assert skipped[-1].label == 1 and skipped[-1].skipped == "too few samples" and len(skipped) == 10
     assert skipped.of(1).q_value is None and [e.label for e in skipped.flagged] == [0]
+    with pytest.raises(ValueError, match=r"^replace_class: no analysis concept in spray$"):
+        replace_class({"spray": classes}, {"concept": calmer})
+
+
+def test_replacing_a_class_over_several_analyses_ranks_it_again_by_its_strongest_test():
+    cuts = [0.0173, 0.0404, 0.0571, 0.114, 0.196]
+    pixel = [ClassBest(c.label, str(c.label), 100, c, None, p, x) for c, p, x in
+             zip(_clusters(cuts, [50.0] * 5), [0.3, 0.2, 0.4, 0.5, 0.25], [0.25, 0.2, 0.15, 0.12, 0.18])]
+    concept = [ClassBest(c.label, str(c.label), 100, c, None, p, x) for c, p, x in
+               zip(_clusters(cuts[::-1], [50.0] * 5), [1e-9, 0.3, 0.2, 0.4, 0.5], [3.0, 0.2, 0.1, 0.15, 0.12])]
+    found = {"spray": pixel, "concept": concept}
+    before = rank_found(found)
+    assert before == _combined(found) and before.of(0).flagged and before.of(0).analysis == "concept"
+    # the concept analysis's group of class 0 gone after a correction: the class falls back to its pixel entry
+    calm = ClassBest(0, "0", 100, replace(concept[0].cluster, ncut=0.3), None, 0.9, 0.0)
+    after = replace_class(found, {"concept": calm})
+    assert not after.of(0).flagged and after.of(0).analysis == "spray" and after.of(0).cluster is pixel[0].cluster
+    assert after == _combined({"spray": pixel, "concept": [*concept[1:], calm]})
 
 
 def test_the_json_of_a_ranking_has_the_golden_keys_values_and_order():

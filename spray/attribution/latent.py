@@ -24,15 +24,21 @@ from spray._checks import check_choice, check_int
 from spray._layout import Layout, layer_layout
 from spray.analysis.preprocess import area_pooling_matrix
 from spray.errors import BadInputError
-from spray.lrp import LRP, Latent
+from spray.lrp import LRP, Composite, Latent
 from spray.lrp.engine import Balance
 from spray.store import LATENT_METHOD
 
-__all__ = ["LatentAttributor", "QUANTITIES", "area_pool"]
+__all__ = ["LatentAttributor", "QUANTITIES", "area_pool", "reads_activations"]
 
 QUANTITIES = ("relevance", "activation", "activation_max")
 """What a latent attribution stores: the relevance there (sum-pooled), the activation (mean-pooled) or the
 activation maximised over each cell's positions."""
+
+
+def reads_activations(info: dict[str, Any]) -> bool:
+    """Whether a recorded attribution (``AuditStore.attribution_info``) holds activations — what the model computes
+    from the input — rather than relevance, what its decision rests on (heatmaps and latent relevance)."""
+    return info["method"] == LATENT_METHOD and info["params"]["quantity"] != "relevance"
 
 
 class LatentAttributor:
@@ -61,6 +67,11 @@ class LatentAttributor:
         self.layer = layer
         self.grid = grid
         self.quantity = quantity
+
+    @property
+    def composite(self) -> Composite:
+        """The LRP composite the relevance is computed with (what ClArC localises an artifact with)."""
+        return self.lrp.composite
 
     def params(self) -> dict[str, Any]:
         """The composite (its name and parameters), the layer, the grid and the quantity."""

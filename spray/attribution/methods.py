@@ -154,3 +154,18 @@ def get_method(name: str, **params: Any) -> Attributor:
         return factory(**params)
     except (TypeError, BadInputError) as exc:
         raise BadInputError(f"bad parameters {params} for attribution method {name!r}: {exc}") from None
+
+
+def recorded_method(info: dict[str, Any]) -> Attributor:
+    """The attributor an attribution of the store was made with, from its record (``AuditStore.attribution_info``:
+    ``method`` and ``params``): a method of :func:`get_method`, or a latent attribution
+    (spray.attribution.latent.LatentAttributor: its composite, layer, grid and quantity), so that a re-audit
+    attributes a corrected model as the original audit did, whichever kind the analysis read."""
+    from spray.attribution.latent import LatentAttributor
+    from spray.store import LATENT_METHOD
+
+    name, params = info["method"], info["params"]
+    if name != LATENT_METHOD:
+        return get_method(name, **params)
+    lrp = get_method(params["composite"], **params["composite_params"])
+    return LatentAttributor(lrp, params["layer"], int(params["grid"]), params["quantity"])

@@ -74,12 +74,14 @@ def choose_analysis(store: AuditStore, analysis: str | None) -> str:
 class Target:
     """The cluster a ClArC run corrects, the analysis it is read from, and its class's standing in the ranking
     that names it (:func:`spray.ranking.rank_analyses`): ``flagged``, and ``q_value`` (None: the analysis has
-    no selection null, or the ranking does not hold the class)."""
+    no selection null, or the ranking does not hold the class); ``analyses``: the analyses that ranking is over
+    (what a verification ranks again: spray.clarc.verify)."""
 
     spec: ClusterSpec
     analysis: str
     flagged: bool
     q_value: float | None
+    analyses: tuple[str, ...]
 
 
 def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> Target:
@@ -92,7 +94,7 @@ def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str
     if cluster != "top":
         spec, analysis = ClusterSpec.parse(cluster), choose_analysis(store, analysis)
         entry = rank_analyses(store, [analysis]).of(spec.label)
-        return Target(spec, analysis, bool(entry and entry.flagged), entry.q_value if entry else None)
+        return Target(spec, analysis, bool(entry and entry.flagged), entry.q_value if entry else None, (analysis,))
     have = complete_analyses(store)
     analyses = have if analysis is None and len(have) > 1 else [choose_analysis(store, analysis)]
     ranking = rank_analyses(store, analyses)
@@ -101,7 +103,7 @@ def resolve_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str
         raise BadInputError(f"audit store {store.path} has no ranked class in analysis {', '.join(map(repr, analyses))}; "
                             "name the cluster as CLASS:CLUSTERING:ID")
     return Target(ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis, top.flagged,
-                  top.q_value)
+                  top.q_value, tuple(analyses))
 
 
 def read_cluster(store: AuditStore, cluster: str | ClusterSpec, analysis: str | None = None) -> ClusterMembers:

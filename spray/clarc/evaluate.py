@@ -48,7 +48,7 @@ from torch.utils.data import Dataset, Subset
 
 from spray._checks import check_choice
 from spray.attribution.config import AttributionRun
-from spray.attribution.methods import get_method
+from spray.attribution.methods import recorded_method
 from spray.audit import audit
 from spray.clarc.cluster import choose_analysis
 from spray.clarc.localize import paste
@@ -224,7 +224,7 @@ def reaudit(model: nn.Module, setup: FdaSetup, *, name: str = "corrected", progr
         info = store.attribution_info(attribution)
         label_names = store.attrs().get("label_names") or None
     pipeline = json.loads(summary["pipeline"])
-    attributor = explaining(get_method(info["method"], **info["params"]), model)
+    attributor = explaining(recorded_method(info), model)
     spec = PipelineSpec(name=pipeline["name"], attribution=attribution, nodes=pipeline["nodes"])
     attribution = AttributionRun(
         attributor, model_hash=model_hash(model), model_name=f"{info.get('model_name', 'model')} ({name})",

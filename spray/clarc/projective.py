@@ -167,9 +167,17 @@ def with_projection_rule(composite: Composite) -> Composite:
 
 def explaining(attributor: A, model: nn.Module) -> A:
     """``attributor`` able to explain ``model``: where P-ClArC projected one of its layers, a copy whose LRP
-    composite has :func:`with_projection_rule`; else ``attributor`` itself (a gradient method needs no rule)."""
+    composite has :func:`with_projection_rule` (a latent attribution: a copy whose LRP has it); else
+    ``attributor`` itself (a gradient method needs no rule)."""
+    if not projected_layers(model):
+        return attributor
+    lrp = getattr(attributor, "lrp", None)
+    if lrp is not None:  # spray.attribution.LatentAttributor: its LRP explains the model
+        extended = copy.copy(attributor)
+        extended.lrp = explaining(lrp, model)  # type: ignore[attr-defined]
+        return extended
     composite = getattr(attributor, "composite", None)
-    if composite is None or not projected_layers(model):
+    if composite is None:
         return attributor
     extended = copy.copy(attributor)
     extended.composite = with_projection_rule(composite)  # type: ignore[attr-defined]

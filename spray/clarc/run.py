@@ -37,7 +37,7 @@ from spray.clarc.finetune import CHECKPOINT, Annotation, FinetuningCorrector, hi
 from spray.clarc.localize import SIGMA, THRESHOLD
 from spray.clarc.projective import load_corrected, project_model
 from spray.clarc.rrclarc import RRClArC
-from spray.clarc.verify import Verification, verification_store, verify_correction
+from spray.clarc.verify import Verification, verification_analyses, verification_store, verify_correction
 from spray.data.images import check_audited
 from spray.errors import BadInputError
 from spray.results import analysis_summary, result_node, write_result
@@ -224,12 +224,13 @@ def run_name(method: str, cluster: str | ClusterSpec) -> str:
 
 
 def audit_composite(store: AuditStore, analysis: str) -> Composite:
-    """The LRP composite of the attribution the analysis used; EpsilonPlusFlat if that was not LRP."""
-    from spray.attribution.methods import get_method
+    """The LRP composite of the attribution the analysis used (a latent attribution's too); EpsilonPlusFlat if
+    that was not LRP."""
+    from spray.attribution.methods import recorded_method
 
     info = store.attribution_info(analysis_summary(store, analysis)["attribution"])
     try:
-        attributor = get_method(info["method"], **info["params"])
+        attributor = recorded_method(info)
     except BadInputError:
         return EpsilonPlusFlat()
     return getattr(attributor, "composite", None) or EpsilonPlusFlat()
@@ -307,6 +308,8 @@ def clarc_from_store(
         spec, analysis = target.spec, target.analysis
         members = read_cluster(store, spec, analysis)
         composite = audit_composite(store, analysis)
+        if config.verify:  # refused before training a correction that could not be verified
+            verification_analyses(store, target.analyses)
     run = config.run or run_name(config.method, spec)
     guard = active().with_inputs({"the audit store": store_path})
     run_dir = guard.directory(guard.directory(config.out_dir, "ClArC output directory") / run, "ClArC run directory")
@@ -336,7 +339,7 @@ def clarc_from_store(
     if config.verify:
         guard.file(verification_store(run_dir, correction.model), "verification audit store")
         verification = verify_correction(store_path, correction.model, dataset, members, run_dir,
-                                         progress=config.progress)
+                                         analyses=target.analyses, progress=config.progress)
     result = ClarcResult(run, config.method, str(spec), artifact.layer, artifact, correction.model, weights,
                          run_dir, params, metrics, correction.history, verification, target.flagged, target.q_value)
     _record(store_path, result, dataset, guard)

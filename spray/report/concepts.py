@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from spray.analysis import HeatmapPreprocessor
 from spray.attribution.batches import placement, sample_input
-from spray.attribution.methods import get_method
+from spray.attribution.methods import recorded_method
 from spray.data import model_hash
 from spray.errors import BadInputError
 from spray.lrp import LRP
@@ -112,9 +112,9 @@ class ConditionalExplainer:
                 f"{attribution!r} of audit store {store.path} was made by a model with {recorded[:12]}…: pass "
                 "the model and weights the store was attributed with"
             )
-        params: dict[str, Any] = info["params"]
-        self.lrp: LRP = get_method(params["composite"], **params["composite_params"])
-        self.layer: str = params["layer"]
+        latent = recorded_method(info)  # spray.attribution.LatentAttributor: a concept analysis reads latent relevance
+        self.lrp: LRP = latent.lrp
+        self.layer: str = latent.layer
         self.n_channels = int(info["shape"][1])
         self.audited = audited
         self.store_path = store.path

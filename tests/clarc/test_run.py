@@ -371,9 +371,10 @@ def test_top_is_the_flagged_cluster_of_the_best_ranked_class(tiny_audit, tmp_pat
     with AuditStore(tiny_audit.store) as audit:
         target = resolve_cluster(audit, "top")
         assert resolve_cluster(audit, "1:kmeans_2:0") == Target(ClusterSpec(1, "kmeans_2", 0), "tiny", named.flagged,
-                                                                named.q_value)
+                                                                named.q_value, ("tiny",))
     spec = target.spec
-    assert target == Target(ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), "tiny", True, top.q_value)
+    assert target == Target(ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), "tiny", True, top.q_value,
+                            ("tiny",))
     store = tmp_path / "audit.h5"
     store.write_bytes(tiny_audit.store.read_bytes())
     config = ClarcConfig("pclarc", tmp_path / "runs", cluster="top", progress=False)
@@ -402,10 +403,12 @@ def test_top_with_no_class_flagged_is_the_best_ranked_class_and_says_so(tiny_aud
         top = both.top_candidate()
         assert both.top_flagged() is None and top.q_value > 0.05
         assert resolve_cluster(audit, "top") == Target(
-            ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis, False, top.q_value)
+            ClusterSpec(top.label, top.cluster.clustering, top.cluster.id), top.analysis, False, top.q_value,
+            ("again", "tiny"))
         alone = tiny_audit.ranking.top_flagged()
         assert resolve_cluster(audit, "top", "tiny") == Target(
-            ClusterSpec(alone.label, alone.cluster.clustering, alone.cluster.id), "tiny", True, alone.q_value)
+            ClusterSpec(alone.label, alone.cluster.clustering, alone.cluster.id), "tiny", True, alone.q_value,
+            ("tiny",))
     result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset,
                               ClarcConfig("pclarc", tmp_path / "runs", cluster="top", progress=False))
     assert (result.cluster, result.flagged, result.q_value) == (top.cluster.reference, False, top.q_value)

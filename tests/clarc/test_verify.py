@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from spray.clarc import ClarcConfig, clarc_from_store
-from spray.clarc.cluster import read_cluster
+from spray.clarc.cluster import read_cluster, resolve_cluster
 from spray.clarc.projective import project_model
-from spray.clarc.verify import Standing, Verification, best_match, verification_store, verify_correction
-from spray.ranking import class_best, rank_classes, replace_class
+from spray.clarc.run import audit_composite
+from spray.clarc.verify import (Standing, Verification, best_match, verification_analyses, verification_store,
+                                verify_correction)
+from spray.errors import BadInputError
+from spray.ranking import best_of, rank_classes, rank_found, replace_class
 from spray.store import AuditStore
 
 
@@ -78,8 +82,11 @@ def test_verify_reaudits_only_the_class_and_ranks_it_against_the_others_as_they_
     assert [e.label for e in again] == [1] and len(index) == len(members.artifact) + len(members.rest)
     mapped = np.sort(np.concatenate([members.artifact, members.rest]))
     best = again.of(1).cluster
-    expected = replace_class(original, dataclasses.replace(class_best(again.of(1)), cluster=dataclasses.replace(
-        best, members=tuple(int(mapped[i]) for i in best.members)))).of(1)
+    with AuditStore(tiny_audit.store) as store, AuditStore(found.store) as reaudited:
+        replacement = next(c for c in best_of(reaudited, ["tiny"])["tiny"] if c.label == 1)
+        expected = replace_class(best_of(store, ["tiny"]), {"tiny": dataclasses.replace(
+            replacement, cluster=dataclasses.replace(best, members=tuple(int(mapped[i]) for i in best.members)))}).of(1)
+    assert replacement.cluster == best
     assert found.after == Standing.of(expected)
     assert found.n_members == len(members.artifact) and 0.0 < found.match_f1 <= 1.0
     # a second verification of the same corrected model resumes the store: the same answer
@@ -102,3 +109,105 @@ def test_a_verified_run_records_the_verification_in_the_store_and_result_json(ti
     assert unverified.verification is None
     with AuditStore(tiny_audit.store) as store:
         assert store.read_node("clarc/plain/result")[1]["verification"] is None
+
+
+def _with_latent_analysis(tiny_audit, tmp_path, composite="epsilon_plus_flat", quantity="relevance"):
+    """A copy of the tiny audit's store with a second attribution, latent relevance (or ``quantity``) at the last
+    feature map (``composite``), and the tiny pipeline run on it as analysis ``lat``: a pixel- and a concept-level
+    analysis."""
+    from spray.attribution import AttributionRun
+    from spray.attribution.methods import get_method
+    from spray.audit import audit
+    from spray.data import model_hash
+    from spray.pipeline import pipeline_from_text
+    from spray.testing import pipeline_text
+    from spray.workflow import latent_attributor
+
+    store = tmp_path / "both.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+    latent = latent_attributor(get_method(composite), tiny_audit.model, tiny_audit.dataset, quantity=quantity)
+    run = AttributionRun(latent, model_hash=model_hash(tiny_audit.model), model_name="tiny", dataset_name="tiny",
+                         batch_size=16, progress=False)
+    audit(store, tiny_audit.model, tiny_audit.dataset, run,
+          pipeline_from_text(pipeline_text("tiny", analysis={"name": "lat", "attribution": "latent"})))
+    return store
+
+
+def test_a_cluster_of_a_latent_analysis_is_verified_with_latent_relevance_and_ranked_over_every_analysis(
+        tiny_audit, tmp_path):
+    store = _with_latent_analysis(tiny_audit, tmp_path)
+    with AuditStore(store) as opened:
+        found = best_of(opened, ["lat", "tiny"])
+        named = rank_classes(opened, "lat").of(1).cluster.reference
+        members = read_cluster(opened, named, "lat")
+    corrected = project_model(tiny_audit.model, "features.3", torch.ones(6), torch.zeros(6))
+    # Before: "unknown attribution method 'latent'" — the re-audit could not rebuild a latent attribution
+    checked = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run", analyses=["lat", "tiny"])
+    assert checked.analyses == ("lat", "tiny") and checked.cluster == named
+    with AuditStore(checked.store) as reaudited:
+        assert sorted(reaudited.attributions()) == ["epsilon_plus_flat", "latent"]
+        assert reaudited.attribution_info("latent")["params"]["layer"] == "features.3"
+        assert reaudited.attribution_info("latent")["shape"] == [40, 6, 2, 2]  # class 1: per channel and 2 x 2 cell
+        again = best_of(reaudited, ["lat", "tiny"])
+    index = np.sort(np.concatenate([members.artifact, members.rest]))
+    replacements = {a: dataclasses.replace(c, cluster=dataclasses.replace(
+        c.cluster, members=tuple(int(index[i]) for i in c.cluster.members)))
+        for a, classes in again.items() for c in classes if c.label == 1}
+    assert checked.before == Standing.of(rank_found(found).of(1))
+    assert checked.after == Standing.of(replace_class(found, replacements).of(1))
+    assert checked.after.analysis in ("lat", "tiny") and 0.0 < checked.match_f1 <= 1.0
+    assert f"{checked.before.cluster} ({checked.before.analysis}) -> " in checked.summary()
+    assert (checked.cluster_analysis, len(checked.summary().splitlines())) == ("lat", 2)
+    assert f"best match {checked.match} ({checked.match_analysis}), F1" in checked.summary()
+    # the cluster's own analysis alone, as before: one analysis ranked, the same re-audit store resumed
+    alone = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run")
+    assert alone.analyses == ("lat",) and alone.store == checked.store and alone.match_f1 == checked.match_f1
+    assert f"best cluster {alone.before.cluster} -> " in alone.summary()
+
+
+def test_a_run_on_a_store_of_two_analyses_verifies_over_the_ranking_that_named_its_cluster(tiny_audit, tmp_path):
+    store = _with_latent_analysis(tiny_audit, tmp_path, composite="epsilon_alpha2_beta1")
+    with AuditStore(store) as opened:
+        assert type(audit_composite(opened, "lat")).__name__ == "EpsilonAlpha2Beta1"  # not EpsilonPlusFlat
+        target = resolve_cluster(opened, "top")
+    assert target.analyses == ("lat", "tiny")
+    result = clarc_from_store(store, tiny_audit.model, tiny_audit.dataset,
+                              ClarcConfig("pclarc", tmp_path / "runs", verify=True, progress=False))
+    assert result.verification.analyses == ("lat", "tiny") and result.verification.cluster == str(target.spec)
+    with AuditStore(store) as opened:
+        recorded = Verification.from_dict(opened.read_node(f"clarc/{result.run}/result")[1]["verification"])
+    assert recorded == result.verification
+
+
+def test_a_verification_recorded_before_the_analyses_were_kept_still_reads():
+    old = {**_verification(_standing(True), _standing(False)).to_dict()}
+    for key in ("analyses", "cluster_analysis", "match_analysis"):
+        del old[key]
+    for standing in ("before", "after"):
+        del old[standing]["analysis"]
+    assert Verification.from_dict(old) == _verification(_standing(True), _standing(False))
+
+
+def test_an_analysis_of_activations_is_not_judged_and_a_store_of_activations_alone_is_refused(tiny_audit, tmp_path):
+    store = _with_latent_analysis(tiny_audit, tmp_path, quantity="activation_max")
+    with AuditStore(store) as opened:
+        assert verification_analyses(opened, ["lat", "tiny"]) == ("tiny",)
+        members = read_cluster(opened, rank_classes(opened, "lat").of(1).cluster.reference, "lat")
+        alone = rank_classes(opened, "tiny").of(1)
+    corrected = project_model(tiny_audit.model, "features.3", torch.ones(6), torch.zeros(6))
+    checked = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run", analyses=["lat", "tiny"])
+    assert (checked.analyses, checked.cluster_analysis, checked.before) == (("tiny",), "lat", Standing.of(alone))
+    with AuditStore(checked.store) as reaudited:
+        assert reaudited.attributions() == ["epsilon_plus_flat"]  # the activations were not attributed again
+    assert checked.summary().splitlines()[2] == (
+        "  judged on the relevance analyses tiny: the cluster's analysis 'lat' reads activations, which a correction "
+        "of the decision need not change")
+    with AuditStore(store) as opened, pytest.raises(BadInputError, match=(
+            rf"^cannot verify a correction on analysis 'lat' of {re.escape(str(store))}: it reads activations, which "
+            r"show what the model sees, not what its decision rests on; analyse the store's relevance too")):
+        verification_analyses(opened, ["lat"])
+    runs = tmp_path / "runs"
+    with pytest.raises(BadInputError, match="^cannot verify a correction on analysis 'lat'"):
+        clarc_from_store(store, tiny_audit.model, tiny_audit.dataset,
+                         ClarcConfig("pclarc", runs, cluster=members.spec, analysis="lat", verify=True, progress=False))
+    assert not runs.exists()  # refused before a run directory was made or a correction trained

@@ -37,8 +37,8 @@ from spray.benchmark.data import load_images
 from spray.benchmark.faithfulness import aopc, spread
 from spray.benchmark.metrics import best_separated, detection, mask_iou, out_of_fold_cav_auroc, relevance_density
 from spray.benchmark.models import RECIPES, build, training_config
-from spray.clarc import (CORRECTIONS, ClarcConfig, EvaluationData, Tuning, clarc_from_store, default_layer,
-                         isolate_artifact, localize)
+from spray.clarc import (CORRECTIONS, ClarcConfig, EvaluationData, Tuning, Verification, clarc_from_store,
+                         default_layer, isolate_artifact, localize)
 from spray.clarc.activations import activations, first_layer, pool
 from spray.clarc.projective import explaining
 from spray.data.models import model_hash
@@ -53,7 +53,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 25
+SCORES = 26
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -83,7 +83,9 @@ map's beyond chance (docs/clarc.md §34); 23: the CAV AUROC's CAV is fitted in t
 :func:`cav_features` that separates the named cluster best (docs/benchmark.md, "CAV retrieval"); 24: each
 correction records the two-class set's balanced accuracy (``balanced``), which its target reads; 25: each
 correction records the TCAV score and mean |directional derivative| of its class before and after (``tcav``,
-``tcav_magnitude``) and what it cost (``training_seconds``), issue 18's remaining metrics."""
+``tcav_magnitude``) and what it cost (``training_seconds``), issue 18's remaining metrics; 26: each correction is
+verified, its class audited again with the corrected model and ranked again over the ranked analyses
+(``verification``: spray.clarc.verify)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -131,8 +133,10 @@ class CaseResult:
 
     ``baselines``: per baseline (spray.benchmark.baseline.BASELINES), ``{"rank", "f1"}``. ``corrections``: per
     correction method, ``{"cluster", "flagged", "clean", "everywhere", "worst_group", "balanced", "density",
-    "tcav", "tcav_magnitude", "training_seconds", "error"}``, the accuracies, densities and TCAV figures as
-    [original, corrected], ``flagged`` whether the corrected cluster's class is.
+    "tcav", "tcav_magnitude", "training_seconds", "verification", "error"}``, the accuracies, densities and TCAV
+    figures as [original, corrected], ``flagged`` whether the corrected cluster's class is, ``verification`` the
+    re-audit's ``{"verdict", "rank", "flagged", "outlier", "separability_dropped", "match_f1"}`` (the standings as
+    [before, after]: :class:`spray.clarc.verify.Verification`).
     ``group_accuracy``: the two-class set's accuracy per group on the clean test set."""
 
     case: Case
@@ -405,17 +409,18 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
     on the two-class set: its worst group and balanced accuracy), and, where the true masks localise the
     artifact, by the relevance density inside them (:func:`_planted_density`: the correction's target is a cut of
     at least half), and by the TCAV of the corrected class along a CAV at another layer
-    (:func:`spray.clarc.evaluate.evaluate_correction`) with the correction's cost. The original model's group
+    (:func:`spray.clarc.evaluate.evaluate_correction`) with the correction's cost, and verified: the corrected
+    class audited again with the corrected model and ranked again (spray.clarc.verify). The original model's group
     accuracies and density are read from the case's own scores, ``original``, not evaluated again per method; a
     refusal is recorded as its ``error``, not raised."""
     score: dict[str, Any] = {"cluster": None, "flagged": None, "clean": None, "everywhere": None,
                              "worst_group": None, "balanced": None, "density": None, "tcav": None,
-                             "tcav_magnitude": None, "training_seconds": None, "error": None}
+                             "tcav_magnitude": None, "training_seconds": None, "verification": None, "error": None}
     try:
         corrected = clarc_from_store(
             store, model, data.dataset(data.train),
             ClarcConfig(method, directory / "clarc", cluster="top", tuning=Tuning(seed=data.case.seed),
-                        overwrite=True, progress=progress),
+                        verify=True, overwrite=True, progress=progress),
             EvaluationData(data.dataset(data.clean_test), everywhere_test=data.dataset(data.everywhere_test)),
         )
     except BadInputError as exc:  # e.g. a flagged cluster too small for a CAV: part of what is measured
@@ -426,7 +431,7 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]],
                  tcav=[before["tcav_score"], after["tcav_score"]],
                  tcav_magnitude=[before["tcav_magnitude"], after["tcav_magnitude"]],
-                 training_seconds=after["training_seconds"])
+                 training_seconds=after["training_seconds"], verification=_verified(corrected.verification))
     if data.groups is not None:
         groups = [list(original.group_accuracy.values()), list(_group_accuracy(corrected.model, data).values())]
         score["worst_group"] = [min(g) for g in groups]
@@ -434,6 +439,16 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
     if original.relevance_density is not None:
         score["density"] = [original.relevance_density, _planted_density(corrected.model, data)]
     return score
+
+
+def _verified(verification: Verification) -> dict[str, Any]:
+    """What the scorecard keeps of a correction's verification: its verdict, the class's rank, flag and outlier
+    score before and after, whether its best cluster's separability dropped, and how much of the corrected group
+    still forms a cluster."""
+    before, after = verification.before, verification.after
+    return {"verdict": verification.verdict, "rank": [before.rank, after.rank],
+            "flagged": [before.flagged, after.flagged], "outlier": [before.outlier, after.outlier],
+            "separability_dropped": verification.separability_dropped, "match_f1": verification.match_f1}
 
 
 def run_benchmark(cases: list[Case], cache: str | Path, size: Size, *, source: str = "mnist",

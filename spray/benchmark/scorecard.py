@@ -82,7 +82,8 @@ class CorrectionRow:
     class no test flagged (``--cluster top`` with no class flagged), and ``met``: of the seeds whose model uses
     its artifact, how many it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`,
     the two-class set's by its balanced accuracy; a refusal is a miss); ``fixed``: of those seeds whose original
-    model misses the targets, how many it corrected to them on the poisoned class (:func:`_fixed`)."""
+    model misses the targets, how many it corrected to them on the poisoned class (:func:`_fixed`); ``cleared``: of
+    the seeds whose corrected class was flagged, how many lost the flag when audited again (:func:`_cleared`)."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None
@@ -103,6 +104,7 @@ class CorrectionRow:
     unflagged: int
     met: Rate
     fixed: Rate
+    cleared: Rate
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,8 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
                          pair("tcav_magnitude", 0), pair("tcav_magnitude", 1),
                          Estimate.of([c["training_seconds"] for c in found]),
                          sum(c["error"] is not None for c in found), sum(c["flagged"] is False for c in found),
-                         _count(results, method, _met), _count(results, method, _fixed))
+                         _count(results, method, _met), _count(results, method, _fixed),
+                         _count(results, method, _cleared))
 
 
 def _count(results: list[CaseResult], method: str, judge: Callable[[CaseResult, str], bool | None]) -> Rate:
@@ -186,6 +189,17 @@ def _fixed(result: CaseResult, method: str) -> bool | None:
         return None
     cluster = result.corrections[method]["cluster"]
     return met and ClusterSpec.parse(cluster).label == result.case.poisoned_class
+
+
+def _cleared(result: CaseResult, method: str) -> bool | None:
+    """Whether ``method``'s correction of ``result`` cleared its class's flag: the class, flagged in the original
+    audit, is not flagged when audited again with the corrected model (spray.clarc.verify, issue 18's closed
+    loop); None where no flagged class was corrected (a refusal, an unflagged class, the method not run)."""
+    correction = result.corrections.get(method)
+    verification = None if correction is None else correction.get("verification")
+    if verification is None or verification["verdict"] == "not flagged":
+        return None
+    return verification["verdict"] == "cleared"
 
 
 def _row(results: list[CaseResult], methods: list[str]) -> Row:
@@ -251,13 +265,15 @@ class CorrectionSummary:
     """One correction method over the cases of a split and an architecture, every artifact, prevalence and seed
     pooled: ``met``, of the cases whose model uses its artifact, how many the method corrected to the accuracy
     targets (:func:`_met`); ``fixed``, of those whose original model misses them, how many it corrected to them on
-    the poisoned class (:func:`_fixed`)."""
+    the poisoned class (:func:`_fixed`); ``cleared``, of the cases whose corrected class was flagged (any case),
+    how many lost the flag when audited again with the corrected model (:func:`_cleared`)."""
 
     split: str
     architecture: str
     method: str
     met: Rate
     fixed: Rate
+    cleared: Rate
     prevalence: float | None = None
     """As :attr:`Detection.prevalence`."""
 
@@ -292,7 +308,7 @@ def _correction_summary(results: list[CaseResult], method: str,
     or, None, every one)."""
     case = results[0].case
     return CorrectionSummary(case.split, case.architecture, method, _count(results, method, _met),
-                             _count(results, method, _fixed), prevalence)
+                             _count(results, method, _fixed), _count(results, method, _cleared), prevalence)
 
 
 def _group_key(result: CaseResult) -> tuple:
@@ -421,7 +437,8 @@ PREVALENCE_SUMMARY_HEADER = ("split", "arch", "prevalence (combined ranking)", *
 
 
 CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met",
-                     "runs the original misses", "fixed on the poisoned class")
+                     "runs the original misses", "fixed on the poisoned class", "runs on a flagged class",
+                     "flag cleared on re-audit")
 
 
 PREVALENCE_CORRECTION_HEADER = ("split", "arch", "prevalence", *CORRECTION_HEADER[2:])
@@ -429,7 +446,8 @@ PREVALENCE_CORRECTION_HEADER = ("split", "arch", "prevalence", *CORRECTION_HEADE
 
 def _correction_cells(c: CorrectionSummary) -> list[str]:
     where = [] if c.prevalence is None else [f"{c.prevalence:.0%}"]
-    return [c.split, c.architecture, *where, c.method, str(c.met.n), str(c.met), str(c.fixed.n), str(c.fixed)]
+    return [c.split, c.architecture, *where, c.method, str(c.met.n), str(c.met), str(c.fixed.n), str(c.fixed),
+            str(c.cleared.n), str(c.cleared)]
 
 
 def _detection_cells(d: Detection) -> list[str]:
@@ -471,6 +489,8 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
             cell += f" ({c.seconds.mean:.0f} s)"
         if c.met.n:
             cell += f" (targets met {c.met.k}/{c.met.n}, fixed {c.fixed.k}/{c.fixed.n})"
+        if c.cleared.n:
+            cell += f" (flag cleared {c.cleared.k}/{c.cleared.n})"
         return (cell + (f" ({c.refused} refused)" if c.refused else "")
                 + (f" ({c.unflagged} of an unflagged class)" if c.unflagged else ""))
 

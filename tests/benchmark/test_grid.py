@@ -64,10 +64,16 @@ def test_every_case_records_its_ground_truth_scores_and_costs(grid_run):
         assert list(result.corrections) == ["pclarc"]
         pclarc = result.corrections["pclarc"]
         assert set(pclarc) == {"cluster", "flagged", "clean", "everywhere", "worst_group", "balanced", "density",
-                               "tcav", "tcav_magnitude", "training_seconds", "error"}
+                               "tcav", "tcav_magnitude", "training_seconds", "verification", "error"}
         if pclarc["error"] is None:  # the original's density is the case's; a global mask localises nothing
             assert all(0 <= score <= 1 for score in pclarc["tcav"]) and min(pclarc["tcav_magnitude"]) >= 0
             assert pclarc["training_seconds"] > 0
+            verified = pclarc["verification"]  # the corrected class audited again, its standing before and after
+            assert set(verified) == {"verdict", "rank", "flagged", "outlier", "separability_dropped", "match_f1"}
+            assert verified["flagged"][0] == pclarc["flagged"] and verified["verdict"] == (
+                "not cleared" if verified["flagged"][1] else "cleared" if pclarc["flagged"] else "not flagged")
+            assert all(1 <= rank <= result.clean_classes + 1 for rank in verified["rank"])
+            assert 0 <= verified["match_f1"] <= 1
             assert (pclarc["density"] is None) == two_class == (pclarc["balanced"] is not None)
             assert not two_class or (pclarc["worst_group"][0] == result.worst_group_accuracy
                                      and pclarc["balanced"][0] == pytest.approx(result.balanced_accuracy))

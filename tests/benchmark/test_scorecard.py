@@ -12,11 +12,16 @@ from spray.benchmark.run import CaseResult
 
 def _correction(everywhere: tuple[float, float], worst: list[float] | None = None,
                 error: str | None = None, density: list[float] | None = None, flagged: bool = True,
-                balanced: list[float] | None = None) -> dict:
+                balanced: list[float] | None = None, verdict: str | None = None) -> dict:
+    verification = None if verdict is None else {
+        "verdict": verdict, "rank": [1, 1 if verdict == "not cleared" else 7], "flagged": [verdict != "not flagged",
+                                                                                         verdict == "not cleared"],
+        "outlier": [5.0, 3.0 if verdict == "not cleared" else 0.1], "separability_dropped": True, "match_f1": 0.4}
     return {"cluster": None if error else "8:kmeans_2:1", "flagged": None if error else flagged,
             "clean": None if error else [0.9, 0.89],
             "everywhere": None if error else list(everywhere), "worst_group": worst, "balanced": balanced,
-            "density": density, "tcav": None, "tcav_magnitude": None, "training_seconds": None, "error": error}
+            "density": density, "tcav": None, "tcav_magnitude": None, "training_seconds": None,
+            "verification": verification, "error": error}
 
 
 def _result(seed: int, *, rank: int, f1: float, flags: int, control: bool = False) -> CaseResult:
@@ -186,13 +191,14 @@ def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():
     assert summary.fixed == met  # every original missed the target and the poisoned class (8) was corrected
     assert card.summary().split("\n\n")[2].splitlines() == [
         "split  arch  correction  runs (the model uses its artifact)  targets met       runs the original misses  "
-        "fixed on the poisoned class",
+        "fixed on the poisoned class  runs on a flagged class  flag cleared on re-audit",
         "dev    cnn   pclarc      3                                   1/3 [0.06, 0.79]  3                         "
-        "1/3 [0.06, 0.79]"]
+        "1/3 [0.06, 0.79]             0                        -"]
     assert card.to_dict()["correction_summary"] == [
         {"split": "dev", "architecture": "cnn", "method": "pclarc",
          "met": {"k": 1, "n": 3, "low": met.low, "high": met.high},
-         "fixed": {"k": 1, "n": 3, "low": met.low, "high": met.high}, "prevalence": None}]
+         "fixed": {"k": 1, "n": 3, "low": met.low, "high": met.high},
+         "cleared": {"k": 0, "n": 0, "low": 0.0, "high": 1.0}, "prevalence": None}]
     assert "<th>targets met</th>" in card.html() and "<td>1/3 [0.06, 0.79]</td>" in card.html()
 
 
@@ -229,3 +235,16 @@ def test_a_target_met_without_a_miss_before_or_on_another_class_is_not_a_fix():
     (summary,) = Scorecard(results, {}).correction_summary
     assert (summary.met.k, summary.met.n, summary.fixed.k, summary.fixed.n) == (4, 4, 1, 2)
     assert "balanced accuracy of at least 85 %), losing at most\n2 points" in Scorecard(results, {}).html()
+
+
+def test_the_flag_cleared_counts_the_verified_corrections_of_a_flagged_class_used_artifact_or_not():
+    results = [_result(seed, rank=1, f1=1.0, flags=0) for seed in range(5)]
+    for result, verdict in zip(results, ("cleared", "cleared", "not cleared", "not flagged", None)):
+        result.corrections = {"pclarc": _correction((0.5, 0.86), verdict=verdict)}
+    results[1].uses_artifact = False  # cleared all the same: the loop is closed on whatever class was corrected
+    card = Scorecard(results, {})
+    cleared = card.rows[0].corrections["pclarc"].cleared
+    (summary,) = card.correction_summary
+    assert (cleared.k, cleared.n, str(cleared)) == (2, 3, "2/3 [0.21, 0.94]") and summary.cleared == cleared
+    assert card.table().count("(flag cleared 2/3)") == 1 and "<td>2/3 [0.21, 0.94]</td>" in card.html()
+    assert "lost\nthe flag when the class was audited again" in card.html()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,17 @@ def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> Any:
     if value not in choices:
         raise BadInputError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
     return value
+
+
+def check_names(names: Sequence[str], known: Sequence[str], what: str, option: str | None = None) -> tuple[str, ...]:
+    """``names`` (each once, in the order given) if each is one of ``known`` and there is one at least; else a
+    BadInputError naming the unknown ones (or that none was given), the command-line ``option`` they came from, if
+    any, and the choices: e.g. ``unknown split 'test' (--splits); choose from dev, heldout``."""
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise BadInputError(f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}"
+                            f"{f' ({option})' if option else ''}; choose from {', '.join(known)}")
+    return tuple(dict.fromkeys(names))
 
 
 _KINDS = {

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from spray._checks import check_names
 from spray.benchmark.artifacts import Artifact, Blur, Brightness, Cast, Frame, Patch, Tag
 from spray.benchmark.backgrounds import Background, Waterbirds, texture
 from spray.benchmark.data import Images
@@ -114,24 +115,15 @@ class Case:
         return ARTIFACTS.get(self.artifact, {}).get(self.split)
 
 
-def check_artifacts(names: list[str]) -> list[str]:
-    """``names`` if each is an artifact kind; a BadInputError naming the unknown ones otherwise."""
-    unknown = [n for n in names if n not in ARTIFACTS]
-    if unknown or not names:
-        raise BadInputError(
-            f"unknown benchmark case {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"choose from {', '.join(ARTIFACTS)}"
-        )
-    return names
+def check_artifacts(names: list[str]) -> tuple[str, ...]:
+    """``names`` (each once) if each is an artifact kind; a BadInputError naming the unknown ones otherwise."""
+    return check_names(names, tuple(ARTIFACTS), "benchmark case")
 
 
 def check_splits(splits: list[str]) -> tuple[Split, ...]:
     """``splits`` if each is one of :data:`SPLITS` (in :data:`SPLITS`' order, once each), else a BadInputError."""
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown or not splits:
-        raise BadInputError(f"unknown split {', '.join(map(repr, unknown)) or '(none given)'} (--splits); choose "
-                            f"from {', '.join(SPLITS)}")
-    return tuple(s for s in SPLITS if s in splits)
+    chosen = check_names(splits, SPLITS, "split", "--splits")
+    return tuple(s for s in SPLITS if s in chosen)
 
 
 def grid(artifacts: list[str], prevalences: tuple[float, ...], seeds: int,

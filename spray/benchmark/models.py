@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from spray.errors import BadInputError
+from spray._checks import check_names
 from spray.seeding import seeded
 from spray.training import TrainingConfig
 from spray.zoo.resnet import BasicBlock, ResNet, conv3x3
@@ -117,11 +117,7 @@ def training_config(architecture: str, size: Size, seed: int) -> TrainingConfig:
 def check_architectures(names: list[str]) -> tuple[str, ...]:
     """``names`` as a tuple (each once, in the order given) if each is an architecture of :data:`ARCHITECTURES`; a
     BadInputError naming the unknown ones otherwise."""
-    unknown = [n for n in names if n not in ARCHITECTURES]
-    if unknown or not names:
-        raise BadInputError(f"unknown architecture {', '.join(map(repr, unknown)) or '(none given)'} "
-                            f"(--architectures); choose from {', '.join(ARCHITECTURES)}")
-    return tuple(dict.fromkeys(names))
+    return check_names(names, tuple(ARCHITECTURES), "architecture", "--architectures")
 
 
 def build(architecture: str, seed: int, num_classes: int = 10, channels: int = 1) -> nn.Module:

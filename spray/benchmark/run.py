@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from spray._checks import check_names
 from spray.attribution.methods import Attributor, get_method
 from spray.attribution import AttributionRun, attribute_dataset
 from spray.benchmark.baseline import BASELINES
@@ -198,13 +199,10 @@ def result_file(directory: Path, corrections: tuple[str, ...] = CLARC) -> Path:
 def check_corrections(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     """``names`` as a tuple if each is a correction of spray.clarc.CORRECTIONS (read when called, so methods
     added there are accepted here); a BadInputError naming the unknown ones otherwise."""
-    unknown = [n for n in names if n not in CORRECTIONS]
-    if unknown or not names:
-        raise BadInputError(f"unknown correction {', '.join(map(repr, unknown)) or '(none given)'} (--clarc); "
-                            f"choose from {', '.join(CORRECTIONS)}")
-    if len(set(names)) < len(names):
+    chosen = check_names(names, tuple(CORRECTIONS), "correction", "--clarc")
+    if len(chosen) < len(names):  # each names a column and a result file: a repeat is a typo, not a request
         raise BadInputError(f"a correction is named twice in --clarc {','.join(names)}")
-    return tuple(names)
+    return chosen
 
 
 @dataclass

@@ -634,6 +634,11 @@ def _verification_text(found: dict[str, Any], class_name: str) -> Markup:
     text = Markup("Checked by explaining the class's images again with the corrected model and grouping them "
                   "as before. " + opening + " (rank {rb} → {ra}). ").format(
         name=class_name, rb=before["rank"] or "–", ra=after["rank"] or "–")
+    judged, own = found.get("analyses") or [], found.get("cluster_analysis")
+    if own is not None and judged and own not in judged:  # a group of activations: spray.clarc.verify
+        text += Markup("The corrected group was found in what the model sees (its activations, analysis ‘{own}’), "
+                       "which a correction of its decision need not change; the check judged the explanations "
+                       "(analysis {judged}). ").format(own=own, judged=", ".join(f"‘{a}’" for a in judged))
     if after["skipped"] is not None:
         return text + Markup("It now has no distinct group at all.")
     return text + Markup(

@@ -303,6 +303,16 @@ def test_a_verified_clarc_run_says_whether_the_group_is_gone_and_shows_the_new_f
         store.write_node("clarc/pclarc-1/result", arrays, {**attrs, "verification": cleared.to_dict()})
     html = render_report(copy, max_classes=0)
     assert "The correction removed the flag" in html and "did <strong>not</strong>" not in html
+    assert "what the model sees" not in html
+    seen = Verification(1, "1:hdbscan:1", 12, dataclasses.replace(before, flagged=False),
+                        dataclasses.replace(after, flagged=False), None, 0.0, "v.h5",
+                        ("spray", "concept"), "activation_max")
+    with AuditStore(copy, mode="a") as store:
+        store.write_node("clarc/pclarc-1/result", arrays, {**attrs, "verification": seen.to_dict()})
+    assert ("was not flagged before the correction and is not after it (rank 1 → 3). The corrected group was found "
+            "in what the model sees (its activations, analysis ‘activation_max’), which a correction of its decision "
+            "need not change; the check judged the explanations (analysis ‘spray’, ‘concept’).") in \
+        render_report(copy, max_classes=0)
 
 
 def test_a_concept_analysis_shows_each_groups_most_relevant_channels_with_their_share(tmp_path):

@@ -142,7 +142,8 @@ def test_a_cluster_of_a_latent_analysis_is_verified_with_latent_relevance_and_ra
         members = read_cluster(opened, named, "lat")
     corrected = project_model(tiny_audit.model, "features.3", torch.ones(6), torch.zeros(6))
     # Before: "unknown attribution method 'latent'" — the re-audit could not rebuild a latent attribution
-    checked = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run", analyses=["lat", "tiny"])
+    checked = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run",
+                                analyses=["lat", "tiny"])
     assert checked.analyses == ("lat", "tiny") and checked.cluster == named
     with AuditStore(checked.store) as reaudited:
         assert sorted(reaudited.attributions()) == ["epsilon_plus_flat", "latent"]
@@ -195,7 +196,8 @@ def test_an_analysis_of_activations_is_not_judged_and_a_store_of_activations_alo
         members = read_cluster(opened, rank_classes(opened, "lat").of(1).cluster.reference, "lat")
         alone = rank_classes(opened, "tiny").of(1)
     corrected = project_model(tiny_audit.model, "features.3", torch.ones(6), torch.zeros(6))
-    checked = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run", analyses=["lat", "tiny"])
+    checked = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run",
+                                analyses=["lat", "tiny"])
     assert (checked.analyses, checked.cluster_analysis, checked.before) == (("tiny",), "lat", Standing.of(alone))
     with AuditStore(checked.store) as reaudited:
         assert reaudited.attributions() == ["epsilon_plus_flat"]  # the activations were not attributed again

@@ -83,7 +83,8 @@ class CorrectionRow:
     its artifact, how many it corrected to the accuracy targets (:func:`spray.benchmark.metrics.meets_targets`,
     the two-class set's by its balanced accuracy; a refusal is a miss); ``fixed``: of those seeds whose original
     model misses the targets, how many it corrected to them on the poisoned class (:func:`_fixed`); ``cleared``: of
-    the seeds whose corrected class was flagged, how many lost the flag when audited again (:func:`_cleared`)."""
+    the seeds that corrected the poisoned class while it was flagged, how many lost the flag when audited again
+    (:func:`_cleared`)."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None
@@ -192,12 +193,14 @@ def _fixed(result: CaseResult, method: str) -> bool | None:
 
 
 def _cleared(result: CaseResult, method: str) -> bool | None:
-    """Whether ``method``'s correction of ``result`` cleared its class's flag: the class, flagged in the original
-    audit, is not flagged when audited again with the corrected model (spray.clarc.verify, issue 18's closed
-    loop); None where no flagged class was corrected (a refusal, an unflagged class, the method not run)."""
+    """Whether ``method``'s correction of ``result`` cleared the poisoned class's flag: the class, flagged in the
+    original audit, is not flagged when audited again with the corrected model (spray.clarc.verify, issue 18's
+    closed loop); None where the poisoned class was not the one corrected while flagged (a refusal, an unflagged
+    class, a clean class corrected: its flag is a false one, and clearing it says nothing of the shortcut)."""
     correction = result.corrections.get(method)
     verification = None if correction is None else correction.get("verification")
-    if verification is None or verification["verdict"] == "not flagged":
+    if verification is None or verification["verdict"] == "not flagged" or \
+            ClusterSpec.parse(correction["cluster"]).label != result.case.poisoned_class:
         return None
     return verification["verdict"] == "cleared"
 
@@ -265,8 +268,8 @@ class CorrectionSummary:
     """One correction method over the cases of a split and an architecture, every artifact, prevalence and seed
     pooled: ``met``, of the cases whose model uses its artifact, how many the method corrected to the accuracy
     targets (:func:`_met`); ``fixed``, of those whose original model misses them, how many it corrected to them on
-    the poisoned class (:func:`_fixed`); ``cleared``, of the cases whose corrected class was flagged (any case),
-    how many lost the flag when audited again with the corrected model (:func:`_cleared`)."""
+    the poisoned class (:func:`_fixed`); ``cleared``, of the cases (any case) that corrected the poisoned class
+    while it was flagged, how many lost the flag when audited again with the corrected model (:func:`_cleared`)."""
 
     split: str
     architecture: str
@@ -437,8 +440,8 @@ PREVALENCE_SUMMARY_HEADER = ("split", "arch", "prevalence (combined ranking)", *
 
 
 CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met",
-                     "runs the original misses", "fixed on the poisoned class", "runs on a flagged class",
-                     "flag cleared on re-audit")
+                     "runs the original misses", "fixed on the poisoned class",
+                     "runs on the flagged poisoned class", "flag cleared on re-audit")
 
 
 PREVALENCE_CORRECTION_HEADER = ("split", "arch", "prevalence", *CORRECTION_HEADER[2:])

@@ -191,9 +191,9 @@ def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():
     assert summary.fixed == met  # every original missed the target and the poisoned class (8) was corrected
     assert card.summary().split("\n\n")[2].splitlines() == [
         "split  arch  correction  runs (the model uses its artifact)  targets met       runs the original misses  "
-        "fixed on the poisoned class  runs on a flagged class  flag cleared on re-audit",
+        "fixed on the poisoned class  runs on the flagged poisoned class  flag cleared on re-audit",
         "dev    cnn   pclarc      3                                   1/3 [0.06, 0.79]  3                         "
-        "1/3 [0.06, 0.79]             0                        -"]
+        "1/3 [0.06, 0.79]             0                                   -"]
     assert card.to_dict()["correction_summary"] == [
         {"split": "dev", "architecture": "cnn", "method": "pclarc",
          "met": {"k": 1, "n": 3, "low": met.low, "high": met.high},
@@ -237,14 +237,15 @@ def test_a_target_met_without_a_miss_before_or_on_another_class_is_not_a_fix():
     assert "balanced accuracy of at least 85 %), losing at most\n2 points" in Scorecard(results, {}).html()
 
 
-def test_the_flag_cleared_counts_the_verified_corrections_of_a_flagged_class_used_artifact_or_not():
-    results = [_result(seed, rank=1, f1=1.0, flags=0) for seed in range(5)]
-    for result, verdict in zip(results, ("cleared", "cleared", "not cleared", "not flagged", None)):
+def test_the_flag_cleared_counts_the_verified_corrections_of_the_flagged_poisoned_class_used_artifact_or_not():
+    results = [_result(seed, rank=1, f1=1.0, flags=0) for seed in range(6)]
+    for result, verdict in zip(results, ("cleared", "cleared", "not cleared", "not flagged", None, "cleared")):
         result.corrections = {"pclarc": _correction((0.5, 0.86), verdict=verdict)}
-    results[1].uses_artifact = False  # cleared all the same: the loop is closed on whatever class was corrected
+    results[1].uses_artifact = False  # cleared all the same: the loop is closed whether the model used it or not
+    results[5].corrections["pclarc"]["cluster"] = "3:kmeans_2:0"  # a clean class's false flag cleared: not counted
     card = Scorecard(results, {})
     cleared = card.rows[0].corrections["pclarc"].cleared
     (summary,) = card.correction_summary
     assert (cleared.k, cleared.n, str(cleared)) == (2, 3, "2/3 [0.21, 0.94]") and summary.cleared == cleared
     assert card.table().count("(flag cleared 2/3)") == 1 and "<td>2/3 [0.21, 0.94]</td>" in card.html()
-    assert "lost\nthe flag when the class was audited again" in card.html()
+    assert "how many lost the flag when the class was audited again" in card.html()

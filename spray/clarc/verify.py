@@ -127,11 +127,17 @@ class Verification:
             return after.z_score < before.z_score
         return None
 
+    @property
+    def cluster_unjudged(self) -> bool:
+        """The corrected cluster's analysis was not among those judged: it reads activations (the module
+        docstring), so the verdict is the relevance analyses'."""
+        return self.cluster_analysis is not None and self.cluster_analysis not in self.analyses
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable (``--json``, the run's record): the fields, ``verdict``, ``failed`` and
-        ``separability_dropped``."""
+        """JSON-serialisable (``--json``, the run's record): the fields, ``verdict``, ``failed``,
+        ``separability_dropped`` and ``cluster_unjudged``."""
         return {**asdict(self), "verdict": self.verdict, "failed": self.failed,
-                "separability_dropped": self.separability_dropped}
+                "separability_dropped": self.separability_dropped, "cluster_unjudged": self.cluster_unjudged}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Verification:
@@ -163,7 +169,7 @@ class Verification:
                     f"{num(a.z_score, '.1f')}, tau {num(b.tau, '.3g')} -> {num(a.tau, '.3g')}; the {self.n_members} "
                     f"old members' best match {where(self.match, self.match_analysis)}, F1 {self.match_f1:.2f}")
         lines = [head, body]
-        if self.cluster_analysis is not None and self.cluster_analysis not in self.analyses:
+        if self.cluster_unjudged:
             lines.append(f"  judged on the relevance analyses {', '.join(self.analyses)}: the cluster's analysis "
                          f"{self.cluster_analysis!r} reads activations, which a correction of the decision need not "
                          "change")
@@ -223,9 +229,10 @@ def verify_correction(store_path: str | Path, corrected: nn.Module, dataset: Dat
         found = best_of(opened, judged)
     index = np.sort(np.concatenate([members.artifact, members.rest]))
     store = verification_store(out_dir, corrected)
+    samples = Subset(dataset, index.tolist())
     for analysis in judged:
-        reaudit(corrected, FdaSetup(Path(store_path), Subset(dataset, index.tolist()), store.parent, analysis),
-                name=store.stem, progress=progress)
+        reaudit(corrected, FdaSetup(Path(store_path), samples, store.parent, analysis), name=store.stem,
+                progress=progress)
     matches: list[tuple[float, str, str | None]] = [(0.0, judged[0], None)]
     with AuditStore(store) as opened:
         replacements = {a: _in_dataset(next((c for c in classes if c.label == label), None), label, index)

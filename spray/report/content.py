@@ -634,8 +634,8 @@ def _verification_text(found: dict[str, Any], class_name: str) -> Markup:
     text = Markup("Checked by explaining the class's images again with the corrected model and grouping them "
                   "as before. " + opening + " (rank {rb} → {ra}). ").format(
         name=class_name, rb=before["rank"] or "–", ra=after["rank"] or "–")
-    judged, own = found.get("analyses") or [], found.get("cluster_analysis")
-    if own is not None and judged and own not in judged:  # a group of activations: spray.clarc.verify
+    if found.get("cluster_unjudged"):  # a group of activations (spray.clarc.verify); records before 2026-12-06 lack it
+        own, judged = found["cluster_analysis"], found["analyses"]
         text += Markup("The corrected group was found in what the model sees (its activations, analysis ‘{own}’), "
                        "which a correction of its decision need not change; the check judged the explanations "
                        "(analysis {judged}). ").format(own=own, judged=", ".join(f"‘{a}’" for a in judged))

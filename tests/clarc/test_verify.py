@@ -159,6 +159,7 @@ def test_a_cluster_of_a_latent_analysis_is_verified_with_latent_relevance_and_ra
     assert checked.after.analysis in ("lat", "tiny") and 0.0 < checked.match_f1 <= 1.0
     assert f"{checked.before.cluster} ({checked.before.analysis}) -> " in checked.summary()
     assert (checked.cluster_analysis, len(checked.summary().splitlines())) == ("lat", 2)
+    assert not checked.cluster_unjudged
     assert f"best match {checked.match} ({checked.match_analysis}), F1" in checked.summary()
     # the cluster's own analysis alone, as before: one analysis ranked, the same re-audit store resumed
     alone = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run")
@@ -199,6 +200,7 @@ def test_an_analysis_of_activations_is_not_judged_and_a_store_of_activations_alo
     checked = verify_correction(store, corrected, tiny_audit.dataset, members, tmp_path / "run",
                                 analyses=["lat", "tiny"])
     assert (checked.analyses, checked.cluster_analysis, checked.before) == (("tiny",), "lat", Standing.of(alone))
+    assert checked.cluster_unjudged and checked.to_dict()["cluster_unjudged"] is True
     with AuditStore(checked.store) as reaudited:
         assert reaudited.attributions() == ["epsilon_plus_flat"]  # the activations were not attributed again
     assert checked.summary().splitlines()[2] == (

@@ -17,7 +17,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
-from spray.clarc.auto import auto_method
+from spray.clarc.auto import Contender, auto_method
 from spray.clarc.dfr import DFR
 from spray.clarc.groupdro import GroupDRO
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
@@ -68,6 +68,10 @@ class Tuning:
     annotate: Annotation | None = field(default=None, compare=False)
     """The fine-tuning methods: figures of each epoch's model, added to its history entry, and when to stop
     early (auto scores the epochs of its candidates with them: spray.clarc.auto)."""
+    verify: Callable[[nn.Module], Verification] | None = field(default=None, compare=False)
+    """auto: audits a refitted candidate's class again (spray.clarc.verify), so that one whose class is still
+    flagged gives way to the next (spray.clarc.auto, rule step 7); :func:`clarc_from_store` sets it when the run
+    verifies."""
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr), ("batch_size", self.batch_size),
@@ -208,13 +212,18 @@ def describe_artifact(artifact: ArtifactModel) -> str:
 def shipped(method: str, params: dict[str, Any]) -> str:
     """What a run's corrected model is: its method; for auto the candidate it chose (with the epochs auto
     chose for it, where it chose them), refitted on all the data (what auto ships; a run recorded before the
-    refit shipped the candidate's fit-part model)."""
+    refit shipped the candidate's fit-part model), and the refits it shipped in place of, whose class stayed
+    flagged (spray.clarc.auto, rule step 7)."""
     if method != "auto":
         return method
     record = params["auto"]
-    epochs = record["candidates"][record["chosen"]].get("epochs")
-    return (f"auto: {record['chosen']}" + ("" if epochs is None else f" at {epochs} epochs") + ", " +
-            ("refit on all the data" if "refit" in record else "fit part"))
+    chosen = record["chosen"]
+    epochs = record.get("epochs", record["candidates"][chosen].get("epochs"))  # runs before rule step 7 lack it
+    ships, verified = str(Contender(chosen, epochs)), [v["contender"] for v in record.get("verified", ())]
+    before = verified[:verified.index(ships)] if ships in verified else []
+    return (f"auto: {ships}, " +
+            ("refit on all the data" if "refit" in record else "fit part") +
+            (f", in place of {'; '.join(before)} (class still flagged after the refit)" if before else ""))
 
 
 def run_name(method: str, cluster: str | ClusterSpec) -> str:
@@ -319,8 +328,14 @@ def clarc_from_store(
         composite=composite, reference=config.reference, sigma=config.sigma, threshold=config.threshold,
         random_state=config.tuning.seed, cluster=str(spec),
     )
+    def judge(corrected: nn.Module) -> Verification:
+        guard.file(verification_store(run_dir, corrected), "verification audit store")
+        return verify_correction(store_path, corrected, dataset, members, run_dir, analyses=target.analyses,
+                                 progress=config.progress)
+
+    tuning = replace(config.tuning, verify=judge) if config.verify else config.tuning
     started = time.perf_counter()
-    correction = CORRECTIONS[config.method](model, dataset, artifact, config.tuning, run_dir, config.overwrite,
+    correction = CORRECTIONS[config.method](model, dataset, artifact, tuning, run_dir, config.overwrite,
                                             config.progress)
     seconds = _training_seconds(correction, time.perf_counter() - started)
     weights = guard.write(run_dir / WEIGHTS, "corrected weights",
@@ -335,11 +350,7 @@ def clarc_from_store(
             composite=composite, target=config.relevance_target, fda=fda, layer=artifact.layer,
             training_seconds=seconds, correction=shipped(config.method, params), progress=config.progress,
         )
-    verification = None
-    if config.verify:
-        guard.file(verification_store(run_dir, correction.model), "verification audit store")
-        verification = verify_correction(store_path, correction.model, dataset, members, run_dir,
-                                         analyses=target.analyses, progress=config.progress)
+    verification = judge(correction.model) if config.verify else None  # auto's own re-audit is read back
     result = ClarcResult(run, config.method, str(spec), artifact.layer, artifact, correction.model, weights,
                          run_dir, params, metrics, correction.history, verification, target.flagged, target.q_value)
     _record(store_path, result, dataset, guard)

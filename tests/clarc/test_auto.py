@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from spray.clarc.auto import (ALPHA, CANDIDATES, COUNTERFACTUALS, MAX_CLEAN_LOSS, PATIENCE, Validation, best_epoch,
-                              candidate_name, choose, clean_figures, counterfactual_transforms, loss_p_value,
-                              within)
+from spray.clarc.auto import (ALPHA, CANDIDATES, COUNTERFACTUALS, MAX_CLEAN_LOSS, MAX_WORST_GROUP_GAP, PATIENCE,
+                              Contender, Validation, best_epoch, candidate_name, choose, clean_figures, contenders,
+                              counterfactual_transforms, loss_p_value, verify_contenders, within)
 from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
 from spray.errors import GroupSizeError
 
@@ -129,6 +129,89 @@ def test_a_skipped_candidate_is_never_chosen_and_none_fitted_is_refused_with_eve
     assert choose(figures) == "groupdro/global"
     with pytest.raises(GroupSizeError, match=r"^auto could fit none of its candidates: dfr/global: a; rrclarc: b$"):
         choose({"dfr/global": {"skipped": "a", "seconds": 0.0}, "rrclarc": {"skipped": "b", "seconds": 0.0}})
+
+
+def test_the_contenders_are_the_chosen_then_its_latest_epoch_then_the_others_within_the_gap_by_score():
+    assert MAX_WORST_GROUP_GAP == 0.05
+    figures = {"aclarc/global": candidate(0.90, 300, 0, 0), "dfr/global": candidate(0.86, 300, 0, 0),
+               "groupdro/global": candidate(0.94, 300, 0, 0), "rrclarc": candidate(0.90, 300, 0, 0),
+               "other": candidate(0.95, 375, 40, 2), "far": candidate(0.8899, 300, 0, 0),
+               "skipped": {"skipped": "too small", "seconds": 0.0}}
+    assert figures["other"]["p_value"] < ALPHA and choose(figures) == "groupdro/global"
+    # the guard's drop ("other"), the skipped and those more than the gap below the chosen are not contenders;
+    # the rest follow by worst group, the one listed first of equals; without epochs chosen, none is longer
+    assert contenders(figures, "groupdro/global") == [Contender("groupdro/global", None),
+                                                      Contender("aclarc/global", None), Contender("rrclarc", None)]
+    # a candidate whose epochs were chosen comes again at the latest epoch the guard kept within the gap
+    epochs = [candidate(0.90, 300, 0, 0), candidate(0.94, 300, 0, 0), candidate(0.92, 300, 0, 0),
+              candidate(0.97, 375, 40, 2), candidate(0.8899, 300, 0, 0)]
+    figures["aclarc/global"] = {**best_epoch([{"epoch": e, **f} for e, f in enumerate(epochs, 1)]), "seconds": 1.0}
+    assert figures["aclarc/global"]["epochs"] == 2 and choose(figures) == "aclarc/global"
+    assert contenders(figures, "aclarc/global") == [Contender("aclarc/global", 2), Contender("aclarc/global", 3),
+                                                    Contender("groupdro/global", None), Contender("rrclarc", None)]
+    assert [str(c) for c in contenders(figures, "aclarc/global")[:2]] == ["aclarc/global at 2 epochs",
+                                                                         "aclarc/global at 3 epochs"]
+    # the chosen epochs refit where the candidate's refit always did; another number of epochs beside it
+    assert [c.directory(figures) for c in contenders(figures, "aclarc/global")] == [
+        "aclarc/global", "aclarc/global@3", "groupdro/global", "rrclarc"]
+    # where the guard dropped every candidate, the least loss (step 4) is the only contender
+    dropped = {"pclarc": candidate(0.9, 375, 40, 2), "aclarc/local": candidate(0.9, 375, 30, 2)}
+    assert contenders(dropped, choose(dropped)) == [Contender("aclarc/local", None)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """A correction (spray.clarc.run.Correction) as verify_contenders reads it."""
+
+    model: str
+
+
+@dataclasses.dataclass
+class Verdict:
+    """What verify_contenders reads of a verification (spray.clarc.verify.Verification)."""
+
+    failed: bool
+
+    @property
+    def verdict(self):
+        return "not cleared" if self.failed else "cleared"
+
+    @property
+    def after(self):
+        return type("Standing", (), {"rank": 2 if self.failed else 7, "outlier": 9.0 if self.failed else 0.5})
+
+
+def test_the_first_contender_whose_refit_clears_the_flag_ships_and_none_clearing_ships_the_chosen():
+    refits, verified_models = [], []
+    order = [Contender("aclarc/local+global", 1), Contender("aclarc/local+global", 7), Contender("pclarc", None)]
+
+    def refit(contender):
+        refits.append(contender)
+        return Result(str(contender)), 2.0
+
+    def verify(still_flagged):
+        def judge(model):
+            verified_models.append(model)
+            return Verdict(model in still_flagged)
+        return judge
+
+    first = Result(str(order[0]))
+    result, ships, verified, seconds = verify_contenders(order, first, 3.0, refit, verify({str(order[0])}))
+    assert (result.model, ships, refits) == ("aclarc/local+global at 7 epochs", order[1], order[1:2])
+    assert verified_models == ["aclarc/local+global at 1 epochs", "aclarc/local+global at 7 epochs"]
+    assert [(v["contender"], v["verdict"], v["rank"], v["outlier"]) for v in verified] == [
+        ("aclarc/local+global at 1 epochs", "not cleared", 2, 9.0),
+        ("aclarc/local+global at 7 epochs", "cleared", 7, 0.5)]
+    assert verified[0]["seconds"] >= 3.0 and verified[1]["seconds"] >= 2.0
+    assert seconds == pytest.approx(sum(v["seconds"] for v in verified))
+    # the first clears: nothing else is refitted
+    refits.clear()
+    result, ships, verified, _ = verify_contenders(order, first, 3.0, refit, verify(set()))
+    assert (result, ships, refits, len(verified)) == (first, order[0], [], 1)
+    # none clears: every contender was refitted and verified, and the chosen one ships
+    result, ships, verified, _ = verify_contenders(order, first, 3.0, refit, verify({str(c) for c in order}))
+    assert (result, ships, refits, [v["contender"] for v in verified]) == (first, order[0], order[1:],
+                                                                          [str(c) for c in order])
 
 
 def test_rrclarc_is_the_last_candidate_of_every_kind_and_uses_no_transformation():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +25,9 @@ from spray.clarc import (
 )
 from spray.clarc import auto as auto_module
 from spray.clarc.augmentive import AClArC
+from spray.clarc import run as run_module
 from spray.clarc.auto import (CANDIDATES, EPOCH_CHOICE, best_epoch, candidate_name, choose, clean_figures,
-                              correct_on, counterfactual_transforms, within)
+                              contenders, correct_on, counterfactual_transforms, within)
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.groupdro import GroupDRO
@@ -35,6 +37,7 @@ from spray.clarc.finetune import CHECKPOINT
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.run import describe_artifact, shipped
 from spray.clarc.transform import Transformations, agreed_area, coverage, kind_figures
+from spray.clarc.verify import verification_store
 from spray.errors import BadInputError
 from spray.lrp import EpsilonPlusFlat
 from spray.store import AuditStore
@@ -139,6 +142,51 @@ def test_auto_ships_the_chosen_method_refitted_on_all_the_data_deterministically
     assert rows[0]["correction"] is None and rows[1]["model"] == "corrected"
     assert {k: v for k, v in rows[1].items() if k in METRICS and k != "training_seconds"} == \
         {k: v for k, v in direct[1].items() if k in METRICS and k != "training_seconds"}
+
+
+def test_a_verified_auto_run_ships_the_first_contender_whose_refit_clears_the_flag(tiny_audit, tmp_path, monkeypatch):
+    spec = a_group_cluster(tiny_audit)
+    store = tmp_path / "audit.h5"
+    store.write_bytes(tiny_audit.store.read_bytes())
+
+    def run(out):
+        config = ClarcConfig("auto", tmp_path / out, cluster=spec, tuning=Tuning(epochs=2), verify=True,
+                             progress=False)
+        return clarc_from_store(store, tiny_audit.model, tiny_audit.dataset, config)
+
+    # the chosen refit's verdict stands: it alone is verified, once (its re-audit read back for the run's verification)
+    plain = run("plain")
+    record = plain.params["auto"]
+    first = contenders(record["candidates"], choose(record["candidates"]))[0]
+    assert (record["chosen"], record["epochs"]) == (first.name, first.epochs)
+    assert [(v["contender"], v["verdict"]) for v in record["verified"]] == [(str(first), plain.verification.verdict)]
+    assert plain.verification.verdict != "not cleared"
+    assert [p.name for p in plain.run_dir.glob("verify-*.h5")] == [Path(plain.verification.store).name]
+    # a refit whose class is still flagged gives way to the next contender (every kept candidate is one here)
+    real, seen = run_module.verify_correction, []
+
+    def still_flagged_first(store_path, corrected, *args, **kwargs):
+        found = real(store_path, corrected, *args, **kwargs)
+        seen.append(found.store)
+        return dataclasses.replace(found, after=dataclasses.replace(found.after, flagged=True)) if len(seen) == 1 \
+            else found
+
+    monkeypatch.setattr(run_module, "verify_correction", still_flagged_first)
+    monkeypatch.setattr(auto_module, "MAX_WORST_GROUP_GAP", 1.0)
+    swapped = run("swapped")
+    record = swapped.params["auto"]
+    first, second = contenders(record["candidates"], choose(record["candidates"]))[:2]
+    assert [(v["contender"], v["verdict"]) for v in record["verified"]] == [
+        (str(first), "not cleared"), (str(second), plain.verification.verdict)]
+    assert (record["chosen"], record["epochs"]) == (second.name, second.epochs)
+    # two refits verified, the second's re-audit read back for the run's verification
+    assert len(seen) == 3 and seen[0] != seen[1] == seen[2]
+    assert swapped.verification.store == str(verification_store(swapped.run_dir, swapped.model)) == seen[-1]
+    assert swapped.metrics[1]["correction"] == (f"auto: {second}, refit on all the data, in place of {first} (class "
+                                                "still flagged after the refit)")
+    assert record["refit"]["seconds"] == pytest.approx(sum(v["seconds"] for v in record["verified"]))
+    assert swapped.params["training_seconds"] >= (sum(c["seconds"] for c in record["candidates"].values())
+                                                  + record["refit"]["seconds"])
 
 
 def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them(tiny_audit, tmp_path, monkeypatch):

@@ -384,7 +384,8 @@ def rank(store: Path, analysis: str, as_json: bool, as_csv: bool) -> None:
 @click.option("--fda-rank", is_flag=True, help="Also re-attribute and re-analyse to get the class's FDA rank.")
 @click.option("--verify/--no-verify", default=False, show_default=True,
               help="Re-audit the flagged class with the corrected model and report whether its group is gone "
-                   "(exit 3 if the class is still flagged).")
+                   "(exit 3 if the class is still flagged); with --method auto, a refit that leaves it flagged "
+                   "gives way to the next candidate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def clarc(
     store: Path, cluster: str, method: str, model_spec: str, weights: Path | None, data_spec: str,

@@ -18,8 +18,8 @@ from spray.usercode import guarded
 
 
 NOT_CLEARED = 3
-"""Exit code of ``spray clarc --verify`` and ``spray run`` when a verified correction left its class flagged
-(everything was still written and recorded)."""
+"""Exit code of ``spray clarc --verify`` and ``spray run`` when a verified correction left its class flagged, or
+its re-audit could not see the class (everything was still written and recorded)."""
 
 
 def _warned(results: list[Any]) -> None:
@@ -30,8 +30,10 @@ def _warned(results: list[Any]) -> None:
             click.echo(warning, err=True)
     failed = [r for r in results if r.verification is not None and r.verification.failed]
     for result in failed:
+        state = ("could not be audited again (its explanations are all zero)" if result.verification.unverified
+                 else "is still flagged after the correction")
         click.echo(f"warning: {result.method} on cluster {result.cluster} did not clear the flag: class "
-                   f"{result.verification.label} is still flagged after the correction", err=True)
+                   f"{result.verification.label} {state}", err=True)
     if failed:
         raise click.exceptions.Exit(NOT_CLEARED)
 

@@ -54,7 +54,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 27
+SCORES = 28
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -87,7 +87,9 @@ correction records the TCAV score and mean |directional derivative| of its class
 ``tcav_magnitude``) and what it cost (``training_seconds``), issue 18's remaining metrics; 26: each correction is
 verified, its class audited again with the corrected model and ranked again over the ranked analyses
 (``verification``: spray.clarc.verify); 27: auto ships the first of its contenders whose refit clears the
-class's flag (spray.clarc.auto, rule step 7)."""
+class's flag (spray.clarc.auto, rule step 7); 28: a re-audit that sees none of the class's samples is "not
+verified", not "cleared" (spray.clarc.verify.NOT_REAUDITED), and DFR's two-class head splits its decision between
+both outputs, so that either class can be explained (docs/clarc.md §48)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

@@ -174,8 +174,10 @@ class DFR:
             ovr.fit(z[chosen], labels[chosen])
             W = np.concatenate([e.coef_ for e in ovr.estimators_])
             b = np.concatenate([e.intercept_ for e in ovr.estimators_])
-            if len(W) == 1:  # two classes: one regression, the decision w·z + b for the second class
-                W, b = np.concatenate([np.zeros_like(W), W]), np.concatenate([np.zeros_like(b), b])
+            if len(W) == 1:  # two classes: one regression, the decision w·z + b split between the two outputs
+                # (±½ of it: the same softmax, and each output depends on the features, so that either class can
+                # be explained; an output of 0 for the first gives its every explanation zero)
+                W, b = np.concatenate([-W / 2, W / 2]), np.concatenate([-b / 2, b / 2])
             Ws.append(W)
             bs.append(b)
         return np.mean(Ws, 0), np.mean(bs, 0)

@@ -51,6 +51,12 @@ from spray.results import ClassBest, analysis_summary, read_class
 from spray.store import AuditStore
 
 
+NOT_REAUDITED = "not in the re-audit"
+"""Why a class has no standing after its re-audit when none of its samples was analysed: the corrected model's
+explanations of it are all zero (a head whose output for the class does not depend on the features; the analysis
+leaves all-zero heatmaps out), or a store grouped by prediction put none of them under it."""
+
+
 @dataclass(frozen=True)
 class Standing:
     """A class's place in a ranking: ``rank`` (1 = most suspicious; None: not ranked), ``flagged``,
@@ -102,14 +108,23 @@ class Verification:
 
     @property
     def failed(self) -> bool:
-        """The class is still flagged after the correction."""
-        return self.after.flagged
+        """The class is still flagged after the correction, or the re-audit could not see it (:attr:`unverified`):
+        either way the correction is not shown to have removed the group."""
+        return self.after.flagged or self.unverified
+
+    @property
+    def unverified(self) -> bool:
+        """The re-audit analysed none of the class's samples (:data:`NOT_REAUDITED`): no group can stand out of
+        explanations that are all zero, so "not flagged" would prove nothing."""
+        return self.after.skipped == NOT_REAUDITED
 
     @property
     def verdict(self) -> str:
-        """``"cleared"`` (flagged before, not after), ``"not cleared"`` (still flagged) or ``"not flagged"``
-        (flagged neither before nor after: the cluster was chosen by hand, or only an analysis of activations
-        flagged its class)."""
+        """``"cleared"`` (flagged before, not after), ``"not cleared"`` (still flagged), ``"not verified"`` (the
+        re-audit could not see the class: :attr:`unverified`) or ``"not flagged"`` (flagged neither before nor
+        after: the cluster was chosen by hand, or only an analysis of activations flagged its class)."""
+        if self.unverified:
+            return "not verified"
         if self.failed:
             return "not cleared"
         return "cleared" if self.before.flagged else "not flagged"
@@ -117,7 +132,10 @@ class Verification:
     @property
     def separability_dropped(self) -> bool | None:
         """The class's best cluster is less separable than before: a larger cut, or, where either cut is
-        missing, a smaller z-score (the ranking's keys, in its order); True for a class now without one."""
+        missing, a smaller z-score (the ranking's keys, in its order); True for a class now without one, None
+        where the re-audit could not see the class."""
+        if self.unverified:
+            return None
         if self.after.skipped is not None:
             return True
         before, after = self.before, self.after
@@ -136,7 +154,7 @@ class Verification:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable (``--json``, the run's record): the fields, ``verdict``, ``failed``,
         ``separability_dropped`` and ``cluster_unjudged``."""
-        return {**asdict(self), "verdict": self.verdict, "failed": self.failed,
+        return {**asdict(self), "verdict": self.verdict, "failed": self.failed, "unverified": self.unverified,
                 "separability_dropped": self.separability_dropped, "cluster_unjudged": self.cluster_unjudged}
 
     @classmethod
@@ -161,7 +179,10 @@ class Verification:
         head = (f"verification: class {self.label} {self.verdict.upper()} (flagged {_yes(b.flagged)} -> "
                 f"{_yes(a.flagged)}, outlier {num(b.outlier, '.1f')} -> {num(a.outlier, '.1f')}, "
                 f"rank {b.rank or '-'} -> {a.rank or '-'})")
-        if a.skipped is not None:
+        if self.unverified:
+            body = ("  the re-audit analysed none of the class's samples: the corrected model's explanations of the "
+                    "class are all zero, or none of its samples is grouped under it")
+        elif a.skipped is not None:
             body = f"  after the correction the class has no candidate cluster ({a.skipped})"
         else:
             body = (f"  best cluster {where(b.cluster, b.analysis)} -> {where(a.cluster, a.analysis)}: ncut "
@@ -253,7 +274,7 @@ def _in_dataset(again: ClassBest | None, label: int, index: np.ndarray) -> Class
     re-audit's are positions in ``index``, the class's samples); a class missing from the re-audit (a store
     grouped by prediction: its samples came out as other classes) is skipped."""
     if again is None:
-        return ClassBest(label, str(label), len(index), None, "not in the re-audit", None)
+        return ClassBest(label, str(label), len(index), None, NOT_REAUDITED, None)
     if again.cluster is None:
         return again
     return replace(again, cluster=replace(again.cluster, members=tuple(int(index[i]) for i in again.cluster.members)))

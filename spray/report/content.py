@@ -159,7 +159,8 @@ class ClarcView:
     examples: list[tuple[int, str]] = field(default_factory=list)
     verification: Markup | None = None
     verified: str | None = None
-    """``"cleared"``, ``"not cleared"`` or ``"not flagged"`` (spray.clarc.verify); None: not verified."""
+    """``"cleared"``, ``"not cleared"``, ``"not verified"`` or ``"not flagged"`` (spray.clarc.verify); None: the run
+    was not verified."""
     unflagged: Markup | None = None
     """Said when the corrected group's class was not flagged (the run's ``flagged`` False); None otherwise."""
 
@@ -384,6 +385,11 @@ def _summary(ranking: list[RankedClass], clarc: list[ClarcView], names: list[str
             paragraphs.append(Markup(
                 "The correction ({method}) for {target} did <strong>not</strong> remove the group: after it, the "
                 "class is still flagged. Treat the corrected model as still using the shortcut."
+            ).format(method=run.method.split(" (")[0], target=run.target))
+        if run.verified == "not verified":
+            paragraphs.append(Markup(
+                "The correction ({method}) for {target} could <strong>not</strong> be checked: explained by the "
+                "corrected model, the class's images show nothing to group. Do not take it as removing the shortcut."
             ).format(method=run.method.split(" (")[0], target=run.target))
     return paragraphs
 
@@ -630,6 +636,8 @@ def _verification_text(found: dict[str, Any], class_name: str) -> Markup:
         "not cleared": "<strong>The correction did not remove the group</strong>: class ‘{name}’ still stands "
                        "out from the other classes",
         "not flagged": "Class ‘{name}’ was not flagged before the correction and is not after it",
+        "not verified": "<strong>The correction could not be checked</strong>: explained by the corrected model, "
+                        "the images of class ‘{name}’ show nothing to group",
     }[found["verdict"]]
     text = Markup("Checked by explaining the class's images again with the corrected model and grouping them "
                   "as before. " + opening + " (rank {rb} → {ra}). ").format(
@@ -639,6 +647,8 @@ def _verification_text(found: dict[str, Any], class_name: str) -> Markup:
         text += Markup("The corrected group was found in what the model sees (its activations, analysis ‘{own}’), "
                        "which a correction of its decision need not change; the check judged the explanations "
                        "(analysis {judged}). ").format(own=own, judged=", ".join(f"‘{a}’" for a in judged))
+    if found["verdict"] == "not verified":
+        return text
     if after["skipped"] is not None:
         return text + Markup("It now has no distinct group at all.")
     return text + Markup(

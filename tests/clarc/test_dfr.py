@@ -103,6 +103,22 @@ def test_dfr_writes_the_standardisation_into_the_head():
     assert logits.shape == (400, 2) and torch.isfinite(logits).all()
 
 
+def test_a_two_class_head_splits_the_one_decision_between_both_outputs_so_either_class_can_be_explained():
+    dataset, artifact, model = spurious_set()
+    head = DFR(n_subsamples=2).fit(model, dataset, artifact).model_[1]
+    weight, bias = head.weight.detach(), head.bias.detach()
+    assert torch.equal(weight[0], -weight[1]) and torch.equal(bias[0], -bias[1]) and weight[1].abs().sum() > 0
+    # the same decision as one output fixed at 0 and the other the whole regression (the softmax of a difference)
+    x = dataset.tensors[0].flatten(1)
+    whole = x @ (2 * weight[1]) + 2 * bias[1]
+    assert torch.allclose(torch.softmax(head(x), 1)[:, 1], torch.sigmoid(whole), atol=1e-6)
+    # the first class's output depends on the features: its explanations are not all zero (the verification's
+    # re-audit of a class with a constant output sees nothing: spray.clarc.verify.NOT_REAUDITED)
+    inputs = dataset.tensors[0][:8].clone().requires_grad_(True)
+    head(inputs.flatten(1))[:, 0].sum().backward()
+    assert inputs.grad.abs().sum() > 0
+
+
 def test_dfr_is_seeded_whatever_numpys_global_random_state():
     # liblinear shuffles; unseeded, it drew from numpy's global state and two equal fits differed
     dataset, artifact, model = spurious_set()

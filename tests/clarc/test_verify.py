@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -12,10 +13,11 @@ import torch
 
 from spray.clarc import ClarcConfig, clarc_from_store
 from spray.clarc.cluster import read_cluster, resolve_cluster
+from spray.clarc.dfr import last_linear
 from spray.clarc.projective import project_model
 from spray.clarc.run import audit_composite
-from spray.clarc.verify import (Standing, Verification, best_match, verification_analyses, verification_store,
-                                verify_correction)
+from spray.clarc.verify import (NOT_REAUDITED, Standing, Verification, best_match, verification_analyses,
+                                verification_store, verify_correction)
 from spray.errors import BadInputError
 from spray.ranking import best_of, rank_classes, rank_found, replace_class
 from spray.store import AuditStore
@@ -51,6 +53,15 @@ def test_the_verdict_is_cleared_not_cleared_or_not_flagged_and_only_a_still_flag
     assert by_z.separability_dropped is True  # without both cuts the z-scores decide
     gone = _verification(_standing(True), Standing(None, False, None, None, None, None, None, "no candidate cluster"))
     assert gone.separability_dropped is True and gone.verdict == "cleared"
+    # a re-audit that analysed none of the class's samples proves nothing: not verified, a failure
+    unseen = _verification(_standing(True), Standing(2, False, None, None, None, None, None, NOT_REAUDITED))
+    assert (unseen.verdict, unseen.failed, unseen.unverified, unseen.separability_dropped) == \
+        ("not verified", True, True, None)
+    assert unseen.summary().splitlines() == [
+        "verification: class 8 NOT VERIFIED (flagged yes -> no, outlier 4.2 -> -, rank 1 -> 2)",
+        "  the re-audit analysed none of the class's samples: the corrected model's explanations of the class are "
+        "all zero, or none of its samples is grouped under it"]
+    assert not any(v.unverified for v in (cleared, still, never, by_z, gone))
 
 
 def test_the_record_round_trips_through_json_and_the_summary_says_what_changed():
@@ -91,6 +102,19 @@ def test_verify_reaudits_only_the_class_and_ranks_it_against_the_others_as_they_
     assert found.n_members == len(members.artifact) and 0.0 < found.match_f1 <= 1.0
     # a second verification of the same corrected model resumes the store: the same answer
     assert verify_correction(tiny_audit.store, corrected, tiny_audit.dataset, members, tmp_path) == found
+
+
+def test_a_corrected_model_whose_output_for_the_class_is_constant_is_not_verified(tiny_audit, tmp_path):
+    # every explanation of the class is zero, the re-audit leaves them all out: no group can stand out, and
+    # "cleared" would prove nothing
+    with AuditStore(tiny_audit.store) as store:
+        members = read_cluster(store, rank_classes(store, "tiny").of(1).cluster.reference, "tiny")
+    corrected = copy.deepcopy(tiny_audit.model)
+    head = dict(corrected.named_modules())[last_linear(corrected, tiny_audit.dataset.tensors[0][:1])]
+    with torch.no_grad():
+        head.weight[1] = 0.0
+    found = verify_correction(tiny_audit.store, corrected, tiny_audit.dataset, members, tmp_path)
+    assert (found.verdict, found.failed, found.after.skipped) == ("not verified", True, NOT_REAUDITED)
 
 
 def test_a_verified_run_records_the_verification_in_the_store_and_result_json(tiny_audit, tmp_path):

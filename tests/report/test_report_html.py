@@ -278,7 +278,7 @@ def test_markup_anywhere_in_a_store_gives_an_inert_report(audit_store, report_pa
 
 
 def test_a_verified_clarc_run_says_whether_the_group_is_gone_and_shows_the_new_figures(audit_store, tmp_path):
-    from spray.clarc.verify import Standing, Verification
+    from spray.clarc.verify import NOT_REAUDITED, Standing, Verification
 
     copy = tmp_path / "copy.h5"
     shutil.copy(audit_store, copy)
@@ -303,6 +303,16 @@ def test_a_verified_clarc_run_says_whether_the_group_is_gone_and_shows_the_new_f
         store.write_node("clarc/pclarc-1/result", arrays, {**attrs, "verification": cleared.to_dict()})
     html = render_report(copy, max_classes=0)
     assert "The correction removed the flag" in html and "did <strong>not</strong>" not in html
+    unseen = Verification(1, "1:hdbscan:1", 12, before, Standing(2, False, None, None, None, None, None,
+                                                                  NOT_REAUDITED), None, 0.0, "v.h5")
+    with AuditStore(copy, mode="a") as store:
+        store.write_node("clarc/pclarc-1/result", arrays, {**attrs, "verification": unseen.to_dict()})
+    html = render_report(copy, max_classes=0)
+    clarc = html[html.index('id="clarc"'):html.index('id="reading"')]
+    assert ("<strong>The correction could not be checked</strong>: explained by the corrected model, the images of "
+            "class ‘&lt;script&gt;alert(1)&lt;/script&gt;’ show nothing to group (rank 1 → 2). ") in clarc
+    assert "no distinct group" not in clarc and "The correction removed the flag" not in html
+    assert "could <strong>not</strong> be checked" in html[:html.index('id="clarc"')]  # in the summary too
     assert "what the model sees" not in html
     seen = Verification(1, "1:hdbscan:1", 12, dataclasses.replace(before, flagged=False),
                         dataclasses.replace(after, flagged=False), None, 0.0, "v.h5",

@@ -26,8 +26,8 @@ from spray.clarc import (
 from spray.clarc import auto as auto_module
 from spray.clarc.augmentive import AClArC
 from spray.clarc import run as run_module
-from spray.clarc.auto import (CANDIDATES, EPOCH_CHOICE, best_epoch, candidate_name, choose, clean_figures,
-                              contenders, correct_on, counterfactual_transforms, within)
+from spray.clarc.auto import (CANDIDATES, EPOCH_CHOICE, Contender, best_epoch, candidate_name, choose,
+                              clean_figures, contenders, correct_on, counterfactual_transforms, within)
 from spray.clarc.cav import MIN_SAMPLES
 from spray.clarc.dfr import CS
 from spray.clarc.groupdro import GroupDRO
@@ -37,7 +37,7 @@ from spray.clarc.finetune import CHECKPOINT
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.run import describe_artifact, shipped
 from spray.clarc.transform import Transformations, agreed_area, coverage, kind_figures
-from spray.clarc.verify import verification_store
+from spray.clarc.verify import Standing, verification_store
 from spray.errors import BadInputError
 from spray.lrp import EpsilonPlusFlat
 from spray.store import AuditStore
@@ -189,6 +189,21 @@ def test_a_verified_auto_run_ships_the_first_contender_whose_refit_clears_the_fl
                                                   + record["refit"]["seconds"])
 
 
+@dataclasses.dataclass(frozen=True)
+class Flagged:
+    """A verification as auto's step 7 reads it (spray.clarc.verify.Verification): ``failed`` when still flagged."""
+
+    failed: bool
+
+    @property
+    def verdict(self):
+        return "not cleared" if self.failed else "cleared"
+
+    @property
+    def after(self):
+        return Standing(1 if self.failed else 9, self.failed, 0.0, None, None, None, None, None)
+
+
 def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them(tiny_audit, tmp_path, monkeypatch):
     # Up to 3 epochs here (8 by default); A-ClArC's candidates only, so that one of them is shipped; a learning
     # rate at which the tiny model's validation figures change from epoch to epoch.
@@ -230,6 +245,20 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     assert shipped("auto", auto.params) == f"auto: {record['chosen']} at {chosen} epochs, refit on all the data"
     given = run("aclarc", "given", Tuning(epochs=chosen, kind=kind, lr=lr))
     assert all(torch.equal(v, given.model.state_dict()[k]) for k, v in auto.model.state_dict().items())
+    # verified, with the chosen refit still flagged: a contender of the same candidate at other epochs (which
+    # contenders come is tests/clarc/test_auto.py's) is refitted beside the chosen one, its weights A-ClArC's given
+    # those epochs, and ships when its class is no longer flagged
+    name = record["chosen"]
+    monkeypatch.setattr(auto_module, "contenders", lambda figures, chosen: [
+        Contender(chosen, figures[chosen].get("epochs")), Contender(chosen, 2)])
+    verdicts = iter([True, False])
+    longer = run("auto", "longer", Tuning(lr=lr, verify=lambda model: Flagged(next(verdicts))))
+    assert [v["contender"] for v in longer.params["auto"]["verified"]] == [f"{name} at {chosen} epochs",
+                                                                         f"{name} at 2 epochs"]
+    assert longer.params["epochs"] == longer.params["auto"]["epochs"] == 2 != chosen
+    assert (longer.run_dir / auto_module.REFIT / f"{name}@2").is_dir()
+    two = run("aclarc", "two", Tuning(epochs=2, kind=kind, lr=lr))
+    assert all(torch.equal(v, two.model.state_dict()[k]) for k, v in longer.model.state_dict().items())
     # --epochs given: auto fine-tunes every candidate for them and chooses no epochs
     fixed = run("auto", "fixed", Tuning(epochs=1, lr=lr)).params["auto"]["candidates"]
     assert all("per_epoch" not in f and "epochs" not in f for f in fixed.values())

@@ -53,7 +53,7 @@ The rule, in order:
 7. **Verify**, where the run verifies its correction (``--verify``, ``spray run``, ``spray demo``, the
    benchmark): the refit's class is audited again (spray.clarc.verify). If it is still flagged, the next
    :func:`contenders` are refitted and verified in turn, and the first whose class is no longer flagged is the
-   result: the chosen candidate at the latest epoch its validation scored (its early stop lies
+   result: the chosen candidate at the latest of the later epochs its validation scored (its early stop lies
    :data:`PATIENCE` epochs past its best), then the other candidates by score — each only where the guard kept it
    and its worst group is within :data:`MAX_WORST_GROUP_GAP` of the chosen one's. A fine-tuning can meet the
    accuracy figures after its first epochs and still encode the artifact for the class, which further epochs
@@ -207,16 +207,18 @@ class Contender:
 
 
 def contenders(figures: Mapping[str, Mapping[str, Any]], chosen: str) -> list[Contender]:
-    """The refits rule step 7 verifies in turn: ``chosen`` at its chosen epochs; at the latest epoch its validation
-    scored, where that is another; then the other candidates, best score first (the one listed first of equals) —
-    each only where the guard kept it and its worst group is within :data:`MAX_WORST_GROUP_GAP` of ``chosen``'s;
-    ``chosen`` alone where the guard kept no candidate (it is then the least loss, step 4)."""
-    def kept(f: Mapping[str, Any]) -> bool:
-        return "skipped" not in f and f["p_value"] >= ALPHA and f["worst_group"] >= floor
-
+    """The refits rule step 7 verifies in turn: ``chosen`` at its chosen epochs; at the latest later epoch its
+    validation scored that qualifies; then the other candidates that qualify, best score first (the one listed
+    first of equals). An epoch or candidate qualifies where the guard kept it and its worst group is within
+    :data:`MAX_WORST_GROUP_GAP` of ``chosen``'s; ``chosen`` comes alone where the guard kept no candidate (it is
+    then the least loss, step 4)."""
     best = figures[chosen]
     first = Contender(chosen, best.get("epochs"))
     floor = best["worst_group"] - MAX_WORST_GROUP_GAP
+
+    def kept(f: Mapping[str, Any]) -> bool:
+        return "skipped" not in f and f["p_value"] >= ALPHA and f["worst_group"] >= floor
+
     if "skipped" in best or best["p_value"] < ALPHA:
         return [first]
     later = [e["epoch"] for e in best.get("per_epoch", ()) if e["epoch"] > first.epochs and kept(e)]

@@ -219,7 +219,7 @@ def contenders(figures: Mapping[str, Mapping[str, Any]], chosen: str) -> list[Co
     def kept(f: Mapping[str, Any]) -> bool:
         return "skipped" not in f and f["p_value"] >= ALPHA and f["worst_group"] >= floor
 
-    if "skipped" in best or best["p_value"] < ALPHA:
+    if not kept(best):  # the guard dropped every candidate (choose never names a skipped one)
         return [first]
     later = [e["epoch"] for e in best.get("per_epoch", ()) if e["epoch"] > first.epochs and kept(e)]
     longer = [Contender(chosen, e) for e in later[-1:]]
@@ -244,8 +244,10 @@ def verify_contenders(order: Sequence[Contender], first: Any, seconds: float,
                          "rank": verification.after.rank, "outlier": verification.after.outlier,
                          "seconds": spent + time.perf_counter() - tick})
         if not verification.failed:
-            return result, contender, verified, sum(v["seconds"] for v in verified)
-    return first, order[0], verified, sum(v["seconds"] for v in verified)
+            break
+    else:  # none cleared its class: the chosen one ships
+        result, contender = first, order[0]
+    return result, contender, verified, sum(v["seconds"] for v in verified)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from spray.clarc.verify import Standing
+
 
 @dataclass(frozen=True)
 class OnePlace:
@@ -23,6 +25,23 @@ class OnePlace:
     @property
     def masks(self) -> torch.Tensor:
         return self.mask.expand(self.n, *self.mask.shape).clone()
+
+
+@dataclass(frozen=True)
+class Flagged:
+    """A verification as auto's rule step 7 reads it (spray.clarc.verify.Verification): ``failed`` when the class is
+    still flagged, ``verdict``, and the class's standing after (rank 2, outlier 9.0 when flagged; else 7, 0.5)."""
+
+    failed: bool
+
+    @property
+    def verdict(self) -> str:
+        return "not cleared" if self.failed else "cleared"
+
+    @property
+    def after(self) -> Standing:
+        return Standing(2 if self.failed else 7, self.failed, 9.0 if self.failed else 0.5, None, None, None, None,
+                        None)
 
 
 def tiny_model(seed: int = 0) -> nn.Module:

@@ -15,6 +15,7 @@ from spray.clarc.auto import (ALPHA, CANDIDATES, COUNTERFACTUALS, MAX_CLEAN_LOSS
                               counterfactual_transforms, loss_p_value, verify_contenders, within)
 from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
 from spray.errors import GroupSizeError
+from tests.clarc.conftest import Flagged
 
 
 def validation(n: int, lost: int, gained: int, wrong: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -166,21 +167,6 @@ class Result:
     model: str
 
 
-@dataclasses.dataclass
-class Verdict:
-    """What verify_contenders reads of a verification (spray.clarc.verify.Verification)."""
-
-    failed: bool
-
-    @property
-    def verdict(self):
-        return "not cleared" if self.failed else "cleared"
-
-    @property
-    def after(self):
-        return type("Standing", (), {"rank": 2 if self.failed else 7, "outlier": 9.0 if self.failed else 0.5})
-
-
 def test_the_first_contender_whose_refit_clears_the_flag_ships_and_none_clearing_ships_the_chosen():
     refits, verified_models = [], []
     order = [Contender("aclarc/local+global", 1), Contender("aclarc/local+global", 7), Contender("pclarc", None)]
@@ -192,7 +178,7 @@ def test_the_first_contender_whose_refit_clears_the_flag_ships_and_none_clearing
     def verify(still_flagged):
         def judge(model):
             verified_models.append(model)
-            return Verdict(model in still_flagged)
+            return Flagged(model in still_flagged)
         return judge
 
     first = Result(str(order[0]))

@@ -37,11 +37,12 @@ from spray.clarc.finetune import CHECKPOINT
 from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
 from spray.clarc.run import describe_artifact, shipped
 from spray.clarc.transform import Transformations, agreed_area, coverage, kind_figures
-from spray.clarc.verify import Standing, verification_store
+from spray.clarc.verify import verification_store
 from spray.errors import BadInputError
 from spray.lrp import EpsilonPlusFlat
 from spray.store import AuditStore
 from spray.training import accuracy
+from tests.clarc.conftest import Flagged
 
 
 def a_cluster(tiny_audit, clustering="kmeans_2"):
@@ -187,21 +188,6 @@ def test_a_verified_auto_run_ships_the_first_contender_whose_refit_clears_the_fl
     assert record["refit"]["seconds"] == pytest.approx(sum(v["seconds"] for v in record["verified"]))
     assert swapped.params["training_seconds"] >= (sum(c["seconds"] for c in record["candidates"].values())
                                                   + record["refit"]["seconds"])
-
-
-@dataclasses.dataclass(frozen=True)
-class Flagged:
-    """A verification as auto's step 7 reads it (spray.clarc.verify.Verification): ``failed`` when still flagged."""
-
-    failed: bool
-
-    @property
-    def verdict(self):
-        return "not cleared" if self.failed else "cleared"
-
-    @property
-    def after(self):
-        return Standing(1 if self.failed else 9, self.failed, 0.0, None, None, None, None, None)
 
 
 def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them(tiny_audit, tmp_path, monkeypatch):

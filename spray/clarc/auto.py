@@ -173,16 +173,16 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
             return result, history_seconds(result.history, time.perf_counter() - tick)
 
         order = contenders(figures, choose(figures))
-        ships = order[0]
-        shipped, seconds = refit(ships)
-        verified: list[dict[str, Any]] = []
+        shipped, seconds = refit(order[0])
+        step = Verified(shipped, order[0], None, [], seconds)
         if tuning.verify is not None:  # rule step 7
-            shipped, ships, verified, seconds = verify_contenders(order, shipped, seconds, refit, tuning.verify)
-        refit_record = {"n_fit": len(fit), "n": len(dataset), "seconds": seconds}
-        params = {**shipped.params, "auto": {"kind": kind, **dataclasses.asdict(read), "chosen": ships.name,
-                                             "epochs": ships.epochs, "candidates": figures,
-                                             "refit": refit_record, "verified": verified}}
-        return dataclasses.replace(shipped, params=params)
+            step = verify_contenders(order, shipped, seconds, refit, tuning.verify)
+        refit_record = {"n_fit": len(fit), "n": len(dataset), "seconds": step.seconds}
+        params = {**step.result.params, "auto": {"kind": kind, **dataclasses.asdict(read),
+                                                 "chosen": step.contender.name, "epochs": step.contender.epochs,
+                                                 "candidates": figures, "refit": refit_record,
+                                                 "verified": step.verdicts}}
+        return dataclasses.replace(step.result, params=params, verification=step.verification)
 
     return correct
 
@@ -228,26 +228,40 @@ def contenders(figures: Mapping[str, Mapping[str, Any]], chosen: str) -> list[Co
     return [first, *longer, *(Contender(n, figures[n].get("epochs")) for n in others)]
 
 
+@dataclass(frozen=True)
+class Verified:
+    """The refit auto ships: the ``result``, its ``contender`` and its ``verification`` (None where the run does
+    not verify); rule step 7's ``verdicts``, one per verified refit (the ``contender``, its ``verdict``, the
+    class's ``rank`` and ``outlier`` after, the refit's and verification's ``seconds``); the ``seconds`` of
+    every refit and verification."""
+
+    result: Any
+    contender: Contender
+    verification: Any
+    verdicts: list[dict[str, Any]]
+    seconds: float
+
+
 def verify_contenders(order: Sequence[Contender], first: Any, seconds: float,
                       refit: Callable[[Contender], tuple[Any, float]], verify: Callable[[nn.Module], Any]
-                      ) -> tuple[Any, Contender, list[dict[str, Any]], float]:
+                      ) -> Verified:
     """Rule step 7 over ``order`` (:func:`contenders`), of which the first is refitted already (``first``, in
-    ``seconds``): the result that ships, its contender, each verified refit's verdict (the ``contender``, its
-    ``verdict``, the class's ``rank`` and ``outlier`` after, the refit's and verification's ``seconds``) and the
-    seconds of all of them."""
-    verified: list[dict[str, Any]] = []
+    ``seconds``): the first whose verification clears its class ships, or else the first."""
+    verdicts: list[dict[str, Any]] = []
+    verifications = []
     for contender in order:
         result, spent = (first, seconds) if contender == order[0] else refit(contender)
         tick = time.perf_counter()
         verification = verify(result.model)
-        verified.append({"contender": str(contender), "verdict": verification.verdict,
+        verifications.append(verification)
+        verdicts.append({"contender": str(contender), "verdict": verification.verdict,
                          "rank": verification.after.rank, "outlier": verification.after.outlier,
                          "seconds": spent + time.perf_counter() - tick})
         if not verification.failed:
             break
     else:  # none cleared its class: the chosen one ships
-        result, contender = first, order[0]
-    return result, contender, verified, sum(v["seconds"] for v in verified)
+        result, contender, verification = first, order[0], verifications[0]
+    return Verified(result, contender, verification, verdicts, sum(v["seconds"] for v in verdicts))
 
 
 @dataclass(frozen=True)

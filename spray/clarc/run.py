@@ -81,11 +81,13 @@ class Tuning:
 @dataclass(frozen=True)
 class Correction:
     """What a correction method made of the model: the corrected copy, its fine-tuning history, and the
-    fine-tuning parameters it used (epochs, lr, batch_size, fraction, lambda; None where it has none)."""
+    fine-tuning parameters it used (epochs, lr, batch_size, fraction, lambda; None where it has none);
+    ``verification``: the corrected copy's, where the method verified it itself (auto, rule step 7)."""
 
     model: nn.Module
     history: list[dict[str, float]]
     params: dict[str, Any]
+    verification: Verification | None = None
 
 
 CorrectionMethod = Callable[[nn.Module, Dataset, ArtifactModel, Tuning, Path, bool, bool], Correction]
@@ -350,7 +352,9 @@ def clarc_from_store(
             composite=composite, target=config.relevance_target, fda=fda, layer=artifact.layer,
             training_seconds=seconds, correction=shipped(config.method, params), progress=config.progress,
         )
-    verification = judge(correction.model) if config.verify else None  # auto's own re-audit is read back
+    verification = None
+    if config.verify:  # auto verified what it shipped (rule step 7); other methods' corrections are verified here
+        verification = correction.verification or judge(correction.model)
     result = ClarcResult(run, config.method, str(spec), artifact.layer, artifact, correction.model, weights,
                          run_dir, params, metrics, correction.history, verification, target.flagged, target.q_value)
     _record(store_path, result, dataset, guard)

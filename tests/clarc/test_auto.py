@@ -182,22 +182,25 @@ def test_the_first_contender_whose_refit_clears_the_flag_ships_and_none_clearing
         return judge
 
     first = Result(str(order[0]))
-    result, ships, verified, seconds = verify_contenders(order, first, 3.0, refit, verify({str(order[0])}))
-    assert (result.model, ships, refits) == ("aclarc/local+global at 7 epochs", order[1], order[1:2])
+    step = verify_contenders(order, first, 3.0, refit, verify({str(order[0])}))
+    assert (step.result.model, step.contender, refits) == ("aclarc/local+global at 7 epochs", order[1], order[1:2])
     assert verified_models == ["aclarc/local+global at 1 epochs", "aclarc/local+global at 7 epochs"]
-    assert [(v["contender"], v["verdict"], v["rank"], v["outlier"]) for v in verified] == [
+    assert step.verification == Flagged(False)  # the shipped refit's own
+    assert [(v["contender"], v["verdict"], v["rank"], v["outlier"]) for v in step.verdicts] == [
         ("aclarc/local+global at 1 epochs", "not cleared", 2, 9.0),
         ("aclarc/local+global at 7 epochs", "cleared", 7, 0.5)]
-    assert verified[0]["seconds"] >= 3.0 and verified[1]["seconds"] >= 2.0
-    assert seconds == pytest.approx(sum(v["seconds"] for v in verified))
+    assert step.verdicts[0]["seconds"] >= 3.0 and step.verdicts[1]["seconds"] >= 2.0
+    assert step.seconds == pytest.approx(sum(v["seconds"] for v in step.verdicts))
     # the first clears: nothing else is refitted
     refits.clear()
-    result, ships, verified, _ = verify_contenders(order, first, 3.0, refit, verify(set()))
-    assert (result, ships, refits, len(verified)) == (first, order[0], [], 1)
-    # none clears: every contender was refitted and verified, and the chosen one ships
-    result, ships, verified, _ = verify_contenders(order, first, 3.0, refit, verify({str(c) for c in order}))
-    assert (result, ships, refits, [v["contender"] for v in verified]) == (first, order[0], order[1:],
-                                                                          [str(c) for c in order])
+    step = verify_contenders(order, first, 3.0, refit, verify(set()))
+    assert (step.result, step.contender, refits, len(step.verdicts), step.verification) == (
+        first, order[0], [], 1, Flagged(False))
+    # none clears: every contender was refitted and verified, and the chosen one ships with its verification
+    step = verify_contenders(order, first, 3.0, refit, verify({str(c) for c in order}))
+    assert (step.result, step.contender, refits, [v["contender"] for v in step.verdicts]) == (
+        first, order[0], order[1:], [str(c) for c in order])
+    assert step.verification == Flagged(True)
 
 
 def test_rrclarc_is_the_last_candidate_of_every_kind_and_uses_no_transformation():

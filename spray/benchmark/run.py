@@ -54,7 +54,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 28
+SCORES = 29
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -89,7 +89,9 @@ verified, its class audited again with the corrected model and ranked again over
 (``verification``: spray.clarc.verify); 27: auto ships the first of its contenders whose refit clears the
 class's flag (spray.clarc.auto, rule step 7); 28: a re-audit that sees none of the class's samples is "not
 verified", not "cleared" (spray.clarc.verify.NOT_REAUDITED), and DFR's two-class head splits its decision between
-both outputs, so that either class can be explained (docs/clarc.md §48)."""
+both outputs, so that either class can be explained (docs/clarc.md §48); 29: each verification records how many
+refits it took (``refits``: auto's contenders verified), which the scorecard counts as the flags cleared by a later
+contender."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -432,7 +434,8 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
                  everywhere=[before["everywhere_accuracy"], after["everywhere_accuracy"]],
                  tcav=[before["tcav_score"], after["tcav_score"]],
                  tcav_magnitude=[before["tcav_magnitude"], after["tcav_magnitude"]],
-                 training_seconds=after["training_seconds"], verification=_verified(corrected.verification))
+                 training_seconds=after["training_seconds"],
+                 verification=_verified(corrected.verification, corrected.params))
     if data.groups is not None:
         groups = [list(original.group_accuracy.values()), list(_group_accuracy(corrected.model, data).values())]
         score["worst_group"] = [min(g) for g in groups]
@@ -442,14 +445,16 @@ def _correct(method: str, store: Path, model: torch.nn.Module, data: CaseData, d
     return score
 
 
-def _verified(verification: Verification) -> dict[str, Any]:
+def _verified(verification: Verification, params: dict[str, Any]) -> dict[str, Any]:
     """What the scorecard keeps of a correction's verification: its verdict, the class's rank, flag and outlier
-    score before and after, whether its best cluster's separability dropped, and how much of the corrected group
-    still forms a cluster."""
+    score before and after, whether its best cluster's separability dropped, how much of the corrected group
+    still forms a cluster, and how many refits were verified (``refits``: 1, or auto's contenders up to the one
+    that shipped, rule step 7; ``params``: the run's)."""
     before, after = verification.before, verification.after
     return {"verdict": verification.verdict, "rank": [before.rank, after.rank],
             "flagged": [before.flagged, after.flagged], "outlier": [before.outlier, after.outlier],
-            "separability_dropped": verification.separability_dropped, "match_f1": verification.match_f1}
+            "separability_dropped": verification.separability_dropped, "match_f1": verification.match_f1,
+            "refits": len(params.get("auto", {}).get("verified") or [None])}
 
 
 def run_benchmark(cases: list[Case], cache: str | Path, size: Size, *, source: str = "mnist",

@@ -84,7 +84,8 @@ class CorrectionRow:
     the two-class set's by its balanced accuracy; a refusal is a miss); ``fixed``: of those seeds whose original
     model misses the targets, how many it corrected to them on the poisoned class (:func:`_fixed`); ``cleared``: of
     the seeds that corrected the poisoned class while it was flagged, how many lost the flag when audited again
-    (:func:`_cleared`)."""
+    (:func:`_cleared`); ``by_contender``: of those cleared, how many by one of auto's later contenders
+    (:func:`_by_contender`)."""
 
     everywhere_before: Estimate | None
     everywhere_after: Estimate | None
@@ -106,6 +107,7 @@ class CorrectionRow:
     met: Rate
     fixed: Rate
     cleared: Rate
+    by_contender: Rate
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def _correction(results: list[CaseResult], method: str) -> CorrectionRow:
                          Estimate.of([c["training_seconds"] for c in found]),
                          sum(c["error"] is not None for c in found), sum(c["flagged"] is False for c in found),
                          _count(results, method, _met), _count(results, method, _fixed),
-                         _count(results, method, _cleared))
+                         _count(results, method, _cleared), _count(results, method, _by_contender))
 
 
 def _count(results: list[CaseResult], method: str, judge: Callable[[CaseResult, str], bool | None]) -> Rate:
@@ -203,6 +205,14 @@ def _cleared(result: CaseResult, method: str) -> bool | None:
             ClusterSpec.parse(correction["cluster"]).label != result.case.poisoned_class:
         return None
     return verification["verdict"] == "cleared"
+
+
+def _by_contender(result: CaseResult, method: str) -> bool | None:
+    """Whether the flag :func:`_cleared` found cleared was cleared by a refit other than the first, one of auto's
+    later contenders (spray.clarc.auto, rule step 7); None where it was not cleared."""
+    if not _cleared(result, method):
+        return None
+    return result.corrections[method]["verification"]["refits"] > 1
 
 
 def _row(results: list[CaseResult], methods: list[str]) -> Row:
@@ -269,7 +279,8 @@ class CorrectionSummary:
     pooled: ``met``, of the cases whose model uses its artifact, how many the method corrected to the accuracy
     targets (:func:`_met`); ``fixed``, of those whose original model misses them, how many it corrected to them on
     the poisoned class (:func:`_fixed`); ``cleared``, of the cases (any case) that corrected the poisoned class
-    while it was flagged, how many lost the flag when audited again with the corrected model (:func:`_cleared`)."""
+    while it was flagged, how many lost the flag when audited again with the corrected model (:func:`_cleared`);
+    ``by_contender``, of those, how many by one of auto's later contenders (:func:`_by_contender`)."""
 
     split: str
     architecture: str
@@ -277,6 +288,7 @@ class CorrectionSummary:
     met: Rate
     fixed: Rate
     cleared: Rate
+    by_contender: Rate
     prevalence: float | None = None
     """As :attr:`Detection.prevalence`."""
 
@@ -311,7 +323,8 @@ def _correction_summary(results: list[CaseResult], method: str,
     or, None, every one)."""
     case = results[0].case
     return CorrectionSummary(case.split, case.architecture, method, _count(results, method, _met),
-                             _count(results, method, _fixed), _count(results, method, _cleared), prevalence)
+                             _count(results, method, _fixed), _count(results, method, _cleared),
+                             _count(results, method, _by_contender), prevalence)
 
 
 def _group_key(result: CaseResult) -> tuple:
@@ -441,7 +454,7 @@ PREVALENCE_SUMMARY_HEADER = ("split", "arch", "prevalence (combined ranking)", *
 
 CORRECTION_HEADER = ("split", "arch", "correction", "runs (the model uses its artifact)", "targets met",
                      "runs the original misses", "fixed on the poisoned class",
-                     "runs on the flagged poisoned class", "flag cleared on re-audit")
+                     "runs on the flagged poisoned class", "flag cleared on re-audit", "of these by a later contender")
 
 
 PREVALENCE_CORRECTION_HEADER = ("split", "arch", "prevalence", *CORRECTION_HEADER[2:])
@@ -450,7 +463,7 @@ PREVALENCE_CORRECTION_HEADER = ("split", "arch", "prevalence", *CORRECTION_HEADE
 def _correction_cells(c: CorrectionSummary) -> list[str]:
     where = [] if c.prevalence is None else [f"{c.prevalence:.0%}"]
     return [c.split, c.architecture, *where, c.method, str(c.met.n), str(c.met), str(c.fixed.n), str(c.fixed),
-            str(c.cleared.n), str(c.cleared)]
+            str(c.cleared.n), str(c.cleared), str(c.by_contender)]
 
 
 def _detection_cells(d: Detection) -> list[str]:
@@ -493,7 +506,8 @@ def _cells(row: Row, corrections: list[str]) -> list[str]:
         if c.met.n:
             cell += f" (targets met {c.met.k}/{c.met.n}, fixed {c.fixed.k}/{c.fixed.n})"
         if c.cleared.n:
-            cell += f" (flag cleared {c.cleared.k}/{c.cleared.n})"
+            cell += f" (flag cleared {c.cleared.k}/{c.cleared.n}"
+            cell += f", {c.by_contender.k} by a later contender)" if c.by_contender.k else ")"
         return (cell + (f" ({c.refused} refused)" if c.refused else "")
                 + (f" ({c.unflagged} of an unflagged class)" if c.unflagged else ""))
 

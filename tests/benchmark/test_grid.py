@@ -69,7 +69,9 @@ def test_every_case_records_its_ground_truth_scores_and_costs(grid_run):
             assert all(0 <= score <= 1 for score in pclarc["tcav"]) and min(pclarc["tcav_magnitude"]) >= 0
             assert pclarc["training_seconds"] > 0
             verified = pclarc["verification"]  # the corrected class audited again, its standing before and after
-            assert set(verified) == {"verdict", "rank", "flagged", "outlier", "separability_dropped", "match_f1"}
+            assert set(verified) == {"verdict", "rank", "flagged", "outlier", "separability_dropped", "match_f1",
+                                     "refits"}
+            assert verified["refits"] == 1  # P-ClArC's one correction
             assert verified["verdict"] == (  # the flags of the relevance analyses' ranking (spray.clarc.verify)
                 "not cleared" if verified["flagged"][1] else "cleared" if verified["flagged"][0] else "not flagged")
             assert all(1 <= rank <= result.clean_classes + 1 for rank in verified["rank"])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
 from spray.benchmark import Case, Scorecard
-from spray.benchmark.run import CaseResult
+from spray.benchmark.run import CaseResult, _verified
+from spray.benchmark.scorecard import Rate
+from spray.clarc.verify import Standing, Verification
 
 
 def _correction(everywhere: tuple[float, float], worst: list[float] | None = None,
@@ -16,7 +19,8 @@ def _correction(everywhere: tuple[float, float], worst: list[float] | None = Non
     verification = None if verdict is None else {
         "verdict": verdict, "rank": [1, 1 if verdict == "not cleared" else 7], "flagged": [verdict != "not flagged",
                                                                                          verdict == "not cleared"],
-        "outlier": [5.0, 3.0 if verdict == "not cleared" else 0.1], "separability_dropped": True, "match_f1": 0.4}
+        "outlier": [5.0, 3.0 if verdict == "not cleared" else 0.1], "separability_dropped": True, "match_f1": 0.4,
+        "refits": 1}
     return {"cluster": None if error else "8:kmeans_2:1", "flagged": None if error else flagged,
             "clean": None if error else [0.9, 0.89],
             "everywhere": None if error else list(everywhere), "worst_group": worst, "balanced": balanced,
@@ -191,14 +195,16 @@ def test_targets_met_count_the_corrected_seeds_whose_model_uses_its_artifact():
     assert summary.fixed == met  # every original missed the target and the poisoned class (8) was corrected
     assert card.summary().split("\n\n")[2].splitlines() == [
         "split  arch  correction  runs (the model uses its artifact)  targets met       runs the original misses  "
-        "fixed on the poisoned class  runs on the flagged poisoned class  flag cleared on re-audit",
+        "fixed on the poisoned class  runs on the flagged poisoned class  flag cleared on re-audit  "
+        "of these by a later contender",
         "dev    cnn   pclarc      3                                   1/3 [0.06, 0.79]  3                         "
-        "1/3 [0.06, 0.79]             0                                   -"]
+        "1/3 [0.06, 0.79]             0                                   -                         -"]
     assert card.to_dict()["correction_summary"] == [
         {"split": "dev", "architecture": "cnn", "method": "pclarc",
          "met": {"k": 1, "n": 3, "low": met.low, "high": met.high},
          "fixed": {"k": 1, "n": 3, "low": met.low, "high": met.high},
-         "cleared": {"k": 0, "n": 0, "low": 0.0, "high": 1.0}, "prevalence": None}]
+         "cleared": {"k": 0, "n": 0, "low": 0.0, "high": 1.0},
+         "by_contender": {"k": 0, "n": 0, "low": 0.0, "high": 1.0}, "prevalence": None}]
     assert "<th>targets met</th>" in card.html() and "<td>1/3 [0.06, 0.79]</td>" in card.html()
 
 
@@ -249,3 +255,23 @@ def test_the_flag_cleared_counts_the_verified_corrections_of_the_flagged_poisone
     assert (cleared.k, cleared.n, str(cleared)) == (2, 3, "2/3 [0.21, 0.94]") and summary.cleared == cleared
     assert card.table().count("(flag cleared 2/3)") == 1 and "<td>2/3 [0.21, 0.94]</td>" in card.html()
     assert "how many lost the flag when the class was audited again" in card.html()
+    assert summary.by_contender == Rate.of(0, 2)  # both cleared by their first refit
+    # a flag auto cleared with its second refit (rule step 7); one it did not clear with three is not counted
+    results[1].corrections["pclarc"]["verification"]["refits"] = 2
+    results[2].corrections["pclarc"]["verification"]["refits"] = 3
+    card = Scorecard(results, {})
+    by_contender = card.rows[0].corrections["pclarc"].by_contender
+    assert (by_contender.k, by_contender.n) == (1, 2) and card.correction_summary[0].by_contender == by_contender
+    assert card.table().count("(flag cleared 2/3, 1 by a later contender)") == 1
+
+
+def test_a_verification_records_how_many_refits_it_took_auto_s_contenders_or_one():
+    standing = Standing(1, True, 5.0, "8:kmeans_2:1", 0.1, 3.0, 0.5, None, "spray")
+    verification = Verification(8, "8:kmeans_2:1", 30, standing, dataclasses.replace(standing, flagged=False),
+                                None, 0.0, "verify.h5")
+    assert _verified(verification, {"epochs": 3})["refits"] == 1  # a method's one correction
+    assert _verified(verification, {"auto": {"verified": []}})["refits"] == 1  # auto, not verifying itself
+    two = {"auto": {"verified": [{"verdict": "not cleared"}, {"verdict": "cleared"}]}}
+    assert _verified(verification, two) == {
+        "verdict": "cleared", "rank": [1, 1], "flagged": [True, False], "outlier": [5.0, 5.0],
+        "separability_dropped": False, "match_f1": 0.0, "refits": 2}

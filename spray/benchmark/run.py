@@ -454,7 +454,7 @@ def _verified(verification: Verification, params: dict[str, Any]) -> dict[str, A
     return {"verdict": verification.verdict, "rank": [before.rank, after.rank],
             "flagged": [before.flagged, after.flagged], "outlier": [before.outlier, after.outlier],
             "separability_dropped": verification.separability_dropped, "match_f1": verification.match_f1,
-            "refits": len(params.get("auto", {}).get("verified") or [None])}
+            "refits": max(1, len(params.get("auto", {}).get("verified", ())))}
 
 
 def run_benchmark(cases: list[Case], cache: str | Path, size: Size, *, source: str = "mnist",

@@ -54,7 +54,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 29
+SCORES = 30
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -91,7 +91,8 @@ class's flag (spray.clarc.auto, rule step 7); 28: a re-audit that sees none of t
 verified", not "cleared" (spray.clarc.verify.NOT_REAUDITED), and DFR's two-class head splits its decision between
 both outputs, so that either class can be explained (docs/clarc.md §48); 29: each verification records how many
 refits it took (``refits``: auto's contenders verified), which the scorecard counts as the flags cleared by a later
-contender."""
+contender; 30: the two-class set has no clean class (its other class has its own minority group), so its flags
+count nowhere in ``clean_flags``."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -336,10 +337,12 @@ def _detect(data: CaseData, ranking: Ranking, features: list[np.ndarray] | None)
     """The members of the cluster ``ranking`` names for the poisoned class, and the ranking's detection scores
     (docs/benchmark.md, "Metrics"): the class's ``rank``, ``flagged``, the ``analysis`` and ``cluster`` named,
     its size, ``precision``, ``recall``, ``f1`` and ``cav_auroc`` (None on the control; ``features``: the case's
-    :func:`cav_features`), and the flags on the clean classes."""
+    :func:`cav_features`), and the flags on the clean classes: those without a planted group, so none in the
+    two-class set, whose every class has its minority group on the other background."""
     ranked = [e for e in ranking if e.cluster is not None]
     entry = next((e for e in ranked if e.label == data.poisoned_class), None)
-    clean = [e for e in ranked if data.case.is_control or e.label != data.poisoned_class]
+    clean = [] if data.groups is not None else [
+        e for e in ranked if data.case.is_control or e.label != data.poisoned_class]
     members = list(entry.cluster.members) if entry else []
     scores: dict[str, Any] = {
         "rank": entry.rank if entry else None, "flagged": bool(entry and entry.flagged),

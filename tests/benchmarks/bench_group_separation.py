@@ -17,8 +17,9 @@ cells — every row scaled to unit length as pipelines/concept.toml does, and pr
   or not;
 - ``share``: the planted images' share of input relevance inside the artifact's mask (and the mask's area).
 
-With ``--rank NAME`` (a representation's printed name, e.g. "features.2 A, max"), that representation of every
-class instead: each class analysed as the benchmark's concept pipeline analyses it (spray.benchmark.run
+With ``--rank NAME`` (a representation's printed name, e.g. "features.2 A, max", or :data:`PENULTIMATE`, the
+activations entering the model's last linear layer that the ``activation`` baseline clusters, on any
+architecture), that representation of every class instead: each class analysed as the benchmark's concept pipeline analyses it (spray.benchmark.run
 .CONCEPT_PIPELINE's kNN graph, spectral embedding, clusterings, best cluster and selection null, rows scaled to
 unit length) and the classes judged by the flag rule of docs/spray-method.md §12 (excess against the other
 classes, p = max, Benjamini–Hochberg over the classes): the poisoned class's rank, q-value, excess against the
@@ -27,7 +28,8 @@ the control) — what an analysis of that representation would report, computed 
 
 Run:  python tests/benchmarks/bench_group_separation.py CACHE [CACHE ...] [--seeds 0,1,2] [--json OUT]
       python tests/benchmarks/bench_group_separation.py CACHE --seeds 0 --rank "features.2 A, max"
-(the CNN cases of the quick size; without --rank the control and the global artifacts have no local mask and are
+      python tests/benchmarks/bench_group_separation.py CACHE --full --rank "penultimate A"
+(the cases of the quick size, ``--full``: of the full size; the CNN's but for ``--rank "penultimate A"``; without --rank the control and the global artifacts have no local mask and are
 skipped).
 """
 
@@ -47,10 +49,12 @@ from sklearn.preprocessing import StandardScaler
 
 from spray.analysis import KNNGraph, SelectionNull, local_scaling_affinity, normalized_cuts, selection_excess
 from spray.attribution.methods import get_method
-from spray.benchmark.cases import QUICK, Case, make_case
+from spray.benchmark.baseline import penultimate_layer
+from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection
 from spray.benchmark.run import CONCEPT_PIPELINE, METHOD
+from spray.clarc.activations import activations
 from spray.errors import BadInputError
 from spray.pipeline import pipeline_from_text
 from spray.pipeline.nodes import NODES, _fda, _knn, _selection, _spectral
@@ -59,6 +63,9 @@ from spray.ranking import _against_others, benjamini_hochberg
 LAYERS = ("features.2", "features.6", "features.10")
 """The benchmark CNN's three blocks' ReLU outputs: 8 channels of 28 × 28, 16 of 14 × 14, 32 of 7 × 7 (the last
 is ClArC's default layer, the concept analysis's)."""
+PENULTIMATE = "penultimate A"
+"""The representation of the ``activation`` baseline (spray.benchmark.baseline): the activations entering the
+model's last linear layer, flattened (the ViT: the 17 tokens of 64 features its final layer norm puts out)."""
 N_NEIGHBORS = 10
 """The pipelines' kNN graph's neighbours (spray.analysis.KNNGraph's default)."""
 
@@ -99,10 +106,10 @@ def separation(features: np.ndarray, planted: np.ndarray, seed: int) -> dict[str
             "probe": float(roc_auc_score(planted, scores))}
 
 
-def measure(case: Case, directory: Path, images: object) -> dict:
+def measure(case: Case, directory: Path, images: object, size: Size = QUICK) -> dict:
     """One case's row: the planted images' relevance share inside their masks and, per representation, the
     planted group's separation within the poisoned class."""
-    data = make_case(case, images, QUICK)
+    data = make_case(case, images, size)
     if data.is_global or case.is_control or case.architecture != "cnn":
         raise BadInputError(f"{case.name}: no local artifact on the benchmark's CNN")
     model = trained_model(case, directory, data)
@@ -118,18 +125,24 @@ def measure(case: Case, directory: Path, images: object) -> dict:
             "separation": {name: separation(f, planted, case.seed) for name, f in found.items()}}
 
 
-def ranked(case: Case, directory: Path, images: object, name: str) -> dict:
+def ranked(case: Case, directory: Path, images: object, name: str, size: Size = QUICK) -> dict:
     """The poisoned class's rank, q-value, excess and named cluster, and the clean classes' flags, when every
     class's representation ``name`` is analysed by the concept pipeline and judged by the flag rule."""
-    data = make_case(case, images, QUICK)
+    data = make_case(case, images, size)
     model = trained_model(case, directory, data)
+
+    def features(x: torch.Tensor, label: int) -> np.ndarray:
+        if name == PENULTIMATE:
+            return activations(model, penultimate_layer(model), x).flatten(1).double().numpy()
+        return representations(model, x, label)[name]
+
     params = pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline").nodes
     clusterings = sorted(n for n in params if n in NODES and NODES[n].kind == "clustering")
     labels = range(len(data.label_names))
     excess, p_null, ncut, named = [], [], [], []
     for label in labels:
         members = np.flatnonzero(data.train[1] == label)
-        rows = unit_rows(representations(model, torch.from_numpy(data.train[0][members]), label)[name])
+        rows = unit_rows(features(torch.from_numpy(data.train[0][members]), label))
         knn = _knn(params["knn"], {"features": ({"features": rows.astype(np.float32)}, {})})
         inputs = {"knn": knn, "spectral": _spectral(params["spectral"], {"knn": knn})}
         for node in clusterings:
@@ -154,12 +167,13 @@ def ranked(case: Case, directory: Path, images: object, name: str) -> dict:
 
 def main() -> None:
     args, seeds = cached_case_arguments(__doc__.split("\n\n")[0], {
-        "--rank": "analyse every class on this representation and judge the classes (module docstring)"})
-    images, rows = load_images("mnist"), []
+        "--rank": "analyse every class on this representation and judge the classes (module docstring)"},
+        flags={"--full": "the cache holds full-size cases"})
+    images, rows, size = load_images("mnist"), [], FULL if args.full else QUICK
     torch.set_num_threads(1)
-    for case, directory in cases(args.caches, seeds):
+    for case, directory in cases(args.caches, seeds, size):
         if args.rank:
-            row = ranked(case, directory, images, args.rank)
+            row = ranked(case, directory, images, args.rank, size)
             rows.append(row)
             print(f"{row['case']}: rank {row['rank']}, q {row['q']:.3g}, excess {row['excess']:.2f} (others "
                   f"{row['others'][0]:.2f} ± {row['others'][1]:.2f}, outlier {row['outlier']:.2f}), named cluster "
@@ -167,7 +181,7 @@ def main() -> None:
                   f"{row['clean_flags']}", flush=True)
             continue
         try:
-            row = measure(case, directory, images)
+            row = measure(case, directory, images, size)
         except BadInputError as exc:
             print(f"skipped {case.name}: {exc}", flush=True)
             continue

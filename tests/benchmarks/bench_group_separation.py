@@ -19,18 +19,19 @@ cells — every row scaled to unit length as pipelines/concept.toml does, and pr
 
 With ``--rank NAME`` (a representation's printed name, e.g. "features.2 A, max", or :data:`PENULTIMATE`, the
 activations entering the model's last linear layer that the ``activation`` baseline clusters, on any
-architecture), that representation of every class instead: each class analysed as the benchmark's concept pipeline analyses it (spray.benchmark.run
-.CONCEPT_PIPELINE's kNN graph, spectral embedding, clusterings, best cluster and selection null, rows scaled to
-unit length) and the classes judged by the flag rule of docs/spray-method.md §12 (excess against the other
-classes, p = max, Benjamini–Hochberg over the classes): the poisoned class's rank, q-value, excess against the
-others', outlier score, named cluster's ncut, size and F1, and the flags on clean classes (every class of
-the control) — what an analysis of that representation would report, computed in memory.
+architecture), that representation of every class instead: each class analysed as the benchmark's concept
+pipeline analyses it (spray.benchmark.run.CONCEPT_PIPELINE's kNN graph, spectral embedding, clusterings, best
+cluster and selection null, rows scaled to unit length) and the classes judged by the flag rule of
+docs/spray-method.md §12 (excess against the other classes, p = max, Benjamini–Hochberg over the classes): the
+poisoned class's rank, q-value, excess against the others', outlier score, named cluster's ncut, size and F1, and
+the flags on clean classes (every class of the control) — what an analysis of that representation would report,
+computed in memory.
 
 Run:  python tests/benchmarks/bench_group_separation.py CACHE [CACHE ...] [--seeds 0,1,2] [--json OUT]
       python tests/benchmarks/bench_group_separation.py CACHE --seeds 0 --rank "features.2 A, max"
       python tests/benchmarks/bench_group_separation.py CACHE --full --rank "penultimate A"
-(the cases of the quick size, ``--full``: of the full size; the CNN's but for ``--rank "penultimate A"``; without --rank the control and the global artifacts have no local mask and are
-skipped).
+(the cases of the quick size, ``--full``: of the full size; the CNN's but for ``--rank "penultimate A"``;
+without --rank the control and the global artifacts have no local mask and are skipped).
 """
 
 from __future__ import annotations

@@ -50,12 +50,11 @@ from sklearn.preprocessing import StandardScaler
 
 from spray.analysis import KNNGraph, SelectionNull, local_scaling_affinity, normalized_cuts, selection_excess
 from spray.attribution.methods import get_method
-from spray.benchmark.baseline import penultimate_layer
+from spray.benchmark.baseline import penultimate_features
 from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection
 from spray.benchmark.run import CONCEPT_PIPELINE, METHOD
-from spray.clarc.activations import activations
 from spray.errors import BadInputError
 from spray.pipeline import pipeline_from_text
 from spray.pipeline.nodes import NODES, _fda, _knn, _selection, _spectral
@@ -132,10 +131,10 @@ def ranked(case: Case, directory: Path, images: object, name: str, size: Size = 
     data = make_case(case, images, size)
     model = trained_model(case, directory, data)
 
-    def features(x: torch.Tensor, label: int) -> np.ndarray:
+    def features(x: np.ndarray, label: int) -> np.ndarray:
         if name == PENULTIMATE:
-            return activations(model, penultimate_layer(model), x).flatten(1).double().numpy()
-        return representations(model, x, label)[name]
+            return penultimate_features(model, x).astype(np.float64)
+        return representations(model, torch.from_numpy(x), label)[name]
 
     params = pipeline_from_text(CONCEPT_PIPELINE, source="spray.benchmark concept pipeline").nodes
     clusterings = sorted(n for n in params if n in NODES and NODES[n].kind == "clustering")
@@ -143,7 +142,7 @@ def ranked(case: Case, directory: Path, images: object, name: str, size: Size = 
     excess, p_null, ncut, named = [], [], [], []
     for label in labels:
         members = np.flatnonzero(data.train[1] == label)
-        rows = unit_rows(features(torch.from_numpy(data.train[0][members]), label))
+        rows = unit_rows(features(data.train[0][members], label))
         knn = _knn(params["knn"], {"features": ({"features": rows.astype(np.float32)}, {})})
         inputs = {"knn": knn, "spectral": _spectral(params["spectral"], {"knn": knn})}
         for node in clusterings:

@@ -141,23 +141,29 @@ def test_the_contenders_are_the_chosen_then_its_latest_epoch_then_the_others_wit
     assert figures["other"]["p_value"] < ALPHA and choose(figures) == "groupdro/global"
     # the guard's drop ("other"), the skipped and those more than the gap below the chosen are not contenders;
     # the rest follow by worst group, the one listed first of equals; without epochs chosen, none is longer
-    assert contenders(figures, "groupdro/global") == [Contender("groupdro/global", None),
+    assert contenders(figures, "groupdro/global", 0.5) == [Contender("groupdro/global", None),
                                                       Contender("aclarc/global", None), Contender("rrclarc", None)]
     # a candidate whose epochs were chosen comes again at the latest epoch the guard kept within the gap
     epochs = [candidate(0.90, 300, 0, 0), candidate(0.94, 300, 0, 0), candidate(0.92, 300, 0, 0),
               candidate(0.97, 375, 40, 2), candidate(0.8899, 300, 0, 0)]
     figures["aclarc/global"] = {**best_epoch([{"epoch": e, **f} for e, f in enumerate(epochs, 1)]), "seconds": 1.0}
     assert figures["aclarc/global"]["epochs"] == 2 and choose(figures) == "aclarc/global"
-    assert contenders(figures, "aclarc/global") == [Contender("aclarc/global", 2), Contender("aclarc/global", 3),
+    assert contenders(figures, "aclarc/global", 0.5) == [Contender("aclarc/global", 2), Contender("aclarc/global", 3),
                                                     Contender("groupdro/global", None), Contender("rrclarc", None)]
-    assert [str(c) for c in contenders(figures, "aclarc/global")[:2]] == ["aclarc/global at 2 epochs",
+    assert [str(c) for c in contenders(figures, "aclarc/global", 0.5)[:2]] == ["aclarc/global at 2 epochs",
                                                                          "aclarc/global at 3 epochs"]
     # the chosen epochs refit where the candidate's refit always did; another number of epochs beside it
-    assert [c.directory(figures) for c in contenders(figures, "aclarc/global")] == [
+    assert [c.directory(figures) for c in contenders(figures, "aclarc/global", 0.5)] == [
         "aclarc/global", "aclarc/global@3", "groupdro/global", "rrclarc"]
     # where the guard dropped every candidate, the least loss (step 4) is the only contender
     dropped = {"pclarc": candidate(0.9, 375, 40, 2), "aclarc/local": candidate(0.9, 375, 30, 2)}
-    assert contenders(dropped, choose(dropped)) == [Contender("aclarc/local", None)]
+    assert contenders(dropped, choose(dropped), 0.5) == [Contender("aclarc/local", None)]
+    # where the chosen candidate's worst group is not above the original model's, the validation shows nothing
+    # corrected and every contender ties on it: the chosen one comes alone
+    assert contenders(figures, "aclarc/global", 0.94) == [Contender("aclarc/global", 2)]
+    assert contenders(figures, "aclarc/global", 0.9399) == contenders(figures, "aclarc/global", 0.5)
+    saturated = {name: candidate(1.0, 210, 0, 0) for name in ("aclarc/global", "dfr/global", "groupdro/global")}
+    assert contenders(saturated, choose(saturated), 1.0) == [Contender("aclarc/global", None)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -167,7 +167,7 @@ def test_a_verified_auto_run_ships_the_first_contender_whose_refit_clears_the_fl
     plain = run("plain")
     assert seen == [plain.verification.store]
     record = plain.params["auto"]
-    first = contenders(record["candidates"], choose(record["candidates"]))[0]
+    first = contenders(record["candidates"], choose(record["candidates"]), record["original"]["worst_group"])[0]
     assert (record["chosen"], record["epochs"]) == (first.name, first.epochs)
     assert [(v["contender"], v["verdict"]) for v in record["verified"]] == [(str(first), plain.verification.verdict)]
     assert plain.verification.verdict != "not cleared"
@@ -185,7 +185,8 @@ def test_a_verified_auto_run_ships_the_first_contender_whose_refit_clears_the_fl
     monkeypatch.setattr(auto_module, "MAX_WORST_GROUP_GAP", 1.0)
     swapped = run("swapped")
     record = swapped.params["auto"]
-    first, second = contenders(record["candidates"], choose(record["candidates"]))[:2]
+    first, second = contenders(record["candidates"], choose(record["candidates"]),
+                               record["original"]["worst_group"])[:2]
     assert [(v["contender"], v["verdict"]) for v in record["verified"]] == [
         (str(first), "not cleared"), (str(second), plain.verification.verdict)]
     assert (record["chosen"], record["epochs"]) == (second.name, second.epochs)
@@ -220,6 +221,8 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     fit, val = inferred.split(seed=0)
     transforms = counterfactual_transforms(Transformations(artifact, tiny_audit.dataset), record["kind"])
     original = correct_on(tiny_audit.model, tiny_audit.dataset, val)
+    assert record["original"] == {"worst_group": worst_group_accuracy(tiny_audit.model, tiny_audit.dataset, val,
+                                                                      inferred, *transforms)}
     # each epoch's figures are those of A-ClArC fine-tuned for that many epochs alone and scored as a candidate
     # (epoch e's draws depend on (seed, e) only); the candidate is its best epoch
     assert len({p["worst_group"] for f in record["candidates"].values() for p in f["per_epoch"]}) > 2
@@ -244,7 +247,7 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     # contenders come is tests/clarc/test_auto.py's) is refitted beside the chosen one, its weights A-ClArC's given
     # those epochs, and ships when its class is no longer flagged
     name = record["chosen"]
-    monkeypatch.setattr(auto_module, "contenders", lambda figures, chosen: [
+    monkeypatch.setattr(auto_module, "contenders", lambda figures, chosen, original: [
         Contender(chosen, figures[chosen].get("epochs")), Contender(chosen, 2)])
     verdicts = iter([True, False])
     longer = run("auto", "longer", Tuning(lr=lr, verify=lambda model: Flagged(next(verdicts))))

@@ -215,7 +215,8 @@ def shipped(method: str, params: dict[str, Any]) -> str:
     """What a run's corrected model is: its method; for auto the candidate it chose (with the epochs auto
     chose for it, where it chose them), refitted on all the data (what auto ships; a run recorded before the
     refit shipped the candidate's fit-part model), and the refits it shipped in place of, whose class stayed
-    flagged (spray.clarc.auto, rule step 7)."""
+    flagged (spray.clarc.auto, rule step 7), or why it tried none where the flag stayed and the validation part
+    showed nothing corrected."""
     if method != "auto":
         return method
     record = params["auto"]
@@ -225,7 +226,20 @@ def shipped(method: str, params: dict[str, Any]) -> str:
     before = verified[:verified.index(ships)] if ships in verified else []
     return (f"auto: {ships}, " +
             ("refit on all the data" if "refit" in record else "fit part") +
-            (f", in place of {'; '.join(before)} (class still flagged after the refit)" if before else ""))
+            (f", in place of {'; '.join(before)} (class still flagged after the refit)" if before else "") +
+            _none_tried(record))
+
+
+def _none_tried(record: dict[str, Any]) -> str:
+    """Why step 7 verified no contender after the chosen refit kept its flag, where that is the validation part
+    showing nothing corrected (the chosen candidate's worst group not above the original model's); else ""."""
+    verdicts = [v["verdict"] for v in record.get("verified", ())]
+    original = record.get("original", {}).get("worst_group")  # runs before scoring version 31 lack it
+    chosen = record["candidates"][record["chosen"]]["worst_group"]
+    if verdicts != ["not cleared"] or original is None or chosen > original:
+        return ""
+    return (f"; no other contender tried: its validation worst group ({chosen:.2f}) is not above the original "
+            f"model's ({original:.2f})")
 
 
 def run_name(method: str, cluster: str | ClusterSpec) -> str:

@@ -200,6 +200,22 @@ def test_a_verified_auto_run_ships_the_first_contender_whose_refit_clears_the_fl
                                                   + record["refit"]["seconds"])
 
 
+def test_an_auto_run_that_tried_no_contender_because_the_validation_showed_nothing_corrected_says_so():
+    record = {"chosen": "aclarc/spectral", "epochs": 24, "refit": {}, "original": {"worst_group": 1.0},
+              "candidates": {"aclarc/spectral": {"worst_group": 1.0, "epochs": 24},
+                             "dfr/spectral": {"worst_group": 1.0}},
+              "verified": [{"contender": "aclarc/spectral at 24 epochs", "verdict": "not cleared"}]}
+    assert shipped("auto", {"auto": record}) == (
+        "auto: aclarc/spectral at 24 epochs, refit on all the data; no other contender tried: its validation worst "
+        "group (1.00) is not above the original model's (1.00)")
+    # cleared, or the chosen one above the original, or a record from before version 31: no such clause
+    cleared = {**record, "verified": [{"contender": "aclarc/spectral at 24 epochs", "verdict": "cleared"}]}
+    above = {**record, "original": {"worst_group": 0.99}}
+    older = {k: v for k, v in record.items() if k != "original"}
+    assert {shipped("auto", {"auto": r}) for r in (cleared, above, older)} == {
+        "auto: aclarc/spectral at 24 epochs, refit on all the data"}
+
+
 def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them(tiny_audit, tmp_path, monkeypatch):
     # Up to 3 epochs here (8 by default); A-ClArC's candidates only, so that one of them is shipped; a learning
     # rate at which the tiny model's validation figures change from epoch to epoch.

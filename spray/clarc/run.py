@@ -231,12 +231,13 @@ def shipped(method: str, params: dict[str, Any]) -> str:
 
 
 def _none_tried(record: dict[str, Any]) -> str:
-    """Why step 7 verified no contender after the chosen refit kept its flag, where that is the validation part
-    showing nothing corrected (the chosen candidate's worst group not above the original model's); else ""."""
+    """Why step 7 verified no contender after the chosen refit failed its verification (its class still flagged,
+    or not seen by the re-audit), where that is the validation part showing nothing corrected (the chosen
+    candidate's worst group not above the original model's); else ""."""
     verdicts = [v["verdict"] for v in record.get("verified", ())]
     original = record.get("original", {}).get("worst_group")  # runs before scoring version 31 lack it
     chosen = record["candidates"][record["chosen"]]["worst_group"]
-    if verdicts != ["not cleared"] or original is None or chosen > original:
+    if verdicts not in (["not cleared"], ["not verified"]) or original is None or chosen > original:
         return ""
     return (f"; no other contender tried: its validation worst group ({chosen:.2f}) is not above the original "
             f"model's ({original:.2f})")

@@ -208,6 +208,8 @@ def test_an_auto_run_that_tried_no_contender_because_the_validation_showed_nothi
     assert shipped("auto", {"auto": record}) == (
         "auto: aclarc/spectral at 24 epochs, refit on all the data; no other contender tried: its validation worst "
         "group (1.00) is not above the original model's (1.00)")
+    unseen = {**record, "verified": [{"contender": "aclarc/spectral at 24 epochs", "verdict": "not verified"}]}
+    assert shipped("auto", {"auto": unseen}) == shipped("auto", {"auto": record})
     # cleared, or the chosen one above the original, or a record from before version 31: no such clause
     cleared = {**record, "verified": [{"contender": "aclarc/spectral at 24 epochs", "verdict": "cleared"}]}
     above = {**record, "original": {"worst_group": 0.99}}

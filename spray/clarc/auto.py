@@ -229,13 +229,19 @@ def contenders(figures: Mapping[str, Mapping[str, Any]], chosen: str, original: 
     def kept(f: Mapping[str, Any]) -> bool:
         return "skipped" not in f and f["p_value"] >= ALPHA and f["worst_group"] >= floor
 
-    if not kept(best) or best["worst_group"] <= original:  # every candidate dropped (step 4); nothing corrected
+    if not kept(best) or not shows_correction(best["worst_group"], original):  # all dropped (step 4); nothing corrected
         return [first]
     later = [e["epoch"] for e in best.get("per_epoch", ()) if e["epoch"] > first.epochs and kept(e)]
     longer = [Contender(chosen, e) for e in later[-1:]]
     others = sorted((n for n, f in figures.items() if n != chosen and kept(f)),
                     key=lambda n: -figures[n]["worst_group"])
     return [first, *longer, *(Contender(n, figures[n].get("epochs")) for n in others)]
+
+
+def shows_correction(worst_group: float, original: float) -> bool:
+    """Whether the validation part shows a candidate of ``worst_group`` correcting something: its worst group above
+    ``original``, the original model's on the same groups (rule step 7 looks past the chosen refit only then)."""
+    return worst_group > original
 
 
 @dataclass(frozen=True)

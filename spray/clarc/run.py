@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
-from spray.clarc.auto import Contender, auto_method
+from spray.clarc.auto import Contender, auto_method, shows_correction
 from spray.clarc.dfr import DFR
 from spray.clarc.groupdro import GroupDRO
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
@@ -237,7 +237,7 @@ def _none_tried(record: dict[str, Any]) -> str:
     verdicts = [v["verdict"] for v in record.get("verified", ())]
     original = record.get("original", {}).get("worst_group")  # runs before scoring version 31 lack it
     chosen = record["candidates"][record["chosen"]]["worst_group"]
-    if verdicts not in (["not cleared"], ["not verified"]) or original is None or chosen > original:
+    if verdicts not in (["not cleared"], ["not verified"]) or original is None or shows_correction(chosen, original):
         return ""
     return (f"; no other contender tried: its validation worst group ({chosen:.2f}) is not above the original "
             f"model's ({original:.2f})")

@@ -1,0 +1,83 @@
+"""Fewer neighbours for small groups: the ranking with every analysis's kNN graph built on ``--neighbours`` K.
+
+Issue 17: a group of 10 images among a class of 350 (3 % at the full size) cannot be cut off in a graph of 10
+neighbours — its members' tenth neighbours lie outside it — so its normalised cut is no better than a large
+sub-style's. For each cached case this script copies the audit store and the model to ``--work`` (the cache is
+left as it is), analyses each analysis of the benchmark's ranking (spray.benchmark.run.RANKED) again with the
+same pipeline and ``knn.n_neighbors = K`` (the selection null included: it reruns the pipeline's kNN on each
+resample) as analysis ``<analysis>_k<K>``, and scores with the benchmark's own detection scoring the rankings
+``shipped`` (RANKED) and ``k<K>`` (the three analyses at K). A rerun reuses the analyses it finished (the
+pipeline's nodes are memoised).
+
+Run:  python tests/benchmarks/bench_neighbours.py CACHE [CACHE ...] --work DIR --neighbours 5 [--full]
+      [--seeds 0,1,2] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import bench_detection  # this folder, first on sys.path when run as a script
+from spray.benchmark.cases import FULL, QUICK, Case
+from spray.benchmark.run import (ACTIVATION_MAX, ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE, METHOD, PIPELINE, RANKED,
+                                 _detect, cav_features)
+from spray.pipeline import analyze, pipeline_from_text
+from spray.ranking import rank_analyses
+from spray.store import AuditStore
+
+PIPELINES = {"spray": PIPELINE.replace('name = "spray"', f'name = "spray"\nattribution = "{METHOD}"'),
+             "concept": CONCEPT_PIPELINE, ACTIVATION_MAX: ACTIVATION_MAX_PIPELINE}
+
+
+def with_neighbours(analysis: str, k: int) -> str:
+    """The benchmark's pipeline of ``analysis`` as analysis ``<analysis>_k<k>`` with a kNN graph of ``k``."""
+    text = PIPELINES[analysis].replace(f'name = "{analysis}"', f'name = "{analysis}_k{k}"')
+    return f"{text}[knn]\nn_neighbors = {k}\n"
+
+
+def main() -> None:
+    args, seeds = bench_detection.cached_case_arguments(
+        __doc__.split("\n\n")[0], {"--work": "where the copies of the cases go (required)",
+                                   "--neighbours": "comma-separated numbers of neighbours (required)"},
+        flags={"--full": "the caches hold full-size cases"})
+    if not args.work or not args.neighbours:
+        raise SystemExit("--work and --neighbours are required")
+    ks, size = [int(k) for k in args.neighbours.split(",")], FULL if args.full else QUICK
+
+    def score(case: Case, directory: Path, images: object) -> dict:
+        here = Path(args.work) / directory.name
+        if not (here / "model.pt").exists():  # copied last: a store without it may be a torn copy
+            here.mkdir(parents=True, exist_ok=True)
+            for name in ("audit.h5", "model.pt"):
+                shutil.copy(directory / name, here / name)
+        data, model, uses = bench_detection.cached_model(case, here, images, size)
+        for k in ks:
+            for analysis in RANKED:
+                analyze(str(here / "audit.h5"), pipeline_from_text(with_neighbours(analysis, k), source=analysis),
+                        progress=False)
+        row = {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses}
+        features = cav_features(model, data)
+        with AuditStore(here / "audit.h5", mode="r") as store:
+            rankings = {"shipped": rank_analyses(store, RANKED),
+                        **{f"k{k}": rank_analyses(store, [f"{a}_k{k}" for a in RANKED]) for k in ks}}
+            for key, ranking in rankings.items():
+                row[key] = _detect(data, ranking, features)[1]
+        return row
+
+    rows = []
+    for case, row in bench_detection.scored(args.caches, seeds, score, size=size):
+        rows.append(row)
+        print(f"{case.name}: uses {row['uses']}, " + ", ".join(
+            f"{key} rank {row[key]['rank']}{' flagged' if row[key]['flagged'] else ''} F1 "
+            f"{bench_detection._rounded(row[key]['f1'])} clean flags {row[key]['clean_flags']}"
+            for key in row if isinstance(row[key], dict)), flush=True)
+    names = [key for key in rows[0] if isinstance(rows[0][key], dict)] if rows else []
+    print(bench_detection.summary(rows, names))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

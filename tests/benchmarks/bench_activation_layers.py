@@ -18,8 +18,6 @@ Run:  python tests/benchmarks/bench_activation_layers.py CACHE [CACHE ...] --wor
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 from torch import nn
@@ -44,12 +42,8 @@ def analysis_name(layer: str, quantity: str) -> str:
 def add_layers(case: Case, directory: Path, images: object, work: Path, layers: list[str], quantity: str,
                size: Size) -> tuple[Path, CaseData, nn.Module, bool | None]:
     """The case's copy in ``work`` with every layer's pooled activations attributed and analysed."""
-    here = work / directory.name
+    here = bench_detection.work_copy(directory, work)
     done = here / f"{QUANTITIES[quantity]}-{'+'.join(layers)}-done"
-    if not (here / "model.pt").exists():  # copied last: a store without it may be a torn copy
-        here.mkdir(parents=True, exist_ok=True)
-        for name in ("audit.h5", "model.pt"):
-            shutil.copy(directory / name, here / name)
     data, model, uses = bench_detection.cached_model(case, here, images, size)
     if not done.exists():
         train = data.dataset(data.train)
@@ -90,17 +84,7 @@ def main() -> None:
                 row[key] = _detect(data, ranking, features)[1]
         return row
 
-    rows = []
-    for case, row in bench_detection.scored(args.caches, seeds, score, size=size):
-        rows.append(row)
-        print(f"{case.name}: uses {row['uses']}, " + ", ".join(
-            f"{key} rank {row[key]['rank']}{' flagged' if row[key]['flagged'] else ''} F1 "
-            f"{bench_detection._rounded(row[key]['f1'])} clean flags {row[key]['clean_flags']}"
-            for key in row if isinstance(row[key], dict)), flush=True)
-    names = [key for key in rows[0] if isinstance(rows[0][key], dict)] if rows else []
-    print(bench_detection.summary(rows, names))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    bench_detection.print_rankings(bench_detection.scored(args.caches, seeds, score, size=size), args.json)
 
 
 if __name__ == "__main__":

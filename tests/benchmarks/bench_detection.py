@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -162,17 +163,35 @@ def scored(caches: list[Path], seeds: set[int] | None, score: Callable[..., dict
         yield case, row
 
 
+def work_copy(directory: Path, work: Path) -> Path:
+    """The cached case ``directory``'s copy in ``work`` (its audit store and model), made once: scripts that write
+    analyses into a store leave the cache as it is."""
+    here = work / directory.name
+    if not (here / "model.pt").exists():  # copied last: a store without it may be a torn copy
+        here.mkdir(parents=True, exist_ok=True)
+        for name in ("audit.h5", "model.pt"):
+            shutil.copy(directory / name, here / name)
+    return here
+
+
+def print_rankings(rows: Iterator[tuple[Case, dict]], json_path: Path | None) -> None:
+    """Print each scored case of ``rows`` (:func:`scored`, each row's rankings its dict-valued keys) as a line, then
+    :func:`summary` over those rankings, and write the rows to ``json_path`` (None: not written)."""
+    kept = []
+    for case, row in rows:
+        kept.append(row)
+        print(f"{case.name}: uses {row['uses']}, " + ", ".join(
+            f"{key} rank {row[key]['rank']}{' flagged' if row[key]['flagged'] else ''} F1 "
+            f"{_rounded(row[key]['f1'])} clean flags {row[key]['clean_flags']}"
+            for key in row if isinstance(row[key], dict)), flush=True)
+    print(summary(kept, [key for key in kept[0] if isinstance(kept[0][key], dict)] if kept else []))
+    if json_path:
+        json_path.write_text(json.dumps(kept, indent=1) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     args, seeds = cached_case_arguments(__doc__.split("\n\n")[0])
-    rows = []
-    for case, row in scored(args.caches, seeds, score):
-        rows.append(row)
-        print(f"{case.name}: uses {row['uses']}, " + ", ".join(
-            f"{n} rank {row[n]['rank']} flagged {row[n]['flagged']} F1 {_rounded(row[n]['f1'])} "
-            f"clean flags {row[n]['clean_flags']}" for n in RANKINGS), flush=True)
-    print(summary(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    print_rankings(scored(args.caches, seeds, score), args.json)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ Run:  python tests/benchmarks/bench_neighbours.py CACHE [CACHE ...] --work DIR -
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import bench_detection  # this folder, first on sys.path when run as a script
@@ -47,11 +45,7 @@ def main() -> None:
     ks, size = [int(k) for k in args.neighbours.split(",")], FULL if args.full else QUICK
 
     def score(case: Case, directory: Path, images: object) -> dict:
-        here = Path(args.work) / directory.name
-        if not (here / "model.pt").exists():  # copied last: a store without it may be a torn copy
-            here.mkdir(parents=True, exist_ok=True)
-            for name in ("audit.h5", "model.pt"):
-                shutil.copy(directory / name, here / name)
+        here = bench_detection.work_copy(directory, Path(args.work))
         data, model, uses = bench_detection.cached_model(case, here, images, size)
         for k in ks:
             for analysis in RANKED:
@@ -66,17 +60,7 @@ def main() -> None:
                 row[key] = _detect(data, ranking, features)[1]
         return row
 
-    rows = []
-    for case, row in bench_detection.scored(args.caches, seeds, score, size=size):
-        rows.append(row)
-        print(f"{case.name}: uses {row['uses']}, " + ", ".join(
-            f"{key} rank {row[key]['rank']}{' flagged' if row[key]['flagged'] else ''} F1 "
-            f"{bench_detection._rounded(row[key]['f1'])} clean flags {row[key]['clean_flags']}"
-            for key in row if isinstance(row[key], dict)), flush=True)
-    names = [key for key in rows[0] if isinstance(rows[0][key], dict)] if rows else []
-    print(bench_detection.summary(rows, names))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+    bench_detection.print_rankings(bench_detection.scored(args.caches, seeds, score, size=size), args.json)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ from torch import nn
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.attribution.methods import get_method
 from spray.benchmark.cases import FULL, QUICK, Case, CaseData, Size
-from spray.benchmark.run import (ACTIVATION_MAX, METHOD, RANKED, _detect, _latent_pipeline, attribute_case,
-                                 cav_features)
+from spray.benchmark.run import ACTIVATION_MAX, METHOD, RANKED, _latent_pipeline, attribute_case
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
@@ -71,7 +70,6 @@ def main() -> None:
 
     def score(case: Case, directory: Path, images: object) -> dict:
         here, data, model, uses = add_layers(case, directory, images, Path(args.work), layers, quantity, size)
-        row = {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses}
         with AuditStore(here / "audit.h5", mode="r") as store:
             rankings = {"shipped": rank_analyses(store, RANKED), "first alone": rank_classes(store, ACTIVATION_MAX)}
             for layer in layers:
@@ -79,10 +77,7 @@ def main() -> None:
                 rankings[f"{layer} in place"] = rank_analyses(store, [*others, name])
                 rankings[f"{layer} alone"] = rank_classes(store, name)
                 rankings[f"{layer} added"] = rank_analyses(store, [*RANKED, name])
-            features = cav_features(model, data)
-            for key, ranking in rankings.items():
-                row[key] = _detect(data, ranking, features)[1]
-        return row
+        return bench_detection.detection_row(case, data, model, uses, rankings)
 
     bench_detection.print_rankings(bench_detection.scored(args.caches, seeds, score, size=size), args.json)
 

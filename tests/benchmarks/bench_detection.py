@@ -84,15 +84,21 @@ def cached_model(case: Case, directory: Path, images: object,
     return data, model, clean - accuracy(model, data.dataset(data.everywhere_test)) >= USES_MARGIN
 
 
+def detection_row(case: Case, data: CaseData, model: torch.nn.Module, uses: bool | None, rankings: dict) -> dict:
+    """A case's row: its name, artifact, split, seed, ``uses``, and per ranking of ``rankings`` ({name: ranking})
+    the benchmark's detection scoring of it (rank, flag, F1, CAV AUROC, clean-class flags)."""
+    features = cav_features(model, data)
+    return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses,
+            **{name: _detect(data, r, features)[1] for name, r in rankings.items()}}
+
+
 def score(case: Case, directory: Path, images: object) -> dict:
     data, model, uses = cached_model(case, directory, images)
-    features = cav_features(model, data)
     with AuditStore(directory / "audit.h5", mode="r") as store:
         rankings = {"combined": rank_analyses(store, RANKED), "relevance": rank_analyses(store, ["spray", "concept"]),
                     "pixel": rank_classes(store, "spray"), "concept": rank_classes(store, "concept"),
                     ACTIVATION_MAX: rank_classes(store, ACTIVATION_MAX)}
-    return {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses,
-            **{name: _detect(data, r, features)[1] for name, r in rankings.items()}}
+    return detection_row(case, data, model, uses, rankings)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

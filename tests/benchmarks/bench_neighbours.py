@@ -19,8 +19,7 @@ from pathlib import Path
 
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.benchmark.cases import FULL, QUICK, Case
-from spray.benchmark.run import (ACTIVATION_MAX, ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE, METHOD, PIPELINE, RANKED,
-                                 _detect, cav_features)
+from spray.benchmark.run import ACTIVATION_MAX, ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE, METHOD, PIPELINE, RANKED
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_analyses
 from spray.store import AuditStore
@@ -51,14 +50,10 @@ def main() -> None:
             for analysis in RANKED:
                 analyze(str(here / "audit.h5"), pipeline_from_text(with_neighbours(analysis, k), source=analysis),
                         progress=False)
-        row = {"case": case.name, "artifact": case.artifact, "split": case.split, "seed": case.seed, "uses": uses}
-        features = cav_features(model, data)
         with AuditStore(here / "audit.h5", mode="r") as store:
             rankings = {"shipped": rank_analyses(store, RANKED),
                         **{f"k{k}": rank_analyses(store, [f"{a}_k{k}" for a in RANKED]) for k in ks}}
-            for key, ranking in rankings.items():
-                row[key] = _detect(data, ranking, features)[1]
-        return row
+        return bench_detection.detection_row(case, data, model, uses, rankings)
 
     bench_detection.print_rankings(bench_detection.scored(args.caches, seeds, score, size=size), args.json)
 

@@ -37,7 +37,8 @@ import torch
 from spray.benchmark.cases import QUICK, Case, CaseData, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.models import build
-from spray.benchmark.run import ACTIVATION_MAX, RANKED, USES_MARGIN, _detect, case_directory, cav_features
+from spray.benchmark.run import (ACTIVATION_MAX, ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE, PIPELINE, RANKED,
+                                 USES_MARGIN, _detect, case_directory, cav_features)
 from spray.errors import BadInputError, StoreError
 from spray.ranking import rank_analyses, rank_classes
 from spray.store import AuditStore
@@ -45,6 +46,8 @@ from spray.training import accuracy
 
 CASE_DIRECTORY = re.compile(r"(\w+)-p(\d\d)-(\w+)-s(\d+)-(dev|heldout)-[0-9a-f]{10}")
 RANKINGS = ("combined", "relevance", "pixel", "concept", ACTIVATION_MAX)
+PIPELINES = {"spray": PIPELINE, "concept": CONCEPT_PIPELINE, ACTIVATION_MAX: ACTIVATION_MAX_PIPELINE}
+"""The pipeline text of each analysis of RANKED, as the benchmark analyses its stores."""
 
 
 def cases(caches: list[Path], seeds: set[int] | None, size: Size = QUICK) -> list[tuple[Case, Path]]:

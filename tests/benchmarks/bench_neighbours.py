@@ -19,18 +19,14 @@ from pathlib import Path
 
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.benchmark.cases import FULL, QUICK, Case
-from spray.benchmark.run import ACTIVATION_MAX, ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE, METHOD, PIPELINE, RANKED
+from spray.benchmark.run import RANKED
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_analyses
 from spray.store import AuditStore
 
-PIPELINES = {"spray": PIPELINE.replace('name = "spray"', f'name = "spray"\nattribution = "{METHOD}"'),
-             "concept": CONCEPT_PIPELINE, ACTIVATION_MAX: ACTIVATION_MAX_PIPELINE}
-
-
 def with_neighbours(analysis: str, k: int) -> str:
     """The benchmark's pipeline of ``analysis`` as analysis ``<analysis>_k<k>`` with a kNN graph of ``k``."""
-    text = PIPELINES[analysis].replace(f'name = "{analysis}"', f'name = "{analysis}_k{k}"')
+    text = bench_detection.PIPELINES[analysis].replace(f'name = "{analysis}"', f'name = "{analysis}_k{k}"')
     return f"{text}[knn]\nn_neighbors = {k}\n"
 
 

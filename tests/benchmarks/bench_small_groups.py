@@ -44,9 +44,6 @@ from spray.pipeline.nodes import NODES, _selection
 from spray.ranking import rank_classes
 from spray.store import AuditStore
 
-PIPELINES = {"spray": benchmark_run.PIPELINE, "concept": benchmark_run.CONCEPT_PIPELINE,
-             benchmark_run.ACTIVATION_MAX: benchmark_run.ACTIVATION_MAX_PIPELINE}
-
 
 def shared_neighbour_affinity(indices: np.ndarray) -> sp.csr_matrix:
     """``w_ij`` = |N⁺(i) ∩ N⁺(j)| / (k + 1) on the union of the kNN edges, N⁺ a sample's k neighbours and
@@ -93,7 +90,7 @@ def small_nulls(features: h5py.Dataset, store: h5py.File, analysis: str, classes
                 small: float) -> list[SelectionNull]:
     """Every class's selection null with the selection (observed and resampled) restricted to candidates of at
     most ``small`` · n, fitted as the store's null node was (same parameters, same seed: the same resamples)."""
-    spec = pipeline_from_text(PIPELINES[analysis], source=f"benchmark {analysis} pipeline")
+    spec = pipeline_from_text(bench_detection.PIPELINES[analysis], source=f"benchmark {analysis} pipeline")
     clusterings = sorted(n for n in spec.nodes if n in NODES and NODES[n].kind == "clustering")
     restricted = copy.deepcopy(spec.nodes)
     restricted["fda"]["max_fraction"] = small

@@ -20,7 +20,7 @@ from spray.analysis.clustering import (
     KMeansRange,
     normalize_rows,
 )
-from spray.analysis.cut import local_scaling_affinity, normalized_cuts
+from spray.analysis.cut import candidate_cuts, local_scaling_affinity, normalized_cuts
 from spray.analysis.eigengap import eigengaps, propose_n_clusters
 from spray.analysis.fda import FisherSeparability, best_cluster, most_separable, separabilities
 from spray.analysis.knn import KNNGraph, knn_adjacency
@@ -50,6 +50,7 @@ __all__ = [
     "separabilities",
     "eigengaps",
     "knn_adjacency",
+    "candidate_cuts",
     "local_scaling_affinity",
     "normalized_cuts",
     "normalize_rows",

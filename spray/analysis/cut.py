@@ -13,12 +13,21 @@ intermediate samples. The normalised cut measures exactly that (Shi & Malik 2000
 - Cut of a group A (noise −1 is never a group; it belongs to the rest): with degrees ``d_i = Σ_j w_ij``,
   ``vol(A) = Σ_{i∈A} d_i`` and ``cut(A) = Σ_{i∈A, j∉A} w_ij``,
   ``ncut(A) = cut(A)/vol(A) + cut(A)/vol(Ā)`` in [0, 2]; 0 for a disconnected group.
+- Small groups (:func:`candidate_cuts`): a group of at most k samples cannot hold its members' k neighbour
+  lists, so at least one in k of its edges leaves it whatever sets it apart; with ``small_neighbors`` such a
+  group is cut in the graph of each sample's first ``small_neighbors`` neighbours instead, where it can be
+  disconnected.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import scipy.sparse as sp
+
+from spray.analysis._common import check_int
+from spray.errors import BadInputError
 
 SCALE_NEIGHBOR = 7
 """Zelnik-Manor & Perona's choice of the neighbour that sets a sample's local scale σ_i."""
@@ -58,3 +67,33 @@ def normalized_cuts(affinity: sp.spmatrix, labels: np.ndarray) -> dict[int, floa
     with np.errstate(divide="ignore", invalid="ignore"):
         ncut = np.where((volume > 0) & (rest > 0), cut / volume + cut / rest, np.nan)
     return {int(c): float(v) for c, v in zip(ids, ncut) if c >= 0}
+
+
+def candidate_cuts(
+    indices: np.ndarray, distances: np.ndarray, clusterings: Mapping[str, np.ndarray],
+    small_neighbors: int | None = None,
+) -> dict[str, dict[int, float]]:
+    """``ncut`` of every cluster of every clustering ``{name: labels (n,)}`` in the locally scaled affinity of
+    the kNN graph ``indices``/``distances`` (n, k), keyed ``{name: {cluster id: ncut}}``.
+
+    With ``small_neighbors`` s (1 ≤ s < k), a cluster of at most k samples is cut in the affinity of each
+    sample's first s neighbours (the kNN lists are ascending, so that graph is their first s columns): with k
+    neighbours, a group of k or fewer always loses one edge in k to the rest, and its cut cannot fall below a
+    large, bridged group's (docs/spray-method.md §8). Larger clusters keep the k-neighbour cut.
+    """
+    k = indices.shape[1]
+    full = local_scaling_affinity(indices, distances)
+    cuts = {name: normalized_cuts(full, np.asarray(labels)) for name, labels in clusterings.items()}
+    if small_neighbors is None:
+        return cuts
+    s = check_int(small_neighbors, "small_neighbors", minimum=1)
+    if s >= k:
+        raise BadInputError(f"small_neighbors={s} must be fewer than the kNN graph's {k} neighbours; lower "
+                            "small_neighbors")
+    small = local_scaling_affinity(indices[:, :s], distances[:, :s])
+    for name, labels in clusterings.items():
+        labels = np.asarray(labels)
+        sizes = np.bincount(labels[labels >= 0], minlength=1)
+        small_cuts = normalized_cuts(small, labels)
+        cuts[name].update({c: v for c, v in small_cuts.items() if sizes[c] <= k})
+    return cuts

@@ -27,9 +27,8 @@ from spray.analysis import (
     TSNEMap,
     UMAPMap,
     best_cluster,
-    local_scaling_affinity,
+    candidate_cuts,
     most_separable,
-    normalized_cuts,
     propose_n_clusters,
     separabilities,
 )
@@ -120,11 +119,16 @@ def _map(cls: type) -> Any:
 
 
 _FDA_FIT = ("n_permutations", "random_state", "regularization")
+FDA_DEFAULTS = {**signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity")),
+                "small_neighbors": None}
+"""The fda node's parameters: :func:`best_cluster`'s, and ``small_neighbors`` of the cuts it ranks by
+(:func:`spray.analysis.cut.candidate_cuts`)."""
 
 
 def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     """Separability of every clustering and of each of its clusters, each cluster's normalised cut in the
-    locally scaled affinity of the class's kNN graph, and the class's best candidate cluster. Per-cluster
+    locally scaled affinity of the class's kNN graph (small clusters in its ``small_neighbors`` graph), and
+    the class's best candidate cluster. Per-cluster
     statistics are arrays, one row per cluster of every clustering (a class has hundreds: as JSON text they
     would outgrow an attribute, docs/store.md); per-clustering ones and ``best`` are info."""
     embedding = _embedding(inputs)
@@ -137,8 +141,8 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     fits = separabilities(embedding, {name: labels for name, (_, labels) in source.items()},
                           **{k: params[k] for k in _FDA_FIT})
     knn = inputs["knn"][0]
-    affinity = local_scaling_affinity(knn["indices"], knn["distances"])
-    cuts = {name: normalized_cuts(affinity, labels) for name, (_, labels) in source.items()}
+    cuts = candidate_cuts(knn["indices"], knn["distances"], {name: labels for name, (_, labels) in source.items()},
+                          params["small_neighbors"])
     rows = [(name, c, fit) for name, fit in fits.items() for c in fit.cluster_ids_]
     arrays = {
         "cluster_clustering": np.array([name for name, _, _ in rows], dtype=str),
@@ -234,8 +238,7 @@ NODES: dict[str, Node] = {
         Node("outliers", ("knn",), _outliers, _defaults(KNNOutlierGroups), kind="clustering"),
         Node("umap", ("spectral", "knn"), _map(UMAPMap), _defaults(UMAPMap), kind="map", default=True),
         Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
-        Node("fda", ("spectral", "knn"), _fda,
-             signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity")), required=True,
+        Node("fda", ("spectral", "knn"), _fda, FDA_DEFAULTS, required=True,
              depends_on_all="clustering", version=4),  # 2: exact-moment z-scores; 3: per-cluster arrays; 4: cuts
         Node("null", ("knn", "spectral", "fda"), _null, _defaults(SelectionNull), required=True,
              depends_on_all="clustering", reads_params=True),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spray.analysis import KNNGraph, best_cluster, local_scaling_affinity, normalized_cuts
+from spray.analysis import KNNGraph, best_cluster, candidate_cuts, local_scaling_affinity, normalized_cuts
 from spray.analysis.cut import SCALE_NEIGHBOR
 from spray.errors import BadInputError
 
@@ -94,3 +95,36 @@ def test_an_affinity_of_the_wrong_shape_is_refused_by_name():
     X, labels = _style_and_artifact()
     with pytest.raises(BadInputError, match=r"affinity must be a sparse \(335, 335\) matrix, got ndarray"):
         best_cluster(X, labels, affinity=np.eye(3))
+
+
+def _bulk_and_small_group():
+    """60 samples of a bulk and a tight group of 8 beside it: with 10 neighbours each of the 8 reaches into
+    the bulk, with 5 none does."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(60, 2)), rng.normal(size=(8, 2)) * 0.3 + [3.5, 0.0]])
+    labels = {"group": np.r_[np.zeros(60, int), np.ones(8, int)], "halves": (X[:, 1] > 0).astype(int)}
+    return KNNGraph(n_neighbors=10).fit(X), labels
+
+
+def test_small_clusters_are_cut_in_the_graph_of_fewer_neighbours_and_larger_ones_as_before():
+    graph, labels = _bulk_and_small_group()
+    W = local_scaling_affinity(graph.indices_, graph.distances_)
+    full = {name: normalized_cuts(W, lab) for name, lab in labels.items()}
+    assert candidate_cuts(graph.indices_, graph.distances_, labels) == full
+    small = candidate_cuts(graph.indices_, graph.distances_, labels, small_neighbors=5)
+    W5 = local_scaling_affinity(graph.indices_[:, :5], graph.distances_[:, :5])
+    # The group of 8 (at most k = 10) cannot be disconnected with 10 neighbours; with its first 5 it is.
+    assert full["group"][1] > 0.01 and small["group"][1] == normalized_cuts(W5, labels["group"])[1] == 0.0
+    # The 60 of the bulk and both halves (more than 10 each) keep the 10-neighbour cut.
+    assert np.bincount(labels["halves"]).min() > 10
+    assert small["group"][0] == full["group"][0] and small["halves"] == full["halves"]
+
+
+@pytest.mark.parametrize("small, message", [
+    (10, "small_neighbors=10 must be fewer than the kNN graph's 10 neighbours; lower small_neighbors"),
+    (0, "small_neighbors must be >= 1"),
+])
+def test_a_small_graph_not_smaller_than_the_knn_graph_is_refused_by_name(small, message):
+    graph, labels = _bulk_and_small_group()
+    with pytest.raises(BadInputError, match=f"^{re.escape(message)}"):
+        candidate_cuts(graph.indices_, graph.distances_, labels, small_neighbors=small)

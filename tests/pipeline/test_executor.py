@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
+from spray.analysis import candidate_cuts
 from spray.results import read_class
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.nodes import NODES
@@ -108,6 +109,22 @@ def test_fda_keeps_one_row_per_cluster_in_arrays_and_the_summary_in_a_small_info
     best = info["best"]
     row = analysis.fda["clusterings"][best["clustering"]]["clusters"][best["cluster"]]
     assert row == {k: best[k] for k in ("size", "tau", "z_score", "p_value", "ncut")}
+
+
+def test_small_neighbors_cuts_the_small_clusters_in_the_smaller_graph_and_reruns_fda_and_the_null(store):
+    path, _ = store
+    _run(path)
+    _, runs = _run(path, pipeline_text(fda={"small_neighbors": 4}))
+    assert sorted(set(n for _, n in runs)) == ["fda", "null"] and len(runs) == 6
+    knn, fda, kmeans, hdbscan = (arrays for arrays, _ in _nodes(path, 1, "knn", "fda", "kmeans", "hdbscan"))
+    labels = {**kmeans, **hdbscan}
+    cuts = candidate_cuts(knn["indices"], knn["distances"], labels, small_neighbors=4)
+    stored = dict(zip(zip(fda["cluster_clustering"].tolist(), fda["cluster_id"].tolist()), fda["cluster_ncut"]))
+    assert stored == {(name, c): pytest.approx(v, nan_ok=True) for name, by_id in cuts.items() for c, v in by_id.items()}
+    small = [(name, c) for name, c, size in zip(fda["cluster_clustering"], fda["cluster_id"], fda["cluster_size"])
+             if size <= knn["indices"].shape[1]]
+    assert small and any(cuts[name][c] != candidate_cuts(knn["indices"], knn["distances"], labels)[name][c]
+                         for name, c in small)
 
 
 def test_library_warnings_in_class_threads_are_silenced(store, monkeypatch):

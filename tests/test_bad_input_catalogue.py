@@ -605,7 +605,7 @@ BUILDERS: dict[str, Callable[[Inputs], object]] = {
     "pipeline_outliers_not_list": lambda i: _pipeline(i, "outl2.toml", "[outliers]\nthresholds = 2.0\n"),
     "pipeline_counts_not_ints": lambda i: _pipeline(i, "counts.toml", '[agglomerative]\nn_clusters = [2, "four"]\n'),
     "pipeline_outliers_neighbor": lambda i: _pipeline(i, "outl3.toml", SMALL_SPECTRAL + "[outliers]\nneighbor = 11\n"),
-    "pipeline_small_neighbors": lambda i: _pipeline(i, "fda1.toml", SMALL_SPECTRAL + "[fda]\nsmall_neighbors = 10\n"),
+    "pipeline_small_neighbors": lambda i: _pipeline(i, "fda1.toml", SMALL_SPECTRAL + "[fda]\nsmall_neighbors = 0\n"),
     # run files
     "run_without_data": lambda i: _pipeline(i, "run1.toml", f'[model]\nfactory = "{MODEL}"\n'),
     "run_unknown_key": lambda i: _pipeline(i, "run2.toml", f'[model]\nfactory = "{MODEL}"\nweight = "w.pt"\n'

@@ -27,7 +27,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from spray.analysis._common import check_int
-from spray.errors import BadInputError
 
 SCALE_NEIGHBOR = 7
 """Zelnik-Manor & Perona's choice of the neighbour that sets a sample's local scale σ_i."""
@@ -76,20 +75,18 @@ def candidate_cuts(
     """``ncut`` of every cluster of every clustering ``{name: labels (n,)}`` in the locally scaled affinity of
     the kNN graph ``indices``/``distances`` (n, k), keyed ``{name: {cluster id: ncut}}``.
 
-    With ``small_neighbors`` s (1 ≤ s < k), a cluster of at most k samples is cut in the affinity of each
-    sample's first s neighbours (the kNN lists are ascending, so that graph is their first s columns): with k
-    neighbours, a group of k or fewer always loses one edge in k to the rest, and its cut cannot fall below a
-    large, bridged group's (docs/spray-method.md §8). Larger clusters keep the k-neighbour cut.
+    With ``small_neighbors`` s < k, a cluster of at most k samples is cut in the affinity of each sample's first
+    s neighbours (the kNN lists are ascending, so that graph is their first s columns): with k neighbours, a
+    group of k or fewer always loses one edge in k to the rest, and its cut cannot fall below a large, bridged
+    group's (docs/spray-method.md §8). Larger clusters keep the k-neighbour cut. With s ≥ k (its first s columns
+    are all of the graph) or None, every cluster is cut in the k-neighbour graph.
     """
     k = indices.shape[1]
     full = local_scaling_affinity(indices, distances)
     cuts = {name: normalized_cuts(full, np.asarray(labels)) for name, labels in clusterings.items()}
-    if small_neighbors is None:
+    if small_neighbors is None or check_int(small_neighbors, "small_neighbors", minimum=1) >= k:
         return cuts
-    s = check_int(small_neighbors, "small_neighbors", minimum=1)
-    if s >= k:
-        raise BadInputError(f"small_neighbors={s} must be fewer than the kNN graph's {k} neighbours; lower "
-                            "small_neighbors")
+    s = small_neighbors
     small = local_scaling_affinity(indices[:, :s], distances[:, :s])
     for name, labels in clusterings.items():
         labels = np.asarray(labels)

@@ -54,7 +54,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 31
+SCORES = 32
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -93,7 +93,9 @@ both outputs, so that either class can be explained (docs/clarc.md §48); 29: ea
 refits it took (``refits``: auto's contenders verified), which the scorecard counts as the flags cleared by a later
 contender; 30: the two-class set has no clean class (its other class has its own minority group), so its flags
 count nowhere in ``clean_flags``; 31: auto's step 7 looks past its chosen refit only where the chosen candidate's
-validation worst group is above the original model's (docs/clarc.md §50)."""
+validation worst group is above the original model's (docs/clarc.md §50); 32: clusters of at most
+``knn.n_neighbors`` samples are cut in the graph of each sample's first 5 neighbours (the fda node's
+``small_neighbors``, docs/spray-method.md §8)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

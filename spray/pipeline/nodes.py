@@ -132,9 +132,9 @@ FDA_DEFAULTS = {**signature_defaults(best_cluster, skip=("embedding", "clusterin
 def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     """Separability of every clustering and of each of its clusters, each cluster's normalised cut in the
     locally scaled affinity of the class's kNN graph (small clusters in its ``small_neighbors`` graph), and
-    the class's best candidate cluster. Per-cluster
-    statistics are arrays, one row per cluster of every clustering (a class has hundreds: as JSON text they
-    would outgrow an attribute, docs/store.md); per-clustering ones and ``best`` are info."""
+    the class's best candidate cluster. Per-cluster statistics are arrays, one row per cluster of every
+    clustering (a class has hundreds: as JSON text they would outgrow an attribute, docs/store.md);
+    per-clustering ones and ``best`` are info."""
     embedding = _embedding(inputs)
     source = {
         name: (node, labels)

@@ -84,9 +84,9 @@ def candidate_cuts(
     k = indices.shape[1]
     full = local_scaling_affinity(indices, distances)
     cuts = {name: normalized_cuts(full, np.asarray(labels)) for name, labels in clusterings.items()}
-    if small_neighbors is None or check_int(small_neighbors, "small_neighbors", minimum=1) >= k:
+    s = None if small_neighbors is None else check_int(small_neighbors, "small_neighbors", minimum=1)
+    if s is None or s >= k:
         return cuts
-    s = small_neighbors
     small = local_scaling_affinity(indices[:, :s], distances[:, :s])
     for name, labels in clusterings.items():
         labels = np.asarray(labels)

@@ -122,6 +122,8 @@ def run(pipeline: Path, as_json: bool) -> None:
         click.echo(f"{corrected.method} on cluster {corrected.cluster}: corrected weights in {corrected.weights}")
         if corrected.metrics[0]["clean_accuracy"] is not None:  # evaluated: [evaluate] gave test data
             click.echo(format_metrics(corrected.metrics))
+        if corrected.choice() is not None:
+            click.echo(corrected.choice())
         if corrected.verification is not None:
             click.echo(corrected.verification.summary())
     _warned(result.clarc)
@@ -396,7 +398,7 @@ def clarc(
     fda_rank: bool, verify: bool, as_json: bool,
 ) -> None:
     """Isolate the artifact behind a flagged cluster and correct the model (A-, P-, RR-ClArC, DFR, GroupDRO)."""
-    from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store, format_metrics
+    from spray.clarc import ClarcConfig, EvaluationData, Tuning, clarc_from_store
     from spray.clarc.run import cav_figures, describe_artifact
     from spray.data import load_model
     from spray.errors import BadInputError
@@ -416,14 +418,12 @@ def clarc(
         _echo_json({"run": result.run, "cluster": result.cluster, "flagged": result.flagged,
                     "q_value": result.q_value, "layer": result.layer,
                     **cav_figures(result.artifact), "weights": str(result.weights), "metrics": result.metrics,
+                    "auto": result.params.get("auto"),
                     "verification": None if result.verification is None else result.verification.to_dict()})
     else:
         click.echo(f"run {result.run}: corrected weights in {result.weights}")
         click.echo(describe_artifact(result.artifact))
-        if result.metrics:
-            click.echo(format_metrics(result.metrics))
-        if result.verification is not None:
-            click.echo(result.verification.summary())
+        click.echo(result.table())
     _warned([result])
 
 

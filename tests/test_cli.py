@@ -407,6 +407,7 @@ def test_clarc_verify_prints_and_records_the_verification_and_exits_0_when_the_c
                         "(`spray rank`, the report) before using the corrected model\n")
     assert code == 0 and not found["failed"] and found["verdict"] in ("cleared", "not flagged")
     assert found["cluster"] == result["cluster"] and Path(found["store"]).is_file()
+    assert result["auto"] is None  # auto's record, for --method auto only
     assert {"average_group_accuracy", "worst_group_accuracy", "relevance_density", "tcav_score",
             "training_seconds"} <= set(result["metrics"][1])
     code, out, _ = run(capsys, *argv, "--verify")

@@ -90,7 +90,7 @@ from torch.utils.data import Dataset, Subset
 
 from spray.clarc.artifact import digest
 from spray.clarc.finetune import history_seconds
-from spray.clarc.groups import InferredGroups, infer_groups, labels_of, worst_group_accuracy
+from spray.clarc.groups import InferredGroups, WorstGroup, infer_groups, labels_of, worst_group
 from spray.clarc.transform import Transform, Transformations, kind_figures
 from spray.errors import DivergedError, GroupSizeError
 from spray.training import predict_samples
@@ -123,8 +123,10 @@ accuracies still rise (docs/clarc.md §20, §22)."""
 MAX_WORST_GROUP_GAP = 0.05
 """How much validation worst-group accuracy a contender whose refit clears the flag may give up to the chosen
 candidate (rule step 7): the accuracy target's gap, the artifact-everywhere accuracy within 5 points of clean."""
-SCORED = ("worst_group", "clean_loss", "lost", "gained", "n", "p_value")
-"""A candidate's validation figures (and those of each epoch where its epochs are chosen)."""
+SCORED = ("worst_group", "worst_group_name", "worst_group_correct", "worst_group_size", "clean_loss", "lost",
+          "gained", "n", "p_value")
+"""A candidate's validation figures (and those of each epoch where its epochs are chosen): its worst group's
+accuracy, name, samples right and size (:class:`~spray.clarc.groups.WorstGroup`), and the guard's figures."""
 
 
 def within(artifact: Any, fit: np.ndarray) -> Any:
@@ -154,7 +156,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         part, reduced = Subset(dataset, fit.tolist()), within(artifact, fit)  # Python ints: a dataset may need them
         # Computed once for every candidate: the validation samples and which of them the original gets right.
         score = Validation(dataset, val, inferred, tuple(transforms), correct_on(model, dataset, val))
-        original = score.worst_group(model)
+        original = score.worst_group(model)  # the same groups' worst with the original model
         figures: dict[str, dict[str, Any]] = {}
         candidates = {candidate_name(*c): c for c in CANDIDATES[kind]}
         for name, (method, transformation) in candidates.items():
@@ -180,7 +182,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                                          Path(run_dir) / REFIT / contender.directory(figures), overwrite, progress)
             return result, history_seconds(result.history, time.perf_counter() - tick)
 
-        order = contenders(figures, choose(figures), original)
+        order = contenders(figures, choose(figures), original.accuracy)
         shipped, seconds = refit(order[0])
         step = Verified(shipped, order[0], None, [], seconds)
         if tuning.verify is not None:  # rule step 7
@@ -188,7 +190,7 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         refit_record = {"n_fit": len(fit), "n": len(dataset), "seconds": step.seconds}
         params = {**step.result.params, "auto": {"kind": kind, **dataclasses.asdict(read),
                                                  "chosen": step.contender.name, "epochs": step.contender.epochs,
-                                                 "original": {"worst_group": original},
+                                                 "original": original.to_dict(),
                                                  "candidates": figures, "refit": refit_record,
                                                  "verified": step.verdicts}}
         return dataclasses.replace(step.result, params=params, verification=step.verification)
@@ -244,6 +246,58 @@ def shows_correction(worst_group: float, original: float) -> bool:
     return worst_group > original
 
 
+def describe_choice(record: Mapping[str, Any]) -> str:
+    """auto's record (``params["auto"]``) as lines for the command line: the artifact's kind; each candidate's
+    epochs, validation worst group (which group, how many of its samples right), clean-accuracy loss, guard p and
+    seconds, the chosen one starred, a skipped one with its reason; the original model's worst group on the same
+    groups; the refit and every refit rule step 7 verified. Where the chosen candidate beats one the guard kept and
+    listed before it (a cheaper one) by one sample of their worst groups or less, a line says so: that choice is
+    within sampling noise."""
+    candidates = record["candidates"]
+    n = next(f["n"] for f in candidates.values() if "skipped" not in f)
+    width = max(len("the original model"), *map(len, candidates))
+    lines = [f"auto: {record['kind']} artifact; candidates fitted on the fit part, scored on {n} validation samples",
+             f"  {'candidate':<{width}}  epochs  {'worst group':<28}  clean loss  guard p  seconds"]
+    for name, f in candidates.items():
+        star = "*" if name == record["chosen"] else " "
+        if "skipped" in f:
+            lines.append(f"{star} {name:<{width}}  skipped: {f['skipped']}")
+            continue
+        epochs = "-" if f.get("epochs") is None else str(f["epochs"])
+        lines.append(f"{star} {name:<{width}}  {epochs:>6}  {_worst(f):<28}  {f['clean_loss']:>+10.1%}  "
+                     f"{f['p_value']:>7.3f}  {f['seconds']:>7.0f}")
+    lines.append(f"  {'the original model':<{width}}  {'':>6}  {_worst(record['original'])}")
+    refit = record["refit"]
+    lines.append(f"refit on all {refit['n']} samples ({refit['seconds']:.0f} s)" + "".join(
+        f"; verified {v['contender']}: {v['verdict']} (rank {v['rank']})" for v in record["verified"]))
+    close = _runner_up(record["chosen"], candidates)
+    if close is not None:
+        won, other = candidates[record["chosen"]], candidates[close]
+        lines.append(f"note: {record['chosen']} was chosen over {close} (listed before it) by one sample of their "
+                     f"validation worst groups or less, {won['worst_group_correct']}/{won['worst_group_size']} "
+                     f"against {other['worst_group_correct']}/{other['worst_group_size']}: within sampling noise")
+    return "\n".join(lines)
+
+
+def _worst(figures: Mapping[str, Any]) -> str:
+    return (f"{figures['worst_group']:.3f} ({figures['worst_group_correct']}/{figures['worst_group_size']} of "
+            f"{figures['worst_group_name']})")
+
+
+def _runner_up(chosen: str, candidates: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The best candidate the guard kept that is listed before ``chosen`` (cheaper), where ``chosen`` leads it by
+    at most one sample of the smaller of their two worst groups; else None."""
+    names = list(candidates)
+    best = candidates[chosen]
+    before = [n for n in names[:names.index(chosen)] if "skipped" not in candidates[n]
+              and candidates[n]["p_value"] >= ALPHA]
+    if best["p_value"] < ALPHA or not before:
+        return None
+    runner = max(before, key=lambda n: candidates[n]["worst_group"])
+    size = min(best["worst_group_size"], candidates[runner]["worst_group_size"])
+    return runner if best["worst_group"] - candidates[runner]["worst_group"] <= 1 / size + 1e-9 else None
+
+
 @dataclass(frozen=True)
 class Verified:
     """The refit auto ships: the ``result``, its ``contender`` and its ``verification`` (None where the run does
@@ -295,16 +349,16 @@ class Validation:
     transforms: tuple[Transform, ...]
     original: np.ndarray
 
-    def worst_group(self, model: nn.Module) -> float:
-        """``model``'s worst-group accuracy over the inferred and the counterfactual groups."""
-        return worst_group_accuracy(model, self.dataset, self.val, self.inferred, *self.transforms)
+    def worst_group(self, model: nn.Module) -> WorstGroup:
+        """``model``'s worst group over the inferred and the counterfactual groups."""
+        return worst_group(model, self.dataset, self.val, self.inferred, *self.transforms)
 
-    def figures(self, model: nn.Module) -> dict[str, float]:
+    def figures(self, model: nn.Module) -> dict[str, Any]:
         """The :data:`SCORED` figures of ``model``."""
-        return {"worst_group": self.worst_group(model),
+        return {**self.worst_group(model).to_dict(),
                 **clean_figures(self.original, correct_on(model, self.dataset, self.val))}
 
-    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+    def __call__(self, epoch: int, model: nn.Module) -> dict[str, Any]:
         return self.figures(model)
 
     def done(self, history: Sequence[Mapping[str, float]]) -> bool:
@@ -314,7 +368,7 @@ class Validation:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"val": digest(torch.from_numpy(self.val)), "original": digest(torch.from_numpy(self.original)),
-                "transforms": [t.fingerprint() for t in self.transforms]}
+                "transforms": [t.fingerprint() for t in self.transforms], "scored": list(SCORED)}
 
 
 def best_epoch(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -106,23 +107,66 @@ def check_group_sizes(inferred: InferredGroups, minimum: int, what: str) -> None
         )
 
 
+def group_tallies(predicted: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                  n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per group (n_groups,): how many samples are classified right, and how many there are."""
+    correct = np.bincount(groups, weights=(predicted == labels).astype(float), minlength=n_groups)
+    return correct.astype(np.int64), np.bincount(groups, minlength=n_groups)
+
+
 def group_accuracies(predicted: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
     """Accuracy per group (n_groups,); NaN for a group without samples."""
-    correct = np.bincount(groups, weights=(predicted == labels).astype(float), minlength=n_groups)
-    count = np.bincount(groups, minlength=n_groups)
+    correct, count = group_tallies(predicted, labels, groups, n_groups)
     with np.errstate(invalid="ignore", divide="ignore"):
         return correct / count
 
 
-def worst_group_accuracy(model: nn.Module, dataset: Dataset, index: np.ndarray, inferred: InferredGroups,
-                         *transforms: Callable[[Tensor], Tensor]) -> float:
-    """The lowest accuracy of ``model`` over the inferred groups among samples ``index``; with the artifact's
-    ``transforms``, over each one's counterfactual groups too (the samples of other classes, transformed)."""
+@dataclass(frozen=True)
+class WorstGroup:
+    """The group a model does worst on among some samples: its ``name`` (an inferred group's, or
+    ``"<class>+<kind>"`` for the counterfactual group of another class with the artifact of that kind), and
+    how many of its ``size`` samples the model gets ``correct``. The size says what one sample is worth: a
+    worst group of 3 moves by 0.33 with one sample."""
+
+    name: str
+    correct: int
+    size: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"worst_group": self.accuracy, "worst_group_name": self.name,
+                "worst_group_correct": self.correct, "worst_group_size": self.size}
+
+    def __str__(self) -> str:
+        return f"{self.accuracy:.3f} ({self.correct}/{self.size} of {self.name})"
+
+
+def worst_group(model: nn.Module, dataset: Dataset, index: np.ndarray, inferred: InferredGroups,
+                *transforms: Callable[[Tensor], Tensor]) -> WorstGroup:
+    """The group of lowest accuracy of ``model`` over the inferred groups among samples ``index``; with the
+    artifact's ``transforms``, over each one's counterfactual groups too (the samples of other classes,
+    transformed). Ties go to the group listed first (inferred before counterfactual)."""
     index = np.asarray(index, dtype=np.int64)
     predicted, labels = (t.numpy() for t in predict_samples(model, dataset, index))
     groups, other = inferred.groups[index], labels != inferred.label
-    accuracies = [group_accuracies(predicted, labels, groups, len(inferred.names))]
+    n = len(inferred.names)
+    tallies = [group_tallies(predicted, labels, groups, n)]
+    names = list(inferred.names)
     for transform in transforms:
-        accuracies.append(group_accuracies(predict_samples(model, dataset, index[other], transform)[0].numpy(),
-                                           labels[other], groups[other], len(inferred.names)))
-    return float(np.nanmin(np.concatenate(accuracies)))
+        tallies.append(group_tallies(predict_samples(model, dataset, index[other], transform)[0].numpy(),
+                                     labels[other], groups[other], n))
+        kind = getattr(transform, "kind", "transformed")
+        names += [f"{name}+{kind}" for name in inferred.names]
+    correct, count = (np.concatenate(t) for t in zip(*tallies))
+    present = np.flatnonzero(count > 0)
+    worst = present[np.argmin(correct[present] / count[present])]
+    return WorstGroup(names[worst], int(correct[worst]), int(count[worst]))
+
+
+def worst_group_accuracy(model: nn.Module, dataset: Dataset, index: np.ndarray, inferred: InferredGroups,
+                         *transforms: Callable[[Tensor], Tensor]) -> float:
+    """The accuracy of :func:`worst_group`."""
+    return worst_group(model, dataset, index, inferred, *transforms).accuracy

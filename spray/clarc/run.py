@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from spray.clarc.artifact import ArtifactModel, isolate_artifact
 from spray.clarc.augmentive import AClArC
-from spray.clarc.auto import Contender, auto_method, shows_correction
+from spray.clarc.auto import Contender, auto_method, describe_choice, shows_correction
 from spray.clarc.dfr import DFR
 from spray.clarc.groupdro import GroupDRO
 from spray.clarc.cluster import ClusterSpec, choose_analysis, read_cluster, resolve_cluster
@@ -180,10 +180,16 @@ class ClarcResult:
                 f"is not flagged ({q}): no test found its group distinct; judge the cluster (`spray rank`, the "
                 "report) before using the corrected model")
 
+    def choice(self) -> str | None:
+        """How ``--method auto`` chose the correction it shipped (spray.clarc.auto.describe_choice); None for
+        another method."""
+        return describe_choice(self.params["auto"]) if self.method == "auto" else None
+
     def table(self) -> str:
-        """The metrics table and, when verified, the verification's summary below it."""
-        return format_metrics(self.metrics) + ("" if self.verification is None else
-                                               "\n" + self.verification.summary())
+        """The metrics table, auto's choice where auto chose, and, when verified, the verification's summary."""
+        return "\n".join(part for part in (format_metrics(self.metrics), self.choice(),
+                                            None if self.verification is None else self.verification.summary())
+                         if part is not None)
 
 
 def cav_figures(artifact: ArtifactModel) -> dict[str, Any]:

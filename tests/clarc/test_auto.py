@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.auto import (ALPHA, CANDIDATES, COUNTERFACTUALS, MAX_CLEAN_LOSS, MAX_WORST_GROUP_GAP, PATIENCE,
                               Contender, Validation, best_epoch, candidate_name, choose, clean_figures, contenders,
-                              counterfactual_transforms, loss_p_value, verify_contenders, within)
+                              counterfactual_transforms, describe_choice, loss_p_value, verify_contenders, within)
 from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
 from spray.errors import GroupSizeError
 from tests.clarc.conftest import Flagged
@@ -29,8 +29,11 @@ def validation(n: int, lost: int, gained: int, wrong: int = 0) -> tuple[np.ndarr
     return original, corrected
 
 
-def candidate(worst_group: float, n: int, lost: int, gained: int) -> dict[str, float]:
-    return {"worst_group": worst_group, **clean_figures(*validation(n, lost, gained, wrong=5))}
+def candidate(worst_group: float, n: int, lost: int, gained: int, size: int = 100) -> dict[str, float]:
+    """A candidate's validation figures: ``worst_group`` its worst group's accuracy (a group of ``size``)."""
+    return {"worst_group": worst_group, "worst_group_name": "0+global",
+            "worst_group_correct": round(worst_group * size), "worst_group_size": size,
+            **clean_figures(*validation(n, lost, gained, wrong=5))}
 
 
 def binomial_tail(k: int, m: int, p: float) -> float:
@@ -164,6 +167,41 @@ def test_the_contenders_are_the_chosen_then_its_latest_epoch_then_the_others_wit
     assert contenders(figures, "aclarc/global", 0.9399) == contenders(figures, "aclarc/global", 0.5)
     saturated = {name: candidate(1.0, 210, 0, 0) for name in ("aclarc/global", "dfr/global", "groupdro/global")}
     assert contenders(saturated, choose(saturated), 1.0) == [Contender("aclarc/global", None)]
+
+
+def test_the_choice_is_described_with_every_candidates_worst_group_and_a_note_where_one_sample_decided():
+    def scored(right, size, lost, seconds, **extra):
+        return {**candidate(right / size, 210, lost, 2, size=size), "worst_group_name": "1:cluster",
+                "worst_group_correct": right, "seconds": seconds, **extra}
+
+    # the ViT's held-out two-class set, seed 101 (docs/clarc.md section 49): GroupDRO over A-ClArC on 2 of 3
+    # against 1 of 3, at a 5.2-point loss the guard kept
+    record = {"kind": "global", "chosen": "groupdro/global",
+              "original": {"worst_group": 0.5, "worst_group_name": "1:cluster", "worst_group_correct": 1,
+                           "worst_group_size": 2},
+              "candidates": {"aclarc/global": scored(1, 3, 4, 61.4, epochs=9),
+                             "dfr/global": {"skipped": "DFR needs at least 8 samples", "seconds": 0.2},
+                             "groupdro/global": scored(2, 3, 13, 30.0), "rrclarc": scored(0, 3, 0, 80.0)},
+              "refit": {"n_fit": 490, "n": 700, "seconds": 55.2},
+              "verified": [{"contender": "groupdro/global", "verdict": "not cleared", "rank": 1, "outlier": 3.0,
+                            "seconds": 50.0}]}
+    assert record["candidates"]["groupdro/global"]["p_value"] >= ALPHA
+    assert describe_choice(record).splitlines() == [
+        "auto: global artifact; candidates fitted on the fit part, scored on 210 validation samples",
+        "  candidate           epochs  worst group                   clean loss  guard p  seconds",
+        "  aclarc/global            9  0.333 (1/3 of 1:cluster)           +1.0%    0.953       61",
+        "  dfr/global          skipped: DFR needs at least 8 samples",
+        "* groupdro/global          -  0.667 (2/3 of 1:cluster)           +5.2%    0.053       30",
+        "  rrclarc                  -  0.000 (0/3 of 1:cluster)           -1.0%    1.000       80",
+        "  the original model          0.500 (1/2 of 1:cluster)",
+        "refit on all 700 samples (55 s); verified groupdro/global: not cleared (rank 1)",
+        "note: groupdro/global was chosen over aclarc/global (listed before it) by one sample of their validation "
+        "worst groups or less, 2/3 against 1/3: within sampling noise"]
+    # two samples ahead, or ahead of a later candidate only: no note
+    record["candidates"]["groupdro/global"] = scored(3, 3, 13, 30.0)
+    assert "note:" not in describe_choice(record)
+    record["chosen"] = "aclarc/global"
+    assert "note:" not in describe_choice(record)
 
 
 @dataclasses.dataclass(frozen=True)

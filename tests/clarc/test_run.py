@@ -34,7 +34,7 @@ from spray.clarc.groupdro import GroupDRO
 from spray.clarc.rrclarc import RRClArC
 from spray.clarc.evaluate import METRICS, artifact_relevance, evaluate_correction, everywhere
 from spray.clarc.finetune import CHECKPOINT
-from spray.clarc.groups import infer_groups, labels_of, worst_group_accuracy
+from spray.clarc.groups import infer_groups, labels_of, worst_group
 from spray.clarc.run import describe_artifact, shipped
 from spray.clarc.transform import Transformations, agreed_area, coverage, kind_figures
 from spray.clarc.verify import verification_store
@@ -239,8 +239,8 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     fit, val = inferred.split(seed=0)
     transforms = counterfactual_transforms(Transformations(artifact, tiny_audit.dataset), record["kind"])
     original = correct_on(tiny_audit.model, tiny_audit.dataset, val)
-    assert record["original"] == {"worst_group": worst_group_accuracy(tiny_audit.model, tiny_audit.dataset, val,
-                                                                      inferred, *transforms)}
+    assert record["original"] == worst_group(tiny_audit.model, tiny_audit.dataset, val, inferred,
+                                             *transforms).to_dict()
     # each epoch's figures are those of A-ClArC fine-tuned for that many epochs alone and scored as a candidate
     # (epoch e's draws depend on (seed, e) only); the candidate is its best epoch
     assert len({p["worst_group"] for f in record["candidates"].values() for p in f["per_epoch"]}) > 2
@@ -252,7 +252,7 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     for epochs in (1, 3):
         alone = AClArC(epochs=epochs, kind=kind, seed=0, lr=lr).fit(tiny_audit.model, Subset(tiny_audit.dataset, fit),
                                                              within(artifact, fit), progress=False).model_
-        figures = {"worst_group": worst_group_accuracy(alone, tiny_audit.dataset, val, inferred, *transforms),
+        figures = {**worst_group(alone, tiny_audit.dataset, val, inferred, *transforms).to_dict(),
                    **clean_figures(original, correct_on(alone, tiny_audit.dataset, val))}
         assert record["candidates"][record["chosen"]]["per_epoch"][epochs - 1] == {"epoch": epochs, **figures}
     # the refit on all the data is fine-tuned for the chosen epochs: the same weights as A-ClArC given them
@@ -261,6 +261,15 @@ def test_auto_chooses_aclarcs_epochs_on_the_validation_part_and_refits_with_them
     assert shipped("auto", auto.params) == f"auto: {record['chosen']} at {chosen} epochs, refit on all the data"
     given = run("aclarc", "given", Tuning(epochs=chosen, kind=kind, lr=lr))
     assert all(torch.equal(v, given.model.state_dict()[k]) for k, v in auto.model.state_dict().items())
+    # the command line shows the choice: every candidate, the chosen one starred with its epochs and worst group
+    lines = auto.choice().splitlines()
+    assert lines[0] == (f"auto: {record['kind']} artifact; candidates fitted on the fit part, scored on {len(val)} "
+                        "validation samples")
+    starred = [line for line in lines if line.startswith("* ")]
+    best = record["candidates"][record["chosen"]]
+    assert len(starred) == 1 and starred[0].split()[1:5] == [
+        record["chosen"], str(chosen), f"{best['worst_group']:.3f}", f"({best['worst_group_correct']}/{best['worst_group_size']}"]
+    assert auto.choice() in auto.table() and given.choice() is None
     # verified, with the chosen refit still flagged: a contender of the same candidate at other epochs (which
     # contenders come is tests/clarc/test_auto.py's) is refitted beside the chosen one, its weights A-ClArC's given
     # those epochs, and ships when its class is no longer flagged

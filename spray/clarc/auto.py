@@ -55,11 +55,12 @@ The rule, in order:
    :func:`contenders` are refitted and verified in turn, and the first whose class is no longer flagged is the
    result: the chosen candidate at the latest of the later epochs its validation scored (its early stop lies
    :data:`PATIENCE` epochs past its best), then the other candidates by score — each only where the guard kept it
-   and its worst group is within :data:`MAX_WORST_GROUP_GAP` of the chosen one's. A fine-tuning can meet the
-   accuracy figures after its first epochs and still encode the artifact for the class, which further epochs
-   unlearn (A-ClArC on the development split's fixed patch at 30 %, seed 0: chosen at 1 epoch, the class still
-   flagged; at 7 epochs cleared, with the same accuracies: docs/clarc.md §48). The gap is the accuracy target's
-   (the artifact-everywhere accuracy within 5 points of clean). Where none clears the flag, the chosen one ships
+   and its worst group is within :data:`MAX_WORST_GROUP_GAP` of the chosen one's, counted in whole samples of the
+   chosen one's worst group (:func:`worst_group_gap`). A fine-tuning can meet the accuracy figures after its first
+   epochs and still encode the artifact for the class, which further epochs unlearn (A-ClArC on the development
+   split's fixed patch at 30 %, seed 0: chosen at 1 epoch, the class still flagged; at 7 epochs cleared, with the
+   same accuracies: docs/clarc.md §48). The gap is the accuracy target's (the artifact-everywhere accuracy within 5
+   points of clean). Where none clears the flag, the chosen one ships
    and its verification says "not cleared". Contenders cost their refits only where the first keeps the flag.
    Step 7 looks past the chosen refit only where the validation part shows the chosen candidate correcting
    something: its worst group above the original model's on the same groups (``original``). Where it is not — the
@@ -76,6 +77,7 @@ verdict of every refit verified are returned (``params["auto"]``), so the choice
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,7 +124,8 @@ worst group moves in steps of one validation sample and stands still for several
 accuracies still rise (docs/clarc.md §20, §22)."""
 MAX_WORST_GROUP_GAP = 0.05
 """How much validation worst-group accuracy a contender whose refit clears the flag may give up to the chosen
-candidate (rule step 7): the accuracy target's gap, the artifact-everywhere accuracy within 5 points of clean."""
+candidate (rule step 7): the accuracy target's gap, the artifact-everywhere accuracy within 5 points of clean,
+counted in whole samples of the chosen candidate's worst group (:func:`worst_group_gap`)."""
 SCORED = ("worst_group", "worst_group_name", "worst_group_correct", "worst_group_size", "clean_loss", "lost",
           "gained", "n", "p_value")
 """A candidate's validation figures (and those of each epoch where its epochs are chosen): its worst group's
@@ -221,15 +224,15 @@ def contenders(figures: Mapping[str, Mapping[str, Any]], chosen: str, original: 
     """The refits rule step 7 verifies in turn: ``chosen`` at its chosen epochs; at the latest later epoch its
     validation scored that qualifies; then the other candidates that qualify, best score first (the one listed
     first of equals). An epoch or candidate qualifies where the guard kept it and its worst group is within
-    :data:`MAX_WORST_GROUP_GAP` of ``chosen``'s; ``chosen`` comes alone where the guard kept no candidate (it is
+    :func:`worst_group_gap` of ``chosen``'s; ``chosen`` comes alone where the guard kept no candidate (it is
     then the least loss, step 4), and where its worst group is not above ``original``, the original model's on the
     same validation groups (the validation shows nothing it corrects)."""
     best = figures[chosen]
     first = Contender(chosen, best.get("epochs"))
-    floor = best["worst_group"] - MAX_WORST_GROUP_GAP
+    floor = best["worst_group"] - worst_group_gap(best["worst_group_size"])
 
     def kept(f: Mapping[str, Any]) -> bool:
-        return "skipped" not in f and f["p_value"] >= ALPHA and f["worst_group"] >= floor
+        return "skipped" not in f and f["p_value"] >= ALPHA and f["worst_group"] >= floor - 1e-9  # float sums
 
     if not kept(best) or not shows_correction(best["worst_group"], original):  # all dropped (step 4); nothing corrected
         return [first]
@@ -238,6 +241,14 @@ def contenders(figures: Mapping[str, Mapping[str, Any]], chosen: str, original: 
     others = sorted((n for n, f in figures.items() if n != chosen and kept(f)),
                     key=lambda n: -figures[n]["worst_group"])
     return [first, *longer, *(Contender(n, figures[n].get("epochs")) for n in others)]
+
+
+def worst_group_gap(size: int) -> float:
+    """:data:`MAX_WORST_GROUP_GAP` for a worst group of ``size`` validation samples, counted in whole samples: the
+    nearest number of them (halves up), as a share of the group. A worst group of 32 can drop by 1 sample (3.1
+    points) or 2 (6.3), not by 5 points; 1.6 samples round to 2. Under 10 samples the gap is none, from 10 to 29
+    one sample, and so on."""
+    return math.floor(MAX_WORST_GROUP_GAP * size + 0.5) / size
 
 
 def shows_correction(worst_group: float, original: float) -> bool:

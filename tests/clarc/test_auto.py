@@ -12,7 +12,8 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.auto import (ALPHA, CANDIDATES, COUNTERFACTUALS, MAX_CLEAN_LOSS, MAX_WORST_GROUP_GAP, PATIENCE,
                               Contender, Validation, best_epoch, candidate_name, choose, clean_figures, contenders,
-                              counterfactual_transforms, describe_choice, loss_p_value, verify_contenders, within)
+                              counterfactual_transforms, describe_choice, loss_p_value, verify_contenders, within,
+                              worst_group_gap)
 from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
 from spray.errors import GroupSizeError
 from tests.clarc.conftest import Flagged
@@ -167,6 +168,19 @@ def test_the_contenders_are_the_chosen_then_its_latest_epoch_then_the_others_wit
     assert contenders(figures, "aclarc/global", 0.9399) == contenders(figures, "aclarc/global", 0.5)
     saturated = {name: candidate(1.0, 210, 0, 0) for name in ("aclarc/global", "dfr/global", "groupdro/global")}
     assert contenders(saturated, choose(saturated), 1.0) == [Contender("aclarc/global", None)]
+
+
+def test_the_gap_counts_whole_samples_of_the_chosen_worst_group_the_nearest_number_halves_up():
+    assert [worst_group_gap(n) for n in (9, 10, 20, 29, 30, 32, 100)] == [0.0, 0.1, 0.05, 1 / 29, 2 / 30, 2 / 32,
+                                                                          0.05]
+    # a worst group of 32 validation samples: 5 points are 1.6 samples, 2 of them; 31/32 chosen, 29/32 qualifies
+    figures = {"aclarc/global": candidate(31 / 32, 300, 0, 0, size=32), "dfr/global": candidate(29 / 32, 300, 0, 0),
+               "groupdro/global": candidate(28 / 32, 300, 0, 0)}
+    assert contenders(figures, "aclarc/global", 0.5) == [Contender("aclarc/global", None),
+                                                    Contender("dfr/global", None)]
+    # a worst group of 9: no sample may be given up, whatever the contender's own group
+    figures = {"aclarc/global": candidate(8 / 9, 300, 0, 0, size=9), "dfr/global": candidate(0.88, 300, 0, 0)}
+    assert contenders(figures, "aclarc/global", 0.5) == [Contender("aclarc/global", None)]
 
 
 def test_the_choice_is_described_with_every_candidates_worst_group_and_a_note_where_one_sample_decided():

@@ -6,9 +6,10 @@ the order like spray's (rank of the poisoned class, F1 of its group). All three 
 layer (the activations that enter its last linear layer, flattened, rows scaled to unit length) or its output:
 
 - ``activation``: SpRAy's per-class analysis on the activations instead of heatmaps (spray.analysis: kNN graph,
-  spectral embedding, k-means for k = 2 … 31, the best small cluster by normalised cut, then z-score); classes
-  ordered as spray.ranking orders them: lowest cut first, then largest z. Only k-means (the clustering that names
-  most flagged clusters in spray's own runs) is used.
+  spectral embedding, k-means for k = 2 … 31, the best small cluster by normalised cut — a cluster of at most 10
+  samples cut in 5 neighbours, as the fda node's ``small_neighbors`` — then z-score); classes ordered as
+  spray.ranking orders them: lowest cut first, then largest z. Only k-means (the clustering that names most
+  flagged clusters in spray's own runs) is used.
 - ``knn_outlier``: per class, each sample's mean distance to its 10 nearest same-class neighbours in the
   activations (spray.analysis.KNNGraph); the group is the samples whose robust z-score of that distance,
   ``(d − median) / (1.4826 · MAD)``, is at least 3; classes ordered by the group's share of the class, then by
@@ -28,9 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, best_cluster, local_scaling_affinity
+from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, candidate_cuts, most_separable, separabilities
 from spray.clarc.activations import activations
 from spray.errors import BadInputError
+from spray.pipeline.nodes import SMALL_NEIGHBORS
 
 
 OUTLIER_Z = 3.0
@@ -69,9 +71,11 @@ def _ordered(found: list[BaselineClass]) -> list[BaselineClass]:
     return sorted(found, key=lambda c: (*c.key, c.label))
 
 
-def activation_baseline(model: nn.Module, x: np.ndarray, y: np.ndarray) -> list[BaselineClass]:
+def activation_baseline(model: nn.Module, x: np.ndarray, y: np.ndarray,
+                        small_neighbors: int | None = SMALL_NEIGHBORS) -> list[BaselineClass]:
     """``activation`` on samples ``x`` (n, ...) with labels ``y`` (n,): one entry per class that has a
-    candidate cluster, best candidate first (see the module docstring)."""
+    candidate cluster, best candidate first (see the module docstring). ``small_neighbors``: as the fda node's
+    (None: every cluster cut in the 10-neighbour graph, the rule before scoring version 33)."""
     features = penultimate_features(model, x)
     found = []
     for label in np.unique(y):
@@ -79,8 +83,8 @@ def activation_baseline(model: nn.Module, x: np.ndarray, y: np.ndarray) -> list[
         graph = KNNGraph().fit(features[index])
         embedding = SpectralEmbedding(random_state=0).fit(graph.adjacency_).embedding_
         clusterings = KMeansRange().fit(embedding).named_labels()
-        affinity = local_scaling_affinity(graph.indices_, graph.distances_)
-        name, cluster, stats = best_cluster(embedding, clusterings, affinity=affinity)
+        cuts = candidate_cuts(graph.indices_, graph.distances_, clusterings, small_neighbors)
+        name, cluster, stats = most_separable(separabilities(embedding, clusterings), cuts=cuts)
         if name is not None:
             found.append(BaselineClass(int(label), index[clusterings[name] == cluster],
                                        (float(stats["ncut"]), -float(stats["z_score"]))))

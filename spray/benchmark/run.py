@@ -54,7 +54,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 32
+SCORES = 33
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -95,7 +95,9 @@ contender; 30: the two-class set has no clean class (its other class has its own
 count nowhere in ``clean_flags``; 31: auto's step 7 looks past its chosen refit only where the chosen candidate's
 validation worst group is above the original model's (docs/clarc.md §50); 32: clusters of at most
 ``knn.n_neighbors`` samples are cut in the graph of each sample's first 5 neighbours (the fda node's
-``small_neighbors``, docs/spray-method.md §8)."""
+``small_neighbors``, docs/spray-method.md §8); 33: auto's step-7 gap counts whole samples of the chosen
+candidate's worst group (spray.clarc.auto.worst_group_gap), whose name, samples right and size auto records, and
+the ``activation`` baseline cuts its small clusters as SpRAy does since 32 (spray.benchmark.baseline)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

@@ -40,3 +40,17 @@ def test_every_baseline_reads_the_penultimate_layer_of_the_benchmarks_cnn():
 
     assert penultimate_layer(build("cnn", 0)) == "classifier.0" and list(BASELINES) == [
         "activation", "knn_outlier", "error_slice"]
+
+
+def test_the_activation_baseline_cuts_a_group_of_at_most_ten_in_five_neighbours_as_spray_does():
+    # class 0: 120 samples spread around one direction and a tight group of 8 around another; class 1: one blob
+    rng = np.random.default_rng(0)
+    spread = np.c_[np.ones(120), rng.normal(0, 0.3, (120, 2))]
+    group = np.c_[rng.normal(0, 0.01, 8), np.ones(8), rng.normal(0, 0.01, 8)]
+    other = np.c_[rng.normal(0, 0.3, (60, 2)), np.ones(60)]
+    x = np.concatenate([spread, group, other]).astype(np.float32)
+    y = np.array([0] * 128 + [1] * 60)
+    found = {c.label: c for c in BASELINES["activation"](_identity_model(np.eye(2, 3, dtype=np.float32)), x, y)}
+    # each of the 8 has 7 others in the group: in 10 neighbours it keeps 3 edges to the rest, in 5 none
+    assert found[0].members.tolist() == list(range(120, 128)) and found[0].key[0] == 0.0
+    assert found[1].key[0] > 0.0

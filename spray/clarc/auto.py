@@ -269,7 +269,8 @@ def describe_choice(record: Mapping[str, Any]) -> str:
     width = max(len("the original model"), *map(len, candidates))
     lines = [f"auto: {record['kind']} artifact; candidates fitted on the fit part, scored on {n} validation samples",
              f"  {'candidate':<{width}}  epochs  {'worst group':<28}  clean loss  guard p  seconds"]
-    for name, f in candidates.items():
+    for name in listed(record):
+        f = candidates[name]
         star = "*" if name == record["chosen"] else " "
         if "skipped" in f:
             lines.append(f"{star} {name:<{width}}  skipped: {f['skipped']}")
@@ -281,7 +282,7 @@ def describe_choice(record: Mapping[str, Any]) -> str:
     refit = record["refit"]
     lines.append(f"refit on all {refit['n']} samples ({refit['seconds']:.0f} s)" + "".join(
         f"; verified {v['contender']}: {v['verdict']} (rank {v['rank']})" for v in record["verified"]))
-    close = _runner_up(record["chosen"], candidates)
+    close = close_call(record)
     if close is not None:
         won, other = candidates[record["chosen"]], candidates[close]
         lines.append(f"note: {record['chosen']} was chosen over {close} (listed before it) by one sample of their "
@@ -295,14 +296,23 @@ def _worst(figures: Mapping[str, Any]) -> str:
             f"{figures['worst_group_name']})")
 
 
-def _runner_up(chosen: str, candidates: Mapping[str, Mapping[str, Any]]) -> str | None:
-    """The best candidate the guard kept that is listed before ``chosen`` (cheaper), where ``chosen`` leads it by
-    at most one sample of the smaller of their two worst groups; else None."""
-    names = list(candidates)
+def listed(record: Mapping[str, Any]) -> list[str]:
+    """The candidates of auto's ``record`` in the order auto lists them for its kind (:data:`CANDIDATES`, cheapest
+    first), whatever order the record was read back in (a store's attributes sort their keys); any other after."""
+    names = [candidate_name(*c) for c in CANDIDATES.get(record["kind"], ())]
+    return [n for n in names if n in record["candidates"]] + [n for n in record["candidates"] if n not in names]
+
+
+def close_call(record: Mapping[str, Any]) -> str | None:
+    """The best candidate of auto's ``record`` the guard kept that is listed before the chosen one (cheaper), where
+    the chosen one leads it by at most one sample of the smaller of their two worst groups; else None (and for a
+    run recorded before spray kept the worst groups' sizes)."""
+    candidates, chosen = record["candidates"], record["chosen"]
+    names = listed(record)
     best = candidates[chosen]
     before = [n for n in names[:names.index(chosen)] if "skipped" not in candidates[n]
               and candidates[n]["p_value"] >= ALPHA]
-    if best["p_value"] < ALPHA or not before:
+    if best["p_value"] < ALPHA or not before or "worst_group_size" not in best:
         return None
     runner = max(before, key=lambda n: candidates[n]["worst_group"])
     size = min(best["worst_group_size"], candidates[runner]["worst_group_size"])

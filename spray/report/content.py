@@ -22,6 +22,7 @@ from spray.data.images import check_audited, file_sha256
 from spray.errors import BadInputError
 from spray.ranking import RankedClass, rank_analyses
 from spray.report import images, plots
+from spray.report.auto_choice import AutoChoiceView, auto_choice_view
 from spray.report.concepts import (
     CHANNELS,
     AuditedModel,
@@ -163,6 +164,8 @@ class ClarcView:
     was not verified."""
     unflagged: Markup | None = None
     """Said when the corrected group's class was not flagged (the run's ``flagged`` False); None otherwise."""
+    choice: AutoChoiceView | None = None
+    """How ``--method auto`` chose (spray.report.auto_choice); None for another method."""
 
 
 # ---------------------------------------------------------------------------------------------- gather
@@ -606,6 +609,7 @@ def _clarc_view(run: ClarcRun, names: list[str]) -> ClarcView:
         verification=None if verification is None else _verification_text(verification, class_name),
         verified=None if verification is None else str(verification["verdict"]),
         unflagged=_unflagged_text(attrs, class_name),
+        choice=auto_choice_view(attrs["auto"], names) if "auto" in attrs else None,
     )
 
 

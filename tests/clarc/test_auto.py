@@ -12,8 +12,8 @@ from torch.utils.data import TensorDataset
 
 from spray.clarc.auto import (ALPHA, CANDIDATES, COUNTERFACTUALS, MAX_CLEAN_LOSS, MAX_WORST_GROUP_GAP, PATIENCE,
                               Contender, Validation, best_epoch, candidate_name, choose, clean_figures, contenders,
-                              counterfactual_transforms, describe_choice, loss_p_value, verify_contenders, within,
-                              worst_group_gap)
+                              counterfactual_transforms, describe_choice, listed, loss_p_value, verify_contenders,
+                              within, worst_group_gap)
 from spray.clarc.transform import Intensity, Paste, Transformations, Transplant
 from spray.errors import GroupSizeError
 from tests.clarc.conftest import Flagged
@@ -211,6 +211,9 @@ def test_the_choice_is_described_with_every_candidates_worst_group_and_a_note_wh
         "refit on all 700 samples (55 s); verified groupdro/global: not cleared (rank 1)",
         "note: groupdro/global was chosen over aclarc/global (listed before it) by one sample of their validation "
         "worst groups or less, 2/3 against 1/3: within sampling noise"]
+    # read back from a store, whose attributes sort their keys: listed in auto's order all the same
+    assert listed({"kind": "local", "candidates": dict.fromkeys(["aclarc/local+global", "pclarc", "rrclarc"])}) == [
+        "pclarc", "aclarc/local+global", "rrclarc"]
     # two samples ahead, or ahead of a later candidate only: no note
     record["candidates"]["groupdro/global"] = scored(3, 3, 13, 30.0)
     assert "note:" not in describe_choice(record)

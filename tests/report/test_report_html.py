@@ -155,6 +155,49 @@ def test_an_auto_runs_after_row_names_what_it_shipped(audit_store, tmp_path):
     assert "after correction (" not in render_report(audit_store, max_classes=0)  # a P-ClArC run is its method
 
 
+def test_an_auto_run_shows_how_it_chose_with_each_candidates_worst_group_in_words(audit_store, tmp_path):
+    copy = tmp_path / "copy.h5"
+    shutil.copy(audit_store, copy)
+    with AuditStore(copy) as store:
+        arrays, attrs = store.read_node("clarc/pclarc-1/result")
+        names = store.attrs()["label_names"]
+
+    def scored(right, size, group, p_value=0.9, **extra):
+        return {"worst_group": right / size, "worst_group_name": group, "worst_group_correct": right,
+                "worst_group_size": size, "clean_loss": 0.013, "p_value": p_value, "n": 210, "seconds": 12.4,
+                **extra}
+
+    record = {"kind": "local", "chosen": "aclarc/local+global",
+              "original": scored(1, 38, "0+global"),
+              "candidates": {"pclarc": scored(1, 3, "1:cluster"),
+                             "aclarc/local+global": scored(2, 3, "0+local", epochs=7),
+                             "rrclarc": {"skipped": "fine-tuning diverged", "seconds": 3.0}}}
+    write_result(copy, "pclarc-1", arrays, {**attrs, "method": "auto", "auto": record})
+    clarc = (html := render_report(copy, max_classes=0))[html.index('id="clarc"'):html.index('id="reading"')]
+    choice = clarc[clarc.index('<details class="auto-choice">'):clarc.index("</details>")]
+    assert ("a local artifact, each\n      candidate trained on most of the training images and scored on 210 held"
+            in choice)
+    rows = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row)).strip()
+            for row in re.findall(r"<tr[^>]*>\s*(<td.*?)</tr>", choice, re.S)]
+    assert rows == [
+        "pclarc – 33.3 % (1 of 3: the corrected group) +1.3 points kept (p = 0.900) 12 s",
+        f"aclarc/local+global (chosen) 7 66.7 % (2 of 3: class ‘{names[0]}’, the artifact pasted) +1.3 points "
+        "kept (p = 0.900) 12 s",
+        "rrclarc – not fitted: fine-tuning diverged – – 3 s",
+        f"the model before correction – 2.6 % (1 of 38: class ‘{names[0]}’, the artifact&#39;s intensity map "
+        "applied) – – –"]
+    assert choice.count('<tr class="chosen">') == 1
+    assert ("aclarc/local+global was chosen over pclarc, a cheaper candidate, by one validation image of their "
+            "worst groups or less: the choice is within sampling noise.") in choice
+    # a run recorded before the worst groups' sizes were kept: the shares alone, and no note
+    older = {**record, "candidates": {n: {k: v for k, v in f.items() if not k.startswith("worst_group_")}
+                                      for n, f in record["candidates"].items()}}
+    write_result(copy, "pclarc-1", arrays, {**attrs, "method": "auto", "auto": older})
+    choice = (html := render_report(copy, max_classes=0))[html.index('<details class="auto-choice">'):]
+    assert "33.3 %</td>" in choice and "sampling noise" not in choice
+    assert '<details class="auto-choice">' not in render_report(audit_store, max_classes=0)  # P-ClArC: no choice
+
+
 def test_a_run_that_corrected_an_unflagged_class_says_so_and_older_runs_say_nothing(audit_store, tmp_path):
     copy = tmp_path / "copy.h5"
     shutil.copy(audit_store, copy)

@@ -185,7 +185,8 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
                                          Path(run_dir) / REFIT / contender.directory(figures), overwrite, progress)
             return result, history_seconds(result.history, time.perf_counter() - tick)
 
-        order = contenders(figures, choose(figures), original.accuracy)
+        chosen = choose(figures)
+        order = contenders(figures, chosen, original.accuracy)
         shipped, seconds = refit(order[0])
         step = Verified(shipped, order[0], None, [], seconds)
         if tuning.verify is not None:  # rule step 7
@@ -194,7 +195,9 @@ def auto_method(corrections: Mapping[str, Callable[..., Any]]) -> Callable[..., 
         params = {**step.result.params, "auto": {"kind": kind, **dataclasses.asdict(read),
                                                  "chosen": step.contender.name, "epochs": step.contender.epochs,
                                                  "original": original.to_dict(),
-                                                 "candidates": figures, "refit": refit_record,
+                                                 "candidates": figures, "listed": list(figures), "alpha": ALPHA,
+                                                 "max_clean_loss": MAX_CLEAN_LOSS,
+                                                 "close_call": close_call(chosen, figures), "refit": refit_record,
                                                  "verified": step.verdicts}}
         return dataclasses.replace(step.result, params=params, verification=step.verification)
 
@@ -260,16 +263,15 @@ def shows_correction(worst_group: float, original: float) -> bool:
 def describe_choice(record: Mapping[str, Any]) -> str:
     """auto's record (``params["auto"]``) as lines for the command line: the artifact's kind; each candidate's
     epochs, validation worst group (which group, how many of its samples right), clean-accuracy loss, guard p and
-    seconds, the chosen one starred, a skipped one with its reason; the original model's worst group on the same
-    groups; the refit and every refit rule step 7 verified. Where the chosen candidate beats one the guard kept and
-    listed before it (a cheaper one) by one sample of their worst groups or less, a line says so: that choice is
-    within sampling noise."""
+    seconds, the one shipped starred, a skipped one with its reason; the original model's worst group on the same
+    groups; the refit and every refit rule step 7 verified; and the record's :func:`close_call`, where the choice
+    was within sampling noise."""
     candidates = record["candidates"]
     n = next(f["n"] for f in candidates.values() if "skipped" not in f)
     width = max(len("the original model"), *map(len, candidates))
     lines = [f"auto: {record['kind']} artifact; candidates fitted on the fit part, scored on {n} validation samples",
              f"  {'candidate':<{width}}  epochs  {'worst group':<28}  clean loss  guard p  seconds"]
-    for name in listed(record):
+    for name in record["listed"]:
         f = candidates[name]
         star = "*" if name == record["chosen"] else " "
         if "skipped" in f:
@@ -282,11 +284,11 @@ def describe_choice(record: Mapping[str, Any]) -> str:
     refit = record["refit"]
     lines.append(f"refit on all {refit['n']} samples ({refit['seconds']:.0f} s)" + "".join(
         f"; verified {v['contender']}: {v['verdict']} (rank {v['rank']})" for v in record["verified"]))
-    close = close_call(record)
+    close = record["close_call"]
     if close is not None:
-        won, other = candidates[record["chosen"]], candidates[close]
-        lines.append(f"note: {record['chosen']} was chosen over {close} (listed before it) by one sample of their "
-                     f"validation worst groups or less, {won['worst_group_correct']}/{won['worst_group_size']} "
+        won, other = candidates[close["chosen"]], candidates[close["over"]]
+        lines.append(f"note: {close['chosen']} was chosen over {close['over']} (listed before it) by one sample of "
+                     f"their validation worst groups or less, {won['worst_group_correct']}/{won['worst_group_size']} "
                      f"against {other['worst_group_correct']}/{other['worst_group_size']}: within sampling noise")
     return "\n".join(lines)
 
@@ -296,27 +298,21 @@ def _worst(figures: Mapping[str, Any]) -> str:
             f"{figures['worst_group_name']})")
 
 
-def listed(record: Mapping[str, Any]) -> list[str]:
-    """The candidates of auto's ``record`` in the order auto lists them for its kind (:data:`CANDIDATES`, cheapest
-    first), whatever order the record was read back in (a store's attributes sort their keys); any other after."""
-    names = [candidate_name(*c) for c in CANDIDATES.get(record["kind"], ())]
-    return [n for n in names if n in record["candidates"]] + [n for n in record["candidates"] if n not in names]
-
-
-def close_call(record: Mapping[str, Any]) -> str | None:
-    """The best candidate of auto's ``record`` the guard kept that is listed before the chosen one (cheaper), where
-    the chosen one leads it by at most one sample of the smaller of their two worst groups; else None (and for a
-    run recorded before spray kept the worst groups' sizes)."""
-    candidates, chosen = record["candidates"], record["chosen"]
-    names = listed(record)
-    best = candidates[chosen]
-    before = [n for n in names[:names.index(chosen)] if "skipped" not in candidates[n]
-              and candidates[n]["p_value"] >= ALPHA]
-    if best["p_value"] < ALPHA or not before or "worst_group_size" not in best:
+def close_call(chosen: str, figures: Mapping[str, Mapping[str, Any]]) -> dict[str, str] | None:
+    """``{"chosen": chosen, "over": name}`` where ``chosen`` (rule step 5's choice among ``figures``, in the order
+    auto lists its candidates) beats ``name``, the best candidate the guard kept that is listed before it (a cheaper
+    one), by at most one sample of the smaller of their two worst groups: a choice within sampling noise. Else
+    None."""
+    names = list(figures)
+    best = figures[chosen]
+    before = [n for n in names[:names.index(chosen)] if "skipped" not in figures[n] and figures[n]["p_value"] >= ALPHA]
+    if best["p_value"] < ALPHA or not before:
         return None
-    runner = max(before, key=lambda n: candidates[n]["worst_group"])
-    size = min(best["worst_group_size"], candidates[runner]["worst_group_size"])
-    return runner if best["worst_group"] - candidates[runner]["worst_group"] <= 1 / size + 1e-9 else None
+    runner = max(before, key=lambda n: figures[n]["worst_group"])
+    size = min(best["worst_group_size"], figures[runner]["worst_group_size"])
+    if best["worst_group"] - figures[runner]["worst_group"] > 1 / size + 1e-9:
+        return None
+    return {"chosen": chosen, "over": runner}
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,13 @@
-"""How ``--method auto`` chose its correction, in the report's words: its record (the run's ``auto`` attr,
-spray.clarc.auto) as a table of candidates with their validation worst groups named for a reader, the original
-model's, and the note where one validation sample decided the choice."""
+"""How ``--method auto`` chose its correction, in the report's words: its record (the run's ``auto`` attr, written
+by spray.clarc.auto, which the report reads as data: the report sits below clarc in the layering) as a table of
+candidates with their validation worst groups named for a reader, the original model's, and the note where one
+validation sample decided the choice."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from spray.clarc.auto import ALPHA, close_call, listed
 
 TRANSFORMED = {"local": "the artifact pasted", "global": "the artifact's intensity map applied",
                "spectral": "the artifact's spectral map applied", "moving": "a group image's artifact transplanted"}
@@ -68,25 +67,30 @@ def worst_group_text(figures: Mapping[str, Any], names: Sequence[str]) -> str:
 
 
 def auto_choice_view(record: Mapping[str, Any], names: Sequence[str]) -> AutoChoiceView:
-    """The view of auto's ``record`` (a run's ``auto`` attr), its groups named with the classes' ``names``."""
+    """The view of auto's ``record`` (a run's ``auto`` attr), its groups named with the classes' ``names``. A run
+    recorded before auto kept its candidates' order, the guard's level and budget and the close call shows its
+    candidates as read, their guard p alone and no note."""
     candidates = record["candidates"]
+    alpha = record.get("alpha")
     rows = []
-    for name in listed(record):
+    for name in record.get("listed", candidates):  # a store's attributes sort their keys: the order is recorded
         f = candidates[name]
         chosen = name == record["chosen"]
         if "skipped" in f:
             rows.append(CandidateRow(name, chosen, "–", f"not fitted: {f['skipped']}", "–", "–",
                                      f"{f['seconds']:.0f} s"))
             continue
-        guard = "kept" if f["p_value"] >= ALPHA else "dropped: loses more than 2 points"
+        p = f"p = {f['p_value']:.3f}"
+        guard = p if alpha is None else (f"kept ({p})" if f["p_value"] >= alpha else
+                                         f"dropped: loses more than {100 * record['max_clean_loss']:g} points ({p})")
         rows.append(CandidateRow(name, chosen, "–" if f.get("epochs") is None else str(f["epochs"]),
-                                 worst_group_text(f, names), f"{100 * f['clean_loss']:+.1f} points",
-                                 f"{guard} (p = {f['p_value']:.3f})", f"{f['seconds']:.0f} s"))
+                                 worst_group_text(f, names), f"{100 * f['clean_loss']:+.1f} points", guard,
+                                 f"{f['seconds']:.0f} s"))
     n = next(f["n"] for f in candidates.values() if "skipped" not in f)  # auto fits one candidate at least
-    close = close_call(record)
+    close = record.get("close_call")
     note = None if close is None else (
-        f"{record['chosen']} was chosen over {close}, a cheaper candidate, by one validation image of their worst "
-        "groups or less: the choice is within sampling noise.")
+        f"{close['chosen']} was chosen over {close['over']}, a cheaper candidate, by one validation image of their "
+        "worst groups or less: the choice is within sampling noise.")
     original = record.get("original")  # runs recorded before spray kept it lack it
     return AutoChoiceView(record["kind"], n, rows, "–" if original is None else worst_group_text(original, names),
                           note)

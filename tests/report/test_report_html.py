@@ -167,7 +167,9 @@ def test_an_auto_run_shows_how_it_chose_with_each_candidates_worst_group_in_word
                 "worst_group_size": size, "clean_loss": 0.013, "p_value": p_value, "n": 210, "seconds": 12.4,
                 **extra}
 
-    record = {"kind": "local", "chosen": "aclarc/local+global",
+    record = {"kind": "local", "chosen": "aclarc/local+global", "alpha": 0.05, "max_clean_loss": 0.02,
+              "listed": ["pclarc", "aclarc/local+global", "rrclarc"],
+              "close_call": {"chosen": "aclarc/local+global", "over": "pclarc"},
               "original": scored(1, 38, "0+global"),
               "candidates": {"pclarc": scored(1, 3, "1:cluster"),
                              "aclarc/local+global": scored(2, 3, "0+local", epochs=7),
@@ -189,12 +191,21 @@ def test_an_auto_run_shows_how_it_chose_with_each_candidates_worst_group_in_word
     assert choice.count('<tr class="chosen">') == 1
     assert ("aclarc/local+global was chosen over pclarc, a cheaper candidate, by one validation image of their "
             "worst groups or less: the choice is within sampling noise.") in choice
-    # a run recorded before the worst groups' sizes were kept: the shares alone, and no note
-    older = {**record, "candidates": {n: {k: v for k, v in f.items() if not k.startswith("worst_group_")}
-                                      for n, f in record["candidates"].items()}}
+    # the store sorts the record's keys: the recorded order lists the candidates, and a dropped one says why
+    record["candidates"]["pclarc"]["p_value"] = 0.01
+    write_result(copy, "pclarc-1", arrays, {**attrs, "method": "auto", "auto": record})
+    choice = (html := render_report(copy, max_classes=0))[html.index('<details class="auto-choice">'):]
+    assert "dropped: loses more than 2 points (p = 0.010)" in choice
+    # a run recorded before the worst groups' sizes, the order, the guard's level and the close call were kept: the
+    # shares alone, the candidates as read, the guard's p alone, and no note
+    older = {k: v for k, v in record.items() if k not in ("listed", "alpha", "max_clean_loss", "close_call")}
+    older["candidates"] = {n: {k: v for k, v in f.items() if not k.startswith("worst_group_")}
+                           for n, f in record["candidates"].items()}
     write_result(copy, "pclarc-1", arrays, {**attrs, "method": "auto", "auto": older})
     choice = (html := render_report(copy, max_classes=0))[html.index('<details class="auto-choice">'):]
-    assert "33.3 %</td>" in choice and "sampling noise" not in choice
+    choice = choice[:choice.index("</details>")]
+    assert "33.3 %</td>" in choice and "sampling noise" not in choice and "<td>p = 0.010</td>" in choice
+    assert choice.index("aclarc/local+global") < choice.index("pclarc")  # as the store sorted them
     assert '<details class="auto-choice">' not in render_report(audit_store, max_classes=0)  # P-ClArC: no choice
 
 

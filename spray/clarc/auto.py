@@ -60,8 +60,8 @@ The rule, in order:
    epochs and still encode the artifact for the class, which further epochs unlearn (A-ClArC on the development
    split's fixed patch at 30 %, seed 0: chosen at 1 epoch, the class still flagged; at 7 epochs cleared, with the
    same accuracies: docs/clarc.md §48). The gap is the accuracy target's (the artifact-everywhere accuracy within 5
-   points of clean). Where none clears the flag, the chosen one ships
-   and its verification says "not cleared". Contenders cost their refits only where the first keeps the flag.
+   points of clean). Where none clears the flag, the chosen one ships and its verification says "not cleared".
+   Contenders cost their refits only where the first keeps the flag.
    Step 7 looks past the chosen refit only where the validation part shows the chosen candidate correcting
    something: its worst group above the original model's on the same groups (``original``). Where it is not — the
    original already at the part's ceiling, the validation part seeing no use of the artifact that a correction
@@ -70,8 +70,10 @@ The rule, in order:
    and the original at a worst group of 1.00; DFR's refit cleared the flag and lost 7 points of balanced accuracy
    on the test set, docs/clarc.md §50).
 
-The figures of every candidate (of its fit-part model), the original model's worst group, the refit's and the
-verdict of every refit verified are returned (``params["auto"]``), so the choice can be checked.
+The figures of every candidate (of its fit-part model; its worst group named, with its samples right and its size),
+the original model's worst group, the candidates' order, the guard's level, the :func:`close_call`, the refit's and
+the verdict of every refit verified are returned (``params["auto"]``) and printed (:func:`describe_choice`), so the
+choice can be checked.
 """
 
 from __future__ import annotations

@@ -122,8 +122,9 @@ def run(pipeline: Path, as_json: bool) -> None:
         click.echo(f"{corrected.method} on cluster {corrected.cluster}: corrected weights in {corrected.weights}")
         if corrected.metrics[0]["clean_accuracy"] is not None:  # evaluated: [evaluate] gave test data
             click.echo(format_metrics(corrected.metrics))
-        if corrected.choice() is not None:
-            click.echo(corrected.choice())
+        choice = corrected.choice()
+        if choice is not None:
+            click.echo(choice)
         if corrected.verification is not None:
             click.echo(corrected.verification.summary())
     _warned(result.clarc)

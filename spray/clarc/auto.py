@@ -296,8 +296,8 @@ def describe_choice(record: Mapping[str, Any]) -> str:
 
 
 def _worst(figures: Mapping[str, Any]) -> str:
-    return (f"{figures['worst_group']:.3f} ({figures['worst_group_correct']}/{figures['worst_group_size']} of "
-            f"{figures['worst_group_name']})")
+    """A recorded worst group (:meth:`WorstGroup.to_dict`) as :class:`WorstGroup` prints it."""
+    return str(WorstGroup(figures["worst_group_name"], figures["worst_group_correct"], figures["worst_group_size"]))
 
 
 def close_call(chosen: str, figures: Mapping[str, Mapping[str, Any]]) -> dict[str, str] | None:

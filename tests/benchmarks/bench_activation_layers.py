@@ -36,15 +36,20 @@ from spray.workflow import latent_attributor
 QUANTITIES = {ACTIVATION_MAX: "amax", "activation": "amean"}
 
 
+def prefix(quantity: str, grid: int = 1) -> str:
+    """``amax``, ``amean``; with a grid of G > 1 cells a side, ``amax<G>``, ``amean<G>``."""
+    return f"{QUANTITIES[quantity]}{'' if grid == 1 else grid}"
+
+
 def analysis_name(layer: str, quantity: str, grid: int = 1) -> str:
-    return f"{QUANTITIES[quantity]}{'' if grid == 1 else grid}_{layer.replace('.', '_')}"
+    return f"{prefix(quantity, grid)}_{layer.replace('.', '_')}"
 
 
 def add_layers(case: Case, directory: Path, images: object, work: Path, layers: list[str], quantity: str,
                size: Size, grid: int = 1) -> tuple[Path, CaseData, nn.Module, bool | None]:
     """The case's copy in ``work`` with every layer's pooled activations attributed and analysed."""
     here = bench_detection.work_copy(directory, work)
-    done = here / f"{QUANTITIES[quantity]}{'' if grid == 1 else grid}-{'+'.join(layers)}-done"
+    done = here / f"{prefix(quantity, grid)}-{'+'.join(layers)}-done"
     data, model, uses = bench_detection.cached_model(case, here, images, size)
     if not done.exists():
         train = data.dataset(data.train)

@@ -54,7 +54,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 33
+SCORES = 34
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -97,7 +97,8 @@ validation worst group is above the original model's (docs/clarc.md §50); 32: c
 ``knn.n_neighbors`` samples are cut in the graph of each sample's first 5 neighbours (the fda node's
 ``small_neighbors``, docs/spray-method.md §8); 33: auto's step-7 gap counts whole samples of the chosen
 candidate's worst group (spray.clarc.auto.worst_group_gap), whose name, samples right and size auto records, and
-the ``activation`` baseline cuts its small clusters as SpRAy does since 32 (spray.benchmark.baseline)."""
+the ``activation`` baseline cuts its small clusters as SpRAy does since 32 (spray.benchmark.baseline); 34: DFR's
+regressions get 1000 liblinear iterations, not 100 (spray.clarc.dfr.MAX_ITER)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""

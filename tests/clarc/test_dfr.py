@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -130,6 +132,18 @@ def test_dfr_is_seeded_whatever_numpys_global_random_state():
     finally:
         np.random.set_state(saved)
     assert torch.equal(*heads)
+
+
+def test_liblinear_gets_max_iter_iterations_and_says_where_it_stops_short():
+    # liblinear's default of 100 iterations stopped a benchmark case's final fit short (spray.clarc.dfr.MAX_ITER)
+    dataset, artifact, model = spurious_set()
+    with pytest.warns(ConvergenceWarning, match="failed to converge"):
+        DFR(Cs=(1.0,), n_subsamples=1, counterfactual=False, max_iter=1).fit(model, dataset, artifact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        DFR(Cs=(1.0,), n_subsamples=1, counterfactual=False).fit(model, dataset, artifact)
+    with pytest.raises(BadInputError, match="max_iter must be >= 1, got 0"):
+        DFR(max_iter=0).fit(model, dataset, artifact)
 
 
 def test_balanced_subsample_draws_the_smallest_group_size_from_each():

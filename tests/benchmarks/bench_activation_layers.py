@@ -26,7 +26,7 @@ from torch import nn
 
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.attribution.methods import get_method
-from spray.benchmark.cases import FULL, QUICK, Case, CaseData, Size
+from spray.benchmark.cases import Case, CaseData, Size
 from spray.benchmark.run import ACTIVATION_MAX, METHOD, RANKED, _latent_pipeline, attribute_case
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_analyses, rank_classes
@@ -64,15 +64,14 @@ def add_layers(case: Case, directory: Path, images: object, work: Path, layers: 
 
 
 def main() -> None:
-    args, seeds = bench_detection.cached_case_arguments(
+    args, seeds, size = bench_detection.sized_case_arguments(
         __doc__.split("\n\n")[0], {"--work": "where the copies of the cases go (required)",
                                    "--layers": "comma-separated modules whose pooled activations are ranked",
                                    "--quantity": "activation_max (default) or activation (the mean)",
-                                   "--grid": "pool to G x G cells instead of 1 (default 1)"},
-        flags={"--full": "the caches hold full-size cases"})
+                                   "--grid": "pool to G x G cells instead of 1 (default 1)"})
     if not args.work or not args.layers:
         raise SystemExit("--work and --layers are required")
-    layers, size, quantity = args.layers.split(","), FULL if args.full else QUICK, args.quantity or ACTIVATION_MAX
+    layers, quantity = args.layers.split(","), args.quantity or ACTIVATION_MAX
     grid = int(args.grid or 1)
     if quantity not in QUANTITIES:
         raise SystemExit(f"--quantity must be one of {', '.join(QUANTITIES)}, not {quantity!r}")

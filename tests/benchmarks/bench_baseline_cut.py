@@ -20,7 +20,7 @@ import numpy as np
 
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.benchmark.baseline import activation_baseline
-from spray.benchmark.cases import FULL, QUICK, Case
+from spray.benchmark.cases import Case
 from spray.benchmark.metrics import detection
 from spray.pipeline.nodes import SMALL_NEIGHBORS
 
@@ -29,9 +29,7 @@ RULES = {"k10": None, f"s{SMALL_NEIGHBORS}": SMALL_NEIGHBORS}
 
 
 def main() -> None:
-    args, seeds = bench_detection.cached_case_arguments(__doc__.split("\n\n")[0],
-                                                        flags={"--full": "the caches hold full-size cases"})
-    size = FULL if args.full else QUICK
+    args, seeds, size = bench_detection.sized_case_arguments(__doc__.split("\n\n")[0])
 
     def score(case: Case, directory: Path, images: object) -> dict:
         data, model, uses = bench_detection.cached_model(case, directory, images, size)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import bench_detection  # this folder, first on sys.path when run as a script
-from spray.benchmark.cases import FULL, QUICK, Case
+from spray.benchmark.cases import Case
 from spray.benchmark.metrics import detection
 from spray.benchmark.run import RANKED
 from spray.ranking import rank_analyses
@@ -73,9 +73,7 @@ def _p(value: float | None) -> str:
 
 
 def main() -> None:
-    args, seeds = bench_detection.cached_case_arguments(__doc__.split("\n\n")[0],
-                                                        flags={"--full": "the caches hold full-size cases"})
-    size = FULL if args.full else QUICK
+    args, seeds, size = bench_detection.sized_case_arguments(__doc__.split("\n\n")[0])
 
     def score(case: Case, directory: Path, images: object) -> dict:
         data, _, uses = bench_detection.cached_model(case, directory, images, size)

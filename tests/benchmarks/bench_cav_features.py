@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_detection import cached_case_arguments, cases, trained_model
-from spray.benchmark.cases import FULL, QUICK, Size, make_case
+from bench_detection import cases, sized_case_arguments, trained_model
+from spray.benchmark.cases import QUICK, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import best_separated, out_of_fold_cav_auroc
 from spray.benchmark.run import RANKED, USES_MARGIN, _detect, cav_features
@@ -101,8 +101,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0], flags={"--full": "the cache holds full-size cases"})
-    size = FULL if args.full else QUICK
+    args, seeds, size = sized_case_arguments(__doc__.split("\n\n")[0])
     images, rows = load_images("mnist"), []
     for case, directory in cases(args.caches, seeds, size):
         if case.is_control:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from spray.benchmark.cases import QUICK, Case, CaseData, Size, make_case
+from spray.benchmark.cases import FULL, QUICK, Case, CaseData, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.models import build
 from spray.benchmark.run import (ACTIVATION_MAX, ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE, PIPELINE, RANKED,
@@ -48,6 +48,7 @@ CASE_DIRECTORY = re.compile(r"(\w+)-p(\d\d)-(\w+)-s(\d+)-(dev|heldout)-[0-9a-f]{
 RANKINGS = ("combined", "relevance", "pixel", "concept", ACTIVATION_MAX)
 PIPELINES = {"spray": PIPELINE, "concept": CONCEPT_PIPELINE, ACTIVATION_MAX: ACTIVATION_MAX_PIPELINE}
 """The pipeline text of each analysis of RANKED, as the benchmark analyses its stores."""
+FULL_HELP = "the caches hold full-size cases"
 
 
 def cases(caches: list[Path], seeds: set[int] | None, size: Size = QUICK) -> list[tuple[Case, Path]]:
@@ -156,6 +157,13 @@ def cached_case_arguments(description: str, options: dict[str, str] | None = Non
         parser.add_argument(flag, action="store_true", help=text)
     args = parser.parse_args()
     return args, None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
+
+
+def sized_case_arguments(description: str, options: dict[str, str] | None = None, flags: dict[str, str] | None = None
+                         ) -> tuple[argparse.Namespace, set[int] | None, Size]:
+    """:func:`cached_case_arguments` with ``--full`` (the caches hold full-size cases), and the size it names."""
+    args, seeds = cached_case_arguments(description, options, {**(flags or {}), "--full": FULL_HELP})
+    return args, seeds, FULL if args.full else QUICK
 
 
 def scored(caches: list[Path], seeds: set[int] | None, score: Callable[..., dict],

@@ -36,7 +36,7 @@ from sklearn.mixture import GaussianMixture
 
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.benchmark import run as benchmark_run
-from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
+from spray.benchmark.cases import Case, Size, make_case
 from spray.benchmark.metrics import detection
 from spray.errors import BadInputError
 
@@ -120,10 +120,9 @@ def line(row: dict) -> str:
 
 
 def main() -> None:
-    args, seeds = bench_detection.cached_case_arguments(
-        __doc__.split("\n\n")[0], {"--components": "whitened principal components unmixed per class (10)"},
-        flags={"--full": "the cache holds full-size cases"})
-    size, n = (FULL if args.full else QUICK), int(args.components or 10)
+    args, seeds, size = bench_detection.sized_case_arguments(
+        __doc__.split("\n\n")[0], {"--components": "whitened principal components unmixed per class (10)"})
+    n = int(args.components or 10)
     rows = []
     for _, row in bench_detection.scored(args.caches, seeds, lambda c, d, i: score(c, d, i, size, n), size=size):
         print(line(row), flush=True)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_detection import cached_case_arguments, cases, trained_model
+from bench_detection import cases, sized_case_arguments, trained_model
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -51,7 +51,7 @@ from sklearn.preprocessing import StandardScaler
 from spray.analysis import KNNGraph, SelectionNull, local_scaling_affinity, normalized_cuts, selection_excess
 from spray.attribution.methods import get_method
 from spray.benchmark.baseline import penultimate_features
-from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
+from spray.benchmark.cases import QUICK, Case, Size, make_case
 from spray.benchmark.data import load_images
 from spray.benchmark.metrics import detection
 from spray.benchmark.run import CONCEPT_PIPELINE, METHOD
@@ -166,10 +166,9 @@ def ranked(case: Case, directory: Path, images: object, name: str, size: Size = 
 
 
 def main() -> None:
-    args, seeds = cached_case_arguments(__doc__.split("\n\n")[0], {
-        "--rank": "analyse every class on this representation and judge the classes (module docstring)"},
-        flags={"--full": "the cache holds full-size cases"})
-    images, rows, size = load_images("mnist"), [], FULL if args.full else QUICK
+    args, seeds, size = sized_case_arguments(__doc__.split("\n\n")[0], {
+        "--rank": "analyse every class on this representation and judge the classes (module docstring)"})
+    images, rows = load_images("mnist"), []
     torch.set_num_threads(1)
     for case, directory in cases(args.caches, seeds, size):
         if args.rank:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import bench_detection  # this folder, first on sys.path when run as a script
-from spray.benchmark.cases import FULL, QUICK, Case
+from spray.benchmark.cases import Case
 from spray.benchmark.run import RANKED
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import rank_analyses
@@ -33,16 +33,14 @@ def variant(analysis: str, label: str, table: str) -> str:
 
 
 def main() -> None:
-    args, seeds = bench_detection.cached_case_arguments(
+    args, seeds, size = bench_detection.sized_case_arguments(
         __doc__.split("\n\n")[0], {"--work": "where the copies of the cases go (required)",
                                    "--neighbours": "comma-separated numbers of neighbours of the kNN graph",
-                                   "--small-neighbours": "comma-separated numbers of neighbours of small clusters' cut"},
-        flags={"--full": "the caches hold full-size cases"})
+                                   "--small-neighbours": "comma-separated numbers of neighbours of small clusters' cut"})
     if not args.work or not (args.neighbours or args.small_neighbours):
         raise SystemExit("--work and one of --neighbours, --small-neighbours are required")
     variants = {**{f"k{k}": f"[knn]\nn_neighbors = {k}\n" for k in _numbers(args.neighbours)},
                 **{f"s{s}": f"[fda]\nsmall_neighbors = {s}\n" for s in _numbers(args.small_neighbours)}}
-    size = FULL if args.full else QUICK
 
     def score(case: Case, directory: Path, images: object) -> dict:
         here = bench_detection.work_copy(directory, Path(args.work))

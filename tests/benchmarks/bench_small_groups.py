@@ -36,7 +36,7 @@ from bench_group_separation import separation
 from spray.analysis.cut import normalized_cuts
 from spray.analysis.selection_null import SelectionNull
 from spray.benchmark import run as benchmark_run
-from spray.benchmark.cases import FULL, QUICK, Case, Size, make_case
+from spray.benchmark.cases import Case, Size, make_case
 from spray.benchmark.metrics import detection
 from spray.errors import BadInputError
 from spray.pipeline import pipeline_from_text
@@ -156,10 +156,9 @@ def run_small(description: str, score: Callable[..., dict], line: Callable[[dict
     ``--small``, the largest small candidate as a share of the class, 0.1, and ``--full``), each scored by
     ``score(case, directory, images, size, small)`` and printed by ``line``, then ``summary`` of the rows, and
     the rows written to ``--json``."""
-    args, seeds = bench_detection.cached_case_arguments(
-        description, {"--small": "largest candidate of the small selection, a share of the class (0.1)"},
-        flags={"--full": "the cache holds full-size cases"})
-    size, small = (FULL if args.full else QUICK), float(args.small or 0.1)
+    args, seeds, size = bench_detection.sized_case_arguments(
+        description, {"--small": "largest candidate of the small selection, a share of the class (0.1)"})
+    small = float(args.small or 0.1)
     rows = []
     for _, row in bench_detection.scored(args.caches, seeds,
                                          lambda case, directory, images: score(case, directory, images, size, small),

@@ -27,16 +27,11 @@ from spray.benchmark.cases import Case
 from spray.benchmark.metrics import detection
 from spray.benchmark.run import RANKED
 from spray.ranking import rank_analyses
-from spray.results import best_clusters, read_class
+from spray.results import best_clusters, complete_analyses, read_class
 from spray.store import AuditStore
 
 FOUND_F1 = 0.75
 """A cluster "holds" the planted group at this F1: issue 17's target for a group of 3 % of its class."""
-
-
-def analyses(store: AuditStore) -> list[str]:
-    """The complete analyses of ``store``: those with a summary node."""
-    return sorted({path.split("/")[1] for path in store.list_nodes() if path.endswith("/summary")})
 
 
 def poisoned_entry(store: AuditStore, analysis: str, label: int, planted: list[int]) -> dict:
@@ -60,7 +55,7 @@ def poisoned_entry(store: AuditStore, analysis: str, label: int, planted: list[i
 
 
 def stage(entries: dict[str, dict]) -> str:
-    """Where the group is lost, over every analysis: the furthest stage any analysis reaches."""
+    """Where the group is lost in the analyses of ``entries``: the furthest stage any of them reaches."""
     if any((e["chosen_f1"] or 0) >= FOUND_F1 for e in entries.values()):
         return "selected, outranked"
     if any(e["candidate_f1"] >= FOUND_F1 for e in entries.values()):
@@ -80,7 +75,7 @@ def main() -> None:
         planted = sorted(data.planted.tolist())
         with AuditStore(directory / "audit.h5", mode="r") as store:
             entry = next(c for c in rank_analyses(store, RANKED) if c.label == data.poisoned_class)
-            entries = {a: poisoned_entry(store, a, data.poisoned_class, planted) for a in analyses(store)}
+            entries = {a: poisoned_entry(store, a, data.poisoned_class, planted) for a in complete_analyses(store)}
         f1 = 0.0 if entry.cluster is None else detection(list(entry.cluster.members), planted)[2]
         found = entry.rank == 1 and f1 >= FOUND_F1
         return {"case": case.name, "uses": uses, "rank": entry.rank, "f1": f1, "analyses": entries,

@@ -18,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 from spray.clarc.auto import ALPHA
+from spray.clarc.groups import WorstGroup
+from spray.clarc.run import run_name
 
 
 def records(cache: Path) -> list[tuple[str, dict, dict]]:
@@ -30,7 +32,7 @@ def records(cache: Path) -> list[tuple[str, dict, dict]]:
             continue
         case = json.loads(scored[-1].read_text(encoding="utf-8"))
         cluster = (case.get("corrections", {}).get("auto") or {}).get("cluster")
-        record = directory / "clarc" / f"auto_{cluster.replace(':', '_')}" / "result.json" if cluster else None
+        record = directory / "clarc" / run_name("auto", cluster) / "result.json" if cluster else None
         if record is not None and record.is_file():
             found.append((directory.name, case, json.loads(record.read_text(encoding="utf-8"))["params"]["auto"]))
     return found
@@ -40,8 +42,8 @@ def candidate_text(name: str, figures: dict, chosen: str) -> str:
     mark = "*" if name == chosen else ""
     if figures.get("skipped"):
         return f"{mark}{name} skipped"
-    return (f"{mark}{name} {figures['worst_group_correct']}/{figures['worst_group_size']} of "
-            f"{figures['worst_group_name']}{'' if figures['p_value'] >= ALPHA else ' (guard)'}")
+    worst = WorstGroup(figures["worst_group_name"], figures["worst_group_correct"], figures["worst_group_size"])
+    return f"{mark}{name} {worst}{'' if figures['p_value'] >= ALPHA else ' (guard)'}"
 
 
 def main() -> None:

@@ -9,8 +9,9 @@ statistic). For every cached case whose model uses its artifact this script read
 three ranked ones and any a benchmark script added), the poisoned class's selected cluster and its F1 with the
 planted group, the best F1 any candidate cluster of the class reaches (every clustering, every cluster), the
 class's selection-null p and the smallest null p of a clean class. Where the combined ranking
-(spray.benchmark.run.RANKED) does not rank the class first with its group (F1 at least FOUND_F1), it says at
-which stage the ranked analyses lose the group.
+(spray.benchmark.run.RANKED) does not rank the class first with its group (F1 at least
+spray.benchmark.metrics.MIN_F1_SMALL, issue 17's target at 3 %), it says at which stage the ranked analyses lose
+the group.
 
 Run:  python tests/benchmarks/bench_candidates.py CACHE [CACHE ...] [--full] [--seeds 0,1,2] [--json OUT]
 """
@@ -24,15 +25,11 @@ import numpy as np
 
 import bench_detection  # this folder, first on sys.path when run as a script
 from spray.benchmark.cases import Case
-from spray.benchmark.metrics import detection
+from spray.benchmark.metrics import MIN_F1_SMALL, detection
 from spray.benchmark.run import RANKED
 from spray.ranking import rank_analyses
 from spray.results import best_clusters, complete_analyses, read_class
 from spray.store import AuditStore
-
-FOUND_F1 = 0.75
-"""A cluster "holds" the planted group at this F1: issue 17's target for a group of 3 % of its class."""
-
 
 def poisoned_entry(store: AuditStore, analysis: str, label: int, planted: list[int]) -> dict:
     """Class ``label``'s figures in ``analysis``: its selected cluster's F1 and size, the best F1 of any candidate
@@ -56,9 +53,9 @@ def poisoned_entry(store: AuditStore, analysis: str, label: int, planted: list[i
 
 def stage(entries: dict[str, dict]) -> str:
     """Where the group is lost in the analyses of ``entries``: the furthest stage any of them reaches."""
-    if any((e["chosen_f1"] or 0) >= FOUND_F1 for e in entries.values()):
+    if any((e["chosen_f1"] or 0) >= MIN_F1_SMALL for e in entries.values()):
         return "selected, outranked"
-    if any(e["candidate_f1"] >= FOUND_F1 for e in entries.values()):
+    if any(e["candidate_f1"] >= MIN_F1_SMALL for e in entries.values()):
         return "a candidate, not selected"
     return "no candidate"
 
@@ -77,7 +74,7 @@ def main() -> None:
             entry = next(c for c in rank_analyses(store, RANKED) if c.label == data.poisoned_class)
             entries = {a: poisoned_entry(store, a, data.poisoned_class, planted) for a in complete_analyses(store)}
         f1 = 0.0 if entry.cluster is None else detection(list(entry.cluster.members), planted)[2]
-        found = entry.rank == 1 and f1 >= FOUND_F1
+        found = entry.rank == 1 and f1 >= MIN_F1_SMALL
         return {"case": case.name, "uses": uses, "rank": entry.rank, "f1": f1, "analyses": entries,
                 "stage": None if found else stage({a: entries[a] for a in RANKED})}
 
@@ -93,7 +90,7 @@ def main() -> None:
                   f"candidate {e['candidate_size']} F1 {bench_detection._rounded(e['candidate_f1'])}, null p "
                   f"{_p(e['null_p'])}, clean classes' smallest {_p(e['clean_null_p'])}", flush=True)
     missed = [r for r in rows if r["stage"]]
-    print(f"{len(rows)} cases whose model uses its artifact, {len(missed)} not ranked first with F1 >= {FOUND_F1}: "
+    print(f"{len(rows)} cases whose model uses its artifact, {len(missed)} not ranked first with F1 >= {MIN_F1_SMALL}: "
           + ", ".join(f"{sum(r['stage'] == s for r in missed)} {s}" for s in sorted({r["stage"] for r in missed})))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")

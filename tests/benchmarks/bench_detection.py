@@ -48,7 +48,6 @@ CASE_DIRECTORY = re.compile(r"(\w+)-p(\d\d)-(\w+)-s(\d+)-(dev|heldout)-[0-9a-f]{
 RANKINGS = ("combined", "relevance", "pixel", "concept", ACTIVATION_MAX)
 PIPELINES = {"spray": PIPELINE, "concept": CONCEPT_PIPELINE, ACTIVATION_MAX: ACTIVATION_MAX_PIPELINE}
 """The pipeline text of each analysis of RANKED, as the benchmark analyses its stores."""
-FULL_HELP = "the caches hold full-size cases"
 
 
 def cases(caches: list[Path], seeds: set[int] | None, size: Size = QUICK) -> list[tuple[Case, Path]]:
@@ -159,10 +158,10 @@ def cached_case_arguments(description: str, options: dict[str, str] | None = Non
     return args, None if args.seeds is None else {int(s) for s in args.seeds.split(",")}
 
 
-def sized_case_arguments(description: str, options: dict[str, str] | None = None, flags: dict[str, str] | None = None
+def sized_case_arguments(description: str, options: dict[str, str] | None = None
                          ) -> tuple[argparse.Namespace, set[int] | None, Size]:
     """:func:`cached_case_arguments` with ``--full`` (the caches hold full-size cases), and the size it names."""
-    args, seeds = cached_case_arguments(description, options, {**(flags or {}), "--full": FULL_HELP})
+    args, seeds = cached_case_arguments(description, options, {"--full": "the caches hold full-size cases"})
     return args, seeds, FULL if args.full else QUICK
 
 

@@ -30,6 +30,10 @@ from spray.analysis._common import check_int
 
 SCALE_NEIGHBOR = 7
 """Zelnik-Manor & Perona's choice of the neighbour that sets a sample's local scale σ_i."""
+SMALL_NEIGHBORS = 5
+"""The default ``small_neighbors`` (the fda node's and :func:`spray.analysis.best_cluster`'s): clusters of at most
+k samples are cut in the graph of each sample's first 5 neighbours, where the benchmark's groups of 10 in classes
+of 350 are cut off (docs/benchmark.md, "Small clusters cut in five neighbours")."""
 
 
 def local_scaling_affinity(indices: np.ndarray, distances: np.ndarray) -> sp.csr_matrix:

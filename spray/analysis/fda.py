@@ -39,7 +39,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from spray.analysis._common import check_int, check_labels, check_matrix, check_real, rng_from
-from spray.analysis.cut import normalized_cuts
+from spray.analysis.cut import SMALL_NEIGHBORS, candidate_cuts, normalized_cuts
 from spray.errors import BadInputError
 
 _PERM_NNZ = 4_000_000  # indicator entries per permutation batch (bounds memory for large n)
@@ -320,14 +320,19 @@ def best_cluster(
     min_size: int = 2,
     regularization: float = 1e-6,
     affinity: Any = None,
+    knn: tuple[Any, Any] | None = None,
+    small_neighbors: int | None = SMALL_NEIGHBORS,
 ) -> tuple[str | None, int | None, dict[str, Any]]:
     """The most separable small cluster over several clusterings of one class's embedding.
 
     Rule: a Clever Hans cluster is small, nearly disconnected from the rest of its class and well separated.
     Candidates are the clusters of every clustering whose size is within ``[min_size, max_fraction · n]``
-    (noise −1 is never a candidate). With an ``affinity`` graph of the class (n, n) sparse, symmetric: the
-    pipeline passes :func:`spray.analysis.cut.local_scaling_affinity` of its kNN graph), the candidate with the
-    lowest normalised cut in it wins; ties, and every comparison without an affinity, go to the larger
+    (noise −1 is never a candidate). The candidate with the lowest normalised cut wins, cut either in the class's
+    kNN graph ``knn = (indices, distances)`` (each (n, k), :class:`spray.analysis.KNNGraph`'s ``indices_`` and
+    ``distances_``) as the pipeline's fda node cuts it (:func:`spray.analysis.cut.candidate_cuts`: clusters of
+    at most k samples in the graph of ``small_neighbors`` neighbours; None: every cluster in all k), or in a
+    given ``affinity`` graph (n, n) sparse, symmetric, every cluster alike; ties, and every comparison without
+    either, go to the larger
     per-cluster z-score of τ_q against the null of random subsets of its size (see
     :class:`FisherSeparability`), then to the larger τ, the smaller cluster, the first clustering name in
     sorted order and the smaller id. Both the cut and the z-score, unlike τ itself, are comparable across
@@ -336,17 +341,25 @@ def best_cluster(
     for all clusterings).
 
     Returns ``(clustering_name, cluster_id, stats)``; ``stats`` is :meth:`FisherSeparability.cluster_stats`
-    plus ``"ncut"`` (None without an affinity) and ``"n_candidates"``. With no candidate cluster it returns
+    plus ``"ncut"`` (None without a graph) and ``"n_candidates"``. With no candidate cluster it returns
     ``(None, None, {"reason": ...})``.
     """
     check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)  # before the fits, not after them
     check_int(min_size, "min_size", minimum=1)
+    if affinity is not None and knn is not None:
+        raise BadInputError("best_cluster: give the cuts' graph as affinity or as knn, not both")
     fits = separabilities(embedding, clusterings, n_permutations, random_state, regularization)
+    n = next(iter(fits.values())).n_samples_
     cuts = None
     if affinity is not None:
-        n = next(iter(fits.values())).n_samples_
         if not sp.issparse(affinity) or affinity.shape != (n, n):
             raise BadInputError(f"affinity must be a sparse ({n}, {n}) matrix, got {type(affinity).__name__} "
                                 f"of shape {getattr(affinity, 'shape', None)}")
         cuts = {name: normalized_cuts(affinity, np.asarray(labels)) for name, labels in clusterings.items()}
+    elif knn is not None:
+        indices, distances = (np.asarray(a) for a in knn)
+        if indices.ndim != 2 or indices.shape[0] != n or distances.shape != indices.shape:
+            raise BadInputError(f"knn must be (indices, distances), each of shape ({n}, k), got "
+                                f"{indices.shape} and {distances.shape}")
+        cuts = candidate_cuts(indices, distances, clusterings, small_neighbors)
     return most_separable(fits, max_fraction, min_size, cuts)

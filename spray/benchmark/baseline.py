@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, candidate_cuts, most_separable, separabilities
+from spray.analysis import KMeansRange, KNNGraph, SpectralEmbedding, best_cluster
+from spray.analysis.cut import SMALL_NEIGHBORS
 from spray.clarc.activations import activations
 from spray.errors import BadInputError
-from spray.pipeline.nodes import SMALL_NEIGHBORS
 
 
 OUTLIER_Z = 3.0
@@ -83,8 +83,8 @@ def activation_baseline(model: nn.Module, x: np.ndarray, y: np.ndarray,
         graph = KNNGraph().fit(features[index])
         embedding = SpectralEmbedding(random_state=0).fit(graph.adjacency_).embedding_
         clusterings = KMeansRange().fit(embedding).named_labels()
-        cuts = candidate_cuts(graph.indices_, graph.distances_, clusterings, small_neighbors)
-        name, cluster, stats = most_separable(separabilities(embedding, clusterings), cuts=cuts)
+        name, cluster, stats = best_cluster(embedding, clusterings, knn=(graph.indices_, graph.distances_),
+                                            small_neighbors=small_neighbors)
         if name is not None:
             found.append(BaselineClass(int(label), index[clusterings[name] == cluster],
                                        (float(stats["ncut"]), -float(stats["z_score"]))))

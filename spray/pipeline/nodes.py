@@ -119,14 +119,9 @@ def _map(cls: type) -> Any:
 
 
 _FDA_FIT = ("n_permutations", "random_state", "regularization")
-SMALL_NEIGHBORS = 5
-"""The fda node's default ``small_neighbors``: clusters of at most ``knn.n_neighbors`` samples are cut in the
-graph of each sample's first 5 neighbours, where the benchmark's groups of 10 in classes of 350 are cut off
-(docs/benchmark.md, "Small clusters cut in five neighbours")."""
-FDA_DEFAULTS = {**signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity")),
-                "small_neighbors": SMALL_NEIGHBORS}
-"""The fda node's parameters: :func:`best_cluster`'s, and ``small_neighbors`` of the cuts it ranks by
-(:func:`spray.analysis.cut.candidate_cuts`)."""
+FDA_DEFAULTS = signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity", "knn"))
+"""The fda node's parameters: :func:`best_cluster`'s, with the cuts of the class's kNN graph (``small_neighbors``,
+default :data:`spray.analysis.cut.SMALL_NEIGHBORS`)."""
 
 
 def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:

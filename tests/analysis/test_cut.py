@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spray.analysis import KNNGraph, best_cluster, candidate_cuts, local_scaling_affinity, normalized_cuts
+from spray.analysis import (KNNGraph, best_cluster, candidate_cuts, local_scaling_affinity, most_separable,
+                            normalized_cuts, separabilities)
 from spray.analysis.cut import SCALE_NEIGHBOR
 from spray.errors import BadInputError
 
@@ -102,11 +103,11 @@ def _bulk_and_small_group():
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(size=(60, 2)), rng.normal(size=(8, 2)) * 0.3 + [3.5, 0.0]])
     labels = {"group": np.r_[np.zeros(60, int), np.ones(8, int)], "halves": (X[:, 1] > 0).astype(int)}
-    return KNNGraph(n_neighbors=10).fit(X), labels
+    return X, KNNGraph(n_neighbors=10).fit(X), labels
 
 
 def test_small_clusters_are_cut_in_the_graph_of_fewer_neighbours_and_larger_ones_as_before():
-    graph, labels = _bulk_and_small_group()
+    _, graph, labels = _bulk_and_small_group()
     W = local_scaling_affinity(graph.indices_, graph.distances_)
     full = {name: normalized_cuts(W, lab) for name, lab in labels.items()}
     assert candidate_cuts(graph.indices_, graph.distances_, labels) == full
@@ -120,9 +121,34 @@ def test_small_clusters_are_cut_in_the_graph_of_fewer_neighbours_and_larger_ones
 
 
 def test_a_small_graph_as_large_as_the_knn_graph_changes_no_cut_and_a_count_below_one_is_refused():
-    graph, labels = _bulk_and_small_group()
+    _, graph, labels = _bulk_and_small_group()
     full = candidate_cuts(graph.indices_, graph.distances_, labels)
     assert candidate_cuts(graph.indices_, graph.distances_, labels, small_neighbors=10) == full
     assert candidate_cuts(graph.indices_, graph.distances_, labels, small_neighbors=12) == full
     with pytest.raises(BadInputError, match=r"^small_neighbors must be >= 1, got 0$"):
         candidate_cuts(graph.indices_, graph.distances_, labels, small_neighbors=0)
+
+
+def test_best_cluster_on_the_knn_graph_cuts_as_the_fda_node_small_clusters_in_five_neighbours():
+    X, graph, labels = _bulk_and_small_group()
+    knn = (graph.indices_, graph.distances_)
+    chosen = best_cluster(X, labels, n_permutations=0, knn=knn)
+    node = most_separable(separabilities(X, labels, n_permutations=0), cuts=candidate_cuts(*knn, labels, 5))
+    np.testing.assert_equal(chosen, node)  # the same cluster and statistics (NaN p-values: no permutations)
+    assert chosen[:2] == ("group", 1) and chosen[2]["ncut"] == 0.0
+    # small_neighbors=None: every cluster in the 10-neighbour graph, as the whole affinity cuts it.
+    W = local_scaling_affinity(*knn)
+    every = best_cluster(X, labels, n_permutations=0, knn=knn, small_neighbors=None)
+    np.testing.assert_equal(every, best_cluster(X, labels, n_permutations=0, affinity=W))
+    assert every[2]["ncut"] == normalized_cuts(W, labels[every[0]])[every[1]] > 0.01
+
+
+def test_best_cluster_refuses_two_graphs_and_a_knn_graph_of_other_samples():
+    X, graph, labels = _bulk_and_small_group()
+    knn = (graph.indices_, graph.distances_)
+    W = local_scaling_affinity(*knn)
+    with pytest.raises(BadInputError, match=r"^best_cluster: give the cuts' graph as affinity or as knn, not both$"):
+        best_cluster(X, labels, affinity=W, knn=knn)
+    with pytest.raises(BadInputError, match=r"^knn must be \(indices, distances\), each of shape \(68, k\), "
+                                            r"got \(67, 10\) and \(68, 10\)$"):
+        best_cluster(X, labels, knn=(graph.indices_[1:], graph.distances_))

@@ -22,7 +22,7 @@ import bench_detection  # this folder, first on sys.path when run as a script
 from spray.benchmark.baseline import activation_baseline
 from spray.benchmark.cases import Case
 from spray.benchmark.metrics import detection
-from spray.pipeline.nodes import SMALL_NEIGHBORS
+from spray.analysis.cut import SMALL_NEIGHBORS
 
 RULES = {"k10": None, f"s{SMALL_NEIGHBORS}": SMALL_NEIGHBORS}
 """The rules compared: every cluster cut in 10 neighbours (before version 33), small clusters in 5 (since)."""

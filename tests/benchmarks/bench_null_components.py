@@ -1,0 +1,121 @@
+"""Null components benchmark: the flags with the selection null run on more of each class's principal components.
+
+Issue 17: the selection null (docs/spray-method.md §11) runs the observed selection and its resamples on each
+class's ``n_components`` (16) leading principal components. A group of m of n samples shifted by Δ adds only about
+(m/n)·Δ² of variance along its direction, so at 3 % (10 of 350) that direction can lie below the 16th component,
+and the observed statistic is then another group's than the one the fda node names on the full features. For every
+cached case this reruns each class's null (spray.analysis.SelectionNull with the class's stored parameters and the
+pipeline's own selection, spray.pipeline.nodes) with each ``n_components`` of ``--components`` (``all``: every
+component, the rows up to a rotation), the stored value first and checked against the stored statistic, puts each
+class's new null p and excess in place of its stored ones (spray.results.ClassBest) and ranks and flags the classes
+again with the shipped rule over spray.benchmark.run.RANKED; the named clusters are the stored ones.
+
+Prints per case the poisoned class's rank (``*``: flagged) and F1 per setting, then per split and setting: ranked
+first, ranked first with F1 at least spray.benchmark.metrics.MIN_F1_SMALL, flagged, and mean F1 where the model uses
+its artifact; false flags on clean classes (Wilson 95 %); the nulls' CPU seconds.
+
+Run:  python tests/benchmarks/bench_null_components.py CACHE [CACHE ...] [--full] [--components 16,32,all]
+      [--seeds 0,1,2] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+import bench_detection  # this folder, first on sys.path when run as a script
+import spray.pipeline.nodes as nodes
+from spray.analysis import SelectionNull
+from spray.benchmark.cases import Case
+from spray.benchmark.metrics import MIN_F1_SMALL, detection
+from spray.benchmark.run import RANKED
+from spray.ranking import best_of, rank_found
+from spray.store import AuditStore
+
+
+def class_null(store: AuditStore, analysis: str, label: int, n_components: int | None) -> SelectionNull | None:
+    """Class ``label``'s selection null rerun with ``n_components`` (None: all) and its other stored parameters;
+    None for a skipped class. With the stored ``n_components`` the stored statistic must come out again."""
+    path = f"analyses/{analysis}/{label}"
+    status_arrays, status = store.read_node(f"{path}/status")
+    if status["skipped"] is not None:
+        return None
+    params = {node: store.read_node(f"{path}/{node}")[1]["params"] for node in status["keys"]}
+    features = store.read_node(f"analyses/{analysis}/preprocess")[0]["features"][status_arrays["positions"]]
+    clusterings = sorted(n for n in params if n in nodes.NODES and nodes.NODES[n].kind == "clustering")
+    every = features.shape[0]  # at least the rank of the centred rows: every component
+    null = SelectionNull(**{**params["null"], "n_components": every if n_components is None else n_components}).fit(
+        features, nodes._selection(params, clusterings))
+    stored = store.read_node(f"{path}/null")[1]["info"]["statistic"]
+    if n_components == params["null"]["n_components"] and not math.isclose(null.statistic_, stored, rel_tol=1e-9):
+        raise ValueError(f"{path}: the rerun null gives t = {null.statistic_}, the store {stored}")
+    return null
+
+
+def _setting(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def main() -> None:
+    args, seeds, size = bench_detection.sized_case_arguments(
+        __doc__.split("\n\n")[0], {"--components": "comma-separated n_components to compare, 'all' for every one "
+                                                   "(default: 16,all; the stored value is checked)"})
+    settings = (args.components or "16,all").split(",")
+
+    def score(case: Case, directory: Path, images: object) -> dict:
+        data, _, uses = bench_detection.cached_model(case, directory, images, size)
+        poisoned = None if case.is_control else data.poisoned_class
+        planted = sorted(data.planted.tolist())
+        row = {"case": case.name, "split": case.split, "uses": uses}
+        with AuditStore(directory / "audit.h5", mode="r") as store:
+            found = best_of(store, RANKED)
+            for setting in settings:
+                start = time.process_time()
+                nulls = {a: {c.label: class_null(store, a, c.label, _setting(setting)) for c in classes}
+                         for a, classes in found.items()}
+                seconds = time.process_time() - start
+                ranking = rank_found({a: [c if nulls[a][c.label] is None else
+                                          replace(c, null_p_value=float(nulls[a][c.label].p_value_),
+                                                  null_excess=float(nulls[a][c.label].excess_)) for c in classes]
+                                      for a, classes in found.items()})
+                entry = ranking.of(poisoned) if poisoned is not None else None
+                row[setting] = {
+                    "rank": None if entry is None else entry.rank, "flagged": bool(entry and entry.flagged),
+                    "f1": None if entry is None or entry.cluster is None else
+                    detection(list(entry.cluster.members), planted)[2],
+                    "clean_flags": sum(c.flagged for c in ranking if c.label != poisoned),
+                    "clean_classes": sum(c.label != poisoned for c in ranking), "seconds": seconds}
+        return row
+
+    rows = []
+    for case, row in bench_detection.scored(args.caches, seeds, score, size=size):
+        rows.append(row)
+        print(case.name, "uses" if row["uses"] else "-", " ".join(
+            f"{s}: {row[s]['rank']}{'*' if row[s]['flagged'] else ''} F1 {bench_detection._rounded(row[s]['f1'])}"
+            for s in settings), flush=True)
+    print(f"| split | n_components | ranked first (uses) | first, F1 >= {MIN_F1_SMALL} | flagged | mean F1 | "
+          "false flags [95 %] | nulls' CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for split in ("dev", "heldout"):
+        here = [r for r in rows if r["split"] == split]
+        used = [r for r in here if r["uses"]]
+        for s in settings if here else ():
+            first = [r for r in used if r[s]["rank"] == 1]
+            false, total = (sum(r[s][k] for r in here) for k in ("clean_flags", "clean_classes"))
+            low, high = bench_detection.wilson(false, total)
+            print(f"| {split} | {s} | {len(first)}/{len(used)} | "
+                  f"{sum((r[s]['f1'] or 0) >= MIN_F1_SMALL for r in first)}/{len(used)} | "
+                  f"{sum(r[s]['flagged'] for r in used)}/{len(used)} | "
+                  f"{np.mean([r[s]['f1'] or 0 for r in used]) if used else math.nan:.2f} | "
+                  f"{false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] | {sum(r[s]['seconds'] for r in here):.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -332,8 +332,7 @@ def best_cluster(
     ``distances_``) as the pipeline's fda node cuts it (:func:`spray.analysis.cut.candidate_cuts`: clusters of
     at most k samples in the graph of ``small_neighbors`` neighbours; None: every cluster in all k), or in a
     given ``affinity`` graph (n, n) sparse, symmetric, every cluster alike; ties, and every comparison without
-    either, go to the larger
-    per-cluster z-score of τ_q against the null of random subsets of its size (see
+    either, go to the larger per-cluster z-score of τ_q against the null of random subsets of its size (see
     :class:`FisherSeparability`), then to the larger τ, the smaller cluster, the first clustering name in
     sorted order and the smaller id. Both the cut and the z-score, unlike τ itself, are comparable across
     cluster sizes. The z-score comes from exact null moments, so the choice does not depend on

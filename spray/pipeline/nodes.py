@@ -178,10 +178,11 @@ def _reduced(node: str, params: dict[str, Any]) -> dict[str, Any]:
     return reduced
 
 
-def _selection(params: Mapping[str, dict[str, Any]], clusterings: Sequence[str]) -> Any:
-    """The pipeline's selection as one function of a feature matrix: the knn, spectral, clustering
-    (reduced by :data:`NULL_CLUSTERING_OVERRIDES`) and fda nodes rerun on it, returning the selected
-    cluster's (ncut, z-score)."""
+def _selection(params: Mapping[str, dict[str, Any]]) -> Any:
+    """The selection of the pipeline whose node parameters are ``params`` as one function of a feature matrix: the
+    knn, spectral, every clustering node of ``params`` (reduced by :data:`NULL_CLUSTERING_OVERRIDES`) and fda nodes
+    rerun on it, returning the selected cluster's (ncut, z-score)."""
+    clusterings = sorted(n for n in params if n in NODES and NODES[n].kind == "clustering")
 
     def select(X: np.ndarray) -> tuple[float | None, float | None]:
         knn = _knn(params["knn"], {"features": ({"features": X.astype(np.float32)}, {})})
@@ -202,8 +203,7 @@ def _null(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     if isinstance(params["max_samples"], int) and params["max_samples"] <= floor:
         raise BadInputError(f"max_samples must be greater than spectral.n_eigenpairs and knn.n_neighbors "
                             f"(the null reruns them on its rows), so >= {floor + 1}, got {params['max_samples']}")
-    clusterings = sorted(n for n in read if NODES[n].kind == "clustering")
-    null = SelectionNull(**params).fit(_features(inputs), _selection(read, clusterings))
+    null = SelectionNull(**params).fit(_features(inputs), _selection(read))
     arrays = {"null_statistics": null.null_statistics_, "null_z_scores": null.null_z_scores_}
     info = {
         "statistic": null.statistic_, "z_score": null.z_score_, "p_value": null.p_value_,

@@ -149,7 +149,7 @@ def ranked(case: Case, directory: Path, images: object, name: str, size: Size = 
             inputs[node] = NODES[node].run(params[node], inputs)
         best = _fda({**params["fda"], "n_permutations": 0}, inputs)[1]["best"]
         named.append(members[inputs[best["node"]][0][best["clustering"]] == best["cluster"]])
-        null = SelectionNull(**params["null"]).fit(rows, _selection(params, clusterings))
+        null = SelectionNull(**params["null"]).fit(rows, _selection(params))
         excess.append(selection_excess(null.statistic_, null.null_statistics_))
         p_null.append(null.p_value_)
         ncut.append(best["ncut"])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,22 +38,38 @@ from spray.ranking import best_of, rank_found
 from spray.store import AuditStore
 
 
-def class_null(store: AuditStore, analysis: str, label: int, n_components: int | None) -> SelectionNull | None:
-    """Class ``label``'s selection null rerun with ``n_components`` (None: all) and its other stored parameters;
-    None for a skipped class. With the stored ``n_components`` the stored statistic must come out again."""
+@dataclass(frozen=True)
+class StoredClass:
+    """What rerunning a class's null needs, read once: its rows of the analysis's features, its nodes' stored
+    parameters and the stored observed statistic (of node ``path``/null)."""
+
+    path: str
+    features: np.ndarray
+    params: dict
+    statistic: float
+
+
+def stored_class(store: AuditStore, analysis: str, label: int, features: np.ndarray) -> StoredClass | None:
+    """Class ``label`` of ``analysis``, its rows taken from the analysis's ``features``; None for a skipped class."""
     path = f"analyses/{analysis}/{label}"
     status_arrays, status = store.read_node(f"{path}/status")
     if status["skipped"] is not None:
         return None
     params = {node: store.read_node(f"{path}/{node}")[1]["params"] for node in status["keys"]}
-    features = store.read_node(f"analyses/{analysis}/preprocess")[0]["features"][status_arrays["positions"]]
-    clusterings = sorted(n for n in params if n in nodes.NODES and nodes.NODES[n].kind == "clustering")
-    every = features.shape[0]  # at least the rank of the centred rows: every component
+    return StoredClass(path, features[status_arrays["positions"]], params,
+                       store.read_node(f"{path}/null")[1]["info"]["statistic"])
+
+
+def rerun_null(stored: StoredClass, n_components: int | None) -> SelectionNull:
+    """The class's selection null rerun with ``n_components`` (None: all) and its other stored parameters. With the
+    stored ``n_components`` the stored statistic must come out again."""
+    every = stored.features.shape[0]  # at least the rank of the centred rows: every component
+    params = stored.params
     null = SelectionNull(**{**params["null"], "n_components": every if n_components is None else n_components}).fit(
-        features, nodes._selection(params, clusterings))
-    stored = store.read_node(f"{path}/null")[1]["info"]["statistic"]
-    if n_components == params["null"]["n_components"] and not math.isclose(null.statistic_, stored, rel_tol=1e-9):
-        raise ValueError(f"{path}: the rerun null gives t = {null.statistic_}, the store {stored}")
+        stored.features, nodes._selection(params))
+    if n_components == params["null"]["n_components"] and not math.isclose(null.statistic_, stored.statistic,
+                                                                         rel_tol=1e-9):
+        raise ValueError(f"{stored.path}: the rerun null gives t = {null.statistic_}, the store {stored.statistic}")
     return null
 
 
@@ -74,22 +90,26 @@ def main() -> None:
         row = {"case": case.name, "split": case.split, "uses": uses}
         with AuditStore(directory / "audit.h5", mode="r") as store:
             found = best_of(store, RANKED)
-            for setting in settings:
-                start = time.process_time()
-                nulls = {a: {c.label: class_null(store, a, c.label, _setting(setting)) for c in classes}
-                         for a, classes in found.items()}
-                seconds = time.process_time() - start
-                ranking = rank_found({a: [c if nulls[a][c.label] is None else
-                                          replace(c, null_p_value=float(nulls[a][c.label].p_value_),
-                                                  null_excess=float(nulls[a][c.label].excess_)) for c in classes]
-                                      for a, classes in found.items()})
-                entry = ranking.of(poisoned) if poisoned is not None else None
-                row[setting] = {
-                    "rank": None if entry is None else entry.rank, "flagged": bool(entry and entry.flagged),
-                    "f1": None if entry is None or entry.cluster is None else
-                    detection(list(entry.cluster.members), planted)[2],
-                    "clean_flags": sum(c.flagged for c in ranking if c.label != poisoned),
-                    "clean_classes": sum(c.label != poisoned for c in ranking), "seconds": seconds}
+            classes_of = {}
+            for a, classes in found.items():
+                features = store.read_node(f"analyses/{a}/preprocess")[0]["features"]
+                classes_of[a] = {c.label: stored_class(store, a, c.label, features) for c in classes}
+        for setting in settings:
+            start = time.process_time()
+            nulls = {a: {label: None if stored is None else rerun_null(stored, _setting(setting))
+                         for label, stored in classes.items()} for a, classes in classes_of.items()}
+            seconds = time.process_time() - start
+            ranking = rank_found({a: [c if nulls[a][c.label] is None else
+                                      replace(c, null_p_value=float(nulls[a][c.label].p_value_),
+                                              null_excess=float(nulls[a][c.label].excess_)) for c in classes]
+                                  for a, classes in found.items()})
+            entry = ranking.of(poisoned) if poisoned is not None else None
+            row[setting] = {
+                "rank": None if entry is None else entry.rank, "flagged": bool(entry and entry.flagged),
+                "f1": None if entry is None or entry.cluster is None else
+                detection(list(entry.cluster.members), planted)[2],
+                "clean_flags": sum(c.flagged for c in ranking if c.label != poisoned),
+                "clean_classes": sum(c.label != poisoned for c in ranking), "seconds": seconds}
         return row
 
     rows = []

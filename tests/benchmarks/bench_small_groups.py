@@ -40,7 +40,7 @@ from spray.benchmark.cases import Case, Size, make_case
 from spray.benchmark.metrics import detection
 from spray.errors import BadInputError
 from spray.pipeline import pipeline_from_text
-from spray.pipeline.nodes import NODES, _selection
+from spray.pipeline.nodes import _selection
 from spray.ranking import rank_classes
 from spray.store import AuditStore
 
@@ -91,11 +91,10 @@ def small_nulls(features: h5py.Dataset, store: h5py.File, analysis: str, classes
     """Every class's selection null with the selection (observed and resampled) restricted to candidates of at
     most ``small`` · n, fitted as the store's null node was (same parameters, same seed: the same resamples)."""
     spec = pipeline_from_text(bench_detection.PIPELINES[analysis], source=f"benchmark {analysis} pipeline")
-    clusterings = sorted(n for n in spec.nodes if n in NODES and NODES[n].kind == "clustering")
     restricted = copy.deepcopy(spec.nodes)
     restricted["fda"]["max_fraction"] = small
     return [SelectionNull(**spec.nodes["null"]).fit(
-        features[store[f"analyses/{analysis}/{label}/status/positions"][:]], _selection(restricted, clusterings)
+        features[store[f"analyses/{analysis}/{label}/status/positions"][:]], _selection(restricted)
     ) for label in range(classes)]
 
 

@@ -10,8 +10,9 @@ Both share one scale across classes of different sizes, which τ does not.
 
 The order does not say whether a class stands out at all; the flag does, calibrated: each class's best cut is
 tested against the best cuts the same selection finds in Gaussian resamples of the class (the ``null`` node,
-:class:`spray.analysis.SelectionNull`), and its excess over those cuts against the other classes' excesses
-(with 4 or more classes; with fewer the resamples alone decide); Benjamini–Hochberg controls the false
+:class:`spray.analysis.SelectionNull`), and its contrast — its excess over those cuts with its best cluster's
+separation from the rest of the class — against the other classes' contrasts (with 4 or more classes; with fewer
+the resamples alone decide); Benjamini–Hochberg controls the false
 discovery rate over the classes (:func:`flag_tests`; over several analyses of one store at once).
 :func:`rank_analyses` ranks the classes over several analyses of one store (pixel-level and concept-level side by side): each class by
 the analysis whose test of it is the strongest. docs/spray-method.md defines every number.
@@ -33,15 +34,18 @@ from spray.errors import BadInputError
 from spray.results import ClassBest, Cluster, best_clusters
 from spray.store import AuditStore
 
-__all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "best_of", "flag_tests", "flagged_classes",
-           "rank_analyses", "rank_classes", "rank_found", "replace_class"]
+__all__ = ["FlagTest", "Ranking", "RankedClass", "benjamini_hochberg", "best_of", "contrasts", "flag_tests",
+           "flagged_classes", "rank_analyses", "rank_classes", "rank_found", "replace_class"]
 
 FLAG_Q = 0.05
 """A test rejects, and its class is flagged, when its Benjamini–Hochberg q-value is at most this."""
 MIN_CLASSES_FOR_EMPIRICAL_NULL = 4
-"""With at least this many tested classes of one analysis, each class's excess is judged against the other
+"""With at least this many tested classes of one analysis, each class's contrast is judged against the other
 classes' (an empirical null, in the spirit of Efron 2004); with fewer (binary and 3-class tasks) the class's
 selection-null p alone decides."""
+SEPARATION_FLOOR = 0.01
+"""Separations below this count as this in a class's contrast (:func:`contrasts`): its log stays finite, as the
+excess floors its cuts at 0.01."""
 P_FLOOR = 1e-300
 """Selection-null p-values below this count as this, so every standard score Φ⁻¹(1 − p) is finite (≤ ≈ 37)."""
 MEANING = ("flagged: the class holds a distinct strategy (a group the model explains differently, more distinct "
@@ -50,8 +54,8 @@ MEANING = ("flagged: the class holds a distinct strategy (a group the model expl
 """What a flag means, as ``spray rank`` prints it under its table (the report says it in its own words)."""
 
 TABLE_COLUMNS = ("rank", "class", "name", "n_samples", "ncut", "score", "tau", "p_value", "outlier", "null_p_value",
-                 "null_excess", "flag_p_value", "q_value", "flagged", "clustering", "cluster", "cluster_size", "skipped",
-                 "members")
+                 "null_excess", "separation", "contrast", "flag_p_value", "q_value", "flagged", "clustering", "cluster",
+                 "cluster_size", "skipped", "members")
 """The columns of ``spray rank --csv`` and of the exported ranking table, in their order."""
 
 
@@ -63,8 +67,10 @@ class RankedClass:
     one has ``skipped``, the reason (too few samples, no candidate cluster, an unfinished analysis), instead.
     ``null_p_value`` is the class's p-value under the selection null (its best cut against the best cuts of
     Gaussian resamples of the class, docs/spray-method.md §11) and ``null_excess`` how much more strongly its
-    group is cut off than theirs (:func:`spray.analysis.selection_excess`); ``outlier`` the standard score of
-    that excess among the other classes' (``Φ⁻¹(1 − null_p_value)`` with fewer than 4 classes),
+    group is cut off than theirs (:func:`spray.analysis.selection_excess`); ``separation`` how far the group lies
+    from the rest of its class (:func:`spray.analysis.separation`) and ``contrast`` the two together, what the
+    classes are compared on (:class:`FlagTest`); ``outlier`` the standard score of that contrast among the other
+    classes' (``Φ⁻¹(1 − null_p_value)`` with fewer than 4 classes),
     ``flag_p_value`` the test's p (:class:`FlagTest`) and ``q_value`` its Benjamini–Hochberg q over every
     test of the ranking (§12). ``flagged``: ``q_value <= 0.05`` (:data:`MEANING`). All None (flag False) for
     a skipped class and a store without the null.
@@ -85,6 +91,8 @@ class RankedClass:
     q_value: float | None = None
     analysis: str = "spray"
     null_excess: float | None = None
+    separation: float | None = None
+    contrast: float | None = None
 
     def __post_init__(self) -> None:
         if (self.cluster is None) == (self.skipped is None):
@@ -119,8 +127,8 @@ class RankedClass:
             "clustering": None if best is None else best.clustering, "cluster": None if best is None else best.id,
             "cluster_size": None if best is None else best.size, "members": [] if best is None else list(best.members),
             "skipped": self.skipped, "rank": self.rank, "outlier": self.outlier, "flagged": self.flagged,
-            "null_p_value": self.null_p_value, "null_excess": self.null_excess, "flag_p_value": self.flag_p_value,
-            "q_value": self.q_value,
+            "null_p_value": self.null_p_value, "null_excess": self.null_excess, "separation": self.separation,
+            "contrast": self.contrast, "flag_p_value": self.flag_p_value, "q_value": self.q_value,
         }
 
 
@@ -249,8 +257,8 @@ def _strength(best: ClassBest, test: FlagTest | None) -> tuple[bool, float]:
 @dataclass(frozen=True)
 class FlagTest:
     """The test of one class in one analysis (docs/spray-method.md §12): ``null_p`` under the selection
-    null, the class's ``excess`` (:func:`spray.analysis.selection_excess`), the law of the other classes'
-    excesses it is judged against (``location``, ``scale``; None with fewer than
+    null, the class's ``excess`` (:func:`spray.analysis.selection_excess`), its ``contrast`` (:func:`contrasts`),
+    the law of the other classes' contrasts it is judged against (``location``, ``scale``; None with fewer than
     :data:`MIN_CLASSES_FOR_EMPIRICAL_NULL` classes, where ``null_p`` alone decides), its standard score
     ``outlier`` (``Φ⁻¹(1 − null_p)`` without the others), ``p_value`` (the larger of ``null_p`` and the p
     against the others: the class must stand out from both), ``q_value`` (Benjamini–Hochberg over every test
@@ -260,6 +268,7 @@ class FlagTest:
     analysis: str
     null_p: float
     excess: float
+    contrast: float
     location: float | None
     scale: float | None
     outlier: float
@@ -302,51 +311,64 @@ def _ranked(analysis: str, classes: Sequence[ClassBest]) -> Ranking:
                                    for rank, c in enumerate(found, start=1)))
 
 
-def _found(classes: Sequence[ClassBest]) -> list[tuple[int, float | None, float | None]]:
-    """What :func:`_tests` reads of an analysis's classes: ``(label, null p, excess)``."""
-    return [(c.label, c.null_p_value, c.null_excess) for c in classes]
+def _found(classes: Sequence[ClassBest]) -> list[tuple[int, float | None, float | None, float | None]]:
+    """What :func:`_tests` reads of an analysis's classes: ``(label, null p, excess, separation)``."""
+    return [(c.label, c.null_p_value, c.null_excess, c.separation) for c in classes]
 
 
 def _entry(c: ClassBest, rank: int, t: FlagTest | None, analysis: str) -> RankedClass:
     return RankedClass(c.label, c.name, c.n_samples, rank, c.cluster, c.skipped, t.outlier if t else None,
                        bool(t and t.flagged), c.null_p_value, t.p_value if t else None,
-                       t.q_value if t else None, analysis, c.null_excess)
+                       t.q_value if t else None, analysis, c.null_excess, c.separation, t.contrast if t else None)
 
 
-def _tests(found: dict[str, list[tuple[int, float | None, float | None]]]) -> list[FlagTest]:
-    """The tests of ``{analysis: [(class, selection-null p or None: untested, its excess)]}``: per analysis,
-    each class judged against the others (:func:`_against_others`) or, with fewer than
-    :data:`MIN_CLASSES_FOR_EMPIRICAL_NULL` tested classes, by its selection-null p alone; then BH over all."""
+def _tests(found: dict[str, list[tuple[int, float | None, float | None, float | None]]]) -> list[FlagTest]:
+    """The tests of ``{analysis: [(class, selection-null p or None: untested, its excess, its separation)]}``: per
+    analysis, each class's :func:`contrasts` judged against the others' (:func:`_against_others`) or, with fewer
+    than :data:`MIN_CLASSES_FOR_EMPIRICAL_NULL` tested classes, its selection-null p alone; then BH over all."""
     tests = []
     for analysis, entries in found.items():
-        tested = [(label, float(p), math.nan if x is None else float(x))
-                  for label, p, x in entries if p is not None and not math.isnan(p)]
-        excess = np.array([x for _, _, x in tested])
-        for i, (label, p, x) in enumerate(tested):
-            others = np.delete(excess, i)
+        tested = [(label, float(p), math.nan if x is None else float(x), d)
+                  for label, p, x, d in entries if p is not None and not math.isnan(p)]
+        contrast = contrasts(np.array([x for _, _, x, _ in tested]), [d for *_, d in tested])
+        for i, ((label, p, x, _), k) in enumerate(zip(tested, contrast)):
+            others = np.delete(contrast, i)
             others = others[np.isfinite(others)]
             if len(tested) >= MIN_CLASSES_FOR_EMPIRICAL_NULL and others.size >= MIN_CLASSES_FOR_EMPIRICAL_NULL - 1:
-                location, scale, outlier, p_others = _against_others(x, others)
-                tests.append((label, analysis, p, x, location, scale, outlier, max(p, p_others)))
+                location, scale, outlier, p_others = _against_others(k, others)
+                tests.append((label, analysis, p, x, k, location, scale, outlier, max(p, p_others)))
             else:
-                tests.append((label, analysis, p, x, None, None, float(norm.isf(max(p, P_FLOOR))), p))
+                tests.append((label, analysis, p, x, k, None, None, float(norm.isf(max(p, P_FLOOR))), p))
     q = benjamini_hochberg(np.array([t[-1] for t in tests]))
     return [FlagTest(*t, float(qc), bool(qc <= FLAG_Q)) for t, qc in zip(tests, q)]
 
 
-def _against_others(excess: float, others: np.ndarray) -> tuple[float, float, float, float]:
-    """``(location, scale, outlier, p)`` of a class's excess against the m other classes' of its analysis:
-    location and sd (ddof 1) of the others, ``scale = sd · √(1 + 1/m)``, ``outlier = (excess − location) /
+def contrasts(excess: np.ndarray, separation: Sequence[float | None]) -> np.ndarray:
+    """The contrasts of one analysis's tested classes, what the flags compare across classes: each class's
+    ``excess + log(max(separation, SEPARATION_FLOOR))`` — how much more strongly its group is cut off than the
+    selection's best in structure-free resamples of the class (:func:`spray.analysis.selection_excess`, local: a
+    neighbourhood) and how far the group's mean lies from the rest of the class in the rest's spread
+    (:func:`spray.analysis.separation`, global), on one log scale. An analysis in which a class has no separation
+    (a store analysed before fda version 5) compares the excesses alone, so that every class of it is judged on
+    the same statistic."""
+    if any(d is None for d in separation):
+        return excess.astype(float)
+    return excess + np.log(np.maximum(np.array(separation, dtype=float), SEPARATION_FLOOR))
+
+
+def _against_others(contrast: float, others: np.ndarray) -> tuple[float, float, float, float]:
+    """``(location, scale, outlier, p)`` of a class's contrast against the m other classes' of its analysis:
+    location and sd (ddof 1) of the others, ``scale = sd · √(1 + 1/m)``, ``outlier = (contrast − location) /
     scale`` and its one-sided p under Student's t with m − 1 degrees of freedom — the prediction interval of
     one more draw from the law of the others (normal, mean and variance estimated from them). A class without
-    an excess (NaN) gets p = 1; others without spread give p = 0 above their value and 1 at or below it."""
+    a contrast (NaN) gets p = 1; others without spread give p = 0 above their value and 1 at or below it."""
     location, sd = float(others.mean()), float(others.std(ddof=1))
     scale = sd * math.sqrt(1.0 + 1.0 / others.size)
-    if math.isnan(excess):
+    if math.isnan(contrast):
         return location, scale, math.nan, 1.0
     if not scale > 0:
-        return location, scale, math.copysign(math.inf, excess - location), 0.0 if excess > location else 1.0
-    outlier = (excess - location) / scale
+        return location, scale, math.copysign(math.inf, contrast - location), 0.0 if contrast > location else 1.0
+    outlier = (contrast - location) / scale
     return location, scale, outlier, float(student_t.sf(outlier, others.size - 1))
 
 

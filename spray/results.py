@@ -202,8 +202,11 @@ class ClassBest:
     """The class's p-value under the selection null (the ``null`` node, docs/spray-method.md §11); None
     for a skipped class and for a store analysed before the null existed."""
     null_excess: float | None = None
-    """The class's :func:`spray.analysis.selection_excess` (its selected cut against the null's), what the
-    flags compare across classes (§12); None where ``null_p_value`` is."""
+    """The class's :func:`spray.analysis.selection_excess` (its selected cut against the null's), which the flags
+    compare across classes with ``separation`` (§12); None where ``null_p_value`` is."""
+    separation: float | None = None
+    """The best cluster's :func:`spray.analysis.separation` in the class's features (docs/spray-method.md §9);
+    None for a skipped class and for a store analysed before fda version 5."""
 
 
 def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]:
@@ -219,11 +222,12 @@ def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]
         with store.interpreting(f"class {label} of analysis {analysis!r}"):
             name, n = names[label] if label < len(names) else str(label), int(status["n"])
             if status["skipped"] is not None:
-                best, skipped = None, str(status["skipped"])
+                best, skipped, separation = None, str(status["skipped"]), None
             elif not store.has_node(f"{path}/fda", {"key": status["keys"]["fda"]}):
-                best, skipped = None, "analysis unfinished: run `spray analyze` again to complete it"
+                best, separation = None, None
+                skipped = "analysis unfinished: run `spray analyze` again to complete it"
             else:
-                best, skipped = _best(store, path, int(label), status_arrays["dataset_index"])
+                best, skipped, separation = _best(store, path, int(label), status_arrays["dataset_index"])
             null_key = status["keys"].get("null") if best is not None else None
             null_p = excess = None
             if null_key is not None and store.has_node(f"{path}/null", {"key": null_key}):
@@ -231,18 +235,19 @@ def best_clusters(store: AuditStore, analysis: str = "spray") -> list[ClassBest]
                 null_p = _number(null["info"]["p_value"])
                 statistic = _number(null["info"]["statistic"])
                 excess = selection_excess(np.nan if statistic is None else statistic, null_arrays["null_statistics"])
-        found.append(ClassBest(int(label), name, n, best, skipped, null_p, excess))
+        found.append(ClassBest(int(label), name, n, best, skipped, null_p, excess, separation))
     return found
 
 
 def _best(
     store: AuditStore, path: str, label: int, dataset_index: np.ndarray
-) -> tuple[Cluster | None, str | None]:
-    """``(best cluster, None)`` as the class's fda node names it, or ``(None, the reason it has none)``."""
+) -> tuple[Cluster | None, str | None, float | None]:
+    """``(best cluster, None, its separation)`` as the class's fda node names it (the separation None before fda
+    version 5), or ``(None, the reason it has none, None)``."""
     _, attrs = store.read_node(f"{path}/fda")
     best = attrs["info"]["best"]
     if best["clustering"] is None:
-        return None, str(best.get("reason", "no candidate cluster"))
+        return None, str(best.get("reason", "no candidate cluster")), None
     labels = store.read_node(f"{path}/{best['node']}")[0][best["clustering"]]
     if labels.shape != dataset_index.shape or labels.dtype.kind not in "iu":
         raise ValueError(
@@ -254,7 +259,7 @@ def _best(
         ncut=_number(best.get("ncut")),  # stores analysed before fda version 4 have no cuts
         tau=_number(best["tau"]), z_score=_number(best["z_score"]), p_value=_number(best["p_value"]),
         clustering_j=_number(best["clustering_score"]),
-    ), None
+    ), None, _number(best.get("separation"))
 
 
 def _number(value: Any) -> float | None:

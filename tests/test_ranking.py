@@ -4,6 +4,7 @@ and Benjamini-Hochberg."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from scipy.stats import t as student_t
 from spray.pipeline import analyze, pipeline_from_text
 from spray.ranking import (
     MEANING,
+    SEPARATION_FLOOR,
     TABLE_COLUMNS,
     RankedClass,
     Ranking,
@@ -23,6 +25,7 @@ from spray.ranking import (
     _ranked,
     _tests,
     benjamini_hochberg,
+    contrasts,
     flag_tests,
     flagged_classes,
     rank_analyses,
@@ -177,23 +180,45 @@ def test_a_class_is_judged_by_the_prediction_interval_of_the_other_classes_exces
 
 
 def test_a_flag_needs_both_the_selection_null_and_an_excess_beyond_the_other_classes():
-    clean = [(c, p, x) for c, (p, x) in enumerate(zip([0.01, 0.002, 0.02, 0.005, 0.001, 0.01, 0.003],
-                                                      [0.3, 0.4, 0.5, 0.35, 0.45, 0.4, 0.38]))]
-    tests = _tests({"a": clean + [(7, 1e-12, 3.0), (8, 1e-12, 0.42), (9, 0.2, 1.6), (10, None, None)],
-                    "b": [(0, 0.3, 0.1), (1, 1e-6, 1.2)]})
+    # no separations (a store analysed before fda version 5): the classes are compared on their excesses alone
+    clean = [(c, p, x, None) for c, (p, x) in enumerate(zip([0.01, 0.002, 0.02, 0.005, 0.001, 0.01, 0.003],
+                                                            [0.3, 0.4, 0.5, 0.35, 0.45, 0.4, 0.38]))]
+    tests = _tests({"a": clean + [(7, 1e-12, 3.0, None), (8, 1e-12, 0.42, None), (9, 0.2, 1.6, None),
+                                  (10, None, None, None)],
+                    "b": [(0, 0.3, 0.1, None), (1, 1e-6, 1.2, None)]})
     by = {(t.analysis, t.label): t for t in tests}
     assert ("a", 10) not in by and len(tests) == 12
     a7 = by[("a", 7)]  # others: the 7 clean classes, 0.42 and 2.0 (m = 9)
     others = np.array([0.3, 0.4, 0.5, 0.35, 0.45, 0.4, 0.38, 0.42, 1.6])
     assert (a7.location, a7.scale) == pytest.approx((others.mean(), others.std(ddof=1) * np.sqrt(1 + 1 / 9)))
-    assert a7.excess == 3.0 and a7.p_value == pytest.approx(student_t.sf(a7.outlier, 8))
+    assert a7.excess == a7.contrast == 3.0 and a7.p_value == pytest.approx(student_t.sf(a7.outlier, 8))
     # 8: a tiny selection-null p but an ordinary excess; 9: the second largest excess, but the Gaussian null does not
     # reject it (p = max of the two): neither is flagged.
     assert by[("a", 8)].p_value > 0.3 and by[("a", 9)].p_value == 0.2
     assert [(t.analysis, t.label) for t in tests if t.flagged] == [("a", 7), ("b", 1)]
     b1 = by[("b", 1)]  # 2 classes: the selection-null p alone, its standard score Φ⁻¹(1 − p)
     assert (b1.location, b1.scale, b1.p_value) == (None, None, 1e-6) and b1.outlier == pytest.approx(4.753, abs=1e-3)
-    assert _tests({"a": [(0, 0.0, 1.0)]})[0].outlier == pytest.approx(37.0, abs=0.1)  # p floored: finite
+    assert _tests({"a": [(0, 0.0, 1.0, None)]})[0].outlier == pytest.approx(37.0, abs=0.1)  # p floored: finite
+
+
+def test_classes_are_compared_on_their_contrast_the_excess_with_the_log_separation():
+    excess = np.array([0.3, 0.4, 0.5, 0.35, 0.45, 0.4, 0.38, 0.42])
+    separation = [3.0, 3.5, 2.8, 3.2, 4.0, 3.1, 2.9, 12.0]  # class 7: an ordinary excess, its group far off
+    assert contrasts(excess, separation) == pytest.approx(excess + np.log(separation))
+    assert contrasts(excess, [*separation[:-1], None]).tolist() == excess.tolist()  # one missing: excesses alone
+    assert contrasts(np.array([0.3, 0.3]), [0.0, math.inf]).tolist() == [0.3 + math.log(SEPARATION_FLOOR), math.inf]
+    tests = {t.label: t for t in _tests({"a": [(c, 1e-6, x, d) for c, (x, d) in enumerate(zip(excess, separation))]})}
+    others = np.delete(excess + np.log(separation), 7)
+    assert tests[7].contrast == pytest.approx(0.42 + math.log(12.0))
+    assert (tests[7].location, tests[7].outlier) == pytest.approx(
+        (others.mean(), (tests[7].contrast - others.mean()) / (others.std(ddof=1) * math.sqrt(1 + 1 / 7))))
+    assert [c for c, t in tests.items() if t.flagged] == [7]
+    unseparated = {t.label: t for t in _tests({"a": [(c, 1e-6, x, None) for c, x in enumerate(excess)]})}
+    assert not any(t.flagged for t in unseparated.values())  # on its excess alone, class 7 is ordinary
+    infinite = {t.label: t for t in _tests({"a": [(c, 1e-6, x, d) for c, (x, d) in
+                                                  enumerate(zip(excess, [*separation[:-1], math.inf]))]})}
+    assert infinite[7].outlier == math.inf and infinite[7].p_value == 1e-6  # a rest without spread along Δ
+    assert infinite[0].location == pytest.approx(np.mean((excess + np.log([*separation[:-1], 1]))[1:7]))
 
 
 def test_rank_text_says_what_a_flag_means():

@@ -6,7 +6,8 @@ heatmaps -> :class:`HeatmapPreprocessor` -> :class:`KNNGraph` -> :class:`Spectra
 :class:`Agglomerative`, :class:`DBSCANClustering`;
 :class:`KNNOutlierGroups` from the kNN graph) -> maps (:class:`UMAPMap`, :class:`TSNEMap`)
 -> :class:`FisherSeparability`, :func:`normalized_cuts` in :func:`local_scaling_affinity` of the kNN graph
--> :func:`best_cluster` -> :class:`SelectionNull` (the same selection rerun on a Gaussian model of the class).
+-> :func:`best_cluster` (and its :func:`separation`) -> :class:`SelectionNull` (the same selection rerun on a
+Gaussian model of the class).
 
 Definitions: docs/spray-method.md. umap/pynndescent are imported lazily (numba compiles on first use).
 """
@@ -22,7 +23,7 @@ from spray.analysis.clustering import (
 )
 from spray.analysis.cut import candidate_cuts, local_scaling_affinity, normalized_cuts
 from spray.analysis.eigengap import eigengaps, propose_n_clusters
-from spray.analysis.fda import FisherSeparability, best_cluster, most_separable, separabilities
+from spray.analysis.fda import FisherSeparability, best_cluster, most_separable, separabilities, separation
 from spray.analysis.knn import KNNGraph, knn_adjacency
 from spray.analysis.maps import TSNEMap, UMAPMap
 from spray.analysis.outliers import KNNOutlierGroups, robust_z
@@ -48,6 +49,7 @@ __all__ = [
     "best_cluster",
     "most_separable",
     "separabilities",
+    "separation",
     "eigengaps",
     "knn_adjacency",
     "candidate_cuts",

@@ -32,6 +32,7 @@ for τ_q it is over all samples, so the null of τ_q is τ of a uniformly random
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -322,6 +323,7 @@ def best_cluster(
     affinity: Any = None,
     knn: tuple[Any, Any] | None = None,
     small_neighbors: int | None = SMALL_NEIGHBORS,
+    features: Any = None,
 ) -> tuple[str | None, int | None, dict[str, Any]]:
     """The most separable small cluster over several clusterings of one class's embedding.
 
@@ -340,8 +342,9 @@ def best_cluster(
     for all clusterings).
 
     Returns ``(clustering_name, cluster_id, stats)``; ``stats`` is :meth:`FisherSeparability.cluster_stats`
-    plus ``"ncut"`` (None without a graph) and ``"n_candidates"``. With no candidate cluster it returns
-    ``(None, None, {"reason": ...})``.
+    plus ``"ncut"`` (None without a graph), ``"n_candidates"`` and, given the class's ``features`` (n, D), the rows
+    the embedding embeds, ``"separation"`` of the chosen cluster in them (:func:`separation`). With no candidate
+    cluster it returns ``(None, None, {"reason": ...})``.
     """
     check_real(max_fraction, "max_fraction", minimum=0.0, strict=True)  # before the fits, not after them
     check_int(min_size, "min_size", minimum=1)
@@ -361,4 +364,37 @@ def best_cluster(
             raise BadInputError(f"knn must be (indices, distances), each of shape ({n}, k), got "
                                 f"{indices.shape} and {distances.shape}")
         cuts = candidate_cuts(indices, distances, clusterings, small_neighbors)
-    return most_separable(fits, max_fraction, min_size, cuts)
+    if features is not None:
+        features = check_matrix(features, "features")
+        if features.shape[0] != n:
+            raise BadInputError(f"features must have one row per embedded sample ({n}), got {features.shape[0]}")
+    name, cid, stats = most_separable(fits, max_fraction, min_size, cuts)
+    if features is not None and name is not None:
+        stats["separation"] = separation(features, np.asarray(clusterings[name]) == cid)
+    return name, cid, stats
+
+
+def separation(features: Any, members: Any) -> float:
+    """How far a group lies from the rest of its class, in the rest's spread: ``d = ‖Δ‖² / sd_rest(x·Δ)`` with
+    ``Δ = μ_group − μ_rest`` of the rows of ``features`` (n, D), ``members`` a boolean mask (n,) of the group.
+
+    It is the standardised difference of the two groups' means along Δ, the group's pattern direction (the
+    direction of the pattern CAV, Pahde et al. 2024): the rest's standard deviation (ddof 1) of its rows'
+    projections on Δ is the unit. The cut (docs/spray-method.md §8) says how few neighbours a group shares with the
+    rest of its class, a local property that a legitimate style with its own neighbourhood has too; ``d`` says how
+    far off the group's mean lies, which a feature the rest of the class lacks (a patch, an artifact's channels)
+    makes large. 0 when the two means agree; infinite when the rest does not vary along Δ."""
+    X = check_matrix(features, "features")
+    mask = np.asarray(members)
+    if mask.dtype != bool or mask.shape != (X.shape[0],):
+        raise BadInputError(f"members must be a boolean mask of shape ({X.shape[0]},), got {mask.dtype} {mask.shape}")
+    n_group = int(mask.sum())
+    if n_group < 1 or X.shape[0] - n_group < 2:
+        raise BadInputError(f"separation needs a group of at least 1 row and a rest of at least 2, got {n_group} "
+                            f"and {X.shape[0] - n_group}")
+    delta = X[mask].mean(axis=0) - X[~mask].mean(axis=0)
+    gap = float(delta @ delta)
+    if gap == 0.0:
+        return 0.0
+    spread = float(np.std(X[~mask] @ delta, ddof=1))
+    return gap / spread if spread > 0.0 else math.inf

@@ -54,7 +54,7 @@ from spray.workflow import latent_attributor, train_once
 
 VERSION = 1
 """Part of every case's cache key: raise it when a change makes cached models or audit stores wrong."""
-SCORES = 34
+SCORES = 35
 """The version of a case's scored result (``result-v<SCORES>.json``): raise it when the scoring changes, and a
 benchmark started again scores every case anew from its cached model and store. 2: the baseline; 3: the
 pixel-flipping AOPC and the IoU of ClArC's artifact masks; 4: the kNN-outlier and error-slice baselines, one
@@ -98,7 +98,8 @@ validation worst group is above the original model's (docs/clarc.md §50); 32: c
 ``small_neighbors``, docs/spray-method.md §8); 33: auto's step-7 gap counts whole samples of the chosen
 candidate's worst group (spray.clarc.auto.worst_group_gap), whose name, samples right and size auto records, and
 the ``activation`` baseline cuts its small clusters as SpRAy does since 32 (spray.benchmark.baseline); 34: DFR's
-regressions get 1000 liblinear iterations, not 100 (spray.clarc.dfr.MAX_ITER)."""
+regressions get 1000 liblinear iterations, not 100 (spray.clarc.dfr.MAX_ITER); 35: the flags compare the classes'
+contrasts, the selection excess with the named cluster's separation (spray.ranking.contrasts, fda version 5)."""
 METHOD = "epsilon_plus_flat"
 CLARC = ("pclarc",)
 """The default corrections: P-ClArC, no fine-tuning, so a case's correction costs seconds."""
@@ -343,8 +344,8 @@ def _detect(data: CaseData, ranking: Ranking, features: list[np.ndarray] | None)
     """The members of the cluster ``ranking`` names for the poisoned class, and the ranking's detection scores
     (docs/benchmark.md, "Metrics"): the class's ``rank``, ``flagged``, the ``analysis`` and ``cluster`` named,
     its size, ``precision``, ``recall``, ``f1`` and ``cav_auroc`` (None on the control; ``features``: the case's
-    :func:`cav_features`), and the flags on the clean classes: those without a planted group, so none in the
-    two-class set, whose every class has its minority group on the other background."""
+    :func:`cav_features`, None: no CAV AUROC), and the flags on the clean classes: those without a planted group,
+    so none in the two-class set, whose every class has its minority group on the other background."""
     ranked = [e for e in ranking if e.cluster is not None]
     entry = next((e for e in ranked if e.label == data.poisoned_class), None)
     clean = [] if data.groups is not None else [
@@ -357,7 +358,7 @@ def _detect(data: CaseData, ranking: Ranking, features: list[np.ndarray] | None)
         "clean_flags": sum(e.flagged for e in clean), "clean_classes": len(clean)}
     if not data.case.is_control:
         scores["precision"], scores["recall"], scores["f1"] = detection(members, data.planted.tolist())
-        scores["cav_auroc"] = _cav_auroc(data, features, members)
+        scores["cav_auroc"] = None if features is None else _cav_auroc(data, features, members)
     return members, scores
 
 

@@ -31,6 +31,7 @@ from spray.analysis import (
     most_separable,
     propose_n_clusters,
     separabilities,
+    separation,
 )
 from spray.errors import BadInputError
 from spray.pipeline.graph import Node, NodeOutput
@@ -119,17 +120,17 @@ def _map(cls: type) -> Any:
 
 
 _FDA_FIT = ("n_permutations", "random_state", "regularization")
-FDA_DEFAULTS = signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity", "knn"))
+FDA_DEFAULTS = signature_defaults(best_cluster, skip=("embedding", "clusterings", "affinity", "knn", "features"))
 """The fda node's parameters: :func:`best_cluster`'s, with the cuts of the class's kNN graph (``small_neighbors``,
-default :data:`spray.analysis.cut.SMALL_NEIGHBORS`)."""
+default :data:`spray.analysis.cut.SMALL_NEIGHBORS`) and the best cluster's separation in the class's features."""
 
 
 def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     """Separability of every clustering and of each of its clusters, each cluster's normalised cut in the
     locally scaled affinity of the class's kNN graph (small clusters in its ``small_neighbors`` graph), and
-    the class's best candidate cluster. Per-cluster statistics are arrays, one row per cluster of every
-    clustering (a class has hundreds: as JSON text they would outgrow an attribute, docs/store.md);
-    per-clustering ones and ``best`` are info."""
+    the class's best candidate cluster with its :func:`separation` in the class's features. Per-cluster statistics
+    are arrays, one row per cluster of every clustering (a class has hundreds: as JSON text they would outgrow an
+    attribute, docs/store.md); per-clustering ones and ``best`` are info."""
     embedding = _embedding(inputs)
     source = {
         name: (node, labels)
@@ -160,6 +161,8 @@ def _fda(params: dict[str, Any], inputs: Inputs) -> NodeOutput:
     }
     name, cluster, stats = most_separable(fits, params["max_fraction"], params["min_size"], cuts)
     node = source[name][0] if name is not None else None
+    if name is not None:
+        stats["separation"] = separation(_features(inputs), source[name][1] == cluster)
     return arrays, {"clusterings": table, "best": {"node": node, "clustering": name, "cluster": cluster, **stats}}
 
 
@@ -185,8 +188,10 @@ def _selection(params: Mapping[str, dict[str, Any]]) -> Any:
     clusterings = sorted(n for n in params if n in NODES and NODES[n].kind == "clustering")
 
     def select(X: np.ndarray) -> tuple[float | None, float | None]:
-        knn = _knn(params["knn"], {"features": ({"features": X.astype(np.float32)}, {})})
-        inputs: dict[str, NodeOutput] = {"knn": knn, "spectral": _spectral(params["spectral"], {"knn": knn})}
+        features: NodeOutput = ({"features": X.astype(np.float32)}, {})
+        knn = _knn(params["knn"], {"features": features})
+        inputs: dict[str, NodeOutput] = {"features": features, "knn": knn,
+                                         "spectral": _spectral(params["spectral"], {"knn": knn})}
         for node in clusterings:
             inputs[node] = NODES[node].run(_reduced(node, params[node]), inputs)
         best = _fda({**params["fda"], "n_permutations": 0}, inputs)[1]["best"]
@@ -238,7 +243,8 @@ NODES: dict[str, Node] = {
         Node("umap", ("spectral", "knn"), _map(UMAPMap), _defaults(UMAPMap), kind="map", default=True),
         Node("tsne", ("spectral", "knn"), _map(TSNEMap), _defaults(TSNEMap), kind="map", default=True),
         Node("fda", ("spectral", "knn"), _fda, FDA_DEFAULTS, required=True,
-             depends_on_all="clustering", version=4),  # 2: exact-moment z-scores; 3: per-cluster arrays; 4: cuts
+             depends_on_all="clustering", version=5),  # 2: exact-moment z-scores; 3: per-cluster arrays; 4: cuts;
+        # 5: the best cluster's separation
         Node("null", ("knn", "spectral", "fda"), _null, _defaults(SelectionNull), required=True,
              depends_on_all="clustering", reads_params=True),
     )

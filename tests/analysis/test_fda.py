@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from spray.analysis.fda import (
     best_cluster,
     most_separable,
     separabilities,
+    separation,
 )
 from spray.analysis.knn import KNNGraph
 from spray.analysis.spectral import SpectralEmbedding
@@ -244,6 +246,38 @@ def test_separabilities_equal_separate_fits_and_feed_the_same_choice_as_best_clu
     assert most_separable(fits, 0.5, 2)[:2] == ("planted", 1)
 
 
+def test_separation_is_the_mean_difference_in_the_rests_spread_along_it():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(120, 6)) @ rng.normal(size=(6, 6))
+    group = np.arange(120) < 12
+    X[group] += np.array([4.0, 0, 1.0, 0, 0, 0])
+    delta = X[group].mean(0) - X[~group].mean(0)
+    covariance = np.cov(X[~group], rowvar=False)  # ddof 1
+    d = separation(X, group)
+    assert d == pytest.approx(delta @ delta / np.sqrt(delta @ covariance @ delta), rel=1e-12)
+    rotation = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    assert separation(3.0 * X @ rotation + 7.0, group) == pytest.approx(d, rel=1e-9)  # no unit, no frame
+    assert separation(X[:, :1], group) == pytest.approx(abs(delta[0]) / X[~group, 0].std(ddof=1), rel=1e-12)
+    random = np.zeros(120, dtype=bool)
+    random[rng.choice(120, 12, replace=False)] = True
+    assert separation(X, random) < d / 2
+    same = np.vstack([np.ones((3, 2)), np.zeros((3, 2)), np.full((3, 2), 2.0)])
+    assert separation(same, np.arange(9) < 3) == 0.0  # the group's mean is the rest's
+    assert separation(same[:6], np.arange(6) < 3) == math.inf  # the rest does not vary along Δ
+
+
+def test_best_cluster_given_the_features_reports_the_chosen_clusters_separation():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(300, 8))
+    X[:20, 0] += 6.0
+    E = SpectralEmbedding(8, random_state=0).fit(KNNGraph(10).fit(X).adjacency_).embedding_
+    clusterings = KMeansRange(2, 5, random_state=0).fit(E).named_labels()
+    name, cid, stats = best_cluster(E, clusterings, n_permutations=0, features=X)
+    assert stats["separation"] == separation(X, clusterings[name] == cid) > 5.0
+    assert (name, cid) == best_cluster(E, clusterings, n_permutations=0)[:2]
+    assert "separation" not in best_cluster(E, clusterings, n_permutations=0)[2]
+
+
 def test_best_cluster_without_candidates_returns_none_with_reason():
     E = np.random.default_rng(9).normal(size=(20, 3))
     name, cid, stats = best_cluster(E, {"all": np.zeros(20, dtype=int)})
@@ -260,6 +294,12 @@ def test_best_cluster_without_candidates_returns_none_with_reason():
         (lambda E: best_cluster(E, {}), "clusterings"),
         (lambda E: best_cluster(E, {"x": np.zeros(3, int)}), r"clusterings\['x'\]"),
         (lambda E: best_cluster(E, {"x": np.zeros(10, int)}, max_fraction=0), "max_fraction"),
+        (lambda E: best_cluster(E, {"x": np.arange(10) % 2}, features=E[:9]),
+         r"features must have one row per embedded sample \(10\), got 9"),
+        (lambda E: separation(E, np.arange(10) % 2), r"members must be a boolean mask of shape \(10,\), got int64"),
+        (lambda E: separation(E, np.ones(10, bool)),
+         "a group of at least 1 row and a rest of at least 2, got 10 and 0"),
+        (lambda E: separation(E, np.zeros(10, bool)), "got 0 and 10"),
     ],
 )
 def test_bad_inputs_are_named(call, match):

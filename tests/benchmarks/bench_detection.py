@@ -36,6 +36,7 @@ import torch
 
 from spray.benchmark.cases import FULL, QUICK, Case, CaseData, Size, make_case
 from spray.benchmark.data import load_images
+from spray.benchmark.metrics import MIN_F1_SMALL
 from spray.benchmark.models import build
 from spray.benchmark.run import (ACTIVATION_MAX, ACTIVATION_MAX_PIPELINE, CONCEPT_PIPELINE, PIPELINE, RANKED,
                                  USES_MARGIN, _detect, case_directory, cav_features)
@@ -135,6 +136,40 @@ def summary(rows: list[dict], rankings: tuple[str, ...] | list[str] = RANKINGS) 
                 f"{sum(f1) / len(f1) if f1 else math.nan:.2f} | "
                 f"{false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] | "
                 f"{sum(c['clean_flags'] for c in control)}/{sum(c['clean_classes'] for c in control)} |")
+    return "\n".join(lines)
+
+
+def setting_line(row: dict, settings: list[str] | tuple[str, ...]) -> str:
+    """A case's row scored under each of ``settings`` as one line: its name, whether the model uses its artifact,
+    and per setting the poisoned class's rank (``*``: flagged), F1 and the clean classes flagged."""
+    return f"{row['case']} {'uses' if row['uses'] else '-'} " + " ".join(
+        f"{s}: {row[s]['rank']}{'*' if row[s]['flagged'] else ''} F1 {_rounded(row[s]['f1'])} "
+        f"({row[s]['clean_flags']} clean flagged)" for s in settings)
+
+
+def setting_table(rows: list[dict], settings: list[str] | tuple[str, ...], heading: str,
+                  extra: tuple[str, Callable[[list[dict], str], str]] | None = None) -> str:
+    """Per split and setting (``settings``: keys of each row's scores, ``heading`` their column's name): ranked
+    first, ranked first with F1 at least MIN_F1_SMALL, flagged and mean F1 where the model uses its artifact, false
+    flags on clean classes with their Wilson interval, and an ``extra`` column (title, its cell from the split's
+    rows and the setting)."""
+    title, cell = extra if extra is not None else ("", None)
+    lines = [f"| split | {heading} | ranked first (uses) | first, F1 >= {MIN_F1_SMALL} | flagged | mean F1 | "
+             f"false flags [95 %] |{f' {title} |' if cell else ''}",
+             "|---|---|---|---|---|---|---|" + "---|" * bool(cell)]
+    for split in ("dev", "heldout"):
+        here = [r for r in rows if r["split"] == split]
+        used = [r for r in here if r["uses"]]
+        for s in settings if here else ():
+            first = [r for r in used if r[s]["rank"] == 1]
+            false, total = (sum(r[s][k] for r in here) for k in ("clean_flags", "clean_classes"))
+            low, high = wilson(false, total)
+            lines.append(f"| {split} | {s} | {len(first)}/{len(used)} | "
+                         f"{sum((r[s]['f1'] or 0) >= MIN_F1_SMALL for r in first)}/{len(used)} | "
+                         f"{sum(r[s]['flagged'] for r in used)}/{len(used)} | "
+                         f"{sum(r[s]['f1'] or 0 for r in used) / len(used) if used else math.nan:.2f} | "
+                         f"{false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] |"
+                         + (f" {cell(here, s)} |" if cell else ""))
     return "\n".join(lines)
 
 

@@ -32,8 +32,7 @@ import bench_detection  # this folder, first on sys.path when run as a script
 import spray.pipeline.nodes as nodes
 from spray.analysis import SelectionNull
 from spray.benchmark.cases import Case
-from spray.benchmark.metrics import MIN_F1_SMALL, detection
-from spray.benchmark.run import RANKED
+from spray.benchmark.run import RANKED, _detect
 from spray.ranking import best_of, rank_found
 from spray.store import AuditStore
 
@@ -85,8 +84,6 @@ def main() -> None:
 
     def score(case: Case, directory: Path, images: object) -> dict:
         data, _, uses = bench_detection.cached_model(case, directory, images, size)
-        poisoned = None if case.is_control else data.poisoned_class
-        planted = sorted(data.planted.tolist())
         row = {"case": case.name, "split": case.split, "uses": uses}
         with AuditStore(directory / "audit.h5", mode="r") as store:
             found = best_of(store, RANKED)
@@ -103,36 +100,15 @@ def main() -> None:
                                       replace(c, null_p_value=float(nulls[a][c.label].p_value_),
                                               null_excess=float(nulls[a][c.label].excess_)) for c in classes]
                                   for a, classes in found.items()})
-            entry = ranking.of(poisoned) if poisoned is not None else None
-            row[setting] = {
-                "rank": None if entry is None else entry.rank, "flagged": bool(entry and entry.flagged),
-                "f1": None if entry is None or entry.cluster is None else
-                detection(list(entry.cluster.members), planted)[2],
-                "clean_flags": sum(c.flagged for c in ranking if c.label != poisoned),
-                "clean_classes": sum(c.label != poisoned for c in ranking), "seconds": seconds}
+            row[setting] = {**_detect(data, ranking, None)[1], "seconds": seconds}
         return row
 
     rows = []
-    for case, row in bench_detection.scored(args.caches, seeds, score, size=size):
+    for _, row in bench_detection.scored(args.caches, seeds, score, size=size):
         rows.append(row)
-        print(case.name, "uses" if row["uses"] else "-", " ".join(
-            f"{s}: {row[s]['rank']}{'*' if row[s]['flagged'] else ''} F1 {bench_detection._rounded(row[s]['f1'])}"
-            for s in settings), flush=True)
-    print(f"| split | n_components | ranked first (uses) | first, F1 >= {MIN_F1_SMALL} | flagged | mean F1 | "
-          "false flags [95 %] | nulls' CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for split in ("dev", "heldout"):
-        here = [r for r in rows if r["split"] == split]
-        used = [r for r in here if r["uses"]]
-        for s in settings if here else ():
-            first = [r for r in used if r[s]["rank"] == 1]
-            false, total = (sum(r[s][k] for r in here) for k in ("clean_flags", "clean_classes"))
-            low, high = bench_detection.wilson(false, total)
-            print(f"| {split} | {s} | {len(first)}/{len(used)} | "
-                  f"{sum((r[s]['f1'] or 0) >= MIN_F1_SMALL for r in first)}/{len(used)} | "
-                  f"{sum(r[s]['flagged'] for r in used)}/{len(used)} | "
-                  f"{np.mean([r[s]['f1'] or 0 for r in used]) if used else math.nan:.2f} | "
-                  f"{false}/{total} [{100 * low:.1f}, {100 * high:.1f} %] | {sum(r[s]['seconds'] for r in here):.0f} |")
+        print(bench_detection.setting_line(row, settings), flush=True)
+    print(bench_detection.setting_table(rows, settings, "n_components", (
+        "nulls' CPU s", lambda here, s: f"{sum(r[s]['seconds'] for r in here):.0f}")))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
 

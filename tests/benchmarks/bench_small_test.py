@@ -50,12 +50,12 @@ def small_tests(path: object, classes: int, small: float) -> dict[str, dict[int,
 def two_tests(store: AuditStore, small: dict[str, dict[int, tuple[float, float, list[int]]]]) -> list[tuple]:
     """The classes as the two-test ranking orders them: ``(label, flagged, test, named members)``."""
     shipped = {analysis: best_clusters(store, analysis) for analysis in benchmark_run.RANKED}
-    found = {analysis: [(c.label, c.null_p_value, c.null_excess) for c in classes]
+    found = {analysis: [(c.label, c.null_p_value, c.null_excess, c.separation) for c in classes]
              for analysis, classes in shipped.items()}
     members = {(analysis, c.label): list(c.cluster.members)
                for analysis, classes in shipped.items() for c in classes if c.cluster is not None}
     for analysis, tests in small.items():
-        found[f"{analysis}/small"] = [(label, p, x) for label, (p, x, _) in tests.items()]
+        found[f"{analysis}/small"] = [(label, p, x, None) for label, (p, x, _) in tests.items()]
         members.update({(f"{analysis}/small", label): named for label, (_, _, named) in tests.items()})
     strongest: dict[int, object] = {}
     for test in _tests(found):

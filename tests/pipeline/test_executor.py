@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from spray.analysis import candidate_cuts
+from spray.analysis import candidate_cuts, separation
 from spray.results import read_class
 from spray.pipeline import analyze, pipeline_from_text
 from spray.pipeline.nodes import NODES
@@ -99,6 +99,7 @@ def test_fda_keeps_one_row_per_cluster_in_arrays_and_the_summary_in_a_small_info
         kmeans, _ = audit.read_node("analyses/spray/1/kmeans")
         hdbscan, _ = audit.read_node("analyses/spray/1/hdbscan")
         analysis = read_class(audit, "spray", 1)
+        features = audit.read_node("analyses/spray/preprocess")[0]["features"][analysis.positions]
     labels = {**kmeans, **hdbscan}
     expected = sorted((name, int(c)) for name, lab in labels.items() for c in np.unique(lab[lab >= 0]))
     assert sorted(zip(arrays["cluster_clustering"].tolist(), arrays["cluster_id"].tolist())) == expected
@@ -109,6 +110,9 @@ def test_fda_keeps_one_row_per_cluster_in_arrays_and_the_summary_in_a_small_info
     best = info["best"]
     row = analysis.fda["clusterings"][best["clustering"]]["clusters"][best["cluster"]]
     assert row == {k: best[k] for k in ("size", "tau", "z_score", "p_value", "ncut")}
+    assert best["separation"] == separation(features, labels[best["clustering"]] == best["cluster"]) > 0
+    with AuditStore(path, mode="r") as audit:
+        assert rank_classes(audit).of(1).separation == best["separation"]
 
 
 def test_small_neighbors_cuts_the_small_clusters_in_the_smaller_graph_and_reruns_fda_and_the_null(store):

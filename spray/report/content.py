@@ -249,6 +249,7 @@ def gather(store_path: Path, analyses: str | Sequence[str], max_classes: int | N
         {
             "rank": e.rank, "name": e.name, "label": e.label, "n": e.n_samples, "analysis": e.analysis,
             "cut": fmt_cut(e.ncut), "z": fmt_z(e.z_score), "p": fmt_p(e.p_value),
+            "distance": fmt_z(e.separation),  # the rest's standard deviations, one decimal like z
             "size": "–" if e.cluster is None else str(e.cluster.size),
             "candidate": e.flagged, "skipped": e.skipped,
             "anchor": f"class-{e.label}" if any(c.label == e.label for c in classes) else None,

@@ -435,8 +435,9 @@ def test_a_report_of_several_analyses_follows_their_combined_ranking(concept_sto
         ranking = rank_analyses(store, ["spray", "concept"])
     context = gather(concept_store, ["spray", "concept"], None)
     by_label = {e.label: e for e in ranking}
-    assert [(r["label"], r["analysis"], r["rank"], r["candidate"]) for r in context["ranking"]] == [
-        (e.label, e.analysis, e.rank, e.flagged) for e in sorted(ranking, key=lambda e: (not e.flagged, e.rank))]
+    assert [(r["label"], r["analysis"], r["rank"], r["candidate"], r["distance"]) for r in context["ranking"]] == [
+        (e.label, e.analysis, e.rank, e.flagged, f"{e.separation:.1f}")
+        for e in sorted(ranking, key=lambda e: (not e.flagged, e.rank))]
     assert [a["name"] for a in context["audit"]["analyses"]] == ["spray", "concept"]
     for view in context["classes"]:
         entry = by_label[view.label]
